@@ -1,0 +1,18 @@
+/* Structured one-line logs on stderr: `ts=... level=... event=... key=value ...`.
+ * Only boundaries (HTTP handlers, CLI, the daemon's lifecycle) log; lower layers return errors. */
+#ifndef SBX_BASE_LOG_H
+#define SBX_BASE_LOG_H
+
+enum sbx_log_level { SBX_LOG_DEBUG, SBX_LOG_INFO, SBX_LOG_WARN, SBX_LOG_ERROR };
+
+void sbx_log_set_level(enum sbx_log_level level);
+/* fmt formats the key=value tail; event is a short word such as "request". */
+void sbx_log(enum sbx_log_level level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define sbx_log_info(ev, ...) sbx_log(SBX_LOG_INFO, ev, __VA_ARGS__)
+#define sbx_log_warn(ev, ...) sbx_log(SBX_LOG_WARN, ev, __VA_ARGS__)
+#define sbx_log_error(ev, ...) sbx_log(SBX_LOG_ERROR, ev, __VA_ARGS__)
+#define sbx_log_debug(ev, ...) sbx_log(SBX_LOG_DEBUG, ev, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,25 @@
+/* Small helpers shared by every layer: randomness, clocks, time formatting, constant-time
+ * comparison. */
+#ifndef SBX_BASE_UTIL_H
+#define SBX_BASE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Fills out with 2*nbytes lowercase hex digits from getrandom(2) and a NUL. */
+int sbx_random_hex(char *out, size_t nbytes);
+/* Lowercase alphanumeric id of length n (NUL-terminated, out has n+1 bytes). */
+int sbx_random_id(char *out, size_t n);
+uint64_t sbx_now_ms(void);      /* CLOCK_MONOTONIC */
+int64_t sbx_wall_ms(void);      /* CLOCK_REALTIME, ms since the epoch */
+/* RFC 3339 with milliseconds in UTC, e.g. 2026-11-26T13:45:53.123Z. out >= 32 bytes. */
+void sbx_format_rfc3339(int64_t wall_ms, char *out, size_t outlen);
+/* Parses RFC 3339 (any offset, optional fraction); returns -1 on junk. */
+int sbx_parse_rfc3339(const char *s, int64_t *wall_ms);
+/* Compares in time that depends only on the lengths, never on where they differ. */
+bool sbx_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
+/* Overwrites then frees a secret string. */
+void sbx_secret_free(char *s);
+
+#endif

@@ -1,0 +1,7 @@
+/* Client verbs (ls, create, kill, exec, shell): plain HTTP clients of the daemon's API. */
+#ifndef SBX_CLI_H
+#define SBX_CLI_H
+
+int sbx_cli_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,108 @@
+/* HTTP/1.1 server on libuv (parsing by http_parser), used by the daemon and by the agent.
+ *
+ * Owns: connections, keep-alive, request parsing (bounded head, chunked and fixed bodies),
+ * buffered or streamed request bodies with back-pressure, full or streamed (chunked)
+ * responses with back-pressure, and abrupt aborts. One request per connection is in flight
+ * at a time; the next one is parsed when the response has ended.
+ *
+ * Lifetime: a struct sbx_http_req lives until its response has ended and its body has been
+ * consumed, or until its connection closes. A handler that keeps the pointer across event
+ * loop turns must register a close callback and drop the pointer there. */
+#ifndef SBX_HTTP_H
+#define SBX_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/buf.h"
+#include "base/error.h"
+
+struct sbx_http_server;
+struct sbx_http_req;
+
+struct sbx_http_header {
+    char *name; /* lowercased */
+    char *value;
+};
+
+struct sbx_http_req {
+    const char *method;             /* "GET", "POST", ... */
+    char *target;                   /* raw request target, e.g. "/files?path=a" */
+    char *path;                     /* target up to '?', not decoded */
+    char *query;                    /* after '?', not decoded; NULL if none */
+    struct sbx_http_header *headers;
+    size_t n_headers;
+    bool chunked;                   /* request body is chunked */
+    int64_t content_length;         /* -1 if absent */
+    uint64_t start_ms;              /* sbx_now_ms() when the head was complete */
+    void *data;                     /* free for the handler */
+    const char *log_sandbox;        /* set by handlers for the request log line */
+};
+
+typedef void (*sbx_http_request_cb)(struct sbx_http_req *req, void *ud);
+typedef void (*sbx_http_body_done_cb)(struct sbx_http_req *req, struct sbx_buf *body);
+typedef void (*sbx_http_data_cb)(struct sbx_http_req *req, const char *data, size_t len);
+typedef void (*sbx_http_req_cb)(struct sbx_http_req *req);
+
+/* on_request is called once the request head is complete. */
+struct sbx_http_server *sbx_http_server_new(uv_loop_t *loop, sbx_http_request_cb on_request,
+                                            void *ud);
+/* "host:port"; port 0 picks a free one (see sbx_http_server_port). */
+int sbx_http_server_listen_tcp(struct sbx_http_server *s, const char *host, int port,
+                               struct sbx_error **err);
+int sbx_http_server_port(struct sbx_http_server *s);
+/* Serves an already listening socket (tcp or unix); the server takes ownership of fd. */
+int sbx_http_server_listen_fd(struct sbx_http_server *s, int fd, struct sbx_error **err);
+/* Stops accepting; open connections are closed; then frees the server. */
+void sbx_http_server_close(struct sbx_http_server *s);
+/* When set, every finished request is logged as one line (route, status, duration). */
+void sbx_http_server_set_logging(struct sbx_http_server *s, bool on);
+
+/* Request accessors. */
+const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
+/* Percent-decoded value of key in req->query ('+' is a space). Returns a malloc'd string, or
+ * NULL if absent. */
+char *sbx_http_req_query(const struct sbx_http_req *req, const char *key);
+/* Percent-decodes s into a malloc'd string; plus_is_space for form encoding. NULL on bad
+ * escapes. *outlen gets the length (the result may contain NUL bytes). */
+char *sbx_http_percent_decode(const char *s, size_t len, bool plus_is_space, size_t *outlen);
+
+/* Body: call exactly one of these from on_request (or respond without reading; the rest of
+ * the body is then discarded or the connection closed). */
+void sbx_http_req_read_body(struct sbx_http_req *req, size_t max, sbx_http_body_done_cb done);
+void sbx_http_req_stream_body(struct sbx_http_req *req, sbx_http_data_cb on_data,
+                              sbx_http_req_cb on_end);
+void sbx_http_req_pause_body(struct sbx_http_req *req);
+void sbx_http_req_resume_body(struct sbx_http_req *req);
+/* Called if the client goes away before the response ended; req is freed right after. */
+void sbx_http_req_on_close(struct sbx_http_req *req, sbx_http_req_cb on_close);
+
+/* Response. Headers added before sbx_http_respond/start. */
+void sbx_http_add_header(struct sbx_http_req *req, const char *name, const char *value);
+void sbx_http_respond(struct sbx_http_req *req, int status, const char *content_type,
+                      const void *body, size_t len);
+/* Streamed response: chunked unless a Content-Length header was added. */
+void sbx_http_start(struct sbx_http_req *req, int status, const char *content_type);
+/* Queues data. Returns true while the queue is below SBX_HTTP_WRITE_HIGH_WATER; when it
+ * returns false the producer should wait for the drain callback. */
+bool sbx_http_write(struct sbx_http_req *req, const void *data, size_t len);
+void sbx_http_on_drain(struct sbx_http_req *req, sbx_http_req_cb on_drain);
+void sbx_http_end(struct sbx_http_req *req);
+/* Cuts the connection at once (TCP RST where possible): what streaming clients see when a
+ * sandbox is killed. The request is freed; the close callback is not called. */
+void sbx_http_abort(struct sbx_http_req *req);
+
+/* JSON error body {"code":status,"message":msg} with the given status. */
+void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Reverse proxy (proxy.c): forwards req, with its body streamed, to an HTTP server on a unix
+ * socket and streams the response back. Hop-by-hop headers are dropped. If the upstream
+ * cannot be reached, on_unreachable is called (to answer 502); if it dies mid-response
+ * the client connection is aborted. */
+void sbx_http_proxy(struct sbx_http_req *req, const char *unix_path,
+                    sbx_http_req_cb on_unreachable);
+
+#endif

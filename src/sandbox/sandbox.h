@@ -1,0 +1,79 @@
+/* The sandbox runtime: turns a validated plan into a running agent as PID 1 inside fresh
+ * user, PID, mount, network, IPC, UTS and cgroup namespaces, under cgroup limits and seccomp,
+ * on an overlay root whose lower layers are the read-only template. It also tears sandboxes
+ * down and reads their cgroup counters.
+ *
+ * This layer never sees JSON or HTTP. It must be called from a single-threaded process
+ * (the daemon never starts threads): it forks. */
+#ifndef SBX_SANDBOX_H
+#define SBX_SANDBOX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "base/error.h"
+
+#define SBX_SANDBOX_UID_COUNT 65536 /* sandbox uids 0..65535 */
+
+struct sbx_sandbox_limits {
+    uint64_t memory_bytes; /* memory.max / memory.limit_in_bytes */
+    uint32_t pids_max;     /* pids.max */
+    uint32_t cpu_millis;   /* CPU quota in thousandths of a CPU (1000 = one CPU) */
+};
+
+struct sbx_sandbox_plan {
+    const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
+    const char *sandbox_dir;  /* host-only dir for this sandbox; the runtime creates upper/ work/ */
+    const char *template_dir; /* from sbx_template_prepare() */
+    uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
+    struct sbx_sandbox_limits limits;
+    const char *hostname;
+    int agent_listen_fd;      /* listening unix socket; becomes fd 3 of the agent */
+    int agent_config_fd;      /* readable fd with the agent's JSON config; becomes fd 4 */
+    int log_fd;               /* the agent's stdout and stderr (a host file) */
+    int exe_fd;               /* the program to run as PID 1, executed with fexecve */
+    char *const *argv;
+    char *const *envp;
+};
+
+/* A running sandbox as the daemon remembers it (persisted, so it survives daemon restarts). */
+struct sbx_sandbox_ref {
+    const char *id;
+    const char *sandbox_dir;
+    pid_t pid;               /* host pid of the agent (PID 1 inside) */
+    uint64_t start_time;     /* field 22 of /proc/<pid>/stat, guards against pid reuse */
+};
+
+struct sbx_sandbox_stats {
+    uint64_t cpu_usage_ns;   /* cumulative CPU time of the cgroup */
+    uint64_t memory_bytes;   /* current usage */
+    uint64_t memory_cache_bytes;
+    uint64_t memory_limit_bytes;
+    uint64_t oom_kills;      /* processes the OOM killer has killed inside the sandbox */
+    uint64_t pids_current;
+    uint64_t disk_used_bytes; /* size of the upper layer */
+};
+
+/* Builds (once, idempotently) the template root under state_dir/template: generated /etc,
+ * the /bin,/lib... symlinks into /usr, empty mount points. Writes its path to *out (malloc). */
+int sbx_template_prepare(const char *state_dir, char **out, struct sbx_error **err);
+
+/* Starts a sandbox. On success fills pid and start_time; the agent is already running. */
+int sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid, uint64_t *start_time,
+                      struct sbx_error **err);
+
+/* True if ref->pid is still that sandbox's agent (pid alive and start time matches). */
+bool sbx_sandbox_is_alive(const struct sbx_sandbox_ref *ref);
+
+/* Opens a pidfd for the agent after checking it is still ours; -1 and *err otherwise. */
+int sbx_sandbox_open_pidfd(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+
+/* Kills every process of the sandbox, waits until its cgroup is empty, removes the cgroups
+ * and the sandbox dir. Idempotent: a sandbox already gone is not an error. */
+int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+
+int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
+                      struct sbx_error **err);
+
+#endif

@@ -1,0 +1,96 @@
+/* Minimal unit-test harness: each TEST runs in a forked child with a timeout, so a crash,
+ * a hang or a leaked namespace fails that test alone (libuv test/runner.c does the same).
+ * Output ends with the plain line "N passed, N failed". A test that needs root calls
+ * REQUIRE_ROOT(): it skips loudly outside CI and fails under CI=true. */
+#ifndef SBX_TEST_HARNESS_H
+#define SBX_TEST_HARNESS_H
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct sbx_test {
+    const char *name;
+    void (*fn)(void);
+};
+
+#define SBX_TEST_MAX 256
+static struct sbx_test sbx_tests[SBX_TEST_MAX];
+static int sbx_n_tests;
+
+#define TEST(name)                                                                  \
+    static void test_##name(void);                                                  \
+    __attribute__((constructor)) static void register_##name(void)                  \
+    {                                                                               \
+        if (sbx_n_tests < SBX_TEST_MAX)                                             \
+            sbx_tests[sbx_n_tests++] = (struct sbx_test){#name, test_##name};       \
+    }                                                                               \
+    static void test_##name(void)
+
+#define CHECK(cond)                                                                 \
+    do {                                                                            \
+        if (!(cond)) {                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            _exit(1);                                                               \
+        }                                                                           \
+    } while (0)
+
+#define CHECK_STR(a, b)                                                             \
+    do {                                                                            \
+        const char *a_ = (a), *b_ = (b);                                            \
+        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                      \
+            fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__,        \
+                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                        \
+            _exit(1);                                                               \
+        }                                                                           \
+    } while (0)
+
+#define SBX_TEST_SKIP_CODE 77
+
+#define REQUIRE_ROOT()                                                              \
+    do {                                                                            \
+        if (geteuid() != 0) {                                                       \
+            const char *ci_ = getenv("CI");                                         \
+            fprintf(stderr, "SKIP: needs root\n");                                  \
+            _exit(ci_ && *ci_ ? 1 : SBX_TEST_SKIP_CODE);                            \
+        }                                                                           \
+    } while (0)
+
+static inline int
+sbx_test_main(int timeout_s)
+{
+    int passed = 0, failed = 0, skipped = 0;
+    for (int i = 0; i < sbx_n_tests; i++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm((unsigned)timeout_s);
+            sbx_tests[i].fn();
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+            printf("ok %s\n", sbx_tests[i].name);
+            passed++;
+        } else if (WIFEXITED(st) && WEXITSTATUS(st) == SBX_TEST_SKIP_CODE) {
+            printf("skip %s\n", sbx_tests[i].name);
+            skipped++;
+        } else {
+            printf("FAIL %s (%s %d)\n", sbx_tests[i].name,
+                   WIFSIGNALED(st) ? "signal" : "exit",
+                   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+            failed++;
+        }
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
+
+#define TEST_MAIN(timeout_s)                                                        \
+    int main(void) { return sbx_test_main(timeout_s); }
+
+#endif
