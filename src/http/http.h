@@ -38,7 +38,7 @@ struct sbx_http_req {
     int64_t content_length;         /* -1 if absent */
     uint64_t start_ms;              /* sbx_now_ms() when the head was complete */
     void *data;                     /* free for the handler */
-    const char *log_sandbox;        /* set by handlers for the request log line */
+    char log_sandbox[72];           /* sandbox id for the request log line, set by handlers */
 };
 
 typedef void (*sbx_http_request_cb)(struct sbx_http_req *req, void *ud);

@@ -1,0 +1,523 @@
+/* The control-plane REST API (spec §2): /sandboxes and /v2/sandboxes. Every answer that is not
+ * a success is {"code": <status>, "message": "..."} (the SDKs read the body's code). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/cleanup.h"
+#include "base/limits.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "daemon/internal.h"
+#include "json/json.h"
+
+#define MAX_PATH_PARTS 5
+
+static void
+respond_json(struct sbx_http_req *req, int status, json_t *body)
+{
+    char *s = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    sbx_http_respond(req, status, "application/json", s ? s : "null", s ? strlen(s) : 4);
+    free(s);
+}
+
+static void
+respond_err(struct sbx_http_req *req, const struct sbx_error *e)
+{
+    int status;
+    switch (e->code) {
+    case SBX_NOT_FOUND:
+        status = 404;
+        break;
+    case SBX_INVALID_ARGUMENT:
+        status = 400;
+        break;
+    case SBX_UNAUTHENTICATED:
+        status = 401;
+        break;
+    case SBX_ALREADY_EXISTS:
+    case SBX_FAILED_PRECONDITION:
+        status = 409;
+        break;
+    case SBX_RESOURCE_EXHAUSTED:
+        status = 503;
+        break;
+    case SBX_UNIMPLEMENTED:
+        status = 501;
+        break;
+    default:
+        status = 500;
+    }
+    if (status >= 500)
+        sbx_log_error("api", "route=%s status=%d error=\"%s\"", req->path, status, e->msg);
+    sbx_http_respond_error(req, status, "%s", e->msg);
+}
+
+static json_t *
+time_json(int64_t ms)
+{
+    char buf[40];
+    sbx_format_rfc3339(ms, buf, sizeof(buf));
+    return json_string(buf);
+}
+
+static json_t *
+parse_map(const char *s)
+{
+    json_t *v = s ? json_loads(s, 0, NULL) : NULL;
+    return v ? v : json_object();
+}
+
+/* The Sandbox object of create and connect. */
+static json_t *
+sandbox_json(const struct sbx_sandbox_rec *r)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:n}", "sandboxID", r->id, "templateID",
+                          r->template_id, "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion",
+                          SBX_ENVD_VERSION, "domain", "trafficAccessToken");
+    if (r->alias)
+        json_object_set_new(o, "alias", json_string(r->alias));
+    if (r->access_token)
+        json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
+    return o;
+}
+
+/* ListedSandbox, and with detail the SandboxDetail of GET /sandboxes/{id}. */
+static json_t *
+listed_json(const struct sbx_sandbox_rec *r, bool detail)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s,s:o,s:o,s:i,s:i,s:i,s:s,s:s,s:o}", "sandboxID", r->id,
+                          "templateID", r->template_id, "clientID", SBX_DAEMON_CLIENT_ID,
+                          "startedAt", time_json(r->started_at_ms), "endAt",
+                          time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
+                          r->memory_mb, "diskSizeMB", r->disk_mb, "state", r->state,
+                          "envdVersion", SBX_ENVD_VERSION, "metadata",
+                          parse_map(r->metadata_json));
+    if (r->alias)
+        json_object_set_new(o, "alias", json_string(r->alias));
+    if (detail) {
+        if (r->access_token)
+            json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
+        json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
+        json_object_set_new(o, "domain", json_null());
+        json_object_set_new(o, "lifecycle",
+                            json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill",
+                                      "autoResume", 0));
+    }
+    return o;
+}
+
+static bool
+known_template(const char *t)
+{
+    /* One host-derived template serves every name the SDKs use by default. */
+    static const char *const names[] = {"base", "code-interpreter-v1", "code-interpreter",
+                                        "code-interpreter-beta", "sbx"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(t, names[i]) == 0)
+            return true;
+    return false;
+}
+
+static int
+parse_timeout(json_t *body, int def, int *out, struct sbx_error **err)
+{
+    int64_t t = def;
+    if (sbx_json_opt_int(body, "timeout", &t, err) < 0)
+        return -1;
+    if (t <= 0 || t > SBX_MAX_TIMEOUT_S)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "timeout must be between 1 and %d seconds", SBX_MAX_TIMEOUT_S);
+    *out = (int)t;
+    return 0;
+}
+
+/* ---- handlers; each gets the parsed body (NULL for bodiless requests) ---- */
+
+static void
+create(struct sbx_http_req *req, json_t *body, bool v2)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_create_opts o = {.template_id = "base", .secure = true, .allow_internet = true};
+    const char *tmpl = NULL;
+    if (!json_is_object(body)) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
+        respond_err(req, err);
+        return;
+    }
+    if (sbx_json_opt_string(body, "templateID", &tmpl, &err) < 0 ||
+        parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, &err) < 0 ||
+        sbx_json_opt_bool(body, "secure", &o.secure, &err) < 0 ||
+        sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, &err) < 0 ||
+        sbx_json_opt_bool(body, "autoPause", &o.auto_pause, &err) < 0 ||
+        sbx_json_opt_string_map(body, "metadata", &o.metadata, &err) < 0 ||
+        sbx_json_opt_string_map(body, "envVars", &o.env_vars, &err) < 0) {
+        respond_err(req, err);
+        return;
+    }
+    if (v2)
+        o.secure = true; /* v2 sandboxes are always secured */
+    if (tmpl) {
+        if (!known_template(tmpl)) {
+            sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
+                          "template '%s' not found (this server offers 'base' and "
+                          "'code-interpreter-v1')",
+                          tmpl);
+            respond_err(req, err);
+            return;
+        }
+        o.template_id = tmpl;
+        o.alias = tmpl;
+    }
+    char *meta = o.metadata ? json_dumps(o.metadata, JSON_COMPACT) : NULL;
+    size_t meta_len = meta ? strlen(meta) : 0;
+    free(meta);
+    if (meta_len > SBX_MAX_METADATA_BYTES) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "metadata larger than %d bytes",
+                      SBX_MAX_METADATA_BYTES);
+        respond_err(req, err);
+        return;
+    }
+    uint64_t spawn_us = 0;
+    struct sbx_live *l = sbx_lifecycle_create(&o, &spawn_us, &err);
+    if (l == NULL) {
+        respond_err(req, err);
+        return;
+    }
+    snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
+    sbx_log_info("sandbox_start", "sandbox=%s template=%s timeout_s=%d spawn_us=%llu",
+                 l->rec->id, o.template_id, o.timeout_s, (unsigned long long)spawn_us);
+    char hdr[32];
+    snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
+    sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
+    respond_json(req, 201, sandbox_json(l->rec));
+}
+
+static struct sbx_live *
+find_or_404(struct sbx_http_req *req, const char *id)
+{
+    struct sbx_live *l = sbx_lifecycle_find(id);
+    if (l == NULL)
+        sbx_http_respond_error(req, 404, "sandbox '%s' not found", id);
+    else
+        snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
+    return l;
+}
+
+static void
+connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    int timeout = SBX_DEFAULT_TIMEOUT_S;
+    if (parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &timeout, &err) < 0) {
+        respond_err(req, err);
+        return;
+    }
+    /* Connecting only ever extends the sandbox's life, never shortens it. */
+    int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
+    if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
+        respond_err(req, err);
+        return;
+    }
+    respond_json(req, 200, sandbox_json(l->rec));
+}
+
+static void
+set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_only)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    int64_t secs = 0;
+    const char *key = extend_only ? "duration" : "timeout";
+    int rc = sbx_json_opt_int(body, key, &secs, &err);
+    if (rc < 0 || (rc == 0 && !extend_only) || secs < 0 || secs > SBX_MAX_TIMEOUT_S) {
+        if (err == NULL)
+            sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
+                          "'%s' must be an integer between 0 and %d seconds", key,
+                          SBX_MAX_TIMEOUT_S);
+        respond_err(req, err);
+        return;
+    }
+    int64_t end = sbx_wall_ms() + secs * 1000;
+    if (extend_only && end < l->rec->end_at_ms)
+        end = l->rec->end_at_ms;
+    if (sbx_lifecycle_set_end(l, end, &err) < 0) {
+        respond_err(req, err);
+        return;
+    }
+    sbx_http_respond(req, 204, NULL, NULL, 0);
+}
+
+static void
+kill_sandbox(struct sbx_http_req *req, const char *id)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    if (sbx_lifecycle_kill(l, &err) < 0) {
+        respond_err(req, err);
+        return;
+    }
+    sbx_http_respond(req, 204, NULL, NULL, 0);
+}
+
+static void
+get_info(struct sbx_http_req *req, const char *id)
+{
+    struct sbx_live *l = find_or_404(req, id);
+    if (l)
+        respond_json(req, 200, listed_json(l->rec, true));
+}
+
+static void
+metrics(struct sbx_http_req *req, const char *id)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    int64_t now = sbx_wall_ms();
+    _cleanup_free_ char *start = sbx_http_req_query(req, "start");
+    _cleanup_free_ char *end = sbx_http_req_query(req, "end");
+    int64_t start_s = start ? strtoll(start, NULL, 10) : 0;
+    int64_t end_s = end ? strtoll(end, NULL, 10) : INT64_MAX / 1000;
+    json_t *arr = json_array();
+    /* Metrics are sampled when asked for: the one sample is "now", inside the window. */
+    if (now / 1000 >= start_s && now / 1000 <= end_s + 1) {
+        struct sbx_sandbox_stats st = {0};
+        struct sbx_sandbox_ref ref = {l->rec->id, l->dir, l->rec->pid, l->rec->pid_start_time};
+        if (sbx_sandbox_stats(&ref, &st, &err) < 0) {
+            json_decref(arr);
+            respond_err(req, err);
+            return;
+        }
+        double elapsed_ns = (double)(now - l->last_cpu_wall_ms) * 1e6;
+        double pct = elapsed_ns > 0
+                         ? 100.0 * (double)(st.cpu_usage_ns - l->last_cpu_ns) / elapsed_ns /
+                               l->rec->cpu_count
+                         : 0.0;
+        if (pct < 0)
+            pct = 0;
+        l->last_cpu_ns = st.cpu_usage_ns;
+        l->last_cpu_wall_ms = now;
+        uint64_t disk_total = (uint64_t)l->rec->disk_mb << 20;
+        json_array_append_new(
+            arr, json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", time_json(now),
+                           "timestampUnix", (json_int_t)(now / 1000), "cpuCount",
+                           l->rec->cpu_count, "cpuUsedPct", pct, "memUsed",
+                           (json_int_t)st.memory_bytes, "memTotal",
+                           (json_int_t)st.memory_limit_bytes, "memCache",
+                           (json_int_t)st.memory_cache_bytes, "diskUsed",
+                           (json_int_t)st.disk_used_bytes, "diskTotal", (json_int_t)disk_total));
+    }
+    respond_json(req, 200, arr);
+}
+
+/* metadata arrives encoded three times (spec §2.5): the query layer decoded once; here the
+ * whole value is decoded again, split into pairs, and each key and value decoded. */
+static int
+parse_metadata_filter(const char *raw, json_t *out, struct sbx_error **err)
+{
+    size_t n = 0;
+    _cleanup_free_ char *s = sbx_http_percent_decode(raw, strlen(raw), false, &n);
+    if (s == NULL)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid metadata filter encoding");
+    char *save = NULL;
+    for (char *pair = strtok_r(s, "&", &save); pair; pair = strtok_r(NULL, "&", &save)) {
+        char *eq = strchr(pair, '=');
+        if (eq == NULL)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                                 "metadata filter must be key=value pairs");
+        *eq = '\0';
+        _cleanup_free_ char *k = sbx_http_percent_decode(pair, strlen(pair), false, NULL);
+        _cleanup_free_ char *v = sbx_http_percent_decode(eq + 1, strlen(eq + 1), false, NULL);
+        if (k == NULL || v == NULL)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid metadata filter encoding");
+        json_object_set_new(out, k, json_string(v));
+    }
+    return 0;
+}
+
+static void
+list_sandboxes(struct sbx_http_req *req, bool v2)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_store_query q = {0};
+    _cleanup_free_ char *meta = sbx_http_req_query(req, "metadata");
+    _cleanup_free_ char *state = sbx_http_req_query(req, "state");
+    _cleanup_free_ char *limit = v2 ? sbx_http_req_query(req, "limit") : NULL;
+    _cleanup_free_ char *token = v2 ? sbx_http_req_query(req, "nextToken") : NULL;
+    _cleanup_free_ char *order = sbx_http_req_query(req, "order");
+    _cleanup_free_ char *after = sbx_http_req_query(req, "startedAfter");
+    _cleanup_free_ char *tmpl = sbx_http_req_query(req, "template");
+    json_t *filter = json_object();
+    const char *keys[64], *vals[64];
+    if (meta && parse_metadata_filter(meta, filter, &err) < 0)
+        goto fail;
+    const char *k;
+    json_t *v;
+    json_object_foreach(filter, k, v) {
+        if (q.n_meta == 64) {
+            sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "too many metadata filters");
+            goto fail;
+        }
+        keys[q.n_meta] = k;
+        vals[q.n_meta++] = json_string_value(v);
+    }
+    q.meta_keys = keys;
+    q.meta_values = vals;
+    if (state) {
+        char *save = NULL;
+        for (char *s = strtok_r(state, ",", &save); s; s = strtok_r(NULL, ",", &save)) {
+            if (strcmp(s, "running") == 0)
+                q.states |= SBX_STORE_STATE_RUNNING;
+            else if (strcmp(s, "paused") == 0)
+                q.states |= SBX_STORE_STATE_PAUSED;
+            else {
+                sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "unknown state '%s'", s);
+                goto fail;
+            }
+        }
+    }
+    if (limit) {
+        char *end = NULL;
+        long n = strtol(limit, &end, 10);
+        if (*limit == '\0' || *end != '\0' || n < 1 || n > SBX_STORE_LIST_MAX) {
+            sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "limit must be between 1 and %d",
+                          SBX_STORE_LIST_MAX);
+            goto fail;
+        }
+        q.limit = (int)n;
+    }
+    if (order && strcmp(order, "asc") != 0 && strcmp(order, "desc") != 0) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "order must be 'asc' or 'desc'");
+        goto fail;
+    }
+    q.ascending = order && strcmp(order, "asc") == 0;
+    if (after) {
+        if (sbx_parse_rfc3339(after, &q.started_after_ms) < 0) {
+            sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "startedAfter must be RFC 3339");
+            goto fail;
+        }
+        q.has_started_after = true;
+    }
+    q.template_id = tmpl;
+    q.next_token = token;
+    _cleanup_sandbox_list_ struct sbx_sandbox_list *list = NULL;
+    if (sbx_store_sandbox_query(sbx_daemon->store, &q, &list, &err) < 0)
+        goto fail;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < list->n; i++)
+        json_array_append_new(arr, listed_json(list->items[i], false));
+    if (list->next_token)
+        sbx_http_add_header(req, "X-Next-Token", list->next_token);
+    json_decref(filter);
+    respond_json(req, 200, arr);
+    return;
+fail:
+    json_decref(filter);
+    respond_err(req, err);
+}
+
+/* ---- dispatch ---- */
+
+static bool
+authorized(struct sbx_http_req *req)
+{
+    const char *key = sbx_http_req_header(req, "x-api-key");
+    return key && sbx_store_api_key_check(sbx_daemon->store, key);
+}
+
+static size_t
+split_path(char *path, char **parts)
+{
+    size_t n = 0;
+    char *save = NULL;
+    for (char *p = strtok_r(path, "/", &save); p; p = strtok_r(NULL, "/", &save)) {
+        if (n == MAX_PATH_PARTS)
+            return MAX_PATH_PARTS + 1;
+        parts[n++] = p;
+    }
+    return n;
+}
+
+static void
+dispatch(struct sbx_http_req *req, json_t *body)
+{
+    _cleanup_free_ char *path = strdup(req->path);
+    char *p[MAX_PATH_PARTS];
+    size_t n = path ? split_path(path, p) : 0;
+    const char *m = req->method;
+    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0,
+         del = strcmp(m, "DELETE") == 0;
+    /* /v2/sandboxes... is the same resource as /sandboxes... */
+    bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
+    char **r = v2 ? p + 1 : p;
+    size_t rn = v2 ? n - 1 : n;
+    if (rn >= 1 && rn <= 3 && strcmp(r[0], "sandboxes") == 0) {
+        if (rn == 1 && post)
+            return create(req, body, v2);
+        if (rn == 1 && get)
+            return list_sandboxes(req, v2);
+        if (rn == 2 && get)
+            return get_info(req, r[1]);
+        if (rn == 2 && del)
+            return kill_sandbox(req, r[1]);
+        if (rn == 3 && post && strcmp(r[2], "connect") == 0)
+            return connect_sandbox(req, r[1], body);
+        if (rn == 3 && post && strcmp(r[2], "timeout") == 0)
+            return set_timeout(req, r[1], body, false);
+        if (rn == 3 && post && strcmp(r[2], "refreshes") == 0)
+            return set_timeout(req, r[1], body, true);
+        if (rn == 3 && get && strcmp(r[2], "metrics") == 0)
+            return metrics(req, r[1]);
+        if (rn == 3 && post && (strcmp(r[2], "pause") == 0 || strcmp(r[2], "resume") == 0)) {
+            if (find_or_404(req, r[1]))
+                sbx_http_respond_error(req, 501, "pausing sandboxes is not supported yet");
+            return;
+        }
+    }
+    sbx_http_respond_error(req, 404, "no route for %s %s", m, req->path);
+}
+
+static void
+on_body(struct sbx_http_req *req, struct sbx_buf *raw)
+{
+    json_t *body = NULL;
+    if (raw->len > 0) {
+        json_error_t jerr;
+        body = json_loadb(raw->data, raw->len, 0, &jerr);
+        if (body == NULL) {
+            sbx_http_respond_error(req, 400, "invalid JSON body: %s", jerr.text);
+            return;
+        }
+        if (!json_is_object(body)) {
+            json_decref(body);
+            sbx_http_respond_error(req, 400, "request body must be a JSON object");
+            return;
+        }
+    }
+    dispatch(req, body);
+    json_decref(body);
+}
+
+void
+sbx_api_handle(struct sbx_http_req *req)
+{
+    if (strcmp(req->path, "/health") == 0 && strcmp(req->method, "GET") == 0) {
+        sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
+        return;
+    }
+    if (!authorized(req)) {
+        sbx_http_respond_error(req, 401, "Invalid API key, please provide a valid X-API-KEY");
+        return;
+    }
+    sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_body);
+}

@@ -1,0 +1,83 @@
+/* The entry point of every request on the daemon's port: sandbox traffic (recognised by the
+ * E2b-Sandbox-Id / E2b-Sandbox-Port headers, or by a Host of the form <port>-<id>.<domain>)
+ * is proxied to that sandbox's agent; everything else is the control plane. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/limits.h"
+#include "daemon/internal.h"
+
+struct target {
+    char id[SBX_STORE_ID_MAX + 1];
+    int port;
+};
+
+/* Host "<port>-<id>.<anything>": the cloud's form for sandbox URLs. */
+static bool
+parse_host(const char *host, struct target *t)
+{
+    if (host == NULL)
+        return false;
+    const char *p = host;
+    int port = 0;
+    while (isdigit((unsigned char)*p) && port < 100000)
+        port = port * 10 + (*p++ - '0');
+    if (p == host || *p != '-' || port <= 0 || port > 65535)
+        return false;
+    const char *id = ++p;
+    while (isalnum((unsigned char)*p))
+        p++;
+    size_t len = (size_t)(p - id);
+    if (len == 0 || len > SBX_STORE_ID_MAX || *p != '.')
+        return false;
+    memcpy(t->id, id, len);
+    t->id[len] = '\0';
+    t->port = port;
+    return true;
+}
+
+static bool
+sandbox_target(const struct sbx_http_req *req, struct target *t)
+{
+    const char *id = sbx_http_req_header(req, "e2b-sandbox-id");
+    if (id) {
+        snprintf(t->id, sizeof(t->id), "%s", id);
+        const char *port = sbx_http_req_header(req, "e2b-sandbox-port");
+        t->port = port ? atoi(port) : SBX_ENVD_PORT;
+        return true;
+    }
+    return parse_host(sbx_http_req_header(req, "host"), t);
+}
+
+static void
+respond_not_found(struct sbx_http_req *req)
+{
+    /* The body the cloud proxy sends; the SDKs turn 502 into "sandbox not running". */
+    json_t *o = json_pack("{s:s,s:s,s:i}", "sandboxId", req->log_sandbox, "message",
+                          "The sandbox was not found", "code", 502);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    sbx_http_respond(req, 502, "application/json; charset=utf-8", s, strlen(s));
+    free(s);
+}
+
+void
+sbx_router_on_request(struct sbx_http_req *req, void *ud)
+{
+    struct target t;
+    if (!sandbox_target(req, &t)) {
+        sbx_api_handle(req);
+        return;
+    }
+    snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", t.id);
+    struct sbx_live *l = sbx_lifecycle_find(t.id);
+    if (l == NULL) {
+        respond_not_found(req);
+        return;
+    }
+    /* Every port of the sandbox is served by its agent (envd, the code interpreter); the
+     * agent sees E2b-Sandbox-Port and routes on it. */
+    sbx_http_proxy(req, l->sock_path, respond_not_found);
+}

@@ -1,0 +1,992 @@
+/* HTTP/1.1 server connections: parsing with http_parser, one request in flight per
+ * connection, bodies buffered or streamed with back-pressure, responses full or chunked.
+ *
+ * Re-entrancy rule: user callbacks may respond, end or abort from inside parser callbacks,
+ * so nothing is freed there. A finished request is released at a safe point
+ * (conn_process, write completion) and a connection only in its uv_close callback. */
+#include <ctype.h>
+#include <http_parser.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/limits.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "http/http.h"
+#include <jansson.h>
+
+enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM, BODY_DISCARD };
+enum resp_state { RESP_NONE, RESP_STARTED, RESP_ENDED };
+
+struct req {
+    struct sbx_http_req pub; /* first member: struct sbx_http_req * casts to struct req * */
+    struct conn *conn;
+    size_t headers_cap;
+    enum body_mode body_mode;
+    struct sbx_buf body;
+    size_t body_max;
+    bool body_too_large;
+    sbx_http_body_done_cb body_done;
+    sbx_http_data_cb on_data;
+    sbx_http_req_cb on_end;
+    sbx_http_req_cb on_close;
+    sbx_http_req_cb on_drain;
+    bool body_complete;
+    bool no_body;
+    bool body_paused;
+    enum resp_state resp;
+    bool resp_chunked;
+    bool resp_no_body;
+    int status;
+    struct sbx_buf extra_headers;
+};
+
+struct conn {
+    union {
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    bool is_tcp;
+    struct sbx_http_server *srv;
+    http_parser parser;
+    struct req *req;
+    struct sbx_buf inbuf;   /* received, not yet parsed */
+    struct sbx_buf url;     /* request target being parsed */
+    struct sbx_buf field;   /* header field being parsed */
+    struct sbx_buf value;   /* header value being parsed */
+    size_t head_bytes;
+    bool in_value;
+    bool reading;
+    bool closing;
+    bool keep_alive;
+    bool in_parse;
+    size_t queued;          /* bytes handed to uv_write and not yet written */
+    struct conn *next, *prev;
+};
+
+struct sbx_http_server {
+    uv_loop_t *loop;
+    sbx_http_request_cb on_request;
+    void *ud;
+    uv_tcp_t *tcp;
+    uv_pipe_t *pipe;
+    struct conn *conns;
+    bool log;
+};
+
+struct write_req {
+    uv_write_t w;
+    struct conn *conn;
+    size_t len;
+    char data[];
+};
+
+static void conn_process(struct conn *c);
+static void conn_close(struct conn *c);
+static void respond_simple(struct conn *c, int status, const char *msg);
+
+static struct req *
+to_req(struct sbx_http_req *r)
+{
+    return (struct req *)r;
+}
+
+/* ---- request bookkeeping ---- */
+
+static void
+req_free(struct req *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->pub.n_headers; i++) {
+        free(r->pub.headers[i].name);
+        free(r->pub.headers[i].value);
+    }
+    free(r->pub.headers);
+    free(r->pub.target);
+    free(r->pub.path);
+    free(r->pub.query);
+    free((char *)r->pub.method);
+    sbx_buf_fini(&r->body);
+    sbx_buf_fini(&r->extra_headers);
+    free(r);
+}
+
+static void
+log_request(struct conn *c, struct req *r)
+{
+    if (!c->srv->log)
+        return;
+    sbx_log_info("request", "sandbox=%s method=%s route=%s status=%d dur_ms=%.1f",
+                 r->pub.log_sandbox[0] ? r->pub.log_sandbox : "-", r->pub.method,
+                 r->pub.path ? r->pub.path : "-", r->status,
+                 (double)(sbx_now_ms() - r->pub.start_ms));
+}
+
+/* Called at safe points: releases a request whose response ended and whose body was read. */
+static void
+conn_maybe_finish(struct conn *c)
+{
+    struct req *r = c->req;
+    if (r == NULL || r->resp != RESP_ENDED || c->closing)
+        return;
+    if (!r->body_complete) {
+        /* The handler answered before reading the whole body: the rest of the body is still
+         * on the wire, so the connection cannot carry another request. */
+        c->keep_alive = false;
+    }
+    if (c->queued > 0)
+        return; /* finish after the response is flushed */
+    log_request(c, r);
+    c->req = NULL;
+    req_free(r);
+    if (!c->keep_alive) {
+        conn_close(c);
+        return;
+    }
+    http_parser_pause(&c->parser, 0);
+    conn_process(c);
+}
+
+/* ---- writing ---- */
+
+static void
+on_write(uv_write_t *w, int status)
+{
+    struct write_req *wr = (struct write_req *)w;
+    struct conn *c = wr->conn;
+    c->queued -= wr->len;
+    free(wr);
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    struct req *r = c->req;
+    if (r && r->on_drain && c->queued < SBX_HTTP_WRITE_HIGH_WATER) {
+        sbx_http_req_cb cb = r->on_drain;
+        r->on_drain = NULL;
+        cb(&r->pub);
+    }
+    if (c->queued == 0)
+        conn_maybe_finish(c);
+}
+
+static void
+conn_write(struct conn *c, const void *data, size_t len)
+{
+    if (c->closing || len == 0)
+        return;
+    struct write_req *wr = malloc(sizeof(*wr) + len);
+    if (wr == NULL) {
+        conn_close(c);
+        return;
+    }
+    wr->conn = c;
+    wr->len = len;
+    memcpy(wr->data, data, len);
+    uv_buf_t b = uv_buf_init(wr->data, (unsigned)len);
+    c->queued += len;
+    int rc = uv_write(&wr->w, &c->h.stream, &b, 1, on_write);
+    if (rc < 0) {
+        c->queued -= len;
+        free(wr);
+        conn_close(c);
+    }
+}
+
+/* ---- connection teardown ---- */
+
+static void
+on_conn_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    struct sbx_http_server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (s)
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    req_free(c->req);
+    sbx_buf_fini(&c->inbuf);
+    sbx_buf_fini(&c->url);
+    sbx_buf_fini(&c->field);
+    sbx_buf_fini(&c->value);
+    free(c);
+}
+
+static void
+conn_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    struct req *r = c->req;
+    if (r && r->resp != RESP_ENDED && r->on_close) {
+        sbx_http_req_cb cb = r->on_close;
+        r->on_close = NULL;
+        cb(&r->pub);
+    }
+    uv_close((uv_handle_t *)&c->h, on_conn_closed);
+}
+
+void
+sbx_http_abort(struct sbx_http_req *pub)
+{
+    struct req *r = to_req(pub);
+    struct conn *c = r->conn;
+    if (c->closing)
+        return;
+    r->on_close = NULL;
+    r->on_drain = NULL;
+    c->closing = true;
+    /* A reset, not a clean end: streaming clients must see that the stream was cut. */
+    if (c->is_tcp)
+        uv_tcp_close_reset(&c->h.tcp, on_conn_closed);
+    else
+        uv_close((uv_handle_t *)&c->h, on_conn_closed);
+}
+
+/* ---- parser callbacks ---- */
+
+static int
+head_account(struct conn *c, size_t n)
+{
+    c->head_bytes += n;
+    return c->head_bytes > SBX_HTTP_MAX_HEADER_BYTES ? -1 : 0;
+}
+
+static int
+on_message_begin(http_parser *p)
+{
+    struct conn *c = p->data;
+    struct req *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -1;
+    r->conn = c;
+    r->pub.content_length = -1;
+    c->req = r;
+    c->head_bytes = 0;
+    c->in_value = false;
+    c->field.len = c->value.len = c->url.len = 0;
+    return 0;
+}
+
+static int
+on_url(http_parser *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (head_account(c, len) < 0)
+        return -1;
+    return sbx_buf_append(&c->url, at, len, SBX_HTTP_MAX_HEADER_BYTES);
+}
+
+static int
+push_header(struct conn *c)
+{
+    struct req *r = c->req;
+    if (c->field.len == 0)
+        return 0;
+    if (r->pub.n_headers >= SBX_HTTP_MAX_HEADERS)
+        return -1;
+    if (r->pub.n_headers == r->headers_cap) {
+        size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+        struct sbx_http_header *h = realloc(r->pub.headers, cap * sizeof(*h));
+        if (h == NULL)
+            return -1;
+        r->pub.headers = h;
+        r->headers_cap = cap;
+    }
+    for (size_t i = 0; i < c->field.len; i++)
+        c->field.data[i] = (char)tolower((unsigned char)c->field.data[i]);
+    char *name = strndup(c->field.data, c->field.len);
+    char *value = strndup(c->value.len ? c->value.data : "", c->value.len);
+    if (name == NULL || value == NULL) {
+        free(name);
+        free(value);
+        return -1;
+    }
+    r->pub.headers[r->pub.n_headers++] = (struct sbx_http_header){name, value};
+    c->field.len = c->value.len = 0;
+    return 0;
+}
+
+static int
+on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (head_account(c, len) < 0)
+        return -1;
+    if (c->in_value) {
+        if (push_header(c) < 0)
+            return -1;
+        c->in_value = false;
+    }
+    return sbx_buf_append(&c->field, at, len, SBX_HTTP_MAX_HEADER_BYTES);
+}
+
+static int
+on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (head_account(c, len) < 0)
+        return -1;
+    c->in_value = true;
+    return sbx_buf_append(&c->value, at, len, SBX_HTTP_MAX_HEADER_BYTES);
+}
+
+static int
+on_headers_complete(http_parser *p)
+{
+    struct conn *c = p->data;
+    struct req *r = c->req;
+    if (c->in_value && push_header(c) < 0)
+        return -1;
+    c->in_value = false;
+    if (c->url.len == 0)
+        return -1;
+    r->pub.target = strndup(c->url.data, c->url.len);
+    if (r->pub.target == NULL)
+        return -1;
+    r->pub.method = strdup(http_method_str((enum http_method)p->method));
+    const char *q = strchr(r->pub.target, '?');
+    r->pub.path = q ? strndup(r->pub.target, (size_t)(q - r->pub.target)) : strdup(r->pub.target);
+    r->pub.query = q ? strdup(q + 1) : NULL;
+    if (r->pub.method == NULL || r->pub.path == NULL || (q && r->pub.query == NULL))
+        return -1;
+    r->pub.chunked = (p->flags & F_CHUNKED) != 0;
+    r->pub.content_length = (p->flags & F_CONTENTLENGTH) ? (int64_t)p->content_length : -1;
+    r->no_body = !r->pub.chunked && r->pub.content_length <= 0;
+    r->pub.start_ms = sbx_now_ms();
+    c->keep_alive = http_should_keep_alive(p) != 0;
+    c->srv->on_request(&r->pub, c->srv->ud);
+    if (r->body_mode == BODY_UNSET) {
+        if (r->resp != RESP_NONE || r->no_body)
+            r->body_mode = BODY_DISCARD;
+        else
+            http_parser_pause(p, 1); /* resumes when the handler picks a body mode */
+    }
+    return 0;
+}
+
+static void
+deliver_buffered_body(struct req *r)
+{
+    sbx_http_body_done_cb cb = r->body_done;
+    r->body_done = NULL;
+    if (r->body_too_large) {
+        sbx_http_respond_error(&r->pub, 413, "request body larger than %zu bytes", r->body_max);
+        return;
+    }
+    if (cb)
+        cb(&r->pub, &r->body);
+}
+
+static int
+on_body(http_parser *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    struct req *r = c->req;
+    switch (r->body_mode) {
+    case BODY_BUFFER:
+        if (!r->body_too_large && sbx_buf_append(&r->body, at, len, r->body_max) < 0) {
+            r->body_too_large = true;
+            sbx_buf_fini(&r->body);
+            /* Answer now; the connection closes because the body is not fully read. */
+            deliver_buffered_body(r);
+        }
+        break;
+    case BODY_STREAM:
+        if (r->on_data)
+            r->on_data(&r->pub, at, len);
+        if (r->body_paused && !c->closing)
+            http_parser_pause(p, 1);
+        break;
+    case BODY_DISCARD:
+    case BODY_UNSET:
+        break;
+    }
+    return 0;
+}
+
+static int
+on_message_complete(http_parser *p)
+{
+    struct conn *c = p->data;
+    struct req *r = c->req;
+    r->body_complete = true;
+    /* One request at a time: stop parsing pipelined data until this response has ended. */
+    http_parser_pause(p, 1);
+    if (r->body_mode == BODY_BUFFER && r->body_done)
+        deliver_buffered_body(r);
+    else if (r->body_mode == BODY_STREAM && r->on_end)
+        r->on_end(&r->pub);
+    return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- reading and the parse loop ---- */
+
+static void
+on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char slab[64 * 1024];
+    (void)h;
+    (void)suggested;
+    /* The loop is single-threaded and data is copied into inbuf before the next read. */
+    *buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void
+set_reading(struct conn *c, bool on);
+
+static void
+on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (sbx_buf_append(&c->inbuf, buf->base, (size_t)nread, SIZE_MAX / 2) < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_process(c);
+}
+
+static void
+set_reading(struct conn *c, bool on)
+{
+    if (c->closing || c->reading == on)
+        return;
+    c->reading = on;
+    if (on)
+        uv_read_start(&c->h.stream, on_alloc, on_read);
+    else
+        uv_read_stop(&c->h.stream);
+}
+
+static void
+conn_process(struct conn *c)
+{
+    if (c->in_parse || c->closing)
+        return;
+    c->in_parse = true;
+    while (!c->closing && c->inbuf.len > 0) {
+        struct req *r = c->req;
+        if (r && r->pub.method != NULL && r->body_mode == BODY_UNSET)
+            break; /* waiting for the handler to choose how to read the body */
+        if (r && (r->body_paused || (r->body_complete && r->resp != RESP_ENDED)))
+            break;
+        if (r && r->body_complete)
+            break; /* finished but not yet released: conn_maybe_finish continues */
+        if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
+            http_parser_pause(&c->parser, 0);
+        size_t n = http_parser_execute(&c->parser, &parser_settings, c->inbuf.data, c->inbuf.len);
+        enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+        sbx_buf_consume(&c->inbuf, n);
+        if (e == HPE_PAUSED) {
+            struct req *cur = c->req;
+            if (cur == NULL || cur->body_complete || cur->body_paused ||
+                cur->body_mode == BODY_UNSET)
+                break; /* wait for the response to end, or for the handler */
+            continue;
+        }
+        if (e != HPE_OK) {
+            int status = e == HPE_HEADER_OVERFLOW || c->head_bytes > SBX_HTTP_MAX_HEADER_BYTES
+                             ? 431
+                             : 400;
+            if (c->req && c->req->pub.n_headers >= SBX_HTTP_MAX_HEADERS)
+                status = 431;
+            respond_simple(c, status, status == 431 ? "request header fields too large"
+                                                    : http_errno_description(e));
+            break;
+        }
+        if (n == 0)
+            break;
+    }
+    c->in_parse = false;
+    if (c->closing)
+        return;
+    /* Keep reading (bounded) even while a response streams, so that a client that goes
+     * away is noticed at once rather than at the next write. */
+    set_reading(c, c->inbuf.len < SBX_HTTP_MAX_PENDING_INPUT);
+    conn_maybe_finish(c);
+}
+
+/* A parse error: answer with a plain JSON error and close, whatever state we were in. */
+static void
+respond_simple(struct conn *c, int status, const char *msg)
+{
+    struct req *r = c->req;
+    c->keep_alive = false;
+    if (r && r->resp != RESP_NONE) {
+        conn_close(c);
+        return;
+    }
+    if (r == NULL) {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL) {
+            conn_close(c);
+            return;
+        }
+        r->conn = c;
+        c->req = r;
+    }
+    if (r->pub.method == NULL)
+        r->pub.method = strdup("-");
+    r->pub.start_ms = sbx_now_ms();
+    r->body_complete = true;
+    r->on_close = NULL;
+    sbx_http_respond_error(&r->pub, status, "%s", msg);
+}
+
+/* ---- accepting ---- */
+
+static void
+on_connection(uv_stream_t *server, int status)
+{
+    struct sbx_http_server *s = server->data;
+    if (status < 0)
+        return;
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->srv = s;
+    c->is_tcp = server->type == UV_TCP;
+    if (c->is_tcp)
+        uv_tcp_init(s->loop, &c->h.tcp);
+    else
+        uv_pipe_init(s->loop, &c->h.pipe, 0);
+    c->h.stream.data = c;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    if (uv_accept(server, &c->h.stream) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->is_tcp)
+        uv_tcp_nodelay(&c->h.tcp, 1);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    set_reading(c, true);
+}
+
+struct sbx_http_server *
+sbx_http_server_new(uv_loop_t *loop, sbx_http_request_cb on_request, void *ud)
+{
+    struct sbx_http_server *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->loop = loop;
+    s->on_request = on_request;
+    s->ud = ud;
+    return s;
+}
+
+void
+sbx_http_server_set_logging(struct sbx_http_server *s, bool on)
+{
+    s->log = on;
+}
+
+int
+sbx_http_server_listen_tcp(struct sbx_http_server *s, const char *host, int port,
+                           struct sbx_error **err)
+{
+    struct sockaddr_storage addr;
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid listen address '%s'", host);
+    s->tcp = calloc(1, sizeof(*s->tcp));
+    uv_tcp_init(s->loop, s->tcp);
+    s->tcp->data = s;
+    int rc = uv_tcp_bind(s->tcp, (struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)s->tcp, 511, on_connection);
+    if (rc < 0)
+        return sbx_error_set(err, SBX_UNAVAILABLE, -rc, "cannot listen on %s:%d: %s", host, port,
+                             uv_strerror(rc));
+    return 0;
+}
+
+int
+sbx_http_server_port(struct sbx_http_server *s)
+{
+    struct sockaddr_storage addr;
+    int len = sizeof(addr);
+    if (s->tcp == NULL || uv_tcp_getsockname(s->tcp, (struct sockaddr *)&addr, &len) < 0)
+        return -1;
+    if (addr.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&addr)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
+}
+
+int
+sbx_http_server_listen_fd(struct sbx_http_server *s, int fd, struct sbx_error **err)
+{
+    uv_handle_type t = uv_guess_handle(fd);
+    int rc;
+    uv_stream_t *st;
+    if (t == UV_TCP) {
+        uv_tcp_t *tcp = calloc(1, sizeof(*tcp));
+        uv_tcp_init(s->loop, tcp);
+        rc = uv_tcp_open(tcp, fd);
+        st = (uv_stream_t *)tcp;
+        if (s->tcp == NULL)
+            s->tcp = tcp;
+    } else {
+        uv_pipe_t *pipe = calloc(1, sizeof(*pipe));
+        uv_pipe_init(s->loop, pipe, 0);
+        rc = uv_pipe_open(pipe, fd);
+        st = (uv_stream_t *)pipe;
+        s->pipe = pipe;
+    }
+    st->data = s;
+    if (rc == 0)
+        rc = uv_listen(st, 511, on_connection);
+    if (rc < 0)
+        return sbx_error_set(err, SBX_UNAVAILABLE, -rc, "cannot serve fd %d: %s", fd,
+                             uv_strerror(rc));
+    return 0;
+}
+
+static void
+free_on_close(uv_handle_t *h)
+{
+    free(h);
+}
+
+void
+sbx_http_server_close(struct sbx_http_server *s)
+{
+    if (s == NULL)
+        return;
+    if (s->tcp)
+        uv_close((uv_handle_t *)s->tcp, free_on_close);
+    if (s->pipe)
+        uv_close((uv_handle_t *)s->pipe, free_on_close);
+    for (struct conn *c = s->conns; c; c = c->next) {
+        conn_close(c);
+        c->srv = NULL;
+    }
+    s->conns = NULL;
+    free(s);
+}
+
+/* ---- request accessors ---- */
+
+const char *
+sbx_http_req_header(const struct sbx_http_req *req, const char *lname)
+{
+    for (size_t i = 0; i < req->n_headers; i++)
+        if (strcmp(req->headers[i].name, lname) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+static int
+hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = tolower(ch);
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    return -1;
+}
+
+char *
+sbx_http_percent_decode(const char *s, size_t len, bool plus_is_space, size_t *outlen)
+{
+    char *out = malloc(len + 1);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            int hi = i + 1 < len ? hexval((unsigned char)s[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval((unsigned char)s[i + 2]) : -1;
+            if (hi < 0 || lo < 0) {
+                free(out);
+                return NULL;
+            }
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (s[i] == '+' && plus_is_space) {
+            out[o++] = ' ';
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    if (outlen)
+        *outlen = o;
+    return out;
+}
+
+char *
+sbx_http_req_query(const struct sbx_http_req *req, const char *key)
+{
+    const char *q = req->query;
+    size_t klen = strlen(key);
+    while (q && *q) {
+        const char *amp = strchr(q, '&');
+        size_t plen = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', plen);
+        size_t nlen = eq ? (size_t)(eq - q) : plen;
+        size_t dlen = 0;
+        char *name = sbx_http_percent_decode(q, nlen, true, &dlen);
+        bool match = name && dlen == klen && memcmp(name, key, klen) == 0;
+        free(name);
+        if (match) {
+            if (eq == NULL)
+                return strdup("");
+            return sbx_http_percent_decode(eq + 1, plen - nlen - 1, true, NULL);
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    return NULL;
+}
+
+/* ---- body ---- */
+
+static void
+resume_parsing(struct req *r)
+{
+    struct conn *c = r->conn;
+    if (c->closing)
+        return;
+    conn_process(c);
+}
+
+void
+sbx_http_req_read_body(struct sbx_http_req *pub, size_t max, sbx_http_body_done_cb done)
+{
+    struct req *r = to_req(pub);
+    r->body_mode = BODY_BUFFER;
+    r->body_max = max;
+    r->body_done = done;
+    if (r->pub.content_length > (int64_t)max) {
+        /* Refuse before reading a byte of it. */
+        r->body_too_large = true;
+        r->body_done = NULL;
+        sbx_http_respond_error(pub, 413, "request body larger than %zu bytes", max);
+        return;
+    }
+    if (r->body_complete) {
+        deliver_buffered_body(r);
+        return;
+    }
+    resume_parsing(r);
+}
+
+void
+sbx_http_req_stream_body(struct sbx_http_req *pub, sbx_http_data_cb on_data,
+                         sbx_http_req_cb on_end)
+{
+    struct req *r = to_req(pub);
+    bool was_streaming = r->body_mode == BODY_STREAM;
+    r->body_mode = BODY_STREAM;
+    r->on_data = on_data;
+    r->on_end = on_end;
+    if (was_streaming)
+        return; /* only the callbacks change */
+    if (r->body_complete) {
+        if (on_end)
+            on_end(pub);
+        return;
+    }
+    resume_parsing(r);
+}
+
+void
+sbx_http_req_pause_body(struct sbx_http_req *pub)
+{
+    struct req *r = to_req(pub);
+    r->body_paused = true;
+    if (r->conn->in_parse)
+        http_parser_pause(&r->conn->parser, 1);
+    set_reading(r->conn, false);
+}
+
+void
+sbx_http_req_resume_body(struct sbx_http_req *pub)
+{
+    struct req *r = to_req(pub);
+    if (!r->body_paused)
+        return;
+    r->body_paused = false;
+    resume_parsing(r);
+}
+
+void
+sbx_http_req_on_close(struct sbx_http_req *pub, sbx_http_req_cb on_close)
+{
+    to_req(pub)->on_close = on_close;
+}
+
+/* ---- responses ---- */
+
+void
+sbx_http_add_header(struct sbx_http_req *pub, const char *name, const char *value)
+{
+    struct req *r = to_req(pub);
+    /* Header injection guard: values come from upstreams and user metadata. */
+    if (strpbrk(name, "\r\n:") || strpbrk(value, "\r\n"))
+        return;
+    sbx_buf_printf(&r->extra_headers, "%s: %s\r\n", name, value);
+}
+
+static bool
+has_extra_header(struct req *r, const char *lname)
+{
+    if (r->extra_headers.data == NULL)
+        return false;
+    size_t n = strlen(lname);
+    const char *p = r->extra_headers.data;
+    while (*p) {
+        if (strncasecmp(p, lname, n) == 0 && p[n] == ':')
+            return true;
+        p = strchr(p, '\n');
+        if (p == NULL)
+            break;
+        p++;
+    }
+    return false;
+}
+
+static void
+write_head(struct req *r, int status, const char *content_type, int64_t length)
+{
+    struct conn *c = r->conn;
+    struct sbx_buf h = {0};
+    const char *reason = http_status_str((enum http_status)status);
+    r->status = status;
+    r->resp_no_body = status == 204 || status == 304 || (status >= 100 && status < 200) ||
+                      strcmp(r->pub.method, "HEAD") == 0;
+    sbx_buf_printf(&h, "HTTP/1.1 %d %s\r\n", status, reason ? reason : "Unknown");
+    if (content_type)
+        sbx_buf_printf(&h, "Content-Type: %s\r\n", content_type);
+    if (r->extra_headers.len)
+        sbx_buf_append(&h, r->extra_headers.data, r->extra_headers.len, SIZE_MAX / 2);
+    if (status != 204 && status != 304 && !(status >= 100 && status < 200)) {
+        if (length >= 0)
+            sbx_buf_printf(&h, "Content-Length: %lld\r\n", (long long)length);
+        else if (!has_extra_header(r, "content-length")) {
+            sbx_buf_printf(&h, "Transfer-Encoding: chunked\r\n");
+            r->resp_chunked = true;
+        }
+    }
+    if (!r->body_complete && !r->no_body && r->body_mode != BODY_STREAM &&
+        r->body_mode != BODY_BUFFER)
+        c->keep_alive = false; /* an unread body stays on the wire */
+    sbx_buf_printf(&h, "Connection: %s\r\n\r\n", c->keep_alive ? "keep-alive" : "close");
+    conn_write(c, h.data, h.len);
+    sbx_buf_fini(&h);
+}
+
+void
+sbx_http_respond(struct sbx_http_req *pub, int status, const char *content_type, const void *body,
+                 size_t len)
+{
+    struct req *r = to_req(pub);
+    if (r->resp != RESP_NONE)
+        return;
+    r->resp = RESP_STARTED;
+    write_head(r, status, content_type, (int64_t)len);
+    if (!r->resp_no_body)
+        conn_write(r->conn, body, len);
+    r->resp = RESP_ENDED;
+    if (!r->conn->in_parse)
+        conn_maybe_finish(r->conn);
+}
+
+void
+sbx_http_start(struct sbx_http_req *pub, int status, const char *content_type)
+{
+    struct req *r = to_req(pub);
+    if (r->resp != RESP_NONE)
+        return;
+    r->resp = RESP_STARTED;
+    write_head(r, status, content_type, -1);
+}
+
+bool
+sbx_http_write(struct sbx_http_req *pub, const void *data, size_t len)
+{
+    struct req *r = to_req(pub);
+    struct conn *c = r->conn;
+    if (r->resp != RESP_STARTED || c->closing || r->resp_no_body)
+        return true;
+    if (len == 0)
+        return c->queued < SBX_HTTP_WRITE_HIGH_WATER;
+    if (r->resp_chunked) {
+        char pre[24];
+        int n = snprintf(pre, sizeof(pre), "%zx\r\n", len);
+        /* One write per chunk keeps frames intact and flushes immediately. */
+        struct sbx_buf b = {0};
+        sbx_buf_append(&b, pre, (size_t)n, SIZE_MAX / 2);
+        sbx_buf_append(&b, data, len, SIZE_MAX / 2);
+        sbx_buf_append(&b, "\r\n", 2, SIZE_MAX / 2);
+        conn_write(c, b.data, b.len);
+        sbx_buf_fini(&b);
+    } else {
+        conn_write(c, data, len);
+    }
+    return c->queued < SBX_HTTP_WRITE_HIGH_WATER;
+}
+
+void
+sbx_http_on_drain(struct sbx_http_req *pub, sbx_http_req_cb on_drain)
+{
+    to_req(pub)->on_drain = on_drain;
+}
+
+void
+sbx_http_end(struct sbx_http_req *pub)
+{
+    struct req *r = to_req(pub);
+    if (r->resp != RESP_STARTED)
+        return;
+    if (r->resp_chunked && !r->resp_no_body)
+        conn_write(r->conn, "0\r\n\r\n", 5);
+    r->resp = RESP_ENDED;
+    r->on_drain = NULL;
+    if (!r->conn->in_parse)
+        conn_maybe_finish(r->conn);
+}
+
+void
+sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    json_t *o = json_pack("{s:i,s:s}", "code", status, "message", msg ? msg : "error");
+    char *body = json_dumps(o, JSON_COMPACT);
+    sbx_http_respond(req, status, "application/json; charset=utf-8", body, body ? strlen(body) : 0);
+    free(body);
+    json_decref(o);
+    free(msg);
+}
