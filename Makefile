@@ -1,0 +1,41 @@
+# Thin wrapper over meson so that README's two commands work on a fresh Debian 12 machine.
+#   make serve  - install build dependencies, build, start the daemon on its defaults
+#   make test   - install build and test dependencies, build, run every test suite
+BUILD ?= build
+PYTHON ?= .venv/bin/python
+SBX_BIN := $(abspath $(BUILD))/sbx
+
+.PHONY: all setup-build setup-test build serve test test-unit test-py test-js clean
+
+all: build
+
+setup-build:
+	scripts/setup.sh build
+
+setup-test:
+	scripts/setup.sh test
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD)
+
+build: setup-build $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+serve: build
+	exec $(BUILD)/sbx serve
+
+# Unit tests and fuzz-corpus replays (meson), then the SDK suites against a real daemon.
+test: setup-test build
+	$(MAKE) --no-print-directory test-unit test-py test-js
+
+test-unit:
+	meson test -C $(BUILD) --print-errorlogs
+
+test-py:
+	SBX_BIN=$(SBX_BIN) $(PYTHON) -m pytest -p no:cacheprovider tests/integration/py tests/security
+
+test-js:
+	cd tests/integration/js && SBX_BIN=$(SBX_BIN) npm test
+
+clean:
+	rm -rf $(BUILD)
