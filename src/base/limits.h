@@ -7,6 +7,7 @@
 #define SBX_HTTP_MAX_BUFFERED_BODY (16 * 1024 * 1024) /* bodies read whole (JSON, unary RPC) */
 #define SBX_HTTP_WRITE_HIGH_WATER (1024 * 1024)  /* pause producers above this many queued bytes */
 #define SBX_HTTP_MAX_PENDING_INPUT (1024 * 1024) /* unparsed input kept per connection */
+#define SBX_HTTP_MAX_DRAIN_BYTES (4 * 1024 * 1024) /* unread body discarded before close */
 #define SBX_HTTP_IDLE_TIMEOUT_MS (300 * 1000)    /* keep-alive connection with no request */
 #define SBX_CONNECT_MAX_MESSAGE (16 * 1024 * 1024)
 

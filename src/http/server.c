@@ -63,6 +63,9 @@ struct conn {
     bool closing;
     bool keep_alive;
     bool in_parse;
+    bool draining;          /* response sent, discarding the unread body before closing */
+    size_t drained;
+    uv_shutdown_t shutdown;
     size_t queued;          /* bytes handed to uv_write and not yet written */
     struct conn *next, *prev;
 };
@@ -86,6 +89,8 @@ struct write_req {
 
 static void conn_process(struct conn *c);
 static void conn_close(struct conn *c);
+static void conn_drain(struct conn *c);
+static void set_reading(struct conn *c, bool on);
 static void respond_simple(struct conn *c, int status, const char *msg);
 
 static struct req *
@@ -141,10 +146,14 @@ conn_maybe_finish(struct conn *c)
     if (c->queued > 0)
         return; /* finish after the response is flushed */
     log_request(c, r);
+    bool unread_body = !r->body_complete;
     c->req = NULL;
     req_free(r);
     if (!c->keep_alive) {
-        conn_close(c);
+        if (unread_body)
+            conn_drain(c);
+        else
+            conn_close(c);
         return;
     }
     http_parser_pause(&c->parser, 0);
@@ -248,6 +257,30 @@ sbx_http_abort(struct sbx_http_req *pub)
         uv_tcp_close_reset(&c->h.tcp, on_conn_closed);
     else
         uv_close((uv_handle_t *)&c->h, on_conn_closed);
+}
+
+/* Lingering close: closing a socket with unread input makes the kernel send a reset, which
+ * can destroy the error response the client has not read yet (413, 431). So send FIN, then
+ * read and discard (bounded) until the client closes. */
+static void
+on_shutdown(uv_shutdown_t *s, int status)
+{
+    (void)s;
+    (void)status;
+}
+
+static void
+conn_drain(struct conn *c)
+{
+    if (c->closing || c->draining)
+        return;
+    c->draining = true;
+    c->inbuf.len = 0;
+    if (uv_shutdown(&c->shutdown, &c->h.stream, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    set_reading(c, true);
 }
 
 /* ---- parser callbacks ---- */
@@ -450,9 +483,6 @@ on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 }
 
 static void
-set_reading(struct conn *c, bool on);
-
-static void
 on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
@@ -462,6 +492,12 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
+    if (c->draining) {
+        c->drained += (size_t)nread;
+        if (c->drained > SBX_HTTP_MAX_DRAIN_BYTES)
+            conn_close(c);
+        return;
+    }
     if (sbx_buf_append(&c->inbuf, buf->base, (size_t)nread, SIZE_MAX / 2) < 0) {
         conn_close(c);
         return;
@@ -484,7 +520,7 @@ set_reading(struct conn *c, bool on)
 static void
 conn_process(struct conn *c)
 {
-    if (c->in_parse || c->closing)
+    if (c->in_parse || c->closing || c->draining)
         return;
     c->in_parse = true;
     while (!c->closing && c->inbuf.len > 0) {

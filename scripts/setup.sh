@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Install what sbx needs on a fresh Debian 12 machine. Idempotent: a re-run only checks.
+#
+#   scripts/setup.sh build   Debian packages needed to build and run the daemon
+#   scripts/setup.sh test    the same, plus the Python venv (.venv) and the JS test packages
+#
+# Run as root (apt-get). The venv and npm steps need no root and are skipped when their
+# inputs (requirements.txt, package-lock.json) have not changed since the last install.
+set -euo pipefail
+
+# Debian packages: the one list. Everything here is installed in both modes.
+APT_PACKAGES=(
+    build-essential meson ninja-build pkg-config clang
+    libuv1-dev libjansson-dev libhttp-parser-dev libsqlite3-dev libseccomp-dev libssl-dev
+    libzmq3-dev libcurl4-openssl-dev zlib1g-dev
+    sudo curl git util-linux iproute2 procps
+    python3 python3-pip python3-venv
+)
+# Installed only when `node` is absent (these machines usually ship Node 20 with npm).
+APT_NODE_PACKAGES=(nodejs npm)
+
+# apt-get update again only when the package lists are older than this.
+APT_UPDATE_MAX_AGE_S=$((6 * 3600))
+APT_STAMP=/var/lib/apt/periodic/sbx-setup-update-stamp
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$REPO/.venv"
+PY_REQUIREMENTS="$REPO/tests/integration/py/requirements.txt"
+JS_DIR="$REPO/tests/integration/js"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    echo "usage: $0 build|test" >&2
+    exit 2
+}
+
+# Prints the packages of "$@" that are not installed.
+missing_packages() {
+    local p status
+    for p in "$@"; do
+        status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
+        [[ $status == ii* ]] || printf '%s\n' "$p"
+    done
+}
+
+apt_update_if_stale() {
+    local now age
+    now=$(date +%s)
+    if [[ -f $APT_STAMP ]]; then
+        age=$((now - $(stat -c %Y "$APT_STAMP")))
+        if ((age < APT_UPDATE_MAX_AGE_S)); then
+            log "apt lists updated ${age}s ago, not updating"
+            return
+        fi
+    fi
+    log "apt-get update"
+    apt-get update -q
+    mkdir -p "$(dirname "$APT_STAMP")"
+    touch "$APT_STAMP"
+}
+
+install_apt_packages() {
+    local wanted=("${APT_PACKAGES[@]}")
+    if [[ $1 == test ]] && ! command -v node >/dev/null 2>&1; then
+        wanted+=("${APT_NODE_PACKAGES[@]}")
+    fi
+    local missing
+    mapfile -t missing < <(missing_packages "${wanted[@]}")
+    if ((${#missing[@]} == 0)); then
+        log "Debian packages: all ${#wanted[@]} installed"
+        return
+    fi
+    [[ $(id -u) == 0 ]] || die "missing packages (${missing[*]}); run as root"
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_update_if_stale
+    if ! apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        # Stale lists (a package version vanished from the mirror): refresh once, retry.
+        rm -f "$APT_STAMP"
+        apt_update_if_stale
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+file_hash() {
+    sha256sum "$@" | sha256sum | cut -d' ' -f1
+}
+
+setup_venv() {
+    local stamp="$VENV/.sbx-requirements.sha256" want
+    if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        log "creating $VENV"
+        rm -rf "$VENV"
+        /usr/bin/python3 -m venv "$VENV"
+    fi
+    want=$(file_hash "$PY_REQUIREMENTS")
+    if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
+        log "Python venv up to date"
+        return
+    fi
+    log "pip install -r ${PY_REQUIREMENTS#"$REPO"/}"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_REQUIREMENTS"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+setup_js() {
+    command -v node >/dev/null 2>&1 || die "node not found"
+    command -v npm >/dev/null 2>&1 || die "npm not found"
+    # The e2b npm packages declare node >=20.18.1 (Debian 12's own nodejs is 18).
+    if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number);
+                  process.exit(a>20||(a===20&&b>=18)?0:1)'; then
+        log "warning: node $(node --version) is older than the e2b SDK wants (>=20.18.1)"
+    fi
+    local stamp="$JS_DIR/node_modules/.sbx-lock.sha256" want inputs=("$JS_DIR/package.json")
+    [[ -f $JS_DIR/package-lock.json ]] && inputs+=("$JS_DIR/package-lock.json")
+    want=$(file_hash "${inputs[@]}")
+    if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
+        log "JS test packages up to date"
+        return
+    fi
+    if [[ -f $JS_DIR/package-lock.json ]]; then
+        log "npm ci in ${JS_DIR#"$REPO"/}"
+        (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+    else
+        log "npm install in ${JS_DIR#"$REPO"/}"
+        (cd "$JS_DIR" && npm install --no-audit --no-fund --loglevel=error)
+    fi
+    # Hash again: npm install may just have written package-lock.json.
+    inputs=("$JS_DIR/package.json" "$JS_DIR/package-lock.json")
+    file_hash "${inputs[@]}" >"$stamp"
+}
+
+main() {
+    (($# == 1)) || usage
+    case $1 in
+    build)
+        install_apt_packages build
+        ;;
+    test)
+        install_apt_packages test
+        setup_venv
+        setup_js
+        ;;
+    *) usage ;;
+    esac
+    log "done ($1)"
+}
+
+main "$@"
