@@ -22,6 +22,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -204,8 +205,10 @@ def sbx_daemon(tmp_path_factory):
     """The running daemon (a Daemon: .url .api_key .state_dir .port .restart() .kill9())."""
     global _DAEMON
     base = tmp_path_factory.mktemp("sbx")
-    state_dir = base / "state"
-    state_dir.mkdir()
+    # Sandbox uids must be able to traverse every parent of the state dir, and pytest's
+    # base temp dir is 0700: keep the state in /var/tmp.
+    state_dir = Path(tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp"))
+    state_dir.chmod(0o711)
     daemon = Daemon(_binary(), state_dir, base / "daemon.log")
     for var in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
         os.environ.pop(var, None)

@@ -135,47 +135,65 @@ parse_timeout(json_t *body, int def, int *out, struct sbx_error **err)
 
 /* ---- handlers; each gets the parsed body (NULL for bodiless requests) ---- */
 
-static void
-create(struct sbx_http_req *req, json_t *body, bool v2)
+int
+sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
+                          struct sbx_error **err)
 {
-    _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o = {.template_id = "base", .secure = true, .allow_internet = true};
     const char *tmpl = NULL;
-    if (!json_is_object(body)) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
-        respond_err(req, err);
-        return;
-    }
-    if (sbx_json_opt_string(body, "templateID", &tmpl, &err) < 0 ||
-        parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, &err) < 0 ||
-        sbx_json_opt_bool(body, "secure", &o.secure, &err) < 0 ||
-        sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, &err) < 0 ||
-        sbx_json_opt_bool(body, "autoPause", &o.auto_pause, &err) < 0 ||
-        sbx_json_opt_string_map(body, "metadata", &o.metadata, &err) < 0 ||
-        sbx_json_opt_string_map(body, "envVars", &o.env_vars, &err) < 0) {
-        respond_err(req, err);
-        return;
-    }
+    if (!json_is_object(body))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
+    if (sbx_json_opt_string(body, "templateID", &tmpl, err) < 0 ||
+        parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, err) < 0 ||
+        sbx_json_opt_bool(body, "secure", &o.secure, err) < 0 ||
+        sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err) < 0 ||
+        sbx_json_opt_bool(body, "autoPause", &o.auto_pause, err) < 0 ||
+        sbx_json_opt_string_map(body, "metadata", &o.metadata, err) < 0 ||
+        sbx_json_opt_string_map(body, "envVars", &o.env_vars, err) < 0)
+        return -1;
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
     if (tmpl) {
-        if (!known_template(tmpl)) {
-            sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                          "template '%s' not found (this server offers 'base' and "
-                          "'code-interpreter-v1')",
-                          tmpl);
-            respond_err(req, err);
-            return;
-        }
+        if (!known_template(tmpl))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                                 "template '%s' not found (this server offers 'base' and "
+                                 "'code-interpreter-v1')",
+                                 tmpl);
         o.template_id = tmpl;
         o.alias = tmpl;
     }
     char *meta = o.metadata ? json_dumps(o.metadata, JSON_COMPACT) : NULL;
     size_t meta_len = meta ? strlen(meta) : 0;
     free(meta);
-    if (meta_len > SBX_MAX_METADATA_BYTES) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "metadata larger than %d bytes",
-                      SBX_MAX_METADATA_BYTES);
+    if (meta_len > SBX_MAX_METADATA_BYTES)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "metadata larger than %d bytes",
+                             SBX_MAX_METADATA_BYTES);
+    *out = o;
+    return 0;
+}
+
+int
+sbx_api_timeout_parse(json_t *body, bool extend_only, int64_t *out, struct sbx_error **err)
+{
+    int64_t secs = 0;
+    const char *key = extend_only ? "duration" : "timeout";
+    int rc = sbx_json_opt_int(body, key, &secs, err);
+    if (rc < 0)
+        return -1;
+    if ((rc == 0 && !extend_only) || secs < 0 || secs > SBX_MAX_TIMEOUT_S)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "'%s' must be an integer between 0 and %d seconds", key,
+                             SBX_MAX_TIMEOUT_S);
+    *out = secs;
+    return 0;
+}
+
+static void
+create(struct sbx_http_req *req, json_t *body, bool v2)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_create_opts o;
+    if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
         respond_err(req, err);
         return;
     }
@@ -234,13 +252,7 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
     if (l == NULL)
         return;
     int64_t secs = 0;
-    const char *key = extend_only ? "duration" : "timeout";
-    int rc = sbx_json_opt_int(body, key, &secs, &err);
-    if (rc < 0 || (rc == 0 && !extend_only) || secs < 0 || secs > SBX_MAX_TIMEOUT_S) {
-        if (err == NULL)
-            sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                          "'%s' must be an integer between 0 and %d seconds", key,
-                          SBX_MAX_TIMEOUT_S);
+    if (sbx_api_timeout_parse(body, extend_only, &secs, &err) < 0) {
         respond_err(req, err);
         return;
     }
@@ -350,6 +362,8 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_store_query q = {0};
+    /* Declared before the first goto: jumping past it would run its cleanup on garbage. */
+    _cleanup_sandbox_list_ struct sbx_sandbox_list *list = NULL;
     _cleanup_free_ char *meta = sbx_http_req_query(req, "metadata");
     _cleanup_free_ char *state = sbx_http_req_query(req, "state");
     _cleanup_free_ char *limit = v2 ? sbx_http_req_query(req, "limit") : NULL;
@@ -410,7 +424,6 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     }
     q.template_id = tmpl;
     q.next_token = token;
-    _cleanup_sandbox_list_ struct sbx_sandbox_list *list = NULL;
     if (sbx_store_sandbox_query(sbx_daemon->store, &q, &list, &err) < 0)
         goto fail;
     json_t *arr = json_array();

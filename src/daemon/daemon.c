@@ -177,6 +177,31 @@ mkdir_private(const char *path, struct sbx_error **err)
     return 0;
 }
 
+/* Sandbox uids (unprivileged on the host) must traverse every parent of the state dir to
+ * reach their own upper layer; say so at start instead of failing every create. */
+static int
+check_reachable(const char *dir, struct sbx_error **err)
+{
+    _cleanup_free_ char *real = realpath(dir, NULL);
+    if (real == NULL)
+        return sbx_error_sys(err, errno, "resolve %s", dir);
+    for (char *slash = real; slash; slash = strchr(slash + 1, '/')) {
+        char saved = slash[1];
+        slash[1] = '\0';
+        struct stat st;
+        int rc = stat(real, &st);
+        slash[1] = saved;
+        if (rc == 0 && !(st.st_mode & S_IXOTH))
+            return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                                 "state dir %s is not reachable by sandbox users: a parent "
+                                 "directory has mode %03o; use a state dir whose parents are "
+                                 "all searchable by others (o+x), e.g. under /var/lib or "
+                                 "/var/tmp",
+                                 dir, st.st_mode & 0777);
+    }
+    return 0;
+}
+
 /* The key shown in the export lines: --api-key, or the one generated on first start. */
 static int
 ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
@@ -245,7 +270,8 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     if (asprintf(&sandboxes, "%s/sandboxes", d->cfg.state_dir) < 0 ||
         asprintf(&db, "%s/sbx.db", d->cfg.state_dir) < 0)
         return sbx_error_set(err, SBX_INTERNAL, 0, "out of memory");
-    if (mkdir_private(d->cfg.state_dir, err) < 0 || mkdir_private(sandboxes, err) < 0)
+    if (mkdir_private(d->cfg.state_dir, err) < 0 || mkdir_private(sandboxes, err) < 0 ||
+        check_reachable(sandboxes, err) < 0)
         return -1;
     d->store = sbx_store_open(db, err);
     if (d->store == NULL)

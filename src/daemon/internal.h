@@ -80,6 +80,11 @@ void sbx_lifecycle_shutdown(void);
 
 /* api.c: control plane (X-API-KEY). */
 void sbx_api_handle(struct sbx_http_req *req);
+/* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
+ * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
+int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
+                              struct sbx_error **err);
+int sbx_api_timeout_parse(json_t *body, bool extend_only, int64_t *secs, struct sbx_error **err);
 
 /* router.c: entry point of every request. */
 void sbx_router_on_request(struct sbx_http_req *req, void *ud);

@@ -41,15 +41,20 @@ sbx_lifecycle_find(const char *id)
 }
 
 static void
-on_poll_closed(uv_handle_t *h)
+live_free(struct sbx_live *l)
 {
-    struct sbx_live *l = h->data;
     if (l->pidfd >= 0)
         close(l->pidfd); /* only now: the poll handle no longer watches it */
     sbx_sandbox_rec_free(l->rec);
     free(l->dir);
     free(l->sock_path);
     free(l);
+}
+
+static void
+on_poll_closed(uv_handle_t *h)
+{
+    live_free(h->data);
 }
 
 /* Unlinks l from the table and frees it (after its poll handle has closed). */
@@ -65,7 +70,7 @@ live_drop(struct sbx_live *l)
         l->polling = false;
         uv_close((uv_handle_t *)&l->poll, on_poll_closed);
     } else {
-        on_poll_closed((uv_handle_t *)&l->poll);
+        live_free(l);
     }
 }
 

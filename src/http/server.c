@@ -296,6 +296,8 @@ static int
 on_message_begin(http_parser *p)
 {
     struct conn *c = p->data;
+    if (c->closing)
+        return -1;
     struct req *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -1;
@@ -396,6 +398,8 @@ on_headers_complete(http_parser *p)
     r->pub.start_ms = sbx_now_ms();
     c->keep_alive = http_should_keep_alive(p) != 0;
     c->srv->on_request(&r->pub, c->srv->ud);
+    if (c->closing)
+        return -1; /* aborted (or the client left): no further callbacks for this request */
     if (r->body_mode == BODY_UNSET) {
         if (r->resp != RESP_NONE || r->no_body)
             r->body_mode = BODY_DISCARD;
@@ -423,6 +427,10 @@ on_body(http_parser *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     struct req *r = c->req;
+    /* After an abort or a close callback the handler has dropped the request: stop here
+     * rather than hand it more of the body that is still in this read. */
+    if (c->closing)
+        return -1;
     switch (r->body_mode) {
     case BODY_BUFFER:
         if (!r->body_too_large && sbx_buf_append(&r->body, at, len, r->body_max) < 0) {
@@ -450,6 +458,8 @@ on_message_complete(http_parser *p)
 {
     struct conn *c = p->data;
     struct req *r = c->req;
+    if (c->closing)
+        return -1;
     r->body_complete = true;
     /* One request at a time: stop parsing pipelined data until this response has ended. */
     http_parser_pause(p, 1);
@@ -536,6 +546,8 @@ conn_process(struct conn *c)
         size_t n = http_parser_execute(&c->parser, &parser_settings, c->inbuf.data, c->inbuf.len);
         enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
         sbx_buf_consume(&c->inbuf, n);
+        if (c->closing)
+            break; /* a callback closed or aborted the connection: nothing left to answer */
         if (e == HPE_PAUSED) {
             struct req *cur = c->req;
             if (cur == NULL || cur->body_complete || cur->body_paused ||
@@ -588,7 +600,17 @@ respond_simple(struct conn *c, int status, const char *msg)
         r->pub.method = strdup("-");
     r->pub.start_ms = sbx_now_ms();
     r->body_complete = true;
-    r->on_close = NULL;
+    /* The handler may hold the request (a body being streamed, an answer being prepared):
+     * the error answer ends it, so the handler must drop it now, as if the client left. */
+    if (r->on_close) {
+        sbx_http_req_cb cb = r->on_close;
+        r->on_close = NULL;
+        cb(&r->pub);
+    }
+    r->on_drain = NULL;
+    r->body_done = NULL;
+    r->on_data = NULL;
+    r->on_end = NULL;
     sbx_http_respond_error(&r->pub, status, "%s", msg);
 }
 

@@ -24,15 +24,18 @@ struct sbx_sandbox_limits {
 
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
-    const char *sandbox_dir;  /* host-only dir for this sandbox; the runtime creates upper/ work/ */
+    const char *sandbox_dir;  /* host dir for this sandbox; the runtime creates it (0711) and
+                               * upper/ work/ rootfs/ in it. Every parent must be searchable
+                               * by host_uid_base (the child looks up <dir>/rootfs). */
     const char *template_dir; /* from sbx_template_prepare() */
     uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
-    int agent_listen_fd;      /* listening unix socket; becomes fd 3 of the agent */
+    int agent_listen_fd;      /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
     int agent_config_fd;      /* readable fd with the agent's JSON config; becomes fd 4 */
-    int log_fd;               /* the agent's stdout and stderr (a host file) */
-    int exe_fd;               /* the program to run as PID 1, executed with fexecve */
+    int log_fd;               /* the agent's stdout and stderr (a host file); stdin is /dev/null */
+    int exe_fd;               /* the program to run as PID 1, executed with fexecve; an ELF
+                               * binary (a script would need its fd across exec) */
     char *const *argv;
     char *const *envp;
 };
@@ -70,7 +73,8 @@ bool sbx_sandbox_is_alive(const struct sbx_sandbox_ref *ref);
 int sbx_sandbox_open_pidfd(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
 
 /* Kills every process of the sandbox, waits until its cgroup is empty, removes the cgroups
- * and the sandbox dir. Idempotent: a sandbox already gone is not an error. */
+ * and the sandbox dir (its contents and the dir itself, without following symlinks). Reaps
+ * the agent if it is our child. Idempotent: a sandbox already gone is not an error. */
 int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
 
 int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,

@@ -40,9 +40,12 @@ export async function startDaemon() {
   } catch {
     throw new Error(`sbx binary not found at ${bin} (build it, or set SBX_BIN)`)
   }
-  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'sbx-js-'))
+  // Sandbox uids must be able to traverse every parent of the state dir, so it lives in
+  // /var/tmp with mode 0711 (mkdtemp makes 0700 dirs).
+  const base = fs.mkdtempSync(path.join('/var/tmp', 'sbx-js-'))
+  fs.chmodSync(base, 0o711)
   const stateDir = path.join(base, 'state')
-  fs.mkdirSync(stateDir)
+  fs.mkdirSync(stateDir, { mode: 0o711 })
   const logPath = path.join(base, 'daemon.log')
   const port = await freePort()
   const url = `http://127.0.0.1:${port}`

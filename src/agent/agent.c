@@ -1,0 +1,230 @@
+/* `sbx agent`: PID 1 of a sandbox. Reads the config the daemon passes on fd 4, serves the
+ * daemon's unix socket (fd 3) and, inside the sandbox's own network namespace, TCP ports
+ * 49983 (envd) and 49999 (code interpreter), all with one request handler: envd auth, then
+ * routing by path. */
+#include "agent/agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent/process.h"
+#include "base/buf.h"
+#include "base/cleanup.h"
+#include "base/limits.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "connect/connect.h"
+#include "http/http.h"
+
+#define CONFIG_MAX_BYTES (1024 * 1024)
+#define UNAUTHORIZED_BODY                                                                      \
+    "{\"code\":401,\"message\":\"unauthorized access, please provide a valid access token or " \
+    "method signing if supported\"}"
+
+static struct sbx_agent_config config;
+
+static int
+read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
+{
+    struct sbx_buf b = {0};
+    char chunk[4096];
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof(chunk));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            sbx_buf_fini(&b);
+            return sbx_error_sys(err, errno, "read config fd %d", fd);
+        }
+        if (n == 0)
+            break;
+        if (sbx_buf_append(&b, chunk, (size_t)n, CONFIG_MAX_BYTES) < 0) {
+            sbx_buf_fini(&b);
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config larger than %d bytes",
+                                 CONFIG_MAX_BYTES);
+        }
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(b.data ? b.data : "", b.len, 0, &jerr);
+    sbx_buf_fini(&b);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: %s", jerr.text);
+    }
+    json_t *id = json_object_get(root, "sandboxId");
+    json_t *tok = json_object_get(root, "accessToken");
+    json_t *envs = json_object_get(root, "envVars");
+    if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok)) ||
+        (envs && !json_is_null(envs) && !json_is_object(envs))) {
+        json_decref(root);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: wrong field types");
+    }
+    cfg->sandbox_id = strdup(json_string_value(id));
+    cfg->access_token =
+        json_is_string(tok) && json_string_length(tok) > 0 ? strdup(json_string_value(tok)) : NULL;
+    cfg->env_vars = json_object();
+    /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
+    json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
+    json_object_set_new(cfg->env_vars, "E2B_SANDBOX_ID", json_string(cfg->sandbox_id));
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_is_object(envs) ? envs : NULL, k, v) {
+        if (!json_is_string(v) || *k == '\0' || strchr(k, '=') != NULL) {
+            json_decref(root);
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: bad envVars entry '%s'",
+                                 k);
+        }
+        json_object_set(cfg->env_vars, k, v);
+    }
+    json_decref(root);
+    return 0;
+}
+
+/* ---- routes owned by other agent services plug in here ---- */
+
+/* filesystem.Filesystem RPCs (filesystem service). */
+static bool
+route_filesystem(struct sbx_http_req *req)
+{
+    (void)req;
+    return false;
+}
+
+/* GET/POST /files (file transfer; does its own token-or-signature check, spec §5.3). */
+static bool
+route_files(struct sbx_http_req *req)
+{
+    (void)req;
+    return false;
+}
+
+/* Code interpreter: POST /execute, /contexts... (served on port 49999 by the SDKs, but
+ * routed by path, so any listener works). */
+static bool
+route_interpreter(struct sbx_http_req *req)
+{
+    (void)req;
+    return false;
+}
+
+/* ---- envd ---- */
+
+static bool
+is_authorized(const struct sbx_http_req *req)
+{
+    if (config.access_token == NULL)
+        return true;
+    const char *t = sbx_http_req_header(req, "x-access-token");
+    if (t == NULL)
+        return false;
+    /* Constant time: the comparison must not reveal how much of a guess was right. */
+    return sbx_secret_equal(t, strlen(t), config.access_token, strlen(config.access_token));
+}
+
+static void
+respond_envs(struct sbx_http_req *req)
+{
+    _cleanup_free_ char *body = json_dumps(config.env_vars, JSON_COMPACT);
+    sbx_http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+static void
+on_request(struct sbx_http_req *req, void *ud)
+{
+    (void)ud;
+    const char *path = req->path;
+    snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", config.sandbox_id);
+    if (strcmp(path, "/health") == 0 && strcmp(req->method, "GET") == 0) {
+        sbx_http_respond(req, 204, NULL, NULL, 0);
+        return;
+    }
+    if (strcmp(path, "/files") == 0) {
+        if (!route_files(req))
+            sbx_http_respond_error(req, 404, "not found");
+        return;
+    }
+    if (!is_authorized(req)) {
+        sbx_http_respond(req, 401, "application/json; charset=utf-8", UNAUTHORIZED_BODY,
+                         strlen(UNAUTHORIZED_BODY));
+        return;
+    }
+    static const char process_prefix[] = "/process.Process/";
+    if (strncmp(path, process_prefix, sizeof(process_prefix) - 1) == 0) {
+        sbx_agent_process_handle(req, path + sizeof(process_prefix) - 1);
+        return;
+    }
+    if (strcmp(path, "/envs") == 0 && strcmp(req->method, "GET") == 0) {
+        respond_envs(req);
+        return;
+    }
+    if (route_filesystem(req) || route_interpreter(req))
+        return;
+    sbx_http_respond_error(req, 404, "path %s not found", path);
+}
+
+static int
+serve(uv_loop_t *loop, struct sbx_error **err)
+{
+    struct sbx_http_server *unix_srv = sbx_http_server_new(loop, on_request, NULL);
+    sbx_http_server_set_logging(unix_srv, true);
+    if (sbx_http_server_listen_fd(unix_srv, SBX_AGENT_LISTEN_FD, err) < 0)
+        return sbx_error_prefix(err, "listen fd %d", SBX_AGENT_LISTEN_FD);
+    /* The TCP ports exist for code inside the sandbox (and for the interpreter's own calls
+     * to envd). Only PID 1 has a network namespace of its own; an agent started by hand on a
+     * host must not open a root shell service on the host's network. */
+    if (getpid() != 1)
+        return 0;
+    const int ports[] = {SBX_ENVD_PORT, SBX_JUPYTER_PORT};
+    for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
+        struct sbx_http_server *s = sbx_http_server_new(loop, on_request, NULL);
+        sbx_http_server_set_logging(s, true);
+        if (sbx_http_server_listen_tcp(s, "0.0.0.0", ports[i], err) < 0)
+            return sbx_error_prefix(err, "listen on port %d", ports[i]);
+    }
+    return 0;
+}
+
+static void
+lower_own_oom_score(void)
+{
+    /* The OOM killer should pick user code (oom_score_adj 500, set at spawn), never PID 1,
+     * whose death ends the sandbox. Lowering below 0 needs CAP_SYS_RESOURCE in the initial
+     * user namespace, so this usually fails inside a sandbox; the spawner sets it then. */
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t unused = write(fd, "-900", 4);
+    (void)unused;
+    close(fd);
+}
+
+int
+sbx_agent_main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    _cleanup_error_ struct sbx_error *err = NULL;
+    /* The listening socket is inherited; make sure no user process inherits it too. */
+    fcntl(SBX_AGENT_LISTEN_FD, F_SETFD, FD_CLOEXEC);
+    int rc = read_config(SBX_AGENT_CONFIG_FD, &config, &err);
+    close(SBX_AGENT_CONFIG_FD);
+    if (rc < 0) {
+        sbx_log_error("agent_config", "error=\"%s\"", err->msg);
+        return 1;
+    }
+    lower_own_oom_score();
+    uv_loop_t *loop = uv_default_loop();
+    if (sbx_agent_process_init(loop, &config, &err) < 0 || serve(loop, &err) < 0) {
+        sbx_log_error("agent_start", "error=\"%s\"", err->msg);
+        return 1;
+    }
+    sbx_log_info("agent_ready", "sandbox=%s pid=%d secure=%s", config.sandbox_id, (int)getpid(),
+                 config.access_token ? "true" : "false");
+    uv_run(loop, UV_RUN_DEFAULT);
+    return 0;
+}

@@ -1,0 +1,554 @@
+#include "agent/fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/cleanup.h"
+
+/* ---- acting as a user ---- */
+
+int
+sbx_agent_fsuser_enter(const struct sbx_agent_user *u, struct sbx_agent_fsuser *saved,
+                       struct sbx_error **err)
+{
+    saved->active = false;
+    /* setfsgid first: once fsuid is not 0 the kernel drops the fs capabilities, but
+     * CAP_SETGID is not one of them, so the order only matters for readability. */
+    saved->gid = (gid_t)setfsgid(u->gid);
+    if ((gid_t)setfsgid((gid_t)-1) != u->gid) {
+        setfsgid(saved->gid);
+        return sbx_error_set(err, SBX_INTERNAL, EPERM, "cannot act as group %u", u->gid);
+    }
+    saved->uid = (uid_t)setfsuid(u->uid);
+    /* setfsuid reports no error: read back with an invalid id to confirm the switch. */
+    if ((uid_t)setfsuid((uid_t)-1) != u->uid) {
+        setfsuid(saved->uid);
+        setfsgid(saved->gid);
+        return sbx_error_set(err, SBX_INTERNAL, EPERM, "cannot act as user %u", u->uid);
+    }
+    saved->active = true;
+    return 0;
+}
+
+void
+sbx_agent_fsuser_leave(struct sbx_agent_fsuser *saved)
+{
+    if (saved == NULL || !saved->active)
+        return;
+    int e = errno;
+    /* Back to fsuid 0 restores the fs capabilities from the permitted set. */
+    setfsuid(saved->uid);
+    setfsgid(saved->gid);
+    saved->active = false;
+    errno = e;
+}
+
+/* ---- paths ---- */
+
+bool
+sbx_agent_utf8_is_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = p[i];
+        size_t n;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + n >= len)
+            return false; /* truncated sequence */
+        for (size_t k = 1; k <= n; k++) {
+            if ((p[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        /* Overlong forms, surrogates and values past U+10FFFF are not UTF-8. */
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+void
+sbx_agent_path_clean(char *p)
+{
+    /* p is absolute. Rebuild it component by component in place (out never passes in). */
+    char *out = p;
+    const char *in = p;
+    *out++ = '/';
+    while (*in) {
+        while (*in == '/')
+            in++;
+        if (*in == '\0')
+            break;
+        const char *end = strchrnul(in, '/');
+        size_t n = (size_t)(end - in);
+        if (n == 1 && in[0] == '.') {
+            /* skip */
+        } else if (n == 2 && in[0] == '.' && in[1] == '.') {
+            /* Back up one component; at the root ".." stays at the root. */
+            if (out > p + 1) {
+                out--; /* the trailing '/' */
+                while (out > p + 1 && out[-1] != '/')
+                    out--;
+            }
+        } else {
+            memmove(out, in, n);
+            out += n;
+            *out++ = '/';
+        }
+        in = end;
+    }
+    if (out > p + 1)
+        out--; /* no trailing slash except for "/" */
+    *out = '\0';
+}
+
+char *
+sbx_agent_path_resolve(const char *p, size_t len, const char *home, struct sbx_error **err)
+{
+    if (p == NULL)
+        len = 0;
+    /* A NUL would silently cut the path at the kernel boundary: refuse it outright. */
+    if (len > 0 && memchr(p, '\0', len) != NULL) {
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "path contains a NUL byte");
+        return NULL;
+    }
+    if (!sbx_agent_utf8_is_valid(p ? p : "", len)) {
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "path is not valid UTF-8");
+        return NULL;
+    }
+    if (len >= SBX_AGENT_PATH_MAX) {
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, ENAMETOOLONG, "path is too long (%zu bytes): %s",
+                      len, strerror(ENAMETOOLONG));
+        return NULL;
+    }
+    char *out = NULL;
+    if (len == 0 || (len == 1 && p[0] == '~')) {
+        out = strdup(home);
+    } else if (p[0] == '/') {
+        out = strndup(p, len);
+    } else {
+        const char *rest = p;
+        size_t rlen = len;
+        if (len >= 2 && p[0] == '~' && p[1] == '/') {
+            rest = p + 2;
+            rlen = len - 2;
+        }
+        if (asprintf(&out, "%s/%.*s", home, (int)rlen, rest) < 0)
+            out = NULL;
+    }
+    if (out == NULL)
+        abort();
+    sbx_agent_path_clean(out);
+    if (strlen(out) >= SBX_AGENT_PATH_MAX) {
+        free(out);
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, ENAMETOOLONG, "path is too long: %s",
+                      strerror(ENAMETOOLONG));
+        return NULL;
+    }
+    return out;
+}
+
+const char *
+sbx_agent_path_base(const char *p)
+{
+    const char *s = strrchr(p, '/');
+    if (s == NULL)
+        return p;
+    if (s[1] == '\0')
+        return "/";
+    return s + 1;
+}
+
+char *
+sbx_agent_path_dir(const char *p)
+{
+    const char *s = strrchr(p, '/');
+    char *d = (s == NULL || s == p) ? strdup("/") : strndup(p, (size_t)(s - p));
+    if (d == NULL)
+        abort();
+    return d;
+}
+
+char *
+sbx_agent_path_join(const char *dir, const char *name)
+{
+    char *out = NULL;
+    size_t dl = strlen(dir);
+    if (asprintf(&out, "%s%s%s", dir, (dl > 0 && dir[dl - 1] == '/') ? "" : "/", name) < 0)
+        abort();
+    return out;
+}
+
+int
+sbx_agent_fs_error(struct sbx_error **err, int e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
+    va_end(ap);
+    enum sbx_code code = sbx_code_from_errno(e);
+    if (e == EXDEV || e == ENOTEMPTY || e == EBUSY || e == ETXTBSY)
+        code = SBX_FAILED_PRECONDITION;
+    sbx_error_set(err, code, e, "%s: %s", msg ? msg : "error", strerror(e));
+    free(msg);
+    return -1;
+}
+
+int
+sbx_agent_mkdir_p(const char *dir, struct sbx_error **err)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (S_ISDIR(st.st_mode))
+            return 0;
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR,
+                             "path '%s' exists and is not a directory", dir);
+    }
+    if (errno != ENOENT)
+        return sbx_agent_fs_error(err, errno, "stat '%s'", dir);
+    _cleanup_free_ char *copy = strdup(dir);
+    if (copy == NULL)
+        abort();
+    /* Create each missing component in turn; a concurrent creator (EEXIST) is fine. */
+    for (char *s = copy + 1;; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char saved = *s;
+        *s = '\0';
+        if (mkdir(copy, 0755) < 0 && errno != EEXIST) {
+            int e = errno;
+            if (e == ENOTDIR)
+                return sbx_error_set(err, SBX_INVALID_ARGUMENT, e,
+                                     "a component of '%s' is not a directory", dir);
+            return sbx_agent_fs_error(err, e, "create directory '%s'", copy);
+        }
+        *s = saved;
+        if (saved == '\0')
+            break;
+    }
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR,
+                             "path '%s' exists and is not a directory", dir);
+    return 1;
+}
+
+/* ---- owner names ---- */
+
+struct name_entry {
+    unsigned id;
+    bool is_group;
+    char *name;
+    struct name_entry *next;
+};
+
+struct sbx_agent_names {
+    struct name_entry *head;
+};
+
+struct sbx_agent_names *
+sbx_agent_names_new(void)
+{
+    struct sbx_agent_names *n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        abort();
+    return n;
+}
+
+void
+sbx_agent_names_free(struct sbx_agent_names *n)
+{
+    if (n == NULL)
+        return;
+    struct name_entry *e = n->head;
+    while (e) {
+        struct name_entry *next = e->next;
+        free(e->name);
+        free(e);
+        e = next;
+    }
+    free(n);
+}
+
+static char *
+scan_name(unsigned id, bool is_group)
+{
+    /* The sandbox's own files (this runs in its mount namespace), not NSS: no module
+     * loading, no host lookups. */
+    FILE *f = fopen(is_group ? "/etc/group" : "/etc/passwd", "re");
+    char *found = NULL;
+    if (f == NULL)
+        return NULL;
+    char buf[8192];
+    if (is_group) {
+        struct group gr, *res;
+        while (found == NULL && fgetgrent_r(f, &gr, buf, sizeof(buf), &res) == 0)
+            if (gr.gr_gid == id)
+                found = strdup(gr.gr_name);
+    } else {
+        struct passwd pw, *res;
+        while (found == NULL && fgetpwent_r(f, &pw, buf, sizeof(buf), &res) == 0)
+            if (pw.pw_uid == id)
+                found = strdup(pw.pw_name);
+    }
+    fclose(f);
+    return found;
+}
+
+static const char *
+lookup_name(struct sbx_agent_names *n, unsigned id, bool is_group)
+{
+    for (struct name_entry *e = n->head; e; e = e->next)
+        if (e->id == id && e->is_group == is_group)
+            return e->name;
+    struct name_entry *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        abort();
+    e->id = id;
+    e->is_group = is_group;
+    e->name = scan_name(id, is_group);
+    if (e->name == NULL && asprintf(&e->name, "%u", id) < 0)
+        abort();
+    e->next = n->head;
+    n->head = e;
+    return e->name;
+}
+
+/* ---- EntryInfo ---- */
+
+void
+sbx_agent_mode_string(mode_t m, char out[16])
+{
+    size_t i = 0;
+    /* Go's FileMode type letters in their order ("dalTLDpSugct?"), then rwx. */
+    if (S_ISDIR(m))
+        out[i++] = 'd';
+    if (S_ISLNK(m))
+        out[i++] = 'L';
+    if (S_ISBLK(m) || S_ISCHR(m))
+        out[i++] = 'D';
+    if (S_ISFIFO(m))
+        out[i++] = 'p';
+    if (S_ISSOCK(m))
+        out[i++] = 'S';
+    if (m & S_ISUID)
+        out[i++] = 'u';
+    if (m & S_ISGID)
+        out[i++] = 'g';
+    if (S_ISCHR(m))
+        out[i++] = 'c';
+    if (m & S_ISVTX)
+        out[i++] = 't';
+    if (i == 0)
+        out[i++] = '-';
+    static const char rwx[] = "rwxrwxrwx";
+    for (int b = 0; b < 9; b++)
+        out[i++] = (m & (1u << (8 - b))) ? rwx[b] : '-';
+    out[i] = '\0';
+}
+
+void
+sbx_agent_timestamp_format(const struct timespec *ts, char *out, size_t outlen)
+{
+    struct tm tm;
+    time_t s = ts->tv_sec;
+    gmtime_r(&s, &tm);
+    char base[40];
+    strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+    long ns = ts->tv_nsec;
+    if (ns == 0)
+        snprintf(out, outlen, "%sZ", base);
+    else if (ns % 1000000 == 0)
+        snprintf(out, outlen, "%s.%03ldZ", base, ns / 1000000);
+    else if (ns % 1000 == 0)
+        snprintf(out, outlen, "%s.%06ldZ", base, ns / 1000);
+    else
+        snprintf(out, outlen, "%s.%09ldZ", base, ns);
+}
+
+json_t *
+sbx_agent_entry_info(const char *path, struct sbx_agent_names *names, struct sbx_error **err)
+{
+    struct stat lst, st;
+    if (lstat(path, &lst) < 0) {
+        if (errno == ENOENT)
+            sbx_error_set(err, SBX_NOT_FOUND, ENOENT, "file not found: '%s' does not exist",
+                          path);
+        else
+            sbx_agent_fs_error(err, errno, "stat '%s'", path);
+        return NULL;
+    }
+    const char *type = "FILE_TYPE_UNSPECIFIED";
+    mode_t perm = lst.st_mode & 0777;
+    _cleanup_free_ char *target = NULL;
+    const struct stat *typed = &lst;
+    bool is_link = S_ISLNK(lst.st_mode);
+    if (is_link) {
+        /* envd: a symlink reports its target's type and mode; a dangling one has no
+         * target and an unspecified type. */
+        target = realpath(path, NULL);
+        if (target != NULL && stat(target, &st) == 0)
+            typed = &st;
+        else
+            typed = NULL;
+    }
+    if (typed != NULL) {
+        if (S_ISREG(typed->st_mode))
+            type = "FILE_TYPE_FILE";
+        else if (S_ISDIR(typed->st_mode))
+            type = "FILE_TYPE_DIRECTORY";
+        perm = typed->st_mode & 0777;
+    }
+    char perms[16], mtime[64];
+    sbx_agent_mode_string(lst.st_mode, perms);
+    sbx_agent_timestamp_format(&lst.st_mtim, mtime, sizeof(mtime));
+    char size[32];
+    snprintf(size, sizeof(size), "%lld", (long long)lst.st_size);
+    json_t *e = json_object();
+    json_object_set_new(e, "name", json_string(sbx_agent_path_base(path)));
+    json_object_set_new(e, "type", json_string(type));
+    json_object_set_new(e, "path", json_string(path));
+    json_object_set_new(e, "size", json_string(size));
+    json_object_set_new(e, "mode", json_integer(perm));
+    json_object_set_new(e, "permissions", json_string(perms));
+    json_object_set_new(e, "owner", json_string(lookup_name(names, lst.st_uid, false)));
+    json_object_set_new(e, "group", json_string(lookup_name(names, lst.st_gid, true)));
+    json_object_set_new(e, "modifiedTime", json_string(mtime));
+    if (is_link) {
+        /* isSymlink (field 12): the Python SDK shows such entries as SYMLINK; JS ignores it
+         * and shows the target's type. */
+        json_object_set_new(e, "isSymlink", json_true());
+        if (target != NULL && typed != NULL)
+            json_object_set_new(e, "symlinkTarget", json_string(target));
+    }
+    if (!is_link || typed != NULL) {
+        json_t *md = sbx_agent_metadata_read_path(path);
+        if (md)
+            json_object_set_new(e, "metadata", md);
+    }
+    return e;
+}
+
+/* ---- metadata ---- */
+
+static json_t *
+metadata_collect(int fd, const char *path)
+{
+    char list[16384];
+    ssize_t n = fd >= 0 ? flistxattr(fd, list, sizeof(list)) : listxattr(path, list, sizeof(list));
+    if (n <= 0)
+        return NULL;
+    json_t *o = NULL;
+    const size_t plen = strlen(SBX_AGENT_XATTR_PREFIX);
+    for (char *k = list; k < list + n; k += strlen(k) + 1) {
+        if (strncmp(k, SBX_AGENT_XATTR_PREFIX, plen) != 0 || k[plen] == '\0')
+            continue;
+        char val[SBX_AGENT_METADATA_MAX_TOTAL + 1];
+        ssize_t vn = fd >= 0 ? fgetxattr(fd, k, val, sizeof(val) - 1)
+                             : getxattr(path, k, val, sizeof(val) - 1);
+        if (vn < 0)
+            continue;
+        val[vn] = '\0';
+        if (!sbx_agent_utf8_is_valid(val, (size_t)vn) || memchr(val, '\0', (size_t)vn))
+            continue; /* set out of band with bytes JSON cannot carry */
+        if (o == NULL)
+            o = json_object();
+        json_object_set_new(o, k + plen, json_string(val));
+    }
+    return o;
+}
+
+json_t *
+sbx_agent_metadata_read_fd(int fd)
+{
+    return metadata_collect(fd, NULL);
+}
+
+json_t *
+sbx_agent_metadata_read_path(const char *path)
+{
+    return metadata_collect(-1, path);
+}
+
+int
+sbx_agent_metadata_check(const char *key, const char *value, size_t *total,
+                         struct sbx_error **err)
+{
+    size_t kl = strlen(key), vl = strlen(value);
+    if (kl == 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "metadata key is empty");
+    if (kl > SBX_AGENT_METADATA_MAX_KEY)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "metadata key '%.32s...' is longer than %d bytes", key,
+                             SBX_AGENT_METADATA_MAX_KEY);
+    for (size_t i = 0; i < kl; i++)
+        if ((unsigned char)key[i] < 0x21 || (unsigned char)key[i] > 0x7e)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                                 "metadata key must be printable ASCII");
+    for (size_t i = 0; i < vl; i++)
+        if ((unsigned char)value[i] < 0x20 || (unsigned char)value[i] > 0x7e)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                                 "metadata value for key '%s' must be printable ASCII", key);
+    *total += kl + vl;
+    if (*total > SBX_AGENT_METADATA_MAX_TOTAL)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "metadata is larger than %d bytes in total",
+                             SBX_AGENT_METADATA_MAX_TOTAL);
+    return 0;
+}
+
+int
+sbx_agent_metadata_write_fd(int fd, json_t *kv, struct sbx_error **err)
+{
+    char list[16384];
+    ssize_t n = flistxattr(fd, list, sizeof(list));
+    const size_t plen = strlen(SBX_AGENT_XATTR_PREFIX);
+    for (char *k = list; n > 0 && k < list + n; k += strlen(k) + 1)
+        if (strncmp(k, SBX_AGENT_XATTR_PREFIX, plen) == 0)
+            fremovexattr(fd, k);
+    const char *key;
+    json_t *v;
+    json_object_foreach(kv, key, v) {
+        _cleanup_free_ char *name = NULL;
+        if (asprintf(&name, "%s%s", SBX_AGENT_XATTR_PREFIX, key) < 0)
+            abort();
+        const char *s = json_string_value(v);
+        if (fsetxattr(fd, name, s, strlen(s), 0) < 0) {
+            int e = errno;
+            if (e == ENOTSUP)
+                return sbx_error_set(err, SBX_FAILED_PRECONDITION, e,
+                                     "this filesystem does not support file metadata");
+            return sbx_agent_fs_error(err, e, "set metadata '%s'", key);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,92 @@
+/* Shared by the filesystem service, the watchers and /files: running file operations as a
+ * sandbox user, resolving request paths, EntryInfo, and user metadata in xattrs.
+ *
+ * Acting as a user: the agent is one thread on its loop, so each file operation switches the
+ * filesystem uid/gid (setfsuid/setfsgid, per thread, reverted after the operation) to the
+ * operation user. The kernel then checks permissions as that user and new files and
+ * directories are owned by it. Supplementary groups are not switched (setgroups is
+ * process-wide): the fs identity is the user's uid and primary gid. Never held across an
+ * event loop turn. */
+#ifndef SBX_AGENT_FSUTIL_H
+#define SBX_AGENT_FSUTIL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "agent/users.h"
+#include "base/error.h"
+
+#define SBX_AGENT_PATH_MAX 4096
+#define SBX_AGENT_XATTR_PREFIX "user.e2b."
+#define SBX_AGENT_METADATA_MAX_KEY 246      /* bytes of a key after the prefix */
+#define SBX_AGENT_METADATA_MAX_TOTAL 4096   /* keys + values of one file */
+#define SBX_AGENT_LIST_MAX_ENTRIES 200000   /* ListDir answer */
+
+struct sbx_agent_fsuser {
+    uid_t uid;
+    gid_t gid;
+    bool active;
+};
+
+/* Switches the fs identity to u; *saved restores it. */
+int sbx_agent_fsuser_enter(const struct sbx_agent_user *u, struct sbx_agent_fsuser *saved,
+                           struct sbx_error **err);
+void sbx_agent_fsuser_leave(struct sbx_agent_fsuser *saved);
+static inline void
+sbx_agent_fsuser_leavep(struct sbx_agent_fsuser *s)
+{
+    sbx_agent_fsuser_leave(s);
+}
+#define _cleanup_fsuser_ __attribute__((cleanup(sbx_agent_fsuser_leavep)))
+
+/* Request path -> clean absolute path (malloc'd). len bytes of p are examined so that an
+ * embedded NUL is caught. Empty, "~" and "~/x" and relative paths resolve against home, as
+ * in envd. NUL bytes, invalid UTF-8 and over-long paths are SBX_INVALID_ARGUMENT. */
+char *sbx_agent_path_resolve(const char *p, size_t len, const char *home, struct sbx_error **err);
+/* Lexical clean of an absolute path in place: "//", "/./", "/x/.." removed; ".." at the root
+ * stays at the root (Go's filepath.Clean). */
+void sbx_agent_path_clean(char *p);
+bool sbx_agent_utf8_is_valid(const char *s, size_t len);
+/* Last path component of a clean absolute path (pointer into p; "/" for the root). */
+const char *sbx_agent_path_base(const char *p);
+/* Parent directory of a clean absolute path (malloc'd). */
+char *sbx_agent_path_dir(const char *p);
+char *sbx_agent_path_join(const char *dir, const char *name);
+
+/* Creates dir and its missing parents (0755) as the current fs user. Returns 1 if dir was
+ * created, 0 if it already was a directory, -1 (ENOTDIR as invalid_argument if a component is
+ * not a directory). */
+int sbx_agent_mkdir_p(const char *dir, struct sbx_error **err);
+
+/* errno -> error with the filesystem meaning of the code (ENOENT not_found, ENAMETOOLONG
+ * invalid_argument, ENOSPC/EDQUOT resource_exhausted...). Returns -1. */
+int sbx_agent_fs_error(struct sbx_error **err, int e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* uid/gid -> name, from the sandbox's /etc/passwd and /etc/group, cached per request. */
+struct sbx_agent_names;
+struct sbx_agent_names *sbx_agent_names_new(void);
+void sbx_agent_names_free(struct sbx_agent_names *n);
+
+/* EntryInfo JSON of path (not followed if it is a symlink; see filesystem.c for the fields).
+ * name is the base name of path. NULL with not_found if it does not exist. */
+json_t *sbx_agent_entry_info(const char *path, struct sbx_agent_names *names,
+                             struct sbx_error **err);
+/* Go FileMode.String() of an lstat mode, e.g. "-rw-r--r--", "drwxr-xr-x", "Lrwxrwxrwx". */
+void sbx_agent_mode_string(mode_t m, char out[16]);
+/* proto3 JSON Timestamp of a struct timespec: RFC 3339, UTC, 0/3/6/9 fraction digits. */
+void sbx_agent_timestamp_format(const struct timespec *ts, char *out, size_t outlen);
+
+/* user.e2b.* xattrs of an open file as an object of strings; NULL when there are none. */
+json_t *sbx_agent_metadata_read_fd(int fd);
+json_t *sbx_agent_metadata_read_path(const char *path);
+/* Replaces every user.e2b.* xattr of fd with kv (object of strings; NULL clears). */
+int sbx_agent_metadata_write_fd(int fd, json_t *kv, struct sbx_error **err);
+/* Checks one metadata key (already lowercased) and value; -1 with invalid_argument. */
+int sbx_agent_metadata_check(const char *key, const char *value, size_t *total,
+                             struct sbx_error **err);
+
+#endif

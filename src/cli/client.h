@@ -1,0 +1,211 @@
+/* What the CLI verbs share: option parsing, the daemon's address and key, HTTP calls to
+ * the control plane (libcurl), Connect RPCs to a sandbox's envd through the daemon, and
+ * decoding of process events. The CLI is a client like any SDK: it sends exactly what an
+ * SDK sends and knows nothing of the daemon's internals. Errors travel up as
+ * struct sbx_error; only the verb functions print. */
+#ifndef SBX_CLI_CLIENT_H
+#define SBX_CLI_CLIENT_H
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/buf.h"
+#include "base/error.h"
+#include "connect/connect.h"
+
+#define SBX_CLI_DEFAULT_API_URL "http://127.0.0.1:3000"
+#define SBX_CLI_USER_AGENT "sbx-cli/0.1.0"
+#define SBX_CLI_MAX_RESPONSE (16 * 1024 * 1024) /* largest JSON body we buffer */
+#define SBX_CLI_CONNECT_TIMEOUT_S 10
+#define SBX_CLI_REQUEST_TIMEOUT_S 60 /* unary calls; streams have none */
+#define SBX_CLI_ID_MAX 64
+
+/* Exit statuses of every verb. */
+#define SBX_CLI_EXIT_FAILURE 1
+#define SBX_CLI_EXIT_USAGE 2
+
+/* Options every verb accepts. */
+struct sbx_cli_common {
+    const char *api_url; /* --api-url, else E2B_API_URL */
+    const char *api_key; /* --api-key, else E2B_API_KEY */
+    bool help;
+};
+
+/* Verb-specific option handler: returns 0, or -1 with *err (a usage error). */
+typedef int (*sbx_cli_opt_cb)(int opt, const char *arg, void *ud, struct sbx_error **err);
+
+/* getopt_long over argv (argv[0] is the verb) with the common options added to verb_opts.
+ * Options and operands may be mixed; "--" ends options. On success *first_operand is the
+ * index of the first operand (operands are moved to the end of argv). */
+int sbx_cli_getopt(int argc, char **argv, const char *shortopts, const struct option *verb_opts,
+                   struct sbx_cli_common *common, sbx_cli_opt_cb cb, void *ud,
+                   int *first_operand, struct sbx_error **err);
+
+/* Reporting at the verb boundary. usage_error prints "sbx VERB: message" and the verb's
+ * usage on stderr and returns SBX_CLI_EXIT_USAGE; fail prints "sbx VERB: message" and
+ * returns SBX_CLI_EXIT_FAILURE. Both free err. */
+int sbx_cli_usage_error(const char *verb, const char *usage, struct sbx_error *err);
+int sbx_cli_fail(const char *verb, struct sbx_error *err);
+
+/* Adds "K=V" to a JSON object of strings (repeatable --metadata / --env). */
+int sbx_cli_add_kv(json_t *obj, const char *arg, const char *what, struct sbx_error **err);
+/* Sandbox ids go into URLs and headers: only [A-Za-z0-9_-], at most 64 characters. */
+bool sbx_cli_is_valid_id(const char *id);
+
+struct sbx_cli_config {
+    char *api_url;     /* without trailing slash */
+    char *sandbox_url; /* E2B_SANDBOX_URL, else api_url */
+    char *api_key;
+};
+
+/* Resolves flags and environment; a missing API key is an error that says where to get
+ * one. */
+int sbx_cli_config_init(struct sbx_cli_config *cfg, const struct sbx_cli_common *common,
+                        struct sbx_error **err);
+void sbx_cli_config_fini(struct sbx_cli_config *cfg);
+
+struct sbx_cli_response {
+    long status;
+    struct sbx_buf body;
+    char *next_token; /* X-Next-Token, NULL if absent */
+};
+void sbx_cli_response_fini(struct sbx_cli_response *r);
+
+/* One control-plane call: method, path ("/sandboxes/<id>", already URL-safe), JSON body or
+ * NULL. -1 only when no HTTP response was received; any status is returned in *resp. */
+int sbx_cli_api_call(const struct sbx_cli_config *cfg, const char *method, const char *path,
+                     json_t *body, struct sbx_cli_response *resp, struct sbx_error **err);
+/* Turns a non-2xx control-plane response into an error carrying the server's message. */
+int sbx_cli_api_error(const struct sbx_cli_response *resp, struct sbx_error **err);
+/* Parses a 2xx JSON body. */
+json_t *sbx_cli_response_json(const struct sbx_cli_response *resp, struct sbx_error **err);
+
+/* A sandbox's envd, reached through the daemon's router. */
+struct sbx_cli_sandbox {
+    char id[SBX_CLI_ID_MAX + 1];
+    char *access_token; /* envdAccessToken, NULL if the sandbox has none */
+    char *user;         /* sent as Authorization: Basic base64(user ":"), NULL = default */
+};
+
+/* GET /sandboxes/<id>: checks that the sandbox exists and is running, and takes its
+ * envdAccessToken. */
+int sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id,
+                         struct sbx_cli_sandbox *sb, struct sbx_error **err);
+void sbx_cli_sandbox_fini(struct sbx_cli_sandbox *sb);
+
+/* A libcurl handle with its headers, reusable across unary calls (keep-alive). One per
+ * thread. */
+struct sbx_cli_rpc;
+struct sbx_cli_rpc *sbx_cli_rpc_new(const struct sbx_cli_config *cfg,
+                                    const struct sbx_cli_sandbox *sb, struct sbx_error **err);
+void sbx_cli_rpc_free(struct sbx_cli_rpc *rpc);
+
+/* Unary Connect call, e.g. method "process.Process/SendInput". *out (may be NULL) gets the
+ * response message. A Connect error response becomes *err with its code and message. */
+int sbx_cli_rpc_unary(struct sbx_cli_rpc *rpc, const char *method, json_t *req, json_t **out,
+                      struct sbx_error **err);
+
+/* Called for each message of a server stream; returning -1 (with *err) aborts the call. */
+typedef int (*sbx_cli_msg_cb)(json_t *msg, void *ud, struct sbx_error **err);
+
+/* Server-streaming Connect call: sends req as one envelope, calls cb per message as the
+ * bytes arrive. Returns 0 when the end-of-stream envelope reports success, -1 with *err
+ * for an error in it, a cut stream, or a failed callback. */
+int sbx_cli_rpc_stream(struct sbx_cli_rpc *rpc, const char *method, json_t *req,
+                       sbx_cli_msg_cb cb, void *ud, struct sbx_error **err);
+
+/* The stream decoder behind sbx_cli_rpc_stream, separate so it can be tested on canned
+ * bytes: feed response bytes, then finish at the end of the body. */
+struct sbx_cli_stream {
+    struct sbx_connect_reader reader;
+    sbx_cli_msg_cb cb;
+    void *ud;
+    bool ended;      /* end-of-stream envelope seen */
+    bool failed;     /* an error has been reported */
+};
+int sbx_cli_stream_feed(struct sbx_cli_stream *s, const char *data, size_t len,
+                        struct sbx_error **err);
+int sbx_cli_stream_finish(struct sbx_cli_stream *s, struct sbx_error **err);
+void sbx_cli_stream_fini(struct sbx_cli_stream *s);
+
+/* One process.Process event (the "event" oneof of StartResponse / ConnectResponse). */
+enum sbx_cli_event_type {
+    SBX_CLI_EVENT_UNKNOWN,
+    SBX_CLI_EVENT_START,
+    SBX_CLI_EVENT_DATA,
+    SBX_CLI_EVENT_KEEPALIVE,
+    SBX_CLI_EVENT_END,
+};
+
+enum sbx_cli_data_kind { SBX_CLI_DATA_STDOUT, SBX_CLI_DATA_STDERR, SBX_CLI_DATA_PTY };
+
+struct sbx_cli_event {
+    enum sbx_cli_event_type type;
+    uint32_t pid;                /* start */
+    enum sbx_cli_data_kind kind; /* data */
+    unsigned char *data;         /* data: decoded bytes (malloc'd) */
+    size_t len;
+    int exit_code;      /* end */
+    bool exited;        /* end */
+    const char *status; /* end: e.g. "exit status 1", "signal: killed"; borrowed from msg */
+    const char *error;  /* end: NULL if none; borrowed from msg */
+};
+
+/* Decodes {"event":{...}}; borrowed strings live as long as msg. */
+int sbx_cli_event_parse(json_t *msg, struct sbx_cli_event *ev, struct sbx_error **err);
+void sbx_cli_event_fini(struct sbx_cli_event *ev);
+/* Exit status for an end event, as a shell reports it: the exit code, or 128 + signal
+ * number for a process killed by a signal. */
+int sbx_cli_event_exit_status(const struct sbx_cli_event *ev);
+
+/* Standard base64 with padding (malloc'd, NUL-terminated). */
+char *sbx_cli_base64_encode(const void *data, size_t len);
+/* Standard or url-safe alphabet, padding optional. NULL on invalid input. */
+unsigned char *sbx_cli_base64_decode(const char *s, size_t *outlen);
+
+/* Writes all of buf to fd, retrying on EINTR and short writes; -1 with errno. */
+int sbx_cli_write_all(int fd, const void *buf, size_t len);
+
+/* Verbs. argv[0] is the verb name. They return the process exit status. */
+int sbx_cli_ls(int argc, char **argv);
+int sbx_cli_create(int argc, char **argv);
+int sbx_cli_kill(int argc, char **argv);
+int sbx_cli_exec(int argc, char **argv);
+int sbx_cli_shell(int argc, char **argv);
+
+/* Argument parsing of the verbs that take more than ids, exposed for unit tests. */
+struct sbx_cli_create_args {
+    struct sbx_cli_common common;
+    const char *template_id;
+    long timeout_s;
+    bool allow_internet;
+    json_t *metadata; /* object, owned */
+    json_t *env;      /* object, owned */
+};
+int sbx_cli_create_parse(int argc, char **argv, struct sbx_cli_create_args *a,
+                         struct sbx_error **err);
+void sbx_cli_create_args_fini(struct sbx_cli_create_args *a);
+/* The POST /sandboxes body for these arguments (new reference). */
+json_t *sbx_cli_create_body(const struct sbx_cli_create_args *a);
+
+struct sbx_cli_exec_args {
+    struct sbx_cli_common common;
+    const char *id;
+    const char *user;
+    const char *cwd;
+    json_t *env; /* object, owned */
+    char **cmd;  /* points into argv */
+    int ncmd;
+};
+int sbx_cli_exec_parse(int argc, char **argv, struct sbx_cli_exec_args *a,
+                       struct sbx_error **err);
+void sbx_cli_exec_args_fini(struct sbx_cli_exec_args *a);
+/* The process.Process/Start request for these arguments (new reference). */
+json_t *sbx_cli_exec_request(const struct sbx_cli_exec_args *a);
+/* Quotes argv words for a POSIX shell and joins them with spaces (malloc'd). */
+char *sbx_cli_shell_join(char *const *words, int n);
+
+#endif

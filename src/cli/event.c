@@ -1,0 +1,223 @@
+/* Process events of process.Process streams, and the small codecs exec and shell need. */
+#include "cli/client.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "base/cleanup.h"
+
+char *
+sbx_cli_base64_encode(const void *data, size_t len)
+{
+    if (len > (size_t)INT32_MAX / 2)
+        return NULL;
+    char *out = malloc(4 * ((len + 2) / 3) + 1);
+    if (out == NULL)
+        return NULL;
+    EVP_EncodeBlock((unsigned char *)out, data, (int)len); /* NUL-terminates */
+    return out;
+}
+
+unsigned char *
+sbx_cli_base64_decode(const char *s, size_t *outlen)
+{
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '=')
+        n--;
+    if (n % 4 == 1 || n > (size_t)INT32_MAX / 2)
+        return NULL;
+    /* Normalise to the padded standard alphabet, which is all EVP_DecodeBlock takes. */
+    size_t padded = (n + 3) / 4 * 4;
+    _cleanup_free_ char *t = malloc(padded + 1);
+    unsigned char *out = malloc(padded / 4 * 3 + 1);
+    if (t == NULL || out == NULL) {
+        free(out);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '-')
+            c = '+';
+        else if (c == '_')
+            c = '/';
+        else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                   c == '+' || c == '/')) {
+            free(out);
+            return NULL;
+        }
+        t[i] = c;
+    }
+    memset(t + n, '=', padded - n);
+    t[padded] = '\0';
+    int got = padded ? EVP_DecodeBlock(out, (unsigned char *)t, (int)padded) : 0;
+    if (got < 0) {
+        free(out);
+        return NULL;
+    }
+    /* EVP_DecodeBlock counts the bytes the padding stands for; drop them. */
+    *outlen = (size_t)got - (padded - n);
+    out[*outlen] = '\0';
+    return out;
+}
+
+int
+sbx_cli_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static bool
+shell_safe(const char *w)
+{
+    if (*w == '\0')
+        return false;
+    for (; *w; w++) {
+        char c = *w;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("_@%+=:,./-", c) != NULL))
+            return false;
+    }
+    return true;
+}
+
+char *
+sbx_cli_shell_join(char *const *words, int n)
+{
+    struct sbx_buf b = {0};
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            bad |= sbx_buf_append(&b, " ", 1, SIZE_MAX / 2);
+        if (shell_safe(words[i])) {
+            bad |= sbx_buf_append(&b, words[i], strlen(words[i]), SIZE_MAX / 2);
+            continue;
+        }
+        /* Single quotes keep every byte literal; a quote itself becomes '\''. */
+        bad |= sbx_buf_append(&b, "'", 1, SIZE_MAX / 2);
+        for (const char *p = words[i]; *p; p++) {
+            if (*p == '\'')
+                bad |= sbx_buf_append(&b, "'\\''", 4, SIZE_MAX / 2);
+            else
+                bad |= sbx_buf_append(&b, p, 1, SIZE_MAX / 2);
+        }
+        bad |= sbx_buf_append(&b, "'", 1, SIZE_MAX / 2);
+    }
+    if (bad || sbx_buf_append(&b, "", 0, SIZE_MAX / 2) < 0) {
+        sbx_buf_fini(&b);
+        return NULL;
+    }
+    return b.data;
+}
+
+/* proto3 JSON: integers may arrive as numbers or as strings. */
+static bool
+json_int(json_t *v, long long *out)
+{
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    if (json_is_string(v)) {
+        char *end;
+        errno = 0;
+        *out = strtoll(json_string_value(v), &end, 10);
+        return errno == 0 && *end == '\0' && end != json_string_value(v);
+    }
+    return false;
+}
+
+int
+sbx_cli_event_parse(json_t *msg, struct sbx_cli_event *ev, struct sbx_error **err)
+{
+    memset(ev, 0, sizeof(*ev));
+    json_t *e = json_object_get(msg, "event");
+    if (!json_is_object(e))
+        return sbx_error_set(err, SBX_INTERNAL, 0, "stream message without an event");
+    json_t *v;
+    long long n;
+    if ((v = json_object_get(e, "start")) != NULL) {
+        ev->type = SBX_CLI_EVENT_START;
+        if (!json_int(json_object_get(v, "pid"), &n) || n < 0 || n > UINT32_MAX)
+            return sbx_error_set(err, SBX_INTERNAL, 0, "start event without a valid pid");
+        ev->pid = (uint32_t)n;
+    } else if ((v = json_object_get(e, "data")) != NULL) {
+        static const struct {
+            const char *name;
+            enum sbx_cli_data_kind kind;
+        } kinds[] = {{"stdout", SBX_CLI_DATA_STDOUT},
+                     {"stderr", SBX_CLI_DATA_STDERR},
+                     {"pty", SBX_CLI_DATA_PTY}};
+        ev->type = SBX_CLI_EVENT_DATA;
+        const char *b64 = NULL;
+        for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]) && b64 == NULL; i++) {
+            b64 = json_string_value(json_object_get(v, kinds[i].name));
+            ev->kind = kinds[i].kind;
+        }
+        if (b64 == NULL) /* an empty chunk has its field omitted (proto3 default) */
+            b64 = "";
+        ev->data = sbx_cli_base64_decode(b64, &ev->len);
+        if (ev->data == NULL)
+            return sbx_error_set(err, SBX_INTERNAL, 0, "data event with invalid base64");
+    } else if (json_object_get(e, "keepalive") != NULL) {
+        ev->type = SBX_CLI_EVENT_KEEPALIVE;
+    } else if ((v = json_object_get(e, "end")) != NULL) {
+        ev->type = SBX_CLI_EVENT_END;
+        json_t *code = json_object_get(v, "exitCode");
+        if (code == NULL)
+            code = json_object_get(v, "exit_code");
+        ev->exit_code = json_int(code, &n) ? (int)n : 0; /* omitted when 0 */
+        ev->exited = json_is_true(json_object_get(v, "exited"));
+        ev->status = json_string_value(json_object_get(v, "status"));
+        ev->error = json_string_value(json_object_get(v, "error"));
+    } else {
+        ev->type = SBX_CLI_EVENT_UNKNOWN; /* newer servers may add events: ignore them */
+    }
+    return 0;
+}
+
+void
+sbx_cli_event_fini(struct sbx_cli_event *ev)
+{
+    free(ev->data);
+    ev->data = NULL;
+}
+
+int
+sbx_cli_event_exit_status(const struct sbx_cli_event *ev)
+{
+    if (ev->exited)
+        return ev->exit_code & 0xff;
+    /* envd reports a signal death like Go's os.ProcessState: "signal: killed", with the
+     * lowercase strsignal(3) text and an optional " (core dumped)". */
+    static const char prefix[] = "signal: ";
+    if (ev->status && strncmp(ev->status, prefix, sizeof(prefix) - 1) == 0) {
+        const char *name = ev->status + sizeof(prefix) - 1;
+        size_t len = strcspn(name, "(");
+        while (len > 0 && name[len - 1] == ' ')
+            len--;
+        for (int sig = 1; sig < NSIG; sig++) {
+            const char *d = strsignal(sig);
+            if (d && strlen(d) == len && strncasecmp(d, name, len) == 0)
+                return 128 + sig;
+        }
+    }
+    if (ev->exit_code > 0)
+        return ev->exit_code & 0xff;
+    return SBX_CLI_EXIT_FAILURE;
+}

@@ -1,0 +1,87 @@
+/* Declarations shared by the files of the sandbox runtime; nothing outside src/sandbox/
+ * includes this header. Functions named child_* run in the cloned child: they never
+ * allocate an sbx_error, they return -1 with errno set and a step name in *step. */
+#ifndef SBX_SANDBOX_INTERNAL_H
+#define SBX_SANDBOX_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "base/error.h"
+#include "sandbox/sandbox.h"
+
+/* Host uid that owns the sandbox's "user" (uid 1000 inside). */
+#define SBX_SANDBOX_USER_UID 1000
+#define SBX_SANDBOX_USER_GID 1000
+/* oom_score_adj of the agent: low so the OOM killer picks user code first, but not -1000
+ * (OOM_SCORE_ADJ_MIN), which children would inherit and which would make them unkillable. */
+#define SBX_AGENT_OOM_SCORE_ADJ -998
+#define SBX_AGENT_NOFILE 65536
+#define SBX_SPAWN_TIMEOUT_MS 10000
+#define SBX_DESTROY_TIMEOUT_MS 5000
+#define SBX_CPU_PERIOD_US 100000
+
+/* Template layout below state_dir/template (see template.c). */
+#define SBX_TEMPLATE_ROOTFS "rootfs"   /* lower layer of the root overlay */
+#define SBX_TEMPLATE_USRMASK "usrmask" /* upper-most lower layer of the /usr overlay */
+
+/* ---- cgroup.c ---- */
+enum sbx_cgroup_layout { SBX_CGROUP_NONE, SBX_CGROUP_V1, SBX_CGROUP_V2 };
+enum sbx_cgroup_layout sbx_cgroup_detect(void);
+/* Creates the sandbox's cgroup(s) and writes the limits. */
+int sbx_cgroup_create(const char *id, const struct sbx_sandbox_limits *limits,
+                      struct sbx_error **err);
+/* Moves pid into every cgroup of the sandbox. */
+int sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err);
+/* SIGKILLs what is left in the sandbox's cgroups and waits (bounded) until they are empty;
+ * reap(pid) is called on each poll so that our own zombie child does not hold them. */
+int sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_error **err);
+/* Removes the cgroup dirs; missing ones are fine. */
+int sbx_cgroup_remove(const char *id, struct sbx_error **err);
+int sbx_cgroup_stats(const char *id, struct sbx_sandbox_stats *out, struct sbx_error **err);
+
+/* ---- rootfs.c (parent side, host root) ---- */
+struct sbx_rootfs {
+    int root_fd; /* detached overlay for / */
+    int usr_fd;  /* detached overlay for /usr */
+};
+int sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
+/* Builds both overlays, their lower layers idmapped through the user namespace userns_fd. */
+int sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_rootfs *out,
+                    struct sbx_error **err);
+void sbx_rootfs_close(struct sbx_rootfs *r);
+
+/* ---- mounts.c (child side) ---- */
+int child_mount_private(const char **step);
+int child_attach_rootfs(const char *newroot, int root_fd, int usr_fd, const char **step);
+int child_mount_proc(const char *newroot, const char **step);
+int child_mount_dev(const char *newroot, const char **step);
+int child_mount_tmpfs(const char *newroot, uint64_t size_bytes, const char **step);
+int child_pivot_root(const char *newroot, const char **step);
+
+/* ---- seccomp.c / caps.c ---- */
+/* Compiles the filter once per process (the daemon), before any clone. */
+int sbx_seccomp_prepare(struct sbx_error **err);
+int child_seccomp_install(const char **step);
+int child_caps_drop_bounding(const char **step);
+
+/* ---- fsutil.c ---- */
+/* Removes everything below dirfd (not dirfd itself) without following symlinks or crossing
+ * into other filesystems; iterative, so an attacker-made deep tree cannot exhaust the stack
+ * or the fd table. */
+int sbx_fs_clear_dir(int dirfd, struct sbx_error **err);
+/* Sum of st_blocks*512 of everything below dirfd, same walking rules. */
+int sbx_fs_disk_usage(int dirfd, uint64_t *bytes, struct sbx_error **err);
+/* Writes a whole file (O_CREAT|O_TRUNC, mode), optional owner. */
+int sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t len, mode_t mode);
+/* snprintf that reports truncation: -1 with ENAMETOOLONG (paths must never be cut). */
+int sbx_pathf(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int sbx_fs_read_small(const char *path, char *buf, size_t cap); /* NUL-terminated; -1/errno */
+int sbx_fs_write_str(const char *path, const char *s);          /* O_WRONLY, no create */
+
+/* ---- proc.c ---- */
+int sbx_proc_start_time(pid_t pid, uint64_t *out);
+
+#endif

@@ -1,0 +1,153 @@
+/* Running sandboxes: identity checks against pid reuse, pidfds, teardown and counters.
+ * A sandbox is identified by its agent's pid plus the start time the kernel recorded for it
+ * (field 22 of /proc/<pid>/stat), so a recycled pid is never mistaken for the agent. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/cleanup.h"
+#include "sandbox/internal.h"
+
+/* Reads start time and state letter; -1 with errno if the pid does not exist. */
+static int
+read_stat(pid_t pid, uint64_t *start, char *state)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    if (sbx_fs_read_small(path, buf, sizeof(buf)) < 0)
+        return -1;
+    /* comm (field 2) may contain spaces and ')': fields resume after the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] != ' ') {
+        errno = EINVAL;
+        return -1;
+    }
+    p += 2; /* field 3, the state */
+    if (state)
+        *state = *p;
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL) {
+            errno = EINVAL;
+            return -1;
+        }
+        p++;
+    }
+    *start = strtoull(p, NULL, 10);
+    return 0;
+}
+
+int
+sbx_proc_start_time(pid_t pid, uint64_t *out)
+{
+    return read_stat(pid, out, NULL);
+}
+
+/* The pid still names the agent we started (alive or a zombie not yet reaped). */
+static bool
+is_ours(const struct sbx_sandbox_ref *ref, char *state)
+{
+    uint64_t st;
+    if (ref->pid <= 0 || read_stat(ref->pid, &st, state) < 0)
+        return false;
+    return st == ref->start_time;
+}
+
+bool
+sbx_sandbox_is_alive(const struct sbx_sandbox_ref *ref)
+{
+    char state = 0;
+    return is_ours(ref, &state) && state != 'Z' && state != 'X';
+}
+
+int
+sbx_sandbox_open_pidfd(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+{
+    if (ref->pid <= 0)
+        return sbx_error_set(err, SBX_NOT_FOUND, ESRCH, "sandbox %s has no process", ref->id);
+    int fd = pidfd_open(ref->pid, 0);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "pidfd_open %d", (int)ref->pid);
+    /* Checked after opening: the pidfd pins whichever process had the pid at open time, and
+     * if that one has our start time it is the agent. */
+    if (!sbx_sandbox_is_alive(ref)) {
+        close(fd);
+        return sbx_error_set(err, SBX_NOT_FOUND, ESRCH, "sandbox %s is not running", ref->id);
+    }
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+        int e = errno;
+        close(fd);
+        return sbx_error_sys(err, e, "pidfd cloexec");
+    }
+    return fd;
+}
+
+static int
+remove_sandbox_dir(const char *dir, struct sbx_error **err)
+{
+    _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return sbx_error_sys(err, errno, "open %s", dir);
+    }
+    if (sbx_fs_clear_dir(fd, err) < 0)
+        return sbx_error_prefix(err, "remove %s", dir);
+    if (rmdir(dir) < 0 && errno != ENOENT)
+        return sbx_error_sys(err, errno, "rmdir %s", dir);
+    return 0;
+}
+
+int
+sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+{
+    pid_t reap = 0;
+    char state = 0;
+    if (is_ours(ref, &state)) {
+        int pfd = pidfd_open(ref->pid, 0);
+        if (pfd >= 0) {
+            /* Re-check with the pidfd pinned, then kill through it: no pid-reuse race.
+             * Killing PID 1 of the sandbox makes the kernel kill its whole pid namespace. */
+            if (is_ours(ref, &state))
+                syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+            close(pfd);
+        }
+        reap = ref->pid; /* our child unless the daemon restarted; waitpid is harmless then */
+    }
+    int rc = 0;
+    /* Also catches processes if the agent was already gone (the pid namespace dies with it,
+     * but a wedged exit must not leave the cgroup busy). */
+    if (sbx_cgroup_drain(ref->id, reap, SBX_DESTROY_TIMEOUT_MS, err) < 0)
+        rc = -1;
+    if (reap > 0)
+        waitpid(reap, NULL, WNOHANG);
+    if (rc == 0 && sbx_cgroup_remove(ref->id, err) < 0)
+        rc = -1;
+    if (ref->sandbox_dir && ref->sandbox_dir[0] == '/' &&
+        remove_sandbox_dir(ref->sandbox_dir, err) < 0)
+        rc = -1;
+    return rc < 0 ? sbx_error_prefix(err, "destroy %s", ref->id) : 0;
+}
+
+int
+sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
+                  struct sbx_error **err)
+{
+    memset(out, 0, sizeof(*out));
+    if (sbx_cgroup_stats(ref->id, out, err) < 0)
+        return -1;
+    char p[4096];
+    snprintf(p, sizeof(p), "%s/upper", ref->sandbox_dir);
+    _cleanup_close_ int fd = open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0 && sbx_fs_disk_usage(fd, &out->disk_used_bytes, err) < 0)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,518 @@
+/* Spawning a sandbox: one clone(2) from the single-threaded daemon creates the agent as
+ * PID 1 in new user, PID, mount, network, IPC and UTS namespaces (the cgroup namespace comes
+ * later, once the parent has moved the child into its cgroups).
+ *
+ * Parent and child meet at numbered sync points over a SOCK_SEQPACKET socketpair:
+ *
+ *   SYNC_PARENT_READY  parent -> child  maps written, cgroups joined, oom_score_adj and
+ *                                       rlimits set; carries the two overlay fds
+ *   SYNC_CHILD_EXEC    child -> parent  setup done, seccomp installed, about to exec;
+ *                                       the socket then closes on exec (CLOEXEC)
+ *   SYNC_CHILD_FAILED  child -> parent  {step, errno}; the child _exits right after
+ *
+ * The child never returns into daemon code: child_main ends in fexecve or _exit. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/cleanup.h"
+#include "base/util.h"
+#include "sandbox/internal.h"
+
+enum sync_point {
+    SYNC_PARENT_READY = 1,
+    SYNC_CHILD_EXEC = 2,
+    SYNC_CHILD_FAILED = 3,
+};
+
+struct sync_msg {
+    uint32_t point;
+    int32_t err;
+    char step[200];
+};
+
+#define DEFAULT_HOSTNAME "sandbox" /* the name the template's /etc/hosts resolves */
+
+/* ------------------------------------------------------------------------------------------
+ * Child side. Runs between clone and exec; async-signal-safe in spirit: no sbx_error, no
+ * logging, no return into the caller. */
+
+__attribute__((noreturn)) static void
+child_fail(int sock, const char *step, int e)
+{
+    struct sync_msg m = {.point = SYNC_CHILD_FAILED, .err = e};
+    snprintf(m.step, sizeof(m.step), "%s", step ? step : "?");
+    (void)!send(sock, &m, sizeof(m), MSG_NOSIGNAL);
+    _exit(127);
+}
+
+static int
+step_reset_signals(const char **step)
+{
+    *step = "reset signals";
+    /* Dispositions set to SIG_IGN survive exec (the daemon ignores SIGPIPE): give the agent
+     * and everything it starts the defaults, and an empty mask. */
+    for (int s = 1; s < NSIG; s++)
+        signal(s, SIG_DFL); /* fails harmlessly for SIGKILL, SIGSTOP and RT signals in use */
+    sigset_t none;
+    sigemptyset(&none);
+    return sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* Blocks until the parent has written our maps and joined us to our cgroups. */
+static int
+step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
+{
+    *step = "wait for parent";
+    struct sync_msg m;
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
+    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof(cbuf)};
+    ssize_t n;
+    do
+        n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n == 0)
+        _exit(127); /* the parent gave up on us */
+    if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY) {
+        errno = n < 0 ? errno : EPROTO;
+        return -1;
+    }
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    if (c == NULL || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(2 * sizeof(int))) {
+        errno = EPROTO;
+        return -1;
+    }
+    int fds[2];
+    memcpy(fds, CMSG_DATA(c), sizeof(fds));
+    fs->root_fd = fds[0];
+    fs->usr_fd = fds[1];
+    return 0;
+}
+
+static int
+step_become_root(const char **step)
+{
+    *step = "become sandbox root";
+    /* Until now we ran with the daemon's host ids, which are unmapped here: files we would
+     * create show up as EOVERFLOW and we would look like "nobody" (environment.md). Groups
+     * first, then the supplementary list, uid last while we may still change the others. */
+    if (setresgid(0, 0, 0) < 0 || setgroups(0, NULL) < 0 || setresuid(0, 0, 0) < 0)
+        return -1;
+    return 0;
+}
+
+static int
+step_cgroup_namespace(const char **step)
+{
+    *step = "cgroup namespace";
+    /* Now that the parent has moved us into the sandbox's cgroups, they become our
+     * namespace's root: /proc/self/cgroup shows "/" and no host cgroup path leaks. */
+    return unshare(CLONE_NEWCGROUP);
+}
+
+static int
+write_etc(const char *name, const char *data)
+{
+    int dfd = open("/etc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    int rc = sbx_fs_write_file_at(dfd, name, data, strlen(data), 0644);
+    int e = errno;
+    close(dfd);
+    errno = e;
+    return rc;
+}
+
+static int
+step_hostname(const char *hostname, const char **step)
+{
+    *step = "hostname";
+    if (sethostname(hostname, strlen(hostname)) < 0)
+        return -1;
+    if (strcmp(hostname, DEFAULT_HOSTNAME) == 0)
+        return 0;
+    /* sudo must resolve the hostname ("unable to resolve host"); the template's files name
+     * the default one, so write this sandbox's own copies (they land in its upper layer). */
+    char hosts[512], name[80];
+    snprintf(hosts, sizeof(hosts),
+             "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+             hostname);
+    snprintf(name, sizeof(name), "%s\n", hostname);
+    *step = "write /etc/hosts";
+    return write_etc("hosts", hosts) < 0 || write_etc("hostname", name) < 0 ? -1 : 0;
+}
+
+static int
+step_loopback_up(const char **step)
+{
+    *step = "bring up lo";
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+    int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    int e = errno;
+    close(s);
+    errno = e;
+    return rc;
+}
+
+static int
+step_rlimits(const char **step)
+{
+    *step = "rlimits";
+    /* No core dumps: they would write sandbox memory to files and cost disk. The parent has
+     * already raised the hard NOFILE limit if it could (raising needs host
+     * CAP_SYS_RESOURCE); soft = hard, capped at SBX_AGENT_NOFILE. */
+    struct rlimit core = {0, 0}, nofile;
+    if (setrlimit(RLIMIT_CORE, &core) < 0 || getrlimit(RLIMIT_NOFILE, &nofile) < 0)
+        return -1;
+    if (nofile.rlim_max > SBX_AGENT_NOFILE)
+        nofile.rlim_max = SBX_AGENT_NOFILE;
+    nofile.rlim_cur = nofile.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
+        return -1;
+    return 0;
+}
+
+/* Moves an fd out of the 0..4 range so that the dup2s below cannot clobber it. */
+static int
+lift_fd(int fd)
+{
+    if (fd < 0)
+        return fd;
+    return fcntl(fd, F_DUPFD_CLOEXEC, 10);
+}
+
+/* The agent's fd table: 0 = /dev/null, 1 and 2 = log_fd, 3 = agent_listen_fd,
+ * 4 = agent_config_fd; every other inherited fd (all of the daemon's) is closed at exec. */
+static int
+step_fds(const struct sbx_sandbox_plan *plan, int *sock, int *exe, const char **step)
+{
+    *step = "set up fds";
+    int lsock = lift_fd(*sock), lexe = lift_fd(*exe);
+    int llog = lift_fd(plan->log_fd), llisten = lift_fd(plan->agent_listen_fd),
+        lconf = lift_fd(plan->agent_config_fd);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (lsock < 0 || lexe < 0 || null < 0 || (plan->log_fd >= 0 && llog < 0) ||
+        (plan->agent_listen_fd >= 0 && llisten < 0) || (plan->agent_config_fd >= 0 && lconf < 0))
+        return -1;
+    *sock = lsock;
+    *exe = lexe;
+    int want[5] = {null, llog >= 0 ? llog : null, llog >= 0 ? llog : null,
+                   llisten >= 0 ? llisten : null, lconf >= 0 ? lconf : null};
+    for (int i = 0; i < 5; i++)
+        if (dup2(want[i], i) < 0) /* dup2 clears FD_CLOEXEC on the target */
+            return -1;
+    /* Everything above 4 (daemon sockets, the state store, our sync socket, exe_fd) closes
+     * when we exec; nothing of the daemon leaks into the sandbox. */
+    return close_range(5, ~0U, CLOSE_RANGE_CLOEXEC);
+}
+
+static int
+step_signal_exec(int sock, const char **step)
+{
+    *step = "sync exec";
+    struct sync_msg m = {.point = SYNC_CHILD_EXEC};
+    return send(sock, &m, sizeof(m), MSG_NOSIGNAL) == (ssize_t)sizeof(m) ? 0 : -1;
+}
+
+#define STEP(call)                                                                             \
+    do {                                                                                       \
+        if ((call) < 0)                                                                        \
+            child_fail(sock, step, errno);                                                     \
+    } while (0)
+
+__attribute__((noreturn)) static void
+child_main(const struct sbx_sandbox_plan *plan, int sock)
+{
+    const char *step = "start";
+    const char *hostname = plan->hostname && *plan->hostname ? plan->hostname : DEFAULT_HOSTNAME;
+    char newroot[4096];
+    snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
+    int exe = plan->exe_fd;
+    struct sbx_rootfs fs = {-1, -1};
+
+    STEP(step_reset_signals(&step));
+    STEP(step_wait_parent(sock, &fs, &step));
+    STEP(step_become_root(&step));
+    STEP(step_cgroup_namespace(&step));
+    STEP(child_mount_private(&step));
+    STEP(child_attach_rootfs(newroot, fs.root_fd, fs.usr_fd, &step));
+    sbx_rootfs_close(&fs);
+    STEP(child_mount_proc(newroot, &step));
+    STEP(child_mount_dev(newroot, &step));
+    STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
+    STEP(child_pivot_root(newroot, &step));
+    STEP(step_hostname(hostname, &step));
+    STEP(step_loopback_up(&step));
+    STEP(step_rlimits(&step));
+    umask(022);
+    STEP(step_fds(plan, &sock, &exe, &step));
+    STEP(child_caps_drop_bounding(&step));
+    STEP(child_seccomp_install(&step)); /* last: everything above needs denied syscalls */
+    STEP(step_signal_exec(sock, &step));
+    fexecve(exe, plan->argv, plan->envp ? plan->envp : (char *const[]){NULL});
+    child_fail(sock, "fexecve", errno);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Parent side. */
+
+static bool
+valid_id(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n > 32)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= '0' && id[i] <= '9')))
+            return false;
+    return true;
+}
+
+static bool
+valid_hostname(const char *h)
+{
+    size_t n = strlen(h);
+    if (n == 0 || n > 63)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') ||
+              (h[i] >= '0' && h[i] <= '9') || h[i] == '-' || h[i] == '.'))
+            return false;
+    return true;
+}
+
+static int
+validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
+{
+    if (!valid_id(p->id))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
+    if (!p->sandbox_dir || p->sandbox_dir[0] != '/' || !p->template_dir ||
+        p->template_dir[0] != '/')
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "sandbox and template dirs must be "
+                                                           "absolute");
+    if (strlen(p->sandbox_dir) > 3000)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "sandbox dir path too long");
+    /* The range must not contain host root or wrap around. */
+    if (p->host_uid_base == 0 || p->host_uid_base > UINT32_MAX - SBX_SANDBOX_UID_COUNT)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad host uid base");
+    if (p->hostname && *p->hostname && !valid_hostname(p->hostname))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad hostname");
+    if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
+    return 0;
+}
+
+static int
+write_maps(pid_t pid, uid_t base, struct sbx_error **err)
+{
+    char path[64], map[64];
+    snprintf(map, sizeof(map), "0 %u %u\n", (unsigned)base, (unsigned)SBX_SANDBOX_UID_COUNT);
+    snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+    if (sbx_fs_write_str(path, map) < 0)
+        return sbx_error_sys(err, errno, "write uid_map");
+    /* setgroups stays "allow": sudo and su must set supplementary groups inside, and with a
+     * full 65536-id map there is no unmapped group a process could drop to gain access. */
+    snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+    if (sbx_fs_write_str(path, map) < 0)
+        return sbx_error_sys(err, errno, "write gid_map");
+    return 0;
+}
+
+/* Both writes need CAP_SYS_RESOURCE. Hosts (or containers running the daemon) without it
+ * still get working sandboxes: the agent keeps the daemon's oom_score_adj and NOFILE hard
+ * limit. */
+static int
+set_process_limits(pid_t pid, struct sbx_error **err)
+{
+    char path[64], val[16];
+    snprintf(path, sizeof(path), "/proc/%d/oom_score_adj", (int)pid);
+    snprintf(val, sizeof(val), "%d", SBX_AGENT_OOM_SCORE_ADJ);
+    if (sbx_fs_write_str(path, val) < 0 && errno != EACCES)
+        return sbx_error_sys(err, errno, "write oom_score_adj");
+    struct rlimit nofile = {SBX_AGENT_NOFILE, SBX_AGENT_NOFILE};
+    if (prlimit(pid, RLIMIT_NOFILE, &nofile, NULL) < 0 && errno != EPERM)
+        return sbx_error_sys(err, errno, "raise RLIMIT_NOFILE");
+    return 0;
+}
+
+static int
+send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
+{
+    struct sync_msg m = {.point = SYNC_PARENT_READY};
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
+    memset(cbuf, 0, sizeof(cbuf));
+    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof(cbuf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    int fds[2] = {fs->root_fd, fs->usr_fd};
+    memcpy(CMSG_DATA(c), fds, sizeof(fds));
+    if (sendmsg(sock, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof(m))
+        return sbx_error_sys(err, errno, "send to sandbox child");
+    return 0;
+}
+
+/* Waits for SYNC_CHILD_EXEC followed by EOF (the exec closed the socket). */
+static int
+wait_exec(int sock, pid_t pid, struct sbx_error **err)
+{
+    uint64_t deadline = sbx_now_ms() + SBX_SPAWN_TIMEOUT_MS;
+    bool exec_seen = false;
+    for (;;) {
+        uint64_t now = sbx_now_ms();
+        if (now >= deadline)
+            return sbx_error_set(err, SBX_DEADLINE_EXCEEDED, 0, "sandbox setup timed out");
+        struct pollfd pfd = {.fd = sock, .events = POLLIN};
+        int r = poll(&pfd, 1, (int)(deadline - now));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return sbx_error_sys(err, errno, "poll sandbox child");
+        if (r == 0)
+            continue;
+        struct sync_msg m;
+        ssize_t n = recv(sock, &m, sizeof(m), 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return sbx_error_sys(err, errno, "read sandbox child");
+        if (n == 0) {
+            if (exec_seen)
+                return 0;
+            int st = 0;
+            waitpid(pid, &st, WNOHANG);
+            return sbx_error_set(err, SBX_INTERNAL, 0, "sandbox child died during setup (%s %d)",
+                                 WIFSIGNALED(st) ? "signal" : "status",
+                                 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+        }
+        if (n != (ssize_t)sizeof(m))
+            return sbx_error_set(err, SBX_INTERNAL, EPROTO, "short message from sandbox child");
+        m.step[sizeof(m.step) - 1] = '\0';
+        if (m.point == SYNC_CHILD_FAILED)
+            return sbx_error_set(err, sbx_code_from_errno(m.err), m.err, "sandbox setup: %s: %s",
+                                 m.step, strerror(m.err));
+        if (m.point == SYNC_CHILD_EXEC)
+            exec_seen = true;
+    }
+}
+
+static int
+open_userns(pid_t pid, struct sbx_error **err)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "open %s", path);
+    return fd;
+}
+
+/* Everything the parent does between clone and SYNC_PARENT_READY. */
+static int
+parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sbx_error **err)
+{
+    if (write_maps(pid, plan->host_uid_base, err) < 0)
+        return -1;
+    /* Before the child unshares its cgroup namespace, so that namespace is rooted at the
+     * sandbox's own cgroup. */
+    if (sbx_cgroup_enter(plan->id, pid, err) < 0)
+        return -1;
+    if (set_process_limits(pid, err) < 0)
+        return -1;
+    _cleanup_close_ int userns = open_userns(pid, err);
+    if (userns < 0)
+        return -1;
+    struct sbx_rootfs fs;
+    if (sbx_rootfs_open(plan, userns, &fs, err) < 0)
+        return -1;
+    int rc = send_ready(sock, &fs, err);
+    sbx_rootfs_close(&fs); /* the child holds its own copies now */
+    return rc;
+}
+
+int
+sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t *start_time,
+                  struct sbx_error **err)
+{
+    if (validate(plan, err) < 0 || sbx_seccomp_prepare(err) < 0)
+        return -1;
+    if (sbx_rootfs_prepare_dirs(plan, err) < 0 ||
+        sbx_cgroup_create(plan->id, &plan->limits, err) < 0)
+        goto fail_cleanup;
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        sbx_error_sys(err, errno, "socketpair");
+        goto fail_cleanup;
+    }
+    /* No CLONE_NEWCGROUP here: see step_cgroup_namespace. SIGCHLD so the daemon can reap. */
+    unsigned long flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET |
+                          CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD;
+    pid_t pid = (pid_t)syscall(SYS_clone, flags, NULL, NULL, NULL, 0);
+    if (pid < 0) {
+        int e = errno;
+        close(sv[0]);
+        close(sv[1]);
+        sbx_error_sys(err, e, "clone");
+        goto fail_cleanup;
+    }
+    if (pid == 0) {
+        close(sv[0]);
+        child_main(plan, sv[1]);
+    }
+    close(sv[1]);
+    int rc = parent_setup(plan, pid, sv[0], err);
+    if (rc == 0)
+        rc = wait_exec(sv[0], pid, err);
+    close(sv[0]);
+    uint64_t st = 0;
+    if (rc == 0 && sbx_proc_start_time(pid, &st) < 0)
+        rc = sbx_error_sys(err, errno, "read start time of %d", (int)pid);
+    if (rc < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        goto fail_cleanup;
+    }
+    *pid_out = pid;
+    if (start_time)
+        *start_time = st;
+    return 0;
+
+fail_cleanup:
+    sbx_error_prefix(err, "spawn %s", plan->id);
+    {
+        struct sbx_sandbox_ref ref = {.id = plan->id, .sandbox_dir = plan->sandbox_dir, .pid = 0};
+        struct sbx_error *ignored = NULL;
+        sbx_sandbox_destroy(&ref, &ignored);
+        sbx_error_free(ignored);
+    }
+    return -1;
+}

@@ -1,0 +1,759 @@
+/* SQLite implementation of the state store (see store.h). */
+#include "store/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/buf.h"
+#include "base/cleanup.h"
+#include "base/limits.h"
+#include "base/util.h"
+
+#define SHA256_LEN 32
+#define BUSY_TIMEOUT_MS 5000
+
+struct sbx_store {
+    sqlite3 *db;
+};
+
+/* Schema migrations, applied in order inside one transaction each; schema_version holds the
+ * number of applied entries. Never edit a released entry: append a new one. */
+static const char *const migrations[] = {
+    /* 1: initial schema. */
+    "CREATE TABLE api_keys ("
+    "  key_sha256 BLOB PRIMARY KEY,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");"
+    "CREATE TABLE sandboxes ("
+    "  id TEXT PRIMARY KEY,"
+    "  template_id TEXT NOT NULL,"
+    "  alias TEXT,"
+    "  metadata_json TEXT NOT NULL DEFAULT '{}',"
+    "  env_vars_json TEXT NOT NULL DEFAULT '{}',"
+    "  access_token TEXT,"
+    "  traffic_token TEXT,"
+    "  started_at_ms INTEGER NOT NULL,"
+    "  end_at_ms INTEGER NOT NULL,"
+    "  cpu_count INTEGER NOT NULL,"
+    "  memory_mb INTEGER NOT NULL,"
+    "  disk_mb INTEGER NOT NULL,"
+    "  uid_slot INTEGER NOT NULL UNIQUE,"
+    "  pid INTEGER NOT NULL DEFAULT 0,"
+    "  pid_start_time INTEGER NOT NULL DEFAULT 0,"
+    "  state TEXT NOT NULL CHECK (state IN ('running', 'paused')),"
+    "  allow_internet INTEGER NOT NULL,"
+    "  auto_pause INTEGER NOT NULL DEFAULT 0"
+    ");"
+    "CREATE INDEX sandboxes_by_start ON sandboxes (started_at_ms, id);",
+};
+#define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+#define SANDBOX_COLUMNS                                                                      \
+    "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "   \
+    "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "             \
+    "pid_start_time, state, allow_internet, auto_pause"
+
+static int
+db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
+{
+    enum sbx_code code = SBX_INTERNAL;
+    switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+        code = SBX_ALREADY_EXISTS;
+        break;
+    case SQLITE_FULL:
+        code = SBX_RESOURCE_EXHAUSTED;
+        break;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        code = SBX_UNAVAILABLE;
+        break;
+    }
+    const char *msg = s && s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
+    return sbx_error_set(err, code, 0, "state store: %s: %s", what, msg);
+}
+
+static void
+finalizep(sqlite3_stmt **st)
+{
+    sqlite3_finalize(*st); /* accepts NULL */
+}
+#define _cleanup_stmt_ __attribute__((cleanup(finalizep)))
+
+static int
+prepare(struct sbx_store *s, const char *sql, sqlite3_stmt **st, struct sbx_error **err)
+{
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, err, "prepare");
+    return 0;
+}
+
+static int
+exec_sql(struct sbx_store *s, const char *sql, struct sbx_error **err)
+{
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return db_error(s, rc, err, "exec");
+    return 0;
+}
+
+/* Runs a statement that returns no rows; fails with SBX_NOT_FOUND if it changed nothing
+ * and must_change is set. */
+static int
+step_done(struct sbx_store *s, sqlite3_stmt *st, bool must_change, const char *id,
+          struct sbx_error **err)
+{
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return db_error(s, rc, err, "write");
+    if (must_change && sqlite3_changes(s->db) == 0)
+        return sbx_error_set(err, SBX_NOT_FOUND, 0, "sandbox %s not found", id);
+    return 0;
+}
+
+static int
+schema_version(struct sbx_store *s, int *version, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT version FROM schema_version", &st, err) < 0)
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *version = sqlite3_column_int(st, 0);
+        return 0;
+    }
+    if (rc == SQLITE_DONE) {
+        *version = 0;
+        return 0;
+    }
+    return db_error(s, rc, err, "read schema version");
+}
+
+static int
+migrate(struct sbx_store *s, struct sbx_error **err)
+{
+    if (exec_sql(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+                 err) < 0)
+        return -1;
+    int version;
+    if (schema_version(s, &version, err) < 0)
+        return -1;
+    if (version > N_MIGRATIONS)
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                             "state store: schema version %d is newer than this sbx (%d)",
+                             version, N_MIGRATIONS);
+    for (int v = version; v < N_MIGRATIONS; v++) {
+        /* IMMEDIATE takes the write lock up front, so two daemons started on the same
+         * state directory cannot both apply a migration. */
+        if (exec_sql(s, "BEGIN IMMEDIATE", err) < 0)
+            return -1;
+        int cur;
+        if (schema_version(s, &cur, err) < 0)
+            goto rollback;
+        if (cur != v) { /* somebody else migrated meanwhile */
+            exec_sql(s, "ROLLBACK", NULL);
+            return migrate(s, err);
+        }
+        if (exec_sql(s, migrations[v], err) < 0)
+            goto rollback;
+        char sql[96];
+        snprintf(sql, sizeof(sql), "DELETE FROM schema_version; "
+                                   "INSERT INTO schema_version (version) VALUES (%d)",
+                 v + 1);
+        if (exec_sql(s, sql, err) < 0 || exec_sql(s, "COMMIT", err) < 0)
+            goto rollback;
+    }
+    return 0;
+rollback:
+    exec_sql(s, "ROLLBACK", NULL);
+    return sbx_error_prefix(err, "migrating the state store");
+}
+
+static int
+enable_wal(struct sbx_store *s, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "PRAGMA journal_mode=WAL", &st, err) < 0)
+        return -1;
+    int rc = sqlite3_step(st);
+    const unsigned char *mode = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+    if (mode == NULL || strcmp((const char *)mode, "wal") != 0)
+        return sbx_error_set(err, SBX_INTERNAL, 0, "state store: cannot enable WAL mode");
+    return 0;
+}
+
+struct sbx_store *
+sbx_store_open(const char *path, struct sbx_error **err)
+{
+    /* Create the file ourselves, 0600: it holds access tokens. SQLite gives its -wal and
+     * -shm files the mode of the main file. */
+    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        sbx_error_sys(err, errno, "state store: open %s", path);
+        return NULL;
+    }
+    if (fchmod(fd, 0600) < 0) {
+        sbx_error_sys(err, errno, "state store: chmod %s", path);
+        return NULL;
+    }
+
+    struct sbx_store *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+        return NULL;
+    }
+    /* NOFOLLOW: a symlink planted at the path must not redirect our writes. SQLite opens
+     * its files with O_CLOEXEC, so sandboxes forked by the daemon never inherit them. */
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW |
+                SQLITE_OPEN_EXRESCODE;
+    int rc = sqlite3_open_v2(path, &s->db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        db_error(s, rc, err, path);
+        sbx_store_close(s);
+        return NULL;
+    }
+    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+
+    /* WAL: readers never block the writer. synchronous=FULL fsyncs the WAL on every
+     * commit. Every write here is a lifecycle event (create, kill, pause, timeout, agent
+     * pid); losing one to a power cut would resurrect a killed sandbox or forget a live one
+     * whose processes and uid range then leak. Writes are per lifecycle event, never per
+     * request, so the fsync is affordable. */
+    if (enable_wal(s, err) < 0)
+        goto fail;
+    if (exec_sql(s, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", err) < 0)
+        goto fail;
+    if (migrate(s, err) < 0)
+        goto fail;
+    return s;
+fail:
+    sbx_error_prefix(err, "%s", path);
+    sbx_store_close(s);
+    return NULL;
+}
+
+void
+sbx_store_close(struct sbx_store *s)
+{
+    if (s == NULL)
+        return;
+    sqlite3_close_v2(s->db);
+    free(s);
+}
+
+/* ---- API keys ---- */
+
+static int
+sha256(const char *data, size_t len, unsigned char out[SHA256_LEN])
+{
+    unsigned int n = 0;
+    if (EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) != 1 || n != SHA256_LEN)
+        return -1;
+    return 0;
+}
+
+int
+sbx_store_api_key_add(struct sbx_store *s, const char *key, struct sbx_error **err)
+{
+    size_t len = strlen(key);
+    if (len == 0 || len > SBX_STORE_API_KEY_MAX)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "API key must have 1..%d bytes",
+                             SBX_STORE_API_KEY_MAX);
+    unsigned char h[SHA256_LEN];
+    if (sha256(key, len, h) < 0)
+        return sbx_error_set(err, SBX_INTERNAL, 0, "SHA-256 failed");
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "INSERT OR IGNORE INTO api_keys (key_sha256, created_at_ms) VALUES (?, ?)",
+                &st, err) < 0)
+        return -1;
+    sqlite3_bind_blob(st, 1, h, SHA256_LEN, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, sbx_wall_ms());
+    return step_done(s, st, false, NULL, err);
+}
+
+bool
+sbx_store_api_key_check(struct sbx_store *s, const char *key)
+{
+    /* Only hashes are stored, so a stolen database file yields no usable key. The
+     * candidate's hash is compared with every stored hash by sbx_secret_equal, all rows
+     * visited: timing reveals neither which key matched nor how much of a hash did. */
+    size_t len = strlen(key);
+    if (len == 0 || len > SBX_STORE_API_KEY_MAX)
+        return false;
+    unsigned char h[SHA256_LEN];
+    if (sha256(key, len, h) < 0)
+        return false;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, "SELECT key_sha256 FROM api_keys", -1, &st, NULL) != SQLITE_OK)
+        return false;
+    bool found = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const void *blob = sqlite3_column_blob(st, 0);
+        int n = sqlite3_column_bytes(st, 0);
+        if (blob != NULL && sbx_secret_equal(blob, (size_t)n, (const char *)h, SHA256_LEN))
+            found = true;
+    }
+    explicit_bzero(h, sizeof(h));
+    return rc == SQLITE_DONE && found;
+}
+
+int64_t
+sbx_store_api_key_count(struct sbx_store *s, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT count(*) FROM api_keys", &st, err) < 0)
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        return db_error(s, rc, err, "count API keys");
+    return sqlite3_column_int64(st, 0);
+}
+
+/* ---- sandboxes ---- */
+
+static bool
+valid_state(const char *state)
+{
+    return state != NULL && (strcmp(state, "running") == 0 || strcmp(state, "paused") == 0);
+}
+
+static bool
+valid_id(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > SBX_STORE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+void
+sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec)
+{
+    if (rec == NULL)
+        return;
+    free(rec->template_id);
+    free(rec->alias);
+    free(rec->metadata_json);
+    free(rec->env_vars_json);
+    sbx_secret_free(rec->access_token);
+    sbx_secret_free(rec->traffic_token);
+    free(rec->state);
+    free(rec);
+}
+
+void
+sbx_sandbox_list_free(struct sbx_sandbox_list *list)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; i < list->n; i++)
+        sbx_sandbox_rec_free(list->items[i]);
+    free(list->items);
+    free(list->next_token);
+    free(list);
+}
+
+static char *
+column_strdup(sqlite3_stmt *st, int col, bool *oom)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    if (t == NULL)
+        return NULL;
+    char *d = strdup((const char *)t);
+    if (d == NULL)
+        *oom = true;
+    return d;
+}
+
+/* Builds a record from a row selected with SANDBOX_COLUMNS. */
+static struct sbx_sandbox_rec *
+row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
+{
+    struct sbx_sandbox_rec *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+        return NULL;
+    }
+    bool oom = false;
+    const unsigned char *id = sqlite3_column_text(st, 0);
+    snprintf(r->id, sizeof(r->id), "%s", id ? (const char *)id : "");
+    r->template_id = column_strdup(st, 1, &oom);
+    r->alias = column_strdup(st, 2, &oom);
+    r->metadata_json = column_strdup(st, 3, &oom);
+    r->env_vars_json = column_strdup(st, 4, &oom);
+    r->access_token = column_strdup(st, 5, &oom);
+    r->traffic_token = column_strdup(st, 6, &oom);
+    r->started_at_ms = sqlite3_column_int64(st, 7);
+    r->end_at_ms = sqlite3_column_int64(st, 8);
+    r->cpu_count = sqlite3_column_int(st, 9);
+    r->memory_mb = sqlite3_column_int(st, 10);
+    r->disk_mb = sqlite3_column_int(st, 11);
+    r->uid_slot = sqlite3_column_int(st, 12);
+    r->pid = sqlite3_column_int(st, 13);
+    r->pid_start_time = (uint64_t)sqlite3_column_int64(st, 14);
+    r->state = column_strdup(st, 15, &oom);
+    r->allow_internet = sqlite3_column_int(st, 16) != 0;
+    r->auto_pause = sqlite3_column_int(st, 17) != 0;
+    if (oom || r->template_id == NULL || r->state == NULL) {
+        sbx_sandbox_rec_free(r);
+        sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+        return NULL;
+    }
+    return r;
+}
+
+static void
+bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v == NULL)
+        sqlite3_bind_null(st, i);
+    else
+        sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
+}
+
+int
+sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
+                         struct sbx_error **err)
+{
+    if (!valid_id(r->id))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox id '%s'", r->id);
+    if (r->template_id == NULL || !valid_state(r->state))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "sandbox %s: template id and state are required", r->id);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s,
+                "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, r->template_id, -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 3, r->alias);
+    sqlite3_bind_text(st, 4, r->metadata_json ? r->metadata_json : "{}", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 5, r->env_vars_json ? r->env_vars_json : "{}", -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 6, r->access_token);
+    bind_text_or_null(st, 7, r->traffic_token);
+    sqlite3_bind_int64(st, 8, r->started_at_ms);
+    sqlite3_bind_int64(st, 9, r->end_at_ms);
+    sqlite3_bind_int(st, 10, r->cpu_count);
+    sqlite3_bind_int(st, 11, r->memory_mb);
+    sqlite3_bind_int(st, 12, r->disk_mb);
+    sqlite3_bind_int(st, 13, r->uid_slot);
+    sqlite3_bind_int(st, 14, r->pid);
+    sqlite3_bind_int64(st, 15, (int64_t)r->pid_start_time);
+    sqlite3_bind_text(st, 16, r->state, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 17, r->allow_internet);
+    sqlite3_bind_int(st, 18, r->auto_pause);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s already exists", r->id);
+    if (rc == SQLITE_CONSTRAINT_UNIQUE)
+        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "uid slot %d is already in use",
+                             r->uid_slot);
+    if (rc != SQLITE_DONE)
+        return db_error(s, rc, err, "insert sandbox");
+    return 0;
+}
+
+int
+sbx_store_sandbox_get(struct sbx_store *s, const char *id, struct sbx_sandbox_rec **out,
+                      struct sbx_error **err)
+{
+    *out = NULL;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return sbx_error_set(err, SBX_NOT_FOUND, 0, "sandbox %s not found", id);
+    if (rc != SQLITE_ROW)
+        return db_error(s, rc, err, "get sandbox");
+    *out = row_to_rec(st, err);
+    return *out ? 0 : -1;
+}
+
+int
+sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t end_at_ms,
+                                struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandboxes SET end_at_ms = ? WHERE id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_int64(st, 1, end_at_ms);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
+}
+
+int
+sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
+                             uint64_t pid_start_time, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandboxes SET pid = ?, pid_start_time = ? WHERE id = ?", &st,
+                err) < 0)
+        return -1;
+    sqlite3_bind_int(st, 1, pid);
+    sqlite3_bind_int64(st, 2, (int64_t)pid_start_time);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
+}
+
+int
+sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
+                               struct sbx_error **err)
+{
+    if (!valid_state(state))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox state '%s'",
+                             state ? state : "(null)");
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandboxes SET state = ? WHERE id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, state, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
+}
+
+int
+sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "DELETE FROM sandboxes WHERE id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
+}
+
+static int
+list_push(struct sbx_sandbox_list *l, struct sbx_sandbox_rec *r, size_t *cap,
+          struct sbx_error **err)
+{
+    if (l->n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        struct sbx_sandbox_rec **items = realloc(l->items, ncap * sizeof(*items));
+        if (items == NULL) {
+            sbx_sandbox_rec_free(r);
+            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+        }
+        l->items = items;
+        *cap = ncap;
+    }
+    l->items[l->n++] = r;
+    return 0;
+}
+
+/* Collects up to max rows (max < 0: all) into a new list; *more tells whether a further
+ * row exists. */
+static int
+collect(struct sbx_store *s, sqlite3_stmt *st, long max, struct sbx_sandbox_list **out,
+        bool *more, struct sbx_error **err)
+{
+    _cleanup_sandbox_list_ struct sbx_sandbox_list *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    size_t cap = 0;
+    int rc;
+    *more = false;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (max >= 0 && (long)l->n == max) {
+            *more = true;
+            break;
+        }
+        struct sbx_sandbox_rec *r = row_to_rec(st, err);
+        if (r == NULL || list_push(l, r, &cap, err) < 0)
+            return -1;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return db_error(s, rc, err, "list sandboxes");
+    *out = steal_pointer(&l);
+    return 0;
+}
+
+int
+sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,
+                           struct sbx_error **err)
+{
+    *out = NULL;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes ORDER BY started_at_ms, id", &st,
+                err) < 0)
+        return -1;
+    bool more;
+    return collect(s, st, -1, out, &more, err);
+}
+
+/* The page cursor is the hex of "<started_at_ms>:<id>" of the last item returned: opaque to
+ * clients, trivially validated here. */
+static char *
+cursor_format(const struct sbx_sandbox_rec *r)
+{
+    char raw[32 + SBX_STORE_ID_MAX];
+    int n = snprintf(raw, sizeof(raw), "%" PRId64 ":%s", r->started_at_ms, r->id);
+    if (n < 0 || (size_t)n >= sizeof(raw))
+        return NULL;
+    char *hex = malloc(2 * (size_t)n + 1);
+    if (hex == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++)
+        sprintf(hex + 2 * i, "%02x", (unsigned char)raw[i]);
+    hex[2 * n] = '\0';
+    return hex;
+}
+
+static int
+hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int
+cursor_parse(const char *tok, int64_t *started_at_ms, char id[SBX_STORE_ID_MAX + 1],
+             struct sbx_error **err)
+{
+    char raw[32 + SBX_STORE_ID_MAX];
+    size_t len = strlen(tok);
+    if (len == 0 || len % 2 != 0 || len / 2 >= sizeof(raw))
+        goto bad;
+    for (size_t i = 0; i < len / 2; i++) {
+        int hi = hexval(tok[2 * i]), lo = hexval(tok[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            goto bad;
+        raw[i] = (char)(hi << 4 | lo);
+    }
+    raw[len / 2] = '\0';
+    char *colon = memchr(raw, ':', len / 2);
+    if (colon == NULL || colon == raw || strlen(raw) != len / 2)
+        goto bad;
+    *colon = '\0';
+    char *end;
+    errno = 0;
+    long long ms = strtoll(raw, &end, 10);
+    if (errno != 0 || *end != '\0' || !valid_id(colon + 1))
+        goto bad;
+    *started_at_ms = ms;
+    snprintf(id, SBX_STORE_ID_MAX + 1, "%s", colon + 1);
+    return 0;
+bad:
+    return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid nextToken");
+}
+
+int
+sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
+                        struct sbx_sandbox_list **out, struct sbx_error **err)
+{
+    *out = NULL;
+    int limit = q->limit == 0 ? SBX_STORE_LIST_MAX : q->limit;
+    if (limit < 1 || limit > SBX_STORE_LIST_MAX)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "limit must be between 1 and %d",
+                             SBX_STORE_LIST_MAX);
+    int64_t cur_ms = 0;
+    char cur_id[SBX_STORE_ID_MAX + 1];
+    if (q->next_token != NULL && cursor_parse(q->next_token, &cur_ms, cur_id, err) < 0)
+        return -1;
+    /* Two bound parameters per pair stay far below SQLite's parameter limit. */
+    if (q->n_meta > SBX_STORE_MAX_META_FILTERS)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "too many metadata filters");
+    unsigned states = q->states ? q->states : SBX_STORE_STATE_RUNNING | SBX_STORE_STATE_PAUSED;
+
+    /* Only fixed SQL text is appended; every value is a bound parameter. */
+    _cleanup_free_ char *sql = NULL;
+    struct sbx_buf b = {0};
+    int ok = sbx_buf_printf(&b, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE 1");
+    if (!(states & SBX_STORE_STATE_RUNNING))
+        ok |= sbx_buf_printf(&b, " AND state <> 'running'");
+    if (!(states & SBX_STORE_STATE_PAUSED))
+        ok |= sbx_buf_printf(&b, " AND state <> 'paused'");
+    if (q->template_id != NULL)
+        ok |= sbx_buf_printf(&b, " AND (template_id = ?1 OR alias = ?1)");
+    if (q->has_started_after)
+        ok |= sbx_buf_printf(&b, " AND started_at_ms >= ?2");
+    if (q->next_token != NULL)
+        ok |= sbx_buf_printf(&b, " AND (started_at_ms, id) %s (?3, ?4)", q->ascending ? ">" : "<");
+    /* json_each yields unescaped keys and values, so any key spelling works without
+     * building a JSON path. */
+    for (size_t i = 0; i < q->n_meta; i++)
+        ok |= sbx_buf_printf(&b,
+                             " AND EXISTS (SELECT 1 FROM json_each(metadata_json) AS m"
+                             " WHERE m.key = ?%zu AND m.type = 'text' AND m.value = ?%zu)",
+                             10 + 2 * i, 11 + 2 * i);
+    ok |= sbx_buf_printf(&b, " ORDER BY started_at_ms %s, id %s LIMIT ?5",
+                         q->ascending ? "ASC" : "DESC", q->ascending ? "ASC" : "DESC");
+    sql = b.data;
+    if (ok != 0)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, sql, &st, err) < 0)
+        return -1;
+    if (q->template_id != NULL)
+        sqlite3_bind_text(st, 1, q->template_id, -1, SQLITE_TRANSIENT);
+    if (q->has_started_after)
+        sqlite3_bind_int64(st, 2, q->started_after_ms);
+    if (q->next_token != NULL) {
+        sqlite3_bind_int64(st, 3, cur_ms);
+        sqlite3_bind_text(st, 4, cur_id, -1, SQLITE_TRANSIENT);
+    }
+    sqlite3_bind_int(st, 5, limit + 1); /* one extra row tells whether a next page exists */
+    for (size_t i = 0; i < q->n_meta; i++) {
+        sqlite3_bind_text(st, (int)(10 + 2 * i), q->meta_keys[i], -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, (int)(11 + 2 * i), q->meta_values[i], -1, SQLITE_TRANSIENT);
+    }
+
+    _cleanup_sandbox_list_ struct sbx_sandbox_list *l = NULL;
+    bool more;
+    if (collect(s, st, limit, &l, &more, err) < 0)
+        return -1;
+    if (more && l->n > 0) {
+        l->next_token = cursor_format(l->items[l->n - 1]);
+        if (l->next_token == NULL)
+            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    }
+    *out = steal_pointer(&l);
+    return 0;
+}
+
+int
+sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT uid_slot FROM sandboxes ORDER BY uid_slot", &st, err) < 0)
+        return -1;
+    int want = 0, rc;
+    /* Slots come back sorted and unique: the first gap is the lowest free slot. */
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int used = sqlite3_column_int(st, 0);
+        if (used > want)
+            break;
+        if (used == want)
+            want++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return db_error(s, rc, err, "find a free uid slot");
+    if (want >= SBX_MAX_SANDBOXES)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0,
+                             "all %d sandbox uid slots are in use", SBX_MAX_SANDBOXES);
+    *slot = want;
+    return 0;
+}

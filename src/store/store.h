@@ -1,0 +1,137 @@
+/* The daemon's durable state: API keys and sandboxes, in one embedded SQLite database
+ * (WAL mode). Everything the daemon must remember across a restart lives here; nothing
+ * lives only in memory.
+ *
+ * The interface is deliberately narrow (records in, records out, no SQL, no SQLite types)
+ * so that a multi-node deployment can swap in a shared database behind the same calls.
+ * This module never logs, never speaks HTTP or JSON to clients, and never touches a
+ * sandbox: it only remembers. Not thread-safe: the daemon uses it from its single loop
+ * thread. */
+#ifndef SBX_STORE_H
+#define SBX_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+
+#define SBX_STORE_ID_MAX 64       /* sandbox ids are short lowercase alphanumerics */
+#define SBX_STORE_LIST_MAX 100    /* limit of one list page (GET /v2/sandboxes) */
+#define SBX_STORE_API_KEY_MAX 512 /* longest API key accepted by add/check */
+#define SBX_STORE_MAX_META_FILTERS 256 /* metadata pairs in one list query */
+
+struct sbx_store;
+
+/* One sandbox as remembered. Strings are malloc'd and owned by the record. */
+struct sbx_sandbox_rec {
+    char id[SBX_STORE_ID_MAX + 1];
+    char *template_id;   /* resolved template id */
+    char *alias;         /* template alias as requested, NULL if none */
+    char *metadata_json; /* JSON object of string -> string, "{}" if none */
+    char *env_vars_json; /* JSON object of string -> string, "{}" if none */
+    char *access_token;  /* envdAccessToken, NULL for a non-secure sandbox (a secret) */
+    char *traffic_token; /* trafficAccessToken, NULL if none (a secret) */
+    int64_t started_at_ms; /* wall clock, ms since the epoch */
+    int64_t end_at_ms;     /* wall clock; the daemon kills (or pauses) the sandbox then */
+    int cpu_count;
+    int memory_mb;
+    int disk_mb;
+    int uid_slot;            /* index of the host uid range (see sbx_store_free_uid_slot) */
+    int pid;                 /* host pid of the sandbox's agent, 0 if none */
+    uint64_t pid_start_time; /* starttime of that pid (/proc/PID/stat field 22): with pid,
+                              * tells a live agent from a recycled pid after a restart */
+    char *state;             /* "running" or "paused" */
+    bool allow_internet;
+    bool auto_pause; /* at end_at: pause instead of kill */
+};
+
+struct sbx_sandbox_list {
+    struct sbx_sandbox_rec **items;
+    size_t n;
+    /* Set only by sbx_store_sandbox_query, and only when more items match after this page:
+     * the opaque cursor for the next page (the X-Next-Token header). NULL otherwise. */
+    char *next_token;
+};
+
+/* Opens (creating if needed) the database at path, in WAL mode, and brings its schema to
+ * the current version. A database written by a newer sbx is refused. The file is created
+ * 0600: it holds access tokens. */
+struct sbx_store *sbx_store_open(const char *path, struct sbx_error **err);
+void sbx_store_close(struct sbx_store *s);
+
+/* API keys are stored as SHA-256 hashes, never in clear. Adding a known key is a no-op. */
+int sbx_store_api_key_add(struct sbx_store *s, const char *key, struct sbx_error **err);
+/* True iff key is one of the stored keys. Every stored hash is compared in constant time,
+ * with no early exit. A database error answers false (deny). */
+bool sbx_store_api_key_check(struct sbx_store *s, const char *key);
+/* Number of stored keys, or -1 with *err. */
+int64_t sbx_store_api_key_count(struct sbx_store *s, struct sbx_error **err);
+
+/* Inserts a new sandbox. An existing id or an already used uid_slot: SBX_ALREADY_EXISTS. */
+int sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *rec,
+                             struct sbx_error **err);
+/* *out is a new record, or SBX_NOT_FOUND. */
+int sbx_store_sandbox_get(struct sbx_store *s, const char *id, struct sbx_sandbox_rec **out,
+                          struct sbx_error **err);
+/* The updates and delete fail with SBX_NOT_FOUND for an unknown id. */
+int sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t end_at_ms,
+                                    struct sbx_error **err);
+int sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
+                                 uint64_t pid_start_time, struct sbx_error **err);
+/* state is "running" or "paused" (anything else: SBX_INVALID_ARGUMENT). */
+int sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
+                                   struct sbx_error **err);
+int sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
+/* Every sandbox, oldest first (the daemon's startup recovery walks it). */
+int sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,
+                               struct sbx_error **err);
+
+enum sbx_store_state_mask {
+    SBX_STORE_STATE_RUNNING = 1 << 0,
+    SBX_STORE_STATE_PAUSED = 1 << 1,
+};
+
+/* One page of GET /v2/sandboxes. Zero-initialised means: both states, no filter, newest
+ * first, SBX_STORE_LIST_MAX items, first page. */
+struct sbx_store_query {
+    unsigned states;              /* enum sbx_store_state_mask bits; 0 = both */
+    const char *const *meta_keys; /* n_meta pairs; a sandbox matches iff every */
+    const char *const *meta_values; /* key is present in its metadata with that value */
+    size_t n_meta;
+    const char *template_id;    /* matches template_id or alias exactly; NULL = any */
+    bool has_started_after;
+    int64_t started_after_ms;   /* inclusive */
+    bool ascending;             /* default: newest first */
+    int limit;                  /* 1..SBX_STORE_LIST_MAX; 0 = SBX_STORE_LIST_MAX */
+    const char *next_token;     /* from a previous page; NULL = first page */
+};
+
+/* Orders by (started_at_ms, id), both descending (or both ascending), so the order is
+ * total and a page starts strictly after the previous page's last item: equal start
+ * times neither repeat nor skip across pages. A malformed next_token or a limit outside
+ * 1..100: SBX_INVALID_ARGUMENT. */
+int sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
+                            struct sbx_sandbox_list **out, struct sbx_error **err);
+
+/* Lowest uid slot in 0..SBX_MAX_SANDBOXES-1 that no sandbox row uses (a killed sandbox's
+ * slot is reused once its row is deleted). All used: SBX_RESOURCE_EXHAUSTED. */
+int sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err);
+
+void sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec);
+void sbx_sandbox_list_free(struct sbx_sandbox_list *list);
+
+static inline void
+sbx_sandbox_rec_freep(struct sbx_sandbox_rec **rec)
+{
+    sbx_sandbox_rec_free(*rec);
+}
+static inline void
+sbx_sandbox_list_freep(struct sbx_sandbox_list **list)
+{
+    sbx_sandbox_list_free(*list);
+}
+#define _cleanup_sandbox_rec_ __attribute__((cleanup(sbx_sandbox_rec_freep)))
+#define _cleanup_sandbox_list_ __attribute__((cleanup(sbx_sandbox_list_freep)))
+
+#endif

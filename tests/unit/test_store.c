@@ -1,0 +1,454 @@
+/* State store against a real SQLite file in a temporary directory. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "base/limits.h"
+#include "harness.h"
+#include "store/store.h"
+
+static char tmpdir[64];
+static char dbpath[128];
+
+static void
+rm_tmpdir(void)
+{
+    DIR *d = opendir(tmpdir);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[512];
+        snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(tmpdir);
+}
+
+static struct sbx_store *
+open_fresh(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/sbx-test-store-XXXXXX");
+    CHECK(mkdtemp(tmpdir) != NULL);
+    atexit(rm_tmpdir);
+    snprintf(dbpath, sizeof(dbpath), "%s/state.db", tmpdir);
+    struct sbx_error *err = NULL;
+    struct sbx_store *s = sbx_store_open(dbpath, &err);
+    if (s == NULL)
+        fprintf(stderr, "open: %s\n", err->msg);
+    CHECK(s != NULL);
+    return s;
+}
+
+static struct sbx_store *
+reopen(struct sbx_store *s)
+{
+    sbx_store_close(s);
+    struct sbx_error *err = NULL;
+    s = sbx_store_open(dbpath, &err);
+    CHECK(s != NULL);
+    return s;
+}
+
+/* A record with fields pointing at static strings: only for insert, never freed. */
+static struct sbx_sandbox_rec
+mkrec(const char *id, int64_t started, int slot, const char *state, const char *meta)
+{
+    struct sbx_sandbox_rec r = {0};
+    snprintf(r.id, sizeof(r.id), "%s", id);
+    r.template_id = "base";
+    r.metadata_json = (char *)meta;
+    r.env_vars_json = "{\"A\":\"b\"}";
+    r.started_at_ms = started;
+    r.end_at_ms = started + 300000;
+    r.cpu_count = 2;
+    r.memory_mb = 512;
+    r.disk_mb = 1024;
+    r.uid_slot = slot;
+    r.state = (char *)state;
+    r.allow_internet = true;
+    return r;
+}
+
+static void
+insert(struct sbx_store *s, const char *id, int64_t started, int slot, const char *state,
+       const char *meta)
+{
+    struct sbx_sandbox_rec r = mkrec(id, started, slot, state, meta);
+    struct sbx_error *err = NULL;
+    int rc = sbx_store_sandbox_insert(s, &r, &err);
+    if (rc < 0)
+        fprintf(stderr, "insert %s: %s\n", id, err->msg);
+    CHECK(rc == 0);
+}
+
+TEST(open_creates_private_wal_database)
+{
+    struct sbx_store *s = open_fresh();
+    struct stat st;
+    CHECK(stat(dbpath, &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    struct sbx_sandbox_rec r = mkrec("a1", 1000, 0, "running", "{}");
+    struct sbx_error *err = NULL;
+    CHECK(sbx_store_sandbox_insert(s, &r, &err) == 0);
+    char wal[160];
+    snprintf(wal, sizeof(wal), "%s-wal", dbpath);
+    CHECK(stat(wal, &st) == 0); /* WAL mode */
+    CHECK((st.st_mode & 0777) == 0600);
+
+    /* Every fd SQLite holds is close-on-exec (sandboxes are forked from the daemon). */
+    DIR *d = opendir("/proc/self/fd");
+    CHECK(d != NULL);
+    struct dirent *e;
+    int checked = 0;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd <= 2 || fd == dirfd(d))
+            continue;
+        char link[256] = {0}, p[64];
+        snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+        if (readlink(p, link, sizeof(link) - 1) > 0 && strstr(link, tmpdir) != NULL) {
+            CHECK(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+            checked++;
+        }
+    }
+    closedir(d);
+    CHECK(checked >= 2); /* the database and its WAL at least */
+    sbx_store_close(s);
+}
+
+TEST(sandbox_round_trip)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    struct sbx_sandbox_rec r = mkrec("sb1", 1700000000123, 3, "running", "{\"k\":\"v\"}");
+    r.alias = "my-alias";
+    r.access_token = "tok";
+    r.pid = 4242;
+    r.pid_start_time = 0xfedcba9876543210ull; /* survives the int64 column */
+    r.auto_pause = true;
+    CHECK(sbx_store_sandbox_insert(s, &r, &err) == 0);
+
+    /* Duplicate id, duplicate slot. */
+    CHECK(sbx_store_sandbox_insert(s, &r, &err) < 0);
+    CHECK(err->code == SBX_ALREADY_EXISTS);
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_sandbox_rec r2 = mkrec("sb2", 1, 3, "running", "{}");
+    CHECK(sbx_store_sandbox_insert(s, &r2, &err) < 0);
+    CHECK(err->code == SBX_ALREADY_EXISTS);
+    sbx_error_free(err);
+    err = NULL;
+
+    struct sbx_sandbox_rec *g = NULL;
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK_STR(g->id, "sb1");
+    CHECK_STR(g->template_id, "base");
+    CHECK_STR(g->alias, "my-alias");
+    CHECK_STR(g->metadata_json, "{\"k\":\"v\"}");
+    CHECK_STR(g->env_vars_json, "{\"A\":\"b\"}");
+    CHECK_STR(g->access_token, "tok");
+    CHECK(g->traffic_token == NULL);
+    CHECK(g->started_at_ms == 1700000000123);
+    CHECK(g->end_at_ms == 1700000300123);
+    CHECK(g->cpu_count == 2 && g->memory_mb == 512 && g->disk_mb == 1024);
+    CHECK(g->uid_slot == 3 && g->pid == 4242);
+    CHECK(g->pid_start_time == 0xfedcba9876543210ull);
+    CHECK_STR(g->state, "running");
+    CHECK(g->allow_internet && g->auto_pause);
+    sbx_sandbox_rec_free(g);
+
+    CHECK(sbx_store_sandbox_update_end_at(s, "sb1", 42, &err) == 0);
+    CHECK(sbx_store_sandbox_update_pid(s, "sb1", 77, 12345, &err) == 0);
+    CHECK(sbx_store_sandbox_update_state(s, "sb1", "paused", &err) == 0);
+    CHECK(sbx_store_sandbox_update_state(s, "sb1", "dead", &err) < 0);
+    CHECK(err->code == SBX_INVALID_ARGUMENT);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK(g->end_at_ms == 42 && g->pid == 77 && g->pid_start_time == 12345);
+    CHECK_STR(g->state, "paused");
+    sbx_sandbox_rec_free(g);
+
+    /* Unknown ids. */
+    CHECK(sbx_store_sandbox_update_end_at(s, "nope", 1, &err) < 0);
+    CHECK(err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(sbx_store_sandbox_update_pid(s, "nope", 1, 1, &err) < 0);
+    sbx_error_free(err);
+    err = NULL;
+
+    CHECK(sbx_store_sandbox_delete(s, "sb1", &err) == 0);
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) < 0);
+    CHECK(err->code == SBX_NOT_FOUND && g == NULL);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(sbx_store_sandbox_delete(s, "sb1", &err) < 0);
+    CHECK(err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    sbx_sandbox_rec_free(NULL);
+    sbx_sandbox_list_free(NULL);
+    sbx_store_close(s);
+}
+
+TEST(persists_across_close_and_open)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    insert(s, "p1", 10, 0, "running", "{}");
+    insert(s, "p2", 20, 1, "paused", "{}");
+    CHECK(sbx_store_api_key_add(s, "e2b_abc", &err) == 0);
+    CHECK(sbx_store_sandbox_update_end_at(s, "p1", 999, &err) == 0);
+    s = reopen(s);
+    s = reopen(s); /* migrations are idempotent */
+
+    struct sbx_sandbox_list *l = NULL;
+    CHECK(sbx_store_sandbox_list_all(s, &l, &err) == 0);
+    CHECK(l->n == 2);
+    CHECK_STR(l->items[0]->id, "p1"); /* oldest first */
+    CHECK(l->items[0]->end_at_ms == 999);
+    CHECK_STR(l->items[1]->id, "p2");
+    CHECK_STR(l->items[1]->state, "paused");
+    CHECK(l->next_token == NULL);
+    sbx_sandbox_list_free(l);
+    CHECK(sbx_store_api_key_check(s, "e2b_abc"));
+    CHECK(sbx_store_api_key_count(s, &err) == 1);
+    sbx_store_close(s);
+}
+
+/* Fetches every page with the given query and checks that the concatenation is exactly
+ * want[] in order. */
+static void
+check_pages(struct sbx_store *s, struct sbx_store_query q, const char *const *want,
+            size_t nwant)
+{
+    size_t got = 0;
+    char *token = NULL;
+    for (int pages = 0;; pages++) {
+        CHECK(pages < 100);
+        q.next_token = token;
+        struct sbx_sandbox_list *l = NULL;
+        struct sbx_error *err = NULL;
+        int rc = sbx_store_sandbox_query(s, &q, &l, &err);
+        if (rc < 0)
+            fprintf(stderr, "query: %s\n", err->msg);
+        CHECK(rc == 0);
+        CHECK(l->n <= (size_t)(q.limit ? q.limit : SBX_STORE_LIST_MAX));
+        for (size_t i = 0; i < l->n; i++) {
+            CHECK(got < nwant);
+            CHECK_STR(l->items[i]->id, want[got]);
+            got++;
+        }
+        free(token);
+        token = l->next_token ? strdup(l->next_token) : NULL;
+        /* A token is handed out iff more items exist, and a page is then full. */
+        if (token != NULL)
+            CHECK(l->n == (size_t)q.limit);
+        sbx_sandbox_list_free(l);
+        if (token == NULL)
+            break;
+    }
+    CHECK(got == nwant);
+}
+
+TEST(list_order_and_paging)
+{
+    struct sbx_store *s = open_fresh();
+    /* Equal start times on purpose: ids break the tie. */
+    insert(s, "a", 100, 0, "running", "{}");
+    insert(s, "b", 200, 1, "running", "{}");
+    insert(s, "c", 200, 2, "paused", "{}");
+    insert(s, "d", 200, 3, "running", "{}");
+    insert(s, "e", 300, 4, "running", "{}");
+    insert(s, "f", 50, 5, "paused", "{}");
+    static const char *const desc[] = {"e", "d", "c", "b", "a", "f"};
+    static const char *const asc[] = {"f", "a", "b", "c", "d", "e"};
+    for (int limit = 1; limit <= 7; limit++) {
+        struct sbx_store_query q = {.limit = limit};
+        check_pages(s, q, desc, 6);
+        q.ascending = true;
+        check_pages(s, q, asc, 6);
+    }
+    struct sbx_store_query q = {0}; /* default limit */
+    check_pages(s, q, desc, 6);
+
+    /* States. */
+    static const char *const running[] = {"e", "d", "b", "a"};
+    static const char *const paused[] = {"c", "f"};
+    q = (struct sbx_store_query){.states = SBX_STORE_STATE_RUNNING, .limit = 3};
+    check_pages(s, q, running, 4);
+    q.states = SBX_STORE_STATE_PAUSED;
+    check_pages(s, q, paused, 2);
+    q.states = SBX_STORE_STATE_PAUSED | SBX_STORE_STATE_RUNNING;
+    check_pages(s, q, desc, 6);
+
+    /* startedAfter is inclusive. */
+    static const char *const after200[] = {"e", "d", "c", "b"};
+    q = (struct sbx_store_query){.has_started_after = true, .started_after_ms = 200, .limit = 2};
+    check_pages(s, q, after200, 4);
+
+    /* Bad input. */
+    struct sbx_error *err = NULL;
+    struct sbx_sandbox_list *l = NULL;
+    q = (struct sbx_store_query){.limit = 101};
+    CHECK(sbx_store_sandbox_query(s, &q, &l, &err) < 0 && err->code == SBX_INVALID_ARGUMENT);
+    sbx_error_free(err);
+    err = NULL;
+    q = (struct sbx_store_query){.limit = -1};
+    CHECK(sbx_store_sandbox_query(s, &q, &l, &err) < 0);
+    sbx_error_free(err);
+    err = NULL;
+    static const char *const bad_tokens[] = {"zz", "abc", "", "3a61", "31303a", "31303a2f2e2e"};
+    for (size_t i = 0; i < sizeof(bad_tokens) / sizeof(bad_tokens[0]); i++) {
+        q = (struct sbx_store_query){.next_token = bad_tokens[i]};
+        CHECK(sbx_store_sandbox_query(s, &q, &l, &err) < 0);
+        CHECK(err->code == SBX_INVALID_ARGUMENT);
+        sbx_error_free(err);
+        err = NULL;
+    }
+    /* A token whose item has been deleted meanwhile still positions the next page. */
+    q = (struct sbx_store_query){.limit = 2};
+    CHECK(sbx_store_sandbox_query(s, &q, &l, &err) == 0);
+    CHECK(l->next_token != NULL);
+    char *tok = strdup(l->next_token);
+    sbx_sandbox_list_free(l);
+    CHECK(sbx_store_sandbox_delete(s, "d", &err) == 0);
+    q.next_token = tok;
+    CHECK(sbx_store_sandbox_query(s, &q, &l, &err) == 0);
+    CHECK(l->n == 2);
+    CHECK_STR(l->items[0]->id, "c");
+    CHECK_STR(l->items[1]->id, "b");
+    sbx_sandbox_list_free(l);
+    free(tok);
+    sbx_store_close(s);
+}
+
+TEST(list_filters_metadata_and_template)
+{
+    struct sbx_store *s = open_fresh();
+    insert(s, "m1", 1, 0, "running", "{\"team\":\"x\",\"k y\":\"v&w\"}");
+    insert(s, "m2", 2, 1, "running", "{\"team\":\"x\"}");
+    insert(s, "m3", 3, 2, "paused", "{\"team\":\"y\",\"k y\":\"v&w\"}");
+    insert(s, "m4", 4, 3, "running", "{\"team\":\"x\",\"n\":1}");
+    insert(s, "m5", 5, 4, "running", "{}");
+    struct sbx_sandbox_rec r = mkrec("m6", 6, 5, "running", "{\"team\":\"x\"}");
+    r.template_id = "code-interpreter-v1";
+    r.alias = "ci";
+    struct sbx_error *err = NULL;
+    CHECK(sbx_store_sandbox_insert(s, &r, &err) == 0);
+
+    const char *k1[] = {"team"}, *v1[] = {"x"};
+    static const char *const team_x[] = {"m6", "m4", "m2", "m1"};
+    struct sbx_store_query q = {.meta_keys = k1, .meta_values = v1, .n_meta = 1, .limit = 1};
+    check_pages(s, q, team_x, 4);
+
+    const char *k2[] = {"team", "k y"}, *v2[] = {"x", "v&w"};
+    static const char *const both[] = {"m1"};
+    q = (struct sbx_store_query){.meta_keys = k2, .meta_values = v2, .n_meta = 2};
+    check_pages(s, q, both, 1);
+
+    const char *k3[] = {"k y"}, *v3[] = {"v&w"};
+    static const char *const kv_paused[] = {"m3"};
+    q = (struct sbx_store_query){.meta_keys = k3, .meta_values = v3, .n_meta = 1,
+                                 .states = SBX_STORE_STATE_PAUSED};
+    check_pages(s, q, kv_paused, 1);
+
+    /* Non-string JSON values never equal a string filter; unknown key matches nothing. */
+    const char *k4[] = {"n"}, *v4[] = {"1"};
+    q = (struct sbx_store_query){.meta_keys = k4, .meta_values = v4, .n_meta = 1};
+    check_pages(s, q, NULL, 0);
+    const char *k5[] = {"nope"}, *v5[] = {"x"};
+    q = (struct sbx_store_query){.meta_keys = k5, .meta_values = v5, .n_meta = 1};
+    check_pages(s, q, NULL, 0);
+    /* SQL-looking input is just a value. */
+    const char *k6[] = {"team' OR 1=1 --"}, *v6[] = {"x"};
+    q = (struct sbx_store_query){.meta_keys = k6, .meta_values = v6, .n_meta = 1};
+    check_pages(s, q, NULL, 0);
+
+    /* Template by id or alias. */
+    static const char *const ci[] = {"m6"};
+    q = (struct sbx_store_query){.template_id = "ci"};
+    check_pages(s, q, ci, 1);
+    q.template_id = "code-interpreter-v1";
+    check_pages(s, q, ci, 1);
+    q.template_id = "unknown";
+    check_pages(s, q, NULL, 0);
+    sbx_store_close(s);
+}
+
+TEST(uid_slot_reuse)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    int slot = -1;
+    CHECK(sbx_store_free_uid_slot(s, &slot, &err) == 0 && slot == 0);
+    insert(s, "u0", 1, 0, "running", "{}");
+    insert(s, "u1", 2, 1, "running", "{}");
+    insert(s, "u2", 3, 2, "paused", "{}"); /* paused sandboxes keep their slot */
+    insert(s, "u5", 4, 5, "running", "{}");
+    CHECK(sbx_store_free_uid_slot(s, &slot, &err) == 0 && slot == 3);
+    insert(s, "u3", 5, 3, "running", "{}");
+    CHECK(sbx_store_free_uid_slot(s, &slot, &err) == 0 && slot == 4);
+    CHECK(sbx_store_sandbox_delete(s, "u1", &err) == 0);
+    CHECK(sbx_store_free_uid_slot(s, &slot, &err) == 0 && slot == 1);
+    s = reopen(s);
+    CHECK(sbx_store_free_uid_slot(s, &slot, &err) == 0 && slot == 1);
+    sbx_store_close(s);
+}
+
+TEST(api_keys)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    const char *key = "e2b_0123456789abcdef0123456789abcdef01234567";
+    CHECK(sbx_store_api_key_count(s, &err) == 0);
+    CHECK(!sbx_store_api_key_check(s, key)); /* no keys: nothing passes */
+    CHECK(sbx_store_api_key_add(s, key, &err) == 0);
+    CHECK(sbx_store_api_key_add(s, key, &err) == 0); /* idempotent */
+    CHECK(sbx_store_api_key_add(s, "e2b_second", &err) == 0);
+    CHECK(sbx_store_api_key_count(s, &err) == 2);
+    CHECK(sbx_store_api_key_check(s, key));
+    CHECK(sbx_store_api_key_check(s, "e2b_second"));
+    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef0123456789abcdef01234568")); /* wrong */
+    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef")); /* prefix: wrong length */
+    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef0123456789abcdef01234567x"));
+    CHECK(!sbx_store_api_key_check(s, ""));
+    CHECK(sbx_store_api_key_add(s, "", &err) < 0 && err->code == SBX_INVALID_ARGUMENT);
+    sbx_error_free(err);
+
+    /* Stored as hashes: the clear key appears nowhere in the files. */
+    s = reopen(s);
+    sbx_store_close(s);
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "grep -rqa e2b_second %s", tmpdir);
+    CHECK(system(cmd) != 0);
+}
+
+TEST(refuses_newer_schema)
+{
+    struct sbx_store *s = open_fresh();
+    sbx_store_close(s);
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "python3 -c \"import sqlite3; c=sqlite3.connect('%s'); "
+             "c.execute('UPDATE schema_version SET version=999'); c.commit()\"",
+             dbpath);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "SKIP: no python3 sqlite3\n");
+        _exit(SBX_TEST_SKIP_CODE);
+    }
+    struct sbx_error *err = NULL;
+    CHECK(sbx_store_open(dbpath, &err) == NULL);
+    CHECK(err->code == SBX_FAILED_PRECONDITION);
+    sbx_error_free(err);
+}
+
+TEST_MAIN(60)
