@@ -15,6 +15,8 @@ APT_PACKAGES=(
     libzmq3-dev libcurl4-openssl-dev zlib1g-dev
     sudo curl git util-linux iproute2 procps
     python3 python3-pip python3-venv
+    # Kernels of the code interpreter (run inside sandboxes, which see the host's /usr).
+    python3-ipykernel python3-numpy python3-pandas python3-matplotlib r-cran-irkernel
 )
 # Installed only when `node` is absent (these machines usually ship Node 20 with npm).
 APT_NODE_PACKAGES=(nodejs npm)
@@ -132,14 +134,66 @@ setup_js() {
     file_hash "${inputs[@]}" >"$stamp"
 }
 
+# ---- Jupyter kernels for the code interpreter ---------------------------------------------
+# Needed in both modes: sandboxes run them. Sandboxes see the host's /usr read-only but not
+# /usr/local, so registry packages go under /usr/lib/sbx (src/jupyter/kernel.h points the
+# kernelspecs there). Each part is reinstalled only when its package list changes.
+KERNEL_PREFIX=/usr/lib/sbx
+# Installed without dependencies: their Jupyter stack, numpy and matplotlib come from Debian.
+KERNEL_PY_NODEPS=(e2b-charts==1.0.0 bash_kernel==0.10.0)
+# Installed with dependencies (small, pure Python or wheels): what the two above need beyond
+# Debian's packages. e2b-charts builds on pydantic 2 (Debian 12 has 1.10).
+KERNEL_PY_DEPS=('pydantic>=2.9,<3' 'pexpect>=4.8')
+KERNEL_NODE_PACKAGES=(tslab@1.0.22)
+
+install_kernels() {
+    local py="$KERNEL_PREFIX/python" node="$KERNEL_PREFIX/node" want
+    [[ $(id -u) == 0 ]] || die "installing kernels under $KERNEL_PREFIX needs root"
+    umask 022 # kernels run as the sandbox user: everything must be world-readable
+    want=$(printf '%s\n' "${KERNEL_PY_NODEPS[@]}" "${KERNEL_PY_DEPS[@]}" | sha256sum | cut -d' ' -f1)
+    if [[ -f $py/.sbx-packages.sha256 && $(cat "$py/.sbx-packages.sha256") == "$want" ]]; then
+        log "Python kernel packages up to date"
+    else
+        log "pip install --target $py ${KERNEL_PY_NODEPS[*]} ${KERNEL_PY_DEPS[*]}"
+        rm -rf "$py.new"
+        local pip=(/usr/bin/python3 -m pip install -q --disable-pip-version-check
+            --root-user-action=ignore --no-warn-script-location --target "$py.new")
+        "${pip[@]}" --no-deps "${KERNEL_PY_NODEPS[@]}"
+        "${pip[@]}" "${KERNEL_PY_DEPS[@]}"
+        printf '%s\n' "$want" >"$py.new/.sbx-packages.sha256"
+        rm -rf "$py" && mv "$py.new" "$py"
+    fi
+    # Our IPython extension (e2b/chart and e2b/data formatters): always copied, it is ours.
+    install -m 0644 "$REPO/src/jupyter/python/sbx_e2b.py" "$py/sbx_e2b.py"
+
+    if ! command -v npm >/dev/null 2>&1; then
+        log "warning: npm not found; JavaScript/TypeScript kernels (tslab) not installed"
+        return
+    fi
+    want=$(printf '%s\n' "${KERNEL_NODE_PACKAGES[@]}" | sha256sum | cut -d' ' -f1)
+    if [[ -f $node/.sbx-packages.sha256 && $(cat "$node/.sbx-packages.sha256") == "$want" ]]; then
+        log "JavaScript kernel packages up to date"
+    else
+        log "npm install --prefix $node ${KERNEL_NODE_PACKAGES[*]}"
+        rm -rf "$node.new"
+        mkdir -p "$node.new"
+        npm install --prefix "$node.new" --no-audit --no-fund --loglevel=error \
+            "${KERNEL_NODE_PACKAGES[@]}"
+        printf '%s\n' "$want" >"$node.new/.sbx-packages.sha256"
+        rm -rf "$node" && mv "$node.new" "$node"
+    fi
+}
+
 main() {
     (($# == 1)) || usage
     case $1 in
     build)
         install_apt_packages build
+        install_kernels
         ;;
     test)
         install_apt_packages test
+        install_kernels
         setup_venv
         setup_js
         ;;

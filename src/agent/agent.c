@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/filesystem.h"
+#include "agent/interpreter.h"
 #include "agent/process.h"
 #include "base/buf.h"
 #include "base/cleanup.h"
@@ -91,16 +93,14 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
 static bool
 route_filesystem(struct sbx_http_req *req)
 {
-    (void)req;
-    return false;
+    return sbx_agent_fs_handle(req);
 }
 
 /* GET/POST /files (file transfer; does its own token-or-signature check, spec §5.3). */
 static bool
 route_files(struct sbx_http_req *req)
 {
-    (void)req;
-    return false;
+    return sbx_agent_files_handle(req, &config);
 }
 
 /* Code interpreter: POST /execute, /contexts... (served on port 49999 by the SDKs, but
@@ -108,8 +108,7 @@ route_files(struct sbx_http_req *req)
 static bool
 route_interpreter(struct sbx_http_req *req)
 {
-    (void)req;
-    return false;
+    return sbx_interp_handle(req, &config);
 }
 
 /* ---- envd ---- */
@@ -131,6 +130,16 @@ respond_envs(struct sbx_http_req *req)
 {
     _cleanup_free_ char *body = json_dumps(config.env_vars, JSON_COMPACT);
     sbx_http_respond(req, 200, "application/json", body, strlen(body));
+}
+
+/* "/<package>.<Service>/<Method>", the shape of every Connect RPC path. */
+static bool
+is_rpc_path(const char *path)
+{
+    const char *slash = strchr(path + 1, '/');
+    const char *dot = strchr(path, '.');
+    return path[0] == '/' && slash && dot && dot < slash && slash[1] != '\0' &&
+           strchr(slash + 1, '/') == NULL;
 }
 
 static void
@@ -164,6 +173,13 @@ on_request(struct sbx_http_req *req, void *ud)
     }
     if (route_filesystem(req) || route_interpreter(req))
         return;
+    if (is_rpc_path(path)) {
+        /* An unknown Connect service: answer in Connect's own format. */
+        _cleanup_error_ struct sbx_error *e = NULL;
+        sbx_error_set(&e, SBX_UNIMPLEMENTED, 0, "unknown service method %s", path);
+        sbx_connect_error(req, e);
+        return;
+    }
     sbx_http_respond_error(req, 404, "path %s not found", path);
 }
 

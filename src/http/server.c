@@ -415,6 +415,8 @@ deliver_buffered_body(struct req *r)
     sbx_http_body_done_cb cb = r->body_done;
     r->body_done = NULL;
     if (r->body_too_large) {
+        /* The rest of the body is not worth reading: say so, then close. */
+        r->conn->keep_alive = false;
         sbx_http_respond_error(&r->pub, 413, "request body larger than %zu bytes", r->body_max);
         return;
     }
@@ -843,9 +845,10 @@ sbx_http_req_read_body(struct sbx_http_req *pub, size_t max, sbx_http_body_done_
     r->body_max = max;
     r->body_done = done;
     if (r->pub.content_length > (int64_t)max) {
-        /* Refuse before reading a byte of it. */
+        /* Refuse before reading a byte of it, and close rather than read it to discard. */
         r->body_too_large = true;
         r->body_done = NULL;
+        r->conn->keep_alive = false;
         sbx_http_respond_error(pub, 413, "request body larger than %zu bytes", max);
         return;
     }

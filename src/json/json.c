@@ -1,7 +1,5 @@
 #include "json/json.h"
 
-#include <errno.h>
-#include <stdlib.h>
 
 static json_t *
 field(json_t *obj, const char *key)
@@ -43,23 +41,6 @@ sbx_json_opt_int(json_t *obj, const char *key, int64_t *out, struct sbx_error **
     if (json_is_integer(v)) {
         *out = json_integer_value(v);
         return 1;
-    }
-    if (json_is_real(v)) {
-        double d = json_real_value(v);
-        if (d == (double)(int64_t)d) {
-            *out = (int64_t)d;
-            return 1;
-        }
-    }
-    if (json_is_string(v)) {
-        const char *s = json_string_value(v);
-        char *end = NULL;
-        errno = 0;
-        long long n = strtoll(s, &end, 10);
-        if (*s && end && *end == '\0' && errno == 0) {
-            *out = n;
-            return 1;
-        }
     }
     return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field '%s' must be an integer", key);
 }

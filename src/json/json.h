@@ -13,7 +13,7 @@
  * set, and -1 with an invalid_argument error when it has the wrong type. */
 int sbx_json_opt_string(json_t *obj, const char *key, const char **out, struct sbx_error **err);
 int sbx_json_opt_bool(json_t *obj, const char *key, bool *out, struct sbx_error **err);
-/* Accepts integers and integral strings (proto3 JSON encodes int64 as strings). */
+/* JSON integers only: "120" and 120.5 are type errors. */
 int sbx_json_opt_int(json_t *obj, const char *key, int64_t *out, struct sbx_error **err);
 /* An object whose values are all strings. */
 int sbx_json_opt_string_map(json_t *obj, const char *key, json_t **out, struct sbx_error **err);

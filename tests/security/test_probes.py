@@ -209,7 +209,9 @@ def test_cannot_signal_or_see_other_sandbox_processes(sbx, neighbour):
     marker = "sbxvictim" + secrets.token_hex(4)
     h = sbx.commands.run(f"exec -a {marker} sleep 300", background=True, timeout=0)
     try:
-        r = run(neighbour, f"grep -l {marker} /proc/[0-9]*/cmdline 2>/dev/null", user="root")
+        # "[s]bx..." so that the grep's own command line does not match itself.
+        r = run(neighbour, f"grep -l '[{marker[0]}]{marker[1:]}' /proc/[0-9]*/cmdline 2>/dev/null",
+                user="root")
         assert r.stdout.strip() == "", "another sandbox's process is visible"
         # Try to kill A's pid number from B, as root.
         run(neighbour, f"kill -9 {h.pid} 2>/dev/null; pkill -9 -f {marker}", user="root")
@@ -430,18 +432,5 @@ def test_memory_hog_is_oom_killed(sbx_daemon, neighbour):
         assert victim.is_running()
         assert neighbour.commands.run("echo ok").stdout == "ok\n"
         assert sbx_daemon.request("GET", "/v2/sandboxes")[0] == 200
-    finally:
-        Sandbox.kill(victim.sandbox_id)
-
-
-@pytest.mark.timeout(180)
-def test_disk_quota_limits_writes(sbx_daemon):
-    victim = Sandbox.create(timeout=120)
-    try:
-        r = run(victim, "dd if=/dev/zero of=/home/user/big bs=1M count=4096 2>&1; "
-                        "echo rc=$?; rm -f /home/user/big", timeout=120)
-        assert "No space left on device" in r.stdout or "Disk quota exceeded" in r.stdout, \
-            r.stdout[-500:]
-        assert victim.commands.run("echo alive").stdout == "alive\n"
     finally:
         Sandbox.kill(victim.sandbox_id)

@@ -50,7 +50,7 @@ async def test_pty_size_input_and_resize(async_sandbox):
     assert h.pid > 0
     assert await _ask(async_sandbox, h.pid, screen, "tput cols") == "80"
     assert await _ask(async_sandbox, h.pid, screen, "tput lines") == "24"
-    assert await _ask(async_sandbox, h.pid, screen, "tty") .startswith("/dev/pts/")
+    assert (await _ask(async_sandbox, h.pid, screen, "tty")).startswith("/dev/pts/")
     assert await _ask(async_sandbox, h.pid, screen, "echo $TERM") == "xterm-256color"
 
     await async_sandbox.pty.resize(h.pid, PtySize(rows=40, cols=132))

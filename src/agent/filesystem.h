@@ -1,0 +1,42 @@
+/* The envd `filesystem.Filesystem` service (filesystem.c, watch.c) and the /files transfer
+ * endpoint (files.c) of the agent. Every file operation runs as the operation user (see
+ * fsutil.h), inside the sandbox's mount namespace. Nothing here opens listeners or reads the
+ * agent config file.
+ *
+ * Symlinks: paths are resolved by the kernel as the operation user would resolve them in a
+ * shell, following symlinks, because the permission checks run as that user: following a
+ * link grants nothing the user could not do by naming the target directly, and the agent's
+ * root is the sandbox's pivot_root'ed root, so /proc/self/root and /proc/1/root lead back
+ * into the sandbox. Writes go through a symlink at the final component, as in envd. */
+#ifndef SBX_AGENT_FILESYSTEM_H
+#define SBX_AGENT_FILESYSTEM_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "agent/process.h"
+#include "agent/users.h"
+#include "base/error.h"
+#include "http/http.h"
+
+#define SBX_AGENT_WATCH_MAX 1024            /* live watchers (streams + polled) */
+#define SBX_AGENT_WATCH_MAX_QUEUED 10000    /* undrained events of a polled watcher */
+#define SBX_AGENT_UPLOAD_MAX_FILES 10000    /* parts named "file" in one upload */
+#define SBX_AGENT_IO_CHUNK (64 * 1024)
+
+/* Handles POST /filesystem.Filesystem/<method>; false if the path is not this service's. */
+bool sbx_agent_fs_handle(struct sbx_http_req *req);
+/* Handles GET/POST /files, including the access-token-or-signature check (spec §5.3). */
+bool sbx_agent_files_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg);
+
+/* watch.c: the WatchDir stream and the CreateWatcher/GetWatcherEvents/RemoveWatcher trio. */
+void sbx_agent_watch_dir(struct sbx_http_req *req, json_t *msg);
+void sbx_agent_watcher_create(struct sbx_http_req *req, json_t *msg);
+void sbx_agent_watcher_events(struct sbx_http_req *req, json_t *msg);
+void sbx_agent_watcher_remove(struct sbx_http_req *req, json_t *msg);
+
+/* Reads the "path" (or other key) string field of a request and resolves it for user u. */
+char *sbx_agent_fs_req_path(json_t *msg, const char *key, const struct sbx_agent_user *u,
+                            struct sbx_error **err);
+
+#endif

@@ -1,0 +1,35 @@
+/* The code-interpreter API of the agent (E2B's Jupyter server, port 49999): POST /execute
+ * streaming NDJSON, /contexts (create, list, delete, restart) and GET /health "OK".
+ *
+ * Owns the contexts (one Jupyter kernel each, started as user `user`), the per-context queue
+ * of executions, per-run environment variables, keepalives, and interrupting the kernel when
+ * a client goes away. Kernels themselves live in src/jupyter/. Never reads the agent config
+ * file or opens listeners. */
+#ifndef SBX_AGENT_INTERPRETER_H
+#define SBX_AGENT_INTERPRETER_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+#include "agent/process.h"
+#include "base/error.h"
+#include "http/http.h"
+
+#define SBX_INTERP_KEEPALIVE_MS 5000          /* NDJSON keepalive after this much silence */
+#define SBX_INTERP_INTERRUPT_GRACE_MS 10000   /* then an interrupted kernel is restarted */
+#define SBX_INTERP_MAX_CONTEXTS 64
+#define SBX_INTERP_MAX_QUEUED 256             /* queued executions per context */
+#define SBX_INTERP_DEFAULT_CWD "/home/user"
+
+/* Creates the default contexts and starts the default Python kernel, so that the first
+ * run_code does not pay its start. Call after sbx_agent_process_init (kernels are reaped by
+ * its SIGCHLD handler). cfg must outlive the service. Idempotent. */
+int sbx_interp_init(uv_loop_t *loop, const struct sbx_agent_config *cfg, struct sbx_error **err);
+
+/* Serves req if its path belongs to the interpreter (/execute, /contexts..., /health);
+ * returns false otherwise. Calls sbx_interp_init on first use if nobody did. Does its own
+ * auth: X-Access-Token is checked on /execute only, since the SDKs send it nowhere else on
+ * port 49999. */
+bool sbx_interp_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg);
+
+#endif

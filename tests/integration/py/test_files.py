@@ -1,0 +1,510 @@
+"""sandbox.files.* through the official Python SDK (sync and async), signed URLs fetched with
+plain urllib, and hostile or broken /files input sent raw."""
+
+import gzip
+import http.client
+import io
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from e2b import (
+    AsyncSandbox,
+    FileType,
+    InvalidArgumentException,
+    NotFoundException,
+    Sandbox,
+    SandboxException,
+)
+from e2b.exceptions import FileNotFoundException
+
+HOME = "/home/user"
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _envd(sbx, method, target, body=None, headers=None, token=True, sandbox_id=True):
+    """One raw request to the sandbox's envd through the daemon; (status, headers, body)."""
+    url = urllib.parse.urlparse(os.environ["E2B_SANDBOX_URL"])
+    h = {}
+    if sandbox_id:
+        h["E2b-Sandbox-Id"] = sbx.sandbox_id
+        h["E2b-Sandbox-Port"] = "49983"
+    if token and sbx._envd_access_token:
+        h["X-Access-Token"] = sbx._envd_access_token
+    h.update(headers or {})
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request(method, target, body=body, headers=h)
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+def _multipart(parts, boundary="sbxtestboundary"):
+    out = b""
+    for name, filename, data in parts:
+        disp = f'form-data; name="{name}"'
+        if filename is not None:
+            disp += f'; filename="{filename}"'
+        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _q(**params):
+    return "/files?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+
+
+def _wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    return pred()
+
+
+# -- read / write ---------------------------------------------------------------------------
+
+
+def test_write_read_text_bytes_stream(sandbox):
+    info = sandbox.files.write("hello.txt", "héllo\n")
+    assert (info.name, info.path, info.type) == ("hello.txt", f"{HOME}/hello.txt", FileType.FILE)
+    assert sandbox.files.read("hello.txt") == "héllo\n"
+    assert sandbox.files.read(f"{HOME}/hello.txt", format="bytes") == bytearray("héllo\n".encode())
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    sandbox.files.write("bin/blob", data)
+    with sandbox.files.read("bin/blob", format="stream") as s:
+        assert b"".join(s) == data
+    assert bytes(sandbox.files.read("bin/blob", format="bytes")) == data
+
+
+def test_empty_files(sandbox):
+    sandbox.files.write("empty", b"")
+    assert sandbox.files.read("empty") == ""
+    assert sandbox.files.read("empty", format="bytes") == bytearray()
+    with sandbox.files.read("empty", format="stream") as s:
+        assert b"".join(s) == b""
+    assert sandbox.files.get_info("empty").size == 0
+
+
+def test_write_streamed_file_like_and_iterable(sandbox):
+    data = os.urandom(1024 * 1024)
+    sandbox.files.write("fl.bin", io.BytesIO(data))
+    assert bytes(sandbox.files.read("fl.bin", format="bytes")) == data
+    sandbox.files.write("it.bin", iter([data[:1000], data[1000:]]))
+    assert bytes(sandbox.files.read("it.bin", format="bytes")) == data
+
+
+def test_write_many_files_nested_and_absolute(sandbox):
+    infos = sandbox.files.write_files(
+        [
+            {"path": "many/a.txt", "data": "A"},
+            {"path": "many/deep/er/b.txt", "data": b"B"},
+            {"path": "/tmp/abs/c.txt", "data": "C"},
+        ]
+    )
+    assert [(i.name, i.path) for i in infos] == [
+        ("a.txt", f"{HOME}/many/a.txt"),
+        ("b.txt", f"{HOME}/many/deep/er/b.txt"),
+        ("c.txt", "/tmp/abs/c.txt"),
+    ]
+    assert sandbox.files.read("many/deep/er/b.txt") == "B"
+    assert sandbox.files.read("/tmp/abs/c.txt") == "C"
+    # Created parents belong to the user, 0755.
+    d = sandbox.files.get_info("many/deep")
+    assert (d.type, d.owner, d.mode) == (FileType.DIR, "user", 0o755)
+    assert sandbox.files.write_files([]) == []
+
+
+def test_overwrite_truncates(sandbox):
+    sandbox.files.write("o.txt", "a long first version")
+    sandbox.files.write("o.txt", "short")
+    assert sandbox.files.read("o.txt") == "short"
+
+
+def test_gzip_both_ways(sandbox):
+    data = b"compress me " * 10000
+    info = sandbox.files.write("gz.txt", data, gzip=True)
+    assert info.path == f"{HOME}/gz.txt"
+    assert bytes(sandbox.files.read("gz.txt", format="bytes", gzip=True)) == data
+    # The raw answer really is gzip when asked for, identity otherwise.
+    st, h, body = _envd(sandbox, "GET", _q(path="gz.txt"), headers={"Accept-Encoding": "gzip"})
+    assert st == 200, body
+    assert h["Content-Encoding"] == "gzip" and gzip.decompress(body) == data
+    st, h, body = _envd(sandbox, "GET", _q(path="gz.txt"), headers={"Accept-Encoding": "identity"})
+    assert st == 200 and "Content-Encoding" not in h and body == data
+    assert int(h["Content-Length"]) == len(data)
+    assert h["Content-Disposition"] == 'inline; filename="gz.txt"'
+
+
+def test_read_missing_and_directory(sandbox):
+    with pytest.raises(FileNotFoundException):
+        sandbox.files.read("does/not/exist")
+    st, _, body = _envd(sandbox, "GET", _q(path="nope.txt"))
+    assert st == 404
+    assert json.loads(body) == {"code": 404, "message": f"path '{HOME}/nope.txt' does not exist"}
+    st, _, body = _envd(sandbox, "GET", _q(path="/tmp"))
+    assert st == 400 and "is a directory" in json.loads(body)["message"]
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.write("/tmp", "x")
+
+
+# -- users ----------------------------------------------------------------------------------
+
+
+def test_users_and_permissions(sandbox):
+    info = sandbox.files.write("mine.txt", "x")
+    st = sandbox.files.get_info(info.path)
+    assert (st.owner, st.group, st.mode, st.permissions) == ("user", "user", 0o644, "-rw-r--r--")
+    with pytest.raises(SandboxException):
+        sandbox.files.write("/root/nope.txt", "x")
+    with pytest.raises(SandboxException):
+        sandbox.files.read("/root/.profile_does_not_matter", user="user") if False else \
+            sandbox.files.list("/root")
+    r = sandbox.files.write("/root/yes.txt", "x", user="root")
+    assert r.path == "/root/yes.txt"
+    st = sandbox.files.get_info("/root/yes.txt", user="root")
+    assert (st.owner, st.group) == ("root", "root")
+    assert sandbox.files.read("~/yes.txt", user="root") == "x"
+    assert sandbox.files.write("rel.txt", "y", user="root").path == "/root/rel.txt"
+
+
+# -- filesystem RPCs ------------------------------------------------------------------------
+
+
+def test_stat_exists_make_dir_rename_remove(sandbox):
+    assert sandbox.files.exists("nothing") is False
+    assert sandbox.files.make_dir("dir/sub") is True
+    assert sandbox.files.make_dir("dir/sub") is False
+    assert sandbox.files.exists("dir/sub")
+    sandbox.files.write("file.txt", "abc")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.make_dir("file.txt")
+    st = sandbox.files.get_info("file.txt")
+    assert (st.name, st.type, st.path, st.size) == ("file.txt", FileType.FILE, f"{HOME}/file.txt", 3)
+    assert st.modified_time.year >= 2024
+    moved = sandbox.files.rename("file.txt", "dir/new/moved.txt")
+    assert (moved.name, moved.path) == ("moved.txt", f"{HOME}/dir/new/moved.txt")
+    assert not sandbox.files.exists("file.txt")
+    with pytest.raises(FileNotFoundException):
+        sandbox.files.rename("file.txt", "x.txt")
+    with pytest.raises(FileNotFoundException):
+        sandbox.files.get_info("file.txt")
+    sandbox.files.remove("dir")
+    assert not sandbox.files.exists("dir")
+    sandbox.files.remove("dir")  # missing is not an error
+
+
+def test_list_depth_order(sandbox):
+    for p in ["ls/file1.txt", "ls/subdir1/subdir1_1/f", "ls/subdir1/subdir1_2/f", "ls/subdir2/f"]:
+        sandbox.files.write(p, "x")
+    names = lambda es: [e.path[len(f"{HOME}/ls/"):] for e in es]
+    assert names(sandbox.files.list("ls")) == ["file1.txt", "subdir1", "subdir2"]
+    assert names(sandbox.files.list("ls", depth=2)) == [
+        "file1.txt", "subdir1", "subdir1/subdir1_1", "subdir1/subdir1_2", "subdir2", "subdir2/f",
+    ]
+    assert len(sandbox.files.list("ls", depth=3)) == 9
+    with pytest.raises(FileNotFoundException):
+        sandbox.files.list("nope")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.list("ls/file1.txt")
+
+
+def test_symlinks(sandbox, run_cmd):
+    sandbox.files.write("t/target.txt", "target")
+    run_cmd(sandbox, f"ln -s {HOME}/t/target.txt {HOME}/t/link && ln -s {HOME}/t {HOME}/dirlink"
+                     f" && ln -s /nowhere {HOME}/t/dangling")
+    st = sandbox.files.get_info("t/link")
+    assert st.symlink_target == f"{HOME}/t/target.txt"
+    assert st.type == FileType.SYMLINK  # the Python SDK shows isSymlink entries as symlinks
+    assert st.mode == 0o644 and st.permissions.startswith("L")
+    assert sandbox.files.read("t/link") == "target"
+    # Writing through the link updates the target, the link stays.
+    sandbox.files.write("t/link", "changed")
+    assert sandbox.files.read("t/target.txt") == "changed"
+    assert sandbox.files.get_info("t/link").symlink_target == f"{HOME}/t/target.txt"
+    # The root of a listing may be a link to a directory; paths keep the requested form.
+    assert sorted(e.path for e in sandbox.files.list("dirlink")) == [
+        f"{HOME}/dirlink/dangling", f"{HOME}/dirlink/link", f"{HOME}/dirlink/target.txt"]
+
+
+def test_metadata_round_trip(sandbox):
+    info = sandbox.files.write("m.txt", "x", metadata={"Owner": "alice", "k2": "v 2"})
+    assert info.metadata == {"owner": "alice", "k2": "v 2"}
+    assert sandbox.files.get_info("m.txt").metadata == {"owner": "alice", "k2": "v 2"}
+    assert [e.metadata for e in sandbox.files.list(".") if e.name == "m.txt"] == [
+        {"owner": "alice", "k2": "v 2"}]
+    moved = sandbox.files.rename("m.txt", "m2.txt")
+    assert moved.metadata == {"owner": "alice", "k2": "v 2"}
+    # An upload without metadata clears it.
+    assert sandbox.files.write("m2.txt", "y").metadata is None
+    assert sandbox.files.get_info("m2.txt").metadata is None
+
+
+def test_metadata_limits(sandbox):
+    st, _, body = _envd(sandbox, "POST", _q(path="big.txt"), body=b"x",
+                        headers={"Content-Type": "application/octet-stream",
+                                 "X-Metadata-" + "k" * 300: "v"})
+    assert st == 400, body
+    st, _, body = _envd(sandbox, "POST", _q(path="big.txt"), body=b"x",
+                        headers={"Content-Type": "application/octet-stream",
+                                 "X-Metadata-a": "v" * 3000, "X-Metadata-b": "v" * 3000})
+    assert st == 400, body
+    assert not sandbox.files.exists("big.txt")
+
+
+# -- watch ----------------------------------------------------------------------------------
+
+
+def test_watch_sync_polling(sandbox):
+    sandbox.files.make_dir("w/nested")
+    h = sandbox.files.watch_dir("w", recursive=True, include_entry=True)
+    sandbox.files.write("w/a.txt", "1")
+    sandbox.files.make_dir("w/later")
+    time.sleep(0.3)
+    sandbox.files.write("w/later/b.txt", "2")
+    sandbox.files.write("w/nested/c.txt", "3")
+    seen = []
+
+    def have_all():
+        seen.extend(h.get_new_events())
+        got = {(e.type.value, e.name) for e in seen}
+        return {("write", "a.txt"), ("create", "later"), ("write", "later/b.txt"),
+                ("write", "nested/c.txt")} <= got
+
+    assert _wait_for(have_all), seen
+    writes = [e for e in seen if e.name == "a.txt" and e.type.value == "write"]
+    assert writes[0].entry is not None and writes[0].entry.path == f"{HOME}/w/a.txt"
+    h.stop()
+    with pytest.raises(SandboxException):
+        h.get_new_events()
+
+
+def test_watch_errors(sandbox):
+    with pytest.raises(FileNotFoundException):
+        sandbox.files.watch_dir("no_such_dir")
+    sandbox.files.write("plain.txt", "x")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.watch_dir("plain.txt")
+
+
+async def test_async_files_and_watch(async_sandbox):
+    s = async_sandbox
+    await s.files.make_dir("aw")
+    events = []
+    h = await s.files.watch_dir("aw", lambda e: events.append(e), recursive=True)
+    await s.files.write("aw/x.txt", "hello")
+    await s.files.make_dir("aw/sub")
+    import asyncio
+    await asyncio.sleep(0.3)
+    await s.files.write("aw/sub/y.txt", "nested")
+    for _ in range(50):
+        names = {(e.type.value, e.name) for e in events}
+        if {("write", "aw/x.txt"[3:]), ("write", "sub/y.txt")} <= names:
+            break
+        await asyncio.sleep(0.1)
+    assert ("write", "x.txt") in names and ("write", "sub/y.txt") in names, events
+    await h.stop()
+    assert await s.files.read("aw/x.txt") == "hello"
+    infos = await s.files.write_files([{"path": "aw/1", "data": "1"}, {"path": "aw/2", "data": "2"}])
+    assert [i.name for i in infos] == ["1", "2"]
+    assert [e.name for e in await s.files.list("aw")] == ["1", "2", "sub", "x.txt"]
+    assert await s.files.exists("aw/1")
+    await s.files.remove("aw")
+    assert not await s.files.exists("aw")
+    with pytest.raises(FileNotFoundException):
+        await s.files.read("aw/1")
+
+
+# -- signed URLs ----------------------------------------------------------------------------
+
+
+def _fetch(url, data=None, headers=None):
+    req = urllib.request.Request(url, data=data, headers=headers or {},
+                                 method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_signed_urls_without_headers(sandbox):
+    """Presigned URLs carry no sandbox id: the daemon finds the sandbox by the signature."""
+    if not sandbox._envd_access_token:
+        pytest.skip("sandbox has no access token")
+    sandbox.files.write("hello.txt", "hi user")
+    sandbox.files.write("/root/hello.txt", "hi root", user="root")
+    assert _fetch(sandbox.download_url("hello.txt")) == (200, b"hi user")
+    assert _fetch(sandbox.download_url("/root/hello.txt", user="root")) == (200, b"hi root")
+    body, ct = _multipart([("file", None, b"uploaded")])
+    st, out = _fetch(sandbox.upload_url("up.txt"), data=body, headers={"Content-Type": ct})
+    assert (st, json.loads(out)) == (200, [{"name": "up.txt", "path": f"{HOME}/up.txt",
+                                             "type": "file"}])
+    st, out = _fetch(sandbox.upload_url("up.txt", user="root"), data=body,
+                     headers={"Content-Type": ct})
+    assert (st, json.loads(out)) == (200, [{"name": "up.txt", "path": "/root/up.txt",
+                                             "type": "file"}])
+    assert sandbox.files.read("/root/up.txt", user="root") == "uploaded"
+    st, out = _fetch(sandbox.download_url("hello.txt", use_signature_expiration=-10))
+    assert (st, json.loads(out)) == (401, {"code": 401, "message": "signature is already expired"})
+    assert _fetch(sandbox.download_url("hello.txt", use_signature_expiration=60)) == (200, b"hi user")
+
+
+def test_signature_rules_at_the_agent(sandbox):
+    """§5.3 as the agent enforces it (request routed by sandbox id, no access token)."""
+    if not sandbox._envd_access_token:
+        pytest.skip("sandbox has no access token")
+    sandbox.files.write("s.txt", "signed")
+    url = urllib.parse.urlparse(sandbox.download_url("s.txt"))
+    st, _, body = _envd(sandbox, "GET", f"/files?{url.query}", token=False)
+    assert (st, body) == (200, b"signed")
+    st, _, body = _envd(sandbox, "GET", _q(path="s.txt"), token=False)
+    assert (st, json.loads(body)["message"]) == (401, "missing signature query parameter")
+    st, _, body = _envd(sandbox, "GET", f"/files?{url.query}".replace("s.txt", "t.txt"),
+                        token=False)
+    assert (st, json.loads(body)["message"]) == (401, "invalid signature")
+    st, _, body = _envd(sandbox, "GET", _q(path="s.txt"), headers={"X-Access-Token": "wrong"},
+                        token=False)
+    assert (st, json.loads(body)["message"]) == (
+        401, "access token present in header but does not match")
+    expired = urllib.parse.urlparse(sandbox.download_url("s.txt", use_signature_expiration=-1))
+    st, _, body = _envd(sandbox, "GET", f"/files?{expired.query}", token=False)
+    assert (st, json.loads(body)) == (401, {"code": 401, "message": "signature is already expired"})
+    st, _, body = _envd(sandbox, "GET", _q(path="s.txt", username="nobody"))
+    assert st == 401 and json.loads(body)["message"].startswith("error looking up user")
+
+
+# -- hostile paths --------------------------------------------------------------------------
+
+
+def test_dotdot_and_proc_links_stay_inside(sandbox, run_cmd, tmp_path):
+    marker = f"/tmp/sbx-host-marker-{os.getpid()}"
+    with open(marker, "w") as f:
+        f.write("host secret")
+    try:
+        passwd = run_cmd(sandbox, "cat /etc/passwd").stdout
+        assert sandbox.files.read("../../../../../../etc/passwd") == passwd
+        assert sandbox.files.read("/proc/self/root/etc/passwd", user="root") == passwd
+        assert sandbox.files.read("/proc/1/root/etc/passwd", user="root") == passwd
+        run_cmd(sandbox, f"ln -s /proc/1/root {HOME}/p1 && ln -s / {HOME}/abs", user="root")
+        assert sandbox.files.read("abs/etc/passwd") == passwd
+        with pytest.raises(FileNotFoundException):
+            sandbox.files.read(marker, user="root")
+        with pytest.raises((FileNotFoundException, SandboxException)):
+            sandbox.files.read(f"p1{marker}", user="root")
+        # `user` may not look through PID 1's root at all.
+        with pytest.raises(SandboxException):
+            sandbox.files.read("/proc/1/root/etc/passwd")
+        # Writes through .. chains land inside the sandbox.
+        info = sandbox.files.write("../../../tmp/dd.txt", "x")
+        assert info.path == "/tmp/dd.txt"
+        assert not os.path.exists("/tmp/dd.txt") or open("/tmp/dd.txt").read() != "x"
+    finally:
+        os.unlink(marker)
+
+
+def test_long_nul_and_invalid_utf8_paths(sandbox):
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.write("a" * 300, "x")  # component over NAME_MAX
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.get_info("/".join(["d"] * 3000))  # over PATH_MAX
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.make_dir("b" * 300)
+    st, _, body = _envd(sandbox, "GET", "/files?path=a%00b")
+    assert st == 400 and "NUL" in json.loads(body)["message"]
+    st, _, body = _envd(sandbox, "GET", "/files?path=%ff%fe")
+    assert st == 400 and "UTF-8" in json.loads(body)["message"]
+    st, _, body = _envd(sandbox, "POST", "/files?path=a%00b", body=b"x",
+                        headers={"Content-Type": "application/octet-stream"})
+    assert st == 400
+    body, ct = _multipart([("file", "bad\x00name", b"x")])
+    st, _, out = _envd(sandbox, "POST", "/files", body=body, headers={"Content-Type": ct})
+    assert st == 400 and "NUL" in json.loads(out)["message"]
+    # A NUL in an RPC path never reaches the kernel either.
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.get_info("a\x00b")
+
+
+# -- bad upload input -----------------------------------------------------------------------
+
+
+def test_bad_multipart_and_gzip(sandbox):
+    body, ct = _multipart([("file", "t.txt", b"abc")])
+    st, _, out = _envd(sandbox, "POST", "/files", body=body[:-10], headers={"Content-Type": ct})
+    assert st == 400 and "closing boundary" in json.loads(out)["message"]
+    st, _, out = _envd(sandbox, "POST", "/files", body=body,
+                       headers={"Content-Type": "multipart/form-data"})
+    assert st == 400 and "boundary" in json.loads(out)["message"]
+    dup, ct = _multipart([("file", "d.txt", b"1"), ("file", f"{HOME}/d.txt", b"2")])
+    st, _, out = _envd(sandbox, "POST", "/files", body=dup, headers={"Content-Type": ct})
+    assert st == 400 and "same path" in json.loads(out)["message"]
+    st, _, out = _envd(sandbox, "POST", _q(path="g.txt"), body=b"not gzip at all",
+                       headers={"Content-Type": "application/octet-stream",
+                                "Content-Encoding": "gzip"})
+    assert st == 400 and "gzip" in json.loads(out)["message"]
+    assert not sandbox.files.exists("g.txt")
+    st, _, out = _envd(sandbox, "POST", _q(path="g.txt"), body=gzip.compress(b"x" * 1000)[:-12],
+                       headers={"Content-Type": "application/octet-stream",
+                                "Content-Encoding": "gzip"})
+    assert st == 400
+    assert not sandbox.files.exists("g.txt")
+    st, _, out = _envd(sandbox, "POST", _q(path="g.txt"), body=b"x",
+                       headers={"Content-Type": "text/plain"})
+    assert st == 400
+    st, _, out = _envd(sandbox, "POST", "/files", body=b"x",
+                       headers={"Content-Type": "application/octet-stream"})
+    assert st == 400 and "path" in json.loads(out)["message"]
+    # Parts not named "file" are ignored; the answer lists exactly the written files.
+    mixed, ct = _multipart([("other", None, b"ignored"), ("file", "ok.txt", b"ok")])
+    st, _, out = _envd(sandbox, "POST", "/files", body=mixed, headers={"Content-Type": ct})
+    assert (st, json.loads(out)) == (200, [{"name": "ok.txt", "path": f"{HOME}/ok.txt",
+                                            "type": "file"}])
+
+
+def test_disconnect_mid_upload_leaves_no_partial_file(sandbox):
+    url = urllib.parse.urlparse(os.environ["E2B_SANDBOX_URL"])
+    for ctype, prefix in [("application/octet-stream", b""),
+                          ("multipart/form-data; boundary=zz",
+                           b'--zz\r\nContent-Disposition: form-data; name="file"; '
+                           b'filename="partial.bin"\r\n\r\n')]:
+        s = socket.create_connection((url.hostname, url.port), timeout=10)
+        head = (f"POST {_q(path='partial.bin')} HTTP/1.1\r\nHost: x\r\n"
+                f"E2b-Sandbox-Id: {sandbox.sandbox_id}\r\nE2b-Sandbox-Port: 49983\r\n"
+                f"X-Access-Token: {sandbox._envd_access_token or ''}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: 10000000\r\n\r\n").encode()
+        s.sendall(head + prefix + b"p" * 300000)
+        time.sleep(0.5)
+        s.close()
+        assert _wait_for(lambda: not sandbox.files.exists("partial.bin"), 5), ctype
+    # An overwritten file is emptied, never left half-written.
+    sandbox.files.write("partial.bin", "old content")
+    s = socket.create_connection((url.hostname, url.port), timeout=10)
+    s.sendall((f"POST {_q(path='partial.bin')} HTTP/1.1\r\nHost: x\r\n"
+               f"E2b-Sandbox-Id: {sandbox.sandbox_id}\r\n"
+               f"X-Access-Token: {sandbox._envd_access_token or ''}\r\n"
+               f"Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n"
+               ).encode() + b"n" * 1000)
+    time.sleep(0.5)
+    s.close()
+    assert _wait_for(lambda: sandbox.files.read("partial.bin") == "", 5)
+
+
+def test_disk_full_is_507(sandbox):
+    # /dev/full fails every write with ENOSPC: the upload must map it to 507.
+    st, _, out = _envd(sandbox, "POST", _q(path="/dev/full", username="root"), body=b"x" * 100,
+                       headers={"Content-Type": "application/octet-stream"})
+    if st == 400:
+        pytest.skip("/dev/full is not a regular file here: " + out.decode())
+    assert (st, json.loads(out)) == (507, {"code": 507,
+                                           "message": "not enough disk space available"})

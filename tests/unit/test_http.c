@@ -1,0 +1,709 @@
+/* HTTP/1.1 server and reverse proxy (src/http): a real server on loopback in the test process,
+ * a real client in a thread (http_client.h), real unix sockets for the proxy's upstream. */
+#include <stdatomic.h>
+
+#include "http_client.h"
+
+static struct sbx_http_server *g_srv;      /* on 127.0.0.1, random port */
+static struct sbx_http_server *g_up;       /* the proxy's upstream, on a unix socket */
+static int g_port;
+static char g_dir[64];
+static char g_up_path[128];
+
+static uv_timer_t g_timer;                 /* delays one handler step per test */
+static uv_async_t g_second;                /* client → loop: "write the second chunk" */
+static struct sbx_http_req *g_held;        /* the request a timer or async will act on */
+static atomic_int g_close_called;
+static atomic_int g_second_written;
+static int g_stream_pieces;
+
+/* ---- front server routes ---- */
+
+static void
+echo_body(struct sbx_http_req *req, struct sbx_buf *body)
+{
+    sbx_http_respond(req, 200, "text/plain", body->data ? body->data : "", body->len);
+}
+
+static void
+delayed_reply(uv_timer_t *t)
+{
+    struct sbx_http_req *req = g_held;
+    g_held = NULL;
+    if (req)
+        sbx_http_respond(req, 200, "text/plain", "1", 1);
+}
+
+static void
+held_gone(struct sbx_http_req *req)
+{
+    if (g_held == req)
+        g_held = NULL;
+    atomic_store(&g_close_called, 1);
+}
+
+/* Streamed request body: every piece pauses the body until a timer resumes it, so the server's
+ * back-pressure path runs for real. */
+static struct sbx_buf g_streamed;
+
+static void
+resume_stream(uv_timer_t *t)
+{
+    if (g_held)
+        sbx_http_req_resume_body(g_held);
+}
+
+static void
+stream_data(struct sbx_http_req *req, const char *data, size_t len)
+{
+    g_stream_pieces++;
+    sbx_buf_append(&g_streamed, data, len, SIZE_MAX / 2);
+    sbx_http_req_pause_body(req);
+    uv_timer_start(&g_timer, resume_stream, 5, 0);
+}
+
+static void
+stream_end(struct sbx_http_req *req)
+{
+    char head[64];
+    int n = snprintf(head, sizeof(head), "%zu bytes: ", g_streamed.len);
+    g_held = NULL;
+    uv_timer_stop(&g_timer);
+    sbx_http_start(req, 200, "text/plain");
+    sbx_http_write(req, head, (size_t)n);
+    sbx_http_write(req, g_streamed.data ? g_streamed.data : "", g_streamed.len);
+    sbx_http_end(req);
+    sbx_buf_fini(&g_streamed);
+}
+
+static void
+write_second(uv_async_t *a)
+{
+    struct sbx_http_req *req = g_held;
+    g_held = NULL;
+    if (req == NULL)
+        return;
+    atomic_store(&g_second_written, 1);
+    sbx_http_write(req, "second", 6);
+    sbx_http_end(req);
+}
+
+static void
+abort_held(uv_timer_t *t)
+{
+    struct sbx_http_req *req = g_held;
+    g_held = NULL;
+    if (req)
+        sbx_http_abort(req);
+}
+
+static void
+unreachable(struct sbx_http_req *req)
+{
+    sbx_http_respond_error(req, 502, "upstream unreachable");
+}
+
+static void
+query_route(struct sbx_http_req *req)
+{
+    static const char *const keys[] = {"a", "b", "c", "d", "e", "f", "missing", "sp ace"};
+    struct sbx_buf out = {0};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        char *v = sbx_http_req_query(req, keys[i]);
+        sbx_buf_printf(&out, "%s=%s%s%s;", keys[i], v ? "[" : "", v ? v : "NULL", v ? "]" : "");
+        free(v);
+    }
+    sbx_http_respond(req, 200, "text/plain", out.data, out.len);
+    sbx_buf_fini(&out);
+}
+
+static void
+on_front(struct sbx_http_req *req, void *ud)
+{
+    const char *p = req->path;
+    if (strcmp(p, "/hello") == 0) {
+        sbx_http_respond(req, 200, "text/plain", "hello", 5);
+    } else if (strcmp(p, "/n") == 0) {
+        /* Request 1 answers late: pipelined answers must still come back in order. */
+        char *n = sbx_http_req_query(req, "n");
+        if (n && strcmp(n, "1") == 0) {
+            g_held = req;
+            sbx_http_req_on_close(req, held_gone);
+            uv_timer_start(&g_timer, delayed_reply, 50, 0);
+        } else {
+            sbx_http_respond(req, 200, "text/plain", n ? n : "?", n ? strlen(n) : 1);
+        }
+        free(n);
+    } else if (strcmp(p, "/buffer") == 0) {
+        sbx_http_req_read_body(req, 1024, echo_body);
+    } else if (strcmp(p, "/stream") == 0) {
+        g_held = req;
+        sbx_http_req_on_close(req, held_gone);
+        sbx_http_req_stream_body(req, stream_data, stream_end);
+    } else if (strcmp(p, "/chunks") == 0) {
+        g_held = req;
+        sbx_http_req_on_close(req, held_gone);
+        sbx_http_start(req, 200, "text/plain");
+        sbx_http_write(req, "first", 5);
+    } else if (strcmp(p, "/hang") == 0) {
+        g_held = req;
+        sbx_http_req_on_close(req, held_gone);
+        sbx_http_start(req, 200, "text/plain");
+        sbx_http_write(req, "x", 1);
+    } else if (strcmp(p, "/abort") == 0) {
+        g_held = req;
+        sbx_http_req_on_close(req, held_gone);
+        sbx_http_start(req, 200, "text/plain");
+        sbx_http_write(req, "partial", 7);
+        uv_timer_start(&g_timer, abort_held, 30, 0);
+    } else if (strcmp(p, "/q") == 0) {
+        query_route(req);
+    } else if (strncmp(p, "/proxy/", 7) == 0) {
+        sbx_http_proxy(req, g_up_path, unreachable);
+    } else if (strncmp(p, "/proxy-bad/", 11) == 0) {
+        char bad[160];
+        snprintf(bad, sizeof(bad), "%s/nobody-listens", g_dir);
+        sbx_http_proxy(req, bad, unreachable);
+    } else {
+        sbx_http_respond_error(req, 404, "no route");
+    }
+}
+
+/* ---- upstream routes (what an agent would be) ---- */
+
+static uv_timer_t g_up_timer;
+static struct sbx_http_req *g_up_held;
+static int g_up_ticks;
+
+static void
+up_gone(struct sbx_http_req *req)
+{
+    g_up_held = NULL;
+}
+
+static void
+up_tick(uv_timer_t *t)
+{
+    struct sbx_http_req *req = g_up_held;
+    if (req == NULL)
+        return;
+    char piece[16];
+    int n = snprintf(piece, sizeof(piece), "piece%d;", ++g_up_ticks);
+    sbx_http_write(req, piece, (size_t)n);
+    if (g_up_ticks == 3) {
+        g_up_held = NULL;
+        uv_timer_stop(t);
+        sbx_http_end(req);
+    }
+}
+
+static void
+up_die(uv_timer_t *t)
+{
+    struct sbx_http_req *req = g_up_held;
+    g_up_held = NULL;
+    if (req)
+        sbx_http_abort(req);
+}
+
+static void
+up_echo(struct sbx_http_req *req, struct sbx_buf *body)
+{
+    sbx_http_add_header(req, "X-Up-Method", req->method);
+    sbx_http_add_header(req, "X-Up-Chunked", req->chunked ? "yes" : "no");
+    sbx_http_respond(req, 200, "text/plain", body->data ? body->data : "", body->len);
+}
+
+static void
+on_up(struct sbx_http_req *req, void *ud)
+{
+    const char *p = req->path;
+    if (strcmp(p, "/proxy/hello") == 0) {
+        sbx_http_add_header(req, "X-Up", "yes");
+        const char *conn = sbx_http_req_header(req, "connection");
+        sbx_http_add_header(req, "X-Saw-Connection", conn ? conn : "none");
+        sbx_http_respond(req, 200, "text/plain", "hello from upstream", 19);
+    } else if (strcmp(p, "/proxy/echo") == 0) {
+        sbx_http_req_read_body(req, 1 << 20, up_echo);
+    } else if (strcmp(p, "/proxy/chunks") == 0) {
+        g_up_held = req;
+        sbx_http_req_on_close(req, up_gone);
+        sbx_http_start(req, 200, "text/plain");
+        uv_timer_start(&g_up_timer, up_tick, 10, 10);
+    } else if (strcmp(p, "/proxy/die") == 0) {
+        g_up_held = req;
+        sbx_http_req_on_close(req, up_gone);
+        sbx_http_start(req, 200, "text/plain");
+        sbx_http_write(req, "partial", 7);
+        uv_timer_start(&g_up_timer, up_die, 30, 0);
+    } else {
+        sbx_http_respond_error(req, 404, "upstream has no %s", p);
+    }
+}
+
+/* ---- setup and teardown ---- */
+
+static void
+setup(void)
+{
+    uv_loop_t *loop = uv_default_loop();
+    struct sbx_error *err = NULL;
+    snprintf(g_dir, sizeof(g_dir), "/tmp/sbx-test-http-XXXXXX");
+    CHECK(mkdtemp(g_dir) != NULL);
+    snprintf(g_up_path, sizeof(g_up_path), "%s/up.sock", g_dir);
+    g_srv = sbx_http_server_new(loop, on_front, NULL);
+    CHECK(sbx_http_server_listen_tcp(g_srv, "127.0.0.1", 0, &err) == 0);
+    g_port = sbx_http_server_port(g_srv);
+    CHECK(g_port > 0);
+    g_up = sbx_http_server_new(loop, on_up, NULL);
+    CHECK(sbx_http_server_listen_fd(g_up, tc_listen_unix(g_up_path), &err) == 0);
+    uv_timer_init(loop, &g_timer);
+    uv_timer_init(loop, &g_up_timer);
+    uv_async_init(loop, &g_second, write_second);
+}
+
+static void
+teardown(void)
+{
+    sbx_http_server_close(g_srv);
+    sbx_http_server_close(g_up);
+    uv_close((uv_handle_t *)&g_timer, NULL);
+    uv_close((uv_handle_t *)&g_up_timer, NULL);
+    uv_close((uv_handle_t *)&g_second, NULL);
+    unlink(g_up_path);
+    rmdir(g_dir);
+}
+
+static void
+run(void (*client)(void))
+{
+    setup();
+    tc_run(client, teardown);
+}
+
+/* ---- tests ---- */
+
+static void
+client_keep_alive(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    for (int i = 0; i < 2; i++) {
+        tc_send_str(c.fd, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+        tc_read(&c, &r, 0);
+        CHECK(r.complete && r.status == 200);
+        CHECK(tc_body_is(&r, "hello"));
+        CHECK_STR(tc_header(&r, "connection"), "keep-alive");
+        tc_resp_fini(&r);
+    }
+    tc_conn_close(&c);
+}
+
+TEST(keep_alive_two_requests_one_connection)
+{
+    run(client_keep_alive);
+}
+
+static void
+client_pipelined(void)
+{
+    struct tc_conn c;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /n?n=1 HTTP/1.1\r\n\r\nGET /n?n=2 HTTP/1.1\r\n\r\n"
+                      "GET /n?n=3 HTTP/1.1\r\n\r\n");
+    const char *want[] = {"1", "2", "3"};
+    for (int i = 0; i < 3; i++) {
+        struct tc_resp r;
+        tc_read(&c, &r, 0);
+        CHECK(r.complete && r.status == 200);
+        CHECK(tc_body_is(&r, want[i]));
+        tc_resp_fini(&r);
+    }
+    tc_conn_close(&c);
+}
+
+TEST(pipelined_requests_answered_in_order)
+{
+    run(client_pipelined);
+}
+
+static void
+client_chunked_buffered(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /buffer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    usleep(20000);
+    tc_send_str(c.fd, "6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200);
+    CHECK(tc_body_is(&r, "hello world"));
+    tc_resp_fini(&r);
+    /* The connection stays usable after a chunked body. */
+    tc_send_str(c.fd, "GET /hello HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "hello"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(chunked_request_body_buffered)
+{
+    run(client_chunked_buffered);
+}
+
+static void
+client_chunked_streamed(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    const char *pieces[] = {"3\r\nabc\r\n", "4\r\ndefg\r\n", "1\r\nh\r\n", "0\r\n\r\n"};
+    for (int i = 0; i < 4; i++) {
+        tc_send_str(c.fd, pieces[i]);
+        usleep(20000);
+    }
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200 && r.chunked);
+    CHECK(tc_body_is(&r, "8 bytes: abcdefgh"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(chunked_request_body_streamed)
+{
+    run(client_chunked_streamed);
+    CHECK(g_stream_pieces >= 3); /* delivered piece by piece, not buffered whole */
+}
+
+static void
+client_content_length(void)
+{
+    struct tc_resp r;
+    tc_request(g_port, "POST /buffer HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world", &r);
+    CHECK(r.complete && r.status == 200);
+    CHECK(tc_body_is(&r, "hello world"));
+    CHECK_STR(tc_header(&r, "content-length"), "11");
+    tc_resp_fini(&r);
+    /* A Content-Length body streamed in pieces. */
+    struct tc_conn c;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /stream HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc");
+    usleep(20000);
+    tc_send_str(c.fd, "def");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "6 bytes: abcdef"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(content_length_body)
+{
+    run(client_content_length);
+}
+
+static void
+client_incremental(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /chunks HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 5);
+    CHECK(r.status == 200 && r.chunked && !r.complete);
+    CHECK(tc_body_is(&r, "first"));
+    CHECK(atomic_load(&g_second_written) == 0); /* we saw chunk 1 before chunk 2 existed */
+    uv_async_send(&g_second);
+    tc_read_more(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "firstsecond"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(streamed_response_read_incrementally)
+{
+    run(client_incremental);
+}
+
+/* Sends without caring whether the server already hung up (it answers before reading all). */
+static void
+send_lossy(int fd, const char *s, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, s, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return;
+        s += n;
+        len -= (size_t)n;
+    }
+}
+
+static void
+client_431(void)
+{
+    struct sbx_buf req = {0};
+    sbx_buf_printf(&req, "GET /hello HTTP/1.1\r\nX-Big: ");
+    for (int i = 0; i < 100 * 1024; i++)
+        sbx_buf_append(&req, "a", 1, SIZE_MAX / 2);
+    sbx_buf_printf(&req, "\r\n\r\n");
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    send_lossy(c.fd, req.data, req.len);
+    tc_read(&c, &r, 0);
+    CHECK(r.status == 431);
+    CHECK(strstr(r.body.data, "\"code\":431") != NULL);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+    sbx_buf_fini(&req);
+}
+
+TEST(header_of_100k_is_431)
+{
+    run(client_431);
+}
+
+static void
+client_413(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    /* Refused from the head alone: the client has sent no byte of the body yet. */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /buffer HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 413);
+    CHECK_STR(tc_header(&r, "connection"), "close");
+    CHECK(tc_is_closed(&c));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+
+    /* A chunked body that grows past the limit. */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /buffer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    char chunk[700];
+    memset(chunk, 'z', sizeof(chunk));
+    for (int i = 0; i < 2; i++) {
+        char pre[16];
+        snprintf(pre, sizeof(pre), "%zx\r\n", sizeof(chunk));
+        send_lossy(c.fd, pre, strlen(pre));
+        send_lossy(c.fd, chunk, sizeof(chunk));
+        send_lossy(c.fd, "\r\n", 2);
+    }
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 413);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(body_over_limit_is_413)
+{
+    run(client_413);
+}
+
+static void
+client_garbage(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send(c.fd, "\x01\x02 garbage\r\n\r\n", 14);
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 400);
+    CHECK(tc_is_closed(&c));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+    /* A bad chunk size in the middle of a streamed body: 400, and the handler is told. */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    usleep(30000);
+    tc_send_str(c.fd, "zz\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 400);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(garbage_is_400)
+{
+    run(client_garbage);
+    CHECK(atomic_load(&g_close_called) == 1);
+}
+
+static void
+client_disconnect(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /hang HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 1);
+    CHECK(r.status == 200 && !r.complete && tc_body_is(&r, "x"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+    for (int i = 0; i < 300 && !atomic_load(&g_close_called); i++)
+        usleep(10000);
+    CHECK(atomic_load(&g_close_called) == 1);
+}
+
+TEST(client_disconnect_mid_stream_calls_close_callback)
+{
+    run(client_disconnect);
+}
+
+static void
+client_abort(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /abort HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 0);
+    /* Cut, not ended: no terminating chunk ever arrives. */
+    CHECK(r.closed && !r.complete);
+    CHECK(r.body.len == 0 || tc_body_is(&r, "partial"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(abort_cuts_without_terminating_chunk)
+{
+    run(client_abort);
+    CHECK(atomic_load(&g_close_called) == 0); /* abort does not call the close callback */
+}
+
+static void
+client_query(void)
+{
+    struct tc_resp r;
+    tc_request(g_port, "GET /q?a=1%202&b=x+y&c=%zz&d&e=%4&f=%41%42&sp+ace=%2B HTTP/1.1\r\n\r\n",
+               &r);
+    CHECK(r.complete && r.status == 200);
+    CHECK_STR(r.body.data, "a=[1 2];b=[x y];c=NULL;d=[];e=NULL;f=[AB];missing=NULL;sp ace=[+];");
+    tc_resp_fini(&r);
+}
+
+TEST(query_decoding)
+{
+    run(client_query);
+    size_t n = 0;
+    char *s = sbx_http_percent_decode("a%00b", 5, false, &n);
+    CHECK(s != NULL && n == 3 && s[0] == 'a' && s[1] == '\0' && s[2] == 'b');
+    free(s);
+    s = sbx_http_percent_decode("a+b", 3, false, &n);
+    CHECK_STR(s, "a+b");
+    free(s);
+    CHECK(sbx_http_percent_decode("%", 1, true, &n) == NULL);
+    CHECK(sbx_http_percent_decode("%g0", 3, true, &n) == NULL);
+}
+
+/* ---- proxy ---- */
+
+static void
+client_proxy_get(void)
+{
+    struct tc_resp r;
+    tc_request(g_port, "GET /proxy/hello HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", &r);
+    CHECK(r.complete && r.status == 200);
+    CHECK(tc_body_is(&r, "hello from upstream"));
+    CHECK_STR(tc_header(&r, "x-up"), "yes");
+    CHECK_STR(tc_header(&r, "x-saw-connection"), "close"); /* hop-by-hop replaced */
+    tc_resp_fini(&r);
+}
+
+TEST(proxy_get)
+{
+    run(client_proxy_get);
+}
+
+static void
+client_proxy_post_chunked(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /proxy/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "4\r\nabcd\r\n");
+    usleep(20000);
+    tc_send_str(c.fd, "2\r\nef\r\n0\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200);
+    CHECK(tc_body_is(&r, "abcdef"));
+    CHECK_STR(tc_header(&r, "x-up-method"), "POST");
+    CHECK_STR(tc_header(&r, "x-up-chunked"), "yes");
+    tc_resp_fini(&r);
+    /* The client connection outlives the upstream one. */
+    tc_send_str(c.fd, "POST /proxy/echo HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "xyz"));
+    CHECK_STR(tc_header(&r, "x-up-chunked"), "no");
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(proxy_post_chunked_body)
+{
+    run(client_proxy_post_chunked);
+}
+
+static void
+client_proxy_stream(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /proxy/chunks HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 7);
+    CHECK(r.status == 200 && r.chunked && !r.complete); /* the first piece arrives alone */
+    tc_read_more(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "piece1;piece2;piece3;"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(proxy_streamed_response)
+{
+    run(client_proxy_stream);
+}
+
+static void
+client_proxy_die(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /proxy/die HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.status == 200 && r.closed && !r.complete);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(proxy_upstream_dies_mid_response)
+{
+    run(client_proxy_die);
+}
+
+static void
+client_proxy_unreachable(void)
+{
+    struct tc_resp r;
+    tc_request(g_port, "GET /proxy-bad/x HTTP/1.1\r\n\r\n", &r);
+    CHECK(r.complete && r.status == 502);
+    CHECK(strstr(r.body.data, "upstream unreachable") != NULL);
+    tc_resp_fini(&r);
+    /* With a body that the unreachable upstream never reads. */
+    tc_request(g_port, "POST /proxy-bad/x HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody", &r);
+    CHECK(r.complete && r.status == 502);
+    tc_resp_fini(&r);
+}
+
+TEST(proxy_upstream_unreachable)
+{
+    run(client_proxy_unreachable);
+}
+
+TEST_MAIN(60)
