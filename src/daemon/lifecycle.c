@@ -68,6 +68,11 @@ live_drop(struct sbx_live *l)
         *pp = l->next;
     if (l->polling) {
         l->polling = false;
+        /* Stop watching and close the pidfd now, not on the next loop turn: a client told
+         * "killed" must find nothing of the sandbox left. */
+        uv_poll_stop(&l->poll);
+        close(l->pidfd);
+        l->pidfd = -1;
         uv_close((uv_handle_t *)&l->poll, on_poll_closed);
     } else {
         live_free(l);
@@ -280,6 +285,19 @@ spawn(struct sbx_live *l, struct sbx_error **err)
     return 0;
 }
 
+/* Undoes a create that failed half way; its error is already reported. */
+static void
+abandon(struct sbx_live *l)
+{
+    struct sbx_sandbox_ref ref = ref_of(l);
+    _cleanup_error_ struct sbx_error *ignored = NULL;
+    sbx_sandbox_destroy(&ref, &ignored);
+    sbx_error_free(ignored);
+    ignored = NULL;
+    sbx_store_sandbox_delete(sbx_daemon->store, l->rec->id, &ignored);
+    live_drop(l);
+}
+
 static char *
 dump_or_empty(json_t *obj)
 {
@@ -327,20 +345,9 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t *spawn_us, struct
         live_drop(l);
         return NULL;
     }
-    if (spawn(l, err) < 0 || watch(l, err) < 0) {
-        struct sbx_sandbox_ref ref = ref_of(l);
-        _cleanup_error_ struct sbx_error *e2 = NULL;
-        sbx_sandbox_destroy(&ref, &e2);
-        sbx_store_sandbox_delete(d->store, rec->id, &e2);
-        live_drop(l);
-        return NULL;
-    }
-    if (sbx_store_sandbox_update_pid(d->store, rec->id, rec->pid, rec->pid_start_time, err) < 0) {
-        struct sbx_sandbox_ref ref = ref_of(l);
-        _cleanup_error_ struct sbx_error *e2 = NULL;
-        sbx_sandbox_destroy(&ref, &e2);
-        sbx_store_sandbox_delete(d->store, rec->id, &e2);
-        live_drop(l);
+    if (spawn(l, err) < 0 || watch(l, err) < 0 ||
+        sbx_store_sandbox_update_pid(d->store, rec->id, rec->pid, rec->pid_start_time, err) < 0) {
+        abandon(l);
         return NULL;
     }
     clock_gettime(CLOCK_MONOTONIC, &b);

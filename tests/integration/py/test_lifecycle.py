@@ -1,5 +1,7 @@
 """Sandbox lifecycle through the official Python SDK (sync Sandbox and AsyncSandbox)."""
 
+import glob
+import os
 import secrets
 import time
 from datetime import datetime, timezone
@@ -238,3 +240,53 @@ async def test_async_lifecycle(sbx_daemon):
         assert await sbx.kill() is True
     assert not await sbx.is_running()
     assert await AsyncSandbox.kill(sbx.sandbox_id) is False
+
+
+
+def _daemon_pidfds(sbx_daemon):
+    """The daemon holds one pidfd per running sandbox (client sockets come and go)."""
+    fd_dir = f"/proc/{sbx_daemon.proc.pid}/fd"
+    return sum(1 for fd in os.listdir(fd_dir)
+               if os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:[pidfd]")
+
+
+def _pids_in_cgroup_of(sid):
+    """Host pids whose cgroup path names this sandbox."""
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cgroup") as f:
+                    if f"/sbx/{sid}" in f.read():
+                        pids.append(int(p))
+            except OSError:
+                pass
+    return pids
+
+
+def _host_uid(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+
+
+def test_kill_leaves_nothing_behind(sbx_daemon, sandbox_factory):
+    sbx = sandbox_factory()
+    sbx.commands.run("sleep 600", background=True, timeout=0)
+    sid = sbx.sandbox_id
+    sandbox_dir = os.path.join(sbx_daemon.state_dir, "sandboxes", sid)
+    cgroups = glob.glob(f"/sys/fs/cgroup/*/sbx/{sid}") + glob.glob(f"/sys/fs/cgroup/sbx/{sid}")
+    assert os.path.isdir(sandbox_dir) and cgroups, "sandbox dir and cgroups exist while running"
+    pids = _pids_in_cgroup_of(sid)
+    assert len(pids) >= 2, "agent and sleep run in the sandbox's cgroup"
+    # Sandbox root is an unprivileged host uid of the sandbox's own range (>= 2^30).
+    assert all(_host_uid(p) >= 1 << 30 for p in pids)
+    pidfds_running = _daemon_pidfds(sbx_daemon)
+
+    assert Sandbox.kill(sid) is True
+    assert not os.path.exists(sandbox_dir)
+    assert not any(os.path.exists(c) for c in cgroups)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")], "a sandbox process survived"
+    assert _daemon_pidfds(sbx_daemon) == pidfds_running - 1, "the daemon kept the pidfd"
+    # The uid range is free again: the next sandbox may take it, and works.
+    nxt = sandbox_factory()
+    assert nxt.commands.run("id -u").stdout == "1000\n"
