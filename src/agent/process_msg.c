@@ -47,8 +47,14 @@ get_u32(json_t *v, const char *name, uint32_t *out, struct sbx_error **err)
     long long n;
     if (json_is_integer(v)) {
         n = json_integer_value(v);
-    } else if (json_is_real(v) && json_real_value(v) == (double)(long long)json_real_value(v)) {
-        n = (long long)json_real_value(v);
+    } else if (json_is_real(v)) {
+        /* proto3 JSON allows 1.0 for an integer; range-check before the cast (a huge double
+         * converted to an integer is undefined behaviour). */
+        double d = json_real_value(v);
+        if (!(d >= 0 && d <= UINT32_MAX) || d != (double)(long long)d)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid value for uint32 field %s",
+                                 name);
+        n = (long long)d;
     } else if (json_is_string(v)) {
         const char *s = json_string_value(v);
         char *end;

@@ -29,6 +29,7 @@ struct proxy {
     size_t up_queued;
     bool body_ended;
     bool req_chunked;
+    bool is_head;  /* the response has a length but never a body */
 };
 
 struct up_write {
@@ -214,11 +215,14 @@ on_headers_complete(http_parser *hp)
     struct proxy *p = hp->data;
     if (p->in_value)
         flush_header(p);
+    /* 1 tells http_parser to expect no body: a HEAD answer's Content-Length describes the
+     * GET body, and waiting for it would stall, then cut, the client connection. */
+    int skip_body = p->is_head ? 1 : 0;
     if (p->req == NULL)
-        return 0;
+        return skip_body;
     p->head_sent = true;
     sbx_http_start(p->req, (int)hp->status_code, NULL);
-    return 0;
+    return skip_body;
 }
 
 static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -349,6 +353,7 @@ sbx_http_proxy(struct sbx_http_req *req, const char *unix_path, sbx_http_req_cb 
     p->req = req;
     p->on_unreachable = on_unreachable;
     p->req_chunked = req->chunked;
+    p->is_head = strcmp(req->method, "HEAD") == 0;
     req->data = p;
     http_parser_init(&p->parser, HTTP_RESPONSE);
     p->parser.data = p;

@@ -620,6 +620,33 @@ TEST(proxy_get)
 }
 
 static void
+client_proxy_head(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "HEAD /proxy/hello HTTP/1.1\r\n\r\n");
+    /* The response to HEAD has a length but no body: read the head only. */
+    char buf[4096];
+    ssize_t n = recv(c.fd, buf, sizeof(buf) - 1, 0);
+    CHECK(n > 0);
+    buf[n] = '\0';
+    CHECK(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    CHECK(strstr(buf, "\r\n\r\n") != NULL && strstr(buf, "\r\n\r\n")[4] == '\0');
+    /* And the connection carries the next request. */
+    tc_send_str(c.fd, "GET /hello HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "hello"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(proxy_head)
+{
+    run(client_proxy_head);
+}
+
+static void
 client_proxy_post_chunked(void)
 {
     struct tc_conn c;

@@ -239,6 +239,17 @@ TEST(path_resolution)
     CHECK(e && e->code == SBX_INVALID_ARGUMENT);
     sbx_error_free(e);
     free(longp);
+    /* In-place cleaning must stop at the terminator, whatever follows it in memory. */
+    char buf[40];
+    memcpy(buf, "/home/user/x.txt\0/1junk/more", 29);
+    sbx_agent_path_clean(buf);
+    CHECK_STR(buf, "/home/user/x.txt");
+    memcpy(buf, "/a/b/../c/./\0/zz", 17);
+    sbx_agent_path_clean(buf);
+    CHECK_STR(buf, "/a/c");
+    memcpy(buf, "//..//\0/zz", 11);
+    sbx_agent_path_clean(buf);
+    CHECK_STR(buf, "/");
     CHECK(sbx_agent_utf8_is_valid("\xE2\x82\xAC", 3));
     CHECK(!sbx_agent_utf8_is_valid("\xE2\x82", 2));
     CHECK(!sbx_agent_utf8_is_valid("\xED\xA0\x80", 3)); /* surrogate */
