@@ -27,7 +27,7 @@
 #include "base/cleanup.h"
 #include "sandbox/internal.h"
 
-#define SBX_TEMPLATE_VERSION "sbx-template-1\n"
+#define SBX_TEMPLATE_VERSION "sbx-template-2\n"
 #define TEMPLATE_DIR "template"
 #define COPY_MAX_DEPTH 8
 #define COPY_MAX_FILE (16 * 1024 * 1024)
@@ -91,7 +91,8 @@ static const struct gen_file generated[] = {
     {"shells", 0644, 0, "/bin/sh\n/usr/bin/sh\n/bin/bash\n/usr/bin/bash\n"},
     {"profile", 0644, 0,
      "PATH=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n"
-     "if [ \"$(id -u)\" -ne 0 ]; then PATH=\"$HOME/.local/bin:$PATH\"; fi\n"
+     /* $EUID (bash) spares every login shell a fork of id(1); sh falls back to it. */
+     "if [ \"${EUID:-$(id -u)}\" -ne 0 ]; then PATH=\"$HOME/.local/bin:$PATH\"; fi\n"
      "export PATH\n"
      "if [ -n \"$BASH_VERSION\" ] && [ -n \"$PS1\" ] && [ -f /etc/bash.bashrc ]; then\n"
      "  . /etc/bash.bashrc\nfi\n"},
