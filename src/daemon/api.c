@@ -315,8 +315,11 @@ metrics(struct sbx_http_req *req, const char *id)
                          ? 100.0 * (double)(st.cpu_usage_ns - l->last_cpu_ns) / elapsed_ns /
                                l->rec->cpu_count
                          : 0.0;
+        /* CFS enforces the quota per period, so short windows can read a little above it. */
         if (pct < 0)
             pct = 0;
+        if (pct > 100.0 * l->rec->cpu_count)
+            pct = 100.0 * l->rec->cpu_count;
         l->last_cpu_ns = st.cpu_usage_ns;
         l->last_cpu_wall_ms = now;
         uint64_t disk_total = (uint64_t)l->rec->disk_mb << 20;
