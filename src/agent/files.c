@@ -265,15 +265,19 @@ download_pump(struct sbx_http_req *req)
     }
 }
 
-/* Accept-Encoding negotiation as envd does it: the highest-q supported coding, gzip
- * preferred over identity at equal q; "*" allows identity; 406 only if identity is
- * refused and gzip is not acceptable. Returns 1 gzip, 0 identity, -1 none. */
+/* Accept-Encoding negotiation. gzip is used when the client asks for it specifically (the
+ * SDKs' gzip option sends exactly "gzip"); a header that also lists codings we do not
+ * speak ("gzip, deflate", "gzip, deflate, br") is an HTTP library's default, and identity,
+ * always acceptable unless refused with q=0, is then much cheaper than compressing (envd
+ * would compress those too; both SDKs decode either). 406 only if identity is refused and
+ * gzip is not acceptable. Returns 1 gzip, 0 identity, -1 none. */
 static int
 negotiate_encoding(const char *h)
 {
     if (h == NULL || *h == '\0')
         return 0;
     double q_gzip = -1, q_identity = -1, q_star = -1;
+    bool others = false;
     _cleanup_free_ char *copy = strdup(h);
     char *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
@@ -296,13 +300,15 @@ negotiate_encoding(const char *h)
             q_identity = q;
         else if (strcmp(tok, "*") == 0)
             q_star = q;
+        else if (*tok)
+            others = true;
     }
     bool identity_refused = q_identity == 0 || (q_identity < 0 && q_star == 0);
-    if (q_gzip > 0 && (q_identity < 0 || q_gzip >= q_identity))
+    if (q_gzip > 0 && !others && (q_identity < 0 || q_gzip >= q_identity))
         return 1;
     if (!identity_refused)
         return 0;
-    if (q_gzip < 0 && q_star > 0)
+    if (q_gzip > 0 || (q_gzip < 0 && q_star > 0))
         return 1;
     return -1;
 }
@@ -359,7 +365,10 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         if (sbx_agent_fsuser_enter(&u, &fsu, &e) == 0) {
             /* O_NONBLOCK: opening a FIFO must not hang the agent; non-regular files are
              * refused below anyway. */
-            fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+            if (u.uid != 0 && sbx_agent_path_is_agent_proc(path))
+                errno = EACCES, fd = -1;
+            else
+                fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
             if (fd < 0 && errno == ENOENT)
                 sbx_error_set(&e, SBX_NOT_FOUND, ENOENT, "path '%s' does not exist", path);
             else if (fd < 0)
@@ -499,6 +508,8 @@ file_begin(struct upload *up, char *path /* stolen */, struct sbx_error **err)
     _cleanup_free_ char *dir = sbx_agent_path_dir(p);
     if (sbx_agent_mkdir_p(dir, err) < 0)
         return -1;
+    if (up->user.uid != 0 && sbx_agent_path_is_agent_proc(p))
+        return sbx_agent_fs_error(err, EACCES, "open '%s' for writing", p);
     struct stat st;
     if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, EISDIR, "path '%s' is a directory", p);

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/fsuid.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,13 +19,31 @@
 
 /* ---- acting as a user ---- */
 
+static int
+caps_get(struct __user_cap_data_struct d[2])
+{
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    return (int)syscall(SYS_capget, &h, d);
+}
+
+static int
+caps_set(struct __user_cap_data_struct d[2])
+{
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    return (int)syscall(SYS_capset, &h, d);
+}
+
 int
 sbx_agent_fsuser_enter(const struct sbx_agent_user *u, struct sbx_agent_fsuser *saved,
                        struct sbx_error **err)
 {
     saved->active = false;
-    /* setfsgid first: once fsuid is not 0 the kernel drops the fs capabilities, but
-     * CAP_SETGID is not one of them, so the order only matters for readability. */
+    saved->caps_lowered = false;
+    struct __user_cap_data_struct caps[2];
+    if (caps_get(caps) < 0)
+        return sbx_error_sys(err, errno, "capget");
+    saved->effective[0] = caps[0].effective;
+    saved->effective[1] = caps[1].effective;
     saved->gid = (gid_t)setfsgid(u->gid);
     if ((gid_t)setfsgid((gid_t)-1) != u->gid) {
         setfsgid(saved->gid);
@@ -37,6 +57,16 @@ sbx_agent_fsuser_enter(const struct sbx_agent_user *u, struct sbx_agent_fsuser *
         return sbx_error_set(err, SBX_INTERNAL, EPERM, "cannot act as user %u", u->uid);
     }
     saved->active = true;
+    if (u->uid != 0) {
+        /* Per thread, and the permitted set stays: leave can raise them again. */
+        caps[0].effective = caps[1].effective = 0;
+        if (caps_set(caps) < 0) {
+            int e = errno;
+            sbx_agent_fsuser_leave(saved);
+            return sbx_error_sys(err, e, "drop capabilities to act as user %u", u->uid);
+        }
+        saved->caps_lowered = true;
+    }
     return 0;
 }
 
@@ -46,7 +76,16 @@ sbx_agent_fsuser_leave(struct sbx_agent_fsuser *saved)
     if (saved == NULL || !saved->active)
         return;
     int e = errno;
-    /* Back to fsuid 0 restores the fs capabilities from the permitted set. */
+    if (saved->caps_lowered) {
+        struct __user_cap_data_struct caps[2];
+        if (caps_get(caps) == 0) {
+            caps[0].effective = saved->effective[0];
+            caps[1].effective = saved->effective[1];
+            caps_set(caps);
+        }
+        saved->caps_lowered = false;
+    }
+    /* Back to fsuid 0 also restores the fs capabilities from the permitted set. */
     setfsuid(saved->uid);
     setfsgid(saved->gid);
     saved->active = false;
@@ -98,10 +137,11 @@ sbx_agent_utf8_is_valid(const char *s, size_t len)
 void
 sbx_agent_path_clean(char *p)
 {
-    /* p is absolute. Rebuild it component by component in place (out never passes in). */
+    /* p is absolute. Rebuild it in place: each kept component is written as "/name", and
+     * since every input component follows at least one '/', the output never overtakes
+     * the input still to be read. */
     char *out = p;
     const char *in = p;
-    *out++ = '/';
     while (*in) {
         while (*in == '/')
             in++;
@@ -113,20 +153,17 @@ sbx_agent_path_clean(char *p)
             /* skip */
         } else if (n == 2 && in[0] == '.' && in[1] == '.') {
             /* Back up one component; at the root ".." stays at the root. */
-            if (out > p + 1) {
-                out--; /* the trailing '/' */
-                while (out > p + 1 && out[-1] != '/')
-                    out--;
-            }
+            while (out > p && *--out != '/')
+                ;
         } else {
+            *out++ = '/';
             memmove(out, in, n);
             out += n;
-            *out++ = '/';
         }
         in = end;
     }
-    if (out > p + 1)
-        out--; /* no trailing slash except for "/" */
+    if (out == p)
+        *out++ = '/';
     *out = '\0';
 }
 
@@ -222,6 +259,30 @@ sbx_agent_fs_error(struct sbx_error **err, int e, const char *fmt, ...)
     sbx_error_set(err, code, e, "%s: %s", msg ? msg : "error", strerror(e));
     free(msg);
     return -1;
+}
+
+bool
+sbx_agent_path_is_agent_proc(const char *path)
+{
+    char *real = realpath(path, NULL);
+    if (real == NULL) {
+        /* A file about to be created: judge its directory. */
+        char *dir = sbx_agent_path_dir(path);
+        real = realpath(dir, NULL);
+        free(dir);
+    }
+    if (real == NULL)
+        return false;
+    char self[32], one[] = "/proc/1";
+    snprintf(self, sizeof(self), "/proc/%d", (int)getpid());
+    bool hit = false;
+    for (int i = 0; i < 2 && !hit; i++) {
+        const char *pre = i == 0 ? one : self;
+        size_t n = strlen(pre);
+        hit = strncmp(real, pre, n) == 0 && (real[n] == '\0' || real[n] == '/');
+    }
+    free(real);
+    return hit;
 }
 
 int

@@ -4,7 +4,9 @@
  * Acting as a user: the agent is one thread on its loop, so each file operation switches the
  * filesystem uid/gid (setfsuid/setfsgid, per thread, reverted after the operation) to the
  * operation user. The kernel then checks permissions as that user and new files and
- * directories are owned by it. Supplementary groups are not switched (setgroups is
+ * directories are owned by it. For a user other than root the thread's effective
+ * capabilities are emptied as well (setfsuid alone keeps e.g. CAP_SYS_PTRACE, which would
+ * open /proc/1/root and /proc/<pid>/mem of root processes to that user). Supplementary groups are not switched (setgroups is
  * process-wide): the fs identity is the user's uid and primary gid. Never held across an
  * event loop turn. */
 #ifndef SBX_AGENT_FSUTIL_H
@@ -13,6 +15,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 
@@ -28,6 +31,8 @@
 struct sbx_agent_fsuser {
     uid_t uid;
     gid_t gid;
+    uint32_t effective[2]; /* the agent's effective capabilities, restored on leave */
+    bool caps_lowered;
     bool active;
 };
 
@@ -55,6 +60,12 @@ const char *sbx_agent_path_base(const char *p);
 /* Parent directory of a clean absolute path (malloc'd). */
 char *sbx_agent_path_dir(const char *p);
 char *sbx_agent_path_join(const char *dir, const char *name);
+
+/* Whether path (resolved through symlinks, as the current fs user) names the agent's own
+ * /proc/<pid> entries. The kernel always lets a process open its own /proc entries, so a
+ * user acting through the agent would otherwise reach PID 1's environ, mem, fds and
+ * oom_score_adj. Non-root operations refuse such paths. */
+bool sbx_agent_path_is_agent_proc(const char *path);
 
 /* Creates dir and its missing parents (0755) as the current fs user. Returns 1 if dir was
  * created, 0 if it already was a directory, -1 (ENOTDIR as invalid_argument if a component is

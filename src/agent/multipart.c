@@ -237,14 +237,14 @@ parse_head(struct sbx_multipart *m, struct sbx_error **err)
 {
     /* head holds the header lines, each ending in CRLF, the blank line excluded; NUL
      * terminated by the caller. */
+    if (memchr(m->head, '\0', m->head_len) != NULL)
+        return fail(m, err, "NUL byte in multipart part header");
     char *line = m->head;
     while (*line) {
         char *eol = strstr(line, "\r\n");
         if (eol == NULL)
             return fail(m, err, "malformed multipart part header");
         *eol = '\0';
-        if (memchr(line, '\0', (size_t)(eol - line)) != NULL)
-            return fail(m, err, "NUL byte in multipart part header");
         char *colon = strchr(line, ':');
         if (colon == NULL || colon == line)
             return fail(m, err, "malformed multipart part header line");

@@ -1,0 +1,145 @@
+// files.* through the official JS SDK, and presigned URLs fetched with plain fetch.
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+
+import { FileType, FilesystemEventType, InvalidArgumentError, NotFoundError, Sandbox } from 'e2b'
+
+import { startDaemon, waitFor } from './daemon.mjs'
+
+const T = { timeout: 60_000 }
+const HOME = '/home/user'
+let daemon
+let sbx
+// The SDK adds `metadata: undefined` to write results; the server sends exactly these keys.
+const npt = (i) => ({ name: i.name, path: i.path, type: i.type })
+
+before(async () => {
+  daemon = await startDaemon()
+  sbx = await Sandbox.create({ timeoutMs: 300_000 })
+})
+
+after(async () => {
+  if (sbx) await sbx.kill().catch(() => {})
+  await daemon?.stop()
+})
+
+describe('files', () => {
+  test('write and read text, bytes, blob, stream, empty', T, async () => {
+    const info = await sbx.files.write('js/hello.txt', 'héllo')
+    assert.deepEqual(npt(info), { name: 'hello.txt', path: `${HOME}/js/hello.txt`, type: 'file' })
+    assert.equal(await sbx.files.read('js/hello.txt'), 'héllo')
+    const bytes = await sbx.files.read('js/hello.txt', { format: 'bytes' })
+    assert.deepEqual(Buffer.from(bytes), Buffer.from('héllo'))
+    const blob = await sbx.files.read('js/hello.txt', { format: 'blob' })
+    assert.equal(await blob.text(), 'héllo')
+    const big = Buffer.alloc(2 * 1024 * 1024 + 3, 7)
+    await sbx.files.write('js/big.bin', big)
+    const stream = await sbx.files.read('js/big.bin', { format: 'stream' })
+    const chunks = []
+    for await (const c of stream) chunks.push(Buffer.from(c))
+    assert.ok(Buffer.concat(chunks).equals(big))
+    await sbx.files.write('js/empty', '')
+    assert.equal(await sbx.files.read('js/empty'), '')
+    assert.equal((await sbx.files.read('js/empty', { format: 'bytes' })).length, 0)
+  })
+
+  test('write many files (nested, absolute) and gzip both ways', T, async () => {
+    const infos = await sbx.files.write([
+      { path: 'js/many/a.txt', data: 'A' },
+      { path: '/tmp/js-abs/b.txt', data: new Blob(['B']) },
+    ])
+    assert.deepEqual(infos.map(npt), [
+      { name: 'a.txt', path: `${HOME}/js/many/a.txt`, type: 'file' },
+      { name: 'b.txt', path: '/tmp/js-abs/b.txt', type: 'file' },
+    ])
+    assert.deepEqual(await sbx.files.write([]), [])
+    const data = 'zip me '.repeat(5000)
+    await sbx.files.write('js/gz.txt', data, { gzip: true })
+    assert.equal(await sbx.files.read('js/gz.txt', { gzip: true }), data)
+    assert.equal(await sbx.files.read('js/gz.txt'), data)
+  })
+
+  test('list with depth, stat, exists, makeDir, rename, remove', T, async () => {
+    for (const p of ['ls/file1.txt', 'ls/subdir1/subdir1_1/f', 'ls/subdir1/subdir1_2/f', 'ls/subdir2/f'])
+      await sbx.files.write(`js/${p}`, 'x')
+    const rel = (es) => es.map((e) => e.path.slice(`${HOME}/js/ls/`.length))
+    assert.deepEqual(rel(await sbx.files.list('js/ls', { depth: 2 })), [
+      'file1.txt', 'subdir1', 'subdir1/subdir1_1', 'subdir1/subdir1_2', 'subdir2', 'subdir2/f',
+    ])
+    const st = await sbx.files.getInfo('js/ls/file1.txt')
+    assert.equal(st.type, FileType.FILE)
+    assert.equal(st.mode, 0o644)
+    assert.equal(st.permissions, '-rw-r--r--')
+    assert.equal(st.owner, 'user')
+    assert.equal(st.size, 1)
+    assert.ok(st.modifiedTime instanceof Date)
+    assert.equal(await sbx.files.exists('js/ls/nope'), false)
+    assert.equal(await sbx.files.makeDir('js/mk/a'), true)
+    assert.equal(await sbx.files.makeDir('js/mk/a'), false)
+    const moved = await sbx.files.rename('js/ls/file1.txt', 'js/mk/moved.txt')
+    assert.equal(moved.path, `${HOME}/js/mk/moved.txt`)
+    await assert.rejects(sbx.files.getInfo('js/ls/file1.txt'), NotFoundError)
+    await assert.rejects(sbx.files.read('js/ls/file1.txt'), NotFoundError)
+    await sbx.files.remove('js/mk')
+    assert.equal(await sbx.files.exists('js/mk'), false)
+    await sbx.files.remove('js/mk')
+  })
+
+  test('metadata round trip', T, async () => {
+    const w = await sbx.files.write('js/m.txt', 'x', { metadata: { Team: 'core' } })
+    assert.deepEqual(w.metadata, { team: 'core' })
+    assert.deepEqual((await sbx.files.getInfo('js/m.txt')).metadata, { team: 'core' })
+    await sbx.files.write('js/m.txt', 'y')
+    assert.equal((await sbx.files.getInfo('js/m.txt')).metadata, undefined)
+  })
+
+  test('watch: plain, recursive with a directory created later, entries', T, async () => {
+    await sbx.files.makeDir('js/w/nested')
+    await sbx.files.write('js/w/f.txt', '0')
+    const events = []
+    const h = await sbx.files.watchDir('js/w', (e) => events.push(e), {
+      recursive: true,
+      includeEntry: true,
+    })
+    await sbx.files.write('js/w/f.txt', '1')
+    await sbx.files.makeDir('js/w/later')
+    await waitFor(async () => events.some((e) => e.type === FilesystemEventType.CREATE && e.name === 'later'), 5000, 'create event')
+    await sbx.files.write('js/w/later/g.txt', '2')
+    await sbx.files.write('js/w/nested/h.txt', '3')
+    const has = (type, name) => events.some((e) => e.type === type && e.name === name)
+    await waitFor(async () => has(FilesystemEventType.WRITE, 'f.txt') &&
+      has(FilesystemEventType.WRITE, 'later/g.txt') && has(FilesystemEventType.WRITE, 'nested/h.txt'),
+    5000, 'write events')
+    const w = events.find((e) => e.type === FilesystemEventType.WRITE && e.name === 'f.txt')
+    assert.equal(w.entry?.path, `${HOME}/js/w/f.txt`)
+    await h.stop()
+    await assert.rejects(sbx.files.watchDir('js/no_such_dir', () => {}), NotFoundError)
+  })
+
+  test('hostile paths', T, async () => {
+    const passwd = (await sbx.commands.run('cat /etc/passwd')).stdout
+    assert.equal(await sbx.files.read('../../../../etc/passwd'), passwd)
+    assert.equal(await sbx.files.read('/proc/self/root/etc/passwd', { user: 'root' }), passwd)
+    await assert.rejects(sbx.files.write('x'.repeat(300), 'x'), InvalidArgumentError)
+    await assert.rejects(sbx.files.getInfo('a\u0000b'), InvalidArgumentError)
+  })
+
+  test('presigned URLs with plain fetch (no E2B headers)', T, async () => {
+    await sbx.files.write('js/signed.txt', 'signed content')
+    const url = await sbx.downloadUrl('js/signed.txt')
+    let res = await fetch(url)
+    assert.equal(res.status, 200)
+    assert.equal(await res.text(), 'signed content')
+    await sbx.files.write('/root/js-root.txt', 'root content', { user: 'root' })
+    res = await fetch(await sbx.downloadUrl('/root/js-root.txt', { user: 'root' }))
+    assert.equal(await res.text(), 'root content')
+    const form = new FormData()
+    form.append('file', new Blob(['uploaded']))
+    res = await fetch(await sbx.uploadUrl('js/up.txt'), { method: 'POST', body: form })
+    assert.equal(res.status, 200)
+    assert.deepEqual(await res.json(), [{ name: 'up.txt', path: `${HOME}/js/up.txt`, type: 'file' }])
+    res = await fetch(await sbx.downloadUrl('js/signed.txt', { useSignatureExpiration: -10 }))
+    assert.equal(res.status, 401)
+    assert.deepEqual(await res.json(), { code: 401, message: 'signature is already expired' })
+  })
+})
