@@ -143,14 +143,15 @@ KERNEL_PREFIX=/usr/lib/sbx
 KERNEL_PY_NODEPS=(e2b-charts==1.0.0 bash_kernel==0.10.0)
 # Installed with dependencies (small, pure Python or wheels): what the two above need beyond
 # Debian's packages. e2b-charts builds on pydantic 2 (Debian 12 has 1.10).
-KERNEL_PY_DEPS=('pydantic>=2.9,<3' 'pexpect>=4.8')
+KERNEL_PY_DEPS=('pydantic>=2.9,<3' 'pexpect>=4.8' 'filetype>=1.2')
 KERNEL_NODE_PACKAGES=(tslab@1.0.22)
+KERNEL_LAYOUT=2 # bump when the install commands change, so that setup redoes them
 
 install_kernels() {
     local py="$KERNEL_PREFIX/python" node="$KERNEL_PREFIX/node" want
     [[ $(id -u) == 0 ]] || die "installing kernels under $KERNEL_PREFIX needs root"
     umask 022 # kernels run as the sandbox user: everything must be world-readable
-    want=$(printf '%s\n' "${KERNEL_PY_NODEPS[@]}" "${KERNEL_PY_DEPS[@]}" | sha256sum | cut -d' ' -f1)
+    want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_PY_NODEPS[@]}" "${KERNEL_PY_DEPS[@]}" | sha256sum | cut -d' ' -f1)
     if [[ -f $py/.sbx-packages.sha256 && $(cat "$py/.sbx-packages.sha256") == "$want" ]]; then
         log "Python kernel packages up to date"
     else
@@ -170,15 +171,16 @@ install_kernels() {
         log "warning: npm not found; JavaScript/TypeScript kernels (tslab) not installed"
         return
     fi
-    want=$(printf '%s\n' "${KERNEL_NODE_PACKAGES[@]}" | sha256sum | cut -d' ' -f1)
+    want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_NODE_PACKAGES[@]}" | sha256sum | cut -d' ' -f1)
     if [[ -f $node/.sbx-packages.sha256 && $(cat "$node/.sbx-packages.sha256") == "$want" ]]; then
         log "JavaScript kernel packages up to date"
     else
         log "npm install --prefix $node ${KERNEL_NODE_PACKAGES[*]}"
         rm -rf "$node.new"
         mkdir -p "$node.new"
+        # Nested: tslab finds @types/node only under its own node_modules.
         npm install --prefix "$node.new" --no-audit --no-fund --loglevel=error \
-            "${KERNEL_NODE_PACKAGES[@]}"
+            --install-strategy=nested "${KERNEL_NODE_PACKAGES[@]}"
         printf '%s\n' "$want" >"$node.new/.sbx-packages.sha256"
         rm -rf "$node" && mv "$node.new" "$node"
     fi

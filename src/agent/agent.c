@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     json_t *id = json_object_get(root, "sandboxId");
     json_t *tok = json_object_get(root, "accessToken");
     json_t *envs = json_object_get(root, "envVars");
+    json_t *interp = json_object_get(root, "codeInterpreter");
     if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok)) ||
         (envs && !json_is_null(envs) && !json_is_object(envs))) {
         json_decref(root);
@@ -69,6 +71,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     cfg->sandbox_id = strdup(json_string_value(id));
     cfg->access_token =
         json_is_string(tok) && json_string_length(tok) > 0 ? strdup(json_string_value(tok)) : NULL;
+    cfg->code_interpreter = json_is_true(interp);
     cfg->env_vars = json_object();
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
@@ -145,9 +148,15 @@ is_rpc_path(const char *path)
 static void
 on_request(struct sbx_http_req *req, void *ud)
 {
-    (void)ud;
     const char *path = req->path;
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", config.sandbox_id);
+    /* Port 49999 is the code interpreter's (E2B's Jupyter server), with its own /health and
+     * its own auth (the SDKs send X-Access-Token there on /execute only). Its requests come
+     * through the daemon with E2b-Sandbox-Port, or straight to the in-sandbox listener. */
+    const char *sport = sbx_http_req_header(req, "e2b-sandbox-port");
+    if (((sport && strcmp(sport, "49999") == 0) || (intptr_t)ud == SBX_JUPYTER_PORT) &&
+        route_interpreter(req))
+        return;
     if (strcmp(path, "/health") == 0 && strcmp(req->method, "GET") == 0) {
         sbx_http_respond(req, 204, NULL, NULL, 0);
         return;
@@ -171,7 +180,7 @@ on_request(struct sbx_http_req *req, void *ud)
         respond_envs(req);
         return;
     }
-    if (route_filesystem(req) || route_interpreter(req))
+    if (route_filesystem(req))
         return;
     if (is_rpc_path(path)) {
         /* An unknown Connect service: answer in Connect's own format. */
@@ -197,7 +206,8 @@ serve(uv_loop_t *loop, struct sbx_error **err)
         return 0;
     const int ports[] = {SBX_ENVD_PORT, SBX_JUPYTER_PORT};
     for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
-        struct sbx_http_server *s = sbx_http_server_new(loop, on_request, NULL);
+        struct sbx_http_server *s =
+            sbx_http_server_new(loop, on_request, (void *)(intptr_t)ports[i]);
         sbx_http_server_set_logging(s, true);
         if (sbx_http_server_listen_tcp(s, "0.0.0.0", ports[i], err) < 0)
             return sbx_error_prefix(err, "listen on port %d", ports[i]);
@@ -238,6 +248,13 @@ sbx_agent_main(int argc, char **argv)
     if (sbx_agent_process_init(loop, &config, &err) < 0 || serve(loop, &err) < 0) {
         sbx_log_error("agent_start", "error=\"%s\"", err->msg);
         return 1;
+    }
+    /* Code-interpreter sandboxes start their default Python kernel now, so the first
+     * run_code does not pay for it; other templates start kernels on first use only. */
+    if (config.code_interpreter && sbx_interp_init(loop, &config, &err) < 0) {
+        sbx_log_warn("interpreter_start", "error=\"%s\"", err->msg);
+        sbx_error_free(err);
+        err = NULL;
     }
     sbx_log_info("agent_ready", "sandbox=%s pid=%d secure=%s", config.sandbox_id, (int)getpid(),
                  config.access_token ? "true" : "false");

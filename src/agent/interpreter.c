@@ -468,7 +468,8 @@ on_result(void *ud, bool main, json_t *data)
 static void
 on_error(void *ud, const char *name, const char *value, const char *tb)
 {
-    write_error(ud, name, value, tb);
+    /* bash_kernel and tslab report failures without an ename. */
+    write_error(ud, *name ? name : "Error", value, tb);
 }
 
 static void run_finish(struct run *r);

@@ -34,6 +34,7 @@ struct sbx_agent_config {
     char *sandbox_id;
     char *access_token;  /* NULL when the sandbox is not secure */
     json_t *env_vars;    /* object of strings: sandbox-wide environment */
+    bool code_interpreter; /* template is a code interpreter: start its kernel at boot */
 };
 
 /* A decoded StartRequest. */

@@ -224,6 +224,8 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
                             env ? env : json_object());
     if (rec->access_token)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
+    json_object_set_new(cfg, "codeInterpreter",
+                        json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
     char *s = json_dumps(cfg, JSON_COMPACT);
     json_decref(cfg);
     if (s == NULL)

@@ -30,6 +30,9 @@ struct spec {
     const char *lang;
     const char *const argv[10];
     const char *const env[6][2];
+    /* tslab aborts every request that arrives within 200 ms after a failed one: hold the
+     * next one back that long. */
+    int error_cooldown_ms;
 };
 
 static const struct spec specs[] = {
@@ -44,10 +47,12 @@ static const struct spec specs[] = {
      {{"PYTHONPATH", PY_PATH}, {"PYDEVD_DISABLE_FILE_VALIDATION", "1"}, {NULL, NULL}}},
     {"javascript",
      {"/usr/bin/node", TSLAB, "kernel", "--js", "--config-path", CF, NULL},
-     {{NULL, NULL}}},
+     {{NULL, NULL}},
+     250},
     {"typescript",
      {"/usr/bin/node", TSLAB, "kernel", "--config-path", CF, NULL},
-     {{NULL, NULL}}},
+     {{NULL, NULL}},
+     250},
     {"r",
      {"/usr/bin/R", "--slave", "-e", "IRkernel::main()", "--args", CF, NULL},
      {{NULL, NULL}}},
@@ -122,8 +127,8 @@ struct sbx_kernel {
     char lang[16];
     char key[2 * SBX_JUPYTER_KEY_BYTES + 1];
     char session[33];
-    char dir[PATH_MAX];
-    char conn_path[PATH_MAX];
+    char dir[128];
+    char conn_path[160];
     int ports[N_PORTS];
     struct chan ch[N_CH];
     uv_timer_t timer; /* handshake retries and the start deadline */
@@ -132,6 +137,8 @@ struct sbx_kernel {
     bool timers_open, out_open;
     pid_t pid;
     uint64_t started_ms;
+    int error_cooldown_ms;
+    uint64_t hold_until_ms; /* no execute_request before this (error cooldown) */
     bool ready, dead, stopped, exited, paused, got_iopub;
     struct sbx_buf tail; /* last bytes of the kernel's stderr */
     struct sbx_kernel_exec *execs, **execs_tail;
@@ -280,13 +287,34 @@ send_msg(struct sbx_kernel *k, int ch, const char *type, json_t *content, char i
 static void
 send_exec(struct sbx_kernel_exec *e)
 {
+    /* stop_on_error is off: we never queue several requests, and ipykernel would otherwise
+     * abort a request that arrives just after a failed one (its abort window is cleared by
+     * a later loop callback). */
     json_t *content = json_pack("{s:O,s:b,s:b,s:{},s:b,s:b}", "code", e->code, "silent",
                                 e->silent, "store_history", !e->silent, "user_expressions",
-                                "allow_stdin", 0, "stop_on_error", !e->silent);
+                                "allow_stdin", 0, "stop_on_error", 0);
     e->sent = true;
     if (send_msg(e->k, CH_SHELL, "execute_request", content, e->msg_id) < 0)
         e->msg_id[0] = '\0'; /* never matches: the kernel's death will end it */
     json_decref(content);
+}
+
+static void on_timer(uv_timer_t *t);
+
+/* Sends the executions not sent yet, in order, unless the kernel is in an error cooldown. */
+static void
+flush_execs(struct sbx_kernel *k)
+{
+    if (!k->ready || k->dead)
+        return;
+    uint64_t now = sbx_now_ms();
+    if (now < k->hold_until_ms) {
+        uv_timer_start(&k->timer, on_timer, k->hold_until_ms - now, 0);
+        return;
+    }
+    for (struct sbx_kernel_exec *e = k->execs; e; e = e->next)
+        if (!e->sent)
+            send_exec(e);
 }
 
 static void
@@ -319,6 +347,8 @@ exec_end(struct sbx_kernel_exec *e, enum sbx_kernel_exec_end end, const char *wh
 {
     struct sbx_kernel *k = e->k;
     exec_unlink(k, e);
+    if (e->errored && k->error_cooldown_ms > 0)
+        k->hold_until_ms = sbx_now_ms() + (uint64_t)k->error_cooldown_ms;
     if (e->ops && e->ops->on_done)
         e->ops->on_done(e->ud, end, why);
     json_decref(e->code);
@@ -622,9 +652,7 @@ become_ready(struct sbx_kernel *k)
         return;
     k->ready = true;
     uv_timer_stop(&k->timer);
-    for (struct sbx_kernel_exec *e = k->execs; e; e = e->next)
-        if (!e->sent)
-            send_exec(e);
+    flush_execs(k);
     if (k->events && k->events->on_ready)
         k->events->on_ready(k, k->events_ud);
 }
@@ -633,8 +661,12 @@ static void
 on_timer(uv_timer_t *t)
 {
     struct sbx_kernel *k = t->data;
-    if (k->ready || k->dead)
+    if (k->dead)
         return;
+    if (k->ready) {
+        flush_execs(k); /* the error cooldown is over */
+        return;
+    }
     if (sbx_now_ms() - k->started_ms > SBX_KERNEL_START_TIMEOUT_MS) {
         char why[SBX_KERNEL_STDERR_TAIL + 128];
         snprintf(why, sizeof(why), "the %s kernel did not start within %d s%s%.*s", k->lang,
@@ -739,6 +771,7 @@ sbx_kernel_start(uv_loop_t *loop, const struct sbx_kernel_launch *l, struct sbx_
     k->events_ud = l->events_ud;
     k->started_ms = sbx_now_ms();
     snprintf(k->lang, sizeof(k->lang), "%s", l->language);
+    k->error_cooldown_ms = s->error_cooldown_ms;
     if (sbx_random_hex(k->key, SBX_JUPYTER_KEY_BYTES) < 0 || sbx_random_hex(k->session, 16) < 0) {
         sbx_error_sys(err, errno, "getrandom");
         free(k);
@@ -874,8 +907,7 @@ sbx_kernel_execute(struct sbx_kernel *k, json_t *code, bool silent,
     k->refs++;
     *k->execs_tail = e;
     k->execs_tail = &e->next;
-    if (k->ready)
-        send_exec(e);
+    flush_execs(k);
     return e;
 }
 
