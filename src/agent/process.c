@@ -23,7 +23,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "agent/base64.h"
+#include "base/base64.h"
 #include "base/cleanup.h"
 #include "base/limits.h"
 #include "base/log.h"
@@ -328,7 +328,7 @@ fan_out(struct proc *p, const char *kind, const char *data, size_t len)
     if (p->subs == NULL)
         return; /* nobody attached: dropped, as in envd */
     size_t blen;
-    _cleanup_free_ char *b64 = sbx_agent_base64_encode(data, len, &blen);
+    _cleanup_free_ char *b64 = sbx_base64_encode(data, len, &blen);
     if (b64 == NULL)
         abort();
     json_t *d = json_object();

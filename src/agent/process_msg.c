@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "agent/base64.h"
+#include "base/base64.h"
 #include "base/cleanup.h"
 
 /* Proto3 JSON parsers accept both the lowerCamelCase and the original field name. */
@@ -277,7 +277,7 @@ sbx_agent_input_parse(json_t *input, bool *is_pty, unsigned char **data, size_t 
     json_t *v = in ? in : pty;
     if (!json_is_string(v))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid value for bytes field");
-    *data = sbx_agent_base64_decode(json_string_value(v), json_string_length(v), len);
+    *data = sbx_base64_decode(json_string_value(v), json_string_length(v), len);
     if (*data == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid base64 in bytes field");
     *is_pty = pty != NULL;

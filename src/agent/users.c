@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/base64.h"
+#include "base/base64.h"
 #include "base/cleanup.h"
 
 /* Used when the template's /etc lacks the entry: E2B templates always have these two. */
@@ -115,7 +115,7 @@ sbx_agent_basic_auth_user(const char *header)
     while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
         n--;
     size_t len = 0;
-    char *dec = (char *)sbx_agent_base64_decode(p, n, &len);
+    char *dec = (char *)sbx_base64_decode(p, n, &len);
     if (dec == NULL)
         return NULL;
     if (memchr(dec, '\0', len) != NULL) {

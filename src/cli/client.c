@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base/base64.h"
 #include "base/cleanup.h"
 #include "base/limits.h"
 
@@ -462,7 +463,7 @@ sandbox_headers(const struct sbx_cli_sandbox *sb, bool stream, bool *oom)
         _cleanup_free_ char *up = NULL;
         _cleanup_free_ char *b64 = NULL;
         if (asprintf(&up, "%s:", sb->user) < 0 ||
-            (b64 = sbx_cli_base64_encode(up, strlen(up))) == NULL)
+            (b64 = sbx_base64_encode(up, strlen(up), NULL)) == NULL)
             *oom = true;
         else
             h = slist_add(h, oom, "Authorization: Basic %s", b64);

@@ -161,10 +161,6 @@ void sbx_cli_event_fini(struct sbx_cli_event *ev);
  * number for a process killed by a signal. */
 int sbx_cli_event_exit_status(const struct sbx_cli_event *ev);
 
-/* Standard base64 with padding (malloc'd, NUL-terminated). */
-char *sbx_cli_base64_encode(const void *data, size_t len);
-/* Standard or url-safe alphabet, padding optional. NULL on invalid input. */
-unsigned char *sbx_cli_base64_decode(const char *s, size_t *outlen);
 
 /* Writes all of buf to fd, retrying on EINTR and short writes; -1 with errno. */
 int sbx_cli_write_all(int fd, const void *buf, size_t len);

@@ -9,61 +9,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "base/base64.h"
 #include "base/cleanup.h"
-
-char *
-sbx_cli_base64_encode(const void *data, size_t len)
-{
-    if (len > (size_t)INT32_MAX / 2)
-        return NULL;
-    char *out = malloc(4 * ((len + 2) / 3) + 1);
-    if (out == NULL)
-        return NULL;
-    EVP_EncodeBlock((unsigned char *)out, data, (int)len); /* NUL-terminates */
-    return out;
-}
-
-unsigned char *
-sbx_cli_base64_decode(const char *s, size_t *outlen)
-{
-    size_t n = strlen(s);
-    while (n > 0 && s[n - 1] == '=')
-        n--;
-    if (n % 4 == 1 || n > (size_t)INT32_MAX / 2)
-        return NULL;
-    /* Normalise to the padded standard alphabet, which is all EVP_DecodeBlock takes. */
-    size_t padded = (n + 3) / 4 * 4;
-    _cleanup_free_ char *t = malloc(padded + 1);
-    unsigned char *out = malloc(padded / 4 * 3 + 1);
-    if (t == NULL || out == NULL) {
-        free(out);
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '-')
-            c = '+';
-        else if (c == '_')
-            c = '/';
-        else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                   c == '+' || c == '/')) {
-            free(out);
-            return NULL;
-        }
-        t[i] = c;
-    }
-    memset(t + n, '=', padded - n);
-    t[padded] = '\0';
-    int got = padded ? EVP_DecodeBlock(out, (unsigned char *)t, (int)padded) : 0;
-    if (got < 0) {
-        free(out);
-        return NULL;
-    }
-    /* EVP_DecodeBlock counts the bytes the padding stands for; drop them. */
-    *outlen = (size_t)got - (padded - n);
-    out[*outlen] = '\0';
-    return out;
-}
 
 int
 sbx_cli_write_all(int fd, const void *buf, size_t len)
@@ -171,7 +118,7 @@ sbx_cli_event_parse(json_t *msg, struct sbx_cli_event *ev, struct sbx_error **er
         }
         if (b64 == NULL) /* an empty chunk has its field omitted (proto3 default) */
             b64 = "";
-        ev->data = sbx_cli_base64_decode(b64, &ev->len);
+        ev->data = sbx_base64_decode(b64, strlen(b64), &ev->len);
         if (ev->data == NULL)
             return sbx_error_set(err, SBX_INTERNAL, 0, "data event with invalid base64");
     } else if (json_object_get(e, "keepalive") != NULL) {

@@ -20,6 +20,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "base/base64.h"
 #include "base/cleanup.h"
 #include "cli/client.h"
 
@@ -86,7 +87,7 @@ struct shell {
 static int
 send_input(struct sbx_cli_rpc *rpc, uint32_t pid, const char *buf, size_t len)
 {
-    _cleanup_free_ char *b64 = sbx_cli_base64_encode(buf, len);
+    _cleanup_free_ char *b64 = sbx_base64_encode(buf, len, NULL);
     json_t *req = b64 ? json_pack("{s:{s:i}, s:{s:s}}", "process", "pid", (json_int_t)pid,
                                   "input", "pty", b64)
                       : NULL;

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "agent/base64.h"
+#include "base/base64.h"
 #include "agent/process.h"
 #include "agent/users.h"
 #include "harness.h"
@@ -163,19 +163,19 @@ TEST(base64_round_trip)
                               {"hello\n", "aGVsbG8K"}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         size_t n;
-        char *enc = sbx_agent_base64_encode(cases[i][0], strlen(cases[i][0]), &n);
+        char *enc = sbx_base64_encode(cases[i][0], strlen(cases[i][0]), &n);
         CHECK_STR(enc, cases[i][1]);
-        unsigned char *dec = sbx_agent_base64_decode(enc, n, &n);
+        unsigned char *dec = sbx_base64_decode(enc, n, &n);
         CHECK(n == strlen(cases[i][0]) && memcmp(dec, cases[i][0], n) == 0);
         free(enc);
         free(dec);
     }
     size_t n;
-    unsigned char *d = sbx_agent_base64_decode("-_8", 3, &n); /* url-safe, unpadded */
+    unsigned char *d = sbx_base64_decode("-_8", 3, &n); /* url-safe, unpadded */
     CHECK(d && n == 2 && d[0] == 0xfb && d[1] == 0xff);
     free(d);
-    CHECK(sbx_agent_base64_decode("a", 1, &n) == NULL);
-    CHECK(sbx_agent_base64_decode("ab$d", 4, &n) == NULL);
+    CHECK(sbx_base64_decode("a", 1, &n) == NULL);
+    CHECK(sbx_base64_decode("ab$d", 4, &n) == NULL);
 }
 
 TEST(basic_auth_and_users)

@@ -12,6 +12,7 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "connect/connect.h"
+#include "base/base64.h"
 #include "harness.h"
 
 #define ARGV(...) ((char *[]){__VA_ARGS__, NULL})
@@ -388,20 +389,20 @@ TEST(shell_quoting_and_base64)
     const char *vec[][2] = {{"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"},
                             {"foob", "Zm9vYg=="}, {"user:", "dXNlcjo="}, {"root:", "cm9vdDo="}};
     for (size_t i = 0; i < sizeof(vec) / sizeof(vec[0]); i++) {
-        char *e = sbx_cli_base64_encode(vec[i][0], strlen(vec[i][0]));
+        char *e = sbx_base64_encode(vec[i][0], strlen(vec[i][0]), NULL);
         CHECK_STR(e, vec[i][1]);
         free(e);
         size_t n;
-        unsigned char *d = sbx_cli_base64_decode(vec[i][1], &n);
+        unsigned char *d = sbx_base64_decode(vec[i][1], strlen(vec[i][1]), &n);
         CHECK(d != NULL && n == strlen(vec[i][0]) && memcmp(d, vec[i][0], n) == 0);
         free(d);
     }
     size_t n;
-    unsigned char *d = sbx_cli_base64_decode("Zm9vYg", &n); /* unpadded */
+    unsigned char *d = sbx_base64_decode("Zm9vYg", 6, &n); /* unpadded */
     CHECK(d != NULL && n == 4);
     free(d);
-    CHECK(sbx_cli_base64_decode("Z", &n) == NULL);
-    CHECK(sbx_cli_base64_decode("Zm 9", &n) == NULL);
+    CHECK(sbx_base64_decode("Z", 1, &n) == NULL);
+    CHECK(sbx_base64_decode("Zm 9", 4, &n) == NULL);
 }
 
 TEST(ids)

@@ -1,4 +1,4 @@
-#include "agent/base64.h"
+#include "base/base64.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -6,7 +6,7 @@
 static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 char *
-sbx_agent_base64_encode(const void *data, size_t len, size_t *outlen)
+sbx_base64_encode(const void *data, size_t len, size_t *outlen)
 {
     const unsigned char *in = data;
     size_t n = 4 * ((len + 2) / 3);
@@ -53,7 +53,7 @@ value_of(char c)
 }
 
 unsigned char *
-sbx_agent_base64_decode(const char *s, size_t len, size_t *outlen)
+sbx_base64_decode(const char *s, size_t len, size_t *outlen)
 {
     while (len > 0 && s[len - 1] == '=')
         len--;
