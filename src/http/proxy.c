@@ -14,6 +14,7 @@
 #include "base/limits.h"
 #include "http/http.h"
 
+
 struct proxy {
     struct sbx_http_req *req; /* NULL once the client went away */
     uv_pipe_t up;
@@ -125,26 +126,57 @@ on_up_write(uv_write_t *w, int status)
         sbx_http_req_resume_body(p->req);
 }
 
+/* Sends bufs upstream in order. When nothing is queued, what the socket takes at once goes
+ * straight from the caller's buffers (no malloc and copy per body slice); the rest is copied
+ * and queued. Before the connection completes libuv refuses the try, so the head queues. */
 static void
-up_write(struct proxy *p, const void *data, size_t len)
+up_writev(struct proxy *p, uv_buf_t *bufs, unsigned nbufs)
 {
+    size_t len = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+        len += bufs[i].len;
     if (p->closed || len == 0)
         return;
-    struct up_write *uw = malloc(sizeof(*uw) + len);
+    size_t done = 0;
+    if (p->up_queued == 0) {
+        int n = uv_try_write((uv_stream_t *)&p->up, bufs, nbufs);
+        if (n > 0)
+            done = (size_t)n; /* errors: uv_write below reports them */
+        if (done == len)
+            return;
+    }
+    struct up_write *uw = malloc(sizeof(*uw) + len - done);
     if (uw == NULL) {
         proxy_fail(p);
         return;
     }
     uw->p = p;
-    uw->len = len;
-    memcpy(uw->data, data, len);
-    uv_buf_t b = uv_buf_init(uw->data, (unsigned)len);
-    p->up_queued += len;
+    uw->len = len - done;
+    size_t o = 0, skip = done;
+    for (unsigned i = 0; i < nbufs; i++) {
+        size_t bl = bufs[i].len;
+        if (skip >= bl) {
+            skip -= bl;
+            continue;
+        }
+        memcpy(uw->data + o, bufs[i].base + skip, bl - skip);
+        o += bl - skip;
+        skip = 0;
+    }
+    uv_buf_t b = uv_buf_init(uw->data, (unsigned)uw->len);
+    p->up_queued += uw->len;
     if (uv_write(&uw->w, (uv_stream_t *)&p->up, &b, 1, on_up_write) < 0) {
-        p->up_queued -= len;
+        p->up_queued -= uw->len;
         free(uw);
         proxy_fail(p);
     }
+}
+
+static void
+up_write(struct proxy *p, const void *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    up_writev(p, &b, 1);
 }
 
 static void
@@ -154,9 +186,9 @@ on_req_data(struct sbx_http_req *req, const char *data, size_t len)
     if (p->req_chunked) {
         char pre[24];
         int n = snprintf(pre, sizeof(pre), "%zx\r\n", len);
-        up_write(p, pre, (size_t)n);
-        up_write(p, data, len);
-        up_write(p, "\r\n", 2);
+        uv_buf_t b[3] = {uv_buf_init(pre, (unsigned)n), uv_buf_init((char *)data, (unsigned)len),
+                         uv_buf_init("\r\n", 2)};
+        up_writev(p, b, 3);
     } else {
         up_write(p, data, len);
     }
@@ -318,6 +350,10 @@ on_connected(uv_connect_t *creq, int status)
         return;
     }
     p->connected = true;
+    /* A deeper socket buffer than the default (~208 KiB) keeps an upload streaming while
+     * the agent is busy writing to disk; the kernel caps it at net.core.wmem_max. */
+    int sndbuf = SBX_PROXY_SNDBUF;
+    uv_send_buffer_size((uv_handle_t *)&p->up, &sndbuf);
     uv_read_start((uv_stream_t *)&p->up, on_up_alloc, on_up_read);
 }
 

@@ -17,6 +17,7 @@
 #include "http/http.h"
 #include <jansson.h>
 
+
 enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM, BODY_DISCARD };
 enum resp_state { RESP_NONE, RESP_STARTED, RESP_ENDED };
 
@@ -88,6 +89,7 @@ struct write_req {
 };
 
 static void conn_process(struct conn *c);
+static void conn_parse(struct conn *c, const char *ext, size_t ext_len);
 static void conn_close(struct conn *c);
 static void conn_drain(struct conn *c);
 static void set_reading(struct conn *c, bool on);
@@ -183,27 +185,59 @@ on_write(uv_write_t *w, int status)
         conn_maybe_finish(c);
 }
 
+/* Queues the bytes of bufs, copied. With try_first and nothing queued, first writes what
+ * the socket takes at once, straight from the caller's buffers, and copies only the rest:
+ * streamed bodies then cost no malloc and memcpy per chunk. Heads and whole responses are
+ * always queued, so sbx_http_respond never releases its request before it returns. */
 static void
-conn_write(struct conn *c, const void *data, size_t len)
+conn_writev(struct conn *c, uv_buf_t *bufs, unsigned nbufs, bool try_first)
 {
+    size_t len = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+        len += bufs[i].len;
     if (c->closing || len == 0)
         return;
-    struct write_req *wr = malloc(sizeof(*wr) + len);
+    size_t done = 0;
+    if (try_first && c->queued == 0) {
+        int n = uv_try_write(&c->h.stream, bufs, nbufs);
+        if (n > 0)
+            done = (size_t)n; /* errors: uv_write below reports them */
+        if (done == len)
+            return;
+    }
+    struct write_req *wr = malloc(sizeof(*wr) + len - done);
     if (wr == NULL) {
         conn_close(c);
         return;
     }
     wr->conn = c;
-    wr->len = len;
-    memcpy(wr->data, data, len);
-    uv_buf_t b = uv_buf_init(wr->data, (unsigned)len);
-    c->queued += len;
+    wr->len = len - done;
+    size_t o = 0, skip = done;
+    for (unsigned i = 0; i < nbufs; i++) {
+        size_t bl = bufs[i].len;
+        if (skip >= bl) {
+            skip -= bl;
+            continue;
+        }
+        memcpy(wr->data + o, bufs[i].base + skip, bl - skip);
+        o += bl - skip;
+        skip = 0;
+    }
+    uv_buf_t b = uv_buf_init(wr->data, (unsigned)wr->len);
+    c->queued += wr->len;
     int rc = uv_write(&wr->w, &c->h.stream, &b, 1, on_write);
     if (rc < 0) {
-        c->queued -= len;
+        c->queued -= wr->len;
         free(wr);
         conn_close(c);
     }
+}
+
+static void
+conn_write(struct conn *c, const void *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    conn_writev(c, &b, 1, false);
 }
 
 /* ---- connection teardown ---- */
@@ -487,10 +521,11 @@ static const http_parser_settings parser_settings = {
 static void
 on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    static char slab[64 * 1024];
+    static char slab[SBX_HTTP_READ_SLAB];
     (void)h;
     (void)suggested;
-    /* The loop is single-threaded and data is copied into inbuf before the next read. */
+    /* The loop is single-threaded: a read is parsed in place, and what is left of it is
+     * copied into inbuf, before the next read. */
     *buf = uv_buf_init(slab, sizeof(slab));
 }
 
@@ -508,6 +543,11 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->drained += (size_t)nread;
         if (c->drained > SBX_HTTP_MAX_DRAIN_BYTES)
             conn_close(c);
+        return;
+    }
+    if (c->inbuf.len == 0 && !c->in_parse) {
+        /* Nothing older pending: parse the read in place, keeping only what is left. */
+        conn_parse(c, buf->base, (size_t)nread);
         return;
     }
     if (sbx_buf_append(&c->inbuf, buf->base, (size_t)nread, SIZE_MAX / 2) < 0) {
@@ -529,13 +569,19 @@ set_reading(struct conn *c, bool on)
         uv_read_stop(&c->h.stream);
 }
 
+/* Parses pending input: inbuf, or, when inbuf is empty, the fresh read ext (parsed in place
+ * to save a copy per read: callbacks get pointers valid only during the call anyway). What is
+ * left of ext is kept in inbuf. */
 static void
-conn_process(struct conn *c)
+conn_parse(struct conn *c, const char *ext, size_t ext_len)
 {
     if (c->in_parse || c->closing || c->draining)
         return;
     c->in_parse = true;
-    while (!c->closing && c->inbuf.len > 0) {
+    while (!c->closing && (ext_len > 0 || c->inbuf.len > 0)) {
+        /* Nothing appends to inbuf during the parse, so it stays empty while ext lasts. */
+        const char *data = ext_len > 0 ? ext : c->inbuf.data;
+        size_t avail = ext_len > 0 ? ext_len : c->inbuf.len;
         struct req *r = c->req;
         if (r && r->pub.method != NULL && r->body_mode == BODY_UNSET)
             break; /* waiting for the handler to choose how to read the body */
@@ -545,9 +591,12 @@ conn_process(struct conn *c)
             break; /* finished but not yet released: conn_maybe_finish continues */
         if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
             http_parser_pause(&c->parser, 0);
-        size_t n = http_parser_execute(&c->parser, &parser_settings, c->inbuf.data, c->inbuf.len);
+        size_t n = http_parser_execute(&c->parser, &parser_settings, data, avail);
         enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
-        sbx_buf_consume(&c->inbuf, n);
+        if (ext_len > 0)
+            ext += n, ext_len -= n;
+        else
+            sbx_buf_consume(&c->inbuf, n);
         if (c->closing)
             break; /* a callback closed or aborted the connection: nothing left to answer */
         if (e == HPE_PAUSED) {
@@ -573,10 +622,20 @@ conn_process(struct conn *c)
     c->in_parse = false;
     if (c->closing)
         return;
+    if (ext_len > 0 && sbx_buf_append(&c->inbuf, ext, ext_len, SIZE_MAX / 2) < 0) {
+        conn_close(c);
+        return;
+    }
     /* Keep reading (bounded) even while a response streams, so that a client that goes
      * away is noticed at once rather than at the next write. */
     set_reading(c, c->inbuf.len < SBX_HTTP_MAX_PENDING_INPUT);
     conn_maybe_finish(c);
+}
+
+static void
+conn_process(struct conn *c)
+{
+    conn_parse(c, NULL, 0);
 }
 
 /* A parse error: answer with a plain JSON error and close, whatever state we were in. */
@@ -1003,14 +1062,12 @@ sbx_http_write(struct sbx_http_req *pub, const void *data, size_t len)
         char pre[24];
         int n = snprintf(pre, sizeof(pre), "%zx\r\n", len);
         /* One write per chunk keeps frames intact and flushes immediately. */
-        struct sbx_buf b = {0};
-        sbx_buf_append(&b, pre, (size_t)n, SIZE_MAX / 2);
-        sbx_buf_append(&b, data, len, SIZE_MAX / 2);
-        sbx_buf_append(&b, "\r\n", 2, SIZE_MAX / 2);
-        conn_write(c, b.data, b.len);
-        sbx_buf_fini(&b);
+        uv_buf_t b[3] = {uv_buf_init(pre, (unsigned)n), uv_buf_init((char *)data, (unsigned)len),
+                         uv_buf_init("\r\n", 2)};
+        conn_writev(c, b, 3, true);
     } else {
-        conn_write(c, data, len);
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        conn_writev(c, &b, 1, true);
     }
     return c->queued < SBX_HTTP_WRITE_HIGH_WATER;
 }
