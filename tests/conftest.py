@@ -2,7 +2,8 @@
 
 The session starts the real daemon once:
 
-    <sbx> serve --listen 127.0.0.1:<free port> --state-dir <tmp> --api-key e2b_<40 hex>
+    <sbx> serve --listen 127.0.0.1:<free port> --state-dir <tmp> --api-key e2b_<40 hex> \
+                --disk-mb 256
 
 with the binary from $SBX_BIN or <repo>/build/sbx, waits until `GET /v2/sandboxes`
 answers 200, and points the official SDKs at it through E2B_API_URL, E2B_SANDBOX_URL and
@@ -64,6 +65,8 @@ class Daemon:
             "--listen", f"{self.host}:{self.port}",
             "--state-dir", self.state_dir,
             "--api-key", self.api_key,
+            # Small sandbox disks, so that tests can fill one (test_disk_full_is_507).
+            "--disk-mb", "256",
         ] + extra
 
     def start(self):

@@ -32,10 +32,10 @@ usage(FILE *f)
             "  --memory-mb N        memory limit of each sandbox (%d; SBX_MEMORY_MB)\n"
             "  --pids-max N         process limit of each sandbox (%d; SBX_PIDS_MAX)\n"
             "  --cpus N             CPUs of each sandbox, as a quota (%d; SBX_CPUS)\n"
-            "  --disk-mb N          reported disk size of each sandbox (%d; SBX_DISK_MB)\n"
+            "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB,
-            SBX_DEFAULT_PIDS_MAX, SBX_DEFAULT_CPU_COUNT, SBX_DEFAULT_DISK_MB);
+            SBX_DEFAULT_PIDS_MAX, SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB);
 }
 
 static int
@@ -104,7 +104,8 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
         return 0;
     }
     case 'd':
-        return parse_positive(v, &c->disk_mb);
+        /* Each sandbox's writable layer is an ext4 filesystem of this size. */
+        return parse_positive(v, &c->disk_mb) < 0 || c->disk_mb < SBX_MIN_DISK_MB ? -1 : 0;
     case 'L':
         return parse_level(v);
     }
@@ -290,6 +291,11 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     sbx_http_server_set_logging(d->http, true);
     if (sbx_http_server_listen_tcp(d->http, d->cfg.listen_host, d->cfg.listen_port, err) < 0)
         return -1;
+    /* Before the export lines: whoever reads them may stop us right away. */
+    uv_signal_init(d->loop, &d->sigterm);
+    uv_signal_init(d->loop, &d->sigint);
+    uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
+    uv_signal_start(&d->sigint, on_stop_signal, SIGINT);
     int port = sbx_http_server_port(d->http);
     const char *host = d->cfg.listen_host;
     if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
@@ -303,10 +309,6 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     sbx_log_info("start", "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d",
                  d->cfg.listen_host, port, d->cfg.state_dir, d->cfg.memory_mb, d->cfg.pids_max,
                  d->cfg.cpu_millis / 1000);
-    uv_signal_init(d->loop, &d->sigterm);
-    uv_signal_init(d->loop, &d->sigint);
-    uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
-    uv_signal_start(&d->sigint, on_stop_signal, SIGINT);
     return 0;
 }
 

@@ -52,6 +52,32 @@ int sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_erro
 int sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_rootfs *out,
                     struct sbx_error **err);
 void sbx_rootfs_close(struct sbx_rootfs *r);
+/* Error for a failed fsconfig/fsmount on fs, with the kernel's own explanation (the fs
+ * context's message log) appended; returns -1. */
+int sbx_fsopen_error(int fs, int e, const char *what, struct sbx_error **err);
+
+/* ---- disk.c (parent side, host root): the size-limited upper layer ---- */
+#define SBX_DISK_IMAGE "disk.img"             /* in the sandbox dir */
+#define SBX_DISK_MIN_BYTES (16ULL << 20)       /* ext4 metadata needs a few MiB of it */
+#define SBX_DISK_MAX_BYTES (16ULL << 40)
+/* O_PATH fds of the overlays' upper and work dirs (-1 when closed). */
+struct sbx_upper_dirs {
+    int upper_root, work_root, upper_usr, work_usr;
+    /* The detached ext4 mount they are on (-1: host dirs). Kept open until the overlays are
+     * made: closing the last fd of a detached mount unmounts it, and overlayfs refuses an
+     * unmounted upper ("failed to clone upperpath"). */
+    int mount_fd;
+};
+/* Creates <sandbox_dir>/disk.img: a sparse copy of an empty ext4 of limits.disk_bytes,
+ * formatting that blank (once per size) under template_dir if needed. */
+int sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
+/* Attaches disk.img to an autoclear loop device, mounts it detached and creates the upper
+ * and work dirs in it, owned by plan->host_uid_base. */
+int sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
+                        struct sbx_error **err);
+void sbx_upper_dirs_close(struct sbx_upper_dirs *d);
+/* Allocated bytes of <sandbox_dir>/disk.img; -1 with errno (ENOENT: no image). */
+int sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes);
 
 /* ---- mounts.c (child side) ---- */
 int child_mount_private(const char **step);

@@ -131,6 +131,10 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
         waitpid(reap, NULL, WNOHANG);
     if (rc == 0 && sbx_cgroup_remove(ref->id, err) < 0)
         rc = -1;
+    /* This also deletes disk.img. By now the sandbox's processes are gone, and with them its
+     * mount namespace, the last holder of the image's ext4 mount, so the autoclear loop device
+     * has let go and the blocks are freed; if a reference lingers, the unlinked file goes
+     * when it does. */
     if (ref->sandbox_dir && ref->sandbox_dir[0] == '/' &&
         remove_sandbox_dir(ref->sandbox_dir, err) < 0)
         rc = -1;
@@ -144,6 +148,9 @@ sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *o
     memset(out, 0, sizeof(*out));
     if (sbx_cgroup_stats(ref->id, out, err) < 0)
         return -1;
+    if (sbx_disk_usage(ref->sandbox_dir, &out->disk_used_bytes) == 0)
+        return 0;
+    /* No disk image: the sandbox's upper layer is a plain directory tree. */
     char p[4096];
     snprintf(p, sizeof(p), "%s/upper", ref->sandbox_dir);
     _cleanup_close_ int fd = open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);

@@ -1,8 +1,11 @@
 /* The sandbox's root filesystem, built by the daemon (host root) after clone, once the
  * child's user namespace has its maps:
  *
- *   /     = overlay(lower: template/rootfs idmapped,            upper: <dir>/upper/root)
- *   /usr  = overlay(lower: template/usrmask idmapped, /usr idmapped, upper: <dir>/upper/usr)
+ *   /     = overlay(lower: template/rootfs idmapped,            upper: <upper>/root)
+ *   /usr  = overlay(lower: template/usrmask idmapped, /usr idmapped, upper: <upper>/usr)
+ *
+ * <upper> is upper/ of the sandbox's own size-limited ext4 (disk.c) when the plan has a disk
+ * limit, else <dir>/upper on the host's filesystem (work dirs alike).
  *
  * Idmapping the lower layers through the sandbox's user namespace makes host-root-owned files
  * appear owned by sandbox root (so setuid sudo works for uid 1000), while files the sandbox
@@ -50,6 +53,13 @@ sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **
      * look up <dir>/rootfs to attach its root overlay there. */
     if (mkdir_owned(d, 0711, 0, 0, err) < 0)
         return -1;
+    if (plan->limits.disk_bytes > 0) {
+        /* The upper and work dirs live in the disk image (disk.c). */
+        snprintf(p, sizeof(p), "%s/rootfs", d);
+        if (mkdir_owned(p, 0755, 0, 0, err) < 0)
+            return -1;
+        return sbx_disk_create(plan, err);
+    }
     struct {
         const char *sub;
         mode_t mode;
@@ -92,9 +102,8 @@ idmapped_clone(const char *path, int userns_fd, struct sbx_error **err)
     return fd;
 }
 
-/* Appends the kernel's own explanation (fsopen's message log) to an error. */
-static int
-fs_error(int fs, int e, const char *what, struct sbx_error **err)
+int
+sbx_fsopen_error(int fs, int e, const char *what, struct sbx_error **err)
 {
     char log[512];
     ssize_t n = read(fs, log, sizeof(log) - 1);
@@ -109,8 +118,7 @@ fs_error(int fs, int e, const char *what, struct sbx_error **err)
 }
 
 static int
-overlay(const int *lowers, size_t n, const char *upper, const char *work, unsigned attrs,
-        struct sbx_error **err)
+overlay(const int *lowers, size_t n, int upper, int work, unsigned attrs, struct sbx_error **err)
 {
     _cleanup_close_ int fs = fsopen("overlay", FSOPEN_CLOEXEC);
     if (fs < 0)
@@ -118,24 +126,55 @@ overlay(const int *lowers, size_t n, const char *upper, const char *work, unsign
     /* "lowerdir+" (Linux 6.8) takes the idmapped mounts as fds; the first is the top. */
     for (size_t i = 0; i < n; i++)
         if (fsconfig(fs, FSCONFIG_SET_FD, "lowerdir+", NULL, lowers[i]) < 0)
-            return fs_error(fs, errno, "overlay lowerdir+", err);
-    if (fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) < 0)
-        return fs_error(fs, errno, "overlay upperdir", err);
-    if (fsconfig(fs, FSCONFIG_SET_STRING, "workdir", work, 0) < 0)
-        return fs_error(fs, errno, "overlay workdir", err);
+            return sbx_fsopen_error(fs, errno, "overlay lowerdir+", err);
+    /* upperdir and workdir as fds too (the same kernels as lowerdir+ fds; checked on 6.18,
+     * where "upperdir+" does not exist): the disk image's ext4 is a detached mount with no
+     * path anywhere. Overlayfs clones it privately, so the overlay then holds it. */
+    if (fsconfig(fs, FSCONFIG_SET_FD, "upperdir", NULL, upper) < 0)
+        return sbx_fsopen_error(fs, errno, "overlay upperdir", err);
+    if (fsconfig(fs, FSCONFIG_SET_FD, "workdir", NULL, work) < 0)
+        return sbx_fsopen_error(fs, errno, "overlay workdir", err);
     if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
-        return fs_error(fs, errno, "overlay create", err);
+        return sbx_fsopen_error(fs, errno, "overlay create", err);
     int m = fsmount(fs, FSMOUNT_CLOEXEC, attrs);
     if (m < 0)
-        return fs_error(fs, errno, "fsmount overlay", err);
+        return sbx_fsopen_error(fs, errno, "fsmount overlay", err);
     return m;
+}
+
+static int
+open_dir_path(const char *dir, const char *sub, struct sbx_error **err)
+{
+    char p[4096];
+    if (sbx_pathf(p, sizeof(p), "%s/%s", dir, sub) < 0)
+        return sbx_error_sys(err, errno, "path of %s", sub);
+    int fd = open(p, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "open %s", p);
+    return fd;
+}
+
+/* The upper and work dirs prepared by sbx_rootfs_prepare_dirs, in the host's filesystem. */
+static int
+open_host_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
+                struct sbx_error **err)
+{
+    const char *d = plan->sandbox_dir;
+    if ((out->upper_root = open_dir_path(d, "upper/root", err)) < 0 ||
+        (out->work_root = open_dir_path(d, "work/root", err)) < 0 ||
+        (out->upper_usr = open_dir_path(d, "upper/usr", err)) < 0 ||
+        (out->work_usr = open_dir_path(d, "work/usr", err)) < 0) {
+        sbx_upper_dirs_close(out);
+        return -1;
+    }
+    return 0;
 }
 
 int
 sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_rootfs *out,
                 struct sbx_error **err)
 {
-    char p[4096], upper[4096], work[4096];
+    char p[4096];
     out->root_fd = out->usr_fd = -1;
 
     snprintf(p, sizeof(p), "%s/" SBX_TEMPLATE_ROOTFS, plan->template_dir);
@@ -150,17 +189,21 @@ sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_r
     if (usr < 0)
         return -1;
 
-    snprintf(upper, sizeof(upper), "%s/upper/root", plan->sandbox_dir);
-    snprintf(work, sizeof(work), "%s/work/root", plan->sandbox_dir);
-    /* nodev: the sandbox cannot mknod anyway; this keeps an upper-layer node inert. */
-    int root = overlay(&tmpl, 1, upper, work, MOUNT_ATTR_NODEV, err);
-    if (root < 0)
-        return sbx_error_prefix(err, "root overlay");
+    struct sbx_upper_dirs up = {-1, -1, -1, -1, -1};
+    if ((plan->limits.disk_bytes > 0 ? sbx_disk_open_upper(plan, &up, err)
+                                     : open_host_upper(plan, &up, err)) < 0)
+        return sbx_error_prefix(err, "upper layer");
 
-    snprintf(upper, sizeof(upper), "%s/upper/usr", plan->sandbox_dir);
-    snprintf(work, sizeof(work), "%s/work/usr", plan->sandbox_dir);
+    /* nodev: the sandbox cannot mknod anyway; this keeps an upper-layer node inert. */
+    int root = overlay(&tmpl, 1, up.upper_root, up.work_root, MOUNT_ATTR_NODEV, err);
+    if (root < 0) {
+        sbx_upper_dirs_close(&up);
+        return sbx_error_prefix(err, "root overlay");
+    }
     int lowers[2] = {mask, usr};
-    int u = overlay(lowers, 2, upper, work, MOUNT_ATTR_NODEV, err);
+    int u = overlay(lowers, 2, up.upper_usr, up.work_usr, MOUNT_ATTR_NODEV, err);
+    /* The overlays hold their own references to the upper layer from here on. */
+    sbx_upper_dirs_close(&up);
     if (u < 0) {
         close(root);
         return sbx_error_prefix(err, "/usr overlay");

@@ -20,14 +20,19 @@ struct sbx_sandbox_limits {
     uint64_t memory_bytes; /* memory.max / memory.limit_in_bytes */
     uint32_t pids_max;     /* pids.max */
     uint32_t cpu_millis;   /* CPU quota in thousandths of a CPU (1000 = one CPU) */
+    uint64_t disk_bytes;   /* size of the sandbox's own filesystem for its writable layer
+                            * (a multiple of 4096, at least 16 MiB); writes beyond it fail
+                            * with ENOSPC. 0: no limit, the layer lives in sandbox_dir */
 };
 
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
     const char *sandbox_dir;  /* host dir for this sandbox; the runtime creates it (0711) and
-                               * upper/ work/ rootfs/ in it. Every parent must be searchable
-                               * by host_uid_base (the child looks up <dir>/rootfs). */
-    const char *template_dir; /* from sbx_template_prepare() */
+                               * rootfs/ and disk.img (or upper/ work/) in it. Every parent
+                               * must be searchable by host_uid_base (the child looks up
+                               * <dir>/rootfs). */
+    const char *template_dir; /* from sbx_template_prepare(); also holds the blank disk
+                               * images (template/disks) */
     uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
@@ -55,7 +60,7 @@ struct sbx_sandbox_stats {
     uint64_t memory_limit_bytes;
     uint64_t oom_kills;      /* processes the OOM killer has killed inside the sandbox */
     uint64_t pids_current;
-    uint64_t disk_used_bytes; /* size of the upper layer */
+    uint64_t disk_used_bytes; /* allocated size of the disk image (or of the upper layer) */
 };
 
 /* Builds (once, idempotently) the template root under state_dir/template: generated /etc,

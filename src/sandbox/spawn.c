@@ -322,6 +322,11 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad host uid base");
     if (p->hostname && *p->hostname && !valid_hostname(p->hostname))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad hostname");
+    uint64_t disk = p->limits.disk_bytes;
+    if (disk != 0 && (disk < SBX_DISK_MIN_BYTES || disk > SBX_DISK_MAX_BYTES || disk % 4096))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "disk limit must be a multiple of 4 KiB between %llu MiB and "
+                             "%llu TiB", SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
     if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
     return 0;

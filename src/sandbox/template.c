@@ -27,7 +27,7 @@
 #include "base/cleanup.h"
 #include "sandbox/internal.h"
 
-#define SBX_TEMPLATE_VERSION "sbx-template-2\n"
+#define SBX_TEMPLATE_VERSION "sbx-template-3\n"
 #define TEMPLATE_DIR "template"
 #define COPY_MAX_DEPTH 8
 #define COPY_MAX_FILE (16 * 1024 * 1024)
@@ -44,6 +44,7 @@ static const char *const host_etc_copies[] = {
     "services", "protocols", "gai.conf", "inputrc", "mime.types", "magic", "magic.mime",
     "localtime", "timezone",
     "python3", "python3.11", "matplotlibrc", "jupyter", "fonts", "R",
+    "java-17-openjdk", /* the JDK's lib/jvm.cfg and conf/ are symlinks into it */
     "bash_completion", "bash_completion.d",
     "resolv.conf",
 };

@@ -434,3 +434,56 @@ def test_memory_hog_is_oom_killed(sbx_daemon, neighbour):
         assert sbx_daemon.request("GET", "/v2/sandboxes")[0] == 200
     finally:
         Sandbox.kill(victim.sandbox_id)
+
+
+def _loops_backed_by(path):
+    """Loop devices whose backing file is below path."""
+    found = []
+    for f in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if f.read_text().startswith(path + "/"):
+                found.append(f.parent.parent.name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_disk_fill_hits_limit(sbx_daemon, neighbour):
+    # The session daemon's sandboxes have 256 MiB disks (tests/conftest.py).
+    victim = Sandbox.create(timeout=120)
+    sandbox_dir = os.path.join(sbx_daemon.state_dir, "sandboxes", victim.sandbox_id)
+    try:
+        script = ("import errno, os, sys\n"
+                  "path, n = sys.argv[1], 0\n"
+                  "with open(path, 'wb') as f:\n"
+                  "    try:\n"
+                  "        for n in range(1, 1025):\n"
+                  "            f.write(b'x' * (1 << 20)); f.flush()\n"
+                  "        os.fsync(f.fileno())\n"
+                  "    except OSError as e:\n"
+                  "        print(errno.errorcode[e.errno], n)\n")
+        q = shlex.quote(script)
+        r = run(victim, f"python3 -c {q} /home/user/fill", timeout=90)
+        code, mib = r.stdout.split()
+        assert code == "ENOSPC" and 200 <= int(mib) <= 257, r.stdout
+        # Sandbox root has no way past it either (no reserved blocks, no host capability).
+        r = run(victim, f"python3 -c {q} /usr/local/fill", user="root", timeout=30)
+        assert r.stdout.split()[0] == "ENOSPC", r.stdout
+        # On the host, the sandbox's disk is one image file holding at most the limit.
+        img = os.stat(os.path.join(sandbox_dir, "disk.img"))
+        assert (img.st_uid, img.st_mode & 0o777) == (0, 0o600)
+        assert img.st_blocks * 512 <= 256 << 20
+        assert victim.commands.run("echo alive").stdout == "alive\n"
+        assert victim.is_running()
+        assert neighbour.commands.run("echo ok").stdout == "ok\n"
+        assert sbx_daemon.request("GET", "/v2/sandboxes")[0] == 200
+        assert len(_loops_backed_by(sandbox_dir)) == 1
+    finally:
+        Sandbox.kill(victim.sandbox_id)
+    # Killing it detaches its loop device and deletes the image.
+    deadline = time.monotonic() + 5
+    while _loops_backed_by(sandbox_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _loops_backed_by(sandbox_dir) == []
+    assert not os.path.exists(sandbox_dir)
