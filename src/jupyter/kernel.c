@@ -25,6 +25,7 @@
 #define CF "{connection_file}"
 #define PY_PATH SBX_KERNEL_PREFIX "/python"
 #define TSLAB SBX_KERNEL_PREFIX "/node/node_modules/tslab/bin/tslab"
+#define JAVA_DIR SBX_KERNEL_PREFIX "/java" /* scripts/setup.sh builds it */
 
 struct spec {
     const char *lang;
@@ -37,9 +38,10 @@ struct spec {
 
 static const struct spec specs[] = {
     /* The sbx_e2b extension (installed next to e2b-charts) adds the e2b/chart and e2b/data
-     * formatters the E2B SDKs read. */
+     * formatters the E2B SDKs read; run as a module it is ipykernel_launcher without the
+     * debugger's imports. */
     {"python",
-     {"/usr/bin/python3", "-m", "ipykernel_launcher", "-f", CF,
+     {"/usr/bin/python3", "-m", "sbx_e2b", "-f", CF,
       "--IPKernelApp.extra_extensions=sbx_e2b", NULL},
      {{"PYTHONPATH", PY_PATH}, {"PYDEVD_DISABLE_FILE_VALIDATION", "1"}, {NULL, NULL}}},
     {"bash",
@@ -56,8 +58,14 @@ static const struct spec specs[] = {
     {"r",
      {"/usr/bin/R", "--slave", "-e", "IRkernel::main()", "--args", CF, NULL},
      {{NULL, NULL}}},
+    /* JShell in one small JVM: serial GC and C1 only (start-up, footprint), classes mapped
+     * from the archive setup recorded. The JVM cannot see the sandbox's memory limit (no
+     * /sys/fs/cgroup inside) and would size its heap from the host's memory: cap it at half
+     * the default limit, so that a big allocation is an OutOfMemoryError, not a dead kernel. */
     {"java",
-     {"/usr/bin/java", "-jar", SBX_KERNEL_PREFIX "/java/jjava.jar", CF, NULL},
+     {"/usr/bin/java", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+      "-XX:SharedArchiveFile=" JAVA_DIR "/kernel.jsa", "-Xmx256m", "-jar",
+      JAVA_DIR "/sbx-java-kernel.jar", CF, NULL},
      {{NULL, NULL}}},
 };
 
@@ -85,10 +93,12 @@ sbx_kernel_is_available(const char *language)
     /* The interpreter alone is not enough: the script or module must be there too. */
     if (strcmp(language, "javascript") == 0 || strcmp(language, "typescript") == 0)
         return access(TSLAB, R_OK) == 0;
+    if (strcmp(language, "python") == 0)
+        return access(PY_PATH "/sbx_e2b.py", R_OK) == 0; /* its launcher */
     if (strcmp(language, "bash") == 0)
         return access(PY_PATH "/bash_kernel", R_OK) == 0;
     if (strcmp(language, "java") == 0)
-        return access(SBX_KERNEL_PREFIX "/java/jjava.jar", R_OK) == 0;
+        return access(JAVA_DIR "/sbx-java-kernel.jar", R_OK) == 0;
     if (strcmp(language, "r") == 0)
         return access("/usr/lib/R/site-library/IRkernel", R_OK) == 0;
     return true;
@@ -138,6 +148,7 @@ struct sbx_kernel {
     pid_t pid;
     uint64_t started_ms;
     int error_cooldown_ms;
+    int info_soon_left;     /* early kernel_info resends left (see on_shell_msg) */
     uint64_t hold_until_ms; /* no execute_request before this (error cooldown) */
     bool ready, dead, stopped, exited, paused, got_iopub;
     struct sbx_buf tail; /* last bytes of the kernel's stderr */
@@ -423,8 +434,19 @@ emit_error(struct sbx_kernel_exec *e, json_t *content)
 static void
 on_shell_msg(struct sbx_kernel *k, struct sbx_jupyter_msg *m)
 {
+    if (strcmp(m->msg_type, "kernel_info_reply") == 0 && !k->ready && k->timers_open &&
+        k->info_soon_left > 0) {
+        /* The kernel is up, but its status messages for the requests queued while it was
+         * starting may have gone out before our iopub subscription reached it. Ask again
+         * soon rather than at the next retry period (replies to queued requests arrive
+         * together; they all restart the same timer). Bounded, for a kernel that answers
+         * on shell but never publishes. */
+        k->info_soon_left--;
+        uv_timer_start(&k->timer, on_timer, SBX_KERNEL_INFO_SOON_MS, SBX_KERNEL_INFO_RETRY_MS);
+        return;
+    }
     if (strcmp(m->msg_type, "execute_reply") != 0)
-        return; /* kernel_info_reply: readiness is decided by iopub */
+        return; /* readiness is decided by iopub */
     struct sbx_kernel_exec *e = find_exec(k, m->parent_id);
     if (e == NULL)
         return;
@@ -719,10 +741,13 @@ open_channel(struct sbx_kernel *k, int ch, int type, int port, struct sbx_error 
     c->sock = zmq_socket(zmq_context(), type);
     if (c->sock == NULL)
         return sbx_error_sys(err, errno, "zmq_socket");
-    int zero = 0, hwm = SBX_KERNEL_IOPUB_HWM;
+    int zero = 0, hwm = SBX_KERNEL_IOPUB_HWM, ivl = SBX_KERNEL_RECONNECT_MS;
     int64_t maxsz = SBX_KERNEL_MAX_FRAME;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero));
     zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxsz, sizeof(maxsz));
+    /* We connect before the kernel listens: retry every few ms instead of ZeroMQ's 100 ms,
+     * which would otherwise be added to the start of every kernel. */
+    zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
     if (type == ZMQ_SUB) {
         zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
         zmq_setsockopt(c->sock, ZMQ_SUBSCRIBE, "", 0);
@@ -772,6 +797,7 @@ sbx_kernel_start(uv_loop_t *loop, const struct sbx_kernel_launch *l, struct sbx_
     k->started_ms = sbx_now_ms();
     snprintf(k->lang, sizeof(k->lang), "%s", l->language);
     k->error_cooldown_ms = s->error_cooldown_ms;
+    k->info_soon_left = SBX_KERNEL_INFO_SOON_MAX;
     if (sbx_random_hex(k->key, SBX_JUPYTER_KEY_BYTES) < 0 || sbx_random_hex(k->session, 16) < 0) {
         sbx_error_sys(err, errno, "getrandom");
         free(k);

@@ -26,6 +26,9 @@
 /* Limits (candidates for base/limits.h). */
 #define SBX_KERNEL_START_TIMEOUT_MS (60 * 1000)   /* spawn to first iopub message */
 #define SBX_KERNEL_INFO_RETRY_MS 200              /* kernel_info_request resend period */
+#define SBX_KERNEL_INFO_SOON_MS 5                 /* resend after a reply while not ready */
+#define SBX_KERNEL_INFO_SOON_MAX 20               /* ... at most this many times */
+#define SBX_KERNEL_RECONNECT_MS 10                /* ZMQ reconnect interval (kernel start) */
 #define SBX_KERNEL_IOPUB_HWM 16                   /* queued iopub messages while paused */
 #define SBX_KERNEL_MAX_FRAME (256 * 1024 * 1024)  /* one ZMQ frame from a kernel */
 #define SBX_KERNEL_STDERR_TAIL 4096               /* kernel stderr kept for diagnostics */

@@ -18,8 +18,12 @@ sbx_jupyter_sign(const char *key, size_t keylen, const struct sbx_jupyter_frame 
     out[0] = '\0';
     if (keylen == 0)
         return 0;
-    /* EVP_MAC is OpenSSL 3's interface (HMAC_CTX is deprecated there). */
-    EVP_MAC *mac_alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    /* EVP_MAC is OpenSSL 3's interface (HMAC_CTX is deprecated there). The algorithm is
+     * fetched once: a fetch walks OpenSSL's provider tables under a lock, and every message
+     * to or from a kernel is signed or checked (the agent is single-threaded). */
+    static EVP_MAC *mac_alg;
+    if (mac_alg == NULL)
+        mac_alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
     EVP_MAC_CTX *h = mac_alg ? EVP_MAC_CTX_new(mac_alg) : NULL;
     unsigned char mac[EVP_MAX_MD_SIZE];
     size_t maclen = 0;
@@ -31,7 +35,6 @@ sbx_jupyter_sign(const char *key, size_t keylen, const struct sbx_jupyter_frame 
         ok = EVP_MAC_update(h, parts[i].data ? parts[i].data : (const void *)"", parts[i].len);
     ok = ok && EVP_MAC_final(h, mac, &maclen, sizeof(mac));
     EVP_MAC_CTX_free(h);
-    EVP_MAC_free(mac_alg);
     if (!ok || maclen * 2 != SBX_JUPYTER_SIG_HEX)
         return -1;
     static const char hex[] = "0123456789abcdef";

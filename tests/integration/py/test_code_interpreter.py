@@ -349,3 +349,51 @@ async def test_async_quickstart_contexts_and_callbacks(aci):
     with pytest.raises(TimeoutException):
         await aci.run_code("import time; time.sleep(60)", timeout=2)
     assert (await aci.run_code("1 + 1", timeout=10)).text == "2"
+
+
+# -- Java (sbx's JShell kernel on jjava-jupyter) ---------------------------------------------
+
+
+def test_java(ci):
+    ex = ci.run_code("System.out.println(6*7);", language="java")
+    assert ex.error is None
+    assert ex.logs.stdout == ["42\n"]
+    ex = ci.run_code("int x = 20; x + 1", language="java")
+    assert ex.error is None
+    assert ex.text == "21"
+    assert ex.results[0].is_main_result
+    # State is kept between runs; a declaration alone has no result; strings print bare.
+    assert ci.run_code("x * 2", language="java").text == "40"
+    assert ci.run_code("int w = 7;", language="java").results == []
+    assert ci.run_code('"it" + "s"', language="java").text == "its"
+    assert ci.run_code("List.of(1, 2)", language="java").text == "[1, 2]"  # default imports
+    assert ci.run_code('System.getProperty("user.dir")', language="java").text == "/home/user"
+    assert ci.run_code('System.getProperty("Y")', language="java",
+                       envs={"Y": "it's"}).text == "it's"
+
+
+def test_java_errors(ci):
+    # As E2B's Java kernel (IJava) names them: CompilationException, EvalException.
+    err = ci.run_code("int y = undefinedName + 1;", language="java").error
+    assert err is not None and err.name == "CompilationException"
+    assert "cannot find symbol" in err.value and "undefinedName" in err.value
+    err = ci.run_code("int z = 1;\nz / 0", language="java").error
+    assert err is not None and err.name == "EvalException"
+    assert err.value == "java.lang.ArithmeticException: / by zero"
+    # Statements before the failing one ran; the kernel goes on.
+    assert ci.run_code("z", language="java").text == "1"
+    err = ci.run_code('throw new IllegalStateException("bad")', language="java").error
+    assert err.name == "EvalException" and "IllegalStateException: bad" in err.value
+    # The heap is capped below the sandbox's memory limit: the JVM says so, the kernel lives.
+    err = ci.run_code("byte[] big = new byte[400_000_000];", language="java").error
+    assert err.name == "EvalException" and "OutOfMemoryError" in err.value
+    assert ci.run_code("z + 1", language="java").text == "2"
+
+
+def test_java_timeout_interrupts_without_losing_state(ci):
+    ci.run_code("int kept = 5;", language="java")
+    with pytest.raises(TimeoutException):
+        ci.run_code("while (true) { }", language="java", timeout=3)
+    start = time.monotonic()
+    assert ci.run_code("kept + 1", language="java", timeout=20).text == "6"
+    assert time.monotonic() - start < 10
