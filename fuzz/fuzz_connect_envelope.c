@@ -13,14 +13,7 @@
 
 #include "base/limits.h"
 #include "connect/connect.h"
-
-#define CHECK(c)                                                                            \
-    do {                                                                                    \
-        if (!(c)) {                                                                         \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #c);       \
-            abort();                                                                        \
-        }                                                                                   \
-    } while (0)
+#include "fuzz_common.h"
 
 /* Formats the message again and reads it back through a fresh reader. */
 static void

@@ -14,14 +14,7 @@
 #include "base/limits.h"
 #include "daemon/internal.h"
 #include "json/json.h"
-
-#define CHECK(c)                                                                            \
-    do {                                                                                    \
-        if (!(c)) {                                                                         \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #c);       \
-            abort();                                                                        \
-        }                                                                                   \
-    } while (0)
+#include "fuzz_common.h"
 
 /* A decoder either fills *err (once) and returns -1, or leaves it empty. */
 static void

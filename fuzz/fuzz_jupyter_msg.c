@@ -15,14 +15,7 @@
 #include <string.h>
 
 #include "jupyter/msg.h"
-
-#define CHECK(c)                                                                            \
-    do {                                                                                    \
-        if (!(c)) {                                                                         \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #c);       \
-            abort();                                                                        \
-        }                                                                                   \
-    } while (0)
+#include "fuzz_common.h"
 
 #define KEY "fuzz-key-0123456789abcdef"
 #define SEP "\n--\n"

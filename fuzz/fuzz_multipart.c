@@ -12,14 +12,7 @@
 #include <string.h>
 
 #include "agent/multipart.h"
-
-#define CHECK(c)                                                                            \
-    do {                                                                                    \
-        if (!(c)) {                                                                         \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #c);       \
-            abort();                                                                        \
-        }                                                                                   \
-    } while (0)
+#include "fuzz_common.h"
 
 /* A running FNV-1a digest of everything the callbacks saw. */
 struct trace {

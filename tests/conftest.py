@@ -15,7 +15,6 @@ Environment knobs: SBX_BIN (binary), SBX_SERVE_ARGS (extra `sbx serve` arguments
 SBX_START_TIMEOUT (seconds to wait for readiness, default 60).
 """
 
-import http.client
 import json
 import os
 import secrets
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from helpers import http_request
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 80
@@ -164,13 +165,7 @@ class Daemon:
         elif isinstance(body, str):
             body = body.encode()
         hdrs.update(headers or {})
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=hdrs)
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read()
-        finally:
-            conn.close()
+        return http_request(self.host, self.port, method, path, body, hdrs, timeout)
 
     def list_sandbox_ids(self):
         ids, token = [], None

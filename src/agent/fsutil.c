@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "base/cleanup.h"
+#include "base/util.h"
 
 /* ---- acting as a user ---- */
 
@@ -249,9 +250,7 @@ sbx_agent_fs_error(struct sbx_error **err, int e, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    char *msg = sbx_vformat(fmt, ap);
     va_end(ap);
     enum sbx_code code = sbx_code_from_errno(e);
     if (e == EXDEV || e == ENOTEMPTY || e == EBUSY || e == ETXTBSY)

@@ -466,6 +466,17 @@ watcher_by_id(json_t *msg, struct sbx_error **err)
     return NULL;
 }
 
+/* The watcher msg names, or NULL after answering the unary call with the error. */
+static struct watcher *
+unary_watcher(struct sbx_http_req *req, json_t *msg)
+{
+    _cleanup_error_ struct sbx_error *e = NULL;
+    struct watcher *w = watcher_by_id(msg, &e);
+    if (w == NULL)
+        sbx_connect_unary_error(req, e);
+    return w;
+}
+
 /* ---- RPCs ---- */
 
 void
@@ -510,12 +521,9 @@ sbx_agent_watcher_create(struct sbx_http_req *req, json_t *msg)
 void
 sbx_agent_watcher_events(struct sbx_http_req *req, json_t *msg)
 {
-    _cleanup_error_ struct sbx_error *e = NULL;
-    struct watcher *w = watcher_by_id(msg, &e);
-    if (w == NULL) {
-        sbx_connect_unary_error(req, e);
+    struct watcher *w = unary_watcher(req, msg);
+    if (w == NULL)
         return;
-    }
     /* Events already in the kernel queue belong to this poll too. */
     on_inotify(&w->poll, 0, UV_READABLE);
     json_t *events = w->queue;
@@ -526,12 +534,9 @@ sbx_agent_watcher_events(struct sbx_http_req *req, json_t *msg)
 void
 sbx_agent_watcher_remove(struct sbx_http_req *req, json_t *msg)
 {
-    _cleanup_error_ struct sbx_error *e = NULL;
-    struct watcher *w = watcher_by_id(msg, &e);
-    if (w == NULL) {
-        sbx_connect_unary_error(req, e);
+    struct watcher *w = unary_watcher(req, msg);
+    if (w == NULL)
         return;
-    }
     watcher_destroy(w);
     sbx_connect_unary_ok(req, json_object());
 }

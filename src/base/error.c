@@ -1,18 +1,10 @@
 #include "base/error.h"
+#include "base/util.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static char *
-vformat(const char *fmt, va_list ap)
-{
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        return NULL;
-    return s;
-}
 
 int
 sbx_error_set(struct sbx_error **err, enum sbx_code code, int sys_errno, const char *fmt, ...)
@@ -24,7 +16,7 @@ sbx_error_set(struct sbx_error **err, enum sbx_code code, int sys_errno, const c
         abort();
     va_list ap;
     va_start(ap, fmt);
-    e->msg = vformat(fmt, ap);
+    e->msg = sbx_vformat(fmt, ap);
     va_end(ap);
     e->code = code;
     e->sys_errno = sys_errno;
@@ -39,7 +31,7 @@ sbx_error_sys(struct sbx_error **err, int sys_errno, const char *fmt, ...)
         return -1;
     va_list ap;
     va_start(ap, fmt);
-    char *m = vformat(fmt, ap);
+    char *m = sbx_vformat(fmt, ap);
     va_end(ap);
     sbx_error_set(err, sbx_code_from_errno(sys_errno), sys_errno, "%s: %s", m ? m : "",
                   strerror(sys_errno));
@@ -54,7 +46,7 @@ sbx_error_prefix(struct sbx_error **err, const char *fmt, ...)
         return -1;
     va_list ap;
     va_start(ap, fmt);
-    char *p = vformat(fmt, ap);
+    char *p = sbx_vformat(fmt, ap);
     va_end(ap);
     char *m = NULL;
     if (asprintf(&m, "%s: %s", p ? p : "", (*err)->msg ? (*err)->msg : "") >= 0) {

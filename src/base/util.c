@@ -138,3 +138,27 @@ sbx_secret_free(char *s)
     explicit_bzero(s, strlen(s));
     free(s);
 }
+
+bool
+sbx_is_valid_id(const char *id, size_t max)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+char *
+sbx_vformat(const char *fmt, va_list ap)
+{
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        return NULL;
+    return s;
+}

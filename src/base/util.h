@@ -3,6 +3,7 @@
 #ifndef SBX_BASE_UTIL_H
 #define SBX_BASE_UTIL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +18,12 @@ int64_t sbx_wall_ms(void);      /* CLOCK_REALTIME, ms since the epoch */
 void sbx_format_rfc3339(int64_t wall_ms, char *out, size_t outlen);
 /* Parses RFC 3339 (any offset, optional fraction); returns -1 on junk. */
 int sbx_parse_rfc3339(const char *s, int64_t *wall_ms);
+/* vasprintf into a malloc'd string; NULL when out of memory (vasprintf itself leaves the
+ * pointer undefined then). */
+char *sbx_vformat(const char *fmt, va_list ap);
+/* True for 1 to max characters of [A-Za-z0-9_-]: safe in a URL path, a header value and a
+ * file name. */
+bool sbx_is_valid_id(const char *id, size_t max);
 /* Compares in time that depends only on the lengths, never on where they differ. */
 bool sbx_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* Overwrites then frees a secret string. */

@@ -13,6 +13,7 @@
 #include "base/base64.h"
 #include "base/cleanup.h"
 #include "base/limits.h"
+#include "base/util.h"
 
 /* ---- options ---- */
 
@@ -108,16 +109,7 @@ sbx_cli_add_kv(json_t *obj, const char *arg, const char *what, struct sbx_error 
 bool
 sbx_cli_is_valid_id(const char *id)
 {
-    size_t n = strlen(id);
-    if (n == 0 || n > SBX_CLI_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_'))
-            return false;
-    }
-    return true;
+    return sbx_is_valid_id(id, SBX_CLI_ID_MAX);
 }
 
 /* ---- configuration ---- */
@@ -538,6 +530,19 @@ rpc_setup(struct sbx_cli_rpc *r, const char *method, const char *payload, size_t
     return 0;
 }
 
+/* Runs the request rpc_setup prepared, handing the response body to on_data; returns curl's
+ * verdict and stores the HTTP status (0 if no response head arrived). */
+static CURLcode
+rpc_perform(struct sbx_cli_rpc *r, curl_write_callback on_data, void *ud, long *status)
+{
+    curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, ud);
+    CURLcode rc = curl_easy_perform(r->curl);
+    *status = 0;
+    curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, status);
+    return rc;
+}
+
 int
 sbx_cli_rpc_unary(struct sbx_cli_rpc *r, const char *method, json_t *req, json_t **out,
                   struct sbx_error **err)
@@ -550,11 +555,8 @@ sbx_cli_rpc_unary(struct sbx_cli_rpc *r, const char *method, json_t *req, json_t
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
     struct sbx_buf body = {0};
     struct sink sink = {&body, false};
-    curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, &sink);
-    CURLcode rc = curl_easy_perform(r->curl);
-    long status = 0;
-    curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+    long status;
+    CURLcode rc = rpc_perform(r, on_body, &sink, &status);
     int ret = 0;
     if (sink.too_big) {
         ret = sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "%s: response too large", method);
@@ -690,11 +692,8 @@ sbx_cli_rpc_stream(struct sbx_cli_rpc *r, const char *method, json_t *req, sbx_c
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
     }
     struct stream_ctx x = {.curl = r->curl, .stream = {.cb = cb, .ud = ud}};
-    curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_stream_body);
-    curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, &x);
-    CURLcode rc = curl_easy_perform(r->curl);
-    long status = 0;
-    curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+    long status;
+    CURLcode rc = rpc_perform(r, on_stream_body, &x, &status);
     int ret = 0;
     if (x.err != NULL) {
         /* The stream's own error wins over the transfer abort it caused. */

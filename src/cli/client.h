@@ -161,6 +161,20 @@ void sbx_cli_event_fini(struct sbx_cli_event *ev);
  * number for a process killed by a signal. */
 int sbx_cli_event_exit_status(const struct sbx_cli_event *ev);
 
+/* A remote process mirrored locally, as `exec` and `shell` run one: what its
+ * process.Process/Start stream has said so far. */
+struct sbx_cli_run {
+    /* Called on the start event (may be NULL); data is for it. */
+    int (*on_start)(struct sbx_cli_run *run, uint32_t pid, struct sbx_error **err);
+    void *data;
+    bool ended;       /* the end event arrived */
+    int exit_status;  /* from the end event, see sbx_cli_event_exit_status */
+    bool broken_pipe; /* writing the local stdout or stderr failed with EPIPE */
+};
+/* A sbx_cli_msg_cb (ud: struct sbx_cli_run *): copies stderr data to the local stderr and
+ * stdout and PTY data to the local stdout, and records the end. */
+int sbx_cli_run_on_msg(json_t *msg, void *ud, struct sbx_error **err);
+
 
 /* Writes all of buf to fd, retrying on EINTR and short writes; -1 with errno. */
 int sbx_cli_write_all(int fd, const void *buf, size_t len);

@@ -29,6 +29,38 @@ sbx_cli_write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
+int
+sbx_cli_run_on_msg(json_t *msg, void *ud, struct sbx_error **err)
+{
+    struct sbx_cli_run *run = ud;
+    struct sbx_cli_event ev;
+    if (sbx_cli_event_parse(msg, &ev, err) < 0)
+        return -1;
+    int rc = 0;
+    switch (ev.type) {
+    case SBX_CLI_EVENT_START:
+        if (run->on_start != NULL)
+            rc = run->on_start(run, ev.pid, err);
+        break;
+    case SBX_CLI_EVENT_DATA: {
+        int fd = ev.kind == SBX_CLI_DATA_STDERR ? STDERR_FILENO : STDOUT_FILENO;
+        if (sbx_cli_write_all(fd, ev.data, ev.len) < 0) {
+            run->broken_pipe = errno == EPIPE;
+            rc = sbx_error_sys(err, errno, "writing %s", fd == STDERR_FILENO ? "stderr" : "stdout");
+        }
+        break;
+    }
+    case SBX_CLI_EVENT_END:
+        run->ended = true;
+        run->exit_status = sbx_cli_event_exit_status(&ev);
+        break;
+    default:
+        break;
+    }
+    sbx_cli_event_fini(&ev);
+    return rc;
+}
+
 static bool
 shell_safe(const char *w)
 {

@@ -98,44 +98,6 @@ sbx_cli_exec_request(const struct sbx_cli_exec_args *a)
     return json_pack("{s:o, s:b}", "process", process, "stdin", 0);
 }
 
-struct exec_state {
-    bool started;
-    bool ended;
-    int exit_status;
-    bool broken_pipe;
-};
-
-static int
-on_msg(json_t *msg, void *ud, struct sbx_error **err)
-{
-    struct exec_state *st = ud;
-    struct sbx_cli_event ev;
-    if (sbx_cli_event_parse(msg, &ev, err) < 0)
-        return -1;
-    int rc = 0;
-    switch (ev.type) {
-    case SBX_CLI_EVENT_START:
-        st->started = true;
-        break;
-    case SBX_CLI_EVENT_DATA: {
-        int fd = ev.kind == SBX_CLI_DATA_STDERR ? STDERR_FILENO : STDOUT_FILENO;
-        if (sbx_cli_write_all(fd, ev.data, ev.len) < 0) {
-            st->broken_pipe = errno == EPIPE;
-            rc = sbx_error_sys(err, errno, "writing %s", fd == STDERR_FILENO ? "stderr" : "stdout");
-        }
-        break;
-    }
-    case SBX_CLI_EVENT_END:
-        st->ended = true;
-        st->exit_status = sbx_cli_event_exit_status(&ev);
-        break;
-    default:
-        break;
-    }
-    sbx_cli_event_fini(&ev);
-    return rc;
-}
-
 int
 sbx_cli_exec(int argc, char **argv)
 {
@@ -154,7 +116,7 @@ sbx_cli_exec(int argc, char **argv)
     struct sbx_cli_sandbox sb = {0};
     struct sbx_cli_rpc *rpc = NULL;
     json_t *req = NULL;
-    struct exec_state st = {0};
+    struct sbx_cli_run st = {0};
     int rc = sbx_cli_config_init(&cfg, &a.common, &err);
     if (rc == 0)
         rc = sbx_cli_sandbox_open(&cfg, a.id, &sb, &err);
@@ -169,7 +131,7 @@ sbx_cli_exec(int argc, char **argv)
             rc = sbx_error_set(&err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
     }
     if (rc == 0)
-        rc = sbx_cli_rpc_stream(rpc, "process.Process/Start", req, on_msg, &st, &err);
+        rc = sbx_cli_rpc_stream(rpc, "process.Process/Start", req, sbx_cli_run_on_msg, &st, &err);
     if (rc == 0 && !st.ended)
         rc = sbx_error_set(&err, SBX_INTERNAL, 0, "the process ended without an end event");
     json_decref(req);

@@ -75,9 +75,8 @@ terminal_size(int *cols, int *rows)
 struct shell {
     const struct sbx_cli_config *cfg;
     const struct sbx_cli_sandbox *sb;
+    struct sbx_cli_run run;
     uint32_t pid;
-    bool ended;
-    int exit_status;
     pthread_t input;
     bool input_running;
     int stop_pipe[2]; /* written by the main thread to stop the input thread */
@@ -171,38 +170,16 @@ input_main(void *arg)
 }
 
 static int
-on_msg(json_t *msg, void *ud, struct sbx_error **err)
+on_start(struct sbx_cli_run *run, uint32_t pid, struct sbx_error **err)
 {
-    struct shell *sh = ud;
-    struct sbx_cli_event ev;
-    if (sbx_cli_event_parse(msg, &ev, err) < 0)
-        return -1;
-    int rc = 0;
-    switch (ev.type) {
-    case SBX_CLI_EVENT_START:
-        if (sh->input_running)
-            break;
-        sh->pid = ev.pid;
-        if ((errno = pthread_create(&sh->input, NULL, input_main, sh)) != 0)
-            rc = sbx_error_sys(err, errno, "pthread_create");
-        else
-            sh->input_running = true;
-        break;
-    case SBX_CLI_EVENT_DATA: {
-        int fd = ev.kind == SBX_CLI_DATA_STDERR ? STDERR_FILENO : STDOUT_FILENO;
-        if (sbx_cli_write_all(fd, ev.data, ev.len) < 0)
-            rc = sbx_error_sys(err, errno, "write");
-        break;
-    }
-    case SBX_CLI_EVENT_END:
-        sh->ended = true;
-        sh->exit_status = sbx_cli_event_exit_status(&ev);
-        break;
-    default:
-        break;
-    }
-    sbx_cli_event_fini(&ev);
-    return rc;
+    struct shell *sh = run->data;
+    if (sh->input_running)
+        return 0;
+    sh->pid = pid;
+    if ((errno = pthread_create(&sh->input, NULL, input_main, sh)) != 0)
+        return sbx_error_sys(err, errno, "pthread_create");
+    sh->input_running = true;
+    return 0;
 }
 
 static json_t *
@@ -274,7 +251,8 @@ run(struct shell *sh, const char *cwd, struct sbx_error **err)
     if (rpc != NULL && req == NULL)
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
     else if (rpc != NULL && enter_raw_mode(err) == 0)
-        rc = sbx_cli_rpc_stream(rpc, "process.Process/Start", req, on_msg, sh, err);
+        rc = sbx_cli_rpc_stream(rpc, "process.Process/Start", req, sbx_cli_run_on_msg, &sh->run,
+                                err);
     if (sh->input_running) {
         (void)!write(sh->stop_pipe[1], "x", 1);
         pthread_join(sh->input, NULL);
@@ -282,7 +260,7 @@ run(struct shell *sh, const char *cwd, struct sbx_error **err)
     restore_terminal();
     json_decref(req);
     sbx_cli_rpc_free(rpc);
-    if (rc == 0 && !sh->ended)
+    if (rc == 0 && !sh->run.ended)
         rc = sbx_error_set(err, SBX_INTERNAL, 0, "the shell ended without an end event");
     return rc;
 }
@@ -320,6 +298,7 @@ sbx_cli_shell(int argc, char **argv)
     }
     sb.user = (char *)a.user;
     struct shell sh = {.cfg = &cfg, .sb = &sb, .signal_fd = -1, .stop_pipe = {-1, -1}};
+    sh.run = (struct sbx_cli_run){.on_start = on_start, .data = &sh};
     int rc = run(&sh, a.cwd, &err);
     sb.user = NULL;
     if (sh.signal_fd >= 0)
@@ -332,5 +311,5 @@ sbx_cli_shell(int argc, char **argv)
     sbx_cli_config_fini(&cfg);
     if (rc < 0)
         return sbx_cli_fail("shell", err);
-    return sh.exit_status;
+    return sh.run.exit_status;
 }

@@ -13,6 +13,7 @@
 #include "base/buf.h"
 #include "base/limits.h"
 #include "http/http.h"
+#include "http/stream.h"
 
 
 struct proxy {
@@ -31,13 +32,6 @@ struct proxy {
     bool body_ended;
     bool req_chunked;
     bool is_head;  /* the response has a length but never a body */
-};
-
-struct up_write {
-    uv_write_t w;
-    struct proxy *p;
-    size_t len;
-    char data[];
 };
 
 static bool
@@ -112,10 +106,10 @@ on_client_close(struct sbx_http_req *req)
 static void
 on_up_write(uv_write_t *w, int status)
 {
-    struct up_write *uw = (struct up_write *)w;
-    struct proxy *p = uw->p;
-    p->up_queued -= uw->len;
-    free(uw);
+    struct sbx_http_wcopy *wc = (struct sbx_http_wcopy *)w;
+    struct proxy *p = wc->owner;
+    p->up_queued -= wc->len;
+    free(wc);
     if (p->closed)
         return;
     if (status < 0) {
@@ -126,50 +120,16 @@ on_up_write(uv_write_t *w, int status)
         sbx_http_req_resume_body(p->req);
 }
 
-/* Sends bufs upstream in order. When nothing is queued, what the socket takes at once goes
- * straight from the caller's buffers (no malloc and copy per body slice); the rest is copied
- * and queued. Before the connection completes libuv refuses the try, so the head queues. */
+/* Sends bufs upstream in order; see sbx_http_stream_writev. Before the connection completes
+ * libuv refuses the try, so the head queues. */
 static void
 up_writev(struct proxy *p, uv_buf_t *bufs, unsigned nbufs)
 {
-    size_t len = 0;
-    for (unsigned i = 0; i < nbufs; i++)
-        len += bufs[i].len;
-    if (p->closed || len == 0)
+    if (p->closed)
         return;
-    size_t done = 0;
-    if (p->up_queued == 0) {
-        int n = uv_try_write((uv_stream_t *)&p->up, bufs, nbufs);
-        if (n > 0)
-            done = (size_t)n; /* errors: uv_write below reports them */
-        if (done == len)
-            return;
-    }
-    struct up_write *uw = malloc(sizeof(*uw) + len - done);
-    if (uw == NULL) {
+    if (sbx_http_stream_writev((uv_stream_t *)&p->up, bufs, nbufs, true, &p->up_queued, p,
+                               on_up_write) < 0)
         proxy_fail(p);
-        return;
-    }
-    uw->p = p;
-    uw->len = len - done;
-    size_t o = 0, skip = done;
-    for (unsigned i = 0; i < nbufs; i++) {
-        size_t bl = bufs[i].len;
-        if (skip >= bl) {
-            skip -= bl;
-            continue;
-        }
-        memcpy(uw->data + o, bufs[i].base + skip, bl - skip);
-        o += bl - skip;
-        skip = 0;
-    }
-    uv_buf_t b = uv_buf_init(uw->data, (unsigned)uw->len);
-    p->up_queued += uw->len;
-    if (uv_write(&uw->w, (uv_stream_t *)&p->up, &b, 1, on_up_write) < 0) {
-        p->up_queued -= uw->len;
-        free(uw);
-        proxy_fail(p);
-    }
 }
 
 static void

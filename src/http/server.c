@@ -15,6 +15,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "http/http.h"
+#include "http/stream.h"
 #include <jansson.h>
 
 
@@ -79,13 +80,6 @@ struct sbx_http_server {
     uv_pipe_t *pipe;
     struct conn *conns;
     bool log;
-};
-
-struct write_req {
-    uv_write_t w;
-    struct conn *conn;
-    size_t len;
-    char data[];
 };
 
 static void conn_process(struct conn *c);
@@ -167,10 +161,10 @@ conn_maybe_finish(struct conn *c)
 static void
 on_write(uv_write_t *w, int status)
 {
-    struct write_req *wr = (struct write_req *)w;
-    struct conn *c = wr->conn;
-    c->queued -= wr->len;
-    free(wr);
+    struct sbx_http_wcopy *wc = (struct sbx_http_wcopy *)w;
+    struct conn *c = wc->owner;
+    c->queued -= wc->len;
+    free(wc);
     if (status < 0) {
         conn_close(c);
         return;
@@ -185,52 +179,15 @@ on_write(uv_write_t *w, int status)
         conn_maybe_finish(c);
 }
 
-/* Queues the bytes of bufs, copied. With try_first and nothing queued, first writes what
- * the socket takes at once, straight from the caller's buffers, and copies only the rest:
- * streamed bodies then cost no malloc and memcpy per chunk. Heads and whole responses are
- * always queued, so sbx_http_respond never releases its request before it returns. */
+/* Heads and whole responses are always queued (no try_first), so sbx_http_respond never
+ * releases its request before it returns; see sbx_http_stream_writev. */
 static void
 conn_writev(struct conn *c, uv_buf_t *bufs, unsigned nbufs, bool try_first)
 {
-    size_t len = 0;
-    for (unsigned i = 0; i < nbufs; i++)
-        len += bufs[i].len;
-    if (c->closing || len == 0)
+    if (c->closing)
         return;
-    size_t done = 0;
-    if (try_first && c->queued == 0) {
-        int n = uv_try_write(&c->h.stream, bufs, nbufs);
-        if (n > 0)
-            done = (size_t)n; /* errors: uv_write below reports them */
-        if (done == len)
-            return;
-    }
-    struct write_req *wr = malloc(sizeof(*wr) + len - done);
-    if (wr == NULL) {
+    if (sbx_http_stream_writev(&c->h.stream, bufs, nbufs, try_first, &c->queued, c, on_write) < 0)
         conn_close(c);
-        return;
-    }
-    wr->conn = c;
-    wr->len = len - done;
-    size_t o = 0, skip = done;
-    for (unsigned i = 0; i < nbufs; i++) {
-        size_t bl = bufs[i].len;
-        if (skip >= bl) {
-            skip -= bl;
-            continue;
-        }
-        memcpy(wr->data + o, bufs[i].base + skip, bl - skip);
-        o += bl - skip;
-        skip = 0;
-    }
-    uv_buf_t b = uv_buf_init(wr->data, (unsigned)wr->len);
-    c->queued += wr->len;
-    int rc = uv_write(&wr->w, &c->h.stream, &b, 1, on_write);
-    if (rc < 0) {
-        c->queued -= wr->len;
-        free(wr);
-        conn_close(c);
-    }
 }
 
 static void
@@ -1097,9 +1054,7 @@ sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ..
 {
     va_list ap;
     va_start(ap, fmt);
-    char *msg = NULL;
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    char *msg = sbx_vformat(fmt, ap);
     va_end(ap);
     json_t *o = json_pack("{s:i,s:s}", "code", status, "message", msg ? msg : "error");
     char *body = json_dumps(o, JSON_COMPACT);

@@ -220,7 +220,8 @@ sbx_fs_disk_usage(int dirfd, uint64_t *bytes, struct sbx_error **err)
 int
 sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t len, mode_t mode)
 {
-    int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
+    _cleanup_close_ int fd =
+        openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
     if (fd < 0)
         return -1;
     size_t off = 0;
@@ -229,27 +230,20 @@ sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t len, 
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            int saved = errno;
-            close(fd);
-            errno = saved;
             return -1;
         }
         off += (size_t)n;
     }
     /* The umask may have cut bits (sticky, group); set the mode we mean. */
-    if (fchmod(fd, mode) < 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
+    if (fchmod(fd, mode) < 0)
         return -1;
-    }
-    return close(fd);
+    return close(steal_fd(&fd));
 }
 
 int
 sbx_fs_read_small(const char *path, char *buf, size_t cap)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     size_t off = 0;
@@ -258,17 +252,13 @@ sbx_fs_read_small(const char *path, char *buf, size_t cap)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            int saved = errno;
-            close(fd);
-            errno = saved;
-            return -1;
+            return -1; /* errno survives the cleanup's close */
         }
         if (n == 0)
             break;
         off += (size_t)n;
     }
     buf[off] = '\0';
-    close(fd);
     return (int)off;
 }
 

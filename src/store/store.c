@@ -330,16 +330,7 @@ valid_state(const char *state)
 static bool
 valid_id(const char *id)
 {
-    size_t n = strlen(id);
-    if (n == 0 || n > SBX_STORE_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_'))
-            return false;
-    }
-    return true;
+    return sbx_is_valid_id(id, SBX_STORE_ID_MAX);
 }
 
 void

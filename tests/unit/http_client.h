@@ -258,15 +258,12 @@ tc_parse_pending(struct tc_conn *c)
     return e == HPE_PAUSED;
 }
 
-/* Reads until one response is complete, the connection ends, or (with max_body) that much
- * body arrived. */
+/* Continues the current response (after a read stopped at max_body). */
 static inline void
-tc_read(struct tc_conn *c, struct tc_resp *r, size_t max_body)
+tc_read_more(struct tc_conn *c, struct tc_resp *r, size_t max_body)
 {
-    memset(r, 0, sizeof(*r));
     c->cur = r;
     c->max_body = max_body;
-    c->in_value = false;
     if (tc_parse_pending(c))
         return;
     for (;;) {
@@ -286,29 +283,14 @@ tc_read(struct tc_conn *c, struct tc_resp *r, size_t max_body)
     }
 }
 
-/* Continues the current response (after a read stopped at max_body). */
+/* Reads until one response is complete, the connection ends, or (with max_body) that much
+ * body arrived. */
 static inline void
-tc_read_more(struct tc_conn *c, struct tc_resp *r, size_t max_body)
+tc_read(struct tc_conn *c, struct tc_resp *r, size_t max_body)
 {
-    c->cur = r;
-    c->max_body = max_body;
-    if (tc_parse_pending(c))
-        return;
-    for (;;) {
-        char buf[65536];
-        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            CHECK(n == 0 || errno == ECONNRESET);
-            r->closed = true;
-            r->reset = n < 0;
-            return;
-        }
-        sbx_buf_append(&c->pending, buf, (size_t)n, SIZE_MAX / 2);
-        if (tc_parse_pending(c))
-            return;
-    }
+    memset(r, 0, sizeof(*r));
+    c->in_value = false;
+    tc_read_more(c, r, max_body);
 }
 
 /* True if the peer has closed: the next read gives EOF or a reset. */

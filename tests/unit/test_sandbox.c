@@ -136,11 +136,17 @@ box_log(struct box *b)
     return buf;
 }
 
+static struct sbx_sandbox_ref
+box_ref(const struct box *b)
+{
+    return (struct sbx_sandbox_ref){.id = b->id, .sandbox_dir = b->dir, .pid = b->pid,
+                                    .start_time = b->start};
+}
+
 static void
 box_destroy(struct box *b)
 {
-    struct sbx_sandbox_ref ref = {.id = b->id, .sandbox_dir = b->dir, .pid = b->pid,
-                                  .start_time = b->start};
+    struct sbx_sandbox_ref ref = box_ref(b);
     struct sbx_error *err = NULL;
     int rc = sbx_sandbox_destroy(&ref, &err);
     if (rc < 0)
@@ -203,6 +209,21 @@ spawn_ok(struct env *e, struct box *b, const char *name, uid_t base, const char 
     fprintf(stderr, "spawn %s: %.2f ms\n", name, b->spawn_ms);
 }
 
+/* Runs script as PID 1 of a new sandbox (see spawn_ok) until it exits; returns the sandbox's
+ * log, echoed to the test's output. *status (if not NULL) gets the wait status. */
+static char *
+box_run(struct env *e, struct box *b, const char *name, uid_t base, const char *hostname,
+        struct sbx_sandbox_limits lim, const char *script, int *status)
+{
+    spawn_ok(e, b, name, base, hostname, lim, script);
+    int st = box_wait(b);
+    if (status != NULL)
+        *status = st;
+    char *log = box_log(b);
+    fprintf(stderr, "%s", log);
+    return log;
+}
+
 TEST(identity_and_filesystem)
 {
     REQUIRE_ROOT();
@@ -232,10 +253,8 @@ TEST(identity_and_filesystem)
         "echo python=$(python3 -c 'print(6*7)')\n"
         "echo oom=$(cat /proc/1/oom_score_adj)\n"
         "echo nofile=$(ulimit -Hn)\n";
-    spawn_ok(&e, &b, "id", BASE_A, "mybox", default_limits, script);
-    int st = box_wait(&b);
-    char *log = box_log(&b);
-    fprintf(stderr, "%s", log);
+    int st;
+    char *log = box_run(&e, &b, "id", BASE_A, "mybox", default_limits, script, &st);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     expect_line(log, "uid=0");
     expect_line(log, "pid=1");
@@ -319,10 +338,8 @@ TEST(sudo_and_denials)
         "r=l.syscall(321, 0, 0, 0); print(\"bpf_errno=%d\" % ctypes.get_errno())'\n"
         /* x32 entry point: getpid with __X32_SYSCALL_BIT; the process must die of SIGSYS. */
         "python3 -c 'import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39)'; echo x32_rc=$?\n";
-    spawn_ok(&e, &b, "sudo", BASE_A, NULL, default_limits, script);
-    int st = box_wait(&b);
-    char *log = box_log(&b);
-    fprintf(stderr, "%s", log);
+    int st;
+    char *log = box_run(&e, &b, "sudo", BASE_A, NULL, default_limits, script, &st);
     CHECK(WIFEXITED(st));
     expect_line(log, "asuser=1000");
     expect_line(log, "sudo=0");
@@ -370,15 +387,12 @@ TEST(memory_limit_oom_kills_inside)
                          "python3 -c \"b = b'x' * (128 << 20); print('survived')\"\n"
                          "echo hog_rc=$?\n"
                          "echo alive=yes\n";
-    spawn_ok(&e, &b, "oom", BASE_A, NULL, lim, script);
-    int st = box_wait(&b);
-    char *log = box_log(&b);
-    fprintf(stderr, "%s", log);
+    int st;
+    char *log = box_run(&e, &b, "oom", BASE_A, NULL, lim, script, &st);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     expect_line(log, "hog_rc=137");
     expect_line(log, "alive=yes");
-    struct sbx_sandbox_ref ref = {.id = b.id, .sandbox_dir = b.dir, .pid = b.pid,
-                                  .start_time = b.start};
+    struct sbx_sandbox_ref ref = box_ref(&b);
     struct sbx_sandbox_stats s;
     struct sbx_error *err = NULL;
     CHECK(sbx_sandbox_stats(&ref, &s, &err) == 0);
@@ -412,10 +426,8 @@ TEST(pids_limit_stops_fork_loop)
         "except OSError as e:\n"
         "    print(\"forked=%d errno=%d\" % (n, e.errno))\n"
         "'\n";
-    spawn_ok(&e, &b, "pids", BASE_A, NULL, lim, script);
-    int st = box_wait(&b);
-    char *log = box_log(&b);
-    fprintf(stderr, "%s", log);
+    int st;
+    char *log = box_run(&e, &b, "pids", BASE_A, NULL, lim, script, &st);
     CHECK(WIFEXITED(st));
     CHECK(strstr(log, "errno=11") != NULL);
     int forked = -1;
@@ -442,19 +454,15 @@ TEST(destroy_leaves_nothing_and_sandboxes_are_apart)
         usleep(2000);
     CHECK(stat(marker, &st) == 0);
     CHECK(st.st_uid == BASE_A);
-    spawn_ok(&e, &b, "b", BASE_B, NULL, default_limits,
+    char *log = box_run(&e, &b, "b", BASE_B, NULL, default_limits,
              "test -e /root/marker && echo marker=visible || echo marker=absent\n"
              "echo procs=$(ls -d /proc/[0-9]* | wc -l)\n"
-             "echo map=$(awk '{print $1, $2, $3}' /proc/self/uid_map)\n");
-    box_wait(&b);
-    char *log = box_log(&b);
-    fprintf(stderr, "%s", log);
+             "echo map=$(awk '{print $1, $2, $3}' /proc/self/uid_map)\n", NULL);
     expect_line(log, "marker=absent");
     expect_line(log, "map=0 1300000 65536");
     box_destroy(&b);
 
-    struct sbx_sandbox_ref ref = {.id = a.id, .sandbox_dir = a.dir, .pid = a.pid,
-                                  .start_time = a.start};
+    struct sbx_sandbox_ref ref = box_ref(&a);
     CHECK(sbx_sandbox_is_alive(&ref));
     struct sbx_error *err = NULL;
     int pfd = sbx_sandbox_open_pidfd(&ref, &err);
@@ -618,8 +626,7 @@ TEST(disk_limit_enospc)
     CHECK(sscanf(strstr(log, "df="), "df=%d", &df_kb) == 1);
     CHECK(size_mb >= 50 && size_mb <= 64); /* the limit, less ext4's metadata */
     CHECK(df_kb > 50 * 1024 && df_kb <= 64 * 1024);
-    struct sbx_sandbox_ref ref = {.id = b.id, .sandbox_dir = b.dir, .pid = b.pid,
-                                  .start_time = b.start};
+    struct sbx_sandbox_ref ref = box_ref(&b);
     CHECK(sbx_sandbox_is_alive(&ref));
     struct sbx_sandbox_stats s;
     struct sbx_error *err = NULL;

@@ -1,10 +1,10 @@
 // commands.* through the official JS SDK.
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 
 import { CommandExitError, InvalidArgumentError, Sandbox, TimeoutError } from 'e2b'
 
-import { startDaemon, waitFor } from './daemon.mjs'
+import { shareSandbox, waitFor } from './daemon.mjs'
 
 const T = { timeout: 60_000 }
 let daemon
@@ -12,14 +12,9 @@ let sbx
 
 const pids = async (s = sbx) => new Set((await s.commands.list()).map((p) => p.pid))
 
-before(async () => {
-  daemon = await startDaemon()
-  sbx = await Sandbox.create({ timeoutMs: 300_000, envs: { SBX_GLOBAL: 'global' } })
-})
-
-after(async () => {
-  if (sbx) await sbx.kill().catch(() => {})
-  await daemon?.stop()
+shareSandbox({ envs: { SBX_GLOBAL: 'global' } }, (d, s) => {
+  daemon = d
+  sbx = s
 })
 
 describe('commands', () => {

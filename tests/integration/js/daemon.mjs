@@ -6,7 +6,10 @@ import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
+import { after, before } from 'node:test'
 import { fileURLToPath } from 'node:url'
+
+import { Sandbox } from 'e2b'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const repo = path.resolve(here, '../../..')
@@ -140,6 +143,24 @@ export async function waitFor(fn, timeoutMs = 10000, what = 'condition') {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await sleep(100)
   }
+}
+
+// Hooks for a test file whose tests share one sandbox: before them a daemon starts and a
+// sandbox is created with the Sandbox.create options opts; use(daemon, sbx) receives each as
+// soon as it exists. After the tests the sandbox is killed and the daemon stopped.
+export function shareSandbox(opts, use) {
+  let daemon
+  let sbx
+  before(async () => {
+    daemon = await startDaemon()
+    use(daemon, undefined)
+    sbx = await Sandbox.create({ timeoutMs: 300_000, ...opts })
+    use(daemon, sbx)
+  })
+  after(async () => {
+    if (sbx) await sbx.kill().catch(() => {})
+    await daemon?.stop()
+  })
 }
 
 export { sleep }

@@ -1,26 +1,19 @@
 // files.* through the official JS SDK, and presigned URLs fetched with plain fetch.
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 
-import { FileType, FilesystemEventType, InvalidArgumentError, NotFoundError, Sandbox } from 'e2b'
+import { FileType, FilesystemEventType, InvalidArgumentError, NotFoundError } from 'e2b'
 
-import { startDaemon, waitFor } from './daemon.mjs'
+import { shareSandbox, waitFor } from './daemon.mjs'
 
 const T = { timeout: 60_000 }
 const HOME = '/home/user'
-let daemon
 let sbx
 // The SDK adds `metadata: undefined` to write results; the server sends exactly these keys.
 const npt = (i) => ({ name: i.name, path: i.path, type: i.type })
 
-before(async () => {
-  daemon = await startDaemon()
-  sbx = await Sandbox.create({ timeoutMs: 300_000 })
-})
-
-after(async () => {
-  if (sbx) await sbx.kill().catch(() => {})
-  await daemon?.stop()
+shareSandbox({}, (_daemon, s) => {
+  sbx = s
 })
 
 describe('files', () => {

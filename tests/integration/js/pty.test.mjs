@@ -1,10 +1,10 @@
 // PTY sessions through the official JS SDK.
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 
 import { CommandExitError, Sandbox } from 'e2b'
 
-import { startDaemon, waitFor } from './daemon.mjs'
+import { shareSandbox, waitFor } from './daemon.mjs'
 
 const T = { timeout: 60_000 }
 let daemon
@@ -30,14 +30,9 @@ async function ask(s, pid, screen, expr) {
   return m[1].trim()
 }
 
-before(async () => {
-  daemon = await startDaemon()
-  sbx = await Sandbox.create({ timeoutMs: 300_000 })
-})
-
-after(async () => {
-  if (sbx) await sbx.kill().catch(() => {})
-  await daemon?.stop()
+shareSandbox({}, (d, s) => {
+  daemon = d
+  sbx = s
 })
 
 describe('pty', () => {

@@ -13,15 +13,7 @@ from e2b import (
     SandboxNotRunningException,
     TimeoutException,
 )
-
-
-def _wait_for(predicate, timeout=10.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+from helpers import wait_for
 
 
 def _pids(sbx):
@@ -75,7 +67,7 @@ def test_background_and_wait(sandbox):
     assert h.pid in _pids(sandbox)
     r = h.wait()
     assert r.exit_code == 0 and r.stdout == "done\n"
-    assert _wait_for(lambda: h.pid not in _pids(sandbox), 5), "exited process still listed"
+    assert wait_for(lambda: h.pid not in _pids(sandbox), 5), "exited process still listed"
 
 
 def test_output_callbacks_stream(sandbox):
@@ -118,13 +110,13 @@ def test_kill_command(sandbox):
     with pytest.raises(CommandExitException) as ei:
         h.wait()
     assert ei.value.exit_code != 0
-    assert _wait_for(lambda: h.pid not in _pids(sandbox), 5)
+    assert wait_for(lambda: h.pid not in _pids(sandbox), 5)
 
 
 def test_kill_via_handle_and_unknown_pid(sandbox):
     h = sandbox.commands.run("sleep 600", background=True, timeout=0)
     assert h.kill() is True
-    assert _wait_for(lambda: h.pid not in _pids(sandbox), 5)
+    assert wait_for(lambda: h.pid not in _pids(sandbox), 5)
     assert sandbox.commands.kill(999999) is False
 
 
@@ -178,7 +170,7 @@ def test_command_timeout_kills_process(sandbox):
         sandbox.commands.run("sleep 30", timeout=2)
     assert time.monotonic() - t0 < 15
     # envd uses Connect-Timeout-Ms as the process lifetime: the process is gone.
-    assert _wait_for(
+    assert wait_for(
         lambda: not any(p.args[-1:] == ["sleep 30"] for p in sandbox.commands.list()), 5
     ), "timed-out command still running"
 

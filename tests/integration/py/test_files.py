@@ -2,7 +2,6 @@
 plain urllib, and hostile or broken /files input sent raw."""
 
 import gzip
-import http.client
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from e2b import (
     SandboxException,
 )
 from e2b.exceptions import FileNotFoundException
+from helpers import http_request, wait_for
 
 HOME = "/home/user"
 
@@ -40,13 +40,7 @@ def _envd(sbx, method, target, body=None, headers=None, token=True, sandbox_id=T
     if token and sbx._envd_access_token:
         h["X-Access-Token"] = sbx._envd_access_token
     h.update(headers or {})
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    try:
-        conn.request(method, target, body=body, headers=h)
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
+    return http_request(url.hostname, url.port, method, target, body, h)
 
 
 def _multipart(parts, boundary="sbxtestboundary"):
@@ -61,16 +55,6 @@ def _multipart(parts, boundary="sbxtestboundary"):
 
 def _q(**params):
     return "/files?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
-
-
-def _wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    return pred()
 
 
 # -- read / write ---------------------------------------------------------------------------
@@ -291,7 +275,7 @@ def test_watch_sync_polling(sandbox):
         return {("write", "a.txt"), ("create", "later"), ("write", "later/b.txt"),
                 ("write", "nested/c.txt")} <= got
 
-    assert _wait_for(have_all), seen
+    assert wait_for(have_all), seen
     writes = [e for e in seen if e.name == "a.txt" and e.type.value == "write"]
     assert writes[0].entry is not None and writes[0].entry.path == f"{HOME}/w/a.txt"
     h.stop()
@@ -500,7 +484,7 @@ def test_disconnect_mid_upload_leaves_no_partial_file(sandbox):
         s.sendall(head + prefix + b"p" * 300000)
         time.sleep(0.5)
         s.close()
-        assert _wait_for(lambda: not sandbox.files.exists("partial.bin"), 5), ctype
+        assert wait_for(lambda: not sandbox.files.exists("partial.bin"), 5), ctype
     # An overwritten file is emptied, never left half-written.
     sandbox.files.write("partial.bin", "old content")
     s = socket.create_connection((url.hostname, url.port), timeout=10)
@@ -511,7 +495,7 @@ def test_disconnect_mid_upload_leaves_no_partial_file(sandbox):
                ).encode() + b"n" * 1000)
     time.sleep(0.5)
     s.close()
-    assert _wait_for(lambda: sandbox.files.read("partial.bin") == "", 5)
+    assert wait_for(lambda: sandbox.files.read("partial.bin") == "", 5)
 
 
 def test_disk_full_is_507(sandbox, run_cmd):

@@ -2,20 +2,11 @@
 keep running; after the restart everything is reachable again through the SDK."""
 
 import secrets
-import time
 
 import pytest
 
 from e2b import Sandbox, SandboxQuery
-
-
-def _wait_for(predicate, timeout=10.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+from helpers import wait_for
 
 
 @pytest.mark.timeout(120)
@@ -81,7 +72,7 @@ def test_expiry_still_enforced_after_restart(sandbox_factory, restart_daemon):
     sbx = sandbox_factory()
     sbx.set_timeout(6)
     restart_daemon()
-    assert _wait_for(lambda: not sbx.is_running(), 20, 0.5), \
+    assert wait_for(lambda: not sbx.is_running(), 20, 0.5), \
         "a sandbox whose timeout elapsed across a restart must be killed"
 
 
