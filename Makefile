@@ -5,7 +5,7 @@ BUILD ?= build
 PYTHON ?= .venv/bin/python
 SBX_BIN := $(abspath $(BUILD))/sbx
 
-.PHONY: all setup-build setup-test build serve test test-unit test-py test-js clean
+.PHONY: all setup-build setup-test build serve test test-format test-unit test-py test-js format clean
 
 all: build
 
@@ -24,9 +24,18 @@ build: setup-build $(BUILD)/build.ninja
 serve: build
 	exec $(BUILD)/sbx serve
 
-# Unit tests and fuzz-corpus replays (meson), then the SDK suites against a real daemon.
+C_SOURCES = $(shell git ls-files 'src/*.[ch]' 'tests/unit/*.[ch]' 'fuzz/*.[ch]')
+
+# Formatting, unit tests and fuzz-corpus replays (meson), then the SDK suites against a
+# real daemon.
 test: setup-test build
-	$(MAKE) --no-print-directory test-unit test-py test-js
+	$(MAKE) --no-print-directory test-format test-unit test-py test-js
+
+test-format:
+	clang-format-14 --dry-run --Werror $(C_SOURCES)
+
+format:
+	clang-format-14 -i $(C_SOURCES)
 
 test-unit:
 	meson test -C $(BUILD) --print-errorlogs

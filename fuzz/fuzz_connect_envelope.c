@@ -66,10 +66,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 CHECK(err != NULL && err->msg != NULL);
                 CHECK(consumed + 5 <= fed);
                 const unsigned char *p = (const unsigned char *)s + consumed;
-                uint32_t want = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 |
-                                (uint32_t)p[3] << 8 | p[4];
-                CHECK((p[0] & ~SBX_CONNECT_FLAG_END_STREAM) != 0 ||
-                      want > SBX_CONNECT_MAX_MESSAGE);
+                uint32_t want =
+                    (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+                CHECK((p[0] & ~SBX_CONNECT_FLAG_END_STREAM) != 0 || want > SBX_CONNECT_MAX_MESSAGE);
                 failed = true;
                 break;
             }

@@ -249,7 +249,7 @@ on_request(struct sbx_http_req *req, void *ud)
 struct client {
     int fd;
     http_parser parser;
-    bool check;   /* validate the responses (off when HEAD makes framing ambiguous) */
+    bool check; /* validate the responses (off when HEAD makes framing ambiguous) */
     bool eof;
     size_t received;
 };

@@ -54,7 +54,7 @@ control_plane(json_t *body)
     /* The typed helpers on every top-level key, whatever its type. */
     const char *k;
     json_t *v;
-    json_object_foreach(body, k, v) {
+    json_object_foreach (body, k, v) {
         const char *s = NULL;
         bool b = false;
         int64_t i = 0;

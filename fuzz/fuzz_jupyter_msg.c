@@ -17,8 +17,8 @@
 #include "jupyter/msg.h"
 #include "fuzz_common.h"
 
-#define KEY "fuzz-key-0123456789abcdef"
-#define SEP "\n--\n"
+#define KEY        "fuzz-key-0123456789abcdef"
+#define SEP        "\n--\n"
 #define MAX_FRAMES (SBX_JUPYTER_MAX_FRAMES + 4)
 
 static void

@@ -25,8 +25,8 @@
 #include "http/http.h"
 
 #define CONFIG_MAX_BYTES (1024 * 1024)
-#define UNAUTHORIZED_BODY                                                                      \
-    "{\"code\":401,\"message\":\"unauthorized access, please provide a valid access token or " \
+#define UNAUTHORIZED_BODY                                                                          \
+    "{\"code\":401,\"message\":\"unauthorized access, please provide a valid access token or "     \
     "method signing if supported\"}"
 
 static struct sbx_agent_config config;
@@ -78,11 +78,10 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX_ID", json_string(cfg->sandbox_id));
     const char *k;
     json_t *v;
-    json_object_foreach(json_is_object(envs) ? envs : NULL, k, v) {
+    json_object_foreach (json_is_object(envs) ? envs : NULL, k, v) {
         if (!json_is_string(v) || *k == '\0' || strchr(k, '=') != NULL) {
             json_decref(root);
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: bad envVars entry '%s'",
-                                 k);
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: bad envVars entry '%s'", k);
         }
         json_object_set(cfg->env_vars, k, v);
     }

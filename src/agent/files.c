@@ -56,7 +56,7 @@ query_param(const struct sbx_http_req *req, const char *key, size_t *len, bool *
 }
 
 struct files_params {
-    char *path;          /* raw, decoded; NULL if absent */
+    char *path; /* raw, decoded; NULL if absent */
     size_t path_len;
     char *username;
     char *signature;
@@ -429,19 +429,19 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
 struct upload {
     struct sbx_http_req *req;
     struct sbx_agent_user user;
-    char *path_param;       /* resolved `path` query parameter, NULL if absent */
-    json_t *metadata;       /* object of strings, NULL if none */
-    json_t *results;        /* array of {name,path,type[,metadata]} */
+    char *path_param; /* resolved `path` query parameter, NULL if absent */
+    json_t *metadata; /* object of strings, NULL if none */
+    json_t *results;  /* array of {name,path,type[,metadata]} */
     struct sbx_multipart *mp;
     bool gzip;
     z_stream z;
-    bool z_ended;           /* at a gzip member boundary */
+    bool z_ended;            /* at a gzip member boundary */
     struct sbx_error *error; /* first failure; the rest of the body is drained */
     /* the file being written */
     int fd;
     char *cur_path;
     bool cur_created;
-    bool cur_skip;          /* a part not named "file" */
+    bool cur_skip; /* a part not named "file" */
     struct stat cur_st;
     char zout[SBX_AGENT_IO_CHUNK];
 };
@@ -456,9 +456,8 @@ file_abort(struct upload *up)
     if (up->cur_created) {
         struct stat now;
         _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&up->user, &fsu, NULL) == 0 &&
-            lstat(up->cur_path, &now) == 0 && now.st_ino == up->cur_st.st_ino &&
-            now.st_dev == up->cur_st.st_dev)
+        if (sbx_agent_fsuser_enter(&up->user, &fsu, NULL) == 0 && lstat(up->cur_path, &now) == 0 &&
+            now.st_ino == up->cur_st.st_ino && now.st_dev == up->cur_st.st_dev)
             unlink(up->cur_path);
     } else {
         if (ftruncate(up->fd, 0) < 0) {
@@ -492,7 +491,7 @@ file_begin(struct upload *up, char *path /* stolen */, struct sbx_error **err)
     _cleanup_free_ char *p = path;
     size_t i;
     json_t *r;
-    json_array_foreach(up->results, i, r) {
+    json_array_foreach (up->results, i, r) {
         if (strcmp(json_string_value(json_object_get(r, "path")), p) == 0)
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                                  "you cannot upload multiple files to the same path '%s' in "
@@ -807,8 +806,7 @@ files_post(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         if (file_begin(up, path, &e) < 0)
             goto fail;
     } else {
-        sbx_error_set(&e, SBX_INVALID_ARGUMENT, 0, "unsupported content type '%s'",
-                      ct ? ct : "");
+        sbx_error_set(&e, SBX_INVALID_ARGUMENT, 0, "unsupported content type '%s'", ct ? ct : "");
         goto fail;
     }
     params_fini(&p);

@@ -317,7 +317,8 @@ on_unary(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)
 static void
 on_watch_msg(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)
 {
-    void (*fn)(struct sbx_http_req *, json_t *) = (void (*)(struct sbx_http_req *, json_t *))req->data;
+    void (*fn)(struct sbx_http_req *, json_t *) =
+        (void (*)(struct sbx_http_req *, json_t *))req->data;
     req->data = NULL;
     if (rerr) {
         sbx_connect_error(req, rerr);
@@ -328,11 +329,11 @@ on_watch_msg(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)
 
 /* sbx_connect_read_request keeps its callback in req->data until it calls it, so each method
  * gets a callback of its own that then names its handler. */
-#define DEFINE_UNARY(fnname)                                                       \
-    static void on_##fnname(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr) \
-    {                                                                              \
-        req->data = (void *)fnname;                                                \
-        on_unary(req, msg, rerr);                                                  \
+#define DEFINE_UNARY(fnname)                                                                       \
+    static void on_##fnname(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)         \
+    {                                                                                              \
+        req->data = (void *)fnname;                                                                \
+        on_unary(req, msg, rerr);                                                                  \
     }
 DEFINE_UNARY(do_stat)
 DEFINE_UNARY(do_make_dir)
@@ -340,11 +341,11 @@ DEFINE_UNARY(do_move)
 DEFINE_UNARY(do_list_dir)
 DEFINE_UNARY(do_remove)
 
-#define DEFINE_WATCH(fnname)                                                       \
-    static void on_##fnname(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr) \
-    {                                                                              \
-        req->data = (void *)fnname;                                                \
-        on_watch_msg(req, msg, rerr);                                              \
+#define DEFINE_WATCH(fnname)                                                                       \
+    static void on_##fnname(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)         \
+    {                                                                                              \
+        req->data = (void *)fnname;                                                                \
+        on_watch_msg(req, msg, rerr);                                                              \
     }
 DEFINE_WATCH(sbx_agent_watch_dir)
 DEFINE_WATCH(sbx_agent_watcher_create)
@@ -385,8 +386,7 @@ sbx_agent_fs_handle(struct sbx_http_req *req)
             return true;
         }
     }
-    sbx_error_set(&e, SBX_UNIMPLEMENTED, 0, "filesystem.Filesystem.%s is not implemented",
-                  method);
+    sbx_error_set(&e, SBX_UNIMPLEMENTED, 0, "filesystem.Filesystem.%s is not implemented", method);
     sbx_connect_error(req, e);
     return true;
 }

@@ -461,8 +461,7 @@ sbx_agent_entry_info(const char *path, struct sbx_agent_names *names, struct sbx
     struct stat lst, st;
     if (lstat(path, &lst) < 0) {
         if (errno == ENOENT)
-            sbx_error_set(err, SBX_NOT_FOUND, ENOENT, "file not found: '%s' does not exist",
-                          path);
+            sbx_error_set(err, SBX_NOT_FOUND, ENOENT, "file not found: '%s' does not exist", path);
         else
             sbx_agent_fs_error(err, errno, "stat '%s'", path);
         return NULL;
@@ -560,8 +559,7 @@ sbx_agent_metadata_read_path(const char *path)
 }
 
 int
-sbx_agent_metadata_check(const char *key, const char *value, size_t *total,
-                         struct sbx_error **err)
+sbx_agent_metadata_check(const char *key, const char *value, size_t *total, struct sbx_error **err)
 {
     size_t kl = strlen(key), vl = strlen(value);
     if (kl == 0)
@@ -597,7 +595,7 @@ sbx_agent_metadata_write_fd(int fd, json_t *kv, struct sbx_error **err)
             fremovexattr(fd, k);
     const char *key;
     json_t *v;
-    json_object_foreach(kv, key, v) {
+    json_object_foreach (kv, key, v) {
         _cleanup_free_ char *name = NULL;
         if (asprintf(&name, "%s%s", SBX_AGENT_XATTR_PREFIX, key) < 0)
             abort();

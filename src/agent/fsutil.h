@@ -6,9 +6,9 @@
  * operation user. The kernel then checks permissions as that user and new files and
  * directories are owned by it. For a user other than root the thread's effective
  * capabilities are emptied as well (setfsuid alone keeps e.g. CAP_SYS_PTRACE, which would
- * open /proc/1/root and /proc/<pid>/mem of root processes to that user). Supplementary groups are not switched (setgroups is
- * process-wide): the fs identity is the user's uid and primary gid. Never held across an
- * event loop turn. */
+ * open /proc/1/root and /proc/<pid>/mem of root processes to that user). Supplementary groups are
+ * not switched (setgroups is process-wide): the fs identity is the user's uid and primary gid.
+ * Never held across an event loop turn. */
 #ifndef SBX_AGENT_FSUTIL_H
 #define SBX_AGENT_FSUTIL_H
 
@@ -22,11 +22,11 @@
 #include "agent/users.h"
 #include "base/error.h"
 
-#define SBX_AGENT_PATH_MAX 4096
-#define SBX_AGENT_XATTR_PREFIX "user.e2b."
-#define SBX_AGENT_METADATA_MAX_KEY 246      /* bytes of a key after the prefix */
+#define SBX_AGENT_PATH_MAX           4096
+#define SBX_AGENT_XATTR_PREFIX       "user.e2b."
+#define SBX_AGENT_METADATA_MAX_KEY   246    /* bytes of a key after the prefix */
 #define SBX_AGENT_METADATA_MAX_TOTAL 4096   /* keys + values of one file */
-#define SBX_AGENT_LIST_MAX_ENTRIES 200000   /* ListDir answer */
+#define SBX_AGENT_LIST_MAX_ENTRIES   200000 /* ListDir answer */
 
 struct sbx_agent_fsuser {
     uid_t uid;

@@ -29,12 +29,12 @@ struct ctx {
     char *cwd;
     bool is_default;
     bool removed;
-    struct sbx_kernel *kernel;  /* NULL until needed, and after it died */
+    struct sbx_kernel *kernel; /* NULL until needed, and after it died */
     bool kernel_was_ready;
-    struct run *runs;           /* FIFO; the head is the one running */
+    struct run *runs; /* FIFO; the head is the one running */
     size_t n_runs;
-    struct waiter *waiters;     /* HTTP requests waiting for the kernel to be ready */
-    int busy;                   /* > 0 while a function below must not see it freed */
+    struct waiter *waiters; /* HTTP requests waiting for the kernel to be ready */
+    int busy;               /* > 0 while a function below must not see it freed */
     struct ctx *next;
 };
 
@@ -42,12 +42,12 @@ enum run_phase { RUN_QUEUED, RUN_MAIN, RUN_RESTORE };
 
 struct run {
     struct ctx *ctx;
-    struct sbx_http_req *req;   /* NULL once the client went away or the response ended */
+    struct sbx_http_req *req; /* NULL once the client went away or the response ended */
     json_t *code;
-    json_t *env;                /* per-run env_vars, NULL if none */
+    json_t *env; /* per-run env_vars, NULL if none */
     enum run_phase phase;
     struct sbx_kernel_exec *exec;
-    uv_timer_t timer;           /* keepalive, then the interrupt grace period */
+    uv_timer_t timer; /* keepalive, then the interrupt grace period */
     bool interrupted;
     bool paused;
     struct run *next;
@@ -186,7 +186,8 @@ spawn_kernel(void *ud, const struct sbx_kernel_spawn_req *r, struct sbx_error **
         .stderr_fd = r->out_fd,
         .ctty_fd = -1,
     };
-    pid_t pid = devnull < 0 ? sbx_error_sys(err, errno, "open /dev/null") : sbx_agent_spawn(&s, err);
+    pid_t pid =
+        devnull < 0 ? sbx_error_sys(err, errno, "open /dev/null") : sbx_agent_spawn(&s, err);
     if (devnull >= 0)
         close(devnull);
     sbx_agent_strv_free(envp);
@@ -409,24 +410,18 @@ on_stream(void *ud, bool is_stderr, json_t *text, const char *date)
         sbx_format_rfc3339(sbx_wall_ms(), now, sizeof(now));
         date = now;
     }
-    write_line(ud, json_pack("{s:s,s:O,s:s}", "type", is_stderr ? "stderr" : "stdout", "text",
-                             text, "timestamp", date));
+    write_line(ud, json_pack("{s:s,s:O,s:s}", "type", is_stderr ? "stderr" : "stdout", "text", text,
+                             "timestamp", date));
 }
 
 /* MIME types the SDKs know as Result fields; anything else goes to `extra`. */
 static const char *const mime_fields[][2] = {
-    {"text/plain", "text"},
-    {"text/html", "html"},
-    {"text/markdown", "markdown"},
-    {"image/svg+xml", "svg"},
-    {"image/png", "png"},
-    {"image/jpeg", "jpeg"},
-    {"application/pdf", "pdf"},
-    {"text/latex", "latex"},
-    {"application/json", "json"},
-    {"application/javascript", "javascript"},
-    {"e2b/data", "data"},
-    {"e2b/chart", "chart"},
+    {"text/plain", "text"},        {"text/html", "html"},
+    {"text/markdown", "markdown"}, {"image/svg+xml", "svg"},
+    {"image/png", "png"},          {"image/jpeg", "jpeg"},
+    {"application/pdf", "pdf"},    {"text/latex", "latex"},
+    {"application/json", "json"},  {"application/javascript", "javascript"},
+    {"e2b/data", "data"},          {"e2b/chart", "chart"},
 };
 
 static void
@@ -436,7 +431,7 @@ on_result(void *ud, bool main, json_t *data)
     json_t *extra = json_object();
     const char *mime;
     json_t *v;
-    json_object_foreach(data, mime, v) {
+    json_object_foreach (data, mime, v) {
         const char *field = NULL;
         for (size_t i = 0; i < sizeof(mime_fields) / sizeof(mime_fields[0]); i++)
             if (strcmp(mime, mime_fields[i][0]) == 0)
@@ -498,8 +493,10 @@ on_main_done(void *ud, enum sbx_kernel_exec_end end, const char *why)
     r->exec = NULL;
     if (end == SBX_KERNEL_EXEC_DIED) {
         char msg[512];
-        snprintf(msg, sizeof(msg), "%s; the context's state was lost and its next execution "
-                 "starts a fresh kernel", why ? why : "the kernel died");
+        snprintf(msg, sizeof(msg),
+                 "%s; the context's state was lost and its next execution "
+                 "starts a fresh kernel",
+                 why ? why : "the kernel died");
         write_error(r, r->ctx->removed ? "ContextRemoved" : "DeadKernelError", msg, "");
         run_end_response(r);
         run_finish(r);
@@ -570,7 +567,7 @@ env_snippet(const char *lang, json_t *set, json_t *unset)
     size_t i;
     bool py = strcmp(lang, "python") == 0;
     bool js = strcmp(lang, "javascript") == 0 || strcmp(lang, "typescript") == 0;
-    json_array_foreach(unset, i, v) {
+    json_array_foreach (unset, i, v) {
         _cleanup_free_ char *key = lit(json_string_value(v));
         if (py)
             sbx_buf_printf(&b, "__import__('os').environ.pop(%s, None)\n", key);
@@ -583,7 +580,7 @@ env_snippet(const char *lang, json_t *set, json_t *unset)
         else if (strcmp(lang, "bash") == 0 && is_identifier(json_string_value(v)))
             sbx_buf_printf(&b, "unset %s\n", json_string_value(v));
     }
-    json_object_foreach(set, k, v) {
+    json_object_foreach (set, k, v) {
         _cleanup_free_ char *key = lit(k);
         _cleanup_free_ char *val = lit(json_string_value(v));
         if (py) {
@@ -622,7 +619,7 @@ run_restore_env(struct run *r)
     json_t *unset = json_array();
     const char *k;
     json_t *v;
-    json_object_foreach(r->env, k, v) {
+    json_object_foreach (r->env, k, v) {
         json_t *global = json_object_get(svc.cfg->env_vars, k);
         if (json_is_string(global))
             json_object_set(set, k, global);
@@ -813,7 +810,7 @@ valid_env_map(json_t *env)
 {
     const char *k;
     json_t *v;
-    json_object_foreach(env, k, v) {
+    json_object_foreach (env, k, v) {
         if (!json_is_string(v) || *k == '\0' || strchr(k, '=') != NULL)
             return false;
     }
@@ -838,14 +835,15 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
         (lang && !json_is_null(lang) && !json_is_string(lang)) ||
         (env && !json_is_null(env) && !(json_is_object(env) && valid_env_map(env)))) {
         json_decref(j);
-        respond_text(req, 400, "invalid request: want {\"code\": str, \"context_id\"?: str, "
+        respond_text(req, 400,
+                     "invalid request: want {\"code\": str, \"context_id\"?: str, "
                      "\"language\"?: str, \"env_vars\"?: {str: str}}");
         return;
     }
-    const char *id = json_is_string(ctx_id) && json_string_length(ctx_id) ? json_string_value(ctx_id)
-                                                                          : NULL;
-    const char *lg = json_is_string(lang) && json_string_length(lang) ? json_string_value(lang)
-                                                                      : NULL;
+    const char *id =
+        json_is_string(ctx_id) && json_string_length(ctx_id) ? json_string_value(ctx_id) : NULL;
+    const char *lg =
+        json_is_string(lang) && json_string_length(lang) ? json_string_value(lang) : NULL;
     if (id && lg) {
         json_decref(j);
         respond_text(req, 400, "Only one of context_id or language can be provided");
@@ -866,8 +864,10 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
         normalize_language(lg, norm, sizeof(norm));
         if (!sbx_kernel_is_known(norm)) {
             char msg[300];
-            snprintf(msg, sizeof(msg), "Unsupported language '%.100s' (supported: python, "
-                     "javascript, typescript, r, bash, java)", lg);
+            snprintf(msg, sizeof(msg),
+                     "Unsupported language '%.100s' (supported: python, "
+                     "javascript, typescript, r, bash, java)",
+                     lg);
             json_decref(j);
             respond_text(req, 400, msg);
             return;
@@ -1092,8 +1092,8 @@ sbx_interp_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         if (cfg->access_token != NULL) {
             const char *t = sbx_http_req_header(req, "x-access-token");
             /* Constant time, as envd's own check. */
-            if (t == NULL || !sbx_secret_equal(t, strlen(t), cfg->access_token,
-                                               strlen(cfg->access_token))) {
+            if (t == NULL ||
+                !sbx_secret_equal(t, strlen(t), cfg->access_token, strlen(cfg->access_token))) {
                 respond_text(req, 401, "unauthorized: missing or invalid X-Access-Token");
                 return true;
             }

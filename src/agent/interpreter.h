@@ -15,11 +15,11 @@
 #include "base/error.h"
 #include "http/http.h"
 
-#define SBX_INTERP_KEEPALIVE_MS 5000          /* NDJSON keepalive after this much silence */
-#define SBX_INTERP_INTERRUPT_GRACE_MS 10000   /* then an interrupted kernel is restarted */
-#define SBX_INTERP_MAX_CONTEXTS 64
-#define SBX_INTERP_MAX_QUEUED 256             /* queued executions per context */
-#define SBX_INTERP_DEFAULT_CWD "/home/user"
+#define SBX_INTERP_KEEPALIVE_MS       5000  /* NDJSON keepalive after this much silence */
+#define SBX_INTERP_INTERRUPT_GRACE_MS 10000 /* then an interrupted kernel is restarted */
+#define SBX_INTERP_MAX_CONTEXTS       64
+#define SBX_INTERP_MAX_QUEUED         256 /* queued executions per context */
+#define SBX_INTERP_DEFAULT_CWD        "/home/user"
 
 /* Creates the default contexts and starts the default Python kernel, so that the first
  * run_code does not pay its start. Call after sbx_agent_process_init (kernels are reaped by

@@ -14,16 +14,16 @@ struct sbx_multipart {
     enum state state;
     struct sbx_multipart_callbacks cb;
     void *ud;
-    char *delim;          /* "\r\n--" + boundary */
+    char *delim; /* "\r\n--" + boundary */
     size_t dlen;
-    char *work;           /* held bytes (< dlen) + one slice */
+    char *work; /* held bytes (< dlen) + one slice */
     size_t hold;
-    int after;            /* ST_AFTER_DELIM progress: 0 start, 1 saw '-', 2 padding, 3 saw CR */
+    int after; /* ST_AFTER_DELIM progress: 0 start, 1 saw '-', 2 padding, 3 saw CR */
     char head[SBX_MULTIPART_MAX_HEAD];
     size_t head_len;
     char *name, *filename, *content_type;
     size_t filename_len;
-    char *error;          /* sticky message once failed */
+    char *error; /* sticky message once failed */
 };
 
 static int
@@ -351,8 +351,7 @@ scan_slice(struct sbx_multipart *m, const char *data, size_t len, struct sbx_err
 }
 
 int
-sbx_multipart_feed(struct sbx_multipart *m, const char *data, size_t len,
-                   struct sbx_error **err)
+sbx_multipart_feed(struct sbx_multipart *m, const char *data, size_t len, struct sbx_error **err)
 {
     size_t off = 0;
     while (off < len) {

@@ -10,14 +10,14 @@
 
 #include "base/error.h"
 
-#define SBX_MULTIPART_MAX_BOUNDARY 200     /* RFC 2046 allows 70; be lenient */
-#define SBX_MULTIPART_MAX_HEAD 16384       /* all header lines of one part */
-#define SBX_MULTIPART_SLICE 65536          /* body bytes examined per step */
+#define SBX_MULTIPART_MAX_BOUNDARY 200   /* RFC 2046 allows 70; be lenient */
+#define SBX_MULTIPART_MAX_HEAD     16384 /* all header lines of one part */
+#define SBX_MULTIPART_SLICE        65536 /* body bytes examined per step */
 
 struct sbx_multipart_part {
-    const char *name;      /* Content-Disposition name, "" if absent */
-    const char *filename;  /* filename (or decoded filename*), NULL if absent */
-    size_t filename_len;   /* may contain NUL bytes: callers must check */
+    const char *name;         /* Content-Disposition name, "" if absent */
+    const char *filename;     /* filename (or decoded filename*), NULL if absent */
+    size_t filename_len;      /* may contain NUL bytes: callers must check */
     const char *content_type; /* NULL if absent */
 };
 

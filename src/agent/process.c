@@ -35,7 +35,7 @@ struct proc;
 
 struct sub {
     struct proc *p;
-    struct sbx_http_req *req;  /* NULL once detached */
+    struct sbx_http_req *req; /* NULL once detached */
     struct sub *next;
     uv_timer_t keepalive;
     uv_timer_t deadline;
@@ -49,23 +49,23 @@ struct proc {
     int refs;
     pid_t pid;
     char *tag;
-    json_t *config;            /* ProcessConfig for List */
+    json_t *config; /* ProcessConfig for List */
     bool pty;
-    uv_pipe_t out[N_OUT];      /* PTY: out[OUT_STDOUT] is the master, read and written */
-    bool out_open[N_OUT];      /* handle initialised and not closed */
+    uv_pipe_t out[N_OUT]; /* PTY: out[OUT_STDOUT] is the master, read and written */
+    bool out_open[N_OUT]; /* handle initialised and not closed */
     bool out_eof[N_OUT];
     uv_pipe_t in;
     bool in_open;
-    bool in_close_pending;     /* CloseStdin waiting for queued writes */
-    size_t in_pending;         /* bytes queued to stdin, not yet written */
-    size_t in_writes;          /* write requests in flight */
-    uv_timer_t deadline;       /* process lifetime (Connect-Timeout-Ms of Start) */
-    uv_timer_t linger;         /* end event retention */
+    bool in_close_pending; /* CloseStdin waiting for queued writes */
+    size_t in_pending;     /* bytes queued to stdin, not yet written */
+    size_t in_writes;      /* write requests in flight */
+    uv_timer_t deadline;   /* process lifetime (Connect-Timeout-Ms of Start) */
+    uv_timer_t linger;     /* end event retention */
     bool timers_open;
     bool reading;
     bool ended;
     int n_blocked;
-    json_t *end;               /* EndEvent once ended */
+    json_t *end; /* EndEvent once ended */
     struct sub *subs;
     struct proc *next;
 };
@@ -362,8 +362,7 @@ on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     struct proc *p = st->data;
     int i = out_index(p, st);
     if (n > 0) {
-        fan_out(p, p->pty ? "pty" : (i == OUT_STDOUT ? "stdout" : "stderr"), buf->base,
-                (size_t)n);
+        fan_out(p, p->pty ? "pty" : (i == OUT_STDOUT ? "stdout" : "stderr"), buf->base, (size_t)n);
         return;
     }
     if (n < 0) {
@@ -1061,12 +1060,8 @@ static const struct {
     const char *name;
     sbx_connect_msg_cb cb;
 } methods[] = {
-    {"Start", on_start},
-    {"Connect", on_connect},
-    {"List", on_list},
-    {"SendInput", on_send_input},
-    {"SendSignal", on_send_signal},
-    {"CloseStdin", on_close_stdin},
+    {"Start", on_start},          {"Connect", on_connect},        {"List", on_list},
+    {"SendInput", on_send_input}, {"SendSignal", on_send_signal}, {"CloseStdin", on_close_stdin},
     {"Update", on_update},
 };
 
@@ -1098,8 +1093,7 @@ sbx_agent_process_handle(struct sbx_http_req *req, const char *method)
 }
 
 int
-sbx_agent_process_init(uv_loop_t *loop, const struct sbx_agent_config *cfg,
-                       struct sbx_error **err)
+sbx_agent_process_init(uv_loop_t *loop, const struct sbx_agent_config *cfg, struct sbx_error **err)
 {
     svc.loop = loop;
     svc.cfg = cfg;

@@ -20,44 +20,43 @@
 #include "http/http.h"
 
 /* Agent limits (candidates for base/limits.h). */
-#define SBX_AGENT_OUTPUT_CHUNK (32 * 1024)          /* envd: <= 32 KiB per data event */
-#define SBX_AGENT_STDIN_MAX_PENDING (16 * 1024 * 1024) /* queued, unwritten stdin bytes */
+#define SBX_AGENT_OUTPUT_CHUNK        (32 * 1024)        /* envd: <= 32 KiB per data event */
+#define SBX_AGENT_STDIN_MAX_PENDING   (16 * 1024 * 1024) /* queued, unwritten stdin bytes */
 #define SBX_AGENT_KEEPALIVE_DEFAULT_S 50
-#define SBX_AGENT_KEEPALIVE_MAX_S 60
-#define SBX_AGENT_END_RETAIN_MS (30 * 1000)         /* late Connect still sees the end event */
-#define SBX_AGENT_MAX_ARGS 4096
-#define SBX_AGENT_MAX_ENVS 4096
-#define SBX_AGENT_BASE_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define SBX_AGENT_KEEPALIVE_MAX_S     60
+#define SBX_AGENT_END_RETAIN_MS       (30 * 1000) /* late Connect still sees the end event */
+#define SBX_AGENT_MAX_ARGS            4096
+#define SBX_AGENT_MAX_ENVS            4096
+#define SBX_AGENT_BASE_PATH           "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* The sandbox-wide part of the agent config that the process service needs. */
 struct sbx_agent_config {
     char *sandbox_id;
-    char *access_token;  /* NULL when the sandbox is not secure */
-    json_t *env_vars;    /* object of strings: sandbox-wide environment */
+    char *access_token;    /* NULL when the sandbox is not secure */
+    json_t *env_vars;      /* object of strings: sandbox-wide environment */
     bool code_interpreter; /* template is a code interpreter: start its kernel at boot */
 };
 
 /* A decoded StartRequest. */
 struct sbx_agent_start_req {
     char *cmd;
-    char **args;         /* NULL-terminated */
+    char **args; /* NULL-terminated */
     size_t n_args;
-    json_t *envs;        /* object of strings (owned reference), never NULL */
-    char *cwd;           /* NULL when absent */
+    json_t *envs; /* object of strings (owned reference), never NULL */
+    char *cwd;    /* NULL when absent */
     bool pty;
     uint16_t cols, rows;
-    char *tag;           /* NULL when absent */
-    bool stdin_open;     /* absent means true, as in envd */
+    char *tag;       /* NULL when absent */
+    bool stdin_open; /* absent means true, as in envd */
 };
 
 struct sbx_agent_selector {
     uint32_t pid;
-    char *tag;           /* set instead of pid for {"tag": ...} */
+    char *tag; /* set instead of pid for {"tag": ...} */
 };
 
 /* --- process_msg.c: request decoding and event formatting (no I/O). --- */
-int sbx_agent_start_req_parse(json_t *msg, struct sbx_agent_start_req *out,
-                              struct sbx_error **err);
+int sbx_agent_start_req_parse(json_t *msg, struct sbx_agent_start_req *out, struct sbx_error **err);
 void sbx_agent_start_req_fini(struct sbx_agent_start_req *r);
 /* Reads msg[key] as a ProcessSelector (missing/invalid -> SBX_INVALID_ARGUMENT). */
 int sbx_agent_selector_parse(json_t *msg, const char *key, struct sbx_agent_selector *out,
@@ -70,8 +69,7 @@ int sbx_agent_input_parse(json_t *input, bool *is_pty, unsigned char **data, siz
  * SBX_UNIMPLEMENTED. */
 int sbx_agent_signal_parse(json_t *v, int *sig, struct sbx_error **err);
 /* PTY {"size":{"cols","rows"}}. */
-int sbx_agent_pty_size_parse(json_t *pty, uint16_t *cols, uint16_t *rows,
-                             struct sbx_error **err);
+int sbx_agent_pty_size_parse(json_t *pty, uint16_t *cols, uint16_t *rows, struct sbx_error **err);
 /* The EndEvent object for a waitpid() status, formatted as envd (Go's ProcessState) does:
  * {"exitCode":N?,"exited":true?,"status":"exit status N"|"signal: killed","error":...?}. */
 json_t *sbx_agent_end_event_format(int wstatus);
@@ -83,21 +81,21 @@ json_t *sbx_agent_config_json(const struct sbx_agent_start_req *r);
 /* --- process_spawn.c --- */
 /* The child environment: base (PATH, HOME, USER, LOGNAME, SHELL, LANG, TERM for PTYs),
  * then sandbox-wide vars, then the request's (later wins). NULL-terminated, malloc'd. */
-char **sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env,
-                           json_t *req_env, bool pty, struct sbx_error **err);
+char **sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env, json_t *req_env,
+                           bool pty, struct sbx_error **err);
 void sbx_agent_strv_free(char **v);
 /* cwd as envd resolves it: absent/empty/"~" -> home, "~/x" and relative -> home/x. */
 char *sbx_agent_resolve_cwd(const char *cwd, const char *home);
 
 struct sbx_agent_spawn {
     /* in */
-    const char *path;    /* resolved executable */
+    const char *path; /* resolved executable */
     char **argv;
     char **envp;
     const char *cwd;
     const struct sbx_agent_user *user;
     int stdin_fd, stdout_fd, stderr_fd; /* child ends */
-    int ctty_fd;         /* PTY slave to make the controlling terminal, or -1 */
+    int ctty_fd;                        /* PTY slave to make the controlling terminal, or -1 */
 };
 /* Forks and execs; returns the pid once exec succeeded, or -1 with *err describing the step
  * that failed in the child (e.g. SBX_INVALID_ARGUMENT "cwd '/x' does not exist"). */

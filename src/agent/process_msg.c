@@ -68,15 +68,13 @@ get_u32(json_t *v, const char *name, uint32_t *out, struct sbx_error **err)
                              name);
     }
     if (n < 0 || n > UINT32_MAX)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "value out of range for field %s",
-                             name);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "value out of range for field %s", name);
     *out = (uint32_t)n;
     return 0;
 }
 
 static int
-get_object(json_t *obj, const char *name, const char *proto, json_t **out,
-           struct sbx_error **err)
+get_object(json_t *obj, const char *name, const char *proto, json_t **out, struct sbx_error **err)
 {
     json_t *v = field(obj, name, proto);
     *out = v;
@@ -182,7 +180,7 @@ sbx_agent_start_req_parse(json_t *msg, struct sbx_agent_start_req *out, struct s
     }
     const char *key;
     json_t *ev;
-    json_object_foreach(v, key, ev) {
+    json_object_foreach (v, key, ev) {
         if (!json_is_string(ev)) {
             sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid value for map field envs");
             goto fail;
@@ -367,10 +365,10 @@ sbx_agent_end_event_format(int wstatus)
         return end;
     }
     int sig = WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0;
-    const char *name = sig > 0 && sig < (int)(sizeof(signal_names) / sizeof(signal_names[0])) &&
-                               signal_names[sig]
-                           ? signal_names[sig]
-                           : NULL;
+    const char *name =
+        sig > 0 && sig < (int)(sizeof(signal_names) / sizeof(signal_names[0])) && signal_names[sig]
+            ? signal_names[sig]
+            : NULL;
     if (name)
         snprintf(status, sizeof(status), "signal: %s%s", name,
                  WCOREDUMP(wstatus) ? " (core dumped)" : "");

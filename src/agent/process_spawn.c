@@ -67,18 +67,18 @@ env_merge(struct envb *e, json_t *obj, struct sbx_error **err)
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v) {
+    json_object_foreach (obj, key, v) {
         if (!json_is_string(v) || *key == '\0' || strchr(key, '=') != NULL)
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
-                                 "invalid environment variable '%s'", key);
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid environment variable '%s'",
+                                 key);
         env_set(e, key, json_string_value(v));
     }
     return 0;
 }
 
 char **
-sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env, json_t *req_env,
-                    bool pty, struct sbx_error **err)
+sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env, json_t *req_env, bool pty,
+                    struct sbx_error **err)
 {
     struct envb e = {calloc(1, sizeof(char *)), 0};
     if (e.v == NULL)
@@ -248,8 +248,7 @@ child_main(const struct sbx_agent_spawn *s, int report_fd, const sigset_t *oldma
 }
 
 static int
-report_error(const struct sbx_agent_spawn *s, const struct spawn_report *r,
-             struct sbx_error **err)
+report_error(const struct sbx_agent_spawn *s, const struct spawn_report *r, struct sbx_error **err)
 {
     errno = r->err;
     switch (r->step) {
@@ -261,8 +260,7 @@ report_error(const struct sbx_agent_spawn *s, const struct spawn_report *r,
                              strerror(r->err));
     case STEP_EXEC:
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, r->err,
-                             "error starting process: fork/exec %s: %s", s->path,
-                             strerror(r->err));
+                             "error starting process: fork/exec %s: %s", s->path, strerror(r->err));
     case STEP_SETGROUPS:
     case STEP_SETGID:
     case STEP_SETUID:

@@ -48,8 +48,8 @@ sbx_signature_v1(const char *path, const char *operation, const char *user, cons
 }
 
 bool
-sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,
-                         const char *user, const char *token, bool has_exp, int64_t exp)
+sbx_signature_v1_matches(const char *sig, const char *path, const char *operation, const char *user,
+                         const char *token, bool has_exp, int64_t exp)
 {
     char want[SBX_SIGNATURE_MAX];
     sbx_signature_v1(path, operation, user, token, has_exp, exp, want);

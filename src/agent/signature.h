@@ -9,14 +9,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SBX_SIGNATURE_OP_READ "read"
+#define SBX_SIGNATURE_OP_READ  "read"
 #define SBX_SIGNATURE_OP_WRITE "write"
 /* "v1_" + 43 base64 characters + NUL, rounded up. */
 #define SBX_SIGNATURE_MAX 64
 
 /* Writes the signature into out. has_exp selects the 5-field form. */
-void sbx_signature_v1(const char *path, const char *operation, const char *user,
-                      const char *token, bool has_exp, int64_t exp, char out[SBX_SIGNATURE_MAX]);
+void sbx_signature_v1(const char *path, const char *operation, const char *user, const char *token,
+                      bool has_exp, int64_t exp, char out[SBX_SIGNATURE_MAX]);
 /* Whether sig is the signature of these fields; the comparison takes the same time wherever
  * the strings differ. */
 bool sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,

@@ -12,7 +12,7 @@
 #include "http/http.h"
 
 #define SBX_AGENT_DEFAULT_USER "user"
-#define SBX_AGENT_MAX_GROUPS 64
+#define SBX_AGENT_MAX_GROUPS   64
 
 struct sbx_agent_user {
     char *name;

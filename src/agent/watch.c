@@ -25,12 +25,12 @@
 #include "connect/connect.h"
 #include "json/json.h"
 
-#define WATCH_MASK                                                                     \
-    (IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB |     \
-     IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
-#define WATCH_MAX_DIRS 65536
+#define WATCH_MASK                                                                                 \
+    (IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB | IN_ONLYDIR |    \
+     IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+#define WATCH_MAX_DIRS      65536
 #define KEEPALIVE_DEFAULT_S 50
-#define KEEPALIVE_MAX_S 60
+#define KEEPALIVE_MAX_S     60
 
 struct wd_entry {
     int wd;
@@ -50,7 +50,7 @@ struct watcher {
     struct sbx_http_req *req; /* stream sink, NULL for a polled watcher */
     bool blocked;
     uv_timer_t keepalive, deadline;
-    json_t *queue;            /* polled sink */
+    json_t *queue; /* polled sink */
     int open_handles;
     bool closing;
     struct watcher *next;
@@ -127,13 +127,13 @@ add_tree(struct watcher *w, const char *rel, unsigned level, struct sbx_error **
         bool is_dir = de->d_type == DT_DIR;
         if (de->d_type == DT_UNKNOWN) {
             struct stat st;
-            is_dir = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                     S_ISDIR(st.st_mode);
+            is_dir =
+                fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
         }
         if (!is_dir)
             continue; /* symlinked directories are not followed */
-        _cleanup_free_ char *sub = rel[0] ? sbx_agent_path_join(rel, de->d_name)
-                                          : strdup(de->d_name);
+        _cleanup_free_ char *sub =
+            rel[0] ? sbx_agent_path_join(rel, de->d_name) : strdup(de->d_name);
         add_tree(w, sub, level + 1, NULL);
     }
     closedir(d);
@@ -264,8 +264,8 @@ handle_event(struct watcher *w, const struct inotify_event *ev)
     }
     if (ev->len == 0 || ev->name[0] == '\0')
         return; /* events on a watched directory itself repeat its parent's */
-    _cleanup_free_ char *name = e->rel[0] ? sbx_agent_path_join(e->rel, ev->name)
-                                          : strdup(ev->name);
+    _cleanup_free_ char *name =
+        e->rel[0] ? sbx_agent_path_join(e->rel, ev->name) : strdup(ev->name);
     bool is_dir = (ev->mask & IN_ISDIR) != 0;
     if (w->recursive && is_dir && (ev->mask & IN_MOVED_FROM)) {
         /* The subtree left (or moves within) the tree: its watches are re-added under the

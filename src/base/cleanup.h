@@ -40,9 +40,9 @@ sbx_steal_fd(int *fd)
     return v;
 }
 
-#define _cleanup_free_ __attribute__((cleanup(sbx_freep)))
-#define _cleanup_close_ __attribute__((cleanup(sbx_closep)))
+#define _cleanup_free_    __attribute__((cleanup(sbx_freep)))
+#define _cleanup_close_   __attribute__((cleanup(sbx_closep)))
 #define steal_pointer(pp) sbx_steal_pointer(pp)
-#define steal_fd(fd) sbx_steal_fd(fd)
+#define steal_fd(fd)      sbx_steal_fd(fd)
 
 #endif

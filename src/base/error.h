@@ -34,8 +34,8 @@ struct sbx_error {
 
 /* Fills *err (if err is not NULL and *err is still empty) and returns -1, so callers can
  * write `return sbx_error_set(err, ...)`. */
-int sbx_error_set(struct sbx_error **err, enum sbx_code code, int sys_errno, const char *fmt,
-                  ...) __attribute__((format(printf, 4, 5)));
+int sbx_error_set(struct sbx_error **err, enum sbx_code code, int sys_errno, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Same with errno appended as ": strerror(errno)" and the code derived from errno. */
 int sbx_error_sys(struct sbx_error **err, int sys_errno, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

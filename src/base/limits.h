@@ -2,34 +2,34 @@
 #ifndef SBX_BASE_LIMITS_H
 #define SBX_BASE_LIMITS_H
 
-#define SBX_HTTP_MAX_HEADER_BYTES (64 * 1024)    /* request line + all headers */
-#define SBX_HTTP_MAX_HEADERS 100
+#define SBX_HTTP_MAX_HEADER_BYTES  (64 * 1024) /* request line + all headers */
+#define SBX_HTTP_MAX_HEADERS       100
 #define SBX_HTTP_MAX_BUFFERED_BODY (16 * 1024 * 1024) /* bodies read whole (JSON, unary RPC) */
-#define SBX_HTTP_WRITE_HIGH_WATER (1024 * 1024)  /* pause producers above this many queued bytes */
+#define SBX_HTTP_WRITE_HIGH_WATER  (1024 * 1024) /* pause producers above this many queued bytes */
 #define SBX_HTTP_MAX_PENDING_INPUT (1024 * 1024) /* unparsed input kept per connection */
-#define SBX_HTTP_MAX_DRAIN_BYTES (4 * 1024 * 1024) /* unread body discarded before close */
+#define SBX_HTTP_MAX_DRAIN_BYTES   (4 * 1024 * 1024) /* unread body discarded before close */
 /* Bytes read per read(2). Larger reads save little (bodies are parsed in place) and make
  * every leftover copied into inbuf and every queued write a large malloc. */
-#define SBX_HTTP_READ_SLAB (64 * 1024)
-#define SBX_PROXY_SNDBUF (1024 * 1024) /* send buffer towards an agent, best effort */
-#define SBX_HTTP_IDLE_TIMEOUT_MS (300 * 1000)    /* keep-alive connection with no request */
-#define SBX_CONNECT_MAX_MESSAGE (16 * 1024 * 1024)
+#define SBX_HTTP_READ_SLAB       (64 * 1024)
+#define SBX_PROXY_SNDBUF         (1024 * 1024) /* send buffer towards an agent, best effort */
+#define SBX_HTTP_IDLE_TIMEOUT_MS (300 * 1000)  /* keep-alive connection with no request */
+#define SBX_CONNECT_MAX_MESSAGE  (16 * 1024 * 1024)
 
-#define SBX_DEFAULT_LISTEN "127.0.0.1:3000"
-#define SBX_DEFAULT_STATE_DIR "/var/lib/sbx"
-#define SBX_DEFAULT_TIMEOUT_S 300
-#define SBX_MAX_TIMEOUT_S (24 * 3600)
-#define SBX_MAX_SANDBOXES 4096
+#define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
+#define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
+#define SBX_DEFAULT_TIMEOUT_S  300
+#define SBX_MAX_TIMEOUT_S      (24 * 3600)
+#define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
 
 /* Default per-sandbox limits; overridable with sbx serve flags (see docs/configuration.md). */
 #define SBX_DEFAULT_MEMORY_MB 512
-#define SBX_DEFAULT_PIDS_MAX 512
+#define SBX_DEFAULT_PIDS_MAX  512
 #define SBX_DEFAULT_CPU_COUNT 1
-#define SBX_DEFAULT_DISK_MB 1024
-#define SBX_MIN_DISK_MB 16
+#define SBX_DEFAULT_DISK_MB   1024
+#define SBX_MIN_DISK_MB       16
 
-#define SBX_ENVD_PORT 49983
+#define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999
 #define SBX_ENVD_VERSION "0.6.13"
 

@@ -10,8 +10,8 @@ void sbx_log_set_level(enum sbx_log_level level);
 void sbx_log(enum sbx_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define sbx_log_info(ev, ...) sbx_log(SBX_LOG_INFO, ev, __VA_ARGS__)
-#define sbx_log_warn(ev, ...) sbx_log(SBX_LOG_WARN, ev, __VA_ARGS__)
+#define sbx_log_info(ev, ...)  sbx_log(SBX_LOG_INFO, ev, __VA_ARGS__)
+#define sbx_log_warn(ev, ...)  sbx_log(SBX_LOG_WARN, ev, __VA_ARGS__)
 #define sbx_log_error(ev, ...) sbx_log(SBX_LOG_ERROR, ev, __VA_ARGS__)
 #define sbx_log_debug(ev, ...) sbx_log(SBX_LOG_DEBUG, ev, __VA_ARGS__)
 

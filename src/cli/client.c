@@ -96,13 +96,11 @@ sbx_cli_add_kv(json_t *obj, const char *arg, const char *what, struct sbx_error 
 {
     const char *eq = strchr(arg, '=');
     if (eq == NULL || eq == arg)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s '%s' is not KEY=VALUE", what,
-                             arg);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s '%s' is not KEY=VALUE", what, arg);
     _cleanup_free_ char *key = strndup(arg, (size_t)(eq - arg));
     json_t *v = json_string(eq + 1);
     if (key == NULL || v == NULL || json_object_set_new(obj, key, v) < 0)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s '%s' is not valid UTF-8", what,
-                             arg);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s '%s' is not valid UTF-8", what, arg);
     return 0;
 }
 
@@ -221,8 +219,7 @@ transport_error(CURLcode rc, const char *url, const char *errbuf, struct sbx_err
                          *errbuf ? errbuf : curl_easy_strerror(rc));
 }
 
-static struct curl_slist *
-slist_add(struct curl_slist *l, bool *oom, const char *fmt, ...)
+static struct curl_slist *slist_add(struct curl_slist *l, bool *oom, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static struct curl_slist *
@@ -385,8 +382,8 @@ sbx_cli_response_json(const struct sbx_cli_response *resp, struct sbx_error **er
 /* ---- sandboxes ---- */
 
 int
-sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id,
-                     struct sbx_cli_sandbox *sb, struct sbx_error **err)
+sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id, struct sbx_cli_sandbox *sb,
+                     struct sbx_error **err)
 {
     memset(sb, 0, sizeof(*sb));
     if (!sbx_cli_is_valid_id(id))
@@ -511,8 +508,8 @@ sbx_cli_rpc_free(struct sbx_cli_rpc *r)
 }
 
 static int
-rpc_setup(struct sbx_cli_rpc *r, const char *method, const char *payload, size_t len,
-          bool stream, char *errbuf)
+rpc_setup(struct sbx_cli_rpc *r, const char *method, const char *payload, size_t len, bool stream,
+          char *errbuf)
 {
     _cleanup_free_ char *url = NULL;
     if (asprintf(&url, "%s/%s", r->base, method) < 0)
@@ -578,8 +575,7 @@ sbx_cli_rpc_unary(struct sbx_cli_rpc *r, const char *method, json_t *req, json_t
 /* ---- server streams ---- */
 
 int
-sbx_cli_stream_feed(struct sbx_cli_stream *s, const char *data, size_t len,
-                    struct sbx_error **err)
+sbx_cli_stream_feed(struct sbx_cli_stream *s, const char *data, size_t len, struct sbx_error **err)
 {
     if (s->failed)
         return -1;

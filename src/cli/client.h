@@ -16,16 +16,16 @@
 #include "base/error.h"
 #include "connect/connect.h"
 
-#define SBX_CLI_DEFAULT_API_URL "http://127.0.0.1:3000"
-#define SBX_CLI_USER_AGENT "sbx-cli/0.1.0"
-#define SBX_CLI_MAX_RESPONSE (16 * 1024 * 1024) /* largest JSON body we buffer */
+#define SBX_CLI_DEFAULT_API_URL   "http://127.0.0.1:3000"
+#define SBX_CLI_USER_AGENT        "sbx-cli/0.1.0"
+#define SBX_CLI_MAX_RESPONSE      (16 * 1024 * 1024) /* largest JSON body we buffer */
 #define SBX_CLI_CONNECT_TIMEOUT_S 10
 #define SBX_CLI_REQUEST_TIMEOUT_S 60 /* unary calls; streams have none */
-#define SBX_CLI_ID_MAX 64
+#define SBX_CLI_ID_MAX            64
 
 /* Exit statuses of every verb. */
 #define SBX_CLI_EXIT_FAILURE 1
-#define SBX_CLI_EXIT_USAGE 2
+#define SBX_CLI_EXIT_USAGE   2
 
 /* Options every verb accepts. */
 struct sbx_cli_common {
@@ -41,8 +41,8 @@ typedef int (*sbx_cli_opt_cb)(int opt, const char *arg, void *ud, struct sbx_err
  * Options and operands may be mixed; "--" ends options. On success *first_operand is the
  * index of the first operand (operands are moved to the end of argv). */
 int sbx_cli_getopt(int argc, char **argv, const char *shortopts, const struct option *verb_opts,
-                   struct sbx_cli_common *common, sbx_cli_opt_cb cb, void *ud,
-                   int *first_operand, struct sbx_error **err);
+                   struct sbx_cli_common *common, sbx_cli_opt_cb cb, void *ud, int *first_operand,
+                   struct sbx_error **err);
 
 /* Reporting at the verb boundary. usage_error prints "sbx VERB: message" and the verb's
  * usage on stderr and returns SBX_CLI_EXIT_USAGE; fail prints "sbx VERB: message" and
@@ -114,8 +114,8 @@ typedef int (*sbx_cli_msg_cb)(json_t *msg, void *ud, struct sbx_error **err);
 /* Server-streaming Connect call: sends req as one envelope, calls cb per message as the
  * bytes arrive. Returns 0 when the end-of-stream envelope reports success, -1 with *err
  * for an error in it, a cut stream, or a failed callback. */
-int sbx_cli_rpc_stream(struct sbx_cli_rpc *rpc, const char *method, json_t *req,
-                       sbx_cli_msg_cb cb, void *ud, struct sbx_error **err);
+int sbx_cli_rpc_stream(struct sbx_cli_rpc *rpc, const char *method, json_t *req, sbx_cli_msg_cb cb,
+                       void *ud, struct sbx_error **err);
 
 /* The stream decoder behind sbx_cli_rpc_stream, separate so it can be tested on canned
  * bytes: feed response bytes, then finish at the end of the body. */
@@ -123,8 +123,8 @@ struct sbx_cli_stream {
     struct sbx_connect_reader reader;
     sbx_cli_msg_cb cb;
     void *ud;
-    bool ended;      /* end-of-stream envelope seen */
-    bool failed;     /* an error has been reported */
+    bool ended;  /* end-of-stream envelope seen */
+    bool failed; /* an error has been reported */
 };
 int sbx_cli_stream_feed(struct sbx_cli_stream *s, const char *data, size_t len,
                         struct sbx_error **err);
@@ -175,7 +175,6 @@ struct sbx_cli_run {
  * stdout and PTY data to the local stdout, and records the end. */
 int sbx_cli_run_on_msg(json_t *msg, void *ud, struct sbx_error **err);
 
-
 /* Writes all of buf to fd, retrying on EINTR and short writes; -1 with errno. */
 int sbx_cli_write_all(int fd, const void *buf, size_t len);
 
@@ -210,8 +209,7 @@ struct sbx_cli_exec_args {
     char **cmd;  /* points into argv */
     int ncmd;
 };
-int sbx_cli_exec_parse(int argc, char **argv, struct sbx_cli_exec_args *a,
-                       struct sbx_error **err);
+int sbx_cli_exec_parse(int argc, char **argv, struct sbx_cli_exec_args *a, struct sbx_error **err);
 void sbx_cli_exec_args_fini(struct sbx_cli_exec_args *a);
 /* The process.Process/Start request for these arguments (new reference). */
 json_t *sbx_cli_exec_request(const struct sbx_cli_exec_args *a);

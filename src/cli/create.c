@@ -48,8 +48,7 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
 }
 
 int
-sbx_cli_create_parse(int argc, char **argv, struct sbx_cli_create_args *a,
-                     struct sbx_error **err)
+sbx_cli_create_parse(int argc, char **argv, struct sbx_cli_create_args *a, struct sbx_error **err)
 {
     static const struct option opts[] = {
         {"template", required_argument, NULL, OPT_TEMPLATE},
@@ -71,8 +70,7 @@ sbx_cli_create_parse(int argc, char **argv, struct sbx_cli_create_args *a,
     if (sbx_cli_getopt(argc, argv, "", opts, &a->common, on_opt, a, &first, err) < 0)
         return -1;
     if (first != argc)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "unexpected argument '%s'",
-                             argv[first]);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "unexpected argument '%s'", argv[first]);
     return 0;
 }
 

@@ -86,8 +86,7 @@ sbx_cli_exec_request(const struct sbx_cli_exec_args *a)
     _cleanup_free_ char *line = sbx_cli_shell_join(a->cmd, a->ncmd);
     if (line == NULL)
         return NULL;
-    json_t *process = json_pack("{s:s, s:[s, s, s]}", "cmd", "/bin/bash", "args", "-l", "-c",
-                                line);
+    json_t *process = json_pack("{s:s, s:[s, s, s]}", "cmd", "/bin/bash", "args", "-l", "-c", line);
     if (process == NULL)
         return NULL;
     /* proto3 JSON omits empty maps and unset optionals, as the SDKs do. */

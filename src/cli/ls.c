@@ -11,9 +11,8 @@
 
 #define MAX_PAGES 10000 /* a cursor loop must end even if a server misbehaves */
 
-static const char usage[] =
-    "usage: sbx ls [--json] [--state running|paused|running,paused]\n"
-    "              [--api-url URL] [--api-key KEY]\n";
+static const char usage[] = "usage: sbx ls [--json] [--state running|paused|running,paused]\n"
+                            "              [--api-url URL] [--api-key KEY]\n";
 
 struct ls_args {
     bool json;
@@ -42,8 +41,7 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
 
 /* Appends every item of every page to all. */
 static int
-fetch_all(const struct sbx_cli_config *cfg, const char *state, json_t *all,
-          struct sbx_error **err)
+fetch_all(const struct sbx_cli_config *cfg, const char *state, json_t *all, struct sbx_error **err)
 {
     _cleanup_free_ char *token = NULL;
     for (int page = 0; page < MAX_PAGES; page++) {
@@ -112,8 +110,7 @@ metadata_text(json_t *item)
     const char *k;
     json_t *v;
     int bad = 0;
-    json_object_foreach(m, k, v)
-    {
+    json_object_foreach (m, k, v) {
         const char *s = json_is_string(v) ? json_string_value(v) : "?";
         bad |= sbx_buf_printf(&b, "%s%s=%s", b.len ? "," : "", k, s);
     }
@@ -140,8 +137,8 @@ print_cell(const char *s, int width, bool last)
 static void
 print_table(json_t *items)
 {
-    static const char *const head[N_COLS] = {"ID", "TEMPLATE", "STARTED", "ENDS", "STATE",
-                                             "METADATA"};
+    static const char *const head[N_COLS] = {"ID",   "TEMPLATE", "STARTED",
+                                             "ENDS", "STATE",    "METADATA"};
     size_t n = json_array_size(items);
     char *(*cells)[N_COLS] = calloc(n ? n : 1, sizeof(*cells));
     if (cells == NULL)

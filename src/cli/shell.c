@@ -87,8 +87,8 @@ static int
 send_input(struct sbx_cli_rpc *rpc, uint32_t pid, const char *buf, size_t len)
 {
     _cleanup_free_ char *b64 = sbx_base64_encode(buf, len, NULL);
-    json_t *req = b64 ? json_pack("{s:{s:i}, s:{s:s}}", "process", "pid", (json_int_t)pid,
-                                  "input", "pty", b64)
+    json_t *req = b64 ? json_pack("{s:{s:i}, s:{s:s}}", "process", "pid", (json_int_t)pid, "input",
+                                  "pty", b64)
                       : NULL;
     if (req == NULL)
         return -1;
@@ -104,8 +104,8 @@ send_resize(struct sbx_cli_rpc *rpc, uint32_t pid)
 {
     int cols, rows;
     terminal_size(&cols, &rows);
-    json_t *req = json_pack("{s:{s:i}, s:{s:{s:i, s:i}}}", "process", "pid", (json_int_t)pid,
-                            "pty", "size", "cols", cols, "rows", rows);
+    json_t *req = json_pack("{s:{s:i}, s:{s:{s:i, s:i}}}", "process", "pid", (json_int_t)pid, "pty",
+                            "size", "cols", cols, "rows", rows);
     if (req == NULL)
         return;
     struct sbx_error *err = NULL;
@@ -189,10 +189,9 @@ start_request(const char *cwd)
     int cols, rows;
     terminal_size(&cols, &rows);
     /* What the SDKs' pty.create sends. No "stdin" key: a PTY always takes input. */
-    json_t *process = json_pack("{s:s, s:[s, s], s:{s:s, s:s, s:s}}", "cmd", "/bin/bash",
-                                "args", "-i", "-l", "envs", "TERM",
-                                term && *term ? term : "xterm-256color", "LANG", "C.UTF-8",
-                                "LC_ALL", "C.UTF-8");
+    json_t *process = json_pack("{s:s, s:[s, s], s:{s:s, s:s, s:s}}", "cmd", "/bin/bash", "args",
+                                "-i", "-l", "envs", "TERM", term && *term ? term : "xterm-256color",
+                                "LANG", "C.UTF-8", "LC_ALL", "C.UTF-8");
     if (process == NULL)
         return NULL;
     if (cwd != NULL)

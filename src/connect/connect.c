@@ -31,8 +31,7 @@ sbx_connect_reader_next(struct sbx_connect_reader *r, uint8_t *flags, char **msg
     if (p[0] & ~(SBX_CONNECT_FLAG_COMPRESSED | SBX_CONNECT_FLAG_END_STREAM))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid envelope flags 0x%02x", p[0]);
     if (n > SBX_CONNECT_MAX_MESSAGE)
-        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "message of %u bytes is too large",
-                             n);
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "message of %u bytes is too large", n);
     if (r->buf.len < 5 + (size_t)n)
         return 0;
     char *m = malloc((size_t)n + 1);
@@ -197,8 +196,7 @@ static void
 respond_json(struct sbx_http_req *req, int status, json_t *msg)
 {
     char *body = json_dumps(msg, JSON_COMPACT);
-    sbx_http_respond(req, status, "application/json", body ? body : "{}",
-                     body ? strlen(body) : 2);
+    sbx_http_respond(req, status, "application/json", body ? body : "{}", body ? strlen(body) : 2);
     free(body);
 }
 

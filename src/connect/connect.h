@@ -26,8 +26,8 @@ int sbx_connect_reader_feed(struct sbx_connect_reader *r, const char *data, size
                             struct sbx_error **err);
 /* Returns 1 and the next message (flags, malloc'd payload) if one is complete, 0 if more
  * bytes are needed, -1 with *err on a malformed envelope (compressed, oversize). */
-int sbx_connect_reader_next(struct sbx_connect_reader *r, uint8_t *flags, char **msg,
-                            size_t *len, struct sbx_error **err);
+int sbx_connect_reader_next(struct sbx_connect_reader *r, uint8_t *flags, char **msg, size_t *len,
+                            struct sbx_error **err);
 void sbx_connect_reader_fini(struct sbx_connect_reader *r);
 /* Writes the 5-byte prefix and payload into out. */
 int sbx_connect_envelope_format(struct sbx_buf *out, uint8_t flags, const char *msg, size_t len);

@@ -91,9 +91,8 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
                           "templateID", r->template_id, "clientID", SBX_DAEMON_CLIENT_ID,
                           "startedAt", time_json(r->started_at_ms), "endAt",
                           time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
-                          r->memory_mb, "diskSizeMB", r->disk_mb, "state", r->state,
-                          "envdVersion", SBX_ENVD_VERSION, "metadata",
-                          parse_map(r->metadata_json));
+                          r->memory_mb, "diskSizeMB", r->disk_mb, "state", r->state, "envdVersion",
+                          SBX_ENVD_VERSION, "metadata", parse_map(r->metadata_json));
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (detail) {
@@ -101,9 +100,9 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
             json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
         json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
         json_object_set_new(o, "domain", json_null());
-        json_object_set_new(o, "lifecycle",
-                            json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill",
-                                      "autoResume", 0));
+        json_object_set_new(
+            o, "lifecycle",
+            json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill", "autoResume", 0));
     }
     return o;
 }
@@ -204,8 +203,8 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
         return;
     }
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
-    sbx_log_info("sandbox_start", "sandbox=%s template=%s timeout_s=%d spawn_us=%llu",
-                 l->rec->id, o.template_id, o.timeout_s, (unsigned long long)spawn_us);
+    sbx_log_info("sandbox_start", "sandbox=%s template=%s timeout_s=%d spawn_us=%llu", l->rec->id,
+                 o.template_id, o.timeout_s, (unsigned long long)spawn_us);
     char hdr[32];
     snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
     sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
@@ -311,10 +310,9 @@ metrics(struct sbx_http_req *req, const char *id)
             return;
         }
         double elapsed_ns = (double)(now - l->last_cpu_wall_ms) * 1e6;
-        double pct = elapsed_ns > 0
-                         ? 100.0 * (double)(st.cpu_usage_ns - l->last_cpu_ns) / elapsed_ns /
-                               l->rec->cpu_count
-                         : 0.0;
+        double pct = elapsed_ns > 0 ? 100.0 * (double)(st.cpu_usage_ns - l->last_cpu_ns) /
+                                          elapsed_ns / l->rec->cpu_count
+                                    : 0.0;
         /* CFS enforces the quota per period, so short windows can read a little above it. */
         if (pct < 0)
             pct = 0;
@@ -325,9 +323,8 @@ metrics(struct sbx_http_req *req, const char *id)
         uint64_t disk_total = (uint64_t)l->rec->disk_mb << 20;
         json_array_append_new(
             arr, json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", time_json(now),
-                           "timestampUnix", (json_int_t)(now / 1000), "cpuCount",
-                           l->rec->cpu_count, "cpuUsedPct", pct, "memUsed",
-                           (json_int_t)st.memory_bytes, "memTotal",
+                           "timestampUnix", (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
+                           "cpuUsedPct", pct, "memUsed", (json_int_t)st.memory_bytes, "memTotal",
                            (json_int_t)st.memory_limit_bytes, "memCache",
                            (json_int_t)st.memory_cache_bytes, "diskUsed",
                            (json_int_t)st.disk_used_bytes, "diskTotal", (json_int_t)disk_total));
@@ -380,7 +377,7 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
         goto fail;
     const char *k;
     json_t *v;
-    json_object_foreach(filter, k, v) {
+    json_object_foreach (filter, k, v) {
         if (q.n_meta == 64) {
             sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "too many metadata filters");
             goto fail;
@@ -471,8 +468,7 @@ dispatch(struct sbx_http_req *req, json_t *body)
     char *p[MAX_PATH_PARTS];
     size_t n = path ? split_path(path, p) : 0;
     const char *m = req->method;
-    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0,
-         del = strcmp(m, "DELETE") == 0;
+    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0, del = strcmp(m, "DELETE") == 0;
     /* /v2/sandboxes... is the same resource as /sandboxes... */
     bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
     char **r = v2 ? p + 1 : p;

@@ -34,8 +34,8 @@ usage(FILE *f)
             "  --cpus N             CPUs of each sandbox, as a quota (%d; SBX_CPUS)\n"
             "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
-            SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB,
-            SBX_DEFAULT_PIDS_MAX, SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB);
+            SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
+            SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB);
 }
 
 static int
@@ -124,9 +124,8 @@ static const struct {
     const char *env;
     int opt;
 } env_opts[] = {
-    {"SBX_LISTEN", 'l'},    {"SBX_STATE_DIR", 's'}, {"SBX_API_KEY", 'k'},
-    {"SBX_MEMORY_MB", 'm'}, {"SBX_PIDS_MAX", 'p'},  {"SBX_CPUS", 'c'},
-    {"SBX_DISK_MB", 'd'},   {"SBX_LOG_LEVEL", 'L'},
+    {"SBX_LISTEN", 'l'},   {"SBX_STATE_DIR", 's'}, {"SBX_API_KEY", 'k'}, {"SBX_MEMORY_MB", 'm'},
+    {"SBX_PIDS_MAX", 'p'}, {"SBX_CPUS", 'c'},      {"SBX_DISK_MB", 'd'}, {"SBX_LOG_LEVEL", 'L'},
 };
 
 static int
@@ -233,7 +232,8 @@ ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
     char hex[41];
     sbx_random_hex(hex, 20);
     snprintf(buf, sizeof(buf), "e2b_%s", hex);
-    _cleanup_close_ int wfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    _cleanup_close_ int wfd =
+        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (wfd < 0)
         return sbx_error_sys(err, errno, "create %s", path);
     size_t len = strlen(buf);

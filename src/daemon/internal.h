@@ -16,29 +16,29 @@
 
 /* Host uids of sandboxes start here, far above any uid a host normally hands out; slot N
  * owns [SBX_DAEMON_UID_BASE + N * 65536, +65536). */
-#define SBX_DAEMON_UID_BASE 1073741824u
-#define SBX_DAEMON_ID_LEN 20
+#define SBX_DAEMON_UID_BASE  1073741824u
+#define SBX_DAEMON_ID_LEN    20
 #define SBX_DAEMON_CLIENT_ID "6532622b" /* legacy constant the SDKs still require */
 
 struct sbx_daemon_config {
     char *listen_host;
     int listen_port;
     char *state_dir;
-    char *api_key;     /* from --api-key / SBX_API_KEY, NULL otherwise */
+    char *api_key; /* from --api-key / SBX_API_KEY, NULL otherwise */
     int memory_mb;
     int pids_max;
     int cpu_millis;
     int disk_mb;
-    char *public_url;  /* what the export lines print, e.g. http://127.0.0.1:3000 */
+    char *public_url; /* what the export lines print, e.g. http://127.0.0.1:3000 */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
 struct sbx_live {
     struct sbx_sandbox_rec *rec;
-    char *dir;        /* state_dir/sandboxes/<id> */
-    char *sock_path;  /* dir/agent.sock: listening fd held by the agent */
+    char *dir;       /* state_dir/sandboxes/<id> */
+    char *sock_path; /* dir/agent.sock: listening fd held by the agent */
     int pidfd;
-    uv_poll_t poll;   /* on pidfd: the agent died */
+    uv_poll_t poll; /* on pidfd: the agent died */
     bool polling;
     uint64_t last_cpu_ns; /* for cpuUsedPct between two metric reads */
     int64_t last_cpu_wall_ms;
@@ -51,9 +51,9 @@ struct sbx_daemon {
     struct sbx_store *store;
     struct sbx_http_server *http;
     char *template_dir;
-    int exe_fd;               /* this binary, exec'd as the agent inside sandboxes */
-    struct sbx_live *live;    /* every running sandbox */
-    uv_timer_t expiry;        /* fires at the soonest end_at */
+    int exe_fd;            /* this binary, exec'd as the agent inside sandboxes */
+    struct sbx_live *live; /* every running sandbox */
+    uv_timer_t expiry;     /* fires at the soonest end_at */
     uv_signal_t sigterm, sigint;
 };
 

@@ -220,8 +220,8 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
 {
     json_error_t jerr;
     json_t *env = json_loads(rec->env_vars_json, 0, &jerr);
-    json_t *cfg = json_pack("{s:s,s:o*}", "sandboxId", rec->id, "envVars",
-                            env ? env : json_object());
+    json_t *cfg =
+        json_pack("{s:s,s:o*}", "sandboxId", rec->id, "envVars", env ? env : json_object());
     if (rec->access_token)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
     json_object_set_new(cfg, "codeInterpreter",

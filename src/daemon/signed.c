@@ -34,8 +34,8 @@ sbx_daemon_find_by_signature(const struct sbx_http_req *req)
         if (tok == NULL || *tok == '\0')
             continue; /* not secure: its URLs carry no signature */
         /* Each candidate costs one hash and one constant-time compare, match or not. */
-        bool match = sbx_signature_v1_matches(sig, path ? path : "", op, user ? user : "",
-                                              tok, exp_s != NULL, exp);
+        bool match = sbx_signature_v1_matches(sig, path ? path : "", op, user ? user : "", tok,
+                                              exp_s != NULL, exp);
         if (match && found == NULL)
             found = l;
     }

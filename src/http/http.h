@@ -28,17 +28,17 @@ struct sbx_http_header {
 };
 
 struct sbx_http_req {
-    const char *method;             /* "GET", "POST", ... */
-    char *target;                   /* raw request target, e.g. "/files?path=a" */
-    char *path;                     /* target up to '?', not decoded */
-    char *query;                    /* after '?', not decoded; NULL if none */
+    const char *method; /* "GET", "POST", ... */
+    char *target;       /* raw request target, e.g. "/files?path=a" */
+    char *path;         /* target up to '?', not decoded */
+    char *query;        /* after '?', not decoded; NULL if none */
     struct sbx_http_header *headers;
     size_t n_headers;
-    bool chunked;                   /* request body is chunked */
-    int64_t content_length;         /* -1 if absent */
-    uint64_t start_ms;              /* sbx_now_ms() when the head was complete */
-    void *data;                     /* free for the handler */
-    char log_sandbox[72];           /* sandbox id for the request log line, set by handlers */
+    bool chunked;           /* request body is chunked */
+    int64_t content_length; /* -1 if absent */
+    uint64_t start_ms;      /* sbx_now_ms() when the head was complete */
+    void *data;             /* free for the handler */
+    char log_sandbox[72];   /* sandbox id for the request log line, set by handlers */
 };
 
 typedef void (*sbx_http_request_cb)(struct sbx_http_req *req, void *ud);

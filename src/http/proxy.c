@@ -15,7 +15,6 @@
 #include "http/http.h"
 #include "http/stream.h"
 
-
 struct proxy {
     struct sbx_http_req *req; /* NULL once the client went away */
     uv_pipe_t up;
@@ -31,15 +30,15 @@ struct proxy {
     size_t up_queued;
     bool body_ended;
     bool req_chunked;
-    bool is_head;  /* the response has a length but never a body */
+    bool is_head; /* the response has a length but never a body */
 };
 
 static bool
 is_hop_by_hop(const char *name)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection",
-                                      "transfer-encoding", "te", "trailer", "upgrade",
-                                      "proxy-authenticate", "proxy-authorization"};
+    static const char *const hop[] = {
+        "connection", "keep-alive", "proxy-connection",   "transfer-encoding",  "te",
+        "trailer",    "upgrade",    "proxy-authenticate", "proxy-authorization"};
     for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
         if (strcasecmp(name, hop[i]) == 0)
             return true;

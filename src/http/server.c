@@ -18,7 +18,6 @@
 #include "http/stream.h"
 #include <jansson.h>
 
-
 enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM, BODY_DISCARD };
 enum resp_state { RESP_NONE, RESP_STARTED, RESP_ENDED };
 
@@ -55,20 +54,20 @@ struct conn {
     struct sbx_http_server *srv;
     http_parser parser;
     struct req *req;
-    struct sbx_buf inbuf;   /* received, not yet parsed */
-    struct sbx_buf url;     /* request target being parsed */
-    struct sbx_buf field;   /* header field being parsed */
-    struct sbx_buf value;   /* header value being parsed */
+    struct sbx_buf inbuf; /* received, not yet parsed */
+    struct sbx_buf url;   /* request target being parsed */
+    struct sbx_buf field; /* header field being parsed */
+    struct sbx_buf value; /* header value being parsed */
     size_t head_bytes;
     bool in_value;
     bool reading;
     bool closing;
     bool keep_alive;
     bool in_parse;
-    bool draining;          /* response sent, discarding the unread body before closing */
+    bool draining; /* response sent, discarding the unread body before closing */
     size_t drained;
     uv_shutdown_t shutdown;
-    size_t queued;          /* bytes handed to uv_write and not yet written */
+    size_t queued; /* bytes handed to uv_write and not yet written */
     struct conn *next, *prev;
 };
 
@@ -564,13 +563,13 @@ conn_parse(struct conn *c, const char *ext, size_t ext_len)
             continue;
         }
         if (e != HPE_OK) {
-            int status = e == HPE_HEADER_OVERFLOW || c->head_bytes > SBX_HTTP_MAX_HEADER_BYTES
-                             ? 431
-                             : 400;
+            int status =
+                e == HPE_HEADER_OVERFLOW || c->head_bytes > SBX_HTTP_MAX_HEADER_BYTES ? 431 : 400;
             if (c->req && c->req->pub.n_headers >= SBX_HTTP_MAX_HEADERS)
                 status = 431;
-            respond_simple(c, status, status == 431 ? "request header fields too large"
-                                                    : http_errno_description(e));
+            respond_simple(c, status,
+                           status == 431 ? "request header fields too large"
+                                         : http_errno_description(e));
             break;
         }
         if (n == 0)
@@ -876,8 +875,7 @@ sbx_http_req_read_body(struct sbx_http_req *pub, size_t max, sbx_http_body_done_
 }
 
 void
-sbx_http_req_stream_body(struct sbx_http_req *pub, sbx_http_data_cb on_data,
-                         sbx_http_req_cb on_end)
+sbx_http_req_stream_body(struct sbx_http_req *pub, sbx_http_data_cb on_data, sbx_http_req_cb on_end)
 {
     struct req *r = to_req(pub);
     bool was_streaming = r->body_mode == BODY_STREAM;

@@ -1,6 +1,5 @@
 #include "json/json.h"
 
-
 static json_t *
 field(json_t *obj, const char *key)
 {
@@ -55,7 +54,7 @@ sbx_json_opt_string_map(json_t *obj, const char *key, json_t **out, struct sbx_e
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field '%s' must be an object", key);
     const char *k;
     json_t *val;
-    json_object_foreach(v, k, val) {
+    json_object_foreach (v, k, val) {
         if (!json_is_string(val))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                                  "field '%s' must map strings to strings ('%s' is not a string)",

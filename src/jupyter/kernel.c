@@ -22,9 +22,9 @@
 
 /* ---- kernelspecs ---- */
 
-#define CF "{connection_file}"
-#define PY_PATH SBX_KERNEL_PREFIX "/python"
-#define TSLAB SBX_KERNEL_PREFIX "/node/node_modules/tslab/bin/tslab"
+#define CF       "{connection_file}"
+#define PY_PATH  SBX_KERNEL_PREFIX "/python"
+#define TSLAB    SBX_KERNEL_PREFIX "/node/node_modules/tslab/bin/tslab"
 #define JAVA_DIR SBX_KERNEL_PREFIX "/java" /* scripts/setup.sh builds it */
 
 struct spec {
@@ -41,8 +41,8 @@ static const struct spec specs[] = {
      * formatters the E2B SDKs read; run as a module it is ipykernel_launcher without the
      * debugger's imports. */
     {"python",
-     {"/usr/bin/python3", "-m", "sbx_e2b", "-f", CF,
-      "--IPKernelApp.extra_extensions=sbx_e2b", NULL},
+     {"/usr/bin/python3", "-m", "sbx_e2b", "-f", CF, "--IPKernelApp.extra_extensions=sbx_e2b",
+      NULL},
      {{"PYTHONPATH", PY_PATH}, {"PYDEVD_DISABLE_FILE_VALIDATION", "1"}, {NULL, NULL}}},
     {"bash",
      {"/usr/bin/python3", "-m", "bash_kernel", "-f", CF, NULL},
@@ -55,9 +55,7 @@ static const struct spec specs[] = {
      {"/usr/bin/node", TSLAB, "kernel", "--config-path", CF, NULL},
      {{NULL, NULL}},
      250},
-    {"r",
-     {"/usr/bin/R", "--slave", "-e", "IRkernel::main()", "--args", CF, NULL},
-     {{NULL, NULL}}},
+    {"r", {"/usr/bin/R", "--slave", "-e", "IRkernel::main()", "--args", CF, NULL}, {{NULL, NULL}}},
     /* JShell in one small JVM: serial GC and C1 only (start-up, footprint), classes mapped
      * from the archive setup recorded. The JVM cannot see the sandbox's memory limit (no
      * /sys/fs/cgroup inside) and would size its heap from the host's memory: cap it at half
@@ -239,11 +237,11 @@ make_run_dir(struct sbx_kernel *k, uid_t uid, gid_t gid, struct sbx_error **err)
     if (mkdir(k->dir, 0700) < 0)
         return sbx_error_sys(err, errno, "mkdir %s", k->dir);
     snprintf(k->conn_path, sizeof(k->conn_path), "%s/connection.json", k->dir);
-    json_t *c = json_pack("{s:i,s:i,s:i,s:i,s:i,s:s,s:s,s:s,s:s,s:s}", "shell_port",
-                          k->ports[P_SHELL], "iopub_port", k->ports[P_IOPUB], "stdin_port",
-                          k->ports[P_STDIN], "control_port", k->ports[P_CONTROL], "hb_port",
-                          k->ports[P_HB], "ip", "127.0.0.1", "key", k->key, "transport", "tcp",
-                          "signature_scheme", "hmac-sha256", "kernel_name", k->lang);
+    json_t *c =
+        json_pack("{s:i,s:i,s:i,s:i,s:i,s:s,s:s,s:s,s:s,s:s}", "shell_port", k->ports[P_SHELL],
+                  "iopub_port", k->ports[P_IOPUB], "stdin_port", k->ports[P_STDIN], "control_port",
+                  k->ports[P_CONTROL], "hb_port", k->ports[P_HB], "ip", "127.0.0.1", "key", k->key,
+                  "transport", "tcp", "signature_scheme", "hmac-sha256", "kernel_name", k->lang);
     _cleanup_free_ char *text = json_dumps(c, JSON_INDENT(1));
     json_decref(c);
     /* The file holds the HMAC key: created exclusively, readable by the kernel's user only.
@@ -301,9 +299,9 @@ send_exec(struct sbx_kernel_exec *e)
     /* stop_on_error is off: we never queue several requests, and ipykernel would otherwise
      * abort a request that arrives just after a failed one (its abort window is cleared by
      * a later loop callback). */
-    json_t *content = json_pack("{s:O,s:b,s:b,s:{},s:b,s:b}", "code", e->code, "silent",
-                                e->silent, "store_history", !e->silent, "user_expressions",
-                                "allow_stdin", 0, "stop_on_error", 0);
+    json_t *content = json_pack("{s:O,s:b,s:b,s:{},s:b,s:b}", "code", e->code, "silent", e->silent,
+                                "store_history", !e->silent, "user_expressions", "allow_stdin", 0,
+                                "stop_on_error", 0);
     e->sent = true;
     if (send_msg(e->k, CH_SHELL, "execute_request", content, e->msg_id) < 0)
         e->msg_id[0] = '\0'; /* never matches: the kernel's death will end it */
@@ -401,7 +399,7 @@ join_traceback(json_t *tb)
     struct sbx_buf b = {0};
     size_t i;
     json_t *line;
-    json_array_foreach(json_is_array(tb) ? tb : NULL, i, line) {
+    json_array_foreach (json_is_array(tb) ? tb : NULL, i, line) {
         if (!json_is_string(line))
             continue;
         if (b.len > 0)
@@ -530,8 +528,8 @@ recv_one(struct sbx_kernel *k, int ch)
     if (rc == 1) {
         struct sbx_jupyter_frame frames[MAX_MSG_FRAMES];
         for (size_t i = 0; i < n; i++)
-            frames[i] = (struct sbx_jupyter_frame){zmq_msg_data(&parts[i]),
-                                                   zmq_msg_size(&parts[i])};
+            frames[i] =
+                (struct sbx_jupyter_frame){zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i])};
         struct sbx_jupyter_msg m;
         _cleanup_error_ struct sbx_error *err = NULL;
         /* Messages that fail the signature check are dropped silently: only the holder of
@@ -559,8 +557,7 @@ drain(struct sbx_kernel *k, int ch)
             return;
         int events = 0;
         size_t sz = sizeof(events);
-        if (zmq_getsockopt(k->ch[ch].sock, ZMQ_EVENTS, &events, &sz) < 0 ||
-            !(events & ZMQ_POLLIN))
+        if (zmq_getsockopt(k->ch[ch].sock, ZMQ_EVENTS, &events, &sz) < 0 || !(events & ZMQ_POLLIN))
             return;
         if (recv_one(k, ch) <= 0)
             return;
@@ -692,8 +689,8 @@ on_timer(uv_timer_t *t)
     if (sbx_now_ms() - k->started_ms > SBX_KERNEL_START_TIMEOUT_MS) {
         char why[SBX_KERNEL_STDERR_TAIL + 128];
         snprintf(why, sizeof(why), "the %s kernel did not start within %d s%s%.*s", k->lang,
-                 SBX_KERNEL_START_TIMEOUT_MS / 1000, k->tail.len ? ": " : "",
-                 (int)k->tail.len, k->tail.data ? k->tail.data : "");
+                 SBX_KERNEL_START_TIMEOUT_MS / 1000, k->tail.len ? ": " : "", (int)k->tail.len,
+                 k->tail.data ? k->tail.data : "");
         kill_group(k, SIGKILL);
         fail(k, why);
         return;
@@ -878,14 +875,12 @@ sbx_kernel_exited(struct sbx_kernel *k, int wstatus)
     int off;
     if (WIFSIGNALED(wstatus))
         off = snprintf(why, sizeof(why), "the %s kernel was killed by signal %d%s", k->lang,
-                       WTERMSIG(wstatus),
-                       WTERMSIG(wstatus) == SIGKILL ? " (out of memory?)" : "");
+                       WTERMSIG(wstatus), WTERMSIG(wstatus) == SIGKILL ? " (out of memory?)" : "");
     else
         off = snprintf(why, sizeof(why), "the %s kernel exited with status %d", k->lang,
                        WEXITSTATUS(wstatus));
     if (!k->ready && k->tail.len > 0 && off > 0 && (size_t)off < sizeof(why))
-        snprintf(why + off, sizeof(why) - (size_t)off, ": %.*s", (int)k->tail.len,
-                 k->tail.data);
+        snprintf(why + off, sizeof(why) - (size_t)off, ": %.*s", (int)k->tail.len, k->tail.data);
     fail(k, why);
     kernel_unref(k);
 }

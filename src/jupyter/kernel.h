@@ -24,15 +24,15 @@
 #include "base/error.h"
 
 /* Limits (candidates for base/limits.h). */
-#define SBX_KERNEL_START_TIMEOUT_MS (60 * 1000)   /* spawn to first iopub message */
-#define SBX_KERNEL_INFO_RETRY_MS 200              /* kernel_info_request resend period */
-#define SBX_KERNEL_INFO_SOON_MS 5                 /* resend after a reply while not ready */
-#define SBX_KERNEL_INFO_SOON_MAX 20               /* ... at most this many times */
-#define SBX_KERNEL_RECONNECT_MS 10                /* ZMQ reconnect interval (kernel start) */
-#define SBX_KERNEL_IOPUB_HWM 16                   /* queued iopub messages while paused */
-#define SBX_KERNEL_MAX_FRAME (256 * 1024 * 1024)  /* one ZMQ frame from a kernel */
-#define SBX_KERNEL_STDERR_TAIL 4096               /* kernel stderr kept for diagnostics */
-#define SBX_KERNEL_RUN_DIR "/run/sbx-kernels"
+#define SBX_KERNEL_START_TIMEOUT_MS (60 * 1000)         /* spawn to first iopub message */
+#define SBX_KERNEL_INFO_RETRY_MS    200                 /* kernel_info_request resend period */
+#define SBX_KERNEL_INFO_SOON_MS     5                   /* resend after a reply while not ready */
+#define SBX_KERNEL_INFO_SOON_MAX    20                  /* ... at most this many times */
+#define SBX_KERNEL_RECONNECT_MS     10                  /* ZMQ reconnect interval (kernel start) */
+#define SBX_KERNEL_IOPUB_HWM        16                  /* queued iopub messages while paused */
+#define SBX_KERNEL_MAX_FRAME        (256 * 1024 * 1024) /* one ZMQ frame from a kernel */
+#define SBX_KERNEL_STDERR_TAIL      4096                /* kernel stderr kept for diagnostics */
+#define SBX_KERNEL_RUN_DIR          "/run/sbx-kernels"
 /* Where setup.sh installs the registry-provided kernels (under /usr: the sandbox sees the
  * host's /usr, while /usr/local is masked). */
 #define SBX_KERNEL_PREFIX "/usr/lib/sbx"
@@ -62,9 +62,9 @@ struct sbx_kernel_events {
 };
 
 struct sbx_kernel_launch {
-    const char *language;        /* normalised: python, javascript, typescript, r, bash, java */
+    const char *language; /* normalised: python, javascript, typescript, r, bash, java */
     const char *cwd;
-    uid_t uid;                   /* owner of the run directory */
+    uid_t uid; /* owner of the run directory */
     gid_t gid;
     sbx_kernel_spawn_fn spawn;
     void *spawn_ud;
@@ -97,8 +97,8 @@ void sbx_kernel_interrupt(struct sbx_kernel *k);
 void sbx_kernel_pause_output(struct sbx_kernel *k, bool paused);
 
 enum sbx_kernel_exec_end {
-    SBX_KERNEL_EXEC_OK,      /* reply and idle seen (the code may still have raised) */
-    SBX_KERNEL_EXEC_DIED,    /* the kernel died or was stopped first */
+    SBX_KERNEL_EXEC_OK,   /* reply and idle seen (the code may still have raised) */
+    SBX_KERNEL_EXEC_DIED, /* the kernel died or was stopped first */
 };
 
 /* Callbacks of one execution; all optional. Strings and JSON are borrowed for the call. */

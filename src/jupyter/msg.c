@@ -76,9 +76,9 @@ sbx_jupyter_msg_encode(const char *key, size_t keylen, const char *session, cons
         return sbx_error_sys(err, errno, "getrandom");
     char date[40];
     sbx_format_rfc3339(sbx_wall_ms(), date, sizeof(date));
-    json_t *header = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "msg_id", msg_id_out, "session",
-                               session, "username", "sbx", "msg_type", msg_type, "version",
-                               "5.3", "date", date);
+    json_t *header =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "msg_id", msg_id_out, "session", session, "username",
+                  "sbx", "msg_type", msg_type, "version", "5.3", "date", date);
     json_t *empty = json_object();
     if (header == NULL || empty == NULL)
         abort();
@@ -195,8 +195,7 @@ parse_object(const struct sbx_jupyter_frame *f, const char *what, struct sbx_err
     json_t *v = json_loadb(data, len, JSON_ALLOW_NUL, &jerr);
     if (!json_is_object(v)) {
         json_decref(v);
-        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s: not a JSON object (%s)", what,
-                      jerr.text);
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s: not a JSON object (%s)", what, jerr.text);
         return NULL;
     }
     return v;
@@ -226,8 +225,10 @@ sbx_jupyter_msg_decode(const char *key, size_t keylen, const struct sbx_jupyter_
     if (d == n)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no <IDS|MSG> delimiter");
     if (n - d < 6)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "message has %zu frames after the "
-                             "delimiter, want at least 6", n - d);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "message has %zu frames after the "
+                             "delimiter, want at least 6",
+                             n - d);
     const struct sbx_jupyter_frame *sig = &frames[d + 1];
     const struct sbx_jupyter_frame *parts = &frames[d + 2];
     if (keylen > 0) {

@@ -14,10 +14,10 @@
 
 #include "base/error.h"
 
-#define SBX_JUPYTER_DELIM "<IDS|MSG>"
-#define SBX_JUPYTER_SIG_HEX 64         /* hex digits of an HMAC-SHA256 */
-#define SBX_JUPYTER_KEY_BYTES 32       /* random bytes of a connection key (64 hex chars) */
-#define SBX_JUPYTER_MAX_FRAMES 64      /* identities + delimiter + 5 + buffers we accept */
+#define SBX_JUPYTER_DELIM      "<IDS|MSG>"
+#define SBX_JUPYTER_SIG_HEX    64 /* hex digits of an HMAC-SHA256 */
+#define SBX_JUPYTER_KEY_BYTES  32 /* random bytes of a connection key (64 hex chars) */
+#define SBX_JUPYTER_MAX_FRAMES 64 /* identities + delimiter + 5 + buffers we accept */
 
 struct sbx_jupyter_frame {
     const void *data;

@@ -22,7 +22,7 @@
 #include "base/util.h"
 #include "sandbox/internal.h"
 
-#define CG_ROOT "/sys/fs/cgroup"
+#define CG_ROOT   "/sys/fs/cgroup"
 #define CG_PARENT "sbx" /* every sandbox cgroup lives below this one */
 
 enum sbx_cgroup_layout

@@ -44,9 +44,9 @@
 #include "base/cleanup.h"
 #include "sandbox/internal.h"
 
-#define DISK_BLANK_DIR "disks"
+#define DISK_BLANK_DIR  "disks"
 #define DISK_BLOCK_SIZE 4096
-#define LOOP_ATTEMPTS 16 /* GET_FREE races with other loop users: retry on EBUSY */
+#define LOOP_ATTEMPTS   16 /* GET_FREE races with other loop users: retry on EBUSY */
 
 /* ---- the blank image ------------------------------------------------------------------ */
 
@@ -68,10 +68,26 @@ run_mke2fs(const char *path, struct sbx_error **err)
         return sbx_error_set(err, SBX_FAILED_PRECONDITION, ENOENT,
                              "mke2fs not found (install e2fsprogs)");
     char *const argv[] = {
-        "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-i", "16384", "-I", "256", "-m", "0",
-        "-O", "none,ext_attr,dir_index,filetype,extent,64bit,flex_bg,sparse_super,large_file,"
-              "huge_file,dir_nlink,extra_isize,metadata_csum",
-        "-E", "lazy_itable_init=1,nodiscard,root_owner=0:0", (char *)path, NULL};
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-i",
+        "16384",
+        "-I",
+        "256",
+        "-m",
+        "0",
+        "-O",
+        "none,ext_attr,dir_index,filetype,extent,64bit,flex_bg,sparse_super,large_file,"
+        "huge_file,dir_nlink,extra_isize,metadata_csum",
+        "-E",
+        "lazy_itable_init=1,nodiscard,root_owner=0:0",
+        (char *)path,
+        NULL};
     char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -117,8 +133,9 @@ open_blank(const char *template_dir, uint64_t bytes, struct sbx_error **err)
         if (fstat(fd, &st) == 0 && is_blank(&st, bytes))
             return fd;
         close(fd);
-        return sbx_error_set(err, SBX_INTERNAL, 0, "%s is not a blank image of %" PRIu64
-                             " bytes; remove it", path, bytes);
+        return sbx_error_set(err, SBX_INTERNAL, 0,
+                             "%s is not a blank image of %" PRIu64 " bytes; remove it", path,
+                             bytes);
     }
     if (errno != ENOENT)
         return sbx_error_sys(err, errno, "open %s", path);
@@ -128,8 +145,7 @@ open_blank(const char *template_dir, uint64_t bytes, struct sbx_error **err)
     if (lstat(dir, &st) < 0)
         return sbx_error_sys(err, errno, "stat %s", dir);
     if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
-        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory",
-                             dir);
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory", dir);
     unlink(tmp);
     {
         _cleanup_close_ int t =

@@ -178,8 +178,7 @@ walk_tree(int start_fd, bool remove, uint64_t *bytes, struct sbx_error **err)
         }
         struct frame *parent = &w.frames[w.depth - 2];
         int up = openat(cur, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (up < 0 || fstat(up, &st) < 0 || st.st_dev != parent->dev ||
-            st.st_ino != parent->ino) {
+        if (up < 0 || fstat(up, &st) < 0 || st.st_dev != parent->dev || st.st_ino != parent->ino) {
             /* Someone moved the tree under us; stop rather than delete the wrong thing. */
             if (up >= 0)
                 close(up);

@@ -18,13 +18,13 @@
 /* oom_score_adj of the agent: low so the OOM killer picks user code first, but not -1000
  * (OOM_SCORE_ADJ_MIN), which children would inherit and which would make them unkillable. */
 #define SBX_AGENT_OOM_SCORE_ADJ -998
-#define SBX_AGENT_NOFILE 65536
-#define SBX_SPAWN_TIMEOUT_MS 10000
-#define SBX_DESTROY_TIMEOUT_MS 5000
-#define SBX_CPU_PERIOD_US 100000
+#define SBX_AGENT_NOFILE        65536
+#define SBX_SPAWN_TIMEOUT_MS    10000
+#define SBX_DESTROY_TIMEOUT_MS  5000
+#define SBX_CPU_PERIOD_US       100000
 
 /* Template layout below state_dir/template (see template.c). */
-#define SBX_TEMPLATE_ROOTFS "rootfs"   /* lower layer of the root overlay */
+#define SBX_TEMPLATE_ROOTFS  "rootfs"  /* lower layer of the root overlay */
 #define SBX_TEMPLATE_USRMASK "usrmask" /* upper-most lower layer of the /usr overlay */
 
 /* ---- cgroup.c ---- */
@@ -57,8 +57,8 @@ void sbx_rootfs_close(struct sbx_rootfs *r);
 int sbx_fsopen_error(int fs, int e, const char *what, struct sbx_error **err);
 
 /* ---- disk.c (parent side, host root): the size-limited upper layer ---- */
-#define SBX_DISK_IMAGE "disk.img"             /* in the sandbox dir */
-#define SBX_DISK_MIN_BYTES (16ULL << 20)       /* ext4 metadata needs a few MiB of it */
+#define SBX_DISK_IMAGE     "disk.img"    /* in the sandbox dir */
+#define SBX_DISK_MIN_BYTES (16ULL << 20) /* ext4 metadata needs a few MiB of it */
 #define SBX_DISK_MAX_BYTES (16ULL << 40)
 /* O_PATH fds of the overlays' upper and work dirs (-1 when closed). */
 struct sbx_upper_dirs {

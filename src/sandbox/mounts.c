@@ -61,8 +61,8 @@ child_attach_rootfs(const char *newroot, int root_fd, int usr_fd, const char **s
  * scheduler details of other tenants, magic SysRq, and the sysctl tree (read-only, because
  * most entries are host-global even in a namespace). */
 static const char *const proc_masked_files[] = {
-    "kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug", "kallsyms",
-    "kpagecount", "kpageflags", "kpagecgroup", "config.gz",
+    "kcore",    "keys",       "latency_stats", "timer_list",  "timer_stats", "sched_debug",
+    "kallsyms", "kpagecount", "kpageflags",    "kpagecgroup", "config.gz",
 };
 static const char *const proc_masked_dirs[] = {"acpi", "asound", "scsi", "driver"};
 static const char *const proc_readonly[] = {"sys", "sysrq-trigger", "irq", "bus", "fs"};
@@ -107,7 +107,7 @@ static const char *const dev_nodes[] = {"null", "zero", "full", "random", "urand
 static const struct {
     const char *name, *target;
 } dev_links[] = {
-    {"ptmx", "pts/ptmx"},       {"fd", "/proc/self/fd"},          {"stdin", "/proc/self/fd/0"},
+    {"ptmx", "pts/ptmx"},          {"fd", "/proc/self/fd"},       {"stdin", "/proc/self/fd/0"},
     {"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"},
 };
 
@@ -118,8 +118,7 @@ child_mount_dev(const char *newroot, const char **step)
     join(dev, sizeof(dev), newroot, "dev");
     /* A private /dev: only the harmless character devices are visible. mknod is useless in a
      * user namespace, so the nodes are bind mounts of the host's. */
-    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=256") <
-        0)
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=256") < 0)
         return fail(step, "mount tmpfs on %s", dev);
     for (size_t i = 0; i < sizeof(dev_nodes) / sizeof(dev_nodes[0]); i++) {
         join(p, sizeof(p), dev, dev_nodes[i]);

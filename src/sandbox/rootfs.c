@@ -65,13 +65,12 @@ sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **
         mode_t mode;
         bool sandbox_owned;
     } const dirs[] = {
-        {"rootfs", 0755, false},   /* mount point, in the child's mount namespace only */
+        {"rootfs", 0755, false},    /* mount point, in the child's mount namespace only */
         {"upper", 0700, false},     /* overlay accesses these with the mounter's (host root) */
         {"work", 0700, false},      /* credentials, so the sandbox uid needs no access here */
         {"upper/root", 0755, true}, /* the upper dirs' own owner and mode are what the */
         {"upper/usr", 0755, true},  /* sandbox sees for / and /usr */
-        {"work/root", 0755, true},
-        {"work/usr", 0755, true},
+        {"work/root", 0755, true},  {"work/usr", 0755, true},
     };
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         snprintf(p, sizeof(p), "%s/%s", d, dirs[i].sub);
@@ -111,8 +110,7 @@ sbx_fsopen_error(int fs, int e, const char *what, struct sbx_error **err)
         log[n] = '\0';
         if (log[n - 1] == '\n')
             log[n - 1] = '\0';
-        return sbx_error_set(err, sbx_code_from_errno(e), e, "%s: %s (%s)", what, strerror(e),
-                             log);
+        return sbx_error_set(err, sbx_code_from_errno(e), e, "%s: %s (%s)", what, strerror(e), log);
     }
     return sbx_error_sys(err, e, "%s", what);
 }

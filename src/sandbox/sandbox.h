@@ -36,11 +36,11 @@ struct sbx_sandbox_plan {
     uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
-    int agent_listen_fd;      /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
-    int agent_config_fd;      /* readable fd with the agent's JSON config; becomes fd 4 */
-    int log_fd;               /* the agent's stdout and stderr (a host file); stdin is /dev/null */
-    int exe_fd;               /* the program to run as PID 1, executed with fexecve; an ELF
-                               * binary (a script would need its fd across exec) */
+    int agent_listen_fd; /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
+    int agent_config_fd; /* readable fd with the agent's JSON config; becomes fd 4 */
+    int log_fd;          /* the agent's stdout and stderr (a host file); stdin is /dev/null */
+    int exe_fd;          /* the program to run as PID 1, executed with fexecve; an ELF
+                          * binary (a script would need its fd across exec) */
     char *const *argv;
     char *const *envp;
 };
@@ -49,16 +49,16 @@ struct sbx_sandbox_plan {
 struct sbx_sandbox_ref {
     const char *id;
     const char *sandbox_dir;
-    pid_t pid;               /* host pid of the agent (PID 1 inside) */
-    uint64_t start_time;     /* field 22 of /proc/<pid>/stat, guards against pid reuse */
+    pid_t pid;           /* host pid of the agent (PID 1 inside) */
+    uint64_t start_time; /* field 22 of /proc/<pid>/stat, guards against pid reuse */
 };
 
 struct sbx_sandbox_stats {
-    uint64_t cpu_usage_ns;   /* cumulative CPU time of the cgroup */
-    uint64_t memory_bytes;   /* current usage */
+    uint64_t cpu_usage_ns; /* cumulative CPU time of the cgroup */
+    uint64_t memory_bytes; /* current usage */
     uint64_t memory_cache_bytes;
     uint64_t memory_limit_bytes;
-    uint64_t oom_kills;      /* processes the OOM killer has killed inside the sandbox */
+    uint64_t oom_kills; /* processes the OOM killer has killed inside the sandbox */
     uint64_t pids_current;
     uint64_t disk_used_bytes; /* allocated size of the disk image (or of the upper layer) */
 };

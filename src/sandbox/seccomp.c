@@ -37,37 +37,71 @@ struct deny {
 
 static const struct deny deny_list[] = {
     /* Kernel code and kernel state: loading modules, replacing the kernel, rebooting. */
-    {"kexec_load", EPERM}, {"kexec_file_load", EPERM}, {"init_module", EPERM},
-    {"finit_module", EPERM}, {"delete_module", EPERM}, {"create_module", EPERM},
-    {"get_kernel_syms", EPERM}, {"query_module", EPERM}, {"reboot", EPERM},
+    {"kexec_load", EPERM},
+    {"kexec_file_load", EPERM},
+    {"init_module", EPERM},
+    {"finit_module", EPERM},
+    {"delete_module", EPERM},
+    {"create_module", EPERM},
+    {"get_kernel_syms", EPERM},
+    {"query_module", EPERM},
+    {"reboot", EPERM},
     /* eBPF and perf: large attack surfaces with a history of privilege escalations
      * (e.g. CVE-2021-3490, CVE-2022-23222) and side channels into other tenants. */
-    {"bpf", EPERM}, {"perf_event_open", EPERM}, {"lookup_dcookie", EPERM},
+    {"bpf", EPERM},
+    {"perf_event_open", EPERM},
+    {"lookup_dcookie", EPERM},
     /* The kernel keyring is not namespaced (CVE-2016-0728 and Docker's rationale). */
-    {"keyctl", EPERM}, {"add_key", EPERM}, {"request_key", EPERM},
+    {"keyctl", EPERM},
+    {"add_key", EPERM},
+    {"request_key", EPERM},
     /* Mounts: the sandbox's mount tree (masked /proc paths, the read-only layers) is fixed
      * at setup; root inside must not unmount a mask or mount over it. */
-    {"mount", EPERM}, {"umount2", EPERM}, {"pivot_root", EPERM}, {"fsopen", EPERM},
-    {"fsconfig", EPERM}, {"fsmount", EPERM}, {"fspick", EPERM}, {"move_mount", EPERM},
-    {"open_tree", EPERM}, {"mount_setattr", EPERM},
+    {"mount", EPERM},
+    {"umount2", EPERM},
+    {"pivot_root", EPERM},
+    {"fsopen", EPERM},
+    {"fsconfig", EPERM},
+    {"fsmount", EPERM},
+    {"fspick", EPERM},
+    {"move_mount", EPERM},
+    {"open_tree", EPERM},
+    {"mount_setattr", EPERM},
     /* Namespaces: joining one is never needed, and setns to an nsfs fd is a classic step of
      * container escapes. */
     {"setns", EPERM},
     /* Host-global clocks, swap, accounting, kernel log, quotas. */
-    {"swapon", EPERM}, {"swapoff", EPERM}, {"syslog", EPERM}, {"acct", EPERM},
-    {"settimeofday", EPERM}, {"clock_settime", EPERM}, {"clock_adjtime", EPERM},
-    {"adjtimex", EPERM}, {"quotactl", EPERM}, {"quotactl_fd", EPERM}, {"nfsservctl", EPERM},
+    {"swapon", EPERM},
+    {"swapoff", EPERM},
+    {"syslog", EPERM},
+    {"acct", EPERM},
+    {"settimeofday", EPERM},
+    {"clock_settime", EPERM},
+    {"clock_adjtime", EPERM},
+    {"adjtimex", EPERM},
+    {"quotactl", EPERM},
+    {"quotactl_fd", EPERM},
+    {"nfsservctl", EPERM},
     /* File handles bypass path-based checks and let a process open files outside its
      * root (the "shocker" container escape, 2014). */
-    {"open_by_handle_at", EPERM}, {"name_to_handle_at", EPERM},
+    {"open_by_handle_at", EPERM},
+    {"name_to_handle_at", EPERM},
     /* userfaultfd makes kernel races easy to win (used in many exploits). */
     {"userfaultfd", EPERM},
     /* Raw I/O ports and legacy interfaces. */
-    {"iopl", EPERM}, {"ioperm", EPERM}, {"uselib", EPERM}, {"vm86", EPERM},
-    {"vm86old", EPERM}, {"ustat", EPERM}, {"sysfs", EPERM}, {"_sysctl", EPERM},
+    {"iopl", EPERM},
+    {"ioperm", EPERM},
+    {"uselib", EPERM},
+    {"vm86", EPERM},
+    {"vm86old", EPERM},
+    {"ustat", EPERM},
+    {"sysfs", EPERM},
+    {"_sysctl", EPERM},
     /* io_uring has been a steady source of kernel bugs and bypasses seccomp for the
      * operations it performs; ENOSYS makes libraries fall back to plain syscalls. */
-    {"io_uring_setup", ENOSYS}, {"io_uring_enter", ENOSYS}, {"io_uring_register", ENOSYS},
+    {"io_uring_setup", ENOSYS},
+    {"io_uring_enter", ENOSYS},
+    {"io_uring_register", ENOSYS},
     /* clone3 passes its flags in memory where BPF cannot look; ENOSYS makes glibc fall back
      * to clone(2), whose flags the rule below can check (Docker does the same). */
     {"clone3", ENOSYS},
@@ -178,10 +212,23 @@ child_seccomp_install(const char **step)
  * SYS_PTRACE (own pid namespace), SYS_RESOURCE, IPC_*, and SYS_ADMIN (scoped to the
  * sandbox's namespaces: sethostname and similar; mounts are denied by seccomp). */
 static const int drop_caps[] = {
-    CAP_SYS_MODULE, CAP_SYS_RAWIO,   CAP_SYS_BOOT,       CAP_SYS_TIME,        CAP_MAC_ADMIN,
-    CAP_MAC_OVERRIDE, CAP_SYSLOG,    CAP_AUDIT_CONTROL,  CAP_AUDIT_READ,      CAP_AUDIT_WRITE,
-    CAP_SYS_PACCT,  CAP_WAKE_ALARM,  CAP_BLOCK_SUSPEND,  CAP_SYS_TTY_CONFIG,  CAP_LINUX_IMMUTABLE,
-    CAP_LEASE,      CAP_SYS_NICE,
+    CAP_SYS_MODULE,
+    CAP_SYS_RAWIO,
+    CAP_SYS_BOOT,
+    CAP_SYS_TIME,
+    CAP_MAC_ADMIN,
+    CAP_MAC_OVERRIDE,
+    CAP_SYSLOG,
+    CAP_AUDIT_CONTROL,
+    CAP_AUDIT_READ,
+    CAP_AUDIT_WRITE,
+    CAP_SYS_PACCT,
+    CAP_WAKE_ALARM,
+    CAP_BLOCK_SUSPEND,
+    CAP_SYS_TTY_CONFIG,
+    CAP_LINUX_IMMUTABLE,
+    CAP_LEASE,
+    CAP_SYS_NICE,
 #ifdef CAP_BPF
     CAP_BPF,
 #else

@@ -81,8 +81,8 @@ step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
     struct sync_msg m;
     char cbuf[CMSG_SPACE(2 * sizeof(int))];
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                        .msg_controllen = sizeof(cbuf)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
     ssize_t n;
     do
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
@@ -239,10 +239,10 @@ step_signal_exec(int sock, const char **step)
     return send(sock, &m, sizeof(m), MSG_NOSIGNAL) == (ssize_t)sizeof(m) ? 0 : -1;
 }
 
-#define STEP(call)                                                                             \
-    do {                                                                                       \
-        if ((call) < 0)                                                                        \
-            child_fail(sock, step, errno);                                                     \
+#define STEP(call)                                                                                 \
+    do {                                                                                           \
+        if ((call) < 0)                                                                            \
+            child_fail(sock, step, errno);                                                         \
     } while (0)
 
 __attribute__((noreturn)) static void
@@ -313,8 +313,9 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
     if (!p->sandbox_dir || p->sandbox_dir[0] != '/' || !p->template_dir ||
         p->template_dir[0] != '/')
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "sandbox and template dirs must be "
-                                                           "absolute");
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "sandbox and template dirs must be "
+                             "absolute");
     if (strlen(p->sandbox_dir) > 3000)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "sandbox dir path too long");
     /* The range must not contain host root or wrap around. */
@@ -326,7 +327,8 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
     if (disk != 0 && (disk < SBX_DISK_MIN_BYTES || disk > SBX_DISK_MAX_BYTES || disk % 4096))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                              "disk limit must be a multiple of 4 KiB between %llu MiB and "
-                             "%llu TiB", SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
+                             "%llu TiB",
+                             SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
     if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
     return 0;
@@ -372,8 +374,8 @@ send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
     char cbuf[CMSG_SPACE(2 * sizeof(int))];
     memset(cbuf, 0, sizeof(cbuf));
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                        .msg_controllen = sizeof(cbuf)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
     struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
@@ -479,8 +481,8 @@ sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t 
         goto fail_cleanup;
     }
     /* No CLONE_NEWCGROUP here: see step_cgroup_namespace. SIGCHLD so the daemon can reap. */
-    unsigned long flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET |
-                          CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD;
+    unsigned long flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
+                          CLONE_NEWUTS | SIGCHLD;
     pid_t pid = (pid_t)syscall(SYS_clone, flags, NULL, NULL, NULL, 0);
     if (pid < 0) {
         int e = errno;

@@ -28,9 +28,9 @@
 #include "sandbox/internal.h"
 
 #define SBX_TEMPLATE_VERSION "sbx-template-3\n"
-#define TEMPLATE_DIR "template"
-#define COPY_MAX_DEPTH 8
-#define COPY_MAX_FILE (16 * 1024 * 1024)
+#define TEMPLATE_DIR         "template"
+#define COPY_MAX_DEPTH       8
+#define COPY_MAX_FILE        (16 * 1024 * 1024)
 
 /* World-readable host /etc entries the sandbox's programs need. */
 static const char *const host_etc_copies[] = {
@@ -38,14 +38,33 @@ static const char *const host_etc_copies[] = {
     "ssl/certs",       /* CA certificates (never ssl/private) */
     "ssl/openssl.cnf", /* without it OpenSSL-based Python loads no CAs */
     "ca-certificates.conf",
-    "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
-    "pam.d", "security", /* su, runuser; pam.d/sudo is replaced below */
-    "login.defs", "os-release", "debian_version", "lsb-release",
-    "services", "protocols", "gai.conf", "inputrc", "mime.types", "magic", "magic.mime",
-    "localtime", "timezone",
-    "python3", "python3.11", "matplotlibrc", "jupyter", "fonts", "R",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "pam.d",
+    "security", /* su, runuser; pam.d/sudo is replaced below */
+    "login.defs",
+    "os-release",
+    "debian_version",
+    "lsb-release",
+    "services",
+    "protocols",
+    "gai.conf",
+    "inputrc",
+    "mime.types",
+    "magic",
+    "magic.mime",
+    "localtime",
+    "timezone",
+    "python3",
+    "python3.11",
+    "matplotlibrc",
+    "jupyter",
+    "fonts",
+    "R",
     "java-17-openjdk", /* the JDK's lib/jvm.cfg and conf/ are symlinks into it */
-    "bash_completion", "bash_completion.d",
+    "bash_completion",
+    "bash_completion.d",
     "resolv.conf",
 };
 
@@ -161,10 +180,10 @@ copy_entry(int src_dfd, int dst_dfd, const char *name, int depth, struct sbx_err
         return 0;
     if (mkdir_mode(dst_dfd, name, st.st_mode & 0755, 0, 0) < 0)
         return sbx_error_sys(err, errno, "mkdir %s", name);
-    _cleanup_close_ int sfd = openat(src_dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                                        O_CLOEXEC);
-    _cleanup_close_ int dfd = openat(dst_dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                                        O_CLOEXEC);
+    _cleanup_close_ int sfd =
+        openat(src_dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    _cleanup_close_ int dfd =
+        openat(dst_dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (sfd < 0 || dfd < 0)
         return sbx_error_sys(err, errno, "open dir %s", name);
     int dup_fd = fcntl(sfd, F_DUPFD_CLOEXEC, 3);
@@ -254,12 +273,12 @@ build_rootfs(int dfd, struct sbx_error **err)
         mode_t mode;
         uid_t owner;
     } dirs[] = {
-        {"usr", 0755, 0},  {"proc", 0555, 0}, {"dev", 0755, 0},     {"tmp", 01777, 0},
-        {"run", 0755, 0},  {"root", 0700, 0}, {"home", 0755, 0},    {"mnt", 0755, 0},
-        {"opt", 0755, 0},  {"srv", 0755, 0},  {"media", 0755, 0},   {"var", 0755, 0},
-        {"var/tmp", 01777, 0}, {"var/log", 0755, 0}, {"var/cache", 0755, 0},
-        {"var/lib", 0755, 0},  {"var/spool", 0755, 0},
-        {"home/user", 0755, SBX_SANDBOX_USER_UID},
+        {"usr", 0755, 0},      {"proc", 0555, 0},      {"dev", 0755, 0},
+        {"tmp", 01777, 0},     {"run", 0755, 0},       {"root", 0700, 0},
+        {"home", 0755, 0},     {"mnt", 0755, 0},       {"opt", 0755, 0},
+        {"srv", 0755, 0},      {"media", 0755, 0},     {"var", 0755, 0},
+        {"var/tmp", 01777, 0}, {"var/log", 0755, 0},   {"var/cache", 0755, 0},
+        {"var/lib", 0755, 0},  {"var/spool", 0755, 0}, {"home/user", 0755, SBX_SANDBOX_USER_UID},
     };
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
         if (mkdir_mode(dfd, dirs[i].name, dirs[i].mode, dirs[i].owner, dirs[i].owner) < 0)
@@ -291,8 +310,8 @@ build_usrmask(int dfd, struct sbx_error **err)
         return sbx_error_sys(err, errno, "open usrmask/local");
     if (fsetxattr(local, "trusted.overlay.opaque", "y", 1, 0) < 0)
         return sbx_error_sys(err, errno, "set opaque xattr on usrmask/local");
-    static const char *const subdirs[] = {"bin", "etc", "games", "include", "lib",
-                                          "sbin", "share", "src"};
+    static const char *const subdirs[] = {"bin", "etc",  "games", "include",
+                                          "lib", "sbin", "share", "src"};
     for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++)
         if (mkdir_mode(local, subdirs[i], 0755, 0, 0) < 0)
             return sbx_error_sys(err, errno, "mkdir usrmask/local/%s", subdirs[i]);

@@ -17,7 +17,7 @@
 #include "base/limits.h"
 #include "base/util.h"
 
-#define SHA256_LEN 32
+#define SHA256_LEN      32
 #define BUSY_TIMEOUT_MS 5000
 
 struct sbx_store {
@@ -56,9 +56,9 @@ static const char *const migrations[] = {
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
-#define SANDBOX_COLUMNS                                                                      \
-    "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "   \
-    "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "             \
+#define SANDBOX_COLUMNS                                                                            \
+    "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "          \
+    "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "                     \
     "pid_start_time, state, allow_internet, auto_pause"
 
 static int
@@ -141,16 +141,16 @@ schema_version(struct sbx_store *s, int *version, struct sbx_error **err)
 static int
 migrate(struct sbx_store *s, struct sbx_error **err)
 {
-    if (exec_sql(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-                 err) < 0)
+    if (exec_sql(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", err) <
+        0)
         return -1;
     int version;
     if (schema_version(s, &version, err) < 0)
         return -1;
     if (version > N_MIGRATIONS)
         return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
-                             "state store: schema version %d is newer than this sbx (%d)",
-                             version, N_MIGRATIONS);
+                             "state store: schema version %d is newer than this sbx (%d)", version,
+                             N_MIGRATIONS);
     for (int v = version; v < N_MIGRATIONS; v++) {
         /* IMMEDIATE takes the write lock up front, so two daemons started on the same
          * state directory cannot both apply a migration. */
@@ -166,8 +166,9 @@ migrate(struct sbx_store *s, struct sbx_error **err)
         if (exec_sql(s, migrations[v], err) < 0)
             goto rollback;
         char sql[96];
-        snprintf(sql, sizeof(sql), "DELETE FROM schema_version; "
-                                   "INSERT INTO schema_version (version) VALUES (%d)",
+        snprintf(sql, sizeof(sql),
+                 "DELETE FROM schema_version; "
+                 "INSERT INTO schema_version (version) VALUES (%d)",
                  v + 1);
         if (exec_sql(s, sql, err) < 0 || exec_sql(s, "COMMIT", err) < 0)
             goto rollback;
@@ -213,8 +214,8 @@ sbx_store_open(const char *path, struct sbx_error **err)
     }
     /* NOFOLLOW: a symlink planted at the path must not redirect our writes. SQLite opens
      * its files with O_CLOEXEC, so sandboxes forked by the daemon never inherit them. */
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW |
-                SQLITE_OPEN_EXRESCODE;
+    int flags =
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
     int rc = sqlite3_open_v2(path, &s->db, flags, NULL);
     if (rc != SQLITE_OK) {
         db_error(s, rc, err, path);
@@ -272,8 +273,8 @@ sbx_store_api_key_add(struct sbx_store *s, const char *key, struct sbx_error **e
     if (sha256(key, len, h) < 0)
         return sbx_error_set(err, SBX_INTERNAL, 0, "SHA-256 failed");
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "INSERT OR IGNORE INTO api_keys (key_sha256, created_at_ms) VALUES (?, ?)",
-                &st, err) < 0)
+    if (prepare(s, "INSERT OR IGNORE INTO api_keys (key_sha256, created_at_ms) VALUES (?, ?)", &st,
+                err) < 0)
         return -1;
     sqlite3_bind_blob(st, 1, h, SHA256_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, sbx_wall_ms());
@@ -493,12 +494,11 @@ sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t end
 }
 
 int
-sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
-                             uint64_t pid_start_time, struct sbx_error **err)
+sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid, uint64_t pid_start_time,
+                             struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET pid = ?, pid_start_time = ? WHERE id = ?", &st,
-                err) < 0)
+    if (prepare(s, "UPDATE sandboxes SET pid = ?, pid_start_time = ? WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_int(st, 1, pid);
     sqlite3_bind_int64(st, 2, (int64_t)pid_start_time);
@@ -552,8 +552,8 @@ list_push(struct sbx_sandbox_list *l, struct sbx_sandbox_rec *r, size_t *cap,
 /* Collects up to max rows (max < 0: all) into a new list; *more tells whether a further
  * row exists. */
 static int
-collect(struct sbx_store *s, sqlite3_stmt *st, long max, struct sbx_sandbox_list **out,
-        bool *more, struct sbx_error **err)
+collect(struct sbx_store *s, sqlite3_stmt *st, long max, struct sbx_sandbox_list **out, bool *more,
+        struct sbx_error **err)
 {
     _cleanup_sandbox_list_ struct sbx_sandbox_list *l = calloc(1, sizeof(*l));
     if (l == NULL)
@@ -743,8 +743,8 @@ sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err)
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return db_error(s, rc, err, "find a free uid slot");
     if (want >= SBX_MAX_SANDBOXES)
-        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0,
-                             "all %d sandbox uid slots are in use", SBX_MAX_SANDBOXES);
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "all %d sandbox uid slots are in use",
+                             SBX_MAX_SANDBOXES);
     *slot = want;
     return 0;
 }

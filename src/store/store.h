@@ -16,9 +16,9 @@
 
 #include "base/error.h"
 
-#define SBX_STORE_ID_MAX 64       /* sandbox ids are short lowercase alphanumerics */
-#define SBX_STORE_LIST_MAX 100    /* limit of one list page (GET /v2/sandboxes) */
-#define SBX_STORE_API_KEY_MAX 512 /* longest API key accepted by add/check */
+#define SBX_STORE_ID_MAX           64  /* sandbox ids are short lowercase alphanumerics */
+#define SBX_STORE_LIST_MAX         100 /* limit of one list page (GET /v2/sandboxes) */
+#define SBX_STORE_API_KEY_MAX      512 /* longest API key accepted by add/check */
 #define SBX_STORE_MAX_META_FILTERS 256 /* metadata pairs in one list query */
 
 struct sbx_store;
@@ -26,12 +26,12 @@ struct sbx_store;
 /* One sandbox as remembered. Strings are malloc'd and owned by the record. */
 struct sbx_sandbox_rec {
     char id[SBX_STORE_ID_MAX + 1];
-    char *template_id;   /* resolved template id */
-    char *alias;         /* template alias as requested, NULL if none */
-    char *metadata_json; /* JSON object of string -> string, "{}" if none */
-    char *env_vars_json; /* JSON object of string -> string, "{}" if none */
-    char *access_token;  /* envdAccessToken, NULL for a non-secure sandbox (a secret) */
-    char *traffic_token; /* trafficAccessToken, NULL if none (a secret) */
+    char *template_id;     /* resolved template id */
+    char *alias;           /* template alias as requested, NULL if none */
+    char *metadata_json;   /* JSON object of string -> string, "{}" if none */
+    char *env_vars_json;   /* JSON object of string -> string, "{}" if none */
+    char *access_token;    /* envdAccessToken, NULL for a non-secure sandbox (a secret) */
+    char *traffic_token;   /* trafficAccessToken, NULL if none (a secret) */
     int64_t started_at_ms; /* wall clock, ms since the epoch */
     int64_t end_at_ms;     /* wall clock; the daemon kills (or pauses) the sandbox then */
     int cpu_count;
@@ -95,16 +95,16 @@ enum sbx_store_state_mask {
 /* One page of GET /v2/sandboxes. Zero-initialised means: both states, no filter, newest
  * first, SBX_STORE_LIST_MAX items, first page. */
 struct sbx_store_query {
-    unsigned states;              /* enum sbx_store_state_mask bits; 0 = both */
-    const char *const *meta_keys; /* n_meta pairs; a sandbox matches iff every */
+    unsigned states;                /* enum sbx_store_state_mask bits; 0 = both */
+    const char *const *meta_keys;   /* n_meta pairs; a sandbox matches iff every */
     const char *const *meta_values; /* key is present in its metadata with that value */
     size_t n_meta;
-    const char *template_id;    /* matches template_id or alias exactly; NULL = any */
+    const char *template_id; /* matches template_id or alias exactly; NULL = any */
     bool has_started_after;
-    int64_t started_after_ms;   /* inclusive */
-    bool ascending;             /* default: newest first */
-    int limit;                  /* 1..SBX_STORE_LIST_MAX; 0 = SBX_STORE_LIST_MAX */
-    const char *next_token;     /* from a previous page; NULL = first page */
+    int64_t started_after_ms; /* inclusive */
+    bool ascending;           /* default: newest first */
+    int limit;                /* 1..SBX_STORE_LIST_MAX; 0 = SBX_STORE_LIST_MAX */
+    const char *next_token;   /* from a previous page; NULL = first page */
 };
 
 /* Orders by (started_at_ms, id), both descending (or both ascending), so the order is
@@ -131,7 +131,7 @@ sbx_sandbox_list_freep(struct sbx_sandbox_list **list)
 {
     sbx_sandbox_list_free(*list);
 }
-#define _cleanup_sandbox_rec_ __attribute__((cleanup(sbx_sandbox_rec_freep)))
+#define _cleanup_sandbox_rec_  __attribute__((cleanup(sbx_sandbox_rec_freep)))
 #define _cleanup_sandbox_list_ __attribute__((cleanup(sbx_sandbox_list_freep)))
 
 #endif

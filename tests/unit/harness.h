@@ -21,42 +21,42 @@ struct sbx_test {
 static struct sbx_test sbx_tests[SBX_TEST_MAX];
 static int sbx_n_tests;
 
-#define TEST(name)                                                                  \
-    static void test_##name(void);                                                  \
-    __attribute__((constructor)) static void register_##name(void)                  \
-    {                                                                               \
-        if (sbx_n_tests < SBX_TEST_MAX)                                             \
-            sbx_tests[sbx_n_tests++] = (struct sbx_test){#name, test_##name};       \
-    }                                                                               \
+#define TEST(name)                                                                                 \
+    static void test_##name(void);                                                                 \
+    __attribute__((constructor)) static void register_##name(void)                                 \
+    {                                                                                              \
+        if (sbx_n_tests < SBX_TEST_MAX)                                                            \
+            sbx_tests[sbx_n_tests++] = (struct sbx_test){#name, test_##name};                      \
+    }                                                                                              \
     static void test_##name(void)
 
-#define CHECK(cond)                                                                 \
-    do {                                                                            \
-        if (!(cond)) {                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            _exit(1);                                                               \
-        }                                                                           \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+            _exit(1);                                                                              \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_STR(a, b)                                                             \
-    do {                                                                            \
-        const char *a_ = (a), *b_ = (b);                                            \
-        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                      \
-            fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__,        \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                        \
-            _exit(1);                                                               \
-        }                                                                           \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) {                                     \
+            fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__, a_ ? a_ : "(null)",   \
+                    b_ ? b_ : "(null)");                                                           \
+            _exit(1);                                                                              \
+        }                                                                                          \
     } while (0)
 
 #define SBX_TEST_SKIP_CODE 77
 
-#define REQUIRE_ROOT()                                                              \
-    do {                                                                            \
-        if (geteuid() != 0) {                                                       \
-            const char *ci_ = getenv("CI");                                         \
-            fprintf(stderr, "SKIP: needs root\n");                                  \
-            _exit(ci_ && *ci_ ? 1 : SBX_TEST_SKIP_CODE);                            \
-        }                                                                           \
+#define REQUIRE_ROOT()                                                                             \
+    do {                                                                                           \
+        if (geteuid() != 0) {                                                                      \
+            const char *ci_ = getenv("CI");                                                        \
+            fprintf(stderr, "SKIP: needs root\n");                                                 \
+            _exit(ci_ &&*ci_ ? 1 : SBX_TEST_SKIP_CODE);                                            \
+        }                                                                                          \
     } while (0)
 
 static inline int
@@ -80,8 +80,7 @@ sbx_test_main(int timeout_s)
             printf("skip %s\n", sbx_tests[i].name);
             skipped++;
         } else {
-            printf("FAIL %s (%s %d)\n", sbx_tests[i].name,
-                   WIFSIGNALED(st) ? "signal" : "exit",
+            printf("FAIL %s (%s %d)\n", sbx_tests[i].name, WIFSIGNALED(st) ? "signal" : "exit",
                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
             failed++;
         }
@@ -90,7 +89,10 @@ sbx_test_main(int timeout_s)
     return failed ? 1 : 0;
 }
 
-#define TEST_MAIN(timeout_s)                                                        \
-    int main(void) { return sbx_test_main(timeout_s); }
+#define TEST_MAIN(timeout_s)                                                                       \
+    int main(void)                                                                                 \
+    {                                                                                              \
+        return sbx_test_main(timeout_s);                                                           \
+    }
 
 #endif

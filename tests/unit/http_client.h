@@ -127,8 +127,8 @@ struct tc_resp {
     struct sbx_buf headers; /* "name: value\n" lines, names lowercased */
     bool complete;          /* the message ended properly (terminating chunk, full length) */
     bool chunked;
-    bool closed;            /* the connection ended (EOF or reset) while reading */
-    bool reset;             /* ... with ECONNRESET */
+    bool closed; /* the connection ended (EOF or reset) while reading */
+    bool reset;  /* ... with ECONNRESET */
 };
 
 /* A client connection that may carry several responses. */
@@ -138,7 +138,7 @@ struct tc_conn {
     struct tc_resp *cur;
     struct sbx_buf pending; /* received, not yet parsed */
     bool in_value;
-    size_t max_body;        /* stop once this much body arrived (0 = no limit) */
+    size_t max_body; /* stop once this much body arrived (0 = no limit) */
 };
 
 static int

@@ -159,8 +159,8 @@ TEST(end_event_matches_envd)
 
 TEST(base64_round_trip)
 {
-    const char *cases[][2] = {{"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"},
-                              {"hello\n", "aGVsbG8K"}};
+    const char *cases[][2] = {
+        {"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"}, {"hello\n", "aGVsbG8K"}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         size_t n;
         char *enc = sbx_base64_encode(cases[i][0], strlen(cases[i][0]), &n);
@@ -213,9 +213,16 @@ TEST(environment_order)
     struct sbx_error *e = NULL;
     char **env = sbx_agent_env_build(&u, sandbox, req, true, &e);
     CHECK(env != NULL);
-    const char *want[] = {"PATH=" SBX_AGENT_BASE_PATH, "HOME=/home/user", "USER=user",
-                          "LOGNAME=user", "SHELL=/bin/bash", "LANG=x", "TERM=xterm-256color",
-                          "G=2", "R=3", NULL};
+    const char *want[] = {"PATH=" SBX_AGENT_BASE_PATH,
+                          "HOME=/home/user",
+                          "USER=user",
+                          "LOGNAME=user",
+                          "SHELL=/bin/bash",
+                          "LANG=x",
+                          "TERM=xterm-256color",
+                          "G=2",
+                          "R=3",
+                          NULL};
     for (size_t i = 0; want[i]; i++)
         CHECK_STR(env[i], want[i]);
     CHECK(env[9] == NULL);

@@ -42,8 +42,8 @@ check_json(json_t *j, const char *want)
 
 TEST(exec_parse_and_request)
 {
-    char **argv = ARGV("exec", "--user", "root", "sb1", "--cwd", "/tmp", "--env", "A=b=c",
-                       "--", "ls", "-la", "a b", "it's");
+    char **argv = ARGV("exec", "--user", "root", "sb1", "--cwd", "/tmp", "--env", "A=b=c", "--",
+                       "ls", "-la", "a b", "it's");
     struct sbx_cli_exec_args a;
     struct sbx_error *err = NULL;
     CHECK(sbx_cli_exec_parse(count(argv), argv, &a, &err) == 0);
@@ -90,11 +90,11 @@ expect_exec_usage_error(char **argv)
 
 TEST(exec_usage_errors)
 {
-    expect_exec_usage_error(ARGV("exec"));                          /* no id */
-    expect_exec_usage_error(ARGV("exec", "sb1"));                   /* no command */
-    expect_exec_usage_error(ARGV("exec", "sb1", "ls", "-la"));      /* -l without -- */
-    expect_exec_usage_error(ARGV("exec", "../x", "--", "ls"));      /* bad id */
-    expect_exec_usage_error(ARGV("exec", "sb1", "--user"));         /* missing value */
+    expect_exec_usage_error(ARGV("exec"));                     /* no id */
+    expect_exec_usage_error(ARGV("exec", "sb1"));              /* no command */
+    expect_exec_usage_error(ARGV("exec", "sb1", "ls", "-la")); /* -l without -- */
+    expect_exec_usage_error(ARGV("exec", "../x", "--", "ls")); /* bad id */
+    expect_exec_usage_error(ARGV("exec", "sb1", "--user"));    /* missing value */
     expect_exec_usage_error(ARGV("exec", "--env", "novalue", "sb1", "ls"));
     expect_exec_usage_error(ARGV("exec", "--user", "a:b", "sb1", "ls"));
     expect_exec_usage_error(ARGV("exec", "--bogus", "sb1", "ls"));
@@ -386,8 +386,13 @@ TEST(shell_quoting_and_base64)
     CHECK_STR(s, "echo '' 'a b' '$HOME' 'it'\\''s' x=1,y/z");
     free(s);
 
-    const char *vec[][2] = {{"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"},
-                            {"foob", "Zm9vYg=="}, {"user:", "dXNlcjo="}, {"root:", "cm9vdDo="}};
+    const char *vec[][2] = {{"", ""},
+                            {"f", "Zg=="},
+                            {"fo", "Zm8="},
+                            {"foo", "Zm9v"},
+                            {"foob", "Zm9vYg=="},
+                            {"user:", "dXNlcjo="},
+                            {"root:", "cm9vdDo="}};
     for (size_t i = 0; i < sizeof(vec) / sizeof(vec[0]); i++) {
         char *e = sbx_base64_encode(vec[i][0], strlen(vec[i][0]), NULL);
         CHECK_STR(e, vec[i][1]);

@@ -7,8 +7,7 @@
 /* ---- envelopes ---- */
 
 static int
-next(struct sbx_connect_reader *r, uint8_t *flags, char **msg, size_t *len,
-     struct sbx_error **err)
+next(struct sbx_connect_reader *r, uint8_t *flags, char **msg, size_t *len, struct sbx_error **err)
 {
     *msg = NULL;
     return sbx_connect_reader_next(r, flags, msg, len, err);
@@ -288,10 +287,10 @@ client_stream(void)
         size_t len;
         const char *code;
     } bad[] = {
-        {"\x00\x00\x00\x00\x09{}", 7, "invalid_argument"},             /* truncated */
-        {"\x01\x00\x00\x00\x02{}", 7, "internal"},                     /* compressed */
+        {"\x00\x00\x00\x00\x09{}", 7, "invalid_argument"},                        /* truncated */
+        {"\x01\x00\x00\x00\x02{}", 7, "internal"},                                /* compressed */
         {"\x00\x00\x00\x00\x02{}\x00\x00\x00\x00\x02{}", 14, "invalid_argument"}, /* two */
-        {"\x00\x00\x00\x00\x02[]", 7, "invalid_argument"},             /* not an object */
+        {"\x00\x00\x00\x00\x02[]", 7, "invalid_argument"}, /* not an object */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         post("application/connect+json", bad[i].body, bad[i].len, &r);

@@ -4,15 +4,15 @@
 
 #include "http_client.h"
 
-static struct sbx_http_server *g_srv;      /* on 127.0.0.1, random port */
-static struct sbx_http_server *g_up;       /* the proxy's upstream, on a unix socket */
+static struct sbx_http_server *g_srv; /* on 127.0.0.1, random port */
+static struct sbx_http_server *g_up;  /* the proxy's upstream, on a unix socket */
 static int g_port;
 static char g_dir[64];
 static char g_up_path[128];
 
-static uv_timer_t g_timer;                 /* delays one handler step per test */
-static uv_async_t g_second;                /* client → loop: "write the second chunk" */
-static struct sbx_http_req *g_held;        /* the request a timer or async will act on */
+static uv_timer_t g_timer;          /* delays one handler step per test */
+static uv_async_t g_second;         /* client → loop: "write the second chunk" */
+static struct sbx_http_req *g_held; /* the request a timer or async will act on */
 static atomic_int g_close_called;
 static atomic_int g_second_written;
 static int g_stream_pieces;

@@ -75,8 +75,8 @@ TEST(encode_decode_round_trip)
     frames[1] = fr("ident-2");
     wire_frames(&w, frames + 2);
     struct sbx_jupyter_msg m;
-    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES + 2, &m,
-                                 &err) == 0);
+    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES + 2, &m, &err) ==
+          0);
     CHECK_STR(m.msg_type, "execute_request");
     CHECK(m.parent_id == NULL);
     CHECK(m.date != NULL);
@@ -107,28 +107,24 @@ TEST(decode_rejects_bad_signature)
     err = NULL;
     /* One flipped digit. */
     w.frames[1][10] = w.frames[1][10] == 'a' ? 'b' : 'a';
-    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) <
-          0);
+    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) < 0);
     CHECK(err->code == SBX_UNAUTHENTICATED);
     sbx_error_free(err);
     err = NULL;
     /* Truncated and empty signatures. */
     frames[1].len = 10;
-    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) <
-          0);
+    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) < 0);
     sbx_error_free(err);
     err = NULL;
     frames[1].len = 0;
-    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) <
-          0);
+    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) < 0);
     sbx_error_free(err);
     err = NULL;
     /* A tampered content frame with the original signature. */
     wire_frames(&w, frames);
     w.frames[1][10] = w.frames[1][10] == 'a' ? 'b' : 'a'; /* restore */
     frames[5] = fr("{\"evil\":1}");
-    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) <
-          0);
+    CHECK(sbx_jupyter_msg_decode(KEY, strlen(KEY), frames, SBX_JUPYTER_WIRE_FRAMES, &m, &err) < 0);
     CHECK(err->code == SBX_UNAUTHENTICATED);
     sbx_error_free(err);
     sbx_jupyter_wire_fini(&w);
@@ -139,8 +135,8 @@ TEST(decode_rejects_malformed)
 {
     struct sbx_jupyter_msg m;
     struct sbx_error *err = NULL;
-    struct sbx_jupyter_frame no_delim[6] = {fr("a"), fr(""), fr("{}"), fr("{}"), fr("{}"),
-                                            fr("{}")};
+    struct sbx_jupyter_frame no_delim[6] = {fr("a"),  fr(""),   fr("{}"),
+                                            fr("{}"), fr("{}"), fr("{}")};
     CHECK(sbx_jupyter_msg_decode("", 0, no_delim, 6, &m, &err) < 0);
     sbx_error_free(err);
     err = NULL;
@@ -149,13 +145,13 @@ TEST(decode_rejects_malformed)
     sbx_error_free(err);
     err = NULL;
     /* Unsigned (empty key) but not JSON objects / no msg_type. */
-    struct sbx_jupyter_frame bad_json[6] = {fr(SBX_JUPYTER_DELIM), fr(""), fr("[1]"), fr("{}"),
-                                            fr("{}"), fr("{}")};
+    struct sbx_jupyter_frame bad_json[6] = {
+        fr(SBX_JUPYTER_DELIM), fr(""), fr("[1]"), fr("{}"), fr("{}"), fr("{}")};
     CHECK(sbx_jupyter_msg_decode("", 0, bad_json, 6, &m, &err) < 0);
     sbx_error_free(err);
     err = NULL;
-    struct sbx_jupyter_frame no_type[6] = {fr(SBX_JUPYTER_DELIM), fr(""), fr("{}"), fr("{}"),
-                                           fr("{}"), fr("{}")};
+    struct sbx_jupyter_frame no_type[6] = {
+        fr(SBX_JUPYTER_DELIM), fr(""), fr("{}"), fr("{}"), fr("{}"), fr("{}")};
     CHECK(sbx_jupyter_msg_decode("", 0, no_type, 6, &m, &err) < 0);
     sbx_error_free(err);
 }
@@ -163,10 +159,14 @@ TEST(decode_rejects_malformed)
 TEST(decode_repairs_invalid_utf8)
 {
     /* A stream message whose text has an invalid byte (0xff) and a NUL escape. */
-    const char *content = "{\"name\":\"stdout\",\"text\":\"a\xff" "b\\u0000c\"}";
-    struct sbx_jupyter_frame f[7] = {fr(SBX_JUPYTER_DELIM), fr(""),
+    const char *content = "{\"name\":\"stdout\",\"text\":\"a\xff"
+                          "b\\u0000c\"}";
+    struct sbx_jupyter_frame f[7] = {fr(SBX_JUPYTER_DELIM),
+                                     fr(""),
                                      fr("{\"msg_type\":\"stream\",\"date\":\"d\"}"),
-                                     fr("{\"msg_id\":\"p1\"}"), fr("{}"), fr(content),
+                                     fr("{\"msg_id\":\"p1\"}"),
+                                     fr("{}"),
+                                     fr(content),
                                      fr("buffer")};
     struct sbx_jupyter_frame parts[4] = {f[2], f[3], f[4], f[5]};
     char sig[SBX_JUPYTER_SIG_HEX + 1];
@@ -179,7 +179,10 @@ TEST(decode_repairs_invalid_utf8)
     CHECK_STR(m.date, "d");
     json_t *text = json_object_get(m.content, "text");
     CHECK(json_string_length(text) == 7); /* a U+FFFD(3) b NUL c */
-    CHECK(memcmp(json_string_value(text), "a\xef\xbf\xbd" "b\0c", 7) == 0);
+    CHECK(memcmp(json_string_value(text),
+                 "a\xef\xbf\xbd"
+                 "b\0c",
+                 7) == 0);
     sbx_jupyter_msg_fini(&m);
 }
 
@@ -192,8 +195,7 @@ TEST(utf8_repair)
     /* Overlong '/', a lone continuation byte, a surrogate, a truncated sequence. */
     s = sbx_jupyter_utf8_repair("\xc0\xaf|\x80|\xed\xa0\x80|\xe2\x82", 13, &n);
     CHECK(strstr(s, "|") != NULL);
-    CHECK(memchr(s, 0xc0, n) == NULL && memchr(s, 0x80, n) == NULL &&
-          memchr(s, 0xa0, n) == NULL);
+    CHECK(memchr(s, 0xc0, n) == NULL && memchr(s, 0x80, n) == NULL && memchr(s, 0xa0, n) == NULL);
     free(s);
     s = sbx_jupyter_utf8_repair("\xe2\x82\xac\xf0\x9f\x98\x80", 7, &n); /* valid € and emoji */
     CHECK(n == 7 && memcmp(s, "\xe2\x82\xac\xf0\x9f\x98\x80", 7) == 0);

@@ -89,15 +89,16 @@ TEST(two_parts_any_split)
         int rc = run("XyZ", two_parts, sizeof(two_parts) - 1, step, &r);
         CHECK(rc < 0);
     }
-    static const char ok[] = "--XyZ\r\n"
-                             "Content-Disposition: form-data; name=\"file\"; filename=\"dir/a.txt\"\r\n"
-                             "\r\n"
-                             "hel\r\nlo\r\n--Xy\r\n-"
-                             "\r\n--XyZ  \r\n"
-                             "content-disposition: form-data; name=other\r\n"
-                             "\r\n"
-                             "ignored"
-                             "\r\n--XyZ--";
+    static const char ok[] =
+        "--XyZ\r\n"
+        "Content-Disposition: form-data; name=\"file\"; filename=\"dir/a.txt\"\r\n"
+        "\r\n"
+        "hel\r\nlo\r\n--Xy\r\n-"
+        "\r\n--XyZ  \r\n"
+        "content-disposition: form-data; name=other\r\n"
+        "\r\n"
+        "ignored"
+        "\r\n--XyZ--";
     for (size_t step = 1; step <= sizeof(ok); step++) {
         struct rec r;
         CHECK(run("XyZ", ok, sizeof(ok) - 1, step, &r) == 0);
@@ -132,7 +133,8 @@ TEST(truncated_and_malformed)
     CHECK(run("b", nohead_end, sizeof(nohead_end) - 1, 5, &r) < 0);
     static const char badline[] = "--b\r\nno colon here\r\n\r\nx\r\n--b--";
     CHECK(run("b", badline, sizeof(badline) - 1, 4, &r) < 0);
-    static const char badq[] = "--b\r\nContent-Disposition: form-data; name=\"file\r\n\r\nx\r\n--b--";
+    static const char badq[] =
+        "--b\r\nContent-Disposition: form-data; name=\"file\r\n\r\nx\r\n--b--";
     CHECK(run("b", badq, sizeof(badq) - 1, 4, &r) < 0);
     CHECK(run("b", "", 0, 1, &r) < 0);
     CHECK(run("b", "nothing at all", 14, 1, &r) < 0);

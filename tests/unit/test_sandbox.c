@@ -139,8 +139,8 @@ box_log(struct box *b)
 static struct sbx_sandbox_ref
 box_ref(const struct box *b)
 {
-    return (struct sbx_sandbox_ref){.id = b->id, .sandbox_dir = b->dir, .pid = b->pid,
-                                    .start_time = b->start};
+    return (struct sbx_sandbox_ref){
+        .id = b->id, .sandbox_dir = b->dir, .pid = b->pid, .start_time = b->start};
 }
 
 static void
@@ -414,18 +414,17 @@ TEST(pids_limit_stops_fork_loop)
     env_init(&e);
     struct box b;
     struct sbx_sandbox_limits lim = {.memory_bytes = 256 << 20, .pids_max = 20, .cpu_millis = 500};
-    const char *script =
-        "python3 -c '\n"
-        "import os, time\n"
-        "n = 0\n"
-        "try:\n"
-        "    while n < 1000:\n"
-        "        if os.fork() == 0:\n"
-        "            time.sleep(2); os._exit(0)\n"
-        "        n += 1\n"
-        "except OSError as e:\n"
-        "    print(\"forked=%d errno=%d\" % (n, e.errno))\n"
-        "'\n";
+    const char *script = "python3 -c '\n"
+                         "import os, time\n"
+                         "n = 0\n"
+                         "try:\n"
+                         "    while n < 1000:\n"
+                         "        if os.fork() == 0:\n"
+                         "            time.sleep(2); os._exit(0)\n"
+                         "        n += 1\n"
+                         "except OSError as e:\n"
+                         "    print(\"forked=%d errno=%d\" % (n, e.errno))\n"
+                         "'\n";
     int st;
     char *log = box_run(&e, &b, "pids", BASE_A, NULL, lim, script, &st);
     CHECK(WIFEXITED(st));
@@ -455,9 +454,10 @@ TEST(destroy_leaves_nothing_and_sandboxes_are_apart)
     CHECK(stat(marker, &st) == 0);
     CHECK(st.st_uid == BASE_A);
     char *log = box_run(&e, &b, "b", BASE_B, NULL, default_limits,
-             "test -e /root/marker && echo marker=visible || echo marker=absent\n"
-             "echo procs=$(ls -d /proc/[0-9]* | wc -l)\n"
-             "echo map=$(awk '{print $1, $2, $3}' /proc/self/uid_map)\n", NULL);
+                        "test -e /root/marker && echo marker=visible || echo marker=absent\n"
+                        "echo procs=$(ls -d /proc/[0-9]* | wc -l)\n"
+                        "echo map=$(awk '{print $1, $2, $3}' /proc/self/uid_map)\n",
+                        NULL);
     expect_line(log, "marker=absent");
     expect_line(log, "map=0 1300000 65536");
     box_destroy(&b);
@@ -739,8 +739,7 @@ TEST(spawn_timing)
                 t[i] = t[j];
                 t[j] = x;
             }
-    fprintf(stderr, "spawn (clone to exec) median %.2f ms, min %.2f, max %.2f\n", t[5], t[0],
-            t[9]);
+    fprintf(stderr, "spawn (clone to exec) median %.2f ms, min %.2f, max %.2f\n", t[5], t[0], t[9]);
     env_fini(&e);
 }
 

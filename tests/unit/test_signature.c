@@ -20,8 +20,7 @@ TEST(every_field_counts)
     const char *good = "v1_gUtH/s9YCJWgCizjfUxuWfhFE4QSydOWEIIvfLwDr6E";
     CHECK(!sbx_signature_v1_matches(good, "hello.txt", "write", "user", TOKEN, false, 0));
     CHECK(!sbx_signature_v1_matches(good, "hello.txt", "read", "root", TOKEN, false, 0));
-    CHECK(!sbx_signature_v1_matches(good, "/home/user/hello.txt", "read", "user", TOKEN, false,
-                                    0));
+    CHECK(!sbx_signature_v1_matches(good, "/home/user/hello.txt", "read", "user", TOKEN, false, 0));
     CHECK(!sbx_signature_v1_matches(good, "hello.txt", "read", "user", "other", false, 0));
     CHECK(!sbx_signature_v1_matches(good, "hello.txt", "read", "user", TOKEN, true, 0));
     CHECK(!sbx_signature_v1_matches(NULL, "hello.txt", "read", "user", TOKEN, false, 0));

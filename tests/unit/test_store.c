@@ -227,8 +227,7 @@ TEST(persists_across_close_and_open)
 /* Fetches every page with the given query and checks that the concatenation is exactly
  * want[] in order. */
 static void
-check_pages(struct sbx_store *s, struct sbx_store_query q, const char *const *want,
-            size_t nwant)
+check_pages(struct sbx_store *s, struct sbx_store_query q, const char *const *want, size_t nwant)
 {
     size_t got = 0;
     char *token = NULL;
@@ -357,8 +356,8 @@ TEST(list_filters_metadata_and_template)
 
     const char *k3[] = {"k y"}, *v3[] = {"v&w"};
     static const char *const kv_paused[] = {"m3"};
-    q = (struct sbx_store_query){.meta_keys = k3, .meta_values = v3, .n_meta = 1,
-                                 .states = SBX_STORE_STATE_PAUSED};
+    q = (struct sbx_store_query){
+        .meta_keys = k3, .meta_values = v3, .n_meta = 1, .states = SBX_STORE_STATE_PAUSED};
     check_pages(s, q, kv_paused, 1);
 
     /* Non-string JSON values never equal a string filter; unknown key matches nothing. */
