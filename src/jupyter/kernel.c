@@ -117,6 +117,7 @@ struct sbx_kernel_exec {
     bool got_idle;
     bool errored;
     bool counted;
+    json_t *reply_error; /* an error execute_reply, used only if iopub sent no error */
     const struct sbx_kernel_exec_ops *ops;
     void *ud;
     struct sbx_kernel_exec *next;
@@ -361,6 +362,7 @@ exec_end(struct sbx_kernel_exec *e, enum sbx_kernel_exec_end end, const char *wh
     if (e->ops && e->ops->on_done)
         e->ops->on_done(e->ud, end, why);
     json_decref(e->code);
+    json_decref(e->reply_error);
     free(e);
     kernel_unref(k);
 }
@@ -376,11 +378,18 @@ find_exec(struct sbx_kernel *k, const char *msg_id)
     return NULL;
 }
 
+static void emit_error(struct sbx_kernel_exec *e, json_t *content);
+
 static void
 maybe_finish(struct sbx_kernel_exec *e)
 {
-    if (e->got_reply && e->got_idle)
-        exec_end(e, SBX_KERNEL_EXEC_OK, NULL);
+    if (!(e->got_reply && e->got_idle))
+        return;
+    /* The iopub error (the one the kernel formatted for users) precedes idle, so by now it
+     * has arrived if there is one; the reply's error only stands in when it did not. */
+    if (e->reply_error)
+        emit_error(e, e->reply_error);
+    exec_end(e, SBX_KERNEL_EXEC_OK, NULL);
 }
 
 static void
@@ -451,7 +460,8 @@ on_shell_msg(struct sbx_kernel *k, struct sbx_jupyter_msg *m)
     const char *status = str_or(m->content, "status", "ok");
     emit_count(e, json_object_get(m->content, "execution_count"));
     if (strcmp(status, "error") == 0) {
-        emit_error(e, m->content);
+        json_decref(e->reply_error);
+        e->reply_error = json_incref(m->content);
     } else if (strcmp(status, "aborted") == 0 || strcmp(status, "abort") == 0) {
         json_t *c = json_pack("{s:s,s:s,s:[]}", "ename", "ExecutionAborted", "evalue",
                               "Execution was aborted", "traceback");

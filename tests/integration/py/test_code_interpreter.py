@@ -377,6 +377,8 @@ def test_java_errors(ci):
     err = ci.run_code("int y = undefinedName + 1;", language="java").error
     assert err is not None and err.name == "CompilationException"
     assert "cannot find symbol" in err.value and "undefinedName" in err.value
+    # The kernel's own traceback (from iopub, with the source line) wins over the reply's.
+    assert "int y = undefinedName + 1;" in err.traceback
     err = ci.run_code("int z = 1;\nz / 0", language="java").error
     assert err is not None and err.name == "EvalException"
     assert err.value == "java.lang.ArithmeticException: / by zero"
