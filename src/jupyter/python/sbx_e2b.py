@@ -22,6 +22,7 @@ ipykernel_launcher without the debugger (see _launch).
 import codecs
 import enum
 import os
+import select
 import sys
 import threading
 import warnings
@@ -117,6 +118,7 @@ def load_ipython_extension(ip):
     try:
         _patch_out_stream()
         _redirect_fd_output()
+        ip.events.register("post_execute", _drain_fd_output)
     except Exception:
         pass
     kernel = getattr(ip, "kernel", None)
@@ -359,25 +361,67 @@ def _direct_iopub(kernel):
     scheduled(lambda: ready.__setitem__(0, True))
 
 
-def _watch_fd_replacing(stream, fd, read_end, original):
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    while True:
-        try:
-            data = os.read(read_end, 65536)
-        except InterruptedError:
-            continue
-        except OSError:
-            return
-        if not data:
-            return
-        try:
-            stream.write(decoder.decode(data))
-        except Exception:
-            pass
-        try:
-            os.write(original, data)
-        except OSError:
-            pass
+class _FdPipe:
+    """One redirected fd (1 or 2): a pipe whose read end a watcher thread forwards to the
+    kernel's stream, decoding with U+FFFD replacement. Reads happen under a lock, so that
+    drain() (run at the end of every cell) and the thread never reorder output."""
+
+    def __init__(self, stream, read_end, original):
+        os.set_blocking(read_end, False)
+        self.stream = stream
+        self.read_end = read_end
+        self.original = original
+        self.lock = threading.Lock()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def _pump(self):
+        """Forwards what the pipe holds now; False once it is closed."""
+        while True:
+            try:
+                data = os.read(self.read_end, 65536)
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            except OSError:
+                return False
+            if not data:
+                return False
+            try:
+                self.stream.write(self.decoder.decode(data))
+            except Exception:
+                pass
+            try:
+                os.write(self.original, data)
+            except OSError:
+                pass
+
+    def drain(self):
+        with self.lock:
+            self._pump()
+
+    def watch(self):
+        while True:
+            try:
+                select.select([self.read_end], [], [])
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                if not self._pump():
+                    return
+
+
+_FD_PIPES = []
+
+
+def _drain_fd_output(*_args):
+    """Output a cell wrote straight to fds 1 and 2 is in the pipes when the cell ends: forward
+    it now, so it belongs to that cell rather than to whichever cell runs when the watcher
+    thread next gets the GIL."""
+    for pipe in _FD_PIPES:
+        pipe.drain()
 
 
 def _redirect_fd_output():
@@ -393,12 +437,9 @@ def _redirect_fd_output():
         read_end, write_end = os.pipe()
         os.dup2(write_end, fd)
         os.close(write_end)
-        threading.Thread(
-            target=_watch_fd_replacing,
-            args=(stream, fd, read_end, original),
-            name=f"sbx-fd{fd}-watcher",
-            daemon=True,
-        ).start()
+        pipe = _FdPipe(stream, read_end, original)
+        _FD_PIPES.append(pipe)
+        threading.Thread(target=pipe.watch, name=f"sbx-fd{fd}-watcher", daemon=True).start()
 
 
 _STREAM_FLUSH_CHARS = 1 << 20
