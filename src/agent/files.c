@@ -23,7 +23,7 @@
 #include "agent/filesystem.h"
 #include "agent/fsutil.h"
 #include "agent/multipart.h"
-#include "agent/signature.h"
+#include "base/signature.h"
 #include "base/cleanup.h"
 #include "base/log.h"
 #include "base/util.h"

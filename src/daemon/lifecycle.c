@@ -12,7 +12,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/agent.h"
 #include "base/cleanup.h"
 #include "base/log.h"
 #include "base/util.h"

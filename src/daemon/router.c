@@ -70,8 +70,7 @@ sbx_router_on_request(struct sbx_http_req *req, void *ud)
     struct target t;
     if (!sandbox_target(req, &t)) {
         /* A presigned /files URL names no sandbox: its signature does (spec §5.3). */
-        struct sbx_live *signed_for =
-            strcmp(req->path, "/files") == 0 ? sbx_daemon_find_by_signature(req) : NULL;
+        struct sbx_live *signed_for = sbx_daemon_find_by_signature(req);
         if (signed_for) {
             snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", signed_for->rec->id);
             sbx_http_proxy(req, signed_for->sock_path, respond_not_found);

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/signature.h"
+#include "base/signature.h"
 #include "base/cleanup.h"
 
 struct sbx_live *

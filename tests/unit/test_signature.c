@@ -1,7 +1,7 @@
 /* The v1 signature of presigned /files URLs against the SDKs' test vector (spec §5.3). */
 #include <string.h>
 
-#include "agent/signature.h"
+#include "base/signature.h"
 #include "harness.h"
 
 #define TOKEN "0tQG31xiMp0IOQfaz9dcwi72L1CPo8e0"

@@ -1,4 +1,4 @@
-#include "agent/signature.h"
+#include "base/signature.h"
 
 #include <errno.h>
 #include <inttypes.h>

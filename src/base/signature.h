@@ -2,8 +2,8 @@
  * stripped, of SHA-256("path:operation:user:token[:expiration]"). Shared by the agent, which
  * enforces it, and the daemon, which uses it to find the sandbox a URL without a sandbox id
  * belongs to. Pure computation: no I/O, no clock. */
-#ifndef SBX_AGENT_SIGNATURE_H
-#define SBX_AGENT_SIGNATURE_H
+#ifndef SBX_BASE_SIGNATURE_H
+#define SBX_BASE_SIGNATURE_H
 
 #include <stdbool.h>
 #include <stddef.h>
