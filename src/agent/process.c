@@ -280,16 +280,6 @@ sub_detach(struct sub *s)
     uv_close((uv_handle_t *)&s->deadline, sub_handle_closed);
 }
 
-static uint64_t
-keepalive_interval_ms(const struct sbx_http_req *req)
-{
-    const char *h = sbx_http_req_header(req, "keepalive-ping-interval");
-    long s = h ? strtol(h, NULL, 10) : 0;
-    if (s <= 0 || s > SBX_AGENT_KEEPALIVE_MAX_S)
-        s = s <= 0 ? SBX_AGENT_KEEPALIVE_DEFAULT_S : SBX_AGENT_KEEPALIVE_MAX_S;
-    return (uint64_t)s * 1000;
-}
-
 /* Starts the response stream on req, sends the start event and subscribes req to p. */
 static struct sub *
 sub_attach(struct proc *p, struct sbx_http_req *req, bool is_start, uint64_t deadline_ms)
@@ -300,7 +290,7 @@ sub_attach(struct proc *p, struct sbx_http_req *req, bool is_start, uint64_t dea
     s->p = p;
     s->req = req;
     s->is_start = is_start;
-    s->keepalive_ms = keepalive_interval_ms(req);
+    s->keepalive_ms = sbx_connect_keepalive_ms(req);
     uv_timer_init(svc.loop, &s->keepalive);
     uv_timer_init(svc.loop, &s->deadline);
     s->open_handles = 2;

@@ -20,14 +20,12 @@
 #include "http/http.h"
 
 /* Agent limits (candidates for base/limits.h). */
-#define SBX_AGENT_OUTPUT_CHUNK        (32 * 1024)        /* envd: <= 32 KiB per data event */
-#define SBX_AGENT_STDIN_MAX_PENDING   (16 * 1024 * 1024) /* queued, unwritten stdin bytes */
-#define SBX_AGENT_KEEPALIVE_DEFAULT_S 50
-#define SBX_AGENT_KEEPALIVE_MAX_S     60
-#define SBX_AGENT_END_RETAIN_MS       (30 * 1000) /* late Connect still sees the end event */
-#define SBX_AGENT_MAX_ARGS            4096
-#define SBX_AGENT_MAX_ENVS            4096
-#define SBX_AGENT_BASE_PATH           "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define SBX_AGENT_OUTPUT_CHUNK      (32 * 1024)        /* envd: <= 32 KiB per data event */
+#define SBX_AGENT_STDIN_MAX_PENDING (16 * 1024 * 1024) /* queued, unwritten stdin bytes */
+#define SBX_AGENT_END_RETAIN_MS     (30 * 1000)        /* late Connect still sees the end event */
+#define SBX_AGENT_MAX_ARGS          4096
+#define SBX_AGENT_MAX_ENVS          4096
+#define SBX_AGENT_BASE_PATH         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* The sandbox-wide part of the agent config that the process service needs. */
 struct sbx_agent_config {

@@ -28,9 +28,7 @@
 #define WATCH_MASK                                                                                 \
     (IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB | IN_ONLYDIR |    \
      IN_DONT_FOLLOW | IN_EXCL_UNLINK)
-#define WATCH_MAX_DIRS      65536
-#define KEEPALIVE_DEFAULT_S 50
-#define KEEPALIVE_MAX_S     60
+#define WATCH_MAX_DIRS 65536
 
 struct wd_entry {
     int wd;
@@ -492,13 +490,8 @@ sbx_agent_watch_dir(struct sbx_http_req *req, json_t *msg)
     req->data = w;
     sbx_http_req_on_close(req, on_stream_closed);
     sbx_connect_stream_start(req);
-    const char *h = sbx_http_req_header(req, "keepalive-ping-interval");
-    long ka = h ? strtol(h, NULL, 10) : 0;
-    if (ka <= 0)
-        ka = KEEPALIVE_DEFAULT_S;
-    if (ka > KEEPALIVE_MAX_S)
-        ka = KEEPALIVE_MAX_S;
-    uv_timer_start(&w->keepalive, on_keepalive, (uint64_t)ka * 1000, (uint64_t)ka * 1000);
+    uint64_t ka = sbx_connect_keepalive_ms(req);
+    uv_timer_start(&w->keepalive, on_keepalive, ka, ka);
     uint64_t deadline = sbx_connect_timeout_ms(req);
     if (deadline > 0)
         uv_timer_start(&w->deadline, on_deadline, deadline, 0);

@@ -10,9 +10,11 @@
 #define SBX_HTTP_MAX_DRAIN_BYTES   (4 * 1024 * 1024) /* unread body discarded before close */
 /* Bytes read per read(2). Larger reads save little (bodies are parsed in place) and make
  * every leftover copied into inbuf and every queued write a large malloc. */
-#define SBX_HTTP_READ_SLAB      (64 * 1024)
-#define SBX_PROXY_SNDBUF        (1024 * 1024) /* send buffer towards an agent, best effort */
-#define SBX_CONNECT_MAX_MESSAGE (16 * 1024 * 1024)
+#define SBX_HTTP_READ_SLAB              (64 * 1024)
+#define SBX_PROXY_SNDBUF                (1024 * 1024) /* send buffer towards an agent, best effort */
+#define SBX_CONNECT_KEEPALIVE_DEFAULT_S 50 /* keepalive events on streams, when not asked */
+#define SBX_CONNECT_KEEPALIVE_MAX_S     60
+#define SBX_CONNECT_MAX_MESSAGE         (16 * 1024 * 1024)
 
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"

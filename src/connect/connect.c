@@ -128,6 +128,18 @@ sbx_connect_timeout_ms(const struct sbx_http_req *req)
     return ms;
 }
 
+uint64_t
+sbx_connect_keepalive_ms(const struct sbx_http_req *req)
+{
+    const char *h = sbx_http_req_header(req, "keepalive-ping-interval");
+    long s = h ? strtol(h, NULL, 10) : 0;
+    if (s <= 0)
+        s = SBX_CONNECT_KEEPALIVE_DEFAULT_S;
+    if (s > SBX_CONNECT_KEEPALIVE_MAX_S)
+        s = SBX_CONNECT_KEEPALIVE_MAX_S;
+    return (uint64_t)s * 1000;
+}
+
 /* ---- request decoding ---- */
 
 struct read_ctx {

@@ -38,6 +38,9 @@ json_t *sbx_connect_error_json(const struct sbx_error *e);
 
 /* Whether the request is a streaming Connect call (Content-Type application/connect+json). */
 bool sbx_connect_is_stream(const struct sbx_http_req *req);
+/* Keepalive-Ping-Interval (seconds, sent by the SDKs on streams) as milliseconds, clamped to
+ * SBX_CONNECT_KEEPALIVE_MAX_S, SBX_CONNECT_KEEPALIVE_DEFAULT_S if absent or invalid. */
+uint64_t sbx_connect_keepalive_ms(const struct sbx_http_req *req);
 /* Connect-Timeout-Ms in milliseconds, or 0 if absent/invalid. */
 uint64_t sbx_connect_timeout_ms(const struct sbx_http_req *req);
 
