@@ -161,10 +161,8 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
         o.template_id = tmpl;
         o.alias = tmpl;
     }
-    char *meta = o.metadata ? json_dumps(o.metadata, JSON_COMPACT) : NULL;
-    size_t meta_len = meta ? strlen(meta) : 0;
-    free(meta);
-    if (meta_len > SBX_MAX_METADATA_BYTES)
+    /* json_dumpb with no buffer only measures the encoding. */
+    if (o.metadata && json_dumpb(o.metadata, NULL, 0, JSON_COMPACT) > SBX_MAX_METADATA_BYTES)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "metadata larger than %d bytes",
                              SBX_MAX_METADATA_BYTES);
     *out = o;

@@ -29,7 +29,6 @@ struct sbx_daemon_config {
     int pids_max;
     int cpu_millis;
     int disk_mb;
-    char *public_url; /* what the export lines print, e.g. http://127.0.0.1:3000 */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
