@@ -285,21 +285,22 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def sandbox_factory(sbx_daemon):
-    """Creates sync Sandboxes (default timeout 120 s) and kills them after the test."""
+    """Creates sync Sandboxes (default timeout 120 s; e2b's Sandbox unless sandbox_class names
+    another, e.g. the code interpreter's) and kills them after the test."""
     from e2b import Sandbox
 
     made = []
 
-    def create(**kwargs):
+    def create(sandbox_class=Sandbox, **kwargs):
         kwargs.setdefault("timeout", 120)
-        sbx = Sandbox.create(**kwargs)
-        made.append(sbx.sandbox_id)
+        sbx = sandbox_class.create(**kwargs)
+        made.append((sandbox_class, sbx.sandbox_id))
         return sbx
 
     yield create
-    for sid in made:
+    for cls, sid in made:
         try:
-            Sandbox.kill(sid)
+            cls.kill(sid)
         except Exception:
             pass
 
@@ -310,15 +311,29 @@ def sandbox(sandbox_factory):
 
 
 @pytest.fixture
-async def async_sandbox(sbx_daemon):
+async def async_sandbox_factory(sbx_daemon):
+    """The async twin of sandbox_factory (AsyncSandbox by default)."""
     from e2b import AsyncSandbox
 
-    sbx = await AsyncSandbox.create(timeout=120)
-    yield sbx
-    try:
-        await AsyncSandbox.kill(sbx.sandbox_id)
-    except Exception:
-        pass
+    made = []
+
+    async def create(sandbox_class=AsyncSandbox, **kwargs):
+        kwargs.setdefault("timeout", 120)
+        sbx = await sandbox_class.create(**kwargs)
+        made.append((sandbox_class, sbx.sandbox_id))
+        return sbx
+
+    yield create
+    for cls, sid in made:
+        try:
+            await cls.kill(sid)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+async def async_sandbox(async_sandbox_factory):
+    return await async_sandbox_factory()
 
 
 def run_anyway(sbx, cmd, **kwargs):

@@ -17,23 +17,13 @@ JUPYTER_PORT = 49999
 
 
 @pytest.fixture
-def ci(sbx_daemon):
-    sbx = Sandbox.create(timeout=180)
-    yield sbx
-    try:
-        Sandbox.kill(sbx.sandbox_id)
-    except Exception:
-        pass
+def ci(sandbox_factory):
+    return sandbox_factory(sandbox_class=Sandbox, timeout=180)
 
 
 @pytest.fixture
-async def aci(sbx_daemon):
-    sbx = await AsyncSandbox.create(timeout=180)
-    yield sbx
-    try:
-        await AsyncSandbox.kill(sbx.sandbox_id)
-    except Exception:
-        pass
+async def aci(async_sandbox_factory):
+    return await async_sandbox_factory(sandbox_class=AsyncSandbox, timeout=180)
 
 
 def _raw(sbx, method, path, body=None, timeout=60):
