@@ -8,6 +8,7 @@
 #define SBX_HTTP_WRITE_HIGH_WATER  (1024 * 1024) /* pause producers above this many queued bytes */
 #define SBX_HTTP_MAX_PENDING_INPUT (1024 * 1024) /* unparsed input kept per connection */
 #define SBX_HTTP_MAX_DRAIN_BYTES   (4 * 1024 * 1024) /* unread body discarded before close */
+#define SBX_HTTP_LINGER_MS         5000              /* ... and for at most this long */
 /* Bytes read per read(2). Larger reads save little (bodies are parsed in place) and make
  * every leftover copied into inbuf and every queued write a large malloc. */
 #define SBX_HTTP_READ_SLAB              (64 * 1024)
@@ -29,6 +30,13 @@
 #define SBX_DEFAULT_CPU_COUNT 1
 #define SBX_DEFAULT_DISK_MB   1024
 #define SBX_MIN_DISK_MB       16
+
+/* Client connection deadlines of the daemon; overridable with sbx serve flags. The idle one
+ * outlasts the SDKs' own pool expiry (Python e2b: 300 s, E2B_KEEPALIVE_EXPIRY; Node's fetch:
+ * 4 s), so that the client, not the server, retires an idle connection: a request sent just
+ * as the server closes is lost to a reset, and a POST cannot be safely retried. */
+#define SBX_DEFAULT_HEADER_TIMEOUT_S 30
+#define SBX_DEFAULT_IDLE_TIMEOUT_S   310
 
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999

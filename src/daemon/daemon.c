@@ -33,9 +33,12 @@ usage(FILE *f)
             "  --pids-max N         process limit of each sandbox (%d; SBX_PIDS_MAX)\n"
             "  --cpus N             CPUs of each sandbox, as a quota (%d; SBX_CPUS)\n"
             "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
+            "  --header-timeout S   seconds for a request head (%d; SBX_HEADER_TIMEOUT)\n"
+            "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
-            SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB);
+            SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
+            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S);
 }
 
 static int
@@ -106,6 +109,10 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
     case 'd':
         /* Each sandbox's writable layer is an ext4 filesystem of this size. */
         return parse_positive(v, &c->disk_mb) < 0 || c->disk_mb < SBX_MIN_DISK_MB ? -1 : 0;
+    case 'H':
+        return parse_positive(v, &c->header_timeout_s);
+    case 'I':
+        return parse_positive(v, &c->idle_timeout_s);
     case 'L':
         return parse_level(v);
     }
@@ -113,19 +120,28 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
 }
 
 static const struct option long_opts[] = {
-    {"listen", required_argument, NULL, 'l'},   {"state-dir", required_argument, NULL, 's'},
-    {"api-key", required_argument, NULL, 'k'},  {"memory-mb", required_argument, NULL, 'm'},
-    {"pids-max", required_argument, NULL, 'p'}, {"cpus", required_argument, NULL, 'c'},
-    {"disk-mb", required_argument, NULL, 'd'},  {"log-level", required_argument, NULL, 'L'},
-    {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+    {"listen", required_argument, NULL, 'l'},
+    {"state-dir", required_argument, NULL, 's'},
+    {"api-key", required_argument, NULL, 'k'},
+    {"memory-mb", required_argument, NULL, 'm'},
+    {"pids-max", required_argument, NULL, 'p'},
+    {"cpus", required_argument, NULL, 'c'},
+    {"disk-mb", required_argument, NULL, 'd'},
+    {"header-timeout", required_argument, NULL, 'H'},
+    {"idle-timeout", required_argument, NULL, 'I'},
+    {"log-level", required_argument, NULL, 'L'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
 };
 
 static const struct {
     const char *env;
     int opt;
 } env_opts[] = {
-    {"SBX_LISTEN", 'l'},   {"SBX_STATE_DIR", 's'}, {"SBX_API_KEY", 'k'}, {"SBX_MEMORY_MB", 'm'},
-    {"SBX_PIDS_MAX", 'p'}, {"SBX_CPUS", 'c'},      {"SBX_DISK_MB", 'd'}, {"SBX_LOG_LEVEL", 'L'},
+    {"SBX_LISTEN", 'l'},    {"SBX_STATE_DIR", 's'},      {"SBX_API_KEY", 'k'},
+    {"SBX_MEMORY_MB", 'm'}, {"SBX_PIDS_MAX", 'p'},       {"SBX_CPUS", 'c'},
+    {"SBX_DISK_MB", 'd'},   {"SBX_HEADER_TIMEOUT", 'H'}, {"SBX_IDLE_TIMEOUT", 'I'},
+    {"SBX_LOG_LEVEL", 'L'},
 };
 
 static int
@@ -136,6 +152,8 @@ parse_config(int argc, char **argv, struct sbx_daemon_config *c)
     c->pids_max = SBX_DEFAULT_PIDS_MAX;
     c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;
     c->disk_mb = SBX_DEFAULT_DISK_MB;
+    c->header_timeout_s = SBX_DEFAULT_HEADER_TIMEOUT_S;
+    c->idle_timeout_s = SBX_DEFAULT_IDLE_TIMEOUT_S;
     parse_listen(SBX_DEFAULT_LISTEN, c);
     for (size_t i = 0; i < sizeof(env_opts) / sizeof(env_opts[0]); i++) {
         const char *v = getenv(env_opts[i].env);
@@ -289,6 +307,8 @@ start(struct sbx_daemon *d, struct sbx_error **err)
         return sbx_error_prefix(err, "recover sandboxes");
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
+    sbx_http_server_set_timeouts(d->http, (uint64_t)d->cfg.header_timeout_s * 1000,
+                                 (uint64_t)d->cfg.idle_timeout_s * 1000);
     if (sbx_http_server_listen_tcp(d->http, d->cfg.listen_host, d->cfg.listen_port, err) < 0)
         return -1;
     /* Before the export lines: whoever reads them may stop us right away. */

@@ -29,6 +29,8 @@ struct sbx_daemon_config {
     int pids_max;
     int cpu_millis;
     int disk_mb;
+    int header_timeout_s; /* client deadlines of the HTTP server */
+    int idle_timeout_s;
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */

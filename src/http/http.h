@@ -1,9 +1,9 @@
 /* HTTP/1.1 server on libuv (parsing by http_parser), used by the daemon and by the agent.
  *
- * Owns: connections, keep-alive, request parsing (bounded head, chunked and fixed bodies),
- * buffered or streamed request bodies with back-pressure, full or streamed (chunked)
- * responses with back-pressure, and abrupt aborts. One request per connection is in flight
- * at a time; the next one is parsed when the response has ended.
+ * Owns: connections, keep-alive, client deadlines, request parsing (bounded head, chunked and
+ * fixed bodies), buffered or streamed request bodies with back-pressure, full or streamed
+ * (chunked) responses with back-pressure, and abrupt aborts. One request per connection is in
+ * flight at a time; the next one is parsed when the response has ended.
  *
  * Lifetime: a struct sbx_http_req lives until its response has ended and its body has been
  * consumed, or until its connection closes. A handler that keeps the pointer across event
@@ -59,6 +59,12 @@ int sbx_http_server_listen_fd(struct sbx_http_server *s, int fd, struct sbx_erro
 void sbx_http_server_close(struct sbx_http_server *s);
 /* When set, every finished request is logged as one line (route, status, duration). */
 void sbx_http_server_set_logging(struct sbx_http_server *s, bool on);
+/* Deadlines for clients, 0 for none (the default): a request head must be complete within
+ * header_ms of the connection's start or of the request's first byte, else the connection is
+ * closed (after a 408 if some of it arrived); a kept-alive connection without a request is
+ * closed after idle_ms. A request being handled, its body and response included, has none.
+ * Set before listening. */
+void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms);
 
 /* Request accessors. */
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);

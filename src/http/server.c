@@ -3,7 +3,15 @@
  *
  * Re-entrancy rule: user callbacks may respond, end or abort from inside parser callbacks,
  * so nothing is freed there. A finished request is released at a safe point
- * (conn_process, write completion) and a connection only in its uv_close callback. */
+ * (conn_process, write completion) and a connection only in its uv_close callbacks.
+ *
+ * Deadlines (one timer per connection, re-armed only at state changes, never per byte, so a
+ * client cannot extend one by trickling input):
+ *   accepted, or a request's first byte after an idle wait  ->  header_ms to complete the head
+ *   head complete                                            ->  none until the request is released
+ *   released, connection kept alive                          ->  idle_ms for the next request
+ *   lingering close                                          ->  SBX_HTTP_LINGER_MS
+ * A request being handled has no deadline: streamed responses and bodies may take hours. */
 #include <ctype.h>
 #include <http_parser.h>
 #include <stdarg.h>
@@ -65,9 +73,13 @@ struct conn {
     bool keep_alive;
     bool in_parse;
     bool draining; /* response sent, discarding the unread body before closing */
+    bool linger;   /* the client may still be sending: drain before closing */
+    bool idle;     /* kept alive, waiting for the first byte of the next request */
     size_t drained;
     uv_shutdown_t shutdown;
-    size_t queued; /* bytes handed to uv_write and not yet written */
+    uv_timer_t timer;
+    int open_handles; /* the stream and the timer */
+    size_t queued;    /* bytes handed to uv_write and not yet written */
     struct conn *next, *prev;
 };
 
@@ -79,6 +91,7 @@ struct sbx_http_server {
     uv_pipe_t *pipe;
     struct conn *conns;
     bool log;
+    uint64_t header_ms, idle_ms; /* 0: no deadline */
 };
 
 static void conn_process(struct conn *c);
@@ -87,11 +100,21 @@ static void conn_close(struct conn *c);
 static void conn_drain(struct conn *c);
 static void set_reading(struct conn *c, bool on);
 static void respond_simple(struct conn *c, int status, const char *msg);
+static void on_timeout(uv_timer_t *t);
 
 static struct req *
 to_req(struct sbx_http_req *r)
 {
     return (struct req *)r;
+}
+
+static void
+conn_set_deadline(struct conn *c, uint64_t ms)
+{
+    if (ms > 0)
+        uv_timer_start(&c->timer, on_timeout, ms, 0);
+    else
+        uv_timer_stop(&c->timer);
 }
 
 /* ---- request bookkeeping ---- */
@@ -141,16 +164,18 @@ conn_maybe_finish(struct conn *c)
     if (c->queued > 0)
         return; /* finish after the response is flushed */
     log_request(c, r);
-    bool unread_body = !r->body_complete;
+    bool unread_input = !r->body_complete || c->linger;
     c->req = NULL;
     req_free(r);
     if (!c->keep_alive) {
-        if (unread_body)
+        if (unread_input)
             conn_drain(c);
         else
             conn_close(c);
         return;
     }
+    c->idle = true;
+    conn_set_deadline(c, c->srv->idle_ms);
     http_parser_pause(&c->parser, 0);
     conn_process(c);
 }
@@ -202,6 +227,8 @@ static void
 on_conn_closed(uv_handle_t *h)
 {
     struct conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
     struct sbx_http_server *s = c->srv;
     if (c->prev)
         c->prev->next = c->next;
@@ -230,6 +257,7 @@ conn_close(struct conn *c)
         cb(&r->pub);
     }
     uv_close((uv_handle_t *)&c->h, on_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
 void
@@ -247,11 +275,13 @@ sbx_http_abort(struct sbx_http_req *pub)
         uv_tcp_close_reset(&c->h.tcp, on_conn_closed);
     else
         uv_close((uv_handle_t *)&c->h, on_conn_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
 /* Lingering close: closing a socket with unread input makes the kernel send a reset, which
- * can destroy the error response the client has not read yet (413, 431). So send FIN, then
- * read and discard (bounded) until the client closes. */
+ * can destroy the error response the client has not read yet (408, 413, 431). So send FIN,
+ * then read and discard until the client closes, bounded in bytes and in time: a client that
+ * never closes must not keep the connection. */
 static void
 on_shutdown(uv_shutdown_t *s, int status)
 {
@@ -270,7 +300,25 @@ conn_drain(struct conn *c)
         conn_close(c);
         return;
     }
+    conn_set_deadline(c, SBX_HTTP_LINGER_MS);
     set_reading(c, true);
+}
+
+/* Slowloris defence: a client that holds a connection without completing a request ties up
+ * a file descriptor, and enough of them exhaust the daemon's. */
+static void
+on_timeout(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->draining || c->req == NULL) {
+        conn_close(c); /* the linger is over, or nothing of a request arrived */
+        return;
+    }
+    /* Part of a head arrived (a complete head stops the timer): say why, then close. If even
+     * this answer cannot be written in time, the next expiry closes (respond_simple does). */
+    respond_simple(c, 408, "request head not received in time");
+    if (!c->closing)
+        conn_set_deadline(c, SBX_HTTP_LINGER_MS);
 }
 
 /* ---- parser callbacks ---- */
@@ -294,6 +342,12 @@ on_message_begin(http_parser *p)
     r->conn = c;
     r->pub.content_length = -1;
     c->req = r;
+    if (c->idle) {
+        /* A later request's head is due header_ms after its first byte; the first one's,
+         * after the connection's start (armed on accept). */
+        c->idle = false;
+        conn_set_deadline(c, c->srv->header_ms);
+    }
     c->head_bytes = 0;
     c->in_value = false;
     c->field.len = c->value.len = c->url.len = 0;
@@ -387,6 +441,7 @@ on_headers_complete(http_parser *p)
     r->no_body = !r->pub.chunked && r->pub.content_length <= 0;
     r->pub.start_ms = sbx_now_ms();
     c->keep_alive = http_should_keep_alive(p) != 0;
+    uv_timer_stop(&c->timer); /* the request is being handled: no deadline */
     c->srv->on_request(&r->pub, c->srv->ud);
     if (c->closing)
         return -1; /* aborted (or the client left): no further callbacks for this request */
@@ -600,6 +655,7 @@ respond_simple(struct conn *c, int status, const char *msg)
 {
     struct req *r = c->req;
     c->keep_alive = false;
+    c->linger = true; /* the rest of the bad (or late) request may be on its way */
     if (r && r->resp != RESP_NONE) {
         conn_close(c);
         return;
@@ -649,6 +705,9 @@ on_connection(uv_stream_t *server, int status)
     else
         uv_pipe_init(s->loop, &c->h.pipe, 0);
     c->h.stream.data = c;
+    uv_timer_init(s->loop, &c->timer);
+    c->timer.data = c;
+    c->open_handles = 2;
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -661,6 +720,7 @@ on_connection(uv_stream_t *server, int status)
         uv_tcp_nodelay(&c->h.tcp, 1);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
+    conn_set_deadline(c, s->header_ms);
     set_reading(c, true);
 }
 
@@ -680,6 +740,13 @@ void
 sbx_http_server_set_logging(struct sbx_http_server *s, bool on)
 {
     s->log = on;
+}
+
+void
+sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms)
+{
+    s->header_ms = header_ms;
+    s->idle_ms = idle_ms;
 }
 
 int

@@ -1,7 +1,10 @@
 /* HTTP/1.1 server and reverse proxy (src/http): a real server on loopback in the test process,
  * a real client in a thread (http_client.h), real unix sockets for the proxy's upstream. */
+#include <dirent.h>
+#include <poll.h>
 #include <stdatomic.h>
 
+#include "base/limits.h"
 #include "http_client.h"
 
 static struct sbx_http_server *g_srv; /* on 127.0.0.1, random port */
@@ -16,6 +19,12 @@ static struct sbx_http_req *g_held; /* the request a timer or async will act on 
 static atomic_int g_close_called;
 static atomic_int g_second_written;
 static int g_stream_pieces;
+
+/* Deadlines of the front server in the deadline tests (0: none, as in the others), and the
+ * silence, several times longer, that requests being handled must survive. */
+#define DEADLINE_MS 200
+#define SILENCE_MS  1000
+static uint64_t g_head_ms, g_idle_ms;
 
 /* ---- front server routes ---- */
 
@@ -98,6 +107,17 @@ abort_held(uv_timer_t *t)
 }
 
 static void
+end_late(uv_timer_t *t)
+{
+    struct sbx_http_req *req = g_held;
+    g_held = NULL;
+    if (req == NULL)
+        return;
+    sbx_http_write(req, "last", 4);
+    sbx_http_end(req);
+}
+
+static void
 unreachable(struct sbx_http_req *req)
 {
     sbx_http_respond_error(req, 502, "upstream unreachable");
@@ -156,6 +176,13 @@ on_front(struct sbx_http_req *req, void *ud)
         sbx_http_start(req, 200, "text/plain");
         sbx_http_write(req, "partial", 7);
         uv_timer_start(&g_timer, abort_held, 30, 0);
+    } else if (strcmp(p, "/late") == 0) {
+        /* A streamed response with a long silence in the middle. */
+        g_held = req;
+        sbx_http_req_on_close(req, held_gone);
+        sbx_http_start(req, 200, "text/plain");
+        sbx_http_write(req, "first", 5);
+        uv_timer_start(&g_timer, end_late, SILENCE_MS, 0);
     } else if (strcmp(p, "/q") == 0) {
         query_route(req);
     } else if (strncmp(p, "/proxy/", 7) == 0) {
@@ -252,6 +279,7 @@ setup(void)
     CHECK(mkdtemp(g_dir) != NULL);
     snprintf(g_up_path, sizeof(g_up_path), "%s/up.sock", g_dir);
     g_srv = sbx_http_server_new(loop, on_front, NULL);
+    sbx_http_server_set_timeouts(g_srv, g_head_ms, g_idle_ms);
     CHECK(sbx_http_server_listen_tcp(g_srv, "127.0.0.1", 0, &err) == 0);
     g_port = sbx_http_server_port(g_srv);
     CHECK(g_port > 0);
@@ -598,6 +626,177 @@ TEST(query_decoding)
     free(s);
     CHECK(sbx_http_percent_decode("%", 1, true, &n) == NULL);
     CHECK(sbx_http_percent_decode("%g0", 3, true, &n) == NULL);
+}
+
+/* ---- deadlines ---- */
+
+static void
+run_with_deadlines(void (*client)(void))
+{
+    g_head_ms = g_idle_ms = DEADLINE_MS;
+    run(client);
+}
+
+/* Open descriptors of this process: the server's side of a connection is one of them. */
+static int
+count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    CHECK(d != NULL);
+    int n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* Waits (up to 10 s) until the server has closed its side of a connection. */
+static void
+wait_fds(int want)
+{
+    for (int i = 0; i < 1000 && count_fds() != want; i++)
+        usleep(10000);
+    CHECK(count_fds() == want);
+}
+
+static void
+check_408(struct tc_conn *c)
+{
+    struct tc_resp r;
+    tc_read(c, &r, 0);
+    CHECK(r.complete && r.status == 408);
+    CHECK(strstr(r.body.data, "\"code\":408") != NULL);
+    CHECK_STR(tc_header(&r, "connection"), "close");
+    CHECK(tc_is_closed(c));
+    tc_resp_fini(&r);
+}
+
+static void
+client_partial_head(void)
+{
+    struct tc_conn c;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /hello HTTP/1.1\r\nHost: t\r\n");
+    check_408(&c);
+    tc_conn_close(&c);
+    /* Also for the second request of a kept-alive connection. */
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /hello HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\nHo");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200);
+    tc_resp_fini(&r);
+    check_408(&c);
+    tc_conn_close(&c);
+}
+
+TEST(partial_head_gets_408_and_close)
+{
+    run_with_deadlines(client_partial_head);
+}
+
+static void
+client_trickle(void)
+{
+    /* One byte at a time, each well within the deadline: the head is still due on time. */
+    const char *head =
+        "GET /hello HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    struct tc_conn c;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    struct pollfd pfd = {.fd = c.fd, .events = POLLIN};
+    size_t i = 0;
+    for (; head[i] && poll(&pfd, 1, DEADLINE_MS / 10) == 0; i++)
+        tc_send(c.fd, head + i, 1);
+    CHECK(head[i] != '\0'); /* answered before the head was complete */
+    check_408(&c);
+    tc_conn_close(&c);
+}
+
+TEST(trickled_head_gets_408)
+{
+    run_with_deadlines(client_trickle);
+}
+
+static void
+client_idle(void)
+{
+    int before = count_fds();
+    struct tc_conn c;
+    struct tc_resp r;
+    /* Connected and silent: closed without a word. */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    CHECK(tc_is_closed(&c));
+    tc_conn_close(&c);
+    /* Kept alive after a request, then silent: closed. */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "GET /hello HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200);
+    CHECK_STR(tc_header(&r, "connection"), "keep-alive");
+    tc_resp_fini(&r);
+    CHECK(tc_is_closed(&c));
+    tc_conn_close(&c);
+    wait_fds(before);
+}
+
+TEST(idle_connections_closed)
+{
+    run_with_deadlines(client_idle);
+}
+
+static void
+client_long_requests(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    /* A streamed response that goes silent for longer than the deadlines. */
+    tc_send_str(c.fd, "GET /late HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200 && tc_body_is(&r, "firstlast"));
+    tc_resp_fini(&r);
+    /* A request body that stops arriving for as long, on the same connection. */
+    tc_send_str(c.fd, "POST /stream HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc");
+    usleep(SILENCE_MS * 1000);
+    tc_send_str(c.fd, "def");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "6 bytes: abcdef"));
+    tc_resp_fini(&r);
+    /* Still a working keep-alive connection, and idle again after it. */
+    tc_send_str(c.fd, "GET /hello HTTP/1.1\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && tc_body_is(&r, "hello"));
+    tc_resp_fini(&r);
+    CHECK(tc_is_closed(&c));
+    tc_conn_close(&c);
+}
+
+TEST(requests_being_handled_have_no_deadline)
+{
+    run_with_deadlines(client_long_requests);
+}
+
+static void
+client_linger_bounded(void)
+{
+    int before = count_fds();
+    struct tc_conn c;
+    struct tc_resp r;
+    /* Answered 413 from the head; the client neither sends the body nor closes. */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd, "POST /buffer HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 413);
+    tc_resp_fini(&r);
+    CHECK(count_fds() == before + 2); /* both ends open: the server lingers */
+    wait_fds(before + 1);             /* until the linger time is over */
+    tc_conn_close(&c);
+}
+
+TEST(lingering_close_is_bounded_in_time)
+{
+    run(client_linger_bounded); /* without client deadlines too */
 }
 
 /* ---- proxy ---- */

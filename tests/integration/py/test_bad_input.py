@@ -1,13 +1,19 @@
 """Hostile or broken HTTP input, sent raw (http.client / sockets, not the SDK). Each test
-checks the answer a client sees and that the daemon keeps serving afterwards."""
+checks the answer a client sees and that the daemon keeps serving afterwards. At the end,
+client deadlines, against a daemon of their own; there the SDK runs the long request."""
 
 import base64
 import json
+import os
+import shutil
 import socket
 import struct
+import tempfile
 import time
 
 import pytest
+
+from conftest import Daemon
 
 
 def _json(body):
@@ -386,3 +392,115 @@ def test_many_aborted_connections(sbx_daemon):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
     _still_serving(sbx_daemon)
+
+
+# -- client deadlines: a daemon of its own, with short ones -----------------------------------
+
+DEADLINE_S = 1
+CLOSE_WAIT_S = 10 * DEADLINE_S  # behaviour, not timing precision, is under test
+
+
+@pytest.fixture(scope="module")
+def strict_daemon(sbx_daemon, tmp_path_factory):
+    """A second daemon whose header and idle timeouts are DEADLINE_S: one set by its flag,
+    the other by its environment variable."""
+    state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
+    os.chmod(state_dir, 0o711)
+    d = Daemon(sbx_daemon.binary, state_dir, tmp_path_factory.mktemp("strict") / "daemon.log")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SBX_SERVE_ARGS",
+                  os.environ.get("SBX_SERVE_ARGS", "") + f" --header-timeout {DEADLINE_S}")
+        mp.setenv("SBX_IDLE_TIMEOUT", str(DEADLINE_S))
+        d.start()
+    yield d
+    d.kill_all_sandboxes()
+    rc = d.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    assert rc == 0, d.log_tail()
+
+
+def _read_until_closed(s, limit_s=CLOSE_WAIT_S):
+    """Everything received until the server closes the connection; None if it did not close
+    within limit_s."""
+    deadline = time.monotonic() + limit_s
+    data = b""
+    while time.monotonic() < deadline:
+        s.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            c = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            return data
+        if not c:
+            return data
+        data += c
+    return None
+
+
+def test_partial_request_head_is_408_and_closed(strict_daemon):
+    with socket.create_connection((strict_daemon.host, strict_daemon.port)) as s:
+        s.sendall(b"GET /v2/sandboxes HTTP/1.1\r\nHost: x\r\nX-API-KEY: ")
+        resp = _read_until_closed(s)
+    assert resp is not None, "the server kept a connection with a partial request head"
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert _status_of(resp) == 408, resp[:300]
+    assert b"connection: close" in head.lower()
+    err = _json(body)
+    assert err["code"] == 408 and err["message"]
+    _still_serving(strict_daemon)
+
+
+def test_silent_connections_are_closed(strict_daemon):
+    import http.client
+
+    # Connected, nothing sent: closed without an answer.
+    with socket.create_connection((strict_daemon.host, strict_daemon.port)) as s:
+        assert _read_until_closed(s) == b""
+    # Kept alive after a request, then silent: closed.
+    conn = http.client.HTTPConnection(strict_daemon.host, strict_daemon.port, timeout=10)
+    try:
+        conn.request("GET", "/v2/sandboxes", headers={"X-API-KEY": strict_daemon.api_key})
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Connection") == "keep-alive"
+        r.read()
+        assert _read_until_closed(conn.sock) == b""
+    finally:
+        conn.close()
+    _still_serving(strict_daemon)
+
+
+def test_requests_being_handled_are_not_cut(strict_daemon):
+    from e2b import Sandbox
+
+    url = strict_daemon.url
+    sbx = Sandbox.create(api_key=strict_daemon.api_key, api_url=url, sandbox_url=url,
+                         timeout=120)
+    try:
+        # A server-streaming RPC that stays silent for several deadlines at a time.
+        quiet = 4 * DEADLINE_S
+        r = sbx.commands.run(f"echo start; sleep {quiet}; echo middle; sleep {quiet}; echo end",
+                             timeout=60)
+        assert r.stdout == "start\nmiddle\nend\n"
+        # An upload whose body arrives slowly, proxied to the agent as it comes.
+        boundary = "slowboundary"
+        pieces = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n"
+                  .encode(), b"first half, ", b"second half", f"\r\n--{boundary}--\r\n".encode()]
+        headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983",
+                   "Content-Type": f"multipart/form-data; boundary={boundary}",
+                   "Transfer-Encoding": "chunked", "Connection": "close"}
+        if sbx._envd_access_token:
+            headers["X-Access-Token"] = sbx._envd_access_token
+        head = ("POST /files?path=/tmp/slow.txt HTTP/1.1\r\nHost: x\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+        with socket.create_connection((strict_daemon.host, strict_daemon.port)) as s:
+            s.sendall(head)
+            for p in pieces:
+                time.sleep(2 * DEADLINE_S)
+                s.sendall(b"%x\r\n%s\r\n" % (len(p), p))
+            s.sendall(b"0\r\n\r\n")
+            resp = _read_until_closed(s, 30)
+        assert resp is not None and _status_of(resp) == 200, resp
+        assert sbx.files.read("/tmp/slow.txt") == "first half, second half"
+    finally:
+        sbx.kill()
