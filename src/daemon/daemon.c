@@ -285,6 +285,9 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     if (geteuid() != 0)
         return sbx_error_set(err, SBX_PERMISSION_DENIED, 0,
                              "sbx serve must run as root (it creates namespaces and cgroups)");
+    char host_desc[128];
+    if (sbx_sandbox_preflight(host_desc, sizeof(host_desc), err) < 0)
+        return sbx_error_prefix(err, "this host cannot run sandboxes");
     _cleanup_free_ char *sandboxes = NULL, *db = NULL, *shown_key = NULL;
     if (asprintf(&sandboxes, "%s/sandboxes", d->cfg.state_dir) < 0 ||
         asprintf(&db, "%s/sbx.db", d->cfg.state_dir) < 0)
@@ -326,9 +329,9 @@ start(struct sbx_daemon *d, struct sbx_error **err)
            "export E2B_API_KEY=%s\n",
            d->cfg.listen_host, port, host, port, host, port, shown_key);
     fflush(stdout);
-    sbx_log_info("start", "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d",
+    sbx_log_info("start", "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d %s",
                  d->cfg.listen_host, port, d->cfg.state_dir, d->cfg.memory_mb, d->cfg.pids_max,
-                 d->cfg.cpu_millis / 1000);
+                 d->cfg.cpu_millis / 1000, host_desc);
     return 0;
 }
 

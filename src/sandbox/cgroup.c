@@ -38,6 +38,49 @@ sbx_cgroup_detect(void)
     return SBX_CGROUP_NONE;
 }
 
+int
+sbx_cgroup_check(const char **layout, struct sbx_error **err)
+{
+    static const char *const needed[] = {"memory", "pids", "cpu"};
+    char have[512] = "";
+    switch (sbx_cgroup_detect()) {
+    case SBX_CGROUP_V2:
+        *layout = "v2";
+        if (sbx_fs_read_small(CG_ROOT "/cgroup.controllers", have, sizeof(have)) < 0)
+            return sbx_error_sys(err, errno, "read " CG_ROOT "/cgroup.controllers");
+        for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
+            /* Space-separated names: match whole words. */
+            const char *p = have;
+            size_t n = strlen(needed[i]);
+            while ((p = strstr(p, needed[i])) != NULL &&
+                   !((p == have || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\n' || !p[n])))
+                p += n;
+            if (p == NULL)
+                return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                                     "cgroup v2: the %s controller is not available in " CG_ROOT
+                                     " (controllers: %s)",
+                                     needed[i], have);
+        }
+        return 0;
+    case SBX_CGROUP_V1:
+        *layout = "v1";
+        for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
+            char mnt[128];
+            struct statfs sf;
+            snprintf(mnt, sizeof(mnt), CG_ROOT "/%s", needed[i]);
+            if (statfs(mnt, &sf) < 0 || sf.f_type != CGROUP_SUPER_MAGIC)
+                return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                                     "cgroup v1: the %s controller is not mounted at %s", needed[i],
+                                     mnt);
+        }
+        return 0;
+    default:
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                             "no cgroup hierarchy at " CG_ROOT " (mount cgroup2 there, or the v1 "
+                             "memory, pids and cpu controllers below it)");
+    }
+}
+
 /* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. */
 static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct"};
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
@@ -224,6 +267,16 @@ sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err)
     return 0;
 }
 
+int
+sbx_cgroup_open_v2(const char *id)
+{
+    if (sbx_cgroup_detect() != SBX_CGROUP_V2)
+        return -1;
+    char dir[256];
+    snprintf(dir, sizeof(dir), CG_ROOT "/" CG_PARENT "/%s", id);
+    return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
 /* Kills what cgroup.procs lists; returns how many were listed, -1 if the dir is gone. */
 static int
 kill_listed(const char *dir)
@@ -250,6 +303,12 @@ sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_erro
 {
     char dirs[N_V1][256];
     int n = all_dirs(id, dirs);
+    /* v2 (Linux 5.14+): cgroup.kill SIGKILLs every member at once, including tasks forked
+     * while we would be reading cgroup.procs; the loop below then only waits. */
+    char kill_path[512];
+    if (sbx_cgroup_detect() == SBX_CGROUP_V2 &&
+        sbx_pathf(kill_path, sizeof(kill_path), "%s/cgroup.kill", dirs[0]) == 0)
+        (void)sbx_fs_write_str(kill_path, "1"); /* absent before 5.14: the loop still kills */
     uint64_t deadline = sbx_now_ms() + (uint64_t)timeout_ms;
     for (;;) {
         if (reap_pid > 0)

@@ -30,9 +30,14 @@
 /* ---- cgroup.c ---- */
 enum sbx_cgroup_layout { SBX_CGROUP_NONE, SBX_CGROUP_V1, SBX_CGROUP_V2 };
 enum sbx_cgroup_layout sbx_cgroup_detect(void);
+/* Whether the layout has every controller sandboxes use; *layout gets "v1" or "v2". */
+int sbx_cgroup_check(const char **layout, struct sbx_error **err);
 /* Creates the sandbox's cgroup(s) and writes the limits. */
 int sbx_cgroup_create(const char *id, const struct sbx_sandbox_limits *limits,
                       struct sbx_error **err);
+/* On cgroup v2, an fd of the sandbox's cgroup dir (for clone3's CLONE_INTO_CGROUP);
+ * -1 on v1, where sbx_cgroup_enter moves the child instead. */
+int sbx_cgroup_open_v2(const char *id);
 /* Moves pid into every cgroup of the sandbox. */
 int sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err);
 /* SIGKILLs what is left in the sandbox's cgroups and waits (bounded) until they are empty;
@@ -55,6 +60,12 @@ void sbx_rootfs_close(struct sbx_rootfs *r);
 /* Error for a failed fsconfig/fsmount on fs, with the kernel's own explanation (the fs
  * context's message log) appended; returns -1. */
 int sbx_fsopen_error(int fs, int e, const char *what, struct sbx_error **err);
+
+/* Whether overlayfs takes the layers as fds of detached mounts (Linux 6.15); else they are
+ * staged in a private mount namespace. */
+bool sbx_rootfs_layers_by_fd(void);
+/* Major and minor of the running kernel; false if uname's release does not parse. */
+bool sbx_kernel_version(int *major, int *minor);
 
 /* ---- disk.c (parent side, host root): the size-limited upper layer ---- */
 #define SBX_DISK_IMAGE     "disk.img"    /* in the sandbox dir */
@@ -106,6 +117,11 @@ int sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t l
 int sbx_pathf(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int sbx_fs_read_small(const char *path, char *buf, size_t cap); /* NUL-terminated; -1/errno */
 int sbx_fs_write_str(const char *path, const char *s);          /* O_WRONLY, no create */
+/* One datagram of len bytes on a SOCK_SEQPACKET socket, carrying nfds (<= 2) fds. */
+int sbx_send_fds(int sock, const void *msg, size_t len, const int *fds, size_t nfds);
+/* Receives one such datagram: returns its length (0 at EOF, -1 with errno); fds[] gets the
+ * fds it carried (O_CLOEXEC), or -1s when it carried none. */
+ssize_t sbx_recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds);
 
 /* ---- proc.c ---- */
 int sbx_proc_start_time(pid_t pid, uint64_t *out);

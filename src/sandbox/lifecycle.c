@@ -3,6 +3,7 @@
  * (field 22 of /proc/<pid>/stat), so a recycled pid is never mistaken for the agent. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,15 +112,13 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
 {
     pid_t reap = 0;
     char state = 0;
+    _cleanup_close_ int pfd = -1;
     if (is_ours(ref, &state)) {
-        int pfd = pidfd_open(ref->pid, 0);
-        if (pfd >= 0) {
-            /* Re-check with the pidfd pinned, then kill through it: no pid-reuse race.
-             * Killing PID 1 of the sandbox makes the kernel kill its whole pid namespace. */
-            if (is_ours(ref, &state))
-                syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
-            close(pfd);
-        }
+        pfd = pidfd_open(ref->pid, 0);
+        /* Re-check with the pidfd pinned, then kill through it: no pid-reuse race.
+         * Killing PID 1 of the sandbox makes the kernel kill its whole pid namespace. */
+        if (pfd >= 0 && is_ours(ref, &state))
+            syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
         reap = ref->pid; /* our child unless the daemon restarted; waitpid is harmless then */
     }
     int rc = 0;
@@ -127,6 +126,10 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
      * but a wedged exit must not leave the cgroup busy). */
     if (sbx_cgroup_drain(ref->id, reap, SBX_DESTROY_TIMEOUT_MS, err) < 0)
         rc = -1;
+    /* An exiting task leaves its cgroup before it is a zombie: wait (bounded) for the agent
+     * itself to be gone, so that nothing of the sandbox is still running when we return. */
+    if (pfd >= 0)
+        poll(&(struct pollfd){.fd = pfd, .events = POLLIN}, 1, SBX_DESTROY_TIMEOUT_MS);
     if (reap > 0)
         waitpid(reap, NULL, WNOHANG);
     if (rc == 0 && sbx_cgroup_remove(ref->id, err) < 0)
@@ -156,5 +159,28 @@ sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *o
     _cleanup_close_ int fd = open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd >= 0 && sbx_fs_disk_usage(fd, &out->disk_used_bytes, err) < 0)
         return -1;
+    return 0;
+}
+
+int
+sbx_sandbox_preflight(char *desc, size_t n, struct sbx_error **err)
+{
+    int major = 0, minor = 0;
+    if (!sbx_kernel_version(&major, &minor))
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0, "cannot read the kernel version");
+    /* 5.19: overlayfs over idmapped layers, the oldest piece the runtime needs. */
+    if (major < 5 || (major == 5 && minor < 19))
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                             "Linux %d.%d is too old: sandboxes need 5.19 or later", major, minor);
+    const char *layout = NULL;
+    if (sbx_cgroup_check(&layout, err) < 0)
+        return -1;
+    /* Every sandbox's writable layer is an ext4 image on a loop device (disk.c). */
+    if (access("/dev/loop-control", R_OK | W_OK) < 0)
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, errno,
+                             "/dev/loop-control: %s (load the loop module: modprobe loop)",
+                             strerror(errno));
+    snprintf(desc, n, "kernel=%d.%d cgroup=%s overlay_layers=%s", major, minor, layout,
+             sbx_rootfs_layers_by_fd() ? "fd" : "staged");
     return 0;
 }

@@ -18,8 +18,12 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "base/cleanup.h"
@@ -168,6 +172,147 @@ open_host_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
     return 0;
 }
 
+/* ---- Kernels before 6.15 ---------------------------------------------------------------
+ * Overlayfs takes its layers as fds from Linux 6.13 and accepts detached mounts as layers from
+ * 6.15; before that each layer must be a mount of the mounter's own mount namespace, named by
+ * path. So a short-lived child of the daemon makes the same two overlays in a private mount
+ * namespace of its own, where it attaches the detached layers under a tmpfs (nothing reaches
+ * the host's mount table), and passes the detached overlays back. Works from Linux 5.19
+ * (idmapped overlay layers). */
+
+struct stage_msg {
+    int32_t err;
+    char step[256];
+};
+
+__attribute__((noreturn)) static void
+stage_fail(int sock, const char *step)
+{
+    struct stage_msg m = {.err = errno};
+    snprintf(m.step, sizeof(m.step), "%s", step);
+    (void)!send(sock, &m, sizeof(m), MSG_NOSIGNAL);
+    _exit(1);
+}
+
+static int
+attach_at(int mount_fd, const char *at)
+{
+    if (mkdir(at, 0700) < 0)
+        return -1;
+    return move_mount(mount_fd, "", AT_FDCWD, at, MOVE_MOUNT_F_EMPTY_PATH);
+}
+
+/* An overlay of layers named by path, or -1 with errno and, in why, the step and whatever
+ * overlayfs logged about it. */
+static int
+overlay_by_path(const char *lower, const char *upper, const char *work, char *why, size_t n)
+{
+    snprintf(why, n, "overlay of %s", lower);
+    _cleanup_close_ int fs = fsopen("overlay", FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return -1;
+    if (fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir", lower, 0) == 0 &&
+        fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", upper, 0) == 0 &&
+        fsconfig(fs, FSCONFIG_SET_STRING, "workdir", work, 0) == 0 &&
+        fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+        return fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV);
+    int e = errno;
+    char log[160];
+    ssize_t k = read(fs, log, sizeof(log) - 1);
+    if (k > 0) {
+        log[k - (log[k - 1] == '\n')] = '\0';
+        snprintf(why, n, "overlay of %s (%s)", lower, log);
+    }
+    errno = e;
+    return -1;
+}
+
+/* The staging child. Layers are named relative to the staging dir (our cwd), so no path of
+ * the state dir, which may hold ':' or ',', reaches the overlay's option parser. */
+__attribute__((noreturn)) static void
+stage_main(int sock, const char *sandbox_dir, const int lowers[3], int disk_mount)
+{
+    char stage[4096];
+    if (sbx_pathf(stage, sizeof(stage), "%s/rootfs", sandbox_dir) < 0)
+        stage_fail(sock, "staging path");
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        stage_fail(sock, "private mount namespace");
+    if (mount("sbx-stage", stage, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0 ||
+        chdir(stage) < 0)
+        stage_fail(sock, "staging tmpfs");
+    if (attach_at(lowers[0], "t") < 0 || attach_at(lowers[1], "m") < 0 ||
+        attach_at(lowers[2], "u") < 0)
+        stage_fail(sock, "attach lower layers");
+    /* d/ holds upper/ and work/: the disk image's ext4, or the sandbox dir (same layout). */
+    if (disk_mount >= 0 ? attach_at(disk_mount, "d") < 0
+                        : mkdir("d", 0700) < 0 || mount(sandbox_dir, "d", NULL, MS_BIND, NULL) < 0)
+        stage_fail(sock, "attach upper layer");
+    int fds[2];
+    char why[256];
+    if ((fds[0] = overlay_by_path("t", "d/upper/root", "d/work/root", why, sizeof(why))) < 0 ||
+        (fds[1] = overlay_by_path("m:u", "d/upper/usr", "d/work/usr", why, sizeof(why))) < 0)
+        stage_fail(sock, why);
+    struct stage_msg m = {0};
+    _exit(sbx_send_fds(sock, &m, sizeof(m), fds, 2) < 0 ? 1 : 0);
+}
+
+static int
+overlays_staged(const struct sbx_sandbox_plan *plan, const int lowers[3],
+                const struct sbx_upper_dirs *up, struct sbx_rootfs *out, struct sbx_error **err)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return sbx_error_sys(err, errno, "socketpair");
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(sv[0]);
+        close(sv[1]);
+        return sbx_error_sys(err, e, "fork");
+    }
+    if (pid == 0) {
+        close(sv[0]);
+        stage_main(sv[1], plan->sandbox_dir, lowers, up->mount_fd);
+    }
+    close(sv[1]);
+    struct stage_msg m;
+    int fds[2];
+    ssize_t n = sbx_recv_fds(sv[0], &m, sizeof(m), fds, 2);
+    int e = errno;
+    close(sv[0]);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    if (n != (ssize_t)sizeof(m))
+        return sbx_error_sys(err, n < 0 ? e : EPROTO, "overlay staging child");
+    if (m.err != 0 || fds[0] < 0) {
+        m.step[sizeof(m.step) - 1] = '\0';
+        e = m.err != 0 ? m.err : EPROTO;
+        return sbx_error_set(err, sbx_code_from_errno(e), e, "%s: %s", m.step, strerror(e));
+    }
+    out->root_fd = fds[0];
+    out->usr_fd = fds[1];
+    return 0;
+}
+
+bool
+sbx_kernel_version(int *major, int *minor)
+{
+    struct utsname u;
+    return uname(&u) == 0 && sscanf(u.release, "%d.%d", major, minor) == 2;
+}
+
+/* Decided by version, once: a failed attempt could not be told from a real error in the
+ * layers. */
+bool
+sbx_rootfs_layers_by_fd(void)
+{
+    static int known = -1;
+    int major, minor;
+    if (known < 0)
+        known = sbx_kernel_version(&major, &minor) && (major > 6 || (major == 6 && minor >= 15));
+    return known;
+}
+
 int
 sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_rootfs *out,
                 struct sbx_error **err)
@@ -192,6 +337,12 @@ sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_r
                                      : open_host_upper(plan, &up, err)) < 0)
         return sbx_error_prefix(err, "upper layer");
 
+    if (!sbx_rootfs_layers_by_fd()) {
+        int lowers[3] = {tmpl, mask, usr};
+        int rc = overlays_staged(plan, lowers, &up, out, err);
+        sbx_upper_dirs_close(&up);
+        return rc < 0 ? sbx_error_prefix(err, "overlays (staged)") : 0;
+    }
     /* nodev: the sandbox cannot mknod anyway; this keeps an upper-layer node inert. */
     int root = overlay(&tmpl, 1, up.upper_root, up.work_root, MOUNT_ATTR_NODEV, err);
     if (root < 0) {

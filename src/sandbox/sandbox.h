@@ -67,6 +67,12 @@ struct sbx_sandbox_stats {
  * the /bin,/lib... symlinks into /usr, empty mount points. Writes its path to *out (malloc). */
 int sbx_template_prepare(const char *state_dir, char **out, struct sbx_error **err);
 
+/* Checks once, at daemon start, what every sandbox needs from the host: Linux 5.19 or later,
+ * a cgroup hierarchy with the memory, pids and cpu controllers, loop devices. A missing
+ * piece is one clear error with its remedy instead of a failure on every create. On success
+ * desc gets a summary for the log, e.g. "kernel=6.1.0 cgroup=v2 overlay_layers=staged". */
+int sbx_sandbox_preflight(char *desc, size_t n, struct sbx_error **err);
+
 /* Starts a sandbox. On success fills pid and start_time; the agent is already running. */
 int sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid, uint64_t *start_time,
                       struct sbx_error **err);

@@ -29,6 +29,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <linux/sched.h> /* struct clone_args, CLONE_INTO_CGROUP */
+
 #include "base/cleanup.h"
 #include "base/util.h"
 #include "sandbox/internal.h"
@@ -79,27 +81,14 @@ step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
 {
     *step = "wait for parent";
     struct sync_msg m;
-    char cbuf[CMSG_SPACE(2 * sizeof(int))];
-    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-    struct msghdr mh = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
-    ssize_t n;
-    do
-        n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+    int fds[2];
+    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 2);
     if (n == 0)
         _exit(127); /* the parent gave up on us */
-    if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY) {
+    if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fds[0] < 0) {
         errno = n < 0 ? errno : EPROTO;
         return -1;
     }
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-    if (c == NULL || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(2 * sizeof(int))) {
-        errno = EPROTO;
-        return -1;
-    }
-    int fds[2];
-    memcpy(fds, CMSG_DATA(c), sizeof(fds));
     fs->root_fd = fds[0];
     fs->usr_fd = fds[1];
     return 0;
@@ -371,18 +360,8 @@ static int
 send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
-    char cbuf[CMSG_SPACE(2 * sizeof(int))];
-    memset(cbuf, 0, sizeof(cbuf));
-    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-    struct msghdr mh = {
-        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
     int fds[2] = {fs->root_fd, fs->usr_fd};
-    memcpy(CMSG_DATA(c), fds, sizeof(fds));
-    if (sendmsg(sock, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof(m))
+    if (sbx_send_fds(sock, &m, sizeof(m), fds, 2) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }
@@ -442,15 +421,32 @@ open_userns(pid_t pid, struct sbx_error **err)
     return fd;
 }
 
+/* Clones the sandbox's PID 1. With a cgroup v2 dir fd the child is born in that cgroup
+ * (clone3 CLONE_INTO_CGROUP, Linux 5.7): no later cgroup.procs write, which takes the global
+ * threadgroup lock for writing and often waits for an RCU grace period. */
+static pid_t
+clone_sandbox(unsigned long flags, int cgroup_fd)
+{
+    if (cgroup_fd < 0)
+        return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0);
+    struct clone_args args = {
+        .flags = flags | CLONE_INTO_CGROUP,
+        .exit_signal = SIGCHLD,
+        .cgroup = (uint64_t)cgroup_fd,
+    };
+    return (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+}
+
 /* Everything the parent does between clone and SYNC_PARENT_READY. */
 static int
-parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sbx_error **err)
+parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int sock,
+             struct sbx_error **err)
 {
     if (write_maps(pid, plan->host_uid_base, err) < 0)
         return -1;
     /* Before the child unshares its cgroup namespace, so that namespace is rooted at the
      * sandbox's own cgroup. */
-    if (sbx_cgroup_enter(plan->id, pid, err) < 0)
+    if (!in_cgroup && sbx_cgroup_enter(plan->id, pid, err) < 0)
         return -1;
     if (set_process_limits(pid, err) < 0)
         return -1;
@@ -481,14 +477,17 @@ sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t 
         goto fail_cleanup;
     }
     /* No CLONE_NEWCGROUP here: see step_cgroup_namespace. SIGCHLD so the daemon can reap. */
-    unsigned long flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
-                          CLONE_NEWUTS | SIGCHLD;
-    pid_t pid = (pid_t)syscall(SYS_clone, flags, NULL, NULL, NULL, 0);
+    unsigned long flags =
+        CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+    int cgroup_fd = sbx_cgroup_open_v2(plan->id); /* -1 on v1: joined after clone */
+    pid_t pid = clone_sandbox(flags, cgroup_fd);
+    int clone_errno = errno;
+    if (cgroup_fd >= 0)
+        close(cgroup_fd); /* in the child too: nothing of the host's cgroup tree stays open */
     if (pid < 0) {
-        int e = errno;
         close(sv[0]);
         close(sv[1]);
-        sbx_error_sys(err, e, "clone");
+        sbx_error_sys(err, clone_errno, "clone");
         goto fail_cleanup;
     }
     if (pid == 0) {
@@ -496,7 +495,7 @@ sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t 
         child_main(plan, sv[1]);
     }
     close(sv[1]);
-    int rc = parent_setup(plan, pid, sv[0], err);
+    int rc = parent_setup(plan, pid, cgroup_fd >= 0, sv[0], err);
     if (rc == 0)
         rc = wait_exec(sv[0], pid, err);
     close(sv[0]);

@@ -459,13 +459,13 @@ def test_disk_fill_hits_limit(sbx_daemon, neighbour):
     try:
         script = ("import errno, os, sys\n"
                   "path, n = sys.argv[1], 0\n"
-                  "with open(path, 'wb') as f:\n"
-                  "    try:\n"
+                  "try:\n"
+                  "    with open(path, 'wb') as f:\n"  # on Linux 6.1 a full disk fails the open
                   "        for n in range(1, 1025):\n"
                   "            f.write(b'x' * (1 << 20)); f.flush()\n"
                   "        os.fsync(f.fileno())\n"
-                  "    except OSError as e:\n"
-                  "        print(errno.errorcode[e.errno], n)\n")
+                  "except OSError as e:\n"
+                  "    print(errno.errorcode[e.errno], n)\n")
         q = shlex.quote(script)
         r = run(victim, f"python3 -c {q} /home/user/fill", timeout=90)
         code, mib = r.stdout.split()
