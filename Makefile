@@ -5,7 +5,8 @@ BUILD ?= build
 PYTHON ?= .venv/bin/python
 SBX_BIN := $(abspath $(BUILD))/sbx
 
-.PHONY: all setup-build setup-test build serve test test-format test-unit test-py test-js format clean
+.PHONY: all setup-build setup-test build serve test test-format test-unit test-py test-js test-vm \
+	format clean
 
 all: build
 
@@ -26,10 +27,10 @@ serve: build
 
 C_SOURCES = $(shell git ls-files 'src/*.[ch]' 'tests/unit/*.[ch]' 'fuzz/*.[ch]')
 
-# Formatting, unit tests and fuzz-corpus replays (meson), then the SDK suites against a
-# real daemon.
+# Formatting, unit tests and fuzz-corpus replays (meson), the SDK suites against a real
+# daemon, then the cgroup-dependent tests again on a pure cgroup v2 kernel in a VM.
 test: setup-test build
-	$(MAKE) --no-print-directory test-format test-unit test-py test-js
+	$(MAKE) --no-print-directory test-format test-unit test-py test-js test-vm
 
 test-format:
 	clang-format-14 --dry-run --Werror $(C_SOURCES)
@@ -45,6 +46,9 @@ test-py:
 
 test-js:
 	cd tests/integration/js && SBX_BIN=$(SBX_BIN) npm test
+
+test-vm:
+	scripts/vm/run.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD)

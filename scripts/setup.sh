@@ -23,6 +23,8 @@ APT_PACKAGES=(
 )
 # Installed only when `node` is absent (these machines usually ship Node 20 with npm).
 APT_NODE_PACKAGES=(nodejs npm)
+# Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU).
+APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils)
 
 # apt-get update again only when the package lists are older than this.
 APT_UPDATE_MAX_AGE_S=$((6 * 3600))
@@ -68,8 +70,9 @@ apt_update_if_stale() {
 
 install_apt_packages() {
     local wanted=("${APT_PACKAGES[@]}")
-    if [[ $1 == test ]] && ! command -v node >/dev/null 2>&1; then
-        wanted+=("${APT_NODE_PACKAGES[@]}")
+    if [[ $1 == test ]]; then
+        wanted+=("${APT_TEST_PACKAGES[@]}")
+        command -v node >/dev/null 2>&1 || wanted+=("${APT_NODE_PACKAGES[@]}")
     fi
     local missing
     mapfile -t missing < <(missing_packages "${wanted[@]}")
