@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -288,6 +289,13 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     char host_desc[128];
     if (sbx_sandbox_preflight(host_desc, sizeof(host_desc), err) < 0)
         return sbx_error_prefix(err, "this host cannot run sandboxes");
+    /* Every sandbox holds a pidfd here and every request in flight one or two sockets; the
+     * usual soft limit of 1024 would cap the daemon far below what the machine can run. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     _cleanup_free_ char *sandboxes = NULL, *db = NULL, *shown_key = NULL;
     if (asprintf(&sandboxes, "%s/sandboxes", d->cfg.state_dir) < 0 ||
         asprintf(&db, "%s/sbx.db", d->cfg.state_dir) < 0)

@@ -102,6 +102,22 @@ def test_environment_variables_configure_the_daemon(sbx_daemon, state_dir):
         assert _stop(p) == 0
 
 
+def test_open_file_limit_raised_to_the_hard_limit(sbx_daemon, state_dir):
+    # Started with the soft limit of a default service (1024), the daemon would run out of
+    # descriptors long before the machine runs out of room for sandboxes.
+    port = _free_port()
+    p = subprocess.Popen(
+        ["prlimit", "--nofile=256:8192", sbx_daemon.binary, "serve",
+         "--listen", f"127.0.0.1:{port}", "--state-dir", state_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(_read_exports(p)) == 3
+        limits = open(f"/proc/{p.pid}/limits").read()
+        assert re.search(r"^Max open files\s+8192\s+8192\s", limits, re.M), limits
+    finally:
+        assert _stop(p) == 0
+
+
 @pytest.mark.parametrize("args,message", [
     (["--listen", "nonsense"], "invalid value"),
     (["--memory-mb", "-5"], "invalid value"),
