@@ -37,11 +37,18 @@ guest_tests() {
 guest() {
     export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PYTHONDONTWRITEBYTECODE=1
     mount -t cgroup2 cgroup2 /sys/fs/cgroup
+    mkdir -p /mnt/repo
+    mount --bind "$REPO" /mnt/repo # a handle on the checkout before /tmp and /run are covered
     mount -t tmpfs -o mode=1777 tmpfs /tmp
     mount -t tmpfs -o mode=755 tmpfs /run
     mkdir -p /dev/pts /dev/shm
     mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
     mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+    # A checkout under /tmp or /run (CI clones to /tmp) is hidden now: bind it back on top.
+    if [[ ! -f $REPO/scripts/vm/run.sh ]]; then
+        mkdir -p "$REPO"
+        mount --bind /mnt/repo "$REPO"
+    fi
     ip link set lo up
     hostname sbx-vm
     echo "sbx-vm: kernel $(uname -r), cgroup controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
