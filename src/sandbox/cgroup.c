@@ -38,24 +38,32 @@ sbx_cgroup_detect(void)
     return SBX_CGROUP_NONE;
 }
 
+/* The controllers every sandbox is limited by, on either layout. */
+static const char *const needed[] = {"memory", "pids", "cpu"};
+#define N_NEEDED (sizeof(needed) / sizeof(needed[0]))
+
+/* Whether the space-separated list has word as a whole entry. */
+static bool
+has_word(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = list; (p = strstr(p, word)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\n' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
 int
 sbx_cgroup_check(const char **layout, struct sbx_error **err)
 {
-    static const char *const needed[] = {"memory", "pids", "cpu"};
     char have[512] = "";
     switch (sbx_cgroup_detect()) {
     case SBX_CGROUP_V2:
         *layout = "v2";
         if (sbx_fs_read_small(CG_ROOT "/cgroup.controllers", have, sizeof(have)) < 0)
             return sbx_error_sys(err, errno, "read " CG_ROOT "/cgroup.controllers");
-        for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
-            /* Space-separated names: match whole words. */
-            const char *p = have;
-            size_t n = strlen(needed[i]);
-            while ((p = strstr(p, needed[i])) != NULL &&
-                   !((p == have || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\n' || !p[n])))
-                p += n;
-            if (p == NULL)
+        for (size_t i = 0; i < N_NEEDED; i++) {
+            if (!has_word(have, needed[i]))
                 return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
                                      "cgroup v2: the %s controller is not available in " CG_ROOT
                                      " (controllers: %s)",
@@ -64,7 +72,7 @@ sbx_cgroup_check(const char **layout, struct sbx_error **err)
         return 0;
     case SBX_CGROUP_V1:
         *layout = "v1";
-        for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
+        for (size_t i = 0; i < N_NEEDED; i++) {
             char mnt[128];
             struct statfs sf;
             snprintf(mnt, sizeof(mnt), CG_ROOT "/%s", needed[i]);
@@ -192,11 +200,12 @@ v2_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error
         return -1;
     /* Enable controllers for our subtree: at the root (may already be on) and in sbx/.
      * sbx/ itself never holds processes, as the no-internal-process rule requires. */
-    const char *const ctrls[] = {"+memory", "+pids", "+cpu"};
-    for (size_t i = 0; i < 3; i++) {
-        if (sbx_fs_write_str(CG_ROOT "/cgroup.subtree_control", ctrls[i]) < 0 && errno != EBUSY)
-            return sbx_error_sys(err, errno, "enable %s in " CG_ROOT, ctrls[i]);
-        if (write_at(CG_ROOT "/" CG_PARENT, "cgroup.subtree_control", ctrls[i], err) < 0)
+    for (size_t i = 0; i < N_NEEDED; i++) {
+        char enable[32];
+        snprintf(enable, sizeof(enable), "+%s", needed[i]);
+        if (sbx_fs_write_str(CG_ROOT "/cgroup.subtree_control", enable) < 0 && errno != EBUSY)
+            return sbx_error_sys(err, errno, "enable %s in " CG_ROOT, enable);
+        if (write_at(CG_ROOT "/" CG_PARENT, "cgroup.subtree_control", enable, err) < 0)
             return -1;
     }
     snprintf(dir, sizeof(dir), CG_ROOT "/" CG_PARENT "/%s", id);
