@@ -11,10 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "agent/filesystem.h"
 #include "agent/interpreter.h"
+#include "agent/log_ring.h"
 #include "agent/process.h"
 #include "base/buf.h"
 #include "base/cleanup.h"
@@ -63,6 +65,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     json_t *tok = json_object_get(root, "accessToken");
     json_t *envs = json_object_get(root, "envVars");
     json_t *interp = json_object_get(root, "codeInterpreter");
+    json_t *mem = json_object_get(root, "memoryMiB");
     if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok)) ||
         (envs && !json_is_null(envs) && !json_is_object(envs))) {
         json_decref(root);
@@ -72,6 +75,10 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     cfg->access_token =
         json_is_string(tok) && json_string_length(tok) > 0 ? strdup(json_string_value(tok)) : NULL;
     cfg->code_interpreter = json_is_true(interp);
+    cfg->memory_mib =
+        json_is_integer(mem) && json_integer_value(mem) > 0 && json_integer_value(mem) <= INT32_MAX
+            ? (int)json_integer_value(mem)
+            : 0;
     cfg->env_vars = json_object();
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
@@ -179,6 +186,10 @@ on_request(struct sbx_http_req *req, void *ud)
         respond_envs(req);
         return;
     }
+    if (strcmp(path, "/sbx/log") == 0 && strcmp(req->method, "GET") == 0) {
+        sbx_agent_log_respond(req);
+        return;
+    }
     if (route_filesystem(req))
         return;
     if (is_rpc_path(path)) {
@@ -233,6 +244,15 @@ sbx_agent_main(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
+    sbx_agent_log_init();
+    /* Non-dumpable, and sandbox root lacks CAP_SYS_PTRACE: nothing in the sandbox can trace
+     * PID 1, read its memory (the access token) or take its fds (the daemon's socket) through
+     * ptrace, /proc/1/mem, /proc/1/fd or pidfd_getfd (ptrace(2), "ptrace access mode"). Its
+     * children inherit the flag only until they exec. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        sbx_log_error("agent_start", "error=\"PR_SET_DUMPABLE: %s\"", strerror(errno));
+        return 1;
+    }
     _cleanup_error_ struct sbx_error *err = NULL;
     /* The listening socket is inherited; make sure no user process inherits it too. */
     fcntl(SBX_AGENT_LISTEN_FD, F_SETFD, FD_CLOEXEC);

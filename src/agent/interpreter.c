@@ -141,9 +141,9 @@ static void run_fail_all(struct ctx *c, const char *name, const char *why);
 static const struct sbx_kernel_events kernel_events = {on_kernel_ready, on_kernel_dead};
 
 static void
-on_kernel_process_exit(pid_t pid, int wstatus, void *ud)
+on_kernel_process_exit(pid_t pid, int wstatus, const char *killed_by, void *ud)
 {
-    sbx_kernel_exited(ud, wstatus);
+    sbx_kernel_exited(ud, wstatus, killed_by);
 }
 
 static pid_t

@@ -12,6 +12,8 @@
  * all its handles' close callbacks ran. A subscriber is freed after its timers closed. */
 #include "agent/process.h"
 
+#include <stdint.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -23,6 +25,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "agent/agent.h"
 #include "base/base64.h"
 #include "base/cleanup.h"
 #include "base/limits.h"
@@ -72,6 +75,7 @@ struct proc {
 
 struct watch {
     pid_t pid;
+    uint64_t oom_kills; /* the sandbox's OOM kill count when the child started */
     sbx_agent_exit_cb cb;
     void *ud;
     struct watch *next;
@@ -89,15 +93,52 @@ static char read_buf[SBX_AGENT_OUTPUT_CHUNK];
 
 /* ---- reaping ---- */
 
+/* The sandbox's OOM kill count, from the "oom_kill N" line of the cgroup file the spawner
+ * passed as SBX_AGENT_OOM_FD (0 if it cannot be read, e.g. an agent started by hand). */
+static uint64_t
+oom_kills(void)
+{
+    char buf[1024];
+    ssize_t n = pread(SBX_AGENT_OOM_FD, buf, sizeof(buf) - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    for (char *line = buf; line; line = strchr(line, '\n')) {
+        if (*line == '\n')
+            line++;
+        if (strncmp(line, "oom_kill ", 9) == 0)
+            return strtoull(line + 9, NULL, 10);
+    }
+    return 0;
+}
+
 int
 sbx_agent_watch_child(pid_t pid, sbx_agent_exit_cb cb, void *ud)
 {
     struct watch *w = calloc(1, sizeof(*w));
     if (w == NULL)
         return -1;
-    *w = (struct watch){pid, cb, ud, svc.watches};
+    *w = (struct watch){pid, oom_kills(), cb, ud, svc.watches};
     svc.watches = w;
     return 0;
+}
+
+/* Why a child was killed, when the OOM killer did it: it died of SIGKILL (or, as a shell
+ * whose command was killed, exited with 128 + SIGKILL), and the sandbox's cgroup counted an
+ * OOM kill during its lifetime. Then the user learns the cause and the limit, not just
+ * "signal: killed". */
+static const char *
+oom_cause(const struct watch *w, int wstatus, char *buf, size_t n)
+{
+    bool killed = (WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL) ||
+                  (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 128 + SIGKILL);
+    if (!killed || oom_kills() <= w->oom_kills)
+        return NULL;
+    if (svc.cfg->memory_mib > 0)
+        snprintf(buf, n, "out of memory (limit %d MiB)", svc.cfg->memory_mib);
+    else
+        snprintf(buf, n, "out of memory");
+    return buf;
 }
 
 static void
@@ -114,7 +155,8 @@ on_sigchld(uv_signal_t *h, int signum)
                 continue;
             struct watch *w = *wp;
             *wp = w->next;
-            w->cb(pid, st, w->ud);
+            char why[64];
+            w->cb(pid, st, oom_cause(w, st, why, sizeof(why)), w->ud);
             free(w);
             break;
         }
@@ -436,7 +478,7 @@ proc_close_io(struct proc *p)
 }
 
 static void
-on_child_exit(pid_t pid, int wstatus, void *ud)
+on_child_exit(pid_t pid, int wstatus, const char *killed_by, void *ud)
 {
     struct proc *p = ud;
     drain_output(p);
@@ -444,7 +486,7 @@ on_child_exit(pid_t pid, int wstatus, void *ud)
     p->reading = false;
     proc_close_io(p);
     uv_timer_stop(&p->deadline);
-    p->end = sbx_agent_end_event_format(wstatus);
+    p->end = sbx_agent_end_event_format(wstatus, killed_by);
     while (p->subs) {
         struct sub *s = p->subs;
         sub_send(s, sbx_agent_event("end", json_incref(p->end)));

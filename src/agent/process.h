@@ -33,6 +33,7 @@ struct sbx_agent_config {
     char *access_token;    /* NULL when the sandbox is not secure */
     json_t *env_vars;      /* object of strings: sandbox-wide environment */
     bool code_interpreter; /* template is a code interpreter: start its kernel at boot */
+    int memory_mib;        /* the sandbox's memory limit, named when the OOM killer strikes */
 };
 
 /* A decoded StartRequest. */
@@ -70,7 +71,7 @@ int sbx_agent_signal_parse(json_t *v, int *sig, struct sbx_error **err);
 int sbx_agent_pty_size_parse(json_t *pty, uint16_t *cols, uint16_t *rows, struct sbx_error **err);
 /* The EndEvent object for a waitpid() status, formatted as envd (Go's ProcessState) does:
  * {"exitCode":N?,"exited":true?,"status":"exit status N"|"signal: killed","error":...?}. */
-json_t *sbx_agent_end_event_format(int wstatus);
+json_t *sbx_agent_end_event_format(int wstatus, const char *killed_by);
 /* {"event":{"<kind>":<inner>}}; steals inner. */
 json_t *sbx_agent_event(const char *kind, json_t *inner);
 /* ProcessConfig JSON as List returns it. */
@@ -109,7 +110,8 @@ int sbx_agent_process_init(uv_loop_t *loop, const struct sbx_agent_config *cfg,
 void sbx_agent_process_handle(struct sbx_http_req *req, const char *method);
 /* Exit notification for a child forked by another agent module (e.g. Jupyter kernels):
  * PID 1 reaps every child with waitpid(-1), so other modules must register here. */
-typedef void (*sbx_agent_exit_cb)(pid_t pid, int wstatus, void *ud);
+/* killed_by: NULL, or why the kernel killed the child, e.g. "out of memory (limit 512 MiB)". */
+typedef void (*sbx_agent_exit_cb)(pid_t pid, int wstatus, const char *killed_by, void *ud);
 int sbx_agent_watch_child(pid_t pid, sbx_agent_exit_cb cb, void *ud);
 
 #endif

@@ -348,8 +348,21 @@ static const char *const signal_names[] = {
     [SIGSYS] = "bad system call",
 };
 
+/* The end event's error: the status, or what killed the process when that is known. */
+static void
+set_error(json_t *end, const char *status, const char *killed_by)
+{
+    if (killed_by == NULL) {
+        json_object_set_new(end, "error", json_string(status));
+        return;
+    }
+    char why[160];
+    snprintf(why, sizeof(why), "killed: %s", killed_by);
+    json_object_set_new(end, "error", json_string(why));
+}
+
 json_t *
-sbx_agent_end_event_format(int wstatus)
+sbx_agent_end_event_format(int wstatus, const char *killed_by)
 {
     char status[96];
     json_t *end = json_object();
@@ -361,7 +374,7 @@ sbx_agent_end_event_format(int wstatus)
         json_object_set_new(end, "exited", json_true());
         json_object_set_new(end, "status", json_string(status));
         if (code != 0)
-            json_object_set_new(end, "error", json_string(status));
+            set_error(end, status, killed_by);
         return end;
     }
     int sig = WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0;
@@ -378,7 +391,7 @@ sbx_agent_end_event_format(int wstatus)
     /* Go reports -1 as the exit code of a signalled process, and exited=false (omitted). */
     json_object_set_new(end, "exitCode", json_integer(-1));
     json_object_set_new(end, "status", json_string(status));
-    json_object_set_new(end, "error", json_string(status));
+    set_error(end, status, killed_by);
     return end;
 }
 

@@ -38,6 +38,10 @@
 #define SBX_DEFAULT_HEADER_TIMEOUT_S 30
 #define SBX_DEFAULT_IDLE_TIMEOUT_S   310
 
+/* The agent keeps its own log in a ring in its memory (charged to the sandbox), never in a
+ * host file: only the newest this many bytes are kept. */
+#define SBX_AGENT_LOG_BYTES (256 * 1024)
+
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999
 #define SBX_ENVD_VERSION "0.6.13"

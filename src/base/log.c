@@ -5,6 +5,13 @@
 #include <time.h>
 
 static enum sbx_log_level min_level = SBX_LOG_INFO;
+static void (*log_sink)(const char *line, size_t len);
+
+void
+sbx_log_set_sink(void (*sink)(const char *line, size_t len))
+{
+    log_sink = sink;
+}
 
 void
 sbx_log_set_level(enum sbx_log_level level)
@@ -31,8 +38,13 @@ sbx_log(enum sbx_log_level level, const char *event, const char *fmt, ...)
         n = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
     va_end(ap);
+    if (log_sink) {
+        size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+        log_sink(line, len < sizeof(line) ? len : sizeof(line) - 1);
+        return;
+    }
     /* One write per line so lines from different processes do not interleave. */
     fprintf(stderr, "%s\n", line);
 }

@@ -1,11 +1,15 @@
-/* Structured one-line logs on stderr: `ts=... level=... event=... key=value ...`.
+/* Structured one-line logs on stderr (or a sink): `ts=... level=... event=... key=value ...`.
  * Only boundaries (HTTP handlers, CLI, the daemon's lifecycle) log; lower layers return errors. */
 #ifndef SBX_BASE_LOG_H
 #define SBX_BASE_LOG_H
 
+#include <stddef.h>
+
 enum sbx_log_level { SBX_LOG_DEBUG, SBX_LOG_INFO, SBX_LOG_WARN, SBX_LOG_ERROR };
 
 void sbx_log_set_level(enum sbx_log_level level);
+/* Sends every line (without its newline) to sink instead of stderr; NULL restores stderr. */
+void sbx_log_set_sink(void (*sink)(const char *line, size_t len));
 /* fmt formats the key=value tail; event is a short word such as "request". */
 void sbx_log(enum sbx_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -36,6 +36,8 @@ usage(FILE *f)
             "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
             "  --header-timeout S   seconds for a request head (%d; SBX_HEADER_TIMEOUT)\n"
             "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT)\n"
+            "  --sandbox-profile P  default, or relaxed: sandbox root keeps NET_ADMIN and\n"
+            "                       SYS_ADMIN and may create namespaces (SBX_SANDBOX_PROFILE)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
@@ -116,6 +118,11 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
         return parse_positive(v, &c->idle_timeout_s);
     case 'L':
         return parse_level(v);
+    case 'P':
+        if (strcmp(v, "default") != 0 && strcmp(v, "relaxed") != 0)
+            return -1;
+        c->relaxed = strcmp(v, "relaxed") == 0;
+        return 0;
     }
     return -1;
 }
@@ -131,6 +138,7 @@ static const struct option long_opts[] = {
     {"header-timeout", required_argument, NULL, 'H'},
     {"idle-timeout", required_argument, NULL, 'I'},
     {"log-level", required_argument, NULL, 'L'},
+    {"sandbox-profile", required_argument, NULL, 'P'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -139,10 +147,10 @@ static const struct {
     const char *env;
     int opt;
 } env_opts[] = {
-    {"SBX_LISTEN", 'l'},    {"SBX_STATE_DIR", 's'},      {"SBX_API_KEY", 'k'},
-    {"SBX_MEMORY_MB", 'm'}, {"SBX_PIDS_MAX", 'p'},       {"SBX_CPUS", 'c'},
-    {"SBX_DISK_MB", 'd'},   {"SBX_HEADER_TIMEOUT", 'H'}, {"SBX_IDLE_TIMEOUT", 'I'},
-    {"SBX_LOG_LEVEL", 'L'},
+    {"SBX_LISTEN", 'l'},    {"SBX_STATE_DIR", 's'},       {"SBX_API_KEY", 'k'},
+    {"SBX_MEMORY_MB", 'm'}, {"SBX_PIDS_MAX", 'p'},        {"SBX_CPUS", 'c'},
+    {"SBX_DISK_MB", 'd'},   {"SBX_HEADER_TIMEOUT", 'H'},  {"SBX_IDLE_TIMEOUT", 'I'},
+    {"SBX_LOG_LEVEL", 'L'}, {"SBX_SANDBOX_PROFILE", 'P'},
 };
 
 static int
@@ -265,6 +273,38 @@ ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
     return 0;
 }
 
+/* Takes this daemon's host uid block (see sbx_uid_block_claim): the one recorded in the
+ * state dir while its sandboxes may still run in it, else a free one, recorded. */
+static int
+claim_uid_block(struct sbx_daemon *d, struct sbx_error **err)
+{
+    _cleanup_free_ char *saved = NULL;
+    if (sbx_store_setting_get(d->store, "uid_block", &saved, err) < 0)
+        return -1;
+    int preferred = saved ? atoi(saved) : -1;
+    _cleanup_sandbox_list_ struct sbx_sandbox_list *all = NULL;
+    if (sbx_store_sandbox_list_all(d->store, &all, err) < 0)
+        return -1;
+    bool running = false;
+    for (size_t i = 0; i < all->n; i++) {
+        const struct sbx_sandbox_rec *r = all->items[i];
+        struct sbx_sandbox_ref ref = {.id = r->id, .pid = r->pid, .start_time = r->pid_start_time};
+        running |= sbx_sandbox_is_alive(&ref);
+    }
+    int block = -1;
+    d->uid_lock_fd = sbx_uid_block_claim(preferred, running, &block, err);
+    if (d->uid_lock_fd < 0)
+        return -1;
+    if (block != preferred) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", block);
+        if (sbx_store_setting_set(d->store, "uid_block", v, err) < 0)
+            return -1;
+    }
+    d->uid_base = sbx_uid_block_base(block);
+    return 0;
+}
+
 static void
 on_stop_signal(uv_signal_t *h, int signum)
 {
@@ -289,6 +329,12 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     char host_desc[128];
     if (sbx_sandbox_preflight(host_desc, sizeof(host_desc), err) < 0)
         return sbx_error_prefix(err, "this host cannot run sandboxes");
+    char raised[256];
+    _cleanup_error_ struct sbx_error *limits_err = NULL;
+    if (sbx_sandbox_raise_host_limits(raised, sizeof(raised), &limits_err) < 0)
+        sbx_log_warn("host_limits", "error=\"%s\"", limits_err->msg);
+    else if (raised[0])
+        sbx_log_info("host_limits", "raised=\"%s\"", raised);
     /* Every sandbox holds a pidfd here and every request in flight one or two sockets; the
      * usual soft limit of 1024 would cap the daemon far below what the machine can run. */
     struct rlimit nofile;
@@ -306,13 +352,13 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     d->store = sbx_store_open(db, err);
     if (d->store == NULL)
         return -1;
-    if (ensure_api_key(d, &shown_key, err) < 0)
+    if (ensure_api_key(d, &shown_key, err) < 0 || claim_uid_block(d, err) < 0)
         return -1;
     if (sbx_template_prepare(d->cfg.state_dir, &d->template_dir, err) < 0)
         return sbx_error_prefix(err, "prepare template");
-    d->exe_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    d->exe_fd = sbx_sandbox_agent_exe(err);
     if (d->exe_fd < 0)
-        return sbx_error_sys(err, errno, "open /proc/self/exe");
+        return -1;
     uv_timer_init(d->loop, &d->expiry);
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");
@@ -337,9 +383,12 @@ start(struct sbx_daemon *d, struct sbx_error **err)
            "export E2B_API_KEY=%s\n",
            d->cfg.listen_host, port, host, port, host, port, shown_key);
     fflush(stdout);
-    sbx_log_info("start", "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d %s",
-                 d->cfg.listen_host, port, d->cfg.state_dir, d->cfg.memory_mb, d->cfg.pids_max,
-                 d->cfg.cpu_millis / 1000, host_desc);
+    sbx_log_info(
+        "start",
+        "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d profile=%s uid_base=%u %s",
+        d->cfg.listen_host, port, d->cfg.state_dir, d->cfg.memory_mb, d->cfg.pids_max,
+        d->cfg.cpu_millis / 1000, d->cfg.relaxed ? "relaxed" : "default", (unsigned)d->uid_base,
+        host_desc);
     return 0;
 }
 
@@ -349,6 +398,7 @@ sbx_daemon_main(int argc, char **argv)
     static struct sbx_daemon d;
     sbx_daemon = &d;
     d.exe_fd = -1;
+    d.uid_lock_fd = -1;
     int rc = parse_config(argc, argv, &d.cfg);
     if (rc >= 0)
         return rc;

@@ -14,9 +14,6 @@
 #include "sandbox/sandbox.h"
 #include "store/store.h"
 
-/* Host uids of sandboxes start here, far above any uid a host normally hands out; slot N
- * owns [SBX_DAEMON_UID_BASE + N * 65536, +65536). */
-#define SBX_DAEMON_UID_BASE  1073741824u
 #define SBX_DAEMON_ID_LEN    20
 #define SBX_DAEMON_CLIENT_ID "6532622b" /* legacy constant the SDKs still require */
 
@@ -31,6 +28,7 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
+    bool relaxed; /* --sandbox-profile relaxed */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
@@ -53,6 +51,8 @@ struct sbx_daemon {
     struct sbx_http_server *http;
     char *template_dir;
     int exe_fd;            /* this binary, exec'd as the agent inside sandboxes */
+    uid_t uid_base;        /* first host uid of our block; slot N owns [+N * 65536, +65536) */
+    int uid_lock_fd;       /* holds our host uid block (see sbx_uid_block_claim) */
     struct sbx_live *live; /* every running sandbox */
     uv_timer_t expiry;     /* fires at the soonest end_at */
     uv_signal_t sigterm, sigint;

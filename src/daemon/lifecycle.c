@@ -225,6 +225,7 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
     json_object_set_new(cfg, "codeInterpreter",
                         json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
+    json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
     char *s = json_dumps(cfg, JSON_COMPACT);
     json_decref(cfg);
     if (s == NULL)
@@ -251,13 +252,6 @@ spawn(struct sbx_live *l, struct sbx_error **err)
     _cleanup_close_ int cfd = config_fd(l->rec, err);
     if (cfd < 0)
         return -1;
-    _cleanup_free_ char *log_path = NULL;
-    if (asprintf(&log_path, "%s/agent.log", l->dir) < 0)
-        return sbx_error_set(err, SBX_INTERNAL, 0, "out of memory");
-    _cleanup_close_ int logfd =
-        open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (logfd < 0)
-        return sbx_error_sys(err, errno, "open %s", log_path);
     char *const argv[] = {"sbx", "agent", NULL};
     char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                           "LANG=C.UTF-8", NULL};
@@ -265,15 +259,15 @@ spawn(struct sbx_live *l, struct sbx_error **err)
         .id = l->rec->id,
         .sandbox_dir = l->dir,
         .template_dir = sbx_daemon->template_dir,
-        .host_uid_base = SBX_DAEMON_UID_BASE + (uid_t)l->rec->uid_slot * SBX_SANDBOX_UID_COUNT,
+        .host_uid_base = sbx_daemon->uid_base + (uid_t)l->rec->uid_slot * SBX_SANDBOX_UID_COUNT,
         .limits = {.memory_bytes = (uint64_t)l->rec->memory_mb << 20,
                    .pids_max = (uint32_t)cfg->pids_max,
                    .cpu_millis = (uint32_t)l->rec->cpu_count * 1000,
                    .disk_bytes = (uint64_t)l->rec->disk_mb << 20},
         .hostname = "e2b.local",
+        .relaxed = cfg->relaxed,
         .agent_listen_fd = lfd,
         .agent_config_fd = cfd,
-        .log_fd = logfd,
         .exe_fd = sbx_daemon->exe_fd,
         .argv = argv,
         .envp = envp,

@@ -878,14 +878,16 @@ fail:
 }
 
 void
-sbx_kernel_exited(struct sbx_kernel *k, int wstatus)
+sbx_kernel_exited(struct sbx_kernel *k, int wstatus, const char *killed_by)
 {
     k->exited = true;
     char why[SBX_KERNEL_STDERR_TAIL + 160];
     int off;
-    if (WIFSIGNALED(wstatus))
-        off = snprintf(why, sizeof(why), "the %s kernel was killed by signal %d%s", k->lang,
-                       WTERMSIG(wstatus), WTERMSIG(wstatus) == SIGKILL ? " (out of memory?)" : "");
+    if (killed_by)
+        off = snprintf(why, sizeof(why), "the %s kernel was killed: %s", k->lang, killed_by);
+    else if (WIFSIGNALED(wstatus))
+        off = snprintf(why, sizeof(why), "the %s kernel was killed by signal %d", k->lang,
+                       WTERMSIG(wstatus));
     else
         off = snprintf(why, sizeof(why), "the %s kernel exited with status %d", k->lang,
                        WEXITSTATUS(wstatus));

@@ -86,7 +86,8 @@ struct sbx_kernel *sbx_kernel_start(uv_loop_t *loop, const struct sbx_kernel_lau
  * No event is called after this. */
 void sbx_kernel_stop(struct sbx_kernel *k);
 /* Reaper notification (from the spawn callback's watcher). */
-void sbx_kernel_exited(struct sbx_kernel *k, int wstatus);
+/* killed_by: NULL, or why the kernel was killed (e.g. "out of memory (limit 512 MiB)"). */
+void sbx_kernel_exited(struct sbx_kernel *k, int wstatus, const char *killed_by);
 bool sbx_kernel_is_ready(const struct sbx_kernel *k);
 pid_t sbx_kernel_pid(const struct sbx_kernel *k);
 /* SIGINT to the kernel's process group (how Jupyter interrupts signal-mode kernels). */

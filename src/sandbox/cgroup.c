@@ -286,6 +286,17 @@ sbx_cgroup_open_v2(const char *id)
     return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
+int
+sbx_cgroup_open_oom_events(const char *id)
+{
+    char path[320];
+    if (sbx_cgroup_detect() == SBX_CGROUP_V2)
+        snprintf(path, sizeof(path), CG_ROOT "/" CG_PARENT "/%s/memory.events", id);
+    else
+        snprintf(path, sizeof(path), CG_ROOT "/memory/" CG_PARENT "/%s/memory.oom_control", id);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
 /* Kills what cgroup.procs lists; returns how many were listed, -1 if the dir is gone. */
 static int
 kill_listed(const char *dir)

@@ -19,6 +19,7 @@
  * (OOM_SCORE_ADJ_MIN), which children would inherit and which would make them unkillable. */
 #define SBX_AGENT_OOM_SCORE_ADJ -998
 #define SBX_AGENT_NOFILE        65536
+#define SBX_SANDBOX_PTY_MAX     128 /* ptys of one sandbox (its devpts instance's max) */
 #define SBX_SPAWN_TIMEOUT_MS    10000
 #define SBX_DESTROY_TIMEOUT_MS  5000
 #define SBX_CPU_PERIOD_US       100000
@@ -38,6 +39,9 @@ int sbx_cgroup_create(const char *id, const struct sbx_sandbox_limits *limits,
 /* On cgroup v2, an fd of the sandbox's cgroup dir (for clone3's CLONE_INTO_CGROUP);
  * -1 on v1, where sbx_cgroup_enter moves the child instead. */
 int sbx_cgroup_open_v2(const char *id);
+/* A read-only fd of the file whose "oom_kill N" line counts the sandbox's OOM kills
+ * (memory.events on v2, memory.oom_control on v1); -1 with errno. */
+int sbx_cgroup_open_oom_events(const char *id);
 /* Moves pid into every cgroup of the sandbox. */
 int sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err);
 /* SIGKILLs what is left in the sandbox's cgroups and waits (bounded) until they are empty;
@@ -95,14 +99,15 @@ int child_mount_private(const char **step);
 int child_attach_rootfs(const char *newroot, int root_fd, int usr_fd, const char **step);
 int child_mount_proc(const char *newroot, const char **step);
 int child_mount_dev(const char *newroot, const char **step);
-int child_mount_tmpfs(const char *newroot, uint64_t size_bytes, const char **step);
+int child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step);
 int child_pivot_root(const char *newroot, const char **step);
 
 /* ---- seccomp.c / caps.c ---- */
-/* Compiles the filter once per process (the daemon), before any clone. */
-int sbx_seccomp_prepare(struct sbx_error **err);
-int child_seccomp_install(const char **step);
-int child_caps_drop_bounding(const char **step);
+/* Compiles the filter of a profile once per process, before any clone. relaxed: the
+ * operator's --sandbox-profile relaxed (new namespaces other than user ones allowed). */
+int sbx_seccomp_prepare(bool relaxed, struct sbx_error **err);
+int child_seccomp_install(bool relaxed, const char **step);
+int child_caps_drop_bounding(bool relaxed, const char **step);
 
 /* ---- fsutil.c ---- */
 /* Removes everything below dirfd (not dirfd itself) without following symlinks or crossing

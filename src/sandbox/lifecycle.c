@@ -2,6 +2,7 @@
  * A sandbox is identified by its agent's pid plus the start time the kernel recorded for it
  * (field 22 of /proc/<pid>/stat), so a recycled pid is never mistaken for the agent. */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -183,4 +184,39 @@ sbx_sandbox_preflight(char *desc, size_t n, struct sbx_error **err)
     snprintf(desc, n, "kernel=%d.%d cgroup=%s overlay_layers=%s", major, minor, layout,
              sbx_rootfs_layers_by_fd() ? "fd" : "staged");
     return 0;
+}
+
+/* Raises a host-wide sysctl to at least want; appends "name old->new" to desc if it did. */
+static int
+raise_sysctl(const char *path, const char *name, unsigned long long want, char *desc, size_t n,
+             struct sbx_error **err)
+{
+    char buf[64];
+    if (sbx_fs_read_small(path, buf, sizeof(buf)) < 0)
+        return sbx_error_sys(err, errno, "read %s", path);
+    unsigned long long cur = strtoull(buf, NULL, 10);
+    if (cur >= want)
+        return 0;
+    snprintf(buf, sizeof(buf), "%llu", want);
+    if (sbx_fs_write_str(path, buf) < 0)
+        return sbx_error_sys(err, errno, "raise %s to %s", name, buf);
+    size_t len = strlen(desc);
+    snprintf(desc + len, n - len, "%s%s=%llu->%llu", len ? " " : "", name, cur, want);
+    return 0;
+}
+
+int
+sbx_sandbox_raise_host_limits(char *desc, size_t n, struct sbx_error **err)
+{
+    desc[0] = '\0';
+    /* Open files are charged to each sandbox's memory cgroup (the filp cache is
+     * memory-accounted), so memory bounds what a sandbox can hold open; the host-wide table
+     * must not be the smaller bound, or one sandbox could fill it and every other process on
+     * the host would get ENFILE. systemd raises it the same way. */
+    if (raise_sysctl("/proc/sys/fs/file-max", "fs.file-max", LONG_MAX, desc, n, err) < 0)
+        return -1;
+    /* Every devpts instance but the host's draws on kernel.pty.max less kernel.pty.reserve;
+     * each sandbox's instance is capped at SBX_SANDBOX_PTY_MAX, so make room for all. */
+    unsigned long long ptys = 1024ull + (unsigned long long)SBX_SANDBOX_PTY_MAX * SBX_MAX_SANDBOXES;
+    return raise_sysctl("/proc/sys/kernel/pty/max", "kernel.pty.max", ptys, desc, n, err);
 }

@@ -138,31 +138,36 @@ child_mount_dev(const char *newroot, const char **step)
     join(p, sizeof(p), dev, "pts");
     if (mkdir(p, 0755) < 0)
         return fail(step, "mkdir %s", p);
-    /* newinstance: the sandbox's ptys are its own, never the host's. gid 5 is "tty". */
-    if (mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
+    /* newinstance: the sandbox's ptys are its own, never the host's. gid 5 is "tty". max:
+     * every devpts instance but the host's draws on one host-wide pool (kernel.pty.max less
+     * kernel.pty.reserve); without a cap of its own one sandbox could take all of it. */
+    char opts[96];
+    sbx_pathf(opts, sizeof(opts), "newinstance,ptmxmode=0666,mode=0620,gid=5,max=%d",
+              SBX_SANDBOX_PTY_MAX);
+    if (mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, opts) < 0)
         return fail(step, "mount devpts on %s", p);
     join(p, sizeof(p), dev, "shm");
     if (mkdir(p, 01777) < 0)
         return fail(step, "mkdir %s", p);
-    if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
-        return fail(step, "mount tmpfs on %s", p);
     return 0;
 }
 
 int
-child_mount_tmpfs(const char *newroot, uint64_t size_bytes, const char **step)
+child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step)
 {
-    /* tmpfs pages are charged to the sandbox's memory cgroup; the size cap just makes a full
-     * /tmp fail with ENOSPC before it triggers the OOM killer. */
+    /* tmpfs pages are charged to the sandbox's memory cgroup. Each one is capped well below
+     * the memory limit (together at 13/16 of it), so that filling them fails with ENOSPC, a
+     * message the user can act on, instead of an OOM kill of whatever runs next. */
     static const struct {
         const char *dir, *mode;
-    } t[] = {{"tmp", "1777"}, {"run", "0755"}};
+        unsigned shift; /* size = memory limit >> shift */
+    } t[] = {{"tmp", "1777", 1}, {"dev/shm", "1777", 2}, {"run", "0755", 4}};
     char p[4096], opts[96];
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
         join(p, sizeof(p), newroot, t[i].dir);
-        if (size_bytes > 0)
-            sbx_pathf(opts, sizeof(opts), "mode=%s,size=%" PRIu64, t[i].mode, size_bytes);
+        if (memory_bytes > 0)
+            sbx_pathf(opts, sizeof(opts), "mode=%s,size=%" PRIu64, t[i].mode,
+                      memory_bytes >> t[i].shift);
         else
             sbx_pathf(opts, sizeof(opts), "mode=%s", t[i].mode);
         if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)

@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include "base/error.h"
+#include "base/limits.h"
 
 #define SBX_SANDBOX_UID_COUNT 65536 /* sandbox uids 0..65535 */
 
@@ -36,11 +37,12 @@ struct sbx_sandbox_plan {
     uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
+    bool relaxed;        /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
     int agent_listen_fd; /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
     int agent_config_fd; /* readable fd with the agent's JSON config; becomes fd 4 */
-    int log_fd;          /* the agent's stdout and stderr (a host file); stdin is /dev/null */
     int exe_fd;          /* the program to run as PID 1, executed with fexecve; an ELF
-                          * binary (a script would need its fd across exec) */
+                          * binary (a script would need its fd across exec). From
+                          * sbx_sandbox_agent_exe() for the agent. */
     char *const *argv;
     char *const *envp;
 };
@@ -73,7 +75,35 @@ int sbx_template_prepare(const char *state_dir, char **out, struct sbx_error **e
  * desc gets a summary for the log, e.g. "kernel=6.1.0 cgroup=v2 overlay_layers=staged". */
 int sbx_sandbox_preflight(char *desc, size_t n, struct sbx_error **err);
 
-/* Starts a sandbox. On success fills pid and start_time; the agent is already running. */
+/* Host uid blocks (uids.c): a daemon's sandboxes take their host uid ranges from one block
+ * of SBX_MAX_SANDBOXES ranges, unique on the host. */
+#define SBX_UID_BLOCKS_START (1u << 30) /* far above any uid a host hands out */
+#define SBX_UID_BLOCK_SIZE   ((uid_t)SBX_MAX_SANDBOXES * SBX_SANDBOX_UID_COUNT)
+#define SBX_UID_BLOCKS       11 /* up to 2^30 + 11 * 2^28, below the invalid uid 2^32 - 1 */
+/* First host uid of a block. */
+uid_t sbx_uid_block_base(int block);
+/* Claims a block for this process until it exits: preferred (the block recorded in the state
+ * dir, or -1) if no other daemon holds it, else the lowest block that no daemon holds and no
+ * process uses. must_keep: the state dir has running sandboxes in preferred, so taking another
+ * block is an error. Returns the fd of the held lock (keep it open) and sets *block. */
+int sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_error **err);
+
+/* A sealed, executable memfd copy of the running binary, for plan.exe_fd. The agent runs
+ * from it so that nothing in a sandbox (/proc/1/exe, /proc/1/maps) names or opens a host
+ * file: no host path leaks, and the host binary cannot be reopened for writing through
+ * /proc/1/exe (CVE-2019-5736). All sandboxes share its pages. */
+int sbx_sandbox_agent_exe(struct sbx_error **err);
+
+/* Raises host-wide kernel tables that sandboxes draw on so that none is smaller than what
+ * the sandboxes' own limits allow (fs.file-max, kernel.pty.max). desc gets what changed, e.g.
+ * "fs.file-max=2466116->9223372036854775807", or "" if nothing did. */
+int sbx_sandbox_raise_host_limits(char *desc, size_t n, struct sbx_error **err);
+
+/* Starts a sandbox. On success fills pid and start_time; the agent is already running.
+ * Its fd table: 0, 1 and 2 /dev/null (the agent keeps its log in its own memory), 3 and 4
+ * from the plan, 5 a read-only fd of the sandbox's memory cgroup counters that count OOM
+ * kills (memory.events on v2, memory.oom_control on v1), so it can tell an OOM kill from
+ * any other SIGKILL. */
 int sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid, uint64_t *start_time,
                       struct sbx_error **err);
 

@@ -107,10 +107,26 @@ static const struct deny deny_list[] = {
     {"clone3", ENOSYS},
 };
 
-static struct sock_fprog cached_prog; /* compiled filter, owned by the daemon process */
+/* Namespace flags of clone(2) and unshare(2). CLONE_NEWTIME (0x80) is unshare-only: in
+ * clone's flags those bits are the exit signal. */
+static const unsigned long new_ns_flags[] = {
+    CLONE_NEWNS,  CLONE_NEWCGROUP,          CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID,
+    CLONE_NEWNET, 0x80 /* CLONE_NEWTIME */,
+};
+
+/* Compiled filters, one per profile, owned by the process that spawns sandboxes. */
+static struct sock_fprog cached_prog[2];
+
+/* One rule per flag: libseccomp ORs rules, and "any of these bits" has no single-rule form. */
+static int
+deny_flags(scmp_filter_ctx ctx, int nr, unsigned long flag)
+{
+    return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 1,
+                            SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag));
+}
 
 static int
-add_rules(scmp_filter_ctx ctx)
+add_rules(scmp_filter_ctx ctx, bool relaxed)
 {
     for (size_t i = 0; i < sizeof(deny_list) / sizeof(deny_list[0]); i++) {
         int nr = seccomp_syscall_resolve_name(deny_list[i].name);
@@ -121,16 +137,22 @@ add_rules(scmp_filter_ctx ctx)
             return rc;
     }
     /* New user namespaces would give processes a full capability set over fresh namespaces,
-     * the entry point of most unprivileged kernel exploits; the sandbox is already one. */
-    int rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(unshare), 1,
-                              SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER));
-    if (rc < 0)
+     * the entry point of most unprivileged kernel exploits; the sandbox is already one.
+     * x86_64 clone(2): flags are the first argument. */
+    int rc;
+    if ((rc = deny_flags(ctx, SCMP_SYS(unshare), CLONE_NEWUSER)) < 0 ||
+        (rc = deny_flags(ctx, SCMP_SYS(clone), CLONE_NEWUSER)) < 0)
         return rc;
-    /* x86_64 clone(2): flags are the first argument. */
-    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
-                          SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER));
-    if (rc < 0)
-        return rc;
+    /* Any other new namespace too, unless the operator asked for relaxed sandboxes: a fresh
+     * network or mount namespace hands sandbox root the code paths (nf_tables, tc, veth,
+     * vxlan, mount parsing) of most user-namespace exploits of recent years (e.g.
+     * CVE-2024-1086, CVE-2022-0185), which E2B-style workloads never need. */
+    for (size_t i = 0; !relaxed && i < sizeof(new_ns_flags) / sizeof(new_ns_flags[0]); i++) {
+        if ((rc = deny_flags(ctx, SCMP_SYS(unshare), new_ns_flags[i])) < 0)
+            return rc;
+        if (new_ns_flags[i] != 0x80 && (rc = deny_flags(ctx, SCMP_SYS(clone), new_ns_flags[i])) < 0)
+            return rc;
+    }
     /* personality(2) is left alone, unlike in Docker's allow-list profile: libseccomp
      * cannot express "none of these values" on one argument in a default-allow filter, and
      * the personas that weaken mitigations (ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC, ...) are
@@ -144,9 +166,10 @@ add_rules(scmp_filter_ctx ctx)
 }
 
 int
-sbx_seccomp_prepare(struct sbx_error **err)
+sbx_seccomp_prepare(bool relaxed, struct sbx_error **err)
 {
-    if (cached_prog.filter != NULL)
+    struct sock_fprog *prog = &cached_prog[relaxed];
+    if (prog->filter != NULL)
         return 0;
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
     if (ctx == NULL)
@@ -155,7 +178,8 @@ sbx_seccomp_prepare(struct sbx_error **err)
     /* Only the native ABI: 32-bit (int 0x80, i386) and x32 entry points have other syscall
      * numbers the deny list would not cover; a process using them is killed. */
     if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
-        (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)) < 0 || (rc = add_rules(ctx)) < 0) {
+        (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)) < 0 ||
+        (rc = add_rules(ctx, relaxed)) < 0) {
         seccomp_release(ctx);
         return sbx_error_sys(err, -rc, "seccomp rules");
     }
@@ -186,21 +210,21 @@ sbx_seccomp_prepare(struct sbx_error **err)
         return sbx_error_sys(err, e, "read seccomp program");
     }
     close(mfd);
-    cached_prog.len = (unsigned short)(len / sizeof(struct sock_filter));
-    cached_prog.filter = f;
+    prog->len = (unsigned short)(len / sizeof(struct sock_filter));
+    prog->filter = f;
     return 0;
 }
 
 int
-child_seccomp_install(const char **step)
+child_seccomp_install(bool relaxed, const char **step)
 {
     *step = "seccomp";
-    if (cached_prog.filter == NULL) {
+    if (cached_prog[relaxed].filter == NULL) {
         errno = EINVAL;
         return -1;
     }
     /* Without SECCOMP_FILTER_FLAG_TSYNC: the child is single-threaded. */
-    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &cached_prog);
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &cached_prog[relaxed]);
 }
 
 /* Capabilities root inside never needs, dropped from the bounding set so that no exec
@@ -208,10 +232,14 @@ child_seccomp_install(const char **step)
  * which sandbox root never holds; the bounding set makes that explicit and guards against
  * kernel checks that use capable() where ns_capable() was meant. Kept: CHOWN, DAC_OVERRIDE,
  * DAC_READ_SEARCH, FOWNER, FSETID, KILL, SETUID, SETGID, SETPCAP, SETFCAP, MKNOD,
- * NET_BIND_SERVICE, NET_ADMIN and NET_RAW (own network namespace only), SYS_CHROOT,
- * SYS_PTRACE (own pid namespace), SYS_RESOURCE, IPC_*, and SYS_ADMIN (scoped to the
- * sandbox's namespaces: sethostname and similar; mounts are denied by seccomp). */
+ * NET_BIND_SERVICE, NET_RAW (ping, own network namespace only), SYS_CHROOT, SYS_RESOURCE and
+ * IPC_*: what package managers, compilers, servers and sudo use (Docker's default set plus
+ * a few that only reach the sandbox's own objects). */
 static const int drop_caps[] = {
+    /* The agent (PID 1) holds the sandbox's access token and its listening socket; it is
+     * non-dumpable, and without CAP_SYS_PTRACE in the sandbox's user namespace sandbox root
+     * can neither trace it nor read /proc/1/mem, /proc/1/fd or pidfd_getfd its fds. */
+    CAP_SYS_PTRACE,
     CAP_SYS_MODULE,
     CAP_SYS_RAWIO,
     CAP_SYS_BOOT,
@@ -246,14 +274,31 @@ static const int drop_caps[] = {
 #endif
 };
 
-int
-child_caps_drop_bounding(const char **step)
+/* Dropped unless the operator asked for relaxed sandboxes: NET_ADMIN reaches nf_tables, tc
+ * and the virtual link types; SYS_ADMIN a long tail of namespaced administrative paths. Both
+ * are Docker's defaults too; workloads that need them (nested containers, VPN clients) can
+ * get them back with `sbx serve --sandbox-profile relaxed`. */
+static const int drop_caps_default[] = {CAP_NET_ADMIN, CAP_SYS_ADMIN};
+
+static int
+drop_bounding(const int *caps, size_t n)
 {
-    *step = "capabilities";
-    for (size_t i = 0; i < sizeof(drop_caps) / sizeof(drop_caps[0]); i++) {
+    for (size_t i = 0; i < n; i++) {
         /* EINVAL: the running kernel does not know this capability, nothing to drop. */
-        if (prctl(PR_CAPBSET_DROP, drop_caps[i], 0, 0, 0) < 0 && errno != EINVAL)
+        if (prctl(PR_CAPBSET_DROP, caps[i], 0, 0, 0) < 0 && errno != EINVAL)
             return -1;
     }
+    return 0;
+}
+
+int
+child_caps_drop_bounding(bool relaxed, const char **step)
+{
+    *step = "capabilities";
+    if (drop_bounding(drop_caps, sizeof(drop_caps) / sizeof(drop_caps[0])) < 0)
+        return -1;
+    if (!relaxed && drop_bounding(drop_caps_default,
+                                  sizeof(drop_caps_default) / sizeof(drop_caps_default[0])) < 0)
+        return -1;
     return 0;
 }

@@ -22,13 +22,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <linux/capability.h>
 #include <linux/sched.h> /* struct clone_args, CLONE_INTO_CGROUP */
 
 #include "base/cleanup.h"
@@ -195,29 +198,30 @@ lift_fd(int fd)
     return fcntl(fd, F_DUPFD_CLOEXEC, 10);
 }
 
-/* The agent's fd table: 0 = /dev/null, 1 and 2 = log_fd, 3 = agent_listen_fd,
- * 4 = agent_config_fd; every other inherited fd (all of the daemon's) is closed at exec. */
+/* The agent's fd table: 0, 1 and 2 = /dev/null, 3 = agent_listen_fd, 4 = agent_config_fd,
+ * 5 = oom_fd; every other inherited fd (all of the daemon's) is closed at exec. The agent
+ * writes no host file: its log stays in its own memory, charged to the sandbox. */
 static int
-step_fds(const struct sbx_sandbox_plan *plan, int *sock, int *exe, const char **step)
+step_fds(const struct sbx_sandbox_plan *plan, int oom_fd, int *sock, int *exe, const char **step)
 {
     *step = "set up fds";
     int lsock = lift_fd(*sock), lexe = lift_fd(*exe);
-    int llog = lift_fd(plan->log_fd), llisten = lift_fd(plan->agent_listen_fd),
-        lconf = lift_fd(plan->agent_config_fd);
+    int llisten = lift_fd(plan->agent_listen_fd), lconf = lift_fd(plan->agent_config_fd),
+        loom = lift_fd(oom_fd);
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (lsock < 0 || lexe < 0 || null < 0 || (plan->log_fd >= 0 && llog < 0) ||
+    if (lsock < 0 || lexe < 0 || null < 0 || loom < 0 ||
         (plan->agent_listen_fd >= 0 && llisten < 0) || (plan->agent_config_fd >= 0 && lconf < 0))
         return -1;
     *sock = lsock;
     *exe = lexe;
-    int want[5] = {null, llog >= 0 ? llog : null, llog >= 0 ? llog : null,
-                   llisten >= 0 ? llisten : null, lconf >= 0 ? lconf : null};
-    for (int i = 0; i < 5; i++)
+    int want[6] = {null, null, null, llisten >= 0 ? llisten : null, lconf >= 0 ? lconf : null,
+                   loom};
+    for (int i = 0; i < 6; i++)
         if (dup2(want[i], i) < 0) /* dup2 clears FD_CLOEXEC on the target */
             return -1;
-    /* Everything above 4 (daemon sockets, the state store, our sync socket, exe_fd) closes
+    /* Everything above 5 (daemon sockets, the state store, our sync socket, exe_fd) closes
      * when we exec; nothing of the daemon leaks into the sandbox. */
-    return close_range(5, ~0U, CLOSE_RANGE_CLOEXEC);
+    return close_range(6, ~0U, CLOSE_RANGE_CLOEXEC);
 }
 
 static int
@@ -235,7 +239,7 @@ step_signal_exec(int sock, const char **step)
     } while (0)
 
 __attribute__((noreturn)) static void
-child_main(const struct sbx_sandbox_plan *plan, int sock)
+child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
 {
     const char *step = "start";
     const char *hostname = plan->hostname && *plan->hostname ? plan->hostname : DEFAULT_HOSTNAME;
@@ -259,9 +263,9 @@ child_main(const struct sbx_sandbox_plan *plan, int sock)
     STEP(step_loopback_up(&step));
     STEP(step_rlimits(&step));
     umask(022);
-    STEP(step_fds(plan, &sock, &exe, &step));
-    STEP(child_caps_drop_bounding(&step));
-    STEP(child_seccomp_install(&step)); /* last: everything above needs denied syscalls */
+    STEP(step_fds(plan, oom_fd, &sock, &exe, &step));
+    STEP(child_caps_drop_bounding(plan->relaxed, &step));
+    STEP(child_seccomp_install(plan->relaxed, &step)); /* last: the steps above need denied calls */
     STEP(step_signal_exec(sock, &step));
     fexecve(exe, plan->argv, plan->envp ? plan->envp : (char *const[]){NULL});
     child_fail(sock, "fexecve", errno);
@@ -437,6 +441,40 @@ clone_sandbox(unsigned long flags, int cgroup_fd)
     return (pid_t)syscall(SYS_clone3, &args, sizeof(args));
 }
 
+static int
+raise_effective_caps(void)
+{
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) < 0)
+        return -1;
+    d[0].effective = d[0].permitted;
+    d[1].effective = d[1].permitted;
+    return (int)syscall(SYS_capset, &h, d);
+}
+
+/* Clones with the sandbox's own host uid as effective uid. The kernel charges per-user
+ * counters of everything inside a user namespace (inotify instances and watches, nested
+ * namespaces; kernel/ucount.c) up the chain to the uid that created it: created as root, one
+ * sandbox could use up the inotify instances of every root process on the host. Created as
+ * its own uid, each sandbox has its own budget. Only the effective uid changes, so the
+ * permitted capabilities stay and are raised again for clone (CLONE_INTO_CGROUP needs write
+ * access to the cgroup); back to euid 0 restores the effective set (capabilities(7)). */
+static pid_t
+clone_as_owner(unsigned long flags, int cgroup_fd, uid_t owner)
+{
+    if (setresuid(-1, owner, -1) < 0)
+        return -1;
+    pid_t pid = raise_effective_caps() < 0 ? -1 : clone_sandbox(flags, cgroup_fd);
+    if (pid == 0)
+        return 0; /* the child: its new user namespace gives it every capability there */
+    int e = errno;
+    if (setresuid(-1, 0, -1) < 0)
+        abort(); /* cannot happen (the real uid is 0), and going on unprivileged would be worse */
+    errno = e;
+    return pid;
+}
+
 /* Everything the parent does between clone and SYNC_PARENT_READY. */
 static int
 parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int sock,
@@ -461,16 +499,51 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int
     return rc;
 }
 
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U /* Linux 6.3: ask for an executable memfd where vm.memfd_noexec is set */
+#endif
+
+int
+sbx_sandbox_agent_exe(struct sbx_error **err)
+{
+    _cleanup_close_ int src = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (src < 0)
+        return sbx_error_sys(err, errno, "open /proc/self/exe");
+    struct stat st;
+    if (fstat(src, &st) < 0)
+        return sbx_error_sys(err, errno, "stat /proc/self/exe");
+    _cleanup_close_ int fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+    if (fd < 0 && errno == EINVAL) /* before 6.3 */
+        fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "memfd_create");
+    for (off_t off = 0; off < st.st_size;) {
+        ssize_t n = sendfile(fd, src, &off, (size_t)(st.st_size - off));
+        if (n <= 0)
+            return sbx_error_sys(err, n < 0 ? errno : EIO, "copy /proc/self/exe");
+    }
+    /* Sealed: nothing, not even a process holding the fd, can change what sandboxes run. */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
+        return sbx_error_sys(err, errno, "seal the agent binary");
+    return steal_fd(&fd);
+}
+
 int
 sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t *start_time,
                   struct sbx_error **err)
 {
-    if (validate(plan, err) < 0 || sbx_seccomp_prepare(err) < 0)
+    _cleanup_close_ int oom_fd = -1;
+    if (validate(plan, err) < 0 || sbx_seccomp_prepare(plan->relaxed, err) < 0)
         return -1;
     if (sbx_rootfs_prepare_dirs(plan, err) < 0 ||
         sbx_cgroup_create(plan->id, &plan->limits, err) < 0)
         goto fail_cleanup;
 
+    oom_fd = sbx_cgroup_open_oom_events(plan->id);
+    if (oom_fd < 0) {
+        sbx_error_sys(err, errno, "open the sandbox's OOM counter");
+        goto fail_cleanup;
+    }
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         sbx_error_sys(err, errno, "socketpair");
@@ -480,7 +553,7 @@ sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t 
     unsigned long flags =
         CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
     int cgroup_fd = sbx_cgroup_open_v2(plan->id); /* -1 on v1: joined after clone */
-    pid_t pid = clone_sandbox(flags, cgroup_fd);
+    pid_t pid = clone_as_owner(flags, cgroup_fd, plan->host_uid_base);
     int clone_errno = errno;
     if (cgroup_fd >= 0)
         close(cgroup_fd); /* in the child too: nothing of the host's cgroup tree stays open */
@@ -492,7 +565,7 @@ sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t 
     }
     if (pid == 0) {
         close(sv[0]);
-        child_main(plan, sv[1]);
+        child_main(plan, oom_fd, sv[1]);
     }
     close(sv[1]);
     int rc = parent_setup(plan, pid, cgroup_fd >= 0, sv[0], err);

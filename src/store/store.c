@@ -53,6 +53,8 @@ static const char *const migrations[] = {
     "  auto_pause INTEGER NOT NULL DEFAULT 0"
     ");"
     "CREATE INDEX sandboxes_by_start ON sandboxes (started_at_ms, id);",
+    /* 2: settings the daemon keeps across restarts (e.g. its host uid block). */
+    "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -318,6 +320,40 @@ sbx_store_api_key_count(struct sbx_store *s, struct sbx_error **err)
     if (rc != SQLITE_ROW)
         return db_error(s, rc, err, "count API keys");
     return sqlite3_column_int64(st, 0);
+}
+
+/* ---- settings ---- */
+
+int
+sbx_store_setting_get(struct sbx_store *s, const char *key, char **value, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT value FROM settings WHERE key = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *value = NULL;
+        return 0;
+    }
+    if (rc != SQLITE_ROW)
+        return db_error(s, rc, err, "read a setting");
+    *value = strdup((const char *)sqlite3_column_text(st, 0));
+    if (*value == NULL)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
+    return 0;
+}
+
+int
+sbx_store_setting_set(struct sbx_store *s, const char *key, const char *value,
+                      struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, false, NULL, err);
 }
 
 /* ---- sandboxes ---- */

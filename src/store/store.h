@@ -68,6 +68,13 @@ bool sbx_store_api_key_check(struct sbx_store *s, const char *key);
 /* Number of stored keys, or -1 with *err. */
 int64_t sbx_store_api_key_count(struct sbx_store *s, struct sbx_error **err);
 
+/* Daemon settings, string to string. get sets *value to a malloc'd string, or NULL when the
+ * key was never set. */
+int sbx_store_setting_get(struct sbx_store *s, const char *key, char **value,
+                          struct sbx_error **err);
+int sbx_store_setting_set(struct sbx_store *s, const char *key, const char *value,
+                          struct sbx_error **err);
+
 /* Inserts a new sandbox. An existing id or an already used uid_slot: SBX_ALREADY_EXISTS. */
 int sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *rec,
                              struct sbx_error **err);

@@ -131,12 +131,18 @@ TEST(input)
 }
 
 static char *
-end_json(int wstatus)
+end_json_why(int wstatus, const char *killed_by)
 {
-    json_t *j = sbx_agent_end_event_format(wstatus);
+    json_t *j = sbx_agent_end_event_format(wstatus, killed_by);
     char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(j);
     return s;
+}
+
+static char *
+end_json(int wstatus)
+{
+    return end_json_why(wstatus, NULL);
 }
 
 TEST(end_event_matches_envd)
@@ -154,6 +160,15 @@ TEST(end_event_matches_envd)
     s = end_json(SIGSEGV | 0x80);
     CHECK_STR(s, "{\"error\":\"signal: segmentation fault (core dumped)\",\"exitCode\":-1,"
                  "\"status\":\"signal: segmentation fault (core dumped)\"}");
+    free(s);
+    /* An OOM kill says so, whether the process itself or the shell's command was killed. */
+    s = end_json_why(SIGKILL, "out of memory (limit 512 MiB)");
+    CHECK_STR(s, "{\"error\":\"killed: out of memory (limit 512 MiB)\",\"exitCode\":-1,"
+                 "\"status\":\"signal: killed\"}");
+    free(s);
+    s = end_json_why(137 << 8, "out of memory (limit 512 MiB)");
+    CHECK_STR(s, "{\"error\":\"killed: out of memory (limit 512 MiB)\",\"exitCode\":137,"
+                 "\"exited\":true,\"status\":\"exit status 137\"}");
     free(s);
 }
 

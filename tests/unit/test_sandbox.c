@@ -1,6 +1,7 @@
 /* Sandbox runtime tests: real namespaces, real cgroups, real seccomp. Each test spawns bash
- * as the sandbox's PID 1 with a script whose output goes to a host temp file (log_fd), and
- * asserts on that output and on the host-side state. Needs root. */
+ * as the sandbox's PID 1 with a script whose output goes to a host temp file (passed as the
+ * agent's fd 3, which the script makes its stdout and stderr), and asserts on that output
+ * and on the host-side state. Needs root. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -17,6 +18,8 @@
 #include <unistd.h>
 
 #include <linux/magic.h>
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
 
 #include "base/util.h"
 #include "harness.h"
@@ -77,8 +80,8 @@ static char *const box_envp[] = {
     "LANG=C.UTF-8", NULL};
 
 static int
-box_spawn(struct env *e, struct box *b, const char *name, uid_t base, const char *hostname,
-          struct sbx_sandbox_limits lim, const char *script, struct sbx_error **err)
+box_spawn_plan(struct env *e, struct box *b, const char *name, struct sbx_sandbox_plan *plan,
+               const char *script, struct sbx_error **err)
 {
     memset(b, 0, sizeof(*b));
     snprintf(b->id, sizeof(b->id), "t%s%d", name, (int)getpid());
@@ -91,32 +94,33 @@ box_spawn(struct env *e, struct box *b, const char *name, uid_t base, const char
     CHECK(b->log_fd >= 0);
     int exe = open("/usr/bin/bash", O_RDONLY | O_CLOEXEC);
     CHECK(exe >= 0);
-    int sv[2];
-    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     int conf = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    char *argv[] = {"bash", "-c", (char *)script, NULL};
-    struct sbx_sandbox_plan plan = {
-        .id = b->id,
-        .sandbox_dir = b->dir,
-        .template_dir = e->template_dir,
-        .host_uid_base = base,
-        .limits = lim,
-        .hostname = hostname,
-        .agent_listen_fd = sv[0],
-        .agent_config_fd = conf,
-        .log_fd = b->log_fd,
-        .exe_fd = exe,
-        .argv = argv,
-        .envp = box_envp,
-    };
+    char *full = NULL;
+    CHECK(asprintf(&full, "exec >&3 2>&1 3>&-\n%s", script) > 0);
+    char *argv[] = {"bash", "-c", full, NULL};
+    plan->id = b->id;
+    plan->sandbox_dir = b->dir;
+    plan->template_dir = e->template_dir;
+    plan->agent_listen_fd = b->log_fd;
+    plan->agent_config_fd = conf;
+    plan->exe_fd = exe;
+    plan->argv = argv;
+    plan->envp = box_envp;
     double t0 = now_ms();
-    int rc = sbx_sandbox_spawn(&plan, &b->pid, &b->start, err);
+    int rc = sbx_sandbox_spawn(plan, &b->pid, &b->start, err);
     b->spawn_ms = now_ms() - t0;
+    free(full);
     close(exe);
-    close(sv[0]);
-    close(sv[1]);
     close(conf);
     return rc;
+}
+
+static int
+box_spawn(struct env *e, struct box *b, const char *name, uid_t base, const char *hostname,
+          struct sbx_sandbox_limits lim, const char *script, struct sbx_error **err)
+{
+    struct sbx_sandbox_plan plan = {.host_uid_base = base, .limits = lim, .hostname = hostname};
+    return box_spawn_plan(e, b, name, &plan, script, err);
 }
 
 /* Waits for PID 1 to exit; returns its wait status. */
@@ -140,6 +144,8 @@ box_log(struct box *b)
     close(fd);
     return buf;
 }
+
+static void wait_for_line(struct box *b, const char *line);
 
 static struct sbx_sandbox_ref
 box_ref(const struct box *b)
@@ -308,10 +314,28 @@ TEST(identity_and_filesystem)
         "echo dev=$(ls /dev | tr '\\n' ' ')\n"
         "echo python=$(python3 -c 'print(6*7)')\n"
         "echo oom=$(cat /proc/1/oom_score_adj)\n"
-        "echo nofile=$(ulimit -Hn)\n";
-    int st;
-    char *log = box_run(&e, &b, "id", BASE_A, "mybox", default_limits, script, &st);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        "echo nofile=$(ulimit -Hn)\n"
+        "echo oomfd=$(grep -c '^oom_kill ' <&5)\n"
+        "echo tmpfs=$(df -k --output=size /tmp /dev/shm /run | tail -n +2 | tr -d ' ' | tr '\\n' "
+        ",)\n"
+        "echo ptymax=$(awk '$5 == \"/dev/pts\"' /proc/self/mountinfo | grep -o 'max=[0-9]*')\n"
+        "echo capbnd=$(grep CapBnd /proc/self/status | cut -f2)\n"
+        "sleep 30\n";
+    spawn_ok(&e, &b, "id", BASE_A, "mybox", default_limits, script);
+    /* The sandbox's user namespace belongs to its own host uid, not to root: per-user
+     * kernel counters of everything inside are charged to that uid (kernel/ucount.c). */
+    char nsp[64];
+    snprintf(nsp, sizeof(nsp), "/proc/%d/ns/user", (int)b.pid);
+    int nsfd = open(nsp, O_RDONLY | O_CLOEXEC);
+    CHECK(nsfd >= 0);
+    uid_t owner = 0;
+    CHECK(ioctl(nsfd, NS_GET_OWNER_UID, &owner) == 0);
+    close(nsfd);
+    fprintf(stderr, "user namespace owner: %u\n", (unsigned)owner);
+    CHECK(owner == BASE_A);
+    wait_for_line(&b, "capbnd=");
+    char *log = box_log(&b);
+    fprintf(stderr, "%s", log);
     expect_line(log, "uid=0");
     expect_line(log, "pid=1");
     expect_line(log, "map=0 1200000 65536");
@@ -328,6 +352,16 @@ TEST(identity_and_filesystem)
     expect_line(log, "cgroup_not_root=0"); /* the cgroup namespace is rooted at our cgroup */
     expect_line(log, "ptmx=pts/ptmx");
     expect_line(log, "python=42");
+    expect_line(log, "oomfd=1"); /* fd 5: the cgroup's OOM kill counter */
+    /* /tmp, /dev/shm and /run: 1/2, 1/4 and 1/16 of the 256 MiB limit, so filling them is
+     * ENOSPC before it is an OOM kill. */
+    expect_line(log, "tmpfs=131072,65536,16384,");
+    expect_line(log, "ptymax=max=128");
+    /* No NET_ADMIN (12), SYS_PTRACE (19) or SYS_ADMIN (21) for sandbox root. */
+    char *bnd = strstr(log, "capbnd=");
+    CHECK(bnd != NULL);
+    unsigned long long capbnd = strtoull(bnd + 7, NULL, 16);
+    CHECK(!(capbnd & (1ull << 12)) && !(capbnd & (1ull << 19)) && !(capbnd & (1ull << 21)));
     /* Lowering oom_score_adj and raising RLIMIT_NOFILE need CAP_SYS_RESOURCE, which some
      * dev machines withhold from root; spawn then keeps the inherited values. */
     if (has_cap_sys_resource()) {
@@ -377,7 +411,8 @@ TEST(sudo_and_denials)
         "unshare -U true 2>/dev/null; echo unshare_rc=$?\n"
         "python3 -c 'import ctypes; l=ctypes.CDLL(None,use_errno=True); "
         "r=l.unshare(0x10000000); print(\"unshare_errno=%d\" % ctypes.get_errno())'\n"
-        "unshare -m --propagation unchanged true; echo unshare_mnt_rc=$?\n"
+        "unshare -m --propagation unchanged true 2>/dev/null; echo unshare_mnt_rc=$?\n"
+        "unshare -n true 2>/dev/null; echo unshare_net_rc=$?\n"
         "echo net=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,)\n"
         "python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); s.listen(); "
         "c=socket.create_connection(s.getsockname()); print(\"lo=ok\")'\n"
@@ -405,7 +440,8 @@ TEST(sudo_and_denials)
     expect_line(log, "mount_errno=1");
     CHECK(strstr(log, "unshare_rc=0") == NULL);
     expect_line(log, "unshare_errno=1");
-    expect_line(log, "unshare_mnt_rc=0");
+    /* No new namespaces of any kind (the default profile). */
+    CHECK(strstr(log, "unshare_mnt_rc=0") == NULL && strstr(log, "unshare_net_rc=0") == NULL);
     expect_line(log, "net=lo,");
     expect_line(log, "lo=ok");
     expect_line(log, "vsock=1");
@@ -427,6 +463,34 @@ TEST(sudo_and_denials)
     CHECK(n > 0);
     mi[n] = '\0';
     CHECK(strstr(mi, b.id) == NULL);
+    box_destroy(&b);
+    env_fini(&e);
+}
+
+TEST(relaxed_profile_restores_namespaces_and_caps)
+{
+    REQUIRE_ROOT();
+    struct env e;
+    env_init(&e);
+    struct box b;
+    struct sbx_sandbox_plan plan = {
+        .host_uid_base = BASE_A, .limits = default_limits, .relaxed = true};
+    const char *script = "unshare -m --propagation unchanged true; echo unshare_mnt_rc=$?\n"
+                         "unshare -n ip link set lo up; echo unshare_net_rc=$?\n"
+                         "unshare -U true 2>/dev/null; echo unshare_user_rc=$?\n"
+                         "echo capbnd=$(grep CapBnd /proc/self/status | cut -f2)\n";
+    struct sbx_error *err = NULL;
+    CHECK(box_spawn_plan(&e, &b, "relaxed", &plan, script, &err) == 0);
+    box_wait(&b);
+    char *log = box_log(&b);
+    fprintf(stderr, "%s", log);
+    expect_line(log, "unshare_mnt_rc=0");
+    expect_line(log, "unshare_net_rc=0");
+    CHECK(strstr(log, "unshare_user_rc=0") == NULL); /* user namespaces stay denied */
+    char *bnd = strstr(log, "capbnd=");
+    CHECK(bnd != NULL);
+    unsigned long long capbnd = strtoull(bnd + 7, NULL, 16);
+    CHECK((capbnd & (1ull << 12)) && (capbnd & (1ull << 21)) && !(capbnd & (1ull << 19)));
     box_destroy(&b);
     env_fini(&e);
 }

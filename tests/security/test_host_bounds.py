@@ -1,0 +1,356 @@
+"""Attacks on what a sandbox shares with the host: its own log, host-wide kernel tables, the
+agent (PID 1), the kernel's attack surface, tmpfs and memory limits, host uid ranges.
+Each test runs the attack through the official SDK and asserts the specific bound or denial,
+printing the figures. Fixtures: tests/conftest.py."""
+
+import ctypes
+import errno
+import json
+import os
+import pty
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from e2b import CommandExitException, Sandbox
+
+from conftest import Daemon, _binary
+from helpers import wait_for
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+AGENT_LOG_BYTES = 256 * 1024  # SBX_AGENT_LOG_BYTES
+
+
+def run(sbx, cmd, user=None, timeout=120):
+    try:
+        return sbx.commands.run(cmd, user=user, timeout=timeout)
+    except CommandExitException as e:
+        return e
+
+
+def run_py(sbx, code, user=None, timeout=120):
+    """Runs a Python script inside the sandbox; returns its last stdout line as JSON."""
+    path = f"/tmp/probe_{os.urandom(4).hex()}.py"
+    sbx.files.write(path, textwrap.dedent(code))
+    r = run(sbx, f"python3 {path}", user=user, timeout=timeout)
+    assert r.exit_code == 0, f"probe failed ({r.exit_code}): {r.stderr[-2000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def sbx(sbx_daemon):
+    s = Sandbox.create(timeout=600)
+    yield s
+    Sandbox.kill(s.sandbox_id)
+
+
+@pytest.fixture(scope="module")
+def neighbour(sbx_daemon):
+    s = Sandbox.create(timeout=600)
+    yield s
+    Sandbox.kill(s.sandbox_id)
+
+
+def host_bytes(path):
+    """Bytes allocated on the host by every file below path, the sandbox's disk image aside."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            if f == "disk.img":
+                continue
+            try:
+                total += os.lstat(p).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+# -- 1. the agent's log ---------------------------------------------------------------------
+
+
+def test_agent_log_flood_grows_no_host_file(sandbox, state_dir, sbx_daemon):
+    """A plain user floods the agent with requests carrying 1.9 KB paths (each logged). The
+    agent writes no host file: the sandbox's host dir does not grow, and its log is a ring of
+    fixed size in the agent's memory."""
+    sdir = Path(state_dir) / "sandboxes" / sandbox.sandbox_id
+    before = host_bytes(sdir)
+    out = run_py(sandbox, """
+        import http.client, json, time
+        path = "/" + "a" * 1900
+        n = sent = 0
+        end = time.monotonic() + 5
+        c = http.client.HTTPConnection("127.0.0.1", 49983)
+        while time.monotonic() < end:
+            c.request("GET", path)
+            r = c.getresponse(); r.read()
+            n += 1; sent += len(path)
+        print(json.dumps({"requests": n, "path_bytes": sent}))
+    """, user="user")
+    after = host_bytes(sdir)
+    names = sorted(p.name for p in sdir.iterdir())
+    print(f"flood: {out['requests']} requests, {out['path_bytes']} bytes of paths; "
+          f"host files of the sandbox {before} -> {after} bytes; entries {names}")
+    assert out["requests"] > 100
+    assert "agent.log" not in names
+    assert after - before < 64 * 1024, f"host files grew by {after - before} bytes"
+    # The log is readable by the sandbox's owner and holds at most the ring's size, newest last.
+    status, _, body = sbx_daemon.request(
+        "GET", "/sbx/log", headers={"E2b-Sandbox-Id": sandbox.sandbox_id,
+                                    "X-Access-Token": sandbox._envd_access_token or ""})
+    assert status == 200, body[:200]
+    print(f"agent log: {len(body)} bytes kept")
+    assert 0 < len(body) <= AGENT_LOG_BYTES
+    assert b"a" * 1900 in body.splitlines()[-2]
+
+
+def test_agent_log_needs_the_access_token(sandbox, sbx_daemon):
+    status, _, _ = sbx_daemon.request("GET", "/sbx/log",
+                                      headers={"E2b-Sandbox-Id": sandbox.sandbox_id})
+    assert status == 401
+
+
+# -- 2. host-wide kernel tables --------------------------------------------------------------
+
+
+def test_inotify_instances_are_per_sandbox(sbx, neighbour):
+    """Sandbox root uses up every inotify instance it can get. They are charged to the
+    sandbox's own host uid (the owner of its user namespace), not to host root: host root
+    and another sandbox can still create instances."""
+    code = """
+        import ctypes, json, os, time
+        libc = ctypes.CDLL(None, use_errno=True)
+        n = 0
+        while n < 100000:
+            if libc.inotify_init() < 0:
+                break
+            n += 1
+        e = ctypes.get_errno()
+        with open("/tmp/ino.json", "w") as f:
+            f.write(json.dumps({"instances": n, "errno": e}))
+        time.sleep(60)
+    """
+    sbx.files.write("/tmp/ino.py", textwrap.dedent(code))
+    h = sbx.commands.run("python3 /tmp/ino.py", user="root", background=True)
+    try:
+        assert wait_for(lambda: sbx.files.exists("/tmp/ino.json"), timeout=30)
+        got = json.loads(sbx.files.read("/tmp/ino.json"))
+        fd = LIBC.inotify_init()
+        host_errno = ctypes.get_errno()
+        if fd >= 0:
+            os.close(fd)
+        other = run_py(neighbour, """
+            import ctypes, json
+            libc = ctypes.CDLL(None, use_errno=True)
+            print(json.dumps({"fd": libc.inotify_init(), "errno": ctypes.get_errno()}))
+        """, user="root")
+        print(f"sandbox took {got['instances']} inotify instances (then errno {got['errno']}); "
+              f"host root inotify_init -> {fd}; neighbour -> {other['fd']}")
+        assert got["errno"] == errno.EMFILE and got["instances"] < 100000
+        assert fd >= 0, f"host root got errno {host_errno}"
+        assert other["fd"] >= 0, f"the neighbour got errno {other['errno']}"
+    finally:
+        h.kill()
+
+
+def test_ptys_are_capped_per_sandbox(sbx, neighbour):
+    """Every devpts instance but the host's draws on one host-wide pool; each sandbox's
+    instance has a cap of its own, so one sandbox cannot take the pool."""
+    got = run_py(sbx, """
+        import json, os
+        fds = []
+        err = 0
+        while len(fds) < 100000:
+            try:
+                fds.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+            except OSError as e:
+                err = e.errno
+                break
+        print(json.dumps({"ptys": len(fds), "errno": err}))
+    """, user="root")
+    other = run_py(neighbour, """
+        import json, os
+        fd = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+        print(json.dumps({"ok": fd >= 0}))
+    """)
+    m, s = pty.openpty()
+    os.close(m)
+    os.close(s)
+    print(f"sandbox opened {got['ptys']} ptys (then errno {got['errno']}); neighbour and host "
+          f"still can; kernel.pty.max={Path('/proc/sys/kernel/pty/max').read_text().strip()}")
+    assert got["ptys"] == 128 and got["errno"] == errno.ENOSPC
+    assert other["ok"]
+
+
+def test_open_files_cannot_fill_the_host_table(sbx):
+    """Open files are charged to the sandbox's memory; the host-wide table (fs.file-max) is
+    raised at start so that it is never the smaller bound. A sandbox holding hundreds of
+    thousands of files leaves the host able to open files."""
+    file_max = int(Path("/proc/sys/fs/file-max").read_text())
+    assert file_max >= 2**62, f"fs.file-max is {file_max}: a sandbox could fill it"
+    got = run_py(sbx, """
+        import json, os, resource, time
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        kids = []
+        for i in range(4):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                n = 0
+                try:
+                    while n < min(hard - 16, 25000):
+                        os.open("/dev/null", os.O_RDONLY)
+                        n += 1
+                except OSError:
+                    pass
+                os.write(w, str(n).encode()); os.close(w)
+                time.sleep(20)
+                os._exit(0)
+            os.close(w)
+            kids.append(r)
+        held = sum(int(os.read(r, 32) or b"0") for r in kids)
+        print(json.dumps({"held": held, "nofile": hard}))
+    """, user="root", timeout=180)
+    nr = int(Path("/proc/sys/fs/file-nr").read_text().split()[0])
+    with open("/proc/self/status") as f:  # the host can still open files
+        assert f.read()
+    print(f"sandbox held {got['held']} open files (NOFILE {got['nofile']} per process); "
+          f"host file-nr {nr}, file-max {file_max}")
+    assert got["held"] > 60000
+    assert nr < file_max
+
+
+# -- 3. the agent, PID 1 ---------------------------------------------------------------------
+
+
+PTRACE_PROBE = """
+    import ctypes, json, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    res = {}
+    def err_of(f):
+        try:
+            f(); return 0
+        except OSError as e:
+            return e.errno
+    libc.ptrace(ctypes.c_long(0x4206), ctypes.c_long(1), None, None)  # PTRACE_SEIZE
+    res["ptrace_seize"] = ctypes.get_errno()
+    res["mem"] = err_of(lambda: open("/proc/1/mem", "rb").read(1))
+    res["environ"] = err_of(lambda: open("/proc/1/environ", "rb").read())
+    res["exe"] = err_of(lambda: os.readlink("/proc/1/exe"))
+    res["fd_link"] = err_of(lambda: os.readlink("/proc/1/fd/3"))
+    res["fd_open"] = err_of(lambda: os.close(os.open("/proc/1/fd/5", os.O_RDONLY)))
+    pidfd = libc.syscall(ctypes.c_long(434), ctypes.c_long(1), ctypes.c_long(0))
+    ret = libc.syscall(ctypes.c_long(438), ctypes.c_long(pidfd), ctypes.c_long(3), ctypes.c_long(0))
+    res["pidfd_getfd"] = ctypes.get_errno() if ret < 0 else 0
+    print(json.dumps(res))
+"""
+
+
+@pytest.mark.parametrize("user", ["root", "user"])
+def test_agent_cannot_be_traced_or_read(sbx, user):
+    got = run_py(sbx, PTRACE_PROBE, user=user)
+    print(f"as {user}: {got}")
+    assert got["ptrace_seize"] == errno.EPERM
+    for k in ("mem", "environ", "exe", "fd_link", "fd_open"):
+        assert got[k] in (errno.EACCES, errno.EPERM), f"/proc/1/{k}: errno {got[k]}"
+    assert got["pidfd_getfd"] == errno.EPERM
+
+
+def test_agent_binary_is_no_host_path(sbx):
+    """The agent runs from a sealed memfd: its exe names no host file (and cannot be reopened
+    for writing, CVE-2019-5736)."""
+    r = run(sbx, "cat /proc/1/maps", user="root")
+    assert r.exit_code != 0
+    agent = None
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "cmdline").read_bytes() == b"sbx\0agent\0":
+                nspid = next(ln for ln in (d / "status").read_text().splitlines()
+                             if ln.startswith("NSpid:"))
+                if nspid.split()[-1] == "1":
+                    agent = d
+                    break
+        except OSError:
+            pass
+    assert agent is not None
+    exe = os.readlink(agent / "exe")
+    print(f"agent exe on the host: {exe}")
+    assert exe.startswith("/memfd:sbx")
+
+
+# -- 5. kernel attack surface ----------------------------------------------------------------
+
+
+def test_root_cannot_create_namespaces_or_configure_the_network(sbx):
+    r = run(sbx, "unshare -n true; echo net=$?; unshare -m true; echo mnt=$?; "
+                 "unshare -p -f true; echo pid=$?; unshare -i true; echo ipc=$?; "
+                 "ip link add sbxprobe type dummy; echo link=$?; "
+                 "grep CapBnd /proc/self/status", user="root")
+    print(r.stdout, r.stderr)
+    for ns in ("net", "mnt", "pid", "ipc", "link"):
+        assert f"{ns}=0" not in r.stdout, r.stdout
+    bnd = int(r.stdout.split("CapBnd:")[1].split()[0], 16)
+    for cap, name in ((12, "NET_ADMIN"), (19, "SYS_PTRACE"), (21, "SYS_ADMIN")):
+        assert not bnd & (1 << cap), f"sandbox root has CAP_{name}"
+
+
+# -- 10. tmpfs sizes and OOM reports ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path,user", [("/tmp", "user"), ("/dev/shm", "user"), ("/run", "root")])
+def test_full_tmpfs_is_enospc_not_an_oom_kill(sandbox, path, user):
+    r = run(sandbox, f"dd if=/dev/zero of={path}/fill bs=1M count=4096; echo rc=$?; "
+                     f"df -k --output=size {path} | tail -n 1; rm -f {path}/fill; echo alive",
+            user=user, timeout=180)
+    print(r.stdout, r.stderr[-300:])
+    assert "No space left on device" in r.stderr
+    assert "rc=1" in r.stdout and "alive" in r.stdout
+    size_kib = int(r.stdout.split("rc=1")[1].split()[0])
+    assert size_kib * 1024 < 512 << 20, f"{path} is {size_kib} KiB: not below the memory limit"
+
+
+def test_oom_kill_is_reported_to_the_command(sandbox):
+    with pytest.raises(CommandExitException) as ei:
+        sandbox.commands.run("python3 -c \"b = b'x' * (2 << 30)\"", timeout=120)
+    print(f"exit_code={ei.value.exit_code} error={ei.value.error!r}")
+    assert ei.value.error == "killed: out of memory (limit 512 MiB)"
+    # A command the user kills is not called an OOM kill.
+    with pytest.raises(CommandExitException) as ei:
+        sandbox.commands.run("kill -9 $$", timeout=30)
+    assert "out of memory" not in (ei.value.error or "")
+
+
+# -- 9. host uid ranges ----------------------------------------------------------------------
+
+
+def uid_base_of(sbx):
+    r = run(sbx, "awk '{print $2}' /proc/self/uid_map")
+    return int(r.stdout.split()[0])
+
+
+def test_two_daemons_never_share_host_uids(sbx, tmp_path):
+    """A second daemon on the same host takes another block of host uids."""
+    state = Path(tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp"))
+    state.chmod(0o711)
+    other = Daemon(_binary(), state, tmp_path / "second.log")
+    other.start()
+    try:
+        s2 = Sandbox.create(timeout=60, api_key=other.api_key, api_url=other.url,
+                            sandbox_url=other.url)
+        try:
+            a, b = uid_base_of(sbx), uid_base_of(s2)
+            print(f"host uid base: first daemon {a}, second daemon {b}")
+            assert abs(a - b) >= 4096 * 65536, "the two daemons' uid blocks overlap"
+        finally:
+            Sandbox.kill(s2.sandbox_id, api_key=other.api_key, api_url=other.url)
+    finally:
+        other.kill_all_sandboxes()
+        assert other.stop() == 0
+        subprocess.run(["rm", "-rf", str(state)], check=False)
