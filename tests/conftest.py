@@ -144,6 +144,21 @@ class Daemon:
     def is_alive(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def worker_pid(self, name):
+        """The pid of one of the daemon's workers, "sbx-frontend" or "sbx-spawner" (children
+        of the supervisor, which is the process we started), or None."""
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == self.proc.pid and (d / "comm").read_text().strip() == name:
+                    return int(d.name)
+            except (OSError, ValueError, IndexError):
+                pass
+        return None
+
     def log_tail(self, lines=LOG_TAIL_LINES):
         try:
             text = self.log_path.read_bytes().decode("utf-8", "replace")

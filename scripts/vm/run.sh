@@ -29,6 +29,7 @@ log() { printf 'vm: %s\n' "$*" >&2; }
 guest_tests() {
     local build=$1
     "$build/tests/unit/test_sandbox"
+    "$build/tests/unit/test_spawner"
     SBX_BIN="$build/sbx" "$REPO/.venv/bin/python" -m pytest -p no:cacheprovider -q \
         "$REPO/tests/security" "$REPO/tests/integration/py/test_lifecycle.py" \
         "$REPO/tests/integration/py/test_restart.py"

@@ -19,6 +19,8 @@
 
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
+#define SBX_DEFAULT_USER       "sbx" /* the daemon's unprivileged front end runs as this user */
+#define SBX_LISTEN_BACKLOG     1024
 #define SBX_DEFAULT_TIMEOUT_S  300
 #define SBX_MAX_TIMEOUT_S      (24 * 3600)
 #define SBX_MAX_SANDBOXES      4096

@@ -41,6 +41,7 @@ respond_err(struct sbx_http_req *req, const struct sbx_error *e)
         status = 409;
         break;
     case SBX_RESOURCE_EXHAUSTED:
+    case SBX_UNAVAILABLE:
         status = 503;
         break;
     case SBX_UNIMPLEMENTED:
@@ -185,6 +186,65 @@ sbx_api_timeout_parse(json_t *body, bool extend_only, int64_t *out, struct sbx_e
     return 0;
 }
 
+/* A request waiting for the spawner: the client may go away meanwhile. */
+struct waiting {
+    struct sbx_http_req *req; /* NULL once the client has gone */
+};
+
+static void
+on_waiting_closed(struct sbx_http_req *req)
+{
+    struct waiting *w = req->data;
+    w->req = NULL;
+}
+
+static struct waiting *
+wait_for_spawner(struct sbx_http_req *req)
+{
+    struct waiting *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        abort();
+    w->req = req;
+    req->data = w;
+    sbx_http_req_on_close(req, on_waiting_closed);
+    return w;
+}
+
+/* The request w waited for, NULL if its client went away; frees w. */
+static struct sbx_http_req *
+done_waiting(struct waiting *w)
+{
+    struct sbx_http_req *req = w->req;
+    if (req) {
+        sbx_http_req_on_close(req, NULL);
+        req->data = NULL;
+    }
+    free(w);
+    return req;
+}
+
+static void
+on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *ud)
+{
+    struct sbx_http_req *req = done_waiting(ud);
+    if (l)
+        sbx_log_info("sandbox_start", "sandbox=%s template=%s timeout_s=%lld spawn_us=%llu",
+                     l->rec->id, l->rec->template_id,
+                     (long long)(l->rec->end_at_ms - l->rec->started_at_ms) / 1000,
+                     (unsigned long long)spawn_us);
+    if (req == NULL)
+        return; /* the client went away; the sandbox lives until its timeout */
+    if (l == NULL) {
+        respond_err(req, err);
+        return;
+    }
+    snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
+    char hdr[32];
+    snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
+    sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
+    respond_json(req, 201, sandbox_json(l->rec));
+}
+
 static void
 create(struct sbx_http_req *req, json_t *body, bool v2)
 {
@@ -194,19 +254,7 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
         respond_err(req, err);
         return;
     }
-    uint64_t spawn_us = 0;
-    struct sbx_live *l = sbx_lifecycle_create(&o, &spawn_us, &err);
-    if (l == NULL) {
-        respond_err(req, err);
-        return;
-    }
-    snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
-    sbx_log_info("sandbox_start", "sandbox=%s template=%s timeout_s=%d spawn_us=%llu", l->rec->id,
-                 o.template_id, o.timeout_s, (unsigned long long)spawn_us);
-    char hdr[32];
-    snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
-    sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
-    respond_json(req, 201, sandbox_json(l->rec));
+    sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
 }
 
 static struct sbx_live *
@@ -264,17 +312,23 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
 }
 
 static void
+on_killed(struct sbx_error *err, void *ud)
+{
+    struct sbx_http_req *req = done_waiting(ud);
+    if (req == NULL)
+        return;
+    if (err)
+        respond_err(req, err);
+    else
+        sbx_http_respond(req, 204, NULL, NULL, 0);
+}
+
+static void
 kill_sandbox(struct sbx_http_req *req, const char *id)
 {
-    _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *l = find_or_404(req, id);
-    if (l == NULL)
-        return;
-    if (sbx_lifecycle_kill(l, &err) < 0) {
-        respond_err(req, err);
-        return;
-    }
-    sbx_http_respond(req, 204, NULL, NULL, 0);
+    if (l)
+        sbx_lifecycle_kill(l, on_killed, wait_for_spawner(req));
 }
 
 static void
@@ -285,30 +339,39 @@ get_info(struct sbx_http_req *req, const char *id)
         respond_json(req, 200, listed_json(l->rec, true));
 }
 
+struct metrics_query {
+    struct waiting *w;
+    char id[SBX_STORE_ID_MAX + 1];
+    int64_t start_s, end_s;
+};
+
 static void
-metrics(struct sbx_http_req *req, const char *id)
+on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
-    _cleanup_error_ struct sbx_error *err = NULL;
-    struct sbx_live *l = find_or_404(req, id);
-    if (l == NULL)
-        return;
+    struct metrics_query *q = ud;
+    struct sbx_http_req *req = done_waiting(q->w);
+    struct sbx_live *l = sbx_lifecycle_find(q->id);
     int64_t now = sbx_wall_ms();
-    _cleanup_free_ char *start = sbx_http_req_query(req, "start");
-    _cleanup_free_ char *end = sbx_http_req_query(req, "end");
-    int64_t start_s = start ? strtoll(start, NULL, 10) : 0;
-    int64_t end_s = end ? strtoll(end, NULL, 10) : INT64_MAX / 1000;
+    if (req == NULL) {
+        free(q);
+        return;
+    }
+    if (l == NULL) {
+        sbx_http_respond_error(req, 404, "sandbox '%s' not found", q->id);
+        free(q);
+        return;
+    }
+    if (err) {
+        respond_err(req, err);
+        free(q);
+        return;
+    }
+    const struct sbx_sandbox_stats *st = &reply->stats;
     json_t *arr = json_array();
     /* Metrics are sampled when asked for: the one sample is "now", inside the window. */
-    if (now / 1000 >= start_s && now / 1000 <= end_s + 1) {
-        struct sbx_sandbox_stats st = {0};
-        struct sbx_sandbox_ref ref = {l->rec->id, l->dir, l->rec->pid, l->rec->pid_start_time};
-        if (sbx_sandbox_stats(&ref, &st, &err) < 0) {
-            json_decref(arr);
-            respond_err(req, err);
-            return;
-        }
+    if (now / 1000 >= q->start_s && now / 1000 <= q->end_s + 1) {
         double elapsed_ns = (double)(now - l->last_cpu_wall_ms) * 1e6;
-        double pct = elapsed_ns > 0 ? 100.0 * (double)(st.cpu_usage_ns - l->last_cpu_ns) /
+        double pct = elapsed_ns > 0 ? 100.0 * (double)(st->cpu_usage_ns - l->last_cpu_ns) /
                                           elapsed_ns / l->rec->cpu_count
                                     : 0.0;
         /* CFS enforces the quota per period, so short windows can read a little above it. */
@@ -316,18 +379,39 @@ metrics(struct sbx_http_req *req, const char *id)
             pct = 0;
         if (pct > 100.0 * l->rec->cpu_count)
             pct = 100.0 * l->rec->cpu_count;
-        l->last_cpu_ns = st.cpu_usage_ns;
+        l->last_cpu_ns = st->cpu_usage_ns;
         l->last_cpu_wall_ms = now;
         uint64_t disk_total = (uint64_t)l->rec->disk_mb << 20;
         json_array_append_new(
             arr, json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", time_json(now),
                            "timestampUnix", (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
-                           "cpuUsedPct", pct, "memUsed", (json_int_t)st.memory_bytes, "memTotal",
-                           (json_int_t)st.memory_limit_bytes, "memCache",
-                           (json_int_t)st.memory_cache_bytes, "diskUsed",
-                           (json_int_t)st.disk_used_bytes, "diskTotal", (json_int_t)disk_total));
+                           "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes, "memTotal",
+                           (json_int_t)st->memory_limit_bytes, "memCache",
+                           (json_int_t)st->memory_cache_bytes, "diskUsed",
+                           (json_int_t)st->disk_used_bytes, "diskTotal", (json_int_t)disk_total));
     }
     respond_json(req, 200, arr);
+    free(q);
+}
+
+static void
+metrics(struct sbx_http_req *req, const char *id)
+{
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    _cleanup_free_ char *start = sbx_http_req_query(req, "start");
+    _cleanup_free_ char *end = sbx_http_req_query(req, "end");
+    struct metrics_query *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        abort();
+    snprintf(q->id, sizeof(q->id), "%s", l->rec->id);
+    q->start_s = start ? strtoll(start, NULL, 10) : 0;
+    q->end_s = end ? strtoll(end, NULL, 10) : INT64_MAX / 1000;
+    q->w = wait_for_spawner(req);
+    struct sbx_spawner_msg msg = {.op = SBX_SPAWNER_STATS};
+    snprintf(msg.id, sizeof(msg.id), "%s", l->rec->id);
+    sbx_spawner_call(&msg, -1, on_stats, q);
 }
 
 /* metadata arrives encoded three times (spec §2.5): the query layer decoded once; here the

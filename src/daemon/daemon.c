@@ -1,24 +1,34 @@
-/* `sbx serve`: configuration, start-up (state dir, API key, template, recovery of running
- * sandboxes), the event loop, and a clean stop on SIGTERM that leaves sandboxes running. */
+/* `sbx serve`, the supervisor: configuration, the privileged start-up (host checks, state
+ * dir, the front end's user, API key, host uid block, the listening socket), then the two
+ * processes that do the work, restarted when they die: the spawner (root) and the front end
+ * (its own user, no capabilities). SIGTERM stops both and leaves sandboxes running. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
+#include <netdb.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "base/cleanup.h"
+#include "base/fdpass.h"
 #include "base/limits.h"
 #include "base/log.h"
 #include "base/util.h"
 #include "daemon/daemon.h"
 #include "daemon/internal.h"
-
-struct sbx_daemon *sbx_daemon;
+#include "spawner/spawner.h"
 
 static void
 usage(FILE *f)
@@ -38,6 +48,7 @@ usage(FILE *f)
             "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT)\n"
             "  --sandbox-profile P  default, or relaxed: sandbox root keeps NET_ADMIN and\n"
             "                       SYS_ADMIN and may create namespaces (SBX_SANDBOX_PROFILE)\n"
+            "  --user NAME          the front end's user, created if missing (sbx; SBX_USER)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
@@ -123,6 +134,12 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
             return -1;
         c->relaxed = strcmp(v, "relaxed") == 0;
         return 0;
+    case 'U':
+        if (*v == '\0' || strlen(v) > 32)
+            return -1;
+        free(c->user);
+        c->user = strdup(v);
+        return 0;
     }
     return -1;
 }
@@ -139,6 +156,7 @@ static const struct option long_opts[] = {
     {"idle-timeout", required_argument, NULL, 'I'},
     {"log-level", required_argument, NULL, 'L'},
     {"sandbox-profile", required_argument, NULL, 'P'},
+    {"user", required_argument, NULL, 'U'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -150,13 +168,14 @@ static const struct {
     {"SBX_LISTEN", 'l'},    {"SBX_STATE_DIR", 's'},       {"SBX_API_KEY", 'k'},
     {"SBX_MEMORY_MB", 'm'}, {"SBX_PIDS_MAX", 'p'},        {"SBX_CPUS", 'c'},
     {"SBX_DISK_MB", 'd'},   {"SBX_HEADER_TIMEOUT", 'H'},  {"SBX_IDLE_TIMEOUT", 'I'},
-    {"SBX_LOG_LEVEL", 'L'}, {"SBX_SANDBOX_PROFILE", 'P'},
+    {"SBX_LOG_LEVEL", 'L'}, {"SBX_SANDBOX_PROFILE", 'P'}, {"SBX_USER", 'U'},
 };
 
 static int
 parse_config(int argc, char **argv, struct sbx_daemon_config *c)
 {
     c->state_dir = strdup(SBX_DEFAULT_STATE_DIR);
+    c->user = strdup(SBX_DEFAULT_USER);
     c->memory_mb = SBX_DEFAULT_MEMORY_MB;
     c->pids_max = SBX_DEFAULT_PIDS_MAX;
     c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;
@@ -193,14 +212,15 @@ parse_config(int argc, char **argv, struct sbx_daemon_config *c)
 }
 
 static int
-mkdir_private(const char *path, struct sbx_error **err)
+mkdir_owned(const char *path, mode_t mode, uid_t uid, gid_t gid, struct sbx_error **err)
 {
-    if (mkdir(path, 0711) < 0 && errno != EEXIST)
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
         return sbx_error_sys(err, errno, "mkdir %s", path);
-    /* Searchable but not listable: sandbox uids must reach their own dirs below, and
-     * nobody may enumerate them. */
-    if (chmod(path, 0711) < 0)
-        return sbx_error_sys(err, errno, "chmod %s", path);
+    struct stat st;
+    if (lstat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, ENOTDIR, "%s is not a directory", path);
+    if (lchown(path, uid, gid) < 0 || chmod(path, mode) < 0)
+        return sbx_error_sys(err, errno, "set owner and mode of %s", path);
     return 0;
 }
 
@@ -231,15 +251,16 @@ check_reachable(const char *dir, struct sbx_error **err)
 
 /* The key shown in the export lines: --api-key, or the one generated on first start. */
 static int
-ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
+ensure_api_key(const struct sbx_daemon_config *cfg, struct sbx_store *store, char **shown,
+               struct sbx_error **err)
 {
     _cleanup_free_ char *path = NULL;
-    if (asprintf(&path, "%s/api_key", d->cfg.state_dir) < 0)
+    if (asprintf(&path, "%s/api_key", cfg->state_dir) < 0)
         return sbx_error_set(err, SBX_INTERNAL, 0, "out of memory");
-    if (d->cfg.api_key) {
-        if (sbx_store_api_key_add(d->store, d->cfg.api_key, err) < 0)
+    if (cfg->api_key) {
+        if (sbx_store_api_key_add(store, cfg->api_key, err) < 0)
             return -1;
-        *shown = strdup(d->cfg.api_key);
+        *shown = strdup(cfg->api_key);
         return 0;
     }
     char buf[128] = {0};
@@ -249,7 +270,7 @@ ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
         while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
             buf[--n] = '\0';
         if (n > 0) {
-            if (sbx_store_api_key_add(d->store, buf, err) < 0)
+            if (sbx_store_api_key_add(store, buf, err) < 0)
                 return -1;
             *shown = strdup(buf);
             explicit_bzero(buf, sizeof(buf));
@@ -266,7 +287,7 @@ ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
     size_t len = strlen(buf);
     if (write(wfd, buf, len) != (ssize_t)len || write(wfd, "\n", 1) != 1)
         return sbx_error_sys(err, errno, "write %s", path);
-    if (sbx_store_api_key_add(d->store, buf, err) < 0)
+    if (sbx_store_api_key_add(store, buf, err) < 0)
         return -1;
     *shown = strdup(buf);
     explicit_bzero(buf, sizeof(buf));
@@ -276,14 +297,14 @@ ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
 /* Takes this daemon's host uid block (see sbx_uid_block_claim): the one recorded in the
  * state dir while its sandboxes may still run in it, else a free one, recorded. */
 static int
-claim_uid_block(struct sbx_daemon *d, struct sbx_error **err)
+claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, struct sbx_error **err)
 {
     _cleanup_free_ char *saved = NULL;
-    if (sbx_store_setting_get(d->store, "uid_block", &saved, err) < 0)
+    if (sbx_store_setting_get(store, "uid_block", &saved, err) < 0)
         return -1;
     int preferred = saved ? atoi(saved) : -1;
     _cleanup_sandbox_list_ struct sbx_sandbox_list *all = NULL;
-    if (sbx_store_sandbox_list_all(d->store, &all, err) < 0)
+    if (sbx_store_sandbox_list_all(store, &all, err) < 0)
         return -1;
     bool running = false;
     for (size_t i = 0; i < all->n; i++) {
@@ -292,36 +313,358 @@ claim_uid_block(struct sbx_daemon *d, struct sbx_error **err)
         running |= sbx_sandbox_is_alive(&ref);
     }
     int block = -1;
-    d->uid_lock_fd = sbx_uid_block_claim(preferred, running, &block, err);
-    if (d->uid_lock_fd < 0)
+    *lock_fd = sbx_uid_block_claim(preferred, running, &block, err);
+    if (*lock_fd < 0)
         return -1;
     if (block != preferred) {
         char v[16];
         snprintf(v, sizeof(v), "%d", block);
-        if (sbx_store_setting_set(d->store, "uid_block", v, err) < 0)
+        if (sbx_store_setting_set(store, "uid_block", v, err) < 0)
             return -1;
     }
-    d->uid_base = sbx_uid_block_base(block);
+    *uid_base = sbx_uid_block_base(block);
     return 0;
 }
 
-static void
-on_stop_signal(uv_signal_t *h, int signum)
+/* One daemon per state dir: two would each think its sandboxes are theirs. The lock is held
+ * by the supervisor until it exits (the fd is never closed). */
+static int
+lock_state_dir(const char *state, struct sbx_error **err)
 {
-    sbx_log_info("shutdown", "signal=%d sandboxes_left_running=%s", signum,
-                 sbx_daemon->live ? "yes" : "no");
-    uv_signal_stop(&sbx_daemon->sigterm);
-    uv_signal_stop(&sbx_daemon->sigint);
-    sbx_http_server_close(sbx_daemon->http);
-    sbx_daemon->http = NULL;
-    sbx_lifecycle_shutdown();
-    uv_close((uv_handle_t *)&sbx_daemon->sigterm, NULL);
-    uv_close((uv_handle_t *)&sbx_daemon->sigint, NULL);
-    uv_close((uv_handle_t *)&sbx_daemon->expiry, NULL);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/lock", state);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "open %s", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                                 "another sbx daemon is running on the state dir %s", state);
+        return sbx_error_sys(err, e, "lock %s", path);
+    }
+    return fd;
+}
+
+/* The front end's user: looked up, or created as a system user with no login and no home. */
+static int
+ensure_user(const char *name, uid_t *uid, gid_t *gid, struct sbx_error **err)
+{
+    struct passwd *pw = getpwnam(name);
+    if (pw == NULL) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            execlp("useradd", "useradd", "--system", "--user-group", "--no-create-home",
+                   "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name,
+                   (char *)NULL);
+            _exit(127);
+        }
+        int st = 0;
+        if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                                 "cannot create the user '%s' the front end runs as (useradd "
+                                 "failed); create it, or name another with --user",
+                                 name);
+        sbx_log_info("start", "created_user=%s", name);
+        pw = getpwnam(name);
+    }
+    if (pw == NULL || pw->pw_uid == 0)
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                             "user '%s' is missing or is root: the front end must not be root",
+                             name);
+    *uid = pw->pw_uid;
+    *gid = pw->pw_gid;
+    return 0;
+}
+
+/* <state>/db holds the database, owned by the front end; a database of an sbx from before the
+ * privilege split (in <state> itself) moves there. */
+static int
+prepare_db_dir(const char *state, uid_t uid, gid_t gid, char **db_path, struct sbx_error **err)
+{
+    _cleanup_free_ char *dir = NULL;
+    if (asprintf(&dir, "%s/db", state) < 0 || asprintf(db_path, "%s/sbx.db", dir) < 0)
+        abort();
+    if (mkdir_owned(dir, 0700, uid, gid, err) < 0)
+        return -1;
+    static const char *const files[] = {"sbx.db", "sbx.db-wal", "sbx.db-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        char old[4096], now[4096];
+        snprintf(old, sizeof(old), "%s/%s", state, files[i]);
+        snprintf(now, sizeof(now), "%s/%s", dir, files[i]);
+        if (rename(old, now) < 0 && errno != ENOENT)
+            return sbx_error_sys(err, errno, "move %s to %s", old, now);
+    }
+    return 0;
 }
 
 static int
-start(struct sbx_daemon *d, struct sbx_error **err)
+chown_db(const char *db_path, uid_t uid, gid_t gid, struct sbx_error **err)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        char p[4096];
+        snprintf(p, sizeof(p), "%s%s", db_path, suffixes[i]);
+        if (lchown(p, uid, gid) < 0 && errno != ENOENT)
+            return sbx_error_sys(err, errno, "chown %s", p);
+    }
+    return 0;
+}
+
+/* The listening socket, bound while we are root (a port below 1024 needs it) and handed to
+ * every front end, so that a restarted one serves the same socket and no connection waiting
+ * in its backlog is lost. */
+static int
+listen_tcp(const char *host, int port, struct sbx_error **err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(host, portstr, &hints, &ai);
+    if (rc != 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "listen address %s: %s", host,
+                             gai_strerror(rc));
+    _cleanup_close_ int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SBX_LISTEN_BACKLOG) < 0) {
+        int e = errno;
+        freeaddrinfo(ai);
+        return sbx_error_sys(err, e, "listen on %s:%d", host, port);
+    }
+    freeaddrinfo(ai);
+    return steal_fd(&fd);
+}
+
+/* ---- the two workers ---- */
+
+struct worker {
+    const char *name;
+    pid_t pid;
+    int64_t started_ms;
+};
+
+static struct {
+    struct sbx_daemon_config *cfg;
+    struct sbx_spawner_config spawner;
+    uid_t fe_uid;
+    gid_t fe_gid;
+    int listen_fd;
+    int control;       /* our end of the socketpair with the front end */
+    int state_lock_fd; /* held while we run; never in a worker (flock(LOCK_UN) on a shared
+                        * fd would release it for us too) */
+    char *shown_key;
+    sigset_t blocked;
+    struct worker spawner_w, frontend_w;
+    bool stopping;
+    bool announced; /* the first front end printed the export lines */
+    int fast_failures;
+} sv;
+
+/* In a freshly forked worker: die with the supervisor, undo its signal mask. */
+static void
+worker_setup(const char *name)
+{
+    close(sv.state_lock_fd);
+    prctl(PR_SET_NAME, name);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1)
+        _exit(1); /* the supervisor died before we could follow it */
+    sigprocmask(SIG_UNBLOCK, &sv.blocked, NULL);
+}
+
+/* The spawner, with its end of a new channel; *frontend_end gets the other. Waits until it
+ * is ready (template prepared), so a broken host fails at start, loudly. */
+static int
+start_spawner(int *frontend_end, struct sbx_error **err)
+{
+    int ch[2], ready[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ch) < 0 ||
+        pipe2(ready, O_CLOEXEC) < 0)
+        return sbx_error_sys(err, errno, "socketpair");
+    pid_t pid = fork();
+    if (pid < 0)
+        return sbx_error_sys(err, errno, "fork the spawner");
+    if (pid == 0) {
+        worker_setup("sbx-spawner");
+        close(ch[0]);
+        close(ready[0]);
+        close(sv.control);
+        close(sv.listen_fd);
+        sv.spawner.ready_fd = ready[1];
+        _exit(sbx_spawner_main(&sv.spawner, ch[1]));
+    }
+    close(ch[1]);
+    close(ready[1]);
+    char c;
+    ssize_t n;
+    do
+        n = read(ready[0], &c, 1);
+    while (n < 0 && errno == EINTR);
+    close(ready[0]);
+    if (n != 1) {
+        close(ch[0]);
+        waitpid(pid, NULL, 0);
+        return sbx_error_set(err, SBX_INTERNAL, 0, "the spawner could not start (see its log)");
+    }
+    sv.spawner_w = (struct worker){"spawner", pid, sbx_now_ms()};
+    *frontend_end = ch[0];
+    return 0;
+}
+
+/* No way back to root: an empty bounding set, the front end's ids, no_new_privs. Checked. */
+static void
+drop_privileges(void)
+{
+    for (int cap = 0; cap <= 63; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            _exit(1);
+    if (setgroups(0, NULL) < 0 || setresgid(sv.fe_gid, sv.fe_gid, sv.fe_gid) < 0 ||
+        setresuid(sv.fe_uid, sv.fe_uid, sv.fe_uid) < 0 ||
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        _exit(1);
+    if (setuid(0) == 0 || geteuid() == 0)
+        _exit(1);
+}
+
+static int
+start_frontend(int channel, struct sbx_error **err)
+{
+    int ctl[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) < 0)
+        return sbx_error_sys(err, errno, "socketpair");
+    pid_t pid = fork();
+    if (pid < 0)
+        return sbx_error_sys(err, errno, "fork the front end");
+    if (pid == 0) {
+        close(ctl[0]);
+        if (sv.control >= 0)
+            close(sv.control);
+        close(sv.spawner.lock_fd);
+        drop_privileges();
+        worker_setup("sbx-frontend"); /* after: a change of ids clears the death signal */
+        _exit(sbx_frontend_main(sv.cfg, sv.listen_fd, ctl[1], channel,
+                                sv.announced ? NULL : sv.shown_key));
+    }
+    sv.announced = true;
+    close(ctl[1]);
+    close(channel);
+    if (sv.control >= 0)
+        close(sv.control);
+    sv.control = ctl[0];
+    sv.frontend_w = (struct worker){"front end", pid, sbx_now_ms()};
+    return 0;
+}
+
+static int
+start_workers(struct sbx_error **err)
+{
+    int channel;
+    if (start_spawner(&channel, err) < 0)
+        return -1;
+    return start_frontend(channel, err);
+}
+
+/* The spawner died while the front end runs: a new one, its channel passed to the front end,
+ * which answers what the old one had in flight as failed and sends what waited. */
+static void
+restart_spawner(void)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    int channel;
+    if (start_spawner(&channel, &err) < 0) {
+        sbx_log_error("supervisor", "error=\"%s\" action=stop", err->msg);
+        kill(sv.frontend_w.pid, SIGTERM);
+        sv.stopping = true;
+        return;
+    }
+    char c = 'S';
+    if (sbx_send_fds(sv.control, &c, 1, &channel, 1) < 0)
+        sbx_log_error("supervisor", "error=\"pass the new spawner: %s\"", strerror(errno));
+    close(channel);
+}
+
+static const char *
+describe(int st, char *buf, size_t n)
+{
+    if (WIFSIGNALED(st))
+        snprintf(buf, n, "signal %d", WTERMSIG(st));
+    else
+        snprintf(buf, n, "status %d", WEXITSTATUS(st));
+    return buf;
+}
+
+/* Waits for children until both workers are gone for good; returns the exit status. */
+static int
+supervise(void)
+{
+    int sfd = signalfd(-1, &sv.blocked, SFD_CLOEXEC);
+    if (sfd < 0)
+        return 1;
+    int rc = 0;
+    for (;;) {
+        struct signalfd_siginfo si;
+        if (read(sfd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+            continue;
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            sbx_log_info("shutdown", "signal=%u sandboxes_left_running=yes", si.ssi_signo);
+            sv.stopping = true;
+            if (sv.frontend_w.pid > 0)
+                kill(sv.frontend_w.pid, SIGTERM);
+            continue;
+        }
+        int st;
+        pid_t pid;
+        while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+            char why[32];
+            if (pid == sv.spawner_w.pid) {
+                sv.spawner_w.pid = 0;
+                if (sv.stopping || sv.frontend_w.pid == 0)
+                    continue;
+                sbx_log_error("supervisor", "worker=spawner exit=\"%s\" action=restart",
+                              describe(st, why, sizeof(why)));
+                restart_spawner();
+            } else if (pid == sv.frontend_w.pid) {
+                sv.frontend_w.pid = 0;
+                if (sv.stopping) {
+                    rc = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+                    continue;
+                }
+                /* Its spawner sees the channel close and exits; both start again. */
+                bool fast = sbx_now_ms() - sv.frontend_w.started_ms < 2000;
+                sv.fast_failures = fast ? sv.fast_failures + 1 : 0;
+                sbx_log_error("supervisor", "worker=frontend exit=\"%s\" action=%s",
+                              describe(st, why, sizeof(why)),
+                              sv.fast_failures > 3 ? "stop" : "restart");
+                if (sv.fast_failures > 3) {
+                    sv.stopping = true;
+                    rc = 1;
+                    continue;
+                }
+                if (sv.spawner_w.pid > 0 && waitpid(sv.spawner_w.pid, NULL, 0) > 0)
+                    sv.spawner_w.pid = 0;
+                _cleanup_error_ struct sbx_error *err = NULL;
+                if (start_workers(&err) < 0) {
+                    sbx_log_error("supervisor", "error=\"%s\" action=stop", err->msg);
+                    sv.stopping = true;
+                    rc = 1;
+                }
+            }
+        }
+        if (sv.stopping && sv.frontend_w.pid == 0 && sv.spawner_w.pid == 0)
+            return rc;
+        if (sv.stopping && sv.frontend_w.pid == 0 && sv.spawner_w.pid > 0)
+            kill(sv.spawner_w.pid, SIGTERM);
+    }
+}
+
+/* Everything that needs root before the workers start. */
+static int
+prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
 {
     if (geteuid() != 0)
         return sbx_error_set(err, SBX_PERMISSION_DENIED, 0,
@@ -335,83 +678,84 @@ start(struct sbx_daemon *d, struct sbx_error **err)
         sbx_log_warn("host_limits", "error=\"%s\"", limits_err->msg);
     else if (raised[0])
         sbx_log_info("host_limits", "raised=\"%s\"", raised);
-    /* Every sandbox holds a pidfd here and every request in flight one or two sockets; the
-     * usual soft limit of 1024 would cap the daemon far below what the machine can run. */
+    /* Every sandbox holds a pidfd in the front end and every request in flight one or two
+     * sockets; the usual soft limit of 1024 would cap the daemon far below what the machine
+     * can run. The workers inherit it. */
     struct rlimit nofile;
     if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
         nofile.rlim_cur = nofile.rlim_max;
         setrlimit(RLIMIT_NOFILE, &nofile);
     }
-    _cleanup_free_ char *sandboxes = NULL, *db = NULL, *shown_key = NULL;
-    if (asprintf(&sandboxes, "%s/sandboxes", d->cfg.state_dir) < 0 ||
-        asprintf(&db, "%s/sbx.db", d->cfg.state_dir) < 0)
-        return sbx_error_set(err, SBX_INTERNAL, 0, "out of memory");
-    if (mkdir_private(d->cfg.state_dir, err) < 0 || mkdir_private(sandboxes, err) < 0 ||
-        check_reachable(sandboxes, err) < 0)
+    if (ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
         return -1;
-    d->store = sbx_store_open(db, err);
-    if (d->store == NULL)
+    _cleanup_free_ char *sandboxes = NULL, *db = NULL;
+    if (asprintf(&sandboxes, "%s/sandboxes", cfg->state_dir) < 0)
+        abort();
+    /* Searchable but not listable: sandbox uids must reach their own dirs below, the front
+     * end its db dir and the agents' sockets, and nobody may enumerate them. */
+    if (mkdir_owned(cfg->state_dir, 0711, 0, 0, err) < 0 ||
+        (sv.state_lock_fd = lock_state_dir(cfg->state_dir, err)) < 0 ||
+        mkdir_owned(sandboxes, 0711, 0, 0, err) < 0 || check_reachable(sandboxes, err) < 0 ||
+        prepare_db_dir(cfg->state_dir, sv.fe_uid, sv.fe_gid, &db, err) < 0)
         return -1;
-    if (ensure_api_key(d, &shown_key, err) < 0 || claim_uid_block(d, err) < 0)
+    struct sbx_store *store = sbx_store_open(db, err);
+    if (store == NULL)
         return -1;
-    if (sbx_template_prepare(d->cfg.state_dir, &d->template_dir, err) < 0)
-        return sbx_error_prefix(err, "prepare template");
-    d->exe_fd = sbx_sandbox_agent_exe(err);
-    if (d->exe_fd < 0)
+    int rc = ensure_api_key(cfg, store, &sv.shown_key, err) < 0 ||
+                     claim_uid_block(store, &sv.spawner.lock_fd, &sv.spawner.uid_base, err) < 0
+                 ? -1
+                 : 0;
+    sbx_store_close(store);
+    if (rc < 0 || chown_db(db, sv.fe_uid, sv.fe_gid, err) < 0)
         return -1;
-    uv_timer_init(d->loop, &d->expiry);
-    if (sbx_lifecycle_recover(err) < 0)
-        return sbx_error_prefix(err, "recover sandboxes");
-    d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
-    sbx_http_server_set_logging(d->http, true);
-    sbx_http_server_set_timeouts(d->http, (uint64_t)d->cfg.header_timeout_s * 1000,
-                                 (uint64_t)d->cfg.idle_timeout_s * 1000);
-    if (sbx_http_server_listen_tcp(d->http, d->cfg.listen_host, d->cfg.listen_port, err) < 0)
+    sv.listen_fd = listen_tcp(cfg->listen_host, cfg->listen_port, err);
+    if (sv.listen_fd < 0)
         return -1;
-    /* Before the export lines: whoever reads them may stop us right away. */
-    uv_signal_init(d->loop, &d->sigterm);
-    uv_signal_init(d->loop, &d->sigint);
-    uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
-    uv_signal_start(&d->sigint, on_stop_signal, SIGINT);
-    int port = sbx_http_server_port(d->http);
-    const char *host = d->cfg.listen_host;
-    if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
-        host = "127.0.0.1";
-    printf("sbx is serving on %s:%d. To use it with the E2B SDKs:\n"
-           "export E2B_API_URL=http://%s:%d\n"
-           "export E2B_SANDBOX_URL=http://%s:%d\n"
-           "export E2B_API_KEY=%s\n",
-           d->cfg.listen_host, port, host, port, host, port, shown_key);
-    fflush(stdout);
-    sbx_log_info(
-        "start",
-        "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d profile=%s uid_base=%u %s",
-        d->cfg.listen_host, port, d->cfg.state_dir, d->cfg.memory_mb, d->cfg.pids_max,
-        d->cfg.cpu_millis / 1000, d->cfg.relaxed ? "relaxed" : "default", (unsigned)d->uid_base,
-        host_desc);
+    sbx_log_info("start",
+                 "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d profile=%s "
+                 "uid_base=%u user=%s %s",
+                 cfg->listen_host, cfg->listen_port, cfg->state_dir, cfg->memory_mb, cfg->pids_max,
+                 cfg->cpu_millis / 1000, cfg->relaxed ? "relaxed" : "default",
+                 (unsigned)sv.spawner.uid_base, cfg->user, host_desc);
     return 0;
 }
 
 int
 sbx_daemon_main(int argc, char **argv)
 {
-    static struct sbx_daemon d;
-    sbx_daemon = &d;
-    d.exe_fd = -1;
-    d.uid_lock_fd = -1;
-    int rc = parse_config(argc, argv, &d.cfg);
+    static struct sbx_daemon_config cfg;
+    int rc = parse_config(argc, argv, &cfg);
     if (rc >= 0)
         return rc;
-    /* A client that goes away mid-write must not kill the daemon. */
+    /* A client that goes away mid-write must not kill a worker. */
     signal(SIGPIPE, SIG_IGN);
-    d.loop = uv_default_loop();
+    sv.cfg = &cfg;
+    sv.control = -1;
+    sv.state_lock_fd = -1;
+    sv.spawner.lock_fd = -1;
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (start(&d, &err) < 0) {
+    if (prepare(&cfg, &err) < 0) {
         fprintf(stderr, "sbx serve: %s\n", err->msg);
         return 1;
     }
-    uv_run(d.loop, UV_RUN_DEFAULT);
-    sbx_store_close(d.store);
-    sbx_log_info("stopped", "ok=1");
-    return 0;
+    sv.spawner.state_dir = cfg.state_dir;
+    sv.spawner.frontend_uid = sv.fe_uid;
+    sv.spawner.frontend_gid = sv.fe_gid;
+    sv.spawner.relaxed = cfg.relaxed;
+    /* Signals come through a signalfd here; workers unblock them. */
+    sigemptyset(&sv.blocked);
+    sigaddset(&sv.blocked, SIGCHLD);
+    sigaddset(&sv.blocked, SIGTERM);
+    sigaddset(&sv.blocked, SIGINT);
+    sigprocmask(SIG_BLOCK, &sv.blocked, NULL);
+    /* Agents of a spawner that died come to us rather than to the host's init, which in a
+     * container may never reap them; supervise() reaps whatever it is given. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    if (start_workers(&err) < 0) {
+        fprintf(stderr, "sbx serve: %s\n", err->msg);
+        return 1;
+    }
+    rc = supervise();
+    sbx_log_info("stopped", "status=%d", rc);
+    return rc;
 }

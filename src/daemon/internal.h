@@ -1,6 +1,12 @@
 /* Shared state of the daemon's modules: configuration, the live sandbox table (a cache of
  * the store, rebuilt from it at start) and the entry points between router, API and
- * lifecycle. Single-threaded: everything runs on the default libuv loop. */
+ * lifecycle.
+ *
+ * `sbx serve` is three processes of this binary (docs/architecture.md): the supervisor
+ * (daemon.c, root: sets up, then only restarts the others), the spawner (spawner/, root: the
+ * only one that acts on sandboxes) and the front end (everything else here, an unprivileged
+ * user: HTTP, JSON, SQLite, routing). The front end is single-threaded on the default libuv
+ * loop and never blocks on the spawner: requests to it are callbacks. */
 #ifndef SBX_DAEMON_INTERNAL_H
 #define SBX_DAEMON_INTERNAL_H
 
@@ -12,6 +18,7 @@
 #include "base/error.h"
 #include "http/http.h"
 #include "sandbox/sandbox.h"
+#include "spawner/msg.h"
 #include "store/store.h"
 
 #define SBX_DAEMON_ID_LEN    20
@@ -29,6 +36,7 @@ struct sbx_daemon_config {
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
     bool relaxed; /* --sandbox-profile relaxed */
+    char *user;   /* the front end's user (created if missing) */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
@@ -39,7 +47,9 @@ struct sbx_live {
     int pidfd;
     uv_poll_t poll; /* on pidfd: the agent died */
     bool polling;
-    uint64_t last_cpu_ns; /* for cpuUsedPct between two metric reads */
+    bool dying;              /* a destroy was asked for: no longer found, never asked twice */
+    struct destroy *destroy; /* lifecycle.c: finished once the poll handle has closed */
+    uint64_t last_cpu_ns;    /* for cpuUsedPct between two metric reads */
     int64_t last_cpu_wall_ms;
     struct sbx_live *next;
 };
@@ -49,16 +59,23 @@ struct sbx_daemon {
     uv_loop_t *loop;
     struct sbx_store *store;
     struct sbx_http_server *http;
-    char *template_dir;
-    int exe_fd;            /* this binary, exec'd as the agent inside sandboxes */
-    uid_t uid_base;        /* first host uid of our block; slot N owns [+N * 65536, +65536) */
-    int uid_lock_fd;       /* holds our host uid block (see sbx_uid_block_claim) */
     struct sbx_live *live; /* every running sandbox */
     uv_timer_t expiry;     /* fires at the soonest end_at */
     uv_signal_t sigterm, sigint;
+    uv_poll_t control; /* from the supervisor: channels to new spawners */
 };
 
 extern struct sbx_daemon *sbx_daemon;
+
+/* spawner_client.c: requests to the spawner, answered later. reply is NULL when err is set
+ * without one (the spawner stopped, or the request could not be sent). */
+typedef void (*sbx_spawner_cb)(const struct sbx_spawner_msg *reply, struct sbx_error *err,
+                               void *ud);
+/* Sends req (its seq is set here) with fd (-1: none; closed once sent). */
+void sbx_spawner_call(struct sbx_spawner_msg *req, int fd, sbx_spawner_cb cb, void *ud);
+/* The channel to a (new) spawner; requests waiting for one go out now. */
+void sbx_spawner_client_set_channel(uv_loop_t *loop, int channel);
+void sbx_spawner_client_close(void);
 
 /* lifecycle.c */
 struct sbx_create_opts {
@@ -71,13 +88,25 @@ struct sbx_create_opts {
     json_t *metadata; /* borrowed objects of strings */
     json_t *env_vars;
 };
+/* l is the new sandbox (NULL with err on failure); spawn_us the time the spawn took. */
+typedef void (*sbx_lifecycle_create_cb)(struct sbx_live *l, struct sbx_error *err,
+                                        uint64_t spawn_us, void *ud);
+typedef void (*sbx_lifecycle_done_cb)(struct sbx_error *err, void *ud);
 int sbx_lifecycle_recover(struct sbx_error **err);
-struct sbx_live *sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t *spawn_us,
-                                      struct sbx_error **err);
-int sbx_lifecycle_kill(struct sbx_live *l, struct sbx_error **err);
+void sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb, void *ud);
+/* Destroys l; cb (may be NULL) once nothing of it is left. l is no longer found from now. */
+void sbx_lifecycle_kill(struct sbx_live *l, sbx_lifecycle_done_cb cb, void *ud);
 int sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **err);
+/* The live sandbox with this id, NULL if none (or it is being destroyed). */
 struct sbx_live *sbx_lifecycle_find(const char *id);
 void sbx_lifecycle_shutdown(void);
+
+/* frontend.c: the front end's life, as a worker of the supervisor (daemon.c): it serves the
+ * listening socket, gets the channel to a spawner (and later ones through control), and
+ * prints the export lines with shown_key (not when NULL: a restart). Returns its exit
+ * status. */
+int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int control, int channel,
+                      const char *shown_key);
 
 /* api.c: control plane (X-API-KEY). */
 void sbx_api_handle(struct sbx_http_req *req);

@@ -1,14 +1,12 @@
-/* Sandbox lifecycle in the daemon: create (store first, then spawn), kill, expiry at end_at,
- * death of an agent, and recovery of running sandboxes after a daemon restart. */
+/* Sandbox lifecycle in the front end: create (store first, then the spawner), kill, expiry
+ * at end_at, death of an agent, and recovery of running sandboxes after a restart. Every
+ * step that needs the spawner is a request answered later; the loop never waits. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,7 +33,7 @@ sbx_lifecycle_find(const char *id)
 {
     for (struct sbx_live *l = sbx_daemon->live; l; l = l->next)
         if (strcmp(l->rec->id, id) == 0)
-            return l;
+            return l->dying ? NULL : l;
     return NULL;
 }
 
@@ -50,10 +48,35 @@ live_free(struct sbx_live *l)
     free(l);
 }
 
+struct destroy {
+    struct sbx_live *l;
+    struct sbx_error *err; /* what to answer, once the sandbox is forgotten */
+    char *why;
+    sbx_lifecycle_done_cb cb;
+    void *ud;
+};
+
+static void destroy_done(struct destroy *d);
+
 static void
 on_poll_closed(uv_handle_t *h)
 {
-    live_free(h->data);
+    struct sbx_live *l = h->data;
+    struct destroy *d = l->destroy;
+    live_free(l);
+    if (d)
+        destroy_done(d);
+}
+
+/* The pidfd stays open until the handle has closed (live_free): closing a watched fd early
+ * lets its number be reused by a new sandbox's pidfd while libuv still knows the old one. */
+static void
+stop_watching(struct sbx_live *l)
+{
+    if (!l->polling)
+        return;
+    l->polling = false;
+    uv_poll_stop(&l->poll);
 }
 
 /* Unlinks l from the table and frees it (after its poll handle has closed). */
@@ -65,59 +88,12 @@ live_drop(struct sbx_live *l)
         pp = &(*pp)->next;
     if (*pp)
         *pp = l->next;
-    if (l->polling) {
-        l->polling = false;
-        /* Stop watching and close the pidfd now, not on the next loop turn: a client told
-         * "killed" must find nothing of the sandbox left. */
-        uv_poll_stop(&l->poll);
-        close(l->pidfd);
-        l->pidfd = -1;
+    if (l->poll.data == l) { /* watched once: its handle must close first */
+        stop_watching(l);
         uv_close((uv_handle_t *)&l->poll, on_poll_closed);
     } else {
         live_free(l);
     }
-}
-
-/* Destroys the sandbox and forgets it. The store row goes last, so a crash in between
- * leaves a row that recovery cleans up rather than an orphan. */
-static int
-teardown(struct sbx_live *l, const char *why, struct sbx_error **err)
-{
-    struct sbx_sandbox_ref ref = ref_of(l);
-    if (sbx_sandbox_destroy(&ref, err) < 0)
-        return sbx_error_prefix(err, "destroy sandbox %s", l->rec->id);
-    if (sbx_store_sandbox_delete(sbx_daemon->store, l->rec->id, err) < 0 &&
-        (*err)->code != SBX_NOT_FOUND)
-        return -1;
-    sbx_error_free(*err);
-    *err = NULL;
-    sbx_log_info("sandbox_end", "sandbox=%s reason=%s", l->rec->id, why);
-    live_drop(l);
-    arm_expiry();
-    return 0;
-}
-
-static void
-on_agent_exit(uv_poll_t *h, int status, int events)
-{
-    struct sbx_live *l = h->data;
-    _cleanup_error_ struct sbx_error *err = NULL;
-    if (teardown(l, "agent exited", &err) < 0)
-        sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, err->msg);
-}
-
-static int
-watch(struct sbx_live *l, struct sbx_error **err)
-{
-    struct sbx_sandbox_ref ref = ref_of(l);
-    l->pidfd = sbx_sandbox_open_pidfd(&ref, err);
-    if (l->pidfd < 0)
-        return -1;
-    uv_poll_init(sbx_daemon->loop, &l->poll, l->pidfd);
-    l->poll.data = l;
-    l->polling = true;
-    uv_poll_start(&l->poll, UV_READABLE, on_agent_exit);
-    return 0;
 }
 
 static char *
@@ -147,6 +123,103 @@ live_new(struct sbx_sandbox_rec *rec)
     return l;
 }
 
+/* ---- destroy ---- */
+
+static void destroy_send(struct destroy *d);
+
+/* The caller hears back only once the sandbox is forgotten here too, its pidfd closed: a
+ * client told "killed" finds nothing of it left. */
+static void
+destroy_done(struct destroy *d)
+{
+    if (d->cb)
+        d->cb(d->err, d->ud);
+    sbx_error_free(d->err);
+    free(d->why);
+    free(d);
+}
+
+/* The store row goes only once the spawner says nothing is left, so a crash in between leaves
+ * a row that recovery cleans up rather than an orphan. */
+static void
+on_destroyed(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    struct destroy *d = ud;
+    struct sbx_live *l = d->l;
+    if (err && err->code == SBX_UNAVAILABLE) {
+        destroy_send(d); /* the spawner restarted: ask the next one */
+        return;
+    }
+    _cleanup_error_ struct sbx_error *store_err = NULL;
+    if (err && err->code != SBX_NOT_FOUND) {
+        sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, err->msg);
+        sbx_error_set(&d->err, err->code, err->sys_errno, "%s", err->msg);
+    } else {
+        if (sbx_store_sandbox_delete(sbx_daemon->store, l->rec->id, &store_err) < 0 &&
+            store_err->code != SBX_NOT_FOUND)
+            sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
+        sbx_log_info("sandbox_end", "sandbox=%s reason=%s", l->rec->id, d->why);
+    }
+    bool has_handle = l->poll.data == l;
+    l->destroy = has_handle ? d : NULL;
+    live_drop(l);
+    arm_expiry();
+    if (!has_handle)
+        destroy_done(d);
+}
+
+static void
+destroy_send(struct destroy *d)
+{
+    struct sbx_spawner_msg req = {.op = SBX_SPAWNER_DESTROY};
+    snprintf(req.id, sizeof(req.id), "%s", d->l->rec->id);
+    sbx_spawner_call(&req, -1, on_destroyed, d);
+}
+
+static void
+destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud)
+{
+    struct destroy *d = calloc(1, sizeof(*d));
+    if (d == NULL || (d->why = strdup(why)) == NULL)
+        abort();
+    d->l = l;
+    d->cb = cb;
+    d->ud = ud;
+    l->dying = true;
+    stop_watching(l);
+    destroy_send(d);
+}
+
+void
+sbx_lifecycle_kill(struct sbx_live *l, sbx_lifecycle_done_cb cb, void *ud)
+{
+    destroy(l, "killed", cb, ud);
+}
+
+static void
+on_agent_exit(uv_poll_t *h, int status, int events)
+{
+    struct sbx_live *l = h->data;
+    if (!l->dying)
+        destroy(l, "agent exited", NULL, NULL);
+}
+
+static int
+watch(struct sbx_live *l, struct sbx_error **err)
+{
+    struct sbx_sandbox_ref ref = ref_of(l);
+    l->pidfd = sbx_sandbox_open_pidfd(&ref, err);
+    if (l->pidfd < 0)
+        return -1;
+    int rc = uv_poll_init(sbx_daemon->loop, &l->poll, l->pidfd);
+    if (rc < 0)
+        return sbx_error_set(err, SBX_INTERNAL, 0, "watch the agent: %s", uv_strerror(rc));
+    l->poll.data = l;
+    l->polling = true;
+    uv_poll_start(&l->poll, UV_READABLE, on_agent_exit);
+    return 0;
+}
+
 /* ---- expiry ---- */
 
 static void
@@ -156,11 +229,8 @@ on_expiry(uv_timer_t *t)
     struct sbx_live *l = sbx_daemon->live;
     while (l) {
         struct sbx_live *next = l->next;
-        if (l->rec->end_at_ms <= now) {
-            _cleanup_error_ struct sbx_error *err = NULL;
-            if (teardown(l, "timeout", &err) < 0)
-                sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, err->msg);
-        }
+        if (!l->dying && l->rec->end_at_ms <= now)
+            destroy(l, "timeout", NULL, NULL);
         l = next;
     }
     arm_expiry();
@@ -171,7 +241,7 @@ arm_expiry(void)
 {
     int64_t soonest = INT64_MAX;
     for (struct sbx_live *l = sbx_daemon->live; l; l = l->next)
-        if (l->rec->end_at_ms < soonest)
+        if (!l->dying && l->rec->end_at_ms < soonest)
             soonest = l->rec->end_at_ms;
     if (soonest == INT64_MAX) {
         uv_timer_stop(&sbx_daemon->expiry);
@@ -193,27 +263,7 @@ sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **
 
 /* ---- create ---- */
 
-/* The listening socket is created here, in a directory the sandbox cannot see, and only
- * its fd crosses into the sandbox: no path inside a sandbox ever leads to the daemon. */
-static int
-listen_unix(const char *path, struct sbx_error **err)
-{
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(addr.sun_path))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
-                             "socket path '%s' is too long; use a shorter --state-dir", path);
-    strcpy(addr.sun_path, path);
-    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return sbx_error_sys(err, errno, "socket");
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
-        return sbx_error_sys(err, errno, "bind %s", path);
-    if (chmod(path, 0600) < 0 || listen(fd, 1024) < 0)
-        return sbx_error_sys(err, errno, "listen %s", path);
-    return steal_fd(&fd);
-}
-
+/* The agent's config, in a memfd: the spawner copies it into a sealed one of its own. */
 static int
 config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
 {
@@ -230,7 +280,6 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
     json_decref(cfg);
     if (s == NULL)
         return sbx_error_set(err, SBX_INTERNAL, 0, "cannot encode agent config");
-    /* A sealed memfd: the agent reads its token from it, and nothing else can. */
     _cleanup_close_ int fd = memfd_create("sbx-agent-config", MFD_CLOEXEC);
     size_t len = strlen(s);
     bool ok = fd >= 0 && write(fd, s, len) == (ssize_t)len && lseek(fd, 0, SEEK_SET) == 0;
@@ -240,80 +289,76 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
     return steal_fd(&fd);
 }
 
-static int
-spawn(struct sbx_live *l, struct sbx_error **err)
-{
-    const struct sbx_daemon_config *cfg = &sbx_daemon->cfg;
-    if (mkdir(l->dir, 0711) < 0 && errno != EEXIST)
-        return sbx_error_sys(err, errno, "mkdir %s", l->dir);
-    _cleanup_close_ int lfd = listen_unix(l->sock_path, err);
-    if (lfd < 0)
-        return -1;
-    _cleanup_close_ int cfd = config_fd(l->rec, err);
-    if (cfd < 0)
-        return -1;
-    char *const argv[] = {"sbx", "agent", NULL};
-    char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                          "LANG=C.UTF-8", NULL};
-    struct sbx_sandbox_plan plan = {
-        .id = l->rec->id,
-        .sandbox_dir = l->dir,
-        .template_dir = sbx_daemon->template_dir,
-        .host_uid_base = sbx_daemon->uid_base + (uid_t)l->rec->uid_slot * SBX_SANDBOX_UID_COUNT,
-        .limits = {.memory_bytes = (uint64_t)l->rec->memory_mb << 20,
-                   .pids_max = (uint32_t)cfg->pids_max,
-                   .cpu_millis = (uint32_t)l->rec->cpu_count * 1000,
-                   .disk_bytes = (uint64_t)l->rec->disk_mb << 20},
-        .hostname = "e2b.local",
-        .relaxed = cfg->relaxed,
-        .agent_listen_fd = lfd,
-        .agent_config_fd = cfd,
-        .exe_fd = sbx_daemon->exe_fd,
-        .argv = argv,
-        .envp = envp,
-    };
-    pid_t pid = 0;
-    uint64_t start_time = 0;
-    if (sbx_sandbox_spawn(&plan, &pid, &start_time, err) < 0)
-        return -1;
-    l->rec->pid = pid;
-    l->rec->pid_start_time = start_time;
-    return 0;
-}
+struct creating {
+    struct sbx_live *l;
+    struct timespec start;
+    sbx_lifecycle_create_cb cb;
+    void *ud;
+};
 
-/* Undoes a create that failed half way; its error is already reported. */
+/* Undoes a create that failed half way: what the spawner may have made, and the row. */
 static void
-abandon(struct sbx_live *l)
+abandon(struct sbx_live *l, bool spawner_may_hold_it)
 {
-    struct sbx_sandbox_ref ref = ref_of(l);
+    if (spawner_may_hold_it) {
+        destroy(l, "create failed", NULL, NULL); /* deletes the row too */
+        return;
+    }
     _cleanup_error_ struct sbx_error *ignored = NULL;
-    sbx_sandbox_destroy(&ref, &ignored);
-    sbx_error_free(ignored);
-    ignored = NULL;
     sbx_store_sandbox_delete(sbx_daemon->store, l->rec->id, &ignored);
     live_drop(l);
 }
 
-static char *
-dump_or_empty(json_t *obj)
+static void
+on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
-    return obj ? json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
+    struct creating *c = ud;
+    struct sbx_live *l = c->l;
+    struct sbx_daemon *d = sbx_daemon;
+    _cleanup_error_ struct sbx_error *e = NULL;
+    if (err) {
+        /* The spawner cleans up a spawn it refused or that failed; one it was doing when it
+         * died may have left a dir and a cgroup: ask the next spawner to remove them. */
+        abandon(l, err->code == SBX_UNAVAILABLE);
+        c->cb(NULL, err, 0, c->ud);
+        free(c);
+        return;
+    }
+    l->rec->pid = (int)reply->pid;
+    l->rec->pid_start_time = reply->start_time;
+    if (watch(l, &e) < 0 || sbx_store_sandbox_update_pid(d->store, l->rec->id, l->rec->pid,
+                                                         l->rec->pid_start_time, &e) < 0) {
+        abandon(l, true);
+        c->cb(NULL, e, 0, c->ud);
+        free(c);
+        return;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t us = (uint64_t)((now.tv_sec - c->start.tv_sec) * 1000000 +
+                             (now.tv_nsec - c->start.tv_nsec) / 1000);
+    l->next = d->live;
+    d->live = l;
+    arm_expiry();
+    c->cb(l, NULL, us, c->ud);
+    free(c);
 }
 
-struct sbx_live *
-sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t *spawn_us, struct sbx_error **err)
+void
+sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb, void *ud)
 {
     struct sbx_daemon *d = sbx_daemon;
+    _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_sandbox_rec *rec = calloc(1, sizeof(*rec));
-    if (rec == NULL) {
-        sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
-        return NULL;
-    }
+    if (rec == NULL)
+        abort();
     sbx_random_id(rec->id, SBX_DAEMON_ID_LEN);
     rec->template_id = strdup(o->template_id);
     rec->alias = o->alias ? strdup(o->alias) : NULL;
-    rec->metadata_json = dump_or_empty(o->metadata);
-    rec->env_vars_json = dump_or_empty(o->env_vars);
+    rec->metadata_json =
+        o->metadata ? json_dumps(o->metadata, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
+    rec->env_vars_json =
+        o->env_vars ? json_dumps(o->env_vars, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
     if (o->secure) {
         char tok[65];
         sbx_random_hex(tok, 32);
@@ -329,36 +374,38 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t *spawn_us, struct
     rec->allow_internet = o->allow_internet;
     rec->auto_pause = o->auto_pause;
     struct sbx_live *l = live_new(rec);
-    if (l == NULL) {
-        sbx_sandbox_rec_free(rec);
-        sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
-        return NULL;
-    }
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    if (sbx_store_free_uid_slot(d->store, &rec->uid_slot, err) < 0 ||
-        sbx_store_sandbox_insert(d->store, rec, err) < 0) {
+    if (l == NULL)
+        abort();
+    struct creating *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        abort();
+    *c = (struct creating){.l = l, .cb = cb, .ud = ud};
+    clock_gettime(CLOCK_MONOTONIC, &c->start);
+    int cfd = -1;
+    if (sbx_store_free_uid_slot(d->store, &rec->uid_slot, &err) < 0 ||
+        sbx_store_sandbox_insert(d->store, rec, &err) < 0) {
         live_drop(l);
-        return NULL;
+        goto fail;
     }
-    if (spawn(l, err) < 0 || watch(l, err) < 0 ||
-        sbx_store_sandbox_update_pid(d->store, rec->id, rec->pid, rec->pid_start_time, err) < 0) {
-        abandon(l);
-        return NULL;
+    if ((cfd = config_fd(rec, &err)) < 0) {
+        abandon(l, false);
+        goto fail;
     }
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    if (spawn_us)
-        *spawn_us = (uint64_t)((b.tv_sec - a.tv_sec) * 1000000 + (b.tv_nsec - a.tv_nsec) / 1000);
-    l->next = d->live;
-    d->live = l;
-    arm_expiry();
-    return l;
-}
-
-int
-sbx_lifecycle_kill(struct sbx_live *l, struct sbx_error **err)
-{
-    return teardown(l, "killed", err);
+    struct sbx_spawner_msg req = {
+        .op = SBX_SPAWNER_SPAWN,
+        .uid_slot = (uint64_t)rec->uid_slot,
+        .memory_bytes = (uint64_t)rec->memory_mb << 20,
+        .pids_max = (uint64_t)d->cfg.pids_max,
+        .cpu_millis = (uint64_t)rec->cpu_count * 1000,
+        .disk_bytes = (uint64_t)rec->disk_mb << 20,
+    };
+    snprintf(req.id, sizeof(req.id), "%s", rec->id);
+    snprintf(req.template_name, sizeof(req.template_name), "%s", rec->template_id);
+    sbx_spawner_call(&req, cfd, on_spawned, c);
+    return;
+fail:
+    cb(NULL, err, 0, ud);
+    free(c);
 }
 
 /* ---- recovery ---- */
@@ -379,22 +426,17 @@ sbx_lifecycle_recover(struct sbx_error **err)
             sbx_sandbox_rec_free(rec);
             return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
         }
+        l->next = d->live;
+        d->live = l;
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
         if (rec->pid > 0 && sbx_sandbox_is_alive(&ref) && watch(l, &e) == 0) {
-            l->next = d->live;
-            d->live = l;
             alive++;
             continue;
         }
         /* Its agent died while we were away (or never started): clean up what is left. */
         gone++;
-        if (sbx_sandbox_destroy(&ref, &e) < 0)
-            sbx_log_warn("recover", "sandbox=%s error=\"%s\"", rec->id, e->msg);
-        sbx_error_free(e);
-        e = NULL;
-        sbx_store_sandbox_delete(d->store, rec->id, &e);
-        live_drop(l);
+        destroy(l, "agent exited while the daemon was down", NULL, NULL);
     }
     sbx_log_info("recover", "running=%zu cleaned=%zu", alive, gone);
     arm_expiry();

@@ -297,6 +297,24 @@ sbx_cgroup_open_oom_events(const char *id)
     return open(path, O_RDONLY | O_CLOEXEC);
 }
 
+int
+sbx_cgroup_procs(const char *id, pid_t *pids, int max)
+{
+    char path[320];
+    if (sbx_cgroup_detect() == SBX_CGROUP_V2)
+        snprintf(path, sizeof(path), CG_ROOT "/" CG_PARENT "/%s/cgroup.procs", id);
+    else
+        snprintf(path, sizeof(path), CG_ROOT "/memory/" CG_PARENT "/%s/cgroup.procs", id);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return -1;
+    int n = 0, pid;
+    while (n < max && fscanf(f, "%d", &pid) == 1)
+        pids[n++] = pid;
+    fclose(f);
+    return n;
+}
+
 /* Kills what cgroup.procs lists; returns how many were listed, -1 if the dir is gone. */
 static int
 kill_listed(const char *dir)

@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "base/error.h"
+#include "base/fdpass.h"
 #include "sandbox/sandbox.h"
 
 /* Host uid that owns the sandbox's "user" (uid 1000 inside). */
@@ -20,7 +21,6 @@
 #define SBX_AGENT_OOM_SCORE_ADJ -998
 #define SBX_AGENT_NOFILE        65536
 #define SBX_SANDBOX_PTY_MAX     128 /* ptys of one sandbox (its devpts instance's max) */
-#define SBX_SPAWN_TIMEOUT_MS    10000
 #define SBX_DESTROY_TIMEOUT_MS  5000
 #define SBX_CPU_PERIOD_US       100000
 
@@ -42,6 +42,8 @@ int sbx_cgroup_open_v2(const char *id);
 /* A read-only fd of the file whose "oom_kill N" line counts the sandbox's OOM kills
  * (memory.events on v2, memory.oom_control on v1); -1 with errno. */
 int sbx_cgroup_open_oom_events(const char *id);
+/* Up to max pids of the sandbox's cgroup (the memory one on v1); -1 if it does not exist. */
+int sbx_cgroup_procs(const char *id, pid_t *pids, int max);
 /* Moves pid into every cgroup of the sandbox. */
 int sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err);
 /* SIGKILLs what is left in the sandbox's cgroups and waits (bounded) until they are empty;
@@ -122,11 +124,6 @@ int sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t l
 int sbx_pathf(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int sbx_fs_read_small(const char *path, char *buf, size_t cap); /* NUL-terminated; -1/errno */
 int sbx_fs_write_str(const char *path, const char *s);          /* O_WRONLY, no create */
-/* One datagram of len bytes on a SOCK_SEQPACKET socket, carrying nfds (<= 2) fds. */
-int sbx_send_fds(int sock, const void *msg, size_t len, const int *fds, size_t nfds);
-/* Receives one such datagram: returns its length (0 at EOF, -1 with errno); fds[] gets the
- * fds it carried (O_CLOEXEC), or -1s when it carried none. */
-ssize_t sbx_recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds);
 
 /* ---- proc.c ---- */
 int sbx_proc_start_time(pid_t pid, uint64_t *out);

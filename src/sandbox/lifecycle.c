@@ -108,6 +108,67 @@ remove_sandbox_dir(const char *dir, struct sbx_error **err)
     return 0;
 }
 
+/* The last number of the NSpid line of /proc/<pid>/status: its pid in its own namespace. */
+static long
+inner_pid(pid_t pid)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    if (sbx_fs_read_small(path, buf, sizeof(buf)) < 0)
+        return -1;
+    const char *line = strstr(buf, "\nNSpid:");
+    if (line == NULL)
+        return -1;
+    const char *end = strchr(line + 1, '\n');
+    const char *last = end ? end : line + strlen(line);
+    while (last > line && (last[-1] == ' ' || last[-1] == '\t'))
+        last--;
+    while (last > line && last[-1] >= '0' && last[-1] <= '9')
+        last--;
+    return strtol(last, NULL, 10);
+}
+
+int
+sbx_sandbox_find_agent(const char *id, pid_t *pid, uint64_t *start_time, uid_t *uid_base)
+{
+    pid_t pids[64];
+    int n = sbx_cgroup_procs(id, pids, 64);
+    for (int i = 0; i < n; i++) {
+        if (inner_pid(pids[i]) != 1)
+            continue;
+        char path[64], map[128];
+        snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pids[i]);
+        unsigned long inside, outside;
+        if (sbx_proc_start_time(pids[i], start_time) < 0 ||
+            sbx_fs_read_small(path, map, sizeof(map)) < 0 ||
+            sscanf(map, "%lu %lu", &inside, &outside) != 2 || inside != 0)
+            return -1;
+        *pid = pids[i];
+        *uid_base = (uid_t)outside;
+        return 0;
+    }
+    return -1;
+}
+
+int
+sbx_sandbox_kill(const struct sbx_sandbox_ref *ref)
+{
+    char state = 0;
+    if (!is_ours(ref, &state) || state == 'Z')
+        return -1;
+    int pfd = pidfd_open(ref->pid, 0);
+    /* Re-check with the pidfd pinned, then kill through it: no pid-reuse race. */
+    if (pfd >= 0 && !is_ours(ref, &state)) {
+        close(pfd);
+        return -1;
+    }
+    if (pfd >= 0) {
+        fcntl(pfd, F_SETFD, FD_CLOEXEC);
+        syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+    }
+    return pfd;
+}
+
 int
 sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
 {

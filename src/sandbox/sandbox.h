@@ -16,6 +16,7 @@
 #include "base/limits.h"
 
 #define SBX_SANDBOX_UID_COUNT 65536 /* sandbox uids 0..65535 */
+#define SBX_SPAWN_TIMEOUT_MS  10000 /* clone to exec of the agent */
 
 struct sbx_sandbox_limits {
     uint64_t memory_bytes; /* memory.max / memory.limit_in_bytes */
@@ -88,11 +89,12 @@ uid_t sbx_uid_block_base(int block);
  * block is an error. Returns the fd of the held lock (keep it open) and sets *block. */
 int sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_error **err);
 
-/* A sealed, executable memfd copy of the running binary, for plan.exe_fd. The agent runs
+/* A sealed, executable memfd copy of the binary at path (the daemon: /proc/self/exe), for
+ * plan.exe_fd. The agent runs
  * from it so that nothing in a sandbox (/proc/1/exe, /proc/1/maps) names or opens a host
  * file: no host path leaks, and the host binary cannot be reopened for writing through
  * /proc/1/exe (CVE-2019-5736). All sandboxes share its pages. */
-int sbx_sandbox_agent_exe(struct sbx_error **err);
+int sbx_sandbox_agent_exe(const char *path, struct sbx_error **err);
 
 /* Raises host-wide kernel tables that sandboxes draw on so that none is smaller than what
  * the sandboxes' own limits allow (fs.file-max, kernel.pty.max). desc gets what changed, e.g.
@@ -107,11 +109,35 @@ int sbx_sandbox_raise_host_limits(char *desc, size_t n, struct sbx_error **err);
 int sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid, uint64_t *start_time,
                       struct sbx_error **err);
 
+/* The same in steps, for a caller with an event loop: start clones the sandbox and does the
+ * parent's part of its setup (milliseconds of the caller's time); the child then sets itself
+ * up on its own while the caller watches sbx_sandbox_spawning_fd for POLLIN and calls step,
+ * which answers 1 (not yet), 0 (the agent runs: pid and start_time filled) or -1. Free it in
+ * every case; freeing an unfinished one kills the child and removes what was made for it.
+ * The plan may go once start has returned. */
+struct sbx_sandbox_spawning;
+int sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_spawning **out,
+                            struct sbx_error **err);
+int sbx_sandbox_spawning_fd(const struct sbx_sandbox_spawning *s);
+int sbx_sandbox_spawn_step(struct sbx_sandbox_spawning *s, pid_t *pid, uint64_t *start_time,
+                           struct sbx_error **err);
+void sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s);
+
 /* True if ref->pid is still that sandbox's agent (pid alive and start time matches). */
 bool sbx_sandbox_is_alive(const struct sbx_sandbox_ref *ref);
 
 /* Opens a pidfd for the agent after checking it is still ours; -1 and *err otherwise. */
 int sbx_sandbox_open_pidfd(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+
+/* Finds the agent (the process that is PID 1 inside) of the sandbox whose cgroup is named id,
+ * with its start time and the host uid its root maps to; -1 if none runs. */
+int sbx_sandbox_find_agent(const char *id, pid_t *pid, uint64_t *start_time, uid_t *uid_base);
+
+/* The first half of destroy, for a caller with an event loop: SIGKILLs the agent (and with
+ * it the sandbox's pid namespace) through a pidfd. Returns that pidfd, readable once the
+ * agent has exited, or -1 if the agent was already gone; then call sbx_sandbox_destroy,
+ * which finds nothing left to wait for. */
+int sbx_sandbox_kill(const struct sbx_sandbox_ref *ref);
 
 /* Kills every process of the sandbox, waits until its cgroup is empty, removes the cgroups
  * and the sandbox dir (its contents and the dir itself, without following symlinks). Reaps

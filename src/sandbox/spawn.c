@@ -370,35 +370,35 @@ send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
     return 0;
 }
 
-/* Waits for SYNC_CHILD_EXEC followed by EOF (the exec closed the socket). */
+/* A sandbox between clone and exec: the child does its setup while the caller serves other
+ * work, and reads the sync socket when it is readable (sbx_sandbox_spawn_step). */
+struct sbx_sandbox_spawning {
+    char id[33];
+    char *sandbox_dir;
+    pid_t pid;
+    int sock;
+    bool exec_seen;
+};
+
+/* Reads what the child sent: 1 while setup goes on, 0 once it has exec'd (SYNC_CHILD_EXEC,
+ * then EOF as the exec closed the socket), -1 on failure. */
 static int
-wait_exec(int sock, pid_t pid, struct sbx_error **err)
+read_child(struct sbx_sandbox_spawning *s, struct sbx_error **err)
 {
-    uint64_t deadline = sbx_now_ms() + SBX_SPAWN_TIMEOUT_MS;
-    bool exec_seen = false;
     for (;;) {
-        uint64_t now = sbx_now_ms();
-        if (now >= deadline)
-            return sbx_error_set(err, SBX_DEADLINE_EXCEEDED, 0, "sandbox setup timed out");
-        struct pollfd pfd = {.fd = sock, .events = POLLIN};
-        int r = poll(&pfd, 1, (int)(deadline - now));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return sbx_error_sys(err, errno, "poll sandbox child");
-        if (r == 0)
-            continue;
         struct sync_msg m;
-        ssize_t n = recv(sock, &m, sizeof(m), 0);
+        ssize_t n = recv(s->sock, &m, sizeof(m), MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 1;
         if (n < 0)
             return sbx_error_sys(err, errno, "read sandbox child");
         if (n == 0) {
-            if (exec_seen)
+            if (s->exec_seen)
                 return 0;
             int st = 0;
-            waitpid(pid, &st, WNOHANG);
+            waitpid(s->pid, &st, WNOHANG);
             return sbx_error_set(err, SBX_INTERNAL, 0, "sandbox child died during setup (%s %d)",
                                  WIFSIGNALED(st) ? "signal" : "status",
                                  WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
@@ -410,7 +410,7 @@ wait_exec(int sock, pid_t pid, struct sbx_error **err)
             return sbx_error_set(err, sbx_code_from_errno(m.err), m.err, "sandbox setup: %s: %s",
                                  m.step, strerror(m.err));
         if (m.point == SYNC_CHILD_EXEC)
-            exec_seen = true;
+            s->exec_seen = true;
     }
 }
 
@@ -504,14 +504,14 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int
 #endif
 
 int
-sbx_sandbox_agent_exe(struct sbx_error **err)
+sbx_sandbox_agent_exe(const char *path, struct sbx_error **err)
 {
-    _cleanup_close_ int src = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    _cleanup_close_ int src = open(path, O_RDONLY | O_CLOEXEC);
     if (src < 0)
-        return sbx_error_sys(err, errno, "open /proc/self/exe");
+        return sbx_error_sys(err, errno, "open %s", path);
     struct stat st;
     if (fstat(src, &st) < 0)
-        return sbx_error_sys(err, errno, "stat /proc/self/exe");
+        return sbx_error_sys(err, errno, "stat %s", path);
     _cleanup_close_ int fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
     if (fd < 0 && errno == EINVAL) /* before 6.3 */
         fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -520,7 +520,7 @@ sbx_sandbox_agent_exe(struct sbx_error **err)
     for (off_t off = 0; off < st.st_size;) {
         ssize_t n = sendfile(fd, src, &off, (size_t)(st.st_size - off));
         if (n <= 0)
-            return sbx_error_sys(err, n < 0 ? errno : EIO, "copy /proc/self/exe");
+            return sbx_error_sys(err, n < 0 ? errno : EIO, "copy %s", path);
     }
     /* Sealed: nothing, not even a process holding the fd, can change what sandboxes run. */
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
@@ -528,28 +528,48 @@ sbx_sandbox_agent_exe(struct sbx_error **err)
     return steal_fd(&fd);
 }
 
+/* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs. */
+static void
+cleanup_failed(const char *id, const char *sandbox_dir, pid_t pid)
+{
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    struct sbx_sandbox_ref ref = {.id = id, .sandbox_dir = sandbox_dir, .pid = 0};
+    struct sbx_error *ignored = NULL;
+    sbx_sandbox_destroy(&ref, &ignored);
+    sbx_error_free(ignored);
+}
+
 int
-sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t *start_time,
-                  struct sbx_error **err)
+sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_spawning **out,
+                        struct sbx_error **err)
 {
     _cleanup_close_ int oom_fd = -1;
     if (validate(plan, err) < 0 || sbx_seccomp_prepare(plan->relaxed, err) < 0)
         return -1;
+    struct sbx_sandbox_spawning *s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->sandbox_dir = strdup(plan->sandbox_dir)) == NULL) {
+        free(s);
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    }
+    snprintf(s->id, sizeof(s->id), "%s", plan->id);
+    s->sock = -1;
     if (sbx_rootfs_prepare_dirs(plan, err) < 0 ||
         sbx_cgroup_create(plan->id, &plan->limits, err) < 0)
-        goto fail_cleanup;
-
+        goto fail;
     oom_fd = sbx_cgroup_open_oom_events(plan->id);
     if (oom_fd < 0) {
         sbx_error_sys(err, errno, "open the sandbox's OOM counter");
-        goto fail_cleanup;
+        goto fail;
     }
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         sbx_error_sys(err, errno, "socketpair");
-        goto fail_cleanup;
+        goto fail;
     }
-    /* No CLONE_NEWCGROUP here: see step_cgroup_namespace. SIGCHLD so the daemon can reap. */
+    /* No CLONE_NEWCGROUP here: see step_cgroup_namespace. SIGCHLD so the parent can reap. */
     unsigned long flags =
         CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
     int cgroup_fd = sbx_cgroup_open_v2(plan->id); /* -1 on v1: joined after clone */
@@ -561,37 +581,81 @@ sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid_out, uint64_t 
         close(sv[0]);
         close(sv[1]);
         sbx_error_sys(err, clone_errno, "clone");
-        goto fail_cleanup;
+        goto fail;
     }
     if (pid == 0) {
         close(sv[0]);
         child_main(plan, oom_fd, sv[1]);
     }
     close(sv[1]);
-    int rc = parent_setup(plan, pid, cgroup_fd >= 0, sv[0], err);
-    if (rc == 0)
-        rc = wait_exec(sv[0], pid, err);
-    close(sv[0]);
-    uint64_t st = 0;
-    if (rc == 0 && sbx_proc_start_time(pid, &st) < 0)
-        rc = sbx_error_sys(err, errno, "read start time of %d", (int)pid);
-    if (rc < 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        goto fail_cleanup;
-    }
-    *pid_out = pid;
-    if (start_time)
-        *start_time = st;
+    s->pid = pid;
+    s->sock = sv[0];
+    if (parent_setup(plan, pid, cgroup_fd >= 0, s->sock, err) < 0)
+        goto fail;
+    *out = s;
     return 0;
 
-fail_cleanup:
+fail:
     sbx_error_prefix(err, "spawn %s", plan->id);
-    {
-        struct sbx_sandbox_ref ref = {.id = plan->id, .sandbox_dir = plan->sandbox_dir, .pid = 0};
-        struct sbx_error *ignored = NULL;
-        sbx_sandbox_destroy(&ref, &ignored);
-        sbx_error_free(ignored);
-    }
+    sbx_sandbox_spawning_free(s);
     return -1;
+}
+
+int
+sbx_sandbox_spawning_fd(const struct sbx_sandbox_spawning *s)
+{
+    return s->sock;
+}
+
+int
+sbx_sandbox_spawn_step(struct sbx_sandbox_spawning *s, pid_t *pid, uint64_t *start_time,
+                       struct sbx_error **err)
+{
+    int rc = read_child(s, err);
+    if (rc > 0)
+        return 1;
+    uint64_t st = 0;
+    if (rc == 0 && sbx_proc_start_time(s->pid, &st) < 0)
+        rc = sbx_error_sys(err, errno, "read start time of %d", (int)s->pid);
+    if (rc < 0)
+        return sbx_error_prefix(err, "spawn %s", s->id);
+    *pid = s->pid;
+    *start_time = st;
+    s->pid = 0; /* the agent runs: nothing of it is ours to undo any more */
+    return 0;
+}
+
+void
+sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s)
+{
+    if (s == NULL)
+        return;
+    if (s->sock >= 0)
+        close(s->sock);
+    if (s->pid != 0 || !s->exec_seen)
+        cleanup_failed(s->id, s->sandbox_dir, s->pid);
+    free(s->sandbox_dir);
+    free(s);
+}
+
+int
+sbx_sandbox_spawn(const struct sbx_sandbox_plan *plan, pid_t *pid, uint64_t *start_time,
+                  struct sbx_error **err)
+{
+    struct sbx_sandbox_spawning *s = NULL;
+    if (sbx_sandbox_spawn_start(plan, &s, err) < 0)
+        return -1;
+    uint64_t deadline = sbx_now_ms() + SBX_SPAWN_TIMEOUT_MS;
+    int rc;
+    while ((rc = sbx_sandbox_spawn_step(s, pid, start_time, err)) == 1) {
+        uint64_t now = sbx_now_ms();
+        if (now >= deadline) {
+            rc = sbx_error_set(err, SBX_DEADLINE_EXCEEDED, 0, "spawn %s: setup timed out", s->id);
+            break;
+        }
+        struct pollfd pfd = {.fd = s->sock, .events = POLLIN};
+        poll(&pfd, 1, (int)(deadline - now));
+    }
+    sbx_sandbox_spawning_free(s);
+    return rc;
 }

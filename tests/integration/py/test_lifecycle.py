@@ -244,8 +244,8 @@ async def test_async_lifecycle(sbx_daemon):
 
 
 def _daemon_pidfds(sbx_daemon):
-    """The daemon holds one pidfd per running sandbox (client sockets come and go)."""
-    fd_dir = f"/proc/{sbx_daemon.proc.pid}/fd"
+    """The front end holds one pidfd per running sandbox (client sockets come and go)."""
+    fd_dir = f"/proc/{sbx_daemon.worker_pid('sbx-frontend')}/fd"
     return sum(1 for fd in os.listdir(fd_dir)
                if os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:[pidfd]")
 

@@ -1,0 +1,43 @@
+/* Fuzz target: the spawner's message decoder (src/spawner/msg.c), which the privileged
+ * spawner runs on every request of the front end as if it were hostile. Invariants: whatever
+ * decodes has its strings terminated and within their limits, its numbers within range, and
+ * re-encodes to bytes that decode to the same message. */
+#include <stdint.h>
+#include <string.h>
+
+#include "fuzz_common.h"
+#include "spawner/msg.h"
+
+static void
+check_valid(const struct sbx_spawner_msg *m)
+{
+    CHECK(strlen(m->id) <= SBX_SPAWNER_ID_MAX);
+    CHECK(memchr(m->template_name, '\0', sizeof(m->template_name)) != NULL);
+    CHECK(memchr(m->message, '\0', sizeof(m->message)) != NULL);
+    if (m->op == SBX_SPAWNER_SPAWN) {
+        CHECK(m->id[0] != '\0' && m->template_name[0] != '\0');
+        CHECK(m->uid_slot < 4096 && m->memory_bytes >= (16u << 20) && m->disk_bytes % 4096 == 0);
+        CHECK(strchr(m->id, '/') == NULL && strchr(m->template_name, '/') == NULL);
+    }
+    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS)
+        CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct sbx_spawner_msg m, again;
+    struct sbx_error *err = NULL;
+    if (sbx_spawner_msg_decode(data, size, &m, &err) < 0) {
+        CHECK(err != NULL && err->msg != NULL);
+        sbx_error_free(err);
+        return 0;
+    }
+    check_valid(&m);
+    char buf[SBX_SPAWNER_MSG_MAX];
+    ssize_t n = sbx_spawner_msg_encode(&m, buf, sizeof(buf));
+    CHECK(n > 0);
+    CHECK(sbx_spawner_msg_decode(buf, (size_t)n, &again, &err) == 0);
+    CHECK(memcmp(&m, &again, sizeof(m)) == 0);
+    return 0;
+}

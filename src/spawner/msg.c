@@ -1,0 +1,253 @@
+#include "spawner/msg.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/limits.h"
+
+#define HEADER_LEN 8
+#define FIELD_HDR  4
+
+enum kind { STR, U64, I64 };
+
+/* Which ops a field may appear in, and which need it. */
+#define IN_SPAWN   (1u << SBX_SPAWNER_SPAWN)
+#define IN_DESTROY (1u << SBX_SPAWNER_DESTROY)
+#define IN_STATS   (1u << SBX_SPAWNER_STATS)
+#define IN_REPLY   (1u << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
+
+struct field {
+    uint8_t tag;
+    enum kind kind;
+    size_t off;
+    size_t cap;   /* STR: buffer size (max length + 1) */
+    uint64_t min; /* U64/I64: bounds */
+    uint64_t max;
+    unsigned allowed, required;
+    bool stat; /* a counter of a STATS reply: sets has_stats */
+};
+
+#define OFF(f) offsetof(struct sbx_spawner_msg, f)
+#define STR_F(t, f, a, r)                                                                          \
+    {                                                                                              \
+        t, STR, OFF(f), sizeof(((struct sbx_spawner_msg *)0)->f), 0, 0, a, r, false                \
+    }
+#define U64_F(t, f, lo, hi, a, r)                                                                  \
+    {                                                                                              \
+        t, U64, OFF(f), 8, lo, hi, a, r, false                                                     \
+    }
+#define STAT_F(t, f)                                                                               \
+    {                                                                                              \
+        t, U64, OFF(stats.f), 8, 0, UINT64_MAX, IN_REPLY, 0, true                                  \
+    }
+
+static const struct field fields[] = {
+    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS, IN_SPAWN | IN_DESTROY | IN_STATS),
+    STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
+    U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_SPAWN, IN_SPAWN),
+    /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
+    U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_SPAWN, IN_SPAWN),
+    U64_F(5, pids_max, 8, 1 << 22, IN_SPAWN, IN_SPAWN),
+    U64_F(6, cpu_millis, 10, 1024 * 1000, IN_SPAWN, IN_SPAWN),
+    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN, IN_SPAWN),
+    {8, I64, OFF(pid), 8, 0, 1 << 22, IN_REPLY, 0, false},
+    U64_F(9, start_time, 0, UINT64_MAX, IN_REPLY, 0),
+    U64_F(10, code, SBX_OK, SBX_UNAUTHENTICATED, IN_REPLY, IN_REPLY),
+    U64_F(11, sys_errno, 0, 4095, IN_REPLY, 0),
+    STR_F(12, message, IN_REPLY, 0),
+    STAT_F(13, cpu_usage_ns),
+    STAT_F(14, memory_bytes),
+    STAT_F(15, memory_cache_bytes),
+    STAT_F(16, memory_limit_bytes),
+    STAT_F(17, oom_kills),
+    STAT_F(18, pids_current),
+    STAT_F(19, disk_used_bytes),
+};
+#define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
+
+static unsigned
+op_bit(uint8_t op)
+{
+    return op == SBX_SPAWNER_REPLY ? IN_REPLY : 1u << op;
+}
+
+static bool
+valid_op(uint8_t op)
+{
+    return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
+           op == SBX_SPAWNER_REPLY;
+}
+
+static void
+put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t
+get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Whether a field is worth sending: strings when not empty, numbers when required or set. */
+static bool
+is_set(const struct sbx_spawner_msg *m, const struct field *f)
+{
+    const char *base = (const char *)m + f->off;
+    if (f->kind == STR)
+        return base[0] != '\0';
+    if (f->stat)
+        return m->has_stats;
+    uint64_t v;
+    memcpy(&v, base, 8);
+    return v != 0 || (f->required & op_bit(m->op));
+}
+
+ssize_t
+sbx_spawner_msg_encode(const struct sbx_spawner_msg *m, void *buf, size_t cap)
+{
+    uint8_t *out = buf;
+    if (cap < HEADER_LEN || !valid_op(m->op))
+        return -1;
+    out[0] = SBX_SPAWNER_MSG_VERSION;
+    out[1] = m->op;
+    out[2] = out[3] = 0;
+    for (int i = 0; i < 4; i++)
+        out[4 + i] = (uint8_t)(m->seq >> (8 * i));
+    size_t n = HEADER_LEN;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const struct field *f = &fields[i];
+        if (!(f->allowed & op_bit(m->op)) || !is_set(m, f))
+            continue;
+        const char *src = (const char *)m + f->off;
+        size_t len = f->kind == STR ? strnlen(src, f->cap) : 8;
+        if (len >= f->cap && f->kind == STR)
+            return -1;
+        if (n + FIELD_HDR + len > cap)
+            return -1;
+        out[n] = f->tag;
+        out[n + 1] = 0;
+        out[n + 2] = (uint8_t)len;
+        out[n + 3] = (uint8_t)(len >> 8);
+        if (f->kind == STR) {
+            memcpy(out + n + FIELD_HDR, src, len);
+        } else {
+            uint64_t v;
+            memcpy(&v, src, 8);
+            put_u64(out + n + FIELD_HDR, v);
+        }
+        n += FIELD_HDR + len;
+    }
+    return (ssize_t)n;
+}
+
+static bool
+charset_ok(const char *s, const char *extra)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || (extra && strchr(extra, *s))))
+            return false;
+    return true;
+}
+
+static int
+decode_field(const struct field *f, const uint8_t *v, size_t len, struct sbx_spawner_msg *m,
+             struct sbx_error **err)
+{
+    char *dst = (char *)m + f->off;
+    if (f->kind == STR) {
+        if (len == 0 || len >= f->cap || memchr(v, '\0', len) != NULL)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: bad string", f->tag);
+        memcpy(dst, v, len);
+        dst[len] = '\0';
+        return 0;
+    }
+    if (len != 8)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: not 8 bytes", f->tag);
+    uint64_t x = get_u64(v);
+    if (x < f->min || x > f->max)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: %llu out of range", f->tag,
+                             (unsigned long long)x);
+    memcpy(dst, &x, 8);
+    if (f->stat)
+        m->has_stats = true;
+    return 0;
+}
+
+/* What no single field can check: names, and the disk size the runtime accepts. */
+static int
+check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
+{
+    if (m->id[0] && (strlen(m->id) > SBX_SPAWNER_ID_MAX || !charset_ok(m->id, NULL)))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
+    if (m->template_name[0] && !charset_ok(m->template_name, "._-"))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad template name");
+    if (m->op == SBX_SPAWNER_SPAWN && m->disk_bytes % 4096 != 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
+    if (m->op == SBX_SPAWNER_REPLY && m->code != SBX_OK && m->message[0] == '\0')
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "error reply without a message");
+    return 0;
+}
+
+int
+sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
+                       struct sbx_error **err)
+{
+    const uint8_t *in = buf;
+    memset(out, 0, sizeof(*out));
+    if (len < HEADER_LEN || len > SBX_SPAWNER_MSG_MAX)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "message of %zu bytes", len);
+    if (in[0] != SBX_SPAWNER_MSG_VERSION || in[2] != 0 || in[3] != 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "unknown message version %u", in[0]);
+    if (!valid_op(in[1]))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "unknown op %u", in[1]);
+    out->op = in[1];
+    out->seq =
+        (uint32_t)in[4] | (uint32_t)in[5] << 8 | (uint32_t)in[6] << 16 | (uint32_t)in[7] << 24;
+    unsigned bit = op_bit(out->op);
+    uint32_t seen = 0; /* by index into fields[] */
+    for (size_t n = HEADER_LEN; n < len;) {
+        if (len - n < FIELD_HDR || in[n + 1] != 0)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "truncated field header");
+        uint8_t tag = in[n];
+        size_t flen = (size_t)in[n + 2] | (size_t)in[n + 3] << 8;
+        n += FIELD_HDR;
+        if (flen > len - n)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u overruns", tag);
+        size_t i = 0;
+        while (i < N_FIELDS && fields[i].tag != tag)
+            i++;
+        if (i == N_FIELDS || !(fields[i].allowed & bit))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u not allowed", tag);
+        if (seen & (1u << i))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u repeated", tag);
+        seen |= 1u << i;
+        if (decode_field(&fields[i], in + n, flen, out, err) < 0)
+            return -1;
+        n += flen;
+    }
+    for (size_t i = 0; i < N_FIELDS; i++)
+        if ((fields[i].required & bit) && !(seen & (1u << i)))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u missing", fields[i].tag);
+    return check_message(out, err);
+}
+
+void
+sbx_spawner_reply_init(struct sbx_spawner_msg *reply, const struct sbx_spawner_msg *req,
+                       const struct sbx_error *err)
+{
+    memset(reply, 0, sizeof(*reply));
+    reply->op = SBX_SPAWNER_REPLY;
+    reply->seq = req->seq;
+    if (err == NULL)
+        return;
+    reply->code = err->code == SBX_OK ? SBX_INTERNAL : err->code;
+    reply->sys_errno = err->sys_errno > 0 && err->sys_errno < 4096 ? (uint64_t)err->sys_errno : 0;
+    snprintf(reply->message, sizeof(reply->message), "%s", err->msg ? err->msg : "error");
+}

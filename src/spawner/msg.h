@@ -1,0 +1,63 @@
+/* Messages between the front end (unprivileged: HTTP, JSON, SQLite) and the spawner (root:
+ * namespaces, cgroups, mounts). Each message is one datagram on a SOCK_SEQPACKET socketpair,
+ * at most SBX_SPAWNER_MSG_MAX bytes, carrying at most one fd (the agent's config, on spawn).
+ *
+ * Wire format: a header {u8 version, u8 op, u16 zero, u32 seq}, then fields, each
+ * {u8 tag, u8 zero, u16 length, value}: integers are 8 bytes little-endian, strings are their
+ * bytes (no NUL). The decoder is pure and total: whatever the bytes, it returns either a
+ * message whose every field is present where its op needs it and within its range, or an
+ * error; the spawner decodes every request with it as if the front end were hostile.
+ * fuzz/fuzz_spawner_msg.c replays it. */
+#ifndef SBX_SPAWNER_MSG_H
+#define SBX_SPAWNER_MSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "base/error.h"
+#include "sandbox/sandbox.h"
+
+#define SBX_SPAWNER_MSG_VERSION 1
+#define SBX_SPAWNER_MSG_MAX     4096
+#define SBX_SPAWNER_ID_MAX      32 /* [a-z0-9]{1,32} */
+#define SBX_SPAWNER_NAME_MAX    64 /* template names: [a-z0-9._-]{1,64} */
+#define SBX_SPAWNER_TEXT_MAX    1024
+
+enum sbx_spawner_op {
+    SBX_SPAWNER_SPAWN = 1,   /* id, template, slot, limits; fd: the agent's config. Reply: pid,
+                              * start time */
+    SBX_SPAWNER_DESTROY = 2, /* id. Reply: none, once nothing of the sandbox is left */
+    SBX_SPAWNER_STATS = 3,   /* id. Reply: the counters */
+    SBX_SPAWNER_REPLY = 64,  /* spawner -> front end: code (0 = ok), errno, message */
+};
+
+struct sbx_spawner_msg {
+    uint8_t op;
+    uint32_t seq;    /* chosen by the front end; the reply carries the request's */
+    char id[64 + 1]; /* room for any stored id; the decoder takes at most SBX_SPAWNER_ID_MAX */
+    char template_name[SBX_SPAWNER_NAME_MAX + 1];
+    uint64_t uid_slot;
+    uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
+    int64_t pid;
+    uint64_t start_time;
+    /* replies */
+    uint64_t code; /* enum sbx_code */
+    uint64_t sys_errno;
+    char message[SBX_SPAWNER_TEXT_MAX + 1];
+    bool has_stats;
+    struct sbx_sandbox_stats stats;
+};
+
+/* Encodes m into buf; returns the length, or -1 if it does not fit (cannot happen for a
+ * message that decodes: every field is bounded). */
+ssize_t sbx_spawner_msg_encode(const struct sbx_spawner_msg *m, void *buf, size_t cap);
+/* Decodes and validates; on error *out is unspecified. */
+int sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
+                           struct sbx_error **err);
+/* A reply to req: ok when err is NULL, else err's code, errno and message. */
+void sbx_spawner_reply_init(struct sbx_spawner_msg *reply, const struct sbx_spawner_msg *req,
+                            const struct sbx_error *err);
+
+#endif

@@ -1,0 +1,424 @@
+/* The spawner's message codec, and a real spawner process fed hostile messages by hand, as
+ * a compromised front end could send them: it must answer each with an error, keep running,
+ * never touch a path outside its state dir, and never act on a sandbox that is not its own.
+ * The process tests need root. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <linux/close_range.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/fdpass.h"
+#include "harness.h"
+#include "spawner/msg.h"
+#include "spawner/spawner.h"
+
+/* ---- codec ---- */
+
+static struct sbx_spawner_msg
+spawn_req(const char *id, uint64_t slot)
+{
+    struct sbx_spawner_msg m = {.op = SBX_SPAWNER_SPAWN,
+                                .seq = 7,
+                                .uid_slot = slot,
+                                .memory_bytes = 256 << 20,
+                                .pids_max = 64,
+                                .cpu_millis = 1000,
+                                .disk_bytes = 64 << 20};
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    snprintf(m.template_name, sizeof(m.template_name), "base");
+    return m;
+}
+
+static int
+decode(const void *buf, size_t n, struct sbx_spawner_msg *out, char *why, size_t whylen)
+{
+    struct sbx_error *err = NULL;
+    int rc = sbx_spawner_msg_decode(buf, n, out, &err);
+    snprintf(why, whylen, "%s", err ? err->msg : "");
+    sbx_error_free(err);
+    return rc;
+}
+
+TEST(round_trip)
+{
+    struct sbx_spawner_msg m = spawn_req("abc123", 17), back;
+    char buf[SBX_SPAWNER_MSG_MAX], why[256];
+    ssize_t n = sbx_spawner_msg_encode(&m, buf, sizeof(buf));
+    CHECK(n > 8);
+    CHECK(decode(buf, (size_t)n, &back, why, sizeof(why)) == 0);
+    CHECK(memcmp(&m, &back, sizeof(m)) == 0);
+    /* A reply with counters. */
+    struct sbx_spawner_msg rep;
+    sbx_spawner_reply_init(&rep, &m, NULL);
+    rep.pid = 1234;
+    rep.start_time = 99;
+    rep.has_stats = true;
+    rep.stats.memory_bytes = 5;
+    rep.stats.oom_kills = 0;
+    n = sbx_spawner_msg_encode(&rep, buf, sizeof(buf));
+    CHECK(decode(buf, (size_t)n, &back, why, sizeof(why)) == 0);
+    CHECK(back.op == SBX_SPAWNER_REPLY && back.seq == 7 && back.pid == 1234 && back.has_stats &&
+          back.stats.memory_bytes == 5);
+    /* An error reply carries code, errno and message. */
+    struct sbx_error *e = NULL;
+    sbx_error_set(&e, SBX_NOT_FOUND, ENOENT, "sandbox x not found");
+    sbx_spawner_reply_init(&rep, &m, e);
+    sbx_error_free(e);
+    n = sbx_spawner_msg_encode(&rep, buf, sizeof(buf));
+    CHECK(decode(buf, (size_t)n, &back, why, sizeof(why)) == 0);
+    CHECK(back.code == SBX_NOT_FOUND && back.sys_errno == ENOENT);
+    CHECK_STR(back.message, "sandbox x not found");
+}
+
+/* Encodes a SPAWN, then lets edit() change the bytes; returns the decoder's error. */
+static void
+expect_refused(const char *what, struct sbx_spawner_msg m, void (*edit)(char *buf, ssize_t *n))
+{
+    char buf[SBX_SPAWNER_MSG_MAX + 64], why[256];
+    ssize_t n = sbx_spawner_msg_encode(&m, buf, SBX_SPAWNER_MSG_MAX);
+    CHECK(n > 0);
+    if (edit)
+        edit(buf, &n);
+    struct sbx_spawner_msg out;
+    int rc = decode(buf, (size_t)n, &out, why, sizeof(why));
+    fprintf(stderr, "%s: %s\n", what, why);
+    CHECK(rc < 0 && why[0] != '\0');
+}
+
+static void
+truncate_last(char *buf, ssize_t *n)
+{
+    *n -= 3;
+}
+static void
+bad_version(char *buf, ssize_t *n)
+{
+    buf[0] = 9;
+}
+static void
+unknown_op(char *buf, ssize_t *n)
+{
+    buf[1] = 42;
+}
+static void
+repeat_first_field(char *buf, ssize_t *n)
+{
+    size_t flen = (size_t)(uint8_t)buf[10] | (size_t)(uint8_t)buf[11] << 8;
+    memcpy(buf + *n, buf + 8, 4 + flen);
+    *n += (ssize_t)(4 + flen);
+}
+static void
+unknown_tag(char *buf, ssize_t *n)
+{
+    buf[8] = 99;
+}
+static void
+overlong_field(char *buf, ssize_t *n)
+{
+    buf[10] = (char)0xff;
+    buf[11] = (char)0x7f;
+}
+static void
+as_destroy_with_spawn_fields(char *buf, ssize_t *n)
+{
+    buf[1] = SBX_SPAWNER_DESTROY;
+}
+
+TEST(decoder_refuses_malformed_and_out_of_range)
+{
+    struct sbx_spawner_msg ok = spawn_req("abc", 1);
+    expect_refused("truncated", ok, truncate_last);
+    expect_refused("version", ok, bad_version);
+    expect_refused("op", ok, unknown_op);
+    expect_refused("repeated", ok, repeat_first_field);
+    expect_refused("unknown tag", ok, unknown_tag);
+    expect_refused("overlong", ok, overlong_field);
+    expect_refused("field of another op", ok, as_destroy_with_spawn_fields);
+    struct sbx_spawner_msg m = spawn_req("../../etc", 1);
+    expect_refused("path in id", m, NULL);
+    m = spawn_req("ABC", 1);
+    expect_refused("upper case id", m, NULL);
+    m = spawn_req("a", 4096);
+    expect_refused("slot", m, NULL);
+    m = spawn_req("a", 1);
+    m.memory_bytes = 1 << 20;
+    expect_refused("memory", m, NULL);
+    m = spawn_req("a", 1);
+    m.disk_bytes = (64 << 20) + 1;
+    expect_refused("disk", m, NULL);
+    m = spawn_req("a", 1);
+    snprintf(m.template_name, sizeof(m.template_name), "../x");
+    expect_refused("template path", m, NULL);
+    m = spawn_req("", 1);
+    expect_refused("missing id", m, NULL);
+    /* Too short for a header. */
+    struct sbx_spawner_msg out;
+    char why[128];
+    CHECK(decode("\1\1\0", 3, &out, why, sizeof(why)) < 0);
+}
+
+/* ---- a real spawner, hostile messages ---- */
+
+struct spawner {
+    pid_t pid;
+    int ch;
+    char state[128];
+};
+
+/* In a forked spawner: keep only its channel (another spawner's channel, inherited, would
+ * keep that one from ever seeing its EOF). */
+static int
+only_fd(int fd)
+{
+    CHECK(dup2(fd, 3) == 3);
+    close_range(4, ~0U, 0);
+    return 3;
+}
+
+/* Gone, or a zombie nobody reaps (a killed spawner's agents go to init). */
+static bool
+is_dead(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return true;
+    bool zombie = fgets(buf, sizeof(buf), f) && strstr(buf, ") Z ") != NULL;
+    fclose(f);
+    return zombie;
+}
+
+static void
+agent_path(char *out, size_t n)
+{
+    char self[4096];
+    ssize_t k = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    CHECK(k > 0);
+    self[k] = '\0';
+    snprintf(out, n, "%s/../../sbx", dirname(self)); /* build/tests/unit -> build/sbx */
+}
+
+static void
+spawner_start(struct spawner *s, uid_t uid_base)
+{
+    snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
+    CHECK(mkdtemp(s->state) != NULL);
+    CHECK(chmod(s->state, 0711) == 0);
+    char sb[256];
+    snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
+    CHECK(mkdir(sb, 0711) == 0);
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    s->pid = fork();
+    CHECK(s->pid >= 0);
+    if (s->pid == 0) {
+        close(sv[0]);
+        static char exe[4096];
+        agent_path(exe, sizeof(exe));
+        static struct sbx_spawner_config cfg;
+        cfg = (struct sbx_spawner_config){.state_dir = s->state,
+                                          .uid_base = uid_base,
+                                          .agent_exe = exe,
+                                          .lock_fd = -1,
+                                          .ready_fd = -1};
+        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
+    }
+    close(sv[1]);
+    s->ch = sv[0];
+}
+
+static void
+spawner_stop(struct spawner *s)
+{
+    close(s->ch);
+    int st = 0;
+    CHECK(waitpid(s->pid, &st, 0) == s->pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0); /* a clean exit at EOF, never a crash */
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", s->state);
+    CHECK(system(cmd) == 0);
+}
+
+static void
+send_raw(struct spawner *s, const void *buf, size_t n, const int *fds, size_t nfds)
+{
+    CHECK(sbx_send_fds(s->ch, buf, n, fds, nfds) == 0);
+}
+
+static struct sbx_spawner_msg
+recv_reply(struct spawner *s)
+{
+    char buf[SBX_SPAWNER_MSG_MAX], why[256];
+    struct sbx_spawner_msg m;
+    ssize_t n = recv(s->ch, buf, sizeof(buf), 0);
+    CHECK(n > 0);
+    CHECK(decode(buf, (size_t)n, &m, why, sizeof(why)) == 0);
+    CHECK(m.op == SBX_SPAWNER_REPLY);
+    if (m.code != SBX_OK)
+        fprintf(stderr, "reply %u: code %llu: %s\n", m.seq, (unsigned long long)m.code, m.message);
+    return m;
+}
+
+static struct sbx_spawner_msg
+call(struct spawner *s, struct sbx_spawner_msg *req, int fd)
+{
+    char buf[SBX_SPAWNER_MSG_MAX];
+    ssize_t n = sbx_spawner_msg_encode(req, buf, sizeof(buf));
+    CHECK(n > 0);
+    send_raw(s, buf, (size_t)n, &fd, fd >= 0 ? 1 : 0);
+    struct sbx_spawner_msg rep = recv_reply(s);
+    CHECK(rep.seq == req->seq);
+    return rep;
+}
+
+static int
+config_memfd(const char *id)
+{
+    int fd = memfd_create("cfg", MFD_CLOEXEC);
+    char cfg[128];
+    int n = snprintf(cfg, sizeof(cfg), "{\"sandboxId\":\"%s\"}", id);
+    CHECK(fd >= 0 && write(fd, cfg, (size_t)n) == n);
+    return fd;
+}
+
+static struct sbx_spawner_msg
+spawn(struct spawner *s, const char *id, uint64_t slot, uint32_t seq)
+{
+    struct sbx_spawner_msg m = spawn_req(id, slot);
+    m.seq = seq;
+    int fd = config_memfd(id);
+    struct sbx_spawner_msg rep = call(s, &m, fd);
+    close(fd);
+    return rep;
+}
+
+static struct sbx_spawner_msg
+simple(struct spawner *s, uint8_t op, const char *id, uint32_t seq)
+{
+    struct sbx_spawner_msg m = {.op = op, .seq = seq};
+    snprintf(m.id, sizeof(m.id), "%s", id);
+    return call(s, &m, -1);
+}
+
+TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u);
+    /* Garbage, a reply sent as a request, a message too long, too many fds. */
+    send_raw(&s, "\1\1\0\0\5\0\0\0garbage", 15, NULL, 0);
+    CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
+    struct sbx_spawner_msg fake;
+    sbx_spawner_reply_init(&fake, &(struct sbx_spawner_msg){.seq = 3}, NULL);
+    char buf[8192];
+    ssize_t n = sbx_spawner_msg_encode(&fake, buf, sizeof(buf));
+    send_raw(&s, buf, (size_t)n, NULL, 0);
+    CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
+    memset(buf, 1, sizeof(buf));
+    send_raw(&s, buf, sizeof(buf), NULL, 0);
+    CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
+    int two[2] = {0, 1};
+    struct sbx_spawner_msg st = {.op = SBX_SPAWNER_STATS, .seq = 4};
+    snprintf(st.id, sizeof(st.id), "x");
+    n = sbx_spawner_msg_encode(&st, buf, sizeof(buf));
+    send_raw(&s, buf, (size_t)n, two, 2);
+    CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
+    /* A spawn whose "config" is a socket (say, a channel to us) never reaches a sandbox. */
+    struct sbx_spawner_msg m = spawn_req("sock", 1);
+    m.seq = 5;
+    int sp[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0);
+    struct sbx_spawner_msg rep = call(&s, &m, sp[0]);
+    CHECK(rep.code == SBX_INVALID_ARGUMENT);
+    /* No config at all. */
+    m.seq = 6;
+    CHECK(call(&s, &m, -1).code == SBX_INVALID_ARGUMENT);
+    /* A real sandbox, then a second one on its uid slot: refused. */
+    rep = spawn(&s, "first", 1, 10);
+    CHECK(rep.code == SBX_OK && rep.pid > 0);
+    CHECK(kill((pid_t)rep.pid, 0) == 0);
+    CHECK(spawn(&s, "second", 1, 11).code == SBX_ALREADY_EXISTS);
+    CHECK(spawn(&s, "first", 2, 12).code == SBX_ALREADY_EXISTS);
+    /* Nothing outside our state dir: ids that are not ours are not found. */
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "nosuch", 13).code == SBX_NOT_FOUND);
+    CHECK(simple(&s, SBX_SPAWNER_STATS, "nosuch", 14).code == SBX_NOT_FOUND);
+    /* The spawner still works: stats, then destroy, of its own sandbox. */
+    rep = simple(&s, SBX_SPAWNER_STATS, "first", 15);
+    CHECK(rep.code == SBX_OK && rep.has_stats && rep.stats.pids_current >= 1);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "first", 16).code == SBX_OK);
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s/sandboxes/first", s.state);
+    CHECK(access(dir, F_OK) < 0 && errno == ENOENT);
+    spawner_stop(&s);
+}
+
+TEST(a_spawner_never_acts_on_another_daemons_sandbox)
+{
+    REQUIRE_ROOT();
+    struct spawner a, b;
+    spawner_start(&a, 1500000000u);
+    spawner_start(&b, 1600000000u);
+    struct sbx_spawner_msg rep = spawn(&b, "theirs", 0, 1);
+    CHECK(rep.code == SBX_OK);
+    pid_t theirs = (pid_t)rep.pid;
+    /* a knows nothing of it: its cgroup exists, but not in a's state dir. */
+    CHECK(simple(&a, SBX_SPAWNER_DESTROY, "theirs", 2).code == SBX_NOT_FOUND);
+    CHECK(simple(&a, SBX_SPAWNER_STATS, "theirs", 3).code == SBX_NOT_FOUND);
+    CHECK(kill(theirs, 0) == 0);
+    CHECK(simple(&b, SBX_SPAWNER_DESTROY, "theirs", 4).code == SBX_OK);
+    spawner_stop(&a);
+    spawner_stop(&b);
+}
+
+TEST(a_restarted_spawner_finds_its_sandboxes)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u);
+    struct sbx_spawner_msg rep = spawn(&s, "kept", 3, 1);
+    CHECK(rep.code == SBX_OK);
+    pid_t agent = (pid_t)rep.pid;
+    /* kill -9 of the spawner: the sandbox keeps running. */
+    CHECK(kill(s.pid, SIGKILL) == 0);
+    CHECK(waitpid(s.pid, NULL, 0) == s.pid);
+    close(s.ch);
+    CHECK(kill(agent, 0) == 0);
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    s.pid = fork();
+    if (s.pid == 0) {
+        close(sv[0]);
+        static char exe[4096];
+        agent_path(exe, sizeof(exe));
+        static struct sbx_spawner_config cfg;
+        cfg = (struct sbx_spawner_config){.state_dir = s.state,
+                                          .uid_base = 1500000000u,
+                                          .agent_exe = exe,
+                                          .lock_fd = -1,
+                                          .ready_fd = -1};
+        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
+    }
+    close(sv[1]);
+    s.ch = sv[0];
+    /* It knows the sandbox again, with its uid slot. */
+    CHECK(spawn(&s, "other", 3, 2).code == SBX_ALREADY_EXISTS);
+    rep = simple(&s, SBX_SPAWNER_STATS, "kept", 3);
+    CHECK(rep.code == SBX_OK && rep.stats.pids_current >= 1);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "kept", 4).code == SBX_OK);
+    for (int i = 0; i < 100 && !is_dead(agent); i++)
+        usleep(10000);
+    CHECK(is_dead(agent));
+    spawner_stop(&s);
+}
+
+TEST_MAIN(60)
