@@ -72,9 +72,10 @@ struct conn {
     bool closing;
     bool keep_alive;
     bool in_parse;
-    bool draining; /* response sent, discarding the unread body before closing */
-    bool linger;   /* the client may still be sending: drain before closing */
-    bool idle;     /* kept alive, waiting for the first byte of the next request */
+    bool draining;           /* response sent, discarding the unread body before closing */
+    bool linger;             /* the client may still be sending: drain before closing */
+    bool idle;               /* kept alive, waiting for the first byte of the next request */
+    const char *bad_request; /* why a parser callback refused the request (answered 400) */
     size_t drained;
     uv_shutdown_t shutdown;
     uv_timer_t timer;
@@ -349,6 +350,7 @@ on_message_begin(http_parser *p)
         conn_set_deadline(c, c->srv->header_ms);
     }
     c->head_bytes = 0;
+    c->bad_request = NULL;
     c->in_value = false;
     c->field.len = c->value.len = c->url.len = 0;
     return 0;
@@ -399,6 +401,14 @@ on_header_field(http_parser *p, const char *at, size_t len)
     struct conn *c = p->data;
     if (head_account(c, len) < 0)
         return -1;
+    /* http_parser lets a space into a field name, and "Transfer-Encoding : chunked" still
+     * frames the body as chunked while the header's name no longer matches, so a proxy would
+     * pass it on to a server that frames it otherwise: request smuggling. RFC 9112 §5.1.
+     * (A tab there is already a parse error.) */
+    if (memchr(at, ' ', len)) {
+        c->bad_request = "whitespace between a header field name and the colon";
+        return -1;
+    }
     if (c->in_value) {
         if (push_header(c) < 0)
             return -1;
@@ -622,9 +632,8 @@ conn_parse(struct conn *c, const char *ext, size_t ext_len)
                 e == HPE_HEADER_OVERFLOW || c->head_bytes > SBX_HTTP_MAX_HEADER_BYTES ? 431 : 400;
             if (c->req && c->req->pub.n_headers >= SBX_HTTP_MAX_HEADERS)
                 status = 431;
-            respond_simple(c, status,
-                           status == 431 ? "request header fields too large"
-                                         : http_errno_description(e));
+            const char *why = c->bad_request ? c->bad_request : http_errno_description(e);
+            respond_simple(c, status, status == 431 ? "request header fields too large" : why);
             break;
         }
         if (n == 0)

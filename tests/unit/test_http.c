@@ -562,6 +562,35 @@ TEST(garbage_is_400)
 }
 
 static void
+client_space_before_colon(void)
+{
+    /* A name that http_parser still reads as Transfer-Encoding (it frames the body as
+     * chunked), then one with the space inside. */
+    static const char *const reqs[] = {
+        "POST /proxy/echo HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "GET /hello HTTP/1.1\r\nX Forwarded: a\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+        struct tc_conn c;
+        struct tc_resp r;
+        tc_conn_init(&c, tc_connect_tcp(g_port));
+        tc_send_str(c.fd, reqs[i]);
+        tc_read(&c, &r, 0);
+        fprintf(stderr, "request %zu: status %d, body %s\n", i, r.status, r.body.data);
+        CHECK(r.complete && r.status == 400);
+        CHECK(strstr(r.body.data, "whitespace between a header field name and the colon"));
+        CHECK(tc_is_closed(&c));
+        tc_resp_fini(&r);
+        tc_conn_close(&c);
+    }
+}
+
+TEST(whitespace_before_header_colon_is_400)
+{
+    run(client_space_before_colon);
+}
+
+static void
 client_disconnect(void)
 {
     struct tc_conn c;
