@@ -105,7 +105,8 @@ void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fm
     __attribute__((format(printf, 3, 4)));
 
 /* Reverse proxy (proxy.c): forwards req, with its body streamed, to an HTTP server on a unix
- * socket and streams the response back. Hop-by-hop headers are dropped. If the upstream
+ * socket and streams the response back. Hop-by-hop headers are dropped, and so are
+ * control-plane credentials (X-API-Key; Authorization unless Basic). If the upstream
  * cannot be reached, on_unreachable is called (to answer 502); if it dies mid-response
  * the client connection is aborted. */
 void sbx_http_proxy(struct sbx_http_req *req, const char *unix_path,

@@ -316,6 +316,18 @@ on_connected(uv_connect_t *creq, int status)
     uv_read_start((uv_stream_t *)&p->up, on_up_alloc, on_up_read);
 }
 
+/* Control-plane credentials never reach an upstream: the code in a sandbox controls its
+ * agent, and an API key grants every sandbox. Authorization is the exception only in its
+ * Basic form, which the envd protocol uses to name the user an operation runs as (with an
+ * empty password; the agent ignores any); no control-plane credential takes that form. */
+static bool
+is_credential(const struct sbx_http_header *h)
+{
+    if (strcmp(h->name, "x-api-key") == 0)
+        return true;
+    return strcmp(h->name, "authorization") == 0 && strncasecmp(h->value, "basic ", 6) != 0;
+}
+
 /* Queues the request head; libuv keeps writes made while connecting in order. */
 static void
 write_request_head(struct proxy *p, struct sbx_http_req *req)
@@ -324,7 +336,7 @@ write_request_head(struct proxy *p, struct sbx_http_req *req)
     sbx_buf_printf(&head, "%s %s HTTP/1.1\r\n", req->method, req->target);
     for (size_t i = 0; i < req->n_headers; i++) {
         const struct sbx_http_header *h = &req->headers[i];
-        if (is_hop_by_hop(h->name) || strcmp(h->name, "content-length") == 0)
+        if (is_hop_by_hop(h->name) || strcmp(h->name, "content-length") == 0 || is_credential(h))
             continue;
         sbx_buf_printf(&head, "%s: %s\r\n", h->name, h->value);
     }

@@ -252,6 +252,13 @@ on_up(struct sbx_http_req *req, void *ud)
         sbx_http_respond(req, 200, "text/plain", "hello from upstream", 19);
     } else if (strcmp(p, "/proxy/echo") == 0) {
         sbx_http_req_read_body(req, 1 << 20, up_echo);
+    } else if (strcmp(p, "/proxy/headers") == 0) {
+        /* What the upstream received, one "name: value" line per header. */
+        struct sbx_buf out = {0};
+        for (size_t i = 0; i < req->n_headers; i++)
+            sbx_buf_printf(&out, "%s: %s\n", req->headers[i].name, req->headers[i].value);
+        sbx_http_respond(req, 200, "text/plain", out.data, out.len);
+        sbx_buf_fini(&out);
     } else if (strcmp(p, "/proxy/chunks") == 0) {
         g_up_held = req;
         sbx_http_req_on_close(req, up_gone);
@@ -845,6 +852,32 @@ client_proxy_get(void)
 TEST(proxy_get)
 {
     run(client_proxy_get);
+}
+
+static void
+client_proxy_credentials(void)
+{
+    struct tc_resp r;
+    /* The API key and a bearer token stay here; the envd user (Basic) and the rest go on. */
+    tc_request(g_port,
+               "GET /proxy/headers HTTP/1.1\r\nX-API-Key: e2b_secret\r\n"
+               "Authorization: Bearer e2b_token\r\nX-Access-Token: envd\r\n\r\n",
+               &r);
+    fprintf(stderr, "upstream saw:\n%s", r.body.data);
+    CHECK(r.complete && r.status == 200);
+    CHECK(strstr(r.body.data, "e2b_secret") == NULL && strstr(r.body.data, "x-api-key") == NULL);
+    CHECK(strstr(r.body.data, "e2b_token") == NULL && strstr(r.body.data, "authorization") == NULL);
+    CHECK(strstr(r.body.data, "x-access-token: envd\n") != NULL);
+    tc_resp_fini(&r);
+    tc_request(g_port, "GET /proxy/headers HTTP/1.1\r\nAuthorization: Basic dXNlcjo=\r\n\r\n", &r);
+    fprintf(stderr, "upstream saw:\n%s", r.body.data);
+    CHECK(r.complete && strstr(r.body.data, "authorization: Basic dXNlcjo=\n") != NULL);
+    tc_resp_fini(&r);
+}
+
+TEST(proxy_never_forwards_control_plane_credentials)
+{
+    run(client_proxy_credentials);
 }
 
 static void
