@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 
 #include "base/limits.h"
+#include "http/upstream.h"
 #include "http_client.h"
 
 static struct sbx_http_server *g_srv; /* on 127.0.0.1, random port */
@@ -992,6 +993,94 @@ client_proxy_unreachable(void)
 TEST(proxy_upstream_unreachable)
 {
     run(client_proxy_unreachable);
+}
+
+/* ---- the proxy's parser of upstream responses (pure) ---- */
+
+static void
+up_rec_header(void *ud, const char *name, const char *value)
+{
+    sbx_buf_printf(ud, "%s=%s;", name, value);
+}
+
+static void
+up_rec_head(void *ud, int status)
+{
+    sbx_buf_printf(ud, "head %d;", status);
+}
+
+static void
+up_rec_body(void *ud, const char *data, size_t len)
+{
+    sbx_buf_printf(ud, "body %.*s;", (int)len, data);
+}
+
+static void
+up_rec_end(void *ud)
+{
+    sbx_buf_printf(ud, "end");
+}
+
+/* Feeds raw in one piece, then EOF if the response has not ended; returns the last result and
+ * what the callbacks saw. */
+static int
+parse_upstream(const char *raw, bool head_request, struct sbx_buf *seen)
+{
+    static const struct sbx_http_upstream_cbs cbs = {up_rec_header, up_rec_head, up_rec_body,
+                                                     up_rec_end};
+    struct sbx_http_upstream u;
+    sbx_http_upstream_init(&u, head_request, &cbs, seen);
+    int rc = sbx_http_upstream_feed(&u, raw, strlen(raw));
+    if (rc == 0)
+        rc = sbx_http_upstream_feed(&u, NULL, 0);
+    sbx_http_upstream_fini(&u);
+    fprintf(stderr, "rc %d: %s\n", rc, seen->data ? seen->data : "");
+    return rc;
+}
+
+TEST(upstream_response_parser)
+{
+    struct sbx_buf seen = {0};
+    /* Interim answers (even one claiming a body), hop-by-hop headers and trailers stay here. */
+    CHECK(parse_upstream("HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\n"
+                         "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                         "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: t\r\n\r\n"
+                         "HTTP/1.1 500 Ignored\r\n\r\n",
+                         false, &seen) == 1);
+    CHECK_STR(seen.data, "X-A=1;head 200;body ok;end");
+    sbx_buf_fini(&seen);
+    /* No body after HEAD, nor with 204, whatever the length says. */
+    CHECK(parse_upstream("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, &seen) == 1);
+    CHECK_STR(seen.data, "Content-Length=9;head 200;end");
+    sbx_buf_fini(&seen);
+    CHECK(parse_upstream("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", false, &seen) ==
+          1);
+    CHECK_STR(seen.data, "Content-Length=9;head 204;end");
+    /* Refused: protocol switches, statuses outside 1xx-5xx, a space before a colon, a cut
+     * response; nothing of them is relayed. */
+    static const char *const bad[] = {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+        "HTTP/1.1 600 Nope\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Len",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        sbx_buf_fini(&seen);
+        CHECK(parse_upstream(bad[i], false, &seen) == -1);
+        CHECK(seen.len == 0);
+    }
+    /* More headers than a client may send. */
+    struct sbx_buf many = {0};
+    sbx_buf_printf(&many, "HTTP/1.1 200 OK\r\n");
+    for (int i = 0; i <= SBX_HTTP_MAX_HEADERS; i++)
+        sbx_buf_printf(&many, "X-%d: v\r\n", i);
+    sbx_buf_printf(&many, "\r\n");
+    sbx_buf_fini(&seen);
+    CHECK(parse_upstream(many.data, false, &seen) == -1);
+    CHECK(strstr(seen.data, "head") == NULL);
+    sbx_buf_fini(&many);
+    sbx_buf_fini(&seen);
 }
 
 TEST_MAIN(60)
