@@ -76,7 +76,8 @@ char *sbx_http_req_query(const struct sbx_http_req *req, const char *key);
 char *sbx_http_percent_decode(const char *s, size_t len, bool plus_is_space, size_t *outlen);
 
 /* Body: call exactly one of these from on_request (or respond without reading; the rest of
- * the body is then discarded or the connection closed). */
+ * the body is then discarded or the connection closed). A client's Expect: 100-continue is
+ * answered with 100 when one of them is called, and never by a response without them. */
 void sbx_http_req_read_body(struct sbx_http_req *req, size_t max, sbx_http_body_done_cb done);
 void sbx_http_req_stream_body(struct sbx_http_req *req, sbx_http_data_cb on_data,
                               sbx_http_req_cb on_end);

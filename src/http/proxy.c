@@ -270,8 +270,10 @@ write_request_head(struct proxy *p, struct sbx_http_req *req)
     sbx_buf_printf(&head, "%s %s HTTP/1.1\r\n", req->method, req->target);
     for (size_t i = 0; i < req->n_headers; i++) {
         const struct sbx_http_header *h = &req->headers[i];
+        /* Expect is answered here: the server says 100 as the body starts streaming, and
+         * the agent must not say it a second time. */
         if (sbx_http_is_hop_by_hop(h->name) || strcmp(h->name, "content-length") == 0 ||
-            is_credential(h))
+            strcmp(h->name, "expect") == 0 || is_credential(h))
             continue;
         sbx_buf_printf(&head, "%s: %s\r\n", h->name, h->value);
     }

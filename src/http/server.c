@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/limits.h"
 #include "base/log.h"
@@ -44,6 +45,7 @@ struct req {
     sbx_http_req_cb on_drain;
     bool body_complete;
     bool no_body;
+    bool expect_continue; /* the client waits for a 100 before it sends the body */
     bool body_paused;
     enum resp_state resp;
     bool resp_chunked;
@@ -449,6 +451,10 @@ on_headers_complete(http_parser *p)
     r->pub.chunked = (p->flags & F_CHUNKED) != 0;
     r->pub.content_length = (p->flags & F_CONTENTLENGTH) ? (int64_t)p->content_length : -1;
     r->no_body = !r->pub.chunked && r->pub.content_length <= 0;
+    /* HTTP/1.0 clients' expectations are ignored (RFC 9110 §10.1.1). */
+    const char *expect = sbx_http_req_header(&r->pub, "expect");
+    r->expect_continue = expect && strcasecmp(expect, "100-continue") == 0 && !r->no_body &&
+                         (p->http_major > 1 || (p->http_major == 1 && p->http_minor >= 1));
     r->pub.start_ms = sbx_now_ms();
     c->keep_alive = http_should_keep_alive(p) != 0;
     uv_timer_stop(&c->timer); /* the request is being handled: no deadline */
@@ -919,6 +925,19 @@ sbx_http_req_query(const struct sbx_http_req *req, const char *key)
 
 /* ---- body ---- */
 
+/* A client that sent Expect: 100-continue holds its body back until it sees a 100 (curl for
+ * 1 s, others longer). Say it once the handler asks for the body; a handler that answers
+ * without reading it (401, 404, 413) sends its final status alone, and the body is never
+ * sent at all. */
+static void
+send_continue(struct req *r)
+{
+    if (!r->expect_continue || r->resp != RESP_NONE || r->body_complete)
+        return;
+    r->expect_continue = false;
+    conn_write(r->conn, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+}
+
 static void
 resume_parsing(struct req *r)
 {
@@ -947,6 +966,7 @@ sbx_http_req_read_body(struct sbx_http_req *pub, size_t max, sbx_http_body_done_
         deliver_buffered_body(r);
         return;
     }
+    send_continue(r);
     resume_parsing(r);
 }
 
@@ -965,6 +985,7 @@ sbx_http_req_stream_body(struct sbx_http_req *pub, sbx_http_data_cb on_data, sbx
             on_end(pub);
         return;
     }
+    send_continue(r);
     resume_parsing(r);
 }
 

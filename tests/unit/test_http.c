@@ -239,6 +239,8 @@ up_echo(struct sbx_http_req *req, struct sbx_buf *body)
 {
     sbx_http_add_header(req, "X-Up-Method", req->method);
     sbx_http_add_header(req, "X-Up-Chunked", req->chunked ? "yes" : "no");
+    const char *expect = sbx_http_req_header(req, "expect");
+    sbx_http_add_header(req, "X-Up-Expect", expect ? expect : "none");
     sbx_http_respond(req, 200, "text/plain", body->data ? body->data : "", body->len);
 }
 
@@ -596,6 +598,70 @@ client_space_before_colon(void)
 TEST(whitespace_before_header_colon_is_400)
 {
     run(client_space_before_colon);
+}
+
+/* Sends a head with Expect: 100-continue, and the body only once a 100 came (the first
+ * response read is the 100, or the final answer if none was sent); returns the final one. */
+static void
+expect_exchange(struct tc_conn *c, const char *head, const char *body, struct tc_resp *r)
+{
+    tc_send_str(c->fd, head);
+    tc_read(c, r, 0);
+    fprintf(stderr, "%.*s -> %d\n", (int)strcspn(head, "\r"), head, r->status);
+    if (r->status != 100)
+        return;
+    tc_resp_fini(r);
+    tc_send_str(c->fd, body);
+    tc_read(c, r, 0);
+    fprintf(stderr, "  body sent -> %d\n", r->status);
+}
+
+static void
+client_expect_continue(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    /* Read whole, streamed, and then proxied: one 100 each, before the body is sent. */
+    const char *paths[] = {"/buffer", "/stream", "/proxy/echo"};
+    for (int i = 0; i < 3; i++) {
+        char head[160];
+        snprintf(head, sizeof(head),
+                 "POST %s HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", paths[i]);
+        expect_exchange(&c, head, "hello", &r);
+        CHECK(r.complete && r.status == 200); /* a 200 that needed no second 100 */
+        CHECK(strstr(r.body.data, "hello") != NULL);
+        if (i == 2)
+            CHECK_STR(tc_header(&r, "x-up-expect"), "none"); /* the agent never sees it */
+        tc_resp_fini(&r);
+    }
+    /* Answered without reading the body: the final status at once, no 100. */
+    expect_exchange(&c,
+                    "POST /nowhere HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                    "hello", &r);
+    CHECK(r.complete && r.status == 404);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    expect_exchange(&c,
+                    "POST /buffer HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+                    "", &r);
+    CHECK(r.complete && r.status == 413);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+    /* HTTP/1.0 clients get no 100 (RFC 9110 §10.1.1). */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd,
+                "POST /buffer HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200 && tc_body_is(&r, "ok"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(expect_100_continue_only_when_the_body_is_read)
+{
+    run(client_expect_continue);
 }
 
 static void
