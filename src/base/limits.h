@@ -37,6 +37,17 @@
  * as the server closes is lost to a reset, and a POST cannot be safely retried. */
 #define SBX_DEFAULT_HEADER_TIMEOUT_S 30
 #define SBX_DEFAULT_IDLE_TIMEOUT_S   310
+/* ... except for a connection that has not carried an authenticated request: an anonymous
+ * client has no pool to keep warm, and a kept connection holds a descriptor. */
+#define SBX_ANON_IDLE_TIMEOUT_S 10
+
+/* The default client connection limit (--max-connections) leaves room, under the open-file
+ * limit, for the daemon's own descriptors (database, listening socket, event loop, signals,
+ * what a create holds for a moment), a pidfd per sandbox (at most a quarter of the limit),
+ * and an upstream socket per connection (a proxied request holds both): connections get
+ * half of the rest, and never fewer than SBX_MIN_CONNECTIONS. */
+#define SBX_DAEMON_RESERVED_FDS 64
+#define SBX_MIN_CONNECTIONS     16
 
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999

@@ -35,11 +35,15 @@ usage(FILE *f)
             "  --cpus N             CPUs of each sandbox, as a quota (%d; SBX_CPUS)\n"
             "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
             "  --header-timeout S   seconds for a request head (%d; SBX_HEADER_TIMEOUT)\n"
-            "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT)\n"
+            "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT),\n"
+            "                       at most %d until it carried an authenticated request\n"
+            "  --max-connections N  client connections held at once, evicting idle and\n"
+            "                       unauthenticated ones first (derived from the open-file\n"
+            "                       limit by default; SBX_MAX_CONNECTIONS)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
-            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S);
+            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S);
 }
 
 static int
@@ -114,6 +118,8 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
         return parse_positive(v, &c->header_timeout_s);
     case 'I':
         return parse_positive(v, &c->idle_timeout_s);
+    case 'C':
+        return parse_positive(v, &c->max_conns);
     case 'L':
         return parse_level(v);
     }
@@ -130,6 +136,7 @@ static const struct option long_opts[] = {
     {"disk-mb", required_argument, NULL, 'd'},
     {"header-timeout", required_argument, NULL, 'H'},
     {"idle-timeout", required_argument, NULL, 'I'},
+    {"max-connections", required_argument, NULL, 'C'},
     {"log-level", required_argument, NULL, 'L'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -139,10 +146,10 @@ static const struct {
     const char *env;
     int opt;
 } env_opts[] = {
-    {"SBX_LISTEN", 'l'},    {"SBX_STATE_DIR", 's'},      {"SBX_API_KEY", 'k'},
-    {"SBX_MEMORY_MB", 'm'}, {"SBX_PIDS_MAX", 'p'},       {"SBX_CPUS", 'c'},
-    {"SBX_DISK_MB", 'd'},   {"SBX_HEADER_TIMEOUT", 'H'}, {"SBX_IDLE_TIMEOUT", 'I'},
-    {"SBX_LOG_LEVEL", 'L'},
+    {"SBX_LISTEN", 'l'},          {"SBX_STATE_DIR", 's'},      {"SBX_API_KEY", 'k'},
+    {"SBX_MEMORY_MB", 'm'},       {"SBX_PIDS_MAX", 'p'},       {"SBX_CPUS", 'c'},
+    {"SBX_DISK_MB", 'd'},         {"SBX_HEADER_TIMEOUT", 'H'}, {"SBX_IDLE_TIMEOUT", 'I'},
+    {"SBX_MAX_CONNECTIONS", 'C'}, {"SBX_LOG_LEVEL", 'L'},
 };
 
 static int
@@ -265,6 +272,32 @@ ensure_api_key(struct sbx_daemon *d, char **shown, struct sbx_error **err)
     return 0;
 }
 
+/* See SBX_DAEMON_RESERVED_FDS. Without a limit below the open-file limit, enough idle
+ * connections took every descriptor: accept failed, and so did every create and /health. */
+static int
+default_max_conns(rlim_t nofile)
+{
+    rlim_t pidfds = nofile / 4 < SBX_MAX_SANDBOXES ? nofile / 4 : SBX_MAX_SANDBOXES;
+    rlim_t reserved = SBX_DAEMON_RESERVED_FDS + pidfds;
+    if (nofile < reserved + 2 * SBX_MIN_CONNECTIONS)
+        return SBX_MIN_CONNECTIONS;
+    rlim_t n = (nofile - reserved) / 2;
+    return n > 1 << 24 ? 1 << 24 : (int)n;
+}
+
+static void
+set_max_conns(struct sbx_daemon *d, rlim_t nofile)
+{
+    int fit = default_max_conns(nofile);
+    if (d->cfg.max_conns == 0)
+        d->cfg.max_conns = fit;
+    else if (d->cfg.max_conns > fit)
+        sbx_log_warn("config",
+                     "max_connections=%d leaves too few of the %llu open files for sandboxes "
+                     "and proxied requests; at most %d is safe",
+                     d->cfg.max_conns, (unsigned long long)nofile, fit);
+}
+
 static void
 on_stop_signal(uv_signal_t *h, int signum)
 {
@@ -291,11 +324,13 @@ start(struct sbx_daemon *d, struct sbx_error **err)
         return sbx_error_prefix(err, "this host cannot run sandboxes");
     /* Every sandbox holds a pidfd here and every request in flight one or two sockets; the
      * usual soft limit of 1024 would cap the daemon far below what the machine can run. */
-    struct rlimit nofile;
+    struct rlimit nofile = {0};
     if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
         nofile.rlim_cur = nofile.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &nofile);
+        if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
+            getrlimit(RLIMIT_NOFILE, &nofile);
     }
+    set_max_conns(d, nofile.rlim_cur);
     _cleanup_free_ char *sandboxes = NULL, *db = NULL, *shown_key = NULL;
     if (asprintf(&sandboxes, "%s/sandboxes", d->cfg.state_dir) < 0 ||
         asprintf(&db, "%s/sbx.db", d->cfg.state_dir) < 0)
@@ -319,7 +354,9 @@ start(struct sbx_daemon *d, struct sbx_error **err)
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
     sbx_http_server_set_timeouts(d->http, (uint64_t)d->cfg.header_timeout_s * 1000,
-                                 (uint64_t)d->cfg.idle_timeout_s * 1000);
+                                 (uint64_t)d->cfg.idle_timeout_s * 1000,
+                                 SBX_ANON_IDLE_TIMEOUT_S * 1000);
+    sbx_http_server_set_max_conns(d->http, (size_t)d->cfg.max_conns);
     if (sbx_http_server_listen_tcp(d->http, d->cfg.listen_host, d->cfg.listen_port, err) < 0)
         return -1;
     /* Before the export lines: whoever reads them may stop us right away. */
@@ -337,9 +374,10 @@ start(struct sbx_daemon *d, struct sbx_error **err)
            "export E2B_API_KEY=%s\n",
            d->cfg.listen_host, port, host, port, host, port, shown_key);
     fflush(stdout);
-    sbx_log_info("start", "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d %s",
+    sbx_log_info("start",
+                 "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d max_connections=%d %s",
                  d->cfg.listen_host, port, d->cfg.state_dir, d->cfg.memory_mb, d->cfg.pids_max,
-                 d->cfg.cpu_millis / 1000, host_desc);
+                 d->cfg.cpu_millis / 1000, d->cfg.max_conns, host_desc);
     return 0;
 }
 

@@ -31,6 +31,7 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
+    int max_conns; /* client connections; 0 until derived from the open-file limit */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */

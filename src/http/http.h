@@ -62,9 +62,16 @@ void sbx_http_server_set_logging(struct sbx_http_server *s, bool on);
 /* Deadlines for clients, 0 for none (the default): a request head must be complete within
  * header_ms of the connection's start or of the request's first byte, else the connection is
  * closed (after a 408 if some of it arrived); a kept-alive connection without a request is
- * closed after idle_ms. A request being handled, its body and response included, has none.
- * Set before listening. */
-void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms);
+ * closed after idle_ms, or after anon_idle_ms if that is shorter and the connection has not
+ * carried an authenticated request (sbx_http_req_mark_authenticated). A request being
+ * handled, its body and response included, has none. Set before listening. */
+void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms,
+                                  uint64_t anon_idle_ms);
+/* At most max open connections (0: no limit, the default). At the limit a new connection
+ * closes the one that has waited longest with no request being handled (idle, lingering, or
+ * still sending a head), first among those that have not carried an authenticated request;
+ * if every connection is handling a request, the new one is closed at once. */
+void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
 /* Request accessors. */
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
@@ -85,6 +92,9 @@ void sbx_http_req_pause_body(struct sbx_http_req *req);
 void sbx_http_req_resume_body(struct sbx_http_req *req);
 /* Called if the client goes away before the response ended; req is freed right after. */
 void sbx_http_req_on_close(struct sbx_http_req *req, sbx_http_req_cb on_close);
+/* The caller has authenticated req: its connection gets the longer idle deadline and is
+ * evicted only after every connection that carried no authenticated request. */
+void sbx_http_req_mark_authenticated(struct sbx_http_req *req);
 
 /* Response. Headers added before sbx_http_respond/start. */
 void sbx_http_add_header(struct sbx_http_req *req, const char *name, const char *value);

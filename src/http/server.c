@@ -28,6 +28,10 @@
 #include <jansson.h>
 
 enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM, BODY_DISCARD };
+
+/* Connections with no request being handled wait, oldest first, in one of two queues: those
+ * that have never carried an authenticated request, and those that have. See make_room. */
+enum conn_queue { Q_NONE, Q_ANON, Q_TRUSTED, Q_COUNT };
 enum resp_state { RESP_NONE, RESP_STARTED, RESP_ENDED };
 
 struct req {
@@ -78,6 +82,9 @@ struct conn {
     bool linger;             /* the client may still be sending: drain before closing */
     bool idle;               /* kept alive, waiting for the first byte of the next request */
     const char *bad_request; /* why a parser callback refused the request (answered 400) */
+    bool trusted;            /* has carried an authenticated request */
+    enum conn_queue queue;   /* the eviction queue it waits in, Q_NONE while a request is handled */
+    struct conn *qnext, *qprev;
     size_t drained;
     uv_shutdown_t shutdown;
     uv_timer_t timer;
@@ -94,7 +101,10 @@ struct sbx_http_server {
     uv_pipe_t *pipe;
     struct conn *conns;
     bool log;
-    uint64_t header_ms, idle_ms; /* 0: no deadline */
+    uint64_t header_ms, idle_ms, anon_idle_ms; /* 0: no deadline */
+    size_t max_conns;                          /* 0: no limit */
+    size_t n_conns;                            /* open and not closing */
+    struct conn *queue_head[Q_COUNT], *queue_tail[Q_COUNT];
 };
 
 static void conn_process(struct conn *c);
@@ -118,6 +128,90 @@ conn_set_deadline(struct conn *c, uint64_t ms)
         uv_timer_start(&c->timer, on_timeout, ms, 0);
     else
         uv_timer_stop(&c->timer);
+}
+
+/* ---- the connection limit ---- */
+
+static void
+queue_leave(struct conn *c)
+{
+    struct sbx_http_server *s = c->srv;
+    if (c->queue == Q_NONE)
+        return;
+    if (c->qprev)
+        c->qprev->qnext = c->qnext;
+    else
+        s->queue_head[c->queue] = c->qnext;
+    if (c->qnext)
+        c->qnext->qprev = c->qprev;
+    else
+        s->queue_tail[c->queue] = c->qprev;
+    c->qnext = c->qprev = NULL;
+    c->queue = Q_NONE;
+}
+
+/* At the back of q, or at its front: a lingering connection has had its answer. */
+static void
+queue_enter(struct conn *c, enum conn_queue q, bool front)
+{
+    struct sbx_http_server *s = c->srv;
+    queue_leave(c);
+    c->queue = q;
+    if (front) {
+        c->qnext = s->queue_head[q];
+        if (c->qnext)
+            c->qnext->qprev = c;
+        else
+            s->queue_tail[q] = c;
+        s->queue_head[q] = c;
+    } else {
+        c->qprev = s->queue_tail[q];
+        if (c->qprev)
+            c->qprev->qnext = c;
+        else
+            s->queue_head[q] = c;
+        s->queue_tail[q] = c;
+    }
+}
+
+/* Connection exhaustion defence: every connection holds a descriptor, and a client that opens
+ * enough of them, idle or one unauthenticated request each, would leave none for the clients
+ * that matter (every /health and create got an empty reply). At the limit, a new connection
+ * closes the one that has waited longest with no request being handled, first among those
+ * that never carried an authenticated request; so a newcomer is always served, and a request
+ * being handled is never cut for it. Returns false if every connection is handling one. */
+static bool
+make_room(struct sbx_http_server *s)
+{
+    if (s->max_conns == 0 || s->n_conns < s->max_conns)
+        return true;
+    struct conn *victim = s->queue_head[Q_ANON] ? s->queue_head[Q_ANON] : s->queue_head[Q_TRUSTED];
+    if (victim == NULL)
+        return false;
+    conn_close(victim);
+    return true;
+}
+
+/* An anonymous client has no connection pool worth keeping warm for it, so until a
+ * connection has carried an authenticated request its idle wait is the shorter one. */
+static uint64_t
+idle_deadline(const struct conn *c)
+{
+    const struct sbx_http_server *s = c->srv;
+    if (c->trusted || s->anon_idle_ms == 0 || (s->idle_ms > 0 && s->idle_ms < s->anon_idle_ms))
+        return s->idle_ms;
+    return s->anon_idle_ms;
+}
+
+/* Once closing, a connection no longer counts, nor waits in a queue. */
+static void
+conn_set_closing(struct conn *c)
+{
+    c->closing = true;
+    if (c->srv == NULL)
+        return; /* its server is closing them all */
+    queue_leave(c);
+    c->srv->n_conns--;
 }
 
 /* ---- request bookkeeping ---- */
@@ -178,7 +272,8 @@ conn_maybe_finish(struct conn *c)
         return;
     }
     c->idle = true;
-    conn_set_deadline(c, c->srv->idle_ms);
+    queue_enter(c, c->trusted ? Q_TRUSTED : Q_ANON, false);
+    conn_set_deadline(c, idle_deadline(c));
     http_parser_pause(&c->parser, 0);
     conn_process(c);
 }
@@ -252,7 +347,7 @@ conn_close(struct conn *c)
 {
     if (c->closing)
         return;
-    c->closing = true;
+    conn_set_closing(c);
     struct req *r = c->req;
     if (r && r->resp != RESP_ENDED && r->on_close) {
         sbx_http_req_cb cb = r->on_close;
@@ -272,7 +367,7 @@ sbx_http_abort(struct sbx_http_req *pub)
         return;
     r->on_close = NULL;
     r->on_drain = NULL;
-    c->closing = true;
+    conn_set_closing(c);
     /* A reset, not a clean end: streaming clients must see that the stream was cut. */
     if (c->is_tcp)
         uv_tcp_close_reset(&c->h.tcp, on_conn_closed);
@@ -298,6 +393,7 @@ conn_drain(struct conn *c)
     if (c->closing || c->draining)
         return;
     c->draining = true;
+    queue_enter(c, Q_ANON, true);
     c->inbuf.len = 0;
     if (uv_shutdown(&c->shutdown, &c->h.stream, on_shutdown) < 0) {
         conn_close(c);
@@ -457,7 +553,8 @@ on_headers_complete(http_parser *p)
                          (p->http_major > 1 || (p->http_major == 1 && p->http_minor >= 1));
     r->pub.start_ms = sbx_now_ms();
     c->keep_alive = http_should_keep_alive(p) != 0;
-    uv_timer_stop(&c->timer); /* the request is being handled: no deadline */
+    uv_timer_stop(&c->timer); /* the request is being handled: no deadline, no eviction */
+    queue_leave(c);
     c->srv->on_request(&r->pub, c->srv->ud);
     if (c->closing)
         return -1; /* aborted (or the client left): no further callbacks for this request */
@@ -710,6 +807,7 @@ on_connection(uv_stream_t *server, int status)
     struct sbx_http_server *s = server->data;
     if (status < 0)
         return;
+    bool room = make_room(s);
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return;
@@ -727,7 +825,11 @@ on_connection(uv_stream_t *server, int status)
     if (s->conns)
         s->conns->prev = c;
     s->conns = c;
-    if (uv_accept(server, &c->h.stream) < 0) {
+    s->n_conns++;
+    queue_enter(c, Q_ANON, false);
+    /* Without room the connection is still accepted, to be closed at once: left in the
+     * backlog, it would stop libuv from accepting any other. */
+    if (uv_accept(server, &c->h.stream) < 0 || !room) {
         conn_close(c);
         return;
     }
@@ -758,10 +860,18 @@ sbx_http_server_set_logging(struct sbx_http_server *s, bool on)
 }
 
 void
-sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms)
+sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms,
+                             uint64_t anon_idle_ms)
 {
     s->header_ms = header_ms;
     s->idle_ms = idle_ms;
+    s->anon_idle_ms = anon_idle_ms;
+}
+
+void
+sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max)
+{
+    s->max_conns = max;
 }
 
 int
@@ -1013,6 +1123,12 @@ void
 sbx_http_req_on_close(struct sbx_http_req *pub, sbx_http_req_cb on_close)
 {
     to_req(pub)->on_close = on_close;
+}
+
+void
+sbx_http_req_mark_authenticated(struct sbx_http_req *pub)
+{
+    to_req(pub)->conn->trusted = true;
 }
 
 /* ---- responses ---- */

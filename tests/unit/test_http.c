@@ -25,7 +25,8 @@ static int g_stream_pieces;
  * silence, several times longer, that requests being handled must survive. */
 #define DEADLINE_MS 200
 #define SILENCE_MS  1000
-static uint64_t g_head_ms, g_idle_ms;
+static uint64_t g_head_ms, g_idle_ms, g_anon_idle_ms;
+static size_t g_max_conns; /* of the front server, 0: no limit */
 
 /* ---- front server routes ---- */
 
@@ -144,6 +145,9 @@ on_front(struct sbx_http_req *req, void *ud)
     const char *p = req->path;
     if (strcmp(p, "/hello") == 0) {
         sbx_http_respond(req, 200, "text/plain", "hello", 5);
+    } else if (strcmp(p, "/auth") == 0) {
+        sbx_http_req_mark_authenticated(req);
+        sbx_http_respond(req, 200, "text/plain", "authenticated", 13);
     } else if (strcmp(p, "/n") == 0) {
         /* Request 1 answers late: pipelined answers must still come back in order. */
         char *n = sbx_http_req_query(req, "n");
@@ -289,7 +293,8 @@ setup(void)
     CHECK(mkdtemp(g_dir) != NULL);
     snprintf(g_up_path, sizeof(g_up_path), "%s/up.sock", g_dir);
     g_srv = sbx_http_server_new(loop, on_front, NULL);
-    sbx_http_server_set_timeouts(g_srv, g_head_ms, g_idle_ms);
+    sbx_http_server_set_timeouts(g_srv, g_head_ms, g_idle_ms, g_anon_idle_ms);
+    sbx_http_server_set_max_conns(g_srv, g_max_conns);
     CHECK(sbx_http_server_listen_tcp(g_srv, "127.0.0.1", 0, &err) == 0);
     g_port = sbx_http_server_port(g_srv);
     CHECK(g_port > 0);
@@ -900,6 +905,124 @@ client_linger_bounded(void)
 TEST(lingering_close_is_bounded_in_time)
 {
     run(client_linger_bounded); /* without client deadlines too */
+}
+
+/* ---- the connection limit ---- */
+
+/* True if the server has not closed c: nothing, not even EOF, arrives within a short wait. */
+static bool
+still_open(struct tc_conn *c)
+{
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    return poll(&pfd, 1, 100) == 0;
+}
+
+/* A new connection that is served (so the server has accepted it, and evicted whoever it
+ * had to); with authenticated, it carried an authenticated request. */
+static void
+served_conn(struct tc_conn *c, bool authenticated)
+{
+    struct tc_resp r;
+    tc_conn_init(c, tc_connect_tcp(g_port));
+    tc_send_str(c->fd,
+                authenticated ? "GET /auth HTTP/1.1\r\n\r\n" : "GET /hello HTTP/1.1\r\n\r\n");
+    tc_read(c, &r, 0);
+    CHECK(r.complete && r.status == 200);
+    tc_resp_fini(&r);
+}
+
+/* A connection whose request is being handled: a response that never ends. */
+static void
+busy_conn(struct tc_conn *c)
+{
+    struct tc_resp r;
+    tc_conn_init(c, tc_connect_tcp(g_port));
+    tc_send_str(c->fd, "GET /hang HTTP/1.1\r\n\r\n");
+    tc_read(c, &r, 1);
+    CHECK(r.status == 200 && !r.complete);
+    tc_resp_fini(&r);
+}
+
+#define LIMIT 4
+
+static void
+client_eviction_order(void)
+{
+    /* Full: a trusted idle connection (the oldest), a silent one, an anonymous idle one, and
+     * one handling a request. Each newcomer is served and evicts, in this order: anonymous
+     * ones by age, then trusted ones by age, never the busy one; when every connection is
+     * busy, the newcomer itself is closed. */
+    struct tc_conn trusted, silent, anon, busy, c[4];
+    served_conn(&trusted, true);
+    tc_conn_init(&silent, tc_connect_tcp(g_port));
+    served_conn(&anon, false);
+    busy_conn(&busy);
+    struct {
+        struct tc_conn *newcomer, *evicted;
+        bool authenticated;
+        const char *what;
+    } steps[] = {
+        {&c[0], &silent, false, "the silent one"},
+        {&c[1], &anon, true, "the anonymous idle one"},
+        {&c[2], &c[0], true, "the first newcomer (anonymous)"},
+        {&c[3], &trusted, true, "the oldest trusted one"},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        served_conn(steps[i].newcomer, steps[i].authenticated);
+        CHECK(tc_is_closed(steps[i].evicted));
+        tc_conn_close(steps[i].evicted);
+        fprintf(stderr, "newcomer %zu served, evicted %s\n", i + 1, steps[i].what);
+        CHECK(still_open(&busy));
+    }
+    int open = 0;
+    struct tc_conn *left[] = {&busy, &c[1], &c[2], &c[3]};
+    for (int i = 0; i < 4; i++)
+        open += still_open(left[i]);
+    fprintf(stderr, "%d of %d connections still open\n", open, LIMIT);
+    CHECK(open == LIMIT);
+    /* Every connection busy: no room, and no request is cut for the newcomer. */
+    for (int i = 1; i < 4; i++) {
+        tc_conn_close(&c[i]);
+        busy_conn(&c[i]);
+    }
+    struct tc_conn refused;
+    tc_conn_init(&refused, tc_connect_tcp(g_port));
+    CHECK(tc_is_closed(&refused));
+    fprintf(stderr, "all %d busy: the newcomer was closed\n", LIMIT);
+    tc_conn_close(&refused);
+    for (int i = 0; i < 4; i++) {
+        CHECK(still_open(left[i]));
+        tc_conn_close(left[i]);
+    }
+}
+
+TEST(connection_limit_evicts_idle_anonymous_first)
+{
+    g_max_conns = LIMIT;
+    run(client_eviction_order);
+}
+
+static void
+client_anon_idle(void)
+{
+    struct tc_conn anon, trusted;
+    served_conn(&trusted, true);
+    served_conn(&anon, false);
+    CHECK(tc_is_closed(&anon)); /* after the short idle deadline */
+    /* The trusted one has the long one, many times longer. */
+    struct pollfd pfd = {.fd = trusted.fd, .events = POLLIN};
+    CHECK(poll(&pfd, 1, 5 * DEADLINE_MS) == 0);
+    fprintf(stderr, "anonymous closed, authenticated still open after %d ms more\n",
+            5 * DEADLINE_MS);
+    tc_conn_close(&anon);
+    tc_conn_close(&trusted);
+}
+
+TEST(anonymous_connections_idle_shorter)
+{
+    g_idle_ms = 60 * 1000;
+    g_anon_idle_ms = DEADLINE_MS;
+    run(client_anon_idle);
 }
 
 /* ---- proxy ---- */
