@@ -17,6 +17,13 @@
 #define SBX_CONNECT_KEEPALIVE_MAX_S     60
 #define SBX_CONNECT_MAX_MESSAGE         (16 * 1024 * 1024)
 
+/* Log lines of client errors (4xx): at most one per client address per interval, the rest
+ * counted in one summary line at its end, for at most this many addresses (others share one
+ * count); the error message in a line is cut at this many bytes. */
+#define SBX_HTTP_LOG_INTERVAL_MS 10000
+#define SBX_HTTP_LOG_SOURCES_MAX 1024
+#define SBX_HTTP_LOG_ERROR_MAX   256
+
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
 #define SBX_DEFAULT_TIMEOUT_S  300

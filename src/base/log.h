@@ -3,12 +3,20 @@
 #ifndef SBX_BASE_LOG_H
 #define SBX_BASE_LOG_H
 
+#include <stddef.h>
+
 enum sbx_log_level { SBX_LOG_DEBUG, SBX_LOG_INFO, SBX_LOG_WARN, SBX_LOG_ERROR };
 
 void sbx_log_set_level(enum sbx_log_level level);
 /* fmt formats the key=value tail; event is a short word such as "request". */
 void sbx_log(enum sbx_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Copies s into dst (of cap bytes, NUL included) as the inside of a quoted value: '"' and '\\'
+ * are escaped, bytes outside printable ASCII written as \xNN, and what does not fit cut off
+ * with "...". For text a client chose (paths, names): a log line must stay one line, with
+ * fields nobody can forge. */
+void sbx_log_quote(char *dst, size_t cap, const char *s);
 
 #define sbx_log_info(ev, ...)  sbx_log(SBX_LOG_INFO, ev, __VA_ARGS__)
 #define sbx_log_warn(ev, ...)  sbx_log(SBX_LOG_WARN, ev, __VA_ARGS__)

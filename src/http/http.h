@@ -57,7 +57,10 @@ int sbx_http_server_port(struct sbx_http_server *s);
 int sbx_http_server_listen_fd(struct sbx_http_server *s, int fd, struct sbx_error **err);
 /* Stops accepting; open connections are closed; then frees the server. */
 void sbx_http_server_close(struct sbx_http_server *s);
-/* When set, every finished request is logged as one line (route, status, duration). */
+/* When set, every finished request is logged as one line (route, status, duration; for an
+ * error answer, the client's address and the message too), except client errors (4xx), which
+ * are rate-limited per client address (see ratelimit.h), as are the connection limit's
+ * evictions: each interval ends with summary lines of what was held back. */
 void sbx_http_server_set_logging(struct sbx_http_server *s, bool on);
 /* Deadlines for clients, 0 for none (the default): a request head must be complete within
  * header_ms of the connection's start or of the request's first byte, else the connection is

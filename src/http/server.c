@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "http/http.h"
+#include "http/ratelimit.h"
 #include "http/stream.h"
 #include <jansson.h>
 
@@ -55,6 +56,7 @@ struct req {
     bool resp_chunked;
     bool resp_no_body;
     int status;
+    char *error; /* the message of an error answer, for the log */
     struct sbx_buf extra_headers;
 };
 
@@ -65,6 +67,7 @@ struct conn {
         uv_pipe_t pipe;
     } h;
     bool is_tcp;
+    char remote[SBX_HTTP_SOURCE_MAX]; /* the client's address, for the log */
     struct sbx_http_server *srv;
     http_parser parser;
     struct req *req;
@@ -101,6 +104,9 @@ struct sbx_http_server {
     uv_pipe_t *pipe;
     struct conn *conns;
     bool log;
+    uv_timer_t *log_tick;                      /* ends the client error log's intervals */
+    struct sbx_http_ratelimit *client_errors;  /* log lines of 4xx answers, by client address */
+    uint64_t evicted, refused;                 /* by the connection limit, since the last tick */
     uint64_t header_ms, idle_ms, anon_idle_ms; /* 0: no deadline */
     size_t max_conns;                          /* 0: no limit */
     size_t n_conns;                            /* open and not closing */
@@ -186,8 +192,11 @@ make_room(struct sbx_http_server *s)
     if (s->max_conns == 0 || s->n_conns < s->max_conns)
         return true;
     struct conn *victim = s->queue_head[Q_ANON] ? s->queue_head[Q_ANON] : s->queue_head[Q_TRUSTED];
-    if (victim == NULL)
+    if (victim == NULL) {
+        s->refused++;
         return false;
+    }
+    s->evicted++;
     conn_close(victim);
     return true;
 }
@@ -230,6 +239,7 @@ req_free(struct req *r)
     free(r->pub.path);
     free(r->pub.query);
     free((char *)r->pub.method);
+    free(r->error);
     sbx_buf_fini(&r->body);
     sbx_buf_fini(&r->extra_headers);
     free(r);
@@ -238,12 +248,46 @@ req_free(struct req *r)
 static void
 log_request(struct conn *c, struct req *r)
 {
-    if (!c->srv->log)
+    struct sbx_http_server *s = c->srv;
+    if (!s->log)
         return;
-    sbx_log_info("request", "sandbox=%s method=%s route=%s status=%d dur_ms=%.1f",
-                 r->pub.log_sandbox[0] ? r->pub.log_sandbox : "-", r->pub.method,
-                 r->pub.path ? r->pub.path : "-", r->status,
-                 (double)(sbx_now_ms() - r->pub.start_ms));
+    const char *sandbox = r->pub.log_sandbox[0] ? r->pub.log_sandbox : "-";
+    const char *route = r->pub.path ? r->pub.path : "-";
+    double dur_ms = (double)(sbx_now_ms() - r->pub.start_ms);
+    if (r->status < 400) {
+        sbx_log_info("request", "sandbox=%s method=%s route=%s status=%d dur_ms=%.1f", sandbox,
+                     r->pub.method, route, r->status, dur_ms);
+        return;
+    }
+    /* Client errors are what anyone who reaches the port can cause, at any rate (166,650 bad
+     * requests in 10 s once grew the log by 318 MiB): at most one line per client address per
+     * interval, the rest counted in a summary at the interval's end (on_log_tick). */
+    if (r->status < 500 && !sbx_http_ratelimit_admit(s->client_errors, c->remote))
+        return;
+    char error[SBX_HTTP_LOG_ERROR_MAX];
+    sbx_log_quote(error, sizeof(error), r->error ? r->error : "");
+    sbx_log_info("request",
+                 "sandbox=%s method=%s route=%s status=%d dur_ms=%.1f remote=%s error=\"%s\"",
+                 sandbox, r->pub.method, route, r->status, dur_ms, c->remote, error);
+}
+
+static void
+report_client_errors(void *ud, const char *source, uint64_t held)
+{
+    sbx_log_warn("client_errors", "remote=%s suppressed=%llu interval_s=%d", source,
+                 (unsigned long long)held, SBX_HTTP_LOG_INTERVAL_MS / 1000);
+}
+
+static void
+on_log_tick(uv_timer_t *t)
+{
+    struct sbx_http_server *s = t->data;
+    sbx_http_ratelimit_flush(s->client_errors, report_client_errors, NULL);
+    if (s->evicted || s->refused)
+        sbx_log_warn("conn_limit", "max_connections=%zu evicted=%llu refused=%llu interval_s=%d",
+                     s->max_conns, (unsigned long long)s->evicted, (unsigned long long)s->refused,
+                     SBX_HTTP_LOG_INTERVAL_MS / 1000);
+    s->evicted = s->refused = 0;
 }
 
 /* Called at safe points: releases a request whose response ended and whose body was read. */
@@ -813,6 +857,7 @@ on_connection(uv_stream_t *server, int status)
         return;
     c->srv = s;
     c->is_tcp = server->type == UV_TCP;
+    snprintf(c->remote, sizeof(c->remote), "unix");
     if (c->is_tcp)
         uv_tcp_init(s->loop, &c->h.tcp);
     else
@@ -833,8 +878,13 @@ on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
-    if (c->is_tcp)
+    if (c->is_tcp) {
         uv_tcp_nodelay(&c->h.tcp, 1);
+        struct sockaddr_storage addr;
+        int len = sizeof(addr);
+        if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&addr, &len) == 0)
+            uv_ip_name((struct sockaddr *)&addr, c->remote, sizeof(c->remote));
+    }
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     conn_set_deadline(c, s->header_ms);
@@ -857,6 +907,16 @@ void
 sbx_http_server_set_logging(struct sbx_http_server *s, bool on)
 {
     s->log = on;
+    if (!on || s->log_tick)
+        return;
+    s->client_errors = sbx_http_ratelimit_new(SBX_HTTP_LOG_SOURCES_MAX);
+    s->log_tick = malloc(sizeof(*s->log_tick));
+    if (s->client_errors == NULL || s->log_tick == NULL)
+        abort(); /* at start-up: nothing to serve without memory */
+    uv_timer_init(s->loop, s->log_tick);
+    s->log_tick->data = s;
+    uv_timer_start(s->log_tick, on_log_tick, SBX_HTTP_LOG_INTERVAL_MS, SBX_HTTP_LOG_INTERVAL_MS);
+    uv_unref((uv_handle_t *)s->log_tick); /* it must not keep the loop alive */
 }
 
 void
@@ -950,6 +1010,9 @@ sbx_http_server_close(struct sbx_http_server *s)
         uv_close((uv_handle_t *)s->tcp, free_on_close);
     if (s->pipe)
         uv_close((uv_handle_t *)s->pipe, free_on_close);
+    if (s->log_tick)
+        uv_close((uv_handle_t *)s->log_tick, free_on_close);
+    sbx_http_ratelimit_free(s->client_errors);
     for (struct conn *c = s->conns; c; c = c->next) {
         conn_close(c);
         c->srv = NULL;
@@ -1269,6 +1332,10 @@ sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ..
     va_end(ap);
     json_t *o = json_pack("{s:i,s:s}", "code", status, "message", msg ? msg : "error");
     char *body = json_dumps(o, JSON_COMPACT);
+    if (to_req(req)->resp == RESP_NONE) {
+        to_req(req)->error = msg; /* for the log line */
+        msg = NULL;
+    }
     sbx_http_respond(req, status, "application/json; charset=utf-8", body, body ? strlen(body) : 0);
     free(body);
     json_decref(o);

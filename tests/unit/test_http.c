@@ -5,6 +5,8 @@
 #include <stdatomic.h>
 
 #include "base/limits.h"
+#include "base/log.h"
+#include "http/ratelimit.h"
 #include "http/upstream.h"
 #include "http_client.h"
 
@@ -1270,6 +1272,64 @@ TEST(upstream_response_parser)
     CHECK(strstr(seen.data, "head") == NULL);
     sbx_buf_fini(&many);
     sbx_buf_fini(&seen);
+}
+
+/* ---- rate-limited logging of client errors (pure) ---- */
+
+static void
+record_held(void *ud, const char *source, uint64_t held)
+{
+    sbx_buf_printf(ud, "%s=%llu;", source, (unsigned long long)held);
+}
+
+TEST(client_error_log_rate_limit)
+{
+    struct sbx_http_ratelimit *rl = sbx_http_ratelimit_new(1024);
+    struct sbx_buf out = {0};
+    /* One line per source, then only a count, reported when the interval ends. */
+    int logged = 0;
+    for (int i = 0; i < 5000; i++)
+        logged += sbx_http_ratelimit_admit(rl, i % 5 ? "10.0.0.1" : "::1");
+    CHECK(logged == 2);
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    fprintf(stderr, "5000 errors from 2 sources: %d logged, summaries %s\n", logged, out.data);
+    CHECK(strstr(out.data, "10.0.0.1=3999;") && strstr(out.data, "::1=999;"));
+    /* A flood that goes on stays muted: its next interval is only a summary. */
+    CHECK(!sbx_http_ratelimit_admit(rl, "10.0.0.1"));
+    sbx_buf_fini(&out);
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    CHECK_STR(out.data, "10.0.0.1=1;");
+    /* A quiet interval and it is forgotten: its next error is logged again. */
+    sbx_buf_fini(&out);
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    CHECK(out.len == 0);
+    CHECK(sbx_http_ratelimit_admit(rl, "10.0.0.1"));
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    sbx_http_ratelimit_free(rl);
+    /* Many sources: beyond the table they share one entry, so memory and lines stay bounded. */
+    rl = sbx_http_ratelimit_new(16);
+    logged = 0;
+    for (int i = 0; i < 100000; i++) {
+        char src[32];
+        snprintf(src, sizeof(src), "10.%d.%d.%d", i >> 16, (i >> 8) & 255, i & 255);
+        logged += sbx_http_ratelimit_admit(rl, src);
+    }
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    fprintf(stderr, "100000 errors from 100000 sources, table of 16: %d logged, summaries %s\n",
+            logged, out.data ? out.data : "");
+    CHECK(logged == 17);
+    CHECK_STR(out.data, "others=99983;");
+    sbx_buf_fini(&out);
+    sbx_http_ratelimit_free(rl);
+}
+
+TEST(log_quote)
+{
+    char q[64], small[24];
+    sbx_log_quote(q, sizeof(q), "no route for \"x\"\n\\");
+    CHECK_STR(q, "no route for \\\"x\\\"\\x0a\\\\");
+    sbx_log_quote(small, sizeof(small), "a path longer than the room there is");
+    CHECK_STR(small, "a path longer than t...");
 }
 
 TEST_MAIN(60)
