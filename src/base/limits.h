@@ -17,6 +17,13 @@
 #define SBX_CONNECT_KEEPALIVE_MAX_S     60
 #define SBX_CONNECT_MAX_MESSAGE         (16 * 1024 * 1024)
 
+/* Log lines of client errors (4xx): at most one per client address per interval, the rest
+ * counted in one summary line at its end, for at most this many addresses (others share one
+ * count); the error message in a line is cut at this many bytes. */
+#define SBX_HTTP_LOG_INTERVAL_MS 10000
+#define SBX_HTTP_LOG_SOURCES_MAX 1024
+#define SBX_HTTP_LOG_ERROR_MAX   256
+
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
 #define SBX_DEFAULT_USER       "sbx" /* the daemon's unprivileged front end runs as this user */
@@ -39,6 +46,17 @@
  * as the server closes is lost to a reset, and a POST cannot be safely retried. */
 #define SBX_DEFAULT_HEADER_TIMEOUT_S 30
 #define SBX_DEFAULT_IDLE_TIMEOUT_S   310
+/* ... except for a connection that has not carried an authenticated request: an anonymous
+ * client has no pool to keep warm, and a kept connection holds a descriptor. */
+#define SBX_ANON_IDLE_TIMEOUT_S 10
+
+/* The default client connection limit (--max-connections) leaves room, under the open-file
+ * limit, for the daemon's own descriptors (database, listening socket, event loop, signals,
+ * what a create holds for a moment), a pidfd per sandbox (at most a quarter of the limit),
+ * and an upstream socket per connection (a proxied request holds both): connections get
+ * half of the rest, and never fewer than SBX_MIN_CONNECTIONS. */
+#define SBX_DAEMON_RESERVED_FDS 64
+#define SBX_MIN_CONNECTIONS     16
 
 /* The agent keeps its own log in a ring in its memory (charged to the sandbox), never in a
  * host file: only the newest this many bytes are kept. */

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 static enum sbx_log_level min_level = SBX_LOG_INFO;
@@ -17,6 +18,26 @@ void
 sbx_log_set_level(enum sbx_log_level level)
 {
     min_level = level;
+}
+
+void
+sbx_log_quote(char *dst, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[5];
+        int n = ch == '"' || ch == '\\'  ? snprintf(esc, sizeof(esc), "\\%c", ch)
+                : ch < 0x20 || ch > 0x7e ? snprintf(esc, sizeof(esc), "\\x%02x", ch)
+                                         : snprintf(esc, sizeof(esc), "%c", ch);
+        if (o + (size_t)n + 4 > cap) { /* room for "..." and the NUL */
+            snprintf(dst + o, cap - o, "...");
+            return;
+        }
+        memcpy(dst + o, esc, (size_t)n);
+        o += (size_t)n;
+    }
+    dst[o] = '\0';
 }
 
 void

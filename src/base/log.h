@@ -14,6 +14,12 @@ void sbx_log_set_sink(void (*sink)(const char *line, size_t len));
 void sbx_log(enum sbx_log_level level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Copies s into dst (of cap bytes, NUL included) as the inside of a quoted value: '"' and '\\'
+ * are escaped, bytes outside printable ASCII written as \xNN, and what does not fit cut off
+ * with "...". For text a client chose (paths, names): a log line must stay one line, with
+ * fields nobody can forge. */
+void sbx_log_quote(char *dst, size_t cap, const char *s);
+
 #define sbx_log_info(ev, ...)  sbx_log(SBX_LOG_INFO, ev, __VA_ARGS__)
 #define sbx_log_warn(ev, ...)  sbx_log(SBX_LOG_WARN, ev, __VA_ARGS__)
 #define sbx_log_error(ev, ...) sbx_log(SBX_LOG_ERROR, ev, __VA_ARGS__)

@@ -613,5 +613,6 @@ sbx_api_handle(struct sbx_http_req *req)
         sbx_http_respond_error(req, 401, "Invalid API key, please provide a valid X-API-KEY");
         return;
     }
+    sbx_http_req_mark_authenticated(req);
     sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_body);
 }

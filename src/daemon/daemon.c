@@ -45,14 +45,18 @@ usage(FILE *f)
             "  --cpus N             CPUs of each sandbox, as a quota (%d; SBX_CPUS)\n"
             "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
             "  --header-timeout S   seconds for a request head (%d; SBX_HEADER_TIMEOUT)\n"
-            "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT)\n"
+            "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT),\n"
+            "                       at most %d until it carried an authenticated request\n"
+            "  --max-connections N  client connections held at once, evicting idle and\n"
+            "                       unauthenticated ones first (derived from the open-file\n"
+            "                       limit by default; SBX_MAX_CONNECTIONS)\n"
             "  --sandbox-profile P  default, or relaxed: sandbox root keeps NET_ADMIN and\n"
             "                       SYS_ADMIN and may create namespaces (SBX_SANDBOX_PROFILE)\n"
             "  --user NAME          the front end's user, created if missing (sbx; SBX_USER)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
-            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S);
+            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S);
 }
 
 static int
@@ -127,6 +131,8 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
         return parse_positive(v, &c->header_timeout_s);
     case 'I':
         return parse_positive(v, &c->idle_timeout_s);
+    case 'C':
+        return parse_positive(v, &c->max_conns);
     case 'L':
         return parse_level(v);
     case 'P':
@@ -154,6 +160,7 @@ static const struct option long_opts[] = {
     {"disk-mb", required_argument, NULL, 'd'},
     {"header-timeout", required_argument, NULL, 'H'},
     {"idle-timeout", required_argument, NULL, 'I'},
+    {"max-connections", required_argument, NULL, 'C'},
     {"log-level", required_argument, NULL, 'L'},
     {"sandbox-profile", required_argument, NULL, 'P'},
     {"user", required_argument, NULL, 'U'},
@@ -165,10 +172,13 @@ static const struct {
     const char *env;
     int opt;
 } env_opts[] = {
-    {"SBX_LISTEN", 'l'},    {"SBX_STATE_DIR", 's'},       {"SBX_API_KEY", 'k'},
-    {"SBX_MEMORY_MB", 'm'}, {"SBX_PIDS_MAX", 'p'},        {"SBX_CPUS", 'c'},
-    {"SBX_DISK_MB", 'd'},   {"SBX_HEADER_TIMEOUT", 'H'},  {"SBX_IDLE_TIMEOUT", 'I'},
-    {"SBX_LOG_LEVEL", 'L'}, {"SBX_SANDBOX_PROFILE", 'P'}, {"SBX_USER", 'U'},
+    {"SBX_LISTEN", 'l'},       {"SBX_STATE_DIR", 's'},
+    {"SBX_API_KEY", 'k'},      {"SBX_MEMORY_MB", 'm'},
+    {"SBX_PIDS_MAX", 'p'},     {"SBX_CPUS", 'c'},
+    {"SBX_DISK_MB", 'd'},      {"SBX_HEADER_TIMEOUT", 'H'},
+    {"SBX_IDLE_TIMEOUT", 'I'}, {"SBX_MAX_CONNECTIONS", 'C'},
+    {"SBX_LOG_LEVEL", 'L'},    {"SBX_SANDBOX_PROFILE", 'P'},
+    {"SBX_USER", 'U'},
 };
 
 static int
@@ -292,6 +302,32 @@ ensure_api_key(const struct sbx_daemon_config *cfg, struct sbx_store *store, cha
     *shown = strdup(buf);
     explicit_bzero(buf, sizeof(buf));
     return 0;
+}
+
+/* See SBX_DAEMON_RESERVED_FDS. Without a limit below the open-file limit, enough idle
+ * connections took every descriptor: accept failed, and so did every create and /health. */
+static int
+default_max_conns(rlim_t nofile)
+{
+    rlim_t pidfds = nofile / 4 < SBX_MAX_SANDBOXES ? nofile / 4 : SBX_MAX_SANDBOXES;
+    rlim_t reserved = SBX_DAEMON_RESERVED_FDS + pidfds;
+    if (nofile < reserved + 2 * SBX_MIN_CONNECTIONS)
+        return SBX_MIN_CONNECTIONS;
+    rlim_t n = (nofile - reserved) / 2;
+    return n > 1 << 24 ? 1 << 24 : (int)n;
+}
+
+static void
+set_max_conns(struct sbx_daemon_config *cfg, rlim_t nofile)
+{
+    int fit = default_max_conns(nofile);
+    if (cfg->max_conns == 0)
+        cfg->max_conns = fit;
+    else if (cfg->max_conns > fit)
+        sbx_log_warn("config",
+                     "max_connections=%d leaves too few of the %llu open files for sandboxes "
+                     "and proxied requests; at most %d is safe",
+                     cfg->max_conns, (unsigned long long)nofile, fit);
 }
 
 /* Takes this daemon's host uid block (see sbx_uid_block_claim): the one recorded in the
@@ -681,11 +717,13 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     /* Every sandbox holds a pidfd in the front end and every request in flight one or two
      * sockets; the usual soft limit of 1024 would cap the daemon far below what the machine
      * can run. The workers inherit it. */
-    struct rlimit nofile;
+    struct rlimit nofile = {0};
     if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
         nofile.rlim_cur = nofile.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &nofile);
+        if (setrlimit(RLIMIT_NOFILE, &nofile) < 0)
+            getrlimit(RLIMIT_NOFILE, &nofile);
     }
+    set_max_conns(cfg, nofile.rlim_cur);
     if (ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
         return -1;
     _cleanup_free_ char *sandboxes = NULL, *db = NULL;
@@ -713,10 +751,10 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
         return -1;
     sbx_log_info("start",
                  "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d profile=%s "
-                 "uid_base=%u user=%s %s",
+                 "uid_base=%u user=%s max_connections=%d %s",
                  cfg->listen_host, cfg->listen_port, cfg->state_dir, cfg->memory_mb, cfg->pids_max,
                  cfg->cpu_millis / 1000, cfg->relaxed ? "relaxed" : "default",
-                 (unsigned)sv.spawner.uid_base, cfg->user, host_desc);
+                 (unsigned)sv.spawner.uid_base, cfg->user, cfg->max_conns, host_desc);
     return 0;
 }
 

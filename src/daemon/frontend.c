@@ -10,6 +10,7 @@
 
 #include "base/cleanup.h"
 #include "base/fdpass.h"
+#include "base/limits.h"
 #include "base/log.h"
 #include "daemon/internal.h"
 
@@ -71,7 +72,9 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
     sbx_http_server_set_timeouts(d->http, (uint64_t)d->cfg.header_timeout_s * 1000,
-                                 (uint64_t)d->cfg.idle_timeout_s * 1000);
+                                 (uint64_t)d->cfg.idle_timeout_s * 1000,
+                                 SBX_ANON_IDLE_TIMEOUT_S * 1000);
+    sbx_http_server_set_max_conns(d->http, (size_t)d->cfg.max_conns);
     if (sbx_http_server_listen_fd(d->http, listen_fd, err) < 0)
         return -1;
     uv_signal_init(d->loop, &d->sigterm);

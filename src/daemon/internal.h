@@ -37,6 +37,7 @@ struct sbx_daemon_config {
     int idle_timeout_s;
     bool relaxed; /* --sandbox-profile relaxed */
     char *user;   /* the front end's user (created if missing) */
+    int max_conns; /* client connections; 0 until derived from the open-file limit */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */

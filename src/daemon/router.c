@@ -73,6 +73,7 @@ sbx_router_on_request(struct sbx_http_req *req, void *ud)
         struct sbx_live *signed_for = sbx_daemon_find_by_signature(req);
         if (signed_for) {
             snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", signed_for->rec->id);
+            sbx_http_req_mark_authenticated(req); /* signed with the sandbox's token */
             sbx_http_proxy(req, signed_for->sock_path, respond_not_found);
             return;
         }
@@ -85,7 +86,10 @@ sbx_router_on_request(struct sbx_http_req *req, void *ud)
         respond_not_found(req);
         return;
     }
-    /* Every port of the sandbox is served by its agent (envd, the code interpreter); the
+    /* A request for a live sandbox counts as authenticated for the connection limit: its id
+     * is random, known to whom its creator told; the agent still checks the access token.
+     * Every port of the sandbox is served by its agent (envd, the code interpreter); the
      * agent sees E2b-Sandbox-Port and routes on it. */
+    sbx_http_req_mark_authenticated(req);
     sbx_http_proxy(req, l->sock_path, respond_not_found);
 }

@@ -57,14 +57,24 @@ int sbx_http_server_port(struct sbx_http_server *s);
 int sbx_http_server_listen_fd(struct sbx_http_server *s, int fd, struct sbx_error **err);
 /* Stops accepting; open connections are closed; then frees the server. */
 void sbx_http_server_close(struct sbx_http_server *s);
-/* When set, every finished request is logged as one line (route, status, duration). */
+/* When set, every finished request is logged as one line (route, status, duration; for an
+ * error answer, the client's address and the message too), except client errors (4xx), which
+ * are rate-limited per client address (see ratelimit.h), as are the connection limit's
+ * evictions: each interval ends with summary lines of what was held back. */
 void sbx_http_server_set_logging(struct sbx_http_server *s, bool on);
 /* Deadlines for clients, 0 for none (the default): a request head must be complete within
  * header_ms of the connection's start or of the request's first byte, else the connection is
  * closed (after a 408 if some of it arrived); a kept-alive connection without a request is
- * closed after idle_ms. A request being handled, its body and response included, has none.
- * Set before listening. */
-void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms);
+ * closed after idle_ms, or after anon_idle_ms if that is shorter and the connection has not
+ * carried an authenticated request (sbx_http_req_mark_authenticated). A request being
+ * handled, its body and response included, has none. Set before listening. */
+void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms,
+                                  uint64_t anon_idle_ms);
+/* At most max open connections (0: no limit, the default). At the limit a new connection
+ * closes the one that has waited longest with no request being handled (idle, lingering, or
+ * still sending a head), first among those that have not carried an authenticated request;
+ * if every connection is handling a request, the new one is closed at once. */
+void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
 /* Request accessors. */
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
@@ -76,7 +86,8 @@ char *sbx_http_req_query(const struct sbx_http_req *req, const char *key);
 char *sbx_http_percent_decode(const char *s, size_t len, bool plus_is_space, size_t *outlen);
 
 /* Body: call exactly one of these from on_request (or respond without reading; the rest of
- * the body is then discarded or the connection closed). */
+ * the body is then discarded or the connection closed). A client's Expect: 100-continue is
+ * answered with 100 when one of them is called, and never by a response without them. */
 void sbx_http_req_read_body(struct sbx_http_req *req, size_t max, sbx_http_body_done_cb done);
 void sbx_http_req_stream_body(struct sbx_http_req *req, sbx_http_data_cb on_data,
                               sbx_http_req_cb on_end);
@@ -84,6 +95,9 @@ void sbx_http_req_pause_body(struct sbx_http_req *req);
 void sbx_http_req_resume_body(struct sbx_http_req *req);
 /* Called if the client goes away before the response ended; req is freed right after. */
 void sbx_http_req_on_close(struct sbx_http_req *req, sbx_http_req_cb on_close);
+/* The caller has authenticated req: its connection gets the longer idle deadline and is
+ * evicted only after every connection that carried no authenticated request. */
+void sbx_http_req_mark_authenticated(struct sbx_http_req *req);
 
 /* Response. Headers added before sbx_http_respond/start. */
 void sbx_http_add_header(struct sbx_http_req *req, const char *name, const char *value);
@@ -105,7 +119,8 @@ void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fm
     __attribute__((format(printf, 3, 4)));
 
 /* Reverse proxy (proxy.c): forwards req, with its body streamed, to an HTTP server on a unix
- * socket and streams the response back. Hop-by-hop headers are dropped. If the upstream
+ * socket and streams the response back. Hop-by-hop headers are dropped, and so are
+ * control-plane credentials (X-API-Key; Authorization unless Basic). If the upstream
  * cannot be reached, on_unreachable is called (to answer 502); if it dies mid-response
  * the client connection is aborted. */
 void sbx_http_proxy(struct sbx_http_req *req, const char *unix_path,

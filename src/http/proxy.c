@@ -4,7 +4,6 @@
  * the client's keep-alive connection never depend on the upstream. The request body streams
  * with back-pressure both ways; the response is re-framed by the server side (chunked unless
  * the upstream gave a length) and flushed as it arrives. */
-#include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,43 +13,27 @@
 #include "base/limits.h"
 #include "http/http.h"
 #include "http/stream.h"
+#include "http/upstream.h"
 
 struct proxy {
     struct sbx_http_req *req; /* NULL once the client went away */
     uv_pipe_t up;
     uv_connect_t connect;
-    http_parser parser;
+    struct sbx_http_upstream resp;
     sbx_http_req_cb on_unreachable;
-    struct sbx_buf field, value;
-    bool in_value;
     bool connected;
     bool head_sent;
-    bool done;
     bool closed;
     size_t up_queued;
     bool body_ended;
     bool req_chunked;
-    bool is_head; /* the response has a length but never a body */
 };
-
-static bool
-is_hop_by_hop(const char *name)
-{
-    static const char *const hop[] = {
-        "connection", "keep-alive", "proxy-connection",   "transfer-encoding",  "te",
-        "trailer",    "upgrade",    "proxy-authenticate", "proxy-authorization"};
-    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        if (strcasecmp(name, hop[i]) == 0)
-            return true;
-    return false;
-}
 
 static void
 on_up_closed(uv_handle_t *h)
 {
     struct proxy *p = h->data;
-    sbx_buf_fini(&p->field);
-    sbx_buf_fini(&p->value);
+    sbx_http_upstream_fini(&p->resp);
     free(p);
 }
 
@@ -166,54 +149,22 @@ on_req_end(struct sbx_http_req *req)
 
 /* ---- response direction ---- */
 
-static int
-flush_header(struct proxy *p)
+static void
+on_resp_header(void *ud, const char *name, const char *value)
 {
-    if (p->field.len == 0)
-        return 0;
-    if (!is_hop_by_hop(p->field.data) && p->req)
-        sbx_http_add_header(p->req, p->field.data, p->value.len ? p->value.data : "");
-    p->field.len = p->value.len = 0;
-    if (p->field.data)
-        p->field.data[0] = '\0';
-    if (p->value.data)
-        p->value.data[0] = '\0';
-    return 0;
+    struct proxy *p = ud;
+    if (p->req)
+        sbx_http_add_header(p->req, name, value);
 }
 
-static int
-on_field(http_parser *hp, const char *at, size_t len)
+static void
+on_resp_head(void *ud, int status)
 {
-    struct proxy *p = hp->data;
-    if (p->in_value) {
-        flush_header(p);
-        p->in_value = false;
-    }
-    return sbx_buf_append(&p->field, at, len, SBX_HTTP_MAX_HEADER_BYTES);
-}
-
-static int
-on_value(http_parser *hp, const char *at, size_t len)
-{
-    struct proxy *p = hp->data;
-    p->in_value = true;
-    return sbx_buf_append(&p->value, at, len, SBX_HTTP_MAX_HEADER_BYTES);
-}
-
-static int
-on_headers_complete(http_parser *hp)
-{
-    struct proxy *p = hp->data;
-    if (p->in_value)
-        flush_header(p);
-    /* 1 tells http_parser to expect no body: a HEAD answer's Content-Length describes the
-     * GET body, and waiting for it would stall, then cut, the client connection. */
-    int skip_body = p->is_head ? 1 : 0;
+    struct proxy *p = ud;
     if (p->req == NULL)
-        return skip_body;
+        return;
     p->head_sent = true;
-    sbx_http_start(p->req, (int)hp->status_code, NULL);
-    return skip_body;
+    sbx_http_start(p->req, status, NULL);
 }
 
 static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -227,38 +178,33 @@ on_client_drain(struct sbx_http_req *req)
         uv_read_start((uv_stream_t *)&p->up, on_up_alloc, on_up_read);
 }
 
-static int
-on_body(http_parser *hp, const char *at, size_t len)
+static void
+on_resp_body(void *ud, const char *data, size_t len)
 {
-    struct proxy *p = hp->data;
-    if (p->req && !sbx_http_write(p->req, at, len)) {
+    struct proxy *p = ud;
+    if (p->req && !sbx_http_write(p->req, data, len)) {
         /* Client is slow: stop reading the upstream until its queue drains. */
         uv_read_stop((uv_stream_t *)&p->up);
         sbx_http_on_drain(p->req, on_client_drain);
     }
-    return 0;
 }
 
-static int
-on_message_complete(http_parser *hp)
+static void
+on_resp_end(void *ud)
 {
-    struct proxy *p = hp->data;
-    p->done = true;
+    struct proxy *p = ud;
     if (p->req) {
         struct sbx_http_req *req = p->req;
         detach(p);
         sbx_http_end(req);
     }
-    http_parser_pause(hp, 1);
-    return 0;
 }
 
-static const http_parser_settings up_settings = {
-    .on_header_field = on_field,
-    .on_header_value = on_value,
-    .on_headers_complete = on_headers_complete,
-    .on_body = on_body,
-    .on_message_complete = on_message_complete,
+static const struct sbx_http_upstream_cbs resp_cbs = {
+    .on_header = on_resp_header,
+    .on_head = on_resp_head,
+    .on_body = on_resp_body,
+    .on_end = on_resp_end,
 };
 
 static void
@@ -274,27 +220,15 @@ static void
 on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct proxy *p = s->data;
-    if (p->closed)
+    if (p->closed || nread == 0)
         return;
-    if (nread < 0) {
-        /* EOF: lets an EOF-delimited body finish; anything else is a cut stream. */
-        if (nread == UV_EOF)
-            http_parser_execute(&p->parser, &up_settings, NULL, 0);
-        if (p->done)
-            proxy_close(p);
-        else
-            proxy_fail(p);
-        return;
-    }
-    if (nread == 0)
-        return;
-    size_t n = http_parser_execute(&p->parser, &up_settings, buf->base, (size_t)nread);
-    (void)n;
-    if (p->done) {
+    /* EOF lets an EOF-delimited body finish; any other error is a cut stream. */
+    int rc = nread == UV_EOF ? sbx_http_upstream_feed(&p->resp, NULL, 0)
+             : nread < 0     ? -1
+                             : sbx_http_upstream_feed(&p->resp, buf->base, (size_t)nread);
+    if (rc > 0)
         proxy_close(p);
-        return;
-    }
-    if (HTTP_PARSER_ERRNO(&p->parser) != HPE_OK)
+    else if (rc < 0)
         proxy_fail(p);
 }
 
@@ -316,6 +250,18 @@ on_connected(uv_connect_t *creq, int status)
     uv_read_start((uv_stream_t *)&p->up, on_up_alloc, on_up_read);
 }
 
+/* Control-plane credentials never reach an upstream: the code in a sandbox controls its
+ * agent, and an API key grants every sandbox. Authorization is the exception only in its
+ * Basic form, which the envd protocol uses to name the user an operation runs as (with an
+ * empty password; the agent ignores any); no control-plane credential takes that form. */
+static bool
+is_credential(const struct sbx_http_header *h)
+{
+    if (strcmp(h->name, "x-api-key") == 0)
+        return true;
+    return strcmp(h->name, "authorization") == 0 && strncasecmp(h->value, "basic ", 6) != 0;
+}
+
 /* Queues the request head; libuv keeps writes made while connecting in order. */
 static void
 write_request_head(struct proxy *p, struct sbx_http_req *req)
@@ -324,7 +270,10 @@ write_request_head(struct proxy *p, struct sbx_http_req *req)
     sbx_buf_printf(&head, "%s %s HTTP/1.1\r\n", req->method, req->target);
     for (size_t i = 0; i < req->n_headers; i++) {
         const struct sbx_http_header *h = &req->headers[i];
-        if (is_hop_by_hop(h->name) || strcmp(h->name, "content-length") == 0)
+        /* Expect is answered here: the server says 100 as the body starts streaming, and
+         * the agent must not say it a second time. */
+        if (sbx_http_is_hop_by_hop(h->name) || strcmp(h->name, "content-length") == 0 ||
+            strcmp(h->name, "expect") == 0 || is_credential(h))
             continue;
         sbx_buf_printf(&head, "%s: %s\r\n", h->name, h->value);
     }
@@ -348,10 +297,8 @@ sbx_http_proxy(struct sbx_http_req *req, const char *unix_path, sbx_http_req_cb 
     p->req = req;
     p->on_unreachable = on_unreachable;
     p->req_chunked = req->chunked;
-    p->is_head = strcmp(req->method, "HEAD") == 0;
     req->data = p;
-    http_parser_init(&p->parser, HTTP_RESPONSE);
-    p->parser.data = p;
+    sbx_http_upstream_init(&p->resp, strcmp(req->method, "HEAD") == 0, &resp_cbs, p);
     uv_pipe_init(uv_default_loop(), &p->up, 0);
     p->up.data = p;
     p->connect.data = p;

@@ -5,6 +5,9 @@
 #include <stdatomic.h>
 
 #include "base/limits.h"
+#include "base/log.h"
+#include "http/ratelimit.h"
+#include "http/upstream.h"
 #include "http_client.h"
 
 static struct sbx_http_server *g_srv; /* on 127.0.0.1, random port */
@@ -24,7 +27,8 @@ static int g_stream_pieces;
  * silence, several times longer, that requests being handled must survive. */
 #define DEADLINE_MS 200
 #define SILENCE_MS  1000
-static uint64_t g_head_ms, g_idle_ms;
+static uint64_t g_head_ms, g_idle_ms, g_anon_idle_ms;
+static size_t g_max_conns; /* of the front server, 0: no limit */
 
 /* ---- front server routes ---- */
 
@@ -143,6 +147,9 @@ on_front(struct sbx_http_req *req, void *ud)
     const char *p = req->path;
     if (strcmp(p, "/hello") == 0) {
         sbx_http_respond(req, 200, "text/plain", "hello", 5);
+    } else if (strcmp(p, "/auth") == 0) {
+        sbx_http_req_mark_authenticated(req);
+        sbx_http_respond(req, 200, "text/plain", "authenticated", 13);
     } else if (strcmp(p, "/n") == 0) {
         /* Request 1 answers late: pipelined answers must still come back in order. */
         char *n = sbx_http_req_query(req, "n");
@@ -238,6 +245,8 @@ up_echo(struct sbx_http_req *req, struct sbx_buf *body)
 {
     sbx_http_add_header(req, "X-Up-Method", req->method);
     sbx_http_add_header(req, "X-Up-Chunked", req->chunked ? "yes" : "no");
+    const char *expect = sbx_http_req_header(req, "expect");
+    sbx_http_add_header(req, "X-Up-Expect", expect ? expect : "none");
     sbx_http_respond(req, 200, "text/plain", body->data ? body->data : "", body->len);
 }
 
@@ -252,6 +261,13 @@ on_up(struct sbx_http_req *req, void *ud)
         sbx_http_respond(req, 200, "text/plain", "hello from upstream", 19);
     } else if (strcmp(p, "/proxy/echo") == 0) {
         sbx_http_req_read_body(req, 1 << 20, up_echo);
+    } else if (strcmp(p, "/proxy/headers") == 0) {
+        /* What the upstream received, one "name: value" line per header. */
+        struct sbx_buf out = {0};
+        for (size_t i = 0; i < req->n_headers; i++)
+            sbx_buf_printf(&out, "%s: %s\n", req->headers[i].name, req->headers[i].value);
+        sbx_http_respond(req, 200, "text/plain", out.data, out.len);
+        sbx_buf_fini(&out);
     } else if (strcmp(p, "/proxy/chunks") == 0) {
         g_up_held = req;
         sbx_http_req_on_close(req, up_gone);
@@ -279,7 +295,8 @@ setup(void)
     CHECK(mkdtemp(g_dir) != NULL);
     snprintf(g_up_path, sizeof(g_up_path), "%s/up.sock", g_dir);
     g_srv = sbx_http_server_new(loop, on_front, NULL);
-    sbx_http_server_set_timeouts(g_srv, g_head_ms, g_idle_ms);
+    sbx_http_server_set_timeouts(g_srv, g_head_ms, g_idle_ms, g_anon_idle_ms);
+    sbx_http_server_set_max_conns(g_srv, g_max_conns);
     CHECK(sbx_http_server_listen_tcp(g_srv, "127.0.0.1", 0, &err) == 0);
     g_port = sbx_http_server_port(g_srv);
     CHECK(g_port > 0);
@@ -562,6 +579,99 @@ TEST(garbage_is_400)
 }
 
 static void
+client_space_before_colon(void)
+{
+    /* A name that http_parser still reads as Transfer-Encoding (it frames the body as
+     * chunked), then one with the space inside. */
+    static const char *const reqs[] = {
+        "POST /proxy/echo HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "GET /hello HTTP/1.1\r\nX Forwarded: a\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+        struct tc_conn c;
+        struct tc_resp r;
+        tc_conn_init(&c, tc_connect_tcp(g_port));
+        tc_send_str(c.fd, reqs[i]);
+        tc_read(&c, &r, 0);
+        fprintf(stderr, "request %zu: status %d, body %s\n", i, r.status, r.body.data);
+        CHECK(r.complete && r.status == 400);
+        CHECK(strstr(r.body.data, "whitespace between a header field name and the colon"));
+        CHECK(tc_is_closed(&c));
+        tc_resp_fini(&r);
+        tc_conn_close(&c);
+    }
+}
+
+TEST(whitespace_before_header_colon_is_400)
+{
+    run(client_space_before_colon);
+}
+
+/* Sends a head with Expect: 100-continue, and the body only once a 100 came (the first
+ * response read is the 100, or the final answer if none was sent); returns the final one. */
+static void
+expect_exchange(struct tc_conn *c, const char *head, const char *body, struct tc_resp *r)
+{
+    tc_send_str(c->fd, head);
+    tc_read(c, r, 0);
+    fprintf(stderr, "%.*s -> %d\n", (int)strcspn(head, "\r"), head, r->status);
+    if (r->status != 100)
+        return;
+    tc_resp_fini(r);
+    tc_send_str(c->fd, body);
+    tc_read(c, r, 0);
+    fprintf(stderr, "  body sent -> %d\n", r->status);
+}
+
+static void
+client_expect_continue(void)
+{
+    struct tc_conn c;
+    struct tc_resp r;
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    /* Read whole, streamed, and then proxied: one 100 each, before the body is sent. */
+    const char *paths[] = {"/buffer", "/stream", "/proxy/echo"};
+    for (int i = 0; i < 3; i++) {
+        char head[160];
+        snprintf(head, sizeof(head),
+                 "POST %s HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", paths[i]);
+        expect_exchange(&c, head, "hello", &r);
+        CHECK(r.complete && r.status == 200); /* a 200 that needed no second 100 */
+        CHECK(strstr(r.body.data, "hello") != NULL);
+        if (i == 2)
+            CHECK_STR(tc_header(&r, "x-up-expect"), "none"); /* the agent never sees it */
+        tc_resp_fini(&r);
+    }
+    /* Answered without reading the body: the final status at once, no 100. */
+    expect_exchange(&c,
+                    "POST /nowhere HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                    "hello", &r);
+    CHECK(r.complete && r.status == 404);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    expect_exchange(&c,
+                    "POST /buffer HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+                    "", &r);
+    CHECK(r.complete && r.status == 413);
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+    /* HTTP/1.0 clients get no 100 (RFC 9110 §10.1.1). */
+    tc_conn_init(&c, tc_connect_tcp(g_port));
+    tc_send_str(c.fd,
+                "POST /buffer HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok");
+    tc_read(&c, &r, 0);
+    CHECK(r.complete && r.status == 200 && tc_body_is(&r, "ok"));
+    tc_resp_fini(&r);
+    tc_conn_close(&c);
+}
+
+TEST(expect_100_continue_only_when_the_body_is_read)
+{
+    run(client_expect_continue);
+}
+
+static void
 client_disconnect(void)
 {
     struct tc_conn c;
@@ -799,6 +909,124 @@ TEST(lingering_close_is_bounded_in_time)
     run(client_linger_bounded); /* without client deadlines too */
 }
 
+/* ---- the connection limit ---- */
+
+/* True if the server has not closed c: nothing, not even EOF, arrives within a short wait. */
+static bool
+still_open(struct tc_conn *c)
+{
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    return poll(&pfd, 1, 100) == 0;
+}
+
+/* A new connection that is served (so the server has accepted it, and evicted whoever it
+ * had to); with authenticated, it carried an authenticated request. */
+static void
+served_conn(struct tc_conn *c, bool authenticated)
+{
+    struct tc_resp r;
+    tc_conn_init(c, tc_connect_tcp(g_port));
+    tc_send_str(c->fd,
+                authenticated ? "GET /auth HTTP/1.1\r\n\r\n" : "GET /hello HTTP/1.1\r\n\r\n");
+    tc_read(c, &r, 0);
+    CHECK(r.complete && r.status == 200);
+    tc_resp_fini(&r);
+}
+
+/* A connection whose request is being handled: a response that never ends. */
+static void
+busy_conn(struct tc_conn *c)
+{
+    struct tc_resp r;
+    tc_conn_init(c, tc_connect_tcp(g_port));
+    tc_send_str(c->fd, "GET /hang HTTP/1.1\r\n\r\n");
+    tc_read(c, &r, 1);
+    CHECK(r.status == 200 && !r.complete);
+    tc_resp_fini(&r);
+}
+
+#define LIMIT 4
+
+static void
+client_eviction_order(void)
+{
+    /* Full: a trusted idle connection (the oldest), a silent one, an anonymous idle one, and
+     * one handling a request. Each newcomer is served and evicts, in this order: anonymous
+     * ones by age, then trusted ones by age, never the busy one; when every connection is
+     * busy, the newcomer itself is closed. */
+    struct tc_conn trusted, silent, anon, busy, c[4];
+    served_conn(&trusted, true);
+    tc_conn_init(&silent, tc_connect_tcp(g_port));
+    served_conn(&anon, false);
+    busy_conn(&busy);
+    struct {
+        struct tc_conn *newcomer, *evicted;
+        bool authenticated;
+        const char *what;
+    } steps[] = {
+        {&c[0], &silent, false, "the silent one"},
+        {&c[1], &anon, true, "the anonymous idle one"},
+        {&c[2], &c[0], true, "the first newcomer (anonymous)"},
+        {&c[3], &trusted, true, "the oldest trusted one"},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        served_conn(steps[i].newcomer, steps[i].authenticated);
+        CHECK(tc_is_closed(steps[i].evicted));
+        tc_conn_close(steps[i].evicted);
+        fprintf(stderr, "newcomer %zu served, evicted %s\n", i + 1, steps[i].what);
+        CHECK(still_open(&busy));
+    }
+    int open = 0;
+    struct tc_conn *left[] = {&busy, &c[1], &c[2], &c[3]};
+    for (int i = 0; i < 4; i++)
+        open += still_open(left[i]);
+    fprintf(stderr, "%d of %d connections still open\n", open, LIMIT);
+    CHECK(open == LIMIT);
+    /* Every connection busy: no room, and no request is cut for the newcomer. */
+    for (int i = 1; i < 4; i++) {
+        tc_conn_close(&c[i]);
+        busy_conn(&c[i]);
+    }
+    struct tc_conn refused;
+    tc_conn_init(&refused, tc_connect_tcp(g_port));
+    CHECK(tc_is_closed(&refused));
+    fprintf(stderr, "all %d busy: the newcomer was closed\n", LIMIT);
+    tc_conn_close(&refused);
+    for (int i = 0; i < 4; i++) {
+        CHECK(still_open(left[i]));
+        tc_conn_close(left[i]);
+    }
+}
+
+TEST(connection_limit_evicts_idle_anonymous_first)
+{
+    g_max_conns = LIMIT;
+    run(client_eviction_order);
+}
+
+static void
+client_anon_idle(void)
+{
+    struct tc_conn anon, trusted;
+    served_conn(&trusted, true);
+    served_conn(&anon, false);
+    CHECK(tc_is_closed(&anon)); /* after the short idle deadline */
+    /* The trusted one has the long one, many times longer. */
+    struct pollfd pfd = {.fd = trusted.fd, .events = POLLIN};
+    CHECK(poll(&pfd, 1, 5 * DEADLINE_MS) == 0);
+    fprintf(stderr, "anonymous closed, authenticated still open after %d ms more\n",
+            5 * DEADLINE_MS);
+    tc_conn_close(&anon);
+    tc_conn_close(&trusted);
+}
+
+TEST(anonymous_connections_idle_shorter)
+{
+    g_idle_ms = 60 * 1000;
+    g_anon_idle_ms = DEADLINE_MS;
+    run(client_anon_idle);
+}
+
 /* ---- proxy ---- */
 
 static void
@@ -816,6 +1044,32 @@ client_proxy_get(void)
 TEST(proxy_get)
 {
     run(client_proxy_get);
+}
+
+static void
+client_proxy_credentials(void)
+{
+    struct tc_resp r;
+    /* The API key and a bearer token stay here; the envd user (Basic) and the rest go on. */
+    tc_request(g_port,
+               "GET /proxy/headers HTTP/1.1\r\nX-API-Key: e2b_secret\r\n"
+               "Authorization: Bearer e2b_token\r\nX-Access-Token: envd\r\n\r\n",
+               &r);
+    fprintf(stderr, "upstream saw:\n%s", r.body.data);
+    CHECK(r.complete && r.status == 200);
+    CHECK(strstr(r.body.data, "e2b_secret") == NULL && strstr(r.body.data, "x-api-key") == NULL);
+    CHECK(strstr(r.body.data, "e2b_token") == NULL && strstr(r.body.data, "authorization") == NULL);
+    CHECK(strstr(r.body.data, "x-access-token: envd\n") != NULL);
+    tc_resp_fini(&r);
+    tc_request(g_port, "GET /proxy/headers HTTP/1.1\r\nAuthorization: Basic dXNlcjo=\r\n\r\n", &r);
+    fprintf(stderr, "upstream saw:\n%s", r.body.data);
+    CHECK(r.complete && strstr(r.body.data, "authorization: Basic dXNlcjo=\n") != NULL);
+    tc_resp_fini(&r);
+}
+
+TEST(proxy_never_forwards_control_plane_credentials)
+{
+    run(client_proxy_credentials);
 }
 
 static void
@@ -930,6 +1184,152 @@ client_proxy_unreachable(void)
 TEST(proxy_upstream_unreachable)
 {
     run(client_proxy_unreachable);
+}
+
+/* ---- the proxy's parser of upstream responses (pure) ---- */
+
+static void
+up_rec_header(void *ud, const char *name, const char *value)
+{
+    sbx_buf_printf(ud, "%s=%s;", name, value);
+}
+
+static void
+up_rec_head(void *ud, int status)
+{
+    sbx_buf_printf(ud, "head %d;", status);
+}
+
+static void
+up_rec_body(void *ud, const char *data, size_t len)
+{
+    sbx_buf_printf(ud, "body %.*s;", (int)len, data);
+}
+
+static void
+up_rec_end(void *ud)
+{
+    sbx_buf_printf(ud, "end");
+}
+
+/* Feeds raw in one piece, then EOF if the response has not ended; returns the last result and
+ * what the callbacks saw. */
+static int
+parse_upstream(const char *raw, bool head_request, struct sbx_buf *seen)
+{
+    static const struct sbx_http_upstream_cbs cbs = {up_rec_header, up_rec_head, up_rec_body,
+                                                     up_rec_end};
+    struct sbx_http_upstream u;
+    sbx_http_upstream_init(&u, head_request, &cbs, seen);
+    int rc = sbx_http_upstream_feed(&u, raw, strlen(raw));
+    if (rc == 0)
+        rc = sbx_http_upstream_feed(&u, NULL, 0);
+    sbx_http_upstream_fini(&u);
+    fprintf(stderr, "rc %d: %s\n", rc, seen->data ? seen->data : "");
+    return rc;
+}
+
+TEST(upstream_response_parser)
+{
+    struct sbx_buf seen = {0};
+    /* Interim answers (even one claiming a body), hop-by-hop headers and trailers stay here. */
+    CHECK(parse_upstream("HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\n"
+                         "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                         "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: 1\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: t\r\n\r\n"
+                         "HTTP/1.1 500 Ignored\r\n\r\n",
+                         false, &seen) == 1);
+    CHECK_STR(seen.data, "X-A=1;head 200;body ok;end");
+    sbx_buf_fini(&seen);
+    /* No body after HEAD, nor with 204, whatever the length says. */
+    CHECK(parse_upstream("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, &seen) == 1);
+    CHECK_STR(seen.data, "Content-Length=9;head 200;end");
+    sbx_buf_fini(&seen);
+    CHECK(parse_upstream("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", false, &seen) ==
+          1);
+    CHECK_STR(seen.data, "Content-Length=9;head 204;end");
+    /* Refused: protocol switches, statuses outside 1xx-5xx, a space before a colon, a cut
+     * response; nothing of them is relayed. */
+    static const char *const bad[] = {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+        "HTTP/1.1 600 Nope\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Len",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        sbx_buf_fini(&seen);
+        CHECK(parse_upstream(bad[i], false, &seen) == -1);
+        CHECK(seen.len == 0);
+    }
+    /* More headers than a client may send. */
+    struct sbx_buf many = {0};
+    sbx_buf_printf(&many, "HTTP/1.1 200 OK\r\n");
+    for (int i = 0; i <= SBX_HTTP_MAX_HEADERS; i++)
+        sbx_buf_printf(&many, "X-%d: v\r\n", i);
+    sbx_buf_printf(&many, "\r\n");
+    sbx_buf_fini(&seen);
+    CHECK(parse_upstream(many.data, false, &seen) == -1);
+    CHECK(strstr(seen.data, "head") == NULL);
+    sbx_buf_fini(&many);
+    sbx_buf_fini(&seen);
+}
+
+/* ---- rate-limited logging of client errors (pure) ---- */
+
+static void
+record_held(void *ud, const char *source, uint64_t held)
+{
+    sbx_buf_printf(ud, "%s=%llu;", source, (unsigned long long)held);
+}
+
+TEST(client_error_log_rate_limit)
+{
+    struct sbx_http_ratelimit *rl = sbx_http_ratelimit_new(1024);
+    struct sbx_buf out = {0};
+    /* One line per source, then only a count, reported when the interval ends. */
+    int logged = 0;
+    for (int i = 0; i < 5000; i++)
+        logged += sbx_http_ratelimit_admit(rl, i % 5 ? "10.0.0.1" : "::1");
+    CHECK(logged == 2);
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    fprintf(stderr, "5000 errors from 2 sources: %d logged, summaries %s\n", logged, out.data);
+    CHECK(strstr(out.data, "10.0.0.1=3999;") && strstr(out.data, "::1=999;"));
+    /* A flood that goes on stays muted: its next interval is only a summary. */
+    CHECK(!sbx_http_ratelimit_admit(rl, "10.0.0.1"));
+    sbx_buf_fini(&out);
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    CHECK_STR(out.data, "10.0.0.1=1;");
+    /* A quiet interval and it is forgotten: its next error is logged again. */
+    sbx_buf_fini(&out);
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    CHECK(out.len == 0);
+    CHECK(sbx_http_ratelimit_admit(rl, "10.0.0.1"));
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    sbx_http_ratelimit_free(rl);
+    /* Many sources: beyond the table they share one entry, so memory and lines stay bounded. */
+    rl = sbx_http_ratelimit_new(16);
+    logged = 0;
+    for (int i = 0; i < 100000; i++) {
+        char src[32];
+        snprintf(src, sizeof(src), "10.%d.%d.%d", i >> 16, (i >> 8) & 255, i & 255);
+        logged += sbx_http_ratelimit_admit(rl, src);
+    }
+    sbx_http_ratelimit_flush(rl, record_held, &out);
+    fprintf(stderr, "100000 errors from 100000 sources, table of 16: %d logged, summaries %s\n",
+            logged, out.data ? out.data : "");
+    CHECK(logged == 17);
+    CHECK_STR(out.data, "others=99983;");
+    sbx_buf_fini(&out);
+    sbx_http_ratelimit_free(rl);
+}
+
+TEST(log_quote)
+{
+    char q[64], small[24];
+    sbx_log_quote(q, sizeof(q), "no route for \"x\"\n\\");
+    CHECK_STR(q, "no route for \\\"x\\\"\\x0a\\\\");
+    sbx_log_quote(small, sizeof(small), "a path longer than the room there is");
+    CHECK_STR(small, "a path longer than t...");
 }
 
 TEST_MAIN(60)

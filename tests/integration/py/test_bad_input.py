@@ -245,6 +245,24 @@ def test_garbage_request_line_is_400(sbx_daemon):
     _still_serving(sbx_daemon)
 
 
+@pytest.mark.parametrize("header", [b"Transfer-Encoding : chunked", b"Content-Length : 5",
+                                    b"X-API-KEY : %s"], ids=["te", "cl", "api-key"])
+def test_whitespace_before_header_colon_is_400(sbx_daemon, raw_sandbox, header):
+    # RFC 9112 §5.1: a proxy that forwards such a header lets the next server frame the body
+    # differently (request smuggling). Here the request would go to a sandbox.
+    header = header.replace(b"%s", sbx_daemon.api_key.encode())
+    raw = (b"POST /files?path=/tmp/smuggled HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: "
+           + raw_sandbox["sandboxID"].encode() + b"\r\n" + header + b"\r\n\r\n"
+           b"5\r\nhello\r\n0\r\n\r\n")
+    resp = _raw_exchange(sbx_daemon, raw)
+    status_line = resp.split(b"\r\n", 1)[0]
+    print(f"{header.split(b':')[0]!r}: {status_line!r}")
+    assert _status_of(resp) == 400, resp[:300]
+    err = _json(resp.partition(b"\r\n\r\n")[2])
+    assert err == {"code": 400, "message": "whitespace between a header field name and the colon"}
+    _still_serving(sbx_daemon)
+
+
 def test_slow_partial_request_does_not_block_others(sbx_daemon):
     s = socket.create_connection((sbx_daemon.host, sbx_daemon.port))
     try:

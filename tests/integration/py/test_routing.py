@@ -1,9 +1,10 @@
 """Control-plane corners the SDK suites do not reach on their own: metrics, v1 paths,
-refreshes, Host-based routing, and one keep-alive connection that mixes control-plane and
-sandbox requests."""
+refreshes, Host-based routing, one keep-alive connection that mixes control-plane and
+sandbox requests, and Expect: 100-continue from curl."""
 
 import http.client
 import json
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -114,3 +115,58 @@ def test_one_keepalive_connection_mixes_control_plane_and_sandbox(sbx_daemon, sa
         assert conn.sock is not None
     finally:
         conn.close()
+
+
+# -- Expect: 100-continue --------------------------------------------------------------------
+
+EXPECT_TIMEOUT_S = 30  # what curl waits for a 100 before it sends the body anyway
+
+
+def _curl_expect(url, *args):
+    """POSTs with Expect: 100-continue through curl; returns (status, body, 100s seen, s)."""
+    t0 = time.monotonic()
+    r = subprocess.run(
+        ["curl", "-sS", "-v", "--expect100-timeout", str(EXPECT_TIMEOUT_S), "--max-time", "120",
+         "-H", "Expect: 100-continue", "-o", "-", "-w", "\n%{http_code}", *args, url],
+        capture_output=True, timeout=180)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    body, _, status = r.stdout.rpartition(b"\n")
+    continues = r.stderr.count(b"< HTTP/1.1 100 Continue")
+    return int(status), body, continues, took
+
+
+def test_expect_continue_create_answered_at_once(sbx_daemon):
+    status, body, continues, took = _curl_expect(
+        sbx_daemon.url + "/v2/sandboxes", "-H", f"X-API-KEY: {sbx_daemon.api_key}",
+        "-H", "Content-Type: application/json",
+        "--data-binary", json.dumps({"templateID": "base", "timeout": 60}))
+    print(f"create: status {status}, {continues} x 100 Continue, {took:.2f} s")
+    assert status == 201, body
+    sbx_daemon.request("DELETE", f"/sandboxes/{json.loads(body)['sandboxID']}")
+    assert continues == 1
+    assert took < EXPECT_TIMEOUT_S / 2, "the body waited for curl's expect timeout"
+
+
+def test_expect_continue_upload_through_the_proxy(sbx_daemon, sandbox, tmp_path):
+    src = tmp_path / "upload.bin"
+    src.write_bytes(b"expect 100-continue\n" * 500)
+    status, body, continues, took = _curl_expect(
+        sbx_daemon.url + "/files?path=/tmp/expect.txt",
+        "-H", f"E2b-Sandbox-Id: {sandbox.sandbox_id}", "-H", "E2b-Sandbox-Port: 49983",
+        "-H", f"X-Access-Token: {sandbox._envd_access_token}", "-F", f"file=@{src}")
+    print(f"upload: status {status}, {continues} x 100 Continue, {took:.2f} s")
+    assert status == 200, body
+    assert continues == 1  # the daemon's, and not the agent's as well
+    assert took < EXPECT_TIMEOUT_S / 2, "the body waited for curl's expect timeout"
+    assert sandbox.files.read("/tmp/expect.txt") == src.read_text()
+
+
+def test_expect_continue_not_sent_before_a_refusal(sbx_daemon):
+    status, body, continues, took = _curl_expect(
+        sbx_daemon.url + "/v2/sandboxes", "-H", "X-API-KEY: e2b_" + "0" * 40,
+        "-H", "Content-Type: application/json", "--data-binary", json.dumps({"templateID": "base"}))
+    print(f"wrong key: status {status}, {continues} x 100 Continue, {took:.2f} s")
+    assert status == 401 and json.loads(body)["code"] == 401
+    assert continues == 0  # the final answer alone: the body is never sent
+    assert took < EXPECT_TIMEOUT_S / 2

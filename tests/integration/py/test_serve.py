@@ -92,7 +92,7 @@ def test_first_start_creates_a_key_and_prints_exports(sbx_daemon, state_dir):
 def test_environment_variables_configure_the_daemon(sbx_daemon, state_dir):
     port = _free_port()
     env = dict(os.environ, SBX_LISTEN=f"127.0.0.1:{port}", SBX_STATE_DIR=state_dir,
-               SBX_API_KEY="e2b_" + "ab" * 20)
+               SBX_API_KEY="e2b_" + "ab" * 20, SBX_MAX_CONNECTIONS="7")
     p = _serve(sbx_daemon.binary, env=env)
     try:
         exports = _read_exports(p)
@@ -100,6 +100,7 @@ def test_environment_variables_configure_the_daemon(sbx_daemon, state_dir):
         assert _get(f"http://127.0.0.1:{port}", "e2b_" + "ab" * 20) == 200
     finally:
         assert _stop(p) == 0
+    assert " max_connections=7 " in p.stderr.read()
 
 
 def test_open_file_limit_raised_to_the_hard_limit(sbx_daemon, state_dir):
@@ -116,6 +117,12 @@ def test_open_file_limit_raised_to_the_hard_limit(sbx_daemon, state_dir):
         assert re.search(r"^Max open files\s+8192\s+8192\s", limits, re.M), limits
     finally:
         assert _stop(p) == 0
+    # Connections get half of what is left once the daemon's own 64 descriptors and a pidfd
+    # per sandbox (at most a quarter of the limit) are set aside: they must not take the
+    # descriptors that creates and proxied requests need (issue 14).
+    start = [line for line in p.stderr.read().splitlines() if "event=start" in line]
+    print(start)
+    assert start and f" max_connections={(8192 - 64 - 8192 // 4) // 2} " in start[0]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -146,3 +153,4 @@ def test_unreachable_state_dir_is_refused(sbx_daemon):
 def test_help(sbx_daemon):
     r = subprocess.run([sbx_daemon.binary, "serve", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--state-dir" in r.stdout and "SBX_MEMORY_MB" in r.stdout
+    assert "--max-connections N" in r.stdout and "SBX_MAX_CONNECTIONS" in r.stdout
