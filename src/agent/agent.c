@@ -23,6 +23,7 @@
 #include "base/util.h"
 #include "connect/connect.h"
 #include "http/http.h"
+#include "json/json.h"
 
 #define CONFIG_MAX_BYTES (1024 * 1024)
 #define UNAUTHORIZED_BODY                                                                          \
@@ -61,10 +62,13 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     }
     json_t *id = json_object_get(root, "sandboxId");
     json_t *tok = json_object_get(root, "accessToken");
-    json_t *envs = json_object_get(root, "envVars");
+    json_t *envs = NULL;
     json_t *interp = json_object_get(root, "codeInterpreter");
-    if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok)) ||
-        (envs && !json_is_null(envs) && !json_is_object(envs))) {
+    if (sbx_json_opt_env_map(root, "envVars", &envs, err) < 0) {
+        json_decref(root);
+        return sbx_error_prefix(err, "config");
+    }
+    if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok))) {
         json_decref(root);
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: wrong field types");
     }
@@ -76,15 +80,8 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX_ID", json_string(cfg->sandbox_id));
-    const char *k;
-    json_t *v;
-    json_object_foreach (json_is_object(envs) ? envs : NULL, k, v) {
-        if (!json_is_string(v) || *k == '\0' || strchr(k, '=') != NULL) {
-            json_decref(root);
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: bad envVars entry '%s'", k);
-        }
-        json_object_set(cfg->env_vars, k, v);
-    }
+    if (envs != NULL)
+        json_object_update(cfg->env_vars, envs);
     json_decref(root);
     return 0;
 }

@@ -16,6 +16,7 @@
 #include "base/limits.h"
 #include "base/log.h"
 #include "base/util.h"
+#include "json/json.h"
 #include "jupyter/kernel.h"
 
 #define NDJSON_TYPE "application/x-ndjson"
@@ -168,12 +169,8 @@ spawn_kernel(void *ud, const struct sbx_kernel_spawn_req *r, struct sbx_error **
     json_t *merged = json_deep_copy(svc.cfg->env_vars);
     json_object_update(merged, extra);
     json_decref(extra);
-    char **envp = sbx_agent_env_build(&u, merged, NULL, false, err);
+    char **envp = sbx_agent_env_build(&u, merged, NULL, false);
     json_decref(merged);
-    if (envp == NULL) {
-        sbx_agent_user_fini(&u);
-        return -1;
-    }
     int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     struct sbx_agent_spawn s = {
         .path = r->argv[0],
@@ -805,18 +802,6 @@ on_keepalive(uv_timer_t *t)
 
 /* ---- POST /execute ---- */
 
-static bool
-valid_env_map(json_t *env)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach (env, k, v) {
-        if (!json_is_string(v) || *k == '\0' || strchr(k, '=') != NULL)
-            return false;
-    }
-    return true;
-}
-
 static void
 on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
 {
@@ -830,14 +815,19 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
     json_t *code = json_object_get(j, "code");
     json_t *ctx_id = json_object_get(j, "context_id");
     json_t *lang = json_object_get(j, "language");
-    json_t *env = json_object_get(j, "env_vars");
+    json_t *env = NULL;
     if (!json_is_string(code) || (ctx_id && !json_is_null(ctx_id) && !json_is_string(ctx_id)) ||
-        (lang && !json_is_null(lang) && !json_is_string(lang)) ||
-        (env && !json_is_null(env) && !(json_is_object(env) && valid_env_map(env)))) {
+        (lang && !json_is_null(lang) && !json_is_string(lang))) {
         json_decref(j);
         respond_text(req, 400,
                      "invalid request: want {\"code\": str, \"context_id\"?: str, "
                      "\"language\"?: str, \"env_vars\"?: {str: str}}");
+        return;
+    }
+    _cleanup_error_ struct sbx_error *env_err = NULL;
+    if (sbx_json_opt_env_map(j, "env_vars", &env, &env_err) < 0) {
+        json_decref(j);
+        respond_text(req, 400, env_err->msg);
         return;
     }
     const char *id =
@@ -899,7 +889,7 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
     r->ctx = c;
     r->req = req;
     r->code = json_incref(code);
-    r->env = json_is_object(env) && json_object_size(env) > 0 ? json_incref(env) : NULL;
+    r->env = env != NULL && json_object_size(env) > 0 ? json_incref(env) : NULL;
     r->phase = RUN_QUEUED;
     json_decref(j);
     uv_timer_init(svc.loop, &r->timer);

@@ -23,6 +23,7 @@
 #define SBX_MAX_TIMEOUT_S      (24 * 3600)
 #define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
+#define SBX_MAX_ENV_VARS       4096 /* in one map of environment variables */
 
 /* Default per-sandbox limits; overridable with sbx serve flags (see docs/configuration.md). */
 #define SBX_DEFAULT_MEMORY_MB 512

@@ -148,7 +148,7 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
         sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err) < 0 ||
         sbx_json_opt_bool(body, "autoPause", &o.auto_pause, err) < 0 ||
         sbx_json_opt_string_map(body, "metadata", &o.metadata, err) < 0 ||
-        sbx_json_opt_string_map(body, "envVars", &o.env_vars, err) < 0)
+        sbx_json_opt_env_map(body, "envVars", &o.env_vars, err) < 0)
         return -1;
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */

@@ -147,6 +147,43 @@ def test_wrong_field_types_are_400(sbx_daemon, payload):
     _assert_api_error(status, headers, body, 400)
 
 
+@pytest.mark.parametrize("name", ["A=B", "", "=", "PATH=/tmp"],
+                         ids=["equals", "empty", "only-equals", "path-override"])
+def test_env_var_names_execve_cannot_take_are_400(sbx_daemon, name):
+    """execve gets "NAME=value": a name with '=' would set another variable, an empty one is
+    none. Create refuses them up front, naming the variable, and leaves no sandbox behind
+    (it used to answer 201, and the sandbox died when its agent refused the config)."""
+    before = set(sbx_daemon.list_sandbox_ids())
+    status, headers, body = sbx_daemon.request(
+        "POST", "/v2/sandboxes", body={"templateID": "base", "envVars": {"OK": "1", name: "x"}})
+    print(f"envVars name {name!r}: {status} {body.decode()}")
+    _assert_api_error(status, headers, body, 400)
+    assert f"invalid environment variable name '{name}'" in _json(body)["message"]
+    assert set(sbx_daemon.list_sandbox_ids()) == before
+
+
+def test_env_var_bad_names_through_the_sdks_raise(sbx_daemon, sandbox):
+    from e2b import InvalidArgumentException, Sandbox, SandboxException
+
+    with pytest.raises(SandboxException) as e:
+        Sandbox.create(envs={"A=B": "1"}, timeout=30)
+    print(f"Sandbox.create(envs={{'A=B': '1'}}) raised {type(e.value).__name__}: {e.value}")
+    assert "400" in str(e.value) and "'A=B'" in str(e.value)
+    # process Start applies the same rule to its envs.
+    with pytest.raises(InvalidArgumentException) as e:
+        sandbox.commands.run("true", envs={"X=Y": "1"})
+    print(f"commands.run(envs={{'X=Y': '1'}}) raised {type(e.value).__name__}: {e.value}")
+    assert "'X=Y'" in str(e.value)
+
+
+def test_env_var_names_beyond_posix_are_kept(sandbox_factory):
+    """E2B requires no POSIX shell name: whatever execve can carry reaches the commands."""
+    envs = {"my-var.1": "dotted", "1X": "digit", "A B": "b=c"}
+    sbx = sandbox_factory(envs=envs)
+    out = sbx.commands.run("printenv my-var.1 1X 'A B'").stdout
+    assert out == "dotted\ndigit\nb=c\n"
+
+
 def test_set_timeout_wrong_type_is_400(sbx_daemon, raw_sandbox):
     status, headers, body = sbx_daemon.request(
         "POST", f"/sandboxes/{raw_sandbox['sandboxID']}/timeout", body={"timeout": "soon"})

@@ -289,6 +289,12 @@ def test_bad_input(ci):
     assert r.status_code == 400
     r = _raw(ci, "POST", "/execute", {"code": 5})
     assert r.status_code == 400
+    # Per-run env vars follow create's rule (one validator), named in the answer.
+    r = _raw(ci, "POST", "/execute", {"code": "1", "env_vars": {"OK": "1", "A=B": "x"}})
+    assert r.status_code == 400 and "invalid environment variable name 'A=B'" in r.text, r.text
+    with pytest.raises(SandboxException) as e:
+        ci.run_code("1", envs={"": "x"})
+    assert "name ''" in str(e.value)
     empty = ci.run_code("")
     assert empty.error is None and empty.results == []
 
