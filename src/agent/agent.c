@@ -20,7 +20,6 @@
 #include "base/cleanup.h"
 #include "base/limits.h"
 #include "base/log.h"
-#include "base/util.h"
 #include "connect/connect.h"
 #include "http/http.h"
 #include "json/json.h"
@@ -62,19 +61,24 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     }
     json_t *id = json_object_get(root, "sandboxId");
     json_t *tok = json_object_get(root, "accessToken");
+    json_t *traffic = json_object_get(root, "trafficAccessToken");
     json_t *envs = NULL;
     json_t *interp = json_object_get(root, "codeInterpreter");
     if (sbx_json_opt_env_map(root, "envVars", &envs, err) < 0) {
         json_decref(root);
         return sbx_error_prefix(err, "config");
     }
-    if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok))) {
+    if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok)) ||
+        (traffic && !json_is_null(traffic) && !json_is_string(traffic))) {
         json_decref(root);
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: wrong field types");
     }
     cfg->sandbox_id = strdup(json_string_value(id));
     cfg->access_token =
         json_is_string(tok) && json_string_length(tok) > 0 ? strdup(json_string_value(tok)) : NULL;
+    cfg->traffic_token = json_is_string(traffic) && json_string_length(traffic) > 0
+                             ? strdup(json_string_value(traffic))
+                             : NULL;
     cfg->code_interpreter = json_is_true(interp);
     cfg->env_vars = json_object();
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
@@ -115,13 +119,8 @@ route_interpreter(struct sbx_http_req *req)
 static bool
 is_authorized(const struct sbx_http_req *req)
 {
-    if (config.access_token == NULL)
-        return true;
-    const char *t = sbx_http_req_header(req, "x-access-token");
-    if (t == NULL)
-        return false;
-    /* Constant time: the comparison must not reveal how much of a guess was right. */
-    return sbx_secret_equal(t, strlen(t), config.access_token, strlen(config.access_token));
+    return config.access_token == NULL ||
+           sbx_http_req_has_secret(req, "x-access-token", config.access_token);
 }
 
 static void

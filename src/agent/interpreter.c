@@ -84,6 +84,17 @@ respond_json(struct sbx_http_req *req, int status, json_t *v)
     sbx_http_respond(req, status, "application/json", s, strlen(s));
 }
 
+/* When a new context would pass SBX_INTERP_MAX_CONTEXTS: each holds a kernel, so without a
+ * bound even a token holder could grow the agent's tables and processes without end. */
+static void
+respond_too_many_contexts(struct sbx_http_req *req)
+{
+    char msg[120];
+    snprintf(msg, sizeof(msg), "too many contexts: a sandbox holds at most %d, remove one first",
+             SBX_INTERP_MAX_CONTEXTS);
+    respond_text(req, 429, msg);
+}
+
 static json_t *
 ctx_json(const struct ctx *c)
 {
@@ -874,7 +885,7 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
             c = ctx_new(norm, SBX_INTERP_DEFAULT_CWD, true);
         if (c == NULL) {
             json_decref(j);
-            respond_text(req, 500, "too many contexts");
+            respond_too_many_contexts(req);
             return;
         }
     }
@@ -957,7 +968,7 @@ on_create_body(struct sbx_http_req *req, struct sbx_buf *body)
     json_decref(j);
     struct ctx *c = ctx_new(norm, dir, false);
     if (c == NULL) {
-        respond_text(req, 500, "too many contexts");
+        respond_too_many_contexts(req);
         return;
     }
     _cleanup_error_ struct sbx_error *err = NULL;
@@ -1054,6 +1065,22 @@ sbx_interp_init(uv_loop_t *loop, const struct sbx_agent_config *cfg, struct sbx_
     return ctx_start_kernel(py, err);
 }
 
+/* Secure sandboxes serve the interpreter to their owner only: with the sandbox id alone,
+ * anyone could otherwise delete or restart the owner's contexts, or create contexts (each a
+ * kernel) until the sandbox runs out of memory. The SDKs send X-Access-Token on /execute
+ * only; on every request to this port they send the traffic access token, which the control
+ * plane hands out with the access token, so /contexts takes either. */
+static bool
+is_authorized(const struct sbx_http_req *req, const struct sbx_agent_config *cfg, bool is_execute)
+{
+    if (cfg->access_token == NULL)
+        return true;
+    if (sbx_http_req_has_secret(req, "x-access-token", cfg->access_token))
+        return true;
+    return !is_execute &&
+           sbx_http_req_has_secret(req, "e2b-traffic-access-token", cfg->traffic_token);
+}
+
 bool
 sbx_interp_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
 {
@@ -1063,30 +1090,26 @@ sbx_interp_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
     bool is_health = strcmp(path, "/health") == 0;
     if (!is_execute && !is_contexts && !is_health)
         return false;
-    if (!svc.initialized) {
-        _cleanup_error_ struct sbx_error *err = NULL;
-        if (sbx_interp_init(uv_default_loop(), cfg, &err) < 0)
-            sbx_log_error("interpreter_init", "error=\"%s\"", err->msg);
-    }
     if (is_health) {
+        /* As E2B's server: a liveness answer that starts nothing (no kernel, no context). */
         json_t *ok = json_string("OK");
         respond_json(req, 200, ok);
         json_decref(ok);
         return true;
     }
+    if (!is_authorized(req, cfg, is_execute)) {
+        respond_text(req, 401, "unauthorized: missing or invalid access token");
+        return true;
+    }
+    if (!svc.initialized) {
+        _cleanup_error_ struct sbx_error *err = NULL;
+        if (sbx_interp_init(uv_default_loop(), cfg, &err) < 0)
+            sbx_log_error("interpreter_init", "error=\"%s\"", err->msg);
+    }
     if (is_execute) {
         if (strcmp(req->method, "POST") != 0) {
             respond_text(req, 405, "method not allowed");
             return true;
-        }
-        if (cfg->access_token != NULL) {
-            const char *t = sbx_http_req_header(req, "x-access-token");
-            /* Constant time, as envd's own check. */
-            if (t == NULL ||
-                !sbx_secret_equal(t, strlen(t), cfg->access_token, strlen(cfg->access_token))) {
-                respond_text(req, 401, "unauthorized: missing or invalid X-Access-Token");
-                return true;
-            }
         }
         sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_execute_body);
         return true;

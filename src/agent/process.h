@@ -30,6 +30,7 @@
 struct sbx_agent_config {
     char *sandbox_id;
     char *access_token;    /* NULL when the sandbox is not secure */
+    char *traffic_token;   /* trafficAccessToken: the code interpreter's /contexts take it too */
     json_t *env_vars;      /* object of strings: sandbox-wide environment */
     bool code_interpreter; /* template is a code interpreter: start its kernel at boot */
 };

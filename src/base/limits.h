@@ -39,6 +39,10 @@
 #define SBX_DEFAULT_HEADER_TIMEOUT_S 30
 #define SBX_DEFAULT_IDLE_TIMEOUT_S   310
 
+/* Contexts of one sandbox's code interpreter, the default ones included. Each runs a kernel
+ * (about 40 MiB for Python): the memory limit caps them too, this caps what the agent keeps. */
+#define SBX_INTERP_MAX_CONTEXTS 16
+
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999
 #define SBX_ENVD_VERSION "0.6.13"

@@ -73,9 +73,9 @@ parse_map(const char *s)
 static json_t *
 sandbox_json(const struct sbx_sandbox_rec *r)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:n}", "sandboxID", r->id, "templateID",
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:s?}", "sandboxID", r->id, "templateID",
                           r->template_id, "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion",
-                          SBX_ENVD_VERSION, "domain", "trafficAccessToken");
+                          SBX_ENVD_VERSION, "domain", "trafficAccessToken", r->traffic_token);
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (r->access_token)

@@ -223,6 +223,8 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
         json_pack("{s:s,s:o*}", "sandboxId", rec->id, "envVars", env ? env : json_object());
     if (rec->access_token)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
+    if (rec->traffic_token)
+        json_object_set_new(cfg, "trafficAccessToken", json_string(rec->traffic_token));
     json_object_set_new(cfg, "codeInterpreter",
                         json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
     char *s = json_dumps(cfg, JSON_COMPACT);
@@ -306,6 +308,16 @@ dump_or_empty(json_t *obj)
     return obj ? json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
 }
 
+static char *
+new_token(void)
+{
+    char tok[65];
+    sbx_random_hex(tok, 32);
+    char *s = strdup(tok);
+    explicit_bzero(tok, sizeof(tok));
+    return s;
+}
+
 struct sbx_live *
 sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t *spawn_us, struct sbx_error **err)
 {
@@ -321,10 +333,10 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t *spawn_us, struct
     rec->metadata_json = dump_or_empty(o->metadata);
     rec->env_vars_json = dump_or_empty(o->env_vars);
     if (o->secure) {
-        char tok[65];
-        sbx_random_hex(tok, 32);
-        rec->access_token = strdup(tok);
-        explicit_bzero(tok, sizeof(tok));
+        rec->access_token = new_token();
+        /* What the code-interpreter SDKs send on /contexts (E2B-Traffic-Access-Token); a
+         * secret of its own, so that it never opens envd. */
+        rec->traffic_token = new_token();
     }
     rec->started_at_ms = sbx_wall_ms();
     rec->end_at_ms = rec->started_at_ms + (int64_t)o->timeout_s * 1000;
