@@ -212,11 +212,13 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
 static struct sbx_live *
 find_or_404(struct sbx_http_req *req, const char *id)
 {
-    struct sbx_live *l = sbx_lifecycle_find(id);
-    if (l == NULL)
+    struct sbx_live *l = sbx_live_find(sbx_daemon, id);
+    if (l == NULL) {
         sbx_http_respond_error(req, 404, "sandbox '%s' not found", id);
-    else
-        snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
+        return NULL;
+    }
+    snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
+    sbx_live_touch(sbx_daemon, l); /* the API key holder uses it */
     return l;
 }
 

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "base/error.h"
+#include "base/limits.h"
 #include "http/http.h"
 #include "sandbox/sandbox.h"
 #include "store/store.h"
@@ -19,6 +20,8 @@
 #define SBX_DAEMON_UID_BASE  1073741824u
 #define SBX_DAEMON_ID_LEN    20
 #define SBX_DAEMON_CLIENT_ID "6532622b" /* legacy constant the SDKs still require */
+/* Hash buckets of the id index: a power of two, twice the sandbox cap (short chains). */
+#define SBX_DAEMON_ID_BUCKETS (2 * SBX_MAX_SANDBOXES)
 
 struct sbx_daemon_config {
     char *listen_host;
@@ -43,7 +46,10 @@ struct sbx_live {
     bool polling;
     uint64_t last_cpu_ns; /* for cpuUsedPct between two metric reads */
     int64_t last_cpu_wall_ms;
-    struct sbx_live *next;
+    struct sbx_live *next;    /* the daemon's list of every running sandbox */
+    struct sbx_live *id_next; /* in its bucket of the id index */
+    /* In the order of last use, newest first; secure sandboxes only (see live.c). */
+    struct sbx_live *recent_prev, *recent_next;
 };
 
 struct sbx_daemon {
@@ -53,8 +59,10 @@ struct sbx_daemon {
     struct sbx_http_server *http;
     char *template_dir;
     int exe_fd;            /* this binary, exec'd as the agent inside sandboxes */
-    struct sbx_live *live; /* every running sandbox */
-    uv_timer_t expiry;     /* fires at the soonest end_at */
+    struct sbx_live *live; /* every running sandbox (live.c owns the three views) */
+    struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
+    struct sbx_live *recent; /* the secure sandbox used last */
+    uv_timer_t expiry;       /* fires at the soonest end_at */
     uv_signal_t sigterm, sigint;
 };
 
@@ -76,8 +84,16 @@ struct sbx_live *sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t 
                                       struct sbx_error **err);
 int sbx_lifecycle_kill(struct sbx_live *l, struct sbx_error **err);
 int sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **err);
-struct sbx_live *sbx_lifecycle_find(const char *id);
 void sbx_lifecycle_shutdown(void);
+
+/* live.c: the table of running sandboxes. Insert and remove keep its list, id index and
+ * order of use together; remove accepts a sandbox never inserted. */
+void sbx_live_insert(struct sbx_daemon *d, struct sbx_live *l);
+void sbx_live_remove(struct sbx_daemon *d, struct sbx_live *l);
+struct sbx_live *sbx_live_find(struct sbx_daemon *d, const char *id);
+/* The sandbox was just used by someone who proved to own it (API key, its access token, a
+ * valid signature): it becomes the first candidate of presigned URLs without an id. */
+void sbx_live_touch(struct sbx_daemon *d, struct sbx_live *l);
 
 /* api.c: control plane (X-API-KEY). */
 void sbx_api_handle(struct sbx_http_req *req);

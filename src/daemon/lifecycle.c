@@ -30,15 +30,6 @@ ref_of(const struct sbx_live *l)
     };
 }
 
-struct sbx_live *
-sbx_lifecycle_find(const char *id)
-{
-    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next)
-        if (strcmp(l->rec->id, id) == 0)
-            return l;
-    return NULL;
-}
-
 static void
 live_free(struct sbx_live *l)
 {
@@ -60,11 +51,7 @@ on_poll_closed(uv_handle_t *h)
 static void
 live_drop(struct sbx_live *l)
 {
-    struct sbx_live **pp = &sbx_daemon->live;
-    while (*pp && *pp != l)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = l->next;
+    sbx_live_remove(sbx_daemon, l);
     if (l->polling) {
         l->polling = false;
         /* Stop watching and close the pidfd now, not on the next loop turn: a client told
@@ -367,8 +354,7 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, uint64_t *spawn_us, struct
     clock_gettime(CLOCK_MONOTONIC, &b);
     if (spawn_us)
         *spawn_us = (uint64_t)((b.tv_sec - a.tv_sec) * 1000000 + (b.tv_nsec - a.tv_nsec) / 1000);
-    l->next = d->live;
-    d->live = l;
+    sbx_live_insert(d, l);
     arm_expiry();
     return l;
 }
@@ -400,8 +386,7 @@ sbx_lifecycle_recover(struct sbx_error **err)
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
         if (rec->pid > 0 && sbx_sandbox_is_alive(&ref) && watch(l, &e) == 0) {
-            l->next = d->live;
-            d->live = l;
+            sbx_live_insert(d, l);
             alive++;
             continue;
         }
