@@ -4,16 +4,13 @@ client deadlines, against a daemon of their own; there the SDK runs the long req
 
 import base64
 import json
-import os
-import shutil
 import socket
 import struct
-import tempfile
 import time
 
 import pytest
 
-from conftest import Daemon
+from conftest import own_daemon
 
 
 def _json(body):
@@ -441,19 +438,9 @@ CLOSE_WAIT_S = 10 * DEADLINE_S  # behaviour, not timing precision, is under test
 def strict_daemon(sbx_daemon, tmp_path_factory):
     """A second daemon whose header and idle timeouts are DEADLINE_S: one set by its flag,
     the other by its environment variable."""
-    state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
-    os.chmod(state_dir, 0o711)
-    d = Daemon(sbx_daemon.binary, state_dir, tmp_path_factory.mktemp("strict") / "daemon.log")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBX_SERVE_ARGS",
-                  os.environ.get("SBX_SERVE_ARGS", "") + f" --header-timeout {DEADLINE_S}")
-        mp.setenv("SBX_IDLE_TIMEOUT", str(DEADLINE_S))
-        d.start()
-    yield d
-    d.kill_all_sandboxes()
-    rc = d.stop()
-    shutil.rmtree(state_dir, ignore_errors=True)
-    assert rc == 0, d.log_tail()
+    with own_daemon(sbx_daemon, tmp_path_factory.mktemp("strict"),
+                    f"--header-timeout {DEADLINE_S}", {"SBX_IDLE_TIMEOUT": str(DEADLINE_S)}) as d:
+        yield d
 
 
 def _read_until_closed(s, limit_s=CLOSE_WAIT_S):

@@ -7,8 +7,6 @@ TypeScript) and IRkernel (R), as installed by scripts/setup.sh.
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon
+from conftest import own_daemon
 from e2b import InvalidArgumentException, NotFoundException, SandboxException, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
 from helpers import http_request
@@ -272,17 +270,8 @@ def test_health_starts_no_kernel(sandbox):
 def roomy_daemon(sbx_daemon, tmp_path_factory):
     """A daemon of its own whose sandboxes have room for MAX_CONTEXTS Python kernels (about
     40 MiB each), so that the context limit, not memory, is what stops them."""
-    state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
-    os.chmod(state_dir, 0o711)
-    d = Daemon(sbx_daemon.binary, state_dir, tmp_path_factory.mktemp("roomy") / "daemon.log")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBX_SERVE_ARGS", os.environ.get("SBX_SERVE_ARGS", "") + " --memory-mb 1536")
-        d.start()
-    yield d
-    d.kill_all_sandboxes()
-    rc = d.stop()
-    shutil.rmtree(state_dir, ignore_errors=True)
-    assert rc == 0, d.log_tail()
+    with own_daemon(sbx_daemon, tmp_path_factory.mktemp("roomy"), "--memory-mb 1536") as d:
+        yield d
 
 
 @pytest.mark.slow
