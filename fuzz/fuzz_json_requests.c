@@ -28,6 +28,24 @@ settle(int rc, struct sbx_error **err)
     *err = NULL;
 }
 
+/* What every accepted map of environment variables must be: names execve(2) can carry. */
+static bool
+env_map_ok(json_t *map)
+{
+    const char *k;
+    size_t klen;
+    json_t *v;
+    if (!json_is_object(map) || json_object_size(map) > SBX_MAX_ENV_VARS)
+        return false;
+    json_object_keylen_foreach(map, k, klen, v)
+    {
+        if (klen == 0 || memchr(k, '=', klen) || memchr(k, '\0', klen) || !json_is_string(v) ||
+            strlen(json_string_value(v)) != json_string_length(v))
+            return false;
+    }
+    return true;
+}
+
 static void
 control_plane(json_t *body)
 {
@@ -39,7 +57,7 @@ control_plane(json_t *body)
             CHECK(o.template_id != NULL);
             CHECK(o.timeout_s >= 1 && o.timeout_s <= SBX_MAX_TIMEOUT_S);
             CHECK(o.metadata == NULL || json_is_object(o.metadata));
-            CHECK(o.env_vars == NULL || json_is_object(o.env_vars));
+            CHECK(o.env_vars == NULL || env_map_ok(o.env_vars));
             CHECK(!v2 || o.secure);
         }
         settle(rc, &err);
@@ -63,6 +81,9 @@ control_plane(json_t *body)
         settle(sbx_json_opt_bool(body, k, &b, &err), &err);
         settle(sbx_json_opt_int(body, k, &i, &err), &err);
         settle(sbx_json_opt_string_map(body, k, &m, &err), &err);
+        int rc = sbx_json_opt_env_map(body, k, &m, &err);
+        CHECK(rc != 1 || env_map_ok(m));
+        settle(rc, &err);
     }
 }
 
@@ -75,7 +96,7 @@ agent(json_t *msg)
     if (rc == 0) {
         CHECK(sr.cmd != NULL && sr.cmd[0] != '\0');
         CHECK(sr.args != NULL && sr.args[sr.n_args] == NULL);
-        CHECK(json_is_object(sr.envs));
+        CHECK(env_map_ok(sr.envs));
         json_decref(sbx_agent_config_json(&sr));
         sbx_agent_start_req_fini(&sr);
     }
@@ -111,9 +132,10 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     json_error_t jerr;
-    /* The daemon's decoding (api.c on_body) and the Connect one (duplicates rejected). */
-    static const size_t flags[] = {0, JSON_REJECT_DUPLICATES};
-    for (size_t i = 0; i < 2; i++) {
+    /* The daemon's decoding (api.c on_body), the Connect one (duplicates rejected) and the
+     * code interpreter's of /execute (NUL allowed in strings). */
+    static const size_t flags[] = {0, JSON_REJECT_DUPLICATES, JSON_ALLOW_NUL};
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
         json_t *v = json_loadb((const char *)data, size, flags[i], &jerr);
         if (v == NULL)
             continue;

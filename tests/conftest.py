@@ -15,10 +15,12 @@ Environment knobs: SBX_BIN (binary), SBX_SERVE_ARGS (extra `sbx serve` arguments
 SBX_START_TIMEOUT (seconds to wait for readiness, default 60).
 """
 
+import contextlib
 import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,6 +203,26 @@ class Daemon:
                 self.request("DELETE", f"/sandboxes/{sid}")
             except OSError:
                 pass
+
+
+@contextlib.contextmanager
+def own_daemon(like, log_dir, extra_args="", env=None):
+    """A daemon of a test's own: the binary of `like` with a fresh state dir, started with
+    extra `sbx serve` arguments and environment variables; at the end its sandboxes are
+    killed, it must exit 0 on SIGTERM, and its state dir goes."""
+    state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
+    os.chmod(state_dir, 0o711)
+    d = Daemon(like.binary, state_dir, Path(log_dir) / "daemon.log")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SBX_SERVE_ARGS", os.environ.get("SBX_SERVE_ARGS", "") + " " + extra_args)
+        for k, v in (env or {}).items():
+            mp.setenv(k, v)
+        d.start()
+    yield d
+    d.kill_all_sandboxes()
+    rc = d.stop()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    assert rc == 0, d.log_tail()
 
 
 def _binary():

@@ -22,9 +22,9 @@
 #include "base/cleanup.h"
 #include "base/limits.h"
 #include "base/log.h"
-#include "base/util.h"
 #include "connect/connect.h"
 #include "http/http.h"
+#include "json/json.h"
 
 #define CONFIG_MAX_BYTES (1024 * 1024)
 #define UNAUTHORIZED_BODY                                                                          \
@@ -63,17 +63,25 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     }
     json_t *id = json_object_get(root, "sandboxId");
     json_t *tok = json_object_get(root, "accessToken");
-    json_t *envs = json_object_get(root, "envVars");
+    json_t *traffic = json_object_get(root, "trafficAccessToken");
+    json_t *envs = NULL;
     json_t *interp = json_object_get(root, "codeInterpreter");
     json_t *mem = json_object_get(root, "memoryMiB");
+    if (sbx_json_opt_env_map(root, "envVars", &envs, err) < 0) {
+        json_decref(root);
+        return sbx_error_prefix(err, "config");
+    }
     if (!json_is_string(id) || (tok && !json_is_null(tok) && !json_is_string(tok)) ||
-        (envs && !json_is_null(envs) && !json_is_object(envs))) {
+        (traffic && !json_is_null(traffic) && !json_is_string(traffic))) {
         json_decref(root);
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: wrong field types");
     }
     cfg->sandbox_id = strdup(json_string_value(id));
     cfg->access_token =
         json_is_string(tok) && json_string_length(tok) > 0 ? strdup(json_string_value(tok)) : NULL;
+    cfg->traffic_token = json_is_string(traffic) && json_string_length(traffic) > 0
+                             ? strdup(json_string_value(traffic))
+                             : NULL;
     cfg->code_interpreter = json_is_true(interp);
     cfg->memory_mib =
         json_is_integer(mem) && json_integer_value(mem) > 0 && json_integer_value(mem) <= INT32_MAX
@@ -83,15 +91,8 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX_ID", json_string(cfg->sandbox_id));
-    const char *k;
-    json_t *v;
-    json_object_foreach (json_is_object(envs) ? envs : NULL, k, v) {
-        if (!json_is_string(v) || *k == '\0' || strchr(k, '=') != NULL) {
-            json_decref(root);
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "config: bad envVars entry '%s'", k);
-        }
-        json_object_set(cfg->env_vars, k, v);
-    }
+    if (envs != NULL)
+        json_object_update(cfg->env_vars, envs);
     json_decref(root);
     return 0;
 }
@@ -125,13 +126,8 @@ route_interpreter(struct sbx_http_req *req)
 static bool
 is_authorized(const struct sbx_http_req *req)
 {
-    if (config.access_token == NULL)
-        return true;
-    const char *t = sbx_http_req_header(req, "x-access-token");
-    if (t == NULL)
-        return false;
-    /* Constant time: the comparison must not reveal how much of a guess was right. */
-    return sbx_secret_equal(t, strlen(t), config.access_token, strlen(config.access_token));
+    return config.access_token == NULL ||
+           sbx_http_req_has_secret(req, "x-access-token", config.access_token);
 }
 
 static void

@@ -16,6 +16,7 @@
 #include "base/limits.h"
 #include "base/log.h"
 #include "base/util.h"
+#include "json/json.h"
 #include "jupyter/kernel.h"
 
 #define NDJSON_TYPE "application/x-ndjson"
@@ -81,6 +82,17 @@ respond_json(struct sbx_http_req *req, int status, json_t *v)
 {
     _cleanup_free_ char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     sbx_http_respond(req, status, "application/json", s, strlen(s));
+}
+
+/* When a new context would pass SBX_INTERP_MAX_CONTEXTS: each holds a kernel, so without a
+ * bound even a token holder could grow the agent's tables and processes without end. */
+static void
+respond_too_many_contexts(struct sbx_http_req *req)
+{
+    char msg[120];
+    snprintf(msg, sizeof(msg), "too many contexts: a sandbox holds at most %d, remove one first",
+             SBX_INTERP_MAX_CONTEXTS);
+    respond_text(req, 429, msg);
 }
 
 static json_t *
@@ -168,12 +180,8 @@ spawn_kernel(void *ud, const struct sbx_kernel_spawn_req *r, struct sbx_error **
     json_t *merged = json_deep_copy(svc.cfg->env_vars);
     json_object_update(merged, extra);
     json_decref(extra);
-    char **envp = sbx_agent_env_build(&u, merged, NULL, false, err);
+    char **envp = sbx_agent_env_build(&u, merged, NULL, false);
     json_decref(merged);
-    if (envp == NULL) {
-        sbx_agent_user_fini(&u);
-        return -1;
-    }
     int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     struct sbx_agent_spawn s = {
         .path = r->argv[0],
@@ -805,18 +813,6 @@ on_keepalive(uv_timer_t *t)
 
 /* ---- POST /execute ---- */
 
-static bool
-valid_env_map(json_t *env)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach (env, k, v) {
-        if (!json_is_string(v) || *k == '\0' || strchr(k, '=') != NULL)
-            return false;
-    }
-    return true;
-}
-
 static void
 on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
 {
@@ -830,14 +826,19 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
     json_t *code = json_object_get(j, "code");
     json_t *ctx_id = json_object_get(j, "context_id");
     json_t *lang = json_object_get(j, "language");
-    json_t *env = json_object_get(j, "env_vars");
+    json_t *env = NULL;
     if (!json_is_string(code) || (ctx_id && !json_is_null(ctx_id) && !json_is_string(ctx_id)) ||
-        (lang && !json_is_null(lang) && !json_is_string(lang)) ||
-        (env && !json_is_null(env) && !(json_is_object(env) && valid_env_map(env)))) {
+        (lang && !json_is_null(lang) && !json_is_string(lang))) {
         json_decref(j);
         respond_text(req, 400,
                      "invalid request: want {\"code\": str, \"context_id\"?: str, "
                      "\"language\"?: str, \"env_vars\"?: {str: str}}");
+        return;
+    }
+    _cleanup_error_ struct sbx_error *env_err = NULL;
+    if (sbx_json_opt_env_map(j, "env_vars", &env, &env_err) < 0) {
+        json_decref(j);
+        respond_text(req, 400, env_err->msg);
         return;
     }
     const char *id =
@@ -884,7 +885,7 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
             c = ctx_new(norm, SBX_INTERP_DEFAULT_CWD, true);
         if (c == NULL) {
             json_decref(j);
-            respond_text(req, 500, "too many contexts");
+            respond_too_many_contexts(req);
             return;
         }
     }
@@ -899,7 +900,7 @@ on_execute_body(struct sbx_http_req *req, struct sbx_buf *body)
     r->ctx = c;
     r->req = req;
     r->code = json_incref(code);
-    r->env = json_is_object(env) && json_object_size(env) > 0 ? json_incref(env) : NULL;
+    r->env = env != NULL && json_object_size(env) > 0 ? json_incref(env) : NULL;
     r->phase = RUN_QUEUED;
     json_decref(j);
     uv_timer_init(svc.loop, &r->timer);
@@ -967,7 +968,7 @@ on_create_body(struct sbx_http_req *req, struct sbx_buf *body)
     json_decref(j);
     struct ctx *c = ctx_new(norm, dir, false);
     if (c == NULL) {
-        respond_text(req, 500, "too many contexts");
+        respond_too_many_contexts(req);
         return;
     }
     _cleanup_error_ struct sbx_error *err = NULL;
@@ -1064,6 +1065,22 @@ sbx_interp_init(uv_loop_t *loop, const struct sbx_agent_config *cfg, struct sbx_
     return ctx_start_kernel(py, err);
 }
 
+/* Secure sandboxes serve the interpreter to their owner only: with the sandbox id alone,
+ * anyone could otherwise delete or restart the owner's contexts, or create contexts (each a
+ * kernel) until the sandbox runs out of memory. The SDKs send X-Access-Token on /execute
+ * only; on every request to this port they send the traffic access token, which the control
+ * plane hands out with the access token, so /contexts takes either. */
+static bool
+is_authorized(const struct sbx_http_req *req, const struct sbx_agent_config *cfg, bool is_execute)
+{
+    if (cfg->access_token == NULL)
+        return true;
+    if (sbx_http_req_has_secret(req, "x-access-token", cfg->access_token))
+        return true;
+    return !is_execute &&
+           sbx_http_req_has_secret(req, "e2b-traffic-access-token", cfg->traffic_token);
+}
+
 bool
 sbx_interp_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
 {
@@ -1073,30 +1090,26 @@ sbx_interp_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
     bool is_health = strcmp(path, "/health") == 0;
     if (!is_execute && !is_contexts && !is_health)
         return false;
-    if (!svc.initialized) {
-        _cleanup_error_ struct sbx_error *err = NULL;
-        if (sbx_interp_init(uv_default_loop(), cfg, &err) < 0)
-            sbx_log_error("interpreter_init", "error=\"%s\"", err->msg);
-    }
     if (is_health) {
+        /* As E2B's server: a liveness answer that starts nothing (no kernel, no context). */
         json_t *ok = json_string("OK");
         respond_json(req, 200, ok);
         json_decref(ok);
         return true;
     }
+    if (!is_authorized(req, cfg, is_execute)) {
+        respond_text(req, 401, "unauthorized: missing or invalid access token");
+        return true;
+    }
+    if (!svc.initialized) {
+        _cleanup_error_ struct sbx_error *err = NULL;
+        if (sbx_interp_init(uv_default_loop(), cfg, &err) < 0)
+            sbx_log_error("interpreter_init", "error=\"%s\"", err->msg);
+    }
     if (is_execute) {
         if (strcmp(req->method, "POST") != 0) {
             respond_text(req, 405, "method not allowed");
             return true;
-        }
-        if (cfg->access_token != NULL) {
-            const char *t = sbx_http_req_header(req, "x-access-token");
-            /* Constant time, as envd's own check. */
-            if (t == NULL ||
-                !sbx_secret_equal(t, strlen(t), cfg->access_token, strlen(cfg->access_token))) {
-                respond_text(req, 401, "unauthorized: missing or invalid X-Access-Token");
-                return true;
-            }
         }
         sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_execute_body);
         return true;

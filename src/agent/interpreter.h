@@ -17,8 +17,7 @@
 
 #define SBX_INTERP_KEEPALIVE_MS       5000  /* NDJSON keepalive after this much silence */
 #define SBX_INTERP_INTERRUPT_GRACE_MS 10000 /* then an interrupted kernel is restarted */
-#define SBX_INTERP_MAX_CONTEXTS       64
-#define SBX_INTERP_MAX_QUEUED         256 /* queued executions per context */
+#define SBX_INTERP_MAX_QUEUED         256   /* queued executions per context */
 #define SBX_INTERP_DEFAULT_CWD        "/home/user"
 
 /* Creates the default contexts and starts the default Python kernel, so that the first
@@ -27,9 +26,10 @@
 int sbx_interp_init(uv_loop_t *loop, const struct sbx_agent_config *cfg, struct sbx_error **err);
 
 /* Serves req if its path belongs to the interpreter (/execute, /contexts..., /health);
- * returns false otherwise. Calls sbx_interp_init on first use if nobody did. Does its own
- * auth: X-Access-Token is checked on /execute only, since the SDKs send it nowhere else on
- * port 49999. */
+ * returns false otherwise. Does its own auth in a secure sandbox: /execute needs the access
+ * token (X-Access-Token), /contexts... that or the traffic access token
+ * (E2B-Traffic-Access-Token), the only credential the SDKs send there; /health needs none and
+ * has no side effect. Calls sbx_interp_init on the first authorized use if nobody did. */
 bool sbx_interp_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg);
 
 #endif

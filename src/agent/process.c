@@ -566,9 +566,7 @@ static struct proc *
 proc_start(const struct sbx_agent_start_req *r, const struct sbx_agent_user *u,
            struct sbx_error **err)
 {
-    char **envp = sbx_agent_env_build(u, svc.cfg->env_vars, r->envs, r->pty, err);
-    if (envp == NULL)
-        return NULL;
+    char **envp = sbx_agent_env_build(u, svc.cfg->env_vars, r->envs, r->pty);
     _cleanup_free_ char *cwd = sbx_agent_resolve_cwd(r->cwd, u->home);
     _cleanup_free_ char *path = sbx_agent_find_executable(r->cmd, envp, err);
     if (path == NULL) {

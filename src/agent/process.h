@@ -24,13 +24,13 @@
 #define SBX_AGENT_STDIN_MAX_PENDING (16 * 1024 * 1024) /* queued, unwritten stdin bytes */
 #define SBX_AGENT_END_RETAIN_MS     (30 * 1000)        /* late Connect still sees the end event */
 #define SBX_AGENT_MAX_ARGS          4096
-#define SBX_AGENT_MAX_ENVS          4096
 #define SBX_AGENT_BASE_PATH         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* The sandbox-wide part of the agent config that the process service needs. */
 struct sbx_agent_config {
     char *sandbox_id;
     char *access_token;    /* NULL when the sandbox is not secure */
+    char *traffic_token;   /* trafficAccessToken: the code interpreter's /contexts take it too */
     json_t *env_vars;      /* object of strings: sandbox-wide environment */
     bool code_interpreter; /* template is a code interpreter: start its kernel at boot */
     int memory_mib;        /* the sandbox's memory limit, named when the OOM killer strikes */
@@ -79,9 +79,10 @@ json_t *sbx_agent_config_json(const struct sbx_agent_start_req *r);
 
 /* --- process_spawn.c --- */
 /* The child environment: base (PATH, HOME, USER, LOGNAME, SHELL, LANG, TERM for PTYs),
- * then sandbox-wide vars, then the request's (later wins). NULL-terminated, malloc'd. */
+ * then sandbox-wide vars, then the request's (later wins). NULL-terminated, malloc'd. Both
+ * maps were checked where they arrived (sbx_json_opt_env_map) or are the agent's own. */
 char **sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env, json_t *req_env,
-                           bool pty, struct sbx_error **err);
+                           bool pty);
 void sbx_agent_strv_free(char **v);
 /* cwd as envd resolves it: absent/empty/"~" -> home, "~/x" and relative -> home/x. */
 char *sbx_agent_resolve_cwd(const char *cwd, const char *home);

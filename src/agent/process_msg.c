@@ -13,6 +13,7 @@
 
 #include "base/base64.h"
 #include "base/cleanup.h"
+#include "json/json.h"
 
 /* Proto3 JSON parsers accept both the lowerCamelCase and the original field name. */
 static json_t *
@@ -169,28 +170,9 @@ sbx_agent_start_req_parse(json_t *msg, struct sbx_agent_start_req *out, struct s
         out->n_args = i + 1;
     }
 
-    v = field(proc, "envs", NULL);
-    if (v != NULL && !json_is_object(v)) {
-        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid value for map field envs");
+    v = NULL;
+    if (sbx_json_opt_env_map(proc, "envs", &v, err) < 0)
         goto fail;
-    }
-    if (v != NULL && json_object_size(v) > SBX_AGENT_MAX_ENVS) {
-        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "too many envs");
-        goto fail;
-    }
-    const char *key;
-    json_t *ev;
-    json_object_foreach (v, key, ev) {
-        if (!json_is_string(ev)) {
-            sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid value for map field envs");
-            goto fail;
-        }
-        if (*key == '\0' || strchr(key, '=') != NULL) {
-            sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid environment variable name '%s'",
-                          key);
-            goto fail;
-        }
-    }
     out->envs = v ? json_incref(v) : json_object();
 
     if (get_string(proc, "cwd", NULL, &s, err) < 0)

@@ -32,6 +32,10 @@
 #define SBX_MAX_TIMEOUT_S      (24 * 3600)
 #define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
+#define SBX_MAX_ENV_VARS       4096 /* in one map of environment variables */
+/* Secure sandboxes, the most recently used first, tried for a presigned URL that names no
+ * sandbox: one SHA-256 each (about 0.4 us), whatever the number of sandboxes. */
+#define SBX_SIGNED_URL_CANDIDATES 64
 
 /* Default per-sandbox limits; overridable with sbx serve flags (see docs/configuration.md). */
 #define SBX_DEFAULT_MEMORY_MB 512
@@ -61,6 +65,10 @@
 /* The agent keeps its own log in a ring in its memory (charged to the sandbox), never in a
  * host file: only the newest this many bytes are kept. */
 #define SBX_AGENT_LOG_BYTES (256 * 1024)
+
+/* Contexts of one sandbox's code interpreter, the default ones included. Each runs a kernel
+ * (about 40 MiB for Python): the memory limit caps them too, this caps what the agent keeps. */
+#define SBX_INTERP_MAX_CONTEXTS 16
 
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999

@@ -74,9 +74,9 @@ parse_map(const char *s)
 static json_t *
 sandbox_json(const struct sbx_sandbox_rec *r)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:n}", "sandboxID", r->id, "templateID",
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:s?}", "sandboxID", r->id, "templateID",
                           r->template_id, "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion",
-                          SBX_ENVD_VERSION, "domain", "trafficAccessToken");
+                          SBX_ENVD_VERSION, "domain", "trafficAccessToken", r->traffic_token);
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (r->access_token)
@@ -149,7 +149,7 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
         sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err) < 0 ||
         sbx_json_opt_bool(body, "autoPause", &o.auto_pause, err) < 0 ||
         sbx_json_opt_string_map(body, "metadata", &o.metadata, err) < 0 ||
-        sbx_json_opt_string_map(body, "envVars", &o.env_vars, err) < 0)
+        sbx_json_opt_env_map(body, "envVars", &o.env_vars, err) < 0)
         return -1;
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
@@ -261,10 +261,12 @@ static struct sbx_live *
 find_or_404(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = sbx_lifecycle_find(id);
-    if (l == NULL)
+    if (l == NULL) {
         sbx_http_respond_error(req, 404, "sandbox '%s' not found", id);
-    else
-        snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
+        return NULL;
+    }
+    snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
+    sbx_live_touch(sbx_daemon, l); /* the API key holder uses it */
     return l;
 }
 

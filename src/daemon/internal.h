@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "base/error.h"
+#include "base/limits.h"
 #include "http/http.h"
 #include "sandbox/sandbox.h"
 #include "spawner/msg.h"
@@ -23,6 +24,8 @@
 
 #define SBX_DAEMON_ID_LEN    20
 #define SBX_DAEMON_CLIENT_ID "6532622b" /* legacy constant the SDKs still require */
+/* Hash buckets of the id index: a power of two, twice the sandbox cap (short chains). */
+#define SBX_DAEMON_ID_BUCKETS (2 * SBX_MAX_SANDBOXES)
 
 struct sbx_daemon_config {
     char *listen_host;
@@ -35,8 +38,8 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
-    bool relaxed; /* --sandbox-profile relaxed */
-    char *user;   /* the front end's user (created if missing) */
+    bool relaxed;  /* --sandbox-profile relaxed */
+    char *user;    /* the front end's user (created if missing) */
     int max_conns; /* client connections; 0 until derived from the open-file limit */
 };
 
@@ -52,7 +55,10 @@ struct sbx_live {
     struct destroy *destroy; /* lifecycle.c: finished once the poll handle has closed */
     uint64_t last_cpu_ns;    /* for cpuUsedPct between two metric reads */
     int64_t last_cpu_wall_ms;
-    struct sbx_live *next;
+    struct sbx_live *next;    /* the daemon's list of every running sandbox */
+    struct sbx_live *id_next; /* in its bucket of the id index */
+    /* In the order of last use, newest first; secure sandboxes only (see live.c). */
+    struct sbx_live *recent_prev, *recent_next;
 };
 
 struct sbx_daemon {
@@ -60,8 +66,10 @@ struct sbx_daemon {
     uv_loop_t *loop;
     struct sbx_store *store;
     struct sbx_http_server *http;
-    struct sbx_live *live; /* every running sandbox */
-    uv_timer_t expiry;     /* fires at the soonest end_at */
+    struct sbx_live *live; /* every running sandbox (live.c owns the three views) */
+    struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
+    struct sbx_live *recent; /* the secure sandbox used last */
+    uv_timer_t expiry;       /* fires at the soonest end_at */
     uv_signal_t sigterm, sigint;
     uv_poll_t control; /* from the supervisor: channels to new spawners */
 };
@@ -101,6 +109,16 @@ int sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_erro
 /* The live sandbox with this id, NULL if none (or it is being destroyed). */
 struct sbx_live *sbx_lifecycle_find(const char *id);
 void sbx_lifecycle_shutdown(void);
+
+/* live.c: the table of running sandboxes. Insert and remove keep its list, id index and
+ * order of use together; remove accepts a sandbox never inserted. find also returns a
+ * sandbox being destroyed (sbx_lifecycle_find does not). */
+void sbx_live_insert(struct sbx_daemon *d, struct sbx_live *l);
+void sbx_live_remove(struct sbx_daemon *d, struct sbx_live *l);
+struct sbx_live *sbx_live_find(struct sbx_daemon *d, const char *id);
+/* The sandbox was just used by someone who proved to own it (API key, its access token, a
+ * valid signature): it becomes the first candidate of presigned URLs without an id. */
+void sbx_live_touch(struct sbx_daemon *d, struct sbx_live *l);
 
 /* frontend.c: the front end's life, as a worker of the supervisor (daemon.c): it serves the
  * listening socket, gets the channel to a spawner (and later ones through control), and

@@ -31,10 +31,8 @@ ref_of(const struct sbx_live *l)
 struct sbx_live *
 sbx_lifecycle_find(const char *id)
 {
-    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next)
-        if (strcmp(l->rec->id, id) == 0)
-            return l->dying ? NULL : l;
-    return NULL;
+    struct sbx_live *l = sbx_live_find(sbx_daemon, id);
+    return l && !l->dying ? l : NULL;
 }
 
 static void
@@ -83,11 +81,7 @@ stop_watching(struct sbx_live *l)
 static void
 live_drop(struct sbx_live *l)
 {
-    struct sbx_live **pp = &sbx_daemon->live;
-    while (*pp && *pp != l)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = l->next;
+    sbx_live_remove(sbx_daemon, l);
     if (l->poll.data == l) { /* watched once: its handle must close first */
         stop_watching(l);
         uv_close((uv_handle_t *)&l->poll, on_poll_closed);
@@ -273,6 +267,8 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
         json_pack("{s:s,s:o*}", "sandboxId", rec->id, "envVars", env ? env : json_object());
     if (rec->access_token)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
+    if (rec->traffic_token)
+        json_object_set_new(cfg, "trafficAccessToken", json_string(rec->traffic_token));
     json_object_set_new(cfg, "codeInterpreter",
                         json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
@@ -337,11 +333,20 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     clock_gettime(CLOCK_MONOTONIC, &now);
     uint64_t us = (uint64_t)((now.tv_sec - c->start.tv_sec) * 1000000 +
                              (now.tv_nsec - c->start.tv_nsec) / 1000);
-    l->next = d->live;
-    d->live = l;
+    sbx_live_insert(d, l);
     arm_expiry();
     c->cb(l, NULL, us, c->ud);
     free(c);
+}
+
+static char *
+new_token(void)
+{
+    char tok[65];
+    sbx_random_hex(tok, 32);
+    char *s = strdup(tok);
+    explicit_bzero(tok, sizeof(tok));
+    return s;
 }
 
 void
@@ -360,10 +365,10 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
     rec->env_vars_json =
         o->env_vars ? json_dumps(o->env_vars, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
     if (o->secure) {
-        char tok[65];
-        sbx_random_hex(tok, 32);
-        rec->access_token = strdup(tok);
-        explicit_bzero(tok, sizeof(tok));
+        rec->access_token = new_token();
+        /* What the code-interpreter SDKs send on /contexts (E2B-Traffic-Access-Token); a
+         * secret of its own, so that it never opens envd. */
+        rec->traffic_token = new_token();
     }
     rec->started_at_ms = sbx_wall_ms();
     rec->end_at_ms = rec->started_at_ms + (int64_t)o->timeout_s * 1000;
@@ -426,8 +431,7 @@ sbx_lifecycle_recover(struct sbx_error **err)
             sbx_sandbox_rec_free(rec);
             return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
         }
-        l->next = d->live;
-        d->live = l;
+        sbx_live_insert(d, l);
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
         if (rec->pid > 0 && sbx_sandbox_is_alive(&ref) && watch(l, &e) == 0) {

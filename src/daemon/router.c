@@ -1,6 +1,7 @@
 /* The entry point of every request on the daemon's port: sandbox traffic (recognised by the
- * E2b-Sandbox-Id / E2b-Sandbox-Port headers, or by a Host of the form <port>-<id>.<domain>)
- * is proxied to that sandbox's agent; everything else is the control plane. */
+ * E2b-Sandbox-Id / E2b-Sandbox-Port headers, by a Host of the form <port>-<id>.<domain>, or
+ * by the signature of a presigned /files URL) is proxied to that sandbox's agent; everything
+ * else is the control plane. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,17 +68,27 @@ respond_not_found(struct sbx_http_req *req)
 void
 sbx_router_on_request(struct sbx_http_req *req, void *ud)
 {
+    struct sbx_daemon *d = ud;
     struct target t;
     if (!sandbox_target(req, &t)) {
-        /* A presigned /files URL names no sandbox: its signature does (spec §5.3). */
-        struct sbx_live *signed_for = sbx_daemon_find_by_signature(req);
-        if (signed_for) {
-            snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", signed_for->rec->id);
-            sbx_http_req_mark_authenticated(req); /* signed with the sandbox's token */
-            sbx_http_proxy(req, signed_for->sock_path, respond_not_found);
+        /* A presigned /files URL that names no sandbox: its signature does (spec §5.3). */
+        struct sbx_live *signed_for = NULL;
+        if (!sbx_signed_find(d, req, &signed_for)) {
+            sbx_api_handle(req);
             return;
         }
-        sbx_api_handle(req);
+        if (signed_for == NULL) {
+            sbx_http_respond_error(req, 401,
+                                   "invalid signature: it matches none of the %d sandboxes used "
+                                   "last (a URL whose host is <port>-<sandbox id>.<domain> "
+                                   "reaches any sandbox)",
+                                   SBX_SIGNED_URL_CANDIDATES);
+            return;
+        }
+        sbx_live_touch(d, signed_for);
+        snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", signed_for->rec->id);
+        sbx_http_req_mark_authenticated(req); /* signed with the sandbox's token */
+        sbx_http_proxy(req, signed_for->sock_path, respond_not_found);
         return;
     }
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", t.id);
@@ -88,7 +99,11 @@ sbx_router_on_request(struct sbx_http_req *req, void *ud)
     }
     /* A request for a live sandbox counts as authenticated for the connection limit: its id
      * is random, known to whom its creator told; the agent still checks the access token.
-     * Every port of the sandbox is served by its agent (envd, the code interpreter); the
+     * Proven use keeps the sandbox among the candidates of presigned URLs; a request that
+     * only names it must not be able to push other sandboxes out of them. */
+    if (sbx_http_req_has_secret(req, "x-access-token", l->rec->access_token))
+        sbx_live_touch(d, l);
+    /* Every port of the sandbox is served by its agent (envd, the code interpreter); the
      * agent sees E2b-Sandbox-Port and routes on it. */
     sbx_http_req_mark_authenticated(req);
     sbx_http_proxy(req, l->sock_path, respond_not_found);

@@ -4,40 +4,40 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/signature.h"
 #include "base/cleanup.h"
+#include "base/limits.h"
+#include "base/signature.h"
 
-struct sbx_live *
-sbx_daemon_find_by_signature(const struct sbx_http_req *req)
+bool
+sbx_signed_find(struct sbx_daemon *d, const struct sbx_http_req *req, struct sbx_live **out)
 {
+    *out = NULL;
     const char *op;
     if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0)
         op = SBX_SIGNATURE_OP_READ;
     else if (strcmp(req->method, "POST") == 0)
         op = SBX_SIGNATURE_OP_WRITE;
     else
-        return NULL;
+        return false;
     if (req->path == NULL || strcmp(req->path, "/files") != 0)
-        return NULL;
+        return false;
     _cleanup_free_ char *sig = sbx_http_req_query(req, "signature");
     if (sig == NULL || *sig == '\0')
-        return NULL;
+        return false;
     _cleanup_free_ char *path = sbx_http_req_query(req, "path");
     _cleanup_free_ char *user = sbx_http_req_query(req, "username");
     _cleanup_free_ char *exp_s = sbx_http_req_query(req, "signature_expiration");
     int64_t exp = 0;
     if (exp_s != NULL && sbx_signature_parse_exp(exp_s, &exp) < 0)
-        return NULL;
-    struct sbx_live *found = NULL;
-    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next) {
-        const char *tok = l->rec ? l->rec->access_token : NULL;
-        if (tok == NULL || *tok == '\0')
-            continue; /* not secure: its URLs carry no signature */
+        return true; /* no token signs junk */
+    int tried = 0;
+    for (struct sbx_live *l = d->recent; l && tried < SBX_SIGNED_URL_CANDIDATES;
+         l = l->recent_next, tried++) {
         /* Each candidate costs one hash and one constant-time compare, match or not. */
-        bool match = sbx_signature_v1_matches(sig, path ? path : "", op, user ? user : "", tok,
-                                              exp_s != NULL, exp);
-        if (match && found == NULL)
-            found = l;
+        bool match = sbx_signature_v1_matches(sig, path ? path : "", op, user ? user : "",
+                                              l->rec->access_token, exp_s != NULL, exp);
+        if (match && *out == NULL)
+            *out = l;
     }
-    return found;
+    return true;
 }

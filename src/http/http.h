@@ -78,6 +78,9 @@ void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
 /* Request accessors. */
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
+/* Whether header lname is present and equals secret (false when secret is NULL). Compared in
+ * constant time: how long it takes does not tell how much of a guess was right. */
+bool sbx_http_req_has_secret(const struct sbx_http_req *req, const char *lname, const char *secret);
 /* Percent-decoded value of key in req->query ('+' is a space). Returns a malloc'd string, or
  * NULL if absent. */
 char *sbx_http_req_query(const struct sbx_http_req *req, const char *key);

@@ -1032,6 +1032,13 @@ sbx_http_req_header(const struct sbx_http_req *req, const char *lname)
     return NULL;
 }
 
+bool
+sbx_http_req_has_secret(const struct sbx_http_req *req, const char *lname, const char *secret)
+{
+    const char *v = sbx_http_req_header(req, lname);
+    return v != NULL && secret != NULL && sbx_secret_equal(v, strlen(v), secret, strlen(secret));
+}
+
 static int
 hexval(int ch)
 {

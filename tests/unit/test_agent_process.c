@@ -225,8 +225,7 @@ TEST(environment_order)
     struct sbx_agent_user u = {.name = "user", .home = "/home/user"};
     json_t *sandbox = parse("{\"G\":\"1\",\"LANG\":\"x\"}");
     json_t *req = parse("{\"G\":\"2\",\"R\":\"3\"}");
-    struct sbx_error *e = NULL;
-    char **env = sbx_agent_env_build(&u, sandbox, req, true, &e);
+    char **env = sbx_agent_env_build(&u, sandbox, req, true);
     CHECK(env != NULL);
     const char *want[] = {"PATH=" SBX_AGENT_BASE_PATH,
                           "HOME=/home/user",

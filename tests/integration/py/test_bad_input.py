@@ -4,16 +4,13 @@ client deadlines, against a daemon of their own; there the SDK runs the long req
 
 import base64
 import json
-import os
-import shutil
 import socket
 import struct
-import tempfile
 import time
 
 import pytest
 
-from conftest import Daemon
+from conftest import own_daemon
 
 
 def _json(body):
@@ -145,6 +142,43 @@ def test_wrong_field_types_are_400(sbx_daemon, payload):
     status, headers, body = sbx_daemon.request("POST", "/v2/sandboxes", body=json.dumps(payload),
                                                headers={"Content-Type": "application/json"})
     _assert_api_error(status, headers, body, 400)
+
+
+@pytest.mark.parametrize("name", ["A=B", "", "=", "PATH=/tmp"],
+                         ids=["equals", "empty", "only-equals", "path-override"])
+def test_env_var_names_execve_cannot_take_are_400(sbx_daemon, name):
+    """execve gets "NAME=value": a name with '=' would set another variable, an empty one is
+    none. Create refuses them up front, naming the variable, and leaves no sandbox behind
+    (it used to answer 201, and the sandbox died when its agent refused the config)."""
+    before = set(sbx_daemon.list_sandbox_ids())
+    status, headers, body = sbx_daemon.request(
+        "POST", "/v2/sandboxes", body={"templateID": "base", "envVars": {"OK": "1", name: "x"}})
+    print(f"envVars name {name!r}: {status} {body.decode()}")
+    _assert_api_error(status, headers, body, 400)
+    assert f"invalid environment variable name '{name}'" in _json(body)["message"]
+    assert set(sbx_daemon.list_sandbox_ids()) == before
+
+
+def test_env_var_bad_names_through_the_sdks_raise(sbx_daemon, sandbox):
+    from e2b import InvalidArgumentException, Sandbox, SandboxException
+
+    with pytest.raises(SandboxException) as e:
+        Sandbox.create(envs={"A=B": "1"}, timeout=30)
+    print(f"Sandbox.create(envs={{'A=B': '1'}}) raised {type(e.value).__name__}: {e.value}")
+    assert "400" in str(e.value) and "'A=B'" in str(e.value)
+    # process Start applies the same rule to its envs.
+    with pytest.raises(InvalidArgumentException) as e:
+        sandbox.commands.run("true", envs={"X=Y": "1"})
+    print(f"commands.run(envs={{'X=Y': '1'}}) raised {type(e.value).__name__}: {e.value}")
+    assert "'X=Y'" in str(e.value)
+
+
+def test_env_var_names_beyond_posix_are_kept(sandbox_factory):
+    """E2B requires no POSIX shell name: whatever execve can carry reaches the commands."""
+    envs = {"my-var.1": "dotted", "1X": "digit", "A B": "b=c"}
+    sbx = sandbox_factory(envs=envs)
+    out = sbx.commands.run("printenv my-var.1 1X 'A B'").stdout
+    assert out == "dotted\ndigit\nb=c\n"
 
 
 def test_set_timeout_wrong_type_is_400(sbx_daemon, raw_sandbox):
@@ -422,19 +456,9 @@ CLOSE_WAIT_S = 10 * DEADLINE_S  # behaviour, not timing precision, is under test
 def strict_daemon(sbx_daemon, tmp_path_factory):
     """A second daemon whose header and idle timeouts are DEADLINE_S: one set by its flag,
     the other by its environment variable."""
-    state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
-    os.chmod(state_dir, 0o711)
-    d = Daemon(sbx_daemon.binary, state_dir, tmp_path_factory.mktemp("strict") / "daemon.log")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBX_SERVE_ARGS",
-                  os.environ.get("SBX_SERVE_ARGS", "") + f" --header-timeout {DEADLINE_S}")
-        mp.setenv("SBX_IDLE_TIMEOUT", str(DEADLINE_S))
-        d.start()
-    yield d
-    d.kill_all_sandboxes()
-    rc = d.stop()
-    shutil.rmtree(state_dir, ignore_errors=True)
-    assert rc == 0, d.log_tail()
+    with own_daemon(sbx_daemon, tmp_path_factory.mktemp("strict"),
+                    f"--header-timeout {DEADLINE_S}", {"SBX_IDLE_TIMEOUT": str(DEADLINE_S)}) as d:
+        yield d
 
 
 def _read_until_closed(s, limit_s=CLOSE_WAIT_S):

@@ -5,15 +5,25 @@ TypeScript) and IRkernel (R), as installed by scripts/setup.sh.
 """
 
 import json
+import os
+import re
 import threading
 import time
+import urllib.parse
+from pathlib import Path
 
 import pytest
 
+from conftest import own_daemon
 from e2b import InvalidArgumentException, NotFoundException, SandboxException, TimeoutException
 from e2b_code_interpreter import AsyncSandbox, Sandbox
+from helpers import http_request
 
 JUPYTER_PORT = 49999
+UNAUTHORIZED = b"unauthorized: missing or invalid access token"
+MAX_CONTEXTS = int(re.search(
+    r"#define SBX_INTERP_MAX_CONTEXTS (\d+)",
+    (Path(__file__).resolve().parents[3] / "src/base/limits.h").read_text()).group(1))
 
 
 @pytest.fixture
@@ -195,6 +205,102 @@ def test_contexts_independent_state_cwd_restart_delete_list(ci):
         ci.restart_code_context("no-such-context")
 
 
+# -- who may use the interpreter ----------------------------------------------------------
+
+
+def _as_stranger(sbx, method, path, body=None, headers=None):
+    """A request through the daemon that knows only the sandbox id (and maybe a guess)."""
+    url = urllib.parse.urlparse(os.environ["E2B_SANDBOX_URL"])
+    h = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(JUPYTER_PORT),
+         "Content-Type": "application/json"}
+    h.update(headers or {})
+    return http_request(url.hostname, url.port, method, path, body, h)
+
+
+def test_contexts_need_the_owners_token(ci):
+    """Issue 14 (4): with only the sandbox id, DELETE /contexts/<id> deleted the owner's
+    context and POST /contexts started kernels at will. Every interpreter route now wants the
+    access token (/contexts also the traffic token, all the SDKs send there)."""
+    ctx = ci.create_code_context()
+    ci.run_code("kept = 42", context=ctx)
+    ids_before = [c.id for c in ci.list_code_contexts()]
+    attempts = [("GET", "/contexts", None), ("POST", "/contexts", b"{}"),
+                ("DELETE", f"/contexts/{ctx.id}", None),
+                ("POST", f"/contexts/{ctx.id}/restart", None),
+                ("POST", "/execute", json.dumps({"code": "del kept", "context_id": ctx.id}))]
+    guesses = [("no token", {}), ("a wrong access token", {"X-Access-Token": "wrong"}),
+               ("a wrong traffic token", {"E2B-Traffic-Access-Token": "wrong"}),
+               ("the traffic token as access token",
+                {"X-Access-Token": ci.traffic_access_token or "none"})]
+    for label, headers in guesses:
+        for method, path, body in attempts:
+            status, _, rbody = _as_stranger(ci, method, path, body, headers)
+            print(f"{method} {path} with {label}: {status} {rbody!r}")
+            assert (status, rbody) == (401, UNAUTHORIZED)
+    # The owner's context and its variable are still there.
+    assert [c.id for c in ci.list_code_contexts()] == ids_before
+    assert ci.run_code("kept", context=ctx).text == "42"
+    # The traffic token opens /contexts, never /execute: only the access token runs code.
+    traffic = {"E2B-Traffic-Access-Token": ci.traffic_access_token}
+    status, _, rbody = _as_stranger(ci, "GET", "/contexts", None, traffic)
+    assert status == 200 and [c["id"] for c in json.loads(rbody)] == ids_before
+    status, _, rbody = _as_stranger(ci, "POST", "/execute", json.dumps({"code": "1"}), traffic)
+    assert (status, rbody) == (401, UNAUTHORIZED)
+
+
+def test_health_starts_no_kernel(sandbox):
+    """Issue 14 (4): GET /health on port 49999 of a base sandbox started the interpreter and
+    its Python kernel. It now answers as E2B's server does, with no side effect; refused
+    requests start nothing either."""
+    def kernels():
+        procs = sandbox.commands.run("ps -e -o comm=").stdout.split()
+        print(f"processes: {procs}")
+        return [p for p in procs if p.startswith("python")]
+
+    status, _, body = _as_stranger(sandbox, "GET", "/health")
+    print(f"GET /health on {JUPYTER_PORT}: {status} {body!r}")
+    assert (status, json.loads(body)) == (200, "OK")
+    assert kernels() == []
+    for method, path in [("GET", "/contexts"), ("POST", "/contexts")]:
+        assert _as_stranger(sandbox, method, path, b"{}")[0] == 401
+    assert kernels() == []
+
+
+@pytest.fixture(scope="module")
+def roomy_daemon(sbx_daemon, tmp_path_factory):
+    """A daemon of its own whose sandboxes have room for MAX_CONTEXTS Python kernels (about
+    40 MiB each), so that the context limit, not memory, is what stops them."""
+    with own_daemon(sbx_daemon, tmp_path_factory.mktemp("roomy"), "--memory-mb 1536") as d:
+        yield d
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_context_count_is_bounded(roomy_daemon):
+    url = roomy_daemon.url
+    sbx = Sandbox.create(api_key=roomy_daemon.api_key, api_url=url, sandbox_url=url, timeout=200)
+    try:
+        made = []
+        while len(sbx.list_code_contexts()) < MAX_CONTEXTS:
+            made.append(sbx.create_code_context())
+        with pytest.raises(SandboxException) as e:
+            sbx.create_code_context()
+        print(f"context {MAX_CONTEXTS + 1}: {e.value}")
+        r = _raw(sbx, "POST", "/contexts", {})
+        assert (r.status_code, r.text) == (
+            429, f"too many contexts: a sandbox holds at most {MAX_CONTEXTS}, remove one first")
+        assert r.headers["content-type"].startswith("text/plain")
+        # A language's default context, made on its first run, counts as well.
+        with pytest.raises(SandboxException) as e:
+            sbx.run_code("echo hi", language="bash")
+        assert "429" in str(e.value)
+        sbx.remove_code_context(made[0])
+        assert sbx.run_code("1 + 1", context=sbx.create_code_context()).text == "2"
+        assert len(sbx.list_code_contexts()) == MAX_CONTEXTS
+    finally:
+        sbx.kill()
+
+
 # -- environment variables ------------------------------------------------------------------
 
 
@@ -289,6 +395,12 @@ def test_bad_input(ci):
     assert r.status_code == 400
     r = _raw(ci, "POST", "/execute", {"code": 5})
     assert r.status_code == 400
+    # Per-run env vars follow create's rule (one validator), named in the answer.
+    r = _raw(ci, "POST", "/execute", {"code": "1", "env_vars": {"OK": "1", "A=B": "x"}})
+    assert r.status_code == 400 and "invalid environment variable name 'A=B'" in r.text, r.text
+    with pytest.raises(SandboxException) as e:
+        ci.run_code("1", envs={"": "x"})
+    assert "name ''" in str(e.value)
     empty = ci.run_code("")
     assert empty.error is None and empty.results == []
 

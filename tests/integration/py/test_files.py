@@ -352,6 +352,10 @@ def test_signed_urls_without_headers(sandbox):
     st, out = _fetch(sandbox.download_url("hello.txt", use_signature_expiration=-10))
     assert (st, json.loads(out)) == (401, {"code": 401, "message": "signature is already expired"})
     assert _fetch(sandbox.download_url("hello.txt", use_signature_expiration=60)) == (200, b"hi user")
+    # A signature no recently used sandbox's token makes: 401 from the daemon, in envd's format.
+    forged = sandbox.download_url("hello.txt").replace("signature=v1_", "signature=v1_x")
+    st, out = _fetch(forged)
+    assert st == 401 and json.loads(out)["message"].startswith("invalid signature"), out
 
 
 def test_signature_rules_at_the_agent(sandbox):
