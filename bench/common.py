@@ -5,6 +5,7 @@ ratio of its p50 to the p50 of a named baseline measured in the same run on the 
 machine. Benchmarks are never asserted in tests: these machines are shared and noisy.
 """
 
+import json
 import os
 import secrets
 import shutil
@@ -52,7 +53,7 @@ def report(name, samples_ms, baseline_name=None, baseline_ms=None):
 class Daemon:
     """A private `sbx serve` on a free port with a throwaway state dir."""
 
-    def __init__(self):
+    def __init__(self, *args):
         self.binary = os.environ.get("SBX_BIN") or str(REPO / "build" / "sbx")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -64,7 +65,7 @@ class Daemon:
         self.log = open(os.path.join(self.state, "daemon.log"), "wb")
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}", "--state-dir",
-             self.state, "--api-key", self.key, "--log-level", "warn"],
+             self.state, "--api-key", self.key, "--log-level", "warn", *args],
             stdout=self.log, stderr=self.log, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -78,6 +79,20 @@ class Daemon:
         else:
             raise RuntimeError("sbx serve did not become ready")
         os.environ.update(E2B_API_URL=self.url, E2B_SANDBOX_URL=self.url, E2B_API_KEY=self.key)
+
+    def get(self, path):
+        req = urllib.request.Request(self.url + path, headers={"X-API-KEY": self.key})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def wait_pools_warm(self, timeout=120):
+        """Until every pool has its target of warm sandboxes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(p["warm"] == p["target"] for p in self.get("/pools")):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"pools not warm: {self.get('/pools')}")
 
     def close(self):
         self.proc.send_signal(signal.SIGTERM)

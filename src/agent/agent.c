@@ -67,6 +67,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     json_t *envs = NULL;
     json_t *interp = json_object_get(root, "codeInterpreter");
     json_t *mem = json_object_get(root, "memoryMiB");
+    json_t *pooled = json_object_get(root, "pooled");
     if (sbx_json_opt_env_map(root, "envVars", &envs, err) < 0) {
         json_decref(root);
         return sbx_error_prefix(err, "config");
@@ -83,6 +84,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
                              ? strdup(json_string_value(traffic))
                              : NULL;
     cfg->code_interpreter = json_is_true(interp);
+    cfg->pooled = json_is_true(pooled);
     cfg->memory_mib =
         json_is_integer(mem) && json_integer_value(mem) > 0 && json_integer_value(mem) <= INT32_MAX
             ? (int)json_integer_value(mem)
@@ -147,11 +149,95 @@ is_rpc_path(const char *path)
            strchr(slash + 1, '/') == NULL;
 }
 
+/* ---- a pooled sandbox: started before its client is known ---- */
+
+static void
+on_ready_client_closed(struct sbx_http_req *req)
+{
+    *(struct sbx_http_req **)req->data = NULL;
+}
+
+static void
+on_warm(void *ud, bool ok)
+{
+    struct sbx_http_req **slot = ud;
+    struct sbx_http_req *req = *slot;
+    free(slot);
+    if (req == NULL)
+        return;
+    sbx_http_req_on_close(req, NULL);
+    req->data = NULL;
+    if (ok)
+        sbx_http_respond(req, 204, NULL, NULL, 0);
+    else
+        sbx_http_respond_error(req, 503, "the default kernel did not start");
+}
+
+/* POST /init: the client's identity, once. Until then nothing runs here but what the template
+ * starts, so nothing of another client can be in this sandbox. */
+static void
+on_init_body(struct sbx_http_req *req, struct sbx_buf *body)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb(body->data ? body->data : "", body->len, 0, &jerr);
+    json_t *envs = NULL, *tok = json_object_get(j, "accessToken"),
+           *traffic = json_object_get(j, "trafficAccessToken");
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (!json_is_object(j) || (tok && !json_is_null(tok) && !json_is_string(tok)) ||
+        (traffic && !json_is_null(traffic) && !json_is_string(traffic)) ||
+        sbx_json_opt_env_map(j, "envVars", &envs, &err) < 0) {
+        sbx_http_respond_error(req, 400, "bad init body%s%s", err ? ": " : "", err ? err->msg : "");
+        json_decref(j);
+        return;
+    }
+    if (json_is_string(tok) && json_string_length(tok) > 0)
+        config.access_token = strdup(json_string_value(tok));
+    if (json_is_string(traffic) && json_string_length(traffic) > 0)
+        config.traffic_token = strdup(json_string_value(traffic));
+    if (envs)
+        json_object_update(config.env_vars, envs);
+    json_decref(j);
+    config.env_generation++;
+    config.pooled = false;
+    sbx_interp_env_changed();
+    sbx_log_info("agent_init", "sandbox=%s secure=%s", config.sandbox_id,
+                 config.access_token ? "true" : "false");
+    sbx_http_respond(req, 204, NULL, NULL, 0);
+}
+
+/* Only the daemon reaches a pooled sandbox (it is not routable), on the unix socket. */
+static void
+handle_pooled(struct sbx_http_req *req, bool from_daemon)
+{
+    if (from_daemon && strcmp(req->path, "/init") == 0 && strcmp(req->method, "POST") == 0) {
+        sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_init_body);
+        return;
+    }
+    if (from_daemon && strcmp(req->path, "/sbx/ready") == 0 && strcmp(req->method, "GET") == 0) {
+        struct sbx_http_req **slot = malloc(sizeof(*slot));
+        if (slot == NULL)
+            abort();
+        *slot = req;
+        req->data = slot;
+        sbx_http_req_on_close(req, on_ready_client_closed);
+        if (config.code_interpreter)
+            sbx_interp_when_warm(on_warm, slot);
+        else
+            on_warm(slot, true);
+        return;
+    }
+    sbx_http_respond_error(req, 503, "this sandbox is not assigned yet");
+}
+
 static void
 on_request(struct sbx_http_req *req, void *ud)
 {
     const char *path = req->path;
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", config.sandbox_id);
+    if (config.pooled) {
+        handle_pooled(req, ud == NULL);
+        return;
+    }
     /* Port 49999 is the code interpreter's (E2B's Jupyter server), with its own /health and
      * its own auth (the SDKs send X-Access-Token there on /execute only). Its requests come
      * through the daemon with E2b-Sandbox-Port, or straight to the in-sandbox listener. */

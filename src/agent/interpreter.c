@@ -25,6 +25,7 @@ struct run;
 struct waiter;
 
 struct ctx {
+    unsigned env_generation; /* of the sandbox-wide env the kernel has (cfg->env_generation) */
     char id[37];
     char lang[16];
     char *cwd;
@@ -223,6 +224,7 @@ ctx_start_kernel(struct ctx *c, struct sbx_error **err)
         .events_ud = c,
     };
     c->kernel_was_ready = false;
+    c->env_generation = svc.cfg->env_generation; /* spawn_kernel passes cfg->env_vars */
     c->kernel = sbx_kernel_start(svc.loop, &l, err);
     sbx_agent_user_fini(&u);
     if (c->kernel == NULL)
@@ -266,12 +268,85 @@ answer_waiters(struct ctx *c, const char *error)
     }
 }
 
+static json_t *env_snippet(const char *lang, json_t *set, json_t *unset);
+
+/* A kernel started before POST /init (a pooled sandbox's warm one) gets the sandbox-wide env
+ * vars now, silently and before any execution of the client's: the kernel runs what it is
+ * sent in order. */
+static void
+ctx_refresh_env(struct ctx *c)
+{
+    if (c->kernel == NULL || !c->kernel_was_ready || c->env_generation == svc.cfg->env_generation)
+        return;
+    c->env_generation = svc.cfg->env_generation;
+    json_t *unset = json_array();
+    json_t *code = env_snippet(c->lang, svc.cfg->env_vars, unset);
+    json_decref(unset);
+    if (code) {
+        sbx_kernel_execute(c->kernel, code, true, NULL, NULL);
+        json_decref(code);
+    }
+}
+
+/* GET /sbx/ready waits for the default Python kernel of a pooled sandbox. */
+struct warm_waiter {
+    void (*cb)(void *ud, bool ok);
+    void *ud;
+    struct warm_waiter *next;
+};
+static struct warm_waiter *warm_waiters;
+
+static struct ctx *
+default_python(void)
+{
+    for (struct ctx *c = svc.ctxs; c; c = c->next)
+        if (c->is_default && strcmp(c->lang, "python") == 0)
+            return c;
+    return NULL;
+}
+
+static void
+answer_warm(bool ok)
+{
+    while (warm_waiters) {
+        struct warm_waiter *w = warm_waiters;
+        warm_waiters = w->next;
+        w->cb(w->ud, ok);
+        free(w);
+    }
+}
+
+void
+sbx_interp_when_warm(void (*cb)(void *ud, bool ok), void *ud)
+{
+    struct ctx *py = default_python();
+    if (py == NULL || py->kernel == NULL || py->kernel_was_ready) {
+        cb(ud, py == NULL || py->kernel_was_ready || !sbx_kernel_is_available("python"));
+        return;
+    }
+    struct warm_waiter *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        abort();
+    *w = (struct warm_waiter){cb, ud, warm_waiters};
+    warm_waiters = w;
+}
+
+void
+sbx_interp_env_changed(void)
+{
+    for (struct ctx *c = svc.ctxs; c; c = c->next)
+        ctx_refresh_env(c);
+}
+
 static void
 on_kernel_ready(struct sbx_kernel *k, void *ud)
 {
     struct ctx *c = ud;
     c->kernel_was_ready = true;
     sbx_log_info("kernel_ready", "context=%s language=%s", c->id, c->lang);
+    ctx_refresh_env(c);
+    if (c == default_python())
+        answer_warm(true);
     answer_waiters(c, NULL);
     run_start_next(c);
 }
@@ -288,6 +363,8 @@ on_kernel_dead(struct sbx_kernel *k, const char *why, void *ud)
     bool was_ready = c->kernel_was_ready;
     c->kernel = NULL;
     sbx_kernel_stop(k); /* drops our reference; the process is gone or being killed */
+    if (c == default_python())
+        answer_warm(false);
     answer_waiters(c, why);
     if (!was_ready) {
         /* It never came up: the queued runs would only fail the same way again. */

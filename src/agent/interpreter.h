@@ -25,6 +25,13 @@
  * its SIGCHLD handler). cfg must outlive the service. Idempotent. */
 int sbx_interp_init(uv_loop_t *loop, const struct sbx_agent_config *cfg, struct sbx_error **err);
 
+/* For a pooled sandbox: cb(ud, ok) once the default Python kernel is ready (ok), or failed
+ * to start; at once if there is none to wait for. */
+void sbx_interp_when_warm(void (*cb)(void *ud, bool ok), void *ud);
+/* cfg->env_vars changed (POST /init): kernels already running get them before any further
+ * execution. */
+void sbx_interp_env_changed(void);
+
 /* Serves req if its path belongs to the interpreter (/execute, /contexts..., /health);
  * returns false otherwise. Does its own auth in a secure sandbox: /execute needs the access
  * token (X-Access-Token), /contexts... that or the traffic access token

@@ -34,6 +34,8 @@ struct sbx_agent_config {
     json_t *env_vars;      /* object of strings: sandbox-wide environment */
     bool code_interpreter; /* template is a code interpreter: start its kernel at boot */
     int memory_mib;        /* the sandbox's memory limit, named when the OOM killer strikes */
+    bool pooled;           /* started ahead of a client: serves nothing but POST /init until then */
+    unsigned env_generation; /* bumped when POST /init sets env_vars */
 };
 
 /* A decoded StartRequest. */

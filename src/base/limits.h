@@ -32,7 +32,15 @@
 #define SBX_MAX_TIMEOUT_S      (24 * 3600)
 #define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
-#define SBX_MAX_ENV_VARS       4096 /* in one map of environment variables */
+/* Warm pools (--pool, --pool-memory-mb). */
+#define SBX_DEFAULT_POOLS          "base=2,code-interpreter-v1=1"
+#define SBX_DEFAULT_POOL_MEMORY_MB 2048
+#define SBX_POOL_MAX               64    /* sandboxes one pool may keep */
+#define SBX_POOL_READY_MS          60000 /* for a pooled sandbox to be warm */
+#define SBX_POOL_INIT_MS           10000 /* for its agent to take its client's identity */
+#define SBX_POOL_RETRY_MS          5000  /* before a pool that failed to fill tries again */
+#define SBX_POOL_DRAIN_MS          5000  /* a clean stop waits this long for them to go */
+#define SBX_MAX_ENV_VARS           4096  /* in one map of environment variables */
 /* Secure sandboxes, the most recently used first, tried for a presigned URL that names no
  * sandbox: one SHA-256 each (about 0.4 us), whatever the number of sandboxes. */
 #define SBX_SIGNED_URL_CANDIDATES 64

@@ -108,8 +108,8 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
     return o;
 }
 
-static bool
-known_template(const char *t)
+bool
+sbx_api_known_template(const char *t)
 {
     /* One host-derived template serves every name the SDKs use by default. */
     static const char *const names[] = {"base", "code-interpreter-v1", "code-interpreter",
@@ -154,7 +154,7 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
     if (tmpl) {
-        if (!known_template(tmpl))
+        if (!sbx_api_known_template(tmpl))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                                  "template '%s' not found (this server offers 'base' and "
                                  "'code-interpreter-v1')",
@@ -511,8 +511,13 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     if (sbx_store_sandbox_query(sbx_daemon->store, &q, &list, &err) < 0)
         goto fail;
     json_t *arr = json_array();
-    for (size_t i = 0; i < list->n; i++)
-        json_array_append_new(arr, listed_json(list->items[i], false));
+    for (size_t i = 0; i < list->n; i++) {
+        /* A sandbox being destroyed keeps its row until nothing of it is left (crash
+         * safety), but is gone for clients already. */
+        struct sbx_live *l = sbx_live_find(sbx_daemon, list->items[i]->id);
+        if (l == NULL || !l->dying)
+            json_array_append_new(arr, listed_json(list->items[i], false));
+    }
     if (list->next_token)
         sbx_http_add_header(req, "X-Next-Token", list->next_token);
     json_decref(filter);
@@ -557,6 +562,10 @@ dispatch(struct sbx_http_req *req, json_t *body)
     bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
     char **r = v2 ? p + 1 : p;
     size_t rn = v2 ? n - 1 : n;
+    if (!v2 && n == 1 && get && strcmp(p[0], "pools") == 0) {
+        respond_json(req, 200, sbx_pool_status());
+        return;
+    }
     if (rn >= 1 && rn <= 3 && strcmp(r[0], "sandboxes") == 0) {
         if (rn == 1 && post)
             return create(req, body, v2);

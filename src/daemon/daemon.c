@@ -53,10 +53,14 @@ usage(FILE *f)
             "  --sandbox-profile P  default, or relaxed: sandbox root keeps NET_ADMIN and\n"
             "                       SYS_ADMIN and may create namespaces (SBX_SANDBOX_PROFILE)\n"
             "  --user NAME          the front end's user, created if missing (sbx; SBX_USER)\n"
+            "  --pool TEMPLATE=N    keep N sandboxes of TEMPLATE started, to hand out at create;\n"
+            "                       repeatable, or comma-separated in SBX_POOL (%s)\n"
+            "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
-            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S);
+            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S,
+            SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB);
 }
 
 static int
@@ -146,6 +150,22 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
         free(c->user);
         c->user = strdup(v);
         return 0;
+    case 'O': {
+        /* Later entries win: defaults, then SBX_POOL, then each --pool. */
+        _cleanup_error_ struct sbx_error *err = NULL;
+        char *joined = NULL;
+        if (sbx_pool_configure(v, &err) < 0) {
+            fprintf(stderr, "sbx serve: %s\n", err->msg);
+            return -1;
+        }
+        if (asprintf(&joined, "%s,%s", c->pools, v) < 0)
+            abort();
+        free(c->pools);
+        c->pools = joined;
+        return 0;
+    }
+    case 'M':
+        return parse_positive(v, &c->pool_memory_mb);
     }
     return -1;
 }
@@ -164,6 +184,8 @@ static const struct option long_opts[] = {
     {"log-level", required_argument, NULL, 'L'},
     {"sandbox-profile", required_argument, NULL, 'P'},
     {"user", required_argument, NULL, 'U'},
+    {"pool", required_argument, NULL, 'O'},
+    {"pool-memory-mb", required_argument, NULL, 'M'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -172,13 +194,14 @@ static const struct {
     const char *env;
     int opt;
 } env_opts[] = {
-    {"SBX_LISTEN", 'l'},       {"SBX_STATE_DIR", 's'},
-    {"SBX_API_KEY", 'k'},      {"SBX_MEMORY_MB", 'm'},
-    {"SBX_PIDS_MAX", 'p'},     {"SBX_CPUS", 'c'},
-    {"SBX_DISK_MB", 'd'},      {"SBX_HEADER_TIMEOUT", 'H'},
-    {"SBX_IDLE_TIMEOUT", 'I'}, {"SBX_MAX_CONNECTIONS", 'C'},
-    {"SBX_LOG_LEVEL", 'L'},    {"SBX_SANDBOX_PROFILE", 'P'},
-    {"SBX_USER", 'U'},
+    {"SBX_LISTEN", 'l'},         {"SBX_STATE_DIR", 's'},
+    {"SBX_API_KEY", 'k'},        {"SBX_MEMORY_MB", 'm'},
+    {"SBX_PIDS_MAX", 'p'},       {"SBX_CPUS", 'c'},
+    {"SBX_DISK_MB", 'd'},        {"SBX_HEADER_TIMEOUT", 'H'},
+    {"SBX_IDLE_TIMEOUT", 'I'},   {"SBX_MAX_CONNECTIONS", 'C'},
+    {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
+    {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
+    {"SBX_POOL_MEMORY_MB", 'M'},
 };
 
 static int
@@ -186,6 +209,8 @@ parse_config(int argc, char **argv, struct sbx_daemon_config *c)
 {
     c->state_dir = strdup(SBX_DEFAULT_STATE_DIR);
     c->user = strdup(SBX_DEFAULT_USER);
+    c->pools = strdup(SBX_DEFAULT_POOLS);
+    c->pool_memory_mb = SBX_DEFAULT_POOL_MEMORY_MB;
     c->memory_mb = SBX_DEFAULT_MEMORY_MB;
     c->pids_max = SBX_DEFAULT_PIDS_MAX;
     c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;
@@ -668,6 +693,9 @@ supervise(void)
                 sv.frontend_w.pid = 0;
                 if (sv.stopping) {
                     rc = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+                    if (rc != 0)
+                        sbx_log_error("supervisor", "worker=frontend exit=\"%s\" action=stop",
+                                      describe(st, why, sizeof(why)));
                     continue;
                 }
                 /* Its spawner sees the channel close and exits; both start again. */

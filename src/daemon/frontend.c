@@ -16,21 +16,30 @@
 
 struct sbx_daemon *sbx_daemon;
 
+/* After the pools are drained: everything else stops, the sandboxes stay. */
+static void
+stop(void)
+{
+    sbx_lifecycle_shutdown();
+    sbx_spawner_client_close();
+    uv_poll_stop(&sbx_daemon->control);
+    uv_close((uv_handle_t *)&sbx_daemon->control, NULL);
+    uv_close((uv_handle_t *)&sbx_daemon->expiry, NULL);
+    /* What is still in flight (requests to agents, timers) is abandoned with the process. */
+    uv_stop(sbx_daemon->loop);
+}
+
 static void
 on_stop_signal(uv_signal_t *h, int signum)
 {
     sbx_log_info("frontend_stop", "signal=%d", signum);
     uv_signal_stop(&sbx_daemon->sigterm);
     uv_signal_stop(&sbx_daemon->sigint);
-    sbx_http_server_close(sbx_daemon->http);
-    sbx_daemon->http = NULL;
-    sbx_lifecycle_shutdown();
-    sbx_spawner_client_close();
-    uv_poll_stop(&sbx_daemon->control);
-    uv_close((uv_handle_t *)&sbx_daemon->control, NULL);
     uv_close((uv_handle_t *)&sbx_daemon->sigterm, NULL);
     uv_close((uv_handle_t *)&sbx_daemon->sigint, NULL);
-    uv_close((uv_handle_t *)&sbx_daemon->expiry, NULL);
+    sbx_http_server_close(sbx_daemon->http);
+    sbx_daemon->http = NULL;
+    sbx_pool_drain(stop);
 }
 
 /* The supervisor passes the channel to each new spawner here. */
@@ -69,6 +78,9 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     uv_timer_init(d->loop, &d->expiry);
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");
+    if (sbx_pool_configure(d->cfg.pools, err) < 0)
+        return -1;
+    sbx_pool_fill();
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
     sbx_http_server_set_timeouts(d->http, (uint64_t)d->cfg.header_timeout_s * 1000,

@@ -38,9 +38,11 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
-    bool relaxed;  /* --sandbox-profile relaxed */
-    char *user;    /* the front end's user (created if missing) */
-    int max_conns; /* client connections; 0 until derived from the open-file limit */
+    bool relaxed;       /* --sandbox-profile relaxed */
+    char *user;         /* the front end's user (created if missing) */
+    char *pools;        /* --pool NAME=N[,NAME=N...] */
+    int pool_memory_mb; /* --pool-memory-mb */
+    int max_conns;      /* client connections; 0 until derived from the open-file limit */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
@@ -59,6 +61,9 @@ struct sbx_live {
     struct sbx_live *id_next; /* in its bucket of the id index */
     /* In the order of last use, newest first; secure sandboxes only (see live.c). */
     struct sbx_live *recent_prev, *recent_next;
+    struct sbx_pool *pool;           /* pool.c: the pool it waits in (not in the table then) */
+    struct sbx_live *pool_next;      /* in its pool's list of warm sandboxes */
+    struct sbx_pool_member *warming; /* pool.c: while it warms up */
 };
 
 struct sbx_daemon {
@@ -101,14 +106,39 @@ struct sbx_create_opts {
 typedef void (*sbx_lifecycle_create_cb)(struct sbx_live *l, struct sbx_error *err,
                                         uint64_t spawn_us, void *ud);
 typedef void (*sbx_lifecycle_done_cb)(struct sbx_error *err, void *ud);
+typedef void (*sbx_lifecycle_spawned_cb)(struct sbx_live *l, struct sbx_error *err, void *ud);
 int sbx_lifecycle_recover(struct sbx_error **err);
 void sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb, void *ud);
 /* Destroys l; cb (may be NULL) once nothing of it is left. l is no longer found from now. */
 void sbx_lifecycle_kill(struct sbx_live *l, sbx_lifecycle_done_cb cb, void *ud);
+/* The same with the reason logged, for a sandbox no client has (a pool's). */
+void sbx_lifecycle_discard(struct sbx_live *l, const char *why);
+/* For pool.c: a new sandbox with no client's identity (a pooled row), and its spawn; cb gets
+ * l watched and running, or NULL and the error (all of it cleaned up then). */
+struct sbx_live *sbx_lifecycle_new(const char *template_id, struct sbx_error **err);
+void sbx_lifecycle_spawn(struct sbx_live *l, sbx_lifecycle_spawned_cb cb, void *ud);
 int sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **err);
 /* The live sandbox with this id, NULL if none (or it is being destroyed). */
 struct sbx_live *sbx_lifecycle_find(const char *id);
 void sbx_lifecycle_shutdown(void);
+
+/* pool.c: warm pools, per template, of sandboxes started (agent up, a code interpreter's
+ * default kernel warm) before any client asked; configured with --pool NAME=N and bounded by
+ * --pool-memory-mb. */
+struct sbx_pool;
+struct sbx_pool_member;
+int sbx_pool_configure(const char *spec, struct sbx_error **err);
+/* Starts what the pools lack; called at start and whenever one gives a sandbox away. */
+void sbx_pool_fill(void);
+/* A warm sandbox of the template, taken out of its pool, or NULL. */
+struct sbx_live *sbx_pool_take(const char *template_id);
+/* l leaves its pool (its agent died, or it is destroyed). */
+void sbx_pool_forget(struct sbx_live *l);
+/* For a clean stop: destroys every pooled sandbox (nobody's, and they would otherwise run
+ * until the next start), then calls done, at the latest after SBX_POOL_DRAIN_MS. */
+void sbx_pool_drain(void (*done)(void));
+/* GET /pools: each pool's template, target, warm and starting counts, memory estimate. */
+json_t *sbx_pool_status(void);
 
 /* live.c: the table of running sandboxes. Insert and remove keep its list, id index and
  * order of use together; remove accepts a sandbox never inserted. find also returns a
@@ -129,6 +159,8 @@ int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int co
 
 /* api.c: control plane (X-API-KEY). */
 void sbx_api_handle(struct sbx_http_req *req);
+/* A template name this server offers (base, code-interpreter-v1 and their aliases). */
+bool sbx_api_known_template(const char *name);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

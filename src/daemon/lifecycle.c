@@ -14,6 +14,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "daemon/internal.h"
+#include "http/client.h"
 
 static void arm_expiry(void);
 
@@ -82,6 +83,7 @@ static void
 live_drop(struct sbx_live *l)
 {
     sbx_live_remove(sbx_daemon, l);
+    sbx_pool_forget(l);
     if (l->poll.data == l) { /* watched once: its handle must close first */
         stop_watching(l);
         uv_close((uv_handle_t *)&l->poll, on_poll_closed);
@@ -190,6 +192,12 @@ sbx_lifecycle_kill(struct sbx_live *l, sbx_lifecycle_done_cb cb, void *ud)
     destroy(l, "killed", cb, ud);
 }
 
+void
+sbx_lifecycle_discard(struct sbx_live *l, const char *why)
+{
+    destroy(l, why, NULL, NULL);
+}
+
 static void
 on_agent_exit(uv_poll_t *h, int status, int events)
 {
@@ -257,7 +265,8 @@ sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **
 
 /* ---- create ---- */
 
-/* The agent's config, in a memfd: the spawner copies it into a sealed one of its own. */
+/* The agent's config, in a memfd: the spawner copies it into a sealed one of its own. A
+ * pooled sandbox's has no client's identity yet: it gets it with POST /init (adopt). */
 static int
 config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
 {
@@ -272,6 +281,8 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
     json_object_set_new(cfg, "codeInterpreter",
                         json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
+    if (rec->pooled)
+        json_object_set_new(cfg, "pooled", json_true());
     char *s = json_dumps(cfg, JSON_COMPACT);
     json_decref(cfg);
     if (s == NULL)
@@ -285,12 +296,124 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
     return steal_fd(&fd);
 }
 
-struct creating {
+static char *
+new_token(void)
+{
+    char tok[65];
+    sbx_random_hex(tok, 32);
+    char *s = strdup(tok);
+    explicit_bzero(tok, sizeof(tok));
+    return s;
+}
+
+/* What a client asked for, into rec: its template name, metadata, env vars, tokens, times. */
+static void
+assign(struct sbx_sandbox_rec *rec, const struct sbx_create_opts *o)
+{
+    free(rec->template_id);
+    rec->template_id = strdup(o->template_id);
+    free(rec->alias);
+    rec->alias = o->alias ? strdup(o->alias) : NULL;
+    free(rec->metadata_json);
+    rec->metadata_json =
+        o->metadata ? json_dumps(o->metadata, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
+    free(rec->env_vars_json);
+    rec->env_vars_json =
+        o->env_vars ? json_dumps(o->env_vars, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
+    if (o->secure) {
+        rec->access_token = new_token();
+        /* What the code-interpreter SDKs send on /contexts (E2B-Traffic-Access-Token); a
+         * secret of its own, so that it never opens envd. */
+        rec->traffic_token = new_token();
+    }
+    rec->started_at_ms = sbx_wall_ms();
+    rec->end_at_ms = rec->started_at_ms + (int64_t)o->timeout_s * 1000;
+    rec->allow_internet = o->allow_internet;
+    rec->auto_pause = o->auto_pause;
+    rec->pooled = false;
+}
+
+/* A new sandbox's record, row and live object (not in the table yet): a client's when o is
+ * given, else a pool's, with no client's identity yet. */
+static struct sbx_live *
+new_live(const char *template_id, const struct sbx_create_opts *o, struct sbx_error **err)
+{
+    struct sbx_daemon *d = sbx_daemon;
+    struct sbx_sandbox_rec *rec = calloc(1, sizeof(*rec));
+    if (rec == NULL)
+        abort();
+    sbx_random_id(rec->id, SBX_DAEMON_ID_LEN);
+    rec->template_id = strdup(template_id);
+    rec->metadata_json = strdup("{}");
+    rec->env_vars_json = strdup("{}");
+    rec->started_at_ms = sbx_wall_ms();
+    rec->end_at_ms = rec->started_at_ms + (int64_t)SBX_MAX_TIMEOUT_S * 1000;
+    rec->cpu_count = d->cfg.cpu_millis / 1000 > 0 ? d->cfg.cpu_millis / 1000 : 1;
+    rec->memory_mb = d->cfg.memory_mb;
+    rec->disk_mb = d->cfg.disk_mb;
+    rec->state = strdup("running");
+    rec->pooled = true;
+    if (o)
+        assign(rec, o);
+    struct sbx_live *l = live_new(rec);
+    if (l == NULL)
+        abort();
+    if (sbx_store_free_uid_slot(d->store, &rec->uid_slot, err) < 0 ||
+        sbx_store_sandbox_insert(d->store, rec, err) < 0) {
+        live_drop(l);
+        return NULL;
+    }
+    return l;
+}
+
+struct sbx_live *
+sbx_lifecycle_new(const char *template_id, struct sbx_error **err)
+{
+    return new_live(template_id, NULL, err);
+}
+
+/* Moves what a client asked for from one record to another (a pooled sandbox that refused
+ * its client, to a cold one). */
+static void
+move_client_fields(struct sbx_sandbox_rec *to, struct sbx_sandbox_rec *from)
+{
+#define MOVE(f)                                                                                    \
+    do {                                                                                           \
+        free(to->f);                                                                               \
+        to->f = from->f;                                                                           \
+        from->f = NULL;                                                                            \
+    } while (0)
+    MOVE(template_id);
+    MOVE(alias);
+    MOVE(metadata_json);
+    MOVE(env_vars_json);
+    MOVE(access_token);
+    MOVE(traffic_token);
+#undef MOVE
+    to->started_at_ms = from->started_at_ms;
+    to->end_at_ms = from->end_at_ms;
+    to->allow_internet = from->allow_internet;
+    to->auto_pause = from->auto_pause;
+    to->pooled = false;
+}
+
+/* A create that waits for the spawner, or for a pooled sandbox's agent. */
+struct spawning {
     struct sbx_live *l;
     struct timespec start;
-    sbx_lifecycle_create_cb cb;
+    sbx_lifecycle_create_cb cb;          /* a client's create */
+    sbx_lifecycle_spawned_cb spawned_cb; /* a pool's */
     void *ud;
 };
+
+static uint64_t
+since_us(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)((now.tv_sec - start->tv_sec) * 1000000 +
+                      (now.tv_nsec - start->tv_nsec) / 1000);
+}
 
 /* Undoes a create that failed half way: what the spawner may have made, and the row. */
 static void
@@ -305,112 +428,167 @@ abandon(struct sbx_live *l, bool spawner_may_hold_it)
     live_drop(l);
 }
 
+/* A client's sandbox is ready: into the table, and the answer. */
 static void
-on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+hand_out(struct spawning *c)
 {
-    struct creating *c = ud;
-    struct sbx_live *l = c->l;
-    struct sbx_daemon *d = sbx_daemon;
-    _cleanup_error_ struct sbx_error *e = NULL;
-    if (err) {
-        /* The spawner cleans up a spawn it refused or that failed; one it was doing when it
-         * died may have left a dir and a cgroup: ask the next spawner to remove them. */
-        abandon(l, err->code == SBX_UNAVAILABLE);
-        c->cb(NULL, err, 0, c->ud);
-        free(c);
-        return;
-    }
-    l->rec->pid = (int)reply->pid;
-    l->rec->pid_start_time = reply->start_time;
-    if (watch(l, &e) < 0 || sbx_store_sandbox_update_pid(d->store, l->rec->id, l->rec->pid,
-                                                         l->rec->pid_start_time, &e) < 0) {
-        abandon(l, true);
-        c->cb(NULL, e, 0, c->ud);
-        free(c);
-        return;
-    }
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    uint64_t us = (uint64_t)((now.tv_sec - c->start.tv_sec) * 1000000 +
-                             (now.tv_nsec - c->start.tv_nsec) / 1000);
-    sbx_live_insert(d, l);
+    sbx_live_insert(sbx_daemon, c->l);
     arm_expiry();
-    c->cb(l, NULL, us, c->ud);
+    c->cb(c->l, NULL, since_us(&c->start), c->ud);
     free(c);
 }
 
-static char *
-new_token(void)
+static void
+on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
-    char tok[65];
-    sbx_random_hex(tok, 32);
-    char *s = strdup(tok);
-    explicit_bzero(tok, sizeof(tok));
-    return s;
+    struct spawning *c = ud;
+    struct sbx_live *l = c->l;
+    _cleanup_error_ struct sbx_error *e = NULL;
+    if (err == NULL) {
+        l->rec->pid = (int)reply->pid;
+        l->rec->pid_start_time = reply->start_time;
+        if (watch(l, &e) < 0 ||
+            sbx_store_sandbox_update_pid(sbx_daemon->store, l->rec->id, l->rec->pid,
+                                         l->rec->pid_start_time, &e) < 0) {
+            abandon(l, true);
+            err = e;
+            l = NULL;
+        }
+    } else {
+        /* The spawner cleans up a spawn it refused or that failed; one it was doing when it
+         * died may have left a dir and a cgroup: ask the next spawner to remove them. */
+        abandon(l, err->code == SBX_UNAVAILABLE);
+        l = NULL;
+    }
+    if (c->spawned_cb) {
+        c->spawned_cb(l, err, c->ud);
+        free(c);
+    } else if (l) {
+        hand_out(c);
+    } else {
+        c->cb(NULL, err, 0, c->ud);
+        free(c);
+    }
 }
 
-void
-sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb, void *ud)
+static void
+spawn(struct spawning *c)
 {
-    struct sbx_daemon *d = sbx_daemon;
     _cleanup_error_ struct sbx_error *err = NULL;
-    struct sbx_sandbox_rec *rec = calloc(1, sizeof(*rec));
-    if (rec == NULL)
-        abort();
-    sbx_random_id(rec->id, SBX_DAEMON_ID_LEN);
-    rec->template_id = strdup(o->template_id);
-    rec->alias = o->alias ? strdup(o->alias) : NULL;
-    rec->metadata_json =
-        o->metadata ? json_dumps(o->metadata, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
-    rec->env_vars_json =
-        o->env_vars ? json_dumps(o->env_vars, JSON_COMPACT | JSON_SORT_KEYS) : strdup("{}");
-    if (o->secure) {
-        rec->access_token = new_token();
-        /* What the code-interpreter SDKs send on /contexts (E2B-Traffic-Access-Token); a
-         * secret of its own, so that it never opens envd. */
-        rec->traffic_token = new_token();
-    }
-    rec->started_at_ms = sbx_wall_ms();
-    rec->end_at_ms = rec->started_at_ms + (int64_t)o->timeout_s * 1000;
-    rec->cpu_count = d->cfg.cpu_millis / 1000 > 0 ? d->cfg.cpu_millis / 1000 : 1;
-    rec->memory_mb = d->cfg.memory_mb;
-    rec->disk_mb = d->cfg.disk_mb;
-    rec->state = strdup("running");
-    rec->allow_internet = o->allow_internet;
-    rec->auto_pause = o->auto_pause;
-    struct sbx_live *l = live_new(rec);
-    if (l == NULL)
-        abort();
-    struct creating *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        abort();
-    *c = (struct creating){.l = l, .cb = cb, .ud = ud};
-    clock_gettime(CLOCK_MONOTONIC, &c->start);
-    int cfd = -1;
-    if (sbx_store_free_uid_slot(d->store, &rec->uid_slot, &err) < 0 ||
-        sbx_store_sandbox_insert(d->store, rec, &err) < 0) {
-        live_drop(l);
-        goto fail;
-    }
-    if ((cfd = config_fd(rec, &err)) < 0) {
-        abandon(l, false);
-        goto fail;
+    struct sbx_sandbox_rec *rec = c->l->rec;
+    int cfd = config_fd(rec, &err);
+    if (cfd < 0) {
+        on_spawned(NULL, err, c);
+        return;
     }
     struct sbx_spawner_msg req = {
         .op = SBX_SPAWNER_SPAWN,
         .uid_slot = (uint64_t)rec->uid_slot,
         .memory_bytes = (uint64_t)rec->memory_mb << 20,
-        .pids_max = (uint64_t)d->cfg.pids_max,
+        .pids_max = (uint64_t)sbx_daemon->cfg.pids_max,
         .cpu_millis = (uint64_t)rec->cpu_count * 1000,
         .disk_bytes = (uint64_t)rec->disk_mb << 20,
     };
     snprintf(req.id, sizeof(req.id), "%s", rec->id);
     snprintf(req.template_name, sizeof(req.template_name), "%s", rec->template_id);
     sbx_spawner_call(&req, cfd, on_spawned, c);
-    return;
-fail:
-    cb(NULL, err, 0, ud);
+}
+
+void
+sbx_lifecycle_spawn(struct sbx_live *l, sbx_lifecycle_spawned_cb cb, void *ud)
+{
+    struct spawning *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        abort();
+    *c = (struct spawning){.l = l, .spawned_cb = cb, .ud = ud};
+    clock_gettime(CLOCK_MONOTONIC, &c->start);
+    spawn(c);
+}
+
+/* ---- a pooled sandbox for a client ---- */
+
+static void
+fail_create(struct spawning *c, struct sbx_error *err)
+{
+    c->cb(NULL, err, 0, c->ud);
     free(c);
+}
+
+static void
+on_adopted(int status, const char *body, size_t len, void *ud)
+{
+    struct spawning *c = ud;
+    struct sbx_live *l = c->l;
+    if (status == 204) {
+        hand_out(c);
+        return;
+    }
+    /* The agent did not take its identity: never hand it out; the client gets a cold one. */
+    sbx_log_warn("pool", "sandbox=%s error=\"POST /init answered %d\" action=\"create cold\"",
+                 l->rec->id, status);
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *fresh = new_live(l->rec->template_id, NULL, &err);
+    if (fresh)
+        move_client_fields(fresh->rec, l->rec);
+    destroy(l, "pooled sandbox refused its client", NULL, NULL);
+    if (fresh && sbx_store_sandbox_adopt(sbx_daemon->store, fresh->rec, &err) < 0) {
+        abandon(fresh, false);
+        fresh = NULL;
+    }
+    if (fresh == NULL) {
+        fail_create(c, err);
+        return;
+    }
+    c->l = fresh;
+    spawn(c);
+}
+
+/* The pooled sandbox l becomes the client's: its row first (a crash after this leaves a
+ * listed sandbox that recovery finds), then the agent learns its tokens and env vars. */
+static void
+adopt(struct spawning *c, const struct sbx_create_opts *o)
+{
+    struct sbx_live *l = c->l;
+    _cleanup_error_ struct sbx_error *err = NULL;
+    assign(l->rec, o);
+    if (sbx_store_sandbox_adopt(sbx_daemon->store, l->rec, &err) < 0) {
+        destroy(l, "adopt failed", NULL, NULL);
+        fail_create(c, err);
+        return;
+    }
+    json_error_t jerr;
+    json_t *body =
+        json_pack("{s:s*,s:s*,s:o}", "accessToken", l->rec->access_token, "trafficAccessToken",
+                  l->rec->traffic_token, "envVars", json_loads(l->rec->env_vars_json, 0, &jerr));
+    char *s = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    sbx_http_call(sbx_daemon->loop, l->sock_path, "POST", "/init", s, 1024, SBX_POOL_INIT_MS,
+                  on_adopted, c);
+    sbx_secret_free(s);
+}
+
+void
+sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb, void *ud)
+{
+    struct spawning *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        abort();
+    *c = (struct spawning){.cb = cb, .ud = ud};
+    clock_gettime(CLOCK_MONOTONIC, &c->start);
+    c->l = sbx_pool_take(o->template_id);
+    if (c->l) {
+        adopt(c, o);
+        return;
+    }
+    _cleanup_error_ struct sbx_error *err = NULL;
+    /* Written with the client's values before the sandbox starts: a crash in between leaves
+     * a row that recovery cleans up. */
+    c->l = new_live(o->template_id, o, &err);
+    if (c->l == NULL) {
+        fail_create(c, err);
+        return;
+    }
+    spawn(c);
 }
 
 /* ---- recovery ---- */
@@ -434,6 +612,13 @@ sbx_lifecycle_recover(struct sbx_error **err)
         sbx_live_insert(d, l);
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
+        if (rec->pooled) {
+            /* A pool's sandbox of the front end before: never handed out, so nobody's. The
+             * pools start afresh. */
+            gone++;
+            destroy(l, "pooled by an earlier front end", NULL, NULL);
+            continue;
+        }
         if (rec->pid > 0 && sbx_sandbox_is_alive(&ref) && watch(l, &e) == 0) {
             alive++;
             continue;

@@ -55,13 +55,15 @@ static const char *const migrations[] = {
     "CREATE INDEX sandboxes_by_start ON sandboxes (started_at_ms, id);",
     /* 2: settings the daemon keeps across restarts (e.g. its host uid block). */
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    /* 3: sandboxes of a warm pool, started before any client asked; never listed. */
+    "ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
 #define SANDBOX_COLUMNS                                                                            \
     "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "          \
     "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "                     \
-    "pid_start_time, state, allow_internet, auto_pause"
+    "pid_start_time, state, allow_internet, auto_pause, pooled"
 
 static int
 db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
@@ -438,6 +440,7 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->state = column_strdup(st, 15, &oom);
     r->allow_internet = sqlite3_column_int(st, 16) != 0;
     r->auto_pause = sqlite3_column_int(st, 17) != 0;
+    r->pooled = sqlite3_column_int(st, 18) != 0;
     if (oom || r->template_id == NULL || r->state == NULL) {
         sbx_sandbox_rec_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -467,7 +470,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     if (prepare(s,
                 "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
@@ -488,6 +491,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_text(st, 16, r->state, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 17, r->allow_internet);
     sqlite3_bind_int(st, 18, r->auto_pause);
+    sqlite3_bind_int(st, 19, r->pooled);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s already exists", r->id);
@@ -540,6 +544,31 @@ sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid, uint6
     sqlite3_bind_int64(st, 2, (int64_t)pid_start_time);
     sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, true, id, err);
+}
+
+int
+sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
+                        struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s,
+                "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
+                "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
+                "end_at_ms = ?, allow_internet = ?, auto_pause = ? WHERE id = ? AND pooled = 1",
+                &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, r->template_id, -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 2, r->alias);
+    sqlite3_bind_text(st, 3, r->metadata_json ? r->metadata_json : "{}", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 4, r->env_vars_json ? r->env_vars_json : "{}", -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 5, r->access_token);
+    bind_text_or_null(st, 6, r->traffic_token);
+    sqlite3_bind_int64(st, 7, r->started_at_ms);
+    sqlite3_bind_int64(st, 8, r->end_at_ms);
+    sqlite3_bind_int(st, 9, r->allow_internet);
+    sqlite3_bind_int(st, 10, r->auto_pause);
+    sqlite3_bind_text(st, 11, r->id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, r->id, err);
 }
 
 int
@@ -707,7 +736,7 @@ sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
     /* Only fixed SQL text is appended; every value is a bound parameter. */
     _cleanup_free_ char *sql = NULL;
     struct sbx_buf b = {0};
-    int ok = sbx_buf_printf(&b, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE 1");
+    int ok = sbx_buf_printf(&b, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE pooled = 0");
     if (!(states & SBX_STORE_STATE_RUNNING))
         ok |= sbx_buf_printf(&b, " AND state <> 'running'");
     if (!(states & SBX_STORE_STATE_PAUSED))

@@ -44,6 +44,7 @@ struct sbx_sandbox_rec {
     char *state;             /* "running" or "paused" */
     bool allow_internet;
     bool auto_pause; /* at end_at: pause instead of kill */
+    bool pooled;     /* in a warm pool: no client's yet, never listed (see query) */
 };
 
 struct sbx_sandbox_list {
@@ -86,6 +87,11 @@ int sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t
                                     struct sbx_error **err);
 int sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
                                  uint64_t pid_start_time, struct sbx_error **err);
+/* Hands a pooled sandbox to a client: its row takes r's template, alias, metadata, env vars,
+ * tokens, times and options and is listed from now on. SBX_NOT_FOUND unless r->id is a
+ * pooled row. */
+int sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
+                            struct sbx_error **err);
 /* state is "running" or "paused" (anything else: SBX_INVALID_ARGUMENT). */
 int sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
                                    struct sbx_error **err);
@@ -99,8 +105,8 @@ enum sbx_store_state_mask {
     SBX_STORE_STATE_PAUSED = 1 << 1,
 };
 
-/* One page of GET /v2/sandboxes. Zero-initialised means: both states, no filter, newest
- * first, SBX_STORE_LIST_MAX items, first page. */
+/* One page of GET /v2/sandboxes (pooled sandboxes never appear). Zero-initialised means: both
+ * states, no filter, newest first, SBX_STORE_LIST_MAX items, first page. */
 struct sbx_store_query {
     unsigned states;                /* enum sbx_store_state_mask bits; 0 = both */
     const char *const *meta_keys;   /* n_meta pairs; a sandbox matches iff every */

@@ -104,7 +104,8 @@ def test_agent_log_flood_grows_no_host_file(sandbox, state_dir, sbx_daemon):
     assert status == 200, body[:200]
     print(f"agent log: {len(body)} bytes kept")
     assert 0 < len(body) <= AGENT_LOG_BYTES
-    assert b"a" * 1900 in body.splitlines()[-2]
+    # The flood shows there: its requests (404s), or the rate limiter's count of them.
+    assert b"a" * 1900 in body or b"event=client_errors" in body
 
 
 def test_agent_log_needs_the_access_token(sandbox, sbx_daemon):

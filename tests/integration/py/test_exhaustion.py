@@ -3,17 +3,14 @@ started with a small --max-connections) and its log (thousands of bad requests).
 against a daemon of its own and prints the figures it measured."""
 
 import http.client
-import os
 import re
 import select
-import shutil
 import socket
-import tempfile
 import time
 
 import pytest
 
-from conftest import Daemon
+from conftest import own_daemon
 
 MAX_CONNS = 20
 FLOOD = 10 * MAX_CONNS
@@ -21,29 +18,17 @@ BAD_REQUESTS = 3000
 LOG_INTERVAL_S = 10  # of the summaries of client errors and of evictions
 
 
-def _own_daemon(sbx_daemon, tmp_path_factory, name, extra_args=""):
-    state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
-    os.chmod(state_dir, 0o711)
-    d = Daemon(sbx_daemon.binary, state_dir, tmp_path_factory.mktemp(name) / "daemon.log")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBX_SERVE_ARGS", os.environ.get("SBX_SERVE_ARGS", "") + " " + extra_args)
-        d.start()
-    yield d
-    d.kill_all_sandboxes()
-    rc = d.stop()
-    shutil.rmtree(state_dir, ignore_errors=True)
-    assert rc == 0, d.log_tail()
-
-
 @pytest.fixture(scope="module")
 def limited_daemon(sbx_daemon, tmp_path_factory):
-    yield from _own_daemon(sbx_daemon, tmp_path_factory, "limited",
-                           f"--max-connections {MAX_CONNS}")
+    with own_daemon(sbx_daemon, tmp_path_factory.mktemp("limited"),
+                    f"--max-connections {MAX_CONNS}") as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
 def quiet_daemon(sbx_daemon, tmp_path_factory):
-    yield from _own_daemon(sbx_daemon, tmp_path_factory, "quiet")
+    with own_daemon(sbx_daemon, tmp_path_factory.mktemp("quiet")) as d:
+        yield d
 
 
 def _log_lines(d):

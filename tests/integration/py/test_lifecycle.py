@@ -1,6 +1,7 @@
 """Sandbox lifecycle through the official Python SDK (sync Sandbox and AsyncSandbox)."""
 
 import glob
+import json
 import os
 import secrets
 import time
@@ -9,6 +10,7 @@ from datetime import datetime, timezone
 import pytest
 from packaging.version import Version
 
+from helpers import wait_for
 from e2b import (
     AsyncSandbox,
     Sandbox,
@@ -243,6 +245,11 @@ async def test_async_lifecycle(sbx_daemon):
 
 
 
+def _pools_settled(sbx_daemon):
+    status, _, body = sbx_daemon.request("GET", "/pools")
+    return status == 200 and all(p["warm"] == p["target"] for p in json.loads(body))
+
+
 def _daemon_pidfds(sbx_daemon):
     """The front end holds one pidfd per running sandbox (client sockets come and go)."""
     fd_dir = f"/proc/{sbx_daemon.worker_pid('sbx-frontend')}/fd"
@@ -280,6 +287,8 @@ def test_kill_leaves_nothing_behind(sbx_daemon, sandbox_factory):
     assert len(pids) >= 2, "agent and sleep run in the sandbox's cgroup"
     # Sandbox root is an unprivileged host uid of the sandbox's own range (>= 2^30).
     assert all(_host_uid(p) >= 1 << 30 for p in pids)
+    # The warm pools hold pidfds too: count once they have replaced what the create took.
+    assert wait_for(lambda: _pools_settled(sbx_daemon), timeout=60)
     pidfds_running = _daemon_pidfds(sbx_daemon)
 
     assert Sandbox.kill(sid) is True

@@ -1,0 +1,224 @@
+"""The engine's targets (privilege-separated, non-blocking spawner, warm pools):
+
+  first    Sandbox.create() -> first run_code("1+1") result through the official Python SDK,
+           from a warm pool, against the host starting `python3 -c "print(1+1)"`;
+           server-side create from a pool and without one (X-Sbx-Spawn-Us), against unshare
+  busy     commands.run("true") on one sandbox while 20 sandboxes are created at once,
+           against its idle round trip
+  rate     base sandboxes created and killed for a while by 1, 4 and 16 concurrent clients
+           (creates/s, without pools), with commands.run("true") on another sandbox meanwhile;
+           against bwrap and unshare starting /bin/true at the same concurrency
+  density  resident memory of idle base and idle code-interpreter sandboxes (kernel warm),
+           as sandboxes per GiB; then N live base sandboxes and list/create round trips
+           among them
+
+    .venv/bin/python bench/bench_engine.py [first|busy|rate|density ...] [--n N] [--live N]
+"""
+
+import argparse
+import concurrent.futures as cf
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+
+from common import Daemon, percentile, report, timed
+
+from e2b import Sandbox
+from e2b_code_interpreter import Sandbox as CodeSandbox
+
+UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--mount", "--net", "--ipc",
+           "--uts", "--cgroup", "--fork", "/bin/true"]
+BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
+         "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
+         "--proc", "/proc", "--dev", "/dev", "/bin/true"]
+
+
+def post(d, path, body):
+    req = urllib.request.Request(d.url + path, method="POST", data=json.dumps(body).encode(),
+                                 headers={"X-API-KEY": d.key, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.headers, json.loads(r.read())
+
+
+def delete(d, sid):
+    req = urllib.request.Request(d.url + f"/sandboxes/{sid}", method="DELETE",
+                                 headers={"X-API-KEY": d.key})
+    urllib.request.urlopen(req, timeout=60).read()
+
+
+def server_create_ms(d, template):
+    h, body = post(d, "/sandboxes", {"templateID": template, "timeout": 120})
+    return int(h["X-Sbx-Spawn-Us"]) / 1000.0, body["sandboxID"]
+
+
+def bench_first(n):
+    host = timed(lambda: subprocess.run(["python3", "-c", "print(1+1)"], check=True,
+                                        stdout=subprocess.DEVNULL), n)
+    unshare = timed(lambda: subprocess.run(UNSHARE, check=True), n)
+    first, pooled_server, cold_server = [], [], []
+    with Daemon("--pool", "code-interpreter-v1=2", "--pool", "base=2") as d:
+        for _ in range(n):
+            d.wait_pools_warm()
+            t0 = time.perf_counter()
+            s = CodeSandbox.create(timeout=120)
+            r = s.run_code("1+1")
+            first.append((time.perf_counter() - t0) * 1000)
+            assert r.text == "2", r
+            s.kill()
+        for _ in range(n):
+            d.wait_pools_warm()
+            ms, sid = server_create_ms(d, "base")
+            pooled_server.append(ms)
+            delete(d, sid)
+    with Daemon("--pool", "code-interpreter-v1=0", "--pool", "base=0") as d:
+        for _ in range(n):
+            ms, sid = server_create_ms(d, "base")
+            cold_server.append(ms)
+            delete(d, sid)
+    print(f"# create -> first result, N={n}")
+    report("baseline: host python3 -c 'print(1+1)'", host)
+    report("Sandbox.create() + run_code('1+1'), pool", first, "host_python", host)
+    report("baseline: unshare (same namespaces) /bin/true", unshare)
+    report("server-side create from a pool", pooled_server, "unshare", unshare)
+    report("server-side create without a pool", cold_server, "unshare", unshare)
+
+
+def bench_busy(n):
+    with Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0") as d:
+        s = Sandbox.create(timeout=600)
+        idle = timed(lambda: s.commands.run("true"), n)
+        busy = []
+        rounds = max(1, n // 20)
+        for _ in range(rounds):
+            stop = threading.Event()
+
+            def poke():
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    s.commands.run("true")
+                    busy.append((time.perf_counter() - t0) * 1000)
+
+            t = threading.Thread(target=poke)
+            t.start()
+            with cf.ThreadPoolExecutor(20) as ex:
+                ids = list(ex.map(lambda _: server_create_ms(d, "base")[1], range(20)))
+            stop.set()
+            t.join()
+            with cf.ThreadPoolExecutor(20) as ex:
+                list(ex.map(lambda sid: delete(d, sid), ids))
+        s.kill()
+    print(f"# commands.run('true') while 20 sandboxes are created at once ({rounds} rounds)")
+    report("idle commands.run('true')", idle)
+    p50, p99 = report("commands.run('true') during 20 creates", busy, "idle", idle)
+    print(f"target p99 <= 5 x idle p50 + 20 ms = {5 * percentile(idle, 50) + 20:.1f} ms: "
+          f"{'met' if p99 <= 5 * percentile(idle, 50) + 20 else 'NOT met'}")
+
+
+def rate_of(fn, clients, seconds):
+    done = []
+    stop = time.monotonic() + seconds
+
+    def worker():
+        k = 0
+        while time.monotonic() < stop:
+            fn()
+            k += 1
+        done.append(k)
+
+    with cf.ThreadPoolExecutor(clients) as ex:
+        for _ in range(clients):
+            ex.submit(worker)
+    return sum(done) / seconds
+
+
+def bench_rate(seconds):
+    print(f"# create+kill rate, {seconds} s per point")
+    have_bwrap = shutil.which("bwrap") is not None
+    with Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0") as d:
+        probe = Sandbox.create(timeout=600)
+        for clients in (1, 4, 16):
+            lat = []
+            stop = threading.Event()
+
+            def poke():
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    probe.commands.run("true")
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    time.sleep(0.01)
+
+            t = threading.Thread(target=poke)
+            t.start()
+
+            def cycle():
+                _, sid = server_create_ms(d, "base")
+                delete(d, sid)
+
+            r = rate_of(cycle, clients, seconds)
+            stop.set()
+            t.join()
+            base = rate_of(lambda: subprocess.run(UNSHARE, check=True), clients, seconds)
+            line = f"clients={clients:<3} sbx {r:7.1f}/s   unshare {base:7.1f}/s"
+            if have_bwrap:
+                bw = rate_of(lambda: subprocess.run(BWRAP, check=True), clients, seconds)
+                line += f"   bwrap {bw:7.1f}/s   ratio_vs_bwrap={r / bw:.2f}x"
+            print(line, flush=True)
+            report(f"  commands.run('true') meanwhile ({clients} clients)", lat)
+        probe.kill()
+    if not have_bwrap:
+        print("(bwrap not installed: apt-get install bubblewrap for that baseline)")
+
+
+def bench_density(k, live):
+    with Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0") as d:
+        for name, cls, template in (("base", Sandbox, "base"),
+                                    ("code-interpreter (Python kernel warm)", CodeSandbox,
+                                     "code-interpreter-v1")):
+            boxes = [cls.create(timeout=600) for _ in range(k)]
+            if cls is CodeSandbox:
+                for b in boxes:
+                    b.run_code("1")
+            time.sleep(2)
+            mem = [b.get_metrics()[-1].mem_used for b in boxes]
+            per = sum(mem) / len(mem)
+            print(f"idle {name}: {per / 2**20:.1f} MiB each (cgroup memory, mean of {k}) -> "
+                  f"{2**30 / per:.0f} per GiB", flush=True)
+            for b in boxes:
+                b.kill()
+        ids = []
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(8) as ex:
+            ids = list(ex.map(lambda _: server_create_ms(d, "base")[1], range(live)))
+        print(f"{live} live base sandboxes started in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+        lst = timed(lambda: d.get("/v2/sandboxes?limit=100"), 50)
+        crt = []
+        for _ in range(50):
+            ms = time.perf_counter()
+            _, sid = server_create_ms(d, "base")
+            crt.append((time.perf_counter() - ms) * 1000)
+            delete(d, sid)
+        report(f"list (100 per page) among {live} sandboxes", lst)
+        report(f"create (HTTP round trip) among {live}", crt)
+        with cf.ThreadPoolExecutor(8) as ex:
+            list(ex.map(lambda sid: delete(d, sid), ids))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", nargs="*", default=["first", "busy", "rate", "density"])
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--live", type=int, default=1000)
+    a = ap.parse_args()
+    for w in a.what:
+        {"first": lambda: bench_first(a.n), "busy": lambda: bench_busy(a.n),
+         "rate": lambda: bench_rate(a.seconds),
+         "density": lambda: bench_density(10, a.live)}[w]()
+
+
+if __name__ == "__main__":
+    main()
