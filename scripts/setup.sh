@@ -15,6 +15,7 @@ APT_PACKAGES=(
     libzmq3-dev libcurl4-openssl-dev zlib1g-dev
     sudo curl git util-linux iproute2 procps
     e2fsprogs # mke2fs formats the per-sandbox disk images
+    lxcfs # /proc/meminfo, cpuinfo... of each sandbox's own limits
     clang-format-14 # the formatting check of `make test`
     python3 python3-pip python3-venv
     # Kernels of the code interpreter (run inside sandboxes, which see the host's /usr).

@@ -20,6 +20,8 @@ struct sbx_daemon *sbx_daemon;
 static void
 stop(void)
 {
+    uv_close((uv_handle_t *)&sbx_daemon->sigterm, NULL);
+    uv_close((uv_handle_t *)&sbx_daemon->sigint, NULL);
     sbx_lifecycle_shutdown();
     sbx_spawner_client_close();
     uv_poll_stop(&sbx_daemon->control);
@@ -32,11 +34,11 @@ stop(void)
 static void
 on_stop_signal(uv_signal_t *h, int signum)
 {
+    /* The handlers stay until the end: a second SIGTERM (the supervisor forwards one, and a
+     * service manager may signal every process) must not cut the pools' drain short. */
+    if (sbx_daemon->http == NULL)
+        return;
     sbx_log_info("frontend_stop", "signal=%d", signum);
-    uv_signal_stop(&sbx_daemon->sigterm);
-    uv_signal_stop(&sbx_daemon->sigint);
-    uv_close((uv_handle_t *)&sbx_daemon->sigterm, NULL);
-    uv_close((uv_handle_t *)&sbx_daemon->sigint, NULL);
     sbx_http_server_close(sbx_daemon->http);
     sbx_daemon->http = NULL;
     sbx_pool_drain(stop);

@@ -287,6 +287,36 @@ sbx_cgroup_open_v2(const char *id)
 }
 
 int
+sbx_cgroup_views(const char *id, char names[][32], char dirs[][256], int max)
+{
+    if (sbx_cgroup_detect() == SBX_CGROUP_V2) {
+        if (max < 1)
+            return 0;
+        names[0][0] = '\0';
+        snprintf(dirs[0], 256, CG_ROOT "/" CG_PARENT "/%s", id);
+        return 1;
+    }
+    char d[N_V1][256];
+    v1_dirs(id, d, false);
+    int n = 0;
+    for (size_t i = 0; i < N_V1 && n < max; i++) {
+        if (d[i][0] == '\0')
+            continue;
+        snprintf(names[n], 32, "%s", v1_ctrls[i]);
+        memcpy(dirs[n++], d[i], 256);
+    }
+    /* The JVM turns its container support off unless it also finds a cpuset hierarchy.
+     * Sandboxes have no cpuset cgroup of their own (one more cgroup.procs write per spawn on
+     * v1), so they see the root one, read-only: the host's CPU and memory node lists, and
+     * the names of any cpuset groups below it. */
+    if (n < max && access(CG_ROOT "/cpuset/cpuset.cpus", F_OK) == 0) {
+        snprintf(names[n], 32, "cpuset");
+        snprintf(dirs[n++], 256, CG_ROOT "/cpuset");
+    }
+    return n;
+}
+
+int
 sbx_cgroup_open_oom_events(const char *id)
 {
     char path[320];

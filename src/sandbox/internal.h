@@ -44,6 +44,10 @@ int sbx_cgroup_open_v2(const char *id);
 int sbx_cgroup_open_oom_events(const char *id);
 /* Up to max pids of the sandbox's cgroup (the memory one on v1); -1 if it does not exist. */
 int sbx_cgroup_procs(const char *id, pid_t *pids, int max);
+/* The sandbox's cgroup dirs as a sandbox shows them under /sys/fs/cgroup: on v2 one, named
+ * "" (the mount point itself); on v1 one per hierarchy, named after its first controller.
+ * Returns how many were written. */
+int sbx_cgroup_views(const char *id, char names[][32], char dirs[][256], int max);
 /* Moves pid into every cgroup of the sandbox. */
 int sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err);
 /* SIGKILLs what is left in the sandbox's cgroups and waits (bounded) until they are empty;
@@ -103,6 +107,14 @@ int child_mount_proc(const char *newroot, const char **step);
 int child_mount_dev(const char *newroot, const char **step);
 int child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step);
 int child_pivot_root(const char *newroot, const char **step);
+/* /sys as a read-only tmpfs holding only fs/cgroup: a read-only view of the sandbox's own
+ * cgroup(s), so runtimes (the JVM, Node, Python) find their limits where they look. */
+int child_mount_sys(const char *newroot, const char *id, const char **step);
+/* lxcfs's /proc files (sbx_lxcfs_files) over the sandbox's own, from lxcfs_dir. */
+int child_mount_lxcfs(const char *newroot, const char *lxcfs_dir, const char **step);
+
+/* ---- lxcfs.c ---- */
+extern const char *const sbx_lxcfs_files[]; /* NULL-terminated */
 
 /* ---- seccomp.c / caps.c ---- */
 /* Compiles the filter of a profile once per process, before any clone. relaxed: the

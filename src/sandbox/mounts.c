@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -189,5 +190,94 @@ child_pivot_root(const char *newroot, const char **step)
         return fail(step, "%sdetach old root", "");
     if (chdir("/") < 0)
         return fail(step, "%schdir /", "");
+    return 0;
+}
+
+/* /sys/devices/system/cpu/online lists the CPUs the sandbox may run on (its affinity, set
+ * before): glibc's get_nprocs reads it first, so os.cpu_count() and sysconf agree with nproc. */
+static int
+write_cpu_online(const char *sys)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) < 0)
+        return -1;
+    char list[512] = "", p[4096];
+    size_t len = 0;
+    for (int c = 0; c < CPU_SETSIZE && len < sizeof(list) - 16; c++) {
+        if (!CPU_ISSET(c, &set))
+            continue;
+        int e = c;
+        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, &set))
+            e++;
+        len += (size_t)snprintf(list + len, sizeof(list) - len, e > c ? "%s%d-%d" : "%s%d",
+                                len ? "," : "", c, e);
+        c = e;
+    }
+    snprintf(list + len, sizeof(list) - len, "\n");
+    static const char *const dirs[] = {"devices", "devices/system", "devices/system/cpu"};
+    for (size_t i = 0; i < 3; i++) {
+        join(p, sizeof(p), sys, dirs[i]);
+        if (mkdir(p, 0755) < 0)
+            return -1;
+    }
+    join(p, sizeof(p), sys, "devices/system/cpu");
+    int dfd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    int rc = sbx_fs_write_file_at(dfd, "online", list, strlen(list), 0444);
+    if (rc == 0)
+        rc = sbx_fs_write_file_at(dfd, "possible", list, strlen(list), 0444);
+    close(dfd);
+    return rc;
+}
+
+int
+child_mount_sys(const char *newroot, const char *id, const char **step)
+{
+    char sys[4096], p[4096], names[6][32], dirs[6][256];
+    join(sys, sizeof(sys), newroot, "sys");
+    if (mount("sysfs-view", sys, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0555,size=16k,nr_inodes=64") < 0)
+        return fail(step, "mount tmpfs on %s", sys);
+    join(p, sizeof(p), sys, "fs");
+    if (mkdir(p, 0755) < 0)
+        return fail(step, "mkdir %s", p);
+    join(p, sizeof(p), sys, "fs/cgroup");
+    if (mkdir(p, 0755) < 0)
+        return fail(step, "mkdir %s", p);
+    int n = sbx_cgroup_views(id, names, dirs, 6);
+    char at[4096];
+    for (int i = 0; i < n; i++) {
+        if (names[i][0]) {
+            join(at, sizeof(at), p, names[i]);
+            if (mkdir(at, 0555) < 0)
+                return fail(step, "mkdir %s", at);
+        } else {
+            snprintf(at, sizeof(at), "%s", p);
+        }
+        /* Read-only: the limits are the host's to set. The cgroup namespace (entered
+         * before this step) makes the mount show as the root of the hierarchy. */
+        if (mount(dirs[i], at, NULL, MS_BIND, NULL) < 0)
+            return fail(step, "bind %s", dirs[i]);
+        if (mount(NULL, at, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROC_FLAGS, NULL) < 0)
+            return fail(step, "make %s read-only", at);
+    }
+    if (write_cpu_online(sys) < 0)
+        return fail(step, "%swrite /sys/devices/system/cpu/online", "");
+    if (mount(NULL, sys, NULL, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=0555") < 0)
+        return fail(step, "make %s read-only", sys);
+    return 0;
+}
+
+int
+child_mount_lxcfs(const char *newroot, const char *lxcfs_dir, const char **step)
+{
+    char src[4096], dst[4096];
+    for (size_t i = 0; sbx_lxcfs_files[i]; i++) {
+        sbx_pathf(src, sizeof(src), "%s/proc/%s", lxcfs_dir, sbx_lxcfs_files[i]);
+        sbx_pathf(dst, sizeof(dst), "%s/proc/%s", newroot, sbx_lxcfs_files[i]);
+        if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
+            return fail(step, "bind lxcfs %s", src);
+    }
     return 0;
 }

@@ -38,12 +38,14 @@ struct sbx_sandbox_plan {
     uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
-    bool relaxed;        /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
-    int agent_listen_fd; /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
-    int agent_config_fd; /* readable fd with the agent's JSON config; becomes fd 4 */
-    int exe_fd;          /* the program to run as PID 1, executed with fexecve; an ELF
-                          * binary (a script would need its fd across exec). From
-                          * sbx_sandbox_agent_exe() for the agent. */
+    bool relaxed;          /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
+    const char *lxcfs_dir; /* an lxcfs mount (sbx_sandbox_lxcfs) whose /proc files replace the
+                            * sandbox's; NULL: the kernel's own */
+    int agent_listen_fd;   /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
+    int agent_config_fd;   /* readable fd with the agent's JSON config; becomes fd 4 */
+    int exe_fd;            /* the program to run as PID 1, executed with fexecve; an ELF
+                            * binary (a script would need its fd across exec). From
+                            * sbx_sandbox_agent_exe() for the agent. */
     char *const *argv;
     char *const *envp;
 };
@@ -100,6 +102,11 @@ int sbx_sandbox_agent_exe(const char *path, struct sbx_error **err);
  * the sandboxes' own limits allow (fs.file-max, kernel.pty.max). desc gets what changed, e.g.
  * "fs.file-max=2466116->9223372036854775807", or "" if nothing did. */
 int sbx_sandbox_raise_host_limits(char *desc, size_t n, struct sbx_error **err);
+
+/* An lxcfs mount serving /proc files per cgroup: the host's, or one started now at
+ * /run/sbx/lxcfs (it keeps running after sbx stops: sandboxes outlive the daemon). Writes
+ * its dir to dir; an error says why sandboxes will see the host's /proc values. */
+int sbx_sandbox_lxcfs(char *dir, size_t n, struct sbx_error **err);
 
 /* Starts a sandbox. On success fills pid and start_time; the agent is already running.
  * Its fd table: 0, 1 and 2 /dev/null (the agent keeps its log in its own memory), 3 and 4

@@ -171,6 +171,33 @@ step_loopback_up(const char **step)
     return rc;
 }
 
+/* As many CPUs as the sandbox's quota allows, so that nproc, sched_getaffinity and the
+ * runtimes that size pools from them (the JVM, Go, OpenMP, make -j) see the sandbox's CPUs,
+ * not the host's. Sandboxes start at different CPUs to spread out. Only a hint: the quota is
+ * what the cgroup enforces. */
+static int
+step_affinity(const struct sbx_sandbox_plan *plan, const char **step)
+{
+    *step = "cpu affinity";
+    cpu_set_t online;
+    if (plan->limits.cpu_millis == 0 || sched_getaffinity(0, sizeof(online), &online) < 0)
+        return 0;
+    int have = CPU_COUNT(&online);
+    int want = (int)((plan->limits.cpu_millis + 999) / 1000);
+    if (want >= have)
+        return 0;
+    int cpus[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &online))
+            cpus[n++] = c;
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    int first = (int)((plan->host_uid_base / SBX_SANDBOX_UID_COUNT) % (unsigned)n);
+    for (int i = 0; i < want; i++)
+        CPU_SET(cpus[(first + i) % n], &mine);
+    return sched_setaffinity(0, sizeof(mine), &mine);
+}
+
 static int
 step_rlimits(const char **step)
 {
@@ -256,6 +283,10 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     STEP(child_attach_rootfs(newroot, fs.root_fd, fs.usr_fd, &step));
     sbx_rootfs_close(&fs);
     STEP(child_mount_proc(newroot, &step));
+    if (plan->lxcfs_dir)
+        STEP(child_mount_lxcfs(newroot, plan->lxcfs_dir, &step));
+    STEP(step_affinity(plan, &step)); /* before /sys, which lists the CPUs it leaves */
+    STEP(child_mount_sys(newroot, plan->id, &step));
     STEP(child_mount_dev(newroot, &step));
     STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
     STEP(child_pivot_root(newroot, &step));
@@ -314,6 +345,8 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
     /* The range must not contain host root or wrap around. */
     if (p->host_uid_base == 0 || p->host_uid_base > UINT32_MAX - SBX_SANDBOX_UID_COUNT)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad host uid base");
+    if (p->lxcfs_dir && p->lxcfs_dir[0] != '/')
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "lxcfs dir must be absolute");
     if (p->hostname && *p->hostname && !valid_hostname(p->hostname))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad hostname");
     uint64_t disk = p->limits.disk_bytes;

@@ -3,7 +3,7 @@
  *
  *   VERSION    SBX_TEMPLATE_VERSION; anything else means "rebuild"
  *   rootfs/    lower layer of "/": generated /etc, /bin /sbin /lib /lib64 symlinks into usr/,
- *              empty mount points (usr proc dev tmp run), root (0700), home/user (uid 1000)
+ *              empty mount points (usr proc sys dev tmp run), root (0700), home/user (uid 1000)
  *   usrmask/   upper-most lower layer of "/usr": an opaque, empty local/ that hides the
  *              host's /usr/local
  *
@@ -27,7 +27,7 @@
 #include "base/cleanup.h"
 #include "sandbox/internal.h"
 
-#define SBX_TEMPLATE_VERSION "sbx-template-3\n"
+#define SBX_TEMPLATE_VERSION "sbx-template-4\n"
 #define TEMPLATE_DIR         "template"
 #define COPY_MAX_DEPTH       8
 #define COPY_MAX_FILE        (16 * 1024 * 1024)
@@ -273,12 +273,25 @@ build_rootfs(int dfd, struct sbx_error **err)
         mode_t mode;
         uid_t owner;
     } dirs[] = {
-        {"usr", 0755, 0},      {"proc", 0555, 0},      {"dev", 0755, 0},
-        {"tmp", 01777, 0},     {"run", 0755, 0},       {"root", 0700, 0},
-        {"home", 0755, 0},     {"mnt", 0755, 0},       {"opt", 0755, 0},
-        {"srv", 0755, 0},      {"media", 0755, 0},     {"var", 0755, 0},
-        {"var/tmp", 01777, 0}, {"var/log", 0755, 0},   {"var/cache", 0755, 0},
-        {"var/lib", 0755, 0},  {"var/spool", 0755, 0}, {"home/user", 0755, SBX_SANDBOX_USER_UID},
+        {"usr", 0755, 0},
+        {"proc", 0555, 0},
+        {"dev", 0755, 0},
+        {"sys", 0555, 0},
+        {"tmp", 01777, 0},
+        {"run", 0755, 0},
+        {"root", 0700, 0},
+        {"home", 0755, 0},
+        {"mnt", 0755, 0},
+        {"opt", 0755, 0},
+        {"srv", 0755, 0},
+        {"media", 0755, 0},
+        {"var", 0755, 0},
+        {"var/tmp", 01777, 0},
+        {"var/log", 0755, 0},
+        {"var/cache", 0755, 0},
+        {"var/lib", 0755, 0},
+        {"var/spool", 0755, 0},
+        {"home/user", 0755, SBX_SANDBOX_USER_UID},
     };
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
         if (mkdir_mode(dfd, dirs[i].name, dirs[i].mode, dirs[i].owner, dirs[i].owner) < 0)

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,7 @@ static struct {
     const struct sbx_spawner_config *cfg;
     uv_loop_t *loop;
     char *template_dir;
+    char lxcfs_dir[64]; /* "" when lxcfs is not available */
     int exe_fd;
     int channel;
     uv_poll_t channel_poll;
@@ -372,6 +374,7 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
                    .disk_bytes = m->disk_bytes},
         .hostname = "e2b.local",
         .relaxed = sp.cfg->relaxed,
+        .lxcfs_dir = sp.lxcfs_dir[0] ? sp.lxcfs_dir : NULL,
         .agent_listen_fd = lfd,
         .agent_config_fd = conf,
         .exe_fd = sp.exe_fd,
@@ -610,6 +613,10 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
 {
     sp.cfg = cfg;
     sp.channel = channel;
+    /* We stop when the front end closes our channel, after it has had us destroy what it
+     * wanted (its pools): a SIGTERM sent to every process of the daemon must not cut that. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     if (cfg->lock_fd >= 0)
         close(cfg->lock_fd); /* the supervisor holds the block for all of us */
     sp.loop = uv_default_loop();
@@ -620,6 +627,11 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
         sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
         return 1;
     }
+    _cleanup_error_ struct sbx_error *lxcfs_err = NULL;
+    if (sbx_sandbox_lxcfs(sp.lxcfs_dir, sizeof(sp.lxcfs_dir), &lxcfs_err) < 0)
+        sbx_log_warn("spawner_start", "lxcfs=none error=\"%s\"", lxcfs_err->msg);
+    else
+        sbx_log_info("spawner_start", "lxcfs=%s", sp.lxcfs_dir);
     scan();
     if (cfg->ready_fd >= 0) {
         (void)!write(cfg->ready_fd, "R", 1);

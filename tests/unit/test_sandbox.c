@@ -372,7 +372,7 @@ TEST(identity_and_filesystem)
     }
     /* Only the template's entries are at the top level (lib32/libx32 follow the host). */
     const char *allowed = " bin dev etc home lib lib32 libx32 lib64 media mnt opt proc root run "
-                          "sbin srv tmp usr var ";
+                          "sbin srv sys tmp usr var ";
     char *root = strstr(log, "root=");
     CHECK(root != NULL);
     root += 5;

@@ -48,3 +48,26 @@ def test_oom_kill_is_reported_to_the_kernel_user(sandbox_factory):
     assert "out of memory (limit 512 MiB)" in f"{ex.error.name} {ex.error.value}"
     # The context goes on with a fresh kernel.
     assert s.run_code("1 + 1").text == "2"
+
+
+def test_a_sandbox_sees_its_own_memory_and_cpus(sandbox):
+    """/proc/meminfo, nproc, os.cpu_count(), /sys/fs/cgroup and the JVM all report the
+    sandbox's limits (512 MiB, 1 CPU on the test daemon), not the host's."""
+    r = run(sandbox, "grep MemTotal /proc/meminfo; nproc; python3 -c 'import os; print(os.cpu_count())';"
+                     " free -m | awk '/^Mem:/ {print $2}'; awk '{print ($1 < 3600)}' /proc/uptime")
+    lines = r.stdout.split("\n")
+    print(r.stdout)
+    assert lines[0].split()[1] == str(512 * 1024), lines[0]
+    assert lines[1:4] == ["1", "1", "512"]
+    assert lines[4] == "1", "uptime is the sandbox's, not the host's"
+    cg = run(sandbox, "cat /sys/fs/cgroup/memory.max 2>/dev/null || "
+                      "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert cg.stdout.strip() == str(512 << 20), cg.stdout
+    # Read-only: the limits are the host's to set, even for sandbox root.
+    w = run(sandbox, "for f in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes;"
+                     " do [ -e $f ] && echo 1 > $f; done", user="root")
+    assert w.exit_code != 0 and "Read-only file system" in w.stderr, w.stderr
+    java = run(sandbox, "java -XX:+PrintFlagsFinal -version 2>/dev/null | awk '$2 == \"MaxHeapSize\" {print $4}'")
+    heap = int(java.stdout.strip())
+    print(f"JVM max heap {heap >> 20} MiB")
+    assert 0 < heap <= 512 << 20, "the JVM sized its heap from the host's memory"
