@@ -134,6 +134,8 @@ TEST(only_recent_proven_use_makes_a_candidate)
     CHECK(route("GET", last->rec->access_token, &cost) == last);
     sbx_live_remove(&d, old);
     CHECK(route("GET", old->rec->access_token, &cost) == NULL);
+    sbx_sandbox_rec_free(old->rec); /* removed from the table: ours again */
+    free(old);
 }
 
 TEST(other_requests_are_not_presigned)
