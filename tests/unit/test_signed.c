@@ -17,6 +17,9 @@ static int computed;
 bool __real_sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,
                                      const char *user, const char *token, bool has_exp,
                                      int64_t exp);
+bool __wrap_sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,
+                                     const char *user, const char *token, bool has_exp,
+                                     int64_t exp);
 
 bool
 __wrap_sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,
