@@ -3,11 +3,13 @@
 #   make test   - install build and test dependencies, build, run every test suite
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
 PYTHON ?= .venv/bin/python
 SBX_BIN := $(abspath $(BUILD))/sbx
 
-.PHONY: all setup-build setup-test build serve test test-format test-unit test-sanitize test-py \
-	test-js test-vm format clean
+.PHONY: all setup-build setup-test build serve test test-format test-unit test-sanitize test-fuzz \
+	test-py test-js test-vm format clean
 
 all: build
 
@@ -29,10 +31,11 @@ serve: build
 C_SOURCES = $(shell git ls-files 'src/*.[ch]' 'tests/unit/*.[ch]' 'fuzz/*.[ch]')
 
 # Formatting, unit tests and fuzz-corpus replays (meson), the same under ASan and UBSan, the
-# SDK suites against a real daemon, then the cgroup-dependent tests again on a pure cgroup v2
-# kernel in a VM.
+# SDK suites against a real daemon, every fuzz target under libFuzzer, then the
+# cgroup-dependent tests again on a pure cgroup v2 kernel in a VM.
 test: setup-test build
-	$(MAKE) --no-print-directory test-format test-unit test-sanitize test-py test-js test-vm
+	$(MAKE) --no-print-directory test-format test-unit test-sanitize test-py test-js test-fuzz \
+		test-vm
 
 test-format:
 	clang-format-14 --dry-run --Werror $(C_SOURCES)
@@ -59,6 +62,15 @@ test-sanitize: $(ASAN_BUILD)/build.ninja
 $(ASAN_BUILD)/build.ninja:
 	meson setup $(ASAN_BUILD) -Db_sanitize=address,undefined -Db_lundef=false
 
+# Every fuzz target under libFuzzer for FUZZ_SECONDS each (scripts/fuzz.sh). The whole tree is
+# built, so that clang's warnings are checked too.
+test-fuzz: $(FUZZ_BUILD)/build.ninja
+	ninja -C $(FUZZ_BUILD)
+	scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+$(FUZZ_BUILD)/build.ninja:
+	CC=clang-14 meson setup $(FUZZ_BUILD) -Dfuzzing=true
+
 test-py:
 	SBX_BIN=$(SBX_BIN) $(PYTHON) -m pytest -p no:cacheprovider tests/integration/py tests/security
 
@@ -69,4 +81,4 @@ test-vm:
 	scripts/vm/run.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
