@@ -20,7 +20,7 @@ void sbx_format_rfc3339(int64_t wall_ms, char *out, size_t outlen);
 int sbx_parse_rfc3339(const char *s, int64_t *wall_ms);
 /* vasprintf into a malloc'd string; NULL when out of memory (vasprintf itself leaves the
  * pointer undefined then). */
-char *sbx_vformat(const char *fmt, va_list ap);
+char *sbx_vformat(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 /* True for 1 to max characters of [A-Za-z0-9_-]: safe in a URL path, a header value and a
  * file name. */
 bool sbx_is_valid_id(const char *id, size_t max);

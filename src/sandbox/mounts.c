@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <sched.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -18,11 +19,16 @@
 
 static char step_buf[160]; /* the child's error context; the child is single-threaded */
 
+static int fail(const char **step, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 static int
-fail(const char **step, const char *fmt, const char *arg)
+fail(const char **step, const char *fmt, ...)
 {
     int e = errno;
-    sbx_pathf(step_buf, sizeof(step_buf), fmt, arg); /* a cut message is still useful */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(step_buf, sizeof(step_buf), fmt, ap); /* a cut message is still useful */
+    va_end(ap);
     *step = step_buf;
     errno = e;
     return -1;
@@ -42,7 +48,7 @@ child_mount_private(const char **step)
     /* Our copy of the host's mount table must neither receive nor send propagation events:
      * nothing we mount may appear on the host, and host mounts must not appear here. */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-        return fail(step, "%smake / private", "");
+        return fail(step, "make / private");
     return 0;
 }
 
@@ -185,11 +191,11 @@ child_pivot_root(const char *newroot, const char **step)
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it then
      * leaves no path to the host's filesystem (pivot_root(2), "NOTES"). */
     if (syscall(SYS_pivot_root, ".", ".") < 0)
-        return fail(step, "%spivot_root", "");
+        return fail(step, "pivot_root");
     if (umount2(".", MNT_DETACH) < 0)
-        return fail(step, "%sdetach old root", "");
+        return fail(step, "detach old root");
     if (chdir("/") < 0)
-        return fail(step, "%schdir /", "");
+        return fail(step, "chdir /");
     return 0;
 }
 
@@ -263,7 +269,7 @@ child_mount_sys(const char *newroot, const char *id, const char **step)
             return fail(step, "make %s read-only", at);
     }
     if (write_cpu_online(sys) < 0)
-        return fail(step, "%swrite /sys/devices/system/cpu/online", "");
+        return fail(step, "write /sys/devices/system/cpu/online");
     if (mount(NULL, sys, NULL, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=0555") < 0)
         return fail(step, "make %s read-only", sys);
     return 0;

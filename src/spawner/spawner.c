@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "base/fdpass.h"
 #include "base/limits.h"
 #include "base/log.h"
+#include "base/util.h"
 #include "spawner/msg.h"
 
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
@@ -117,12 +119,18 @@ reply_error(uint32_t seq, const struct sbx_error *err)
     send_msg(&rep);
 }
 
+static void reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 static void
-reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, const char *arg)
+reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, ...)
 {
-    _cleanup_error_ struct sbx_error *e = NULL;
-    sbx_error_set(&e, code, 0, fmt, arg);
-    reply_error(seq, e);
+    va_list ap;
+    va_start(ap, fmt);
+    _cleanup_free_ char *msg = sbx_vformat(fmt, ap);
+    va_end(ap);
+    struct sbx_error e = {.code = code, .msg = msg};
+    reply_error(seq, &e);
 }
 
 /* ---- the table of our sandboxes ---- */

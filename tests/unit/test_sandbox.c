@@ -760,6 +760,8 @@ TEST(disk_limit_enospc)
         "echo alive=yes\n"
         "rm /etc/debian_version 2>&1 | grep -q 'No space' && echo whiteout=enospc\n"
         "test -e /etc/debian_version || echo whiteout=ok\n"
+        /* The host sees the image's allocated blocks: only what the ext4 wrote back. */
+        "sync\n"
         "echo filled\n"
         "sleep 3\n"
         "rm /home/user/big; sync\n"

@@ -208,15 +208,10 @@ agent_path(char *out, size_t n)
     snprintf(out, n, "%s/../../sbx", dirname(self)); /* build/tests/unit -> build/sbx */
 }
 
+/* Forks a spawner on a new channel, s->ch, over the state dir s->state. */
 static void
-spawner_start(struct spawner *s, uid_t uid_base)
+spawner_fork(struct spawner *s, uid_t uid_base)
 {
-    snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
-    CHECK(mkdtemp(s->state) != NULL);
-    CHECK(chmod(s->state, 0711) == 0);
-    char sb[256];
-    snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
-    CHECK(mkdir(sb, 0711) == 0);
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
     s->pid = fork();
@@ -231,10 +226,24 @@ spawner_start(struct spawner *s, uid_t uid_base)
                                           .agent_exe = exe,
                                           .lock_fd = -1,
                                           .ready_fd = -1};
-        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
+        int rc = sbx_spawner_main(&cfg, only_fd(sv[1]));
+        sbx_test_leak_check(); /* what a long-running spawner would pile up */
+        _exit(rc);
     }
     close(sv[1]);
     s->ch = sv[0];
+}
+
+static void
+spawner_start(struct spawner *s, uid_t uid_base)
+{
+    snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
+    CHECK(mkdtemp(s->state) != NULL);
+    CHECK(chmod(s->state, 0711) == 0);
+    char sb[256];
+    snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
+    CHECK(mkdir(sb, 0711) == 0);
+    spawner_fork(s, uid_base);
 }
 
 static void
@@ -393,23 +402,7 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
     CHECK(waitpid(s.pid, NULL, 0) == s.pid);
     close(s.ch);
     CHECK(kill(agent, 0) == 0);
-    int sv[2];
-    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
-    s.pid = fork();
-    if (s.pid == 0) {
-        close(sv[0]);
-        static char exe[4096];
-        agent_path(exe, sizeof(exe));
-        static struct sbx_spawner_config cfg;
-        cfg = (struct sbx_spawner_config){.state_dir = s.state,
-                                          .uid_base = 1500000000u,
-                                          .agent_exe = exe,
-                                          .lock_fd = -1,
-                                          .ready_fd = -1};
-        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
-    }
-    close(sv[1]);
-    s.ch = sv[0];
+    spawner_fork(&s, 1500000000u);
     /* It knows the sandbox again, with its uid slot. */
     CHECK(spawn(&s, "other", 3, 2).code == SBX_ALREADY_EXISTS);
     rep = simple(&s, SBX_SPAWNER_STATS, "kept", 3);
