@@ -4,7 +4,6 @@
  * (its own user, no capabilities). SIGTERM stops both and leaves sandboxes running. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <grp.h>
 #include <netdb.h>
 #include <pwd.h>
@@ -29,197 +28,6 @@
 #include "daemon/daemon.h"
 #include "daemon/internal.h"
 #include "spawner/spawner.h"
-
-static void
-usage(FILE *f)
-{
-    fprintf(f,
-            "usage: sbx serve [options]\n"
-            "\n"
-            "  --listen HOST:PORT   address of the API and sandbox traffic (%s; SBX_LISTEN)\n"
-            "  --state-dir DIR      database, API key, template, sandbox dirs (%s; SBX_STATE_DIR)\n"
-            "  --api-key KEY        accept this API key (SBX_API_KEY); by default one is\n"
-            "                       generated on first start and kept in the state dir\n"
-            "  --memory-mb N        memory limit of each sandbox (%d; SBX_MEMORY_MB)\n"
-            "  --pids-max N         process limit of each sandbox (%d; SBX_PIDS_MAX)\n"
-            "  --cpus N             CPUs of each sandbox, as a quota (%d; SBX_CPUS)\n"
-            "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
-            "  --header-timeout S   seconds for a request head (%d; SBX_HEADER_TIMEOUT)\n"
-            "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT),\n"
-            "                       at most %d until it carried an authenticated request\n"
-            "  --max-connections N  client connections held at once, evicting idle and\n"
-            "                       unauthenticated ones first (derived from the open-file\n"
-            "                       limit by default; SBX_MAX_CONNECTIONS)\n"
-            "  --sandbox-profile P  default, or relaxed: sandbox root keeps NET_ADMIN and\n"
-            "                       SYS_ADMIN and may create namespaces (SBX_SANDBOX_PROFILE)\n"
-            "  --user NAME          the front end's user, created if missing (sbx; SBX_USER)\n"
-            "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
-            SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
-            SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
-            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S);
-}
-
-static int
-parse_listen(const char *s, struct sbx_daemon_config *c)
-{
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || colon == s)
-        return -1;
-    char *end = NULL;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || port < 0 || port > 65535)
-        return -1;
-    free(c->listen_host);
-    c->listen_host = strndup(s, (size_t)(colon - s));
-    c->listen_port = (int)port;
-    return 0;
-}
-
-static int
-parse_positive(const char *s, int *out)
-{
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v <= 0 || v > 1 << 24)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
-static int
-parse_level(const char *s)
-{
-    static const char *const names[] = {"debug", "info", "warn", "error"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, names[i]) == 0) {
-            sbx_log_set_level((enum sbx_log_level)i);
-            return 0;
-        }
-    return -1;
-}
-
-/* One table for flags and their environment variables, applied env first, flags after. */
-static int
-apply_option(struct sbx_daemon_config *c, int opt, const char *v)
-{
-    switch (opt) {
-    case 'l':
-        return parse_listen(v, c);
-    case 's':
-        free(c->state_dir);
-        c->state_dir = strdup(v);
-        return 0;
-    case 'k':
-        free(c->api_key);
-        c->api_key = strdup(v);
-        return 0;
-    case 'm':
-        return parse_positive(v, &c->memory_mb);
-    case 'p':
-        return parse_positive(v, &c->pids_max);
-    case 'c': {
-        int n = 0;
-        if (parse_positive(v, &n) < 0 || n > 1024)
-            return -1;
-        c->cpu_millis = n * 1000;
-        return 0;
-    }
-    case 'd':
-        /* Each sandbox's writable layer is an ext4 filesystem of this size. */
-        return parse_positive(v, &c->disk_mb) < 0 || c->disk_mb < SBX_MIN_DISK_MB ? -1 : 0;
-    case 'H':
-        return parse_positive(v, &c->header_timeout_s);
-    case 'I':
-        return parse_positive(v, &c->idle_timeout_s);
-    case 'C':
-        return parse_positive(v, &c->max_conns);
-    case 'L':
-        return parse_level(v);
-    case 'P':
-        if (strcmp(v, "default") != 0 && strcmp(v, "relaxed") != 0)
-            return -1;
-        c->relaxed = strcmp(v, "relaxed") == 0;
-        return 0;
-    case 'U':
-        if (*v == '\0' || strlen(v) > 32)
-            return -1;
-        free(c->user);
-        c->user = strdup(v);
-        return 0;
-    }
-    return -1;
-}
-
-static const struct option long_opts[] = {
-    {"listen", required_argument, NULL, 'l'},
-    {"state-dir", required_argument, NULL, 's'},
-    {"api-key", required_argument, NULL, 'k'},
-    {"memory-mb", required_argument, NULL, 'm'},
-    {"pids-max", required_argument, NULL, 'p'},
-    {"cpus", required_argument, NULL, 'c'},
-    {"disk-mb", required_argument, NULL, 'd'},
-    {"header-timeout", required_argument, NULL, 'H'},
-    {"idle-timeout", required_argument, NULL, 'I'},
-    {"max-connections", required_argument, NULL, 'C'},
-    {"log-level", required_argument, NULL, 'L'},
-    {"sandbox-profile", required_argument, NULL, 'P'},
-    {"user", required_argument, NULL, 'U'},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
-
-static const struct {
-    const char *env;
-    int opt;
-} env_opts[] = {
-    {"SBX_LISTEN", 'l'},       {"SBX_STATE_DIR", 's'},
-    {"SBX_API_KEY", 'k'},      {"SBX_MEMORY_MB", 'm'},
-    {"SBX_PIDS_MAX", 'p'},     {"SBX_CPUS", 'c'},
-    {"SBX_DISK_MB", 'd'},      {"SBX_HEADER_TIMEOUT", 'H'},
-    {"SBX_IDLE_TIMEOUT", 'I'}, {"SBX_MAX_CONNECTIONS", 'C'},
-    {"SBX_LOG_LEVEL", 'L'},    {"SBX_SANDBOX_PROFILE", 'P'},
-    {"SBX_USER", 'U'},
-};
-
-static int
-parse_config(int argc, char **argv, struct sbx_daemon_config *c)
-{
-    c->state_dir = strdup(SBX_DEFAULT_STATE_DIR);
-    c->user = strdup(SBX_DEFAULT_USER);
-    c->memory_mb = SBX_DEFAULT_MEMORY_MB;
-    c->pids_max = SBX_DEFAULT_PIDS_MAX;
-    c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;
-    c->disk_mb = SBX_DEFAULT_DISK_MB;
-    c->header_timeout_s = SBX_DEFAULT_HEADER_TIMEOUT_S;
-    c->idle_timeout_s = SBX_DEFAULT_IDLE_TIMEOUT_S;
-    parse_listen(SBX_DEFAULT_LISTEN, c);
-    for (size_t i = 0; i < sizeof(env_opts) / sizeof(env_opts[0]); i++) {
-        const char *v = getenv(env_opts[i].env);
-        if (v && *v && apply_option(c, env_opts[i].opt, v) < 0) {
-            fprintf(stderr, "sbx serve: invalid %s='%s'\n", env_opts[i].env, v);
-            return 2;
-        }
-    }
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
-        if (opt == 'h') {
-            usage(stdout);
-            return 0;
-        }
-        if (opt == '?' || apply_option(c, opt, optarg) < 0) {
-            if (opt != '?')
-                fprintf(stderr, "sbx serve: invalid value '%s'\n", optarg);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "sbx serve: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
-    return -1; /* go on */
-}
 
 static int
 mkdir_owned(const char *path, mode_t mode, uid_t uid, gid_t gid, struct sbx_error **err)
@@ -762,7 +570,7 @@ int
 sbx_daemon_main(int argc, char **argv)
 {
     static struct sbx_daemon_config cfg;
-    int rc = parse_config(argc, argv, &cfg);
+    int rc = sbx_daemon_config_parse(argc, argv, &cfg);
     if (rc >= 0)
         return rc;
     /* A client that goes away mid-write must not kill a worker. */

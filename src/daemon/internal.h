@@ -43,6 +43,10 @@ struct sbx_daemon_config {
     int max_conns; /* client connections; 0 until derived from the open-file limit */
 };
 
+/* config.c: fills c from defaults, SBX_* variables and flags (in that order, later wins).
+ * Returns -1 to go on, else the exit status (after --help, or a usage error it printed). */
+int sbx_daemon_config_parse(int argc, char **argv, struct sbx_daemon_config *c);
+
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
 struct sbx_live {
     struct sbx_sandbox_rec *rec;
