@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "agent/agent.h"
+#include "base/version.h"
 #include "cli/cli.h"
 #include "daemon/daemon.h"
 
@@ -19,6 +20,8 @@ usage(FILE *f)
           "  exec ID -- CMD...   run a command in a sandbox, streaming its output\n"
           "  shell ID            open an interactive shell in a sandbox\n"
           "\n"
+          "  --version           print the version\n"
+          "\n"
           "Clients read E2B_API_URL (default http://127.0.0.1:3000) and E2B_API_KEY.\n",
           f);
 }
@@ -29,6 +32,10 @@ main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf("sbx %s\n", sbx_version());
+        return 0;
     }
     if (strcmp(argv[1], "serve") == 0)
         return sbx_daemon_main(argc - 1, argv + 1);

@@ -247,6 +247,8 @@ def sbx_daemon(tmp_path_factory):
     daemon = Daemon(_binary(), state_dir, base / "daemon.log")
     for var in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
         os.environ.pop(var, None)
+    # The daemons of the tests take no configuration from the host's /etc/sbx/sbx.conf.
+    os.environ.setdefault("SBX_CONFIG", "/dev/null")
     os.environ["E2B_API_URL"] = daemon.url
     os.environ["E2B_SANDBOX_URL"] = daemon.url
     os.environ["E2B_API_KEY"] = daemon.api_key

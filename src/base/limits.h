@@ -26,6 +26,8 @@
 
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
+#define SBX_DEFAULT_CONFIG     "/etc/sbx/sbx.conf" /* read if it exists */
+#define SBX_CONFIG_LINE_MAX    4096                /* bytes of one line of it */
 #define SBX_DEFAULT_USER       "sbx" /* the daemon's unprivileged front end runs as this user */
 #define SBX_LISTEN_BACKLOG     1024
 #define SBX_DEFAULT_TIMEOUT_S  300

@@ -17,7 +17,7 @@
 #include "connect/connect.h"
 
 #define SBX_CLI_DEFAULT_API_URL   "http://127.0.0.1:3000"
-#define SBX_CLI_USER_AGENT        "sbx-cli/0.1.0"
+#define SBX_CLI_USER_AGENT        "sbx-cli/" SBX_VERSION
 #define SBX_CLI_MAX_RESPONSE      (16 * 1024 * 1024) /* largest JSON body we buffer */
 #define SBX_CLI_CONNECT_TIMEOUT_S 10
 #define SBX_CLI_REQUEST_TIMEOUT_S 60 /* unary calls; streams have none */

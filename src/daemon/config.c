@@ -1,13 +1,17 @@
-/* Configuration of `sbx serve`: one table of options, each a flag and an SBX_* environment
- * variable; flags win over the environment, which wins over the compiled-in defaults. Pure:
- * nothing here touches the host, only the config struct (and the log level). */
+/* Configuration of `sbx serve`: one table of options, each a key of the config file
+ * (/etc/sbx/sbx.conf, `key = value` lines), an SBX_* environment variable and a flag. Later
+ * sources win: defaults, the file, the environment, the flags. Nothing here touches the host
+ * beyond reading the config file; only the config struct (and the log level) change. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/limits.h"
 #include "base/log.h"
+#include "base/version.h"
 #include "daemon/internal.h"
 
 #define STR_(x) #x
@@ -145,51 +149,59 @@ opt_user(struct sbx_daemon_config *c, const char *v)
     return set_string(&c->user, v);
 }
 
-/* The one table: flag (--name), variable, the value's name in the usage, and its help. */
+/* The one table: flag (--name) and key of the config file, variable, the value's name in the
+ * usage, its default (NULL: none, or derived at start), and its help. */
 static const struct option_def {
     const char *name;
     const char *env;
     const char *arg;
+    const char *def;
     int (*apply)(struct sbx_daemon_config *c, const char *v);
     const char *help;
 } options[] = {
-    {"listen", "SBX_LISTEN", "HOST:PORT", opt_listen,
-     "address of the API and sandbox traffic (" SBX_DEFAULT_LISTEN ")"},
-    {"state-dir", "SBX_STATE_DIR", "DIR", opt_state_dir,
-     "database, API key, template, sandbox dirs (" SBX_DEFAULT_STATE_DIR ")"},
-    {"api-key", "SBX_API_KEY", "KEY", opt_api_key,
+    {"listen", "SBX_LISTEN", "HOST:PORT", SBX_DEFAULT_LISTEN, opt_listen,
+     "address of the API and sandbox traffic"},
+    {"state-dir", "SBX_STATE_DIR", "DIR", SBX_DEFAULT_STATE_DIR, opt_state_dir,
+     "database, API key, template, sandbox dirs"},
+    {"api-key", "SBX_API_KEY", "KEY", NULL, opt_api_key,
      "accept this API key; by default one is generated on first start\n"
      "and kept in the state dir"},
-    {"memory-mb", "SBX_MEMORY_MB", "N", opt_memory,
-     "memory limit of each sandbox (" STR(SBX_DEFAULT_MEMORY_MB) ")"},
-    {"pids-max", "SBX_PIDS_MAX", "N", opt_pids,
-     "process limit of each sandbox (" STR(SBX_DEFAULT_PIDS_MAX) ")"},
-    {"cpus", "SBX_CPUS", "N", opt_cpus,
-     "CPUs of each sandbox, as a quota (" STR(SBX_DEFAULT_CPU_COUNT) ")"},
-    {"disk-mb", "SBX_DISK_MB", "N", opt_disk,
+    {"memory-mb", "SBX_MEMORY_MB", "N", STR(SBX_DEFAULT_MEMORY_MB), opt_memory,
+     "memory limit of each sandbox"},
+    {"pids-max", "SBX_PIDS_MAX", "N", STR(SBX_DEFAULT_PIDS_MAX), opt_pids,
+     "process limit of each sandbox"},
+    {"cpus", "SBX_CPUS", "N", STR(SBX_DEFAULT_CPU_COUNT), opt_cpus,
+     "CPUs of each sandbox, as a quota"},
+    {"disk-mb", "SBX_DISK_MB", "N", STR(SBX_DEFAULT_DISK_MB), opt_disk,
      "disk limit of each sandbox, at least " STR(SBX_MIN_DISK_MB) " (" STR(
          SBX_DEFAULT_DISK_MB) ")"},
-    {"header-timeout", "SBX_HEADER_TIMEOUT", "S", opt_header_timeout,
-     "seconds for a request head (" STR(SBX_DEFAULT_HEADER_TIMEOUT_S) ")"},
-    {"idle-timeout", "SBX_IDLE_TIMEOUT", "S", opt_idle_timeout,
+    {"header-timeout", "SBX_HEADER_TIMEOUT", "S", STR(SBX_DEFAULT_HEADER_TIMEOUT_S),
+     opt_header_timeout, "seconds for a request head"},
+    {"idle-timeout", "SBX_IDLE_TIMEOUT", "S", STR(SBX_DEFAULT_IDLE_TIMEOUT_S), opt_idle_timeout,
      "seconds to keep an idle connection (" STR(SBX_DEFAULT_IDLE_TIMEOUT_S) "), at most\n" STR(
          SBX_ANON_IDLE_TIMEOUT_S) " until it carried an authenticated request"},
-    {"max-connections", "SBX_MAX_CONNECTIONS", "N", opt_max_conns,
+    {"max-connections", "SBX_MAX_CONNECTIONS", "N", NULL, opt_max_conns,
      "client connections held at once, evicting idle and\n"
      "unauthenticated ones first (derived from the open-file limit)"},
-    {"sandbox-profile", "SBX_SANDBOX_PROFILE", "P", opt_profile,
+    {"sandbox-profile", "SBX_SANDBOX_PROFILE", "P", "default", opt_profile,
      "default, or relaxed: sandbox root keeps NET_ADMIN and\n"
      "SYS_ADMIN and may create namespaces"},
-    {"user", "SBX_USER", "NAME", opt_user,
-     "the front end's user, created if missing (" SBX_DEFAULT_USER ")"},
-    {"log-level", "SBX_LOG_LEVEL", "LEVEL", opt_log_level, "debug, info, warn or error (info)"},
+    {"user", "SBX_USER", "NAME", SBX_DEFAULT_USER, opt_user,
+     "the front end's user, created if missing"},
+    {"log-level", "SBX_LOG_LEVEL", "LEVEL", "info", opt_log_level, "debug, info, warn or error"},
 };
 #define N_OPTIONS ((int)(sizeof(options) / sizeof(options[0])))
+
+/* Not in the table: they steer parsing rather than configure the daemon. */
+enum { OPT_HELP = 'h', OPT_VERSION = 'V', OPT_CONFIG = 0x80, OPT_CHECK, OPT_TABLE = 0x100 };
 
 static void
 usage(FILE *f)
 {
-    fputs("usage: sbx serve [options]\n\n", f);
+    fputs("usage: sbx serve [options]\n\n"
+          "Each option is also a key of the config file and an environment variable; flags win\n"
+          "over variables, which win over the file.\n\n",
+          f);
     for (int i = 0; i < N_OPTIONS; i++) {
         char flag[48];
         snprintf(flag, sizeof(flag), "--%s %s", options[i].name, options[i].arg);
@@ -199,59 +211,245 @@ usage(FILE *f)
             if (*p == '\n')
                 fprintf(f, "%25s", "");
         }
+        if (options[i].def)
+            fprintf(f, " (%s)", options[i].def);
         fprintf(f, "; %s\n", options[i].env);
     }
-    fputs("  --help                 this text\n", f);
+    fputs("  --config FILE          the config file (" SBX_DEFAULT_CONFIG
+          ", if it exists); SBX_CONFIG\n"
+          "  --check-config         check the configuration, print it and exit\n"
+          "  --version              print the version and exit\n"
+          "  --help                 this text\n",
+          f);
 }
 
-static void
-set_defaults(struct sbx_daemon_config *c)
+static const struct option_def *
+find_option(const char *name)
 {
-    c->state_dir = strdup(SBX_DEFAULT_STATE_DIR);
-    c->user = strdup(SBX_DEFAULT_USER);
-    c->memory_mb = SBX_DEFAULT_MEMORY_MB;
-    c->pids_max = SBX_DEFAULT_PIDS_MAX;
-    c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;
-    c->disk_mb = SBX_DEFAULT_DISK_MB;
-    c->header_timeout_s = SBX_DEFAULT_HEADER_TIMEOUT_S;
-    c->idle_timeout_s = SBX_DEFAULT_IDLE_TIMEOUT_S;
-    opt_listen(c, SBX_DEFAULT_LISTEN);
+    for (int i = 0; i < N_OPTIONS; i++)
+        if (strcmp(options[i].name, name) == 0)
+            return &options[i];
+    return NULL;
+}
+
+/* Each option's value as given and where it came from, for --check-config. */
+struct given {
+    char *value[N_OPTIONS];
+    char origin[N_OPTIONS][128];
+};
+
+static void
+given_fini(struct given *g)
+{
+    for (int i = 0; i < N_OPTIONS; i++)
+        free(g->value[i]);
+}
+
+/* Applies v to option i and records it; -1 if the value is invalid. */
+static int
+apply(struct sbx_daemon_config *c, struct given *g, int i, const char *v, const char *origin)
+{
+    if (options[i].apply(c, v) < 0)
+        return -1;
+    free(g->value[i]);
+    g->value[i] = strdup(v);
+    snprintf(g->origin[i], sizeof(g->origin[i]), "%s", origin);
+    return 0;
+}
+
+static char *
+trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
+        s[--n] = '\0';
+    return s;
+}
+
+/* One line of the file: blank, a comment, or `key = value` (value optionally in double
+ * quotes, which keep leading and trailing spaces). Errors name the line and the key. */
+static int
+apply_line(struct sbx_daemon_config *c, struct given *g, const char *path, int lineno, char *line,
+           bool seen[N_OPTIONS])
+{
+    char *s = trim(line);
+    if (*s == '\0' || *s == '#')
+        return 0;
+    char *eq = strchr(s, '=');
+    if (eq == NULL) {
+        fprintf(stderr, "sbx serve: %s:%d: expected 'key = value', got '%s'\n", path, lineno, s);
+        return -1;
+    }
+    *eq = '\0';
+    char *key = trim(s), *value = trim(eq + 1);
+    size_t vlen = strlen(value);
+    if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') {
+        value[vlen - 1] = '\0';
+        value++;
+    }
+    const struct option_def *o = find_option(key);
+    if (o == NULL) {
+        char alt[64];
+        snprintf(alt, sizeof(alt), "%s", key);
+        for (char *p = alt; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        const struct option_def *hint = find_option(alt);
+        fprintf(stderr, "sbx serve: %s:%d: unknown key '%s'%s%s%s (see sbx serve --help)\n", path,
+                lineno, key, hint ? " (did you mean '" : "", hint ? hint->name : "",
+                hint ? "'?)" : "");
+        return -1;
+    }
+    int i = (int)(o - options);
+    if (seen[i]) {
+        fprintf(stderr, "sbx serve: %s:%d: key '%s' given twice\n", path, lineno, key);
+        return -1;
+    }
+    seen[i] = true;
+    char origin[128];
+    snprintf(origin, sizeof(origin), "%s:%d", path, lineno);
+    if (apply(c, g, i, value, origin) < 0) {
+        fprintf(stderr, "sbx serve: %s:%d: invalid value '%s' for key '%s'\n", path, lineno, value,
+                key);
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads the config file; a missing file is an error only when it was named (required). */
+static int
+read_file(struct sbx_daemon_config *c, struct given *g, const char *path, bool required)
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        if (errno == ENOENT && !required)
+            return 0;
+        fprintf(stderr, "sbx serve: cannot read the config file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    bool seen[N_OPTIONS] = {false};
+    char line[SBX_CONFIG_LINE_MAX];
+    int lineno = 0, rc = 0;
+    while (rc == 0 && fgets(line, sizeof(line), f)) {
+        lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            fprintf(stderr, "sbx serve: %s:%d: line longer than %d bytes\n", path, lineno,
+                    SBX_CONFIG_LINE_MAX - 2);
+            rc = -1;
+            break;
+        }
+        rc = apply_line(c, g, path, lineno, line, seen);
+    }
+    fclose(f);
+    return rc;
+}
+
+/* The config file's path: --config (either form) or SBX_CONFIG, else the default. */
+static const char *
+config_path(int argc, char **argv, bool *named)
+{
+    const char *path = getenv("SBX_CONFIG");
+    *named = path && *path;
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            path = argv[++i];
+            *named = true;
+        } else if (strncmp(argv[i], "--config=", 9) == 0) {
+            path = argv[i] + 9;
+            *named = true;
+        }
+    }
+    return *named ? path : SBX_DEFAULT_CONFIG;
+}
+
+/* --check-config: the effective configuration, in the file's own syntax. */
+static void
+print_effective(const struct given *g, const char *path, bool file_read)
+{
+    printf("# sbx %s: configuration OK; file %s%s\n", sbx_version(), path,
+           file_read ? "" : " (absent)");
+    for (int i = 0; i < N_OPTIONS; i++) {
+        if (g->value[i] == NULL) {
+            printf("# %s: not set\n", options[i].name);
+            continue;
+        }
+        /* The API key is a secret: shown only as set. */
+        const char *v = options[i].apply == opt_api_key ? "(set)" : g->value[i];
+        int pad = 30 - (int)(strlen(options[i].name) + strlen(v));
+        printf("%s = %s%*s# %s\n", options[i].name, v, pad > 1 ? pad : 1, "", g->origin[i]);
+    }
 }
 
 int
 sbx_daemon_config_parse(int argc, char **argv, struct sbx_daemon_config *c)
 {
-    set_defaults(c);
+    struct given g = {0};
+    int rc = 2;
+    for (int i = 0; i < N_OPTIONS; i++)
+        if (options[i].def && apply(c, &g, i, options[i].def, "default") < 0)
+            abort(); /* the table's own default is wrong */
+    bool named;
+    const char *path = config_path(argc, argv, &named);
+    bool file_read = access(path, F_OK) == 0;
+    if (read_file(c, &g, path, named) < 0)
+        goto out;
     for (int i = 0; i < N_OPTIONS; i++) {
         const char *v = getenv(options[i].env);
-        if (v && *v && options[i].apply(c, v) < 0) {
+        if (v && *v && apply(c, &g, i, v, options[i].env) < 0) {
             fprintf(stderr, "sbx serve: invalid %s='%s'\n", options[i].env, v);
-            return 2;
+            goto out;
         }
     }
-    struct option longs[N_OPTIONS + 2];
+    struct option longs[N_OPTIONS + 5];
     for (int i = 0; i < N_OPTIONS; i++)
-        longs[i] = (struct option){options[i].name, required_argument, NULL, 0x100 + i};
-    longs[N_OPTIONS] = (struct option){"help", no_argument, NULL, 'h'};
-    longs[N_OPTIONS + 1] = (struct option){NULL, 0, NULL, 0};
+        longs[i] = (struct option){options[i].name, required_argument, NULL, OPT_TABLE + i};
+    longs[N_OPTIONS] = (struct option){"help", no_argument, NULL, OPT_HELP};
+    longs[N_OPTIONS + 1] = (struct option){"version", no_argument, NULL, OPT_VERSION};
+    longs[N_OPTIONS + 2] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
+    longs[N_OPTIONS + 3] = (struct option){"check-config", no_argument, NULL, OPT_CHECK};
+    longs[N_OPTIONS + 4] = (struct option){NULL, 0, NULL, 0};
+    bool check = false;
     int opt;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
-        if (opt == 'h') {
-            usage(stdout);
-            return 0;
+        if (opt == OPT_HELP || opt == OPT_VERSION) {
+            if (opt == OPT_HELP)
+                usage(stdout);
+            else
+                printf("sbx %s\n", sbx_version());
+            rc = 0;
+            goto out;
         }
-        if (opt == '?' || options[opt - 0x100].apply(c, optarg) < 0) {
-            if (opt != '?')
+        if (opt == OPT_CONFIG) /* read above */
+            continue;
+        if (opt == OPT_CHECK) {
+            check = true;
+            continue;
+        }
+        int i = opt - OPT_TABLE;
+        char origin[48];
+        snprintf(origin, sizeof(origin), "--%s", i >= 0 ? options[i].name : "");
+        if (i < 0 || apply(c, &g, i, optarg, origin) < 0) {
+            if (i >= 0)
                 fprintf(stderr, "sbx serve: invalid value '%s' for --%s\n", optarg,
-                        options[opt - 0x100].name);
+                        options[i].name);
             usage(stderr);
-            return 2;
+            goto out;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "sbx serve: unexpected argument '%s'\n", argv[optind]);
-        return 2;
+        goto out;
     }
-    return -1; /* go on */
+    if (check) {
+        print_effective(&g, path, file_read);
+        rc = 0;
+        goto out;
+    }
+    rc = -1; /* go on */
+out:
+    given_fini(&g);
+    return rc;
 }
