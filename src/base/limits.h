@@ -24,6 +24,15 @@
 #define SBX_HTTP_LOG_SOURCES_MAX 1024
 #define SBX_HTTP_LOG_ERROR_MAX   256
 
+/* API keys: at most this many valid keys; an address that fails to authenticate this many
+ * times within the window gets 429 until it ends (addresses beyond the table's size share one
+ * count); a key's last use is written at most once per interval. */
+#define SBX_MAX_API_KEYS           1000
+#define SBX_AUTH_FAIL_MAX          30
+#define SBX_AUTH_FAIL_WINDOW_MS    60000
+#define SBX_AUTH_SOURCES_MAX       1024
+#define SBX_AUTH_TOUCH_INTERVAL_MS 60000
+
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
 #define SBX_DEFAULT_CONFIG     "/etc/sbx/sbx.conf" /* read if it exists */

@@ -379,6 +379,41 @@ sbx_cli_response_json(const struct sbx_cli_response *resp, struct sbx_error **er
     return j;
 }
 
+int
+sbx_cli_api_json(const struct sbx_cli_config *cfg, const char *method, const char *path,
+                 json_t *body, json_t **out, struct sbx_error **err)
+{
+    if (out)
+        *out = NULL;
+    struct sbx_cli_response resp;
+    int rc = sbx_cli_api_call(cfg, method, path, body, &resp, err);
+    if (rc == 0 && resp.status / 100 != 2)
+        rc = sbx_cli_api_error(&resp, err);
+    else if (rc == 0 && out && resp.status != 204 &&
+             (*out = sbx_cli_response_json(&resp, err)) == NULL)
+        rc = -1;
+    sbx_cli_response_fini(&resp);
+    return rc;
+}
+
+int
+sbx_cli_format_parse(const char *arg, bool *json, struct sbx_error **err)
+{
+    if (strcmp(arg, "json") != 0 && strcmp(arg, "table") != 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "--format must be 'table' or 'json', not '%s'", arg);
+    *json = strcmp(arg, "json") == 0;
+    return 0;
+}
+
+int
+sbx_cli_print_json(json_t *j)
+{
+    json_dumpf(j, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    return fflush(stdout) == 0 ? 0 : SBX_CLI_EXIT_FAILURE;
+}
+
 /* ---- sandboxes ---- */
 
 int

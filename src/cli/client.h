@@ -83,6 +83,15 @@ int sbx_cli_api_error(const struct sbx_cli_response *resp, struct sbx_error **er
 /* Parses a 2xx JSON body. */
 json_t *sbx_cli_response_json(const struct sbx_cli_response *resp, struct sbx_error **err);
 
+/* A control-plane call that must succeed (2xx, else *err carries the server's message);
+ * *out (may be NULL) gets the parsed JSON body, NULL for 204. */
+int sbx_cli_api_json(const struct sbx_cli_config *cfg, const char *method, const char *path,
+                     json_t *body, json_t **out, struct sbx_error **err);
+/* --format table|json of the listing verbs. */
+int sbx_cli_format_parse(const char *arg, bool *json, struct sbx_error **err);
+/* Prints j indented on stdout; returns the verb's exit status. */
+int sbx_cli_print_json(json_t *j);
+
 /* A sandbox's envd, reached through the daemon's router. */
 struct sbx_cli_sandbox {
     char id[SBX_CLI_ID_MAX + 1];
@@ -184,6 +193,7 @@ int sbx_cli_create(int argc, char **argv);
 int sbx_cli_kill(int argc, char **argv);
 int sbx_cli_exec(int argc, char **argv);
 int sbx_cli_shell(int argc, char **argv);
+int sbx_cli_keys(int argc, char **argv);
 
 /* Argument parsing of the verbs that take more than ids, exposed for unit tests. */
 struct sbx_cli_create_args {

@@ -13,8 +13,8 @@
 
 #define MAX_PATH_PARTS 5
 
-static void
-respond_json(struct sbx_http_req *req, int status, json_t *body)
+void
+sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body)
 {
     char *s = json_dumps(body, JSON_COMPACT);
     json_decref(body);
@@ -22,8 +22,8 @@ respond_json(struct sbx_http_req *req, int status, json_t *body)
     free(s);
 }
 
-static void
-respond_err(struct sbx_http_req *req, const struct sbx_error *e)
+void
+sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e)
 {
     int status;
     switch (e->code) {
@@ -35,6 +35,9 @@ respond_err(struct sbx_http_req *req, const struct sbx_error *e)
         break;
     case SBX_UNAUTHENTICATED:
         status = 401;
+        break;
+    case SBX_PERMISSION_DENIED:
+        status = 403;
         break;
     case SBX_ALREADY_EXISTS:
     case SBX_FAILED_PRECONDITION:
@@ -235,14 +238,14 @@ on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *u
     if (req == NULL)
         return; /* the client went away; the sandbox lives until its timeout */
     if (l == NULL) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
     char hdr[32];
     snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
     sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
-    respond_json(req, 201, sandbox_json(l->rec));
+    sbx_api_respond_json(req, 201, sandbox_json(l->rec));
 }
 
 static void
@@ -251,7 +254,7 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o;
     if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
@@ -279,16 +282,16 @@ connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
         return;
     int timeout = SBX_DEFAULT_TIMEOUT_S;
     if (parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &timeout, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     /* Connecting only ever extends the sandbox's life, never shortens it. */
     int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
     if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
-    respond_json(req, 200, sandbox_json(l->rec));
+    sbx_api_respond_json(req, 200, sandbox_json(l->rec));
 }
 
 static void
@@ -300,14 +303,14 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
         return;
     int64_t secs = 0;
     if (sbx_api_timeout_parse(body, extend_only, &secs, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     int64_t end = sbx_wall_ms() + secs * 1000;
     if (extend_only && end < l->rec->end_at_ms)
         end = l->rec->end_at_ms;
     if (sbx_lifecycle_set_end(l, end, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     sbx_http_respond(req, 204, NULL, NULL, 0);
@@ -320,7 +323,7 @@ on_killed(struct sbx_error *err, void *ud)
     if (req == NULL)
         return;
     if (err)
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
     else
         sbx_http_respond(req, 204, NULL, NULL, 0);
 }
@@ -338,7 +341,7 @@ get_info(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = find_or_404(req, id);
     if (l)
-        respond_json(req, 200, listed_json(l->rec, true));
+        sbx_api_respond_json(req, 200, listed_json(l->rec, true));
 }
 
 struct metrics_query {
@@ -364,7 +367,7 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
         return;
     }
     if (err) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         free(q);
         return;
     }
@@ -392,7 +395,7 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
                            (json_int_t)st->memory_cache_bytes, "diskUsed",
                            (json_int_t)st->disk_used_bytes, "diskTotal", (json_int_t)disk_total));
     }
-    respond_json(req, 200, arr);
+    sbx_api_respond_json(req, 200, arr);
     free(q);
 }
 
@@ -516,21 +519,14 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     if (list->next_token)
         sbx_http_add_header(req, "X-Next-Token", list->next_token);
     json_decref(filter);
-    respond_json(req, 200, arr);
+    sbx_api_respond_json(req, 200, arr);
     return;
 fail:
     json_decref(filter);
-    respond_err(req, err);
+    sbx_api_respond_err(req, err);
 }
 
 /* ---- dispatch ---- */
-
-static bool
-authorized(struct sbx_http_req *req)
-{
-    const char *key = sbx_http_req_header(req, "x-api-key");
-    return key && sbx_store_api_key_check(sbx_daemon->store, key);
-}
 
 static size_t
 split_path(char *path, char **parts)
@@ -546,7 +542,7 @@ split_path(char *path, char **parts)
 }
 
 static void
-dispatch(struct sbx_http_req *req, json_t *body)
+dispatch(struct sbx_http_req *req, json_t *body, bool admin)
 {
     _cleanup_free_ char *path = strdup(req->path);
     char *p[MAX_PATH_PARTS];
@@ -557,6 +553,13 @@ dispatch(struct sbx_http_req *req, json_t *body)
     bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
     char **r = v2 ? p + 1 : p;
     size_t rn = v2 ? n - 1 : n;
+    if (!v2 && n >= 1 && n <= 2 && strcmp(p[0], "api-keys") == 0) {
+        if (!admin) {
+            sbx_http_respond_error(req, 403, "managing API keys needs an admin API key");
+            return;
+        }
+        return sbx_auth_keys_handle(req, p, n, body);
+    }
     if (rn >= 1 && rn <= 3 && strcmp(r[0], "sandboxes") == 0) {
         if (rn == 1 && post)
             return create(req, body, v2);
@@ -583,9 +586,14 @@ dispatch(struct sbx_http_req *req, json_t *body)
     sbx_http_respond_error(req, 404, "no route for %s %s", m, req->path);
 }
 
+/* Marks, in req->data until the body is read, a request made with an admin key. */
+static char admin_mark;
+
 static void
 on_body(struct sbx_http_req *req, struct sbx_buf *raw)
 {
+    bool admin = req->data == &admin_mark;
+    req->data = NULL;
     json_t *body = NULL;
     if (raw->len > 0) {
         json_error_t jerr;
@@ -600,7 +608,7 @@ on_body(struct sbx_http_req *req, struct sbx_buf *raw)
             return;
         }
     }
-    dispatch(req, body);
+    dispatch(req, body, admin);
     json_decref(body);
 }
 
@@ -611,10 +619,10 @@ sbx_api_handle(struct sbx_http_req *req)
         sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         return;
     }
-    if (!authorized(req)) {
-        sbx_http_respond_error(req, 401, "Invalid API key, please provide a valid X-API-KEY");
+    struct sbx_api_key_auth who;
+    if (!sbx_auth_check(req, &who))
         return;
-    }
     sbx_http_req_mark_authenticated(req);
+    req->data = who.admin ? &admin_mark : NULL; /* for on_body */
     sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_body);
 }

@@ -67,49 +67,88 @@ check_reachable(const char *dir, struct sbx_error **err)
     return 0;
 }
 
-/* The key shown in the export lines: --api-key, or the one generated on first start. */
+/* Makes key a valid admin key named name unless the store knows it: a revoked key is never
+ * accepted again (returns 1 then), whoever gives it back. */
+static int
+adopt_key(struct sbx_store *store, const char *key, const char *name, struct sbx_error **err)
+{
+    struct sbx_api_key k;
+    _cleanup_error_ struct sbx_error *find_err = NULL;
+    if (sbx_store_api_key_find(store, key, &k, &find_err) == 0) {
+        free(k.name);
+        return k.revoked_at_ms ? 1 : 0;
+    }
+    if (find_err->code != SBX_NOT_FOUND) {
+        *err = steal_pointer(&find_err);
+        return -1;
+    }
+    return sbx_store_api_key_add(store, key, name, true, NULL, err);
+}
+
+static int
+write_key_file(const char *path, const char *key, struct sbx_error **err)
+{
+    _cleanup_close_ int fd =
+        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "create %s", path);
+    size_t len = strlen(key);
+    if (write(fd, key, len) != (ssize_t)len || write(fd, "\n", 1) != 1)
+        return sbx_error_sys(err, errno, "write %s", path);
+    return 0;
+}
+
+/* The key shown in the export lines ("" for none): the one of --api-key (a named admin key,
+ * "config-<last 4>"), else the one in <state>/api_key, generated on the very first start only
+ * (named "initial"). A revoked --api-key stops the start; a revoked generated key is removed
+ * from the state dir and nothing replaces it: the operator revoked it on purpose. */
 static int
 ensure_api_key(const struct sbx_daemon_config *cfg, struct sbx_store *store, char **shown,
                struct sbx_error **err)
 {
     _cleanup_free_ char *path = NULL;
     if (asprintf(&path, "%s/api_key", cfg->state_dir) < 0)
-        return sbx_error_set(err, SBX_INTERNAL, 0, "out of memory");
+        abort();
     if (cfg->api_key) {
-        if (sbx_store_api_key_add(store, cfg->api_key, err) < 0)
-            return -1;
-        *shown = strdup(cfg->api_key);
+        size_t len = strlen(cfg->api_key);
+        char name[32];
+        snprintf(name, sizeof(name), "config-%s", cfg->api_key + (len > 4 ? len - 4 : 0));
+        int rc = adopt_key(store, cfg->api_key, name, err);
+        if (rc > 0)
+            return sbx_error_set(err, SBX_PERMISSION_DENIED, 0,
+                                 "the API key given with --api-key (or SBX_API_KEY, or api-key in "
+                                 "the config file) has been revoked; remove it from the "
+                                 "configuration");
+        *shown = rc < 0 ? NULL : strdup(cfg->api_key);
+        return rc;
+    }
+    char buf[SBX_STORE_API_KEY_MAX + 2] = {0};
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : 0;
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    int64_t ever = sbx_store_api_key_count(store, err);
+    if (ever < 0)
+        return -1;
+    if (n <= 0 && ever > 0) {
+        *shown = strdup(""); /* keys exist, none of them ours to show */
         return 0;
     }
-    char buf[128] = {0};
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd >= 0) {
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-            buf[--n] = '\0';
-        if (n > 0) {
-            if (sbx_store_api_key_add(store, buf, err) < 0)
-                return -1;
-            *shown = strdup(buf);
-            explicit_bzero(buf, sizeof(buf));
-            return 0;
-        }
+    if (n <= 0) {
+        char hex[41];
+        sbx_random_hex(hex, 20);
+        snprintf(buf, sizeof(buf), "e2b_%s", hex);
+        if (write_key_file(path, buf, err) < 0)
+            return -1;
     }
-    char hex[41];
-    sbx_random_hex(hex, 20);
-    snprintf(buf, sizeof(buf), "e2b_%s", hex);
-    _cleanup_close_ int wfd =
-        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (wfd < 0)
-        return sbx_error_sys(err, errno, "create %s", path);
-    size_t len = strlen(buf);
-    if (write(wfd, buf, len) != (ssize_t)len || write(wfd, "\n", 1) != 1)
-        return sbx_error_sys(err, errno, "write %s", path);
-    if (sbx_store_api_key_add(store, buf, err) < 0)
-        return -1;
-    *shown = strdup(buf);
+    int rc = adopt_key(store, buf, "initial", err);
+    if (rc > 0) {
+        unlink(path);
+        sbx_log_warn("api_key", "file=%s action=removed reason=\"the key was revoked\"", path);
+    }
+    *shown = rc == 0 ? strdup(buf) : rc > 0 ? strdup("") : NULL;
     explicit_bzero(buf, sizeof(buf));
-    return 0;
+    return rc < 0 ? -1 : 0;
 }
 
 /* See SBX_DAEMON_RESERVED_FDS. Without a limit below the open-file limit, enough idle

@@ -88,9 +88,12 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     if (shown_key) {
         printf("sbx is serving on %s:%d. To use it with the E2B SDKs:\n"
                "export E2B_API_URL=http://%s:%d\n"
-               "export E2B_SANDBOX_URL=http://%s:%d\n"
-               "export E2B_API_KEY=%s\n",
-               d->cfg.listen_host, port, host, port, host, port, shown_key);
+               "export E2B_SANDBOX_URL=http://%s:%d\n",
+               d->cfg.listen_host, port, host, port, host, port);
+        if (*shown_key)
+            printf("export E2B_API_KEY=%s\n", shown_key);
+        else
+            printf("# E2B_API_KEY: one of your keys (an admin makes more: sbx keys create NAME)\n");
         fflush(stdout);
     }
     sbx_log_info("frontend_ready", "listen=%s:%d uid=%d", d->cfg.listen_host, port, (int)getuid());

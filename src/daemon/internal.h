@@ -133,6 +133,15 @@ int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int co
 
 /* api.c: control plane (X-API-KEY). */
 void sbx_api_handle(struct sbx_http_req *req);
+/* Answers body (stolen) as JSON; an error as {"code","message"} with its status. */
+void sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body);
+void sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e);
+
+/* auth.c: API keys. check answers the request itself (401, or 429 for an address that failed
+ * too often) and returns false when it carries no valid key; *who says which key it is.
+ * keys_handle serves /api-keys[/{id}] (parts: the path's segments) for an admin key. */
+bool sbx_auth_check(struct sbx_http_req *req, struct sbx_api_key_auth *who);
+void sbx_auth_keys_handle(struct sbx_http_req *req, char **parts, size_t n, json_t *body);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

@@ -76,7 +76,8 @@ void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms,
  * if every connection is handling a request, the new one is closed at once. */
 void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
-/* Request accessors. */
+/* Request accessors. remote: the client's address ("unix" on a unix socket). */
+const char *sbx_http_req_remote(const struct sbx_http_req *req);
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
 /* Whether header lname is present and equals secret (false when secret is NULL). Compared in
  * constant time: how long it takes does not tell how much of a guess was right. */

@@ -1195,6 +1195,12 @@ sbx_http_req_on_close(struct sbx_http_req *pub, sbx_http_req_cb on_close)
     to_req(pub)->on_close = on_close;
 }
 
+const char *
+sbx_http_req_remote(const struct sbx_http_req *pub)
+{
+    return ((const struct req *)pub)->conn->remote;
+}
+
 void
 sbx_http_req_mark_authenticated(struct sbx_http_req *pub)
 {
