@@ -23,8 +23,9 @@ APT_PACKAGES=(
 )
 # Installed only when `node` is absent (these machines usually ship Node 20 with npm).
 APT_NODE_PACKAGES=(nodejs npm)
-# Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU).
-APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils)
+# Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU);
+# promtool (in prometheus) checks /metrics; systemd-analyze (systemd) checks the unit file.
+APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils prometheus systemd)
 
 # apt-get update again only when the package lists are older than this.
 APT_UPDATE_MAX_AGE_S=$((6 * 3600))

@@ -73,6 +73,9 @@
 #define SBX_DAEMON_RESERVED_FDS 64
 #define SBX_MIN_CONNECTIONS     16
 
+/* Running sandboxes that get series of their own in /metrics (the rest are counted). */
+#define SBX_METRICS_MAX_SANDBOXES 1000
+
 /* The agent keeps its own log in a ring in its memory (charged to the sandbox), never in a
  * host file: only the newest this many bytes are kept. */
 #define SBX_AGENT_LOG_BYTES (256 * 1024)

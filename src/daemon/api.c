@@ -111,14 +111,15 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
     return o;
 }
 
+/* One host-derived template serves every name the SDKs use by default. */
+const char *const sbx_api_templates[SBX_API_N_TEMPLATES] = {
+    "base", "code-interpreter-v1", "code-interpreter", "code-interpreter-beta", "sbx"};
+
 static bool
 known_template(const char *t)
 {
-    /* One host-derived template serves every name the SDKs use by default. */
-    static const char *const names[] = {"base", "code-interpreter-v1", "code-interpreter",
-                                        "code-interpreter-beta", "sbx"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strcmp(t, names[i]) == 0)
+    for (size_t i = 0; i < SBX_API_N_TEMPLATES; i++)
+        if (strcmp(t, sbx_api_templates[i]) == 0)
             return true;
     return false;
 }
@@ -553,7 +554,18 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
     bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
     char **r = v2 ? p + 1 : p;
     size_t rn = v2 ? n - 1 : n;
+    if (!v2 && n == 1 && strcmp(p[0], "metrics") == 0 && get) {
+        req->route_class = "metrics";
+        if (!admin) {
+            sbx_http_respond_error(req, 403,
+                                   "/metrics needs an admin API key (or serve it on its own "
+                                   "address with --metrics-listen)");
+            return;
+        }
+        return sbx_metrics_handle(req);
+    }
     if (!v2 && n >= 1 && n <= 2 && strcmp(p[0], "api-keys") == 0) {
+        req->route_class = "api_keys";
         if (!admin) {
             sbx_http_respond_error(req, 403, "managing API keys needs an admin API key");
             return;
@@ -561,6 +573,7 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
         return sbx_auth_keys_handle(req, p, n, body);
     }
     if (rn >= 1 && rn <= 3 && strcmp(r[0], "sandboxes") == 0) {
+        req->route_class = "sandboxes";
         if (rn == 1 && post)
             return create(req, body, v2);
         if (rn == 1 && get)
@@ -616,6 +629,7 @@ void
 sbx_api_handle(struct sbx_http_req *req)
 {
     if (strcmp(req->path, "/health") == 0 && strcmp(req->method, "GET") == 0) {
+        req->route_class = "health";
         sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         return;
     }

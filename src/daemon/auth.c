@@ -87,6 +87,7 @@ count_failure(const char *remote, uint64_t now)
     if (++f->count == SBX_AUTH_FAIL_MAX)
         sbx_log_warn("auth_blocked", "remote=%s failures=%d window_s=%d", f->remote, f->count,
                      SBX_AUTH_FAIL_WINDOW_MS / 1000);
+    sbx_metrics_auth_failure();
 }
 
 /* Records the key's use, at most once a minute: a write per request would fsync per request. */

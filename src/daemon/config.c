@@ -62,6 +62,12 @@ opt_listen(struct sbx_daemon_config *c, const char *v)
 }
 
 static int
+opt_metrics_listen(struct sbx_daemon_config *c, const char *v)
+{
+    return parse_host_port(v, &c->metrics_host, &c->metrics_port);
+}
+
+static int
 opt_state_dir(struct sbx_daemon_config *c, const char *v)
 {
     return *v == '\0' ? -1 : set_string(&c->state_dir, v);
@@ -161,6 +167,9 @@ static const struct option_def {
 } options[] = {
     {"listen", "SBX_LISTEN", "HOST:PORT", SBX_DEFAULT_LISTEN, opt_listen,
      "address of the API and sandbox traffic"},
+    {"metrics-listen", "SBX_METRICS_LISTEN", "HOST:PORT", NULL, opt_metrics_listen,
+     "serve GET /metrics there too, without an API key (on the main\n"
+     "address it needs an admin key)"},
     {"state-dir", "SBX_STATE_DIR", "DIR", SBX_DEFAULT_STATE_DIR, opt_state_dir,
      "database, API key, template, sandbox dirs"},
     {"api-key", "SBX_API_KEY", "KEY", NULL, opt_api_key,

@@ -337,6 +337,7 @@ static struct {
     uid_t fe_uid;
     gid_t fe_gid;
     int listen_fd;
+    int metrics_fd;    /* --metrics-listen, -1 without */
     int control;       /* our end of the socketpair with the front end */
     int state_lock_fd; /* held while we run; never in a worker (flock(LOCK_UN) on a shared
                         * fd would release it for us too) */
@@ -378,6 +379,8 @@ start_spawner(int *frontend_end, struct sbx_error **err)
         close(ready[0]);
         close(sv.control);
         close(sv.listen_fd);
+        if (sv.metrics_fd >= 0)
+            close(sv.metrics_fd);
         sv.spawner.ready_fd = ready[1];
         _exit(sbx_spawner_main(&sv.spawner, ch[1]));
     }
@@ -430,7 +433,7 @@ start_frontend(int channel, struct sbx_error **err)
         close(sv.spawner.lock_fd);
         drop_privileges();
         worker_setup("sbx-frontend"); /* after: a change of ids clears the death signal */
-        _exit(sbx_frontend_main(sv.cfg, sv.listen_fd, ctl[1], channel,
+        _exit(sbx_frontend_main(sv.cfg, sv.listen_fd, sv.metrics_fd, ctl[1], channel,
                                 sv.announced ? NULL : sv.shown_key));
     }
     sv.announced = true;
@@ -596,6 +599,9 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     sv.listen_fd = listen_tcp(cfg->listen_host, cfg->listen_port, err);
     if (sv.listen_fd < 0)
         return -1;
+    if (cfg->metrics_host &&
+        (sv.metrics_fd = listen_tcp(cfg->metrics_host, cfg->metrics_port, err)) < 0)
+        return sbx_error_prefix(err, "--metrics-listen");
     sbx_log_info("start",
                  "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d profile=%s "
                  "uid_base=%u user=%s max_connections=%d %s",
@@ -617,6 +623,7 @@ sbx_daemon_main(int argc, char **argv)
     sv.cfg = &cfg;
     sv.control = -1;
     sv.state_lock_fd = -1;
+    sv.metrics_fd = -1;
     sv.spawner.lock_fd = -1;
     _cleanup_error_ struct sbx_error *err = NULL;
     if (prepare(&cfg, &err) < 0) {

@@ -24,6 +24,9 @@ on_stop_signal(uv_signal_t *h, int signum)
     uv_signal_stop(&sbx_daemon->sigint);
     sbx_http_server_close(sbx_daemon->http);
     sbx_daemon->http = NULL;
+    if (sbx_daemon->metrics_http)
+        sbx_http_server_close(sbx_daemon->metrics_http);
+    sbx_daemon->metrics_http = NULL;
     sbx_lifecycle_shutdown();
     sbx_spawner_client_close();
     uv_poll_stop(&sbx_daemon->control);
@@ -50,13 +53,15 @@ on_control(uv_poll_t *h, int status, int events)
     if (fd < 0)
         return;
     sbx_log_info("spawner_restarted", "ok=1");
+    sbx_metrics_spawner_restart();
     sbx_spawner_client_set_channel(sbx_daemon->loop, fd);
 }
 
 static int
-start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char *shown_key,
-      struct sbx_error **err)
+start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int channel,
+      const char *shown_key, struct sbx_error **err)
 {
+    sbx_metrics_init();
     _cleanup_free_ char *db = NULL;
     if (asprintf(&db, "%s/db/sbx.db", d->cfg.state_dir) < 0)
         abort();
@@ -71,12 +76,24 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
         return sbx_error_prefix(err, "recover sandboxes");
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
+    sbx_http_server_set_observer(d->http, sbx_metrics_request_done, NULL);
     sbx_http_server_set_timeouts(d->http, (uint64_t)d->cfg.header_timeout_s * 1000,
                                  (uint64_t)d->cfg.idle_timeout_s * 1000,
                                  SBX_ANON_IDLE_TIMEOUT_S * 1000);
     sbx_http_server_set_max_conns(d->http, (size_t)d->cfg.max_conns);
     if (sbx_http_server_listen_fd(d->http, listen_fd, err) < 0)
         return -1;
+    if (metrics_fd >= 0) {
+        /* Its own server, so that its requests never meet the API's keys or routes. */
+        d->metrics_http = sbx_http_server_new(d->loop, sbx_metrics_on_request, d);
+        sbx_http_server_set_observer(d->metrics_http, sbx_metrics_request_done, NULL);
+        sbx_http_server_set_timeouts(d->metrics_http, (uint64_t)d->cfg.header_timeout_s * 1000,
+                                     (uint64_t)d->cfg.idle_timeout_s * 1000,
+                                     SBX_ANON_IDLE_TIMEOUT_S * 1000);
+        sbx_http_server_set_max_conns(d->metrics_http, SBX_MIN_CONNECTIONS);
+        if (sbx_http_server_listen_fd(d->metrics_http, metrics_fd, err) < 0)
+            return -1;
+    }
     uv_signal_init(d->loop, &d->sigterm);
     uv_signal_init(d->loop, &d->sigint);
     uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
@@ -101,15 +118,15 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
 }
 
 int
-sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int control, int channel,
-                  const char *shown_key)
+sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int metrics_fd, int control,
+                  int channel, const char *shown_key)
 {
     static struct sbx_daemon d;
     sbx_daemon = &d;
     d.cfg = *cfg;
     d.loop = uv_default_loop();
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (start(&d, listen_fd, control, channel, shown_key, &err) < 0) {
+    if (start(&d, listen_fd, metrics_fd, control, channel, shown_key, &err) < 0) {
         fprintf(stderr, "sbx serve: %s\n", err->msg);
         return 1;
     }

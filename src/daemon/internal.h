@@ -38,9 +38,11 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
-    bool relaxed;  /* --sandbox-profile relaxed */
-    char *user;    /* the front end's user (created if missing) */
-    int max_conns; /* client connections; 0 until derived from the open-file limit */
+    bool relaxed;       /* --sandbox-profile relaxed */
+    char *user;         /* the front end's user (created if missing) */
+    int max_conns;      /* client connections; 0 until derived from the open-file limit */
+    char *metrics_host; /* --metrics-listen: /metrics without a key there; NULL: none */
+    int metrics_port;
 };
 
 /* config.c: fills c from defaults, SBX_* variables and flags (in that order, later wins).
@@ -70,7 +72,8 @@ struct sbx_daemon {
     uv_loop_t *loop;
     struct sbx_store *store;
     struct sbx_http_server *http;
-    struct sbx_live *live; /* every running sandbox (live.c owns the three views) */
+    struct sbx_http_server *metrics_http; /* --metrics-listen, NULL without */
+    struct sbx_live *live;                /* every running sandbox (live.c owns the three views) */
     struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
     struct sbx_live *recent; /* the secure sandbox used last */
     uv_timer_t expiry;       /* fires at the soonest end_at */
@@ -128,10 +131,26 @@ void sbx_live_touch(struct sbx_daemon *d, struct sbx_live *l);
  * listening socket, gets the channel to a spawner (and later ones through control), and
  * prints the export lines with shown_key (not when NULL: a restart). Returns its exit
  * status. */
-int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int control, int channel,
-                      const char *shown_key);
+int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int metrics_fd,
+                      int control, int channel, const char *shown_key);
+
+/* metrics.c: counters, bumped where things happen; GET /metrics renders them with per-sandbox
+ * gauges from the spawner. request_done is the HTTP servers' observer. */
+void sbx_metrics_init(void);
+void sbx_metrics_request_done(const struct sbx_http_req *req, int status, void *ud);
+void sbx_metrics_created(uint64_t spawn_us);
+void sbx_metrics_create_failed(enum sbx_code code);
+/* reason: as destroy names it (killed, timeout, agent_exited, create_failed, ...). */
+void sbx_metrics_ended(const char *reason);
+void sbx_metrics_auth_failure(void);
+void sbx_metrics_spawner_restart(void);
+void sbx_metrics_handle(struct sbx_http_req *req);
+/* The request handler of --metrics-listen: /metrics and /health, no key, nothing else. */
+void sbx_metrics_on_request(struct sbx_http_req *req, void *ud);
 
 /* api.c: control plane (X-API-KEY). */
+#define SBX_API_N_TEMPLATES 5
+extern const char *const sbx_api_templates[SBX_API_N_TEMPLATES]; /* the template names served */
 void sbx_api_handle(struct sbx_http_req *req);
 /* Answers body (stolen) as JSON; an error as {"code","message"} with its status. */
 void sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body);

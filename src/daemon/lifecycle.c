@@ -153,6 +153,7 @@ on_destroyed(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
             store_err->code != SBX_NOT_FOUND)
             sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
         sbx_log_info("sandbox_end", "sandbox=%s reason=%s", l->rec->id, d->why);
+        sbx_metrics_ended(d->why);
     }
     bool has_handle = l->poll.data == l;
     l->destroy = has_handle ? d : NULL;
@@ -195,7 +196,7 @@ on_agent_exit(uv_poll_t *h, int status, int events)
 {
     struct sbx_live *l = h->data;
     if (!l->dying)
-        destroy(l, "agent exited", NULL, NULL);
+        destroy(l, "agent_exited", NULL, NULL);
 }
 
 static int
@@ -297,7 +298,7 @@ static void
 abandon(struct sbx_live *l, bool spawner_may_hold_it)
 {
     if (spawner_may_hold_it) {
-        destroy(l, "create failed", NULL, NULL); /* deletes the row too */
+        destroy(l, "create_failed", NULL, NULL); /* deletes the row too */
         return;
     }
     _cleanup_error_ struct sbx_error *ignored = NULL;
@@ -316,6 +317,7 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
         /* The spawner cleans up a spawn it refused or that failed; one it was doing when it
          * died may have left a dir and a cgroup: ask the next spawner to remove them. */
         abandon(l, err->code == SBX_UNAVAILABLE);
+        sbx_metrics_create_failed(err->code);
         c->cb(NULL, err, 0, c->ud);
         free(c);
         return;
@@ -325,6 +327,7 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     if (watch(l, &e) < 0 || sbx_store_sandbox_update_pid(d->store, l->rec->id, l->rec->pid,
                                                          l->rec->pid_start_time, &e) < 0) {
         abandon(l, true);
+        sbx_metrics_create_failed(e->code);
         c->cb(NULL, e, 0, c->ud);
         free(c);
         return;
@@ -335,6 +338,7 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
                              (now.tv_nsec - c->start.tv_nsec) / 1000);
     sbx_live_insert(d, l);
     arm_expiry();
+    sbx_metrics_created(us);
     c->cb(l, NULL, us, c->ud);
     free(c);
 }
@@ -409,6 +413,7 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
     sbx_spawner_call(&req, cfd, on_spawned, c);
     return;
 fail:
+    sbx_metrics_create_failed(err->code);
     cb(NULL, err, 0, ud);
     free(c);
 }
@@ -440,7 +445,7 @@ sbx_lifecycle_recover(struct sbx_error **err)
         }
         /* Its agent died while we were away (or never started): clean up what is left. */
         gone++;
-        destroy(l, "agent exited while the daemon was down", NULL, NULL);
+        destroy(l, "agent_exited_while_down", NULL, NULL);
     }
     sbx_log_info("recover", "running=%zu cleaned=%zu", alive, gone);
     arm_expiry();

@@ -110,6 +110,8 @@ struct sbx_http_server {
     uint64_t header_ms, idle_ms, anon_idle_ms; /* 0: no deadline */
     size_t max_conns;                          /* 0: no limit */
     size_t n_conns;                            /* open and not closing */
+    void (*observer)(const struct sbx_http_req *req, int status, void *ud);
+    void *observer_ud;
     struct conn *queue_head[Q_COUNT], *queue_tail[Q_COUNT];
 };
 
@@ -305,6 +307,8 @@ conn_maybe_finish(struct conn *c)
     if (c->queued > 0)
         return; /* finish after the response is flushed */
     log_request(c, r);
+    if (c->srv->observer)
+        c->srv->observer(&r->pub, r->status, c->srv->observer_ud);
     bool unread_input = !r->body_complete || c->linger;
     c->req = NULL;
     req_free(r);
@@ -917,6 +921,15 @@ sbx_http_server_set_logging(struct sbx_http_server *s, bool on)
     s->log_tick->data = s;
     uv_timer_start(s->log_tick, on_log_tick, SBX_HTTP_LOG_INTERVAL_MS, SBX_HTTP_LOG_INTERVAL_MS);
     uv_unref((uv_handle_t *)s->log_tick); /* it must not keep the loop alive */
+}
+
+void
+sbx_http_server_set_observer(struct sbx_http_server *s,
+                             void (*done)(const struct sbx_http_req *req, int status, void *ud),
+                             void *ud)
+{
+    s->observer = done;
+    s->observer_ud = ud;
 }
 
 void
