@@ -218,10 +218,13 @@ def own_daemon(like, log_dir, extra_args="", env=None):
         for k, v in (env or {}).items():
             mp.setenv(k, v)
         d.start()
-    yield d
-    d.kill_all_sandboxes()
-    rc = d.stop()
-    shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        yield d
+    finally:
+        # Also after a failed test: a daemon left running holds a host uid block.
+        d.kill_all_sandboxes()
+        rc = d.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
     assert rc == 0, d.log_tail()
 
 

@@ -183,6 +183,7 @@ on_request(struct sbx_http_req *req, void *ud)
         return;
     }
     if (strcmp(path, "/sbx/log") == 0 && strcmp(req->method, "GET") == 0) {
+        req->quiet = true; /* reading the log must not write to it */
         sbx_agent_log_respond(req);
         return;
     }

@@ -73,6 +73,16 @@
 #define SBX_DAEMON_RESERVED_FDS 64
 #define SBX_MIN_CONNECTIONS     16
 
+/* Sandbox logs (the agent's ring and the daemon's events, stored when the sandbox ends): one
+ * line at most this long, the ring read within this time, pages of at most this many entries,
+ * pruned this often; kept this long after the sandbox ends, within this much in all. */
+#define SBX_LOG_LINE_MAX            4096
+#define SBX_LOG_FETCH_TIMEOUT_MS    3000
+#define SBX_LOG_PAGE_MAX            1000
+#define SBX_LOG_PRUNE_INTERVAL_MS   (10 * 60 * 1000)
+#define SBX_DEFAULT_LOG_RETENTION_H 168
+#define SBX_DEFAULT_LOG_STORE_MB    256
+
 /* Running sandboxes that get series of their own in /metrics (the rest are counted). */
 #define SBX_METRICS_MAX_SANDBOXES 1000
 

@@ -590,6 +590,8 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
             return set_timeout(req, r[1], body, true);
         if (rn == 3 && get && strcmp(r[2], "metrics") == 0)
             return metrics(req, r[1]);
+        if (rn == 3 && get && strcmp(r[2], "logs") == 0)
+            return sbx_logs_handle(req, r[1], v2);
         if (rn == 3 && post && (strcmp(r[2], "pause") == 0 || strcmp(r[2], "resume") == 0)) {
             if (find_or_404(req, r[1]))
                 sbx_http_respond_error(req, 501, "pausing sandboxes is not supported yet");

@@ -139,6 +139,27 @@ opt_log_level(struct sbx_daemon_config *c, const char *v)
 }
 
 static int
+opt_log_format(struct sbx_daemon_config *c, const char *v)
+{
+    if (strcmp(v, "logfmt") != 0 && strcmp(v, "json") != 0)
+        return -1;
+    sbx_log_set_json(strcmp(v, "json") == 0);
+    return 0;
+}
+
+static int
+opt_log_retention(struct sbx_daemon_config *c, const char *v)
+{
+    return parse_positive(v, &c->log_retention_h);
+}
+
+static int
+opt_log_store(struct sbx_daemon_config *c, const char *v)
+{
+    return parse_positive(v, &c->log_store_mb);
+}
+
+static int
 opt_profile(struct sbx_daemon_config *c, const char *v)
 {
     if (strcmp(v, "default") != 0 && strcmp(v, "relaxed") != 0)
@@ -198,6 +219,12 @@ static const struct option_def {
     {"user", "SBX_USER", "NAME", SBX_DEFAULT_USER, opt_user,
      "the front end's user, created if missing"},
     {"log-level", "SBX_LOG_LEVEL", "LEVEL", "info", opt_log_level, "debug, info, warn or error"},
+    {"log-format", "SBX_LOG_FORMAT", "FORMAT", "logfmt", opt_log_format,
+     "logfmt (key=value) or json: one object per line"},
+    {"log-retention-hours", "SBX_LOG_RETENTION_HOURS", "H", STR(SBX_DEFAULT_LOG_RETENTION_H),
+     opt_log_retention, "keep a sandbox's log this long after it ends"},
+    {"log-store-mb", "SBX_LOG_STORE_MB", "N", STR(SBX_DEFAULT_LOG_STORE_MB), opt_log_store,
+     "... and the logs of ended sandboxes within this much in all"},
 };
 #define N_OPTIONS ((int)(sizeof(options) / sizeof(options[0])))
 

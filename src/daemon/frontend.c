@@ -34,6 +34,13 @@ on_stop_signal(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&sbx_daemon->sigterm, NULL);
     uv_close((uv_handle_t *)&sbx_daemon->sigint, NULL);
     uv_close((uv_handle_t *)&sbx_daemon->expiry, NULL);
+    uv_close((uv_handle_t *)&sbx_daemon->log_prune, NULL);
+}
+
+static void
+on_log_prune(uv_timer_t *t)
+{
+    sbx_logs_prune();
 }
 
 /* The supervisor passes the channel to each new spawner here. */
@@ -74,6 +81,8 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
     uv_timer_init(d->loop, &d->expiry);
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");
+    uv_timer_init(d->loop, &d->log_prune);
+    uv_timer_start(&d->log_prune, on_log_prune, 0, SBX_LOG_PRUNE_INTERVAL_MS);
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
     sbx_http_server_set_observer(d->http, sbx_metrics_request_done, NULL);

@@ -38,10 +38,12 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
-    bool relaxed;       /* --sandbox-profile relaxed */
-    char *user;         /* the front end's user (created if missing) */
-    int max_conns;      /* client connections; 0 until derived from the open-file limit */
-    char *metrics_host; /* --metrics-listen: /metrics without a key there; NULL: none */
+    bool relaxed;        /* --sandbox-profile relaxed */
+    char *user;          /* the front end's user (created if missing) */
+    int max_conns;       /* client connections; 0 until derived from the open-file limit */
+    char *metrics_host;  /* --metrics-listen: /metrics without a key there; NULL: none */
+    int log_retention_h; /* sandbox logs are kept this long after their sandbox ends */
+    int log_store_mb;    /* ... and within this many MiB in all */
     int metrics_port;
 };
 
@@ -77,6 +79,7 @@ struct sbx_daemon {
     struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
     struct sbx_live *recent; /* the secure sandbox used last */
     uv_timer_t expiry;       /* fires at the soonest end_at */
+    uv_timer_t log_prune;    /* sandbox logs past their retention */
     uv_signal_t sigterm, sigint;
     uv_poll_t control; /* from the supervisor: channels to new spawners */
 };
@@ -147,6 +150,15 @@ void sbx_metrics_spawner_restart(void);
 void sbx_metrics_handle(struct sbx_http_req *req);
 /* The request handler of --metrics-listen: /metrics and /health, no key, nothing else. */
 void sbx_metrics_on_request(struct sbx_http_req *req, void *ud);
+
+/* logs.c: sandbox logs. event appends one of the daemon's events (a logfmt tail) to the log
+ * of sandbox id; capture stores l's agent log (when the agent still runs) and then calls done;
+ * prune drops logs past their retention; handle answers GET [/v2]/sandboxes/{id}/logs. */
+void sbx_logs_event(const char *id, const char *level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void sbx_logs_capture(struct sbx_live *l, bool agent_alive, void (*done)(void *ud), void *ud);
+void sbx_logs_prune(void);
+void sbx_logs_handle(struct sbx_http_req *req, const char *id, bool v2);
 
 /* api.c: control plane (X-API-KEY). */
 #define SBX_API_N_TEMPLATES 5

@@ -153,6 +153,9 @@ on_destroyed(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
             store_err->code != SBX_NOT_FOUND)
             sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
         sbx_log_info("sandbox_end", "sandbox=%s reason=%s", l->rec->id, d->why);
+        sbx_logs_event(l->rec->id, "info", "sandbox_end", "reason=%s", d->why);
+        if (sbx_store_log_close(sbx_daemon->store, l->rec->id, sbx_wall_ms(), &store_err) < 0)
+            sbx_log_warn("sandbox_log", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
         sbx_metrics_ended(d->why);
     }
     bool has_handle = l->poll.data == l;
@@ -172,6 +175,14 @@ destroy_send(struct destroy *d)
 }
 
 static void
+on_log_captured(void *ud)
+{
+    destroy_send(ud);
+}
+
+/* The sandbox's log gets why it ends and, while its agent still runs, the agent's own log;
+ * then the spawner destroys it. */
+static void
 destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud)
 {
     struct destroy *d = calloc(1, sizeof(*d));
@@ -182,7 +193,19 @@ destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud)
     d->ud = ud;
     l->dying = true;
     stop_watching(l);
-    destroy_send(d);
+    bool alive = strcmp(why, "killed") == 0 || strcmp(why, "timeout") == 0;
+    if (strcmp(why, "timeout") == 0)
+        sbx_logs_event(l->rec->id, "warn", "sandbox_timeout",
+                       "message=\"sandbox timed out\" timeout_s=%lld",
+                       (long long)(l->rec->end_at_ms - l->rec->started_at_ms) / 1000);
+    else if (alive)
+        sbx_logs_event(l->rec->id, "info", "sandbox_killed", "by=api");
+    else
+        sbx_logs_event(l->rec->id, "warn", why, "%s", "");
+    if (strcmp(why, "create_failed") == 0)
+        destroy_send(d);
+    else
+        sbx_logs_capture(l, alive, on_log_captured, d);
 }
 
 void
@@ -392,10 +415,13 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
     clock_gettime(CLOCK_MONOTONIC, &c->start);
     int cfd = -1;
     if (sbx_store_free_uid_slot(d->store, &rec->uid_slot, &err) < 0 ||
-        sbx_store_sandbox_insert(d->store, rec, &err) < 0) {
+        sbx_store_sandbox_insert(d->store, rec, &err) < 0 ||
+        sbx_store_log_open(d->store, rec->id, rec->template_id, rec->started_at_ms, &err) < 0) {
         live_drop(l);
         goto fail;
     }
+    sbx_logs_event(rec->id, "info", "sandbox_create", "template=%s timeout_s=%d memory_mb=%d",
+                   rec->template_id, o->timeout_s, rec->memory_mb);
     if ((cfd = config_fd(rec, &err)) < 0) {
         abandon(l, false);
         goto fail;
@@ -437,6 +463,9 @@ sbx_lifecycle_recover(struct sbx_error **err)
             return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
         }
         sbx_live_insert(d, l);
+        /* Sandboxes of an sbx from before sandbox logs get one now. */
+        _cleanup_error_ struct sbx_error *log_err = NULL;
+        sbx_store_log_open(d->store, rec->id, rec->template_id, rec->started_at_ms, &log_err);
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
         if (rec->pid > 0 && sbx_sandbox_is_alive(&ref) && watch(l, &e) == 0) {

@@ -40,6 +40,7 @@ struct sbx_http_req {
     void *data;              /* free for the handler */
     char log_sandbox[72];    /* sandbox id for the request log line, set by handlers */
     const char *route_class; /* a static name for the server's observer, set by handlers */
+    bool quiet;              /* set by a handler: the request is not logged */
 };
 
 typedef void (*sbx_http_request_cb)(struct sbx_http_req *req, void *ud);
@@ -135,5 +136,14 @@ void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fm
  * the client connection is aborted. */
 void sbx_http_proxy(struct sbx_http_req *req, const char *unix_path,
                     sbx_http_req_cb on_unreachable);
+
+/* fetch.c: GET target from an HTTP server on a unix socket; headers: extra "Name: value\r\n"
+ * lines. cb gets the status and the body (valid during the call), or error with status 0: the
+ * server could not be reached, broke the protocol, answered more than max_body bytes, or took
+ * longer than timeout_ms in all. */
+typedef void (*sbx_http_fetch_cb)(int status, const char *body, size_t len, const char *error,
+                                  void *ud);
+void sbx_http_fetch_unix(uv_loop_t *loop, const char *path, const char *target, const char *headers,
+                         size_t max_body, uint64_t timeout_ms, sbx_http_fetch_cb cb, void *ud);
 
 #endif

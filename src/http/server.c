@@ -251,7 +251,7 @@ static void
 log_request(struct conn *c, struct req *r)
 {
     struct sbx_http_server *s = c->srv;
-    if (!s->log)
+    if (!s->log || r->pub.quiet)
         return;
     const char *sandbox = r->pub.log_sandbox[0] ? r->pub.log_sandbox : "-";
     const char *route = r->pub.path ? r->pub.path : "-";

@@ -79,6 +79,24 @@ static const char *const migrations[] = {
     "         created_at_ms FROM api_keys;"
     "DROP TABLE api_keys;"
     "ALTER TABLE api_keys_named RENAME TO api_keys;",
+    /* 4: each sandbox's log (its agent's lines and the daemon's events about it), kept after
+     * the sandbox for a retention period. ended_at_ms is 0 while the sandbox runs. */
+    "CREATE TABLE sandbox_logs ("
+    "  sandbox_id TEXT PRIMARY KEY,"
+    "  template_id TEXT NOT NULL,"
+    "  started_at_ms INTEGER NOT NULL,"
+    "  ended_at_ms INTEGER NOT NULL DEFAULT 0,"
+    "  bytes INTEGER NOT NULL DEFAULT 0"
+    ");"
+    "CREATE INDEX sandbox_logs_by_end ON sandbox_logs (ended_at_ms);"
+    "CREATE TABLE sandbox_log_lines ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  sandbox_id TEXT NOT NULL REFERENCES sandbox_logs (sandbox_id) ON DELETE CASCADE,"
+    "  ts_ms INTEGER NOT NULL,"
+    "  source TEXT NOT NULL,"
+    "  line TEXT NOT NULL"
+    ");"
+    "CREATE INDEX sandbox_log_lines_by_sandbox ON sandbox_log_lines (sandbox_id, ts_ms, seq);",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -977,6 +995,176 @@ sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
             return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
     }
     *out = steal_pointer(&l);
+    return 0;
+}
+
+/* ---- sandbox logs ---- */
+
+int
+sbx_store_log_open(struct sbx_store *s, const char *id, const char *template_id,
+                   int64_t started_at_ms, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s,
+                "INSERT OR IGNORE INTO sandbox_logs (sandbox_id, template_id, started_at_ms)"
+                " VALUES (?, ?, ?)",
+                &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, template_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, started_at_ms);
+    return step_done(s, st, false, id, err);
+}
+
+int
+sbx_store_log_append(struct sbx_store *s, const char *id, const char *source,
+                     const struct sbx_log_line *lines, size_t n, struct sbx_error **err)
+{
+    /* One transaction: a sandbox's thousands of lines cost one fsync, not one each. */
+    _cleanup_stmt_ sqlite3_stmt *size = NULL;
+    _cleanup_stmt_ sqlite3_stmt *ins = NULL;
+    _cleanup_stmt_ sqlite3_stmt *up = NULL;
+    if (exec_sql(s, "BEGIN IMMEDIATE", err) < 0)
+        return -1;
+    if (prepare(s, "SELECT bytes FROM sandbox_logs WHERE sandbox_id = ?", &size, err) < 0 ||
+        prepare(s,
+                "INSERT INTO sandbox_log_lines (sandbox_id, ts_ms, source, line)"
+                " VALUES (?, ?, ?, ?)",
+                &ins, err) < 0 ||
+        prepare(s, "UPDATE sandbox_logs SET bytes = ? WHERE sandbox_id = ?", &up, err) < 0)
+        goto rollback;
+    sqlite3_bind_text(size, 1, id, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(size);
+    if (rc != SQLITE_ROW) {
+        if (rc == SQLITE_DONE)
+            sbx_error_set(err, SBX_NOT_FOUND, 0, "no log for sandbox %s", id);
+        else
+            db_error(s, rc, err, "append to a log");
+        goto rollback;
+    }
+    int64_t bytes = sqlite3_column_int64(size, 0);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(lines[i].line);
+        /* Bounded per sandbox: what a sandbox makes its agent log cannot fill the host. */
+        if (bytes + (int64_t)len > SBX_STORE_SANDBOX_LOG_MAX)
+            break;
+        bytes += (int64_t)len;
+        sqlite3_reset(ins);
+        sqlite3_bind_text(ins, 1, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(ins, 2, lines[i].ts_ms);
+        sqlite3_bind_text(ins, 3, source, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 4, lines[i].line, (int)len, SQLITE_TRANSIENT);
+        if (step_done(s, ins, false, id, err) < 0)
+            goto rollback;
+    }
+    sqlite3_bind_int64(up, 1, bytes);
+    sqlite3_bind_text(up, 2, id, -1, SQLITE_TRANSIENT);
+    if (step_done(s, up, false, id, err) < 0 || exec_sql(s, "COMMIT", err) < 0)
+        goto rollback;
+    return 0;
+rollback:
+    exec_sql(s, "ROLLBACK", NULL);
+    return -1;
+}
+
+int
+sbx_store_log_close(struct sbx_store *s, const char *id, int64_t ended_at_ms,
+                    struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandbox_logs SET ended_at_ms = ? WHERE sandbox_id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_int64(st, 1, ended_at_ms);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, false, id, err);
+}
+
+void
+sbx_log_lines_free(struct sbx_log_lines *l)
+{
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->items[i].line);
+        free(l->items[i].source);
+    }
+    free(l->items);
+    free(l);
+}
+
+int
+sbx_store_log_get(struct sbx_store *s, const char *id, struct sbx_log_lines **out,
+                  struct sbx_error **err)
+{
+    *out = NULL;
+    _cleanup_stmt_ sqlite3_stmt *head = NULL;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT ended_at_ms FROM sandbox_logs WHERE sandbox_id = ?", &head, err) < 0 ||
+        prepare(s,
+                "SELECT ts_ms, source, line FROM sandbox_log_lines WHERE sandbox_id = ?"
+                " ORDER BY ts_ms, seq",
+                &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(head, 1, id, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(head);
+    if (rc == SQLITE_DONE)
+        return sbx_error_set(err, SBX_NOT_FOUND, 0, "no log for sandbox %s", id);
+    if (rc != SQLITE_ROW)
+        return db_error(s, rc, err, "read a log");
+    struct sbx_log_lines *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    l->ended_at_ms = sqlite3_column_int64(head, 0);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    size_t cap = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (l->n == cap) {
+            cap = cap ? cap * 2 : 64;
+            struct sbx_log_line *items = realloc(l->items, cap * sizeof(*items));
+            if (items == NULL)
+                abort();
+            l->items = items;
+        }
+        struct sbx_log_line *x = &l->items[l->n++];
+        x->ts_ms = sqlite3_column_int64(st, 0);
+        x->source = strdup((const char *)sqlite3_column_text(st, 1));
+        x->line = strdup((const char *)sqlite3_column_text(st, 2));
+        if (x->source == NULL || x->line == NULL)
+            abort();
+    }
+    if (rc != SQLITE_DONE) {
+        sbx_log_lines_free(l);
+        return db_error(s, rc, err, "read a log");
+    }
+    *out = l;
+    return 0;
+}
+
+int
+sbx_store_log_prune(struct sbx_store *s, int64_t ended_before_ms, int64_t max_total_bytes,
+                    int *pruned, struct sbx_error **err)
+{
+    *pruned = 0;
+    _cleanup_stmt_ sqlite3_stmt *old = NULL;
+    if (prepare(s, "DELETE FROM sandbox_logs WHERE ended_at_ms > 0 AND ended_at_ms < ?", &old,
+                err) < 0)
+        return -1;
+    sqlite3_bind_int64(old, 1, ended_before_ms);
+    if (step_done(s, old, false, NULL, err) < 0)
+        return -1;
+    *pruned += sqlite3_changes(s->db);
+    /* Over the total: the logs of the sandboxes that ended first go first. */
+    _cleanup_stmt_ sqlite3_stmt *over = NULL;
+    if (prepare(s,
+                "DELETE FROM sandbox_logs WHERE sandbox_id IN (SELECT sandbox_id FROM"
+                " (SELECT sandbox_id, sum(bytes) OVER (ORDER BY ended_at_ms DESC, sandbox_id)"
+                "  AS total FROM sandbox_logs WHERE ended_at_ms > 0) WHERE total > ?)",
+                &over, err) < 0)
+        return -1;
+    sqlite3_bind_int64(over, 1, max_total_bytes);
+    if (step_done(s, over, false, NULL, err) < 0)
+        return -1;
+    *pruned += sqlite3_changes(s->db);
     return 0;
 }
 

@@ -16,11 +16,12 @@
 
 #include "base/error.h"
 
-#define SBX_STORE_ID_MAX           64  /* sandbox ids are short lowercase alphanumerics */
-#define SBX_STORE_LIST_MAX         100 /* limit of one list page (GET /v2/sandboxes) */
-#define SBX_STORE_API_KEY_MAX      512 /* longest API key accepted by add/check */
-#define SBX_STORE_API_KEY_NAME_MAX 64  /* longest name of a key */
-#define SBX_STORE_MAX_META_FILTERS 256 /* metadata pairs in one list query */
+#define SBX_STORE_ID_MAX           64           /* sandbox ids are short lowercase alphanumerics */
+#define SBX_STORE_LIST_MAX         100          /* limit of one list page (GET /v2/sandboxes) */
+#define SBX_STORE_API_KEY_MAX      512          /* longest API key accepted by add/check */
+#define SBX_STORE_API_KEY_NAME_MAX 64           /* longest name of a key */
+#define SBX_STORE_MAX_META_FILTERS 256          /* metadata pairs in one list query */
+#define SBX_STORE_SANDBOX_LOG_MAX  (512 * 1024) /* bytes of log lines kept per sandbox */
 
 struct sbx_store;
 
@@ -165,6 +166,36 @@ int sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q
 /* Lowest uid slot in 0..SBX_MAX_SANDBOXES-1 that no sandbox row uses (a killed sandbox's
  * slot is reused once its row is deleted). All used: SBX_RESOURCE_EXHAUSTED. */
 int sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err);
+
+/* Sandbox logs: a log is opened when its sandbox is created, gets lines (logfmt text, each
+ * with its time and its source: "agent" or "daemon") while it runs and when it ends, is
+ * closed at the end and pruned later. At most SBX_STORE_SANDBOX_LOG_MAX bytes of lines per
+ * sandbox; lines beyond are dropped. */
+struct sbx_log_line {
+    int64_t ts_ms;
+    char *source;
+    char *line;
+};
+struct sbx_log_lines {
+    struct sbx_log_line *items; /* oldest first */
+    size_t n;
+    int64_t ended_at_ms; /* 0: the sandbox still runs */
+};
+int sbx_store_log_open(struct sbx_store *s, const char *id, const char *template_id,
+                       int64_t started_at_ms, struct sbx_error **err);
+/* lines[i].source is ignored: source applies to all. SBX_NOT_FOUND for a log never opened. */
+int sbx_store_log_append(struct sbx_store *s, const char *id, const char *source,
+                         const struct sbx_log_line *lines, size_t n, struct sbx_error **err);
+int sbx_store_log_close(struct sbx_store *s, const char *id, int64_t ended_at_ms,
+                        struct sbx_error **err);
+/* The whole log of id; SBX_NOT_FOUND if there is none (never created, or pruned). */
+int sbx_store_log_get(struct sbx_store *s, const char *id, struct sbx_log_lines **out,
+                      struct sbx_error **err);
+/* Deletes the logs of sandboxes that ended before ended_before_ms, then, oldest end first,
+ * those beyond max_total_bytes in all; *pruned: how many logs went. */
+int sbx_store_log_prune(struct sbx_store *s, int64_t ended_before_ms, int64_t max_total_bytes,
+                        int *pruned, struct sbx_error **err);
+void sbx_log_lines_free(struct sbx_log_lines *l);
 
 void sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec);
 void sbx_sandbox_list_free(struct sbx_sandbox_list *list);

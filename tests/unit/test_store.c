@@ -478,7 +478,8 @@ TEST(api_keys_of_before_names_are_kept)
     char cmd[1024];
     snprintf(cmd, sizeof(cmd),
              "python3 -c \"import sqlite3, hashlib; c=sqlite3.connect('%s'); "
-             "c.executescript('DROP TABLE api_keys; DELETE FROM schema_version; "
+             "c.executescript('DROP TABLE api_keys; DROP TABLE sandbox_log_lines; "
+             "DROP TABLE sandbox_logs; DELETE FROM schema_version; "
              "INSERT INTO schema_version VALUES (2); CREATE TABLE api_keys (key_sha256 BLOB "
              "PRIMARY KEY, created_at_ms INTEGER NOT NULL)'); "
              "c.execute('INSERT INTO api_keys VALUES (?, 5)', "
@@ -494,6 +495,55 @@ TEST(api_keys_of_before_names_are_kept)
     CHECK(sbx_store_api_key_list(s, &l, &err) == 0 && l->n == 1);
     CHECK(strncmp(l->items[0].name, "key-", 4) == 0 && l->items[0].created_at_ms == 5);
     sbx_api_key_list_free(l);
+    sbx_store_close(s);
+}
+
+TEST(sandbox_logs_are_bounded_and_pruned)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    struct sbx_log_line line = {.ts_ms = 1, .line = "ts=x level=info event=a"};
+    CHECK(sbx_store_log_append(s, "none", "agent", &line, 1, &err) < 0 &&
+          err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    /* Three logs of ~100 KiB each, ended at 10, 20 and 30; one still running. */
+    static char big[1001];
+    memset(big, 'x', 1000);
+    struct sbx_log_line many[100];
+    for (int i = 0; i < 100; i++)
+        many[i] = (struct sbx_log_line){.ts_ms = i, .line = big};
+    const char *ids[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++) {
+        CHECK(sbx_store_log_open(s, ids[i], "base", 0, &err) == 0);
+        CHECK(sbx_store_log_append(s, ids[i], "agent", many, 100, &err) == 0);
+        if (i < 3)
+            CHECK(sbx_store_log_close(s, ids[i], 10 * (i + 1), &err) == 0);
+    }
+    /* A log never grows past its cap. */
+    for (int i = 0; i < 10; i++)
+        CHECK(sbx_store_log_append(s, "d", "agent", many, 100, &err) == 0);
+    struct sbx_log_lines *l = NULL;
+    CHECK(sbx_store_log_get(s, "d", &l, &err) == 0);
+    CHECK(l->n == SBX_STORE_SANDBOX_LOG_MAX / 1000 && l->ended_at_ms == 0);
+    CHECK_STR(l->items[0].source, "agent");
+    sbx_log_lines_free(l);
+    int pruned = 0;
+    /* Retention: what ended before 15 goes. */
+    CHECK(sbx_store_log_prune(s, 15, 1 << 30, &pruned, &err) == 0 && pruned == 1);
+    CHECK(sbx_store_log_get(s, "a", &l, &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    /* The total: the oldest ended logs go until the rest fits; a running one never goes. */
+    CHECK(sbx_store_log_prune(s, 0, 150000, &pruned, &err) == 0 && pruned == 1);
+    CHECK(sbx_store_log_get(s, "b", &l, &err) < 0);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(sbx_store_log_get(s, "c", &l, &err) == 0 && l->n == 100 && l->ended_at_ms == 30);
+    sbx_log_lines_free(l);
+    CHECK(sbx_store_log_prune(s, 0, 0, &pruned, &err) == 0 && pruned == 1);
+    CHECK(sbx_store_log_get(s, "d", &l, &err) == 0);
+    sbx_log_lines_free(l);
     sbx_store_close(s);
 }
 

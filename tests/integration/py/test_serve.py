@@ -1,5 +1,6 @@
 """`sbx serve` itself: first-start API key, the export lines, configuration errors, SIGTERM."""
 
+import json
 import os
 import re
 import shutil
@@ -228,3 +229,20 @@ def test_named_config_file_must_exist(sbx_daemon, tmp_path):
     r = subprocess.run([sbx_daemon.binary, "serve", "--check-config"], capture_output=True,
                        text=True, env=env)
     assert r.returncode == 2 and "missing.conf: No such file" in r.stderr
+
+
+def test_log_format_json(sbx_daemon, state_dir):
+    port = _free_port()
+    p = _serve(sbx_daemon.binary, "--listen", f"127.0.0.1:{port}", "--state-dir", state_dir,
+               "--log-format", "json")
+    try:
+        key = _read_exports(p)["E2B_API_KEY"]
+        assert _get(f"http://127.0.0.1:{port}", "e2b_wrong") == 401
+        assert _get(f"http://127.0.0.1:{port}", key) == 200
+    finally:
+        assert _stop(p) == 0
+    lines = [json.loads(line) for line in p.stderr.read().splitlines()]
+    start = next(x for x in lines if x["event"] == "start")
+    assert start["level"] == "info" and start["max_connections"] > 0  # numbers stay numbers
+    refused = next(x for x in lines if x["event"] == "request" and x["status"] == 401)
+    assert refused["error"].startswith("Invalid API key") and refused["remote"] == "127.0.0.1"
