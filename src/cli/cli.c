@@ -15,6 +15,7 @@ static const struct {
 } verbs[] = {
     {"ls", sbx_cli_ls},     {"create", sbx_cli_create}, {"kill", sbx_cli_kill},
     {"exec", sbx_cli_exec}, {"shell", sbx_cli_shell},   {"keys", sbx_cli_keys},
+    {"logs", sbx_cli_logs},
 };
 
 int

@@ -417,13 +417,92 @@ sbx_cli_print_json(json_t *j)
 /* ---- sandboxes ---- */
 
 int
+sbx_cli_list_sandboxes(const struct sbx_cli_config *cfg, const char *state, json_t *all,
+                       struct sbx_error **err)
+{
+    _cleanup_free_ char *token = NULL;
+    for (int page = 0; page < SBX_CLI_MAX_PAGES; page++) {
+        _cleanup_free_ char *path = NULL;
+        char *esc = token ? curl_easy_escape(NULL, token, 0) : NULL;
+        int n = asprintf(&path, "/v2/sandboxes?limit=100%s%s%s%s", state ? "&state=" : "",
+                         state ? state : "", esc ? "&nextToken=" : "", esc ? esc : "");
+        curl_free(esc);
+        if (n < 0)
+            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
+        struct sbx_cli_response resp;
+        if (sbx_cli_api_call(cfg, "GET", path, NULL, &resp, err) < 0) {
+            sbx_cli_response_fini(&resp);
+            return -1;
+        }
+        if (resp.status != 200) {
+            sbx_cli_api_error(&resp, err);
+            sbx_cli_response_fini(&resp);
+            return -1;
+        }
+        json_t *items = sbx_cli_response_json(&resp, err);
+        free(token);
+        token = steal_pointer(&resp.next_token);
+        sbx_cli_response_fini(&resp);
+        if (items == NULL)
+            return -1;
+        if (!json_is_array(items)) {
+            json_decref(items);
+            return sbx_error_set(err, SBX_INTERNAL, 0, "the daemon did not answer a list");
+        }
+        json_array_extend(all, items);
+        json_decref(items);
+        if (token == NULL)
+            return 0;
+    }
+    return sbx_error_set(err, SBX_INTERNAL, 0, "too many pages");
+}
+
+int
+sbx_cli_resolve_id(const struct sbx_cli_config *cfg, const char *arg, char *id, size_t n,
+                   struct sbx_error **err)
+{
+    if (!sbx_cli_is_valid_id(arg))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox id '%s'", arg);
+    json_t *all = json_array();
+    if (all == NULL || sbx_cli_list_sandboxes(cfg, NULL, all, err) < 0) {
+        json_decref(all);
+        return -1;
+    }
+    size_t i, matches = 0, len = strlen(arg);
+    json_t *item;
+    struct sbx_buf names = {0};
+    snprintf(id, n, "%s", arg); /* none matches: as given (an ended sandbox's logs) */
+    json_array_foreach (all, i, item) {
+        const char *sid = json_string_value(json_object_get(item, "sandboxID"));
+        if (sid == NULL || strncmp(sid, arg, len) != 0)
+            continue;
+        if (sid[len] == '\0') { /* a whole id wins over longer ones it prefixes */
+            matches = 1;
+            snprintf(id, n, "%s", sid);
+            break;
+        }
+        if (matches++ == 0)
+            snprintf(id, n, "%s", sid);
+        sbx_buf_printf(&names, "%s%s", names.len ? ", " : "", sid);
+    }
+    json_decref(all);
+    int rc = 0;
+    if (matches > 1)
+        rc = sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                           "'%s' is the beginning of %zu sandbox ids (%.*s): give more of it", arg,
+                           matches, (int)names.len, names.data);
+    sbx_buf_fini(&names);
+    return rc;
+}
+
+int
 sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id, struct sbx_cli_sandbox *sb,
                      struct sbx_error **err)
 {
     memset(sb, 0, sizeof(*sb));
-    if (!sbx_cli_is_valid_id(id))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox id '%s'", id);
-    snprintf(sb->id, sizeof(sb->id), "%s", id);
+    if (sbx_cli_resolve_id(cfg, id, sb->id, sizeof(sb->id), err) < 0)
+        return -1;
+    id = sb->id;
     char path[32 + SBX_CLI_ID_MAX];
     snprintf(path, sizeof(path), "/sandboxes/%s", id);
     struct sbx_cli_response resp;

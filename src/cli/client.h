@@ -22,6 +22,7 @@
 #define SBX_CLI_CONNECT_TIMEOUT_S 10
 #define SBX_CLI_REQUEST_TIMEOUT_S 60 /* unary calls; streams have none */
 #define SBX_CLI_ID_MAX            64
+#define SBX_CLI_MAX_PAGES         10000 /* a cursor loop must end even if a server misbehaves */
 
 /* Exit statuses of every verb. */
 #define SBX_CLI_EXIT_FAILURE 1
@@ -92,6 +93,14 @@ int sbx_cli_format_parse(const char *arg, bool *json, struct sbx_error **err);
 /* Prints j indented on stdout; returns the verb's exit status. */
 int sbx_cli_print_json(json_t *j);
 
+/* Appends every sandbox of every page of GET /v2/sandboxes (state: NULL or a filter). */
+int sbx_cli_list_sandboxes(const struct sbx_cli_config *cfg, const char *state, json_t *all,
+                           struct sbx_error **err);
+/* The running sandbox whose id is or starts with arg (ids are long: a unique beginning is
+ * enough, as with docker); arg itself if none matches; an error if several do. */
+int sbx_cli_resolve_id(const struct sbx_cli_config *cfg, const char *arg, char *id, size_t n,
+                       struct sbx_error **err);
+
 /* A sandbox's envd, reached through the daemon's router. */
 struct sbx_cli_sandbox {
     char id[SBX_CLI_ID_MAX + 1];
@@ -99,8 +108,8 @@ struct sbx_cli_sandbox {
     char *user;         /* sent as Authorization: Basic base64(user ":"), NULL = default */
 };
 
-/* GET /sandboxes/<id>: checks that the sandbox exists and is running, and takes its
- * envdAccessToken. */
+/* GET /sandboxes/<id> (id may be a unique beginning, see resolve_id): checks that the sandbox
+ * exists and is running, and takes its envdAccessToken. */
 int sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id,
                          struct sbx_cli_sandbox *sb, struct sbx_error **err);
 void sbx_cli_sandbox_fini(struct sbx_cli_sandbox *sb);
@@ -194,6 +203,7 @@ int sbx_cli_kill(int argc, char **argv);
 int sbx_cli_exec(int argc, char **argv);
 int sbx_cli_shell(int argc, char **argv);
 int sbx_cli_keys(int argc, char **argv);
+int sbx_cli_logs(int argc, char **argv);
 
 /* Argument parsing of the verbs that take more than ids, exposed for unit tests. */
 struct sbx_cli_create_args {

@@ -8,9 +8,10 @@ static const char usage[] = "usage: sbx kill [--api-url URL] [--api-key KEY] ID.
 static int
 kill_one(const struct sbx_cli_config *cfg, const char *id, struct sbx_error **err)
 {
-    if (!sbx_cli_is_valid_id(id))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox id '%s'", id);
-    char path[32 + SBX_CLI_ID_MAX];
+    char full[SBX_CLI_ID_MAX + 1], path[32 + SBX_CLI_ID_MAX];
+    if (sbx_cli_resolve_id(cfg, id, full, sizeof(full), err) < 0)
+        return -1;
+    id = full;
     snprintf(path, sizeof(path), "/sandboxes/%s", id);
     struct sbx_cli_response resp;
     int rc = sbx_cli_api_call(cfg, "DELETE", path, NULL, &resp, err);

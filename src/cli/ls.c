@@ -9,8 +9,6 @@
 #include "base/util.h"
 #include "cli/client.h"
 
-#define MAX_PAGES 10000 /* a cursor loop must end even if a server misbehaves */
-
 static const char usage[] = "usage: sbx ls [--json] [--state running|paused|running,paused]\n"
                             "              [--api-url URL] [--api-key KEY]\n";
 
@@ -37,47 +35,6 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
         return 0;
     }
     return -1;
-}
-
-/* Appends every item of every page to all. */
-static int
-fetch_all(const struct sbx_cli_config *cfg, const char *state, json_t *all, struct sbx_error **err)
-{
-    _cleanup_free_ char *token = NULL;
-    for (int page = 0; page < MAX_PAGES; page++) {
-        _cleanup_free_ char *path = NULL;
-        char *esc = token ? curl_easy_escape(NULL, token, 0) : NULL;
-        int n = asprintf(&path, "/v2/sandboxes?limit=100%s%s%s%s", state ? "&state=" : "",
-                         state ? state : "", esc ? "&nextToken=" : "", esc ? esc : "");
-        curl_free(esc);
-        if (n < 0)
-            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
-        struct sbx_cli_response resp;
-        if (sbx_cli_api_call(cfg, "GET", path, NULL, &resp, err) < 0) {
-            sbx_cli_response_fini(&resp);
-            return -1;
-        }
-        if (resp.status != 200) {
-            sbx_cli_api_error(&resp, err);
-            sbx_cli_response_fini(&resp);
-            return -1;
-        }
-        json_t *items = sbx_cli_response_json(&resp, err);
-        free(token);
-        token = steal_pointer(&resp.next_token);
-        sbx_cli_response_fini(&resp);
-        if (items == NULL)
-            return -1;
-        if (!json_is_array(items)) {
-            json_decref(items);
-            return sbx_error_set(err, SBX_INTERNAL, 0, "the daemon did not answer a list");
-        }
-        json_array_extend(all, items);
-        json_decref(items);
-        if (token == NULL)
-            return 0;
-    }
-    return sbx_error_set(err, SBX_INTERNAL, 0, "too many pages");
 }
 
 static const char *
@@ -201,7 +158,7 @@ sbx_cli_ls(int argc, char **argv)
     if (sbx_cli_config_init(&cfg, &common, &err) < 0)
         return sbx_cli_fail("ls", err);
     json_t *all = json_array();
-    int rc = all ? fetch_all(&cfg, a.state, all, &err) : -1;
+    int rc = all ? sbx_cli_list_sandboxes(&cfg, a.state, all, &err) : -1;
     sbx_cli_config_fini(&cfg);
     if (rc < 0) {
         json_decref(all);

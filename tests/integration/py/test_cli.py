@@ -1,6 +1,7 @@
 """The `sbx` client verbs (create, ls, exec, shell, kill) against the real daemon."""
 
 import json
+import re
 import os
 import pty
 import select
@@ -129,3 +130,61 @@ def test_shell_is_interactive_and_sized(sbx_daemon, cli, cli_sandbox):
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_logs_and_follow(cli, sbx_daemon, cli_sandbox):
+    assert cli("exec", cli_sandbox, "--", "sh", "-c", "exit 5").returncode == 5
+    r = cli("logs", cli_sandbox)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"info\s+daemon\s+sandbox_create template=base", r.stdout)
+    assert re.search(r"agent\s+process_end pid=\d+ status=\"exit status 5\"", r.stdout)
+    as_json = [json.loads(line) for line in cli("logs", "--format", "json", cli_sandbox)
+               .stdout.splitlines()]
+    assert {"timestamp", "level", "message", "fields"} <= set(as_json[0])
+    # -f follows new lines until the sandbox ends, then exits 0 by itself.
+    p = subprocess.Popen([sbx_daemon.binary, "logs", "-f", cli_sandbox], env=cli.env,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        cli("exec", cli_sandbox, "--", "echo", "followed-line")
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "followed-line" not in seen and time.monotonic() < deadline:
+            seen += p.stdout.readline()
+        assert "followed-line" in seen
+        assert cli("kill", cli_sandbox).returncode == 0
+        assert p.wait(20) == 0
+        rest = p.stdout.read()
+        assert "sandbox_end reason=killed" in rest
+        assert seen.count("echo followed-line") == 1  # each line once
+    finally:
+        p.kill()
+    # The log stays after the sandbox is gone.
+    r = cli("logs", "--level", "warn", cli_sandbox)
+    assert r.returncode == 0 and "sandbox_create" not in r.stdout
+
+
+def test_logs_errors(cli):
+    r = cli("logs", "nosuchsandbox")
+    assert r.returncode == 1 and "no log for sandbox 'nosuchsandbox'" in r.stderr
+    assert cli("logs").returncode == 2
+    assert cli("logs", "--level", "loud", "x").returncode == 2
+
+
+def test_unique_id_prefixes(cli, cli_sandbox):
+    r = cli("exec", cli_sandbox[:6], "--", "echo", "by-prefix")
+    assert (r.returncode, r.stdout) == (0, "by-prefix\n")
+    # Sandboxes until two share a first character (ids are random [a-z0-9]).
+    made = []
+    try:
+        while len(made) < 30:
+            made.append(cli("create").stdout.strip())
+            firsts = [m[0] for m in made]
+            twins = [m for m in made if firsts.count(m[0]) > 1]
+            if twins:
+                break
+        common = os.path.commonprefix(twins)
+        r = cli("exec", common, "--", "true")
+        assert r.returncode == 1 and re.search(r"is the beginning of \d+ sandbox ids", r.stderr)
+        assert cli("kill", twins[0][:12]).returncode == 0
+    finally:
+        cli("kill", *made)
