@@ -5,8 +5,8 @@ BUILD ?= build
 PYTHON ?= .venv/bin/python
 SBX_BIN := $(abspath $(BUILD))/sbx
 
-.PHONY: all setup-build setup-test build serve test test-format test-unit test-py test-js test-vm \
-	format clean
+.PHONY: all setup-build setup-test build serve deb test test-format test-unit test-py test-js \
+	test-vm format clean
 
 all: build
 
@@ -24,6 +24,10 @@ build: setup-build $(BUILD)/build.ninja
 
 serve: build
 	exec $(BUILD)/sbx serve
+
+# sbx_<version>_<arch>.deb in the checkout (DEB_VERSION=... overrides the version).
+deb: setup-build
+	scripts/deb.sh
 
 C_SOURCES = $(shell git ls-files 'src/*.[ch]' 'tests/unit/*.[ch]' 'fuzz/*.[ch]')
 
@@ -51,4 +55,4 @@ test-vm:
 	scripts/vm/run.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-deb
