@@ -11,18 +11,24 @@
 static void
 usage(FILE *f)
 {
-    fputs("usage: sbx <command> [options]\n"
+    fputs("usage: sbx <command> [options]   (sbx <command> --help for its options)\n"
           "\n"
-          "  serve               run the daemon (see sbx serve --help)\n"
-          "  ls                  list sandboxes\n"
-          "  create              create a sandbox and print its id\n"
-          "  kill ID             kill a sandbox\n"
-          "  exec ID -- CMD...   run a command in a sandbox, streaming its output\n"
-          "  shell ID            open an interactive shell in a sandbox\n"
+          "  serve                    run the daemon (see sbx serve --help)\n"
+          "  ls                       list sandboxes\n"
+          "  create                   create a sandbox and print its id\n"
+          "  run [--rm] TEMPLATE -- CMD   create a sandbox and run CMD in it\n"
+          "  exec [-i] ID -- CMD...   run a command in a sandbox, streaming its output\n"
+          "  shell ID                 an interactive shell in a sandbox (a script if piped)\n"
+          "  cp SRC DST               copy a file to or from a sandbox (ID:PATH)\n"
+          "  logs [-f] ID             a sandbox's log, also after it ended\n"
+          "  stats [ID...]            live CPU, memory and disk of sandboxes\n"
+          "  inspect ID...            everything the daemon knows of sandboxes\n"
+          "  kill ID... | --all       kill sandboxes\n"
+          "  keys create|ls|revoke    manage API keys (with an admin key)\n"
+          "  --version                print the version\n"
           "\n"
-          "  --version           print the version\n"
-          "\n"
-          "Clients read E2B_API_URL (default http://127.0.0.1:3000) and E2B_API_KEY.\n",
+          "IDs may be shortened to a unique beginning. Clients read E2B_API_URL (default\n"
+          "http://127.0.0.1:3000) and E2B_API_KEY.\n",
           f);
 }
 

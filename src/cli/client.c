@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "base/base64.h"
 #include "base/cleanup.h"
@@ -550,10 +551,13 @@ struct sbx_cli_rpc {
     char *base;
     struct curl_slist *unary_headers;
     struct curl_slist *stream_headers;
+    struct curl_slist *file_headers;
 };
 
+enum headers_kind { HEADERS_UNARY, HEADERS_STREAM, HEADERS_FILES };
+
 static struct curl_slist *
-sandbox_headers(const struct sbx_cli_sandbox *sb, bool stream, bool *oom)
+sandbox_headers(const struct sbx_cli_sandbox *sb, enum headers_kind kind, bool *oom)
 {
     struct curl_slist *h = NULL;
     /* The daemon routes on these two headers, like the E2B cloud proxy. */
@@ -571,9 +575,11 @@ sandbox_headers(const struct sbx_cli_sandbox *sb, bool stream, bool *oom)
         else
             h = slist_add(h, oom, "Authorization: Basic %s", b64);
     }
-    h = slist_add(h, oom, "Connect-Protocol-Version: 1");
     h = slist_add(h, oom, "Expect:");
-    if (stream) {
+    if (kind == HEADERS_FILES)
+        return h;
+    h = slist_add(h, oom, "Connect-Protocol-Version: 1");
+    if (kind == HEADERS_STREAM) {
         h = slist_add(h, oom, "Content-Type: application/connect+json");
         h = slist_add(h, oom, "Keepalive-Ping-Interval: 50");
     } else {
@@ -593,8 +599,9 @@ sbx_cli_rpc_new(const struct sbx_cli_config *cfg, const struct sbx_cli_sandbox *
     }
     bool oom = false;
     r->base = strdup(cfg->sandbox_url);
-    r->unary_headers = sandbox_headers(sb, false, &oom);
-    r->stream_headers = sandbox_headers(sb, true, &oom);
+    r->unary_headers = sandbox_headers(sb, HEADERS_UNARY, &oom);
+    r->stream_headers = sandbox_headers(sb, HEADERS_STREAM, &oom);
+    r->file_headers = sandbox_headers(sb, HEADERS_FILES, &oom);
     if (oom || r->base == NULL) {
         sbx_cli_rpc_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -617,6 +624,7 @@ sbx_cli_rpc_free(struct sbx_cli_rpc *r)
         curl_easy_cleanup(r->curl);
     curl_slist_free_all(r->unary_headers);
     curl_slist_free_all(r->stream_headers);
+    curl_slist_free_all(r->file_headers);
     free(r->base);
     free(r);
 }
@@ -826,4 +834,116 @@ sbx_cli_rpc_stream(struct sbx_cli_rpc *r, const char *method, json_t *req, sbx_c
     sbx_buf_fini(&x.error_body);
     sbx_buf_fini(&env);
     return ret;
+}
+
+/* ---- files (envd's /files), streamed both ways ---- */
+
+struct transfer {
+    CURL *curl;
+    int fd;
+    bool upload; /* the response is only a status (and a message) */
+    bool checked, is_error;
+    struct sbx_buf error_body;
+    int write_errno;
+};
+
+static size_t
+on_download(char *p, size_t size, size_t n, void *ud)
+{
+    struct transfer *t = ud;
+    size_t len = size * n;
+    if (!t->checked) {
+        long status = 0;
+        curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &status);
+        t->is_error = status != 200;
+        t->checked = true;
+    }
+    if (t->is_error || t->upload)
+        return sbx_buf_append(&t->error_body, p, len, 64 * 1024) < 0 ? 0 : len;
+    if (sbx_cli_write_all(t->fd, p, len) < 0) {
+        t->write_errno = errno;
+        return 0;
+    }
+    return len;
+}
+
+static size_t
+on_upload_read(char *buf, size_t size, size_t n, void *ud)
+{
+    struct transfer *t = ud;
+    ssize_t r;
+    do
+        r = read(t->fd, buf, size * n);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        t->write_errno = errno;
+        return CURL_READFUNC_ABORT;
+    }
+    return (size_t)r;
+}
+
+static int
+files_perform(struct sbx_cli_rpc *r, const char *path, struct transfer *t, curl_mime *mime,
+              struct sbx_error **err)
+{
+    char *esc = curl_easy_escape(r->curl, path, 0);
+    _cleanup_free_ char *url = NULL;
+    if (esc == NULL || asprintf(&url, "%s/files?path=%s", r->base, esc) < 0) {
+        curl_free(esc);
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    }
+    curl_free(esc);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURL *c = r->curl;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)SBX_CLI_CONNECT_TIMEOUT_S);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_USERAGENT, SBX_CLI_USER_AGENT);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->file_headers);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_download);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
+    if (mime)
+        curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
+    t->curl = c;
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    int ret = 0;
+    if (t->write_errno)
+        ret = sbx_error_sys(err, t->write_errno, mime ? "reading the local file" : "writing");
+    else if (status == 0 || (rc != CURLE_OK && !t->is_error))
+        ret = transport_error(rc, r->base, errbuf, err);
+    else if (status / 100 != 2)
+        ret = http_error(status, &t->error_body, err);
+    sbx_buf_fini(&t->error_body);
+    return ret;
+}
+
+int
+sbx_cli_files_get(struct sbx_cli_rpc *r, const char *path, int fd, struct sbx_error **err)
+{
+    struct transfer t = {.fd = fd};
+    return files_perform(r, path, &t, NULL, err);
+}
+
+int
+sbx_cli_files_put(struct sbx_cli_rpc *r, const char *path, int fd, long long size,
+                  struct sbx_error **err)
+{
+    struct transfer t = {.fd = fd, .upload = true};
+    curl_mime *mime = curl_mime_init(r->curl);
+    curl_mimepart *part = mime ? curl_mime_addpart(mime) : NULL;
+    const char *slash = strrchr(path, '/');
+    if (part == NULL || curl_mime_name(part, "file") != CURLE_OK ||
+        curl_mime_filename(part, slash ? slash + 1 : path) != CURLE_OK ||
+        curl_mime_data_cb(part, (curl_off_t)size, on_upload_read, NULL, NULL, &t) != CURLE_OK) {
+        curl_mime_free(mime);
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    }
+    int rc = files_perform(r, path, &t, mime, err);
+    curl_mime_free(mime);
+    return rc;
 }

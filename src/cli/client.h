@@ -8,6 +8,7 @@
 
 #include <getopt.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -126,6 +127,12 @@ void sbx_cli_rpc_free(struct sbx_cli_rpc *rpc);
 int sbx_cli_rpc_unary(struct sbx_cli_rpc *rpc, const char *method, json_t *req, json_t **out,
                       struct sbx_error **err);
 
+/* A file of the sandbox (envd's /files), streamed: get writes its content to fd, put sends
+ * size bytes (-1: until end of input) read from fd. Errors carry the agent's message. */
+int sbx_cli_files_get(struct sbx_cli_rpc *rpc, const char *path, int fd, struct sbx_error **err);
+int sbx_cli_files_put(struct sbx_cli_rpc *rpc, const char *path, int fd, long long size,
+                      struct sbx_error **err);
+
 /* Called for each message of a server stream; returning -1 (with *err) aborts the call. */
 typedef int (*sbx_cli_msg_cb)(json_t *msg, void *ud, struct sbx_error **err);
 
@@ -185,13 +192,33 @@ struct sbx_cli_run {
     /* Called on the start event (may be NULL); data is for it. */
     int (*on_start)(struct sbx_cli_run *run, uint32_t pid, struct sbx_error **err);
     void *data;
-    bool ended;       /* the end event arrived */
-    int exit_status;  /* from the end event, see sbx_cli_event_exit_status */
-    bool broken_pipe; /* writing the local stdout or stderr failed with EPIPE */
+    bool ended;         /* the end event arrived */
+    int exit_status;    /* from the end event, see sbx_cli_event_exit_status */
+    bool broken_pipe;   /* writing the local stdout or stderr failed with EPIPE */
+    char killed[160];   /* "killed: out of memory (limit 512 MiB)" when the kernel killed it */
+    char ended_why[96]; /* how the sandbox ended under it ("sandbox timed out"), if it did */
 };
 /* A sbx_cli_msg_cb (ud: struct sbx_cli_run *): copies stderr data to the local stderr and
  * stdout and PTY data to the local stdout, and records the end. */
 int sbx_cli_run_on_msg(json_t *msg, void *ud, struct sbx_error **err);
+
+/* input.c: the local stdin forwarded to remote process pid on a thread (see input.c). The
+ * caller fills cfg, sb, pty, signal_fd (-1: none) and the callbacks, then starts it once the
+ * process's pid is known, and stops it when the process has ended. */
+struct sbx_cli_input {
+    const struct sbx_cli_config *cfg;
+    const struct sbx_cli_sandbox *sb;
+    bool pty;
+    int signal_fd;
+    void (*on_winch)(struct sbx_cli_rpc *rpc, uint32_t pid);
+    void (*on_signal)(void);
+    uint32_t pid;
+    pthread_t thread;
+    bool running;
+    int stop_pipe[2];
+};
+int sbx_cli_input_start(struct sbx_cli_input *in, uint32_t pid, struct sbx_error **err);
+void sbx_cli_input_stop(struct sbx_cli_input *in);
 
 /* Writes all of buf to fd, retrying on EINTR and short writes; -1 with errno. */
 int sbx_cli_write_all(int fd, const void *buf, size_t len);
@@ -202,8 +229,23 @@ int sbx_cli_create(int argc, char **argv);
 int sbx_cli_kill(int argc, char **argv);
 int sbx_cli_exec(int argc, char **argv);
 int sbx_cli_shell(int argc, char **argv);
+/* Runs req (a process.Process/Start request) in sb and streams its output; with in (may be
+ * NULL) the local stdin goes to it once it started. When the stream is cut because the
+ * sandbox ended, run->ended_why says how (from the sandbox's log). */
+int sbx_cli_process_run(const struct sbx_cli_config *cfg, const struct sbx_cli_sandbox *sb,
+                        json_t *req, struct sbx_cli_input *in, struct sbx_cli_run *run,
+                        struct sbx_error **err);
+/* The exit status of a verb that ran a process (rc, err: what process_run returned), after
+ * saying on stderr how it ended when it did not end by itself: "sbx VERB: killed: out of
+ * memory (limit 512 MiB)" (128 + 9), "sbx VERB: sandbox timed out" (124). Frees err. */
+int sbx_cli_run_status(const char *verb, const struct sbx_cli_run *run, int rc,
+                       struct sbx_error *err);
 int sbx_cli_keys(int argc, char **argv);
 int sbx_cli_logs(int argc, char **argv);
+int sbx_cli_cp(int argc, char **argv);
+int sbx_cli_inspect(int argc, char **argv);
+int sbx_cli_stats(int argc, char **argv);
+int sbx_cli_run(int argc, char **argv);
 
 /* Argument parsing of the verbs that take more than ids, exposed for unit tests. */
 struct sbx_cli_create_args {
@@ -216,9 +258,17 @@ struct sbx_cli_create_args {
 };
 int sbx_cli_create_parse(int argc, char **argv, struct sbx_cli_create_args *a,
                          struct sbx_error **err);
+/* The defaults (template base, the default timeout, internet on, empty maps); and the options
+ * of create with their handler (ud: the args), for verbs that create too (run). */
+void sbx_cli_create_args_init(struct sbx_cli_create_args *a);
+extern const struct option sbx_cli_create_options[];
+int sbx_cli_create_on_opt(int opt, const char *arg, void *ud, struct sbx_error **err);
 void sbx_cli_create_args_fini(struct sbx_cli_create_args *a);
 /* The POST /sandboxes body for these arguments (new reference). */
 json_t *sbx_cli_create_body(const struct sbx_cli_create_args *a);
+/* Creates a sandbox with these arguments; its id goes to id. */
+int sbx_cli_create_sandbox(const struct sbx_cli_config *cfg, const struct sbx_cli_create_args *a,
+                           char *id, size_t n, struct sbx_error **err);
 
 struct sbx_cli_exec_args {
     struct sbx_cli_common common;
@@ -228,6 +278,7 @@ struct sbx_cli_exec_args {
     json_t *env; /* object, owned */
     char **cmd;  /* points into argv */
     int ncmd;
+    bool interactive; /* -i: stdin goes to the command */
 };
 int sbx_cli_exec_parse(int argc, char **argv, struct sbx_cli_exec_args *a, struct sbx_error **err);
 void sbx_cli_exec_args_fini(struct sbx_cli_exec_args *a);

@@ -9,15 +9,17 @@
 #include "base/util.h"
 #include "cli/client.h"
 
-static const char usage[] = "usage: sbx ls [--json] [--state running|paused|running,paused]\n"
-                            "              [--api-url URL] [--api-key KEY]\n";
+static const char usage[] =
+    "usage: sbx ls [--format table|json] [--state running|paused|running,paused]\n"
+    "              [--api-url URL] [--api-key KEY]\n"
+    "--json is --format json.\n";
 
 struct ls_args {
     bool json;
     const char *state;
 };
 
-enum { OPT_JSON = 1, OPT_STATE };
+enum { OPT_JSON = 1, OPT_STATE, OPT_FORMAT };
 
 static int
 on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
@@ -27,6 +29,8 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
         a->json = true;
         return 0;
     }
+    if (opt == OPT_FORMAT)
+        return sbx_cli_format_parse(arg, &a->json, err);
     if (opt == OPT_STATE) {
         if (strcmp(arg, "running") != 0 && strcmp(arg, "paused") != 0 &&
             strcmp(arg, "running,paused") != 0 && strcmp(arg, "paused,running") != 0)
@@ -137,6 +141,7 @@ sbx_cli_ls(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"json", no_argument, NULL, OPT_JSON},
+        {"format", required_argument, NULL, OPT_FORMAT},
         {"state", required_argument, NULL, OPT_STATE},
         {NULL, 0, NULL, 0},
     };
