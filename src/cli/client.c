@@ -75,6 +75,30 @@ sbx_cli_getopt(int argc, char **argv, const char *shortopts, const struct option
 }
 
 int
+sbx_cli_begin(const struct sbx_cli_verb *v, int argc, char **argv, void *ud, int *first,
+              struct sbx_cli_config *cfg)
+{
+    struct sbx_cli_common common = {0};
+    struct sbx_error *err = NULL;
+    if (sbx_cli_getopt(argc, argv, v->shortopts, v->opts, &common, v->on_opt, ud, first, &err) < 0)
+        return sbx_cli_usage_error(v->name, v->usage, err);
+    if (common.help) {
+        fputs(v->usage, stdout);
+        return 0;
+    }
+    int n = argc - *first;
+    if (n < v->min_operands || (v->max_operands >= 0 && n > v->max_operands)) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
+                      n < v->min_operands ? "missing %s" : "unexpected argument '%s'",
+                      n < v->min_operands ? v->operand : argv[*first + v->max_operands]);
+        return sbx_cli_usage_error(v->name, v->usage, err);
+    }
+    if (sbx_cli_config_init(cfg, &common, &err) < 0)
+        return sbx_cli_fail(v->name, err);
+    return -1;
+}
+
+int
 sbx_cli_usage_error(const char *verb, const char *usage, struct sbx_error *err)
 {
     if (err != NULL)

@@ -36,6 +36,8 @@ struct sbx_cli_common {
     bool help;
 };
 
+struct sbx_cli_config;
+
 /* Verb-specific option handler: returns 0, or -1 with *err (a usage error). */
 typedef int (*sbx_cli_opt_cb)(int opt, const char *arg, void *ud, struct sbx_error **err);
 
@@ -45,6 +47,23 @@ typedef int (*sbx_cli_opt_cb)(int opt, const char *arg, void *ud, struct sbx_err
 int sbx_cli_getopt(int argc, char **argv, const char *shortopts, const struct option *verb_opts,
                    struct sbx_cli_common *common, sbx_cli_opt_cb cb, void *ud, int *first_operand,
                    struct sbx_error **err);
+
+/* What the start of a verb needs: its name and usage, its options (see sbx_cli_getopt), and
+ * how many operands it takes (max -1: any; operand names the first missing one). */
+struct sbx_cli_verb {
+    const char *name;
+    const char *usage;
+    const char *shortopts;
+    const struct option *opts;
+    sbx_cli_opt_cb on_opt;
+    int min_operands, max_operands;
+    const char *operand;
+};
+/* Parses the options (ud for on_opt), answers --help, checks the operands, and initialises
+ * cfg. Returns -1 to go on (then *first is the first operand and cfg must be finished with
+ * sbx_cli_config_fini), else the exit status of the verb, after printing what went wrong. */
+int sbx_cli_begin(const struct sbx_cli_verb *v, int argc, char **argv, void *ud, int *first,
+                  struct sbx_cli_config *cfg);
 
 /* Reporting at the verb boundary. usage_error prints "sbx VERB: message" and the verb's
  * usage on stderr and returns SBX_CLI_EXIT_USAGE; fail prints "sbx VERB: message" and

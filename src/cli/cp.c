@@ -101,36 +101,26 @@ open_dest(const char *local, const char *remote_path, char **final, char **tmp,
 int
 sbx_cli_cp(int argc, char **argv)
 {
-    struct sbx_cli_common common = {0};
     static const struct option opts[] = {{"user", required_argument, NULL, OPT_USER},
                                          {NULL, 0, NULL, 0}};
+    static const struct sbx_cli_verb verb = {"cp", usage, "", opts, on_opt, 2, 2, "SRC and DST"};
     const char *user = NULL;
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &user, &first, &err) < 0)
-        return sbx_cli_usage_error("cp", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
+    struct sbx_cli_config cfg;
+    int first, status = sbx_cli_begin(&verb, argc, argv, &user, &first, &cfg);
+    if (status >= 0)
+        return status;
     char id_src[SBX_CLI_ID_MAX + 1], id_dst[SBX_CLI_ID_MAX + 1];
     const char *rsrc = NULL, *rdst = NULL;
-    bool src_remote = argc - first == 2 && split_remote(argv[first], id_src, sizeof(id_src), &rsrc);
-    bool dst_remote =
-        argc - first == 2 && split_remote(argv[first + 1], id_dst, sizeof(id_dst), &rdst);
-    if (argc - first != 2 || src_remote == dst_remote) {
+    bool src_remote = split_remote(argv[first], id_src, sizeof(id_src), &rsrc);
+    bool dst_remote = split_remote(argv[first + 1], id_dst, sizeof(id_dst), &rdst);
+    if (src_remote == dst_remote || *(src_remote ? rsrc : rdst) == '\0') {
         sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                      argc - first != 2 ? "expected SRC and DST"
-                                        : "exactly one of SRC and DST must be ID:PATH");
+                      src_remote == dst_remote ? "exactly one of SRC and DST must be ID:PATH"
+                                               : "empty path after the sandbox id");
+        sbx_cli_config_fini(&cfg);
         return sbx_cli_usage_error("cp", usage, err);
     }
-    if (*(src_remote ? rsrc : rdst) == '\0') {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "empty path after the sandbox id");
-        return sbx_cli_usage_error("cp", usage, err);
-    }
-    struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("cp", err);
     struct sbx_cli_sandbox sb = {0};
     struct sbx_cli_rpc *rpc = NULL;
     _cleanup_free_ char *final = NULL, *tmp = NULL;

@@ -39,25 +39,16 @@ sbx_cli_inspect(int argc, char **argv)
 {
     static const struct option opts[] = {{"format", required_argument, NULL, OPT_FORMAT},
                                          {NULL, 0, NULL, 0}};
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"inspect", usage, "", opts,
+                                             on_opt,    1,     -1, "sandbox id"};
     bool table = false;
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &table, &first, &err) < 0)
-        return sbx_cli_usage_error("inspect", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (first == argc) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "missing sandbox id");
-        return sbx_cli_usage_error("inspect", usage, err);
-    }
     struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("inspect", err);
+    int first, status = sbx_cli_begin(&verb, argc, argv, &table, &first, &cfg);
+    if (status >= 0)
+        return status;
     json_t *all = json_array();
-    int status = 0;
+    status = 0;
     for (int i = first; i < argc; i++) {
         char id[SBX_CLI_ID_MAX + 1], path[128];
         json_t *info = NULL;

@@ -155,29 +155,23 @@ sbx_cli_keys(int argc, char **argv)
         {"format", required_argument, NULL, OPT_FORMAT},
         {NULL, 0, NULL, 0},
     };
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"keys", usage, "", opts, on_opt, 1, -1, "subcommand"};
     struct keys_args a = {0};
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &a, &first, &err) < 0)
-        return sbx_cli_usage_error("keys", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    const char *sub = first < argc ? argv[first] : "";
+    struct sbx_cli_config cfg;
+    int first, status = sbx_cli_begin(&verb, argc, argv, &a, &first, &cfg);
+    if (status >= 0)
+        return status;
+    const char *sub = argv[first];
     int nargs = argc - first - 1;
     bool ok = (strcmp(sub, "create") == 0 && nargs == 1) ||
               (strcmp(sub, "ls") == 0 && nargs == 0) || (strcmp(sub, "revoke") == 0 && nargs >= 1);
     if (!ok) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                      *sub ? "wrong arguments for 'keys %s'" : "missing subcommand", sub);
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "wrong arguments for 'keys %s'", sub);
+        sbx_cli_config_fini(&cfg);
         return sbx_cli_usage_error("keys", usage, err);
     }
-    struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("keys", err);
-    int status = 0;
+    status = 0;
     if (strcmp(sub, "ls") == 0) {
         if ((status = list(&cfg, a.json, &err)) < 0)
             status = sbx_cli_fail("keys", err);

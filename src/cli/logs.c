@@ -124,24 +124,13 @@ sbx_cli_logs(int argc, char **argv)
         {"format", required_argument, NULL, OPT_FORMAT},
         {NULL, 0, NULL, 0},
     };
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"logs", usage, "f", opts, on_opt, 1, 1, "sandbox id"};
     struct logs_args a = {0};
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "f", opts, &common, on_opt, &a, &first, &err) < 0)
-        return sbx_cli_usage_error("logs", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (argc - first != 1) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                      first == argc ? "missing sandbox id" : "too many arguments");
-        return sbx_cli_usage_error("logs", usage, err);
-    }
     struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("logs", err);
+    int first, status = sbx_cli_begin(&verb, argc, argv, &a, &first, &cfg);
+    if (status >= 0)
+        return status;
     char id[SBX_CLI_ID_MAX + 1];
     int64_t cursor = 0;
     size_t skip = 0;

@@ -145,23 +145,13 @@ sbx_cli_ls(int argc, char **argv)
         {"state", required_argument, NULL, OPT_STATE},
         {NULL, 0, NULL, 0},
     };
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"ls", usage, "", opts, on_opt, 0, 0, NULL};
     struct ls_args a = {0};
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &a, &first, &err) < 0)
-        return sbx_cli_usage_error("ls", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (first != argc) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "unexpected argument '%s'", argv[first]);
-        return sbx_cli_usage_error("ls", usage, err);
-    }
     struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("ls", err);
+    int first, status = sbx_cli_begin(&verb, argc, argv, &a, &first, &cfg);
+    if (status >= 0)
+        return status;
     json_t *all = json_array();
     int rc = all ? sbx_cli_list_sandboxes(&cfg, a.state, all, &err) : -1;
     sbx_cli_config_fini(&cfg);

@@ -191,24 +191,13 @@ sbx_cli_shell(int argc, char **argv)
         {"cwd", required_argument, NULL, OPT_CWD},
         {NULL, 0, NULL, 0},
     };
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"shell", usage, "", opts, on_opt, 1, 1, "sandbox id"};
     struct shell_args a = {0};
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &a, &first, &err) < 0)
-        return sbx_cli_usage_error("shell", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (argc - first != 1) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                      first == argc ? "missing sandbox id" : "too many arguments");
-        return sbx_cli_usage_error("shell", usage, err);
-    }
     struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("shell", err);
+    int first, status = sbx_cli_begin(&verb, argc, argv, &a, &first, &cfg);
+    if (status >= 0)
+        return status;
     struct sbx_cli_sandbox sb;
     if (sbx_cli_sandbox_open(&cfg, argv[first], &sb, &err) < 0) {
         sbx_cli_config_fini(&cfg);

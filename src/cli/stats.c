@@ -107,19 +107,13 @@ sbx_cli_stats(int argc, char **argv)
     static const struct option opts[] = {{"no-stream", no_argument, NULL, OPT_NO_STREAM},
                                          {"format", required_argument, NULL, OPT_FORMAT},
                                          {NULL, 0, NULL, 0}};
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"stats", usage, "", opts, on_opt, 0, -1, NULL};
     struct stats_args a = {0};
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &a, &first, &err) < 0)
-        return sbx_cli_usage_error("stats", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
     struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("stats", err);
+    int first, status = sbx_cli_begin(&verb, argc, argv, &a, &first, &cfg);
+    if (status >= 0)
+        return status;
     bool stream = !a.no_stream && !a.json && isatty(STDOUT_FILENO);
     int rc = 0;
     for (;;) {

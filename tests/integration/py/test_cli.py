@@ -1,5 +1,6 @@
 """The `sbx` client verbs (create, ls, exec, shell, kill) against the real daemon."""
 
+import contextlib
 import json
 import re
 import os
@@ -104,11 +105,26 @@ def _read_until(fd, needle, timeout=15):
     return buf
 
 
-def test_shell_is_interactive_and_sized(sbx_daemon, cli, cli_sandbox):
+@contextlib.contextmanager
+def _in_pty(cli, *args):
+    """sbx ARGS on a new terminal: yields {"pid", "fd" (the master)}; a test that reaped the
+    process sets pid to 0, else it is killed at the end."""
     pid, fd = pty.fork()
     if pid == 0:
-        os.execve(sbx_daemon.binary, [sbx_daemon.binary, "shell", cli_sandbox], cli.env)
+        os.execve(cli.binary, [cli.binary, *args], cli.env)
+    p = {"pid": pid, "fd": fd}
     try:
+        yield p
+    finally:
+        if p["pid"]:
+            os.kill(p["pid"], 9)
+            os.waitpid(p["pid"], 0)
+        os.close(fd)
+
+
+def test_shell_is_interactive_and_sized(sbx_daemon, cli, cli_sandbox):
+    with _in_pty(cli, "shell", cli_sandbox) as p:
+        pid, fd = p["pid"], p["fd"]
         import fcntl
         import struct
         import termios
@@ -126,13 +142,8 @@ def test_shell_is_interactive_and_sized(sbx_daemon, cli, cli_sandbox):
         os.write(fd, b"exit 3\r")
         _read_until(fd, b"\x00", timeout=5)
         _, status = os.waitpid(pid, 0)
+        p["pid"] = 0
         assert os.waitstatus_to_exitcode(status) == 3
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
 
 
 def test_logs_and_follow(cli, sbx_daemon, cli_sandbox):
@@ -290,23 +301,15 @@ def test_inspect_stats_and_json_listings(cli, cli_sandbox):
     assert cli("ls", "--format", "yaml").returncode == 2
 
 
-def test_stats_streams_in_a_terminal(sbx_daemon, cli, cli_sandbox):
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sbx_daemon.binary, [sbx_daemon.binary, "stats"], cli.env)
-    try:
-        out = _read_until(fd, b"SANDBOX", timeout=15)
-        out += _read_until(fd, b"\x1b[2J", timeout=15)  # redrawn
+def test_stats_streams_in_a_terminal(cli, cli_sandbox):
+    with _in_pty(cli, "stats") as p:
+        out = _read_until(p["fd"], b"SANDBOX", timeout=15)
+        out += _read_until(p["fd"], b"\x1b[2J", timeout=15)  # redrawn
         assert cli_sandbox.encode() in out and out.count(b"\x1b[H\x1b[2J") >= 2, out
-        os.kill(pid, signal.SIGINT)
-        _, status = os.waitpid(pid, 0)
+        os.kill(p["pid"], signal.SIGINT)
+        _, status = os.waitpid(p["pid"], 0)
+        p["pid"] = 0
         assert os.WIFSIGNALED(status) or os.waitstatus_to_exitcode(status) != 0
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
 
 
 def test_kill_all_by_metadata(cli):
