@@ -28,8 +28,6 @@ install -D -m 0644 "$REPO/debian/sbx.service" "$STAGE/lib/systemd/system/sbx.ser
 install -D -m 0644 "$REPO/debian/sbx.conf" "$STAGE/etc/sbx/sbx.conf"
 install -D -m 0644 "$REPO/scripts/sbx-completion.bash" \
     "$STAGE/usr/share/bash-completion/completions/sbx"
-# The code interpreter's IPython extension (src/jupyter/kernel.h puts it on PYTHONPATH).
-install -D -m 0644 "$REPO/src/jupyter/python/sbx_e2b.py" "$STAGE/usr/lib/sbx/python/sbx_e2b.py"
 for doc in README.md SECURITY.md docs/operations.md docs/configuration.md docs/architecture.md; do
     install -D -m 0644 "$REPO/$doc" "$STAGE/usr/share/doc/sbx/$(basename "$doc")"
 done

@@ -515,8 +515,12 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     if (sbx_store_sandbox_query(sbx_daemon->store, &q, &list, &err) < 0)
         goto fail;
     json_t *arr = json_array();
-    for (size_t i = 0; i < list->n; i++)
-        json_array_append_new(arr, listed_json(list->items[i], false));
+    for (size_t i = 0; i < list->n; i++) {
+        /* Being destroyed (its log saved, then the spawner): already gone for clients. */
+        struct sbx_live *l = sbx_live_find(sbx_daemon, list->items[i]->id);
+        if (l == NULL || !l->dying)
+            json_array_append_new(arr, listed_json(list->items[i], false));
+    }
     if (list->next_token)
         sbx_http_add_header(req, "X-Next-Token", list->next_token);
     json_decref(filter);

@@ -130,11 +130,15 @@ sbx_auth_check(struct sbx_http_req *req, struct sbx_api_key_auth *who)
         return false;
     }
     const char *key = sbx_http_req_header(req, "x-api-key");
-    if (key == NULL || !sbx_store_api_key_check(sbx_daemon->store, key, who)) {
+    if (key == NULL) {
+        /* Not a guess, so not counted: a health checker or a client without its key would
+         * otherwise lock out everyone behind its address. */
+        sbx_http_respond_error(req, 401, "Missing X-API-KEY header");
+        return false;
+    }
+    if (!sbx_store_api_key_check(sbx_daemon->store, key, who)) {
         count_failure(remote, now);
-        sbx_http_respond_error(req, 401,
-                               key ? "Invalid API key, please provide a valid X-API-KEY"
-                                   : "Missing X-API-KEY header");
+        sbx_http_respond_error(req, 401, "Invalid API key, please provide a valid X-API-KEY");
         return false;
     }
     touch(who->id);

@@ -21,7 +21,13 @@ from test_serve import _free_port
 REPO = Path(__file__).resolve().parents[3]
 
 
+def _clean_env():
+    """An administrator's environment: none of the test session's SBX_* settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SBX_")}
+
+
 def _sh(*argv, check=True, **kw):
+    kw.setdefault("env", _clean_env())
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300, **kw)
     if check:
         assert r.returncode == 0, f"{argv}: {r.stdout}{r.stderr}"
@@ -42,11 +48,13 @@ def debs(tmp_path):
         pytest.skip("sbx is installed on this machine already: not touching it")
     out = {}
     for v in ("0.1.0~test1", "0.1.0~test2"):
-        r = _sh(str(REPO / "scripts" / "deb.sh"), str(tmp_path), env=dict(os.environ, DEB_VERSION=v))
+        r = _sh(str(REPO / "scripts" / "deb.sh"), str(tmp_path),
+                env=dict(_clean_env(), DEB_VERSION=v))
         out[v] = r.stdout.strip()
         assert out[v].endswith(f"sbx_{v}_{_sh('dpkg', '--print-architecture').stdout.strip()}.deb")
     yield out
-    if _installed() is not None or os.path.exists("/usr/bin/sbx"):
+    # Whatever state the test left it in (installed, or only its config files): gone.
+    if subprocess.run(["dpkg-query", "-W", "sbx"], capture_output=True).returncode == 0:
         _sh("dpkg", "--purge", "sbx", check=False)
 
 
@@ -61,7 +69,7 @@ class Service:
         unit = Path("/lib/systemd/system/sbx.service").read_text()
         pre = shlex.split(re.search(r"^ExecStartPre=(.*)$", unit, re.M).group(1))
         start = shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.M).group(1))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SBX_")}
+        env = _clean_env()
         _sh(*pre, env=env)
         self.proc = subprocess.Popen(start, env=env, stdout=self.log, stderr=self.log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -91,6 +99,9 @@ def test_install_upgrade_remove(debs, tmp_path):
         assert os.stat("/var/lib/sbx").st_mode & 0o777 == 0o711
         assert _sh("getent", "passwd", "sbx").stdout.startswith("sbx:")
         assert Path("/usr/share/bash-completion/completions/sbx").exists()
+        # Nothing under /usr/lib/sbx, which scripts/setup.sh owns (kernels).
+        owned = _sh("dpkg", "-L", "sbx").stdout.split()
+        assert not any(p.startswith("/usr/lib/sbx") for p in owned), owned
         conf = Path("/etc/sbx/sbx.conf")
         assert "listen = 127.0.0.1:3000" in conf.read_text()
         # The operator's configuration, which the upgrade must keep.
