@@ -45,7 +45,7 @@ def test_metrics_are_valid_and_follow_what_happens(sbx_daemon, tmp_path, sandbox
             sbx.commands.run("head -c 20000000 /dev/urandom > /home/user/blob; sync; "
                              "python3 -c 'x = bytearray(64 << 20); import time'")
             assert d.request("GET", "/v2/sandboxes/nonexistent", auth=True)[0] == 404
-            assert d.request("GET", "/v2/sandboxes", auth=False)[0] == 401
+            assert d.request("GET", "/v2/sandboxes", headers={"X-API-KEY": "e2b_wrong"})[0] == 401
             status, headers, body = http_request("127.0.0.1", port, "GET", "/metrics")
             assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
             text = body.decode()
