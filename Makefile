@@ -8,8 +8,8 @@ FUZZ_SECONDS ?= 60
 PYTHON ?= .venv/bin/python
 SBX_BIN := $(abspath $(BUILD))/sbx
 
-.PHONY: all setup-build setup-test build serve test test-format test-unit test-sanitize test-fuzz \
-	test-py test-js test-vm format clean
+.PHONY: all setup-build setup-test build serve deb test test-format test-unit test-sanitize \
+	test-fuzz test-py test-js test-vm format clean
 
 all: build
 
@@ -27,6 +27,10 @@ build: setup-build $(BUILD)/build.ninja
 
 serve: build
 	exec $(BUILD)/sbx serve
+
+# sbx_<version>_<arch>.deb in the checkout (DEB_VERSION=... overrides the version).
+deb: setup-build
+	scripts/deb.sh
 
 C_SOURCES = $(shell git ls-files 'src/*.[ch]' 'tests/unit/*.[ch]' 'fuzz/*.[ch]')
 
@@ -81,4 +85,4 @@ test-vm:
 	scripts/vm/run.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) build-deb

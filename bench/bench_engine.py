@@ -55,7 +55,7 @@ def server_create_ms(d, template):
 
 
 def bench_first(n):
-    host = timed(lambda: subprocess.run(["python3", "-c", "print(1+1)"], check=True,
+    host = timed(lambda: subprocess.run(["/usr/bin/python3", "-c", "print(1+1)"], check=True,
                                         stdout=subprocess.DEVNULL), n)
     unshare = timed(lambda: subprocess.run(UNSHARE, check=True), n)
     first, pooled_server, cold_server = [], [], []

@@ -218,10 +218,13 @@ def own_daemon(like, log_dir, extra_args="", env=None):
         for k, v in (env or {}).items():
             mp.setenv(k, v)
         d.start()
-    yield d
-    d.kill_all_sandboxes()
-    rc = d.stop()
-    shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        yield d
+    finally:
+        # Also after a failed test: a daemon left running holds a host uid block.
+        d.kill_all_sandboxes()
+        rc = d.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
     assert rc == 0, d.log_tail()
 
 
@@ -247,6 +250,8 @@ def sbx_daemon(tmp_path_factory):
     daemon = Daemon(_binary(), state_dir, base / "daemon.log")
     for var in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
         os.environ.pop(var, None)
+    # The daemons of the tests take no configuration from the host's /etc/sbx/sbx.conf.
+    os.environ.setdefault("SBX_CONFIG", "/dev/null")
     os.environ["E2B_API_URL"] = daemon.url
     os.environ["E2B_SANDBOX_URL"] = daemon.url
     os.environ["E2B_API_KEY"] = daemon.api_key

@@ -200,6 +200,8 @@ on_init_body(struct sbx_http_req *req, struct sbx_buf *body)
     config.env_generation++;
     config.pooled = false;
     sbx_interp_env_changed();
+    /* The sandbox's log is its client's: it starts now, not when the pool started it. */
+    sbx_agent_log_reset();
     sbx_log_info("agent_init", "sandbox=%s secure=%s", config.sandbox_id,
                  config.access_token ? "true" : "false");
     sbx_http_respond(req, 204, NULL, NULL, 0);
@@ -269,6 +271,7 @@ on_request(struct sbx_http_req *req, void *ud)
         return;
     }
     if (strcmp(path, "/sbx/log") == 0 && strcmp(req->method, "GET") == 0) {
+        req->quiet = true; /* reading the log must not write to it */
         sbx_agent_log_respond(req);
         return;
     }

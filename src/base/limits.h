@@ -24,8 +24,19 @@
 #define SBX_HTTP_LOG_SOURCES_MAX 1024
 #define SBX_HTTP_LOG_ERROR_MAX   256
 
+/* API keys: at most this many valid keys; an address that fails to authenticate this many
+ * times within the window gets 429 until it ends (addresses beyond the table's size share one
+ * count); a key's last use is written at most once per interval. */
+#define SBX_MAX_API_KEYS           1000
+#define SBX_AUTH_FAIL_MAX          30
+#define SBX_AUTH_FAIL_WINDOW_MS    60000
+#define SBX_AUTH_SOURCES_MAX       1024
+#define SBX_AUTH_TOUCH_INTERVAL_MS 60000
+
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
+#define SBX_DEFAULT_CONFIG     "/etc/sbx/sbx.conf" /* read if it exists */
+#define SBX_CONFIG_LINE_MAX    4096                /* bytes of one line of it */
 #define SBX_DEFAULT_USER       "sbx" /* the daemon's unprivileged front end runs as this user */
 #define SBX_LISTEN_BACKLOG     1024
 #define SBX_DEFAULT_TIMEOUT_S  300
@@ -69,6 +80,19 @@
  * half of the rest, and never fewer than SBX_MIN_CONNECTIONS. */
 #define SBX_DAEMON_RESERVED_FDS 64
 #define SBX_MIN_CONNECTIONS     16
+
+/* Sandbox logs (the agent's ring and the daemon's events, stored when the sandbox ends): one
+ * line at most this long, the ring read within this time, pages of at most this many entries,
+ * pruned this often; kept this long after the sandbox ends, within this much in all. */
+#define SBX_LOG_LINE_MAX            4096
+#define SBX_LOG_FETCH_TIMEOUT_MS    3000
+#define SBX_LOG_PAGE_MAX            1000
+#define SBX_LOG_PRUNE_INTERVAL_MS   (10 * 60 * 1000)
+#define SBX_DEFAULT_LOG_RETENTION_H 168
+#define SBX_DEFAULT_LOG_STORE_MB    256
+
+/* Running sandboxes that get series of their own in /metrics (the rest are counted). */
+#define SBX_METRICS_MAX_SANDBOXES 1000
 
 /* The agent keeps its own log in a ring in its memory (charged to the sandbox), never in a
  * host file: only the newest this many bytes are kept. */

@@ -13,8 +13,8 @@
 
 #define MAX_PATH_PARTS 5
 
-static void
-respond_json(struct sbx_http_req *req, int status, json_t *body)
+void
+sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body)
 {
     char *s = json_dumps(body, JSON_COMPACT);
     json_decref(body);
@@ -22,8 +22,8 @@ respond_json(struct sbx_http_req *req, int status, json_t *body)
     free(s);
 }
 
-static void
-respond_err(struct sbx_http_req *req, const struct sbx_error *e)
+void
+sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e)
 {
     int status;
     switch (e->code) {
@@ -35,6 +35,9 @@ respond_err(struct sbx_http_req *req, const struct sbx_error *e)
         break;
     case SBX_UNAUTHENTICATED:
         status = 401;
+        break;
+    case SBX_PERMISSION_DENIED:
+        status = 403;
         break;
     case SBX_ALREADY_EXISTS:
     case SBX_FAILED_PRECONDITION:
@@ -108,14 +111,15 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
     return o;
 }
 
+/* One host-derived template serves every name the SDKs use by default. */
+const char *const sbx_api_templates[SBX_API_N_TEMPLATES] = {
+    "base", "code-interpreter-v1", "code-interpreter", "code-interpreter-beta", "sbx"};
+
 bool
 sbx_api_known_template(const char *t)
 {
-    /* One host-derived template serves every name the SDKs use by default. */
-    static const char *const names[] = {"base", "code-interpreter-v1", "code-interpreter",
-                                        "code-interpreter-beta", "sbx"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strcmp(t, names[i]) == 0)
+    for (size_t i = 0; i < SBX_API_N_TEMPLATES; i++)
+        if (strcmp(t, sbx_api_templates[i]) == 0)
             return true;
     return false;
 }
@@ -235,14 +239,14 @@ on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *u
     if (req == NULL)
         return; /* the client went away; the sandbox lives until its timeout */
     if (l == NULL) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
     char hdr[32];
     snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
     sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
-    respond_json(req, 201, sandbox_json(l->rec));
+    sbx_api_respond_json(req, 201, sandbox_json(l->rec));
 }
 
 static void
@@ -251,7 +255,7 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o;
     if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
@@ -279,16 +283,16 @@ connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
         return;
     int timeout = SBX_DEFAULT_TIMEOUT_S;
     if (parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &timeout, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     /* Connecting only ever extends the sandbox's life, never shortens it. */
     int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
     if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
-    respond_json(req, 200, sandbox_json(l->rec));
+    sbx_api_respond_json(req, 200, sandbox_json(l->rec));
 }
 
 static void
@@ -300,14 +304,14 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
         return;
     int64_t secs = 0;
     if (sbx_api_timeout_parse(body, extend_only, &secs, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     int64_t end = sbx_wall_ms() + secs * 1000;
     if (extend_only && end < l->rec->end_at_ms)
         end = l->rec->end_at_ms;
     if (sbx_lifecycle_set_end(l, end, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     sbx_http_respond(req, 204, NULL, NULL, 0);
@@ -320,7 +324,7 @@ on_killed(struct sbx_error *err, void *ud)
     if (req == NULL)
         return;
     if (err)
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
     else
         sbx_http_respond(req, 204, NULL, NULL, 0);
 }
@@ -338,7 +342,7 @@ get_info(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = find_or_404(req, id);
     if (l)
-        respond_json(req, 200, listed_json(l->rec, true));
+        sbx_api_respond_json(req, 200, listed_json(l->rec, true));
 }
 
 struct metrics_query {
@@ -364,7 +368,7 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
         return;
     }
     if (err) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         free(q);
         return;
     }
@@ -392,7 +396,7 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
                            (json_int_t)st->memory_cache_bytes, "diskUsed",
                            (json_int_t)st->disk_used_bytes, "diskTotal", (json_int_t)disk_total));
     }
-    respond_json(req, 200, arr);
+    sbx_api_respond_json(req, 200, arr);
     free(q);
 }
 
@@ -512,8 +516,8 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
         goto fail;
     json_t *arr = json_array();
     for (size_t i = 0; i < list->n; i++) {
-        /* A sandbox being destroyed keeps its row until nothing of it is left (crash
-         * safety), but is gone for clients already. */
+        /* Being destroyed (its log saved, then the spawner): already gone for clients; it
+         * keeps its row until nothing of it is left (crash safety). */
         struct sbx_live *l = sbx_live_find(sbx_daemon, list->items[i]->id);
         if (l == NULL || !l->dying)
             json_array_append_new(arr, listed_json(list->items[i], false));
@@ -521,21 +525,14 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     if (list->next_token)
         sbx_http_add_header(req, "X-Next-Token", list->next_token);
     json_decref(filter);
-    respond_json(req, 200, arr);
+    sbx_api_respond_json(req, 200, arr);
     return;
 fail:
     json_decref(filter);
-    respond_err(req, err);
+    sbx_api_respond_err(req, err);
 }
 
 /* ---- dispatch ---- */
-
-static bool
-authorized(struct sbx_http_req *req)
-{
-    const char *key = sbx_http_req_header(req, "x-api-key");
-    return key && sbx_store_api_key_check(sbx_daemon->store, key);
-}
 
 static size_t
 split_path(char *path, char **parts)
@@ -551,7 +548,7 @@ split_path(char *path, char **parts)
 }
 
 static void
-dispatch(struct sbx_http_req *req, json_t *body)
+dispatch(struct sbx_http_req *req, json_t *body, bool admin)
 {
     _cleanup_free_ char *path = strdup(req->path);
     char *p[MAX_PATH_PARTS];
@@ -563,10 +560,30 @@ dispatch(struct sbx_http_req *req, json_t *body)
     char **r = v2 ? p + 1 : p;
     size_t rn = v2 ? n - 1 : n;
     if (!v2 && n == 1 && get && strcmp(p[0], "pools") == 0) {
-        respond_json(req, 200, sbx_pool_status());
+        req->route_class = "pools";
+        sbx_api_respond_json(req, 200, sbx_pool_status());
         return;
     }
+    if (!v2 && n == 1 && strcmp(p[0], "metrics") == 0 && get) {
+        req->route_class = "metrics";
+        if (!admin) {
+            sbx_http_respond_error(req, 403,
+                                   "/metrics needs an admin API key (or serve it on its own "
+                                   "address with --metrics-listen)");
+            return;
+        }
+        return sbx_metrics_handle(req);
+    }
+    if (!v2 && n >= 1 && n <= 2 && strcmp(p[0], "api-keys") == 0) {
+        req->route_class = "api_keys";
+        if (!admin) {
+            sbx_http_respond_error(req, 403, "managing API keys needs an admin API key");
+            return;
+        }
+        return sbx_auth_keys_handle(req, p, n, body);
+    }
     if (rn >= 1 && rn <= 3 && strcmp(r[0], "sandboxes") == 0) {
+        req->route_class = "sandboxes";
         if (rn == 1 && post)
             return create(req, body, v2);
         if (rn == 1 && get)
@@ -583,6 +600,8 @@ dispatch(struct sbx_http_req *req, json_t *body)
             return set_timeout(req, r[1], body, true);
         if (rn == 3 && get && strcmp(r[2], "metrics") == 0)
             return metrics(req, r[1]);
+        if (rn == 3 && get && strcmp(r[2], "logs") == 0)
+            return sbx_logs_handle(req, r[1], v2);
         if (rn == 3 && post && (strcmp(r[2], "pause") == 0 || strcmp(r[2], "resume") == 0)) {
             if (find_or_404(req, r[1]))
                 sbx_http_respond_error(req, 501, "pausing sandboxes is not supported yet");
@@ -592,9 +611,14 @@ dispatch(struct sbx_http_req *req, json_t *body)
     sbx_http_respond_error(req, 404, "no route for %s %s", m, req->path);
 }
 
+/* Marks, in req->data until the body is read, a request made with an admin key. */
+static char admin_mark;
+
 static void
 on_body(struct sbx_http_req *req, struct sbx_buf *raw)
 {
+    bool admin = req->data == &admin_mark;
+    req->data = NULL;
     json_t *body = NULL;
     if (raw->len > 0) {
         json_error_t jerr;
@@ -609,7 +633,7 @@ on_body(struct sbx_http_req *req, struct sbx_buf *raw)
             return;
         }
     }
-    dispatch(req, body);
+    dispatch(req, body, admin);
     json_decref(body);
 }
 
@@ -617,13 +641,14 @@ void
 sbx_api_handle(struct sbx_http_req *req)
 {
     if (strcmp(req->path, "/health") == 0 && strcmp(req->method, "GET") == 0) {
+        req->route_class = "health";
         sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         return;
     }
-    if (!authorized(req)) {
-        sbx_http_respond_error(req, 401, "Invalid API key, please provide a valid X-API-KEY");
+    struct sbx_api_key_auth who;
+    if (!sbx_auth_check(req, &who))
         return;
-    }
     sbx_http_req_mark_authenticated(req);
+    req->data = who.admin ? &admin_mark : NULL; /* for on_body */
     sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_body);
 }

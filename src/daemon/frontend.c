@@ -27,6 +27,7 @@ stop(void)
     uv_poll_stop(&sbx_daemon->control);
     uv_close((uv_handle_t *)&sbx_daemon->control, NULL);
     uv_close((uv_handle_t *)&sbx_daemon->expiry, NULL);
+    uv_close((uv_handle_t *)&sbx_daemon->log_prune, NULL);
     /* What is still in flight (requests to agents, timers) is abandoned with the process. */
     uv_stop(sbx_daemon->loop);
 }
@@ -41,7 +42,16 @@ on_stop_signal(uv_signal_t *h, int signum)
     sbx_log_info("frontend_stop", "signal=%d", signum);
     sbx_http_server_close(sbx_daemon->http);
     sbx_daemon->http = NULL;
+    if (sbx_daemon->metrics_http)
+        sbx_http_server_close(sbx_daemon->metrics_http);
+    sbx_daemon->metrics_http = NULL;
     sbx_pool_drain(stop);
+}
+
+static void
+on_log_prune(uv_timer_t *t)
+{
+    sbx_logs_prune();
 }
 
 /* The supervisor passes the channel to each new spawner here. */
@@ -61,13 +71,15 @@ on_control(uv_poll_t *h, int status, int events)
     if (fd < 0)
         return;
     sbx_log_info("spawner_restarted", "ok=1");
+    sbx_metrics_spawner_restart();
     sbx_spawner_client_set_channel(sbx_daemon->loop, fd);
 }
 
 static int
-start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char *shown_key,
-      struct sbx_error **err)
+start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int channel,
+      const char *shown_key, struct sbx_error **err)
 {
+    sbx_metrics_init();
     _cleanup_free_ char *db = NULL;
     if (asprintf(&db, "%s/db/sbx.db", d->cfg.state_dir) < 0)
         abort();
@@ -83,14 +95,28 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     if (sbx_pool_configure(d->cfg.pools, err) < 0)
         return -1;
     sbx_pool_fill();
+    uv_timer_init(d->loop, &d->log_prune);
+    uv_timer_start(&d->log_prune, on_log_prune, 0, SBX_LOG_PRUNE_INTERVAL_MS);
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
+    sbx_http_server_set_observer(d->http, sbx_metrics_request_done, NULL);
     sbx_http_server_set_timeouts(d->http, (uint64_t)d->cfg.header_timeout_s * 1000,
                                  (uint64_t)d->cfg.idle_timeout_s * 1000,
                                  SBX_ANON_IDLE_TIMEOUT_S * 1000);
     sbx_http_server_set_max_conns(d->http, (size_t)d->cfg.max_conns);
     if (sbx_http_server_listen_fd(d->http, listen_fd, err) < 0)
         return -1;
+    if (metrics_fd >= 0) {
+        /* Its own server, so that its requests never meet the API's keys or routes. */
+        d->metrics_http = sbx_http_server_new(d->loop, sbx_metrics_on_request, d);
+        sbx_http_server_set_observer(d->metrics_http, sbx_metrics_request_done, NULL);
+        sbx_http_server_set_timeouts(d->metrics_http, (uint64_t)d->cfg.header_timeout_s * 1000,
+                                     (uint64_t)d->cfg.idle_timeout_s * 1000,
+                                     SBX_ANON_IDLE_TIMEOUT_S * 1000);
+        sbx_http_server_set_max_conns(d->metrics_http, SBX_MIN_CONNECTIONS);
+        if (sbx_http_server_listen_fd(d->metrics_http, metrics_fd, err) < 0)
+            return -1;
+    }
     uv_signal_init(d->loop, &d->sigterm);
     uv_signal_init(d->loop, &d->sigint);
     uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
@@ -102,9 +128,12 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     if (shown_key) {
         printf("sbx is serving on %s:%d. To use it with the E2B SDKs:\n"
                "export E2B_API_URL=http://%s:%d\n"
-               "export E2B_SANDBOX_URL=http://%s:%d\n"
-               "export E2B_API_KEY=%s\n",
-               d->cfg.listen_host, port, host, port, host, port, shown_key);
+               "export E2B_SANDBOX_URL=http://%s:%d\n",
+               d->cfg.listen_host, port, host, port, host, port);
+        if (*shown_key)
+            printf("export E2B_API_KEY=%s\n", shown_key);
+        else
+            printf("# E2B_API_KEY: one of your keys (an admin makes more: sbx keys create NAME)\n");
         fflush(stdout);
     }
     sbx_log_info("frontend_ready", "listen=%s:%d uid=%d", d->cfg.listen_host, port, (int)getuid());
@@ -112,15 +141,15 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
 }
 
 int
-sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int control, int channel,
-                  const char *shown_key)
+sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int metrics_fd, int control,
+                  int channel, const char *shown_key)
 {
     static struct sbx_daemon d;
     sbx_daemon = &d;
     d.cfg = *cfg;
     d.loop = uv_default_loop();
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (start(&d, listen_fd, control, channel, shown_key, &err) < 0) {
+    if (start(&d, listen_fd, metrics_fd, control, channel, shown_key, &err) < 0) {
         fprintf(stderr, "sbx serve: %s\n", err->msg);
         return 1;
     }

@@ -38,12 +38,20 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
-    bool relaxed;       /* --sandbox-profile relaxed */
-    char *user;         /* the front end's user (created if missing) */
-    char *pools;        /* --pool NAME=N[,NAME=N...] */
-    int pool_memory_mb; /* --pool-memory-mb */
-    int max_conns;      /* client connections; 0 until derived from the open-file limit */
+    bool relaxed;        /* --sandbox-profile relaxed */
+    char *user;          /* the front end's user (created if missing) */
+    char *pools;         /* --pool NAME=N[,NAME=N...] */
+    int pool_memory_mb;  /* --pool-memory-mb */
+    int max_conns;       /* client connections; 0 until derived from the open-file limit */
+    char *metrics_host;  /* --metrics-listen: /metrics without a key there; NULL: none */
+    int log_retention_h; /* sandbox logs are kept this long after their sandbox ends */
+    int log_store_mb;    /* ... and within this many MiB in all */
+    int metrics_port;
 };
+
+/* config.c: fills c from defaults, SBX_* variables and flags (in that order, later wins).
+ * Returns -1 to go on, else the exit status (after --help, or a usage error it printed). */
+int sbx_daemon_config_parse(int argc, char **argv, struct sbx_daemon_config *c);
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
 struct sbx_live {
@@ -71,10 +79,12 @@ struct sbx_daemon {
     uv_loop_t *loop;
     struct sbx_store *store;
     struct sbx_http_server *http;
-    struct sbx_live *live; /* every running sandbox (live.c owns the three views) */
+    struct sbx_http_server *metrics_http; /* --metrics-listen, NULL without */
+    struct sbx_live *live;                /* every running sandbox (live.c owns the three views) */
     struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
     struct sbx_live *recent; /* the secure sandbox used last */
     uv_timer_t expiry;       /* fires at the soonest end_at */
+    uv_timer_t log_prune;    /* sandbox logs past their retention */
     uv_signal_t sigterm, sigint;
     uv_poll_t control; /* from the supervisor: channels to new spawners */
 };
@@ -154,13 +164,49 @@ void sbx_live_touch(struct sbx_daemon *d, struct sbx_live *l);
  * listening socket, gets the channel to a spawner (and later ones through control), and
  * prints the export lines with shown_key (not when NULL: a restart). Returns its exit
  * status. */
-int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int control, int channel,
-                      const char *shown_key);
+int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int metrics_fd,
+                      int control, int channel, const char *shown_key);
+
+/* metrics.c: counters, bumped where things happen; GET /metrics renders them with per-sandbox
+ * gauges from the spawner. request_done is the HTTP servers' observer. */
+void sbx_metrics_init(void);
+void sbx_metrics_request_done(const struct sbx_http_req *req, int status, void *ud);
+void sbx_metrics_created(uint64_t spawn_us);
+void sbx_metrics_create_failed(enum sbx_code code);
+/* reason: as destroy names it (killed, timeout, agent_exited, create_failed, ...). */
+void sbx_metrics_ended(const char *reason);
+void sbx_metrics_auth_failure(void);
+/* A create found a warm sandbox in its template's pool (hit), or had to start one. */
+void sbx_metrics_pool_take(bool hit);
+void sbx_metrics_spawner_restart(void);
+void sbx_metrics_handle(struct sbx_http_req *req);
+/* The request handler of --metrics-listen: /metrics and /health, no key, nothing else. */
+void sbx_metrics_on_request(struct sbx_http_req *req, void *ud);
+
+/* logs.c: sandbox logs. event appends one of the daemon's events (a logfmt tail) to the log
+ * of sandbox id; capture stores l's agent log (when the agent still runs) and then calls done;
+ * prune drops logs past their retention; handle answers GET [/v2]/sandboxes/{id}/logs. */
+void sbx_logs_event(const char *id, const char *level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void sbx_logs_capture(struct sbx_live *l, bool agent_alive, void (*done)(void *ud), void *ud);
+void sbx_logs_prune(void);
+void sbx_logs_handle(struct sbx_http_req *req, const char *id, bool v2);
 
 /* api.c: control plane (X-API-KEY). */
+#define SBX_API_N_TEMPLATES 5
+extern const char *const sbx_api_templates[SBX_API_N_TEMPLATES]; /* the template names served */
 void sbx_api_handle(struct sbx_http_req *req);
 /* A template name this server offers (base, code-interpreter-v1 and their aliases). */
 bool sbx_api_known_template(const char *name);
+/* Answers body (stolen) as JSON; an error as {"code","message"} with its status. */
+void sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body);
+void sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e);
+
+/* auth.c: API keys. check answers the request itself (401, or 429 for an address that failed
+ * too often) and returns false when it carries no valid key; *who says which key it is.
+ * keys_handle serves /api-keys[/{id}] (parts: the path's segments) for an admin key. */
+bool sbx_auth_check(struct sbx_http_req *req, struct sbx_api_key_auth *who);
+void sbx_auth_keys_handle(struct sbx_http_req *req, char **parts, size_t n, json_t *body);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

@@ -155,6 +155,12 @@ on_destroyed(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
             store_err->code != SBX_NOT_FOUND)
             sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
         sbx_log_info("sandbox_end", "sandbox=%s reason=%s", l->rec->id, d->why);
+        if (!l->rec->pooled) {
+            sbx_logs_event(l->rec->id, "info", "sandbox_end", "reason=%s", d->why);
+            if (sbx_store_log_close(sbx_daemon->store, l->rec->id, sbx_wall_ms(), &store_err) < 0)
+                sbx_log_warn("sandbox_log", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
+            sbx_metrics_ended(d->why);
+        }
     }
     bool has_handle = l->poll.data == l;
     l->destroy = has_handle ? d : NULL;
@@ -173,6 +179,14 @@ destroy_send(struct destroy *d)
 }
 
 static void
+on_log_captured(void *ud)
+{
+    destroy_send(ud);
+}
+
+/* The sandbox's log gets why it ends and, while its agent still runs, the agent's own log;
+ * then the spawner destroys it. */
+static void
 destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud)
 {
     struct destroy *d = calloc(1, sizeof(*d));
@@ -183,7 +197,23 @@ destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud)
     d->ud = ud;
     l->dying = true;
     stop_watching(l);
-    destroy_send(d);
+    if (l->rec->pooled) {
+        destroy_send(d); /* nobody's sandbox: no log to write */
+        return;
+    }
+    bool alive = strcmp(why, "killed") == 0 || strcmp(why, "timeout") == 0;
+    if (strcmp(why, "timeout") == 0)
+        sbx_logs_event(l->rec->id, "warn", "sandbox_timeout",
+                       "message=\"sandbox timed out\" timeout_s=%lld",
+                       (long long)(l->rec->end_at_ms - l->rec->started_at_ms) / 1000);
+    else if (alive)
+        sbx_logs_event(l->rec->id, "info", "sandbox_killed", "by=api");
+    else
+        sbx_logs_event(l->rec->id, "warn", why, "%s", "");
+    if (strcmp(why, "create_failed") == 0)
+        destroy_send(d);
+    else
+        sbx_logs_capture(l, alive, on_log_captured, d);
 }
 
 void
@@ -203,7 +233,7 @@ on_agent_exit(uv_poll_t *h, int status, int events)
 {
     struct sbx_live *l = h->data;
     if (!l->dying)
-        destroy(l, "agent exited", NULL, NULL);
+        destroy(l, "agent_exited", NULL, NULL);
 }
 
 static int
@@ -333,6 +363,19 @@ assign(struct sbx_sandbox_rec *rec, const struct sbx_create_opts *o)
     rec->pooled = false;
 }
 
+/* A client's sandbox gets its log when it becomes the client's (a pool's has none). */
+static void
+open_log(const struct sbx_sandbox_rec *rec)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (sbx_store_log_open(sbx_daemon->store, rec->id, rec->template_id, rec->started_at_ms, &err) <
+        0)
+        sbx_log_warn("sandbox_log", "sandbox=%s error=\"%s\"", rec->id, err->msg);
+    sbx_logs_event(rec->id, "info", "sandbox_create", "template=%s timeout_s=%lld memory_mb=%d",
+                   rec->template_id, (long long)(rec->end_at_ms - rec->started_at_ms) / 1000,
+                   rec->memory_mb);
+}
+
 /* A new sandbox's record, row and live object (not in the table yet): a client's when o is
  * given, else a pool's, with no client's identity yet. */
 static struct sbx_live *
@@ -363,6 +406,8 @@ new_live(const char *template_id, const struct sbx_create_opts *o, struct sbx_er
         live_drop(l);
         return NULL;
     }
+    if (!rec->pooled)
+        open_log(rec);
     return l;
 }
 
@@ -420,7 +465,7 @@ static void
 abandon(struct sbx_live *l, bool spawner_may_hold_it)
 {
     if (spawner_may_hold_it) {
-        destroy(l, "create failed", NULL, NULL); /* deletes the row too */
+        destroy(l, "create_failed", NULL, NULL); /* deletes the row too */
         return;
     }
     _cleanup_error_ struct sbx_error *ignored = NULL;
@@ -432,9 +477,11 @@ abandon(struct sbx_live *l, bool spawner_may_hold_it)
 static void
 hand_out(struct spawning *c)
 {
+    uint64_t us = since_us(&c->start);
     sbx_live_insert(sbx_daemon, c->l);
     arm_expiry();
-    c->cb(c->l, NULL, since_us(&c->start), c->ud);
+    sbx_metrics_created(us);
+    c->cb(c->l, NULL, us, c->ud);
     free(c);
 }
 
@@ -466,6 +513,7 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     } else if (l) {
         hand_out(c);
     } else {
+        sbx_metrics_create_failed(err->code);
         c->cb(NULL, err, 0, c->ud);
         free(c);
     }
@@ -510,12 +558,13 @@ sbx_lifecycle_spawn(struct sbx_live *l, sbx_lifecycle_spawned_cb cb, void *ud)
 static void
 fail_create(struct spawning *c, struct sbx_error *err)
 {
+    sbx_metrics_create_failed(err->code);
     c->cb(NULL, err, 0, c->ud);
     free(c);
 }
 
 static void
-on_adopted(int status, const char *body, size_t len, void *ud)
+on_adopted(int status, const char *body, size_t len, const char *error, void *ud)
 {
     struct spawning *c = ud;
     struct sbx_live *l = c->l;
@@ -524,17 +573,24 @@ on_adopted(int status, const char *body, size_t len, void *ud)
         return;
     }
     /* The agent did not take its identity: never hand it out; the client gets a cold one. */
-    sbx_log_warn("pool", "sandbox=%s error=\"POST /init answered %d\" action=\"create cold\"",
-                 l->rec->id, status);
+    char why[128];
+    if (error)
+        snprintf(why, sizeof(why), "%s", error);
+    else
+        snprintf(why, sizeof(why), "answered %d", status);
+    sbx_log_warn("pool", "sandbox=%s error=\"POST /init: %s\" action=\"create cold\"", l->rec->id,
+                 why);
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *fresh = new_live(l->rec->template_id, NULL, &err);
     if (fresh)
         move_client_fields(fresh->rec, l->rec);
-    destroy(l, "pooled sandbox refused its client", NULL, NULL);
+    destroy(l, "pool_refused_client", NULL, NULL);
     if (fresh && sbx_store_sandbox_adopt(sbx_daemon->store, fresh->rec, &err) < 0) {
         abandon(fresh, false);
         fresh = NULL;
     }
+    if (fresh)
+        open_log(fresh->rec);
     if (fresh == NULL) {
         fail_create(c, err);
         return;
@@ -552,17 +608,19 @@ adopt(struct spawning *c, const struct sbx_create_opts *o)
     _cleanup_error_ struct sbx_error *err = NULL;
     assign(l->rec, o);
     if (sbx_store_sandbox_adopt(sbx_daemon->store, l->rec, &err) < 0) {
-        destroy(l, "adopt failed", NULL, NULL);
+        l->rec->pooled = true; /* still the pool's in the store: nobody's log to write */
+        destroy(l, "adopt_failed", NULL, NULL);
         fail_create(c, err);
         return;
     }
+    open_log(l->rec);
     json_error_t jerr;
     json_t *body =
         json_pack("{s:s*,s:s*,s:o}", "accessToken", l->rec->access_token, "trafficAccessToken",
                   l->rec->traffic_token, "envVars", json_loads(l->rec->env_vars_json, 0, &jerr));
     char *s = json_dumps(body, JSON_COMPACT);
     json_decref(body);
-    sbx_http_call(sbx_daemon->loop, l->sock_path, "POST", "/init", s, 1024, SBX_POOL_INIT_MS,
+    sbx_http_call(sbx_daemon->loop, l->sock_path, "POST", "/init", NULL, s, 1024, SBX_POOL_INIT_MS,
                   on_adopted, c);
     sbx_secret_free(s);
 }
@@ -576,6 +634,7 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
     *c = (struct spawning){.cb = cb, .ud = ud};
     clock_gettime(CLOCK_MONOTONIC, &c->start);
     c->l = sbx_pool_take(o->template_id);
+    sbx_metrics_pool_take(c->l != NULL);
     if (c->l) {
         adopt(c, o);
         return;
@@ -610,13 +669,17 @@ sbx_lifecycle_recover(struct sbx_error **err)
             return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
         }
         sbx_live_insert(d, l);
+        /* Sandboxes of an sbx from before sandbox logs get one now. */
+        _cleanup_error_ struct sbx_error *log_err = NULL;
+        if (!rec->pooled)
+            sbx_store_log_open(d->store, rec->id, rec->template_id, rec->started_at_ms, &log_err);
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
         if (rec->pooled) {
             /* A pool's sandbox of the front end before: never handed out, so nobody's. The
              * pools start afresh. */
             gone++;
-            destroy(l, "pooled by an earlier front end", NULL, NULL);
+            destroy(l, "pooled_by_earlier_frontend", NULL, NULL);
             continue;
         }
         if (rec->pid > 0 && sbx_sandbox_is_alive(&ref) && watch(l, &e) == 0) {
@@ -625,7 +688,7 @@ sbx_lifecycle_recover(struct sbx_error **err)
         }
         /* Its agent died while we were away (or never started): clean up what is left. */
         gone++;
-        destroy(l, "agent exited while the daemon was down", NULL, NULL);
+        destroy(l, "agent_exited_while_down", NULL, NULL);
     }
     sbx_log_info("recover", "running=%zu cleaned=%zu", alive, gone);
     arm_expiry();

@@ -88,10 +88,12 @@ sbx_router_on_request(struct sbx_http_req *req, void *ud)
         sbx_live_touch(d, signed_for);
         snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", signed_for->rec->id);
         sbx_http_req_mark_authenticated(req); /* signed with the sandbox's token */
+        req->route_class = "sandbox_traffic";
         sbx_http_proxy(req, signed_for->sock_path, respond_not_found);
         return;
     }
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", t.id);
+    req->route_class = "sandbox_traffic";
     struct sbx_live *l = sbx_lifecycle_find(t.id);
     if (l == NULL) {
         respond_not_found(req);

@@ -34,11 +34,13 @@ struct sbx_http_req {
     char *query;        /* after '?', not decoded; NULL if none */
     struct sbx_http_header *headers;
     size_t n_headers;
-    bool chunked;           /* request body is chunked */
-    int64_t content_length; /* -1 if absent */
-    uint64_t start_ms;      /* sbx_now_ms() when the head was complete */
-    void *data;             /* free for the handler */
-    char log_sandbox[72];   /* sandbox id for the request log line, set by handlers */
+    bool chunked;            /* request body is chunked */
+    int64_t content_length;  /* -1 if absent */
+    uint64_t start_ms;       /* sbx_now_ms() when the head was complete */
+    void *data;              /* free for the handler */
+    char log_sandbox[72];    /* sandbox id for the request log line, set by handlers */
+    const char *route_class; /* a static name for the server's observer, set by handlers */
+    bool quiet;              /* set by a handler: the request is not logged */
 };
 
 typedef void (*sbx_http_request_cb)(struct sbx_http_req *req, void *ud);
@@ -62,6 +64,11 @@ void sbx_http_server_close(struct sbx_http_server *s);
  * are rate-limited per client address (see ratelimit.h), as are the connection limit's
  * evictions: each interval ends with summary lines of what was held back. */
 void sbx_http_server_set_logging(struct sbx_http_server *s, bool on);
+/* Calls done(req, status, ud) for every request whose response was sent whole (for metrics). */
+void sbx_http_server_set_observer(struct sbx_http_server *s,
+                                  void (*done)(const struct sbx_http_req *req, int status,
+                                               void *ud),
+                                  void *ud);
 /* Deadlines for clients, 0 for none (the default): a request head must be complete within
  * header_ms of the connection's start or of the request's first byte, else the connection is
  * closed (after a 408 if some of it arrived); a kept-alive connection without a request is
@@ -76,7 +83,8 @@ void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms,
  * if every connection is handling a request, the new one is closed at once. */
 void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
-/* Request accessors. */
+/* Request accessors. remote: the client's address ("unix" on a unix socket). */
+const char *sbx_http_req_remote(const struct sbx_http_req *req);
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
 /* Whether header lname is present and equals secret (false when secret is NULL). Compared in
  * constant time: how long it takes does not tell how much of a guess was right. */

@@ -110,6 +110,8 @@ struct sbx_http_server {
     uint64_t header_ms, idle_ms, anon_idle_ms; /* 0: no deadline */
     size_t max_conns;                          /* 0: no limit */
     size_t n_conns;                            /* open and not closing */
+    void (*observer)(const struct sbx_http_req *req, int status, void *ud);
+    void *observer_ud;
     struct conn *queue_head[Q_COUNT], *queue_tail[Q_COUNT];
 };
 
@@ -249,7 +251,7 @@ static void
 log_request(struct conn *c, struct req *r)
 {
     struct sbx_http_server *s = c->srv;
-    if (!s->log)
+    if (!s->log || r->pub.quiet)
         return;
     const char *sandbox = r->pub.log_sandbox[0] ? r->pub.log_sandbox : "-";
     const char *route = r->pub.path ? r->pub.path : "-";
@@ -305,6 +307,8 @@ conn_maybe_finish(struct conn *c)
     if (c->queued > 0)
         return; /* finish after the response is flushed */
     log_request(c, r);
+    if (c->srv->observer)
+        c->srv->observer(&r->pub, r->status, c->srv->observer_ud);
     bool unread_input = !r->body_complete || c->linger;
     c->req = NULL;
     req_free(r);
@@ -920,6 +924,15 @@ sbx_http_server_set_logging(struct sbx_http_server *s, bool on)
 }
 
 void
+sbx_http_server_set_observer(struct sbx_http_server *s,
+                             void (*done)(const struct sbx_http_req *req, int status, void *ud),
+                             void *ud)
+{
+    s->observer = done;
+    s->observer_ud = ud;
+}
+
+void
 sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms,
                              uint64_t anon_idle_ms)
 {
@@ -1193,6 +1206,12 @@ void
 sbx_http_req_on_close(struct sbx_http_req *pub, sbx_http_req_cb on_close)
 {
     to_req(pub)->on_close = on_close;
+}
+
+const char *
+sbx_http_req_remote(const struct sbx_http_req *pub)
+{
+    return ((const struct req *)pub)->conn->remote;
 }
 
 void

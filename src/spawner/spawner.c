@@ -168,7 +168,7 @@ sb_new(const char *id)
     struct sb *s = calloc(1, sizeof(*s));
     if (s == NULL)
         abort();
-    snprintf(s->id, sizeof(s->id), "%s", id);
+    snprintf(s->id, sizeof(s->id), "%.*s", SBX_SPAWNER_ID_MAX, id); /* ids are checked before */
     s->dir = sandbox_dir(id);
     s->slot = -1;
     s->pidfd = -1;
