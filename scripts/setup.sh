@@ -26,8 +26,10 @@ APT_PACKAGES=(
 APT_NODE_PACKAGES=(nodejs npm)
 # Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU);
 # clang with the libFuzzer runtime for `make test-fuzz`; promtool (in prometheus) checks
-# /metrics; systemd-analyze (systemd) checks the unit file.
-APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils clang-14 libclang-rt-14-dev prometheus systemd)
+# /metrics; systemd-analyze (systemd) checks the unit file; crun and bwrap are the baselines
+# of bench/bench_engine.py.
+APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils clang-14 libclang-rt-14-dev prometheus systemd
+    crun bubblewrap)
 
 # apt-get update again only when the package lists are older than this.
 APT_UPDATE_MAX_AGE_S=$((6 * 3600))

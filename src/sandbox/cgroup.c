@@ -92,6 +92,7 @@ sbx_cgroup_check(const char **layout, struct sbx_error **err)
 /* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. */
 static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct"};
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
+_Static_assert(N_V1 <= SBX_CGROUP_JOIN_MAX, "a join fd for each v1 controller");
 
 /* Fills dirs[] with the distinct cgroup dirs of the sandbox (NULL where a controller shares
  * the hierarchy of an earlier one or is not mounted). Returns the count written. */
@@ -265,25 +266,39 @@ all_dirs(const char *id, char dirs[N_V1][256])
 }
 
 int
-sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err)
+sbx_cgroup_open_join(const char *id, int fds[SBX_CGROUP_JOIN_MAX], struct sbx_error **err)
 {
-    char dirs[N_V1][256], val[32];
+    char dirs[N_V1][256], path[512];
     int n = all_dirs(id, dirs);
-    snprintf(val, sizeof(val), "%d", (int)pid);
-    for (int i = 0; i < n; i++)
-        if (write_at(dirs[i], "cgroup.procs", val, err) < 0)
-            return sbx_error_prefix(err, "join cgroup");
-    return 0;
+    for (int i = 0; i < n; i++) {
+        /* v1 "tasks", the child's own thread: see sbx_cgroup_join_self. v2: the dir, for
+         * CLONE_INTO_CGROUP. */
+        bool v2 = sbx_cgroup_detect() == SBX_CGROUP_V2;
+        if (v2)
+            snprintf(path, sizeof(path), "%s", dirs[i]);
+        else if (sbx_pathf(path, sizeof(path), "%s/tasks", dirs[i]) < 0)
+            return -1;
+        fds[i] = open(path, (v2 ? O_RDONLY | O_DIRECTORY : O_WRONLY) | O_CLOEXEC);
+        if (fds[i] < 0) {
+            int e = errno;
+            while (i-- > 0)
+                close(fds[i]);
+            return sbx_error_sys(err, e, "open %s", path);
+        }
+    }
+    return n;
 }
 
 int
-sbx_cgroup_open_v2(const char *id)
+sbx_cgroup_join_self(const int *fds, int n)
 {
-    if (sbx_cgroup_detect() != SBX_CGROUP_V2)
-        return -1;
-    char dir[256];
-    snprintf(dir, sizeof(dir), CG_ROOT "/" CG_PARENT "/%s", id);
-    return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (write(fds[i], "0", 1) != 1)
+            rc = -1;
+        close(fds[i]);
+    }
+    return rc;
 }
 
 int

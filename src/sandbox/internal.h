@@ -36,9 +36,16 @@ int sbx_cgroup_check(const char **layout, struct sbx_error **err);
 /* Creates the sandbox's cgroup(s) and writes the limits. */
 int sbx_cgroup_create(const char *id, const struct sbx_sandbox_limits *limits,
                       struct sbx_error **err);
-/* On cgroup v2, an fd of the sandbox's cgroup dir (for clone3's CLONE_INTO_CGROUP);
- * -1 on v1, where sbx_cgroup_enter moves the child instead. */
-int sbx_cgroup_open_v2(const char *id);
+/* What the sandbox's PID 1 needs to be in its cgroups without anyone writing cgroup.procs,
+ * which takes the kernel's global threadgroup lock for writing and then often waits for an RCU
+ * grace period (10-30 ms a create). On v2: one fd of the cgroup dir, for clone3's
+ * CLONE_INTO_CGROUP. On v1: an fd of each controller's "tasks" file, opened here as root; the
+ * child writes "0" to each (sbx_cgroup_join_self), which moves only the calling thread and so
+ * skips that lock; the kernel checks the permission against the opener. Returns the count. */
+#define SBX_CGROUP_JOIN_MAX 8
+int sbx_cgroup_open_join(const char *id, int fds[SBX_CGROUP_JOIN_MAX], struct sbx_error **err);
+/* In the child (v1): joins the cgroups of fds and closes them. */
+int sbx_cgroup_join_self(const int *fds, int n);
 /* A read-only fd of the file whose "oom_kill N" line counts the sandbox's OOM kills
  * (memory.events on v2, memory.oom_control on v1); -1 with errno. */
 int sbx_cgroup_open_oom_events(const char *id);
@@ -48,8 +55,6 @@ int sbx_cgroup_procs(const char *id, pid_t *pids, int max);
  * "" (the mount point itself); on v1 one per hierarchy, named after its first controller.
  * Returns how many were written. */
 int sbx_cgroup_views(const char *id, char names[][32], char dirs[][256], int max);
-/* Moves pid into every cgroup of the sandbox. */
-int sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err);
 /* SIGKILLs what is left in the sandbox's cgroups and waits (bounded) until they are empty;
  * reap(pid) is called on each poll so that our own zombie child does not hold them. */
 int sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_error **err);

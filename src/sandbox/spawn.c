@@ -78,7 +78,7 @@ step_reset_signals(const char **step)
     return sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* Blocks until the parent has written our maps and joined us to our cgroups. */
+/* Blocks until the parent has written our maps and set our limits. */
 static int
 step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
 {
@@ -113,8 +113,8 @@ static int
 step_cgroup_namespace(const char **step)
 {
     *step = "cgroup namespace";
-    /* Now that the parent has moved us into the sandbox's cgroups, they become our
-     * namespace's root: /proc/self/cgroup shows "/" and no host cgroup path leaks. */
+    /* Now that we are in the sandbox's cgroups, they become our namespace's root:
+     * /proc/self/cgroup shows "/" and no host cgroup path leaks. */
     return unshare(CLONE_NEWCGROUP);
 }
 
@@ -265,8 +265,17 @@ step_signal_exec(int sock, const char **step)
             child_fail(sock, step, errno);                                                         \
     } while (0)
 
+static int
+step_join_cgroups(const int *fds, int n, const char **step)
+{
+    *step = "join cgroups";
+    return sbx_cgroup_join_self(fds, n);
+}
+
+/* join_fds: on v1, the sandbox's cgroup "tasks" files (on v2 the clone put us there). */
 __attribute__((noreturn)) static void
-child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
+child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds, int n_join,
+           int sock)
 {
     const char *step = "start";
     const char *hostname = plan->hostname && *plan->hostname ? plan->hostname : DEFAULT_HOSTNAME;
@@ -276,6 +285,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     struct sbx_rootfs fs = {-1, -1};
 
     STEP(step_reset_signals(&step));
+    STEP(step_join_cgroups(join_fds, n_join, &step));
     STEP(step_wait_parent(sock, &fs, &step));
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
@@ -510,14 +520,9 @@ clone_as_owner(unsigned long flags, int cgroup_fd, uid_t owner)
 
 /* Everything the parent does between clone and SYNC_PARENT_READY. */
 static int
-parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int sock,
-             struct sbx_error **err)
+parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sbx_error **err)
 {
     if (write_maps(pid, plan->host_uid_base, err) < 0)
-        return -1;
-    /* Before the child unshares its cgroup namespace, so that namespace is rooted at the
-     * sandbox's own cgroup. */
-    if (!in_cgroup && sbx_cgroup_enter(plan->id, pid, err) < 0)
         return -1;
     if (set_process_limits(pid, err) < 0)
         return -1;
@@ -605,25 +610,34 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     /* No CLONE_NEWCGROUP here: see step_cgroup_namespace. SIGCHLD so the parent can reap. */
     unsigned long flags =
         CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
-    int cgroup_fd = sbx_cgroup_open_v2(plan->id); /* -1 on v1: joined after clone */
-    pid_t pid = clone_as_owner(flags, cgroup_fd, plan->host_uid_base);
+    int join[SBX_CGROUP_JOIN_MAX];
+    int n_join = sbx_cgroup_open_join(plan->id, join, err);
+    if (n_join < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        goto fail;
+    }
+    bool v2 = sbx_cgroup_detect() == SBX_CGROUP_V2;
+    pid_t pid = clone_as_owner(flags, v2 ? join[0] : -1, plan->host_uid_base);
     int clone_errno = errno;
-    if (cgroup_fd >= 0)
-        close(cgroup_fd); /* in the child too: nothing of the host's cgroup tree stays open */
+    if (pid == 0) {
+        close(sv[0]);
+        if (v2) /* born in its cgroup: nothing of the host's cgroup tree stays open */
+            close(join[0]);
+        child_main(plan, oom_fd, join, v2 ? 0 : n_join, sv[1]);
+    }
+    for (int i = 0; i < n_join; i++)
+        close(join[i]); /* the child closes its copies once it has joined */
     if (pid < 0) {
         close(sv[0]);
         close(sv[1]);
         sbx_error_sys(err, clone_errno, "clone");
         goto fail;
     }
-    if (pid == 0) {
-        close(sv[0]);
-        child_main(plan, oom_fd, sv[1]);
-    }
     close(sv[1]);
     s->pid = pid;
     s->sock = sv[0];
-    if (parent_setup(plan, pid, cgroup_fd >= 0, s->sock, err) < 0)
+    if (parent_setup(plan, pid, s->sock, err) < 0)
         goto fail;
     *out = s;
     return 0;
