@@ -1029,9 +1029,21 @@ sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
 
 /* ---- sandbox logs ---- */
 
-int
-sbx_store_log_open(struct sbx_store *s, const char *id, const char *template_id,
-                   int64_t started_at_ms, struct sbx_error **err)
+/* Sandbox logs are diagnostics: their commits skip the WAL's fsync (synchronous=NORMAL), which
+ * on the front end's one thread held up every request for a millisecond or more each, five
+ * times a sandbox. The next lifecycle commit (FULL) syncs them too, the WAL being one
+ * sequential file: a power cut in between loses log lines, never a lifecycle event. */
+static void
+logs_durability(struct sbx_store *s, bool relaxed)
+{
+    struct sbx_error *err = NULL;
+    if (exec_sql(s, relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", &err) < 0)
+        sbx_error_free(err); /* the setting stays as it was: safe either way */
+}
+
+static int
+log_open_tx(struct sbx_store *s, const char *id, const char *template_id, int64_t started_at_ms,
+            struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     if (prepare(s,
@@ -1045,11 +1057,11 @@ sbx_store_log_open(struct sbx_store *s, const char *id, const char *template_id,
     return step_done(s, st, false, id, err);
 }
 
-int
-sbx_store_log_append(struct sbx_store *s, const char *id, const char *source,
-                     const struct sbx_log_line *lines, size_t n, struct sbx_error **err)
+static int
+log_append_tx(struct sbx_store *s, const char *id, const char *source,
+              const struct sbx_log_line *lines, size_t n, struct sbx_error **err)
 {
-    /* One transaction: a sandbox's thousands of lines cost one fsync, not one each. */
+    /* One transaction: a sandbox's thousands of lines are one commit, not one each. */
     _cleanup_stmt_ sqlite3_stmt *size = NULL;
     _cleanup_stmt_ sqlite3_stmt *ins = NULL;
     _cleanup_stmt_ sqlite3_stmt *up = NULL;
@@ -1096,9 +1108,8 @@ rollback:
     return -1;
 }
 
-int
-sbx_store_log_close(struct sbx_store *s, const char *id, int64_t ended_at_ms,
-                    struct sbx_error **err)
+static int
+log_close_tx(struct sbx_store *s, const char *id, int64_t ended_at_ms, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     if (prepare(s, "UPDATE sandbox_logs SET ended_at_ms = ? WHERE sandbox_id = ?", &st, err) < 0)
@@ -1106,6 +1117,36 @@ sbx_store_log_close(struct sbx_store *s, const char *id, int64_t ended_at_ms,
     sqlite3_bind_int64(st, 1, ended_at_ms);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, false, id, err);
+}
+
+int
+sbx_store_log_open(struct sbx_store *s, const char *id, const char *template_id,
+                   int64_t started_at_ms, struct sbx_error **err)
+{
+    logs_durability(s, true);
+    int rc = log_open_tx(s, id, template_id, started_at_ms, err);
+    logs_durability(s, false);
+    return rc;
+}
+
+int
+sbx_store_log_append(struct sbx_store *s, const char *id, const char *source,
+                     const struct sbx_log_line *lines, size_t n, struct sbx_error **err)
+{
+    logs_durability(s, true);
+    int rc = log_append_tx(s, id, source, lines, n, err);
+    logs_durability(s, false);
+    return rc;
+}
+
+int
+sbx_store_log_close(struct sbx_store *s, const char *id, int64_t ended_at_ms,
+                    struct sbx_error **err)
+{
+    logs_durability(s, true);
+    int rc = log_close_tx(s, id, ended_at_ms, err);
+    logs_durability(s, false);
+    return rc;
 }
 
 void

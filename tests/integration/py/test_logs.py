@@ -85,6 +85,8 @@ def test_timeout_is_in_the_log(sandbox_factory, sbx_daemon):
     sbx = sandbox_factory(timeout=2)
     sid = sbx.sandbox_id
     assert wait_for(lambda: sbx_daemon.request("GET", f"/sandboxes/{sid}")[0] == 404, 30)
+    # Gone for clients at once; its log ends once the spawner has destroyed it.
+    assert wait_for(lambda: _messages(sbx_daemon, sid)[-1].startswith("sandbox_end"), 10)
     msgs = _messages(sbx_daemon, sid)
     assert any(m.startswith('sandbox_timeout message="sandbox timed out"') for m in msgs)
     assert msgs[-1] == "sandbox_end reason=timeout"
