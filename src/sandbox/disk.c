@@ -26,8 +26,10 @@
  * sandbox never gets the block device or the image file: both are host root's, 0600; the
  * image sits in the sandbox's host dir (0711, so that the child can reach its mount point
  * there before pivot_root, after which no path of the sandbox leads to it), the blanks in a
- * 0700 dir. A spawn always mounts a fresh copy (O_EXCL), and a restarted daemon never mounts
- * an existing image again, it only deletes it. */
+ * 0700 dir. A spawn mounts a fresh copy (O_EXCL). The one exception is the reboot of a
+ * sandbox after a filesystem-only pause (plan.reboot): its image is mounted again, once its
+ * first mount is gone with every process of the sandbox; in between only the kernel's ext4
+ * driver wrote it, so it is still an image of that driver's making. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -239,15 +241,23 @@ copy_sparse(int in, int out, uint64_t bytes, struct sbx_error **err)
 }
 
 int
-sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
+sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
 {
     uint64_t bytes = plan->limits.disk_bytes;
-    _cleanup_close_ int blank = open_blank(plan->template_dir, bytes, err);
-    if (blank < 0)
-        return -1;
     char path[4096];
     if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
         return sbx_error_sys(err, errno, "disk image path");
+    if (plan->reboot) {
+        struct stat st;
+        if (lstat(path, &st) < 0)
+            return sbx_error_sys(err, errno, "the disk of an earlier boot, %s", path);
+        if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
+            return sbx_error_set(err, SBX_INTERNAL, 0, "%s is not a disk image of sbx", path);
+        return 0;
+    }
+    _cleanup_close_ int blank = open_blank(plan->template_dir, bytes, err);
+    if (blank < 0)
+        return -1;
     /* 0600 host root (see the comment at the top): neither the sandbox nor other host users
      * can open it; O_EXCL: always a fresh copy, never an image that existed before. */
     _cleanup_close_ int out =
@@ -327,10 +337,15 @@ mount_ext4(const char *dev, struct sbx_error **err)
     return m;
 }
 
-/* mkdir name below dirfd with an exact mode and owner; returns an O_PATH fd of it. */
+/* mkdir name below dirfd with an exact mode and owner, or with exists, the dir an earlier
+ * boot made; returns an O_PATH fd of it. */
 static int
-make_dir(int dirfd, const char *name, mode_t mode, uid_t owner, struct sbx_error **err)
+make_dir(int dirfd, const char *name, mode_t mode, uid_t owner, bool exists, struct sbx_error **err)
 {
+    if (exists) {
+        int fd = openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        return fd >= 0 ? fd : sbx_error_sys(err, errno, "open %s", name);
+    }
     if (mkdirat(dirfd, name, mode) < 0)
         return sbx_error_sys(err, errno, "mkdir %s", name);
     /* The filesystem is brand new and ours alone: nothing can have raced us to the name,
@@ -363,19 +378,22 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
         return sbx_error_prefix(err, "%s on %s", path, dev);
     int m = out->mount_fd;
     /* upper/ and work/ themselves: host root only, like the sandbox dir they replace.
-     * Overlayfs works in them with the mounter's (host root's) credentials. */
-    _cleanup_close_ int upper = make_dir(m, "upper", 0700, 0, err);
-    _cleanup_close_ int work = upper < 0 ? -1 : make_dir(m, "work", 0700, 0, err);
+     * Overlayfs works in them with the mounter's (host root's) credentials. The sandbox only
+     * ever sees what is inside upper/root and upper/usr, so on a reboot these four are still
+     * the dirs this code made. */
+    bool r = plan->reboot;
+    _cleanup_close_ int upper = make_dir(m, "upper", 0700, 0, r, err);
+    _cleanup_close_ int work = upper < 0 ? -1 : make_dir(m, "work", 0700, 0, r, err);
     if (upper < 0 || work < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }
     /* Their subdirectories' owner and mode are what the sandbox sees for / and /usr. */
     uid_t u = plan->host_uid_base;
-    if ((out->upper_root = make_dir(upper, "root", 0755, u, err)) < 0 ||
-        (out->work_root = make_dir(work, "root", 0755, u, err)) < 0 ||
-        (out->upper_usr = make_dir(upper, "usr", 0755, u, err)) < 0 ||
-        (out->work_usr = make_dir(work, "usr", 0755, u, err)) < 0) {
+    if ((out->upper_root = make_dir(upper, "root", 0755, u, r, err)) < 0 ||
+        (out->work_root = make_dir(work, "root", 0755, u, r, err)) < 0 ||
+        (out->upper_usr = make_dir(upper, "usr", 0755, u, r, err)) < 0 ||
+        (out->work_usr = make_dir(work, "usr", 0755, u, r, err)) < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }

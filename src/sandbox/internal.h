@@ -86,10 +86,11 @@ struct sbx_upper_dirs {
     int mount_fd;
 };
 /* Creates <sandbox_dir>/disk.img: a sparse copy of an empty ext4 of limits.disk_bytes,
- * formatting that blank (once per size) under template_dir if needed. */
-int sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
+ * formatting that blank (once per size) under template_dir if needed. For a reboot, checks
+ * that the image of the earlier boot is there. */
+int sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
 /* Attaches disk.img to an autoclear loop device, mounts it detached and creates the upper
- * and work dirs in it, owned by plan->host_uid_base. */
+ * and work dirs in it, owned by plan->host_uid_base (for a reboot: opens those it has). */
 int sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
                         struct sbx_error **err);
 void sbx_upper_dirs_close(struct sbx_upper_dirs *d);
@@ -101,6 +102,8 @@ int child_mount_private(const char **step);
 int child_attach_rootfs(const char *newroot, int root_fd, int usr_fd, const char **step);
 int child_mount_proc(const char *newroot, const char **step);
 int child_mount_dev(const char *newroot, const char **step);
+/* A random /proc/sys/kernel/random/boot_id of this boot's own (after /proc and /dev). */
+int child_mount_boot_id(const char *newroot, const char **step);
 int child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step);
 int child_pivot_root(const char *newroot, const char **step);
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -149,6 +150,42 @@ child_mount_dev(const char *newroot, const char **step)
     join(p, sizeof(p), dev, "shm");
     if (mkdir(p, 01777) < 0)
         return fail(step, "mkdir %s", p);
+    return 0;
+}
+
+int
+child_mount_boot_id(const char *newroot, const char **step)
+{
+    /* The kernel's boot_id is host-wide, not per namespace: every sandbox would read the
+     * host's, and a sandbox booted again on its disk after a filesystem-only pause would read
+     * the same one as before, where a VM gets a new one at every boot (and programs, E2B's
+     * tests among them, tell reboots apart by it). So each boot gets a random one of its own,
+     * in a read-only file bound over the kernel's. The file is made on the new /dev tmpfs and
+     * unlinked once bound: the mount keeps it. */
+    unsigned char r[16];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+        return fail(step, "%sgetrandom for boot_id", "");
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40); /* RFC 4122 version 4, as the kernel's */
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    char uuid[40], src[4096], dst[4096];
+    snprintf(uuid, sizeof(uuid),
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", r[0], r[1],
+             r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
+             r[15]);
+    join(src, sizeof(src), newroot, "dev/.boot_id");
+    join(dst, sizeof(dst), newroot, "proc/sys/kernel/random/boot_id");
+    int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+    if (fd < 0)
+        return fail(step, "create %s", src);
+    bool written = write(fd, uuid, strlen(uuid)) == (ssize_t)strlen(uuid);
+    close(fd);
+    if (!written)
+        return fail(step, "write %s", src);
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0 ||
+        mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROC_FLAGS, NULL) < 0)
+        return fail(step, "bind a boot_id over %s", dst);
+    if (unlink(src) < 0)
+        return fail(step, "unlink %s", src);
     return 0;
 }
 

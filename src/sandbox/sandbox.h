@@ -39,6 +39,9 @@ struct sbx_sandbox_plan {
     struct sbx_sandbox_limits limits;
     const char *hostname;
     bool relaxed;        /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
+    bool reboot;         /* boot again on the writable layer an earlier boot of this sandbox left in
+                          * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
+                          * must be the one it had; a failed start leaves it as it was */
     int agent_listen_fd; /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
     int agent_config_fd; /* readable fd with the agent's JSON config; becomes fd 4 */
     int exe_fd;          /* the program to run as PID 1, executed with fexecve; an ELF
@@ -143,6 +146,18 @@ int sbx_sandbox_kill(const struct sbx_sandbox_ref *ref);
  * and the sandbox dir (its contents and the dir itself, without following symlinks). Reaps
  * the agent if it is our child. Idempotent: a sandbox already gone is not an error. */
 int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+/* The same but the sandbox dir stays, with the writable layer: what a filesystem-only pause
+ * keeps for a later boot (plan.reboot). Its memory and processes are gone when it returns. */
+int sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+
+/* Pausing in place (freeze.c): freeze stops every process of the sandbox where it is, its
+ * memory kept, and returns at once; sbx_sandbox_frozen then answers 1 once all have stopped,
+ * 0 before (or when thawed), -1 if the sandbox has no freezer cgroup. thaw lets them go on.
+ * freeze_asked answers 1 if a freeze was asked and not undone (for a restarted spawner). */
+int sbx_sandbox_freeze(const char *id, struct sbx_error **err);
+int sbx_sandbox_thaw(const char *id, struct sbx_error **err);
+int sbx_sandbox_frozen(const char *id);
+int sbx_sandbox_freeze_asked(const char *id);
 
 int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
                       struct sbx_error **err);

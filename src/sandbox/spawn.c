@@ -257,6 +257,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     sbx_rootfs_close(&fs);
     STEP(child_mount_proc(newroot, &step));
     STEP(child_mount_dev(newroot, &step));
+    STEP(child_mount_boot_id(newroot, &step));
     STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
     STEP(child_pivot_root(newroot, &step));
     STEP(step_hostname(hostname, &step));
@@ -378,6 +379,7 @@ struct sbx_sandbox_spawning {
     pid_t pid;
     int sock;
     bool exec_seen;
+    bool reboot; /* a failure keeps the sandbox dir: it holds the sandbox's disk */
 };
 
 /* Reads what the child sent: 1 while setup goes on, 0 once it has exec'd (SYNC_CHILD_EXEC,
@@ -528,17 +530,21 @@ sbx_sandbox_agent_exe(const char *path, struct sbx_error **err)
     return steal_fd(&fd);
 }
 
-/* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs. */
+/* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs (but the
+ * dir of a reboot, which holds the disk of the earlier boots). */
 static void
-cleanup_failed(const char *id, const char *sandbox_dir, pid_t pid)
+cleanup_failed(const struct sbx_sandbox_spawning *s)
 {
-    if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
     }
-    struct sbx_sandbox_ref ref = {.id = id, .sandbox_dir = sandbox_dir, .pid = 0};
+    struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->sandbox_dir, .pid = 0};
     struct sbx_error *ignored = NULL;
-    sbx_sandbox_destroy(&ref, &ignored);
+    if (s->reboot)
+        sbx_sandbox_stop(&ref, &ignored);
+    else
+        sbx_sandbox_destroy(&ref, &ignored);
     sbx_error_free(ignored);
 }
 
@@ -556,6 +562,7 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     }
     snprintf(s->id, sizeof(s->id), "%s", plan->id);
     s->sock = -1;
+    s->reboot = plan->reboot;
     if (sbx_rootfs_prepare_dirs(plan, err) < 0 ||
         sbx_cgroup_create(plan->id, &plan->limits, err) < 0)
         goto fail;
@@ -633,7 +640,7 @@ sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s)
     if (s->sock >= 0)
         close(s->sock);
     if (s->pid != 0 || !s->exec_seen)
-        cleanup_failed(s->id, s->sandbox_dir, s->pid);
+        cleanup_failed(s);
     free(s->sandbox_dir);
     free(s);
 }
