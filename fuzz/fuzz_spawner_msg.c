@@ -19,8 +19,10 @@ check_valid(const struct sbx_spawner_msg *m)
         CHECK(m->uid_slot < 4096 && m->memory_bytes >= (16u << 20) && m->disk_bytes % 4096 == 0);
         CHECK(strchr(m->id, '/') == NULL && strchr(m->template_name, '/') == NULL);
     }
-    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS)
+    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS || m->op == SBX_SPAWNER_FREEZE ||
+        m->op == SBX_SPAWNER_THAW || m->op == SBX_SPAWNER_STOP)
         CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);
+    CHECK(m->reboot <= 1 && (m->reboot == 0 || m->op == SBX_SPAWNER_SPAWN));
 }
 
 int

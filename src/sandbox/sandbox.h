@@ -17,6 +17,7 @@
 
 #define SBX_SANDBOX_UID_COUNT 65536 /* sandbox uids 0..65535 */
 #define SBX_SPAWN_TIMEOUT_MS  10000 /* clone to exec of the agent */
+#define SBX_FREEZE_TIMEOUT_MS 5000  /* for every process of a sandbox to stop (pause) */
 
 struct sbx_sandbox_limits {
     uint64_t memory_bytes; /* memory.max / memory.limit_in_bytes */

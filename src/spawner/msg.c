@@ -15,6 +15,7 @@ enum kind { STR, U64, I64 };
 #define IN_SPAWN   (1u << SBX_SPAWNER_SPAWN)
 #define IN_DESTROY (1u << SBX_SPAWNER_DESTROY)
 #define IN_STATS   (1u << SBX_SPAWNER_STATS)
+#define IN_PAUSE   (1u << SBX_SPAWNER_FREEZE | 1u << SBX_SPAWNER_THAW | 1u << SBX_SPAWNER_STOP)
 #define IN_REPLY   (1u << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
 
 struct field {
@@ -43,7 +44,8 @@ struct field {
     }
 
 static const struct field fields[] = {
-    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS, IN_SPAWN | IN_DESTROY | IN_STATS),
+    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE,
+          IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE),
     STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
     U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_SPAWN, IN_SPAWN),
     /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
@@ -63,8 +65,10 @@ static const struct field fields[] = {
     STAT_F(17, oom_kills),
     STAT_F(18, pids_current),
     STAT_F(19, disk_used_bytes),
+    U64_F(40, reboot, 0, 1, IN_SPAWN, 0),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
+_Static_assert(N_FIELDS <= 64, "the decoder's bitmask of seen fields");
 
 static unsigned
 op_bit(uint8_t op)
@@ -76,6 +80,7 @@ static bool
 valid_op(uint8_t op)
 {
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
+           op == SBX_SPAWNER_FREEZE || op == SBX_SPAWNER_THAW || op == SBX_SPAWNER_STOP ||
            op == SBX_SPAWNER_REPLY;
 }
 
@@ -211,7 +216,7 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
     out->seq =
         (uint32_t)in[4] | (uint32_t)in[5] << 8 | (uint32_t)in[6] << 16 | (uint32_t)in[7] << 24;
     unsigned bit = op_bit(out->op);
-    uint32_t seen = 0; /* by index into fields[] */
+    uint64_t seen = 0; /* by index into fields[] */
     for (size_t n = HEADER_LEN; n < len;) {
         if (len - n < FIELD_HDR || in[n + 1] != 0)
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "truncated field header");
@@ -225,15 +230,15 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
             i++;
         if (i == N_FIELDS || !(fields[i].allowed & bit))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u not allowed", tag);
-        if (seen & (1u << i))
+        if (seen & (1ull << i))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u repeated", tag);
-        seen |= 1u << i;
+        seen |= 1ull << i;
         if (decode_field(&fields[i], in + n, flen, out, err) < 0)
             return -1;
         n += flen;
     }
     for (size_t i = 0; i < N_FIELDS; i++)
-        if ((fields[i].required & bit) && !(seen & (1u << i)))
+        if ((fields[i].required & bit) && !(seen & (1ull << i)))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u missing", fields[i].tag);
     return check_message(out, err);
 }

@@ -30,6 +30,11 @@ enum sbx_spawner_op {
                               * start time */
     SBX_SPAWNER_DESTROY = 2, /* id. Reply: none, once nothing of the sandbox is left */
     SBX_SPAWNER_STATS = 3,   /* id. Reply: the counters */
+    /* Pause and resume (spawner/pause.c). */
+    SBX_SPAWNER_FREEZE = 20, /* id. Reply once every process of the sandbox is frozen */
+    SBX_SPAWNER_THAW = 21,   /* id. Reply once they may run again */
+    SBX_SPAWNER_STOP = 22,   /* id. Reply once no process of the sandbox is left; its dir and
+                              * disk stay for a SPAWN with reboot */
     SBX_SPAWNER_REPLY = 64,  /* spawner -> front end: code (0 = ok), errno, message */
 };
 
@@ -40,6 +45,7 @@ struct sbx_spawner_msg {
     char template_name[SBX_SPAWNER_NAME_MAX + 1];
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
+    uint64_t reboot; /* SPAWN: 1 boots a stopped sandbox again on its disk, with its slot */
     int64_t pid;
     uint64_t start_time;
     /* replies */

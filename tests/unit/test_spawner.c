@@ -135,6 +135,8 @@ as_destroy_with_spawn_fields(char *buf, ssize_t *n)
 
 TEST(decoder_refuses_malformed_and_out_of_range)
 {
+    struct sbx_spawner_msg out;
+    char why[128];
     struct sbx_spawner_msg ok = spawn_req("abc", 1);
     expect_refused("truncated", ok, truncate_last);
     expect_refused("version", ok, bad_version);
@@ -160,9 +162,22 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     expect_refused("template path", m, NULL);
     m = spawn_req("", 1);
     expect_refused("missing id", m, NULL);
+    m = spawn_req("a", 1);
+    m.reboot = 2;
+    expect_refused("reboot flag", m, NULL);
+    /* The pause requests name a sandbox, and carry nothing else. */
+    struct sbx_spawner_msg p = {.op = SBX_SPAWNER_FREEZE, .seq = 1};
+    expect_refused("freeze without id", p, NULL);
+    snprintf(p.id, sizeof(p.id), "abc");
+    char buf[SBX_SPAWNER_MSG_MAX];
+    ssize_t n = sbx_spawner_msg_encode(&p, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    CHECK(out.op == SBX_SPAWNER_FREEZE && strcmp(out.id, "abc") == 0);
+    struct sbx_spawner_msg st = spawn_req("abc", 1);
+    n = sbx_spawner_msg_encode(&st, buf, sizeof(buf));
+    buf[1] = SBX_SPAWNER_STOP; /* a STOP with the fields of a SPAWN */
+    CHECK(decode(buf, (size_t)n, &out, why, sizeof(why)) < 0);
     /* Too short for a header. */
-    struct sbx_spawner_msg out;
-    char why[128];
     CHECK(decode("\1\1\0", 3, &out, why, sizeof(why)) < 0);
 }
 
@@ -310,6 +325,43 @@ simple(struct spawner *s, uint8_t op, const char *id, uint32_t seq)
     return call(s, &m, -1);
 }
 
+static void
+restart_spawner(struct spawner *s, uid_t uid_base)
+{
+    CHECK(kill(s->pid, SIGKILL) == 0);
+    CHECK(waitpid(s->pid, NULL, 0) == s->pid);
+    close(s->ch);
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    s->pid = fork();
+    if (s->pid == 0) {
+        close(sv[0]);
+        static char exe[4096];
+        agent_path(exe, sizeof(exe));
+        static struct sbx_spawner_config cfg;
+        cfg = (struct sbx_spawner_config){.state_dir = s->state,
+                                          .uid_base = uid_base,
+                                          .agent_exe = exe,
+                                          .lock_fd = -1,
+                                          .ready_fd = -1};
+        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
+    }
+    close(sv[1]);
+    s->ch = sv[0];
+}
+
+static struct sbx_spawner_msg
+reboot(struct spawner *s, const char *id, uint64_t slot, uint32_t seq)
+{
+    struct sbx_spawner_msg m = spawn_req(id, slot);
+    m.seq = seq;
+    m.reboot = 1;
+    int fd = config_memfd(id);
+    struct sbx_spawner_msg rep = call(s, &m, fd);
+    close(fd);
+    return rep;
+}
+
 TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
 {
     REQUIRE_ROOT();
@@ -389,27 +441,8 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
     CHECK(rep.code == SBX_OK);
     pid_t agent = (pid_t)rep.pid;
     /* kill -9 of the spawner: the sandbox keeps running. */
-    CHECK(kill(s.pid, SIGKILL) == 0);
-    CHECK(waitpid(s.pid, NULL, 0) == s.pid);
-    close(s.ch);
+    restart_spawner(&s, 1500000000u);
     CHECK(kill(agent, 0) == 0);
-    int sv[2];
-    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
-    s.pid = fork();
-    if (s.pid == 0) {
-        close(sv[0]);
-        static char exe[4096];
-        agent_path(exe, sizeof(exe));
-        static struct sbx_spawner_config cfg;
-        cfg = (struct sbx_spawner_config){.state_dir = s.state,
-                                          .uid_base = 1500000000u,
-                                          .agent_exe = exe,
-                                          .lock_fd = -1,
-                                          .ready_fd = -1};
-        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
-    }
-    close(sv[1]);
-    s.ch = sv[0];
     /* It knows the sandbox again, with its uid slot. */
     CHECK(spawn(&s, "other", 3, 2).code == SBX_ALREADY_EXISTS);
     rep = simple(&s, SBX_SPAWNER_STATS, "kept", 3);
@@ -418,6 +451,65 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
     for (int i = 0; i < 100 && !is_dead(agent); i++)
         usleep(10000);
     CHECK(is_dead(agent));
+    spawner_stop(&s);
+}
+
+TEST(pause_in_place_stop_and_reboot)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u);
+    struct sbx_spawner_msg rep = spawn(&s, "pz", 4, 1);
+    CHECK(rep.code == SBX_OK);
+    pid_t agent = (pid_t)rep.pid;
+    /* Only sandboxes of ours, and only in a state that allows it. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "nosuch", 2).code == SBX_NOT_FOUND);
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "nosuch", 3).code == SBX_NOT_FOUND);
+    CHECK(reboot(&s, "pz", 4, 4).code == SBX_FAILED_PRECONDITION); /* it runs */
+    /* Frozen (twice is fine), still measurable, thawed; then the pause request of a front end
+     * that lost the answer to its first one: it follows immediately. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 5).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 6).code == SBX_OK);
+    rep = simple(&s, SBX_SPAWNER_STATS, "pz", 7);
+    CHECK(rep.code == SBX_OK && rep.stats.memory_bytes > 0);
+    CHECK(simple(&s, SBX_SPAWNER_THAW, "pz", 8).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 9).code == SBX_OK);
+    /* A restart of the spawner finds it frozen. */
+    restart_spawner(&s, 1500000000u);
+    CHECK(kill(agent, 0) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_THAW, "pz", 10).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 11).code == SBX_OK);
+    /* Stopped while frozen: nothing runs, the dir and its disk stay. */
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "pz", 12).code == SBX_OK);
+    for (int i = 0; i < 100 && !is_dead(agent); i++)
+        usleep(10000);
+    CHECK(is_dead(agent));
+    char img[256];
+    snprintf(img, sizeof(img), "%s/sandboxes/pz/disk.img", s.state);
+    CHECK(access(img, F_OK) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_STATS, "pz", 13).code == SBX_FAILED_PRECONDITION);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 14).code == SBX_FAILED_PRECONDITION);
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "pz", 15).code == SBX_OK); /* again: nothing to do */
+    /* Its slot stays its own, across a restart too; a reboot must name that slot. */
+    restart_spawner(&s, 1500000000u);
+    CHECK(spawn(&s, "other", 4, 16).code == SBX_ALREADY_EXISTS);
+    CHECK(reboot(&s, "pz", 5, 17).code == SBX_INVALID_ARGUMENT);
+    CHECK(reboot(&s, "nosuch", 5, 18).code == SBX_NOT_FOUND);
+    rep = reboot(&s, "pz", 4, 19);
+    CHECK(rep.code == SBX_OK && rep.pid > 0 && (pid_t)rep.pid != agent);
+    CHECK(kill((pid_t)rep.pid, 0) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_STATS, "pz", 20).code == SBX_OK);
+    /* Frozen, then destroyed: everything goes. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 21).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "pz", 22).code == SBX_OK);
+    for (int i = 0; i < 100 && !is_dead((pid_t)rep.pid); i++)
+        usleep(10000);
+    CHECK(is_dead((pid_t)rep.pid));
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s/sandboxes/pz", s.state);
+    CHECK(access(dir, F_OK) < 0 && errno == ENOENT);
+    CHECK(spawn(&s, "other", 4, 23).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "other", 24).code == SBX_OK);
     spawner_stop(&s);
 }
 
