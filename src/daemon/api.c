@@ -9,6 +9,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "daemon/internal.h"
+#include "http/client.h"
 #include "json/json.h"
 
 #define MAX_PATH_PARTS 5
@@ -101,9 +102,12 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
             json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
         json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
         json_object_set_new(o, "domain", json_null());
-        json_object_set_new(
-            o, "lifecycle",
-            json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill", "autoResume", 0));
+        json_object_set_new(o, "lifecycle",
+                            json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill",
+                                      "autoResume", r->auto_resume));
+        if (strcmp(r->state, "paused") == 0)
+            json_object_set_new(o, "pauseMode",
+                                json_string(r->paused_memory ? "full" : "filesystem"));
     }
     return o;
 }
@@ -133,13 +137,42 @@ parse_timeout(json_t *body, int def, int *out, struct sbx_error **err)
     return 0;
 }
 
+/* The timeout policy of create (spec lifecycle.md §3.3): autoPause, autoPauseMemory and
+ * autoResume {enabled}, with the checks the SDKs make client-side repeated. */
+static int
+parse_lifecycle(json_t *body, struct sbx_create_opts *o, struct sbx_error **err)
+{
+    json_t *resume = json_object_get(body, "autoResume");
+    int has_memory;
+    if (sbx_json_opt_bool(body, "autoPause", &o->auto_pause, err) < 0 ||
+        (has_memory = sbx_json_opt_bool(body, "autoPauseMemory", &o->auto_pause_memory, err)) < 0)
+        return -1;
+    if (resume && !json_is_null(resume) &&
+        (!json_is_object(resume) || sbx_json_opt_bool(resume, "enabled", &o->auto_resume, err) < 0))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoResume must be an object {\"enabled\": bool}");
+    if (has_memory && !o->auto_pause_memory && !o->auto_pause)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoPauseMemory=false only applies when autoPause is true.");
+    if (o->auto_resume && !o->auto_pause)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoResume only applies when autoPause is true.");
+    /* A sandbox paused to its disk lost its processes: traffic cannot wake it as it was. */
+    if (o->auto_resume && !o->auto_pause_memory)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoResume cannot be enabled with autoPauseMemory=false: a "
+                             "filesystem-only pause must be resumed with connect.");
+    return 0;
+}
+
 /* ---- handlers; each gets the parsed body (NULL for bodiless requests) ---- */
 
 int
 sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
                           struct sbx_error **err)
 {
-    struct sbx_create_opts o = {.template_id = "base", .secure = true, .allow_internet = true};
+    struct sbx_create_opts o = {
+        .template_id = "base", .secure = true, .allow_internet = true, .auto_pause_memory = true};
     const char *tmpl = NULL;
     if (!json_is_object(body))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
@@ -147,7 +180,7 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
         parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, err) < 0 ||
         sbx_json_opt_bool(body, "secure", &o.secure, err) < 0 ||
         sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err) < 0 ||
-        sbx_json_opt_bool(body, "autoPause", &o.auto_pause, err) < 0 ||
+        parse_lifecycle(body, &o, err) < 0 ||
         sbx_json_opt_string_map(body, "metadata", &o.metadata, err) < 0 ||
         sbx_json_opt_env_map(body, "envVars", &o.env_vars, err) < 0)
         return -1;
@@ -270,25 +303,150 @@ find_or_404(struct sbx_http_req *req, const char *id)
     return l;
 }
 
+/* Server-side time of a pause or resume, for bench/ (as X-Sbx-Spawn-Us is for a create). */
 static void
-connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
+add_took_header(struct sbx_http_req *req, uint64_t took_us)
+{
+    char hdr[32];
+    snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)took_us);
+    sbx_http_add_header(req, "X-Sbx-Op-Us", hdr);
+}
+
+static void
+on_resumed(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
+{
+    struct sbx_http_req *req = done_waiting(ud);
+    if (req == NULL)
+        return;
+    if (l == NULL) {
+        respond_err(req, err);
+        return;
+    }
+    add_took_header(req, took_us);
+    respond_json(req, 201, sandbox_json(l->rec));
+}
+
+/* POST /sandboxes/{id}/connect (and /v2/...): a running sandbox's life is extended, never
+ * shortened (200); a paused one is resumed (201), after a pause under way if there is one.
+ * "memory": false boots it again from its disk even if its memory was kept (onResume:
+ * 'reboot'). The deprecated POST /sandboxes/{id}/resume is the same for a paused sandbox
+ * (its timeout defaults to 15 s) and 409 for a running one. */
+static void
+connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body, bool resume_only)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *l = find_or_404(req, id);
     if (l == NULL)
         return;
     int timeout = SBX_DEFAULT_TIMEOUT_S;
-    if (parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &timeout, &err) < 0) {
+    bool memory = true, auto_pause = l->rec->auto_pause;
+    if (parse_timeout(body, resume_only ? SBX_RESUME_DEFAULT_TIMEOUT_S : SBX_DEFAULT_TIMEOUT_S,
+                      &timeout, &err) < 0 ||
+        sbx_json_opt_bool(body, "memory", &memory, &err) < 0 ||
+        (resume_only && sbx_json_opt_bool(body, "autoPause", &auto_pause, &err) < 0)) {
         respond_err(req, err);
         return;
     }
-    /* Connecting only ever extends the sandbox's life, never shortens it. */
-    int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
-    if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
+    if (sbx_live_is_running(l)) {
+        if (resume_only) {
+            sbx_http_respond_error(req, 409, "Sandbox %s is already running", l->rec->id);
+            return;
+        }
+        int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
+        if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
+            respond_err(req, err);
+            return;
+        }
+        respond_json(req, 200, sandbox_json(l->rec));
+        return;
+    }
+    if (auto_pause != l->rec->auto_pause) {
+        if (sbx_store_sandbox_set_auto_pause(sbx_daemon->store, l->rec->id, auto_pause, &err) < 0) {
+            respond_err(req, err);
+            return;
+        }
+        l->rec->auto_pause = auto_pause;
+    }
+    sbx_resume(l, memory, timeout, on_resumed, wait_for_spawner(req));
+}
+
+static void
+on_paused(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
+{
+    struct sbx_http_req *req = done_waiting(ud);
+    if (req == NULL)
+        return;
+    if (l == NULL) {
         respond_err(req, err);
         return;
     }
-    respond_json(req, 200, sandbox_json(l->rec));
+    add_took_header(req, took_us);
+    sbx_http_respond(req, 204, NULL, NULL, 0);
+}
+
+/* A strict pause (requireHealthyGuest) asks the agent first. */
+struct strict_pause {
+    struct waiting *w;
+    char id[SBX_STORE_ID_MAX + 1];
+    bool memory;
+};
+
+static void
+on_health(int status, const char *body, size_t len, void *ud)
+{
+    struct strict_pause *p = ud;
+    struct sbx_live *l = sbx_lifecycle_find(p->id);
+    if (status == 204 && l) {
+        sbx_pause(l, p->memory, on_paused, p->w);
+    } else {
+        struct sbx_http_req *req = done_waiting(p->w);
+        if (req && l == NULL)
+            sbx_http_respond_error(req, 404, "sandbox '%s' not found", p->id);
+        else if (req)
+            sbx_http_respond_error(
+                req, 503, "the sandbox's agent did not answer (%d); it keeps running", status);
+    }
+    free(p);
+}
+
+/* POST /sandboxes/{id}/pause {"memory"?: bool (default true), "requireHealthyGuest"?: bool}:
+ * 204, or 409 if it is paused already or being paused or resumed. */
+static void
+pause_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    bool memory = true, strict = false;
+    if (sbx_json_opt_bool(body, "memory", &memory, &err) < 0 ||
+        sbx_json_opt_bool(body, "requireHealthyGuest", &strict, &err) < 0) {
+        respond_err(req, err);
+        return;
+    }
+    if (!strict || !sbx_live_is_running(l)) {
+        sbx_pause(l, memory, on_paused, wait_for_spawner(req));
+        return;
+    }
+    struct strict_pause *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        abort();
+    snprintf(p->id, sizeof(p->id), "%s", l->rec->id);
+    p->memory = memory;
+    p->w = wait_for_spawner(req);
+    sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/health", NULL, 1024, SBX_PAUSE_HEALTH_MS,
+                  on_health, p);
+}
+
+/* A paused sandbox's clock stands still: its timeout changes when it is resumed. */
+static bool
+refuse_if_paused(struct sbx_http_req *req, const struct sbx_live *l)
+{
+    if (sbx_live_is_running(l))
+        return false;
+    sbx_http_respond_error(req, 409, "sandbox '%s' is %s; connect to resume it first", l->rec->id,
+                           sbx_pause_transition(l) ? sbx_pause_transition(l) : "paused");
+    return true;
 }
 
 static void
@@ -296,7 +454,7 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *l = find_or_404(req, id);
-    if (l == NULL)
+    if (l == NULL || refuse_if_paused(req, l))
         return;
     int64_t secs = 0;
     if (sbx_api_timeout_parse(body, extend_only, &secs, &err) < 0) {
@@ -402,6 +560,10 @@ metrics(struct sbx_http_req *req, const char *id)
     struct sbx_live *l = find_or_404(req, id);
     if (l == NULL)
         return;
+    if (!sbx_live_is_running(l)) {
+        respond_json(req, 200, json_array()); /* nothing runs: nothing to sample */
+        return;
+    }
     _cleanup_free_ char *start = sbx_http_req_query(req, "start");
     _cleanup_free_ char *end = sbx_http_req_query(req, "end");
     struct metrics_query *q = calloc(1, sizeof(*q));
@@ -576,18 +738,33 @@ dispatch(struct sbx_http_req *req, json_t *body)
         if (rn == 2 && del)
             return kill_sandbox(req, r[1]);
         if (rn == 3 && post && strcmp(r[2], "connect") == 0)
-            return connect_sandbox(req, r[1], body);
+            return connect_sandbox(req, r[1], body, false);
+        if (rn == 3 && post && strcmp(r[2], "resume") == 0)
+            return connect_sandbox(req, r[1], body, true);
+        if (rn == 3 && post && strcmp(r[2], "pause") == 0)
+            return pause_sandbox(req, r[1], body);
         if (rn == 3 && post && strcmp(r[2], "timeout") == 0)
             return set_timeout(req, r[1], body, false);
         if (rn == 3 && post && strcmp(r[2], "refreshes") == 0)
             return set_timeout(req, r[1], body, true);
         if (rn == 3 && get && strcmp(r[2], "metrics") == 0)
             return metrics(req, r[1]);
-        if (rn == 3 && post && (strcmp(r[2], "pause") == 0 || strcmp(r[2], "resume") == 0)) {
+        if (rn == 3 && post && strcmp(r[2], "snapshots") == 0) {
             if (find_or_404(req, r[1]))
-                sbx_http_respond_error(req, 501, "pausing sandboxes is not supported yet");
+                sbx_http_respond_error(req, 501,
+                                       "snapshots are not supported yet: this server keeps a "
+                                       "sandbox with pause and connect");
             return;
         }
+        if (rn == 3 && post && strcmp(r[2], "fork") == 0) {
+            if (find_or_404(req, r[1]))
+                sbx_http_respond_error(req, 501, "forking sandboxes is not supported yet");
+            return;
+        }
+    }
+    if (!v2 && n == 1 && get && strcmp(p[0], "snapshots") == 0) {
+        sbx_http_respond_error(req, 501, "snapshots are not supported yet");
+        return;
     }
     sbx_http_respond_error(req, 404, "no route for %s %s", m, req->path);
 }

@@ -56,6 +56,8 @@ usage(FILE *f)
             "  --pool TEMPLATE=N    keep N sandboxes of TEMPLATE started, to hand out at create;\n"
             "                       repeatable, or comma-separated in SBX_POOL (%s)\n"
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
+            "  --paused-retention D how long a paused sandbox is kept before it is deleted:\n"
+            "                       N followed by s, m, h or d (30d; SBX_PAUSED_RETENTION)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
@@ -88,6 +90,26 @@ parse_positive(const char *s, int *out)
         return -1;
     *out = (int)v;
     return 0;
+}
+
+/* A duration: N with a unit, s, m, h or d (e.g. "30d"), at most ten years. */
+static int
+parse_duration(const char *s, int64_t *out)
+{
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    static const struct {
+        char unit;
+        int64_t seconds;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    if (*s == '\0' || v <= 0 || end == s || end[0] == '\0' || end[1] != '\0')
+        return -1;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (*end == units[i].unit && v <= 3650LL * 86400 / units[i].seconds) {
+            *out = v * units[i].seconds;
+            return 0;
+        }
+    return -1;
 }
 
 static int
@@ -166,6 +188,8 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
     }
     case 'M':
         return parse_positive(v, &c->pool_memory_mb);
+    case 'R':
+        return parse_duration(v, &c->paused_retention_s);
     }
     return -1;
 }
@@ -186,6 +210,7 @@ static const struct option long_opts[] = {
     {"user", required_argument, NULL, 'U'},
     {"pool", required_argument, NULL, 'O'},
     {"pool-memory-mb", required_argument, NULL, 'M'},
+    {"paused-retention", required_argument, NULL, 'R'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -201,7 +226,7 @@ static const struct {
     {"SBX_IDLE_TIMEOUT", 'I'},   {"SBX_MAX_CONNECTIONS", 'C'},
     {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
-    {"SBX_POOL_MEMORY_MB", 'M'},
+    {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_PAUSED_RETENTION", 'R'},
 };
 
 static int
@@ -217,6 +242,7 @@ parse_config(int argc, char **argv, struct sbx_daemon_config *c)
     c->disk_mb = SBX_DEFAULT_DISK_MB;
     c->header_timeout_s = SBX_DEFAULT_HEADER_TIMEOUT_S;
     c->idle_timeout_s = SBX_DEFAULT_IDLE_TIMEOUT_S;
+    c->paused_retention_s = SBX_DEFAULT_PAUSED_RETENTION_S;
     parse_listen(SBX_DEFAULT_LISTEN, c);
     for (size_t i = 0; i < sizeof(env_opts) / sizeof(env_opts[0]); i++) {
         const char *v = getenv(env_opts[i].env);

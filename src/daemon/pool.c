@@ -182,7 +182,7 @@ on_warm(int status, const char *body, size_t len, void *ud)
     if (status != 204) {
         char why[64];
         snprintf(why, sizeof(why), "GET /sbx/ready answered %d", status);
-        sbx_lifecycle_discard(l, "pooled sandbox never became ready");
+        sbx_lifecycle_destroy(l, "pooled sandbox never became ready", NULL, NULL);
         back_off(p, why);
         return;
     }

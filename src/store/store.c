@@ -57,13 +57,19 @@ static const char *const migrations[] = {
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     /* 3: sandboxes of a warm pool, started before any client asked; never listed. */
     "ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;",
+    /* 4: pause and resume: how a paused sandbox was paused, and its timeout policy. */
+    "ALTER TABLE sandboxes ADD COLUMN paused_memory INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sandboxes ADD COLUMN timeout_s INTEGER NOT NULL DEFAULT 300;",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
 #define SANDBOX_COLUMNS                                                                            \
     "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "          \
     "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "                     \
-    "pid_start_time, state, allow_internet, auto_pause, pooled"
+    "pid_start_time, state, allow_internet, auto_pause, pooled, paused_memory, "                   \
+    "auto_pause_memory, auto_resume, timeout_s"
 
 static int
 db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
@@ -441,6 +447,10 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->allow_internet = sqlite3_column_int(st, 16) != 0;
     r->auto_pause = sqlite3_column_int(st, 17) != 0;
     r->pooled = sqlite3_column_int(st, 18) != 0;
+    r->paused_memory = sqlite3_column_int(st, 19) != 0;
+    r->auto_pause_memory = sqlite3_column_int(st, 20) != 0;
+    r->auto_resume = sqlite3_column_int(st, 21) != 0;
+    r->timeout_s = sqlite3_column_int(st, 22);
     if (oom || r->template_id == NULL || r->state == NULL) {
         sbx_sandbox_rec_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -470,7 +480,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     if (prepare(s,
                 "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
@@ -492,6 +502,10 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int(st, 17, r->allow_internet);
     sqlite3_bind_int(st, 18, r->auto_pause);
     sqlite3_bind_int(st, 19, r->pooled);
+    sqlite3_bind_int(st, 20, r->paused_memory);
+    sqlite3_bind_int(st, 21, r->auto_pause_memory);
+    sqlite3_bind_int(st, 22, r->auto_resume);
+    sqlite3_bind_int(st, 23, r->timeout_s);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s already exists", r->id);
@@ -554,7 +568,8 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     if (prepare(s,
                 "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
                 "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
-                "end_at_ms = ?, allow_internet = ?, auto_pause = ? WHERE id = ? AND pooled = 1",
+                "end_at_ms = ?, allow_internet = ?, auto_pause = ?, auto_pause_memory = ?, "
+                "auto_resume = ?, timeout_s = ? WHERE id = ? AND pooled = 1",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->template_id, -1, SQLITE_TRANSIENT);
@@ -567,21 +582,36 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int64(st, 8, r->end_at_ms);
     sqlite3_bind_int(st, 9, r->allow_internet);
     sqlite3_bind_int(st, 10, r->auto_pause);
-    sqlite3_bind_text(st, 11, r->id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 11, r->auto_pause_memory);
+    sqlite3_bind_int(st, 12, r->auto_resume);
+    sqlite3_bind_int(st, 13, r->timeout_s);
+    sqlite3_bind_text(st, 14, r->id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, true, r->id, err);
 }
 
 int
-sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
-                               struct sbx_error **err)
+sbx_store_sandbox_set_paused(struct sbx_store *s, const char *id, bool paused, bool memory,
+                             int64_t end_at_ms, struct sbx_error **err)
 {
-    if (!valid_state(state))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox state '%s'",
-                             state ? state : "(null)");
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET state = ? WHERE id = ?", &st, err) < 0)
+    if (prepare(s, "UPDATE sandboxes SET state = ?, paused_memory = ?, end_at_ms = ? WHERE id = ?",
+                &st, err) < 0)
         return -1;
-    sqlite3_bind_text(st, 1, state, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 1, paused ? "paused" : "running", -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, paused && memory);
+    sqlite3_bind_int64(st, 3, end_at_ms);
+    sqlite3_bind_text(st, 4, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
+}
+
+int
+sbx_store_sandbox_set_auto_pause(struct sbx_store *s, const char *id, bool auto_pause,
+                                 struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandboxes SET auto_pause = ? WHERE id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_int(st, 1, auto_pause);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, true, id, err);
 }

@@ -43,8 +43,12 @@ struct sbx_sandbox_rec {
                               * tells a live agent from a recycled pid after a restart */
     char *state;             /* "running" or "paused" */
     bool allow_internet;
-    bool auto_pause; /* at end_at: pause instead of kill */
-    bool pooled;     /* in a warm pool: no client's yet, never listed (see query) */
+    bool auto_pause;        /* at end_at: pause instead of kill */
+    bool pooled;            /* in a warm pool: no client's yet, never listed (see query) */
+    bool paused_memory;     /* paused in place, memory kept (else to its disk only) */
+    bool auto_pause_memory; /* an automatic pause keeps memory (else to its disk only) */
+    bool auto_resume;       /* a request for it while paused resumes it */
+    int timeout_s;          /* asked at create: the timeout of an automatic resume */
 };
 
 struct sbx_sandbox_list {
@@ -88,13 +92,17 @@ int sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t
 int sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
                                  uint64_t pid_start_time, struct sbx_error **err);
 /* Hands a pooled sandbox to a client: its row takes r's template, alias, metadata, env vars,
- * tokens, times and options and is listed from now on. SBX_NOT_FOUND unless r->id is a
- * pooled row. */
+ * tokens, times and options (the timeout policy too) and is listed from now on. SBX_NOT_FOUND
+ * unless r->id is a pooled row. */
 int sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                             struct sbx_error **err);
-/* state is "running" or "paused" (anything else: SBX_INVALID_ARGUMENT). */
-int sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
-                                   struct sbx_error **err);
+/* Paused (memory: in place, else to its disk) or running again, with its new end_at (while
+ * paused, the time it was paused). */
+int sbx_store_sandbox_set_paused(struct sbx_store *s, const char *id, bool paused, bool memory,
+                                 int64_t end_at_ms, struct sbx_error **err);
+/* Pause (true) or kill at end_at, as the deprecated resume's autoPause asks. */
+int sbx_store_sandbox_set_auto_pause(struct sbx_store *s, const char *id, bool auto_pause,
+                                     struct sbx_error **err);
 int sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
 /* Every sandbox, oldest first (the daemon's startup recovery walks it). */
 int sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,

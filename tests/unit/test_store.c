@@ -74,6 +74,8 @@ mkrec(const char *id, int64_t started, int slot, const char *state, const char *
     r.uid_slot = slot;
     r.state = (char *)state;
     r.allow_internet = true;
+    r.auto_pause_memory = true;
+    r.timeout_s = 300;
     return r;
 }
 
@@ -167,15 +169,24 @@ TEST(sandbox_round_trip)
 
     CHECK(sbx_store_sandbox_update_end_at(s, "sb1", 42, &err) == 0);
     CHECK(sbx_store_sandbox_update_pid(s, "sb1", 77, 12345, &err) == 0);
-    CHECK(sbx_store_sandbox_update_state(s, "sb1", "paused", &err) == 0);
-    CHECK(sbx_store_sandbox_update_state(s, "sb1", "dead", &err) < 0);
-    CHECK(err->code == SBX_INVALID_ARGUMENT);
-    sbx_error_free(err);
-    err = NULL;
     CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
     CHECK(g->end_at_ms == 42 && g->pid == 77 && g->pid_start_time == 12345);
-    CHECK_STR(g->state, "paused");
+    CHECK(g->auto_pause_memory && !g->auto_resume && g->timeout_s == 300 && !g->paused_memory);
     sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "sb1", true, true, 99, &err) == 0);
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK_STR(g->state, "paused");
+    CHECK(g->paused_memory && g->end_at_ms == 99);
+    sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "sb1", false, true, 100, &err) == 0);
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK_STR(g->state, "running");
+    CHECK(!g->paused_memory && g->end_at_ms == 100);
+    sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "nope", true, false, 1, &err) < 0);
+    CHECK(err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
 
     /* Unknown ids. */
     CHECK(sbx_store_sandbox_update_end_at(s, "nope", 1, &err) < 0);
