@@ -60,7 +60,7 @@ static const char *const mke2fs_paths[] = {"/usr/sbin/mke2fs", "/sbin/mke2fs"};
  * reserved blocks would just be lost), uninitialised inode tables (lazy_itable_init; the
  * mount uses noinit_itable so they are never zeroed into the sparse image). */
 static int
-run_mke2fs(const char *path, struct sbx_error **err)
+run_mke2fs(const char *path, uid_t root_owner, struct sbx_error **err)
 {
     const char *exe = NULL;
     for (size_t i = 0; i < sizeof(mke2fs_paths) / sizeof(mke2fs_paths[0]) && !exe; i++)
@@ -69,6 +69,9 @@ run_mke2fs(const char *path, struct sbx_error **err)
     if (exe == NULL)
         return sbx_error_set(err, SBX_FAILED_PRECONDITION, ENOENT,
                              "mke2fs not found (install e2fsprogs)");
+    char extended[96];
+    snprintf(extended, sizeof(extended), "lazy_itable_init=1,nodiscard,root_owner=%u:%u",
+             (unsigned)root_owner, (unsigned)root_owner);
     char *const argv[] = {
         "mke2fs",
         "-q",
@@ -87,7 +90,7 @@ run_mke2fs(const char *path, struct sbx_error **err)
         "none,ext_attr,dir_index,filetype,extent,64bit,flex_bg,sparse_super,large_file,"
         "huge_file,dir_nlink,extra_isize,metadata_csum",
         "-E",
-        "lazy_itable_init=1,nodiscard,root_owner=0:0",
+        extended,
         (char *)path,
         NULL};
     char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
@@ -118,16 +121,20 @@ is_blank(const struct stat *st, uint64_t bytes)
     return S_ISREG(st->st_mode) && st->st_uid == 0 && (uint64_t)st->st_size == bytes;
 }
 
-/* Opens template/disks/blank-<bytes>.ext4, formatting it first if it does not exist yet
- * (once per size and state dir; formatted under a temporary name and renamed, so a crash
- * never leaves a half-formatted blank under the real name). */
+/* Opens template/disks/blank-<bytes>.ext4 (blank-<bytes>-u<owner>.ext4 for a root dir of
+ * another owner), formatting it first if it does not exist yet (once per size, owner and
+ * state dir; formatted under a temporary name and renamed, so a crash never leaves a
+ * half-formatted blank under the real name). */
 static int
-open_blank(const char *template_dir, uint64_t bytes, struct sbx_error **err)
+open_blank(const char *template_dir, uint64_t bytes, uid_t root_owner, struct sbx_error **err)
 {
-    char dir[4096], path[4096], tmp[4096];
+    char dir[4096], path[4096], tmp[4096], owner[24] = "";
+    if (root_owner != 0)
+        snprintf(owner, sizeof(owner), "-u%u", (unsigned)root_owner);
     if (sbx_pathf(dir, sizeof(dir), "%s/" DISK_BLANK_DIR, template_dir) < 0 ||
-        sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 ".ext4", dir, bytes) < 0 ||
-        sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 ".%d", dir, bytes, (int)getpid()) < 0)
+        sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 "%s.ext4", dir, bytes, owner) < 0 ||
+        sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 "%s.%d", dir, bytes, owner,
+                  (int)getpid()) < 0)
         return sbx_error_sys(err, errno, "blank image path");
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
@@ -159,7 +166,7 @@ open_blank(const char *template_dir, uint64_t bytes, struct sbx_error **err)
             unlink(tmp);
             return sbx_error_sys(err, e, "size %s", tmp);
         }
-        if (run_mke2fs(tmp, err) < 0) {
+        if (run_mke2fs(tmp, root_owner, err) < 0) {
             unlink(tmp);
             return -1;
         }
@@ -241,21 +248,10 @@ copy_sparse(int in, int out, uint64_t bytes, struct sbx_error **err)
 }
 
 int
-sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
+sbx_disk_image_create(const char *template_dir, const char *path, uint64_t bytes, uid_t root_owner,
+                      struct sbx_error **err)
 {
-    uint64_t bytes = plan->limits.disk_bytes;
-    char path[4096];
-    if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
-        return sbx_error_sys(err, errno, "disk image path");
-    if (plan->reboot) {
-        struct stat st;
-        if (lstat(path, &st) < 0)
-            return sbx_error_sys(err, errno, "the disk of an earlier boot, %s", path);
-        if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
-            return sbx_error_set(err, SBX_INTERNAL, 0, "%s is not a disk image of sbx", path);
-        return 0;
-    }
-    _cleanup_close_ int blank = open_blank(plan->template_dir, bytes, err);
+    _cleanup_close_ int blank = open_blank(template_dir, bytes, root_owner, err);
     if (blank < 0)
         return -1;
     /* 0600 host root (see the comment at the top): neither the sandbox nor other host users
@@ -271,6 +267,22 @@ sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
     return 0;
 }
 
+int
+sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
+{
+    char path[4096];
+    if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
+        return sbx_error_sys(err, errno, "disk image path");
+    if (!plan->reboot)
+        return sbx_disk_image_create(plan->template_dir, path, plan->limits.disk_bytes, 0, err);
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return sbx_error_sys(err, errno, "the disk of an earlier boot, %s", path);
+    if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s is not a disk image of sbx", path);
+    return 0;
+}
+
 /* ---- attaching it --------------------------------------------------------------------- */
 
 /* Attaches image_fd to a free loop device; returns an fd of the device and its path.
@@ -282,8 +294,8 @@ sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
  * the sandbox writes, in the host's cache of the image: at most the disk limit, reclaimable
  * once written back, and charged to the sandbox's memory cgroup only on cgroup v2 (on v1
  * writeback is not attributed, so it lands in the root cgroup). */
-static int
-loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err)
+int
+sbx_loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err)
 {
     _cleanup_close_ int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (ctl < 0)
@@ -309,9 +321,8 @@ loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err)
     return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, EBUSY, "no free loop device");
 }
 
-/* Mounts the ext4 on dev detached; returns the mount fd. */
-static int
-mount_ext4(const char *dev, struct sbx_error **err)
+int
+sbx_ext4_mount(const char *dev, struct sbx_error **err)
 {
     _cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
     if (fs < 0)
@@ -370,10 +381,10 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
     _cleanup_close_ int img = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (img < 0)
         return sbx_error_sys(err, errno, "open %s", path);
-    _cleanup_close_ int loop = loop_attach(img, dev, sizeof(dev), err);
+    _cleanup_close_ int loop = sbx_loop_attach(img, dev, sizeof(dev), err);
     if (loop < 0)
         return sbx_error_prefix(err, "%s", path);
-    out->mount_fd = mount_ext4(dev, err);
+    out->mount_fd = sbx_ext4_mount(dev, err);
     if (out->mount_fd < 0)
         return sbx_error_prefix(err, "%s on %s", path, dev);
     int m = out->mount_fd;
@@ -427,7 +438,7 @@ sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes)
         return -1;
     }
     /* Allocated blocks of the sparse image: the filesystem's metadata plus what the sandbox
-     * stores now (freed blocks are discarded, see mount_ext4). Statfs would need the mount,
+     * stores now (freed blocks are discarded, see sbx_ext4_mount). Statfs would need the mount,
      * which only exists in the sandbox's mount namespace. */
     *bytes = (uint64_t)st.st_blocks * 512;
     return 0;

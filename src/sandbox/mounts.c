@@ -10,6 +10,8 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+
+#include <linux/openat2.h>
 #include <unistd.h>
 
 #include "sandbox/internal.h"
@@ -226,5 +228,49 @@ child_pivot_root(const char *newroot, const char **step)
         return fail(step, "%sdetach old root", "");
     if (chdir("/") < 0)
         return fail(step, "%schdir /", "");
+    return 0;
+}
+
+/* Opens name below dir as a directory, never through a symlink nor out of dir. */
+static int
+open_dir_beneath(int dir, const char *name)
+{
+    struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                           .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH};
+    return (int)syscall(SYS_openat2, dir, name, &how, sizeof(how));
+}
+
+int
+child_mount_volumes(const struct sbx_sandbox_plan *plan, const int *fds, const char **step)
+{
+    for (size_t i = 0; i < plan->n_volumes; i++) {
+        const char *path = plan->volumes[i].path;
+        char copy[4096];
+        if (sbx_pathf(copy, sizeof(copy), "%s", path) < 0)
+            return fail(step, "volume path %s", path);
+        /* From the sandbox's own root, one component at a time: a symlink the sandbox left
+         * on its disk (a reboot) cannot lead the mount anywhere else. */
+        int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        char *save = NULL;
+        for (char *c = strtok_r(copy, "/", &save); c && dir >= 0; c = strtok_r(NULL, "/", &save)) {
+            if (mkdirat(dir, c, 0755) < 0 && errno != EEXIST) {
+                close(dir);
+                return fail(step, "make the mount point of volume %s", path);
+            }
+            int next = open_dir_beneath(dir, c);
+            close(dir);
+            dir = next;
+        }
+        if (dir < 0)
+            return fail(step, "reach the mount point of volume %s", path);
+        int rc = move_mount(fds[i], "", dir, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+        int e = errno;
+        close(dir);
+        close(fds[i]);
+        if (rc < 0) {
+            errno = e;
+            return fail(step, "mount volume at %s", path);
+        }
+    }
     return 0;
 }

@@ -28,6 +28,13 @@ struct sbx_sandbox_limits {
                             * with ENOSPC. 0: no limit, the layer lives in sandbox_dir */
 };
 
+/* A volume (volume.c) in a sandbox. */
+struct sbx_volume_mount {
+    const char *image; /* host path of the volume's image, from sbx_volume_create */
+    const char *path;  /* where the sandbox sees it: absolute and clean ("/mnt/data") */
+};
+#define SBX_SANDBOX_MAX_VOLUMES 8
+
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
     const char *sandbox_dir;  /* host dir for this sandbox; the runtime creates it (0711) and
@@ -39,10 +46,12 @@ struct sbx_sandbox_plan {
     uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
-    bool relaxed;        /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
-    bool reboot;         /* boot again on the writable layer an earlier boot of this sandbox left in
-                          * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
-                          * must be the one it had; a failed start leaves it as it was */
+    bool relaxed; /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
+    bool reboot;  /* boot again on the writable layer an earlier boot of this sandbox left in
+                   * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
+                   * must be the one it had; a failed start leaves it as it was */
+    const struct sbx_volume_mount *volumes; /* mounted read-write, owned as on the volume */
+    size_t n_volumes;                       /* at most SBX_SANDBOX_MAX_VOLUMES */
     int agent_listen_fd; /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
     int agent_config_fd; /* readable fd with the agent's JSON config; becomes fd 4 */
     int exe_fd;          /* the program to run as PID 1, executed with fexecve; an ELF
@@ -161,6 +170,12 @@ int sbx_sandbox_frozen(const char *id);
 int sbx_sandbox_freeze_asked(const char *id);
 
 int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
+                      struct sbx_error **err);
+
+/* Creates a volume's image at image (O_EXCL): an empty ext4 of bytes whose root dir belongs to
+ * the sandboxes' user (uid 1000), formatted once per size under template_dir. Deleting it is
+ * unlinking it: sandboxes that have it mounted keep it until they end. */
+int sbx_volume_create(const char *template_dir, const char *image, uint64_t bytes,
                       struct sbx_error **err);
 
 #endif

@@ -78,14 +78,18 @@ step_reset_signals(const char **step)
     return sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
+_Static_assert(2 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
+               "SYNC_PARENT_READY carries the two overlays and every volume");
+
 /* Blocks until the parent has written our maps and joined us to our cgroups. */
 static int
-step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
+step_wait_parent(int sock, size_t n_volumes, struct sbx_rootfs *fs, int *volume_fds,
+                 const char **step)
 {
     *step = "wait for parent";
     struct sync_msg m;
-    int fds[2];
-    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 2);
+    int fds[SBX_FDPASS_MAX];
+    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 2 + n_volumes);
     if (n == 0)
         _exit(127); /* the parent gave up on us */
     if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fds[0] < 0) {
@@ -94,6 +98,7 @@ step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
     }
     fs->root_fd = fds[0];
     fs->usr_fd = fds[1];
+    memcpy(volume_fds, fds + 2, n_volumes * sizeof(int));
     return 0;
 }
 
@@ -247,9 +252,10 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
     int exe = plan->exe_fd;
     struct sbx_rootfs fs = {-1, -1};
+    int volumes[SBX_SANDBOX_MAX_VOLUMES];
 
     STEP(step_reset_signals(&step));
-    STEP(step_wait_parent(sock, &fs, &step));
+    STEP(step_wait_parent(sock, plan->n_volumes, &fs, volumes, &step));
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
     STEP(child_mount_private(&step));
@@ -260,6 +266,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     STEP(child_mount_boot_id(newroot, &step));
     STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
     STEP(child_pivot_root(newroot, &step));
+    STEP(child_mount_volumes(plan, volumes, &step)); /* inside the new root: see volume.c */
     STEP(step_hostname(hostname, &step));
     STEP(step_loopback_up(&step));
     STEP(step_rlimits(&step));
@@ -325,6 +332,14 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
                              SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
     if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
+    if (p->n_volumes > SBX_SANDBOX_MAX_VOLUMES)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d volumes",
+                             SBX_SANDBOX_MAX_VOLUMES);
+    for (size_t i = 0; i < p->n_volumes; i++)
+        if (p->volumes[i].image[0] != '/' || p->volumes[i].path[0] != '/' ||
+            strstr(p->volumes[i].path, "/..") != NULL)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad volume mount %s",
+                                 p->volumes[i].path);
     return 0;
 }
 
@@ -361,12 +376,15 @@ set_process_limits(pid_t pid, struct sbx_error **err)
     return 0;
 }
 
+/* The child's root and /usr overlays, then its volumes. */
 static int
-send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
+send_ready(int sock, const struct sbx_rootfs *fs, const int *volumes, size_t n_volumes,
+           struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
-    int fds[2] = {fs->root_fd, fs->usr_fd};
-    if (sbx_send_fds(sock, &m, sizeof(m), fds, 2) < 0)
+    int fds[SBX_FDPASS_MAX] = {fs->root_fd, fs->usr_fd};
+    memcpy(fds + 2, volumes, n_volumes * sizeof(int));
+    if (sbx_send_fds(sock, &m, sizeof(m), fds, 2 + n_volumes) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }
@@ -496,8 +514,18 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int
     struct sbx_rootfs fs;
     if (sbx_rootfs_open(plan, userns, &fs, err) < 0)
         return -1;
-    int rc = send_ready(sock, &fs, err);
-    sbx_rootfs_close(&fs); /* the child holds its own copies now */
+    int volumes[SBX_SANDBOX_MAX_VOLUMES], rc = 0;
+    size_t n = 0;
+    for (; n < plan->n_volumes && rc == 0; n++)
+        if ((volumes[n] = sbx_volume_mount(plan->volumes[n].image, userns, err)) < 0)
+            rc = -1;
+    if (rc == 0)
+        rc = send_ready(sock, &fs, volumes, n, err);
+    /* The child holds its own copies now. */
+    sbx_rootfs_close(&fs);
+    for (size_t i = 0; i < n; i++)
+        if (volumes[i] >= 0)
+            close(volumes[i]);
     return rc;
 }
 

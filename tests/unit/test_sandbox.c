@@ -967,6 +967,89 @@ TEST(reboot_without_a_disk_fails_and_keeps_the_dir)
     env_fini(&e);
 }
 
+TEST(volumes_are_shared_and_idmapped)
+{
+    REQUIRE_ROOT();
+    struct env e;
+    env_init(&e);
+    char img[600];
+    snprintf(img, sizeof(img), "%s/vol.img", e.state);
+    struct sbx_error *err = NULL;
+    CHECK(sbx_volume_create(e.template_dir, img, 64 << 20, &err) == 0);
+    struct sbx_sandbox_limits lim = default_limits;
+    lim.disk_bytes = 64 << 20;
+    const char *U = "setpriv --reuid=1000 --regid=1000 --clear-groups -- ";
+    char script[1024];
+    snprintf(script, sizeof(script),
+             "echo root=$(stat -c '%%u %%a' /mnt/data)\n"
+             "%s sh -c 'echo from-a > /mnt/data/a.txt'\n"
+             "echo owner=$(stat -c %%u /mnt/data/a.txt)\n"
+             "echo wrote\n"
+             "while [ ! -e /mnt/data/b.txt ]; do sleep 0.05; done\n"
+             "echo b=$(cat /mnt/data/b.txt)\n"
+             "sleep 30\n",
+             U);
+    struct sbx_volume_mount va = {img, "/mnt/data"}, vb = {img, "/srv/shared/v"};
+    struct box a, b;
+    struct sbx_sandbox_plan pa = {
+        .host_uid_base = BASE_A, .limits = lim, .volumes = &va, .n_volumes = 1};
+    int rc = box_spawn_plan(&e, &a, "va", &pa, script, &err);
+    if (rc < 0)
+        fprintf(stderr, "spawn: %s\n", err->msg);
+    CHECK(rc == 0);
+    wait_for_line(&a, "wrote");
+    snprintf(script, sizeof(script),
+             "echo a=$(cat /srv/shared/v/a.txt) owner=$(stat -c %%u /srv/shared/v/a.txt)\n"
+             "%s sh -c 'echo from-b > /srv/shared/v/b.txt'\n"
+             "echo done\n"
+             "sleep 30\n",
+             U);
+    struct sbx_sandbox_plan pb = {
+        .host_uid_base = BASE_B, .limits = lim, .volumes = &vb, .n_volumes = 1};
+    CHECK(box_spawn_plan(&e, &b, "vb", &pb, script, &err) == 0);
+    wait_for_line(&b, "done");
+    wait_for_line(&a, "b=from-b");
+    char *log = box_log(&a);
+    fprintf(stderr, "%s", log);
+    expect_line(log, "root=1000 755"); /* the sandboxes' user owns a new volume */
+    expect_line(log, "owner=1000");
+    log = box_log(&b);
+    fprintf(stderr, "%s", log);
+    /* Written by uid 1000 of A (host uid BASE_A + 1000), seen as 1000 in B too. */
+    expect_line(log, "a=from-a owner=1000");
+    CHECK(loops_backed_by("vol.img") == 1); /* one filesystem for both */
+    box_destroy(&a);
+    box_destroy(&b);
+    int loops = -1;
+    for (int i = 0; i < 200 && (loops = loops_backed_by("vol.img")) != 0; i++)
+        usleep(5000);
+    CHECK(loops == 0);
+
+    /* The data outlives both, and a mount point is never reached through a symlink that a
+     * sandbox left on its disk. */
+    struct box c;
+    CHECK(box_spawn(&e, &c, "vc", BASE_A, NULL, lim, "ln -s /etc /mnt/evil; echo made; sleep 30",
+                    &err) == 0);
+    wait_for_line(&c, "made");
+    struct sbx_sandbox_ref ref = box_ref(&c);
+    CHECK(sbx_sandbox_stop(&ref, &err) == 0);
+    close(c.log_fd);
+    struct sbx_volume_mount vc = {img, "/mnt/evil/v"};
+    struct sbx_sandbox_plan pc = {
+        .host_uid_base = BASE_A, .limits = lim, .reboot = true, .volumes = &vc, .n_volumes = 1};
+    CHECK(box_spawn_plan(&e, &c, "vc", &pc, "true", &err) < 0);
+    fprintf(stderr, "error: %s\n", err->msg);
+    CHECK(strstr(err->msg, "mount point of volume /mnt/evil/v") != NULL);
+    sbx_error_free(err);
+    err = NULL;
+    vc.path = "/mnt/ok";
+    CHECK(box_spawn_plan(&e, &c, "vc", &pc, "cat /mnt/ok/b.txt; echo listed", &err) == 0);
+    wait_for_line(&c, "listed");
+    expect_line(box_log(&c), "from-b");
+    box_destroy(&c);
+    env_fini(&e);
+}
+
 TEST(disk_limit_spawn_timing)
 {
     REQUIRE_ROOT();
