@@ -23,6 +23,18 @@ check_valid(const struct sbx_spawner_msg *m)
         m->op == SBX_SPAWNER_THAW || m->op == SBX_SPAWNER_STOP)
         CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);
     CHECK(m->reboot <= 1 && (m->reboot == 0 || m->op == SBX_SPAWNER_SPAWN));
+    if (m->op == SBX_SPAWNER_VOLUME_CREATE || m->op == SBX_SPAWNER_VOLUME_DELETE)
+        CHECK(m->id[0] != '\0' && strchr(m->id, '/') == NULL);
+    if (m->volumes[0]) {
+        /* Every volume line is one the spawner may mount: a clean path, not a system dir. */
+        struct sbx_spawner_volume v[SBX_SANDBOX_MAX_VOLUMES];
+        size_t n = 0;
+        CHECK(m->op == SBX_SPAWNER_SPAWN &&
+              sbx_spawner_volumes_parse(m->volumes, v, &n, NULL) == 0);
+        for (size_t i = 0; i < n; i++)
+            CHECK(v[i].path[0] == '/' && strstr(v[i].path, "/../") == NULL &&
+                  strncmp(v[i].path, "/proc", 5) != 0 && strchr(v[i].id, '/') == NULL);
+    }
 }
 
 int

@@ -34,6 +34,12 @@ struct sbx_volume_mount {
     const char *path;  /* where the sandbox sees it: absolute and clean ("/mnt/data") */
 };
 #define SBX_SANDBOX_MAX_VOLUMES 8
+#define SBX_VOLUME_PATH_MAX     255
+/* Why path cannot be where a sandbox sees a volume, or NULL if it can: it must be absolute
+ * and clean (no "//", ".", ".." or trailing '/'), at most SBX_VOLUME_PATH_MAX bytes of
+ * letters, digits and "._-+@/", and not "/" nor in a system directory (/proc, /sys, /dev,
+ * /etc, /usr, /bin, /sbin, /lib*, /boot, /run). Pure: the API and the spawner both check. */
+const char *sbx_volume_path_check(const char *path);
 
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */

@@ -88,3 +88,29 @@ sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err)
         return sbx_error_sys(err, errno, "idmap volume %s", image);
     return steal_fd(&m);
 }
+
+const char *
+sbx_volume_path_check(const char *path)
+{
+    static const char *const system[] = {"proc", "sys",   "dev",   "etc",    "usr",  "bin", "sbin",
+                                         "lib",  "lib32", "lib64", "libx32", "boot", "run"};
+    size_t n = strlen(path);
+    if (n == 0 || path[0] != '/')
+        return "path must be absolute";
+    if (n > SBX_VOLUME_PATH_MAX)
+        return "path is too long";
+    if (n == 1)
+        return "path must not be the root directory";
+    for (const char *p = path; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              strchr("._-+@/", *p)))
+            return "path may only hold letters, digits and ._-+@/";
+    if (strstr(path, "//") || path[n - 1] == '/' || strstr(path, "/./") || strstr(path, "/../") ||
+        strcmp(path + n - 2, "/.") == 0 || (n >= 3 && strcmp(path + n - 3, "/..") == 0))
+        return "path must be clean (no empty, '.' or '..' components)";
+    size_t first = strcspn(path + 1, "/");
+    for (size_t i = 0; i < sizeof(system) / sizeof(system[0]); i++)
+        if (strlen(system[i]) == first && strncmp(path + 1, system[i], first) == 0)
+            return "path must not be in a system directory";
+    return NULL;
+}

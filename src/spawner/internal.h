@@ -1,5 +1,6 @@
 /* Shared by the files of the spawner process (spawner.c: the loop, the table, spawn, destroy,
- * stats; pause.c: freeze, thaw, stop). Nothing outside src/spawner/ includes this header. */
+ * stats; pause.c: freeze, thaw, stop; volume.c: volumes' images). Nothing outside
+ * src/spawner/ includes this header. */
 #ifndef SBX_SPAWNER_INTERNAL_H
 #define SBX_SPAWNER_INTERNAL_H
 
@@ -57,6 +58,15 @@ void sbx_spawner_reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, c
 /* Kills every process of s through its agent's pidfd, then answers seq once nothing runs:
  * a destroy (s and its dir go), or with keep_dir a stop (s stays, SB_STOPPED). */
 void sbx_spawner_kill(struct sb *s, uint32_t seq, bool keep_dir);
+
+const char *sbx_spawner_state_dir(void);
+const char *sbx_spawner_template_dir(void);
+
+/* volume.c */
+void sbx_spawner_volume_create(const struct sbx_spawner_msg *m);
+void sbx_spawner_volume_delete(const struct sbx_spawner_msg *m);
+/* The image of volume id (malloc'd). */
+char *sbx_spawner_volume_image(const char *id);
 
 /* pause.c */
 void sbx_spawner_freeze(const struct sbx_spawner_msg *m);

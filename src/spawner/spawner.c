@@ -107,6 +107,18 @@ sbx_spawner_reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, const 
 
 /* ---- the table of our sandboxes ---- */
 
+const char *
+sbx_spawner_state_dir(void)
+{
+    return sp.cfg->state_dir;
+}
+
+const char *
+sbx_spawner_template_dir(void)
+{
+    return sp.template_dir;
+}
+
 struct sb *
 sbx_spawner_find(const char *id)
 {
@@ -430,6 +442,19 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         spawn_refused(s, err);
         return;
     }
+    /* The decoder checked the volumes; their images are ours, by id. */
+    struct sbx_spawner_volume vols[SBX_SANDBOX_MAX_VOLUMES];
+    struct sbx_volume_mount mounts[SBX_SANDBOX_MAX_VOLUMES];
+    char *images[SBX_SANDBOX_MAX_VOLUMES] = {0};
+    size_t n_vols = 0;
+    if (sbx_spawner_volumes_parse(m->volumes, vols, &n_vols, &err) < 0) {
+        spawn_refused(s, err);
+        return;
+    }
+    for (size_t i = 0; i < n_vols; i++) {
+        images[i] = sbx_spawner_volume_image(vols[i].id);
+        mounts[i] = (struct sbx_volume_mount){.image = images[i], .path = vols[i].path};
+    }
     char *const argv[] = {"sbx", "agent", NULL};
     char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                           "LANG=C.UTF-8", NULL};
@@ -445,13 +470,18 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         .hostname = "e2b.local",
         .relaxed = sp.cfg->relaxed,
         .reboot = m->reboot,
+        .volumes = mounts,
+        .n_volumes = n_vols,
         .agent_listen_fd = lfd,
         .agent_config_fd = conf,
         .exe_fd = sp.exe_fd,
         .argv = argv,
         .envp = envp,
     };
-    if (sbx_sandbox_spawn_start(&plan, &s->spawning, &err) < 0) {
+    int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
+    for (size_t i = 0; i < n_vols; i++)
+        free(images[i]);
+    if (rc < 0) {
         sbx_log_warn("spawn", "sandbox=%s error=\"%s\"", s->id, err->msg);
         spawn_refused(s, err);
         return;
@@ -583,8 +613,12 @@ handle(const char *buf, size_t len, int fd)
         sbx_spawner_freeze(&m);
     else if (m.op == SBX_SPAWNER_THAW)
         sbx_spawner_thaw(&m);
-    else
+    else if (m.op == SBX_SPAWNER_STOP)
         sbx_spawner_stop(&m);
+    else if (m.op == SBX_SPAWNER_VOLUME_CREATE)
+        sbx_spawner_volume_create(&m);
+    else
+        sbx_spawner_volume_delete(&m);
 }
 
 static void

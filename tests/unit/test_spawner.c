@@ -177,6 +177,31 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     n = sbx_spawner_msg_encode(&st, buf, sizeof(buf));
     buf[1] = SBX_SPAWNER_STOP; /* a STOP with the fields of a SPAWN */
     CHECK(decode(buf, (size_t)n, &out, why, sizeof(why)) < 0);
+    /* Volume lines: a system dir, a path inside another volume's, too many, not clean. */
+    const char *bad_volumes[] = {"v1:/etc/x",
+                                 "v1:/mnt/a\nv2:/mnt/a/b",
+                                 "v1:relative",
+                                 "v1:/mnt/a/../b",
+                                 "V1:/mnt/a",
+                                 ":/mnt/a",
+                                 "v1:/mnt/a:b",
+                                 "v1:/mnt/x\n\nv2:/mnt/y",
+                                 "a:/m/1\nb:/m/2\nc:/m/3\nd:/m/4\ne:/m/5\nf:/m/6\ng:/m/7\nh:/m/"
+                                 "8\ni:/m/9"};
+    for (size_t i = 0; i < sizeof(bad_volumes) / sizeof(bad_volumes[0]); i++) {
+        m = spawn_req("a", 1);
+        snprintf(m.volumes, sizeof(m.volumes), "%s", bad_volumes[i]);
+        expect_refused(bad_volumes[i], m, NULL);
+    }
+    m = spawn_req("a", 1);
+    snprintf(m.volumes, sizeof(m.volumes), "v1:/mnt/a\nv2:/home/user/data");
+    n = sbx_spawner_msg_encode(&m, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    struct sbx_spawner_volume vols[SBX_SANDBOX_MAX_VOLUMES];
+    size_t nv = 0;
+    CHECK(sbx_spawner_volumes_parse(out.volumes, vols, &nv, NULL) == 0 && nv == 2);
+    CHECK_STR(vols[1].id, "v2");
+    CHECK_STR(vols[1].path, "/home/user/data");
     /* Too short for a header. */
     CHECK(decode("\1\1\0", 3, &out, why, sizeof(why)) < 0);
 }
@@ -510,6 +535,45 @@ TEST(pause_in_place_stop_and_reboot)
     CHECK(access(dir, F_OK) < 0 && errno == ENOENT);
     CHECK(spawn(&s, "other", 4, 23).code == SBX_OK);
     CHECK(simple(&s, SBX_SPAWNER_DESTROY, "other", 24).code == SBX_OK);
+    spawner_stop(&s);
+}
+
+TEST(volumes_are_made_mounted_and_removed)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u);
+    struct sbx_spawner_msg m = {.op = SBX_SPAWNER_VOLUME_CREATE, .seq = 1, .disk_bytes = 64 << 20};
+    snprintf(m.id, sizeof(m.id), "vol1");
+    CHECK(call(&s, &m, -1).code == SBX_OK);
+    m.seq = 2;
+    CHECK(call(&s, &m, -1).code == SBX_ALREADY_EXISTS);
+    char path[256];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/volumes/vol1", s.state);
+    CHECK(stat(path, &st) == 0 && st.st_uid == 0 && (st.st_mode & 0777) == 0700);
+    snprintf(path, sizeof(path), "%s/volumes/vol1/volume.img", s.state);
+    CHECK(stat(path, &st) == 0 && st.st_size == 64 << 20 && (st.st_mode & 0777) == 0600);
+    /* Mounted in a sandbox; a volume that is not there fails the spawn. */
+    struct sbx_spawner_msg sp = spawn_req("withvol", 2);
+    sp.seq = 3;
+    snprintf(sp.volumes, sizeof(sp.volumes), "vol1:/mnt/data");
+    int fd = config_memfd("withvol");
+    CHECK(call(&s, &sp, fd).code == SBX_OK);
+    close(fd);
+    sp = spawn_req("novol", 3);
+    sp.seq = 4;
+    snprintf(sp.volumes, sizeof(sp.volumes), "nosuch:/mnt/data");
+    fd = config_memfd("novol");
+    CHECK(call(&s, &sp, fd).code == SBX_NOT_FOUND);
+    close(fd);
+    snprintf(path, sizeof(path), "%s/sandboxes/novol", s.state);
+    CHECK(access(path, F_OK) < 0);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "withvol", 5).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_VOLUME_DELETE, "vol1", 6).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_VOLUME_DELETE, "vol1", 7).code == SBX_NOT_FOUND);
+    snprintf(path, sizeof(path), "%s/volumes/vol1", s.state);
+    CHECK(access(path, F_OK) < 0 && errno == ENOENT);
     spawner_stop(&s);
 }
 
