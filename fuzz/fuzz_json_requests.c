@@ -61,6 +61,8 @@ control_plane(json_t *body)
             CHECK(!v2 || o.secure);
             /* The timeout policy the SDKs check: autoResume only with a pause that keeps memory. */
             CHECK(!o.auto_resume || (o.auto_pause && o.auto_pause_memory));
+            CHECK(o.volume_mounts == NULL ||
+                  json_array_size(o.volume_mounts) <= SBX_SANDBOX_MAX_VOLUMES);
         }
         settle(rc, &err);
     }

@@ -85,6 +85,20 @@ sandbox_json(const struct sbx_sandbox_rec *r)
     return o;
 }
 
+/* [{name, path}] of the volumes a sandbox mounts (the record also has their ids). */
+static json_t *
+volume_mounts_json(const char *stored)
+{
+    json_t *all = json_loads(stored ? stored : "[]", 0, NULL), *out = json_array();
+    for (size_t i = 0; i < json_array_size(all); i++) {
+        json_t *m = json_array_get(all, i);
+        json_array_append_new(out, json_pack("{s:O,s:O}", "name", json_object_get(m, "name"),
+                                             "path", json_object_get(m, "path")));
+    }
+    json_decref(all);
+    return out;
+}
+
 /* ListedSandbox, and with detail the SandboxDetail of GET /sandboxes/{id}. */
 static json_t *
 listed_json(const struct sbx_sandbox_rec *r, bool detail)
@@ -95,6 +109,7 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
                           time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
                           r->memory_mb, "diskSizeMB", r->disk_mb, "state", r->state, "envdVersion",
                           SBX_ENVD_VERSION, "metadata", parse_map(r->metadata_json));
+    json_object_set_new(o, "volumeMounts", volume_mounts_json(r->volume_mounts_json));
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (detail) {
@@ -184,6 +199,14 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
         sbx_json_opt_string_map(body, "metadata", &o.metadata, err) < 0 ||
         sbx_json_opt_env_map(body, "envVars", &o.env_vars, err) < 0)
         return -1;
+    json_t *mounts = json_object_get(body, "volumeMounts");
+    if (mounts && !json_is_null(mounts) && json_array_size(mounts) > 0) {
+        if (sbx_volumes_check_mounts(mounts, err) < 0)
+            return -1;
+        o.volume_mounts = mounts;
+    } else if (mounts && !json_is_null(mounts) && !json_is_array(mounts)) {
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volumeMounts must be an array");
+    }
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
     if (tmpl) {
@@ -287,6 +310,12 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
         respond_err(req, err);
         return;
     }
+    _cleanup_free_ char *mounts = NULL;
+    if (o.volume_mounts && (mounts = sbx_volumes_resolve(o.volume_mounts, &err)) == NULL) {
+        respond_err(req, err);
+        return;
+    }
+    o.volume_mounts_json = mounts;
     sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
 }
 
@@ -724,6 +753,10 @@ dispatch(struct sbx_http_req *req, json_t *body)
     bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
     char **r = v2 ? p + 1 : p;
     size_t rn = v2 ? n - 1 : n;
+    if (!v2 && n >= 1 && n <= 2 && strcmp(p[0], "volumes") == 0) {
+        sbx_volumes_api(req, body, p, n);
+        return;
+    }
     if (!v2 && n == 1 && get && strcmp(p[0], "pools") == 0) {
         respond_json(req, 200, sbx_pool_status());
         return;
@@ -797,6 +830,9 @@ sbx_api_handle(struct sbx_http_req *req)
         sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         return;
     }
+    /* The volume content API takes a volume's own token, not an API key. */
+    if (sbx_volumes_content(req))
+        return;
     if (!authorized(req)) {
         sbx_http_respond_error(req, 401, "Invalid API key, please provide a valid X-API-KEY");
         return;

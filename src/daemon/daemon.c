@@ -58,11 +58,12 @@ usage(FILE *f)
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
             "  --paused-retention D how long a paused sandbox is kept before it is deleted:\n"
             "                       N followed by s, m, h or d (30d; SBX_PAUSED_RETENTION)\n"
+            "  --volume-mb N        size of each new volume (%d; SBX_VOLUME_MB)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
             SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S,
-            SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB);
+            SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB, SBX_DEFAULT_VOLUME_MB);
 }
 
 static int
@@ -190,6 +191,9 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
         return parse_positive(v, &c->pool_memory_mb);
     case 'R':
         return parse_duration(v, &c->paused_retention_s);
+    case 'V':
+        /* Each volume is an ext4 filesystem of this size, like a sandbox's disk. */
+        return parse_positive(v, &c->volume_mb) < 0 || c->volume_mb < SBX_MIN_DISK_MB ? -1 : 0;
     }
     return -1;
 }
@@ -211,6 +215,7 @@ static const struct option long_opts[] = {
     {"pool", required_argument, NULL, 'O'},
     {"pool-memory-mb", required_argument, NULL, 'M'},
     {"paused-retention", required_argument, NULL, 'R'},
+    {"volume-mb", required_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -227,6 +232,7 @@ static const struct {
     {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
     {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_PAUSED_RETENTION", 'R'},
+    {"SBX_VOLUME_MB", 'V'},
 };
 
 static int
@@ -243,6 +249,7 @@ parse_config(int argc, char **argv, struct sbx_daemon_config *c)
     c->header_timeout_s = SBX_DEFAULT_HEADER_TIMEOUT_S;
     c->idle_timeout_s = SBX_DEFAULT_IDLE_TIMEOUT_S;
     c->paused_retention_s = SBX_DEFAULT_PAUSED_RETENTION_S;
+    c->volume_mb = SBX_DEFAULT_VOLUME_MB;
     parse_listen(SBX_DEFAULT_LISTEN, c);
     for (size_t i = 0; i < sizeof(env_opts) / sizeof(env_opts[0]); i++) {
         const char *v = getenv(env_opts[i].env);

@@ -44,6 +44,7 @@ struct sbx_daemon_config {
     int pool_memory_mb;         /* --pool-memory-mb */
     int max_conns;              /* client connections; 0 until derived from the open-file limit */
     int64_t paused_retention_s; /* --paused-retention: paused sandboxes are deleted after */
+    int volume_mb;              /* --volume-mb: the size of a new volume */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
@@ -62,9 +63,10 @@ struct sbx_live {
     struct sbx_live *id_next; /* in its bucket of the id index */
     /* In the order of last use, newest first; secure sandboxes only (see live.c). */
     struct sbx_live *recent_prev, *recent_next;
-    struct sbx_pool *pool;           /* pool.c: the pool it waits in (not in the table then) */
-    struct sbx_live *pool_next;      /* in its pool's list of warm sandboxes */
-    struct sbx_pool_member *warming; /* pool.c: while it warms up */
+    struct sbx_pool *pool;              /* pool.c: the pool it waits in (not in the table then) */
+    struct sbx_live *pool_next;         /* in its pool's list of warm sandboxes */
+    struct sbx_pool_member *warming;    /* pool.c: while it warms up */
+    struct sbx_volume_service *service; /* volumes.c: it serves this volume's content API */
 };
 
 struct sbx_daemon {
@@ -104,6 +106,8 @@ struct sbx_create_opts {
     bool auto_resume;       /* a request for it while paused resumes it */
     json_t *metadata;       /* borrowed objects of strings */
     json_t *env_vars;
+    json_t *volume_mounts;          /* borrowed [{name, path}], checked but not resolved */
+    const char *volume_mounts_json; /* resolved: [{name, path, volumeID}] (sbx_volumes_resolve) */
 };
 /* l is the new sandbox (NULL with err on failure); spawn_us the time the spawn took. */
 typedef void (*sbx_lifecycle_create_cb)(struct sbx_live *l, struct sbx_error *err,
@@ -129,10 +133,11 @@ void sbx_lifecycle_unwatch(struct sbx_live *l);
 /* l's agent exited: a running l is destroyed, a paused one keeps its disk; decided once what
  * is under way (pause.c) has ended. */
 void sbx_lifecycle_agent_gone(struct sbx_live *l);
-/* The agent's config (tokens, env vars) for a spawn of l's record, as an fd for the spawner. */
-int sbx_lifecycle_config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err);
-/* The spawn request for l (its limits and uid slot); reboot: on the disk it kept. */
-void sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req);
+/* The agent's config (tokens, env vars) for a spawn of l, as an fd for the spawner. */
+int sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err);
+/* The spawn request for l (its limits, uid slot and volumes); reboot: on the disk it kept. */
+int sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req,
+                            struct sbx_error **err);
 /* When the soonest deadline (a timeout, the end of a paused sandbox's retention) is due. */
 void sbx_lifecycle_arm_expiry(void);
 /* The live sandbox with this id, NULL if none (or it is being destroyed). */
@@ -182,6 +187,25 @@ void sbx_pool_forget(struct sbx_live *l);
 void sbx_pool_drain(void (*done)(void));
 /* GET /pools: each pool's template, target, warm and starting counts, memory estimate. */
 json_t *sbx_pool_status(void);
+
+/* volumes.c: volumes (POST/GET/DELETE /volumes), their content API (/volumecontent/..., with
+ * the volume's token), served by a sandbox of the volume's own (its "service", started on
+ * demand, stopped when idle), and the volumes a create mounts. */
+struct sbx_volume_service;
+/* /volumes[/{id}] of an authorized client (parts: the path's segments). */
+void sbx_volumes_api(struct sbx_http_req *req, json_t *body, char **parts, size_t n);
+/* /volumecontent/...: false if req is not for it. */
+bool sbx_volumes_content(struct sbx_http_req *req);
+/* Pure: whether create's volumeMounts is [{name, path}] with at most SBX_SANDBOX_MAX_VOLUMES
+ * entries, valid names and paths a sandbox may have (none twice or inside another). */
+int sbx_volumes_check_mounts(json_t *mounts, struct sbx_error **err);
+/* Create's volumeMounts (checked by sbx_api_create_opts_parse) with each name resolved to its
+ * volume: a malloc'd [{name, path, volumeID}], or NULL and the API's 400. */
+char *sbx_volumes_resolve(json_t *mounts, struct sbx_error **err);
+/* The "<volumeID>:<path>" lines of a spawn request (spawner/msg.h). */
+int sbx_volumes_spawn_lines(const char *mounts_json, char *out, size_t cap, struct sbx_error **err);
+/* l, the service of a volume, is gone. */
+void sbx_volumes_forget(struct sbx_live *l);
 
 /* live.c: the table of running sandboxes. Insert and remove keep its list, id index and
  * order of use together; remove accepts a sandbox never inserted. find also returns a

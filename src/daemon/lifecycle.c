@@ -71,6 +71,7 @@ live_drop(struct sbx_live *l)
 {
     sbx_live_remove(sbx_daemon, l);
     sbx_pool_forget(l);
+    sbx_volumes_forget(l);
     live_free(l);
 }
 
@@ -289,8 +290,9 @@ sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **
 /* The agent's config, in a memfd: the spawner copies it into a sealed one of its own. A
  * pooled sandbox's has no client's identity yet: it gets it with POST /init (adopt). */
 int
-sbx_lifecycle_config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
+sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err)
 {
+    const struct sbx_sandbox_rec *rec = l->rec;
     json_error_t jerr;
     json_t *env = json_loads(rec->env_vars_json, 0, &jerr);
     json_t *cfg =
@@ -302,7 +304,10 @@ sbx_lifecycle_config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **er
     json_object_set_new(cfg, "codeInterpreter",
                         json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
-    if (rec->pooled)
+    /* A pooled row with a volume is that volume's content service (volumes.c). */
+    if (rec->pooled && strcmp(rec->volume_mounts_json, "[]") != 0)
+        json_object_set_new(cfg, "volumeService", json_true());
+    else if (rec->pooled)
         json_object_set_new(cfg, "pooled", json_true());
     char *s = json_dumps(cfg, JSON_COMPACT);
     json_decref(cfg);
@@ -354,6 +359,8 @@ assign(struct sbx_sandbox_rec *rec, const struct sbx_create_opts *o)
     rec->auto_pause_memory = o->auto_pause_memory;
     rec->auto_resume = o->auto_resume;
     rec->timeout_s = o->timeout_s;
+    free(rec->volume_mounts_json);
+    rec->volume_mounts_json = strdup(o->volume_mounts_json ? o->volume_mounts_json : "[]");
     rec->pooled = false;
 }
 
@@ -378,6 +385,7 @@ new_live(const char *template_id, const struct sbx_create_opts *o, struct sbx_er
     rec->state = strdup("running");
     rec->auto_pause_memory = true;
     rec->timeout_s = SBX_DEFAULT_TIMEOUT_S;
+    rec->volume_mounts_json = strdup("[]");
     rec->pooled = true;
     if (o)
         assign(rec, o);
@@ -415,6 +423,7 @@ move_client_fields(struct sbx_sandbox_rec *to, struct sbx_sandbox_rec *from)
     MOVE(env_vars_json);
     MOVE(access_token);
     MOVE(traffic_token);
+    MOVE(volume_mounts_json);
 #undef MOVE
     to->started_at_ms = from->started_at_ms;
     to->end_at_ms = from->end_at_ms;
@@ -491,8 +500,9 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     }
 }
 
-void
-sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req)
+int
+sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req,
+                        struct sbx_error **err)
 {
     const struct sbx_sandbox_rec *rec = l->rec;
     *req = (struct sbx_spawner_msg){
@@ -506,19 +516,21 @@ sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawne
     };
     snprintf(req->id, sizeof(req->id), "%s", rec->id);
     snprintf(req->template_name, sizeof(req->template_name), "%s", rec->template_id);
+    return sbx_volumes_spawn_lines(rec->volume_mounts_json, req->volumes, sizeof(req->volumes),
+                                   err);
 }
 
 static void
 spawn(struct spawning *c)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
-    int cfd = sbx_lifecycle_config_fd(c->l->rec, &err);
-    if (cfd < 0) {
+    struct sbx_spawner_msg req;
+    int cfd = -1;
+    if (sbx_lifecycle_spawn_req(c->l, false, &req, &err) < 0 ||
+        (cfd = sbx_lifecycle_config_fd(c->l, &err)) < 0) {
         on_spawned(NULL, err, c);
         return;
     }
-    struct sbx_spawner_msg req;
-    sbx_lifecycle_spawn_req(c->l, false, &req);
     sbx_spawner_call(&req, cfd, on_spawned, c);
 }
 
@@ -603,7 +615,8 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
         abort();
     *c = (struct spawning){.cb = cb, .ud = ud};
     c->start_us = sbx_now_us();
-    c->l = sbx_pool_take(o->template_id);
+    /* A pooled sandbox runs already, without the volumes this one would mount. */
+    c->l = o->volume_mounts_json ? NULL : sbx_pool_take(o->template_id);
     if (c->l) {
         adopt(c, o);
         return;

@@ -164,12 +164,11 @@ ask(struct sbx_pause_op *op, uint8_t what)
     op->step = what;
     if (what == SBX_SPAWNER_SPAWN) {
         _cleanup_error_ struct sbx_error *err = NULL;
-        fd = sbx_lifecycle_config_fd(l->rec, &err);
-        if (fd < 0) {
+        if (sbx_lifecycle_spawn_req(l, true, &req, &err) < 0 ||
+            (fd = sbx_lifecycle_config_fd(l, &err)) < 0) {
             finish(op, err);
             return;
         }
-        sbx_lifecycle_spawn_req(l, true, &req);
     } else {
         snprintf(req.id, sizeof(req.id), "%s", l->rec->id);
     }

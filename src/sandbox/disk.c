@@ -52,23 +52,52 @@
 
 /* ---- the blank image ------------------------------------------------------------------ */
 
-static const char *const mke2fs_paths[] = {"/usr/sbin/mke2fs", "/sbin/mke2fs"};
+/* Runs an e2fsprogs tool (from /usr/sbin or /sbin) with argv, quietly; 0 if it exits 0. */
+static int
+run_e2fsprogs(const char *tool, char *const argv[], struct sbx_error **err)
+{
+    char exe[64] = "";
+    static const char *const dirs[] = {"/usr/sbin", "/sbin"};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]) && !exe[0]; i++) {
+        snprintf(exe, sizeof(exe), "%s/%s", dirs[i], tool);
+        if (access(exe, X_OK) < 0)
+            exe[0] = '\0';
+    }
+    if (exe[0] == '\0')
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, ENOENT,
+                             "%s not found (install e2fsprogs)", tool);
+    char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        return sbx_error_sys(err, rc, "run %s", exe);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return sbx_error_sys(err, errno, "wait for %s", tool);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s failed (%s %d)", tool,
+                             WIFSIGNALED(st) ? "signal" : "status",
+                             WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    return 0;
+}
 
 /* Formats path as ext4 with explicit options, so the host's /etc/mke2fs.conf cannot change
  * what we get: no journal (the filesystem dies with the sandbox, and a journal costs writes
  * and space), no reserved blocks (sandbox root has no CAP_SYS_RESOURCE over this ext4, so
  * reserved blocks would just be lost), uninitialised inode tables (lazy_itable_init; the
- * mount uses noinit_itable so they are never zeroed into the sparse image). */
+ * mount uses noinit_itable so they are never zeroed into the sparse image). A root dir of
+ * another owner is a volume's (volume.c), whose root holds only what its users put there:
+ * its lost+found goes (e2fsck would make one again if it needed it). */
 static int
 run_mke2fs(const char *path, uid_t root_owner, struct sbx_error **err)
 {
-    const char *exe = NULL;
-    for (size_t i = 0; i < sizeof(mke2fs_paths) / sizeof(mke2fs_paths[0]) && !exe; i++)
-        if (access(mke2fs_paths[i], X_OK) == 0)
-            exe = mke2fs_paths[i];
-    if (exe == NULL)
-        return sbx_error_set(err, SBX_FAILED_PRECONDITION, ENOENT,
-                             "mke2fs not found (install e2fsprogs)");
     char extended[96];
     snprintf(extended, sizeof(extended), "lazy_itable_init=1,nodiscard,root_owner=%u:%u",
              (unsigned)root_owner, (unsigned)root_owner);
@@ -93,25 +122,11 @@ run_mke2fs(const char *path, uid_t root_owner, struct sbx_error **err)
         extended,
         (char *)path,
         NULL};
-    char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0)
-        return sbx_error_sys(err, rc, "run %s", exe);
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return sbx_error_sys(err, errno, "wait for mke2fs");
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        return sbx_error_set(err, SBX_INTERNAL, 0, "mke2fs %s failed (%s %d)", path,
-                             WIFSIGNALED(st) ? "signal" : "status",
-                             WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    if (run_e2fsprogs("mke2fs", argv, err) < 0)
+        return sbx_error_prefix(err, "format %s", path);
+    char *const rmdir_argv[] = {"debugfs", "-w", "-R", "rmdir lost+found", (char *)path, NULL};
+    if (root_owner != 0 && run_e2fsprogs("debugfs", rmdir_argv, err) < 0)
+        return sbx_error_prefix(err, "%s", path);
     return 0;
 }
 

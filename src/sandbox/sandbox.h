@@ -40,6 +40,9 @@ struct sbx_volume_mount {
  * letters, digits and "._-+@/", and not "/" nor in a system directory (/proc, /sys, /dev,
  * /etc, /usr, /bin, /sbin, /lib*, /boot, /run). Pure: the API and the spawner both check. */
 const char *sbx_volume_path_check(const char *path);
+/* The same for all of a sandbox's volumes: at most SBX_SANDBOX_MAX_VOLUMES, none twice or
+ * inside another. NULL, or why, with *bad the index of the offending path. */
+const char *sbx_volume_paths_check(const char *const *paths, size_t n, size_t *bad);
 
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */

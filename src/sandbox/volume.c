@@ -89,6 +89,32 @@ sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err)
     return steal_fd(&m);
 }
 
+/* Whether path b is a, or below a. */
+static bool
+is_within(const char *a, const char *b)
+{
+    size_t n = strlen(a);
+    return strncmp(a, b, n) == 0 && (b[n] == '\0' || b[n] == '/');
+}
+
+const char *
+sbx_volume_paths_check(const char *const *paths, size_t n, size_t *bad)
+{
+    if (n > SBX_SANDBOX_MAX_VOLUMES) {
+        *bad = SBX_SANDBOX_MAX_VOLUMES;
+        return "too many volume mounts";
+    }
+    for (*bad = 0; *bad < n; (*bad)++) {
+        const char *why = sbx_volume_path_check(paths[*bad]);
+        if (why)
+            return why;
+        for (size_t j = 0; j < *bad; j++)
+            if (is_within(paths[j], paths[*bad]) || is_within(paths[*bad], paths[j]))
+                return "path overlaps another volume mount";
+    }
+    return NULL;
+}
+
 const char *
 sbx_volume_path_check(const char *path)
 {

@@ -209,14 +209,6 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
     return 0;
 }
 
-/* Whether path b is a, or below a. */
-static bool
-is_within(const char *a, const char *b)
-{
-    size_t n = strlen(a);
-    return strncmp(a, b, n) == 0 && (b[n] == '\0' || b[n] == '/');
-}
-
 int
 sbx_spawner_volumes_parse(const char *s, struct sbx_spawner_volume *out, size_t *n,
                           struct sbx_error **err)
@@ -238,17 +230,18 @@ sbx_spawner_volumes_parse(const char *s, struct sbx_spawner_volume *out, size_t 
         v->id[idlen] = '\0';
         memcpy(v->path, colon + 1, plen);
         v->path[plen] = '\0';
-        const char *why = sbx_volume_path_check(v->path);
-        if (!charset_ok(v->id, NULL) || why)
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volume %zu: %s", *n + 1,
-                                 why ? why : "bad id");
-        for (size_t i = 0; i < *n; i++)
-            if (is_within(out[i].path, v->path) || is_within(v->path, out[i].path))
-                return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
-                                     "volume %zu: %s overlaps another volume", *n + 1, v->path);
+        if (!charset_ok(v->id, NULL))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volume %zu: bad id", *n + 1);
         (*n)++;
         line = end ? end + 1 : line + len;
     }
+    const char *paths[SBX_SANDBOX_MAX_VOLUMES];
+    size_t bad;
+    for (size_t i = 0; i < *n; i++)
+        paths[i] = out[i].path;
+    const char *why = sbx_volume_paths_check(paths, *n, &bad);
+    if (why)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volume %zu: %s", bad + 1, why);
     return 0;
 }
 

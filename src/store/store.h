@@ -1,4 +1,4 @@
-/* The daemon's durable state: API keys and sandboxes, in one embedded SQLite database
+/* The daemon's durable state: API keys, sandboxes and volumes, in one embedded SQLite database
  * (WAL mode). Everything the daemon must remember across a restart lives here; nothing
  * lives only in memory.
  *
@@ -43,12 +43,28 @@ struct sbx_sandbox_rec {
                               * tells a live agent from a recycled pid after a restart */
     char *state;             /* "running" or "paused" */
     bool allow_internet;
-    bool auto_pause;        /* at end_at: pause instead of kill */
-    bool pooled;            /* in a warm pool: no client's yet, never listed (see query) */
-    bool paused_memory;     /* paused in place, memory kept (else to its disk only) */
-    bool auto_pause_memory; /* an automatic pause keeps memory (else to its disk only) */
-    bool auto_resume;       /* a request for it while paused resumes it */
-    int timeout_s;          /* asked at create: the timeout of an automatic resume */
+    bool auto_pause;          /* at end_at: pause instead of kill */
+    bool pooled;              /* in a warm pool: no client's yet, never listed (see query); with
+                               * a volume mounted, that volume's content service (volumes.c) */
+    bool paused_memory;       /* paused in place, memory kept (else to its disk only) */
+    bool auto_pause_memory;   /* an automatic pause keeps memory (else to its disk only) */
+    bool auto_resume;         /* a request for it while paused resumes it */
+    int timeout_s;            /* asked at create: the timeout of an automatic resume */
+    char *volume_mounts_json; /* [{"name","path","volumeID"}], "[]" if none */
+};
+
+/* A volume: storage that sandboxes mount (its data is the spawner's, in the state dir). */
+struct sbx_volume_rec {
+    char id[SBX_STORE_ID_MAX + 1];
+    char *name;  /* unique, [a-zA-Z0-9_-]+ */
+    char *token; /* the bearer token of its content API (a secret) */
+    int size_mb;
+    int64_t created_at_ms;
+};
+
+struct sbx_volume_list {
+    struct sbx_volume_rec **items;
+    size_t n;
 };
 
 struct sbx_sandbox_list {
@@ -139,6 +155,22 @@ int sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q
  * slot is reused once its row is deleted). All used: SBX_RESOURCE_EXHAUSTED. */
 int sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err);
 
+/* Volumes. insert: a taken name is SBX_ALREADY_EXISTS ("Volume with name '<n>' already
+ * exists"). get: by id, or by name when id is NULL; SBX_NOT_FOUND. list: oldest first. */
+int sbx_store_volume_insert(struct sbx_store *s, const struct sbx_volume_rec *v,
+                            struct sbx_error **err);
+int sbx_store_volume_get(struct sbx_store *s, const char *id, const char *name,
+                         struct sbx_volume_rec **out, struct sbx_error **err);
+int sbx_store_volume_list(struct sbx_store *s, struct sbx_volume_list **out,
+                          struct sbx_error **err);
+int sbx_store_volume_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
+/* The id of a client's sandbox (running or paused) that mounts the volume into sandbox_id, ""
+ * if none does. */
+int sbx_store_volume_user(struct sbx_store *s, const char *volume_id,
+                          char sandbox_id[SBX_STORE_ID_MAX + 1], struct sbx_error **err);
+void sbx_volume_rec_free(struct sbx_volume_rec *v);
+void sbx_volume_list_free(struct sbx_volume_list *l);
+
 void sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec);
 void sbx_sandbox_list_free(struct sbx_sandbox_list *list);
 
@@ -152,6 +184,18 @@ sbx_sandbox_list_freep(struct sbx_sandbox_list **list)
 {
     sbx_sandbox_list_free(*list);
 }
+static inline void
+sbx_volume_rec_freep(struct sbx_volume_rec **v)
+{
+    sbx_volume_rec_free(*v);
+}
+static inline void
+sbx_volume_list_freep(struct sbx_volume_list **l)
+{
+    sbx_volume_list_free(*l);
+}
+#define _cleanup_volume_rec_   __attribute__((cleanup(sbx_volume_rec_freep)))
+#define _cleanup_volume_list_  __attribute__((cleanup(sbx_volume_list_freep)))
 #define _cleanup_sandbox_rec_  __attribute__((cleanup(sbx_sandbox_rec_freep)))
 #define _cleanup_sandbox_list_ __attribute__((cleanup(sbx_sandbox_list_freep)))
 

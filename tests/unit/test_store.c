@@ -210,6 +210,50 @@ TEST(sandbox_round_trip)
     sbx_store_close(s);
 }
 
+TEST(volumes_round_trip_and_users)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    struct sbx_volume_rec v = {
+        .id = "vol1", .name = "data", .token = "t0k", .size_mb = 64, .created_at_ms = 5};
+    CHECK(sbx_store_volume_insert(s, &v, &err) == 0);
+    struct sbx_volume_rec dup = v;
+    snprintf(dup.id, sizeof(dup.id), "vol2");
+    CHECK(sbx_store_volume_insert(s, &dup, &err) < 0);
+    CHECK(err->code == SBX_ALREADY_EXISTS);
+    CHECK_STR(err->msg, "Volume with name 'data' already exists");
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_volume_rec *g = NULL;
+    CHECK(sbx_store_volume_get(s, NULL, "data", &g, &err) == 0);
+    CHECK_STR(g->id, "vol1");
+    CHECK_STR(g->token, "t0k");
+    CHECK(g->size_mb == 64);
+    sbx_volume_rec_free(g);
+    CHECK(sbx_store_volume_get(s, "nope", NULL, &g, &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_volume_list *l = NULL;
+    CHECK(sbx_store_volume_list(s, &l, &err) == 0 && l->n == 1);
+    sbx_volume_list_free(l);
+    /* A sandbox that mounts it is its user. */
+    char user[SBX_STORE_ID_MAX + 1];
+    CHECK(sbx_store_volume_user(s, "vol1", user, &err) == 0 && user[0] == '\0');
+    struct sbx_sandbox_rec r = mkrec("sb1", 1, 1, "paused", "{}");
+    r.volume_mounts_json = "[{\"name\":\"data\",\"path\":\"/mnt/d\",\"volumeID\":\"vol1\"}]";
+    CHECK(sbx_store_sandbox_insert(s, &r, &err) == 0);
+    CHECK(sbx_store_volume_user(s, "vol1", user, &err) == 0);
+    CHECK_STR(user, "sb1");
+    struct sbx_sandbox_rec *got = NULL;
+    CHECK(sbx_store_sandbox_get(s, "sb1", &got, &err) == 0);
+    CHECK_STR(got->volume_mounts_json, r.volume_mounts_json);
+    sbx_sandbox_rec_free(got);
+    CHECK(sbx_store_volume_delete(s, "vol1", &err) == 0);
+    CHECK(sbx_store_volume_delete(s, "vol1", &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    sbx_store_close(s);
+}
+
 TEST(persists_across_close_and_open)
 {
     struct sbx_store *s = open_fresh();
