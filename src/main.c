@@ -18,6 +18,9 @@ usage(FILE *f)
           "  kill ID             kill a sandbox\n"
           "  exec ID -- CMD...   run a command in a sandbox, streaming its output\n"
           "  shell ID            open an interactive shell in a sandbox\n"
+          "  pause ID            pause a sandbox (--filesystem: keep only its disk)\n"
+          "  resume ID           resume a paused sandbox\n"
+          "  volume ls|create|rm list, create or remove volumes\n"
           "\n"
           "Clients read E2B_API_URL (default http://127.0.0.1:3000) and E2B_API_KEY.\n",
           f);

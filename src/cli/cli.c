@@ -13,8 +13,9 @@ static const struct {
     const char *name;
     int (*fn)(int argc, char **argv);
 } verbs[] = {
-    {"ls", sbx_cli_ls},     {"create", sbx_cli_create}, {"kill", sbx_cli_kill},
-    {"exec", sbx_cli_exec}, {"shell", sbx_cli_shell},
+    {"ls", sbx_cli_ls},         {"create", sbx_cli_create}, {"kill", sbx_cli_kill},
+    {"exec", sbx_cli_exec},     {"shell", sbx_cli_shell},   {"pause", sbx_cli_pause},
+    {"resume", sbx_cli_resume}, {"volume", sbx_cli_volume},
 };
 
 int
