@@ -181,8 +181,8 @@ static void
 stop_to_disk(struct sbx_pause_op *op)
 {
     struct sbx_live *l = op->l;
-    int64_t paused_at = sbx_live_is_paused(l) ? l->rec->end_at_ms : sbx_wall_ms();
-    record(l, true, false, paused_at);
+    if (!sbx_live_is_paused(l) || l->rec->paused_memory)
+        record(l, true, false, sbx_live_is_paused(l) ? l->rec->end_at_ms : sbx_wall_ms());
     sbx_lifecycle_unwatch(l); /* its agent's exit is what we ask for */
     ask(op, SBX_SPAWNER_STOP);
 }
@@ -226,10 +226,12 @@ start(struct sbx_pause_op *op)
                 finish(op, NULL);
         } else if (l->rec->paused_memory && op->memory) {
             ask(op, SBX_SPAWNER_THAW);
+        } else if (l->rec->paused_memory) {
+            stop_to_disk(op); /* boot again on the disk: what runs of it (frozen) goes first */
         } else {
-            /* Boot again on the disk: what runs of it (frozen) goes first. A STOP of a
-             * stopped sandbox costs nothing and undoes a reboot a crash cut short. */
-            stop_to_disk(op);
+            /* Paused to its disk: stopped already (a restart settles what a crash cut
+             * short, and a reboot that failed leaves it stopped). */
+            ask(op, SBX_SPAWNER_SPAWN);
         }
         return;
     case OP_SETTLE:
