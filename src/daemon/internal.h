@@ -182,8 +182,8 @@ void sbx_pool_fill(void);
 struct sbx_live *sbx_pool_take(const char *template_id);
 /* l leaves its pool (its agent died, or it is destroyed). */
 void sbx_pool_forget(struct sbx_live *l);
-/* For a clean stop: destroys every pooled sandbox (nobody's, and they would otherwise run
- * until the next start), then calls done, at the latest after SBX_POOL_DRAIN_MS. */
+/* For a clean stop: destroys every pooled sandbox and volume service (nobody's, and they would
+ * otherwise run until the next start), then calls done, at the latest after SBX_POOL_DRAIN_MS. */
 void sbx_pool_drain(void (*done)(void));
 /* GET /pools: each pool's template, target, warm and starting counts, memory estimate. */
 json_t *sbx_pool_status(void);
@@ -206,6 +206,8 @@ char *sbx_volumes_resolve(json_t *mounts, struct sbx_error **err);
 int sbx_volumes_spawn_lines(const char *mounts_json, char *out, size_t cap, struct sbx_error **err);
 /* l, the service of a volume, is gone. */
 void sbx_volumes_forget(struct sbx_live *l);
+/* For a clean stop: destroys every running service (cb for each); returns how many. */
+int sbx_volumes_drain(sbx_lifecycle_done_cb cb);
 
 /* live.c: the table of running sandboxes. Insert and remove keep its list, id index and
  * order of use together; remove accepts a sandbox never inserted. find also returns a

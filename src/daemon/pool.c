@@ -342,6 +342,8 @@ sbx_pool_drain(void (*done)(void))
             sbx_lifecycle_kill(l, on_discarded, NULL);
         }
     }
+    /* Volumes' content services are nobody's sandboxes too. */
+    drain.outstanding += sbx_volumes_drain(on_discarded);
     if (drain.outstanding == 0) {
         drain.done = NULL;
         done();

@@ -215,6 +215,18 @@ sbx_volumes_forget(struct sbx_live *l)
         service_free(s);
 }
 
+int
+sbx_volumes_drain(sbx_lifecycle_done_cb cb)
+{
+    int n = 0;
+    for (struct sbx_volume_service *s = services; s; s = s->next)
+        if (s->l && !s->l->dying) {
+            sbx_lifecycle_destroy(s->l, "the daemon stops", cb, NULL);
+            n++;
+        }
+    return n;
+}
+
 /* ---- the content API ---- */
 
 static void

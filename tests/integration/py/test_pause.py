@@ -335,3 +335,43 @@ def test_paused_retention(sbx_daemon, tmp_path):
         assert wait_for(lambda: not os.path.exists(os.path.join(d.state_dir, "sandboxes", sid)))
         assert wait_for(lambda: "paused for longer than --paused-retention" in
                         d.log_path.read_text())
+
+
+@pytest.mark.timeout(240)
+def test_kill9_in_the_middle_of_pauses_and_resumes(sandbox_factory, sbx_daemon, kill9_daemon,
+                                                   restart_daemon):
+    """kill -9 of the daemon while a pause or resume is under way: after the restart the
+    sandbox is running or paused, never half (frozen while said to run, or destroyed), and
+    connect brings it back with its files (and, unless it went to its disk, its process)."""
+    sbx = sandbox_factory(timeout=600)
+    sbx.files.write("/home/user/keep", "k")
+    proc = sbx.commands.run("sleep 3600", background=True, timeout=0)
+    sid = sbx.sandbox_id
+    for i, (path, body) in enumerate([
+        ("pause", {}), ("connect", {}), ("pause", {"memory": False}), ("connect", {}),
+        ("pause", {}), ("connect", {"memory": False}),
+    ]):
+        url = f"/v2/sandboxes/{sid}/connect" if path == "connect" else f"/sandboxes/{sid}/pause"
+
+        def request():
+            try:
+                sbx_daemon.request("POST", url, body=body, timeout=10)
+            except OSError:
+                pass  # the daemon died under it
+
+        t = threading.Thread(target=request)
+        t.start()
+        time.sleep(0.001 * (i % 3))
+        kill9_daemon()
+        t.join()
+        restart_daemon()
+        state = _state(sid)
+        assert state in (SandboxState.RUNNING, SandboxState.PAUSED)
+        if state == SandboxState.RUNNING:
+            assert sbx.commands.run("echo alive", timeout=10).stdout == "alive\n"
+        else:
+            assert not sbx.is_running()
+    Sandbox.connect(sid)
+    assert sbx.files.read("/home/user/keep") == "k"
+    assert sbx.commands.run("echo ok").stdout == "ok\n"
+    del proc  # gone after the filesystem-only pauses, as it should be
