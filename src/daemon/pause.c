@@ -306,8 +306,9 @@ on_reply(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
         if (op->kind == OP_RESUME && err == NULL) {
             resumed(op);
         } else if (op->kind == OP_RESUME &&
-                   (err->code == SBX_NOT_FOUND || err->code == SBX_FAILED_PRECONDITION)) {
-            /* Its processes are gone (the host rebooted): from its disk then. */
+                   (err->code == SBX_NOT_FOUND || err->code == SBX_FAILED_PRECONDITION ||
+                    err->code == SBX_UNIMPLEMENTED)) {
+            /* Its processes or its cgroup are gone (the host rebooted): from its disk then. */
             stop_to_disk(op);
         } else {
             finish(op, err);

@@ -52,7 +52,7 @@ write_freeze(const char *id, bool frozen, struct sbx_error **err)
                                                          : (frozen ? "FROZEN" : "THAWED");
     if (sbx_fs_write_str(ctl, v) < 0) {
         if (errno == ENOENT)
-            return sbx_error_set(err, SBX_NOT_FOUND, ENOENT,
+            return sbx_error_set(err, SBX_UNIMPLEMENTED, ENOENT,
                                  "sandbox %s has no freezer cgroup (it is not running, or the "
                                  "host's cgroup v1 freezer is not mounted at " CG_ROOT "/freezer)",
                                  id);
