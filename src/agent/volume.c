@@ -43,21 +43,6 @@ static struct {
 
 /* ---- answers ---- */
 
-__attribute__((format(printf, 3, 4))) static void
-respond(struct sbx_http_req *req, int status, const char *fmt, ...)
-{
-    char msg[512], code[8];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    snprintf(code, sizeof(code), "%d", status);
-    json_t *o = json_pack("{s:s,s:s}", "code", code, "message", msg);
-    _cleanup_free_ char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    sbx_http_respond(req, status, "application/json", s, strlen(s));
-}
-
 /* The status of a failed system call on a volume path. */
 static int
 status_of_errno(int e)
@@ -85,7 +70,7 @@ status_of_errno(int e)
 static void
 respond_errno(struct sbx_http_req *req, int e, const char *what, const char *path)
 {
-    respond(req, status_of_errno(e), "%s %s: %s", what, path, strerror(e));
+    sbx_http_respond_error_strcode(req, status_of_errno(e), "%s %s: %s", what, path, strerror(e));
 }
 
 /* ---- paths ---- */
@@ -100,7 +85,8 @@ req_path(struct sbx_http_req *req)
         len = strlen(raw);
     if (raw == NULL || raw[0] != '/' || len >= SBX_AGENT_PATH_MAX ||
         !sbx_agent_utf8_is_valid(raw, len)) {
-        respond(req, 400, "the query parameter path must be an absolute path");
+        sbx_http_respond_error_strcode(req, 400,
+                                       "the query parameter path must be an absolute path");
         return NULL;
     }
     sbx_agent_path_clean(raw);
@@ -200,7 +186,8 @@ query_attrs(struct sbx_http_req *req, struct attrs *a)
         char *end = NULL;
         long long x = v ? strtoll(v, &end, 10) : -1;
         if (v && (*v == '\0' || *end != '\0' || x < 0 || x > (i == 2 ? 07777 : 65535))) {
-            respond(req, 400, "%s must be a number from 0 to %d", keys[i], i == 2 ? 07777 : 65535);
+            sbx_http_respond_error_strcode(req, 400, "%s must be a number from 0 to %d", keys[i],
+                                           i == 2 ? 07777 : 65535);
             return -1;
         }
         *vals[i] = x;
@@ -245,8 +232,9 @@ on_patch_body(struct sbx_http_req *req, struct sbx_buf *body)
         sbx_json_opt_int(j, "mode", &a.mode, &err) < 0 || a.uid > 65535 || a.gid > 65535 ||
         a.mode > 07777) {
         json_decref(j);
-        respond(req, 400, "the body must be {\"uid\"?: int, \"gid\"?: int, \"mode\"?: int}%s%s",
-                err ? ": " : "", err ? err->msg : "");
+        sbx_http_respond_error_strcode(
+            req, 400, "the body must be {\"uid\"?: int, \"gid\"?: int, \"mode\"?: int}%s%s",
+            err ? ": " : "", err ? err->msg : "");
         return;
     }
     json_decref(j);
@@ -280,7 +268,7 @@ static void
 delete_path(struct sbx_http_req *req, const char *path)
 {
     if (strcmp(path, "/") == 0) {
-        respond(req, 400, "the volume's root cannot be removed");
+        sbx_http_respond_error_strcode(req, 400, "the volume's root cannot be removed");
         return;
     }
     const char *base;
@@ -292,7 +280,8 @@ delete_path(struct sbx_http_req *req, const char *path)
     }
     _cleanup_error_ struct sbx_error *err = NULL;
     if (sbx_agent_remove_at(dir, base, path, &err) < 0)
-        respond(req, err->sys_errno ? status_of_errno(err->sys_errno) : 500, "%s", err->msg);
+        sbx_http_respond_error_strcode(req, err->sys_errno ? status_of_errno(err->sys_errno) : 500,
+                                       "%s", err->msg);
     else
         sbx_http_respond(req, 204, NULL, NULL, 0);
 }
@@ -352,8 +341,9 @@ get_dir(struct sbx_http_req *req, const char *path)
         int e = errno;
         json_decref(out);
         if (e == E2BIG)
-            respond(req, 400, "more than %d entries: list with a smaller depth",
-                    SBX_AGENT_LIST_MAX_ENTRIES);
+            sbx_http_respond_error_strcode(req, 400,
+                                           "more than %d entries: list with a smaller depth",
+                                           SBX_AGENT_LIST_MAX_ENTRIES);
         else
             respond_errno(req, e, "list", path);
         return;
@@ -497,8 +487,9 @@ put_file(struct sbx_http_req *req, const char *path)
     struct stat st;
     if (fstatat(dir, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
         if (S_ISDIR(st.st_mode) || !a.force) {
-            respond(req, 409, "path %s %s", path,
-                    S_ISDIR(st.st_mode) ? "is a directory" : "already exists");
+            sbx_http_respond_error_strcode(req, 409, "path %s %s", path,
+                                           S_ISDIR(st.st_mode) ? "is a directory"
+                                                               : "already exists");
             return;
         }
         /* Overwriting replaces a symlink rather than writing where it points. */
@@ -552,7 +543,7 @@ sbx_agent_volume_handle(struct sbx_http_req *req)
         op = strchr(req->path + 15, '/');
     const char *m = req->method;
     if (op == NULL || vs.root < 0) {
-        respond(req, 404, "no route for %s %s", m, req->path);
+        sbx_http_respond_error_strcode(req, 404, "no route for %s %s", m, req->path);
         return;
     }
     if (strcmp(op, "/path") == 0 && strcmp(m, "PATCH") == 0) {
@@ -575,5 +566,5 @@ sbx_agent_volume_handle(struct sbx_http_req *req)
     else if (strcmp(op, "/file") == 0 && strcmp(m, "PUT") == 0)
         put_file(req, path);
     else
-        respond(req, 404, "no route for %s %s", m, req->path);
+        sbx_http_respond_error_strcode(req, 404, "no route for %s %s", m, req->path);
 }

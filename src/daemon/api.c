@@ -242,47 +242,10 @@ sbx_api_timeout_parse(json_t *body, bool extend_only, int64_t *out, struct sbx_e
     return 0;
 }
 
-/* A request waiting for the spawner: the client may go away meanwhile. */
-struct waiting {
-    struct sbx_http_req *req; /* NULL once the client has gone */
-};
-
-static void
-on_waiting_closed(struct sbx_http_req *req)
-{
-    struct waiting *w = req->data;
-    w->req = NULL;
-}
-
-static struct waiting *
-wait_for_spawner(struct sbx_http_req *req)
-{
-    struct waiting *w = calloc(1, sizeof(*w));
-    if (w == NULL)
-        abort();
-    w->req = req;
-    req->data = w;
-    sbx_http_req_on_close(req, on_waiting_closed);
-    return w;
-}
-
-/* The request w waited for, NULL if its client went away; frees w. */
-static struct sbx_http_req *
-done_waiting(struct waiting *w)
-{
-    struct sbx_http_req *req = w->req;
-    if (req) {
-        sbx_http_req_on_close(req, NULL);
-        req->data = NULL;
-    }
-    free(w);
-    return req;
-}
-
 static void
 on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *ud)
 {
-    struct sbx_http_req *req = done_waiting(ud);
+    struct sbx_http_req *req = sbx_http_hold_release(ud);
     if (l)
         sbx_log_info("sandbox_start", "sandbox=%s template=%s timeout_s=%lld spawn_us=%llu",
                      l->rec->id, l->rec->template_id,
@@ -316,7 +279,7 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
         return;
     }
     o.volume_mounts_json = mounts;
-    sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
+    sbx_lifecycle_create(&o, on_created, sbx_http_req_hold(req));
 }
 
 static struct sbx_live *
@@ -332,27 +295,28 @@ find_or_404(struct sbx_http_req *req, const char *id)
     return l;
 }
 
-/* Server-side time of a pause or resume, for bench/ (as X-Sbx-Spawn-Us is for a create). */
-static void
-add_took_header(struct sbx_http_req *req, uint64_t took_us)
+static struct sbx_http_req *
+op_done(void *hold, struct sbx_error *err, uint64_t took_us)
 {
-    char hdr[32];
-    snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)took_us);
-    sbx_http_add_header(req, "X-Sbx-Op-Us", hdr);
+    struct sbx_http_req *req = sbx_http_hold_release(hold);
+    if (req && err) {
+        respond_err(req, err);
+        return NULL;
+    }
+    if (req) {
+        char hdr[32];
+        snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)took_us);
+        sbx_http_add_header(req, "X-Sbx-Op-Us", hdr); /* for bench/, as X-Sbx-Spawn-Us */
+    }
+    return req;
 }
 
 static void
 on_resumed(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
 {
-    struct sbx_http_req *req = done_waiting(ud);
-    if (req == NULL)
-        return;
-    if (l == NULL) {
-        respond_err(req, err);
-        return;
-    }
-    add_took_header(req, took_us);
-    respond_json(req, 201, sandbox_json(l->rec));
+    struct sbx_http_req *req = op_done(ud, l ? NULL : err, took_us);
+    if (req)
+        respond_json(req, 201, sandbox_json(l->rec));
 }
 
 /* POST /sandboxes/{id}/connect (and /v2/...): a running sandbox's life is extended, never
@@ -396,26 +360,20 @@ connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body, bool res
         }
         l->rec->auto_pause = auto_pause;
     }
-    sbx_resume(l, memory, timeout, on_resumed, wait_for_spawner(req));
+    sbx_resume(l, memory, timeout, on_resumed, sbx_http_req_hold(req));
 }
 
 static void
 on_paused(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
 {
-    struct sbx_http_req *req = done_waiting(ud);
-    if (req == NULL)
-        return;
-    if (l == NULL) {
-        respond_err(req, err);
-        return;
-    }
-    add_took_header(req, took_us);
-    sbx_http_respond(req, 204, NULL, NULL, 0);
+    struct sbx_http_req *req = op_done(ud, l ? NULL : err, took_us);
+    if (req)
+        sbx_http_respond(req, 204, NULL, NULL, 0);
 }
 
 /* A strict pause (requireHealthyGuest) asks the agent first. */
 struct strict_pause {
-    struct waiting *w;
+    struct sbx_http_hold *w;
     char id[SBX_STORE_ID_MAX + 1];
     bool memory;
 };
@@ -428,7 +386,7 @@ on_health(int status, const char *body, size_t len, void *ud)
     if (status == 204 && l) {
         sbx_pause(l, p->memory, on_paused, p->w);
     } else {
-        struct sbx_http_req *req = done_waiting(p->w);
+        struct sbx_http_req *req = sbx_http_hold_release(p->w);
         if (req && l == NULL)
             sbx_http_respond_error(req, 404, "sandbox '%s' not found", p->id);
         else if (req)
@@ -454,7 +412,7 @@ pause_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
         return;
     }
     if (!strict || !sbx_live_is_running(l)) {
-        sbx_pause(l, memory, on_paused, wait_for_spawner(req));
+        sbx_pause(l, memory, on_paused, sbx_http_req_hold(req));
         return;
     }
     struct strict_pause *p = calloc(1, sizeof(*p));
@@ -462,7 +420,7 @@ pause_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
         abort();
     snprintf(p->id, sizeof(p->id), "%s", l->rec->id);
     p->memory = memory;
-    p->w = wait_for_spawner(req);
+    p->w = sbx_http_req_hold(req);
     sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/health", NULL, 1024, SBX_PAUSE_HEALTH_MS,
                   on_health, p);
 }
@@ -503,7 +461,7 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
 static void
 on_killed(struct sbx_error *err, void *ud)
 {
-    struct sbx_http_req *req = done_waiting(ud);
+    struct sbx_http_req *req = sbx_http_hold_release(ud);
     if (req == NULL)
         return;
     if (err)
@@ -517,7 +475,7 @@ kill_sandbox(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = find_or_404(req, id);
     if (l)
-        sbx_lifecycle_kill(l, on_killed, wait_for_spawner(req));
+        sbx_lifecycle_kill(l, on_killed, sbx_http_req_hold(req));
 }
 
 static void
@@ -529,7 +487,7 @@ get_info(struct sbx_http_req *req, const char *id)
 }
 
 struct metrics_query {
-    struct waiting *w;
+    struct sbx_http_hold *w;
     char id[SBX_STORE_ID_MAX + 1];
     int64_t start_s, end_s;
 };
@@ -538,7 +496,7 @@ static void
 on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
     struct metrics_query *q = ud;
-    struct sbx_http_req *req = done_waiting(q->w);
+    struct sbx_http_req *req = sbx_http_hold_release(q->w);
     struct sbx_live *l = sbx_lifecycle_find(q->id);
     int64_t now = sbx_wall_ms();
     if (req == NULL) {
@@ -601,7 +559,7 @@ metrics(struct sbx_http_req *req, const char *id)
     snprintf(q->id, sizeof(q->id), "%s", l->rec->id);
     q->start_s = start ? strtoll(start, NULL, 10) : 0;
     q->end_s = end ? strtoll(end, NULL, 10) : INT64_MAX / 1000;
-    q->w = wait_for_spawner(req);
+    q->w = sbx_http_req_hold(req);
     struct sbx_spawner_msg msg = {.op = SBX_SPAWNER_STATS};
     snprintf(msg.id, sizeof(msg.id), "%s", l->rec->id);
     sbx_spawner_call(&msg, -1, on_stats, q);

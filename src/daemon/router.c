@@ -68,26 +68,17 @@ static void route(struct sbx_http_req *req, struct sbx_live *l, int port);
 /* A request that waits for its sandbox (being paused, resumed or settled): the client may go
  * away meanwhile; the sandbox may be killed. */
 struct held {
-    struct sbx_http_req *req; /* NULL once the client went away */
+    struct sbx_http_hold *hold;
     char id[SBX_STORE_ID_MAX + 1];
     int port;
 };
 
 static void
-on_held_closed(struct sbx_http_req *req)
-{
-    struct held *h = req->data;
-    h->req = NULL;
-}
-
-static void
 on_unheld(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
 {
     struct held *h = ud;
-    struct sbx_http_req *req = h->req;
+    struct sbx_http_req *req = sbx_http_hold_release(h->hold);
     if (req) {
-        sbx_http_req_on_close(req, NULL);
-        req->data = NULL;
         /* Killed meanwhile, or a resume that failed (it is still paused): not there. */
         l = sbx_lifecycle_find(h->id);
         if (l == NULL || err)
@@ -104,11 +95,9 @@ hold(struct sbx_http_req *req, const struct sbx_live *l, int port)
     struct held *h = calloc(1, sizeof(*h));
     if (h == NULL)
         abort();
-    h->req = req;
+    h->hold = sbx_http_req_hold(req);
     h->port = port;
     snprintf(h->id, sizeof(h->id), "%s", l->rec->id);
-    req->data = h;
-    sbx_http_req_on_close(req, on_held_closed);
     return h;
 }
 

@@ -24,7 +24,7 @@
 
 /* A content request waiting for its volume's service to start. */
 struct held {
-    struct sbx_http_req *req; /* NULL once the client went away */
+    struct sbx_http_hold *hold;
     struct held *next;
 };
 
@@ -39,22 +39,6 @@ struct sbx_volume_service {
 };
 
 static struct sbx_volume_service *services;
-
-/* The content API's errors: {"code": "<status>", "message"}, the code a string. */
-__attribute__((format(printf, 3, 4))) static void
-respond_content_error(struct sbx_http_req *req, int status, const char *fmt, ...)
-{
-    char msg[512], code[8];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    snprintf(code, sizeof(code), "%d", status);
-    json_t *o = json_pack("{s:s,s:s}", "code", code, "message", msg);
-    _cleanup_free_ char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    sbx_http_respond(req, status, "application/json", s, strlen(s));
-}
 
 static void
 respond_json(struct sbx_http_req *req, int status, json_t *body)
@@ -85,16 +69,9 @@ service_free(struct sbx_volume_service *s)
 }
 
 static void
-on_held_closed(struct sbx_http_req *req)
-{
-    struct held *h = req->data;
-    h->req = NULL;
-}
-
-static void
 unreachable(struct sbx_http_req *req)
 {
-    respond_content_error(req, 502, "the volume's content service did not answer");
+    sbx_http_respond_error_strcode(req, 502, "the volume's content service did not answer");
 }
 
 static void on_idle(uv_timer_t *t);
@@ -106,14 +83,11 @@ release_waiting(struct sbx_volume_service *s, const struct sbx_error *err)
     while (s->waiting) {
         struct held *h = s->waiting;
         s->waiting = h->next;
-        if (h->req) {
-            sbx_http_req_on_close(h->req, NULL);
-            h->req->data = NULL;
-            if (err)
-                respond_content_error(h->req, 503, "the volume's content service: %s", err->msg);
-            else
-                sbx_http_proxy(h->req, s->l->sock_path, unreachable);
-        }
+        struct sbx_http_req *req = sbx_http_hold_release(h->hold);
+        if (req && err)
+            sbx_http_respond_error_strcode(req, 503, "the volume's content service: %s", err->msg);
+        else if (req)
+            sbx_http_proxy(req, s->l->sock_path, unreachable);
         free(h);
     }
 }
@@ -235,9 +209,7 @@ hold(struct sbx_volume_service *s, struct sbx_http_req *req)
     struct held *h = calloc(1, sizeof(*h));
     if (h == NULL)
         abort();
-    h->req = req;
-    req->data = h;
-    sbx_http_req_on_close(req, on_held_closed);
+    h->hold = sbx_http_req_hold(req);
     struct held **pp = &s->waiting;
     while (*pp)
         pp = &(*pp)->next;
@@ -254,7 +226,7 @@ sbx_volumes_content(struct sbx_http_req *req)
     size_t idlen = strcspn(id, "/");
     char vid[SBX_STORE_ID_MAX + 1];
     if (idlen == 0 || idlen > SBX_STORE_ID_MAX || id[idlen] != '/') {
-        respond_content_error(req, 404, "no route for %s %s", req->method, req->path);
+        sbx_http_respond_error_strcode(req, 404, "no route for %s %s", req->method, req->path);
         return true;
     }
     memcpy(vid, id, idlen);
@@ -263,21 +235,22 @@ sbx_volumes_content(struct sbx_http_req *req)
     _cleanup_volume_rec_ struct sbx_volume_rec *v = NULL;
     if (!sbx_is_valid_id(vid, SBX_STORE_ID_MAX) ||
         sbx_store_volume_get(sbx_daemon->store, vid, NULL, &v, &err) < 0) {
-        respond_content_error(req, 404, "volume '%s' not found", vid);
+        sbx_http_respond_error_strcode(req, 404, "volume '%s' not found", vid);
         return true;
     }
     /* Its token alone opens it (Authorization: Bearer), compared in constant time. */
     const char *auth = sbx_http_req_header(req, "authorization");
     if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0 ||
         !sbx_secret_equal(auth + 7, strlen(auth + 7), v->token, strlen(v->token))) {
-        respond_content_error(req, 401, "invalid or missing volume token");
+        sbx_http_respond_error_strcode(req, 401, "invalid or missing volume token");
         return true;
     }
     sbx_http_req_mark_authenticated(req);
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", vid);
     struct sbx_volume_service *s = service_of(vid);
     if (s == NULL && (s = service_start(v, &err)) == NULL) {
-        respond_content_error(req, 503, "cannot start the volume's content service: %s", err->msg);
+        sbx_http_respond_error_strcode(req, 503, "cannot start the volume's content service: %s",
+                                       err->msg);
         return true;
     }
     uv_timer_start(&s->idle, on_idle, SBX_VOLUME_SERVICE_IDLE_MS, 0);
@@ -314,16 +287,9 @@ volume_json(const struct sbx_volume_rec *v, bool with_token)
 
 /* A client waiting for the spawner: the new volume, or the one being deleted. */
 struct volume_call {
-    struct sbx_http_req *req; /* NULL once the client went away */
+    struct sbx_http_hold *hold; /* NULL once answered */
     struct sbx_volume_rec *v;
 };
-
-static void
-on_call_closed(struct sbx_http_req *req)
-{
-    struct volume_call *c = req->data;
-    c->req = NULL;
-}
 
 static struct volume_call *
 call_new(struct sbx_http_req *req, struct sbx_volume_rec *v)
@@ -331,22 +297,16 @@ call_new(struct sbx_http_req *req, struct sbx_volume_rec *v)
     struct volume_call *c = calloc(1, sizeof(*c));
     if (c == NULL)
         abort();
-    c->req = req;
+    c->hold = sbx_http_req_hold(req);
     c->v = v;
-    req->data = c;
-    sbx_http_req_on_close(req, on_call_closed);
     return c;
 }
 
-/* The request of c, NULL if its client went away; frees c. */
+/* The request of c, NULL if its client went away or it was answered; frees c. */
 static struct sbx_http_req *
 call_done(struct volume_call *c)
 {
-    struct sbx_http_req *req = c->req;
-    if (req) {
-        sbx_http_req_on_close(req, NULL);
-        req->data = NULL;
-    }
+    struct sbx_http_req *req = c->hold ? sbx_http_hold_release(c->hold) : NULL;
     sbx_volume_rec_free(c->v);
     free(c);
     return req;
@@ -386,14 +346,11 @@ on_image_created(const struct sbx_spawner_msg *reply, struct sbx_error *err, voi
     _cleanup_error_ struct sbx_error *store_err = NULL;
     if (err == NULL && sbx_store_volume_insert(sbx_daemon->store, c->v, &store_err) < 0) {
         /* Its name was taken meanwhile: the image made for it goes again. */
-        struct sbx_http_req *req = c->req;
-        c->req = NULL;
-        if (req) {
-            sbx_http_req_on_close(req, NULL);
-            req->data = NULL;
+        struct sbx_http_req *req = sbx_http_hold_release(c->hold);
+        c->hold = NULL;
+        if (req)
             sbx_http_respond_error(req, store_err->code == SBX_ALREADY_EXISTS ? 400 : 500, "%s",
                                    store_err->msg);
-        }
         volume_request(SBX_SPAWNER_VOLUME_DELETE, c->v, on_image_removed, c);
         return;
     }

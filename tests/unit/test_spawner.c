@@ -248,15 +248,10 @@ agent_path(char *out, size_t n)
     snprintf(out, n, "%s/../../sbx", dirname(self)); /* build/tests/unit -> build/sbx */
 }
 
+/* A spawner process on s->state, talking to us on s->ch. */
 static void
-spawner_start(struct spawner *s, uid_t uid_base)
+fork_spawner(struct spawner *s, uid_t uid_base)
 {
-    snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
-    CHECK(mkdtemp(s->state) != NULL);
-    CHECK(chmod(s->state, 0711) == 0);
-    char sb[256];
-    snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
-    CHECK(mkdir(sb, 0711) == 0);
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
     s->pid = fork();
@@ -275,6 +270,18 @@ spawner_start(struct spawner *s, uid_t uid_base)
     }
     close(sv[1]);
     s->ch = sv[0];
+}
+
+static void
+spawner_start(struct spawner *s, uid_t uid_base)
+{
+    snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
+    CHECK(mkdtemp(s->state) != NULL);
+    CHECK(chmod(s->state, 0711) == 0);
+    char sb[256];
+    snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
+    CHECK(mkdir(sb, 0711) == 0);
+    fork_spawner(s, uid_base);
 }
 
 static void
@@ -350,29 +357,14 @@ simple(struct spawner *s, uint8_t op, const char *id, uint32_t seq)
     return call(s, &m, -1);
 }
 
+/* kill -9 of the spawner (its sandboxes keep running), and a new one on the same state. */
 static void
 restart_spawner(struct spawner *s, uid_t uid_base)
 {
     CHECK(kill(s->pid, SIGKILL) == 0);
     CHECK(waitpid(s->pid, NULL, 0) == s->pid);
     close(s->ch);
-    int sv[2];
-    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
-    s->pid = fork();
-    if (s->pid == 0) {
-        close(sv[0]);
-        static char exe[4096];
-        agent_path(exe, sizeof(exe));
-        static struct sbx_spawner_config cfg;
-        cfg = (struct sbx_spawner_config){.state_dir = s->state,
-                                          .uid_base = uid_base,
-                                          .agent_exe = exe,
-                                          .lock_fd = -1,
-                                          .ready_fd = -1};
-        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
-    }
-    close(sv[1]);
-    s->ch = sv[0];
+    fork_spawner(s, uid_base);
 }
 
 static struct sbx_spawner_msg
