@@ -36,10 +36,11 @@ enum op_kind {
 struct sbx_pause_op {
     enum op_kind kind;
     struct sbx_live *l;
-    bool memory;    /* pause: keep memory; resume: thaw it (else boot again) */
-    int timeout_s;  /* resume: the new end is now + this */
-    char *why;      /* logged: a kill's reason, a pause nobody asked for */
-    uint8_t step;   /* the spawner request out: FREEZE, THAW, STOP or SPAWN */
+    bool memory;   /* pause: keep memory; resume: thaw it (else boot again) */
+    int timeout_s; /* resume: the new end is now + this */
+    char *why;     /* logged: a kill's reason, a pause nobody asked for */
+    uint8_t step;  /* the spawner request out: FREEZE, THAW, STOP or SPAWN */
+    bool started;
     uint64_t start; /* µs, monotonic: when it was asked */
     sbx_pause_cb cb;
     sbx_lifecycle_done_cb kill_cb;
@@ -89,6 +90,17 @@ op_free(struct sbx_pause_op *op)
     free(op);
 }
 
+/* Starts the first op of l's queue unless it is under way. A callback of an op that ended may
+ * have queued and started one already. */
+static void
+run_first(struct sbx_live *l)
+{
+    if (l->ops && !l->ops->started) {
+        l->ops->started = true;
+        start(l->ops);
+    }
+}
+
 /* Appends op to l's queue; it starts at once if nothing was under way. */
 static void
 enqueue(struct sbx_pause_op *op)
@@ -97,8 +109,7 @@ enqueue(struct sbx_pause_op *op)
     while (*pp)
         pp = &(*pp)->next;
     *pp = op;
-    if (op->l->ops == op)
-        start(op);
+    run_first(op->l);
 }
 
 /* The head op of l is done: answers it, then starts the next one. */
@@ -121,7 +132,7 @@ finish(struct sbx_pause_op *op, struct sbx_error *err)
         op->cb(err ? NULL : l, err, took, op->ud);
     op_free(op);
     if (l->ops)
-        start(l->ops);
+        run_first(l);
     else if (l->agent_gone)
         sbx_lifecycle_agent_gone(l);
     sbx_lifecycle_arm_expiry();

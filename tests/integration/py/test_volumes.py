@@ -194,3 +194,41 @@ def test_volumes_across_a_filesystem_pause(volume, sandbox_factory):
     volume.write_file("/while-paused", "p")
     s.connect()
     assert s.commands.run("cat /mnt/v/f /mnt/v/while-paused").stdout == "before\np"
+
+
+@pytest.mark.timeout(120)
+def test_a_clean_stop_leaves_no_nobodys_sandbox(sbx_daemon, tmp_path):
+    """SIGTERM destroys the pools' sandboxes and the volumes' content services (nobody's);
+    volumes and their data stay."""
+    import shutil
+    import tempfile
+    import time
+
+    from conftest import Daemon
+    state = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
+    os.chmod(state, 0o711)
+    d = Daemon(sbx_daemon.binary, state, tmp_path / "daemon.log")
+    try:
+        d.start()
+        status, _, body = d.request("POST", "/volumes", body={"name": "kept"})
+        assert status == 201
+        vol = json.loads(body)
+        # A content request starts the volume's service.
+        status, _, _ = http_request(d.host, d.port, "PUT",
+                                    f"/volumecontent/{vol['volumeID']}/file?path=/f",
+                                    body=b"data", headers={"Authorization": "Bearer " + vol["token"]})
+        assert status == 201
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, _, body = d.request("GET", "/pools")
+            if all(p["warm"] == p["target"] for p in json.loads(body)):
+                break
+            time.sleep(0.2)
+        assert os.listdir(os.path.join(state, "sandboxes")), "pools and the service run"
+        assert d.stop() == 0
+        assert os.listdir(os.path.join(state, "sandboxes")) == [], d.log_tail()
+        assert os.path.exists(os.path.join(state, "volumes", vol["volumeID"], "volume.img"))
+    finally:
+        if d.is_alive():
+            d.stop()
+        shutil.rmtree(state, ignore_errors=True)
