@@ -59,6 +59,10 @@ control_plane(json_t *body)
             CHECK(o.metadata == NULL || json_is_object(o.metadata));
             CHECK(o.env_vars == NULL || env_map_ok(o.env_vars));
             CHECK(!v2 || o.secure);
+            /* The timeout policy the SDKs check: autoResume only with a pause that keeps memory. */
+            CHECK(!o.auto_resume || (o.auto_pause && o.auto_pause_memory));
+            CHECK(o.volume_mounts == NULL ||
+                  json_array_size(o.volume_mounts) <= SBX_SANDBOX_MAX_VOLUMES);
         }
         settle(rc, &err);
     }

@@ -19,8 +19,22 @@ check_valid(const struct sbx_spawner_msg *m)
         CHECK(m->uid_slot < 4096 && m->memory_bytes >= (16u << 20) && m->disk_bytes % 4096 == 0);
         CHECK(strchr(m->id, '/') == NULL && strchr(m->template_name, '/') == NULL);
     }
-    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS)
+    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS || m->op == SBX_SPAWNER_FREEZE ||
+        m->op == SBX_SPAWNER_THAW || m->op == SBX_SPAWNER_STOP)
         CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);
+    CHECK(m->reboot <= 1 && (m->reboot == 0 || m->op == SBX_SPAWNER_SPAWN));
+    if (m->op == SBX_SPAWNER_VOLUME_CREATE || m->op == SBX_SPAWNER_VOLUME_DELETE)
+        CHECK(m->id[0] != '\0' && strchr(m->id, '/') == NULL);
+    if (m->volumes[0]) {
+        /* Every volume line is one the spawner may mount: a clean path, not a system dir. */
+        struct sbx_spawner_volume v[SBX_SANDBOX_MAX_VOLUMES];
+        size_t n = 0;
+        CHECK(m->op == SBX_SPAWNER_SPAWN &&
+              sbx_spawner_volumes_parse(m->volumes, v, &n, NULL) == 0);
+        for (size_t i = 0; i < n; i++)
+            CHECK(v[i].path[0] == '/' && strstr(v[i].path, "/../") == NULL &&
+                  strncmp(v[i].path, "/proc", 5) != 0 && strchr(v[i].id, '/') == NULL);
+    }
 }
 
 int

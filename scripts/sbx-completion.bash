@@ -6,7 +6,7 @@ _sbx_ids() {
 
 _sbx() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
-    local verbs="serve ls create run exec shell kill logs stats inspect cp keys version"
+    local verbs="serve ls create run exec shell kill logs stats inspect cp pause resume volume keys version"
     if ((COMP_CWORD == 1)); then
         mapfile -t COMPREPLY < <(compgen -W "$verbs --help --version" -- "$cur")
         return
@@ -24,6 +24,15 @@ _sbx() {
     stats) opts="--no-stream --format" ;;
     inspect) opts="--format" ;;
     cp) opts="--user" ;;
+    pause) opts="--filesystem" ;;
+    resume) opts="--timeout --reboot" ;;
+    volume)
+        if ((COMP_CWORD == 2)); then
+            mapfile -t COMPREPLY < <(compgen -W "ls create rm" -- "$cur")
+            return
+        fi
+        opts="--format"
+        ;;
     keys)
         if ((COMP_CWORD == 2)); then
             mapfile -t COMPREPLY < <(compgen -W "create ls revoke" -- "$cur")
@@ -37,7 +46,7 @@ _sbx() {
         return
     fi
     case $verb in
-    exec | shell | kill | logs | stats | inspect)
+    exec | shell | kill | logs | stats | inspect | pause | resume)
         mapfile -t COMPREPLY < <(compgen -W "$(_sbx_ids)" -- "$cur")
         ;;
     cp)

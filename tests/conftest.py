@@ -254,6 +254,7 @@ def sbx_daemon(tmp_path_factory):
     os.environ.setdefault("SBX_CONFIG", "/dev/null")
     os.environ["E2B_API_URL"] = daemon.url
     os.environ["E2B_SANDBOX_URL"] = daemon.url
+    os.environ["E2B_VOLUME_API_URL"] = daemon.url  # the volume content API
     os.environ["E2B_API_KEY"] = daemon.api_key
     daemon.start()
     _DAEMON = daemon

@@ -68,6 +68,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     json_t *interp = json_object_get(root, "codeInterpreter");
     json_t *mem = json_object_get(root, "memoryMiB");
     json_t *pooled = json_object_get(root, "pooled");
+    json_t *volume = json_object_get(root, "volumeService");
     if (sbx_json_opt_env_map(root, "envVars", &envs, err) < 0) {
         json_decref(root);
         return sbx_error_prefix(err, "config");
@@ -85,6 +86,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
                              : NULL;
     cfg->code_interpreter = json_is_true(interp);
     cfg->pooled = json_is_true(pooled);
+    cfg->volume_service = json_is_true(volume);
     cfg->memory_mib =
         json_is_integer(mem) && json_integer_value(mem) > 0 && json_integer_value(mem) <= INT32_MAX
             ? (int)json_integer_value(mem)
@@ -240,6 +242,14 @@ on_request(struct sbx_http_req *req, void *ud)
         handle_pooled(req, ud == NULL);
         return;
     }
+    if (config.volume_service) {
+        /* Only the daemon, which checked the volume's token, reaches the unix socket. */
+        if (ud == NULL)
+            sbx_agent_volume_handle(req);
+        else
+            sbx_http_respond_error(req, 404, "path %s not found", path);
+        return;
+    }
     /* Port 49999 is the code interpreter's (E2B's Jupyter server), with its own /health and
      * its own auth (the SDKs send X-Access-Token there on /execute only). Its requests come
      * through the daemon with E2b-Sandbox-Port, or straight to the in-sandbox listener. */
@@ -353,9 +363,11 @@ sbx_agent_main(int argc, char **argv)
         sbx_log_error("agent_start", "error=\"%s\"", err->msg);
         return 1;
     }
+    if (config.volume_service)
+        sbx_agent_volume_init();
     /* Code-interpreter sandboxes start their default Python kernel now, so the first
      * run_code does not pay for it; other templates start kernels on first use only. */
-    if (config.code_interpreter && sbx_interp_init(loop, &config, &err) < 0) {
+    else if (config.code_interpreter && sbx_interp_init(loop, &config, &err) < 0) {
         sbx_log_warn("interpreter_start", "error=\"%s\"", err->msg);
         sbx_error_free(err);
         err = NULL;

@@ -178,6 +178,7 @@ struct download {
     int fd;
     int64_t remaining;
     bool gzip;
+    void (*done)(void);
     z_stream z;
     char in[SBX_AGENT_IO_CHUNK];
     char out[SBX_AGENT_IO_CHUNK];
@@ -190,6 +191,8 @@ download_free(struct download *d)
         close(d->fd);
     if (d->gzip)
         deflateEnd(&d->z);
+    if (d->done)
+        d->done();
     free(d);
 }
 
@@ -393,12 +396,20 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         sbx_http_respond_error(req, 406, "no acceptable encoding found, supported: [gzip]");
         return;
     }
-    fcntl(fd, F_SETFL, 0); /* back to blocking reads of a regular file */
     add_disposition(req, sbx_agent_path_base(path));
     sbx_http_add_header(req, "Vary", "Accept-Encoding");
-    if (!gz && st.st_size == 0) {
+    sbx_agent_file_send(req, fd, st.st_size, gz == 1, NULL);
+}
+
+void
+sbx_agent_file_send(struct sbx_http_req *req, int fd, int64_t size, bool gzip, void (*done)(void))
+{
+    fcntl(fd, F_SETFL, 0); /* back to blocking reads of a regular file */
+    if (!gzip && size == 0) {
         close(fd);
         sbx_http_respond(req, 200, "application/octet-stream", "", 0);
+        if (done)
+            done();
         return;
     }
     struct download *d = calloc(1, sizeof(*d));
@@ -406,8 +417,9 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         abort();
     d->req = req;
     d->fd = fd;
-    d->remaining = st.st_size;
-    d->gzip = gz == 1;
+    d->remaining = size;
+    d->gzip = gzip;
+    d->done = done;
     if (d->gzip) {
         /* Level 1: downloads are dominated by throughput; 15 + 16 selects the gzip wrapper. */
         if (deflateInit2(&d->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
@@ -415,7 +427,7 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         sbx_http_add_header(req, "Content-Encoding", "gzip");
     } else {
         char len[32];
-        snprintf(len, sizeof(len), "%lld", (long long)st.st_size);
+        snprintf(len, sizeof(len), "%lld", (long long)size);
         sbx_http_add_header(req, "Content-Length", len);
     }
     req->data = d;

@@ -269,6 +269,12 @@ remove_at(int parent_fd, const char *name, const char *shown, unsigned level, st
     return rc;
 }
 
+int
+sbx_agent_remove_at(int parent_fd, const char *name, const char *shown, struct sbx_error **e)
+{
+    return remove_at(parent_fd, name, shown, 0, e);
+}
+
 static json_t *
 do_remove(struct call *c, json_t *msg, struct sbx_error **e)
 {
@@ -287,7 +293,7 @@ do_remove(struct call *c, json_t *msg, struct sbx_error **e)
         sbx_agent_fs_error(e, errno, "open '%s'", dir);
         return NULL;
     }
-    int rc = remove_at(dfd, sbx_agent_path_base(path), path, 0, e);
+    int rc = sbx_agent_remove_at(dfd, sbx_agent_path_base(path), path, e);
     close(dfd);
     return rc < 0 ? NULL : json_object();
 }

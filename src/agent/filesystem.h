@@ -28,6 +28,17 @@
 bool sbx_agent_fs_handle(struct sbx_http_req *req);
 /* Handles GET/POST /files, including the access-token-or-signature check (spec §5.3). */
 bool sbx_agent_files_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg);
+/* Answers 200 with the size bytes of the regular file fd (taken), streamed with back-pressure
+ * (gzip-encoded if asked; else with a Content-Length); done, if set, once it is over. */
+void sbx_agent_file_send(struct sbx_http_req *req, int fd, int64_t size, bool gzip,
+                         void (*done)(void));
+/* Removes name below parent_fd, recursively, never following a symlink; shown names it in
+ * errors. A missing name is not an error. */
+int sbx_agent_remove_at(int parent_fd, const char *name, const char *shown, struct sbx_error **e);
+
+/* volume.c: the volume content API of a volume's service sandbox (spec lifecycle.md §6.3). */
+void sbx_agent_volume_init(void);
+void sbx_agent_volume_handle(struct sbx_http_req *req);
 
 /* watch.c: the WatchDir stream and the CreateWatcher/GetWatcherEvents/RemoveWatcher trio. */
 void sbx_agent_watch_dir(struct sbx_http_req *req, json_t *msg);

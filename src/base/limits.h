@@ -43,6 +43,15 @@
 #define SBX_MAX_TIMEOUT_S      (24 * 3600)
 #define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
+/* Pause and resume. */
+#define SBX_DEFAULT_PAUSED_RETENTION_S (30 * 24 * 3600) /* --paused-retention */
+#define SBX_RESUME_DEFAULT_TIMEOUT_S   15   /* POST /sandboxes/{id}/resume without a timeout */
+#define SBX_PAUSE_HEALTH_MS            2000 /* a strict pause waits this long for the agent */
+/* Volumes. */
+#define SBX_DEFAULT_VOLUME_MB      1024  /* --volume-mb: the size of a new volume */
+#define SBX_VOLUME_SERVICE_IDLE_MS 60000 /* a volume's content service exits when idle */
+#define SBX_VOLUME_NAME_MAX        64
+#define SBX_VOLUME_SERVICE_PATH    "/volume" /* where its service sandbox mounts a volume */
 /* Warm pools (--pool, --pool-memory-mb). */
 #define SBX_DEFAULT_POOLS          "base=2,code-interpreter-v1=1"
 #define SBX_DEFAULT_POOL_MEMORY_MB 2048

@@ -422,6 +422,31 @@ sbx_cli_api_json(const struct sbx_cli_config *cfg, const char *method, const cha
 }
 
 int
+sbx_cli_object_call(const struct sbx_cli_config *cfg, const char *kind, const char *id,
+                    const char *method, const char *suffix, json_t *body, struct sbx_error **err)
+{
+    char full[SBX_CLI_ID_MAX + 1];
+    if (strcmp(kind, "sandbox") == 0) { /* a unique beginning of one is enough */
+        if (sbx_cli_resolve_id(cfg, id, full, sizeof(full), err) < 0)
+            return -1;
+        id = full;
+    } else if (!sbx_cli_is_valid_id(id)) {
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid %s id '%s'", kind, id);
+    }
+    char path[64 + SBX_CLI_ID_MAX];
+    snprintf(path, sizeof(path), "/%s/%s%s", strcmp(kind, "sandbox") == 0 ? "sandboxes" : "volumes",
+             id, suffix);
+    struct sbx_cli_response resp;
+    int rc = sbx_cli_api_call(cfg, method, path, body, &resp, err);
+    if (rc == 0 && resp.status == 404)
+        rc = sbx_error_set(err, SBX_NOT_FOUND, 0, "%s %s not found", kind, id);
+    else if (rc == 0 && resp.status / 100 != 2)
+        rc = sbx_cli_api_error(&resp, err);
+    sbx_cli_response_fini(&resp);
+    return rc;
+}
+
+int
 sbx_cli_format_parse(const char *arg, bool *json, struct sbx_error **err)
 {
     if (strcmp(arg, "json") != 0 && strcmp(arg, "table") != 0)
@@ -437,6 +462,37 @@ sbx_cli_print_json(json_t *j)
     json_dumpf(j, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     return fflush(stdout) == 0 ? 0 : SBX_CLI_EXIT_FAILURE;
+}
+
+int
+sbx_cli_each_id(int argc, char **argv, const struct sbx_cli_each *e, void *ud)
+{
+    struct sbx_cli_common common = {0};
+    struct sbx_error *err = NULL;
+    int first;
+    if (sbx_cli_getopt(argc, argv, e->shortopts ? e->shortopts : "", e->opts, &common, e->on_opt,
+                       ud, &first, &err) < 0)
+        return sbx_cli_usage_error(e->verb, e->usage, err);
+    if (common.help) {
+        fputs(e->usage, stdout);
+        return 0;
+    }
+    if (first == argc) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "missing %s id", e->kind);
+        return sbx_cli_usage_error(e->verb, e->usage, err);
+    }
+    struct sbx_cli_config cfg;
+    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
+        return sbx_cli_fail(e->verb, err);
+    int status = 0;
+    for (int i = first; i < argc; i++) {
+        if (e->one(&cfg, argv[i], ud, &err) < 0) {
+            status = sbx_cli_fail(e->verb, err);
+            err = NULL;
+        }
+    }
+    sbx_cli_config_fini(&cfg);
+    return status;
 }
 
 /* ---- sandboxes ---- */
@@ -547,7 +603,8 @@ sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id, struct sb
     const char *state = json_string_value(json_object_get(info, "state"));
     const char *tok = json_string_value(json_object_get(info, "envdAccessToken"));
     if (state != NULL && strcmp(state, "paused") == 0)
-        sbx_error_set(err, SBX_FAILED_PRECONDITION, 0, "sandbox %s is paused", id);
+        sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                      "sandbox %s is paused (sbx resume %s runs it again)", id, id);
     else if (tok != NULL && (sb->access_token = strdup(tok)) == NULL)
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
     json_decref(info);

@@ -101,6 +101,25 @@ int sbx_cli_api_call(const struct sbx_cli_config *cfg, const char *method, const
                      json_t *body, struct sbx_cli_response *resp, struct sbx_error **err);
 /* Turns a non-2xx control-plane response into an error carrying the server's message. */
 int sbx_cli_api_error(const struct sbx_cli_response *resp, struct sbx_error **err);
+/* A call about one object of the API, "/sandboxes/<id><suffix>" or "/volumes/<id><suffix>"
+ * (kind "sandbox" or "volume"):
+ * 404 becomes "<kind> <id> not found", another non-2xx the server's message. */
+int sbx_cli_object_call(const struct sbx_cli_config *cfg, const char *kind, const char *id,
+                        const char *method, const char *suffix, json_t *body,
+                        struct sbx_error **err);
+/* The verbs that act on each id they are given (kill, pause, resume, volume rm): options
+ * parsed with on_opt(ud), then one() for each id, every failure reported, the exit status 1 if
+ * any failed. */
+struct sbx_cli_each {
+    const char *verb; /* in messages: "pause", "volume rm" */
+    const char *usage;
+    const char *kind; /* "sandbox", "volume" */
+    const char *shortopts;
+    const struct option *opts;
+    sbx_cli_opt_cb on_opt;
+    int (*one)(const struct sbx_cli_config *cfg, const char *id, void *ud, struct sbx_error **err);
+};
+int sbx_cli_each_id(int argc, char **argv, const struct sbx_cli_each *e, void *ud);
 /* Parses a 2xx JSON body. */
 json_t *sbx_cli_response_json(const struct sbx_cli_response *resp, struct sbx_error **err);
 
@@ -265,6 +284,9 @@ int sbx_cli_cp(int argc, char **argv);
 int sbx_cli_inspect(int argc, char **argv);
 int sbx_cli_stats(int argc, char **argv);
 int sbx_cli_run(int argc, char **argv);
+int sbx_cli_pause(int argc, char **argv);
+int sbx_cli_resume(int argc, char **argv);
+int sbx_cli_volume(int argc, char **argv);
 
 /* Argument parsing of the verbs that take more than ids, exposed for unit tests. */
 struct sbx_cli_create_args {

@@ -59,24 +59,6 @@ select_all(const struct sbx_cli_config *cfg, json_t *metadata, struct sbx_error 
     return ids;
 }
 
-static int
-kill_one(const struct sbx_cli_config *cfg, const char *id, struct sbx_error **err)
-{
-    char full[SBX_CLI_ID_MAX + 1], path[32 + SBX_CLI_ID_MAX];
-    if (sbx_cli_resolve_id(cfg, id, full, sizeof(full), err) < 0)
-        return -1;
-    id = full;
-    snprintf(path, sizeof(path), "/sandboxes/%s", id);
-    struct sbx_cli_response resp;
-    int rc = sbx_cli_api_call(cfg, "DELETE", path, NULL, &resp, err);
-    if (rc == 0 && resp.status == 404)
-        rc = sbx_error_set(err, SBX_NOT_FOUND, 0, "sandbox %s not found", id);
-    else if (rc == 0 && resp.status / 100 != 2)
-        rc = sbx_cli_api_error(&resp, err);
-    sbx_cli_response_fini(&resp);
-    return rc;
-}
-
 int
 sbx_cli_kill(int argc, char **argv)
 {
@@ -109,7 +91,7 @@ sbx_cli_kill(int argc, char **argv)
         size_t n = a.all ? json_array_size(ids) : (size_t)(argc - first);
         for (size_t i = 0; status == 0 && i < n; i++) {
             const char *id = a.all ? json_string_value(json_array_get(ids, i)) : argv[first + i];
-            if (kill_one(&cfg, id, &err) < 0) {
+            if (sbx_cli_object_call(&cfg, "sandbox", id, "DELETE", "", NULL, &err) < 0) {
                 status = sbx_cli_fail("kill", err);
                 err = NULL;
             } else if (a.all) {

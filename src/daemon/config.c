@@ -176,6 +176,33 @@ opt_user(struct sbx_daemon_config *c, const char *v)
     return set_string(&c->user, v);
 }
 
+/* A duration: N with a unit, s, m, h or d (e.g. "30d"), at most ten years. */
+static int
+opt_paused_retention(struct sbx_daemon_config *c, const char *v)
+{
+    static const struct {
+        char unit;
+        int64_t seconds;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    char *end = NULL;
+    long long n = strtoll(v, &end, 10);
+    if (*v == '\0' || n <= 0 || end == v || end[0] == '\0' || end[1] != '\0')
+        return -1;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (*end == units[i].unit && n <= 3650LL * 86400 / units[i].seconds) {
+            c->paused_retention_s = n * units[i].seconds;
+            return 0;
+        }
+    return -1;
+}
+
+static int
+opt_volume(struct sbx_daemon_config *c, const char *v)
+{
+    /* Each volume is an ext4 filesystem of this size, like a sandbox's disk. */
+    return parse_positive(v, &c->volume_mb) < 0 || c->volume_mb < SBX_MIN_DISK_MB ? -1 : 0;
+}
+
 /* Pools add up: a later entry for a template replaces an earlier one (defaults, the file, the
  * environment, then each --pool in order). */
 static int
@@ -247,6 +274,11 @@ static const struct option_def {
      "comma-separated, and --pool is repeatable"},
     {"pool-memory-mb", "SBX_POOL_MEMORY_MB", "N", STR(SBX_DEFAULT_POOL_MEMORY_MB), opt_pool_memory,
      "memory the pools may hold together"},
+    {"paused-retention", "SBX_PAUSED_RETENTION", "D", "30d", opt_paused_retention,
+     "how long a paused sandbox is kept before it is deleted:\n"
+     "N followed by s, m, h or d"},
+    {"volume-mb", "SBX_VOLUME_MB", "N", STR(SBX_DEFAULT_VOLUME_MB), opt_volume,
+     "size of each new volume, at least " STR(SBX_MIN_DISK_MB)},
     {"log-level", "SBX_LOG_LEVEL", "LEVEL", "info", opt_log_level, "debug, info, warn or error"},
     {"log-format", "SBX_LOG_FORMAT", "FORMAT", "logfmt", opt_log_format,
      "logfmt (key=value) or json: one object per line"},

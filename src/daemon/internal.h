@@ -47,6 +47,8 @@ struct sbx_daemon_config {
     int log_retention_h; /* sandbox logs are kept this long after their sandbox ends */
     int log_store_mb;    /* ... and within this many MiB in all */
     int metrics_port;
+    int64_t paused_retention_s; /* --paused-retention: paused sandboxes are deleted after */
+    int volume_mb;              /* --volume-mb: the size of a new volume */
 };
 
 /* config.c: fills c from defaults, SBX_* variables and flags (in that order, later wins).
@@ -56,22 +58,23 @@ int sbx_daemon_config_parse(int argc, char **argv, struct sbx_daemon_config *c);
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
 struct sbx_live {
     struct sbx_sandbox_rec *rec;
-    char *dir;       /* state_dir/sandboxes/<id> */
-    char *sock_path; /* dir/agent.sock: listening fd held by the agent */
-    int pidfd;
-    uv_poll_t poll; /* on pidfd: the agent died */
-    bool polling;
-    bool dying;              /* a destroy was asked for: no longer found, never asked twice */
-    struct destroy *destroy; /* lifecycle.c: finished once the poll handle has closed */
-    uint64_t last_cpu_ns;    /* for cpuUsedPct between two metric reads */
+    char *dir;                /* state_dir/sandboxes/<id> */
+    char *sock_path;          /* dir/agent.sock: listening fd held by the agent */
+    int pidfd;                /* of the agent, while it runs (-1 when paused to its disk) */
+    uv_poll_t *poll;          /* on pidfd: the agent died */
+    bool dying;               /* a destroy was asked for: no longer found, never asked twice */
+    struct sbx_pause_op *ops; /* pause.c: the pause, resume or kill under way, then queued */
+    bool agent_gone;          /* its agent exited while one was under way */
+    uint64_t last_cpu_ns;     /* for cpuUsedPct between two metric reads */
     int64_t last_cpu_wall_ms;
     struct sbx_live *next;    /* the daemon's list of every running sandbox */
     struct sbx_live *id_next; /* in its bucket of the id index */
     /* In the order of last use, newest first; secure sandboxes only (see live.c). */
     struct sbx_live *recent_prev, *recent_next;
-    struct sbx_pool *pool;           /* pool.c: the pool it waits in (not in the table then) */
-    struct sbx_live *pool_next;      /* in its pool's list of warm sandboxes */
-    struct sbx_pool_member *warming; /* pool.c: while it warms up */
+    struct sbx_pool *pool;              /* pool.c: the pool it waits in (not in the table then) */
+    struct sbx_live *pool_next;         /* in its pool's list of warm sandboxes */
+    struct sbx_pool_member *warming;    /* pool.c: while it warms up */
+    struct sbx_volume_service *service; /* volumes.c: it serves this volume's content API */
 };
 
 struct sbx_daemon {
@@ -108,9 +111,13 @@ struct sbx_create_opts {
     int timeout_s;
     bool secure;
     bool allow_internet;
-    bool auto_pause;
-    json_t *metadata; /* borrowed objects of strings */
+    bool auto_pause;        /* at the timeout: pause, not kill (lifecycle.onTimeout) */
+    bool auto_pause_memory; /* ... keeping memory */
+    bool auto_resume;       /* a request for it while paused resumes it */
+    json_t *metadata;       /* borrowed objects of strings */
     json_t *env_vars;
+    json_t *volume_mounts;          /* borrowed [{name, path}], checked but not resolved */
+    const char *volume_mounts_json; /* resolved: [{name, path, volumeID}] (sbx_volumes_resolve) */
 };
 /* l is the new sandbox (NULL with err on failure); spawn_us the time the spawn took. */
 typedef void (*sbx_lifecycle_create_cb)(struct sbx_live *l, struct sbx_error *err,
@@ -119,18 +126,59 @@ typedef void (*sbx_lifecycle_done_cb)(struct sbx_error *err, void *ud);
 typedef void (*sbx_lifecycle_spawned_cb)(struct sbx_live *l, struct sbx_error *err, void *ud);
 int sbx_lifecycle_recover(struct sbx_error **err);
 void sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb, void *ud);
-/* Destroys l; cb (may be NULL) once nothing of it is left. l is no longer found from now. */
+/* Destroys l; cb (may be NULL) once nothing of it is left. l is no longer found from now; a
+ * pause or resume under way finishes first. */
 void sbx_lifecycle_kill(struct sbx_live *l, sbx_lifecycle_done_cb cb, void *ud);
-/* The same with the reason logged, for a sandbox no client has (a pool's). */
-void sbx_lifecycle_discard(struct sbx_live *l, const char *why);
+/* The same with the reason logged (a pool's sandbox nobody has, a timeout, ...). */
+void sbx_lifecycle_destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud);
 /* For pool.c: a new sandbox with no client's identity (a pooled row), and its spawn; cb gets
  * l watched and running, or NULL and the error (all of it cleaned up then). */
 struct sbx_live *sbx_lifecycle_new(const char *template_id, struct sbx_error **err);
 void sbx_lifecycle_spawn(struct sbx_live *l, sbx_lifecycle_spawned_cb cb, void *ud);
 int sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **err);
+/* Watching the agent of l: its pidfd, and a poll that destroys l when it exits (or, for a
+ * paused l, keeps its disk). unwatch closes both; it may be called when nothing is watched. */
+int sbx_lifecycle_watch(struct sbx_live *l, struct sbx_error **err);
+void sbx_lifecycle_unwatch(struct sbx_live *l);
+/* l's agent exited: a running l is destroyed, a paused one keeps its disk; decided once what
+ * is under way (pause.c) has ended. */
+void sbx_lifecycle_agent_gone(struct sbx_live *l);
+/* The agent's config (tokens, env vars) for a spawn of l, as an fd for the spawner. */
+int sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err);
+/* The spawn request for l (its limits, uid slot and volumes); reboot: on the disk it kept. */
+int sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req,
+                            struct sbx_error **err);
+/* When the soonest deadline (a timeout, the end of a paused sandbox's retention) is due. */
+void sbx_lifecycle_arm_expiry(void);
 /* The live sandbox with this id, NULL if none (or it is being destroyed). */
 struct sbx_live *sbx_lifecycle_find(const char *id);
 void sbx_lifecycle_shutdown(void);
+
+/* pause.c: pause and resume of a client's sandbox, memory kept (frozen in place) or to its
+ * disk only (its processes stopped; it boots again on resume, same id, tokens and env vars).
+ * One at a time per sandbox: what is asked during one runs after it, in order. cb gets l, or
+ * NULL with err if it failed or l was killed meanwhile, and the time it took (queued too). */
+typedef void (*sbx_pause_cb)(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud);
+/* A client's pause: 409 (SBX_FAILED_PRECONDITION) if paused already or under way. */
+void sbx_pause(struct sbx_live *l, bool memory, sbx_pause_cb cb, void *ud);
+/* At the timeout, or to give up memory its agent no longer has: no client waits. */
+void sbx_pause_quietly(struct sbx_live *l, bool memory, const char *why);
+/* Resumes l once what is under way is done: memory false boots it again on its disk even if
+ * its memory was kept. The new end is now + timeout_s; a running l's end only grows. */
+void sbx_resume(struct sbx_live *l, bool memory, int timeout_s, sbx_pause_cb cb, void *ud);
+/* At start, for a sandbox found in the store: makes what a restart cut short agree with the
+ * record (frozen if paused with its memory and agent, stopped if paused to its disk, thawed if
+ * running). agent: its agent is alive (and watched). */
+void sbx_pause_settle(struct sbx_live *l, bool agent);
+/* cb (with l, never an error) once everything asked of l before is done. */
+void sbx_pause_wait(struct sbx_live *l, sbx_pause_cb cb, void *ud);
+/* A kill asked while a pause or resume is under way waits for it: true if it was queued. */
+bool sbx_pause_queue_kill(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud);
+/* Running, with nothing under way (traffic may go to its agent). */
+bool sbx_live_is_running(const struct sbx_live *l);
+bool sbx_live_is_paused(const struct sbx_live *l);
+/* "pausing" or "resuming" while one is under way (first in the queue), else NULL. */
+const char *sbx_pause_transition(const struct sbx_live *l);
 
 /* pool.c: warm pools, per template, of sandboxes started (agent up, a code interpreter's
  * default kernel warm) before any client asked; configured with --pool NAME=N and bounded by
@@ -144,11 +192,32 @@ void sbx_pool_fill(void);
 struct sbx_live *sbx_pool_take(const char *template_id);
 /* l leaves its pool (its agent died, or it is destroyed). */
 void sbx_pool_forget(struct sbx_live *l);
-/* For a clean stop: destroys every pooled sandbox (nobody's, and they would otherwise run
- * until the next start), then calls done, at the latest after SBX_POOL_DRAIN_MS. */
+/* For a clean stop: destroys every pooled sandbox and volume service (nobody's, and they would
+ * otherwise run until the next start), then calls done, at the latest after SBX_POOL_DRAIN_MS. */
 void sbx_pool_drain(void (*done)(void));
 /* GET /pools: each pool's template, target, warm and starting counts, memory estimate. */
 json_t *sbx_pool_status(void);
+
+/* volumes.c: volumes (POST/GET/DELETE /volumes), their content API (/volumecontent/..., with
+ * the volume's token), served by a sandbox of the volume's own (its "service", started on
+ * demand, stopped when idle), and the volumes a create mounts. */
+struct sbx_volume_service;
+/* /volumes[/{id}] of an authorized client (parts: the path's segments). */
+void sbx_volumes_api(struct sbx_http_req *req, json_t *body, char **parts, size_t n);
+/* /volumecontent/...: false if req is not for it. */
+bool sbx_volumes_content(struct sbx_http_req *req);
+/* Pure: whether create's volumeMounts is [{name, path}] with at most SBX_SANDBOX_MAX_VOLUMES
+ * entries, valid names and paths a sandbox may have (none twice or inside another). */
+int sbx_volumes_check_mounts(json_t *mounts, struct sbx_error **err);
+/* Create's volumeMounts (checked by sbx_api_create_opts_parse) with each name resolved to its
+ * volume: a malloc'd [{name, path, volumeID}], or NULL and the API's 400. */
+char *sbx_volumes_resolve(json_t *mounts, struct sbx_error **err);
+/* The "<volumeID>:<path>" lines of a spawn request (spawner/msg.h). */
+int sbx_volumes_spawn_lines(const char *mounts_json, char *out, size_t cap, struct sbx_error **err);
+/* l, the service of a volume, is gone. */
+void sbx_volumes_forget(struct sbx_live *l);
+/* For a clean stop: destroys every running service (cb for each); returns how many. */
+int sbx_volumes_drain(sbx_lifecycle_done_cb cb);
 
 /* live.c: the table of running sandboxes. Insert and remove keep its list, id index and
  * order of use together; remove accepts a sandbox never inserted. find also returns a

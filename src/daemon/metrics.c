@@ -16,12 +16,14 @@
 #include "base/version.h"
 #include "daemon/internal.h"
 
-static const char *const route_classes[] = {"sandboxes", "sandbox_traffic", "api_keys", "logs",
-                                            "pools",     "metrics",         "health",   "other"};
+static const char *const route_classes[] = {"sandboxes", "sandbox_traffic", "api_keys",
+                                            "logs",      "pools",           "volumes",
+                                            "metrics",   "health",          "other"};
 #define N_CLASSES (sizeof(route_classes) / sizeof(route_classes[0]))
 
-static const char *const end_reasons[] = {"killed", "timeout", "agent_exited", "create_failed",
-                                          "agent_exited_while_down"};
+static const char *const end_reasons[] = {"killed",           "timeout",
+                                          "paused_retention", "agent_exited",
+                                          "create_failed",    "agent_exited_while_down"};
 #define N_REASONS (sizeof(end_reasons) / sizeof(end_reasons[0]))
 
 /* Upper bounds of the create latency histogram, in seconds. */
@@ -156,11 +158,16 @@ render_counters(struct sbx_buf *b)
 
     family(b, "sbx_sandboxes", "gauge", "Sandboxes by state and template.");
     for (size_t t = 0; t < SBX_API_N_TEMPLATES; t++) {
-        int running = 0;
+        int running = 0, paused = 0;
         for (struct sbx_live *l = sbx_daemon->live; l; l = l->next)
-            running += !l->dying && strcmp(l->rec->template_id, sbx_api_templates[t]) == 0;
-        sbx_buf_printf(b, "sbx_sandboxes{state=\"running\",template=\"%s\"} %d\n",
-                       sbx_api_templates[t], running);
+            if (!l->dying && strcmp(l->rec->template_id, sbx_api_templates[t]) == 0) {
+                running += sbx_live_is_running(l);
+                paused += sbx_live_is_paused(l);
+            }
+        sbx_buf_printf(b,
+                       "sbx_sandboxes{state=\"running\",template=\"%s\"} %d\n"
+                       "sbx_sandboxes{state=\"paused\",template=\"%s\"} %d\n",
+                       sbx_api_templates[t], running, sbx_api_templates[t], paused);
     }
     family(b, "sbx_sandbox_creates_total", "counter", "Sandboxes created.");
     sbx_buf_printf(b, "sbx_sandbox_creates_total %llu\n", (unsigned long long)m.creates);

@@ -185,7 +185,7 @@ on_warm(int status, const char *body, size_t len, const char *error, void *ud)
             snprintf(why, sizeof(why), "GET /sbx/ready: %s", error);
         else
             snprintf(why, sizeof(why), "GET /sbx/ready answered %d", status);
-        sbx_lifecycle_discard(l, "pool_not_ready");
+        sbx_lifecycle_destroy(l, "pool_not_ready", NULL, NULL);
         back_off(p, why);
         return;
     }
@@ -345,6 +345,8 @@ sbx_pool_drain(void (*done)(void))
             sbx_lifecycle_kill(l, on_discarded, NULL);
         }
     }
+    /* Volumes' content services are nobody's sandboxes too. */
+    drain.outstanding += sbx_volumes_drain(on_discarded);
     if (drain.outstanding == 0) {
         drain.done = NULL;
         done();

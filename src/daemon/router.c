@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/limits.h"
+#include "base/log.h"
 #include "daemon/internal.h"
 #include "daemon/signed.h"
 
@@ -53,16 +54,101 @@ sandbox_target(const struct sbx_http_req *req, struct target *t)
     return parse_host(sbx_http_req_header(req, "host"), t);
 }
 
+static void respond_sandbox_error(struct sbx_http_req *req, int status, const char *message);
+
 static void
 respond_not_found(struct sbx_http_req *req)
 {
     /* The body the cloud proxy sends; the SDKs turn 502 into "sandbox not running". */
-    json_t *o = json_pack("{s:s,s:s,s:i}", "sandboxId", req->log_sandbox, "message",
-                          "The sandbox was not found", "code", 502);
+    respond_sandbox_error(req, 502, "The sandbox was not found");
+}
+
+static void route(struct sbx_http_req *req, struct sbx_live *l, int port);
+
+/* A request that waits for its sandbox (being paused, resumed or settled): the client may go
+ * away meanwhile; the sandbox may be killed. */
+struct held {
+    struct sbx_http_hold *hold;
+    char id[SBX_STORE_ID_MAX + 1];
+    int port;
+};
+
+static void
+on_unheld(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
+{
+    struct held *h = ud;
+    struct sbx_http_req *req = sbx_http_hold_release(h->hold);
+    if (req) {
+        /* Killed meanwhile, or a resume that failed (it is still paused): not there. */
+        l = sbx_lifecycle_find(h->id);
+        if (l == NULL || err)
+            respond_not_found(req);
+        else
+            route(req, l, h->port);
+    }
+    free(h);
+}
+
+static struct held *
+hold(struct sbx_http_req *req, const struct sbx_live *l, int port)
+{
+    struct held *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        abort();
+    h->hold = sbx_http_req_hold(req);
+    h->port = port;
+    snprintf(h->id, sizeof(h->id), "%s", l->rec->id);
+    return h;
+}
+
+static void
+respond_sandbox_error(struct sbx_http_req *req, int status, const char *message)
+{
+    json_t *o = json_pack("{s:s,s:s,s:i}", "sandboxId", req->log_sandbox, "message", message,
+                          "code", status);
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    sbx_http_respond(req, 502, "application/json; charset=utf-8", s, strlen(s));
+    sbx_http_respond(req, status, "application/json; charset=utf-8", s, strlen(s));
     free(s);
+}
+
+/* Serves a request for l: proxied if it runs; else it waits for what is under way, is woken
+ * up (autoResume: a sandbox paused with its memory, resumed for its create-time timeout), or
+ * is answered as for a sandbox that is not there (502, spec lifecycle.md §1). */
+static void
+route(struct sbx_http_req *req, struct sbx_live *l, int port)
+{
+    if (sbx_live_is_running(l)) {
+        sbx_http_proxy(req, l->sock_path, respond_not_found);
+        return;
+    }
+    const char *transition = sbx_pause_transition(l);
+    bool wakes = l->rec->auto_resume && (transition || l->rec->paused_memory);
+    if (transition && strcmp(transition, "pausing") == 0 && wakes) {
+        respond_sandbox_error(req, 409,
+                              "The sandbox is still transitioning. Try again in a moment.");
+        return;
+    }
+    if (transition || !sbx_live_is_paused(l)) {
+        sbx_pause_wait(l, on_unheld, hold(req, l, port)); /* a resume or a restart's settle */
+        return;
+    }
+    if (!wakes) {
+        respond_not_found(req);
+        return;
+    }
+    /* Waking a secure sandbox through envd takes its access token, as on E2B: a request that
+     * only names it must not start what its owner paused. */
+    if (port == SBX_ENVD_PORT && l->rec->access_token &&
+        !sbx_http_req_has_secret(req, "x-access-token", l->rec->access_token)) {
+        respond_sandbox_error(req, 403,
+                              "This sandbox can't be resumed with the credentials provided. "
+                              "Check your access token and try again.");
+        return;
+    }
+    sbx_log_info("sandbox_resume", "sandbox=%s reason=\"a request for port %d\"", l->rec->id, port);
+    int timeout = l->rec->timeout_s > 0 ? l->rec->timeout_s : SBX_DEFAULT_TIMEOUT_S;
+    sbx_resume(l, true, timeout, on_unheld, hold(req, l, port));
 }
 
 void
@@ -89,7 +175,7 @@ sbx_router_on_request(struct sbx_http_req *req, void *ud)
         snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", signed_for->rec->id);
         sbx_http_req_mark_authenticated(req); /* signed with the sandbox's token */
         req->route_class = "sandbox_traffic";
-        sbx_http_proxy(req, signed_for->sock_path, respond_not_found);
+        route(req, signed_for, SBX_ENVD_PORT);
         return;
     }
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", t.id);
@@ -108,5 +194,5 @@ sbx_router_on_request(struct sbx_http_req *req, void *ud)
     /* Every port of the sandbox is served by its agent (envd, the code interpreter); the
      * agent sees E2b-Sandbox-Port and routes on it. */
     sbx_http_req_mark_authenticated(req);
-    sbx_http_proxy(req, l->sock_path, respond_not_found);
+    route(req, l, t.port);
 }

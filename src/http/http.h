@@ -128,6 +128,17 @@ void sbx_http_abort(struct sbx_http_req *req);
 /* JSON error body {"code":status,"message":msg} with the given status. */
 void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The same with the code a JSON string, {"code":"404",...}: the volume content API's. */
+void sbx_http_respond_error_strcode(struct sbx_http_req *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* A request kept across event loop turns until it can be answered (waiting for the spawner,
+ * for a resume): the client may go away meanwhile. hold takes req->data and the close
+ * callback; release gives the request back, or NULL if its client went away, and frees the
+ * hold. */
+struct sbx_http_hold;
+struct sbx_http_hold *sbx_http_req_hold(struct sbx_http_req *req);
+struct sbx_http_req *sbx_http_hold_release(struct sbx_http_hold *h);
 
 /* Reverse proxy (proxy.c): forwards req, with its body streamed, to an HTTP server on a unix
  * socket and streams the response back. Hop-by-hop headers are dropped, and so are

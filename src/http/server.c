@@ -1349,14 +1349,14 @@ sbx_http_end(struct sbx_http_req *pub)
         conn_maybe_finish(r->conn);
 }
 
-void
-sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
+static void
+respond_error(struct sbx_http_req *req, int status, bool strcode, const char *fmt, va_list ap)
 {
-    va_list ap;
-    va_start(ap, fmt);
     char *msg = sbx_vformat(fmt, ap);
-    va_end(ap);
-    json_t *o = json_pack("{s:i,s:s}", "code", status, "message", msg ? msg : "error");
+    char code[16];
+    snprintf(code, sizeof(code), "%d", status);
+    json_t *o = strcode ? json_pack("{s:s,s:s}", "code", code, "message", msg ? msg : "error")
+                        : json_pack("{s:i,s:s}", "code", status, "message", msg ? msg : "error");
     char *body = json_dumps(o, JSON_COMPACT);
     if (to_req(req)->resp == RESP_NONE) {
         to_req(req)->error = msg; /* for the log line */
@@ -1366,4 +1366,57 @@ sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ..
     free(body);
     json_decref(o);
     free(msg);
+}
+
+void
+sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    respond_error(req, status, false, fmt, ap);
+    va_end(ap);
+}
+
+void
+sbx_http_respond_error_strcode(struct sbx_http_req *req, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    respond_error(req, status, true, fmt, ap);
+    va_end(ap);
+}
+
+struct sbx_http_hold {
+    struct sbx_http_req *req; /* NULL once the client went away */
+};
+
+static void
+on_held_closed(struct sbx_http_req *req)
+{
+    struct sbx_http_hold *h = req->data;
+    h->req = NULL;
+}
+
+struct sbx_http_hold *
+sbx_http_req_hold(struct sbx_http_req *req)
+{
+    struct sbx_http_hold *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        abort();
+    h->req = req;
+    req->data = h;
+    sbx_http_req_on_close(req, on_held_closed);
+    return h;
+}
+
+struct sbx_http_req *
+sbx_http_hold_release(struct sbx_http_hold *h)
+{
+    struct sbx_http_req *req = h->req;
+    if (req) {
+        sbx_http_req_on_close(req, NULL);
+        req->data = NULL;
+    }
+    free(h);
+    return req;
 }

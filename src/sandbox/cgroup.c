@@ -89,8 +89,9 @@ sbx_cgroup_check(const char **layout, struct sbx_error **err)
     }
 }
 
-/* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. */
-static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct"};
+/* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. The freezer sets
+ * no limit: membership is what lets freeze.c stop the sandbox's processes. */
+static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct", "freezer"};
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
 _Static_assert(N_V1 <= SBX_CGROUP_JOIN_MAX, "a join fd for each v1 controller");
 
@@ -393,7 +394,7 @@ sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_erro
         sbx_pathf(kill_path, sizeof(kill_path), "%s/cgroup.kill", dirs[0]) == 0)
         (void)sbx_fs_write_str(kill_path, "1"); /* absent before 5.14: the loop still kills */
     uint64_t deadline = sbx_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
+    for (bool thawed = false;; thawed = true) {
         if (reap_pid > 0)
             waitpid(reap_pid, NULL, WNOHANG);
         int left = 0;
@@ -404,6 +405,10 @@ sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_erro
         }
         if (left == 0)
             return 0;
+        /* A paused sandbox's tasks die only once thawed (v1 freezer): after the kill, so
+         * that none of them runs again. */
+        if (!thawed)
+            (void)sbx_sandbox_thaw(id, NULL);
         if (sbx_now_ms() > deadline)
             return sbx_error_set(err, SBX_DEADLINE_EXCEEDED, 0,
                                  "%d processes still in the cgroups of %s", left, id);

@@ -94,22 +94,39 @@ struct sbx_upper_dirs {
      * unmounted upper ("failed to clone upperpath"). */
     int mount_fd;
 };
+/* Creates the image at path (O_EXCL, 0600): a sparse copy of an empty ext4 of bytes whose root
+ * dir belongs to root_owner, formatting that blank (once per size and owner) under
+ * template_dir/disks if needed. */
+int sbx_disk_image_create(const char *template_dir, const char *path, uint64_t bytes,
+                          uid_t root_owner, struct sbx_error **err);
+/* Attaches image_fd to a free loop device (autoclear); returns an fd of it, its path in dev. */
+int sbx_loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err);
+/* Mounts the ext4 on dev detached (nodev, nosuid); returns the mount fd. */
+int sbx_ext4_mount(const char *dev, struct sbx_error **err);
 /* Creates <sandbox_dir>/disk.img: a sparse copy of an empty ext4 of limits.disk_bytes,
- * formatting that blank (once per size) under template_dir if needed. */
-int sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
+ * formatting that blank (once per size) under template_dir if needed. For a reboot, checks
+ * that the image of the earlier boot is there. */
+int sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
 /* Attaches disk.img to an autoclear loop device, mounts it detached and creates the upper
- * and work dirs in it, owned by plan->host_uid_base. */
+ * and work dirs in it, owned by plan->host_uid_base (for a reboot: opens those it has). */
 int sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
                         struct sbx_error **err);
 void sbx_upper_dirs_close(struct sbx_upper_dirs *d);
 /* Allocated bytes of <sandbox_dir>/disk.img; -1 with errno (ENOENT: no image). */
 int sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes);
 
+/* ---- volume.c (parent side, host root) ---- */
+/* A detached mount of the volume at image, idmapped through userns_fd, nodev and nosuid; it
+ * shares the volume's filesystem with every other mount of it. */
+int sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err);
+
 /* ---- mounts.c (child side) ---- */
 int child_mount_private(const char **step);
 int child_attach_rootfs(const char *newroot, int root_fd, int usr_fd, const char **step);
 int child_mount_proc(const char *newroot, const char **step);
 int child_mount_dev(const char *newroot, const char **step);
+/* A random /proc/sys/kernel/random/boot_id of this boot's own (after /proc and /dev). */
+int child_mount_boot_id(const char *newroot, const char **step);
 int child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step);
 int child_pivot_root(const char *newroot, const char **step);
 /* /sys as a read-only tmpfs holding only fs/cgroup: a read-only view of the sandbox's own
@@ -120,6 +137,9 @@ int child_mount_lxcfs(const char *newroot, const char *lxcfs_dir, const char **s
 
 /* ---- lxcfs.c ---- */
 extern const char *const sbx_lxcfs_files[]; /* NULL-terminated */
+/* After pivot_root: attaches fds[i] (detached mounts) at plan->volumes[i].path, making the
+ * missing directories, never following a symlink. */
+int child_mount_volumes(const struct sbx_sandbox_plan *plan, const int *fds, const char **step);
 
 /* ---- seccomp.c / caps.c ---- */
 /* Compiles the filter of a profile once per process, before any clone. relaxed: the

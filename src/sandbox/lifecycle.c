@@ -165,12 +165,15 @@ sbx_sandbox_kill(const struct sbx_sandbox_ref *ref)
     if (pfd >= 0) {
         fcntl(pfd, F_SETFD, FD_CLOEXEC);
         syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+        /* A paused sandbox's agent dies only once thawed (freeze.c). */
+        (void)sbx_sandbox_thaw(ref->id, NULL);
     }
     return pfd;
 }
 
-int
-sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+/* Everything of a sandbox but its dir: its processes (waited for) and its cgroups. */
+static int
+stop_processes(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
 {
     pid_t reap = 0;
     char state = 0;
@@ -179,8 +182,10 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
         pfd = pidfd_open(ref->pid, 0);
         /* Re-check with the pidfd pinned, then kill through it: no pid-reuse race.
          * Killing PID 1 of the sandbox makes the kernel kill its whole pid namespace. */
-        if (pfd >= 0 && is_ours(ref, &state))
+        if (pfd >= 0 && is_ours(ref, &state)) {
             syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+            (void)sbx_sandbox_thaw(ref->id, NULL); /* see sbx_sandbox_kill */
+        }
         reap = ref->pid; /* our child unless the daemon restarted; waitpid is harmless then */
     }
     int rc = 0;
@@ -196,6 +201,19 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
         waitpid(reap, NULL, WNOHANG);
     if (rc == 0 && sbx_cgroup_remove(ref->id, err) < 0)
         rc = -1;
+    return rc;
+}
+
+int
+sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+{
+    return stop_processes(ref, err) < 0 ? sbx_error_prefix(err, "stop %s", ref->id) : 0;
+}
+
+int
+sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+{
+    int rc = stop_processes(ref, err);
     /* This also deletes disk.img. By now the sandbox's processes are gone, and with them its
      * mount namespace, the last holder of the image's ext4 mount, so the autoclear loop device
      * has let go and the blocks are freed; if a reference lingers, the unlinked file goes

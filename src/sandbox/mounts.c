@@ -9,8 +9,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+
+#include <linux/openat2.h>
 #include <unistd.h>
 
 #include "sandbox/internal.h"
@@ -160,6 +163,42 @@ child_mount_dev(const char *newroot, const char **step)
 }
 
 int
+child_mount_boot_id(const char *newroot, const char **step)
+{
+    /* The kernel's boot_id is host-wide, not per namespace: every sandbox would read the
+     * host's, and a sandbox booted again on its disk after a filesystem-only pause would read
+     * the same one as before, where a VM gets a new one at every boot (and programs, E2B's
+     * tests among them, tell reboots apart by it). So each boot gets a random one of its own,
+     * in a read-only file bound over the kernel's. The file is made on the new /dev tmpfs and
+     * unlinked once bound: the mount keeps it. */
+    unsigned char r[16];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+        return fail(step, "%sgetrandom for boot_id", "");
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40); /* RFC 4122 version 4, as the kernel's */
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    char uuid[40], src[4096], dst[4096];
+    snprintf(uuid, sizeof(uuid),
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", r[0], r[1],
+             r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
+             r[15]);
+    join(src, sizeof(src), newroot, "dev/.boot_id");
+    join(dst, sizeof(dst), newroot, "proc/sys/kernel/random/boot_id");
+    int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+    if (fd < 0)
+        return fail(step, "create %s", src);
+    bool written = write(fd, uuid, strlen(uuid)) == (ssize_t)strlen(uuid);
+    close(fd);
+    if (!written)
+        return fail(step, "write %s", src);
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0 ||
+        mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROC_FLAGS, NULL) < 0)
+        return fail(step, "bind a boot_id over %s", dst);
+    if (unlink(src) < 0)
+        return fail(step, "unlink %s", src);
+    return 0;
+}
+
+int
 child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step)
 {
     /* tmpfs pages are charged to the sandbox's memory cgroup. Each one is capped well below
@@ -284,6 +323,50 @@ child_mount_lxcfs(const char *newroot, const char *lxcfs_dir, const char **step)
         sbx_pathf(dst, sizeof(dst), "%s/proc/%s", newroot, sbx_lxcfs_files[i]);
         if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
             return fail(step, "bind lxcfs %s", src);
+    }
+    return 0;
+}
+
+/* Opens name below dir as a directory, never through a symlink nor out of dir. */
+static int
+open_dir_beneath(int dir, const char *name)
+{
+    struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                           .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH};
+    return (int)syscall(SYS_openat2, dir, name, &how, sizeof(how));
+}
+
+int
+child_mount_volumes(const struct sbx_sandbox_plan *plan, const int *fds, const char **step)
+{
+    for (size_t i = 0; i < plan->n_volumes; i++) {
+        const char *path = plan->volumes[i].path;
+        char copy[4096];
+        if (sbx_pathf(copy, sizeof(copy), "%s", path) < 0)
+            return fail(step, "volume path %s", path);
+        /* From the sandbox's own root, one component at a time: a symlink the sandbox left
+         * on its disk (a reboot) cannot lead the mount anywhere else. */
+        int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        char *save = NULL;
+        for (char *c = strtok_r(copy, "/", &save); c && dir >= 0; c = strtok_r(NULL, "/", &save)) {
+            if (mkdirat(dir, c, 0755) < 0 && errno != EEXIST) {
+                close(dir);
+                return fail(step, "make the mount point of volume %s", path);
+            }
+            int next = open_dir_beneath(dir, c);
+            close(dir);
+            dir = next;
+        }
+        if (dir < 0)
+            return fail(step, "reach the mount point of volume %s", path);
+        int rc = move_mount(fds[i], "", dir, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+        int e = errno;
+        close(dir);
+        close(fds[i]);
+        if (rc < 0) {
+            errno = e;
+            return fail(step, "mount volume at %s", path);
+        }
     }
     return 0;
 }

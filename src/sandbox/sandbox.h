@@ -17,6 +17,7 @@
 
 #define SBX_SANDBOX_UID_COUNT 65536 /* sandbox uids 0..65535 */
 #define SBX_SPAWN_TIMEOUT_MS  10000 /* clone to exec of the agent */
+#define SBX_FREEZE_TIMEOUT_MS 5000  /* for every process of a sandbox to stop (pause) */
 
 struct sbx_sandbox_limits {
     uint64_t memory_bytes; /* memory.max / memory.limit_in_bytes */
@@ -26,6 +27,22 @@ struct sbx_sandbox_limits {
                             * (a multiple of 4096, at least 16 MiB); writes beyond it fail
                             * with ENOSPC. 0: no limit, the layer lives in sandbox_dir */
 };
+
+/* A volume (volume.c) in a sandbox. */
+struct sbx_volume_mount {
+    const char *image; /* host path of the volume's image, from sbx_volume_create */
+    const char *path;  /* where the sandbox sees it: absolute and clean ("/mnt/data") */
+};
+#define SBX_SANDBOX_MAX_VOLUMES 8
+#define SBX_VOLUME_PATH_MAX     255
+/* Why path cannot be where a sandbox sees a volume, or NULL if it can: it must be absolute
+ * and clean (no "//", ".", ".." or trailing '/'), at most SBX_VOLUME_PATH_MAX bytes of
+ * letters, digits and "._-+@/", and not "/" nor in a system directory (/proc, /sys, /dev,
+ * /etc, /usr, /bin, /sbin, /lib*, /boot, /run). Pure: the API and the spawner both check. */
+const char *sbx_volume_path_check(const char *path);
+/* The same for all of a sandbox's volumes: at most SBX_SANDBOX_MAX_VOLUMES, none twice or
+ * inside another. NULL, or why, with *bad the index of the offending path. */
+const char *sbx_volume_paths_check(const char *const *paths, size_t n, size_t *bad);
 
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
@@ -38,7 +55,12 @@ struct sbx_sandbox_plan {
     uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
-    bool relaxed;          /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
+    bool relaxed; /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
+    bool reboot;  /* boot again on the writable layer an earlier boot of this sandbox left in
+                   * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
+                   * must be the one it had; a failed start leaves it as it was */
+    const struct sbx_volume_mount *volumes; /* mounted read-write, owned as on the volume */
+    size_t n_volumes;                       /* at most SBX_SANDBOX_MAX_VOLUMES */
     const char *lxcfs_dir; /* an lxcfs mount (sbx_sandbox_lxcfs) whose /proc files replace the
                             * sandbox's; NULL: the kernel's own */
     int agent_listen_fd;   /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
@@ -150,8 +172,26 @@ int sbx_sandbox_kill(const struct sbx_sandbox_ref *ref);
  * and the sandbox dir (its contents and the dir itself, without following symlinks). Reaps
  * the agent if it is our child. Idempotent: a sandbox already gone is not an error. */
 int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+/* The same but the sandbox dir stays, with the writable layer: what a filesystem-only pause
+ * keeps for a later boot (plan.reboot). Its memory and processes are gone when it returns. */
+int sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+
+/* Pausing in place (freeze.c): freeze stops every process of the sandbox where it is, its
+ * memory kept, and returns at once; sbx_sandbox_frozen then answers 1 once all have stopped,
+ * 0 before (or when thawed), -1 if the sandbox has no freezer cgroup. thaw lets them go on.
+ * freeze_asked answers 1 if a freeze was asked and not undone (for a restarted spawner). */
+int sbx_sandbox_freeze(const char *id, struct sbx_error **err);
+int sbx_sandbox_thaw(const char *id, struct sbx_error **err);
+int sbx_sandbox_frozen(const char *id);
+int sbx_sandbox_freeze_asked(const char *id);
 
 int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
+                      struct sbx_error **err);
+
+/* Creates a volume's image at image (O_EXCL): an empty ext4 of bytes whose root dir belongs to
+ * the sandboxes' user (uid 1000), formatted once per size under template_dir. Deleting it is
+ * unlinking it: sandboxes that have it mounted keep it until they end. */
+int sbx_volume_create(const char *template_dir, const char *image, uint64_t bytes,
                       struct sbx_error **err);
 
 #endif

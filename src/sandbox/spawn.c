@@ -78,14 +78,18 @@ step_reset_signals(const char **step)
     return sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
+_Static_assert(2 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
+               "SYNC_PARENT_READY carries the two overlays and every volume");
+
 /* Blocks until the parent has written our maps and set our limits. */
 static int
-step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
+step_wait_parent(int sock, size_t n_volumes, struct sbx_rootfs *fs, int *volume_fds,
+                 const char **step)
 {
     *step = "wait for parent";
     struct sync_msg m;
-    int fds[2];
-    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 2);
+    int fds[SBX_FDPASS_MAX];
+    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 2 + n_volumes);
     if (n == 0)
         _exit(127); /* the parent gave up on us */
     if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fds[0] < 0) {
@@ -94,6 +98,7 @@ step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
     }
     fs->root_fd = fds[0];
     fs->usr_fd = fds[1];
+    memcpy(volume_fds, fds + 2, n_volumes * sizeof(int));
     return 0;
 }
 
@@ -283,10 +288,11 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
     int exe = plan->exe_fd;
     struct sbx_rootfs fs = {-1, -1};
+    int volumes[SBX_SANDBOX_MAX_VOLUMES];
 
     STEP(step_reset_signals(&step));
     STEP(step_join_cgroups(join_fds, n_join, &step));
-    STEP(step_wait_parent(sock, &fs, &step));
+    STEP(step_wait_parent(sock, plan->n_volumes, &fs, volumes, &step));
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
     STEP(child_mount_private(&step));
@@ -298,8 +304,10 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     STEP(step_affinity(plan, &step)); /* before /sys, which lists the CPUs it leaves */
     STEP(child_mount_sys(newroot, plan->id, &step));
     STEP(child_mount_dev(newroot, &step));
+    STEP(child_mount_boot_id(newroot, &step));
     STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
     STEP(child_pivot_root(newroot, &step));
+    STEP(child_mount_volumes(plan, volumes, &step)); /* inside the new root: see volume.c */
     STEP(step_hostname(hostname, &step));
     STEP(step_loopback_up(&step));
     STEP(step_rlimits(&step));
@@ -367,6 +375,14 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
                              SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
     if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
+    if (p->n_volumes > SBX_SANDBOX_MAX_VOLUMES)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d volumes",
+                             SBX_SANDBOX_MAX_VOLUMES);
+    for (size_t i = 0; i < p->n_volumes; i++)
+        if (p->volumes[i].image[0] != '/' || p->volumes[i].path[0] != '/' ||
+            strstr(p->volumes[i].path, "/..") != NULL)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad volume mount %s",
+                                 p->volumes[i].path);
     return 0;
 }
 
@@ -403,12 +419,15 @@ set_process_limits(pid_t pid, struct sbx_error **err)
     return 0;
 }
 
+/* The child's root and /usr overlays, then its volumes. */
 static int
-send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
+send_ready(int sock, const struct sbx_rootfs *fs, const int *volumes, size_t n_volumes,
+           struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
-    int fds[2] = {fs->root_fd, fs->usr_fd};
-    if (sbx_send_fds(sock, &m, sizeof(m), fds, 2) < 0)
+    int fds[SBX_FDPASS_MAX] = {fs->root_fd, fs->usr_fd};
+    memcpy(fds + 2, volumes, n_volumes * sizeof(int));
+    if (sbx_send_fds(sock, &m, sizeof(m), fds, 2 + n_volumes) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }
@@ -421,6 +440,7 @@ struct sbx_sandbox_spawning {
     pid_t pid;
     int sock;
     bool exec_seen;
+    bool reboot; /* a failure keeps the sandbox dir: it holds the sandbox's disk */
 };
 
 /* Reads what the child sent: 1 while setup goes on, 0 once it has exec'd (SYNC_CHILD_EXEC,
@@ -532,8 +552,18 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sb
     struct sbx_rootfs fs;
     if (sbx_rootfs_open(plan, userns, &fs, err) < 0)
         return -1;
-    int rc = send_ready(sock, &fs, err);
-    sbx_rootfs_close(&fs); /* the child holds its own copies now */
+    int volumes[SBX_SANDBOX_MAX_VOLUMES], rc = 0;
+    size_t n = 0;
+    for (; n < plan->n_volumes && rc == 0; n++)
+        if ((volumes[n] = sbx_volume_mount(plan->volumes[n].image, userns, err)) < 0)
+            rc = -1;
+    if (rc == 0)
+        rc = send_ready(sock, &fs, volumes, n, err);
+    /* The child holds its own copies now. */
+    sbx_rootfs_close(&fs);
+    for (size_t i = 0; i < n; i++)
+        if (volumes[i] >= 0)
+            close(volumes[i]);
     return rc;
 }
 
@@ -566,17 +596,21 @@ sbx_sandbox_agent_exe(const char *path, struct sbx_error **err)
     return steal_fd(&fd);
 }
 
-/* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs. */
+/* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs (but the
+ * dir of a reboot, which holds the disk of the earlier boots). */
 static void
-cleanup_failed(const char *id, const char *sandbox_dir, pid_t pid)
+cleanup_failed(const struct sbx_sandbox_spawning *s)
 {
-    if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
     }
-    struct sbx_sandbox_ref ref = {.id = id, .sandbox_dir = sandbox_dir, .pid = 0};
+    struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->sandbox_dir, .pid = 0};
     struct sbx_error *ignored = NULL;
-    sbx_sandbox_destroy(&ref, &ignored);
+    if (s->reboot)
+        sbx_sandbox_stop(&ref, &ignored);
+    else
+        sbx_sandbox_destroy(&ref, &ignored);
     sbx_error_free(ignored);
 }
 
@@ -594,6 +628,7 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     }
     snprintf(s->id, sizeof(s->id), "%s", plan->id);
     s->sock = -1;
+    s->reboot = plan->reboot;
     if (sbx_rootfs_prepare_dirs(plan, err) < 0 ||
         sbx_cgroup_create(plan->id, &plan->limits, err) < 0)
         goto fail;
@@ -680,7 +715,7 @@ sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s)
     if (s->sock >= 0)
         close(s->sock);
     if (s->pid != 0 || !s->exec_seen)
-        cleanup_failed(s->id, s->sandbox_dir, s->pid);
+        cleanup_failed(s);
     free(s->sandbox_dir);
     free(s);
 }

@@ -15,6 +15,8 @@ enum kind { STR, U64, I64 };
 #define IN_SPAWN   (1u << SBX_SPAWNER_SPAWN)
 #define IN_DESTROY (1u << SBX_SPAWNER_DESTROY)
 #define IN_STATS   (1u << SBX_SPAWNER_STATS)
+#define IN_PAUSE   (1u << SBX_SPAWNER_FREEZE | 1u << SBX_SPAWNER_THAW | 1u << SBX_SPAWNER_STOP)
+#define IN_VOLUME  (1u << SBX_SPAWNER_VOLUME_CREATE | 1u << SBX_SPAWNER_VOLUME_DELETE)
 #define IN_REPLY   (1u << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
 
 struct field {
@@ -43,14 +45,16 @@ struct field {
     }
 
 static const struct field fields[] = {
-    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS, IN_SPAWN | IN_DESTROY | IN_STATS),
+    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME,
+          IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME),
     STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
     U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_SPAWN, IN_SPAWN),
     /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
     U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_SPAWN, IN_SPAWN),
     U64_F(5, pids_max, 8, 1 << 22, IN_SPAWN, IN_SPAWN),
     U64_F(6, cpu_millis, 10, 1024 * 1000, IN_SPAWN, IN_SPAWN),
-    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN, IN_SPAWN),
+    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN | 1u << SBX_SPAWNER_VOLUME_CREATE,
+          IN_SPAWN | 1u << SBX_SPAWNER_VOLUME_CREATE),
     {8, I64, OFF(pid), 8, 0, 1 << 22, IN_REPLY, 0, false},
     U64_F(9, start_time, 0, UINT64_MAX, IN_REPLY, 0),
     U64_F(10, code, SBX_OK, SBX_UNAUTHENTICATED, IN_REPLY, IN_REPLY),
@@ -63,8 +67,11 @@ static const struct field fields[] = {
     STAT_F(17, oom_kills),
     STAT_F(18, pids_current),
     STAT_F(19, disk_used_bytes),
+    U64_F(40, reboot, 0, 1, IN_SPAWN, 0),
+    STR_F(41, volumes, IN_SPAWN, 0),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
+_Static_assert(N_FIELDS <= 64, "the decoder's bitmask of seen fields");
 
 static unsigned
 op_bit(uint8_t op)
@@ -76,6 +83,8 @@ static bool
 valid_op(uint8_t op)
 {
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
+           op == SBX_SPAWNER_FREEZE || op == SBX_SPAWNER_THAW || op == SBX_SPAWNER_STOP ||
+           op == SBX_SPAWNER_VOLUME_CREATE || op == SBX_SPAWNER_VOLUME_DELETE ||
            op == SBX_SPAWNER_REPLY;
 }
 
@@ -188,10 +197,51 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
     if (m->template_name[0] && !charset_ok(m->template_name, "._-"))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad template name");
-    if (m->op == SBX_SPAWNER_SPAWN && m->disk_bytes % 4096 != 0)
+    if ((m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_VOLUME_CREATE) &&
+        m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
+    struct sbx_spawner_volume v[SBX_SANDBOX_MAX_VOLUMES];
+    size_t n;
+    if (m->volumes[0] && sbx_spawner_volumes_parse(m->volumes, v, &n, err) < 0)
+        return -1;
     if (m->op == SBX_SPAWNER_REPLY && m->code != SBX_OK && m->message[0] == '\0')
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "error reply without a message");
+    return 0;
+}
+
+int
+sbx_spawner_volumes_parse(const char *s, struct sbx_spawner_volume *out, size_t *n,
+                          struct sbx_error **err)
+{
+    *n = 0;
+    for (const char *line = s; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        const char *colon = memchr(line, ':', len);
+        size_t idlen = colon ? (size_t)(colon - line) : 0;
+        size_t plen = colon ? len - idlen - 1 : 0;
+        if (*n == SBX_SANDBOX_MAX_VOLUMES)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d volumes",
+                                 SBX_SANDBOX_MAX_VOLUMES);
+        struct sbx_spawner_volume *v = &out[*n];
+        if (idlen == 0 || idlen > SBX_SPAWNER_ID_MAX || plen == 0 || plen > SBX_VOLUME_PATH_MAX)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad volume line %zu", *n + 1);
+        memcpy(v->id, line, idlen);
+        v->id[idlen] = '\0';
+        memcpy(v->path, colon + 1, plen);
+        v->path[plen] = '\0';
+        if (!charset_ok(v->id, NULL))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volume %zu: bad id", *n + 1);
+        (*n)++;
+        line = end ? end + 1 : line + len;
+    }
+    const char *paths[SBX_SANDBOX_MAX_VOLUMES];
+    size_t bad;
+    for (size_t i = 0; i < *n; i++)
+        paths[i] = out[i].path;
+    const char *why = sbx_volume_paths_check(paths, *n, &bad);
+    if (why)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volume %zu: %s", bad + 1, why);
     return 0;
 }
 
@@ -211,7 +261,7 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
     out->seq =
         (uint32_t)in[4] | (uint32_t)in[5] << 8 | (uint32_t)in[6] << 16 | (uint32_t)in[7] << 24;
     unsigned bit = op_bit(out->op);
-    uint32_t seen = 0; /* by index into fields[] */
+    uint64_t seen = 0; /* by index into fields[] */
     for (size_t n = HEADER_LEN; n < len;) {
         if (len - n < FIELD_HDR || in[n + 1] != 0)
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "truncated field header");
@@ -225,15 +275,15 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
             i++;
         if (i == N_FIELDS || !(fields[i].allowed & bit))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u not allowed", tag);
-        if (seen & (1u << i))
+        if (seen & (1ull << i))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u repeated", tag);
-        seen |= 1u << i;
+        seen |= 1ull << i;
         if (decode_field(&fields[i], in + n, flen, out, err) < 0)
             return -1;
         n += flen;
     }
     for (size_t i = 0; i < N_FIELDS; i++)
-        if ((fields[i].required & bit) && !(seen & (1u << i)))
+        if ((fields[i].required & bit) && !(seen & (1ull << i)))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u missing", fields[i].tag);
     return check_message(out, err);
 }

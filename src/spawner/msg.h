@@ -30,7 +30,15 @@ enum sbx_spawner_op {
                               * start time */
     SBX_SPAWNER_DESTROY = 2, /* id. Reply: none, once nothing of the sandbox is left */
     SBX_SPAWNER_STATS = 3,   /* id. Reply: the counters */
-    SBX_SPAWNER_REPLY = 64,  /* spawner -> front end: code (0 = ok), errno, message */
+    /* Pause and resume (spawner/pause.c). */
+    SBX_SPAWNER_FREEZE = 20, /* id. Reply once every process of the sandbox is frozen */
+    SBX_SPAWNER_THAW = 21,   /* id. Reply once they may run again */
+    SBX_SPAWNER_STOP = 22,   /* id. Reply once no process of the sandbox is left; its dir and
+                              * disk stay for a SPAWN with reboot */
+    /* Volumes (spawner/volume.c): id is the volume's. */
+    SBX_SPAWNER_VOLUME_CREATE = 23, /* id, disk_bytes. Reply once its image exists */
+    SBX_SPAWNER_VOLUME_DELETE = 24, /* id. Reply once its image is gone */
+    SBX_SPAWNER_REPLY = 64,         /* spawner -> front end: code (0 = ok), errno, message */
 };
 
 struct sbx_spawner_msg {
@@ -40,6 +48,9 @@ struct sbx_spawner_msg {
     char template_name[SBX_SPAWNER_NAME_MAX + 1];
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
+    uint64_t reboot; /* SPAWN: 1 boots a stopped sandbox again on its disk, with its slot */
+    /* SPAWN: the volumes to mount, "<volume id>:<path>" lines (sbx_spawner_volumes_parse) */
+    char volumes[SBX_SPAWNER_TEXT_MAX + 1];
     int64_t pid;
     uint64_t start_time;
     /* replies */
@@ -56,6 +67,15 @@ ssize_t sbx_spawner_msg_encode(const struct sbx_spawner_msg *m, void *buf, size_
 /* Decodes and validates; on error *out is unspecified. */
 int sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
                            struct sbx_error **err);
+/* The volumes field of a SPAWN: at most SBX_SANDBOX_MAX_VOLUMES lines "<id>:<path>", each
+ * id [a-z0-9]{1,32} and each path one sbx_volume_path_check accepts, no path twice or inside
+ * another. 0 and *n, or -1 with an invalid_argument error. Pure; the decoder calls it. */
+struct sbx_spawner_volume {
+    char id[SBX_SPAWNER_ID_MAX + 1];
+    char path[SBX_VOLUME_PATH_MAX + 1];
+};
+int sbx_spawner_volumes_parse(const char *s, struct sbx_spawner_volume *out, size_t *n,
+                              struct sbx_error **err);
 /* A reply to req: ok when err is NULL, else err's code, errno and message. */
 void sbx_spawner_reply_init(struct sbx_spawner_msg *reply, const struct sbx_spawner_msg *req,
                             const struct sbx_error *err);

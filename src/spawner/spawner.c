@@ -1,6 +1,7 @@
 /* The spawner process (see spawner.h): one libuv loop, no threads. A spawn's setup runs in
- * the sandbox's own child after a few milliseconds of work here, and a destroy waits for the
- * agent's exit on a pidfd, so requests overlap and no request waits for another's sandbox. */
+ * the sandbox's own child after a few milliseconds of work here, and a destroy or a stop waits
+ * for the agent's exit on a pidfd, so requests overlap and no request waits for another's
+ * sandbox. Pausing (freeze, thaw, stop) is in pause.c. */
 #include "spawner/spawner.h"
 
 #include <dirent.h>
@@ -24,31 +25,12 @@
 #include "base/limits.h"
 #include "base/log.h"
 #include "base/util.h"
+#include "spawner/internal.h"
 #include "spawner/msg.h"
 
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
 #define AGENT_SOCK       "agent.sock"
-
-enum phase { SB_SPAWNING, SB_RUNNING, SB_DESTROYING };
-
-/* A sandbox of ours: spawned here, or found at start in our state dir. */
-struct sb {
-    char id[SBX_SPAWNER_ID_MAX + 1];
-    char *dir;
-    int slot; /* -1: unknown (no agent ran when we found it) */
-    enum phase phase;
-    pid_t pid;
-    uint64_t start_time;
-    uint32_t seq;                          /* the request being worked on */
-    struct sbx_sandbox_spawning *spawning; /* SB_SPAWNING */
-    uv_poll_t spawn_poll;                  /* on the spawning child's sync socket */
-    uv_timer_t deadline;                   /* of the spawn */
-    uv_poll_t exit_poll;                   /* on the agent's pidfd, while destroying */
-    int pidfd;
-    int handles;  /* initialised handles not yet closed */
-    bool dropped; /* out of the table: freed once no handle is left */
-    struct sb *next;
-};
+#define SLOT_FILE        "slot" /* in the sandbox dir: its uid slot, for a reboot */
 
 struct out {
     size_t len;
@@ -111,36 +93,58 @@ send_msg(const struct sbx_spawner_msg *m)
     flush_out();
 }
 
-static void
-reply_error(uint32_t seq, const struct sbx_error *err)
+void
+sbx_spawner_reply(uint32_t seq, const struct sbx_error *err)
 {
     struct sbx_spawner_msg req = {.seq = seq}, rep;
     sbx_spawner_reply_init(&rep, &req, err);
     send_msg(&rep);
 }
 
-static void reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void
-reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, ...)
+void
+sbx_spawner_reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     _cleanup_free_ char *msg = sbx_vformat(fmt, ap);
     va_end(ap);
     struct sbx_error e = {.code = code, .msg = msg};
-    reply_error(seq, &e);
+    sbx_spawner_reply(seq, &e);
 }
 
 /* ---- the table of our sandboxes ---- */
 
-static struct sb *
-sb_find(const char *id)
+const char *
+sbx_spawner_state_dir(void)
+{
+    return sp.cfg->state_dir;
+}
+
+const char *
+sbx_spawner_template_dir(void)
+{
+    return sp.template_dir;
+}
+
+struct sb *
+sbx_spawner_find(const char *id)
 {
     for (struct sb *s = sp.sbs; s; s = s->next)
         if (strcmp(s->id, id) == 0)
             return s;
+    return NULL;
+}
+
+struct sb *
+sbx_spawner_find_in(const struct sbx_spawner_msg *m, unsigned phases, const char *refusal)
+{
+    struct sb *s = sbx_spawner_find(m->id);
+    if (s == NULL)
+        sbx_spawner_reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s not found", m->id);
+    else if (!(phases & 1u << s->phase))
+        sbx_spawner_reply_fail(m->seq, SBX_FAILED_PRECONDITION, "sandbox %s %s", m->id, refusal);
+    else
+        return s;
     return NULL;
 }
 
@@ -172,50 +176,68 @@ sb_new(const char *id)
     s->dir = sandbox_dir(id);
     s->slot = -1;
     s->pidfd = -1;
+    uv_timer_init(sp.loop, &s->timer);
+    s->timer.data = s;
     s->next = sp.sbs;
     sp.sbs = s;
     return s;
 }
 
-/* What the handles watched (the spawn's socket, the pidfd) is closed only once they have
- * closed: an fd closed earlier could be reused while libuv still watches its number. */
 static void
-release(struct sb *s)
+on_poll_closed(uv_handle_t *h)
 {
-    sbx_sandbox_spawning_free(s->spawning); /* an unfinished spawn is undone here */
+    free(h);
+}
+
+/* A poll handle of its own on fd, for one wait (a spawn's socket, an agent's pidfd): a sandbox
+ * may be spawned and stopped many times, and a libuv handle is not reusable before its close
+ * has completed. */
+static uv_poll_t *
+watch(struct sb *s, int fd, uv_poll_cb cb)
+{
+    uv_poll_t *h = calloc(1, sizeof(*h));
+    if (h == NULL || uv_poll_init(sp.loop, h, fd) < 0)
+        abort(); /* a fresh fd of ours: cannot be watched already */
+    h->data = s;
+    uv_poll_start(h, UV_READABLE, cb);
+    return h;
+}
+
+/* Stops watching; the fd may be closed right after (libuv, uv_poll_stop: "the fd can be
+ * safely closed immediately after a call to uv_poll_stop()"). */
+static void
+unwatch(uv_poll_t **h)
+{
+    if (*h == NULL)
+        return;
+    uv_poll_stop(*h);
+    uv_close((uv_handle_t *)*h, on_poll_closed);
+    *h = NULL;
+}
+
+/* Forgets what s waits for: an unfinished spawn is undone here, an agent's pidfd closed. */
+static void
+sb_release(struct sb *s)
+{
+    unwatch(&s->spawn_poll);
+    unwatch(&s->exit_poll);
+    uv_timer_stop(&s->timer);
+    sbx_sandbox_spawning_free(s->spawning);
     s->spawning = NULL;
     if (s->pidfd >= 0)
         close(s->pidfd);
     s->pidfd = -1;
-    if (s->dropped) {
-        free(s->dir);
-        free(s);
-    }
 }
 
 static void
-on_sb_closed(uv_handle_t *h)
+on_timer_closed(uv_handle_t *h)
 {
     struct sb *s = h->data;
-    if (--s->handles == 0)
-        release(s);
+    free(s->dir);
+    free(s);
 }
 
-static void
-sb_handle_init(struct sb *s, uv_handle_t *h)
-{
-    h->data = s;
-    s->handles++;
-}
-
-static void
-sb_handle_close(struct sb *s, uv_handle_t *h)
-{
-    if (h->data == s && !uv_is_closing(h))
-        uv_close(h, on_sb_closed);
-}
-
-/* Unlinks s and frees it once its handles have closed. */
+/* Unlinks s and frees it once its timer has closed. */
 static void
 sb_drop(struct sb *s)
 {
@@ -224,18 +246,12 @@ sb_drop(struct sb *s)
         pp = &(*pp)->next;
     if (*pp)
         *pp = s->next;
-    s->dropped = true;
-    if (s->handles == 0) {
-        release(s);
-        return;
-    }
-    sb_handle_close(s, (uv_handle_t *)&s->spawn_poll);
-    sb_handle_close(s, (uv_handle_t *)&s->deadline);
-    sb_handle_close(s, (uv_handle_t *)&s->exit_poll);
+    sb_release(s);
+    uv_close((uv_handle_t *)&s->timer, on_timer_closed);
 }
 
-static struct sbx_sandbox_ref
-ref_of(const struct sb *s)
+struct sbx_sandbox_ref
+sbx_spawner_ref(const struct sb *s)
 {
     return (struct sbx_sandbox_ref){
         .id = s->id, .sandbox_dir = s->dir, .pid = s->pid, .start_time = s->start_time};
@@ -289,17 +305,18 @@ listen_agent(const struct sb *s, struct sbx_error **err)
 static void
 spawn_done(struct sb *s, struct sbx_error *err)
 {
-    uv_timer_stop(&s->deadline);
-    uv_poll_stop(&s->spawn_poll);
+    /* An unfinished spawn is undone here (but the disk of a reboot), before the answer: the
+     * next request for this sandbox finds nothing of it left. */
+    sb_release(s);
     if (err) {
         sbx_log_warn("spawn", "sandbox=%s error=\"%s\"", s->id, err->msg);
-        reply_error(s->seq, err);
-        sb_drop(s); /* releasing the unfinished spawn removes what was made for it */
+        sbx_spawner_reply(s->seq, err);
+        if (s->keep_dir)
+            s->phase = SB_STOPPED;
+        else
+            sb_drop(s);
         return;
     }
-    /* The spawn's socket goes with its handles (release). */
-    sb_handle_close(s, (uv_handle_t *)&s->spawn_poll);
-    sb_handle_close(s, (uv_handle_t *)&s->deadline);
     s->phase = SB_RUNNING;
     struct sbx_spawner_msg req = {.seq = s->seq}, rep;
     sbx_spawner_reply_init(&rep, &req, NULL);
@@ -327,46 +344,123 @@ on_spawn_deadline(uv_timer_t *t)
     spawn_done(s, err);
 }
 
-/* Checks a spawn request against what we know; 0 if it may go ahead. */
-static int
-spawn_allowed(const struct sbx_spawner_msg *m, int config_fd, struct sbx_error **err)
+/* The uid slot of a sandbox, kept in its dir: after a restart of ours, the only record of
+ * the slot of a stopped sandbox, whose files on its disk belong to that slot's uids. */
+static void
+record_slot(const struct sb *s)
 {
-    if (config_fd < 0)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "spawn %s: no config fd", m->id);
-    if (sb_find(m->id))
-        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s exists", m->id);
+    char path[4096], v[16];
+    snprintf(path, sizeof(path), "%s/" SLOT_FILE, s->dir);
+    int n = snprintf(v, sizeof(v), "%d\n", s->slot);
+    _cleanup_close_ int fd =
+        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, v, (size_t)n) != n)
+        sbx_log_warn("spawn", "sandbox=%s error=\"record its uid slot: %s\"", s->id,
+                     strerror(errno));
+}
+
+static int
+recorded_slot(const char *dir)
+{
+    char path[4096], v[16] = "";
+    snprintf(path, sizeof(path), "%s/" SLOT_FILE, dir);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, v, sizeof(v) - 1);
+    char *end = NULL;
+    long slot = n > 0 ? strtol(v, &end, 10) : -1;
+    return end && *end == '\n' && slot >= 0 && slot < SBX_MAX_SANDBOXES ? (int)slot : -1;
+}
+
+/* The sandbox a spawn request is for, checked against what we know: a new one (its dir made
+ * here), or for a reboot, a stopped one of ours on the slot it had. NULL with *err if the
+ * request may not go ahead. */
+static struct sb *
+spawn_target(const struct sbx_spawner_msg *m, int config_fd, struct sbx_error **err)
+{
+    if (config_fd < 0) {
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "spawn %s: no config fd", m->id);
+        return NULL;
+    }
+    struct sb *s = sbx_spawner_find(m->id);
+    if (m->reboot) {
+        /* Its disk's files belong to the uids of the slot it had: never another. */
+        if (s == NULL || s->phase != SB_STOPPED)
+            sbx_error_set(err, s ? SBX_FAILED_PRECONDITION : SBX_NOT_FOUND, 0,
+                          "sandbox %s is not stopped", m->id);
+        else if (s->slot < 0 || s->slot != (int)m->uid_slot)
+            sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "sandbox %s had uid slot %d", m->id,
+                          s->slot);
+        else
+            return s;
+        return NULL;
+    }
+    if (s) {
+        sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s exists", m->id);
+        return NULL;
+    }
     /* Two sandboxes on one host uid range would share uids: never. */
-    if (slot_taken((int)m->uid_slot))
-        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "uid slot %llu is in use",
-                             (unsigned long long)m->uid_slot);
+    if (slot_taken((int)m->uid_slot)) {
+        sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "uid slot %llu is in use",
+                      (unsigned long long)m->uid_slot);
+        return NULL;
+    }
     _cleanup_free_ char *dir = sandbox_dir(m->id);
     /* Its dir must not exist either: nothing of an earlier sandbox is ever reused. */
-    if (mkdir(dir, 0711) < 0)
-        return sbx_error_sys(err, errno, "create the dir of sandbox %s", m->id);
-    return 0;
+    if (mkdir(dir, 0711) < 0) {
+        sbx_error_sys(err, errno, "create the dir of sandbox %s", m->id);
+        return NULL;
+    }
+    s = sb_new(m->id);
+    s->slot = (int)m->uid_slot;
+    record_slot(s);
+    return s;
+}
+
+/* A spawn that failed before its child: a new sandbox's dir goes, a reboot's stays. */
+static void
+spawn_refused(struct sb *s, const struct sbx_error *err)
+{
+    sbx_spawner_reply(s->seq, err);
+    if (s->keep_dir) {
+        s->phase = SB_STOPPED;
+        return;
+    }
+    struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
+    _cleanup_error_ struct sbx_error *ignored = NULL;
+    sbx_sandbox_destroy(&ref, &ignored); /* the dir made for it */
+    sb_drop(s);
 }
 
 static void
 handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (spawn_allowed(m, config_fd, &err) < 0) {
-        reply_error(m->seq, err);
+    struct sb *s = spawn_target(m, config_fd, &err);
+    if (s == NULL) {
+        sbx_spawner_reply(m->seq, err);
         return;
     }
-    struct sb *s = sb_new(m->id);
-    s->slot = (int)m->uid_slot;
     s->seq = m->seq;
     s->phase = SB_SPAWNING;
+    s->keep_dir = m->reboot;
     _cleanup_close_ int conf = copy_config(config_fd, &err);
     _cleanup_close_ int lfd = conf < 0 ? -1 : listen_agent(s, &err);
     if (lfd < 0) {
-        reply_error(m->seq, err);
-        struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
-        _cleanup_error_ struct sbx_error *ignored = NULL;
-        sbx_sandbox_destroy(&ref, &ignored); /* the dir made above */
-        sb_drop(s);
+        spawn_refused(s, err);
         return;
+    }
+    /* The decoder checked the volumes; their images are ours, by id. */
+    struct sbx_spawner_volume vols[SBX_SANDBOX_MAX_VOLUMES];
+    struct sbx_volume_mount mounts[SBX_SANDBOX_MAX_VOLUMES];
+    char *images[SBX_SANDBOX_MAX_VOLUMES] = {0};
+    size_t n_vols = 0;
+    if (sbx_spawner_volumes_parse(m->volumes, vols, &n_vols, &err) < 0) {
+        spawn_refused(s, err);
+        return;
+    }
+    for (size_t i = 0; i < n_vols; i++) {
+        images[i] = sbx_spawner_volume_image(vols[i].id);
+        mounts[i] = (struct sbx_volume_mount){.image = images[i], .path = vols[i].path};
     }
     char *const argv[] = {"sbx", "agent", NULL};
     char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -383,90 +477,93 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         .hostname = "e2b.local",
         .relaxed = sp.cfg->relaxed,
         .lxcfs_dir = sp.lxcfs_dir[0] ? sp.lxcfs_dir : NULL,
+        .reboot = m->reboot,
+        .volumes = mounts,
+        .n_volumes = n_vols,
         .agent_listen_fd = lfd,
         .agent_config_fd = conf,
         .exe_fd = sp.exe_fd,
         .argv = argv,
         .envp = envp,
     };
-    if (sbx_sandbox_spawn_start(&plan, &s->spawning, &err) < 0) {
+    int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
+    for (size_t i = 0; i < n_vols; i++)
+        free(images[i]);
+    if (rc < 0) {
         sbx_log_warn("spawn", "sandbox=%s error=\"%s\"", s->id, err->msg);
-        reply_error(m->seq, err);
-        sb_drop(s);
+        spawn_refused(s, err);
         return;
     }
-    uv_poll_init(sp.loop, &s->spawn_poll, sbx_sandbox_spawning_fd(s->spawning));
-    sb_handle_init(s, (uv_handle_t *)&s->spawn_poll);
-    uv_poll_start(&s->spawn_poll, UV_READABLE, on_spawn_readable);
-    uv_timer_init(sp.loop, &s->deadline);
-    sb_handle_init(s, (uv_handle_t *)&s->deadline);
-    uv_timer_start(&s->deadline, on_spawn_deadline, SBX_SPAWN_TIMEOUT_MS, 0);
+    s->spawn_poll = watch(s, sbx_sandbox_spawning_fd(s->spawning), on_spawn_readable);
+    uv_timer_start(&s->timer, on_spawn_deadline, SBX_SPAWN_TIMEOUT_MS, 0);
 }
 
-/* ---- destroy ---- */
+/* ---- destroy, and stop ---- */
 
 static void
-destroy_finish(struct sb *s)
+kill_finish(struct sb *s)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
-    struct sbx_sandbox_ref ref = ref_of(s);
+    struct sbx_sandbox_ref ref = sbx_spawner_ref(s);
     uint32_t seq = s->seq;
-    int rc = sbx_sandbox_destroy(&ref, &err);
-    sb_drop(s);
-    if (rc < 0) {
-        sbx_log_warn("destroy", "error=\"%s\"", err->msg);
-        reply_error(seq, err);
-        return;
+    bool keep_dir = s->keep_dir;
+    int rc;
+    if (keep_dir) {
+        rc = sbx_sandbox_stop(&ref, &err);
+        /* Stopped even if some process lingers: a later STOP or DESTROY drains it again. */
+        s->phase = SB_STOPPED;
+        s->pid = 0;
+        sb_release(s); /* its pidfd */
+    } else {
+        rc = sbx_sandbox_destroy(&ref, &err);
+        sb_drop(s);
     }
-    reply_error(seq, NULL);
+    if (rc < 0)
+        sbx_log_warn(keep_dir ? "stop" : "destroy", "error=\"%s\"", err->msg);
+    sbx_spawner_reply(seq, rc < 0 ? err : NULL);
 }
 
 static void
 on_agent_gone(uv_poll_t *h, int status, int events)
 {
-    struct sb *s = h->data;
-    uv_poll_stop(&s->exit_poll);
-    destroy_finish(s);
+    kill_finish(h->data);
 }
 
-static void
-destroy_start(struct sb *s, uint32_t seq)
+void
+sbx_spawner_kill(struct sb *s, uint32_t seq, bool keep_dir)
 {
-    s->phase = SB_DESTROYING;
+    s->phase = keep_dir ? SB_STOPPING : SB_DESTROYING;
+    s->keep_dir = keep_dir;
     s->seq = seq;
-    struct sbx_sandbox_ref ref = ref_of(s);
+    struct sbx_sandbox_ref ref = sbx_spawner_ref(s);
     int pidfd = s->pid > 0 ? sbx_sandbox_kill(&ref) : -1;
     if (pidfd < 0) {
-        destroy_finish(s);
+        kill_finish(s);
         return;
     }
     /* The agent's exit ends its pid namespace; only then is the rest quick. */
     s->pidfd = pidfd;
-    uv_poll_init(sp.loop, &s->exit_poll, pidfd);
-    sb_handle_init(s, (uv_handle_t *)&s->exit_poll);
-    uv_poll_start(&s->exit_poll, UV_READABLE, on_agent_gone);
+    s->exit_poll = watch(s, pidfd, on_agent_gone);
 }
 
 static void
 handle_destroy(const struct sbx_spawner_msg *m)
 {
-    struct sb *s = sb_find(m->id);
+    struct sb *s = sbx_spawner_find(m->id);
     if (s == NULL) {
         /* Not in the table: only a leftover dir in our state dir may be cleaned up. */
         _cleanup_free_ char *dir = sandbox_dir(m->id);
         struct stat st;
         if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s not found", m->id);
+            sbx_spawner_reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s not found", m->id);
             return;
         }
         s = sb_new(m->id);
-        s->phase = SB_RUNNING;
+        s->phase = SB_STOPPED;
     }
-    if (s->phase != SB_RUNNING) {
-        reply_fail(m->seq, SBX_FAILED_PRECONDITION, "sandbox %s is busy", m->id);
-        return;
-    }
-    destroy_start(s, m->seq);
+    /* Running, paused in place, or stopped: anything but a request in flight. */
+    if (sbx_spawner_find_in(m, PHASE(SB_RUNNING) | PHASE(SB_FROZEN) | PHASE(SB_STOPPED), "is busy"))
+        sbx_spawner_kill(s, m->seq, false);
 }
 
 /* ---- stats ---- */
@@ -474,17 +571,15 @@ handle_destroy(const struct sbx_spawner_msg *m)
 static void
 handle_stats(const struct sbx_spawner_msg *m)
 {
-    struct sb *s = sb_find(m->id);
-    if (s == NULL || s->phase != SB_RUNNING) {
-        reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s not found", m->id);
+    struct sb *s = sbx_spawner_find_in(m, PHASE(SB_RUNNING) | PHASE(SB_FROZEN), "is not running");
+    if (s == NULL)
         return;
-    }
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_spawner_msg rep;
     sbx_spawner_reply_init(&rep, m, NULL);
-    struct sbx_sandbox_ref ref = ref_of(s);
+    struct sbx_sandbox_ref ref = sbx_spawner_ref(s);
     if (sbx_sandbox_stats(&ref, &rep.stats, &err) < 0) {
-        reply_error(m->seq, err);
+        sbx_spawner_reply(m->seq, err);
         return;
     }
     rep.has_stats = true;
@@ -508,17 +603,28 @@ handle(const char *buf, size_t len, int fd)
         if (err == NULL)
             sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "a reply is not a request");
         sbx_log_warn("spawner_request", "error=\"%s\"", err->msg);
-        reply_error(seq, err);
+        sbx_spawner_reply(seq, err);
         return;
     }
     if (m.op == SBX_SPAWNER_SPAWN)
         handle_spawn(&m, fd);
     else if (fd >= 0)
-        reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected fd with request for %s", m.id);
+        sbx_spawner_reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected fd with request for %s",
+                               m.id);
     else if (m.op == SBX_SPAWNER_DESTROY)
         handle_destroy(&m);
-    else
+    else if (m.op == SBX_SPAWNER_STATS)
         handle_stats(&m);
+    else if (m.op == SBX_SPAWNER_FREEZE)
+        sbx_spawner_freeze(&m);
+    else if (m.op == SBX_SPAWNER_THAW)
+        sbx_spawner_thaw(&m);
+    else if (m.op == SBX_SPAWNER_STOP)
+        sbx_spawner_stop(&m);
+    else if (m.op == SBX_SPAWNER_VOLUME_CREATE)
+        sbx_spawner_volume_create(&m);
+    else
+        sbx_spawner_volume_delete(&m);
 }
 
 static void
@@ -536,7 +642,8 @@ on_channel(uv_poll_t *h, int status, int events)
             return;
         if (n < 0 && (errno == EPROTO || errno == EMSGSIZE)) {
             /* Too long, or too many fds: refused and consumed, and we go on. */
-            reply_fail(0, SBX_INVALID_ARGUMENT, "malformed message: %s", strerror(errno));
+            sbx_spawner_reply_fail(0, SBX_INVALID_ARGUMENT, "malformed message: %s",
+                                   strerror(errno));
             continue;
         }
         if (n <= 0) {
@@ -564,7 +671,8 @@ static void
 on_sigchld(uv_signal_t *h, int signum)
 {
     for (struct sb *s = sp.sbs; s; s = s->next)
-        if (s->phase == SB_RUNNING && s->pid > 0 && waitpid(s->pid, NULL, WNOHANG) == s->pid)
+        if ((s->phase == SB_RUNNING || s->phase == SB_FREEZING || s->phase == SB_FROZEN) &&
+            s->pid > 0 && waitpid(s->pid, NULL, WNOHANG) == s->pid)
             s->pid = 0;
 }
 
@@ -592,7 +700,9 @@ scan(void)
         if (!ok)
             continue;
         struct sb *s = sb_new(e->d_name);
-        s->phase = SB_RUNNING;
+        /* No agent: paused to its disk (its slot recorded), or what a dead one left. */
+        s->phase = SB_STOPPED;
+        s->slot = recorded_slot(s->dir);
         found++;
         uid_t base;
         if (sbx_sandbox_find_agent(s->id, &s->pid, &s->start_time, &base) < 0)
@@ -603,7 +713,13 @@ scan(void)
             s->pid = 0;
             continue;
         }
-        s->slot = (int)((base - sp.cfg->uid_base) / SBX_SANDBOX_UID_COUNT);
+        int slot = (int)((base - sp.cfg->uid_base) / SBX_SANDBOX_UID_COUNT);
+        if (s->slot != slot) {
+            s->slot = slot;
+            record_slot(s);
+        }
+        /* Paused in place when we stopped (or while it was being paused): still frozen. */
+        s->phase = sbx_sandbox_freeze_asked(s->id) == 1 ? SB_FROZEN : SB_RUNNING;
         running++;
         /* Sockets made by a daemon before the privilege split belong to root. */
         char sock[4096];

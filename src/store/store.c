@@ -99,13 +99,28 @@ static const char *const migrations[] = {
     "  line TEXT NOT NULL"
     ");"
     "CREATE INDEX sandbox_log_lines_by_sandbox ON sandbox_log_lines (sandbox_id, ts_ms, seq);",
+    /* 6: pause and resume: how a paused sandbox was paused, and its timeout policy. */
+    "ALTER TABLE sandboxes ADD COLUMN paused_memory INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sandboxes ADD COLUMN timeout_s INTEGER NOT NULL DEFAULT 300;",
+    /* 7: volumes, and the volumes each sandbox mounts. */
+    "CREATE TABLE volumes ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  token TEXT NOT NULL,"
+    "  size_mb INTEGER NOT NULL,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");"
+    "ALTER TABLE sandboxes ADD COLUMN volume_mounts_json TEXT NOT NULL DEFAULT '[]';",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
 #define SANDBOX_COLUMNS                                                                            \
     "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "          \
     "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "                     \
-    "pid_start_time, state, allow_internet, auto_pause, pooled"
+    "pid_start_time, state, allow_internet, auto_pause, pooled, paused_memory, "                   \
+    "auto_pause_memory, auto_resume, timeout_s, volume_mounts_json"
 
 static int
 db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
@@ -621,6 +636,7 @@ sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec)
     sbx_secret_free(rec->access_token);
     sbx_secret_free(rec->traffic_token);
     free(rec->state);
+    free(rec->volume_mounts_json);
     free(rec);
 }
 
@@ -678,7 +694,12 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->allow_internet = sqlite3_column_int(st, 16) != 0;
     r->auto_pause = sqlite3_column_int(st, 17) != 0;
     r->pooled = sqlite3_column_int(st, 18) != 0;
-    if (oom || r->template_id == NULL || r->state == NULL) {
+    r->paused_memory = sqlite3_column_int(st, 19) != 0;
+    r->auto_pause_memory = sqlite3_column_int(st, 20) != 0;
+    r->auto_resume = sqlite3_column_int(st, 21) != 0;
+    r->timeout_s = sqlite3_column_int(st, 22);
+    r->volume_mounts_json = column_strdup(st, 23, &oom);
+    if (oom || r->template_id == NULL || r->state == NULL || r->volume_mounts_json == NULL) {
         sbx_sandbox_rec_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
         return NULL;
@@ -707,7 +728,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     if (prepare(s,
                 "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
@@ -729,6 +750,12 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int(st, 17, r->allow_internet);
     sqlite3_bind_int(st, 18, r->auto_pause);
     sqlite3_bind_int(st, 19, r->pooled);
+    sqlite3_bind_int(st, 20, r->paused_memory);
+    sqlite3_bind_int(st, 21, r->auto_pause_memory);
+    sqlite3_bind_int(st, 22, r->auto_resume);
+    sqlite3_bind_int(st, 23, r->timeout_s);
+    sqlite3_bind_text(st, 24, r->volume_mounts_json ? r->volume_mounts_json : "[]", -1,
+                      SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s already exists", r->id);
@@ -791,7 +818,9 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     if (prepare(s,
                 "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
                 "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
-                "end_at_ms = ?, allow_internet = ?, auto_pause = ? WHERE id = ? AND pooled = 1",
+                "end_at_ms = ?, allow_internet = ?, auto_pause = ?, auto_pause_memory = ?, "
+                "auto_resume = ?, timeout_s = ?, volume_mounts_json = ? "
+                "WHERE id = ? AND pooled = 1",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->template_id, -1, SQLITE_TRANSIENT);
@@ -804,21 +833,38 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int64(st, 8, r->end_at_ms);
     sqlite3_bind_int(st, 9, r->allow_internet);
     sqlite3_bind_int(st, 10, r->auto_pause);
-    sqlite3_bind_text(st, 11, r->id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 11, r->auto_pause_memory);
+    sqlite3_bind_int(st, 12, r->auto_resume);
+    sqlite3_bind_int(st, 13, r->timeout_s);
+    sqlite3_bind_text(st, 14, r->volume_mounts_json ? r->volume_mounts_json : "[]", -1,
+                      SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 15, r->id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, true, r->id, err);
 }
 
 int
-sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
-                               struct sbx_error **err)
+sbx_store_sandbox_set_paused(struct sbx_store *s, const char *id, bool paused, bool memory,
+                             int64_t end_at_ms, struct sbx_error **err)
 {
-    if (!valid_state(state))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox state '%s'",
-                             state ? state : "(null)");
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET state = ? WHERE id = ?", &st, err) < 0)
+    if (prepare(s, "UPDATE sandboxes SET state = ?, paused_memory = ?, end_at_ms = ? WHERE id = ?",
+                &st, err) < 0)
         return -1;
-    sqlite3_bind_text(st, 1, state, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 1, paused ? "paused" : "running", -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, paused && memory);
+    sqlite3_bind_int64(st, 3, end_at_ms);
+    sqlite3_bind_text(st, 4, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
+}
+
+int
+sbx_store_sandbox_set_auto_pause(struct sbx_store *s, const char *id, bool auto_pause,
+                                 struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandboxes SET auto_pause = ? WHERE id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_int(st, 1, auto_pause);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, true, id, err);
 }
@@ -1259,5 +1305,169 @@ sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err)
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "all %d sandbox uid slots are in use",
                              SBX_MAX_SANDBOXES);
     *slot = want;
+    return 0;
+}
+
+/* ---- volumes ---- */
+
+void
+sbx_volume_rec_free(struct sbx_volume_rec *v)
+{
+    if (v == NULL)
+        return;
+    free(v->name);
+    sbx_secret_free(v->token);
+    free(v);
+}
+
+void
+sbx_volume_list_free(struct sbx_volume_list *l)
+{
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        sbx_volume_rec_free(l->items[i]);
+    free(l->items);
+    free(l);
+}
+
+#define VOLUME_COLUMNS "id, name, token, size_mb, created_at_ms"
+
+static struct sbx_volume_rec *
+row_to_volume(sqlite3_stmt *st)
+{
+    struct sbx_volume_rec *v = calloc(1, sizeof(*v));
+    bool oom = v == NULL;
+    if (v) {
+        const unsigned char *id = sqlite3_column_text(st, 0);
+        snprintf(v->id, sizeof(v->id), "%s", id ? (const char *)id : "");
+        v->name = column_strdup(st, 1, &oom);
+        v->token = column_strdup(st, 2, &oom);
+        v->size_mb = sqlite3_column_int(st, 3);
+        v->created_at_ms = sqlite3_column_int64(st, 4);
+    }
+    if (oom || v->name == NULL || v->token == NULL) {
+        sbx_volume_rec_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+int
+sbx_store_volume_insert(struct sbx_store *s, const struct sbx_volume_rec *v, struct sbx_error **err)
+{
+    if (!valid_id(v->id) || v->name == NULL || v->token == NULL)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid volume '%s'", v->id);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "INSERT INTO volumes (" VOLUME_COLUMNS ") VALUES (?, ?, ?, ?, ?)", &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, v->id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, v->name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, v->token, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 4, v->size_mb);
+    sqlite3_bind_int64(st, 5, v->created_at_ms);
+    int rc = sqlite3_step(st);
+    if ((rc & 0xff) == SQLITE_CONSTRAINT)
+        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "Volume with name '%s' already exists",
+                             v->name);
+    if (rc != SQLITE_DONE)
+        return db_error(s, rc, err, "insert volume");
+    return 0;
+}
+
+int
+sbx_store_volume_get(struct sbx_store *s, const char *id, const char *name,
+                     struct sbx_volume_rec **out, struct sbx_error **err)
+{
+    *out = NULL;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s,
+                id ? "SELECT " VOLUME_COLUMNS " FROM volumes WHERE id = ?"
+                   : "SELECT " VOLUME_COLUMNS " FROM volumes WHERE name = ?",
+                &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, id ? id : name, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return sbx_error_set(err, SBX_NOT_FOUND, 0, "volume '%s' not found", id ? id : name);
+    if (rc != SQLITE_ROW)
+        return db_error(s, rc, err, "get volume");
+    *out = row_to_volume(st);
+    return *out ? 0 : sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+}
+
+int
+sbx_store_volume_list(struct sbx_store *s, struct sbx_volume_list **out, struct sbx_error **err)
+{
+    *out = NULL;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "SELECT " VOLUME_COLUMNS " FROM volumes ORDER BY created_at_ms, id", &st, err) <
+        0)
+        return -1;
+    struct sbx_volume_list *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    size_t cap = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct sbx_volume_rec *v = row_to_volume(st);
+        if (l->n == cap) {
+            cap = cap ? 2 * cap : 16;
+            struct sbx_volume_rec **items = realloc(l->items, cap * sizeof(*items));
+            if (items == NULL) {
+                sbx_volume_rec_free(v);
+                v = NULL;
+            } else {
+                l->items = items;
+            }
+        }
+        if (v == NULL) {
+            sbx_volume_list_free(l);
+            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+        }
+        l->items[l->n++] = v;
+    }
+    if (rc != SQLITE_DONE) {
+        sbx_volume_list_free(l);
+        return db_error(s, rc, err, "list volumes");
+    }
+    *out = l;
+    return 0;
+}
+
+int
+sbx_store_volume_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "DELETE FROM volumes WHERE id = ?", &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return db_error(s, rc, err, "delete volume");
+    if (sqlite3_changes(s->db) == 0)
+        return sbx_error_set(err, SBX_NOT_FOUND, 0, "volume '%s' not found", id);
+    return 0;
+}
+
+int
+sbx_store_volume_user(struct sbx_store *s, const char *volume_id,
+                      char sandbox_id[SBX_STORE_ID_MAX + 1], struct sbx_error **err)
+{
+    sandbox_id[0] = '\0';
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    /* Not pooled rows: a volume's own content service (volumes.c) is one, and goes with it. */
+    if (prepare(s,
+                "SELECT id FROM sandboxes WHERE pooled = 0 AND EXISTS (SELECT 1 FROM "
+                "json_each(volume_mounts_json) AS m WHERE json_extract(m.value, '$.volumeID') = ?) "
+                "LIMIT 1",
+                &st, err) < 0)
+        return -1;
+    sqlite3_bind_text(st, 1, volume_id, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        snprintf(sandbox_id, SBX_STORE_ID_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+    else if (rc != SQLITE_DONE)
+        return db_error(s, rc, err, "find the sandboxes of a volume");
     return 0;
 }

@@ -1,4 +1,4 @@
-/* The daemon's durable state: API keys and sandboxes, in one embedded SQLite database
+/* The daemon's durable state: API keys, sandboxes and volumes, in one embedded SQLite database
  * (WAL mode). Everything the daemon must remember across a restart lives here; nothing
  * lives only in memory.
  *
@@ -45,8 +45,28 @@ struct sbx_sandbox_rec {
                               * tells a live agent from a recycled pid after a restart */
     char *state;             /* "running" or "paused" */
     bool allow_internet;
-    bool auto_pause; /* at end_at: pause instead of kill */
-    bool pooled;     /* in a warm pool: no client's yet, never listed (see query) */
+    bool auto_pause;          /* at end_at: pause instead of kill */
+    bool pooled;              /* in a warm pool: no client's yet, never listed (see query); with
+                               * a volume mounted, that volume's content service (volumes.c) */
+    bool paused_memory;       /* paused in place, memory kept (else to its disk only) */
+    bool auto_pause_memory;   /* an automatic pause keeps memory (else to its disk only) */
+    bool auto_resume;         /* a request for it while paused resumes it */
+    int timeout_s;            /* asked at create: the timeout of an automatic resume */
+    char *volume_mounts_json; /* [{"name","path","volumeID"}], "[]" if none */
+};
+
+/* A volume: storage that sandboxes mount (its data is the spawner's, in the state dir). */
+struct sbx_volume_rec {
+    char id[SBX_STORE_ID_MAX + 1];
+    char *name;  /* unique, [a-zA-Z0-9_-]+ */
+    char *token; /* the bearer token of its content API (a secret) */
+    int size_mb;
+    int64_t created_at_ms;
+};
+
+struct sbx_volume_list {
+    struct sbx_volume_rec **items;
+    size_t n;
 };
 
 struct sbx_sandbox_list {
@@ -130,13 +150,17 @@ int sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t
 int sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
                                  uint64_t pid_start_time, struct sbx_error **err);
 /* Hands a pooled sandbox to a client: its row takes r's template, alias, metadata, env vars,
- * tokens, times and options and is listed from now on. SBX_NOT_FOUND unless r->id is a
- * pooled row. */
+ * tokens, times and options (the timeout policy too) and is listed from now on. SBX_NOT_FOUND
+ * unless r->id is a pooled row. */
 int sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                             struct sbx_error **err);
-/* state is "running" or "paused" (anything else: SBX_INVALID_ARGUMENT). */
-int sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
-                                   struct sbx_error **err);
+/* Paused (memory: in place, else to its disk) or running again, with its new end_at (while
+ * paused, the time it was paused). */
+int sbx_store_sandbox_set_paused(struct sbx_store *s, const char *id, bool paused, bool memory,
+                                 int64_t end_at_ms, struct sbx_error **err);
+/* Pause (true) or kill at end_at, as the deprecated resume's autoPause asks. */
+int sbx_store_sandbox_set_auto_pause(struct sbx_store *s, const char *id, bool auto_pause,
+                                     struct sbx_error **err);
 int sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
 /* Every sandbox, oldest first (the daemon's startup recovery walks it). */
 int sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,
@@ -202,6 +226,21 @@ int sbx_store_log_get(struct sbx_store *s, const char *id, struct sbx_log_lines 
 int sbx_store_log_prune(struct sbx_store *s, int64_t ended_before_ms, int64_t max_total_bytes,
                         int *pruned, struct sbx_error **err);
 void sbx_log_lines_free(struct sbx_log_lines *l);
+/* Volumes. insert: a taken name is SBX_ALREADY_EXISTS ("Volume with name '<n>' already
+ * exists"). get: by id, or by name when id is NULL; SBX_NOT_FOUND. list: oldest first. */
+int sbx_store_volume_insert(struct sbx_store *s, const struct sbx_volume_rec *v,
+                            struct sbx_error **err);
+int sbx_store_volume_get(struct sbx_store *s, const char *id, const char *name,
+                         struct sbx_volume_rec **out, struct sbx_error **err);
+int sbx_store_volume_list(struct sbx_store *s, struct sbx_volume_list **out,
+                          struct sbx_error **err);
+int sbx_store_volume_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
+/* The id of a client's sandbox (running or paused) that mounts the volume into sandbox_id, ""
+ * if none does. */
+int sbx_store_volume_user(struct sbx_store *s, const char *volume_id,
+                          char sandbox_id[SBX_STORE_ID_MAX + 1], struct sbx_error **err);
+void sbx_volume_rec_free(struct sbx_volume_rec *v);
+void sbx_volume_list_free(struct sbx_volume_list *l);
 
 void sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec);
 void sbx_sandbox_list_free(struct sbx_sandbox_list *list);
@@ -216,6 +255,18 @@ sbx_sandbox_list_freep(struct sbx_sandbox_list **list)
 {
     sbx_sandbox_list_free(*list);
 }
+static inline void
+sbx_volume_rec_freep(struct sbx_volume_rec **v)
+{
+    sbx_volume_rec_free(*v);
+}
+static inline void
+sbx_volume_list_freep(struct sbx_volume_list **l)
+{
+    sbx_volume_list_free(*l);
+}
+#define _cleanup_volume_rec_   __attribute__((cleanup(sbx_volume_rec_freep)))
+#define _cleanup_volume_list_  __attribute__((cleanup(sbx_volume_list_freep)))
 #define _cleanup_sandbox_rec_  __attribute__((cleanup(sbx_sandbox_rec_freep)))
 #define _cleanup_sandbox_list_ __attribute__((cleanup(sbx_sandbox_list_freep)))
 

@@ -135,6 +135,8 @@ as_destroy_with_spawn_fields(char *buf, ssize_t *n)
 
 TEST(decoder_refuses_malformed_and_out_of_range)
 {
+    struct sbx_spawner_msg out;
+    char why[128];
     struct sbx_spawner_msg ok = spawn_req("abc", 1);
     expect_refused("truncated", ok, truncate_last);
     expect_refused("version", ok, bad_version);
@@ -160,9 +162,47 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     expect_refused("template path", m, NULL);
     m = spawn_req("", 1);
     expect_refused("missing id", m, NULL);
+    m = spawn_req("a", 1);
+    m.reboot = 2;
+    expect_refused("reboot flag", m, NULL);
+    /* The pause requests name a sandbox, and carry nothing else. */
+    struct sbx_spawner_msg p = {.op = SBX_SPAWNER_FREEZE, .seq = 1};
+    expect_refused("freeze without id", p, NULL);
+    snprintf(p.id, sizeof(p.id), "abc");
+    char buf[SBX_SPAWNER_MSG_MAX];
+    ssize_t n = sbx_spawner_msg_encode(&p, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    CHECK(out.op == SBX_SPAWNER_FREEZE && strcmp(out.id, "abc") == 0);
+    struct sbx_spawner_msg st = spawn_req("abc", 1);
+    n = sbx_spawner_msg_encode(&st, buf, sizeof(buf));
+    buf[1] = SBX_SPAWNER_STOP; /* a STOP with the fields of a SPAWN */
+    CHECK(decode(buf, (size_t)n, &out, why, sizeof(why)) < 0);
+    /* Volume lines: a system dir, a path inside another volume's, too many, not clean. */
+    const char *bad_volumes[] = {"v1:/etc/x",
+                                 "v1:/mnt/a\nv2:/mnt/a/b",
+                                 "v1:relative",
+                                 "v1:/mnt/a/../b",
+                                 "V1:/mnt/a",
+                                 ":/mnt/a",
+                                 "v1:/mnt/a:b",
+                                 "v1:/mnt/x\n\nv2:/mnt/y",
+                                 "a:/m/1\nb:/m/2\nc:/m/3\nd:/m/4\ne:/m/5\nf:/m/6\ng:/m/7\nh:/m/"
+                                 "8\ni:/m/9"};
+    for (size_t i = 0; i < sizeof(bad_volumes) / sizeof(bad_volumes[0]); i++) {
+        m = spawn_req("a", 1);
+        snprintf(m.volumes, sizeof(m.volumes), "%s", bad_volumes[i]);
+        expect_refused(bad_volumes[i], m, NULL);
+    }
+    m = spawn_req("a", 1);
+    snprintf(m.volumes, sizeof(m.volumes), "v1:/mnt/a\nv2:/home/user/data");
+    n = sbx_spawner_msg_encode(&m, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    struct sbx_spawner_volume vols[SBX_SANDBOX_MAX_VOLUMES];
+    size_t nv = 0;
+    CHECK(sbx_spawner_volumes_parse(out.volumes, vols, &nv, NULL) == 0 && nv == 2);
+    CHECK_STR(vols[1].id, "v2");
+    CHECK_STR(vols[1].path, "/home/user/data");
     /* Too short for a header. */
-    struct sbx_spawner_msg out;
-    char why[128];
     CHECK(decode("\1\1\0", 3, &out, why, sizeof(why)) < 0);
 }
 
@@ -208,9 +248,9 @@ agent_path(char *out, size_t n)
     snprintf(out, n, "%s/../../sbx", dirname(self)); /* build/tests/unit -> build/sbx */
 }
 
-/* Forks a spawner on a new channel, s->ch, over the state dir s->state. */
+/* A spawner process on s->state, talking to us on s->ch. */
 static void
-spawner_fork(struct spawner *s, uid_t uid_base)
+fork_spawner(struct spawner *s, uid_t uid_base)
 {
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
@@ -243,7 +283,7 @@ spawner_start(struct spawner *s, uid_t uid_base)
     char sb[256];
     snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
     CHECK(mkdir(sb, 0711) == 0);
-    spawner_fork(s, uid_base);
+    fork_spawner(s, uid_base);
 }
 
 static void
@@ -317,6 +357,28 @@ simple(struct spawner *s, uint8_t op, const char *id, uint32_t seq)
     struct sbx_spawner_msg m = {.op = op, .seq = seq};
     snprintf(m.id, sizeof(m.id), "%s", id);
     return call(s, &m, -1);
+}
+
+/* kill -9 of the spawner (its sandboxes keep running), and a new one on the same state. */
+static void
+restart_spawner(struct spawner *s, uid_t uid_base)
+{
+    CHECK(kill(s->pid, SIGKILL) == 0);
+    CHECK(waitpid(s->pid, NULL, 0) == s->pid);
+    close(s->ch);
+    fork_spawner(s, uid_base);
+}
+
+static struct sbx_spawner_msg
+reboot(struct spawner *s, const char *id, uint64_t slot, uint32_t seq)
+{
+    struct sbx_spawner_msg m = spawn_req(id, slot);
+    m.seq = seq;
+    m.reboot = 1;
+    int fd = config_memfd(id);
+    struct sbx_spawner_msg rep = call(s, &m, fd);
+    close(fd);
+    return rep;
 }
 
 TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
@@ -398,11 +460,8 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
     CHECK(rep.code == SBX_OK);
     pid_t agent = (pid_t)rep.pid;
     /* kill -9 of the spawner: the sandbox keeps running. */
-    CHECK(kill(s.pid, SIGKILL) == 0);
-    CHECK(waitpid(s.pid, NULL, 0) == s.pid);
-    close(s.ch);
+    restart_spawner(&s, 1500000000u);
     CHECK(kill(agent, 0) == 0);
-    spawner_fork(&s, 1500000000u);
     /* It knows the sandbox again, with its uid slot. */
     CHECK(spawn(&s, "other", 3, 2).code == SBX_ALREADY_EXISTS);
     rep = simple(&s, SBX_SPAWNER_STATS, "kept", 3);
@@ -411,6 +470,104 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
     for (int i = 0; i < 100 && !is_dead(agent); i++)
         usleep(10000);
     CHECK(is_dead(agent));
+    spawner_stop(&s);
+}
+
+TEST(pause_in_place_stop_and_reboot)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u);
+    struct sbx_spawner_msg rep = spawn(&s, "pz", 4, 1);
+    CHECK(rep.code == SBX_OK);
+    pid_t agent = (pid_t)rep.pid;
+    /* Only sandboxes of ours, and only in a state that allows it. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "nosuch", 2).code == SBX_NOT_FOUND);
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "nosuch", 3).code == SBX_NOT_FOUND);
+    CHECK(reboot(&s, "pz", 4, 4).code == SBX_FAILED_PRECONDITION); /* it runs */
+    /* Frozen (twice is fine), still measurable, thawed; then the pause request of a front end
+     * that lost the answer to its first one: it follows immediately. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 5).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 6).code == SBX_OK);
+    rep = simple(&s, SBX_SPAWNER_STATS, "pz", 7);
+    CHECK(rep.code == SBX_OK && rep.stats.memory_bytes > 0);
+    CHECK(simple(&s, SBX_SPAWNER_THAW, "pz", 8).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 9).code == SBX_OK);
+    /* A restart of the spawner finds it frozen. */
+    restart_spawner(&s, 1500000000u);
+    CHECK(kill(agent, 0) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_THAW, "pz", 10).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 11).code == SBX_OK);
+    /* Stopped while frozen: nothing runs, the dir and its disk stay. */
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "pz", 12).code == SBX_OK);
+    for (int i = 0; i < 100 && !is_dead(agent); i++)
+        usleep(10000);
+    CHECK(is_dead(agent));
+    char img[256];
+    snprintf(img, sizeof(img), "%s/sandboxes/pz/disk.img", s.state);
+    CHECK(access(img, F_OK) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_STATS, "pz", 13).code == SBX_FAILED_PRECONDITION);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 14).code == SBX_FAILED_PRECONDITION);
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "pz", 15).code == SBX_OK); /* again: nothing to do */
+    /* Its slot stays its own, across a restart too; a reboot must name that slot. */
+    restart_spawner(&s, 1500000000u);
+    CHECK(spawn(&s, "other", 4, 16).code == SBX_ALREADY_EXISTS);
+    CHECK(reboot(&s, "pz", 5, 17).code == SBX_INVALID_ARGUMENT);
+    CHECK(reboot(&s, "nosuch", 5, 18).code == SBX_NOT_FOUND);
+    rep = reboot(&s, "pz", 4, 19);
+    CHECK(rep.code == SBX_OK && rep.pid > 0 && (pid_t)rep.pid != agent);
+    CHECK(kill((pid_t)rep.pid, 0) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_STATS, "pz", 20).code == SBX_OK);
+    /* Frozen, then destroyed: everything goes. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 21).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "pz", 22).code == SBX_OK);
+    for (int i = 0; i < 100 && !is_dead((pid_t)rep.pid); i++)
+        usleep(10000);
+    CHECK(is_dead((pid_t)rep.pid));
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s/sandboxes/pz", s.state);
+    CHECK(access(dir, F_OK) < 0 && errno == ENOENT);
+    CHECK(spawn(&s, "other", 4, 23).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "other", 24).code == SBX_OK);
+    spawner_stop(&s);
+}
+
+TEST(volumes_are_made_mounted_and_removed)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u);
+    struct sbx_spawner_msg m = {.op = SBX_SPAWNER_VOLUME_CREATE, .seq = 1, .disk_bytes = 64 << 20};
+    snprintf(m.id, sizeof(m.id), "vol1");
+    CHECK(call(&s, &m, -1).code == SBX_OK);
+    m.seq = 2;
+    CHECK(call(&s, &m, -1).code == SBX_ALREADY_EXISTS);
+    char path[256];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/volumes/vol1", s.state);
+    CHECK(stat(path, &st) == 0 && st.st_uid == 0 && (st.st_mode & 0777) == 0700);
+    snprintf(path, sizeof(path), "%s/volumes/vol1/volume.img", s.state);
+    CHECK(stat(path, &st) == 0 && st.st_size == 64 << 20 && (st.st_mode & 0777) == 0600);
+    /* Mounted in a sandbox; a volume that is not there fails the spawn. */
+    struct sbx_spawner_msg sp = spawn_req("withvol", 2);
+    sp.seq = 3;
+    snprintf(sp.volumes, sizeof(sp.volumes), "vol1:/mnt/data");
+    int fd = config_memfd("withvol");
+    CHECK(call(&s, &sp, fd).code == SBX_OK);
+    close(fd);
+    sp = spawn_req("novol", 3);
+    sp.seq = 4;
+    snprintf(sp.volumes, sizeof(sp.volumes), "nosuch:/mnt/data");
+    fd = config_memfd("novol");
+    CHECK(call(&s, &sp, fd).code == SBX_NOT_FOUND);
+    close(fd);
+    snprintf(path, sizeof(path), "%s/sandboxes/novol", s.state);
+    CHECK(access(path, F_OK) < 0);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "withvol", 5).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_VOLUME_DELETE, "vol1", 6).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_VOLUME_DELETE, "vol1", 7).code == SBX_NOT_FOUND);
+    snprintf(path, sizeof(path), "%s/volumes/vol1", s.state);
+    CHECK(access(path, F_OK) < 0 && errno == ENOENT);
     spawner_stop(&s);
 }
 

@@ -74,6 +74,8 @@ mkrec(const char *id, int64_t started, int slot, const char *state, const char *
     r.uid_slot = slot;
     r.state = (char *)state;
     r.allow_internet = true;
+    r.auto_pause_memory = true;
+    r.timeout_s = 300;
     return r;
 }
 
@@ -167,15 +169,24 @@ TEST(sandbox_round_trip)
 
     CHECK(sbx_store_sandbox_update_end_at(s, "sb1", 42, &err) == 0);
     CHECK(sbx_store_sandbox_update_pid(s, "sb1", 77, 12345, &err) == 0);
-    CHECK(sbx_store_sandbox_update_state(s, "sb1", "paused", &err) == 0);
-    CHECK(sbx_store_sandbox_update_state(s, "sb1", "dead", &err) < 0);
-    CHECK(err->code == SBX_INVALID_ARGUMENT);
-    sbx_error_free(err);
-    err = NULL;
     CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
     CHECK(g->end_at_ms == 42 && g->pid == 77 && g->pid_start_time == 12345);
-    CHECK_STR(g->state, "paused");
+    CHECK(g->auto_pause_memory && !g->auto_resume && g->timeout_s == 300 && !g->paused_memory);
     sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "sb1", true, true, 99, &err) == 0);
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK_STR(g->state, "paused");
+    CHECK(g->paused_memory && g->end_at_ms == 99);
+    sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "sb1", false, true, 100, &err) == 0);
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK_STR(g->state, "running");
+    CHECK(!g->paused_memory && g->end_at_ms == 100);
+    sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "nope", true, false, 1, &err) < 0);
+    CHECK(err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
 
     /* Unknown ids. */
     CHECK(sbx_store_sandbox_update_end_at(s, "nope", 1, &err) < 0);
@@ -196,6 +207,50 @@ TEST(sandbox_round_trip)
     sbx_error_free(err);
     sbx_sandbox_rec_free(NULL);
     sbx_sandbox_list_free(NULL);
+    sbx_store_close(s);
+}
+
+TEST(volumes_round_trip_and_users)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    struct sbx_volume_rec v = {
+        .id = "vol1", .name = "data", .token = "t0k", .size_mb = 64, .created_at_ms = 5};
+    CHECK(sbx_store_volume_insert(s, &v, &err) == 0);
+    struct sbx_volume_rec dup = v;
+    snprintf(dup.id, sizeof(dup.id), "vol2");
+    CHECK(sbx_store_volume_insert(s, &dup, &err) < 0);
+    CHECK(err->code == SBX_ALREADY_EXISTS);
+    CHECK_STR(err->msg, "Volume with name 'data' already exists");
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_volume_rec *g = NULL;
+    CHECK(sbx_store_volume_get(s, NULL, "data", &g, &err) == 0);
+    CHECK_STR(g->id, "vol1");
+    CHECK_STR(g->token, "t0k");
+    CHECK(g->size_mb == 64);
+    sbx_volume_rec_free(g);
+    CHECK(sbx_store_volume_get(s, "nope", NULL, &g, &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_volume_list *l = NULL;
+    CHECK(sbx_store_volume_list(s, &l, &err) == 0 && l->n == 1);
+    sbx_volume_list_free(l);
+    /* A sandbox that mounts it is its user. */
+    char user[SBX_STORE_ID_MAX + 1];
+    CHECK(sbx_store_volume_user(s, "vol1", user, &err) == 0 && user[0] == '\0');
+    struct sbx_sandbox_rec r = mkrec("sb1", 1, 1, "paused", "{}");
+    r.volume_mounts_json = "[{\"name\":\"data\",\"path\":\"/mnt/d\",\"volumeID\":\"vol1\"}]";
+    CHECK(sbx_store_sandbox_insert(s, &r, &err) == 0);
+    CHECK(sbx_store_volume_user(s, "vol1", user, &err) == 0);
+    CHECK_STR(user, "sb1");
+    struct sbx_sandbox_rec *got = NULL;
+    CHECK(sbx_store_sandbox_get(s, "sb1", &got, &err) == 0);
+    CHECK_STR(got->volume_mounts_json, r.volume_mounts_json);
+    sbx_sandbox_rec_free(got);
+    CHECK(sbx_store_volume_delete(s, "vol1", &err) == 0);
+    CHECK(sbx_store_volume_delete(s, "vol1", &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
     sbx_store_close(s);
 }
 
@@ -475,11 +530,14 @@ TEST(api_keys_of_before_names_are_kept)
 {
     struct sbx_store *s = open_fresh();
     sbx_store_close(s);
-    char cmd[1024];
+    char cmd[2048];
     snprintf(cmd, sizeof(cmd),
              "python3 -c \"import sqlite3, hashlib; c=sqlite3.connect('%s'); "
              "c.executescript('DROP TABLE api_keys; DROP TABLE sandbox_log_lines; "
-             "DROP TABLE sandbox_logs; DELETE FROM schema_version; "
+             "DROP TABLE sandbox_logs; DROP TABLE volumes; ALTER TABLE sandboxes DROP COLUMN "
+             "paused_memory; ALTER TABLE sandboxes DROP COLUMN auto_pause_memory; ALTER TABLE "
+             "sandboxes DROP COLUMN auto_resume; ALTER TABLE sandboxes DROP COLUMN timeout_s; "
+             "ALTER TABLE sandboxes DROP COLUMN volume_mounts_json; DELETE FROM schema_version; "
              "INSERT INTO schema_version VALUES (3); CREATE TABLE api_keys (key_sha256 BLOB "
              "PRIMARY KEY, created_at_ms INTEGER NOT NULL)'); "
              "c.execute('INSERT INTO api_keys VALUES (?, 5)', "

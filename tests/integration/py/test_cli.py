@@ -338,3 +338,38 @@ def test_bash_completion(cli, sbx_daemon):
         capture_output=True, text=True, env=dict(cli.env, PATH=f"{Path(sbx_daemon.binary).parent}:"
                                                   + os.environ["PATH"])).stdout.splitlines()
     assert words == ["logs", "--follow --format"]
+
+
+def test_pause_and_resume(cli, cli_sandbox):
+    cli("exec", cli_sandbox, "--", "sh", "-c", "echo kept > /home/user/f")
+    assert cli("pause", cli_sandbox).returncode == 0
+    again = cli("pause", cli_sandbox)
+    assert again.returncode == 1 and "already paused" in again.stderr
+    r = cli("exec", cli_sandbox, "--", "true")
+    assert r.returncode == 1 and "sbx resume" in r.stderr
+    assert "paused" in cli("ls", "--state", "paused").stdout
+    assert cli("resume", "--timeout", "60", cli_sandbox).returncode == 0
+    assert cli("exec", cli_sandbox, "--", "cat", "/home/user/f").stdout == "kept\n"
+    assert cli("pause", "--filesystem", cli_sandbox).returncode == 0
+    assert cli("resume", "--reboot", cli_sandbox).returncode == 0
+    assert cli("exec", cli_sandbox, "--", "cat", "/home/user/f").stdout == "kept\n"
+    r = cli("pause", "nosuchsandbox0000")
+    assert r.returncode == 1 and "not found" in r.stderr
+    assert cli("resume").returncode == 2
+
+
+def test_volume_verbs(cli):
+    name = "cli-" + os.urandom(4).hex()
+    r = cli("volume", "create", name)
+    assert r.returncode == 0, r.stderr
+    vid = r.stdout.strip()
+    assert vid.isalnum()
+    assert cli("volume", "create", name).returncode == 1
+    table = cli("volume", "ls")
+    assert vid in table.stdout and name in table.stdout
+    listed = json.loads(cli("volume", "ls", "--format", "json").stdout)
+    assert {"volumeID": vid, "name": name} in listed
+    assert cli("volume", "rm", vid).returncode == 0
+    r = cli("volume", "rm", vid)
+    assert r.returncode == 1 and "not found" in r.stderr
+    assert cli("volume", "nope").returncode == 2

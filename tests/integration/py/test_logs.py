@@ -132,3 +132,12 @@ def test_official_cli_prints_the_logs(sandbox, sbx_daemon, run_cmd):
     r = subprocess.run(["node", str(E2B_CLI), "sandbox", "logs", sandbox.sandbox_id], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "process_start" in r.stdout, r.stdout + r.stderr
+
+
+def test_pause_and_resume_are_in_the_log(sandbox, sbx_daemon):
+    sid = sandbox.sandbox_id
+    assert sandbox.pause() is True
+    sandbox.connect()
+    events = [m.split()[0] for m in _messages(sbx_daemon, sid)]
+    assert events.index("sandbox_pause") < events.index("sandbox_resume"), events
+    assert "sandbox_pause memory=true" in _messages(sbx_daemon, sid)
