@@ -63,6 +63,8 @@ static const struct field fields[] = {
     STAT_F(17, oom_kills),
     STAT_F(18, pids_current),
     STAT_F(19, disk_used_bytes),
+    STAT_F(20, disk_total_bytes),
+    STAT_F(21, disk_fs_used_bytes),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 
