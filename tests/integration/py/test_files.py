@@ -270,6 +270,13 @@ def test_watchers_see_envds_event_sequences(sandbox, run_cmd):
     sandbox.files.make_dir("ev/d/e")
     assert _events(h) == [("create", "d"), ("chmod", "d")]
     h.stop()
+    # E2B's test_watch_recursive_directory_changes: three events, named below the root.
+    sandbox.files.make_dir("rec/nested")
+    h = sandbox.files.watch_dir("rec", recursive=True)
+    sandbox.files.write("rec/nested/f.txt", "x")
+    assert _events(h) == [("create", "nested/f.txt"), ("chmod", "nested/f.txt"),
+                          ("write", "nested/f.txt")]
+    h.stop()
 
 
 async def test_watch_stream_sees_envds_event_sequences(async_sandbox):
