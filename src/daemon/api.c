@@ -532,14 +532,14 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
             pct = 100.0 * l->rec->cpu_count;
         l->last_cpu_ns = st->cpu_usage_ns;
         l->last_cpu_wall_ms = now;
-        uint64_t disk_total = (uint64_t)l->rec->disk_mb << 20;
         json_array_append_new(
             arr, json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", time_json(now),
                            "timestampUnix", (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
                            "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes, "memTotal",
                            (json_int_t)st->memory_limit_bytes, "memCache",
                            (json_int_t)st->memory_cache_bytes, "diskUsed",
-                           (json_int_t)st->disk_used_bytes, "diskTotal", (json_int_t)disk_total));
+                           (json_int_t)st->disk_fs_used_bytes, "diskTotal",
+                           (json_int_t)st->disk_total_bytes));
     }
     sbx_api_respond_json(req, 200, arr);
     free(q);

@@ -7,6 +7,7 @@
 #include <grp.h>
 #include <netdb.h>
 #include <pwd.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -551,6 +552,23 @@ supervise(void)
     }
 }
 
+/* A quota of more CPUs than sandboxes can run on would be reported as their cpuCount and never
+ * be theirs: nproc and /proc/cpuinfo inside show the CPUs there are. Sandboxes inherit the
+ * supervisor's CPUs (through the spawner). */
+static int
+check_cpus(const struct sbx_daemon_config *cfg, struct sbx_error **err)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) < 0)
+        return sbx_error_sys(err, errno, "sched_getaffinity");
+    int have = CPU_COUNT(&set);
+    if (cfg->cpu_millis > have * 1000)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "--cpus %d: sandboxes can run on %d CPU%s here, so at most --cpus %d",
+                             cfg->cpu_millis / 1000, have, have == 1 ? "" : "s", have);
+    return 0;
+}
+
 /* Everything that needs root before the workers start. */
 static int
 prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
@@ -561,6 +579,8 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     char host_desc[128];
     if (sbx_sandbox_preflight(host_desc, sizeof(host_desc), err) < 0)
         return sbx_error_prefix(err, "this host cannot run sandboxes");
+    if (check_cpus(cfg, err) < 0)
+        return -1;
     char raised[256];
     _cleanup_error_ struct sbx_error *limits_err = NULL;
     if (sbx_sandbox_raise_host_limits(raised, sizeof(raised), &limits_err) < 0)

@@ -112,8 +112,8 @@ int sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err
 int sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
                         struct sbx_error **err);
 void sbx_upper_dirs_close(struct sbx_upper_dirs *d);
-/* Allocated bytes of <sandbox_dir>/disk.img; -1 with errno (ENOENT: no image). */
-int sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes);
+/* Allocated bytes and size of <sandbox_dir>/disk.img; -1 with errno (ENOENT: no image). */
+int sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes, uint64_t *size);
 
 /* ---- volume.c (parent side, host root) ---- */
 /* A detached mount of the volume at image, idmapped through userns_fd, nodev and nosuid; it

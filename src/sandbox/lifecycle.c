@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -224,6 +225,24 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
     return rc < 0 ? sbx_error_prefix(err, "destroy %s", ref->id) : 0;
 }
 
+/* What `df /` shows inside the sandbox: statfs of the agent's root, an overlay that answers for
+ * its upper layer, the sandbox's own ext4. Only the agent's root is resolved, through its
+ * /proc magic link: no name the sandbox controls, and nothing is opened in it. The identity
+ * check after the open makes sure the root was the agent's and not a recycled pid's. Left as
+ * the image's figures if the agent is gone. */
+static void
+disk_statfs(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/root", (int)ref->pid);
+    _cleanup_close_ int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    struct statfs s;
+    if (fd < 0 || !sbx_sandbox_is_alive(ref) || fstatfs(fd, &s) < 0)
+        return;
+    out->disk_total_bytes = (uint64_t)s.f_blocks * s.f_frsize;
+    out->disk_fs_used_bytes = (uint64_t)(s.f_blocks - s.f_bfree) * s.f_frsize;
+}
+
 int
 sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
                   struct sbx_error **err)
@@ -231,8 +250,11 @@ sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *o
     memset(out, 0, sizeof(*out));
     if (sbx_cgroup_stats(ref->id, out, err) < 0)
         return -1;
-    if (sbx_disk_usage(ref->sandbox_dir, &out->disk_used_bytes) == 0)
+    if (sbx_disk_usage(ref->sandbox_dir, &out->disk_used_bytes, &out->disk_total_bytes) == 0) {
+        out->disk_fs_used_bytes = out->disk_used_bytes;
+        disk_statfs(ref, out);
         return 0;
+    }
     /* No disk image: the sandbox's upper layer is a plain directory tree. */
     char p[4096];
     snprintf(p, sizeof(p), "%s/upper", ref->sandbox_dir);

@@ -87,7 +87,13 @@ struct sbx_sandbox_stats {
     uint64_t memory_limit_bytes;
     uint64_t oom_kills; /* processes the OOM killer has killed inside the sandbox */
     uint64_t pids_current;
-    uint64_t disk_used_bytes; /* allocated size of the disk image (or of the upper layer) */
+    uint64_t disk_used_bytes; /* allocated size of the disk image (or of the upper layer): what
+                               * the sandbox's disk costs the host */
+    /* The sandbox's disk as `df /` shows it inside: its size (the image's, every block counted)
+     * and the blocks in use, ext4's metadata included. 0 and the upper layer's usage when the
+     * layer has no disk of its own. */
+    uint64_t disk_total_bytes;
+    uint64_t disk_fs_used_bytes;
 };
 
 /* Builds (once, idempotently) the template root under state_dir/template: generated /etc,

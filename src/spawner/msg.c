@@ -69,6 +69,8 @@ static const struct field fields[] = {
     STAT_F(19, disk_used_bytes),
     U64_F(40, reboot, 0, 1, IN_SPAWN, 0),
     STR_F(41, volumes, IN_SPAWN, 0),
+    STAT_F(80, disk_total_bytes),
+    STAT_F(81, disk_fs_used_bytes),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 _Static_assert(N_FIELDS <= 64, "the decoder's bitmask of seen fields");

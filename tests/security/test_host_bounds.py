@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e2b import CommandExitException, Sandbox
+from e2b import CommandExitException, Sandbox, SandboxException
 
 from conftest import Daemon, _binary
 from helpers import wait_for
@@ -284,6 +284,38 @@ def test_agent_binary_is_no_host_path(sbx):
     exe = os.readlink(agent / "exe")
     print(f"agent exe on the host: {exe}")
     assert exe.startswith("/memfd:sbx")
+
+
+def test_uploads_through_hostile_symlinks_never_write_the_agent(sandbox):
+    """Uploads and MakeDir write as sandbox root on the user's behalf, as envd does. A user's
+    symlinks into the agent's own /proc entries (which the kernel opens to the agent whatever
+    their owner, though sandbox root cannot write them) or through /proc magic links are
+    refused for every user, and the agent is unchanged; a symlink to a root directory is
+    followed as on E2B, and only what the upload makes there is handed to the user."""
+    home = "/home/user"
+    r = run(sandbox, "ln -s /proc/1/oom_score_adj ~/oom && ln -s /proc/self ~/me && "
+                     "ln -s /proc/1/task ~/tasks && ln -s /proc/1/fd ~/fds && "
+                     "ln -s /proc/1/root ~/root1 && ln -s /etc ~/etc && cat /proc/1/oom_score_adj")
+    assert r.exit_code == 0, r.stderr
+    before = r.stdout
+    tid = run(sandbox, "ls /proc/1/task | head -n1").stdout.strip() or "1"
+    for user in ("user", "root"):
+        for path in [f"{home}/oom", f"{home}/me/oom_score_adj", f"{home}/me/mem",
+                     f"{home}/tasks/{tid}/oom_score_adj", f"{home}/fds/0", f"{home}/root1/tmp/x",
+                     f"{home}/me/sbx-new/x"]:
+            with pytest.raises(SandboxException) as ei:
+                sandbox.files.write(path, "-1000", user=user)
+            print(f"{user} {path}: {ei.value}")
+        with pytest.raises(SandboxException):
+            sandbox.files.make_dir(f"{home}/me/sbx-dir", user=user)
+    after = run(sandbox, f"cat /proc/1/oom_score_adj; ls -l {home}/oom {home}/me | cut -c1")
+    assert after.stdout == before + "l\nl\n", after.stdout
+    assert not sandbox.files.exists("/tmp/x")
+    # A link to a root directory: written through, as on E2B; /etc stays root's.
+    sandbox.files.write("etc/sbx-probe/x.txt", "x")
+    st = run(sandbox, "stat -c '%n %U %a' /etc /etc/sbx-probe /etc/sbx-probe/x.txt").stdout
+    assert st.split("\n")[:3] == ["/etc root 755", "/etc/sbx-probe user 755",
+                                   "/etc/sbx-probe/x.txt user 644"], st
 
 
 # -- 5. kernel attack surface ----------------------------------------------------------------

@@ -151,6 +151,22 @@ def test_unreachable_state_dir_is_refused(sbx_daemon):
         shutil.rmtree(parent, ignore_errors=True)
 
 
+def test_more_cpus_than_sandboxes_can_run_on_is_refused(sbx_daemon):
+    """A quota above the CPUs there are would be reported as each sandbox's cpuCount and never
+    be its own (nproc inside shows the CPUs there are)."""
+    have = len(os.sched_getaffinity(0))
+    state = tempfile.mkdtemp(prefix="sbx-cpus-", dir="/var/tmp")
+    try:
+        r = subprocess.run([sbx_daemon.binary, "serve", "--listen", "127.0.0.1:0",
+                            "--state-dir", state, "--cpus", str(have + 1)],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1
+        assert (f"--cpus {have + 1}: sandboxes can run on {have} CPU{'' if have == 1 else 's'}"
+                f" here, so at most --cpus {have}") in r.stderr
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def test_help(sbx_daemon):
     r = subprocess.run([sbx_daemon.binary, "serve", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--state-dir" in r.stdout and "SBX_MEMORY_MB" in r.stdout
