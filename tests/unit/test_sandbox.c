@@ -969,6 +969,7 @@ TEST(reboot_without_a_disk_fails_and_keeps_the_dir)
     CHECK(box_spawn_plan(&e, &b, "rb", &plan, "true", &err) < 0);
     fprintf(stderr, "error: %s\n", err->msg);
     CHECK(err->sys_errno == ENOENT && strstr(err->msg, "disk") != NULL);
+    sbx_error_free(err);
     CHECK(access(b.dir, F_OK) == 0);
     env_fini(&e);
 }
