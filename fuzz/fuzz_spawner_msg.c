@@ -33,7 +33,8 @@ check_valid(const struct sbx_spawner_msg *m)
               sbx_spawner_volumes_parse(m->volumes, v, &n, NULL) == 0);
         for (size_t i = 0; i < n; i++)
             CHECK(v[i].path[0] == '/' && strstr(v[i].path, "/../") == NULL &&
-                  strncmp(v[i].path, "/proc", 5) != 0 && strchr(v[i].id, '/') == NULL);
+                  strcmp(v[i].path, "/proc") != 0 && strncmp(v[i].path, "/proc/", 6) != 0 &&
+                  strchr(v[i].id, '/') == NULL);
     }
 }
 

@@ -1349,6 +1349,9 @@ sbx_http_end(struct sbx_http_req *pub)
         conn_maybe_finish(r->conn);
 }
 
+static void respond_error(struct sbx_http_req *req, int status, bool strcode, const char *fmt,
+                          va_list ap) __attribute__((format(printf, 4, 0)));
+
 static void
 respond_error(struct sbx_http_req *req, int status, bool strcode, const char *fmt, va_list ap)
 {

@@ -178,16 +178,13 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     buf[1] = SBX_SPAWNER_STOP; /* a STOP with the fields of a SPAWN */
     CHECK(decode(buf, (size_t)n, &out, why, sizeof(why)) < 0);
     /* Volume lines: a system dir, a path inside another volume's, too many, not clean. */
-    const char *bad_volumes[] = {"v1:/etc/x",
-                                 "v1:/mnt/a\nv2:/mnt/a/b",
-                                 "v1:relative",
-                                 "v1:/mnt/a/../b",
-                                 "V1:/mnt/a",
-                                 ":/mnt/a",
-                                 "v1:/mnt/a:b",
-                                 "v1:/mnt/x\n\nv2:/mnt/y",
-                                 "a:/m/1\nb:/m/2\nc:/m/3\nd:/m/4\ne:/m/5\nf:/m/6\ng:/m/7\nh:/m/"
-                                 "8\ni:/m/9"};
+    static const char too_many[] =
+        "a:/m/1\nb:/m/2\nc:/m/3\nd:/m/4\ne:/m/5\nf:/m/6\ng:/m/7\nh:/m/8\ni:/m/9";
+    const char *bad_volumes[] = {"v1:/etc/x",   "v1:/mnt/a\nv2:/mnt/a/b",
+                                 "v1:relative", "v1:/mnt/a/../b",
+                                 "V1:/mnt/a",   ":/mnt/a",
+                                 "v1:/mnt/a:b", "v1:/mnt/x\n\nv2:/mnt/y",
+                                 too_many};
     for (size_t i = 0; i < sizeof(bad_volumes) / sizeof(bad_volumes[0]); i++) {
         m = spawn_req("a", 1);
         snprintf(m.volumes, sizeof(m.volumes), "%s", bad_volumes[i]);
