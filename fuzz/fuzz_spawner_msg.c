@@ -19,8 +19,16 @@ check_valid(const struct sbx_spawner_msg *m)
         CHECK(m->uid_slot < 4096 && m->memory_bytes >= (16u << 20) && m->disk_bytes % 4096 == 0);
         CHECK(strchr(m->id, '/') == NULL && strchr(m->template_name, '/') == NULL);
     }
-    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS)
+    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS ||
+        m->op == SBX_SPAWNER_NET_POLICY)
         CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);
+    /* Egress rules reach nftables as they are: sorted, disjoint, within their bound. */
+    CHECK(m->n_net_allow <= SBX_NET_MAX_RULES && m->n_net_deny <= SBX_NET_MAX_RULES);
+    CHECK(sbx_ip4_ranges_are_normal(m->net_allow, m->n_net_allow));
+    CHECK(sbx_ip4_ranges_are_normal(m->net_deny, m->n_net_deny));
+    CHECK(m->op != SBX_SPAWNER_NET_PORTS || (m->dns_port >= 1 && m->dns_port <= 65535));
+    CHECK(m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_NET_POLICY ||
+          (m->n_net_allow == 0 && m->n_net_deny == 0));
 }
 
 int

@@ -13,6 +13,7 @@ APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang
     libuv1-dev libjansson-dev libhttp-parser-dev libsqlite3-dev libseccomp-dev libssl-dev
     libzmq3-dev libcurl4-openssl-dev zlib1g-dev
+    libnftables-dev nftables # the sandbox network's filtering and NAT (src/sandbox/nft.c)
     sudo curl git util-linux iproute2 procps
     e2fsprogs # mke2fs formats the per-sandbox disk images
     clang-format-14 # the formatting check of `make test`

@@ -161,6 +161,15 @@ class Daemon:
                 pass
         return None
 
+    def network(self):
+        """The sandbox network the spawner last reported: {"cidr", "gateway", "table"}."""
+        import re
+        text = self.log_path.read_bytes().decode("utf-8", "replace")
+        found = re.findall(r"event=network cidr=(\S+) gateway=(\S+) table=inet/(\S+)", text)
+        assert found, "the daemon reported no sandbox network"
+        cidr, gateway, table = found[-1]
+        return {"cidr": cidr, "gateway": gateway, "table": table}
+
     def log_tail(self, lines=LOG_TAIL_LINES):
         try:
             text = self.log_path.read_bytes().decode("utf-8", "replace")

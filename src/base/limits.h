@@ -78,6 +78,9 @@
  * (about 40 MiB for Python): the memory limit caps them too, this caps what the agent keeps. */
 #define SBX_INTERP_MAX_CONTEXTS 16
 
+/* The sandbox network (--network-cidr; see sandbox/net.c). */
+#define SBX_NET_MAX_RULES 200 /* entries of one list (allowOut, denyOut) of a sandbox */
+
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999
 #define SBX_ENVD_VERSION "0.6.13"

@@ -56,11 +56,15 @@ usage(FILE *f)
             "  --pool TEMPLATE=N    keep N sandboxes of TEMPLATE started, to hand out at create;\n"
             "                       repeatable, or comma-separated in SBX_POOL (%s)\n"
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
+            "  --network-cidr CIDR  the sandboxes' private network, at least a /%d, or off for\n"
+            "                       loopback only (10.<200 + uid block>.0.0/16; SBX_NETWORK_CIDR)\n"
+            "  --allow-private CIDR a private range sandboxes may reach after all; repeatable,\n"
+            "                       or comma-separated in SBX_ALLOW_PRIVATE\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
             SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
             SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S,
-            SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB);
+            SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB, SBX_NETPLAN_MAX_PREFIX);
 }
 
 static int
@@ -100,6 +104,31 @@ parse_level(const char *s)
             return 0;
         }
     return -1;
+}
+
+/* --allow-private: each range must be one of those an operator may open. */
+static int
+parse_opened(const char *v, struct sbx_daemon_config *c)
+{
+    _cleanup_free_ char *copy = strdup(v);
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        struct sbx_ip4_range r;
+        bool inside = false;
+        if (!sbx_ip4_parse_cidr(item, &r, NULL) || c->n_opened == SBX_NET_MAX_OPENED)
+            return -1;
+        for (size_t i = 0; i < sbx_ip4_n_openable; i++)
+            inside |= r.first >= sbx_ip4_openable[i].first && r.last <= sbx_ip4_openable[i].last;
+        if (!inside) {
+            fprintf(stderr,
+                    "sbx serve: --allow-private %s: only parts of 10.0.0.0/8, 100.64.0.0/10, "
+                    "172.16.0.0/12 and 192.168.0.0/16 can be opened\n",
+                    item);
+            return -1;
+        }
+        c->opened[c->n_opened++] = r;
+    }
+    return 0;
 }
 
 /* One table for flags and their environment variables, applied env first, flags after. */
@@ -166,6 +195,16 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
     }
     case 'M':
         return parse_positive(v, &c->pool_memory_mb);
+    case 'N': {
+        struct sbx_netplan plan;
+        if (strcmp(v, "off") != 0 && !sbx_netplan_parse(v, &plan))
+            return -1;
+        free(c->network_cidr);
+        c->network_cidr = strdup(v);
+        return 0;
+    }
+    case 'A':
+        return parse_opened(v, c);
     }
     return -1;
 }
@@ -186,6 +225,8 @@ static const struct option long_opts[] = {
     {"user", required_argument, NULL, 'U'},
     {"pool", required_argument, NULL, 'O'},
     {"pool-memory-mb", required_argument, NULL, 'M'},
+    {"network-cidr", required_argument, NULL, 'N'},
+    {"allow-private", required_argument, NULL, 'A'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -201,7 +242,8 @@ static const struct {
     {"SBX_IDLE_TIMEOUT", 'I'},   {"SBX_MAX_CONNECTIONS", 'C'},
     {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
-    {"SBX_POOL_MEMORY_MB", 'M'},
+    {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_NETWORK_CIDR", 'N'},
+    {"SBX_ALLOW_PRIVATE", 'A'},
 };
 
 static int
@@ -358,7 +400,8 @@ set_max_conns(struct sbx_daemon_config *cfg, rlim_t nofile)
 /* Takes this daemon's host uid block (see sbx_uid_block_claim): the one recorded in the
  * state dir while its sandboxes may still run in it, else a free one, recorded. */
 static int
-claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, struct sbx_error **err)
+claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, int *block_out,
+                struct sbx_error **err)
 {
     _cleanup_free_ char *saved = NULL;
     if (sbx_store_setting_get(store, "uid_block", &saved, err) < 0)
@@ -384,6 +427,31 @@ claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, struct s
             return -1;
     }
     *uid_base = sbx_uid_block_base(block);
+    *block_out = block;
+    return 0;
+}
+
+/* The sandbox network of this daemon, named and addressed after its uid block (so that the
+ * daemons of one host never share either), checked against the host's routes before the
+ * spawner builds it. */
+static int
+plan_network(struct sbx_daemon_config *cfg, int block, struct sbx_error **err)
+{
+    char derived[32];
+    const char *cidr = cfg->network_cidr;
+    if (cidr && strcmp(cidr, "off") == 0)
+        return 0;
+    if (cidr == NULL) {
+        snprintf(derived, sizeof(derived), "10.%d.0.0/16", 200 + block);
+        cidr = derived;
+    }
+    struct sbx_netplan plan;
+    if (!sbx_netplan_parse(cidr, &plan))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad --network-cidr %s", cidr);
+    if (sbx_net_config_init(&cfg->net, &plan, block, cfg->opened, cfg->n_opened, err) < 0 ||
+        sbx_net_check_host(&cfg->net, err) < 0)
+        return -1;
+    cfg->net_on = true;
     return 0;
 }
 
@@ -767,8 +835,11 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     struct sbx_store *store = sbx_store_open(db, err);
     if (store == NULL)
         return -1;
+    int block = -1;
     int rc = ensure_api_key(cfg, store, &sv.shown_key, err) < 0 ||
-                     claim_uid_block(store, &sv.spawner.lock_fd, &sv.spawner.uid_base, err) < 0
+                     claim_uid_block(store, &sv.spawner.lock_fd, &sv.spawner.uid_base, &block,
+                                     err) < 0 ||
+                     plan_network(cfg, block, err) < 0
                  ? -1
                  : 0;
     sbx_store_close(store);
@@ -808,6 +879,7 @@ sbx_daemon_main(int argc, char **argv)
     sv.spawner.frontend_uid = sv.fe_uid;
     sv.spawner.frontend_gid = sv.fe_gid;
     sv.spawner.relaxed = cfg.relaxed;
+    sv.spawner.net = cfg.net_on ? &cfg.net : NULL;
     /* Signals come through a signalfd here; workers unblock them. */
     sigemptyset(&sv.blocked);
     sigaddset(&sv.blocked, SIGCHLD);

@@ -42,6 +42,33 @@ on_stop_signal(uv_signal_t *h, int signum)
     sbx_pool_drain(stop);
 }
 
+static void
+on_network_synced(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    if (err)
+        sbx_log_error("network", "sandbox=%s error=\"%s\"", ud ? (const char *)ud : "-", err->msg);
+    free(ud);
+}
+
+/* Tells a (new) spawner where the DNS forwarder listens, and every sandbox's egress rules
+ * again: a spawner that had to rebuild the nftables table has lost them. */
+static void
+sync_network(void)
+{
+    if (!sbx_daemon->cfg.net_on)
+        return;
+    struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .dns_port = sbx_dns_port()};
+    sbx_spawner_call(&ports, -1, on_network_synced, NULL);
+    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next) {
+        if (l->dying || sbx_netset_is_default(l->net))
+            continue;
+        struct sbx_spawner_msg req = {.op = SBX_SPAWNER_NET_POLICY};
+        snprintf(req.id, sizeof(req.id), "%s", l->rec->id);
+        sbx_netset_to_msg(l->net, &req);
+        sbx_spawner_call(&req, -1, on_network_synced, strdup(l->rec->id));
+    }
+}
+
 /* The supervisor passes the channel to each new spawner here. */
 static void
 on_control(uv_poll_t *h, int status, int events)
@@ -60,6 +87,7 @@ on_control(uv_poll_t *h, int status, int events)
         return;
     sbx_log_info("spawner_restarted", "ok=1");
     sbx_spawner_client_set_channel(sbx_daemon->loop, fd);
+    sync_network();
 }
 
 static int
@@ -76,8 +104,11 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     uv_poll_init(d->loop, &d->control, control);
     uv_poll_start(&d->control, UV_READABLE, on_control);
     uv_timer_init(d->loop, &d->expiry);
+    if (sbx_dns_start(d, err) < 0)
+        return -1;
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");
+    sync_network();
     if (sbx_pool_configure(d->cfg.pools, err) < 0)
         return -1;
     sbx_pool_fill();

@@ -43,6 +43,13 @@ struct sbx_daemon_config {
     char *pools;        /* --pool NAME=N[,NAME=N...] */
     int pool_memory_mb; /* --pool-memory-mb */
     int max_conns;      /* client connections; 0 until derived from the open-file limit */
+    /* The sandbox network: --network-cidr (NULL: derived from the uid block; "off": none),
+     * --allow-private; net is filled at start, once the uid block is known. */
+    char *network_cidr;
+    struct sbx_ip4_range opened[SBX_NET_MAX_OPENED];
+    size_t n_opened;
+    bool net_on;
+    struct sbx_net_config net;
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
@@ -64,6 +71,7 @@ struct sbx_live {
     struct sbx_pool *pool;           /* pool.c: the pool it waits in (not in the table then) */
     struct sbx_live *pool_next;      /* in its pool's list of warm sandboxes */
     struct sbx_pool_member *warming; /* pool.c: while it warms up */
+    struct sbx_netset *net;          /* egress.c: its network settings, from rec->network_json */
 };
 
 struct sbx_daemon {
@@ -74,7 +82,10 @@ struct sbx_daemon {
     struct sbx_live *live; /* every running sandbox (live.c owns the three views) */
     struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
     struct sbx_live *recent; /* the secure sandbox used last */
-    uv_timer_t expiry;       /* fires at the soonest end_at */
+    /* Every sandbox of ours by uid slot, pooled ones too: the slot is its network address
+     * (DNS queries and proxied connections name it by that). */
+    struct sbx_live *by_slot[SBX_MAX_SANDBOXES];
+    uv_timer_t expiry; /* fires at the soonest end_at */
     uv_signal_t sigterm, sigint;
     uv_poll_t control; /* from the supervisor: channels to new spawners */
 };
@@ -101,6 +112,7 @@ struct sbx_create_opts {
     bool auto_pause;
     json_t *metadata; /* borrowed objects of strings */
     json_t *env_vars;
+    json_t *network; /* the network settings as stored (egress.c); owned, see _fini */
 };
 /* l is the new sandbox (NULL with err on failure); spawn_us the time the spawn took. */
 typedef void (*sbx_lifecycle_create_cb)(struct sbx_live *l, struct sbx_error *err,
@@ -149,6 +161,8 @@ struct sbx_live *sbx_live_find(struct sbx_daemon *d, const char *id);
 /* The sandbox was just used by someone who proved to own it (API key, its access token, a
  * valid signature): it becomes the first candidate of presigned URLs without an id. */
 void sbx_live_touch(struct sbx_daemon *d, struct sbx_live *l);
+/* The sandbox whose network address a is (pooled ones too), or NULL. */
+struct sbx_live *sbx_live_by_addr(struct sbx_daemon *d, uint32_t a);
 
 /* frontend.c: the front end's life, as a worker of the supervisor (daemon.c): it serves the
  * listening socket, gets the channel to a spawner (and later ones through control), and
@@ -166,6 +180,36 @@ bool sbx_api_known_template(const char *name);
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
                               struct sbx_error **err);
 int sbx_api_timeout_parse(json_t *body, bool extend_only, int64_t *secs, struct sbx_error **err);
+
+void sbx_api_create_opts_fini(struct sbx_create_opts *o);
+
+/* egress.c: a sandbox's network settings (spec network.md §1, §4). */
+struct sbx_netset {
+    struct sbx_ip4_range *allow, *deny; /* normalised */
+    size_t n_allow, n_deny;
+    bool deny_all;       /* denyOut covers every address: only allowed names resolve */
+    bool public_traffic; /* allowPublicTraffic: false means user ports need the traffic token */
+    char *mask_host;     /* maskRequestHost, NULL if none */
+};
+/* Decodes a create's "network" (NULL if absent) and allow_internet_access (-1 absent, 0, 1)
+ * into the stored form (*stored, a new object); errors are the spec's 400s, or 501 for what
+ * this server does not do. */
+int sbx_netset_decode(json_t *network, int allow_internet, json_t **stored, struct sbx_error **err);
+/* The body of PUT /sandboxes/{id}/network: replaces the egress part of old (stored, NULL:
+ * none), keeps its ingress options. */
+int sbx_netset_decode_update(json_t *body, const char *old, json_t **stored,
+                             struct sbx_error **err);
+/* From the stored form (NULL: the defaults); never NULL. */
+struct sbx_netset *sbx_netset_load(const char *stored);
+void sbx_netset_free(struct sbx_netset *n);
+/* Whether it has no egress rule (nothing for the spawner to apply). */
+bool sbx_netset_is_default(const struct sbx_netset *n);
+void sbx_netset_to_msg(const struct sbx_netset *n, struct sbx_spawner_msg *m);
+
+/* dns.c: the sandboxes' DNS forwarder, on the gateway, to the host's resolvers. */
+int sbx_dns_start(struct sbx_daemon *d, struct sbx_error **err);
+/* Its port, for the spawner's redirection (0 when the network is off). */
+uint16_t sbx_dns_port(void);
 
 /* router.c: entry point of every request. */
 void sbx_router_on_request(struct sbx_http_req *req, void *ud);

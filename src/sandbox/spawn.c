@@ -150,6 +150,21 @@ step_hostname(const char *hostname, const char **step)
     return write_etc("hosts", hosts) < 0 || write_etc("hostname", name) < 0 ? -1 : 0;
 }
 
+/* The sandbox's resolver is the gateway (its DNS goes to the daemon's forwarder, which can
+ * reach whatever resolver the host uses, a loopback one included). Written to its upper
+ * layer, like the hostname's files; no network, no file. */
+static int
+step_resolver(const struct sbx_sandbox_plan *plan, const char **step)
+{
+    *step = "write /etc/resolv.conf";
+    if (plan->net == NULL)
+        return 0;
+    char gw[SBX_IP4_STR_MAX], conf[64];
+    sbx_ip4_format(sbx_netplan_gateway(&plan->net->plan), gw);
+    snprintf(conf, sizeof(conf), "nameserver %s\n", gw);
+    return write_etc("resolv.conf", conf);
+}
+
 static int
 step_loopback_up(const char **step)
 {
@@ -260,6 +275,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
     STEP(child_pivot_root(newroot, &step));
     STEP(step_hostname(hostname, &step));
+    STEP(step_resolver(plan, &step));
     STEP(step_loopback_up(&step));
     STEP(step_rlimits(&step));
     umask(022);
@@ -324,6 +340,8 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
                              SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
     if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
+    if (p->net && (p->net_slot < 0 || p->net_slot >= SBX_MAX_SANDBOXES))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad network slot");
     return 0;
 }
 
@@ -487,6 +505,8 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int
     if (!in_cgroup && sbx_cgroup_enter(plan->id, pid, err) < 0)
         return -1;
     if (set_process_limits(pid, err) < 0)
+        return -1;
+    if (plan->net && sbx_net_attach(plan->net, plan->net_slot, pid, err) < 0)
         return -1;
     _cleanup_close_ int userns = open_userns(pid, err);
     if (userns < 0)

@@ -22,6 +22,7 @@
 #include "base/limits.h"
 #include "base/log.h"
 #include "spawner/msg.h"
+#include "spawner/net.h"
 
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
 #define AGENT_SOCK       "agent.sock"
@@ -205,10 +206,14 @@ sb_handle_close(struct sb *s, uv_handle_t *h)
         uv_close(h, on_sb_closed);
 }
 
-/* Unlinks s and frees it once its handles have closed. */
+/* Unlinks s and frees it once its handles have closed. Its egress rules go now: its slot's
+ * address may be the next sandbox's. */
 static void
 sb_drop(struct sb *s)
 {
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (sp.cfg->net && s->slot >= 0 && sbx_net_policy_set(sp.cfg->net, s->slot, NULL, &err) < 0)
+        sbx_log_warn("network", "sandbox=%s error=\"%s\"", s->id, err->msg);
     struct sb **pp = &sp.sbs;
     while (*pp && *pp != s)
         pp = &(*pp)->next;
@@ -350,7 +355,9 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
     s->phase = SB_SPAWNING;
     _cleanup_close_ int conf = copy_config(config_fd, &err);
     _cleanup_close_ int lfd = conf < 0 ? -1 : listen_agent(s, &err);
-    if (lfd < 0) {
+    /* The sandbox's egress rules are in place before it runs anything (and replace whatever
+     * a sandbox of the same slot may have left). */
+    if (lfd < 0 || (sp.cfg->net && sbx_spawner_net_policy(sp.cfg->net, s->slot, m, &err) < 0)) {
         reply_error(m->seq, err);
         struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
         _cleanup_error_ struct sbx_error *ignored = NULL;
@@ -377,6 +384,8 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         .exe_fd = sp.exe_fd,
         .argv = argv,
         .envp = envp,
+        .net = sp.cfg->net,
+        .net_slot = s->slot,
     };
     if (sbx_sandbox_spawn_start(&plan, &s->spawning, &err) < 0) {
         sbx_log_warn("spawn", "sandbox=%s error=\"%s\"", s->id, err->msg);
@@ -480,6 +489,35 @@ handle_stats(const struct sbx_spawner_msg *m)
     send_msg(&rep);
 }
 
+/* ---- network ---- */
+
+static void
+handle_net(const struct sbx_spawner_msg *m)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (m->op == SBX_SPAWNER_NET_PORTS) {
+        sbx_spawner_net_ports(sp.cfg->net, m, &err);
+        reply_error(m->seq, err);
+        return;
+    }
+    struct sb *s = sb_find(m->id);
+    if (s == NULL || s->phase != SB_RUNNING || s->slot < 0) {
+        reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s not found", m->id);
+        return;
+    }
+    sbx_spawner_net_policy(sp.cfg->net, s->slot, m, &err);
+    reply_error(m->seq, err);
+}
+
+static bool
+slot_running(int slot, void *ud)
+{
+    for (struct sb *s = sp.sbs; s; s = s->next)
+        if (s->slot == slot && s->pid > 0)
+            return true;
+    return false;
+}
+
 /* ---- the channel ---- */
 
 static void
@@ -506,8 +544,10 @@ handle(const char *buf, size_t len, int fd)
         reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected fd with request for %s", m.id);
     else if (m.op == SBX_SPAWNER_DESTROY)
         handle_destroy(&m);
-    else
+    else if (m.op == SBX_SPAWNER_STATS)
         handle_stats(&m);
+    else
+        handle_net(&m);
 }
 
 static void
@@ -621,6 +661,10 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
         return 1;
     }
     scan();
+    if (cfg->net && sbx_spawner_net_start(cfg->net, slot_running, NULL, &err) < 0) {
+        sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
+        return 1;
+    }
     if (cfg->ready_fd >= 0) {
         (void)!write(cfg->ready_fd, "R", 1);
         close(cfg->ready_fd);

@@ -57,13 +57,15 @@ static const char *const migrations[] = {
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     /* 3: sandboxes of a warm pool, started before any client asked; never listed. */
     "ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;",
+    /* 4: the sandbox's network settings (egress rules, ingress options), NULL: defaults. */
+    "ALTER TABLE sandboxes ADD COLUMN network_json TEXT;",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
 #define SANDBOX_COLUMNS                                                                            \
     "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "          \
     "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "                     \
-    "pid_start_time, state, allow_internet, auto_pause, pooled"
+    "pid_start_time, state, allow_internet, auto_pause, pooled, network_json"
 
 static int
 db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
@@ -383,6 +385,7 @@ sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec)
     free(rec->env_vars_json);
     sbx_secret_free(rec->access_token);
     sbx_secret_free(rec->traffic_token);
+    sbx_secret_free(rec->network_json); /* an egress proxy's password */
     free(rec->state);
     free(rec);
 }
@@ -441,6 +444,7 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->allow_internet = sqlite3_column_int(st, 16) != 0;
     r->auto_pause = sqlite3_column_int(st, 17) != 0;
     r->pooled = sqlite3_column_int(st, 18) != 0;
+    r->network_json = column_strdup(st, 19, &oom);
     if (oom || r->template_id == NULL || r->state == NULL) {
         sbx_sandbox_rec_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -470,7 +474,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     if (prepare(s,
                 "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
@@ -492,6 +496,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int(st, 17, r->allow_internet);
     sqlite3_bind_int(st, 18, r->auto_pause);
     sqlite3_bind_int(st, 19, r->pooled);
+    bind_text_or_null(st, 20, r->network_json);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s already exists", r->id);
@@ -554,7 +559,8 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     if (prepare(s,
                 "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
                 "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
-                "end_at_ms = ?, allow_internet = ?, auto_pause = ? WHERE id = ? AND pooled = 1",
+                "end_at_ms = ?, allow_internet = ?, auto_pause = ?, network_json = ? "
+                "WHERE id = ? AND pooled = 1",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->template_id, -1, SQLITE_TRANSIENT);
@@ -567,8 +573,23 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int64(st, 8, r->end_at_ms);
     sqlite3_bind_int(st, 9, r->allow_internet);
     sqlite3_bind_int(st, 10, r->auto_pause);
-    sqlite3_bind_text(st, 11, r->id, -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 11, r->network_json);
+    sqlite3_bind_text(st, 12, r->id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, true, r->id, err);
+}
+
+int
+sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow_internet,
+                                 const char *network_json, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandboxes SET allow_internet = ?, network_json = ? WHERE id = ?", &st,
+                err) < 0)
+        return -1;
+    sqlite3_bind_int(st, 1, allow_internet);
+    bind_text_or_null(st, 2, network_json);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
 }
 
 int

@@ -43,8 +43,9 @@ struct sbx_sandbox_rec {
                               * tells a live agent from a recycled pid after a restart */
     char *state;             /* "running" or "paused" */
     bool allow_internet;
-    bool auto_pause; /* at end_at: pause instead of kill */
-    bool pooled;     /* in a warm pool: no client's yet, never listed (see query) */
+    bool auto_pause;    /* at end_at: pause instead of kill */
+    bool pooled;        /* in a warm pool: no client's yet, never listed (see query) */
+    char *network_json; /* network settings as the front end stores them; NULL: defaults */
 };
 
 struct sbx_sandbox_list {
@@ -88,10 +89,13 @@ int sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t
 int sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
                                  uint64_t pid_start_time, struct sbx_error **err);
 /* Hands a pooled sandbox to a client: its row takes r's template, alias, metadata, env vars,
- * tokens, times and options and is listed from now on. SBX_NOT_FOUND unless r->id is a
- * pooled row. */
+ * tokens, times, options and network settings and is listed from now on. SBX_NOT_FOUND unless r->id
+ * is a pooled row. */
 int sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                             struct sbx_error **err);
+/* The sandbox's network settings (PUT /sandboxes/{id}/network). */
+int sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow_internet,
+                                     const char *network_json, struct sbx_error **err);
 /* state is "running" or "paused" (anything else: SBX_INVALID_ARGUMENT). */
 int sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
                                    struct sbx_error **err);
