@@ -244,6 +244,14 @@ on_request(struct sbx_http_req *req, void *ud)
         handle_pooled(req, ud == NULL);
         return;
     }
+    /* The daemon's way to the sandbox's own ports; never offered inside the sandbox. */
+    if (strcmp(req->method, "CONNECT") == 0) {
+        if (ud == NULL)
+            sbx_agent_connect_port(req);
+        else
+            sbx_http_respond_error(req, 405, "CONNECT is not served here");
+        return;
+    }
     /* Port 49999 is the code interpreter's (E2B's Jupyter server), with its own /health and
      * its own auth (the SDKs send X-Access-Token there on /execute only). Its requests come
      * through the daemon with E2b-Sandbox-Port, or straight to the in-sandbox listener. */

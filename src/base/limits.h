@@ -11,8 +11,12 @@
 #define SBX_HTTP_LINGER_MS         5000              /* ... and for at most this long */
 /* Bytes read per read(2). Larger reads save little (bodies are parsed in place) and make
  * every leftover copied into inbuf and every queued write a large malloc. */
-#define SBX_HTTP_READ_SLAB              (64 * 1024)
-#define SBX_PROXY_SNDBUF                (1024 * 1024) /* send buffer towards an agent, best effort */
+#define SBX_HTTP_READ_SLAB (64 * 1024)
+#define SBX_PROXY_SNDBUF   (1024 * 1024) /* send buffer towards an agent, best effort */
+/* A tunnel (WebSocket, CONNECT, proxied egress) that carries no byte either way this long
+ * is closed, as E2B's proxy does; clients that keep one open send pings. */
+#define SBX_TUNNEL_IDLE_MS              (620 * 1000)
+#define SBX_TUNNEL_KEEPALIVE_S          60 /* TCP keepalive of a tunnel's client: a peer that vanished */
 #define SBX_CONNECT_KEEPALIVE_DEFAULT_S 50 /* keepalive events on streams, when not asked */
 #define SBX_CONNECT_KEEPALIVE_MAX_S     60
 #define SBX_CONNECT_MAX_MESSAGE         (16 * 1024 * 1024)

@@ -74,9 +74,11 @@ parse_map(const char *s)
 static json_t *
 sandbox_json(const struct sbx_sandbox_rec *r)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:s?}", "sandboxID", r->id, "templateID",
-                          r->template_id, "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion",
-                          SBX_ENVD_VERSION, "domain", "trafficAccessToken", r->traffic_token);
+    /* The domain makes the SDKs' getHost() name this server. */
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:s?}", "sandboxID", r->id, "templateID", r->template_id,
+                  "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion", SBX_ENVD_VERSION, "domain",
+                  sbx_daemon->cfg.domain, "trafficAccessToken", r->traffic_token);
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (r->access_token)
@@ -100,7 +102,7 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
         if (r->access_token)
             json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
         json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
-        json_object_set_new(o, "domain", json_null());
+        json_object_set_new(o, "domain", json_string(sbx_daemon->cfg.domain));
         json_t *net = r->network_json ? json_loads(r->network_json, 0, NULL) : NULL;
         if (net) {
             /* getInfo never shows an egress proxy's password (spec §1.2). */

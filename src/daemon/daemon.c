@@ -2,6 +2,7 @@
  * dir, the front end's user, API key, host uid block, the listening socket), then the two
  * processes that do the work, restarted when they die: the spawner (root) and the front end
  * (its own user, no capabilities). SIGTERM stops both and leaves sandboxes running. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -56,6 +57,8 @@ usage(FILE *f)
             "  --pool TEMPLATE=N    keep N sandboxes of TEMPLATE started, to hand out at create;\n"
             "                       repeatable, or comma-separated in SBX_POOL (%s)\n"
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
+            "  --domain D           sandbox ports are reached as <port>-<id>.D, which must\n"
+            "                       resolve to this server (localhost:<port>; SBX_DOMAIN)\n"
             "  --network-cidr CIDR  the sandboxes' private network, at least a /%d, or off for\n"
             "                       loopback only (10.<200 + uid block>.0.0/16; SBX_NETWORK_CIDR)\n"
             "  --allow-private CIDR a private range sandboxes may reach after all; repeatable,\n"
@@ -205,6 +208,16 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
     }
     case 'A':
         return parse_opened(v, c);
+    case 'D':
+        /* A host name, with a port if not the default one: it ends up in Host headers. */
+        for (const char *p = v; *p; p++)
+            if (!isalnum((unsigned char)*p) && !strchr(".-:", *p))
+                return -1;
+        if (*v == '\0' || strlen(v) > 200)
+            return -1;
+        free(c->domain);
+        c->domain = strdup(v);
+        return 0;
     }
     return -1;
 }
@@ -227,6 +240,7 @@ static const struct option long_opts[] = {
     {"pool-memory-mb", required_argument, NULL, 'M'},
     {"network-cidr", required_argument, NULL, 'N'},
     {"allow-private", required_argument, NULL, 'A'},
+    {"domain", required_argument, NULL, 'D'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -243,7 +257,7 @@ static const struct {
     {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
     {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_NETWORK_CIDR", 'N'},
-    {"SBX_ALLOW_PRIVATE", 'A'},
+    {"SBX_ALLOW_PRIVATE", 'A'},  {"SBX_DOMAIN", 'D'},
 };
 
 static int

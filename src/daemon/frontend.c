@@ -125,6 +125,10 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
     uv_signal_start(&d->sigint, on_stop_signal, SIGINT);
     int port = sbx_http_server_port(d->http);
+    /* Names under localhost resolve to the loopback in browsers and curl: getHost() works on
+     * this machine out of the box. */
+    if (d->cfg.domain == NULL && asprintf(&d->cfg.domain, "localhost:%d", port) < 0)
+        abort();
     const char *host = d->cfg.listen_host;
     if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
         host = "127.0.0.1";
@@ -136,7 +140,8 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
                d->cfg.listen_host, port, host, port, host, port, shown_key);
         fflush(stdout);
     }
-    sbx_log_info("frontend_ready", "listen=%s:%d uid=%d", d->cfg.listen_host, port, (int)getuid());
+    sbx_log_info("frontend_ready", "listen=%s:%d uid=%d domain=%s", d->cfg.listen_host, port,
+                 (int)getuid(), d->cfg.domain);
     return 0;
 }
 

@@ -45,6 +45,7 @@ struct sbx_daemon_config {
     int max_conns;      /* client connections; 0 until derived from the open-file limit */
     /* The sandbox network: --network-cidr (NULL: derived from the uid block; "off": none),
      * --allow-private; net is filled at start, once the uid block is known. */
+    char *domain; /* --domain: sandbox URLs are <port>-<id>.<domain>; NULL: localhost:<port> */
     char *network_cidr;
     struct sbx_ip4_range opened[SBX_NET_MAX_OPENED];
     size_t n_opened;

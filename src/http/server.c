@@ -86,6 +86,8 @@ struct conn {
     bool idle;               /* kept alive, waiting for the first byte of the next request */
     const char *bad_request; /* why a parser callback refused the request (answered 400) */
     bool trusted;            /* has carried an authenticated request */
+    bool tunneled;           /* a tunnel (tunnel.c) owns the stream: no more requests */
+    bool tunnel_done;        /* ... and is done with it */
     enum conn_queue queue;   /* the eviction queue it waits in, Q_NONE while a request is handled */
     struct conn *qnext, *qprev;
     size_t drained;
@@ -295,7 +297,7 @@ static void
 conn_maybe_finish(struct conn *c)
 {
     struct req *r = c->req;
-    if (r == NULL || r->resp != RESP_ENDED || c->closing)
+    if (r == NULL || r->resp != RESP_ENDED || c->closing || c->tunneled)
         return;
     if (!r->body_complete) {
         /* The handler answered before reading the whole body: the rest of the body is still
@@ -389,7 +391,8 @@ on_conn_closed(uv_handle_t *h)
 static void
 conn_close(struct conn *c)
 {
-    if (c->closing)
+    /* A tunnel's stream closes when the tunnel ends (it restores the stream's owner then). */
+    if (c->closing || (c->tunneled && !c->tunnel_done))
         return;
     conn_set_closing(c);
     struct req *r = c->req;
@@ -507,6 +510,27 @@ on_url(http_parser *p, const char *at, size_t len)
     return sbx_buf_append(&c->url, at, len, SBX_HTTP_MAX_HEADER_BYTES);
 }
 
+/* Appends a header (taking name and value, freeing them on failure). */
+static int
+add_req_header(struct req *r, char *name, char *value)
+{
+    if (name && value && r->pub.n_headers == r->headers_cap) {
+        size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+        struct sbx_http_header *h = realloc(r->pub.headers, cap * sizeof(*h));
+        if (h) {
+            r->pub.headers = h;
+            r->headers_cap = cap;
+        }
+    }
+    if (name == NULL || value == NULL || r->pub.n_headers == r->headers_cap) {
+        free(name);
+        free(value);
+        return -1;
+    }
+    r->pub.headers[r->pub.n_headers++] = (struct sbx_http_header){name, value};
+    return 0;
+}
+
 static int
 push_header(struct conn *c)
 {
@@ -515,24 +539,11 @@ push_header(struct conn *c)
         return 0;
     if (r->pub.n_headers >= SBX_HTTP_MAX_HEADERS)
         return -1;
-    if (r->pub.n_headers == r->headers_cap) {
-        size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
-        struct sbx_http_header *h = realloc(r->pub.headers, cap * sizeof(*h));
-        if (h == NULL)
-            return -1;
-        r->pub.headers = h;
-        r->headers_cap = cap;
-    }
     for (size_t i = 0; i < c->field.len; i++)
         c->field.data[i] = (char)tolower((unsigned char)c->field.data[i]);
-    char *name = strndup(c->field.data, c->field.len);
-    char *value = strndup(c->value.len ? c->value.data : "", c->value.len);
-    if (name == NULL || value == NULL) {
-        free(name);
-        free(value);
+    if (add_req_header(r, strndup(c->field.data, c->field.len),
+                       strndup(c->value.len ? c->value.data : "", c->value.len)) < 0)
         return -1;
-    }
-    r->pub.headers[r->pub.n_headers++] = (struct sbx_http_header){name, value};
     c->field.len = c->value.len = 0;
     return 0;
 }
@@ -589,6 +600,7 @@ on_headers_complete(http_parser *p)
     if (r->pub.method == NULL || r->pub.path == NULL || (q && r->pub.query == NULL))
         return -1;
     r->pub.chunked = (p->flags & F_CHUNKED) != 0;
+    r->pub.upgrade = p->upgrade != 0;
     r->pub.content_length = (p->flags & F_CONTENTLENGTH) ? (int64_t)p->content_length : -1;
     r->no_body = !r->pub.chunked && r->pub.content_length <= 0;
     /* HTTP/1.0 clients' expectations are ignored (RFC 9110 §10.1.1). */
@@ -743,7 +755,7 @@ set_reading(struct conn *c, bool on)
 static void
 conn_parse(struct conn *c, const char *ext, size_t ext_len)
 {
-    if (c->in_parse || c->closing || c->draining)
+    if (c->in_parse || c->closing || c->draining || c->tunneled)
         return;
     c->in_parse = true;
     while (!c->closing && (ext_len > 0 || c->inbuf.len > 0)) {
@@ -1032,6 +1044,23 @@ sbx_http_req_header(const struct sbx_http_req *req, const char *lname)
     return NULL;
 }
 
+void
+sbx_http_req_set_header(struct sbx_http_req *pub, const char *lname, const char *value)
+{
+    for (size_t i = 0; i < pub->n_headers; i++) {
+        if (strcmp(pub->headers[i].name, lname) == 0) {
+            char *v = strdup(value);
+            if (v == NULL)
+                abort();
+            free(pub->headers[i].value);
+            pub->headers[i].value = v;
+            return;
+        }
+    }
+    if (add_req_header(to_req(pub), strdup(lname), strdup(value)) < 0)
+        abort(); /* out of memory: one policy, as xmalloc */
+}
+
 bool
 sbx_http_req_has_secret(const struct sbx_http_req *req, const char *lname, const char *secret)
 {
@@ -1256,6 +1285,8 @@ write_head(struct req *r, int status, const char *content_type, int64_t length)
     if (!r->body_complete && !r->no_body && r->body_mode != BODY_STREAM &&
         r->body_mode != BODY_BUFFER)
         c->keep_alive = false; /* an unread body stays on the wire */
+    if (r->pub.upgrade)
+        c->keep_alive = false; /* what follows it is another protocol's, unparsed */
     sbx_buf_printf(&h, "Connection: %s\r\n\r\n", c->keep_alive ? "keep-alive" : "close");
     conn_write(c, h.data, h.len);
     sbx_buf_fini(&h);
@@ -1328,6 +1359,60 @@ sbx_http_end(struct sbx_http_req *pub)
     r->on_drain = NULL;
     if (!r->conn->in_parse)
         conn_maybe_finish(r->conn);
+}
+
+static void
+on_tunnel_end(void *ud)
+{
+    struct conn *c = ud;
+    c->tunnel_done = true;
+    conn_close(c);
+}
+
+void
+sbx_http_tunnel(struct sbx_http_req *pub, int status, const struct sbx_tunnel_end *peer)
+{
+    struct req *r = to_req(pub);
+    struct conn *c = r->conn;
+    if (c->closing || r->resp != RESP_NONE || !r->pub.upgrade) {
+        peer->close(peer->ud);
+        return;
+    }
+    /* The head goes out through the tunnel, ahead of what peer sent: from now on only the
+     * tunnel writes to the client. */
+    struct sbx_buf head = {0};
+    const char *reason = http_status_str((enum http_status)status);
+    sbx_buf_printf(&head, "HTTP/1.1 %d %s\r\n", status, reason ? reason : "Unknown");
+    if (r->extra_headers.len)
+        sbx_buf_append(&head, r->extra_headers.data, r->extra_headers.len, SIZE_MAX / 2);
+    sbx_buf_printf(&head, "\r\n");
+    if (peer->n_pending)
+        sbx_buf_append(&head, peer->pending, peer->n_pending, SIZE_MAX / 2);
+    r->status = status;
+    r->resp = RESP_ENDED;
+    log_request(c, r);
+    c->req = NULL;
+    req_free(r);
+    c->tunneled = true;
+    c->keep_alive = false;
+    uv_timer_stop(&c->timer);
+    set_reading(c, false);
+    /* A client that vanishes without a FIN is noticed by keepalive probes. */
+    if (c->is_tcp)
+        uv_tcp_keepalive(&c->h.tcp, 1, SBX_TUNNEL_KEEPALIVE_S);
+    struct sbx_tunnel_end client = {
+        .stream = &c->h.stream,
+        .close = on_tunnel_end,
+        .ud = c,
+        .pending = head.data,
+        .n_pending = head.len,
+    };
+    struct sbx_tunnel_end to_peer = *peer;
+    to_peer.pending = c->inbuf.data; /* what the client sent after the request */
+    to_peer.n_pending = c->inbuf.len;
+    sbx_tunnel_start(c->srv->loop, &client, &to_peer);
+    sbx_buf_fini(&head);
+    c->inbuf.len = 0;
 }
 
 void
