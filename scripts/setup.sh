@@ -24,8 +24,10 @@ APT_PACKAGES=(
 )
 # Installed only when `node` is absent (these machines usually ship Node 20 with npm).
 APT_NODE_PACKAGES=(nodejs npm)
-# Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU).
-APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils)
+# Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU);
+# the network tests' and benchmarks' own hosts and services: a throughput meter, a resolver
+# for test domains, a SOCKS5 server, and curl.
+APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils iperf3 dnsmasq-base microsocks curl)
 
 # apt-get update again only when the package lists are older than this.
 APT_UPDATE_MAX_AGE_S=$((6 * 3600))

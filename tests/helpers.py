@@ -94,6 +94,14 @@ class TestHost:
 
     def __enter__(self):
         self.close()  # what an interrupted run may have left
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _setup(self):
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         self._ip("link", "add", self.dev, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
         self._ip("addr", "add", f"{self.gateway}/{self.prefix}", "dev", self.dev)
@@ -112,7 +120,6 @@ class TestHost:
             assert dev == self.dev, f"{a} routes via {dev}, not the test host: not sending there"
         if os.path.exists(self.log):
             os.unlink(self.log)
-        return self
 
     def serve(self, port, addr=None):
         p = subprocess.Popen(["ip", "netns", "exec", self.ns, "/usr/bin/python3", "-c",

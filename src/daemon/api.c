@@ -272,6 +272,27 @@ on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *u
     respond_json(req, 201, sandbox_json(l->rec));
 }
 
+/* What the daemon's own network configuration says of a sandbox's settings; answers the
+ * error itself. */
+static int
+check_network(struct sbx_http_req *req, json_t *stored)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    const struct sbx_daemon_config *c = &sbx_daemon->cfg;
+    if (!c->net_on && (json_object_get(stored, "allowOut") || json_object_get(stored, "denyOut") ||
+                       json_object_get(stored, "egressProxy"))) {
+        sbx_http_respond_error(req, 400,
+                               "network rules need the sandbox network, which is off on this "
+                               "server (sbx serve --network-cidr off)");
+        return -1;
+    }
+    if (sbx_netset_check_proxy(stored, c->net.blocked, c->net.n_blocked, &err) < 0) {
+        respond_err(req, err);
+        return -1;
+    }
+    return 0;
+}
+
 static void
 create(struct sbx_http_req *req, json_t *body, bool v2)
 {
@@ -281,12 +302,8 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
         respond_err(req, err);
         return;
     }
-    if (!sbx_daemon->cfg.net_on &&
-        (json_object_get(o.network, "allowOut") || json_object_get(o.network, "denyOut"))) {
+    if (check_network(req, o.network) < 0) {
         sbx_api_create_opts_fini(&o);
-        sbx_http_respond_error(req, 400,
-                               "network rules need the sandbox network, which is off on this "
-                               "server (sbx serve --network-cidr off)");
         return;
     }
     sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
@@ -421,15 +438,13 @@ update_network(struct sbx_http_req *req, const char *id, json_t *body)
     struct sbx_live *l = find_or_404(req, id);
     if (l == NULL)
         return;
-    if (!sbx_daemon->cfg.net_on) {
-        sbx_http_respond_error(req, 400,
-                               "network rules need the sandbox network, which is off on this "
-                               "server (sbx serve --network-cidr off)");
-        return;
-    }
     json_t *stored = NULL;
     if (sbx_netset_decode_update(body, l->rec->network_json, &stored, &err) < 0) {
         respond_err(req, err);
+        return;
+    }
+    if (check_network(req, stored) < 0) {
+        json_decref(stored);
         return;
     }
     struct network_update *u = calloc(1, sizeof(*u));

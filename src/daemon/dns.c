@@ -7,8 +7,8 @@
  *
  * The sender of a query is named by its address (spoofing is dropped at the host's edge), so
  * DNS follows the sandbox's rules: a sandbox whose egress is denied to everything gets
- * REFUSED for every name: DNS is a channel out too (a query for <secret>.attacker.example
- * carries data without any connection).
+ * REFUSED for every name but those its allowOut names: DNS is a channel out too (a query for
+ * <secret>.attacker.example carries data without any connection).
  *
  * Bounds: a query and an answer are at most one UDP datagram of DNS_MAX bytes; at most
  * DNS_PENDING queries wait for an answer (DNS_PER_SANDBOX per sandbox), each at most
@@ -160,7 +160,7 @@ on_query(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *fro
     size_t qend = parse_question(q, (size_t)n, name);
     if (l == NULL || l->dying || qend == 0 || (q[2] & 0x80))
         return; /* not a sandbox of ours, or not a query */
-    if (l->net->deny_all) {
+    if (l->net->deny_all && !sbx_netset_name_allowed(l->net, name)) {
         refuse(q, qend, client);
         return;
     }
@@ -277,26 +277,35 @@ bind_any(uv_udp_t *u, int family, uv_udp_recv_cb cb, struct sbx_error **err)
 }
 
 int
+sbx_gateway_socket(const struct sbx_daemon *d, int type)
+{
+    struct sockaddr_in gw = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(sbx_netplan_gateway(&d->cfg.net.plan))};
+    /* The gateway's address exists only while a sandbox's link holds it: bind it anyway. */
+    int fd = socket(AF_INET, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)&gw, sizeof(gw)) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int
 sbx_dns_start(struct sbx_daemon *d, struct sbx_error **err)
 {
     dns.d = d;
     if (!d->cfg.net_on)
         return 0;
     read_resolvers();
-    struct sockaddr_in gw = {.sin_family = AF_INET,
-                             .sin_addr.s_addr = htonl(sbx_netplan_gateway(&d->cfg.net.plan))};
-    /* The gateway's address exists only while a sandbox's link holds it: bind it anyway. */
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int one = 1;
-    int rc = fd < 0 || setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one)) < 0 ||
-                     bind(fd, (const struct sockaddr *)&gw, sizeof(gw)) < 0
-                 ? -errno
-                 : 0;
+    int fd = sbx_gateway_socket(d, SOCK_DGRAM);
+    int rc = fd < 0 ? fd : 0;
     uv_udp_init(d->loop, &dns.down);
     if (rc == 0)
         rc = uv_udp_open(&dns.down, fd);
-    else if (fd >= 0)
-        close(fd);
     struct sockaddr_storage bound;
     int len = sizeof(bound);
     if (rc == 0)

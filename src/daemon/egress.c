@@ -11,9 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/cleanup.h"
 #include "base/limits.h"
+#include "base/util.h"
 #include "daemon/internal.h"
 #include "json/json.h"
 
@@ -106,6 +108,60 @@ check_mask_host(const char *m, struct sbx_error **err)
     return 0;
 }
 
+/* "host:port", the host a name or an IPv4 address; *port gets the port. */
+static bool
+parse_host_port(const char *s, char *host, size_t cap, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    char *end = NULL;
+    long p = colon ? strtol(colon + 1, &end, 10) : 0;
+    if (colon == NULL || end == colon + 1 || *end != '\0' || p < 1 || p > 65535 ||
+        (size_t)(colon - s) >= cap)
+        return false;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    *port = (int)p;
+    return host[0] != '*' && valid_domain(host);
+}
+
+/* network.egressProxy: a SOCKS5 proxy {address: "host:port", username?, password?} (RFC 1928,
+ * 1929: credentials of at most 255 bytes). */
+static int
+decode_proxy(json_t *proxy, json_t *out, struct sbx_error **err)
+{
+    const char *address = NULL, *user = NULL, *pass = NULL;
+    char host[DOMAIN_MAX + 1];
+    int port;
+    if (!json_is_object(proxy) || sbx_json_opt_string(proxy, "address", &address, err) < 0 ||
+        sbx_json_opt_string(proxy, "username", &user, err) < 0 ||
+        sbx_json_opt_string(proxy, "password", &pass, err) < 0) {
+        sbx_error_free(*err);
+        *err = NULL;
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "Invalid egress proxy config: an object with a string address "
+                             "and optional string username and password is expected");
+    }
+    json_t *tls = json_object_get(proxy, "tls");
+    if (tls && !json_is_null(tls) && !json_is_false(json_object_get(tls, "enabled")))
+        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
+                             "network.egressProxy.tls is not supported by this server: it "
+                             "speaks SOCKS5 to the proxy in clear");
+    if (address == NULL || !parse_host_port(address, host, sizeof(host), &port))
+        return bad(err, "Invalid egress proxy config: address %s is not host:port",
+                   address ? address : "(none)");
+    if ((user && strlen(user) > 255) || (pass && strlen(pass) > 255))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "Invalid egress proxy config: username and password have at most "
+                             "255 bytes (RFC 1929)");
+    json_t *p = json_pack("{s:s}", "address", address);
+    if (user)
+        json_object_set_new(p, "username", json_string(user));
+    if (pass)
+        json_object_set_new(p, "password", json_string(pass));
+    json_object_set_new(out, "egressProxy", p);
+    return 0;
+}
+
 /* The egress part (allowOut, denyOut, rules, egressProxy) of src, checked, into out. */
 static int
 decode_egress(json_t *src, int allow_internet, json_t *out, struct sbx_error **err)
@@ -131,9 +187,10 @@ decode_egress(json_t *src, int allow_internet, json_t *out, struct sbx_error **e
                        json_string_value(e));
     }
     json_t *proxy = json_object_get(src, "egressProxy");
-    if (proxy && !json_is_null(proxy))
-        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
-                             "network.egressProxy is not supported by this server");
+    if (json_is_null(proxy))
+        proxy = NULL;
+    if (proxy && decode_proxy(proxy, out, err) < 0)
+        return -1;
     bool all_denied = false;
     json_array_foreach (deny, i, e) {
         const char *s = json_string_value(e);
@@ -164,10 +221,6 @@ decode_egress(json_t *src, int allow_internet, json_t *out, struct sbx_error **e
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                              "When specifying allowed domains in allow out, you must include "
                              "'ALL_TRAFFIC' in deny out to block all other traffic.");
-    if (has_domain)
-        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
-                             "host names in network.allowOut are not supported by this server "
-                             "yet; allow IP addresses or CIDRs");
     if (allow)
         json_object_set(out, "allowOut", allow);
     if (dns)
@@ -236,6 +289,21 @@ sbx_netset_decode_update(json_t *body, const char *old, json_t **stored, struct 
     return 0;
 }
 
+int
+sbx_netset_check_proxy(json_t *stored, const struct sbx_ip4_range *blocked, size_t n,
+                       struct sbx_error **err)
+{
+    const char *address =
+        json_string_value(json_object_get(json_object_get(stored, "egressProxy"), "address"));
+    char host[DOMAIN_MAX + 1];
+    int port;
+    uint32_t a;
+    if (address && parse_host_port(address, host, sizeof(host), &port) && sbx_ip4_parse(host, &a) &&
+        sbx_ip4_ranges_contain(blocked, n, a))
+        return bad(err, "Invalid egress proxy config: %s is an internal address", address);
+    return 0;
+}
+
 void
 sbx_netset_free(struct sbx_netset *n)
 {
@@ -244,19 +312,90 @@ sbx_netset_free(struct sbx_netset *n)
     free(n->allow);
     free(n->deny);
     free(n->mask_host);
+    for (size_t i = 0; i < n->n_domains; i++)
+        free(n->domains[i]);
+    free(n->domains);
+    free(n->proxy_host);
+    free(n->proxy_user);
+    sbx_secret_free(n->proxy_pass);
     free(n);
 }
 
-/* The ranges of the IPv4 entries of list (host names and IPv6 skipped), normalised. */
-static struct sbx_ip4_range *
-ranges(json_t *list, size_t *n)
+/* The host name patterns of allowOut, lowercased. */
+static void
+load_domains(struct sbx_netset *n, json_t *list)
 {
-    struct sbx_ip4_range *r = calloc(json_array_size(list) + 1, sizeof(*r));
+    n->domains = calloc(json_array_size(list) + 1, sizeof(*n->domains));
+    if (n->domains == NULL)
+        abort();
+    size_t i;
+    json_t *e;
+    json_array_foreach (list, i, e) {
+        const char *s = json_string_value(e);
+        struct sbx_ip4_range r;
+        if (s == NULL || sbx_ip4_parse_cidr(s, &r, NULL) || sbx_ip6_like(s))
+            continue;
+        char *d = strdup(s);
+        if (d == NULL)
+            abort();
+        for (char *c = d; *c; c++)
+            *c = (char)tolower((unsigned char)*c);
+        n->domains[n->n_domains++] = d;
+    }
+}
+
+static void
+load_proxy(struct sbx_netset *n, json_t *p)
+{
+    const char *address = json_string_value(json_object_get(p, "address"));
+    char host[DOMAIN_MAX + 1];
+    if (address == NULL || !parse_host_port(address, host, sizeof(host), &n->proxy_port))
+        return;
+    const char *user = json_string_value(json_object_get(p, "username"));
+    const char *pass = json_string_value(json_object_get(p, "password"));
+    n->proxy_host = strdup(host);
+    n->proxy_user = user ? strdup(user) : NULL;
+    n->proxy_pass = pass ? strdup(pass) : NULL;
+    if (n->proxy_host == NULL || (user && n->proxy_user == NULL) || (pass && !n->proxy_pass))
+        abort();
+}
+
+bool
+sbx_netset_name_allowed(const struct sbx_netset *n, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < n->n_domains; i++) {
+        const char *d = n->domains[i];
+        if (strcmp(d, "*") == 0 || strcasecmp(d, name) == 0)
+            return true;
+        /* "*.example.com": any name under example.com, not example.com itself. */
+        size_t dl = strlen(d);
+        if (d[0] == '*' && d[1] == '.' && len > dl - 1 &&
+            strcasecmp(name + len - (dl - 1), d + 1) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The ranges of the IPv4 entries of list (host names and IPv6 skipped), normalised, with
+ * those of extra when list has host names (dnsServers: E2B opens them for allowed domains). */
+static struct sbx_ip4_range *
+ranges(json_t *list, size_t *n, json_t *extra)
+{
+    struct sbx_ip4_range *r =
+        calloc(json_array_size(list) + json_array_size(extra) + 1, sizeof(*r));
     if (r == NULL)
         abort();
     size_t k = 0, i;
     json_t *e;
-    json_array_foreach (list, i, e)
+    bool names = false;
+    json_array_foreach (list, i, e) {
+        if (json_is_string(e) && parse_rule_cidr(json_string_value(e), &r[k]))
+            k++;
+        else
+            names = true;
+    }
+    json_array_foreach (names ? extra : NULL, i, e)
         if (json_is_string(e) && parse_rule_cidr(json_string_value(e), &r[k]))
             k++;
     *n = sbx_ip4_ranges_normalize(r, k);
@@ -282,8 +421,11 @@ sbx_netset_load(const char *stored)
         json_decref(o);
         return n;
     }
-    n->allow = ranges(json_object_get(o, "allowOut"), &n->n_allow);
-    n->deny = ranges(json_object_get(o, "denyOut"), &n->n_deny);
+    n->allow =
+        ranges(json_object_get(o, "allowOut"), &n->n_allow, json_object_get(o, "dnsServers"));
+    n->deny = ranges(json_object_get(o, "denyOut"), &n->n_deny, NULL);
+    load_domains(n, json_object_get(o, "allowOut"));
+    load_proxy(n, json_object_get(o, "egressProxy"));
     n->deny_all = n->n_deny == 1 && n->deny[0].first == 0 && n->deny[0].last == UINT32_MAX;
     n->public_traffic = !json_is_false(json_object_get(o, "allowPublicTraffic"));
     const char *mask = json_string_value(json_object_get(o, "maskRequestHost"));
@@ -295,15 +437,23 @@ sbx_netset_load(const char *stored)
 bool
 sbx_netset_is_default(const struct sbx_netset *n)
 {
-    return n == NULL || (n->n_allow == 0 && n->n_deny == 0);
+    return n == NULL ||
+           (n->n_allow == 0 && n->n_deny == 0 && n->n_domains == 0 && n->proxy_host == NULL);
 }
 
 void
 sbx_netset_to_msg(const struct sbx_netset *n, struct sbx_spawner_msg *m)
 {
     m->n_net_allow = m->n_net_deny = 0;
+    m->net_flags = 0;
     if (n == NULL)
         return;
+    /* Host name rules are enforced on the web ports' SNI and Host; a proxied sandbox's every
+     * TCP connection goes through the egress proxy. */
+    if (n->n_domains > 0)
+        m->net_flags |= SBX_NET_PROXY_WEB;
+    if (n->proxy_host)
+        m->net_flags |= SBX_NET_PROXY_ALL;
     memcpy(m->net_allow, n->allow, n->n_allow * sizeof(*n->allow));
     memcpy(m->net_deny, n->deny, n->n_deny * sizeof(*n->deny));
     m->n_net_allow = (uint32_t)n->n_allow;

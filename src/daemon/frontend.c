@@ -50,14 +50,16 @@ on_network_synced(const struct sbx_spawner_msg *reply, struct sbx_error *err, vo
     free(ud);
 }
 
-/* Tells a (new) spawner where the DNS forwarder listens, and every sandbox's egress rules
+/* Tells a (new) spawner where the DNS forwarder and the egress proxy listen, and every
+ * sandbox's egress rules
  * again: a spawner that had to rebuild the nftables table has lost them. */
 static void
 sync_network(void)
 {
     if (!sbx_daemon->cfg.net_on)
         return;
-    struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .dns_port = sbx_dns_port()};
+    struct sbx_spawner_msg ports = {
+        .op = SBX_SPAWNER_NET_PORTS, .dns_port = sbx_dns_port(), .proxy_port = sbx_outbound_port()};
     sbx_spawner_call(&ports, -1, on_network_synced, NULL);
     for (struct sbx_live *l = sbx_daemon->live; l; l = l->next) {
         if (l->dying || sbx_netset_is_default(l->net))
@@ -104,7 +106,7 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     uv_poll_init(d->loop, &d->control, control);
     uv_poll_start(&d->control, UV_READABLE, on_control);
     uv_timer_init(d->loop, &d->expiry);
-    if (sbx_dns_start(d, err) < 0)
+    if (sbx_dns_start(d, err) < 0 || sbx_outbound_start(d, err) < 0)
         return -1;
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");

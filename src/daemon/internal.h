@@ -191,6 +191,11 @@ struct sbx_netset {
     bool deny_all;       /* denyOut covers every address: only allowed names resolve */
     bool public_traffic; /* allowPublicTraffic: false means user ports need the traffic token */
     char *mask_host;     /* maskRequestHost, NULL if none */
+    char **domains;      /* allowOut's host name patterns, lowercase */
+    size_t n_domains;
+    char *proxy_host; /* egressProxy (SOCKS5), NULL if none */
+    int proxy_port;
+    char *proxy_user, *proxy_pass;
 };
 /* Decodes a create's "network" (NULL if absent) and allow_internet_access (-1 absent, 0, 1)
  * into the stored form (*stored, a new object); errors are the spec's 400s, or 501 for what
@@ -200,17 +205,29 @@ int sbx_netset_decode(json_t *network, int allow_internet, json_t **stored, stru
  * none), keeps its ingress options. */
 int sbx_netset_decode_update(json_t *body, const char *old, json_t **stored,
                              struct sbx_error **err);
+/* An egress proxy at an IP address must not be one sandboxes may not reach themselves (a
+ * name is checked when it is resolved, at each connection). */
+int sbx_netset_check_proxy(json_t *stored, const struct sbx_ip4_range *blocked, size_t n,
+                           struct sbx_error **err);
 /* From the stored form (NULL: the defaults); never NULL. */
 struct sbx_netset *sbx_netset_load(const char *stored);
 void sbx_netset_free(struct sbx_netset *n);
 /* Whether it has no egress rule (nothing for the spawner to apply). */
 bool sbx_netset_is_default(const struct sbx_netset *n);
 void sbx_netset_to_msg(const struct sbx_netset *n, struct sbx_spawner_msg *m);
+/* Whether name matches an allowOut host name pattern ("a.com", "*.a.com", "*"). */
+bool sbx_netset_name_allowed(const struct sbx_netset *n, const char *name);
 
 /* dns.c: the sandboxes' DNS forwarder, on the gateway, to the host's resolvers. */
+/* A socket of type bound to the gateway's address (port 0: any), or -errno. */
+int sbx_gateway_socket(const struct sbx_daemon *d, int type);
 int sbx_dns_start(struct sbx_daemon *d, struct sbx_error **err);
 /* Its port, for the spawner's redirection (0 when the network is off). */
 uint16_t sbx_dns_port(void);
+
+/* outbound.c: the sandboxes' egress proxy (host name rules, SOCKS5), on the gateway. */
+int sbx_outbound_start(struct sbx_daemon *d, struct sbx_error **err);
+uint16_t sbx_outbound_port(void);
 
 /* router.c: entry point of every request. */
 void sbx_router_on_request(struct sbx_http_req *req, void *ud);

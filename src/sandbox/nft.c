@@ -109,7 +109,11 @@ put_table(struct sbx_buf *b, const struct sbx_net_config *c)
     ip(sbx_netplan_gateway(&c->plan), gw);
     ip(c->plan.base, base);
     sbx_buf_printf(b, "add table inet %s\n", t);
-    sbx_buf_printf(b, "add set inet %s blocked { type ipv4_addr; flags interval; }\n", t);
+    sbx_buf_printf(b,
+                   "add set inet %s blocked { type ipv4_addr; flags interval; }\n"
+                   "add set inet %s proxy_web { type ipv4_addr; }\n"
+                   "add set inet %s proxy_all { type ipv4_addr; }\n",
+                   t, t, t);
     static const char *const hooks[][2] = {
         {"prerouting", "type filter hook prerouting priority raw"},
         {"nat_prerouting", "type nat hook prerouting priority dstnat"},
@@ -215,7 +219,8 @@ sbx_nft_init(const struct sbx_net_config *c, struct sbx_error **err)
 }
 
 int
-sbx_net_set_ports(const struct sbx_net_config *c, uint16_t dns_port, struct sbx_error **err)
+sbx_net_set_ports(const struct sbx_net_config *c, uint16_t dns_port, uint16_t proxy_port,
+                  struct sbx_error **err)
 {
     const char *t = c->tag;
     char gw[SBX_IP4_STR_MAX];
@@ -227,7 +232,16 @@ sbx_net_set_ports(const struct sbx_net_config *c, uint16_t dns_port, struct sbx_
         "add rule inet %s nat_prerouting iifname \"%s-*\" ip daddr %s meta l4proto { udp, tcp } "
         "th dport 53 dnat ip to %s:%u\n",
         t, t, gw, gw, dns_port);
-    int rc = run(&b, "point DNS at the forwarder", err);
+    /* Proxied TCP goes to the front end, which decides on the name the connection's first
+     * bytes give (SNI, Host) and dials out itself (or through the client's proxy). */
+    if (proxy_port)
+        sbx_buf_printf(&b,
+                       "add rule inet %s nat_prerouting iifname \"%s-*\" ip saddr @proxy_all "
+                       "meta l4proto tcp dnat ip to %s:%u\n"
+                       "add rule inet %s nat_prerouting iifname \"%s-*\" ip saddr @proxy_web "
+                       "tcp dport { 80, 443 } dnat ip to %s:%u\n",
+                       t, t, gw, proxy_port, t, t, gw, proxy_port);
+    int rc = run(&b, "point DNS and proxied TCP at the front end", err);
     sbx_buf_fini(&b);
     return rc;
 }
@@ -268,17 +282,16 @@ put_deletes(struct sbx_buf *out, const struct sbx_net_config *c, json_t *set,
     size_t i;
     json_t *e;
     json_array_foreach (json_object_get(set, "elem"), i, e) {
+        /* "sandbox . destination" in the rule sets, the sandbox alone in the proxy sets. */
         json_t *cc = json_object_get(e, "concat");
-        if (cc == NULL) /* an element with options (timeout, comment) nests it */
-            cc = json_object_get(json_object_get(json_object_get(e, "elem"), "val"), "concat");
-        const char *sandbox = json_string_value(json_array_get(cc, 0));
+        const char *sandbox = cc ? json_string_value(json_array_get(cc, 0)) : json_string_value(e);
         uint32_t a;
-        if (json_array_size(cc) != 2 || sandbox == NULL || !sbx_ip4_parse(sandbox, &a) ||
+        if ((cc && json_array_size(cc) != 2) || sandbox == NULL || !sbx_ip4_parse(sandbox, &a) ||
             keep(c, a, ud))
             continue;
         size_t mark = elems.len;
-        sbx_buf_printf(&elems, "%s%s . ", mark ? ", " : "", sandbox);
-        if (!put_json_dest(&elems, json_array_get(cc, 1)))
+        sbx_buf_printf(&elems, "%s%s", mark ? ", " : "", sandbox);
+        if (cc && (sbx_buf_printf(&elems, " . "), !put_json_dest(&elems, json_array_get(cc, 1))))
             elems.len = mark; /* not one of ours: we add only ranges */
     }
     if (elems.len > 0) {
@@ -341,7 +354,21 @@ sbx_net_policy_set(const struct sbx_net_config *c, int slot, const struct sbx_ne
         snprintf(set, sizeof(set), "deny_%d", k);
         put_adds(&b, c->tag, set, addr, p->deny, p->n_deny);
     }
-    if (rc == 0 && b.len > 0)
+    /* The proxy sets are plain: adding then deleting removes an element whether it was there
+     * or not, in the same transaction as the rest. */
+    char a[SBX_IP4_STR_MAX];
+    ip(addr, a);
+    static const struct {
+        const char *set;
+        unsigned flag;
+    } proxy_sets[] = {{"proxy_web", SBX_NET_PROXY_WEB}, {"proxy_all", SBX_NET_PROXY_ALL}};
+    for (size_t i = 0; rc == 0 && i < 2; i++) {
+        sbx_buf_printf(&b, "add element inet %s %s { %s }\ndelete element inet %s %s { %s }\n",
+                       c->tag, proxy_sets[i].set, a, c->tag, proxy_sets[i].set, a);
+        if (p && (p->flags & proxy_sets[i].flag))
+            sbx_buf_printf(&b, "add element inet %s %s { %s }\n", c->tag, proxy_sets[i].set, a);
+    }
+    if (rc == 0)
         rc = run(&b, "set the egress rules", err);
     sbx_buf_fini(&b);
     return rc;
@@ -376,7 +403,8 @@ sbx_nft_reconcile(const struct sbx_net_config *c, bool (*running)(int slot, void
     json_array_foreach (json_object_get(doc, "nftables"), i, item) {
         json_t *set = json_object_get(item, "set");
         const char *name = json_string_value(json_object_get(set, "name"));
-        if (name && (strncmp(name, "allow_", 6) == 0 || strncmp(name, "deny_", 5) == 0))
+        if (name && (strncmp(name, "allow_", 6) == 0 || strncmp(name, "deny_", 5) == 0 ||
+                     strncmp(name, "proxy_", 6) == 0))
             put_deletes(&b, c, set, keep_running, &k);
     }
     json_decref(doc);

@@ -47,7 +47,10 @@ struct sbx_net_config {
 struct sbx_net_policy {
     const struct sbx_ip4_range *allow, *deny;
     size_t n_allow, n_deny;
+    unsigned flags; /* SBX_NET_PROXY_*: which TCP goes to the front end's egress proxy */
 };
+#define SBX_NET_PROXY_WEB 1u /* ports 80 and 443 (host name rules: SNI, Host) */
+#define SBX_NET_PROXY_ALL 2u /* every TCP port (an egress proxy of the client's) */
 
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
@@ -187,8 +190,10 @@ int sbx_net_host_init(const struct sbx_net_config *c, char *desc, size_t n, stru
 /* Removes the interfaces and rules of every slot that running() says is not running. */
 int sbx_net_reconcile(const struct sbx_net_config *c, bool (*running)(int slot, void *ud), void *ud,
                       char *desc, size_t n, struct sbx_error **err);
-/* Points sandboxes' DNS (port 53 of the gateway) at the front end's forwarder. */
-int sbx_net_set_ports(const struct sbx_net_config *c, uint16_t dns_port, struct sbx_error **err);
+/* Points sandboxes' DNS (port 53 of the gateway) at the front end's forwarder, and their
+ * proxied TCP (SBX_NET_PROXY_*) at its egress proxy (0: none). */
+int sbx_net_set_ports(const struct sbx_net_config *c, uint16_t dns_port, uint16_t proxy_port,
+                      struct sbx_error **err);
 /* Replaces the egress rules of a slot, atomically (NULL: none, the default). */
 int sbx_net_policy_set(const struct sbx_net_config *c, int slot, const struct sbx_net_policy *p,
                        struct sbx_error **err);

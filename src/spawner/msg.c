@@ -74,6 +74,8 @@ static const struct field fields[] = {
     RANGES_F(20, net_allow, IN_SPAWN | IN_POLICY),
     RANGES_F(21, net_deny, IN_SPAWN | IN_POLICY),
     U64_F(22, dns_port, 1, 65535, IN_PORTS, IN_PORTS),
+    U64_F(23, net_flags, 0, SBX_NET_PROXY_WEB | SBX_NET_PROXY_ALL, IN_SPAWN | IN_POLICY, 0),
+    U64_F(24, proxy_port, 0, 65535, IN_PORTS, 0),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 

@@ -34,7 +34,8 @@ enum sbx_spawner_op {
     /* The network. SPAWN also takes the egress rules, applied before the sandbox starts. */
     SBX_SPAWNER_NET_POLICY = 10, /* id, allowed and denied ranges (none: none). Reply: none,
                                   * once the sandbox's rules are exactly these */
-    SBX_SPAWNER_NET_PORTS = 11,  /* dns_port: the front end's DNS forwarder on the gateway */
+    SBX_SPAWNER_NET_PORTS = 11,  /* dns_port, proxy_port: the front end's DNS forwarder and
+                                  * egress proxy on the gateway */
     SBX_SPAWNER_REPLY = 64,      /* spawner -> front end: code (0 = ok), errno, message */
 };
 
@@ -56,7 +57,8 @@ struct sbx_spawner_msg {
     /* network: egress rules (normalised lists, see base/ip4.h), the forwarder's port */
     struct sbx_ip4_range net_allow[SBX_NET_MAX_RULES], net_deny[SBX_NET_MAX_RULES];
     uint32_t n_net_allow, n_net_deny;
-    uint64_t dns_port;
+    uint64_t net_flags; /* SBX_NET_PROXY_* */
+    uint64_t dns_port, proxy_port;
 };
 
 /* Encodes m into buf; returns the length, or -1 if it does not fit (cannot happen for a

@@ -47,6 +47,7 @@ sbx_spawner_net_policy(const struct sbx_net_config *net, int slot, const struct 
         .n_allow = m->n_net_allow,
         .deny = m->net_deny,
         .n_deny = m->n_net_deny,
+        .flags = (unsigned)m->net_flags,
     };
     return sbx_net_policy_set(net, slot, &p, err);
 }
@@ -57,5 +58,5 @@ sbx_spawner_net_ports(const struct sbx_net_config *net, const struct sbx_spawner
 {
     if (need_network(net, err) < 0)
         return -1;
-    return sbx_net_set_ports(net, (uint16_t)m->dns_port, err);
+    return sbx_net_set_ports(net, (uint16_t)m->dns_port, (uint16_t)m->proxy_port, err);
 }

@@ -282,7 +282,7 @@ def test_module_tools_fail(sbx):
 
 
 def test_only_loopback_and_the_sandbox_link(sbx):
-    """Loopback and the sandbox's own link to the host (tests/security/test_network.py)."""
+    """Loopback and the sandbox's own link to the host (tests/security/test_net_probes.py)."""
     r = run(sbx, "tail -n +3 /proc/net/dev | cut -d: -f1")
     assert sorted(x.strip() for x in r.stdout.split()) == ["eth0", "lo"], r.stdout
 

@@ -276,8 +276,8 @@ def create_raw(d, network, **extra):
      "access via 'secure' flag."),
     ({"rules": {"pypi.org": [{"transform": {"headers": {"X": "y"}}}]}}, {}, 400,
      "network.rules (header transforms) are not supported"),
-    ({"egressProxy": {"address": "127.0.0.1:1080"}}, {}, 501,
-     "network.egressProxy is not supported"),
+    ({"egressProxy": {"address": "198.51.100.9:1080", "tls": {"enabled": True}}}, {}, 501,
+     "network.egressProxy.tls is not supported"),
     ({"httpsPorts": [3000]}, {}, 501, "network.httpsPorts is not supported"),
     ({"dnsServers": ["1.1.1.1"] * 11}, {}, 400, "invalid DNS server"),
 ])
@@ -299,3 +299,95 @@ def test_bad_update_leaves_the_rules_as_they_were(sandbox_factory, sbx_daemon, h
     assert Sandbox.get_info(s.sandbox_id).network["deny_out"] == [B]
     status, _, out = sbx_daemon.request("PUT", "/sandboxes/nosuchsandbox/network", {})
     assert status == 404 and json.loads(out)["code"] == 404
+
+
+# -- host name rules (spec §2.1): on the connection's SNI or Host, through the egress proxy ---
+
+WEB = ("netW", "198.51.100.194", "198.51.100.193", 26)
+
+
+@pytest.fixture(scope="module")
+def web_host():
+    """A test host answering on ports 80 and 443 (plain TCP: it records who came)."""
+    with TestHost(*WEB) as h:
+        h.serve(80)
+        h.serve(443)
+        yield h
+
+
+def test_host_name_rules(sandbox_factory, web_host):
+    s = sandbox_factory(network={"deny_out": ["0.0.0.0/0"],
+                                 "allow_out": ["pypi.org", "*.pythonhosted.org"]})
+    # Allowed names resolve and connect (pip fetches from both hosts).
+    r = run(s, "python3 -m pip download --no-deps -q -d /tmp/dl six==1.16.0 && ls /tmp/dl",
+            timeout=120)
+    assert r.exit_code == 0 and "six-1.16.0" in r.stdout, r.stderr
+    # Other names do not resolve, and an address reached without an allowed name is denied.
+    assert run(s, "getent hosts example.com").exit_code != 0
+    code, out = curl(s, f"-H 'Host: example.com' http://{web_host.addr}/")
+    assert code != 0, out
+    assert web_host.seen() == []
+
+
+def test_host_name_rules_fall_back_to_addresses(sandbox_factory, web_host):
+    """A connection whose name is not allowed is decided on its address (allowOut CIDRs)."""
+    s = sandbox_factory(network={"deny_out": ["0.0.0.0/0"],
+                                 "allow_out": ["pypi.org", f"{web_host.addr}/32"]})
+    code, out = curl(s, f"-H 'Host: unknown.example' http://{web_host.addr}/")
+    assert code == 0 and "test host" in out, out
+    assert any(line.startswith("tcp ") for line in web_host.seen())
+
+
+# -- network.egressProxy (spec §2.3): allowed TCP tunnels through the client's SOCKS5 proxy ---
+
+SOCKS = ("netS", "198.51.100.130", "198.51.100.129", 26)
+
+
+@pytest.fixture(scope="module")
+def socks_host():
+    """A SOCKS5 server (microsocks) of the test's own: port 1080 open, 1081 with a password."""
+    with TestHost(*SOCKS) as h:
+        for args in (["-p", "1080"], ["-p", "1081", "-u", "proxyuser", "-P", "proxypass"]):
+            h.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", h.ns, "microsocks", "-i", h.addr, *args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.3)
+        yield h
+
+
+def test_egress_proxy_tunnels_allowed_tcp(sandbox_factory, host_a, socks_host):
+    """The test host sees the proxy's address, not the sandbox network's: the connection went
+    through SOCKS5. Rules apply first, and a proxy that does not answer means no connection
+    (no direct fallback)."""
+    url = f"http://{host_a.addr}:8080/"
+    s = sandbox_factory(network={"egress_proxy": {"address": f"{socks_host.addr}:1080"}})
+    before = len(host_a.seen())
+    code, out = curl(s, url)
+    assert code == 0 and "test host" in out, out
+    assert host_a.seen()[before:] == [f"tcp {socks_host.addr}"]
+    info = Sandbox.get_info(s.sandbox_id)
+    assert info.network["egress_proxy"]["address"] == f"{socks_host.addr}:1080"
+
+    s.update_network({"egress_proxy": {"address": f"{socks_host.addr}:1081",
+                                       "username": "proxyuser", "password": "proxypass"}})
+    code, out = curl(s, url)
+    assert code == 0, out
+    assert "password" not in Sandbox.get_info(s.sandbox_id).network["egress_proxy"]
+    seen = len(host_a.seen())
+    for bad in ({"egress_proxy": {"address": f"{socks_host.addr}:1081", "username": "proxyuser",
+                                  "password": "wrong"}},
+                {"egress_proxy": {"address": f"{socks_host.addr}:1099"}},  # nobody answers
+                {"egress_proxy": {"address": f"{socks_host.addr}:1080"},
+                 "deny_out": [f"{host_a.addr}/32"]}):
+        s.update_network(bad)
+        code, out = curl(s, url)
+        assert code != 0, (bad, out)
+    assert len(host_a.seen()) == seen
+
+
+def test_egress_proxy_at_an_internal_address_is_refused(sbx_daemon):
+    status, body = create_raw(sbx_daemon, {"egressProxy": {"address": "10.1.2.3:1080"}})
+    assert (status, body["message"]) == (
+        400, "Invalid egress proxy config: 10.1.2.3:1080 is an internal address")
+    status, body = create_raw(sbx_daemon, {"egressProxy": {"address": "nope"}})
+    assert status == 400 and body["message"].startswith("Invalid egress proxy config")

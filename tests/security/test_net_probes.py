@@ -206,3 +206,37 @@ def test_dns_is_no_way_out_for_a_denied_sandbox(sbx_daemon):
             assert run(s, f"python3 /tmp/q.py {name} {gateway}").stdout.strip() == "5"
     finally:
         s.kill()
+
+
+def test_host_name_rules_cannot_be_bypassed(sbx_daemon):
+    """allowOut names pypi.org only. A borrowed name (SNI or Host pypi.org) sent to another
+    address reaches pypi.org itself, never that address: the proxy resolves the name on the
+    host; other names, no name, raw sockets, IPv6 and DNS for other names lead nowhere."""
+    gateway = sbx_daemon.network()["gateway"]
+    with TestHost("byp", "198.51.100.130", "198.51.100.129", prefix=26) as h:
+        h.serve(80)
+        h.serve(443)
+        s = Sandbox.create(timeout=120, network={"deny_out": ["0.0.0.0/0"],
+                                                 "allow_out": ["pypi.org"]})
+        try:
+            # /etc/hosts-style redirection: the TLS session still goes to pypi.org.
+            r = run(s, "curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "
+                       "--resolve pypi.org:443:198.51.100.130 https://pypi.org/simple/six/")
+            assert r.stdout == "200", r.stderr
+            r = run(s, "curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "
+                       "-H 'Host: pypi.org' http://198.51.100.130/simple/six/")
+            assert r.exit_code == 0, r.stderr
+            # No name, another name, another port, a raw packet, IPv6: nothing gets there.
+            for cmd in ("curl -sk --max-time 5 https://198.51.100.130/",
+                        "curl -s --max-time 5 -H 'Host: evil.example' http://198.51.100.130/",
+                        "curl -s --max-time 5 http://198.51.100.130:8080/"):
+                assert run(s, cmd).exit_code != 0, cmd
+            s.files.write("/tmp/spoof.py", SPOOF)
+            run(s, f"python3 /tmp/spoof.py 198.51.100.130 {own_address(s)} raw", user="root")
+            assert tcp_probe(s, "2001:db8::1", 443) == "ENETUNREACH"
+            s.files.write("/tmp/q.py", DNS_QUERY)
+            assert run(s, f"python3 /tmp/q.py exfil.example {gateway}").stdout.strip() == "5"
+            assert run(s, f"python3 /tmp/q.py pypi.org {gateway}").stdout.strip() == "0"
+            assert h.seen() == []
+        finally:
+            s.kill()
