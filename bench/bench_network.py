@@ -77,9 +77,13 @@ def bench_iperf(d):
     print(f"{'sandbox -> namespace':<44} {got:6.2f} Gbit/s  ratio={got / base:.2f}x")
 
 
-def serve_files(prefix):
-    return (f"{prefix} sh -c 'cd /tmp/bench-www && exec python3 -m http.server 8000 "
-            f"--bind 127.0.0.1 >/dev/null 2>&1'")
+def www(root):
+    """A 256 MiB and a tiny file under root, and the command serving them on 127.0.0.1:8000
+    (the same server program on the host and in the sandbox)."""
+    make = (f"mkdir -p {root} && head -c 268435456 /dev/zero > {root}/big && "
+            f"echo ok > {root}/small")
+    serve = f"sh -c 'cd {root} && exec python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1'"
+    return make, serve
 
 
 def download_mibps(host, port, hosthdr, path="/big"):
@@ -111,13 +115,14 @@ def small_rtts(host, port, hosthdr, n):
 
 def bench_gethost(d):
     print("# getHost: the daemon to a sandbox's port, against the same server on the host")
-    mk = ("mkdir -p /tmp/bench-www && head -c 268435456 /dev/zero > /tmp/bench-www/big && "
-          "echo ok > /tmp/bench-www/small")
-    sh(mk)
-    direct = subprocess.Popen(serve_files(""), shell=True, start_new_session=True)
+    make, serve = www("/var/tmp/sbx-bench-www")
+    sh(make)
+    direct = subprocess.Popen(serve, shell=True, start_new_session=True)
     s = Sandbox.create(timeout=300)
-    s.commands.run(mk, timeout=60)
-    s.commands.run(serve_files(""), background=True, timeout=0)
+    # On the sandbox's disk: its /tmp is memory, a fraction of its limit.
+    make_in, serve_in = www("/home/user/www")
+    s.commands.run(make_in, timeout=120)
+    s.commands.run(serve_in, background=True, timeout=0)
     time.sleep(1.5)
     host = s.get_host(8000)
     try:
@@ -134,7 +139,7 @@ def bench_gethost(d):
     finally:
         os.killpg(direct.pid, signal.SIGTERM)
         s.kill()
-        sh("rm -rf /tmp/bench-www")
+        sh("rm -rf /var/tmp/sbx-bench-www")
 
 
 def table_of(addr):

@@ -36,6 +36,8 @@ APT_STAMP=/var/lib/apt/periodic/sbx-setup-update-stamp
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$REPO/.venv"
 PY_REQUIREMENTS="$REPO/tests/integration/py/requirements.txt"
+VENV_SDK1="$REPO/.venv-sdk1"
+PY_REQUIREMENTS_SDK1="$REPO/tests/integration/py/requirements-sdk1.txt"
 JS_DIR="$REPO/tests/integration/js"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -113,6 +115,24 @@ setup_venv() {
     fi
     log "pip install -r ${PY_REQUIREMENTS#"$REPO"/}"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_REQUIREMENTS"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+# The 1.x SDKs in a venv of their own (they cannot share one with the 2.x ones).
+setup_venv_sdk1() {
+    local stamp="$VENV_SDK1/.sbx-requirements.sha256" want
+    if [[ ! -x $VENV_SDK1/bin/python ]] || ! "$VENV_SDK1/bin/python" -c 'import sys' 2>/dev/null; then
+        log "creating $VENV_SDK1"
+        rm -rf "$VENV_SDK1"
+        /usr/bin/python3 -m venv "$VENV_SDK1"
+    fi
+    want=$(file_hash "$PY_REQUIREMENTS_SDK1")
+    if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
+        log "Python 1.x SDK venv up to date"
+        return
+    fi
+    log "pip install -r ${PY_REQUIREMENTS_SDK1#"$REPO"/}"
+    "$VENV_SDK1/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_REQUIREMENTS_SDK1"
     printf '%s\n' "$want" >"$stamp"
 }
 
@@ -268,6 +288,7 @@ main() {
         install_apt_packages test
         install_kernels
         setup_venv
+        setup_venv_sdk1
         setup_js
         ;;
     *) usage ;;

@@ -217,13 +217,14 @@ class Daemon:
 @contextlib.contextmanager
 def own_daemon(like, log_dir, extra_args="", env=None):
     """A daemon of a test's own: the binary of `like` with a fresh state dir, started with
-    extra `sbx serve` arguments and environment variables; at the end its sandboxes are
-    killed, it must exit 0 on SIGTERM, and its state dir goes."""
+    extra `sbx serve` arguments ({port} stands for its port) and environment variables; at
+    the end its sandboxes are killed, it must exit 0 on SIGTERM, and its state dir goes."""
     state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
     os.chmod(state_dir, 0o711)
     d = Daemon(like.binary, state_dir, Path(log_dir) / "daemon.log")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBX_SERVE_ARGS", os.environ.get("SBX_SERVE_ARGS", "") + " " + extra_args)
+        mp.setenv("SBX_SERVE_ARGS",
+                  os.environ.get("SBX_SERVE_ARGS", "") + " " + extra_args.format(port=d.port))
         for k, v in (env or {}).items():
             mp.setenv(k, v)
         d.start()

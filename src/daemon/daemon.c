@@ -29,6 +29,7 @@
 #include "base/util.h"
 #include "daemon/daemon.h"
 #include "daemon/internal.h"
+#include "http/tls.h"
 #include "spawner/spawner.h"
 
 static void
@@ -59,6 +60,9 @@ usage(FILE *f)
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
             "  --domain D           sandbox ports are reached as <port>-<id>.D, which must\n"
             "                       resolve to this server (localhost:<port>; SBX_DOMAIN)\n"
+            "  --tls-cert FILE      serve TLS too (https and http on the one port) with this\n"
+            "  --tls-key FILE       PEM certificate (chain) and key, e.g. for *.D and D\n"
+            "                       (SBX_TLS_CERT, SBX_TLS_KEY)\n"
             "  --network-cidr CIDR  the sandboxes' private network, at least a /%d, or off for\n"
             "                       loopback only (10.<200 + uid block>.0.0/16; SBX_NETWORK_CIDR)\n"
             "  --allow-private CIDR a private range sandboxes may reach after all; repeatable,\n"
@@ -208,6 +212,14 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
     }
     case 'A':
         return parse_opened(v, c);
+    case 'T':
+        free(c->tls_cert);
+        c->tls_cert = strdup(v);
+        return 0;
+    case 'K':
+        free(c->tls_key);
+        c->tls_key = strdup(v);
+        return 0;
     case 'D':
         /* A host name, with a port if not the default one: it ends up in Host headers. */
         for (const char *p = v; *p; p++)
@@ -241,6 +253,8 @@ static const struct option long_opts[] = {
     {"network-cidr", required_argument, NULL, 'N'},
     {"allow-private", required_argument, NULL, 'A'},
     {"domain", required_argument, NULL, 'D'},
+    {"tls-cert", required_argument, NULL, 'T'},
+    {"tls-key", required_argument, NULL, 'K'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -258,6 +272,7 @@ static const struct {
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
     {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_NETWORK_CIDR", 'N'},
     {"SBX_ALLOW_PRIVATE", 'A'},  {"SBX_DOMAIN", 'D'},
+    {"SBX_TLS_CERT", 'T'},       {"SBX_TLS_KEY", 'K'},
 };
 
 static int
@@ -808,6 +823,43 @@ supervise(void)
     }
 }
 
+/* The certificate and key, read here as root so that the front end never opens them, and
+ * checked at once. */
+static int
+read_tls(struct sbx_daemon_config *cfg, struct sbx_error **err)
+{
+    if (!cfg->tls_cert && !cfg->tls_key)
+        return 0;
+    if (!cfg->tls_cert || !cfg->tls_key)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "--tls-cert and --tls-key go together");
+    const char *files[2] = {cfg->tls_cert, cfg->tls_key};
+    char *pem[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(files[i], "re");
+        size_t n = 0;
+        if (f == NULL || getdelim(&pem[i], &n, '\0', f) < 0) {
+            int e = errno;
+            if (f)
+                fclose(f);
+            free(pem[0]);
+            return sbx_error_sys(err, e ? e : EINVAL, "read %s", files[i]);
+        }
+        fclose(f);
+    }
+    char *key_copy = strdup(pem[1]);
+    struct sbx_tls *t = sbx_tls_new(pem[0], key_copy, err);
+    sbx_secret_free(key_copy);
+    if (t == NULL) {
+        free(pem[0]);
+        sbx_secret_free(pem[1]);
+        return sbx_error_prefix(err, "--tls-cert %s, --tls-key %s", cfg->tls_cert, cfg->tls_key);
+    }
+    sbx_tls_free(t);
+    cfg->tls_cert_pem = pem[0];
+    cfg->tls_key_pem = pem[1];
+    return 0;
+}
+
 /* Everything that needs root before the workers start. */
 static int
 prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
@@ -834,7 +886,7 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
             getrlimit(RLIMIT_NOFILE, &nofile);
     }
     set_max_conns(cfg, nofile.rlim_cur);
-    if (ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
+    if (read_tls(cfg, err) < 0 || ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
         return -1;
     _cleanup_free_ char *sandboxes = NULL, *db = NULL;
     if (asprintf(&sandboxes, "%s/sandboxes", cfg->state_dir) < 0)

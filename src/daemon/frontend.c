@@ -12,7 +12,9 @@
 #include "base/fdpass.h"
 #include "base/limits.h"
 #include "base/log.h"
+#include "base/util.h"
 #include "daemon/internal.h"
+#include "http/tls.h"
 
 struct sbx_daemon *sbx_daemon;
 
@@ -120,6 +122,15 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
                                  (uint64_t)d->cfg.idle_timeout_s * 1000,
                                  SBX_ANON_IDLE_TIMEOUT_S * 1000);
     sbx_http_server_set_max_conns(d->http, (size_t)d->cfg.max_conns);
+    if (d->cfg.tls_cert_pem) {
+        /* A copy of the key: this process's is wiped as it loads. */
+        char *key = strdup(d->cfg.tls_key_pem);
+        struct sbx_tls *tls = key ? sbx_tls_new(d->cfg.tls_cert_pem, key, err) : NULL;
+        sbx_secret_free(key);
+        if (tls == NULL)
+            return -1;
+        sbx_http_server_set_tls(d->http, tls);
+    }
     if (sbx_http_server_listen_fd(d->http, listen_fd, err) < 0)
         return -1;
     uv_signal_init(d->loop, &d->sigterm);

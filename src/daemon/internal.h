@@ -46,6 +46,8 @@ struct sbx_daemon_config {
     /* The sandbox network: --network-cidr (NULL: derived from the uid block; "off": none),
      * --allow-private; net is filled at start, once the uid block is known. */
     char *domain; /* --domain: sandbox URLs are <port>-<id>.<domain>; NULL: localhost:<port> */
+    char *tls_cert, *tls_key;         /* --tls-cert, --tls-key: the files */
+    char *tls_cert_pem, *tls_key_pem; /* their contents, read by the supervisor (root) */
     char *network_cidr;
     struct sbx_ip4_range opened[SBX_NET_MAX_OPENED];
     size_t n_opened;

@@ -79,6 +79,11 @@ void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms,
  * if every connection is handling a request, the new one is closed at once. */
 void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
+/* Clients whose first byte starts a TLS handshake are served over TLS with tls (http/tls.h),
+ * the others in plain HTTP. Set before listening; tls stays the caller's. */
+struct sbx_tls;
+void sbx_http_server_set_tls(struct sbx_http_server *s, struct sbx_tls *tls);
+
 /* Request accessors. */
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
 /* Sets header lname (lowercase) of the request to value, replacing it or adding it: what a

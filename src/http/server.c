@@ -26,6 +26,7 @@
 #include "http/http.h"
 #include "http/ratelimit.h"
 #include "http/stream.h"
+#include "http/tls.h"
 #include <jansson.h>
 
 enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM, BODY_DISCARD };
@@ -88,6 +89,7 @@ struct conn {
     bool trusted;            /* has carried an authenticated request */
     bool tunneled;           /* a tunnel (tunnel.c) owns the stream: no more requests */
     bool tunnel_done;        /* ... and is done with it */
+    bool seen_input;         /* a first byte arrived (a TLS client's is 0x16) */
     enum conn_queue queue;   /* the eviction queue it waits in, Q_NONE while a request is handled */
     struct conn *qnext, *qprev;
     size_t drained;
@@ -111,6 +113,7 @@ struct sbx_http_server {
     uint64_t evicted, refused;                 /* by the connection limit, since the last tick */
     uint64_t header_ms, idle_ms, anon_idle_ms; /* 0: no deadline */
     size_t max_conns;                          /* 0: no limit */
+    struct sbx_tls *tls;                       /* NULL: plain HTTP only */
     size_t n_conns;                            /* open and not closing */
     struct conn *queue_head[Q_COUNT], *queue_tail[Q_COUNT];
 };
@@ -122,6 +125,8 @@ static void conn_drain(struct conn *c);
 static void set_reading(struct conn *c, bool on);
 static void respond_simple(struct conn *c, int status, const char *msg);
 static void on_timeout(uv_timer_t *t);
+static void start_tls(struct conn *c, const char *first, size_t n);
+static void on_tunnel_end(void *ud);
 
 static struct req *
 to_req(struct sbx_http_req *r)
@@ -719,6 +724,11 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
+    if (c->srv && c->srv->tls && !c->seen_input && buf->base[0] == 0x16) {
+        start_tls(c, buf->base, (size_t)nread); /* a TLS handshake record */
+        return;
+    }
+    c->seen_input = true;
     if (c->draining) {
         c->drained += (size_t)nread;
         if (c->drained > SBX_HTTP_MAX_DRAIN_BYTES)
@@ -857,18 +867,15 @@ respond_simple(struct conn *c, int status, const char *msg)
 
 /* ---- accepting ---- */
 
-static void
-on_connection(uv_stream_t *server, int status)
+/* A new connection of s, counted and in the eviction queue, not yet open. */
+static struct conn *
+conn_new(struct sbx_http_server *s, bool is_tcp)
 {
-    struct sbx_http_server *s = server->data;
-    if (status < 0)
-        return;
-    bool room = make_room(s);
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
-        return;
+        abort();
     c->srv = s;
-    c->is_tcp = server->type == UV_TCP;
+    c->is_tcp = is_tcp;
     snprintf(c->remote, sizeof(c->remote), "unix");
     if (c->is_tcp)
         uv_tcp_init(s->loop, &c->h.tcp);
@@ -884,6 +891,27 @@ on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->n_conns++;
     queue_enter(c, Q_ANON, false);
+    return c;
+}
+
+/* The connection is open: requests may come. */
+static void
+conn_begin(struct conn *c)
+{
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    conn_set_deadline(c, c->srv->header_ms);
+    set_reading(c, true);
+}
+
+static void
+on_connection(uv_stream_t *server, int status)
+{
+    struct sbx_http_server *s = server->data;
+    if (status < 0)
+        return;
+    bool room = make_room(s);
+    struct conn *c = conn_new(s, server->type == UV_TCP);
     /* Without room the connection is still accepted, to be closed at once: left in the
      * backlog, it would stop libuv from accepting any other. */
     if (uv_accept(server, &c->h.stream) < 0 || !room) {
@@ -897,10 +925,39 @@ on_connection(uv_stream_t *server, int status)
         if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&addr, &len) == 0)
             uv_ip_name((struct sockaddr *)&addr, c->remote, sizeof(c->remote));
     }
-    http_parser_init(&c->parser, HTTP_REQUEST);
-    c->parser.data = c;
-    conn_set_deadline(c, s->header_ms);
-    set_reading(c, true);
+    conn_begin(c);
+}
+
+/* A client's first bytes are a TLS handshake: tls.c terminates it, and the plaintext comes
+ * back over a socketpair as a connection of its own, under the client's name. The client's
+ * connection is tunneled meanwhile (it closes when the TLS connection ends). */
+static void
+start_tls(struct conn *c, const char *first, size_t n)
+{
+    struct sbx_http_server *s = c->srv;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
+        conn_close(c);
+        return;
+    }
+    bool room = make_room(s);
+    struct conn *plain = conn_new(s, false);
+    snprintf(plain->remote, sizeof(plain->remote), "%s", c->remote);
+    if (uv_pipe_open(&plain->h.pipe, sv[0]) < 0 || !room) {
+        close(sv[0]);
+        close(sv[1]);
+        conn_close(plain);
+        conn_close(c);
+        return;
+    }
+    conn_begin(plain);
+    c->tunneled = true;
+    set_reading(c, false);
+    uv_timer_stop(&c->timer);
+    queue_leave(c); /* its plaintext connection is the one that waits, and is evicted */
+    if (c->is_tcp)
+        uv_tcp_keepalive(&c->h.tcp, 1, SBX_TUNNEL_KEEPALIVE_S);
+    sbx_tls_serve(s->tls, s->loop, &c->h.stream, on_tunnel_end, c, first, n, sv[1]);
 }
 
 struct sbx_http_server *
@@ -944,6 +1001,12 @@ void
 sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max)
 {
     s->max_conns = max;
+}
+
+void
+sbx_http_server_set_tls(struct sbx_http_server *s, struct sbx_tls *tls)
+{
+    s->tls = tls;
 }
 
 int
