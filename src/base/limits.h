@@ -12,7 +12,10 @@
 /* Bytes read per read(2). Larger reads save little (bodies are parsed in place) and make
  * every leftover copied into inbuf and every queued write a large malloc. */
 #define SBX_HTTP_READ_SLAB (64 * 1024)
-#define SBX_PROXY_SNDBUF   (1024 * 1024) /* send buffer towards an agent, best effort */
+/* Bytes read per read(2) where they are only passed on (a tunnel, an upstream's response):
+ * fewer system calls per byte on the way to and from a sandbox's port. */
+#define SBX_RELAY_READ_SLAB (256 * 1024)
+#define SBX_PROXY_SNDBUF    (1024 * 1024) /* send buffer towards an agent, best effort */
 /* A tunnel (WebSocket, CONNECT, proxied egress) that carries no byte either way this long
  * is closed, as E2B's proxy does; clients that keep one open send pings. */
 #define SBX_TUNNEL_IDLE_MS              (620 * 1000)

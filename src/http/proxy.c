@@ -254,7 +254,7 @@ static const struct sbx_http_upstream_cbs resp_cbs = {
 static void
 on_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    static char slab[64 * 1024];
+    static char slab[SBX_RELAY_READ_SLAB];
     (void)h;
     (void)suggested;
     *buf = uv_buf_init(slab, sizeof(slab));

@@ -54,7 +54,7 @@ release(struct tunnel *t)
 static void
 on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    static char slab[SBX_HTTP_READ_SLAB];
+    static char slab[SBX_RELAY_READ_SLAB];
     *buf = uv_buf_init(slab, sizeof(slab));
 }
 
