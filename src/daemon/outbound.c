@@ -18,6 +18,7 @@
  * sandbox, OUT_DECIDE_MS to send a name and to connect. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ifaddrs.h>
 #include <linux/netfilter_ipv4.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 
 #include "base/buf.h"
 #include "base/log.h"
+#include "base/util.h"
 #include "daemon/internal.h"
 #include "http/sniff.h"
 #include "http/tunnel.h"
@@ -115,10 +117,37 @@ rules_of(struct flow *f)
     return l && !l->dying ? l->net : NULL;
 }
 
+/* Whether a is one of the host's own addresses. Connections from this proxy start on the
+ * host, where nothing of the sandbox network's filtering applies: the host's addresses must
+ * be refused here as nftables refuses them to sandboxes. The list is read again at most
+ * once a second (addresses come and go with interfaces). */
+static bool
+host_local(uint32_t a)
+{
+    static uint32_t addrs[64];
+    static size_t n;
+    static uint64_t read_ms;
+    uint64_t now = sbx_now_ms();
+    struct ifaddrs *all;
+    if (now - read_ms >= 1000 && getifaddrs(&all) == 0) {
+        n = 0;
+        for (struct ifaddrs *i = all; i && n < sizeof(addrs) / sizeof(addrs[0]); i = i->ifa_next)
+            if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET)
+                addrs[n++] = ntohl(((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr);
+        freeifaddrs(all);
+        read_ms = now;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (addrs[i] == a)
+            return true;
+    return false;
+}
+
 static bool
 blocked(uint32_t a)
 {
-    return sbx_ip4_ranges_contain(out.d->cfg.net.blocked, out.d->cfg.net.n_blocked, a);
+    return sbx_ip4_ranges_contain(out.d->cfg.net.blocked, out.d->cfg.net.n_blocked, a) ||
+           host_local(a);
 }
 
 /* Step 2 of the decision (header comment): the original destination. */

@@ -240,3 +240,25 @@ def test_host_name_rules_cannot_be_bypassed(sbx_daemon):
             assert h.seen() == []
         finally:
             s.kill()
+
+
+def test_the_egress_proxy_never_reaches_the_host(sbx_daemon):
+    """Connections through the daemon's egress proxy start on the host, where the sandbox
+    network's filtering does not apply: the proxy refuses the host's own addresses itself,
+    for a name allowed by "*" as for an address sent through a SOCKS5 proxy."""
+    import subprocess
+    srv = Listener()
+    host = [a for a in host_addresses() if not a.startswith("127.")][0]
+    with TestHost("hsocks", "198.51.100.130", "198.51.100.129", prefix=26) as h:
+        h.procs.append(subprocess.Popen(["ip", "netns", "exec", h.ns, "microsocks", "-i", h.addr,
+                                         "-p", "1080"], stdout=subprocess.DEVNULL))
+        for network in ({"egress_proxy": {"address": f"{h.addr}:1080"}},
+                        {"deny_out": ["0.0.0.0/0"], "allow_out": ["*"]}):
+            s = Sandbox.create(timeout=120, network=network)
+            try:
+                assert tcp_probe(s, host, srv.port) != "connected"
+                r = run(s, f"curl -s --max-time 5 -H 'Host: {host}' http://{host}:80/")
+                assert r.exit_code != 0
+            finally:
+                s.kill()
+    assert srv.accepted == 0
