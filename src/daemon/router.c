@@ -50,7 +50,10 @@ sandbox_target(const struct sbx_http_req *req, struct target *t)
     if (id) {
         snprintf(t->id, sizeof(t->id), "%s", id);
         const char *port = sbx_http_req_header(req, "e2b-sandbox-port");
-        t->port = port ? atoi(port) : SBX_ENVD_PORT;
+        char *end = NULL;
+        long n = port ? strtol(port, &end, 10) : SBX_ENVD_PORT;
+        /* An invalid port is 0: answered 400 (spec network.md §3.2). */
+        t->port = port && (end == port || *end != '\0' || n < 1 || n > 65535) ? 0 : (int)n;
         t->by_host = false;
         return true;
     }
@@ -161,6 +164,10 @@ proxy_to_sandbox(struct sbx_http_req *req, struct sbx_live *l, const struct targ
 {
     if (strcmp(req->method, "CONNECT") == 0) {
         sbx_http_respond_error(req, 405, "CONNECT is not proxied to sandboxes");
+        return;
+    }
+    if (t->port == 0) {
+        sbx_http_respond_error(req, 400, "Invalid sandbox port");
         return;
     }
     if (!traffic_allowed(req, l, t->port))

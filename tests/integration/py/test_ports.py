@@ -251,3 +251,10 @@ def test_ports_are_reachable_whatever_the_egress_rules(sbx_daemon):
         assert wait_for(lambda: get(sbx_daemon, s.get_host(8000))[0] == 200, 15)
     finally:
         s.kill()
+
+
+def test_invalid_port_is_400(served, sbx_daemon):
+    for port in ("abc", "0", "70000", "80x"):
+        status, _, body = get(sbx_daemon, "localhost", "/",
+                              {"E2b-Sandbox-Id": served.sandbox_id, "E2b-Sandbox-Port": port})
+        assert (status, json.loads(body)["message"]) == (400, "Invalid sandbox port"), port
