@@ -10,6 +10,9 @@
  * REFUSED for every name but those its allowOut names: DNS is a channel out too (a query for
  * <secret>.attacker.example carries data without any connection).
  *
+ * UDP only: nftables sends TCP queries here too, and they are refused; sandboxes ask with EDNS
+ * (their resolv.conf), so answers of a few KiB fit one datagram.
+ *
  * Bounds: a query and an answer are at most one UDP datagram of DNS_MAX bytes; at most
  * DNS_PENDING queries wait for an answer (DNS_PER_SANDBOX per sandbox), each at most
  * DNS_TIMEOUT_MS. An answer is relayed only from the resolver the query went to, with the

@@ -161,7 +161,8 @@ step_resolver(const struct sbx_sandbox_plan *plan, const char **step)
         return 0;
     char gw[SBX_IP4_STR_MAX], conf[64];
     sbx_ip4_format(sbx_netplan_gateway(&plan->net->plan), gw);
-    snprintf(conf, sizeof(conf), "nameserver %s\n", gw);
+    /* EDNS: answers of up to 1,232 bytes and more in one datagram, not TCP after 512. */
+    snprintf(conf, sizeof(conf), "nameserver %s\noptions edns0\n", gw);
     return write_etc("resolv.conf", conf);
 }
 

@@ -61,7 +61,7 @@ def test_internet_by_default(sandbox):
 def test_resolver_is_the_gateway(sandbox, sbx_daemon):
     net = sbx_daemon.network()
     r = run(sandbox, "cat /etc/resolv.conf; ip -4 -o addr show dev eth0; ip route")
-    assert f"nameserver {net['gateway']}" in r.stdout
+    assert f"nameserver {net['gateway']}\noptions edns0" in r.stdout
     assert f"default via {net['gateway']} dev eth0" in r.stdout
     r = run(sandbox, "getent hosts pypi.org")
     assert r.exit_code == 0 and r.stdout.strip(), r.stderr
