@@ -20,6 +20,7 @@
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,13 +203,20 @@ def bench_rules(d):
                                              headers={"X-API-KEY": d.key,
                                                       "Content-Type": "application/json"})
                 urllib.request.urlopen(req).read()
+            mark = len(open(d.log.name, "rb").read())
             results[total] = timed(put, 200, warmup=5)
+            # The spawner's own part (nftables), from its log line of each change.
+            tail = open(d.log.name, "rb").read()[mark:].decode()
+            results[f"s{total}"] = [int(x) / 1000 for x in
+                                    re.findall(r"event=net_policy .* us=(\d+)", tail)][-200:]
             out = s.commands.run(f"python3 /tmp/connects.py {h.addr} 300", timeout=120)
             results[f"c{total}"] = [float(x) for x in out.stdout.split()]
         s.kill()
         subprocess.run(["nft", "-f", "-"], input="\n".join(undo), text=True, check=False)
     report("PUT /network, 10 sandboxes with rules", results[10])
     report("PUT /network, 1,000 sandboxes with rules", results[1000], "10", results[10])
+    report("  of which the spawner (nftables), 10", results["s10"])
+    report("  of which the spawner (nftables), 1,000", results["s1000"], "10", results["s10"])
     report("TCP connect from a sandbox, 10", results["c10"])
     report("TCP connect from a sandbox, 1,000", results["c1000"], "10", results["c10"])
 
@@ -216,7 +224,7 @@ def bench_rules(d):
 def main():
     if "--no-create" not in sys.argv:
         bench_create()
-    with Daemon("--pool", "code-interpreter-v1=0") as d:
+    with Daemon("--pool", "code-interpreter-v1=0", "--log-level", "info") as d:
         bench_iperf(d)
         bench_gethost(d)
         bench_rules(d)

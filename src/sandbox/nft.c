@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/cleanup.h"
 #include "base/log.h"
 #include "sandbox/internal.h"
 
@@ -216,6 +217,17 @@ sbx_nft_init(const struct sbx_net_config *c, struct sbx_error **err)
     }
     sbx_buf_fini(&b);
     return rc;
+}
+
+void
+sbx_net_host_fini(const struct sbx_net_config *c)
+{
+    struct sbx_buf b = {0};
+    _cleanup_error_ struct sbx_error *err = NULL;
+    sbx_buf_printf(&b, "delete table inet %s\n", c->tag);
+    if (run(&b, "delete the table", &err) < 0)
+        sbx_log_warn("network", "table=%s error=\"%s\"", c->tag, err->msg);
+    sbx_buf_fini(&b);
 }
 
 int

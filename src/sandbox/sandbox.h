@@ -187,6 +187,8 @@ int sbx_net_check_host(const struct sbx_net_config *c, struct sbx_error **err);
 /* At spawner start, idempotent: IP forwarding, the nftables table (rules of running
  * sandboxes are kept). desc gets what changed on the host, or "". */
 int sbx_net_host_init(const struct sbx_net_config *c, char *desc, size_t n, struct sbx_error **err);
+/* When no sandbox of the daemon runs any more: removes its nftables table. */
+void sbx_net_host_fini(const struct sbx_net_config *c);
 /* Removes the interfaces and rules of every slot that running() says is not running. */
 int sbx_net_reconcile(const struct sbx_net_config *c, bool (*running)(int slot, void *ud), void *ud,
                       char *desc, size_t n, struct sbx_error **err);

@@ -3,6 +3,8 @@
  * a sandbox the spawner itself knows: never an address the message names. */
 #include "spawner/net.h"
 
+#include <time.h>
+
 #include "base/log.h"
 
 static int
@@ -42,6 +44,8 @@ sbx_spawner_net_policy(const struct sbx_net_config *net, int slot, const struct 
 {
     if (need_network(net, err) < 0)
         return -1;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     struct sbx_net_policy p = {
         .allow = m->net_allow,
         .n_allow = m->n_net_allow,
@@ -49,7 +53,14 @@ sbx_spawner_net_policy(const struct sbx_net_config *net, int slot, const struct 
         .n_deny = m->n_net_deny,
         .flags = (unsigned)m->net_flags,
     };
-    return sbx_net_policy_set(net, slot, &p, err);
+    int rc = sbx_net_policy_set(net, slot, &p, err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    /* Every change of a sandbox's reach is worth a line, with what it cost. */
+    sbx_log_info("net_policy", "sandbox=%s allow=%u deny=%u flags=%llu ok=%d us=%lld",
+                 m->id[0] ? m->id : "-", m->n_net_allow, m->n_net_deny,
+                 (unsigned long long)m->net_flags, rc == 0,
+                 (long long)((t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000));
+    return rc;
 }
 
 int

@@ -63,7 +63,7 @@ static struct {
     uv_poll_t channel_poll;
     struct out *out_head, *out_tail;
     struct sb *sbs;
-    uv_signal_t sigchld;
+    uv_signal_t sigchld, sigterm;
 } sp;
 
 /* ---- replies ---- */
@@ -597,6 +597,14 @@ on_sigchld(uv_signal_t *h, int signum)
             s->pid = 0;
 }
 
+/* The supervisor's stop: the same end as the front end's going away. */
+static void
+on_sigterm(uv_signal_t *h, int signum)
+{
+    sbx_log_info("spawner_stop", "reason=\"signal %d\"", signum);
+    uv_stop(sp.loop);
+}
+
 /* ---- start ---- */
 
 /* Finds the sandboxes of our state dir, running or not, as they were left by an earlier
@@ -671,9 +679,18 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     }
     uv_signal_init(sp.loop, &sp.sigchld);
     uv_signal_start(&sp.sigchld, on_sigchld, SIGCHLD);
+    uv_signal_init(sp.loop, &sp.sigterm);
+    uv_signal_start(&sp.sigterm, on_sigterm, SIGTERM);
     fcntl(channel, F_SETFL, fcntl(channel, F_GETFL) | O_NONBLOCK);
     uv_poll_init(sp.loop, &sp.channel_poll, channel);
     channel_update();
     uv_run(sp.loop, UV_RUN_DEFAULT);
+    /* Sandboxes outlive the daemon, and so do their rules; with none left, the table goes
+     * (a next start makes it again). */
+    bool running = false;
+    for (struct sb *s = sp.sbs; s; s = s->next)
+        running |= s->pid > 0;
+    if (cfg->net && !running)
+        sbx_net_host_fini(cfg->net);
     return 0;
 }

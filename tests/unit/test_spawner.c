@@ -447,8 +447,9 @@ TEST(network_rules_follow_the_spawners_own_sandboxes)
     for (int i = 0; i < 500 && link_exists("sbx42-5"); i++)
         usleep(10000);
     CHECK(!link_exists("sbx42-5"));
+    /* With none of its sandboxes left, a stopping spawner takes its table along. */
     spawner_stop(&s);
-    CHECK(system("nft delete table inet sbx42") == 0);
+    CHECK(system("nft list table inet sbx42 >/dev/null 2>&1") != 0);
 }
 
 TEST(a_spawner_never_acts_on_another_daemons_sandbox)

@@ -140,7 +140,8 @@ def rule_elements(table):
 def test_no_network_leftovers_after_cycles_restart_and_kill9(sbx_daemon, tmp_path):
     """300 create/kill cycles (half of them with rules), a restart and a kill -9: afterwards
     no interface, address, route or rule element of a gone sandbox remains, and the table
-    has the same rules as at start (none duplicated)."""
+    has the same rules as at start (none duplicated); once the daemon stops with no sandbox
+    left, not even the table."""
     with own_daemon(sbx_daemon, tmp_path, "--pool base=1 --pool code-interpreter-v1=0") as d:
         table = d.network()["table"]
         _, rules_at_start = rule_elements(table)
@@ -175,6 +176,10 @@ def test_no_network_leftovers_after_cycles_restart_and_kill9(sbx_daemon, tmp_pat
                         not rule_elements(table)[0], 30)
         routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
         assert len(re.findall(rf"dev {table}-", routes)) == len(links_of(table)), routes
+    # Stopped with none of its sandboxes left, the daemon took its table along.
+    assert subprocess.run(["nft", "list", "table", "inet", table],
+                          capture_output=True).returncode != 0
+    assert links_of(table) == []
 
 
 # -- egress rules: IPs and CIDRs (spec §1.2) and PUT /sandboxes/{id}/network (§4) ------------
