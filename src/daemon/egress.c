@@ -22,6 +22,7 @@
 #define ALL_TRAFFIC     "0.0.0.0/0"
 #define DOMAIN_MAX      253
 #define DNS_SERVERS_MAX 10 /* as E2B */
+#define HTTPS_PORTS_MAX 64
 
 static int
 bad(struct sbx_error **err, const char *fmt, const char *arg)
@@ -243,13 +244,26 @@ sbx_netset_decode(json_t *network, int allow_internet, json_t **stored, struct s
     bool public_traffic = true;
     const char *mask = NULL;
     json_t *https_ports = json_object_get(network, "httpsPorts");
-    if (https_ports && !json_is_null(https_ports) &&
-        !(json_is_array(https_ports) && json_array_size(https_ports) == 0)) {
+    if (json_is_null(https_ports))
+        https_ports = NULL;
+    size_t i;
+    json_t *e;
+    if (https_ports &&
+        (!json_is_array(https_ports) || json_array_size(https_ports) > HTTPS_PORTS_MAX)) {
         json_decref(out);
-        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
-                             "network.httpsPorts is not supported by this server: it reaches "
-                             "sandbox ports over plain HTTP");
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "network.httpsPorts must be a list of at most %d ports",
+                             HTTPS_PORTS_MAX);
     }
+    json_array_foreach (https_ports, i, e) {
+        if (!json_is_integer(e) || json_integer_value(e) < 1 || json_integer_value(e) > 65535) {
+            json_decref(out);
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                                 "network.httpsPorts: not a port number");
+        }
+    }
+    if (https_ports && json_array_size(https_ports) > 0)
+        json_object_set(out, "httpsPorts", https_ports);
     if (decode_egress(network, allow_internet, out, err) < 0 ||
         sbx_json_opt_bool(network, "allowPublicTraffic", &public_traffic, err) < 0 ||
         sbx_json_opt_string(network, "maskRequestHost", &mask, err) < 0 ||
@@ -284,6 +298,8 @@ sbx_netset_decode_update(json_t *body, const char *old, json_t **stored, struct 
         json_object_set(out, "allowPublicTraffic", v);
     if ((v = json_object_get(prev, "maskRequestHost")))
         json_object_set(out, "maskRequestHost", v);
+    if ((v = json_object_get(prev, "httpsPorts")))
+        json_object_set(out, "httpsPorts", v);
     json_decref(prev);
     *stored = out;
     return 0;
@@ -312,6 +328,7 @@ sbx_netset_free(struct sbx_netset *n)
     free(n->allow);
     free(n->deny);
     free(n->mask_host);
+    free(n->https_ports);
     for (size_t i = 0; i < n->n_domains; i++)
         free(n->domains[i]);
     free(n->domains);
@@ -430,6 +447,14 @@ sbx_netset_load(const char *stored)
     n->public_traffic = !json_is_false(json_object_get(o, "allowPublicTraffic"));
     const char *mask = json_string_value(json_object_get(o, "maskRequestHost"));
     n->mask_host = mask ? strdup(mask) : NULL;
+    json_t *ports = json_object_get(o, "httpsPorts");
+    n->https_ports = calloc(json_array_size(ports) + 1, sizeof(*n->https_ports));
+    if (n->https_ports == NULL)
+        abort();
+    size_t i;
+    json_t *e;
+    json_array_foreach (ports, i, e)
+        n->https_ports[n->n_https_ports++] = (int)json_integer_value(e);
     json_decref(o);
     return n;
 }

@@ -193,7 +193,9 @@ struct sbx_netset {
     bool deny_all;       /* denyOut covers every address: only allowed names resolve */
     bool public_traffic; /* allowPublicTraffic: false means user ports need the traffic token */
     char *mask_host;     /* maskRequestHost, NULL if none */
-    char **domains;      /* allowOut's host name patterns, lowercase */
+    int *https_ports;    /* httpsPorts: ports whose service serves HTTPS itself */
+    size_t n_https_ports;
+    char **domains; /* allowOut's host name patterns, lowercase */
     size_t n_domains;
     char *proxy_host; /* egressProxy (SOCKS5), NULL if none */
     int proxy_port;

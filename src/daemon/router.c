@@ -184,8 +184,12 @@ proxy_to_sandbox(struct sbx_http_req *req, struct sbx_live *l, const struct targ
         return;
     }
     char *host = masked_host(l, t->port);
+    bool tls = false;
+    for (size_t i = 0; i < l->net->n_https_ports; i++)
+        tls |= l->net->https_ports[i] == t->port;
     sbx_http_proxy(req, &(struct sbx_http_proxy_opts){.unix_path = l->sock_path,
                                                       .tunnel_port = t->port,
+                                                      .tunnel_tls = tls,
                                                       .host = host,
                                                       .on_unreachable = respond_port_closed});
     free(host);

@@ -151,6 +151,7 @@ struct sbx_http_proxy_opts {
     /* > 0: a user port: the upstream (a sandbox's agent) is first asked for a tunnel to this
      * port of the sandbox's loopback ("CONNECT 127.0.0.1:<port>"), which must answer 200 */
     int tunnel_port;
+    bool tunnel_tls;  /* ... where the service serves HTTPS: the agent speaks TLS to it */
     const char *host; /* not NULL: the Host sent upstream; the client's goes in
                        * X-Forwarded-Host */
     sbx_http_req_cb on_unreachable;

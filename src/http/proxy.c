@@ -7,8 +7,9 @@
  * the upstream gave a length) and flushed as it arrives.
  *
  * A user port (tunnel_port) is reached by asking the agent first, on the same connection,
- * "CONNECT 127.0.0.1:<port>": once it answers 200 the connection is a byte pipe to that port
- * and the request goes through as to any upstream. An upgrade request (WebSocket) that the
+ * "CONNECT 127.0.0.1:<port>" (with "Sbx-Tls: 1" where the service serves HTTPS itself, for
+ * the agent to speak TLS to it): once it answers 200 the connection is a byte pipe to that
+ * port and the request goes through as to any upstream. An upgrade request (WebSocket) that the
  * upstream answers with 101 turns the client connection and this one into a tunnel. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -415,9 +416,9 @@ sbx_http_proxy(struct sbx_http_req *req, const struct sbx_http_proxy_opts *o)
     sbx_http_req_on_close(req, on_client_close);
     uv_pipe_connect(&p->connect, &p->up, o->unix_path, on_connected);
     if (o->tunnel_port > 0) {
-        char line[80];
-        int n =
-            snprintf(line, sizeof(line), "CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n", o->tunnel_port);
+        char line[96];
+        int n = snprintf(line, sizeof(line), "CONNECT 127.0.0.1:%d HTTP/1.1\r\n%s\r\n",
+                         o->tunnel_port, o->tunnel_tls ? "Sbx-Tls: 1\r\n" : "");
         up_write(p, line, (size_t)n);
         return; /* the request goes once the agent has opened the tunnel */
     }

@@ -17,6 +17,7 @@
 
 struct sbx_tls {
     SSL_CTX *ctx;
+    bool client;
 };
 
 struct conn {
@@ -30,6 +31,7 @@ struct conn {
     size_t net_queued, plain_queued;
     bool net_reading, plain_reading;
     bool plain_eof; /* the HTTP server is done: close once the client has it all */
+    bool net_eof;   /* the TLS peer is done: passed on as the end of the plaintext */
     bool done;
     int refs; /* writes in flight, the plain handle */
     uv_shutdown_t shutdown;
@@ -96,6 +98,25 @@ sbx_tls_new(const char *cert_pem, char *key_pem, struct sbx_error **err)
     return t;
 }
 
+struct sbx_tls *
+sbx_tls_client_new(struct sbx_error **err)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        tls_error(err, "client context");
+        return NULL;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    struct sbx_tls *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        abort();
+    t->ctx = ctx;
+    t->client = true;
+    return t;
+}
+
 void
 sbx_tls_free(struct sbx_tls *t)
 {
@@ -107,6 +128,7 @@ sbx_tls_free(struct sbx_tls *t)
 
 static void finish(struct conn *c);
 static void flush_out(struct conn *c);
+static void unref(struct conn *c);
 static void set_net_reading(struct conn *c, bool on);
 static void set_plain_reading(struct conn *c, bool on);
 
@@ -181,6 +203,29 @@ flush_out(struct conn *c)
         set_plain_reading(c, false);
 }
 
+static void
+on_plain_shutdown(uv_shutdown_t *req, int status)
+{
+    unref(req->data);
+}
+
+/* The TLS peer has ended (close_notify, or its stream's end): the plaintext side gets an end
+ * of stream once what is queued for it is out, and the other direction goes on until the
+ * plaintext side ends too. */
+static void
+net_ended(struct conn *c)
+{
+    if (c->net_eof || c->done)
+        return;
+    c->net_eof = true;
+    set_net_reading(c, false);
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->plain, on_plain_shutdown) < 0)
+        finish(c);
+    else
+        c->refs++;
+}
+
 /* Plaintext the client sent goes to the server, once the handshake is done. */
 static void
 pump_in(struct conn *c)
@@ -198,9 +243,11 @@ pump_in(struct conn *c)
         flush_out(c); /* handshake messages, alerts */
         if (c->done || e == SSL_ERROR_WANT_READ)
             break;
-        /* close_notify, a protocol error, a refused handshake: the end. */
         ERR_clear_error();
-        finish(c);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            net_ended(c); /* close_notify */
+        else
+            finish(c); /* a protocol error, a refused handshake */
         return;
     }
     if (SSL_is_init_finished(c->ssl))
@@ -215,8 +262,12 @@ on_net_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     struct conn *c = s->data;
     if (n == 0 || c->done)
         return;
+    if (n == UV_EOF) {
+        net_ended(c);
+        return;
+    }
     if (n < 0 || BIO_write(c->in, buf->base, (int)n) != (int)n) {
-        finish(c); /* the client went away: so does its plaintext connection */
+        finish(c); /* the client's connection failed: so does its plaintext connection */
         return;
     }
     pump_in(c);
@@ -248,7 +299,7 @@ on_plain_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 static void
 set_net_reading(struct conn *c, bool on)
 {
-    if (c->done || c->net_reading == on)
+    if (c->done || (on && c->net_eof) || c->net_reading == on)
         return;
     c->net_reading = on;
     if (on)
@@ -260,7 +311,8 @@ set_net_reading(struct conn *c, bool on)
 static void
 set_plain_reading(struct conn *c, bool on)
 {
-    if (c->done || c->plain_eof || c->plain_reading == on)
+    /* Plaintext waits for the handshake: SSL_write cannot take it before. */
+    if (c->done || c->plain_eof || c->plain_reading == on || (on && !SSL_is_init_finished(c->ssl)))
         return;
     c->plain_reading = on;
     if (on)
@@ -295,7 +347,10 @@ sbx_tls_serve(struct sbx_tls *t, uv_loop_t *loop, uv_stream_t *client,
     if (c->ssl == NULL || c->in == NULL || c->out == NULL)
         abort();
     SSL_set_bio(c->ssl, c->in, c->out);
-    SSL_set_accept_state(c->ssl);
+    if (t->client)
+        SSL_set_connect_state(c->ssl);
+    else
+        SSL_set_accept_state(c->ssl);
     c->net = client;
     c->net_data = client->data;
     client->data = c;
@@ -309,7 +364,7 @@ sbx_tls_serve(struct sbx_tls *t, uv_loop_t *loop, uv_stream_t *client,
         finish(c);
         return;
     }
-    if (BIO_write(c->in, first, (int)n) != (int)n) {
+    if (n > 0 && BIO_write(c->in, first, (int)n) != (int)n) {
         finish(c);
         return;
     }

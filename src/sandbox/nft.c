@@ -1,11 +1,13 @@
 /* The daemon's nftables table (libnftables): one table, family inet, named after the daemon's
- * network tag (e.g. "sbx0"), that no other software writes and that sbx never lets touch
- * another table. Its rules are fixed; what differs per sandbox lives in set elements keyed by
- * the sandbox's address, so a packet's cost does not grow with the number of sandboxes:
+ * network tag (e.g. "sbx0"); no other table is ever touched. Its rules are fixed; what
+ * differs per sandbox lives in set elements keyed by the sandbox's address, so a packet's
+ * cost does not grow with the number of sandboxes:
  *
  *   prerouting (raw)     from a sandbox: IPv6 dropped; a source address not routed back
  *                        through the interface it came in on (spoofing) dropped
- *   nat_prerouting       a sandbox's DNS to the gateway -> the front end's forwarder
+ *   nat_prerouting       a sandbox's DNS to the gateway -> the front end's forwarder; the
+ *                        TCP of sandboxes in proxy_web (ports 80, 443) or proxy_all (every
+ *                        port) -> the front end's egress proxy
  *   input                from a sandbox to the host: only replies and the forwarders
  *   forward              to a sandbox: only replies; from a sandbox: sandbox_egress
  *   sandbox_egress       replies; always-blocked destinations refused; then the sandbox's

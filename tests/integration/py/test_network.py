@@ -283,7 +283,7 @@ def create_raw(d, network, **extra):
      "network.rules (header transforms) are not supported"),
     ({"egressProxy": {"address": "198.51.100.9:1080", "tls": {"enabled": True}}}, {}, 501,
      "network.egressProxy.tls is not supported"),
-    ({"httpsPorts": [3000]}, {}, 501, "network.httpsPorts is not supported"),
+    ({"httpsPorts": [0]}, {}, 400, "network.httpsPorts: not a port number"),
     ({"dnsServers": ["1.1.1.1"] * 11}, {}, 400, "invalid DNS server"),
 ])
 def test_bad_network_settings_are_refused(network, extra, status, message, sbx_daemon):

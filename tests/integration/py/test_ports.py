@@ -258,3 +258,33 @@ def test_invalid_port_is_400(served, sbx_daemon):
         status, _, body = get(sbx_daemon, "localhost", "/",
                               {"E2b-Sandbox-Id": served.sandbox_id, "E2b-Sandbox-Port": port})
         assert (status, json.loads(body)["message"]) == (400, "Invalid sandbox port"), port
+
+
+HTTPS_SERVICE = r"""
+import http.server, ssl, subprocess, sys
+subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "/tmp/k.pem",
+                "-out", "/tmp/c.pem", "-days", "1", "-subj", "/CN=self-signed"], check=True,
+               capture_output=True)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])),
+                                      http.server.SimpleHTTPRequestHandler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("/tmp/c.pem", "/tmp/k.pem")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"""
+
+
+def test_https_ports_reach_a_service_that_serves_tls(sbx_daemon):
+    """network.httpsPorts: the service serves HTTPS itself (a self-signed certificate); the
+    client still speaks plain HTTP (or TLS) to the daemon, and the agent speaks TLS to it."""
+    s = Sandbox.create(timeout=120, network={"https_ports": [8443]})
+    try:
+        s.files.write("/tmp/index.html", "over tls\n")
+        s.files.write("/tmp/https.py", HTTPS_SERVICE)
+        s.commands.run("cd /tmp && python3 /tmp/https.py 8443 >/tmp/https.out 2>&1 &")
+        host = s.get_host(8443)
+        assert wait_for(lambda: get(sbx_daemon, host, "/index.html")[0] == 200, 20)
+        assert get(sbx_daemon, host, "/index.html")[2] == b"over tls\n"
+        assert Sandbox.get_info(s.sandbox_id).network["https_ports"] == [8443]
+    finally:
+        s.kill()
