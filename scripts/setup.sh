@@ -101,38 +101,22 @@ file_hash() {
     sha256sum "$@" | sha256sum | cut -d' ' -f1
 }
 
+# A venv at $1 with the requirements file $2, reinstalled only when that file changes. The
+# 2.x SDKs (the tests' own) and the 1.x ones (the seed quickstart's) need one each.
 setup_venv() {
-    local stamp="$VENV/.sbx-requirements.sha256" want
-    if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-        log "creating $VENV"
-        rm -rf "$VENV"
-        /usr/bin/python3 -m venv "$VENV"
+    local venv=$1 requirements=$2 stamp="$1/.sbx-requirements.sha256" want
+    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        log "creating $venv"
+        rm -rf "$venv"
+        /usr/bin/python3 -m venv "$venv"
     fi
-    want=$(file_hash "$PY_REQUIREMENTS")
+    want=$(file_hash "$requirements")
     if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
-        log "Python venv up to date"
+        log "Python venv ${venv#"$REPO"/} up to date"
         return
     fi
-    log "pip install -r ${PY_REQUIREMENTS#"$REPO"/}"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_REQUIREMENTS"
-    printf '%s\n' "$want" >"$stamp"
-}
-
-# The 1.x SDKs in a venv of their own (they cannot share one with the 2.x ones).
-setup_venv_sdk1() {
-    local stamp="$VENV_SDK1/.sbx-requirements.sha256" want
-    if [[ ! -x $VENV_SDK1/bin/python ]] || ! "$VENV_SDK1/bin/python" -c 'import sys' 2>/dev/null; then
-        log "creating $VENV_SDK1"
-        rm -rf "$VENV_SDK1"
-        /usr/bin/python3 -m venv "$VENV_SDK1"
-    fi
-    want=$(file_hash "$PY_REQUIREMENTS_SDK1")
-    if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
-        log "Python 1.x SDK venv up to date"
-        return
-    fi
-    log "pip install -r ${PY_REQUIREMENTS_SDK1#"$REPO"/}"
-    "$VENV_SDK1/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_REQUIREMENTS_SDK1"
+    log "pip install -r ${requirements#"$REPO"/}"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
     printf '%s\n' "$want" >"$stamp"
 }
 
@@ -287,8 +271,8 @@ main() {
     test)
         install_apt_packages test
         install_kernels
-        setup_venv
-        setup_venv_sdk1
+        setup_venv "$VENV" "$PY_REQUIREMENTS"
+        setup_venv "$VENV_SDK1" "$PY_REQUIREMENTS_SDK1"
         setup_js
         ;;
     *) usage ;;
