@@ -177,6 +177,10 @@ sbx_tunnel_start(uv_loop_t *loop, const struct sbx_tunnel_end *a, const struct s
         struct side *s = &t->end[i];
         s->t = t;
         s->s = ends[i]->stream;
+        /* Bulk transfers (a download through a sandbox's port) make fewer trips through the
+         * loop with deeper socket buffers; the kernel caps them at net.core.wmem_max. */
+        int sndbuf = SBX_PROXY_SNDBUF;
+        uv_send_buffer_size((uv_handle_t *)s->s, &sndbuf);
         s->saved_data = s->s->data;
         s->s->data = t;
         s->close = ends[i]->close;
