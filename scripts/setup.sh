@@ -171,7 +171,7 @@ KERNEL_LAYOUT=2 # bump when the install commands change, so that setup redoes th
 install_kernels() {
     local py="$KERNEL_PREFIX/python" node="$KERNEL_PREFIX/node" want
     [[ $(id -u) == 0 ]] || die "installing kernels under $KERNEL_PREFIX needs root"
-    umask 022 # kernels run as the sandbox user: everything must be world-readable
+    umask 022 # world-readable: kernels run as sandbox root, commands as user
     want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_PY_NODEPS[@]}" "${KERNEL_PY_DEPS[@]}" | sha256sum | cut -d' ' -f1)
     if [[ -f $py/.sbx-packages.sha256 && $(cat "$py/.sbx-packages.sha256") == "$want" ]]; then
         log "Python kernel packages up to date"

@@ -1,6 +1,6 @@
 /* Code interpreter: contexts, the execution queue and the NDJSON stream of POST /execute
- * (spec §4). Kernels (src/jupyter/kernel.c) run as user `user`; this file turns their
- * messages into the lines the E2B SDKs parse. */
+ * (spec §4). Kernels (src/jupyter/kernel.c) run as sandbox root (SBX_INTERP_KERNEL_USER);
+ * this file turns their messages into the lines the E2B SDKs parse. */
 #include "agent/interpreter.h"
 
 #include <ctype.h>
@@ -163,7 +163,7 @@ static pid_t
 spawn_kernel(void *ud, const struct sbx_kernel_spawn_req *r, struct sbx_error **err)
 {
     struct sbx_agent_user u = {0};
-    if (sbx_agent_user_lookup("/etc", SBX_AGENT_DEFAULT_USER, &u, err) < 0)
+    if (sbx_agent_user_lookup("/etc", SBX_INTERP_KERNEL_USER, &u, err) < 0)
         return -1;
     /* The kernel's own PYTHONPATH goes first; a sandbox-wide one is kept after it. */
     json_t *extra = json_deep_copy(r->extra_env);
@@ -212,7 +212,7 @@ ctx_start_kernel(struct ctx *c, struct sbx_error **err)
     if (c->kernel != NULL)
         return 0;
     struct sbx_agent_user u = {0};
-    if (sbx_agent_user_lookup("/etc", SBX_AGENT_DEFAULT_USER, &u, err) < 0)
+    if (sbx_agent_user_lookup("/etc", SBX_INTERP_KERNEL_USER, &u, err) < 0)
         return -1;
     struct sbx_kernel_launch l = {
         .language = c->lang,

@@ -327,7 +327,7 @@ def test_env_vars_sandbox_wide_per_run_and_restored(sbx_daemon):
 def test_bash(ci):
     ci.run_code("X=5", language="bash")
     ex = ci.run_code("echo $X; pwd; whoami", language="bash", envs={"Y": "it's"})
-    assert ex.logs.stdout and "".join(ex.logs.stdout) == "5\n/home/user\nuser\n"
+    assert ex.logs.stdout and "".join(ex.logs.stdout) == "5\n/home/user\nroot\n"
     assert "".join(ci.run_code("echo \"$Y\"", language="bash", envs={"Y": "it's"})
                    .logs.stdout) == "it's\n"
 
