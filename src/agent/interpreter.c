@@ -270,14 +270,11 @@ answer_waiters(struct ctx *c, const char *error)
 
 static json_t *env_snippet(const char *lang, json_t *set, json_t *unset);
 
-/* A kernel started before POST /init (a pooled sandbox's warm one) gets the sandbox-wide env
- * vars now, silently and before any execution of the client's: the kernel runs what it is
- * sent in order. */
+/* Sets the sandbox-wide env vars in the kernel by code, silently and before any execution of
+ * the client's: the kernel runs what it is sent in order. */
 static void
-ctx_refresh_env(struct ctx *c)
+ctx_send_env(struct ctx *c)
 {
-    if (c->kernel == NULL || !c->kernel_was_ready || c->env_generation == svc.cfg->env_generation)
-        return;
     c->env_generation = svc.cfg->env_generation;
     json_t *unset = json_array();
     json_t *code = env_snippet(c->lang, svc.cfg->env_vars, unset);
@@ -286,6 +283,15 @@ ctx_refresh_env(struct ctx *c)
         sbx_kernel_execute(c->kernel, code, true, NULL, NULL);
         json_decref(code);
     }
+}
+
+/* A kernel started before POST /init (a pooled sandbox's warm one) gets the sandbox-wide env
+ * vars now. */
+static void
+ctx_refresh_env(struct ctx *c)
+{
+    if (c->kernel != NULL && c->kernel_was_ready && c->env_generation != svc.cfg->env_generation)
+        ctx_send_env(c);
 }
 
 /* GET /sbx/ready waits for the default Python kernel of a pooled sandbox. */
@@ -344,7 +350,12 @@ on_kernel_ready(struct sbx_kernel *k, void *ud)
     struct ctx *c = ud;
     c->kernel_was_ready = true;
     sbx_log_info("kernel_ready", "context=%s language=%s", c->id, c->lang);
-    ctx_refresh_env(c);
+    /* Every kernel has the sandbox-wide env vars in its environment. Java code reads them as
+     * system properties too, as on E2B, whose only form for Java they are. */
+    if (strcmp(c->lang, "java") == 0)
+        ctx_send_env(c);
+    else
+        ctx_refresh_env(c);
     if (c == default_python())
         answer_warm(true);
     answer_waiters(c, NULL);

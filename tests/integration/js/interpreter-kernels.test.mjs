@@ -25,6 +25,29 @@ after(async () => {
 
 const stdout = (execution) => execution.logs.stdout
 
+describe('java kernel', () => {
+  test('println arrives as its text, then the line end', T, async () => {
+    const ex = await sbx.runCode('System.out.println("Hello, World!")', { language: 'java' })
+    assert.deepEqual(stdout(ex), ['Hello, World!', '\n'])
+  })
+
+  test("E2B's env_vars/java suite: system properties", T, async () => {
+    const ex = await sbx.runCode('System.getProperty("TEST_ENV_VAR")', { language: 'java' })
+    assert.equal(ex.results[0]?.text.trim(), 'supertest')
+    const over = await sbx.runCode('System.getProperty("TEST_ENV_VAR")',
+      { language: 'java', envs: { TEST_ENV_VAR: 'overwrite' } })
+    assert.equal(over.results[0]?.text.trim(), 'overwrite')
+    assert.equal((await sbx.runCode('System.getProperty("TEST_ENV_VAR")', { language: 'java' }))
+      .results[0]?.text.trim(), 'supertest')
+    const foo = await sbx.runCode('System.getProperty("FOO")', { envs: { FOO: 'bar' }, language: 'java' })
+    assert.equal(foo.results[0]?.text.trim(), 'bar')
+    const empty = await sbx.runCode('System.getProperty("FOO", "default")', { language: 'java' })
+    assert.equal(empty.results[0]?.text.trim(), 'default')
+    const cwd = await sbx.runCode('System.getProperty("user.dir")', { language: 'java' })
+    assert.equal(cwd.results[0]?.text.trim(), '/home/user')
+  })
+})
+
 describe('users and working directories', () => {
   test('kernels run as root in /home/user; a context may use /root', T, async () => {
     assert.deepEqual(stdout(await sbx.runCode('whoami; pwd', { language: 'bash' })),

@@ -459,7 +459,7 @@ async def test_async_quickstart_contexts_and_callbacks(aci):
 def test_java(ci):
     ex = ci.run_code("System.out.println(6*7);", language="java")
     assert ex.error is None
-    assert ex.logs.stdout == ["42\n"]
+    assert ex.logs.stdout == ["42", "\n"]  # one message per print call, as E2B's IJava
     ex = ci.run_code("int x = 20; x + 1", language="java")
     assert ex.error is None
     assert ex.text == "21"

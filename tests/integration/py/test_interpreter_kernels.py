@@ -3,6 +3,7 @@ official e2b-code-interpreter SDK, sync and async. The expected stdout chunks, r
 and event order are those E2B's own suites (e2b-dev/code-interpreter python/tests, js/tests)
 assert, plus what a user of those kernels relies on beyond them.
 
+- Java: sandbox-wide env vars are system properties too; one stdout message per print call.
 - Kernels run as sandbox root with cwd /home/user; a context may use any existing directory.
 """
 
@@ -24,6 +25,64 @@ async def aci(async_sandbox_factory):
     return await async_sandbox_factory(sandbox_class=AsyncSandbox, timeout=300)
 
 
+# -- Java --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_java_stdout_one_message_per_print(ci):
+    """E2B's test_java_kernel: println's text and line end arrive as two messages."""
+    ex = ci.run_code('System.out.println("Hello, World!")', language="java")
+    assert ex.error is None
+    assert ex.logs.stdout == ["Hello, World!", "\n"]
+    assert ex.logs.stdout[0] == "Hello, World!"
+    ex = ci.run_code('System.out.print("a"); System.out.print(1); System.err.println("e");',
+                     language="java")
+    assert ex.logs.stdout == ["a", "1"] and ex.logs.stderr == ["e", "\n"]
+
+
+@pytest.mark.timeout(240)
+def test_java_env_vars_are_system_properties(sbx_daemon):
+    """E2B's env_vars/test_java, and the same in a second context and after a restart."""
+    sbx = Sandbox.create(timeout=240, envs={"TEST_ENV_VAR": "supertest"})
+    try:
+        ex = sbx.run_code('System.getProperty("TEST_ENV_VAR")', language="java")
+        assert ex.text == "supertest"
+        # Setting them was no execution of the user's.
+        assert ex.execution_count == 1
+        # Still environment variables too.
+        assert sbx.run_code('System.getenv("TEST_ENV_VAR")', language="java").text == \
+            "supertest"
+        ex = sbx.run_code('System.getProperty("TEST_ENV_VAR")', language="java",
+                          envs={"TEST_ENV_VAR": "overwrite"})
+        assert ex.text == "overwrite"
+        assert sbx.run_code('System.getProperty("TEST_ENV_VAR")', language="java").text == \
+            "supertest"
+        assert sbx.run_code('System.getProperty("FOO")', envs={"FOO": "bar"},
+                            language="java").text == "bar"
+        assert sbx.run_code('System.getProperty("FOO", "default")', language="java").text == \
+            "default"
+        ctx = sbx.create_code_context(language="java")
+        assert sbx.run_code('System.getProperty("TEST_ENV_VAR")', context=ctx).text == \
+            "supertest"
+        sbx.restart_code_context(ctx)
+        ex = sbx.run_code('System.getProperty("TEST_ENV_VAR")', context=ctx)
+        assert ex.text == "supertest" and ex.execution_count == 1
+    finally:
+        sbx.kill()
+
+
+@pytest.mark.timeout(180)
+async def test_java_async_sdk(aci):
+    ex = await aci.run_code('System.out.println("Hello, World!")', language="java")
+    assert ex.logs.stdout[0] == "Hello, World!" and ex.logs.stdout == ["Hello, World!", "\n"]
+    ex = await aci.run_code('System.getProperty("FOO")', envs={"FOO": "bar"}, language="java")
+    assert ex.text == "bar"
+    ex = await aci.run_code('System.getProperty("FOO", "default")', language="java")
+    assert ex.text == "default"
+    ex = await aci.run_code('System.getProperty("user.dir")', language="java")
+    assert ex.results[0].text == "/home/user"
+
+
 # -- users and working directories ------------------------------------------------------------
 
 
@@ -34,6 +93,7 @@ def test_kernels_run_as_root_in_home_user(ci):
     assert "".join(ci.run_code("!whoami").logs.stdout).strip() == "root"
     assert "".join(ci.run_code("whoami; pwd", language="bash").logs.stdout) == \
         "root\n/home/user\n"
+    assert ci.run_code('System.getProperty("user.name")', language="java").text == "root"
     assert ci.commands.run("whoami").stdout == "user\n"
     # Files a kernel writes in /home/user are root's, as on E2B, and readable by user.
     ci.run_code("open('/home/user/from_kernel.txt', 'w').write('k')")
