@@ -48,7 +48,20 @@ describe('java kernel', () => {
   })
 })
 
-describe('users and working directories', () => {
+describe('pillow, users and working directories', () => {
+  test('image.show() and image.save(path) display a PNG', T, async () => {
+    const image = 'import numpy\nfrom PIL import Image\n' +
+      'image = Image.fromarray((numpy.random.rand(16, 16, 3) * 255).astype("uint8")).convert("RGBA")\n'
+    for (const call of ['image.show()', 'image.save("test.png")']) {
+      const ex = await sbx.runCode(`${image}${call}\nprint("done")`)
+      assert.equal(ex.error, undefined)
+      assert.equal(ex.results.length, 1)
+      assert.ok(ex.results[0].png.startsWith('iVBORw0KGgo'))
+      assert.deepEqual(stdout(ex), ['done\n'])
+      assert.deepEqual(ex.logs.stderr, [])
+    }
+  })
+
   test('kernels run as root in /home/user; a context may use /root', T, async () => {
     assert.deepEqual(stdout(await sbx.runCode('whoami; pwd', { language: 'bash' })),
       ['root\n', '/home/user\n'])

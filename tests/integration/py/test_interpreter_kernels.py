@@ -4,8 +4,11 @@ and event order are those E2B's own suites (e2b-dev/code-interpreter python/test
 assert, plus what a user of those kernels relies on beyond them.
 
 - Java: sandbox-wide env vars are system properties too; one stdout message per print call.
+- Pillow: image.show() and image.save(path) display the image as a PNG.
 - Kernels run as sandbox root with cwd /home/user; a context may use any existing directory.
 """
+
+import textwrap
 
 import pytest
 
@@ -23,6 +26,10 @@ def ci(sandbox_factory):
 @pytest.fixture
 async def aci(async_sandbox_factory):
     return await async_sandbox_factory(sandbox_class=AsyncSandbox, timeout=300)
+
+
+def texts(execution):
+    return [(r.text, r.is_main_result) for r in execution.results]
 
 
 # -- Java --------------------------------------------------------------------------------------
@@ -81,6 +88,51 @@ async def test_java_async_sdk(aci):
     assert ex.text == "default"
     ex = await aci.run_code('System.getProperty("user.dir")', language="java")
     assert ex.results[0].text == "/home/user"
+
+
+# -- Pillow ------------------------------------------------------------------------------------
+
+IMAGE = """
+    import numpy
+    from PIL import Image
+
+    imarray = numpy.random.rand(16,16,3) * 255
+    image = Image.fromarray(imarray.astype('uint8')).convert('RGBA')
+"""
+
+
+def _one_png(execution):
+    assert execution.error is None, execution.error
+    assert len(execution.results) == 1, execution.results
+    r = execution.results[0]
+    assert r.png and r.png.startswith("iVBORw0KGgo")  # base64 of the PNG signature
+    return r
+
+
+@pytest.mark.timeout(120)
+async def test_pillow_show_and_save_display_png(aci):
+    """E2B's images/test_images: show(), a bare image and save(path) each give a PNG."""
+    ex = await aci.run_code(IMAGE + '\n    image.show()\n    print("Image shown.")\n')
+    r = _one_png(ex)
+    assert not r.is_main_result and ex.logs.stdout == ["Image shown.\n"]
+    assert ex.logs.stderr == []
+    ex = await aci.run_code(IMAGE + "\n    image\n")
+    assert _one_png(ex).is_main_result
+    ex = await aci.run_code(IMAGE + '\n    image.save("test.png")\n    print("Image saved.")\n')
+    assert not _one_png(ex).is_main_result and ex.logs.stdout == ["Image saved.\n"]
+    # No viewer was started: nothing of one reaches a later cell.
+    ex = await aci.run_code("import time; time.sleep(1); print('next')")
+    assert ex.logs.stdout == ["next\n"] and ex.logs.stderr == []
+    assert (await aci.files.read("/home/user/test.png", format="bytes"))[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(120)
+def test_pillow_sync_sdk(ci):
+    ex = ci.run_code(textwrap.dedent(IMAGE) + "image.convert('P').show()\n")
+    _one_png(ex)
+    # Saving to a file object, or Pillow's own PNG encoding, displays nothing.
+    ex = ci.run_code("import io\nbuf = io.BytesIO()\nimage.save(buf, 'PNG')\nlen(buf.getvalue()) > 0")
+    assert texts(ex) == [("True", True)]
 
 
 # -- users and working directories ------------------------------------------------------------
