@@ -541,10 +541,11 @@ on_result(void *ud, bool main, json_t *data)
             (!json_is_object(v) || json_object_size(v) == 0))
             continue;
         if (strcmp(field, "text") == 0 && json_is_string(v)) {
-            /* As E2B does: a Python str repr loses its surrounding single quotes. */
+            /* As E2B does: a string's repr (Python's 'abc', Node's 'abc' or "it's") loses
+             * its surrounding quotes. */
             const char *t = json_string_value(v);
             size_t n = json_string_length(v);
-            if (n >= 2 && t[0] == '\'' && t[n - 1] == '\'') {
+            if (n >= 2 && (t[0] == '\'' || t[0] == '"') && t[n - 1] == t[0]) {
                 json_object_set_new(line, field, json_stringn(t + 1, n - 2));
                 continue;
             }
@@ -559,7 +560,7 @@ on_result(void *ud, bool main, json_t *data)
 static void
 on_error(void *ud, const char *name, const char *value, const char *tb)
 {
-    /* bash_kernel and tslab report failures without an ename. */
+    /* bash_kernel reports failures without an ename. */
     write_error(ud, *name ? name : "Error", value, tb);
 }
 

@@ -25,6 +25,56 @@ after(async () => {
 
 const stdout = (execution) => execution.logs.stdout
 
+describe('javascript and typescript kernel', () => {
+  test("E2B's defaultKernels suite", T, async () => {
+    assert.deepEqual(stdout(await sbx.runCode('console.log("Hello World!")', { language: 'js' })),
+      ['Hello World!\n'])
+    const esm = await sbx.runCode(
+      "\n    import { readFileSync } from 'fs'\n    console.log(typeof readFileSync)\n    ",
+      { language: 'js' })
+    assert.deepEqual(stdout(esm), ['function\n'])
+    const tla = await sbx.runCode("\n    await Promise.resolve('Hello World!')\n    ",
+      { language: 'js' })
+    assert.equal(tla.text, 'Hello World!')
+    assert.equal(tla.results[0].isMainResult, true)
+    const ts = await sbx.runCode('const message: string = "Hello World!"; console.log(message)',
+      { language: 'ts' })
+    assert.deepEqual(stdout(ts), ['Hello World!\n'])
+  })
+
+  test('the last expression is the main result; undefined shows nothing', T, async () => {
+    const ex = await sbx.runCode('1 + 2', { language: 'js' })
+    assert.equal(ex.text, '3')
+    assert.deepEqual(stdout(ex), [])
+    assert.deepEqual((await sbx.runCode('undefined', { language: 'js' })).results, [])
+    assert.equal((await sbx.runCode("({ a: 1, b: 'x' })", { language: 'js' })).text,
+      "{ a: 1, b: 'x' }")
+    const typed = await sbx.runCode("const wrong: number = 'unchecked' as any; wrong",
+      { language: 'ts' })
+    assert.equal(typed.error, undefined)
+    assert.equal(typed.text, 'unchecked')
+  })
+
+  test("E2B's cwd suite: JavaScript and TypeScript", T, async () => {
+    assert.equal((await sbx.runCode('process.cwd()', { language: 'js' })).text, '/home/user')
+    assert.equal((await sbx.runCode('process.cwd()', { language: 'ts' })).text, '/home/user')
+  })
+
+  test("E2B's env_vars/js suite", T, async () => {
+    assert.equal((await sbx.runCode('process.env.TEST_ENV_VAR', { language: 'javascript' }))
+      .results[0]?.text.trim(), 'supertest')
+    const over = await sbx.runCode('process.env.TEST_ENV_VAR',
+      { language: 'javascript', envs: { TEST_ENV_VAR: 'overwrite' } })
+    assert.equal(over.results[0]?.text.trim(), 'overwrite')
+    assert.equal((await sbx.runCode('process.env.TEST_ENV_VAR', { language: 'javascript' }))
+      .results[0]?.text.trim(), 'supertest')
+    const foo = await sbx.runCode('process.env.FOO', { envs: { FOO: 'bar' }, language: 'javascript' })
+    assert.equal(foo.results[0]?.text.trim(), 'bar')
+    const empty = await sbx.runCode("process.env.FOO || 'default'", { language: 'javascript' })
+    assert.equal(empty.results[0]?.text.trim(), 'default')
+  })
+})
+
 describe('java kernel', () => {
   test('println arrives as its text, then the line end', T, async () => {
     const ex = await sbx.runCode('System.out.println("Hello, World!")', { language: 'java' })

@@ -1,7 +1,8 @@
 """The code interpreter (run_code, contexts) through the official e2b-code-interpreter SDK.
 
-Real kernels run inside each sandbox: ipykernel (Python), bash_kernel, tslab (JavaScript and
-TypeScript) and IRkernel (R), as installed by scripts/setup.sh.
+Real kernels run inside each sandbox: ipykernel (Python), bash_kernel, sbx's JavaScript and
+TypeScript kernel, IRkernel (R) and sbx's Java kernel, as installed by scripts/setup.sh. What
+each kernel shows, as E2B's do, is in test_interpreter_kernels.py.
 """
 
 import json
@@ -340,7 +341,6 @@ def test_javascript_and_typescript(ci):
     assert ts.logs.stdout == ["6\n"]
     err = ci.run_code("throw new Error('bad')", language="js")
     assert err.error is not None
-    # tslab refuses requests right after an error; the server waits that out.
     assert ci.run_code("console.log('after')", language="js").logs.stdout == ["after\n"]
 
 
