@@ -161,7 +161,10 @@ KERNEL_PY_NODEPS=(e2b-charts==1.0.0 bash_kernel==0.10.0)
 # Installed with dependencies (small, pure Python or wheels): what the two above need beyond
 # Debian's packages. e2b-charts builds on pydantic 2 (Debian 12 has 1.10).
 KERNEL_PY_DEPS=('pydantic>=2.9,<3' 'pexpect>=4.8' 'filetype>=1.2')
-KERNEL_NODE_PACKAGES=(tslab@1.0.22)
+# The JavaScript/TypeScript kernel (src/jupyter/javascript: kernel.js, transform.js) and its
+# npm packages, pinned by its package-lock.json: Babel, for the transform E2B's kernel applies,
+# and zeromq (its prebuilt binaries come in the npm package).
+JS_KERNEL_SRC=src/jupyter/javascript
 # The Java kernel (src/jupyter/java/SbxJavaKernel.java) runs on jjava-jupyter's Jupyter
 # plumbing; these jars are it and its runtime dependencies, from Maven Central, with their
 # SHA-256. (The JJava kernel proper, jjava-kernel, is not served by the registry here.)
@@ -177,9 +180,9 @@ JAVA_KERNEL_SRC=src/jupyter/java/SbxJavaKernel.java
 KERNEL_LAYOUT=2 # bump when the install commands change, so that setup redoes them
 
 install_kernels() {
-    local py="$KERNEL_PREFIX/python" node="$KERNEL_PREFIX/node" want
+    local py="$KERNEL_PREFIX/python" want
     [[ $(id -u) == 0 ]] || die "installing kernels under $KERNEL_PREFIX needs root"
-    umask 022 # kernels run as the sandbox user: everything must be world-readable
+    umask 022 # world-readable: kernels run as sandbox root, commands as user
     want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_PY_NODEPS[@]}" "${KERNEL_PY_DEPS[@]}" | sha256sum | cut -d' ' -f1)
     if [[ -f $py/.sbx-packages.sha256 && $(cat "$py/.sbx-packages.sha256") == "$want" ]]; then
         log "Python kernel packages up to date"
@@ -197,24 +200,30 @@ install_kernels() {
     install -m 0644 "$REPO/src/jupyter/python/sbx_e2b.py" "$py/sbx_e2b.py"
 
     install_java_kernel
+    install_javascript_kernel
+}
 
+# npm ci of the kernel's lock into $KERNEL_PREFIX/javascript, redone when the lock changes;
+# the kernel's own files are always copied.
+install_javascript_kernel() {
+    local dir="$KERNEL_PREFIX/javascript" src="$REPO/$JS_KERNEL_SRC" want
     if ! command -v npm >/dev/null 2>&1; then
-        log "warning: npm not found; JavaScript/TypeScript kernels (tslab) not installed"
+        log "warning: npm not found; JavaScript/TypeScript kernel not installed"
         return
     fi
-    want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_NODE_PACKAGES[@]}" | sha256sum | cut -d' ' -f1)
-    if [[ -f $node/.sbx-packages.sha256 && $(cat "$node/.sbx-packages.sha256") == "$want" ]]; then
+    want=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
+    if [[ -f $dir/.sbx-packages.sha256 && $(cat "$dir/.sbx-packages.sha256") == "$want" ]]; then
         log "JavaScript kernel packages up to date"
     else
-        log "npm install --prefix $node ${KERNEL_NODE_PACKAGES[*]}"
-        rm -rf "$node.new"
-        mkdir -p "$node.new"
-        # Nested: tslab finds @types/node only under its own node_modules.
-        npm install --prefix "$node.new" --no-audit --no-fund --loglevel=error \
-            --install-strategy=nested "${KERNEL_NODE_PACKAGES[@]}"
-        printf '%s\n' "$want" >"$node.new/.sbx-packages.sha256"
-        rm -rf "$node" && mv "$node.new" "$node"
+        log "npm ci in $dir"
+        rm -rf "$dir.new"
+        mkdir -p "$dir.new"
+        install -m 0644 "$src/package.json" "$src/package-lock.json" "$dir.new/"
+        (cd "$dir.new" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+        printf '%s\n' "$want" >"$dir.new/.sbx-packages.sha256"
+        rm -rf "$dir" && mv "$dir.new" "$dir"
     fi
+    install -m 0644 "$src/kernel.js" "$src/transform.js" "$dir/"
 }
 
 # Downloads the jars, compiles our kernel against them into $KERNEL_PREFIX/java and records a
