@@ -49,7 +49,8 @@ sbx_net_config_init(struct sbx_net_config *c, const struct sbx_netplan *plan, in
     if (n_opened > SBX_NET_MAX_OPENED)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "at most %d opened ranges",
                              SBX_NET_MAX_OPENED);
-    memcpy(open, opened, n_opened * sizeof(*open));
+    if (n_opened > 0) /* memcpy's source must not be NULL, even for 0 bytes */
+        memcpy(open, opened, n_opened * sizeof(*open));
     n_opened = sbx_ip4_ranges_normalize(open, n_opened);
     int n = sbx_ip4_ranges_subtract(sbx_ip4_always_blocked, sbx_ip4_n_always_blocked, open,
                                     n_opened, c->blocked, SBX_NET_MAX_BLOCKED - 1);
