@@ -797,8 +797,7 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     sp.loop = uv_default_loop();
     _cleanup_error_ struct sbx_error *err = NULL;
     if (sbx_template_prepare(cfg->state_dir, &sp.template_dir, &err) < 0 ||
-        (sp.exe_fd =
-             sbx_sandbox_agent_exe(cfg->agent_exe ? cfg->agent_exe : "/proc/self/exe", &err)) < 0) {
+        (sp.exe_fd = sbx_sandbox_agent_exe(cfg->agent, cfg->agent_len, &err)) < 0) {
         sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
         return 1;
     }
