@@ -190,18 +190,22 @@ sbx_agent_path_resolve(const char *p, size_t len, const char *home, struct sbx_e
                       len, strerror(ENAMETOOLONG));
         return NULL;
     }
+    /* envd expands "~" and "~/" (and "~\\", its Windows twin) only: another user's "~name"
+     * is an error there, not a relative path. */
+    if (len >= 2 && p[0] == '~' && p[1] != '/' && p[1] != '\\') {
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                      "cannot expand user-specific home dir in '%.*s'", (int)len, p);
+        return NULL;
+    }
     char *out = NULL;
     if (len == 0 || (len == 1 && p[0] == '~')) {
         out = strdup(home);
     } else if (p[0] == '/') {
         out = strndup(p, len);
     } else {
-        const char *rest = p;
-        size_t rlen = len;
-        if (len >= 2 && p[0] == '~' && p[1] == '/') {
-            rest = p + 2;
-            rlen = len - 2;
-        }
+        /* Relative paths, and "~" + "/rest" or "\\rest", are joined to home. */
+        const char *rest = p[0] == '~' ? p + 1 : p;
+        size_t rlen = len - (size_t)(rest - p);
         if (asprintf(&out, "%s/%.*s", home, (int)rlen, rest) < 0)
             out = NULL;
     }

@@ -50,7 +50,8 @@ sbx_agent_fsuser_leavep(struct sbx_agent_fsuser *s)
 
 /* Request path -> clean absolute path (malloc'd). len bytes of p are examined so that an
  * embedded NUL is caught. Empty, "~" and "~/x" and relative paths resolve against home, as
- * in envd. NUL bytes, invalid UTF-8 and over-long paths are SBX_INVALID_ARGUMENT. */
+ * in envd. NUL bytes, invalid UTF-8, over-long paths and "~name" (which envd does not expand)
+ * are SBX_INVALID_ARGUMENT. */
 char *sbx_agent_path_resolve(const char *p, size_t len, const char *home, struct sbx_error **err);
 /* Lexical clean of an absolute path in place: "//", "/./", "/x/.." removed; ".." at the root
  * stays at the root (Go's filepath.Clean). */

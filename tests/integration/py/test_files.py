@@ -581,6 +581,12 @@ def test_long_nul_and_invalid_utf8_paths(sandbox):
     # A NUL in an RPC path never reaches the kernel either.
     with pytest.raises(InvalidArgumentException):
         sandbox.files.get_info("a\x00b")
+    # As envd: "~" and "~/x" are the user's home, another user's "~name" is not expanded.
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.get_info("~root/x")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.read("~root")
+    assert sandbox.files.write("dir~/~x", "t").path == f"{HOME}/dir~/~x"
 
 
 # -- bad upload input -----------------------------------------------------------------------
