@@ -538,7 +538,7 @@ file_begin(struct upload *up, char *path /* stolen */, struct sbx_error **err)
     if (fd < 0 && errno == EISDIR)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, EISDIR, "path '%s' is a directory", p);
     if (fd < 0)
-        return sbx_agent_write_error(err, errno, "open for writing", p, (int)strlen(p));
+        return sbx_agent_open_error(err, errno, "open for writing", p, (int)strlen(p));
     struct stat st;
     if (sbx_agent_fd_is_proc(fd)) {
         close(fd);
@@ -557,7 +557,7 @@ file_begin(struct upload *up, char *path /* stolen */, struct sbx_error **err)
         if (created)
             unlinkat(dfd, name, 0); /* just made by us, still empty */
         close(fd);
-        return sbx_agent_write_error(err, e, "open for writing", p, (int)strlen(p));
+        return sbx_agent_open_error(err, e, "open for writing", p, (int)strlen(p));
     }
     up->fd = fd;
     up->dirfd = steal_fd(&dfd);

@@ -145,40 +145,20 @@ do_move(struct call *c, json_t *msg, struct sbx_error **e)
 
 /* ---- ListDir ---- */
 
+/* Pre-order, lexical per directory; display paths are built from the requested path (dir).
+ * Each level is read through a descriptor of its directory, entered without following
+ * symlinks: symlinked subdirectories are listed, not descended (no loops, no escapes). */
 static int
-cmp_names(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Pre-order, lexical per directory; display paths are built from the requested path. */
-static int
-list_walk(struct call *c, const char *dir, unsigned level, unsigned depth, json_t *out,
+list_walk(struct call *c, int dirfd, const char *dir, unsigned level, unsigned depth, json_t *out,
           struct sbx_error **e)
 {
-    DIR *d = opendir(dir);
-    if (d == NULL) {
+    size_t n;
+    char **names = sbx_agent_dir_names(dirfd, &n);
+    if (names == NULL) {
         if (level == 1)
             return sbx_agent_fs_error(e, errno, "open directory '%s'", dir);
         return 0; /* an unreadable subdirectory is listed, not descended */
     }
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            char **nn = realloc(names, cap * sizeof(*names));
-            if (nn == NULL)
-                abort();
-            names = nn;
-        }
-        names[n++] = strdup(de->d_name);
-    }
-    closedir(d);
-    qsort(names, n, sizeof(*names), cmp_names);
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         if (json_array_size(out) >= SBX_AGENT_LIST_MAX_ENTRIES) {
@@ -189,18 +169,18 @@ list_walk(struct call *c, const char *dir, unsigned level, unsigned depth, json_
         }
         _cleanup_free_ char *p = sbx_agent_path_join(dir, names[i]);
         _cleanup_error_ struct sbx_error *ignored = NULL;
-        json_t *entry = sbx_agent_entry_info(p, c->names, &ignored);
+        json_t *entry = sbx_agent_entry_info_at(dirfd, names[i], p, c->names, &ignored);
         if (entry == NULL)
             continue; /* removed while we listed */
         json_array_append_new(out, entry);
-        struct stat st;
-        /* Symlinked subdirectories are not descended (no loops, no escapes from the tree). */
-        if (level < depth && lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            rc = list_walk(c, p, level + 1, depth, out, e);
+        if (level >= depth)
+            continue;
+        _cleanup_close_ int sub =
+            sbx_agent_open_for_user(dirfd, names[i], O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+        if (sub >= 0)
+            rc = list_walk(c, sub, p, level + 1, depth, out, e);
     }
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
+    sbx_agent_dir_names_free(names, n);
     return rc;
 }
 
@@ -217,21 +197,20 @@ do_list_dir(struct call *c, json_t *msg, struct sbx_error **e)
         depth = 1;
     if (depth > 1024)
         depth = 1024;
-    struct stat st;
-    /* The requested directory itself may be a symlink to a directory: follow it. */
-    if (stat(path, &st) < 0) {
+    /* The requested directory itself may be a symlink to a directory: followed, as envd's
+     * EvalSymlinks does. */
+    _cleanup_close_ int fd = sbx_agent_open_for_user(AT_FDCWD, path, O_PATH | O_DIRECTORY, 0);
+    if (fd < 0) {
         if (errno == ENOENT)
             sbx_error_set(e, SBX_NOT_FOUND, ENOENT, "directory '%s' does not exist", path);
+        else if (errno == ENOTDIR)
+            sbx_error_set(e, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory", path);
         else
-            sbx_agent_fs_error(e, errno, "stat '%s'", path);
-        return NULL;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        sbx_error_set(e, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory", path);
+            sbx_agent_open_error(e, errno, "list", path, (int)strlen(path));
         return NULL;
     }
     json_t *entries = json_array();
-    if (list_walk(c, path, 1, (unsigned)depth, entries, e) < 0) {
+    if (list_walk(c, fd, path, 1, (unsigned)depth, entries, e) < 0) {
         json_decref(entries);
         return NULL;
     }

@@ -97,8 +97,8 @@ bool sbx_agent_path_is_agent_proc(const char *path);
 int sbx_agent_open_for_user(int dirfd, const char *name, int flags, mode_t mode);
 /* -1 with the error of errno e from "<what> '<path>'" (the first len bytes of path); ELOOP is
  * explained, as it is also what RESOLVE_NO_MAGICLINKS answers. */
-int sbx_agent_write_error(struct sbx_error **err, int e, const char *what, const char *path,
-                          int len);
+int sbx_agent_open_error(struct sbx_error **err, int e, const char *what, const char *path,
+                         int len);
 /* Whether fd is on procfs (true, too, if that cannot be told). */
 bool sbx_agent_fd_is_proc(int fd);
 /* Opens dir (clean, absolute), first making it and any missing parent as envd's EnsureDirs
@@ -118,18 +118,23 @@ struct sbx_agent_names;
 struct sbx_agent_names *sbx_agent_names_new(void);
 void sbx_agent_names_free(struct sbx_agent_names *n);
 
-/* EntryInfo JSON of path (not followed if it is a symlink; see filesystem.c for the fields).
- * name is the base name of path. NULL with not_found if it does not exist. */
+/* EntryInfo JSON of path (not followed if it is a symlink; see filesystem.c for the fields),
+ * its name the base name of path. NULL with not_found if it does not exist. Resolved as
+ * sbx_agent_open_for_user resolves, never through a magic link. */
 json_t *sbx_agent_entry_info(const char *path, struct sbx_agent_names *names,
                              struct sbx_error **err);
+/* The same of name in directory dirfd (O_PATH will do), shown as path. */
+json_t *sbx_agent_entry_info_at(int dirfd, const char *name, const char *path,
+                                struct sbx_agent_names *names, struct sbx_error **err);
+/* The names in directory dirfd (O_PATH will do) but "." and "..", sorted bytewise as Go's
+ * filepath.WalkDir visits them; NULL with errno if it cannot be read. */
+char **sbx_agent_dir_names(int dirfd, size_t *n);
+void sbx_agent_dir_names_free(char **names, size_t n);
 /* Go FileMode.String() of an lstat mode, e.g. "-rw-r--r--", "drwxr-xr-x", "Lrwxrwxrwx". */
 void sbx_agent_mode_string(mode_t m, char out[16]);
 /* proto3 JSON Timestamp of a struct timespec: RFC 3339, UTC, 0/3/6/9 fraction digits. */
 void sbx_agent_timestamp_format(const struct timespec *ts, char *out, size_t outlen);
 
-/* user.e2b.* xattrs of an open file as an object of strings; NULL when there are none. */
-json_t *sbx_agent_metadata_read_fd(int fd);
-json_t *sbx_agent_metadata_read_path(const char *path);
 /* Replaces every user.e2b.* xattr of fd with kv (object of strings; NULL clears). */
 int sbx_agent_metadata_write_fd(int fd, json_t *kv, struct sbx_error **err);
 /* Checks one metadata key (already lowercased) and value; -1 with invalid_argument. */
