@@ -1,7 +1,9 @@
 /* filesystem.Filesystem unary RPCs: Stat, MakeDir, Move, ListDir, Remove (the watch RPCs are
- * in watch.c). EntryInfo fields are built in fsutil.c: name, type (a symlink reports its
- * target's type, plus isSymlink and symlinkTarget), path, size (lstat), mode (permission
- * bits), permissions (Go FileMode.String), owner, group, modifiedTime, metadata. */
+ * in watch.c), done as envd does them: as sandbox root, the paths resolved for the operation
+ * user (its home for "~" and relative paths) and what they make handed to it, within the
+ * bounds fsutil.h describes. EntryInfo fields are built in fsutil.c: name, type (a symlink reports
+ * its target's type, plus isSymlink and symlinkTarget), path, size (lstat), mode (permission bits),
+ * permissions (Go FileMode.String), owner, group, modifiedTime, metadata. */
 #include "agent/filesystem.h"
 
 #include <dirent.h>
@@ -38,7 +40,6 @@ sbx_agent_fs_req_path(json_t *msg, const char *key, const struct sbx_agent_user 
 struct call {
     struct sbx_agent_user user;
     struct sbx_agent_names *names;
-    struct sbx_agent_fsuser fsu;
 };
 
 static int
@@ -54,7 +55,6 @@ call_begin(struct sbx_http_req *req, struct call *c, struct sbx_error **err)
 static void
 call_end(struct call *c)
 {
-    sbx_agent_fsuser_leave(&c->fsu);
     sbx_agent_user_fini(&c->user);
     sbx_agent_names_free(c->names);
 }
@@ -85,21 +85,6 @@ do_stat(struct call *c, json_t *msg, struct sbx_error **e)
     return entry_response(path, c, e);
 }
 
-/* Makes dir and its missing parents for the call's user as envd's EnsureDirs does: as the
- * agent, each new directory handed to the user (fsutil.h). The call goes on as its user. */
-static int
-make_dirs(struct call *c, const char *dir, bool *created, struct sbx_error **e)
-{
-    sbx_agent_fsuser_leave(&c->fsu);
-    int fd = sbx_agent_dir_make(dir, c->user.uid, c->user.gid, created, e);
-    int rc = fd < 0 ? -1 : 0;
-    if (fd >= 0)
-        close(fd);
-    if (sbx_agent_fsuser_enter(&c->user, &c->fsu, rc < 0 ? NULL : e) < 0)
-        rc = -1;
-    return rc;
-}
-
 static json_t *
 do_make_dir(struct call *c, json_t *msg, struct sbx_error **e)
 {
@@ -107,7 +92,8 @@ do_make_dir(struct call *c, json_t *msg, struct sbx_error **e)
     if (path == NULL)
         return NULL;
     bool created = false;
-    if (make_dirs(c, path, &created, e) < 0)
+    _cleanup_close_ int fd = sbx_agent_dir_make(path, c->user.uid, c->user.gid, &created, e);
+    if (fd < 0)
         return NULL;
     if (!created) {
         sbx_error_set(e, SBX_ALREADY_EXISTS, EEXIST, "directory '%s' already exists", path);
@@ -116,6 +102,10 @@ do_make_dir(struct call *c, json_t *msg, struct sbx_error **e)
     return entry_response(path, c, e);
 }
 
+/* envd's Move: the destination's missing parents are made as MakeDir makes them, then the
+ * source is renamed, Go's os.Rename refusing an existing directory as the destination. Unlike
+ * envd, a missing source is found before anything is made. Both ends are reached through
+ * descriptors of their directories. */
 static json_t *
 do_move(struct call *c, json_t *msg, struct sbx_error **e)
 {
@@ -125,18 +115,27 @@ do_move(struct call *c, json_t *msg, struct sbx_error **e)
     _cleanup_free_ char *dst = sbx_agent_fs_req_path(msg, "destination", &c->user, e);
     if (dst == NULL)
         return NULL;
+    _cleanup_free_ char *src_dir = sbx_agent_path_dir(src);
+    _cleanup_free_ char *dst_dir = sbx_agent_path_dir(dst);
+    const char *src_name = sbx_agent_path_base(src), *dst_name = sbx_agent_path_base(dst);
     struct stat st;
-    if (lstat(src, &st) < 0) {
+    _cleanup_close_ int sfd = sbx_agent_open_for_user(AT_FDCWD, src_dir, O_PATH | O_DIRECTORY, 0);
+    if (sfd < 0 || fstatat(sfd, src_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         if (errno == ENOENT)
             sbx_error_set(e, SBX_NOT_FOUND, ENOENT, "source '%s' does not exist", src);
         else
-            sbx_agent_fs_error(e, errno, "stat '%s'", src);
+            sbx_agent_open_error(e, errno, "move", src, (int)strlen(src));
         return NULL;
     }
-    _cleanup_free_ char *dir = sbx_agent_path_dir(dst);
-    if (make_dirs(c, dir, NULL, e) < 0)
+    _cleanup_close_ int dfd = sbx_agent_dir_make(dst_dir, c->user.uid, c->user.gid, NULL, e);
+    if (dfd < 0)
         return NULL;
-    if (rename(src, dst) < 0) {
+    if (fstatat(dfd, dst_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
+        sbx_error_set(e, SBX_ALREADY_EXISTS, EEXIST,
+                      "move '%s' to '%s': the destination is an existing directory", src, dst);
+        return NULL;
+    }
+    if (renameat(sfd, src_name, dfd, dst_name) < 0) {
         sbx_agent_fs_error(e, errno, "move '%s' to '%s'", src, dst);
         return NULL;
     }
@@ -177,7 +176,8 @@ list_walk(struct call *c, int dirfd, const char *dir, unsigned level, unsigned d
             continue;
         _cleanup_close_ int sub =
             sbx_agent_open_for_user(dirfd, names[i], O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
-        if (sub >= 0)
+        /* A /proc mount is listed, never read: the agent's own entries are there (fsutil.h). */
+        if (sub >= 0 && !sbx_agent_fd_is_proc(sub))
             rc = list_walk(c, sub, p, level + 1, depth, out, e);
     }
     sbx_agent_dir_names_free(names, n);
@@ -207,6 +207,11 @@ do_list_dir(struct call *c, json_t *msg, struct sbx_error **e)
             sbx_error_set(e, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory", path);
         else
             sbx_agent_open_error(e, errno, "list", path, (int)strlen(path));
+        return NULL;
+    }
+    if (sbx_agent_fd_is_proc(fd)) {
+        sbx_error_set(e, SBX_PERMISSION_DENIED, EACCES,
+                      "path '%s' is on /proc, which the agent never lists", path);
         return NULL;
     }
     json_t *entries = json_array();
@@ -271,16 +276,14 @@ do_remove(struct call *c, json_t *msg, struct sbx_error **e)
         return NULL;
     }
     _cleanup_free_ char *dir = sbx_agent_path_dir(path);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    _cleanup_close_ int dfd = sbx_agent_open_for_user(AT_FDCWD, dir, O_PATH | O_DIRECTORY, 0);
     if (dfd < 0) {
         if (errno == ENOENT || errno == ENOTDIR)
             return json_object(); /* missing is not an error */
-        sbx_agent_fs_error(e, errno, "open '%s'", dir);
+        sbx_agent_open_error(e, errno, "remove", path, (int)strlen(path));
         return NULL;
     }
-    int rc = sbx_agent_remove_at(dfd, sbx_agent_path_base(path), path, e);
-    close(dfd);
-    return rc < 0 ? NULL : json_object();
+    return sbx_agent_remove_at(dfd, sbx_agent_path_base(path), path, e) < 0 ? NULL : json_object();
 }
 
 /* ---- dispatch ---- */
@@ -299,7 +302,7 @@ on_unary(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)
     _cleanup_error_ struct sbx_error *e = NULL;
     struct call c;
     json_t *res = NULL;
-    if (call_begin(req, &c, &e) == 0 && sbx_agent_fsuser_enter(&c.user, &c.fsu, &e) == 0)
+    if (call_begin(req, &c, &e) == 0)
         res = fn(&c, msg, &e);
     call_end(&c);
     reply(req, res, e);

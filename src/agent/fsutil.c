@@ -9,10 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/capability.h>
 #include <linux/magic.h>
 #include <linux/openat2.h>
-#include <sys/fsuid.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
@@ -21,81 +19,6 @@
 
 #include "base/cleanup.h"
 #include "base/util.h"
-
-/* ---- acting as a user ---- */
-
-static int
-caps_get(struct __user_cap_data_struct d[2])
-{
-    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
-    return (int)syscall(SYS_capget, &h, d);
-}
-
-static int
-caps_set(struct __user_cap_data_struct d[2])
-{
-    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
-    return (int)syscall(SYS_capset, &h, d);
-}
-
-int
-sbx_agent_fsuser_enter(const struct sbx_agent_user *u, struct sbx_agent_fsuser *saved,
-                       struct sbx_error **err)
-{
-    saved->active = false;
-    saved->caps_lowered = false;
-    struct __user_cap_data_struct caps[2];
-    if (caps_get(caps) < 0)
-        return sbx_error_sys(err, errno, "capget");
-    saved->effective[0] = caps[0].effective;
-    saved->effective[1] = caps[1].effective;
-    saved->gid = (gid_t)setfsgid(u->gid);
-    if ((gid_t)setfsgid((gid_t)-1) != u->gid) {
-        setfsgid(saved->gid);
-        return sbx_error_set(err, SBX_INTERNAL, EPERM, "cannot act as group %u", u->gid);
-    }
-    saved->uid = (uid_t)setfsuid(u->uid);
-    /* setfsuid reports no error: read back with an invalid id to confirm the switch. */
-    if ((uid_t)setfsuid((uid_t)-1) != u->uid) {
-        setfsuid(saved->uid);
-        setfsgid(saved->gid);
-        return sbx_error_set(err, SBX_INTERNAL, EPERM, "cannot act as user %u", u->uid);
-    }
-    saved->active = true;
-    if (u->uid != 0) {
-        /* Per thread, and the permitted set stays: leave can raise them again. */
-        caps[0].effective = caps[1].effective = 0;
-        if (caps_set(caps) < 0) {
-            int e = errno;
-            sbx_agent_fsuser_leave(saved);
-            return sbx_error_sys(err, e, "drop capabilities to act as user %u", u->uid);
-        }
-        saved->caps_lowered = true;
-    }
-    return 0;
-}
-
-void
-sbx_agent_fsuser_leave(struct sbx_agent_fsuser *saved)
-{
-    if (saved == NULL || !saved->active)
-        return;
-    int e = errno;
-    if (saved->caps_lowered) {
-        struct __user_cap_data_struct caps[2];
-        if (caps_get(caps) == 0) {
-            caps[0].effective = saved->effective[0];
-            caps[1].effective = saved->effective[1];
-            caps_set(caps);
-        }
-        saved->caps_lowered = false;
-    }
-    /* Back to fsuid 0 also restores the fs capabilities from the permitted set. */
-    setfsuid(saved->uid);
-    setfsgid(saved->gid);
-    saved->active = false;
-    errno = e;
-}
 
 /* ---- paths ---- */
 
@@ -268,31 +191,7 @@ sbx_agent_fs_error(struct sbx_error **err, int e, const char *fmt, ...)
     return -1;
 }
 
-bool
-sbx_agent_path_is_agent_proc(const char *path)
-{
-    char *real = realpath(path, NULL);
-    if (real == NULL) {
-        /* A file about to be created: judge its directory. */
-        char *dir = sbx_agent_path_dir(path);
-        real = realpath(dir, NULL);
-        free(dir);
-    }
-    if (real == NULL)
-        return false;
-    char self[32], one[] = "/proc/1";
-    snprintf(self, sizeof(self), "/proc/%d", (int)getpid());
-    bool hit = false;
-    for (int i = 0; i < 2 && !hit; i++) {
-        const char *pre = i == 0 ? one : self;
-        size_t n = strlen(pre);
-        hit = strncmp(real, pre, n) == 0 && (real[n] == '\0' || real[n] == '/');
-    }
-    free(real);
-    return hit;
-}
-
-/* ---- writing on a user's behalf ---- */
+/* ---- acting for a user ---- */
 
 int
 sbx_agent_open_for_user(int dirfd, const char *name, int flags, mode_t mode)

@@ -1,5 +1,6 @@
 /* Directory watchers on inotify, driven by uv_poll on the inotify fd (libuv's uv_fs_event is
- * not recursive on Linux). A recursive watcher adds a watch for every directory under the
+ * not recursive on Linux). As envd's, they run as sandbox root, the path resolved for the
+ * operation user (fsutil.h). A recursive watcher adds a watch for every directory under the
  * root, and for directories created or moved in later. Events are reported as fsnotify (and
  * so envd) reports them: one event per op, named relative to the watched directory.
  *
@@ -12,9 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
-#include <sys/stat.h>
 #include <sys/statfs.h>
-#include <dirent.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -25,9 +24,11 @@
 #include "connect/connect.h"
 #include "json/json.h"
 
+/* No IN_DONT_FOLLOW: watches are added through the agent's own /proc/self/fd link to a
+ * directory already opened, which must be followed (see watch_fd). */
 #define WATCH_MASK                                                                                 \
     (IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB | IN_ONLYDIR |    \
-     IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+     IN_EXCL_UNLINK)
 #define WATCH_MAX_DIRS 65536
 
 struct wd_entry {
@@ -98,44 +99,41 @@ wd_set(struct watcher *w, int wd, const char *rel)
     w->n_wds++;
 }
 
-/* Adds a watch on root/rel and, when recursive, on every directory below it. Runs as the
- * watcher's user. Errors below the root are skipped (unreadable or vanished directories). */
+/* Watches the directory fd names, as root/rel. inotify takes a path: the agent's own link to
+ * fd, so the directory watched is the one opened, never what a name may lead to by now. */
 static int
-add_tree(struct watcher *w, const char *rel, unsigned level, struct sbx_error **err)
+watch_fd(struct watcher *w, int fd, const char *rel)
 {
-    _cleanup_free_ char *abs = rel[0] ? sbx_agent_path_join(w->root, rel) : strdup(w->root);
-    if (w->n_wds >= WATCH_MAX_DIRS)
-        return 0;
-    int wd = inotify_add_watch(w->ifd, abs, WATCH_MASK);
-    if (wd < 0) {
-        if (level == 0)
-            return sbx_agent_fs_error(err, errno, "watch '%s'", abs);
-        return 0;
-    }
-    wd_set(w, wd, rel);
-    if (!w->recursive || level > 256)
-        return 0;
-    DIR *d = opendir(abs);
-    if (d == NULL)
-        return 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+    char link[32];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    int wd = inotify_add_watch(w->ifd, link, WATCH_MASK);
+    if (wd >= 0)
+        wd_set(w, wd, rel);
+    return wd;
+}
+
+/* Watches every directory below dirfd (root/rel), each entered through a descriptor without
+ * following symlinks (symlinked directories are not watched, as in fsnotify); a /proc mount
+ * is not entered, the agent's own entries being there (fsutil.h). Directories that cannot be
+ * read or watched are skipped. */
+static void
+watch_below(struct watcher *w, int dirfd, const char *rel, unsigned level)
+{
+    size_t n = 0;
+    char **names = level > 256 ? NULL : sbx_agent_dir_names(dirfd, &n);
+    if (names == NULL)
+        return;
+    for (size_t i = 0; i < n && w->n_wds < WATCH_MAX_DIRS; i++) {
+        _cleanup_close_ int sub =
+            sbx_agent_open_for_user(dirfd, names[i], O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+        if (sub < 0 || sbx_agent_fd_is_proc(sub))
             continue;
-        bool is_dir = de->d_type == DT_DIR;
-        if (de->d_type == DT_UNKNOWN) {
-            struct stat st;
-            is_dir =
-                fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
-        }
-        if (!is_dir)
-            continue; /* symlinked directories are not followed */
-        _cleanup_free_ char *sub =
-            rel[0] ? sbx_agent_path_join(rel, de->d_name) : strdup(de->d_name);
-        add_tree(w, sub, level + 1, NULL);
+        _cleanup_free_ char *sub_rel =
+            rel[0] ? sbx_agent_path_join(rel, names[i]) : strdup(names[i]);
+        if (watch_fd(w, sub, sub_rel) >= 0)
+            watch_below(w, sub, sub_rel, level + 1);
     }
-    closedir(d);
-    return 0;
+    sbx_agent_dir_names_free(names, n);
 }
 
 /* ---- lifetime ---- */
@@ -231,10 +229,7 @@ emit(struct watcher *w, const char *name, const char *type, bool with_entry)
         _cleanup_free_ char *abs = sbx_agent_path_join(w->root, name);
         _cleanup_error_ struct sbx_error *e = NULL;
         struct sbx_agent_names *names = sbx_agent_names_new();
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        json_t *entry = NULL;
-        if (sbx_agent_fsuser_enter(&w->user, &fsu, &e) == 0)
-            entry = sbx_agent_entry_info(abs, names, &e);
+        json_t *entry = sbx_agent_entry_info(abs, names, &e);
         sbx_agent_names_free(names);
         if (entry)
             json_object_set_new(ev, "entry", entry);
@@ -280,9 +275,12 @@ handle_event(struct watcher *w, const struct inotify_event *ev)
         }
     }
     if (w->recursive && is_dir && (ev->mask & (IN_CREATE | IN_MOVED_TO))) {
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&w->user, &fsu, NULL) == 0)
-            add_tree(w, name, 1, NULL);
+        _cleanup_free_ char *abs = sbx_agent_path_join(w->root, name);
+        _cleanup_close_ int fd =
+            sbx_agent_open_for_user(AT_FDCWD, abs, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+        if (fd >= 0 && !sbx_agent_fd_is_proc(fd) && w->n_wds < WATCH_MAX_DIRS &&
+            watch_fd(w, fd, name) >= 0)
+            watch_below(w, fd, name, 1);
     }
     if (ev->mask & (IN_CREATE | IN_MOVED_TO))
         emit(w, name, "EVENT_TYPE_CREATE", true);
@@ -320,10 +318,10 @@ on_inotify(uv_poll_t *h, int status, int events)
 /* ---- creation ---- */
 
 static bool
-is_network_fs(const char *path)
+is_network_fs(int fd)
 {
     struct statfs s;
-    if (statfs(path, &s) < 0)
+    if (fstatfs(fd, &s) < 0)
         return false;
     switch ((unsigned long)s.f_type) {
     case 0x6969:     /* NFS */
@@ -396,23 +394,26 @@ watcher_new(struct sbx_http_req *req, json_t *msg, struct sbx_error **err)
     if (w->root == NULL)
         goto fail;
     {
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&w->user, &fsu, err) < 0)
-            goto fail;
-        struct stat st;
-        if (stat(w->root, &st) < 0) {
+        /* As envd watches, as root: the root followed if it is a symlink (os.Stat), never
+         * through a magic link (fsutil.h). */
+        _cleanup_close_ int fd =
+            sbx_agent_open_for_user(AT_FDCWD, w->root, O_PATH | O_DIRECTORY, 0);
+        if (fd < 0) {
             if (errno == ENOENT)
                 sbx_error_set(err, SBX_NOT_FOUND, ENOENT, "path '%s' does not exist", w->root);
+            else if (errno == ENOTDIR)
+                sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory",
+                              w->root);
             else
-                sbx_agent_fs_error(err, errno, "stat '%s'", w->root);
+                sbx_agent_open_error(err, errno, "watch", w->root, (int)strlen(w->root));
             goto fail;
         }
-        if (!S_ISDIR(st.st_mode)) {
-            sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory",
-                          w->root);
+        if (sbx_agent_fd_is_proc(fd)) {
+            sbx_error_set(err, SBX_PERMISSION_DENIED, EACCES,
+                          "path '%s' is on /proc, which the agent never watches", w->root);
             goto fail;
         }
-        if (!allow_net && is_network_fs(w->root)) {
+        if (!allow_net && is_network_fs(fd)) {
             sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                           "path '%s' is on a network mount; set allowNetworkMounts to watch it",
                           w->root);
@@ -423,8 +424,12 @@ watcher_new(struct sbx_http_req *req, json_t *msg, struct sbx_error **err)
             sbx_agent_fs_error(err, errno, "inotify_init1");
             goto fail;
         }
-        if (add_tree(w, "", 0, err) < 0)
+        if (watch_fd(w, fd, "") < 0) {
+            sbx_agent_fs_error(err, errno, "watch '%s'", w->root);
             goto fail;
+        }
+        if (w->recursive)
+            watch_below(w, fd, "", 1);
     }
     uv_loop_t *loop = uv_default_loop();
     uv_poll_init(loop, &w->poll, w->ifd);

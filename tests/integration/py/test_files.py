@@ -154,23 +154,102 @@ def test_read_missing_and_directory(sandbox):
 # -- users ----------------------------------------------------------------------------------
 
 
-def test_users_and_permissions(sandbox):
+def test_users_and_permissions(sandbox, run_cmd):
     info = sandbox.files.write("mine.txt", "x")
     st = sandbox.files.get_info(info.path)
     assert (st.owner, st.group, st.mode, st.permissions) == ("user", "user", 0o644, "-rw-r--r--")
-    # Writes are envd's: made as root and handed to the user, even where the user could not
-    # write (below); reads stay the user's, and /root is root's 0700 directory.
+    # As on E2B every file operation is envd's, done as root for whichever user: the default
+    # user reads, lists, stats, moves and removes in root's 0700 /root, which its own commands
+    # cannot, and what it writes there is made as root and handed to it.
+    r = run_cmd(sandbox, "sudo sh -c 'mkdir -m 700 /root/secret && printf s3 > /root/secret/r.txt"
+                         " && chmod 600 /root/secret/r.txt'; stat -c '%U %a' /root; ls /root")
+    assert r.stdout.startswith("root 700\n") and r.exit_code != 0, (r.stdout, r.stderr)
+    assert sandbox.files.read("/root/secret/r.txt") == "s3"
+    st = sandbox.files.get_info("/root/secret/r.txt")
+    assert (st.owner, st.group, st.mode) == ("root", "root", 0o600)
     assert sandbox.files.write("/root/handed.txt", "x").path == "/root/handed.txt"
-    st = sandbox.files.get_info("/root/handed.txt", user="root")
+    assert sandbox.files.read("/root/handed.txt") == "x"
+    st = sandbox.files.get_info("/root/handed.txt")
     assert (st.owner, st.group, st.mode) == ("user", "user", 0o644)
-    with pytest.raises(SandboxException):
-        sandbox.files.list("/root")
+    assert {"secret", "handed.txt"} <= {e.name for e in sandbox.files.list("/root")}
+    assert [e.path for e in sandbox.files.list("/root", depth=2) if e.name == "r.txt"] == [
+        "/root/secret/r.txt"]
+    moved = sandbox.files.rename("/root/secret/r.txt", "/root/moved/r.txt")
+    assert (moved.path, moved.owner, moved.mode) == ("/root/moved/r.txt", "root", 0o600)
+    assert sandbox.files.get_info("/root/moved").owner == "user"  # made for the mover
+    sandbox.files.remove("/root/secret")
+    sandbox.files.remove("/root/moved")
+    assert not sandbox.files.exists("/root/secret") and not sandbox.files.exists("/root/moved")
+    assert run_cmd(sandbox, "sudo ls /root/secret /root/moved").exit_code != 0
     r = sandbox.files.write("/root/yes.txt", "x", user="root")
     assert r.path == "/root/yes.txt"
     st = sandbox.files.get_info("/root/yes.txt", user="root")
     assert (st.owner, st.group) == ("root", "root")
     assert sandbox.files.read("~/yes.txt", user="root") == "x"
     assert sandbox.files.write("rel.txt", "y", user="root").path == "/root/rel.txt"
+
+
+def _read_stream(sbx, path):
+    with sbx.files.read(path, format="stream") as s:
+        return b"".join(s).decode()
+
+
+# Every form in which the SDKs (and presigned URLs) download a file.
+READS = {
+    "text": lambda s, p: s.files.read(p),
+    "bytes": lambda s, p: bytes(s.files.read(p, format="bytes")).decode(),
+    "stream": _read_stream,
+    "gzip": lambda s, p: s.files.read(p, gzip=True),
+    "signed-url": lambda s, p: _fetch(s.download_url(p))[1].decode(),
+}
+
+
+@pytest.mark.parametrize("form", list(READS))
+def test_reads_are_roots_for_the_user(sandbox, run_cmd, form):
+    """As on E2B (envd reads as root), the default user reads back a file that only root
+    can read, in every form a download takes."""
+    r = run_cmd(sandbox, "sudo sh -c 'mkdir -m 700 /root/r && printf secret > /root/r/f.txt && "
+                         "chmod 600 /root/r/f.txt'; cat /root/r/f.txt")
+    assert r.exit_code != 0 and "Permission denied" in r.stderr, r.stderr
+    assert READS[form](sandbox, "/root/r/f.txt") == "secret"
+    # And what the user writes there, it reads back.
+    sandbox.files.write("/root/r/mine.txt", f"mine {form}")
+    assert READS[form](sandbox, "/root/r/mine.txt") == f"mine {form}"
+
+
+def test_watchers_are_roots_for_the_user(sandbox, run_cmd):
+    """The default user watches a directory only root can read (polled, the sync SDK's)."""
+    assert run_cmd(sandbox, "sudo mkdir -m 700 -p /root/w/sub").exit_code == 0
+    h = sandbox.files.watch_dir("/root/w", recursive=True)
+    assert run_cmd(sandbox, "sudo sh -c 'echo x > /root/w/sub/f.txt && rm /root/w/sub/f.txt'"
+                   ).exit_code == 0
+    assert _events(h) == [("create", "sub/f.txt"), ("write", "sub/f.txt"),
+                          ("remove", "sub/f.txt")]
+    h.stop()
+
+
+async def test_async_root_paths_for_the_user(async_sandbox):
+    """The same with the async SDK: read, list, stat, move, remove and the WatchDir stream of
+    paths below root's 0700 /root, as the default user."""
+    import asyncio
+    s = async_sandbox
+    r = await s.commands.run("sudo sh -c 'mkdir -m 700 /root/a && printf s > /root/a/f.txt'")
+    assert r.exit_code == 0
+    assert await s.files.read("/root/a/f.txt") == "s"
+    assert (await s.files.get_info("/root/a")).owner == "root"
+    assert [e.name for e in await s.files.list("/root/a")] == ["f.txt"]
+    events = []
+    h = await s.files.watch_dir("/root/a", lambda e: events.append((e.type.value, e.name)))
+    moved = await s.files.rename("/root/a/f.txt", "/root/a/g.txt")
+    assert moved.path == "/root/a/g.txt"
+    await s.files.remove("/root/a/g.txt")
+    for _ in range(100):
+        if ("remove", "g.txt") in events:
+            break
+        await asyncio.sleep(0.05)
+    assert events == [("rename", "f.txt"), ("create", "g.txt"), ("remove", "g.txt")]
+    await h.stop()
+    assert not await s.files.exists("/root/a/g.txt")
 
 
 # -- writes as envd makes them: as root, handed to the user ---------------------------------
@@ -485,6 +564,8 @@ def test_signed_urls_without_headers(sandbox):
     sandbox.files.write("/root/hello.txt", "hi root", user="root")
     assert _fetch(sandbox.download_url("hello.txt")) == (200, b"hi user")
     assert _fetch(sandbox.download_url("/root/hello.txt", user="root")) == (200, b"hi root")
+    # Read as root for the default user too, as envd reads.
+    assert _fetch(sandbox.download_url("/root/hello.txt")) == (200, b"hi root")
     body, ct = _multipart([("file", None, b"uploaded")])
     st, out = _fetch(sandbox.upload_url("up.txt"), data=body, headers={"Content-Type": ct})
     assert (st, json.loads(out)) == (200, [{"name": "up.txt", "path": f"{HOME}/up.txt",
@@ -537,20 +618,21 @@ def test_dotdot_and_proc_links_stay_inside(sandbox, run_cmd, tmp_path):
     try:
         passwd = run_cmd(sandbox, "cat /etc/passwd").stdout
         assert sandbox.files.read("../../../../../../etc/passwd") == passwd
-        assert sandbox.files.read("/proc/self/root/etc/passwd", user="root") == passwd
-        assert sandbox.files.read("/proc/1/root/etc/passwd", user="root") == passwd
         run_cmd(sandbox, f"ln -s /proc/1/root {HOME}/p1 && ln -s / {HOME}/abs", user="root")
         assert sandbox.files.read("abs/etc/passwd") == passwd
         with pytest.raises(FileNotFoundException):
             sandbox.files.read(marker, user="root")
-        with pytest.raises((FileNotFoundException, SandboxException)):
-            sandbox.files.read(f"p1{marker}", user="root")
-        # PID 1 is the agent: `user` may not reach its own /proc entries through it.
-        assert sandbox.files.read("/proc/1/root/etc/passwd") == passwd  # just "/"
-        with pytest.raises(SandboxException):
-            sandbox.files.read("/proc/1/environ")
-        with pytest.raises(SandboxException):
-            sandbox.files.read("/proc/self/status")
+        # The agent (PID 1) acts as root but never through a /proc magic link, for any user,
+        # though its /proc/self/root (its own root) is the sandbox's "/" (unlike envd, which
+        # follows them), and reads nothing on /proc: its own entries are there.
+        for user in ("user", "root"):
+            for p in ["/proc/self/root/etc/passwd", "/proc/1/root/etc/passwd",
+                      f"{HOME}/p1{marker}", f"{HOME}/p1/etc/passwd"]:
+                with pytest.raises(InvalidArgumentException, match="never follows"):
+                    sandbox.files.read(p, user=user)
+            for p in ["/proc/1/environ", "/proc/self/status", "/proc/thread-self/comm"]:
+                with pytest.raises(SandboxException, match="on /proc"):
+                    sandbox.files.read(p, user=user)
         with pytest.raises(SandboxException):
             sandbox.files.write("/proc/1/oom_score_adj", "1000")
         # Writes through .. chains land inside the sandbox.
