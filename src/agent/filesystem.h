@@ -21,8 +21,10 @@
 
 #define SBX_AGENT_WATCH_MAX        1024  /* live watchers (streams + polled) */
 #define SBX_AGENT_WATCH_MAX_QUEUED 10000 /* undrained events of a polled watcher */
-#define SBX_AGENT_UPLOAD_MAX_FILES 10000 /* parts named "file" in one upload */
-#define SBX_AGENT_IO_CHUNK         (64 * 1024)
+/* entries a recursive watcher reports as created when a directory appears with contents */
+#define SBX_AGENT_WATCH_MAX_ANNOUNCED 65536
+#define SBX_AGENT_UPLOAD_MAX_FILES    10000 /* parts named "file" in one upload */
+#define SBX_AGENT_IO_CHUNK            (64 * 1024)
 
 /* Handles POST /filesystem.Filesystem/<method>; false if the path is not this service's. */
 bool sbx_agent_fs_handle(struct sbx_http_req *req);

@@ -171,6 +171,31 @@ describe('files', () => {
     await h.stop()
   })
 
+  test('a recursive watch reports what new directories hold, as envd does', T, async () => {
+    // envd's fsnotify walks a directory new to a recursive watch, reports each entry as
+    // created and watches its subdirectories; one moved within the tree is not walked again.
+    await sbx.files.makeDir('js/rw')
+    const events = []
+    const h = await sbx.files.watchDir('js/rw', (e) => events.push([e.type, e.name]), { recursive: true })
+    const until = async (n) => waitFor(async () => events.length >= n, 5000, `${n} events`)
+    await sbx.files.makeDir('js/rw/a/b')
+    await until(3)
+    await sbx.files.write('js/rw/a/b/c.txt', 'x')
+    await until(6)
+    const r = await sbx.commands.run('mkdir -p ~/js/stage/t/x && echo 1 > ~/js/stage/t/x/f && mv ~/js/stage/t ~/js/rw/t')
+    assert.equal(r.exitCode, 0)
+    await until(9)
+    await sbx.commands.run('mv ~/js/rw/t ~/js/rw/u && echo 2 > ~/js/rw/u/x/g')
+    await until(13)
+    assert.deepEqual(events, [
+      ['create', 'a'], ['create', 'a/b'], ['chmod', 'a'],
+      ['create', 'a/b/c.txt'], ['chmod', 'a/b/c.txt'], ['write', 'a/b/c.txt'],
+      ['create', 't'], ['create', 't/x'], ['create', 't/x/f'],
+      ['rename', 't'], ['create', 'u'], ['create', 'u/x/g'], ['write', 'u/x/g'],
+    ])
+    await h.stop()
+  })
+
   test('hostile paths', T, async () => {
     const passwd = (await sbx.commands.run('cat /etc/passwd')).stdout
     assert.equal(await sbx.files.read('../../../../etc/passwd'), passwd)

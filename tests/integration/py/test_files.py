@@ -358,6 +358,80 @@ def test_watchers_see_envds_event_sequences(sandbox, run_cmd):
     h.stop()
 
 
+def test_recursive_watch_reports_new_directories_as_envd(sandbox, run_cmd):
+    """A recursive watcher watches directories made after it started, and reports what it
+    finds in them as created, as envd's fsnotify walks a new directory: a directory made
+    with contents (MakeDir of a/b, an upload of a/b/c.txt, a tree moved in) shows each entry,
+    and what happens in it afterwards is seen. A directory moved within the tree keeps being
+    watched under its new name without being reported again; one moved out is no longer
+    watched."""
+    sandbox.files.make_dir("rw")
+    h = sandbox.files.watch_dir("rw", recursive=True)
+    sandbox.files.make_dir("rw/a/b")
+    assert _events(h) == [("create", "a"), ("create", "a/b"), ("chmod", "a")]
+    sandbox.files.write("rw/a/b/c.txt", "x")
+    assert _events(h) == [("create", "a/b/c.txt"), ("chmod", "a/b/c.txt"), ("write", "a/b/c.txt")]
+    # The upload makes a2, a2/b and c.txt (handing each to the user) before the watcher learns
+    # of a2; whether its write comes after b's watch is added depends on how the body arrives.
+    sandbox.files.write("rw/a2/b/c.txt", "x")
+    got = _events(h)
+    assert got[:4] == [("create", "a2"), ("create", "a2/b"), ("create", "a2/b/c.txt"),
+                       ("chmod", "a2")], got
+    assert set(got[4:]) <= {("write", "a2/b/c.txt")}, got
+    # A tree moved in (one rename), moved within, moved out.
+    r = run_cmd(sandbox, "mkdir -p ~/stage/t/x && echo 1 > ~/stage/t/x/f && mv ~/stage/t ~/rw/t")
+    assert r.exit_code == 0, r.stderr
+    assert _events(h) == [("create", "t"), ("create", "t/x"), ("create", "t/x/f")]
+    assert run_cmd(sandbox, "mv ~/rw/t ~/rw/u && echo 2 > ~/rw/u/x/g").exit_code == 0
+    assert _events(h) == [("rename", "t"), ("create", "u"), ("create", "u/x/g"),
+                          ("write", "u/x/g")]
+    assert run_cmd(sandbox, "mv ~/rw/u ~/stage/u").exit_code == 0
+    assert _events(h) == [("rename", "u")]
+    assert run_cmd(sandbox, "echo 3 > ~/stage/u/x/h && echo 4 > ~/rw/a/after").exit_code == 0
+    assert _events(h) == [("create", "a/after"), ("write", "a/after")]
+    h.stop()
+
+
+def test_watch_reports_the_watched_directory_itself_as_envd(sandbox, run_cmd):
+    """fsnotify names events on a watched directory itself after it, "." for the root: its
+    changes of attributes, its removal and its move (after which it is no longer watched). A
+    subdirectory's change of attributes is reported by its parent's watch and its own, twice,
+    as envd reports it."""
+    sandbox.files.make_dir("sw/sub")
+    h = sandbox.files.watch_dir("sw", recursive=True)
+    assert run_cmd(sandbox, "chmod 700 ~/sw/sub && chmod 700 ~/sw").exit_code == 0
+    assert _events(h) == [("chmod", "sub"), ("chmod", "sub"), ("chmod", ".")]
+    assert run_cmd(sandbox, "mv ~/sw ~/sw2 && touch ~/sw2/after").exit_code == 0
+    assert _events(h) == [("rename", ".")]
+    h.stop()
+    sandbox.files.write("rm1/f", "x")
+    h = sandbox.files.watch_dir("rm1")
+    assert run_cmd(sandbox, "rm -r ~/rm1").exit_code == 0
+    assert _events(h) == [("remove", "f"), ("remove", ".")]
+    h.stop()
+
+
+async def test_recursive_watch_stream_reports_new_directories(async_sandbox):
+    """The same on the WatchDir stream (the async SDK's), entries included."""
+    import asyncio
+    s = async_sandbox
+    await s.files.make_dir("rs")
+    events = []
+    h = await s.files.watch_dir("rs", lambda e: events.append(e), recursive=True,
+                                include_entry=True)
+    await s.files.make_dir("rs/a/b")
+    await s.files.write("rs/a/b/c.txt", "x")
+    want = [("create", "a"), ("create", "a/b"), ("chmod", "a"), ("create", "a/b/c.txt"),
+            ("chmod", "a/b/c.txt"), ("write", "a/b/c.txt")]
+    for _ in range(100):
+        if len(events) >= len(want):
+            break
+        await asyncio.sleep(0.05)
+    assert [(e.type.value, e.name) for e in events] == want
+    assert events[1].entry.path == f"{HOME}/rs/a/b" and events[1].entry.type == FileType.DIR
+    await h.stop()
+
+
 async def test_watch_stream_sees_envds_event_sequences(async_sandbox):
     """The same sequences on the WatchDir stream (the async SDK's)."""
     import asyncio
