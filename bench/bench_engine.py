@@ -3,8 +3,6 @@
   first    Sandbox.create() -> first run_code("1+1") result through the official Python SDK,
            from a warm pool, against the host starting `python3 -c "print(1+1)"`;
            server-side create from a pool and without one (X-Sbx-Spawn-Us), against unshare
-  languages  each language's first run_code in a new code-interpreter sandbox, from a warm
-           pool and with no pool: the pool must not slow any language's first call
   busy     commands.run("true") on one sandbox while 20 sandboxes are created at once,
            against its idle round trip
   rate     base sandboxes created and killed for a while by 1, 4 and 16 concurrent clients
@@ -14,8 +12,9 @@
   density  resident memory of idle base and idle code-interpreter sandboxes (kernel warm),
            as sandboxes per GiB; then N live base sandboxes and list/create round trips
            among them
+  (each language's first run_code, with and without a pool: bench_first_call.py --no-pool)
 
-    .venv/bin/python bench/bench_engine.py [first|languages|busy|rate|density ...] [--n N]
+    .venv/bin/python bench/bench_engine.py [first|busy|rate|density ...] [--n N]
         [--seconds S] [--live N]
 """
 
@@ -138,35 +137,6 @@ def bench_first(n):
     report("baseline: unshare (same namespaces) /bin/true", unshare)
     report("server-side create from a pool", pooled_server, "unshare", unshare)
     report("server-side create without a pool", cold_server, "unshare", unshare)
-
-
-LANGUAGES = [("python", "1+1"), ("javascript", "1+1"), ("typescript", "const x: number = 1; x+1"),
-             ("r", "1+1"), ("java", "1+1"), ("bash", "echo 2")]
-
-
-def bench_languages(n):
-    print(f"# first run_code per language in a new sandbox (n={n} each)")
-    times = {}
-    for pooled in (True, False):
-        pools = ["--pool", f"code-interpreter-v1={n if pooled else 0}", "--pool", "base=0"]
-        with Daemon(*pools) as d:
-            if pooled:
-                d.wait_pools_warm()
-            for lang, code in LANGUAGES:
-                for _ in range(n):
-                    s = CodeSandbox.create(timeout=300)
-                    t0 = time.perf_counter()
-                    ex = s.run_code(code, language=lang, timeout=120)
-                    times.setdefault((lang, pooled), []).append((time.perf_counter() - t0) * 1000)
-                    out = "".join(r.text or "" for r in ex.results) + "".join(ex.logs.stdout)
-                    assert ex.error is None and "2" in out, (lang, ex)
-                    s.kill()
-                if pooled:
-                    d.wait_pools_warm()
-    for lang, _ in LANGUAGES:
-        report(f"{lang:<10} first run_code, no pool", times[(lang, False)])
-        report(f"{lang:<10} first run_code, pooled sandbox", times[(lang, True)],
-               "no pool", times[(lang, False)])
 
 
 def bench_busy(n):
@@ -299,14 +269,14 @@ def bench_density(k, live):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("what", nargs="*",
-                    default=["first", "languages", "busy", "rate", "density"])
+                    default=["first", "busy", "rate", "density"])
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--live", type=int, default=1000)
     a = ap.parse_args()
     for w in a.what:
         {"first": lambda: bench_first(a.n), "busy": lambda: bench_busy(a.n),
-         "rate": lambda: bench_rate(a.seconds), "languages": lambda: bench_languages(3),
+         "rate": lambda: bench_rate(a.seconds),
          "density": lambda: bench_density(10, a.live)}[w]()
 
 

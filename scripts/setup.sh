@@ -13,6 +13,7 @@ APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang
     libuv1-dev libjansson-dev libhttp-parser-dev libsqlite3-dev libseccomp-dev libssl-dev
     libzmq3-dev libcurl4-openssl-dev zlib1g-dev
+    libnftables-dev nftables # the sandbox network's filtering and NAT (src/sandbox/nft.c)
     sudo curl git util-linux iproute2 procps
     e2fsprogs # mke2fs formats the per-sandbox disk images
     lxcfs # /proc/meminfo, cpuinfo... of each sandbox's own limits
@@ -27,9 +28,10 @@ APT_NODE_PACKAGES=(nodejs npm)
 # Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU);
 # clang with the libFuzzer runtime for `make test-fuzz`; promtool (in prometheus) checks
 # /metrics; systemd-analyze (systemd) checks the unit file; crun and bwrap are the baselines
-# of bench/bench_engine.py.
+# of bench/bench_engine.py; the network tests' and benchmarks' own hosts and services: a
+# throughput meter, a resolver for test domains, a SOCKS5 server, and curl.
 APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils clang-14 libclang-rt-14-dev prometheus systemd
-    crun bubblewrap)
+    crun bubblewrap iperf3 dnsmasq-base microsocks curl)
 
 # apt-get update again only when the package lists are older than this.
 APT_UPDATE_MAX_AGE_S=$((6 * 3600))
@@ -38,6 +40,8 @@ APT_STAMP=/var/lib/apt/periodic/sbx-setup-update-stamp
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$REPO/.venv"
 PY_REQUIREMENTS="$REPO/tests/integration/py/requirements.txt"
+VENV_SDK1="$REPO/.venv-sdk1"
+PY_REQUIREMENTS_SDK1="$REPO/tests/integration/py/requirements-sdk1.txt"
 JS_DIR="$REPO/tests/integration/js"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -101,20 +105,22 @@ file_hash() {
     sha256sum "$@" | sha256sum | cut -d' ' -f1
 }
 
+# A venv at $1 with the requirements file $2, reinstalled only when that file changes. The
+# 2.x SDKs (the tests' own) and the 1.x ones (the seed quickstart's) need one each.
 setup_venv() {
-    local stamp="$VENV/.sbx-requirements.sha256" want
-    if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-        log "creating $VENV"
-        rm -rf "$VENV"
-        /usr/bin/python3 -m venv "$VENV"
+    local venv=$1 requirements=$2 stamp="$1/.sbx-requirements.sha256" want
+    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        log "creating $venv"
+        rm -rf "$venv"
+        /usr/bin/python3 -m venv "$venv"
     fi
-    want=$(file_hash "$PY_REQUIREMENTS")
+    want=$(file_hash "$requirements")
     if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
-        log "Python venv up to date"
+        log "Python venv ${venv#"$REPO"/} up to date"
         return
     fi
-    log "pip install -r ${PY_REQUIREMENTS#"$REPO"/}"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_REQUIREMENTS"
+    log "pip install -r ${requirements#"$REPO"/}"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
     printf '%s\n' "$want" >"$stamp"
 }
 
@@ -155,7 +161,10 @@ KERNEL_PY_NODEPS=(e2b-charts==1.0.0 bash_kernel==0.10.0)
 # Installed with dependencies (small, pure Python or wheels): what the two above need beyond
 # Debian's packages. e2b-charts builds on pydantic 2 (Debian 12 has 1.10).
 KERNEL_PY_DEPS=('pydantic>=2.9,<3' 'pexpect>=4.8' 'filetype>=1.2')
-KERNEL_NODE_PACKAGES=(tslab@1.0.22)
+# The JavaScript/TypeScript kernel (src/jupyter/javascript: kernel.js, transform.js) and its
+# npm packages, pinned by its package-lock.json: Babel, for the transform E2B's kernel applies,
+# and zeromq (its prebuilt binaries come in the npm package).
+JS_KERNEL_SRC=src/jupyter/javascript
 # The Java kernel (src/jupyter/java/SbxJavaKernel.java) runs on jjava-jupyter's Jupyter
 # plumbing; these jars are it and its runtime dependencies, from Maven Central, with their
 # SHA-256. (The JJava kernel proper, jjava-kernel, is not served by the registry here.)
@@ -171,9 +180,9 @@ JAVA_KERNEL_SRC=src/jupyter/java/SbxJavaKernel.java
 KERNEL_LAYOUT=2 # bump when the install commands change, so that setup redoes them
 
 install_kernels() {
-    local py="$KERNEL_PREFIX/python" node="$KERNEL_PREFIX/node" want
+    local py="$KERNEL_PREFIX/python" want
     [[ $(id -u) == 0 ]] || die "installing kernels under $KERNEL_PREFIX needs root"
-    umask 022 # kernels run as the sandbox user: everything must be world-readable
+    umask 022 # world-readable: kernels run as sandbox root, commands as user
     want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_PY_NODEPS[@]}" "${KERNEL_PY_DEPS[@]}" | sha256sum | cut -d' ' -f1)
     if [[ -f $py/.sbx-packages.sha256 && $(cat "$py/.sbx-packages.sha256") == "$want" ]]; then
         log "Python kernel packages up to date"
@@ -191,24 +200,30 @@ install_kernels() {
     install -m 0644 "$REPO/src/jupyter/python/sbx_e2b.py" "$py/sbx_e2b.py"
 
     install_java_kernel
+    install_javascript_kernel
+}
 
+# npm ci of the kernel's lock into $KERNEL_PREFIX/javascript, redone when the lock changes;
+# the kernel's own files are always copied.
+install_javascript_kernel() {
+    local dir="$KERNEL_PREFIX/javascript" src="$REPO/$JS_KERNEL_SRC" want
     if ! command -v npm >/dev/null 2>&1; then
-        log "warning: npm not found; JavaScript/TypeScript kernels (tslab) not installed"
+        log "warning: npm not found; JavaScript/TypeScript kernel not installed"
         return
     fi
-    want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_NODE_PACKAGES[@]}" | sha256sum | cut -d' ' -f1)
-    if [[ -f $node/.sbx-packages.sha256 && $(cat "$node/.sbx-packages.sha256") == "$want" ]]; then
+    want=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
+    if [[ -f $dir/.sbx-packages.sha256 && $(cat "$dir/.sbx-packages.sha256") == "$want" ]]; then
         log "JavaScript kernel packages up to date"
     else
-        log "npm install --prefix $node ${KERNEL_NODE_PACKAGES[*]}"
-        rm -rf "$node.new"
-        mkdir -p "$node.new"
-        # Nested: tslab finds @types/node only under its own node_modules.
-        npm install --prefix "$node.new" --no-audit --no-fund --loglevel=error \
-            --install-strategy=nested "${KERNEL_NODE_PACKAGES[@]}"
-        printf '%s\n' "$want" >"$node.new/.sbx-packages.sha256"
-        rm -rf "$node" && mv "$node.new" "$node"
+        log "npm ci in $dir"
+        rm -rf "$dir.new"
+        mkdir -p "$dir.new"
+        install -m 0644 "$src/package.json" "$src/package-lock.json" "$dir.new/"
+        (cd "$dir.new" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+        printf '%s\n' "$want" >"$dir.new/.sbx-packages.sha256"
+        rm -rf "$dir" && mv "$dir.new" "$dir"
     fi
+    install -m 0644 "$src/kernel.js" "$src/transform.js" "$dir/"
 }
 
 # Downloads the jars, compiles our kernel against them into $KERNEL_PREFIX/java and records a
@@ -269,7 +284,8 @@ main() {
     test)
         install_apt_packages test
         install_kernels
-        setup_venv
+        setup_venv "$VENV" "$PY_REQUIREMENTS"
+        setup_venv "$VENV_SDK1" "$PY_REQUIREMENTS_SDK1"
         setup_js
         ;;
     *) usage ;;

@@ -26,7 +26,8 @@
 #include "http/http.h"
 #include "json/json.h"
 
-#define CONFIG_MAX_BYTES (1024 * 1024)
+#define CONFIG_MAX_BYTES    (1024 * 1024)
+#define SBX_AGENT_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 #define UNAUTHORIZED_BODY                                                                          \
     "{\"code\":401,\"message\":\"unauthorized access, please provide a valid access token or "     \
     "method signing if supported\"}"
@@ -95,6 +96,11 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX_ID", json_string(cfg->sandbox_id));
+    /* Node.js trusts only the CAs built into it; give it the system's store (the host's, in
+     * the template), as OpenSSL, curl, git and pip already use, so that HTTPS works from
+     * sandboxes behind a TLS-intercepting proxy too. */
+    if (access(SBX_AGENT_CA_BUNDLE, R_OK) == 0)
+        json_object_set_new(cfg->env_vars, "NODE_EXTRA_CA_CERTS", json_string(SBX_AGENT_CA_BUNDLE));
     if (envs != NULL)
         json_object_update(cfg->env_vars, envs);
     json_decref(root);
@@ -240,6 +246,14 @@ on_request(struct sbx_http_req *req, void *ud)
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", config.sandbox_id);
     if (config.pooled) {
         handle_pooled(req, ud == NULL);
+        return;
+    }
+    /* The daemon's way to the sandbox's own ports; never offered inside the sandbox. */
+    if (strcmp(req->method, "CONNECT") == 0) {
+        if (ud == NULL)
+            sbx_agent_connect_port(req);
+        else
+            sbx_http_respond_error(req, 405, "CONNECT is not served here");
         return;
     }
     if (config.volume_service) {

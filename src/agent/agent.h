@@ -13,4 +13,8 @@
 
 int sbx_agent_main(int argc, char **argv);
 
+struct sbx_http_req;
+/* ports.c: CONNECT 127.0.0.1:<port> from the daemon: a tunnel to that port inside. */
+void sbx_agent_connect_port(struct sbx_http_req *req);
+
 #endif

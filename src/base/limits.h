@@ -11,8 +11,15 @@
 #define SBX_HTTP_LINGER_MS         5000              /* ... and for at most this long */
 /* Bytes read per read(2). Larger reads save little (bodies are parsed in place) and make
  * every leftover copied into inbuf and every queued write a large malloc. */
-#define SBX_HTTP_READ_SLAB              (64 * 1024)
-#define SBX_PROXY_SNDBUF                (1024 * 1024) /* send buffer towards an agent, best effort */
+#define SBX_HTTP_READ_SLAB (64 * 1024)
+/* Bytes read per read(2) where they are only passed on (a tunnel, an upstream's response):
+ * fewer system calls per byte on the way to and from a sandbox's port. */
+#define SBX_RELAY_READ_SLAB (256 * 1024)
+#define SBX_PROXY_SNDBUF    (1024 * 1024) /* send buffer towards an agent, best effort */
+/* A tunnel (WebSocket, CONNECT, proxied egress) that carries no byte either way this long
+ * is closed, as E2B's proxy does; clients that keep one open send pings. */
+#define SBX_TUNNEL_IDLE_MS              (620 * 1000)
+#define SBX_TUNNEL_KEEPALIVE_S          60 /* TCP keepalive of a tunnel's client: a peer that vanished */
 #define SBX_CONNECT_KEEPALIVE_DEFAULT_S 50 /* keepalive events on streams, when not asked */
 #define SBX_CONNECT_KEEPALIVE_MAX_S     60
 #define SBX_CONNECT_MAX_MESSAGE         (16 * 1024 * 1024)
@@ -110,6 +117,9 @@
 /* Contexts of one sandbox's code interpreter, the default ones included. Each runs a kernel
  * (about 40 MiB for Python): the memory limit caps them too, this caps what the agent keeps. */
 #define SBX_INTERP_MAX_CONTEXTS 16
+
+/* The sandbox network (--network-cidr; see sandbox/net.c). */
+#define SBX_NET_MAX_RULES 200 /* entries of one list (allowOut, denyOut) of a sandbox */
 
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999

@@ -78,9 +78,11 @@ parse_map(const char *s)
 static json_t *
 sandbox_json(const struct sbx_sandbox_rec *r)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:s?}", "sandboxID", r->id, "templateID",
-                          r->template_id, "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion",
-                          SBX_ENVD_VERSION, "domain", "trafficAccessToken", r->traffic_token);
+    /* The domain makes the SDKs' getHost() name this server. */
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:s?}", "sandboxID", r->id, "templateID", r->template_id,
+                  "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion", SBX_ENVD_VERSION, "domain",
+                  sbx_daemon->cfg.domain, "trafficAccessToken", r->traffic_token);
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (r->access_token)
@@ -119,7 +121,13 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
         if (r->access_token)
             json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
         json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
-        json_object_set_new(o, "domain", json_null());
+        json_object_set_new(o, "domain", json_string(sbx_daemon->cfg.domain));
+        json_t *net = r->network_json ? json_loads(r->network_json, 0, NULL) : NULL;
+        if (net) {
+            /* getInfo never shows an egress proxy's password (spec §1.2). */
+            json_object_del(json_object_get(net, "egressProxy"), "password");
+            json_object_set_new(o, "network", net);
+        }
         json_object_set_new(o, "lifecycle",
                             json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill",
                                       "autoResume", r->auto_resume));
@@ -193,12 +201,14 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     struct sbx_create_opts o = {
         .template_id = "base", .secure = true, .allow_internet = true, .auto_pause_memory = true};
     const char *tmpl = NULL;
+    int internet_set;
     if (!json_is_object(body))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
     if (sbx_json_opt_string(body, "templateID", &tmpl, err) < 0 ||
         parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, err) < 0 ||
         sbx_json_opt_bool(body, "secure", &o.secure, err) < 0 ||
-        sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err) < 0 ||
+        (internet_set = sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err)) <
+            0 ||
         parse_lifecycle(body, &o, err) < 0 ||
         sbx_json_opt_string_map(body, "metadata", &o.metadata, err) < 0 ||
         sbx_json_opt_env_map(body, "envVars", &o.env_vars, err) < 0)
@@ -226,8 +236,25 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     if (o.metadata && json_dumpb(o.metadata, NULL, 0, JSON_COMPACT) > SBX_MAX_METADATA_BYTES)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "metadata larger than %d bytes",
                              SBX_MAX_METADATA_BYTES);
+    if (sbx_netset_decode(json_object_get(body, "network"), internet_set ? o.allow_internet : -1,
+                          &o.network, err) < 0)
+        return -1;
+    /* The traffic token guards user ports only where the access token guards envd. */
+    if (json_is_false(json_object_get(o.network, "allowPublicTraffic")) && !o.secure) {
+        json_decref(o.network);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "You cannot create a sandbox without public access unless you "
+                             "enable secure envd access via 'secure' flag.");
+    }
     *out = o;
     return 0;
+}
+
+void
+sbx_api_create_opts_fini(struct sbx_create_opts *o)
+{
+    json_decref(o->network);
+    o->network = NULL;
 }
 
 int
@@ -268,6 +295,27 @@ on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *u
     sbx_api_respond_json(req, 201, sandbox_json(l->rec));
 }
 
+/* What the daemon's own network configuration says of a sandbox's settings; answers the
+ * error itself. */
+static int
+check_network(struct sbx_http_req *req, json_t *stored)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    const struct sbx_daemon_config *c = &sbx_daemon->cfg;
+    if (!c->net_on && (json_object_get(stored, "allowOut") || json_object_get(stored, "denyOut") ||
+                       json_object_get(stored, "egressProxy"))) {
+        sbx_http_respond_error(req, 400,
+                               "network rules need the sandbox network, which is off on this "
+                               "server (sbx serve --network-cidr off)");
+        return -1;
+    }
+    if (sbx_netset_check_proxy(stored, c->net.blocked, c->net.n_blocked, &err) < 0) {
+        sbx_api_respond_err(req, err);
+        return -1;
+    }
+    return 0;
+}
+
 static void
 create(struct sbx_http_req *req, json_t *body, bool v2)
 {
@@ -280,10 +328,16 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
     _cleanup_free_ char *mounts = NULL;
     if (o.volume_mounts && (mounts = sbx_volumes_resolve(o.volume_mounts, &err)) == NULL) {
         sbx_api_respond_err(req, err);
+        sbx_api_create_opts_fini(&o);
         return;
     }
     o.volume_mounts_json = mounts;
+    if (check_network(req, o.network) < 0) {
+        sbx_api_create_opts_fini(&o);
+        return;
+    }
     sbx_lifecycle_create(&o, on_created, sbx_http_req_hold(req));
+    sbx_api_create_opts_fini(&o);
 }
 
 static struct sbx_live *
@@ -488,6 +542,78 @@ get_info(struct sbx_http_req *req, const char *id)
     struct sbx_live *l = find_or_404(req, id);
     if (l)
         sbx_api_respond_json(req, 200, listed_json(l->rec, true));
+}
+
+/* PUT /sandboxes/{id}/network: the new rules are the spawner's first, then stored. */
+struct network_update {
+    struct sbx_http_hold *w;
+    char id[SBX_STORE_ID_MAX + 1];
+    bool allow_internet;
+    char *stored; /* the new settings */
+};
+
+static void
+on_network_applied(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    struct network_update *u = ud;
+    struct sbx_http_req *req = sbx_http_hold_release(u->w);
+    struct sbx_live *l = sbx_lifecycle_find(u->id);
+    _cleanup_error_ struct sbx_error *store_err = NULL;
+    if (err == NULL && l) {
+        if (sbx_store_sandbox_update_network(sbx_daemon->store, u->id, u->allow_internet, u->stored,
+                                             &store_err) < 0) {
+            err = store_err;
+        } else {
+            free(l->rec->network_json);
+            l->rec->network_json = steal_pointer(&u->stored);
+            l->rec->allow_internet = u->allow_internet;
+            sbx_netset_free(l->net);
+            l->net = sbx_netset_load(l->rec->network_json);
+        }
+    }
+    if (req && l == NULL)
+        sbx_http_respond_error(req, 404, "sandbox '%s' not found", u->id);
+    else if (req && err)
+        sbx_api_respond_err(req, err);
+    else if (req)
+        sbx_http_respond(req, 204, NULL, NULL, 0);
+    free(u->stored);
+    free(u);
+}
+
+static void
+update_network(struct sbx_http_req *req, const char *id, json_t *body)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    json_t *stored = NULL;
+    if (sbx_netset_decode_update(body, l->rec->network_json, &stored, &err) < 0) {
+        sbx_api_respond_err(req, err);
+        return;
+    }
+    if (check_network(req, stored) < 0) {
+        json_decref(stored);
+        return;
+    }
+    struct network_update *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        abort();
+    snprintf(u->id, sizeof(u->id), "%s", l->rec->id);
+    bool allow = l->rec->allow_internet;
+    /* The flag is stored only when given; the rules are the body's alone (spec §4). */
+    sbx_json_opt_bool(body, "allow_internet_access", &allow, NULL);
+    u->allow_internet = allow;
+    u->stored = json_object_size(stored) ? json_dumps(stored, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    struct sbx_netset *n = sbx_netset_load(u->stored);
+    json_decref(stored);
+    struct sbx_spawner_msg msg = {.op = SBX_SPAWNER_NET_POLICY};
+    snprintf(msg.id, sizeof(msg.id), "%s", l->rec->id);
+    sbx_netset_to_msg(n, &msg);
+    sbx_netset_free(n);
+    u->w = sbx_http_req_hold(req);
+    sbx_spawner_call(&msg, -1, on_network_applied, u);
 }
 
 struct metrics_query {
@@ -703,7 +829,8 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
     char *p[MAX_PATH_PARTS];
     size_t n = path ? split_path(path, p) : 0;
     const char *m = req->method;
-    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0, del = strcmp(m, "DELETE") == 0;
+    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0, del = strcmp(m, "DELETE") == 0,
+         put = strcmp(m, "PUT") == 0;
     /* /v2/sandboxes... is the same resource as /sandboxes... */
     bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
     char **r = v2 ? p + 1 : p;
@@ -760,6 +887,8 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
             return metrics(req, r[1]);
         if (rn == 3 && get && strcmp(r[2], "logs") == 0)
             return sbx_logs_handle(req, r[1], v2);
+        if (rn == 3 && put && strcmp(r[2], "network") == 0)
+            return update_network(req, r[1], body);
         if (rn == 3 && post && strcmp(r[2], "snapshots") == 0) {
             if (find_or_404(req, r[1]))
                 sbx_http_respond_error(req, 501,

@@ -2,6 +2,7 @@
  * (/etc/sbx/sbx.conf, `key = value` lines), an SBX_* environment variable and a flag. Later
  * sources win: defaults, the file, the environment, the flags. Nothing here touches the host
  * beyond reading the config file; only the config struct (and the log level) change. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/cleanup.h"
 #include "base/limits.h"
 #include "base/log.h"
 #include "base/version.h"
@@ -203,6 +205,65 @@ opt_volume(struct sbx_daemon_config *c, const char *v)
     return parse_positive(v, &c->volume_mb) < 0 || c->volume_mb < SBX_MIN_DISK_MB ? -1 : 0;
 }
 
+/* --network-cidr: a private range, or "off" for loopback only. */
+static int
+opt_network_cidr(struct sbx_daemon_config *c, const char *v)
+{
+    struct sbx_netplan plan;
+    if (strcmp(v, "off") != 0 && !sbx_netplan_parse(v, &plan))
+        return -1;
+    return set_string(&c->network_cidr, v);
+}
+
+/* --allow-private: each range must be one of those an operator may open; they add up. */
+static int
+opt_allow_private(struct sbx_daemon_config *c, const char *v)
+{
+    _cleanup_free_ char *copy = strdup(v);
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        struct sbx_ip4_range r;
+        bool inside = false;
+        if (!sbx_ip4_parse_cidr(item, &r, NULL) || c->n_opened == SBX_NET_MAX_OPENED)
+            return -1;
+        for (size_t i = 0; i < sbx_ip4_n_openable; i++)
+            inside |= r.first >= sbx_ip4_openable[i].first && r.last <= sbx_ip4_openable[i].last;
+        if (!inside) {
+            fprintf(stderr,
+                    "sbx serve: --allow-private %s: only parts of 10.0.0.0/8, 100.64.0.0/10, "
+                    "172.16.0.0/12 and 192.168.0.0/16 can be opened\n",
+                    item);
+            return -1;
+        }
+        c->opened[c->n_opened++] = r;
+    }
+    return 0;
+}
+
+static int
+opt_domain(struct sbx_daemon_config *c, const char *v)
+{
+    /* A host name, with a port if not the default one: it ends up in Host headers. */
+    for (const char *p = v; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr(".-:", *p))
+            return -1;
+    if (*v == '\0' || strlen(v) > 200)
+        return -1;
+    return set_string(&c->domain, v);
+}
+
+static int
+opt_tls_cert(struct sbx_daemon_config *c, const char *v)
+{
+    return *v == '\0' ? -1 : set_string(&c->tls_cert, v);
+}
+
+static int
+opt_tls_key(struct sbx_daemon_config *c, const char *v)
+{
+    return *v == '\0' ? -1 : set_string(&c->tls_key, v);
+}
+
 /* Pools add up: a later entry for a template replaces an earlier one (defaults, the file, the
  * environment, then each --pool in order). */
 static int
@@ -279,6 +340,20 @@ static const struct option_def {
      "N followed by s, m, h or d"},
     {"volume-mb", "SBX_VOLUME_MB", "N", STR(SBX_DEFAULT_VOLUME_MB), opt_volume,
      "size of each new volume, at least " STR(SBX_MIN_DISK_MB)},
+    {"domain", "SBX_DOMAIN", "D", NULL, opt_domain,
+     "sandbox ports are reached as <port>-<id>.D, which must resolve\n"
+     "to this server (default localhost:<port>)"},
+    {"tls-cert", "SBX_TLS_CERT", "FILE", NULL, opt_tls_cert,
+     "serve TLS too (https and http on the one port) with this PEM\n"
+     "certificate (chain), e.g. for *.D and D; needs --tls-key"},
+    {"tls-key", "SBX_TLS_KEY", "FILE", NULL, opt_tls_key, "the PEM key of --tls-cert"},
+    {"network-cidr", "SBX_NETWORK_CIDR", "CIDR", NULL, opt_network_cidr,
+     "the sandboxes' private network, at least a /" STR(
+         SBX_NETPLAN_MAX_PREFIX) ", or off for\n"
+                                 "loopback only (default 10.<200 + uid block>.0.0/16)"},
+    {"allow-private", "SBX_ALLOW_PRIVATE", "CIDR", NULL, opt_allow_private,
+     "a private range sandboxes may reach after all; comma-separated,\n"
+     "and --allow-private is repeatable"},
     {"log-level", "SBX_LOG_LEVEL", "LEVEL", "info", opt_log_level, "debug, info, warn or error"},
     {"log-format", "SBX_LOG_FORMAT", "FORMAT", "logfmt", opt_log_format,
      "logfmt (key=value) or json: one object per line"},

@@ -2,6 +2,7 @@
  * dir, the front end's user, API key, host uid block, the listening socket), then the two
  * processes that do the work, restarted when they die: the spawner (root) and the front end
  * (its own user, no capabilities). SIGTERM stops both and leaves sandboxes running. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -28,6 +29,7 @@
 #include "base/util.h"
 #include "daemon/daemon.h"
 #include "daemon/internal.h"
+#include "http/tls.h"
 #include "spawner/spawner.h"
 
 static int
@@ -181,7 +183,8 @@ set_max_conns(struct sbx_daemon_config *cfg, rlim_t nofile)
 /* Takes this daemon's host uid block (see sbx_uid_block_claim): the one recorded in the
  * state dir while its sandboxes may still run in it, else a free one, recorded. */
 static int
-claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, struct sbx_error **err)
+claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, int *block_out,
+                struct sbx_error **err)
 {
     _cleanup_free_ char *saved = NULL;
     if (sbx_store_setting_get(store, "uid_block", &saved, err) < 0)
@@ -207,6 +210,31 @@ claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, struct s
             return -1;
     }
     *uid_base = sbx_uid_block_base(block);
+    *block_out = block;
+    return 0;
+}
+
+/* The sandbox network of this daemon, named and addressed after its uid block (so that the
+ * daemons of one host never share either), checked against the host's routes before the
+ * spawner builds it. */
+static int
+plan_network(struct sbx_daemon_config *cfg, int block, struct sbx_error **err)
+{
+    char derived[32];
+    const char *cidr = cfg->network_cidr;
+    if (cidr && strcmp(cidr, "off") == 0)
+        return 0;
+    if (cidr == NULL) {
+        snprintf(derived, sizeof(derived), "10.%d.0.0/16", 200 + block);
+        cidr = derived;
+    }
+    struct sbx_netplan plan;
+    if (!sbx_netplan_parse(cidr, &plan))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad --network-cidr %s", cidr);
+    if (sbx_net_config_init(&cfg->net, &plan, block, cfg->opened, cfg->n_opened, err) < 0 ||
+        sbx_net_check_host(&cfg->net, err) < 0)
+        return -1;
+    cfg->net_on = true;
     return 0;
 }
 
@@ -569,6 +597,43 @@ check_cpus(const struct sbx_daemon_config *cfg, struct sbx_error **err)
     return 0;
 }
 
+/* The certificate and key, read here as root so that the front end never opens them, and
+ * checked at once. */
+static int
+read_tls(struct sbx_daemon_config *cfg, struct sbx_error **err)
+{
+    if (!cfg->tls_cert && !cfg->tls_key)
+        return 0;
+    if (!cfg->tls_cert || !cfg->tls_key)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "--tls-cert and --tls-key go together");
+    const char *files[2] = {cfg->tls_cert, cfg->tls_key};
+    char *pem[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(files[i], "re");
+        size_t n = 0;
+        if (f == NULL || getdelim(&pem[i], &n, '\0', f) < 0) {
+            int e = errno;
+            if (f)
+                fclose(f);
+            free(pem[0]);
+            return sbx_error_sys(err, e ? e : EINVAL, "read %s", files[i]);
+        }
+        fclose(f);
+    }
+    char *key_copy = strdup(pem[1]);
+    struct sbx_tls *t = sbx_tls_new(pem[0], key_copy, err);
+    sbx_secret_free(key_copy);
+    if (t == NULL) {
+        free(pem[0]);
+        sbx_secret_free(pem[1]);
+        return sbx_error_prefix(err, "--tls-cert %s, --tls-key %s", cfg->tls_cert, cfg->tls_key);
+    }
+    sbx_tls_free(t);
+    cfg->tls_cert_pem = pem[0];
+    cfg->tls_key_pem = pem[1];
+    return 0;
+}
+
 /* Everything that needs root before the workers start. */
 static int
 prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
@@ -597,7 +662,7 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
             getrlimit(RLIMIT_NOFILE, &nofile);
     }
     set_max_conns(cfg, nofile.rlim_cur);
-    if (ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
+    if (read_tls(cfg, err) < 0 || ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
         return -1;
     _cleanup_free_ char *sandboxes = NULL, *db = NULL;
     if (asprintf(&sandboxes, "%s/sandboxes", cfg->state_dir) < 0)
@@ -612,8 +677,11 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     struct sbx_store *store = sbx_store_open(db, err);
     if (store == NULL)
         return -1;
+    int block = -1;
     int rc = ensure_api_key(cfg, store, &sv.shown_key, err) < 0 ||
-                     claim_uid_block(store, &sv.spawner.lock_fd, &sv.spawner.uid_base, err) < 0
+                     claim_uid_block(store, &sv.spawner.lock_fd, &sv.spawner.uid_base, &block,
+                                     err) < 0 ||
+                     plan_network(cfg, block, err) < 0
                  ? -1
                  : 0;
     sbx_store_close(store);
@@ -657,6 +725,7 @@ sbx_daemon_main(int argc, char **argv)
     sv.spawner.frontend_uid = sv.fe_uid;
     sv.spawner.frontend_gid = sv.fe_gid;
     sv.spawner.relaxed = cfg.relaxed;
+    sv.spawner.net = cfg.net_on ? &cfg.net : NULL;
     /* Signals come through a signalfd here; workers unblock them. */
     sigemptyset(&sv.blocked);
     sigaddset(&sv.blocked, SIGCHLD);

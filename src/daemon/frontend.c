@@ -12,7 +12,9 @@
 #include "base/fdpass.h"
 #include "base/limits.h"
 #include "base/log.h"
+#include "base/util.h"
 #include "daemon/internal.h"
+#include "http/tls.h"
 
 struct sbx_daemon *sbx_daemon;
 
@@ -54,6 +56,35 @@ on_log_prune(uv_timer_t *t)
     sbx_logs_prune();
 }
 
+static void
+on_network_synced(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    if (err)
+        sbx_log_error("network", "sandbox=%s error=\"%s\"", ud ? (const char *)ud : "-", err->msg);
+    free(ud);
+}
+
+/* Tells a (new) spawner where the DNS forwarder and the egress proxy listen, and every
+ * sandbox's egress rules
+ * again: a spawner that had to rebuild the nftables table has lost them. */
+static void
+sync_network(void)
+{
+    if (!sbx_daemon->cfg.net_on)
+        return;
+    struct sbx_spawner_msg ports = {
+        .op = SBX_SPAWNER_NET_PORTS, .dns_port = sbx_dns_port(), .proxy_port = sbx_outbound_port()};
+    sbx_spawner_call(&ports, -1, on_network_synced, NULL);
+    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next) {
+        if (l->dying || sbx_netset_is_default(l->net))
+            continue;
+        struct sbx_spawner_msg req = {.op = SBX_SPAWNER_NET_POLICY};
+        snprintf(req.id, sizeof(req.id), "%s", l->rec->id);
+        sbx_netset_to_msg(l->net, &req);
+        sbx_spawner_call(&req, -1, on_network_synced, strdup(l->rec->id));
+    }
+}
+
 /* The supervisor passes the channel to each new spawner here. */
 static void
 on_control(uv_poll_t *h, int status, int events)
@@ -73,6 +104,7 @@ on_control(uv_poll_t *h, int status, int events)
     sbx_log_info("spawner_restarted", "ok=1");
     sbx_metrics_spawner_restart();
     sbx_spawner_client_set_channel(sbx_daemon->loop, fd);
+    sync_network();
 }
 
 static int
@@ -90,8 +122,11 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
     uv_poll_init(d->loop, &d->control, control);
     uv_poll_start(&d->control, UV_READABLE, on_control);
     uv_timer_init(d->loop, &d->expiry);
+    if (sbx_dns_start(d, err) < 0 || sbx_outbound_start(d, err) < 0)
+        return -1;
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");
+    sync_network();
     if (sbx_pool_configure(d->cfg.pools, err) < 0)
         return -1;
     sbx_pool_fill();
@@ -104,6 +139,15 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
                                  (uint64_t)d->cfg.idle_timeout_s * 1000,
                                  SBX_ANON_IDLE_TIMEOUT_S * 1000);
     sbx_http_server_set_max_conns(d->http, (size_t)d->cfg.max_conns);
+    if (d->cfg.tls_cert_pem) {
+        /* A copy of the key: this process's is wiped as it loads. */
+        char *key = strdup(d->cfg.tls_key_pem);
+        struct sbx_tls *tls = key ? sbx_tls_new(d->cfg.tls_cert_pem, key, err) : NULL;
+        sbx_secret_free(key);
+        if (tls == NULL)
+            return -1;
+        sbx_http_server_set_tls(d->http, tls);
+    }
     if (sbx_http_server_listen_fd(d->http, listen_fd, err) < 0)
         return -1;
     if (metrics_fd >= 0) {
@@ -122,6 +166,10 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
     uv_signal_start(&d->sigterm, on_stop_signal, SIGTERM);
     uv_signal_start(&d->sigint, on_stop_signal, SIGINT);
     int port = sbx_http_server_port(d->http);
+    /* Names under localhost resolve to the loopback in browsers and curl: getHost() works on
+     * this machine out of the box. */
+    if (d->cfg.domain == NULL && asprintf(&d->cfg.domain, "localhost:%d", port) < 0)
+        abort();
     const char *host = d->cfg.listen_host;
     if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
         host = "127.0.0.1";
@@ -136,7 +184,8 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
             printf("# E2B_API_KEY: one of your keys (an admin makes more: sbx keys create NAME)\n");
         fflush(stdout);
     }
-    sbx_log_info("frontend_ready", "listen=%s:%d uid=%d", d->cfg.listen_host, port, (int)getuid());
+    sbx_log_info("frontend_ready", "listen=%s:%d uid=%d domain=%s", d->cfg.listen_host, port,
+                 (int)getuid(), d->cfg.domain);
     return 0;
 }
 

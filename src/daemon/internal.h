@@ -49,6 +49,16 @@ struct sbx_daemon_config {
     int metrics_port;
     int64_t paused_retention_s; /* --paused-retention: paused sandboxes are deleted after */
     int volume_mb;              /* --volume-mb: the size of a new volume */
+    char *domain; /* --domain: sandbox URLs are <port>-<id>.<domain>; NULL: localhost:<port> */
+    char *tls_cert, *tls_key;         /* --tls-cert, --tls-key: the files */
+    char *tls_cert_pem, *tls_key_pem; /* their contents, read by the supervisor (root) */
+    /* The sandbox network: --network-cidr (NULL: derived from the uid block; "off": none),
+     * --allow-private; net is filled at start, once the uid block is known. */
+    char *network_cidr;
+    struct sbx_ip4_range opened[SBX_NET_MAX_OPENED];
+    size_t n_opened;
+    bool net_on;
+    struct sbx_net_config net;
 };
 
 /* config.c: fills c from defaults, SBX_* variables and flags (in that order, later wins).
@@ -75,6 +85,7 @@ struct sbx_live {
     struct sbx_live *pool_next;         /* in its pool's list of warm sandboxes */
     struct sbx_pool_member *warming;    /* pool.c: while it warms up */
     struct sbx_volume_service *service; /* volumes.c: it serves this volume's content API */
+    struct sbx_netset *net;             /* egress.c: its network settings, from rec->network_json */
 };
 
 struct sbx_daemon {
@@ -86,8 +97,11 @@ struct sbx_daemon {
     struct sbx_live *live;                /* every running sandbox (live.c owns the three views) */
     struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
     struct sbx_live *recent; /* the secure sandbox used last */
-    uv_timer_t expiry;       /* fires at the soonest end_at */
-    uv_timer_t log_prune;    /* sandbox logs past their retention */
+    /* Every sandbox of ours by uid slot, pooled ones too: the slot is its network address
+     * (DNS queries and proxied connections name it by that). */
+    struct sbx_live *by_slot[SBX_MAX_SANDBOXES];
+    uv_timer_t expiry;    /* fires at the soonest end_at */
+    uv_timer_t log_prune; /* sandbox logs past their retention */
     uv_signal_t sigterm, sigint;
     uv_poll_t control; /* from the supervisor: channels to new spawners */
 };
@@ -118,6 +132,7 @@ struct sbx_create_opts {
     json_t *env_vars;
     json_t *volume_mounts;          /* borrowed [{name, path}], checked but not resolved */
     const char *volume_mounts_json; /* resolved: [{name, path, volumeID}] (sbx_volumes_resolve) */
+    json_t *network; /* the network settings as stored (egress.c); owned, see _fini */
 };
 /* l is the new sandbox (NULL with err on failure); spawn_us the time the spawn took. */
 typedef void (*sbx_lifecycle_create_cb)(struct sbx_live *l, struct sbx_error *err,
@@ -228,6 +243,8 @@ struct sbx_live *sbx_live_find(struct sbx_daemon *d, const char *id);
 /* The sandbox was just used by someone who proved to own it (API key, its access token, a
  * valid signature): it becomes the first candidate of presigned URLs without an id. */
 void sbx_live_touch(struct sbx_daemon *d, struct sbx_live *l);
+/* The sandbox whose network address a is (pooled ones too), or NULL. */
+struct sbx_live *sbx_live_by_addr(struct sbx_daemon *d, uint32_t a);
 
 /* frontend.c: the front end's life, as a worker of the supervisor (daemon.c): it serves the
  * listening socket, gets the channel to a spawner (and later ones through control), and
@@ -281,6 +298,55 @@ void sbx_auth_keys_handle(struct sbx_http_req *req, char **parts, size_t n, json
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
                               struct sbx_error **err);
 int sbx_api_timeout_parse(json_t *body, bool extend_only, int64_t *secs, struct sbx_error **err);
+
+void sbx_api_create_opts_fini(struct sbx_create_opts *o);
+
+/* egress.c: a sandbox's network settings (spec network.md §1, §4). */
+struct sbx_netset {
+    struct sbx_ip4_range *allow, *deny; /* normalised */
+    size_t n_allow, n_deny;
+    bool deny_all;       /* denyOut covers every address: only allowed names resolve */
+    bool public_traffic; /* allowPublicTraffic: false means user ports need the traffic token */
+    char *mask_host;     /* maskRequestHost, NULL if none */
+    int *https_ports;    /* httpsPorts: ports whose service serves HTTPS itself */
+    size_t n_https_ports;
+    char **domains; /* allowOut's host name patterns, lowercase */
+    size_t n_domains;
+    char *proxy_host; /* egressProxy (SOCKS5), NULL if none */
+    int proxy_port;
+    char *proxy_user, *proxy_pass;
+};
+/* Decodes a create's "network" (NULL if absent) and allow_internet_access (-1 absent, 0, 1)
+ * into the stored form (*stored, a new object); errors are the spec's 400s, or 501 for what
+ * this server does not do. */
+int sbx_netset_decode(json_t *network, int allow_internet, json_t **stored, struct sbx_error **err);
+/* The body of PUT /sandboxes/{id}/network: replaces the egress part of old (stored, NULL:
+ * none), keeps its ingress options. */
+int sbx_netset_decode_update(json_t *body, const char *old, json_t **stored,
+                             struct sbx_error **err);
+/* An egress proxy at an IP address must not be one sandboxes may not reach themselves (a
+ * name is checked when it is resolved, at each connection). */
+int sbx_netset_check_proxy(json_t *stored, const struct sbx_ip4_range *blocked, size_t n,
+                           struct sbx_error **err);
+/* From the stored form (NULL: the defaults); never NULL. */
+struct sbx_netset *sbx_netset_load(const char *stored);
+void sbx_netset_free(struct sbx_netset *n);
+/* Whether it has no egress rule (nothing for the spawner to apply). */
+bool sbx_netset_is_default(const struct sbx_netset *n);
+void sbx_netset_to_msg(const struct sbx_netset *n, struct sbx_spawner_msg *m);
+/* Whether name matches an allowOut host name pattern ("a.com", "*.a.com", "*"). */
+bool sbx_netset_name_allowed(const struct sbx_netset *n, const char *name);
+
+/* dns.c: the sandboxes' DNS forwarder, on the gateway, to the host's resolvers. */
+/* A socket of type bound to the gateway's address (port 0: any), or -errno. */
+int sbx_gateway_socket(const struct sbx_daemon *d, int type);
+int sbx_dns_start(struct sbx_daemon *d, struct sbx_error **err);
+/* Its port, for the spawner's redirection (0 when the network is off). */
+uint16_t sbx_dns_port(void);
+
+/* outbound.c: the sandboxes' egress proxy (host name rules, SOCKS5), on the gateway. */
+int sbx_outbound_start(struct sbx_daemon *d, struct sbx_error **err);
+uint16_t sbx_outbound_port(void);
 
 /* router.c: entry point of every request. */
 void sbx_router_on_request(struct sbx_http_req *req, void *ud);

@@ -38,6 +38,10 @@ static void
 live_free(struct sbx_live *l)
 {
     sbx_lifecycle_unwatch(l);
+    if (l->rec->uid_slot >= 0 && l->rec->uid_slot < SBX_MAX_SANDBOXES &&
+        sbx_daemon->by_slot[l->rec->uid_slot] == l)
+        sbx_daemon->by_slot[l->rec->uid_slot] = NULL;
+    sbx_netset_free(l->net);
     sbx_sandbox_rec_free(l->rec);
     free(l->dir);
     free(l->sock_path);
@@ -99,7 +103,16 @@ live_new(struct sbx_sandbox_rec *rec)
         return NULL;
     }
     l->last_cpu_wall_ms = rec->started_at_ms;
+    l->net = sbx_netset_load(rec->network_json);
     return l;
+}
+
+/* From now on its slot (its network address) names it. */
+static void
+index_slot(struct sbx_live *l)
+{
+    if (l->rec->uid_slot >= 0 && l->rec->uid_slot < SBX_MAX_SANDBOXES)
+        sbx_daemon->by_slot[l->rec->uid_slot] = l;
 }
 
 /* ---- destroy ---- */
@@ -394,6 +407,18 @@ assign(struct sbx_sandbox_rec *rec, const struct sbx_create_opts *o)
     free(rec->volume_mounts_json);
     rec->volume_mounts_json = strdup(o->volume_mounts_json ? o->volume_mounts_json : "[]");
     rec->pooled = false;
+    free(rec->network_json);
+    rec->network_json = o->network && json_object_size(o->network) > 0
+                            ? json_dumps(o->network, JSON_COMPACT | JSON_SORT_KEYS)
+                            : NULL;
+}
+
+/* The settings of l->rec take effect in the front end (the spawner is told separately). */
+static void
+load_network(struct sbx_live *l)
+{
+    sbx_netset_free(l->net);
+    l->net = sbx_netset_load(l->rec->network_json);
 }
 
 /* A client's sandbox gets its log when it becomes the client's (a pool's has none). */
@@ -434,16 +459,19 @@ new_live(const char *template_id, const struct sbx_create_opts *o, struct sbx_er
     rec->pooled = true;
     if (o)
         assign(rec, o);
+    rec->uid_slot = -1;
     struct sbx_live *l = live_new(rec);
     if (l == NULL)
         abort();
     if (sbx_store_free_uid_slot(d->store, &rec->uid_slot, err) < 0 ||
         sbx_store_sandbox_insert(d->store, rec, err) < 0) {
+        rec->uid_slot = -1;
         live_drop(l);
         return NULL;
     }
     if (!rec->pooled)
         open_log(rec);
+    index_slot(l);
     return l;
 }
 
@@ -471,6 +499,7 @@ move_client_fields(struct sbx_sandbox_rec *to, struct sbx_sandbox_rec *from)
     MOVE(access_token);
     MOVE(traffic_token);
     MOVE(volume_mounts_json);
+    MOVE(network_json);
 #undef MOVE
     to->started_at_ms = from->started_at_ms;
     to->end_at_ms = from->end_at_ms;
@@ -566,6 +595,7 @@ sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawne
     };
     snprintf(req->id, sizeof(req->id), "%s", rec->id);
     snprintf(req->template_name, sizeof(req->template_name), "%s", rec->template_id);
+    sbx_netset_to_msg(l->net, req); /* in place before the agent starts */
     return sbx_volumes_spawn_lines(rec->volume_mounts_json, req->volumes, sizeof(req->volumes),
                                    err);
 }
@@ -605,28 +635,21 @@ fail_create(struct spawning *c, struct sbx_error *err)
     free(c);
 }
 
+/* A pooled sandbox did not become the client's: never hand it out; the client gets a cold
+ * one. */
 static void
-on_adopted(int status, const char *body, size_t len, const char *error, void *ud)
+adopt_failed(struct spawning *c, const char *why)
 {
-    struct spawning *c = ud;
     struct sbx_live *l = c->l;
-    if (status == 204) {
-        hand_out(c);
-        return;
-    }
-    /* The agent did not take its identity: never hand it out; the client gets a cold one. */
-    char why[128];
-    if (error)
-        snprintf(why, sizeof(why), "%s", error);
-    else
-        snprintf(why, sizeof(why), "answered %d", status);
-    sbx_log_warn("pool", "sandbox=%s error=\"POST /init: %s\" action=\"create cold\"", l->rec->id,
-                 why);
+    sbx_log_warn("pool", "sandbox=%s error=\"%s\" action=\"create cold\"", l->rec->id, why);
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *fresh = new_live(l->rec->template_id, NULL, &err);
-    if (fresh)
+    if (fresh) {
         move_client_fields(fresh->rec, l->rec);
-    sbx_lifecycle_destroy(l, "pool_refused_client", NULL, NULL);
+        load_network(fresh);
+    }
+    if (!l->dying)
+        sbx_lifecycle_destroy(l, "pool_refused_client", NULL, NULL);
     if (fresh && sbx_store_sandbox_adopt(sbx_daemon->store, fresh->rec, &err) < 0) {
         abandon(fresh, false);
         fresh = NULL;
@@ -641,8 +664,53 @@ on_adopted(int status, const char *body, size_t len, const char *error, void *ud
     spawn(c);
 }
 
+static void
+on_adopted(int status, const char *body, size_t len, const char *error, void *ud)
+{
+    struct spawning *c = ud;
+    if (status == 204) {
+        hand_out(c);
+        return;
+    }
+    /* The agent did not take its identity: never hand it out; the client gets a cold one. */
+    char why[128];
+    if (error)
+        snprintf(why, sizeof(why), "POST /init: %s", error);
+    else
+        snprintf(why, sizeof(why), "POST /init answered %d", status);
+    adopt_failed(c, why);
+}
+
+/* The agent learns its client's tokens and env vars. */
+static void
+init_agent(struct spawning *c)
+{
+    struct sbx_live *l = c->l;
+    json_error_t jerr;
+    json_t *body =
+        json_pack("{s:s*,s:s*,s:o}", "accessToken", l->rec->access_token, "trafficAccessToken",
+                  l->rec->traffic_token, "envVars", json_loads(l->rec->env_vars_json, 0, &jerr));
+    char *s = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    sbx_http_call(sbx_daemon->loop, l->sock_path, "POST", "/init", NULL, s, 1024, SBX_POOL_INIT_MS,
+                  on_adopted, c);
+    sbx_secret_free(s);
+}
+
+static void
+on_policy_applied(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    struct spawning *c = ud;
+    if (err)
+        adopt_failed(c, err->msg);
+    else
+        init_agent(c);
+}
+
 /* The pooled sandbox l becomes the client's: its row first (a crash after this leaves a
- * listed sandbox that recovery finds), then the agent learns its tokens and env vars. */
+ * listed sandbox that recovery finds), then its egress rules (it was spawned with none, as
+ * nobody's), and only then does the agent take the client's identity: the client's code
+ * never runs with more network than the client asked for. */
 static void
 adopt(struct spawning *c, const struct sbx_create_opts *o)
 {
@@ -656,15 +724,15 @@ adopt(struct spawning *c, const struct sbx_create_opts *o)
         return;
     }
     open_log(l->rec);
-    json_error_t jerr;
-    json_t *body =
-        json_pack("{s:s*,s:s*,s:o}", "accessToken", l->rec->access_token, "trafficAccessToken",
-                  l->rec->traffic_token, "envVars", json_loads(l->rec->env_vars_json, 0, &jerr));
-    char *s = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    sbx_http_call(sbx_daemon->loop, l->sock_path, "POST", "/init", NULL, s, 1024, SBX_POOL_INIT_MS,
-                  on_adopted, c);
-    sbx_secret_free(s);
+    load_network(l);
+    if (sbx_netset_is_default(l->net)) {
+        init_agent(c);
+        return;
+    }
+    struct sbx_spawner_msg req = {.op = SBX_SPAWNER_NET_POLICY};
+    snprintf(req.id, sizeof(req.id), "%s", l->rec->id);
+    sbx_netset_to_msg(l->net, &req);
+    sbx_spawner_call(&req, -1, on_policy_applied, c);
 }
 
 void
@@ -716,6 +784,7 @@ sbx_lifecycle_recover(struct sbx_error **err)
         _cleanup_error_ struct sbx_error *log_err = NULL;
         if (!rec->pooled)
             sbx_store_log_open(d->store, rec->id, rec->template_id, rec->started_at_ms, &log_err);
+        index_slot(l);
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
         if (rec->pooled) {

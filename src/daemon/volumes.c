@@ -79,7 +79,8 @@ release_waiting(struct sbx_volume_service *s, const struct sbx_error *err)
         if (req && err)
             sbx_http_respond_error_strcode(req, 503, "the volume's content service: %s", err->msg);
         else if (req)
-            sbx_http_proxy(req, s->l->sock_path, unreachable);
+            sbx_http_proxy(req, &(struct sbx_http_proxy_opts){.unix_path = s->l->sock_path,
+                                                              .on_unreachable = unreachable});
         free(h);
     }
 }
@@ -248,7 +249,8 @@ sbx_volumes_content(struct sbx_http_req *req)
     }
     uv_timer_start(&s->idle, on_idle, SBX_VOLUME_SERVICE_IDLE_MS, 0);
     if (s->l)
-        sbx_http_proxy(req, s->l->sock_path, unreachable);
+        sbx_http_proxy(req, &(struct sbx_http_proxy_opts){.unix_path = s->l->sock_path,
+                                                          .on_unreachable = unreachable});
     else
         hold(s, req);
     return true;

@@ -18,6 +18,7 @@
 
 #include "base/buf.h"
 #include "base/error.h"
+#include "http/tunnel.h"
 
 struct sbx_http_server;
 struct sbx_http_req;
@@ -35,6 +36,8 @@ struct sbx_http_req {
     struct sbx_http_header *headers;
     size_t n_headers;
     bool chunked;            /* request body is chunked */
+    bool upgrade;            /* Upgrade (with Connection: upgrade) or CONNECT: no other request
+                              * follows on the connection; it may become a tunnel */
     int64_t content_length;  /* -1 if absent */
     uint64_t start_ms;       /* sbx_now_ms() when the head was complete */
     void *data;              /* free for the handler */
@@ -83,9 +86,17 @@ void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms,
  * if every connection is handling a request, the new one is closed at once. */
 void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
+/* Clients whose first byte starts a TLS handshake are served over TLS with tls (http/tls.h),
+ * the others in plain HTTP. Set before listening; tls stays the caller's. */
+struct sbx_tls;
+void sbx_http_server_set_tls(struct sbx_http_server *s, struct sbx_tls *tls);
+
 /* Request accessors. remote: the client's address ("unix" on a unix socket). */
 const char *sbx_http_req_remote(const struct sbx_http_req *req);
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
+/* Sets header lname (lowercase) of the request to value, replacing it or adding it: what a
+ * handler tells whoever it passes the request on to. */
+void sbx_http_req_set_header(struct sbx_http_req *req, const char *lname, const char *value);
 /* Whether header lname is present and equals secret (false when secret is NULL). Compared in
  * constant time: how long it takes does not tell how much of a guess was right. */
 bool sbx_http_req_has_secret(const struct sbx_http_req *req, const char *lname, const char *secret);
@@ -125,6 +136,14 @@ void sbx_http_end(struct sbx_http_req *req);
  * sandbox is killed. The request is freed; the close callback is not called. */
 void sbx_http_abort(struct sbx_http_req *req);
 
+/* Answers an upgrade or CONNECT request (req->upgrade) with status (101, or 2xx to CONNECT)
+ * and the headers added, without body framing, then makes its connection a tunnel to peer
+ * (http/tunnel.h): bytes the client sent after the request go to peer first, peer->pending
+ * goes to the client after the head. The request is finished and freed (its close callback is
+ * not called); the connection closes when the tunnel ends. On a connection already gone,
+ * peer->close is called at once. */
+void sbx_http_tunnel(struct sbx_http_req *req, int status, const struct sbx_tunnel_end *peer);
+
 /* JSON error body {"code":status,"message":msg} with the given status. */
 void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -142,10 +161,20 @@ struct sbx_http_req *sbx_http_hold_release(struct sbx_http_hold *h);
 
 /* Reverse proxy (proxy.c): forwards req, with its body streamed, to an HTTP server on a unix
  * socket and streams the response back. Hop-by-hop headers are dropped, and so are
- * control-plane credentials (X-API-Key; Authorization unless Basic). If the upstream
- * cannot be reached, on_unreachable is called (to answer 502); if it dies mid-response
- * the client connection is aborted. */
-void sbx_http_proxy(struct sbx_http_req *req, const char *unix_path,
-                    sbx_http_req_cb on_unreachable);
+ * control-plane credentials (X-API-Key; towards the agent Authorization unless Basic, towards
+ * a user port the sandbox's tokens). An upgrade request that the upstream answers with 101
+ * becomes a tunnel. If the upstream cannot be reached, on_unreachable is called (to answer
+ * 502); if it dies mid-response the client connection is aborted. */
+struct sbx_http_proxy_opts {
+    const char *unix_path;
+    /* > 0: a user port: the upstream (a sandbox's agent) is first asked for a tunnel to this
+     * port of the sandbox's loopback ("CONNECT 127.0.0.1:<port>"), which must answer 200 */
+    int tunnel_port;
+    bool tunnel_tls;  /* ... where the service serves HTTPS: the agent speaks TLS to it */
+    const char *host; /* not NULL: the Host sent upstream; the client's goes in
+                       * X-Forwarded-Host */
+    sbx_http_req_cb on_unreachable;
+};
+void sbx_http_proxy(struct sbx_http_req *req, const struct sbx_http_proxy_opts *o);
 
 #endif

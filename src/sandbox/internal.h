@@ -162,6 +162,35 @@ int sbx_pathf(char *buf, size_t cap, const char *fmt, ...) __attribute__((format
 int sbx_fs_read_small(const char *path, char *buf, size_t cap); /* NUL-terminated; -1/errno */
 int sbx_fs_write_str(const char *path, const char *s);          /* O_WRONLY, no create */
 
+/* ---- rtnl.c: requests to the netlink route socket fd; 0, or -1 with errno ---- */
+struct nlmsghdr;
+int sbx_rtnl_open(void);
+/* Calls cb for every message of a dump of type (RTM_GETLINK, RTM_GETROUTE for IPv4). */
+int sbx_rtnl_dump(int fd, uint16_t type, int (*cb)(const struct nlmsghdr *h, void *ud), void *ud);
+/* A veth pair: name here, peer in the network namespace peer_netns. */
+int sbx_rtnl_veth_create(int fd, const char *name, const uint8_t mac[6], const char *peer,
+                         const uint8_t peer_mac[6], int peer_netns);
+int sbx_rtnl_link_up(int fd, int ifindex);
+int sbx_rtnl_link_del(int fd, const char *name);
+int sbx_rtnl_addr_add(int fd, int ifindex, uint32_t addr); /* addr/32 */
+/* dst/prefix through gateway (0: on the link) out of ifindex, in the main table. */
+int sbx_rtnl_route_add(int fd, uint32_t dst, int prefix, uint32_t gateway, int ifindex);
+int sbx_rtnl_neigh_add(int fd, int ifindex, uint32_t addr, const uint8_t mac[6]); /* permanent */
+/* The payload of attribute type of a message whose fixed header is hdrlen bytes, or NULL. */
+const void *sbx_rtnl_attr(const struct nlmsghdr *h, size_t hdrlen, unsigned short type,
+                          size_t *len);
+
+/* ---- net.c / nft.c ---- */
+/* The sandbox's interface on the host, "<tag>-<slot>". */
+void sbx_net_ifname(const struct sbx_net_config *c, int slot, char out[16]);
+/* Parent side, before the child goes on: the sandbox's link, addresses and routes. */
+int sbx_net_attach(const struct sbx_net_config *c, int slot, pid_t pid, struct sbx_error **err);
+int sbx_nft_init(const struct sbx_net_config *c, struct sbx_error **err);
+/* Deletes the rule elements of sandboxes that running() says are not running; *removed gets
+ * the number of sets touched. */
+int sbx_nft_reconcile(const struct sbx_net_config *c, bool (*running)(int slot, void *ud), void *ud,
+                      size_t *removed, struct sbx_error **err);
+
 /* ---- proc.c ---- */
 int sbx_proc_start_time(pid_t pid, uint64_t *out);
 

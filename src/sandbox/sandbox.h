@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include "base/error.h"
+#include "base/ip4.h"
 #include "base/limits.h"
 
 #define SBX_SANDBOX_UID_COUNT 65536 /* sandbox uids 0..65535 */
@@ -43,6 +44,29 @@ const char *sbx_volume_path_check(const char *path);
 /* The same for all of a sandbox's volumes: at most SBX_SANDBOX_MAX_VOLUMES, none twice or
  * inside another. NULL, or why, with *bad the index of the offending path. */
 const char *sbx_volume_paths_check(const char *const *paths, size_t n, size_t *bad);
+/* The sandbox network of a daemon (net.c, nft.c): what the spawner needs to build it. */
+#define SBX_NET_TAG_MAX     12
+#define SBX_NET_MAX_BLOCKED 32
+#define SBX_NET_MAX_OPENED  16
+struct sbx_net_config {
+    struct sbx_netplan plan;
+    /* "sbx<uid block>", unique on the host: the prefix of the sandboxes' interfaces
+     * ("<tag>-<slot>") and the name of the nftables table. */
+    char tag[SBX_NET_TAG_MAX];
+    struct sbx_ip4_range blocked[SBX_NET_MAX_BLOCKED]; /* never reached by any sandbox */
+    size_t n_blocked;
+};
+
+/* One sandbox's egress rules: destinations allowed (they win over denied ones) and denied,
+ * each list normalised (sbx_ip4_ranges_normalize). Anything else is allowed, the blocked
+ * ranges of the config aside. */
+struct sbx_net_policy {
+    const struct sbx_ip4_range *allow, *deny;
+    size_t n_allow, n_deny;
+    unsigned flags; /* SBX_NET_PROXY_*: which TCP goes to the front end's egress proxy */
+};
+#define SBX_NET_PROXY_WEB 1u /* ports 80 and 443 (host name rules: SNI, Host) */
+#define SBX_NET_PROXY_ALL 2u /* every TCP port (an egress proxy of the client's) */
 
 struct sbx_sandbox_plan {
     const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
@@ -70,6 +94,8 @@ struct sbx_sandbox_plan {
                             * sbx_sandbox_agent_exe() for the agent. */
     char *const *argv;
     char *const *envp;
+    const struct sbx_net_config *net; /* NULL: loopback only */
+    int net_slot;                     /* the sandbox's address and interface (its uid slot) */
 };
 
 /* A running sandbox as the daemon remembers it (persisted, so it survives daemon restarts). */
@@ -199,5 +225,30 @@ int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stat
  * unlinking it: sandboxes that have it mounted keep it until they end. */
 int sbx_volume_create(const char *template_dir, const char *image, uint64_t bytes,
                       struct sbx_error **err);
+/* ---- the sandbox network (net.c, nft.c) ---- */
+
+/* blocked = the always-blocked ranges minus opened (which must lie in sbx_ip4_openable), plus
+ * the plan's own range; tag from the daemon's uid block. */
+int sbx_net_config_init(struct sbx_net_config *c, const struct sbx_netplan *plan, int uid_block,
+                        const struct sbx_ip4_range *opened, size_t n_opened,
+                        struct sbx_error **err);
+/* At daemon start, before anything is made: whether the host routes any of the plan's range
+ * elsewhere (a clash is an error naming it); our own interfaces of an earlier run are fine. */
+int sbx_net_check_host(const struct sbx_net_config *c, struct sbx_error **err);
+/* At spawner start, idempotent: IP forwarding, the nftables table (rules of running
+ * sandboxes are kept). desc gets what changed on the host, or "". */
+int sbx_net_host_init(const struct sbx_net_config *c, char *desc, size_t n, struct sbx_error **err);
+/* When no sandbox of the daemon runs any more: removes its nftables table. */
+void sbx_net_host_fini(const struct sbx_net_config *c);
+/* Removes the interfaces and rules of every slot that running() says is not running. */
+int sbx_net_reconcile(const struct sbx_net_config *c, bool (*running)(int slot, void *ud), void *ud,
+                      char *desc, size_t n, struct sbx_error **err);
+/* Points sandboxes' DNS (port 53 of the gateway) at the front end's forwarder, and their
+ * proxied TCP (SBX_NET_PROXY_*) at its egress proxy (0: none). */
+int sbx_net_set_ports(const struct sbx_net_config *c, uint16_t dns_port, uint16_t proxy_port,
+                      struct sbx_error **err);
+/* Replaces the egress rules of a slot, atomically (NULL: none, the default). */
+int sbx_net_policy_set(const struct sbx_net_config *c, int slot, const struct sbx_net_policy *p,
+                       struct sbx_error **err);
 
 #endif

@@ -155,6 +155,22 @@ step_hostname(const char *hostname, const char **step)
     return write_etc("hosts", hosts) < 0 || write_etc("hostname", name) < 0 ? -1 : 0;
 }
 
+/* The sandbox's resolver is the gateway (its DNS goes to the daemon's forwarder, which can
+ * reach whatever resolver the host uses, a loopback one included). Written to its upper
+ * layer, like the hostname's files; no network, no file. */
+static int
+step_resolver(const struct sbx_sandbox_plan *plan, const char **step)
+{
+    *step = "write /etc/resolv.conf";
+    if (plan->net == NULL)
+        return 0;
+    char gw[SBX_IP4_STR_MAX], conf[64];
+    sbx_ip4_format(sbx_netplan_gateway(&plan->net->plan), gw);
+    /* EDNS: answers of up to 1,232 bytes and more in one datagram, not TCP after 512. */
+    snprintf(conf, sizeof(conf), "nameserver %s\noptions edns0\n", gw);
+    return write_etc("resolv.conf", conf);
+}
+
 static int
 step_loopback_up(const char **step)
 {
@@ -309,6 +325,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     STEP(child_pivot_root(newroot, &step));
     STEP(child_mount_volumes(plan, volumes, &step)); /* inside the new root: see volume.c */
     STEP(step_hostname(hostname, &step));
+    STEP(step_resolver(plan, &step));
     STEP(step_loopback_up(&step));
     STEP(step_rlimits(&step));
     umask(022);
@@ -383,6 +400,8 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
             strstr(p->volumes[i].path, "/..") != NULL)
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad volume mount %s",
                                  p->volumes[i].path);
+    if (p->net && (p->net_slot < 0 || p->net_slot >= SBX_MAX_SANDBOXES))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad network slot");
     return 0;
 }
 
@@ -545,6 +564,8 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sb
     if (write_maps(pid, plan->host_uid_base, err) < 0)
         return -1;
     if (set_process_limits(pid, err) < 0)
+        return -1;
+    if (plan->net && sbx_net_attach(plan->net, plan->net_slot, pid, err) < 0)
         return -1;
     _cleanup_close_ int userns = open_userns(pid, err);
     if (userns < 0)

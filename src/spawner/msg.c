@@ -9,7 +9,7 @@
 #define HEADER_LEN 8
 #define FIELD_HDR  4
 
-enum kind { STR, U64, I64 };
+enum kind { STR, U64, I64, RANGES };
 
 /* Which ops a field may appear in, and which need it. */
 #define IN_SPAWN   (1u << SBX_SPAWNER_SPAWN)
@@ -17,17 +17,20 @@ enum kind { STR, U64, I64 };
 #define IN_STATS   (1u << SBX_SPAWNER_STATS)
 #define IN_PAUSE   (1u << SBX_SPAWNER_FREEZE | 1u << SBX_SPAWNER_THAW | 1u << SBX_SPAWNER_STOP)
 #define IN_VOLUME  (1u << SBX_SPAWNER_VOLUME_CREATE | 1u << SBX_SPAWNER_VOLUME_DELETE)
+#define IN_POLICY  (1u << SBX_SPAWNER_NET_POLICY)
+#define IN_PORTS   (1u << SBX_SPAWNER_NET_PORTS)
 #define IN_REPLY   (1u << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
 
 struct field {
     uint8_t tag;
     enum kind kind;
     size_t off;
-    size_t cap;   /* STR: buffer size (max length + 1) */
+    size_t cap;   /* STR: buffer size (max length + 1); RANGES: max count */
     uint64_t min; /* U64/I64: bounds */
     uint64_t max;
     unsigned allowed, required;
-    bool stat; /* a counter of a STATS reply: sets has_stats */
+    bool stat;        /* a counter of a STATS reply: sets has_stats */
+    size_t count_off; /* RANGES: where the count goes */
 };
 
 #define OFF(f) offsetof(struct sbx_spawner_msg, f)
@@ -39,14 +42,18 @@ struct field {
     {                                                                                              \
         t, U64, OFF(f), 8, lo, hi, a, r, false                                                     \
     }
+#define RANGES_F(t, f, a)                                                                          \
+    {                                                                                              \
+        t, RANGES, OFF(f), SBX_NET_MAX_RULES, 0, 0, a, 0, false, OFF(n_##f)                        \
+    }
 #define STAT_F(t, f)                                                                               \
     {                                                                                              \
         t, U64, OFF(stats.f), 8, 0, UINT64_MAX, IN_REPLY, 0, true                                  \
     }
 
 static const struct field fields[] = {
-    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME,
-          IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME),
+    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY,
+          IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY),
     STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
     U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_SPAWN, IN_SPAWN),
     /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
@@ -71,6 +78,11 @@ static const struct field fields[] = {
     STR_F(41, volumes, IN_SPAWN, 0),
     STAT_F(80, disk_total_bytes),
     STAT_F(81, disk_fs_used_bytes),
+    RANGES_F(20, net_allow, IN_SPAWN | IN_POLICY),
+    RANGES_F(21, net_deny, IN_SPAWN | IN_POLICY),
+    U64_F(22, dns_port, 1, 65535, IN_PORTS, IN_PORTS),
+    U64_F(23, net_flags, 0, SBX_NET_PROXY_WEB | SBX_NET_PROXY_ALL, IN_SPAWN | IN_POLICY, 0),
+    U64_F(24, proxy_port, 0, 65535, IN_PORTS, 0),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 _Static_assert(N_FIELDS <= 64, "the decoder's bitmask of seen fields");
@@ -87,7 +99,7 @@ valid_op(uint8_t op)
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
            op == SBX_SPAWNER_FREEZE || op == SBX_SPAWNER_THAW || op == SBX_SPAWNER_STOP ||
            op == SBX_SPAWNER_VOLUME_CREATE || op == SBX_SPAWNER_VOLUME_DELETE ||
-           op == SBX_SPAWNER_REPLY;
+           op == SBX_SPAWNER_NET_POLICY || op == SBX_SPAWNER_NET_PORTS || op == SBX_SPAWNER_REPLY;
 }
 
 static void
@@ -113,6 +125,8 @@ is_set(const struct sbx_spawner_msg *m, const struct field *f)
     const char *base = (const char *)m + f->off;
     if (f->kind == STR)
         return base[0] != '\0';
+    if (f->kind == RANGES)
+        return *(const uint32_t *)((const char *)m + f->count_off) > 0;
     if (f->stat)
         return m->has_stats;
     uint64_t v;
@@ -137,8 +151,12 @@ sbx_spawner_msg_encode(const struct sbx_spawner_msg *m, void *buf, size_t cap)
         if (!(f->allowed & op_bit(m->op)) || !is_set(m, f))
             continue;
         const char *src = (const char *)m + f->off;
-        size_t len = f->kind == STR ? strnlen(src, f->cap) : 8;
-        if (len >= f->cap && f->kind == STR)
+        uint32_t count =
+            f->kind == RANGES ? *(const uint32_t *)((const char *)m + f->count_off) : 0;
+        size_t len = f->kind == STR      ? strnlen(src, f->cap)
+                     : f->kind == RANGES ? 8 * (size_t)count
+                                         : 8;
+        if ((len >= f->cap && f->kind == STR) || (f->kind == RANGES && count > f->cap))
             return -1;
         if (n + FIELD_HDR + len > cap)
             return -1;
@@ -148,6 +166,10 @@ sbx_spawner_msg_encode(const struct sbx_spawner_msg *m, void *buf, size_t cap)
         out[n + 3] = (uint8_t)(len >> 8);
         if (f->kind == STR) {
             memcpy(out + n + FIELD_HDR, src, len);
+        } else if (f->kind == RANGES) {
+            const struct sbx_ip4_range *r = (const struct sbx_ip4_range *)src;
+            for (uint32_t k = 0; k < count; k++)
+                put_u64(out + n + FIELD_HDR + 8 * k, (uint64_t)r[k].last << 32 | r[k].first);
         } else {
             uint64_t v;
             memcpy(&v, src, 8);
@@ -177,6 +199,22 @@ decode_field(const struct field *f, const uint8_t *v, size_t len, struct sbx_spa
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: bad string", f->tag);
         memcpy(dst, v, len);
         dst[len] = '\0';
+        return 0;
+    }
+    if (f->kind == RANGES) {
+        if (len == 0 || len % 8 != 0 || len / 8 > f->cap)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: bad list of ranges",
+                                 f->tag);
+        struct sbx_ip4_range *r = (struct sbx_ip4_range *)dst;
+        for (size_t i = 0; i < len / 8; i++) {
+            uint64_t x = get_u64(v + 8 * i);
+            r[i] = (struct sbx_ip4_range){(uint32_t)x, (uint32_t)(x >> 32)};
+        }
+        *(uint32_t *)((char *)m + f->count_off) = (uint32_t)(len / 8);
+        /* Sorted, disjoint and not adjacent: what nftables' interval sets take as is. */
+        if (!sbx_ip4_ranges_are_normal(r, len / 8))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: ranges not normalised",
+                                 f->tag);
         return 0;
     }
     if (len != 8)

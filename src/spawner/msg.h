@@ -4,7 +4,8 @@
  *
  * Wire format: a header {u8 version, u8 op, u16 zero, u32 seq}, then fields, each
  * {u8 tag, u8 zero, u16 length, value}: integers are 8 bytes little-endian, strings are their
- * bytes (no NUL). The decoder is pure and total: whatever the bytes, it returns either a
+ * bytes (no NUL), lists of IPv4 ranges are 8 bytes per range (first, last: 4 bytes each,
+ * little-endian). The decoder is pure and total: whatever the bytes, it returns either a
  * message whose every field is present where its op needs it and within its range, or an
  * error; the spawner decodes every request with it as if the front end were hostile.
  * fuzz/fuzz_spawner_msg.c replays it. */
@@ -30,6 +31,11 @@ enum sbx_spawner_op {
                               * start time */
     SBX_SPAWNER_DESTROY = 2, /* id. Reply: none, once nothing of the sandbox is left */
     SBX_SPAWNER_STATS = 3,   /* id. Reply: the counters */
+    /* The network. SPAWN also takes the egress rules, applied before the sandbox starts. */
+    SBX_SPAWNER_NET_POLICY = 10, /* id, allowed and denied ranges (none: none). Reply: none,
+                                  * once the sandbox's rules are exactly these */
+    SBX_SPAWNER_NET_PORTS = 11,  /* dns_port, proxy_port: the front end's DNS forwarder and
+                                  * egress proxy on the gateway */
     /* Pause and resume (spawner/pause.c). */
     SBX_SPAWNER_FREEZE = 20, /* id. Reply once every process of the sandbox is frozen */
     SBX_SPAWNER_THAW = 21,   /* id. Reply once they may run again */
@@ -59,6 +65,11 @@ struct sbx_spawner_msg {
     char message[SBX_SPAWNER_TEXT_MAX + 1];
     bool has_stats;
     struct sbx_sandbox_stats stats;
+    /* network: egress rules (normalised lists, see base/ip4.h), the forwarder's port */
+    struct sbx_ip4_range net_allow[SBX_NET_MAX_RULES], net_deny[SBX_NET_MAX_RULES];
+    uint32_t n_net_allow, n_net_deny;
+    uint64_t net_flags; /* SBX_NET_PROXY_* */
+    uint64_t dns_port, proxy_port;
 };
 
 /* Encodes m into buf; returns the length, or -1 if it does not fit (cannot happen for a

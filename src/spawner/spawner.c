@@ -27,6 +27,7 @@
 #include "base/util.h"
 #include "spawner/internal.h"
 #include "spawner/msg.h"
+#include "spawner/net.h"
 
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
 #define AGENT_SOCK       "agent.sock"
@@ -48,7 +49,7 @@ static struct {
     uv_poll_t channel_poll;
     struct out *out_head, *out_tail;
     struct sb *sbs;
-    uv_signal_t sigchld;
+    uv_signal_t sigchld, sigterm;
 } sp;
 
 /* ---- replies ---- */
@@ -237,10 +238,14 @@ on_timer_closed(uv_handle_t *h)
     free(s);
 }
 
-/* Unlinks s and frees it once its timer has closed. */
+/* Unlinks s and frees it once its timer has closed. Its egress rules go now: its slot's
+ * address may be the next sandbox's. */
 static void
 sb_drop(struct sb *s)
 {
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (sp.cfg->net && s->slot >= 0 && sbx_net_policy_set(sp.cfg->net, s->slot, NULL, &err) < 0)
+        sbx_log_warn("network", "sandbox=%s error=\"%s\"", s->id, err->msg);
     struct sb **pp = &sp.sbs;
     while (*pp && *pp != s)
         pp = &(*pp)->next;
@@ -445,7 +450,9 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
     s->keep_dir = m->reboot;
     _cleanup_close_ int conf = copy_config(config_fd, &err);
     _cleanup_close_ int lfd = conf < 0 ? -1 : listen_agent(s, &err);
-    if (lfd < 0) {
+    /* The sandbox's egress rules are in place before it runs anything (and replace whatever
+     * a sandbox of the same slot may have left). */
+    if (lfd < 0 || (sp.cfg->net && sbx_spawner_net_policy(sp.cfg->net, s->slot, m, &err) < 0)) {
         spawn_refused(s, err);
         return;
     }
@@ -485,6 +492,8 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         .exe_fd = sp.exe_fd,
         .argv = argv,
         .envp = envp,
+        .net = sp.cfg->net,
+        .net_slot = s->slot,
     };
     int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
     for (size_t i = 0; i < n_vols; i++)
@@ -586,6 +595,38 @@ handle_stats(const struct sbx_spawner_msg *m)
     send_msg(&rep);
 }
 
+/* ---- network ---- */
+
+static void
+handle_net(const struct sbx_spawner_msg *m)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (m->op == SBX_SPAWNER_NET_PORTS) {
+        sbx_spawner_net_ports(sp.cfg->net, m, &err);
+        sbx_spawner_reply(m->seq, err);
+        return;
+    }
+    /* A paused sandbox's rules change too: they hold once it runs again. */
+    struct sb *s = sbx_spawner_find_in(m, PHASE(SB_RUNNING) | PHASE(SB_FROZEN), "is not running");
+    if (s == NULL)
+        return;
+    if (s->slot < 0) {
+        sbx_spawner_reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s has no network", m->id);
+        return;
+    }
+    sbx_spawner_net_policy(sp.cfg->net, s->slot, m, &err);
+    sbx_spawner_reply(m->seq, err);
+}
+
+static bool
+slot_running(int slot, void *ud)
+{
+    for (struct sb *s = sp.sbs; s; s = s->next)
+        if (s->slot == slot && s->pid > 0)
+            return true;
+    return false;
+}
+
 /* ---- the channel ---- */
 
 static void
@@ -623,8 +664,10 @@ handle(const char *buf, size_t len, int fd)
         sbx_spawner_stop(&m);
     else if (m.op == SBX_SPAWNER_VOLUME_CREATE)
         sbx_spawner_volume_create(&m);
-    else
+    else if (m.op == SBX_SPAWNER_VOLUME_DELETE)
         sbx_spawner_volume_delete(&m);
+    else
+        handle_net(&m);
 }
 
 static void
@@ -674,6 +717,14 @@ on_sigchld(uv_signal_t *h, int signum)
         if ((s->phase == SB_RUNNING || s->phase == SB_FREEZING || s->phase == SB_FROZEN) &&
             s->pid > 0 && waitpid(s->pid, NULL, WNOHANG) == s->pid)
             s->pid = 0;
+}
+
+/* The supervisor's stop: the same end as the front end's going away. */
+static void
+on_sigterm(uv_signal_t *h, int signum)
+{
+    sbx_log_info("spawner_stop", "reason=\"signal %d\"", signum);
+    uv_stop(sp.loop);
 }
 
 /* ---- start ---- */
@@ -757,15 +808,28 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     else
         sbx_log_info("spawner_start", "lxcfs=%s", sp.lxcfs_dir);
     scan();
+    if (cfg->net && sbx_spawner_net_start(cfg->net, slot_running, NULL, &err) < 0) {
+        sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
+        return 1;
+    }
     if (cfg->ready_fd >= 0) {
         (void)!write(cfg->ready_fd, "R", 1);
         close(cfg->ready_fd);
     }
     uv_signal_init(sp.loop, &sp.sigchld);
     uv_signal_start(&sp.sigchld, on_sigchld, SIGCHLD);
+    uv_signal_init(sp.loop, &sp.sigterm);
+    uv_signal_start(&sp.sigterm, on_sigterm, SIGTERM);
     fcntl(channel, F_SETFL, fcntl(channel, F_GETFL) | O_NONBLOCK);
     uv_poll_init(sp.loop, &sp.channel_poll, channel);
     channel_update();
     uv_run(sp.loop, UV_RUN_DEFAULT);
+    /* Sandboxes outlive the daemon, and so do their rules; with none left, the table goes
+     * (a next start makes it again). */
+    bool running = false;
+    for (struct sb *s = sp.sbs; s; s = s->next)
+        running |= s->pid > 0;
+    if (cfg->net && !running)
+        sbx_net_host_fini(cfg->net);
     return 0;
 }

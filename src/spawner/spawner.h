@@ -1,6 +1,7 @@
 /* The spawner: the only part of `sbx serve` that keeps host privileges (root). A
  * single-threaded process reachable only through the socketpair the supervisor made for it;
- * it executes the few requests of spawner/msg.h (spawn, destroy, stats) and nothing else.
+ * it executes the few requests of spawner/msg.h (spawn, destroy, stats, the network's rules)
+ * and nothing else.
  *
  * It trusts nothing it receives: every message is decoded and range-checked, every path is
  * built here from a validated id below its own state dir, the template is one it prepared,
@@ -13,13 +14,16 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "sandbox/sandbox.h"
+
 struct sbx_spawner_config {
     const char *state_dir;
     uid_t uid_base;     /* first host uid of this daemon's block (sbx_uid_block_claim) */
     uid_t frontend_uid; /* owner of the agents' sockets, so that the front end can connect */
     gid_t frontend_gid;
-    bool relaxed;          /* --sandbox-profile relaxed */
-    const char *agent_exe; /* the binary sandboxes run as their agent; NULL: this one */
+    bool relaxed;                     /* --sandbox-profile relaxed */
+    const char *agent_exe;            /* the binary sandboxes run as their agent; NULL: this one */
+    const struct sbx_net_config *net; /* the sandbox network; NULL: loopback only */
     int lock_fd;  /* the supervisor's lock of the uid block: closed here, never passed on */
     int ready_fd; /* written once when the spawner is ready, then closed */
 };

@@ -113,6 +113,8 @@ static const char *const migrations[] = {
     "  created_at_ms INTEGER NOT NULL"
     ");"
     "ALTER TABLE sandboxes ADD COLUMN volume_mounts_json TEXT NOT NULL DEFAULT '[]';",
+    /* 8: the sandbox's network settings (egress rules, ingress options), NULL: defaults. */
+    "ALTER TABLE sandboxes ADD COLUMN network_json TEXT;",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -120,7 +122,7 @@ static const char *const migrations[] = {
     "id, template_id, alias, metadata_json, env_vars_json, access_token, traffic_token, "          \
     "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "                     \
     "pid_start_time, state, allow_internet, auto_pause, pooled, paused_memory, "                   \
-    "auto_pause_memory, auto_resume, timeout_s, volume_mounts_json"
+    "auto_pause_memory, auto_resume, timeout_s, volume_mounts_json, network_json"
 
 static int
 db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
@@ -635,6 +637,7 @@ sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec)
     free(rec->env_vars_json);
     sbx_secret_free(rec->access_token);
     sbx_secret_free(rec->traffic_token);
+    sbx_secret_free(rec->network_json); /* an egress proxy's password */
     free(rec->state);
     free(rec->volume_mounts_json);
     free(rec);
@@ -699,6 +702,7 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->auto_resume = sqlite3_column_int(st, 21) != 0;
     r->timeout_s = sqlite3_column_int(st, 22);
     r->volume_mounts_json = column_strdup(st, 23, &oom);
+    r->network_json = column_strdup(st, 24, &oom);
     if (oom || r->template_id == NULL || r->state == NULL || r->volume_mounts_json == NULL) {
         sbx_sandbox_rec_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -728,7 +732,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     if (prepare(s,
                 "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
@@ -756,6 +760,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int(st, 23, r->timeout_s);
     sqlite3_bind_text(st, 24, r->volume_mounts_json ? r->volume_mounts_json : "[]", -1,
                       SQLITE_TRANSIENT);
+    bind_text_or_null(st, 25, r->network_json);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s already exists", r->id);
@@ -819,7 +824,7 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                 "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
                 "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
                 "end_at_ms = ?, allow_internet = ?, auto_pause = ?, auto_pause_memory = ?, "
-                "auto_resume = ?, timeout_s = ?, volume_mounts_json = ? "
+                "auto_resume = ?, timeout_s = ?, volume_mounts_json = ?, network_json = ? "
                 "WHERE id = ? AND pooled = 1",
                 &st, err) < 0)
         return -1;
@@ -838,8 +843,23 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int(st, 13, r->timeout_s);
     sqlite3_bind_text(st, 14, r->volume_mounts_json ? r->volume_mounts_json : "[]", -1,
                       SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 15, r->id, -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, 15, r->network_json);
+    sqlite3_bind_text(st, 16, r->id, -1, SQLITE_TRANSIENT);
     return step_done(s, st, true, r->id, err);
+}
+
+int
+sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow_internet,
+                                 const char *network_json, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (prepare(s, "UPDATE sandboxes SET allow_internet = ?, network_json = ? WHERE id = ?", &st,
+                err) < 0)
+        return -1;
+    sqlite3_bind_int(st, 1, allow_internet);
+    bind_text_or_null(st, 2, network_json);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
+    return step_done(s, st, true, id, err);
 }
 
 int

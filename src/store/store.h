@@ -53,6 +53,7 @@ struct sbx_sandbox_rec {
     bool auto_resume;         /* a request for it while paused resumes it */
     int timeout_s;            /* asked at create: the timeout of an automatic resume */
     char *volume_mounts_json; /* [{"name","path","volumeID"}], "[]" if none */
+    char *network_json;       /* network settings as the front end stores them; NULL: defaults */
 };
 
 /* A volume: storage that sandboxes mount (its data is the spawner's, in the state dir). */
@@ -161,6 +162,9 @@ int sbx_store_sandbox_set_paused(struct sbx_store *s, const char *id, bool pause
 /* Pause (true) or kill at end_at, as the deprecated resume's autoPause asks. */
 int sbx_store_sandbox_set_auto_pause(struct sbx_store *s, const char *id, bool auto_pause,
                                      struct sbx_error **err);
+/* The sandbox's network settings (PUT /sandboxes/{id}/network). */
+int sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow_internet,
+                                     const char *network_json, struct sbx_error **err);
 int sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
 /* Every sandbox, oldest first (the daemon's startup recovery walks it). */
 int sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,

@@ -254,14 +254,35 @@ PTRACE_PROBE = """
 """
 
 
-@pytest.mark.parametrize("user", ["root", "user"])
-def test_agent_cannot_be_traced_or_read(sbx, user):
-    got = run_py(sbx, PTRACE_PROBE, user=user)
-    print(f"as {user}: {got}")
+def assert_agent_out_of_reach(got):
     assert got["ptrace_seize"] == errno.EPERM
     for k in ("mem", "environ", "exe", "fd_link", "fd_open"):
         assert got[k] in (errno.EACCES, errno.EPERM), f"/proc/1/{k}: errno {got[k]}"
     assert got["pidfd_getfd"] == errno.EPERM
+
+
+@pytest.mark.parametrize("user", ["root", "user"])
+def test_agent_cannot_be_traced_or_read(sbx, user):
+    got = run_py(sbx, PTRACE_PROBE, user=user)
+    print(f"as {user}: {got}")
+    assert_agent_out_of_reach(got)
+
+
+def test_agent_out_of_reach_of_kernels(sbx_daemon):
+    """Kernels run as sandbox root, as E2B's do: from a cell, PID 1 is as far out of reach as
+    from a command run as root."""
+    from e2b_code_interpreter import Sandbox as CodeSandbox
+
+    s = CodeSandbox.create(timeout=120)
+    try:
+        ex = s.run_code(textwrap.dedent(PTRACE_PROBE))
+        assert ex.error is None, ex.error
+        assert s.run_code("import os; os.getuid()").text == "0"
+        got = json.loads("".join(ex.logs.stdout).strip().splitlines()[-1])
+        print(f"from a Python kernel: {got}")
+        assert_agent_out_of_reach(got)
+    finally:
+        s.kill()
 
 
 def test_agent_binary_is_no_host_path(sbx):
@@ -456,7 +477,10 @@ def test_two_daemons_never_share_host_uids(sbx, tmp_path):
         try:
             a, b = uid_base_of(sbx), uid_base_of(s2)
             print(f"host uid base: first daemon {a}, second daemon {b}")
-            assert abs(a - b) >= 4096 * 65536, "the two daemons' uid blocks overlap"
+            # Blocks of 2^28 uids from 2^30 (src/sandbox/uids.c); each sandbox's range sits
+            # at its own slot within its daemon's block.
+            assert (a - (1 << 30)) >> 28 != (b - (1 << 30)) >> 28, \
+                "the two daemons' uid blocks overlap"
         finally:
             Sandbox.kill(s2.sandbox_id, api_key=other.api_key, api_url=other.url)
     finally:

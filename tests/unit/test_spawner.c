@@ -2,6 +2,7 @@
  * a compromised front end could send them: it must answer each with an error, keep running,
  * never touch a path outside its state dir, and never act on a sandbox that is not its own.
  * The process tests need root. */
+#include <stdarg.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -199,6 +200,20 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     CHECK(sbx_spawner_volumes_parse(out.volumes, vols, &nv, NULL) == 0 && nv == 2);
     CHECK_STR(vols[1].id, "v2");
     CHECK_STR(vols[1].path, "/home/user/data");
+    /* Egress rules must arrive as nftables takes them: sorted, disjoint, not adjacent. */
+    m = spawn_req("a", 1);
+    m.n_net_deny = 2;
+    m.net_deny[0] = (struct sbx_ip4_range){0x09000000, 0x090000ff};
+    m.net_deny[1] = (struct sbx_ip4_range){0x01000000, 0x010000ff};
+    expect_refused("unsorted ranges", m, NULL);
+    m.net_deny[0] = (struct sbx_ip4_range){0x01000000, 0x010000ff};
+    m.net_deny[1] = (struct sbx_ip4_range){0x01000100, 0x010001ff};
+    expect_refused("adjacent ranges", m, NULL);
+    m.n_net_deny = 1;
+    m.net_deny[0] = (struct sbx_ip4_range){9, 1};
+    expect_refused("reversed range", m, NULL);
+    m = (struct sbx_spawner_msg){.op = SBX_SPAWNER_NET_PORTS, .seq = 1};
+    expect_refused("ports without the DNS port", m, NULL);
     /* Too short for a header. */
     CHECK(decode("\1\1\0", 3, &out, why, sizeof(why)) < 0);
 }
@@ -209,6 +224,7 @@ struct spawner {
     pid_t pid;
     int ch;
     char state[128];
+    const struct sbx_net_config *net; /* NULL: no sandbox network */
 };
 
 /* In a forked spawner: keep only its channel (another spawner's channel, inherited, would
@@ -245,7 +261,7 @@ agent_path(char *out, size_t n)
     snprintf(out, n, "%s/../../sbx", dirname(self)); /* build/tests/unit -> build/sbx */
 }
 
-/* A spawner process on s->state, talking to us on s->ch. */
+/* A spawner process on s->state (with s->net), talking to us on s->ch. */
 static void
 fork_spawner(struct spawner *s, uid_t uid_base)
 {
@@ -262,7 +278,8 @@ fork_spawner(struct spawner *s, uid_t uid_base)
                                           .uid_base = uid_base,
                                           .agent_exe = exe,
                                           .lock_fd = -1,
-                                          .ready_fd = -1};
+                                          .ready_fd = -1,
+                                          .net = s->net};
         int rc = sbx_spawner_main(&cfg, only_fd(sv[1]));
         sbx_test_leak_check(); /* what a long-running spawner would pile up */
         _exit(rc);
@@ -272,8 +289,9 @@ fork_spawner(struct spawner *s, uid_t uid_base)
 }
 
 static void
-spawner_start(struct spawner *s, uid_t uid_base)
+spawner_start(struct spawner *s, uid_t uid_base, const struct sbx_net_config *net)
 {
+    s->net = net;
     snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
     CHECK(mkdtemp(s->state) != NULL);
     CHECK(chmod(s->state, 0711) == 0);
@@ -382,7 +400,7 @@ TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
 {
     REQUIRE_ROOT();
     struct spawner s;
-    spawner_start(&s, 1500000000u);
+    spawner_start(&s, 1500000000u, NULL);
     /* Garbage, a reply sent as a request, a message too long, too many fds. */
     send_raw(&s, "\1\1\0\0\5\0\0\0garbage", 15, NULL, 0);
     CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
@@ -423,19 +441,99 @@ TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
     /* The spawner still works: stats, then destroy, of its own sandbox. */
     rep = simple(&s, SBX_SPAWNER_STATS, "first", 15);
     CHECK(rep.code == SBX_OK && rep.has_stats && rep.stats.pids_current >= 1);
+    CHECK(simple(&s, SBX_SPAWNER_NET_POLICY, "first", 19).code == SBX_FAILED_PRECONDITION);
     CHECK(simple(&s, SBX_SPAWNER_DESTROY, "first", 16).code == SBX_OK);
     char dir[256];
     snprintf(dir, sizeof(dir), "%s/sandboxes/first", s.state);
     CHECK(access(dir, F_OK) < 0 && errno == ENOENT);
+    /* This spawner has no network: its requests are refused, not ignored. */
+    struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .seq = 18, .dns_port = 53};
+    CHECK(call(&s, &ports, -1).code == SBX_FAILED_PRECONDITION);
     spawner_stop(&s);
+}
+
+/* ---- the network ---- */
+
+/* The output of a command, in buf. */
+static void sh(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+sh(char *buf, size_t n, const char *fmt, ...)
+{
+    char cmd[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL);
+    size_t k = fread(buf, 1, n - 1, f);
+    buf[k] = '\0';
+    pclose(f);
+}
+
+static bool
+link_exists(const char *name)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/sys/class/net/%s", name);
+    return access(path, F_OK) == 0;
+}
+
+TEST(network_rules_follow_the_spawners_own_sandboxes)
+{
+    REQUIRE_ROOT();
+    struct sbx_netplan plan;
+    static struct sbx_net_config net;
+    struct sbx_error *err = NULL;
+    CHECK(sbx_netplan_parse("10.142.0.0/16", &plan));
+    CHECK(sbx_net_config_init(&net, &plan, 42, NULL, 0, &err) == 0);
+    CHECK_STR(net.tag, "sbx42");
+    struct spawner s;
+    spawner_start(&s, 1500000000u, &net);
+    /* Spawned with every destination denied: the rule is there before it runs. */
+    struct sbx_spawner_msg m = spawn_req("netone", 5);
+    m.seq = 1;
+    m.n_net_deny = 1;
+    m.net_deny[0] = (struct sbx_ip4_range){0, UINT32_MAX};
+    int fd = config_memfd("netone");
+    CHECK(call(&s, &m, fd).code == SBX_OK);
+    close(fd);
+    char out[8192];
+    sh(out, sizeof(out), "nft list set inet %s deny_5", net.tag);
+    CHECK(strstr(out, "10.142.1.5 . 0.0.0.0/0") != NULL);
+    CHECK(link_exists("sbx42-5"));
+    /* Only its own sandboxes' rules change. */
+    CHECK(simple(&s, SBX_SPAWNER_NET_POLICY, "nosuch", 2).code == SBX_NOT_FOUND);
+    struct sbx_spawner_msg p = {.op = SBX_SPAWNER_NET_POLICY, .seq = 3, .n_net_allow = 1};
+    snprintf(p.id, sizeof(p.id), "netone");
+    p.net_allow[0] = (struct sbx_ip4_range){0xc6336400, 0xc63364ff}; /* 198.51.100.0/24 */
+    CHECK(call(&s, &p, -1).code == SBX_OK);
+    sh(out, sizeof(out), "nft list table inet %s", net.tag);
+    CHECK(strstr(out, "10.142.1.5 . 0.0.0.0/0") == NULL);
+    CHECK(strstr(out, "10.142.1.5 . 198.51.100.0/24") != NULL);
+    struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .seq = 4, .dns_port = 5353};
+    CHECK(call(&s, &ports, -1).code == SBX_OK);
+    sh(out, sizeof(out), "nft list chain inet %s nat_prerouting", net.tag);
+    CHECK(strstr(out, "dnat ip to 10.142.0.1:5353") != NULL);
+    /* Destroyed: its rules and its link go. */
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "netone", 5).code == SBX_OK);
+    sh(out, sizeof(out), "nft list table inet %s", net.tag);
+    CHECK(strstr(out, "10.142.1.5") == NULL);
+    for (int i = 0; i < 500 && link_exists("sbx42-5"); i++)
+        usleep(10000);
+    CHECK(!link_exists("sbx42-5"));
+    /* With none of its sandboxes left, a stopping spawner takes its table along. */
+    spawner_stop(&s);
+    CHECK(system("nft list table inet sbx42 >/dev/null 2>&1") != 0);
 }
 
 TEST(a_spawner_never_acts_on_another_daemons_sandbox)
 {
     REQUIRE_ROOT();
     struct spawner a, b;
-    spawner_start(&a, 1500000000u);
-    spawner_start(&b, 1600000000u);
+    spawner_start(&a, 1500000000u, NULL);
+    spawner_start(&b, 1600000000u, NULL);
     struct sbx_spawner_msg rep = spawn(&b, "theirs", 0, 1);
     CHECK(rep.code == SBX_OK);
     pid_t theirs = (pid_t)rep.pid;
@@ -452,7 +550,7 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
 {
     REQUIRE_ROOT();
     struct spawner s;
-    spawner_start(&s, 1500000000u);
+    spawner_start(&s, 1500000000u, NULL);
     struct sbx_spawner_msg rep = spawn(&s, "kept", 3, 1);
     CHECK(rep.code == SBX_OK);
     pid_t agent = (pid_t)rep.pid;
@@ -474,7 +572,7 @@ TEST(pause_in_place_stop_and_reboot)
 {
     REQUIRE_ROOT();
     struct spawner s;
-    spawner_start(&s, 1500000000u);
+    spawner_start(&s, 1500000000u, NULL);
     struct sbx_spawner_msg rep = spawn(&s, "pz", 4, 1);
     CHECK(rep.code == SBX_OK);
     pid_t agent = (pid_t)rep.pid;
@@ -533,7 +631,7 @@ TEST(volumes_are_made_mounted_and_removed)
 {
     REQUIRE_ROOT();
     struct spawner s;
-    spawner_start(&s, 1500000000u);
+    spawner_start(&s, 1500000000u, NULL);
     struct sbx_spawner_msg m = {.op = SBX_SPAWNER_VOLUME_CREATE, .seq = 1, .disk_bytes = 64 << 20};
     snprintf(m.id, sizeof(m.id), "vol1");
     CHECK(call(&s, &m, -1).code == SBX_OK);

@@ -531,18 +531,20 @@ TEST(api_keys_of_before_names_are_kept)
     struct sbx_store *s = open_fresh();
     sbx_store_close(s);
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd),
-             "python3 -c \"import sqlite3, hashlib; c=sqlite3.connect('%s'); "
-             "c.executescript('DROP TABLE api_keys; DROP TABLE sandbox_log_lines; "
-             "DROP TABLE sandbox_logs; DROP TABLE volumes; ALTER TABLE sandboxes DROP COLUMN "
-             "paused_memory; ALTER TABLE sandboxes DROP COLUMN auto_pause_memory; ALTER TABLE "
-             "sandboxes DROP COLUMN auto_resume; ALTER TABLE sandboxes DROP COLUMN timeout_s; "
-             "ALTER TABLE sandboxes DROP COLUMN volume_mounts_json; DELETE FROM schema_version; "
-             "INSERT INTO schema_version VALUES (3); CREATE TABLE api_keys (key_sha256 BLOB "
-             "PRIMARY KEY, created_at_ms INTEGER NOT NULL)'); "
-             "c.execute('INSERT INTO api_keys VALUES (?, 5)', "
-             "(hashlib.sha256(b'e2b_old').digest(),)); c.commit()\"",
-             dbpath);
+    snprintf(
+        cmd, sizeof(cmd),
+        "python3 -c \"import sqlite3, hashlib; c=sqlite3.connect('%s'); "
+        "c.executescript('DROP TABLE api_keys; DROP TABLE sandbox_log_lines; "
+        "DROP TABLE sandbox_logs; DROP TABLE volumes; ALTER TABLE sandboxes DROP COLUMN "
+        "paused_memory; ALTER TABLE sandboxes DROP COLUMN auto_pause_memory; ALTER TABLE "
+        "sandboxes DROP COLUMN auto_resume; ALTER TABLE sandboxes DROP COLUMN timeout_s; "
+        "ALTER TABLE sandboxes DROP COLUMN volume_mounts_json; ALTER TABLE sandboxes DROP COLUMN "
+        "network_json; DELETE FROM schema_version; "
+        "INSERT INTO schema_version VALUES (3); CREATE TABLE api_keys (key_sha256 BLOB "
+        "PRIMARY KEY, created_at_ms INTEGER NOT NULL)'); "
+        "c.execute('INSERT INTO api_keys VALUES (?, 5)', "
+        "(hashlib.sha256(b'e2b_old').digest(),)); c.commit()\"",
+        dbpath);
     CHECK(system(cmd) == 0);
     struct sbx_error *err = NULL;
     s = sbx_store_open(dbpath, &err);
