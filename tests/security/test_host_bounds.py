@@ -415,6 +415,78 @@ def test_root_operations_through_hostile_symlinks_never_reach_the_agent(sandbox)
     assert sandbox.files.read("f.txt") == "mine\n"  # the agent serves as before
 
 
+def test_dotdot_and_symlink_climbs_stay_in_the_sandbox(sandbox, tmp_path):
+    """".." in a path and symlinks that climb past "/" (relative or absolute) end at the
+    sandbox's root, for every operation and user: a host file is neither read, listed,
+    stat'ed nor watched through them, and an upload or a move through them lands inside."""
+    secret = os.urandom(16).hex()
+    host_dir = tmp_path / f"host-{secret[:8]}"
+    host_dir.mkdir()
+    (host_dir / "marker").write_text(secret)
+    up = "../" * 24
+    r = run(sandbox, f"ln -s {up} ~/up && echo mine > ~/f.txt")
+    assert r.exit_code == 0, r.stderr
+    home, climbs = "/home/user", [f"/{up}", f"/home/user/up/", f"/home/user/up/{up}", "~/../../"]
+    for user in ("user", "root"):
+        root_names = [e.name for e in sandbox.files.list("/", user=user)]
+        for c in climbs:
+            p = f"{c}{host_dir}/marker"
+            assert not sandbox.files.exists(p, user=user), p
+            with pytest.raises(SandboxException):
+                sandbox.files.read(p, user=user)
+            st, body = _status_of(sandbox.download_url(p, user=user))
+            assert st == 404 and secret.encode() not in body, (p, st)
+            with pytest.raises(SandboxException):
+                sandbox.files.list(f"{c}{host_dir}", user=user)
+            with pytest.raises(SandboxException):
+                sandbox.files.watch_dir(f"{c}{host_dir}", user=user)
+            assert [e.name for e in sandbox.files.list(c, user=user)] == root_names, c
+        name = f"climb-{user}-{secret[:8]}"
+        sandbox.files.write(f"/{up}tmp/{name}.up", "in", user=user)
+        sandbox.files.rename(f"/{up}{home}/f.txt", f"{home}/up{home}/{name}.mv", user=user)
+        assert sandbox.files.read(f"/tmp/{name}.up") == "in"
+        assert sandbox.files.read(f"{home}/{name}.mv") == "mine\n"
+        sandbox.files.rename(f"{home}/{name}.mv", f"{home}/f.txt", user=user)
+        assert not any(Path("/tmp").glob(f"climb-*-{secret[:8]}*"))
+    assert (host_dir / "marker").read_text() == secret
+
+
+def test_symlink_swaps_never_lead_root_operations_into_the_agent(sandbox):
+    """A directory the user swaps for a symlink to /proc/1 and back while root operations walk
+    it (as races between a check and a use would exploit): whichever the agent meets, it never
+    lists, reads, watches or removes anything of the agent's, and the agent is unchanged."""
+    before = run(sandbox, "mkdir ~/race && cat /proc/1/oom_score_adj").stdout
+    swap = ("cd ~ && for i in $(seq 20000); do rm -rf race/x; "
+            "ln -s /proc/1 race/x; rm -f race/x; mkdir race/x; echo plain > race/x/plain; done")
+    h = sandbox.commands.run(swap, background=True)
+    agent_names = {"environ", "mem", "oom_score_adj", "status", "fd", "task", "maps", "cmdline"}
+    kinds = {}
+    for user in ("user", "root"):
+        w = sandbox.files.watch_dir("/home/user/race", recursive=True, user=user)
+        for _ in range(100):
+            entries = sandbox.files.list("/home/user/race", depth=3, user=user)
+            seen = {e.name for e in entries}
+            assert seen <= {"x", "plain"}, seen
+            for e in entries:
+                kinds[e.path, e.type] = kinds.get((e.path, e.type), 0) + 1
+            for p in ("race/x/environ", "race/x/status", "race/x/fd/0"):
+                try:
+                    got = sandbox.files.read(p, user=user)
+                except SandboxException:
+                    continue
+                raise AssertionError(f"{p} read as {got[:80]!r}")
+            try:
+                sandbox.files.remove("race/x/oom_score_adj", user=user)
+            except SandboxException:
+                pass
+        names = {e.name.split("/")[-1] for e in w.get_new_events()}
+        w.stop()
+        assert not names & agent_names, names
+    h.kill()
+    print("listed during the swaps:", kinds)
+    assert run(sandbox, "cat /proc/1/oom_score_adj").stdout == before
+
+
 # -- 5. kernel attack surface ----------------------------------------------------------------
 
 
