@@ -360,7 +360,12 @@ emit(struct watcher *w, const char *name, const char *type, bool with_entry)
 {
     json_t *ev = json_pack("{s:s,s:s}", "name", name, "type", type);
     if (with_entry && w->include_entry) {
-        _cleanup_free_ char *abs = sbx_agent_path_join(w->root, name);
+        /* The root's own entry is the root's, as envd's of fsnotify's event.Name: named
+         * after it, its path clean, not "<root>/.". */
+        _cleanup_free_ char *abs =
+            strcmp(name, ".") == 0 ? strdup(w->root) : sbx_agent_path_join(w->root, name);
+        if (abs == NULL)
+            abort();
         _cleanup_error_ struct sbx_error *e = NULL;
         struct sbx_agent_names *names = sbx_agent_names_new();
         json_t *entry = sbx_agent_entry_info(abs, names, &e);

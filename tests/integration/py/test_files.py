@@ -396,13 +396,20 @@ def test_watch_reports_the_watched_directory_itself_as_envd(sandbox, run_cmd):
     """fsnotify names events on a watched directory itself after it, "." for the root: its
     changes of attributes, its removal and its move (after which it is no longer watched). A
     subdirectory's change of attributes is reported by its parent's watch and its own, twice,
-    as envd reports it."""
+    as envd reports it. The root's entry is the root's own, its path clean."""
     sandbox.files.make_dir("sw/sub")
     h = sandbox.files.watch_dir("sw", recursive=True)
     assert run_cmd(sandbox, "chmod 700 ~/sw/sub && chmod 700 ~/sw").exit_code == 0
     assert _events(h) == [("chmod", "sub"), ("chmod", "sub"), ("chmod", ".")]
     assert run_cmd(sandbox, "mv ~/sw ~/sw2 && touch ~/sw2/after").exit_code == 0
     assert _events(h) == [("rename", ".")]
+    h.stop()
+    sandbox.files.make_dir("se")
+    h = sandbox.files.watch_dir("se", include_entry=True)
+    assert run_cmd(sandbox, "chmod 700 ~/se").exit_code == 0
+    [ev] = h.get_new_events()
+    assert (ev.name, ev.entry.name, ev.entry.path, ev.entry.mode) == (
+        ".", "se", "/home/user/se", 0o700)
     h.stop()
     sandbox.files.write("rm1/f", "x")
     h = sandbox.files.watch_dir("rm1")
