@@ -225,6 +225,13 @@ do_list_dir(struct call *c, json_t *msg, struct sbx_error **e)
 /* ---- Remove ---- */
 
 static int
+proc_refused(struct sbx_error **e, const char *path)
+{
+    return sbx_error_set(e, SBX_PERMISSION_DENIED, EACCES,
+                         "path '%s' is on /proc, which the agent never removes", path);
+}
+
+static int
 remove_at(int parent_fd, const char *name, const char *shown, unsigned level, struct sbx_error **e)
 {
     struct stat st;
@@ -241,6 +248,12 @@ remove_at(int parent_fd, const char *name, const char *shown, unsigned level, st
     int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : sbx_agent_fs_error(e, errno, "open '%s'", shown);
+    if (sbx_agent_fd_is_proc(fd)) {
+        /* A /proc mount met below: the kernel refuses removals there, but the agent's own
+         * entries are not even walked for a client (fsutil.h). */
+        close(fd);
+        return proc_refused(e, shown);
+    }
     DIR *d = fdopendir(fd);
     if (d == NULL) {
         close(fd);
@@ -281,6 +294,10 @@ do_remove(struct call *c, json_t *msg, struct sbx_error **e)
         if (errno == ENOENT || errno == ENOTDIR)
             return json_object(); /* missing is not an error */
         sbx_agent_open_error(e, errno, "remove", path, (int)strlen(path));
+        return NULL;
+    }
+    if (sbx_agent_fd_is_proc(dfd)) {
+        proc_refused(e, path);
         return NULL;
     }
     return sbx_agent_remove_at(dfd, sbx_agent_path_base(path), path, e) < 0 ? NULL : json_object();

@@ -59,9 +59,9 @@ char *sbx_agent_path_join(const char *dir, const char *name);
  *   - nothing on procfs is read, listed, watched or written for a client: a file is opened
  *     first, checked on its descriptor (sbx_agent_fd_is_proc) and only then read, chowned,
  *     truncated or written, so no swap between a check and the act changes what is acted on;
- *     walks (ListDir's depth, recursive watches) do not enter a /proc mount. Stat of a /proc
- *     entry shows its inode (mode, size, owner), as for any file; removing or renaming there
- *     the kernel refuses;
+ *     walks (ListDir's depth, recursive watches, Remove) do not enter a /proc mount, and
+ *     Remove refuses a path there. Stat of a /proc entry shows its inode (mode, size, owner),
+ *     as for any file; renaming there the kernel refuses;
  *   - directories are made with mkdirat relative to a descriptor of their parent and chowned
  *     through a descriptor opened without following symlinks, never by name.
  * Everything else a symlink leads to, root could be asked to act on by naming the target. */
