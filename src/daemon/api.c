@@ -192,6 +192,24 @@ parse_lifecycle(json_t *body, struct sbx_create_opts *o, struct sbx_error **err)
     return 0;
 }
 
+/* Create fields of E2B that this server does not implement. The SDKs send them only when the
+ * caller set them, so a value that asks for something is refused (501, naming the field)
+ * rather than accepted and ignored; an empty value asks for nothing. Fields no SDK or spec
+ * names are ignored, so newer clients keep working (docs/features.md). */
+static int
+refuse_unsupported(json_t *body, struct sbx_error **err)
+{
+    json_t *mcp = json_object_get(body, "mcp"), *iam = json_object_get(body, "iam");
+    if (mcp && !json_is_null(mcp))
+        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
+                             "mcp (the MCP gateway) is not supported by this server");
+    if (iam && !json_is_null(iam) &&
+        (!json_is_object(iam) || json_object_size(json_object_get(iam, "tokens")) > 0))
+        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
+                             "iam (workload identity tokens) is not supported by this server");
+    return 0;
+}
+
 /* ---- handlers; each gets the parsed body (NULL for bodiless requests) ---- */
 
 int
@@ -204,7 +222,8 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     int internet_set;
     if (!json_is_object(body))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
-    if (sbx_json_opt_string(body, "templateID", &tmpl, err) < 0 ||
+    if (refuse_unsupported(body, err) < 0 ||
+        sbx_json_opt_string(body, "templateID", &tmpl, err) < 0 ||
         parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, err) < 0 ||
         sbx_json_opt_bool(body, "secure", &o.secure, err) < 0 ||
         (internet_set = sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err)) <
@@ -321,6 +340,14 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o;
+    /* A retried create is not recognised by its key: honouring the header would be a promise
+     * this server does not keep. */
+    if (sbx_http_req_header(req, "idempotency-key")) {
+        sbx_http_respond_error(req, 501,
+                               "the Idempotency-Key header (idempotent create) is not supported "
+                               "by this server");
+        return;
+    }
     if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
         sbx_api_respond_err(req, err);
         return;
