@@ -120,7 +120,10 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
     if (detail) {
         if (r->access_token)
             json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
-        json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
+        /* Without the sandbox network (--network-cidr off) nothing reaches the internet,
+         * whatever the create asked. */
+        json_object_set_new(o, "allowInternetAccess",
+                            json_boolean(r->allow_internet && sbx_daemon->cfg.net_on));
         json_object_set_new(o, "domain", json_string(sbx_daemon->cfg.domain));
         json_t *net = r->network_json ? json_loads(r->network_json, 0, NULL) : NULL;
         if (net) {
