@@ -701,24 +701,43 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     free(q);
 }
 
+static bool
+parse_unix_seconds(const char *s, int64_t *out)
+{
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 0 || v > INT64_MAX / 1000)
+        return false;
+    *out = v;
+    return true;
+}
+
 static void
 metrics(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = find_or_404(req, id);
     if (l == NULL)
         return;
+    _cleanup_free_ char *start = sbx_http_req_query(req, "start");
+    _cleanup_free_ char *end = sbx_http_req_query(req, "end");
+    int64_t start_s = 0, end_s = INT64_MAX / 1000;
+    const char *bad = start && !parse_unix_seconds(start, &start_s) ? "start"
+                      : end && !parse_unix_seconds(end, &end_s)     ? "end"
+                                                                    : NULL;
+    if (bad) {
+        sbx_http_respond_error(req, 400, "'%s' must be a time in seconds since the epoch", bad);
+        return;
+    }
     if (!sbx_live_is_running(l)) {
         sbx_api_respond_json(req, 200, json_array()); /* nothing runs: nothing to sample */
         return;
     }
-    _cleanup_free_ char *start = sbx_http_req_query(req, "start");
-    _cleanup_free_ char *end = sbx_http_req_query(req, "end");
     struct metrics_query *q = calloc(1, sizeof(*q));
     if (q == NULL)
         abort();
     snprintf(q->id, sizeof(q->id), "%s", l->rec->id);
-    q->start_s = start ? strtoll(start, NULL, 10) : 0;
-    q->end_s = end ? strtoll(end, NULL, 10) : INT64_MAX / 1000;
+    q->start_s = start_s;
+    q->end_s = end_s;
     q->w = sbx_http_req_hold(req);
     struct sbx_spawner_msg msg = {.op = SBX_SPAWNER_STATS};
     snprintf(msg.id, sizeof(msg.id), "%s", l->rec->id);
