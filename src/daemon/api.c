@@ -769,8 +769,9 @@ parse_metadata_filter(const char *raw, json_t *out, struct sbx_error **err)
     return 0;
 }
 
+/* GET /v2/sandboxes, and the deprecated GET /sandboxes with the same filters and pages. */
 static void
-list_sandboxes(struct sbx_http_req *req, bool v2)
+list_sandboxes(struct sbx_http_req *req)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_store_query q = {0};
@@ -778,8 +779,8 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     _cleanup_sandbox_list_ struct sbx_sandbox_list *list = NULL;
     _cleanup_free_ char *meta = sbx_http_req_query(req, "metadata");
     _cleanup_free_ char *state = sbx_http_req_query(req, "state");
-    _cleanup_free_ char *limit = v2 ? sbx_http_req_query(req, "limit") : NULL;
-    _cleanup_free_ char *token = v2 ? sbx_http_req_query(req, "nextToken") : NULL;
+    _cleanup_free_ char *limit = sbx_http_req_query(req, "limit");
+    _cleanup_free_ char *token = sbx_http_req_query(req, "nextToken");
     _cleanup_free_ char *order = sbx_http_req_query(req, "order");
     _cleanup_free_ char *after = sbx_http_req_query(req, "startedAfter");
     _cleanup_free_ char *tmpl = sbx_http_req_query(req, "template");
@@ -917,7 +918,7 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
         if (rn == 1 && post)
             return create(req, body, v2);
         if (rn == 1 && get)
-            return list_sandboxes(req, v2);
+            return list_sandboxes(req);
         if (rn == 2 && get)
             return get_info(req, r[1]);
         if (rn == 2 && del)
