@@ -919,7 +919,7 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
             return create(req, body, v2);
         if (rn == 1 && get)
             return list_sandboxes(req);
-        if (rn == 2 && get)
+        if (rn == 2 && get && strcmp(r[1], "metrics") != 0)
             return get_info(req, r[1]);
         if (rn == 2 && del)
             return kill_sandbox(req, r[1]);
@@ -952,10 +952,8 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
             return;
         }
     }
-    if (!v2 && n == 1 && get && strcmp(p[0], "snapshots") == 0) {
-        sbx_http_respond_error(req, 501, "snapshots are not supported yet");
+    if (sbx_api_unsupported(req, p, n))
         return;
-    }
     sbx_http_respond_error(req, 404, "no route for %s %s", m, req->path);
 }
 
