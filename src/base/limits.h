@@ -32,6 +32,8 @@
 #define SBX_MAX_TIMEOUT_S      (24 * 3600)
 #define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
+/* Where scripts/templates.sh builds the built-in templates' layers (--layer-cache). */
+#define SBX_DEFAULT_LAYER_CACHE "/var/cache/sbx/layers"
 /* Warm pools (--pool, --pool-memory-mb). */
 #define SBX_DEFAULT_POOLS          "base=2,code-interpreter-v1=1"
 #define SBX_DEFAULT_POOL_MEMORY_MB 2048

@@ -108,18 +108,6 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
     return o;
 }
 
-bool
-sbx_api_known_template(const char *t)
-{
-    /* One host-derived template serves every name the SDKs use by default. */
-    static const char *const names[] = {"base", "code-interpreter-v1", "code-interpreter",
-                                        "code-interpreter-beta", "sbx"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strcmp(t, names[i]) == 0)
-            return true;
-    return false;
-}
-
 static int
 parse_timeout(json_t *body, int def, int *out, struct sbx_error **err)
 {
@@ -154,7 +142,7 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
     if (tmpl) {
-        if (!sbx_api_known_template(tmpl))
+        if (sbx_builtin_template_find(tmpl) == NULL)
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                                  "template '%s' not found (this server offers 'base' and "
                                  "'code-interpreter-v1')",

@@ -37,7 +37,9 @@ usage(FILE *f)
             "usage: sbx serve [options]\n"
             "\n"
             "  --listen HOST:PORT   address of the API and sandbox traffic (%s; SBX_LISTEN)\n"
-            "  --state-dir DIR      database, API key, template, sandbox dirs (%s; SBX_STATE_DIR)\n"
+            "  --state-dir DIR      database, API key, layers, sandbox dirs (%s; SBX_STATE_DIR)\n"
+            "  --layer-cache DIR    where scripts/templates.sh built the built-in templates'\n"
+            "                       layers (%s; SBX_LAYER_CACHE)\n"
             "  --api-key KEY        accept this API key (SBX_API_KEY); by default one is\n"
             "                       generated on first start and kept in the state dir\n"
             "  --memory-mb N        memory limit of each sandbox (%d; SBX_MEMORY_MB)\n"
@@ -57,10 +59,10 @@ usage(FILE *f)
             "                       repeatable, or comma-separated in SBX_POOL (%s)\n"
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
-            SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX,
-            SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB, SBX_DEFAULT_DISK_MB,
-            SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S, SBX_ANON_IDLE_TIMEOUT_S,
-            SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB);
+            SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_LAYER_CACHE,
+            SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX, SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB,
+            SBX_DEFAULT_DISK_MB, SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S,
+            SBX_ANON_IDLE_TIMEOUT_S, SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB);
 }
 
 static int
@@ -112,6 +114,12 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
     case 's':
         free(c->state_dir);
         c->state_dir = strdup(v);
+        return 0;
+    case 'K':
+        if (v[0] != '/')
+            return -1;
+        free(c->layer_cache);
+        c->layer_cache = strdup(v);
         return 0;
     case 'k':
         free(c->api_key);
@@ -173,6 +181,7 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
 static const struct option long_opts[] = {
     {"listen", required_argument, NULL, 'l'},
     {"state-dir", required_argument, NULL, 's'},
+    {"layer-cache", required_argument, NULL, 'K'},
     {"api-key", required_argument, NULL, 'k'},
     {"memory-mb", required_argument, NULL, 'm'},
     {"pids-max", required_argument, NULL, 'p'},
@@ -201,13 +210,14 @@ static const struct {
     {"SBX_IDLE_TIMEOUT", 'I'},   {"SBX_MAX_CONNECTIONS", 'C'},
     {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
-    {"SBX_POOL_MEMORY_MB", 'M'},
+    {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_LAYER_CACHE", 'K'},
 };
 
 static int
 parse_config(int argc, char **argv, struct sbx_daemon_config *c)
 {
     c->state_dir = strdup(SBX_DEFAULT_STATE_DIR);
+    c->layer_cache = strdup(SBX_DEFAULT_LAYER_CACHE);
     c->user = strdup(SBX_DEFAULT_USER);
     c->pools = strdup(SBX_DEFAULT_POOLS);
     c->pool_memory_mb = SBX_DEFAULT_POOL_MEMORY_MB;
@@ -805,6 +815,7 @@ sbx_daemon_main(int argc, char **argv)
         return 1;
     }
     sv.spawner.state_dir = cfg.state_dir;
+    sv.spawner.layer_cache = cfg.layer_cache;
     sv.spawner.frontend_uid = sv.fe_uid;
     sv.spawner.frontend_gid = sv.fe_gid;
     sv.spawner.relaxed = cfg.relaxed;

@@ -20,6 +20,7 @@
 #include "http/http.h"
 #include "sandbox/sandbox.h"
 #include "spawner/msg.h"
+#include "spawner/templates.h"
 #include "store/store.h"
 
 #define SBX_DAEMON_ID_LEN    20
@@ -31,7 +32,8 @@ struct sbx_daemon_config {
     char *listen_host;
     int listen_port;
     char *state_dir;
-    char *api_key; /* from --api-key / SBX_API_KEY, NULL otherwise */
+    char *layer_cache; /* --layer-cache */
+    char *api_key;     /* from --api-key / SBX_API_KEY, NULL otherwise */
     int memory_mb;
     int pids_max;
     int cpu_millis;
@@ -159,8 +161,6 @@ int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int co
 
 /* api.c: control plane (X-API-KEY). */
 void sbx_api_handle(struct sbx_http_req *req);
-/* A template name this server offers (base, code-interpreter-v1 and their aliases). */
-bool sbx_api_known_template(const char *name);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

@@ -278,8 +278,8 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
     if (rec->traffic_token)
         json_object_set_new(cfg, "trafficAccessToken", json_string(rec->traffic_token));
-    json_object_set_new(cfg, "codeInterpreter",
-                        json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
+    const struct sbx_builtin_template *t = sbx_builtin_template_find(rec->template_id);
+    json_object_set_new(cfg, "codeInterpreter", json_boolean(t && t->code_interpreter));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
     if (rec->pooled)
         json_object_set_new(cfg, "pooled", json_true());
@@ -491,6 +491,9 @@ spawn(struct spawning *c)
     };
     snprintf(req.id, sizeof(req.id), "%s", rec->id);
     snprintf(req.template_name, sizeof(req.template_name), "%s", rec->template_id);
+    const struct sbx_builtin_template *t = sbx_builtin_template_find(rec->template_id);
+    for (size_t i = 0; t && i < t->n_layers; i++)
+        strcat(req.layers, t->layers[i]);
     sbx_spawner_call(&req, cfd, on_spawned, c);
 }
 

@@ -92,7 +92,7 @@ sbx_pool_configure(const char *spec, struct sbx_error **err)
                                  "pool '%s': expected TEMPLATE=N with N from 0 to %d", item,
                                  SBX_POOL_MAX);
         *eq = '\0';
-        if (!sbx_api_known_template(item) || strlen(item) > SBX_SPAWNER_NAME_MAX)
+        if (sbx_builtin_template_find(item) == NULL || strlen(item) > SBX_SPAWNER_NAME_MAX)
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "pool: unknown template '%s'", item);
         struct sbx_pool *p = find_pool(item);
         if (p == NULL) {

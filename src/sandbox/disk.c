@@ -2,7 +2,7 @@
  * gets ENOSPC instead of filling the host's (design.md §2.3). This kernel has no
  * CONFIG_QUOTA, so project quotas on the state dir's ext4 are not an option; instead:
  *
- *   template/disks/blank-<bytes>.ext4   an empty ext4 of that size, formatted once with
+ *   disks/blank-<bytes>.ext4            an empty ext4 of that size, formatted once with
  *                                       mke2fs (sparse: ~150 KiB allocated for 1 GiB)
  *   <sandbox dir>/disk.img              per sandbox: a sparse copy of the blank (only its
  *                                       data extents are copied, ~0.2 ms)
@@ -12,9 +12,9 @@
  * 10-100 ms, once per size.
  *
  * At spawn the daemon attaches disk.img to a loop device (autoclear), mounts it detached
- * (fsopen/fsmount: nothing in the host's mount table), creates upper/{root,usr} and
- * work/{root,usr} in it owned by the sandbox's host uid base, and hands those directories to
- * overlayfs as fds. Only the overlays then hold the ext4 mount; they live in the sandbox's
+ * (fsopen/fsmount: nothing in the host's mount table), creates upper/root and
+ * work/root in it owned by the sandbox's host uid base, and hands those directories to
+ * overlayfs as fds. Only the overlay then holds the ext4 mount; it lives in the sandbox's
  * mount namespace, so when the sandbox's last process exits the ext4 is unmounted, the loop
  * device's last reference goes and autoclear detaches it. Destroy deletes disk.img with the
  * rest of the sandbox dir. A restarted daemon needs nothing but that path.
@@ -44,7 +44,6 @@
 #include "base/cleanup.h"
 #include "sandbox/internal.h"
 
-#define DISK_BLANK_DIR  "disks"
 #define DISK_BLOCK_SIZE 4096
 #define LOOP_ATTEMPTS   16 /* GET_FREE races with other loop users: retry on EBUSY */
 
@@ -116,15 +115,14 @@ is_blank(const struct stat *st, uint64_t bytes)
     return S_ISREG(st->st_mode) && st->st_uid == 0 && (uint64_t)st->st_size == bytes;
 }
 
-/* Opens template/disks/blank-<bytes>.ext4, formatting it first if it does not exist yet
+/* Opens <disks_dir>/blank-<bytes>.ext4, formatting it first if it does not exist yet
  * (once per size and state dir; formatted under a temporary name and renamed, so a crash
  * never leaves a half-formatted blank under the real name). */
 static int
-open_blank(const char *template_dir, uint64_t bytes, struct sbx_error **err)
+open_blank(const char *dir, uint64_t bytes, struct sbx_error **err)
 {
-    char dir[4096], path[4096], tmp[4096];
-    if (sbx_pathf(dir, sizeof(dir), "%s/" DISK_BLANK_DIR, template_dir) < 0 ||
-        sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 ".ext4", dir, bytes) < 0 ||
+    char path[4096], tmp[4096];
+    if (sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 ".ext4", dir, bytes) < 0 ||
         sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 ".%d", dir, bytes, (int)getpid()) < 0)
         return sbx_error_sys(err, errno, "blank image path");
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -242,7 +240,7 @@ int
 sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
 {
     uint64_t bytes = plan->limits.disk_bytes;
-    _cleanup_close_ int blank = open_blank(plan->template_dir, bytes, err);
+    _cleanup_close_ int blank = open_blank(plan->disks_dir, bytes, err);
     if (blank < 0)
         return -1;
     char path[4096];
@@ -348,7 +346,7 @@ int
 sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
                     struct sbx_error **err)
 {
-    *out = (struct sbx_upper_dirs){-1, -1, -1, -1, -1};
+    *out = (struct sbx_upper_dirs){-1, -1, -1};
     char path[4096], dev[64];
     if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
         return sbx_error_sys(err, errno, "disk image path");
@@ -370,24 +368,22 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
         sbx_upper_dirs_close(out);
         return -1;
     }
-    /* Their subdirectories' owner and mode are what the sandbox sees for / and /usr. */
+    /* Their subdirectories' owner and mode are what the sandbox sees for /. */
     uid_t u = plan->host_uid_base;
     if ((out->upper_root = make_dir(upper, "root", 0755, u, err)) < 0 ||
-        (out->work_root = make_dir(work, "root", 0755, u, err)) < 0 ||
-        (out->upper_usr = make_dir(upper, "usr", 0755, u, err)) < 0 ||
-        (out->work_usr = make_dir(work, "usr", 0755, u, err)) < 0) {
+        (out->work_root = make_dir(work, "root", 0755, u, err)) < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }
     /* Returning closes our loop device fd: from here on the mount holds the device, and
-     * once the overlays are made and these fds closed, the overlays hold the mount. */
+     * once the overlay is made and these fds closed, it holds the mount. */
     return 0;
 }
 
 void
 sbx_upper_dirs_close(struct sbx_upper_dirs *d)
 {
-    int *fds[] = {&d->upper_root, &d->work_root, &d->upper_usr, &d->work_usr, &d->mount_fd};
+    int *fds[] = {&d->upper_root, &d->work_root, &d->mount_fd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
         if (*fds[i] >= 0)
             close(*fds[i]);

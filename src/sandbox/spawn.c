@@ -84,16 +84,13 @@ step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
 {
     *step = "wait for parent";
     struct sync_msg m;
-    int fds[2];
-    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 2);
+    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), &fs->root_fd, 1);
     if (n == 0)
         _exit(127); /* the parent gave up on us */
-    if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fds[0] < 0) {
+    if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fs->root_fd < 0) {
         errno = n < 0 ? errno : EPROTO;
         return -1;
     }
-    fs->root_fd = fds[0];
-    fs->usr_fd = fds[1];
     return 0;
 }
 
@@ -246,14 +243,14 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     char newroot[4096];
     snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
     int exe = plan->exe_fd;
-    struct sbx_rootfs fs = {-1, -1};
+    struct sbx_rootfs fs = {-1};
 
     STEP(step_reset_signals(&step));
     STEP(step_wait_parent(sock, &fs, &step));
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
     STEP(child_mount_private(&step));
-    STEP(child_attach_rootfs(newroot, fs.root_fd, fs.usr_fd, &step));
+    STEP(child_attach_rootfs(newroot, fs.root_fd, &step));
     sbx_rootfs_close(&fs);
     STEP(child_mount_proc(newroot, &step));
     STEP(child_mount_dev(newroot, &step));
@@ -304,11 +301,15 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
 {
     if (!valid_id(p->id))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
-    if (!p->sandbox_dir || p->sandbox_dir[0] != '/' || !p->template_dir ||
-        p->template_dir[0] != '/')
+    if (!p->sandbox_dir || p->sandbox_dir[0] != '/' || !p->disks_dir || p->disks_dir[0] != '/')
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
-                             "sandbox and template dirs must be "
-                             "absolute");
+                             "sandbox and disk dirs must be absolute");
+    if (p->n_layers == 0 || p->n_layers > SBX_LAYERS_MAX)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "a root needs 1 to %d layers",
+                             SBX_LAYERS_MAX);
+    for (size_t i = 0; i < p->n_layers; i++)
+        if (p->layers[i] == NULL || p->layers[i][0] != '/')
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "layer dirs must be absolute");
     if (strlen(p->sandbox_dir) > 3000)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "sandbox dir path too long");
     /* The range must not contain host root or wrap around. */
@@ -364,8 +365,7 @@ static int
 send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
-    int fds[2] = {fs->root_fd, fs->usr_fd};
-    if (sbx_send_fds(sock, &m, sizeof(m), fds, 2) < 0)
+    if (sbx_send_fds(sock, &m, sizeof(m), &fs->root_fd, 1) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }

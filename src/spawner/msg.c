@@ -63,8 +63,10 @@ static const struct field fields[] = {
     STAT_F(17, oom_kills),
     STAT_F(18, pids_current),
     STAT_F(19, disk_used_bytes),
+    STR_F(60, layers, IN_SPAWN, IN_SPAWN),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
+_Static_assert(N_FIELDS <= 64, "the decoder's bit set of seen fields has 64 bits");
 
 static unsigned
 op_bit(uint8_t op)
@@ -188,6 +190,10 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
     if (m->template_name[0] && !charset_ok(m->template_name, "._-"))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad template name");
+    /* Keys only (lowercase hex, whole keys): the spawner builds each layer's path from one. */
+    size_t nl = strlen(m->layers);
+    if (nl % SBX_LAYER_KEY_LEN != 0 || strspn(m->layers, "0123456789abcdef") != nl)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer keys");
     if (m->op == SBX_SPAWNER_SPAWN && m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
     if (m->op == SBX_SPAWNER_REPLY && m->code != SBX_OK && m->message[0] == '\0')
@@ -211,7 +217,7 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
     out->seq =
         (uint32_t)in[4] | (uint32_t)in[5] << 8 | (uint32_t)in[6] << 16 | (uint32_t)in[7] << 24;
     unsigned bit = op_bit(out->op);
-    uint32_t seen = 0; /* by index into fields[] */
+    uint64_t seen = 0; /* by index into fields[] */
     for (size_t n = HEADER_LEN; n < len;) {
         if (len - n < FIELD_HDR || in[n + 1] != 0)
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "truncated field header");
@@ -225,15 +231,15 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
             i++;
         if (i == N_FIELDS || !(fields[i].allowed & bit))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u not allowed", tag);
-        if (seen & (1u << i))
+        if (seen & (1ull << i))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u repeated", tag);
-        seen |= 1u << i;
+        seen |= 1ull << i;
         if (decode_field(&fields[i], in + n, flen, out, err) < 0)
             return -1;
         n += flen;
     }
     for (size_t i = 0; i < N_FIELDS; i++)
-        if ((fields[i].required & bit) && !(seen & (1u << i)))
+        if ((fields[i].required & bit) && !(seen & (1ull << i)))
             return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u missing", fields[i].tag);
     return check_message(out, err);
 }

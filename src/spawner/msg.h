@@ -26,8 +26,8 @@
 #define SBX_SPAWNER_TEXT_MAX    1024
 
 enum sbx_spawner_op {
-    SBX_SPAWNER_SPAWN = 1,   /* id, template, slot, limits; fd: the agent's config. Reply: pid,
-                              * start time */
+    SBX_SPAWNER_SPAWN = 1,   /* id, template, layers, slot, limits; fd: the agent's config.
+                              * Reply: pid, start time */
     SBX_SPAWNER_DESTROY = 2, /* id. Reply: none, once nothing of the sandbox is left */
     SBX_SPAWNER_STATS = 3,   /* id. Reply: the counters */
     SBX_SPAWNER_REPLY = 64,  /* spawner -> front end: code (0 = ok), errno, message */
@@ -38,6 +38,9 @@ struct sbx_spawner_msg {
     uint32_t seq;    /* chosen by the front end; the reply carries the request's */
     char id[64 + 1]; /* room for any stored id; the decoder takes at most SBX_SPAWNER_ID_MAX */
     char template_name[SBX_SPAWNER_NAME_MAX + 1];
+    /* The lower layers of the sandbox's root, top first: their keys (SBX_LAYER_KEY_LEN hex
+     * digits each) one after the other, 1 to SBX_LAYERS_MAX of them. */
+    char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1];
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
     int64_t pid;

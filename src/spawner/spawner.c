@@ -22,9 +22,11 @@
 #include "base/limits.h"
 #include "base/log.h"
 #include "spawner/msg.h"
+#include "spawner/templates.h"
 
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
 #define AGENT_SOCK       "agent.sock"
+#define SB_LAYERS        "layers" /* in a sandbox's dir: the keys of its layers, for the GC */
 
 enum phase { SB_SPAWNING, SB_RUNNING, SB_DESTROYING };
 
@@ -56,7 +58,7 @@ struct out {
 static struct {
     const struct sbx_spawner_config *cfg;
     uv_loop_t *loop;
-    char *template_dir;
+    char *disks_dir;
     int exe_fd;
     int channel;
     uv_poll_t channel_poll;
@@ -336,11 +338,54 @@ spawn_allowed(const struct sbx_spawner_msg *m, int config_fd, struct sbx_error *
     return 0;
 }
 
+/* The dirs of the layers of m, from their keys (checked by the decoder), into paths (n
+ * malloc'd strings); each must be in our layer store. */
+static int
+layer_paths(const struct sbx_spawner_msg *m, char **paths, size_t *n, struct sbx_error **err)
+{
+    *n = 0;
+    for (const char *k = m->layers; *k; k += SBX_LAYER_KEY_LEN) {
+        char key[SBX_LAYER_KEY_LEN + 1];
+        memcpy(key, k, SBX_LAYER_KEY_LEN);
+        key[SBX_LAYER_KEY_LEN] = '\0';
+        if (!sbx_layer_exists(sp.cfg->state_dir, key))
+            return sbx_error_set(err, SBX_NOT_FOUND, 0, "spawn %s: no layer %s", m->id, key);
+        paths[(*n)++] = sbx_layer_path(sp.cfg->state_dir, key);
+    }
+    return 0;
+}
+
+static void
+free_paths(char **paths, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(paths[i]);
+}
+
+/* Records the layers a sandbox uses in its dir, so that no start of ours removes them while
+ * it runs. */
+static int
+record_layers(const struct sb *s, const char *layers, struct sbx_error **err)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, layers, strlen(layers)) != (ssize_t)strlen(layers))
+        return sbx_error_sys(err, errno, "record the layers of %s", s->id);
+    return 0;
+}
+
 static void
 handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (spawn_allowed(m, config_fd, &err) < 0) {
+    char *layers[SBX_LAYERS_MAX];
+    size_t n_layers = 0;
+    int ok = layer_paths(m, layers, &n_layers, &err);
+    if (ok == 0)
+        ok = spawn_allowed(m, config_fd, &err);
+    if (ok < 0) {
+        free_paths(layers, n_layers);
         reply_error(m->seq, err);
         return;
     }
@@ -348,9 +393,11 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
     s->slot = (int)m->uid_slot;
     s->seq = m->seq;
     s->phase = SB_SPAWNING;
-    _cleanup_close_ int conf = copy_config(config_fd, &err);
+    _cleanup_close_ int conf =
+        record_layers(s, m->layers, &err) < 0 ? -1 : copy_config(config_fd, &err);
     _cleanup_close_ int lfd = conf < 0 ? -1 : listen_agent(s, &err);
     if (lfd < 0) {
+        free_paths(layers, n_layers);
         reply_error(m->seq, err);
         struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
         _cleanup_error_ struct sbx_error *ignored = NULL;
@@ -364,7 +411,9 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
     struct sbx_sandbox_plan plan = {
         .id = s->id,
         .sandbox_dir = s->dir,
-        .template_dir = sp.template_dir,
+        .layers = (const char *const *)layers,
+        .n_layers = n_layers,
+        .disks_dir = sp.disks_dir,
         .host_uid_base = sp.cfg->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT,
         .limits = {.memory_bytes = m->memory_bytes,
                    .pids_max = (uint32_t)m->pids_max,
@@ -378,7 +427,9 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         .argv = argv,
         .envp = envp,
     };
-    if (sbx_sandbox_spawn_start(&plan, &s->spawning, &err) < 0) {
+    int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
+    free_paths(layers, n_layers);
+    if (rc < 0) {
         sbx_log_warn("spawn", "sandbox=%s error=\"%s\"", s->id, err->msg);
         reply_error(m->seq, err);
         sb_drop(s);
@@ -559,6 +610,63 @@ on_sigchld(uv_signal_t *h, int signum)
 
 /* ---- start ---- */
 
+/* Brings the built-in templates' layers into our store (the first start of a state dir
+ * takes a few seconds: hard links of the cache's files). */
+static int
+import_builtin_layers(struct sbx_error **err)
+{
+    if (sbx_layers_prepare(sp.cfg->state_dir, err) < 0)
+        return -1;
+    size_t n;
+    const char *const *keys = sbx_builtin_layers(&n);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t0 = uv_hrtime();
+        bool had = sbx_layer_exists(sp.cfg->state_dir, keys[i]);
+        if (sbx_layer_import(sp.cfg->state_dir, sp.cfg->layer_cache, keys[i], err) < 0)
+            return -1;
+        if (!had)
+            sbx_log_info("layer_import", "layer=%s ms=%llu", keys[i],
+                         (unsigned long long)((uv_hrtime() - t0) / 1000000));
+    }
+    return 0;
+}
+
+/* Removes the layers of our store that neither a built-in template nor a sandbox of ours
+ * uses (layers of older definitions, after an upgrade). */
+static void
+collect_layers(void)
+{
+    size_t nb, n = 0, cap = 0;
+    const char *const *builtin = sbx_builtin_layers(&nb);
+    char **keep = NULL;
+    for (size_t i = 0; i < nb; i++) {
+        if (n == cap && (keep = reallocarray(keep, cap = cap * 2 + 8, sizeof(*keep))) == NULL)
+            abort();
+        if ((keep[n++] = strdup(builtin[i])) == NULL)
+            abort();
+    }
+    for (struct sb *s = sp.sbs; s; s = s->next) {
+        char path[4096], keys[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN];
+        snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        ssize_t len = fd < 0 ? -1 : read(fd, keys, sizeof(keys));
+        for (ssize_t k = 0; k + SBX_LAYER_KEY_LEN <= len; k += SBX_LAYER_KEY_LEN) {
+            if (n == cap && (keep = reallocarray(keep, cap = cap * 2 + 8, sizeof(*keep))) == NULL)
+                abort();
+            if ((keep[n++] = strndup(keys + k, SBX_LAYER_KEY_LEN)) == NULL)
+                abort();
+        }
+    }
+    _cleanup_error_ struct sbx_error *err = NULL;
+    int removed = sbx_layers_gc(sp.cfg->state_dir, (const char *const *)keep, n, &err);
+    if (removed < 0)
+        sbx_log_warn("layer_gc", "error=\"%s\"", err->msg);
+    else if (removed > 0)
+        sbx_log_info("layer_gc", "removed=%d", removed);
+    free_paths(keep, n);
+    free(keep);
+}
+
 /* Finds the sandboxes of our state dir, running or not, as they were left by an earlier
  * spawner (a restart, a crash, an upgrade). */
 static void
@@ -614,13 +722,16 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
         close(cfg->lock_fd); /* the supervisor holds the block for all of us */
     sp.loop = uv_default_loop();
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (sbx_template_prepare(cfg->state_dir, &sp.template_dir, &err) < 0 ||
+    if (asprintf(&sp.disks_dir, "%s/disks", cfg->state_dir) < 0)
+        abort();
+    if (import_builtin_layers(&err) < 0 ||
         (sp.exe_fd =
              sbx_sandbox_agent_exe(cfg->agent_exe ? cfg->agent_exe : "/proc/self/exe", &err)) < 0) {
         sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
         return 1;
     }
     scan();
+    collect_layers();
     if (cfg->ready_fd >= 0) {
         (void)!write(cfg->ready_fd, "R", 1);
         close(cfg->ready_fd);

@@ -1,9 +1,11 @@
 /* The spawner: the only part of `sbx serve` that keeps host privileges (root). A
  * single-threaded process reachable only through the socketpair the supervisor made for it;
- * it executes the few requests of spawner/msg.h (spawn, destroy, stats) and nothing else.
+ * it executes the few requests of spawner/msg.h (spawn, destroy, stats) and nothing else, and
+ * keeps the layer store (built-in templates' layers imported at start, unused ones removed).
  *
  * It trusts nothing it receives: every message is decoded and range-checked, every path is
- * built here from a validated id below its own state dir, the template is one it prepared,
+ * built here from a validated id below its own state dir, a sandbox's layers are ones of its
+ * own store named by key,
  * and it acts only on sandboxes it knows (those with a dir in its state dir, whose agents run
  * in its own host uid block). What the operator chose (uid block, profile, the front end's
  * uid) comes from its own configuration, never from a message. */
@@ -18,8 +20,9 @@ struct sbx_spawner_config {
     uid_t uid_base;     /* first host uid of this daemon's block (sbx_uid_block_claim) */
     uid_t frontend_uid; /* owner of the agents' sockets, so that the front end can connect */
     gid_t frontend_gid;
-    bool relaxed;          /* --sandbox-profile relaxed */
-    const char *agent_exe; /* the binary sandboxes run as their agent; NULL: this one */
+    bool relaxed;            /* --sandbox-profile relaxed */
+    const char *agent_exe;   /* the binary sandboxes run as their agent; NULL: this one */
+    const char *layer_cache; /* the host-wide cache of built layers (scripts/templates.sh) */
     int lock_fd;  /* the supervisor's lock of the uid block: closed here, never passed on */
     int ready_fd; /* written once when the spawner is ready, then closed */
 };

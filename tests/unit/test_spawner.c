@@ -18,6 +18,7 @@
 
 #include "base/fdpass.h"
 #include "harness.h"
+#include "spawner/layer_keys.h"
 #include "spawner/msg.h"
 #include "spawner/spawner.h"
 
@@ -35,6 +36,7 @@ spawn_req(const char *id, uint64_t slot)
                                 .disk_bytes = 64 << 20};
     snprintf(m.id, sizeof(m.id), "%s", id);
     snprintf(m.template_name, sizeof(m.template_name), "base");
+    snprintf(m.layers, sizeof(m.layers), "%s", SBX_LAYER_KEY_BASE);
     return m;
 }
 
@@ -158,6 +160,16 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     m = spawn_req("a", 1);
     snprintf(m.template_name, sizeof(m.template_name), "../x");
     expect_refused("template path", m, NULL);
+    /* Layers: whole keys of lowercase hex only, since the spawner makes paths of them. */
+    m = spawn_req("a", 1);
+    snprintf(m.layers, sizeof(m.layers), "../../../../../../../../../../../../../../../../etc/x");
+    expect_refused("layer path", m, NULL);
+    m = spawn_req("a", 1);
+    snprintf(m.layers, sizeof(m.layers), "%s0", SBX_LAYER_KEY_BASE);
+    expect_refused("partial layer key", m, NULL);
+    m = spawn_req("a", 1);
+    m.layers[0] = '\0';
+    expect_refused("no layers", m, NULL);
     m = spawn_req("", 1);
     expect_refused("missing id", m, NULL);
     /* Too short for a header. */
@@ -208,6 +220,13 @@ agent_path(char *out, size_t n)
     snprintf(out, n, "%s/../../sbx", dirname(self)); /* build/tests/unit -> build/sbx */
 }
 
+static const char *
+layer_cache(void)
+{
+    const char *c = getenv("SBX_LAYER_CACHE");
+    return c && *c ? c : SBX_DEFAULT_LAYER_CACHE;
+}
+
 static void
 spawner_start(struct spawner *s, uid_t uid_base)
 {
@@ -229,6 +248,7 @@ spawner_start(struct spawner *s, uid_t uid_base)
         cfg = (struct sbx_spawner_config){.state_dir = s->state,
                                           .uid_base = uid_base,
                                           .agent_exe = exe,
+                                          .layer_cache = layer_cache(),
                                           .lock_fd = -1,
                                           .ready_fd = -1};
         _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
@@ -318,6 +338,16 @@ TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
     /* Garbage, a reply sent as a request, a message too long, too many fds. */
     send_raw(&s, "\1\1\0\0\5\0\0\0garbage", 15, NULL, 0);
     CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
+    /* A well-formed key of a layer the store does not have: refused, nothing made. */
+    struct sbx_spawner_msg nl = spawn_req("nolayer", 2);
+    memset(nl.layers, 'e', SBX_LAYER_KEY_LEN);
+    nl.layers[SBX_LAYER_KEY_LEN] = '\0';
+    int nlfd = config_memfd("nolayer");
+    CHECK(call(&s, &nl, nlfd).code == SBX_NOT_FOUND);
+    close(nlfd);
+    char nldir[512];
+    snprintf(nldir, sizeof(nldir), "%s/sandboxes/nolayer", s.state);
+    CHECK(access(nldir, F_OK) < 0);
     struct sbx_spawner_msg fake;
     sbx_spawner_reply_init(&fake, &(struct sbx_spawner_msg){.seq = 3}, NULL);
     char buf[8192];
@@ -404,6 +434,7 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
         cfg = (struct sbx_spawner_config){.state_dir = s.state,
                                           .uid_base = 1500000000u,
                                           .agent_exe = exe,
+                                          .layer_cache = layer_cache(),
                                           .lock_fd = -1,
                                           .ready_fd = -1};
         _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
