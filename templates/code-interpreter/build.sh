@@ -25,7 +25,9 @@ apt-get install -y -q --no-install-recommends \
     r-base r-base-dev r-cran-irkernel openjdk-21-jdk-headless
 
 step "Python packages (requirements.txt)"
-pip install -q --no-warn-script-location -r "$DEF/requirements.txt"
+# --ignore-installed: pip cannot upgrade what Debian installed for python3-setuptools
+# (typing_extensions, packaging, ...); the newer copies go to /usr/local, first on sys.path.
+pip install -q --no-warn-script-location --ignore-installed -r "$DEF/requirements.txt"
 
 step "Python and Bash kernels' support under $PREFIX/python"
 # bash_kernel and e2b-charts where kernel.c looks for them; sbx_e2b is sbx's IPython

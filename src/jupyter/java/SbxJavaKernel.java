@@ -15,6 +15,7 @@ package sbx.kernel;
 
 import java.io.PrintWriter;
 import java.io.StringWriter;
+import java.lang.reflect.Field;
 import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
 import java.nio.file.Files;
@@ -33,7 +34,7 @@ import jdk.jshell.Snippet;
 import jdk.jshell.SnippetEvent;
 import jdk.jshell.SourceCodeAnalysis;
 import jdk.jshell.UnresolvedReferenceException;
-import jdk.jshell.execution.DirectExecutionControl;
+import jdk.jshell.execution.LocalExecutionControl;
 import jdk.jshell.spi.ExecutionControl;
 import jdk.jshell.spi.ExecutionControlProvider;
 import jdk.jshell.spi.ExecutionEnv;
@@ -92,7 +93,7 @@ public final class SbxJavaKernel extends BaseKernel {
      * thread of their own, so that an interrupt can stop them, and keeps the values themselves
      * (JShell's API only sees their strings) for the execute_result.
      */
-    static final class Exec extends DirectExecutionControl {
+    static final class Exec extends LocalExecutionControl {
         final Map<String, Object> values = new ConcurrentHashMap<>();
         final AtomicLong nextKey = new AtomicLong();
         volatile Throwable lastThrown;
@@ -111,6 +112,7 @@ public final class SbxJavaKernel extends BaseKernel {
                 }
             }, "sbx-java-run");
             t.setContextClassLoader(Thread.currentThread().getContextClassLoader());
+            setCancelled(false);
             runner = t;
             t.start();
             try {
@@ -134,6 +136,23 @@ public final class SbxJavaKernel extends BaseKernel {
             return key;
         }
 
+        /*
+         * From Java 20 on, LocalExecutionControl.load instruments every class of a snippet with
+         * checks of REPL.$Cancel$.allStop at loop back-edges and calls, which throw ThreadDeath
+         * once it is set: the way to end a loop that never blocks now that Thread.stop is gone.
+         * False if the class is not there (Java 17, which still has Thread.stop).
+         */
+        private boolean setCancelled(boolean on) {
+            try {
+                Field f = findClass("REPL.$Cancel$").getDeclaredField("allStop");
+                f.setAccessible(true);
+                f.setBoolean(null, on);
+                return true;
+            } catch (ReflectiveOperationException | RuntimeException e) {
+                return false;
+            }
+        }
+
         @Override
         @SuppressWarnings({"deprecation", "removal"})
         public void stop() {
@@ -142,7 +161,8 @@ public final class SbxJavaKernel extends BaseKernel {
                 return;
             stopped = true;
             t.interrupt();
-            t.stop(); /* Java 17 still has it: the only way to end a loop that never blocks */
+            if (!setCancelled(true))
+                t.stop();
         }
     }
 

@@ -445,6 +445,15 @@ def _redirect_fd_output():
 _STREAM_FLUSH_CHARS = 1 << 20
 
 
+def _pending_chars(stream):
+    """Characters an OutStream holds: one buffer up to ipykernel 6.29, one per parent message
+    from 6.30 on (a dict that the IOPub thread replaces whole when it flushes)."""
+    buffers = getattr(stream, "_buffers", None)
+    if buffers is not None:
+        return sum(b.tell() for b in list(buffers.values()))
+    return stream._buffer.tell()
+
+
 def _patch_out_stream():
     """Two changes to ipykernel's OutStream (sys.stdout and sys.stderr of the kernel):
 
@@ -475,8 +484,7 @@ def _patch_out_stream():
                 self._sbx_writes = getattr(self, "_sbx_writes", 0) + 1
         n = original_write(self, string)
         try:
-            buffer = self._buffer
-            if buffer.tell() >= _STREAM_FLUSH_CHARS and self._is_master_process():
+            if _pending_chars(self) >= _STREAM_FLUSH_CHARS and self._is_master_process():
                 thread = getattr(self.pub_thread, "thread", None)
                 if thread is None or thread.ident != threading.get_ident():
                     self.flush()
@@ -494,7 +502,7 @@ def _patch_out_stream():
                 getattr(self, "_sbx_flushed", None) == writes
                 and not getattr(self, "_sbx_in_flush", 0)
                 and self._is_master_process()
-                and not self._buffer.tell()
+                and not _pending_chars(self)
             )
         except Exception:
             clean = False

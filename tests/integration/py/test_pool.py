@@ -82,7 +82,9 @@ def test_clients_of_one_pool_share_nothing(sbx_daemon, sandbox_factory):
     # A pooled sandbox has run nothing of anyone's: only the agent and this command.
     procs = b.commands.run("ps -e -o comm= | sort").stdout.split()
     assert "sleep" not in procs, procs
-    assert b.commands.run("ls -A /tmp /home/user").stdout.split() == ["/home/user:", "/tmp:"]
+    # Only what the template itself has (the shell's files from /etc/skel), nothing of a's.
+    assert b.commands.run("ls -A /tmp /home/user").stdout.split() == [
+        "/home/user:", ".bash_logout", ".bashrc", ".profile", "/tmp:"]
 
 
 def test_restart_of_the_front_end_leaves_no_pooled_sandbox(sbx_daemon, sandbox_factory):
