@@ -19,6 +19,13 @@ check_valid(const struct sbx_spawner_msg *m)
         CHECK(m->uid_slot < 4096 && m->memory_bytes >= (16u << 20) && m->disk_bytes % 4096 == 0);
         CHECK(strchr(m->id, '/') == NULL && strchr(m->template_name, '/') == NULL);
     }
+    if (m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_BUILD_STEP)
+        CHECK(m->layers[0] != '\0' && strlen(m->layers) % SBX_LAYER_KEY_LEN == 0 &&
+              strchr(m->layers, '/') == NULL);
+    if (m->op == SBX_SPAWNER_BUILD_STEP)
+        CHECK(sbx_layer_key_is_valid(m->layer_key) && m->timeout_ms >= 1000 && m->id[0] != '\0');
+    if (m->op == SBX_SPAWNER_STEP_LOG)
+        CHECK(m->message[0] != '\0');
     if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS)
         CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);
 }

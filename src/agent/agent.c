@@ -324,8 +324,8 @@ lower_own_oom_score(void)
 int
 sbx_agent_main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    if (argc == 2 && strcmp(argv[1], "--step") == 0)
+        return sbx_agent_step_main();
     sbx_agent_log_init();
     /* Non-dumpable, and sandbox root lacks CAP_SYS_PTRACE: nothing in the sandbox can trace
      * PID 1, read its memory (the access token) or take its fds (the daemon's socket) through

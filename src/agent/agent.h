@@ -10,6 +10,8 @@
 #define SBX_AGENT_CONFIG_FD 4
 #define SBX_AGENT_OOM_FD    5 /* read-only: the sandbox cgroup's OOM kill counter */
 
+/* argv[1] "--step": run one build step instead (step.c). */
 int sbx_agent_main(int argc, char **argv);
+int sbx_agent_step_main(void);
 
 #endif

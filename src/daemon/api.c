@@ -13,8 +13,8 @@
 
 #define MAX_PATH_PARTS 5
 
-static void
-respond_json(struct sbx_http_req *req, int status, json_t *body)
+void
+sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body)
 {
     char *s = json_dumps(body, JSON_COMPACT);
     json_decref(body);
@@ -22,8 +22,8 @@ respond_json(struct sbx_http_req *req, int status, json_t *body)
     free(s);
 }
 
-static void
-respond_err(struct sbx_http_req *req, const struct sbx_error *e)
+void
+sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e)
 {
     int status;
     switch (e->code) {
@@ -55,8 +55,8 @@ respond_err(struct sbx_http_req *req, const struct sbx_error *e)
     sbx_http_respond_error(req, status, "%s", e->msg);
 }
 
-static json_t *
-time_json(int64_t ms)
+json_t *
+sbx_api_time_json(int64_t ms)
 {
     char buf[40];
     sbx_format_rfc3339(ms, buf, sizeof(buf));
@@ -90,8 +90,8 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
 {
     json_t *o = json_pack("{s:s,s:s,s:s,s:o,s:o,s:i,s:i,s:i,s:s,s:s,s:o}", "sandboxID", r->id,
                           "templateID", r->template_id, "clientID", SBX_DAEMON_CLIENT_ID,
-                          "startedAt", time_json(r->started_at_ms), "endAt",
-                          time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
+                          "startedAt", sbx_api_time_json(r->started_at_ms), "endAt",
+                          sbx_api_time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
                           r->memory_mb, "diskSizeMB", r->disk_mb, "state", r->state, "envdVersion",
                           SBX_ENVD_VERSION, "metadata", parse_map(r->metadata_json));
     if (r->alias)
@@ -142,12 +142,7 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
     if (tmpl) {
-        if (sbx_builtin_template_find(tmpl) == NULL)
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
-                                 "template '%s' not found (this server offers 'base' and "
-                                 "'code-interpreter-v1')",
-                                 tmpl);
-        o.template_id = tmpl;
+        o.template_id = tmpl; /* resolved at create (a name of the store's is no pure check) */
         o.alias = tmpl;
     }
     /* json_dumpb with no buffer only measures the encoding. */
@@ -223,14 +218,14 @@ on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *u
     if (req == NULL)
         return; /* the client went away; the sandbox lives until its timeout */
     if (l == NULL) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", l->rec->id);
     char hdr[32];
     snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
     sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
-    respond_json(req, 201, sandbox_json(l->rec));
+    sbx_api_respond_json(req, 201, sandbox_json(l->rec));
 }
 
 static void
@@ -238,10 +233,16 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o;
-    if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
-        respond_err(req, err);
+    struct sbx_template_ref ref;
+    if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0 ||
+        sbx_templates_resolve(sbx_daemon->store, o.template_id, &ref, &err) < 0) {
+        sbx_api_respond_err(req, err);
         return;
     }
+    /* The sandbox is of the template, in the size the template was built for. */
+    o.template_id = ref.id;
+    o.cpu_count = ref.cpu_count;
+    o.memory_mb = ref.memory_mb;
     sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
 }
 
@@ -267,16 +268,16 @@ connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
         return;
     int timeout = SBX_DEFAULT_TIMEOUT_S;
     if (parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &timeout, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     /* Connecting only ever extends the sandbox's life, never shortens it. */
     int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
     if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
-    respond_json(req, 200, sandbox_json(l->rec));
+    sbx_api_respond_json(req, 200, sandbox_json(l->rec));
 }
 
 static void
@@ -288,14 +289,14 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
         return;
     int64_t secs = 0;
     if (sbx_api_timeout_parse(body, extend_only, &secs, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     int64_t end = sbx_wall_ms() + secs * 1000;
     if (extend_only && end < l->rec->end_at_ms)
         end = l->rec->end_at_ms;
     if (sbx_lifecycle_set_end(l, end, &err) < 0) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         return;
     }
     sbx_http_respond(req, 204, NULL, NULL, 0);
@@ -308,7 +309,7 @@ on_killed(struct sbx_error *err, void *ud)
     if (req == NULL)
         return;
     if (err)
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
     else
         sbx_http_respond(req, 204, NULL, NULL, 0);
 }
@@ -326,7 +327,7 @@ get_info(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = find_or_404(req, id);
     if (l)
-        respond_json(req, 200, listed_json(l->rec, true));
+        sbx_api_respond_json(req, 200, listed_json(l->rec, true));
 }
 
 struct metrics_query {
@@ -352,7 +353,7 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
         return;
     }
     if (err) {
-        respond_err(req, err);
+        sbx_api_respond_err(req, err);
         free(q);
         return;
     }
@@ -373,14 +374,15 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
         l->last_cpu_wall_ms = now;
         uint64_t disk_total = (uint64_t)l->rec->disk_mb << 20;
         json_array_append_new(
-            arr, json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", time_json(now),
-                           "timestampUnix", (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
-                           "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes, "memTotal",
-                           (json_int_t)st->memory_limit_bytes, "memCache",
-                           (json_int_t)st->memory_cache_bytes, "diskUsed",
-                           (json_int_t)st->disk_used_bytes, "diskTotal", (json_int_t)disk_total));
+            arr,
+            json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", sbx_api_time_json(now),
+                      "timestampUnix", (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
+                      "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes, "memTotal",
+                      (json_int_t)st->memory_limit_bytes, "memCache",
+                      (json_int_t)st->memory_cache_bytes, "diskUsed",
+                      (json_int_t)st->disk_used_bytes, "diskTotal", (json_int_t)disk_total));
     }
-    respond_json(req, 200, arr);
+    sbx_api_respond_json(req, 200, arr);
     free(q);
 }
 
@@ -509,11 +511,11 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     if (list->next_token)
         sbx_http_add_header(req, "X-Next-Token", list->next_token);
     json_decref(filter);
-    respond_json(req, 200, arr);
+    sbx_api_respond_json(req, 200, arr);
     return;
 fail:
     json_decref(filter);
-    respond_err(req, err);
+    sbx_api_respond_err(req, err);
 }
 
 /* ---- dispatch ---- */
@@ -551,7 +553,28 @@ dispatch(struct sbx_http_req *req, json_t *body)
     char **r = v2 ? p + 1 : p;
     size_t rn = v2 ? n - 1 : n;
     if (!v2 && n == 1 && get && strcmp(p[0], "pools") == 0) {
-        respond_json(req, 200, sbx_pool_status());
+        sbx_api_respond_json(req, 200, sbx_pool_status());
+        return;
+    }
+    /* /templates..., /v2/templates... and /v3/templates: the Template SDK's. Path parameters
+     * arrive as one percent-encoded segment each ("team%2Fname%3Atag"). */
+    bool v3 = n > 0 && strcmp(p[0], "v3") == 0;
+    char **t = v2 || v3 ? p + 1 : p;
+    size_t tn = v2 || v3 ? n - 1 : n;
+    if (tn >= 1 && tn <= MAX_PATH_PARTS && strcmp(t[0], "templates") == 0) {
+        char *decoded[MAX_PATH_PARTS] = {0};
+        bool ok = true;
+        for (size_t i = 0; i < tn; i++) {
+            size_t len;
+            decoded[i] = sbx_http_percent_decode(t[i], strlen(t[i]), false, &len);
+            ok = ok && decoded[i] && strlen(decoded[i]) == len;
+        }
+        if (ok)
+            sbx_api_templates_dispatch(req, body, decoded, tn);
+        else
+            sbx_http_respond_error(req, 400, "bad percent-encoding in %s", req->path);
+        for (size_t i = 0; i < tn; i++)
+            free(decoded[i]);
         return;
     }
     if (rn >= 1 && rn <= 3 && strcmp(r[0], "sandboxes") == 0) {
@@ -606,6 +629,10 @@ sbx_api_handle(struct sbx_http_req *req)
 {
     if (strcmp(req->path, "/health") == 0 && strcmp(req->method, "GET") == 0) {
         sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
+        return;
+    }
+    if (sbx_api_templates_is_upload(req)) {
+        sbx_api_templates_upload(req); /* its URL's token authorises it */
         return;
     }
     if (!authorized(req)) {

@@ -58,11 +58,14 @@ usage(FILE *f)
             "  --pool TEMPLATE=N    keep N sandboxes of TEMPLATE started, to hand out at create;\n"
             "                       repeatable, or comma-separated in SBX_POOL (%s)\n"
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
+            "  --max-builds N       template builds running at once, at most %d (%d;\n"
+            "                       SBX_MAX_BUILDS)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_LAYER_CACHE,
             SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX, SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB,
             SBX_DEFAULT_DISK_MB, SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S,
-            SBX_ANON_IDLE_TIMEOUT_S, SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB);
+            SBX_ANON_IDLE_TIMEOUT_S, SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB, SBX_MAX_BUILDS,
+            SBX_DEFAULT_MAX_BUILDS);
 }
 
 static int
@@ -174,6 +177,8 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
     }
     case 'M':
         return parse_positive(v, &c->pool_memory_mb);
+    case 'B':
+        return parse_positive(v, &c->max_builds) < 0 || c->max_builds > SBX_MAX_BUILDS ? -1 : 0;
     }
     return -1;
 }
@@ -195,6 +200,7 @@ static const struct option long_opts[] = {
     {"user", required_argument, NULL, 'U'},
     {"pool", required_argument, NULL, 'O'},
     {"pool-memory-mb", required_argument, NULL, 'M'},
+    {"max-builds", required_argument, NULL, 'B'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -211,6 +217,7 @@ static const struct {
     {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
     {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_LAYER_CACHE", 'K'},
+    {"SBX_MAX_BUILDS", 'B'},
 };
 
 static int
@@ -221,6 +228,7 @@ parse_config(int argc, char **argv, struct sbx_daemon_config *c)
     c->user = strdup(SBX_DEFAULT_USER);
     c->pools = strdup(SBX_DEFAULT_POOLS);
     c->pool_memory_mb = SBX_DEFAULT_POOL_MEMORY_MB;
+    c->max_builds = SBX_DEFAULT_MAX_BUILDS;
     c->memory_mb = SBX_DEFAULT_MEMORY_MB;
     c->pids_max = SBX_DEFAULT_PIDS_MAX;
     c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;

@@ -21,6 +21,7 @@
 #include "sandbox/sandbox.h"
 #include "spawner/msg.h"
 #include "spawner/templates.h"
+#include "daemon/templates.h"
 #include "store/store.h"
 
 #define SBX_DAEMON_ID_LEN    20
@@ -45,6 +46,7 @@ struct sbx_daemon_config {
     char *pools;        /* --pool NAME=N[,NAME=N...] */
     int pool_memory_mb; /* --pool-memory-mb */
     int max_conns;      /* client connections; 0 until derived from the open-file limit */
+    int max_builds;     /* --max-builds: template builds running at once */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */
@@ -72,6 +74,8 @@ struct sbx_daemon {
     struct sbx_daemon_config cfg;
     uv_loop_t *loop;
     struct sbx_store *store;
+    char *uploads_dir;   /* db/uploads: COPY archives, <files hash>.tar */
+    char upload_key[65]; /* HMAC key of upload URLs (hex), new at every start */
     struct sbx_http_server *http;
     struct sbx_live *live; /* every running sandbox (live.c owns the three views) */
     struct sbx_live *by_id[SBX_DAEMON_ID_BUCKETS];
@@ -89,6 +93,12 @@ typedef void (*sbx_spawner_cb)(const struct sbx_spawner_msg *reply, struct sbx_e
                                void *ud);
 /* Sends req (its seq is set here) with fd (-1: none; closed once sent). */
 void sbx_spawner_call(struct sbx_spawner_msg *req, int fd, sbx_spawner_cb cb, void *ud);
+/* A BUILD_STEP with its config fd and a COPY's archive fd (-1: none), both closed once sent;
+ * on_log gets each piece of the step's output (NUL-free text, not split at lines or
+ * characters) before cb gets the reply. */
+typedef void (*sbx_spawner_log_cb)(const char *text, void *ud);
+void sbx_spawner_call_step(struct sbx_spawner_msg *req, int config_fd, int archive_fd,
+                           sbx_spawner_log_cb on_log, sbx_spawner_cb cb, void *ud);
 /* The channel to a (new) spawner; requests waiting for one go out now. */
 void sbx_spawner_client_set_channel(uv_loop_t *loop, int channel);
 void sbx_spawner_client_close(void);
@@ -97,6 +107,7 @@ void sbx_spawner_client_close(void);
 struct sbx_create_opts {
     const char *template_id;
     const char *alias;
+    int cpu_count, memory_mb; /* the template's; 0: the daemon's defaults */
     int timeout_s;
     bool secure;
     bool allow_internet;
@@ -161,6 +172,18 @@ int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int co
 
 /* api.c: control plane (X-API-KEY). */
 void sbx_api_handle(struct sbx_http_req *req);
+/* One answer format for the control plane: a JSON body (taken), or an error's status (one
+ * table) and {"code", "message"}. */
+void sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body);
+void sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e);
+json_t *sbx_api_time_json(int64_t wall_ms); /* RFC 3339 */
+
+/* api_templates.c: the Template SDK's endpoints (templates.md §2). parts are the path's
+ * segments after the version prefix (percent-decoded there). */
+void sbx_api_templates_dispatch(struct sbx_http_req *req, json_t *body, char **parts, size_t n);
+/* PUT of a COPY archive to a presigned upload URL: no API key, the URL's token. */
+bool sbx_api_templates_is_upload(const struct sbx_http_req *req);
+void sbx_api_templates_upload(struct sbx_http_req *req);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

@@ -268,7 +268,8 @@ sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **
 /* The agent's config, in a memfd: the spawner copies it into a sealed one of its own. A
  * pooled sandbox's has no client's identity yet: it gets it with POST /init (adopt). */
 static int
-config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
+config_fd(const struct sbx_sandbox_rec *rec, const struct sbx_template_ref *ref,
+          struct sbx_error **err)
 {
     json_error_t jerr;
     json_t *env = json_loads(rec->env_vars_json, 0, &jerr);
@@ -278,8 +279,7 @@ config_fd(const struct sbx_sandbox_rec *rec, struct sbx_error **err)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
     if (rec->traffic_token)
         json_object_set_new(cfg, "trafficAccessToken", json_string(rec->traffic_token));
-    const struct sbx_builtin_template *t = sbx_builtin_template_find(rec->template_id);
-    json_object_set_new(cfg, "codeInterpreter", json_boolean(t && t->code_interpreter));
+    json_object_set_new(cfg, "codeInterpreter", json_boolean(ref->code_interpreter));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
     if (rec->pooled)
         json_object_set_new(cfg, "pooled", json_true());
@@ -331,6 +331,10 @@ assign(struct sbx_sandbox_rec *rec, const struct sbx_create_opts *o)
     rec->allow_internet = o->allow_internet;
     rec->auto_pause = o->auto_pause;
     rec->pooled = false;
+    if (o->cpu_count > 0)
+        rec->cpu_count = o->cpu_count;
+    if (o->memory_mb > 0)
+        rec->memory_mb = o->memory_mb;
 }
 
 /* A new sandbox's record, row and live object (not in the table yet): a client's when o is
@@ -476,7 +480,12 @@ spawn(struct spawning *c)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_sandbox_rec *rec = c->l->rec;
-    int cfd = config_fd(rec, &err);
+    /* The name the client gave (with its tag), else the template's id or a pool's name. */
+    struct sbx_template_ref ref;
+    int cfd = sbx_templates_resolve(sbx_daemon->store, rec->alias ? rec->alias : rec->template_id,
+                                    &ref, &err) < 0
+                  ? -1
+                  : config_fd(rec, &ref, &err);
     if (cfd < 0) {
         on_spawned(NULL, err, c);
         return;
@@ -491,9 +500,7 @@ spawn(struct spawning *c)
     };
     snprintf(req.id, sizeof(req.id), "%s", rec->id);
     snprintf(req.template_name, sizeof(req.template_name), "%s", rec->template_id);
-    const struct sbx_builtin_template *t = sbx_builtin_template_find(rec->template_id);
-    for (size_t i = 0; t && i < t->n_layers; i++)
-        strcat(req.layers, t->layers[i]);
+    snprintf(req.layers, sizeof(req.layers), "%s", ref.layers);
     sbx_spawner_call(&req, cfd, on_spawned, c);
 }
 

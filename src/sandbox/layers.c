@@ -4,11 +4,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fts.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "base/cleanup.h"
@@ -190,4 +192,115 @@ sbx_layers_gc(const char *state_dir, const char *const *keep, size_t n, struct s
 {
     struct gc g = {keep, n, 0};
     return each_entry(state_dir, drop_unkept, &g, err) < 0 ? -1 : (int)g.removed;
+}
+
+/* ---- commit ---- */
+
+/* Overlayfs marks a layer keeps; everything else trusted.overlay.* (origin, impure, ...)
+ * describes the upper dir of one mount, not a layer. */
+static bool
+keep_xattr(const char *name)
+{
+    if (strncmp(name, "trusted.overlay.", 16) == 0)
+        return strcmp(name + 16, "opaque") == 0 || strcmp(name + 16, "whiteout") == 0 ||
+               strcmp(name + 16, "whiteouts") == 0;
+    /* File capabilities written in a sandbox name its host root uid (v3, "rootid"): they
+     * would mean nothing, or something else, in another sandbox. */
+    return strncmp(name, "security.", 9) != 0;
+}
+
+static int
+clean_xattrs(const char *path, struct sbx_error **err)
+{
+    char names[8192];
+    ssize_t n = llistxattr(path, names, sizeof(names));
+    if (n < 0)
+        return errno == ENOTSUP ? 0 : sbx_error_sys(err, errno, "list xattrs of %s", path);
+    for (char *p = names; p < names + n; p += strlen(p) + 1)
+        if (!keep_xattr(p) && lremovexattr(path, p) < 0 && errno != ENODATA)
+            return sbx_error_sys(err, errno, "remove xattr %s of %s", p, path);
+    return 0;
+}
+
+/* Host uid of a sandbox file -> the uid the layer stores (sandbox-relative). */
+static uid_t
+shift_id(uid_t id, uid_t base)
+{
+    if (id >= base && id - base < SBX_SANDBOX_UID_COUNT)
+        return id - base;
+    return 65534; /* not the sandbox's: nobody (cannot happen for what its kernel wrote) */
+}
+
+/* Makes every entry below upper sandbox-relative: owner shifted, setuid/setgid bits put back
+ * (chown clears them), mount-specific xattrs dropped. Never follows a symlink: fts walks
+ * physically and every call acts on the entry itself. *entries: how many there were. */
+static int
+shift_tree(const char *upper, uid_t base, size_t *entries, struct sbx_error **err)
+{
+    char *const roots[] = {(char *)upper, NULL};
+    FTS *fts = fts_open(roots, FTS_PHYSICAL | FTS_XDEV | FTS_NOCHDIR, NULL);
+    if (fts == NULL)
+        return sbx_error_sys(err, errno, "walk %s", upper);
+    int rc = 0;
+    *entries = 0;
+    while (rc == 0) {
+        errno = 0;
+        FTSENT *e = fts_read(fts);
+        if (e == NULL) {
+            if (errno != 0)
+                rc = sbx_error_sys(err, errno, "walk %s", upper);
+            break;
+        }
+        if (e->fts_info == FTS_DP)
+            continue;
+        if (e->fts_info == FTS_ERR || e->fts_info == FTS_DNR || e->fts_info == FTS_NS) {
+            rc = sbx_error_sys(err, e->fts_errno, "walk %s", e->fts_path);
+            break;
+        }
+        const struct stat *st = e->fts_statp;
+        if (e->fts_level > 0)
+            (*entries)++;
+        /* Devices other than whiteouts (0/0) cannot be made in a sandbox: drop any. */
+        if ((S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode)) && st->st_rdev != 0) {
+            if (unlink(e->fts_accpath) < 0)
+                rc = sbx_error_sys(err, errno, "remove device %s", e->fts_path);
+            continue;
+        }
+        uid_t uid = e->fts_level == 0 ? 0 : shift_id(st->st_uid, base);
+        gid_t gid = e->fts_level == 0 ? 0 : shift_id(st->st_gid, base);
+        if (lchown(e->fts_accpath, uid, gid) < 0)
+            rc = sbx_error_sys(err, errno, "chown %s", e->fts_path);
+        else if (!S_ISLNK(st->st_mode) && chmod(e->fts_accpath, st->st_mode & 07777) < 0)
+            rc = sbx_error_sys(err, errno, "chmod %s", e->fts_path);
+        else
+            rc = clean_xattrs(e->fts_accpath, err);
+    }
+    fts_close(fts);
+    return rc;
+}
+
+int
+sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                   uid_t uid_base, bool *empty, struct sbx_error **err)
+{
+    if (!sbx_layer_key_is_valid(key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    /* Nothing of the sandbox may still run and write to the upper dir we take. */
+    if (sbx_cgroup_drain(ref->id, 0, SBX_DESTROY_TIMEOUT_MS, err) < 0)
+        return sbx_error_prefix(err, "commit %s", key);
+    char upper[4096], tmp[4096];
+    _cleanup_free_ char *dst = sbx_layer_path(state_dir, key);
+    if (sbx_pathf(upper, sizeof(upper), "%s/upper/root", ref->sandbox_dir) < 0 ||
+        sbx_pathf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+        return sbx_error_sys(err, errno, "layer path");
+    size_t entries = 0;
+    if (shift_tree(upper, uid_base, &entries, err) < 0)
+        return sbx_error_prefix(err, "commit %s", key);
+    if (chmod(upper, 0755) < 0)
+        return sbx_error_sys(err, errno, "chmod %s", upper);
+    /* Same filesystem (both in the state dir): the files move, nothing is copied. */
+    if (rename(upper, tmp) < 0 || rename(tmp, dst) < 0)
+        return sbx_error_sys(err, errno, "move %s into the layer store", upper);
+    *empty = entries == 0;
+    return 0;
 }

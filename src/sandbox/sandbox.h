@@ -43,6 +43,7 @@ struct sbx_sandbox_plan {
     const char *hostname;
     bool relaxed;        /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
     int agent_listen_fd; /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
+    int agent_stdin_fd;  /* becomes fd 0 of the agent (-1 or 0: /dev/null) */
     int agent_config_fd; /* readable fd with the agent's JSON config; becomes fd 4 */
     int exe_fd;          /* the program to run as PID 1, executed with fexecve; an ELF
                           * binary (a script would need its fd across exec). From
@@ -93,6 +94,14 @@ bool sbx_layer_exists(const char *state_dir, const char *key);
  * layer already in the store is left as it is. Runs `cp` in a child and waits for it. */
 int sbx_layer_import(const char *state_dir, const char *cache_dir, const char *key,
                      struct sbx_error **err);
+/* Turns the writable layer of a finished build step's sandbox (one spawned with disk_bytes 0,
+ * whose upper dir is <sandbox_dir>/upper/root) into layer key of the store: kills what is
+ * left of the sandbox, makes ownership sandbox-relative again (host uid uid_base + k -> k),
+ * keeps whiteouts and opaque dirs, drops the xattrs that belong to one mount, and moves the
+ * dir into the store. *empty: the step changed no file. Blocking (a walk of everything the
+ * step wrote): the spawner runs it in a child. */
+int sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                       uid_t uid_base, bool *empty, struct sbx_error **err);
 /* Removes every layer of the store that is not in keep (n keys); returns how many. */
 int sbx_layers_gc(const char *state_dir, const char *const *keep, size_t n, struct sbx_error **err);
 

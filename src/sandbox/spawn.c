@@ -195,24 +195,25 @@ lift_fd(int fd)
     return fcntl(fd, F_DUPFD_CLOEXEC, 10);
 }
 
-/* The agent's fd table: 0, 1 and 2 = /dev/null, 3 = agent_listen_fd, 4 = agent_config_fd,
- * 5 = oom_fd; every other inherited fd (all of the daemon's) is closed at exec. The agent
- * writes no host file: its log stays in its own memory, charged to the sandbox. */
+/* The agent's fd table: 0 = agent_stdin_fd or /dev/null, 1 and 2 = /dev/null, 3 = agent_listen_fd,
+ * 4 = agent_config_fd, 5 = oom_fd; every other inherited fd (all of the daemon's) is closed at
+ * exec. The agent writes no host file: its log stays in its own memory, charged to the sandbox. */
 static int
 step_fds(const struct sbx_sandbox_plan *plan, int oom_fd, int *sock, int *exe, const char **step)
 {
     *step = "set up fds";
     int lsock = lift_fd(*sock), lexe = lift_fd(*exe);
     int llisten = lift_fd(plan->agent_listen_fd), lconf = lift_fd(plan->agent_config_fd),
-        loom = lift_fd(oom_fd);
+        loom = lift_fd(oom_fd), lin = plan->agent_stdin_fd > 0 ? lift_fd(plan->agent_stdin_fd) : -1;
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (lsock < 0 || lexe < 0 || null < 0 || loom < 0 ||
-        (plan->agent_listen_fd >= 0 && llisten < 0) || (plan->agent_config_fd >= 0 && lconf < 0))
+        (plan->agent_listen_fd >= 0 && llisten < 0) || (plan->agent_config_fd >= 0 && lconf < 0) ||
+        (plan->agent_stdin_fd > 0 && lin < 0))
         return -1;
     *sock = lsock;
     *exe = lexe;
-    int want[6] = {null, null, null, llisten >= 0 ? llisten : null, lconf >= 0 ? lconf : null,
-                   loom};
+    int want[6] = {lin >= 0 ? lin : null,     null, null, llisten >= 0 ? llisten : null,
+                   lconf >= 0 ? lconf : null, loom};
     for (int i = 0; i < 6; i++)
         if (dup2(want[i], i) < 0) /* dup2 clears FD_CLOEXEC on the target */
             return -1;

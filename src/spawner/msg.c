@@ -16,6 +16,9 @@ enum kind { STR, U64, I64 };
 #define IN_DESTROY (1u << SBX_SPAWNER_DESTROY)
 #define IN_STATS   (1u << SBX_SPAWNER_STATS)
 #define IN_REPLY   (1u << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
+#define IN_STEP    (1u << SBX_SPAWNER_BUILD_STEP)
+#define IN_LOG     (1u << SBX_SPAWNER_STEP_LOG)
+#define IN_RUN     (IN_SPAWN | IN_STEP) /* what starts a sandbox */
 
 struct field {
     uint8_t tag;
@@ -43,19 +46,19 @@ struct field {
     }
 
 static const struct field fields[] = {
-    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS, IN_SPAWN | IN_DESTROY | IN_STATS),
+    STR_F(1, id, IN_RUN | IN_DESTROY | IN_STATS, IN_RUN | IN_DESTROY | IN_STATS),
     STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
-    U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_SPAWN, IN_SPAWN),
+    U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_RUN, IN_RUN),
     /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
-    U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_SPAWN, IN_SPAWN),
-    U64_F(5, pids_max, 8, 1 << 22, IN_SPAWN, IN_SPAWN),
-    U64_F(6, cpu_millis, 10, 1024 * 1000, IN_SPAWN, IN_SPAWN),
+    U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_RUN, IN_RUN),
+    U64_F(5, pids_max, 8, 1 << 22, IN_RUN, IN_RUN),
+    U64_F(6, cpu_millis, 10, 1024 * 1000, IN_RUN, IN_RUN),
     U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN, IN_SPAWN),
     {8, I64, OFF(pid), 8, 0, 1 << 22, IN_REPLY, 0, false},
     U64_F(9, start_time, 0, UINT64_MAX, IN_REPLY, 0),
     U64_F(10, code, SBX_OK, SBX_UNAUTHENTICATED, IN_REPLY, IN_REPLY),
     U64_F(11, sys_errno, 0, 4095, IN_REPLY, 0),
-    STR_F(12, message, IN_REPLY, 0),
+    STR_F(12, message, IN_REPLY | IN_LOG, IN_LOG),
     STAT_F(13, cpu_usage_ns),
     STAT_F(14, memory_bytes),
     STAT_F(15, memory_cache_bytes),
@@ -63,7 +66,11 @@ static const struct field fields[] = {
     STAT_F(17, oom_kills),
     STAT_F(18, pids_current),
     STAT_F(19, disk_used_bytes),
-    STR_F(60, layers, IN_SPAWN, IN_SPAWN),
+    STR_F(60, layers, IN_RUN, IN_RUN),
+    STR_F(61, layer_key, IN_STEP, IN_STEP),
+    U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP, IN_STEP),
+    U64_F(63, exit_status, 0, 511, IN_REPLY, 0),
+    U64_F(64, layer_empty, 0, 1, IN_REPLY, 0),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 _Static_assert(N_FIELDS <= 64, "the decoder's bit set of seen fields has 64 bits");
@@ -78,7 +85,7 @@ static bool
 valid_op(uint8_t op)
 {
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
-           op == SBX_SPAWNER_REPLY;
+           op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG || op == SBX_SPAWNER_REPLY;
 }
 
 static void
@@ -194,6 +201,8 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
     size_t nl = strlen(m->layers);
     if (nl % SBX_LAYER_KEY_LEN != 0 || strspn(m->layers, "0123456789abcdef") != nl)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer keys");
+    if (m->layer_key[0] && !sbx_layer_key_is_valid(m->layer_key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
     if (m->op == SBX_SPAWNER_SPAWN && m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
     if (m->op == SBX_SPAWNER_REPLY && m->code != SBX_OK && m->message[0] == '\0')

@@ -24,13 +24,22 @@
 #define SBX_SPAWNER_ID_MAX      32 /* [a-z0-9]{1,32} */
 #define SBX_SPAWNER_NAME_MAX    64 /* template names: [a-z0-9._-]{1,64} */
 #define SBX_SPAWNER_TEXT_MAX    1024
+#define SBX_SPAWNER_FDS_MAX     2 /* fds one message carries (BUILD_STEP: config, archive) */
 
 enum sbx_spawner_op {
     SBX_SPAWNER_SPAWN = 1,   /* id, template, layers, slot, limits; fd: the agent's config.
                               * Reply: pid, start time */
     SBX_SPAWNER_DESTROY = 2, /* id. Reply: none, once nothing of the sandbox is left */
     SBX_SPAWNER_STATS = 3,   /* id. Reply: the counters */
-    SBX_SPAWNER_REPLY = 64,  /* spawner -> front end: code (0 = ok), errno, message */
+    /* id, layers, layer key, slot, memory, pids, CPU, timeout; fds: the step's config (the
+     * build-step agent's, agent/step.c), then optionally a COPY's archive (its stdin). Runs
+     * one template build step in a sandbox of those layers with a writable layer in the
+     * state dir, sends STEP_LOG messages of its output, and, if it exits 0, commits that
+     * layer under the key. Reply, once all is over: exit status and whether the layer is
+     * empty (code DEADLINE_EXCEEDED when the timeout killed it). */
+    SBX_SPAWNER_BUILD_STEP = 30,
+    SBX_SPAWNER_STEP_LOG = 31, /* spawner -> front end: seq of a BUILD_STEP, message: output */
+    SBX_SPAWNER_REPLY = 64,    /* spawner -> front end: code (0 = ok), errno, message */
 };
 
 struct sbx_spawner_msg {
@@ -41,6 +50,10 @@ struct sbx_spawner_msg {
     /* The lower layers of the sandbox's root, top first: their keys (SBX_LAYER_KEY_LEN hex
      * digits each) one after the other, 1 to SBX_LAYERS_MAX of them. */
     char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1];
+    char layer_key[SBX_LAYER_KEY_LEN + 1]; /* BUILD_STEP: the layer it makes */
+    uint64_t timeout_ms;                   /* BUILD_STEP: killed after this long */
+    uint64_t exit_status;                  /* reply to BUILD_STEP: 0-255, 128 + signal */
+    uint64_t layer_empty;                  /* reply to BUILD_STEP: 1 if the step changed nothing */
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
     int64_t pid;

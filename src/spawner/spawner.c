@@ -27,6 +27,7 @@
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
 #define AGENT_SOCK       "agent.sock"
 #define SB_LAYERS        "layers" /* in a sandbox's dir: the keys of its layers, for the GC */
+#define SB_STEP          "step"   /* in a build step's dir: nothing of it survives a restart */
 
 enum phase { SB_SPAWNING, SB_RUNNING, SB_DESTROYING };
 
@@ -44,9 +45,33 @@ struct sb {
     uv_timer_t deadline;                   /* of the spawn */
     uv_poll_t exit_poll;                   /* on the agent's pidfd, while destroying */
     int pidfd;
-    int handles;  /* initialised handles not yet closed */
-    bool dropped; /* out of the table: freed once no handle is left */
+    int handles;       /* initialised handles not yet closed */
+    bool dropped;      /* out of the table: freed once no handle is left */
+    struct step *step; /* a BUILD_STEP's sandbox, else NULL */
     struct sb *next;
+};
+
+/* A build step's sandbox, from spawn to reply: its output, deadline, exit and commit. */
+struct step {
+    uint32_t seq; /* the BUILD_STEP, answered once all is over */
+    char key[SBX_LAYER_KEY_LEN + 1];
+    uid_t uid_base;
+    int out_fd; /* read end of the step's output (its agent's fd 3) */
+    uv_poll_t out_poll;
+    uv_timer_t timer;
+    bool out_done, exited, timed_out, replied;
+    int wstatus;
+    int commit_fd; /* result of the commit child */
+    pid_t commit_pid;
+    uv_poll_t commit_poll;
+    struct sbx_spawner_msg reply;
+};
+
+/* What a commit child reports. */
+struct commit_result {
+    int32_t code, sys_errno;
+    int32_t empty;
+    char message[SBX_SPAWNER_TEXT_MAX];
 };
 
 struct out {
@@ -180,6 +205,13 @@ release(struct sb *s)
         close(s->pidfd);
     s->pidfd = -1;
     if (s->dropped) {
+        if (s->step) {
+            if (s->step->out_fd >= 0)
+                close(s->step->out_fd);
+            if (s->step->commit_fd >= 0)
+                close(s->step->commit_fd);
+            free(s->step);
+        }
         free(s->dir);
         free(s);
     }
@@ -224,6 +256,11 @@ sb_drop(struct sb *s)
     sb_handle_close(s, (uv_handle_t *)&s->spawn_poll);
     sb_handle_close(s, (uv_handle_t *)&s->deadline);
     sb_handle_close(s, (uv_handle_t *)&s->exit_poll);
+    if (s->step) {
+        sb_handle_close(s, (uv_handle_t *)&s->step->out_poll);
+        sb_handle_close(s, (uv_handle_t *)&s->step->timer);
+        sb_handle_close(s, (uv_handle_t *)&s->step->commit_poll);
+    }
 }
 
 static struct sbx_sandbox_ref
@@ -293,6 +330,8 @@ spawn_done(struct sb *s, struct sbx_error *err)
     sb_handle_close(s, (uv_handle_t *)&s->spawn_poll);
     sb_handle_close(s, (uv_handle_t *)&s->deadline);
     s->phase = SB_RUNNING;
+    if (s->step)
+        return; /* a build step is answered when it is over */
     struct sbx_spawner_msg req = {.seq = s->seq}, rep;
     sbx_spawner_reply_init(&rep, &req, NULL);
     rep.pid = s->pid;
@@ -317,6 +356,18 @@ on_spawn_deadline(uv_timer_t *t)
     _cleanup_error_ struct sbx_error *err = NULL;
     sbx_error_set(&err, SBX_DEADLINE_EXCEEDED, 0, "spawn %s: setup timed out", s->id);
     spawn_done(s, err);
+}
+
+/* Watches a started spawn: its child's sync socket, and its deadline. */
+static void
+watch_spawn(struct sb *s)
+{
+    uv_poll_init(sp.loop, &s->spawn_poll, sbx_sandbox_spawning_fd(s->spawning));
+    sb_handle_init(s, (uv_handle_t *)&s->spawn_poll);
+    uv_poll_start(&s->spawn_poll, UV_READABLE, on_spawn_readable);
+    uv_timer_init(sp.loop, &s->deadline);
+    sb_handle_init(s, (uv_handle_t *)&s->deadline);
+    uv_timer_start(&s->deadline, on_spawn_deadline, SBX_SPAWN_TIMEOUT_MS, 0);
 }
 
 /* Checks a spawn request against what we know; 0 if it may go ahead. */
@@ -372,6 +423,18 @@ record_layers(const struct sb *s, const char *layers, struct sbx_error **err)
     _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 || write(fd, layers, strlen(layers)) != (ssize_t)strlen(layers))
         return sbx_error_sys(err, errno, "record the layers of %s", s->id);
+    return 0;
+}
+
+/* Marks a build step's dir: a spawner that finds it at start destroys it. */
+static int
+mark_step(const struct sb *s, struct sbx_error **err)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/" SB_STEP, s->dir);
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "mark the build step %s", s->id);
     return 0;
 }
 
@@ -435,12 +498,7 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         sb_drop(s);
         return;
     }
-    uv_poll_init(sp.loop, &s->spawn_poll, sbx_sandbox_spawning_fd(s->spawning));
-    sb_handle_init(s, (uv_handle_t *)&s->spawn_poll);
-    uv_poll_start(&s->spawn_poll, UV_READABLE, on_spawn_readable);
-    uv_timer_init(sp.loop, &s->deadline);
-    sb_handle_init(s, (uv_handle_t *)&s->deadline);
-    uv_timer_start(&s->deadline, on_spawn_deadline, SBX_SPAWN_TIMEOUT_MS, 0);
+    watch_spawn(s);
 }
 
 /* ---- destroy ---- */
@@ -502,11 +560,270 @@ handle_destroy(const struct sbx_spawner_msg *m)
         s = sb_new(m->id);
         s->phase = SB_RUNNING;
     }
-    if (s->phase != SB_RUNNING) {
+    if (s->phase != SB_RUNNING || s->step) {
         reply_fail(m->seq, SBX_FAILED_PRECONDITION, "sandbox %s is busy", m->id);
         return;
     }
     destroy_start(s, m->seq);
+}
+
+/* ---- build steps ---- */
+
+static void
+step_reply(struct sb *s)
+{
+    struct step *st = s->step;
+    if (st->replied)
+        return;
+    st->replied = true;
+    st->reply.seq = st->seq;
+    send_msg(&st->reply);
+}
+
+static void
+step_fail(struct sb *s, enum sbx_code code, int e, const char *fmt, const char *arg)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    sbx_error_set(&err, code, e, fmt, arg);
+    struct sbx_spawner_msg req = {.seq = s->step->seq};
+    sbx_spawner_reply_init(&s->step->reply, &req, err);
+}
+
+/* The step's sandbox is gone (destroyed after its exit, or after its commit). */
+static void
+step_destroyed(struct sb *s)
+{
+    struct sbx_sandbox_ref ref = ref_of(s);
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (sbx_sandbox_destroy(&ref, &err) < 0)
+        sbx_log_warn("build_step", "sandbox=%s error=\"destroy: %s\"", s->id, err->msg);
+    step_reply(s);
+    sb_drop(s);
+}
+
+static void
+on_commit_result(uv_poll_t *h, int status, int events)
+{
+    struct sb *s = h->data;
+    struct step *st = s->step;
+    uv_poll_stop(&st->commit_poll);
+    struct commit_result r = {.code = SBX_INTERNAL};
+    ssize_t n = read(st->commit_fd, &r, sizeof(r));
+    while (waitpid(st->commit_pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    st->commit_pid = 0;
+    r.message[sizeof(r.message) - 1] = '\0';
+    if (n != (ssize_t)sizeof(r))
+        step_fail(s, SBX_INTERNAL, 0, "commit of layer %s: the committing process died", st->key);
+    else if (r.code != SBX_OK)
+        step_fail(s, (enum sbx_code)r.code, r.sys_errno, "%s", r.message);
+    else
+        st->reply.layer_empty = r.empty ? 1 : 0;
+    step_destroyed(s);
+}
+
+/* Commits the step's writable layer in a child: a walk of everything the step wrote must not
+ * hold up the requests of other sandboxes. */
+static void
+step_commit(struct sb *s)
+{
+    struct step *st = s->step;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        step_fail(s, SBX_INTERNAL, errno, "commit: %s", strerror(errno));
+        step_destroyed(s);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        struct commit_result r = {.code = SBX_OK};
+        struct sbx_error *err = NULL;
+        bool empty = false;
+        struct sbx_sandbox_ref ref = ref_of(s);
+        if (sbx_sandbox_commit(&ref, sp.cfg->state_dir, st->key, st->uid_base, &empty, &err) < 0) {
+            r.code = err->code;
+            r.sys_errno = err->sys_errno;
+            snprintf(r.message, sizeof(r.message), "%s", err->msg);
+        }
+        r.empty = empty;
+        _exit(write(p[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
+    }
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        step_fail(s, SBX_INTERNAL, errno, "commit: fork: %s", strerror(errno));
+        step_destroyed(s);
+        return;
+    }
+    st->commit_pid = pid;
+    st->commit_fd = p[0];
+    uv_poll_init(sp.loop, &st->commit_poll, p[0]);
+    sb_handle_init(s, (uv_handle_t *)&st->commit_poll);
+    uv_poll_start(&st->commit_poll, UV_READABLE, on_commit_result);
+}
+
+/* Both the agent's exit and the end of its output are needed: the last output may still be
+ * in the pipe when the exit is seen. */
+static void
+step_maybe_done(struct sb *s)
+{
+    struct step *st = s->step;
+    if (!st->exited || !st->out_done)
+        return;
+    uv_timer_stop(&st->timer);
+    int code = WIFEXITED(st->wstatus) ? WEXITSTATUS(st->wstatus) : 128 + WTERMSIG(st->wstatus);
+    struct sbx_spawner_msg req = {.seq = st->seq};
+    sbx_spawner_reply_init(&st->reply, &req, NULL);
+    st->reply.exit_status = (uint64_t)code;
+    if (st->timed_out) {
+        step_fail(s, SBX_DEADLINE_EXCEEDED, 0, "the step did not end within its timeout%s", "");
+        step_destroyed(s);
+    } else if (code == 0) {
+        step_commit(s);
+    } else {
+        step_destroyed(s);
+    }
+}
+
+static void
+on_step_output(uv_poll_t *h, int status, int events)
+{
+    struct sb *s = h->data;
+    struct step *st = s->step;
+    struct sbx_spawner_msg log = {.op = SBX_SPAWNER_STEP_LOG, .seq = st->seq};
+    ssize_t n = read(st->out_fd, log.message, SBX_SPAWNER_TEXT_MAX);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        uv_poll_stop(&st->out_poll);
+        st->out_done = true;
+        step_maybe_done(s);
+        return;
+    }
+    /* The message is text: what the step printed, NUL bytes made visible. */
+    for (ssize_t i = 0; i < n; i++)
+        if (log.message[i] == '\0')
+            log.message[i] = '?';
+    log.message[n] = '\0';
+    send_msg(&log);
+}
+
+static void
+on_step_timeout(uv_timer_t *t)
+{
+    struct sb *s = t->data;
+    s->step->timed_out = true;
+    struct sbx_sandbox_ref ref = ref_of(s);
+    int pidfd = sbx_sandbox_kill(&ref); /* its exit comes as SIGCHLD */
+    if (pidfd >= 0)
+        close(pidfd);
+}
+
+/* A COPY's archive as the step's stdin: a regular file, reopened read-only, so the sandbox
+ * gets no write access the front end's fd may have had. */
+static int
+reopen_archive(int fd, struct sbx_error **err)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "the archive is not a regular file");
+    char p[64];
+    snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+    int r = open(p, O_RDONLY | O_CLOEXEC);
+    if (r < 0)
+        return sbx_error_sys(err, errno, "reopen the archive");
+    return r;
+}
+
+static void
+handle_build_step(const struct sbx_spawner_msg *m, int config_fd, int archive_fd)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    char *layers[SBX_LAYERS_MAX];
+    size_t n_layers = 0;
+    int ok = layer_paths(m, layers, &n_layers, &err);
+    if (ok == 0 && sbx_layer_exists(sp.cfg->state_dir, m->layer_key))
+        ok = sbx_error_set(&err, SBX_ALREADY_EXISTS, 0, "layer %s exists", m->layer_key);
+    if (ok == 0)
+        ok = spawn_allowed(m, config_fd, &err);
+    if (ok < 0) {
+        free_paths(layers, n_layers);
+        reply_error(m->seq, err);
+        return;
+    }
+    struct sb *s = sb_new(m->id);
+    s->slot = (int)m->uid_slot;
+    s->seq = m->seq;
+    s->phase = SB_SPAWNING;
+    struct step *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        abort();
+    s->step = st;
+    st->seq = m->seq;
+    st->out_fd = st->commit_fd = -1;
+    st->uid_base = sp.cfg->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT;
+    snprintf(st->key, sizeof(st->key), "%s", m->layer_key);
+    int out[2] = {-1, -1};
+    _cleanup_close_ int in = archive_fd >= 0 ? reopen_archive(archive_fd, &err) : -1;
+    _cleanup_close_ int conf = (archive_fd >= 0 && in < 0) ||
+                                       record_layers(s, m->layers, &err) < 0 ||
+                                       mark_step(s, &err) < 0
+                                   ? -1
+                                   : copy_config(config_fd, &err);
+    if (conf < 0 || pipe2(out, O_CLOEXEC) < 0) {
+        if (conf >= 0)
+            sbx_error_sys(&err, errno, "pipe");
+        free_paths(layers, n_layers);
+        reply_error(m->seq, err);
+        struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
+        _cleanup_error_ struct sbx_error *ignored = NULL;
+        sbx_sandbox_destroy(&ref, &ignored);
+        sb_drop(s);
+        return;
+    }
+    st->out_fd = out[0];
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    char *const argv[] = {"sbx", "agent", "--step", NULL};
+    char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                          "LANG=C.UTF-8", NULL};
+    /* No disk image: the step's writable layer is a dir of the state dir, which becomes the
+     * new layer when it succeeds (sbx_sandbox_commit). */
+    struct sbx_sandbox_plan plan = {
+        .id = s->id,
+        .sandbox_dir = s->dir,
+        .layers = (const char *const *)layers,
+        .n_layers = n_layers,
+        .disks_dir = sp.disks_dir,
+        .host_uid_base = st->uid_base,
+        .limits = {.memory_bytes = m->memory_bytes,
+                   .pids_max = (uint32_t)m->pids_max,
+                   .cpu_millis = (uint32_t)m->cpu_millis},
+        .hostname = "e2b.local",
+        .relaxed = sp.cfg->relaxed,
+        .agent_listen_fd = out[1],
+        .agent_config_fd = conf,
+        .agent_stdin_fd = in,
+        .exe_fd = sp.exe_fd,
+        .argv = argv,
+        .envp = envp,
+    };
+    int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
+    close(out[1]);
+    free_paths(layers, n_layers);
+    if (rc < 0) {
+        sbx_log_warn("build_step", "sandbox=%s error=\"%s\"", s->id, err->msg);
+        reply_error(m->seq, err);
+        sb_drop(s);
+        return;
+    }
+    watch_spawn(s);
+    uv_poll_init(sp.loop, &st->out_poll, st->out_fd);
+    sb_handle_init(s, (uv_handle_t *)&st->out_poll);
+    uv_poll_start(&st->out_poll, UV_READABLE, on_step_output);
+    uv_timer_init(sp.loop, &st->timer);
+    sb_handle_init(s, (uv_handle_t *)&st->timer);
+    uv_timer_start(&st->timer, on_step_timeout, m->timeout_ms, 0);
 }
 
 /* ---- stats ---- */
@@ -515,7 +832,7 @@ static void
 handle_stats(const struct sbx_spawner_msg *m)
 {
     struct sb *s = sb_find(m->id);
-    if (s == NULL || s->phase != SB_RUNNING) {
+    if (s == NULL || s->phase != SB_RUNNING || s->step) {
         reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s not found", m->id);
         return;
     }
@@ -534,7 +851,7 @@ handle_stats(const struct sbx_spawner_msg *m)
 /* ---- the channel ---- */
 
 static void
-handle(const char *buf, size_t len, int fd)
+handle(const char *buf, size_t len, int fd, int fd2)
 {
     struct sbx_spawner_msg m;
     _cleanup_error_ struct sbx_error *err = NULL;
@@ -551,7 +868,11 @@ handle(const char *buf, size_t len, int fd)
         reply_error(seq, err);
         return;
     }
-    if (m.op == SBX_SPAWNER_SPAWN)
+    if (m.op == SBX_SPAWNER_BUILD_STEP)
+        handle_build_step(&m, fd, fd2);
+    else if (fd2 >= 0 || m.op == SBX_SPAWNER_STEP_LOG)
+        reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected message for %s", m.id);
+    else if (m.op == SBX_SPAWNER_SPAWN)
         handle_spawn(&m, fd);
     else if (fd >= 0)
         reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected fd with request for %s", m.id);
@@ -570,8 +891,8 @@ on_channel(uv_poll_t *h, int status, int events)
         return;
     for (;;) {
         char buf[SBX_SPAWNER_MSG_MAX];
-        int fds[1];
-        ssize_t n = sbx_recv_fds(sp.channel, buf, sizeof(buf), fds, 1);
+        int fds[SBX_SPAWNER_FDS_MAX];
+        ssize_t n = sbx_recv_fds_upto(sp.channel, buf, sizeof(buf), fds, SBX_SPAWNER_FDS_MAX);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n < 0 && (errno == EPROTO || errno == EMSGSIZE)) {
@@ -586,9 +907,10 @@ on_channel(uv_poll_t *h, int status, int events)
             uv_stop(sp.loop);
             return;
         }
-        handle(buf, (size_t)n, fds[0]);
-        if (fds[0] >= 0)
-            close(fds[0]);
+        handle(buf, (size_t)n, fds[0], fds[1]);
+        for (size_t i = 0; i < SBX_SPAWNER_FDS_MAX; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
     }
 }
 
@@ -603,9 +925,19 @@ channel_update(void)
 static void
 on_sigchld(uv_signal_t *h, int signum)
 {
-    for (struct sb *s = sp.sbs; s; s = s->next)
-        if (s->phase == SB_RUNNING && s->pid > 0 && waitpid(s->pid, NULL, WNOHANG) == s->pid)
-            s->pid = 0;
+    struct sb *next;
+    for (struct sb *s = sp.sbs; s; s = next) {
+        next = s->next; /* a finished step may leave the table */
+        int st;
+        if (s->phase != SB_RUNNING || s->pid <= 0 || waitpid(s->pid, &st, WNOHANG) != s->pid)
+            continue;
+        s->pid = 0;
+        if (s->step && !s->step->exited) {
+            s->step->exited = true;
+            s->step->wstatus = st;
+            step_maybe_done(s);
+        }
+    }
 }
 
 /* ---- start ---- */
@@ -691,6 +1023,17 @@ scan(void)
         struct sb *s = sb_new(e->d_name);
         s->phase = SB_RUNNING;
         found++;
+        char mark[4096];
+        snprintf(mark, sizeof(mark), "%s/" SB_STEP, s->dir);
+        if (access(mark, F_OK) == 0) {
+            /* A build step of an earlier spawner: its build has failed; nothing to keep. */
+            struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
+            _cleanup_error_ struct sbx_error *err = NULL;
+            if (sbx_sandbox_destroy(&ref, &err) < 0)
+                sbx_log_warn("spawner_start", "sandbox=%s error=\"%s\"", s->id, err->msg);
+            sb_drop(s);
+            continue;
+        }
         uid_t base;
         if (sbx_sandbox_find_agent(s->id, &s->pid, &s->start_time, &base) < 0)
             continue;

@@ -1,5 +1,6 @@
 /* SQLite implementation of the state store (see store.h). */
 #include "store/store.h"
+#include "store/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,10 +20,6 @@
 
 #define SHA256_LEN      32
 #define BUSY_TIMEOUT_MS 5000
-
-struct sbx_store {
-    sqlite3 *db;
-};
 
 /* Schema migrations, applied in order inside one transaction each; schema_version holds the
  * number of applied entries. Never edit a released entry: append a new one. */
@@ -57,6 +54,53 @@ static const char *const migrations[] = {
     "CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     /* 3: sandboxes of a warm pool, started before any client asked; never listed. */
     "ALTER TABLE sandboxes ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;",
+    /* 4: templates built with the Template SDK (templates.c): their builds, tags and build
+     * logs, the layers builds made, and the COPY archives uploaded. */
+    "CREATE TABLE templates ("
+    "  id TEXT PRIMARY KEY,"
+    "  alias TEXT NOT NULL UNIQUE,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");"
+    "CREATE TABLE template_builds ("
+    "  id TEXT PRIMARY KEY,"
+    "  template_id TEXT NOT NULL,"
+    "  status TEXT NOT NULL CHECK (status IN ('waiting', 'building', 'ready', 'error')),"
+    "  cpu_count INTEGER NOT NULL,"
+    "  memory_mb INTEGER NOT NULL,"
+    "  tags_json TEXT NOT NULL DEFAULT '[]',"
+    "  layers TEXT NOT NULL DEFAULT '',"
+    "  context_json TEXT NOT NULL DEFAULT '{}',"
+    "  reason_json TEXT,"
+    "  created_at_ms INTEGER NOT NULL,"
+    "  finished_at_ms INTEGER NOT NULL DEFAULT 0"
+    ");"
+    "CREATE INDEX template_builds_by_template ON template_builds (template_id);"
+    "CREATE TABLE template_tags ("
+    "  template_id TEXT NOT NULL,"
+    "  tag TEXT NOT NULL,"
+    "  build_id TEXT NOT NULL,"
+    "  created_at_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (template_id, tag)"
+    ");"
+    "CREATE TABLE build_logs ("
+    "  build_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  at_ms INTEGER NOT NULL,"
+    "  level TEXT NOT NULL,"
+    "  step TEXT,"
+    "  message TEXT NOT NULL,"
+    "  PRIMARY KEY (build_id, seq)"
+    ");"
+    "CREATE TABLE layers ("
+    "  key TEXT PRIMARY KEY,"
+    "  empty INTEGER NOT NULL,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");"
+    "CREATE TABLE uploads ("
+    "  hash TEXT PRIMARY KEY,"
+    "  size INTEGER NOT NULL,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -65,8 +109,8 @@ static const char *const migrations[] = {
     "started_at_ms, end_at_ms, cpu_count, memory_mb, disk_mb, uid_slot, pid, "                     \
     "pid_start_time, state, allow_internet, auto_pause, pooled"
 
-static int
-db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
+int
+sbx_store_db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
 {
     enum sbx_code code = SBX_INTERNAL;
     switch (rc & 0xff) {
@@ -85,19 +129,18 @@ db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
     return sbx_error_set(err, code, 0, "state store: %s: %s", what, msg);
 }
 
-static void
-finalizep(sqlite3_stmt **st)
+void
+sbx_store_finalizep(sqlite3_stmt **st)
 {
     sqlite3_finalize(*st); /* accepts NULL */
 }
-#define _cleanup_stmt_ __attribute__((cleanup(finalizep)))
 
-static int
-prepare(struct sbx_store *s, const char *sql, sqlite3_stmt **st, struct sbx_error **err)
+int
+sbx_store_prepare(struct sbx_store *s, const char *sql, sqlite3_stmt **st, struct sbx_error **err)
 {
     int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
     if (rc != SQLITE_OK)
-        return db_error(s, rc, err, "prepare");
+        return sbx_store_db_error(s, rc, err, "prepare");
     return 0;
 }
 
@@ -106,19 +149,19 @@ exec_sql(struct sbx_store *s, const char *sql, struct sbx_error **err)
 {
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
-        return db_error(s, rc, err, "exec");
+        return sbx_store_db_error(s, rc, err, "exec");
     return 0;
 }
 
 /* Runs a statement that returns no rows; fails with SBX_NOT_FOUND if it changed nothing
  * and must_change is set. */
-static int
-step_done(struct sbx_store *s, sqlite3_stmt *st, bool must_change, const char *id,
-          struct sbx_error **err)
+int
+sbx_store_step_done(struct sbx_store *s, sqlite3_stmt *st, bool must_change, const char *id,
+                    struct sbx_error **err)
 {
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "write");
+        return sbx_store_db_error(s, rc, err, "write");
     if (must_change && sqlite3_changes(s->db) == 0)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "sandbox %s not found", id);
     return 0;
@@ -128,7 +171,7 @@ static int
 schema_version(struct sbx_store *s, int *version, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT version FROM schema_version", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT version FROM schema_version", &st, err) < 0)
         return -1;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
@@ -139,7 +182,7 @@ schema_version(struct sbx_store *s, int *version, struct sbx_error **err)
         *version = 0;
         return 0;
     }
-    return db_error(s, rc, err, "read schema version");
+    return sbx_store_db_error(s, rc, err, "read schema version");
 }
 
 static int
@@ -187,7 +230,7 @@ static int
 enable_wal(struct sbx_store *s, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "PRAGMA journal_mode=WAL", &st, err) < 0)
+    if (sbx_store_prepare(s, "PRAGMA journal_mode=WAL", &st, err) < 0)
         return -1;
     int rc = sqlite3_step(st);
     const unsigned char *mode = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
@@ -222,7 +265,7 @@ sbx_store_open(const char *path, struct sbx_error **err)
         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
     int rc = sqlite3_open_v2(path, &s->db, flags, NULL);
     if (rc != SQLITE_OK) {
-        db_error(s, rc, err, path);
+        sbx_store_db_error(s, rc, err, path);
         sbx_store_close(s);
         return NULL;
     }
@@ -277,12 +320,13 @@ sbx_store_api_key_add(struct sbx_store *s, const char *key, struct sbx_error **e
     if (sha256(key, len, h) < 0)
         return sbx_error_set(err, SBX_INTERNAL, 0, "SHA-256 failed");
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "INSERT OR IGNORE INTO api_keys (key_sha256, created_at_ms) VALUES (?, ?)", &st,
-                err) < 0)
+    if (sbx_store_prepare(
+            s, "INSERT OR IGNORE INTO api_keys (key_sha256, created_at_ms) VALUES (?, ?)", &st,
+            err) < 0)
         return -1;
     sqlite3_bind_blob(st, 1, h, SHA256_LEN, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 2, sbx_wall_ms());
-    return step_done(s, st, false, NULL, err);
+    return sbx_store_step_done(s, st, false, NULL, err);
 }
 
 bool
@@ -316,11 +360,11 @@ int64_t
 sbx_store_api_key_count(struct sbx_store *s, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT count(*) FROM api_keys", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT count(*) FROM api_keys", &st, err) < 0)
         return -1;
     int rc = sqlite3_step(st);
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "count API keys");
+        return sbx_store_db_error(s, rc, err, "count API keys");
     return sqlite3_column_int64(st, 0);
 }
 
@@ -330,7 +374,7 @@ int
 sbx_store_setting_get(struct sbx_store *s, const char *key, char **value, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT value FROM settings WHERE key = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT value FROM settings WHERE key = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
@@ -339,7 +383,7 @@ sbx_store_setting_get(struct sbx_store *s, const char *key, char **value, struct
         return 0;
     }
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "read a setting");
+        return sbx_store_db_error(s, rc, err, "read a setting");
     *value = strdup((const char *)sqlite3_column_text(st, 0));
     if (*value == NULL)
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
@@ -351,11 +395,12 @@ sbx_store_setting_set(struct sbx_store *s, const char *key, const char *value,
                       struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", &st, err) < 0)
+    if (sbx_store_prepare(s, "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", &st,
+                          err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, false, NULL, err);
+    return sbx_store_step_done(s, st, false, NULL, err);
 }
 
 /* ---- sandboxes ---- */
@@ -399,8 +444,8 @@ sbx_sandbox_list_free(struct sbx_sandbox_list *list)
     free(list);
 }
 
-static char *
-column_strdup(sqlite3_stmt *st, int col, bool *oom)
+char *
+sbx_store_column_strdup(sqlite3_stmt *st, int col, bool *oom)
 {
     const unsigned char *t = sqlite3_column_text(st, col);
     if (t == NULL)
@@ -423,12 +468,12 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     bool oom = false;
     const unsigned char *id = sqlite3_column_text(st, 0);
     snprintf(r->id, sizeof(r->id), "%s", id ? (const char *)id : "");
-    r->template_id = column_strdup(st, 1, &oom);
-    r->alias = column_strdup(st, 2, &oom);
-    r->metadata_json = column_strdup(st, 3, &oom);
-    r->env_vars_json = column_strdup(st, 4, &oom);
-    r->access_token = column_strdup(st, 5, &oom);
-    r->traffic_token = column_strdup(st, 6, &oom);
+    r->template_id = sbx_store_column_strdup(st, 1, &oom);
+    r->alias = sbx_store_column_strdup(st, 2, &oom);
+    r->metadata_json = sbx_store_column_strdup(st, 3, &oom);
+    r->env_vars_json = sbx_store_column_strdup(st, 4, &oom);
+    r->access_token = sbx_store_column_strdup(st, 5, &oom);
+    r->traffic_token = sbx_store_column_strdup(st, 6, &oom);
     r->started_at_ms = sqlite3_column_int64(st, 7);
     r->end_at_ms = sqlite3_column_int64(st, 8);
     r->cpu_count = sqlite3_column_int(st, 9);
@@ -437,7 +482,7 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->uid_slot = sqlite3_column_int(st, 12);
     r->pid = sqlite3_column_int(st, 13);
     r->pid_start_time = (uint64_t)sqlite3_column_int64(st, 14);
-    r->state = column_strdup(st, 15, &oom);
+    r->state = sbx_store_column_strdup(st, 15, &oom);
     r->allow_internet = sqlite3_column_int(st, 16) != 0;
     r->auto_pause = sqlite3_column_int(st, 17) != 0;
     r->pooled = sqlite3_column_int(st, 18) != 0;
@@ -468,10 +513,10 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                              "sandbox %s: template id and state are required", r->id);
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                &st, err) < 0)
+    if (sbx_store_prepare(s,
+                          "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
+                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, r->template_id, -1, SQLITE_TRANSIENT);
@@ -499,7 +544,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "uid slot %d is already in use",
                              r->uid_slot);
     if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "insert sandbox");
+        return sbx_store_db_error(s, rc, err, "insert sandbox");
     return 0;
 }
 
@@ -509,14 +554,15 @@ sbx_store_sandbox_get(struct sbx_store *s, const char *id, struct sbx_sandbox_re
 {
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE id = ?", &st, err) <
+        0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "sandbox %s not found", id);
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "get sandbox");
+        return sbx_store_db_error(s, rc, err, "get sandbox");
     *out = row_to_rec(st, err);
     return *out ? 0 : -1;
 }
@@ -526,11 +572,11 @@ sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t end
                                 struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET end_at_ms = ? WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE sandboxes SET end_at_ms = ? WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_int64(st, 1, end_at_ms);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
@@ -538,12 +584,13 @@ sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid, uint6
                              struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET pid = ?, pid_start_time = ? WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE sandboxes SET pid = ?, pid_start_time = ? WHERE id = ?", &st,
+                          err) < 0)
         return -1;
     sqlite3_bind_int(st, 1, pid);
     sqlite3_bind_int64(st, 2, (int64_t)pid_start_time);
     sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
@@ -551,11 +598,12 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                         struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
-                "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
-                "end_at_ms = ?, allow_internet = ?, auto_pause = ? WHERE id = ? AND pooled = 1",
-                &st, err) < 0)
+    if (sbx_store_prepare(
+            s,
+            "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
+            "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
+            "end_at_ms = ?, allow_internet = ?, auto_pause = ? WHERE id = ? AND pooled = 1",
+            &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->template_id, -1, SQLITE_TRANSIENT);
     bind_text_or_null(st, 2, r->alias);
@@ -568,7 +616,7 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_int(st, 9, r->allow_internet);
     sqlite3_bind_int(st, 10, r->auto_pause);
     sqlite3_bind_text(st, 11, r->id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, r->id, err);
+    return sbx_store_step_done(s, st, true, r->id, err);
 }
 
 int
@@ -579,21 +627,21 @@ sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox state '%s'",
                              state ? state : "(null)");
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET state = ? WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE sandboxes SET state = ? WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, state, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
 sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "DELETE FROM sandboxes WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "DELETE FROM sandboxes WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 static int
@@ -636,7 +684,7 @@ collect(struct sbx_store *s, sqlite3_stmt *st, long max, struct sbx_sandbox_list
             return -1;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return db_error(s, rc, err, "list sandboxes");
+        return sbx_store_db_error(s, rc, err, "list sandboxes");
     *out = steal_pointer(&l);
     return 0;
 }
@@ -647,8 +695,8 @@ sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,
 {
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes ORDER BY started_at_ms, id", &st,
-                err) < 0)
+    if (sbx_store_prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes ORDER BY started_at_ms, id",
+                          &st, err) < 0)
         return -1;
     bool more;
     return collect(s, st, -1, out, &more, err);
@@ -761,7 +809,7 @@ sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, sql, &st, err) < 0)
+    if (sbx_store_prepare(s, sql, &st, err) < 0)
         return -1;
     if (q->template_id != NULL)
         sqlite3_bind_text(st, 1, q->template_id, -1, SQLITE_TRANSIENT);
@@ -794,7 +842,7 @@ int
 sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT uid_slot FROM sandboxes ORDER BY uid_slot", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT uid_slot FROM sandboxes ORDER BY uid_slot", &st, err) < 0)
         return -1;
     int want = 0, rc;
     /* Slots come back sorted and unique: the first gap is the lowest free slot. */
@@ -806,10 +854,11 @@ sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err)
             want++;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return db_error(s, rc, err, "find a free uid slot");
-    if (want >= SBX_MAX_SANDBOXES)
+        return sbx_store_db_error(s, rc, err, "find a free uid slot");
+    /* The top SBX_MAX_BUILDS slots are the build sandboxes' (builder.c). */
+    if (want >= SBX_MAX_SANDBOXES - SBX_MAX_BUILDS)
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "all %d sandbox uid slots are in use",
-                             SBX_MAX_SANDBOXES);
+                             SBX_MAX_SANDBOXES - SBX_MAX_BUILDS);
     *slot = want;
     return 0;
 }

@@ -957,7 +957,6 @@ TEST(layers_stack_whiteouts_and_ownership)
     CHECK(fd >= 0 && read(fd, buf, sizeof(buf) - 1) == 13);
     close(fd);
     CHECK(strcmp(buf, "from the top\n") == 0);
-    free(log);
     box_destroy(&b);
     env_fini(&e);
 }
