@@ -155,6 +155,12 @@ main() {
     case ${1:-} in
     build)
         [[ $(id -u) == 0 ]] || die "run as root"
+        mkdir -p "$CACHE"
+        # One build at a time on a host (two setups at once would share a .new dir); what an
+        # interrupted build left is dropped.
+        exec 9>"$CACHE/.lock"
+        flock 9
+        rm -rf "$CACHE"/*.new
         build_layer base
         build_layer code-interpreter
         ;;

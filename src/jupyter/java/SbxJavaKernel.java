@@ -120,6 +120,7 @@ public final class SbxJavaKernel extends BaseKernel {
             } finally {
                 runner = null;
             }
+            loadCancel();
             if (stopped)
                 throw new ExecutionControl.StoppedException();
             if (thrown[0] instanceof InvocationTargetException) {
@@ -134,6 +135,23 @@ public final class SbxJavaKernel extends BaseKernel {
             if (result[0] != null)
                 values.put(key, result[0]);
             return key;
+        }
+
+        private boolean cancelLoaded;
+
+        static Object noop() {
+            return null;
+        }
+
+        /*
+         * LocalExecutionControl loads the class of the stop flag in its own invoke, which ours
+         * replaces: one run of a no-op through it loads it (on Java 17 it loads nothing).
+         */
+        private void loadCancel() throws Exception {
+            if (cancelLoaded)
+                return;
+            cancelLoaded = true;
+            super.invoke(Exec.class.getDeclaredMethod("noop"));
         }
 
         /*
@@ -369,6 +387,8 @@ public final class SbxJavaKernel extends BaseKernel {
             }
             System.exit(0);
         }
+        /* One snippet before the client's, so that even its first can be stopped (loadCancel). */
+        kernel.evalRaw("int sbx$ready = 1;");
         /* sbx interrupts a run with SIGINT (as for every kernel): stop the code, don't exit. */
         sun.misc.Signal.handle(new sun.misc.Signal("INT"), sig -> kernel.interrupt());
         KernelConnectionProperties props =

@@ -430,6 +430,10 @@ def _redirect_fd_output():
     and dies at the first invalid UTF-8 byte, losing all later fd output of the kernel. This
     installs a fresh pipe on each fd with a watcher that decodes with U+FFFD replacement; the
     old watcher keeps waiting on a pipe nobody writes to any more."""
+    import ipykernel
+
+    if ipykernel.version_info >= (6, 30):
+        return  # its own watcher decodes with replacement (and attributes output to its cell)
     for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
         original = getattr(stream, "_original_stdstream_copy", None)
         if original is None or not hasattr(stream, "write"):
