@@ -36,6 +36,7 @@ struct sbx_agent_config {
     int memory_mib;        /* the sandbox's memory limit, named when the OOM killer strikes */
     bool pooled;           /* started ahead of a client: serves nothing but POST /init until then */
     unsigned env_generation; /* bumped when POST /init sets env_vars */
+    json_t *start;           /* the template's start and ready commands (start.c), or NULL */
 };
 
 /* A decoded StartRequest. */

@@ -45,8 +45,9 @@
 /* Warm pools (--pool, --pool-memory-mb). */
 #define SBX_DEFAULT_POOLS          "base=2,code-interpreter-v1=1"
 #define SBX_DEFAULT_POOL_MEMORY_MB 2048
-#define SBX_POOL_MAX               64    /* sandboxes one pool may keep */
-#define SBX_POOL_READY_MS          60000 /* for a pooled sandbox to be warm */
+#define SBX_POOL_MAX               64               /* sandboxes one pool may keep */
+#define SBX_POOL_READY_MS          60000            /* for a pooled sandbox to be warm */
+#define SBX_START_READY_MS         (11 * 60 * 1000) /* a template's ready command: 10 min cap */
 #define SBX_POOL_INIT_MS           10000 /* for its agent to take its client's identity */
 #define SBX_POOL_RETRY_MS          5000  /* before a pool that failed to fill tries again */
 #define SBX_POOL_DRAIN_MS          5000  /* a clean stop waits this long for them to go */

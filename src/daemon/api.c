@@ -233,7 +233,7 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o;
-    struct sbx_template_ref ref;
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0 ||
         sbx_templates_resolve(sbx_daemon->store, o.template_id, &ref, &err) < 0) {
         sbx_api_respond_err(req, err);

@@ -442,7 +442,7 @@ static void
 alias_exists(struct sbx_http_req *req, const char *alias)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
-    struct sbx_template_ref ref;
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     if (sbx_templates_resolve(sbx_daemon->store, alias, &ref, &err) < 0)
         return sbx_api_respond_err(req, err);
     sbx_api_respond_json(req, 200, json_pack("{s:s,s:b}", "templateID", ref.id, "public", 0));
@@ -454,7 +454,7 @@ assign_tags(struct sbx_http_req *req, json_t *body)
     _cleanup_error_ struct sbx_error *err = NULL;
     const char *target = json_string_value(json_object_get(body, "target"));
     json_t *tags = json_object_get(body, "tags");
-    struct sbx_template_ref ref;
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     if (target == NULL || !json_is_array(tags))
         return bad_request(req, "target and tags are required");
     if (json_array_size(tags) == 0)
@@ -562,6 +562,7 @@ delete_template(struct sbx_http_req *req, const char *id_or_name)
         return bad_request(req, err->msg);
     if (err)
         return sbx_api_respond_err(req, err);
+    sbx_builder_collect_layers();
     sbx_http_respond(req, 204, NULL, NULL, 0);
 }
 
@@ -575,7 +576,7 @@ list_templates(struct sbx_http_req *req)
         return sbx_api_respond_err(req, err);
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        struct sbx_template_ref ref;
+        _cleanup_template_ref_ struct sbx_template_ref ref = {0};
         struct sbx_error *e = NULL;
         bool ready = sbx_templates_resolve(sbx_daemon->store, ts[i].alias, &ref, &e) == 0;
         sbx_error_free(e);

@@ -38,6 +38,8 @@ struct build {
     char chain[SBX_LAYER_KEY_LEN + 1]; /* key of the last step */
     char *user, *workdir;
     json_t *env;
+    json_t *start; /* {cmd, ready, user, cwd, env} once known (a parent's, or this build's) */
+    bool finalizing;
     bool code_interpreter;
     bool forced; /* a forced step came: every later one is forced too */
     size_t step; /* the one running, 0-based */
@@ -81,7 +83,7 @@ log_step(struct build *b, const char *level, const char *fmt, ...)
     va_end(ap);
     char step[16];
     snprintf(step, sizeof(step), "%zu", b->step + 1);
-    log_entry(b, level, step, msg ? msg : "");
+    log_entry(b, level, b->finalizing ? "finalize" : step, msg ? msg : "");
 }
 
 static void
@@ -147,6 +149,7 @@ build_free(struct build *b)
     sbx_build_def_fini(&b->def);
     json_decref(b->body);
     json_decref(b->env);
+    json_decref(b->start);
     free(b->user);
     free(b->workdir);
     free(b->cmd);
@@ -160,6 +163,8 @@ context_json(const struct build *b)
                             b->code_interpreter);
     if (b->workdir)
         json_object_set_new(ctx, "workdir", json_string(b->workdir));
+    if (b->start)
+        json_object_set(ctx, "start", b->start);
     char *s = json_dumps(ctx, JSON_COMPACT);
     json_decref(ctx);
     return s;
@@ -388,6 +393,18 @@ on_step_done(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
     }
     char step[16];
     snprintf(step, sizeof(step), "%zu", b->step + 1);
+    if (b->finalizing) {
+        /* The check's layer is no template's: the next layer GC removes it. */
+        if (err)
+            build_end(b, "finalize", err->msg);
+        else if (reply->exit_status == 2 && b->n_tail > 0)
+            build_end(b, "finalize", b->tail[b->n_tail - 1]);
+        else if (reply->exit_status != 0)
+            build_end(b, "finalize", "ready command failed: ready command timed out after 10m0s");
+        else
+            build_end(b, NULL, NULL);
+        return;
+    }
     _cleanup_free_ char *msg = NULL;
     if (err) {
         if (err->code == SBX_DEADLINE_EXCEEDED)
@@ -480,17 +497,50 @@ step_description(const struct sbx_build_step *s)
     return d.data;
 }
 
+/* After the steps: the start and ready commands, checked once as every sandbox of the
+ * template will run them (start.c): the start command in the background, the ready command
+ * every 2 s until it succeeds, for 10 minutes at most. */
+static void
+finalize(struct build *b)
+{
+    if (b->def.start_cmd || b->def.ready_cmd) {
+        json_decref(b->start);
+        b->start = json_pack("{s:s?,s:s?,s:s,s:s?,s:O}", "cmd", b->def.start_cmd, "ready",
+                             b->def.ready_cmd, "user", b->user, "cwd", b->workdir, "env", b->env);
+    }
+    if (b->start == NULL) {
+        build_end(b, NULL, NULL);
+        return;
+    }
+    const char *cmd = json_string_value(json_object_get(b->start, "cmd"));
+    const char *ready = json_string_value(json_object_get(b->start, "ready"));
+    struct sbx_buf sc = {0};
+    sbx_buf_printf(&sc, "bash -l -c ");
+    quote(&sc, cmd && *cmd ? cmd : "sleep infinity");
+    sbx_buf_printf(&sc, " & pid=$!\nfor i in $(seq 300); do\n  if bash -l -c ");
+    quote(&sc, ready && *ready ? ready : "true");
+    sbx_buf_printf(&sc, "; then exit 0; fi\n"
+                        "  if ! kill -0 $pid 2>/dev/null; then wait $pid; st=$?\n"
+                        "    [ $st -eq 0 ] && exit 0\n"
+                        "    echo \"start command failed: exit status $st\"; exit 2\n"
+                        "  fi\n  sleep 2\ndone\nexit 1\n");
+    sbx_buf_append(&sc, "", 1, SIZE_MAX);
+    log_entry(b, "info", "finalize", "[finalize] start and ready commands");
+    b->finalizing = true;
+    struct sbx_buf in = {0};
+    sbx_buf_printf(&in, "sbx-finalize-1\n%s\n%s", b->chain, b->rec.id);
+    sha_hex(&in, b->step_key);
+    sbx_buf_fini(&in);
+    const char *user = json_string_value(json_object_get(b->start, "user"));
+    run_step(b, "finalize", sc.data, user ? user : b->user, NULL, -1);
+    sbx_buf_fini(&sc);
+}
+
 static void
 next_step(struct build *b)
 {
     if (b->step == b->def.n_steps) {
-        if (b->def.start_cmd || b->def.ready_cmd) {
-            build_end(b, "finalize",
-                      "start and ready commands (setStartCmd, setReadyCmd) are not supported "
-                      "by this server yet");
-            return;
-        }
-        build_end(b, NULL, NULL);
+        finalize(b);
         return;
     }
     const struct sbx_build_step *s = &b->def.steps[b->step];
@@ -593,7 +643,7 @@ start_from(struct build *b, struct sbx_error **err)
                                  b->def.from_image, SBX_TEMPLATE_BASE_IMAGE);
         name = "base";
     }
-    struct sbx_template_ref ref;
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     if (sbx_templates_resolve(sbx_daemon->store, name, &ref, err) < 0)
         return -1;
     size_t n = strlen(ref.layers) / SBX_LAYER_KEY_LEN;
@@ -624,6 +674,8 @@ start_from(struct build *b, struct sbx_error **err)
             b->workdir = strdup(wd);
         if (json_is_object(json_object_get(ctx, "env")))
             json_object_update(b->env, json_object_get(ctx, "env"));
+        if (json_is_object(json_object_get(ctx, "start")))
+            b->start = json_incref(json_object_get(ctx, "start"));
         json_decref(ctx);
         sbx_build_rec_fini(&parent);
     }
@@ -693,11 +745,30 @@ sbx_builder_start(struct sbx_build_rec *rec, json_t *body, struct sbx_error **er
     return 0;
 }
 
-int
-sbx_builder_count(void)
+static void
+on_gc_done(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
-    int n = 0;
-    for (struct build *b = builds; b; b = b->next)
-        n++;
-    return n;
+    if (err)
+        sbx_log_warn("layer_gc", "error=\"%s\"", err->msg);
+    else if (reply->layers_removed > 0)
+        sbx_log_info("layer_gc", "removed=%llu", (unsigned long long)reply->layers_removed);
+}
+
+void
+sbx_builder_collect_layers(void)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    _cleanup_free_ char *keys = NULL;
+    if (sbx_store_layer_keys(sbx_daemon->store, &keys, &err) < 0) {
+        sbx_log_warn("layer_gc", "error=\"%s\"", err->msg);
+        return;
+    }
+    _cleanup_close_ int fd = memfd_create("sbx-layers", MFD_CLOEXEC);
+    size_t len = strlen(keys);
+    if (fd < 0 || write(fd, keys, len) != (ssize_t)len) {
+        sbx_log_warn("layer_gc", "error=\"memfd: %s\"", strerror(errno));
+        return;
+    }
+    struct sbx_spawner_msg req = {.op = SBX_SPAWNER_LAYERS_GC};
+    sbx_spawner_call(&req, steal_fd(&fd), on_gc_done, NULL);
 }

@@ -13,7 +13,8 @@
  * definition (SBX_INVALID_ARGUMENT) and the number of builds running (RESOURCE_EXHAUSTED),
  * marks it building, and runs it from the loop's next turn. Takes rec's strings. */
 int sbx_builder_start(struct sbx_build_rec *rec, json_t *body, struct sbx_error **err);
-/* Builds running now. */
-int sbx_builder_count(void);
+/* Has the spawner remove the layers no template of the store, built-in template or running
+ * sandbox uses (after a start, and after a template is deleted). */
+void sbx_builder_collect_layers(void);
 
 #endif

@@ -14,6 +14,7 @@
 #include "base/limits.h"
 #include "base/log.h"
 #include "base/util.h"
+#include "daemon/builder.h"
 #include "daemon/internal.h"
 
 struct sbx_daemon *sbx_daemon;
@@ -93,6 +94,7 @@ start(struct sbx_daemon *d, int listen_fd, int control, int channel, const char 
     uv_timer_init(d->loop, &d->expiry);
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");
+    sbx_builder_collect_layers(); /* layers of older definitions, of deleted templates */
     if (sbx_pool_configure(d->cfg.pools, err) < 0)
         return -1;
     sbx_pool_fill();

@@ -280,6 +280,8 @@ config_fd(const struct sbx_sandbox_rec *rec, const struct sbx_template_ref *ref,
     if (rec->traffic_token)
         json_object_set_new(cfg, "trafficAccessToken", json_string(rec->traffic_token));
     json_object_set_new(cfg, "codeInterpreter", json_boolean(ref->code_interpreter));
+    if (ref->start)
+        json_object_set(cfg, "start", ref->start);
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
     if (rec->pooled)
         json_object_set_new(cfg, "pooled", json_true());
@@ -408,6 +410,7 @@ struct spawning {
     sbx_lifecycle_create_cb cb;          /* a client's create */
     sbx_lifecycle_spawned_cb spawned_cb; /* a pool's */
     void *ud;
+    bool wait_ready; /* the template has a start command: answer once it is ready */
 };
 
 static uint64_t
@@ -442,6 +445,27 @@ hand_out(struct spawning *c)
     free(c);
 }
 
+/* The agent answered GET /sbx/ready: the template's start command is ready, or failed. */
+static void
+on_started(int status, const char *body, size_t len, void *ud)
+{
+    struct spawning *c = ud;
+    if (status == 204) {
+        hand_out(c);
+        return;
+    }
+    json_error_t jerr;
+    json_t *j = body ? json_loadb(body, len, 0, &jerr) : NULL;
+    const char *why = json_string_value(json_object_get(j, "message"));
+    _cleanup_error_ struct sbx_error *err = NULL;
+    sbx_error_set(&err, SBX_FAILED_PRECONDITION, 0, "the template's %s",
+                  why ? why : "start command did not become ready");
+    json_decref(j);
+    destroy(c->l, "start command failed", NULL, NULL);
+    c->cb(NULL, err, 0, c->ud);
+    free(c);
+}
+
 static void
 on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
@@ -467,6 +491,10 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     if (c->spawned_cb) {
         c->spawned_cb(l, err, c->ud);
         free(c);
+    } else if (l && c->wait_ready) {
+        /* Up to the ready command's 10 minutes and a little more (templates.md §4.3). */
+        sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/sbx/ready", NULL, 4096,
+                      SBX_START_READY_MS, on_started, c);
     } else if (l) {
         hand_out(c);
     } else {
@@ -481,11 +509,12 @@ spawn(struct spawning *c)
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_sandbox_rec *rec = c->l->rec;
     /* The name the client gave (with its tag), else the template's id or a pool's name. */
-    struct sbx_template_ref ref;
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     int cfd = sbx_templates_resolve(sbx_daemon->store, rec->alias ? rec->alias : rec->template_id,
                                     &ref, &err) < 0
                   ? -1
                   : config_fd(rec, &ref, &err);
+    c->wait_ready = ref.start != NULL;
     if (cfd < 0) {
         on_spawned(NULL, err, c);
         return;
@@ -585,7 +614,7 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
         abort();
     *c = (struct spawning){.cb = cb, .ud = ud};
     clock_gettime(CLOCK_MONOTONIC, &c->start);
-    c->l = sbx_pool_take(o->template_id);
+    c->l = sbx_pool_take(o->alias ? o->alias : o->template_id); /* pools go by name */
     if (c->l) {
         adopt(c, o);
         return;

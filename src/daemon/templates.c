@@ -119,9 +119,18 @@ sbx_templates_resolve(struct sbx_store *store, const char *name, struct sbx_temp
     json_error_t jerr;
     json_t *ctx = json_loads(br.context_json, 0, &jerr);
     out->code_interpreter = json_is_true(json_object_get(ctx, "codeInterpreter"));
+    json_t *start = json_object_get(ctx, "start");
+    out->start = json_is_object(start) ? json_incref(start) : NULL;
     json_decref(ctx);
     sbx_build_rec_fini(&br);
     return rc;
+}
+
+void
+sbx_template_ref_fini(struct sbx_template_ref *r)
+{
+    json_decref(r->start);
+    r->start = NULL;
 }
 
 /* ---- build definitions ---- */

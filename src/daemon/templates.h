@@ -37,7 +37,11 @@ struct sbx_template_ref {
     char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1]; /* keys, top first */
     bool code_interpreter;
     int cpu_count, memory_mb; /* 0: the daemon's defaults */
+    json_t *start;            /* its start and ready commands {cmd, ready, user, cwd, env}, or
+                               * NULL (owned) */
 };
+void sbx_template_ref_fini(struct sbx_template_ref *r);
+#define _cleanup_template_ref_ __attribute__((cleanup(sbx_template_ref_fini)))
 /* Resolves a name or template id (a tag picks the build, default "default") against the
  * built-in templates, then the store. SBX_NOT_FOUND if neither has it. */
 int sbx_templates_resolve(struct sbx_store *store, const char *name, struct sbx_template_ref *out,

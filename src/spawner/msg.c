@@ -12,12 +12,12 @@
 enum kind { STR, U64, I64 };
 
 /* Which ops a field may appear in, and which need it. */
-#define IN_SPAWN   (1u << SBX_SPAWNER_SPAWN)
-#define IN_DESTROY (1u << SBX_SPAWNER_DESTROY)
-#define IN_STATS   (1u << SBX_SPAWNER_STATS)
-#define IN_REPLY   (1u << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
-#define IN_STEP    (1u << SBX_SPAWNER_BUILD_STEP)
-#define IN_LOG     (1u << SBX_SPAWNER_STEP_LOG)
+#define IN_SPAWN   (1ull << SBX_SPAWNER_SPAWN)
+#define IN_DESTROY (1ull << SBX_SPAWNER_DESTROY)
+#define IN_STATS   (1ull << SBX_SPAWNER_STATS)
+#define IN_REPLY   (1ull << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
+#define IN_STEP    (1ull << SBX_SPAWNER_BUILD_STEP)
+#define IN_LOG     (1ull << SBX_SPAWNER_STEP_LOG)
 #define IN_RUN     (IN_SPAWN | IN_STEP) /* what starts a sandbox */
 
 struct field {
@@ -27,8 +27,8 @@ struct field {
     size_t cap;   /* STR: buffer size (max length + 1) */
     uint64_t min; /* U64/I64: bounds */
     uint64_t max;
-    unsigned allowed, required;
-    bool stat; /* a counter of a STATS reply: sets has_stats */
+    uint64_t allowed, required; /* by op_bit(op) */
+    bool stat;                  /* a counter of a STATS reply: sets has_stats */
 };
 
 #define OFF(f) offsetof(struct sbx_spawner_msg, f)
@@ -71,21 +71,23 @@ static const struct field fields[] = {
     U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP, IN_STEP),
     U64_F(63, exit_status, 0, 511, IN_REPLY, 0),
     U64_F(64, layer_empty, 0, 1, IN_REPLY, 0),
+    U64_F(65, layers_removed, 0, UINT32_MAX, IN_REPLY, 0),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 _Static_assert(N_FIELDS <= 64, "the decoder's bit set of seen fields has 64 bits");
 
-static unsigned
+static uint64_t
 op_bit(uint8_t op)
 {
-    return op == SBX_SPAWNER_REPLY ? IN_REPLY : 1u << op;
+    return op == SBX_SPAWNER_REPLY ? IN_REPLY : 1ull << op; /* requests are ops 1 to 63 */
 }
 
 static bool
 valid_op(uint8_t op)
 {
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
-           op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG || op == SBX_SPAWNER_REPLY;
+           op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG ||
+           op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_REPLY;
 }
 
 static void
@@ -225,7 +227,7 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
     out->op = in[1];
     out->seq =
         (uint32_t)in[4] | (uint32_t)in[5] << 8 | (uint32_t)in[6] << 16 | (uint32_t)in[7] << 24;
-    unsigned bit = op_bit(out->op);
+    uint64_t bit = op_bit(out->op);
     uint64_t seen = 0; /* by index into fields[] */
     for (size_t n = HEADER_LEN; n < len;) {
         if (len - n < FIELD_HDR || in[n + 1] != 0)

@@ -39,7 +39,11 @@ enum sbx_spawner_op {
      * empty (code DEADLINE_EXCEEDED when the timeout killed it). */
     SBX_SPAWNER_BUILD_STEP = 30,
     SBX_SPAWNER_STEP_LOG = 31, /* spawner -> front end: seq of a BUILD_STEP, message: output */
-    SBX_SPAWNER_REPLY = 64,    /* spawner -> front end: code (0 = ok), errno, message */
+    /* fd: the keys of the layers the front end's templates use, one after the other. Removes
+     * every other layer of the store but the built-in templates' and those a sandbox runs
+     * on. Reply: how many went. */
+    SBX_SPAWNER_LAYERS_GC = 32,
+    SBX_SPAWNER_REPLY = 64, /* spawner -> front end: code (0 = ok), errno, message */
 };
 
 struct sbx_spawner_msg {
@@ -54,6 +58,7 @@ struct sbx_spawner_msg {
     uint64_t timeout_ms;                   /* BUILD_STEP: killed after this long */
     uint64_t exit_status;                  /* reply to BUILD_STEP: 0-255, 128 + signal */
     uint64_t layer_empty;                  /* reply to BUILD_STEP: 1 if the step changed nothing */
+    uint64_t layers_removed;               /* reply to LAYERS_GC */
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
     int64_t pid;

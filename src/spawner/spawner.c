@@ -67,12 +67,13 @@ struct step {
     struct sbx_spawner_msg reply;
 };
 
-/* What a commit child reports. */
-struct commit_result {
+/* What a job (a child doing slow work for us) reports. */
+struct job_result {
     int32_t code, sys_errno;
-    int32_t empty;
+    int32_t value; /* the job's answer: a commit's "empty", a GC's count */
     char message[SBX_SPAWNER_TEXT_MAX];
 };
+typedef int (*job_fn)(void *ud, int32_t *value, struct sbx_error **err);
 
 struct out {
     size_t len;
@@ -601,64 +602,91 @@ step_destroyed(struct sb *s)
     sb_drop(s);
 }
 
+/* Forks a child that runs work(ud) and writes its job_result to the pipe whose read end it
+ * returns (*pid: the child): slow work (a walk of a large tree) must not hold up the
+ * requests of other sandboxes. The child never returns into the loop. */
+static int
+job_fork(job_fn work, void *ud, pid_t *pid, struct sbx_error **err)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return sbx_error_sys(err, errno, "pipe");
+    *pid = fork();
+    if (*pid == 0) {
+        close(p[0]);
+        struct job_result r = {.code = SBX_OK};
+        struct sbx_error *e = NULL;
+        if (work(ud, &r.value, &e) < 0) {
+            r.code = e->code;
+            r.sys_errno = e->sys_errno;
+            snprintf(r.message, sizeof(r.message), "%s", e->msg);
+        }
+        _exit(write(p[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
+    }
+    close(p[1]);
+    if (*pid < 0) {
+        close(p[0]);
+        return sbx_error_sys(err, errno, "fork");
+    }
+    return p[0];
+}
+
+/* Reads a job's result and reaps it; a job that died without one is an internal error. */
+static void
+job_finish(int fd, pid_t pid, struct job_result *r)
+{
+    ssize_t n = read(fd, r, sizeof(*r));
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    r->message[sizeof(r->message) - 1] = '\0';
+    if (n != (ssize_t)sizeof(*r)) {
+        *r = (struct job_result){.code = SBX_INTERNAL};
+        snprintf(r->message, sizeof(r->message), "the process doing the work died");
+    }
+}
+
 static void
 on_commit_result(uv_poll_t *h, int status, int events)
 {
     struct sb *s = h->data;
     struct step *st = s->step;
     uv_poll_stop(&st->commit_poll);
-    struct commit_result r = {.code = SBX_INTERNAL};
-    ssize_t n = read(st->commit_fd, &r, sizeof(r));
-    while (waitpid(st->commit_pid, NULL, 0) < 0 && errno == EINTR)
-        ;
+    struct job_result r;
+    job_finish(st->commit_fd, st->commit_pid, &r);
     st->commit_pid = 0;
-    r.message[sizeof(r.message) - 1] = '\0';
-    if (n != (ssize_t)sizeof(r))
-        step_fail(s, SBX_INTERNAL, 0, "commit of layer %s: the committing process died", st->key);
-    else if (r.code != SBX_OK)
-        step_fail(s, (enum sbx_code)r.code, r.sys_errno, "%s", r.message);
+    if (r.code != SBX_OK)
+        step_fail(s, (enum sbx_code)r.code, r.sys_errno, "commit: %s", r.message);
     else
-        st->reply.layer_empty = r.empty ? 1 : 0;
+        st->reply.layer_empty = r.value ? 1 : 0;
     step_destroyed(s);
 }
 
-/* Commits the step's writable layer in a child: a walk of everything the step wrote must not
- * hold up the requests of other sandboxes. */
+static int
+commit_work(void *ud, int32_t *value, struct sbx_error **err)
+{
+    struct sb *s = ud;
+    bool empty = false;
+    struct sbx_sandbox_ref ref = ref_of(s);
+    int rc =
+        sbx_sandbox_commit(&ref, sp.cfg->state_dir, s->step->key, s->step->uid_base, &empty, err);
+    *value = empty;
+    return rc;
+}
+
+/* Commits the step's writable layer in a job. */
 static void
 step_commit(struct sb *s)
 {
     struct step *st = s->step;
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0) {
-        step_fail(s, SBX_INTERNAL, errno, "commit: %s", strerror(errno));
+    _cleanup_error_ struct sbx_error *err = NULL;
+    int fd = job_fork(commit_work, s, &st->commit_pid, &err);
+    if (fd < 0) {
+        step_fail(s, SBX_INTERNAL, err->sys_errno, "commit: %s", err->msg);
         step_destroyed(s);
         return;
     }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(p[0]);
-        struct commit_result r = {.code = SBX_OK};
-        struct sbx_error *err = NULL;
-        bool empty = false;
-        struct sbx_sandbox_ref ref = ref_of(s);
-        if (sbx_sandbox_commit(&ref, sp.cfg->state_dir, st->key, st->uid_base, &empty, &err) < 0) {
-            r.code = err->code;
-            r.sys_errno = err->sys_errno;
-            snprintf(r.message, sizeof(r.message), "%s", err->msg);
-        }
-        r.empty = empty;
-        _exit(write(p[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
-    }
-    close(p[1]);
-    if (pid < 0) {
-        close(p[0]);
-        step_fail(s, SBX_INTERNAL, errno, "commit: fork: %s", strerror(errno));
-        step_destroyed(s);
-        return;
-    }
-    st->commit_pid = pid;
-    st->commit_fd = p[0];
-    uv_poll_init(sp.loop, &st->commit_poll, p[0]);
+    st->commit_fd = fd;
+    uv_poll_init(sp.loop, &st->commit_poll, fd);
     sb_handle_init(s, (uv_handle_t *)&st->commit_poll);
     uv_poll_start(&st->commit_poll, UV_READABLE, on_commit_result);
 }
@@ -826,6 +854,128 @@ handle_build_step(const struct sbx_spawner_msg *m, int config_fd, int archive_fd
     uv_timer_start(&st->timer, on_step_timeout, m->timeout_ms, 0);
 }
 
+/* ---- layer GC ---- */
+
+struct keys {
+    char **v;
+    size_t n, cap;
+};
+
+static void
+keys_add(struct keys *k, const char *key, size_t len)
+{
+    if (k->n == k->cap &&
+        (k->v = reallocarray(k->v, k->cap = k->cap * 2 + 16, sizeof(*k->v))) == NULL)
+        abort();
+    if ((k->v[k->n++] = strndup(key, len)) == NULL)
+        abort();
+}
+
+/* Adds every whole key of buf (keys one after the other, as in messages and SB_LAYERS). */
+static void
+keys_add_all(struct keys *k, const char *buf, size_t len)
+{
+    for (size_t i = 0; i + SBX_LAYER_KEY_LEN <= len; i += SBX_LAYER_KEY_LEN)
+        keys_add(k, buf + i, SBX_LAYER_KEY_LEN);
+}
+
+struct gc {
+    uint32_t seq;
+    struct keys keep;
+    pid_t pid;
+    int fd;
+    uv_poll_t poll;
+};
+
+static int
+gc_work(void *ud, int32_t *value, struct sbx_error **err)
+{
+    struct gc *g = ud;
+    int n = sbx_layers_gc(sp.cfg->state_dir, (const char *const *)g->keep.v, g->keep.n, err);
+    *value = n;
+    return n < 0 ? -1 : 0;
+}
+
+static void
+gc_free(uv_handle_t *h)
+{
+    struct gc *g = h->data;
+    close(g->fd);
+    free_paths(g->keep.v, g->keep.n);
+    free(g->keep.v);
+    free(g);
+}
+
+static void
+on_gc_done(uv_poll_t *h, int status, int events)
+{
+    struct gc *g = h->data;
+    uv_poll_stop(h);
+    struct job_result r;
+    job_finish(g->fd, g->pid, &r);
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (r.code != SBX_OK)
+        sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "layer GC: %s", r.message);
+    else if (r.value > 0)
+        sbx_log_info("layer_gc", "removed=%d", r.value);
+    struct sbx_spawner_msg req = {.seq = g->seq}, rep;
+    sbx_spawner_reply_init(&rep, &req, err);
+    rep.layers_removed = r.code == SBX_OK ? (uint64_t)r.value : 0;
+    send_msg(&rep);
+    uv_close((uv_handle_t *)h, gc_free);
+}
+
+/* Removes the layers of the store that are neither in the front end's list (fd: keys one
+ * after the other), nor a built-in template's, nor used by a sandbox of ours: whatever the
+ * front end says, no layer a sandbox runs on goes. */
+static void
+handle_gc(const struct sbx_spawner_msg *m, int fd)
+{
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > CONFIG_MAX_BYTES ||
+        st.st_size % SBX_LAYER_KEY_LEN != 0) {
+        reply_fail(m->seq, SBX_INVALID_ARGUMENT, "layer GC: %s", "the list of keys is not a file");
+        return;
+    }
+    struct gc *g = calloc(1, sizeof(*g));
+    _cleanup_free_ char *buf = malloc((size_t)st.st_size + 1);
+    if (g == NULL || buf == NULL)
+        abort();
+    g->seq = m->seq;
+    ssize_t n = pread(fd, buf, (size_t)st.st_size, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    if (n != st.st_size || strspn(buf, "0123456789abcdef") != (size_t)n) {
+        free(g);
+        reply_fail(m->seq, SBX_INVALID_ARGUMENT, "layer GC: %s", "bad layer keys");
+        return;
+    }
+    keys_add_all(&g->keep, buf, (size_t)n);
+    size_t nb;
+    const char *const *builtin = sbx_builtin_layers(&nb);
+    for (size_t i = 0; i < nb; i++)
+        keys_add(&g->keep, builtin[i], SBX_LAYER_KEY_LEN);
+    for (struct sb *s = sp.sbs; s; s = s->next) {
+        char path[4096], keys[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN];
+        snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
+        _cleanup_close_ int lfd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        ssize_t len = lfd < 0 ? -1 : read(lfd, keys, sizeof(keys));
+        if (len > 0)
+            keys_add_all(&g->keep, keys, (size_t)len);
+    }
+    _cleanup_error_ struct sbx_error *err = NULL;
+    g->fd = job_fork(gc_work, g, &g->pid, &err);
+    if (g->fd < 0) {
+        reply_error(m->seq, err);
+        free_paths(g->keep.v, g->keep.n);
+        free(g->keep.v);
+        free(g);
+        return;
+    }
+    uv_poll_init(sp.loop, &g->poll, g->fd);
+    g->poll.data = g;
+    uv_poll_start(&g->poll, UV_READABLE, on_gc_done);
+}
+
 /* ---- stats ---- */
 
 static void
@@ -870,6 +1020,8 @@ handle(const char *buf, size_t len, int fd, int fd2)
     }
     if (m.op == SBX_SPAWNER_BUILD_STEP)
         handle_build_step(&m, fd, fd2);
+    else if (m.op == SBX_SPAWNER_LAYERS_GC && fd2 < 0)
+        handle_gc(&m, fd);
     else if (fd2 >= 0 || m.op == SBX_SPAWNER_STEP_LOG)
         reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected message for %s", m.id);
     else if (m.op == SBX_SPAWNER_SPAWN)
@@ -963,42 +1115,6 @@ import_builtin_layers(struct sbx_error **err)
     return 0;
 }
 
-/* Removes the layers of our store that neither a built-in template nor a sandbox of ours
- * uses (layers of older definitions, after an upgrade). */
-static void
-collect_layers(void)
-{
-    size_t nb, n = 0, cap = 0;
-    const char *const *builtin = sbx_builtin_layers(&nb);
-    char **keep = NULL;
-    for (size_t i = 0; i < nb; i++) {
-        if (n == cap && (keep = reallocarray(keep, cap = cap * 2 + 8, sizeof(*keep))) == NULL)
-            abort();
-        if ((keep[n++] = strdup(builtin[i])) == NULL)
-            abort();
-    }
-    for (struct sb *s = sp.sbs; s; s = s->next) {
-        char path[4096], keys[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN];
-        snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        ssize_t len = fd < 0 ? -1 : read(fd, keys, sizeof(keys));
-        for (ssize_t k = 0; k + SBX_LAYER_KEY_LEN <= len; k += SBX_LAYER_KEY_LEN) {
-            if (n == cap && (keep = reallocarray(keep, cap = cap * 2 + 8, sizeof(*keep))) == NULL)
-                abort();
-            if ((keep[n++] = strndup(keys + k, SBX_LAYER_KEY_LEN)) == NULL)
-                abort();
-        }
-    }
-    _cleanup_error_ struct sbx_error *err = NULL;
-    int removed = sbx_layers_gc(sp.cfg->state_dir, (const char *const *)keep, n, &err);
-    if (removed < 0)
-        sbx_log_warn("layer_gc", "error=\"%s\"", err->msg);
-    else if (removed > 0)
-        sbx_log_info("layer_gc", "removed=%d", removed);
-    free_paths(keep, n);
-    free(keep);
-}
-
 /* Finds the sandboxes of our state dir, running or not, as they were left by an earlier
  * spawner (a restart, a crash, an upgrade). */
 static void
@@ -1074,7 +1190,6 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
         return 1;
     }
     scan();
-    collect_layers();
     if (cfg->ready_fd >= 0) {
         (void)!write(cfg->ready_fd, "R", 1);
         close(cfg->ready_fd);

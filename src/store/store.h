@@ -190,7 +190,8 @@ int sbx_store_template_get(struct sbx_store *s, const char *id_or_alias,
                            struct sbx_template_rec *out, struct sbx_error **err);
 int sbx_store_template_insert(struct sbx_store *s, const struct sbx_template_rec *t,
                               struct sbx_error **err);
-/* Deletes the template with its builds, tags and logs. */
+/* Deletes the template with its builds, tags and logs, and forgets the layers no other
+ * template's build has in its stack. */
 int sbx_store_template_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
 /* Every template, oldest first (*out: malloc'd array of n). */
 int sbx_store_template_list(struct sbx_store *s, struct sbx_template_rec **out, size_t *n,
@@ -235,6 +236,8 @@ int sbx_store_tags_list(struct sbx_store *s, const char *template_id, struct sbx
 int sbx_store_layer_add(struct sbx_store *s, const char *key, bool empty, struct sbx_error **err);
 /* SBX_NOT_FOUND if no build made it. */
 int sbx_store_layer_get(struct sbx_store *s, const char *key, bool *empty, struct sbx_error **err);
+/* Every layer key the store knows, one after the other (malloc'd string). */
+int sbx_store_layer_keys(struct sbx_store *s, char **keys, struct sbx_error **err);
 
 /* COPY archives uploaded, by files hash. */
 int sbx_store_upload_add(struct sbx_store *s, const char *hash, int64_t size,

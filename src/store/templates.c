@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/buf.h"
 #include "base/cleanup.h"
 #include "base/util.h"
 #include "store/internal.h"
@@ -76,6 +77,84 @@ sbx_store_template_insert(struct sbx_store *s, const struct sbx_template_rec *t,
     return sbx_store_step_done(s, st, false, t->id, err);
 }
 
+/* Appends the layer keys of the builds matching sql (one bound text parameter) to out. */
+static int
+collect_build_layers(struct sbx_store *s, const char *sql, const char *id, struct sbx_buf *out,
+                     struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (sbx_store_prepare(s, sql, &st, err) < 0)
+        return -1;
+    bind_text(st, 1, id);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        if (t)
+            sbx_buf_append(out, t, strlen((const char *)t), SIZE_MAX);
+    }
+    return rc == SQLITE_DONE ? 0 : sbx_store_db_error(s, rc, err, "read build layers");
+}
+
+static bool
+has_key(const struct sbx_buf *keys, const char *key)
+{
+    for (size_t i = 0; i + 64 <= keys->len; i += 64)
+        if (memcmp(keys->data + i, key, 64) == 0)
+            return true;
+    return false;
+}
+
+/* Forgets the layers that only the builds of template id have in their stacks, so that the
+ * next layer GC removes them. */
+static int
+forget_own_layers(struct sbx_store *s, const char *id, struct sbx_error **err)
+{
+    struct sbx_buf mine = {0}, others = {0};
+    int rc = collect_build_layers(s, "SELECT layers FROM template_builds WHERE template_id = ?", id,
+                                  &mine, err);
+    if (rc == 0)
+        rc = collect_build_layers(s, "SELECT layers FROM template_builds WHERE template_id != ?",
+                                  id, &others, err);
+    for (size_t i = 0; rc == 0 && i + 64 <= mine.len; i += 64) {
+        char key[65];
+        memcpy(key, mine.data + i, 64);
+        key[64] = '\0';
+        if (has_key(&others, key))
+            continue;
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        rc = sbx_store_prepare(s, "DELETE FROM layers WHERE key = ?", &st, err);
+        if (rc == 0) {
+            bind_text(st, 1, key);
+            rc = sbx_store_step_done(s, st, false, key, err);
+        }
+    }
+    sbx_buf_fini(&mine);
+    sbx_buf_fini(&others);
+    return rc;
+}
+
+int
+sbx_store_layer_keys(struct sbx_store *s, char **keys, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (sbx_store_prepare(s, "SELECT key FROM layers ORDER BY key", &st, err) < 0)
+        return -1;
+    struct sbx_buf out = {0};
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        if (t && strlen((const char *)t) == 64)
+            sbx_buf_append(&out, t, 64, SIZE_MAX);
+    }
+    sbx_buf_append(&out, "", 1, SIZE_MAX);
+    if (rc != SQLITE_DONE) {
+        sbx_buf_fini(&out);
+        return sbx_store_db_error(s, rc, err, "read layers");
+    }
+    *keys = out.data;
+    return 0;
+}
+
 int
 sbx_store_template_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
 {
@@ -88,6 +167,10 @@ sbx_store_template_delete(struct sbx_store *s, const char *id, struct sbx_error 
     };
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return sbx_store_db_error(s, sqlite3_errcode(s->db), err, "begin");
+    if (forget_own_layers(s, id, err) < 0) {
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
     for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
         _cleanup_stmt_ sqlite3_stmt *st = NULL;
         if (sbx_store_prepare(s, sql[i], &st, err) < 0) {

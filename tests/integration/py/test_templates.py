@@ -245,8 +245,57 @@ def test_copy_archives_that_escape_are_refused(sbx_daemon):
     assert st == 400
 
 
-def test_start_and_ready_commands_are_refused_clearly(sbx_daemon):
-    t = Template().from_base_image().set_start_cmd("sleep 100", "sleep 1")
+def test_start_and_ready_commands_run_in_every_sandbox(sbx_daemon):
+    from e2b import wait_for_port
+    name = _name("svc")
+    t = (Template().from_base_image().set_workdir("/home/user/www")
+         .run_cmd("echo served > index.html")
+         .set_start_cmd("python3 -m http.server 8000", wait_for_port(8000)))
+    logs = []
+    _build(t, name, logs)
+    assert any("finalize" in str(e) for e in logs)
+    # The create answers once the ready command succeeded: the server answers at once.
+    s = Sandbox.create(name, timeout=60)
+    try:
+        assert s.commands.run("curl -s http://127.0.0.1:8000/index.html").stdout == "served\n"
+    finally:
+        s.kill()
+    # Templates of it start the same command, unless they set their own.
+    child = _name("svc-child")
+    _build(Template().from_template(name).run_cmd("echo child > child.html"), child)
+    s = Sandbox.create(child, timeout=60)
+    try:
+        assert s.commands.run("curl -s http://127.0.0.1:8000/child.html").stdout == "child\n"
+    finally:
+        s.kill()
+    failing = Template().from_base_image().set_start_cmd("exit 3", "false")
     with pytest.raises(BuildException) as e:
-        _build(t, _name())
-    assert "start and ready commands" in str(e.value)
+        _build(failing, _name())
+    assert "start command failed: exit status 3" in str(e.value)
+
+
+def test_templates_and_their_layers_survive_restarts_and_go_with_delete(sbx_daemon, tmp_path):
+    from conftest import own_daemon
+    with own_daemon(sbx_daemon, tmp_path, "--pool base=0 --pool code-interpreter-v1=0") as d:
+        env = {"E2B_API_URL": d.url, "E2B_SANDBOX_URL": d.url, "E2B_API_KEY": d.api_key}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            layers = os.path.join(d.state_dir, "layers")
+            before = set(os.listdir(layers))
+            name = _name()
+            info = _build(Template().from_base_image().run_cmd("echo kept > /home/user/k"), name)
+            built = set(os.listdir(layers)) - before
+            assert len(built) == 1, built
+            d.restart()
+            s = Sandbox.create(name, timeout=30)
+            assert s.commands.run("cat /home/user/k").stdout == "kept\n"
+            s.kill()
+            st, _, _ = d.request("DELETE", f"/templates/{info.template_id}")
+            assert st == 204
+            for _ in range(50):
+                if not built & set(os.listdir(layers)):
+                    break
+                time.sleep(0.1)
+            assert not built & set(os.listdir(layers))
+            assert before <= set(os.listdir(layers))
