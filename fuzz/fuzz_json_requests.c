@@ -13,6 +13,7 @@
 #include "agent/process.h"
 #include "base/limits.h"
 #include "daemon/internal.h"
+#include "daemon/templates.h"
 #include "json/json.h"
 #include "fuzz_common.h"
 
@@ -62,6 +63,20 @@ control_plane(json_t *body)
         }
         settle(rc, &err);
     }
+    /* A template build's definition (POST /v2/templates/{id}/builds/{bid}). */
+    struct sbx_build_def def;
+    int rc = sbx_build_def_parse(body, &def, &err);
+    if (rc == 0) {
+        CHECK((def.from_image != NULL) != (def.from_template != NULL));
+        CHECK(def.n_steps <= SBX_TEMPLATE_STEPS_MAX);
+        for (size_t i = 0; i < def.n_steps; i++) {
+            CHECK(def.steps[i].n_args <= SBX_STEP_ARGS_MAX);
+            CHECK(def.steps[i].type != SBX_STEP_COPY || strlen(def.steps[i].files_hash) == 64);
+            CHECK(def.steps[i].type != SBX_STEP_ENV || def.steps[i].n_args % 2 == 0);
+        }
+        sbx_build_def_fini(&def);
+    }
+    settle(rc, &err);
     for (int extend = 0; extend <= 1; extend++) {
         int64_t secs = -1;
         int rc = sbx_api_timeout_parse(body, extend, &secs, &err);

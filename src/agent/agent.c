@@ -90,6 +90,10 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
         json_is_integer(mem) && json_integer_value(mem) > 0 && json_integer_value(mem) <= INT32_MAX
             ? (int)json_integer_value(mem)
             : 0;
+    json_t *duser = json_object_get(root, "defaultUser"),
+           *dcwd = json_object_get(root, "defaultWorkdir");
+    sbx_agent_set_default_user(json_string_value(duser));
+    sbx_agent_set_default_cwd(json_string_value(dcwd));
     json_t *start = json_object_get(root, "start");
     cfg->start = json_is_object(start) ? json_incref(start) : NULL;
     cfg->env_vars = json_object();

@@ -3,7 +3,7 @@
  * daemon handed over as fd 3, and on ports 49983 and 49999 inside the sandbox.
  * Reads its JSON config from fd 4: {"accessToken":?str, "trafficAccessToken":?str,
  * "envVars":{...}, "sandboxId":str, "codeInterpreter":?bool, "memoryMiB":?int, "pooled":?bool,
- * "start":?{"cmd", "ready", "user", "cwd", "env"}}. */
+ * "start":?{"cmd", "ready", "user", "cwd", "env"}, "defaultUser":?str, "defaultWorkdir":?str}. */
 #ifndef SBX_AGENT_H
 #define SBX_AGENT_H
 

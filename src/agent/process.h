@@ -87,8 +87,12 @@ json_t *sbx_agent_config_json(const struct sbx_agent_start_req *r);
 char **sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env, json_t *req_env,
                            bool pty);
 void sbx_agent_strv_free(char **v);
-/* cwd as envd resolves it: absent/empty/"~" -> home, "~/x" and relative -> home/x. */
+/* cwd as envd resolves it: absent/empty -> the default (sbx_agent_set_default_cwd) or home,
+ * "~" -> home, "~/x" and relative -> home/x. */
 char *sbx_agent_resolve_cwd(const char *cwd, const char *home);
+/* What an empty cwd means from now on: the template's workdir (its last WORKDIR step), absolute;
+ * NULL: the user's home. */
+void sbx_agent_set_default_cwd(const char *dir);
 
 struct sbx_agent_spawn {
     /* in */

@@ -282,6 +282,10 @@ config_fd(const struct sbx_sandbox_rec *rec, const struct sbx_template_ref *ref,
     json_object_set_new(cfg, "codeInterpreter", json_boolean(ref->code_interpreter));
     if (ref->start)
         json_object_set(cfg, "start", ref->start);
+    if (ref->user[0])
+        json_object_set_new(cfg, "defaultUser", json_string(ref->user));
+    if (ref->workdir[0])
+        json_object_set_new(cfg, "defaultWorkdir", json_string(ref->workdir));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
     if (rec->pooled)
         json_object_set_new(cfg, "pooled", json_true());

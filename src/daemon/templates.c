@@ -119,6 +119,10 @@ sbx_templates_resolve(struct sbx_store *store, const char *name, struct sbx_temp
     json_error_t jerr;
     json_t *ctx = json_loads(br.context_json, 0, &jerr);
     out->code_interpreter = json_is_true(json_object_get(ctx, "codeInterpreter"));
+    const char *user = json_string_value(json_object_get(ctx, "user"));
+    const char *workdir = json_string_value(json_object_get(ctx, "workdir"));
+    snprintf(out->user, sizeof(out->user), "%s", user ? user : "");
+    snprintf(out->workdir, sizeof(out->workdir), "%s", workdir ? workdir : "");
     json_t *start = json_object_get(ctx, "start");
     out->start = json_is_object(start) ? json_incref(start) : NULL;
     json_decref(ctx);

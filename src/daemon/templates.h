@@ -39,6 +39,8 @@ struct sbx_template_ref {
     int cpu_count, memory_mb; /* 0: the daemon's defaults */
     json_t *start;            /* its start and ready commands {cmd, ready, user, cwd, env}, or
                                * NULL (owned) */
+    char user[SBX_TEMPLATE_NAME_MAX + 1]; /* its default user and workdir (last USER and */
+    char workdir[4096];                   /* WORKDIR steps), "" for the defaults */
 };
 void sbx_template_ref_fini(struct sbx_template_ref *r);
 #define _cleanup_template_ref_ __attribute__((cleanup(sbx_template_ref_fini)))

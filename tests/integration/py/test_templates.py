@@ -59,6 +59,9 @@ def test_every_step_type_and_a_sandbox_of_it(sbx_daemon, ctx):
     s = Sandbox.create(name, timeout=60)
     try:
         assert s.get_info().template_id == info.template_id
+        # The last USER and WORKDIR are the sandbox's default user and directory.
+        assert s.commands.run("whoami; pwd").stdout == "root\n/app\n"
+        assert s.commands.run("whoami", user="user").stdout == "user\n"
         out = s.commands.run(
             "cat /home/user/folder/test.txt; readlink /home/user/folder/rel /home/user/folder/abs"
             " /home/user/folder/dangling; stat -c '%U %a' /home/user/folder/test.txt"
