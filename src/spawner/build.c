@@ -1,0 +1,467 @@
+/* The spawner's build steps (BUILD_STEP: a sandbox that runs one step of a template build,
+ * its output relayed as STEP_LOG, its writable layer committed on success) and its layer GC
+ * (LAYERS_GC). The slow parts, a commit and a GC, run in child processes ("jobs"), so that no
+ * request waits for them. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "base/cleanup.h"
+#include "base/log.h"
+#include "spawner/internal.h"
+#include "spawner/templates.h"
+
+/* What a job (a child doing slow work for us) reports. */
+struct job_result {
+    int32_t code, sys_errno;
+    int32_t value; /* the job's answer: a commit's "empty", a GC's count */
+    char message[SBX_SPAWNER_TEXT_MAX];
+};
+typedef int (*job_fn)(void *ud, int32_t *value, struct sbx_error **err);
+
+/* Marks a build step's dir: a spawner that finds it at start destroys it. */
+int
+mark_step(const struct sb *s, struct sbx_error **err)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/" SB_STEP, s->dir);
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "mark the build step %s", s->id);
+    return 0;
+}
+
+/* ---- build steps ---- */
+
+static void
+step_reply(struct sb *s)
+{
+    struct step *st = s->step;
+    if (st->replied)
+        return;
+    st->replied = true;
+    st->reply.seq = st->seq;
+    sbx_spawner_send(&st->reply);
+}
+
+static void
+step_fail(struct sb *s, enum sbx_code code, int e, const char *fmt, const char *arg)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    sbx_error_set(&err, code, e, fmt, arg);
+    struct sbx_spawner_msg req = {.seq = s->step->seq};
+    sbx_spawner_reply_init(&s->step->reply, &req, err);
+}
+
+/* The step's sandbox is gone (destroyed after its exit, or after its commit). */
+static void
+step_destroyed(struct sb *s)
+{
+    struct sbx_sandbox_ref ref = sbx_spawner_ref_of(s);
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (sbx_sandbox_destroy(&ref, &err) < 0)
+        sbx_log_warn("build_step", "sandbox=%s error=\"destroy: %s\"", s->id, err->msg);
+    step_reply(s);
+    sbx_spawner_sb_drop(s);
+}
+
+/* Forks a child that runs work(ud) and writes its job_result to the pipe whose read end it
+ * returns (*pid: the child): slow work (a walk of a large tree) must not hold up the
+ * requests of other sandboxes. The child never returns into the loop. */
+static int
+job_fork(job_fn work, void *ud, pid_t *pid, struct sbx_error **err)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return sbx_error_sys(err, errno, "pipe");
+    *pid = fork();
+    if (*pid == 0) {
+        close(p[0]);
+        struct job_result r = {.code = SBX_OK};
+        struct sbx_error *e = NULL;
+        if (work(ud, &r.value, &e) < 0) {
+            r.code = e->code;
+            r.sys_errno = e->sys_errno;
+            snprintf(r.message, sizeof(r.message), "%s", e->msg);
+        }
+        _exit(write(p[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
+    }
+    close(p[1]);
+    if (*pid < 0) {
+        close(p[0]);
+        return sbx_error_sys(err, errno, "fork");
+    }
+    return p[0];
+}
+
+/* Reads a job's result and reaps it; a job that died without one is an internal error. */
+static void
+job_finish(int fd, pid_t pid, struct job_result *r)
+{
+    ssize_t n = read(fd, r, sizeof(*r));
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    r->message[sizeof(r->message) - 1] = '\0';
+    if (n != (ssize_t)sizeof(*r)) {
+        *r = (struct job_result){.code = SBX_INTERNAL};
+        snprintf(r->message, sizeof(r->message), "the process doing the work died");
+    }
+}
+
+static void
+on_commit_result(uv_poll_t *h, int status, int events)
+{
+    struct sb *s = h->data;
+    struct step *st = s->step;
+    uv_poll_stop(&st->commit_poll);
+    struct job_result r;
+    job_finish(st->commit_fd, st->commit_pid, &r);
+    st->commit_pid = 0;
+    if (r.code != SBX_OK)
+        step_fail(s, (enum sbx_code)r.code, r.sys_errno, "commit: %s", r.message);
+    else
+        st->reply.layer_empty = r.value ? 1 : 0;
+    step_destroyed(s);
+}
+
+static int
+commit_work(void *ud, int32_t *value, struct sbx_error **err)
+{
+    struct sb *s = ud;
+    bool empty = false;
+    struct sbx_sandbox_ref ref = sbx_spawner_ref_of(s);
+    int rc = sbx_sandbox_commit(&ref, sbx_sp.cfg->state_dir, s->step->key, s->step->uid_base,
+                                &empty, err);
+    *value = empty;
+    return rc;
+}
+
+/* Commits the step's writable layer in a job. */
+static void
+step_commit(struct sb *s)
+{
+    struct step *st = s->step;
+    _cleanup_error_ struct sbx_error *err = NULL;
+    int fd = job_fork(commit_work, s, &st->commit_pid, &err);
+    if (fd < 0) {
+        step_fail(s, SBX_INTERNAL, err->sys_errno, "commit: %s", err->msg);
+        step_destroyed(s);
+        return;
+    }
+    st->commit_fd = fd;
+    uv_poll_init(sbx_sp.loop, &st->commit_poll, fd);
+    sbx_spawner_sb_handle_init(s, (uv_handle_t *)&st->commit_poll);
+    uv_poll_start(&st->commit_poll, UV_READABLE, on_commit_result);
+}
+
+/* Both the agent's exit and the end of its output are needed: the last output may still be
+ * in the pipe when the exit is seen. */
+void
+sbx_spawner_step_maybe_done(struct sb *s)
+{
+    struct step *st = s->step;
+    if (!st->exited || !st->out_done)
+        return;
+    uv_timer_stop(&st->timer);
+    int code = WIFEXITED(st->wstatus) ? WEXITSTATUS(st->wstatus) : 128 + WTERMSIG(st->wstatus);
+    struct sbx_spawner_msg req = {.seq = st->seq};
+    sbx_spawner_reply_init(&st->reply, &req, NULL);
+    st->reply.exit_status = (uint64_t)code;
+    if (st->timed_out) {
+        step_fail(s, SBX_DEADLINE_EXCEEDED, 0, "the step did not end within its timeout%s", "");
+        step_destroyed(s);
+    } else if (code == 0) {
+        step_commit(s);
+    } else {
+        step_destroyed(s);
+    }
+}
+
+static void
+on_step_output(uv_poll_t *h, int status, int events)
+{
+    struct sb *s = h->data;
+    struct step *st = s->step;
+    struct sbx_spawner_msg log = {.op = SBX_SPAWNER_STEP_LOG, .seq = st->seq};
+    ssize_t n = read(st->out_fd, log.message, SBX_SPAWNER_TEXT_MAX);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        uv_poll_stop(&st->out_poll);
+        st->out_done = true;
+        sbx_spawner_step_maybe_done(s);
+        return;
+    }
+    /* The message is text: what the step printed, NUL bytes made visible. */
+    for (ssize_t i = 0; i < n; i++)
+        if (log.message[i] == '\0')
+            log.message[i] = '?';
+    log.message[n] = '\0';
+    sbx_spawner_send(&log);
+}
+
+static void
+on_step_timeout(uv_timer_t *t)
+{
+    struct sb *s = t->data;
+    s->step->timed_out = true;
+    struct sbx_sandbox_ref ref = sbx_spawner_ref_of(s);
+    int pidfd = sbx_sandbox_kill(&ref); /* its exit comes as SIGCHLD */
+    if (pidfd >= 0)
+        close(pidfd);
+}
+
+/* A COPY's archive as the step's stdin: a regular file, reopened read-only, so the sandbox
+ * gets no write access the front end's fd may have had. */
+static int
+reopen_archive(int fd, struct sbx_error **err)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "the archive is not a regular file");
+    char p[64];
+    snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+    int r = open(p, O_RDONLY | O_CLOEXEC);
+    if (r < 0)
+        return sbx_error_sys(err, errno, "reopen the archive");
+    return r;
+}
+
+void
+sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archive_fd)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    char *layers[SBX_LAYERS_MAX];
+    size_t n_layers = 0;
+    int ok = sbx_spawner_layer_paths(m, layers, &n_layers, &err);
+    if (ok == 0 && sbx_layer_exists(sbx_sp.cfg->state_dir, m->layer_key))
+        ok = sbx_error_set(&err, SBX_ALREADY_EXISTS, 0, "layer %s exists", m->layer_key);
+    if (ok == 0)
+        ok = sbx_spawner_spawn_allowed(m, config_fd, &err);
+    if (ok < 0) {
+        sbx_spawner_free_paths(layers, n_layers);
+        sbx_spawner_reply_error(m->seq, err);
+        return;
+    }
+    struct sb *s = sbx_spawner_sb_new(m->id);
+    s->slot = (int)m->uid_slot;
+    s->seq = m->seq;
+    s->phase = SB_SPAWNING;
+    struct step *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        abort();
+    s->step = st;
+    st->seq = m->seq;
+    st->out_fd = st->commit_fd = -1;
+    st->uid_base = sbx_sp.cfg->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT;
+    snprintf(st->key, sizeof(st->key), "%s", m->layer_key);
+    int out[2] = {-1, -1};
+    _cleanup_close_ int in = archive_fd >= 0 ? reopen_archive(archive_fd, &err) : -1;
+    _cleanup_close_ int conf = (archive_fd >= 0 && in < 0) ||
+                                       sbx_spawner_record_layers(s, m->layers, &err) < 0 ||
+                                       mark_step(s, &err) < 0
+                                   ? -1
+                                   : sbx_spawner_copy_config(config_fd, &err);
+    if (conf < 0 || pipe2(out, O_CLOEXEC) < 0) {
+        if (conf >= 0)
+            sbx_error_sys(&err, errno, "pipe");
+        sbx_spawner_free_paths(layers, n_layers);
+        sbx_spawner_reply_error(m->seq, err);
+        struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
+        _cleanup_error_ struct sbx_error *ignored = NULL;
+        sbx_sandbox_destroy(&ref, &ignored);
+        sbx_spawner_sb_drop(s);
+        return;
+    }
+    st->out_fd = out[0];
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    char *const argv[] = {"sbx", "agent", "--step", NULL};
+    char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                          "LANG=C.UTF-8", NULL};
+    /* No disk image: the step's writable layer is a dir of the state dir, which becomes the
+     * new layer when it succeeds (sbx_sandbox_commit). */
+    struct sbx_sandbox_plan plan = {
+        .id = s->id,
+        .sandbox_dir = s->dir,
+        .layers = (const char *const *)layers,
+        .n_layers = n_layers,
+        .disks_dir = sbx_sp.disks_dir,
+        .host_uid_base = st->uid_base,
+        .limits = {.memory_bytes = m->memory_bytes,
+                   .pids_max = (uint32_t)m->pids_max,
+                   .cpu_millis = (uint32_t)m->cpu_millis},
+        .hostname = "e2b.local",
+        .relaxed = sbx_sp.cfg->relaxed,
+        .agent_listen_fd = out[1],
+        .agent_config_fd = conf,
+        .agent_stdin_fd = in,
+        .exe_fd = sbx_sp.exe_fd,
+        .argv = argv,
+        .envp = envp,
+    };
+    int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
+    close(out[1]);
+    sbx_spawner_free_paths(layers, n_layers);
+    if (rc < 0) {
+        sbx_log_warn("build_step", "sandbox=%s error=\"%s\"", s->id, err->msg);
+        sbx_spawner_reply_error(m->seq, err);
+        sbx_spawner_sb_drop(s);
+        return;
+    }
+    sbx_spawner_watch_spawn(s);
+    uv_poll_init(sbx_sp.loop, &st->out_poll, st->out_fd);
+    sbx_spawner_sb_handle_init(s, (uv_handle_t *)&st->out_poll);
+    uv_poll_start(&st->out_poll, UV_READABLE, on_step_output);
+    uv_timer_init(sbx_sp.loop, &st->timer);
+    sbx_spawner_sb_handle_init(s, (uv_handle_t *)&st->timer);
+    uv_timer_start(&st->timer, on_step_timeout, m->timeout_ms, 0);
+}
+
+/* ---- layer GC ---- */
+
+struct keys {
+    char **v;
+    size_t n, cap;
+};
+
+static void
+keys_add(struct keys *k, const char *key, size_t len)
+{
+    if (k->n == k->cap &&
+        (k->v = reallocarray(k->v, k->cap = k->cap * 2 + 16, sizeof(*k->v))) == NULL)
+        abort();
+    if ((k->v[k->n++] = strndup(key, len)) == NULL)
+        abort();
+}
+
+/* Adds every whole key of buf (keys one after the other, as in messages and SB_LAYERS). */
+static void
+keys_add_all(struct keys *k, const char *buf, size_t len)
+{
+    for (size_t i = 0; i + SBX_LAYER_KEY_LEN <= len; i += SBX_LAYER_KEY_LEN)
+        keys_add(k, buf + i, SBX_LAYER_KEY_LEN);
+}
+
+struct gc {
+    uint32_t seq;
+    struct keys keep;
+    pid_t pid;
+    int fd;
+    uv_poll_t poll;
+};
+
+static int
+gc_work(void *ud, int32_t *value, struct sbx_error **err)
+{
+    struct gc *g = ud;
+    int n = sbx_layers_gc(sbx_sp.cfg->state_dir, (const char *const *)g->keep.v, g->keep.n, err);
+    *value = n;
+    return n < 0 ? -1 : 0;
+}
+
+static void
+gc_free(uv_handle_t *h)
+{
+    struct gc *g = h->data;
+    close(g->fd);
+    sbx_spawner_free_paths(g->keep.v, g->keep.n);
+    free(g->keep.v);
+    free(g);
+}
+
+static void
+on_gc_done(uv_poll_t *h, int status, int events)
+{
+    struct gc *g = h->data;
+    uv_poll_stop(h);
+    struct job_result r;
+    job_finish(g->fd, g->pid, &r);
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (r.code != SBX_OK)
+        sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "layer GC: %s", r.message);
+    else if (r.value > 0)
+        sbx_log_info("layer_gc", "removed=%d", r.value);
+    struct sbx_spawner_msg req = {.seq = g->seq}, rep;
+    sbx_spawner_reply_init(&rep, &req, err);
+    rep.layers_removed = r.code == SBX_OK ? (uint64_t)r.value : 0;
+    sbx_spawner_send(&rep);
+    uv_close((uv_handle_t *)h, gc_free);
+}
+
+/* Removes the layers of the store that are neither in the front end's list (fd: keys one
+ * after the other), nor a built-in template's, nor used by a sandbox of ours: whatever the
+ * front end says, no layer a sandbox runs on goes. */
+void
+sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd)
+{
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > CONFIG_MAX_BYTES ||
+        st.st_size % SBX_LAYER_KEY_LEN != 0) {
+        sbx_spawner_reply_fail(m->seq, SBX_INVALID_ARGUMENT, "layer GC: %s",
+                               "the list of keys is not a file");
+        return;
+    }
+    struct gc *g = calloc(1, sizeof(*g));
+    _cleanup_free_ char *buf = malloc((size_t)st.st_size + 1);
+    if (g == NULL || buf == NULL)
+        abort();
+    g->seq = m->seq;
+    ssize_t n = pread(fd, buf, (size_t)st.st_size, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    if (n != st.st_size || strspn(buf, "0123456789abcdef") != (size_t)n) {
+        free(g);
+        sbx_spawner_reply_fail(m->seq, SBX_INVALID_ARGUMENT, "layer GC: %s", "bad layer keys");
+        return;
+    }
+    keys_add_all(&g->keep, buf, (size_t)n);
+    size_t nb;
+    const char *const *builtin = sbx_builtin_layers(&nb);
+    for (size_t i = 0; i < nb; i++)
+        keys_add(&g->keep, builtin[i], SBX_LAYER_KEY_LEN);
+    for (struct sb *s = sbx_sp.sbs; s; s = s->next) {
+        char path[4096], keys[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN];
+        snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
+        _cleanup_close_ int lfd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        ssize_t len = lfd < 0 ? -1 : read(lfd, keys, sizeof(keys));
+        if (len > 0)
+            keys_add_all(&g->keep, keys, (size_t)len);
+    }
+    _cleanup_error_ struct sbx_error *err = NULL;
+    g->fd = job_fork(gc_work, g, &g->pid, &err);
+    if (g->fd < 0) {
+        sbx_spawner_reply_error(m->seq, err);
+        sbx_spawner_free_paths(g->keep.v, g->keep.n);
+        free(g->keep.v);
+        free(g);
+        return;
+    }
+    uv_poll_init(sbx_sp.loop, &g->poll, g->fd);
+    g->poll.data = g;
+    uv_poll_start(&g->poll, UV_READABLE, on_gc_done);
+}
+
+void
+sbx_spawner_step_close(struct sb *s)
+{
+    sbx_spawner_sb_handle_close(s, (uv_handle_t *)&s->step->out_poll);
+    sbx_spawner_sb_handle_close(s, (uv_handle_t *)&s->step->timer);
+    sbx_spawner_sb_handle_close(s, (uv_handle_t *)&s->step->commit_poll);
+}
+
+void
+sbx_spawner_step_free(struct step *st)
+{
+    if (st == NULL)
+        return;
+    if (st->out_fd >= 0)
+        close(st->out_fd);
+    if (st->commit_fd >= 0)
+        close(st->commit_fd);
+    free(st);
+}
