@@ -611,7 +611,7 @@ on_sigchld(uv_signal_t *h, int signum)
 /* ---- start ---- */
 
 /* Brings the built-in templates' layers into our store (the first start of a state dir
- * takes a few seconds: hard links of the cache's files). */
+ * takes a few seconds: hard links of the cache's files). A layer the cache lacks is logged. */
 static int
 import_builtin_layers(struct sbx_error **err)
 {
@@ -622,8 +622,18 @@ import_builtin_layers(struct sbx_error **err)
     for (size_t i = 0; i < n; i++) {
         uint64_t t0 = uv_hrtime();
         bool had = sbx_layer_exists(sbx_sp.cfg->state_dir, keys[i]);
-        if (sbx_layer_import(sbx_sp.cfg->state_dir, sbx_sp.cfg->layer_cache, keys[i], err) < 0)
-            return -1;
+        struct sbx_error *e = NULL;
+        if (sbx_layer_import(sbx_sp.cfg->state_dir, sbx_sp.cfg->layer_cache, keys[i], &e) < 0) {
+            /* A layer the cache lacks leaves its templates unusable (their creates fail with
+             * its key), not the others: log it and go on. */
+            if (e->code != SBX_NOT_FOUND) {
+                *err = e;
+                return -1;
+            }
+            sbx_log_warn("layer_import", "error=\"%s\"", e->msg);
+            sbx_error_free(e);
+            continue;
+        }
         if (!had)
             sbx_log_info("layer_import", "layer=%s ms=%llu", keys[i],
                          (unsigned long long)((uv_hrtime() - t0) / 1000000));
