@@ -33,13 +33,14 @@
 #define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
 /* Template builds: at most SBX_MAX_BUILDS at once (--max-builds), each step killed after
- * SBX_BUILD_STEP_TIMEOUT_S; their build sandboxes take the top uid slots. */
-#define SBX_MAX_BUILDS           8
-#define SBX_DEFAULT_MAX_BUILDS   2
-#define SBX_BUILD_STEP_TIMEOUT_S 1800
-#define SBX_UPLOAD_MAX_BYTES     (4ULL << 30) /* one COPY archive, uncompressed content */
-#define SBX_UPLOAD_MAX_ENTRIES   500000
-#define SBX_UPLOAD_URL_TTL_S     1800
+ * SBX_DEFAULT_BUILD_STEP_TIMEOUT_S (--build-step-timeout); their build sandboxes take the top
+ * uid slots. */
+#define SBX_MAX_BUILDS                   8
+#define SBX_DEFAULT_MAX_BUILDS           2
+#define SBX_DEFAULT_BUILD_STEP_TIMEOUT_S 1800
+#define SBX_UPLOAD_MAX_BYTES             (4ULL << 30) /* one COPY archive, uncompressed content */
+#define SBX_UPLOAD_MAX_ENTRIES           500000
+#define SBX_UPLOAD_URL_TTL_S             1800
 /* Where scripts/templates.sh builds the built-in templates' layers (--layer-cache). */
 #define SBX_DEFAULT_LAYER_CACHE "/var/cache/sbx/layers"
 /* Warm pools (--pool, --pool-memory-mb). */

@@ -409,7 +409,7 @@ on_step_done(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
     if (err) {
         if (err->code == SBX_DEADLINE_EXCEEDED)
             asprintf(&msg, "failed to run command '%s': the step did not end within %d s", b->cmd,
-                     SBX_BUILD_STEP_TIMEOUT_S);
+                     sbx_daemon->cfg.build_step_timeout_s);
         else
             asprintf(&msg, "failed to run command '%s': %s", b->cmd, err->msg);
     } else if (reply->exit_status != 0) {
@@ -461,7 +461,7 @@ run_step(struct build *b, const char *what, const char *cmd, const char *user, c
         .memory_bytes = (uint64_t)b->rec.memory_mb << 20,
         .pids_max = (uint64_t)sbx_daemon->cfg.pids_max,
         .cpu_millis = (uint64_t)b->rec.cpu_count * 1000,
-        .timeout_ms = (uint64_t)SBX_BUILD_STEP_TIMEOUT_S * 1000,
+        .timeout_ms = (uint64_t)sbx_daemon->cfg.build_step_timeout_s * 1000,
     };
     req.id[0] = 'b';
     sbx_random_id(req.id + 1, 19);

@@ -60,12 +60,14 @@ usage(FILE *f)
             "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
             "  --max-builds N       template builds running at once, at most %d (%d;\n"
             "                       SBX_MAX_BUILDS)\n"
+            "  --build-step-timeout S  seconds a template build step may run (%d;\n"
+            "                       SBX_BUILD_STEP_TIMEOUT)\n"
             "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
             SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_LAYER_CACHE,
             SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX, SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB,
             SBX_DEFAULT_DISK_MB, SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S,
             SBX_ANON_IDLE_TIMEOUT_S, SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB, SBX_MAX_BUILDS,
-            SBX_DEFAULT_MAX_BUILDS);
+            SBX_DEFAULT_MAX_BUILDS, SBX_DEFAULT_BUILD_STEP_TIMEOUT_S);
 }
 
 static int
@@ -179,6 +181,11 @@ apply_option(struct sbx_daemon_config *c, int opt, const char *v)
         return parse_positive(v, &c->pool_memory_mb);
     case 'B':
         return parse_positive(v, &c->max_builds) < 0 || c->max_builds > SBX_MAX_BUILDS ? -1 : 0;
+    case 'T':
+        /* The spawner takes 1 s to 24 h. */
+        return parse_positive(v, &c->build_step_timeout_s) < 0 || c->build_step_timeout_s > 86400
+                   ? -1
+                   : 0;
     }
     return -1;
 }
@@ -201,6 +208,7 @@ static const struct option long_opts[] = {
     {"pool", required_argument, NULL, 'O'},
     {"pool-memory-mb", required_argument, NULL, 'M'},
     {"max-builds", required_argument, NULL, 'B'},
+    {"build-step-timeout", required_argument, NULL, 'T'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -217,7 +225,7 @@ static const struct {
     {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
     {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
     {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_LAYER_CACHE", 'K'},
-    {"SBX_MAX_BUILDS", 'B'},
+    {"SBX_MAX_BUILDS", 'B'},     {"SBX_BUILD_STEP_TIMEOUT", 'T'},
 };
 
 static int
@@ -229,6 +237,7 @@ parse_config(int argc, char **argv, struct sbx_daemon_config *c)
     c->pools = strdup(SBX_DEFAULT_POOLS);
     c->pool_memory_mb = SBX_DEFAULT_POOL_MEMORY_MB;
     c->max_builds = SBX_DEFAULT_MAX_BUILDS;
+    c->build_step_timeout_s = SBX_DEFAULT_BUILD_STEP_TIMEOUT_S;
     c->memory_mb = SBX_DEFAULT_MEMORY_MB;
     c->pids_max = SBX_DEFAULT_PIDS_MAX;
     c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;

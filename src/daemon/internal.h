@@ -41,12 +41,13 @@ struct sbx_daemon_config {
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
-    bool relaxed;       /* --sandbox-profile relaxed */
-    char *user;         /* the front end's user (created if missing) */
-    char *pools;        /* --pool NAME=N[,NAME=N...] */
-    int pool_memory_mb; /* --pool-memory-mb */
-    int max_conns;      /* client connections; 0 until derived from the open-file limit */
-    int max_builds;     /* --max-builds: template builds running at once */
+    bool relaxed;             /* --sandbox-profile relaxed */
+    char *user;               /* the front end's user (created if missing) */
+    char *pools;              /* --pool NAME=N[,NAME=N...] */
+    int pool_memory_mb;       /* --pool-memory-mb */
+    int max_conns;            /* client connections; 0 until derived from the open-file limit */
+    int max_builds;           /* --max-builds: template builds running at once */
+    int build_step_timeout_s; /* --build-step-timeout */
 };
 
 /* A running sandbox. rec is the stored record, kept in sync with the store. */

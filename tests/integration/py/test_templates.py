@@ -302,3 +302,34 @@ def test_templates_and_their_layers_survive_restarts_and_go_with_delete(sbx_daem
                 time.sleep(0.1)
             assert not built & set(os.listdir(layers))
             assert before <= set(os.listdir(layers))
+
+
+def test_a_step_that_never_ends_is_killed_at_the_step_timeout(sbx_daemon, tmp_path):
+    from conftest import own_daemon
+    with own_daemon(sbx_daemon, tmp_path,
+                    "--pool base=0 --pool code-interpreter-v1=0 --build-step-timeout 3") as d:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {"E2B_API_URL": d.url, "E2B_SANDBOX_URL": d.url,
+                         "E2B_API_KEY": d.api_key}.items():
+                mp.setenv(k, v)
+            start = time.monotonic()
+            with pytest.raises(BuildException) as e:
+                _build(Template().from_base_image().run_cmd("sleep 1000"), _name())
+            assert "failed to run command 'sleep 1000': the step did not end within 3 s" in \
+                str(e.value)
+            assert time.monotonic() - start < 30
+            # Nothing of it is left running: its build sandbox is gone.
+            assert not os.listdir(os.path.join(d.state_dir, "sandboxes"))
+
+
+def test_build_steps_reach_no_host_path_nor_other_layers(sbx_daemon):
+    state = sbx_daemon.state_dir
+    # (The quotes keep the markers out of the logged command line.)
+    probe = ("for p in /work /var/cache/sbx /var/lib/sbx " + state + " " + state + "/layers; do "
+             "test -e $p && echo vis''ible:$p; done; "
+             "sudo mount -t tmpfs x /mnt 2>/dev/null && echo mou''nted; "
+             "echo probe-done")
+    logs = []
+    _build(Template().from_base_image().run_cmd(probe, user="root"), _name(), logs)
+    text = "\n".join(str(e) for e in logs)
+    assert "probe-done" in text and "visible:" not in text and "mounted" not in text, text
