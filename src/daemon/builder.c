@@ -24,6 +24,7 @@
 #include "base/util.h"
 #include "daemon/internal.h"
 #include "jupyter/msg.h"
+#include "spawner/layer_keys.h"
 #include "spawner/templates.h"
 
 #define LINE_MAX_BYTES 8192 /* a longer line of output is logged in pieces */
@@ -629,34 +630,31 @@ next_step(struct build *b)
 
 /* ---- the base ---- */
 
-/* The layers and context a build starts from; -1 with the base step's error. */
-static int
-start_from(struct build *b, struct sbx_error **err)
+/* The stack a build starts from: layers (keys, top first), and the key of the base. */
+static void
+set_base(struct build *b, const char *layers)
 {
-    const char *name = b->def.from_template;
-    if (b->def.from_image) {
-        if (b->def.has_registry || strcmp(b->def.from_image, SBX_TEMPLATE_BASE_IMAGE) != 0)
-            return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
-                                 "failed to pull image %s: this server pulls no images (it "
-                                 "reaches no container registry); build from '%s' "
-                                 "(fromBaseImage) or fromTemplate",
-                                 b->def.from_image, SBX_TEMPLATE_BASE_IMAGE);
-        name = "base";
-    }
+    size_t n = strlen(layers) / SBX_LAYER_KEY_LEN;
+    for (size_t i = n; i > 0; i--)
+        snprintf(b->stack[b->n_stack++], SBX_LAYER_KEY_LEN + 1, "%.64s",
+                 layers + (i - 1) * SBX_LAYER_KEY_LEN);
+    struct sbx_buf in = {0};
+    sbx_buf_printf(&in, "sbx-base-1\n%s", layers);
+    sha_hex(&in, b->chain);
+    sbx_buf_fini(&in);
+    b->user = strdup("user");
+    b->env = json_object();
+}
+
+/* The layers and context a build of a template starts from; -1 with the base step's error. */
+static int
+start_from(struct build *b, const char *name, struct sbx_error **err)
+{
     _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     if (sbx_templates_resolve(sbx_daemon->store, name, &ref, err) < 0)
         return -1;
-    size_t n = strlen(ref.layers) / SBX_LAYER_KEY_LEN;
-    for (size_t i = n; i > 0; i--)
-        snprintf(b->stack[b->n_stack++], SBX_LAYER_KEY_LEN + 1, "%.64s",
-                 ref.layers + (i - 1) * SBX_LAYER_KEY_LEN);
-    struct sbx_buf in = {0};
-    sbx_buf_printf(&in, "sbx-base-1\n%s", ref.layers);
-    sha_hex(&in, b->chain);
-    sbx_buf_fini(&in);
+    set_base(b, ref.layers);
     b->code_interpreter = ref.code_interpreter;
-    b->user = strdup("user");
-    b->env = json_object();
     if (ref.build_id[0]) {
         /* A template of ours: its context goes on (user, workdir, env). */
         struct sbx_build_rec parent;
@@ -682,20 +680,85 @@ start_from(struct build *b, struct sbx_error **err)
     return 0;
 }
 
-/* The base is resolved after the answer (a template that does not resolve fails the build,
- * not the request: §2.5), from the loop's next turn. */
+/* "debian:<suite>" (fromDebianImage) for a suite the agent runs on: Debian 12 or later. */
+static const char *
+debian_suite(const char *image)
+{
+    static const char *const suites[] = {"bookworm", "oldstable", "trixie", "stable",
+                                         "forky",    "testing",   "sid",    "unstable"};
+    if (strncmp(image, "debian:", 7) != 0)
+        return NULL;
+    for (size_t i = 0; i < sizeof(suites) / sizeof(suites[0]); i++)
+        if (strcmp(image + 7, suites[i]) == 0)
+            return suites[i];
+    return NULL;
+}
+
+static void
+on_debian_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    struct build *b = ud;
+    _cleanup_error_ struct sbx_error *e = NULL;
+    if (err == NULL && sbx_store_layer_add(sbx_daemon->store, b->step_key, false, &e) < 0)
+        err = e;
+    if (err) {
+        _cleanup_free_ char *msg = NULL;
+        if (asprintf(&msg, "failed to pull image %s: %s", b->def.from_image, err->msg) < 0)
+            abort();
+        build_end(b, "base", msg);
+        return;
+    }
+    set_base(b, b->step_key);
+    log_entry(b, "info", "base", "Debian root made");
+    next_step(b);
+}
+
 static void
 on_begin(uv_timer_t *t)
 {
     struct build *b = t->data;
     uv_close((uv_handle_t *)t, (uv_close_cb)free);
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (start_from(b, &err) < 0) {
+    const char *image = b->def.from_image;
+    const char *suite = image ? debian_suite(image) : NULL;
+    if (suite && !b->def.has_registry) {
+        /* A Debian root by the base template's recipe, made once per suite. */
+        struct sbx_buf in = {0};
+        sbx_buf_printf(&in, "sbx-debian-1\n%s\n%s", suite, SBX_LAYER_KEY_BASE);
+        sha_hex(&in, b->step_key);
+        sbx_buf_fini(&in);
+        bool empty;
+        if (sbx_store_layer_get(sbx_daemon->store, b->step_key, &empty, &err) == 0) {
+            set_base(b, b->step_key);
+            log_entry(b, "info", "base", "CACHED FROM debian");
+            next_step(b);
+            return;
+        }
+        log_entry(b, "info", "base",
+                  "FROM debian: making a Debian root with mmdebstrap (a few minutes)");
+        struct sbx_spawner_msg req = {.op = SBX_SPAWNER_DEBIAN_LAYER};
+        snprintf(req.layer_key, sizeof(req.layer_key), "%s", b->step_key);
+        snprintf(req.suite, sizeof(req.suite), "%s", suite);
+        sbx_spawner_call(&req, -1, on_debian_layer, b);
+        return;
+    }
+    if (image && (b->def.has_registry || strcmp(image, SBX_TEMPLATE_BASE_IMAGE) != 0)) {
+        /* Nothing else can be pulled: no container registry is reachable from here. */
+        _cleanup_free_ char *msg = NULL;
+        if (asprintf(&msg,
+                     "failed to pull image %s: this server pulls no images (it reaches no "
+                     "container registry); build from '%s' (fromBaseImage), debian:<suite> "
+                     "(fromDebianImage, Debian 12 or later) or fromTemplate",
+                     image, SBX_TEMPLATE_BASE_IMAGE) < 0)
+            abort();
+        build_end(b, "base", msg);
+        return;
+    }
+    if (start_from(b, image ? "base" : b->def.from_template, &err) < 0) {
         build_end(b, "base", err->msg);
         return;
     }
-    log_entry(b, "info", "base",
-              b->def.from_template ? "FROM template" : "FROM " SBX_TEMPLATE_BASE_IMAGE);
+    log_entry(b, "info", "base", image ? "FROM " SBX_TEMPLATE_BASE_IMAGE : "FROM template");
     next_step(b);
 }
 

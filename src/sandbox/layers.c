@@ -52,6 +52,10 @@ static int
 remove_entry(int dir, const char *name, struct sbx_error **err)
 {
     _cleanup_close_ int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && (errno == ENOTDIR || errno == ELOOP)) /* a file of an unfinished layer */
+        return unlinkat(dir, name, 0) < 0 && errno != ENOENT
+                   ? sbx_error_sys(err, errno, "remove %s", name)
+                   : 0;
     if (fd < 0)
         return errno == ENOENT ? 0 : sbx_error_sys(err, errno, "open layer %s", name);
     if (sbx_fs_clear_dir(fd, err) < 0)
@@ -128,6 +132,16 @@ run_cp(char *const argv[], struct sbx_error **err)
         return sbx_error_set(err, SBX_INTERNAL, 0, "cp exited with status %d",
                              WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
     return 0;
+}
+
+int
+sbx_layer_drop_unfinished(const char *state_dir, const char *key, struct sbx_error **err)
+{
+    char p[4096];
+    if (!sbx_layer_key_is_valid(key) ||
+        sbx_pathf(p, sizeof(p), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    return remove_entry(AT_FDCWD, p, err);
 }
 
 int

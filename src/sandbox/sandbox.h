@@ -102,6 +102,8 @@ int sbx_layer_import(const char *state_dir, const char *cache_dir, const char *k
  * step wrote): the spawner runs it in a child. */
 int sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
                        uid_t uid_base, bool *empty, struct sbx_error **err);
+/* Removes what an unfinished making of layer key left (.new-<key>). */
+int sbx_layer_drop_unfinished(const char *state_dir, const char *key, struct sbx_error **err);
 /* Removes every layer of the store that is not in keep (n keys); returns how many. */
 int sbx_layers_gc(const char *state_dir, const char *const *keep, size_t n, struct sbx_error **err);
 

@@ -1,7 +1,7 @@
 /* The spawner's build steps (BUILD_STEP: a sandbox that runs one step of a template build,
- * its output relayed as STEP_LOG, its writable layer committed on success) and its layer GC
- * (LAYERS_GC). The slow parts, a commit and a GC, run in child processes ("jobs"), so that no
- * request waits for them. */
+ * its output relayed as STEP_LOG, its writable layer committed on success), its layer GC
+ * (LAYERS_GC) and its Debian roots (DEBIAN_LAYER). The slow parts, a commit, a GC, a Debian root,
+ * run in child processes ("jobs"), so that no request waits for them. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,6 +15,7 @@
 #include "base/cleanup.h"
 #include "base/log.h"
 #include "spawner/internal.h"
+#include "spawner/layer_keys.h"
 #include "spawner/templates.h"
 
 /* What a job (a child doing slow work for us) reports. */
@@ -464,4 +465,189 @@ sbx_spawner_step_free(struct step *st)
     if (st->commit_fd >= 0)
         close(st->commit_fd);
     free(st);
+}
+
+/* ---- Debian roots (fromDebianImage) ---- */
+
+#define MMDEBSTRAP     "/usr/bin/mmdebstrap"
+#define DEBIAN_MIRROR  "http://deb.debian.org/debian"
+#define DEBIAN_LOG_MAX 600 /* of mmdebstrap's output, in an error */
+
+struct debian {
+    uint32_t seq;
+    char key[SBX_LAYER_KEY_LEN + 1];
+    char suite[SBX_SPAWNER_SUITE_MAX + 1];
+    pid_t pid;
+    int fd;
+    uv_poll_t poll;
+    struct debian *next;
+};
+
+static struct debian *debians; /* being made */
+
+/* The base's package list for suite: Debian 12 names its libraries without the "t64" of
+ * the 64-bit time_t transition (Debian 13 on). */
+static char *
+debian_packages(const char *suite)
+{
+    char *p = strdup(SBX_BASE_PACKAGES);
+    if (p == NULL)
+        abort();
+    if (strcmp(suite, "bookworm") != 0)
+        return p;
+    char *w = p;
+    for (const char *r = p; *r;) {
+        if (strncmp(r, "t64", 3) == 0 && (r[3] == ',' || r[3] == '\0')) {
+            r += 3;
+            continue;
+        }
+        *w++ = *r++;
+    }
+    *w = '\0';
+    return p;
+}
+
+/* In a job: mmdebstrap of the suite with the base's packages and customize script into
+ * .new-<key>, then into the store. Its output goes to .new-<key>.log, whose end is the
+ * error when it fails. */
+static int
+debian_work(void *ud, int32_t *value, struct sbx_error **err)
+{
+    struct debian *d = ud;
+    const char *state = sbx_sp.cfg->state_dir;
+    char tmp[4096], script[4200], logp[4200], hook[4400];
+    _cleanup_free_ char *dst = sbx_layer_path(state, d->key);
+    snprintf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/.new-%s", state, d->key);
+    snprintf(script, sizeof(script), "%s.sh", tmp);
+    snprintf(logp, sizeof(logp), "%s.log", tmp);
+    snprintf(hook, sizeof(hook), "chroot \"$1\" /bin/sh /tmp/.new-%s.sh", d->key);
+    if (mkdir(tmp, 0755) < 0)
+        return sbx_error_sys(err, errno, "mkdir %s", tmp);
+    _cleanup_close_ int s = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0700);
+    _cleanup_close_ int log = open(logp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t len = strlen(SBX_BASE_CUSTOMIZE);
+    if (s < 0 || log < 0 || write(s, SBX_BASE_CUSTOMIZE, len) != (ssize_t)len)
+        return sbx_error_sys(err, errno, "prepare %s", tmp);
+    _cleanup_free_ char *pkgs = debian_packages(d->suite);
+    char include[8192], copy[4400];
+    snprintf(include, sizeof(include), "--include=%s", pkgs);
+    snprintf(copy, sizeof(copy), "--customize-hook=copy-in %s /tmp", script);
+    char custom[4500];
+    snprintf(custom, sizeof(custom), "--customize-hook=%s", hook);
+    /* Files owned by the uids they have in sandboxes: the layer stores them so. */
+    char *const argv[] = {"mmdebstrap",
+                          "--mode=root",
+                          "--variant=apt",
+                          "--format=directory",
+                          "--components=main",
+                          include,
+                          copy,
+                          custom,
+                          "--",
+                          d->suite,
+                          tmp,
+                          DEBIAN_MIRROR,
+                          NULL};
+    char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL};
+    pid_t pid = fork();
+    if (pid < 0)
+        return sbx_error_sys(err, errno, "fork");
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
+            _exit(127);
+        execve(MMDEBSTRAP, argv, envp);
+        _exit(127);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return sbx_error_sys(err, errno, "wait for mmdebstrap");
+    unlink(script);
+    unlink(logp); /* log stays open: its end is read below */
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        char tail[DEBIAN_LOG_MAX + 1];
+        off_t end = lseek(log, 0, SEEK_END);
+        ssize_t n =
+            pread(log, tail, DEBIAN_LOG_MAX, end > DEBIAN_LOG_MAX ? end - DEBIAN_LOG_MAX : 0);
+        tail[n > 0 ? n : 0] = '\0';
+        for (char *c = tail; *c; c++)
+            if (*c == '\n')
+                *c = ' ';
+        return sbx_error_set(err, SBX_UNAVAILABLE, 0, "mmdebstrap %s exited with status %d: %s",
+                             d->suite, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), tail);
+    }
+    if (chmod(tmp, 0755) < 0 || rename(tmp, dst) < 0)
+        return sbx_error_sys(err, errno, "move %s into the layer store", tmp);
+    *value = 0;
+    return 0;
+}
+
+static void
+debian_free(uv_handle_t *h)
+{
+    struct debian *d = h->data;
+    close(d->fd);
+    free(d);
+}
+
+static void
+on_debian_done(uv_poll_t *h, int status, int events)
+{
+    struct debian *d = h->data;
+    uv_poll_stop(h);
+    struct job_result r;
+    job_finish(d->fd, d->pid, &r);
+    struct debian **pp = &debians;
+    while (*pp && *pp != d)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = d->next;
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (r.code != SBX_OK) {
+        sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "%s", r.message);
+        /* Whatever the failed run left (a half-made root) goes. */
+        struct sbx_error *ignored = NULL;
+        if (sbx_layer_drop_unfinished(sbx_sp.cfg->state_dir, d->key, &ignored) < 0)
+            sbx_error_free(ignored);
+    }
+    sbx_log_info("debian_layer", "suite=%s layer=%s ok=%d", d->suite, d->key, r.code == SBX_OK);
+    sbx_spawner_reply_error(d->seq, err);
+    uv_close((uv_handle_t *)h, debian_free);
+}
+
+void
+sbx_spawner_debian_layer(const struct sbx_spawner_msg *m)
+{
+    if (sbx_layer_exists(sbx_sp.cfg->state_dir, m->layer_key)) {
+        sbx_spawner_reply_error(m->seq, NULL);
+        return;
+    }
+    for (struct debian *o = debians; o; o = o->next)
+        if (strcmp(o->key, m->layer_key) == 0) {
+            sbx_spawner_reply_fail(m->seq, SBX_UNAVAILABLE,
+                                   "a root of Debian %s is being made for another build; try "
+                                   "again when it is done",
+                                   m->suite);
+            return;
+        }
+    struct debian *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        abort();
+    d->seq = m->seq;
+    snprintf(d->key, sizeof(d->key), "%s", m->layer_key);
+    snprintf(d->suite, sizeof(d->suite), "%s", m->suite);
+    _cleanup_error_ struct sbx_error *err = NULL;
+    d->fd = job_fork(debian_work, d, &d->pid, &err);
+    if (d->fd < 0) {
+        sbx_spawner_reply_error(m->seq, err);
+        free(d);
+        return;
+    }
+    sbx_log_info("debian_layer", "suite=%s layer=%s action=\"mmdebstrap\"", d->suite, d->key);
+    d->next = debians;
+    debians = d;
+    uv_poll_init(sbx_sp.loop, &d->poll, d->fd);
+    d->poll.data = d;
+    uv_poll_start(&d->poll, UV_READABLE, on_debian_done);
 }

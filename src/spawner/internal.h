@@ -105,5 +105,7 @@ void sbx_spawner_step_maybe_done(struct sb *s);
 void sbx_spawner_step_close(struct sb *s);
 void sbx_spawner_step_free(struct step *st);
 void sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd);
+/* DEBIAN_LAYER: a Debian root of m->suite as layer m->layer_key (a job: mmdebstrap). */
+void sbx_spawner_debian_layer(const struct sbx_spawner_msg *m);
 
 #endif

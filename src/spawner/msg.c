@@ -18,6 +18,7 @@ enum kind { STR, U64, I64 };
 #define IN_REPLY   (1ull << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
 #define IN_STEP    (1ull << SBX_SPAWNER_BUILD_STEP)
 #define IN_LOG     (1ull << SBX_SPAWNER_STEP_LOG)
+#define IN_DEBIAN  (1ull << SBX_SPAWNER_DEBIAN_LAYER)
 #define IN_RUN     (IN_SPAWN | IN_STEP) /* what starts a sandbox */
 
 struct field {
@@ -67,11 +68,12 @@ static const struct field fields[] = {
     STAT_F(18, pids_current),
     STAT_F(19, disk_used_bytes),
     STR_F(60, layers, IN_RUN, IN_RUN),
-    STR_F(61, layer_key, IN_STEP, IN_STEP),
+    STR_F(61, layer_key, IN_STEP | IN_DEBIAN, IN_STEP | IN_DEBIAN),
     U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP, IN_STEP),
     U64_F(63, exit_status, 0, 511, IN_REPLY, 0),
     U64_F(64, layer_empty, 0, 1, IN_REPLY, 0),
     U64_F(65, layers_removed, 0, UINT32_MAX, IN_REPLY, 0),
+    STR_F(66, suite, IN_DEBIAN, IN_DEBIAN),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 _Static_assert(N_FIELDS <= 64, "the decoder's bit set of seen fields has 64 bits");
@@ -87,7 +89,7 @@ valid_op(uint8_t op)
 {
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
            op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG ||
-           op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_REPLY;
+           op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_DEBIAN_LAYER || op == SBX_SPAWNER_REPLY;
 }
 
 static void
@@ -205,6 +207,9 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer keys");
     if (m->layer_key[0] && !sbx_layer_key_is_valid(m->layer_key))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    /* A suite goes on mmdebstrap's command line: a name, never an option or a path. */
+    if (m->suite[0] && (!charset_ok(m->suite, ".-") || m->suite[0] == '-' || m->suite[0] == '.'))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad suite");
     if (m->op == SBX_SPAWNER_SPAWN && m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
     if (m->op == SBX_SPAWNER_REPLY && m->code != SBX_OK && m->message[0] == '\0')

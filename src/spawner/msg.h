@@ -24,6 +24,7 @@
 #define SBX_SPAWNER_ID_MAX      32 /* [a-z0-9]{1,32} */
 #define SBX_SPAWNER_NAME_MAX    64 /* template names: [a-z0-9._-]{1,64} */
 #define SBX_SPAWNER_TEXT_MAX    1024
+#define SBX_SPAWNER_SUITE_MAX   32
 #define SBX_SPAWNER_FDS_MAX     2 /* fds one message carries (BUILD_STEP: config, archive) */
 
 enum sbx_spawner_op {
@@ -43,6 +44,10 @@ enum sbx_spawner_op {
      * every other layer of the store but the built-in templates' and those a sandbox runs
      * on. Reply: how many went. */
     SBX_SPAWNER_LAYERS_GC = 32,
+    /* layer key, suite: makes that layer a Debian root of the suite (bookworm or later) by
+     * the base template's recipe (mmdebstrap, then its customize script), for builds
+     * fromDebianImage. Minutes; the reply comes when it is done. */
+    SBX_SPAWNER_DEBIAN_LAYER = 33,
     SBX_SPAWNER_REPLY = 64, /* spawner -> front end: code (0 = ok), errno, message */
 };
 
@@ -59,6 +64,7 @@ struct sbx_spawner_msg {
     uint64_t exit_status;                  /* reply to BUILD_STEP: 0-255, 128 + signal */
     uint64_t layer_empty;                  /* reply to BUILD_STEP: 1 if the step changed nothing */
     uint64_t layers_removed;               /* reply to LAYERS_GC */
+    char suite[SBX_SPAWNER_SUITE_MAX + 1]; /* DEBIAN_LAYER: [a-z0-9.-], e.g. bookworm */
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
     int64_t pid;

@@ -170,6 +170,13 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     m = spawn_req("a", 1);
     m.layers[0] = '\0';
     expect_refused("no layers", m, NULL);
+    /* A suite goes on mmdebstrap's command line: never an option. */
+    struct sbx_spawner_msg deb = {.op = SBX_SPAWNER_DEBIAN_LAYER, .seq = 3};
+    memset(deb.layer_key, 'd', SBX_LAYER_KEY_LEN);
+    snprintf(deb.suite, sizeof(deb.suite), "--include=x");
+    expect_refused("suite option", deb, NULL);
+    snprintf(deb.suite, sizeof(deb.suite), "../x");
+    expect_refused("suite path", deb, NULL);
     m = spawn_req("", 1);
     expect_refused("missing id", m, NULL);
     /* Too short for a header. */

@@ -333,3 +333,27 @@ def test_build_steps_reach_no_host_path_nor_other_layers(sbx_daemon):
     _build(Template().from_base_image().run_cmd(probe, user="root"), _name(), logs)
     text = "\n".join(str(e) for e in logs)
     assert "probe-done" in text and "visible:" not in text and "mounted" not in text, text
+
+
+@pytest.mark.timeout(900)
+def test_from_debian_image_makes_a_root_of_that_suite_once(sbx_daemon):
+    """fromDebianImage: a Debian root of the suite by the base template's recipe (mmdebstrap
+    from Debian's archive: this test needs the mirror), made once and reused."""
+    name = _name("bookworm")
+    logs = []
+    _build(Template().from_debian_image("bookworm").run_cmd("cat /etc/debian_version"), name,
+           logs)
+    text = "\n".join(str(e) for e in logs)
+    assert "\n12." in text or "] 12." in text, text
+    s = Sandbox.create(name, timeout=60)
+    try:
+        out = s.commands.run(". /etc/os-release; echo $VERSION_CODENAME; whoami; sudo whoami")
+        assert out.stdout == "bookworm\nuser\nroot\n"
+    finally:
+        s.kill()
+    logs = []
+    _build(Template().from_debian_image("bookworm").run_cmd("true"), _name("bookworm"), logs)
+    assert any("CACHED FROM debian" in str(e) for e in logs)
+    with pytest.raises(BuildException) as e:
+        _build(Template().from_debian_image("buster"), _name())
+    assert "failed to pull image debian:buster" in str(e.value)
