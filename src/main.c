@@ -18,6 +18,8 @@ usage(FILE *f)
           "  kill ID             kill a sandbox\n"
           "  exec ID -- CMD...   run a command in a sandbox, streaming its output\n"
           "  shell ID            open an interactive shell in a sandbox\n"
+          "  template ls | rm NAME... | build DOCKERFILE --name NAME\n"
+          "                      list, delete and build templates\n"
           "\n"
           "Clients read E2B_API_URL (default http://127.0.0.1:3000) and E2B_API_KEY.\n",
           f);

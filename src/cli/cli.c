@@ -14,7 +14,7 @@ static const struct {
     int (*fn)(int argc, char **argv);
 } verbs[] = {
     {"ls", sbx_cli_ls},     {"create", sbx_cli_create}, {"kill", sbx_cli_kill},
-    {"exec", sbx_cli_exec}, {"shell", sbx_cli_shell},
+    {"exec", sbx_cli_exec}, {"shell", sbx_cli_shell},   {"template", sbx_cli_template},
 };
 
 int
