@@ -357,3 +357,29 @@ def test_from_debian_image_makes_a_root_of_that_suite_once(sbx_daemon):
     with pytest.raises(BuildException) as e:
         _build(Template().from_debian_image("buster"), _name())
     assert "failed to pull image debian:buster" in str(e.value)
+
+
+def test_a_pool_of_a_built_template_hands_out_sandboxes_already_started(sbx_daemon, tmp_path):
+    from conftest import own_daemon
+    from test_pool import pools, wait_warm
+    from e2b import wait_for_file
+    name = _name("pooled")
+    with own_daemon(sbx_daemon, tmp_path,
+                    f"--pool base=0 --pool code-interpreter-v1=0 --pool {name}=1") as d:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {"E2B_API_URL": d.url, "E2B_SANDBOX_URL": d.url,
+                         "E2B_API_KEY": d.api_key}.items():
+                mp.setenv(k, v)
+            assert pools(d)[name]["warm"] == 0  # not built yet: an empty pool
+            _build(Template().from_base_image().set_start_cmd(
+                "sleep 1; touch /tmp/started; sleep infinity", wait_for_file("/tmp/started")),
+                name)
+            wait_warm(d, name, 1)
+            st, headers, body = d.request("POST", "/sandboxes",
+                                          body={"templateID": name, "timeout": 60})
+            assert st == 201, body
+            # From the pool: answered in far less than the start command's second.
+            assert int(headers["X-Sbx-Spawn-Us"]) < 1_000_000
+            s = Sandbox.connect(json.loads(body)["sandboxID"])
+            assert s.commands.run("test -f /tmp/started && pgrep -c sleep").exit_code == 0
+            s.kill()
