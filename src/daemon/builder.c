@@ -551,8 +551,11 @@ next_step(struct build *b)
     _cleanup_free_ char *desc = step_description(s);
     if (s->type == SBX_STEP_ENV) {
         /* Build-time only: the steps after it and the start command see it (§4.2). */
-        for (size_t i = 0; i + 1 < s->n_args; i += 2)
-            json_object_set_new(b->env, s->args[i], json_string(s->args[i + 1]));
+        for (size_t i = 0; i + 1 < s->n_args; i += 2) {
+            char *v = sbx_template_env_expand(s->args[i + 1]);
+            json_object_set_new(b->env, s->args[i], json_string(v));
+            free(v);
+        }
         log_step(b, "info", "[builder %zu/%zu] %s [%.8s]", b->step + 1, b->def.n_steps, desc,
                  b->step_key);
         snprintf(b->chain, sizeof(b->chain), "%s", b->step_key);

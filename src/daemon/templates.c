@@ -137,6 +137,86 @@ sbx_template_ref_fini(struct sbx_template_ref *r)
     r->start = NULL;
 }
 
+/* ---- ENV values ---- */
+
+/* What a root login shell of the base has (its /etc/profile and /etc/default/locale). */
+static const char *const env_of_root[][2] = {
+    {"HOME", "/root"},
+    {"PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+    {"USER", "root"},
+    {"LOGNAME", "root"},
+    {"SHELL", "/bin/bash"},
+    {"LANG", "C.UTF-8"},
+    {"PWD", "/root"},
+};
+
+static const char *
+root_env(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof(env_of_root) / sizeof(env_of_root[0]); i++)
+        if (strlen(env_of_root[i][0]) == len && memcmp(env_of_root[i][0], name, len) == 0)
+            return env_of_root[i][1];
+    return "";
+}
+
+char *
+sbx_template_env_expand(const char *value)
+{
+    size_t cap = strlen(value) * 2 + 256, n = 0;
+    char *out = malloc(cap);
+    if (out == NULL)
+        abort();
+#define PUT(p, l)                                                                                  \
+    do {                                                                                           \
+        size_t l_ = (l);                                                                           \
+        if (n + l_ + 1 > cap && (out = realloc(out, cap = (n + l_ + 1) * 2)) == NULL)              \
+            abort();                                                                               \
+        memcpy(out + n, (p), l_);                                                                  \
+        n += l_;                                                                                   \
+    } while (0)
+    for (const char *p = value; *p;) {
+        if (*p == '\\' && strchr("$`\"\\", p[1]) && p[1]) {
+            PUT(p + 1, 1);
+            p += 2;
+            continue;
+        }
+        if (*p != '$') {
+            PUT(p, 1);
+            p++;
+            continue;
+        }
+        const char *name = p + 1;
+        size_t len = 0;
+        if (*name == '{') {
+            const char *end = strchr(name, '}');
+            len = end ? (size_t)(end - name - 1) : 0;
+            if (end == NULL || len == 0 ||
+                strspn(name + 1,
+                       "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") != len) {
+                PUT(p, 1); /* not a plain ${NAME}: kept as it is */
+                p++;
+                continue;
+            }
+            const char *v = root_env(name + 1, len);
+            PUT(v, strlen(v));
+            p = end + 1;
+            continue;
+        }
+        len = strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_");
+        if (len == 0 || (name[0] >= '0' && name[0] <= '9')) {
+            PUT(p, 1); /* "$(" and the like: never a command substitution */
+            p++;
+            continue;
+        }
+        const char *v = root_env(name, len);
+        PUT(v, strlen(v));
+        p = name + len;
+    }
+#undef PUT
+    out[n] = '\0';
+    return out;
+}
+
 /* ---- build definitions ---- */
 
 static const char *const step_names[] = {"COPY", "RUN", "ENV", "WORKDIR", "USER"};

@@ -49,6 +49,13 @@ void sbx_template_ref_fini(struct sbx_template_ref *r);
 int sbx_templates_resolve(struct sbx_store *store, const char *name, struct sbx_template_ref *out,
                           struct sbx_error **err);
 
+/* An ENV step's value as E2B evaluates it, once, at the step (templates.md §4.2): as
+ * `printf "%s" "<value>"` in a root login shell without the build's env, with command
+ * substitution escaped. So $HOME is /root, $PATH the system path, a name an earlier ENV set
+ * (or any other) empty, \$ a dollar; "$(", backticks and other forms stay as written.
+ * malloc'd. */
+char *sbx_template_env_expand(const char *value);
+
 /* ---- a build's definition (POST /v2/templates/{id}/builds/{bid}) ---- */
 enum sbx_step_type { SBX_STEP_COPY, SBX_STEP_RUN, SBX_STEP_ENV, SBX_STEP_WORKDIR, SBX_STEP_USER };
 

@@ -28,6 +28,21 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost ip6-localhost i
 ln -sf ../proc/self/mounts /etc/mtab
 echo 'LANG=C.UTF-8' >/etc/default/locale
 
+# A login shell keeps the PATH it is given (the agent's, or a template's ENV PATH, which
+# `bash -l -c` would otherwise lose to Debian's defaults), and gets E2B's when it has none.
+cat >/etc/profile.sbx <<'EOP'
+if [ -z "${PATH:-}" ]; then
+  PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+fi
+export PATH
+EOP
+awk 'BEGIN { skip = 0 }
+     /^if \[ "\$\(id -u\)" -eq 0 \]; then$/ && !done { skip = 1; system("cat /etc/profile.sbx"); next }
+     skip && /^export PATH$/ { skip = 0; done = 1; next }
+     !skip' /etc/profile >/etc/profile.new
+grep -q 'profile.d' /etc/profile.new && mv /etc/profile.new /etc/profile
+rm -f /etc/profile.sbx /etc/profile.new
+
 # $HOME/.local/bin first for the user, as on E2B.
 cat >/etc/profile.d/sbx.sh <<'EOP'
 if [ "${EUID:-$(id -u)}" -ne 0 ]; then PATH="$HOME/.local/bin:$PATH"; fi

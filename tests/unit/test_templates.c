@@ -92,4 +92,23 @@ TEST(build_definitions)
     CHECK(def("{\"fromTemplate\":\"b\",\"steps\":{}}", &d) < 0);
 }
 
+static void
+expands(const char *in, const char *want)
+{
+    char *got = sbx_template_env_expand(in);
+    CHECK_STR(got, want);
+    free(got);
+}
+
+TEST(env_values_are_expanded_as_e2b_does)
+{
+    expands("/opt/x/bin:$PATH", "/opt/x/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                                "/sbin:/bin");
+    expands("${HOME}/.cache", "/root/.cache");
+    expands("$EARLIER-x", "-x"); /* not the build's env: empty */
+    expands("a\\$b \\\\ \\\"", "a$b \\ \"");
+    expands("$(id) `id` $1 ${X:-y} $", "$(id) `id` $1 ${X:-y} $");
+    expands("plain", "plain");
+}
+
 TEST_MAIN(30)

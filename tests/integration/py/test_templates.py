@@ -46,6 +46,9 @@ def test_every_step_type_and_a_sandbox_of_it(sbx_daemon, ctx):
          .run_cmd("cat folder/test.txt && whoami && pwd")
          .set_envs({"GREETING": "hello"})
          .run_cmd('echo "$GREETING from $(whoami)" > /tmp/ignored; echo env=$GREETING')
+         # Values are expanded once, at the ENV step, as E2B does: $PATH is the system's.
+         .set_envs({"PATH": "/opt/tool/bin:$PATH"})
+         .run_cmd("echo path=$PATH && ls / > /dev/null")
          .set_workdir("/app")
          .run_cmd("pwd && echo made > made.txt")
          .set_user("root")
@@ -54,7 +57,8 @@ def test_every_step_type_and_a_sandbox_of_it(sbx_daemon, ctx):
     info = _build(t, name, logs)
     assert info.name == name and info.tags == ["default"]
     text = "\n".join(str(e) for e in logs)
-    for needle in ("This is a test file.", "/home/user", "env=hello", "/app", "[builder 9/9]"):
+    for needle in ("This is a test file.", "/home/user", "env=hello", "/app", "[builder 11/11]",
+                   "path=/opt/tool/bin:/usr/local/sbin:/usr/local/bin:"):
         assert needle in text, text
     s = Sandbox.create(name, timeout=60)
     try:
