@@ -5,6 +5,8 @@
 #
 #   scripts/templates.sh build    build whatever the cache lacks (base, then code-interpreter)
 #   scripts/templates.sh key NAME print the key of NAME's layer (what the daemon looks for)
+#   scripts/templates.sh prune    remove the cache's layers of other definitions (older
+#                                 checkouts; daemons keep the copies they imported)
 #   scripts/templates.sh header   the keys as C macros (src/spawner/layer_keys.h, by meson), and
 #                                 the base's recipe, from which the spawner makes Debian roots of
 #                                 other suites (fromDebianImage)
@@ -166,6 +168,17 @@ main() {
         build_layer base
         build_layer code-interpreter
         ;;
+    prune)
+        [[ $(id -u) == 0 ]] || die "run as root"
+        local keep=" $(key base) $(key code-interpreter) " d
+        exec 9>"$CACHE/.lock"
+        flock 9
+        for d in "$CACHE"/*; do
+            [[ -d $d && $keep != *" $(basename "$d") "* ]] || continue
+            log "removing $(basename "$d")"
+            rm -rf "$d"
+        done
+        ;;
     key)
         (($# == 2)) || die "usage: $0 key NAME"
         key "$2"
@@ -180,7 +193,7 @@ main() {
         sed 's/\\/\\\\/g; s/"/\\"/g; s/^/    "/; s/$/\\n" \\/' "$REPO/templates/base/customize.sh"
         printf '    ""\n'
         ;;
-    *) die "usage: $0 build | key NAME | header" ;;
+    *) die "usage: $0 build | prune | key NAME | header" ;;
     esac
 }
 
