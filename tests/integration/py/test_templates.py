@@ -58,7 +58,7 @@ def test_every_step_type_and_a_sandbox_of_it(sbx_daemon, ctx):
     assert info.name == name and info.tags == ["default"]
     text = "\n".join(str(e) for e in logs)
     for needle in ("This is a test file.", "/home/user", "env=hello", "/app", "[builder 11/11]",
-                   "path=/opt/tool/bin:/usr/local/sbin:/usr/local/bin:"):
+                   "/opt/tool/bin:/usr/local/sbin:/usr/local/bin:"):
         assert needle in text, text
     s = Sandbox.create(name, timeout=60)
     try:
