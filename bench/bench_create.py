@@ -6,12 +6,10 @@ X-Sbx-Spawn-Us response header), against `unshare` with the same namespaces runn
     .venv/bin/python bench/bench_create.py [N]    (root; default N=50)
 """
 
-import json
 import subprocess
 import sys
-import urllib.request
 
-from common import Daemon, report, timed
+from common import Daemon, report, server_side_creates, timed
 
 from e2b import Sandbox
 
@@ -32,18 +30,7 @@ def main():
         for s in created:
             s.kill()
 
-        server = []
-        for _ in range(N):
-            req = urllib.request.Request(
-                d.url + "/sandboxes", method="POST",
-                data=json.dumps({"templateID": "base", "timeout": 120}).encode(),
-                headers={"X-API-KEY": d.key, "Content-Type": "application/json"})
-            with urllib.request.urlopen(req) as r:
-                server.append(int(r.headers["X-Sbx-Spawn-Us"]) / 1000.0)
-                sid = json.loads(r.read())["sandboxID"]
-            kill = urllib.request.Request(d.url + f"/sandboxes/{sid}", method="DELETE",
-                                          headers={"X-API-KEY": d.key})
-            urllib.request.urlopen(kill).read()
+        server = server_side_creates(d, N)
 
     print(f"# sandbox create, N={N}")
     report("baseline: unshare (same namespaces) /bin/true", baseline)

@@ -7,19 +7,26 @@
            against its idle round trip
   rate     base sandboxes created and killed for a while by 1, 4 and 16 concurrent clients
            (creates/s, without pools), with commands.run("true") on another sandbox meanwhile;
-           against bwrap and unshare starting /bin/true at the same concurrency
+           against crun (an OCI container: read-only root with the host's /usr, its own
+           namespaces and cgroup), bwrap and unshare starting /bin/true at the same concurrency
   density  resident memory of idle base and idle code-interpreter sandboxes (kernel warm),
            as sandboxes per GiB; then N live base sandboxes and list/create round trips
            among them
+  (each language's first run_code, with and without a pool: bench_first_call.py --no-pool)
 
-    .venv/bin/python bench/bench_engine.py [first|busy|rate|density ...] [--n N] [--live N]
+    .venv/bin/python bench/bench_engine.py [first|busy|rate|density ...] [--n N]
+        [--seconds S] [--live N]
 """
 
 import argparse
 import concurrent.futures as cf
+import ctypes
+import itertools
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -34,6 +41,52 @@ UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--mount", "--net", 
 BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib",
          "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
          "--proc", "/proc", "--dev", "/dev", "/bin/true"]
+
+
+# crun refuses a hybrid cgroup layout (v1 controllers beside a v2 mount that holds one), which
+# is what these machines have. Each crun then runs in a mount namespace of its own without the
+# v2 mount: the cost of two syscalls in the child, and crun uses the v1 controllers as sbx does.
+HYBRID = os.path.ismount("/sys/fs/cgroup/unified")
+
+
+def hide_unified_cgroup():
+    libc = ctypes.CDLL(None, use_errno=True)
+    CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x20000, 0x4000, 1 << 18, 2
+    if (libc.unshare(CLONE_NEWNS) != 0
+            or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0
+            or libc.umount2(b"/sys/fs/cgroup/unified", MNT_DETACH) != 0):
+        os._exit(111)
+
+
+def crun_bundle(top):
+    """An OCI bundle comparable to a base sandbox: read-only root holding the host's /usr
+    (read-only) and the usual symlinks, default namespaces, /bin/true."""
+    os.makedirs(f"{top}/rootfs/usr")
+    for link in ("bin", "lib", "lib64", "sbin"):
+        os.symlink(f"usr/{link}", f"{top}/rootfs/{link}")
+    subprocess.run(["crun", "spec"], cwd=top, check=True)
+    with open(f"{top}/config.json") as f:
+        spec = json.load(f)
+    spec["process"].update(terminal=False, args=["/bin/true"])
+    spec["root"] = {"path": "rootfs", "readonly": True}
+    spec["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr",
+                           "options": ["rbind", "ro"]})
+    with open(f"{top}/config.json", "w") as f:
+        json.dump(spec, f)
+    return top
+
+
+def crun_runner(bundle):
+    ids = itertools.count()
+    lock = threading.Lock()
+
+    def run():
+        with lock:
+            n = next(ids)
+        subprocess.run(["crun", "run", "--bundle", bundle, f"sbx-bench-{os.getpid()}-{n}"],
+                       check=True, stdin=subprocess.DEVNULL,
+                       preexec_fn=hide_unified_cgroup if HYBRID else None)
+    return run
 
 
 def post(d, path, body):
@@ -55,7 +108,7 @@ def server_create_ms(d, template):
 
 
 def bench_first(n):
-    host = timed(lambda: subprocess.run(["python3", "-c", "print(1+1)"], check=True,
+    host = timed(lambda: subprocess.run(["/usr/bin/python3", "-c", "print(1+1)"], check=True,
                                         stdout=subprocess.DEVNULL), n)
     unshare = timed(lambda: subprocess.run(UNSHARE, check=True), n)
     first, pooled_server, cold_server = [], [], []
@@ -136,7 +189,12 @@ def rate_of(fn, clients, seconds):
 
 def bench_rate(seconds):
     print(f"# create+kill rate, {seconds} s per point")
-    have_bwrap = shutil.which("bwrap") is not None
+    baselines = [("unshare", lambda: subprocess.run(UNSHARE, check=True))]
+    tmp = tempfile.TemporaryDirectory(prefix="sbx-bench-crun-")
+    if shutil.which("crun"):
+        baselines.insert(0, ("crun", crun_runner(crun_bundle(tmp.name))))
+    if shutil.which("bwrap"):
+        baselines.insert(1, ("bwrap", lambda: subprocess.run(BWRAP, check=True)))
     with Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0") as d:
         probe = Sandbox.create(timeout=600)
         for clients in (1, 4, 16):
@@ -160,16 +218,17 @@ def bench_rate(seconds):
             r = rate_of(cycle, clients, seconds)
             stop.set()
             t.join()
-            base = rate_of(lambda: subprocess.run(UNSHARE, check=True), clients, seconds)
-            line = f"clients={clients:<3} sbx {r:7.1f}/s   unshare {base:7.1f}/s"
-            if have_bwrap:
-                bw = rate_of(lambda: subprocess.run(BWRAP, check=True), clients, seconds)
-                line += f"   bwrap {bw:7.1f}/s   ratio_vs_bwrap={r / bw:.2f}x"
+            line = f"clients={clients:<3} sbx {r:7.1f}/s"
+            for name, fn in baselines:
+                b = rate_of(fn, clients, seconds)
+                line += f"   {name} {b:7.1f}/s (sbx {r / b:.2f}x)"
             print(line, flush=True)
             report(f"  commands.run('true') meanwhile ({clients} clients)", lat)
         probe.kill()
-    if not have_bwrap:
-        print("(bwrap not installed: apt-get install bubblewrap for that baseline)")
+    tmp.cleanup()
+    missing = [c for c in ("crun", "bwrap") if not shutil.which(c)]
+    if missing:
+        print(f"({' and '.join(missing)} not installed: scripts/setup.sh test installs them)")
 
 
 def bench_density(k, live):
@@ -209,7 +268,8 @@ def bench_density(k, live):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="*", default=["first", "busy", "rate", "density"])
+    ap.add_argument("what", nargs="*",
+                    default=["first", "busy", "rate", "density"])
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--live", type=int, default=1000)

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "connect/connect.h"
+#include "fuzz_common.h"
 #include "http/http.h"
 
 #define MAX_IDLE_SPINS 2000 /* loop turns without progress before the client gives up */

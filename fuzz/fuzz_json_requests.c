@@ -1,5 +1,6 @@
 /* Fuzz target: JSON request bodies from untrusted clients, through every decoder that takes
- * them apart: the control plane's create and timeout bodies (src/daemon/api.c), the typed
+ * them apart: the control plane's create, timeout and network bodies (src/daemon/api.c,
+ * src/daemon/egress.c), the typed
  * field helpers (src/json/json.c) and the agent's process.Process request decoders
  * (src/agent/process_msg.c). The input is the raw body; it is parsed as the daemon parses it
  * (json_loadb) and, if it is an object, handed to each decoder. Decoders must either succeed
@@ -47,6 +48,21 @@ env_map_ok(json_t *map)
     return true;
 }
 
+/* What a stored network setting must load into: normalised lists within their bounds. */
+static void
+check_stored_network(json_t *stored)
+{
+    CHECK(json_is_object(stored));
+    char *s = json_dumps(stored, JSON_COMPACT);
+    struct sbx_netset *n = sbx_netset_load(json_object_size(stored) ? s : NULL);
+    CHECK(n->n_allow <= SBX_NET_MAX_RULES && n->n_deny <= SBX_NET_MAX_RULES);
+    CHECK(sbx_ip4_ranges_are_normal(n->allow, n->n_allow));
+    CHECK(sbx_ip4_ranges_are_normal(n->deny, n->n_deny));
+    CHECK(n->mask_host == NULL || strchr(n->mask_host, '\n') == NULL);
+    sbx_netset_free(n);
+    free(s);
+}
+
 static void
 control_plane(json_t *body)
 {
@@ -60,13 +76,19 @@ control_plane(json_t *body)
             CHECK(o.metadata == NULL || json_is_object(o.metadata));
             CHECK(o.env_vars == NULL || env_map_ok(o.env_vars));
             CHECK(!v2 || o.secure);
+            /* The timeout policy the SDKs check: autoResume only with a pause that keeps memory. */
+            CHECK(!o.auto_resume || (o.auto_pause && o.auto_pause_memory));
+            CHECK(o.volume_mounts == NULL ||
+                  json_array_size(o.volume_mounts) <= SBX_SANDBOX_MAX_VOLUMES);
+            check_stored_network(o.network);
+            sbx_api_create_opts_fini(&o);
         }
         settle(rc, &err);
     }
     /* A template build's definition (POST /v2/templates/{id}/builds/{bid}). */
     struct sbx_build_def def;
-    int rc = sbx_build_def_parse(body, &def, &err);
-    if (rc == 0) {
+    int def_rc = sbx_build_def_parse(body, &def, &err);
+    if (def_rc == 0) {
         CHECK((def.from_image != NULL) != (def.from_template != NULL));
         CHECK(def.n_steps <= SBX_TEMPLATE_STEPS_MAX);
         for (size_t i = 0; i < def.n_steps; i++) {
@@ -76,7 +98,14 @@ control_plane(json_t *body)
         }
         sbx_build_def_fini(&def);
     }
-    settle(rc, &err);
+    settle(def_rc, &err);
+    json_t *stored = NULL;
+    int net_rc = sbx_netset_decode_update(body, "{\"allowPublicTraffic\":false}", &stored, &err);
+    if (net_rc == 0) {
+        check_stored_network(stored);
+        json_decref(stored);
+    }
+    settle(net_rc, &err);
     for (int extend = 0; extend <= 1; extend++) {
         int64_t secs = -1;
         int rc = sbx_api_timeout_parse(body, extend, &secs, &err);

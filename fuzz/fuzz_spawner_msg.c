@@ -29,8 +29,30 @@ check_valid(const struct sbx_spawner_msg *m)
     if (m->op == SBX_SPAWNER_DEBIAN_LAYER)
         CHECK(sbx_layer_key_is_valid(m->layer_key) && m->suite[0] != '\0' && m->suite[0] != '-' &&
               strchr(m->suite, '/') == NULL && strchr(m->suite, '=') == NULL);
-    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS)
+    if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS || m->op == SBX_SPAWNER_FREEZE ||
+        m->op == SBX_SPAWNER_THAW || m->op == SBX_SPAWNER_STOP || m->op == SBX_SPAWNER_NET_POLICY)
         CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);
+    CHECK(m->reboot <= 1 && (m->reboot == 0 || m->op == SBX_SPAWNER_SPAWN));
+    if (m->op == SBX_SPAWNER_VOLUME_CREATE || m->op == SBX_SPAWNER_VOLUME_DELETE)
+        CHECK(m->id[0] != '\0' && strchr(m->id, '/') == NULL);
+    if (m->volumes[0]) {
+        /* Every volume line is one the spawner may mount: a clean path, not a system dir. */
+        struct sbx_spawner_volume v[SBX_SANDBOX_MAX_VOLUMES];
+        size_t n = 0;
+        CHECK(m->op == SBX_SPAWNER_SPAWN &&
+              sbx_spawner_volumes_parse(m->volumes, v, &n, NULL) == 0);
+        for (size_t i = 0; i < n; i++)
+            CHECK(v[i].path[0] == '/' && strstr(v[i].path, "/../") == NULL &&
+                  strcmp(v[i].path, "/proc") != 0 && strncmp(v[i].path, "/proc/", 6) != 0 &&
+                  strchr(v[i].id, '/') == NULL);
+    }
+    /* Egress rules reach nftables as they are: sorted, disjoint, within their bound. */
+    CHECK(m->n_net_allow <= SBX_NET_MAX_RULES && m->n_net_deny <= SBX_NET_MAX_RULES);
+    CHECK(sbx_ip4_ranges_are_normal(m->net_allow, m->n_net_allow));
+    CHECK(sbx_ip4_ranges_are_normal(m->net_deny, m->n_net_deny));
+    CHECK(m->op != SBX_SPAWNER_NET_PORTS || (m->dns_port >= 1 && m->dns_port <= 65535));
+    CHECK(m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_NET_POLICY ||
+          (m->n_net_allow == 0 && m->n_net_deny == 0));
 }
 
 int

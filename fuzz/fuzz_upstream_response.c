@@ -2,21 +2,23 @@
  * sandbox controls) answers the reverse proxy, fed to sbx_http_upstream_feed
  * (src/http/upstream.c) as the proxy does.
  *
- * Byte 0 sets how the rest is split (1 + byte % 97 bytes per piece, so framing is tested at
- * every boundary) and, in its top bit, whether the request was a HEAD. Then come the response
- * bytes, and EOF. The callbacks check the contract the proxy relies on: headers, then one head
- * with a final status, then body (none after HEAD), then at most one end, nothing after an end
- * or an error; no hop-by-hop header and nothing that could split a header line reaches the
- * client; the head stays within the server's own limits. */
+ * Byte 0 sets how the rest is split (1 + its low six bits bytes per piece, so framing is
+ * tested at every boundary), in its top bit whether the request was a HEAD, and in the next
+ * whether it asked to upgrade. Then come the response bytes, and EOF. The callbacks check the
+ * contract the proxy relies on: headers, then one head with a final status (or 101 to an
+ * upgrade), then body (none after HEAD), then at most one end or switch, nothing after it or
+ * an error; no hop-by-hop header (but Upgrade in a switch) and nothing that could split a
+ * header line reaches the client; the head stays within the server's own limits. */
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/limits.h"
 #include "fuzz_common.h"
 #include "http/upstream.h"
 
 struct seen {
-    bool head_request;
+    bool head_request, upgrade;
     bool head, ended, failed;
     size_t headers, header_bytes, body_bytes;
 };
@@ -29,7 +31,7 @@ on_header(void *ud, const char *name, const char *value)
     CHECK(name[0] != '\0');
     CHECK(strpbrk(name, "\r\n: \t") == NULL);
     CHECK(strpbrk(value, "\r\n") == NULL);
-    CHECK(!sbx_http_is_hop_by_hop(name));
+    CHECK(!sbx_http_is_hop_by_hop(name) || (s->upgrade && strcasecmp(name, "upgrade") == 0));
     s->headers++;
     s->header_bytes += strlen(name) + strlen(value);
     CHECK(s->headers <= SBX_HTTP_MAX_HEADERS);
@@ -41,7 +43,7 @@ on_head(void *ud, int status)
 {
     struct seen *s = ud;
     CHECK(!s->head && !s->ended && !s->failed);
-    CHECK(status >= 200 && status <= 599);
+    CHECK((status >= 200 && status <= 599) || (status == 101 && s->upgrade));
     s->head = true;
 }
 
@@ -62,11 +64,21 @@ on_end(void *ud)
     s->ended = true;
 }
 
+static void
+on_switch(void *ud, const char *rest, size_t len)
+{
+    struct seen *s = ud;
+    CHECK(s->head && !s->ended && !s->failed && s->upgrade && s->body_bytes == 0);
+    CHECK(rest != NULL || len == 0);
+    s->ended = true;
+}
+
 static const struct sbx_http_upstream_cbs cbs = {
     .on_header = on_header,
     .on_head = on_head,
     .on_body = on_body,
     .on_end = on_end,
+    .on_switch = on_switch,
 };
 
 int
@@ -74,12 +86,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
         return 0;
-    struct seen s = {.head_request = (data[0] & 0x80) != 0};
-    size_t piece = 1 + (data[0] & 0x7f) % 97;
+    struct seen s = {.head_request = (data[0] & 0x80) != 0, .upgrade = (data[0] & 0x40) != 0};
+    size_t piece = 1 + (data[0] & 0x3f);
     const char *p = (const char *)data + 1;
     size_t left = size - 1;
     struct sbx_http_upstream u;
     sbx_http_upstream_init(&u, s.head_request, &cbs, &s);
+    u.upgrade = s.upgrade;
     int rc = 0;
     while (rc == 0) {
         size_t n = left < piece ? left : piece; /* 0 at the end: EOF */

@@ -13,16 +13,23 @@ APT_PACKAGES=(
     build-essential meson ninja-build pkg-config clang
     libuv1-dev libjansson-dev libhttp-parser-dev libsqlite3-dev libseccomp-dev libssl-dev
     libzmq3-dev libcurl4-openssl-dev zlib1g-dev
+    libnftables-dev nftables # the sandbox network's filtering and NAT (src/sandbox/nft.c)
     sudo curl git util-linux iproute2 procps
     e2fsprogs # mke2fs formats the per-sandbox disk images
+    lxcfs # /proc/meminfo, cpuinfo... of each sandbox's own limits
     clang-format-14 # the formatting check of `make test`
     python3 python3-pip python3-venv
     mmdebstrap # builds the base template's Debian root (scripts/templates.sh)
 )
 # Installed only when `node` is absent (these machines usually ship Node 20 with npm).
 APT_NODE_PACKAGES=(nodejs npm)
-# Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU).
-APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils)
+# Test mode only: the cgroup v2 guest of scripts/vm/ (built with debootstrap, run by QEMU);
+# clang with the libFuzzer runtime for `make test-fuzz`; promtool (in prometheus) checks
+# /metrics; systemd-analyze (systemd) checks the unit file; crun and bwrap are the baselines
+# of bench/bench_engine.py; the network tests' and benchmarks' own hosts and services: a
+# throughput meter, a resolver for test domains, a SOCKS5 server, and curl.
+APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils clang-14 libclang-rt-14-dev prometheus systemd
+    crun bubblewrap iperf3 dnsmasq-base microsocks curl)
 
 # apt-get update again only when the package lists are older than this.
 APT_UPDATE_MAX_AGE_S=$((6 * 3600))
@@ -31,6 +38,8 @@ APT_STAMP=/var/lib/apt/periodic/sbx-setup-update-stamp
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$REPO/.venv"
 PY_REQUIREMENTS="$REPO/tests/integration/py/requirements.txt"
+VENV_SDK1="$REPO/.venv-sdk1"
+PY_REQUIREMENTS_SDK1="$REPO/tests/integration/py/requirements-sdk1.txt"
 JS_DIR="$REPO/tests/integration/js"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -94,20 +103,22 @@ file_hash() {
     sha256sum "$@" | sha256sum | cut -d' ' -f1
 }
 
+# A venv at $1 with the requirements file $2, reinstalled only when that file changes. The
+# 2.x SDKs (the tests' own) and the 1.x ones (the seed quickstart's) need one each.
 setup_venv() {
-    local stamp="$VENV/.sbx-requirements.sha256" want
-    if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-        log "creating $VENV"
-        rm -rf "$VENV"
-        /usr/bin/python3 -m venv "$VENV"
+    local venv=$1 requirements=$2 stamp="$1/.sbx-requirements.sha256" want
+    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        log "creating $venv"
+        rm -rf "$venv"
+        /usr/bin/python3 -m venv "$venv"
     fi
-    want=$(file_hash "$PY_REQUIREMENTS")
+    want=$(file_hash "$requirements")
     if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
-        log "Python venv up to date"
+        log "Python venv ${venv#"$REPO"/} up to date"
         return
     fi
-    log "pip install -r ${PY_REQUIREMENTS#"$REPO"/}"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$PY_REQUIREMENTS"
+    log "pip install -r ${requirements#"$REPO"/}"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
     printf '%s\n' "$want" >"$stamp"
 }
 
@@ -157,7 +168,8 @@ main() {
     test)
         install_apt_packages test
         build_templates
-        setup_venv
+        setup_venv "$VENV" "$PY_REQUIREMENTS"
+        setup_venv "$VENV_SDK1" "$PY_REQUIREMENTS_SDK1"
         setup_js
         ;;
     *) usage ;;

@@ -42,7 +42,9 @@ definition_files() {
     code-interpreter)
         (cd "$REPO" && find templates/code-interpreter -type f | LC_ALL=C sort
             echo src/jupyter/python/sbx_e2b.py
-            echo src/jupyter/java/SbxJavaKernel.java)
+            echo src/jupyter/java/SbxJavaKernel.java
+            printf 'src/jupyter/javascript/%s\n' kernel.js package-lock.json package.json \
+                transform.js)
         ;;
     *) die "unknown template $1" ;;
     esac
@@ -112,6 +114,7 @@ build_on() {
         mkdir -p "$out/merged/tmp/def/src"
         cp -r "$dir/." "$out/merged/tmp/def/"
         cp -r "$repo/src/jupyter" "$out/merged/tmp/def/src/"
+        rm -rf "$out/merged/tmp/def/src/jupyter/javascript/node_modules" # a checkout'"'"'s own
         # A clean environment but for the host'"'"'s proxy settings, if any.
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
             LANG=C.UTF-8 ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \

@@ -161,6 +161,15 @@ class Daemon:
                 pass
         return None
 
+    def network(self):
+        """The sandbox network the spawner last reported: {"cidr", "gateway", "table"}."""
+        import re
+        text = self.log_path.read_bytes().decode("utf-8", "replace")
+        found = re.findall(r"event=network cidr=(\S+) gateway=(\S+) table=inet/(\S+)", text)
+        assert found, "the daemon reported no sandbox network"
+        cidr, gateway, table = found[-1]
+        return {"cidr": cidr, "gateway": gateway, "table": table}
+
     def log_tail(self, lines=LOG_TAIL_LINES):
         try:
             text = self.log_path.read_bytes().decode("utf-8", "replace")
@@ -208,20 +217,24 @@ class Daemon:
 @contextlib.contextmanager
 def own_daemon(like, log_dir, extra_args="", env=None):
     """A daemon of a test's own: the binary of `like` with a fresh state dir, started with
-    extra `sbx serve` arguments and environment variables; at the end its sandboxes are
-    killed, it must exit 0 on SIGTERM, and its state dir goes."""
+    extra `sbx serve` arguments ({port} stands for its port) and environment variables; at
+    the end its sandboxes are killed, it must exit 0 on SIGTERM, and its state dir goes."""
     state_dir = tempfile.mkdtemp(prefix="sbx-state-", dir="/var/tmp")
     os.chmod(state_dir, 0o711)
     d = Daemon(like.binary, state_dir, Path(log_dir) / "daemon.log")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SBX_SERVE_ARGS", os.environ.get("SBX_SERVE_ARGS", "") + " " + extra_args)
+        mp.setenv("SBX_SERVE_ARGS",
+                  os.environ.get("SBX_SERVE_ARGS", "") + " " + extra_args.format(port=d.port))
         for k, v in (env or {}).items():
             mp.setenv(k, v)
         d.start()
-    yield d
-    d.kill_all_sandboxes()
-    rc = d.stop()
-    shutil.rmtree(state_dir, ignore_errors=True)
+    try:
+        yield d
+    finally:
+        # Also after a failed test: a daemon left running holds a host uid block.
+        d.kill_all_sandboxes()
+        rc = d.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
     assert rc == 0, d.log_tail()
 
 
@@ -247,8 +260,11 @@ def sbx_daemon(tmp_path_factory):
     daemon = Daemon(_binary(), state_dir, base / "daemon.log")
     for var in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
         os.environ.pop(var, None)
+    # The daemons of the tests take no configuration from the host's /etc/sbx/sbx.conf.
+    os.environ.setdefault("SBX_CONFIG", "/dev/null")
     os.environ["E2B_API_URL"] = daemon.url
     os.environ["E2B_SANDBOX_URL"] = daemon.url
+    os.environ["E2B_VOLUME_API_URL"] = daemon.url  # the volume content API
     os.environ["E2B_API_KEY"] = daemon.api_key
     daemon.start()
     _DAEMON = daemon

@@ -5,6 +5,9 @@ conftest import these as `from helpers import ...`. Fixtures live in tests/conft
 """
 
 import http.client
+import json
+import os
+import subprocess
 import time
 
 
@@ -29,3 +32,117 @@ def http_request(host, port, method, target, body=None, headers=None, timeout=30
         return r.status, r.headers, r.read()
     finally:
         conn.close()
+
+
+# -- hosts of a test's own, for network tests ------------------------------------------------
+
+# A TCP service for a test host: answers every connection with a short HTTP response naming
+# itself and records the peer of each connection (and each UDP datagram on the same port) in
+# a log, so that a test can tell what reached it.
+TEST_SERVICE = r"""
+import socket, sys, threading
+addr, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def note(line):
+    with open(log, "a") as f:
+        f.write(line + "\n")
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(64)
+    while True:
+        c, peer = s.accept()
+        note(f"tcp {peer[0]}")
+        try:
+            c.recv(65536)
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\ntest host " + addr.encode() + b"\n")
+        except OSError:
+            pass
+        c.close()
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((addr, port))
+    while True:
+        data, peer = u.recvfrom(65536)
+        note(f"udp {peer[0]} {data[:64].decode(errors='replace')}")
+threading.Thread(target=udp, daemon=True).start()
+open(log, "a").close()
+tcp()
+"""
+
+
+class TestHost:
+    """A host of the test's own, outside every sandbox: a network namespace joined to this
+    machine by a veth pair, holding `addr` (and `extra` addresses, each routed to it by the
+    test). Traffic sent to it never leaves the machine: the route to each of its addresses is
+    checked before the host is handed out. serve() starts TEST_SERVICE on a port of it.
+
+        with TestHost("a", "198.51.100.2", "198.51.100.1") as h:
+            h.serve(8080)
+            ... h.seen() lists what reached it ...
+    """
+
+    __test__ = False  # not a test class, whatever its name says
+
+    def __init__(self, tag, addr, gateway, prefix=24, extra=()):
+        self.ns = f"sbxt-{tag}"
+        self.dev = f"sbxt{tag}h"
+        self.addr, self.gateway, self.prefix, self.extra = addr, gateway, prefix, list(extra)
+        self.log = f"/tmp/{self.ns}.log"
+        self.procs = []
+
+    def _ip(self, *args, ns=False):
+        cmd = (["ip", "netns", "exec", self.ns] if ns else []) + ["ip", *args]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def __enter__(self):
+        self.close()  # what an interrupted run may have left
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _setup(self):
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        self._ip("link", "add", self.dev, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+        self._ip("addr", "add", f"{self.gateway}/{self.prefix}", "dev", self.dev)
+        self._ip("link", "set", self.dev, "up")
+        self._ip("link", "set", "lo", "up", ns=True)
+        self._ip("addr", "add", f"{self.addr}/{self.prefix}", "dev", "eth0", ns=True)
+        self._ip("link", "set", "eth0", "up", ns=True)
+        self._ip("route", "add", "default", "via", self.gateway, ns=True)
+        for a in self.extra:
+            self._ip("addr", "add", f"{a}/32", "dev", "eth0", ns=True)
+            self._ip("route", "add", f"{a}/32", "dev", self.dev)
+        for a in [self.addr] + self.extra:
+            out = subprocess.run(["ip", "-j", "route", "get", a], check=True,
+                                 capture_output=True, text=True).stdout
+            dev = json.loads(out)[0].get("dev")
+            assert dev == self.dev, f"{a} routes via {dev}, not the test host: not sending there"
+        if os.path.exists(self.log):
+            os.unlink(self.log)
+
+    def serve(self, port, addr=None):
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, "/usr/bin/python3", "-c",
+                              TEST_SERVICE, addr or "0.0.0.0", str(port), self.log],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        assert wait_for(lambda: os.path.exists(self.log), 10), "test service did not start"
+        time.sleep(0.2)
+
+    def seen(self):
+        try:
+            with open(self.log) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def close(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.procs = []
+        subprocess.run(["ip", "link", "del", self.dev], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    def __exit__(self, *exc):
+        self.close()

@@ -22,7 +22,7 @@ SUITE=bookworm
 PACKAGES=(
     sudo curl git python3 ca-certificates kmod iproute2 procps e2fsprogs util-linux
     libuv1 libjansson4 libhttp-parser2.9 libsqlite3-0 libseccomp2 libssl3 libzmq5 libcurl4
-    zlib1g initramfs-tools
+    zlib1g libnftables1 initramfs-tools
 )
 # Where the newest kernel comes from: newer than 6.15, where sbx hands overlayfs its layers
 # as fds of detached mounts.

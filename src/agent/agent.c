@@ -27,7 +27,8 @@
 #include "http/http.h"
 #include "json/json.h"
 
-#define CONFIG_MAX_BYTES (1024 * 1024)
+#define CONFIG_MAX_BYTES    (1024 * 1024)
+#define SBX_AGENT_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 #define UNAUTHORIZED_BODY                                                                          \
     "{\"code\":401,\"message\":\"unauthorized access, please provide a valid access token or "     \
     "method signing if supported\"}"
@@ -69,6 +70,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     json_t *interp = json_object_get(root, "codeInterpreter");
     json_t *mem = json_object_get(root, "memoryMiB");
     json_t *pooled = json_object_get(root, "pooled");
+    json_t *volume = json_object_get(root, "volumeService");
     if (sbx_json_opt_env_map(root, "envVars", &envs, err) < 0) {
         json_decref(root);
         return sbx_error_prefix(err, "config");
@@ -86,6 +88,7 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
                              : NULL;
     cfg->code_interpreter = json_is_true(interp);
     cfg->pooled = json_is_true(pooled);
+    cfg->volume_service = json_is_true(volume);
     cfg->memory_mib =
         json_is_integer(mem) && json_integer_value(mem) > 0 && json_integer_value(mem) <= INT32_MAX
             ? (int)json_integer_value(mem)
@@ -100,6 +103,11 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX_ID", json_string(cfg->sandbox_id));
+    /* Node.js trusts only the CAs built into it; give it the system's store (the host's, in
+     * the template), as OpenSSL, curl, git and pip already use, so that HTTPS works from
+     * sandboxes behind a TLS-intercepting proxy too. */
+    if (access(SBX_AGENT_CA_BUNDLE, R_OK) == 0)
+        json_object_set_new(cfg->env_vars, "NODE_EXTRA_CA_CERTS", json_string(SBX_AGENT_CA_BUNDLE));
     if (envs != NULL)
         json_object_update(cfg->env_vars, envs);
     json_decref(root);
@@ -244,6 +252,8 @@ on_init_body(struct sbx_http_req *req, struct sbx_buf *body)
     config.env_generation++;
     config.pooled = false;
     sbx_interp_env_changed();
+    /* The sandbox's log is its client's: it starts now, not when the pool started it. */
+    sbx_agent_log_reset();
     sbx_log_info("agent_init", "sandbox=%s secure=%s", config.sandbox_id,
                  config.access_token ? "true" : "false");
     sbx_http_respond(req, 204, NULL, NULL, 0);
@@ -271,6 +281,22 @@ on_request(struct sbx_http_req *req, void *ud)
     }
     if (config.pooled) {
         handle_pooled(req, ud == NULL);
+        return;
+    }
+    /* The daemon's way to the sandbox's own ports; never offered inside the sandbox. */
+    if (strcmp(req->method, "CONNECT") == 0) {
+        if (ud == NULL)
+            sbx_agent_connect_port(req);
+        else
+            sbx_http_respond_error(req, 405, "CONNECT is not served here");
+        return;
+    }
+    if (config.volume_service) {
+        /* Only the daemon, which checked the volume's token, reaches the unix socket. */
+        if (ud == NULL)
+            sbx_agent_volume_handle(req);
+        else
+            sbx_http_respond_error(req, 404, "path %s not found", path);
         return;
     }
     /* Port 49999 is the code interpreter's (E2B's Jupyter server), with its own /health and
@@ -304,6 +330,7 @@ on_request(struct sbx_http_req *req, void *ud)
         return;
     }
     if (strcmp(path, "/sbx/log") == 0 && strcmp(req->method, "GET") == 0) {
+        req->quiet = true; /* reading the log must not write to it */
         sbx_agent_log_respond(req);
         return;
     }
@@ -386,9 +413,11 @@ sbx_agent_main(int argc, char **argv)
         return 1;
     }
     sbx_agent_start_init(loop, &config, config.start);
+    if (config.volume_service)
+        sbx_agent_volume_init();
     /* Code-interpreter sandboxes start their default Python kernel now, so the first
      * run_code does not pay for it; other templates start kernels on first use only. */
-    if (config.code_interpreter && sbx_interp_init(loop, &config, &err) < 0) {
+    else if (config.code_interpreter && sbx_interp_init(loop, &config, &err) < 0) {
         sbx_log_warn("interpreter_start", "error=\"%s\"", err->msg);
         sbx_error_free(err);
         err = NULL;

@@ -1,14 +1,17 @@
 /* GET/POST /files: streamed downloads (identity or gzip) and uploads (multipart/form-data or
- * application/octet-stream, optionally gzip-encoded), as the requested user.
+ * application/octet-stream, optionally gzip-encoded). Downloads read as the requested user;
+ * uploads write as envd does, as the agent, handing what they make to the user (fsutil.h).
  *
  * Memory stays bounded: downloads read one chunk at a time and wait for the connection to
  * drain; uploads are written synchronously as each received slice is parsed, so the HTTP
  * layer reads no faster than the disk takes the data.
  *
- * An upload writes the final file in place (watchers see CREATE/WRITE on its name, as with
- * envd). If it fails or the client goes away mid-file, the partial file is removed when the
- * upload created it, or truncated to empty when it overwrote an existing file: no partial
- * content is ever left under the final name. */
+ * An upload writes the final file in place, in envd's order, so that watchers see the same
+ * events: a new file is created (CREATE), given to the user (CHMOD) and written (WRITE); an
+ * existing one is given to the user (CHMOD), truncated and written (WRITE). If it fails or the
+ * client goes away mid-file, the partial file is removed when the upload created it, or truncated
+ * to empty when it overwrote an existing file: no partial content is ever left under the final
+ * name. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -178,6 +181,7 @@ struct download {
     int fd;
     int64_t remaining;
     bool gzip;
+    void (*done)(void);
     z_stream z;
     char in[SBX_AGENT_IO_CHUNK];
     char out[SBX_AGENT_IO_CHUNK];
@@ -190,6 +194,8 @@ download_free(struct download *d)
         close(d->fd);
     if (d->gzip)
         deflateEnd(&d->z);
+    if (d->done)
+        d->done();
     free(d);
 }
 
@@ -393,12 +399,20 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         sbx_http_respond_error(req, 406, "no acceptable encoding found, supported: [gzip]");
         return;
     }
-    fcntl(fd, F_SETFL, 0); /* back to blocking reads of a regular file */
     add_disposition(req, sbx_agent_path_base(path));
     sbx_http_add_header(req, "Vary", "Accept-Encoding");
-    if (!gz && st.st_size == 0) {
+    sbx_agent_file_send(req, fd, st.st_size, gz == 1, NULL);
+}
+
+void
+sbx_agent_file_send(struct sbx_http_req *req, int fd, int64_t size, bool gzip, void (*done)(void))
+{
+    fcntl(fd, F_SETFL, 0); /* back to blocking reads of a regular file */
+    if (!gzip && size == 0) {
         close(fd);
         sbx_http_respond(req, 200, "application/octet-stream", "", 0);
+        if (done)
+            done();
         return;
     }
     struct download *d = calloc(1, sizeof(*d));
@@ -406,8 +420,9 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         abort();
     d->req = req;
     d->fd = fd;
-    d->remaining = st.st_size;
-    d->gzip = gz == 1;
+    d->remaining = size;
+    d->gzip = gzip;
+    d->done = done;
     if (d->gzip) {
         /* Level 1: downloads are dominated by throughput; 15 + 16 selects the gzip wrapper. */
         if (deflateInit2(&d->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
@@ -415,7 +430,7 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
         sbx_http_add_header(req, "Content-Encoding", "gzip");
     } else {
         char len[32];
-        snprintf(len, sizeof(len), "%lld", (long long)st.st_size);
+        snprintf(len, sizeof(len), "%lld", (long long)size);
         sbx_http_add_header(req, "Content-Length", len);
     }
     req->data = d;
@@ -439,6 +454,7 @@ struct upload {
     struct sbx_error *error; /* first failure; the rest of the body is drained */
     /* the file being written */
     int fd;
+    int dirfd; /* O_PATH fd of its directory */
     char *cur_path;
     bool cur_created;
     bool cur_skip; /* a part not named "file" */
@@ -452,20 +468,20 @@ file_abort(struct upload *up)
     if (up->fd < 0)
         return;
     /* No partial content under the final name: remove what this upload created (only if
-     * the name still points at our inode), empty what it was overwriting. */
+     * the name in the directory we opened still is our inode), empty what it was
+     * overwriting. */
     if (up->cur_created) {
         struct stat now;
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&up->user, &fsu, NULL) == 0 && lstat(up->cur_path, &now) == 0 &&
+        const char *name = sbx_agent_path_base(up->cur_path);
+        if (fstatat(up->dirfd, name, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
             now.st_ino == up->cur_st.st_ino && now.st_dev == up->cur_st.st_dev)
-            unlink(up->cur_path);
-    } else {
-        if (ftruncate(up->fd, 0) < 0) {
-            /* nothing more can be done */
-        }
+            unlinkat(up->dirfd, name, 0);
+    } else if (ftruncate(up->fd, 0) < 0) {
+        /* nothing more can be done */
     }
     close(up->fd);
-    up->fd = -1;
+    close(up->dirfd);
+    up->fd = up->dirfd = -1;
     free(up->cur_path);
     up->cur_path = NULL;
 }
@@ -501,42 +517,52 @@ file_begin(struct upload *up, char *path /* stolen */, struct sbx_error **err)
     if (json_array_size(up->results) >= SBX_AGENT_UPLOAD_MAX_FILES)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d files in one upload",
                              SBX_AGENT_UPLOAD_MAX_FILES);
-    _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-    if (sbx_agent_fsuser_enter(&up->user, &fsu, err) < 0)
-        return -1;
-    _cleanup_free_ char *dir = sbx_agent_path_dir(p);
-    if (sbx_agent_mkdir_p(dir, err) < 0)
-        return -1;
-    if (up->user.uid != 0 && sbx_agent_path_is_agent_proc(p))
-        return sbx_agent_fs_error(err, EACCES, "open '%s' for writing", p);
-    struct stat st;
-    if (stat(p, &st) == 0 && S_ISDIR(st.st_mode))
+    if (strcmp(p, "/") == 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, EISDIR, "path '%s' is a directory", p);
-    /* A new file first (O_EXCL|O_NOFOLLOW, so we know whether this upload created it);
-     * else overwrite in place, through a symlink if there is one (envd's semantics; the
-     * kernel checks the target's permissions as the user). 0644 as envd's 0666 & ~022. */
+    /* As the agent, the way envd writes (see fsutil.h for what keeps symlinks in bounds). */
+    _cleanup_free_ char *dir = sbx_agent_path_dir(p);
+    _cleanup_close_ int dfd = sbx_agent_dir_make(dir, up->user.uid, up->user.gid, NULL, err);
+    if (dfd < 0)
+        return -1;
+    /* A new file first (O_EXCL|O_NOFOLLOW, so we know whether this upload created it), else
+     * the existing one, through a final symlink if there is one (envd's semantics); not
+     * truncated until we know what it is. 0644 as envd's 0666 & ~022. */
+    const char *name = sbx_agent_path_base(p);
     bool created = true;
-    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0644);
+    int fd = sbx_agent_open_for_user(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY,
+                                     0644);
     if (fd < 0 && errno == EEXIST) {
         created = false;
-        fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0644);
+        fd = sbx_agent_open_for_user(dfd, name, O_WRONLY | O_CREAT | O_NOCTTY | O_NONBLOCK, 0644);
     }
+    if (fd < 0 && errno == EISDIR)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, EISDIR, "path '%s' is a directory", p);
     if (fd < 0)
-        return sbx_agent_fs_error(err, errno, "open '%s' for writing", p);
-    if (fstat(fd, &up->cur_st) < 0 || !S_ISREG(up->cur_st.st_mode)) {
+        return sbx_agent_write_error(err, errno, "open for writing", p, (int)strlen(p));
+    struct stat st;
+    if (sbx_agent_fd_is_proc(fd)) {
+        close(fd);
+        return sbx_error_set(err, SBX_PERMISSION_DENIED, EACCES,
+                             "path '%s' is on /proc, which uploads never write", p);
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "path '%s' is not a regular file", p);
     }
-    if (!created) {
-        fcntl(fd, F_SETFL, 0);
-        /* envd hands an overwritten file to the operation user; allowed only when the
-         * user owns it already or is root, which is exactly envd's outcome otherwise. */
-        if (fchown(fd, up->user.uid, up->user.gid) < 0) {
-            /* keep the existing owner */
-        }
+    /* envd hands the file to the user before it writes; an existing file then loses its old
+     * content, and not before: a failure here leaves it as it was. */
+    if (fchown(fd, up->user.uid, up->user.gid) < 0 ||
+        (!created && (ftruncate(fd, 0) < 0 || fcntl(fd, F_SETFL, 0) < 0))) {
+        int e = errno;
+        if (created)
+            unlinkat(dfd, name, 0); /* just made by us, still empty */
+        close(fd);
+        return sbx_agent_write_error(err, e, "open for writing", p, (int)strlen(p));
     }
     up->fd = fd;
+    up->dirfd = steal_fd(&dfd);
     up->cur_created = created;
+    up->cur_st = st;
     up->cur_path = steal_pointer(&p);
     return 0;
 }
@@ -561,19 +587,16 @@ file_write(struct upload *up, const char *data, size_t len, struct sbx_error **e
 static int
 file_end(struct upload *up, struct sbx_error **err)
 {
-    {
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&up->user, &fsu, err) < 0)
+    /* Without metadata headers an upload clears the old metadata (envd). */
+    if ((up->metadata || !up->cur_created) &&
+        sbx_agent_metadata_write_fd(up->fd, up->metadata, err) < 0) {
+        if (up->metadata)
             return -1;
-        /* Without metadata headers an upload clears the old metadata (envd). */
-        if ((up->metadata || !up->cur_created) &&
-            sbx_agent_metadata_write_fd(up->fd, up->metadata, err) < 0) {
-            if (up->metadata)
-                return -1;
-            sbx_error_free(*err); /* clearing on a filesystem without xattrs is fine */
-            *err = NULL;
-        }
+        sbx_error_free(*err); /* clearing on a filesystem without xattrs is fine */
+        *err = NULL;
     }
+    close(up->dirfd);
+    up->dirfd = -1;
     if (close(up->fd) < 0 && (errno == ENOSPC || errno == EDQUOT)) {
         up->fd = -1;
         return sbx_agent_fs_error(err, errno, "close '%s'", up->cur_path);
@@ -762,7 +785,7 @@ files_post(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
     struct upload *up = calloc(1, sizeof(*up));
     if (up == NULL)
         abort();
-    up->fd = -1;
+    up->fd = up->dirfd = -1;
     up->req = req;
     up->results = json_array();
     if (prepare(req, cfg, &p, SBX_SIGNATURE_OP_WRITE, &up->user) < 0) {

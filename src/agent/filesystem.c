@@ -85,25 +85,31 @@ do_stat(struct call *c, json_t *msg, struct sbx_error **e)
     return entry_response(path, c, e);
 }
 
+/* Makes dir and its missing parents for the call's user as envd's EnsureDirs does: as the
+ * agent, each new directory handed to the user (fsutil.h). The call goes on as its user. */
+static int
+make_dirs(struct call *c, const char *dir, bool *created, struct sbx_error **e)
+{
+    sbx_agent_fsuser_leave(&c->fsu);
+    int fd = sbx_agent_dir_make(dir, c->user.uid, c->user.gid, created, e);
+    int rc = fd < 0 ? -1 : 0;
+    if (fd >= 0)
+        close(fd);
+    if (sbx_agent_fsuser_enter(&c->user, &c->fsu, rc < 0 ? NULL : e) < 0)
+        rc = -1;
+    return rc;
+}
+
 static json_t *
 do_make_dir(struct call *c, json_t *msg, struct sbx_error **e)
 {
     _cleanup_free_ char *path = sbx_agent_fs_req_path(msg, "path", &c->user, e);
     if (path == NULL)
         return NULL;
-    struct stat st;
-    if (stat(path, &st) == 0) {
-        if (S_ISDIR(st.st_mode))
-            sbx_error_set(e, SBX_ALREADY_EXISTS, EEXIST, "directory '%s' already exists", path);
-        else
-            sbx_error_set(e, SBX_INVALID_ARGUMENT, EEXIST,
-                          "path '%s' already exists and is not a directory", path);
+    bool created = false;
+    if (make_dirs(c, path, &created, e) < 0)
         return NULL;
-    }
-    int rc = sbx_agent_mkdir_p(path, e);
-    if (rc < 0)
-        return NULL;
-    if (rc == 0) {
+    if (!created) {
         sbx_error_set(e, SBX_ALREADY_EXISTS, EEXIST, "directory '%s' already exists", path);
         return NULL;
     }
@@ -128,7 +134,7 @@ do_move(struct call *c, json_t *msg, struct sbx_error **e)
         return NULL;
     }
     _cleanup_free_ char *dir = sbx_agent_path_dir(dst);
-    if (sbx_agent_mkdir_p(dir, e) < 0)
+    if (make_dirs(c, dir, NULL, e) < 0)
         return NULL;
     if (rename(src, dst) < 0) {
         sbx_agent_fs_error(e, errno, "move '%s' to '%s'", src, dst);
@@ -269,6 +275,12 @@ remove_at(int parent_fd, const char *name, const char *shown, unsigned level, st
     return rc;
 }
 
+int
+sbx_agent_remove_at(int parent_fd, const char *name, const char *shown, struct sbx_error **e)
+{
+    return remove_at(parent_fd, name, shown, 0, e);
+}
+
 static json_t *
 do_remove(struct call *c, json_t *msg, struct sbx_error **e)
 {
@@ -287,7 +299,7 @@ do_remove(struct call *c, json_t *msg, struct sbx_error **e)
         sbx_agent_fs_error(e, errno, "open '%s'", dir);
         return NULL;
     }
-    int rc = remove_at(dfd, sbx_agent_path_base(path), path, 0, e);
+    int rc = sbx_agent_remove_at(dfd, sbx_agent_path_base(path), path, e);
     close(dfd);
     return rc < 0 ? NULL : json_object();
 }

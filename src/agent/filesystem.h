@@ -1,13 +1,14 @@
 /* The envd `filesystem.Filesystem` service (filesystem.c, watch.c) and the /files transfer
- * endpoint (files.c) of the agent. Every file operation runs as the operation user (see
- * fsutil.h), inside the sandbox's mount namespace. Nothing here opens listeners or reads the
- * agent config file.
+ * endpoint (files.c) of the agent. File operations run inside the sandbox's mount namespace,
+ * as the operation user (see fsutil.h), except what envd writes as root: uploads, MakeDir and
+ * the parents Move makes are written as the agent and handed to the user, with the bounds
+ * fsutil.h describes. Nothing here opens listeners or reads the agent config file.
  *
- * Symlinks: paths are resolved by the kernel as the operation user would resolve them in a
- * shell, following symlinks, because the permission checks run as that user: following a
- * link grants nothing the user could not do by naming the target directly, and the agent's
- * root is the sandbox's pivot_root'ed root, so /proc/self/root and /proc/1/root lead back
- * into the sandbox. Writes go through a symlink at the final component, as in envd. */
+ * Symlinks: paths are resolved by the kernel following symlinks, as in envd. Read as the
+ * operation user, following a link grants nothing the user could not do by naming the target
+ * directly, and the agent's root is the sandbox's pivot_root'ed root, so /proc/self/root and
+ * /proc/1/root lead back into the sandbox. Writes go through a symlink at the final component,
+ * as in envd, but never into /proc or through its magic links (fsutil.h). */
 #ifndef SBX_AGENT_FILESYSTEM_H
 #define SBX_AGENT_FILESYSTEM_H
 
@@ -28,6 +29,17 @@
 bool sbx_agent_fs_handle(struct sbx_http_req *req);
 /* Handles GET/POST /files, including the access-token-or-signature check (spec §5.3). */
 bool sbx_agent_files_handle(struct sbx_http_req *req, const struct sbx_agent_config *cfg);
+/* Answers 200 with the size bytes of the regular file fd (taken), streamed with back-pressure
+ * (gzip-encoded if asked; else with a Content-Length); done, if set, once it is over. */
+void sbx_agent_file_send(struct sbx_http_req *req, int fd, int64_t size, bool gzip,
+                         void (*done)(void));
+/* Removes name below parent_fd, recursively, never following a symlink; shown names it in
+ * errors. A missing name is not an error. */
+int sbx_agent_remove_at(int parent_fd, const char *name, const char *shown, struct sbx_error **e);
+
+/* volume.c: the volume content API of a volume's service sandbox (spec lifecycle.md §6.3). */
+void sbx_agent_volume_init(void);
+void sbx_agent_volume_handle(struct sbx_http_req *req);
 
 /* watch.c: the WatchDir stream and the CreateWatcher/GetWatcherEvents/RemoveWatcher trio. */
 void sbx_agent_watch_dir(struct sbx_http_req *req, json_t *msg);

@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
+#include <linux/magic.h>
+#include <linux/openat2.h>
 #include <sys/fsuid.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -284,42 +287,98 @@ sbx_agent_path_is_agent_proc(const char *path)
     return hit;
 }
 
+/* ---- writing on a user's behalf ---- */
+
 int
-sbx_agent_mkdir_p(const char *dir, struct sbx_error **err)
+sbx_agent_open_for_user(int dirfd, const char *name, int flags, mode_t mode)
 {
-    struct stat st;
-    if (stat(dir, &st) == 0) {
-        if (S_ISDIR(st.st_mode))
-            return 0;
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR,
-                             "path '%s' exists and is not a directory", dir);
-    }
-    if (errno != ENOENT)
-        return sbx_agent_fs_error(err, errno, "stat '%s'", dir);
-    _cleanup_free_ char *copy = strdup(dir);
-    if (copy == NULL)
-        abort();
-    /* Create each missing component in turn; a concurrent creator (EEXIST) is fine. */
-    for (char *s = copy + 1;; s++) {
-        if (*s != '/' && *s != '\0')
-            continue;
-        char saved = *s;
-        *s = '\0';
-        if (mkdir(copy, 0755) < 0 && errno != EEXIST) {
-            int e = errno;
-            if (e == ENOTDIR)
-                return sbx_error_set(err, SBX_INVALID_ARGUMENT, e,
-                                     "a component of '%s' is not a directory", dir);
-            return sbx_agent_fs_error(err, e, "create directory '%s'", copy);
+    /* RESOLVE_NO_MAGICLINKS: never through /proc/<pid>/{fd,root,cwd,exe,map_files} (fsutil.h). */
+    struct open_how how = {
+        .flags = (uint64_t)(flags | O_CLOEXEC),
+        .mode = (flags & O_CREAT) ? mode : 0,
+        .resolve = RESOLVE_NO_MAGICLINKS,
+    };
+    return (int)syscall(SYS_openat2, dirfd, name, &how, sizeof(how));
+}
+
+bool
+sbx_agent_fd_is_proc(int fd)
+{
+    struct statfs s;
+    /* Fails closed: a descriptor we cannot classify is treated as procfs. */
+    return fstatfs(fd, &s) < 0 || s.f_type == PROC_SUPER_MAGIC;
+}
+
+int
+sbx_agent_write_error(struct sbx_error **err, int e, const char *what, const char *path, int len)
+{
+    if (e == ELOOP)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, e,
+                             "%s '%.*s': a symlink loop, or a /proc/<pid>/{fd,root,cwd,exe} link, "
+                             "which writes never follow",
+                             what, len, path);
+    return sbx_agent_fs_error(err, e, "%s '%.*s'", what, len, path);
+}
+
+/* The error for directory dir, whose first upto bytes were being opened or made. */
+static int
+dir_error(struct sbx_error **err, int e, const char *dir, size_t upto)
+{
+    if (e == ENOTDIR && dir[upto] == '\0')
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, e,
+                             "path '%s' already exists and is not a directory", dir);
+    if (e == ENOTDIR)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, e, "a component of '%s' is not a directory",
+                             dir);
+    return sbx_agent_write_error(err, e, "create directory", dir, (int)upto);
+}
+
+int
+sbx_agent_dir_make(const char *dir, uid_t uid, gid_t gid, bool *created, struct sbx_error **err)
+{
+    bool made = false;
+    _cleanup_close_ int fd = sbx_agent_open_for_user(AT_FDCWD, "/", O_PATH | O_DIRECTORY, 0);
+    if (fd < 0)
+        return sbx_agent_fs_error(err, errno, "open '/'");
+    /* dir is clean: one '/' between components, none at the end. Each step opens the next
+     * component relative to the directory just opened, following symlinks as envd's os.Stat
+     * does; what is missing is made there, reopened without following, and handed to the
+     * user through that descriptor, so a name swapped for a symlink between mkdir and chown
+     * is never chowned (envd chowns by path). */
+    for (const char *c = dir + 1; *c != '\0';) {
+        size_t n = strcspn(c, "/");
+        size_t upto = (size_t)(c - dir) + n;
+        _cleanup_free_ char *name = strndup(c, n);
+        if (name == NULL)
+            abort();
+        made = false;
+        int next = sbx_agent_open_for_user(fd, name, O_PATH | O_DIRECTORY, 0);
+        if (next < 0 && errno == ENOENT) {
+            if (mkdirat(fd, name, 0755) == 0) {
+                made = true;
+                next = sbx_agent_open_for_user(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
+                if (next >= 0 && fchown(next, uid, gid) < 0) {
+                    int e = errno;
+                    close(next);
+                    next = -1;
+                    errno = e;
+                }
+            } else if (errno == EEXIST) {
+                /* Made meanwhile by someone else; theirs, so not chowned. */
+                next = sbx_agent_open_for_user(fd, name, O_PATH | O_DIRECTORY, 0);
+            }
         }
-        *s = saved;
-        if (saved == '\0')
-            break;
+        if (next < 0)
+            return dir_error(err, errno, dir, upto);
+        close(fd);
+        fd = next;
+        c += n;
+        if (*c == '/')
+            c++;
     }
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR,
-                             "path '%s' exists and is not a directory", dir);
-    return 1;
+    if (created)
+        *created = made;
+    return steal_fd(&fd);
 }
 
 /* ---- owner names ---- */

@@ -1,10 +1,11 @@
 /* Shared by the filesystem service, the watchers and /files: running file operations as a
- * sandbox user, resolving request paths, EntryInfo, and user metadata in xattrs.
+ * sandbox user, writing on a user's behalf as envd does, resolving request paths, EntryInfo,
+ * and user metadata in xattrs.
  *
- * Acting as a user: the agent is one thread on its loop, so each file operation switches the
- * filesystem uid/gid (setfsuid/setfsgid, per thread, reverted after the operation) to the
- * operation user. The kernel then checks permissions as that user and new files and
- * directories are owned by it. For a user other than root the thread's effective
+ * Acting as a user: the agent is one thread on its loop, so each file operation other than the
+ * writes below switches the filesystem uid/gid (setfsuid/setfsgid, per thread, reverted after
+ * the operation) to the operation user. The kernel then checks permissions as that user and new
+ * files and directories are owned by it. For a user other than root the thread's effective
  * capabilities are emptied as well (setfsuid alone keeps e.g. CAP_SYS_PTRACE, which would
  * open /proc/1/root and /proc/<pid>/mem of root processes to that user). Supplementary groups are
  * not switched (setgroups is process-wide): the fs identity is the user's uid and primary gid.
@@ -67,10 +68,44 @@ char *sbx_agent_path_join(const char *dir, const char *name);
  * oom_score_adj. Non-root operations refuse such paths. */
 bool sbx_agent_path_is_agent_proc(const char *path);
 
-/* Creates dir and its missing parents (0755) as the current fs user. Returns 1 if dir was
- * created, 0 if it already was a directory, -1 (ENOTDIR as invalid_argument if a component is
- * not a directory). */
-int sbx_agent_mkdir_p(const char *dir, struct sbx_error **err);
+/* ---- writing on a user's behalf: uploads, MakeDir, the parents of Move's destination ----
+ *
+ * envd runs as root and does no permission check of its own: it creates missing parents
+ * (0755) and new files (0666 & ~022) as root and then chowns each to the user, and chowns an
+ * existing file to the user before truncating it, following symlinks all along. So on E2B a
+ * user may write every path root can (`/0/x.txt`, `/etc/x`, `/root/x`). These helpers do the
+ * same with the agent's own identity, sandbox root; E2B's contract gives the user
+ * passwordless sudo, so a client gains nothing sandbox root did not have already.
+ *
+ * What sandbox root cannot do, and the agent could, is write into the agent itself: the
+ * kernel lets a process open its own /proc entries whatever their owner (/proc/1/mem,
+ * oom_score_adj, attr/..., reached also as /proc/self and /proc/<tid> of its threads), and the
+ * magic links /proc/<pid>/{fd,root,cwd,exe,map_files} lead to objects that may have no name in
+ * the sandbox (the agent's host descriptors). A user's symlink must not make root write there:
+ *   - every open here uses openat2 with RESOLVE_NO_MAGICLINKS, so no path, and no symlink in
+ *     it, resolves through a magic link;
+ *   - a file is opened first, then checked on its descriptor (sbx_agent_fd_is_proc) and only
+ *     then chowned, truncated or written: nothing on procfs is written, whichever symlinks led
+ *     there, and no swap between a check and the write can change what is written;
+ *   - directories are made with mkdirat relative to a descriptor of their parent and chowned
+ *     through a descriptor opened without following symlinks, never by name.
+ * Everything else a symlink leads to, root could be asked to write by naming the target. */
+
+/* openat2 of name in dirfd with O_CLOEXEC added and RESOLVE_NO_MAGICLINKS (mode only with
+ * O_CREAT). Call with the agent's own fs identity. -1 with errno (ELOOP at a magic link). */
+int sbx_agent_open_for_user(int dirfd, const char *name, int flags, mode_t mode);
+/* -1 with the error of errno e from "<what> '<path>'" (the first len bytes of path); ELOOP is
+ * explained, as it is also what RESOLVE_NO_MAGICLINKS answers. */
+int sbx_agent_write_error(struct sbx_error **err, int e, const char *what, const char *path,
+                          int len);
+/* Whether fd is on procfs (true, too, if that cannot be told). */
+bool sbx_agent_fd_is_proc(int fd);
+/* Opens dir (clean, absolute), first making it and any missing parent as envd's EnsureDirs
+ * does: mode 0755, then owned by uid:gid. Returns an O_PATH fd of dir; *created (may be NULL)
+ * says whether dir itself was made. A component that is not a directory is invalid_argument.
+ * Call with the agent's own fs identity. */
+int sbx_agent_dir_make(const char *dir, uid_t uid, gid_t gid, bool *created,
+                       struct sbx_error **err);
 
 /* errno -> error with the filesystem meaning of the code (ENOENT not_found, ENAMETOOLONG
  * invalid_argument, ENOSPC/EDQUOT resource_exhausted...). Returns -1. */

@@ -1,6 +1,6 @@
 /* Code interpreter: contexts, the execution queue and the NDJSON stream of POST /execute
- * (spec §4). Kernels (src/jupyter/kernel.c) run as user `user`; this file turns their
- * messages into the lines the E2B SDKs parse. */
+ * (spec §4). Kernels (src/jupyter/kernel.c) run as sandbox root (SBX_INTERP_KERNEL_USER);
+ * this file turns their messages into the lines the E2B SDKs parse. */
 #include "agent/interpreter.h"
 
 #include <ctype.h>
@@ -163,7 +163,7 @@ static pid_t
 spawn_kernel(void *ud, const struct sbx_kernel_spawn_req *r, struct sbx_error **err)
 {
     struct sbx_agent_user u = {0};
-    if (sbx_agent_user_lookup("/etc", SBX_AGENT_DEFAULT_USER, &u, err) < 0)
+    if (sbx_agent_user_lookup("/etc", SBX_INTERP_KERNEL_USER, &u, err) < 0)
         return -1;
     /* The kernel's own PYTHONPATH goes first; a sandbox-wide one is kept after it. */
     json_t *extra = json_deep_copy(r->extra_env);
@@ -212,7 +212,7 @@ ctx_start_kernel(struct ctx *c, struct sbx_error **err)
     if (c->kernel != NULL)
         return 0;
     struct sbx_agent_user u = {0};
-    if (sbx_agent_user_lookup("/etc", SBX_AGENT_DEFAULT_USER, &u, err) < 0)
+    if (sbx_agent_user_lookup("/etc", SBX_INTERP_KERNEL_USER, &u, err) < 0)
         return -1;
     struct sbx_kernel_launch l = {
         .language = c->lang,
@@ -270,14 +270,11 @@ answer_waiters(struct ctx *c, const char *error)
 
 static json_t *env_snippet(const char *lang, json_t *set, json_t *unset);
 
-/* A kernel started before POST /init (a pooled sandbox's warm one) gets the sandbox-wide env
- * vars now, silently and before any execution of the client's: the kernel runs what it is
- * sent in order. */
+/* Sets the sandbox-wide env vars in the kernel by code, silently and before any execution of
+ * the client's: the kernel runs what it is sent in order. */
 static void
-ctx_refresh_env(struct ctx *c)
+ctx_send_env(struct ctx *c)
 {
-    if (c->kernel == NULL || !c->kernel_was_ready || c->env_generation == svc.cfg->env_generation)
-        return;
     c->env_generation = svc.cfg->env_generation;
     json_t *unset = json_array();
     json_t *code = env_snippet(c->lang, svc.cfg->env_vars, unset);
@@ -286,6 +283,15 @@ ctx_refresh_env(struct ctx *c)
         sbx_kernel_execute(c->kernel, code, true, NULL, NULL);
         json_decref(code);
     }
+}
+
+/* A kernel started before POST /init (a pooled sandbox's warm one) gets the sandbox-wide env
+ * vars now. */
+static void
+ctx_refresh_env(struct ctx *c)
+{
+    if (c->kernel != NULL && c->kernel_was_ready && c->env_generation != svc.cfg->env_generation)
+        ctx_send_env(c);
 }
 
 /* GET /sbx/ready waits for the default Python kernel of a pooled sandbox. */
@@ -344,7 +350,12 @@ on_kernel_ready(struct sbx_kernel *k, void *ud)
     struct ctx *c = ud;
     c->kernel_was_ready = true;
     sbx_log_info("kernel_ready", "context=%s language=%s", c->id, c->lang);
-    ctx_refresh_env(c);
+    /* Every kernel has the sandbox-wide env vars in its environment. Java code reads them as
+     * system properties too, as on E2B, whose only form for Java they are. */
+    if (strcmp(c->lang, "java") == 0)
+        ctx_send_env(c);
+    else
+        ctx_refresh_env(c);
     if (c == default_python())
         answer_warm(true);
     answer_waiters(c, NULL);
@@ -530,10 +541,11 @@ on_result(void *ud, bool main, json_t *data)
             (!json_is_object(v) || json_object_size(v) == 0))
             continue;
         if (strcmp(field, "text") == 0 && json_is_string(v)) {
-            /* As E2B does: a Python str repr loses its surrounding single quotes. */
+            /* As E2B does: a string's repr (Python's 'abc', Node's 'abc' or "it's") loses
+             * its surrounding quotes. */
             const char *t = json_string_value(v);
             size_t n = json_string_length(v);
-            if (n >= 2 && t[0] == '\'' && t[n - 1] == '\'') {
+            if (n >= 2 && (t[0] == '\'' || t[0] == '"') && t[n - 1] == t[0]) {
                 json_object_set_new(line, field, json_stringn(t + 1, n - 2));
                 continue;
             }
@@ -548,7 +560,7 @@ on_result(void *ud, bool main, json_t *data)
 static void
 on_error(void *ud, const char *name, const char *value, const char *tb)
 {
-    /* bash_kernel and tslab report failures without an ename. */
+    /* bash_kernel reports failures without an ename. */
     write_error(ud, *name ? name : "Error", value, tb);
 }
 

@@ -1,9 +1,9 @@
 /* The code-interpreter API of the agent (E2B's Jupyter server, port 49999): POST /execute
  * streaming NDJSON, /contexts (create, list, delete, restart) and GET /health "OK".
  *
- * Owns the contexts (one Jupyter kernel each, started as user `user`), the per-context queue
- * of executions, per-run environment variables, keepalives, and interrupting the kernel when
- * a client goes away. Kernels themselves live in src/jupyter/. Never reads the agent config
+ * Owns the contexts (one Jupyter kernel each, run as SBX_INTERP_KERNEL_USER), the per-context
+ * queue of executions, per-run environment variables, keepalives, and interrupting the kernel
+ * when a client goes away. Kernels themselves live in src/jupyter/. Never reads the agent config
  * file or opens listeners. */
 #ifndef SBX_AGENT_INTERPRETER_H
 #define SBX_AGENT_INTERPRETER_H
@@ -19,6 +19,12 @@
 #define SBX_INTERP_INTERRUPT_GRACE_MS 10000 /* then an interrupted kernel is restarted */
 #define SBX_INTERP_MAX_QUEUED         256   /* queued executions per context */
 #define SBX_INTERP_DEFAULT_CWD        "/home/user"
+/* Kernels run as sandbox root, as E2B's do (its Jupyter server and kernels run as root): code
+ * run through the interpreter may use any directory, e.g. a context with cwd /root. Sandbox
+ * root is uid 0 of the sandbox's user namespace only, with no host privilege; every user of the
+ * sandbox can become it anyway (passwordless sudo, as on E2B); and it cannot reach the agent
+ * (non-dumpable, no CAP_SYS_PTRACE: SECURITY.md, 10). Commands keep running as `user`. */
+#define SBX_INTERP_KERNEL_USER "root"
 
 /* Creates the default contexts and starts the default Python kernel, so that the first
  * run_code does not pay its start. Call after sbx_agent_process_init (kernels are reaped by

@@ -45,6 +45,13 @@ sbx_agent_log_init(void)
 }
 
 void
+sbx_agent_log_reset(void)
+{
+    ring.head = 0;
+    ring.wrapped = false;
+}
+
+void
 sbx_agent_log_respond(struct sbx_http_req *req)
 {
     const char *old = ring.buf + ring.head, *end = ring.buf + sizeof(ring.buf);

@@ -8,6 +8,8 @@
 
 /* Sends every sbx_log line of this process to the ring. */
 void sbx_agent_log_init(void);
+/* Forgets every line so far (a pooled sandbox's start, before its client adopted it). */
+void sbx_agent_log_reset(void);
 /* Answers 200 text/plain with the lines the ring holds, oldest first. */
 void sbx_agent_log_respond(struct sbx_http_req *req);
 

@@ -487,6 +487,12 @@ on_child_exit(pid_t pid, int wstatus, const char *killed_by, void *ud)
     proc_close_io(p);
     uv_timer_stop(&p->deadline);
     p->end = sbx_agent_end_event_format(wstatus, killed_by);
+    const char *status = json_string_value(json_object_get(p->end, "status"));
+    if (killed_by)
+        sbx_log_warn("process_end", "pid=%d status=\"%s\" killed=\"%s\"", (int)pid, status,
+                     killed_by);
+    else
+        sbx_log_info("process_end", "pid=%d status=\"%s\"", (int)pid, status);
     while (p->subs) {
         struct sub *s = p->subs;
         sub_send(s, sbx_agent_event("end", json_incref(p->end)));
@@ -781,9 +787,20 @@ on_start(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)
         return;
     }
     struct proc *p = proc_start(&r, &u, &e);
+    char line[512], cmd[512];
+    int n = snprintf(line, sizeof(line), "%s", r.cmd);
+    for (size_t i = 0; i < r.n_args && n >= 0 && (size_t)n < sizeof(line); i++)
+        n += snprintf(line + n, sizeof(line) - (size_t)n, " %s", r.args[i]);
+    sbx_log_quote(cmd, sizeof(cmd), line);
+    /* The sandbox's log (its daemon keeps it after the sandbox ends): what ran, as whom. */
+    if (p)
+        sbx_log_info("process_start", "pid=%d cmd=\"%s\" user=%s pty=%d", (int)p->pid, cmd, u.name,
+                     r.pty);
     sbx_agent_user_fini(&u);
     if (p == NULL) {
-        sbx_log_info("process_start_failed", "cmd=%s error=\"%s\"", r.cmd, e ? e->msg : "");
+        char why[512];
+        sbx_log_quote(why, sizeof(why), e ? e->msg : "");
+        sbx_log_warn("process_start_failed", "cmd=\"%s\" error=\"%s\"", cmd, why);
         sbx_agent_start_req_fini(&r);
         reply_error(req, e);
         return;

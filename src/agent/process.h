@@ -35,6 +35,7 @@ struct sbx_agent_config {
     bool code_interpreter; /* template is a code interpreter: start its kernel at boot */
     int memory_mib;        /* the sandbox's memory limit, named when the OOM killer strikes */
     bool pooled;           /* started ahead of a client: serves nothing but POST /init until then */
+    bool volume_service;   /* a volume's content API (volume.c), on the daemon's socket only */
     unsigned env_generation; /* bumped when POST /init sets env_vars */
     json_t *start;           /* the template's start and ready commands (start.c), or NULL */
 };

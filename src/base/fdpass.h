@@ -5,7 +5,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define SBX_FDPASS_MAX 2 /* fds one datagram may carry */
+/* fds one datagram may carry: a sandbox's two overlays and its volumes (8) */
+#define SBX_FDPASS_MAX 10
 
 /* One datagram of len bytes carrying nfds (<= SBX_FDPASS_MAX) fds. */
 int sbx_send_fds(int sock, const void *msg, size_t len, const int *fds, size_t nfds);

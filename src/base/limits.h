@@ -11,8 +11,15 @@
 #define SBX_HTTP_LINGER_MS         5000              /* ... and for at most this long */
 /* Bytes read per read(2). Larger reads save little (bodies are parsed in place) and make
  * every leftover copied into inbuf and every queued write a large malloc. */
-#define SBX_HTTP_READ_SLAB              (64 * 1024)
-#define SBX_PROXY_SNDBUF                (1024 * 1024) /* send buffer towards an agent, best effort */
+#define SBX_HTTP_READ_SLAB (64 * 1024)
+/* Bytes read per read(2) where they are only passed on (a tunnel, an upstream's response):
+ * fewer system calls per byte on the way to and from a sandbox's port. */
+#define SBX_RELAY_READ_SLAB (256 * 1024)
+#define SBX_PROXY_SNDBUF    (1024 * 1024) /* send buffer towards an agent, best effort */
+/* A tunnel (WebSocket, CONNECT, proxied egress) that carries no byte either way this long
+ * is closed, as E2B's proxy does; clients that keep one open send pings. */
+#define SBX_TUNNEL_IDLE_MS              (620 * 1000)
+#define SBX_TUNNEL_KEEPALIVE_S          60 /* TCP keepalive of a tunnel's client: a peer that vanished */
 #define SBX_CONNECT_KEEPALIVE_DEFAULT_S 50 /* keepalive events on streams, when not asked */
 #define SBX_CONNECT_KEEPALIVE_MAX_S     60
 #define SBX_CONNECT_MAX_MESSAGE         (16 * 1024 * 1024)
@@ -24,8 +31,19 @@
 #define SBX_HTTP_LOG_SOURCES_MAX 1024
 #define SBX_HTTP_LOG_ERROR_MAX   256
 
+/* API keys: at most this many valid keys; an address that fails to authenticate this many
+ * times within the window gets 429 until it ends (addresses beyond the table's size share one
+ * count); a key's last use is written at most once per interval. */
+#define SBX_MAX_API_KEYS           1000
+#define SBX_AUTH_FAIL_MAX          30
+#define SBX_AUTH_FAIL_WINDOW_MS    60000
+#define SBX_AUTH_SOURCES_MAX       1024
+#define SBX_AUTH_TOUCH_INTERVAL_MS 60000
+
 #define SBX_DEFAULT_LISTEN     "127.0.0.1:3000"
 #define SBX_DEFAULT_STATE_DIR  "/var/lib/sbx"
+#define SBX_DEFAULT_CONFIG     "/etc/sbx/sbx.conf" /* read if it exists */
+#define SBX_CONFIG_LINE_MAX    4096                /* bytes of one line of it */
 #define SBX_DEFAULT_USER       "sbx" /* the daemon's unprivileged front end runs as this user */
 #define SBX_LISTEN_BACKLOG     1024
 #define SBX_DEFAULT_TIMEOUT_S  300
@@ -43,6 +61,15 @@
 #define SBX_UPLOAD_URL_TTL_S             1800
 /* Where scripts/templates.sh builds the built-in templates' layers (--layer-cache). */
 #define SBX_DEFAULT_LAYER_CACHE "/var/cache/sbx/layers"
+/* Pause and resume. */
+#define SBX_DEFAULT_PAUSED_RETENTION_S (30 * 24 * 3600) /* --paused-retention */
+#define SBX_RESUME_DEFAULT_TIMEOUT_S   15   /* POST /sandboxes/{id}/resume without a timeout */
+#define SBX_PAUSE_HEALTH_MS            2000 /* a strict pause waits this long for the agent */
+/* Volumes. */
+#define SBX_DEFAULT_VOLUME_MB      1024  /* --volume-mb: the size of a new volume */
+#define SBX_VOLUME_SERVICE_IDLE_MS 60000 /* a volume's content service exits when idle */
+#define SBX_VOLUME_NAME_MAX        64
+#define SBX_VOLUME_SERVICE_PATH    "/volume" /* where its service sandbox mounts a volume */
 /* Warm pools (--pool, --pool-memory-mb). */
 #define SBX_DEFAULT_POOLS          "base=2,code-interpreter-v1=1"
 #define SBX_DEFAULT_POOL_MEMORY_MB 2048
@@ -82,6 +109,19 @@
 #define SBX_DAEMON_RESERVED_FDS 64
 #define SBX_MIN_CONNECTIONS     16
 
+/* Sandbox logs (the agent's ring and the daemon's events, stored when the sandbox ends): one
+ * line at most this long, the ring read within this time, pages of at most this many entries,
+ * pruned this often; kept this long after the sandbox ends, within this much in all. */
+#define SBX_LOG_LINE_MAX            4096
+#define SBX_LOG_FETCH_TIMEOUT_MS    3000
+#define SBX_LOG_PAGE_MAX            1000
+#define SBX_LOG_PRUNE_INTERVAL_MS   (10 * 60 * 1000)
+#define SBX_DEFAULT_LOG_RETENTION_H 168
+#define SBX_DEFAULT_LOG_STORE_MB    256
+
+/* Running sandboxes that get series of their own in /metrics (the rest are counted). */
+#define SBX_METRICS_MAX_SANDBOXES 1000
+
 /* The agent keeps its own log in a ring in its memory (charged to the sandbox), never in a
  * host file: only the newest this many bytes are kept. */
 #define SBX_AGENT_LOG_BYTES (256 * 1024)
@@ -89,6 +129,9 @@
 /* Contexts of one sandbox's code interpreter, the default ones included. Each runs a kernel
  * (about 40 MiB for Python): the memory limit caps them too, this caps what the agent keeps. */
 #define SBX_INTERP_MAX_CONTEXTS 16
+
+/* The sandbox network (--network-cidr; see sandbox/net.c). */
+#define SBX_NET_MAX_RULES 200 /* entries of one list (allowOut, denyOut) of a sandbox */
 
 #define SBX_ENVD_PORT    49983
 #define SBX_JUPYTER_PORT 49999

@@ -1,11 +1,109 @@
 #include "base/log.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 static enum sbx_log_level min_level = SBX_LOG_INFO;
+static bool json_lines;
+
+void
+sbx_log_set_json(bool json)
+{
+    json_lines = json;
+}
+
+bool
+sbx_logfmt_next(const char **pp, char *key, size_t kcap, char *value, size_t vcap)
+{
+    const char *p = *pp;
+    while (*p == ' ')
+        p++;
+    if (*p == '\0')
+        return false;
+    size_t k = 0, v = 0;
+    while (*p && *p != '=' && *p != ' ') {
+        if (k + 1 < kcap)
+            key[k++] = *p;
+        p++;
+    }
+    key[k] = '\0';
+    if (*p == '=' && *++p == '"') {
+        for (p++; *p && *p != '"'; p++) {
+            char c = *p;
+            if (c == '\\' && p[1] == 'x' && p[2] && p[3]) {
+                char hex[3] = {p[2], p[3], 0};
+                c = (char)strtol(hex, NULL, 16);
+                p += 3;
+            } else if (c == '\\' && p[1]) {
+                c = *++p;
+            }
+            if (v + 1 < vcap)
+                value[v++] = c;
+        }
+        if (*p == '"')
+            p++;
+    } else {
+        for (; *p && *p != ' '; p++)
+            if (v + 1 < vcap)
+                value[v++] = *p;
+    }
+    value[v] = '\0';
+    *pp = p;
+    return true;
+}
+
+static int
+json_string_append(struct sbx_buf *out, const char *s)
+{
+    int bad = sbx_buf_append(out, "\"", 1, SIZE_MAX);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            bad |= sbx_buf_printf(out, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            bad |= sbx_buf_printf(out, "\\u%04x", *p);
+        else
+            bad |= sbx_buf_append(out, p, 1, SIZE_MAX);
+    }
+    return bad | sbx_buf_append(out, "\"", 1, SIZE_MAX);
+}
+
+static bool
+is_number(const char *s)
+{
+    const char *p = s + (*s == '-');
+    if (*p < '0' || *p > '9' || (*p == '0' && p[1] >= '0' && p[1] <= '9'))
+        return false;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (*p == '.' && p[1] >= '0' && p[1] <= '9')
+        for (p++; *p >= '0' && *p <= '9'; p++)
+            ;
+    return *p == '\0' && p - s < 16;
+}
+
+int
+sbx_logfmt_to_json(const char *line, bool numbers, struct sbx_buf *out)
+{
+    char key[128], value[2048];
+    int bad = sbx_buf_append(out, "{", 1, SIZE_MAX);
+    bool first = true;
+    while (sbx_logfmt_next(&line, key, sizeof(key), value, sizeof(value))) {
+        if (!first)
+            bad |= sbx_buf_append(out, ",", 1, SIZE_MAX);
+        first = false;
+        bad |= json_string_append(out, key);
+        bad |= sbx_buf_append(out, ":", 1, SIZE_MAX);
+        if (numbers && is_number(value))
+            bad |= sbx_buf_append(out, value, strlen(value), SIZE_MAX);
+        else
+            bad |= json_string_append(out, value);
+    }
+    return bad | sbx_buf_append(out, "}", 1, SIZE_MAX);
+}
 static void (*log_sink)(const char *line, size_t len);
 
 void
@@ -67,5 +165,10 @@ sbx_log(enum sbx_log_level level, const char *event, const char *fmt, ...)
         return;
     }
     /* One write per line so lines from different processes do not interleave. */
-    fprintf(stderr, "%s\n", line);
+    struct sbx_buf json = {0};
+    if (json_lines && sbx_logfmt_to_json(line, true, &json) == 0)
+        fprintf(stderr, "%.*s\n", (int)json.len, json.data);
+    else
+        fprintf(stderr, "%s\n", line);
+    sbx_buf_fini(&json);
 }

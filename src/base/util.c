@@ -51,9 +51,15 @@ sbx_random_id(char *out, size_t n)
 uint64_t
 sbx_now_ms(void)
 {
+    return sbx_now_us() / 1000;
+}
+
+uint64_t
+sbx_now_us(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 int64_t

@@ -13,6 +13,7 @@ int sbx_random_hex(char *out, size_t nbytes);
 /* Lowercase alphanumeric id of length n (NUL-terminated, out has n+1 bytes). */
 int sbx_random_id(char *out, size_t n);
 uint64_t sbx_now_ms(void); /* CLOCK_MONOTONIC */
+uint64_t sbx_now_us(void);
 int64_t sbx_wall_ms(void); /* CLOCK_REALTIME, ms since the epoch */
 /* RFC 3339 with milliseconds in UTC, e.g. 2026-11-26T13:45:53.123Z. out >= 32 bytes. */
 void sbx_format_rfc3339(int64_t wall_ms, char *out, size_t outlen);
@@ -20,7 +21,7 @@ void sbx_format_rfc3339(int64_t wall_ms, char *out, size_t outlen);
 int sbx_parse_rfc3339(const char *s, int64_t *wall_ms);
 /* vasprintf into a malloc'd string; NULL when out of memory (vasprintf itself leaves the
  * pointer undefined then). */
-char *sbx_vformat(const char *fmt, va_list ap);
+char *sbx_vformat(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 /* True for 1 to max characters of [A-Za-z0-9_-]: safe in a URL path, a header value and a
  * file name. */
 bool sbx_is_valid_id(const char *id, size_t max);

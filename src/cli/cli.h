@@ -1,4 +1,5 @@
-/* Client verbs (ls, create, kill, exec, shell): plain HTTP clients of the daemon's API. */
+/* Client verbs (ls, create, kill, exec, shell, pause, resume, volume): plain HTTP clients of
+ * the daemon's API. */
 #ifndef SBX_CLI_H
 #define SBX_CLI_H
 

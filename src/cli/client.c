@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "base/base64.h"
 #include "base/cleanup.h"
@@ -71,6 +72,30 @@ sbx_cli_getopt(int argc, char **argv, const char *shortopts, const struct option
     }
     *first_operand = optind;
     return 0;
+}
+
+int
+sbx_cli_begin(const struct sbx_cli_verb *v, int argc, char **argv, void *ud, int *first,
+              struct sbx_cli_config *cfg)
+{
+    struct sbx_cli_common common = {0};
+    struct sbx_error *err = NULL;
+    if (sbx_cli_getopt(argc, argv, v->shortopts, v->opts, &common, v->on_opt, ud, first, &err) < 0)
+        return sbx_cli_usage_error(v->name, v->usage, err);
+    if (common.help) {
+        fputs(v->usage, stdout);
+        return 0;
+    }
+    int n = argc - *first;
+    if (n < v->min_operands || (v->max_operands >= 0 && n > v->max_operands)) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
+                      n < v->min_operands ? "missing %s" : "unexpected argument '%s'",
+                      n < v->min_operands ? v->operand : argv[*first + v->max_operands]);
+        return sbx_cli_usage_error(v->name, v->usage, err);
+    }
+    if (sbx_cli_config_init(cfg, &common, &err) < 0)
+        return sbx_cli_fail(v->name, err);
+    return -1;
 }
 
 int
@@ -379,16 +404,186 @@ sbx_cli_response_json(const struct sbx_cli_response *resp, struct sbx_error **er
     return j;
 }
 
+int
+sbx_cli_api_json(const struct sbx_cli_config *cfg, const char *method, const char *path,
+                 json_t *body, json_t **out, struct sbx_error **err)
+{
+    if (out)
+        *out = NULL;
+    struct sbx_cli_response resp;
+    int rc = sbx_cli_api_call(cfg, method, path, body, &resp, err);
+    if (rc == 0 && resp.status / 100 != 2)
+        rc = sbx_cli_api_error(&resp, err);
+    else if (rc == 0 && out && resp.status != 204 &&
+             (*out = sbx_cli_response_json(&resp, err)) == NULL)
+        rc = -1;
+    sbx_cli_response_fini(&resp);
+    return rc;
+}
+
+int
+sbx_cli_object_call(const struct sbx_cli_config *cfg, const char *kind, const char *id,
+                    const char *method, const char *suffix, json_t *body, struct sbx_error **err)
+{
+    char full[SBX_CLI_ID_MAX + 1];
+    if (strcmp(kind, "sandbox") == 0) { /* a unique beginning of one is enough */
+        if (sbx_cli_resolve_id(cfg, id, full, sizeof(full), err) < 0)
+            return -1;
+        id = full;
+    } else if (!sbx_cli_is_valid_id(id)) {
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid %s id '%s'", kind, id);
+    }
+    char path[64 + SBX_CLI_ID_MAX];
+    snprintf(path, sizeof(path), "/%s/%s%s", strcmp(kind, "sandbox") == 0 ? "sandboxes" : "volumes",
+             id, suffix);
+    struct sbx_cli_response resp;
+    int rc = sbx_cli_api_call(cfg, method, path, body, &resp, err);
+    if (rc == 0 && resp.status == 404)
+        rc = sbx_error_set(err, SBX_NOT_FOUND, 0, "%s %s not found", kind, id);
+    else if (rc == 0 && resp.status / 100 != 2)
+        rc = sbx_cli_api_error(&resp, err);
+    sbx_cli_response_fini(&resp);
+    return rc;
+}
+
+int
+sbx_cli_format_parse(const char *arg, bool *json, struct sbx_error **err)
+{
+    if (strcmp(arg, "json") != 0 && strcmp(arg, "table") != 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "--format must be 'table' or 'json', not '%s'", arg);
+    *json = strcmp(arg, "json") == 0;
+    return 0;
+}
+
+int
+sbx_cli_print_json(json_t *j)
+{
+    json_dumpf(j, stdout, JSON_INDENT(2));
+    fputc('\n', stdout);
+    return fflush(stdout) == 0 ? 0 : SBX_CLI_EXIT_FAILURE;
+}
+
+int
+sbx_cli_each_id(int argc, char **argv, const struct sbx_cli_each *e, void *ud)
+{
+    struct sbx_cli_common common = {0};
+    struct sbx_error *err = NULL;
+    int first;
+    if (sbx_cli_getopt(argc, argv, e->shortopts ? e->shortopts : "", e->opts, &common, e->on_opt,
+                       ud, &first, &err) < 0)
+        return sbx_cli_usage_error(e->verb, e->usage, err);
+    if (common.help) {
+        fputs(e->usage, stdout);
+        return 0;
+    }
+    if (first == argc) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "missing %s id", e->kind);
+        return sbx_cli_usage_error(e->verb, e->usage, err);
+    }
+    struct sbx_cli_config cfg;
+    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
+        return sbx_cli_fail(e->verb, err);
+    int status = 0;
+    for (int i = first; i < argc; i++) {
+        if (e->one(&cfg, argv[i], ud, &err) < 0) {
+            status = sbx_cli_fail(e->verb, err);
+            err = NULL;
+        }
+    }
+    sbx_cli_config_fini(&cfg);
+    return status;
+}
+
 /* ---- sandboxes ---- */
+
+int
+sbx_cli_list_sandboxes(const struct sbx_cli_config *cfg, const char *state, json_t *all,
+                       struct sbx_error **err)
+{
+    _cleanup_free_ char *token = NULL;
+    for (int page = 0; page < SBX_CLI_MAX_PAGES; page++) {
+        _cleanup_free_ char *path = NULL;
+        char *esc = token ? curl_easy_escape(NULL, token, 0) : NULL;
+        int n = asprintf(&path, "/v2/sandboxes?limit=100%s%s%s%s", state ? "&state=" : "",
+                         state ? state : "", esc ? "&nextToken=" : "", esc ? esc : "");
+        curl_free(esc);
+        if (n < 0)
+            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
+        struct sbx_cli_response resp;
+        if (sbx_cli_api_call(cfg, "GET", path, NULL, &resp, err) < 0) {
+            sbx_cli_response_fini(&resp);
+            return -1;
+        }
+        if (resp.status != 200) {
+            sbx_cli_api_error(&resp, err);
+            sbx_cli_response_fini(&resp);
+            return -1;
+        }
+        json_t *items = sbx_cli_response_json(&resp, err);
+        free(token);
+        token = steal_pointer(&resp.next_token);
+        sbx_cli_response_fini(&resp);
+        if (items == NULL)
+            return -1;
+        if (!json_is_array(items)) {
+            json_decref(items);
+            return sbx_error_set(err, SBX_INTERNAL, 0, "the daemon did not answer a list");
+        }
+        json_array_extend(all, items);
+        json_decref(items);
+        if (token == NULL)
+            return 0;
+    }
+    return sbx_error_set(err, SBX_INTERNAL, 0, "too many pages");
+}
+
+int
+sbx_cli_resolve_id(const struct sbx_cli_config *cfg, const char *arg, char *id, size_t n,
+                   struct sbx_error **err)
+{
+    if (!sbx_cli_is_valid_id(arg))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox id '%s'", arg);
+    json_t *all = json_array();
+    if (all == NULL || sbx_cli_list_sandboxes(cfg, NULL, all, err) < 0) {
+        json_decref(all);
+        return -1;
+    }
+    size_t i, matches = 0, len = strlen(arg);
+    json_t *item;
+    struct sbx_buf names = {0};
+    snprintf(id, n, "%s", arg); /* none matches: as given (an ended sandbox's logs) */
+    json_array_foreach (all, i, item) {
+        const char *sid = json_string_value(json_object_get(item, "sandboxID"));
+        if (sid == NULL || strncmp(sid, arg, len) != 0)
+            continue;
+        if (sid[len] == '\0') { /* a whole id wins over longer ones it prefixes */
+            matches = 1;
+            snprintf(id, n, "%s", sid);
+            break;
+        }
+        if (matches++ == 0)
+            snprintf(id, n, "%s", sid);
+        sbx_buf_printf(&names, "%s%s", names.len ? ", " : "", sid);
+    }
+    json_decref(all);
+    int rc = 0;
+    if (matches > 1)
+        rc = sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                           "'%s' is the beginning of %zu sandbox ids (%.*s): give more of it", arg,
+                           matches, (int)names.len, names.data);
+    sbx_buf_fini(&names);
+    return rc;
+}
 
 int
 sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id, struct sbx_cli_sandbox *sb,
                      struct sbx_error **err)
 {
     memset(sb, 0, sizeof(*sb));
-    if (!sbx_cli_is_valid_id(id))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid sandbox id '%s'", id);
-    snprintf(sb->id, sizeof(sb->id), "%s", id);
+    if (sbx_cli_resolve_id(cfg, id, sb->id, sizeof(sb->id), err) < 0)
+        return -1;
+    id = sb->id;
     char path[32 + SBX_CLI_ID_MAX];
     snprintf(path, sizeof(path), "/sandboxes/%s", id);
     struct sbx_cli_response resp;
@@ -408,7 +603,8 @@ sbx_cli_sandbox_open(const struct sbx_cli_config *cfg, const char *id, struct sb
     const char *state = json_string_value(json_object_get(info, "state"));
     const char *tok = json_string_value(json_object_get(info, "envdAccessToken"));
     if (state != NULL && strcmp(state, "paused") == 0)
-        sbx_error_set(err, SBX_FAILED_PRECONDITION, 0, "sandbox %s is paused", id);
+        sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
+                      "sandbox %s is paused (sbx resume %s runs it again)", id, id);
     else if (tok != NULL && (sb->access_token = strdup(tok)) == NULL)
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
     json_decref(info);
@@ -436,10 +632,13 @@ struct sbx_cli_rpc {
     char *base;
     struct curl_slist *unary_headers;
     struct curl_slist *stream_headers;
+    struct curl_slist *file_headers;
 };
 
+enum headers_kind { HEADERS_UNARY, HEADERS_STREAM, HEADERS_FILES };
+
 static struct curl_slist *
-sandbox_headers(const struct sbx_cli_sandbox *sb, bool stream, bool *oom)
+sandbox_headers(const struct sbx_cli_sandbox *sb, enum headers_kind kind, bool *oom)
 {
     struct curl_slist *h = NULL;
     /* The daemon routes on these two headers, like the E2B cloud proxy. */
@@ -457,9 +656,11 @@ sandbox_headers(const struct sbx_cli_sandbox *sb, bool stream, bool *oom)
         else
             h = slist_add(h, oom, "Authorization: Basic %s", b64);
     }
-    h = slist_add(h, oom, "Connect-Protocol-Version: 1");
     h = slist_add(h, oom, "Expect:");
-    if (stream) {
+    if (kind == HEADERS_FILES)
+        return h;
+    h = slist_add(h, oom, "Connect-Protocol-Version: 1");
+    if (kind == HEADERS_STREAM) {
         h = slist_add(h, oom, "Content-Type: application/connect+json");
         h = slist_add(h, oom, "Keepalive-Ping-Interval: 50");
     } else {
@@ -479,8 +680,9 @@ sbx_cli_rpc_new(const struct sbx_cli_config *cfg, const struct sbx_cli_sandbox *
     }
     bool oom = false;
     r->base = strdup(cfg->sandbox_url);
-    r->unary_headers = sandbox_headers(sb, false, &oom);
-    r->stream_headers = sandbox_headers(sb, true, &oom);
+    r->unary_headers = sandbox_headers(sb, HEADERS_UNARY, &oom);
+    r->stream_headers = sandbox_headers(sb, HEADERS_STREAM, &oom);
+    r->file_headers = sandbox_headers(sb, HEADERS_FILES, &oom);
     if (oom || r->base == NULL) {
         sbx_cli_rpc_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -503,6 +705,7 @@ sbx_cli_rpc_free(struct sbx_cli_rpc *r)
         curl_easy_cleanup(r->curl);
     curl_slist_free_all(r->unary_headers);
     curl_slist_free_all(r->stream_headers);
+    curl_slist_free_all(r->file_headers);
     free(r->base);
     free(r);
 }
@@ -712,4 +915,116 @@ sbx_cli_rpc_stream(struct sbx_cli_rpc *r, const char *method, json_t *req, sbx_c
     sbx_buf_fini(&x.error_body);
     sbx_buf_fini(&env);
     return ret;
+}
+
+/* ---- files (envd's /files), streamed both ways ---- */
+
+struct transfer {
+    CURL *curl;
+    int fd;
+    bool upload; /* the response is only a status (and a message) */
+    bool checked, is_error;
+    struct sbx_buf error_body;
+    int write_errno;
+};
+
+static size_t
+on_download(char *p, size_t size, size_t n, void *ud)
+{
+    struct transfer *t = ud;
+    size_t len = size * n;
+    if (!t->checked) {
+        long status = 0;
+        curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &status);
+        t->is_error = status != 200;
+        t->checked = true;
+    }
+    if (t->is_error || t->upload)
+        return sbx_buf_append(&t->error_body, p, len, 64 * 1024) < 0 ? 0 : len;
+    if (sbx_cli_write_all(t->fd, p, len) < 0) {
+        t->write_errno = errno;
+        return 0;
+    }
+    return len;
+}
+
+static size_t
+on_upload_read(char *buf, size_t size, size_t n, void *ud)
+{
+    struct transfer *t = ud;
+    ssize_t r;
+    do
+        r = read(t->fd, buf, size * n);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        t->write_errno = errno;
+        return CURL_READFUNC_ABORT;
+    }
+    return (size_t)r;
+}
+
+static int
+files_perform(struct sbx_cli_rpc *r, const char *path, struct transfer *t, curl_mime *mime,
+              struct sbx_error **err)
+{
+    char *esc = curl_easy_escape(r->curl, path, 0);
+    _cleanup_free_ char *url = NULL;
+    if (esc == NULL || asprintf(&url, "%s/files?path=%s", r->base, esc) < 0) {
+        curl_free(esc);
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    }
+    curl_free(esc);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURL *c = r->curl;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)SBX_CLI_CONNECT_TIMEOUT_S);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_USERAGENT, SBX_CLI_USER_AGENT);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, r->file_headers);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_download);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
+    if (mime)
+        curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
+    t->curl = c;
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    int ret = 0;
+    if (t->write_errno)
+        ret = sbx_error_sys(err, t->write_errno, mime ? "reading the local file" : "writing");
+    else if (status == 0 || (rc != CURLE_OK && !t->is_error))
+        ret = transport_error(rc, r->base, errbuf, err);
+    else if (status / 100 != 2)
+        ret = http_error(status, &t->error_body, err);
+    sbx_buf_fini(&t->error_body);
+    return ret;
+}
+
+int
+sbx_cli_files_get(struct sbx_cli_rpc *r, const char *path, int fd, struct sbx_error **err)
+{
+    struct transfer t = {.fd = fd};
+    return files_perform(r, path, &t, NULL, err);
+}
+
+int
+sbx_cli_files_put(struct sbx_cli_rpc *r, const char *path, int fd, long long size,
+                  struct sbx_error **err)
+{
+    struct transfer t = {.fd = fd, .upload = true};
+    curl_mime *mime = curl_mime_init(r->curl);
+    curl_mimepart *part = mime ? curl_mime_addpart(mime) : NULL;
+    const char *slash = strrchr(path, '/');
+    if (part == NULL || curl_mime_name(part, "file") != CURLE_OK ||
+        curl_mime_filename(part, slash ? slash + 1 : path) != CURLE_OK ||
+        curl_mime_data_cb(part, (curl_off_t)size, on_upload_read, NULL, NULL, &t) != CURLE_OK) {
+        curl_mime_free(mime);
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    }
+    int rc = files_perform(r, path, &t, mime, err);
+    curl_mime_free(mime);
+    return rc;
 }

@@ -15,8 +15,17 @@ static const char usage[] =
 
 enum { OPT_TEMPLATE = 1, OPT_TIMEOUT, OPT_METADATA, OPT_ENV, OPT_NO_INTERNET };
 
-static int
-on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
+const struct option sbx_cli_create_options[] = {
+    {"template", required_argument, NULL, OPT_TEMPLATE},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"metadata", required_argument, NULL, OPT_METADATA},
+    {"env", required_argument, NULL, OPT_ENV},
+    {"no-internet", no_argument, NULL, OPT_NO_INTERNET},
+    {NULL, 0, NULL, 0},
+};
+
+int
+sbx_cli_create_on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
 {
     struct sbx_cli_create_args *a = ud;
     switch (opt) {
@@ -50,28 +59,27 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
 int
 sbx_cli_create_parse(int argc, char **argv, struct sbx_cli_create_args *a, struct sbx_error **err)
 {
-    static const struct option opts[] = {
-        {"template", required_argument, NULL, OPT_TEMPLATE},
-        {"timeout", required_argument, NULL, OPT_TIMEOUT},
-        {"metadata", required_argument, NULL, OPT_METADATA},
-        {"env", required_argument, NULL, OPT_ENV},
-        {"no-internet", no_argument, NULL, OPT_NO_INTERNET},
-        {NULL, 0, NULL, 0},
-    };
+    sbx_cli_create_args_init(a);
+    if (a->metadata == NULL || a->env == NULL)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
+    int first;
+    if (sbx_cli_getopt(argc, argv, "", sbx_cli_create_options, &a->common, sbx_cli_create_on_opt, a,
+                       &first, err) < 0)
+        return -1;
+    if (first != argc)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "unexpected argument '%s'", argv[first]);
+    return 0;
+}
+
+void
+sbx_cli_create_args_init(struct sbx_cli_create_args *a)
+{
     memset(a, 0, sizeof(*a));
     a->template_id = "base";
     a->timeout_s = SBX_DEFAULT_TIMEOUT_S;
     a->allow_internet = true;
     a->metadata = json_object();
     a->env = json_object();
-    if (a->metadata == NULL || a->env == NULL)
-        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &a->common, on_opt, a, &first, err) < 0)
-        return -1;
-    if (first != argc)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "unexpected argument '%s'", argv[first]);
-    return 0;
 }
 
 void
@@ -93,6 +101,23 @@ sbx_cli_create_body(const struct sbx_cli_create_args *a)
 }
 
 int
+sbx_cli_create_sandbox(const struct sbx_cli_config *cfg, const struct sbx_cli_create_args *a,
+                       char *id, size_t n, struct sbx_error **err)
+{
+    json_t *body = sbx_cli_create_body(a), *sb = NULL;
+    int rc = body ? sbx_cli_api_json(cfg, "POST", "/sandboxes", body, &sb, err)
+                  : sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
+    json_decref(body);
+    const char *sid = json_string_value(json_object_get(sb, "sandboxID"));
+    if (rc == 0 && sid == NULL)
+        rc = sbx_error_set(err, SBX_INTERNAL, 0, "the daemon's answer has no sandboxID");
+    if (rc == 0)
+        snprintf(id, n, "%s", sid);
+    json_decref(sb);
+    return rc;
+}
+
+int
 sbx_cli_create(int argc, char **argv)
 {
     struct sbx_cli_create_args a;
@@ -111,32 +136,12 @@ sbx_cli_create(int argc, char **argv)
         sbx_cli_create_args_fini(&a);
         return sbx_cli_fail("create", err);
     }
-    json_t *body = sbx_cli_create_body(&a);
+    char id[SBX_CLI_ID_MAX + 1];
+    int rc = sbx_cli_create_sandbox(&cfg, &a, id, sizeof(id), &err);
     sbx_cli_create_args_fini(&a);
-    struct sbx_cli_response resp;
-    int rc = body ? sbx_cli_api_call(&cfg, "POST", "/sandboxes", body, &resp, &err)
-                  : sbx_error_set(&err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
-    json_decref(body);
     sbx_cli_config_fini(&cfg);
-    if (rc < 0) {
-        sbx_cli_response_fini(&resp);
+    if (rc < 0)
         return sbx_cli_fail("create", err);
-    }
-    if (resp.status / 100 != 2) {
-        sbx_cli_api_error(&resp, &err);
-        sbx_cli_response_fini(&resp);
-        return sbx_cli_fail("create", err);
-    }
-    json_t *sb = sbx_cli_response_json(&resp, &err);
-    sbx_cli_response_fini(&resp);
-    const char *id = json_string_value(json_object_get(sb, "sandboxID"));
-    if (id == NULL) {
-        json_decref(sb);
-        if (err == NULL)
-            sbx_error_set(&err, SBX_INTERNAL, 0, "the daemon's answer has no sandboxID");
-        return sbx_cli_fail("create", err);
-    }
     printf("%s\n", id);
-    json_decref(sb);
     return fflush(stdout) == 0 ? 0 : SBX_CLI_EXIT_FAILURE;
 }

@@ -53,6 +53,8 @@ sbx_cli_run_on_msg(json_t *msg, void *ud, struct sbx_error **err)
     case SBX_CLI_EVENT_END:
         run->ended = true;
         run->exit_status = sbx_cli_event_exit_status(&ev);
+        if (ev.error && strncmp(ev.error, "killed: ", 8) == 0)
+            snprintf(run->killed, sizeof(run->killed), "%s", ev.error);
         break;
     default:
         break;

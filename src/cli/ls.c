@@ -9,17 +9,17 @@
 #include "base/util.h"
 #include "cli/client.h"
 
-#define MAX_PAGES 10000 /* a cursor loop must end even if a server misbehaves */
-
-static const char usage[] = "usage: sbx ls [--json] [--state running|paused|running,paused]\n"
-                            "              [--api-url URL] [--api-key KEY]\n";
+static const char usage[] =
+    "usage: sbx ls [--format table|json] [--state running|paused|running,paused]\n"
+    "              [--api-url URL] [--api-key KEY]\n"
+    "--json is --format json.\n";
 
 struct ls_args {
     bool json;
     const char *state;
 };
 
-enum { OPT_JSON = 1, OPT_STATE };
+enum { OPT_JSON = 1, OPT_STATE, OPT_FORMAT };
 
 static int
 on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
@@ -29,6 +29,8 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
         a->json = true;
         return 0;
     }
+    if (opt == OPT_FORMAT)
+        return sbx_cli_format_parse(arg, &a->json, err);
     if (opt == OPT_STATE) {
         if (strcmp(arg, "running") != 0 && strcmp(arg, "paused") != 0 &&
             strcmp(arg, "running,paused") != 0 && strcmp(arg, "paused,running") != 0)
@@ -37,47 +39,6 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
         return 0;
     }
     return -1;
-}
-
-/* Appends every item of every page to all. */
-static int
-fetch_all(const struct sbx_cli_config *cfg, const char *state, json_t *all, struct sbx_error **err)
-{
-    _cleanup_free_ char *token = NULL;
-    for (int page = 0; page < MAX_PAGES; page++) {
-        _cleanup_free_ char *path = NULL;
-        char *esc = token ? curl_easy_escape(NULL, token, 0) : NULL;
-        int n = asprintf(&path, "/v2/sandboxes?limit=100%s%s%s%s", state ? "&state=" : "",
-                         state ? state : "", esc ? "&nextToken=" : "", esc ? esc : "");
-        curl_free(esc);
-        if (n < 0)
-            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
-        struct sbx_cli_response resp;
-        if (sbx_cli_api_call(cfg, "GET", path, NULL, &resp, err) < 0) {
-            sbx_cli_response_fini(&resp);
-            return -1;
-        }
-        if (resp.status != 200) {
-            sbx_cli_api_error(&resp, err);
-            sbx_cli_response_fini(&resp);
-            return -1;
-        }
-        json_t *items = sbx_cli_response_json(&resp, err);
-        free(token);
-        token = steal_pointer(&resp.next_token);
-        sbx_cli_response_fini(&resp);
-        if (items == NULL)
-            return -1;
-        if (!json_is_array(items)) {
-            json_decref(items);
-            return sbx_error_set(err, SBX_INTERNAL, 0, "the daemon did not answer a list");
-        }
-        json_array_extend(all, items);
-        json_decref(items);
-        if (token == NULL)
-            return 0;
-    }
-    return sbx_error_set(err, SBX_INTERNAL, 0, "too many pages");
 }
 
 static const char *
@@ -180,28 +141,19 @@ sbx_cli_ls(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"json", no_argument, NULL, OPT_JSON},
+        {"format", required_argument, NULL, OPT_FORMAT},
         {"state", required_argument, NULL, OPT_STATE},
         {NULL, 0, NULL, 0},
     };
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"ls", usage, "", opts, on_opt, 0, 0, NULL};
     struct ls_args a = {0};
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &a, &first, &err) < 0)
-        return sbx_cli_usage_error("ls", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (first != argc) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "unexpected argument '%s'", argv[first]);
-        return sbx_cli_usage_error("ls", usage, err);
-    }
     struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("ls", err);
+    int first, status = sbx_cli_begin(&verb, argc, argv, &a, &first, &cfg);
+    if (status >= 0)
+        return status;
     json_t *all = json_array();
-    int rc = all ? fetch_all(&cfg, a.state, all, &err) : -1;
+    int rc = all ? sbx_cli_list_sandboxes(&cfg, a.state, all, &err) : -1;
     sbx_cli_config_fini(&cfg);
     if (rc < 0) {
         json_decref(all);

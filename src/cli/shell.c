@@ -2,10 +2,11 @@
  *
  * Two threads, each with its own libcurl handle. The main thread holds the
  * process.Process/Start stream and copies PTY output to stdout until the end event. The
- * input thread starts once the start event has named the pid; it forwards stdin bytes with
- * SendInput and terminal resizes (SIGWINCH) with Update. The local terminal is in raw mode
- * meanwhile, so ^C, ^D and ^Z travel to the sandbox as bytes; it is restored on every way
- * out: normal end, error, SIGTERM/SIGHUP, and exit(). */
+ * input thread (input.c) starts once the start event has named the pid; it forwards stdin
+ * bytes with SendInput and terminal resizes (SIGWINCH) with Update. The local terminal is in
+ * raw mode meanwhile, so ^C, ^D and ^Z travel to the sandbox as bytes; it is restored on
+ * every way out: normal end, error, SIGTERM/SIGHUP, and exit(). When stdin is not a
+ * terminal, the shell reads it as a script instead (run_piped). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -23,8 +24,6 @@
 #include "base/base64.h"
 #include "base/cleanup.h"
 #include "cli/client.h"
-
-#define INPUT_CHUNK 4096
 
 static const char usage[] =
     "usage: sbx shell [--user USER] [--cwd DIR] [--api-url URL] [--api-key KEY] ID\n"
@@ -72,33 +71,7 @@ terminal_size(int *cols, int *rows)
     *rows = ws.ws_row ? ws.ws_row : 24;
 }
 
-struct shell {
-    const struct sbx_cli_config *cfg;
-    const struct sbx_cli_sandbox *sb;
-    struct sbx_cli_run run;
-    uint32_t pid;
-    pthread_t input;
-    bool input_running;
-    int stop_pipe[2]; /* written by the main thread to stop the input thread */
-    int signal_fd;    /* SIGWINCH, SIGTERM, SIGHUP, SIGINT, SIGQUIT */
-};
-
-static int
-send_input(struct sbx_cli_rpc *rpc, uint32_t pid, const char *buf, size_t len)
-{
-    _cleanup_free_ char *b64 = sbx_base64_encode(buf, len, NULL);
-    json_t *req = b64 ? json_pack("{s:{s:i}, s:{s:s}}", "process", "pid", (json_int_t)pid, "input",
-                                  "pty", b64)
-                      : NULL;
-    if (req == NULL)
-        return -1;
-    struct sbx_error *err = NULL;
-    int rc = sbx_cli_rpc_unary(rpc, "process.Process/SendInput", req, NULL, &err);
-    json_decref(req);
-    sbx_error_free(err); /* the process is gone or going: the stream will tell */
-    return rc;
-}
-
+/* SIGWINCH: the terminal's new size goes to the PTY. */
 static void
 send_resize(struct sbx_cli_rpc *rpc, uint32_t pid)
 {
@@ -112,74 +85,6 @@ send_resize(struct sbx_cli_rpc *rpc, uint32_t pid)
     sbx_cli_rpc_unary(rpc, "process.Process/Update", req, NULL, &err);
     json_decref(req);
     sbx_error_free(err);
-}
-
-static void *
-input_main(void *arg)
-{
-    struct shell *sh = arg;
-    struct sbx_error *err = NULL;
-    struct sbx_cli_rpc *rpc = sbx_cli_rpc_new(sh->cfg, sh->sb, &err);
-    sbx_error_free(err);
-    if (rpc == NULL)
-        return NULL;
-    bool stdin_open = true;
-    for (;;) {
-        struct pollfd p[3] = {
-            {.fd = sh->stop_pipe[0], .events = POLLIN},
-            {.fd = sh->signal_fd, .events = POLLIN},
-            {.fd = stdin_open ? STDIN_FILENO : -1, .events = POLLIN},
-        };
-        if (poll(p, 3, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (p[0].revents)
-            break;
-        if (p[1].revents & POLLIN) {
-            struct signalfd_siginfo si;
-            if (read(sh->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-                if (si.ssi_signo == SIGWINCH) {
-                    send_resize(rpc, sh->pid);
-                } else {
-                    /* Killed from outside: give the terminal back before dying. The
-                     * sandbox's shell lives on, like a shell whose ssh client died. */
-                    restore_terminal();
-                    _exit(128 + (int)si.ssi_signo);
-                }
-            }
-        }
-        if (p[2].revents) {
-            char buf[INPUT_CHUNK];
-            ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
-            if (n < 0 && (errno == EINTR || errno == EAGAIN))
-                continue;
-            if (n <= 0) {
-                /* End of piped input: ^D ends the shell's input as it would on a tty. */
-                stdin_open = false;
-                send_input(rpc, sh->pid, "\x04", 1);
-                continue;
-            }
-            if (send_input(rpc, sh->pid, buf, (size_t)n) < 0)
-                stdin_open = false;
-        }
-    }
-    sbx_cli_rpc_free(rpc);
-    return NULL;
-}
-
-static int
-on_start(struct sbx_cli_run *run, uint32_t pid, struct sbx_error **err)
-{
-    struct shell *sh = run->data;
-    if (sh->input_running)
-        return 0;
-    sh->pid = pid;
-    if ((errno = pthread_create(&sh->input, NULL, input_main, sh)) != 0)
-        return sbx_error_sys(err, errno, "pthread_create");
-    sh->input_running = true;
-    return 0;
 }
 
 static json_t *
@@ -224,8 +129,11 @@ on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
     return -1;
 }
 
+/* The interactive shell over a PTY. The signals are blocked before the input thread exists,
+ * so both threads inherit the mask and see them only through the signalfd. */
 static int
-run(struct shell *sh, const char *cwd, struct sbx_error **err)
+run_pty(const struct sbx_cli_config *cfg, const struct sbx_cli_sandbox *sb, const char *cwd,
+        struct sbx_cli_run *run, struct sbx_error **err)
 {
     sigset_t mask;
     sigemptyset(&mask);
@@ -234,33 +142,44 @@ run(struct shell *sh, const char *cwd, struct sbx_error **err)
     sigaddset(&mask, SIGHUP);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGQUIT);
-    /* Blocked before the input thread exists, so both threads inherit the mask and the
-     * signals are only ever seen through the signalfd. */
     if ((errno = pthread_sigmask(SIG_BLOCK, &mask, NULL)) != 0)
         return sbx_error_sys(err, errno, "pthread_sigmask");
-    sh->signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
-    if (sh->signal_fd < 0)
+    struct sbx_cli_input in = {.cfg = cfg,
+                               .sb = sb,
+                               .pty = true,
+                               .signal_fd = signalfd(-1, &mask, SFD_CLOEXEC),
+                               .on_winch = send_resize,
+                               .on_signal = restore_terminal};
+    if (in.signal_fd < 0)
         return sbx_error_sys(err, errno, "signalfd");
-    if (pipe2(sh->stop_pipe, O_CLOEXEC) < 0)
-        return sbx_error_sys(err, errno, "pipe2");
-
-    struct sbx_cli_rpc *rpc = sbx_cli_rpc_new(sh->cfg, sh->sb, err);
     json_t *req = start_request(cwd);
     int rc = -1;
-    if (rpc != NULL && req == NULL)
+    if (req == NULL)
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
-    else if (rpc != NULL && enter_raw_mode(err) == 0)
-        rc = sbx_cli_rpc_stream(rpc, "process.Process/Start", req, sbx_cli_run_on_msg, &sh->run,
-                                err);
-    if (sh->input_running) {
-        (void)!write(sh->stop_pipe[1], "x", 1);
-        pthread_join(sh->input, NULL);
-    }
+    else if (enter_raw_mode(err) == 0)
+        rc = sbx_cli_process_run(cfg, sb, req, &in, run, err);
     restore_terminal();
     json_decref(req);
-    sbx_cli_rpc_free(rpc);
-    if (rc == 0 && !sh->run.ended)
-        rc = sbx_error_set(err, SBX_INTERNAL, 0, "the shell ended without an end event");
+    close(in.signal_fd);
+    return rc;
+}
+
+/* Input that is not a terminal (`echo 'make test' | sbx shell ID`): a login shell reading it
+ * as a script from its stdin, no PTY, no prompts, ended by the end of the input (as ssh does
+ * without a terminal). A PTY would need ^D at the right moment, which a script cannot time. */
+static int
+run_piped(const struct sbx_cli_config *cfg, const struct sbx_cli_sandbox *sb, const char *cwd,
+          struct sbx_cli_run *run, struct sbx_error **err)
+{
+    json_t *process = json_pack("{s:s, s:[s, s]}", "cmd", "/bin/bash", "args", "-l", "-s");
+    if (process && cwd)
+        json_object_set_new(process, "cwd", json_string(cwd));
+    json_t *req = process ? json_pack("{s:o, s:b}", "process", process, "stdin", 1) : NULL;
+    if (req == NULL)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
+    struct sbx_cli_input in = {.cfg = cfg, .sb = sb, .signal_fd = -1};
+    int rc = sbx_cli_process_run(cfg, sb, req, &in, run, err);
+    json_decref(req);
     return rc;
 }
 
@@ -272,43 +191,24 @@ sbx_cli_shell(int argc, char **argv)
         {"cwd", required_argument, NULL, OPT_CWD},
         {NULL, 0, NULL, 0},
     };
-    struct sbx_cli_common common = {0};
+    static const struct sbx_cli_verb verb = {"shell", usage, "", opts, on_opt, 1, 1, "sandbox id"};
     struct shell_args a = {0};
     struct sbx_error *err = NULL;
-    int first;
-    if (sbx_cli_getopt(argc, argv, "", opts, &common, on_opt, &a, &first, &err) < 0)
-        return sbx_cli_usage_error("shell", usage, err);
-    if (common.help) {
-        fputs(usage, stdout);
-        return 0;
-    }
-    if (argc - first != 1) {
-        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                      first == argc ? "missing sandbox id" : "too many arguments");
-        return sbx_cli_usage_error("shell", usage, err);
-    }
     struct sbx_cli_config cfg;
-    if (sbx_cli_config_init(&cfg, &common, &err) < 0)
-        return sbx_cli_fail("shell", err);
+    int first, status = sbx_cli_begin(&verb, argc, argv, &a, &first, &cfg);
+    if (status >= 0)
+        return status;
     struct sbx_cli_sandbox sb;
     if (sbx_cli_sandbox_open(&cfg, argv[first], &sb, &err) < 0) {
         sbx_cli_config_fini(&cfg);
         return sbx_cli_fail("shell", err);
     }
     sb.user = (char *)a.user;
-    struct shell sh = {.cfg = &cfg, .sb = &sb, .signal_fd = -1, .stop_pipe = {-1, -1}};
-    sh.run = (struct sbx_cli_run){.on_start = on_start, .data = &sh};
-    int rc = run(&sh, a.cwd, &err);
+    struct sbx_cli_run run = {0};
+    int rc = isatty(STDIN_FILENO) ? run_pty(&cfg, &sb, a.cwd, &run, &err)
+                                  : run_piped(&cfg, &sb, a.cwd, &run, &err);
     sb.user = NULL;
-    if (sh.signal_fd >= 0)
-        close(sh.signal_fd);
-    if (sh.stop_pipe[0] >= 0) {
-        close(sh.stop_pipe[0]);
-        close(sh.stop_pipe[1]);
-    }
     sbx_cli_sandbox_fini(&sb);
     sbx_cli_config_fini(&cfg);
-    if (rc < 0)
-        return sbx_cli_fail("shell", err);
-    return sh.run.exit_status;
+    return sbx_cli_run_status("shell", &run, rc, err);
 }

@@ -9,6 +9,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "daemon/internal.h"
+#include "http/client.h"
 #include "json/json.h"
 
 #define MAX_PATH_PARTS 5
@@ -35,6 +36,9 @@ sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e)
         break;
     case SBX_UNAUTHENTICATED:
         status = 401;
+        break;
+    case SBX_PERMISSION_DENIED:
+        status = 403;
         break;
     case SBX_ALREADY_EXISTS:
     case SBX_FAILED_PRECONDITION:
@@ -74,14 +78,30 @@ parse_map(const char *s)
 static json_t *
 sandbox_json(const struct sbx_sandbox_rec *r)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:n,s:s?}", "sandboxID", r->id, "templateID",
-                          r->template_id, "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion",
-                          SBX_ENVD_VERSION, "domain", "trafficAccessToken", r->traffic_token);
+    /* The domain makes the SDKs' getHost() name this server. */
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:s?}", "sandboxID", r->id, "templateID", r->template_id,
+                  "clientID", SBX_DAEMON_CLIENT_ID, "envdVersion", SBX_ENVD_VERSION, "domain",
+                  sbx_daemon->cfg.domain, "trafficAccessToken", r->traffic_token);
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (r->access_token)
         json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
     return o;
+}
+
+/* [{name, path}] of the volumes a sandbox mounts (the record also has their ids). */
+static json_t *
+volume_mounts_json(const char *stored)
+{
+    json_t *all = json_loads(stored ? stored : "[]", 0, NULL), *out = json_array();
+    for (size_t i = 0; i < json_array_size(all); i++) {
+        json_t *m = json_array_get(all, i);
+        json_array_append_new(out, json_pack("{s:O,s:O}", "name", json_object_get(m, "name"),
+                                             "path", json_object_get(m, "path")));
+    }
+    json_decref(all);
+    return out;
 }
 
 /* ListedSandbox, and with detail the SandboxDetail of GET /sandboxes/{id}. */
@@ -94,19 +114,33 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
                           sbx_api_time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
                           r->memory_mb, "diskSizeMB", r->disk_mb, "state", r->state, "envdVersion",
                           SBX_ENVD_VERSION, "metadata", parse_map(r->metadata_json));
+    json_object_set_new(o, "volumeMounts", volume_mounts_json(r->volume_mounts_json));
     if (r->alias)
         json_object_set_new(o, "alias", json_string(r->alias));
     if (detail) {
         if (r->access_token)
             json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
         json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
-        json_object_set_new(o, "domain", json_null());
-        json_object_set_new(
-            o, "lifecycle",
-            json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill", "autoResume", 0));
+        json_object_set_new(o, "domain", json_string(sbx_daemon->cfg.domain));
+        json_t *net = r->network_json ? json_loads(r->network_json, 0, NULL) : NULL;
+        if (net) {
+            /* getInfo never shows an egress proxy's password (spec §1.2). */
+            json_object_del(json_object_get(net, "egressProxy"), "password");
+            json_object_set_new(o, "network", net);
+        }
+        json_object_set_new(o, "lifecycle",
+                            json_pack("{s:s,s:b}", "onTimeout", r->auto_pause ? "pause" : "kill",
+                                      "autoResume", r->auto_resume));
+        if (strcmp(r->state, "paused") == 0)
+            json_object_set_new(o, "pauseMode",
+                                json_string(r->paused_memory ? "full" : "filesystem"));
     }
     return o;
 }
+
+/* The built-in templates' names (spawner/templates.c), which /metrics always shows. */
+const char *const sbx_api_templates[SBX_API_N_TEMPLATES] = {
+    "base", "code-interpreter-v1", "code-interpreter", "code-interpreter-beta", "sbx"};
 
 static int
 parse_timeout(json_t *body, int def, int *out, struct sbx_error **err)
@@ -121,24 +155,63 @@ parse_timeout(json_t *body, int def, int *out, struct sbx_error **err)
     return 0;
 }
 
+/* The timeout policy of create (spec lifecycle.md §3.3): autoPause, autoPauseMemory and
+ * autoResume {enabled}, with the checks the SDKs make client-side repeated. */
+static int
+parse_lifecycle(json_t *body, struct sbx_create_opts *o, struct sbx_error **err)
+{
+    json_t *resume = json_object_get(body, "autoResume");
+    int has_memory;
+    if (sbx_json_opt_bool(body, "autoPause", &o->auto_pause, err) < 0 ||
+        (has_memory = sbx_json_opt_bool(body, "autoPauseMemory", &o->auto_pause_memory, err)) < 0)
+        return -1;
+    if (resume && !json_is_null(resume) &&
+        (!json_is_object(resume) || sbx_json_opt_bool(resume, "enabled", &o->auto_resume, err) < 0))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoResume must be an object {\"enabled\": bool}");
+    if (has_memory && !o->auto_pause_memory && !o->auto_pause)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoPauseMemory=false only applies when autoPause is true.");
+    if (o->auto_resume && !o->auto_pause)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoResume only applies when autoPause is true.");
+    /* A sandbox paused to its disk lost its processes: traffic cannot wake it as it was. */
+    if (o->auto_resume && !o->auto_pause_memory)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "autoResume cannot be enabled with autoPauseMemory=false: a "
+                             "filesystem-only pause must be resumed with connect.");
+    return 0;
+}
+
 /* ---- handlers; each gets the parsed body (NULL for bodiless requests) ---- */
 
 int
 sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
                           struct sbx_error **err)
 {
-    struct sbx_create_opts o = {.template_id = "base", .secure = true, .allow_internet = true};
+    struct sbx_create_opts o = {
+        .template_id = "base", .secure = true, .allow_internet = true, .auto_pause_memory = true};
     const char *tmpl = NULL;
+    int internet_set;
     if (!json_is_object(body))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
     if (sbx_json_opt_string(body, "templateID", &tmpl, err) < 0 ||
         parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, err) < 0 ||
         sbx_json_opt_bool(body, "secure", &o.secure, err) < 0 ||
-        sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err) < 0 ||
-        sbx_json_opt_bool(body, "autoPause", &o.auto_pause, err) < 0 ||
+        (internet_set = sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err)) <
+            0 ||
+        parse_lifecycle(body, &o, err) < 0 ||
         sbx_json_opt_string_map(body, "metadata", &o.metadata, err) < 0 ||
         sbx_json_opt_env_map(body, "envVars", &o.env_vars, err) < 0)
         return -1;
+    json_t *mounts = json_object_get(body, "volumeMounts");
+    if (mounts && !json_is_null(mounts) && json_array_size(mounts) > 0) {
+        if (sbx_volumes_check_mounts(mounts, err) < 0)
+            return -1;
+        o.volume_mounts = mounts;
+    } else if (mounts && !json_is_null(mounts) && !json_is_array(mounts)) {
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volumeMounts must be an array");
+    }
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
     if (tmpl) {
@@ -149,8 +222,25 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     if (o.metadata && json_dumpb(o.metadata, NULL, 0, JSON_COMPACT) > SBX_MAX_METADATA_BYTES)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "metadata larger than %d bytes",
                              SBX_MAX_METADATA_BYTES);
+    if (sbx_netset_decode(json_object_get(body, "network"), internet_set ? o.allow_internet : -1,
+                          &o.network, err) < 0)
+        return -1;
+    /* The traffic token guards user ports only where the access token guards envd. */
+    if (json_is_false(json_object_get(o.network, "allowPublicTraffic")) && !o.secure) {
+        json_decref(o.network);
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "You cannot create a sandbox without public access unless you "
+                             "enable secure envd access via 'secure' flag.");
+    }
     *out = o;
     return 0;
+}
+
+void
+sbx_api_create_opts_fini(struct sbx_create_opts *o)
+{
+    json_decref(o->network);
+    o->network = NULL;
 }
 
 int
@@ -169,47 +259,10 @@ sbx_api_timeout_parse(json_t *body, bool extend_only, int64_t *out, struct sbx_e
     return 0;
 }
 
-/* A request waiting for the spawner: the client may go away meanwhile. */
-struct waiting {
-    struct sbx_http_req *req; /* NULL once the client has gone */
-};
-
-static void
-on_waiting_closed(struct sbx_http_req *req)
-{
-    struct waiting *w = req->data;
-    w->req = NULL;
-}
-
-static struct waiting *
-wait_for_spawner(struct sbx_http_req *req)
-{
-    struct waiting *w = calloc(1, sizeof(*w));
-    if (w == NULL)
-        abort();
-    w->req = req;
-    req->data = w;
-    sbx_http_req_on_close(req, on_waiting_closed);
-    return w;
-}
-
-/* The request w waited for, NULL if its client went away; frees w. */
-static struct sbx_http_req *
-done_waiting(struct waiting *w)
-{
-    struct sbx_http_req *req = w->req;
-    if (req) {
-        sbx_http_req_on_close(req, NULL);
-        req->data = NULL;
-    }
-    free(w);
-    return req;
-}
-
 static void
 on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *ud)
 {
-    struct sbx_http_req *req = done_waiting(ud);
+    struct sbx_http_req *req = sbx_http_hold_release(ud);
     if (l)
         sbx_log_info("sandbox_start", "sandbox=%s template=%s timeout_s=%lld spawn_us=%llu",
                      l->rec->id, l->rec->template_id,
@@ -228,22 +281,59 @@ on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *u
     sbx_api_respond_json(req, 201, sandbox_json(l->rec));
 }
 
+/* What the daemon's own network configuration says of a sandbox's settings; answers the
+ * error itself. */
+static int
+check_network(struct sbx_http_req *req, json_t *stored)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    const struct sbx_daemon_config *c = &sbx_daemon->cfg;
+    if (!c->net_on && (json_object_get(stored, "allowOut") || json_object_get(stored, "denyOut") ||
+                       json_object_get(stored, "egressProxy"))) {
+        sbx_http_respond_error(req, 400,
+                               "network rules need the sandbox network, which is off on this "
+                               "server (sbx serve --network-cidr off)");
+        return -1;
+    }
+    if (sbx_netset_check_proxy(stored, c->net.blocked, c->net.n_blocked, &err) < 0) {
+        sbx_api_respond_err(req, err);
+        return -1;
+    }
+    return 0;
+}
+
 static void
 create(struct sbx_http_req *req, json_t *body, bool v2)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o;
     _cleanup_template_ref_ struct sbx_template_ref ref = {0};
-    if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0 ||
-        sbx_templates_resolve(sbx_daemon->store, o.template_id, &ref, &err) < 0) {
+    if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
         sbx_api_respond_err(req, err);
+        return;
+    }
+    if (sbx_templates_resolve(sbx_daemon->store, o.template_id, &ref, &err) < 0) {
+        sbx_api_respond_err(req, err);
+        sbx_api_create_opts_fini(&o);
         return;
     }
     /* The sandbox is of the template, in the size the template was built for. */
     o.template_id = ref.id;
     o.cpu_count = ref.cpu_count;
     o.memory_mb = ref.memory_mb;
-    sbx_lifecycle_create(&o, on_created, wait_for_spawner(req));
+    _cleanup_free_ char *mounts = NULL;
+    if (o.volume_mounts && (mounts = sbx_volumes_resolve(o.volume_mounts, &err)) == NULL) {
+        sbx_api_respond_err(req, err);
+        sbx_api_create_opts_fini(&o);
+        return;
+    }
+    o.volume_mounts_json = mounts;
+    if (check_network(req, o.network) < 0) {
+        sbx_api_create_opts_fini(&o);
+        return;
+    }
+    sbx_lifecycle_create(&o, on_created, sbx_http_req_hold(req));
+    sbx_api_create_opts_fini(&o);
 }
 
 static struct sbx_live *
@@ -259,25 +349,145 @@ find_or_404(struct sbx_http_req *req, const char *id)
     return l;
 }
 
+static struct sbx_http_req *
+op_done(void *hold, struct sbx_error *err, uint64_t took_us)
+{
+    struct sbx_http_req *req = sbx_http_hold_release(hold);
+    if (req && err) {
+        sbx_api_respond_err(req, err);
+        return NULL;
+    }
+    if (req) {
+        char hdr[32];
+        snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)took_us);
+        sbx_http_add_header(req, "X-Sbx-Op-Us", hdr); /* for bench/, as X-Sbx-Spawn-Us */
+    }
+    return req;
+}
+
 static void
-connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
+on_resumed(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
+{
+    struct sbx_http_req *req = op_done(ud, l ? NULL : err, took_us);
+    if (req)
+        sbx_api_respond_json(req, 201, sandbox_json(l->rec));
+}
+
+/* POST /sandboxes/{id}/connect (and /v2/...): a running sandbox's life is extended, never
+ * shortened (200); a paused one is resumed (201), after a pause under way if there is one.
+ * "memory": false boots it again from its disk even if its memory was kept (onResume:
+ * 'reboot'). The deprecated POST /sandboxes/{id}/resume is the same for a paused sandbox
+ * (its timeout defaults to 15 s) and 409 for a running one. */
+static void
+connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body, bool resume_only)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *l = find_or_404(req, id);
     if (l == NULL)
         return;
     int timeout = SBX_DEFAULT_TIMEOUT_S;
-    if (parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &timeout, &err) < 0) {
+    bool memory = true, auto_pause = l->rec->auto_pause;
+    if (parse_timeout(body, resume_only ? SBX_RESUME_DEFAULT_TIMEOUT_S : SBX_DEFAULT_TIMEOUT_S,
+                      &timeout, &err) < 0 ||
+        sbx_json_opt_bool(body, "memory", &memory, &err) < 0 ||
+        (resume_only && sbx_json_opt_bool(body, "autoPause", &auto_pause, &err) < 0)) {
         sbx_api_respond_err(req, err);
         return;
     }
-    /* Connecting only ever extends the sandbox's life, never shortens it. */
-    int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
-    if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
+    if (sbx_live_is_running(l)) {
+        if (resume_only) {
+            sbx_http_respond_error(req, 409, "Sandbox %s is already running", l->rec->id);
+            return;
+        }
+        int64_t end = sbx_wall_ms() + (int64_t)timeout * 1000;
+        if (end > l->rec->end_at_ms && sbx_lifecycle_set_end(l, end, &err) < 0) {
+            sbx_api_respond_err(req, err);
+            return;
+        }
+        sbx_api_respond_json(req, 200, sandbox_json(l->rec));
+        return;
+    }
+    if (auto_pause != l->rec->auto_pause) {
+        if (sbx_store_sandbox_set_auto_pause(sbx_daemon->store, l->rec->id, auto_pause, &err) < 0) {
+            sbx_api_respond_err(req, err);
+            return;
+        }
+        l->rec->auto_pause = auto_pause;
+    }
+    sbx_resume(l, memory, timeout, on_resumed, sbx_http_req_hold(req));
+}
+
+static void
+on_paused(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud)
+{
+    struct sbx_http_req *req = op_done(ud, l ? NULL : err, took_us);
+    if (req)
+        sbx_http_respond(req, 204, NULL, NULL, 0);
+}
+
+/* A strict pause (requireHealthyGuest) asks the agent first. */
+struct strict_pause {
+    struct sbx_http_hold *w;
+    char id[SBX_STORE_ID_MAX + 1];
+    bool memory;
+};
+
+static void
+on_health(int status, const char *body, size_t len, const char *error, void *ud)
+{
+    struct strict_pause *p = ud;
+    struct sbx_live *l = sbx_lifecycle_find(p->id);
+    if (status == 204 && l) {
+        sbx_pause(l, p->memory, on_paused, p->w);
+    } else {
+        struct sbx_http_req *req = sbx_http_hold_release(p->w);
+        if (req && l == NULL)
+            sbx_http_respond_error(req, 404, "sandbox '%s' not found", p->id);
+        else if (req)
+            sbx_http_respond_error(
+                req, 503, "the sandbox's agent did not answer (%d); it keeps running", status);
+    }
+    free(p);
+}
+
+/* POST /sandboxes/{id}/pause {"memory"?: bool (default true), "requireHealthyGuest"?: bool}:
+ * 204, or 409 if it is paused already or being paused or resumed. */
+static void
+pause_sandbox(struct sbx_http_req *req, const char *id, json_t *body)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    bool memory = true, strict = false;
+    if (sbx_json_opt_bool(body, "memory", &memory, &err) < 0 ||
+        sbx_json_opt_bool(body, "requireHealthyGuest", &strict, &err) < 0) {
         sbx_api_respond_err(req, err);
         return;
     }
-    sbx_api_respond_json(req, 200, sandbox_json(l->rec));
+    if (!strict || !sbx_live_is_running(l)) {
+        sbx_pause(l, memory, on_paused, sbx_http_req_hold(req));
+        return;
+    }
+    struct strict_pause *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        abort();
+    snprintf(p->id, sizeof(p->id), "%s", l->rec->id);
+    p->memory = memory;
+    p->w = sbx_http_req_hold(req);
+    sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/health", NULL, NULL, 1024,
+                  SBX_PAUSE_HEALTH_MS, on_health, p);
+}
+
+/* A paused sandbox's clock stands still: its timeout changes when it is resumed. */
+static bool
+refuse_if_paused(struct sbx_http_req *req, const struct sbx_live *l)
+{
+    if (sbx_live_is_running(l))
+        return false;
+    sbx_http_respond_error(req, 409, "sandbox '%s' is %s; connect to resume it first", l->rec->id,
+                           sbx_pause_transition(l) ? sbx_pause_transition(l) : "paused");
+    return true;
 }
 
 static void
@@ -285,7 +495,7 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *l = find_or_404(req, id);
-    if (l == NULL)
+    if (l == NULL || refuse_if_paused(req, l))
         return;
     int64_t secs = 0;
     if (sbx_api_timeout_parse(body, extend_only, &secs, &err) < 0) {
@@ -305,7 +515,7 @@ set_timeout(struct sbx_http_req *req, const char *id, json_t *body, bool extend_
 static void
 on_killed(struct sbx_error *err, void *ud)
 {
-    struct sbx_http_req *req = done_waiting(ud);
+    struct sbx_http_req *req = sbx_http_hold_release(ud);
     if (req == NULL)
         return;
     if (err)
@@ -319,7 +529,7 @@ kill_sandbox(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = find_or_404(req, id);
     if (l)
-        sbx_lifecycle_kill(l, on_killed, wait_for_spawner(req));
+        sbx_lifecycle_kill(l, on_killed, sbx_http_req_hold(req));
 }
 
 static void
@@ -330,8 +540,80 @@ get_info(struct sbx_http_req *req, const char *id)
         sbx_api_respond_json(req, 200, listed_json(l->rec, true));
 }
 
+/* PUT /sandboxes/{id}/network: the new rules are the spawner's first, then stored. */
+struct network_update {
+    struct sbx_http_hold *w;
+    char id[SBX_STORE_ID_MAX + 1];
+    bool allow_internet;
+    char *stored; /* the new settings */
+};
+
+static void
+on_network_applied(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    struct network_update *u = ud;
+    struct sbx_http_req *req = sbx_http_hold_release(u->w);
+    struct sbx_live *l = sbx_lifecycle_find(u->id);
+    _cleanup_error_ struct sbx_error *store_err = NULL;
+    if (err == NULL && l) {
+        if (sbx_store_sandbox_update_network(sbx_daemon->store, u->id, u->allow_internet, u->stored,
+                                             &store_err) < 0) {
+            err = store_err;
+        } else {
+            free(l->rec->network_json);
+            l->rec->network_json = steal_pointer(&u->stored);
+            l->rec->allow_internet = u->allow_internet;
+            sbx_netset_free(l->net);
+            l->net = sbx_netset_load(l->rec->network_json);
+        }
+    }
+    if (req && l == NULL)
+        sbx_http_respond_error(req, 404, "sandbox '%s' not found", u->id);
+    else if (req && err)
+        sbx_api_respond_err(req, err);
+    else if (req)
+        sbx_http_respond(req, 204, NULL, NULL, 0);
+    free(u->stored);
+    free(u);
+}
+
+static void
+update_network(struct sbx_http_req *req, const char *id, json_t *body)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_live *l = find_or_404(req, id);
+    if (l == NULL)
+        return;
+    json_t *stored = NULL;
+    if (sbx_netset_decode_update(body, l->rec->network_json, &stored, &err) < 0) {
+        sbx_api_respond_err(req, err);
+        return;
+    }
+    if (check_network(req, stored) < 0) {
+        json_decref(stored);
+        return;
+    }
+    struct network_update *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        abort();
+    snprintf(u->id, sizeof(u->id), "%s", l->rec->id);
+    bool allow = l->rec->allow_internet;
+    /* The flag is stored only when given; the rules are the body's alone (spec §4). */
+    sbx_json_opt_bool(body, "allow_internet_access", &allow, NULL);
+    u->allow_internet = allow;
+    u->stored = json_object_size(stored) ? json_dumps(stored, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    struct sbx_netset *n = sbx_netset_load(u->stored);
+    json_decref(stored);
+    struct sbx_spawner_msg msg = {.op = SBX_SPAWNER_NET_POLICY};
+    snprintf(msg.id, sizeof(msg.id), "%s", l->rec->id);
+    sbx_netset_to_msg(n, &msg);
+    sbx_netset_free(n);
+    u->w = sbx_http_req_hold(req);
+    sbx_spawner_call(&msg, -1, on_network_applied, u);
+}
+
 struct metrics_query {
-    struct waiting *w;
+    struct sbx_http_hold *w;
     char id[SBX_STORE_ID_MAX + 1];
     int64_t start_s, end_s;
 };
@@ -340,7 +622,7 @@ static void
 on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
     struct metrics_query *q = ud;
-    struct sbx_http_req *req = done_waiting(q->w);
+    struct sbx_http_req *req = sbx_http_hold_release(q->w);
     struct sbx_live *l = sbx_lifecycle_find(q->id);
     int64_t now = sbx_wall_ms();
     if (req == NULL) {
@@ -372,15 +654,15 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
             pct = 100.0 * l->rec->cpu_count;
         l->last_cpu_ns = st->cpu_usage_ns;
         l->last_cpu_wall_ms = now;
-        uint64_t disk_total = (uint64_t)l->rec->disk_mb << 20;
-        json_array_append_new(
-            arr,
-            json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", sbx_api_time_json(now),
-                      "timestampUnix", (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
-                      "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes, "memTotal",
-                      (json_int_t)st->memory_limit_bytes, "memCache",
-                      (json_int_t)st->memory_cache_bytes, "diskUsed",
-                      (json_int_t)st->disk_used_bytes, "diskTotal", (json_int_t)disk_total));
+        json_array_append_new(arr,
+                              json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp",
+                                        sbx_api_time_json(now), "timestampUnix",
+                                        (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
+                                        "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes,
+                                        "memTotal", (json_int_t)st->memory_limit_bytes, "memCache",
+                                        (json_int_t)st->memory_cache_bytes, "diskUsed",
+                                        (json_int_t)st->disk_fs_used_bytes, "diskTotal",
+                                        (json_int_t)st->disk_total_bytes));
     }
     sbx_api_respond_json(req, 200, arr);
     free(q);
@@ -392,6 +674,10 @@ metrics(struct sbx_http_req *req, const char *id)
     struct sbx_live *l = find_or_404(req, id);
     if (l == NULL)
         return;
+    if (!sbx_live_is_running(l)) {
+        sbx_api_respond_json(req, 200, json_array()); /* nothing runs: nothing to sample */
+        return;
+    }
     _cleanup_free_ char *start = sbx_http_req_query(req, "start");
     _cleanup_free_ char *end = sbx_http_req_query(req, "end");
     struct metrics_query *q = calloc(1, sizeof(*q));
@@ -400,7 +686,7 @@ metrics(struct sbx_http_req *req, const char *id)
     snprintf(q->id, sizeof(q->id), "%s", l->rec->id);
     q->start_s = start ? strtoll(start, NULL, 10) : 0;
     q->end_s = end ? strtoll(end, NULL, 10) : INT64_MAX / 1000;
-    q->w = wait_for_spawner(req);
+    q->w = sbx_http_req_hold(req);
     struct sbx_spawner_msg msg = {.op = SBX_SPAWNER_STATS};
     snprintf(msg.id, sizeof(msg.id), "%s", l->rec->id);
     sbx_spawner_call(&msg, -1, on_stats, q);
@@ -502,8 +788,8 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
         goto fail;
     json_t *arr = json_array();
     for (size_t i = 0; i < list->n; i++) {
-        /* A sandbox being destroyed keeps its row until nothing of it is left (crash
-         * safety), but is gone for clients already. */
+        /* Being destroyed (its log saved, then the spawner): already gone for clients; it
+         * keeps its row until nothing of it is left (crash safety). */
         struct sbx_live *l = sbx_live_find(sbx_daemon, list->items[i]->id);
         if (l == NULL || !l->dying)
             json_array_append_new(arr, listed_json(list->items[i], false));
@@ -520,13 +806,6 @@ fail:
 
 /* ---- dispatch ---- */
 
-static bool
-authorized(struct sbx_http_req *req)
-{
-    const char *key = sbx_http_req_header(req, "x-api-key");
-    return key && sbx_store_api_key_check(sbx_daemon->store, key);
-}
-
 static size_t
 split_path(char *path, char **parts)
 {
@@ -541,19 +820,21 @@ split_path(char *path, char **parts)
 }
 
 static void
-dispatch(struct sbx_http_req *req, json_t *body)
+dispatch(struct sbx_http_req *req, json_t *body, bool admin)
 {
     _cleanup_free_ char *path = strdup(req->path);
     char *p[MAX_PATH_PARTS];
     size_t n = path ? split_path(path, p) : 0;
     const char *m = req->method;
-    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0, del = strcmp(m, "DELETE") == 0;
+    bool get = strcmp(m, "GET") == 0, post = strcmp(m, "POST") == 0, del = strcmp(m, "DELETE") == 0,
+         put = strcmp(m, "PUT") == 0;
     /* /v2/sandboxes... is the same resource as /sandboxes... */
     bool v2 = n > 0 && strcmp(p[0], "v2") == 0;
     char **r = v2 ? p + 1 : p;
     size_t rn = v2 ? n - 1 : n;
-    if (!v2 && n == 1 && get && strcmp(p[0], "pools") == 0) {
-        sbx_api_respond_json(req, 200, sbx_pool_status());
+    if (!v2 && n >= 1 && n <= 2 && strcmp(p[0], "volumes") == 0) {
+        req->route_class = "volumes";
+        sbx_volumes_api(req, body, p, n);
         return;
     }
     /* /templates..., /v2/templates... and /v3/templates: the Template SDK's. Path parameters
@@ -562,6 +843,7 @@ dispatch(struct sbx_http_req *req, json_t *body)
     char **t = v2 || v3 ? p + 1 : p;
     size_t tn = v2 || v3 ? n - 1 : n;
     if (tn >= 1 && tn <= MAX_PATH_PARTS && strcmp(t[0], "templates") == 0) {
+        req->route_class = "templates";
         char *decoded[MAX_PATH_PARTS] = {0};
         bool ok = true;
         for (size_t i = 0; i < tn; i++) {
@@ -577,7 +859,31 @@ dispatch(struct sbx_http_req *req, json_t *body)
             free(decoded[i]);
         return;
     }
+    if (!v2 && n == 1 && get && strcmp(p[0], "pools") == 0) {
+        req->route_class = "pools";
+        sbx_api_respond_json(req, 200, sbx_pool_status());
+        return;
+    }
+    if (!v2 && n == 1 && strcmp(p[0], "metrics") == 0 && get) {
+        req->route_class = "metrics";
+        if (!admin) {
+            sbx_http_respond_error(req, 403,
+                                   "/metrics needs an admin API key (or serve it on its own "
+                                   "address with --metrics-listen)");
+            return;
+        }
+        return sbx_metrics_handle(req);
+    }
+    if (!v2 && n >= 1 && n <= 2 && strcmp(p[0], "api-keys") == 0) {
+        req->route_class = "api_keys";
+        if (!admin) {
+            sbx_http_respond_error(req, 403, "managing API keys needs an admin API key");
+            return;
+        }
+        return sbx_auth_keys_handle(req, p, n, body);
+    }
     if (rn >= 1 && rn <= 3 && strcmp(r[0], "sandboxes") == 0) {
+        req->route_class = "sandboxes";
         if (rn == 1 && post)
             return create(req, body, v2);
         if (rn == 1 && get)
@@ -587,25 +893,49 @@ dispatch(struct sbx_http_req *req, json_t *body)
         if (rn == 2 && del)
             return kill_sandbox(req, r[1]);
         if (rn == 3 && post && strcmp(r[2], "connect") == 0)
-            return connect_sandbox(req, r[1], body);
+            return connect_sandbox(req, r[1], body, false);
+        if (rn == 3 && post && strcmp(r[2], "resume") == 0)
+            return connect_sandbox(req, r[1], body, true);
+        if (rn == 3 && post && strcmp(r[2], "pause") == 0)
+            return pause_sandbox(req, r[1], body);
         if (rn == 3 && post && strcmp(r[2], "timeout") == 0)
             return set_timeout(req, r[1], body, false);
         if (rn == 3 && post && strcmp(r[2], "refreshes") == 0)
             return set_timeout(req, r[1], body, true);
         if (rn == 3 && get && strcmp(r[2], "metrics") == 0)
             return metrics(req, r[1]);
-        if (rn == 3 && post && (strcmp(r[2], "pause") == 0 || strcmp(r[2], "resume") == 0)) {
+        if (rn == 3 && get && strcmp(r[2], "logs") == 0)
+            return sbx_logs_handle(req, r[1], v2);
+        if (rn == 3 && put && strcmp(r[2], "network") == 0)
+            return update_network(req, r[1], body);
+        if (rn == 3 && post && strcmp(r[2], "snapshots") == 0) {
             if (find_or_404(req, r[1]))
-                sbx_http_respond_error(req, 501, "pausing sandboxes is not supported yet");
+                sbx_http_respond_error(req, 501,
+                                       "snapshots are not supported yet: this server keeps a "
+                                       "sandbox with pause and connect");
             return;
         }
+        if (rn == 3 && post && strcmp(r[2], "fork") == 0) {
+            if (find_or_404(req, r[1]))
+                sbx_http_respond_error(req, 501, "forking sandboxes is not supported yet");
+            return;
+        }
+    }
+    if (!v2 && n == 1 && get && strcmp(p[0], "snapshots") == 0) {
+        sbx_http_respond_error(req, 501, "snapshots are not supported yet");
+        return;
     }
     sbx_http_respond_error(req, 404, "no route for %s %s", m, req->path);
 }
 
+/* Marks, in req->data until the body is read, a request made with an admin key. */
+static char admin_mark;
+
 static void
 on_body(struct sbx_http_req *req, struct sbx_buf *raw)
 {
+    bool admin = req->data == &admin_mark;
+    req->data = NULL;
     json_t *body = NULL;
     if (raw->len > 0) {
         json_error_t jerr;
@@ -620,7 +950,7 @@ on_body(struct sbx_http_req *req, struct sbx_buf *raw)
             return;
         }
     }
-    dispatch(req, body);
+    dispatch(req, body, admin);
     json_decref(body);
 }
 
@@ -628,17 +958,22 @@ void
 sbx_api_handle(struct sbx_http_req *req)
 {
     if (strcmp(req->path, "/health") == 0 && strcmp(req->method, "GET") == 0) {
+        req->route_class = "health";
         sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         return;
     }
+    /* The volume content API takes a volume's own token, not an API key; so does a COPY
+     * archive's upload, its URL's. */
+    if (sbx_volumes_content(req))
+        return;
     if (sbx_api_templates_is_upload(req)) {
-        sbx_api_templates_upload(req); /* its URL's token authorises it */
+        sbx_api_templates_upload(req);
         return;
     }
-    if (!authorized(req)) {
-        sbx_http_respond_error(req, 401, "Invalid API key, please provide a valid X-API-KEY");
+    struct sbx_api_key_auth who;
+    if (!sbx_auth_check(req, &who))
         return;
-    }
     sbx_http_req_mark_authenticated(req);
+    req->data = who.admin ? &admin_mark : NULL; /* for on_body */
     sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_body);
 }

@@ -59,6 +59,13 @@ static struct build *builds;
 
 static void next_step(struct build *b);
 
+/* Build b's sandboxes take the top uid slots, one per build running. */
+static int
+slot_of(const struct build *b)
+{
+    return SBX_MAX_SANDBOXES - 1 - b->slot_index;
+}
+
 /* ---- logs ---- */
 
 static void
@@ -458,7 +465,7 @@ run_step(struct build *b, const char *what, const char *cmd, const char *user, c
     }
     struct sbx_spawner_msg req = {
         .op = SBX_SPAWNER_BUILD_STEP,
-        .uid_slot = (uint64_t)(SBX_MAX_SANDBOXES - 1 - b->slot_index),
+        .uid_slot = (uint64_t)slot_of(b),
         .memory_bytes = (uint64_t)b->rec.memory_mb << 20,
         .pids_max = (uint64_t)sbx_daemon->cfg.pids_max,
         .cpu_millis = (uint64_t)b->rec.cpu_count * 1000,
@@ -763,6 +770,15 @@ on_begin(uv_timer_t *t)
     }
     log_entry(b, "info", "base", image ? "FROM " SBX_TEMPLATE_BASE_IMAGE : "FROM template");
     next_step(b);
+}
+
+bool
+sbx_builder_has_slot(int slot)
+{
+    for (const struct build *b = builds; b; b = b->next)
+        if (slot_of(b) == slot)
+            return true;
+    return false;
 }
 
 int

@@ -4,6 +4,7 @@
 #define SBX_DAEMON_BUILDER_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "base/error.h"
 #include "daemon/templates.h"
@@ -16,5 +17,8 @@ int sbx_builder_start(struct sbx_build_rec *rec, json_t *body, struct sbx_error 
 /* Has the spawner remove the layers no template of the store, built-in template or running
  * sandbox uses (after a start, and after a template is deleted). */
 void sbx_builder_collect_layers(void);
+/* Whether slot is that of a build running: its step sandboxes, on the sandbox network with no
+ * egress rules, may use the DNS forwarder (dns.c). */
+bool sbx_builder_has_slot(int slot);
 
 #endif

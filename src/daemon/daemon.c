@@ -2,12 +2,13 @@
  * dir, the front end's user, API key, host uid block, the listening socket), then the two
  * processes that do the work, restarted when they die: the spawner (root) and the front end
  * (its own user, no capabilities). SIGTERM stops both and leaves sandboxes running. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <grp.h>
 #include <netdb.h>
 #include <pwd.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,250 +29,8 @@
 #include "base/util.h"
 #include "daemon/daemon.h"
 #include "daemon/internal.h"
+#include "http/tls.h"
 #include "spawner/spawner.h"
-
-static void
-usage(FILE *f)
-{
-    fprintf(f,
-            "usage: sbx serve [options]\n"
-            "\n"
-            "  --listen HOST:PORT   address of the API and sandbox traffic (%s; SBX_LISTEN)\n"
-            "  --state-dir DIR      database, API key, layers, sandbox dirs (%s; SBX_STATE_DIR)\n"
-            "  --layer-cache DIR    where scripts/templates.sh built the built-in templates'\n"
-            "                       layers (%s; SBX_LAYER_CACHE)\n"
-            "  --api-key KEY        accept this API key (SBX_API_KEY); by default one is\n"
-            "                       generated on first start and kept in the state dir\n"
-            "  --memory-mb N        memory limit of each sandbox (%d; SBX_MEMORY_MB)\n"
-            "  --pids-max N         process limit of each sandbox (%d; SBX_PIDS_MAX)\n"
-            "  --cpus N             CPUs of each sandbox, as a quota (%d; SBX_CPUS)\n"
-            "  --disk-mb N          disk limit of each sandbox, at least %d (%d; SBX_DISK_MB)\n"
-            "  --header-timeout S   seconds for a request head (%d; SBX_HEADER_TIMEOUT)\n"
-            "  --idle-timeout S     seconds to keep an idle connection (%d; SBX_IDLE_TIMEOUT),\n"
-            "                       at most %d until it carried an authenticated request\n"
-            "  --max-connections N  client connections held at once, evicting idle and\n"
-            "                       unauthenticated ones first (derived from the open-file\n"
-            "                       limit by default; SBX_MAX_CONNECTIONS)\n"
-            "  --sandbox-profile P  default, or relaxed: sandbox root keeps NET_ADMIN and\n"
-            "                       SYS_ADMIN and may create namespaces (SBX_SANDBOX_PROFILE)\n"
-            "  --user NAME          the front end's user, created if missing (sbx; SBX_USER)\n"
-            "  --pool TEMPLATE=N    keep N sandboxes of TEMPLATE started, to hand out at create;\n"
-            "                       repeatable, or comma-separated in SBX_POOL (%s)\n"
-            "  --pool-memory-mb N   memory the pools may hold together (%d; SBX_POOL_MEMORY_MB)\n"
-            "  --max-builds N       template builds running at once, at most %d (%d;\n"
-            "                       SBX_MAX_BUILDS)\n"
-            "  --build-step-timeout S  seconds a template build step may run (%d;\n"
-            "                       SBX_BUILD_STEP_TIMEOUT)\n"
-            "  --log-level LEVEL    debug, info, warn or error (info; SBX_LOG_LEVEL)\n",
-            SBX_DEFAULT_LISTEN, SBX_DEFAULT_STATE_DIR, SBX_DEFAULT_LAYER_CACHE,
-            SBX_DEFAULT_MEMORY_MB, SBX_DEFAULT_PIDS_MAX, SBX_DEFAULT_CPU_COUNT, SBX_MIN_DISK_MB,
-            SBX_DEFAULT_DISK_MB, SBX_DEFAULT_HEADER_TIMEOUT_S, SBX_DEFAULT_IDLE_TIMEOUT_S,
-            SBX_ANON_IDLE_TIMEOUT_S, SBX_DEFAULT_POOLS, SBX_DEFAULT_POOL_MEMORY_MB, SBX_MAX_BUILDS,
-            SBX_DEFAULT_MAX_BUILDS, SBX_DEFAULT_BUILD_STEP_TIMEOUT_S);
-}
-
-static int
-parse_listen(const char *s, struct sbx_daemon_config *c)
-{
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || colon == s)
-        return -1;
-    char *end = NULL;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || port < 0 || port > 65535)
-        return -1;
-    free(c->listen_host);
-    c->listen_host = strndup(s, (size_t)(colon - s));
-    c->listen_port = (int)port;
-    return 0;
-}
-
-static int
-parse_positive(const char *s, int *out)
-{
-    char *end = NULL;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v <= 0 || v > 1 << 24)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
-static int
-parse_level(const char *s)
-{
-    static const char *const names[] = {"debug", "info", "warn", "error"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, names[i]) == 0) {
-            sbx_log_set_level((enum sbx_log_level)i);
-            return 0;
-        }
-    return -1;
-}
-
-/* One table for flags and their environment variables, applied env first, flags after. */
-static int
-apply_option(struct sbx_daemon_config *c, int opt, const char *v)
-{
-    switch (opt) {
-    case 'l':
-        return parse_listen(v, c);
-    case 's':
-        free(c->state_dir);
-        c->state_dir = strdup(v);
-        return 0;
-    case 'K':
-        if (v[0] != '/')
-            return -1;
-        free(c->layer_cache);
-        c->layer_cache = strdup(v);
-        return 0;
-    case 'k':
-        free(c->api_key);
-        c->api_key = strdup(v);
-        return 0;
-    case 'm':
-        return parse_positive(v, &c->memory_mb);
-    case 'p':
-        return parse_positive(v, &c->pids_max);
-    case 'c': {
-        int n = 0;
-        if (parse_positive(v, &n) < 0 || n > 1024)
-            return -1;
-        c->cpu_millis = n * 1000;
-        return 0;
-    }
-    case 'd':
-        /* Each sandbox's writable layer is an ext4 filesystem of this size. */
-        return parse_positive(v, &c->disk_mb) < 0 || c->disk_mb < SBX_MIN_DISK_MB ? -1 : 0;
-    case 'H':
-        return parse_positive(v, &c->header_timeout_s);
-    case 'I':
-        return parse_positive(v, &c->idle_timeout_s);
-    case 'C':
-        return parse_positive(v, &c->max_conns);
-    case 'L':
-        return parse_level(v);
-    case 'P':
-        if (strcmp(v, "default") != 0 && strcmp(v, "relaxed") != 0)
-            return -1;
-        c->relaxed = strcmp(v, "relaxed") == 0;
-        return 0;
-    case 'U':
-        if (*v == '\0' || strlen(v) > 32)
-            return -1;
-        free(c->user);
-        c->user = strdup(v);
-        return 0;
-    case 'O': {
-        /* Later entries win: defaults, then SBX_POOL, then each --pool. */
-        _cleanup_error_ struct sbx_error *err = NULL;
-        char *joined = NULL;
-        if (sbx_pool_configure(v, &err) < 0) {
-            fprintf(stderr, "sbx serve: %s\n", err->msg);
-            return -1;
-        }
-        if (asprintf(&joined, "%s,%s", c->pools, v) < 0)
-            abort();
-        free(c->pools);
-        c->pools = joined;
-        return 0;
-    }
-    case 'M':
-        return parse_positive(v, &c->pool_memory_mb);
-    case 'B':
-        return parse_positive(v, &c->max_builds) < 0 || c->max_builds > SBX_MAX_BUILDS ? -1 : 0;
-    case 'T':
-        /* The spawner takes 1 s to 24 h. */
-        return parse_positive(v, &c->build_step_timeout_s) < 0 || c->build_step_timeout_s > 86400
-                   ? -1
-                   : 0;
-    }
-    return -1;
-}
-
-static const struct option long_opts[] = {
-    {"listen", required_argument, NULL, 'l'},
-    {"state-dir", required_argument, NULL, 's'},
-    {"layer-cache", required_argument, NULL, 'K'},
-    {"api-key", required_argument, NULL, 'k'},
-    {"memory-mb", required_argument, NULL, 'm'},
-    {"pids-max", required_argument, NULL, 'p'},
-    {"cpus", required_argument, NULL, 'c'},
-    {"disk-mb", required_argument, NULL, 'd'},
-    {"header-timeout", required_argument, NULL, 'H'},
-    {"idle-timeout", required_argument, NULL, 'I'},
-    {"max-connections", required_argument, NULL, 'C'},
-    {"log-level", required_argument, NULL, 'L'},
-    {"sandbox-profile", required_argument, NULL, 'P'},
-    {"user", required_argument, NULL, 'U'},
-    {"pool", required_argument, NULL, 'O'},
-    {"pool-memory-mb", required_argument, NULL, 'M'},
-    {"max-builds", required_argument, NULL, 'B'},
-    {"build-step-timeout", required_argument, NULL, 'T'},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
-
-static const struct {
-    const char *env;
-    int opt;
-} env_opts[] = {
-    {"SBX_LISTEN", 'l'},         {"SBX_STATE_DIR", 's'},
-    {"SBX_API_KEY", 'k'},        {"SBX_MEMORY_MB", 'm'},
-    {"SBX_PIDS_MAX", 'p'},       {"SBX_CPUS", 'c'},
-    {"SBX_DISK_MB", 'd'},        {"SBX_HEADER_TIMEOUT", 'H'},
-    {"SBX_IDLE_TIMEOUT", 'I'},   {"SBX_MAX_CONNECTIONS", 'C'},
-    {"SBX_LOG_LEVEL", 'L'},      {"SBX_SANDBOX_PROFILE", 'P'},
-    {"SBX_USER", 'U'},           {"SBX_POOL", 'O'},
-    {"SBX_POOL_MEMORY_MB", 'M'}, {"SBX_LAYER_CACHE", 'K'},
-    {"SBX_MAX_BUILDS", 'B'},     {"SBX_BUILD_STEP_TIMEOUT", 'T'},
-};
-
-static int
-parse_config(int argc, char **argv, struct sbx_daemon_config *c)
-{
-    c->state_dir = strdup(SBX_DEFAULT_STATE_DIR);
-    c->layer_cache = strdup(SBX_DEFAULT_LAYER_CACHE);
-    c->user = strdup(SBX_DEFAULT_USER);
-    c->pools = strdup(SBX_DEFAULT_POOLS);
-    c->pool_memory_mb = SBX_DEFAULT_POOL_MEMORY_MB;
-    c->max_builds = SBX_DEFAULT_MAX_BUILDS;
-    c->build_step_timeout_s = SBX_DEFAULT_BUILD_STEP_TIMEOUT_S;
-    c->memory_mb = SBX_DEFAULT_MEMORY_MB;
-    c->pids_max = SBX_DEFAULT_PIDS_MAX;
-    c->cpu_millis = SBX_DEFAULT_CPU_COUNT * 1000;
-    c->disk_mb = SBX_DEFAULT_DISK_MB;
-    c->header_timeout_s = SBX_DEFAULT_HEADER_TIMEOUT_S;
-    c->idle_timeout_s = SBX_DEFAULT_IDLE_TIMEOUT_S;
-    parse_listen(SBX_DEFAULT_LISTEN, c);
-    for (size_t i = 0; i < sizeof(env_opts) / sizeof(env_opts[0]); i++) {
-        const char *v = getenv(env_opts[i].env);
-        if (v && *v && apply_option(c, env_opts[i].opt, v) < 0) {
-            fprintf(stderr, "sbx serve: invalid %s='%s'\n", env_opts[i].env, v);
-            return 2;
-        }
-    }
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
-        if (opt == 'h') {
-            usage(stdout);
-            return 0;
-        }
-        if (opt == '?' || apply_option(c, opt, optarg) < 0) {
-            if (opt != '?')
-                fprintf(stderr, "sbx serve: invalid value '%s'\n", optarg);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "sbx serve: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
-    return -1; /* go on */
-}
 
 static int
 mkdir_owned(const char *path, mode_t mode, uid_t uid, gid_t gid, struct sbx_error **err)
@@ -311,49 +70,88 @@ check_reachable(const char *dir, struct sbx_error **err)
     return 0;
 }
 
-/* The key shown in the export lines: --api-key, or the one generated on first start. */
+/* Makes key a valid admin key named name unless the store knows it: a revoked key is never
+ * accepted again (returns 1 then), whoever gives it back. */
+static int
+adopt_key(struct sbx_store *store, const char *key, const char *name, struct sbx_error **err)
+{
+    struct sbx_api_key k;
+    _cleanup_error_ struct sbx_error *find_err = NULL;
+    if (sbx_store_api_key_find(store, key, &k, &find_err) == 0) {
+        free(k.name);
+        return k.revoked_at_ms ? 1 : 0;
+    }
+    if (find_err->code != SBX_NOT_FOUND) {
+        *err = steal_pointer(&find_err);
+        return -1;
+    }
+    return sbx_store_api_key_add(store, key, name, true, NULL, err);
+}
+
+static int
+write_key_file(const char *path, const char *key, struct sbx_error **err)
+{
+    _cleanup_close_ int fd =
+        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return sbx_error_sys(err, errno, "create %s", path);
+    size_t len = strlen(key);
+    if (write(fd, key, len) != (ssize_t)len || write(fd, "\n", 1) != 1)
+        return sbx_error_sys(err, errno, "write %s", path);
+    return 0;
+}
+
+/* The key shown in the export lines ("" for none): the one of --api-key (a named admin key,
+ * "config-<last 4>"), else the one in <state>/api_key, generated on the very first start only
+ * (named "initial"). A revoked --api-key stops the start; a revoked generated key is removed
+ * from the state dir and nothing replaces it: the operator revoked it on purpose. */
 static int
 ensure_api_key(const struct sbx_daemon_config *cfg, struct sbx_store *store, char **shown,
                struct sbx_error **err)
 {
     _cleanup_free_ char *path = NULL;
     if (asprintf(&path, "%s/api_key", cfg->state_dir) < 0)
-        return sbx_error_set(err, SBX_INTERNAL, 0, "out of memory");
+        abort();
     if (cfg->api_key) {
-        if (sbx_store_api_key_add(store, cfg->api_key, err) < 0)
-            return -1;
-        *shown = strdup(cfg->api_key);
+        size_t len = strlen(cfg->api_key);
+        char name[32];
+        snprintf(name, sizeof(name), "config-%s", cfg->api_key + (len > 4 ? len - 4 : 0));
+        int rc = adopt_key(store, cfg->api_key, name, err);
+        if (rc > 0)
+            return sbx_error_set(err, SBX_PERMISSION_DENIED, 0,
+                                 "the API key given with --api-key (or SBX_API_KEY, or api-key in "
+                                 "the config file) has been revoked; remove it from the "
+                                 "configuration");
+        *shown = rc < 0 ? NULL : strdup(cfg->api_key);
+        return rc;
+    }
+    char buf[SBX_STORE_API_KEY_MAX + 2] = {0};
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : 0;
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        buf[--n] = '\0';
+    int64_t ever = sbx_store_api_key_count(store, err);
+    if (ever < 0)
+        return -1;
+    if (n <= 0 && ever > 0) {
+        *shown = strdup(""); /* keys exist, none of them ours to show */
         return 0;
     }
-    char buf[128] = {0};
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd >= 0) {
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-            buf[--n] = '\0';
-        if (n > 0) {
-            if (sbx_store_api_key_add(store, buf, err) < 0)
-                return -1;
-            *shown = strdup(buf);
-            explicit_bzero(buf, sizeof(buf));
-            return 0;
-        }
+    if (n <= 0) {
+        char hex[41];
+        sbx_random_hex(hex, 20);
+        snprintf(buf, sizeof(buf), "e2b_%s", hex);
+        if (write_key_file(path, buf, err) < 0)
+            return -1;
     }
-    char hex[41];
-    sbx_random_hex(hex, 20);
-    snprintf(buf, sizeof(buf), "e2b_%s", hex);
-    _cleanup_close_ int wfd =
-        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (wfd < 0)
-        return sbx_error_sys(err, errno, "create %s", path);
-    size_t len = strlen(buf);
-    if (write(wfd, buf, len) != (ssize_t)len || write(wfd, "\n", 1) != 1)
-        return sbx_error_sys(err, errno, "write %s", path);
-    if (sbx_store_api_key_add(store, buf, err) < 0)
-        return -1;
-    *shown = strdup(buf);
+    int rc = adopt_key(store, buf, "initial", err);
+    if (rc > 0) {
+        unlink(path);
+        sbx_log_warn("api_key", "file=%s action=removed reason=\"the key was revoked\"", path);
+    }
+    *shown = rc == 0 ? strdup(buf) : rc > 0 ? strdup("") : NULL;
     explicit_bzero(buf, sizeof(buf));
-    return 0;
+    return rc < 0 ? -1 : 0;
 }
 
 /* See SBX_DAEMON_RESERVED_FDS. Without a limit below the open-file limit, enough idle
@@ -385,7 +183,8 @@ set_max_conns(struct sbx_daemon_config *cfg, rlim_t nofile)
 /* Takes this daemon's host uid block (see sbx_uid_block_claim): the one recorded in the
  * state dir while its sandboxes may still run in it, else a free one, recorded. */
 static int
-claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, struct sbx_error **err)
+claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, int *block_out,
+                struct sbx_error **err)
 {
     _cleanup_free_ char *saved = NULL;
     if (sbx_store_setting_get(store, "uid_block", &saved, err) < 0)
@@ -411,6 +210,31 @@ claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, struct s
             return -1;
     }
     *uid_base = sbx_uid_block_base(block);
+    *block_out = block;
+    return 0;
+}
+
+/* The sandbox network of this daemon, named and addressed after its uid block (so that the
+ * daemons of one host never share either), checked against the host's routes before the
+ * spawner builds it. */
+static int
+plan_network(struct sbx_daemon_config *cfg, int block, struct sbx_error **err)
+{
+    char derived[32];
+    const char *cidr = cfg->network_cidr;
+    if (cidr && strcmp(cidr, "off") == 0)
+        return 0;
+    if (cidr == NULL) {
+        snprintf(derived, sizeof(derived), "10.%d.0.0/16", 200 + block);
+        cidr = derived;
+    }
+    struct sbx_netplan plan;
+    if (!sbx_netplan_parse(cidr, &plan))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad --network-cidr %s", cidr);
+    if (sbx_net_config_init(&cfg->net, &plan, block, cfg->opened, cfg->n_opened, err) < 0 ||
+        sbx_net_check_host(&cfg->net, err) < 0)
+        return -1;
+    cfg->net_on = true;
     return 0;
 }
 
@@ -542,6 +366,7 @@ static struct {
     uid_t fe_uid;
     gid_t fe_gid;
     int listen_fd;
+    int metrics_fd;    /* --metrics-listen, -1 without */
     int control;       /* our end of the socketpair with the front end */
     int state_lock_fd; /* held while we run; never in a worker (flock(LOCK_UN) on a shared
                         * fd would release it for us too) */
@@ -583,6 +408,8 @@ start_spawner(int *frontend_end, struct sbx_error **err)
         close(ready[0]);
         close(sv.control);
         close(sv.listen_fd);
+        if (sv.metrics_fd >= 0)
+            close(sv.metrics_fd);
         sv.spawner.ready_fd = ready[1];
         _exit(sbx_spawner_main(&sv.spawner, ch[1]));
     }
@@ -635,7 +462,7 @@ start_frontend(int channel, struct sbx_error **err)
         close(sv.spawner.lock_fd);
         drop_privileges();
         worker_setup("sbx-frontend"); /* after: a change of ids clears the death signal */
-        _exit(sbx_frontend_main(sv.cfg, sv.listen_fd, ctl[1], channel,
+        _exit(sbx_frontend_main(sv.cfg, sv.listen_fd, sv.metrics_fd, ctl[1], channel,
                                 sv.announced ? NULL : sv.shown_key));
     }
     sv.announced = true;
@@ -753,6 +580,60 @@ supervise(void)
     }
 }
 
+/* A quota of more CPUs than sandboxes can run on would be reported as their cpuCount and never
+ * be theirs: nproc and /proc/cpuinfo inside show the CPUs there are. Sandboxes inherit the
+ * supervisor's CPUs (through the spawner). */
+static int
+check_cpus(const struct sbx_daemon_config *cfg, struct sbx_error **err)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) < 0)
+        return sbx_error_sys(err, errno, "sched_getaffinity");
+    int have = CPU_COUNT(&set);
+    if (cfg->cpu_millis > have * 1000)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "--cpus %d: sandboxes can run on %d CPU%s here, so at most --cpus %d",
+                             cfg->cpu_millis / 1000, have, have == 1 ? "" : "s", have);
+    return 0;
+}
+
+/* The certificate and key, read here as root so that the front end never opens them, and
+ * checked at once. */
+static int
+read_tls(struct sbx_daemon_config *cfg, struct sbx_error **err)
+{
+    if (!cfg->tls_cert && !cfg->tls_key)
+        return 0;
+    if (!cfg->tls_cert || !cfg->tls_key)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "--tls-cert and --tls-key go together");
+    const char *files[2] = {cfg->tls_cert, cfg->tls_key};
+    char *pem[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(files[i], "re");
+        size_t n = 0;
+        if (f == NULL || getdelim(&pem[i], &n, '\0', f) < 0) {
+            int e = errno;
+            if (f)
+                fclose(f);
+            free(pem[0]);
+            return sbx_error_sys(err, e ? e : EINVAL, "read %s", files[i]);
+        }
+        fclose(f);
+    }
+    char *key_copy = strdup(pem[1]);
+    struct sbx_tls *t = sbx_tls_new(pem[0], key_copy, err);
+    sbx_secret_free(key_copy);
+    if (t == NULL) {
+        free(pem[0]);
+        sbx_secret_free(pem[1]);
+        return sbx_error_prefix(err, "--tls-cert %s, --tls-key %s", cfg->tls_cert, cfg->tls_key);
+    }
+    sbx_tls_free(t);
+    cfg->tls_cert_pem = pem[0];
+    cfg->tls_key_pem = pem[1];
+    return 0;
+}
+
 /* Everything that needs root before the workers start. */
 static int
 prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
@@ -763,6 +644,8 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     char host_desc[128];
     if (sbx_sandbox_preflight(host_desc, sizeof(host_desc), err) < 0)
         return sbx_error_prefix(err, "this host cannot run sandboxes");
+    if (check_cpus(cfg, err) < 0)
+        return -1;
     char raised[256];
     _cleanup_error_ struct sbx_error *limits_err = NULL;
     if (sbx_sandbox_raise_host_limits(raised, sizeof(raised), &limits_err) < 0)
@@ -779,7 +662,7 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
             getrlimit(RLIMIT_NOFILE, &nofile);
     }
     set_max_conns(cfg, nofile.rlim_cur);
-    if (ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
+    if (read_tls(cfg, err) < 0 || ensure_user(cfg->user, &sv.fe_uid, &sv.fe_gid, err) < 0)
         return -1;
     _cleanup_free_ char *sandboxes = NULL, *db = NULL;
     if (asprintf(&sandboxes, "%s/sandboxes", cfg->state_dir) < 0)
@@ -794,8 +677,11 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     struct sbx_store *store = sbx_store_open(db, err);
     if (store == NULL)
         return -1;
+    int block = -1;
     int rc = ensure_api_key(cfg, store, &sv.shown_key, err) < 0 ||
-                     claim_uid_block(store, &sv.spawner.lock_fd, &sv.spawner.uid_base, err) < 0
+                     claim_uid_block(store, &sv.spawner.lock_fd, &sv.spawner.uid_base, &block,
+                                     err) < 0 ||
+                     plan_network(cfg, block, err) < 0
                  ? -1
                  : 0;
     sbx_store_close(store);
@@ -804,6 +690,9 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
     sv.listen_fd = listen_tcp(cfg->listen_host, cfg->listen_port, err);
     if (sv.listen_fd < 0)
         return -1;
+    if (cfg->metrics_host &&
+        (sv.metrics_fd = listen_tcp(cfg->metrics_host, cfg->metrics_port, err)) < 0)
+        return sbx_error_prefix(err, "--metrics-listen");
     sbx_log_info("start",
                  "listen=%s:%d state_dir=%s memory_mb=%d pids_max=%d cpus=%d profile=%s "
                  "uid_base=%u user=%s max_connections=%d %s",
@@ -817,7 +706,7 @@ int
 sbx_daemon_main(int argc, char **argv)
 {
     static struct sbx_daemon_config cfg;
-    int rc = parse_config(argc, argv, &cfg);
+    int rc = sbx_daemon_config_parse(argc, argv, &cfg);
     if (rc >= 0)
         return rc;
     /* A client that goes away mid-write must not kill a worker. */
@@ -825,6 +714,7 @@ sbx_daemon_main(int argc, char **argv)
     sv.cfg = &cfg;
     sv.control = -1;
     sv.state_lock_fd = -1;
+    sv.metrics_fd = -1;
     sv.spawner.lock_fd = -1;
     _cleanup_error_ struct sbx_error *err = NULL;
     if (prepare(&cfg, &err) < 0) {
@@ -836,6 +726,7 @@ sbx_daemon_main(int argc, char **argv)
     sv.spawner.frontend_uid = sv.fe_uid;
     sv.spawner.frontend_gid = sv.fe_gid;
     sv.spawner.relaxed = cfg.relaxed;
+    sv.spawner.net = cfg.net_on ? &cfg.net : NULL;
     /* Signals come through a signalfd here; workers unblock them. */
     sigemptyset(&sv.blocked);
     sigaddset(&sv.blocked, SIGCHLD);

@@ -16,8 +16,6 @@
 #include "daemon/internal.h"
 #include "http/client.h"
 
-static void arm_expiry(void);
-
 static struct sbx_sandbox_ref
 ref_of(const struct sbx_live *l)
 {
@@ -39,57 +37,46 @@ sbx_lifecycle_find(const char *id)
 static void
 live_free(struct sbx_live *l)
 {
-    if (l->pidfd >= 0)
-        close(l->pidfd); /* only now: the poll handle no longer watches it */
+    sbx_lifecycle_unwatch(l);
+    if (l->rec->uid_slot >= 0 && l->rec->uid_slot < SBX_MAX_SANDBOXES &&
+        sbx_daemon->by_slot[l->rec->uid_slot] == l)
+        sbx_daemon->by_slot[l->rec->uid_slot] = NULL;
+    sbx_netset_free(l->net);
     sbx_sandbox_rec_free(l->rec);
     free(l->dir);
     free(l->sock_path);
     free(l);
 }
 
-struct destroy {
-    struct sbx_live *l;
-    struct sbx_error *err; /* what to answer, once the sandbox is forgotten */
-    char *why;
-    sbx_lifecycle_done_cb cb;
-    void *ud;
-};
-
-static void destroy_done(struct destroy *d);
-
 static void
-on_poll_closed(uv_handle_t *h)
+on_watch_closed(uv_handle_t *h)
 {
-    struct sbx_live *l = h->data;
-    struct destroy *d = l->destroy;
-    live_free(l);
-    if (d)
-        destroy_done(d);
+    free(h);
 }
 
-/* The pidfd stays open until the handle has closed (live_free): closing a watched fd early
- * lets its number be reused by a new sandbox's pidfd while libuv still knows the old one. */
-static void
-stop_watching(struct sbx_live *l)
+void
+sbx_lifecycle_unwatch(struct sbx_live *l)
 {
-    if (!l->polling)
-        return;
-    l->polling = false;
-    uv_poll_stop(&l->poll);
+    if (l->poll) {
+        uv_poll_stop(l->poll);
+        uv_close((uv_handle_t *)l->poll, on_watch_closed);
+        l->poll = NULL;
+    }
+    /* Safe right after uv_poll_stop (libuv: "the fd can be safely closed immediately after a
+     * call to uv_poll_stop()"): the number cannot reach a poll again. */
+    if (l->pidfd >= 0)
+        close(l->pidfd);
+    l->pidfd = -1;
 }
 
-/* Unlinks l from the table and frees it (after its poll handle has closed). */
+/* Unlinks l from the table and frees it. */
 static void
 live_drop(struct sbx_live *l)
 {
     sbx_live_remove(sbx_daemon, l);
     sbx_pool_forget(l);
-    if (l->poll.data == l) { /* watched once: its handle must close first */
-        stop_watching(l);
-        uv_close((uv_handle_t *)&l->poll, on_poll_closed);
-    } else {
-        live_free(l);
-    }
+    sbx_volumes_forget(l);
+    live_free(l);
 }
 
 static char *
@@ -116,27 +103,33 @@ live_new(struct sbx_sandbox_rec *rec)
         return NULL;
     }
     l->last_cpu_wall_ms = rec->started_at_ms;
+    l->net = sbx_netset_load(rec->network_json);
     return l;
+}
+
+/* From now on its slot (its network address) names it. */
+static void
+index_slot(struct sbx_live *l)
+{
+    if (l->rec->uid_slot >= 0 && l->rec->uid_slot < SBX_MAX_SANDBOXES)
+        sbx_daemon->by_slot[l->rec->uid_slot] = l;
 }
 
 /* ---- destroy ---- */
 
+struct destroy {
+    struct sbx_live *l;
+    struct sbx_error *err; /* what to answer, once the sandbox is forgotten */
+    char *why;
+    sbx_lifecycle_done_cb cb;
+    void *ud;
+};
+
 static void destroy_send(struct destroy *d);
 
-/* The caller hears back only once the sandbox is forgotten here too, its pidfd closed: a
- * client told "killed" finds nothing of it left. */
-static void
-destroy_done(struct destroy *d)
-{
-    if (d->cb)
-        d->cb(d->err, d->ud);
-    sbx_error_free(d->err);
-    free(d->why);
-    free(d);
-}
-
 /* The store row goes only once the spawner says nothing is left, so a crash in between leaves
- * a row that recovery cleans up rather than an orphan. */
+ * a row that recovery cleans up rather than an orphan. The caller hears back once the sandbox
+ * is forgotten here too: a client told "killed" finds nothing of it left. */
 static void
 on_destroyed(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
@@ -155,13 +148,20 @@ on_destroyed(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
             store_err->code != SBX_NOT_FOUND)
             sbx_log_error("sandbox_end", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
         sbx_log_info("sandbox_end", "sandbox=%s reason=%s", l->rec->id, d->why);
+        if (!l->rec->pooled) {
+            sbx_logs_event(l->rec->id, "info", "sandbox_end", "reason=%s", d->why);
+            if (sbx_store_log_close(sbx_daemon->store, l->rec->id, sbx_wall_ms(), &store_err) < 0)
+                sbx_log_warn("sandbox_log", "sandbox=%s error=\"%s\"", l->rec->id, store_err->msg);
+            sbx_metrics_ended(d->why);
+        }
     }
-    bool has_handle = l->poll.data == l;
-    l->destroy = has_handle ? d : NULL;
     live_drop(l);
-    arm_expiry();
-    if (!has_handle)
-        destroy_done(d);
+    sbx_lifecycle_arm_expiry();
+    if (d->cb)
+        d->cb(d->err, d->ud);
+    sbx_error_free(d->err);
+    free(d->why);
+    free(d);
 }
 
 static void
@@ -173,56 +173,113 @@ destroy_send(struct destroy *d)
 }
 
 static void
-destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud)
+on_log_captured(void *ud)
 {
+    destroy_send(ud);
+}
+
+/* The sandbox's log gets why it ends and, while its agent still runs, the agent's own log;
+ * then the spawner destroys it. */
+void
+sbx_lifecycle_destroy(struct sbx_live *l, const char *why, sbx_lifecycle_done_cb cb, void *ud)
+{
+    l->dying = true;
+    if (sbx_pause_queue_kill(l, why, cb, ud))
+        return;
     struct destroy *d = calloc(1, sizeof(*d));
     if (d == NULL || (d->why = strdup(why)) == NULL)
         abort();
     d->l = l;
     d->cb = cb;
     d->ud = ud;
-    l->dying = true;
-    stop_watching(l);
-    destroy_send(d);
+    sbx_lifecycle_unwatch(l);
+    if (l->rec->pooled) {
+        destroy_send(d); /* nobody's sandbox: no log to write */
+        return;
+    }
+    /* A paused sandbox's agent is frozen or gone: its ring cannot be read. */
+    bool alive =
+        (strcmp(why, "killed") == 0 || strcmp(why, "timeout") == 0) && sbx_live_is_running(l);
+    if (strcmp(why, "timeout") == 0)
+        sbx_logs_event(l->rec->id, "warn", "sandbox_timeout",
+                       "message=\"sandbox timed out\" timeout_s=%lld",
+                       (long long)(l->rec->end_at_ms - l->rec->started_at_ms) / 1000);
+    else if (strcmp(why, "killed") == 0)
+        sbx_logs_event(l->rec->id, "info", "sandbox_killed", "by=api");
+    else
+        sbx_logs_event(l->rec->id, "warn", why, "%s", "");
+    if (strcmp(why, "create_failed") == 0)
+        destroy_send(d);
+    else
+        sbx_logs_capture(l, alive, on_log_captured, d);
 }
 
 void
 sbx_lifecycle_kill(struct sbx_live *l, sbx_lifecycle_done_cb cb, void *ud)
 {
-    destroy(l, "killed", cb, ud);
+    sbx_lifecycle_destroy(l, "killed", cb, ud);
 }
 
 void
-sbx_lifecycle_discard(struct sbx_live *l, const char *why)
+sbx_lifecycle_agent_gone(struct sbx_live *l)
 {
-    destroy(l, why, NULL, NULL);
+    if (l->dying)
+        return;
+    if (l->ops) {
+        l->agent_gone = true; /* pause.c decides once what is under way has ended */
+        return;
+    }
+    l->agent_gone = false;
+    /* A paused sandbox keeps its disk: it is resumed from there (booted again). */
+    if (sbx_live_is_paused(l))
+        sbx_pause_quietly(l, false, "processes_gone");
+    else
+        sbx_lifecycle_destroy(l, "agent_exited", NULL, NULL);
 }
 
 static void
 on_agent_exit(uv_poll_t *h, int status, int events)
 {
     struct sbx_live *l = h->data;
-    if (!l->dying)
-        destroy(l, "agent exited", NULL, NULL);
+    sbx_lifecycle_unwatch(l);
+    sbx_lifecycle_agent_gone(l);
 }
 
-static int
-watch(struct sbx_live *l, struct sbx_error **err)
+int
+sbx_lifecycle_watch(struct sbx_live *l, struct sbx_error **err)
 {
     struct sbx_sandbox_ref ref = ref_of(l);
     l->pidfd = sbx_sandbox_open_pidfd(&ref, err);
     if (l->pidfd < 0)
         return -1;
-    int rc = uv_poll_init(sbx_daemon->loop, &l->poll, l->pidfd);
-    if (rc < 0)
+    l->poll = calloc(1, sizeof(*l->poll));
+    if (l->poll == NULL)
+        abort();
+    int rc = uv_poll_init(sbx_daemon->loop, l->poll, l->pidfd);
+    if (rc < 0) {
+        free(l->poll);
+        l->poll = NULL;
         return sbx_error_set(err, SBX_INTERNAL, 0, "watch the agent: %s", uv_strerror(rc));
-    l->poll.data = l;
-    l->polling = true;
-    uv_poll_start(&l->poll, UV_READABLE, on_agent_exit);
+    }
+    l->poll->data = l;
+    uv_poll_start(l->poll, UV_READABLE, on_agent_exit);
     return 0;
 }
 
 /* ---- expiry ---- */
+
+/* When l is due: a running sandbox at its end, a paused one when it has been kept for the
+ * operator's retention (its end_at is when it was paused). Never while a pause or resume is
+ * under way: its end re-arms the timer. */
+static int64_t
+due_at(const struct sbx_live *l)
+{
+    if (l->dying || l->ops)
+        return INT64_MAX;
+    if (sbx_live_is_paused(l))
+        return l->rec->end_at_ms + sbx_daemon->cfg.paused_retention_s * 1000;
+    return l->rec->end_at_ms;
+}
 
 static void
 on_expiry(uv_timer_t *t)
@@ -231,20 +288,30 @@ on_expiry(uv_timer_t *t)
     struct sbx_live *l = sbx_daemon->live;
     while (l) {
         struct sbx_live *next = l->next;
-        if (!l->dying && l->rec->end_at_ms <= now)
-            destroy(l, "timeout", NULL, NULL);
+        if (due_at(l) > now) {
+            l = next;
+            continue;
+        }
+        if (sbx_live_is_paused(l))
+            sbx_lifecycle_destroy(l, "paused_retention", NULL, NULL);
+        else if (l->rec->auto_pause)
+            sbx_pause_quietly(l, l->rec->auto_pause_memory, "timeout");
+        else
+            sbx_lifecycle_destroy(l, "timeout", NULL, NULL);
         l = next;
     }
-    arm_expiry();
+    sbx_lifecycle_arm_expiry();
 }
 
-static void
-arm_expiry(void)
+void
+sbx_lifecycle_arm_expiry(void)
 {
     int64_t soonest = INT64_MAX;
-    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next)
-        if (!l->dying && l->rec->end_at_ms < soonest)
-            soonest = l->rec->end_at_ms;
+    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next) {
+        int64_t due = due_at(l);
+        if (due < soonest)
+            soonest = due;
+    }
     if (soonest == INT64_MAX) {
         uv_timer_stop(&sbx_daemon->expiry);
         return;
@@ -259,7 +326,7 @@ sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **
     if (sbx_store_sandbox_update_end_at(sbx_daemon->store, l->rec->id, end_at_ms, err) < 0)
         return -1;
     l->rec->end_at_ms = end_at_ms;
-    arm_expiry();
+    sbx_lifecycle_arm_expiry();
     return 0;
 }
 
@@ -287,7 +354,10 @@ config_fd(const struct sbx_sandbox_rec *rec, const struct sbx_template_ref *ref,
     if (ref->workdir[0])
         json_object_set_new(cfg, "defaultWorkdir", json_string(ref->workdir));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
-    if (rec->pooled)
+    /* A pooled row with a volume is that volume's content service (volumes.c). */
+    if (rec->pooled && strcmp(rec->volume_mounts_json, "[]") != 0)
+        json_object_set_new(cfg, "volumeService", json_true());
+    else if (rec->pooled)
         json_object_set_new(cfg, "pooled", json_true());
     char *s = json_dumps(cfg, JSON_COMPACT);
     json_decref(cfg);
@@ -300,6 +370,22 @@ config_fd(const struct sbx_sandbox_rec *rec, const struct sbx_template_ref *ref,
     if (!ok)
         return sbx_error_sys(err, errno, "agent config");
     return steal_fd(&fd);
+}
+
+/* The template a sandbox is of: the name the client gave (with its tag), else the
+ * template's id or a pool's name. */
+static int
+template_of(const struct sbx_sandbox_rec *rec, struct sbx_template_ref *ref, struct sbx_error **err)
+{
+    return sbx_templates_resolve(sbx_daemon->store, rec->alias ? rec->alias : rec->template_id, ref,
+                                 err);
+}
+
+int
+sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err)
+{
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
+    return template_of(l->rec, &ref, err) < 0 ? -1 : config_fd(l->rec, &ref, err);
 }
 
 static char *
@@ -336,11 +422,41 @@ assign(struct sbx_sandbox_rec *rec, const struct sbx_create_opts *o)
     rec->end_at_ms = rec->started_at_ms + (int64_t)o->timeout_s * 1000;
     rec->allow_internet = o->allow_internet;
     rec->auto_pause = o->auto_pause;
+    rec->auto_pause_memory = o->auto_pause_memory;
+    rec->auto_resume = o->auto_resume;
+    rec->timeout_s = o->timeout_s;
+    free(rec->volume_mounts_json);
+    rec->volume_mounts_json = strdup(o->volume_mounts_json ? o->volume_mounts_json : "[]");
     rec->pooled = false;
     if (o->cpu_count > 0)
         rec->cpu_count = o->cpu_count;
     if (o->memory_mb > 0)
         rec->memory_mb = o->memory_mb;
+    free(rec->network_json);
+    rec->network_json = o->network && json_object_size(o->network) > 0
+                            ? json_dumps(o->network, JSON_COMPACT | JSON_SORT_KEYS)
+                            : NULL;
+}
+
+/* The settings of l->rec take effect in the front end (the spawner is told separately). */
+static void
+load_network(struct sbx_live *l)
+{
+    sbx_netset_free(l->net);
+    l->net = sbx_netset_load(l->rec->network_json);
+}
+
+/* A client's sandbox gets its log when it becomes the client's (a pool's has none). */
+static void
+open_log(const struct sbx_sandbox_rec *rec)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (sbx_store_log_open(sbx_daemon->store, rec->id, rec->template_id, rec->started_at_ms, &err) <
+        0)
+        sbx_log_warn("sandbox_log", "sandbox=%s error=\"%s\"", rec->id, err->msg);
+    sbx_logs_event(rec->id, "info", "sandbox_create", "template=%s timeout_s=%lld memory_mb=%d",
+                   rec->template_id, (long long)(rec->end_at_ms - rec->started_at_ms) / 1000,
+                   rec->memory_mb);
 }
 
 /* A new sandbox's record, row and live object (not in the table yet): a client's when o is
@@ -362,17 +478,25 @@ new_live(const char *template_id, const struct sbx_create_opts *o, struct sbx_er
     rec->memory_mb = d->cfg.memory_mb;
     rec->disk_mb = d->cfg.disk_mb;
     rec->state = strdup("running");
+    rec->auto_pause_memory = true;
+    rec->timeout_s = SBX_DEFAULT_TIMEOUT_S;
+    rec->volume_mounts_json = strdup("[]");
     rec->pooled = true;
     if (o)
         assign(rec, o);
+    rec->uid_slot = -1;
     struct sbx_live *l = live_new(rec);
     if (l == NULL)
         abort();
     if (sbx_store_free_uid_slot(d->store, &rec->uid_slot, err) < 0 ||
         sbx_store_sandbox_insert(d->store, rec, err) < 0) {
+        rec->uid_slot = -1;
         live_drop(l);
         return NULL;
     }
+    if (!rec->pooled)
+        open_log(rec);
+    index_slot(l);
     return l;
 }
 
@@ -399,39 +523,35 @@ move_client_fields(struct sbx_sandbox_rec *to, struct sbx_sandbox_rec *from)
     MOVE(env_vars_json);
     MOVE(access_token);
     MOVE(traffic_token);
+    MOVE(volume_mounts_json);
+    MOVE(network_json);
 #undef MOVE
     to->started_at_ms = from->started_at_ms;
     to->end_at_ms = from->end_at_ms;
     to->allow_internet = from->allow_internet;
     to->auto_pause = from->auto_pause;
+    to->auto_pause_memory = from->auto_pause_memory;
+    to->auto_resume = from->auto_resume;
+    to->timeout_s = from->timeout_s;
     to->pooled = false;
 }
 
 /* A create that waits for the spawner, or for a pooled sandbox's agent. */
 struct spawning {
     struct sbx_live *l;
-    struct timespec start;
+    uint64_t start_us;
     sbx_lifecycle_create_cb cb;          /* a client's create */
     sbx_lifecycle_spawned_cb spawned_cb; /* a pool's */
     void *ud;
     bool wait_ready; /* the template has a start command: answer once it is ready */
 };
 
-static uint64_t
-since_us(const struct timespec *start)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (uint64_t)((now.tv_sec - start->tv_sec) * 1000000 +
-                      (now.tv_nsec - start->tv_nsec) / 1000);
-}
-
 /* Undoes a create that failed half way: what the spawner may have made, and the row. */
 static void
 abandon(struct sbx_live *l, bool spawner_may_hold_it)
 {
     if (spawner_may_hold_it) {
-        destroy(l, "create failed", NULL, NULL); /* deletes the row too */
+        sbx_lifecycle_destroy(l, "create_failed", NULL, NULL); /* deletes the row too */
         return;
     }
     _cleanup_error_ struct sbx_error *ignored = NULL;
@@ -444,14 +564,16 @@ static void
 hand_out(struct spawning *c)
 {
     sbx_live_insert(sbx_daemon, c->l);
-    arm_expiry();
-    c->cb(c->l, NULL, since_us(&c->start), c->ud);
+    sbx_lifecycle_arm_expiry();
+    uint64_t us = sbx_now_us() - c->start_us;
+    sbx_metrics_created(us);
+    c->cb(c->l, NULL, us, c->ud);
     free(c);
 }
 
 /* The agent answered GET /sbx/ready: the template's start command is ready, or failed. */
 static void
-on_started(int status, const char *body, size_t len, void *ud)
+on_started(int status, const char *body, size_t len, const char *error, void *ud)
 {
     struct spawning *c = ud;
     if (status == 204) {
@@ -465,7 +587,7 @@ on_started(int status, const char *body, size_t len, void *ud)
     sbx_error_set(&err, SBX_FAILED_PRECONDITION, 0, "the template's %s",
                   why ? why : "start command did not become ready");
     json_decref(j);
-    destroy(c->l, "start command failed", NULL, NULL);
+    sbx_lifecycle_destroy(c->l, "create_failed", NULL, NULL);
     c->cb(NULL, err, 0, c->ud);
     free(c);
 }
@@ -479,7 +601,7 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     if (err == NULL) {
         l->rec->pid = (int)reply->pid;
         l->rec->pid_start_time = reply->start_time;
-        if (watch(l, &e) < 0 ||
+        if (sbx_lifecycle_watch(l, &e) < 0 ||
             sbx_store_sandbox_update_pid(sbx_daemon->store, l->rec->id, l->rec->pid,
                                          l->rec->pid_start_time, &e) < 0) {
             abandon(l, true);
@@ -497,43 +619,61 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
         free(c);
     } else if (l && c->wait_ready) {
         /* Up to the ready command's 10 minutes and a little more (templates.md §4.3). */
-        sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/sbx/ready", NULL, 4096,
+        sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/sbx/ready", NULL, NULL, 4096,
                       SBX_START_READY_MS, on_started, c);
     } else if (l) {
         hand_out(c);
     } else {
+        sbx_metrics_create_failed(err->code);
         c->cb(NULL, err, 0, c->ud);
         free(c);
     }
 }
 
-static void
-spawn(struct spawning *c)
+/* The SPAWN of l (for a reboot: on the disk its earlier boot left) on the layers of ref. */
+static int
+spawn_req(const struct sbx_live *l, const struct sbx_template_ref *ref, bool reboot,
+          struct sbx_spawner_msg *req, struct sbx_error **err)
 {
-    _cleanup_error_ struct sbx_error *err = NULL;
-    struct sbx_sandbox_rec *rec = c->l->rec;
-    /* The name the client gave (with its tag), else the template's id or a pool's name. */
-    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
-    int cfd = sbx_templates_resolve(sbx_daemon->store, rec->alias ? rec->alias : rec->template_id,
-                                    &ref, &err) < 0
-                  ? -1
-                  : config_fd(rec, &ref, &err);
-    c->wait_ready = ref.start != NULL;
-    if (cfd < 0) {
-        on_spawned(NULL, err, c);
-        return;
-    }
-    struct sbx_spawner_msg req = {
+    const struct sbx_sandbox_rec *rec = l->rec;
+    *req = (struct sbx_spawner_msg){
         .op = SBX_SPAWNER_SPAWN,
         .uid_slot = (uint64_t)rec->uid_slot,
         .memory_bytes = (uint64_t)rec->memory_mb << 20,
         .pids_max = (uint64_t)sbx_daemon->cfg.pids_max,
         .cpu_millis = (uint64_t)rec->cpu_count * 1000,
         .disk_bytes = (uint64_t)rec->disk_mb << 20,
+        .reboot = reboot,
     };
-    snprintf(req.id, sizeof(req.id), "%s", rec->id);
-    snprintf(req.template_name, sizeof(req.template_name), "%s", rec->template_id);
-    snprintf(req.layers, sizeof(req.layers), "%s", ref.layers);
+    snprintf(req->id, sizeof(req->id), "%s", rec->id);
+    snprintf(req->template_name, sizeof(req->template_name), "%s", rec->template_id);
+    snprintf(req->layers, sizeof(req->layers), "%s", ref->layers);
+    sbx_netset_to_msg(l->net, req); /* in place before the agent starts */
+    return sbx_volumes_spawn_lines(rec->volume_mounts_json, req->volumes, sizeof(req->volumes),
+                                   err);
+}
+
+int
+sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req,
+                        struct sbx_error **err)
+{
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
+    return template_of(l->rec, &ref, err) < 0 ? -1 : spawn_req(l, &ref, reboot, req, err);
+}
+
+static void
+spawn(struct spawning *c)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
+    struct sbx_spawner_msg req;
+    int cfd = -1;
+    if (template_of(c->l->rec, &ref, &err) < 0 || spawn_req(c->l, &ref, false, &req, &err) < 0 ||
+        (cfd = config_fd(c->l->rec, &ref, &err)) < 0) {
+        on_spawned(NULL, err, c);
+        return;
+    }
+    c->wait_ready = ref.start != NULL;
     sbx_spawner_call(&req, cfd, on_spawned, c);
 }
 
@@ -544,7 +684,7 @@ sbx_lifecycle_spawn(struct sbx_live *l, sbx_lifecycle_spawned_cb cb, void *ud)
     if (c == NULL)
         abort();
     *c = (struct spawning){.l = l, .spawned_cb = cb, .ud = ud};
-    clock_gettime(CLOCK_MONOTONIC, &c->start);
+    c->start_us = sbx_now_us();
     spawn(c);
 }
 
@@ -553,31 +693,32 @@ sbx_lifecycle_spawn(struct sbx_live *l, sbx_lifecycle_spawned_cb cb, void *ud)
 static void
 fail_create(struct spawning *c, struct sbx_error *err)
 {
+    sbx_metrics_create_failed(err->code);
     c->cb(NULL, err, 0, c->ud);
     free(c);
 }
 
+/* A pooled sandbox did not become the client's: never hand it out; the client gets a cold
+ * one. */
 static void
-on_adopted(int status, const char *body, size_t len, void *ud)
+adopt_failed(struct spawning *c, const char *why)
 {
-    struct spawning *c = ud;
     struct sbx_live *l = c->l;
-    if (status == 204) {
-        hand_out(c);
-        return;
-    }
-    /* The agent did not take its identity: never hand it out; the client gets a cold one. */
-    sbx_log_warn("pool", "sandbox=%s error=\"POST /init answered %d\" action=\"create cold\"",
-                 l->rec->id, status);
+    sbx_log_warn("pool", "sandbox=%s error=\"%s\" action=\"create cold\"", l->rec->id, why);
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_live *fresh = new_live(l->rec->template_id, NULL, &err);
-    if (fresh)
+    if (fresh) {
         move_client_fields(fresh->rec, l->rec);
-    destroy(l, "pooled sandbox refused its client", NULL, NULL);
+        load_network(fresh);
+    }
+    if (!l->dying)
+        sbx_lifecycle_destroy(l, "pool_refused_client", NULL, NULL);
     if (fresh && sbx_store_sandbox_adopt(sbx_daemon->store, fresh->rec, &err) < 0) {
         abandon(fresh, false);
         fresh = NULL;
     }
+    if (fresh)
+        open_log(fresh->rec);
     if (fresh == NULL) {
         fail_create(c, err);
         return;
@@ -586,8 +727,53 @@ on_adopted(int status, const char *body, size_t len, void *ud)
     spawn(c);
 }
 
+static void
+on_adopted(int status, const char *body, size_t len, const char *error, void *ud)
+{
+    struct spawning *c = ud;
+    if (status == 204) {
+        hand_out(c);
+        return;
+    }
+    /* The agent did not take its identity: never hand it out; the client gets a cold one. */
+    char why[128];
+    if (error)
+        snprintf(why, sizeof(why), "POST /init: %s", error);
+    else
+        snprintf(why, sizeof(why), "POST /init answered %d", status);
+    adopt_failed(c, why);
+}
+
+/* The agent learns its client's tokens and env vars. */
+static void
+init_agent(struct spawning *c)
+{
+    struct sbx_live *l = c->l;
+    json_error_t jerr;
+    json_t *body =
+        json_pack("{s:s*,s:s*,s:o}", "accessToken", l->rec->access_token, "trafficAccessToken",
+                  l->rec->traffic_token, "envVars", json_loads(l->rec->env_vars_json, 0, &jerr));
+    char *s = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    sbx_http_call(sbx_daemon->loop, l->sock_path, "POST", "/init", NULL, s, 1024, SBX_POOL_INIT_MS,
+                  on_adopted, c);
+    sbx_secret_free(s);
+}
+
+static void
+on_policy_applied(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    struct spawning *c = ud;
+    if (err)
+        adopt_failed(c, err->msg);
+    else
+        init_agent(c);
+}
+
 /* The pooled sandbox l becomes the client's: its row first (a crash after this leaves a
- * listed sandbox that recovery finds), then the agent learns its tokens and env vars. */
+ * listed sandbox that recovery finds), then its egress rules (it was spawned with none, as
+ * nobody's), and only then does the agent take the client's identity: the client's code
+ * never runs with more network than the client asked for. */
 static void
 adopt(struct spawning *c, const struct sbx_create_opts *o)
 {
@@ -595,19 +781,21 @@ adopt(struct spawning *c, const struct sbx_create_opts *o)
     _cleanup_error_ struct sbx_error *err = NULL;
     assign(l->rec, o);
     if (sbx_store_sandbox_adopt(sbx_daemon->store, l->rec, &err) < 0) {
-        destroy(l, "adopt failed", NULL, NULL);
+        l->rec->pooled = true; /* still the pool's in the store: nobody's log to write */
+        sbx_lifecycle_destroy(l, "adopt_failed", NULL, NULL);
         fail_create(c, err);
         return;
     }
-    json_error_t jerr;
-    json_t *body =
-        json_pack("{s:s*,s:s*,s:o}", "accessToken", l->rec->access_token, "trafficAccessToken",
-                  l->rec->traffic_token, "envVars", json_loads(l->rec->env_vars_json, 0, &jerr));
-    char *s = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    sbx_http_call(sbx_daemon->loop, l->sock_path, "POST", "/init", s, 1024, SBX_POOL_INIT_MS,
-                  on_adopted, c);
-    sbx_secret_free(s);
+    open_log(l->rec);
+    load_network(l);
+    if (sbx_netset_is_default(l->net)) {
+        init_agent(c);
+        return;
+    }
+    struct sbx_spawner_msg req = {.op = SBX_SPAWNER_NET_POLICY};
+    snprintf(req.id, sizeof(req.id), "%s", l->rec->id);
+    sbx_netset_to_msg(l->net, &req);
+    sbx_spawner_call(&req, -1, on_policy_applied, c);
 }
 
 void
@@ -617,8 +805,11 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
     if (c == NULL)
         abort();
     *c = (struct spawning){.cb = cb, .ud = ud};
-    clock_gettime(CLOCK_MONOTONIC, &c->start);
-    c->l = sbx_pool_take(o->alias ? o->alias : o->template_id); /* pools go by name */
+    c->start_us = sbx_now_us();
+    /* A pooled sandbox runs already, without the volumes this one would mount. Pools go by
+     * the name the client gave. */
+    c->l = o->volume_mounts_json ? NULL : sbx_pool_take(o->alias ? o->alias : o->template_id);
+    sbx_metrics_pool_take(c->l != NULL);
     if (c->l) {
         adopt(c, o);
         return;
@@ -643,7 +834,7 @@ sbx_lifecycle_recover(struct sbx_error **err)
     _cleanup_sandbox_list_ struct sbx_sandbox_list *all = NULL;
     if (sbx_store_sandbox_list_all(d->store, &all, err) < 0)
         return -1;
-    size_t alive = 0, gone = 0;
+    size_t alive = 0, paused = 0, gone = 0;
     for (size_t i = 0; i < all->n; i++) {
         struct sbx_sandbox_rec *rec = all->items[i];
         all->items[i] = NULL;
@@ -653,25 +844,39 @@ sbx_lifecycle_recover(struct sbx_error **err)
             return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
         }
         sbx_live_insert(d, l);
+        /* Sandboxes of an sbx from before sandbox logs get one now. */
+        _cleanup_error_ struct sbx_error *log_err = NULL;
+        if (!rec->pooled)
+            sbx_store_log_open(d->store, rec->id, rec->template_id, rec->started_at_ms, &log_err);
+        index_slot(l);
         struct sbx_sandbox_ref ref = ref_of(l);
         _cleanup_error_ struct sbx_error *e = NULL;
         if (rec->pooled) {
             /* A pool's sandbox of the front end before: never handed out, so nobody's. The
              * pools start afresh. */
             gone++;
-            destroy(l, "pooled by an earlier front end", NULL, NULL);
+            sbx_lifecycle_destroy(l, "pooled_by_earlier_frontend", NULL, NULL);
             continue;
         }
-        if (rec->pid > 0 && sbx_sandbox_is_alive(&ref) && watch(l, &e) == 0) {
+        bool agent = rec->pid > 0 && sbx_sandbox_is_alive(&ref) && sbx_lifecycle_watch(l, &e) == 0;
+        if (sbx_live_is_paused(l)) {
+            /* Kept: frozen (its agent's pidfd still alive), or on its disk. Either way what a
+             * pause or resume cut short is brought in line with the record. */
+            paused++;
+            sbx_pause_settle(l, agent);
+            continue;
+        }
+        if (agent) {
             alive++;
+            sbx_pause_settle(l, true);
             continue;
         }
         /* Its agent died while we were away (or never started): clean up what is left. */
         gone++;
-        destroy(l, "agent exited while the daemon was down", NULL, NULL);
+        sbx_lifecycle_destroy(l, "agent_exited_while_down", NULL, NULL);
     }
-    sbx_log_info("recover", "running=%zu cleaned=%zu", alive, gone);
-    arm_expiry();
+    sbx_log_info("recover", "running=%zu paused=%zu cleaned=%zu", alive, paused, gone);
+    sbx_lifecycle_arm_expiry();
     return 0;
 }
 

@@ -82,3 +82,10 @@ sbx_live_touch(struct sbx_daemon *d, struct sbx_live *l)
         d->recent->recent_prev = l;
     d->recent = l;
 }
+
+struct sbx_live *
+sbx_live_by_addr(struct sbx_daemon *d, uint32_t a)
+{
+    int slot = d->cfg.net_on ? sbx_netplan_slot(&d->cfg.net.plan, a) : -1;
+    return slot >= 0 ? d->by_slot[slot] : NULL;
+}

@@ -169,7 +169,7 @@ on_measured(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud
 }
 
 static void
-on_warm(int status, const char *body, size_t len, void *ud)
+on_warm(int status, const char *body, size_t len, const char *error, void *ud)
 {
     struct sbx_pool_member *m = ud;
     struct sbx_pool *p = m->pool;
@@ -187,9 +187,12 @@ on_warm(int status, const char *body, size_t len, void *ud)
         return;
     }
     if (status != 204) {
-        char why[64];
-        snprintf(why, sizeof(why), "GET /sbx/ready answered %d", status);
-        sbx_lifecycle_discard(l, "pooled sandbox never became ready");
+        char why[128];
+        if (error)
+            snprintf(why, sizeof(why), "GET /sbx/ready: %s", error);
+        else
+            snprintf(why, sizeof(why), "GET /sbx/ready answered %d", status);
+        sbx_lifecycle_destroy(l, "pool_not_ready", NULL, NULL);
         back_off(p, why);
         return;
     }
@@ -222,7 +225,7 @@ on_member_spawned(struct sbx_live *l, struct sbx_error *err, void *ud)
     m->l = l;
     l->warming = m;
     /* Answered once the agent (and a code interpreter's default kernel) is ready. */
-    sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/sbx/ready", NULL, 1024,
+    sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/sbx/ready", NULL, NULL, 1024,
                   SBX_POOL_READY_MS, on_warm, m);
 }
 
@@ -349,6 +352,8 @@ sbx_pool_drain(void (*done)(void))
             sbx_lifecycle_kill(l, on_discarded, NULL);
         }
     }
+    /* Volumes' content services are nobody's sandboxes too. */
+    drain.outstanding += sbx_volumes_drain(on_discarded);
     if (drain.outstanding == 0) {
         drain.done = NULL;
         done();

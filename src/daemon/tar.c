@@ -1,11 +1,15 @@
 /* The COPY archive checker (see tar.h): gzip inflation (zlib) feeding a tar state machine. */
 #include "daemon/tar.h"
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+
+#include "base/cleanup.h"
+#include "base/util.h"
 
 #define BLOCK 512
 
@@ -40,11 +44,15 @@ struct sbx_tar_check {
     struct pathset links, files;
 };
 
-static int
-fail(struct sbx_tar_check *c, struct sbx_error **err, const char *fmt, const char *arg)
+static int __attribute__((format(printf, 3, 4)))
+fail(struct sbx_tar_check *c, struct sbx_error **err, const char *fmt, ...)
 {
     c->failed = true;
-    return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, fmt, arg);
+    va_list ap;
+    va_start(ap, fmt);
+    _cleanup_free_ char *msg = sbx_vformat(fmt, ap);
+    va_end(ap);
+    return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s", msg);
 }
 
 /* ---- path sets ---- */
@@ -215,11 +223,11 @@ parse_pax(struct sbx_tar_check *c, struct sbx_error **err)
             len = len * 10 + (size_t)(c->meta[i++] - '0');
         if (i >= c->nmeta || c->meta[i] != ' ' || len <= i - pos || len > c->nmeta - pos ||
             c->meta[pos + len - 1] != '\n')
-            return fail(c, err, "malformed pax header%s", "");
+            return fail(c, err, "malformed pax header");
         const char *kv = c->meta + i + 1, *end = c->meta + pos + len - 1;
         const char *eq = memchr(kv, '=', (size_t)(end - kv));
         if (eq == NULL)
-            return fail(c, err, "malformed pax record%s", "");
+            return fail(c, err, "malformed pax record");
         size_t klen = (size_t)(eq - kv), vlen = (size_t)(end - eq - 1);
         if (c->meta_type == 'x') {
             bool path = klen == 4 && memcmp(kv, "path", 4) == 0;
@@ -236,7 +244,7 @@ parse_pax(struct sbx_tar_check *c, struct sbx_error **err)
                 for (size_t k = 1; k <= vlen; k++) {
                     char d = eq[k];
                     if (d < '0' || d > '9' || v > UINT64_MAX / 10 - 9)
-                        return fail(c, err, "bad pax size%s", "");
+                        return fail(c, err, "bad pax size");
                     v = v * 10 + (uint64_t)(d - '0');
                 }
                 c->pax_size = v;
@@ -258,7 +266,7 @@ meta_done(struct sbx_tar_check *c, struct sbx_error **err)
         /* GNU long name or link: NUL-terminated within the data. */
         size_t n = strnlen(c->meta, c->nmeta);
         if (n > SBX_TAR_NAME_MAX)
-            return fail(c, err, "name longer than %s bytes", "4096");
+            return fail(c, err, "name longer than 4096 bytes");
         char **dst = c->meta_type == 'L' ? &c->long_name : &c->long_link;
         free(*dst);
         if ((*dst = strndup(c->meta, n)) == NULL)
@@ -279,10 +287,10 @@ entry(struct sbx_tar_check *c, struct sbx_error **err)
     char type = (char)h[156];
     uint64_t size;
     if (!checksum_ok(h) || !parse_number(h + 124, 12, &size))
-        return fail(c, err, "malformed tar header (checksum or size)%s", "");
+        return fail(c, err, "malformed tar header (checksum or size)");
     if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
         if (size > SBX_TAR_PAX_MAX)
-            return fail(c, err, "tar metadata header larger than %s", "1 MiB");
+            return fail(c, err, "tar metadata header larger than 1 MiB");
         c->meta_type = type;
         c->want_meta = (size_t)size;
         c->nmeta = 0;
@@ -294,7 +302,7 @@ entry(struct sbx_tar_check *c, struct sbx_error **err)
         return 0;
     }
     if (++c->entries > c->max_entries)
-        return fail(c, err, "more entries than the limit%s", "");
+        return fail(c, err, "more entries than the limit");
     if (c->pax_size_set)
         size = c->pax_size;
     char raw[SBX_TAR_NAME_MAX + 260], name[SBX_TAR_NAME_MAX + 1], link[SBX_TAR_NAME_MAX + 1];
@@ -393,7 +401,7 @@ tar_feed(struct sbx_tar_check *c, const unsigned char *p, size_t len, struct sbx
             continue;
         }
         if (c->ended)
-            return fail(c, err, "data after the end of the archive%s", "");
+            return fail(c, err, "data after the end of the archive");
         c->saw_header = true;
         if (entry(c, err) < 0)
             return -1;
@@ -412,11 +420,11 @@ inflate_feed(struct sbx_tar_check *c, const unsigned char *p, size_t len, struct
         c->z.avail_out = sizeof(out);
         int rc = inflate(&c->z, Z_NO_FLUSH);
         if (rc != Z_OK && rc != Z_STREAM_END && !(rc == Z_BUF_ERROR && c->z.avail_out == 0))
-            return fail(c, err, "the gzip data does not decompress%s", "");
+            return fail(c, err, "the gzip data does not decompress");
         if (tar_feed(c, out, sizeof(out) - c->z.avail_out, err) < 0)
             return -1;
         if (rc == Z_STREAM_END && c->z.avail_in > 0 && inflateReset(&c->z) != Z_OK)
-            return fail(c, err, "the gzip data does not decompress%s", "");
+            return fail(c, err, "the gzip data does not decompress");
         if (rc == Z_STREAM_END && c->z.avail_in == 0)
             break;
     }
@@ -441,7 +449,7 @@ start(struct sbx_tar_check *c, struct sbx_error **err)
     c->mode = c->nsniff == 2 && c->sniff[0] == 0x1f && c->sniff[1] == 0x8b ? GZIP : PLAIN;
     if (c->mode == GZIP) {
         if (inflateInit2(&c->z, 16 + MAX_WBITS) != Z_OK)
-            return fail(c, err, "cannot start gzip%s", "");
+            return fail(c, err, "cannot start gzip");
         c->z_live = true;
         return inflate_feed(c, c->sniff, c->nsniff, err);
     }
@@ -453,7 +461,7 @@ sbx_tar_check_feed(struct sbx_tar_check *c, const void *data, size_t len, struct
 {
     const unsigned char *p = data;
     if (c->failed)
-        return fail(c, err, "archive already refused%s", "");
+        return fail(c, err, "archive already refused");
     while (c->mode == SNIFF && len > 0) {
         c->sniff[c->nsniff++] = *p++;
         len--;
@@ -469,13 +477,13 @@ int
 sbx_tar_check_finish(struct sbx_tar_check *c, struct sbx_error **err)
 {
     if (c->failed)
-        return fail(c, err, "archive already refused%s", "");
+        return fail(c, err, "archive already refused");
     if (c->mode == SNIFF && start(c, err) < 0)
         return -1;
     if (!c->saw_header)
-        return fail(c, err, "not a tar archive (no entry)%s", "");
+        return fail(c, err, "not a tar archive (no entry)");
     if (c->nhdr != 0 || c->skip != 0 || c->meta != NULL)
-        return fail(c, err, "the archive is truncated%s", "");
+        return fail(c, err, "the archive is truncated");
     return 0;
 }
 

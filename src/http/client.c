@@ -34,14 +34,20 @@ on_closed(uv_handle_t *h)
     free(c);
 }
 
-/* Answers once, then closes both handles. */
+/* Answers once (error NULL: a complete answer), then closes both handles. */
 static void
-finish(struct call *c, int status)
+finish(struct call *c, const char *error)
 {
     if (c->done)
         return;
     c->done = true;
-    c->cb(status, c->body.data ? c->body.data : "", c->body.len, c->ud);
+    if (error == NULL && c->too_large)
+        error = "the answer is larger than allowed";
+    c->cb(error ? 0 : c->status,
+          error          ? ""
+          : c->body.data ? c->body.data
+                         : "",
+          error ? 0 : c->body.len, error, c->ud);
     uv_close((uv_handle_t *)&c->pipe, on_closed);
     uv_close((uv_handle_t *)&c->timer, on_closed);
 }
@@ -68,8 +74,7 @@ on_body(void *ud, const char *data, size_t len)
 static void
 on_end(void *ud)
 {
-    struct call *c = ud;
-    finish(c, c->too_large ? 0 : c->status);
+    finish(ud, NULL);
 }
 
 static const struct sbx_http_upstream_cbs cbs = {on_header, on_head, on_body, on_end};
@@ -91,14 +96,14 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
              : nread < 0     ? -1
                              : sbx_http_upstream_feed(&c->resp, buf->base, (size_t)nread);
     if (rc < 0 || (rc == 0 && nread < 0))
-        finish(c, 0);
+        finish(c, nread < 0 && nread != UV_EOF ? uv_strerror((int)nread) : "malformed answer");
 }
 
 static void
 on_written(uv_write_t *w, int status)
 {
     if (status < 0)
-        finish(w->data, 0);
+        finish(w->data, uv_strerror(status));
 }
 
 static void
@@ -108,7 +113,7 @@ on_connected(uv_connect_t *creq, int status)
     if (c->done)
         return;
     if (status < 0) {
-        finish(c, 0);
+        finish(c, uv_strerror(status));
         return;
     }
     uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
@@ -120,13 +125,13 @@ on_connected(uv_connect_t *creq, int status)
 static void
 on_timeout(uv_timer_t *t)
 {
-    finish(t->data, 0);
+    finish(t->data, "timed out");
 }
 
 void
 sbx_http_call(uv_loop_t *loop, const char *unix_path, const char *method, const char *path,
-              const char *json_body, size_t max_body, uint64_t timeout_ms, sbx_http_call_cb cb,
-              void *ud)
+              const char *headers, const char *json_body, size_t max_body, uint64_t timeout_ms,
+              sbx_http_call_cb cb, void *ud)
 {
     struct call *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -136,7 +141,8 @@ sbx_http_call(uv_loop_t *loop, const char *unix_path, const char *method, const 
     c->max_body = max_body;
     sbx_http_upstream_init(&c->resp, strcmp(method, "HEAD") == 0, &cbs, c);
     size_t blen = json_body ? strlen(json_body) : 0;
-    sbx_buf_printf(&c->out, "%s %s HTTP/1.1\r\nHost: sbx\r\nConnection: close\r\n", method, path);
+    sbx_buf_printf(&c->out, "%s %s HTTP/1.1\r\nHost: sbx\r\nConnection: close\r\n%s", method, path,
+                   headers ? headers : "");
     if (json_body)
         sbx_buf_printf(&c->out, "Content-Type: application/json\r\nContent-Length: %zu\r\n", blen);
     sbx_buf_printf(&c->out, "\r\n");

@@ -9,14 +9,16 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* status is 0 when there was no complete answer (unreachable, broken, too large, or past
- * the deadline); body is valid during the call. */
-typedef void (*sbx_http_call_cb)(int status, const char *body, size_t len, void *ud);
+/* error says why there was no complete answer (unreachable, broken, too large, or past the
+ * deadline; status is 0 then), else it is NULL; body is valid during the call. */
+typedef void (*sbx_http_call_cb)(int status, const char *body, size_t len, const char *error,
+                                 void *ud);
 
-/* method and path as on the request line; json_body, when not NULL, is sent as
- * application/json. The response body is cut off (status 0) past max_body bytes. */
+/* method and path as on the request line; headers, when not NULL, are extra
+ * "Name: value\r\n" lines; json_body, when not NULL, is sent as application/json. An answer
+ * past max_body bytes, or later than timeout_ms, is an error. */
 void sbx_http_call(uv_loop_t *loop, const char *unix_path, const char *method, const char *path,
-                   const char *json_body, size_t max_body, uint64_t timeout_ms, sbx_http_call_cb cb,
-                   void *ud);
+                   const char *headers, const char *json_body, size_t max_body, uint64_t timeout_ms,
+                   sbx_http_call_cb cb, void *ud);
 
 #endif

@@ -18,6 +18,7 @@
 
 #include "base/buf.h"
 #include "base/error.h"
+#include "http/tunnel.h"
 
 struct sbx_http_server;
 struct sbx_http_req;
@@ -34,11 +35,15 @@ struct sbx_http_req {
     char *query;        /* after '?', not decoded; NULL if none */
     struct sbx_http_header *headers;
     size_t n_headers;
-    bool chunked;           /* request body is chunked */
-    int64_t content_length; /* -1 if absent */
-    uint64_t start_ms;      /* sbx_now_ms() when the head was complete */
-    void *data;             /* free for the handler */
-    char log_sandbox[72];   /* sandbox id for the request log line, set by handlers */
+    bool chunked;            /* request body is chunked */
+    bool upgrade;            /* Upgrade (with Connection: upgrade) or CONNECT: no other request
+                              * follows on the connection; it may become a tunnel */
+    int64_t content_length;  /* -1 if absent */
+    uint64_t start_ms;       /* sbx_now_ms() when the head was complete */
+    void *data;              /* free for the handler */
+    char log_sandbox[72];    /* sandbox id for the request log line, set by handlers */
+    const char *route_class; /* a static name for the server's observer, set by handlers */
+    bool quiet;              /* set by a handler: the request is not logged */
 };
 
 typedef void (*sbx_http_request_cb)(struct sbx_http_req *req, void *ud);
@@ -62,6 +67,11 @@ void sbx_http_server_close(struct sbx_http_server *s);
  * are rate-limited per client address (see ratelimit.h), as are the connection limit's
  * evictions: each interval ends with summary lines of what was held back. */
 void sbx_http_server_set_logging(struct sbx_http_server *s, bool on);
+/* Calls done(req, status, ud) for every request whose response was sent whole (for metrics). */
+void sbx_http_server_set_observer(struct sbx_http_server *s,
+                                  void (*done)(const struct sbx_http_req *req, int status,
+                                               void *ud),
+                                  void *ud);
 /* Deadlines for clients, 0 for none (the default): a request head must be complete within
  * header_ms of the connection's start or of the request's first byte, else the connection is
  * closed (after a 408 if some of it arrived); a kept-alive connection without a request is
@@ -76,8 +86,17 @@ void sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms,
  * if every connection is handling a request, the new one is closed at once. */
 void sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max);
 
-/* Request accessors. */
+/* Clients whose first byte starts a TLS handshake are served over TLS with tls (http/tls.h),
+ * the others in plain HTTP. Set before listening; tls stays the caller's. */
+struct sbx_tls;
+void sbx_http_server_set_tls(struct sbx_http_server *s, struct sbx_tls *tls);
+
+/* Request accessors. remote: the client's address ("unix" on a unix socket). */
+const char *sbx_http_req_remote(const struct sbx_http_req *req);
 const char *sbx_http_req_header(const struct sbx_http_req *req, const char *lname);
+/* Sets header lname (lowercase) of the request to value, replacing it or adding it: what a
+ * handler tells whoever it passes the request on to. */
+void sbx_http_req_set_header(struct sbx_http_req *req, const char *lname, const char *value);
 /* Whether header lname is present and equals secret (false when secret is NULL). Compared in
  * constant time: how long it takes does not tell how much of a guess was right. */
 bool sbx_http_req_has_secret(const struct sbx_http_req *req, const char *lname, const char *secret);
@@ -117,16 +136,45 @@ void sbx_http_end(struct sbx_http_req *req);
  * sandbox is killed. The request is freed; the close callback is not called. */
 void sbx_http_abort(struct sbx_http_req *req);
 
+/* Answers an upgrade or CONNECT request (req->upgrade) with status (101, or 2xx to CONNECT)
+ * and the headers added, without body framing, then makes its connection a tunnel to peer
+ * (http/tunnel.h): bytes the client sent after the request go to peer first, peer->pending
+ * goes to the client after the head. The request is finished and freed (its close callback is
+ * not called); the connection closes when the tunnel ends. On a connection already gone,
+ * peer->close is called at once. */
+void sbx_http_tunnel(struct sbx_http_req *req, int status, const struct sbx_tunnel_end *peer);
+
 /* JSON error body {"code":status,"message":msg} with the given status. */
 void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The same with the code a JSON string, {"code":"404",...}: the volume content API's. */
+void sbx_http_respond_error_strcode(struct sbx_http_req *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* A request kept across event loop turns until it can be answered (waiting for the spawner,
+ * for a resume): the client may go away meanwhile. hold takes req->data and the close
+ * callback; release gives the request back, or NULL if its client went away, and frees the
+ * hold. */
+struct sbx_http_hold;
+struct sbx_http_hold *sbx_http_req_hold(struct sbx_http_req *req);
+struct sbx_http_req *sbx_http_hold_release(struct sbx_http_hold *h);
 
 /* Reverse proxy (proxy.c): forwards req, with its body streamed, to an HTTP server on a unix
  * socket and streams the response back. Hop-by-hop headers are dropped, and so are
- * control-plane credentials (X-API-Key; Authorization unless Basic). If the upstream
- * cannot be reached, on_unreachable is called (to answer 502); if it dies mid-response
- * the client connection is aborted. */
-void sbx_http_proxy(struct sbx_http_req *req, const char *unix_path,
-                    sbx_http_req_cb on_unreachable);
+ * control-plane credentials (X-API-Key; towards the agent Authorization unless Basic, towards
+ * a user port the sandbox's tokens). An upgrade request that the upstream answers with 101
+ * becomes a tunnel. If the upstream cannot be reached, on_unreachable is called (to answer
+ * 502); if it dies mid-response the client connection is aborted. */
+struct sbx_http_proxy_opts {
+    const char *unix_path;
+    /* > 0: a user port: the upstream (a sandbox's agent) is first asked for a tunnel to this
+     * port of the sandbox's loopback ("CONNECT 127.0.0.1:<port>"), which must answer 200 */
+    int tunnel_port;
+    bool tunnel_tls;  /* ... where the service serves HTTPS: the agent speaks TLS to it */
+    const char *host; /* not NULL: the Host sent upstream; the client's goes in
+                       * X-Forwarded-Host */
+    sbx_http_req_cb on_unreachable;
+};
+void sbx_http_proxy(struct sbx_http_req *req, const struct sbx_http_proxy_opts *o);
 
 #endif

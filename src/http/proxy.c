@@ -1,9 +1,16 @@
-/* Reverse proxy from a server request to an HTTP server on a unix socket (a sandbox's agent).
+/* Reverse proxy from a server request to an HTTP server on a unix socket (a sandbox's agent),
+ * or, through it, to a TCP port inside the sandbox.
  *
  * One upstream connection per request (Connection: close upstream), so request boundaries on
  * the client's keep-alive connection never depend on the upstream. The request body streams
  * with back-pressure both ways; the response is re-framed by the server side (chunked unless
- * the upstream gave a length) and flushed as it arrives. */
+ * the upstream gave a length) and flushed as it arrives.
+ *
+ * A user port (tunnel_port) is reached by asking the agent first, on the same connection,
+ * "CONNECT 127.0.0.1:<port>" (with "Sbx-Tls: 1" where the service serves HTTPS itself, for
+ * the agent to speak TLS to it): once it answers 200 the connection is a byte pipe to that
+ * port and the request goes through as to any upstream. An upgrade request (WebSocket) that the
+ * upstream answers with 101 turns the client connection and this one into a tunnel. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,15 +22,21 @@
 #include "http/stream.h"
 #include "http/upstream.h"
 
+#define CONNECT_ANSWER_MAX 1024 /* the agent's answer to CONNECT: a status line, no more */
+
 struct proxy {
     struct sbx_http_req *req; /* NULL once the client went away */
     uv_pipe_t up;
     uv_connect_t connect;
     struct sbx_http_upstream resp;
-    sbx_http_req_cb on_unreachable;
+    struct sbx_http_proxy_opts o;
+    char *host, *forwarded_host;   /* copies of what the head needs */
+    struct sbx_buf connect_answer; /* while waiting for the agent's answer to CONNECT */
+    bool tunnel_open;              /* the agent said 200 (or there was no CONNECT) */
     bool connected;
     bool head_sent;
     bool closed;
+    bool switched; /* the connection belongs to a tunnel now */
     size_t up_queued;
     bool body_ended;
     bool req_chunked;
@@ -34,6 +47,9 @@ on_up_closed(uv_handle_t *h)
 {
     struct proxy *p = h->data;
     sbx_http_upstream_fini(&p->resp);
+    sbx_buf_fini(&p->connect_answer);
+    free(p->host);
+    free(p->forwarded_host);
     free(p);
 }
 
@@ -70,7 +86,7 @@ proxy_fail(struct proxy *p)
         if (p->head_sent)
             sbx_http_abort(req);
         else
-            p->on_unreachable(req);
+            p->o.on_unreachable(req);
     }
     proxy_close(p);
 }
@@ -161,8 +177,8 @@ static void
 on_resp_head(void *ud, int status)
 {
     struct proxy *p = ud;
-    if (p->req == NULL)
-        return;
+    if (p->req == NULL || status == 101)
+        return; /* a switch has no response body to frame (on_resp_switch) */
     p->head_sent = true;
     sbx_http_start(p->req, status, NULL);
 }
@@ -200,20 +216,131 @@ on_resp_end(void *ud)
     }
 }
 
+static void
+release_to_tunnel(void *ud)
+{
+    struct proxy *p = ud;
+    p->closed = true;
+    uv_close((uv_handle_t *)&p->up, on_up_closed);
+}
+
+/* 101: the client's connection and ours become one tunnel. */
+static void
+on_resp_switch(void *ud, const char *rest, size_t len)
+{
+    struct proxy *p = ud;
+    struct sbx_http_req *req = p->req;
+    if (req == NULL)
+        return; /* the read callback closes */
+    detach(p);
+    p->switched = true;
+    uv_read_stop((uv_stream_t *)&p->up);
+    sbx_http_add_header(req, "Connection", "Upgrade");
+    struct sbx_tunnel_end end = {.stream = (uv_stream_t *)&p->up,
+                                 .close = release_to_tunnel,
+                                 .ud = p,
+                                 .pending = rest,
+                                 .n_pending = len};
+    sbx_http_tunnel(req, 101, &end);
+}
+
 static const struct sbx_http_upstream_cbs resp_cbs = {
     .on_header = on_resp_header,
     .on_head = on_resp_head,
     .on_body = on_resp_body,
     .on_end = on_resp_end,
+    .on_switch = on_resp_switch,
 };
 
 static void
 on_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    static char slab[64 * 1024];
+    static char slab[SBX_RELAY_READ_SLAB];
     (void)h;
     (void)suggested;
     *buf = uv_buf_init(slab, sizeof(slab));
+}
+
+/* Control-plane credentials never reach an upstream: the code in a sandbox controls its
+ * agent and its ports, and an API key grants every sandbox. Authorization is the exception
+ * towards the agent only in its Basic form, which the envd protocol uses to name the user an
+ * operation runs as (with an empty password; the agent ignores any); no control-plane
+ * credential takes that form. Towards a user port Authorization is the service's own
+ * business, and the sandbox's tokens are ours. */
+static bool
+is_credential(const struct sbx_http_header *h, bool user_port)
+{
+    if (strcmp(h->name, "x-api-key") == 0)
+        return true;
+    if (user_port)
+        return strcmp(h->name, "x-access-token") == 0 ||
+               strcmp(h->name, "e2b-traffic-access-token") == 0;
+    return strcmp(h->name, "authorization") == 0 && strncasecmp(h->value, "basic ", 6) != 0;
+}
+
+/* Queues the request head; libuv keeps writes made while connecting in order. */
+static void
+write_request_head(struct proxy *p, struct sbx_http_req *req)
+{
+    struct sbx_buf head = {0};
+    const char *upgrade = req->upgrade ? sbx_http_req_header(req, "upgrade") : NULL;
+    sbx_buf_printf(&head, "%s %s HTTP/1.1\r\n", req->method, req->target);
+    for (size_t i = 0; i < req->n_headers; i++) {
+        const struct sbx_http_header *h = &req->headers[i];
+        /* Expect is answered here: the server says 100 as the body starts streaming, and
+         * the agent must not say it a second time. */
+        if (sbx_http_is_hop_by_hop(h->name) || strcmp(h->name, "content-length") == 0 ||
+            strcmp(h->name, "expect") == 0 || is_credential(h, p->o.tunnel_port > 0) ||
+            (p->host && strcmp(h->name, "host") == 0))
+            continue;
+        sbx_buf_printf(&head, "%s: %s\r\n", h->name, h->value);
+    }
+    if (p->host)
+        sbx_buf_printf(&head, "Host: %s\r\nX-Forwarded-Host: %s\r\n", p->host,
+                       p->forwarded_host ? p->forwarded_host : "");
+    if (p->req_chunked)
+        sbx_buf_printf(&head, "Transfer-Encoding: chunked\r\n");
+    else if (req->content_length >= 0)
+        sbx_buf_printf(&head, "Content-Length: %lld\r\n", (long long)req->content_length);
+    if (upgrade && strpbrk(upgrade, "\r\n") == NULL)
+        sbx_buf_printf(&head, "Connection: Upgrade\r\nUpgrade: %s\r\n\r\n", upgrade);
+    else
+        sbx_buf_printf(&head, "Connection: close\r\n\r\n");
+    up_write(p, head.data, head.len);
+    sbx_buf_fini(&head);
+}
+
+/* The upstream is (through the agent's tunnel, for a user port) the server: send the
+ * request. */
+static void
+send_request(struct proxy *p)
+{
+    p->tunnel_open = true;
+    write_request_head(p, p->req);
+    if (!p->closed && p->req)
+        sbx_http_req_stream_body(p->req, on_req_data, on_req_end);
+}
+
+/* The agent's answer to CONNECT, as it arrives: 1 once the tunnel is open (the bytes after
+ * the answer's head are in *rest), 0 while incomplete, -1 if refused. The agent is the
+ * sandbox's: its answer is bounded and only "HTTP/1.1 200" opens. */
+static int
+read_connect_answer(struct proxy *p, const char *data, size_t len, const char **rest,
+                    size_t *rest_len)
+{
+    size_t before = p->connect_answer.len;
+    if (len == 0 || sbx_buf_append(&p->connect_answer, data, len, CONNECT_ANSWER_MAX) < 0)
+        return -1;
+    const char *a = p->connect_answer.data;
+    const char *end = memmem(a, p->connect_answer.len, "\r\n\r\n", 4);
+    if (end == NULL)
+        return 0;
+    if (strncmp(a, "HTTP/1.1 200", 12) != 0 && strncmp(a, "HTTP/1.0 200", 12) != 0)
+        return -1;
+    size_t head_len = (size_t)(end + 4 - a);
+    *rest = data + (head_len - before);
+    *rest_len = len - (head_len - before);
+    return 1;
 }
 
 static void
@@ -222,10 +349,24 @@ on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct proxy *p = s->data;
     if (p->closed || nread == 0)
         return;
+    const char *data = nread > 0 ? buf->base : NULL;
+    size_t len = nread > 0 ? (size_t)nread : 0;
+    if (!p->tunnel_open) {
+        int rc = nread < 0 ? -1 : read_connect_answer(p, data, len, &data, &len);
+        if (rc < 0 || p->req == NULL)
+            proxy_fail(p);
+        if (rc <= 0 || p->req == NULL)
+            return;
+        send_request(p);
+        if (len == 0 || p->closed)
+            return;
+    }
     /* EOF lets an EOF-delimited body finish; any other error is a cut stream. */
     int rc = nread == UV_EOF ? sbx_http_upstream_feed(&p->resp, NULL, 0)
              : nread < 0     ? -1
-                             : sbx_http_upstream_feed(&p->resp, buf->base, (size_t)nread);
+                             : sbx_http_upstream_feed(&p->resp, data, len);
+    if (p->switched)
+        return; /* the tunnel has the connection */
     if (rc > 0)
         proxy_close(p);
     else if (rc < 0)
@@ -250,61 +391,36 @@ on_connected(uv_connect_t *creq, int status)
     uv_read_start((uv_stream_t *)&p->up, on_up_alloc, on_up_read);
 }
 
-/* Control-plane credentials never reach an upstream: the code in a sandbox controls its
- * agent, and an API key grants every sandbox. Authorization is the exception only in its
- * Basic form, which the envd protocol uses to name the user an operation runs as (with an
- * empty password; the agent ignores any); no control-plane credential takes that form. */
-static bool
-is_credential(const struct sbx_http_header *h)
-{
-    if (strcmp(h->name, "x-api-key") == 0)
-        return true;
-    return strcmp(h->name, "authorization") == 0 && strncasecmp(h->value, "basic ", 6) != 0;
-}
-
-/* Queues the request head; libuv keeps writes made while connecting in order. */
-static void
-write_request_head(struct proxy *p, struct sbx_http_req *req)
-{
-    struct sbx_buf head = {0};
-    sbx_buf_printf(&head, "%s %s HTTP/1.1\r\n", req->method, req->target);
-    for (size_t i = 0; i < req->n_headers; i++) {
-        const struct sbx_http_header *h = &req->headers[i];
-        /* Expect is answered here: the server says 100 as the body starts streaming, and
-         * the agent must not say it a second time. */
-        if (sbx_http_is_hop_by_hop(h->name) || strcmp(h->name, "content-length") == 0 ||
-            strcmp(h->name, "expect") == 0 || is_credential(h))
-            continue;
-        sbx_buf_printf(&head, "%s: %s\r\n", h->name, h->value);
-    }
-    if (p->req_chunked)
-        sbx_buf_printf(&head, "Transfer-Encoding: chunked\r\n");
-    else if (req->content_length >= 0)
-        sbx_buf_printf(&head, "Content-Length: %lld\r\n", (long long)req->content_length);
-    sbx_buf_printf(&head, "Connection: close\r\n\r\n");
-    up_write(p, head.data, head.len);
-    sbx_buf_fini(&head);
-}
-
 void
-sbx_http_proxy(struct sbx_http_req *req, const char *unix_path, sbx_http_req_cb on_unreachable)
+sbx_http_proxy(struct sbx_http_req *req, const struct sbx_http_proxy_opts *o)
 {
     struct proxy *p = calloc(1, sizeof(*p));
     if (p == NULL) {
-        on_unreachable(req);
+        o->on_unreachable(req);
         return;
     }
     p->req = req;
-    p->on_unreachable = on_unreachable;
+    p->o = *o;
+    if (o->host) {
+        const char *h = sbx_http_req_header(req, "host");
+        p->host = strdup(o->host);
+        p->forwarded_host = h ? strdup(h) : NULL;
+    }
     p->req_chunked = req->chunked;
     req->data = p;
     sbx_http_upstream_init(&p->resp, strcmp(req->method, "HEAD") == 0, &resp_cbs, p);
+    p->resp.upgrade = req->upgrade && sbx_http_req_header(req, "upgrade") != NULL;
     uv_pipe_init(uv_default_loop(), &p->up, 0);
     p->up.data = p;
     p->connect.data = p;
     sbx_http_req_on_close(req, on_client_close);
-    uv_pipe_connect(&p->connect, &p->up, unix_path, on_connected);
-    write_request_head(p, req);
-    if (!p->closed)
-        sbx_http_req_stream_body(req, on_req_data, on_req_end);
+    uv_pipe_connect(&p->connect, &p->up, o->unix_path, on_connected);
+    if (o->tunnel_port > 0) {
+        char line[96];
+        int n = snprintf(line, sizeof(line), "CONNECT 127.0.0.1:%d HTTP/1.1\r\n%s\r\n",
+                         o->tunnel_port, o->tunnel_tls ? "Sbx-Tls: 1\r\n" : "");
+        up_write(p, line, (size_t)n);
+        return; /* the request goes once the agent has opened the tunnel */
+    }
+    send_request(p);
 }

@@ -26,6 +26,7 @@
 #include "http/http.h"
 #include "http/ratelimit.h"
 #include "http/stream.h"
+#include "http/tls.h"
 #include <jansson.h>
 
 enum body_mode { BODY_UNSET, BODY_BUFFER, BODY_STREAM, BODY_DISCARD };
@@ -86,6 +87,9 @@ struct conn {
     bool idle;               /* kept alive, waiting for the first byte of the next request */
     const char *bad_request; /* why a parser callback refused the request (answered 400) */
     bool trusted;            /* has carried an authenticated request */
+    bool tunneled;           /* a tunnel (tunnel.c) owns the stream: no more requests */
+    bool tunnel_done;        /* ... and is done with it */
+    bool seen_input;         /* a first byte arrived (a TLS client's is 0x16) */
     enum conn_queue queue;   /* the eviction queue it waits in, Q_NONE while a request is handled */
     struct conn *qnext, *qprev;
     size_t drained;
@@ -109,7 +113,10 @@ struct sbx_http_server {
     uint64_t evicted, refused;                 /* by the connection limit, since the last tick */
     uint64_t header_ms, idle_ms, anon_idle_ms; /* 0: no deadline */
     size_t max_conns;                          /* 0: no limit */
+    struct sbx_tls *tls;                       /* NULL: plain HTTP only */
     size_t n_conns;                            /* open and not closing */
+    void (*observer)(const struct sbx_http_req *req, int status, void *ud);
+    void *observer_ud;
     struct conn *queue_head[Q_COUNT], *queue_tail[Q_COUNT];
 };
 
@@ -120,6 +127,8 @@ static void conn_drain(struct conn *c);
 static void set_reading(struct conn *c, bool on);
 static void respond_simple(struct conn *c, int status, const char *msg);
 static void on_timeout(uv_timer_t *t);
+static void start_tls(struct conn *c, const char *first, size_t n);
+static void on_tunnel_end(void *ud);
 
 static struct req *
 to_req(struct sbx_http_req *r)
@@ -249,7 +258,7 @@ static void
 log_request(struct conn *c, struct req *r)
 {
     struct sbx_http_server *s = c->srv;
-    if (!s->log)
+    if (!s->log || r->pub.quiet)
         return;
     const char *sandbox = r->pub.log_sandbox[0] ? r->pub.log_sandbox : "-";
     const char *route = r->pub.path ? r->pub.path : "-";
@@ -295,7 +304,7 @@ static void
 conn_maybe_finish(struct conn *c)
 {
     struct req *r = c->req;
-    if (r == NULL || r->resp != RESP_ENDED || c->closing)
+    if (r == NULL || r->resp != RESP_ENDED || c->closing || c->tunneled)
         return;
     if (!r->body_complete) {
         /* The handler answered before reading the whole body: the rest of the body is still
@@ -305,6 +314,8 @@ conn_maybe_finish(struct conn *c)
     if (c->queued > 0)
         return; /* finish after the response is flushed */
     log_request(c, r);
+    if (c->srv->observer)
+        c->srv->observer(&r->pub, r->status, c->srv->observer_ud);
     bool unread_input = !r->body_complete || c->linger;
     c->req = NULL;
     req_free(r);
@@ -389,7 +400,8 @@ on_conn_closed(uv_handle_t *h)
 static void
 conn_close(struct conn *c)
 {
-    if (c->closing)
+    /* A tunnel's stream closes when the tunnel ends (it restores the stream's owner then). */
+    if (c->closing || (c->tunneled && !c->tunnel_done))
         return;
     conn_set_closing(c);
     struct req *r = c->req;
@@ -507,6 +519,27 @@ on_url(http_parser *p, const char *at, size_t len)
     return sbx_buf_append(&c->url, at, len, SBX_HTTP_MAX_HEADER_BYTES);
 }
 
+/* Appends a header (taking name and value, freeing them on failure). */
+static int
+add_req_header(struct req *r, char *name, char *value)
+{
+    if (name && value && r->pub.n_headers == r->headers_cap) {
+        size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+        struct sbx_http_header *h = realloc(r->pub.headers, cap * sizeof(*h));
+        if (h) {
+            r->pub.headers = h;
+            r->headers_cap = cap;
+        }
+    }
+    if (name == NULL || value == NULL || r->pub.n_headers == r->headers_cap) {
+        free(name);
+        free(value);
+        return -1;
+    }
+    r->pub.headers[r->pub.n_headers++] = (struct sbx_http_header){name, value};
+    return 0;
+}
+
 static int
 push_header(struct conn *c)
 {
@@ -515,24 +548,11 @@ push_header(struct conn *c)
         return 0;
     if (r->pub.n_headers >= SBX_HTTP_MAX_HEADERS)
         return -1;
-    if (r->pub.n_headers == r->headers_cap) {
-        size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
-        struct sbx_http_header *h = realloc(r->pub.headers, cap * sizeof(*h));
-        if (h == NULL)
-            return -1;
-        r->pub.headers = h;
-        r->headers_cap = cap;
-    }
     for (size_t i = 0; i < c->field.len; i++)
         c->field.data[i] = (char)tolower((unsigned char)c->field.data[i]);
-    char *name = strndup(c->field.data, c->field.len);
-    char *value = strndup(c->value.len ? c->value.data : "", c->value.len);
-    if (name == NULL || value == NULL) {
-        free(name);
-        free(value);
+    if (add_req_header(r, strndup(c->field.data, c->field.len),
+                       strndup(c->value.len ? c->value.data : "", c->value.len)) < 0)
         return -1;
-    }
-    r->pub.headers[r->pub.n_headers++] = (struct sbx_http_header){name, value};
     c->field.len = c->value.len = 0;
     return 0;
 }
@@ -589,6 +609,7 @@ on_headers_complete(http_parser *p)
     if (r->pub.method == NULL || r->pub.path == NULL || (q && r->pub.query == NULL))
         return -1;
     r->pub.chunked = (p->flags & F_CHUNKED) != 0;
+    r->pub.upgrade = p->upgrade != 0;
     r->pub.content_length = (p->flags & F_CONTENTLENGTH) ? (int64_t)p->content_length : -1;
     r->no_body = !r->pub.chunked && r->pub.content_length <= 0;
     /* HTTP/1.0 clients' expectations are ignored (RFC 9110 §10.1.1). */
@@ -707,6 +728,11 @@ on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
+    if (c->srv && c->srv->tls && !c->seen_input && buf->base[0] == 0x16) {
+        start_tls(c, buf->base, (size_t)nread); /* a TLS handshake record */
+        return;
+    }
+    c->seen_input = true;
     if (c->draining) {
         c->drained += (size_t)nread;
         if (c->drained > SBX_HTTP_MAX_DRAIN_BYTES)
@@ -743,7 +769,7 @@ set_reading(struct conn *c, bool on)
 static void
 conn_parse(struct conn *c, const char *ext, size_t ext_len)
 {
-    if (c->in_parse || c->closing || c->draining)
+    if (c->in_parse || c->closing || c->draining || c->tunneled)
         return;
     c->in_parse = true;
     while (!c->closing && (ext_len > 0 || c->inbuf.len > 0)) {
@@ -845,18 +871,15 @@ respond_simple(struct conn *c, int status, const char *msg)
 
 /* ---- accepting ---- */
 
-static void
-on_connection(uv_stream_t *server, int status)
+/* A new connection of s, counted and in the eviction queue, not yet open. */
+static struct conn *
+conn_new(struct sbx_http_server *s, bool is_tcp)
 {
-    struct sbx_http_server *s = server->data;
-    if (status < 0)
-        return;
-    bool room = make_room(s);
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
-        return;
+        abort();
     c->srv = s;
-    c->is_tcp = server->type == UV_TCP;
+    c->is_tcp = is_tcp;
     snprintf(c->remote, sizeof(c->remote), "unix");
     if (c->is_tcp)
         uv_tcp_init(s->loop, &c->h.tcp);
@@ -872,6 +895,27 @@ on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->n_conns++;
     queue_enter(c, Q_ANON, false);
+    return c;
+}
+
+/* The connection is open: requests may come. */
+static void
+conn_begin(struct conn *c)
+{
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    conn_set_deadline(c, c->srv->header_ms);
+    set_reading(c, true);
+}
+
+static void
+on_connection(uv_stream_t *server, int status)
+{
+    struct sbx_http_server *s = server->data;
+    if (status < 0)
+        return;
+    bool room = make_room(s);
+    struct conn *c = conn_new(s, server->type == UV_TCP);
     /* Without room the connection is still accepted, to be closed at once: left in the
      * backlog, it would stop libuv from accepting any other. */
     if (uv_accept(server, &c->h.stream) < 0 || !room) {
@@ -885,10 +929,39 @@ on_connection(uv_stream_t *server, int status)
         if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&addr, &len) == 0)
             uv_ip_name((struct sockaddr *)&addr, c->remote, sizeof(c->remote));
     }
-    http_parser_init(&c->parser, HTTP_REQUEST);
-    c->parser.data = c;
-    conn_set_deadline(c, s->header_ms);
-    set_reading(c, true);
+    conn_begin(c);
+}
+
+/* A client's first bytes are a TLS handshake: tls.c terminates it, and the plaintext comes
+ * back over a socketpair as a connection of its own, under the client's name. The client's
+ * connection is tunneled meanwhile (it closes when the TLS connection ends). */
+static void
+start_tls(struct conn *c, const char *first, size_t n)
+{
+    struct sbx_http_server *s = c->srv;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0) {
+        conn_close(c);
+        return;
+    }
+    bool room = make_room(s);
+    struct conn *plain = conn_new(s, false);
+    snprintf(plain->remote, sizeof(plain->remote), "%s", c->remote);
+    if (uv_pipe_open(&plain->h.pipe, sv[0]) < 0 || !room) {
+        close(sv[0]);
+        close(sv[1]);
+        conn_close(plain);
+        conn_close(c);
+        return;
+    }
+    conn_begin(plain);
+    c->tunneled = true;
+    set_reading(c, false);
+    uv_timer_stop(&c->timer);
+    queue_leave(c); /* its plaintext connection is the one that waits, and is evicted */
+    if (c->is_tcp)
+        uv_tcp_keepalive(&c->h.tcp, 1, SBX_TUNNEL_KEEPALIVE_S);
+    sbx_tls_serve(s->tls, s->loop, &c->h.stream, on_tunnel_end, c, first, n, sv[1]);
 }
 
 struct sbx_http_server *
@@ -920,6 +993,15 @@ sbx_http_server_set_logging(struct sbx_http_server *s, bool on)
 }
 
 void
+sbx_http_server_set_observer(struct sbx_http_server *s,
+                             void (*done)(const struct sbx_http_req *req, int status, void *ud),
+                             void *ud)
+{
+    s->observer = done;
+    s->observer_ud = ud;
+}
+
+void
 sbx_http_server_set_timeouts(struct sbx_http_server *s, uint64_t header_ms, uint64_t idle_ms,
                              uint64_t anon_idle_ms)
 {
@@ -932,6 +1014,12 @@ void
 sbx_http_server_set_max_conns(struct sbx_http_server *s, size_t max)
 {
     s->max_conns = max;
+}
+
+void
+sbx_http_server_set_tls(struct sbx_http_server *s, struct sbx_tls *tls)
+{
+    s->tls = tls;
 }
 
 int
@@ -1030,6 +1118,23 @@ sbx_http_req_header(const struct sbx_http_req *req, const char *lname)
         if (strcmp(req->headers[i].name, lname) == 0)
             return req->headers[i].value;
     return NULL;
+}
+
+void
+sbx_http_req_set_header(struct sbx_http_req *pub, const char *lname, const char *value)
+{
+    for (size_t i = 0; i < pub->n_headers; i++) {
+        if (strcmp(pub->headers[i].name, lname) == 0) {
+            char *v = strdup(value);
+            if (v == NULL)
+                abort();
+            free(pub->headers[i].value);
+            pub->headers[i].value = v;
+            return;
+        }
+    }
+    if (add_req_header(to_req(pub), strdup(lname), strdup(value)) < 0)
+        abort(); /* out of memory: one policy, as xmalloc */
 }
 
 bool
@@ -1195,6 +1300,12 @@ sbx_http_req_on_close(struct sbx_http_req *pub, sbx_http_req_cb on_close)
     to_req(pub)->on_close = on_close;
 }
 
+const char *
+sbx_http_req_remote(const struct sbx_http_req *pub)
+{
+    return ((const struct req *)pub)->conn->remote;
+}
+
 void
 sbx_http_req_mark_authenticated(struct sbx_http_req *pub)
 {
@@ -1256,6 +1367,8 @@ write_head(struct req *r, int status, const char *content_type, int64_t length)
     if (!r->body_complete && !r->no_body && r->body_mode != BODY_STREAM &&
         r->body_mode != BODY_BUFFER)
         c->keep_alive = false; /* an unread body stays on the wire */
+    if (r->pub.upgrade)
+        c->keep_alive = false; /* what follows it is another protocol's, unparsed */
     sbx_buf_printf(&h, "Connection: %s\r\n\r\n", c->keep_alive ? "keep-alive" : "close");
     conn_write(c, h.data, h.len);
     sbx_buf_fini(&h);
@@ -1330,14 +1443,71 @@ sbx_http_end(struct sbx_http_req *pub)
         conn_maybe_finish(r->conn);
 }
 
-void
-sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
+static void
+on_tunnel_end(void *ud)
 {
-    va_list ap;
-    va_start(ap, fmt);
+    struct conn *c = ud;
+    c->tunnel_done = true;
+    conn_close(c);
+}
+
+void
+sbx_http_tunnel(struct sbx_http_req *pub, int status, const struct sbx_tunnel_end *peer)
+{
+    struct req *r = to_req(pub);
+    struct conn *c = r->conn;
+    if (c->closing || r->resp != RESP_NONE || !r->pub.upgrade) {
+        peer->close(peer->ud);
+        return;
+    }
+    /* The head goes out through the tunnel, ahead of what peer sent: from now on only the
+     * tunnel writes to the client. */
+    struct sbx_buf head = {0};
+    const char *reason = http_status_str((enum http_status)status);
+    sbx_buf_printf(&head, "HTTP/1.1 %d %s\r\n", status, reason ? reason : "Unknown");
+    if (r->extra_headers.len)
+        sbx_buf_append(&head, r->extra_headers.data, r->extra_headers.len, SIZE_MAX / 2);
+    sbx_buf_printf(&head, "\r\n");
+    if (peer->n_pending)
+        sbx_buf_append(&head, peer->pending, peer->n_pending, SIZE_MAX / 2);
+    r->status = status;
+    r->resp = RESP_ENDED;
+    log_request(c, r);
+    c->req = NULL;
+    req_free(r);
+    c->tunneled = true;
+    c->keep_alive = false;
+    uv_timer_stop(&c->timer);
+    set_reading(c, false);
+    /* A client that vanishes without a FIN is noticed by keepalive probes. */
+    if (c->is_tcp)
+        uv_tcp_keepalive(&c->h.tcp, 1, SBX_TUNNEL_KEEPALIVE_S);
+    struct sbx_tunnel_end client = {
+        .stream = &c->h.stream,
+        .close = on_tunnel_end,
+        .ud = c,
+        .pending = head.data,
+        .n_pending = head.len,
+    };
+    struct sbx_tunnel_end to_peer = *peer;
+    to_peer.pending = c->inbuf.data; /* what the client sent after the request */
+    to_peer.n_pending = c->inbuf.len;
+    sbx_tunnel_start(c->srv->loop, &client, &to_peer);
+    sbx_buf_fini(&head);
+    c->inbuf.len = 0;
+}
+
+static void respond_error(struct sbx_http_req *req, int status, bool strcode, const char *fmt,
+                          va_list ap) __attribute__((format(printf, 4, 0)));
+
+static void
+respond_error(struct sbx_http_req *req, int status, bool strcode, const char *fmt, va_list ap)
+{
     char *msg = sbx_vformat(fmt, ap);
-    va_end(ap);
-    json_t *o = json_pack("{s:i,s:s}", "code", status, "message", msg ? msg : "error");
+    char code[16];
+    snprintf(code, sizeof(code), "%d", status);
+    json_t *o = strcode ? json_pack("{s:s,s:s}", "code", code, "message", msg ? msg : "error")
+                        : json_pack("{s:i,s:s}", "code", status, "message", msg ? msg : "error");
     char *body = json_dumps(o, JSON_COMPACT);
     if (to_req(req)->resp == RESP_NONE) {
         to_req(req)->error = msg; /* for the log line */
@@ -1347,4 +1517,57 @@ sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ..
     free(body);
     json_decref(o);
     free(msg);
+}
+
+void
+sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    respond_error(req, status, false, fmt, ap);
+    va_end(ap);
+}
+
+void
+sbx_http_respond_error_strcode(struct sbx_http_req *req, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    respond_error(req, status, true, fmt, ap);
+    va_end(ap);
+}
+
+struct sbx_http_hold {
+    struct sbx_http_req *req; /* NULL once the client went away */
+};
+
+static void
+on_held_closed(struct sbx_http_req *req)
+{
+    struct sbx_http_hold *h = req->data;
+    h->req = NULL;
+}
+
+struct sbx_http_hold *
+sbx_http_req_hold(struct sbx_http_req *req)
+{
+    struct sbx_http_hold *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        abort();
+    h->req = req;
+    req->data = h;
+    sbx_http_req_on_close(req, on_held_closed);
+    return h;
+}
+
+struct sbx_http_req *
+sbx_http_hold_release(struct sbx_http_hold *h)
+{
+    struct sbx_http_req *req = h->req;
+    if (req) {
+        sbx_http_req_on_close(req, NULL);
+        req->data = NULL;
+    }
+    free(h);
+    return req;
 }

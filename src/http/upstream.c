@@ -19,9 +19,15 @@ sbx_http_is_hop_by_hop(const char *name)
 }
 
 static bool
+is_switch(const struct sbx_http_upstream *u)
+{
+    return u->upgrade && u->parser.status_code == 101;
+}
+
+static bool
 is_interim(const struct sbx_http_upstream *u)
 {
-    return u->parser.status_code / 100 == 1;
+    return u->parser.status_code / 100 == 1 && !is_switch(u);
 }
 
 /* The head's bytes are bounded as a client's are: an upstream must not make the daemon
@@ -41,7 +47,9 @@ flush_header(struct sbx_http_upstream *u)
         return -1;
     /* An interim response's headers describe it alone (RFC 9110 §15.2); trailers, after a
      * chunked body, come when the head has gone out, and are dropped. */
-    if (!is_interim(u) && !u->head_done && !sbx_http_is_hop_by_hop(u->field.data))
+    bool relayed = !sbx_http_is_hop_by_hop(u->field.data) ||
+                   (is_switch(u) && strcasecmp(u->field.data, "upgrade") == 0);
+    if (!is_interim(u) && !u->head_done && relayed)
         u->cbs->on_header(u->ud, u->field.data, u->value.len ? u->value.data : "");
     u->field.len = u->value.len = 0;
     return 0;
@@ -89,9 +97,9 @@ on_headers_complete(http_parser *hp)
     if (u->in_value && flush_header(u) < 0)
         return -1;
     int status = (int)hp->status_code;
-    /* 101 switches protocols, which was never asked for (Upgrade is not forwarded); a status
-     * outside 1xx-5xx has no meaning to relay. */
-    if (status < 100 || status == 101 || status > 599)
+    /* 101 switches protocols: only if asked for, and saying to what (http_parser then stops
+     * at the end of the head). A status outside 1xx-5xx has no meaning to relay. */
+    if (status < 100 || status > 599 || (status == 101 && (!is_switch(u) || !hp->upgrade)))
         return -1;
     if (is_interim(u))
         return 1; /* bodiless whatever its head says (RFC 9112 §6.3); the final one follows */
@@ -119,7 +127,10 @@ on_message_complete(http_parser *hp)
         return 0;
     u->ended = true;
     http_parser_pause(hp, 1); /* one response per upstream connection: ignore what follows */
-    u->cbs->on_end(u->ud);
+    if (is_switch(u))
+        u->switched = true; /* on_switch, once the feed knows where the head ended */
+    else
+        u->cbs->on_end(u->ud);
     return 0;
 }
 
@@ -154,8 +165,11 @@ sbx_http_upstream_fini(struct sbx_http_upstream *u)
 int
 sbx_http_upstream_feed(struct sbx_http_upstream *u, const char *data, size_t len)
 {
-    if (!u->ended)
-        http_parser_execute(&u->parser, &settings, data, len);
+    size_t n = u->ended ? 0 : http_parser_execute(&u->parser, &settings, data, len);
+    if (u->switched) {
+        u->switched = false; /* once */
+        u->cbs->on_switch(u->ud, data + n, len - n);
+    }
     if (u->ended)
         return 1;
     /* An error, or the upstream closed before the response ended. */

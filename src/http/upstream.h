@@ -16,12 +16,18 @@
 
 /* Called in this order: on_header for each end-to-end header of the final response, on_head
  * once, on_body any number of times (never for a HEAD request), on_end at most once. name
- * (lowercased) and value are NUL-terminated and valid during the call. */
+ * (lowercased) and value are NUL-terminated and valid during the call.
+ *
+ * The answer to an upgrade request (upgrade set) may be 101 Switching Protocols, with
+ * Connection: upgrade and an Upgrade header: then on_header gets Upgrade too, and on_switch
+ * replaces on_body and on_end; rest is what followed the head in the same piece (the other
+ * protocol's first bytes). */
 struct sbx_http_upstream_cbs {
     void (*on_header)(void *ud, const char *name, const char *value);
     void (*on_head)(void *ud, int status);
     void (*on_body)(void *ud, const char *data, size_t len);
     void (*on_end)(void *ud);
+    void (*on_switch)(void *ud, const char *rest, size_t len);
 };
 
 struct sbx_http_upstream {
@@ -29,6 +35,8 @@ struct sbx_http_upstream {
     const struct sbx_http_upstream_cbs *cbs;
     void *ud;
     bool head_request; /* the response has no body, whatever its head says */
+    bool upgrade;      /* the request asked to switch protocols: 101 may answer it */
+    bool switched;     /* it did */
     struct sbx_buf field, value;
     bool in_value;
     size_t head_bytes, n_headers;
@@ -44,8 +52,9 @@ void sbx_http_upstream_init(struct sbx_http_upstream *u, bool head_request,
                             const struct sbx_http_upstream_cbs *cbs, void *ud);
 void sbx_http_upstream_fini(struct sbx_http_upstream *u);
 /* Parses len bytes; len 0 means the upstream closed. Returns 1 once the response has ended
- * (bytes after it are ignored), 0 while more is expected, -1 if the upstream broke the protocol
- * or a limit (the response cannot be relayed; after a head, the client must be cut). */
+ * (bytes after it are ignored) or switched protocols, 0 while more is expected, -1 if the
+ * upstream broke the protocol or a limit (the response cannot be relayed; after a head, the
+ * client must be cut). */
 int sbx_http_upstream_feed(struct sbx_http_upstream *u, const char *data, size_t len);
 
 #endif

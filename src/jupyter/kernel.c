@@ -22,18 +22,15 @@
 
 /* ---- kernelspecs ---- */
 
-#define CF       "{connection_file}"
-#define PY_PATH  SBX_KERNEL_PREFIX "/python"
-#define TSLAB    SBX_KERNEL_PREFIX "/node/node_modules/tslab/bin/tslab"
-#define JAVA_DIR SBX_KERNEL_PREFIX "/java" /* scripts/setup.sh builds it */
+#define CF        "{connection_file}"
+#define PY_PATH   SBX_KERNEL_PREFIX "/python"
+#define JS_KERNEL SBX_KERNEL_PREFIX "/javascript/kernel.js" /* src/jupyter/javascript */
+#define JAVA_DIR  SBX_KERNEL_PREFIX "/java"                 /* scripts/setup.sh builds it */
 
 struct spec {
     const char *lang;
     const char *const argv[10];
     const char *const env[6][2];
-    /* tslab aborts every request that arrives within 200 ms after a failed one: hold the
-     * next one back that long. */
-    int error_cooldown_ms;
 };
 
 static const struct spec specs[] = {
@@ -47,14 +44,9 @@ static const struct spec specs[] = {
     {"bash",
      {"/usr/bin/python3", "-m", "bash_kernel", "-f", CF, NULL},
      {{"PYTHONPATH", PY_PATH}, {"PYDEVD_DISABLE_FILE_VALIDATION", "1"}, {NULL, NULL}}},
-    {"javascript",
-     {"/usr/bin/node", TSLAB, "kernel", "--js", "--config-path", CF, NULL},
-     {{NULL, NULL}},
-     250},
-    {"typescript",
-     {"/usr/bin/node", TSLAB, "kernel", "--config-path", CF, NULL},
-     {{NULL, NULL}},
-     250},
+    /* One kernel for both, as E2B has: TypeScript's types are stripped, never checked. */
+    {"javascript", {"/usr/bin/node", JS_KERNEL, CF, NULL}, {{NULL, NULL}}},
+    {"typescript", {"/usr/bin/node", JS_KERNEL, CF, NULL}, {{NULL, NULL}}},
     {"r", {"/usr/bin/R", "--slave", "-e", "IRkernel::main()", "--args", CF, NULL}, {{NULL, NULL}}},
     /* JShell in one small JVM: serial GC and C1 only (start-up, footprint), classes mapped
      * from the archive setup recorded. The JVM cannot see the sandbox's memory limit (no
@@ -90,7 +82,7 @@ sbx_kernel_is_available(const char *language)
         return false;
     /* The interpreter alone is not enough: the script or module must be there too. */
     if (strcmp(language, "javascript") == 0 || strcmp(language, "typescript") == 0)
-        return access(TSLAB, R_OK) == 0;
+        return access(JS_KERNEL, R_OK) == 0;
     if (strcmp(language, "python") == 0)
         return access(PY_PATH "/sbx_e2b.py", R_OK) == 0; /* its launcher */
     if (strcmp(language, "bash") == 0)
@@ -146,9 +138,7 @@ struct sbx_kernel {
     bool timers_open, out_open;
     pid_t pid;
     uint64_t started_ms;
-    int error_cooldown_ms;
-    int info_soon_left;     /* early kernel_info resends left (see on_shell_msg) */
-    uint64_t hold_until_ms; /* no execute_request before this (error cooldown) */
+    int info_soon_left; /* early kernel_info resends left (see on_shell_msg) */
     bool ready, dead, stopped, exited, paused, got_iopub;
     struct sbx_buf tail; /* last bytes of the kernel's stderr */
     struct sbx_kernel_exec *execs, **execs_tail;
@@ -309,19 +299,12 @@ send_exec(struct sbx_kernel_exec *e)
     json_decref(content);
 }
 
-static void on_timer(uv_timer_t *t);
-
-/* Sends the executions not sent yet, in order, unless the kernel is in an error cooldown. */
+/* Sends the executions not sent yet, in order. */
 static void
 flush_execs(struct sbx_kernel *k)
 {
     if (!k->ready || k->dead)
         return;
-    uint64_t now = sbx_now_ms();
-    if (now < k->hold_until_ms) {
-        uv_timer_start(&k->timer, on_timer, k->hold_until_ms - now, 0);
-        return;
-    }
     for (struct sbx_kernel_exec *e = k->execs; e; e = e->next)
         if (!e->sent)
             send_exec(e);
@@ -357,8 +340,6 @@ exec_end(struct sbx_kernel_exec *e, enum sbx_kernel_exec_end end, const char *wh
 {
     struct sbx_kernel *k = e->k;
     exec_unlink(k, e);
-    if (e->errored && k->error_cooldown_ms > 0)
-        k->hold_until_ms = sbx_now_ms() + (uint64_t)k->error_cooldown_ms;
     if (e->ops && e->ops->on_done)
         e->ops->on_done(e->ud, end, why);
     json_decref(e->code);
@@ -437,6 +418,8 @@ emit_error(struct sbx_kernel_exec *e, json_t *content)
     _cleanup_free_ char *tb = join_traceback(json_object_get(content, "traceback"));
     e->ops->on_error(e->ud, str_or(content, "ename", ""), str_or(content, "evalue", ""), tb);
 }
+
+static void on_timer(uv_timer_t *t);
 
 static void
 on_shell_msg(struct sbx_kernel *k, struct sbx_jupyter_msg *m)
@@ -690,12 +673,8 @@ static void
 on_timer(uv_timer_t *t)
 {
     struct sbx_kernel *k = t->data;
-    if (k->dead)
+    if (k->dead || k->ready)
         return;
-    if (k->ready) {
-        flush_execs(k); /* the error cooldown is over */
-        return;
-    }
     if (sbx_now_ms() - k->started_ms > SBX_KERNEL_START_TIMEOUT_MS) {
         char why[SBX_KERNEL_STDERR_TAIL + 128];
         snprintf(why, sizeof(why), "the %s kernel did not start within %d s%s%.*s", k->lang,
@@ -803,7 +782,6 @@ sbx_kernel_start(uv_loop_t *loop, const struct sbx_kernel_launch *l, struct sbx_
     k->events_ud = l->events_ud;
     k->started_ms = sbx_now_ms();
     snprintf(k->lang, sizeof(k->lang), "%s", l->language);
-    k->error_cooldown_ms = s->error_cooldown_ms;
     k->info_soon_left = SBX_KERNEL_INFO_SOON_MAX;
     if (sbx_random_hex(k->key, SBX_JUPYTER_KEY_BYTES) < 0 || sbx_random_hex(k->session, 16) < 0) {
         sbx_error_sys(err, errno, "getrandom");

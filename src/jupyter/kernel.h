@@ -9,9 +9,9 @@
  * reaper reports the exit through sbx_kernel_exited).
  *
  * Transport: TCP on 127.0.0.1 with ports picked by the agent. Every kernel we ship speaks it
- * (tslab and IRkernel build "tcp://ip:port" themselves and would mangle ipc paths), the
- * sandbox's network namespace keeps the ports private to the sandbox, and the HMAC key in a
- * 0700 directory of the kernel's user keeps other processes from driving the kernel. */
+ * (IRkernel builds "tcp://ip:port" itself and would mangle ipc paths), the sandbox's network
+ * namespace keeps the ports private to the sandbox, and the HMAC key in a 0700 directory of
+ * the kernel's user keeps other processes from driving the kernel. */
 #ifndef SBX_JUPYTER_KERNEL_H
 #define SBX_JUPYTER_KERNEL_H
 

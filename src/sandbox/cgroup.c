@@ -89,9 +89,11 @@ sbx_cgroup_check(const char **layout, struct sbx_error **err)
     }
 }
 
-/* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. */
-static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct"};
+/* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. The freezer sets
+ * no limit: membership is what lets freeze.c stop the sandbox's processes. */
+static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct", "freezer"};
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
+_Static_assert(N_V1 <= SBX_CGROUP_JOIN_MAX, "a join fd for each v1 controller");
 
 /* Fills dirs[] with the distinct cgroup dirs of the sandbox (NULL where a controller shares
  * the hierarchy of an earlier one or is not mounted). Returns the count written. */
@@ -265,25 +267,69 @@ all_dirs(const char *id, char dirs[N_V1][256])
 }
 
 int
-sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err)
+sbx_cgroup_open_join(const char *id, int fds[SBX_CGROUP_JOIN_MAX], struct sbx_error **err)
 {
-    char dirs[N_V1][256], val[32];
+    char dirs[N_V1][256], path[512];
     int n = all_dirs(id, dirs);
-    snprintf(val, sizeof(val), "%d", (int)pid);
-    for (int i = 0; i < n; i++)
-        if (write_at(dirs[i], "cgroup.procs", val, err) < 0)
-            return sbx_error_prefix(err, "join cgroup");
-    return 0;
+    for (int i = 0; i < n; i++) {
+        /* v1 "tasks", the child's own thread: see sbx_cgroup_join_self. v2: the dir, for
+         * CLONE_INTO_CGROUP. */
+        bool v2 = sbx_cgroup_detect() == SBX_CGROUP_V2;
+        if (v2)
+            snprintf(path, sizeof(path), "%s", dirs[i]);
+        else if (sbx_pathf(path, sizeof(path), "%s/tasks", dirs[i]) < 0)
+            return -1;
+        fds[i] = open(path, (v2 ? O_RDONLY | O_DIRECTORY : O_WRONLY) | O_CLOEXEC);
+        if (fds[i] < 0) {
+            int e = errno;
+            while (i-- > 0)
+                close(fds[i]);
+            return sbx_error_sys(err, e, "open %s", path);
+        }
+    }
+    return n;
 }
 
 int
-sbx_cgroup_open_v2(const char *id)
+sbx_cgroup_join_self(const int *fds, int n)
 {
-    if (sbx_cgroup_detect() != SBX_CGROUP_V2)
-        return -1;
-    char dir[256];
-    snprintf(dir, sizeof(dir), CG_ROOT "/" CG_PARENT "/%s", id);
-    return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (write(fds[i], "0", 1) != 1)
+            rc = -1;
+        close(fds[i]);
+    }
+    return rc;
+}
+
+int
+sbx_cgroup_views(const char *id, char names[][32], char dirs[][256], int max)
+{
+    if (sbx_cgroup_detect() == SBX_CGROUP_V2) {
+        if (max < 1)
+            return 0;
+        names[0][0] = '\0';
+        snprintf(dirs[0], 256, CG_ROOT "/" CG_PARENT "/%s", id);
+        return 1;
+    }
+    char d[N_V1][256];
+    v1_dirs(id, d, false);
+    int n = 0;
+    for (size_t i = 0; i < N_V1 && n < max; i++) {
+        if (d[i][0] == '\0')
+            continue;
+        snprintf(names[n], 32, "%s", v1_ctrls[i]);
+        memcpy(dirs[n++], d[i], 256);
+    }
+    /* The JVM turns its container support off unless it also finds a cpuset hierarchy.
+     * Sandboxes have no cpuset cgroup of their own (one more cgroup.procs write per spawn on
+     * v1), so they see the root one, read-only: the host's CPU and memory node lists, and
+     * the names of any cpuset groups below it. */
+    if (n < max && access(CG_ROOT "/cpuset/cpuset.cpus", F_OK) == 0) {
+        snprintf(names[n], 32, "cpuset");
+        snprintf(dirs[n++], 256, CG_ROOT "/cpuset");
+    }
+    return n;
 }
 
 int
@@ -348,7 +394,7 @@ sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_erro
         sbx_pathf(kill_path, sizeof(kill_path), "%s/cgroup.kill", dirs[0]) == 0)
         (void)sbx_fs_write_str(kill_path, "1"); /* absent before 5.14: the loop still kills */
     uint64_t deadline = sbx_now_ms() + (uint64_t)timeout_ms;
-    for (;;) {
+    for (bool thawed = false;; thawed = true) {
         if (reap_pid > 0)
             waitpid(reap_pid, NULL, WNOHANG);
         int left = 0;
@@ -359,6 +405,10 @@ sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_erro
         }
         if (left == 0)
             return 0;
+        /* A paused sandbox's tasks die only once thawed (v1 freezer): after the kill, so
+         * that none of them runs again. */
+        if (!thawed)
+            (void)sbx_sandbox_thaw(id, NULL);
         if (sbx_now_ms() > deadline)
             return sbx_error_set(err, SBX_DEADLINE_EXCEEDED, 0,
                                  "%d processes still in the cgroups of %s", left, id);

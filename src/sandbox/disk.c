@@ -26,8 +26,10 @@
  * sandbox never gets the block device or the image file: both are host root's, 0600; the
  * image sits in the sandbox's host dir (0711, so that the child can reach its mount point
  * there before pivot_root, after which no path of the sandbox leads to it), the blanks in a
- * 0700 dir. A spawn always mounts a fresh copy (O_EXCL), and a restarted daemon never mounts
- * an existing image again, it only deletes it. */
+ * 0700 dir. A spawn mounts a fresh copy (O_EXCL). The one exception is the reboot of a
+ * sandbox after a filesystem-only pause (plan.reboot): its image is mounted again, once its
+ * first mount is gone with every process of the sandbox; in between only the kernel's ext4
+ * driver wrote it, so it is still an image of that driver's making. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -49,23 +51,55 @@
 
 /* ---- the blank image ------------------------------------------------------------------ */
 
-static const char *const mke2fs_paths[] = {"/usr/sbin/mke2fs", "/sbin/mke2fs"};
+/* Runs an e2fsprogs tool (from /usr/sbin or /sbin) with argv, quietly; 0 if it exits 0. */
+static int
+run_e2fsprogs(const char *tool, char *const argv[], struct sbx_error **err)
+{
+    char exe[64] = "";
+    static const char *const dirs[] = {"/usr/sbin", "/sbin"};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]) && !exe[0]; i++) {
+        snprintf(exe, sizeof(exe), "%s/%s", dirs[i], tool);
+        if (access(exe, X_OK) < 0)
+            exe[0] = '\0';
+    }
+    if (exe[0] == '\0')
+        return sbx_error_set(err, SBX_FAILED_PRECONDITION, ENOENT,
+                             "%s not found (install e2fsprogs)", tool);
+    char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        return sbx_error_sys(err, rc, "run %s", exe);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return sbx_error_sys(err, errno, "wait for %s", tool);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s failed (%s %d)", tool,
+                             WIFSIGNALED(st) ? "signal" : "status",
+                             WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    return 0;
+}
 
 /* Formats path as ext4 with explicit options, so the host's /etc/mke2fs.conf cannot change
  * what we get: no journal (the filesystem dies with the sandbox, and a journal costs writes
  * and space), no reserved blocks (sandbox root has no CAP_SYS_RESOURCE over this ext4, so
  * reserved blocks would just be lost), uninitialised inode tables (lazy_itable_init; the
- * mount uses noinit_itable so they are never zeroed into the sparse image). */
+ * mount uses noinit_itable so they are never zeroed into the sparse image). A root dir of
+ * another owner is a volume's (volume.c), whose root holds only what its users put there:
+ * its lost+found goes (e2fsck would make one again if it needed it). */
 static int
-run_mke2fs(const char *path, struct sbx_error **err)
+run_mke2fs(const char *path, uid_t root_owner, struct sbx_error **err)
 {
-    const char *exe = NULL;
-    for (size_t i = 0; i < sizeof(mke2fs_paths) / sizeof(mke2fs_paths[0]) && !exe; i++)
-        if (access(mke2fs_paths[i], X_OK) == 0)
-            exe = mke2fs_paths[i];
-    if (exe == NULL)
-        return sbx_error_set(err, SBX_FAILED_PRECONDITION, ENOENT,
-                             "mke2fs not found (install e2fsprogs)");
+    char extended[96];
+    snprintf(extended, sizeof(extended), "lazy_itable_init=1,nodiscard,root_owner=%u:%u",
+             (unsigned)root_owner, (unsigned)root_owner);
     char *const argv[] = {
         "mke2fs",
         "-q",
@@ -84,28 +118,14 @@ run_mke2fs(const char *path, struct sbx_error **err)
         "none,ext_attr,dir_index,filetype,extent,64bit,flex_bg,sparse_super,large_file,"
         "huge_file,dir_nlink,extra_isize,metadata_csum",
         "-E",
-        "lazy_itable_init=1,nodiscard,root_owner=0:0",
+        extended,
         (char *)path,
         NULL};
-    char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0)
-        return sbx_error_sys(err, rc, "run %s", exe);
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return sbx_error_sys(err, errno, "wait for mke2fs");
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        return sbx_error_set(err, SBX_INTERNAL, 0, "mke2fs %s failed (%s %d)", path,
-                             WIFSIGNALED(st) ? "signal" : "status",
-                             WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    if (run_e2fsprogs("mke2fs", argv, err) < 0)
+        return sbx_error_prefix(err, "format %s", path);
+    char *const rmdir_argv[] = {"debugfs", "-w", "-R", "rmdir lost+found", (char *)path, NULL};
+    if (root_owner != 0 && run_e2fsprogs("debugfs", rmdir_argv, err) < 0)
+        return sbx_error_prefix(err, "%s", path);
     return 0;
 }
 
@@ -115,15 +135,19 @@ is_blank(const struct stat *st, uint64_t bytes)
     return S_ISREG(st->st_mode) && st->st_uid == 0 && (uint64_t)st->st_size == bytes;
 }
 
-/* Opens <disks_dir>/blank-<bytes>.ext4, formatting it first if it does not exist yet
- * (once per size and state dir; formatted under a temporary name and renamed, so a crash
- * never leaves a half-formatted blank under the real name). */
+/* Opens <disks_dir>/blank-<bytes>.ext4 (blank-<bytes>-u<owner>.ext4 for a root dir of
+ * another owner), formatting it first if it does not exist yet (once per size, owner and
+ * state dir; formatted under a temporary name and renamed, so a crash never leaves a
+ * half-formatted blank under the real name). */
 static int
-open_blank(const char *dir, uint64_t bytes, struct sbx_error **err)
+open_blank(const char *dir, uint64_t bytes, uid_t root_owner, struct sbx_error **err)
 {
-    char path[4096], tmp[4096];
-    if (sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 ".ext4", dir, bytes) < 0 ||
-        sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 ".%d", dir, bytes, (int)getpid()) < 0)
+    char path[4096], tmp[4096], owner[24] = "";
+    if (root_owner != 0)
+        snprintf(owner, sizeof(owner), "-u%u", (unsigned)root_owner);
+    if (sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 "%s.ext4", dir, bytes, owner) < 0 ||
+        sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 "%s.%d", dir, bytes, owner,
+                  (int)getpid()) < 0)
         return sbx_error_sys(err, errno, "blank image path");
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
@@ -155,7 +179,7 @@ open_blank(const char *dir, uint64_t bytes, struct sbx_error **err)
             unlink(tmp);
             return sbx_error_sys(err, e, "size %s", tmp);
         }
-        if (run_mke2fs(tmp, err) < 0) {
+        if (run_mke2fs(tmp, root_owner, err) < 0) {
             unlink(tmp);
             return -1;
         }
@@ -237,15 +261,12 @@ copy_sparse(int in, int out, uint64_t bytes, struct sbx_error **err)
 }
 
 int
-sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
+sbx_disk_image_create(const char *disks_dir, const char *path, uint64_t bytes, uid_t root_owner,
+                      struct sbx_error **err)
 {
-    uint64_t bytes = plan->limits.disk_bytes;
-    _cleanup_close_ int blank = open_blank(plan->disks_dir, bytes, err);
+    _cleanup_close_ int blank = open_blank(disks_dir, bytes, root_owner, err);
     if (blank < 0)
         return -1;
-    char path[4096];
-    if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
-        return sbx_error_sys(err, errno, "disk image path");
     /* 0600 host root (see the comment at the top): neither the sandbox nor other host users
      * can open it; O_EXCL: always a fresh copy, never an image that existed before. */
     _cleanup_close_ int out =
@@ -256,6 +277,22 @@ sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
         unlink(path);
         return sbx_error_prefix(err, "%s", path);
     }
+    return 0;
+}
+
+int
+sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
+{
+    char path[4096];
+    if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
+        return sbx_error_sys(err, errno, "disk image path");
+    if (!plan->reboot)
+        return sbx_disk_image_create(plan->disks_dir, path, plan->limits.disk_bytes, 0, err);
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return sbx_error_sys(err, errno, "the disk of an earlier boot, %s", path);
+    if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s is not a disk image of sbx", path);
     return 0;
 }
 
@@ -270,8 +307,8 @@ sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
  * the sandbox writes, in the host's cache of the image: at most the disk limit, reclaimable
  * once written back, and charged to the sandbox's memory cgroup only on cgroup v2 (on v1
  * writeback is not attributed, so it lands in the root cgroup). */
-static int
-loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err)
+int
+sbx_loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err)
 {
     _cleanup_close_ int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (ctl < 0)
@@ -297,9 +334,8 @@ loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err)
     return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, EBUSY, "no free loop device");
 }
 
-/* Mounts the ext4 on dev detached; returns the mount fd. */
-static int
-mount_ext4(const char *dev, struct sbx_error **err)
+int
+sbx_ext4_mount(const char *dev, struct sbx_error **err)
 {
     _cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
     if (fs < 0)
@@ -308,8 +344,11 @@ mount_ext4(const char *dev, struct sbx_error **err)
         return sbx_fsopen_error(fs, errno, "ext4 source", err);
     /* noinit_itable: never zero the inode tables (that would write megabytes of zeros into
      * the sparse image). discard: blocks the sandbox frees are punched out of the image, so
-     * the host gets the space back and the image's allocated size tracks real usage. */
-    static const char *const flags[] = {"noinit_itable", "discard"};
+     * the host gets the space back and the image's allocated size tracks real usage.
+     * minixdf: statfs counts every block, ext4's own metadata too, so `df /` inside says the
+     * disk is exactly --disk-mb, the size getInfo and the metrics report, with the metadata
+     * shown as used (by default ext4 leaves it out of the size). */
+    static const char *const flags[] = {"noinit_itable", "discard", "minixdf"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         if (fsconfig(fs, FSCONFIG_SET_FLAG, flags[i], NULL, 0) < 0)
             return sbx_fsopen_error(fs, errno, flags[i], err);
@@ -325,10 +364,15 @@ mount_ext4(const char *dev, struct sbx_error **err)
     return m;
 }
 
-/* mkdir name below dirfd with an exact mode and owner; returns an O_PATH fd of it. */
+/* mkdir name below dirfd with an exact mode and owner, or with exists, the dir an earlier
+ * boot made; returns an O_PATH fd of it. */
 static int
-make_dir(int dirfd, const char *name, mode_t mode, uid_t owner, struct sbx_error **err)
+make_dir(int dirfd, const char *name, mode_t mode, uid_t owner, bool exists, struct sbx_error **err)
 {
+    if (exists) {
+        int fd = openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        return fd >= 0 ? fd : sbx_error_sys(err, errno, "open %s", name);
+    }
     if (mkdirat(dirfd, name, mode) < 0)
         return sbx_error_sys(err, errno, "mkdir %s", name);
     /* The filesystem is brand new and ours alone: nothing can have raced us to the name,
@@ -353,25 +397,28 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
     _cleanup_close_ int img = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     if (img < 0)
         return sbx_error_sys(err, errno, "open %s", path);
-    _cleanup_close_ int loop = loop_attach(img, dev, sizeof(dev), err);
+    _cleanup_close_ int loop = sbx_loop_attach(img, dev, sizeof(dev), err);
     if (loop < 0)
         return sbx_error_prefix(err, "%s", path);
-    out->mount_fd = mount_ext4(dev, err);
+    out->mount_fd = sbx_ext4_mount(dev, err);
     if (out->mount_fd < 0)
         return sbx_error_prefix(err, "%s on %s", path, dev);
     int m = out->mount_fd;
     /* upper/ and work/ themselves: host root only, like the sandbox dir they replace.
-     * Overlayfs works in them with the mounter's (host root's) credentials. */
-    _cleanup_close_ int upper = make_dir(m, "upper", 0700, 0, err);
-    _cleanup_close_ int work = upper < 0 ? -1 : make_dir(m, "work", 0700, 0, err);
+     * Overlayfs works in them with the mounter's (host root's) credentials. The sandbox only
+     * ever sees what is inside upper/root, so on a reboot these two are still
+     * the dirs this code made. */
+    bool r = plan->reboot;
+    _cleanup_close_ int upper = make_dir(m, "upper", 0700, 0, r, err);
+    _cleanup_close_ int work = upper < 0 ? -1 : make_dir(m, "work", 0700, 0, r, err);
     if (upper < 0 || work < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }
     /* Their subdirectories' owner and mode are what the sandbox sees for /. */
     uid_t u = plan->host_uid_base;
-    if ((out->upper_root = make_dir(upper, "root", 0755, u, err)) < 0 ||
-        (out->work_root = make_dir(work, "root", 0755, u, err)) < 0) {
+    if ((out->upper_root = make_dir(upper, "root", 0755, u, r, err)) < 0 ||
+        (out->work_root = make_dir(work, "root", 0755, u, r, err)) < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }
@@ -392,7 +439,7 @@ sbx_upper_dirs_close(struct sbx_upper_dirs *d)
 }
 
 int
-sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes)
+sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes, uint64_t *size)
 {
     char path[4096];
     if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, sandbox_dir) < 0)
@@ -405,8 +452,9 @@ sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes)
         return -1;
     }
     /* Allocated blocks of the sparse image: the filesystem's metadata plus what the sandbox
-     * stores now (freed blocks are discarded, see mount_ext4). Statfs would need the mount,
+     * stores now (freed blocks are discarded, see sbx_ext4_mount). Statfs would need the mount,
      * which only exists in the sandbox's mount namespace. */
     *bytes = (uint64_t)st.st_blocks * 512;
+    *size = (uint64_t)st.st_size;
     return 0;
 }

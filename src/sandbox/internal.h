@@ -32,16 +32,25 @@ int sbx_cgroup_check(const char **layout, struct sbx_error **err);
 /* Creates the sandbox's cgroup(s) and writes the limits. */
 int sbx_cgroup_create(const char *id, const struct sbx_sandbox_limits *limits,
                       struct sbx_error **err);
-/* On cgroup v2, an fd of the sandbox's cgroup dir (for clone3's CLONE_INTO_CGROUP);
- * -1 on v1, where sbx_cgroup_enter moves the child instead. */
-int sbx_cgroup_open_v2(const char *id);
+/* What the sandbox's PID 1 needs to be in its cgroups without anyone writing cgroup.procs,
+ * which takes the kernel's global threadgroup lock for writing and then often waits for an RCU
+ * grace period (10-30 ms a create). On v2: one fd of the cgroup dir, for clone3's
+ * CLONE_INTO_CGROUP. On v1: an fd of each controller's "tasks" file, opened here as root; the
+ * child writes "0" to each (sbx_cgroup_join_self), which moves only the calling thread and so
+ * skips that lock; the kernel checks the permission against the opener. Returns the count. */
+#define SBX_CGROUP_JOIN_MAX 8
+int sbx_cgroup_open_join(const char *id, int fds[SBX_CGROUP_JOIN_MAX], struct sbx_error **err);
+/* In the child (v1): joins the cgroups of fds and closes them. */
+int sbx_cgroup_join_self(const int *fds, int n);
 /* A read-only fd of the file whose "oom_kill N" line counts the sandbox's OOM kills
  * (memory.events on v2, memory.oom_control on v1); -1 with errno. */
 int sbx_cgroup_open_oom_events(const char *id);
 /* Up to max pids of the sandbox's cgroup (the memory one on v1); -1 if it does not exist. */
 int sbx_cgroup_procs(const char *id, pid_t *pids, int max);
-/* Moves pid into every cgroup of the sandbox. */
-int sbx_cgroup_enter(const char *id, pid_t pid, struct sbx_error **err);
+/* The sandbox's cgroup dirs as a sandbox shows them under /sys/fs/cgroup: on v2 one, named
+ * "" (the mount point itself); on v1 one per hierarchy, named after its first controller.
+ * Returns how many were written. */
+int sbx_cgroup_views(const char *id, char names[][32], char dirs[][256], int max);
 /* SIGKILLs what is left in the sandbox's cgroups and waits (bounded) until they are empty;
  * reap(pid) is called on each poll so that our own zombie child does not hold them. */
 int sbx_cgroup_drain(const char *id, pid_t reap_pid, int timeout_ms, struct sbx_error **err);
@@ -80,24 +89,52 @@ struct sbx_upper_dirs {
      * unmounted upper ("failed to clone upperpath"). */
     int mount_fd;
 };
+/* Creates the image at path (O_EXCL, 0600): a sparse copy of an empty ext4 of bytes whose root
+ * dir belongs to root_owner, formatting that blank (once per size and owner) under
+ * disks_dir if needed. */
+int sbx_disk_image_create(const char *disks_dir, const char *path, uint64_t bytes, uid_t root_owner,
+                          struct sbx_error **err);
+/* Attaches image_fd to a free loop device (autoclear); returns an fd of it, its path in dev. */
+int sbx_loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err);
+/* Mounts the ext4 on dev detached (nodev, nosuid); returns the mount fd. */
+int sbx_ext4_mount(const char *dev, struct sbx_error **err);
 /* Creates <sandbox_dir>/disk.img: a sparse copy of an empty ext4 of limits.disk_bytes,
- * formatting that blank (once per size) in disks_dir if needed. */
-int sbx_disk_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
+ * formatting that blank (once per size) in disks_dir if needed. For a reboot, checks
+ * that the image of the earlier boot is there. */
+int sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
 /* Attaches disk.img to an autoclear loop device, mounts it detached and creates the upper
- * and work dirs in it, owned by plan->host_uid_base. */
+ * and work dirs in it, owned by plan->host_uid_base (for a reboot: opens those it has). */
 int sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
                         struct sbx_error **err);
 void sbx_upper_dirs_close(struct sbx_upper_dirs *d);
-/* Allocated bytes of <sandbox_dir>/disk.img; -1 with errno (ENOENT: no image). */
-int sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes);
+/* Allocated bytes and size of <sandbox_dir>/disk.img; -1 with errno (ENOENT: no image). */
+int sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes, uint64_t *size);
+
+/* ---- volume.c (parent side, host root) ---- */
+/* A detached mount of the volume at image, idmapped through userns_fd, nodev and nosuid; it
+ * shares the volume's filesystem with every other mount of it. */
+int sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err);
 
 /* ---- mounts.c (child side) ---- */
 int child_mount_private(const char **step);
 int child_attach_rootfs(const char *newroot, int root_fd, const char **step);
 int child_mount_proc(const char *newroot, const char **step);
 int child_mount_dev(const char *newroot, const char **step);
+/* A random /proc/sys/kernel/random/boot_id of this boot's own (after /proc and /dev). */
+int child_mount_boot_id(const char *newroot, const char **step);
 int child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step);
 int child_pivot_root(const char *newroot, const char **step);
+/* /sys as a read-only tmpfs holding only fs/cgroup: a read-only view of the sandbox's own
+ * cgroup(s), so runtimes (the JVM, Node, Python) find their limits where they look. */
+int child_mount_sys(const char *newroot, const char *id, const char **step);
+/* lxcfs's /proc files (sbx_lxcfs_files) over the sandbox's own, from lxcfs_dir. */
+int child_mount_lxcfs(const char *newroot, const char *lxcfs_dir, const char **step);
+
+/* ---- lxcfs.c ---- */
+extern const char *const sbx_lxcfs_files[]; /* NULL-terminated */
+/* After pivot_root: attaches fds[i] (detached mounts) at plan->volumes[i].path, making the
+ * missing directories, never following a symlink. */
+int child_mount_volumes(const struct sbx_sandbox_plan *plan, const int *fds, const char **step);
 
 /* ---- seccomp.c / caps.c ---- */
 /* Compiles the filter of a profile once per process, before any clone. relaxed: the
@@ -119,6 +156,35 @@ int sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t l
 int sbx_pathf(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int sbx_fs_read_small(const char *path, char *buf, size_t cap); /* NUL-terminated; -1/errno */
 int sbx_fs_write_str(const char *path, const char *s);          /* O_WRONLY, no create */
+
+/* ---- rtnl.c: requests to the netlink route socket fd; 0, or -1 with errno ---- */
+struct nlmsghdr;
+int sbx_rtnl_open(void);
+/* Calls cb for every message of a dump of type (RTM_GETLINK, RTM_GETROUTE for IPv4). */
+int sbx_rtnl_dump(int fd, uint16_t type, int (*cb)(const struct nlmsghdr *h, void *ud), void *ud);
+/* A veth pair: name here, peer in the network namespace peer_netns. */
+int sbx_rtnl_veth_create(int fd, const char *name, const uint8_t mac[6], const char *peer,
+                         const uint8_t peer_mac[6], int peer_netns);
+int sbx_rtnl_link_up(int fd, int ifindex);
+int sbx_rtnl_link_del(int fd, const char *name);
+int sbx_rtnl_addr_add(int fd, int ifindex, uint32_t addr); /* addr/32 */
+/* dst/prefix through gateway (0: on the link) out of ifindex, in the main table. */
+int sbx_rtnl_route_add(int fd, uint32_t dst, int prefix, uint32_t gateway, int ifindex);
+int sbx_rtnl_neigh_add(int fd, int ifindex, uint32_t addr, const uint8_t mac[6]); /* permanent */
+/* The payload of attribute type of a message whose fixed header is hdrlen bytes, or NULL. */
+const void *sbx_rtnl_attr(const struct nlmsghdr *h, size_t hdrlen, unsigned short type,
+                          size_t *len);
+
+/* ---- net.c / nft.c ---- */
+/* The sandbox's interface on the host, "<tag>-<slot>". */
+void sbx_net_ifname(const struct sbx_net_config *c, int slot, char out[16]);
+/* Parent side, before the child goes on: the sandbox's link, addresses and routes. */
+int sbx_net_attach(const struct sbx_net_config *c, int slot, pid_t pid, struct sbx_error **err);
+int sbx_nft_init(const struct sbx_net_config *c, struct sbx_error **err);
+/* Deletes the rule elements of sandboxes that running() says are not running; *removed gets
+ * the number of sets touched. */
+int sbx_nft_reconcile(const struct sbx_net_config *c, bool (*running)(int slot, void *ud), void *ud,
+                      size_t *removed, struct sbx_error **err);
 
 /* ---- proc.c ---- */
 int sbx_proc_start_time(pid_t pid, uint64_t *out);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -165,12 +166,15 @@ sbx_sandbox_kill(const struct sbx_sandbox_ref *ref)
     if (pfd >= 0) {
         fcntl(pfd, F_SETFD, FD_CLOEXEC);
         syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+        /* A paused sandbox's agent dies only once thawed (freeze.c). */
+        (void)sbx_sandbox_thaw(ref->id, NULL);
     }
     return pfd;
 }
 
-int
-sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+/* Everything of a sandbox but its dir: its processes (waited for) and its cgroups. */
+static int
+stop_processes(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
 {
     pid_t reap = 0;
     char state = 0;
@@ -179,8 +183,10 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
         pfd = pidfd_open(ref->pid, 0);
         /* Re-check with the pidfd pinned, then kill through it: no pid-reuse race.
          * Killing PID 1 of the sandbox makes the kernel kill its whole pid namespace. */
-        if (pfd >= 0 && is_ours(ref, &state))
+        if (pfd >= 0 && is_ours(ref, &state)) {
             syscall(SYS_pidfd_send_signal, pfd, SIGKILL, NULL, 0);
+            (void)sbx_sandbox_thaw(ref->id, NULL); /* see sbx_sandbox_kill */
+        }
         reap = ref->pid; /* our child unless the daemon restarted; waitpid is harmless then */
     }
     int rc = 0;
@@ -196,6 +202,19 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
         waitpid(reap, NULL, WNOHANG);
     if (rc == 0 && sbx_cgroup_remove(ref->id, err) < 0)
         rc = -1;
+    return rc;
+}
+
+int
+sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+{
+    return stop_processes(ref, err) < 0 ? sbx_error_prefix(err, "stop %s", ref->id) : 0;
+}
+
+int
+sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
+{
+    int rc = stop_processes(ref, err);
     /* This also deletes disk.img. By now the sandbox's processes are gone, and with them its
      * mount namespace, the last holder of the image's ext4 mount, so the autoclear loop device
      * has let go and the blocks are freed; if a reference lingers, the unlinked file goes
@@ -206,6 +225,24 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
     return rc < 0 ? sbx_error_prefix(err, "destroy %s", ref->id) : 0;
 }
 
+/* What `df /` shows inside the sandbox: statfs of the agent's root, an overlay that answers for
+ * its upper layer, the sandbox's own ext4. Only the agent's root is resolved, through its
+ * /proc magic link: no name the sandbox controls, and nothing is opened in it. The identity
+ * check after the open makes sure the root was the agent's and not a recycled pid's. Left as
+ * the image's figures if the agent is gone. */
+static void
+disk_statfs(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/root", (int)ref->pid);
+    _cleanup_close_ int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    struct statfs s;
+    if (fd < 0 || !sbx_sandbox_is_alive(ref) || fstatfs(fd, &s) < 0)
+        return;
+    out->disk_total_bytes = (uint64_t)s.f_blocks * s.f_frsize;
+    out->disk_fs_used_bytes = (uint64_t)(s.f_blocks - s.f_bfree) * s.f_frsize;
+}
+
 int
 sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
                   struct sbx_error **err)
@@ -213,8 +250,11 @@ sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *o
     memset(out, 0, sizeof(*out));
     if (sbx_cgroup_stats(ref->id, out, err) < 0)
         return -1;
-    if (sbx_disk_usage(ref->sandbox_dir, &out->disk_used_bytes) == 0)
+    if (sbx_disk_usage(ref->sandbox_dir, &out->disk_used_bytes, &out->disk_total_bytes) == 0) {
+        out->disk_fs_used_bytes = out->disk_used_bytes;
+        disk_statfs(ref, out);
         return 0;
+    }
     /* No disk image: the sandbox's upper layer is a plain directory tree. */
     char p[4096];
     snprintf(p, sizeof(p), "%s/upper", ref->sandbox_dir);

@@ -4,11 +4,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+
+#include <linux/openat2.h>
 #include <unistd.h>
 
 #include "sandbox/internal.h"
@@ -17,11 +22,16 @@
 
 static char step_buf[160]; /* the child's error context; the child is single-threaded */
 
+static int fail(const char **step, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 static int
-fail(const char **step, const char *fmt, const char *arg)
+fail(const char **step, const char *fmt, ...)
 {
     int e = errno;
-    sbx_pathf(step_buf, sizeof(step_buf), fmt, arg); /* a cut message is still useful */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(step_buf, sizeof(step_buf), fmt, ap); /* a cut message is still useful */
+    va_end(ap);
     *step = step_buf;
     errno = e;
     return -1;
@@ -41,7 +51,7 @@ child_mount_private(const char **step)
     /* Our copy of the host's mount table must neither receive nor send propagation events:
      * nothing we mount may appear on the host, and host mounts must not appear here. */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-        return fail(step, "%smake / private", "");
+        return fail(step, "make / private");
     return 0;
 }
 
@@ -149,6 +159,42 @@ child_mount_dev(const char *newroot, const char **step)
 }
 
 int
+child_mount_boot_id(const char *newroot, const char **step)
+{
+    /* The kernel's boot_id is host-wide, not per namespace: every sandbox would read the
+     * host's, and a sandbox booted again on its disk after a filesystem-only pause would read
+     * the same one as before, where a VM gets a new one at every boot (and programs, E2B's
+     * tests among them, tell reboots apart by it). So each boot gets a random one of its own,
+     * in a read-only file bound over the kernel's. The file is made on the new /dev tmpfs and
+     * unlinked once bound: the mount keeps it. */
+    unsigned char r[16];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+        return fail(step, "%sgetrandom for boot_id", "");
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40); /* RFC 4122 version 4, as the kernel's */
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    char uuid[40], src[4096], dst[4096];
+    snprintf(uuid, sizeof(uuid),
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n", r[0], r[1],
+             r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
+             r[15]);
+    join(src, sizeof(src), newroot, "dev/.boot_id");
+    join(dst, sizeof(dst), newroot, "proc/sys/kernel/random/boot_id");
+    int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+    if (fd < 0)
+        return fail(step, "create %s", src);
+    bool written = write(fd, uuid, strlen(uuid)) == (ssize_t)strlen(uuid);
+    close(fd);
+    if (!written)
+        return fail(step, "write %s", src);
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0 ||
+        mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROC_FLAGS, NULL) < 0)
+        return fail(step, "bind a boot_id over %s", dst);
+    if (unlink(src) < 0)
+        return fail(step, "unlink %s", src);
+    return 0;
+}
+
+int
 child_mount_tmpfs(const char *newroot, uint64_t memory_bytes, const char **step)
 {
     /* tmpfs pages are charged to the sandbox's memory cgroup. Each one is capped well below
@@ -180,10 +226,143 @@ child_pivot_root(const char *newroot, const char **step)
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it then
      * leaves no path to the host's filesystem (pivot_root(2), "NOTES"). */
     if (syscall(SYS_pivot_root, ".", ".") < 0)
-        return fail(step, "%spivot_root", "");
+        return fail(step, "pivot_root");
     if (umount2(".", MNT_DETACH) < 0)
-        return fail(step, "%sdetach old root", "");
+        return fail(step, "detach old root");
     if (chdir("/") < 0)
-        return fail(step, "%schdir /", "");
+        return fail(step, "chdir /");
+    return 0;
+}
+
+/* /sys/devices/system/cpu/online lists the CPUs the sandbox may run on (its affinity, set
+ * before): glibc's get_nprocs reads it first, so os.cpu_count() and sysconf agree with nproc. */
+static int
+write_cpu_online(const char *sys)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) < 0)
+        return -1;
+    char list[512] = "", p[4096];
+    size_t len = 0;
+    for (int c = 0; c < CPU_SETSIZE && len < sizeof(list) - 16; c++) {
+        if (!CPU_ISSET(c, &set))
+            continue;
+        int e = c;
+        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, &set))
+            e++;
+        len += (size_t)snprintf(list + len, sizeof(list) - len, e > c ? "%s%d-%d" : "%s%d",
+                                len ? "," : "", c, e);
+        c = e;
+    }
+    snprintf(list + len, sizeof(list) - len, "\n");
+    static const char *const dirs[] = {"devices", "devices/system", "devices/system/cpu"};
+    for (size_t i = 0; i < 3; i++) {
+        join(p, sizeof(p), sys, dirs[i]);
+        if (mkdir(p, 0755) < 0)
+            return -1;
+    }
+    join(p, sizeof(p), sys, "devices/system/cpu");
+    int dfd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    int rc = sbx_fs_write_file_at(dfd, "online", list, strlen(list), 0444);
+    if (rc == 0)
+        rc = sbx_fs_write_file_at(dfd, "possible", list, strlen(list), 0444);
+    close(dfd);
+    return rc;
+}
+
+int
+child_mount_sys(const char *newroot, const char *id, const char **step)
+{
+    char sys[4096], p[4096], names[6][32], dirs[6][256];
+    join(sys, sizeof(sys), newroot, "sys");
+    if (mount("sysfs-view", sys, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0555,size=16k,nr_inodes=64") < 0)
+        return fail(step, "mount tmpfs on %s", sys);
+    join(p, sizeof(p), sys, "fs");
+    if (mkdir(p, 0755) < 0)
+        return fail(step, "mkdir %s", p);
+    join(p, sizeof(p), sys, "fs/cgroup");
+    if (mkdir(p, 0755) < 0)
+        return fail(step, "mkdir %s", p);
+    int n = sbx_cgroup_views(id, names, dirs, 6);
+    char at[4096];
+    for (int i = 0; i < n; i++) {
+        if (names[i][0]) {
+            join(at, sizeof(at), p, names[i]);
+            if (mkdir(at, 0555) < 0)
+                return fail(step, "mkdir %s", at);
+        } else {
+            snprintf(at, sizeof(at), "%s", p);
+        }
+        /* Read-only: the limits are the host's to set. The cgroup namespace (entered
+         * before this step) makes the mount show as the root of the hierarchy. */
+        if (mount(dirs[i], at, NULL, MS_BIND, NULL) < 0)
+            return fail(step, "bind %s", dirs[i]);
+        if (mount(NULL, at, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROC_FLAGS, NULL) < 0)
+            return fail(step, "make %s read-only", at);
+    }
+    if (write_cpu_online(sys) < 0)
+        return fail(step, "write /sys/devices/system/cpu/online");
+    if (mount(NULL, sys, NULL, MS_REMOUNT | MS_RDONLY | PROC_FLAGS, "mode=0555") < 0)
+        return fail(step, "make %s read-only", sys);
+    return 0;
+}
+
+int
+child_mount_lxcfs(const char *newroot, const char *lxcfs_dir, const char **step)
+{
+    char src[4096], dst[4096];
+    for (size_t i = 0; sbx_lxcfs_files[i]; i++) {
+        sbx_pathf(src, sizeof(src), "%s/proc/%s", lxcfs_dir, sbx_lxcfs_files[i]);
+        sbx_pathf(dst, sizeof(dst), "%s/proc/%s", newroot, sbx_lxcfs_files[i]);
+        if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
+            return fail(step, "bind lxcfs %s", src);
+    }
+    return 0;
+}
+
+/* Opens name below dir as a directory, never through a symlink nor out of dir. */
+static int
+open_dir_beneath(int dir, const char *name)
+{
+    struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                           .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH};
+    return (int)syscall(SYS_openat2, dir, name, &how, sizeof(how));
+}
+
+int
+child_mount_volumes(const struct sbx_sandbox_plan *plan, const int *fds, const char **step)
+{
+    for (size_t i = 0; i < plan->n_volumes; i++) {
+        const char *path = plan->volumes[i].path;
+        char copy[4096];
+        if (sbx_pathf(copy, sizeof(copy), "%s", path) < 0)
+            return fail(step, "volume path %s", path);
+        /* From the sandbox's own root, one component at a time: a symlink the sandbox left
+         * on its disk (a reboot) cannot lead the mount anywhere else. */
+        int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        char *save = NULL;
+        for (char *c = strtok_r(copy, "/", &save); c && dir >= 0; c = strtok_r(NULL, "/", &save)) {
+            if (mkdirat(dir, c, 0755) < 0 && errno != EEXIST) {
+                close(dir);
+                return fail(step, "make the mount point of volume %s", path);
+            }
+            int next = open_dir_beneath(dir, c);
+            close(dir);
+            dir = next;
+        }
+        if (dir < 0)
+            return fail(step, "reach the mount point of volume %s", path);
+        int rc = move_mount(fds[i], "", dir, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+        int e = errno;
+        close(dir);
+        close(fds[i]);
+        if (rc < 0) {
+            errno = e;
+            return fail(step, "mount volume at %s", path);
+        }
+    }
     return 0;
 }

@@ -61,7 +61,7 @@ sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **
         snprintf(p, sizeof(p), "%s/rootfs", d);
         if (mkdir_owned(p, 0755, 0, 0, err) < 0)
             return -1;
-        return sbx_disk_create(plan, err);
+        return sbx_disk_prepare(plan, err);
     }
     struct {
         const char *sub;

@@ -13,10 +13,12 @@
 #include <sys/types.h>
 
 #include "base/error.h"
+#include "base/ip4.h"
 #include "base/limits.h"
 
 #define SBX_SANDBOX_UID_COUNT 65536 /* sandbox uids 0..65535 */
 #define SBX_SPAWN_TIMEOUT_MS  10000 /* clone to exec of the agent */
+#define SBX_FREEZE_TIMEOUT_MS 5000  /* for every process of a sandbox to stop (pause) */
 
 struct sbx_sandbox_limits {
     uint64_t memory_bytes; /* memory.max / memory.limit_in_bytes */
@@ -26,6 +28,45 @@ struct sbx_sandbox_limits {
                             * (a multiple of 4096, at least 16 MiB); writes beyond it fail
                             * with ENOSPC. 0: no limit, the layer lives in sandbox_dir */
 };
+
+/* A volume (volume.c) in a sandbox. */
+struct sbx_volume_mount {
+    const char *image; /* host path of the volume's image, from sbx_volume_create */
+    const char *path;  /* where the sandbox sees it: absolute and clean ("/mnt/data") */
+};
+#define SBX_SANDBOX_MAX_VOLUMES 8
+#define SBX_VOLUME_PATH_MAX     255
+/* Why path cannot be where a sandbox sees a volume, or NULL if it can: it must be absolute
+ * and clean (no "//", ".", ".." or trailing '/'), at most SBX_VOLUME_PATH_MAX bytes of
+ * letters, digits and "._-+@/", and not "/" nor in a system directory (/proc, /sys, /dev,
+ * /etc, /usr, /bin, /sbin, /lib*, /boot, /run). Pure: the API and the spawner both check. */
+const char *sbx_volume_path_check(const char *path);
+/* The same for all of a sandbox's volumes: at most SBX_SANDBOX_MAX_VOLUMES, none twice or
+ * inside another. NULL, or why, with *bad the index of the offending path. */
+const char *sbx_volume_paths_check(const char *const *paths, size_t n, size_t *bad);
+/* The sandbox network of a daemon (net.c, nft.c): what the spawner needs to build it. */
+#define SBX_NET_TAG_MAX     12
+#define SBX_NET_MAX_BLOCKED 32
+#define SBX_NET_MAX_OPENED  16
+struct sbx_net_config {
+    struct sbx_netplan plan;
+    /* "sbx<uid block>", unique on the host: the prefix of the sandboxes' interfaces
+     * ("<tag>-<slot>") and the name of the nftables table. */
+    char tag[SBX_NET_TAG_MAX];
+    struct sbx_ip4_range blocked[SBX_NET_MAX_BLOCKED]; /* never reached by any sandbox */
+    size_t n_blocked;
+};
+
+/* One sandbox's egress rules: destinations allowed (they win over denied ones) and denied,
+ * each list normalised (sbx_ip4_ranges_normalize). Anything else is allowed, the blocked
+ * ranges of the config aside. */
+struct sbx_net_policy {
+    const struct sbx_ip4_range *allow, *deny;
+    size_t n_allow, n_deny;
+    unsigned flags; /* SBX_NET_PROXY_*: which TCP goes to the front end's egress proxy */
+};
+#define SBX_NET_PROXY_WEB 1u /* ports 80 and 443 (host name rules: SNI, Host) */
+#define SBX_NET_PROXY_ALL 2u /* every TCP port (an egress proxy of the client's) */
 
 struct sbx_sandbox_plan {
     const char *id;          /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
@@ -41,15 +82,24 @@ struct sbx_sandbox_plan {
     uid_t host_uid_base;   /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
-    bool relaxed;        /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
-    int agent_listen_fd; /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
-    int agent_stdin_fd;  /* becomes fd 0 of the agent (-1 or 0: /dev/null) */
-    int agent_config_fd; /* readable fd with the agent's JSON config; becomes fd 4 */
-    int exe_fd;          /* the program to run as PID 1, executed with fexecve; an ELF
-                          * binary (a script would need its fd across exec). From
-                          * sbx_sandbox_agent_exe() for the agent. */
+    bool relaxed; /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
+    bool reboot;  /* boot again on the writable layer an earlier boot of this sandbox left in
+                   * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
+                   * must be the one it had; a failed start leaves it as it was */
+    const struct sbx_volume_mount *volumes; /* mounted read-write, owned as on the volume */
+    size_t n_volumes;                       /* at most SBX_SANDBOX_MAX_VOLUMES */
+    const char *lxcfs_dir; /* an lxcfs mount (sbx_sandbox_lxcfs) whose /proc files replace the
+                            * sandbox's; NULL: the kernel's own */
+    int agent_listen_fd;   /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
+    int agent_stdin_fd;    /* becomes fd 0 of the agent (-1 or 0: /dev/null) */
+    int agent_config_fd;   /* readable fd with the agent's JSON config; becomes fd 4 */
+    int exe_fd;            /* the program to run as PID 1, executed with fexecve; an ELF
+                            * binary (a script would need its fd across exec). From
+                            * sbx_sandbox_agent_exe() for the agent. */
     char *const *argv;
     char *const *envp;
+    const struct sbx_net_config *net; /* NULL: loopback only */
+    int net_slot;                     /* the sandbox's address and interface (its uid slot) */
 };
 
 /* A running sandbox as the daemon remembers it (persisted, so it survives daemon restarts). */
@@ -67,7 +117,13 @@ struct sbx_sandbox_stats {
     uint64_t memory_limit_bytes;
     uint64_t oom_kills; /* processes the OOM killer has killed inside the sandbox */
     uint64_t pids_current;
-    uint64_t disk_used_bytes; /* allocated size of the disk image (or of the upper layer) */
+    uint64_t disk_used_bytes; /* allocated size of the disk image (or of the upper layer): what
+                               * the sandbox's disk costs the host */
+    /* The sandbox's disk as `df /` shows it inside: its size (the image's, every block counted)
+     * and the blocks in use, ext4's metadata included. 0 and the upper layer's usage when the
+     * layer has no disk of its own. */
+    uint64_t disk_total_bytes;
+    uint64_t disk_fs_used_bytes;
 };
 
 /* ---- The layer store (layers.c) -----------------------------------------------------------
@@ -138,6 +194,11 @@ int sbx_sandbox_agent_exe(const char *path, struct sbx_error **err);
  * "fs.file-max=2466116->9223372036854775807", or "" if nothing did. */
 int sbx_sandbox_raise_host_limits(char *desc, size_t n, struct sbx_error **err);
 
+/* An lxcfs mount serving /proc files per cgroup: the host's, or one started now at
+ * /run/sbx/lxcfs (it keeps running after sbx stops: sandboxes outlive the daemon). Writes
+ * its dir to dir; an error says why sandboxes will see the host's /proc values. */
+int sbx_sandbox_lxcfs(char *dir, size_t n, struct sbx_error **err);
+
 /* Starts a sandbox. On success fills pid and start_time; the agent is already running.
  * Its fd table: 0, 1 and 2 /dev/null (the agent keeps its log in its own memory), 3 and 4
  * from the plan, 5 a read-only fd of the sandbox's memory cgroup counters that count OOM
@@ -180,8 +241,51 @@ int sbx_sandbox_kill(const struct sbx_sandbox_ref *ref);
  * and the sandbox dir (its contents and the dir itself, without following symlinks). Reaps
  * the agent if it is our child. Idempotent: a sandbox already gone is not an error. */
 int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+/* The same but the sandbox dir stays, with the writable layer: what a filesystem-only pause
+ * keeps for a later boot (plan.reboot). Its memory and processes are gone when it returns. */
+int sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+
+/* Pausing in place (freeze.c): freeze stops every process of the sandbox where it is, its
+ * memory kept, and returns at once; sbx_sandbox_frozen then answers 1 once all have stopped,
+ * 0 before (or when thawed), -1 if the sandbox has no freezer cgroup. thaw lets them go on.
+ * freeze_asked answers 1 if a freeze was asked and not undone (for a restarted spawner). */
+int sbx_sandbox_freeze(const char *id, struct sbx_error **err);
+int sbx_sandbox_thaw(const char *id, struct sbx_error **err);
+int sbx_sandbox_frozen(const char *id);
+int sbx_sandbox_freeze_asked(const char *id);
 
 int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stats *out,
                       struct sbx_error **err);
+
+/* Creates a volume's image at image (O_EXCL): an empty ext4 of bytes whose root dir belongs to
+ * the sandboxes' user (uid 1000), formatted once per size in disks_dir. Deleting it is
+ * unlinking it: sandboxes that have it mounted keep it until they end. */
+int sbx_volume_create(const char *disks_dir, const char *image, uint64_t bytes,
+                      struct sbx_error **err);
+/* ---- the sandbox network (net.c, nft.c) ---- */
+
+/* blocked = the always-blocked ranges minus opened (which must lie in sbx_ip4_openable), plus
+ * the plan's own range; tag from the daemon's uid block. */
+int sbx_net_config_init(struct sbx_net_config *c, const struct sbx_netplan *plan, int uid_block,
+                        const struct sbx_ip4_range *opened, size_t n_opened,
+                        struct sbx_error **err);
+/* At daemon start, before anything is made: whether the host routes any of the plan's range
+ * elsewhere (a clash is an error naming it); our own interfaces of an earlier run are fine. */
+int sbx_net_check_host(const struct sbx_net_config *c, struct sbx_error **err);
+/* At spawner start, idempotent: IP forwarding, the nftables table (rules of running
+ * sandboxes are kept). desc gets what changed on the host, or "". */
+int sbx_net_host_init(const struct sbx_net_config *c, char *desc, size_t n, struct sbx_error **err);
+/* When no sandbox of the daemon runs any more: removes its nftables table. */
+void sbx_net_host_fini(const struct sbx_net_config *c);
+/* Removes the interfaces and rules of every slot that running() says is not running. */
+int sbx_net_reconcile(const struct sbx_net_config *c, bool (*running)(int slot, void *ud), void *ud,
+                      char *desc, size_t n, struct sbx_error **err);
+/* Points sandboxes' DNS (port 53 of the gateway) at the front end's forwarder, and their
+ * proxied TCP (SBX_NET_PROXY_*) at its egress proxy (0: none). */
+int sbx_net_set_ports(const struct sbx_net_config *c, uint16_t dns_port, uint16_t proxy_port,
+                      struct sbx_error **err);
+/* Replaces the egress rules of a slot, atomically (NULL: none, the default). */
+int sbx_net_policy_set(const struct sbx_net_config *c, int slot, const struct sbx_net_policy *p,
+                       struct sbx_error **err);
 
 #endif

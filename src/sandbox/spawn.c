@@ -78,19 +78,26 @@ step_reset_signals(const char **step)
     return sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* Blocks until the parent has written our maps and joined us to our cgroups. */
+_Static_assert(1 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
+               "SYNC_PARENT_READY carries the root overlay and every volume");
+
+/* Blocks until the parent has written our maps and set our limits. */
 static int
-step_wait_parent(int sock, struct sbx_rootfs *fs, const char **step)
+step_wait_parent(int sock, size_t n_volumes, struct sbx_rootfs *fs, int *volume_fds,
+                 const char **step)
 {
     *step = "wait for parent";
     struct sync_msg m;
-    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), &fs->root_fd, 1);
+    int fds[SBX_FDPASS_MAX];
+    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 1 + n_volumes);
     if (n == 0)
         _exit(127); /* the parent gave up on us */
-    if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fs->root_fd < 0) {
+    if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fds[0] < 0) {
         errno = n < 0 ? errno : EPROTO;
         return -1;
     }
+    fs->root_fd = fds[0];
+    memcpy(volume_fds, fds + 1, n_volumes * sizeof(int));
     return 0;
 }
 
@@ -110,8 +117,8 @@ static int
 step_cgroup_namespace(const char **step)
 {
     *step = "cgroup namespace";
-    /* Now that the parent has moved us into the sandbox's cgroups, they become our
-     * namespace's root: /proc/self/cgroup shows "/" and no host cgroup path leaks. */
+    /* Now that we are in the sandbox's cgroups, they become our namespace's root:
+     * /proc/self/cgroup shows "/" and no host cgroup path leaks. */
     return unshare(CLONE_NEWCGROUP);
 }
 
@@ -147,6 +154,22 @@ step_hostname(const char *hostname, const char **step)
     return write_etc("hosts", hosts) < 0 || write_etc("hostname", name) < 0 ? -1 : 0;
 }
 
+/* The sandbox's resolver is the gateway (its DNS goes to the daemon's forwarder, which can
+ * reach whatever resolver the host uses, a loopback one included). Written to its upper
+ * layer, like the hostname's files; no network, no file. */
+static int
+step_resolver(const struct sbx_sandbox_plan *plan, const char **step)
+{
+    *step = "write /etc/resolv.conf";
+    if (plan->net == NULL)
+        return 0;
+    char gw[SBX_IP4_STR_MAX], conf[64];
+    sbx_ip4_format(sbx_netplan_gateway(&plan->net->plan), gw);
+    /* EDNS: answers of up to 1,232 bytes and more in one datagram, not TCP after 512. */
+    snprintf(conf, sizeof(conf), "nameserver %s\noptions edns0\n", gw);
+    return write_etc("resolv.conf", conf);
+}
+
 static int
 step_loopback_up(const char **step)
 {
@@ -166,6 +189,33 @@ step_loopback_up(const char **step)
     close(s);
     errno = e;
     return rc;
+}
+
+/* As many CPUs as the sandbox's quota allows, so that nproc, sched_getaffinity and the
+ * runtimes that size pools from them (the JVM, Go, OpenMP, make -j) see the sandbox's CPUs,
+ * not the host's. Sandboxes start at different CPUs to spread out. Only a hint: the quota is
+ * what the cgroup enforces. */
+static int
+step_affinity(const struct sbx_sandbox_plan *plan, const char **step)
+{
+    *step = "cpu affinity";
+    cpu_set_t online;
+    if (plan->limits.cpu_millis == 0 || sched_getaffinity(0, sizeof(online), &online) < 0)
+        return 0;
+    int have = CPU_COUNT(&online);
+    int want = (int)((plan->limits.cpu_millis + 999) / 1000);
+    if (want >= have)
+        return 0;
+    int cpus[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &online))
+            cpus[n++] = c;
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    int first = (int)((plan->host_uid_base / SBX_SANDBOX_UID_COUNT) % (unsigned)n);
+    for (int i = 0; i < want; i++)
+        CPU_SET(cpus[(first + i) % n], &mine);
+    return sched_setaffinity(0, sizeof(mine), &mine);
 }
 
 static int
@@ -236,8 +286,17 @@ step_signal_exec(int sock, const char **step)
             child_fail(sock, step, errno);                                                         \
     } while (0)
 
+static int
+step_join_cgroups(const int *fds, int n, const char **step)
+{
+    *step = "join cgroups";
+    return sbx_cgroup_join_self(fds, n);
+}
+
+/* join_fds: on v1, the sandbox's cgroup "tasks" files (on v2 the clone put us there). */
 __attribute__((noreturn)) static void
-child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
+child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds, int n_join,
+           int sock)
 {
     const char *step = "start";
     const char *hostname = plan->hostname && *plan->hostname ? plan->hostname : DEFAULT_HOSTNAME;
@@ -245,19 +304,28 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, int sock)
     snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
     int exe = plan->exe_fd;
     struct sbx_rootfs fs = {-1};
+    int volumes[SBX_SANDBOX_MAX_VOLUMES];
 
     STEP(step_reset_signals(&step));
-    STEP(step_wait_parent(sock, &fs, &step));
+    STEP(step_join_cgroups(join_fds, n_join, &step));
+    STEP(step_wait_parent(sock, plan->n_volumes, &fs, volumes, &step));
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
     STEP(child_mount_private(&step));
     STEP(child_attach_rootfs(newroot, fs.root_fd, &step));
     sbx_rootfs_close(&fs);
     STEP(child_mount_proc(newroot, &step));
+    if (plan->lxcfs_dir)
+        STEP(child_mount_lxcfs(newroot, plan->lxcfs_dir, &step));
+    STEP(step_affinity(plan, &step)); /* before /sys, which lists the CPUs it leaves */
+    STEP(child_mount_sys(newroot, plan->id, &step));
     STEP(child_mount_dev(newroot, &step));
+    STEP(child_mount_boot_id(newroot, &step));
     STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
     STEP(child_pivot_root(newroot, &step));
+    STEP(child_mount_volumes(plan, volumes, &step)); /* inside the new root: see volume.c */
     STEP(step_hostname(hostname, &step));
+    STEP(step_resolver(plan, &step));
     STEP(step_loopback_up(&step));
     STEP(step_rlimits(&step));
     umask(022);
@@ -316,6 +384,8 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
     /* The range must not contain host root or wrap around. */
     if (p->host_uid_base == 0 || p->host_uid_base > UINT32_MAX - SBX_SANDBOX_UID_COUNT)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad host uid base");
+    if (p->lxcfs_dir && p->lxcfs_dir[0] != '/')
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "lxcfs dir must be absolute");
     if (p->hostname && *p->hostname && !valid_hostname(p->hostname))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad hostname");
     uint64_t disk = p->limits.disk_bytes;
@@ -326,6 +396,16 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
                              SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
     if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
+    if (p->n_volumes > SBX_SANDBOX_MAX_VOLUMES)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d volumes",
+                             SBX_SANDBOX_MAX_VOLUMES);
+    for (size_t i = 0; i < p->n_volumes; i++)
+        if (p->volumes[i].image[0] != '/' || p->volumes[i].path[0] != '/' ||
+            strstr(p->volumes[i].path, "/..") != NULL)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad volume mount %s",
+                                 p->volumes[i].path);
+    if (p->net && (p->net_slot < 0 || p->net_slot >= SBX_MAX_SANDBOXES))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad network slot");
     return 0;
 }
 
@@ -362,11 +442,15 @@ set_process_limits(pid_t pid, struct sbx_error **err)
     return 0;
 }
 
+/* The child's root overlay, then its volumes. */
 static int
-send_ready(int sock, const struct sbx_rootfs *fs, struct sbx_error **err)
+send_ready(int sock, const struct sbx_rootfs *fs, const int *volumes, size_t n_volumes,
+           struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
-    if (sbx_send_fds(sock, &m, sizeof(m), &fs->root_fd, 1) < 0)
+    int fds[SBX_FDPASS_MAX] = {fs->root_fd};
+    memcpy(fds + 1, volumes, n_volumes * sizeof(int));
+    if (sbx_send_fds(sock, &m, sizeof(m), fds, 1 + n_volumes) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }
@@ -379,6 +463,7 @@ struct sbx_sandbox_spawning {
     pid_t pid;
     int sock;
     bool exec_seen;
+    bool reboot; /* a failure keeps the sandbox dir: it holds the sandbox's disk */
 };
 
 /* Reads what the child sent: 1 while setup goes on, 0 once it has exec'd (SYNC_CHILD_EXEC,
@@ -478,16 +563,13 @@ clone_as_owner(unsigned long flags, int cgroup_fd, uid_t owner)
 
 /* Everything the parent does between clone and SYNC_PARENT_READY. */
 static int
-parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int sock,
-             struct sbx_error **err)
+parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sbx_error **err)
 {
     if (write_maps(pid, plan->host_uid_base, err) < 0)
         return -1;
-    /* Before the child unshares its cgroup namespace, so that namespace is rooted at the
-     * sandbox's own cgroup. */
-    if (!in_cgroup && sbx_cgroup_enter(plan->id, pid, err) < 0)
-        return -1;
     if (set_process_limits(pid, err) < 0)
+        return -1;
+    if (plan->net && sbx_net_attach(plan->net, plan->net_slot, pid, err) < 0)
         return -1;
     _cleanup_close_ int userns = open_userns(pid, err);
     if (userns < 0)
@@ -495,8 +577,18 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, bool in_cgroup, int
     struct sbx_rootfs fs;
     if (sbx_rootfs_open(plan, userns, &fs, err) < 0)
         return -1;
-    int rc = send_ready(sock, &fs, err);
-    sbx_rootfs_close(&fs); /* the child holds its own copies now */
+    int volumes[SBX_SANDBOX_MAX_VOLUMES], rc = 0;
+    size_t n = 0;
+    for (; n < plan->n_volumes && rc == 0; n++)
+        if ((volumes[n] = sbx_volume_mount(plan->volumes[n].image, userns, err)) < 0)
+            rc = -1;
+    if (rc == 0)
+        rc = send_ready(sock, &fs, volumes, n, err);
+    /* The child holds its own copies now. */
+    sbx_rootfs_close(&fs);
+    for (size_t i = 0; i < n; i++)
+        if (volumes[i] >= 0)
+            close(volumes[i]);
     return rc;
 }
 
@@ -529,17 +621,21 @@ sbx_sandbox_agent_exe(const char *path, struct sbx_error **err)
     return steal_fd(&fd);
 }
 
-/* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs. */
+/* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs (but the
+ * dir of a reboot, which holds the disk of the earlier boots). */
 static void
-cleanup_failed(const char *id, const char *sandbox_dir, pid_t pid)
+cleanup_failed(const struct sbx_sandbox_spawning *s)
 {
-    if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
     }
-    struct sbx_sandbox_ref ref = {.id = id, .sandbox_dir = sandbox_dir, .pid = 0};
+    struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->sandbox_dir, .pid = 0};
     struct sbx_error *ignored = NULL;
-    sbx_sandbox_destroy(&ref, &ignored);
+    if (s->reboot)
+        sbx_sandbox_stop(&ref, &ignored);
+    else
+        sbx_sandbox_destroy(&ref, &ignored);
     sbx_error_free(ignored);
 }
 
@@ -557,6 +653,7 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     }
     snprintf(s->id, sizeof(s->id), "%s", plan->id);
     s->sock = -1;
+    s->reboot = plan->reboot;
     if (sbx_rootfs_prepare_dirs(plan, err) < 0 ||
         sbx_cgroup_create(plan->id, &plan->limits, err) < 0)
         goto fail;
@@ -573,25 +670,34 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     /* No CLONE_NEWCGROUP here: see step_cgroup_namespace. SIGCHLD so the parent can reap. */
     unsigned long flags =
         CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
-    int cgroup_fd = sbx_cgroup_open_v2(plan->id); /* -1 on v1: joined after clone */
-    pid_t pid = clone_as_owner(flags, cgroup_fd, plan->host_uid_base);
+    int join[SBX_CGROUP_JOIN_MAX];
+    int n_join = sbx_cgroup_open_join(plan->id, join, err);
+    if (n_join < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        goto fail;
+    }
+    bool v2 = sbx_cgroup_detect() == SBX_CGROUP_V2;
+    pid_t pid = clone_as_owner(flags, v2 ? join[0] : -1, plan->host_uid_base);
     int clone_errno = errno;
-    if (cgroup_fd >= 0)
-        close(cgroup_fd); /* in the child too: nothing of the host's cgroup tree stays open */
+    if (pid == 0) {
+        close(sv[0]);
+        if (v2) /* born in its cgroup: nothing of the host's cgroup tree stays open */
+            close(join[0]);
+        child_main(plan, oom_fd, join, v2 ? 0 : n_join, sv[1]);
+    }
+    for (int i = 0; i < n_join; i++)
+        close(join[i]); /* the child closes its copies once it has joined */
     if (pid < 0) {
         close(sv[0]);
         close(sv[1]);
         sbx_error_sys(err, clone_errno, "clone");
         goto fail;
     }
-    if (pid == 0) {
-        close(sv[0]);
-        child_main(plan, oom_fd, sv[1]);
-    }
     close(sv[1]);
     s->pid = pid;
     s->sock = sv[0];
-    if (parent_setup(plan, pid, cgroup_fd >= 0, s->sock, err) < 0)
+    if (parent_setup(plan, pid, s->sock, err) < 0)
         goto fail;
     *out = s;
     return 0;
@@ -634,7 +740,7 @@ sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s)
     if (s->sock >= 0)
         close(s->sock);
     if (s->pid != 0 || !s->exec_seen)
-        cleanup_failed(s->id, s->sandbox_dir, s->pid);
+        cleanup_failed(s);
     free(s->sandbox_dir);
     free(s);
 }

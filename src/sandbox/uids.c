@@ -77,7 +77,8 @@ block_in_use(int block)
 int
 sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_error **err)
 {
-    if (mkdir(LOCK_DIR, 0700) < 0 && errno != EEXIST)
+    /* 0711: sandboxes set up their /proc from lxcfs below it (lxcfs.c); nobody lists it. */
+    if ((mkdir(LOCK_DIR, 0711) < 0 && errno != EEXIST) || chmod(LOCK_DIR, 0711) < 0)
         return sbx_error_sys(err, errno, "mkdir " LOCK_DIR);
     if (preferred >= 0 && preferred < SBX_UID_BLOCKS) {
         int fd = try_lock(preferred, err);

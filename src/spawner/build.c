@@ -4,6 +4,7 @@
  * run in child processes ("jobs"), so that no request waits for them. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +15,10 @@
 
 #include "base/cleanup.h"
 #include "base/log.h"
+#include "base/util.h"
 #include "spawner/internal.h"
 #include "spawner/layer_keys.h"
+#include "spawner/net.h"
 #include "spawner/templates.h"
 
 /* What a job (a child doing slow work for us) reports. */
@@ -27,7 +30,7 @@ struct job_result {
 typedef int (*job_fn)(void *ud, int32_t *value, struct sbx_error **err);
 
 /* Marks a build step's dir: a spawner that finds it at start destroys it. */
-int
+static int
 mark_step(const struct sb *s, struct sbx_error **err)
 {
     char path[4096];
@@ -40,6 +43,14 @@ mark_step(const struct sb *s, struct sbx_error **err)
 
 /* ---- build steps ---- */
 
+/* The step's handles point at its sandbox while it runs, and at the step once closing. */
+static void
+step_handle_init(struct sb *s, uv_handle_t *h)
+{
+    h->data = s;
+    s->step->handles++;
+}
+
 static void
 step_reply(struct sb *s)
 {
@@ -51,11 +62,15 @@ step_reply(struct sb *s)
     sbx_spawner_send(&st->reply);
 }
 
-static void
-step_fail(struct sb *s, enum sbx_code code, int e, const char *fmt, const char *arg)
+static void __attribute__((format(printf, 4, 5)))
+step_fail(struct sb *s, enum sbx_code code, int e, const char *fmt, ...)
 {
+    va_list ap;
+    va_start(ap, fmt);
+    _cleanup_free_ char *msg = sbx_vformat(fmt, ap);
+    va_end(ap);
     _cleanup_error_ struct sbx_error *err = NULL;
-    sbx_error_set(&err, code, e, fmt, arg);
+    sbx_error_set(&err, code, e, "%s", msg);
     struct sbx_spawner_msg req = {.seq = s->step->seq};
     sbx_spawner_reply_init(&s->step->reply, &req, err);
 }
@@ -64,7 +79,7 @@ step_fail(struct sb *s, enum sbx_code code, int e, const char *fmt, const char *
 static void
 step_destroyed(struct sb *s)
 {
-    struct sbx_sandbox_ref ref = sbx_spawner_ref_of(s);
+    struct sbx_sandbox_ref ref = sbx_spawner_ref(s);
     _cleanup_error_ struct sbx_error *err = NULL;
     if (sbx_sandbox_destroy(&ref, &err) < 0)
         sbx_log_warn("build_step", "sandbox=%s error=\"destroy: %s\"", s->id, err->msg);
@@ -136,8 +151,8 @@ commit_work(void *ud, int32_t *value, struct sbx_error **err)
 {
     struct sb *s = ud;
     bool empty = false;
-    struct sbx_sandbox_ref ref = sbx_spawner_ref_of(s);
-    int rc = sbx_sandbox_commit(&ref, sbx_sp.cfg->state_dir, s->step->key, s->step->uid_base,
+    struct sbx_sandbox_ref ref = sbx_spawner_ref(s);
+    int rc = sbx_sandbox_commit(&ref, sbx_spawner_cfg()->state_dir, s->step->key, s->step->uid_base,
                                 &empty, err);
     *value = empty;
     return rc;
@@ -156,8 +171,8 @@ step_commit(struct sb *s)
         return;
     }
     st->commit_fd = fd;
-    uv_poll_init(sbx_sp.loop, &st->commit_poll, fd);
-    sbx_spawner_sb_handle_init(s, (uv_handle_t *)&st->commit_poll);
+    uv_poll_init(sbx_spawner_loop(), &st->commit_poll, fd);
+    step_handle_init(s, (uv_handle_t *)&st->commit_poll);
     uv_poll_start(&st->commit_poll, UV_READABLE, on_commit_result);
 }
 
@@ -175,7 +190,7 @@ sbx_spawner_step_maybe_done(struct sb *s)
     sbx_spawner_reply_init(&st->reply, &req, NULL);
     st->reply.exit_status = (uint64_t)code;
     if (st->timed_out) {
-        step_fail(s, SBX_DEADLINE_EXCEEDED, 0, "the step did not end within its timeout%s", "");
+        step_fail(s, SBX_DEADLINE_EXCEEDED, 0, "the step did not end within its timeout");
         step_destroyed(s);
     } else if (code == 0) {
         step_commit(s);
@@ -212,7 +227,7 @@ on_step_timeout(uv_timer_t *t)
 {
     struct sb *s = t->data;
     s->step->timed_out = true;
-    struct sbx_sandbox_ref ref = sbx_spawner_ref_of(s);
+    struct sbx_sandbox_ref ref = sbx_spawner_ref(s);
     int pidfd = sbx_sandbox_kill(&ref); /* its exit comes as SIGCHLD */
     if (pidfd >= 0)
         close(pidfd);
@@ -241,17 +256,14 @@ sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archi
     char *layers[SBX_LAYERS_MAX];
     size_t n_layers = 0;
     int ok = sbx_spawner_layer_paths(m, layers, &n_layers, &err);
-    if (ok == 0 && sbx_layer_exists(sbx_sp.cfg->state_dir, m->layer_key))
+    if (ok == 0 && sbx_layer_exists(sbx_spawner_cfg()->state_dir, m->layer_key))
         ok = sbx_error_set(&err, SBX_ALREADY_EXISTS, 0, "layer %s exists", m->layer_key);
-    if (ok == 0)
-        ok = sbx_spawner_spawn_allowed(m, config_fd, &err);
-    if (ok < 0) {
+    struct sb *s = ok < 0 ? NULL : sbx_spawner_spawn_target(m, config_fd, &err);
+    if (s == NULL) {
         sbx_spawner_free_paths(layers, n_layers);
-        sbx_spawner_reply_error(m->seq, err);
+        sbx_spawner_reply(m->seq, err);
         return;
     }
-    struct sb *s = sbx_spawner_sb_new(m->id);
-    s->slot = (int)m->uid_slot;
     s->seq = m->seq;
     s->phase = SB_SPAWNING;
     struct step *st = calloc(1, sizeof(*st));
@@ -260,7 +272,7 @@ sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archi
     s->step = st;
     st->seq = m->seq;
     st->out_fd = st->commit_fd = -1;
-    st->uid_base = sbx_sp.cfg->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT;
+    st->uid_base = sbx_spawner_cfg()->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT;
     snprintf(st->key, sizeof(st->key), "%s", m->layer_key);
     int out[2] = {-1, -1};
     _cleanup_close_ int in = archive_fd >= 0 ? reopen_archive(archive_fd, &err) : -1;
@@ -269,58 +281,44 @@ sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archi
                                        mark_step(s, &err) < 0
                                    ? -1
                                    : sbx_spawner_copy_config(config_fd, &err);
-    if (conf < 0 || pipe2(out, O_CLOEXEC) < 0) {
-        if (conf >= 0)
-            sbx_error_sys(&err, errno, "pipe");
+    if (conf >= 0 && pipe2(out, O_CLOEXEC) < 0) {
+        sbx_error_sys(&err, errno, "pipe");
+        close(conf);
+        conf = -1;
+    }
+    /* A step reaches the internet as a sandbox of the default network does, with no egress
+     * rules (E2B's build steps install packages): a step's message carries none. */
+    const struct sbx_net_config *net = sbx_spawner_cfg()->net;
+    if (conf < 0 || (net && sbx_spawner_net_policy(net, s->slot, m, &err) < 0)) {
         sbx_spawner_free_paths(layers, n_layers);
-        sbx_spawner_reply_error(m->seq, err);
-        struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
-        _cleanup_error_ struct sbx_error *ignored = NULL;
-        sbx_sandbox_destroy(&ref, &ignored);
-        sbx_spawner_sb_drop(s);
+        sbx_spawner_spawn_refused(s, err);
         return;
     }
     st->out_fd = out[0];
     fcntl(out[0], F_SETFL, O_NONBLOCK);
     char *const argv[] = {"sbx", "agent", "--step", NULL};
-    char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                          "LANG=C.UTF-8", NULL};
-    /* No disk image: the step's writable layer is a dir of the state dir, which becomes the
-     * new layer when it succeeds (sbx_sandbox_commit). */
-    struct sbx_sandbox_plan plan = {
-        .id = s->id,
-        .sandbox_dir = s->dir,
-        .layers = (const char *const *)layers,
-        .n_layers = n_layers,
-        .disks_dir = sbx_sp.disks_dir,
-        .host_uid_base = st->uid_base,
-        .limits = {.memory_bytes = m->memory_bytes,
-                   .pids_max = (uint32_t)m->pids_max,
-                   .cpu_millis = (uint32_t)m->cpu_millis},
-        .hostname = "e2b.local",
-        .relaxed = sbx_sp.cfg->relaxed,
-        .agent_listen_fd = out[1],
-        .agent_config_fd = conf,
-        .agent_stdin_fd = in,
-        .exe_fd = sbx_sp.exe_fd,
-        .argv = argv,
-        .envp = envp,
-    };
+    /* No disk image (a step's message has no disk size): the step's writable layer is a dir
+     * of the state dir, which becomes the new layer when it succeeds (sbx_sandbox_commit). */
+    struct sbx_sandbox_plan plan;
+    sbx_spawner_plan_init(&plan, s, m, layers, n_layers);
+    plan.agent_listen_fd = out[1];
+    plan.agent_config_fd = conf;
+    plan.agent_stdin_fd = in;
+    plan.argv = argv;
     int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
     close(out[1]);
     sbx_spawner_free_paths(layers, n_layers);
     if (rc < 0) {
         sbx_log_warn("build_step", "sandbox=%s error=\"%s\"", s->id, err->msg);
-        sbx_spawner_reply_error(m->seq, err);
-        sbx_spawner_sb_drop(s);
+        sbx_spawner_spawn_refused(s, err);
         return;
     }
     sbx_spawner_watch_spawn(s);
-    uv_poll_init(sbx_sp.loop, &st->out_poll, st->out_fd);
-    sbx_spawner_sb_handle_init(s, (uv_handle_t *)&st->out_poll);
+    uv_poll_init(sbx_spawner_loop(), &st->out_poll, st->out_fd);
+    step_handle_init(s, (uv_handle_t *)&st->out_poll);
     uv_poll_start(&st->out_poll, UV_READABLE, on_step_output);
-    uv_timer_init(sbx_sp.loop, &st->timer);
-    sbx_spawner_sb_handle_init(s, (uv_handle_t *)&st->timer);
+    uv_timer_init(sbx_spawner_loop(), &st->timer);
+    step_handle_init(s, (uv_handle_t *)&st->timer);
     uv_timer_start(&st->timer, on_step_timeout, m->timeout_ms, 0);
 }
 
@@ -361,7 +359,8 @@ static int
 gc_work(void *ud, int32_t *value, struct sbx_error **err)
 {
     struct gc *g = ud;
-    int n = sbx_layers_gc(sbx_sp.cfg->state_dir, (const char *const *)g->keep.v, g->keep.n, err);
+    int n =
+        sbx_layers_gc(sbx_spawner_cfg()->state_dir, (const char *const *)g->keep.v, g->keep.n, err);
     *value = n;
     return n < 0 ? -1 : 0;
 }
@@ -425,7 +424,7 @@ sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd)
     const char *const *builtin = sbx_builtin_layers(&nb);
     for (size_t i = 0; i < nb; i++)
         keys_add(&g->keep, builtin[i], SBX_LAYER_KEY_LEN);
-    for (struct sb *s = sbx_sp.sbs; s; s = s->next) {
+    for (struct sb *s = sbx_spawner_first(); s; s = s->next) {
         char path[4096], keys[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN];
         snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
         _cleanup_close_ int lfd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -436,35 +435,58 @@ sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd)
     _cleanup_error_ struct sbx_error *err = NULL;
     g->fd = job_fork(gc_work, g, &g->pid, &err);
     if (g->fd < 0) {
-        sbx_spawner_reply_error(m->seq, err);
+        sbx_spawner_reply(m->seq, err);
         sbx_spawner_free_paths(g->keep.v, g->keep.n);
         free(g->keep.v);
         free(g);
         return;
     }
-    uv_poll_init(sbx_sp.loop, &g->poll, g->fd);
+    uv_poll_init(sbx_spawner_loop(), &g->poll, g->fd);
     g->poll.data = g;
     uv_poll_start(&g->poll, UV_READABLE, on_gc_done);
 }
 
-void
-sbx_spawner_step_close(struct sb *s)
+static void
+step_free(struct step *st)
 {
-    sbx_spawner_sb_handle_close(s, (uv_handle_t *)&s->step->out_poll);
-    sbx_spawner_sb_handle_close(s, (uv_handle_t *)&s->step->timer);
-    sbx_spawner_sb_handle_close(s, (uv_handle_t *)&s->step->commit_poll);
-}
-
-void
-sbx_spawner_step_free(struct step *st)
-{
-    if (st == NULL)
-        return;
     if (st->out_fd >= 0)
         close(st->out_fd);
     if (st->commit_fd >= 0)
         close(st->commit_fd);
     free(st);
+}
+
+static void
+on_step_handle_closed(uv_handle_t *h)
+{
+    struct step *st = h->data;
+    if (--st->handles == 0)
+        step_free(st);
+}
+
+/* A handle of the step (initialised: it points at s, and not yet closing) closes, and points
+ * at the step from now on: s may be freed before the close completes. */
+static void
+step_handle_close(const struct sb *s, struct step *st, uv_handle_t *h)
+{
+    if (h->data != s || uv_is_closing(h))
+        return;
+    h->data = st;
+    uv_close(h, on_step_handle_closed);
+}
+
+void
+sbx_spawner_step_close(struct sb *s)
+{
+    struct step *st = s->step;
+    s->step = NULL;
+    if (st->handles == 0) {
+        step_free(st);
+        return;
+    }
+    step_handle_close(s, st, (uv_handle_t *)&st->out_poll);
+    step_handle_close(s, st, (uv_handle_t *)&st->timer);
+    step_handle_close(s, st, (uv_handle_t *)&st->commit_poll);
 }
 
 /* ---- Debian roots (fromDebianImage) ---- */
@@ -514,7 +536,7 @@ static int
 debian_work(void *ud, int32_t *value, struct sbx_error **err)
 {
     struct debian *d = ud;
-    const char *state = sbx_sp.cfg->state_dir;
+    const char *state = sbx_spawner_cfg()->state_dir;
     char tmp[4096], script[4200], logp[4200], hook[4400];
     _cleanup_free_ char *dst = sbx_layer_path(state, d->key);
     snprintf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/.new-%s", state, d->key);
@@ -608,19 +630,19 @@ on_debian_done(uv_poll_t *h, int status, int events)
         sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "%s", r.message);
         /* Whatever the failed run left (a half-made root) goes. */
         struct sbx_error *ignored = NULL;
-        if (sbx_layer_drop_unfinished(sbx_sp.cfg->state_dir, d->key, &ignored) < 0)
+        if (sbx_layer_drop_unfinished(sbx_spawner_cfg()->state_dir, d->key, &ignored) < 0)
             sbx_error_free(ignored);
     }
     sbx_log_info("debian_layer", "suite=%s layer=%s ok=%d", d->suite, d->key, r.code == SBX_OK);
-    sbx_spawner_reply_error(d->seq, err);
+    sbx_spawner_reply(d->seq, err);
     uv_close((uv_handle_t *)h, debian_free);
 }
 
 void
 sbx_spawner_debian_layer(const struct sbx_spawner_msg *m)
 {
-    if (sbx_layer_exists(sbx_sp.cfg->state_dir, m->layer_key)) {
-        sbx_spawner_reply_error(m->seq, NULL);
+    if (sbx_layer_exists(sbx_spawner_cfg()->state_dir, m->layer_key)) {
+        sbx_spawner_reply(m->seq, NULL);
         return;
     }
     for (struct debian *o = debians; o; o = o->next)
@@ -640,14 +662,14 @@ sbx_spawner_debian_layer(const struct sbx_spawner_msg *m)
     _cleanup_error_ struct sbx_error *err = NULL;
     d->fd = job_fork(debian_work, d, &d->pid, &err);
     if (d->fd < 0) {
-        sbx_spawner_reply_error(m->seq, err);
+        sbx_spawner_reply(m->seq, err);
         free(d);
         return;
     }
     sbx_log_info("debian_layer", "suite=%s layer=%s action=\"mmdebstrap\"", d->suite, d->key);
     d->next = debians;
     debians = d;
-    uv_poll_init(sbx_sp.loop, &d->poll, d->fd);
+    uv_poll_init(sbx_spawner_loop(), &d->poll, d->fd);
     d->poll.data = d;
     uv_poll_start(&d->poll, UV_READABLE, on_debian_done);
 }

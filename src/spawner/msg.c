@@ -9,12 +9,16 @@
 #define HEADER_LEN 8
 #define FIELD_HDR  4
 
-enum kind { STR, U64, I64 };
+enum kind { STR, U64, I64, RANGES };
 
 /* Which ops a field may appear in, and which need it. */
 #define IN_SPAWN   (1ull << SBX_SPAWNER_SPAWN)
 #define IN_DESTROY (1ull << SBX_SPAWNER_DESTROY)
 #define IN_STATS   (1ull << SBX_SPAWNER_STATS)
+#define IN_PAUSE   (1ull << SBX_SPAWNER_FREEZE | 1ull << SBX_SPAWNER_THAW | 1ull << SBX_SPAWNER_STOP)
+#define IN_VOLUME  (1ull << SBX_SPAWNER_VOLUME_CREATE | 1ull << SBX_SPAWNER_VOLUME_DELETE)
+#define IN_POLICY  (1ull << SBX_SPAWNER_NET_POLICY)
+#define IN_PORTS   (1ull << SBX_SPAWNER_NET_PORTS)
 #define IN_REPLY   (1ull << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
 #define IN_STEP    (1ull << SBX_SPAWNER_BUILD_STEP)
 #define IN_LOG     (1ull << SBX_SPAWNER_STEP_LOG)
@@ -25,11 +29,12 @@ struct field {
     uint8_t tag;
     enum kind kind;
     size_t off;
-    size_t cap;   /* STR: buffer size (max length + 1) */
+    size_t cap;   /* STR: buffer size (max length + 1); RANGES: max count */
     uint64_t min; /* U64/I64: bounds */
     uint64_t max;
     uint64_t allowed, required; /* by op_bit(op) */
     bool stat;                  /* a counter of a STATS reply: sets has_stats */
+    size_t count_off;           /* RANGES: where the count goes */
 };
 
 #define OFF(f) offsetof(struct sbx_spawner_msg, f)
@@ -41,20 +46,26 @@ struct field {
     {                                                                                              \
         t, U64, OFF(f), 8, lo, hi, a, r, false                                                     \
     }
+#define RANGES_F(t, f, a)                                                                          \
+    {                                                                                              \
+        t, RANGES, OFF(f), SBX_NET_MAX_RULES, 0, 0, a, 0, false, OFF(n_##f)                        \
+    }
 #define STAT_F(t, f)                                                                               \
     {                                                                                              \
         t, U64, OFF(stats.f), 8, 0, UINT64_MAX, IN_REPLY, 0, true                                  \
     }
 
 static const struct field fields[] = {
-    STR_F(1, id, IN_RUN | IN_DESTROY | IN_STATS, IN_RUN | IN_DESTROY | IN_STATS),
+    STR_F(1, id, IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY,
+          IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY),
     STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
     U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_RUN, IN_RUN),
     /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
     U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_RUN, IN_RUN),
     U64_F(5, pids_max, 8, 1 << 22, IN_RUN, IN_RUN),
     U64_F(6, cpu_millis, 10, 1024 * 1000, IN_RUN, IN_RUN),
-    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN, IN_SPAWN),
+    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN | 1ull << SBX_SPAWNER_VOLUME_CREATE,
+          IN_SPAWN | 1ull << SBX_SPAWNER_VOLUME_CREATE),
     {8, I64, OFF(pid), 8, 0, 1 << 22, IN_REPLY, 0, false},
     U64_F(9, start_time, 0, UINT64_MAX, IN_REPLY, 0),
     U64_F(10, code, SBX_OK, SBX_UNAUTHENTICATED, IN_REPLY, IN_REPLY),
@@ -67,6 +78,15 @@ static const struct field fields[] = {
     STAT_F(17, oom_kills),
     STAT_F(18, pids_current),
     STAT_F(19, disk_used_bytes),
+    U64_F(40, reboot, 0, 1, IN_SPAWN, 0),
+    STR_F(41, volumes, IN_SPAWN, 0),
+    STAT_F(80, disk_total_bytes),
+    STAT_F(81, disk_fs_used_bytes),
+    RANGES_F(20, net_allow, IN_SPAWN | IN_POLICY),
+    RANGES_F(21, net_deny, IN_SPAWN | IN_POLICY),
+    U64_F(22, dns_port, 1, 65535, IN_PORTS, IN_PORTS),
+    U64_F(23, net_flags, 0, SBX_NET_PROXY_WEB | SBX_NET_PROXY_ALL, IN_SPAWN | IN_POLICY, 0),
+    U64_F(24, proxy_port, 0, 65535, IN_PORTS, 0),
     STR_F(60, layers, IN_RUN, IN_RUN),
     STR_F(61, layer_key, IN_STEP | IN_DEBIAN, IN_STEP | IN_DEBIAN),
     U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP, IN_STEP),
@@ -88,6 +108,9 @@ static bool
 valid_op(uint8_t op)
 {
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
+           op == SBX_SPAWNER_FREEZE || op == SBX_SPAWNER_THAW || op == SBX_SPAWNER_STOP ||
+           op == SBX_SPAWNER_VOLUME_CREATE || op == SBX_SPAWNER_VOLUME_DELETE ||
+           op == SBX_SPAWNER_NET_POLICY || op == SBX_SPAWNER_NET_PORTS ||
            op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG ||
            op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_DEBIAN_LAYER || op == SBX_SPAWNER_REPLY;
 }
@@ -115,6 +138,8 @@ is_set(const struct sbx_spawner_msg *m, const struct field *f)
     const char *base = (const char *)m + f->off;
     if (f->kind == STR)
         return base[0] != '\0';
+    if (f->kind == RANGES)
+        return *(const uint32_t *)((const char *)m + f->count_off) > 0;
     if (f->stat)
         return m->has_stats;
     uint64_t v;
@@ -139,8 +164,12 @@ sbx_spawner_msg_encode(const struct sbx_spawner_msg *m, void *buf, size_t cap)
         if (!(f->allowed & op_bit(m->op)) || !is_set(m, f))
             continue;
         const char *src = (const char *)m + f->off;
-        size_t len = f->kind == STR ? strnlen(src, f->cap) : 8;
-        if (len >= f->cap && f->kind == STR)
+        uint32_t count =
+            f->kind == RANGES ? *(const uint32_t *)((const char *)m + f->count_off) : 0;
+        size_t len = f->kind == STR      ? strnlen(src, f->cap)
+                     : f->kind == RANGES ? 8 * (size_t)count
+                                         : 8;
+        if ((len >= f->cap && f->kind == STR) || (f->kind == RANGES && count > f->cap))
             return -1;
         if (n + FIELD_HDR + len > cap)
             return -1;
@@ -150,6 +179,10 @@ sbx_spawner_msg_encode(const struct sbx_spawner_msg *m, void *buf, size_t cap)
         out[n + 3] = (uint8_t)(len >> 8);
         if (f->kind == STR) {
             memcpy(out + n + FIELD_HDR, src, len);
+        } else if (f->kind == RANGES) {
+            const struct sbx_ip4_range *r = (const struct sbx_ip4_range *)src;
+            for (uint32_t k = 0; k < count; k++)
+                put_u64(out + n + FIELD_HDR + 8 * k, (uint64_t)r[k].last << 32 | r[k].first);
         } else {
             uint64_t v;
             memcpy(&v, src, 8);
@@ -181,6 +214,22 @@ decode_field(const struct field *f, const uint8_t *v, size_t len, struct sbx_spa
         dst[len] = '\0';
         return 0;
     }
+    if (f->kind == RANGES) {
+        if (len == 0 || len % 8 != 0 || len / 8 > f->cap)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: bad list of ranges",
+                                 f->tag);
+        struct sbx_ip4_range *r = (struct sbx_ip4_range *)dst;
+        for (size_t i = 0; i < len / 8; i++) {
+            uint64_t x = get_u64(v + 8 * i);
+            r[i] = (struct sbx_ip4_range){(uint32_t)x, (uint32_t)(x >> 32)};
+        }
+        *(uint32_t *)((char *)m + f->count_off) = (uint32_t)(len / 8);
+        /* Sorted, disjoint and not adjacent: what nftables' interval sets take as is. */
+        if (!sbx_ip4_ranges_are_normal(r, len / 8))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: ranges not normalised",
+                                 f->tag);
+        return 0;
+    }
     if (len != 8)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "field %u: not 8 bytes", f->tag);
     uint64_t x = get_u64(v);
@@ -210,10 +259,51 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
     /* A suite goes on mmdebstrap's command line: a name, never an option or a path. */
     if (m->suite[0] && (!charset_ok(m->suite, ".-") || m->suite[0] == '-' || m->suite[0] == '.'))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad suite");
-    if (m->op == SBX_SPAWNER_SPAWN && m->disk_bytes % 4096 != 0)
+    if ((m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_VOLUME_CREATE) &&
+        m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
+    struct sbx_spawner_volume v[SBX_SANDBOX_MAX_VOLUMES];
+    size_t n;
+    if (m->volumes[0] && sbx_spawner_volumes_parse(m->volumes, v, &n, err) < 0)
+        return -1;
     if (m->op == SBX_SPAWNER_REPLY && m->code != SBX_OK && m->message[0] == '\0')
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "error reply without a message");
+    return 0;
+}
+
+int
+sbx_spawner_volumes_parse(const char *s, struct sbx_spawner_volume *out, size_t *n,
+                          struct sbx_error **err)
+{
+    *n = 0;
+    for (const char *line = s; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        const char *colon = memchr(line, ':', len);
+        size_t idlen = colon ? (size_t)(colon - line) : 0;
+        size_t plen = colon ? len - idlen - 1 : 0;
+        if (*n == SBX_SANDBOX_MAX_VOLUMES)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d volumes",
+                                 SBX_SANDBOX_MAX_VOLUMES);
+        struct sbx_spawner_volume *v = &out[*n];
+        if (idlen == 0 || idlen > SBX_SPAWNER_ID_MAX || plen == 0 || plen > SBX_VOLUME_PATH_MAX)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad volume line %zu", *n + 1);
+        memcpy(v->id, line, idlen);
+        v->id[idlen] = '\0';
+        memcpy(v->path, colon + 1, plen);
+        v->path[plen] = '\0';
+        if (!charset_ok(v->id, NULL))
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volume %zu: bad id", *n + 1);
+        (*n)++;
+        line = end ? end + 1 : line + len;
+    }
+    const char *paths[SBX_SANDBOX_MAX_VOLUMES];
+    size_t bad;
+    for (size_t i = 0; i < *n; i++)
+        paths[i] = out[i].path;
+    const char *why = sbx_volume_paths_check(paths, *n, &bad);
+    if (why)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "volume %zu: %s", bad + 1, why);
     return 0;
 }
 

@@ -1,4 +1,4 @@
-/* The daemon's durable state: API keys and sandboxes, in one embedded SQLite database
+/* The daemon's durable state: API keys, sandboxes and volumes, in one embedded SQLite database
  * (WAL mode). Everything the daemon must remember across a restart lives here; nothing
  * lives only in memory.
  *
@@ -16,10 +16,12 @@
 
 #include "base/error.h"
 
-#define SBX_STORE_ID_MAX           64  /* sandbox ids are short lowercase alphanumerics */
-#define SBX_STORE_LIST_MAX         100 /* limit of one list page (GET /v2/sandboxes) */
-#define SBX_STORE_API_KEY_MAX      512 /* longest API key accepted by add/check */
-#define SBX_STORE_MAX_META_FILTERS 256 /* metadata pairs in one list query */
+#define SBX_STORE_ID_MAX           64           /* sandbox ids are short lowercase alphanumerics */
+#define SBX_STORE_LIST_MAX         100          /* limit of one list page (GET /v2/sandboxes) */
+#define SBX_STORE_API_KEY_MAX      512          /* longest API key accepted by add/check */
+#define SBX_STORE_API_KEY_NAME_MAX 64           /* longest name of a key */
+#define SBX_STORE_MAX_META_FILTERS 256          /* metadata pairs in one list query */
+#define SBX_STORE_SANDBOX_LOG_MAX  (512 * 1024) /* bytes of log lines kept per sandbox */
 
 struct sbx_store;
 
@@ -43,8 +45,29 @@ struct sbx_sandbox_rec {
                               * tells a live agent from a recycled pid after a restart */
     char *state;             /* "running" or "paused" */
     bool allow_internet;
-    bool auto_pause; /* at end_at: pause instead of kill */
-    bool pooled;     /* in a warm pool: no client's yet, never listed (see query) */
+    bool auto_pause;          /* at end_at: pause instead of kill */
+    bool pooled;              /* in a warm pool: no client's yet, never listed (see query); with
+                               * a volume mounted, that volume's content service (volumes.c) */
+    bool paused_memory;       /* paused in place, memory kept (else to its disk only) */
+    bool auto_pause_memory;   /* an automatic pause keeps memory (else to its disk only) */
+    bool auto_resume;         /* a request for it while paused resumes it */
+    int timeout_s;            /* asked at create: the timeout of an automatic resume */
+    char *volume_mounts_json; /* [{"name","path","volumeID"}], "[]" if none */
+    char *network_json;       /* network settings as the front end stores them; NULL: defaults */
+};
+
+/* A volume: storage that sandboxes mount (its data is the spawner's, in the state dir). */
+struct sbx_volume_rec {
+    char id[SBX_STORE_ID_MAX + 1];
+    char *name;  /* unique, [a-zA-Z0-9_-]+ */
+    char *token; /* the bearer token of its content API (a secret) */
+    int size_mb;
+    int64_t created_at_ms;
+};
+
+struct sbx_volume_list {
+    struct sbx_volume_rec **items;
+    size_t n;
 };
 
 struct sbx_sandbox_list {
@@ -61,13 +84,53 @@ struct sbx_sandbox_list {
 struct sbx_store *sbx_store_open(const char *path, struct sbx_error **err);
 void sbx_store_close(struct sbx_store *s);
 
-/* API keys are stored as SHA-256 hashes, never in clear. Adding a known key is a no-op. */
-int sbx_store_api_key_add(struct sbx_store *s, const char *key, struct sbx_error **err);
-/* True iff key is one of the stored keys. Every stored hash is compared in constant time,
- * with no early exit. A database error answers false (deny). */
-bool sbx_store_api_key_check(struct sbx_store *s, const char *key);
-/* Number of stored keys, or -1 with *err. */
+/* API keys: named, admin or not, revocable. Stored as SHA-256 hashes, never in clear; what
+ * the store keeps of the key itself is its mask (type prefix, 2 and 4 characters). */
+struct sbx_api_key {
+    char id[37];         /* a random UUID */
+    char *name;          /* malloc'd */
+    char type[8];        /* "e2b_": the key up to its first '_', "" if none */
+    char mask_prefix[4]; /* the 2 characters after the type, "" for a key of before names */
+    char mask_suffix[8]; /* the last 4 characters */
+    int length;          /* characters after the type */
+    bool admin;          /* may manage keys and read /metrics */
+    int64_t created_at_ms;
+    int64_t last_used_at_ms; /* 0: never (updated at most once a minute) */
+    int64_t revoked_at_ms;   /* 0: valid */
+};
+struct sbx_api_key_list {
+    struct sbx_api_key *items;
+    size_t n;
+};
+/* Who a valid key is. */
+struct sbx_api_key_auth {
+    char id[37];
+    bool admin;
+};
+
+/* Adds key under name; *out (may be NULL) gets its record. A key already known, valid or
+ * revoked: SBX_ALREADY_EXISTS (a revoked key is never valid again). */
+int sbx_store_api_key_add(struct sbx_store *s, const char *key, const char *name, bool admin,
+                          struct sbx_api_key *out, struct sbx_error **err);
+/* True iff key is a valid (stored, unrevoked) key; *who (may be NULL) says which. Every
+ * stored hash is compared in constant time, with no early exit. A database error answers
+ * false (deny). */
+bool sbx_store_api_key_check(struct sbx_store *s, const char *key, struct sbx_api_key_auth *who);
+/* The record of key, valid or revoked; SBX_NOT_FOUND if it was never added. */
+int sbx_store_api_key_find(struct sbx_store *s, const char *key, struct sbx_api_key *out,
+                           struct sbx_error **err);
+int sbx_store_api_key_touch(struct sbx_store *s, const char *id, int64_t now_ms,
+                            struct sbx_error **err);
+/* The valid keys, oldest first. */
+int sbx_store_api_key_list(struct sbx_store *s, struct sbx_api_key_list **out,
+                           struct sbx_error **err);
+/* Revokes the valid key id at once: SBX_NOT_FOUND if there is none, SBX_FAILED_PRECONDITION
+ * if it is the last valid admin key (nobody could manage keys any more). Atomic against
+ * concurrent revocations. */
+int sbx_store_api_key_revoke(struct sbx_store *s, const char *id, struct sbx_error **err);
+/* Number of keys ever added (revoked ones included), or -1 with *err. */
 int64_t sbx_store_api_key_count(struct sbx_store *s, struct sbx_error **err);
+void sbx_api_key_list_free(struct sbx_api_key_list *l);
 
 /* Daemon settings, string to string. get sets *value to a malloc'd string, or NULL when the
  * key was never set. */
@@ -88,13 +151,20 @@ int sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t
 int sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid,
                                  uint64_t pid_start_time, struct sbx_error **err);
 /* Hands a pooled sandbox to a client: its row takes r's template, alias, metadata, env vars,
- * tokens, times and options and is listed from now on. SBX_NOT_FOUND unless r->id is a
- * pooled row. */
+ * tokens, times and options (the timeout policy too) and is listed from now on. SBX_NOT_FOUND
+ * unless r->id is a pooled row. */
 int sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                             struct sbx_error **err);
-/* state is "running" or "paused" (anything else: SBX_INVALID_ARGUMENT). */
-int sbx_store_sandbox_update_state(struct sbx_store *s, const char *id, const char *state,
-                                   struct sbx_error **err);
+/* Paused (memory: in place, else to its disk) or running again, with its new end_at (while
+ * paused, the time it was paused). */
+int sbx_store_sandbox_set_paused(struct sbx_store *s, const char *id, bool paused, bool memory,
+                                 int64_t end_at_ms, struct sbx_error **err);
+/* Pause (true) or kill at end_at, as the deprecated resume's autoPause asks. */
+int sbx_store_sandbox_set_auto_pause(struct sbx_store *s, const char *id, bool auto_pause,
+                                     struct sbx_error **err);
+/* The sandbox's network settings (PUT /sandboxes/{id}/network). */
+int sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow_internet,
+                                     const char *network_json, struct sbx_error **err);
 int sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
 /* Every sandbox, oldest first (the daemon's startup recovery walks it). */
 int sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,
@@ -131,6 +201,51 @@ int sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q
  * sandbox's slot is reused once its row is deleted). All used: SBX_RESOURCE_EXHAUSTED. */
 int sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err);
 
+/* Sandbox logs: a log is opened when its sandbox is created, gets lines (logfmt text, each
+ * with its time and its source: "agent" or "daemon") while it runs and when it ends, is
+ * closed at the end and pruned later. At most SBX_STORE_SANDBOX_LOG_MAX bytes of lines per
+ * sandbox; lines beyond are dropped. */
+struct sbx_log_line {
+    int64_t ts_ms;
+    char *source;
+    char *line;
+};
+struct sbx_log_lines {
+    struct sbx_log_line *items; /* oldest first */
+    size_t n;
+    int64_t ended_at_ms; /* 0: the sandbox still runs */
+};
+int sbx_store_log_open(struct sbx_store *s, const char *id, const char *template_id,
+                       int64_t started_at_ms, struct sbx_error **err);
+/* lines[i].source is ignored: source applies to all. SBX_NOT_FOUND for a log never opened. */
+int sbx_store_log_append(struct sbx_store *s, const char *id, const char *source,
+                         const struct sbx_log_line *lines, size_t n, struct sbx_error **err);
+int sbx_store_log_close(struct sbx_store *s, const char *id, int64_t ended_at_ms,
+                        struct sbx_error **err);
+/* The whole log of id; SBX_NOT_FOUND if there is none (never created, or pruned). */
+int sbx_store_log_get(struct sbx_store *s, const char *id, struct sbx_log_lines **out,
+                      struct sbx_error **err);
+/* Deletes the logs of sandboxes that ended before ended_before_ms, then, oldest end first,
+ * those beyond max_total_bytes in all; *pruned: how many logs went. */
+int sbx_store_log_prune(struct sbx_store *s, int64_t ended_before_ms, int64_t max_total_bytes,
+                        int *pruned, struct sbx_error **err);
+void sbx_log_lines_free(struct sbx_log_lines *l);
+/* Volumes. insert: a taken name is SBX_ALREADY_EXISTS ("Volume with name '<n>' already
+ * exists"). get: by id, or by name when id is NULL; SBX_NOT_FOUND. list: oldest first. */
+int sbx_store_volume_insert(struct sbx_store *s, const struct sbx_volume_rec *v,
+                            struct sbx_error **err);
+int sbx_store_volume_get(struct sbx_store *s, const char *id, const char *name,
+                         struct sbx_volume_rec **out, struct sbx_error **err);
+int sbx_store_volume_list(struct sbx_store *s, struct sbx_volume_list **out,
+                          struct sbx_error **err);
+int sbx_store_volume_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
+/* The id of a client's sandbox (running or paused) that mounts the volume into sandbox_id, ""
+ * if none does. */
+int sbx_store_volume_user(struct sbx_store *s, const char *volume_id,
+                          char sandbox_id[SBX_STORE_ID_MAX + 1], struct sbx_error **err);
+void sbx_volume_rec_free(struct sbx_volume_rec *v);
+void sbx_volume_list_free(struct sbx_volume_list *l);
+
 void sbx_sandbox_rec_free(struct sbx_sandbox_rec *rec);
 void sbx_sandbox_list_free(struct sbx_sandbox_list *list);
 
@@ -144,6 +259,18 @@ sbx_sandbox_list_freep(struct sbx_sandbox_list **list)
 {
     sbx_sandbox_list_free(*list);
 }
+static inline void
+sbx_volume_rec_freep(struct sbx_volume_rec **v)
+{
+    sbx_volume_rec_free(*v);
+}
+static inline void
+sbx_volume_list_freep(struct sbx_volume_list **l)
+{
+    sbx_volume_list_free(*l);
+}
+#define _cleanup_volume_rec_   __attribute__((cleanup(sbx_volume_rec_freep)))
+#define _cleanup_volume_list_  __attribute__((cleanup(sbx_volume_list_freep)))
 #define _cleanup_sandbox_rec_  __attribute__((cleanup(sbx_sandbox_rec_freep)))
 #define _cleanup_sandbox_list_ __attribute__((cleanup(sbx_sandbox_list_freep)))
 

@@ -6,8 +6,9 @@
 #
 # Differences from E2B's image, and why: Python is Debian's 3.13 (E2B: python:3.13 from
 # Docker Hub, not reachable here); Node.js 20 and R 4.5 come from Debian (E2B: NodeSource and
-# CRAN); IRkernel is Debian's r-cran-irkernel; JavaScript and TypeScript run on tslab from npm
-# (E2B: its ijavascript fork from GitHub); Java is JDK 21 with sbx's own JShell kernel on
+# CRAN); IRkernel is Debian's r-cran-irkernel; JavaScript and TypeScript run on sbx's own
+# kernel (src/jupyter/javascript: E2B's semantics on Babel and zeromq from npm; E2B: its
+# ijavascript fork from GitHub); Java is JDK 21 with sbx's own JShell kernel on
 # jjava-jupyter's plumbing from Maven Central (E2B: JDK 11 and IJava from GitHub). Kernels
 # are started by the sbx agent, not by a Jupyter server.
 export DEBIAN_FRONTEND=noninteractive PIP_DEFAULT_TIMEOUT=100 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -37,11 +38,16 @@ pip install -q --no-warn-script-location --target "$PREFIX/python" --no-deps \
 pip install -q --no-warn-script-location 'pexpect>=4.8' 'filetype>=1.2' 'pydantic>=2.9,<3'
 install -m 0644 "$DEF/src/jupyter/python/sbx_e2b.py" "$PREFIX/python/sbx_e2b.py"
 
-step "JavaScript and TypeScript kernel (tslab) under $PREFIX/node"
-mkdir -p "$PREFIX/node"
-# Nested: tslab finds @types/node only under its own node_modules.
-npm install --prefix "$PREFIX/node" --no-audit --no-fund --loglevel=error \
-    --install-strategy=nested tslab@1.0.22
+step "JavaScript and TypeScript kernel under $PREFIX/javascript"
+# src/jupyter/javascript: kernel.js and transform.js, and its npm packages pinned by its
+# package-lock.json (Babel for the transform, zeromq with its prebuilt binaries).
+js=$PREFIX/javascript
+mkdir -p "$js"
+install -m 0644 "$DEF/src/jupyter/javascript/package.json" \
+    "$DEF/src/jupyter/javascript/package-lock.json" "$js/"
+(cd "$js" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+install -m 0644 "$DEF/src/jupyter/javascript/kernel.js" "$DEF/src/jupyter/javascript/transform.js" \
+    "$js/"
 
 step "Java kernel under $PREFIX/java"
 # Our kernel (src/jupyter/java/SbxJavaKernel.java) runs on jjava-jupyter's Jupyter plumbing;

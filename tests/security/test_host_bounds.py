@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from e2b import CommandExitException, Sandbox
+from e2b import CommandExitException, Sandbox, SandboxException
 
 from conftest import Daemon, _binary
 from helpers import wait_for
@@ -252,14 +252,35 @@ PTRACE_PROBE = """
 """
 
 
-@pytest.mark.parametrize("user", ["root", "user"])
-def test_agent_cannot_be_traced_or_read(sbx, user):
-    got = run_py(sbx, PTRACE_PROBE, user=user)
-    print(f"as {user}: {got}")
+def assert_agent_out_of_reach(got):
     assert got["ptrace_seize"] == errno.EPERM
     for k in ("mem", "environ", "exe", "fd_link", "fd_open"):
         assert got[k] in (errno.EACCES, errno.EPERM), f"/proc/1/{k}: errno {got[k]}"
     assert got["pidfd_getfd"] == errno.EPERM
+
+
+@pytest.mark.parametrize("user", ["root", "user"])
+def test_agent_cannot_be_traced_or_read(sbx, user):
+    got = run_py(sbx, PTRACE_PROBE, user=user)
+    print(f"as {user}: {got}")
+    assert_agent_out_of_reach(got)
+
+
+def test_agent_out_of_reach_of_kernels(sbx_daemon):
+    """Kernels run as sandbox root, as E2B's do: from a cell, PID 1 is as far out of reach as
+    from a command run as root."""
+    from e2b_code_interpreter import Sandbox as CodeSandbox
+
+    s = CodeSandbox.create(timeout=120)
+    try:
+        ex = s.run_code(textwrap.dedent(PTRACE_PROBE))
+        assert ex.error is None, ex.error
+        assert s.run_code("import os; os.getuid()").text == "0"
+        got = json.loads("".join(ex.logs.stdout).strip().splitlines()[-1])
+        print(f"from a Python kernel: {got}")
+        assert_agent_out_of_reach(got)
+    finally:
+        s.kill()
 
 
 def test_agent_binary_is_no_host_path(sbx):
@@ -284,6 +305,38 @@ def test_agent_binary_is_no_host_path(sbx):
     exe = os.readlink(agent / "exe")
     print(f"agent exe on the host: {exe}")
     assert exe.startswith("/memfd:sbx")
+
+
+def test_uploads_through_hostile_symlinks_never_write_the_agent(sandbox):
+    """Uploads and MakeDir write as sandbox root on the user's behalf, as envd does. A user's
+    symlinks into the agent's own /proc entries (which the kernel opens to the agent whatever
+    their owner, though sandbox root cannot write them) or through /proc magic links are
+    refused for every user, and the agent is unchanged; a symlink to a root directory is
+    followed as on E2B, and only what the upload makes there is handed to the user."""
+    home = "/home/user"
+    r = run(sandbox, "ln -s /proc/1/oom_score_adj ~/oom && ln -s /proc/self ~/me && "
+                     "ln -s /proc/1/task ~/tasks && ln -s /proc/1/fd ~/fds && "
+                     "ln -s /proc/1/root ~/root1 && ln -s /etc ~/etc && cat /proc/1/oom_score_adj")
+    assert r.exit_code == 0, r.stderr
+    before = r.stdout
+    tid = run(sandbox, "ls /proc/1/task | head -n1").stdout.strip() or "1"
+    for user in ("user", "root"):
+        for path in [f"{home}/oom", f"{home}/me/oom_score_adj", f"{home}/me/mem",
+                     f"{home}/tasks/{tid}/oom_score_adj", f"{home}/fds/0", f"{home}/root1/tmp/x",
+                     f"{home}/me/sbx-new/x"]:
+            with pytest.raises(SandboxException) as ei:
+                sandbox.files.write(path, "-1000", user=user)
+            print(f"{user} {path}: {ei.value}")
+        with pytest.raises(SandboxException):
+            sandbox.files.make_dir(f"{home}/me/sbx-dir", user=user)
+    after = run(sandbox, f"cat /proc/1/oom_score_adj; ls -l {home}/oom {home}/me | cut -c1")
+    assert after.stdout == before + "l\nl\n", after.stdout
+    assert not sandbox.files.exists("/tmp/x")
+    # A link to a root directory: written through, as on E2B; /etc stays root's.
+    sandbox.files.write("etc/sbx-probe/x.txt", "x")
+    st = run(sandbox, "stat -c '%n %U %a' /etc /etc/sbx-probe /etc/sbx-probe/x.txt").stdout
+    assert st.split("\n")[:3] == ["/etc root 755", "/etc/sbx-probe user 755",
+                                   "/etc/sbx-probe/x.txt user 644"], st
 
 
 # -- 5. kernel attack surface ----------------------------------------------------------------
@@ -348,7 +401,10 @@ def test_two_daemons_never_share_host_uids(sbx, tmp_path):
         try:
             a, b = uid_base_of(sbx), uid_base_of(s2)
             print(f"host uid base: first daemon {a}, second daemon {b}")
-            assert abs(a - b) >= 4096 * 65536, "the two daemons' uid blocks overlap"
+            # Blocks of 2^28 uids from 2^30 (src/sandbox/uids.c); each sandbox's range sits
+            # at its own slot within its daemon's block.
+            assert (a - (1 << 30)) >> 28 != (b - (1 << 30)) >> 28, \
+                "the two daemons' uid blocks overlap"
         finally:
             Sandbox.kill(s2.sandbox_id, api_key=other.api_key, api_url=other.url)
     finally:

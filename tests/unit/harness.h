@@ -12,6 +12,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* Under ASan, LeakSanitizer runs at exit, which a forked test skips (_exit): each test
+ * checks for leaks itself before it exits, and so can a process a test forks. A leak
+ * fails the test. gcc says ASan with __SANITIZE_ADDRESS__, clang with __has_feature. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SBX_TEST_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(SBX_TEST_ASAN)
+#include <sanitizer/lsan_interface.h>
+#define sbx_test_leak_check() __lsan_do_leak_check()
+#else
+#define sbx_test_leak_check() ((void)0)
+#endif
+
 struct sbx_test {
     const char *name;
     void (*fn)(void);
@@ -69,6 +84,7 @@ sbx_test_main(int timeout_s)
         if (pid == 0) {
             alarm((unsigned)timeout_s);
             sbx_tests[i].fn();
+            sbx_test_leak_check();
             _exit(0);
         }
         int st = 0;

@@ -193,11 +193,13 @@ on_front(struct sbx_http_req *req, void *ud)
     } else if (strcmp(p, "/q") == 0) {
         query_route(req);
     } else if (strncmp(p, "/proxy/", 7) == 0) {
-        sbx_http_proxy(req, g_up_path, unreachable);
+        sbx_http_proxy(req, &(struct sbx_http_proxy_opts){.unix_path = g_up_path,
+                                                          .on_unreachable = unreachable});
     } else if (strncmp(p, "/proxy-bad/", 11) == 0) {
         char bad[160];
         snprintf(bad, sizeof(bad), "%s/nobody-listens", g_dir);
-        sbx_http_proxy(req, bad, unreachable);
+        sbx_http_proxy(
+            req, &(struct sbx_http_proxy_opts){.unix_path = bad, .on_unreachable = unreachable});
     } else {
         sbx_http_respond_error(req, 404, "no route");
     }

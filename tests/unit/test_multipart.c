@@ -51,9 +51,18 @@ on_end(void *ud, struct sbx_error **err)
 
 static const struct sbx_multipart_callbacks cbs = {on_begin, on_data, on_end};
 
+static void
+rec_fini(struct rec *r)
+{
+    for (int i = 0; i < 8; i++)
+        sbx_buf_fini(&r->data[i]);
+}
+
+/* r is zeroed or holds an earlier run's record, which is freed first. */
 static int
 run(const char *boundary, const char *body, size_t len, size_t step, struct rec *r)
 {
+    rec_fini(r);
     memset(r, 0, sizeof(*r));
     struct sbx_multipart *m = sbx_multipart_new(boundary, &cbs, r);
     struct sbx_error *e = NULL;
@@ -83,8 +92,8 @@ static const char two_parts[] =
 
 TEST(two_parts_any_split)
 {
+    struct rec r = {0};
     for (size_t step = 1; step <= sizeof(two_parts); step++) {
-        struct rec r;
         /* A "--XyZ" inside the body followed by anything else is a malformed boundary line. */
         int rc = run("XyZ", two_parts, sizeof(two_parts) - 1, step, &r);
         CHECK(rc < 0);
@@ -100,7 +109,6 @@ TEST(two_parts_any_split)
         "ignored"
         "\r\n--XyZ--";
     for (size_t step = 1; step <= sizeof(ok); step++) {
-        struct rec r;
         CHECK(run("XyZ", ok, sizeof(ok) - 1, step, &r) == 0);
         CHECK(r.parts == 2 && r.ended == 2);
         CHECK_STR(r.names[0], "file");
@@ -109,24 +117,24 @@ TEST(two_parts_any_split)
         CHECK_STR(r.names[1], "other");
         CHECK_STR(r.files[1], "(none)");
         CHECK(r.data[1].len == 7);
-        for (int i = 0; i < 2; i++)
-            sbx_buf_fini(&r.data[i]);
     }
+    rec_fini(&r);
 }
 
 TEST(empty_part_and_no_headers)
 {
     static const char b[] = "--b\r\nContent-Disposition: form-data; name=file; filename=e\r\n\r\n"
                             "\r\n--b\r\n\r\nx\r\n--b--";
-    struct rec r;
+    struct rec r = {0};
     CHECK(run("b", b, sizeof(b) - 1, 3, &r) == 0);
     CHECK(r.parts == 2 && r.data[0].len == 0 && r.data[1].len == 1);
     CHECK_STR(r.names[1], "");
+    rec_fini(&r);
 }
 
 TEST(truncated_and_malformed)
 {
-    struct rec r;
+    struct rec r = {0};
     static const char trunc[] = "--b\r\nContent-Disposition: form-data; name=file\r\n\r\nabc";
     CHECK(run("b", trunc, sizeof(trunc) - 1, 5, &r) < 0);
     static const char nohead_end[] = "--b\r\nContent-Disposition: form-data";
@@ -138,6 +146,7 @@ TEST(truncated_and_malformed)
     CHECK(run("b", badq, sizeof(badq) - 1, 4, &r) < 0);
     CHECK(run("b", "", 0, 1, &r) < 0);
     CHECK(run("b", "nothing at all", 14, 1, &r) < 0);
+    rec_fini(&r);
 }
 
 TEST(head_limit)
@@ -147,8 +156,9 @@ TEST(head_limit)
     for (int i = 0; i < SBX_MULTIPART_MAX_HEAD; i++)
         sbx_buf_append(&b, "a", 1, 1 << 20);
     sbx_buf_printf(&b, "\r\n\r\nx\r\n--b--");
-    struct rec r;
+    struct rec r = {0};
     CHECK(run("b", b.data, b.len, 1000, &r) < 0);
+    rec_fini(&r);
     sbx_buf_fini(&b);
 }
 
@@ -158,10 +168,11 @@ TEST(filename_forms)
         "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\\\"q.txt\"\r\n\r\n\r\n"
         "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"plain\"; "
         "filename*=UTF-8''%C3%A9t%C3%A9.txt\r\n\r\n\r\n--b--\r\n";
-    struct rec r;
+    struct rec r = {0};
     CHECK(run("b", b, sizeof(b) - 1, 7, &r) == 0);
     CHECK_STR(r.files[0], "a\"q.txt");
     CHECK_STR(r.files[1], "\xC3\xA9t\xC3\xA9.txt");
+    rec_fini(&r);
 }
 
 TEST(big_body_bounded_slices)
@@ -174,10 +185,11 @@ TEST(big_body_bounded_slices)
     memset(body + n, '-', big);
     n += big;
     n += (size_t)sprintf(body + n, "\r\n--bnd--\r\n");
-    struct rec r;
+    struct rec r = {0};
     CHECK(run("bnd", body, n, 1u << 20, &r) == 0);
     CHECK(r.parts == 1 && r.ended == 1);
     CHECK(r.max_slice <= SBX_MULTIPART_SLICE + 16);
+    rec_fini(&r);
     free(body);
 }
 

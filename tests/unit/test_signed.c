@@ -17,6 +17,9 @@ static int computed;
 bool __real_sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,
                                      const char *user, const char *token, bool has_exp,
                                      int64_t exp);
+bool __wrap_sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,
+                                     const char *user, const char *token, bool has_exp,
+                                     int64_t exp);
 
 bool
 __wrap_sbx_signature_v1_matches(const char *sig, const char *path, const char *operation,
@@ -134,6 +137,8 @@ TEST(only_recent_proven_use_makes_a_candidate)
     CHECK(route("GET", last->rec->access_token, &cost) == last);
     sbx_live_remove(&d, old);
     CHECK(route("GET", old->rec->access_token, &cost) == NULL);
+    sbx_sandbox_rec_free(old->rec); /* removed from the table: ours again */
+    free(old);
 }
 
 TEST(other_requests_are_not_presigned)

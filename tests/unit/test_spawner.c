@@ -2,6 +2,7 @@
  * a compromised front end could send them: it must answer each with an error, keep running,
  * never touch a path outside its state dir, and never act on a sandbox that is not its own.
  * The process tests need root. */
+#include <stdarg.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -137,6 +138,8 @@ as_destroy_with_spawn_fields(char *buf, ssize_t *n)
 
 TEST(decoder_refuses_malformed_and_out_of_range)
 {
+    struct sbx_spawner_msg out;
+    char why[128];
     struct sbx_spawner_msg ok = spawn_req("abc", 1);
     expect_refused("truncated", ok, truncate_last);
     expect_refused("version", ok, bad_version);
@@ -179,9 +182,58 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     expect_refused("suite path", deb, NULL);
     m = spawn_req("", 1);
     expect_refused("missing id", m, NULL);
+    m = spawn_req("a", 1);
+    m.reboot = 2;
+    expect_refused("reboot flag", m, NULL);
+    /* The pause requests name a sandbox, and carry nothing else. */
+    struct sbx_spawner_msg p = {.op = SBX_SPAWNER_FREEZE, .seq = 1};
+    expect_refused("freeze without id", p, NULL);
+    snprintf(p.id, sizeof(p.id), "abc");
+    char buf[SBX_SPAWNER_MSG_MAX];
+    ssize_t n = sbx_spawner_msg_encode(&p, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    CHECK(out.op == SBX_SPAWNER_FREEZE && strcmp(out.id, "abc") == 0);
+    struct sbx_spawner_msg st = spawn_req("abc", 1);
+    n = sbx_spawner_msg_encode(&st, buf, sizeof(buf));
+    buf[1] = SBX_SPAWNER_STOP; /* a STOP with the fields of a SPAWN */
+    CHECK(decode(buf, (size_t)n, &out, why, sizeof(why)) < 0);
+    /* Volume lines: a system dir, a path inside another volume's, too many, not clean. */
+    static const char too_many[] =
+        "a:/m/1\nb:/m/2\nc:/m/3\nd:/m/4\ne:/m/5\nf:/m/6\ng:/m/7\nh:/m/8\ni:/m/9";
+    const char *bad_volumes[] = {"v1:/etc/x",   "v1:/mnt/a\nv2:/mnt/a/b",
+                                 "v1:relative", "v1:/mnt/a/../b",
+                                 "V1:/mnt/a",   ":/mnt/a",
+                                 "v1:/mnt/a:b", "v1:/mnt/x\n\nv2:/mnt/y",
+                                 too_many};
+    for (size_t i = 0; i < sizeof(bad_volumes) / sizeof(bad_volumes[0]); i++) {
+        m = spawn_req("a", 1);
+        snprintf(m.volumes, sizeof(m.volumes), "%s", bad_volumes[i]);
+        expect_refused(bad_volumes[i], m, NULL);
+    }
+    m = spawn_req("a", 1);
+    snprintf(m.volumes, sizeof(m.volumes), "v1:/mnt/a\nv2:/home/user/data");
+    n = sbx_spawner_msg_encode(&m, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    struct sbx_spawner_volume vols[SBX_SANDBOX_MAX_VOLUMES];
+    size_t nv = 0;
+    CHECK(sbx_spawner_volumes_parse(out.volumes, vols, &nv, NULL) == 0 && nv == 2);
+    CHECK_STR(vols[1].id, "v2");
+    CHECK_STR(vols[1].path, "/home/user/data");
+    /* Egress rules must arrive as nftables takes them: sorted, disjoint, not adjacent. */
+    m = spawn_req("a", 1);
+    m.n_net_deny = 2;
+    m.net_deny[0] = (struct sbx_ip4_range){0x09000000, 0x090000ff};
+    m.net_deny[1] = (struct sbx_ip4_range){0x01000000, 0x010000ff};
+    expect_refused("unsorted ranges", m, NULL);
+    m.net_deny[0] = (struct sbx_ip4_range){0x01000000, 0x010000ff};
+    m.net_deny[1] = (struct sbx_ip4_range){0x01000100, 0x010001ff};
+    expect_refused("adjacent ranges", m, NULL);
+    m.n_net_deny = 1;
+    m.net_deny[0] = (struct sbx_ip4_range){9, 1};
+    expect_refused("reversed range", m, NULL);
+    m = (struct sbx_spawner_msg){.op = SBX_SPAWNER_NET_PORTS, .seq = 1};
+    expect_refused("ports without the DNS port", m, NULL);
     /* Too short for a header. */
-    struct sbx_spawner_msg out;
-    char why[128];
     CHECK(decode("\1\1\0", 3, &out, why, sizeof(why)) < 0);
 }
 
@@ -191,6 +243,7 @@ struct spawner {
     pid_t pid;
     int ch;
     char state[128];
+    const struct sbx_net_config *net; /* NULL: no sandbox network */
 };
 
 /* In a forked spawner: keep only its channel (another spawner's channel, inherited, would
@@ -234,15 +287,10 @@ layer_cache(void)
     return c && *c ? c : SBX_DEFAULT_LAYER_CACHE;
 }
 
+/* A spawner process on s->state (with s->net), talking to us on s->ch. */
 static void
-spawner_start(struct spawner *s, uid_t uid_base)
+fork_spawner(struct spawner *s, uid_t uid_base)
 {
-    snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
-    CHECK(mkdtemp(s->state) != NULL);
-    CHECK(chmod(s->state, 0711) == 0);
-    char sb[256];
-    snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
-    CHECK(mkdir(sb, 0711) == 0);
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
     s->pid = fork();
@@ -257,11 +305,27 @@ spawner_start(struct spawner *s, uid_t uid_base)
                                           .agent_exe = exe,
                                           .layer_cache = layer_cache(),
                                           .lock_fd = -1,
-                                          .ready_fd = -1};
-        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
+                                          .ready_fd = -1,
+                                          .net = s->net};
+        int rc = sbx_spawner_main(&cfg, only_fd(sv[1]));
+        sbx_test_leak_check(); /* what a long-running spawner would pile up */
+        _exit(rc);
     }
     close(sv[1]);
     s->ch = sv[0];
+}
+
+static void
+spawner_start(struct spawner *s, uid_t uid_base, const struct sbx_net_config *net)
+{
+    s->net = net;
+    snprintf(s->state, sizeof(s->state), "/var/tmp/sbx-spawner-test-XXXXXX");
+    CHECK(mkdtemp(s->state) != NULL);
+    CHECK(chmod(s->state, 0711) == 0);
+    char sb[256];
+    snprintf(sb, sizeof(sb), "%s/sandboxes", s->state);
+    CHECK(mkdir(sb, 0711) == 0);
+    fork_spawner(s, uid_base);
 }
 
 static void
@@ -337,11 +401,33 @@ simple(struct spawner *s, uint8_t op, const char *id, uint32_t seq)
     return call(s, &m, -1);
 }
 
+/* kill -9 of the spawner (its sandboxes keep running), and a new one on the same state. */
+static void
+restart_spawner(struct spawner *s, uid_t uid_base)
+{
+    CHECK(kill(s->pid, SIGKILL) == 0);
+    CHECK(waitpid(s->pid, NULL, 0) == s->pid);
+    close(s->ch);
+    fork_spawner(s, uid_base);
+}
+
+static struct sbx_spawner_msg
+reboot(struct spawner *s, const char *id, uint64_t slot, uint32_t seq)
+{
+    struct sbx_spawner_msg m = spawn_req(id, slot);
+    m.seq = seq;
+    m.reboot = 1;
+    int fd = config_memfd(id);
+    struct sbx_spawner_msg rep = call(s, &m, fd);
+    close(fd);
+    return rep;
+}
+
 TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
 {
     REQUIRE_ROOT();
     struct spawner s;
-    spawner_start(&s, 1500000000u);
+    spawner_start(&s, 1500000000u, NULL);
     /* Garbage, a reply sent as a request, a message too long, too many fds. */
     send_raw(&s, "\1\1\0\0\5\0\0\0garbage", 15, NULL, 0);
     CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
@@ -392,19 +478,99 @@ TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
     /* The spawner still works: stats, then destroy, of its own sandbox. */
     rep = simple(&s, SBX_SPAWNER_STATS, "first", 15);
     CHECK(rep.code == SBX_OK && rep.has_stats && rep.stats.pids_current >= 1);
+    CHECK(simple(&s, SBX_SPAWNER_NET_POLICY, "first", 19).code == SBX_FAILED_PRECONDITION);
     CHECK(simple(&s, SBX_SPAWNER_DESTROY, "first", 16).code == SBX_OK);
     char dir[256];
     snprintf(dir, sizeof(dir), "%s/sandboxes/first", s.state);
     CHECK(access(dir, F_OK) < 0 && errno == ENOENT);
+    /* This spawner has no network: its requests are refused, not ignored. */
+    struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .seq = 18, .dns_port = 53};
+    CHECK(call(&s, &ports, -1).code == SBX_FAILED_PRECONDITION);
     spawner_stop(&s);
+}
+
+/* ---- the network ---- */
+
+/* The output of a command, in buf. */
+static void sh(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+sh(char *buf, size_t n, const char *fmt, ...)
+{
+    char cmd[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    FILE *f = popen(cmd, "r");
+    CHECK(f != NULL);
+    size_t k = fread(buf, 1, n - 1, f);
+    buf[k] = '\0';
+    pclose(f);
+}
+
+static bool
+link_exists(const char *name)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/sys/class/net/%s", name);
+    return access(path, F_OK) == 0;
+}
+
+TEST(network_rules_follow_the_spawners_own_sandboxes)
+{
+    REQUIRE_ROOT();
+    struct sbx_netplan plan;
+    static struct sbx_net_config net;
+    struct sbx_error *err = NULL;
+    CHECK(sbx_netplan_parse("10.142.0.0/16", &plan));
+    CHECK(sbx_net_config_init(&net, &plan, 42, NULL, 0, &err) == 0);
+    CHECK_STR(net.tag, "sbx42");
+    struct spawner s;
+    spawner_start(&s, 1500000000u, &net);
+    /* Spawned with every destination denied: the rule is there before it runs. */
+    struct sbx_spawner_msg m = spawn_req("netone", 5);
+    m.seq = 1;
+    m.n_net_deny = 1;
+    m.net_deny[0] = (struct sbx_ip4_range){0, UINT32_MAX};
+    int fd = config_memfd("netone");
+    CHECK(call(&s, &m, fd).code == SBX_OK);
+    close(fd);
+    char out[8192];
+    sh(out, sizeof(out), "nft list set inet %s deny_5", net.tag);
+    CHECK(strstr(out, "10.142.1.5 . 0.0.0.0/0") != NULL);
+    CHECK(link_exists("sbx42-5"));
+    /* Only its own sandboxes' rules change. */
+    CHECK(simple(&s, SBX_SPAWNER_NET_POLICY, "nosuch", 2).code == SBX_NOT_FOUND);
+    struct sbx_spawner_msg p = {.op = SBX_SPAWNER_NET_POLICY, .seq = 3, .n_net_allow = 1};
+    snprintf(p.id, sizeof(p.id), "netone");
+    p.net_allow[0] = (struct sbx_ip4_range){0xc6336400, 0xc63364ff}; /* 198.51.100.0/24 */
+    CHECK(call(&s, &p, -1).code == SBX_OK);
+    sh(out, sizeof(out), "nft list table inet %s", net.tag);
+    CHECK(strstr(out, "10.142.1.5 . 0.0.0.0/0") == NULL);
+    CHECK(strstr(out, "10.142.1.5 . 198.51.100.0/24") != NULL);
+    struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .seq = 4, .dns_port = 5353};
+    CHECK(call(&s, &ports, -1).code == SBX_OK);
+    sh(out, sizeof(out), "nft list chain inet %s nat_prerouting", net.tag);
+    CHECK(strstr(out, "dnat ip to 10.142.0.1:5353") != NULL);
+    /* Destroyed: its rules and its link go. */
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "netone", 5).code == SBX_OK);
+    sh(out, sizeof(out), "nft list table inet %s", net.tag);
+    CHECK(strstr(out, "10.142.1.5") == NULL);
+    for (int i = 0; i < 500 && link_exists("sbx42-5"); i++)
+        usleep(10000);
+    CHECK(!link_exists("sbx42-5"));
+    /* With none of its sandboxes left, a stopping spawner takes its table along. */
+    spawner_stop(&s);
+    CHECK(system("nft list table inet sbx42 >/dev/null 2>&1") != 0);
 }
 
 TEST(a_spawner_never_acts_on_another_daemons_sandbox)
 {
     REQUIRE_ROOT();
     struct spawner a, b;
-    spawner_start(&a, 1500000000u);
-    spawner_start(&b, 1600000000u);
+    spawner_start(&a, 1500000000u, NULL);
+    spawner_start(&b, 1600000000u, NULL);
     struct sbx_spawner_msg rep = spawn(&b, "theirs", 0, 1);
     CHECK(rep.code == SBX_OK);
     pid_t theirs = (pid_t)rep.pid;
@@ -421,33 +587,13 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
 {
     REQUIRE_ROOT();
     struct spawner s;
-    spawner_start(&s, 1500000000u);
+    spawner_start(&s, 1500000000u, NULL);
     struct sbx_spawner_msg rep = spawn(&s, "kept", 3, 1);
     CHECK(rep.code == SBX_OK);
     pid_t agent = (pid_t)rep.pid;
     /* kill -9 of the spawner: the sandbox keeps running. */
-    CHECK(kill(s.pid, SIGKILL) == 0);
-    CHECK(waitpid(s.pid, NULL, 0) == s.pid);
-    close(s.ch);
+    restart_spawner(&s, 1500000000u);
     CHECK(kill(agent, 0) == 0);
-    int sv[2];
-    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
-    s.pid = fork();
-    if (s.pid == 0) {
-        close(sv[0]);
-        static char exe[4096];
-        agent_path(exe, sizeof(exe));
-        static struct sbx_spawner_config cfg;
-        cfg = (struct sbx_spawner_config){.state_dir = s.state,
-                                          .uid_base = 1500000000u,
-                                          .agent_exe = exe,
-                                          .layer_cache = layer_cache(),
-                                          .lock_fd = -1,
-                                          .ready_fd = -1};
-        _exit(sbx_spawner_main(&cfg, only_fd(sv[1])));
-    }
-    close(sv[1]);
-    s.ch = sv[0];
     /* It knows the sandbox again, with its uid slot. */
     CHECK(spawn(&s, "other", 3, 2).code == SBX_ALREADY_EXISTS);
     rep = simple(&s, SBX_SPAWNER_STATS, "kept", 3);
@@ -456,6 +602,104 @@ TEST(a_restarted_spawner_finds_its_sandboxes)
     for (int i = 0; i < 100 && !is_dead(agent); i++)
         usleep(10000);
     CHECK(is_dead(agent));
+    spawner_stop(&s);
+}
+
+TEST(pause_in_place_stop_and_reboot)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u, NULL);
+    struct sbx_spawner_msg rep = spawn(&s, "pz", 4, 1);
+    CHECK(rep.code == SBX_OK);
+    pid_t agent = (pid_t)rep.pid;
+    /* Only sandboxes of ours, and only in a state that allows it. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "nosuch", 2).code == SBX_NOT_FOUND);
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "nosuch", 3).code == SBX_NOT_FOUND);
+    CHECK(reboot(&s, "pz", 4, 4).code == SBX_FAILED_PRECONDITION); /* it runs */
+    /* Frozen (twice is fine), still measurable, thawed; then the pause request of a front end
+     * that lost the answer to its first one: it follows immediately. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 5).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 6).code == SBX_OK);
+    rep = simple(&s, SBX_SPAWNER_STATS, "pz", 7);
+    CHECK(rep.code == SBX_OK && rep.stats.memory_bytes > 0);
+    CHECK(simple(&s, SBX_SPAWNER_THAW, "pz", 8).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 9).code == SBX_OK);
+    /* A restart of the spawner finds it frozen. */
+    restart_spawner(&s, 1500000000u);
+    CHECK(kill(agent, 0) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_THAW, "pz", 10).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 11).code == SBX_OK);
+    /* Stopped while frozen: nothing runs, the dir and its disk stay. */
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "pz", 12).code == SBX_OK);
+    for (int i = 0; i < 100 && !is_dead(agent); i++)
+        usleep(10000);
+    CHECK(is_dead(agent));
+    char img[256];
+    snprintf(img, sizeof(img), "%s/sandboxes/pz/disk.img", s.state);
+    CHECK(access(img, F_OK) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_STATS, "pz", 13).code == SBX_FAILED_PRECONDITION);
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 14).code == SBX_FAILED_PRECONDITION);
+    CHECK(simple(&s, SBX_SPAWNER_STOP, "pz", 15).code == SBX_OK); /* again: nothing to do */
+    /* Its slot stays its own, across a restart too; a reboot must name that slot. */
+    restart_spawner(&s, 1500000000u);
+    CHECK(spawn(&s, "other", 4, 16).code == SBX_ALREADY_EXISTS);
+    CHECK(reboot(&s, "pz", 5, 17).code == SBX_INVALID_ARGUMENT);
+    CHECK(reboot(&s, "nosuch", 5, 18).code == SBX_NOT_FOUND);
+    rep = reboot(&s, "pz", 4, 19);
+    CHECK(rep.code == SBX_OK && rep.pid > 0 && (pid_t)rep.pid != agent);
+    CHECK(kill((pid_t)rep.pid, 0) == 0);
+    CHECK(simple(&s, SBX_SPAWNER_STATS, "pz", 20).code == SBX_OK);
+    /* Frozen, then destroyed: everything goes. */
+    CHECK(simple(&s, SBX_SPAWNER_FREEZE, "pz", 21).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "pz", 22).code == SBX_OK);
+    for (int i = 0; i < 100 && !is_dead((pid_t)rep.pid); i++)
+        usleep(10000);
+    CHECK(is_dead((pid_t)rep.pid));
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s/sandboxes/pz", s.state);
+    CHECK(access(dir, F_OK) < 0 && errno == ENOENT);
+    CHECK(spawn(&s, "other", 4, 23).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "other", 24).code == SBX_OK);
+    spawner_stop(&s);
+}
+
+TEST(volumes_are_made_mounted_and_removed)
+{
+    REQUIRE_ROOT();
+    struct spawner s;
+    spawner_start(&s, 1500000000u, NULL);
+    struct sbx_spawner_msg m = {.op = SBX_SPAWNER_VOLUME_CREATE, .seq = 1, .disk_bytes = 64 << 20};
+    snprintf(m.id, sizeof(m.id), "vol1");
+    CHECK(call(&s, &m, -1).code == SBX_OK);
+    m.seq = 2;
+    CHECK(call(&s, &m, -1).code == SBX_ALREADY_EXISTS);
+    char path[256];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/volumes/vol1", s.state);
+    CHECK(stat(path, &st) == 0 && st.st_uid == 0 && (st.st_mode & 0777) == 0700);
+    snprintf(path, sizeof(path), "%s/volumes/vol1/volume.img", s.state);
+    CHECK(stat(path, &st) == 0 && st.st_size == 64 << 20 && (st.st_mode & 0777) == 0600);
+    /* Mounted in a sandbox; a volume that is not there fails the spawn. */
+    struct sbx_spawner_msg sp = spawn_req("withvol", 2);
+    sp.seq = 3;
+    snprintf(sp.volumes, sizeof(sp.volumes), "vol1:/mnt/data");
+    int fd = config_memfd("withvol");
+    CHECK(call(&s, &sp, fd).code == SBX_OK);
+    close(fd);
+    sp = spawn_req("novol", 3);
+    sp.seq = 4;
+    snprintf(sp.volumes, sizeof(sp.volumes), "nosuch:/mnt/data");
+    fd = config_memfd("novol");
+    CHECK(call(&s, &sp, fd).code == SBX_NOT_FOUND);
+    close(fd);
+    snprintf(path, sizeof(path), "%s/sandboxes/novol", s.state);
+    CHECK(access(path, F_OK) < 0);
+    CHECK(simple(&s, SBX_SPAWNER_DESTROY, "withvol", 5).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_VOLUME_DELETE, "vol1", 6).code == SBX_OK);
+    CHECK(simple(&s, SBX_SPAWNER_VOLUME_DELETE, "vol1", 7).code == SBX_NOT_FOUND);
+    snprintf(path, sizeof(path), "%s/volumes/vol1", s.state);
+    CHECK(access(path, F_OK) < 0 && errno == ENOENT);
     spawner_stop(&s);
 }
 

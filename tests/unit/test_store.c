@@ -74,6 +74,8 @@ mkrec(const char *id, int64_t started, int slot, const char *state, const char *
     r.uid_slot = slot;
     r.state = (char *)state;
     r.allow_internet = true;
+    r.auto_pause_memory = true;
+    r.timeout_s = 300;
     return r;
 }
 
@@ -167,15 +169,24 @@ TEST(sandbox_round_trip)
 
     CHECK(sbx_store_sandbox_update_end_at(s, "sb1", 42, &err) == 0);
     CHECK(sbx_store_sandbox_update_pid(s, "sb1", 77, 12345, &err) == 0);
-    CHECK(sbx_store_sandbox_update_state(s, "sb1", "paused", &err) == 0);
-    CHECK(sbx_store_sandbox_update_state(s, "sb1", "dead", &err) < 0);
-    CHECK(err->code == SBX_INVALID_ARGUMENT);
-    sbx_error_free(err);
-    err = NULL;
     CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
     CHECK(g->end_at_ms == 42 && g->pid == 77 && g->pid_start_time == 12345);
-    CHECK_STR(g->state, "paused");
+    CHECK(g->auto_pause_memory && !g->auto_resume && g->timeout_s == 300 && !g->paused_memory);
     sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "sb1", true, true, 99, &err) == 0);
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK_STR(g->state, "paused");
+    CHECK(g->paused_memory && g->end_at_ms == 99);
+    sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "sb1", false, true, 100, &err) == 0);
+    CHECK(sbx_store_sandbox_get(s, "sb1", &g, &err) == 0);
+    CHECK_STR(g->state, "running");
+    CHECK(!g->paused_memory && g->end_at_ms == 100);
+    sbx_sandbox_rec_free(g);
+    CHECK(sbx_store_sandbox_set_paused(s, "nope", true, false, 1, &err) < 0);
+    CHECK(err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
 
     /* Unknown ids. */
     CHECK(sbx_store_sandbox_update_end_at(s, "nope", 1, &err) < 0);
@@ -199,13 +210,57 @@ TEST(sandbox_round_trip)
     sbx_store_close(s);
 }
 
+TEST(volumes_round_trip_and_users)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    struct sbx_volume_rec v = {
+        .id = "vol1", .name = "data", .token = "t0k", .size_mb = 64, .created_at_ms = 5};
+    CHECK(sbx_store_volume_insert(s, &v, &err) == 0);
+    struct sbx_volume_rec dup = v;
+    snprintf(dup.id, sizeof(dup.id), "vol2");
+    CHECK(sbx_store_volume_insert(s, &dup, &err) < 0);
+    CHECK(err->code == SBX_ALREADY_EXISTS);
+    CHECK_STR(err->msg, "Volume with name 'data' already exists");
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_volume_rec *g = NULL;
+    CHECK(sbx_store_volume_get(s, NULL, "data", &g, &err) == 0);
+    CHECK_STR(g->id, "vol1");
+    CHECK_STR(g->token, "t0k");
+    CHECK(g->size_mb == 64);
+    sbx_volume_rec_free(g);
+    CHECK(sbx_store_volume_get(s, "nope", NULL, &g, &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_volume_list *l = NULL;
+    CHECK(sbx_store_volume_list(s, &l, &err) == 0 && l->n == 1);
+    sbx_volume_list_free(l);
+    /* A sandbox that mounts it is its user. */
+    char user[SBX_STORE_ID_MAX + 1];
+    CHECK(sbx_store_volume_user(s, "vol1", user, &err) == 0 && user[0] == '\0');
+    struct sbx_sandbox_rec r = mkrec("sb1", 1, 1, "paused", "{}");
+    r.volume_mounts_json = "[{\"name\":\"data\",\"path\":\"/mnt/d\",\"volumeID\":\"vol1\"}]";
+    CHECK(sbx_store_sandbox_insert(s, &r, &err) == 0);
+    CHECK(sbx_store_volume_user(s, "vol1", user, &err) == 0);
+    CHECK_STR(user, "sb1");
+    struct sbx_sandbox_rec *got = NULL;
+    CHECK(sbx_store_sandbox_get(s, "sb1", &got, &err) == 0);
+    CHECK_STR(got->volume_mounts_json, r.volume_mounts_json);
+    sbx_sandbox_rec_free(got);
+    CHECK(sbx_store_volume_delete(s, "vol1", &err) == 0);
+    CHECK(sbx_store_volume_delete(s, "vol1", &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    sbx_store_close(s);
+}
+
 TEST(persists_across_close_and_open)
 {
     struct sbx_store *s = open_fresh();
     struct sbx_error *err = NULL;
     insert(s, "p1", 10, 0, "running", "{}");
     insert(s, "p2", 20, 1, "paused", "{}");
-    CHECK(sbx_store_api_key_add(s, "e2b_abc", &err) == 0);
+    CHECK(sbx_store_api_key_add(s, "e2b_abc", "k", true, NULL, &err) == 0);
     CHECK(sbx_store_sandbox_update_end_at(s, "p1", 999, &err) == 0);
     s = reopen(s);
     s = reopen(s); /* migrations are idempotent */
@@ -219,7 +274,7 @@ TEST(persists_across_close_and_open)
     CHECK_STR(l->items[1]->state, "paused");
     CHECK(l->next_token == NULL);
     sbx_sandbox_list_free(l);
-    CHECK(sbx_store_api_key_check(s, "e2b_abc"));
+    CHECK(sbx_store_api_key_check(s, "e2b_abc", NULL));
     CHECK(sbx_store_api_key_count(s, &err) == 1);
     sbx_store_close(s);
 }
@@ -409,19 +464,58 @@ TEST(api_keys)
     struct sbx_error *err = NULL;
     const char *key = "e2b_0123456789abcdef0123456789abcdef01234567";
     CHECK(sbx_store_api_key_count(s, &err) == 0);
-    CHECK(!sbx_store_api_key_check(s, key)); /* no keys: nothing passes */
-    CHECK(sbx_store_api_key_add(s, key, &err) == 0);
-    CHECK(sbx_store_api_key_add(s, key, &err) == 0); /* idempotent */
-    CHECK(sbx_store_api_key_add(s, "e2b_second", &err) == 0);
-    CHECK(sbx_store_api_key_count(s, &err) == 2);
-    CHECK(sbx_store_api_key_check(s, key));
-    CHECK(sbx_store_api_key_check(s, "e2b_second"));
-    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef0123456789abcdef01234568")); /* wrong */
-    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef")); /* prefix: wrong length */
-    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef0123456789abcdef01234567x"));
-    CHECK(!sbx_store_api_key_check(s, ""));
-    CHECK(sbx_store_api_key_add(s, "", &err) < 0 && err->code == SBX_INVALID_ARGUMENT);
+    CHECK(!sbx_store_api_key_check(s, key, NULL)); /* no keys: nothing passes */
+    struct sbx_api_key k;
+    CHECK(sbx_store_api_key_add(s, key, "first", true, &k, &err) == 0);
+    CHECK_STR(k.name, "first");
+    CHECK_STR(k.type, "e2b_");
+    CHECK_STR(k.mask_prefix, "01");
+    CHECK_STR(k.mask_suffix, "4567");
+    CHECK(k.length == 40 && k.admin && strlen(k.id) == 36);
+    free(k.name);
+    CHECK(sbx_store_api_key_add(s, key, "again", true, NULL, &err) < 0 &&
+          err->code == SBX_ALREADY_EXISTS);
     sbx_error_free(err);
+    err = NULL;
+    struct sbx_api_key second;
+    CHECK(sbx_store_api_key_add(s, "e2b_second", "second", false, &second, &err) == 0);
+    CHECK(sbx_store_api_key_count(s, &err) == 2);
+    struct sbx_api_key_auth who;
+    CHECK(sbx_store_api_key_check(s, key, &who) && who.admin && strcmp(who.id, k.id) == 0);
+    CHECK(sbx_store_api_key_check(s, "e2b_second", &who) && !who.admin);
+    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef0123456789abcdef01234568", NULL));
+    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef", NULL)); /* prefix: wrong length */
+    CHECK(!sbx_store_api_key_check(s, "e2b_0123456789abcdef0123456789abcdef01234567x", NULL));
+    CHECK(!sbx_store_api_key_check(s, "", NULL));
+    CHECK(sbx_store_api_key_add(s, "", "x", false, NULL, &err) < 0 &&
+          err->code == SBX_INVALID_ARGUMENT);
+    sbx_error_free(err);
+    err = NULL;
+
+    /* The last admin key cannot go; a normal one can, at once and for good. */
+    CHECK(sbx_store_api_key_revoke(s, k.id, &err) < 0 && err->code == SBX_FAILED_PRECONDITION);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(sbx_store_api_key_revoke(s, second.id, &err) == 0);
+    free(second.name);
+    CHECK(!sbx_store_api_key_check(s, "e2b_second", NULL));
+    CHECK(sbx_store_api_key_revoke(s, second.id, &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(sbx_store_api_key_add(s, "e2b_second", "back", true, NULL, &err) < 0 &&
+          err->code == SBX_ALREADY_EXISTS);
+    sbx_error_free(err);
+    err = NULL;
+    struct sbx_api_key found;
+    CHECK(sbx_store_api_key_find(s, "e2b_second", &found, &err) == 0 && found.revoked_at_ms > 0);
+    free(found.name);
+    struct sbx_api_key_list *l = NULL;
+    CHECK(sbx_store_api_key_list(s, &l, &err) == 0 && l->n == 1);
+    CHECK_STR(l->items[0].name, "first");
+    sbx_api_key_list_free(l);
+    CHECK(sbx_store_api_key_touch(s, k.id, 12345, &err) == 0);
+    CHECK(sbx_store_api_key_list(s, &l, &err) == 0 && l->items[0].last_used_at_ms == 12345);
+    sbx_api_key_list_free(l);
 
     /* Stored as hashes: the clear key appears nowhere in the files. */
     s = reopen(s);
@@ -429,6 +523,90 @@ TEST(api_keys)
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "grep -rqa e2b_second %s", tmpdir);
     CHECK(system(cmd) != 0);
+}
+
+/* A database of before named keys: its keys stay valid, as admin keys with a name. */
+TEST(api_keys_of_before_names_are_kept)
+{
+    struct sbx_store *s = open_fresh();
+    sbx_store_close(s);
+    char cmd[2048];
+    snprintf(
+        cmd, sizeof(cmd),
+        "python3 -c \"import sqlite3, hashlib; c=sqlite3.connect('%s'); "
+        "c.executescript('DROP TABLE api_keys; DROP TABLE sandbox_log_lines; "
+        "DROP TABLE sandbox_logs; DROP TABLE volumes; DROP TABLE templates; "
+        "DROP TABLE template_builds; DROP TABLE template_tags; DROP TABLE build_logs; "
+        "DROP TABLE layers; DROP TABLE uploads; ALTER TABLE sandboxes DROP COLUMN "
+        "paused_memory; ALTER TABLE sandboxes DROP COLUMN auto_pause_memory; ALTER TABLE "
+        "sandboxes DROP COLUMN auto_resume; ALTER TABLE sandboxes DROP COLUMN timeout_s; "
+        "ALTER TABLE sandboxes DROP COLUMN volume_mounts_json; ALTER TABLE sandboxes DROP COLUMN "
+        "network_json; DELETE FROM schema_version; "
+        "INSERT INTO schema_version VALUES (3); CREATE TABLE api_keys (key_sha256 BLOB "
+        "PRIMARY KEY, created_at_ms INTEGER NOT NULL)'); "
+        "c.execute('INSERT INTO api_keys VALUES (?, 5)', "
+        "(hashlib.sha256(b'e2b_old').digest(),)); c.commit()\"",
+        dbpath);
+    CHECK(system(cmd) == 0);
+    struct sbx_error *err = NULL;
+    s = sbx_store_open(dbpath, &err);
+    CHECK(s != NULL);
+    struct sbx_api_key_auth who;
+    CHECK(sbx_store_api_key_check(s, "e2b_old", &who) && who.admin);
+    struct sbx_api_key_list *l = NULL;
+    CHECK(sbx_store_api_key_list(s, &l, &err) == 0 && l->n == 1);
+    CHECK(strncmp(l->items[0].name, "key-", 4) == 0 && l->items[0].created_at_ms == 5);
+    sbx_api_key_list_free(l);
+    sbx_store_close(s);
+}
+
+TEST(sandbox_logs_are_bounded_and_pruned)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    struct sbx_log_line line = {.ts_ms = 1, .line = "ts=x level=info event=a"};
+    CHECK(sbx_store_log_append(s, "none", "agent", &line, 1, &err) < 0 &&
+          err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    /* Three logs of ~100 KiB each, ended at 10, 20 and 30; one still running. */
+    static char big[1001];
+    memset(big, 'x', 1000);
+    struct sbx_log_line many[100];
+    for (int i = 0; i < 100; i++)
+        many[i] = (struct sbx_log_line){.ts_ms = i, .line = big};
+    const char *ids[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++) {
+        CHECK(sbx_store_log_open(s, ids[i], "base", 0, &err) == 0);
+        CHECK(sbx_store_log_append(s, ids[i], "agent", many, 100, &err) == 0);
+        if (i < 3)
+            CHECK(sbx_store_log_close(s, ids[i], 10 * (i + 1), &err) == 0);
+    }
+    /* A log never grows past its cap. */
+    for (int i = 0; i < 10; i++)
+        CHECK(sbx_store_log_append(s, "d", "agent", many, 100, &err) == 0);
+    struct sbx_log_lines *l = NULL;
+    CHECK(sbx_store_log_get(s, "d", &l, &err) == 0);
+    CHECK(l->n == SBX_STORE_SANDBOX_LOG_MAX / 1000 && l->ended_at_ms == 0);
+    CHECK_STR(l->items[0].source, "agent");
+    sbx_log_lines_free(l);
+    int pruned = 0;
+    /* Retention: what ended before 15 goes. */
+    CHECK(sbx_store_log_prune(s, 15, 1 << 30, &pruned, &err) == 0 && pruned == 1);
+    CHECK(sbx_store_log_get(s, "a", &l, &err) < 0 && err->code == SBX_NOT_FOUND);
+    sbx_error_free(err);
+    err = NULL;
+    /* The total: the oldest ended logs go until the rest fits; a running one never goes. */
+    CHECK(sbx_store_log_prune(s, 0, 150000, &pruned, &err) == 0 && pruned == 1);
+    CHECK(sbx_store_log_get(s, "b", &l, &err) < 0);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(sbx_store_log_get(s, "c", &l, &err) == 0 && l->n == 100 && l->ended_at_ms == 30);
+    sbx_log_lines_free(l);
+    CHECK(sbx_store_log_prune(s, 0, 0, &pruned, &err) == 0 && pruned == 1);
+    CHECK(sbx_store_log_get(s, "d", &l, &err) == 0);
+    sbx_log_lines_free(l);
+    sbx_store_close(s);
 }
 
 TEST(refuses_newer_schema)

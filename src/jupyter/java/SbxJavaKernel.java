@@ -4,16 +4,19 @@
  * /usr/lib/sbx/java/sbx-java-kernel.jar; src/jupyter/kernel.c launches it as
  * `java ... -jar sbx-java-kernel.jar CONNECTION_FILE`.
  *
- * Results and errors follow what E2B's Java kernel (IJava) reports: the value of a trailing
- * expression is the execute_result (text/plain is its toString()); code that does not compile
- * fails with CompilationException, an exception thrown by the code with EvalException.
+ * Results and errors follow what E2B's Java kernel (IJava on JDK 11) reports: the value of a
+ * trailing expression is the execute_result (text/plain is its toString()); code that does not
+ * compile fails with CompilationException, an exception thrown by the code with EvalException;
+ * what one print call writes is one stream message (see PrintPerCallStream).
  *
  * `java SbxJavaKernel --warmup` evaluates a few snippets and exits: setup runs it once to
  * record a class-data archive that makes the kernel start faster.
  */
 package sbx.kernel;
 
+import java.io.PrintStream;
 import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
 import java.io.StringWriter;
 import java.lang.reflect.Field;
 import java.lang.reflect.InvocationTargetException;
@@ -40,6 +43,7 @@ import jdk.jshell.spi.ExecutionControlProvider;
 import jdk.jshell.spi.ExecutionEnv;
 
 import org.dflib.jjava.jupyter.channels.JupyterConnection;
+import org.dflib.jjava.jupyter.channels.ShellReplyEnvironment;
 import org.dflib.jjava.jupyter.kernel.BaseKernel;
 import org.dflib.jjava.jupyter.kernel.BaseKernelBuilder;
 import org.dflib.jjava.jupyter.kernel.JupyterIO;
@@ -51,6 +55,8 @@ import org.dflib.jjava.jupyter.kernel.display.DisplayData;
 import org.dflib.jjava.jupyter.kernel.display.Renderer;
 import org.dflib.jjava.jupyter.kernel.magic.MagicsRegistry;
 import org.dflib.jjava.jupyter.kernel.util.StringStyler;
+import org.dflib.jjava.jupyter.messages.Message;
+import org.dflib.jjava.jupyter.messages.request.ExecuteRequest;
 
 public final class SbxJavaKernel extends BaseKernel {
     /* What the jshell tool imports by default: code written for it expects these. */
@@ -198,6 +204,20 @@ public final class SbxJavaKernel extends BaseKernel {
         }
     }
 
+    /*
+     * System.out and System.err of the user's code. IJava's streams send what reaches them at
+     * every flush, and on JDK 11 a PrintStream with autoflush flushes after each write, so that
+     * println("Hello, World!") arrives as "Hello, World!" then "\n", as E2B's tests expect. JDK 17
+     * writes a println's text and line end at once, except in subclasses of PrintStream, whose
+     * println is still print then newLine: this subclass, flushing at every write into
+     * jjava's stream, restores what E2B's kernel sends.
+     */
+    static final class PrintPerCallStream extends PrintStream {
+        PrintPerCallStream(PrintStream jupyterStream) {
+            super(jupyterStream, true, StandardCharsets.UTF_8);
+        }
+    }
+
     static final class Builder extends BaseKernelBuilder<Builder, SbxJavaKernel> {
         @Override
         public SbxJavaKernel build() {
@@ -332,6 +352,23 @@ public final class SbxJavaKernel extends BaseKernel {
             tb.add(line);
         }
         return tb;
+    }
+
+    @Override
+    protected void replaceOutputStreams(ShellReplyEnvironment env) {
+        super.replaceOutputStreams(env); /* and restores the JVM's own at the end of the run */
+        System.setOut(new PrintPerCallStream(io.out));
+        System.setErr(new PrintPerCallStream(io.err));
+    }
+
+    @Override
+    protected synchronized void handleExecuteRequest(ShellReplyEnvironment env,
+            Message<ExecuteRequest> request) {
+        super.handleExecuteRequest(env, request);
+        /* A silent request (sbx sets environment variables so) does not count, as in Jupyter:
+         * the user's first run is execution 1. */
+        if (request.getContent().isSilent())
+            executionCount.decrementAndGet();
     }
 
     @Override

@@ -10,6 +10,10 @@ Neither pandas nor matplotlib is imported here, so a kernel that never touches t
 pay their import time. The formatters catch everything themselves: a failed extraction just
 leaves the format out, it never prints a traceback into the user's output.
 
+Pillow images show as E2B's start-up script makes them: ``image.show()`` and
+``image.save("path")`` display the image as a PNG result (see _patch_pillow), and no external
+viewer is started. Pillow is patched when the user's code imports it, not before.
+
 It also replaces ipykernel's watcher of fds 1 and 2 (see _redirect_fd_output) and takes
 latency out of ipykernel's execute path (see _patch_out_stream, _trim_execute_path,
 _fast_plain_format, _quiet_debug_log, _cache_accepts_cell_id, _fast_parse_date and
@@ -21,6 +25,8 @@ ipykernel_launcher without the debugger (see _launch).
 
 import codecs
 import enum
+import functools
+import importlib.machinery
 import os
 import select
 import sys
@@ -109,6 +115,77 @@ def _dataframe_to_data(df):
         return None
 
 
+class _PatchOnImport:
+    """A meta path finder that lets a module be imported as usual and then calls a function on
+    it, so that patching a module costs nothing until the user's code imports it."""
+
+    def __init__(self, patches):
+        self.patches = patches  # module name -> function(module)
+
+    def find_spec(self, name, path, target=None):
+        patch = self.patches.get(name)
+        if patch is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            try:
+                patch(module)
+            except Exception:
+                pass  # the module stays as its authors made it
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def _display(obj):
+    from IPython.display import display
+
+    display(obj)
+
+
+def _patch_pil_image(image_module):
+    """Image.save to a path (a str, as in E2B's start-up script) displays the image first."""
+    save = image_module.Image.save
+
+    @functools.wraps(save)
+    def save_and_display(self, fp, format=None, **params):
+        if isinstance(fp, str):
+            _display(self)
+        return save(self, fp, format, **params)
+
+    image_module.Image.save = save_and_display
+
+
+def _patch_pil_imageshow(imageshow_module):
+    """Image.show displays the image as a PNG result, before any external viewer (xdg-open and
+    the like, which have no display here and would print their errors into later cells)."""
+
+    class DisplayViewer(imageshow_module.Viewer):
+        format = "PNG"  # Viewer.show first converts modes that PNG cannot hold
+
+        def show_image(self, image, **options):
+            _display(image)
+            return 1
+
+    imageshow_module.register(DisplayViewer, order=-1)
+
+
+_PILLOW_PATCHES = {"PIL.Image": _patch_pil_image, "PIL.ImageShow": _patch_pil_imageshow}
+
+
+def _patch_pillow():
+    for name, patch in _PILLOW_PATCHES.items():
+        if name in sys.modules:
+            patch(sys.modules[name])
+    sys.meta_path.insert(0, _PatchOnImport(
+        {n: p for n, p in _PILLOW_PATCHES.items() if n not in sys.modules}))
+
+
 def load_ipython_extension(ip):
     formatters = ip.display_formatter.formatters
     formatters["e2b/chart"] = _E2BChartFormatter(parent=ip.display_formatter)
@@ -119,6 +196,10 @@ def load_ipython_extension(ip):
         _patch_out_stream()
         _redirect_fd_output()
         ip.events.register("post_execute", _drain_fd_output)
+    except Exception:
+        pass
+    try:
+        _patch_pillow()
     except Exception:
         pass
     kernel = getattr(ip, "kernel", None)

@@ -68,6 +68,7 @@ export async function startDaemon() {
   for (const v of ['E2B_DEBUG', 'E2B_DOMAIN']) delete process.env[v]
   process.env.E2B_API_URL = url
   process.env.E2B_SANDBOX_URL = url
+  process.env.E2B_VOLUME_API_URL = url // the volume content API
   process.env.E2B_API_KEY = apiKey
 
   const headers = { 'X-API-KEY': apiKey }

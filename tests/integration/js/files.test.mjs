@@ -109,6 +109,68 @@ describe('files', () => {
     await assert.rejects(sbx.files.watchDir('js/no_such_dir', () => {}), NotFoundError)
   })
 
+  test('writes make missing parents as root and hand them to the user, in every upload form', T, async () => {
+    // As on E2B (envd writes as root), the default user writes below /, which it cannot
+    // write itself: new directories are 0755 and new files 0644, all the user's.
+    const events = []
+    const h = await sbx.files.watchDir('/', (e) => events.push([e.type, e.name]))
+    const forms = {
+      'sbx-js-multipart': (p) => sbx.files.write(p, 'x'),
+      'sbx-js-many': (p) => sbx.files.write([{ path: p, data: 'x' }]),
+      'sbx-js-octet': (p) => sbx.files.write(p, 'x', { useOctetStream: true }),
+      'sbx-js-gzip': (p) => sbx.files.write(p, 'x', { gzip: true }),
+      'sbx-js-signed': async (p) => {
+        const form = new FormData()
+        form.append('file', new Blob(['x']))
+        const res = await fetch(await sbx.uploadUrl(p), { method: 'POST', body: form })
+        assert.equal(res.status, 200, await res.text())
+      },
+    }
+    for (const [top, write] of Object.entries(forms)) {
+      await write(`/${top}/a/x.txt`)
+      assert.equal(await sbx.files.read(`/${top}/a/x.txt`), 'x')
+      for (const [p, mode] of [[`/${top}`, 0o755], [`/${top}/a`, 0o755], [`/${top}/a/x.txt`, 0o644]]) {
+        const st = await sbx.files.getInfo(p)
+        assert.deepEqual([st.owner, st.group, st.mode], ['user', 'user', mode], p)
+      }
+    }
+    assert.equal(await sbx.files.makeDir('/sbx-js-mk/a/b'), true)
+    const st = await sbx.files.getInfo('/sbx-js-mk/a/b')
+    assert.deepEqual([st.owner, st.mode, st.permissions], ['user', 0o755, 'drwxr-xr-x'])
+    const want = [...Object.keys(forms), 'sbx-js-mk'].flatMap((t) => [['create', t], ['chmod', t]])
+    await waitFor(async () => events.length >= want.length, 5000, 'events of /')
+    assert.deepEqual(events, want)
+    await h.stop()
+  })
+
+  test('watchDir streams the events E2B sends for new and overwritten files', T, async () => {
+    await sbx.files.makeDir('js/ev')
+    const events = []
+    const h = await sbx.files.watchDir('js/ev', (e) => events.push([e.type, e.name]))
+    // The kernel folds a repeat of the last unread event: whether an overwrite's truncation
+    // and its write show as one WRITE or two depends on when the watcher reads.
+    const fold = (es) => es.filter((e, i) => i === 0 || es[i - 1].join() !== e.join())
+    // Each step ends with a fence, a directory made after it: the stream is in order, so
+    // the step's events are exactly those before the fence's.
+    let fences = 0
+    const step = async (op, want, folded = false) => {
+      const start = events.length
+      await op()
+      const fence = `fence${++fences}`
+      await sbx.files.makeDir(`js/ev/${fence}`)
+      await waitFor(async () => events.some((e) => e.join() === `chmod,${fence}`), 5000, fence)
+      const got = events.slice(start, events.findIndex((e, i) => i >= start && e[1] === fence))
+      assert.deepEqual(folded ? fold(got) : got, want)
+    }
+    await step(() => sbx.files.write('js/ev/new.txt', '1'),
+      [['create', 'new.txt'], ['chmod', 'new.txt'], ['write', 'new.txt']])
+    await step(() => sbx.files.write('js/ev/new.txt', '22'), [['chmod', 'new.txt'], ['write', 'new.txt']], true)
+    await step(() => sbx.files.write('js/ev/oct.txt', 'o', { useOctetStream: true }),
+      [['create', 'oct.txt'], ['chmod', 'oct.txt'], ['write', 'oct.txt']])
+    await step(() => sbx.files.makeDir('js/ev/d/e'), [['create', 'd'], ['chmod', 'd']])
+    await h.stop()
+  })
+
   test('hostile paths', T, async () => {
     const passwd = (await sbx.commands.run('cat /etc/passwd')).stdout
     assert.equal(await sbx.files.read('../../../../etc/passwd'), passwd)

@@ -14,6 +14,7 @@ from conftest import own_daemon
 
 MAX_CONNS = 20
 FLOOD = 10 * MAX_CONNS
+AUTH_FAIL_MAX = 30  # SBX_AUTH_FAIL_MAX: wrong keys an address may send in a minute
 BAD_REQUESTS = 3000
 LOG_INTERVAL_S = 10  # of the summaries of client errors and of evictions
 
@@ -172,7 +173,9 @@ def test_bad_request_flood_grows_the_log_by_a_bounded_number_of_lines(quiet_daem
     for _ in range(50):
         statuses += _pipelined(d, b"GET /v2/sandboxes HTTP/1.1\r\nX-API-KEY : k\r\n\r\n", 1)
     sent = len(statuses)
-    assert statuses.count(b"401") == BAD_REQUESTS and statuses.count(b"400") == 50
+    # After 30 wrong keys the address is refused without its keys being checked (429).
+    assert statuses.count(b"401") == AUTH_FAIL_MAX and statuses.count(b"400") == 50
+    assert statuses.count(b"429") == BAD_REQUESTS - AUTH_FAIL_MAX
 
     def figures(lines):
         new = lines[len(before):]
@@ -197,4 +200,7 @@ def test_bad_request_flood_grows_the_log_by_a_bounded_number_of_lines(quiet_daem
     assert len(new) <= 10
     assert 'status=401 ' in logged[0] and 'remote=127.0.0.1 ' in logged[0]
     assert 'error="Invalid API key, please provide a valid X-API-KEY"' in logged[0]
-    assert d.request("GET", "/v2/sandboxes")[0] == 200
+    assert any("event=auth_blocked remote=127.0.0.1" in line for line in new)
+    # Blocked for the rest of the minute, whatever key it sends; /health still answers.
+    assert d.request("GET", "/v2/sandboxes")[0] == 429
+    assert d.request("GET", "/health", auth=False)[0] == 200

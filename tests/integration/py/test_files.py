@@ -158,17 +158,162 @@ def test_users_and_permissions(sandbox):
     info = sandbox.files.write("mine.txt", "x")
     st = sandbox.files.get_info(info.path)
     assert (st.owner, st.group, st.mode, st.permissions) == ("user", "user", 0o644, "-rw-r--r--")
+    # Writes are envd's: made as root and handed to the user, even where the user could not
+    # write (below); reads stay the user's, and /root is root's 0700 directory.
+    assert sandbox.files.write("/root/handed.txt", "x").path == "/root/handed.txt"
+    st = sandbox.files.get_info("/root/handed.txt", user="root")
+    assert (st.owner, st.group, st.mode) == ("user", "user", 0o644)
     with pytest.raises(SandboxException):
-        sandbox.files.write("/root/nope.txt", "x")
-    with pytest.raises(SandboxException):
-        sandbox.files.read("/root/.profile_does_not_matter", user="user") if False else \
-            sandbox.files.list("/root")
+        sandbox.files.list("/root")
     r = sandbox.files.write("/root/yes.txt", "x", user="root")
     assert r.path == "/root/yes.txt"
     st = sandbox.files.get_info("/root/yes.txt", user="root")
     assert (st.owner, st.group) == ("root", "root")
     assert sandbox.files.read("~/yes.txt", user="root") == "x"
     assert sandbox.files.write("rel.txt", "y", user="root").path == "/root/rel.txt"
+
+
+# -- writes as envd makes them: as root, handed to the user ---------------------------------
+
+
+def _events(handle):
+    """The polled watcher's new events as (type, name), in order."""
+    return [(e.type.value, e.name) for e in handle.get_new_events()]
+
+
+def _collapsed(events):
+    """Events with consecutive repeats folded into one: the kernel folds a repeat of the last
+    event still unread, so whether an overwrite's truncation and its write show as one WRITE
+    or two depends on when the watcher reads, on E2B as here."""
+    return [e for i, e in enumerate(events) if i == 0 or events[i - 1] != e]
+
+
+def _upload_signed(sbx, path, data):
+    body, ct = _multipart([("file", None, data)])
+    st, out = _fetch(sbx.upload_url(path), data=body, headers={"Content-Type": ct})
+    assert st == 200, out
+
+
+# Every form in which the SDKs (and presigned URLs) upload a file.
+UPLOADS = {
+    "multipart": lambda s, p, d: s.files.write(p, d),
+    "octet-stream": lambda s, p, d: s.files.write(p, io.BytesIO(d)),
+    "gzip": lambda s, p, d: s.files.write(p, d, gzip=True),
+    "multipart-many": lambda s, p, d: s.files.write_files([{"path": p, "data": d}]),
+    "octet-stream-many": lambda s, p, d: s.files.write_files([{"path": p, "data": d}],
+                                                             use_octet_stream=True),
+    "signed-url": _upload_signed,
+}
+
+
+@pytest.mark.parametrize("form", list(UPLOADS))
+def test_uploads_make_missing_parents_as_root_for_the_user(sandbox, form):
+    """As on E2B, the default user can write /<new>/a/x.txt although it cannot write /: the
+    parents and the file are made as root, then handed to the user, 0755 and 0644, and a
+    watcher of / sees the new directory made (CREATE) and handed over (CHMOD)."""
+    top = f"sbx-{form}"
+    h = sandbox.files.watch_dir("/")
+    UPLOADS[form](sandbox, f"/{top}/a/x.txt", b"hello")
+    assert sandbox.files.read(f"/{top}/a/x.txt") == "hello"
+    for path, mode in [(f"/{top}", 0o755), (f"/{top}/a", 0o755), (f"/{top}/a/x.txt", 0o644)]:
+        st = sandbox.files.get_info(path)
+        assert (st.owner, st.group, st.mode) == ("user", "user", mode), path
+    assert _events(h) == [("create", top), ("chmod", top)]
+    h.stop()
+
+
+def test_make_dir_makes_missing_parents_as_root_for_the_user(sandbox):
+    h = sandbox.files.watch_dir("/")
+    assert sandbox.files.make_dir("/sbx-mk/a/b") is True
+    for path in ["/sbx-mk", "/sbx-mk/a", "/sbx-mk/a/b"]:
+        st = sandbox.files.get_info(path)
+        assert (st.owner, st.group, st.mode, st.permissions) == (
+            "user", "user", 0o755, "drwxr-xr-x"), path
+    assert _events(h) == [("create", "sbx-mk"), ("chmod", "sbx-mk")]
+    assert sandbox.files.make_dir("/sbx-mk/a/b") is False
+    assert sandbox.files.make_dir("/sbx-mk/a/b", user="root") is False
+    # As root the new directory is root's.
+    assert sandbox.files.make_dir("/sbx-mk/r", user="root") is True
+    st = sandbox.files.get_info("/sbx-mk/r")
+    assert (st.owner, st.group, st.mode) == ("root", "root", 0o755)
+    # Move makes the destination's parents the same way.
+    sandbox.files.write("mv.txt", "m")
+    assert sandbox.files.rename("mv.txt", "/sbx-mv/d/mv.txt").path == "/sbx-mv/d/mv.txt"
+    st = sandbox.files.get_info("/sbx-mv/d")
+    assert (st.owner, st.group, st.mode) == ("user", "user", 0o755)
+    h.stop()
+
+
+def test_watchers_see_envds_event_sequences(sandbox, run_cmd):
+    """The polled watcher (the sync SDK's) sees what E2B's watchers see for each write: a new
+    file is CREATE, CHMOD, WRITE (E2B's test_watch_iterated counts these three), an
+    overwritten one CHMOD, WRITE; an existing root file written by the user becomes the
+    user's with its mode kept, as envd's chown does."""
+    sandbox.files.make_dir("ev")
+    r = run_cmd(sandbox, "sudo sh -c 'echo old > ~user/ev/root.txt && chmod 600 ~user/ev/root.txt'")
+    assert r.exit_code == 0, r.stderr
+    h = sandbox.files.watch_dir("ev")
+    sandbox.files.write("ev/new.txt", "1")
+    assert _events(h) == [("create", "new.txt"), ("chmod", "new.txt"), ("write", "new.txt")]
+    sandbox.files.write("ev/new.txt", "22")
+    assert _collapsed(_events(h)) == [("chmod", "new.txt"), ("write", "new.txt")]
+    sandbox.files.write("ev/root.txt", "mine")
+    assert _collapsed(_events(h)) == [("chmod", "root.txt"), ("write", "root.txt")]
+    st = sandbox.files.get_info("ev/root.txt")
+    assert (st.owner, st.group, st.mode) == ("user", "user", 0o600)
+    assert sandbox.files.read("ev/root.txt") == "mine"
+    sandbox.files.write("ev/empty.txt", "")
+    assert _events(h) == [("create", "empty.txt"), ("chmod", "empty.txt")]
+    sandbox.files.write("ev/meta.txt", "m", metadata={"k": "v"})
+    assert _events(h) == [("create", "meta.txt"), ("chmod", "meta.txt"), ("write", "meta.txt"),
+                          ("chmod", "meta.txt")]
+    sandbox.files.make_dir("ev/d/e")
+    assert _events(h) == [("create", "d"), ("chmod", "d")]
+    h.stop()
+    # E2B's test_watch_recursive_directory_changes: three events, named below the root.
+    sandbox.files.make_dir("rec/nested")
+    h = sandbox.files.watch_dir("rec", recursive=True)
+    sandbox.files.write("rec/nested/f.txt", "x")
+    assert _events(h) == [("create", "nested/f.txt"), ("chmod", "nested/f.txt"),
+                          ("write", "nested/f.txt")]
+    h.stop()
+
+
+async def test_watch_stream_sees_envds_event_sequences(async_sandbox):
+    """The same sequences on the WatchDir stream (the async SDK's)."""
+    import asyncio
+    s = async_sandbox
+    await s.files.make_dir("ev")
+    events = []
+    h = await s.files.watch_dir("ev", lambda e: events.append((e.type.value, e.name)))
+
+    # Each step ends with a fence, a directory made after it: the stream is in order, so the
+    # step's events are exactly those before the fence's.
+    fences = []
+
+    async def step(op, want, fold=False):
+        start = len(events)
+        await op
+        fence = f"fence{len(fences)}"
+        fences.append(fence)
+        await s.files.make_dir(f"ev/{fence}")
+        for _ in range(100):
+            if ("chmod", fence) in events[start:]:
+                break
+            await asyncio.sleep(0.05)
+        got = events[start:events.index(("create", fence), start)]
+        assert (_collapsed(got) if fold else got) == want
+
+    await step(s.files.write("ev/new.txt", "1"),
+               [("create", "new.txt"), ("chmod", "new.txt"), ("write", "new.txt")])
+    await step(s.files.write("ev/new.txt", "22"), [("chmod", "new.txt"), ("write", "new.txt")],
+               fold=True)
+    await step(s.files.write("/home/user/ev/gz.txt", "z" * 1000, gzip=True),
+               [("create", "gz.txt"), ("chmod", "gz.txt"), ("write", "gz.txt")], fold=True)
+    await step(s.files.make_dir("ev/d/e"), [("create", "d"), ("chmod", "d")])
+    await h.stop()
+    st = await s.files.get_info("ev/d/e")
+    assert (st.owner, st.mode) == ("user", 0o755)
 
 
 # -- filesystem RPCs ------------------------------------------------------------------------

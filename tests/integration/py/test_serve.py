@@ -1,5 +1,6 @@
 """`sbx serve` itself: first-start API key, the export lines, configuration errors, SIGTERM."""
 
+import json
 import os
 import re
 import shutil
@@ -150,7 +151,114 @@ def test_unreachable_state_dir_is_refused(sbx_daemon):
         shutil.rmtree(parent, ignore_errors=True)
 
 
+def test_more_cpus_than_sandboxes_can_run_on_is_refused(sbx_daemon):
+    """A quota above the CPUs there are would be reported as each sandbox's cpuCount and never
+    be its own (nproc inside shows the CPUs there are)."""
+    have = len(os.sched_getaffinity(0))
+    state = tempfile.mkdtemp(prefix="sbx-cpus-", dir="/var/tmp")
+    try:
+        r = subprocess.run([sbx_daemon.binary, "serve", "--listen", "127.0.0.1:0",
+                            "--state-dir", state, "--cpus", str(have + 1)],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1
+        assert (f"--cpus {have + 1}: sandboxes can run on {have} CPU{'' if have == 1 else 's'}"
+                f" here, so at most --cpus {have}") in r.stderr
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def test_help(sbx_daemon):
     r = subprocess.run([sbx_daemon.binary, "serve", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--state-dir" in r.stdout and "SBX_MEMORY_MB" in r.stdout
     assert "--max-connections N" in r.stdout and "SBX_MAX_CONNECTIONS" in r.stdout
+
+
+def test_version(sbx_daemon):
+    for argv in (["--version"], ["serve", "--version"]):
+        r = subprocess.run([sbx_daemon.binary, *argv], capture_output=True, text=True)
+        assert r.returncode == 0
+        assert re.fullmatch(r"sbx \d+\.\d+\.\d+( \(\S+\))?\n", r.stdout), r.stdout
+
+
+def _conf(tmp_path, text):
+    path = tmp_path / "sbx.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_configures_the_daemon_and_flags_win(sbx_daemon, state_dir, tmp_path):
+    port, other = _free_port(), _free_port()
+    conf = _conf(tmp_path, f"""# sbx.conf of a test
+listen = 127.0.0.1:{other}
+state-dir = "{state_dir}"
+api-key = e2b_{"cd" * 20}
+   memory-mb=300
+max-connections = 9
+""")
+    # The environment beats the file, a flag beats both.
+    env = dict(os.environ, SBX_LISTEN=f"127.0.0.1:{other + 1}", SBX_MEMORY_MB="200")
+    p = _serve(sbx_daemon.binary, "--config", conf, "--listen", f"127.0.0.1:{port}", env=env)
+    try:
+        assert _read_exports(p)["E2B_API_KEY"] == "e2b_" + "cd" * 20
+        assert _get(f"http://127.0.0.1:{port}", "e2b_" + "cd" * 20) == 200
+    finally:
+        assert _stop(p) == 0
+    start = [line for line in p.stderr.read().splitlines() if "event=start" in line][0]
+    assert " memory_mb=200 " in start and " max_connections=9 " in start
+
+
+def test_check_config_prints_the_effective_configuration(sbx_daemon, tmp_path):
+    conf = _conf(tmp_path, "listen = 0.0.0.0:3999\napi-key = e2b_secret\ncpus = 2\n")
+    env = dict(os.environ, SBX_CPUS="3")
+    r = subprocess.run([sbx_daemon.binary, "serve", "--config", conf, "--check-config",
+                        "--disk-mb", "64"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = {line.split(" = ")[0]: line for line in r.stdout.splitlines() if " = " in line}
+    assert re.match(rf"listen = 0\.0\.0\.0:3999 +# {re.escape(conf)}:1$", lines["listen"])
+    assert re.match(r"cpus = 3 +# SBX_CPUS$", lines["cpus"])
+    assert re.match(r"disk-mb = 64 +# --disk-mb$", lines["disk-mb"])
+    assert re.match(r"memory-mb = 512 +# default$", lines["memory-mb"])
+    # The key is a secret: --check-config says it is set, never what it is.
+    assert "e2b_secret" not in r.stdout and lines["api-key"].startswith("api-key = (set)")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("listen = 127.0.0.1:3000\nmemory_mb = 5\n",
+     ":2: unknown key 'memory_mb' (did you mean 'memory-mb'?)"),
+    ("frobnicate = 1\n", ":1: unknown key 'frobnicate'"),
+    ("# comment\n\ncpus = many\n", ":3: invalid value 'many' for key 'cpus'"),
+    ("listen 127.0.0.1:3000\n", ":1: expected 'key = value'"),
+    ("cpus = 1\ncpus = 2\n", ":2: key 'cpus' given twice"),
+    ("user = " + "x" * 5000 + "\n", ":1: line longer than"),
+])
+def test_malformed_config_file_is_refused_with_line_and_key(sbx_daemon, tmp_path, text, message):
+    conf = _conf(tmp_path, text)
+    for extra in ([], ["--check-config"]):
+        r = subprocess.run([sbx_daemon.binary, "serve", "--config", conf, *extra],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2
+        assert f"{conf}{message}" in r.stderr, r.stderr
+
+
+def test_named_config_file_must_exist(sbx_daemon, tmp_path):
+    env = dict(os.environ, SBX_CONFIG=str(tmp_path / "missing.conf"))
+    r = subprocess.run([sbx_daemon.binary, "serve", "--check-config"], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 2 and "missing.conf: No such file" in r.stderr
+
+
+def test_log_format_json(sbx_daemon, state_dir):
+    port = _free_port()
+    p = _serve(sbx_daemon.binary, "--listen", f"127.0.0.1:{port}", "--state-dir", state_dir,
+               "--log-format", "json")
+    try:
+        key = _read_exports(p)["E2B_API_KEY"]
+        assert _get(f"http://127.0.0.1:{port}", "e2b_wrong") == 401
+        assert _get(f"http://127.0.0.1:{port}", key) == 200
+    finally:
+        assert _stop(p) == 0
+    lines = [json.loads(line) for line in p.stderr.read().splitlines()]
+    start = next(x for x in lines if x["event"] == "start")
+    assert start["level"] == "info" and start["max_connections"] > 0  # numbers stay numbers
+    refused = next(x for x in lines if x["event"] == "request" and x["status"] == 401)
+    assert refused["error"].startswith("Invalid API key") and refused["remote"] == "127.0.0.1"

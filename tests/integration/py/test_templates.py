@@ -1,7 +1,8 @@
 """Templates built with the official Template SDK (e2b's Template, shared spec templates.md)
 against the real daemon: every step type, the layer cache, failures with their step, names
 and tags, exists, list and delete, COPY archives, and sandboxes created from the result.
-Build steps run in build sandboxes, which have no network: nothing here installs packages."""
+Build steps run in build sandboxes on the sandbox network with no egress rules, as E2B's
+have internet: one test installs a small package from PyPI."""
 
 import gzip
 import io
@@ -337,6 +338,21 @@ def test_build_steps_reach_no_host_path_nor_other_layers(sbx_daemon):
     _build(Template().from_base_image().run_cmd(probe, user="root"), _name(), logs)
     text = "\n".join(str(e) for e in logs)
     assert "probe-done" in text and "visible:" not in text and "mounted" not in text, text
+
+
+def test_build_steps_install_from_the_package_index(sbx_daemon):
+    """pipInstall in a step reaches PyPI (names resolve through the daemon's DNS forwarder,
+    traffic leaves through its NAT), and the sandboxes of the template have the package."""
+    name = _name()
+    logs = []
+    _build(Template().from_base_image().pip_install("six==1.17.0"), name, logs)
+    assert "Successfully installed six-1.17.0" in "\n".join(str(e) for e in logs)
+    s = Sandbox.create(name, timeout=60)
+    try:
+        r = s.commands.run("python3 -c 'import six; print(six.__version__)'")
+        assert r.stdout == "1.17.0\n"
+    finally:
+        s.kill()
 
 
 @pytest.mark.timeout(900)

@@ -1,0 +1,234 @@
+"""The sandbox network against its baselines, measured in the same run:
+
+  create      server-side create (X-Sbx-Spawn-Us, pools off) with the network, against the
+              same daemon binary with --network-cidr off
+  iperf3      TCP throughput from a sandbox to a host namespace of the benchmark's own
+              (NAT, the sandbox's rules), against the same iperf3 run between two plain
+              namespaces joined by a veth pair
+  getHost     HTTP through the daemon to a port of a sandbox (Host routing, the agent's
+              tunnel): a 256 MiB download in MiB/s, and the round trip of a small GET on a
+              keep-alive connection, against the same server program reached directly on the
+              host's loopback
+  rules       PUT /sandboxes/{id}/network round trip, and the TCP connect time from inside a
+              sandbox to the host namespace, with the rules of 10 and of 1,000 sandboxes in
+              the daemon's nftables table (the others' elements are added to the table for
+              addresses no sandbox has, as running sandboxes' would be)
+
+    .venv/bin/python bench/bench_network.py [N]     (root; needs iperf3; default N=30)
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from common import Daemon, report, server_side_creates, timed
+
+from e2b import Sandbox
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
+from helpers import TestHost  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 30
+NO_POOLS = ("--pool", "base=0", "--pool", "code-interpreter-v1=0")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def bench_create():
+    with Daemon("--network-cidr", "off", *NO_POOLS) as d:
+        base = server_side_creates(d, N)
+    with Daemon(*NO_POOLS) as d:
+        net = server_side_creates(d, N)
+    print(f"# create, N={N}, pools off")
+    report("server-side create, --network-cidr off", base)
+    report("server-side create with the network", net, "off", base)
+
+
+def iperf_gbps(json_text):
+    return json.loads(json_text)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def bench_iperf(d):
+    print("# iperf3, 5 s, 1 stream")
+    with TestHost("bench", "198.51.100.2", "198.51.100.1", prefix=26) as h, \
+            TestHost("benc2", "198.51.100.130", "198.51.100.129", prefix=26):
+        server = subprocess.Popen(["ip", "netns", "exec", h.ns, "iperf3", "-s", "-1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        # Baseline: namespace to namespace through the host (routed, no sbx rules).
+        base = iperf_gbps(sh(f"ip netns exec sbxt-benc2 iperf3 -J -t 5 -c {h.addr}"))
+        server.wait(10)
+        server = subprocess.Popen(["ip", "netns", "exec", h.ns, "iperf3", "-s", "-1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        s = Sandbox.create(timeout=120)
+        r = s.commands.run(f"iperf3 -J -t 5 -c {h.addr}", timeout=60)
+        got = iperf_gbps(r.stdout)
+        s.kill()
+        server.wait(10)
+    print(f"{'namespace -> namespace (baseline)':<44} {base:6.2f} Gbit/s")
+    print(f"{'sandbox -> namespace':<44} {got:6.2f} Gbit/s  ratio={got / base:.2f}x")
+
+
+def www(root):
+    """A 256 MiB and a tiny file under root, and the command serving them on 127.0.0.1:8000
+    (the same server program on the host and in the sandbox)."""
+    make = (f"mkdir -p {root} && head -c 268435456 /dev/zero > {root}/big && "
+            f"echo ok > {root}/small")
+    serve = f"sh -c 'cd {root} && exec python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1'"
+    return make, serve
+
+
+def download_mibps(host, port, hosthdr, path="/big"):
+    c = http.client.HTTPConnection(host, port, timeout=120)
+    t0 = time.perf_counter()
+    c.request("GET", path, headers={"Host": hosthdr})
+    r = c.getresponse()
+    n = 0
+    while True:
+        b = r.read(1 << 20)
+        if not b:
+            break
+        n += len(b)
+    dt = time.perf_counter() - t0
+    c.close()
+    return n / dt / (1 << 20)
+
+
+def small_rtts(host, port, hosthdr, n):
+    c = http.client.HTTPConnection(host, port, timeout=30)
+
+    def one():
+        c.request("GET", "/small", headers={"Host": hosthdr})
+        c.getresponse().read()
+    out = timed(one, n, warmup=20)
+    c.close()
+    return out
+
+
+def bench_gethost(d):
+    print("# getHost: the daemon to a sandbox's port, against the same server on the host")
+    make, serve = www("/var/tmp/sbx-bench-www")
+    sh(make)
+    direct = subprocess.Popen(serve, shell=True, start_new_session=True)
+    s = Sandbox.create(timeout=300)
+    # On the sandbox's disk: its /tmp is memory, a fraction of its limit.
+    make_in, serve_in = www("/home/user/www")
+    s.commands.run(make_in, timeout=120)
+    s.commands.run(serve_in, background=True, timeout=0)
+    time.sleep(1.5)
+    host = s.get_host(8000)
+    try:
+        base = [download_mibps("127.0.0.1", 8000, "localhost") for _ in range(3)]
+        prox = [download_mibps("127.0.0.1", d.port, host) for _ in range(3)]
+        print(f"{'256 MiB GET direct (baseline)':<44} {max(base):8.0f} MiB/s")
+        print(f"{'256 MiB GET through getHost':<44} {max(prox):8.0f} MiB/s  "
+              f"ratio={max(prox) / max(base):.2f}x")
+        b = small_rtts("127.0.0.1", 8000, "localhost", 500)
+        p = small_rtts("127.0.0.1", d.port, host, 500)
+        report("small GET direct (baseline)", b)
+        p50, _ = report("small GET through getHost", p, "direct", b)
+        print(f"{'added latency p50':<44} {p50 - sorted(b)[len(b) // 2]:.3f} ms")
+    finally:
+        os.killpg(direct.pid, signal.SIGTERM)
+        s.kill()
+        sh("rm -rf /var/tmp/sbx-bench-www")
+
+
+def table_of(addr):
+    dev = json.loads(sh(f"ip -j route get {addr}"))[0]["dev"]
+    return dev.rsplit("-", 1)[0]
+
+
+def fill_table(table, addrs):
+    """Rules for sandboxes at addrs (a deny-all and five allowed ranges each), as the spawner
+    would add them: shard = the address's low six bits."""
+    by_shard = {}
+    for a in addrs:
+        k = int(a.split(".")[3]) & 63
+        by_shard.setdefault(k, []).append(a)
+    cmds = []
+    for k, group in by_shard.items():
+        allow = ", ".join(f"{a} . 192.0.2.{16 * j}/28" for a in group for j in range(5))
+        deny = ", ".join(f"{a} . 0.0.0.0/0" for a in group)
+        cmds += [f"add element inet {table} allow_{k} {{ {allow} }}",
+                 f"add element inet {table} deny_{k} {{ {deny} }}"]
+    subprocess.run(["nft", "-f", "-"], input="\n".join(cmds), text=True, check=True)
+    return "\n".join(c.replace("add element", "delete element") for c in cmds)
+
+
+CONNECTS = r"""
+import socket, sys, time
+out = []
+for _ in range(int(sys.argv[2])):
+    t0 = time.perf_counter()
+    s = socket.create_connection((sys.argv[1], 5201), timeout=5)
+    out.append((time.perf_counter() - t0) * 1000)
+    s.close()
+print(" ".join(f"{x:.4f}" for x in out))
+"""
+
+
+def bench_rules(d):
+    print("# rules: with the rules of 10 and of 1,000 sandboxes in the table")
+    with TestHost("bench", "198.51.100.2", "198.51.100.1", prefix=26) as h:
+        h.serve(5201)
+        s = Sandbox.create(timeout=300, network={"deny_out": ["0.0.0.0/0"],
+                                                 "allow_out": ["198.51.100.0/26"]})
+        s.files.write("/tmp/connects.py", CONNECTS)
+        me = s.commands.run("ip -4 -o addr show dev eth0").stdout.split()[3].split("/")[0]
+        table = table_of(me)
+        base = [int(x) for x in me.split(".")]
+        # Addresses of slots past those in use here: 999 other sandboxes' worth of rules.
+        start = base[2] * 256 + base[3] + 100
+        others = [f"{base[0]}.{base[1]}.{v // 256}.{v % 256}" for v in range(start, start + 999)]
+        results = {}
+        undo = []
+        for total, addrs in ((10, others[:9]), (1000, others[9:])):
+            undo.append(fill_table(table, addrs))
+            def put(i=[0]):
+                i[0] += 1
+                body = {"denyOut": ["0.0.0.0/0"], "allowOut": [f"198.51.100.{i[0] % 60}/32",
+                                                                "198.51.100.0/26"]}
+                req = urllib.request.Request(d.url + f"/sandboxes/{s.sandbox_id}/network",
+                                             method="PUT", data=json.dumps(body).encode(),
+                                             headers={"X-API-KEY": d.key,
+                                                      "Content-Type": "application/json"})
+                urllib.request.urlopen(req).read()
+            mark = len(open(d.log.name, "rb").read())
+            results[total] = timed(put, 200, warmup=5)
+            # The spawner's own part (nftables), from its log line of each change.
+            tail = open(d.log.name, "rb").read()[mark:].decode()
+            results[f"s{total}"] = [int(x) / 1000 for x in
+                                    re.findall(r"event=net_policy .* us=(\d+)", tail)][-200:]
+            out = s.commands.run(f"python3 /tmp/connects.py {h.addr} 300", timeout=120)
+            results[f"c{total}"] = [float(x) for x in out.stdout.split()]
+        s.kill()
+        subprocess.run(["nft", "-f", "-"], input="\n".join(undo), text=True, check=False)
+    report("PUT /network, 10 sandboxes with rules", results[10])
+    report("PUT /network, 1,000 sandboxes with rules", results[1000], "10", results[10])
+    report("  of which the spawner (nftables), 10", results["s10"])
+    report("  of which the spawner (nftables), 1,000", results["s1000"], "10", results["s10"])
+    report("TCP connect from a sandbox, 10", results["c10"])
+    report("TCP connect from a sandbox, 1,000", results["c1000"], "10", results["c10"])
+
+
+def main():
+    if "--no-create" not in sys.argv:
+        bench_create()
+    with Daemon("--pool", "code-interpreter-v1=0", "--log-level", "info") as d:
+        bench_iperf(d)
+        bench_gethost(d)
+        bench_rules(d)
+
+
+if __name__ == "__main__":
+    main()
