@@ -7,6 +7,7 @@ have internet: one test installs a small package from PyPI."""
 import gzip
 import io
 import os
+import shutil
 import tarfile
 import time
 import uuid
@@ -340,12 +341,18 @@ def test_build_steps_reach_no_host_path_nor_other_layers(sbx_daemon):
     assert "probe-done" in text and "visible:" not in text and "mounted" not in text, text
 
 
-def test_build_steps_install_from_the_package_index(sbx_daemon):
-    """pipInstall in a step reaches PyPI (names resolve through the daemon's DNS forwarder,
-    traffic leaves through its NAT), and the sandboxes of the template have the package."""
+def test_build_steps_install_from_the_package_index(sbx_daemon, tmp_path):
+    """A pip install in a step reaches PyPI (names resolve through the daemon's DNS forwarder,
+    traffic leaves through its NAT), and the sandboxes of the template have the package. pip
+    is given the host's CA bundle, which may hold a site's TLS proxy CA that the template's
+    own bundle lacks (scripts/templates.sh does the same for the built-in templates)."""
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", tmp_path / "host-ca.crt")
     name = _name()
     logs = []
-    _build(Template().from_base_image().pip_install("six==1.17.0"), name, logs)
+    t = (Template(file_context_path=str(tmp_path)).from_base_image()
+         .copy("host-ca.crt", "/opt/host-ca.crt")
+         .run_cmd("pip install --cert /opt/host-ca.crt six==1.17.0", user="root"))
+    _build(t, name, logs)
     assert "Successfully installed six-1.17.0" in "\n".join(str(e) for e in logs)
     s = Sandbox.create(name, timeout=60)
     try:
