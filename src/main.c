@@ -1,12 +1,14 @@
-/* sbx: one binary, several modes. `sbx serve` is the daemon, `sbx agent` runs as PID 1
- * inside a sandbox (never by hand), every other verb is a client of the daemon's HTTP API. */
+/* sbx: one binary, several modes. `sbx serve` is the daemon, every other verb is a client of
+ * the daemon's HTTP API. The agent that runs as PID 1 in every sandbox is a program of its
+ * own (src/agent/main.c) whose image this binary carries (agent_image.S, see meson.build). */
 #include <stdio.h>
 #include <string.h>
 
-#include "agent/agent.h"
 #include "base/version.h"
 #include "cli/cli.h"
 #include "daemon/daemon.h"
+
+extern const unsigned char sbx_agent_image[], sbx_agent_image_end[];
 
 static void
 usage(FILE *f)
@@ -48,8 +50,7 @@ main(int argc, char **argv)
         return 0;
     }
     if (strcmp(argv[1], "serve") == 0)
-        return sbx_daemon_main(argc - 1, argv + 1);
-    if (strcmp(argv[1], "agent") == 0)
-        return sbx_agent_main(argc - 1, argv + 1);
+        return sbx_daemon_main(argc - 1, argv + 1, sbx_agent_image,
+                               (size_t)(sbx_agent_image_end - sbx_agent_image));
     return sbx_cli_main(argc - 1, argv + 1);
 }

@@ -1,6 +1,7 @@
 /* GET/POST /files: streamed downloads (identity or gzip) and uploads (multipart/form-data or
- * application/octet-stream, optionally gzip-encoded). Downloads read as the requested user;
- * uploads write as envd does, as the agent, handing what they make to the user (fsutil.h).
+ * application/octet-stream, optionally gzip-encoded). Both act as envd does, as sandbox root
+ * for the requested user, whose home resolves the path: downloads read what root can, uploads
+ * hand what they make to the user, within the bounds fsutil.h describes.
  *
  * Memory stays bounded: downloads read one chunk at a time and wait for the connection to
  * drain; uploads are written synchronously as each received slice is parsed, so the HTTP
@@ -363,25 +364,28 @@ files_get(struct sbx_http_req *req, const struct sbx_agent_config *cfg)
     _cleanup_error_ struct sbx_error *e = NULL;
     _cleanup_free_ char *path = sbx_agent_path_resolve(p.path, p.path_len, u.home, &e);
     params_fini(&p);
+    sbx_agent_user_fini(&u);
     int gz = negotiate_encoding(sbx_http_req_header(req, "accept-encoding"));
     int fd = -1;
     struct stat st;
     if (path != NULL) {
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&u, &fsu, &e) == 0) {
-            /* O_NONBLOCK: opening a FIFO must not hang the agent; non-regular files are
-             * refused below anyway. */
-            if (u.uid != 0 && sbx_agent_path_is_agent_proc(path))
-                errno = EACCES, fd = -1;
-            else
-                fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-            if (fd < 0 && errno == ENOENT)
-                sbx_error_set(&e, SBX_NOT_FOUND, ENOENT, "path '%s' does not exist", path);
-            else if (fd < 0)
-                sbx_agent_fs_error(&e, errno, "open '%s'", path);
-        }
+        /* As envd reads, as root, following symlinks but never a magic link (fsutil.h).
+         * O_NONBLOCK: opening a FIFO must not hang the agent; non-regular files are refused
+         * below anyway. */
+        fd = sbx_agent_open_for_user(AT_FDCWD, path, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0);
+        if (fd < 0 && errno == ENOENT)
+            sbx_error_set(&e, SBX_NOT_FOUND, ENOENT, "path '%s' does not exist", path);
+        else if (fd < 0)
+            sbx_agent_open_error(&e, errno, "open", path, (int)strlen(path));
     }
-    sbx_agent_user_fini(&u);
+    if (fd >= 0 && sbx_agent_fd_is_proc(fd)) {
+        /* The agent's own /proc entries (its memory, environment, fds) open to it whatever
+         * their owner: nothing on procfs is read for a client. */
+        sbx_error_set(&e, SBX_PERMISSION_DENIED, EACCES,
+                      "path '%s' is on /proc, which the agent never reads for a client", path);
+        close(fd);
+        fd = -1;
+    }
     if (fd >= 0 && fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
         sbx_error_set(&e, SBX_INVALID_ARGUMENT, 0,
                       S_ISDIR(st.st_mode) ? "path '%s' is a directory"
@@ -538,7 +542,7 @@ file_begin(struct upload *up, char *path /* stolen */, struct sbx_error **err)
     if (fd < 0 && errno == EISDIR)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, EISDIR, "path '%s' is a directory", p);
     if (fd < 0)
-        return sbx_agent_write_error(err, errno, "open for writing", p, (int)strlen(p));
+        return sbx_agent_open_error(err, errno, "open for writing", p, (int)strlen(p));
     struct stat st;
     if (sbx_agent_fd_is_proc(fd)) {
         close(fd);
@@ -557,7 +561,7 @@ file_begin(struct upload *up, char *path /* stolen */, struct sbx_error **err)
         if (created)
             unlinkat(dfd, name, 0); /* just made by us, still empty */
         close(fd);
-        return sbx_agent_write_error(err, e, "open for writing", p, (int)strlen(p));
+        return sbx_agent_open_error(err, e, "open for writing", p, (int)strlen(p));
     }
     up->fd = fd;
     up->dirfd = steal_fd(&dfd);

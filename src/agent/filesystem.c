@@ -1,7 +1,9 @@
 /* filesystem.Filesystem unary RPCs: Stat, MakeDir, Move, ListDir, Remove (the watch RPCs are
- * in watch.c). EntryInfo fields are built in fsutil.c: name, type (a symlink reports its
- * target's type, plus isSymlink and symlinkTarget), path, size (lstat), mode (permission
- * bits), permissions (Go FileMode.String), owner, group, modifiedTime, metadata. */
+ * in watch.c), done as envd does them: as sandbox root, the paths resolved for the operation
+ * user (its home for "~" and relative paths) and what they make handed to it, within the
+ * bounds fsutil.h describes. EntryInfo fields are built in fsutil.c: name, type (a symlink reports
+ * its target's type, plus isSymlink and symlinkTarget), path, size (lstat), mode (permission bits),
+ * permissions (Go FileMode.String), owner, group, modifiedTime, metadata. */
 #include "agent/filesystem.h"
 
 #include <dirent.h>
@@ -38,7 +40,6 @@ sbx_agent_fs_req_path(json_t *msg, const char *key, const struct sbx_agent_user 
 struct call {
     struct sbx_agent_user user;
     struct sbx_agent_names *names;
-    struct sbx_agent_fsuser fsu;
 };
 
 static int
@@ -54,7 +55,6 @@ call_begin(struct sbx_http_req *req, struct call *c, struct sbx_error **err)
 static void
 call_end(struct call *c)
 {
-    sbx_agent_fsuser_leave(&c->fsu);
     sbx_agent_user_fini(&c->user);
     sbx_agent_names_free(c->names);
 }
@@ -85,21 +85,6 @@ do_stat(struct call *c, json_t *msg, struct sbx_error **e)
     return entry_response(path, c, e);
 }
 
-/* Makes dir and its missing parents for the call's user as envd's EnsureDirs does: as the
- * agent, each new directory handed to the user (fsutil.h). The call goes on as its user. */
-static int
-make_dirs(struct call *c, const char *dir, bool *created, struct sbx_error **e)
-{
-    sbx_agent_fsuser_leave(&c->fsu);
-    int fd = sbx_agent_dir_make(dir, c->user.uid, c->user.gid, created, e);
-    int rc = fd < 0 ? -1 : 0;
-    if (fd >= 0)
-        close(fd);
-    if (sbx_agent_fsuser_enter(&c->user, &c->fsu, rc < 0 ? NULL : e) < 0)
-        rc = -1;
-    return rc;
-}
-
 static json_t *
 do_make_dir(struct call *c, json_t *msg, struct sbx_error **e)
 {
@@ -107,7 +92,8 @@ do_make_dir(struct call *c, json_t *msg, struct sbx_error **e)
     if (path == NULL)
         return NULL;
     bool created = false;
-    if (make_dirs(c, path, &created, e) < 0)
+    _cleanup_close_ int fd = sbx_agent_dir_make(path, c->user.uid, c->user.gid, &created, e);
+    if (fd < 0)
         return NULL;
     if (!created) {
         sbx_error_set(e, SBX_ALREADY_EXISTS, EEXIST, "directory '%s' already exists", path);
@@ -116,6 +102,10 @@ do_make_dir(struct call *c, json_t *msg, struct sbx_error **e)
     return entry_response(path, c, e);
 }
 
+/* envd's Move: the destination's missing parents are made as MakeDir makes them, then the
+ * source is renamed, Go's os.Rename refusing an existing directory as the destination. Unlike
+ * envd, a missing source is found before anything is made. Both ends are reached through
+ * descriptors of their directories. */
 static json_t *
 do_move(struct call *c, json_t *msg, struct sbx_error **e)
 {
@@ -125,18 +115,27 @@ do_move(struct call *c, json_t *msg, struct sbx_error **e)
     _cleanup_free_ char *dst = sbx_agent_fs_req_path(msg, "destination", &c->user, e);
     if (dst == NULL)
         return NULL;
+    _cleanup_free_ char *src_dir = sbx_agent_path_dir(src);
+    _cleanup_free_ char *dst_dir = sbx_agent_path_dir(dst);
+    const char *src_name = sbx_agent_path_base(src), *dst_name = sbx_agent_path_base(dst);
     struct stat st;
-    if (lstat(src, &st) < 0) {
+    _cleanup_close_ int sfd = sbx_agent_open_for_user(AT_FDCWD, src_dir, O_PATH | O_DIRECTORY, 0);
+    if (sfd < 0 || fstatat(sfd, src_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
         if (errno == ENOENT)
             sbx_error_set(e, SBX_NOT_FOUND, ENOENT, "source '%s' does not exist", src);
         else
-            sbx_agent_fs_error(e, errno, "stat '%s'", src);
+            sbx_agent_open_error(e, errno, "move", src, (int)strlen(src));
         return NULL;
     }
-    _cleanup_free_ char *dir = sbx_agent_path_dir(dst);
-    if (make_dirs(c, dir, NULL, e) < 0)
+    _cleanup_close_ int dfd = sbx_agent_dir_make(dst_dir, c->user.uid, c->user.gid, NULL, e);
+    if (dfd < 0)
         return NULL;
-    if (rename(src, dst) < 0) {
+    if (fstatat(dfd, dst_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
+        sbx_error_set(e, SBX_ALREADY_EXISTS, EEXIST,
+                      "move '%s' to '%s': the destination is an existing directory", src, dst);
+        return NULL;
+    }
+    if (renameat(sfd, src_name, dfd, dst_name) < 0) {
         sbx_agent_fs_error(e, errno, "move '%s' to '%s'", src, dst);
         return NULL;
     }
@@ -145,40 +144,20 @@ do_move(struct call *c, json_t *msg, struct sbx_error **e)
 
 /* ---- ListDir ---- */
 
+/* Pre-order, lexical per directory; display paths are built from the requested path (dir).
+ * Each level is read through a descriptor of its directory, entered without following
+ * symlinks: symlinked subdirectories are listed, not descended (no loops, no escapes). */
 static int
-cmp_names(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Pre-order, lexical per directory; display paths are built from the requested path. */
-static int
-list_walk(struct call *c, const char *dir, unsigned level, unsigned depth, json_t *out,
+list_walk(struct call *c, int dirfd, const char *dir, unsigned level, unsigned depth, json_t *out,
           struct sbx_error **e)
 {
-    DIR *d = opendir(dir);
-    if (d == NULL) {
+    size_t n;
+    char **names = sbx_agent_dir_names(dirfd, &n);
+    if (names == NULL) {
         if (level == 1)
             return sbx_agent_fs_error(e, errno, "open directory '%s'", dir);
         return 0; /* an unreadable subdirectory is listed, not descended */
     }
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            char **nn = realloc(names, cap * sizeof(*names));
-            if (nn == NULL)
-                abort();
-            names = nn;
-        }
-        names[n++] = strdup(de->d_name);
-    }
-    closedir(d);
-    qsort(names, n, sizeof(*names), cmp_names);
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         if (json_array_size(out) >= SBX_AGENT_LIST_MAX_ENTRIES) {
@@ -189,18 +168,19 @@ list_walk(struct call *c, const char *dir, unsigned level, unsigned depth, json_
         }
         _cleanup_free_ char *p = sbx_agent_path_join(dir, names[i]);
         _cleanup_error_ struct sbx_error *ignored = NULL;
-        json_t *entry = sbx_agent_entry_info(p, c->names, &ignored);
+        json_t *entry = sbx_agent_entry_info_at(dirfd, names[i], p, c->names, &ignored);
         if (entry == NULL)
             continue; /* removed while we listed */
         json_array_append_new(out, entry);
-        struct stat st;
-        /* Symlinked subdirectories are not descended (no loops, no escapes from the tree). */
-        if (level < depth && lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            rc = list_walk(c, p, level + 1, depth, out, e);
+        if (level >= depth)
+            continue;
+        _cleanup_close_ int sub =
+            sbx_agent_open_for_user(dirfd, names[i], O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+        /* A /proc mount is listed, never read: the agent's own entries are there (fsutil.h). */
+        if (sub >= 0 && !sbx_agent_fd_is_proc(sub))
+            rc = list_walk(c, sub, p, level + 1, depth, out, e);
     }
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
+    sbx_agent_dir_names_free(names, n);
     return rc;
 }
 
@@ -217,21 +197,25 @@ do_list_dir(struct call *c, json_t *msg, struct sbx_error **e)
         depth = 1;
     if (depth > 1024)
         depth = 1024;
-    struct stat st;
-    /* The requested directory itself may be a symlink to a directory: follow it. */
-    if (stat(path, &st) < 0) {
+    /* The requested directory itself may be a symlink to a directory: followed, as envd's
+     * EvalSymlinks does. */
+    _cleanup_close_ int fd = sbx_agent_open_for_user(AT_FDCWD, path, O_PATH | O_DIRECTORY, 0);
+    if (fd < 0) {
         if (errno == ENOENT)
             sbx_error_set(e, SBX_NOT_FOUND, ENOENT, "directory '%s' does not exist", path);
+        else if (errno == ENOTDIR)
+            sbx_error_set(e, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory", path);
         else
-            sbx_agent_fs_error(e, errno, "stat '%s'", path);
+            sbx_agent_open_error(e, errno, "list", path, (int)strlen(path));
         return NULL;
     }
-    if (!S_ISDIR(st.st_mode)) {
-        sbx_error_set(e, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory", path);
+    if (sbx_agent_fd_is_proc(fd)) {
+        sbx_error_set(e, SBX_PERMISSION_DENIED, EACCES,
+                      "path '%s' is on /proc, which the agent never lists", path);
         return NULL;
     }
     json_t *entries = json_array();
-    if (list_walk(c, path, 1, (unsigned)depth, entries, e) < 0) {
+    if (list_walk(c, fd, path, 1, (unsigned)depth, entries, e) < 0) {
         json_decref(entries);
         return NULL;
     }
@@ -239,6 +223,13 @@ do_list_dir(struct call *c, json_t *msg, struct sbx_error **e)
 }
 
 /* ---- Remove ---- */
+
+static int
+proc_refused(struct sbx_error **e, const char *path)
+{
+    return sbx_error_set(e, SBX_PERMISSION_DENIED, EACCES,
+                         "path '%s' is on /proc, which the agent never removes", path);
+}
 
 static int
 remove_at(int parent_fd, const char *name, const char *shown, unsigned level, struct sbx_error **e)
@@ -257,6 +248,12 @@ remove_at(int parent_fd, const char *name, const char *shown, unsigned level, st
     int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : sbx_agent_fs_error(e, errno, "open '%s'", shown);
+    if (sbx_agent_fd_is_proc(fd)) {
+        /* A /proc mount met below: the kernel refuses removals there, but the agent's own
+         * entries are not even walked for a client (fsutil.h). */
+        close(fd);
+        return proc_refused(e, shown);
+    }
     DIR *d = fdopendir(fd);
     if (d == NULL) {
         close(fd);
@@ -292,16 +289,18 @@ do_remove(struct call *c, json_t *msg, struct sbx_error **e)
         return NULL;
     }
     _cleanup_free_ char *dir = sbx_agent_path_dir(path);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    _cleanup_close_ int dfd = sbx_agent_open_for_user(AT_FDCWD, dir, O_PATH | O_DIRECTORY, 0);
     if (dfd < 0) {
         if (errno == ENOENT || errno == ENOTDIR)
             return json_object(); /* missing is not an error */
-        sbx_agent_fs_error(e, errno, "open '%s'", dir);
+        sbx_agent_open_error(e, errno, "remove", path, (int)strlen(path));
         return NULL;
     }
-    int rc = sbx_agent_remove_at(dfd, sbx_agent_path_base(path), path, e);
-    close(dfd);
-    return rc < 0 ? NULL : json_object();
+    if (sbx_agent_fd_is_proc(dfd)) {
+        proc_refused(e, path);
+        return NULL;
+    }
+    return sbx_agent_remove_at(dfd, sbx_agent_path_base(path), path, e) < 0 ? NULL : json_object();
 }
 
 /* ---- dispatch ---- */
@@ -320,7 +319,7 @@ on_unary(struct sbx_http_req *req, json_t *msg, struct sbx_error *rerr)
     _cleanup_error_ struct sbx_error *e = NULL;
     struct call c;
     json_t *res = NULL;
-    if (call_begin(req, &c, &e) == 0 && sbx_agent_fsuser_enter(&c.user, &c.fsu, &e) == 0)
+    if (call_begin(req, &c, &e) == 0)
         res = fn(&c, msg, &e);
     call_end(&c);
     reply(req, res, e);

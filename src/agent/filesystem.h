@@ -1,14 +1,13 @@
 /* The envd `filesystem.Filesystem` service (filesystem.c, watch.c) and the /files transfer
  * endpoint (files.c) of the agent. File operations run inside the sandbox's mount namespace,
- * as the operation user (see fsutil.h), except what envd writes as root: uploads, MakeDir and
- * the parents Move makes are written as the agent and handed to the user, with the bounds
- * fsutil.h describes. Nothing here opens listeners or reads the agent config file.
+ * as envd runs them: as sandbox root, paths resolved for the operation user, what they make
+ * handed to that user, with the bounds fsutil.h describes. Nothing here opens listeners or
+ * reads the agent config file.
  *
- * Symlinks: paths are resolved by the kernel following symlinks, as in envd. Read as the
- * operation user, following a link grants nothing the user could not do by naming the target
- * directly, and the agent's root is the sandbox's pivot_root'ed root, so /proc/self/root and
- * /proc/1/root lead back into the sandbox. Writes go through a symlink at the final component,
- * as in envd, but never into /proc or through its magic links (fsutil.h). */
+ * Symlinks: paths are resolved by the kernel following symlinks, as in envd (operations on
+ * a named entry, Stat, Remove, a move's ends, act on a trailing symlink itself), but never
+ * through a /proc magic link, and nothing on procfs is read, listed, watched or written
+ * (fsutil.h). The agent's root is the sandbox's pivot_root'ed root. */
 #ifndef SBX_AGENT_FILESYSTEM_H
 #define SBX_AGENT_FILESYSTEM_H
 
@@ -22,8 +21,10 @@
 
 #define SBX_AGENT_WATCH_MAX        1024  /* live watchers (streams + polled) */
 #define SBX_AGENT_WATCH_MAX_QUEUED 10000 /* undrained events of a polled watcher */
-#define SBX_AGENT_UPLOAD_MAX_FILES 10000 /* parts named "file" in one upload */
-#define SBX_AGENT_IO_CHUNK         (64 * 1024)
+/* entries a recursive watcher reports as created when a directory appears with contents */
+#define SBX_AGENT_WATCH_MAX_ANNOUNCED 65536
+#define SBX_AGENT_UPLOAD_MAX_FILES    10000 /* parts named "file" in one upload */
+#define SBX_AGENT_IO_CHUNK            (64 * 1024)
 
 /* Handles POST /filesystem.Filesystem/<method>; false if the path is not this service's. */
 bool sbx_agent_fs_handle(struct sbx_http_req *req);

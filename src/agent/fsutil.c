@@ -1,5 +1,6 @@
 #include "agent/fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -8,10 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/capability.h>
 #include <linux/magic.h>
 #include <linux/openat2.h>
-#include <sys/fsuid.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
@@ -20,81 +19,6 @@
 
 #include "base/cleanup.h"
 #include "base/util.h"
-
-/* ---- acting as a user ---- */
-
-static int
-caps_get(struct __user_cap_data_struct d[2])
-{
-    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
-    return (int)syscall(SYS_capget, &h, d);
-}
-
-static int
-caps_set(struct __user_cap_data_struct d[2])
-{
-    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
-    return (int)syscall(SYS_capset, &h, d);
-}
-
-int
-sbx_agent_fsuser_enter(const struct sbx_agent_user *u, struct sbx_agent_fsuser *saved,
-                       struct sbx_error **err)
-{
-    saved->active = false;
-    saved->caps_lowered = false;
-    struct __user_cap_data_struct caps[2];
-    if (caps_get(caps) < 0)
-        return sbx_error_sys(err, errno, "capget");
-    saved->effective[0] = caps[0].effective;
-    saved->effective[1] = caps[1].effective;
-    saved->gid = (gid_t)setfsgid(u->gid);
-    if ((gid_t)setfsgid((gid_t)-1) != u->gid) {
-        setfsgid(saved->gid);
-        return sbx_error_set(err, SBX_INTERNAL, EPERM, "cannot act as group %u", u->gid);
-    }
-    saved->uid = (uid_t)setfsuid(u->uid);
-    /* setfsuid reports no error: read back with an invalid id to confirm the switch. */
-    if ((uid_t)setfsuid((uid_t)-1) != u->uid) {
-        setfsuid(saved->uid);
-        setfsgid(saved->gid);
-        return sbx_error_set(err, SBX_INTERNAL, EPERM, "cannot act as user %u", u->uid);
-    }
-    saved->active = true;
-    if (u->uid != 0) {
-        /* Per thread, and the permitted set stays: leave can raise them again. */
-        caps[0].effective = caps[1].effective = 0;
-        if (caps_set(caps) < 0) {
-            int e = errno;
-            sbx_agent_fsuser_leave(saved);
-            return sbx_error_sys(err, e, "drop capabilities to act as user %u", u->uid);
-        }
-        saved->caps_lowered = true;
-    }
-    return 0;
-}
-
-void
-sbx_agent_fsuser_leave(struct sbx_agent_fsuser *saved)
-{
-    if (saved == NULL || !saved->active)
-        return;
-    int e = errno;
-    if (saved->caps_lowered) {
-        struct __user_cap_data_struct caps[2];
-        if (caps_get(caps) == 0) {
-            caps[0].effective = saved->effective[0];
-            caps[1].effective = saved->effective[1];
-            caps_set(caps);
-        }
-        saved->caps_lowered = false;
-    }
-    /* Back to fsuid 0 also restores the fs capabilities from the permitted set. */
-    setfsuid(saved->uid);
-    setfsgid(saved->gid);
-    saved->active = false;
-    errno = e;
-}
 
 /* ---- paths ---- */
 
@@ -190,18 +114,22 @@ sbx_agent_path_resolve(const char *p, size_t len, const char *home, struct sbx_e
                       len, strerror(ENAMETOOLONG));
         return NULL;
     }
+    /* envd expands "~" and "~/" (and "~\\", its Windows twin) only: another user's "~name"
+     * is an error there, not a relative path. */
+    if (len >= 2 && p[0] == '~' && p[1] != '/' && p[1] != '\\') {
+        sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                      "cannot expand user-specific home dir in '%.*s'", (int)len, p);
+        return NULL;
+    }
     char *out = NULL;
     if (len == 0 || (len == 1 && p[0] == '~')) {
         out = strdup(home);
     } else if (p[0] == '/') {
         out = strndup(p, len);
     } else {
-        const char *rest = p;
-        size_t rlen = len;
-        if (len >= 2 && p[0] == '~' && p[1] == '/') {
-            rest = p + 2;
-            rlen = len - 2;
-        }
+        /* Relative paths, and "~" + "/rest" or "\\rest", are joined to home. */
+        const char *rest = p[0] == '~' ? p + 1 : p;
+        size_t rlen = len - (size_t)(rest - p);
         if (asprintf(&out, "%s/%.*s", home, (int)rlen, rest) < 0)
             out = NULL;
     }
@@ -263,31 +191,7 @@ sbx_agent_fs_error(struct sbx_error **err, int e, const char *fmt, ...)
     return -1;
 }
 
-bool
-sbx_agent_path_is_agent_proc(const char *path)
-{
-    char *real = realpath(path, NULL);
-    if (real == NULL) {
-        /* A file about to be created: judge its directory. */
-        char *dir = sbx_agent_path_dir(path);
-        real = realpath(dir, NULL);
-        free(dir);
-    }
-    if (real == NULL)
-        return false;
-    char self[32], one[] = "/proc/1";
-    snprintf(self, sizeof(self), "/proc/%d", (int)getpid());
-    bool hit = false;
-    for (int i = 0; i < 2 && !hit; i++) {
-        const char *pre = i == 0 ? one : self;
-        size_t n = strlen(pre);
-        hit = strncmp(real, pre, n) == 0 && (real[n] == '\0' || real[n] == '/');
-    }
-    free(real);
-    return hit;
-}
-
-/* ---- writing on a user's behalf ---- */
+/* ---- acting for a user ---- */
 
 int
 sbx_agent_open_for_user(int dirfd, const char *name, int flags, mode_t mode)
@@ -310,12 +214,12 @@ sbx_agent_fd_is_proc(int fd)
 }
 
 int
-sbx_agent_write_error(struct sbx_error **err, int e, const char *what, const char *path, int len)
+sbx_agent_open_error(struct sbx_error **err, int e, const char *what, const char *path, int len)
 {
     if (e == ELOOP)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, e,
                              "%s '%.*s': a symlink loop, or a /proc/<pid>/{fd,root,cwd,exe} link, "
-                             "which writes never follow",
+                             "which the agent never follows",
                              what, len, path);
     return sbx_agent_fs_error(err, e, "%s '%.*s'", what, len, path);
 }
@@ -330,7 +234,7 @@ dir_error(struct sbx_error **err, int e, const char *dir, size_t upto)
     if (e == ENOTDIR)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, e, "a component of '%s' is not a directory",
                              dir);
-    return sbx_agent_write_error(err, e, "create directory", dir, (int)upto);
+    return sbx_agent_open_error(err, e, "create directory", dir, (int)upto);
 }
 
 int
@@ -379,6 +283,59 @@ sbx_agent_dir_make(const char *dir, uid_t uid, gid_t gid, bool *created, struct 
     if (created)
         *created = made;
     return steal_fd(&fd);
+}
+
+/* ---- reading directories ---- */
+
+static int
+cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+char **
+sbx_agent_dir_names(int dirfd, size_t *n)
+{
+    /* readdir on a descriptor of its own: dirfd may be O_PATH, and stays the caller's. */
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (d == NULL) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        errno = e;
+        return NULL;
+    }
+    char **names = NULL;
+    size_t cnt = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : 64;
+            names = realloc(names, cap * sizeof(*names));
+            if (names == NULL)
+                abort();
+        }
+        names[cnt] = strdup(de->d_name);
+        if (names[cnt++] == NULL)
+            abort();
+    }
+    closedir(d);
+    if (names == NULL && (names = calloc(1, sizeof(*names))) == NULL)
+        abort();
+    qsort(names, cnt, sizeof(*names), cmp_names);
+    *n = cnt;
+    return names;
+}
+
+void
+sbx_agent_dir_names_free(char **names, size_t n)
+{
+    for (size_t i = 0; names != NULL && i < n; i++)
+        free(names[i]);
+    free(names);
 }
 
 /* ---- owner names ---- */
@@ -514,30 +471,48 @@ sbx_agent_timestamp_format(const struct timespec *ts, char *out, size_t outlen)
         snprintf(out, outlen, "%s.%09ldZ", base, ns);
 }
 
-json_t *
-sbx_agent_entry_info(const char *path, struct sbx_agent_names *names, struct sbx_error **err)
+/* The path the kernel gives fd (malloc'd), NULL if it has none. */
+static char *
+fd_path(int fd)
 {
+    char link[32], buf[SBX_AGENT_PATH_MAX];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, buf, sizeof(buf) - 1);
+    if (n <= 0 || buf[0] != '/')
+        return NULL;
+    return strndup(buf, (size_t)n);
+}
+
+static json_t *metadata_of(int fd);
+
+json_t *
+sbx_agent_entry_info_at(int dirfd, const char *name, const char *path,
+                        struct sbx_agent_names *names, struct sbx_error **err)
+{
+    /* The entry itself, not followed: with O_NOFOLLOW a trailing magic link is opened as the
+     * link (openat2(2)), and an earlier one is refused (fsutil.h). */
+    _cleanup_close_ int fd = sbx_agent_open_for_user(dirfd, name, O_PATH | O_NOFOLLOW, 0);
     struct stat lst, st;
-    if (lstat(path, &lst) < 0) {
+    if (fd < 0 || fstat(fd, &lst) < 0) {
         if (errno == ENOENT)
             sbx_error_set(err, SBX_NOT_FOUND, ENOENT, "file not found: '%s' does not exist", path);
         else
-            sbx_agent_fs_error(err, errno, "stat '%s'", path);
+            sbx_agent_open_error(err, errno, "stat", path, (int)strlen(path));
         return NULL;
     }
     const char *type = "FILE_TYPE_UNSPECIFIED";
     mode_t perm = lst.st_mode & 0777;
     _cleanup_free_ char *target = NULL;
+    _cleanup_close_ int target_fd = -1;
     const struct stat *typed = &lst;
     bool is_link = S_ISLNK(lst.st_mode);
     if (is_link) {
-        /* envd: a symlink reports its target's type and mode; a dangling one has no
-         * target and an unspecified type. */
-        target = realpath(path, NULL);
-        if (target != NULL && stat(target, &st) == 0)
-            typed = &st;
-        else
-            typed = NULL;
+        /* envd: a symlink reports its target's type and mode; a dangling one has no target
+         * and an unspecified type, and so has one that leads through a magic link. */
+        target_fd = sbx_agent_open_for_user(dirfd, name, O_PATH, 0);
+        typed = target_fd >= 0 && fstat(target_fd, &st) == 0 ? &st : NULL;
+        if (typed != NULL)
+            target = fd_path(target_fd);
     }
     if (typed != NULL) {
         if (S_ISREG(typed->st_mode))
@@ -565,24 +540,43 @@ sbx_agent_entry_info(const char *path, struct sbx_agent_names *names, struct sbx
         /* isSymlink (field 12): the Python SDK shows such entries as SYMLINK; JS ignores it
          * and shows the target's type. */
         json_object_set_new(e, "isSymlink", json_true());
-        if (target != NULL && typed != NULL)
+        if (target != NULL)
             json_object_set_new(e, "symlinkTarget", json_string(target));
     }
-    if (!is_link || typed != NULL) {
-        json_t *md = sbx_agent_metadata_read_path(path);
+    if (typed != NULL) {
+        json_t *md = metadata_of(is_link ? target_fd : fd);
         if (md)
             json_object_set_new(e, "metadata", md);
     }
     return e;
 }
 
+json_t *
+sbx_agent_entry_info(const char *path, struct sbx_agent_names *names, struct sbx_error **err)
+{
+    _cleanup_free_ char *dir = sbx_agent_path_dir(path);
+    _cleanup_close_ int dfd = sbx_agent_open_for_user(AT_FDCWD, dir, O_PATH | O_DIRECTORY, 0);
+    if (dfd < 0) {
+        if (errno == ENOENT)
+            sbx_error_set(err, SBX_NOT_FOUND, ENOENT, "file not found: '%s' does not exist", path);
+        else
+            sbx_agent_open_error(err, errno, "stat", path, (int)strlen(path));
+        return NULL;
+    }
+    return sbx_agent_entry_info_at(dfd, sbx_agent_path_base(path), path, names, err);
+}
+
 /* ---- metadata ---- */
 
+/* user.e2b.* xattrs of fd's file as an object of strings; NULL when there are none. Read
+ * through /proc/self/fd/<fd>, the agent's own link to what fd names, as O_PATH descriptors
+ * have no f*xattr calls. */
 static json_t *
-metadata_collect(int fd, const char *path)
+metadata_of(int fd)
 {
-    char list[16384];
-    ssize_t n = fd >= 0 ? flistxattr(fd, list, sizeof(list)) : listxattr(path, list, sizeof(list));
+    char path[32], list[16384];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    ssize_t n = listxattr(path, list, sizeof(list));
     if (n <= 0)
         return NULL;
     json_t *o = NULL;
@@ -591,8 +585,7 @@ metadata_collect(int fd, const char *path)
         if (strncmp(k, SBX_AGENT_XATTR_PREFIX, plen) != 0 || k[plen] == '\0')
             continue;
         char val[SBX_AGENT_METADATA_MAX_TOTAL + 1];
-        ssize_t vn = fd >= 0 ? fgetxattr(fd, k, val, sizeof(val) - 1)
-                             : getxattr(path, k, val, sizeof(val) - 1);
+        ssize_t vn = getxattr(path, k, val, sizeof(val) - 1);
         if (vn < 0)
             continue;
         val[vn] = '\0';
@@ -603,18 +596,6 @@ metadata_collect(int fd, const char *path)
         json_object_set_new(o, k + plen, json_string(val));
     }
     return o;
-}
-
-json_t *
-sbx_agent_metadata_read_fd(int fd)
-{
-    return metadata_collect(fd, NULL);
-}
-
-json_t *
-sbx_agent_metadata_read_path(const char *path)
-{
-    return metadata_collect(-1, path);
 }
 
 int

@@ -1,7 +1,10 @@
 /* Directory watchers on inotify, driven by uv_poll on the inotify fd (libuv's uv_fs_event is
- * not recursive on Linux). A recursive watcher adds a watch for every directory under the
- * root, and for directories created or moved in later. Events are reported as fsnotify (and
- * so envd) reports them: one event per op, named relative to the watched directory.
+ * not recursive on Linux). As envd's, they run as sandbox root, the path resolved for the
+ * operation user (fsutil.h). A recursive watcher adds a watch for every directory under the
+ * root, and for directories created or moved in later, whose contents, made before their
+ * watch was added, it reports as created (fsnotify's walk, watch_below); watches of a
+ * directory moved within the tree follow it. Events are reported as envd's fsnotify reports
+ * them: one event per op, named relative to the watched directory ("." for itself).
  *
  * Two sinks: a WatchDir server stream (start, events, keepalives, ends at the Connect
  * deadline), or a queue drained by GetWatcherEvents (the Python sync SDK). */
@@ -12,9 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
-#include <sys/stat.h>
 #include <sys/statfs.h>
-#include <dirent.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -25,14 +26,29 @@
 #include "connect/connect.h"
 #include "json/json.h"
 
+/* No IN_DONT_FOLLOW: watches are added through the agent's own /proc/self/fd link to a
+ * directory already opened, which must be followed (see watch_fd). */
 #define WATCH_MASK                                                                                 \
-    (IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB | IN_ONLYDIR |    \
-     IN_DONT_FOLLOW | IN_EXCL_UNLINK)
-#define WATCH_MAX_DIRS 65536
+    (IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB |                 \
+     IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK)
+#define WATCH_MAX_DIRS     65536
+#define WATCH_MOVE_COOKIES 8
 
 struct wd_entry {
     int wd;
     char *rel; /* "" for the root */
+};
+
+/* A directory moved away inside a recursive tree: its subtree's watches stay, as fsnotify's,
+ * until its IN_MOVED_TO says where it went (they are then renamed), or the inotify queue
+ * drains without one: it left the tree, and its watches go. Its cookie is kept after that, so
+ * that a late IN_MOVED_TO still tells a move within the tree from a directory new to it. */
+struct move {
+    uint32_t cookie; /* 0: a free slot */
+    bool left;
+    char *rel;
+    int *wds;
+    size_t n_wds;
 };
 
 struct watcher {
@@ -48,7 +64,9 @@ struct watcher {
     struct sbx_http_req *req; /* stream sink, NULL for a polled watcher */
     bool blocked;
     uv_timer_t keepalive, deadline;
-    json_t *queue; /* polled sink */
+    json_t *queue;                         /* polled sink */
+    struct move moves[WATCH_MOVE_COOKIES]; /* the last ones, as fsnotify's cookie cache */
+    unsigned moves_next;
     int open_handles;
     bool closing;
     struct watcher *next;
@@ -98,44 +116,156 @@ wd_set(struct watcher *w, int wd, const char *rel)
     w->n_wds++;
 }
 
-/* Adds a watch on root/rel and, when recursive, on every directory below it. Runs as the
- * watcher's user. Errors below the root are skipped (unreadable or vanished directories). */
+/* Watches the directory fd names, as root/rel. inotify takes a path: the agent's own link to
+ * fd, so the directory watched is the one opened, never what a name may lead to by now. */
 static int
-add_tree(struct watcher *w, const char *rel, unsigned level, struct sbx_error **err)
+watch_fd(struct watcher *w, int fd, const char *rel)
 {
-    _cleanup_free_ char *abs = rel[0] ? sbx_agent_path_join(w->root, rel) : strdup(w->root);
-    if (w->n_wds >= WATCH_MAX_DIRS)
-        return 0;
-    int wd = inotify_add_watch(w->ifd, abs, WATCH_MASK);
-    if (wd < 0) {
-        if (level == 0)
-            return sbx_agent_fs_error(err, errno, "watch '%s'", abs);
-        return 0;
+    char link[32];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    int wd = inotify_add_watch(w->ifd, link, WATCH_MASK);
+    if (wd >= 0)
+        wd_set(w, wd, rel);
+    return wd;
+}
+
+static void
+unwatch(struct watcher *w, int wd)
+{
+    struct wd_entry *e = wd_find(w, wd);
+    if (e != NULL) {
+        inotify_rm_watch(w->ifd, wd);
+        wd_drop(w, (size_t)(e - w->wds));
     }
-    wd_set(w, wd, rel);
-    if (!w->recursive || level > 256)
-        return 0;
-    DIR *d = opendir(abs);
-    if (d == NULL)
-        return 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        bool is_dir = de->d_type == DT_DIR;
-        if (de->d_type == DT_UNKNOWN) {
-            struct stat st;
-            is_dir =
-                fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+}
+
+static bool
+rel_is_below(const char *r, const char *rel)
+{
+    size_t n = strlen(rel);
+    return strncmp(r, rel, n) == 0 && (r[n] == '\0' || r[n] == '/');
+}
+
+static void emit(struct watcher *w, const char *name, const char *type, bool with_entry);
+
+/* Watches every directory below dirfd (root/rel), each entered through a descriptor without
+ * following symlinks (symlinked directories are not watched, as in fsnotify); a /proc mount
+ * is not entered, the agent's own entries being there (fsutil.h). Directories that cannot be
+ * read or watched are skipped. With announce, each entry found is reported as created, in
+ * the order of a walk, until *announce of them have been: fsnotify's walk of a directory new
+ * to a recursive watch, whose contents may have been made before its watch was added. */
+static void
+watch_below(struct watcher *w, int dirfd, const char *rel, unsigned level, size_t *announce)
+{
+    size_t n = 0;
+    char **names = level > 256 ? NULL : sbx_agent_dir_names(dirfd, &n);
+    if (names == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        _cleanup_free_ char *sub_rel =
+            rel[0] ? sbx_agent_path_join(rel, names[i]) : strdup(names[i]);
+        if (announce != NULL && *announce > 0) {
+            (*announce)--;
+            emit(w, sub_rel, "EVENT_TYPE_CREATE", true);
         }
-        if (!is_dir)
-            continue; /* symlinked directories are not followed */
-        _cleanup_free_ char *sub =
-            rel[0] ? sbx_agent_path_join(rel, de->d_name) : strdup(de->d_name);
-        add_tree(w, sub, level + 1, NULL);
+        if (w->n_wds >= WATCH_MAX_DIRS)
+            continue;
+        _cleanup_close_ int sub =
+            sbx_agent_open_for_user(dirfd, names[i], O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+        if (sub >= 0 && !sbx_agent_fd_is_proc(sub) && watch_fd(w, sub, sub_rel) >= 0)
+            watch_below(w, sub, sub_rel, level + 1, announce);
     }
-    closedir(d);
-    return 0;
+    sbx_agent_dir_names_free(names, n);
+}
+
+/* Watches root/rel, a directory created in or moved into a recursive tree, and what is below
+ * it; what is below is announced unless the directory moved within the tree (fsnotify then
+ * renames its watches and reports nothing more). */
+static void
+watch_new_dir(struct watcher *w, const char *rel, bool announce)
+{
+    _cleanup_free_ char *abs = sbx_agent_path_join(w->root, rel);
+    _cleanup_close_ int fd =
+        sbx_agent_open_for_user(AT_FDCWD, abs, O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
+    size_t budget = SBX_AGENT_WATCH_MAX_ANNOUNCED;
+    if (fd >= 0 && !sbx_agent_fd_is_proc(fd) && w->n_wds < WATCH_MAX_DIRS &&
+        watch_fd(w, fd, rel) >= 0)
+        watch_below(w, fd, rel, 1, announce ? &budget : NULL);
+}
+
+/* ---- directories moved within, out of and into a recursive tree ---- */
+
+static void
+move_forget(struct move *m)
+{
+    free(m->rel);
+    free(m->wds);
+    memset(m, 0, sizeof(*m));
+}
+
+static void
+move_leave(struct watcher *w, struct move *m)
+{
+    for (size_t i = 0; i < m->n_wds; i++)
+        unwatch(w, m->wds[i]);
+    free(m->wds);
+    m->wds = NULL;
+    m->n_wds = 0;
+    m->left = true;
+}
+
+static void
+moved_from(struct watcher *w, uint32_t cookie, const char *rel)
+{
+    struct move *m = &w->moves[w->moves_next++ % WATCH_MOVE_COOKIES];
+    if (m->cookie != 0 && !m->left)
+        move_leave(w, m);
+    move_forget(m);
+    m->cookie = cookie;
+    m->rel = strdup(rel);
+    m->wds = calloc(w->n_wds + 1, sizeof(*m->wds));
+    if (m->rel == NULL || m->wds == NULL)
+        abort();
+    for (size_t i = 0; i < w->n_wds; i++)
+        if (rel_is_below(w->wds[i].rel, rel))
+            m->wds[m->n_wds++] = w->wds[i].wd;
+}
+
+/* The directory rel moved in: false if it was not moved from inside the tree. Else its
+ * watches now name it rel, or if they went meanwhile it is watched again (without reporting
+ * its contents, as fsnotify reports nothing more of a move within the tree). */
+static bool
+moved_to(struct watcher *w, uint32_t cookie, const char *rel)
+{
+    struct move *m = NULL;
+    for (unsigned i = 0; i < WATCH_MOVE_COOKIES && m == NULL; i++)
+        if (cookie != 0 && w->moves[i].cookie == cookie)
+            m = &w->moves[i];
+    if (m == NULL)
+        return false;
+    if (m->left)
+        watch_new_dir(w, rel, false);
+    for (size_t i = 0; i < m->n_wds; i++) {
+        struct wd_entry *e = wd_find(w, m->wds[i]);
+        if (e == NULL || !rel_is_below(e->rel, m->rel))
+            continue;
+        char *renamed = NULL;
+        if (asprintf(&renamed, "%s%s", rel, e->rel + strlen(m->rel)) < 0)
+            abort();
+        free(e->rel);
+        e->rel = renamed;
+    }
+    move_forget(m);
+    return true;
+}
+
+/* The queue drained: a directory moved away whose IN_MOVED_TO has not come left the tree. */
+static void
+moves_settle(struct watcher *w)
+{
+    for (unsigned i = 0; i < WATCH_MOVE_COOKIES; i++)
+        if (w->moves[i].cookie != 0 && !w->moves[i].left)
+            move_leave(w, &w->moves[i]);
 }
 
 /* ---- lifetime ---- */
@@ -151,6 +281,8 @@ on_handle_closed(uv_handle_t *h)
     for (size_t i = 0; i < w->n_wds; i++)
         free(w->wds[i].rel);
     free(w->wds);
+    for (unsigned i = 0; i < WATCH_MOVE_COOKIES; i++)
+        move_forget(&w->moves[i]);
     free(w->root);
     sbx_agent_user_fini(&w->user);
     json_decref(w->queue);
@@ -228,13 +360,15 @@ emit(struct watcher *w, const char *name, const char *type, bool with_entry)
 {
     json_t *ev = json_pack("{s:s,s:s}", "name", name, "type", type);
     if (with_entry && w->include_entry) {
-        _cleanup_free_ char *abs = sbx_agent_path_join(w->root, name);
+        /* The root's own entry is the root's, as envd's of fsnotify's event.Name: named
+         * after it, its path clean, not "<root>/.". */
+        _cleanup_free_ char *abs =
+            strcmp(name, ".") == 0 ? strdup(w->root) : sbx_agent_path_join(w->root, name);
+        if (abs == NULL)
+            abort();
         _cleanup_error_ struct sbx_error *e = NULL;
         struct sbx_agent_names *names = sbx_agent_names_new();
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        json_t *entry = NULL;
-        if (sbx_agent_fsuser_enter(&w->user, &fsu, &e) == 0)
-            entry = sbx_agent_entry_info(abs, names, &e);
+        json_t *entry = sbx_agent_entry_info(abs, names, &e);
         sbx_agent_names_free(names);
         if (entry)
             json_object_set_new(ev, "entry", entry);
@@ -260,40 +394,40 @@ handle_event(struct watcher *w, const struct inotify_event *ev)
         wd_drop(w, (size_t)(e - w->wds));
         return;
     }
-    if (ev->len == 0 || ev->name[0] == '\0')
-        return; /* events on a watched directory itself repeat its parent's */
-    _cleanup_free_ char *name =
-        e->rel[0] ? sbx_agent_path_join(e->rel, ev->name) : strdup(ev->name);
+    bool is_root = e->rel[0] == '\0';
+    _cleanup_free_ char *name = NULL;
+    if (ev->len > 0 && ev->name[0] != '\0') {
+        name = is_root ? strdup(ev->name) : sbx_agent_path_join(e->rel, ev->name);
+    } else {
+        /* An event on a watched directory itself, which fsnotify names after it ("." for the
+         * root). A subdirectory's removal or move is its parent's event, reported there; the
+         * root's are reported, and a moved root is no longer watched. A change of attributes
+         * is reported by the directory's own watch, and so for a subdirectory again by its
+         * parent's: envd reports both. */
+        if (!is_root && (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF)))
+            return;
+        name = strdup(is_root ? "." : e->rel);
+        if (ev->mask & IN_MOVE_SELF)
+            while (w->n_wds > 0)
+                unwatch(w, w->wds[0].wd);
+    }
     bool is_dir = (ev->mask & IN_ISDIR) != 0;
-    if (w->recursive && is_dir && (ev->mask & IN_MOVED_FROM)) {
-        /* The subtree left (or moves within) the tree: its watches are re-added under the
-         * new name by IN_MOVED_TO, if it stays inside. */
-        size_t nl = strlen(name);
-        for (size_t i = 0; i < w->n_wds;) {
-            const char *r = w->wds[i].rel;
-            if (strncmp(r, name, nl) == 0 && (r[nl] == '\0' || r[nl] == '/')) {
-                inotify_rm_watch(w->ifd, w->wds[i].wd);
-                wd_drop(w, i);
-            } else {
-                i++;
-            }
-        }
-    }
-    if (w->recursive && is_dir && (ev->mask & (IN_CREATE | IN_MOVED_TO))) {
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&w->user, &fsu, NULL) == 0)
-            add_tree(w, name, 1, NULL);
-    }
+    if (w->recursive && is_dir && (ev->mask & IN_MOVED_FROM))
+        moved_from(w, ev->cookie, name);
+    /* One event per op, in envd's order. */
     if (ev->mask & (IN_CREATE | IN_MOVED_TO))
         emit(w, name, "EVENT_TYPE_CREATE", true);
-    if (ev->mask & IN_MODIFY)
-        emit(w, name, "EVENT_TYPE_WRITE", true);
-    if (ev->mask & IN_DELETE)
-        emit(w, name, "EVENT_TYPE_REMOVE", false);
-    if (ev->mask & IN_MOVED_FROM)
+    if (ev->mask & (IN_MOVED_FROM | IN_MOVE_SELF))
         emit(w, name, "EVENT_TYPE_RENAME", false);
     if (ev->mask & IN_ATTRIB)
         emit(w, name, "EVENT_TYPE_CHMOD", true);
+    if (ev->mask & IN_MODIFY)
+        emit(w, name, "EVENT_TYPE_WRITE", true);
+    if (ev->mask & (IN_DELETE | IN_DELETE_SELF))
+        emit(w, name, "EVENT_TYPE_REMOVE", false);
+    if (w->recursive && is_dir &&
+        ((ev->mask & IN_CREATE) || ((ev->mask & IN_MOVED_TO) && !moved_to(w, ev->cookie, name))))
+        watch_new_dir(w, name, true);
 }
 
 static void
@@ -307,6 +441,8 @@ on_inotify(uv_poll_t *h, int status, int events)
     /* Bounded per wake-up so that one busy tree cannot starve the loop. */
     for (int round = 0; round < 16 && !w->closing && !w->blocked; round++) {
         ssize_t n = read(w->ifd, buf, sizeof(buf));
+        if (n < 0 && errno == EAGAIN)
+            moves_settle(w);
         if (n <= 0)
             return;
         for (char *p = buf; p < buf + n && !w->closing;) {
@@ -320,10 +456,10 @@ on_inotify(uv_poll_t *h, int status, int events)
 /* ---- creation ---- */
 
 static bool
-is_network_fs(const char *path)
+is_network_fs(int fd)
 {
     struct statfs s;
-    if (statfs(path, &s) < 0)
+    if (fstatfs(fd, &s) < 0)
         return false;
     switch ((unsigned long)s.f_type) {
     case 0x6969:     /* NFS */
@@ -396,23 +532,26 @@ watcher_new(struct sbx_http_req *req, json_t *msg, struct sbx_error **err)
     if (w->root == NULL)
         goto fail;
     {
-        _cleanup_fsuser_ struct sbx_agent_fsuser fsu = {0};
-        if (sbx_agent_fsuser_enter(&w->user, &fsu, err) < 0)
-            goto fail;
-        struct stat st;
-        if (stat(w->root, &st) < 0) {
+        /* As envd watches, as root: the root followed if it is a symlink (os.Stat), never
+         * through a magic link (fsutil.h). */
+        _cleanup_close_ int fd =
+            sbx_agent_open_for_user(AT_FDCWD, w->root, O_PATH | O_DIRECTORY, 0);
+        if (fd < 0) {
             if (errno == ENOENT)
                 sbx_error_set(err, SBX_NOT_FOUND, ENOENT, "path '%s' does not exist", w->root);
+            else if (errno == ENOTDIR)
+                sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory",
+                              w->root);
             else
-                sbx_agent_fs_error(err, errno, "stat '%s'", w->root);
+                sbx_agent_open_error(err, errno, "watch", w->root, (int)strlen(w->root));
             goto fail;
         }
-        if (!S_ISDIR(st.st_mode)) {
-            sbx_error_set(err, SBX_INVALID_ARGUMENT, ENOTDIR, "path '%s' is not a directory",
-                          w->root);
+        if (sbx_agent_fd_is_proc(fd)) {
+            sbx_error_set(err, SBX_PERMISSION_DENIED, EACCES,
+                          "path '%s' is on /proc, which the agent never watches", w->root);
             goto fail;
         }
-        if (!allow_net && is_network_fs(w->root)) {
+        if (!allow_net && is_network_fs(fd)) {
             sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                           "path '%s' is on a network mount; set allowNetworkMounts to watch it",
                           w->root);
@@ -423,8 +562,12 @@ watcher_new(struct sbx_http_req *req, json_t *msg, struct sbx_error **err)
             sbx_agent_fs_error(err, errno, "inotify_init1");
             goto fail;
         }
-        if (add_tree(w, "", 0, err) < 0)
+        if (watch_fd(w, fd, "") < 0) {
+            sbx_agent_fs_error(err, errno, "watch '%s'", w->root);
             goto fail;
+        }
+        if (w->recursive)
+            watch_below(w, fd, "", 1, NULL);
     }
     uv_loop_t *loop = uv_default_loop();
     uv_poll_init(loop, &w->poll, w->ifd);

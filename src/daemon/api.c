@@ -120,7 +120,10 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
     if (detail) {
         if (r->access_token)
             json_object_set_new(o, "envdAccessToken", json_string(r->access_token));
-        json_object_set_new(o, "allowInternetAccess", json_boolean(r->allow_internet));
+        /* Without the sandbox network (--network-cidr off) nothing reaches the internet,
+         * whatever the create asked. */
+        json_object_set_new(o, "allowInternetAccess",
+                            json_boolean(r->allow_internet && sbx_daemon->cfg.net_on));
         json_object_set_new(o, "domain", json_string(sbx_daemon->cfg.domain));
         json_t *net = r->network_json ? json_loads(r->network_json, 0, NULL) : NULL;
         if (net) {
@@ -183,6 +186,24 @@ parse_lifecycle(json_t *body, struct sbx_create_opts *o, struct sbx_error **err)
     return 0;
 }
 
+/* Create fields of E2B that this server does not implement. The SDKs send them only when the
+ * caller set them, so a value that asks for something is refused (501, naming the field)
+ * rather than accepted and ignored; an empty value asks for nothing. Fields no SDK or spec
+ * names are ignored, so newer clients keep working (docs/features.md). */
+static int
+refuse_unsupported(json_t *body, struct sbx_error **err)
+{
+    json_t *mcp = json_object_get(body, "mcp"), *iam = json_object_get(body, "iam");
+    if (mcp && !json_is_null(mcp))
+        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
+                             "mcp (the MCP gateway) is not supported by this server");
+    if (iam && !json_is_null(iam) &&
+        (!json_is_object(iam) || json_object_size(json_object_get(iam, "tokens")) > 0))
+        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
+                             "iam (workload identity tokens) is not supported by this server");
+    return 0;
+}
+
 /* ---- handlers; each gets the parsed body (NULL for bodiless requests) ---- */
 
 int
@@ -195,7 +216,8 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     int internet_set;
     if (!json_is_object(body))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "request body must be a JSON object");
-    if (sbx_json_opt_string(body, "templateID", &tmpl, err) < 0 ||
+    if (refuse_unsupported(body, err) < 0 ||
+        sbx_json_opt_string(body, "templateID", &tmpl, err) < 0 ||
         parse_timeout(body, SBX_DEFAULT_TIMEOUT_S, &o.timeout_s, err) < 0 ||
         sbx_json_opt_bool(body, "secure", &o.secure, err) < 0 ||
         (internet_set = sbx_json_opt_bool(body, "allow_internet_access", &o.allow_internet, err)) <
@@ -307,12 +329,23 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_create_opts o;
+    /* A retried create is not recognised by its key: honouring the header would be a promise
+     * this server does not keep. */
+    if (sbx_http_req_header(req, "idempotency-key")) {
+        sbx_http_respond_error(req, 501,
+                               "the Idempotency-Key header (idempotent create) is not supported "
+                               "by this server");
+        return;
+    }
     _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
         sbx_api_respond_err(req, err);
         return;
     }
     if (sbx_templates_resolve(sbx_daemon->store, o.template_id, &ref, &err) < 0) {
+        /* A template this server lacks is the request's error: 400, naming it. */
+        if (err->code == SBX_NOT_FOUND)
+            err->code = SBX_INVALID_ARGUMENT;
         sbx_api_respond_err(req, err);
         sbx_api_create_opts_fini(&o);
         return;
@@ -668,24 +701,43 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     free(q);
 }
 
+static bool
+parse_unix_seconds(const char *s, int64_t *out)
+{
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 0 || v > INT64_MAX / 1000)
+        return false;
+    *out = v;
+    return true;
+}
+
 static void
 metrics(struct sbx_http_req *req, const char *id)
 {
     struct sbx_live *l = find_or_404(req, id);
     if (l == NULL)
         return;
+    _cleanup_free_ char *start = sbx_http_req_query(req, "start");
+    _cleanup_free_ char *end = sbx_http_req_query(req, "end");
+    int64_t start_s = 0, end_s = INT64_MAX / 1000;
+    const char *bad = start && !parse_unix_seconds(start, &start_s) ? "start"
+                      : end && !parse_unix_seconds(end, &end_s)     ? "end"
+                                                                    : NULL;
+    if (bad) {
+        sbx_http_respond_error(req, 400, "'%s' must be a time in seconds since the epoch", bad);
+        return;
+    }
     if (!sbx_live_is_running(l)) {
         sbx_api_respond_json(req, 200, json_array()); /* nothing runs: nothing to sample */
         return;
     }
-    _cleanup_free_ char *start = sbx_http_req_query(req, "start");
-    _cleanup_free_ char *end = sbx_http_req_query(req, "end");
     struct metrics_query *q = calloc(1, sizeof(*q));
     if (q == NULL)
         abort();
     snprintf(q->id, sizeof(q->id), "%s", l->rec->id);
-    q->start_s = start ? strtoll(start, NULL, 10) : 0;
-    q->end_s = end ? strtoll(end, NULL, 10) : INT64_MAX / 1000;
+    q->start_s = start_s;
+    q->end_s = end_s;
     q->w = sbx_http_req_hold(req);
     struct sbx_spawner_msg msg = {.op = SBX_SPAWNER_STATS};
     snprintf(msg.id, sizeof(msg.id), "%s", l->rec->id);
@@ -717,8 +769,9 @@ parse_metadata_filter(const char *raw, json_t *out, struct sbx_error **err)
     return 0;
 }
 
+/* GET /v2/sandboxes, and the deprecated GET /sandboxes with the same filters and pages. */
 static void
-list_sandboxes(struct sbx_http_req *req, bool v2)
+list_sandboxes(struct sbx_http_req *req)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     struct sbx_store_query q = {0};
@@ -726,8 +779,8 @@ list_sandboxes(struct sbx_http_req *req, bool v2)
     _cleanup_sandbox_list_ struct sbx_sandbox_list *list = NULL;
     _cleanup_free_ char *meta = sbx_http_req_query(req, "metadata");
     _cleanup_free_ char *state = sbx_http_req_query(req, "state");
-    _cleanup_free_ char *limit = v2 ? sbx_http_req_query(req, "limit") : NULL;
-    _cleanup_free_ char *token = v2 ? sbx_http_req_query(req, "nextToken") : NULL;
+    _cleanup_free_ char *limit = sbx_http_req_query(req, "limit");
+    _cleanup_free_ char *token = sbx_http_req_query(req, "nextToken");
     _cleanup_free_ char *order = sbx_http_req_query(req, "order");
     _cleanup_free_ char *after = sbx_http_req_query(req, "startedAfter");
     _cleanup_free_ char *tmpl = sbx_http_req_query(req, "template");
@@ -887,8 +940,8 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
         if (rn == 1 && post)
             return create(req, body, v2);
         if (rn == 1 && get)
-            return list_sandboxes(req, v2);
-        if (rn == 2 && get)
+            return list_sandboxes(req);
+        if (rn == 2 && get && strcmp(r[1], "metrics") != 0)
             return get_info(req, r[1]);
         if (rn == 2 && del)
             return kill_sandbox(req, r[1]);
@@ -921,10 +974,8 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
             return;
         }
     }
-    if (!v2 && n == 1 && get && strcmp(p[0], "snapshots") == 0) {
-        sbx_http_respond_error(req, 501, "snapshots are not supported yet");
+    if (sbx_api_unsupported(req, p, n))
         return;
-    }
     sbx_http_respond_error(req, 404, "no route for %s %s", m, req->path);
 }
 

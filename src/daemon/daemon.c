@@ -703,7 +703,7 @@ prepare(struct sbx_daemon_config *cfg, struct sbx_error **err)
 }
 
 int
-sbx_daemon_main(int argc, char **argv)
+sbx_daemon_main(int argc, char **argv, const void *agent, size_t agent_len)
 {
     static struct sbx_daemon_config cfg;
     int rc = sbx_daemon_config_parse(argc, argv, &cfg);
@@ -726,6 +726,8 @@ sbx_daemon_main(int argc, char **argv)
     sv.spawner.frontend_uid = sv.fe_uid;
     sv.spawner.frontend_gid = sv.fe_gid;
     sv.spawner.relaxed = cfg.relaxed;
+    sv.spawner.agent = agent;
+    sv.spawner.agent_len = agent_len;
     sv.spawner.net = cfg.net_on ? &cfg.net : NULL;
     /* Signals come through a signalfd here; workers unblock them. */
     sigemptyset(&sv.blocked);

@@ -2,6 +2,9 @@
 #ifndef SBX_DAEMON_H
 #define SBX_DAEMON_H
 
-int sbx_daemon_main(int argc, char **argv);
+#include <stddef.h>
+
+/* agent: the ELF image that sandboxes run as PID 1 (sbx-agent, carried inside sbx). */
+int sbx_daemon_main(int argc, char **argv, const void *agent, size_t agent_len);
 
 #endif

@@ -299,6 +299,9 @@ void sbx_api_handle(struct sbx_http_req *req);
 /* Answers body (stolen) as JSON; an error as {"code","message"} with its status. */
 void sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body);
 void sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e);
+/* unsupported.c: answers 501 naming the feature when the path (split into n parts) is an E2B
+ * endpoint this server does not implement; false (nothing answered) otherwise. */
+bool sbx_api_unsupported(struct sbx_http_req *req, char **parts, size_t n);
 
 /* auth.c: API keys. check answers the request itself (401, or 429 for an address that failed
  * too often) and returns false when it carries no valid key; *who says which key it is.

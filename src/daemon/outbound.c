@@ -120,27 +120,42 @@ rules_of(struct flow *f)
 /* Whether a is one of the host's own addresses. Connections from this proxy start on the
  * host, where nothing of the sandbox network's filtering applies: the host's addresses must
  * be refused here as nftables refuses them to sandboxes. The list is read again at most
- * once a second (addresses come and go with interfaces). */
+ * once a second (addresses come and go with interfaces), and it is never cut short: a host
+ * with hundreds of interfaces (one per sandbox) still has all of its addresses checked. */
 static bool
 host_local(uint32_t a)
 {
-    static uint32_t addrs[64];
-    static size_t n;
+    static uint32_t *addrs;
+    static size_t n, cap;
     static uint64_t read_ms;
+    static bool complete;
     uint64_t now = sbx_now_ms();
     struct ifaddrs *all;
     if (now - read_ms >= 1000 && getifaddrs(&all) == 0) {
         n = 0;
-        for (struct ifaddrs *i = all; i && n < sizeof(addrs) / sizeof(addrs[0]); i = i->ifa_next)
-            if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET)
-                addrs[n++] = ntohl(((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr);
+        complete = true;
+        for (struct ifaddrs *i = all; i; i = i->ifa_next) {
+            if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
+                continue;
+            if (n == cap) {
+                size_t c = cap ? 2 * cap : 64;
+                uint32_t *grown = realloc(addrs, c * sizeof(*addrs));
+                if (grown == NULL) {
+                    complete = false; /* refuse everything until a whole list is read */
+                    break;
+                }
+                addrs = grown;
+                cap = c;
+            }
+            addrs[n++] = ntohl(((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr);
+        }
+        read_ms = complete ? now : 0;
         freeifaddrs(all);
-        read_ms = now;
     }
     for (size_t i = 0; i < n; i++)
         if (addrs[i] == a)
             return true;
-    return false;
+    return !complete;
 }
 
 static bool

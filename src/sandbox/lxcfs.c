@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/wait.h>
@@ -52,6 +53,12 @@ sbx_sandbox_lxcfs(char *dir, size_t n, struct sbx_error **err)
         return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0,
                              "lxcfs is not installed (apt-get install lxcfs): sandboxes see the "
                              "host's memory and CPUs in /proc");
+    /* Ours, but its lxcfs is gone (killed: the mount answers ENOTCONN): a new one cannot
+     * mount over it. Sandboxes started on the dead one keep failing reads of those files
+     * until they are restarted; new ones get the new lxcfs. */
+    struct statfs sf;
+    if (statfs(OWN_DIR, &sf) < 0 ? errno == ENOTCONN : sf.f_type == FUSE_SUPER_MAGIC)
+        umount2(OWN_DIR, MNT_DETACH);
     if ((mkdir("/run/sbx", 0711) < 0 && errno != EEXIST) || chmod("/run/sbx", 0711) < 0 ||
         (mkdir(OWN_DIR, 0755) < 0 && errno != EEXIST))
         return sbx_error_sys(err, errno, "mkdir " OWN_DIR);

@@ -182,12 +182,12 @@ uid_t sbx_uid_block_base(int block);
  * block is an error. Returns the fd of the held lock (keep it open) and sets *block. */
 int sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_error **err);
 
-/* A sealed, executable memfd copy of the binary at path (the daemon: /proc/self/exe), for
- * plan.exe_fd. The agent runs
- * from it so that nothing in a sandbox (/proc/1/exe, /proc/1/maps) names or opens a host
- * file: no host path leaks, and the host binary cannot be reopened for writing through
- * /proc/1/exe (CVE-2019-5736). All sandboxes share its pages. */
-int sbx_sandbox_agent_exe(const char *path, struct sbx_error **err);
+/* A sealed, executable memfd holding the program image (the agent's ELF bytes, which sbx
+ * carries inside itself), for plan.exe_fd. The agent runs from it so that nothing in a
+ * sandbox (/proc/1/exe, /proc/1/maps) names or opens a host file: no host path leaks, and no
+ * host binary can be reopened for writing through /proc/1/exe (CVE-2019-5736). All sandboxes
+ * share its pages. */
+int sbx_sandbox_agent_exe(const void *image, size_t len, struct sbx_error **err);
 
 /* Raises host-wide kernel tables that sandboxes draw on so that none is smaller than what
  * the sandboxes' own limits allow (fs.file-max, kernel.pty.max). desc gets what changed, e.g.

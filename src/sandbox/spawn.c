@@ -24,7 +24,6 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -597,23 +596,20 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sb
 #endif
 
 int
-sbx_sandbox_agent_exe(const char *path, struct sbx_error **err)
+sbx_sandbox_agent_exe(const void *image, size_t len, struct sbx_error **err)
 {
-    _cleanup_close_ int src = open(path, O_RDONLY | O_CLOEXEC);
-    if (src < 0)
-        return sbx_error_sys(err, errno, "open %s", path);
-    struct stat st;
-    if (fstat(src, &st) < 0)
-        return sbx_error_sys(err, errno, "stat %s", path);
     _cleanup_close_ int fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
     if (fd < 0 && errno == EINVAL) /* before 6.3 */
         fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return sbx_error_sys(err, errno, "memfd_create");
-    for (off_t off = 0; off < st.st_size;) {
-        ssize_t n = sendfile(fd, src, &off, (size_t)(st.st_size - off));
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(fd, (const char *)image + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0)
-            return sbx_error_sys(err, n < 0 ? errno : EIO, "copy %s", path);
+            return sbx_error_sys(err, n < 0 ? errno : EIO, "write the agent binary");
+        off += (size_t)n;
     }
     /* Sealed: nothing, not even a process holding the fd, can change what sandboxes run. */
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)

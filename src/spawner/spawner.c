@@ -960,8 +960,7 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     if (asprintf(&sp.disks_dir, "%s/disks", cfg->state_dir) < 0)
         abort();
     if (import_builtin_layers(&err) < 0 ||
-        (sp.exe_fd =
-             sbx_sandbox_agent_exe(cfg->agent_exe ? cfg->agent_exe : "/proc/self/exe", &err)) < 0) {
+        (sp.exe_fd = sbx_sandbox_agent_exe(cfg->agent, cfg->agent_len, &err)) < 0) {
         sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
         return 1;
     }

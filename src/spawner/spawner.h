@@ -22,8 +22,9 @@ struct sbx_spawner_config {
     uid_t uid_base;     /* first host uid of this daemon's block (sbx_uid_block_claim) */
     uid_t frontend_uid; /* owner of the agents' sockets, so that the front end can connect */
     gid_t frontend_gid;
-    bool relaxed;                     /* --sandbox-profile relaxed */
-    const char *agent_exe;            /* the binary sandboxes run as their agent; NULL: this one */
+    bool relaxed;      /* --sandbox-profile relaxed */
+    const void *agent; /* the ELF image sandboxes run as their agent (sbx carries it) */
+    size_t agent_len;
     const char *layer_cache;          /* the host-wide cache of built layers (templates.sh) */
     const struct sbx_net_config *net; /* the sandbox network; NULL: loopback only */
     int lock_fd;  /* the supervisor's lock of the uid block: closed here, never passed on */

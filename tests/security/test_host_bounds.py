@@ -11,6 +11,8 @@ import pty
 import subprocess
 import tempfile
 import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -337,6 +339,152 @@ def test_uploads_through_hostile_symlinks_never_write_the_agent(sandbox):
     st = run(sandbox, "stat -c '%n %U %a' /etc /etc/sbx-probe /etc/sbx-probe/x.txt").stdout
     assert st.split("\n")[:3] == ["/etc root 755", "/etc/sbx-probe user 755",
                                    "/etc/sbx-probe/x.txt user 644"], st
+
+
+def _status_of(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_root_operations_through_hostile_symlinks_never_reach_the_agent(sandbox):
+    """Downloads, Stat, ListDir, Move, Remove and watchers act as sandbox root for every user,
+    as envd's do. A user's paths and symlinks into the agent's own /proc entries (which the
+    kernel opens to the agent whatever their owner: its memory, environment, fds, threads,
+    oom_score_adj) or through /proc magic links reach nothing of it, for any user: nothing
+    there is read, listed, watched, removed or moved, a Stat shows no fd's target, deep
+    listings and recursive watches do not enter /proc, and the agent is unchanged."""
+    home = "/home/user"
+    r = run(sandbox, "ln -s /proc/1/oom_score_adj ~/oom && ln -s /proc/self ~/me && "
+                     "ln -s /proc/1/task ~/tasks && ln -s /proc/1/fd ~/fds && "
+                     "ln -s /proc/1/mem ~/mem && ln -s /proc/1/root ~/root1 && "
+                     "ln -s /proc/1/exe ~/exe && mkdir ~/walk-user ~/walk-root && "
+                     "ln -s /proc/1 ~/walk-user/p1 && ln -s /proc/1 ~/walk-root/p1 && "
+                     "echo mine > ~/f.txt && cat /proc/1/oom_score_adj")
+    assert r.exit_code == 0, r.stderr
+    before = r.stdout
+    tid = run(sandbox, "ls /proc/1/task | grep -vx 1 | head -n1").stdout.strip() or "1"
+    reads = [f"{home}/oom", f"{home}/me/environ", f"{home}/me/mem", f"{home}/mem",
+             f"{home}/tasks/{tid}/environ", f"/proc/{tid}/mem", "/proc/thread-self/environ",
+             f"{home}/fds/3", f"{home}/me/fd/3", f"{home}/exe", f"{home}/root1/etc/passwd"]
+    dirs = [f"{home}/fds", f"{home}/me", f"{home}/me/fd", f"{home}/tasks", f"/proc/{tid}/fd",
+            "/proc/1/map_files", f"{home}/root1", f"{home}/walk-user/p1"]
+    for user in ("user", "root"):
+        for p in reads:
+            with pytest.raises(SandboxException):
+                sandbox.files.read(p, user=user)
+            st, body = _status_of(sandbox.download_url(p, user=user))
+            assert st in (400, 403), (p, st, body[:100])
+        for p in dirs:
+            with pytest.raises(SandboxException):
+                sandbox.files.list(p, user=user)
+            with pytest.raises(SandboxException):
+                sandbox.files.watch_dir(p, user=user)
+        with pytest.raises(SandboxException):
+            sandbox.files.get_info(f"{home}/root1/etc", user=user)
+        # An fd's entry is the /proc link itself: nothing of what it leads to.
+        fd3 = sandbox.files.get_info(f"{home}/fds/3", user=user)
+        assert fd3.symlink_target is None and fd3.size == 64, fd3
+        for p in [f"{home}/me/oom_score_adj", f"{home}/fds/3", f"{home}/root1/home/user/f.txt"]:
+            with pytest.raises(SandboxException):
+                sandbox.files.rename(p, f"{home}/moved-{user}", user=user)
+        for p in [f"{home}/me/oom_score_adj", f"{home}/fds/3", f"{home}/root1/home/user/f.txt",
+                  f"{home}/tasks/{tid}"]:
+            with pytest.raises(SandboxException):
+                sandbox.files.rename(f"{home}/f.txt", p, user=user)
+            with pytest.raises(SandboxException):
+                sandbox.files.remove(p, user=user)
+        # Deep listings and recursive watches list /proc, never what is in it.
+        walk = f"{home}/walk-{user}"
+        assert [e.name for e in sandbox.files.list(walk, depth=5, user=user)] == ["p1"]
+        assert [e.path for e in sandbox.files.list("/", depth=4, user=user)
+                if e.path.startswith("/proc/")] == []
+        h = sandbox.files.watch_dir(walk, recursive=True, user=user)
+        r = run(sandbox, f"mkdir -p ~/stage-{user} && ln -s /proc/1 ~/stage-{user}/p && "
+                         f"mv ~/stage-{user} {walk}/new")
+        assert r.exit_code == 0, r.stderr
+        assert [(e.type.value, e.name) for e in h.get_new_events()] == [
+            ("create", "new"), ("create", "new/p")]
+        h.stop()
+    after = run(sandbox, f"cat /proc/1/oom_score_adj ~/f.txt; ls -l {home}/oom {home}/me {home}/fds"
+                         " | cut -c1; ls ~/moved-* 2>&1")
+    assert after.stdout.startswith(before + "mine\nl\nl\nl\n"), after.stdout
+    assert "No such file" in after.stdout
+    assert sandbox.files.read("f.txt") == "mine\n"  # the agent serves as before
+
+
+def test_dotdot_and_symlink_climbs_stay_in_the_sandbox(sandbox, tmp_path):
+    """".." in a path and symlinks that climb past "/" (relative or absolute) end at the
+    sandbox's root, for every operation and user: a host file is neither read, listed,
+    stat'ed nor watched through them, and an upload or a move through them lands inside."""
+    secret = os.urandom(16).hex()
+    host_dir = tmp_path / f"host-{secret[:8]}"
+    host_dir.mkdir()
+    (host_dir / "marker").write_text(secret)
+    up = "../" * 24
+    r = run(sandbox, f"ln -s {up} ~/up && echo mine > ~/f.txt")
+    assert r.exit_code == 0, r.stderr
+    home, climbs = "/home/user", [f"/{up}", f"/home/user/up/", f"/home/user/up/{up}", "~/../../"]
+    for user in ("user", "root"):
+        root_names = [e.name for e in sandbox.files.list("/", user=user)]
+        for c in climbs:
+            p = f"{c}{host_dir}/marker"
+            assert not sandbox.files.exists(p, user=user), p
+            with pytest.raises(SandboxException):
+                sandbox.files.read(p, user=user)
+            st, body = _status_of(sandbox.download_url(p, user=user))
+            assert st == 404 and secret.encode() not in body, (p, st)
+            with pytest.raises(SandboxException):
+                sandbox.files.list(f"{c}{host_dir}", user=user)
+            with pytest.raises(SandboxException):
+                sandbox.files.watch_dir(f"{c}{host_dir}", user=user)
+            assert [e.name for e in sandbox.files.list(c, user=user)] == root_names, c
+        name = f"climb-{user}-{secret[:8]}"
+        sandbox.files.write(f"/{up}tmp/{name}.up", "in", user=user)
+        sandbox.files.rename(f"/{up}{home}/f.txt", f"{home}/up{home}/{name}.mv", user=user)
+        assert sandbox.files.read(f"/tmp/{name}.up") == "in"
+        assert sandbox.files.read(f"{home}/{name}.mv") == "mine\n"
+        sandbox.files.rename(f"{home}/{name}.mv", f"{home}/f.txt", user=user)
+        assert not any(Path("/tmp").glob(f"climb-*-{secret[:8]}*"))
+    assert (host_dir / "marker").read_text() == secret
+
+
+def test_symlink_swaps_never_lead_root_operations_into_the_agent(sandbox):
+    """A directory the user swaps for a symlink to /proc/1 and back while root operations walk
+    it (as races between a check and a use would exploit): whichever the agent meets, it never
+    lists, reads, watches or removes anything of the agent's, and the agent is unchanged."""
+    before = run(sandbox, "mkdir ~/race && cat /proc/1/oom_score_adj").stdout
+    swap = ("cd ~ && for i in $(seq 20000); do rm -rf race/x; "
+            "ln -s /proc/1 race/x; rm -f race/x; mkdir race/x; echo plain > race/x/plain; done")
+    h = sandbox.commands.run(swap, background=True)
+    agent_names = {"environ", "mem", "oom_score_adj", "status", "fd", "task", "maps", "cmdline"}
+    kinds = {}
+    for user in ("user", "root"):
+        w = sandbox.files.watch_dir("/home/user/race", recursive=True, user=user)
+        for _ in range(100):
+            entries = sandbox.files.list("/home/user/race", depth=3, user=user)
+            seen = {e.name for e in entries}
+            assert seen <= {"x", "plain"}, seen
+            for e in entries:
+                kinds[e.path, e.type] = kinds.get((e.path, e.type), 0) + 1
+            for p in ("race/x/environ", "race/x/status", "race/x/fd/0"):
+                try:
+                    got = sandbox.files.read(p, user=user)
+                except SandboxException:
+                    continue
+                raise AssertionError(f"{p} read as {got[:80]!r}")
+            try:
+                sandbox.files.remove("race/x/oom_score_adj", user=user)
+            except SandboxException:
+                pass
+        names = {e.name.split("/")[-1] for e in w.get_new_events()}
+        w.stop()
+        assert not names & agent_names, names
+    h.kill()
+    print("listed during the swaps:", kinds)
+    assert run(sandbox, "cat /proc/1/oom_score_adj").stdout == before
 
 
 # -- 5. kernel attack surface ----------------------------------------------------------------

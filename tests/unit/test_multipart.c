@@ -232,9 +232,17 @@ TEST(path_resolution)
     p = sbx_agent_path_resolve("/../../..", 9, "/home/user", &e);
     CHECK_STR(p, "/");
     free(p);
-    p = sbx_agent_path_resolve("~x", 2, "/home/user", &e);
-    CHECK_STR(p, "/home/user/~x");
+    p = sbx_agent_path_resolve("x/~y", 4, "/home/user", &e);
+    CHECK_STR(p, "/home/user/x/~y");
     free(p);
+    p = sbx_agent_path_resolve("~\\x", 3, "/home/user", &e);
+    CHECK_STR(p, "/home/user/\\x");
+    free(p);
+    /* envd: "~name" (another user's home) is not expanded, and not taken as relative. */
+    CHECK(sbx_agent_path_resolve("~x", 2, "/home/user", &e) == NULL);
+    CHECK(e && e->code == SBX_INVALID_ARGUMENT);
+    sbx_error_free(e);
+    e = NULL;
     CHECK(sbx_agent_path_resolve("a\0b", 3, "/home/user", &e) == NULL);
     CHECK(e && e->code == SBX_INVALID_ARGUMENT);
     sbx_error_free(e);

@@ -270,14 +270,23 @@ is_dead(pid_t pid)
     return zombie;
 }
 
+/* This build's agent image (build/sbx-agent), as sbx carries it. */
 static void
-agent_path(char *out, size_t n)
+agent_image(const void **image, size_t *len)
 {
-    char self[4096];
+    char self[4096], path[4096 + 16];
     ssize_t k = readlink("/proc/self/exe", self, sizeof(self) - 1);
     CHECK(k > 0);
     self[k] = '\0';
-    snprintf(out, n, "%s/../../sbx", dirname(self)); /* build/tests/unit -> build/sbx */
+    snprintf(path, sizeof(path), "%s/../../sbx-agent", dirname(self)); /* build/tests/unit */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    CHECK(fd >= 0 && fstat(fd, &st) == 0);
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    CHECK(p != MAP_FAILED);
+    close(fd);
+    *image = p;
+    *len = (size_t)st.st_size;
 }
 
 static const char *
@@ -297,12 +306,14 @@ fork_spawner(struct spawner *s, uid_t uid_base)
     CHECK(s->pid >= 0);
     if (s->pid == 0) {
         close(sv[0]);
-        static char exe[4096];
-        agent_path(exe, sizeof(exe));
+        const void *image;
+        size_t image_len;
+        agent_image(&image, &image_len);
         static struct sbx_spawner_config cfg;
         cfg = (struct sbx_spawner_config){.state_dir = s->state,
                                           .uid_base = uid_base,
-                                          .agent_exe = exe,
+                                          .agent = image,
+                                          .agent_len = image_len,
                                           .layer_cache = layer_cache(),
                                           .lock_fd = -1,
                                           .ready_fd = -1,

@@ -171,12 +171,68 @@ describe('files', () => {
     await h.stop()
   })
 
+  test('a recursive watch reports what new directories hold, as envd does', T, async () => {
+    // envd's fsnotify walks a directory new to a recursive watch, reports each entry as
+    // created and watches its subdirectories; one moved within the tree is not walked again.
+    await sbx.files.makeDir('js/rw')
+    const events = []
+    const h = await sbx.files.watchDir('js/rw', (e) => events.push([e.type, e.name]), { recursive: true })
+    const until = async (n) => waitFor(async () => events.length >= n, 5000, `${n} events`)
+    await sbx.files.makeDir('js/rw/a/b')
+    await until(3)
+    await sbx.files.write('js/rw/a/b/c.txt', 'x')
+    await until(6)
+    const r = await sbx.commands.run('mkdir -p ~/js/stage/t/x && echo 1 > ~/js/stage/t/x/f && mv ~/js/stage/t ~/js/rw/t')
+    assert.equal(r.exitCode, 0)
+    await until(9)
+    await sbx.commands.run('mv ~/js/rw/t ~/js/rw/u && echo 2 > ~/js/rw/u/x/g')
+    await until(13)
+    assert.deepEqual(events, [
+      ['create', 'a'], ['create', 'a/b'], ['chmod', 'a'],
+      ['create', 'a/b/c.txt'], ['chmod', 'a/b/c.txt'], ['write', 'a/b/c.txt'],
+      ['create', 't'], ['create', 't/x'], ['create', 't/x/f'],
+      ['rename', 't'], ['create', 'u'], ['create', 'u/x/g'], ['write', 'u/x/g'],
+    ])
+    await h.stop()
+  })
+
   test('hostile paths', T, async () => {
     const passwd = (await sbx.commands.run('cat /etc/passwd')).stdout
     assert.equal(await sbx.files.read('../../../../etc/passwd'), passwd)
-    assert.equal(await sbx.files.read('/proc/self/root/etc/passwd', { user: 'root' }), passwd)
+    // The agent acts as root, but never through a /proc magic link and never reads /proc.
+    await assert.rejects(sbx.files.read('/proc/self/root/etc/passwd', { user: 'root' }),
+      InvalidArgumentError)
+    await assert.rejects(sbx.files.read('/proc/self/environ'), /on \/proc/)
+    await assert.rejects(sbx.files.list('/proc/self/fd'), /on \/proc/)
     await assert.rejects(sbx.files.write('x'.repeat(300), 'x'), InvalidArgumentError)
     await assert.rejects(sbx.files.getInfo('a\u0000b'), InvalidArgumentError)
+    await assert.rejects(sbx.files.getInfo('~root/x'), InvalidArgumentError)
+  })
+
+  test('every operation is root\'s for the default user, as on E2B', T, async () => {
+    // envd does every file operation as root: the default user reads, lists, stats, watches,
+    // renames and removes below root's 0700 /root, which its own commands cannot.
+    const r = await sbx.commands.run("sudo sh -c 'mkdir -m 700 /root/js && printf s > /root/js/f.txt && chmod 600 /root/js/f.txt'")
+    assert.equal(r.exitCode, 0)
+    await assert.rejects(sbx.commands.run('cat /root/js/f.txt'))
+    assert.equal(await sbx.files.read('/root/js/f.txt'), 's')
+    assert.equal(await sbx.files.read('/root/js/f.txt', { gzip: true }), 's')
+    assert.equal(Buffer.from(await sbx.files.read('/root/js/f.txt', { format: 'bytes' })).toString(), 's')
+    assert.equal(await (await fetch(await sbx.downloadUrl('/root/js/f.txt'))).text(), 's')
+    const st = await sbx.files.getInfo('/root/js/f.txt')
+    assert.deepEqual([st.owner, st.mode], ['root', 0o600])
+    assert.deepEqual((await sbx.files.list('/root/js')).map((e) => e.name), ['f.txt'])
+    const events = []
+    const h = await sbx.files.watchDir('/root/js', (e) => events.push([e.type, e.name]))
+    await sbx.files.write('/root/js/mine.txt', 'm')
+    assert.equal(await sbx.files.read('/root/js/mine.txt'), 'm')
+    assert.equal((await sbx.files.rename('/root/js/f.txt', '/root/js/g.txt')).path, '/root/js/g.txt')
+    await sbx.files.remove('/root/js/g.txt')
+    await waitFor(async () => events.some((e) => e.join() === 'remove,g.txt'), 5000, 'remove event')
+    assert.deepEqual(events, [['create', 'mine.txt'], ['chmod', 'mine.txt'], ['write', 'mine.txt'],
+      ['rename', 'f.txt'], ['create', 'g.txt'], ['remove', 'g.txt']])
+    await h.stop()
+    assert.equal(await sbx.files.exists('/root/js/g.txt'), false)
   })
 
   test('presigned URLs with plain fetch (no E2B headers)', T, async () => {

@@ -154,23 +154,102 @@ def test_read_missing_and_directory(sandbox):
 # -- users ----------------------------------------------------------------------------------
 
 
-def test_users_and_permissions(sandbox):
+def test_users_and_permissions(sandbox, run_cmd):
     info = sandbox.files.write("mine.txt", "x")
     st = sandbox.files.get_info(info.path)
     assert (st.owner, st.group, st.mode, st.permissions) == ("user", "user", 0o644, "-rw-r--r--")
-    # Writes are envd's: made as root and handed to the user, even where the user could not
-    # write (below); reads stay the user's, and /root is root's 0700 directory.
+    # As on E2B every file operation is envd's, done as root for whichever user: the default
+    # user reads, lists, stats, moves and removes in root's 0700 /root, which its own commands
+    # cannot, and what it writes there is made as root and handed to it.
+    r = run_cmd(sandbox, "sudo sh -c 'mkdir -m 700 /root/secret && printf s3 > /root/secret/r.txt"
+                         " && chmod 600 /root/secret/r.txt'; stat -c '%U %a' /root; ls /root")
+    assert r.stdout.startswith("root 700\n") and r.exit_code != 0, (r.stdout, r.stderr)
+    assert sandbox.files.read("/root/secret/r.txt") == "s3"
+    st = sandbox.files.get_info("/root/secret/r.txt")
+    assert (st.owner, st.group, st.mode) == ("root", "root", 0o600)
     assert sandbox.files.write("/root/handed.txt", "x").path == "/root/handed.txt"
-    st = sandbox.files.get_info("/root/handed.txt", user="root")
+    assert sandbox.files.read("/root/handed.txt") == "x"
+    st = sandbox.files.get_info("/root/handed.txt")
     assert (st.owner, st.group, st.mode) == ("user", "user", 0o644)
-    with pytest.raises(SandboxException):
-        sandbox.files.list("/root")
+    assert {"secret", "handed.txt"} <= {e.name for e in sandbox.files.list("/root")}
+    assert [e.path for e in sandbox.files.list("/root", depth=2) if e.name == "r.txt"] == [
+        "/root/secret/r.txt"]
+    moved = sandbox.files.rename("/root/secret/r.txt", "/root/moved/r.txt")
+    assert (moved.path, moved.owner, moved.mode) == ("/root/moved/r.txt", "root", 0o600)
+    assert sandbox.files.get_info("/root/moved").owner == "user"  # made for the mover
+    sandbox.files.remove("/root/secret")
+    sandbox.files.remove("/root/moved")
+    assert not sandbox.files.exists("/root/secret") and not sandbox.files.exists("/root/moved")
+    assert run_cmd(sandbox, "sudo ls /root/secret /root/moved").exit_code != 0
     r = sandbox.files.write("/root/yes.txt", "x", user="root")
     assert r.path == "/root/yes.txt"
     st = sandbox.files.get_info("/root/yes.txt", user="root")
     assert (st.owner, st.group) == ("root", "root")
     assert sandbox.files.read("~/yes.txt", user="root") == "x"
     assert sandbox.files.write("rel.txt", "y", user="root").path == "/root/rel.txt"
+
+
+def _read_stream(sbx, path):
+    with sbx.files.read(path, format="stream") as s:
+        return b"".join(s).decode()
+
+
+# Every form in which the SDKs (and presigned URLs) download a file.
+READS = {
+    "text": lambda s, p: s.files.read(p),
+    "bytes": lambda s, p: bytes(s.files.read(p, format="bytes")).decode(),
+    "stream": _read_stream,
+    "gzip": lambda s, p: s.files.read(p, gzip=True),
+    "signed-url": lambda s, p: _fetch(s.download_url(p))[1].decode(),
+}
+
+
+@pytest.mark.parametrize("form", list(READS))
+def test_reads_are_roots_for_the_user(sandbox, run_cmd, form):
+    """As on E2B (envd reads as root), the default user reads back a file that only root
+    can read, in every form a download takes."""
+    r = run_cmd(sandbox, "sudo sh -c 'mkdir -m 700 /root/r && printf secret > /root/r/f.txt && "
+                         "chmod 600 /root/r/f.txt'; cat /root/r/f.txt")
+    assert r.exit_code != 0 and "Permission denied" in r.stderr, r.stderr
+    assert READS[form](sandbox, "/root/r/f.txt") == "secret"
+    # And what the user writes there, it reads back.
+    sandbox.files.write("/root/r/mine.txt", f"mine {form}")
+    assert READS[form](sandbox, "/root/r/mine.txt") == f"mine {form}"
+
+
+def test_watchers_are_roots_for_the_user(sandbox, run_cmd):
+    """The default user watches a directory only root can read (polled, the sync SDK's)."""
+    assert run_cmd(sandbox, "sudo mkdir -m 700 -p /root/w/sub").exit_code == 0
+    h = sandbox.files.watch_dir("/root/w", recursive=True)
+    assert run_cmd(sandbox, "sudo sh -c 'echo x > /root/w/sub/f.txt && rm /root/w/sub/f.txt'"
+                   ).exit_code == 0
+    assert _events(h) == [("create", "sub/f.txt"), ("write", "sub/f.txt"),
+                          ("remove", "sub/f.txt")]
+    h.stop()
+
+
+async def test_async_root_paths_for_the_user(async_sandbox):
+    """The same with the async SDK: read, list, stat, move, remove and the WatchDir stream of
+    paths below root's 0700 /root, as the default user."""
+    import asyncio
+    s = async_sandbox
+    r = await s.commands.run("sudo sh -c 'mkdir -m 700 /root/a && printf s > /root/a/f.txt'")
+    assert r.exit_code == 0
+    assert await s.files.read("/root/a/f.txt") == "s"
+    assert (await s.files.get_info("/root/a")).owner == "root"
+    assert [e.name for e in await s.files.list("/root/a")] == ["f.txt"]
+    events = []
+    h = await s.files.watch_dir("/root/a", lambda e: events.append((e.type.value, e.name)))
+    moved = await s.files.rename("/root/a/f.txt", "/root/a/g.txt")
+    assert moved.path == "/root/a/g.txt"
+    await s.files.remove("/root/a/g.txt")
+    for _ in range(100):
+        if ("remove", "g.txt") in events:
+            break
+        await asyncio.sleep(0.05)
+    assert events == [("rename", "f.txt"), ("create", "g.txt"), ("remove", "g.txt")]
+    await h.stop()
+    assert not await s.files.exists("/root/a/g.txt")
 
 
 # -- writes as envd makes them: as root, handed to the user ---------------------------------
@@ -277,6 +356,87 @@ def test_watchers_see_envds_event_sequences(sandbox, run_cmd):
     assert _events(h) == [("create", "nested/f.txt"), ("chmod", "nested/f.txt"),
                           ("write", "nested/f.txt")]
     h.stop()
+
+
+def test_recursive_watch_reports_new_directories_as_envd(sandbox, run_cmd):
+    """A recursive watcher watches directories made after it started, and reports what it
+    finds in them as created, as envd's fsnotify walks a new directory: a directory made
+    with contents (MakeDir of a/b, an upload of a/b/c.txt, a tree moved in) shows each entry,
+    and what happens in it afterwards is seen. A directory moved within the tree keeps being
+    watched under its new name without being reported again; one moved out is no longer
+    watched."""
+    sandbox.files.make_dir("rw")
+    h = sandbox.files.watch_dir("rw", recursive=True)
+    sandbox.files.make_dir("rw/a/b")
+    assert _events(h) == [("create", "a"), ("create", "a/b"), ("chmod", "a")]
+    sandbox.files.write("rw/a/b/c.txt", "x")
+    assert _events(h) == [("create", "a/b/c.txt"), ("chmod", "a/b/c.txt"), ("write", "a/b/c.txt")]
+    # The upload makes a2, a2/b and c.txt (handing each to the user) before the watcher learns
+    # of a2; whether its write comes after b's watch is added depends on how the body arrives.
+    sandbox.files.write("rw/a2/b/c.txt", "x")
+    got = _events(h)
+    assert got[:4] == [("create", "a2"), ("create", "a2/b"), ("create", "a2/b/c.txt"),
+                       ("chmod", "a2")], got
+    assert set(got[4:]) <= {("write", "a2/b/c.txt")}, got
+    # A tree moved in (one rename), moved within, moved out.
+    r = run_cmd(sandbox, "mkdir -p ~/stage/t/x && echo 1 > ~/stage/t/x/f && mv ~/stage/t ~/rw/t")
+    assert r.exit_code == 0, r.stderr
+    assert _events(h) == [("create", "t"), ("create", "t/x"), ("create", "t/x/f")]
+    assert run_cmd(sandbox, "mv ~/rw/t ~/rw/u && echo 2 > ~/rw/u/x/g").exit_code == 0
+    assert _events(h) == [("rename", "t"), ("create", "u"), ("create", "u/x/g"),
+                          ("write", "u/x/g")]
+    assert run_cmd(sandbox, "mv ~/rw/u ~/stage/u").exit_code == 0
+    assert _events(h) == [("rename", "u")]
+    assert run_cmd(sandbox, "echo 3 > ~/stage/u/x/h && echo 4 > ~/rw/a/after").exit_code == 0
+    assert _events(h) == [("create", "a/after"), ("write", "a/after")]
+    h.stop()
+
+
+def test_watch_reports_the_watched_directory_itself_as_envd(sandbox, run_cmd):
+    """fsnotify names events on a watched directory itself after it, "." for the root: its
+    changes of attributes, its removal and its move (after which it is no longer watched). A
+    subdirectory's change of attributes is reported by its parent's watch and its own, twice,
+    as envd reports it. The root's entry is the root's own, its path clean."""
+    sandbox.files.make_dir("sw/sub")
+    h = sandbox.files.watch_dir("sw", recursive=True)
+    assert run_cmd(sandbox, "chmod 700 ~/sw/sub && chmod 700 ~/sw").exit_code == 0
+    assert _events(h) == [("chmod", "sub"), ("chmod", "sub"), ("chmod", ".")]
+    assert run_cmd(sandbox, "mv ~/sw ~/sw2 && touch ~/sw2/after").exit_code == 0
+    assert _events(h) == [("rename", ".")]
+    h.stop()
+    sandbox.files.make_dir("se")
+    h = sandbox.files.watch_dir("se", include_entry=True)
+    assert run_cmd(sandbox, "chmod 700 ~/se").exit_code == 0
+    [ev] = h.get_new_events()
+    assert (ev.name, ev.entry.name, ev.entry.path, ev.entry.mode) == (
+        ".", "se", "/home/user/se", 0o700)
+    h.stop()
+    sandbox.files.write("rm1/f", "x")
+    h = sandbox.files.watch_dir("rm1")
+    assert run_cmd(sandbox, "rm -r ~/rm1").exit_code == 0
+    assert _events(h) == [("remove", "f"), ("remove", ".")]
+    h.stop()
+
+
+async def test_recursive_watch_stream_reports_new_directories(async_sandbox):
+    """The same on the WatchDir stream (the async SDK's), entries included."""
+    import asyncio
+    s = async_sandbox
+    await s.files.make_dir("rs")
+    events = []
+    h = await s.files.watch_dir("rs", lambda e: events.append(e), recursive=True,
+                                include_entry=True)
+    await s.files.make_dir("rs/a/b")
+    await s.files.write("rs/a/b/c.txt", "x")
+    want = [("create", "a"), ("create", "a/b"), ("chmod", "a"), ("create", "a/b/c.txt"),
+            ("chmod", "a/b/c.txt"), ("write", "a/b/c.txt")]
+    for _ in range(100):
+        if len(events) >= len(want):
+            break
+        await asyncio.sleep(0.05)
+    assert [(e.type.value, e.name) for e in events] == want
+    assert events[1].entry.path == f"{HOME}/rs/a/b" and events[1].entry.type == FileType.DIR
+    await h.stop()
 
 
 async def test_watch_stream_sees_envds_event_sequences(async_sandbox):
@@ -485,6 +645,8 @@ def test_signed_urls_without_headers(sandbox):
     sandbox.files.write("/root/hello.txt", "hi root", user="root")
     assert _fetch(sandbox.download_url("hello.txt")) == (200, b"hi user")
     assert _fetch(sandbox.download_url("/root/hello.txt", user="root")) == (200, b"hi root")
+    # Read as root for the default user too, as envd reads.
+    assert _fetch(sandbox.download_url("/root/hello.txt")) == (200, b"hi root")
     body, ct = _multipart([("file", None, b"uploaded")])
     st, out = _fetch(sandbox.upload_url("up.txt"), data=body, headers={"Content-Type": ct})
     assert (st, json.loads(out)) == (200, [{"name": "up.txt", "path": f"{HOME}/up.txt",
@@ -537,20 +699,21 @@ def test_dotdot_and_proc_links_stay_inside(sandbox, run_cmd, tmp_path):
     try:
         passwd = run_cmd(sandbox, "cat /etc/passwd").stdout
         assert sandbox.files.read("../../../../../../etc/passwd") == passwd
-        assert sandbox.files.read("/proc/self/root/etc/passwd", user="root") == passwd
-        assert sandbox.files.read("/proc/1/root/etc/passwd", user="root") == passwd
         run_cmd(sandbox, f"ln -s /proc/1/root {HOME}/p1 && ln -s / {HOME}/abs", user="root")
         assert sandbox.files.read("abs/etc/passwd") == passwd
         with pytest.raises(FileNotFoundException):
             sandbox.files.read(marker, user="root")
-        with pytest.raises((FileNotFoundException, SandboxException)):
-            sandbox.files.read(f"p1{marker}", user="root")
-        # PID 1 is the agent: `user` may not reach its own /proc entries through it.
-        assert sandbox.files.read("/proc/1/root/etc/passwd") == passwd  # just "/"
-        with pytest.raises(SandboxException):
-            sandbox.files.read("/proc/1/environ")
-        with pytest.raises(SandboxException):
-            sandbox.files.read("/proc/self/status")
+        # The agent (PID 1) acts as root but never through a /proc magic link, for any user,
+        # though its /proc/self/root (its own root) is the sandbox's "/" (unlike envd, which
+        # follows them), and reads nothing on /proc: its own entries are there.
+        for user in ("user", "root"):
+            for p in ["/proc/self/root/etc/passwd", "/proc/1/root/etc/passwd",
+                      f"{HOME}/p1{marker}", f"{HOME}/p1/etc/passwd"]:
+                with pytest.raises(InvalidArgumentException, match="never follows"):
+                    sandbox.files.read(p, user=user)
+            for p in ["/proc/1/environ", "/proc/self/status", "/proc/thread-self/comm"]:
+                with pytest.raises(SandboxException, match="on /proc"):
+                    sandbox.files.read(p, user=user)
         with pytest.raises(SandboxException):
             sandbox.files.write("/proc/1/oom_score_adj", "1000")
         # Writes through .. chains land inside the sandbox.
@@ -581,6 +744,12 @@ def test_long_nul_and_invalid_utf8_paths(sandbox):
     # A NUL in an RPC path never reaches the kernel either.
     with pytest.raises(InvalidArgumentException):
         sandbox.files.get_info("a\x00b")
+    # As envd: "~" and "~/x" are the user's home, another user's "~name" is not expanded.
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.get_info("~root/x")
+    with pytest.raises(InvalidArgumentException):
+        sandbox.files.read("~root")
+    assert sandbox.files.write("dir~/~x", "t").path == f"{HOME}/dir~/~x"
 
 
 # -- bad upload input -----------------------------------------------------------------------
