@@ -17,7 +17,8 @@
 # changed definition builds a new layer and an unchanged one is never rebuilt. Built in
 # <key>.new and renamed into place: a crash never leaves a layer that looks finished.
 #
-#   base              Debian (SBX_SUITE, default trixie) by mmdebstrap: templates/base/
+#   base              Debian (SBX_SUITE, default trixie) by mmdebstrap: templates/base/, and
+#                     the CAs the host adds (/usr/local/share/ca-certificates)
 #   code-interpreter  on base, in a chroot over an overlay: templates/code-interpreter/
 #                     plus the kernels' support files of src/jupyter/
 # Run as root. Both need Debian's mirror; code-interpreter also PyPI, npm and Maven Central.
@@ -57,6 +58,13 @@ parent_of() {
     esac
 }
 
+# The CA certificates this host adds to Debian's (a site's TLS-intercepting proxy, an internal
+# CA): the base layer trusts them too, as sandboxes on the host's own files did.
+host_cas() {
+    find /usr/local/share/ca-certificates -maxdepth 1 -type f -name '*.crt' 2>/dev/null |
+        LC_ALL=C sort
+}
+
 key() {
     local name=$1 parent f
     parent=$(parent_of "$name")
@@ -66,6 +74,11 @@ key() {
         while read -r f; do
             printf '%s %s\n' "$f" "$(sha256sum <"$REPO/$f" | cut -d' ' -f1)"
         done < <(definition_files "$name")
+        if [[ $name == base ]]; then
+            while read -r f; do
+                printf 'host-ca %s %s\n' "$(basename "$f")" "$(sha256sum <"$f" | cut -d' ' -f1)"
+            done < <(host_cas)
+        fi
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -94,6 +107,8 @@ build_base() {
     # ownership sandbox-relative; sandboxes see it through an idmapped mount).
     mmdebstrap --mode=root --variant=apt --format=directory --components=main \
         --include="$pkgs" \
+        --customize-hook='find /usr/local/share/ca-certificates -maxdepth 1 -type f -name "*.crt" \
+            -exec cp {} "$1/usr/local/share/ca-certificates/" \; && chroot "$1" update-ca-certificates' \
         --customize-hook='chroot "$1" /bin/sh -s <'"$REPO/templates/base/customize.sh" \
         "$SUITE" "$out/tree" "$MIRROR" >&2
 }

@@ -542,6 +542,13 @@ delete_template(struct sbx_http_req *req, const char *id_or_name)
     struct sbx_template_rec t = {0};
     if (sbx_template_name_parse(id_or_name, &n, &err) < 0)
         return sbx_api_respond_err(req, err);
+    /* A tagged name is how the SDKs delete a snapshot (delete_snapshot("name:tag")): refused
+     * naming snapshots, never taken as the whole template. */
+    if (n.tag[0] || strchr(id_or_name, ':'))
+        return sbx_http_respond_error(req, 501,
+                                      "snapshots are not supported yet: this server keeps a "
+                                      "sandbox with pause and connect; delete a template by "
+                                      "its name, without a tag");
     if (sbx_builtin_template_find(n.alias))
         return bad_request(req, "built-in templates cannot be deleted");
     if (sbx_store_template_get(sbx_daemon->store, n.alias, &t, &err) < 0)

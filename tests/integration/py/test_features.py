@@ -132,7 +132,7 @@ def p_custom_templates(s):
     finally:
         sbx.kill()
     status, _, body = s.daemon.request("GET", "/templates")
-    assert status == 200 and name in body, body
+    assert status == 200 and name.encode() in body, body
     with pytest.raises(BuildException) as e:
         Template.build(Template().from_image("ubuntu:22.04"), name + "-img", cpu_count=1,
                        memory_mb=512)
