@@ -118,9 +118,7 @@ clear_tail(struct build *b)
 static void
 flush_line(struct build *b, size_t len)
 {
-    char *line = strndup(b->line.data, len);
-    if (line == NULL)
-        abort();
+    char *line = sbx_memdup_str(b->line.data, len);
     log_step(b, "info", "%s", line);
     keep_tail(b, line);
     free(line);

@@ -237,8 +237,7 @@ parse_pax(struct sbx_tar_check *c, struct sbx_error **err)
                     return fail(c, err, "bad pax %s", path ? "path" : "linkpath");
                 char **dst = path ? &c->long_name : &c->long_link;
                 free(*dst);
-                if ((*dst = strndup(eq + 1, vlen)) == NULL)
-                    abort();
+                *dst = sbx_memdup_str(eq + 1, vlen); /* the record has no NUL (above) */
             } else if (klen == 4 && memcmp(kv, "size", 4) == 0) {
                 uint64_t v = 0;
                 for (size_t k = 1; k <= vlen; k++) {
@@ -269,8 +268,7 @@ meta_done(struct sbx_tar_check *c, struct sbx_error **err)
             return fail(c, err, "name longer than 4096 bytes");
         char **dst = c->meta_type == 'L' ? &c->long_name : &c->long_link;
         free(*dst);
-        if ((*dst = strndup(c->meta, n)) == NULL)
-            abort();
+        *dst = sbx_memdup_str(c->meta, n);
     }
     free(c->meta);
     c->meta = NULL;

@@ -335,8 +335,7 @@ keys_add(struct keys *k, const char *key, size_t len)
     if (k->n == k->cap &&
         (k->v = reallocarray(k->v, k->cap = k->cap * 2 + 16, sizeof(*k->v))) == NULL)
         abort();
-    if ((k->v[k->n++] = strndup(key, len)) == NULL)
-        abort();
+    k->v[k->n++] = sbx_memdup_str(key, len); /* keys are not NUL-terminated in buf */
 }
 
 /* Adds every whole key of buf (keys one after the other, as in messages and SB_LAYERS). */
