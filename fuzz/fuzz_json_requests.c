@@ -14,6 +14,7 @@
 #include "agent/process.h"
 #include "base/limits.h"
 #include "daemon/internal.h"
+#include "daemon/templates.h"
 #include "json/json.h"
 #include "fuzz_common.h"
 
@@ -84,6 +85,20 @@ control_plane(json_t *body)
         }
         settle(rc, &err);
     }
+    /* A template build's definition (POST /v2/templates/{id}/builds/{bid}). */
+    struct sbx_build_def def;
+    int def_rc = sbx_build_def_parse(body, &def, &err);
+    if (def_rc == 0) {
+        CHECK((def.from_image != NULL) != (def.from_template != NULL));
+        CHECK(def.n_steps <= SBX_TEMPLATE_STEPS_MAX);
+        for (size_t i = 0; i < def.n_steps; i++) {
+            CHECK(def.steps[i].n_args <= SBX_STEP_ARGS_MAX);
+            CHECK(def.steps[i].type != SBX_STEP_COPY || strlen(def.steps[i].files_hash) == 64);
+            CHECK(def.steps[i].type != SBX_STEP_ENV || def.steps[i].n_args % 2 == 0);
+        }
+        sbx_build_def_fini(&def);
+    }
+    settle(def_rc, &err);
     json_t *stored = NULL;
     int net_rc = sbx_netset_decode_update(body, "{\"allowPublicTraffic\":false}", &stored, &err);
     if (net_rc == 0) {

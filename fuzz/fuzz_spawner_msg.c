@@ -19,6 +19,16 @@ check_valid(const struct sbx_spawner_msg *m)
         CHECK(m->uid_slot < 4096 && m->memory_bytes >= (16u << 20) && m->disk_bytes % 4096 == 0);
         CHECK(strchr(m->id, '/') == NULL && strchr(m->template_name, '/') == NULL);
     }
+    if (m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_BUILD_STEP)
+        CHECK(m->layers[0] != '\0' && strlen(m->layers) % SBX_LAYER_KEY_LEN == 0 &&
+              strchr(m->layers, '/') == NULL);
+    if (m->op == SBX_SPAWNER_BUILD_STEP)
+        CHECK(sbx_layer_key_is_valid(m->layer_key) && m->timeout_ms >= 1000 && m->id[0] != '\0');
+    if (m->op == SBX_SPAWNER_STEP_LOG)
+        CHECK(m->message[0] != '\0');
+    if (m->op == SBX_SPAWNER_DEBIAN_LAYER)
+        CHECK(sbx_layer_key_is_valid(m->layer_key) && m->suite[0] != '\0' && m->suite[0] != '-' &&
+              strchr(m->suite, '/') == NULL && strchr(m->suite, '=') == NULL);
     if (m->op == SBX_SPAWNER_DESTROY || m->op == SBX_SPAWNER_STATS || m->op == SBX_SPAWNER_FREEZE ||
         m->op == SBX_SPAWNER_THAW || m->op == SBX_SPAWNER_STOP || m->op == SBX_SPAWNER_NET_POLICY)
         CHECK(m->id[0] != '\0' && strchr(m->id, '.') == NULL);

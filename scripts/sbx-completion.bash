@@ -6,7 +6,7 @@ _sbx_ids() {
 
 _sbx() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
-    local verbs="serve ls create run exec shell kill logs stats inspect cp pause resume volume keys version"
+    local verbs="serve ls create run exec shell kill logs stats inspect cp pause resume volume template keys version"
     if ((COMP_CWORD == 1)); then
         mapfile -t COMPREPLY < <(compgen -W "$verbs --help --version" -- "$cur")
         return
@@ -32,6 +32,13 @@ _sbx() {
             return
         fi
         opts="--format"
+        ;;
+    template)
+        if ((COMP_CWORD == 2)); then
+            mapfile -t COMPREPLY < <(compgen -W "ls rm build" -- "$cur")
+            return
+        fi
+        opts="--name --cpu --memory-mb --api-url --api-key"
         ;;
     keys)
         if ((COMP_CWORD == 2)); then

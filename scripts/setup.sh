@@ -19,9 +19,7 @@ APT_PACKAGES=(
     lxcfs # /proc/meminfo, cpuinfo... of each sandbox's own limits
     clang-format-14 # the formatting check of `make test`
     python3 python3-pip python3-venv
-    # Kernels of the code interpreter (run inside sandboxes, which see the host's /usr).
-    python3-ipykernel python3-numpy python3-pandas python3-matplotlib r-cran-irkernel
-    openjdk-17-jdk-headless # java and JShell for the Java kernel; javac builds it
+    mmdebstrap # builds the base template's Debian root (scripts/templates.sh)
 )
 # Installed only when `node` is absent (these machines usually ship Node 20 with npm).
 APT_NODE_PACKAGES=(nodejs npm)
@@ -151,127 +149,13 @@ setup_js() {
     file_hash "${inputs[@]}" >"$stamp"
 }
 
-# ---- Jupyter kernels for the code interpreter ---------------------------------------------
-# Needed in both modes: sandboxes run them. Sandboxes see the host's /usr read-only but not
-# /usr/local, so registry packages go under /usr/lib/sbx (src/jupyter/kernel.h points the
-# kernelspecs there). Each part is reinstalled only when its package list changes.
-KERNEL_PREFIX=/usr/lib/sbx
-# Installed without dependencies: their Jupyter stack, numpy and matplotlib come from Debian.
-KERNEL_PY_NODEPS=(e2b-charts==1.0.0 bash_kernel==0.10.0)
-# Installed with dependencies (small, pure Python or wheels): what the two above need beyond
-# Debian's packages. e2b-charts builds on pydantic 2 (Debian 12 has 1.10).
-KERNEL_PY_DEPS=('pydantic>=2.9,<3' 'pexpect>=4.8' 'filetype>=1.2')
-# The JavaScript/TypeScript kernel (src/jupyter/javascript: kernel.js, transform.js) and its
-# npm packages, pinned by its package-lock.json: Babel, for the transform E2B's kernel applies,
-# and zeromq (its prebuilt binaries come in the npm package).
-JS_KERNEL_SRC=src/jupyter/javascript
-# The Java kernel (src/jupyter/java/SbxJavaKernel.java) runs on jjava-jupyter's Jupyter
-# plumbing; these jars are it and its runtime dependencies, from Maven Central, with their
-# SHA-256. (The JJava kernel proper, jjava-kernel, is not served by the registry here.)
-MAVEN_CENTRAL=https://repo1.maven.org/maven2
-KERNEL_JAVA_JARS=(
-    "org.dflib.jjava:jjava-jupyter:1.0-a6 9d158a68166abd4ea7bcd7d4b7c404c51fc8f3d013ba1c085997f454e4f64080"
-    "com.google.code.gson:gson:2.11.0 57928d6e5a6edeb2abd3770a8f95ba44dce45f3b23b7a9dc2b309c581552a78b"
-    "org.zeromq:jeromq:0.6.0 4784ff6d6e91b8eecd917b73d07b161c19a808ef870a5bdb760515bb67e208d3"
-    "eu.neilalexander:jnacl:1.0.0 4accc9d2a56a6dd5198ec5e1c5c05a091da563bccd346fd6578edc083152beaa"
-    "org.slf4j:slf4j-api:2.0.17 7b751d952061954d5abfed7181c1f645d336091b679891591d63329c622eb832"
-)
-JAVA_KERNEL_SRC=src/jupyter/java/SbxJavaKernel.java
-KERNEL_LAYOUT=2 # bump when the install commands change, so that setup redoes them
-
-install_kernels() {
-    local py="$KERNEL_PREFIX/python" want
-    [[ $(id -u) == 0 ]] || die "installing kernels under $KERNEL_PREFIX needs root"
-    umask 022 # world-readable: kernels run as sandbox root, commands as user
-    want=$(printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_PY_NODEPS[@]}" "${KERNEL_PY_DEPS[@]}" | sha256sum | cut -d' ' -f1)
-    if [[ -f $py/.sbx-packages.sha256 && $(cat "$py/.sbx-packages.sha256") == "$want" ]]; then
-        log "Python kernel packages up to date"
-    else
-        log "pip install --target $py ${KERNEL_PY_NODEPS[*]} ${KERNEL_PY_DEPS[*]}"
-        rm -rf "$py.new"
-        local pip=(/usr/bin/python3 -m pip install -q --disable-pip-version-check
-            --root-user-action=ignore --no-warn-script-location --target "$py.new")
-        "${pip[@]}" --no-deps "${KERNEL_PY_NODEPS[@]}"
-        "${pip[@]}" "${KERNEL_PY_DEPS[@]}"
-        printf '%s\n' "$want" >"$py.new/.sbx-packages.sha256"
-        rm -rf "$py" && mv "$py.new" "$py"
-    fi
-    # Our IPython extension (e2b/chart and e2b/data formatters): always copied, it is ours.
-    install -m 0644 "$REPO/src/jupyter/python/sbx_e2b.py" "$py/sbx_e2b.py"
-
-    install_java_kernel
-    install_javascript_kernel
-}
-
-# npm ci of the kernel's lock into $KERNEL_PREFIX/javascript, redone when the lock changes;
-# the kernel's own files are always copied.
-install_javascript_kernel() {
-    local dir="$KERNEL_PREFIX/javascript" src="$REPO/$JS_KERNEL_SRC" want
-    if ! command -v npm >/dev/null 2>&1; then
-        log "warning: npm not found; JavaScript/TypeScript kernel not installed"
-        return
-    fi
-    want=$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -d' ' -f1)
-    if [[ -f $dir/.sbx-packages.sha256 && $(cat "$dir/.sbx-packages.sha256") == "$want" ]]; then
-        log "JavaScript kernel packages up to date"
-    else
-        log "npm ci in $dir"
-        rm -rf "$dir.new"
-        mkdir -p "$dir.new"
-        install -m 0644 "$src/package.json" "$src/package-lock.json" "$dir.new/"
-        (cd "$dir.new" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
-        printf '%s\n' "$want" >"$dir.new/.sbx-packages.sha256"
-        rm -rf "$dir" && mv "$dir.new" "$dir"
-    fi
-    install -m 0644 "$src/kernel.js" "$src/transform.js" "$dir/"
-}
-
-# Downloads the jars, compiles our kernel against them into $KERNEL_PREFIX/java and records a
-# class-data archive of a warm-up run (about a third off the kernel's start). Redone when the
-# jars, the source or the JDK change.
-install_java_kernel() {
-    local dir="$KERNEL_PREFIX/java" want entry coord sum g a v path jar cp=() manifest
-    if [[ ! -x /usr/bin/javac ]]; then
-        log "warning: javac not found; Java kernel not installed"
-        return
-    fi
-    want=$( (printf '%s\n' "$KERNEL_LAYOUT" "${KERNEL_JAVA_JARS[@]}"
-        /usr/bin/java -version 2>&1
-        cat "$REPO/$JAVA_KERNEL_SRC") | sha256sum | cut -d' ' -f1)
-    if [[ -f $dir/.sbx-packages.sha256 && $(cat "$dir/.sbx-packages.sha256") == "$want" ]]; then
-        log "Java kernel up to date"
-        return
-    fi
-    log "building the Java kernel in $dir"
-    rm -rf "$dir.new"
-    mkdir -p "$dir.new/lib" "$dir.new/classes"
-    for entry in "${KERNEL_JAVA_JARS[@]}"; do
-        read -r coord sum <<<"$entry"
-        IFS=: read -r g a v <<<"$coord"
-        jar="$a-$v.jar"
-        path="${g//.//}/$a/$v/$jar"
-        curl -fsSL --retry 3 -o "$dir.new/lib/$jar" "$MAVEN_CENTRAL/$path"
-        echo "$sum  $dir.new/lib/$jar" | sha256sum -c --quiet - || die "checksum mismatch: $jar"
-        cp+=("lib/$jar")
-    done
-    (cd "$dir.new" && /usr/bin/javac -nowarn -XDsuppressNotes --release 17 \
-        -cp "$(IFS=:; echo "${cp[*]}")" -d classes "$REPO/$JAVA_KERNEL_SRC" 2>&1 |
-        grep -v 'internal proprietary API\|sun\.misc\.Signal\|^ *^\|^[0-9]* warnings\?$' >&2 || true)
-    [[ -f $dir.new/classes/sbx/kernel/SbxJavaKernel.class ]] || die "javac failed"
-    manifest="$dir.new/MANIFEST.MF"
-    printf 'Main-Class: sbx.kernel.SbxJavaKernel\nClass-Path: %s\n' "${cp[*]}" >"$manifest"
-    /usr/bin/jar --create --file "$dir.new/sbx-java-kernel.jar" --manifest "$manifest" \
-        -C "$dir.new/classes" .
-    rm -rf "$dir.new/classes" "$manifest"
-    # The archive is only valid for the same jar path, so record it where the jar will live:
-    # swap first, then record (a failure leaves a kernel that simply starts slower).
-    rm -rf "$dir" && mv "$dir.new" "$dir"
-    /usr/bin/java -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
-        -XX:ArchiveClassesAtExit="$dir/kernel.jsa" -Xlog:cds=off -Xlog:cds+dynamic=off \
-        -jar "$dir/sbx-java-kernel.jar" --warmup >/dev/null 2>&1 ||
-        log "warning: no class-data archive for the Java kernel (it will start slower)"
-    chmod -R a+rX "$dir"
-    printf '%s\n' "$want" >"$dir/.sbx-packages.sha256"
+# ---- Built-in templates ---------------------------------------------------------------------
+# Sandboxes run on the layers of the built-in templates (base, code-interpreter), built from
+# templates/ into the host-wide layer cache once per definition; `sbx serve` imports them.
+build_templates() {
+    [[ $(id -u) == 0 ]] || die "building the templates' layers needs root"
+    log "built-in templates (the first build takes several minutes; see README)"
+    "$REPO/scripts/templates.sh" build
 }
 
 main() {
@@ -279,11 +163,11 @@ main() {
     case $1 in
     build)
         install_apt_packages build
-        install_kernels
+        build_templates
         ;;
     test)
         install_apt_packages test
-        install_kernels
+        build_templates
         setup_venv "$VENV" "$PY_REQUIREMENTS"
         setup_venv "$VENV_SDK1" "$PY_REQUIREMENTS_SDK1"
         setup_js

@@ -28,6 +28,7 @@ usage(FILE *f)
           "  pause ID                 pause a sandbox (--filesystem: keep only its disk)\n"
           "  resume ID                resume a paused sandbox\n"
           "  volume ls|create|rm      list, create or remove volumes\n"
+          "  template ls|rm|build     list, delete and build templates\n"
           "  kill ID... | --all       kill sandboxes\n"
           "  keys create|ls|revoke    manage API keys (with an admin key)\n"
           "  --version                print the version\n"

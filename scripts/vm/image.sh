@@ -6,6 +6,10 @@
 #   scripts/vm/image.sh OUT_DIR     writes OUT_DIR/rootfs.img and, for each of the kernels
 #                                   "current" and "debian12", OUT_DIR/KERNEL/{vmlinuz,initrd.img}
 #
+# With SBX_VM_LAYER set to a layer of the host's layer cache (<cache>/<key>, the base
+# template's), the image carries a copy of it at the same path: the guest's sandboxes run on it
+# (a 9p share cannot be idmapped, so the layer must be on the guest's own ext4).
+#
 # Run as root (debootstrap, chroot). Takes about two minutes; run.sh keeps the result in a
 # cache keyed by this file's hash, so it is rebuilt only when this file changes.
 set -euo pipefail
@@ -96,6 +100,13 @@ mkdir -p "$out/current"
 cp "$root$kdir/vmlinuz" "$out/current/vmlinuz"
 cp "$root/boot/initrd.img" "$out/current/initrd.img"
 rm -rf "$root"/boot/* "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/*
+if [[ -n ${SBX_VM_LAYER:-} ]]; then
+    log "copying the layer $SBX_VM_LAYER into the image"
+    mkdir -p "$root$(dirname "$SBX_VM_LAYER")"
+    chmod 0700 "$root$(dirname "$SBX_VM_LAYER")"
+    cp -a "$SBX_VM_LAYER" "$root$SBX_VM_LAYER"
+    IMAGE_MB=$((IMAGE_MB + $(du -sm "$SBX_VM_LAYER" | cut -f1)))
+fi
 log "making the root filesystem image"
 rm -f "$out/rootfs.img"
 mkfs.ext4 -q -F -L sbx-vm -d "$root" "$out/rootfs.img" "${IMAGE_MB}M"

@@ -25,12 +25,14 @@ log() { printf 'vm: %s\n' "$*" >&2; }
 
 # The tests, as the guest runs them: the sandbox runtime's unit tests, then the security
 # probes (pids and memory limits, OOM reporting, isolation) and the lifecycle, metrics and
-# restart suites through the real SDK and daemon.
+# restart suites through the real SDK and daemon. The guest has the base template's layer
+# only (image_dir): its daemons keep no code-interpreter pool.
 guest_tests() {
     local build=$1
     "$build/tests/unit/test_sandbox"
     "$build/tests/unit/test_spawner"
-    SBX_BIN="$build/sbx" "$REPO/.venv/bin/python" -m pytest -p no:cacheprovider -q \
+    SBX_POOL=code-interpreter-v1=0 SBX_BIN="$build/sbx" \
+        "$REPO/.venv/bin/python" -m pytest -p no:cacheprovider -q \
         "$REPO/tests/security" "$REPO/tests/integration/py/test_lifecycle.py" \
         "$REPO/tests/integration/py/test_restart.py"
 }
@@ -62,15 +64,18 @@ guest() {
 }
 
 # Prints the directory of a built image, building it first when the cache has none for
-# this version of image.sh.
+# this version of image.sh and of the base template's layer (built by setup: templates.sh),
+# which the image carries for the guest's sandboxes.
 image_dir() {
-    local key dir
-    key=$(sha256sum "$REPO/scripts/vm/image.sh" | cut -c1-16)
+    local key dir layer
+    layer=${SBX_LAYER_CACHE:-/var/cache/sbx/layers}/$("$REPO/scripts/templates.sh" key base)
+    [[ -f $layer/info ]] || { log "no base layer at $layer: run scripts/templates.sh build"; return 1; }
+    key=$( (sha256sum "$REPO/scripts/vm/image.sh"; echo "$layer") | sha256sum | cut -c1-16)
     dir=$CACHE/$key
     if [[ ! -f $dir/rootfs.img ]]; then
         log "building the guest image (cache: $dir)"
         rm -rf "$dir.new"
-        "$REPO/scripts/vm/image.sh" "$dir.new" >&2 || return 1
+        SBX_VM_LAYER=$layer "$REPO/scripts/vm/image.sh" "$dir.new" >&2 || return 1
         rm -rf "$dir" && mv "$dir.new" "$dir"
     fi
     echo "$dir"

@@ -3,6 +3,7 @@
  * 49983 (envd) and 49999 (code interpreter), all with one request handler: envd auth, then
  * routing by path. */
 #include "agent/agent.h"
+#include "agent/start.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -92,6 +93,12 @@ read_config(int fd, struct sbx_agent_config *cfg, struct sbx_error **err)
         json_is_integer(mem) && json_integer_value(mem) > 0 && json_integer_value(mem) <= INT32_MAX
             ? (int)json_integer_value(mem)
             : 0;
+    json_t *duser = json_object_get(root, "defaultUser"),
+           *dcwd = json_object_get(root, "defaultWorkdir");
+    sbx_agent_set_default_user(json_string_value(duser));
+    sbx_agent_set_default_cwd(json_string_value(dcwd));
+    json_t *start = json_object_get(root, "start");
+    cfg->start = json_is_object(start) ? json_incref(start) : NULL;
     cfg->env_vars = json_object();
     /* As on E2B, every command can tell it runs in a sandbox; the config may override. */
     json_object_set_new(cfg->env_vars, "E2B_SANDBOX", json_string("true"));
@@ -181,6 +188,43 @@ on_warm(void *ud, bool ok)
         sbx_http_respond_error(req, 503, "the default kernel did not start");
 }
 
+static void
+on_started(void *ud, bool ok, const char *why)
+{
+    struct sbx_http_req **slot = ud;
+    if (*slot == NULL) {
+        free(slot);
+        return;
+    }
+    if (!ok) {
+        struct sbx_http_req *req = *slot;
+        free(slot);
+        sbx_http_req_on_close(req, NULL);
+        req->data = NULL;
+        sbx_http_respond_error(req, 503, "%s", why);
+        return;
+    }
+    /* A pooled code interpreter is ready once its default kernel is warm too. */
+    if (config.code_interpreter && config.pooled)
+        sbx_interp_when_warm(on_warm, slot);
+    else
+        on_warm(slot, true);
+}
+
+/* GET /sbx/ready (the daemon's): answered once the template's start command is ready and, in
+ * a pooled code interpreter, the default kernel is warm. */
+static void
+handle_ready(struct sbx_http_req *req)
+{
+    struct sbx_http_req **slot = malloc(sizeof(*slot));
+    if (slot == NULL)
+        abort();
+    *slot = req;
+    req->data = slot;
+    sbx_http_req_on_close(req, on_ready_client_closed);
+    sbx_agent_start_when_ready(on_started, slot);
+}
+
 /* POST /init: the client's identity, once. Until then nothing runs here but what the template
  * starts, so nothing of another client can be in this sandbox. */
 static void
@@ -223,19 +267,6 @@ handle_pooled(struct sbx_http_req *req, bool from_daemon)
         sbx_http_req_read_body(req, SBX_HTTP_MAX_BUFFERED_BODY, on_init_body);
         return;
     }
-    if (from_daemon && strcmp(req->path, "/sbx/ready") == 0 && strcmp(req->method, "GET") == 0) {
-        struct sbx_http_req **slot = malloc(sizeof(*slot));
-        if (slot == NULL)
-            abort();
-        *slot = req;
-        req->data = slot;
-        sbx_http_req_on_close(req, on_ready_client_closed);
-        if (config.code_interpreter)
-            sbx_interp_when_warm(on_warm, slot);
-        else
-            on_warm(slot, true);
-        return;
-    }
     sbx_http_respond_error(req, 503, "this sandbox is not assigned yet");
 }
 
@@ -244,6 +275,10 @@ on_request(struct sbx_http_req *req, void *ud)
 {
     const char *path = req->path;
     snprintf(req->log_sandbox, sizeof(req->log_sandbox), "%s", config.sandbox_id);
+    if (ud == NULL && strcmp(path, "/sbx/ready") == 0 && strcmp(req->method, "GET") == 0) {
+        handle_ready(req); /* only on the daemon's socket */
+        return;
+    }
     if (config.pooled) {
         handle_pooled(req, ud == NULL);
         return;
@@ -351,8 +386,8 @@ lower_own_oom_score(void)
 int
 sbx_agent_main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    if (argc == 2 && strcmp(argv[1], "--step") == 0)
+        return sbx_agent_step_main();
     sbx_agent_log_init();
     /* Non-dumpable, and sandbox root lacks CAP_SYS_PTRACE: nothing in the sandbox can trace
      * PID 1, read its memory (the access token) or take its fds (the daemon's socket) through
@@ -377,6 +412,7 @@ sbx_agent_main(int argc, char **argv)
         sbx_log_error("agent_start", "error=\"%s\"", err->msg);
         return 1;
     }
+    sbx_agent_start_init(loop, &config, config.start);
     if (config.volume_service)
         sbx_agent_volume_init();
     /* Code-interpreter sandboxes start their default Python kernel now, so the first

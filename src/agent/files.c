@@ -137,7 +137,7 @@ prepare(struct sbx_http_req *req, const struct sbx_agent_config *cfg, struct fil
         return -1;
     }
     _cleanup_error_ struct sbx_error *e = NULL;
-    const char *name = p->username && *p->username ? p->username : SBX_AGENT_DEFAULT_USER;
+    const char *name = p->username && *p->username ? p->username : sbx_agent_default_user();
     if (sbx_agent_user_lookup("/etc", name, u, &e) < 0) {
         sbx_http_respond_error(req, 401, "error looking up user '%s': %s", name, e->msg);
         return -1;

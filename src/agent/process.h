@@ -37,6 +37,7 @@ struct sbx_agent_config {
     bool pooled;           /* started ahead of a client: serves nothing but POST /init until then */
     bool volume_service;   /* a volume's content API (volume.c), on the daemon's socket only */
     unsigned env_generation; /* bumped when POST /init sets env_vars */
+    json_t *start;           /* the template's start and ready commands (start.c), or NULL */
 };
 
 /* A decoded StartRequest. */
@@ -87,8 +88,12 @@ json_t *sbx_agent_config_json(const struct sbx_agent_start_req *r);
 char **sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env, json_t *req_env,
                            bool pty);
 void sbx_agent_strv_free(char **v);
-/* cwd as envd resolves it: absent/empty/"~" -> home, "~/x" and relative -> home/x. */
+/* cwd as envd resolves it: absent/empty -> the default (sbx_agent_set_default_cwd) or home,
+ * "~" -> home, "~/x" and relative -> home/x. */
 char *sbx_agent_resolve_cwd(const char *cwd, const char *home);
+/* What an empty cwd means from now on: the template's workdir (its last WORKDIR step), absolute;
+ * NULL: the user's home. */
+void sbx_agent_set_default_cwd(const char *dir);
 
 struct sbx_agent_spawn {
     /* in */

@@ -90,11 +90,22 @@ sbx_agent_env_build(const struct sbx_agent_user *u, json_t *sandbox_env, json_t 
     return e.v;
 }
 
+static char *default_cwd;
+
+void
+sbx_agent_set_default_cwd(const char *dir)
+{
+    free(default_cwd);
+    default_cwd = dir && dir[0] == '/' ? strdup(dir) : NULL;
+}
+
 char *
 sbx_agent_resolve_cwd(const char *cwd, const char *home)
 {
     char *out = NULL;
-    if (cwd == NULL || *cwd == '\0' || strcmp(cwd, "~") == 0)
+    if ((cwd == NULL || *cwd == '\0') && default_cwd)
+        out = strdup(default_cwd);
+    else if (cwd == NULL || *cwd == '\0' || strcmp(cwd, "~") == 0)
         out = strdup(home);
     else if (strncmp(cwd, "~/", 2) == 0)
         asprintf(&out, "%s/%s", home, cwd + 2);

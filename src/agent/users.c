@@ -134,7 +134,7 @@ sbx_agent_user_from_request(const struct sbx_http_req *req, struct sbx_agent_use
 {
     const char *auth = sbx_http_req_header(req, "authorization");
     if (auth == NULL)
-        return sbx_agent_user_lookup("/etc", SBX_AGENT_DEFAULT_USER, out, err);
+        return sbx_agent_user_lookup("/etc", sbx_agent_default_user(), out, err);
     _cleanup_free_ char *name = sbx_agent_basic_auth_user(auth);
     if (name == NULL) {
         memset(out, 0, sizeof(*out));
@@ -152,4 +152,19 @@ sbx_agent_user_fini(struct sbx_agent_user *u)
     free(u->home);
     free(u->shell);
     u->name = u->home = u->shell = NULL;
+}
+
+static char *default_user;
+
+void
+sbx_agent_set_default_user(const char *name)
+{
+    free(default_user);
+    default_user = name ? strdup(name) : NULL;
+}
+
+const char *
+sbx_agent_default_user(void)
+{
+    return default_user ? default_user : SBX_AGENT_DEFAULT_USER;
 }

@@ -35,5 +35,8 @@ int sbx_agent_user_from_request(const struct sbx_http_req *req, struct sbx_agent
 /* Extracts the user name from "Basic base64(user:password)"; malloc'd, NULL if malformed. */
 char *sbx_agent_basic_auth_user(const char *header);
 void sbx_agent_user_fini(struct sbx_agent_user *u);
+/* The user of operations that name none: the template's (its last USER step), else "user". */
+void sbx_agent_set_default_user(const char *name);
+const char *sbx_agent_default_user(void);
 
 #endif

@@ -2,6 +2,7 @@
 #include "base/fdpass.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -36,8 +37,8 @@ sbx_send_fds(int sock, const void *msg, size_t len, const int *fds, size_t nfds)
     return n < 0 ? -1 : 0;
 }
 
-ssize_t
-sbx_recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds)
+static ssize_t
+recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds, bool exact)
 {
     char cbuf[CMSG_SPACE(MAX_PASSED_FDS * sizeof(int))];
     struct iovec iov = {.iov_base = msg, .iov_len = len};
@@ -70,7 +71,7 @@ sbx_recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds)
         else
             close(passed[i]);
     }
-    if (got != nfds || (mh.msg_flags & MSG_CTRUNC)) {
+    if ((exact ? got != nfds : got > nfds) || (mh.msg_flags & MSG_CTRUNC)) {
         for (size_t i = 0; i < nfds; i++)
             if (fds[i] >= 0)
                 close(fds[i]);
@@ -78,4 +79,16 @@ sbx_recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds)
         return -1;
     }
     return n;
+}
+
+ssize_t
+sbx_recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds)
+{
+    return recv_fds(sock, msg, len, fds, nfds, true);
+}
+
+ssize_t
+sbx_recv_fds_upto(int sock, void *msg, size_t len, int *fds, size_t nfds)
+{
+    return recv_fds(sock, msg, len, fds, nfds, false);
 }

@@ -15,5 +15,7 @@ int sbx_send_fds(int sock, const void *msg, size_t len, const int *fds, size_t n
  * not exactly nfds (EPROTO), or longer than len (EMSGSIZE) is consumed and refused, its fds
  * closed. A non-blocking socket gives EAGAIN when nothing is queued. */
 ssize_t sbx_recv_fds(int sock, void *msg, size_t len, int *fds, size_t nfds);
+/* The same, but a datagram may carry fewer fds than nfds (the rest of fds[] stays -1). */
+ssize_t sbx_recv_fds_upto(int sock, void *msg, size_t len, int *fds, size_t nfds);
 
 #endif

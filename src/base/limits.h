@@ -50,6 +50,17 @@
 #define SBX_MAX_TIMEOUT_S      (24 * 3600)
 #define SBX_MAX_SANDBOXES      4096
 #define SBX_MAX_METADATA_BYTES (64 * 1024)
+/* Template builds: at most SBX_MAX_BUILDS at once (--max-builds), each step killed after
+ * SBX_DEFAULT_BUILD_STEP_TIMEOUT_S (--build-step-timeout); their build sandboxes take the top
+ * uid slots. */
+#define SBX_MAX_BUILDS                   8
+#define SBX_DEFAULT_MAX_BUILDS           2
+#define SBX_DEFAULT_BUILD_STEP_TIMEOUT_S 1800
+#define SBX_UPLOAD_MAX_BYTES             (4ULL << 30) /* one COPY archive, uncompressed content */
+#define SBX_UPLOAD_MAX_ENTRIES           500000
+#define SBX_UPLOAD_URL_TTL_S             1800
+/* Where scripts/templates.sh builds the built-in templates' layers (--layer-cache). */
+#define SBX_DEFAULT_LAYER_CACHE "/var/cache/sbx/layers"
 /* Pause and resume. */
 #define SBX_DEFAULT_PAUSED_RETENTION_S (30 * 24 * 3600) /* --paused-retention */
 #define SBX_RESUME_DEFAULT_TIMEOUT_S   15   /* POST /sandboxes/{id}/resume without a timeout */
@@ -62,8 +73,9 @@
 /* Warm pools (--pool, --pool-memory-mb). */
 #define SBX_DEFAULT_POOLS          "base=2,code-interpreter-v1=1"
 #define SBX_DEFAULT_POOL_MEMORY_MB 2048
-#define SBX_POOL_MAX               64    /* sandboxes one pool may keep */
-#define SBX_POOL_READY_MS          60000 /* for a pooled sandbox to be warm */
+#define SBX_POOL_MAX               64               /* sandboxes one pool may keep */
+#define SBX_POOL_READY_MS          60000            /* for a pooled sandbox to be warm */
+#define SBX_START_READY_MS         (11 * 60 * 1000) /* a template's ready command: 10 min cap */
 #define SBX_POOL_INIT_MS           10000 /* for its agent to take its client's identity */
 #define SBX_POOL_RETRY_MS          5000  /* before a pool that failed to fill tries again */
 #define SBX_POOL_DRAIN_MS          5000  /* a clean stop waits this long for them to go */

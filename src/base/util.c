@@ -161,6 +161,17 @@ sbx_is_valid_id(const char *id, size_t max)
 }
 
 char *
+sbx_memdup_str(const void *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s == NULL)
+        abort();
+    memcpy(s, p, n);
+    s[n] = '\0';
+    return s;
+}
+
+char *
 sbx_vformat(const char *fmt, va_list ap)
 {
     char *s = NULL;

@@ -22,6 +22,9 @@ int sbx_parse_rfc3339(const char *s, int64_t *wall_ms);
 /* vasprintf into a malloc'd string; NULL when out of memory (vasprintf itself leaves the
  * pointer undefined then). */
 char *sbx_vformat(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+/* The n bytes at p and a NUL, malloc'd (aborts when out of memory). Unlike strndup, p need not
+ * be NUL-terminated: nothing past p[n - 1] is read. */
+char *sbx_memdup_str(const void *p, size_t n);
 /* True for 1 to max characters of [A-Za-z0-9_-]: safe in a URL path, a header value and a
  * file name. */
 bool sbx_is_valid_id(const char *id, size_t max);

@@ -17,7 +17,7 @@ static const struct {
     {"exec", sbx_cli_exec},     {"shell", sbx_cli_shell},   {"keys", sbx_cli_keys},
     {"logs", sbx_cli_logs},     {"cp", sbx_cli_cp},         {"inspect", sbx_cli_inspect},
     {"stats", sbx_cli_stats},   {"run", sbx_cli_run},       {"pause", sbx_cli_pause},
-    {"resume", sbx_cli_resume}, {"volume", sbx_cli_volume},
+    {"resume", sbx_cli_resume}, {"volume", sbx_cli_volume}, {"template", sbx_cli_template},
 };
 
 int

@@ -267,6 +267,10 @@ int sbx_cli_create(int argc, char **argv);
 int sbx_cli_kill(int argc, char **argv);
 int sbx_cli_exec(int argc, char **argv);
 int sbx_cli_shell(int argc, char **argv);
+int sbx_cli_template(int argc, char **argv);
+/* A Dockerfile (FROM, RUN, ENV, ARG, WORKDIR, USER, CMD/ENTRYPOINT) into the body of
+ * POST /v2/templates/{id}/builds/{bid}; COPY, ADD and a second FROM are errors. */
+int sbx_cli_dockerfile_parse(const char *text, json_t **out, struct sbx_error **err);
 /* Runs req (a process.Process/Start request) in sb and streams its output; with in (may be
  * NULL) the local stdin goes to it once it started. When the stream is cut because the
  * sandbox ended, run->ended_why says how (from the sandbox's log). */

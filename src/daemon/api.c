@@ -59,8 +59,8 @@ sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e)
     sbx_http_respond_error(req, status, "%s", e->msg);
 }
 
-static json_t *
-time_json(int64_t ms)
+json_t *
+sbx_api_time_json(int64_t ms)
 {
     char buf[40];
     sbx_format_rfc3339(ms, buf, sizeof(buf));
@@ -110,8 +110,8 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
 {
     json_t *o = json_pack("{s:s,s:s,s:s,s:o,s:o,s:i,s:i,s:i,s:s,s:s,s:o}", "sandboxID", r->id,
                           "templateID", r->template_id, "clientID", SBX_DAEMON_CLIENT_ID,
-                          "startedAt", time_json(r->started_at_ms), "endAt",
-                          time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
+                          "startedAt", sbx_api_time_json(r->started_at_ms), "endAt",
+                          sbx_api_time_json(r->end_at_ms), "cpuCount", r->cpu_count, "memoryMB",
                           r->memory_mb, "diskSizeMB", r->disk_mb, "state", r->state, "envdVersion",
                           SBX_ENVD_VERSION, "metadata", parse_map(r->metadata_json));
     json_object_set_new(o, "volumeMounts", volume_mounts_json(r->volume_mounts_json));
@@ -141,18 +141,9 @@ listed_json(const struct sbx_sandbox_rec *r, bool detail)
     return o;
 }
 
-/* One host-derived template serves every name the SDKs use by default. */
+/* The built-in templates' names (spawner/templates.c), which /metrics always shows. */
 const char *const sbx_api_templates[SBX_API_N_TEMPLATES] = {
     "base", "code-interpreter-v1", "code-interpreter", "code-interpreter-beta", "sbx"};
-
-bool
-sbx_api_known_template(const char *t)
-{
-    for (size_t i = 0; i < SBX_API_N_TEMPLATES; i++)
-        if (strcmp(t, sbx_api_templates[i]) == 0)
-            return true;
-    return false;
-}
 
 static int
 parse_timeout(json_t *body, int def, int *out, struct sbx_error **err)
@@ -246,12 +237,7 @@ sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,
     if (v2)
         o.secure = true; /* v2 sandboxes are always secured */
     if (tmpl) {
-        if (!sbx_api_known_template(tmpl))
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
-                                 "template '%s' not found (this server offers 'base' and "
-                                 "'code-interpreter-v1')",
-                                 tmpl);
-        o.template_id = tmpl;
+        o.template_id = tmpl; /* resolved at create (a name of the store's is no pure check) */
         o.alias = tmpl;
     }
     /* json_dumpb with no buffer only measures the encoding. */
@@ -351,10 +337,23 @@ create(struct sbx_http_req *req, json_t *body, bool v2)
                                "by this server");
         return;
     }
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     if (sbx_api_create_opts_parse(body, v2, &o, &err) < 0) {
         sbx_api_respond_err(req, err);
         return;
     }
+    if (sbx_templates_resolve(sbx_daemon->store, o.template_id, &ref, &err) < 0) {
+        /* A template this server lacks is the request's error: 400, naming it. */
+        if (err->code == SBX_NOT_FOUND)
+            err->code = SBX_INVALID_ARGUMENT;
+        sbx_api_respond_err(req, err);
+        sbx_api_create_opts_fini(&o);
+        return;
+    }
+    /* The sandbox is of the template, in the size the template was built for. */
+    o.template_id = ref.id;
+    o.cpu_count = ref.cpu_count;
+    o.memory_mb = ref.memory_mb;
     _cleanup_free_ char *mounts = NULL;
     if (o.volume_mounts && (mounts = sbx_volumes_resolve(o.volume_mounts, &err)) == NULL) {
         sbx_api_respond_err(req, err);
@@ -688,14 +687,15 @@ on_stats(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
             pct = 100.0 * l->rec->cpu_count;
         l->last_cpu_ns = st->cpu_usage_ns;
         l->last_cpu_wall_ms = now;
-        json_array_append_new(
-            arr, json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp", time_json(now),
-                           "timestampUnix", (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
-                           "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes, "memTotal",
-                           (json_int_t)st->memory_limit_bytes, "memCache",
-                           (json_int_t)st->memory_cache_bytes, "diskUsed",
-                           (json_int_t)st->disk_fs_used_bytes, "diskTotal",
-                           (json_int_t)st->disk_total_bytes));
+        json_array_append_new(arr,
+                              json_pack("{s:o,s:I,s:i,s:f,s:I,s:I,s:I,s:I,s:I}", "timestamp",
+                                        sbx_api_time_json(now), "timestampUnix",
+                                        (json_int_t)(now / 1000), "cpuCount", l->rec->cpu_count,
+                                        "cpuUsedPct", pct, "memUsed", (json_int_t)st->memory_bytes,
+                                        "memTotal", (json_int_t)st->memory_limit_bytes, "memCache",
+                                        (json_int_t)st->memory_cache_bytes, "diskUsed",
+                                        (json_int_t)st->disk_fs_used_bytes, "diskTotal",
+                                        (json_int_t)st->disk_total_bytes));
     }
     sbx_api_respond_json(req, 200, arr);
     free(q);
@@ -890,6 +890,28 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
         sbx_volumes_api(req, body, p, n);
         return;
     }
+    /* /templates..., /v2/templates... and /v3/templates: the Template SDK's. Path parameters
+     * arrive as one percent-encoded segment each ("team%2Fname%3Atag"). */
+    bool v3 = n > 0 && strcmp(p[0], "v3") == 0;
+    char **t = v2 || v3 ? p + 1 : p;
+    size_t tn = v2 || v3 ? n - 1 : n;
+    if (tn >= 1 && tn <= MAX_PATH_PARTS && strcmp(t[0], "templates") == 0) {
+        req->route_class = "templates";
+        char *decoded[MAX_PATH_PARTS] = {0};
+        bool ok = true;
+        for (size_t i = 0; i < tn; i++) {
+            size_t len;
+            decoded[i] = sbx_http_percent_decode(t[i], strlen(t[i]), false, &len);
+            ok = ok && decoded[i] && strlen(decoded[i]) == len;
+        }
+        if (ok)
+            sbx_api_templates_dispatch(req, body, decoded, tn);
+        else
+            sbx_http_respond_error(req, 400, "bad percent-encoding in %s", req->path);
+        for (size_t i = 0; i < tn; i++)
+            free(decoded[i]);
+        return;
+    }
     if (!v2 && n == 1 && get && strcmp(p[0], "pools") == 0) {
         req->route_class = "pools";
         sbx_api_respond_json(req, 200, sbx_pool_status());
@@ -991,9 +1013,14 @@ sbx_api_handle(struct sbx_http_req *req)
         sbx_http_respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         return;
     }
-    /* The volume content API takes a volume's own token, not an API key. */
+    /* The volume content API takes a volume's own token, not an API key; so does a COPY
+     * archive's upload, its URL's. */
     if (sbx_volumes_content(req))
         return;
+    if (sbx_api_templates_is_upload(req)) {
+        sbx_api_templates_upload(req);
+        return;
+    }
     struct sbx_api_key_auth who;
     if (!sbx_auth_check(req, &who))
         return;

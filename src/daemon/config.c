@@ -76,6 +76,26 @@ opt_state_dir(struct sbx_daemon_config *c, const char *v)
 }
 
 static int
+opt_layer_cache(struct sbx_daemon_config *c, const char *v)
+{
+    return v[0] != '/' ? -1 : set_string(&c->layer_cache, v);
+}
+
+static int
+opt_max_builds(struct sbx_daemon_config *c, const char *v)
+{
+    return parse_positive(v, &c->max_builds) < 0 || c->max_builds > SBX_MAX_BUILDS ? -1 : 0;
+}
+
+static int
+opt_build_step_timeout(struct sbx_daemon_config *c, const char *v)
+{
+    /* The spawner takes 1 s to 24 h. */
+    return parse_positive(v, &c->build_step_timeout_s) < 0 || c->build_step_timeout_s > 86400 ? -1
+                                                                                              : 0;
+}
+
+static int
 opt_api_key(struct sbx_daemon_config *c, const char *v)
 {
     return set_string(&c->api_key, v);
@@ -304,7 +324,9 @@ static const struct option_def {
      "serve GET /metrics there too, without an API key (on the main\n"
      "address it needs an admin key)"},
     {"state-dir", "SBX_STATE_DIR", "DIR", SBX_DEFAULT_STATE_DIR, opt_state_dir,
-     "database, API key, template, sandbox dirs"},
+     "database, API key, layers, sandbox dirs"},
+    {"layer-cache", "SBX_LAYER_CACHE", "DIR", SBX_DEFAULT_LAYER_CACHE, opt_layer_cache,
+     "where scripts/templates.sh built the built-in templates' layers"},
     {"api-key", "SBX_API_KEY", "KEY", NULL, opt_api_key,
      "accept this API key; by default one is generated on first start\n"
      "and kept in the state dir"},
@@ -335,6 +357,10 @@ static const struct option_def {
      "comma-separated, and --pool is repeatable"},
     {"pool-memory-mb", "SBX_POOL_MEMORY_MB", "N", STR(SBX_DEFAULT_POOL_MEMORY_MB), opt_pool_memory,
      "memory the pools may hold together"},
+    {"max-builds", "SBX_MAX_BUILDS", "N", STR(SBX_DEFAULT_MAX_BUILDS), opt_max_builds,
+     "template builds running at once, at most " STR(SBX_MAX_BUILDS)},
+    {"build-step-timeout", "SBX_BUILD_STEP_TIMEOUT", "S", STR(SBX_DEFAULT_BUILD_STEP_TIMEOUT_S),
+     opt_build_step_timeout, "seconds a template build step may run"},
     {"paused-retention", "SBX_PAUSED_RETENTION", "D", "30d", opt_paused_retention,
      "how long a paused sandbox is kept before it is deleted:\n"
      "N followed by s, m, h or d"},

@@ -722,6 +722,7 @@ sbx_daemon_main(int argc, char **argv, const void *agent, size_t agent_len)
         return 1;
     }
     sv.spawner.state_dir = cfg.state_dir;
+    sv.spawner.layer_cache = cfg.layer_cache;
     sv.spawner.frontend_uid = sv.fe_uid;
     sv.spawner.frontend_gid = sv.fe_gid;
     sv.spawner.relaxed = cfg.relaxed;

@@ -9,6 +9,8 @@
  * DNS follows the sandbox's rules: a sandbox whose egress is denied to everything gets
  * REFUSED for every name but those its allowOut names: DNS is a channel out too (a query for
  * <secret>.attacker.example carries data without any connection).
+ * A template build's step (a sandbox of a build's slot, builder.c) has no rules: its queries
+ * are forwarded as they come.
  *
  * UDP only: nftables sends TCP queries here too, and they are refused; sandboxes ask with EDNS
  * (their resolv.conf), so answers of a few KiB fit one datagram.
@@ -28,6 +30,7 @@
 
 #include "base/log.h"
 #include "base/util.h"
+#include "daemon/builder.h"
 #include "daemon/internal.h"
 
 #define DNS_MAX           4096
@@ -151,23 +154,32 @@ on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(slab, sizeof(slab));
 }
 
+/* The uid slot whose address a query came from, or -1. A build step's sandbox has a slot's
+ * address too (the top slots, builder.c), without a live sandbox: it has no egress rules. */
+static int
+client_slot(const struct sockaddr_in *client)
+{
+    const struct sbx_daemon_config *c = &dns.d->cfg;
+    return c->net_on ? sbx_netplan_slot(&c->net.plan, ntohl(client->sin_addr.s_addr)) : -1;
+}
+
 static void
 on_query(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from, unsigned flags)
 {
     if (n <= 0 || from == NULL || from->sa_family != AF_INET || (flags & UV_UDP_PARTIAL))
         return;
     const struct sockaddr_in *client = (const struct sockaddr_in *)from;
-    struct sbx_live *l = sbx_live_by_addr(dns.d, ntohl(client->sin_addr.s_addr));
+    int slot = client_slot(client);
+    struct sbx_live *l = slot >= 0 ? dns.d->by_slot[slot] : NULL;
     const uint8_t *q = (const uint8_t *)buf->base;
     char name[256];
     size_t qend = parse_question(q, (size_t)n, name);
-    if (l == NULL || l->dying || qend == 0 || (q[2] & 0x80))
-        return; /* not a sandbox of ours, or not a query */
-    if (l->net->deny_all && !sbx_netset_name_allowed(l->net, name)) {
+    if (slot < 0 || (l ? l->dying : !sbx_builder_has_slot(slot)) || qend == 0 || (q[2] & 0x80))
+        return; /* not a sandbox (or a build step) of ours, or not a query */
+    if (l && l->net->deny_all && !sbx_netset_name_allowed(l->net, name)) {
         refuse(q, qend, client);
         return;
     }
-    int slot = l->rec->uid_slot;
     uint16_t id;
     struct pending *p = dns.per_slot[slot] < DNS_PER_SANDBOX ? new_pending(&id) : NULL;
     if (p == NULL || dns.n_resolvers == 0)
@@ -223,8 +235,8 @@ on_answer(uv_udp_t *h, ssize_t n, const uv_buf_t *buf, const struct sockaddr *fr
     int slot = p->slot;
     forget(p);
     /* The sandbox may have gone, and its address be another's, meanwhile. */
-    struct sbx_live *l = sbx_live_by_addr(dns.d, ntohl(client.sin_addr.s_addr));
-    if (l && l->rec->uid_slot == slot && !l->dying)
+    struct sbx_live *l = dns.d->by_slot[slot];
+    if (l ? l->rec->uid_slot == slot && !l->dying : sbx_builder_has_slot(slot))
         send_down(m, (size_t)n, &client);
 }
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/cleanup.h"
@@ -13,6 +14,7 @@
 #include "base/limits.h"
 #include "base/log.h"
 #include "base/util.h"
+#include "daemon/builder.h"
 #include "daemon/internal.h"
 #include "http/tls.h"
 
@@ -118,6 +120,19 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
     d->store = sbx_store_open(db, err);
     if (d->store == NULL)
         return -1;
+    /* COPY archives the Template SDK uploads (api_templates.c): ours alone, like the db. */
+    if (asprintf(&d->uploads_dir, "%s/db/uploads", d->cfg.state_dir) < 0)
+        abort();
+    if (mkdir(d->uploads_dir, 0700) < 0 && errno != EEXIST)
+        return sbx_error_sys(err, errno, "mkdir %s", d->uploads_dir);
+    sbx_random_hex(d->upload_key, sizeof(d->upload_key) / 2);
+    /* Builds the last front end left unfinished will never finish. */
+    if (sbx_store_builds_fail_unfinished(
+            d->store,
+            "{\"message\":\"An internal error occurred. Please try again or contact support "
+            "with the build ID.\"}",
+            err) < 0)
+        return -1;
     sbx_spawner_client_set_channel(d->loop, channel);
     uv_poll_init(d->loop, &d->control, control);
     uv_poll_start(&d->control, UV_READABLE, on_control);
@@ -126,6 +141,7 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
         return -1;
     if (sbx_lifecycle_recover(err) < 0)
         return sbx_error_prefix(err, "recover sandboxes");
+    sbx_builder_collect_layers(); /* layers of older definitions, of deleted templates */
     sync_network();
     if (sbx_pool_configure(d->cfg.pools, err) < 0)
         return -1;

@@ -20,6 +20,8 @@
 #include "http/http.h"
 #include "sandbox/sandbox.h"
 #include "spawner/msg.h"
+#include "spawner/templates.h"
+#include "daemon/templates.h"
 #include "store/store.h"
 
 #define SBX_DAEMON_ID_LEN    20
@@ -31,21 +33,24 @@ struct sbx_daemon_config {
     char *listen_host;
     int listen_port;
     char *state_dir;
-    char *api_key; /* from --api-key / SBX_API_KEY, NULL otherwise */
+    char *layer_cache; /* --layer-cache */
+    char *api_key;     /* from --api-key / SBX_API_KEY, NULL otherwise */
     int memory_mb;
     int pids_max;
     int cpu_millis;
     int disk_mb;
     int header_timeout_s; /* client deadlines of the HTTP server */
     int idle_timeout_s;
-    bool relaxed;        /* --sandbox-profile relaxed */
-    char *user;          /* the front end's user (created if missing) */
-    char *pools;         /* --pool NAME=N[,NAME=N...] */
-    int pool_memory_mb;  /* --pool-memory-mb */
-    int max_conns;       /* client connections; 0 until derived from the open-file limit */
-    char *metrics_host;  /* --metrics-listen: /metrics without a key there; NULL: none */
-    int log_retention_h; /* sandbox logs are kept this long after their sandbox ends */
-    int log_store_mb;    /* ... and within this many MiB in all */
+    bool relaxed;             /* --sandbox-profile relaxed */
+    char *user;               /* the front end's user (created if missing) */
+    char *pools;              /* --pool NAME=N[,NAME=N...] */
+    int pool_memory_mb;       /* --pool-memory-mb */
+    int max_conns;            /* client connections; 0 until derived from the open-file limit */
+    int max_builds;           /* --max-builds: template builds running at once */
+    int build_step_timeout_s; /* --build-step-timeout */
+    char *metrics_host;       /* --metrics-listen: /metrics without a key there; NULL: none */
+    int log_retention_h;      /* sandbox logs are kept this long after their sandbox ends */
+    int log_store_mb;         /* ... and within this many MiB in all */
     int metrics_port;
     int64_t paused_retention_s; /* --paused-retention: paused sandboxes are deleted after */
     int volume_mb;              /* --volume-mb: the size of a new volume */
@@ -92,6 +97,8 @@ struct sbx_daemon {
     struct sbx_daemon_config cfg;
     uv_loop_t *loop;
     struct sbx_store *store;
+    char *uploads_dir;   /* db/uploads: COPY archives, <files hash>.tar */
+    char upload_key[65]; /* HMAC key of upload URLs (hex), new at every start */
     struct sbx_http_server *http;
     struct sbx_http_server *metrics_http; /* --metrics-listen, NULL without */
     struct sbx_live *live;                /* every running sandbox (live.c owns the three views) */
@@ -114,6 +121,12 @@ typedef void (*sbx_spawner_cb)(const struct sbx_spawner_msg *reply, struct sbx_e
                                void *ud);
 /* Sends req (its seq is set here) with fd (-1: none; closed once sent). */
 void sbx_spawner_call(struct sbx_spawner_msg *req, int fd, sbx_spawner_cb cb, void *ud);
+/* A BUILD_STEP with its config fd and a COPY's archive fd (-1: none), both closed once sent;
+ * on_log gets each piece of the step's output (NUL-free text, not split at lines or
+ * characters) before cb gets the reply. */
+typedef void (*sbx_spawner_log_cb)(const char *text, void *ud);
+void sbx_spawner_call_step(struct sbx_spawner_msg *req, int config_fd, int archive_fd,
+                           sbx_spawner_log_cb on_log, sbx_spawner_cb cb, void *ud);
 /* The channel to a (new) spawner; requests waiting for one go out now. */
 void sbx_spawner_client_set_channel(uv_loop_t *loop, int channel);
 void sbx_spawner_client_close(void);
@@ -122,6 +135,7 @@ void sbx_spawner_client_close(void);
 struct sbx_create_opts {
     const char *template_id;
     const char *alias;
+    int cpu_count, memory_mb; /* the template's; 0: the daemon's defaults */
     int timeout_s;
     bool secure;
     bool allow_internet;
@@ -282,8 +296,6 @@ void sbx_logs_handle(struct sbx_http_req *req, const char *id, bool v2);
 #define SBX_API_N_TEMPLATES 5
 extern const char *const sbx_api_templates[SBX_API_N_TEMPLATES]; /* the template names served */
 void sbx_api_handle(struct sbx_http_req *req);
-/* A template name this server offers (base, code-interpreter-v1 and their aliases). */
-bool sbx_api_known_template(const char *name);
 /* Answers body (stolen) as JSON; an error as {"code","message"} with its status. */
 void sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body);
 void sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e);
@@ -296,6 +308,14 @@ bool sbx_api_unsupported(struct sbx_http_req *req, char **parts, size_t n);
  * keys_handle serves /api-keys[/{id}] (parts: the path's segments) for an admin key. */
 bool sbx_auth_check(struct sbx_http_req *req, struct sbx_api_key_auth *who);
 void sbx_auth_keys_handle(struct sbx_http_req *req, char **parts, size_t n, json_t *body);
+json_t *sbx_api_time_json(int64_t wall_ms); /* RFC 3339 */
+
+/* api_templates.c: the Template SDK's endpoints (templates.md §2). parts are the path's
+ * segments after the version prefix (percent-decoded there). */
+void sbx_api_templates_dispatch(struct sbx_http_req *req, json_t *body, char **parts, size_t n);
+/* PUT of a COPY archive to a presigned upload URL: no API key, the URL's token. */
+bool sbx_api_templates_is_upload(const struct sbx_http_req *req);
+void sbx_api_templates_upload(struct sbx_http_req *req);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

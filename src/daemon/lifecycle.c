@@ -334,10 +334,10 @@ sbx_lifecycle_set_end(struct sbx_live *l, int64_t end_at_ms, struct sbx_error **
 
 /* The agent's config, in a memfd: the spawner copies it into a sealed one of its own. A
  * pooled sandbox's has no client's identity yet: it gets it with POST /init (adopt). */
-int
-sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err)
+static int
+config_fd(const struct sbx_sandbox_rec *rec, const struct sbx_template_ref *ref,
+          struct sbx_error **err)
 {
-    const struct sbx_sandbox_rec *rec = l->rec;
     json_error_t jerr;
     json_t *env = json_loads(rec->env_vars_json, 0, &jerr);
     json_t *cfg =
@@ -346,8 +346,13 @@ sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err)
         json_object_set_new(cfg, "accessToken", json_string(rec->access_token));
     if (rec->traffic_token)
         json_object_set_new(cfg, "trafficAccessToken", json_string(rec->traffic_token));
-    json_object_set_new(cfg, "codeInterpreter",
-                        json_boolean(strncmp(rec->template_id, "code-interpreter", 16) == 0));
+    json_object_set_new(cfg, "codeInterpreter", json_boolean(ref->code_interpreter));
+    if (ref->start)
+        json_object_set(cfg, "start", ref->start);
+    if (ref->user[0])
+        json_object_set_new(cfg, "defaultUser", json_string(ref->user));
+    if (ref->workdir[0])
+        json_object_set_new(cfg, "defaultWorkdir", json_string(ref->workdir));
     json_object_set_new(cfg, "memoryMiB", json_integer(rec->memory_mb));
     /* A pooled row with a volume is that volume's content service (volumes.c). */
     if (rec->pooled && strcmp(rec->volume_mounts_json, "[]") != 0)
@@ -365,6 +370,22 @@ sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err)
     if (!ok)
         return sbx_error_sys(err, errno, "agent config");
     return steal_fd(&fd);
+}
+
+/* The template a sandbox is of: the name the client gave (with its tag), else the
+ * template's id or a pool's name. */
+static int
+template_of(const struct sbx_sandbox_rec *rec, struct sbx_template_ref *ref, struct sbx_error **err)
+{
+    return sbx_templates_resolve(sbx_daemon->store, rec->alias ? rec->alias : rec->template_id, ref,
+                                 err);
+}
+
+int
+sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err)
+{
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
+    return template_of(l->rec, &ref, err) < 0 ? -1 : config_fd(l->rec, &ref, err);
 }
 
 static char *
@@ -407,6 +428,10 @@ assign(struct sbx_sandbox_rec *rec, const struct sbx_create_opts *o)
     free(rec->volume_mounts_json);
     rec->volume_mounts_json = strdup(o->volume_mounts_json ? o->volume_mounts_json : "[]");
     rec->pooled = false;
+    if (o->cpu_count > 0)
+        rec->cpu_count = o->cpu_count;
+    if (o->memory_mb > 0)
+        rec->memory_mb = o->memory_mb;
     free(rec->network_json);
     rec->network_json = o->network && json_object_size(o->network) > 0
                             ? json_dumps(o->network, JSON_COMPACT | JSON_SORT_KEYS)
@@ -518,6 +543,7 @@ struct spawning {
     sbx_lifecycle_create_cb cb;          /* a client's create */
     sbx_lifecycle_spawned_cb spawned_cb; /* a pool's */
     void *ud;
+    bool wait_ready; /* the template has a start command: answer once it is ready */
 };
 
 /* Undoes a create that failed half way: what the spawner may have made, and the row. */
@@ -542,6 +568,27 @@ hand_out(struct spawning *c)
     uint64_t us = sbx_now_us() - c->start_us;
     sbx_metrics_created(us);
     c->cb(c->l, NULL, us, c->ud);
+    free(c);
+}
+
+/* The agent answered GET /sbx/ready: the template's start command is ready, or failed. */
+static void
+on_started(int status, const char *body, size_t len, const char *error, void *ud)
+{
+    struct spawning *c = ud;
+    if (status == 204) {
+        hand_out(c);
+        return;
+    }
+    json_error_t jerr;
+    json_t *j = body ? json_loadb(body, len, 0, &jerr) : NULL;
+    const char *why = json_string_value(json_object_get(j, "message"));
+    _cleanup_error_ struct sbx_error *err = NULL;
+    sbx_error_set(&err, SBX_FAILED_PRECONDITION, 0, "the template's %s",
+                  why ? why : "start command did not become ready");
+    json_decref(j);
+    sbx_lifecycle_destroy(c->l, "create_failed", NULL, NULL);
+    c->cb(NULL, err, 0, c->ud);
     free(c);
 }
 
@@ -570,6 +617,10 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     if (c->spawned_cb) {
         c->spawned_cb(l, err, c->ud);
         free(c);
+    } else if (l && c->wait_ready) {
+        /* Up to the ready command's 10 minutes and a little more (templates.md §4.3). */
+        sbx_http_call(sbx_daemon->loop, l->sock_path, "GET", "/sbx/ready", NULL, NULL, 4096,
+                      SBX_START_READY_MS, on_started, c);
     } else if (l) {
         hand_out(c);
     } else {
@@ -579,9 +630,10 @@ on_spawned(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
     }
 }
 
-int
-sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req,
-                        struct sbx_error **err)
+/* The SPAWN of l (for a reboot: on the disk its earlier boot left) on the layers of ref. */
+static int
+spawn_req(const struct sbx_live *l, const struct sbx_template_ref *ref, bool reboot,
+          struct sbx_spawner_msg *req, struct sbx_error **err)
 {
     const struct sbx_sandbox_rec *rec = l->rec;
     *req = (struct sbx_spawner_msg){
@@ -595,22 +647,33 @@ sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawne
     };
     snprintf(req->id, sizeof(req->id), "%s", rec->id);
     snprintf(req->template_name, sizeof(req->template_name), "%s", rec->template_id);
+    snprintf(req->layers, sizeof(req->layers), "%s", ref->layers);
     sbx_netset_to_msg(l->net, req); /* in place before the agent starts */
     return sbx_volumes_spawn_lines(rec->volume_mounts_json, req->volumes, sizeof(req->volumes),
                                    err);
+}
+
+int
+sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawner_msg *req,
+                        struct sbx_error **err)
+{
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
+    return template_of(l->rec, &ref, err) < 0 ? -1 : spawn_req(l, &ref, reboot, req, err);
 }
 
 static void
 spawn(struct spawning *c)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
+    _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     struct sbx_spawner_msg req;
     int cfd = -1;
-    if (sbx_lifecycle_spawn_req(c->l, false, &req, &err) < 0 ||
-        (cfd = sbx_lifecycle_config_fd(c->l, &err)) < 0) {
+    if (template_of(c->l->rec, &ref, &err) < 0 || spawn_req(c->l, &ref, false, &req, &err) < 0 ||
+        (cfd = config_fd(c->l->rec, &ref, &err)) < 0) {
         on_spawned(NULL, err, c);
         return;
     }
+    c->wait_ready = ref.start != NULL;
     sbx_spawner_call(&req, cfd, on_spawned, c);
 }
 
@@ -743,8 +806,9 @@ sbx_lifecycle_create(const struct sbx_create_opts *o, sbx_lifecycle_create_cb cb
         abort();
     *c = (struct spawning){.cb = cb, .ud = ud};
     c->start_us = sbx_now_us();
-    /* A pooled sandbox runs already, without the volumes this one would mount. */
-    c->l = o->volume_mounts_json ? NULL : sbx_pool_take(o->template_id);
+    /* A pooled sandbox runs already, without the volumes this one would mount. Pools go by
+     * the name the client gave. */
+    c->l = o->volume_mounts_json ? NULL : sbx_pool_take(o->alias ? o->alias : o->template_id);
     sbx_metrics_pool_take(c->l != NULL);
     if (c->l) {
         adopt(c, o);

@@ -16,9 +16,9 @@
 #include "base/version.h"
 #include "daemon/internal.h"
 
-static const char *const route_classes[] = {"sandboxes", "sandbox_traffic", "api_keys",
-                                            "logs",      "pools",           "volumes",
-                                            "metrics",   "health",          "other"};
+static const char *const route_classes[] = {
+    "sandboxes", "sandbox_traffic", "api_keys", "logs",   "pools",
+    "volumes",   "templates",       "metrics",  "health", "other"};
 #define N_CLASSES (sizeof(route_classes) / sizeof(route_classes[0]))
 
 static const char *const end_reasons[] = {"killed",           "timeout",

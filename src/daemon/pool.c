@@ -92,8 +92,15 @@ sbx_pool_configure(const char *spec, struct sbx_error **err)
                                  "pool '%s': expected TEMPLATE=N with N from 0 to %d", item,
                                  SBX_POOL_MAX);
         *eq = '\0';
-        if (!sbx_api_known_template(item) || strlen(item) > SBX_SPAWNER_NAME_MAX)
-            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "pool: unknown template '%s'", item);
+        /* A built-in template or one built later: a name that does not resolve yet only
+         * keeps its pool empty (and says so in the log). */
+        struct sbx_template_name name;
+        struct sbx_error *bad = NULL;
+        bool ok = sbx_template_name_parse(item, &name, &bad) == 0;
+        sbx_error_free(bad);
+        if (!ok || strlen(item) > SBX_SPAWNER_NAME_MAX)
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "pool: bad template name '%s'",
+                                 item);
         struct sbx_pool *p = find_pool(item);
         if (p == NULL) {
             p = calloc(1, sizeof(*p));

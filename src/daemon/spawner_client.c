@@ -18,8 +18,9 @@ struct call {
     uint32_t seq;
     char buf[SBX_SPAWNER_MSG_MAX];
     size_t len;
-    int fd; /* sent with the request, closed once sent */
+    int fds[SBX_SPAWNER_FDS_MAX]; /* sent with the request (-1: none), closed once sent */
     bool sent;
+    sbx_spawner_log_cb on_log; /* STEP_LOG messages of a BUILD_STEP */
     sbx_spawner_cb cb;
     void *ud;
     struct call *next;
@@ -41,6 +42,16 @@ static struct {
 static void update_poll(void);
 
 static void
+close_fds(struct call *c)
+{
+    for (size_t i = 0; i < SBX_SPAWNER_FDS_MAX; i++)
+        if (c->fds[i] >= 0) {
+            close(c->fds[i]);
+            c->fds[i] = -1;
+        }
+}
+
+static void
 finish(struct call *c, const struct sbx_spawner_msg *reply, struct sbx_error *err)
 {
     struct call **pp = &cl.calls;
@@ -48,8 +59,7 @@ finish(struct call *c, const struct sbx_spawner_msg *reply, struct sbx_error *er
         pp = &(*pp)->next;
     if (*pp)
         *pp = c->next;
-    if (c->fd >= 0)
-        close(c->fd);
+    close_fds(c);
     sbx_spawner_cb cb = c->cb;
     void *ud = c->ud;
     free(c);
@@ -62,16 +72,16 @@ send_pending(void)
     for (struct call *c = cl.calls; c && cl.ch; c = c->next) {
         if (c->sent)
             continue;
-        int n = sbx_send_fds(cl.ch->fd, c->buf, c->len, &c->fd, c->fd >= 0 ? 1 : 0);
+        size_t nfds = 0;
+        while (nfds < SBX_SPAWNER_FDS_MAX && c->fds[nfds] >= 0)
+            nfds++;
+        int n = sbx_send_fds(cl.ch->fd, c->buf, c->len, c->fds, nfds);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break; /* the rest when the socket is writable again */
         if (n < 0)
             break; /* the spawner is gone: its EOF follows */
         c->sent = true;
-        if (c->fd >= 0) {
-            close(c->fd);
-            c->fd = -1;
-        }
+        close_fds(c);
     }
     update_poll();
 }
@@ -118,13 +128,19 @@ on_reply(const char *buf, size_t len)
 {
     struct sbx_spawner_msg m;
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (sbx_spawner_msg_decode(buf, len, &m, &err) < 0 || m.op != SBX_SPAWNER_REPLY) {
+    if (sbx_spawner_msg_decode(buf, len, &m, &err) < 0 ||
+        (m.op != SBX_SPAWNER_REPLY && m.op != SBX_SPAWNER_STEP_LOG)) {
         sbx_log_error("spawner_reply", "error=\"%s\"", err ? err->msg : "not a reply");
         return;
     }
     for (struct call *c = cl.calls; c; c = c->next) {
         if (!c->sent || c->seq != m.seq)
             continue;
+        if (m.op == SBX_SPAWNER_STEP_LOG) {
+            if (c->on_log)
+                c->on_log(m.message, c->ud);
+            return;
+        }
         if (m.code != SBX_OK) {
             _cleanup_error_ struct sbx_error *e = NULL;
             sbx_error_set(&e, (enum sbx_code)m.code, (int)m.sys_errno, "%s", m.message);
@@ -191,15 +207,17 @@ sbx_spawner_client_close(void)
     close_channel();
 }
 
-void
-sbx_spawner_call(struct sbx_spawner_msg *req, int fd, sbx_spawner_cb cb, void *ud)
+static void
+call(struct sbx_spawner_msg *req, const int *fds, sbx_spawner_log_cb on_log, sbx_spawner_cb cb,
+     void *ud)
 {
     struct call *c = calloc(1, sizeof(*c));
     if (c == NULL)
         abort();
     req->seq = c->seq = ++cl.next_seq;
     ssize_t n = sbx_spawner_msg_encode(req, c->buf, sizeof(c->buf));
-    c->fd = fd;
+    memcpy(c->fds, fds, sizeof(c->fds));
+    c->on_log = on_log;
     c->cb = cb;
     c->ud = ud;
     if (n < 0) {
@@ -216,4 +234,19 @@ sbx_spawner_call(struct sbx_spawner_msg *req, int fd, sbx_spawner_cb cb, void *u
         pp = &(*pp)->next;
     *pp = c;
     send_pending();
+}
+
+void
+sbx_spawner_call(struct sbx_spawner_msg *req, int fd, sbx_spawner_cb cb, void *ud)
+{
+    int fds[SBX_SPAWNER_FDS_MAX] = {fd, -1};
+    call(req, fds, NULL, cb, ud);
+}
+
+void
+sbx_spawner_call_step(struct sbx_spawner_msg *req, int config_fd, int archive_fd,
+                      sbx_spawner_log_cb on_log, sbx_spawner_cb cb, void *ud)
+{
+    int fds[SBX_SPAWNER_FDS_MAX] = {config_fd, config_fd >= 0 ? archive_fd : -1};
+    call(req, fds, on_log, cb, ud);
 }

@@ -1,8 +1,7 @@
 /* The parts of E2B's control-plane API this server does not implement, each answered 501 with
  * a message naming the feature (the SDKs show it to the caller), so that nothing is accepted
- * and silently ignored and no known call meets a bare "no route" 404: the Python SDK reads a
- * 404 from DELETE /templates/{id} as "no such snapshot", and JS Template.exists() reads one
- * as "no such template". docs/features.md lists every feature and its state here;
+ * and silently ignored and no known call meets a bare "no route" 404 (an SDK may read a 404 as
+ * "no such thing"). docs/features.md lists every feature and its state here;
  * tests/integration/py/test_features.py checks the list against a real daemon. */
 #include <string.h>
 
@@ -12,11 +11,9 @@ static const struct {
     const char *first; /* the path's first segment after an optional /v2 or /v3 */
     const char *what;  /* the feature, as the message names it */
 } unsupported[] = {
-    {"templates", "templates (building, listing, tags, aliases and deleting them, which also "
-                  "deletes snapshots) are not supported by this server: it offers the built-in "
-                  "templates 'base' and 'code-interpreter-v1'"},
     {"default-templates", "listing default templates is not supported by this server: it "
-                          "offers the built-in templates 'base' and 'code-interpreter-v1'"},
+                          "offers the built-in templates 'base' and 'code-interpreter-v1', and "
+                          "those built with the Template SDK (GET /templates)"},
     {"snapshots", "snapshots are not supported yet: this server keeps a sandbox with pause and "
                   "connect"},
     {"secrets", "secrets are not supported by this server"},

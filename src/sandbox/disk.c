@@ -2,7 +2,7 @@
  * gets ENOSPC instead of filling the host's (design.md §2.3). This kernel has no
  * CONFIG_QUOTA, so project quotas on the state dir's ext4 are not an option; instead:
  *
- *   template/disks/blank-<bytes>.ext4   an empty ext4 of that size, formatted once with
+ *   disks/blank-<bytes>.ext4            an empty ext4 of that size, formatted once with
  *                                       mke2fs (sparse: ~150 KiB allocated for 1 GiB)
  *   <sandbox dir>/disk.img              per sandbox: a sparse copy of the blank (only its
  *                                       data extents are copied, ~0.2 ms)
@@ -12,9 +12,9 @@
  * 10-100 ms, once per size.
  *
  * At spawn the daemon attaches disk.img to a loop device (autoclear), mounts it detached
- * (fsopen/fsmount: nothing in the host's mount table), creates upper/{root,usr} and
- * work/{root,usr} in it owned by the sandbox's host uid base, and hands those directories to
- * overlayfs as fds. Only the overlays then hold the ext4 mount; they live in the sandbox's
+ * (fsopen/fsmount: nothing in the host's mount table), creates upper/root and
+ * work/root in it owned by the sandbox's host uid base, and hands those directories to
+ * overlayfs as fds. Only the overlay then holds the ext4 mount; it lives in the sandbox's
  * mount namespace, so when the sandbox's last process exits the ext4 is unmounted, the loop
  * device's last reference goes and autoclear detaches it. Destroy deletes disk.img with the
  * rest of the sandbox dir. A restarted daemon needs nothing but that path.
@@ -46,7 +46,6 @@
 #include "base/cleanup.h"
 #include "sandbox/internal.h"
 
-#define DISK_BLANK_DIR  "disks"
 #define DISK_BLOCK_SIZE 4096
 #define LOOP_ATTEMPTS   16 /* GET_FREE races with other loop users: retry on EBUSY */
 
@@ -136,18 +135,17 @@ is_blank(const struct stat *st, uint64_t bytes)
     return S_ISREG(st->st_mode) && st->st_uid == 0 && (uint64_t)st->st_size == bytes;
 }
 
-/* Opens template/disks/blank-<bytes>.ext4 (blank-<bytes>-u<owner>.ext4 for a root dir of
+/* Opens <disks_dir>/blank-<bytes>.ext4 (blank-<bytes>-u<owner>.ext4 for a root dir of
  * another owner), formatting it first if it does not exist yet (once per size, owner and
  * state dir; formatted under a temporary name and renamed, so a crash never leaves a
  * half-formatted blank under the real name). */
 static int
-open_blank(const char *template_dir, uint64_t bytes, uid_t root_owner, struct sbx_error **err)
+open_blank(const char *dir, uint64_t bytes, uid_t root_owner, struct sbx_error **err)
 {
-    char dir[4096], path[4096], tmp[4096], owner[24] = "";
+    char path[4096], tmp[4096], owner[24] = "";
     if (root_owner != 0)
         snprintf(owner, sizeof(owner), "-u%u", (unsigned)root_owner);
-    if (sbx_pathf(dir, sizeof(dir), "%s/" DISK_BLANK_DIR, template_dir) < 0 ||
-        sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 "%s.ext4", dir, bytes, owner) < 0 ||
+    if (sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 "%s.ext4", dir, bytes, owner) < 0 ||
         sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 "%s.%d", dir, bytes, owner,
                   (int)getpid()) < 0)
         return sbx_error_sys(err, errno, "blank image path");
@@ -263,10 +261,10 @@ copy_sparse(int in, int out, uint64_t bytes, struct sbx_error **err)
 }
 
 int
-sbx_disk_image_create(const char *template_dir, const char *path, uint64_t bytes, uid_t root_owner,
+sbx_disk_image_create(const char *disks_dir, const char *path, uint64_t bytes, uid_t root_owner,
                       struct sbx_error **err)
 {
-    _cleanup_close_ int blank = open_blank(template_dir, bytes, root_owner, err);
+    _cleanup_close_ int blank = open_blank(disks_dir, bytes, root_owner, err);
     if (blank < 0)
         return -1;
     /* 0600 host root (see the comment at the top): neither the sandbox nor other host users
@@ -289,7 +287,7 @@ sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
     if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
         return sbx_error_sys(err, errno, "disk image path");
     if (!plan->reboot)
-        return sbx_disk_image_create(plan->template_dir, path, plan->limits.disk_bytes, 0, err);
+        return sbx_disk_image_create(plan->disks_dir, path, plan->limits.disk_bytes, 0, err);
     struct stat st;
     if (lstat(path, &st) < 0)
         return sbx_error_sys(err, errno, "the disk of an earlier boot, %s", path);
@@ -392,7 +390,7 @@ int
 sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
                     struct sbx_error **err)
 {
-    *out = (struct sbx_upper_dirs){-1, -1, -1, -1, -1};
+    *out = (struct sbx_upper_dirs){-1, -1, -1};
     char path[4096], dev[64];
     if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
         return sbx_error_sys(err, errno, "disk image path");
@@ -408,7 +406,7 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
     int m = out->mount_fd;
     /* upper/ and work/ themselves: host root only, like the sandbox dir they replace.
      * Overlayfs works in them with the mounter's (host root's) credentials. The sandbox only
-     * ever sees what is inside upper/root and upper/usr, so on a reboot these four are still
+     * ever sees what is inside upper/root, so on a reboot these two are still
      * the dirs this code made. */
     bool r = plan->reboot;
     _cleanup_close_ int upper = make_dir(m, "upper", 0700, 0, r, err);
@@ -417,24 +415,22 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
         sbx_upper_dirs_close(out);
         return -1;
     }
-    /* Their subdirectories' owner and mode are what the sandbox sees for / and /usr. */
+    /* Their subdirectories' owner and mode are what the sandbox sees for /. */
     uid_t u = plan->host_uid_base;
     if ((out->upper_root = make_dir(upper, "root", 0755, u, r, err)) < 0 ||
-        (out->work_root = make_dir(work, "root", 0755, u, r, err)) < 0 ||
-        (out->upper_usr = make_dir(upper, "usr", 0755, u, r, err)) < 0 ||
-        (out->work_usr = make_dir(work, "usr", 0755, u, r, err)) < 0) {
+        (out->work_root = make_dir(work, "root", 0755, u, r, err)) < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }
     /* Returning closes our loop device fd: from here on the mount holds the device, and
-     * once the overlays are made and these fds closed, the overlays hold the mount. */
+     * once the overlay is made and these fds closed, it holds the mount. */
     return 0;
 }
 
 void
 sbx_upper_dirs_close(struct sbx_upper_dirs *d)
 {
-    int *fds[] = {&d->upper_root, &d->work_root, &d->upper_usr, &d->work_usr, &d->mount_fd};
+    int *fds[] = {&d->upper_root, &d->work_root, &d->mount_fd};
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
         if (*fds[i] >= 0)
             close(*fds[i]);

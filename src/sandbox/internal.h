@@ -24,10 +24,6 @@
 #define SBX_DESTROY_TIMEOUT_MS  5000
 #define SBX_CPU_PERIOD_US       100000
 
-/* Template layout below state_dir/template (see template.c). */
-#define SBX_TEMPLATE_ROOTFS  "rootfs"  /* lower layer of the root overlay */
-#define SBX_TEMPLATE_USRMASK "usrmask" /* upper-most lower layer of the /usr overlay */
-
 /* ---- cgroup.c ---- */
 enum sbx_cgroup_layout { SBX_CGROUP_NONE, SBX_CGROUP_V1, SBX_CGROUP_V2 };
 enum sbx_cgroup_layout sbx_cgroup_detect(void);
@@ -65,10 +61,9 @@ int sbx_cgroup_stats(const char *id, struct sbx_sandbox_stats *out, struct sbx_e
 /* ---- rootfs.c (parent side, host root) ---- */
 struct sbx_rootfs {
     int root_fd; /* detached overlay for / */
-    int usr_fd;  /* detached overlay for /usr */
 };
 int sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
-/* Builds both overlays, their lower layers idmapped through the user namespace userns_fd. */
+/* Builds the root overlay, its lower layers idmapped through the user namespace userns_fd. */
 int sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_rootfs *out,
                     struct sbx_error **err);
 void sbx_rootfs_close(struct sbx_rootfs *r);
@@ -86,9 +81,9 @@ bool sbx_kernel_version(int *major, int *minor);
 #define SBX_DISK_IMAGE     "disk.img"    /* in the sandbox dir */
 #define SBX_DISK_MIN_BYTES (16ULL << 20) /* ext4 metadata needs a few MiB of it */
 #define SBX_DISK_MAX_BYTES (16ULL << 40)
-/* O_PATH fds of the overlays' upper and work dirs (-1 when closed). */
+/* O_PATH fds of the overlay's upper and work dirs (-1 when closed). */
 struct sbx_upper_dirs {
-    int upper_root, work_root, upper_usr, work_usr;
+    int upper_root, work_root;
     /* The detached ext4 mount they are on (-1: host dirs). Kept open until the overlays are
      * made: closing the last fd of a detached mount unmounts it, and overlayfs refuses an
      * unmounted upper ("failed to clone upperpath"). */
@@ -96,15 +91,15 @@ struct sbx_upper_dirs {
 };
 /* Creates the image at path (O_EXCL, 0600): a sparse copy of an empty ext4 of bytes whose root
  * dir belongs to root_owner, formatting that blank (once per size and owner) under
- * template_dir/disks if needed. */
-int sbx_disk_image_create(const char *template_dir, const char *path, uint64_t bytes,
-                          uid_t root_owner, struct sbx_error **err);
+ * disks_dir if needed. */
+int sbx_disk_image_create(const char *disks_dir, const char *path, uint64_t bytes, uid_t root_owner,
+                          struct sbx_error **err);
 /* Attaches image_fd to a free loop device (autoclear); returns an fd of it, its path in dev. */
 int sbx_loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err);
 /* Mounts the ext4 on dev detached (nodev, nosuid); returns the mount fd. */
 int sbx_ext4_mount(const char *dev, struct sbx_error **err);
 /* Creates <sandbox_dir>/disk.img: a sparse copy of an empty ext4 of limits.disk_bytes,
- * formatting that blank (once per size) under template_dir if needed. For a reboot, checks
+ * formatting that blank (once per size) in disks_dir if needed. For a reboot, checks
  * that the image of the earlier boot is there. */
 int sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
 /* Attaches disk.img to an autoclear loop device, mounts it detached and creates the upper
@@ -122,7 +117,7 @@ int sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err);
 
 /* ---- mounts.c (child side) ---- */
 int child_mount_private(const char **step);
-int child_attach_rootfs(const char *newroot, int root_fd, int usr_fd, const char **step);
+int child_attach_rootfs(const char *newroot, int root_fd, const char **step);
 int child_mount_proc(const char *newroot, const char **step);
 int child_mount_dev(const char *newroot, const char **step);
 /* A random /proc/sys/kernel/random/boot_id of this boot's own (after /proc and /dev). */

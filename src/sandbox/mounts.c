@@ -56,14 +56,10 @@ child_mount_private(const char **step)
 }
 
 int
-child_attach_rootfs(const char *newroot, int root_fd, int usr_fd, const char **step)
+child_attach_rootfs(const char *newroot, int root_fd, const char **step)
 {
-    char p[4096];
     if (move_mount(root_fd, "", AT_FDCWD, newroot, MOVE_MOUNT_F_EMPTY_PATH) < 0)
         return fail(step, "attach root overlay at %s", newroot);
-    join(p, sizeof(p), newroot, "usr");
-    if (move_mount(usr_fd, "", AT_FDCWD, p, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-        return fail(step, "attach /usr overlay at %s", p);
     return 0;
 }
 

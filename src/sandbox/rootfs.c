@@ -1,19 +1,18 @@
-/* The sandbox's root filesystem, built by the daemon (host root) after clone, once the
+/* The sandbox's root filesystem, built by the spawner (host root) after clone, once the
  * child's user namespace has its maps:
  *
- *   /     = overlay(lower: template/rootfs idmapped,            upper: <upper>/root)
- *   /usr  = overlay(lower: template/usrmask idmapped, /usr idmapped, upper: <upper>/usr)
+ *   / = overlay(lower: the template's layers, top first, each idmapped;  upper: <upper>/root)
  *
  * <upper> is upper/ of the sandbox's own size-limited ext4 (disk.c) when the plan has a disk
- * limit, else <dir>/upper on the host's filesystem (work dirs alike).
+ * limit, else <dir>/upper on the host's filesystem (work dir alike). Nothing of the host's own
+ * filesystem is a layer: the layers come from the layer store (layers.c).
  *
- * Idmapping the lower layers through the sandbox's user namespace makes host-root-owned files
- * appear owned by sandbox root (so setuid sudo works for uid 1000), while files the sandbox
- * writes land in its upper dir owned by its host uid range. Only host root can create
- * idmapped mounts of ext4 (environment.md, "Idmapped template root"). The overlays are
- * created detached (fsmount) and never appear in the host's mount table; the child attaches
- * them in its own mount namespace. usrmask/local is an opaque directory that hides the
- * host's /usr/local (site tools, scripts, credentials helpers). */
+ * Idmapping each lower layer through the sandbox's user namespace makes a file that the layer
+ * stores as owned by uid k appear owned by sandbox uid k (so root's setuid sudo works for uid
+ * 1000), while files the sandbox writes land in its upper dir owned by its host uid range.
+ * Only host root can create idmapped mounts of ext4 (environment.md, "Idmapped template
+ * root"). The overlay is created detached (fsmount) and never appears in the host's mount
+ * table; the child attaches it in its own mount namespace. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -72,9 +71,8 @@ sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **
         {"rootfs", 0755, false},    /* mount point, in the child's mount namespace only */
         {"upper", 0700, false},     /* overlay accesses these with the mounter's (host root) */
         {"work", 0700, false},      /* credentials, so the sandbox uid needs no access here */
-        {"upper/root", 0755, true}, /* the upper dirs' own owner and mode are what the */
-        {"upper/usr", 0755, true},  /* sandbox sees for / and /usr */
-        {"work/root", 0755, true},  {"work/usr", 0755, true},
+        {"upper/root", 0755, true}, /* the upper dir's own owner and mode are what the */
+        {"work/root", 0755, true},  /* sandbox sees for / */
     };
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         snprintf(p, sizeof(p), "%s/%s", d, dirs[i].sub);
@@ -163,9 +161,7 @@ open_host_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
 {
     const char *d = plan->sandbox_dir;
     if ((out->upper_root = open_dir_path(d, "upper/root", err)) < 0 ||
-        (out->work_root = open_dir_path(d, "work/root", err)) < 0 ||
-        (out->upper_usr = open_dir_path(d, "upper/usr", err)) < 0 ||
-        (out->work_usr = open_dir_path(d, "work/usr", err)) < 0) {
+        (out->work_root = open_dir_path(d, "work/root", err)) < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }
@@ -175,9 +171,9 @@ open_host_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
 /* ---- Kernels before 6.15 ---------------------------------------------------------------
  * Overlayfs takes its layers as fds from Linux 6.13 and accepts detached mounts as layers from
  * 6.15; before that each layer must be a mount of the mounter's own mount namespace, named by
- * path. So a short-lived child of the daemon makes the same two overlays in a private mount
+ * path. So a short-lived child of the spawner makes the same overlay in a private mount
  * namespace of its own, where it attaches the detached layers under a tmpfs (nothing reaches
- * the host's mount table), and passes the detached overlays back. Works from Linux 5.19
+ * the host's mount table), and passes the detached overlay back. Works from Linux 5.19
  * (idmapped overlay layers). */
 
 struct stage_msg {
@@ -227,12 +223,12 @@ overlay_by_path(const char *lower, const char *upper, const char *work, char *wh
     return -1;
 }
 
-/* The staging child. Layers are named relative to the staging dir (our cwd), so no path of
- * the state dir, which may hold ':' or ',', reaches the overlay's option parser. */
+/* The staging child. Layers are named relative to the staging dir (our cwd), "0" the top one,
+ * so no path of the state dir, which may hold ':' or ',', reaches the overlay's option parser. */
 __attribute__((noreturn)) static void
-stage_main(int sock, const char *sandbox_dir, const int lowers[3], int disk_mount)
+stage_main(int sock, const char *sandbox_dir, const int *lowers, size_t n, int disk_mount)
 {
-    char stage[4096];
+    char stage[4096], lowerdir[SBX_LAYERS_MAX * 4], name[24];
     if (sbx_pathf(stage, sizeof(stage), "%s/rootfs", sandbox_dir) < 0)
         stage_fail(sock, "staging path");
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
@@ -240,25 +236,29 @@ stage_main(int sock, const char *sandbox_dir, const int lowers[3], int disk_moun
     if (mount("sbx-stage", stage, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0700") < 0 ||
         chdir(stage) < 0)
         stage_fail(sock, "staging tmpfs");
-    if (attach_at(lowers[0], "t") < 0 || attach_at(lowers[1], "m") < 0 ||
-        attach_at(lowers[2], "u") < 0)
-        stage_fail(sock, "attach lower layers");
+    lowerdir[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        snprintf(name, sizeof(name), "%zu", i);
+        if (attach_at(lowers[i], name) < 0)
+            stage_fail(sock, "attach lower layers");
+        strcat(lowerdir, i ? ":" : "");
+        strcat(lowerdir, name);
+    }
     /* d/ holds upper/ and work/: the disk image's ext4, or the sandbox dir (same layout). */
     if (disk_mount >= 0 ? attach_at(disk_mount, "d") < 0
                         : mkdir("d", 0700) < 0 || mount(sandbox_dir, "d", NULL, MS_BIND, NULL) < 0)
         stage_fail(sock, "attach upper layer");
-    int fds[2];
+    int fd;
     char why[256];
-    if ((fds[0] = overlay_by_path("t", "d/upper/root", "d/work/root", why, sizeof(why))) < 0 ||
-        (fds[1] = overlay_by_path("m:u", "d/upper/usr", "d/work/usr", why, sizeof(why))) < 0)
+    if ((fd = overlay_by_path(lowerdir, "d/upper/root", "d/work/root", why, sizeof(why))) < 0)
         stage_fail(sock, why);
     struct stage_msg m = {0};
-    _exit(sbx_send_fds(sock, &m, sizeof(m), fds, 2) < 0 ? 1 : 0);
+    _exit(sbx_send_fds(sock, &m, sizeof(m), &fd, 1) < 0 ? 1 : 0);
 }
 
 static int
-overlays_staged(const struct sbx_sandbox_plan *plan, const int lowers[3],
-                const struct sbx_upper_dirs *up, struct sbx_rootfs *out, struct sbx_error **err)
+overlay_staged(const struct sbx_sandbox_plan *plan, const int *lowers,
+               const struct sbx_upper_dirs *up, struct sbx_rootfs *out, struct sbx_error **err)
 {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
@@ -272,25 +272,24 @@ overlays_staged(const struct sbx_sandbox_plan *plan, const int lowers[3],
     }
     if (pid == 0) {
         close(sv[0]);
-        stage_main(sv[1], plan->sandbox_dir, lowers, up->mount_fd);
+        stage_main(sv[1], plan->sandbox_dir, lowers, plan->n_layers, up->mount_fd);
     }
     close(sv[1]);
     struct stage_msg m;
-    int fds[2];
-    ssize_t n = sbx_recv_fds(sv[0], &m, sizeof(m), fds, 2);
+    int fd;
+    ssize_t n = sbx_recv_fds(sv[0], &m, sizeof(m), &fd, 1);
     int e = errno;
     close(sv[0]);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
     if (n != (ssize_t)sizeof(m))
         return sbx_error_sys(err, n < 0 ? e : EPROTO, "overlay staging child");
-    if (m.err != 0 || fds[0] < 0) {
+    if (m.err != 0 || fd < 0) {
         m.step[sizeof(m.step) - 1] = '\0';
         e = m.err != 0 ? m.err : EPROTO;
         return sbx_error_set(err, sbx_code_from_errno(e), e, "%s: %s", m.step, strerror(e));
     }
-    out->root_fd = fds[0];
-    out->usr_fd = fds[1];
+    out->root_fd = fd;
     return 0;
 }
 
@@ -313,53 +312,48 @@ sbx_rootfs_layers_by_fd(void)
     return known;
 }
 
+static void
+close_all(int *fds, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
 int
 sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_rootfs *out,
                 struct sbx_error **err)
 {
-    char p[4096];
-    out->root_fd = out->usr_fd = -1;
-
-    snprintf(p, sizeof(p), "%s/" SBX_TEMPLATE_ROOTFS, plan->template_dir);
-    _cleanup_close_ int tmpl = idmapped_clone(p, userns_fd, err);
-    if (tmpl < 0)
-        return -1;
-    snprintf(p, sizeof(p), "%s/" SBX_TEMPLATE_USRMASK, plan->template_dir);
-    _cleanup_close_ int mask = idmapped_clone(p, userns_fd, err);
-    if (mask < 0)
-        return -1;
-    _cleanup_close_ int usr = idmapped_clone("/usr", userns_fd, err);
-    if (usr < 0)
-        return -1;
-
-    struct sbx_upper_dirs up = {-1, -1, -1, -1, -1};
-    if ((plan->limits.disk_bytes > 0 ? sbx_disk_open_upper(plan, &up, err)
-                                     : open_host_upper(plan, &up, err)) < 0)
-        return sbx_error_prefix(err, "upper layer");
-
-    if (!sbx_rootfs_layers_by_fd()) {
-        int lowers[3] = {tmpl, mask, usr};
-        int rc = overlays_staged(plan, lowers, &up, out, err);
-        sbx_upper_dirs_close(&up);
-        return rc < 0 ? sbx_error_prefix(err, "overlays (staged)") : 0;
+    out->root_fd = -1;
+    if (plan->n_layers > SBX_LAYERS_MAX) /* the plan's validation refused it already */
+        return sbx_error_set(err, SBX_INTERNAL, 0, "too many layers");
+    int lowers[SBX_LAYERS_MAX];
+    for (size_t i = 0; i < plan->n_layers; i++) {
+        lowers[i] = idmapped_clone(plan->layers[i], userns_fd, err);
+        if (lowers[i] < 0) {
+            close_all(lowers, i);
+            return -1;
+        }
     }
-    /* nodev: the sandbox cannot mknod anyway; this keeps an upper-layer node inert. */
-    int root = overlay(&tmpl, 1, up.upper_root, up.work_root, MOUNT_ATTR_NODEV, err);
-    if (root < 0) {
-        sbx_upper_dirs_close(&up);
-        return sbx_error_prefix(err, "root overlay");
+    struct sbx_upper_dirs up = {-1, -1, -1};
+    int rc = plan->limits.disk_bytes > 0 ? sbx_disk_open_upper(plan, &up, err)
+                                         : open_host_upper(plan, &up, err);
+    if (rc < 0) {
+        sbx_error_prefix(err, "upper layer");
+    } else if (!sbx_rootfs_layers_by_fd()) {
+        if ((rc = overlay_staged(plan, lowers, &up, out, err)) < 0)
+            sbx_error_prefix(err, "overlay (staged)");
+    } else {
+        /* nodev: the sandbox cannot mknod anyway; this keeps an upper-layer node inert. */
+        out->root_fd =
+            overlay(lowers, plan->n_layers, up.upper_root, up.work_root, MOUNT_ATTR_NODEV, err);
+        if ((rc = out->root_fd) < 0)
+            sbx_error_prefix(err, "root overlay");
     }
-    int lowers[2] = {mask, usr};
-    int u = overlay(lowers, 2, up.upper_usr, up.work_usr, MOUNT_ATTR_NODEV, err);
-    /* The overlays hold their own references to the upper layer from here on. */
+    /* The overlay holds its own references to its layers from here on. */
     sbx_upper_dirs_close(&up);
-    if (u < 0) {
-        close(root);
-        return sbx_error_prefix(err, "/usr overlay");
-    }
-    out->root_fd = root;
-    out->usr_fd = u;
-    return 0;
+    close_all(lowers, plan->n_layers);
+    return rc < 0 ? -1 : 0;
 }
 
 void
@@ -367,7 +361,5 @@ sbx_rootfs_close(struct sbx_rootfs *r)
 {
     if (r->root_fd >= 0)
         close(r->root_fd);
-    if (r->usr_fd >= 0)
-        close(r->usr_fd);
-    r->root_fd = r->usr_fd = -1;
+    r->root_fd = -1;
 }

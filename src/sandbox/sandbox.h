@@ -1,7 +1,7 @@
 /* The sandbox runtime: turns a validated plan into a running agent as PID 1 inside fresh
  * user, PID, mount, network, IPC, UTS and cgroup namespaces, under cgroup limits and seccomp,
- * on an overlay root whose lower layers are the read-only template. It also tears sandboxes
- * down and reads their cgroup counters.
+ * on an overlay root whose lower layers are a template's read-only layers (layers.c). It also
+ * tears sandboxes down, reads their cgroup counters and keeps the store of layers.
  *
  * This layer never sees JSON or HTTP. It must be called from a single-threaded process
  * (the daemon never starts threads): it forks. */
@@ -69,14 +69,17 @@ struct sbx_net_policy {
 #define SBX_NET_PROXY_ALL 2u /* every TCP port (an egress proxy of the client's) */
 
 struct sbx_sandbox_plan {
-    const char *id;           /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
-    const char *sandbox_dir;  /* host dir for this sandbox; the runtime creates it (0711) and
-                               * rootfs/ and disk.img (or upper/ work/) in it. Every parent
-                               * must be searchable by host_uid_base (the child looks up
-                               * <dir>/rootfs). */
-    const char *template_dir; /* from sbx_template_prepare(); also holds the blank disk
-                               * images (template/disks) */
-    uid_t host_uid_base;      /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
+    const char *id;          /* [a-z0-9]{1,32}; names the cgroup and the host dirs */
+    const char *sandbox_dir; /* host dir for this sandbox; the runtime creates it (0711) and
+                              * rootfs/ and disk.img (or upper/ work/) in it. Every parent
+                              * must be searchable by host_uid_base (the child looks up
+                              * <dir>/rootfs). */
+    /* The lower layers of "/", top first: directories of the layer store (sbx_layer_path),
+     * each a whole root's worth of files owned by sandbox uids. At most SBX_LAYERS_MAX. */
+    const char *const *layers;
+    size_t n_layers;
+    const char *disks_dir; /* blank disk images (disk.c), made on first use */
+    uid_t host_uid_base;   /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
     bool relaxed; /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
@@ -88,6 +91,7 @@ struct sbx_sandbox_plan {
     const char *lxcfs_dir; /* an lxcfs mount (sbx_sandbox_lxcfs) whose /proc files replace the
                             * sandbox's; NULL: the kernel's own */
     int agent_listen_fd;   /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
+    int agent_stdin_fd;    /* becomes fd 0 of the agent (-1 or 0: /dev/null) */
     int agent_config_fd;   /* readable fd with the agent's JSON config; becomes fd 4 */
     int exe_fd;            /* the program to run as PID 1, executed with fexecve; an ELF
                             * binary (a script would need its fd across exec). From
@@ -122,9 +126,42 @@ struct sbx_sandbox_stats {
     uint64_t disk_fs_used_bytes;
 };
 
-/* Builds (once, idempotently) the template root under state_dir/template: generated /etc,
- * the /bin,/lib... symlinks into /usr, empty mount points. Writes its path to *out (malloc). */
-int sbx_template_prepare(const char *state_dir, char **out, struct sbx_error **err);
+/* ---- The layer store (layers.c) -----------------------------------------------------------
+ * <state_dir>/layers/<key>/: read-only directory trees, one per layer, named by a key of 64
+ * lowercase hex digits (the SHA-256 of what made the layer: its definition and its parent's
+ * key). Files are owned by the uids they have inside sandboxes (host uid k is sandbox uid k
+ * through the idmapped mounts of rootfs.c); overlayfs whiteouts and opaque directories mark
+ * what a layer removes from the layers below it. The store is root-only (0700): no host user
+ * may change a layer, since every sandbox of the template would see the change. Layers are
+ * shared by every template that uses them and never change once in the store. */
+#define SBX_LAYER_KEY_LEN 64
+#define SBX_LAYERS_MAX    40 /* per template; overlayfs takes up to 500 lower layers */
+#define SBX_LAYERS_DIR    "layers"
+
+bool sbx_layer_key_is_valid(const char *key);
+/* Creates <state_dir>/layers (0700) if needed and removes what an interrupted import left. */
+int sbx_layers_prepare(const char *state_dir, struct sbx_error **err);
+/* <state_dir>/layers/<key> (malloc), whether or not it exists. */
+char *sbx_layer_path(const char *state_dir, const char *key);
+bool sbx_layer_exists(const char *state_dir, const char *key);
+/* Brings layer key from the host-wide layer cache (<cache_dir>/<key>/tree, built by
+ * scripts/templates.sh) into the store: hard links when both are on one filesystem (a few
+ * seconds for a large layer, no data copied, the page cache shared), a copy otherwise. A
+ * layer already in the store is left as it is. Runs `cp` in a child and waits for it. */
+int sbx_layer_import(const char *state_dir, const char *cache_dir, const char *key,
+                     struct sbx_error **err);
+/* Turns the writable layer of a finished build step's sandbox (one spawned with disk_bytes 0,
+ * whose upper dir is <sandbox_dir>/upper/root) into layer key of the store: kills what is
+ * left of the sandbox, makes ownership sandbox-relative again (host uid uid_base + k -> k),
+ * keeps whiteouts and opaque dirs, drops the xattrs that belong to one mount, and moves the
+ * dir into the store. *empty: the step changed no file. Blocking (a walk of everything the
+ * step wrote): the spawner runs it in a child. */
+int sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                       uid_t uid_base, bool *empty, struct sbx_error **err);
+/* Removes what an unfinished making of layer key left (.new-<key>). */
+int sbx_layer_drop_unfinished(const char *state_dir, const char *key, struct sbx_error **err);
+/* Removes every layer of the store that is not in keep (n keys); returns how many. */
+int sbx_layers_gc(const char *state_dir, const char *const *keep, size_t n, struct sbx_error **err);
 
 /* Checks once, at daemon start, what every sandbox needs from the host: Linux 5.19 or later,
  * a cgroup hierarchy with the memory, pids and cpu controllers, loop devices. A missing
@@ -221,9 +258,9 @@ int sbx_sandbox_stats(const struct sbx_sandbox_ref *ref, struct sbx_sandbox_stat
                       struct sbx_error **err);
 
 /* Creates a volume's image at image (O_EXCL): an empty ext4 of bytes whose root dir belongs to
- * the sandboxes' user (uid 1000), formatted once per size under template_dir. Deleting it is
+ * the sandboxes' user (uid 1000), formatted once per size in disks_dir. Deleting it is
  * unlinking it: sandboxes that have it mounted keep it until they end. */
-int sbx_volume_create(const char *template_dir, const char *image, uint64_t bytes,
+int sbx_volume_create(const char *disks_dir, const char *image, uint64_t bytes,
                       struct sbx_error **err);
 /* ---- the sandbox network (net.c, nft.c) ---- */
 

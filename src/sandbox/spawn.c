@@ -77,8 +77,8 @@ step_reset_signals(const char **step)
     return sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-_Static_assert(2 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
-               "SYNC_PARENT_READY carries the two overlays and every volume");
+_Static_assert(1 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
+               "SYNC_PARENT_READY carries the root overlay and every volume");
 
 /* Blocks until the parent has written our maps and set our limits. */
 static int
@@ -88,7 +88,7 @@ step_wait_parent(int sock, size_t n_volumes, struct sbx_rootfs *fs, int *volume_
     *step = "wait for parent";
     struct sync_msg m;
     int fds[SBX_FDPASS_MAX];
-    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 2 + n_volumes);
+    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 1 + n_volumes);
     if (n == 0)
         _exit(127); /* the parent gave up on us */
     if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fds[0] < 0) {
@@ -96,8 +96,7 @@ step_wait_parent(int sock, size_t n_volumes, struct sbx_rootfs *fs, int *volume_
         return -1;
     }
     fs->root_fd = fds[0];
-    fs->usr_fd = fds[1];
-    memcpy(volume_fds, fds + 2, n_volumes * sizeof(int));
+    memcpy(volume_fds, fds + 1, n_volumes * sizeof(int));
     return 0;
 }
 
@@ -245,24 +244,25 @@ lift_fd(int fd)
     return fcntl(fd, F_DUPFD_CLOEXEC, 10);
 }
 
-/* The agent's fd table: 0, 1 and 2 = /dev/null, 3 = agent_listen_fd, 4 = agent_config_fd,
- * 5 = oom_fd; every other inherited fd (all of the daemon's) is closed at exec. The agent
- * writes no host file: its log stays in its own memory, charged to the sandbox. */
+/* The agent's fd table: 0 = agent_stdin_fd or /dev/null, 1 and 2 = /dev/null, 3 = agent_listen_fd,
+ * 4 = agent_config_fd, 5 = oom_fd; every other inherited fd (all of the daemon's) is closed at
+ * exec. The agent writes no host file: its log stays in its own memory, charged to the sandbox. */
 static int
 step_fds(const struct sbx_sandbox_plan *plan, int oom_fd, int *sock, int *exe, const char **step)
 {
     *step = "set up fds";
     int lsock = lift_fd(*sock), lexe = lift_fd(*exe);
     int llisten = lift_fd(plan->agent_listen_fd), lconf = lift_fd(plan->agent_config_fd),
-        loom = lift_fd(oom_fd);
+        loom = lift_fd(oom_fd), lin = plan->agent_stdin_fd > 0 ? lift_fd(plan->agent_stdin_fd) : -1;
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (lsock < 0 || lexe < 0 || null < 0 || loom < 0 ||
-        (plan->agent_listen_fd >= 0 && llisten < 0) || (plan->agent_config_fd >= 0 && lconf < 0))
+        (plan->agent_listen_fd >= 0 && llisten < 0) || (plan->agent_config_fd >= 0 && lconf < 0) ||
+        (plan->agent_stdin_fd > 0 && lin < 0))
         return -1;
     *sock = lsock;
     *exe = lexe;
-    int want[6] = {null, null, null, llisten >= 0 ? llisten : null, lconf >= 0 ? lconf : null,
-                   loom};
+    int want[6] = {lin >= 0 ? lin : null,     null, null, llisten >= 0 ? llisten : null,
+                   lconf >= 0 ? lconf : null, loom};
     for (int i = 0; i < 6; i++)
         if (dup2(want[i], i) < 0) /* dup2 clears FD_CLOEXEC on the target */
             return -1;
@@ -302,7 +302,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     char newroot[4096];
     snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
     int exe = plan->exe_fd;
-    struct sbx_rootfs fs = {-1, -1};
+    struct sbx_rootfs fs = {-1};
     int volumes[SBX_SANDBOX_MAX_VOLUMES];
 
     STEP(step_reset_signals(&step));
@@ -311,7 +311,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
     STEP(child_mount_private(&step));
-    STEP(child_attach_rootfs(newroot, fs.root_fd, fs.usr_fd, &step));
+    STEP(child_attach_rootfs(newroot, fs.root_fd, &step));
     sbx_rootfs_close(&fs);
     STEP(child_mount_proc(newroot, &step));
     if (plan->lxcfs_dir)
@@ -369,11 +369,15 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
 {
     if (!valid_id(p->id))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
-    if (!p->sandbox_dir || p->sandbox_dir[0] != '/' || !p->template_dir ||
-        p->template_dir[0] != '/')
+    if (!p->sandbox_dir || p->sandbox_dir[0] != '/' || !p->disks_dir || p->disks_dir[0] != '/')
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
-                             "sandbox and template dirs must be "
-                             "absolute");
+                             "sandbox and disk dirs must be absolute");
+    if (p->n_layers == 0 || p->n_layers > SBX_LAYERS_MAX)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "a root needs 1 to %d layers",
+                             SBX_LAYERS_MAX);
+    for (size_t i = 0; i < p->n_layers; i++)
+        if (p->layers[i] == NULL || p->layers[i][0] != '/')
+            return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "layer dirs must be absolute");
     if (strlen(p->sandbox_dir) > 3000)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "sandbox dir path too long");
     /* The range must not contain host root or wrap around. */
@@ -437,15 +441,15 @@ set_process_limits(pid_t pid, struct sbx_error **err)
     return 0;
 }
 
-/* The child's root and /usr overlays, then its volumes. */
+/* The child's root overlay, then its volumes. */
 static int
 send_ready(int sock, const struct sbx_rootfs *fs, const int *volumes, size_t n_volumes,
            struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
-    int fds[SBX_FDPASS_MAX] = {fs->root_fd, fs->usr_fd};
-    memcpy(fds + 2, volumes, n_volumes * sizeof(int));
-    if (sbx_send_fds(sock, &m, sizeof(m), fds, 2 + n_volumes) < 0)
+    int fds[SBX_FDPASS_MAX] = {fs->root_fd};
+    memcpy(fds + 1, volumes, n_volumes * sizeof(int));
+    if (sbx_send_fds(sock, &m, sizeof(m), fds, 1 + n_volumes) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }

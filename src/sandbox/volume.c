@@ -30,10 +30,9 @@
 #include "sandbox/internal.h"
 
 int
-sbx_volume_create(const char *template_dir, const char *image, uint64_t bytes,
-                  struct sbx_error **err)
+sbx_volume_create(const char *disks_dir, const char *image, uint64_t bytes, struct sbx_error **err)
 {
-    return sbx_disk_image_create(template_dir, image, bytes, SBX_SANDBOX_USER_UID, err);
+    return sbx_disk_image_create(disks_dir, image, bytes, SBX_SANDBOX_USER_UID, err);
 }
 
 /* The loop device that already backs the image (dev, ino), opened; -1 if none does. Held

@@ -1,6 +1,7 @@
 /* Shared by the files of the spawner process (spawner.c: the loop, the table, spawn, destroy,
- * stats; pause.c: freeze, thaw, stop; volume.c: volumes' images). Nothing outside
- * src/spawner/ includes this header. */
+ * stats; pause.c: freeze, thaw, stop; volume.c: volumes' images; build.c: build steps, the
+ * layer GC, Debian roots). Nothing outside src/spawner/ includes this header. The spawner is
+ * one thread: none of this is locked. */
 #ifndef SBX_SPAWNER_INTERNAL_H
 #define SBX_SPAWNER_INTERNAL_H
 
@@ -12,6 +13,11 @@
 #include "base/error.h"
 #include "sandbox/sandbox.h"
 #include "spawner/msg.h"
+#include "spawner/spawner.h"
+
+#define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
+#define SB_LAYERS        "layers" /* in a sandbox's dir: the keys of its layers, for the GC */
+#define SB_STEP          "step"   /* in a build step's dir: nothing of it survives a restart */
 
 /* What a sandbox of ours is doing. A request is refused unless its sandbox is in a phase
  * that allows it; in each phase but RUNNING, FROZEN and STOPPED one request is in flight. */
@@ -41,16 +47,39 @@ struct sb {
     uv_timer_t timer;  /* the spawn's deadline, FREEZE's polls; closed when s is dropped */
     uint64_t since_ms; /* when FREEZE began */
     bool keep_dir;     /* the kill under way is a STOP; the spawn under way is a reboot */
+    struct step *step; /* a BUILD_STEP's sandbox, else NULL; no other request reaches it */
     struct sb *next;
 };
 
+/* A build step's sandbox, from spawn to reply: its output, deadline, exit and commit. Its
+ * handles are its own: it is freed once they have closed (sbx_spawner_step_close). */
+struct step {
+    uint32_t seq; /* the BUILD_STEP, answered once all is over */
+    char key[SBX_LAYER_KEY_LEN + 1];
+    uid_t uid_base;
+    int out_fd; /* read end of the step's output (its agent's fd 3) */
+    uv_poll_t out_poll;
+    uv_timer_t timer;
+    bool out_done, exited, timed_out, replied;
+    int wstatus;
+    int commit_fd; /* result of the commit child */
+    pid_t commit_pid;
+    uv_poll_t commit_poll;
+    int handles; /* initialised handles not yet closed */
+    struct sbx_spawner_msg reply;
+};
+
 struct sb *sbx_spawner_find(const char *id);
+/* The first of our sandboxes; the table is a list through sb->next. */
+struct sb *sbx_spawner_first(void);
 #define PHASE(p) (1u << (p))
 /* The sandbox m names if it is in one of phases (PHASE bits); else answers m (not found, or
  * refusal: "sandbox <id> <refusal>") and returns NULL. */
 struct sb *sbx_spawner_find_in(const struct sbx_spawner_msg *m, unsigned phases,
                                const char *refusal);
 struct sbx_sandbox_ref sbx_spawner_ref(const struct sb *s);
+/* Queues a message to the front end (replies, STEP_LOG). */
+void sbx_spawner_send(const struct sbx_spawner_msg *m);
 /* Answers request seq: ok when err is NULL. */
 void sbx_spawner_reply(uint32_t seq, const struct sbx_error *err);
 void sbx_spawner_reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, ...)
@@ -60,7 +89,43 @@ void sbx_spawner_reply_fail(uint32_t seq, enum sbx_code code, const char *fmt, .
 void sbx_spawner_kill(struct sb *s, uint32_t seq, bool keep_dir);
 
 const char *sbx_spawner_state_dir(void);
-const char *sbx_spawner_template_dir(void);
+const char *sbx_spawner_disks_dir(void); /* blank disk images (sbx_disk_image_create) */
+const struct sbx_spawner_config *sbx_spawner_cfg(void);
+uv_loop_t *sbx_spawner_loop(void);
+
+/* The sandbox a request that starts a new one is for (SPAWN, BUILD_STEP; a SPAWN with reboot:
+ * the stopped one), checked against what we know, its dir made here. NULL with *err if the
+ * request may not go ahead. */
+struct sb *sbx_spawner_spawn_target(const struct sbx_spawner_msg *m, int config_fd,
+                                    struct sbx_error **err);
+/* Answers a spawn that failed before its child: a new sandbox's dir goes, a reboot's stays. */
+void sbx_spawner_spawn_refused(struct sb *s, const struct sbx_error *err);
+/* The plan of a sandbox of m (SPAWN or BUILD_STEP) for s on layers: what both have in common,
+ * no fds, no argv. */
+void sbx_spawner_plan_init(struct sbx_sandbox_plan *plan, const struct sb *s,
+                           const struct sbx_spawner_msg *m, char *const *layers, size_t n_layers);
+/* Watches a started spawn: its child's sync socket, and its deadline. */
+void sbx_spawner_watch_spawn(struct sb *s);
+/* Unlinks s and frees it once its handles have closed. */
+void sbx_spawner_sb_drop(struct sb *s);
+/* A sealed memfd copy of the front end's config fd. */
+int sbx_spawner_copy_config(int fd, struct sbx_error **err);
+/* The dirs of m's layers (n malloc'd paths), each of our store. */
+int sbx_spawner_layer_paths(const struct sbx_spawner_msg *m, char **paths, size_t *n,
+                            struct sbx_error **err);
+void sbx_spawner_free_paths(char **paths, size_t n);
+/* Records the layers of s in its dir, so that no GC removes them while it runs. */
+int sbx_spawner_record_layers(const struct sb *s, const char *layers, struct sbx_error **err);
+
+/* build.c: build steps, the layer GC, Debian roots */
+void sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archive_fd);
+/* The step's agent exited (s->step->exited and wstatus set) or its output ended. */
+void sbx_spawner_step_maybe_done(struct sb *s);
+/* Closes the step's handles; it is freed once they have closed, and s->step is NULL. */
+void sbx_spawner_step_close(struct sb *s);
+void sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd);
+/* DEBIAN_LAYER: a Debian root of m->suite as layer m->layer_key (a job: mmdebstrap). */
+void sbx_spawner_debian_layer(const struct sbx_spawner_msg *m);
 
 /* volume.c */
 void sbx_spawner_volume_create(const struct sbx_spawner_msg *m);

@@ -12,14 +12,18 @@
 enum kind { STR, U64, I64, RANGES };
 
 /* Which ops a field may appear in, and which need it. */
-#define IN_SPAWN   (1u << SBX_SPAWNER_SPAWN)
-#define IN_DESTROY (1u << SBX_SPAWNER_DESTROY)
-#define IN_STATS   (1u << SBX_SPAWNER_STATS)
-#define IN_PAUSE   (1u << SBX_SPAWNER_FREEZE | 1u << SBX_SPAWNER_THAW | 1u << SBX_SPAWNER_STOP)
-#define IN_VOLUME  (1u << SBX_SPAWNER_VOLUME_CREATE | 1u << SBX_SPAWNER_VOLUME_DELETE)
-#define IN_POLICY  (1u << SBX_SPAWNER_NET_POLICY)
-#define IN_PORTS   (1u << SBX_SPAWNER_NET_PORTS)
-#define IN_REPLY   (1u << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
+#define IN_SPAWN   (1ull << SBX_SPAWNER_SPAWN)
+#define IN_DESTROY (1ull << SBX_SPAWNER_DESTROY)
+#define IN_STATS   (1ull << SBX_SPAWNER_STATS)
+#define IN_PAUSE   (1ull << SBX_SPAWNER_FREEZE | 1ull << SBX_SPAWNER_THAW | 1ull << SBX_SPAWNER_STOP)
+#define IN_VOLUME  (1ull << SBX_SPAWNER_VOLUME_CREATE | 1ull << SBX_SPAWNER_VOLUME_DELETE)
+#define IN_POLICY  (1ull << SBX_SPAWNER_NET_POLICY)
+#define IN_PORTS   (1ull << SBX_SPAWNER_NET_PORTS)
+#define IN_REPLY   (1ull << 0) /* bit 0 stands for SBX_SPAWNER_REPLY */
+#define IN_STEP    (1ull << SBX_SPAWNER_BUILD_STEP)
+#define IN_LOG     (1ull << SBX_SPAWNER_STEP_LOG)
+#define IN_DEBIAN  (1ull << SBX_SPAWNER_DEBIAN_LAYER)
+#define IN_RUN     (IN_SPAWN | IN_STEP) /* what starts a sandbox */
 
 struct field {
     uint8_t tag;
@@ -28,9 +32,9 @@ struct field {
     size_t cap;   /* STR: buffer size (max length + 1); RANGES: max count */
     uint64_t min; /* U64/I64: bounds */
     uint64_t max;
-    unsigned allowed, required;
-    bool stat;        /* a counter of a STATS reply: sets has_stats */
-    size_t count_off; /* RANGES: where the count goes */
+    uint64_t allowed, required; /* by op_bit(op) */
+    bool stat;                  /* a counter of a STATS reply: sets has_stats */
+    size_t count_off;           /* RANGES: where the count goes */
 };
 
 #define OFF(f) offsetof(struct sbx_spawner_msg, f)
@@ -52,21 +56,21 @@ struct field {
     }
 
 static const struct field fields[] = {
-    STR_F(1, id, IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY,
-          IN_SPAWN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY),
+    STR_F(1, id, IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY,
+          IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY),
     STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
-    U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_SPAWN, IN_SPAWN),
+    U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_RUN, IN_RUN),
     /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
-    U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_SPAWN, IN_SPAWN),
-    U64_F(5, pids_max, 8, 1 << 22, IN_SPAWN, IN_SPAWN),
-    U64_F(6, cpu_millis, 10, 1024 * 1000, IN_SPAWN, IN_SPAWN),
-    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN | 1u << SBX_SPAWNER_VOLUME_CREATE,
-          IN_SPAWN | 1u << SBX_SPAWNER_VOLUME_CREATE),
+    U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_RUN, IN_RUN),
+    U64_F(5, pids_max, 8, 1 << 22, IN_RUN, IN_RUN),
+    U64_F(6, cpu_millis, 10, 1024 * 1000, IN_RUN, IN_RUN),
+    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN | 1ull << SBX_SPAWNER_VOLUME_CREATE,
+          IN_SPAWN | 1ull << SBX_SPAWNER_VOLUME_CREATE),
     {8, I64, OFF(pid), 8, 0, 1 << 22, IN_REPLY, 0, false},
     U64_F(9, start_time, 0, UINT64_MAX, IN_REPLY, 0),
     U64_F(10, code, SBX_OK, SBX_UNAUTHENTICATED, IN_REPLY, IN_REPLY),
     U64_F(11, sys_errno, 0, 4095, IN_REPLY, 0),
-    STR_F(12, message, IN_REPLY, 0),
+    STR_F(12, message, IN_REPLY | IN_LOG, IN_LOG),
     STAT_F(13, cpu_usage_ns),
     STAT_F(14, memory_bytes),
     STAT_F(15, memory_cache_bytes),
@@ -83,14 +87,21 @@ static const struct field fields[] = {
     U64_F(22, dns_port, 1, 65535, IN_PORTS, IN_PORTS),
     U64_F(23, net_flags, 0, SBX_NET_PROXY_WEB | SBX_NET_PROXY_ALL, IN_SPAWN | IN_POLICY, 0),
     U64_F(24, proxy_port, 0, 65535, IN_PORTS, 0),
+    STR_F(60, layers, IN_RUN, IN_RUN),
+    STR_F(61, layer_key, IN_STEP | IN_DEBIAN, IN_STEP | IN_DEBIAN),
+    U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP, IN_STEP),
+    U64_F(63, exit_status, 0, 511, IN_REPLY, 0),
+    U64_F(64, layer_empty, 0, 1, IN_REPLY, 0),
+    U64_F(65, layers_removed, 0, UINT32_MAX, IN_REPLY, 0),
+    STR_F(66, suite, IN_DEBIAN, IN_DEBIAN),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
-_Static_assert(N_FIELDS <= 64, "the decoder's bitmask of seen fields");
+_Static_assert(N_FIELDS <= 64, "the decoder's bit set of seen fields has 64 bits");
 
-static unsigned
+static uint64_t
 op_bit(uint8_t op)
 {
-    return op == SBX_SPAWNER_REPLY ? IN_REPLY : 1u << op;
+    return op == SBX_SPAWNER_REPLY ? IN_REPLY : 1ull << op; /* requests are ops 1 to 63 */
 }
 
 static bool
@@ -99,7 +110,9 @@ valid_op(uint8_t op)
     return op == SBX_SPAWNER_SPAWN || op == SBX_SPAWNER_DESTROY || op == SBX_SPAWNER_STATS ||
            op == SBX_SPAWNER_FREEZE || op == SBX_SPAWNER_THAW || op == SBX_SPAWNER_STOP ||
            op == SBX_SPAWNER_VOLUME_CREATE || op == SBX_SPAWNER_VOLUME_DELETE ||
-           op == SBX_SPAWNER_NET_POLICY || op == SBX_SPAWNER_NET_PORTS || op == SBX_SPAWNER_REPLY;
+           op == SBX_SPAWNER_NET_POLICY || op == SBX_SPAWNER_NET_PORTS ||
+           op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG ||
+           op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_DEBIAN_LAYER || op == SBX_SPAWNER_REPLY;
 }
 
 static void
@@ -237,6 +250,15 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad sandbox id");
     if (m->template_name[0] && !charset_ok(m->template_name, "._-"))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad template name");
+    /* Keys only (lowercase hex, whole keys): the spawner builds each layer's path from one. */
+    size_t nl = strlen(m->layers);
+    if (nl % SBX_LAYER_KEY_LEN != 0 || strspn(m->layers, "0123456789abcdef") != nl)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer keys");
+    if (m->layer_key[0] && !sbx_layer_key_is_valid(m->layer_key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    /* A suite goes on mmdebstrap's command line: a name, never an option or a path. */
+    if (m->suite[0] && (!charset_ok(m->suite, ".-") || m->suite[0] == '-' || m->suite[0] == '.'))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad suite");
     if ((m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_VOLUME_CREATE) &&
         m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
@@ -300,7 +322,7 @@ sbx_spawner_msg_decode(const void *buf, size_t len, struct sbx_spawner_msg *out,
     out->op = in[1];
     out->seq =
         (uint32_t)in[4] | (uint32_t)in[5] << 8 | (uint32_t)in[6] << 16 | (uint32_t)in[7] << 24;
-    unsigned bit = op_bit(out->op);
+    uint64_t bit = op_bit(out->op);
     uint64_t seen = 0; /* by index into fields[] */
     for (size_t n = HEADER_LEN; n < len;) {
         if (len - n < FIELD_HDR || in[n + 1] != 0)

@@ -1,6 +1,7 @@
 /* Messages between the front end (unprivileged: HTTP, JSON, SQLite) and the spawner (root:
  * namespaces, cgroups, mounts). Each message is one datagram on a SOCK_SEQPACKET socketpair,
- * at most SBX_SPAWNER_MSG_MAX bytes, carrying at most one fd (the agent's config, on spawn).
+ * at most SBX_SPAWNER_MSG_MAX bytes, carrying at most SBX_SPAWNER_FDS_MAX fds (the agent's
+ * config on a spawn; a build step's config and archive).
  *
  * Wire format: a header {u8 version, u8 op, u16 zero, u32 seq}, then fields, each
  * {u8 tag, u8 zero, u16 length, value}: integers are 8 bytes little-endian, strings are their
@@ -21,14 +22,16 @@
 #include "sandbox/sandbox.h"
 
 #define SBX_SPAWNER_MSG_VERSION 1
-#define SBX_SPAWNER_MSG_MAX     4096
-#define SBX_SPAWNER_ID_MAX      32 /* [a-z0-9]{1,32} */
-#define SBX_SPAWNER_NAME_MAX    64 /* template names: [a-z0-9._-]{1,64} */
+#define SBX_SPAWNER_MSG_MAX     16384 /* a SPAWN with every layer, volume and egress rule fits */
+#define SBX_SPAWNER_ID_MAX      32    /* [a-z0-9]{1,32} */
+#define SBX_SPAWNER_NAME_MAX    64    /* template names: [a-z0-9._-]{1,64} */
 #define SBX_SPAWNER_TEXT_MAX    1024
+#define SBX_SPAWNER_SUITE_MAX   32
+#define SBX_SPAWNER_FDS_MAX     2 /* fds one message carries (BUILD_STEP: config, archive) */
 
 enum sbx_spawner_op {
-    SBX_SPAWNER_SPAWN = 1,   /* id, template, slot, limits; fd: the agent's config. Reply: pid,
-                              * start time */
+    SBX_SPAWNER_SPAWN = 1,   /* id, template, layers, slot, limits; fd: the agent's config.
+                              * Reply: pid, start time */
     SBX_SPAWNER_DESTROY = 2, /* id. Reply: none, once nothing of the sandbox is left */
     SBX_SPAWNER_STATS = 3,   /* id. Reply: the counters */
     /* The network. SPAWN also takes the egress rules, applied before the sandbox starts. */
@@ -44,7 +47,24 @@ enum sbx_spawner_op {
     /* Volumes (spawner/volume.c): id is the volume's. */
     SBX_SPAWNER_VOLUME_CREATE = 23, /* id, disk_bytes. Reply once its image exists */
     SBX_SPAWNER_VOLUME_DELETE = 24, /* id. Reply once its image is gone */
-    SBX_SPAWNER_REPLY = 64,         /* spawner -> front end: code (0 = ok), errno, message */
+    /* Template builds and layers (spawner/build.c). */
+    /* id, layers, layer key, slot, memory, pids, CPU, timeout; fds: the step's config (the
+     * build-step agent's, agent/step.c), then optionally a COPY's archive (its stdin). Runs
+     * one template build step in a sandbox of those layers with a writable layer in the
+     * state dir, sends STEP_LOG messages of its output, and, if it exits 0, commits that
+     * layer under the key. Reply, once all is over: exit status and whether the layer is
+     * empty (code DEADLINE_EXCEEDED when the timeout killed it). */
+    SBX_SPAWNER_BUILD_STEP = 30,
+    SBX_SPAWNER_STEP_LOG = 31, /* spawner -> front end: seq of a BUILD_STEP, message: output */
+    /* fd: the keys of the layers the front end's templates use, one after the other. Removes
+     * every other layer of the store but the built-in templates' and those a sandbox runs
+     * on. Reply: how many went. */
+    SBX_SPAWNER_LAYERS_GC = 32,
+    /* layer key, suite: makes that layer a Debian root of the suite (bookworm or later) by
+     * the base template's recipe (mmdebstrap, then its customize script), for builds
+     * fromDebianImage. Minutes; the reply comes when it is done. */
+    SBX_SPAWNER_DEBIAN_LAYER = 33,
+    SBX_SPAWNER_REPLY = 64, /* spawner -> front end: code (0 = ok), errno, message */
 };
 
 struct sbx_spawner_msg {
@@ -52,6 +72,15 @@ struct sbx_spawner_msg {
     uint32_t seq;    /* chosen by the front end; the reply carries the request's */
     char id[64 + 1]; /* room for any stored id; the decoder takes at most SBX_SPAWNER_ID_MAX */
     char template_name[SBX_SPAWNER_NAME_MAX + 1];
+    /* The lower layers of the sandbox's root, top first: their keys (SBX_LAYER_KEY_LEN hex
+     * digits each) one after the other, 1 to SBX_LAYERS_MAX of them. */
+    char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1];
+    char layer_key[SBX_LAYER_KEY_LEN + 1]; /* BUILD_STEP: the layer it makes */
+    uint64_t timeout_ms;                   /* BUILD_STEP: killed after this long */
+    uint64_t exit_status;                  /* reply to BUILD_STEP: 0-255, 128 + signal */
+    uint64_t layer_empty;                  /* reply to BUILD_STEP: 1 if the step changed nothing */
+    uint64_t layers_removed;               /* reply to LAYERS_GC */
+    char suite[SBX_SPAWNER_SUITE_MAX + 1]; /* DEBIAN_LAYER: [a-z0-9.-], e.g. bookworm */
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
     uint64_t reboot; /* SPAWN: 1 boots a stopped sandbox again on its disk, with its slot */

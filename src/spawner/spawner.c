@@ -1,7 +1,8 @@
 /* The spawner process (see spawner.h): one libuv loop, no threads. A spawn's setup runs in
  * the sandbox's own child after a few milliseconds of work here, and a destroy or a stop waits
  * for the agent's exit on a pidfd, so requests overlap and no request waits for another's
- * sandbox. Pausing (freeze, thaw, stop) is in pause.c. */
+ * sandbox. Pausing (freeze, thaw, stop) is in pause.c, build steps and the layer store's
+ * upkeep in build.c. */
 #include "spawner/spawner.h"
 
 #include <dirent.h>
@@ -28,10 +29,10 @@
 #include "spawner/internal.h"
 #include "spawner/msg.h"
 #include "spawner/net.h"
+#include "spawner/templates.h"
 
-#define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
-#define AGENT_SOCK       "agent.sock"
-#define SLOT_FILE        "slot" /* in the sandbox dir: its uid slot, for a reboot */
+#define AGENT_SOCK "agent.sock"
+#define SLOT_FILE  "slot" /* in the sandbox dir: its uid slot, for a reboot */
 
 struct out {
     size_t len;
@@ -42,7 +43,7 @@ struct out {
 static struct {
     const struct sbx_spawner_config *cfg;
     uv_loop_t *loop;
-    char *template_dir;
+    char *disks_dir;
     char lxcfs_dir[64]; /* "" when lxcfs is not available */
     int exe_fd;
     int channel;
@@ -73,8 +74,8 @@ flush_out(void)
     channel_update();
 }
 
-static void
-send_msg(const struct sbx_spawner_msg *m)
+void
+sbx_spawner_send(const struct sbx_spawner_msg *m)
 {
     char buf[SBX_SPAWNER_MSG_MAX];
     ssize_t n = sbx_spawner_msg_encode(m, buf, sizeof(buf));
@@ -99,7 +100,7 @@ sbx_spawner_reply(uint32_t seq, const struct sbx_error *err)
 {
     struct sbx_spawner_msg req = {.seq = seq}, rep;
     sbx_spawner_reply_init(&rep, &req, err);
-    send_msg(&rep);
+    sbx_spawner_send(&rep);
 }
 
 void
@@ -122,9 +123,27 @@ sbx_spawner_state_dir(void)
 }
 
 const char *
-sbx_spawner_template_dir(void)
+sbx_spawner_disks_dir(void)
 {
-    return sp.template_dir;
+    return sp.disks_dir;
+}
+
+const struct sbx_spawner_config *
+sbx_spawner_cfg(void)
+{
+    return sp.cfg;
+}
+
+uv_loop_t *
+sbx_spawner_loop(void)
+{
+    return sp.loop;
+}
+
+struct sb *
+sbx_spawner_first(void)
+{
+    return sp.sbs;
 }
 
 struct sb *
@@ -142,6 +161,9 @@ sbx_spawner_find_in(const struct sbx_spawner_msg *m, unsigned phases, const char
     struct sb *s = sbx_spawner_find(m->id);
     if (s == NULL)
         sbx_spawner_reply_fail(m->seq, SBX_NOT_FOUND, "sandbox %s not found", m->id);
+    else if (s->step) /* a build step's sandbox is the spawner's own until its reply */
+        sbx_spawner_reply_fail(m->seq, SBX_FAILED_PRECONDITION, "sandbox %s is a build step",
+                               m->id);
     else if (!(phases & 1u << s->phase))
         sbx_spawner_reply_fail(m->seq, SBX_FAILED_PRECONDITION, "sandbox %s %s", m->id, refusal);
     else
@@ -240,8 +262,8 @@ on_timer_closed(uv_handle_t *h)
 
 /* Unlinks s and frees it once its timer has closed. Its egress rules go now: its slot's
  * address may be the next sandbox's. */
-static void
-sb_drop(struct sb *s)
+void
+sbx_spawner_sb_drop(struct sb *s)
 {
     _cleanup_error_ struct sbx_error *err = NULL;
     if (sp.cfg->net && s->slot >= 0 && sbx_net_policy_set(sp.cfg->net, s->slot, NULL, &err) < 0)
@@ -252,6 +274,8 @@ sb_drop(struct sb *s)
     if (*pp)
         *pp = s->next;
     sb_release(s);
+    if (s->step)
+        sbx_spawner_step_close(s);
     uv_close((uv_handle_t *)&s->timer, on_timer_closed);
 }
 
@@ -266,8 +290,8 @@ sbx_spawner_ref(const struct sb *s)
 
 /* A copy of the front end's config in a sealed memfd of our own: the agent gets a file we
  * made, never an fd the front end chose (which could be, say, a socket to us). */
-static int
-copy_config(int fd, struct sbx_error **err)
+int
+sbx_spawner_copy_config(int fd, struct sbx_error **err)
 {
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > CONFIG_MAX_BYTES)
@@ -307,6 +331,8 @@ listen_agent(const struct sb *s, struct sbx_error **err)
     return steal_fd(&fd);
 }
 
+static void on_sigchld(uv_signal_t *h, int signum);
+
 static void
 spawn_done(struct sb *s, struct sbx_error *err)
 {
@@ -319,15 +345,21 @@ spawn_done(struct sb *s, struct sbx_error *err)
         if (s->keep_dir)
             s->phase = SB_STOPPED;
         else
-            sb_drop(s);
+            sbx_spawner_sb_drop(s);
         return;
     }
     s->phase = SB_RUNNING;
+    if (s->step) {
+        /* A build step is answered when it is over. Its agent may have exited already, its
+         * SIGCHLD seen while it was still spawning. */
+        on_sigchld(NULL, SIGCHLD);
+        return;
+    }
     struct sbx_spawner_msg req = {.seq = s->seq}, rep;
     sbx_spawner_reply_init(&rep, &req, NULL);
     rep.pid = s->pid;
     rep.start_time = s->start_time;
-    send_msg(&rep);
+    sbx_spawner_send(&rep);
 }
 
 static void
@@ -376,11 +408,10 @@ recorded_slot(const char *dir)
     return end && *end == '\n' && slot >= 0 && slot < SBX_MAX_SANDBOXES ? (int)slot : -1;
 }
 
-/* The sandbox a spawn request is for, checked against what we know: a new one (its dir made
- * here), or for a reboot, a stopped one of ours on the slot it had. NULL with *err if the
- * request may not go ahead. */
-static struct sb *
-spawn_target(const struct sbx_spawner_msg *m, int config_fd, struct sbx_error **err)
+/* A new sandbox (its dir made here), or for a reboot, a stopped one of ours on the slot it
+ * had. */
+struct sb *
+sbx_spawner_spawn_target(const struct sbx_spawner_msg *m, int config_fd, struct sbx_error **err)
 {
     if (config_fd < 0) {
         sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "spawn %s: no config fd", m->id);
@@ -421,9 +452,8 @@ spawn_target(const struct sbx_spawner_msg *m, int config_fd, struct sbx_error **
     return s;
 }
 
-/* A spawn that failed before its child: a new sandbox's dir goes, a reboot's stays. */
-static void
-spawn_refused(struct sb *s, const struct sbx_error *err)
+void
+sbx_spawner_spawn_refused(struct sb *s, const struct sbx_error *err)
 {
     sbx_spawner_reply(s->seq, err);
     if (s->keep_dir) {
@@ -433,49 +463,69 @@ spawn_refused(struct sb *s, const struct sbx_error *err)
     struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
     _cleanup_error_ struct sbx_error *ignored = NULL;
     sbx_sandbox_destroy(&ref, &ignored); /* the dir made for it */
-    sb_drop(s);
+    sbx_spawner_sb_drop(s);
 }
 
-static void
-handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
+void
+sbx_spawner_watch_spawn(struct sb *s)
 {
-    _cleanup_error_ struct sbx_error *err = NULL;
-    struct sb *s = spawn_target(m, config_fd, &err);
-    if (s == NULL) {
-        sbx_spawner_reply(m->seq, err);
-        return;
+    s->spawn_poll = watch(s, sbx_sandbox_spawning_fd(s->spawning), on_spawn_readable);
+    uv_timer_start(&s->timer, on_spawn_deadline, SBX_SPAWN_TIMEOUT_MS, 0);
+}
+
+/* The dirs of the layers of m, from their keys (checked by the decoder), into paths (n
+ * malloc'd strings); each must be in our layer store. */
+int
+sbx_spawner_layer_paths(const struct sbx_spawner_msg *m, char **paths, size_t *n,
+                        struct sbx_error **err)
+{
+    *n = 0;
+    for (const char *k = m->layers; *k; k += SBX_LAYER_KEY_LEN) {
+        char key[SBX_LAYER_KEY_LEN + 1];
+        memcpy(key, k, SBX_LAYER_KEY_LEN);
+        key[SBX_LAYER_KEY_LEN] = '\0';
+        if (!sbx_layer_exists(sp.cfg->state_dir, key))
+            return sbx_error_set(err, SBX_NOT_FOUND, 0, "spawn %s: no layer %s", m->id, key);
+        paths[(*n)++] = sbx_layer_path(sp.cfg->state_dir, key);
     }
-    s->seq = m->seq;
-    s->phase = SB_SPAWNING;
-    s->keep_dir = m->reboot;
-    _cleanup_close_ int conf = copy_config(config_fd, &err);
-    _cleanup_close_ int lfd = conf < 0 ? -1 : listen_agent(s, &err);
-    /* The sandbox's egress rules are in place before it runs anything (and replace whatever
-     * a sandbox of the same slot may have left). */
-    if (lfd < 0 || (sp.cfg->net && sbx_spawner_net_policy(sp.cfg->net, s->slot, m, &err) < 0)) {
-        spawn_refused(s, err);
-        return;
-    }
-    /* The decoder checked the volumes; their images are ours, by id. */
-    struct sbx_spawner_volume vols[SBX_SANDBOX_MAX_VOLUMES];
-    struct sbx_volume_mount mounts[SBX_SANDBOX_MAX_VOLUMES];
-    char *images[SBX_SANDBOX_MAX_VOLUMES] = {0};
-    size_t n_vols = 0;
-    if (sbx_spawner_volumes_parse(m->volumes, vols, &n_vols, &err) < 0) {
-        spawn_refused(s, err);
-        return;
-    }
-    for (size_t i = 0; i < n_vols; i++) {
-        images[i] = sbx_spawner_volume_image(vols[i].id);
-        mounts[i] = (struct sbx_volume_mount){.image = images[i], .path = vols[i].path};
-    }
-    char *const argv[] = {"sbx", "agent", NULL};
-    char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                          "LANG=C.UTF-8", NULL};
-    struct sbx_sandbox_plan plan = {
+    return 0;
+}
+
+void
+sbx_spawner_free_paths(char **paths, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(paths[i]);
+}
+
+/* The layers a sandbox runs on, in its dir, so that no GC of ours removes them while it runs
+ * or is paused (a reboot records the ones it boots on again). */
+int
+sbx_spawner_record_layers(const struct sb *s, const char *layers, struct sbx_error **err)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
+    _cleanup_close_ int fd =
+        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, layers, strlen(layers)) != (ssize_t)strlen(layers))
+        return sbx_error_sys(err, errno, "record the layers of %s", s->id);
+    return 0;
+}
+
+/* The agent's fixed environment: nothing of ours (or of the front end's) reaches a sandbox. */
+static char *const agent_envp[] = {
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", NULL};
+
+void
+sbx_spawner_plan_init(struct sbx_sandbox_plan *plan, const struct sb *s,
+                      const struct sbx_spawner_msg *m, char *const *layers, size_t n_layers)
+{
+    *plan = (struct sbx_sandbox_plan){
         .id = s->id,
         .sandbox_dir = s->dir,
-        .template_dir = sp.template_dir,
+        .layers = (const char *const *)layers,
+        .n_layers = n_layers,
+        .disks_dir = sp.disks_dir,
         .host_uid_base = sp.cfg->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT,
         .limits = {.memory_bytes = m->memory_bytes,
                    .pids_max = (uint32_t)m->pids_max,
@@ -484,27 +534,76 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         .hostname = "e2b.local",
         .relaxed = sp.cfg->relaxed,
         .lxcfs_dir = sp.lxcfs_dir[0] ? sp.lxcfs_dir : NULL,
-        .reboot = m->reboot,
-        .volumes = mounts,
-        .n_volumes = n_vols,
-        .agent_listen_fd = lfd,
-        .agent_config_fd = conf,
+        .agent_listen_fd = -1,
+        .agent_config_fd = -1,
         .exe_fd = sp.exe_fd,
-        .argv = argv,
-        .envp = envp,
+        .envp = agent_envp,
         .net = sp.cfg->net,
         .net_slot = s->slot,
     };
+}
+
+static void
+handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    char *layers[SBX_LAYERS_MAX];
+    size_t n_layers = 0;
+    struct sb *s = NULL;
+    if (sbx_spawner_layer_paths(m, layers, &n_layers, &err) == 0)
+        s = sbx_spawner_spawn_target(m, config_fd, &err);
+    if (s == NULL) {
+        sbx_spawner_free_paths(layers, n_layers);
+        sbx_spawner_reply(m->seq, err);
+        return;
+    }
+    s->seq = m->seq;
+    s->phase = SB_SPAWNING;
+    s->keep_dir = m->reboot;
+    _cleanup_close_ int conf = sbx_spawner_record_layers(s, m->layers, &err) < 0
+                                   ? -1
+                                   : sbx_spawner_copy_config(config_fd, &err);
+    _cleanup_close_ int lfd = conf < 0 ? -1 : listen_agent(s, &err);
+    /* The sandbox's egress rules are in place before it runs anything (and replace whatever
+     * a sandbox of the same slot may have left). */
+    if (lfd < 0 || (sp.cfg->net && sbx_spawner_net_policy(sp.cfg->net, s->slot, m, &err) < 0)) {
+        sbx_spawner_free_paths(layers, n_layers);
+        sbx_spawner_spawn_refused(s, err);
+        return;
+    }
+    /* The decoder checked the volumes; their images are ours, by id. */
+    struct sbx_spawner_volume vols[SBX_SANDBOX_MAX_VOLUMES];
+    struct sbx_volume_mount mounts[SBX_SANDBOX_MAX_VOLUMES];
+    char *images[SBX_SANDBOX_MAX_VOLUMES] = {0};
+    size_t n_vols = 0;
+    if (sbx_spawner_volumes_parse(m->volumes, vols, &n_vols, &err) < 0) {
+        sbx_spawner_free_paths(layers, n_layers);
+        sbx_spawner_spawn_refused(s, err);
+        return;
+    }
+    for (size_t i = 0; i < n_vols; i++) {
+        images[i] = sbx_spawner_volume_image(vols[i].id);
+        mounts[i] = (struct sbx_volume_mount){.image = images[i], .path = vols[i].path};
+    }
+    char *const argv[] = {"sbx", "agent", NULL};
+    struct sbx_sandbox_plan plan;
+    sbx_spawner_plan_init(&plan, s, m, layers, n_layers);
+    plan.reboot = m->reboot;
+    plan.volumes = mounts;
+    plan.n_volumes = n_vols;
+    plan.agent_listen_fd = lfd;
+    plan.agent_config_fd = conf;
+    plan.argv = argv;
     int rc = sbx_sandbox_spawn_start(&plan, &s->spawning, &err);
     for (size_t i = 0; i < n_vols; i++)
         free(images[i]);
+    sbx_spawner_free_paths(layers, n_layers);
     if (rc < 0) {
         sbx_log_warn("spawn", "sandbox=%s error=\"%s\"", s->id, err->msg);
-        spawn_refused(s, err);
+        sbx_spawner_spawn_refused(s, err);
         return;
     }
-    s->spawn_poll = watch(s, sbx_sandbox_spawning_fd(s->spawning), on_spawn_readable);
-    uv_timer_start(&s->timer, on_spawn_deadline, SBX_SPAWN_TIMEOUT_MS, 0);
+    sbx_spawner_watch_spawn(s);
 }
 
 /* ---- destroy, and stop ---- */
@@ -525,7 +624,7 @@ kill_finish(struct sb *s)
         sb_release(s); /* its pidfd */
     } else {
         rc = sbx_sandbox_destroy(&ref, &err);
-        sb_drop(s);
+        sbx_spawner_sb_drop(s);
     }
     if (rc < 0)
         sbx_log_warn(keep_dir ? "stop" : "destroy", "error=\"%s\"", err->msg);
@@ -592,7 +691,7 @@ handle_stats(const struct sbx_spawner_msg *m)
         return;
     }
     rep.has_stats = true;
-    send_msg(&rep);
+    sbx_spawner_send(&rep);
 }
 
 /* ---- network ---- */
@@ -630,7 +729,7 @@ slot_running(int slot, void *ud)
 /* ---- the channel ---- */
 
 static void
-handle(const char *buf, size_t len, int fd)
+handle(const char *buf, size_t len, int fd, int fd2)
 {
     struct sbx_spawner_msg m;
     _cleanup_error_ struct sbx_error *err = NULL;
@@ -647,7 +746,13 @@ handle(const char *buf, size_t len, int fd)
         sbx_spawner_reply(seq, err);
         return;
     }
-    if (m.op == SBX_SPAWNER_SPAWN)
+    if (m.op == SBX_SPAWNER_BUILD_STEP)
+        sbx_spawner_build_step(&m, fd, fd2);
+    else if (m.op == SBX_SPAWNER_LAYERS_GC && fd2 < 0)
+        sbx_spawner_gc(&m, fd);
+    else if (fd2 >= 0 || m.op == SBX_SPAWNER_STEP_LOG)
+        sbx_spawner_reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected message for %s", m.id);
+    else if (m.op == SBX_SPAWNER_SPAWN)
         handle_spawn(&m, fd);
     else if (fd >= 0)
         sbx_spawner_reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected fd with request for %s",
@@ -666,6 +771,8 @@ handle(const char *buf, size_t len, int fd)
         sbx_spawner_volume_create(&m);
     else if (m.op == SBX_SPAWNER_VOLUME_DELETE)
         sbx_spawner_volume_delete(&m);
+    else if (m.op == SBX_SPAWNER_DEBIAN_LAYER)
+        sbx_spawner_debian_layer(&m);
     else
         handle_net(&m);
 }
@@ -679,8 +786,8 @@ on_channel(uv_poll_t *h, int status, int events)
         return;
     for (;;) {
         char buf[SBX_SPAWNER_MSG_MAX];
-        int fds[1];
-        ssize_t n = sbx_recv_fds(sp.channel, buf, sizeof(buf), fds, 1);
+        int fds[SBX_SPAWNER_FDS_MAX];
+        ssize_t n = sbx_recv_fds_upto(sp.channel, buf, sizeof(buf), fds, SBX_SPAWNER_FDS_MAX);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
         if (n < 0 && (errno == EPROTO || errno == EMSGSIZE)) {
@@ -696,9 +803,10 @@ on_channel(uv_poll_t *h, int status, int events)
             uv_stop(sp.loop);
             return;
         }
-        handle(buf, (size_t)n, fds[0]);
-        if (fds[0] >= 0)
-            close(fds[0]);
+        handle(buf, (size_t)n, fds[0], fds[1]);
+        for (size_t i = 0; i < SBX_SPAWNER_FDS_MAX; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
     }
 }
 
@@ -713,10 +821,20 @@ channel_update(void)
 static void
 on_sigchld(uv_signal_t *h, int signum)
 {
-    for (struct sb *s = sp.sbs; s; s = s->next)
-        if ((s->phase == SB_RUNNING || s->phase == SB_FREEZING || s->phase == SB_FROZEN) &&
-            s->pid > 0 && waitpid(s->pid, NULL, WNOHANG) == s->pid)
-            s->pid = 0;
+    struct sb *next;
+    for (struct sb *s = sp.sbs; s; s = next) {
+        next = s->next; /* a finished step may leave the table */
+        int st;
+        if (!(s->phase == SB_RUNNING || s->phase == SB_FREEZING || s->phase == SB_FROZEN) ||
+            s->pid <= 0 || waitpid(s->pid, &st, WNOHANG) != s->pid)
+            continue;
+        s->pid = 0;
+        if (s->step && !s->step->exited) {
+            s->step->exited = true;
+            s->step->wstatus = st;
+            sbx_spawner_step_maybe_done(s);
+        }
+    }
 }
 
 /* The supervisor's stop: the same end as the front end's going away. */
@@ -728,6 +846,37 @@ on_sigterm(uv_signal_t *h, int signum)
 }
 
 /* ---- start ---- */
+
+/* Brings the built-in templates' layers into our store (the first start of a state dir
+ * takes a few seconds: hard links of the cache's files). A layer the cache lacks is logged. */
+static int
+import_builtin_layers(struct sbx_error **err)
+{
+    if (sbx_layers_prepare(sp.cfg->state_dir, err) < 0)
+        return -1;
+    size_t n;
+    const char *const *keys = sbx_builtin_layers(&n);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t0 = uv_hrtime();
+        bool had = sbx_layer_exists(sp.cfg->state_dir, keys[i]);
+        struct sbx_error *e = NULL;
+        if (sbx_layer_import(sp.cfg->state_dir, sp.cfg->layer_cache, keys[i], &e) < 0) {
+            /* A layer the cache lacks leaves its templates unusable (their creates fail with
+             * its key), not the others: log it and go on. */
+            if (e->code != SBX_NOT_FOUND) {
+                *err = e;
+                return -1;
+            }
+            sbx_log_warn("layer_import", "error=\"%s\"", e->msg);
+            sbx_error_free(e);
+            continue;
+        }
+        if (!had)
+            sbx_log_info("layer_import", "layer=%s ms=%llu", keys[i],
+                         (unsigned long long)((uv_hrtime() - t0) / 1000000));
+    }
+    return 0;
+}
 
 /* Finds the sandboxes of our state dir, running or not, as they were left by an earlier
  * spawner (a restart, a crash, an upgrade). */
@@ -755,6 +904,18 @@ scan(void)
         s->phase = SB_STOPPED;
         s->slot = recorded_slot(s->dir);
         found++;
+        char mark[4096];
+        snprintf(mark, sizeof(mark), "%s/" SB_STEP, s->dir);
+        if (access(mark, F_OK) == 0) {
+            /* A build step of an earlier spawner: its build has failed; nothing to keep. */
+            s->slot = -1; /* it has no egress rules to drop */
+            struct sbx_sandbox_ref ref = {.id = s->id, .sandbox_dir = s->dir};
+            _cleanup_error_ struct sbx_error *err = NULL;
+            if (sbx_sandbox_destroy(&ref, &err) < 0)
+                sbx_log_warn("spawner_start", "sandbox=%s error=\"%s\"", s->id, err->msg);
+            sbx_spawner_sb_drop(s);
+            continue;
+        }
         uid_t base;
         if (sbx_sandbox_find_agent(s->id, &s->pid, &s->start_time, &base) < 0)
             continue;
@@ -796,7 +957,9 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
         close(cfg->lock_fd); /* the supervisor holds the block for all of us */
     sp.loop = uv_default_loop();
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (sbx_template_prepare(cfg->state_dir, &sp.template_dir, &err) < 0 ||
+    if (asprintf(&sp.disks_dir, "%s/disks", cfg->state_dir) < 0)
+        abort();
+    if (import_builtin_layers(&err) < 0 ||
         (sp.exe_fd = sbx_sandbox_agent_exe(cfg->agent, cfg->agent_len, &err)) < 0) {
         sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
         return 1;

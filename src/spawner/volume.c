@@ -48,8 +48,7 @@ sbx_spawner_volume_create(const struct sbx_spawner_msg *m)
         if (errno != EEXIST)
             sbx_error_sys(&err, errno, "mkdir %s", dir);
     }
-    if (err == NULL &&
-        sbx_volume_create(sbx_spawner_template_dir(), image, m->disk_bytes, &err) < 0)
+    if (err == NULL && sbx_volume_create(sbx_spawner_disks_dir(), image, m->disk_bytes, &err) < 0)
         rmdir(dir);
     if (err)
         sbx_log_warn("volume", "volume=%s error=\"%s\"", m->id, err->msg);

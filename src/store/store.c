@@ -16,13 +16,10 @@
 #include "base/cleanup.h"
 #include "base/limits.h"
 #include "base/util.h"
+#include "store/internal.h"
 
 #define SHA256_LEN      32
 #define BUSY_TIMEOUT_MS 5000
-
-struct sbx_store {
-    sqlite3 *db;
-};
 
 /* Schema migrations, applied in order inside one transaction each; schema_version holds the
  * number of applied entries. Never edit a released entry: append a new one. */
@@ -115,6 +112,53 @@ static const char *const migrations[] = {
     "ALTER TABLE sandboxes ADD COLUMN volume_mounts_json TEXT NOT NULL DEFAULT '[]';",
     /* 8: the sandbox's network settings (egress rules, ingress options), NULL: defaults. */
     "ALTER TABLE sandboxes ADD COLUMN network_json TEXT;",
+    /* 9: templates built with the Template SDK (templates.c): their builds, tags and build
+     * logs, the layers builds made, and the COPY archives uploaded. */
+    "CREATE TABLE templates ("
+    "  id TEXT PRIMARY KEY,"
+    "  alias TEXT NOT NULL UNIQUE,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");"
+    "CREATE TABLE template_builds ("
+    "  id TEXT PRIMARY KEY,"
+    "  template_id TEXT NOT NULL,"
+    "  status TEXT NOT NULL CHECK (status IN ('waiting', 'building', 'ready', 'error')),"
+    "  cpu_count INTEGER NOT NULL,"
+    "  memory_mb INTEGER NOT NULL,"
+    "  tags_json TEXT NOT NULL DEFAULT '[]',"
+    "  layers TEXT NOT NULL DEFAULT '',"
+    "  context_json TEXT NOT NULL DEFAULT '{}',"
+    "  reason_json TEXT,"
+    "  created_at_ms INTEGER NOT NULL,"
+    "  finished_at_ms INTEGER NOT NULL DEFAULT 0"
+    ");"
+    "CREATE INDEX template_builds_by_template ON template_builds (template_id);"
+    "CREATE TABLE template_tags ("
+    "  template_id TEXT NOT NULL,"
+    "  tag TEXT NOT NULL,"
+    "  build_id TEXT NOT NULL,"
+    "  created_at_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY (template_id, tag)"
+    ");"
+    "CREATE TABLE build_logs ("
+    "  build_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  at_ms INTEGER NOT NULL,"
+    "  level TEXT NOT NULL,"
+    "  step TEXT,"
+    "  message TEXT NOT NULL,"
+    "  PRIMARY KEY (build_id, seq)"
+    ");"
+    "CREATE TABLE layers ("
+    "  key TEXT PRIMARY KEY,"
+    "  empty INTEGER NOT NULL,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");"
+    "CREATE TABLE uploads ("
+    "  hash TEXT PRIMARY KEY,"
+    "  size INTEGER NOT NULL,"
+    "  created_at_ms INTEGER NOT NULL"
+    ");",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -124,8 +168,8 @@ static const char *const migrations[] = {
     "pid_start_time, state, allow_internet, auto_pause, pooled, paused_memory, "                   \
     "auto_pause_memory, auto_resume, timeout_s, volume_mounts_json, network_json"
 
-static int
-db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
+int
+sbx_store_db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
 {
     enum sbx_code code = SBX_INTERNAL;
     switch (rc & 0xff) {
@@ -144,19 +188,18 @@ db_error(struct sbx_store *s, int rc, struct sbx_error **err, const char *what)
     return sbx_error_set(err, code, 0, "state store: %s: %s", what, msg);
 }
 
-static void
-finalizep(sqlite3_stmt **st)
+void
+sbx_store_finalizep(sqlite3_stmt **st)
 {
     sqlite3_finalize(*st); /* accepts NULL */
 }
-#define _cleanup_stmt_ __attribute__((cleanup(finalizep)))
 
-static int
-prepare(struct sbx_store *s, const char *sql, sqlite3_stmt **st, struct sbx_error **err)
+int
+sbx_store_prepare(struct sbx_store *s, const char *sql, sqlite3_stmt **st, struct sbx_error **err)
 {
     int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
     if (rc != SQLITE_OK)
-        return db_error(s, rc, err, "prepare");
+        return sbx_store_db_error(s, rc, err, "prepare");
     return 0;
 }
 
@@ -165,19 +208,19 @@ exec_sql(struct sbx_store *s, const char *sql, struct sbx_error **err)
 {
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
-        return db_error(s, rc, err, "exec");
+        return sbx_store_db_error(s, rc, err, "exec");
     return 0;
 }
 
 /* Runs a statement that returns no rows; fails with SBX_NOT_FOUND if it changed nothing
  * and must_change is set. */
-static int
-step_done(struct sbx_store *s, sqlite3_stmt *st, bool must_change, const char *id,
-          struct sbx_error **err)
+int
+sbx_store_step_done(struct sbx_store *s, sqlite3_stmt *st, bool must_change, const char *id,
+                    struct sbx_error **err)
 {
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "write");
+        return sbx_store_db_error(s, rc, err, "write");
     if (must_change && sqlite3_changes(s->db) == 0)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "sandbox %s not found", id);
     return 0;
@@ -187,7 +230,7 @@ static int
 schema_version(struct sbx_store *s, int *version, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT version FROM schema_version", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT version FROM schema_version", &st, err) < 0)
         return -1;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
@@ -198,7 +241,7 @@ schema_version(struct sbx_store *s, int *version, struct sbx_error **err)
         *version = 0;
         return 0;
     }
-    return db_error(s, rc, err, "read schema version");
+    return sbx_store_db_error(s, rc, err, "read schema version");
 }
 
 static int
@@ -246,7 +289,7 @@ static int
 enable_wal(struct sbx_store *s, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "PRAGMA journal_mode=WAL", &st, err) < 0)
+    if (sbx_store_prepare(s, "PRAGMA journal_mode=WAL", &st, err) < 0)
         return -1;
     int rc = sqlite3_step(st);
     const unsigned char *mode = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
@@ -281,7 +324,7 @@ sbx_store_open(const char *path, struct sbx_error **err)
         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
     int rc = sqlite3_open_v2(path, &s->db, flags, NULL);
     if (rc != SQLITE_OK) {
-        db_error(s, rc, err, path);
+        sbx_store_db_error(s, rc, err, path);
         sbx_store_close(s);
         return NULL;
     }
@@ -377,14 +420,15 @@ sbx_store_api_key_find(struct sbx_store *s, const char *key, struct sbx_api_key 
     if (key_hash(key, h, err) < 0)
         return -1;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT " KEY_COLUMNS " FROM api_keys WHERE key_sha256 = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT " KEY_COLUMNS " FROM api_keys WHERE key_sha256 = ?", &st,
+                          err) < 0)
         return -1;
     sqlite3_bind_blob(st, 1, h, SHA256_LEN, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "no such API key");
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "find an API key");
+        return sbx_store_db_error(s, rc, err, "find an API key");
     if (row_to_key(st, out) < 0)
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
     return 0;
@@ -417,10 +461,11 @@ sbx_store_api_key_add(struct sbx_store *s, const char *key, const char *name, bo
     snprintf(k.id, sizeof(k.id), "%.8s-%.4s-4%.3s-a%.3s-%.12s", hex, hex + 8, hex + 12, hex + 15,
              hex + 18);
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                "INSERT INTO api_keys (id, name, key_sha256, key_type, mask_prefix, mask_suffix,"
-                " key_length, admin, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                &st, err) < 0)
+    if (sbx_store_prepare(
+            s,
+            "INSERT INTO api_keys (id, name, key_sha256, key_type, mask_prefix, mask_suffix,"
+            " key_length, admin, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, k.id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
@@ -436,7 +481,7 @@ sbx_store_api_key_add(struct sbx_store *s, const char *key, const char *name, bo
     if ((rc & 0xff) == SQLITE_CONSTRAINT)
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "this API key is already known");
     if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "add an API key");
+        return sbx_store_db_error(s, rc, err, "add an API key");
     if (out) {
         *out = k;
         if ((out->name = strdup(name)) == NULL)
@@ -480,11 +525,11 @@ int
 sbx_store_api_key_touch(struct sbx_store *s, const char *id, int64_t now_ms, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE api_keys SET last_used_at_ms = ? WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE api_keys SET last_used_at_ms = ? WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_int64(st, 1, now_ms);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, false, id, err);
+    return sbx_store_step_done(s, st, false, id, err);
 }
 
 int
@@ -492,10 +537,10 @@ sbx_store_api_key_list(struct sbx_store *s, struct sbx_api_key_list **out, struc
 {
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                "SELECT " KEY_COLUMNS " FROM api_keys WHERE revoked_at_ms = 0"
-                " ORDER BY created_at_ms, id",
-                &st, err) < 0)
+    if (sbx_store_prepare(s,
+                          "SELECT " KEY_COLUMNS " FROM api_keys WHERE revoked_at_ms = 0"
+                          " ORDER BY created_at_ms, id",
+                          &st, err) < 0)
         return -1;
     struct sbx_api_key_list *l = calloc(1, sizeof(*l));
     if (l == NULL)
@@ -518,7 +563,7 @@ sbx_store_api_key_list(struct sbx_store *s, struct sbx_api_key_list **out, struc
         sbx_api_key_list_free(l);
         return rc == SQLITE_ROW
                    ? sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory")
-                   : db_error(s, rc, err, "list API keys");
+                   : sbx_store_db_error(s, rc, err, "list API keys");
     }
     *out = l;
     return 0;
@@ -534,10 +579,10 @@ sbx_store_api_key_revoke(struct sbx_store *s, const char *id, struct sbx_error *
     _cleanup_stmt_ sqlite3_stmt *up = NULL;
     if (exec_sql(s, "BEGIN IMMEDIATE", err) < 0)
         return -1;
-    if (prepare(s,
-                "SELECT admin, (SELECT count(*) FROM api_keys WHERE admin = 1 AND"
-                " revoked_at_ms = 0) FROM api_keys WHERE id = ? AND revoked_at_ms = 0",
-                &st, err) < 0)
+    if (sbx_store_prepare(s,
+                          "SELECT admin, (SELECT count(*) FROM api_keys WHERE admin = 1 AND"
+                          " revoked_at_ms = 0) FROM api_keys WHERE id = ? AND revoked_at_ms = 0",
+                          &st, err) < 0)
         goto rollback;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
@@ -546,7 +591,7 @@ sbx_store_api_key_revoke(struct sbx_store *s, const char *id, struct sbx_error *
         goto rollback;
     }
     if (rc != SQLITE_ROW) {
-        db_error(s, rc, err, "revoke an API key");
+        sbx_store_db_error(s, rc, err, "revoke an API key");
         goto rollback;
     }
     if (sqlite3_column_int(st, 0) && sqlite3_column_int(st, 1) <= 1) {
@@ -554,11 +599,11 @@ sbx_store_api_key_revoke(struct sbx_store *s, const char *id, struct sbx_error *
                       "API key %s is the last admin key: create another admin key first", id);
         goto rollback;
     }
-    if (prepare(s, "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ?", &up, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ?", &up, err) < 0)
         goto rollback;
     sqlite3_bind_int64(up, 1, sbx_wall_ms());
     sqlite3_bind_text(up, 2, id, -1, SQLITE_TRANSIENT);
-    if (step_done(s, up, true, id, err) < 0 || exec_sql(s, "COMMIT", err) < 0)
+    if (sbx_store_step_done(s, up, true, id, err) < 0 || exec_sql(s, "COMMIT", err) < 0)
         goto rollback;
     return 0;
 rollback:
@@ -570,11 +615,11 @@ int64_t
 sbx_store_api_key_count(struct sbx_store *s, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT count(*) FROM api_keys", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT count(*) FROM api_keys", &st, err) < 0)
         return -1;
     int rc = sqlite3_step(st);
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "count API keys");
+        return sbx_store_db_error(s, rc, err, "count API keys");
     return sqlite3_column_int64(st, 0);
 }
 
@@ -584,7 +629,7 @@ int
 sbx_store_setting_get(struct sbx_store *s, const char *key, char **value, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT value FROM settings WHERE key = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT value FROM settings WHERE key = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
@@ -593,7 +638,7 @@ sbx_store_setting_get(struct sbx_store *s, const char *key, char **value, struct
         return 0;
     }
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "read a setting");
+        return sbx_store_db_error(s, rc, err, "read a setting");
     *value = strdup((const char *)sqlite3_column_text(st, 0));
     if (*value == NULL)
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "out of memory");
@@ -605,11 +650,12 @@ sbx_store_setting_set(struct sbx_store *s, const char *key, const char *value,
                       struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", &st, err) < 0)
+    if (sbx_store_prepare(s, "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", &st,
+                          err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, false, NULL, err);
+    return sbx_store_step_done(s, st, false, NULL, err);
 }
 
 /* ---- sandboxes ---- */
@@ -655,8 +701,8 @@ sbx_sandbox_list_free(struct sbx_sandbox_list *list)
     free(list);
 }
 
-static char *
-column_strdup(sqlite3_stmt *st, int col, bool *oom)
+char *
+sbx_store_column_strdup(sqlite3_stmt *st, int col, bool *oom)
 {
     const unsigned char *t = sqlite3_column_text(st, col);
     if (t == NULL)
@@ -679,12 +725,12 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     bool oom = false;
     const unsigned char *id = sqlite3_column_text(st, 0);
     snprintf(r->id, sizeof(r->id), "%s", id ? (const char *)id : "");
-    r->template_id = column_strdup(st, 1, &oom);
-    r->alias = column_strdup(st, 2, &oom);
-    r->metadata_json = column_strdup(st, 3, &oom);
-    r->env_vars_json = column_strdup(st, 4, &oom);
-    r->access_token = column_strdup(st, 5, &oom);
-    r->traffic_token = column_strdup(st, 6, &oom);
+    r->template_id = sbx_store_column_strdup(st, 1, &oom);
+    r->alias = sbx_store_column_strdup(st, 2, &oom);
+    r->metadata_json = sbx_store_column_strdup(st, 3, &oom);
+    r->env_vars_json = sbx_store_column_strdup(st, 4, &oom);
+    r->access_token = sbx_store_column_strdup(st, 5, &oom);
+    r->traffic_token = sbx_store_column_strdup(st, 6, &oom);
     r->started_at_ms = sqlite3_column_int64(st, 7);
     r->end_at_ms = sqlite3_column_int64(st, 8);
     r->cpu_count = sqlite3_column_int(st, 9);
@@ -693,7 +739,7 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->uid_slot = sqlite3_column_int(st, 12);
     r->pid = sqlite3_column_int(st, 13);
     r->pid_start_time = (uint64_t)sqlite3_column_int64(st, 14);
-    r->state = column_strdup(st, 15, &oom);
+    r->state = sbx_store_column_strdup(st, 15, &oom);
     r->allow_internet = sqlite3_column_int(st, 16) != 0;
     r->auto_pause = sqlite3_column_int(st, 17) != 0;
     r->pooled = sqlite3_column_int(st, 18) != 0;
@@ -701,8 +747,8 @@ row_to_rec(sqlite3_stmt *st, struct sbx_error **err)
     r->auto_pause_memory = sqlite3_column_int(st, 20) != 0;
     r->auto_resume = sqlite3_column_int(st, 21) != 0;
     r->timeout_s = sqlite3_column_int(st, 22);
-    r->volume_mounts_json = column_strdup(st, 23, &oom);
-    r->network_json = column_strdup(st, 24, &oom);
+    r->volume_mounts_json = sbx_store_column_strdup(st, 23, &oom);
+    r->network_json = sbx_store_column_strdup(st, 24, &oom);
     if (oom || r->template_id == NULL || r->state == NULL || r->volume_mounts_json == NULL) {
         sbx_sandbox_rec_free(r);
         sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -730,10 +776,11 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                              "sandbox %s: template id and state are required", r->id);
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                &st, err) < 0)
+    if (sbx_store_prepare(
+            s,
+            "INSERT INTO sandboxes (" SANDBOX_COLUMNS ") VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, r->template_id, -1, SQLITE_TRANSIENT);
@@ -768,7 +815,7 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "uid slot %d is already in use",
                              r->uid_slot);
     if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "insert sandbox");
+        return sbx_store_db_error(s, rc, err, "insert sandbox");
     return 0;
 }
 
@@ -778,14 +825,15 @@ sbx_store_sandbox_get(struct sbx_store *s, const char *id, struct sbx_sandbox_re
 {
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes WHERE id = ?", &st, err) <
+        0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "sandbox %s not found", id);
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "get sandbox");
+        return sbx_store_db_error(s, rc, err, "get sandbox");
     *out = row_to_rec(st, err);
     return *out ? 0 : -1;
 }
@@ -795,11 +843,11 @@ sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t end
                                 struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET end_at_ms = ? WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE sandboxes SET end_at_ms = ? WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_int64(st, 1, end_at_ms);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
@@ -807,12 +855,13 @@ sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid, uint6
                              struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET pid = ?, pid_start_time = ? WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE sandboxes SET pid = ?, pid_start_time = ? WHERE id = ?", &st,
+                          err) < 0)
         return -1;
     sqlite3_bind_int(st, 1, pid);
     sqlite3_bind_int64(st, 2, (int64_t)pid_start_time);
     sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
@@ -820,13 +869,14 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                         struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
-                "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
-                "end_at_ms = ?, allow_internet = ?, auto_pause = ?, auto_pause_memory = ?, "
-                "auto_resume = ?, timeout_s = ?, volume_mounts_json = ?, network_json = ? "
-                "WHERE id = ? AND pooled = 1",
-                &st, err) < 0)
+    if (sbx_store_prepare(
+            s,
+            "UPDATE sandboxes SET pooled = 0, template_id = ?, alias = ?, metadata_json = ?, "
+            "env_vars_json = ?, access_token = ?, traffic_token = ?, started_at_ms = ?, "
+            "end_at_ms = ?, allow_internet = ?, auto_pause = ?, auto_pause_memory = ?, "
+            "auto_resume = ?, timeout_s = ?, volume_mounts_json = ?, network_json = ? "
+            "WHERE id = ? AND pooled = 1",
+            &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, r->template_id, -1, SQLITE_TRANSIENT);
     bind_text_or_null(st, 2, r->alias);
@@ -845,7 +895,7 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                       SQLITE_TRANSIENT);
     bind_text_or_null(st, 15, r->network_json);
     sqlite3_bind_text(st, 16, r->id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, r->id, err);
+    return sbx_store_step_done(s, st, true, r->id, err);
 }
 
 int
@@ -853,13 +903,14 @@ sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow
                                  const char *network_json, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET allow_internet = ?, network_json = ? WHERE id = ?", &st,
-                err) < 0)
+    if (sbx_store_prepare(s,
+                          "UPDATE sandboxes SET allow_internet = ?, network_json = ? WHERE id = ?",
+                          &st, err) < 0)
         return -1;
     sqlite3_bind_int(st, 1, allow_internet);
     bind_text_or_null(st, 2, network_json);
     sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
@@ -867,14 +918,15 @@ sbx_store_sandbox_set_paused(struct sbx_store *s, const char *id, bool paused, b
                              int64_t end_at_ms, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET state = ?, paused_memory = ?, end_at_ms = ? WHERE id = ?",
-                &st, err) < 0)
+    if (sbx_store_prepare(
+            s, "UPDATE sandboxes SET state = ?, paused_memory = ?, end_at_ms = ? WHERE id = ?", &st,
+            err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, paused ? "paused" : "running", -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, paused && memory);
     sqlite3_bind_int64(st, 3, end_at_ms);
     sqlite3_bind_text(st, 4, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
@@ -882,21 +934,21 @@ sbx_store_sandbox_set_auto_pause(struct sbx_store *s, const char *id, bool auto_
                                  struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandboxes SET auto_pause = ? WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE sandboxes SET auto_pause = ? WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_int(st, 1, auto_pause);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 int
 sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "DELETE FROM sandboxes WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "DELETE FROM sandboxes WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, true, id, err);
+    return sbx_store_step_done(s, st, true, id, err);
 }
 
 static int
@@ -939,7 +991,7 @@ collect(struct sbx_store *s, sqlite3_stmt *st, long max, struct sbx_sandbox_list
             return -1;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return db_error(s, rc, err, "list sandboxes");
+        return sbx_store_db_error(s, rc, err, "list sandboxes");
     *out = steal_pointer(&l);
     return 0;
 }
@@ -950,8 +1002,8 @@ sbx_store_sandbox_list_all(struct sbx_store *s, struct sbx_sandbox_list **out,
 {
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes ORDER BY started_at_ms, id", &st,
-                err) < 0)
+    if (sbx_store_prepare(s, "SELECT " SANDBOX_COLUMNS " FROM sandboxes ORDER BY started_at_ms, id",
+                          &st, err) < 0)
         return -1;
     bool more;
     return collect(s, st, -1, out, &more, err);
@@ -1064,7 +1116,7 @@ sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, sql, &st, err) < 0)
+    if (sbx_store_prepare(s, sql, &st, err) < 0)
         return -1;
     if (q->template_id != NULL)
         sqlite3_bind_text(st, 1, q->template_id, -1, SQLITE_TRANSIENT);
@@ -1112,15 +1164,16 @@ log_open_tx(struct sbx_store *s, const char *id, const char *template_id, int64_
             struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                "INSERT OR IGNORE INTO sandbox_logs (sandbox_id, template_id, started_at_ms)"
-                " VALUES (?, ?, ?)",
-                &st, err) < 0)
+    if (sbx_store_prepare(
+            s,
+            "INSERT OR IGNORE INTO sandbox_logs (sandbox_id, template_id, started_at_ms)"
+            " VALUES (?, ?, ?)",
+            &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, template_id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, started_at_ms);
-    return step_done(s, st, false, id, err);
+    return sbx_store_step_done(s, st, false, id, err);
 }
 
 static int
@@ -1133,12 +1186,14 @@ log_append_tx(struct sbx_store *s, const char *id, const char *source,
     _cleanup_stmt_ sqlite3_stmt *up = NULL;
     if (exec_sql(s, "BEGIN IMMEDIATE", err) < 0)
         return -1;
-    if (prepare(s, "SELECT bytes FROM sandbox_logs WHERE sandbox_id = ?", &size, err) < 0 ||
-        prepare(s,
-                "INSERT INTO sandbox_log_lines (sandbox_id, ts_ms, source, line)"
-                " VALUES (?, ?, ?, ?)",
-                &ins, err) < 0 ||
-        prepare(s, "UPDATE sandbox_logs SET bytes = ? WHERE sandbox_id = ?", &up, err) < 0)
+    if (sbx_store_prepare(s, "SELECT bytes FROM sandbox_logs WHERE sandbox_id = ?", &size, err) <
+            0 ||
+        sbx_store_prepare(s,
+                          "INSERT INTO sandbox_log_lines (sandbox_id, ts_ms, source, line)"
+                          " VALUES (?, ?, ?, ?)",
+                          &ins, err) < 0 ||
+        sbx_store_prepare(s, "UPDATE sandbox_logs SET bytes = ? WHERE sandbox_id = ?", &up, err) <
+            0)
         goto rollback;
     sqlite3_bind_text(size, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(size);
@@ -1146,7 +1201,7 @@ log_append_tx(struct sbx_store *s, const char *id, const char *source,
         if (rc == SQLITE_DONE)
             sbx_error_set(err, SBX_NOT_FOUND, 0, "no log for sandbox %s", id);
         else
-            db_error(s, rc, err, "append to a log");
+            sbx_store_db_error(s, rc, err, "append to a log");
         goto rollback;
     }
     int64_t bytes = sqlite3_column_int64(size, 0);
@@ -1161,12 +1216,12 @@ log_append_tx(struct sbx_store *s, const char *id, const char *source,
         sqlite3_bind_int64(ins, 2, lines[i].ts_ms);
         sqlite3_bind_text(ins, 3, source, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text(ins, 4, lines[i].line, (int)len, SQLITE_TRANSIENT);
-        if (step_done(s, ins, false, id, err) < 0)
+        if (sbx_store_step_done(s, ins, false, id, err) < 0)
             goto rollback;
     }
     sqlite3_bind_int64(up, 1, bytes);
     sqlite3_bind_text(up, 2, id, -1, SQLITE_TRANSIENT);
-    if (step_done(s, up, false, id, err) < 0 || exec_sql(s, "COMMIT", err) < 0)
+    if (sbx_store_step_done(s, up, false, id, err) < 0 || exec_sql(s, "COMMIT", err) < 0)
         goto rollback;
     return 0;
 rollback:
@@ -1178,11 +1233,12 @@ static int
 log_close_tx(struct sbx_store *s, const char *id, int64_t ended_at_ms, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "UPDATE sandbox_logs SET ended_at_ms = ? WHERE sandbox_id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "UPDATE sandbox_logs SET ended_at_ms = ? WHERE sandbox_id = ?", &st,
+                          err) < 0)
         return -1;
     sqlite3_bind_int64(st, 1, ended_at_ms);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
-    return step_done(s, st, false, id, err);
+    return sbx_store_step_done(s, st, false, id, err);
 }
 
 int
@@ -1235,18 +1291,19 @@ sbx_store_log_get(struct sbx_store *s, const char *id, struct sbx_log_lines **ou
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *head = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT ended_at_ms FROM sandbox_logs WHERE sandbox_id = ?", &head, err) < 0 ||
-        prepare(s,
-                "SELECT ts_ms, source, line FROM sandbox_log_lines WHERE sandbox_id = ?"
-                " ORDER BY ts_ms, seq",
-                &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT ended_at_ms FROM sandbox_logs WHERE sandbox_id = ?", &head,
+                          err) < 0 ||
+        sbx_store_prepare(s,
+                          "SELECT ts_ms, source, line FROM sandbox_log_lines WHERE sandbox_id = ?"
+                          " ORDER BY ts_ms, seq",
+                          &st, err) < 0)
         return -1;
     sqlite3_bind_text(head, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(head);
     if (rc == SQLITE_DONE)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "no log for sandbox %s", id);
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "read a log");
+        return sbx_store_db_error(s, rc, err, "read a log");
     struct sbx_log_lines *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
@@ -1270,7 +1327,7 @@ sbx_store_log_get(struct sbx_store *s, const char *id, struct sbx_log_lines **ou
     }
     if (rc != SQLITE_DONE) {
         sbx_log_lines_free(l);
-        return db_error(s, rc, err, "read a log");
+        return sbx_store_db_error(s, rc, err, "read a log");
     }
     *out = l;
     return 0;
@@ -1282,23 +1339,24 @@ sbx_store_log_prune(struct sbx_store *s, int64_t ended_before_ms, int64_t max_to
 {
     *pruned = 0;
     _cleanup_stmt_ sqlite3_stmt *old = NULL;
-    if (prepare(s, "DELETE FROM sandbox_logs WHERE ended_at_ms > 0 AND ended_at_ms < ?", &old,
-                err) < 0)
+    if (sbx_store_prepare(s, "DELETE FROM sandbox_logs WHERE ended_at_ms > 0 AND ended_at_ms < ?",
+                          &old, err) < 0)
         return -1;
     sqlite3_bind_int64(old, 1, ended_before_ms);
-    if (step_done(s, old, false, NULL, err) < 0)
+    if (sbx_store_step_done(s, old, false, NULL, err) < 0)
         return -1;
     *pruned += sqlite3_changes(s->db);
     /* Over the total: the logs of the sandboxes that ended first go first. */
     _cleanup_stmt_ sqlite3_stmt *over = NULL;
-    if (prepare(s,
-                "DELETE FROM sandbox_logs WHERE sandbox_id IN (SELECT sandbox_id FROM"
-                " (SELECT sandbox_id, sum(bytes) OVER (ORDER BY ended_at_ms DESC, sandbox_id)"
-                "  AS total FROM sandbox_logs WHERE ended_at_ms > 0) WHERE total > ?)",
-                &over, err) < 0)
+    if (sbx_store_prepare(
+            s,
+            "DELETE FROM sandbox_logs WHERE sandbox_id IN (SELECT sandbox_id FROM"
+            " (SELECT sandbox_id, sum(bytes) OVER (ORDER BY ended_at_ms DESC, sandbox_id)"
+            "  AS total FROM sandbox_logs WHERE ended_at_ms > 0) WHERE total > ?)",
+            &over, err) < 0)
         return -1;
     sqlite3_bind_int64(over, 1, max_total_bytes);
-    if (step_done(s, over, false, NULL, err) < 0)
+    if (sbx_store_step_done(s, over, false, NULL, err) < 0)
         return -1;
     *pruned += sqlite3_changes(s->db);
     return 0;
@@ -1308,7 +1366,7 @@ int
 sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT uid_slot FROM sandboxes ORDER BY uid_slot", &st, err) < 0)
+    if (sbx_store_prepare(s, "SELECT uid_slot FROM sandboxes ORDER BY uid_slot", &st, err) < 0)
         return -1;
     int want = 0, rc;
     /* Slots come back sorted and unique: the first gap is the lowest free slot. */
@@ -1320,10 +1378,11 @@ sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err)
             want++;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return db_error(s, rc, err, "find a free uid slot");
-    if (want >= SBX_MAX_SANDBOXES)
+        return sbx_store_db_error(s, rc, err, "find a free uid slot");
+    /* The top SBX_MAX_BUILDS slots are the build sandboxes' (builder.c). */
+    if (want >= SBX_MAX_SANDBOXES - SBX_MAX_BUILDS)
         return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, 0, "all %d sandbox uid slots are in use",
-                             SBX_MAX_SANDBOXES);
+                             SBX_MAX_SANDBOXES - SBX_MAX_BUILDS);
     *slot = want;
     return 0;
 }
@@ -1361,8 +1420,8 @@ row_to_volume(sqlite3_stmt *st)
     if (v) {
         const unsigned char *id = sqlite3_column_text(st, 0);
         snprintf(v->id, sizeof(v->id), "%s", id ? (const char *)id : "");
-        v->name = column_strdup(st, 1, &oom);
-        v->token = column_strdup(st, 2, &oom);
+        v->name = sbx_store_column_strdup(st, 1, &oom);
+        v->token = sbx_store_column_strdup(st, 2, &oom);
         v->size_mb = sqlite3_column_int(st, 3);
         v->created_at_ms = sqlite3_column_int64(st, 4);
     }
@@ -1379,7 +1438,8 @@ sbx_store_volume_insert(struct sbx_store *s, const struct sbx_volume_rec *v, str
     if (!valid_id(v->id) || v->name == NULL || v->token == NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "invalid volume '%s'", v->id);
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "INSERT INTO volumes (" VOLUME_COLUMNS ") VALUES (?, ?, ?, ?, ?)", &st, err) < 0)
+    if (sbx_store_prepare(s, "INSERT INTO volumes (" VOLUME_COLUMNS ") VALUES (?, ?, ?, ?, ?)", &st,
+                          err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, v->id, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, v->name, -1, SQLITE_TRANSIENT);
@@ -1391,7 +1451,7 @@ sbx_store_volume_insert(struct sbx_store *s, const struct sbx_volume_rec *v, str
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "Volume with name '%s' already exists",
                              v->name);
     if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "insert volume");
+        return sbx_store_db_error(s, rc, err, "insert volume");
     return 0;
 }
 
@@ -1401,17 +1461,17 @@ sbx_store_volume_get(struct sbx_store *s, const char *id, const char *name,
 {
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s,
-                id ? "SELECT " VOLUME_COLUMNS " FROM volumes WHERE id = ?"
-                   : "SELECT " VOLUME_COLUMNS " FROM volumes WHERE name = ?",
-                &st, err) < 0)
+    if (sbx_store_prepare(s,
+                          id ? "SELECT " VOLUME_COLUMNS " FROM volumes WHERE id = ?"
+                             : "SELECT " VOLUME_COLUMNS " FROM volumes WHERE name = ?",
+                          &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, id ? id : name, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "volume '%s' not found", id ? id : name);
     if (rc != SQLITE_ROW)
-        return db_error(s, rc, err, "get volume");
+        return sbx_store_db_error(s, rc, err, "get volume");
     *out = row_to_volume(st);
     return *out ? 0 : sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
 }
@@ -1421,8 +1481,8 @@ sbx_store_volume_list(struct sbx_store *s, struct sbx_volume_list **out, struct 
 {
     *out = NULL;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "SELECT " VOLUME_COLUMNS " FROM volumes ORDER BY created_at_ms, id", &st, err) <
-        0)
+    if (sbx_store_prepare(s, "SELECT " VOLUME_COLUMNS " FROM volumes ORDER BY created_at_ms, id",
+                          &st, err) < 0)
         return -1;
     struct sbx_volume_list *l = calloc(1, sizeof(*l));
     if (l == NULL)
@@ -1449,7 +1509,7 @@ sbx_store_volume_list(struct sbx_store *s, struct sbx_volume_list **out, struct 
     }
     if (rc != SQLITE_DONE) {
         sbx_volume_list_free(l);
-        return db_error(s, rc, err, "list volumes");
+        return sbx_store_db_error(s, rc, err, "list volumes");
     }
     *out = l;
     return 0;
@@ -1459,12 +1519,12 @@ int
 sbx_store_volume_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (prepare(s, "DELETE FROM volumes WHERE id = ?", &st, err) < 0)
+    if (sbx_store_prepare(s, "DELETE FROM volumes WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "delete volume");
+        return sbx_store_db_error(s, rc, err, "delete volume");
     if (sqlite3_changes(s->db) == 0)
         return sbx_error_set(err, SBX_NOT_FOUND, 0, "volume '%s' not found", id);
     return 0;
@@ -1477,17 +1537,18 @@ sbx_store_volume_user(struct sbx_store *s, const char *volume_id,
     sandbox_id[0] = '\0';
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     /* Not pooled rows: a volume's own content service (volumes.c) is one, and goes with it. */
-    if (prepare(s,
-                "SELECT id FROM sandboxes WHERE pooled = 0 AND EXISTS (SELECT 1 FROM "
-                "json_each(volume_mounts_json) AS m WHERE json_extract(m.value, '$.volumeID') = ?) "
-                "LIMIT 1",
-                &st, err) < 0)
+    if (sbx_store_prepare(
+            s,
+            "SELECT id FROM sandboxes WHERE pooled = 0 AND EXISTS (SELECT 1 FROM "
+            "json_each(volume_mounts_json) AS m WHERE json_extract(m.value, '$.volumeID') = ?) "
+            "LIMIT 1",
+            &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, volume_id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         snprintf(sandbox_id, SBX_STORE_ID_MAX + 1, "%s", (const char *)sqlite3_column_text(st, 0));
     else if (rc != SQLITE_DONE)
-        return db_error(s, rc, err, "find the sandboxes of a volume");
+        return sbx_store_db_error(s, rc, err, "find the sandboxes of a volume");
     return 0;
 }

@@ -197,8 +197,8 @@ struct sbx_store_query {
 int sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
                             struct sbx_sandbox_list **out, struct sbx_error **err);
 
-/* Lowest uid slot in 0..SBX_MAX_SANDBOXES-1 that no sandbox row uses (a killed sandbox's
- * slot is reused once its row is deleted). All used: SBX_RESOURCE_EXHAUSTED. */
+/* Lowest uid slot in 0..SBX_MAX_SANDBOXES-SBX_MAX_BUILDS-1 that no sandbox row uses (a killed
+ * sandbox's slot is reused once its row is deleted). All used: SBX_RESOURCE_EXHAUSTED. */
 int sbx_store_free_uid_slot(struct sbx_store *s, int *slot, struct sbx_error **err);
 
 /* Sandbox logs: a log is opened when its sandbox is created, gets lines (logfmt text, each
@@ -273,5 +273,102 @@ sbx_volume_list_freep(struct sbx_volume_list **l)
 #define _cleanup_volume_list_  __attribute__((cleanup(sbx_volume_list_freep)))
 #define _cleanup_sandbox_rec_  __attribute__((cleanup(sbx_sandbox_rec_freep)))
 #define _cleanup_sandbox_list_ __attribute__((cleanup(sbx_sandbox_list_freep)))
+
+/* ---- Templates built with the Template SDK (templates.c) ---------------------------------- */
+#define SBX_STORE_TEMPLATE_ID_LEN 20 /* [a-z0-9] */
+#define SBX_STORE_BUILD_ID_LEN    36 /* a UUID */
+#define SBX_STORE_TAG_MAX         128
+
+struct sbx_template_rec {
+    char id[SBX_STORE_TEMPLATE_ID_LEN + 1];
+    char *alias; /* lower case, unique */
+    int64_t created_at_ms;
+};
+
+struct sbx_build_rec {
+    char id[SBX_STORE_BUILD_ID_LEN + 1];
+    char template_id[SBX_STORE_TEMPLATE_ID_LEN + 1];
+    char *status; /* waiting, building, ready, error */
+    int cpu_count;
+    int memory_mb;
+    char *tags_json;    /* the tags it gets once ready: a JSON array of strings */
+    char *layers;       /* its layers' keys, top first (once ready) */
+    char *context_json; /* what sandboxes of it inherit: user, workdir, start/ready commands */
+    char *reason_json;  /* NULL, or why it failed: {message, step} */
+    int64_t created_at_ms;
+    int64_t finished_at_ms; /* 0 until ready or error */
+};
+
+struct sbx_build_log_rec {
+    int64_t at_ms;
+    char level[8]; /* debug, info, warn, error */
+    char *step;    /* NULL, or base, 1..N, finalize */
+    char *message;
+};
+
+struct sbx_tag_rec {
+    char tag[SBX_STORE_TAG_MAX + 1];
+    char build_id[SBX_STORE_BUILD_ID_LEN + 1];
+    int64_t created_at_ms;
+};
+
+/* By id or alias; SBX_NOT_FOUND if neither. */
+int sbx_store_template_get(struct sbx_store *s, const char *id_or_alias,
+                           struct sbx_template_rec *out, struct sbx_error **err);
+int sbx_store_template_insert(struct sbx_store *s, const struct sbx_template_rec *t,
+                              struct sbx_error **err);
+/* Deletes the template with its builds, tags and logs, and forgets the layers no other
+ * template's build has in its stack. */
+int sbx_store_template_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
+/* Every template, oldest first (*out: malloc'd array of n). */
+int sbx_store_template_list(struct sbx_store *s, struct sbx_template_rec **out, size_t *n,
+                            struct sbx_error **err);
+/* Whether a build of the template is waiting or building. */
+int sbx_store_template_busy(struct sbx_store *s, const char *id, bool *busy,
+                            struct sbx_error **err);
+void sbx_template_rec_fini(struct sbx_template_rec *t);
+
+int sbx_store_build_insert(struct sbx_store *s, const struct sbx_build_rec *b,
+                           struct sbx_error **err);
+/* Writes status, layers, context, reason and finish time. */
+int sbx_store_build_update(struct sbx_store *s, const struct sbx_build_rec *b,
+                           struct sbx_error **err);
+int sbx_store_build_get(struct sbx_store *s, const char *id, struct sbx_build_rec *out,
+                        struct sbx_error **err);
+/* Builds left waiting or building by a daemon that stopped: error, with reason_json. */
+int sbx_store_builds_fail_unfinished(struct sbx_store *s, const char *reason_json,
+                                     struct sbx_error **err);
+void sbx_build_rec_fini(struct sbx_build_rec *b);
+
+/* Appends a log entry (its index is the count before it). */
+int sbx_store_build_log_add(struct sbx_store *s, const char *build_id,
+                            const struct sbx_build_log_rec *l, struct sbx_error **err);
+/* Entries offset.. (at most limit), in order. */
+int sbx_store_build_logs(struct sbx_store *s, const char *build_id, int64_t offset, int limit,
+                         struct sbx_build_log_rec **out, size_t *n, struct sbx_error **err);
+void sbx_build_logs_free(struct sbx_build_log_rec *l, size_t n);
+
+/* Points tag of the template at build_id (replacing what it pointed at). */
+int sbx_store_tag_set(struct sbx_store *s, const char *template_id, const char *tag,
+                      const char *build_id, struct sbx_error **err);
+/* The build tag points at; SBX_NOT_FOUND if none. */
+int sbx_store_tag_get(struct sbx_store *s, const char *template_id, const char *tag,
+                      char build_id[SBX_STORE_BUILD_ID_LEN + 1], struct sbx_error **err);
+int sbx_store_tag_delete(struct sbx_store *s, const char *template_id, const char *tag,
+                         struct sbx_error **err);
+int sbx_store_tags_list(struct sbx_store *s, const char *template_id, struct sbx_tag_rec **out,
+                        size_t *n, struct sbx_error **err);
+
+/* Layers made by builds: key, and whether it changed nothing (then no sandbox needs it). */
+int sbx_store_layer_add(struct sbx_store *s, const char *key, bool empty, struct sbx_error **err);
+/* SBX_NOT_FOUND if no build made it. */
+int sbx_store_layer_get(struct sbx_store *s, const char *key, bool *empty, struct sbx_error **err);
+/* Every layer key the store knows, one after the other (malloc'd string). */
+int sbx_store_layer_keys(struct sbx_store *s, char **keys, struct sbx_error **err);
+
+/* COPY archives uploaded, by files hash. */
+int sbx_store_upload_add(struct sbx_store *s, const char *hash, int64_t size,
+                         struct sbx_error **err);
+bool sbx_store_upload_has(struct sbx_store *s, const char *hash);
 
 #endif

@@ -140,12 +140,16 @@ def test_seccomp_filter_active(sbx):
 
 def test_host_paths_absent(sbx, sbx_daemon):
     repo = str(Path(__file__).resolve().parents[2])
-    paths = ["/work", repo, "/var/lib/sbx", sbx_daemon.state_dir,
-             str(sbx_daemon.log_path), "/root/.bash_history", "/etc/ssh"]
+    paths = ["/work", repo, "/var/lib/sbx", "/var/cache/sbx", sbx_daemon.state_dir,
+             str(sbx_daemon.log_path), "/root/.bash_history",
+             "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ed25519_key"]
     for user in ("user", "root"):
         for p in paths:
             r = run(sbx, f"test -e '{p}'", user=user)
             assert r.exit_code != 0, f"{p} visible to {user} inside the sandbox"
+    # The root is the template's Debian, whatever the host runs: the host's own /etc and
+    # /usr (host keys, the host's kernels) are not there.
+    assert run(sbx, "ls /etc/ssh 2>/dev/null | grep -c _key || true").stdout.strip() == "0"
 
 
 def test_host_marker_file_invisible(sbx, tmp_path):

@@ -420,4 +420,50 @@ TEST(ids)
     CHECK(!sbx_cli_is_valid_id("a?b"));
 }
 
+/* sbx template build's Dockerfiles: the instructions the Template SDK's fromDockerfile reads
+ * into steps, the rest refused with a reason. */
+static json_t *
+dockerfile(const char *text, char *why, size_t n)
+{
+    json_t *def = NULL;
+    struct sbx_error *err = NULL;
+    if (sbx_cli_dockerfile_parse(text, &def, &err) < 0)
+        snprintf(why, n, "%s", err->msg);
+    sbx_error_free(err);
+    return def;
+}
+
+TEST(dockerfile_to_steps)
+{
+    char why[256] = "";
+    json_t *d = dockerfile("# comment\nFROM e2bdev/base\nRUN apt-get update && \\\n"
+                           "    echo hi\nENV A=1 B=\"two words\"\nENV C 3\nARG D\n"
+                           "WORKDIR /app\nuser root\nEXPOSE 80\nCMD [\"python3\", \"-m\", "
+                           "\"http.server\"]\n",
+                           why, sizeof(why));
+    if (d == NULL)
+        fprintf(stderr, "refused: %s\n", why);
+    CHECK(d != NULL);
+    char *s = json_dumps(d, JSON_COMPACT | JSON_SORT_KEYS);
+    fprintf(stderr, "%s\n", s);
+    CHECK_STR(s, "{\"force\":false,\"fromImage\":\"e2bdev/base\",\"startCmd\":\"python3 -m "
+                 "http.server\",\"steps\":[{\"args\":[\"apt-get update &&  echo "
+                 "hi\"],\"force\":false,\"type\":\"RUN\"},{\"args\":[\"A\",\"1\",\"B\","
+                 "\"two words\"],\"force\":false,\"type\":\"ENV\"},{\"args\":[\"C\",\"3\"],"
+                 "\"force\":false,\"type\":\"ENV\"},{\"args\":[\"D\",\"\"],\"force\":false,"
+                 "\"type\":\"ENV\"},{\"args\":[\"/app\"],\"force\":false,\"type\":"
+                 "\"WORKDIR\"},{\"args\":[\"root\"],\"force\":false,\"type\":\"USER\"}]}");
+    free(s);
+    json_decref(d);
+    d = dockerfile("FROM my-template\nRUN true\n", why, sizeof(why));
+    CHECK(d && strcmp(json_string_value(json_object_get(d, "fromTemplate")), "my-template") == 0);
+    json_decref(d);
+    CHECK(dockerfile("FROM e2bdev/base\nCOPY a b\n", why, sizeof(why)) == NULL);
+    CHECK(strstr(why, "COPY is not supported") != NULL);
+    CHECK(dockerfile("RUN true\n", why, sizeof(why)) == NULL && strstr(why, "no FROM"));
+    CHECK(dockerfile("FROM a:b\nFROM c:d\n", why, sizeof(why)) == NULL);
+    CHECK(dockerfile("FROM a:b\nHEALTHCHECK x\n", why, sizeof(why)) == NULL);
+    CHECK(dockerfile("FROM a:b\nENV =x\n", why, sizeof(why)) == NULL);
+}
+
 TEST_MAIN(30)

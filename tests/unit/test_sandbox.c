@@ -12,7 +12,9 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/utsname.h>
+#include <sys/xattr.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,13 +27,17 @@
 #include "harness.h"
 #include "sandbox/internal.h"
 #include "sandbox/sandbox.h"
+#include "spawner/layer_keys.h"
 
 #define BASE_A 1200000
 #define BASE_B 1300000
 
 struct env {
     char state[256];
-    char *template_dir;
+    char disks[300];
+    const char *layers[2]; /* top first */
+    size_t n_layers;
+    char base[512];
 };
 
 struct box {
@@ -59,11 +65,16 @@ env_init(struct env *e)
     snprintf(e->state, sizeof(e->state), "/var/tmp/sbx-test-XXXXXX");
     CHECK(mkdtemp(e->state) != NULL);
     CHECK(chmod(e->state, 0711) == 0);
-    struct sbx_error *err = NULL;
-    int rc = sbx_template_prepare(e->state, &e->template_dir, &err);
-    if (rc < 0)
-        fprintf(stderr, "template: %s\n", err->msg);
-    CHECK(rc == 0);
+    snprintf(e->disks, sizeof(e->disks), "%s/disks", e->state);
+    /* The base template's layer, straight from the cache (a plan takes any layer dirs). */
+    const char *cache = getenv("SBX_LAYER_CACHE");
+    snprintf(e->base, sizeof(e->base), "%s/" SBX_LAYER_KEY_BASE "/tree",
+             cache && *cache ? cache : SBX_DEFAULT_LAYER_CACHE);
+    if (access(e->base, F_OK) < 0)
+        fprintf(stderr, "no base layer at %s: run scripts/templates.sh build\n", e->base);
+    CHECK(access(e->base, F_OK) == 0);
+    e->layers[0] = e->base;
+    e->n_layers = 1;
 }
 
 static void
@@ -72,7 +83,6 @@ env_fini(struct env *e)
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", e->state);
     CHECK(system(cmd) == 0);
-    free(e->template_dir);
 }
 
 static char *const box_envp[] = {
@@ -100,7 +110,11 @@ box_spawn_plan(struct env *e, struct box *b, const char *name, struct sbx_sandbo
     char *argv[] = {"bash", "-c", full, NULL};
     plan->id = b->id;
     plan->sandbox_dir = b->dir;
-    plan->template_dir = e->template_dir;
+    if (plan->layers == NULL) {
+        plan->layers = e->layers;
+        plan->n_layers = e->n_layers;
+    }
+    plan->disks_dir = e->disks;
     plan->agent_listen_fd = b->log_fd;
     plan->agent_config_fd = conf;
     plan->exe_fd = exe;
@@ -299,9 +313,11 @@ TEST(identity_and_filesystem)
         "echo host=$(hostname)\n"
         "echo root=$(ls / | tr '\\n' ' ')\n"
         "test -e /work && echo work=yes || echo work=no\n"
-        "echo shadow=$(head -n1 /etc/shadow)\n"
+        "echo shadow=$(head -n1 /etc/shadow | cut -d: -f1,2)\n"
         "echo sudo=$(stat -c '%u:%g:%a' /usr/bin/sudo)\n"
         "echo usrlocal=$(ls -A /usr/local/bin | wc -l)\n"
+        "echo os=$(. /etc/os-release && echo $VERSION_CODENAME)\n"
+        "test -e /usr/lib/sbx && echo hostusr=yes || echo hostusr=no\n"
         "echo home=$(stat -c '%u:%g' /home/user)\n"
         "echo procs=$(ls -d /proc/[0-9]* | wc -l)\n"
         "echo keys=$(stat -c %F /proc/keys)\n"
@@ -341,9 +357,13 @@ TEST(identity_and_filesystem)
     expect_line(log, "map=0 1200000 65536");
     expect_line(log, "host=mybox");
     expect_line(log, "work=no");
-    expect_line(log, "shadow=root:*:19000:0:99999:7:::");
+    expect_line(log, "shadow=root:!*"); /* root has no password (locked) */
     expect_line(log, "sudo=0:0:4755");
     expect_line(log, "usrlocal=0");
+    /* The root is the base layer's Debian, not the host's: the host's /usr (which has
+     * /usr/lib/sbx on machines set up by earlier versions) is not visible. */
+    expect_line(log, "os=trixie");
+    expect_line(log, "hostusr=no");
     expect_line(log, "home=1000:1000");
     expect_line(log, "keys=character special file");
     expect_line(log, "acpi=0");
@@ -370,9 +390,9 @@ TEST(identity_and_filesystem)
     } else {
         fprintf(stderr, "note: no CAP_SYS_RESOURCE, oom_score_adj/NOFILE not checked\n");
     }
-    /* Only the template's entries are at the top level (lib32/libx32 follow the host). */
-    const char *allowed = " bin dev etc home lib lib32 libx32 lib64 media mnt opt proc root run "
-                          "sbin srv sys tmp usr var ";
+    /* Only the base layer's entries are at the top level (a Debian root; /sys stays empty). */
+    const char *allowed = " bin boot dev etc home lib lib64 media mnt opt proc root run sbin srv "
+                          "sys tmp usr var ";
     char *root = strstr(log, "root=");
     CHECK(root != NULL);
     root += 5;
@@ -451,7 +471,7 @@ TEST(sudo_and_denials)
     expect_line(log, "x32_rc=159");
     /* The file sudo created in /usr/local lands in the upper dir, owned by the host base. */
     char p[1024];
-    snprintf(p, sizeof(p), "%s/upper/usr/local/bin/x", b.dir);
+    snprintf(p, sizeof(p), "%s/upper/root/usr/local/bin/x", b.dir);
     struct stat sst;
     CHECK(stat(p, &sst) == 0);
     CHECK(sst.st_uid == BASE_A);
@@ -657,15 +677,13 @@ TEST(spawn_errors_are_reported)
     CHECK(err != NULL && err->code == SBX_INVALID_ARGUMENT);
     sbx_error_free(err);
     err = NULL;
-    /* A failure inside the child comes back as {step, errno}: a missing template. */
-    char *saved = e.template_dir;
-    e.template_dir = strdup("/var/tmp/does-not-exist-sbx");
+    /* A missing layer comes back with its errno. */
+    e.layers[0] = "/var/tmp/does-not-exist-sbx";
     CHECK(box_spawn(&e, &b, "bad", BASE_A, NULL, default_limits, "true", &err) < 0);
     fprintf(stderr, "error: %s\n", err->msg);
     CHECK(err->sys_errno == ENOENT);
     sbx_error_free(err);
-    free(e.template_dir);
-    e.template_dir = saved;
+    e.layers[0] = e.base;
     CHECK(access(b.dir, F_OK) < 0);
     /* A child-side failure: the sandbox's host uid cannot reach its root mount point. */
     CHECK(chmod(e.state, 0700) == 0);
@@ -982,7 +1000,7 @@ TEST(volumes_are_shared_and_idmapped)
     char img[600];
     snprintf(img, sizeof(img), "%s/vol.img", e.state);
     struct sbx_error *err = NULL;
-    CHECK(sbx_volume_create(e.template_dir, img, 64 << 20, &err) == 0);
+    CHECK(sbx_volume_create(e.disks, img, 64 << 20, &err) == 0);
     struct sbx_sandbox_limits lim = default_limits;
     lim.disk_bytes = 64 << 20;
     const char *U = "setpriv --reuid=1000 --regid=1000 --clear-groups -- ";
@@ -1095,6 +1113,121 @@ TEST(disk_limit_spawn_timing)
     CHECK(err != NULL && err->code == SBX_INVALID_ARGUMENT);
     sbx_error_free(err);
     CHECK(access(b.dir, F_OK) < 0);
+    env_fini(&e);
+}
+
+/* A layer of the test's own over the base: a file owned by uid 1000 in the layer shows as
+ * the sandbox's uid 1000, a whiteout hides a base file, an opaque dir hides a base dir's
+ * contents, and an empty layer in between changes nothing. */
+static void
+make_top_layer(const char *top)
+{
+    char p[1024];
+    CHECK(mkdir(top, 0755) == 0);
+    snprintf(p, sizeof(p), "%s/etc", top);
+    CHECK(mkdir(p, 0755) == 0);
+    snprintf(p, sizeof(p), "%s/etc/top-file", top);
+    int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
+    CHECK(fd >= 0 && write(fd, "from the top\n", 13) == 13);
+    close(fd);
+    CHECK(chown(p, 1000, 1000) == 0);
+    snprintf(p, sizeof(p), "%s/etc/issue", top);
+    CHECK(mknod(p, S_IFCHR | 0, makedev(0, 0)) == 0); /* overlayfs whiteout */
+    snprintf(p, sizeof(p), "%s/etc/skel", top);
+    CHECK(mkdir(p, 0755) == 0);
+    CHECK(setxattr(p, "trusted.overlay.opaque", "y", 1, 0) == 0);
+    snprintf(p, sizeof(p), "%s/etc/skel/only", top);
+    CHECK((fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644)) >= 0);
+    close(fd);
+}
+
+TEST(layers_stack_whiteouts_and_ownership)
+{
+    REQUIRE_ROOT();
+    struct env e;
+    env_init(&e);
+    char top[512], empty[512];
+    snprintf(top, sizeof(top), "%s/top", e.state);
+    snprintf(empty, sizeof(empty), "%s/empty", e.state);
+    make_top_layer(top);
+    CHECK(mkdir(empty, 0755) == 0);
+    const char *stack[] = {top, empty, e.base};
+    struct box b;
+    struct sbx_sandbox_plan plan = {.host_uid_base = BASE_A, .limits = default_limits};
+    plan.layers = stack;
+    plan.n_layers = 3;
+    const char *script = "echo top=$(cat /etc/top-file) owner=$(stat -c %u:%g /etc/top-file)\n"
+                         "test -e /etc/issue && echo issue=yes || echo issue=no\n"
+                         "echo skel=$(ls -A /etc/skel)\n"
+                         "echo os=$(. /etc/os-release && echo $VERSION_CODENAME)\n"
+                         "echo changed > /etc/top-file && echo write=ok\n";
+    struct sbx_error *err = NULL;
+    CHECK(box_spawn_plan(&e, &b, "layers", &plan, script, &err) == 0);
+    CHECK(WIFEXITED(box_wait(&b)));
+    char *log = box_log(&b);
+    fprintf(stderr, "%s", log);
+    expect_line(log, "top=from the top owner=1000:1000");
+    expect_line(log, "issue=no");
+    expect_line(log, "skel=only");
+    expect_line(log, "os=trixie");
+    expect_line(log, "write=ok");
+    /* The write went to the sandbox's upper layer; the layer itself is unchanged. */
+    char p[1024], buf[64] = {0};
+    snprintf(p, sizeof(p), "%s/etc/top-file", top);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0 && read(fd, buf, sizeof(buf) - 1) == 13);
+    close(fd);
+    CHECK(strcmp(buf, "from the top\n") == 0);
+    box_destroy(&b);
+    env_fini(&e);
+}
+
+/* The store: an import from a cache is whole (hard links, opaque marks kept) and only when
+ * the cache has a finished layer; the GC keeps what it is told to. */
+TEST(layer_store_import_and_gc)
+{
+    REQUIRE_ROOT();
+    struct env e;
+    env_init(&e);
+    char cache[512], p[1024], key[SBX_LAYER_KEY_LEN + 1];
+    snprintf(cache, sizeof(cache), "%s/cache", e.state);
+    memset(key, 'a', SBX_LAYER_KEY_LEN);
+    key[SBX_LAYER_KEY_LEN] = '\0';
+    snprintf(p, sizeof(p), "%s/%s", cache, key);
+    CHECK(mkdir(cache, 0700) == 0 && mkdir(p, 0700) == 0);
+    snprintf(p, sizeof(p), "%s/%s/tree", cache, key);
+    make_top_layer(p);
+    struct sbx_error *err = NULL;
+    CHECK(sbx_layers_prepare(e.state, &err) == 0);
+    /* No info file: the build did not finish, nothing is imported. */
+    CHECK(sbx_layer_import(e.state, cache, key, &err) < 0 && err->code == SBX_NOT_FOUND);
+    fprintf(stderr, "error: %s\n", err->msg);
+    sbx_error_free(err);
+    err = NULL;
+    CHECK(!sbx_layer_exists(e.state, key));
+    snprintf(p, sizeof(p), "%s/%s/info", cache, key);
+    int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    CHECK(fd >= 0);
+    close(fd);
+    CHECK(sbx_layer_import(e.state, cache, key, &err) == 0);
+    CHECK(sbx_layer_exists(e.state, key));
+    struct stat a, b;
+    snprintf(p, sizeof(p), "%s/%s/tree/etc/top-file", cache, key);
+    CHECK(stat(p, &a) == 0);
+    snprintf(p, sizeof(p), "%s/layers/%s/etc/top-file", e.state, key);
+    CHECK(stat(p, &b) == 0 && a.st_ino == b.st_ino && b.st_uid == 1000);
+    snprintf(p, sizeof(p), "%s/layers/%s/etc/skel", e.state, key);
+    char v[4] = {0};
+    CHECK(getxattr(p, "trusted.overlay.opaque", v, sizeof(v)) == 1 && v[0] == 'y');
+    snprintf(p, sizeof(p), "%s/layers", e.state);
+    CHECK(stat(p, &a) == 0 && (a.st_mode & 0777) == 0700 && a.st_uid == 0);
+    CHECK(!sbx_layer_key_is_valid("../etc") && !sbx_layer_key_is_valid("AA"));
+    /* GC: kept when listed, removed when not. */
+    const char *keep[] = {key};
+    CHECK(sbx_layers_gc(e.state, keep, 1, &err) == 0);
+    CHECK(sbx_layer_exists(e.state, key));
+    CHECK(sbx_layers_gc(e.state, NULL, 0, &err) == 1);
+    CHECK(!sbx_layer_exists(e.state, key));
     env_fini(&e);
 }
 

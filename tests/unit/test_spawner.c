@@ -19,6 +19,7 @@
 
 #include "base/fdpass.h"
 #include "harness.h"
+#include "spawner/layer_keys.h"
 #include "spawner/msg.h"
 #include "spawner/spawner.h"
 
@@ -36,6 +37,7 @@ spawn_req(const char *id, uint64_t slot)
                                 .disk_bytes = 64 << 20};
     snprintf(m.id, sizeof(m.id), "%s", id);
     snprintf(m.template_name, sizeof(m.template_name), "base");
+    snprintf(m.layers, sizeof(m.layers), "%s", SBX_LAYER_KEY_BASE);
     return m;
 }
 
@@ -161,6 +163,23 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     m = spawn_req("a", 1);
     snprintf(m.template_name, sizeof(m.template_name), "../x");
     expect_refused("template path", m, NULL);
+    /* Layers: whole keys of lowercase hex only, since the spawner makes paths of them. */
+    m = spawn_req("a", 1);
+    snprintf(m.layers, sizeof(m.layers), "../../../../../../../../../../../../../../../../etc/x");
+    expect_refused("layer path", m, NULL);
+    m = spawn_req("a", 1);
+    snprintf(m.layers, sizeof(m.layers), "%s0", SBX_LAYER_KEY_BASE);
+    expect_refused("partial layer key", m, NULL);
+    m = spawn_req("a", 1);
+    m.layers[0] = '\0';
+    expect_refused("no layers", m, NULL);
+    /* A suite goes on mmdebstrap's command line: never an option. */
+    struct sbx_spawner_msg deb = {.op = SBX_SPAWNER_DEBIAN_LAYER, .seq = 3};
+    memset(deb.layer_key, 'd', SBX_LAYER_KEY_LEN);
+    snprintf(deb.suite, sizeof(deb.suite), "--include=x");
+    expect_refused("suite option", deb, NULL);
+    snprintf(deb.suite, sizeof(deb.suite), "../x");
+    expect_refused("suite path", deb, NULL);
     m = spawn_req("", 1);
     expect_refused("missing id", m, NULL);
     m = spawn_req("a", 1);
@@ -270,6 +289,13 @@ agent_image(const void **image, size_t *len)
     *len = (size_t)st.st_size;
 }
 
+static const char *
+layer_cache(void)
+{
+    const char *c = getenv("SBX_LAYER_CACHE");
+    return c && *c ? c : SBX_DEFAULT_LAYER_CACHE;
+}
+
 /* A spawner process on s->state (with s->net), talking to us on s->ch. */
 static void
 fork_spawner(struct spawner *s, uid_t uid_base)
@@ -288,6 +314,7 @@ fork_spawner(struct spawner *s, uid_t uid_base)
                                           .uid_base = uid_base,
                                           .agent = image,
                                           .agent_len = image_len,
+                                          .layer_cache = layer_cache(),
                                           .lock_fd = -1,
                                           .ready_fd = -1,
                                           .net = s->net};
@@ -415,6 +442,16 @@ TEST(hostile_messages_are_refused_and_the_spawner_goes_on)
     /* Garbage, a reply sent as a request, a message too long, too many fds. */
     send_raw(&s, "\1\1\0\0\5\0\0\0garbage", 15, NULL, 0);
     CHECK(recv_reply(&s).code == SBX_INVALID_ARGUMENT);
+    /* A well-formed key of a layer the store does not have: refused, nothing made. */
+    struct sbx_spawner_msg nl = spawn_req("nolayer", 2);
+    memset(nl.layers, 'e', SBX_LAYER_KEY_LEN);
+    nl.layers[SBX_LAYER_KEY_LEN] = '\0';
+    int nlfd = config_memfd("nolayer");
+    CHECK(call(&s, &nl, nlfd).code == SBX_NOT_FOUND);
+    close(nlfd);
+    char nldir[512];
+    snprintf(nldir, sizeof(nldir), "%s/sandboxes/nolayer", s.state);
+    CHECK(access(nldir, F_OK) < 0);
     struct sbx_spawner_msg fake;
     sbx_spawner_reply_init(&fake, &(struct sbx_spawner_msg){.seq = 3}, NULL);
     char buf[8192];

@@ -535,7 +535,9 @@ TEST(api_keys_of_before_names_are_kept)
         cmd, sizeof(cmd),
         "python3 -c \"import sqlite3, hashlib; c=sqlite3.connect('%s'); "
         "c.executescript('DROP TABLE api_keys; DROP TABLE sandbox_log_lines; "
-        "DROP TABLE sandbox_logs; DROP TABLE volumes; ALTER TABLE sandboxes DROP COLUMN "
+        "DROP TABLE sandbox_logs; DROP TABLE volumes; DROP TABLE templates; "
+        "DROP TABLE template_builds; DROP TABLE template_tags; DROP TABLE build_logs; "
+        "DROP TABLE layers; DROP TABLE uploads; ALTER TABLE sandboxes DROP COLUMN "
         "paused_memory; ALTER TABLE sandboxes DROP COLUMN auto_pause_memory; ALTER TABLE "
         "sandboxes DROP COLUMN auto_resume; ALTER TABLE sandboxes DROP COLUMN timeout_s; "
         "ALTER TABLE sandboxes DROP COLUMN volume_mounts_json; ALTER TABLE sandboxes DROP COLUMN "

@@ -18,6 +18,7 @@ import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.nio.charset.StandardCharsets;
 import java.io.StringWriter;
+import java.lang.reflect.Field;
 import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
 import java.nio.file.Files;
@@ -36,7 +37,7 @@ import jdk.jshell.Snippet;
 import jdk.jshell.SnippetEvent;
 import jdk.jshell.SourceCodeAnalysis;
 import jdk.jshell.UnresolvedReferenceException;
-import jdk.jshell.execution.DirectExecutionControl;
+import jdk.jshell.execution.LocalExecutionControl;
 import jdk.jshell.spi.ExecutionControl;
 import jdk.jshell.spi.ExecutionControlProvider;
 import jdk.jshell.spi.ExecutionEnv;
@@ -98,7 +99,7 @@ public final class SbxJavaKernel extends BaseKernel {
      * thread of their own, so that an interrupt can stop them, and keeps the values themselves
      * (JShell's API only sees their strings) for the execute_result.
      */
-    static final class Exec extends DirectExecutionControl {
+    static final class Exec extends LocalExecutionControl {
         final Map<String, Object> values = new ConcurrentHashMap<>();
         final AtomicLong nextKey = new AtomicLong();
         volatile Throwable lastThrown;
@@ -117,6 +118,7 @@ public final class SbxJavaKernel extends BaseKernel {
                 }
             }, "sbx-java-run");
             t.setContextClassLoader(Thread.currentThread().getContextClassLoader());
+            setCancelled(false);
             runner = t;
             t.start();
             try {
@@ -124,6 +126,7 @@ public final class SbxJavaKernel extends BaseKernel {
             } finally {
                 runner = null;
             }
+            loadCancel();
             if (stopped)
                 throw new ExecutionControl.StoppedException();
             if (thrown[0] instanceof InvocationTargetException) {
@@ -140,6 +143,40 @@ public final class SbxJavaKernel extends BaseKernel {
             return key;
         }
 
+        private boolean cancelLoaded;
+
+        static Object noop() {
+            return null;
+        }
+
+        /*
+         * LocalExecutionControl loads the class of the stop flag in its own invoke, which ours
+         * replaces: one run of a no-op through it loads it (on Java 17 it loads nothing).
+         */
+        private void loadCancel() throws Exception {
+            if (cancelLoaded)
+                return;
+            cancelLoaded = true;
+            super.invoke(Exec.class.getDeclaredMethod("noop"));
+        }
+
+        /*
+         * From Java 20 on, LocalExecutionControl.load instruments every class of a snippet with
+         * checks of REPL.$Cancel$.allStop at loop back-edges and calls, which throw ThreadDeath
+         * once it is set: the way to end a loop that never blocks now that Thread.stop is gone.
+         * False if the class is not there (Java 17, which still has Thread.stop).
+         */
+        private boolean setCancelled(boolean on) {
+            try {
+                Field f = findClass("REPL.$Cancel$").getDeclaredField("allStop");
+                f.setAccessible(true);
+                f.setBoolean(null, on);
+                return true;
+            } catch (ReflectiveOperationException | RuntimeException e) {
+                return false;
+            }
+        }
+
         @Override
         @SuppressWarnings({"deprecation", "removal"})
         public void stop() {
@@ -148,7 +185,8 @@ public final class SbxJavaKernel extends BaseKernel {
                 return;
             stopped = true;
             t.interrupt();
-            t.stop(); /* Java 17 still has it: the only way to end a loop that never blocks */
+            if (!setCancelled(true))
+                t.stop();
         }
     }
 
@@ -386,6 +424,8 @@ public final class SbxJavaKernel extends BaseKernel {
             }
             System.exit(0);
         }
+        /* One snippet before the client's, so that even its first can be stopped (loadCancel). */
+        kernel.evalRaw("int sbx$ready = 1;");
         /* sbx interrupts a run with SIGINT (as for every kernel): stop the code, don't exit. */
         sun.misc.Signal.handle(new sun.misc.Signal("INT"), sig -> kernel.interrupt());
         KernelConnectionProperties props =

@@ -511,6 +511,10 @@ def _redirect_fd_output():
     and dies at the first invalid UTF-8 byte, losing all later fd output of the kernel. This
     installs a fresh pipe on each fd with a watcher that decodes with U+FFFD replacement; the
     old watcher keeps waiting on a pipe nobody writes to any more."""
+    import ipykernel
+
+    if ipykernel.version_info >= (6, 30):
+        return  # its own watcher decodes with replacement (and attributes output to its cell)
     for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
         original = getattr(stream, "_original_stdstream_copy", None)
         if original is None or not hasattr(stream, "write"):
@@ -524,6 +528,15 @@ def _redirect_fd_output():
 
 
 _STREAM_FLUSH_CHARS = 1 << 20
+
+
+def _pending_chars(stream):
+    """Characters an OutStream holds: one buffer up to ipykernel 6.29, one per parent message
+    from 6.30 on (a dict that the IOPub thread replaces whole when it flushes)."""
+    buffers = getattr(stream, "_buffers", None)
+    if buffers is not None:
+        return sum(b.tell() for b in list(buffers.values()))
+    return stream._buffer.tell()
 
 
 def _patch_out_stream():
@@ -556,8 +569,7 @@ def _patch_out_stream():
                 self._sbx_writes = getattr(self, "_sbx_writes", 0) + 1
         n = original_write(self, string)
         try:
-            buffer = self._buffer
-            if buffer.tell() >= _STREAM_FLUSH_CHARS and self._is_master_process():
+            if _pending_chars(self) >= _STREAM_FLUSH_CHARS and self._is_master_process():
                 thread = getattr(self.pub_thread, "thread", None)
                 if thread is None or thread.ident != threading.get_ident():
                     self.flush()
@@ -575,7 +587,7 @@ def _patch_out_stream():
                 getattr(self, "_sbx_flushed", None) == writes
                 and not getattr(self, "_sbx_in_flush", 0)
                 and self._is_master_process()
-                and not self._buffer.tell()
+                and not _pending_chars(self)
             )
         except Exception:
             clean = False

@@ -373,3 +373,34 @@ def test_volume_verbs(cli):
     r = cli("volume", "rm", vid)
     assert r.returncode == 1 and "not found" in r.stderr
     assert cli("volume", "nope").returncode == 2
+
+
+def test_template_build_ls_rm(cli, tmp_path):
+    name = "cli-" + os.urandom(4).hex()
+    (tmp_path / "Dockerfile").write_text(
+        "FROM e2bdev/base\nENV GREETING=hello\nRUN echo \"$GREETING\" > /home/user/g && \\\n"
+        "    echo built\nWORKDIR /home/user\n")
+    r = cli("template", "build", str(tmp_path / "Dockerfile"), "--name", name, "--cpu", "1",
+            timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "[builder 2/3] RUN" in r.stdout and "built\n" in r.stdout, r.stdout
+    r = cli("template", "ls")
+    assert r.returncode == 0 and name in r.stdout and "ready" in r.stdout, r.stdout
+    r = cli("create", "--template", name, "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    sid = r.stdout.strip()
+    r = cli("exec", sid, "--", "cat", "/home/user/g")
+    assert r.stdout == "hello\n", r
+    cli("kill", sid)
+    r = cli("template", "rm", name)
+    assert r.returncode == 0, r.stderr
+    assert name not in cli("template", "ls").stdout
+    # A failing step exits non-zero with its step and message.
+    (tmp_path / "Dockerfile").write_text("FROM e2bdev/base\nRUN exit 4\n")
+    r = cli("template", "build", str(tmp_path / "Dockerfile"), "--name", name, timeout=300)
+    assert r.returncode == 1 and "step 1" in r.stderr and "exit status 4" in r.stderr, r
+    (tmp_path / "Dockerfile").write_text("FROM e2bdev/base\nCOPY a b\n")
+    r = cli("template", "build", str(tmp_path / "Dockerfile"), "--name", name)
+    assert r.returncode == 1 and "COPY is not supported" in r.stderr, r
+    r = cli("template", "import", "x.tar")
+    assert r.returncode == 1 and "not supported yet" in r.stderr, r

@@ -13,7 +13,8 @@ import secrets
 from pathlib import Path
 
 import pytest
-from e2b import Sandbox, SandboxQuery, SandboxState, Volume
+from e2b import Sandbox, SandboxQuery, SandboxState, Template, Volume
+from e2b.exceptions import BuildException
 from e2b_code_interpreter import Sandbox as CodeInterpreter
 
 from helpers import http_request, wait_for
@@ -122,10 +123,21 @@ def p_builtin_templates(s):
 
 
 def p_custom_templates(s):
-    for method, path in (("GET", "/templates"), ("POST", "/v3/templates"),
-                         ("GET", "/templates/aliases/base"), ("DELETE", "/templates/x")):
-        status, _, body = s.daemon.request(method, path, body={} if method == "POST" else None)
-        refused(status, body, "templates")
+    name = "features-" + secrets.token_hex(4)
+    Template.build(Template().from_base_image().run_cmd("echo built > /home/user/f"), name,
+                   cpu_count=1, memory_mb=512)
+    sbx = Sandbox.create(name, timeout=30)
+    try:
+        assert sbx.commands.run("cat /home/user/f").stdout == "built\n"
+    finally:
+        sbx.kill()
+    status, _, body = s.daemon.request("GET", "/templates")
+    assert status == 200 and name.encode() in body, body
+    with pytest.raises(BuildException) as e:
+        Template.build(Template().from_image("ubuntu:22.04"), name + "-img", cpu_count=1,
+                       memory_mb=512)
+    assert "failed to pull image ubuntu:22.04" in str(e.value)
+    assert s.daemon.request("DELETE", f"/templates/{name}")[0] == 204
 
 
 def p_connect(s):
@@ -469,7 +481,7 @@ SUPPORTED, PARTIAL, NOT = STATES
 PROBES = {
     "Create a sandbox": (SUPPORTED, p_create),
     "Built-in templates": (SUPPORTED, p_builtin_templates),
-    "Custom templates": (NOT, p_custom_templates),
+    "Custom templates": (PARTIAL, p_custom_templates),
     "Connect and resume": (SUPPORTED, p_connect),
     "Kill": (SUPPORTED, p_kill),
     "Timeout and refresh": (SUPPORTED, p_timeout),

@@ -74,7 +74,13 @@ def test_a_sandbox_sees_its_own_memory_and_cpus(sandbox):
     w = run(sandbox, "for f in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes;"
                      " do [ -e $f ] && echo 1 > $f; done", user="root")
     assert w.exit_code != 0 and "Read-only file system" in w.stderr, w.stderr
-    java = run(sandbox, "java -XX:+PrintFlagsFinal -version 2>/dev/null | awk '$2 == \"MaxHeapSize\" {print $4}'")
+    # The JVM is in the code interpreter's template (base, as E2B's, has none).
+    ci = Sandbox.create("code-interpreter-v1", timeout=60)
+    try:
+        java = run(ci, "java -XX:+PrintFlagsFinal -version 2>/dev/null | "
+                       "awk '$2 == \"MaxHeapSize\" {print $4}'")
+    finally:
+        ci.kill()
     heap = int(java.stdout.strip())
     print(f"JVM max heap {heap >> 20} MiB")
     assert 0 < heap <= 512 << 20, "the JVM sized its heap from the host's memory"

@@ -1,0 +1,320 @@
+/* The layer store, <state_dir>/layers (see sandbox.h). A layer arrives in the store whole or
+ * not at all: it is made under a temporary name (.new-<key>) and renamed into place, and
+ * whatever an interrupted import left is removed at the next start. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fts.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "base/cleanup.h"
+#include "sandbox/internal.h"
+
+#define NEW_PREFIX ".new-"
+
+bool
+sbx_layer_key_is_valid(const char *key)
+{
+    size_t n = 0;
+    for (; key[n]; n++)
+        if (!((key[n] >= '0' && key[n] <= '9') || (key[n] >= 'a' && key[n] <= 'f')))
+            return false;
+    return n == SBX_LAYER_KEY_LEN;
+}
+
+char *
+sbx_layer_path(const char *state_dir, const char *key)
+{
+    char *p;
+    if (asprintf(&p, "%s/" SBX_LAYERS_DIR "/%s", state_dir, key) < 0)
+        abort();
+    return p;
+}
+
+bool
+sbx_layer_exists(const char *state_dir, const char *key)
+{
+    if (!sbx_layer_key_is_valid(key))
+        return false;
+    _cleanup_free_ char *p = sbx_layer_path(state_dir, key);
+    struct stat st;
+    return lstat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Removes dir/name and everything below it, without following symlinks. */
+static int
+remove_entry(int dir, const char *name, struct sbx_error **err)
+{
+    _cleanup_close_ int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && (errno == ENOTDIR || errno == ELOOP)) /* a file of an unfinished layer */
+        return unlinkat(dir, name, 0) < 0 && errno != ENOENT
+                   ? sbx_error_sys(err, errno, "remove %s", name)
+                   : 0;
+    if (fd < 0)
+        return errno == ENOENT ? 0 : sbx_error_sys(err, errno, "open layer %s", name);
+    if (sbx_fs_clear_dir(fd, err) < 0)
+        return sbx_error_prefix(err, "remove layer %s", name);
+    if (unlinkat(dir, name, AT_REMOVEDIR) < 0)
+        return sbx_error_sys(err, errno, "remove layer %s", name);
+    return 0;
+}
+
+/* Calls fn for every entry of the store but . and ..; stops at the first failure. */
+static int
+each_entry(const char *state_dir,
+           int (*fn)(int dir, const char *name, void *ud, struct sbx_error **), void *ud,
+           struct sbx_error **err)
+{
+    char p[4096];
+    if (sbx_pathf(p, sizeof(p), "%s/" SBX_LAYERS_DIR, state_dir) < 0)
+        return sbx_error_sys(err, errno, "layer store path");
+    DIR *d = opendir(p);
+    if (d == NULL)
+        return sbx_error_sys(err, errno, "open %s", p);
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            rc = fn(dirfd(d), e->d_name, ud, err);
+    closedir(d);
+    return rc;
+}
+
+static int
+drop_unfinished(int dir, const char *name, void *ud, struct sbx_error **err)
+{
+    (void)ud;
+    return strncmp(name, NEW_PREFIX, strlen(NEW_PREFIX)) == 0 ? remove_entry(dir, name, err) : 0;
+}
+
+int
+sbx_layers_prepare(const char *state_dir, struct sbx_error **err)
+{
+    char p[4096];
+    if (sbx_pathf(p, sizeof(p), "%s/" SBX_LAYERS_DIR, state_dir) < 0)
+        return sbx_error_sys(err, errno, "layer store path");
+    if (mkdir(p, 0700) < 0 && errno != EEXIST)
+        return sbx_error_sys(err, errno, "mkdir %s", p);
+    /* Root-only: a host user who could reach a layer could change what every sandbox of
+     * its templates runs, and layer files carry sandbox uids that may be host users' too. */
+    if (chown(p, 0, 0) < 0 || chmod(p, 0700) < 0)
+        return sbx_error_sys(err, errno, "secure %s", p);
+    return each_entry(state_dir, drop_unfinished, NULL, err);
+}
+
+/* Runs cp with argv and waits for it; cp keeps owners, modes, times and extended attributes
+ * (overlayfs' opaque-dir marks are trusted.* xattrs, which only root can copy). */
+static int
+run_cp(char *const argv[], struct sbx_error **err)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return sbx_error_sys(err, errno, "fork");
+    if (pid == 0) {
+        char *const envp[] = {"PATH=/usr/bin:/bin", "LC_ALL=C", NULL};
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null >= 0)
+            dup2(null, STDIN_FILENO);
+        execve("/usr/bin/cp", argv, envp);
+        _exit(127);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return sbx_error_sys(err, errno, "wait for cp");
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return sbx_error_set(err, SBX_INTERNAL, 0, "cp exited with status %d",
+                             WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    return 0;
+}
+
+int
+sbx_layer_drop_unfinished(const char *state_dir, const char *key, struct sbx_error **err)
+{
+    char p[4096];
+    if (!sbx_layer_key_is_valid(key) ||
+        sbx_pathf(p, sizeof(p), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    return remove_entry(AT_FDCWD, p, err);
+}
+
+int
+sbx_layer_import(const char *state_dir, const char *cache_dir, const char *key,
+                 struct sbx_error **err)
+{
+    if (!sbx_layer_key_is_valid(key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    if (sbx_layer_exists(state_dir, key))
+        return 0;
+    char src[4096], info[4096], tmp[4096];
+    _cleanup_free_ char *dst = sbx_layer_path(state_dir, key);
+    if (sbx_pathf(src, sizeof(src), "%s/%s/tree", cache_dir, key) < 0 ||
+        sbx_pathf(info, sizeof(info), "%s/%s/info", cache_dir, key) < 0 ||
+        sbx_pathf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+        return sbx_error_sys(err, errno, "layer path");
+    /* info is written last by scripts/templates.sh: without it the layer is not finished. */
+    struct stat st_src, st_store;
+    if (access(info, F_OK) < 0 || lstat(src, &st_src) < 0 || !S_ISDIR(st_src.st_mode))
+        return sbx_error_set(err, SBX_NOT_FOUND, 0,
+                             "layer %s is not in the layer cache %s: build the built-in "
+                             "templates with scripts/templates.sh build (make serve does)",
+                             key, cache_dir);
+    char store[4096];
+    snprintf(store, sizeof(store), "%s/" SBX_LAYERS_DIR, state_dir);
+    if (stat(store, &st_store) < 0)
+        return sbx_error_sys(err, errno, "stat %s", store);
+    /* Hard links share the cache's inodes (and their page cache); a layer never changes, so
+     * sharing them is safe. Another filesystem gets a copy. */
+    bool same_fs = st_src.st_dev == st_store.st_dev;
+    char *const argv[] = {"cp", "-a", same_fs ? "-l" : "--reflink=auto", "-T", "--", src,
+                          tmp,  NULL};
+    struct sbx_error *ignored = NULL;
+    if (remove_entry(AT_FDCWD, tmp, &ignored) < 0)
+        sbx_error_free(ignored);
+    if (run_cp(argv, err) < 0)
+        return sbx_error_prefix(err, "import layer %s from %s", key, cache_dir);
+    if (rename(tmp, dst) < 0)
+        return sbx_error_sys(err, errno, "rename %s", tmp);
+    return 0;
+}
+
+struct gc {
+    const char *const *keep;
+    size_t n;
+    size_t removed;
+};
+
+static int
+drop_unkept(int dir, const char *name, void *ud, struct sbx_error **err)
+{
+    struct gc *g = ud;
+    for (size_t i = 0; i < g->n; i++)
+        if (strcmp(g->keep[i], name) == 0)
+            return 0;
+    g->removed++;
+    return remove_entry(dir, name, err);
+}
+
+int
+sbx_layers_gc(const char *state_dir, const char *const *keep, size_t n, struct sbx_error **err)
+{
+    struct gc g = {keep, n, 0};
+    return each_entry(state_dir, drop_unkept, &g, err) < 0 ? -1 : (int)g.removed;
+}
+
+/* ---- commit ---- */
+
+/* Overlayfs marks a layer keeps; everything else trusted.overlay.* (origin, impure, ...)
+ * describes the upper dir of one mount, not a layer. */
+static bool
+keep_xattr(const char *name)
+{
+    if (strncmp(name, "trusted.overlay.", 16) == 0)
+        return strcmp(name + 16, "opaque") == 0 || strcmp(name + 16, "whiteout") == 0 ||
+               strcmp(name + 16, "whiteouts") == 0;
+    /* File capabilities written in a sandbox name its host root uid (v3, "rootid"): they
+     * would mean nothing, or something else, in another sandbox. */
+    return strncmp(name, "security.", 9) != 0;
+}
+
+static int
+clean_xattrs(const char *path, struct sbx_error **err)
+{
+    char names[8192];
+    ssize_t n = llistxattr(path, names, sizeof(names));
+    if (n < 0)
+        return errno == ENOTSUP ? 0 : sbx_error_sys(err, errno, "list xattrs of %s", path);
+    for (char *p = names; p < names + n; p += strlen(p) + 1)
+        if (!keep_xattr(p) && lremovexattr(path, p) < 0 && errno != ENODATA)
+            return sbx_error_sys(err, errno, "remove xattr %s of %s", p, path);
+    return 0;
+}
+
+/* Host uid of a sandbox file -> the uid the layer stores (sandbox-relative). */
+static uid_t
+shift_id(uid_t id, uid_t base)
+{
+    if (id >= base && id - base < SBX_SANDBOX_UID_COUNT)
+        return id - base;
+    return 65534; /* not the sandbox's: nobody (cannot happen for what its kernel wrote) */
+}
+
+/* Makes every entry below upper sandbox-relative: owner shifted, setuid/setgid bits put back
+ * (chown clears them), mount-specific xattrs dropped. Never follows a symlink: fts walks
+ * physically and every call acts on the entry itself. *entries: how many there were. */
+static int
+shift_tree(const char *upper, uid_t base, size_t *entries, struct sbx_error **err)
+{
+    char *const roots[] = {(char *)upper, NULL};
+    FTS *fts = fts_open(roots, FTS_PHYSICAL | FTS_XDEV | FTS_NOCHDIR, NULL);
+    if (fts == NULL)
+        return sbx_error_sys(err, errno, "walk %s", upper);
+    int rc = 0;
+    *entries = 0;
+    while (rc == 0) {
+        errno = 0;
+        FTSENT *e = fts_read(fts);
+        if (e == NULL) {
+            if (errno != 0)
+                rc = sbx_error_sys(err, errno, "walk %s", upper);
+            break;
+        }
+        if (e->fts_info == FTS_DP)
+            continue;
+        if (e->fts_info == FTS_ERR || e->fts_info == FTS_DNR || e->fts_info == FTS_NS) {
+            rc = sbx_error_sys(err, e->fts_errno, "walk %s", e->fts_path);
+            break;
+        }
+        const struct stat *st = e->fts_statp;
+        if (e->fts_level > 0)
+            (*entries)++;
+        /* Devices other than whiteouts (0/0) cannot be made in a sandbox: drop any. */
+        if ((S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode)) && st->st_rdev != 0) {
+            if (unlink(e->fts_accpath) < 0)
+                rc = sbx_error_sys(err, errno, "remove device %s", e->fts_path);
+            continue;
+        }
+        uid_t uid = e->fts_level == 0 ? 0 : shift_id(st->st_uid, base);
+        gid_t gid = e->fts_level == 0 ? 0 : shift_id(st->st_gid, base);
+        if (lchown(e->fts_accpath, uid, gid) < 0)
+            rc = sbx_error_sys(err, errno, "chown %s", e->fts_path);
+        else if (!S_ISLNK(st->st_mode) && chmod(e->fts_accpath, st->st_mode & 07777) < 0)
+            rc = sbx_error_sys(err, errno, "chmod %s", e->fts_path);
+        else
+            rc = clean_xattrs(e->fts_accpath, err);
+    }
+    fts_close(fts);
+    return rc;
+}
+
+int
+sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                   uid_t uid_base, bool *empty, struct sbx_error **err)
+{
+    if (!sbx_layer_key_is_valid(key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    /* Nothing of the sandbox may still run and write to the upper dir we take. */
+    if (sbx_cgroup_drain(ref->id, 0, SBX_DESTROY_TIMEOUT_MS, err) < 0)
+        return sbx_error_prefix(err, "commit %s", key);
+    char upper[4096], tmp[4096];
+    _cleanup_free_ char *dst = sbx_layer_path(state_dir, key);
+    if (sbx_pathf(upper, sizeof(upper), "%s/upper/root", ref->sandbox_dir) < 0 ||
+        sbx_pathf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+        return sbx_error_sys(err, errno, "layer path");
+    size_t entries = 0;
+    if (shift_tree(upper, uid_base, &entries, err) < 0)
+        return sbx_error_prefix(err, "commit %s", key);
+    if (chmod(upper, 0755) < 0)
+        return sbx_error_sys(err, errno, "chmod %s", upper);
+    /* Same filesystem (both in the state dir): the files move, nothing is copied. */
+    if (rename(upper, tmp) < 0 || rename(tmp, dst) < 0)
+        return sbx_error_sys(err, errno, "move %s into the layer store", upper);
+    *empty = entries == 0;
+    return 0;
+}
