@@ -18,11 +18,13 @@ MIRROR=http://deb.debian.org/debian
 SUITE=bookworm
 # What `sbx` links against, plus the template's expected tools (bash, coreutils, sudo, curl,
 # git, python3), kmod for the 9p modules, e2fsprogs for the per-sandbox disk images and
-# ca-certificates, without which the SDK's HTTP client refuses to start.
+# ca-certificates, without which the SDK's HTTP client refuses to start; nftables (the nft the
+# spawner test reads the table with), lxcfs (the sandboxes' /proc views) and microsocks (the
+# SOCKS5 server of the network probes).
 PACKAGES=(
     sudo curl git python3 ca-certificates kmod iproute2 procps e2fsprogs util-linux
     libuv1 libjansson4 libhttp-parser2.9 libsqlite3-0 libseccomp2 libssl3 libzmq5 libcurl4
-    zlib1g libnftables1 initramfs-tools
+    zlib1g libnftables1 initramfs-tools nftables lxcfs microsocks
 )
 # Where the newest kernel comes from: newer than 6.15, where sbx hands overlayfs its layers
 # as fds of detached mounts.
@@ -88,6 +90,7 @@ mountpoint -q /sys || mount -t sysfs sysfs /sys
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 # 9p for the checkout; loop for the sandboxes' disk images (no udev here to load it).
 modprobe 9pnet_virtio && modprobe 9p && modprobe loop
+modprobe fuse 2>/dev/null # lxcfs; built into some kernels
 mkdir -p "$SBX_REPO"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576,cache=loose repo "$SBX_REPO" &&
     exec /bin/bash "$SBX_REPO/scripts/vm/run.sh" --guest

@@ -26,14 +26,16 @@ log() { printf 'vm: %s\n' "$*" >&2; }
 # The tests, as the guest runs them: the sandbox runtime's unit tests, then the security
 # probes (pids and memory limits, OOM reporting, isolation) and the lifecycle, metrics and
 # restart suites through the real SDK and daemon. The guest has the base template's layer
-# only (image_dir): its daemons keep no code-interpreter pool.
+# only (image_dir): its daemons keep no code-interpreter pool, and the tests marked
+# code_interpreter are left to the host's lane, as are those marked internet (the guest has no
+# network beyond its own namespaces).
 guest_tests() {
     local build=$1
     "$build/tests/unit/test_sandbox"
     "$build/tests/unit/test_spawner"
     SBX_POOL=code-interpreter-v1=0 SBX_BIN="$build/sbx" \
         "$REPO/.venv/bin/python" -m pytest -p no:cacheprovider -q \
-        "$REPO/tests/security" "$REPO/tests/integration/py/test_lifecycle.py" \
+        -m "not code_interpreter and not internet" "$REPO/tests/security" "$REPO/tests/integration/py/test_lifecycle.py" \
         "$REPO/tests/integration/py/test_restart.py"
 }
 

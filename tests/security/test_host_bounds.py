@@ -268,6 +268,7 @@ def test_agent_cannot_be_traced_or_read(sbx, user):
     assert_agent_out_of_reach(got)
 
 
+@pytest.mark.code_interpreter
 def test_agent_out_of_reach_of_kernels(sbx_daemon):
     """Kernels run as sandbox root, as E2B's do: from a cell, PID 1 is as far out of reach as
     from a command run as root."""

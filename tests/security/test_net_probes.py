@@ -233,6 +233,7 @@ def test_dns_is_no_way_out_for_a_denied_sandbox(sbx_daemon):
         s.kill()
 
 
+@pytest.mark.internet
 def test_host_name_rules_cannot_be_bypassed(sbx_daemon):
     """allowOut names pypi.org only. A borrowed name (SNI or Host pypi.org) sent to another
     address reaches pypi.org itself, never that address: the proxy resolves the name on the
