@@ -186,6 +186,7 @@ build_end(struct build *b, const char *step, const char *error)
     free(b->rec.layers);
     b->rec.context_json = context_json(b);
     b->rec.finished_at_ms = sbx_wall_ms();
+    sbx_metrics_build_done(error == NULL, sbx_now_ms() - b->started_ms);
     struct sbx_buf layers = {0};
     for (size_t i = b->n_stack; i > 0; i--)
         sbx_buf_append(&layers, b->stack[i - 1], SBX_LAYER_KEY_LEN, SIZE_MAX);

@@ -272,6 +272,8 @@ int sbx_frontend_main(const struct sbx_daemon_config *cfg, int listen_fd, int me
 void sbx_metrics_init(void);
 void sbx_metrics_request_done(const struct sbx_http_req *req, int status, void *ud);
 void sbx_metrics_created(uint64_t spawn_us);
+/* A template build ended (ready, or failed) after ms milliseconds. */
+void sbx_metrics_build_done(bool ready, uint64_t ms);
 void sbx_metrics_create_failed(enum sbx_code code);
 /* reason: as destroy names it (killed, timeout, agent_exited, create_failed, ...). */
 void sbx_metrics_ended(const char *reason);

@@ -26,23 +26,68 @@ static const char *const end_reasons[] = {"killed",           "timeout",
                                           "create_failed",    "agent_exited_while_down"};
 #define N_REASONS (sizeof(end_reasons) / sizeof(end_reasons[0]))
 
-/* Upper bounds of the create latency histogram, in seconds. */
+/* Upper bounds of the histograms, in seconds: creates, and template builds. */
 static const double create_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
-#define N_BUCKETS (sizeof(create_buckets) / sizeof(create_buckets[0]))
+static const double build_buckets[] = {1, 5, 15, 30, 60, 120, 300, 600, 1800};
+#define MAX_BUCKETS 11
+
+struct histogram {
+    const double *bounds;
+    size_t n;
+    uint64_t le[MAX_BUCKETS]; /* non-cumulative; summed when rendered */
+    uint64_t count;
+    double sum;
+};
+
+#define HISTOGRAM(b)                                                                               \
+    {                                                                                              \
+        .bounds = b, .n = sizeof(b) / sizeof(b[0])                                                 \
+    }
 
 static struct {
     uint64_t requests[N_CLASSES][600];
     uint64_t creates;
     uint64_t create_errors[SBX_UNAUTHENTICATED + 1];
     uint64_t ends[N_REASONS];
-    uint64_t create_le[N_BUCKETS]; /* non-cumulative; summed when rendered */
-    uint64_t create_count;
-    double create_sum_s;
+    struct histogram create;
+    struct histogram build[2]; /* failed, ready */
     uint64_t auth_failures;
     uint64_t spawner_restarts;
     uint64_t pool_takes[2]; /* creates a pool could not serve, and those it did */
     int64_t start_ms;
-} m = {.start_ms = 0};
+} m = {.create = HISTOGRAM(create_buckets),
+       .build = {HISTOGRAM(build_buckets), HISTOGRAM(build_buckets)}};
+
+static void
+observe(struct histogram *h, double s)
+{
+    h->count++;
+    h->sum += s;
+    for (size_t i = 0; i < h->n; i++)
+        if (s <= h->bounds[i]) {
+            h->le[i]++;
+            break;
+        }
+}
+
+/* The series of one histogram; labels: "" or `name="value"`. */
+static void
+put_histogram(struct sbx_buf *b, const char *name, const char *labels, const struct histogram *h)
+{
+    const char *sep = labels[0] ? "," : "";
+    uint64_t cum = 0;
+    for (size_t i = 0; i < h->n; i++) {
+        cum += h->le[i];
+        sbx_buf_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, h->bounds[i],
+                       (unsigned long long)cum);
+    }
+    sbx_buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+                   (unsigned long long)h->count);
+    const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
+    sbx_buf_printf(b, "%s_sum%s%s%s %.6f\n", name, open, labels, close, h->sum);
+    sbx_buf_printf(b, "%s_count%s%s%s %llu\n", name, open, labels, close,
+                   (unsigned long long)h->count);
+}
 
 static size_t
 index_of(const char *const *set, size_t n, const char *v)
@@ -66,15 +111,14 @@ sbx_metrics_request_done(const struct sbx_http_req *req, int status, void *ud)
 void
 sbx_metrics_created(uint64_t spawn_us)
 {
-    double s = (double)spawn_us / 1e6;
     m.creates++;
-    m.create_count++;
-    m.create_sum_s += s;
-    for (size_t i = 0; i < N_BUCKETS; i++)
-        if (s <= create_buckets[i]) {
-            m.create_le[i]++;
-            break;
-        }
+    observe(&m.create, (double)spawn_us / 1e6);
+}
+
+void
+sbx_metrics_build_done(bool ready, uint64_t ms)
+{
+    observe(&m.build[ready], (double)ms / 1000);
 }
 
 void
@@ -184,18 +228,11 @@ render_counters(struct sbx_buf *b)
                        (unsigned long long)m.ends[r]);
     family(b, "sbx_sandbox_create_duration_seconds", "histogram",
            "Time from a create request to its sandbox's agent running.");
-    uint64_t cum = 0;
-    for (size_t i = 0; i < N_BUCKETS; i++) {
-        cum += m.create_le[i];
-        sbx_buf_printf(b, "sbx_sandbox_create_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                       create_buckets[i], (unsigned long long)cum);
-    }
-    sbx_buf_printf(b,
-                   "sbx_sandbox_create_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
-                   "sbx_sandbox_create_duration_seconds_sum %.6f\n"
-                   "sbx_sandbox_create_duration_seconds_count %llu\n",
-                   (unsigned long long)m.create_count, m.create_sum_s,
-                   (unsigned long long)m.create_count);
+    put_histogram(b, "sbx_sandbox_create_duration_seconds", "", &m.create);
+    family(b, "sbx_template_build_duration_seconds", "histogram",
+           "Template builds, from their start to ready or failed, by status.");
+    put_histogram(b, "sbx_template_build_duration_seconds", "status=\"error\"", &m.build[0]);
+    put_histogram(b, "sbx_template_build_duration_seconds", "status=\"ready\"", &m.build[1]);
     family(b, "sbx_http_requests_total", "counter",
            "Requests answered, by route class and status code.");
     for (size_t c = 0; c < N_CLASSES; c++)

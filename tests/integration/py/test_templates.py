@@ -97,12 +97,25 @@ def test_unchanged_rebuild_is_cached_and_skip_cache_is_not(sbx_daemon, ctx):
     assert not any("CACHED" in str(e) for e in logs)
 
 
+def _builds_counted(d, status):
+    """sbx_template_build_duration_seconds_count{status=...} of the daemon's /metrics."""
+    st, _, body = d.request("GET", "/metrics")
+    assert st == 200
+    prefix = f'sbx_template_build_duration_seconds_count{{status="{status}"}} '
+    return int(next(l for l in body.decode().splitlines() if l.startswith(prefix)).split()[1])
+
+
 def test_failures_name_their_step_and_nothing_half_built_is_usable(sbx_daemon):
     name = _name()
+    failed, ready = _builds_counted(sbx_daemon, "error"), _builds_counted(sbx_daemon, "ready")
     t = Template().from_base_image().run_cmd("echo fine").run_cmd("echo before; exit 3")
     with pytest.raises(BuildException) as e:
         _build(t, name)
     assert "failed to run command 'echo before; exit 3': exit status 3" in str(e.value)
+    _build(Template().from_base_image().run_cmd("echo fine"), _name())
+    # Each build's duration is in the metrics, by how it ended.
+    assert _builds_counted(sbx_daemon, "error") == failed + 1
+    assert _builds_counted(sbx_daemon, "ready") == ready + 1
     with pytest.raises(Exception):
         Sandbox.create(name, timeout=30)
     bad_user = Template().from_base_image().run_cmd("whoami", user="nobody-here")
