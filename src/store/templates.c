@@ -159,8 +159,8 @@ int
 sbx_store_template_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
 {
     static const char *const sql[] = {
-        "DELETE FROM build_logs WHERE build_id IN "
-        "(SELECT id FROM template_builds WHERE template_id = ?)",
+        ("DELETE FROM build_logs WHERE build_id IN "
+         "(SELECT id FROM template_builds WHERE template_id = ?)"), /* one statement */
         "DELETE FROM template_tags WHERE template_id = ?",
         "DELETE FROM template_builds WHERE template_id = ?",
         "DELETE FROM templates WHERE id = ?",
