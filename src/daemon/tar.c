@@ -413,19 +413,29 @@ inflate_feed(struct sbx_tar_check *c, const unsigned char *p, size_t len, struct
     unsigned char out[16384];
     c->z.next_in = (unsigned char *)p;
     c->z.avail_in = (uInt)len;
-    while (c->z.avail_in > 0) {
+    /* Until the input is used up and inflate had room to spare: after a full output buffer,
+     * zlib may still hold output, which must not wait for a next feed that may never come
+     * (the verdict would then depend on how the upload was split). */
+    do {
         c->z.next_out = out;
         c->z.avail_out = sizeof(out);
         int rc = inflate(&c->z, Z_NO_FLUSH);
-        if (rc != Z_OK && rc != Z_STREAM_END && !(rc == Z_BUF_ERROR && c->z.avail_out == 0))
+        size_t got = sizeof(out) - c->z.avail_out;
+        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR)
             return fail(c, err, "the gzip data does not decompress");
-        if (tar_feed(c, out, sizeof(out) - c->z.avail_out, err) < 0)
+        if (tar_feed(c, out, got, err) < 0)
             return -1;
-        if (rc == Z_STREAM_END && c->z.avail_in > 0 && inflateReset(&c->z) != Z_OK)
-            return fail(c, err, "the gzip data does not decompress");
-        if (rc == Z_STREAM_END && c->z.avail_in == 0)
-            break;
-    }
+        if (rc == Z_STREAM_END) {
+            if (c->z.avail_in == 0)
+                break;
+            if (inflateReset(&c->z) != Z_OK) /* another gzip member follows */
+                return fail(c, err, "the gzip data does not decompress");
+        } else if (rc == Z_BUF_ERROR && got == 0) {
+            if (c->z.avail_in > 0) /* no progress with input left: cannot happen */
+                return fail(c, err, "the gzip data does not decompress");
+            break; /* everything out: it needs more input */
+        }
+    } while (c->z.avail_in > 0 || c->z.avail_out == 0);
     return 0;
 }
 
