@@ -125,36 +125,30 @@ rules_of(struct flow *f)
 static bool
 host_local(uint32_t a)
 {
-    static uint32_t *addrs;
-    static size_t n, cap;
+    static struct sbx_buf addrs; /* uint32_t each */
     static uint64_t read_ms;
     static bool complete;
     uint64_t now = sbx_now_ms();
     struct ifaddrs *all;
     if (now - read_ms >= 1000 && getifaddrs(&all) == 0) {
-        n = 0;
+        addrs.len = 0;
         complete = true;
-        for (struct ifaddrs *i = all; i; i = i->ifa_next) {
+        for (struct ifaddrs *i = all; i && complete; i = i->ifa_next) {
             if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET)
                 continue;
-            if (n == cap) {
-                size_t c = cap ? 2 * cap : 64;
-                uint32_t *grown = realloc(addrs, c * sizeof(*addrs));
-                if (grown == NULL) {
-                    complete = false; /* refuse everything until a whole list is read */
-                    break;
-                }
-                addrs = grown;
-                cap = c;
-            }
-            addrs[n++] = ntohl(((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr);
+            uint32_t v = ntohl(((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr);
+            /* Out of memory: refuse everything until a whole list is read. */
+            complete = sbx_buf_append(&addrs, &v, sizeof(v), SIZE_MAX / 2) == 0;
         }
         read_ms = complete ? now : 0;
         freeifaddrs(all);
     }
-    for (size_t i = 0; i < n; i++)
-        if (addrs[i] == a)
+    for (size_t i = 0; i + sizeof(uint32_t) <= addrs.len; i += sizeof(uint32_t)) {
+        uint32_t v;
+        memcpy(&v, addrs.data + i, sizeof(v));
+        if (v == a)
             return true;
+    }
     return !complete;
 }
 
