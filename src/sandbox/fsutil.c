@@ -218,22 +218,26 @@ sbx_fs_disk_usage(int dirfd, uint64_t *bytes, struct sbx_error **err)
 }
 
 int
+sbx_fs_write_all(int fd, const void *data, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(fd, (const char *)data + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+int
 sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t len, mode_t mode)
 {
     _cleanup_close_ int fd =
         openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
-    if (fd < 0)
+    if (fd < 0 || sbx_fs_write_all(fd, data, len) < 0)
         return -1;
-    size_t off = 0;
-    while (off < len) {
-        ssize_t n = write(fd, data + off, len - off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        off += (size_t)n;
-    }
     /* The umask may have cut bits (sticky, group); set the mode we mean. */
     if (fchmod(fd, mode) < 0)
         return -1;

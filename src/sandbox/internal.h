@@ -151,6 +151,8 @@ int sbx_fs_clear_dir(int dirfd, struct sbx_error **err);
 /* Sum of st_blocks*512 of everything below dirfd, same walking rules. */
 int sbx_fs_disk_usage(int dirfd, uint64_t *bytes, struct sbx_error **err);
 /* Writes a whole file (O_CREAT|O_TRUNC, mode), optional owner. */
+/* Writes all len bytes to fd (retrying short writes and EINTR); -1 with errno. */
+int sbx_fs_write_all(int fd, const void *data, size_t len);
 int sbx_fs_write_file_at(int dirfd, const char *name, const char *data, size_t len, mode_t mode);
 /* snprintf that reports truncation: -1 with ENAMETOOLONG (paths must never be cut). */
 int sbx_pathf(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -603,14 +603,8 @@ sbx_sandbox_agent_exe(const void *image, size_t len, struct sbx_error **err)
         fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return sbx_error_sys(err, errno, "memfd_create");
-    for (size_t off = 0; off < len;) {
-        ssize_t n = write(fd, (const char *)image + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return sbx_error_sys(err, n < 0 ? errno : EIO, "write the agent binary");
-        off += (size_t)n;
-    }
+    if (sbx_fs_write_all(fd, image, len) < 0)
+        return sbx_error_sys(err, errno, "write the agent binary");
     /* Sealed: nothing, not even a process holding the fd, can change what sandboxes run. */
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
         return sbx_error_sys(err, errno, "seal the agent binary");
