@@ -119,7 +119,9 @@ check_route(const struct nlmsghdr *h, void *ud)
     const uint32_t *dst = sbx_rtnl_attr(h, sizeof(*r), RTA_DST, NULL);
     const uint32_t *oif = sbx_rtnl_attr(h, sizeof(*r), RTA_OIF, NULL);
     char dev[IF_NAMESIZE] = "";
-    if (oif && if_indextoname(*oif, dev) && slot_of_ifname(rc->c, dev) >= 0)
+    if (oif && if_indextoname(*oif, dev) == NULL)
+        return 0; /* its interface is gone (a sandbox's veth torn down as we read): so is it */
+    if (oif && slot_of_ifname(rc->c, dev) >= 0)
         return 0; /* ours, from an earlier run */
     if (dst == NULL || (r->rtm_type != RTN_UNICAST && r->rtm_type != RTN_LOCAL))
         return 0;
