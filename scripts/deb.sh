@@ -31,6 +31,17 @@ install -D -m 0644 "$REPO/scripts/sbx-completion.bash" \
 for doc in README.md SECURITY.md docs/operations.md docs/configuration.md docs/architecture.md; do
     install -D -m 0644 "$REPO/$doc" "$STAGE/usr/share/doc/sbx/$(basename "$doc")"
 done
+# The built-in templates' definitions and their builder, in the layout of the source tree that
+# templates.sh expects (the same files give the same layer keys as the binary's), and the
+# service that runs it before sbx.service.
+(cd "$REPO" && find templates src/jupyter/java src/jupyter/javascript src/jupyter/python \
+    -type f -not -path '*/node_modules/*') | while read -r f; do
+    install -D -m 0644 "$REPO/$f" "$STAGE/usr/share/sbx/$f"
+done
+install -D -m 0755 "$REPO/scripts/templates.sh" "$STAGE/usr/share/sbx/scripts/templates.sh"
+install -D -m 0755 "$REPO/debian/build-templates" "$STAGE/usr/share/sbx/build-templates"
+install -D -m 0644 "$REPO/debian/sbx-templates.service" \
+    "$STAGE/lib/systemd/system/sbx-templates.service"
 install -m 0755 "$REPO/debian/postinst" "$REPO/debian/prerm" "$REPO/debian/postrm" "$STAGE/DEBIAN/"
 echo /etc/sbx/sbx.conf >"$STAGE/DEBIAN/conffiles"
 SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)

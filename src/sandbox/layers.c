@@ -163,7 +163,8 @@ sbx_layer_import(const char *state_dir, const char *cache_dir, const char *key,
     if (access(info, F_OK) < 0 || lstat(src, &st_src) < 0 || !S_ISDIR(st_src.st_mode))
         return sbx_error_set(err, SBX_NOT_FOUND, 0,
                              "layer %s is not in the layer cache %s: build the built-in "
-                             "templates with scripts/templates.sh build (make serve does)",
+                             "templates with scripts/templates.sh build (make serve does; the "
+                             "package's sbx-templates service runs it)",
                              key, cache_dir);
     char store[4096];
     snprintf(store, sizeof(store), "%s/" SBX_LAYERS_DIR, state_dir);

@@ -94,11 +94,24 @@ def test_install_upgrade_remove(debs, tmp_path):
         assert re.fullmatch(r"sbx \d+\.\d+\.\d+( \(\S+\))?\n", _sh("sbx", "--version").stdout)
         r = _sh("systemd-analyze", "verify", "/lib/systemd/system/sbx.service", check=False)
         assert r.returncode == 0, r.stdout + r.stderr
-        unit = Path("/lib/systemd/system/sbx.service").read_text()
-        assert re.search(r"^KillMode=process$", unit, re.M) and re.search(r"^Delegate=yes$", unit, re.M)
         assert os.stat("/var/lib/sbx").st_mode & 0o777 == 0o711
         assert _sh("getent", "passwd", "sbx").stdout.startswith("sbx:")
+        unit = Path("/lib/systemd/system/sbx.service").read_text()
+        assert re.search(r"^KillMode=process$", unit, re.M) and re.search(r"^Delegate=yes$", unit, re.M)
         assert Path("/usr/share/bash-completion/completions/sbx").exists()
+        # The built-in templates: their definitions ship, and the service that builds their
+        # layers runs before sbx.service. Same definitions, same layer keys as the binary's.
+        r = _sh("systemd-analyze", "verify", "/lib/systemd/system/sbx-templates.service",
+                check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert re.search(r"^After=.*sbx-templates\.service", unit, re.M)
+        assert re.search(r"^Wants=.*sbx-templates\.service", unit, re.M)
+        for name in ("base", "code-interpreter"):
+            assert (_sh("/usr/share/sbx/scripts/templates.sh", "key", name).stdout ==
+                    _sh(str(REPO / "scripts" / "templates.sh"), "key", name).stdout)
+        # This machine's cache has them (setup built them): the service's run is a check.
+        built = _sh("/usr/share/sbx/build-templates")
+        assert built.stderr.count(": cached (") == 2, built.stderr
         # Nothing under /usr/lib/sbx, which scripts/setup.sh owns (kernels).
         owned = _sh("dpkg", "-L", "sbx").stdout.split()
         assert not any(p.startswith("/usr/lib/sbx") for p in owned), owned
