@@ -3,8 +3,9 @@
  * per-sandbox gauges sampled from the spawner (STATS) when scraped.
  *
  * Cardinality is bounded by construction: labels take values from fixed sets (route classes,
- * end reasons, error codes, HTTP statuses 100..599, the templates sbx offers) except the
- * per-sandbox series, which exist only for running sandboxes and only for the first
+ * end reasons, error codes, HTTP statuses 100..599, the built-in templates), but for the
+ * other templates, which have series only while they have sandboxes, and the per-sandbox
+ * series, which exist only for running sandboxes and only for the first
  * SBX_METRICS_MAX_SANDBOXES of them (sbx_sandbox_series_dropped counts the rest). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,18 +202,31 @@ render_counters(struct sbx_buf *b)
     sbx_buf_printf(b, "sbx_start_time_seconds %.3f\n", (double)m.start_ms / 1000);
 
     family(b, "sbx_sandboxes", "gauge", "Sandboxes by state and template.");
-    for (size_t t = 0; t < SBX_API_N_TEMPLATES; t++) {
-        int running = 0, paused = 0;
-        for (struct sbx_live *l = sbx_daemon->live; l; l = l->next)
-            if (!l->dying && strcmp(l->rec->template_id, sbx_api_templates[t]) == 0) {
-                running += sbx_live_is_running(l);
-                paused += sbx_live_is_paused(l);
-            }
-        sbx_buf_printf(b,
-                       "sbx_sandboxes{state=\"running\",template=\"%s\"} %d\n"
-                       "sbx_sandboxes{state=\"paused\",template=\"%s\"} %d\n",
-                       sbx_api_templates[t], running, sbx_api_templates[t], paused);
+    /* The built-in templates always (0 when none run), then every other template that has a
+     * sandbox: at most one series pair per live sandbox. */
+    json_t *by_template = json_object();
+    for (size_t t = 0; t < SBX_API_N_TEMPLATES; t++)
+        json_object_set_new(by_template, sbx_api_templates[t], json_pack("[ii]", 0, 0));
+    for (struct sbx_live *l = sbx_daemon->live; l; l = l->next) {
+        if (l->dying)
+            continue;
+        json_t *n = json_object_get(by_template, l->rec->template_id);
+        if (n == NULL)
+            json_object_set_new(by_template, l->rec->template_id, n = json_pack("[ii]", 0, 0));
+        int col = sbx_live_is_running(l) ? 0 : sbx_live_is_paused(l) ? 1 : -1;
+        if (col >= 0)
+            json_array_set_new(n, col,
+                               json_integer(json_integer_value(json_array_get(n, col)) + 1));
     }
+    const char *name;
+    json_t *n;
+    json_object_foreach (by_template, name, n)
+        sbx_buf_printf(b,
+                       "sbx_sandboxes{state=\"running\",template=\"%s\"} %lld\n"
+                       "sbx_sandboxes{state=\"paused\",template=\"%s\"} %lld\n",
+                       name, json_integer_value(json_array_get(n, 0)), name,
+                       json_integer_value(json_array_get(n, 1)));
+    json_decref(by_template);
     family(b, "sbx_sandbox_creates_total", "counter", "Sandboxes created.");
     sbx_buf_printf(b, "sbx_sandbox_creates_total %llu\n", (unsigned long long)m.creates);
     family(b, "sbx_sandbox_create_errors_total", "counter",

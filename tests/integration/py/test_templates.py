@@ -140,6 +140,10 @@ def test_from_template_keeps_context_and_layers(sbx_daemon):
     s = Sandbox.create(child, timeout=60)
     try:
         assert s.commands.run("cat /srv/app/where /srv/app/one").stdout == "/srv/app\none\n"
+        # /metrics counts the sandboxes of built templates too, under their template's id.
+        st, _, body = sbx_daemon.request("GET", "/metrics")
+        series = (f'sbx_sandboxes{{state="running",template="{s.get_info().template_id}"}} 1')
+        assert st == 200 and series in body.decode().splitlines()
     finally:
         s.kill()
 
