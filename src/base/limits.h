@@ -59,6 +59,9 @@
 #define SBX_UPLOAD_MAX_BYTES             (4ULL << 30) /* one COPY archive, uncompressed content */
 #define SBX_UPLOAD_MAX_ENTRIES           500000
 #define SBX_UPLOAD_URL_TTL_S             1800
+/* An uploaded COPY archive unused (neither uploaded nor probed) this long is deleted: a build
+ * after that probes, finds it absent and uploads it again. */
+#define SBX_UPLOAD_KEEP_MS (7LL * 24 * 3600 * 1000)
 /* Where scripts/templates.sh builds the built-in templates' layers (--layer-cache). */
 #define SBX_DEFAULT_LAYER_CACHE "/var/cache/sbx/layers"
 /* Pause and resume. */

@@ -2,6 +2,7 @@
  * archives' cache probe and upload, starting a build and polling its status and logs,
  * aliases, tags, listing and deleting templates. Status codes are exactly those the Python
  * SDK insists on (§1.1). Builds run in builder.c. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -221,7 +222,8 @@ files_probe(struct sbx_http_req *req, const char *template_id, const char *hash)
         abort();
     sbx_api_respond_json(req, 201,
                          json_pack("{s:b,s:s}", "present",
-                                   sbx_store_upload_has(sbx_daemon->store, hash), "url", url));
+                                   sbx_store_upload_has(sbx_daemon->store, hash, true), "url",
+                                   url));
 }
 
 struct upload {
@@ -302,6 +304,43 @@ on_upload_end(struct sbx_http_req *req)
         sbx_http_respond(req, 200, "application/json", "{}", 2);
     }
     upload_free(u);
+}
+
+/* Deletes the archives unused for SBX_UPLOAD_KEEP_MS, and files of the uploads dir that no
+ * row names and nothing has written for a day: what a crash left between a write and its
+ * rename, or between the rename and the row. Uploads would otherwise fill the disk. */
+void
+sbx_api_templates_collect_uploads(void)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct sbx_buf expired = {0};
+    int64_t now = sbx_wall_ms();
+    if (sbx_store_uploads_expire(sbx_daemon->store, now - SBX_UPLOAD_KEEP_MS, &expired, &err) < 0)
+        sbx_log_warn("upload_gc", "error=\"%s\"", err->msg);
+    _cleanup_close_ int dir = open(sbx_daemon->uploads_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    size_t removed = 0;
+    for (size_t off = 0; dir >= 0 && off + 64 <= expired.len; off += 64) {
+        char name[80];
+        snprintf(name, sizeof(name), "%.64s.tar", expired.data + off);
+        removed += unlinkat(dir, name, 0) == 0;
+    }
+    sbx_buf_fini(&expired);
+    DIR *d = dir >= 0 ? fdopendir(dup(dir)) : NULL;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        struct stat st;
+        char hash[65] = "";
+        sscanf(e->d_name, "%64[0-9a-f].tar", hash);
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+            fstatat(dir, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            now - (int64_t)st.st_mtime * 1000 < 24LL * 3600 * 1000 ||
+            (is_hash(hash) && sbx_store_upload_has(sbx_daemon->store, hash, false)))
+            continue;
+        removed += unlinkat(dir, e->d_name, 0) == 0;
+    }
+    if (d)
+        closedir(d);
+    if (removed > 0)
+        sbx_log_info("upload_gc", "removed=%zu", removed);
 }
 
 bool

@@ -53,9 +53,10 @@ on_stop_signal(uv_signal_t *h, int signum)
 }
 
 static void
-on_log_prune(uv_timer_t *t)
+on_housekeeping(uv_timer_t *t)
 {
     sbx_logs_prune();
+    sbx_api_templates_collect_uploads();
 }
 
 static void
@@ -147,7 +148,7 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
         return -1;
     sbx_pool_fill();
     uv_timer_init(d->loop, &d->log_prune);
-    uv_timer_start(&d->log_prune, on_log_prune, 0, SBX_LOG_PRUNE_INTERVAL_MS);
+    uv_timer_start(&d->log_prune, on_housekeeping, 0, SBX_LOG_PRUNE_INTERVAL_MS);
     d->http = sbx_http_server_new(d->loop, sbx_router_on_request, d);
     sbx_http_server_set_logging(d->http, true);
     sbx_http_server_set_observer(d->http, sbx_metrics_request_done, NULL);

@@ -318,6 +318,7 @@ void sbx_api_templates_dispatch(struct sbx_http_req *req, json_t *body, char **p
 /* PUT of a COPY archive to a presigned upload URL: no API key, the URL's token. */
 bool sbx_api_templates_is_upload(const struct sbx_http_req *req);
 void sbx_api_templates_upload(struct sbx_http_req *req);
+void sbx_api_templates_collect_uploads(void);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

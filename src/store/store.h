@@ -24,6 +24,7 @@
 #define SBX_STORE_SANDBOX_LOG_MAX  (512 * 1024) /* bytes of log lines kept per sandbox */
 
 struct sbx_store;
+struct sbx_buf;
 
 /* One sandbox as remembered. Strings are malloc'd and owned by the record. */
 struct sbx_sandbox_rec {
@@ -369,6 +370,12 @@ int sbx_store_layer_keys(struct sbx_store *s, char **keys, struct sbx_error **er
 /* COPY archives uploaded, by files hash. */
 int sbx_store_upload_add(struct sbx_store *s, const char *hash, int64_t size,
                          struct sbx_error **err);
-bool sbx_store_upload_has(struct sbx_store *s, const char *hash);
+/* Whether the archive of hash was uploaded; with touch, a hit counts as a use (its time is
+ * now), so that an archive a client just probed is not collected before its build. */
+bool sbx_store_upload_has(struct sbx_store *s, const char *hash, bool touch);
+/* Forgets the uploads unused since before_ms; their hashes (64 hex digits each, one after the
+ * other) are appended to hashes, for the caller to delete their files. */
+int sbx_store_uploads_expire(struct sbx_store *s, int64_t before_ms, struct sbx_buf *hashes,
+                             struct sbx_error **err);
 
 #endif

@@ -534,14 +534,38 @@ sbx_store_upload_add(struct sbx_store *s, const char *hash, int64_t size, struct
 }
 
 bool
-sbx_store_upload_has(struct sbx_store *s, const char *hash)
+sbx_store_upload_has(struct sbx_store *s, const char *hash, bool touch)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     struct sbx_error *err = NULL;
-    if (sbx_store_prepare(s, "SELECT 1 FROM uploads WHERE hash = ?", &st, &err) < 0) {
+    /* created_at_ms holds the last use: the upload, or the last probe that found it. */
+    if (sbx_store_prepare(s,
+                          touch ? "UPDATE uploads SET created_at_ms = ? WHERE hash = ?"
+                                : "SELECT ?, 1 FROM uploads WHERE hash = ?",
+                          &st, &err) < 0) {
         sbx_error_free(err);
         return false;
     }
-    bind_text(st, 1, hash);
-    return sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_bind_int64(st, 1, sbx_wall_ms());
+    bind_text(st, 2, hash);
+    int rc = sqlite3_step(st);
+    return touch ? rc == SQLITE_DONE && sqlite3_changes(s->db) > 0 : rc == SQLITE_ROW;
+}
+
+int
+sbx_store_uploads_expire(struct sbx_store *s, int64_t before_ms, struct sbx_buf *hashes,
+                         struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (sbx_store_prepare(s, "DELETE FROM uploads WHERE created_at_ms < ? RETURNING hash", &st,
+                          err) < 0)
+        return -1;
+    sqlite3_bind_int64(st, 1, before_ms);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *h = (const char *)sqlite3_column_text(st, 0);
+        if (h && strlen(h) == 64)
+            sbx_buf_append(hashes, h, 64, SIZE_MAX);
+    }
+    return rc == SQLITE_DONE ? 0 : sbx_store_db_error(s, rc, err, "expire uploads");
 }

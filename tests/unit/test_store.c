@@ -5,9 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "base/buf.h"
 #include "base/error.h"
 #include "base/limits.h"
+#include "base/util.h"
 #include "harness.h"
 #include "store/store.h"
 
@@ -606,6 +609,31 @@ TEST(sandbox_logs_are_bounded_and_pruned)
     CHECK(sbx_store_log_prune(s, 0, 0, &pruned, &err) == 0 && pruned == 1);
     CHECK(sbx_store_log_get(s, "d", &l, &err) == 0);
     sbx_log_lines_free(l);
+    sbx_store_close(s);
+}
+
+TEST(uploads_unused_for_long_expire_and_a_probe_is_a_use)
+{
+    struct sbx_store *s = open_fresh();
+    struct sbx_error *err = NULL;
+    char old[65], used[65];
+    memset(old, 'a', 64);
+    memset(used, 'b', 64);
+    old[64] = used[64] = '\0';
+    CHECK(!sbx_store_upload_has(s, old, true)); /* a miss is no use of anything */
+    CHECK(sbx_store_upload_add(s, old, 10, &err) == 0);
+    CHECK(sbx_store_upload_add(s, used, 20, &err) == 0);
+    struct sbx_buf expired = {0};
+    /* Nothing is older than a time before both uploads. */
+    CHECK(sbx_store_uploads_expire(s, 0, &expired, &err) == 0 && expired.len == 0);
+    usleep(5000);
+    int64_t cut = sbx_wall_ms();
+    usleep(5000);
+    CHECK(sbx_store_upload_has(s, used, true)); /* probed after the cut: used since */
+    CHECK(sbx_store_uploads_expire(s, cut, &expired, &err) == 0);
+    CHECK(expired.len == 64 && memcmp(expired.data, old, 64) == 0);
+    CHECK(!sbx_store_upload_has(s, old, false) && sbx_store_upload_has(s, used, false));
+    sbx_buf_fini(&expired);
     sbx_store_close(s);
 }
 

@@ -97,6 +97,37 @@ def test_unchanged_rebuild_is_cached_and_skip_cache_is_not(sbx_daemon, ctx):
     assert not any("CACHED" in str(e) for e in logs)
 
 
+def test_uploads_unused_for_a_week_are_deleted_and_uploaded_again(sbx_daemon, tmp_path,
+                                                                   restart_daemon):
+    import sqlite3
+    (tmp_path / "data.txt").write_text(uuid.uuid4().hex)  # an archive no other test uploads
+    t = Template(file_context_path=str(tmp_path)).from_base_image().copy("data.txt", "data.txt")
+    name = _name()
+    uploads = os.path.join(sbx_daemon.state_dir, "db", "uploads")
+    before = set(os.listdir(uploads))
+    _build(t, name)
+    (archive,) = set(os.listdir(uploads)) - before
+    # A week unused (its last upload or probe), and files a crash left: an old and a new one.
+    db = sqlite3.connect(os.path.join(sbx_daemon.state_dir, "db", "sbx.db"), timeout=30)
+    db.execute("UPDATE uploads SET created_at_ms = 0 WHERE hash = ?", (archive[:-4],))
+    db.commit()
+    db.close()
+    for stray, age in ((".crashed.tmp", 2 * 86400), (".uploading.tmp", 0)):
+        open(os.path.join(uploads, stray), "w").close()
+        os.utime(os.path.join(uploads, stray), (time.time() - age,) * 2)
+    restart_daemon()
+    left = set(os.listdir(uploads))
+    assert archive not in left and ".crashed.tmp" not in left and ".uploading.tmp" in left
+    # The next build finds it absent and uploads it again.
+    _build(t, name, skip_cache=True)
+    assert archive in os.listdir(uploads)
+    s = Sandbox.create(name, timeout=30)
+    try:
+        assert s.files.read("/home/user/data.txt") == (tmp_path / "data.txt").read_text()
+    finally:
+        s.kill()
+
+
 def _builds_counted(d, status):
     """sbx_template_build_duration_seconds_count{status=...} of the daemon's /metrics."""
     st, _, body = d.request("GET", "/metrics")
