@@ -189,14 +189,16 @@ parse_lifecycle(json_t *body, struct sbx_create_opts *o, struct sbx_error **err)
 /* Create fields of E2B that this server does not implement. The SDKs send them only when the
  * caller set them, so a value that asks for something is refused (501, naming the field)
  * rather than accepted and ignored; an empty value asks for nothing. Fields no SDK or spec
- * names are ignored, so newer clients keep working (docs/features.md). */
+ * names are ignored, so newer clients keep working (docs/features.md). `mcp` is not one of
+ * them: the SDKs start the gateway themselves (`mcp-gateway --config` as root, through
+ * commands) once the sandbox exists, and kill it if that fails; the server has nothing to do
+ * with it beyond checking its shape. */
 static int
 refuse_unsupported(json_t *body, struct sbx_error **err)
 {
     json_t *mcp = json_object_get(body, "mcp"), *iam = json_object_get(body, "iam");
-    if (mcp && !json_is_null(mcp))
-        return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,
-                             "mcp (the MCP gateway) is not supported by this server");
+    if (mcp && !json_is_null(mcp) && !json_is_object(mcp))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "mcp must be an object");
     if (iam && !json_is_null(iam) &&
         (!json_is_object(iam) || json_object_size(json_object_get(iam, "tokens")) > 0))
         return sbx_error_set(err, SBX_UNIMPLEMENTED, 0,

@@ -162,6 +162,16 @@ describe('lifecycle', () => {
     assert.ok(remaining >= 380, `remaining ${remaining}`)
   })
 
+  test('mcp: the SDK starts the gateway itself and kills the sandbox when it cannot', T, async () => {
+    // base has no mcp-gateway binary: the SDK's start fails after the create succeeded.
+    const t = tag()
+    await assert.rejects(
+      Sandbox.create('base', { timeoutMs: 60_000, metadata: { mcp: t }, mcp: { srv: {} } }),
+      /Failed to start MCP gateway/
+    )
+    assert.deepEqual(await listAll({ query: { metadata: { mcp: t } } }), [])
+  })
+
   test('the daemon is still alive', async () => {
     await sleep(0)
     assert.equal(daemon.alive, true, daemon.logTail())

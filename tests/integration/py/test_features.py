@@ -384,8 +384,17 @@ def p_iam(s):
 
 
 def p_mcp(s):
-    refused_by_sdk(lambda: Sandbox.create("base", timeout=30, mcp={"exa": {"apiKey": "k"}}),
-                   "mcp")
+    # The SDK's default template for MCP is E2B's mcp-gateway, which sbx does not have.
+    refused_by_sdk(lambda: Sandbox.create(timeout=30, mcp={"exa": {"apiKey": "k"}}),
+                   "mcp-gateway")
+    # On a template without the gateway's binary the SDK's own start fails, and the SDK kills
+    # the sandbox it made.
+    tag = secrets.token_hex(8)
+    with pytest.raises(Exception, match="Failed to start MCP gateway"):
+        Sandbox.create("base", timeout=30, metadata={"mcp": tag}, mcp={"exa": {"apiKey": "k"}})
+    assert not Sandbox.list(query=SandboxQuery(metadata={"mcp": tag})).next_items()
+    status, _, body = create_raw(s.daemon, {"mcp": "not an object"})
+    assert status == 400 and "mcp" in json.loads(body)["message"], body
 
 
 # -- probes: pause, snapshots, volumes, accounts ---------------------------------------------
@@ -514,7 +523,7 @@ PROBES = {
     "HTTPS sandbox ports": (SUPPORTED, p_https_ports),
     "Exposed ports": (SUPPORTED, p_exposed_ports),
     "Workload identity": (NOT, p_iam),
-    "MCP gateway": (NOT, p_mcp),
+    "MCP gateway": (PARTIAL, p_mcp),
     "Pause and resume": (SUPPORTED, p_pause),
     "Filesystem-only pause": (SUPPORTED, p_fs_pause),
     "Auto-pause": (SUPPORTED, p_auto_pause),
