@@ -4,6 +4,7 @@ and a template that Sandbox.create starts from; fork is a snapshot and sandboxes
 at once. Fixtures: tests/conftest.py."""
 
 import json
+import os
 import secrets
 import subprocess
 
@@ -238,7 +239,7 @@ def test_fork_of_killed_paused_or_bad_count(sandbox_factory, sbx_daemon):
 def test_cli_snapshot(snapshots, sandbox_factory, sbx_daemon):
     sbx = sandbox_factory()
     sbx.files.write("/home/user/cli.txt", "cli")
-    env = {"SBX_API_URL": sbx_daemon.url, "SBX_API_KEY": sbx_daemon.api_key, "PATH": "/usr/bin:/bin"}
+    env = dict(os.environ, E2B_API_URL=sbx_daemon.url, E2B_API_KEY=sbx_daemon.api_key)
     out = subprocess.run([sbx_daemon.binary, "snapshot", sbx.sandbox_id], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
