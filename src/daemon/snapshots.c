@@ -218,6 +218,11 @@ sbx_snapshots_create(struct sbx_http_req *req, const char *id, json_t *body)
     const char *s = json_string_value(jname);
     if (s && s[0] && parse_name(s, &name, &err) < 0)
         return sbx_api_respond_err(req, err);
+    /* Py 2.63's mode="full": a snapshot here holds files only, never memory. */
+    if (json_is_true(json_object_get(body, "memory")))
+        return sbx_http_respond_error(req, 400,
+                                      "snapshots of memory are not supported by this server: a "
+                                      "snapshot holds the sandbox's files (mode 'filesystem')");
     struct sbx_live *l = sbx_lifecycle_find(id);
     if (l == NULL || sbx_live_is_paused(l))
         return sbx_http_respond_error(req, 404,
