@@ -26,6 +26,10 @@ check_valid(const struct sbx_spawner_msg *m)
         CHECK(sbx_layer_key_is_valid(m->layer_key) && m->timeout_ms >= 1000 && m->id[0] != '\0');
     if (m->op == SBX_SPAWNER_STEP_LOG)
         CHECK(m->message[0] != '\0');
+    /* A snapshot names a sandbox of ours and a layer path of the store, nothing else. */
+    if (m->op == SBX_SPAWNER_SNAPSHOT)
+        CHECK(sbx_layer_key_is_valid(m->layer_key) && m->id[0] != '\0' &&
+              strchr(m->id, '/') == NULL && m->layers[0] == '\0');
     if (m->op == SBX_SPAWNER_DEBIAN_LAYER)
         CHECK(sbx_layer_key_is_valid(m->layer_key) && m->suite[0] != '\0' && m->suite[0] != '-' &&
               strchr(m->suite, '/') == NULL && strchr(m->suite, '=') == NULL);

@@ -27,6 +27,7 @@ usage(FILE *f)
           "  inspect ID...            everything the daemon knows of sandboxes\n"
           "  pause ID                 pause a sandbox (--filesystem: keep only its disk)\n"
           "  resume ID                resume a paused sandbox\n"
+          "  snapshot ID [NAME]       copy a sandbox's files into a snapshot, print its id\n"
           "  volume ls|create|rm      list, create or remove volumes\n"
           "  template ls|rm|build     list, delete and build templates\n"
           "  kill ID... | --all       kill sandboxes\n"

@@ -13,11 +13,14 @@ static const struct {
     const char *name;
     int (*fn)(int argc, char **argv);
 } verbs[] = {
-    {"ls", sbx_cli_ls},         {"create", sbx_cli_create}, {"kill", sbx_cli_kill},
-    {"exec", sbx_cli_exec},     {"shell", sbx_cli_shell},   {"keys", sbx_cli_keys},
-    {"logs", sbx_cli_logs},     {"cp", sbx_cli_cp},         {"inspect", sbx_cli_inspect},
-    {"stats", sbx_cli_stats},   {"run", sbx_cli_run},       {"pause", sbx_cli_pause},
-    {"resume", sbx_cli_resume}, {"volume", sbx_cli_volume}, {"template", sbx_cli_template},
+    {"ls", sbx_cli_ls},           {"create", sbx_cli_create},
+    {"kill", sbx_cli_kill},       {"exec", sbx_cli_exec},
+    {"shell", sbx_cli_shell},     {"keys", sbx_cli_keys},
+    {"logs", sbx_cli_logs},       {"cp", sbx_cli_cp},
+    {"inspect", sbx_cli_inspect}, {"stats", sbx_cli_stats},
+    {"run", sbx_cli_run},         {"pause", sbx_cli_pause},
+    {"resume", sbx_cli_resume},   {"snapshot", sbx_cli_snapshot},
+    {"volume", sbx_cli_volume},   {"template", sbx_cli_template},
 };
 
 int

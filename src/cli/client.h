@@ -290,6 +290,7 @@ int sbx_cli_stats(int argc, char **argv);
 int sbx_cli_run(int argc, char **argv);
 int sbx_cli_pause(int argc, char **argv);
 int sbx_cli_resume(int argc, char **argv);
+int sbx_cli_snapshot(int argc, char **argv);
 int sbx_cli_volume(int argc, char **argv);
 
 /* Argument parsing of the verbs that take more than ids, exposed for unit tests. */

@@ -75,8 +75,8 @@ parse_map(const char *s)
 }
 
 /* The Sandbox object of create and connect. */
-static json_t *
-sandbox_json(const struct sbx_sandbox_rec *r)
+json_t *
+sbx_api_sandbox_json(const struct sbx_sandbox_rec *r)
 {
     /* The domain makes the SDKs' getHost() name this server. */
     json_t *o =
@@ -302,7 +302,7 @@ on_created(struct sbx_live *l, struct sbx_error *err, uint64_t spawn_us, void *u
     char hdr[32];
     snprintf(hdr, sizeof(hdr), "%llu", (unsigned long long)spawn_us);
     sbx_http_add_header(req, "X-Sbx-Spawn-Us", hdr);
-    sbx_api_respond_json(req, 201, sandbox_json(l->rec));
+    sbx_api_respond_json(req, 201, sbx_api_sandbox_json(l->rec));
 }
 
 /* What the daemon's own network configuration says of a sandbox's settings; answers the
@@ -405,7 +405,7 @@ on_resumed(struct sbx_live *l, struct sbx_error *err, uint64_t took_us, void *ud
 {
     struct sbx_http_req *req = op_done(ud, l ? NULL : err, took_us);
     if (req)
-        sbx_api_respond_json(req, 201, sandbox_json(l->rec));
+        sbx_api_respond_json(req, 201, sbx_api_sandbox_json(l->rec));
 }
 
 /* POST /sandboxes/{id}/connect (and /v2/...): a running sandbox's life is extended, never
@@ -439,7 +439,7 @@ connect_sandbox(struct sbx_http_req *req, const char *id, json_t *body, bool res
             sbx_api_respond_err(req, err);
             return;
         }
-        sbx_api_respond_json(req, 200, sandbox_json(l->rec));
+        sbx_api_respond_json(req, 200, sbx_api_sandbox_json(l->rec));
         return;
     }
     if (auto_pause != l->rec->auto_pause) {
@@ -963,18 +963,14 @@ dispatch(struct sbx_http_req *req, json_t *body, bool admin)
             return sbx_logs_handle(req, r[1], v2);
         if (rn == 3 && put && strcmp(r[2], "network") == 0)
             return update_network(req, r[1], body);
-        if (rn == 3 && post && strcmp(r[2], "snapshots") == 0) {
-            if (find_or_404(req, r[1]))
-                sbx_http_respond_error(req, 501,
-                                       "snapshots are not supported yet: this server keeps a "
-                                       "sandbox with pause and connect");
-            return;
-        }
-        if (rn == 3 && post && strcmp(r[2], "fork") == 0) {
-            if (find_or_404(req, r[1]))
-                sbx_http_respond_error(req, 501, "forking sandboxes is not supported yet");
-            return;
-        }
+        if (rn == 3 && post && strcmp(r[2], "snapshots") == 0)
+            return sbx_snapshots_create(req, r[1], body);
+        if (rn == 3 && post && strcmp(r[2], "fork") == 0)
+            return sbx_snapshots_fork(req, r[1], body);
+    }
+    if (!v2 && n == 1 && get && strcmp(p[0], "snapshots") == 0) {
+        req->route_class = "snapshots";
+        return sbx_snapshots_list(req);
     }
     if (sbx_api_unsupported(req, p, n))
         return;

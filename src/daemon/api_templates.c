@@ -51,8 +51,8 @@ is_uuid(const char *s)
     return true;
 }
 
-static void
-new_uuid(char out[BUILD_ID_CHARS + 1])
+void
+sbx_api_new_uuid(char out[BUILD_ID_CHARS + 1])
 {
     char hex[33];
     sbx_random_hex(hex, 16);
@@ -168,7 +168,7 @@ request_build(struct sbx_http_req *req, json_t *body)
         return sbx_http_respond_error(req, 409, "a build of template '%s' is in progress", n.alias);
     }
     struct sbx_build_rec b = {.cpu_count = cpu, .memory_mb = mem, .created_at_ms = sbx_wall_ms()};
-    new_uuid(b.id);
+    sbx_api_new_uuid(b.id);
     snprintf(b.template_id, sizeof(b.template_id), "%s", t.id);
     b.status = "waiting";
     b.tags_json = json_dumps(tags, JSON_COMPACT);
@@ -581,17 +581,18 @@ delete_template(struct sbx_http_req *req, const char *id_or_name)
     struct sbx_template_rec t = {0};
     if (sbx_template_name_parse(id_or_name, &n, &err) < 0)
         return sbx_api_respond_err(req, err);
-    /* A tagged name is how the SDKs delete a snapshot (delete_snapshot("name:tag")): refused
-     * naming snapshots, never taken as the whole template. */
-    if (n.tag[0] || strchr(id_or_name, ':'))
-        return sbx_http_respond_error(req, 501,
-                                      "snapshots are not supported yet: this server keeps a "
-                                      "sandbox with pause and connect; delete a template by "
-                                      "its name, without a tag");
     if (sbx_builtin_template_find(n.alias))
         return bad_request(req, "built-in templates cannot be deleted");
     if (sbx_store_template_get(sbx_daemon->store, n.alias, &t, &err) < 0)
         return sbx_api_respond_err(req, err);
+    /* A snapshot is deleted by its id, tag and all ("<id>:default", "team/name:tag": the whole
+     * snapshot goes, spec lifecycle.md §4.3); a built template's tag is never taken for the
+     * whole template. */
+    if (!t.snapshot && (n.tag[0] || strchr(id_or_name, ':'))) {
+        sbx_template_rec_fini(&t);
+        return bad_request(req, "delete a template by its name, without a tag (remove a tag "
+                                "with DELETE /templates/tags)");
+    }
     bool busy = false;
     if (sbx_store_template_busy(sbx_daemon->store, t.id, &busy, &err) == 0 && busy)
         sbx_error_set(&err, SBX_FAILED_PRECONDITION, 0, "template '%s' is being built", t.alias);
@@ -622,6 +623,10 @@ list_templates(struct sbx_http_req *req)
         return sbx_api_respond_err(req, err);
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
+        if (ts[i].snapshot) { /* GET /snapshots lists those */
+            sbx_template_rec_fini(&ts[i]);
+            continue;
+        }
         _cleanup_template_ref_ struct sbx_template_ref ref = {0};
         struct sbx_error *e = NULL;
         bool ready = sbx_templates_resolve(sbx_daemon->store, ts[i].alias, &ref, &e) == 0;

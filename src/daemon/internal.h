@@ -172,6 +172,10 @@ void sbx_lifecycle_unwatch(struct sbx_live *l);
 /* l's agent exited: a running l is destroyed, a paused one keeps its disk; decided once what
  * is under way (pause.c) has ended. */
 void sbx_lifecycle_agent_gone(struct sbx_live *l);
+/* The template a sandbox is of: the name the client gave (with its tag), else the template's
+ * id or a pool's name. */
+int sbx_lifecycle_template_of(const struct sbx_sandbox_rec *rec, struct sbx_template_ref *ref,
+                              struct sbx_error **err);
 /* The agent's config (tokens, env vars) for a spawn of l, as an fd for the spawner. */
 int sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err);
 /* The spawn request for l (its limits, uid slot and volumes); reboot: on the disk it kept. */
@@ -199,6 +203,12 @@ void sbx_resume(struct sbx_live *l, bool memory, int timeout_s, sbx_pause_cb cb,
  * record (frozen if paused with its memory and agent, stopped if paused to its disk, thawed if
  * running). agent: its agent is alive (and watched). */
 void sbx_pause_settle(struct sbx_live *l, bool agent);
+/* A snapshot of l (snapshots.c): once what is under way is done, its writable layer is copied
+ * as layer key, l frozen meanwhile and running again after. layers (the caller's, room for
+ * SBX_LAYERS_MAX keys) gets the stack l runs on; cb gets l, or NULL and err: SBX_NOT_FOUND if
+ * l is paused or was killed. */
+void sbx_pause_snapshot(struct sbx_live *l, const char *key, char *layers, sbx_pause_cb cb,
+                        void *ud);
 /* cb (with l, never an error) once everything asked of l before is done. */
 void sbx_pause_wait(struct sbx_live *l, sbx_pause_cb cb, void *ud);
 /* A kill asked while a pause or resume is under way waits for it: true if it was queued. */
@@ -298,6 +308,8 @@ void sbx_logs_handle(struct sbx_http_req *req, const char *id, bool v2);
 #define SBX_API_N_TEMPLATES 5
 extern const char *const sbx_api_templates[SBX_API_N_TEMPLATES]; /* the template names served */
 void sbx_api_handle(struct sbx_http_req *req);
+/* The Sandbox object create answers with (what fork answers per sandbox too). */
+json_t *sbx_api_sandbox_json(const struct sbx_sandbox_rec *r);
 /* Answers body (stolen) as JSON; an error as {"code","message"} with its status. */
 void sbx_api_respond_json(struct sbx_http_req *req, int status, json_t *body);
 void sbx_api_respond_err(struct sbx_http_req *req, const struct sbx_error *e);
@@ -319,6 +331,15 @@ void sbx_api_templates_dispatch(struct sbx_http_req *req, json_t *body, char **p
 bool sbx_api_templates_is_upload(const struct sbx_http_req *req);
 void sbx_api_templates_upload(struct sbx_http_req *req);
 void sbx_api_templates_collect_uploads(void);
+/* A new build id: a random version 4 UUID. */
+void sbx_api_new_uuid(char out[SBX_STORE_BUILD_ID_LEN + 1]);
+
+/* snapshots.c: snapshots of running sandboxes (POST /sandboxes/{id}/snapshots, GET /snapshots;
+ * they are templates, deleted as templates) and forks (POST /sandboxes/{id}/fork): copies of a
+ * sandbox's files, never of its processes or memory. */
+void sbx_snapshots_create(struct sbx_http_req *req, const char *id, json_t *body);
+void sbx_snapshots_list(struct sbx_http_req *req);
+void sbx_snapshots_fork(struct sbx_http_req *req, const char *id, json_t *body);
 /* Pure decoding of the create body (POST /sandboxes) and of the timeout/refreshes bodies;
  * exposed for fuzz/fuzz_json_requests.c. The borrowed pointers in *out point into body. */
 int sbx_api_create_opts_parse(json_t *body, bool v2, struct sbx_create_opts *out,

@@ -374,8 +374,9 @@ config_fd(const struct sbx_sandbox_rec *rec, const struct sbx_template_ref *ref,
 
 /* The template a sandbox is of: the name the client gave (with its tag), else the
  * template's id or a pool's name. */
-static int
-template_of(const struct sbx_sandbox_rec *rec, struct sbx_template_ref *ref, struct sbx_error **err)
+int
+sbx_lifecycle_template_of(const struct sbx_sandbox_rec *rec, struct sbx_template_ref *ref,
+                          struct sbx_error **err)
 {
     return sbx_templates_resolve(sbx_daemon->store, rec->alias ? rec->alias : rec->template_id, ref,
                                  err);
@@ -385,7 +386,7 @@ int
 sbx_lifecycle_config_fd(const struct sbx_live *l, struct sbx_error **err)
 {
     _cleanup_template_ref_ struct sbx_template_ref ref = {0};
-    return template_of(l->rec, &ref, err) < 0 ? -1 : config_fd(l->rec, &ref, err);
+    return sbx_lifecycle_template_of(l->rec, &ref, err) < 0 ? -1 : config_fd(l->rec, &ref, err);
 }
 
 static char *
@@ -658,7 +659,8 @@ sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawne
                         struct sbx_error **err)
 {
     _cleanup_template_ref_ struct sbx_template_ref ref = {0};
-    return template_of(l->rec, &ref, err) < 0 ? -1 : spawn_req(l, &ref, reboot, req, err);
+    return sbx_lifecycle_template_of(l->rec, &ref, err) < 0 ? -1
+                                                            : spawn_req(l, &ref, reboot, req, err);
 }
 
 static void
@@ -668,7 +670,8 @@ spawn(struct spawning *c)
     _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     struct sbx_spawner_msg req;
     int cfd = -1;
-    if (template_of(c->l->rec, &ref, &err) < 0 || spawn_req(c->l, &ref, false, &req, &err) < 0 ||
+    if (sbx_lifecycle_template_of(c->l->rec, &ref, &err) < 0 ||
+        spawn_req(c->l, &ref, false, &req, &err) < 0 ||
         (cfd = config_fd(c->l->rec, &ref, &err)) < 0) {
         on_spawned(NULL, err, c);
         return;

@@ -7,8 +7,8 @@
  * paused: its timeout clock stands still.
  *
  * What a sandbox is asked to do runs one at a time, in order: each sandbox has a queue of ops
- * (pause, resume, kill, settle) of which the first is under way. So a connect during a pause
- * resumes once the pause is done, a kill during either waits for it, and the spawner never
+ * (pause, resume, kill, settle, snapshot) of which the first is under way. So a connect during a
+ * pause resumes once the pause is done, a kill during either waits for it, and the spawner never
  * gets two requests for one sandbox at once. A client's pause during an op is refused (409),
  * as on E2B.
  *
@@ -29,17 +29,21 @@ enum op_kind {
     OP_PAUSE,
     OP_RESUME,
     OP_KILL,
-    OP_SETTLE, /* at start: make the sandbox what its record says */
-    OP_WAIT,   /* nothing: its callback runs once what was queued before is done */
+    OP_SETTLE,   /* at start: make the sandbox what its record says */
+    OP_WAIT,     /* nothing: its callback runs once what was queued before is done */
+    OP_SNAPSHOT, /* a copy of its files as a layer (frozen meanwhile, then thawed) */
 };
 
 struct sbx_pause_op {
     enum op_kind kind;
     struct sbx_live *l;
-    bool memory;   /* pause: keep memory; resume: thaw it (else boot again) */
-    int timeout_s; /* resume: the new end is now + this */
-    char *why;     /* logged: a kill's reason, a pause nobody asked for */
-    uint8_t step;  /* the spawner request out: FREEZE, THAW, STOP or SPAWN */
+    bool memory;                     /* pause: keep memory; resume: thaw it (else boot again) */
+    int timeout_s;                   /* resume: the new end is now + this */
+    char *why;                       /* logged: a kill's reason, a pause nobody asked for */
+    char key[SBX_LAYER_KEY_LEN + 1]; /* snapshot: the layer it makes */
+    char *layers;                    /* snapshot: the caller's, for the stack l runs on */
+    struct sbx_error *err;           /* snapshot: why it failed, while the thaw is asked */
+    uint8_t step;                    /* the spawner request out: FREEZE, THAW, STOP or SPAWN */
     bool started;
     uint64_t start; /* µs, monotonic: when it was asked */
     sbx_pause_cb cb;
@@ -189,6 +193,8 @@ ask(struct sbx_pause_op *op, uint8_t what)
         }
     } else {
         snprintf(req.id, sizeof(req.id), "%s", l->rec->id);
+        if (what == SBX_SPAWNER_SNAPSHOT)
+            snprintf(req.layer_key, sizeof(req.layer_key), "%s", op->key);
     }
     sbx_spawner_call(&req, fd, on_reply, op);
 }
@@ -263,6 +269,17 @@ start(struct sbx_pause_op *op)
     case OP_WAIT:
         finish(op, NULL);
         return;
+    case OP_SNAPSHOT:
+        if (paused) {
+            _cleanup_error_ struct sbx_error *err = NULL;
+            sbx_error_set(&err, SBX_NOT_FOUND, 0,
+                          "Sandbox '%s' is paused: only a running sandbox can be snapshotted",
+                          l->rec->id);
+            finish(op, err);
+        } else {
+            ask(op, SBX_SPAWNER_SNAPSHOT);
+        }
+        return;
     }
 }
 
@@ -296,6 +313,19 @@ on_reply(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
     struct sbx_pause_op *op = ud;
     struct sbx_live *l = op->l;
+    if (err && err->code == SBX_UNAVAILABLE && op->kind == OP_SNAPSHOT) {
+        /* The spawner restarted during the copy: the sandbox may be left frozen; the next
+         * spawner thaws it, and the snapshot fails (its unfinished layer goes at the next
+         * start of a spawner, sbx_layers_prepare). */
+        if (op->step == SBX_SPAWNER_SNAPSHOT) {
+            sbx_error_set(&op->err, err->code, err->sys_errno, "snapshot: %s", err->msg);
+            ask(op, SBX_SPAWNER_THAW);
+        } else {
+            _cleanup_error_ struct sbx_error *e = op->err;
+            finish(op, e);
+        }
+        return;
+    }
     if (err && err->code == SBX_UNAVAILABLE) {
         /* The spawner restarted: ask the next one. A reboot it was doing is stopped first,
          * which is where a resume from the disk starts anyway. */
@@ -320,7 +350,19 @@ on_reply(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
             finish(op, err);
         }
         return;
+    case SBX_SPAWNER_SNAPSHOT:
+        if (err == NULL)
+            memcpy(op->layers, reply->layers, sizeof(reply->layers));
+        finish(op, err);
+        return;
     case SBX_SPAWNER_THAW:
+        if (op->kind == OP_SNAPSHOT) {
+            if (err)
+                sbx_log_warn("snapshot", "sandbox=%s error=\"thaw: %s\"", l->rec->id, err->msg);
+            _cleanup_error_ struct sbx_error *e = op->err;
+            finish(op, e);
+            return;
+        }
         if (op->kind == OP_RESUME && err == NULL) {
             resumed(op);
         } else if (op->kind == OP_RESUME &&
@@ -392,6 +434,17 @@ void
 sbx_pause_wait(struct sbx_live *l, sbx_pause_cb cb, void *ud)
 {
     struct sbx_pause_op *op = op_new(l, OP_WAIT, NULL);
+    op->cb = cb;
+    op->ud = ud;
+    enqueue(op);
+}
+
+void
+sbx_pause_snapshot(struct sbx_live *l, const char *key, char *layers, sbx_pause_cb cb, void *ud)
+{
+    struct sbx_pause_op *op = op_new(l, OP_SNAPSHOT, NULL);
+    snprintf(op->key, sizeof(op->key), "%s", key);
+    op->layers = layers;
     op->cb = cb;
     op->ud = ud;
     enqueue(op);

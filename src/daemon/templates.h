@@ -18,6 +18,9 @@
 #define SBX_TEMPLATE_ARG_MAX    (64 * 1024) /* one step argument (a RUN script) */
 #define SBX_STEP_ARGS_MAX       256         /* arguments of one step (ENV: key, value, ...) */
 #define SBX_TEMPLATE_BASE_IMAGE "e2bdev/base"
+/* The namespace of this server's names ("<team>/<alias>"): it has one team, the slug the
+ * names of snapshots carry. */
+#define SBX_TEMPLATE_TEAM "local"
 
 /* "namespace/alias:tag", lower-cased and checked: alias and namespace [a-z0-9_-]+, tag
  * [a-z0-9_.-]+ and not a UUID; "default" is no tag. */

@@ -14,8 +14,6 @@ static const struct {
     {"default-templates", "listing default templates is not supported by this server: it "
                           "offers the built-in templates 'base' and 'code-interpreter-v1', and "
                           "those built with the Template SDK (GET /templates)"},
-    {"snapshots", "snapshots are not supported yet: this server keeps a sandbox with pause and "
-                  "connect"},
     {"secrets", "secrets are not supported by this server"},
     {"teams", "teams are not supported by this server: its API keys are managed at /api-keys "
               "with an admin key"},

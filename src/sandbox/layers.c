@@ -8,15 +8,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/cleanup.h"
 #include "sandbox/internal.h"
 
-#define NEW_PREFIX ".new-"
+#define NEW_PREFIX SBX_LAYER_NEW_PREFIX
+/* Left free on the store's disk after a snapshot's copy, for the store and the daemon. */
+#define SNAPSHOT_RESERVE_BYTES (64ull << 20)
 
 bool
 sbx_layer_key_is_valid(const char *key)
@@ -189,6 +196,7 @@ struct gc {
     const char *const *keep;
     size_t n;
     size_t removed;
+    struct timespec start;
 };
 
 static int
@@ -198,6 +206,13 @@ drop_unkept(int dir, const char *name, void *ud, struct sbx_error **err)
     for (size_t i = 0; i < g->n; i++)
         if (strcmp(g->keep[i], name) == 0)
             return 0;
+    /* A layer made (or renamed into place) since the walk began was not in the list it was
+     * given: a snapshot's, say. Never ours to judge. */
+    struct stat st;
+    if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        (st.st_ctim.tv_sec > g->start.tv_sec ||
+         (st.st_ctim.tv_sec == g->start.tv_sec && st.st_ctim.tv_nsec >= g->start.tv_nsec)))
+        return 0;
     g->removed++;
     return remove_entry(dir, name, err);
 }
@@ -205,7 +220,8 @@ drop_unkept(int dir, const char *name, void *ud, struct sbx_error **err)
 int
 sbx_layers_gc(const char *state_dir, const char *const *keep, size_t n, struct sbx_error **err)
 {
-    struct gc g = {keep, n, 0};
+    struct gc g = {keep, n, 0, {0, 0}};
+    clock_gettime(CLOCK_REALTIME, &g.start);
     return each_entry(state_dir, drop_unkept, &g, err) < 0 ? -1 : (int)g.removed;
 }
 
@@ -294,6 +310,25 @@ shift_tree(const char *upper, uid_t base, size_t *entries, struct sbx_error **er
     return rc;
 }
 
+/* Makes dir (a copy or a step's own upper dir, in the state dir) layer key: sandbox-relative
+ * ownership, then renamed into the store (same filesystem: nothing is copied). */
+static int
+install_layer(const char *dir, const char *state_dir, const char *key, uid_t uid_base,
+              size_t *entries, struct sbx_error **err)
+{
+    char tmp[4096];
+    _cleanup_free_ char *dst = sbx_layer_path(state_dir, key);
+    if (sbx_pathf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+        return sbx_error_sys(err, errno, "layer path");
+    if (shift_tree(dir, uid_base, entries, err) < 0)
+        return sbx_error_prefix(err, "layer %s", key);
+    if (chmod(dir, 0755) < 0)
+        return sbx_error_sys(err, errno, "chmod %s", dir);
+    if ((strcmp(dir, tmp) != 0 && rename(dir, tmp) < 0) || rename(tmp, dst) < 0)
+        return sbx_error_sys(err, errno, "move %s into the layer store", dir);
+    return 0;
+}
+
 int
 sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
                    uid_t uid_base, bool *empty, struct sbx_error **err)
@@ -303,19 +338,144 @@ sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, con
     /* Nothing of the sandbox may still run and write to the upper dir we take. */
     if (sbx_cgroup_drain(ref->id, 0, SBX_DESTROY_TIMEOUT_MS, err) < 0)
         return sbx_error_prefix(err, "commit %s", key);
-    char upper[4096], tmp[4096];
-    _cleanup_free_ char *dst = sbx_layer_path(state_dir, key);
-    if (sbx_pathf(upper, sizeof(upper), "%s/upper/root", ref->sandbox_dir) < 0 ||
-        sbx_pathf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+    char upper[4096];
+    if (sbx_pathf(upper, sizeof(upper), "%s/upper/root", ref->sandbox_dir) < 0)
         return sbx_error_sys(err, errno, "layer path");
     size_t entries = 0;
-    if (shift_tree(upper, uid_base, &entries, err) < 0)
-        return sbx_error_prefix(err, "commit %s", key);
-    if (chmod(upper, 0755) < 0)
-        return sbx_error_sys(err, errno, "chmod %s", upper);
-    /* Same filesystem (both in the state dir): the files move, nothing is copied. */
-    if (rename(upper, tmp) < 0 || rename(tmp, dst) < 0)
-        return sbx_error_sys(err, errno, "move %s into the layer store", upper);
+    if (install_layer(upper, state_dir, key, uid_base, &entries, err) < 0)
+        return sbx_error_prefix(err, "commit");
     *empty = entries == 0;
+    return 0;
+}
+
+/* ---- snapshot ---- */
+
+/* The loop device that disk.img (st) is attached to, opened: the one the sandbox's own ext4
+ * mount sits on. Holding it open keeps it bound to that image (autoclear waits for the last
+ * close), so the device cannot become another sandbox's meanwhile. */
+static int
+open_loop_of(const struct stat *img, char *dev, size_t cap, struct sbx_error **err)
+{
+    DIR *d = opendir("/sys/block");
+    if (d == NULL)
+        return sbx_error_sys(err, errno, "open /sys/block");
+    int fd = -1;
+    struct dirent *e;
+    while (fd < 0 && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "loop", 4) != 0 || sbx_pathf(dev, cap, "/dev/%s", e->d_name) < 0)
+            continue;
+        int f = open(dev, O_RDONLY | O_CLOEXEC);
+        struct loop_info64 info;
+        if (f >= 0 && ioctl(f, LOOP_GET_STATUS64, &info) == 0 && info.lo_device == img->st_dev &&
+            info.lo_inode == img->st_ino)
+            fd = f;
+        else if (f >= 0)
+            close(f);
+    }
+    closedir(d);
+    if (fd < 0)
+        return sbx_error_set(err, SBX_NOT_FOUND, 0, "the sandbox's disk is not attached");
+    return fd;
+}
+
+/* A read-only mount (detached) of the sandbox's running ext4. The kernel finds the superblock
+ * the sandbox's overlay uses by the device and hands out another view of it: the image is not
+ * parsed again, and both views share one page cache, so what the sandbox wrote before it
+ * froze is all there. */
+static int
+mount_disk(const char *sandbox_dir, struct sbx_error **err)
+{
+    char img[4096], dev[64];
+    struct stat st;
+    if (sbx_pathf(img, sizeof(img), "%s/" SBX_DISK_IMAGE, sandbox_dir) < 0)
+        return sbx_error_sys(err, errno, "disk image path");
+    if (lstat(img, &st) < 0 || !S_ISREG(st.st_mode))
+        return sbx_error_sys(err, errno ? errno : EINVAL, "stat %s", img);
+    _cleanup_close_ int loop = open_loop_of(&st, dev, sizeof(dev), err);
+    if (loop < 0)
+        return -1;
+    _cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return sbx_error_sys(err, errno, "fsopen ext4");
+    if (fsconfig(fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0)
+        return sbx_fsopen_error(fs, errno, "ext4 source", err);
+    if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        return sbx_fsopen_error(fs, errno, "mount the sandbox's disk", err);
+    int m = fsmount(fs, FSMOUNT_CLOEXEC,
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+    if (m < 0)
+        return sbx_fsopen_error(fs, errno, "fsmount the sandbox's disk", err);
+    return m;
+}
+
+/* Whether the store's filesystem has room for bytes more (the copy's upper bound). */
+static int
+check_room(const char *state_dir, uint64_t bytes, struct sbx_error **err)
+{
+    char p[4096];
+    struct statvfs vfs;
+    if (sbx_pathf(p, sizeof(p), "%s/" SBX_LAYERS_DIR, state_dir) < 0 || statvfs(p, &vfs) < 0)
+        return sbx_error_sys(err, errno, "statvfs of the layer store");
+    uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (avail < bytes + SNAPSHOT_RESERVE_BYTES)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOSPC,
+                             "not enough free disk space for the snapshot: it needs up to %llu "
+                             "MiB, the state dir's disk has %llu MiB free",
+                             (unsigned long long)(bytes >> 20), (unsigned long long)(avail >> 20));
+    return 0;
+}
+
+int
+sbx_sandbox_snapshot(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                     uid_t uid_base, struct sbx_error **err)
+{
+    if (!sbx_layer_key_is_valid(key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    if (sbx_layer_exists(state_dir, key))
+        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "layer %s exists", key);
+    char src[4096], tmp[4096];
+    uint64_t used = 0, size;
+    _cleanup_close_ int disk = -1;
+    if (sbx_disk_usage(ref->sandbox_dir, &used, &size) == 0) {
+        if ((disk = mount_disk(ref->sandbox_dir, err)) < 0)
+            return sbx_error_prefix(err, "snapshot");
+        /* cp reaches the mount through this fd, which it inherits. */
+        if (fcntl(disk, F_SETFD, 0) < 0 ||
+            sbx_pathf(src, sizeof(src), "/proc/self/fd/%d/upper/root", disk) < 0)
+            return sbx_error_sys(err, errno, "snapshot");
+    } else {
+        /* No disk of its own (--disk-mb 0): the upper dir is in the sandbox dir. */
+        if (sbx_pathf(src, sizeof(src), "%s/upper/root", ref->sandbox_dir) < 0)
+            return sbx_error_sys(err, errno, "snapshot");
+        _cleanup_close_ int fd = open(src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || sbx_fs_disk_usage(fd, &used, err) < 0)
+            return fd < 0 ? sbx_error_sys(err, errno, "open %s", src) : -1;
+    }
+    /* What the sandbox stores is at most its disk limit: the copy cannot take more of the
+     * host's disk than the sandbox itself could, and is refused before it starts if the
+     * host's disk does not have that much free. */
+    if (check_room(state_dir, used, err) < 0)
+        return -1;
+    if (sbx_pathf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
+        return sbx_error_sys(err, errno, "layer path");
+    /* cp -a never follows the sandbox's symlinks and, as root, keeps owners, whiteouts and
+     * overlayfs' trusted.* marks; install_layer then makes it a layer like a build step's. */
+    char *const argv[] = {"cp", "-a", "--reflink=auto", "-T", "--", src, tmp, NULL};
+    int rc = run_cp(argv, err);
+    if (rc == 0) {
+        size_t entries;
+        rc = install_layer(tmp, state_dir, key, uid_base, &entries, err);
+    }
+    if (rc < 0) {
+        struct sbx_error *ignored = NULL;
+        if (remove_entry(AT_FDCWD, tmp, &ignored) < 0)
+            sbx_error_free(ignored);
+        struct statvfs vfs;
+        if (statvfs(state_dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < used)
+            return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOSPC,
+                                 "snapshot: the state dir's disk filled up while copying the "
+                                 "sandbox's files");
+        return sbx_error_prefix(err, "snapshot");
+    }
     return 0;
 }

@@ -134,9 +134,10 @@ struct sbx_sandbox_stats {
  * what a layer removes from the layers below it. The store is root-only (0700): no host user
  * may change a layer, since every sandbox of the template would see the change. Layers are
  * shared by every template that uses them and never change once in the store. */
-#define SBX_LAYER_KEY_LEN 64
-#define SBX_LAYERS_MAX    40 /* per template; overlayfs takes up to 500 lower layers */
-#define SBX_LAYERS_DIR    "layers"
+#define SBX_LAYER_KEY_LEN    64
+#define SBX_LAYERS_MAX       40 /* per template; overlayfs takes up to 500 lower layers */
+#define SBX_LAYERS_DIR       "layers"
+#define SBX_LAYER_NEW_PREFIX ".new-" /* a layer being made: <store>/.new-<key> */
 
 bool sbx_layer_key_is_valid(const char *key);
 /* Creates <state_dir>/layers (0700) if needed and removes what an interrupted import left. */
@@ -158,6 +159,13 @@ int sbx_layer_import(const char *state_dir, const char *cache_dir, const char *k
  * step wrote): the spawner runs it in a child. */
 int sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
                        uid_t uid_base, bool *empty, struct sbx_error **err);
+/* Copies the writable layer of a running sandbox (frozen by the caller, so that nothing
+ * changes under the copy) into layer key of the store, as sbx_sandbox_commit makes one: the
+ * sandbox goes on with its own. Time and space in proportion to what the sandbox changed;
+ * refused (RESOURCE_EXHAUSTED) if the store's disk lacks the room, and nothing of the layer
+ * is left if it fails. Blocking: the spawner runs it in a child. */
+int sbx_sandbox_snapshot(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                         uid_t uid_base, struct sbx_error **err);
 /* Removes what an unfinished making of layer key left (.new-<key>). */
 int sbx_layer_drop_unfinished(const char *state_dir, const char *key, struct sbx_error **err);
 /* Removes every layer of the store that is not in keep (n keys); returns how many. */

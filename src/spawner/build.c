@@ -322,6 +322,139 @@ sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archi
     uv_timer_start(&st->timer, on_step_timeout, m->timeout_ms, 0);
 }
 
+/* ---- snapshots ---- */
+
+/* A SNAPSHOT under way: the sandbox frozen, its writable layer copied by a job. */
+struct snap {
+    uint32_t seq;
+    char id[SBX_SPAWNER_ID_MAX + 1];
+    char key[SBX_LAYER_KEY_LEN + 1];
+    char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1]; /* the sandbox's, as recorded */
+    uid_t uid_base;
+    struct sbx_sandbox_ref ref; /* for the job: strings of the sandbox's sb */
+    pid_t pid;
+    int fd;
+    uv_poll_t poll;
+};
+
+static int
+snapshot_work(void *ud, int32_t *value, struct sbx_error **err)
+{
+    struct snap *sn = ud;
+    *value = 0;
+    return sbx_sandbox_snapshot(&sn->ref, sbx_spawner_cfg()->state_dir, sn->key, sn->uid_base, err);
+}
+
+static void
+snap_free(uv_handle_t *h)
+{
+    struct snap *sn = h->data;
+    close(sn->fd);
+    free(sn);
+}
+
+/* Thaws the sandbox whatever the copy did (a snapshot never leaves it frozen), then answers
+ * with the layers it runs on. */
+static void
+snapshot_end(struct snap *sn, const struct sbx_error *err)
+{
+    struct sb *s = sbx_spawner_find(sn->id);
+    _cleanup_error_ struct sbx_error *thaw_err = NULL;
+    if (sbx_sandbox_thaw(sn->id, &thaw_err) < 0)
+        sbx_log_warn("snapshot", "sandbox=%s error=\"thaw: %s\"", sn->id, thaw_err->msg);
+    if (s && s->snap == sn) {
+        s->snap = NULL;
+        s->phase = SB_RUNNING;
+    }
+    struct sbx_spawner_msg req = {.seq = sn->seq}, rep;
+    sbx_spawner_reply_init(&rep, &req, err);
+    if (err == NULL)
+        memcpy(rep.layers, sn->layers, sizeof(rep.layers));
+    sbx_spawner_send(&rep);
+    if (sn->fd >= 0)
+        uv_close((uv_handle_t *)&sn->poll, snap_free);
+    else
+        free(sn);
+}
+
+static void
+on_snapshot_copied(uv_poll_t *h, int status, int events)
+{
+    struct snap *sn = h->data;
+    uv_poll_stop(h);
+    struct job_result r;
+    job_finish(sn->fd, sn->pid, &r);
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (r.code != SBX_OK)
+        sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "%s", r.message);
+    sbx_log_info("snapshot", "sandbox=%s layer=%s ok=%d", sn->id, sn->key, r.code == SBX_OK);
+    snapshot_end(sn, err);
+}
+
+/* Frozen: the copy runs in a job, so that other sandboxes' requests go on meanwhile. */
+static void
+snapshot_copy(struct sb *s, const struct sbx_error *ferr)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    struct snap *sn = s->snap;
+    if (ferr) {
+        snapshot_end(sn, ferr);
+        return;
+    }
+    s->phase = SB_SNAPSHOTTING;
+    sn->ref = sbx_spawner_ref(s);
+    sn->fd = job_fork(snapshot_work, sn, &sn->pid, &err);
+    if (sn->fd < 0) {
+        snapshot_end(sn, err);
+        return;
+    }
+    uv_poll_init(sbx_spawner_loop(), &sn->poll, sn->fd);
+    sn->poll.data = sn;
+    uv_poll_start(&sn->poll, UV_READABLE, on_snapshot_copied);
+}
+
+void
+sbx_spawner_snapshot(const struct sbx_spawner_msg *m)
+{
+    struct sb *s = sbx_spawner_find_in(m, PHASE(SB_RUNNING), "is not running");
+    if (s == NULL)
+        return;
+    if (s->slot < 0) {
+        sbx_spawner_reply_fail(m->seq, SBX_FAILED_PRECONDITION, "sandbox %s has no uid slot",
+                               m->id);
+        return;
+    }
+    struct snap *sn = calloc(1, sizeof(*sn));
+    if (sn == NULL)
+        abort();
+    /* The stack the new layer goes on is the one the sandbox runs on, as recorded at its
+     * spawn: whatever the front end believes. */
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/" SB_LAYERS, s->dir);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, sn->layers, sizeof(sn->layers) - 1);
+    if (n <= 0 || n % SBX_LAYER_KEY_LEN != 0 ||
+        strspn(sn->layers, "0123456789abcdef") != (size_t)n) {
+        free(sn);
+        sbx_spawner_reply_fail(m->seq, SBX_FAILED_PRECONDITION,
+                               "sandbox %s: its layers are not recorded", m->id);
+        return;
+    }
+    if (sbx_layer_exists(sbx_spawner_cfg()->state_dir, m->layer_key)) {
+        free(sn);
+        sbx_spawner_reply_fail(m->seq, SBX_ALREADY_EXISTS, "layer %s exists", m->layer_key);
+        return;
+    }
+    sn->seq = m->seq;
+    sn->fd = -1;
+    snprintf(sn->id, sizeof(sn->id), "%s", s->id);
+    snprintf(sn->key, sizeof(sn->key), "%s", m->layer_key);
+    sn->uid_base = sbx_spawner_cfg()->uid_base + (uid_t)s->slot * SBX_SANDBOX_UID_COUNT;
+    s->snap = sn;
+    s->seq = m->seq;
+    sbx_spawner_freeze_then(s, snapshot_copy);
+}
+
 /* ---- layer GC ---- */
 
 struct keys {
@@ -430,6 +563,12 @@ sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd)
         ssize_t len = lfd < 0 ? -1 : read(lfd, keys, sizeof(keys));
         if (len > 0)
             keys_add_all(&g->keep, keys, (size_t)len);
+        if (s->snap) { /* the layer a snapshot is making, and its unfinished dir */
+            char tmp[sizeof(SBX_LAYER_NEW_PREFIX) + SBX_LAYER_KEY_LEN];
+            snprintf(tmp, sizeof(tmp), SBX_LAYER_NEW_PREFIX "%s", s->snap->key);
+            keys_add(&g->keep, s->snap->key, SBX_LAYER_KEY_LEN);
+            keys_add(&g->keep, tmp, strlen(tmp));
+        }
     }
     _cleanup_error_ struct sbx_error *err = NULL;
     g->fd = job_fork(gc_work, g, &g->pid, &err);

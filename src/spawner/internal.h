@@ -22,13 +22,14 @@
 /* What a sandbox of ours is doing. A request is refused unless its sandbox is in a phase
  * that allows it; in each phase but RUNNING, FROZEN and STOPPED one request is in flight. */
 enum phase {
-    SB_SPAWNING,   /* SPAWN: its child sets itself up */
-    SB_RUNNING,    /* its agent runs */
-    SB_FREEZING,   /* FREEZE: waiting until every process has stopped */
-    SB_FROZEN,     /* paused in place: every process stopped, memory kept */
-    SB_STOPPING,   /* STOP: waiting for the agent to exit */
-    SB_STOPPED,    /* no process; its dir (and disk) kept: paused to its disk, or a leftover */
-    SB_DESTROYING, /* DESTROY: waiting for the agent to exit */
+    SB_SPAWNING,     /* SPAWN: its child sets itself up */
+    SB_RUNNING,      /* its agent runs */
+    SB_FREEZING,     /* FREEZE: waiting until every process has stopped */
+    SB_FROZEN,       /* paused in place: every process stopped, memory kept */
+    SB_STOPPING,     /* STOP: waiting for the agent to exit */
+    SB_STOPPED,      /* no process; its dir (and disk) kept: paused to its disk, or a leftover */
+    SB_DESTROYING,   /* DESTROY: waiting for the agent to exit */
+    SB_SNAPSHOTTING, /* SNAPSHOT: frozen while its writable layer is copied (a job) */
 };
 
 /* A sandbox of ours: spawned here, or found at start in our state dir. */
@@ -46,6 +47,9 @@ struct sb {
     int pidfd;
     uv_timer_t timer;  /* the spawn's deadline, FREEZE's polls; closed when s is dropped */
     uint64_t since_ms; /* when FREEZE began */
+    /* What a freeze under way leads to: NULL answers the FREEZE; a SNAPSHOT's copy else. */
+    void (*on_frozen)(struct sb *s, const struct sbx_error *err);
+    struct snap *snap; /* a SNAPSHOT under way (build.c) */
     bool keep_dir;     /* the kill under way is a STOP; the spawn under way is a reboot */
     struct step *step; /* a BUILD_STEP's sandbox, else NULL; no other request reaches it */
     struct sb *next;
@@ -126,6 +130,8 @@ void sbx_spawner_step_close(struct sb *s);
 void sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd);
 /* DEBIAN_LAYER: a Debian root of m->suite as layer m->layer_key (a job: mmdebstrap). */
 void sbx_spawner_debian_layer(const struct sbx_spawner_msg *m);
+/* SNAPSHOT: freezes m's sandbox, copies its writable layer in a job, thaws it. */
+void sbx_spawner_snapshot(const struct sbx_spawner_msg *m);
 
 /* volume.c */
 void sbx_spawner_volume_create(const struct sbx_spawner_msg *m);
@@ -137,5 +143,9 @@ char *sbx_spawner_volume_image(const char *id);
 void sbx_spawner_freeze(const struct sbx_spawner_msg *m);
 void sbx_spawner_thaw(const struct sbx_spawner_msg *m);
 void sbx_spawner_stop(const struct sbx_spawner_msg *m);
+/* Freezes s (RUNNING) and calls on_frozen once every process has stopped, or with the error
+ * (then s runs again, RUNNING); s->seq is the request's. */
+void sbx_spawner_freeze_then(struct sb *s,
+                             void (*on_frozen)(struct sb *s, const struct sbx_error *err));
 
 #endif

@@ -23,6 +23,7 @@ enum kind { STR, U64, I64, RANGES };
 #define IN_STEP    (1ull << SBX_SPAWNER_BUILD_STEP)
 #define IN_LOG     (1ull << SBX_SPAWNER_STEP_LOG)
 #define IN_DEBIAN  (1ull << SBX_SPAWNER_DEBIAN_LAYER)
+#define IN_SNAP    (1ull << SBX_SPAWNER_SNAPSHOT)
 #define IN_RUN     (IN_SPAWN | IN_STEP) /* what starts a sandbox */
 
 struct field {
@@ -56,8 +57,8 @@ struct field {
     }
 
 static const struct field fields[] = {
-    STR_F(1, id, IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY,
-          IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY),
+    STR_F(1, id, IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY | IN_SNAP,
+          IN_RUN | IN_DESTROY | IN_STATS | IN_PAUSE | IN_VOLUME | IN_POLICY | IN_SNAP),
     STR_F(2, template_name, IN_SPAWN, IN_SPAWN),
     U64_F(3, uid_slot, 0, SBX_MAX_SANDBOXES - 1, IN_RUN, IN_RUN),
     /* Limits: at least a few MiB of memory and a process or two, at most what a host has. */
@@ -87,8 +88,8 @@ static const struct field fields[] = {
     U64_F(22, dns_port, 1, 65535, IN_PORTS, IN_PORTS),
     U64_F(23, net_flags, 0, SBX_NET_PROXY_WEB | SBX_NET_PROXY_ALL, IN_SPAWN | IN_POLICY, 0),
     U64_F(24, proxy_port, 0, 65535, IN_PORTS, 0),
-    STR_F(60, layers, IN_RUN, IN_RUN),
-    STR_F(61, layer_key, IN_STEP | IN_DEBIAN, IN_STEP | IN_DEBIAN),
+    STR_F(60, layers, IN_RUN | IN_REPLY, IN_RUN),
+    STR_F(61, layer_key, IN_STEP | IN_DEBIAN | IN_SNAP, IN_STEP | IN_DEBIAN | IN_SNAP),
     U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP, IN_STEP),
     U64_F(63, exit_status, 0, 511, IN_REPLY, 0),
     U64_F(64, layer_empty, 0, 1, IN_REPLY, 0),
@@ -112,7 +113,8 @@ valid_op(uint8_t op)
            op == SBX_SPAWNER_VOLUME_CREATE || op == SBX_SPAWNER_VOLUME_DELETE ||
            op == SBX_SPAWNER_NET_POLICY || op == SBX_SPAWNER_NET_PORTS ||
            op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG ||
-           op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_DEBIAN_LAYER || op == SBX_SPAWNER_REPLY;
+           op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_DEBIAN_LAYER ||
+           op == SBX_SPAWNER_SNAPSHOT || op == SBX_SPAWNER_REPLY;
 }
 
 static void

@@ -64,6 +64,10 @@ enum sbx_spawner_op {
      * the base template's recipe (mmdebstrap, then its customize script), for builds
      * fromDebianImage. Minutes; the reply comes when it is done. */
     SBX_SPAWNER_DEBIAN_LAYER = 33,
+    /* id, layer key: freezes the running sandbox, copies its writable layer into the store as
+     * that layer (in a job), thaws it. Reply: the keys of the layers the sandbox runs on
+     * (top first), which the new layer goes on top of. */
+    SBX_SPAWNER_SNAPSHOT = 34,
     SBX_SPAWNER_REPLY = 64, /* spawner -> front end: code (0 = ok), errno, message */
 };
 
@@ -73,9 +77,10 @@ struct sbx_spawner_msg {
     char id[64 + 1]; /* room for any stored id; the decoder takes at most SBX_SPAWNER_ID_MAX */
     char template_name[SBX_SPAWNER_NAME_MAX + 1];
     /* The lower layers of the sandbox's root, top first: their keys (SBX_LAYER_KEY_LEN hex
-     * digits each) one after the other, 1 to SBX_LAYERS_MAX of them. */
+     * digits each) one after the other, 1 to SBX_LAYERS_MAX of them (a request's; the reply to
+     * SNAPSHOT: the layers of the sandbox). */
     char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1];
-    char layer_key[SBX_LAYER_KEY_LEN + 1]; /* BUILD_STEP: the layer it makes */
+    char layer_key[SBX_LAYER_KEY_LEN + 1]; /* BUILD_STEP, SNAPSHOT: the layer it makes */
     uint64_t timeout_ms;                   /* BUILD_STEP: killed after this long */
     uint64_t exit_status;                  /* reply to BUILD_STEP: 0-255, 128 + signal */
     uint64_t layer_empty;                  /* reply to BUILD_STEP: 1 if the step changed nothing */

@@ -22,7 +22,12 @@ freeze_done(struct sb *s, const struct sbx_error *err)
         (void)sbx_sandbox_thaw(s->id, NULL);
         sbx_log_warn("freeze", "sandbox=%s error=\"%s\"", s->id, err->msg);
     }
-    sbx_spawner_reply(s->seq, err);
+    void (*then)(struct sb *, const struct sbx_error *) = s->on_frozen;
+    s->on_frozen = NULL;
+    if (then)
+        then(s, err);
+    else
+        sbx_spawner_reply(s->seq, err);
 }
 
 static void
@@ -48,25 +53,32 @@ on_freeze_poll(uv_timer_t *t)
 }
 
 void
-sbx_spawner_freeze(const struct sbx_spawner_msg *m)
+sbx_spawner_freeze_then(struct sb *s, void (*on_frozen)(struct sb *s, const struct sbx_error *err))
 {
-    /* FROZEN too: a front end that lost our answer asks again (freezing twice is harmless). */
-    struct sb *s = sbx_spawner_find_in(m, PHASE(SB_RUNNING) | PHASE(SB_FROZEN), "is not running");
-    if (s == NULL)
-        return;
     _cleanup_error_ struct sbx_error *err = NULL;
+    s->on_frozen = on_frozen;
     if (sbx_sandbox_freeze(s->id, &err) < 0) {
-        sbx_spawner_reply(m->seq, err);
+        freeze_done(s, err);
         return;
     }
     s->phase = SB_FREEZING;
-    s->seq = m->seq;
     s->since_ms = sbx_now_ms();
     if (sbx_sandbox_frozen(s->id) == 1) {
         freeze_done(s, NULL); /* sleeping tasks freeze at once */
         return;
     }
     uv_timer_start(&s->timer, on_freeze_poll, FREEZE_POLL_MS, FREEZE_POLL_MS);
+}
+
+void
+sbx_spawner_freeze(const struct sbx_spawner_msg *m)
+{
+    /* FROZEN too: a front end that lost our answer asks again (freezing twice is harmless). */
+    struct sb *s = sbx_spawner_find_in(m, PHASE(SB_RUNNING) | PHASE(SB_FROZEN), "is not running");
+    if (s == NULL)
+        return;
+    s->seq = m->seq;
+    sbx_spawner_freeze_then(s, NULL);
 }
 
 void

@@ -773,6 +773,8 @@ handle(const char *buf, size_t len, int fd, int fd2)
         sbx_spawner_volume_delete(&m);
     else if (m.op == SBX_SPAWNER_DEBIAN_LAYER)
         sbx_spawner_debian_layer(&m);
+    else if (m.op == SBX_SPAWNER_SNAPSHOT)
+        sbx_spawner_snapshot(&m);
     else
         handle_net(&m);
 }
@@ -825,7 +827,8 @@ on_sigchld(uv_signal_t *h, int signum)
     for (struct sb *s = sp.sbs; s; s = next) {
         next = s->next; /* a finished step may leave the table */
         int st;
-        if (!(s->phase == SB_RUNNING || s->phase == SB_FREEZING || s->phase == SB_FROZEN) ||
+        if (!(s->phase == SB_RUNNING || s->phase == SB_FREEZING || s->phase == SB_FROZEN ||
+              s->phase == SB_SNAPSHOTTING) ||
             s->pid <= 0 || waitpid(s->pid, &st, WNOHANG) != s->pid)
             continue;
         s->pid = 0;

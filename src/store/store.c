@@ -159,6 +159,9 @@ static const char *const migrations[] = {
     "  size INTEGER NOT NULL,"
     "  created_at_ms INTEGER NOT NULL"
     ");",
+    /* 10: snapshots are templates too, made from a sandbox's files (source 'snapshot'). */
+    "ALTER TABLE templates ADD COLUMN source TEXT NOT NULL DEFAULT 'build';"
+    "ALTER TABLE templates ADD COLUMN sandbox_id TEXT;",
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 

@@ -282,9 +282,26 @@ sbx_volume_list_freep(struct sbx_volume_list **l)
 
 struct sbx_template_rec {
     char id[SBX_STORE_TEMPLATE_ID_LEN + 1];
-    char *alias; /* lower case, unique */
+    char *alias; /* lower case, unique; a snapshot without a name: its id */
     int64_t created_at_ms;
+    bool snapshot;                         /* made from a sandbox's files, not built */
+    char sandbox_id[SBX_STORE_ID_MAX + 1]; /* a snapshot's sandbox */
 };
+
+/* One tag of a snapshot (GET /snapshots). */
+struct sbx_snapshot_rec {
+    char template_id[SBX_STORE_TEMPLATE_ID_LEN + 1];
+    char alias[SBX_STORE_TAG_MAX + 1];
+    char tag[SBX_STORE_TAG_MAX + 1];
+    int64_t created_at_ms; /* of the tag: when the snapshot it names was taken */
+};
+/* The tags of snapshots, newest first, from offset on (at most limit): of sandbox_id's
+ * snapshots (NULL: any), of the snapshot alias (NULL: any), of tag (NULL: any). *more: there
+ * are others after them. */
+int sbx_store_snapshot_list(struct sbx_store *s, const char *sandbox_id, const char *alias,
+                            const char *tag, int64_t offset, int limit,
+                            struct sbx_snapshot_rec **out, size_t *n, bool *more,
+                            struct sbx_error **err);
 
 struct sbx_build_rec {
     char id[SBX_STORE_BUILD_ID_LEN + 1];

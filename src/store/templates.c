@@ -33,6 +33,8 @@ not_found(struct sbx_error **err, const char *what, const char *id)
 
 /* ---- templates ---- */
 
+#define TEMPLATE_COLUMNS "id, alias, created_at_ms, source, sandbox_id"
+
 static void
 row_to_template(sqlite3_stmt *st, struct sbx_template_rec *t)
 {
@@ -40,6 +42,9 @@ row_to_template(sqlite3_stmt *st, struct sbx_template_rec *t)
     column_copy(st, 0, t->id, sizeof(t->id));
     t->alias = sbx_store_column_strdup(st, 1, &oom);
     t->created_at_ms = sqlite3_column_int64(st, 2);
+    const unsigned char *src = sqlite3_column_text(st, 3);
+    t->snapshot = src && strcmp((const char *)src, "snapshot") == 0;
+    column_copy(st, 4, t->sandbox_id, sizeof(t->sandbox_id));
     if (oom || t->alias == NULL)
         abort();
 }
@@ -49,9 +54,9 @@ sbx_store_template_get(struct sbx_store *s, const char *id_or_alias, struct sbx_
                        struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (sbx_store_prepare(
-            s, "SELECT id, alias, created_at_ms FROM templates WHERE id = ?1 OR alias = ?1", &st,
-            err) < 0)
+    if (sbx_store_prepare(s,
+                          "SELECT " TEMPLATE_COLUMNS " FROM templates WHERE id = ?1 OR alias = ?1",
+                          &st, err) < 0)
         return -1;
     bind_text(st, 1, id_or_alias);
     int rc = sqlite3_step(st);
@@ -68,12 +73,14 @@ sbx_store_template_insert(struct sbx_store *s, const struct sbx_template_rec *t,
                           struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (sbx_store_prepare(s, "INSERT INTO templates (id, alias, created_at_ms) VALUES (?, ?, ?)",
+    if (sbx_store_prepare(s, "INSERT INTO templates (" TEMPLATE_COLUMNS ") VALUES (?, ?, ?, ?, ?)",
                           &st, err) < 0)
         return -1;
     bind_text(st, 1, t->id);
     bind_text(st, 2, t->alias);
     sqlite3_bind_int64(st, 3, t->created_at_ms);
+    bind_text(st, 4, t->snapshot ? "snapshot" : "build");
+    bind_text(st, 5, t->snapshot ? t->sandbox_id : NULL);
     return sbx_store_step_done(s, st, false, t->id, err);
 }
 
@@ -193,9 +200,9 @@ sbx_store_template_list(struct sbx_store *s, struct sbx_template_rec **out, size
                         struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (sbx_store_prepare(
-            s, "SELECT id, alias, created_at_ms FROM templates ORDER BY created_at_ms, id", &st,
-            err) < 0)
+    if (sbx_store_prepare(s,
+                          "SELECT " TEMPLATE_COLUMNS " FROM templates ORDER BY created_at_ms, id",
+                          &st, err) < 0)
         return -1;
     *out = NULL;
     *n = 0;
@@ -568,4 +575,50 @@ sbx_store_uploads_expire(struct sbx_store *s, int64_t before_ms, struct sbx_buf 
             sbx_buf_append(hashes, h, 64, SIZE_MAX);
     }
     return rc == SQLITE_DONE ? 0 : sbx_store_db_error(s, rc, err, "expire uploads");
+}
+
+/* ---- snapshots ---- */
+
+int
+sbx_store_snapshot_list(struct sbx_store *s, const char *sandbox_id, const char *alias,
+                        const char *tag, int64_t offset, int limit, struct sbx_snapshot_rec **out,
+                        size_t *n, bool *more, struct sbx_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (sbx_store_prepare(s,
+                          "SELECT t.id, t.alias, g.tag, g.created_at_ms FROM templates t "
+                          "JOIN template_tags g ON g.template_id = t.id "
+                          "WHERE t.source = 'snapshot' AND (?1 IS NULL OR t.sandbox_id = ?1) "
+                          "AND (?2 IS NULL OR t.alias = ?2) AND (?3 IS NULL OR g.tag = ?3) "
+                          "ORDER BY g.created_at_ms DESC, t.id DESC, g.tag LIMIT ?4 OFFSET ?5",
+                          &st, err) < 0)
+        return -1;
+    bind_text(st, 1, sandbox_id);
+    bind_text(st, 2, alias);
+    bind_text(st, 3, tag);
+    sqlite3_bind_int(st, 4, limit + 1); /* one more tells whether there are more */
+    sqlite3_bind_int64(st, 5, offset);
+    *out = calloc((size_t)limit + 1, sizeof(**out));
+    if (*out == NULL)
+        abort();
+    *n = 0;
+    *more = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == (size_t)limit) {
+            *more = true;
+            continue;
+        }
+        struct sbx_snapshot_rec *r = &(*out)[(*n)++];
+        column_copy(st, 0, r->template_id, sizeof(r->template_id));
+        column_copy(st, 1, r->alias, sizeof(r->alias));
+        column_copy(st, 2, r->tag, sizeof(r->tag));
+        r->created_at_ms = sqlite3_column_int64(st, 3);
+    }
+    if (rc != SQLITE_DONE) {
+        free(*out);
+        *out = NULL;
+        return sbx_store_db_error(s, rc, err, "list snapshots");
+    }
+    return 0;
 }

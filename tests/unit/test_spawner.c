@@ -193,6 +193,19 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     ssize_t n = sbx_spawner_msg_encode(&p, buf, sizeof(buf));
     CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
     CHECK(out.op == SBX_SPAWNER_FREEZE && strcmp(out.id, "abc") == 0);
+    /* A snapshot names a sandbox and a whole layer key; the stack comes back in the reply. */
+    struct sbx_spawner_msg sn = {.op = SBX_SPAWNER_SNAPSHOT, .seq = 4};
+    snprintf(sn.id, sizeof(sn.id), "abc");
+    expect_refused("snapshot without key", sn, NULL);
+    memset(sn.layer_key, 'e', SBX_LAYER_KEY_LEN);
+    n = sbx_spawner_msg_encode(&sn, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    CHECK(out.op == SBX_SPAWNER_SNAPSHOT && strcmp(out.layer_key, sn.layer_key) == 0);
+    struct sbx_spawner_msg rep = {.op = SBX_SPAWNER_REPLY, .seq = 4};
+    snprintf(rep.layers, sizeof(rep.layers), "%s", SBX_LAYER_KEY_BASE);
+    n = sbx_spawner_msg_encode(&rep, buf, sizeof(buf));
+    CHECK(n > 0 && decode(buf, (size_t)n, &out, why, sizeof(why)) == 0);
+    CHECK(strcmp(out.layers, SBX_LAYER_KEY_BASE) == 0);
     struct sbx_spawner_msg st = spawn_req("abc", 1);
     n = sbx_spawner_msg_encode(&st, buf, sizeof(buf));
     buf[1] = SBX_SPAWNER_STOP; /* a STOP with the fields of a SPAWN */

@@ -443,13 +443,31 @@ def p_auto_resume(s):
 
 def p_snapshots(s):
     sbx = s.base()
-    refused_by_sdk(sbx.create_snapshot, "snapshots")
-    refused_by_sdk(lambda: Sandbox.list_snapshots().next_items(), "snapshots")
-    refused_by_sdk(lambda: Sandbox.delete_snapshot("x:default"), "snapshots")
+    sbx.files.write("snap.txt", "in the snapshot")
+    snap = sbx.create_snapshot()
+    try:
+        assert snap.snapshot_id in [i.snapshot_id for i in sbx.list_snapshots().next_items()]
+        child = Sandbox.create(snap.snapshot_id, timeout=60)
+        try:
+            assert child.files.read("snap.txt") == "in the snapshot"
+        finally:
+            child.kill()
+        refused_by_sdk(lambda: sbx.create_snapshot(mode="full"), "snapshots of memory")
+    finally:
+        assert Sandbox.delete_snapshot(snap.snapshot_id)
 
 
 def p_fork(s):
-    refused_by_sdk(s.base().fork, "fork")
+    sbx = s.base()
+    sbx.files.write("fork.txt", "forked")
+    (child,) = sbx.fork(timeout=60)
+    try:
+        assert child.sandbox_id != sbx.sandbox_id
+        assert child.files.read("fork.txt") == "forked"
+    finally:
+        child.kill()
+        for snap in Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items():
+            Sandbox.delete_snapshot(snap.snapshot_id)
 
 
 def p_volumes(s):
@@ -528,8 +546,8 @@ PROBES = {
     "Filesystem-only pause": (SUPPORTED, p_fs_pause),
     "Auto-pause": (SUPPORTED, p_auto_pause),
     "Auto-resume": (SUPPORTED, p_auto_resume),
-    "Snapshots": (NOT, p_snapshots),
-    "Fork": (NOT, p_fork),
+    "Snapshots": (PARTIAL, p_snapshots),
+    "Fork": (PARTIAL, p_fork),
     "Volumes": (SUPPORTED, p_volumes),
     "API keys": (PARTIAL, p_api_keys),
     "Teams": (NOT, p_teams),
