@@ -111,14 +111,14 @@ def median(xs):
     return statistics.median(xs)
 
 
-def server_side_creates(d, n):
+def server_side_creates(d, n, template="base"):
     """n creates and kills through the REST API: the daemon's own create times in ms, from
     its X-Sbx-Spawn-Us response header (store + namespaces + cgroups + overlay + agent)."""
     out = []
     for _ in range(n):
         req = urllib.request.Request(
             d.url + "/sandboxes", method="POST",
-            data=json.dumps({"templateID": "base", "timeout": 120}).encode(),
+            data=json.dumps({"templateID": template, "timeout": 120}).encode(),
             headers={"X-API-KEY": d.key, "Content-Type": "application/json"})
         with urllib.request.urlopen(req) as r:
             out.append(int(r.headers["X-Sbx-Spawn-Us"]) / 1000.0)

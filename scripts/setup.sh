@@ -20,6 +20,7 @@ APT_PACKAGES=(
     clang-format-14 # the formatting check of `make test`
     python3 python3-pip python3-venv
     mmdebstrap # builds the base template's Debian root (scripts/templates.sh)
+    skopeo umoci # pull and unpack container images, fromImage and sbx template import
 )
 # Installed only when `node` is absent (these machines usually ship Node 20 with npm).
 APT_NODE_PACKAGES=(nodejs npm)
@@ -29,7 +30,8 @@ APT_NODE_PACKAGES=(nodejs npm)
 # of bench/bench_engine.py; the network tests' and benchmarks' own hosts and services: a
 # throughput meter, a resolver for test domains, a SOCKS5 server, and curl.
 APT_TEST_PACKAGES=(qemu-system-x86 debootstrap xz-utils clang-14 libclang-rt-14-dev prometheus systemd
-    crun bubblewrap iperf3 dnsmasq-base microsocks curl)
+    crun bubblewrap iperf3 dnsmasq-base microsocks curl
+    docker-registry) # the image tests' own local registry (test_images.py)
 
 # apt-get update again only when the package lists are older than this.
 APT_UPDATE_MAX_AGE_S=$((6 * 3600))

@@ -1028,3 +1028,36 @@ sbx_cli_files_put(struct sbx_cli_rpc *r, const char *path, int fd, long long siz
     curl_mime_free(mime);
     return rc;
 }
+
+int
+sbx_cli_put_file(const char *url, int fd, long long size, struct sbx_error **err)
+{
+    CURL *c = easy_new(err);
+    if (c == NULL)
+        return -1;
+    struct transfer t = {.fd = fd, .upload = true};
+    struct sbx_buf body = {0};
+    struct sink sink = {&body, false};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(c, CURLOPT_READFUNCTION, on_upload_read);
+    curl_easy_setopt(c, CURLOPT_READDATA, &t);
+    curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    int ret = 0;
+    if (t.write_errno)
+        ret = sbx_error_sys(err, t.write_errno, "reading the local file");
+    else if (rc != CURLE_OK && status == 0)
+        ret = transport_error(rc, url, errbuf, err);
+    else if (status / 100 != 2)
+        ret = http_error(status, &body, err);
+    sbx_buf_fini(&body);
+    return ret;
+}

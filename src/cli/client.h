@@ -168,6 +168,8 @@ int sbx_cli_rpc_unary(struct sbx_cli_rpc *rpc, const char *method, json_t *req, 
 /* A file of the sandbox (envd's /files), streamed: get writes its content to fd, put sends
  * size bytes (-1: until end of input) read from fd. Errors carry the agent's message. */
 int sbx_cli_files_get(struct sbx_cli_rpc *rpc, const char *path, int fd, struct sbx_error **err);
+/* PUT of a local file's size bytes (from fd) to url, such as a template upload URL. */
+int sbx_cli_put_file(const char *url, int fd, long long size, struct sbx_error **err);
 int sbx_cli_files_put(struct sbx_cli_rpc *rpc, const char *path, int fd, long long size,
                       struct sbx_error **err);
 

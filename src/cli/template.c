@@ -6,12 +6,19 @@
  *                                        CMD/ENTRYPOINT (the start command) as the SDK's
  *                                        fromDockerfile reads one; COPY and ADD need the
  *                                        files of a context: build those with the SDK.
- *   sbx template import TAR              not yet: no image import (see docs/architecture.md)
+ *   sbx template import TAR [NAME]       a template of an image archive: an OCI archive
+ *                                        (skopeo copy ... oci-archive:) or a docker archive
+ *                                        (docker save); NAME defaults to TAR's file name.
  *
  * The build follows the SDK: POST /v3/templates, POST /v2/templates/{id}/builds/{bid}, then
- * the status with its logs every 200 ms until the build ends. */
+ * the status with its logs every 200 ms until the build ends. An import uploads the archive
+ * as the SDK uploads a COPY's files (the probe by hash, then a PUT to the URL it names), and
+ * builds from the image "archive:sha256:<hash of the archive>", which names that upload. */
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +28,7 @@
 #include "base/buf.h"
 #include "base/cleanup.h"
 #include "cli/client.h"
+#include "spawner/image_ref.h"
 
 #define POLL_MS        200
 #define DOCKERFILE_MAX (1 << 20)
@@ -28,6 +36,9 @@
 static const char usage[] = "usage: sbx template ls\n"
                             "       sbx template rm NAME...\n"
                             "       sbx template build FILE --name NAME [--cpu N] [--memory-mb N]\n"
+                            "       sbx template import TAR [NAME] [--cpu N] [--memory-mb N]\n"
+                            "         TAR: an OCI archive or a docker archive (docker save);\n"
+                            "         NAME: the template's, by default TAR's file name\n"
                             "       (each also takes --api-url URL --api-key KEY)\n";
 
 /* ---- the Dockerfile ---- */
@@ -297,28 +308,34 @@ poll_build(const struct sbx_cli_config *cfg, const char *tid, const char *bid, s
     return rc;
 }
 
+/* POST /v3/templates: *made has the template's and the build's ids. */
 static int
-build(const struct sbx_cli_config *cfg, const char *file, const char *name, int cpu, int mem,
-      struct sbx_error **err)
+request_build(const struct sbx_cli_config *cfg, const char *name, int cpu, int mem, json_t **made,
+              struct sbx_error **err)
 {
-    _cleanup_free_ char *text = read_file(file, err);
-    json_t *def = NULL;
-    if (text == NULL || sbx_cli_dockerfile_parse(text, &def, err) < 0)
-        return -1;
     json_t *req = json_pack("{s:s,s:i,s:i}", "name", name, "cpuCount", cpu, "memoryMB", mem);
-    json_t *made = NULL;
-    int rc = call_json(cfg, "POST", "/v3/templates", req, 202, &made, err);
+    int rc = call_json(cfg, "POST", "/v3/templates", req, 202, made, err);
     json_decref(req);
+    if (rc == 0 && (!json_is_string(json_object_get(*made, "templateID")) ||
+                    !json_is_string(json_object_get(*made, "buildID")))) {
+        json_decref(*made);
+        return sbx_error_set(err, SBX_INTERNAL, 0, "unexpected answer to POST /v3/templates");
+    }
+    return rc;
+}
+
+/* Starts the build of made (request_build's answer) with def and prints its log until it
+ * ends. */
+static int
+run_build(const struct sbx_cli_config *cfg, json_t *made, const char *name, json_t *def,
+          struct sbx_error **err)
+{
+    const char *tid = json_string_value(json_object_get(made, "templateID"));
+    const char *bid = json_string_value(json_object_get(made, "buildID"));
     _cleanup_free_ char *path = NULL;
-    const char *tid = made ? json_string_value(json_object_get(made, "templateID")) : NULL;
-    const char *bid = made ? json_string_value(json_object_get(made, "buildID")) : NULL;
-    if (rc == 0 && (tid == NULL || bid == NULL))
-        rc = sbx_error_set(err, SBX_INTERNAL, 0, "unexpected answer to POST /v3/templates");
-    if (rc == 0 && asprintf(&path, "/v2/templates/%s/builds/%s", tid, bid) < 0)
+    if (asprintf(&path, "/v2/templates/%s/builds/%s", tid, bid) < 0)
         abort();
-    if (rc == 0)
-        rc = call_json(cfg, "POST", path, def, 202, NULL, err);
-    json_decref(def);
+    int rc = call_json(cfg, "POST", path, def, 202, NULL, err);
     size_t offset = 0;
     for (bool done = false; rc == 0 && !done;) {
         rc = poll_build(cfg, tid, bid, &offset, &done, err);
@@ -327,6 +344,107 @@ build(const struct sbx_cli_config *cfg, const char *file, const char *name, int 
     }
     if (rc == 0)
         printf("built %s (template %s, build %s)\n", name, tid, bid);
+    return rc;
+}
+
+static int
+build(const struct sbx_cli_config *cfg, const char *file, const char *name, int cpu, int mem,
+      struct sbx_error **err)
+{
+    _cleanup_free_ char *text = read_file(file, err);
+    json_t *def = NULL, *made = NULL;
+    if (text == NULL || sbx_cli_dockerfile_parse(text, &def, err) < 0)
+        return -1;
+    int rc = request_build(cfg, name, cpu, mem, &made, err);
+    if (rc == 0)
+        rc = run_build(cfg, made, name, def, err);
+    json_decref(def);
+    json_decref(made);
+    return rc;
+}
+
+/* The SHA-256 of fd's bytes in hex; *size gets their count. */
+static int
+hash_file(int fd, char out[65], long long *size, struct sbx_error **err)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+        abort();
+    static char buf[1 << 16];
+    *size = 0;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)) {
+        if (n > 0) {
+            EVP_DigestUpdate(ctx, buf, (size_t)n);
+            *size += n;
+        }
+    }
+    unsigned char md[32];
+    EVP_DigestFinal_ex(ctx, md, NULL);
+    EVP_MD_CTX_free(ctx);
+    if (n < 0 || lseek(fd, 0, SEEK_SET) < 0)
+        return sbx_error_sys(err, errno, "read the archive");
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
+
+/* A template name from an archive's path: its file name without .tar, .tar.gz or .tgz, in
+ * the characters names take. */
+static char *
+name_of(const char *tar)
+{
+    const char *base = strrchr(tar, '/');
+    char *name = strdup(base ? base + 1 : tar);
+    if (name == NULL)
+        abort();
+    static const char *const exts[] = {".tar.gz", ".tgz", ".tar"};
+    for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]); i++) {
+        size_t n = strlen(name), e = strlen(exts[i]);
+        if (n > e && strcmp(name + n - e, exts[i]) == 0) {
+            name[n - e] = '\0';
+            break;
+        }
+    }
+    for (char *c = name; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
+        else if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '.' || *c == '_'))
+            *c = '-';
+    return name;
+}
+
+static int
+import(const struct sbx_cli_config *cfg, const char *tar, const char *name, int cpu, int mem,
+       struct sbx_error **err)
+{
+    _cleanup_close_ int fd = open(tar, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return sbx_error_sys(err, errno, "open %s", tar);
+    if (!S_ISREG(st.st_mode))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "%s is not a file", tar);
+    char hash[65];
+    long long size;
+    json_t *made = NULL, *probe = NULL;
+    if (hash_file(fd, hash, &size, err) < 0 || request_build(cfg, name, cpu, mem, &made, err) < 0)
+        return -1;
+    _cleanup_free_ char *path = NULL;
+    if (asprintf(&path, "/templates/%s/files/%s",
+                 json_string_value(json_object_get(made, "templateID")), hash) < 0)
+        abort();
+    int rc = call_json(cfg, "GET", path, NULL, 201, &probe, err);
+    const char *url = json_string_value(json_object_get(probe, "url"));
+    if (rc == 0 && url == NULL)
+        rc = sbx_error_set(err, SBX_INTERNAL, 0, "no upload URL in the answer to GET %s", path);
+    if (rc == 0 && !json_is_true(json_object_get(probe, "present")))
+        rc = sbx_cli_put_file(url, fd, size, err);
+    json_t *def = json_pack("{s:s+,s:[],s:b}", "fromImage", SBX_IMAGE_ARCHIVE_PREFIX, hash, "steps",
+                            "force", 0);
+    if (rc == 0)
+        rc = run_build(cfg, made, name, def, err);
+    json_decref(def);
+    json_decref(probe);
     json_decref(made);
     return rc;
 }
@@ -375,16 +493,11 @@ sbx_cli_template(int argc, char **argv)
     const char *sub = first < argc ? argv[first] : "";
     int nargs = argc - first - 1;
     bool ok = (strcmp(sub, "ls") == 0 && nargs == 0) || (strcmp(sub, "rm") == 0 && nargs > 0) ||
-              (strcmp(sub, "build") == 0 && nargs == 1 && a.name);
-    if (strcmp(sub, "import") == 0) {
-        sbx_error_set(&err, SBX_UNIMPLEMENTED, 0,
-                      "importing images is not supported yet: build from debian:<suite>, the "
-                      "base template or your own templates");
-        return sbx_cli_fail("template", err);
-    }
+              (strcmp(sub, "build") == 0 && nargs == 1 && a.name) ||
+              (strcmp(sub, "import") == 0 && (nargs == 1 || nargs == 2));
     if (!ok) {
         sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
-                      "expected ls, rm NAME... or build FILE --name");
+                      "expected ls, rm NAME..., build FILE --name or import TAR [NAME]");
         return sbx_cli_usage_error("template", usage, err);
     }
     struct sbx_cli_config cfg;
@@ -400,6 +513,10 @@ sbx_cli_template(int argc, char **argv)
                 status = sbx_cli_fail("template", err);
                 err = NULL;
             }
+    } else if (strcmp(sub, "import") == 0) {
+        _cleanup_free_ char *name = nargs == 2 ? strdup(argv[first + 2]) : name_of(argv[first + 1]);
+        if (name == NULL || import(&cfg, argv[first + 1], name, a.cpu, a.mem, &err) < 0)
+            status = sbx_cli_fail("template", err);
     } else if (build(&cfg, argv[first + 1], a.name, a.cpu, a.mem, &err) < 0) {
         status = sbx_cli_fail("template", err);
     }

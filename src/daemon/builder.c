@@ -24,6 +24,7 @@
 #include "base/util.h"
 #include "daemon/internal.h"
 #include "jupyter/msg.h"
+#include "spawner/image_ref.h"
 #include "spawner/layer_keys.h"
 #include "spawner/templates.h"
 
@@ -703,6 +704,16 @@ debian_suite(const char *image)
     return NULL;
 }
 
+/* The base step failed: "failed to pull image <ref>: <why>", as E2B words it. */
+static void
+pull_failed(struct build *b, const char *why)
+{
+    _cleanup_free_ char *msg = NULL;
+    if (asprintf(&msg, "failed to pull image %s: %s", b->def.from_image, why) < 0)
+        abort();
+    build_end(b, "base", msg);
+}
+
 static void
 on_debian_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
@@ -711,15 +722,98 @@ on_debian_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void
     if (err == NULL && sbx_store_layer_add(sbx_daemon->store, b->step_key, false, &e) < 0)
         err = e;
     if (err) {
-        _cleanup_free_ char *msg = NULL;
-        if (asprintf(&msg, "failed to pull image %s: %s", b->def.from_image, err->msg) < 0)
-            abort();
-        build_end(b, "base", msg);
+        pull_failed(b, err->msg);
         return;
     }
     set_base(b, b->step_key);
     log_entry(b, "info", "base", "Debian root made");
     next_step(b);
+}
+
+static void
+on_image_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
+{
+    struct build *b = ud;
+    _cleanup_error_ struct sbx_error *e = NULL;
+    if (err == NULL && sbx_store_layer_add(sbx_daemon->store, reply->layer_key, false, &e) < 0)
+        err = e;
+    if (err) {
+        pull_failed(b, err->msg);
+        return;
+    }
+    set_base(b, reply->layer_key);
+    /* The image's ENV goes on into the build, as on E2B; its WORKDIR and USER do not
+     * (templates.md §3): steps run as user, in its home, unless they say otherwise. */
+    for (const char *line = reply->image_env; *line;) {
+        size_t len = strcspn(line, "\n");
+        const char *eq = memchr(line, '=', len);
+        if (eq && eq > line) {
+            _cleanup_free_ char *key = sbx_memdup_str(line, (size_t)(eq - line));
+            _cleanup_free_ char *val = sbx_memdup_str(eq + 1, len - (size_t)(eq - line) - 1);
+            json_object_set_new(b->env, key, json_string(val));
+        }
+        line += len + (line[len] == '\n');
+    }
+    _cleanup_free_ char *msg = NULL;
+    if (asprintf(&msg, "FROM %s (%s)", b->def.from_image, reply->image_digest) < 0)
+        abort();
+    log_entry(b, "info", "base", msg);
+    next_step(b);
+}
+
+/* A registry's credentials for the spawner: username and password only; any other kind is
+ * refused by name rather than ignored. 0, or -1 with the reason. */
+static int
+registry_credentials(const struct build *b, struct sbx_spawner_msg *req, struct sbx_error **err)
+{
+    const struct sbx_build_def *d = &b->def;
+    if (!d->has_registry)
+        return 0;
+    if (d->registry_type == NULL || strcmp(d->registry_type, "registry") != 0)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "registry credentials of type '%s' are not supported here (only a "
+                             "username and password: fromImage(image, {username, password}))",
+                             d->registry_type ? d->registry_type : "(none)");
+    const char *u = d->registry_username, *p = d->registry_password;
+    if (u == NULL || p == NULL || !u[0] || !p[0] || strchr(u, ':') ||
+        strlen(u) > SBX_SPAWNER_CRED_MAX || strlen(p) > SBX_SPAWNER_CRED_MAX)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "the registry's username and password must be 1 to %d characters, "
+                             "the username without ':'",
+                             SBX_SPAWNER_CRED_MAX);
+    snprintf(req->registry_user, sizeof(req->registry_user), "%s", u);
+    snprintf(req->registry_password, sizeof(req->registry_password), "%s", p);
+    return 0;
+}
+
+/* The base is an image: the spawner pulls it (or reads an imported archive) into a layer. */
+static void
+pull_image(struct build *b)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    const char *image = b->def.from_image;
+    const char *hash = sbx_image_ref_archive(image);
+    struct sbx_spawner_msg req = {
+        .op = SBX_SPAWNER_IMAGE_LAYER,
+        .timeout_ms = (uint64_t)sbx_daemon->cfg.build_step_timeout_s * 1000,
+    };
+    struct sbx_image_ref ref;
+    int fd = -1;
+    bool gzip;
+    if (hash && b->def.has_registry)
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "an imported archive takes no credentials");
+    else if (hash)
+        fd = open_upload(hash, &gzip, &err);
+    else if (sbx_image_ref_parse(image, &ref, &err) == 0)
+        registry_credentials(b, &req, &err);
+    if (err) {
+        pull_failed(b, err->msg);
+        return;
+    }
+    snprintf(req.image, sizeof(req.image), "%s", image);
+    log_entry(b, "info", "base", hash ? "FROM the imported archive" : "FROM image: pulling");
+    sbx_spawner_call(&req, fd, on_image_layer, b);
+    explicit_bzero(req.registry_password, sizeof(req.registry_password));
 }
 
 static void
@@ -752,15 +846,7 @@ on_begin(uv_timer_t *t)
         return;
     }
     if (image && (b->def.has_registry || strcmp(image, SBX_TEMPLATE_BASE_IMAGE) != 0)) {
-        /* Nothing else can be pulled: no container registry is reachable from here. */
-        _cleanup_free_ char *msg = NULL;
-        if (asprintf(&msg,
-                     "failed to pull image %s: this server pulls no images (it reaches no "
-                     "container registry); build from '%s' (fromBaseImage), debian:<suite> "
-                     "(fromDebianImage, Debian 12 or later) or fromTemplate",
-                     image, SBX_TEMPLATE_BASE_IMAGE) < 0)
-            abort();
-        build_end(b, "base", msg);
+        pull_image(b);
         return;
     }
     if (start_from(b, image ? "base" : b->def.from_template, &err) < 0) {

@@ -304,8 +304,13 @@ sbx_build_def_parse(json_t *body, struct sbx_build_def *out, struct sbx_error **
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                              "exactly one of fromImage and fromTemplate must be given (builds "
                              "from a Dockerfile pushed to a registry are not supported)");
-    out->has_registry = json_object_get(body, "fromImageRegistry") != NULL &&
-                        !json_is_null(json_object_get(body, "fromImageRegistry"));
+    json_t *reg = json_object_get(body, "fromImageRegistry");
+    out->has_registry = reg != NULL && !json_is_null(reg);
+    if (out->has_registry && !json_is_object(reg))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "fromImageRegistry must be an object");
+    out->registry_type = json_string_value(json_object_get(reg, "type"));
+    out->registry_username = json_string_value(json_object_get(reg, "username"));
+    out->registry_password = json_string_value(json_object_get(reg, "password"));
     out->force = json_is_true(json_object_get(body, "force"));
     out->start_cmd = json_string_value(json_object_get(body, "startCmd"));
     out->ready_cmd = json_string_value(json_object_get(body, "readyCmd"));

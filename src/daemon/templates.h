@@ -74,6 +74,9 @@ struct sbx_build_def {
     const char *from_image;    /* NULL if from_template */
     const char *from_template; /* NULL if from_image */
     bool has_registry;         /* fromImageRegistry given */
+    /* fromImageRegistry's type ("registry", "aws", "gcp"; NULL if it has none) and, for
+     * "registry", its username and password (NULL if absent) */
+    const char *registry_type, *registry_username, *registry_password;
     bool force;
     const char *start_cmd, *ready_cmd;
     struct sbx_build_step *steps;

@@ -203,6 +203,10 @@ static int
 drop_unkept(int dir, const char *name, void *ud, struct sbx_error **err)
 {
     struct gc *g = ud;
+    /* A layer in the making (a commit, a Debian root, an image) is no one's yet: it stays,
+     * and what a crash left of one goes at the next start (sbx_layers_prepare). */
+    if (strncmp(name, NEW_PREFIX, strlen(NEW_PREFIX)) == 0)
+        return 0;
     for (size_t i = 0; i < g->n; i++)
         if (strcmp(g->keep[i], name) == 0)
             return 0;

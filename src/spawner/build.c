@@ -21,14 +21,6 @@
 #include "spawner/net.h"
 #include "spawner/templates.h"
 
-/* What a job (a child doing slow work for us) reports. */
-struct job_result {
-    int32_t code, sys_errno;
-    int32_t value; /* the job's answer: a commit's "empty", a GC's count */
-    char message[SBX_SPAWNER_TEXT_MAX];
-};
-typedef int (*job_fn)(void *ud, int32_t *value, struct sbx_error **err);
-
 /* Marks a build step's dir: a spawner that finds it at start destroys it. */
 static int
 mark_step(const struct sb *s, struct sbx_error **err)
@@ -87,57 +79,14 @@ step_destroyed(struct sb *s)
     sbx_spawner_sb_drop(s);
 }
 
-/* Forks a child that runs work(ud) and writes its job_result to the pipe whose read end it
- * returns (*pid: the child): slow work (a walk of a large tree) must not hold up the
- * requests of other sandboxes. The child never returns into the loop. */
-static int
-job_fork(job_fn work, void *ud, pid_t *pid, struct sbx_error **err)
-{
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return sbx_error_sys(err, errno, "pipe");
-    *pid = fork();
-    if (*pid == 0) {
-        close(p[0]);
-        struct job_result r = {.code = SBX_OK};
-        struct sbx_error *e = NULL;
-        if (work(ud, &r.value, &e) < 0) {
-            r.code = e->code;
-            r.sys_errno = e->sys_errno;
-            snprintf(r.message, sizeof(r.message), "%s", e->msg);
-        }
-        _exit(write(p[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
-    }
-    close(p[1]);
-    if (*pid < 0) {
-        close(p[0]);
-        return sbx_error_sys(err, errno, "fork");
-    }
-    return p[0];
-}
-
-/* Reads a job's result and reaps it; a job that died without one is an internal error. */
-static void
-job_finish(int fd, pid_t pid, struct job_result *r)
-{
-    ssize_t n = read(fd, r, sizeof(*r));
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
-    r->message[sizeof(r->message) - 1] = '\0';
-    if (n != (ssize_t)sizeof(*r)) {
-        *r = (struct job_result){.code = SBX_INTERNAL};
-        snprintf(r->message, sizeof(r->message), "the process doing the work died");
-    }
-}
-
 static void
 on_commit_result(uv_poll_t *h, int status, int events)
 {
     struct sb *s = h->data;
     struct step *st = s->step;
     uv_poll_stop(&st->commit_poll);
-    struct job_result r;
-    job_finish(st->commit_fd, st->commit_pid, &r);
+    struct sbx_spawner_job_result r;
+    sbx_spawner_job_finish(st->commit_fd, st->commit_pid, &r);
     st->commit_pid = 0;
     if (r.code != SBX_OK)
         step_fail(s, (enum sbx_code)r.code, r.sys_errno, "commit: %s", r.message);
@@ -147,14 +96,14 @@ on_commit_result(uv_poll_t *h, int status, int events)
 }
 
 static int
-commit_work(void *ud, int32_t *value, struct sbx_error **err)
+commit_work(void *ud, struct sbx_spawner_job_result *r, struct sbx_error **err)
 {
     struct sb *s = ud;
     bool empty = false;
     struct sbx_sandbox_ref ref = sbx_spawner_ref(s);
     int rc = sbx_sandbox_commit(&ref, sbx_spawner_cfg()->state_dir, s->step->key, s->step->uid_base,
                                 &empty, err);
-    *value = empty;
+    r->value = empty;
     return rc;
 }
 
@@ -164,7 +113,7 @@ step_commit(struct sb *s)
 {
     struct step *st = s->step;
     _cleanup_error_ struct sbx_error *err = NULL;
-    int fd = job_fork(commit_work, s, &st->commit_pid, &err);
+    int fd = sbx_spawner_job_fork(commit_work, s, &st->commit_pid, &err);
     if (fd < 0) {
         step_fail(s, SBX_INTERNAL, err->sys_errno, "commit: %s", err->msg);
         step_destroyed(s);
@@ -332,25 +281,13 @@ struct snap {
     char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1]; /* the sandbox's, as recorded */
     uid_t uid_base;
     struct sbx_sandbox_ref ref; /* for the job: strings of the sandbox's sb */
-    pid_t pid;
-    int fd;
-    uv_poll_t poll;
 };
 
 static int
-snapshot_work(void *ud, int32_t *value, struct sbx_error **err)
+snapshot_work(void *ud, struct sbx_spawner_job_result *r, struct sbx_error **err)
 {
     struct snap *sn = ud;
-    *value = 0;
     return sbx_sandbox_snapshot(&sn->ref, sbx_spawner_cfg()->state_dir, sn->key, sn->uid_base, err);
-}
-
-static void
-snap_free(uv_handle_t *h)
-{
-    struct snap *sn = h->data;
-    close(sn->fd);
-    free(sn);
 }
 
 /* Thaws the sandbox whatever the copy did (a snapshot never leaves it frozen), then answers
@@ -371,23 +308,17 @@ snapshot_end(struct snap *sn, const struct sbx_error *err)
     if (err == NULL)
         memcpy(rep.layers, sn->layers, sizeof(rep.layers));
     sbx_spawner_send(&rep);
-    if (sn->fd >= 0)
-        uv_close((uv_handle_t *)&sn->poll, snap_free);
-    else
-        free(sn);
+    free(sn);
 }
 
 static void
-on_snapshot_copied(uv_poll_t *h, int status, int events)
+on_snapshot_copied(void *ud, const struct sbx_spawner_job_result *r)
 {
-    struct snap *sn = h->data;
-    uv_poll_stop(h);
-    struct job_result r;
-    job_finish(sn->fd, sn->pid, &r);
+    struct snap *sn = ud;
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (r.code != SBX_OK)
-        sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "%s", r.message);
-    sbx_log_info("snapshot", "sandbox=%s layer=%s ok=%d", sn->id, sn->key, r.code == SBX_OK);
+    if (r->code != SBX_OK)
+        sbx_error_set(&err, (enum sbx_code)r->code, r->sys_errno, "%s", r->message);
+    sbx_log_info("snapshot", "sandbox=%s layer=%s ok=%d", sn->id, sn->key, r->code == SBX_OK);
     snapshot_end(sn, err);
 }
 
@@ -403,14 +334,8 @@ snapshot_copy(struct sb *s, const struct sbx_error *ferr)
     }
     s->phase = SB_SNAPSHOTTING;
     sn->ref = sbx_spawner_ref(s);
-    sn->fd = job_fork(snapshot_work, sn, &sn->pid, &err);
-    if (sn->fd < 0) {
+    if (sbx_spawner_job_start(snapshot_work, on_snapshot_copied, sn, &err) < 0)
         snapshot_end(sn, err);
-        return;
-    }
-    uv_poll_init(sbx_spawner_loop(), &sn->poll, sn->fd);
-    sn->poll.data = sn;
-    uv_poll_start(&sn->poll, UV_READABLE, on_snapshot_copied);
 }
 
 void
@@ -446,7 +371,6 @@ sbx_spawner_snapshot(const struct sbx_spawner_msg *m)
         return;
     }
     sn->seq = m->seq;
-    sn->fd = -1;
     snprintf(sn->id, sizeof(sn->id), "%s", s->id);
     snprintf(sn->key, sizeof(sn->key), "%s", m->layer_key);
     sn->uid_base = sbx_spawner_cfg()->uid_base + (uid_t)s->slot * SBX_SANDBOX_UID_COUNT;
@@ -488,12 +412,12 @@ struct gc {
 };
 
 static int
-gc_work(void *ud, int32_t *value, struct sbx_error **err)
+gc_work(void *ud, struct sbx_spawner_job_result *r, struct sbx_error **err)
 {
     struct gc *g = ud;
     int n =
         sbx_layers_gc(sbx_spawner_cfg()->state_dir, (const char *const *)g->keep.v, g->keep.n, err);
-    *value = n;
+    r->value = n;
     return n < 0 ? -1 : 0;
 }
 
@@ -512,8 +436,8 @@ on_gc_done(uv_poll_t *h, int status, int events)
 {
     struct gc *g = h->data;
     uv_poll_stop(h);
-    struct job_result r;
-    job_finish(g->fd, g->pid, &r);
+    struct sbx_spawner_job_result r;
+    sbx_spawner_job_finish(g->fd, g->pid, &r);
     _cleanup_error_ struct sbx_error *err = NULL;
     if (r.code != SBX_OK)
         sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "layer GC: %s", r.message);
@@ -571,7 +495,7 @@ sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd)
         }
     }
     _cleanup_error_ struct sbx_error *err = NULL;
-    g->fd = job_fork(gc_work, g, &g->pid, &err);
+    g->fd = sbx_spawner_job_fork(gc_work, g, &g->pid, &err);
     if (g->fd < 0) {
         sbx_spawner_reply(m->seq, err);
         sbx_spawner_free_paths(g->keep.v, g->keep.n);
@@ -637,9 +561,6 @@ struct debian {
     uint32_t seq;
     char key[SBX_LAYER_KEY_LEN + 1];
     char suite[SBX_SPAWNER_SUITE_MAX + 1];
-    pid_t pid;
-    int fd;
-    uv_poll_t poll;
     struct debian *next;
 };
 
@@ -671,7 +592,7 @@ debian_packages(const char *suite)
  * .new-<key>, then into the store. Its output goes to .new-<key>.log, whose end is the
  * error when it fails. */
 static int
-debian_work(void *ud, int32_t *value, struct sbx_error **err)
+debian_work(void *ud, struct sbx_spawner_job_result *r, struct sbx_error **err)
 {
     struct debian *d = ud;
     const char *state = sbx_spawner_cfg()->state_dir;
@@ -708,72 +629,47 @@ debian_work(void *ud, int32_t *value, struct sbx_error **err)
                           tmp,
                           DEBIAN_MIRROR,
                           NULL};
-    char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL};
-    pid_t pid = fork();
-    if (pid < 0)
-        return sbx_error_sys(err, errno, "fork");
-    if (pid == 0) {
-        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (null < 0 || dup2(null, 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
-            _exit(127);
-        execve(MMDEBSTRAP, argv, envp);
-        _exit(127);
-    }
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return sbx_error_sys(err, errno, "wait for mmdebstrap");
+    struct sbx_spawner_tool_io io = {.out = -1, .log = log, .fd3 = -1};
+    int st = sbx_spawner_run_tool(MMDEBSTRAP, argv, &io, 0, err);
     unlink(script);
     unlink(logp); /* log stays open: its end is read below */
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    if (st < 0)
+        return -1;
+    if (st != 0) {
         char tail[DEBIAN_LOG_MAX + 1];
-        off_t end = lseek(log, 0, SEEK_END);
-        ssize_t n =
-            pread(log, tail, DEBIAN_LOG_MAX, end > DEBIAN_LOG_MAX ? end - DEBIAN_LOG_MAX : 0);
-        tail[n > 0 ? n : 0] = '\0';
+        sbx_spawner_log_tail(log, tail, sizeof(tail));
         for (char *c = tail; *c; c++)
             if (*c == '\n')
                 *c = ' ';
         return sbx_error_set(err, SBX_UNAVAILABLE, 0, "mmdebstrap %s exited with status %d: %s",
-                             d->suite, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), tail);
+                             d->suite, st, tail);
     }
     if (chmod(tmp, 0755) < 0 || rename(tmp, dst) < 0)
         return sbx_error_sys(err, errno, "move %s into the layer store", tmp);
-    *value = 0;
+    r->value = 0;
     return 0;
 }
 
 static void
-debian_free(uv_handle_t *h)
+on_debian_done(void *ud, const struct sbx_spawner_job_result *r)
 {
-    struct debian *d = h->data;
-    close(d->fd);
-    free(d);
-}
-
-static void
-on_debian_done(uv_poll_t *h, int status, int events)
-{
-    struct debian *d = h->data;
-    uv_poll_stop(h);
-    struct job_result r;
-    job_finish(d->fd, d->pid, &r);
+    struct debian *d = ud;
     struct debian **pp = &debians;
     while (*pp && *pp != d)
         pp = &(*pp)->next;
     if (*pp)
         *pp = d->next;
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (r.code != SBX_OK) {
-        sbx_error_set(&err, (enum sbx_code)r.code, r.sys_errno, "%s", r.message);
+    if (r->code != SBX_OK) {
+        sbx_error_set(&err, (enum sbx_code)r->code, r->sys_errno, "%s", r->message);
         /* Whatever the failed run left (a half-made root) goes. */
         struct sbx_error *ignored = NULL;
         if (sbx_layer_drop_unfinished(sbx_spawner_cfg()->state_dir, d->key, &ignored) < 0)
             sbx_error_free(ignored);
     }
-    sbx_log_info("debian_layer", "suite=%s layer=%s ok=%d", d->suite, d->key, r.code == SBX_OK);
+    sbx_log_info("debian_layer", "suite=%s layer=%s ok=%d", d->suite, d->key, r->code == SBX_OK);
     sbx_spawner_reply(d->seq, err);
-    uv_close((uv_handle_t *)h, debian_free);
+    free(d);
 }
 
 void
@@ -798,8 +694,7 @@ sbx_spawner_debian_layer(const struct sbx_spawner_msg *m)
     snprintf(d->key, sizeof(d->key), "%s", m->layer_key);
     snprintf(d->suite, sizeof(d->suite), "%s", m->suite);
     _cleanup_error_ struct sbx_error *err = NULL;
-    d->fd = job_fork(debian_work, d, &d->pid, &err);
-    if (d->fd < 0) {
+    if (sbx_spawner_job_start(debian_work, on_debian_done, d, &err) < 0) {
         sbx_spawner_reply(m->seq, err);
         free(d);
         return;
@@ -807,7 +702,4 @@ sbx_spawner_debian_layer(const struct sbx_spawner_msg *m)
     sbx_log_info("debian_layer", "suite=%s layer=%s action=\"mmdebstrap\"", d->suite, d->key);
     d->next = debians;
     debians = d;
-    uv_poll_init(sbx_spawner_loop(), &d->poll, d->fd);
-    d->poll.data = d;
-    uv_poll_start(&d->poll, UV_READABLE, on_debian_done);
 }

@@ -121,6 +121,37 @@ void sbx_spawner_free_paths(char **paths, size_t n);
 /* Records the layers of s in its dir, so that no GC removes them while it runs. */
 int sbx_spawner_record_layers(const struct sb *s, const char *layers, struct sbx_error **err);
 
+/* job.c: slow work in child processes ("jobs"), and the tools they run */
+#define SBX_SPAWNER_JOB_TEXT_MAX (SBX_SPAWNER_ENV_MAX + 256)
+/* What a job reports. */
+struct sbx_spawner_job_result {
+    int32_t code, sys_errno;
+    int32_t value; /* the job's answer: a commit's "empty", a GC's count */
+    char message[SBX_SPAWNER_TEXT_MAX];
+    char text[SBX_SPAWNER_JOB_TEXT_MAX]; /* the job's answer in words (an image's) */
+};
+typedef int (*sbx_spawner_job_fn)(void *ud, struct sbx_spawner_job_result *r,
+                                  struct sbx_error **err);
+typedef void (*sbx_spawner_job_done)(void *ud, const struct sbx_spawner_job_result *r);
+/* Forks a child that runs work(ud) and writes its result to the pipe whose read end it
+ * returns (*pid: the child). The child never returns into the loop. */
+int sbx_spawner_job_fork(sbx_spawner_job_fn work, void *ud, pid_t *pid, struct sbx_error **err);
+/* Reads a job's result and reaps it; a job that died without one is an internal error. */
+void sbx_spawner_job_finish(int fd, pid_t pid, struct sbx_spawner_job_result *r);
+/* A job whose result goes to done(ud, r) on the loop; -1 if it could not start. */
+int sbx_spawner_job_start(sbx_spawner_job_fn work, sbx_spawner_job_done done, void *ud,
+                          struct sbx_error **err);
+/* In a job: runs path (argv) with stdin /dev/null, stdout to out (-1: to log), stderr to
+ * log, and fd3 (-1: none) as its fd 3; killed after timeout_ms (0: never). Its exit status
+ * (128 + signal if killed by one), or -1 with the error. */
+struct sbx_spawner_tool_io {
+    int out, log, fd3;
+};
+int sbx_spawner_run_tool(const char *path, char *const argv[], const struct sbx_spawner_tool_io *io,
+                         uint64_t timeout_ms, struct sbx_error **err);
+/* The end of log (at most cap - 1 bytes, trailing newlines cut) into buf. */
+void sbx_spawner_log_tail(int log, char *buf, size_t cap);
+
 /* build.c: build steps, the layer GC, Debian roots */
 void sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archive_fd);
 /* The step's agent exited (s->step->exited and wstatus set) or its output ended. */
@@ -132,6 +163,10 @@ void sbx_spawner_gc(const struct sbx_spawner_msg *m, int fd);
 void sbx_spawner_debian_layer(const struct sbx_spawner_msg *m);
 /* SNAPSHOT: freezes m's sandbox, copies its writable layer in a job, thaws it. */
 void sbx_spawner_snapshot(const struct sbx_spawner_msg *m);
+
+/* image.c: IMAGE_LAYER, a layer of a container image's root (a job: skopeo, umoci);
+ * archive_fd (borrowed): an imported archive (-1 for an image of a registry). */
+void sbx_spawner_image_layer(const struct sbx_spawner_msg *m, int archive_fd);
 
 /* volume.c */
 void sbx_spawner_volume_create(const struct sbx_spawner_msg *m);

@@ -24,6 +24,7 @@ enum kind { STR, U64, I64, RANGES };
 #define IN_LOG     (1ull << SBX_SPAWNER_STEP_LOG)
 #define IN_DEBIAN  (1ull << SBX_SPAWNER_DEBIAN_LAYER)
 #define IN_SNAP    (1ull << SBX_SPAWNER_SNAPSHOT)
+#define IN_IMAGE   (1ull << SBX_SPAWNER_IMAGE_LAYER)
 #define IN_RUN     (IN_SPAWN | IN_STEP) /* what starts a sandbox */
 
 struct field {
@@ -89,12 +90,17 @@ static const struct field fields[] = {
     U64_F(23, net_flags, 0, SBX_NET_PROXY_WEB | SBX_NET_PROXY_ALL, IN_SPAWN | IN_POLICY, 0),
     U64_F(24, proxy_port, 0, 65535, IN_PORTS, 0),
     STR_F(60, layers, IN_RUN | IN_REPLY, IN_RUN),
-    STR_F(61, layer_key, IN_STEP | IN_DEBIAN | IN_SNAP, IN_STEP | IN_DEBIAN | IN_SNAP),
-    U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP, IN_STEP),
+    STR_F(61, layer_key, IN_STEP | IN_DEBIAN | IN_SNAP | IN_REPLY, IN_STEP | IN_DEBIAN | IN_SNAP),
+    U64_F(62, timeout_ms, 1000, 24ull * 3600 * 1000, IN_STEP | IN_IMAGE, IN_STEP | IN_IMAGE),
     U64_F(63, exit_status, 0, 511, IN_REPLY, 0),
     U64_F(64, layer_empty, 0, 1, IN_REPLY, 0),
     U64_F(65, layers_removed, 0, UINT32_MAX, IN_REPLY, 0),
     STR_F(66, suite, IN_DEBIAN, IN_DEBIAN),
+    STR_F(67, image, IN_IMAGE, IN_IMAGE),
+    STR_F(68, registry_user, IN_IMAGE, 0),
+    STR_F(69, registry_password, IN_IMAGE, 0),
+    STR_F(70, image_digest, IN_REPLY, 0),
+    STR_F(71, image_env, IN_REPLY, 0),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 _Static_assert(N_FIELDS <= 64, "the decoder's bit set of seen fields has 64 bits");
@@ -114,7 +120,7 @@ valid_op(uint8_t op)
            op == SBX_SPAWNER_NET_POLICY || op == SBX_SPAWNER_NET_PORTS ||
            op == SBX_SPAWNER_BUILD_STEP || op == SBX_SPAWNER_STEP_LOG ||
            op == SBX_SPAWNER_LAYERS_GC || op == SBX_SPAWNER_DEBIAN_LAYER ||
-           op == SBX_SPAWNER_SNAPSHOT || op == SBX_SPAWNER_REPLY;
+           op == SBX_SPAWNER_SNAPSHOT || op == SBX_SPAWNER_IMAGE_LAYER || op == SBX_SPAWNER_REPLY;
 }
 
 static void
@@ -261,6 +267,15 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
     /* A suite goes on mmdebstrap's command line: a name, never an option or a path. */
     if (m->suite[0] && (!charset_ok(m->suite, ".-") || m->suite[0] == '-' || m->suite[0] == '.'))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad suite");
+    /* An image goes on skopeo's command line, its registry into an auth file; a user name
+     * with a colon would read as user and password there. */
+    struct sbx_image_ref ref;
+    if (m->image[0] && sbx_image_ref_archive(m->image) == NULL &&
+        sbx_image_ref_parse(m->image, &ref, err) < 0)
+        return -1;
+    if ((m->registry_user[0] != 0) != (m->registry_password[0] != 0) ||
+        strchr(m->registry_user, ':') != NULL)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad registry credentials");
     if ((m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_VOLUME_CREATE) &&
         m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");

@@ -20,6 +20,7 @@
 
 #include "base/error.h"
 #include "sandbox/sandbox.h"
+#include "spawner/image_ref.h"
 
 #define SBX_SPAWNER_MSG_VERSION 1
 #define SBX_SPAWNER_MSG_MAX     16384 /* a SPAWN with every layer, volume and egress rule fits */
@@ -27,7 +28,9 @@
 #define SBX_SPAWNER_NAME_MAX    64    /* template names: [a-z0-9._-]{1,64} */
 #define SBX_SPAWNER_TEXT_MAX    1024
 #define SBX_SPAWNER_SUITE_MAX   32
-#define SBX_SPAWNER_FDS_MAX     2 /* fds one message carries (BUILD_STEP: config, archive) */
+#define SBX_SPAWNER_FDS_MAX     2    /* fds one message carries (BUILD_STEP: config, archive) */
+#define SBX_SPAWNER_CRED_MAX    1024 /* a registry user name or password */
+#define SBX_SPAWNER_ENV_MAX     4096 /* an image's Env, "K=V" lines */
 
 enum sbx_spawner_op {
     SBX_SPAWNER_SPAWN = 1,   /* id, template, layers, slot, limits; fd: the agent's config.
@@ -68,6 +71,11 @@ enum sbx_spawner_op {
      * that layer (in a job), thaws it. Reply: the keys of the layers the sandbox runs on
      * (top first), which the new layer goes on top of. */
     SBX_SPAWNER_SNAPSHOT = 34,
+    /* image, timeout, optionally registry user and password; fd: with an image
+     * "archive:sha256:<hash>", the archive (an OCI or docker archive). Makes a layer of the
+     * image's root filesystem (skopeo, then umoci unpack), keyed by its manifest's digest, or
+     * finds it made. Reply: layer key, the image's digest and its Env ("K=V" lines). */
+    SBX_SPAWNER_IMAGE_LAYER = 35,
     SBX_SPAWNER_REPLY = 64, /* spawner -> front end: code (0 = ok), errno, message */
 };
 
@@ -80,12 +88,17 @@ struct sbx_spawner_msg {
      * digits each) one after the other, 1 to SBX_LAYERS_MAX of them (a request's; the reply to
      * SNAPSHOT: the layers of the sandbox). */
     char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1];
-    char layer_key[SBX_LAYER_KEY_LEN + 1]; /* BUILD_STEP, SNAPSHOT: the layer it makes */
-    uint64_t timeout_ms;                   /* BUILD_STEP: killed after this long */
+    /* BUILD_STEP, SNAPSHOT: the layer it makes; IMAGE_LAYER's reply: the layer made */
+    char layer_key[SBX_LAYER_KEY_LEN + 1];
+    uint64_t timeout_ms; /* BUILD_STEP, IMAGE_LAYER: killed after this long */
     uint64_t exit_status;                  /* reply to BUILD_STEP: 0-255, 128 + signal */
     uint64_t layer_empty;                  /* reply to BUILD_STEP: 1 if the step changed nothing */
     uint64_t layers_removed;               /* reply to LAYERS_GC */
     char suite[SBX_SPAWNER_SUITE_MAX + 1]; /* DEBIAN_LAYER: [a-z0-9.-], e.g. bookworm */
+    char image[SBX_IMAGE_REF_MAX + 1];     /* IMAGE_LAYER: see spawner/image_ref.h */
+    char registry_user[SBX_SPAWNER_CRED_MAX + 1], registry_password[SBX_SPAWNER_CRED_MAX + 1];
+    char image_digest[80];                   /* reply to IMAGE_LAYER: "sha256:<hex>" */
+    char image_env[SBX_SPAWNER_ENV_MAX + 1]; /* reply to IMAGE_LAYER */
     uint64_t uid_slot;
     uint64_t memory_bytes, pids_max, cpu_millis, disk_bytes; /* struct sbx_sandbox_limits */
     uint64_t reboot; /* SPAWN: 1 boots a stopped sandbox again on its disk, with its slot */

@@ -750,6 +750,8 @@ handle(const char *buf, size_t len, int fd, int fd2)
         sbx_spawner_build_step(&m, fd, fd2);
     else if (m.op == SBX_SPAWNER_LAYERS_GC && fd2 < 0)
         sbx_spawner_gc(&m, fd);
+    else if (m.op == SBX_SPAWNER_IMAGE_LAYER && fd2 < 0)
+        sbx_spawner_image_layer(&m, fd);
     else if (fd2 >= 0 || m.op == SBX_SPAWNER_STEP_LOG)
         sbx_spawner_reply_fail(m.seq, SBX_INVALID_ARGUMENT, "unexpected message for %s", m.id);
     else if (m.op == SBX_SPAWNER_SPAWN)

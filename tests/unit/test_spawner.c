@@ -19,6 +19,7 @@
 
 #include "base/fdpass.h"
 #include "harness.h"
+#include "spawner/image_ref.h"
 #include "spawner/layer_keys.h"
 #include "spawner/msg.h"
 #include "spawner/spawner.h"
@@ -180,6 +181,19 @@ TEST(decoder_refuses_malformed_and_out_of_range)
     expect_refused("suite option", deb, NULL);
     snprintf(deb.suite, sizeof(deb.suite), "../x");
     expect_refused("suite path", deb, NULL);
+    /* An image goes on skopeo's command line: never an option, a transport or a path. */
+    struct sbx_spawner_msg img = {.op = SBX_SPAWNER_IMAGE_LAYER, .seq = 4, .timeout_ms = 5000};
+    snprintf(img.image, sizeof(img.image), "--src-creds=x");
+    expect_refused("image option", img, NULL);
+    snprintf(img.image, sizeof(img.image), "oci:/etc");
+    expect_refused("image transport", img, NULL);
+    snprintf(img.image, sizeof(img.image), "ubuntu:22.04");
+    snprintf(img.registry_user, sizeof(img.registry_user), "a:b");
+    snprintf(img.registry_password, sizeof(img.registry_password), "p");
+    expect_refused("user with a colon", img, NULL);
+    img.registry_password[0] = '\0';
+    snprintf(img.registry_user, sizeof(img.registry_user), "a");
+    expect_refused("user without password", img, NULL);
     m = spawn_req("", 1);
     expect_refused("missing id", m, NULL);
     m = spawn_req("a", 1);
@@ -725,6 +739,45 @@ TEST(volumes_are_made_mounted_and_removed)
     snprintf(path, sizeof(path), "%s/volumes/vol1", s.state);
     CHECK(access(path, F_OK) < 0 && errno == ENOENT);
     spawner_stop(&s);
+}
+
+TEST(image_references)
+{
+    struct sbx_image_ref r;
+    struct sbx_error *err = NULL;
+    static const struct {
+        const char *ref, *host;
+        bool loopback;
+    } ok[] = {
+        {"ubuntu:22.04", "docker.io", false},
+        {"library/python:3", "docker.io", false},
+        {"ghcr.io/e2b-dev/x:1", "ghcr.io", false},
+        {"127.0.0.1:5000/a/b:c", "127.0.0.1:5000", true},
+        {"127.1.2.3/a", "127.1.2.3", true},
+        {"localhost:5000/a@sha256:00", "localhost:5000", true},
+        {"localhost/a", "localhost", true},
+        {"127.0.0.1.evil.com/a", "127.0.0.1.evil.com", false},
+        {"1270.0.0.1:5/a", "1270.0.0.1:5", false},
+        {"localhostx:5/a", "localhostx:5", false},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        CHECK(sbx_image_ref_parse(ok[i].ref, &r, &err) == 0);
+        CHECK_STR(r.host, ok[i].host);
+        CHECK(r.loopback == ok[i].loopback);
+    }
+    static const char *const bad[] = {"",   "-x",    "/etc", "a//b",       "a/../b", "a b",
+                                      "a/", "h:x/a", "h:/a", "docker://a", "a\nb"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK(sbx_image_ref_parse(bad[i], &r, &err) < 0);
+        sbx_error_free(err);
+        err = NULL;
+    }
+    char h[128];
+    snprintf(h, sizeof(h), SBX_IMAGE_ARCHIVE_PREFIX "%064d", 0);
+    CHECK(sbx_image_ref_archive(h) == h + strlen(SBX_IMAGE_ARCHIVE_PREFIX));
+    CHECK(sbx_image_ref_archive("archive:sha256:00") == NULL);
+    CHECK(sbx_image_ref_parse(h, &r, &err) < 0); /* no registry reference looks so */
+    sbx_error_free(err);
 }
 
 TEST_MAIN(60)

@@ -153,10 +153,14 @@ def test_failures_name_their_step_and_nothing_half_built_is_usable(sbx_daemon):
     with pytest.raises(BuildException) as e:
         _build(bad_user, _name())
     assert "command failed: unauthenticated: invalid username: 'nobody-here'" in str(e.value)
-    pulled = Template().from_image("ubuntu:22.04").run_cmd("true")
+    # An image no registry serves (a loopback port nobody listens on: tests reach no
+    # internet registry); test_images.py pulls real ones.
+    from conftest import _free_port
+    ref = f"127.0.0.1:{_free_port()}/ubuntu:22.04"
+    pulled = Template().from_image(ref).run_cmd("true")
     with pytest.raises(BuildException) as e:
         _build(pulled, _name())
-    assert "failed to pull image ubuntu:22.04" in str(e.value)
+    assert f"failed to pull image {ref}: " in str(e.value)
     missing = Template().from_template("no-such-template-" + uuid.uuid4().hex[:6])
     with pytest.raises(BuildException) as e:
         _build(missing, _name())
