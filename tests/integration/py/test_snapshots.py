@@ -162,6 +162,41 @@ def test_snapshot_survives_daemon_restart(snapshots, sandbox_factory, restart_da
     assert sandbox_factory(template=snap.snapshot_id).files.read("/home/user/kept.txt") == "kept"
 
 
+def test_kill9_during_a_snapshot_leaves_no_half_made_snapshot(sandbox_factory, sbx_daemon,
+                                                               kill9_daemon, restart_daemon):
+    import threading
+    import time
+    sbx = sandbox_factory()
+    # Enough data that the copy takes a while (the test daemon's disks are 256 MiB).
+    sbx.commands.run("head -c 200M /dev/urandom > /home/user/big && sync", timeout=120)
+    layers = os.path.join(sbx_daemon.state_dir, "layers")
+    failed = []
+    t = threading.Thread(target=lambda: _snapshot_expecting_failure(sbx, failed))
+    t.start()
+    deadline = time.monotonic() + 30
+    while not any(n.startswith(".new-") for n in os.listdir(layers)):
+        assert time.monotonic() < deadline, "the snapshot's copy never started"
+        time.sleep(0.005)
+    kill9_daemon()
+    t.join(60)
+    assert failed == [True]
+    restart_daemon()
+    # Nothing half-made is left or listed, and the sandbox runs again (not left frozen).
+    assert not [n for n in os.listdir(layers) if n.startswith(".new-")]
+    assert _ids(sandbox_id=sbx.sandbox_id) == []
+    assert sbx.get_info().state.value == "running"
+    assert sbx.commands.run("echo alive", timeout=10).stdout == "alive\n"
+    assert sbx.commands.run("stat -c %s /home/user/big").stdout == f"{200 << 20}\n"
+
+
+def _snapshot_expecting_failure(sbx, failed):
+    try:
+        sbx.create_snapshot()
+        failed.append(False)
+    except Exception:
+        failed.append(True)
+
+
 def test_snapshot_keeps_the_template_settings(snapshots, sandbox_factory):
     """A snapshot of a code interpreter is a code interpreter (its default user too)."""
     from e2b_code_interpreter import Sandbox as CodeSandbox
