@@ -56,9 +56,12 @@
 #define SBX_MAX_BUILDS                   8
 #define SBX_DEFAULT_MAX_BUILDS           2
 #define SBX_DEFAULT_BUILD_STEP_TIMEOUT_S 1800
-#define SBX_UPLOAD_MAX_BYTES             (4ULL << 30) /* one COPY archive, uncompressed content */
-#define SBX_UPLOAD_MAX_ENTRIES           500000
-#define SBX_UPLOAD_URL_TTL_S             1800
+/* Each build step writes into a disk of its own of this size (--build-disk-mb), as sandboxes
+ * do: a step cannot fill the host's disk. */
+#define SBX_DEFAULT_BUILD_DISK_MB 10240
+#define SBX_UPLOAD_MAX_BYTES      (4ULL << 30) /* one COPY archive, uncompressed content */
+#define SBX_UPLOAD_MAX_ENTRIES    500000
+#define SBX_UPLOAD_URL_TTL_S      1800
 /* An uploaded COPY archive unused (neither uploaded nor probed) this long is deleted: a build
  * after that probes, finds it absent and uploads it again. */
 #define SBX_UPLOAD_KEEP_MS (7LL * 24 * 3600 * 1000)

@@ -470,6 +470,7 @@ run_step(struct build *b, const char *what, const char *cmd, const char *user, c
         .pids_max = (uint64_t)sbx_daemon->cfg.pids_max,
         .cpu_millis = (uint64_t)b->rec.cpu_count * 1000,
         .timeout_ms = (uint64_t)sbx_daemon->cfg.build_step_timeout_s * 1000,
+        .disk_bytes = (uint64_t)sbx_daemon->cfg.build_disk_mb << 20,
     };
     req.id[0] = 'b';
     sbx_random_id(req.id + 1, 19);

@@ -96,6 +96,12 @@ opt_build_step_timeout(struct sbx_daemon_config *c, const char *v)
 }
 
 static int
+opt_build_disk(struct sbx_daemon_config *c, const char *v)
+{
+    return parse_positive(v, &c->build_disk_mb) < 0 || c->build_disk_mb < SBX_MIN_DISK_MB ? -1 : 0;
+}
+
+static int
 opt_api_key(struct sbx_daemon_config *c, const char *v)
 {
     return set_string(&c->api_key, v);
@@ -361,6 +367,9 @@ static const struct option_def {
      "template builds running at once, at most " STR(SBX_MAX_BUILDS)},
     {"build-step-timeout", "SBX_BUILD_STEP_TIMEOUT", "S", STR(SBX_DEFAULT_BUILD_STEP_TIMEOUT_S),
      opt_build_step_timeout, "seconds a template build step may run"},
+    {"build-disk-mb", "SBX_BUILD_DISK_MB", "N", STR(SBX_DEFAULT_BUILD_DISK_MB), opt_build_disk,
+     "disk each template build step writes into (what one step adds\n"
+     "to a template), at least " STR(SBX_MIN_DISK_MB)},
     {"paused-retention", "SBX_PAUSED_RETENTION", "D", "30d", opt_paused_retention,
      "how long a paused sandbox is kept before it is deleted:\n"
      "N followed by s, m, h or d"},

@@ -48,6 +48,7 @@ struct sbx_daemon_config {
     int max_conns;            /* client connections; 0 until derived from the open-file limit */
     int max_builds;           /* --max-builds: template builds running at once */
     int build_step_timeout_s; /* --build-step-timeout */
+    int build_disk_mb;        /* --build-disk-mb */
     char *metrics_host;       /* --metrics-listen: /metrics without a key there; NULL: none */
     int log_retention_h;      /* sandbox logs are kept this long after their sandbox ends */
     int log_store_mb;         /* ... and within this many MiB in all */

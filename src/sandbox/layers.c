@@ -333,25 +333,6 @@ install_layer(const char *dir, const char *state_dir, const char *key, uid_t uid
     return 0;
 }
 
-int
-sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
-                   uid_t uid_base, bool *empty, struct sbx_error **err)
-{
-    if (!sbx_layer_key_is_valid(key))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
-    /* Nothing of the sandbox may still run and write to the upper dir we take. */
-    if (sbx_cgroup_drain(ref->id, 0, SBX_DESTROY_TIMEOUT_MS, err) < 0)
-        return sbx_error_prefix(err, "commit %s", key);
-    char upper[4096];
-    if (sbx_pathf(upper, sizeof(upper), "%s/upper/root", ref->sandbox_dir) < 0)
-        return sbx_error_sys(err, errno, "layer path");
-    size_t entries = 0;
-    if (install_layer(upper, state_dir, key, uid_base, &entries, err) < 0)
-        return sbx_error_prefix(err, "commit");
-    *empty = entries == 0;
-    return 0;
-}
-
 /* ---- snapshot ---- */
 
 /* The loop device that disk.img (st) is attached to, opened: the one the sandbox's own ext4
@@ -382,10 +363,13 @@ open_loop_of(const struct stat *img, char *dev, size_t cap, struct sbx_error **e
     return fd;
 }
 
-/* A read-only mount (detached) of the sandbox's running ext4. The kernel finds the superblock
- * the sandbox's overlay uses by the device and hands out another view of it: the image is not
- * parsed again, and both views share one page cache, so what the sandbox wrote before it
- * froze is all there. */
+/* A read-only mount (detached) of the sandbox's ext4. While the sandbox runs, the kernel finds
+ * the superblock its overlay uses by the device and hands out another view of it: the image is
+ * not parsed again, and both views share one page cache, so what the sandbox wrote before it
+ * froze is all there. Once the sandbox is gone (a finished build step), its device may be
+ * detaching: then the image is attached again. Autoclear detaches a device only after the
+ * last mount of it is gone and ext4 has written everything back, so the two mounts never
+ * overlap; and as for a reboot (disk.c), only the kernel's ext4 driver ever wrote the image. */
 static int
 mount_disk(const char *sandbox_dir, struct sbx_error **err)
 {
@@ -395,9 +379,16 @@ mount_disk(const char *sandbox_dir, struct sbx_error **err)
         return sbx_error_sys(err, errno, "disk image path");
     if (lstat(img, &st) < 0 || !S_ISREG(st.st_mode))
         return sbx_error_sys(err, errno ? errno : EINVAL, "stat %s", img);
-    _cleanup_close_ int loop = open_loop_of(&st, dev, sizeof(dev), err);
-    if (loop < 0)
-        return -1;
+    struct sbx_error *none = NULL;
+    _cleanup_close_ int loop = open_loop_of(&st, dev, sizeof(dev), &none);
+    if (loop < 0) {
+        sbx_error_free(none);
+        _cleanup_close_ int fd = open(img, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return sbx_error_sys(err, errno, "open %s", img);
+        if ((loop = sbx_loop_attach(fd, dev, sizeof(dev), err)) < 0)
+            return -1;
+    }
     _cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
     if (fs < 0)
         return sbx_error_sys(err, errno, "fsopen ext4");
@@ -429,28 +420,26 @@ check_room(const char *state_dir, uint64_t bytes, struct sbx_error **err)
     return 0;
 }
 
-int
-sbx_sandbox_snapshot(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
-                     uid_t uid_base, struct sbx_error **err)
+/* Copies the sandbox's writable layer (upper/root of its disk, or of its dir with no disk) into
+ * layer key of the store; *entries: how many entries it has. */
+static int
+copy_upper(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+           uid_t uid_base, size_t *entries, struct sbx_error **err)
 {
-    if (!sbx_layer_key_is_valid(key))
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
-    if (sbx_layer_exists(state_dir, key))
-        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "layer %s exists", key);
     char src[4096], tmp[4096];
     uint64_t used = 0, size;
     _cleanup_close_ int disk = -1;
     if (sbx_disk_usage(ref->sandbox_dir, &used, &size) == 0) {
         if ((disk = mount_disk(ref->sandbox_dir, err)) < 0)
-            return sbx_error_prefix(err, "snapshot");
+            return -1;
         /* cp reaches the mount through this fd, which it inherits. */
         if (fcntl(disk, F_SETFD, 0) < 0 ||
             sbx_pathf(src, sizeof(src), "/proc/self/fd/%d/upper/root", disk) < 0)
-            return sbx_error_sys(err, errno, "snapshot");
+            return sbx_error_sys(err, errno, "upper dir");
     } else {
         /* No disk of its own (--disk-mb 0): the upper dir is in the sandbox dir. */
         if (sbx_pathf(src, sizeof(src), "%s/upper/root", ref->sandbox_dir) < 0)
-            return sbx_error_sys(err, errno, "snapshot");
+            return sbx_error_sys(err, errno, "upper dir");
         _cleanup_close_ int fd = open(src, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0 || sbx_fs_disk_usage(fd, &used, err) < 0)
             return fd < 0 ? sbx_error_sys(err, errno, "open %s", src) : -1;
@@ -463,13 +452,11 @@ sbx_sandbox_snapshot(const struct sbx_sandbox_ref *ref, const char *state_dir, c
     if (sbx_pathf(tmp, sizeof(tmp), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
         return sbx_error_sys(err, errno, "layer path");
     /* cp -a never follows the sandbox's symlinks and, as root, keeps owners, whiteouts and
-     * overlayfs' trusted.* marks; install_layer then makes it a layer like a build step's. */
+     * overlayfs' trusted.* marks; install_layer then makes it a layer. */
     char *const argv[] = {"cp", "-a", "--reflink=auto", "-T", "--", src, tmp, NULL};
     int rc = run_cp(argv, err);
-    if (rc == 0) {
-        size_t entries;
-        rc = install_layer(tmp, state_dir, key, uid_base, &entries, err);
-    }
+    if (rc == 0)
+        rc = install_layer(tmp, state_dir, key, uid_base, entries, err);
     if (rc < 0) {
         struct sbx_error *ignored = NULL;
         if (remove_entry(AT_FDCWD, tmp, &ignored) < 0)
@@ -477,9 +464,50 @@ sbx_sandbox_snapshot(const struct sbx_sandbox_ref *ref, const char *state_dir, c
         struct statvfs vfs;
         if (statvfs(state_dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < used)
             return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOSPC,
-                                 "snapshot: the state dir's disk filled up while copying the "
-                                 "sandbox's files");
-        return sbx_error_prefix(err, "snapshot");
+                                 "the state dir's disk filled up while copying the sandbox's "
+                                 "files");
+        return -1;
     }
+    return 0;
+}
+
+int
+sbx_sandbox_snapshot(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                     uid_t uid_base, struct sbx_error **err)
+{
+    if (!sbx_layer_key_is_valid(key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    if (sbx_layer_exists(state_dir, key))
+        return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "layer %s exists", key);
+    size_t entries;
+    return copy_upper(ref, state_dir, key, uid_base, &entries, err) < 0
+               ? sbx_error_prefix(err, "snapshot")
+               : 0;
+}
+
+int
+sbx_sandbox_commit(const struct sbx_sandbox_ref *ref, const char *state_dir, const char *key,
+                   uid_t uid_base, bool *empty, struct sbx_error **err)
+{
+    if (!sbx_layer_key_is_valid(key))
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
+    /* Nothing of the sandbox may still run and write to the upper dir we take. */
+    if (sbx_cgroup_drain(ref->id, 0, SBX_DESTROY_TIMEOUT_MS, err) < 0)
+        return sbx_error_prefix(err, "commit %s", key);
+    size_t entries = 0;
+    uint64_t used, size;
+    if (sbx_disk_usage(ref->sandbox_dir, &used, &size) == 0) {
+        /* A step with a disk of its own (--build-disk-mb): its files are copied out of it. */
+        if (copy_upper(ref, state_dir, key, uid_base, &entries, err) < 0)
+            return sbx_error_prefix(err, "commit");
+    } else {
+        /* Same filesystem (both in the state dir): the files move, nothing is copied. */
+        char upper[4096];
+        if (sbx_pathf(upper, sizeof(upper), "%s/upper/root", ref->sandbox_dir) < 0)
+            return sbx_error_sys(err, errno, "layer path");
+        if (install_layer(upper, state_dir, key, uid_base, &entries, err) < 0)
+            return sbx_error_prefix(err, "commit");
+    }
+    *empty = entries == 0;
     return 0;
 }

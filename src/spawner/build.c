@@ -246,8 +246,8 @@ sbx_spawner_build_step(const struct sbx_spawner_msg *m, int config_fd, int archi
     st->out_fd = out[0];
     fcntl(out[0], F_SETFL, O_NONBLOCK);
     char *const argv[] = {"sbx", "agent", "--step", NULL};
-    /* No disk image (a step's message has no disk size): the step's writable layer is a dir
-     * of the state dir, which becomes the new layer when it succeeds (sbx_sandbox_commit). */
+    /* The step writes into a disk of its own (m->disk_bytes), whose upper dir is copied into
+     * the new layer when it succeeds (sbx_sandbox_commit). */
     struct sbx_sandbox_plan plan;
     sbx_spawner_plan_init(&plan, s, m, layers, n_layers);
     plan.agent_listen_fd = out[1];

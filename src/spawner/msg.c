@@ -66,8 +66,9 @@ static const struct field fields[] = {
     U64_F(4, memory_bytes, 16ull << 20, 1ull << 42, IN_RUN, IN_RUN),
     U64_F(5, pids_max, 8, 1 << 22, IN_RUN, IN_RUN),
     U64_F(6, cpu_millis, 10, 1024 * 1000, IN_RUN, IN_RUN),
-    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40, IN_SPAWN | 1ull << SBX_SPAWNER_VOLUME_CREATE,
-          IN_SPAWN | 1ull << SBX_SPAWNER_VOLUME_CREATE),
+    U64_F(7, disk_bytes, 16ull << 20, 16ull << 40,
+          IN_SPAWN | IN_STEP | 1ull << SBX_SPAWNER_VOLUME_CREATE,
+          IN_SPAWN | IN_STEP | 1ull << SBX_SPAWNER_VOLUME_CREATE),
     {8, I64, OFF(pid), 8, 0, 1 << 22, IN_REPLY, 0, false},
     U64_F(9, start_time, 0, UINT64_MAX, IN_REPLY, 0),
     U64_F(10, code, SBX_OK, SBX_UNAUTHENTICATED, IN_REPLY, IN_REPLY),
@@ -276,7 +277,8 @@ check_message(const struct sbx_spawner_msg *m, struct sbx_error **err)
     if ((m->registry_user[0] != 0) != (m->registry_password[0] != 0) ||
         strchr(m->registry_user, ':') != NULL)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad registry credentials");
-    if ((m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_VOLUME_CREATE) &&
+    if ((m->op == SBX_SPAWNER_SPAWN || m->op == SBX_SPAWNER_BUILD_STEP ||
+         m->op == SBX_SPAWNER_VOLUME_CREATE) &&
         m->disk_bytes % 4096 != 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "disk size not a multiple of 4 KiB");
     struct sbx_spawner_volume v[SBX_SANDBOX_MAX_VOLUMES];

@@ -90,7 +90,7 @@ struct sbx_spawner_msg {
     char layers[SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN + 1];
     /* BUILD_STEP, SNAPSHOT: the layer it makes; IMAGE_LAYER's reply: the layer made */
     char layer_key[SBX_LAYER_KEY_LEN + 1];
-    uint64_t timeout_ms; /* BUILD_STEP, IMAGE_LAYER: killed after this long */
+    uint64_t timeout_ms;                   /* BUILD_STEP, IMAGE_LAYER: killed after this long */
     uint64_t exit_status;                  /* reply to BUILD_STEP: 0-255, 128 + signal */
     uint64_t layer_empty;                  /* reply to BUILD_STEP: 1 if the step changed nothing */
     uint64_t layers_removed;               /* reply to LAYERS_GC */

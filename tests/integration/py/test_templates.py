@@ -335,6 +335,39 @@ def test_start_and_ready_commands_run_in_every_sandbox(sbx_daemon):
     assert "start command failed: exit status 3" in str(e.value)
 
 
+def test_a_build_step_cannot_fill_the_host_disk(sbx_daemon, tmp_path):
+    from conftest import own_daemon
+    with own_daemon(sbx_daemon, tmp_path, "--pool base=0 --pool code-interpreter-v1=0 "
+                    "--build-disk-mb 64") as d:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {"E2B_API_URL": d.url, "E2B_SANDBOX_URL": d.url,
+                         "E2B_API_KEY": d.api_key}.items():
+                mp.setenv(k, v)
+            layers = os.path.join(d.state_dir, "layers")
+            before = set(os.listdir(layers))
+            # A step that writes more than its disk fails where it writes, its log says why.
+            logs = []
+            with pytest.raises(BuildException) as e:
+                _build(Template().from_base_image()
+                       .run_cmd("head -c 100M /dev/zero > /home/user/big"), _name(), logs)
+            assert "exit status 1" in str(e.value)
+            assert any("No space left on device" in str(l) for l in logs), logs
+            assert set(os.listdir(layers)) == before
+            # Within it, a step's files become the template's, copied out of its disk.
+            name = _name()
+            _build(Template().from_base_image()
+                   .run_cmd("head -c 10M /dev/zero > /home/user/ten")
+                   .run_cmd("mkdir -p /opt/x && ln -s ../home/user/ten /opt/x/link && "
+                            "rm /etc/motd", user="root"), name)
+            s = Sandbox.create(name, timeout=30)
+            try:
+                r = s.commands.run("stat -c %s /home/user/ten && readlink /opt/x/link && "
+                                   "stat -c %U /home/user/ten && test ! -e /etc/motd && echo gone")
+                assert r.stdout == f"{10 << 20}\n../home/user/ten\nuser\ngone\n"
+            finally:
+                s.kill()
+
+
 def test_templates_and_their_layers_survive_restarts_and_go_with_delete(sbx_daemon, tmp_path):
     from conftest import own_daemon
     with own_daemon(sbx_daemon, tmp_path, "--pool base=0 --pool code-interpreter-v1=0") as d:
