@@ -65,6 +65,9 @@
 /* An uploaded COPY archive unused (neither uploaded nor probed) this long is deleted: a build
  * after that probes, finds it absent and uploads it again. */
 #define SBX_UPLOAD_KEEP_MS (7LL * 24 * 3600 * 1000)
+/* A build no tag names any more, and a layer no kept build stacks, are forgotten this long
+ * after their last use: until then a rebuild still finds them in the cache. */
+#define SBX_BUILD_KEEP_MS (7LL * 24 * 3600 * 1000)
 /* Where scripts/templates.sh builds the built-in templates' layers (--layer-cache). */
 #define SBX_DEFAULT_LAYER_CACHE "/var/cache/sbx/layers"
 /* Pause and resume. */

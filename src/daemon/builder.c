@@ -923,6 +923,22 @@ on_gc_done(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 }
 
 void
+sbx_builder_expire(void)
+{
+    _cleanup_error_ struct sbx_error *err = NULL;
+    int n_builds = 0, n_layers = 0;
+    if (sbx_store_builds_expire(sbx_daemon->store, sbx_wall_ms() - SBX_BUILD_KEEP_MS, &n_builds,
+                                &n_layers, &err) < 0) {
+        sbx_log_warn("build_gc", "error=\"%s\"", err->msg);
+        return;
+    }
+    if (n_builds > 0 || n_layers > 0)
+        sbx_log_info("build_gc", "builds=%d layers=%d", n_builds, n_layers);
+    if (n_layers > 0)
+        sbx_builder_collect_layers();
+}
+
+void
 sbx_builder_collect_layers(void)
 {
     _cleanup_error_ struct sbx_error *err = NULL;

@@ -17,6 +17,9 @@ int sbx_builder_start(struct sbx_build_rec *rec, json_t *body, struct sbx_error 
 /* Has the spawner remove the layers no template of the store, built-in template or running
  * sandbox uses (after a start, and after a template is deleted). */
 void sbx_builder_collect_layers(void);
+/* Forgets builds and layers unused for SBX_BUILD_KEEP_MS (sbx_store_builds_expire), then
+ * collects the layers' files. */
+void sbx_builder_expire(void);
 /* Whether slot is that of a build running: its step sandboxes, on the sandbox network with no
  * egress rules, may use the DNS forwarder (dns.c). */
 bool sbx_builder_has_slot(int slot);

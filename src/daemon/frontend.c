@@ -57,6 +57,7 @@ on_housekeeping(uv_timer_t *t)
 {
     sbx_logs_prune();
     sbx_api_templates_collect_uploads();
+    sbx_builder_expire();
 }
 
 static void

@@ -338,6 +338,11 @@ int sbx_store_template_insert(struct sbx_store *s, const struct sbx_template_rec
 /* Deletes the template with its builds, tags and logs, and forgets the layers no other
  * template's build has in its stack. */
 int sbx_store_template_delete(struct sbx_store *s, const char *id, struct sbx_error **err);
+/* Forgets the builds that no tag names and that finished before before_ms (with their logs),
+ * then the layers that no remaining build stacks and no build used since before_ms (the next
+ * layer GC removes their files); *builds and *layers: how many went. */
+int sbx_store_builds_expire(struct sbx_store *s, int64_t before_ms, int *builds, int *layers,
+                            struct sbx_error **err);
 /* Every template, oldest first (*out: malloc'd array of n). */
 int sbx_store_template_list(struct sbx_store *s, struct sbx_template_rec **out, size_t *n,
                             struct sbx_error **err);
@@ -379,7 +384,7 @@ int sbx_store_tags_list(struct sbx_store *s, const char *template_id, struct sbx
 
 /* Layers made by builds: key, and whether it changed nothing (then no sandbox needs it). */
 int sbx_store_layer_add(struct sbx_store *s, const char *key, bool empty, struct sbx_error **err);
-/* SBX_NOT_FOUND if no build made it. */
+/* SBX_NOT_FOUND if no build made it; a lookup counts as a use (see sbx_store_builds_expire). */
 int sbx_store_layer_get(struct sbx_store *s, const char *key, bool *empty, struct sbx_error **err);
 /* Every layer key the store knows, one after the other (malloc'd string). */
 int sbx_store_layer_keys(struct sbx_store *s, char **keys, struct sbx_error **err);

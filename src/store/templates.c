@@ -163,6 +163,47 @@ sbx_store_layer_keys(struct sbx_store *s, char **keys, struct sbx_error **err)
 }
 
 int
+sbx_store_builds_expire(struct sbx_store *s, int64_t before_ms, int *builds, int *layers,
+                        struct sbx_error **err)
+{
+    /* Builds no tag names any more (a name's earlier builds, failures), finished before
+     * before_ms; then the layers no remaining build has in its stack, unused since. A build
+     * under way, and every build a name or a snapshot resolves to, keep theirs. */
+#define STALE_BUILDS                                                                               \
+    "SELECT id FROM template_builds b WHERE b.status IN ('ready', 'error') AND "                   \
+    "b.finished_at_ms < ?1 AND NOT EXISTS (SELECT 1 FROM template_tags t WHERE t.build_id = b.id)"
+    static const char *const sql[] = {
+        "DELETE FROM build_logs WHERE build_id IN (" STALE_BUILDS ")",
+        "DELETE FROM template_builds WHERE id IN (" STALE_BUILDS ")",
+        "DELETE FROM layers WHERE created_at_ms < ?1 AND NOT EXISTS (SELECT 1 FROM "
+        "template_builds b WHERE instr(b.layers, layers.key) > 0)",
+    };
+#undef STALE_BUILDS
+    int changed[3] = {0};
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return sbx_store_db_error(s, sqlite3_errcode(s->db), err, "begin");
+    for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        if (sbx_store_prepare(s, sql[i], &st, err) < 0) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+        sqlite3_bind_int64(st, 1, before_ms);
+        int rc = sqlite3_step(st);
+        if (rc != SQLITE_DONE) {
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            return sbx_store_db_error(s, rc, err, "expire builds");
+        }
+        changed[i] = sqlite3_changes(s->db);
+    }
+    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return sbx_store_db_error(s, sqlite3_errcode(s->db), err, "commit");
+    *builds = changed[1];
+    *layers = changed[2];
+    return 0;
+}
+
+int
 sbx_store_template_delete(struct sbx_store *s, const char *id, struct sbx_error **err)
 {
     static const char *const sql[] = {
@@ -513,9 +554,12 @@ int
 sbx_store_layer_get(struct sbx_store *s, const char *key, bool *empty, struct sbx_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (sbx_store_prepare(s, "SELECT empty FROM layers WHERE key = ?", &st, err) < 0)
+    /* created_at_ms holds the last use: its making, or the last build that found it. */
+    if (sbx_store_prepare(s, "UPDATE layers SET created_at_ms = ? WHERE key = ? RETURNING empty",
+                          &st, err) < 0)
         return -1;
-    bind_text(st, 1, key);
+    sqlite3_bind_int64(st, 1, sbx_wall_ms());
+    bind_text(st, 2, key);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return not_found(err, "layer", key);

@@ -18,6 +18,8 @@ from e2b.exceptions import BuildException, TemplateException
 
 import json
 
+from helpers import wait_for
+
 
 def _name(prefix="t"):
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
@@ -124,6 +126,40 @@ def test_uploads_unused_for_a_week_are_deleted_and_uploaded_again(sbx_daemon, tm
     s = Sandbox.create(name, timeout=30)
     try:
         assert s.files.read("/home/user/data.txt") == (tmp_path / "data.txt").read_text()
+    finally:
+        s.kill()
+
+
+def test_superseded_builds_and_their_layers_go_after_a_week(sbx_daemon, restart_daemon):
+    import sqlite3
+    name = _name()
+    old = _build(Template().from_base_image().run_cmd("echo one > /home/user/v"), name)
+    new = _build(Template().from_base_image().run_cmd("echo two > /home/user/v"), name)
+    db_path = os.path.join(sbx_daemon.state_dir, "db", "sbx.db")
+    db = sqlite3.connect(db_path, timeout=30)
+    stacks = dict(db.execute("SELECT id, layers FROM template_builds WHERE id IN (?, ?)",
+                             (old.build_id, new.build_id)))
+    keys = lambda b: {stacks[b][i:i + 64] for i in range(0, len(stacks[b]), 64)}
+    (gone,) = keys(old.build_id) - keys(new.build_id)
+    kept = keys(new.build_id)
+    # A week later: the old build is no tag's, its own layer no kept build's.
+    db.execute("UPDATE template_builds SET finished_at_ms = 0 WHERE template_id = ?",
+               (new.template_id,))
+    db.executemany("UPDATE layers SET created_at_ms = 0 WHERE key = ?",
+                   [(k,) for k in keys(old.build_id) | kept])
+    db.commit()
+    db.close()
+    layers = os.path.join(sbx_daemon.state_dir, "layers")
+    assert gone in os.listdir(layers)
+    restart_daemon()
+    assert wait_for(lambda: gone not in os.listdir(layers), 20)
+    assert kept <= set(os.listdir(layers))
+    st, _, _ = sbx_daemon.request(
+        "GET", f"/templates/{new.template_id}/builds/{old.build_id}/status", auth=True)
+    assert st == 404
+    s = Sandbox.create(name, timeout=30)
+    try:
+        assert s.files.read("/home/user/v") == "two\n"
     finally:
         s.kill()
 
