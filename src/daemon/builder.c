@@ -381,7 +381,11 @@ step_layer_done(struct build *b, bool empty)
     /* An empty layer changes nothing: no sandbox needs it below it. */
     if (!empty) {
         if (b->n_stack == SBX_LAYERS_MAX) {
-            build_end(b, NULL, "the template has more layers than the 40 sbx supports");
+            char msg[96];
+            snprintf(msg, sizeof(msg),
+                     "the template has more layers than the %d sbx supports: merge some steps",
+                     SBX_LAYERS_MAX);
+            build_end(b, NULL, msg);
             return;
         }
         snprintf(b->stack[b->n_stack++], SBX_LAYER_KEY_LEN + 1, "%s", b->step_key);

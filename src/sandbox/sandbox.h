@@ -134,8 +134,10 @@ struct sbx_sandbox_stats {
  * what a layer removes from the layers below it. The store is root-only (0700): no host user
  * may change a layer, since every sandbox of the template would see the change. Layers are
  * shared by every template that uses them and never change once in the store. */
-#define SBX_LAYER_KEY_LEN    64
-#define SBX_LAYERS_MAX       40 /* per template; overlayfs takes up to 500 lower layers */
+#define SBX_LAYER_KEY_LEN 64
+/* Per template (a Dockerfile's worth of steps, or a chain of snapshots); overlayfs takes up to
+ * 500 lower layers, a SPAWN message with every layer, volume and rule stays under 16 KiB. */
+#define SBX_LAYERS_MAX       100
 #define SBX_LAYERS_DIR       "layers"
 #define SBX_LAYER_NEW_PREFIX ".new-" /* a layer being made: <store>/.new-<key> */
 

@@ -365,6 +365,15 @@ sbx_spawner_snapshot(const struct sbx_spawner_msg *m)
                                "sandbox %s: its layers are not recorded", m->id);
         return;
     }
+    /* One more layer on top would make a template no sandbox can start from. */
+    if (n == SBX_LAYERS_MAX * SBX_LAYER_KEY_LEN) {
+        free(sn);
+        sbx_spawner_reply_fail(m->seq, SBX_FAILED_PRECONDITION,
+                               "sandbox %s runs on %d layers, the most a template may have: a "
+                               "snapshot of it would be one more",
+                               m->id, SBX_LAYERS_MAX);
+        return;
+    }
     if (sbx_layer_exists(sbx_spawner_cfg()->state_dir, m->layer_key)) {
         free(sn);
         sbx_spawner_reply_fail(m->seq, SBX_ALREADY_EXISTS, "layer %s exists", m->layer_key);
