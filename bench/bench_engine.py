@@ -15,16 +15,18 @@
   (each language's first run_code, with and without a pool: bench_first_call.py --no-pool)
 
     .venv/bin/python bench/bench_engine.py [first|busy|rate|density ...] [--n N]
-        [--seconds S] [--live N]
+        [--seconds S] [--live N] [--baseline-bin OTHER_SBX [--rounds R]]
 """
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import ctypes
 import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -139,35 +141,49 @@ def bench_first(n):
     report("server-side create without a pool", cold_server, "unshare", unshare)
 
 
-def bench_busy(n):
-    with Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0") as d:
-        s = Sandbox.create(timeout=600)
-        idle = timed(lambda: s.commands.run("true"), n)
-        busy = []
-        rounds = max(1, n // 20)
+def busy_round(d, s, busy):
+    """20 creates at once on d while commands.run("true") loops on s; then their kills."""
+    stop = threading.Event()
+
+    def poke():
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            s.commands.run("true")
+            busy.append((time.perf_counter() - t0) * 1000)
+
+    t = threading.Thread(target=poke)
+    t.start()
+    with cf.ThreadPoolExecutor(20) as ex:
+        ids = list(ex.map(lambda _: server_create_ms(d, "base")[1], range(20)))
+    stop.set()
+    t.join()
+    with cf.ThreadPoolExecutor(20) as ex:
+        list(ex.map(lambda sid: delete(d, sid), ids))
+
+
+def bench_busy(n, baseline_bin=None):
+    """With baseline_bin, that build's daemon runs beside this one's and they take turns."""
+    builds = [("sbx", None)] + ([("baseline", baseline_bin)] if baseline_bin else [])
+    rounds = max(1, n // 20)
+    with contextlib.ExitStack() as stack:
+        ds = []
+        for name, binary in builds:
+            d = stack.enter_context(
+                Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0", binary=binary))
+            s = Sandbox.create(timeout=600)  # the SDK talks to d now
+            ds.append((name, d, s, timed(lambda: s.commands.run("true"), n), []))
         for _ in range(rounds):
-            stop = threading.Event()
-
-            def poke():
-                while not stop.is_set():
-                    t0 = time.perf_counter()
-                    s.commands.run("true")
-                    busy.append((time.perf_counter() - t0) * 1000)
-
-            t = threading.Thread(target=poke)
-            t.start()
-            with cf.ThreadPoolExecutor(20) as ex:
-                ids = list(ex.map(lambda _: server_create_ms(d, "base")[1], range(20)))
-            stop.set()
-            t.join()
-            with cf.ThreadPoolExecutor(20) as ex:
-                list(ex.map(lambda sid: delete(d, sid), ids))
-        s.kill()
-    print(f"# commands.run('true') while 20 sandboxes are created at once ({rounds} rounds)")
-    report("idle commands.run('true')", idle)
-    p50, p99 = report("commands.run('true') during 20 creates", busy, "idle", idle)
-    print(f"target p99 <= 5 x idle p50 + 20 ms = {5 * percentile(idle, 50) + 20:.1f} ms: "
-          f"{'met' if p99 <= 5 * percentile(idle, 50) + 20 else 'NOT met'}")
+            for _, d, s, _, busy in ds:
+                busy_round(d, s, busy)
+        print(f"# commands.run('true') while 20 sandboxes are created at once ({rounds} rounds)")
+        for name, _, s, idle, busy in ds:
+            report(f"idle commands.run('true'), {name}", idle)
+            p50, p99 = report(f"commands.run('true') during 20 creates, {name}", busy, "idle",
+                              idle)
+            bound = 5 * percentile(idle, 50) + 20
+            print(f"target p99 <= 5 x idle p50 + 20 ms = {bound:.1f} ms: "
+                  f"{'met' if p99 <= bound else 'NOT met'}")
+            s.kill()
 
 
 def rate_of(fn, clients, seconds):
@@ -187,50 +203,80 @@ def rate_of(fn, clients, seconds):
     return sum(done) / seconds
 
 
-def bench_rate(seconds):
-    print(f"# create+kill rate, {seconds} s per point")
+def rate_point(d, probe, clients, seconds):
+    """Creates+kills per second on d at this concurrency, and commands.run's latency on
+    probe (a sandbox of d) meanwhile."""
+    lat = []
+    stop = threading.Event()
+
+    def poke():
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            probe.commands.run("true")
+            lat.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.01)
+
+    def cycle():
+        _, sid = server_create_ms(d, "base")
+        delete(d, sid)
+
+    t = threading.Thread(target=poke)
+    t.start()
+    r = rate_of(cycle, clients, seconds)
+    stop.set()
+    t.join()
+    return r, lat
+
+
+def bench_rate(seconds, baseline_bin=None, rounds=1):
+    """With baseline_bin, that build runs beside this one (same options) and the two take
+    turns, `rounds` times per point, so that both see the same load."""
+    print(f"# create+kill rate, {seconds} s per point and build, {rounds} round(s)")
     baselines = [("unshare", lambda: subprocess.run(UNSHARE, check=True))]
     tmp = tempfile.TemporaryDirectory(prefix="sbx-bench-crun-")
     if shutil.which("crun"):
         baselines.insert(0, ("crun", crun_runner(crun_bundle(tmp.name))))
     if shutil.which("bwrap"):
         baselines.insert(1, ("bwrap", lambda: subprocess.run(BWRAP, check=True)))
-    # crun's container, like bwrap's and unshare's, has only loopback: "sbx, no network" is
-    # the comparable sandbox; "sbx" has the default network (interface, NAT, rules).
-    # The SDK talks to the daemon entered last: d, where the probe sandbox lives.
-    with Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0",
-                "--network-cidr", "off") as d_off, \
-            Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0") as d:
-        probe = Sandbox.create(timeout=600)
-        for clients in (1, 4, 16):
-            lat = []
-            stop = threading.Event()
-
-            def poke():
-                while not stop.is_set():
-                    t0 = time.perf_counter()
-                    probe.commands.run("true")
-                    lat.append((time.perf_counter() - t0) * 1000)
-                    time.sleep(0.01)
-
-            t = threading.Thread(target=poke)
-            t.start()
-
-            def cycle(daemon):
-                _, sid = server_create_ms(daemon, "base")
-                delete(daemon, sid)
-
-            r = rate_of(lambda: cycle(d), clients, seconds)
-            stop.set()
-            t.join()
-            r_off = rate_of(lambda: cycle(d_off), clients, seconds)
-            line = f"clients={clients:<3} sbx {r:6.1f}/s  sbx, no network {r_off:6.1f}/s"
-            for name, fn in baselines:
-                b = rate_of(fn, clients, seconds)
-                line += f"   {name} {b:6.1f}/s (sbx {r / b:.2f}x, no network {r_off / b:.2f}x)"
-            print(line, flush=True)
-            report(f"  commands.run('true') meanwhile ({clients} clients, sbx)", lat)
-        probe.kill()
+    builds = [("sbx", None)] + ([("baseline", baseline_bin)] if baseline_bin else [])
+    rates = {}
+    # crun's container, like bwrap's and unshare's, has only loopback: "no network" is the
+    # comparable sandbox; the default has the network (interface, NAT, rules).
+    for net in ("network", "no network"):
+        with contextlib.ExitStack() as stack:
+            ds = []
+            for name, binary in builds:
+                d = stack.enter_context(
+                    Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0",
+                           *([] if net == "network" else ["--network-cidr", "off"]),
+                           binary=binary))
+                ds.append((name, d, Sandbox.create(timeout=600)))  # the SDK talks to d now
+            for clients in (1, 4, 16):
+                got = {name: ([], []) for name, _, _ in ds}
+                for _ in range(rounds):
+                    for name, d, probe in ds:
+                        r, lat = rate_point(d, probe, clients, seconds)
+                        got[name][0].append(r)
+                        got[name][1].extend(lat)
+                line = f"{net:<10} clients={clients:<3}"
+                for name, _, _ in ds:
+                    rates[(net, clients, name)] = statistics.mean(got[name][0])
+                    line += f"  {name} {rates[(net, clients, name)]:6.1f}/s"
+                if baseline_bin:
+                    line += (f"  ({rates[(net, clients, 'sbx')] / rates[(net, clients, 'baseline')]:.2f}x"
+                             " the baseline build)")
+                print(line, flush=True)
+                for name, _, _ in ds:
+                    report(f"  commands.run('true') meanwhile, {name}", got[name][1])
+            for _, _, probe in ds:
+                probe.kill()
+    for clients in (1, 4, 16):
+        line = f"clients={clients:<3}"
+        for name, fn in baselines:
+            b = rate_of(fn, clients, seconds)
+            line += (f"  {name} {b:6.1f}/s (sbx {rates[('network', clients, 'sbx')] / b:.2f}x,"
+                     f" no network {rates[('no network', clients, 'sbx')] / b:.2f}x)")
+        print(line, flush=True)
     tmp.cleanup()
     missing = [c for c in ("crun", "bwrap") if not shutil.which(c)]
     if missing:
@@ -279,10 +325,12 @@ def main():
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--live", type=int, default=1000)
+    ap.add_argument("--baseline-bin", help="another sbx build, run beside this one (rate, busy)")
+    ap.add_argument("--rounds", type=int, default=1, help="turns per point with --baseline-bin")
     a = ap.parse_args()
     for w in a.what:
-        {"first": lambda: bench_first(a.n), "busy": lambda: bench_busy(a.n),
-         "rate": lambda: bench_rate(a.seconds),
+        {"first": lambda: bench_first(a.n), "busy": lambda: bench_busy(a.n, a.baseline_bin),
+         "rate": lambda: bench_rate(a.seconds, a.baseline_bin, a.rounds),
          "density": lambda: bench_density(10, a.live)}[w]()
 
 

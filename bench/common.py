@@ -53,8 +53,8 @@ def report(name, samples_ms, baseline_name=None, baseline_ms=None):
 class Daemon:
     """A private `sbx serve` on a free port with a throwaway state dir."""
 
-    def __init__(self, *args):
-        self.binary = os.environ.get("SBX_BIN") or str(REPO / "build" / "sbx")
+    def __init__(self, *args, binary=None):
+        self.binary = binary or os.environ.get("SBX_BIN") or str(REPO / "build" / "sbx")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]

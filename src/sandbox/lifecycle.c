@@ -1,6 +1,7 @@
 /* Running sandboxes: identity checks against pid reuse, pidfds, teardown and counters.
  * A sandbox is identified by its agent's pid plus the start time the kernel recorded for it
  * (field 22 of /proc/<pid>/stat), so a recycled pid is never mistaken for the agent. */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <fcntl.h>
@@ -107,6 +108,32 @@ remove_sandbox_dir(const char *dir, struct sbx_error **err)
     if (rmdir(dir) < 0 && errno != ENOENT)
         return sbx_error_sys(err, errno, "rmdir %s", dir);
     return 0;
+}
+
+/* Errors are left for the next round: an entry that cannot go now is retried then. */
+void
+sbx_sandbox_trash_empty(int trash_fd)
+{
+    _cleanup_close_ int fd = dup(trash_fd);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (d == NULL)
+        return;
+    fd = -1; /* the DIR owns it */
+    rewinddir(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        _cleanup_close_ int sub =
+            openat(trash_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        struct sbx_error *err = NULL;
+        if (sub < 0)
+            unlinkat(trash_fd, e->d_name, 0); /* not a dir: only ever a file or a link */
+        else if (sbx_fs_clear_dir(sub, &err) == 0)
+            unlinkat(trash_fd, e->d_name, AT_REMOVEDIR);
+        sbx_error_free(err);
+    }
+    closedir(d);
 }
 
 /* The last number of the NSpid line of /proc/<pid>/status: its pid in its own namespace. */

@@ -251,6 +251,9 @@ int sbx_sandbox_kill(const struct sbx_sandbox_ref *ref);
  * and the sandbox dir (its contents and the dir itself, without following symlinks). Reaps
  * the agent if it is our child. Idempotent: a sandbox already gone is not an error. */
 int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
+/* Removes every entry of the dir trash_fd (sandbox dirs a destroy moved there whole, instead of
+ * removing them, with sbx_sandbox_stop then a rename), without following symlinks. */
+void sbx_sandbox_trash_empty(int trash_fd);
 /* The same but the sandbox dir stays, with the writable layer: what a filesystem-only pause
  * keeps for a later boot (plan.reboot). Its memory and processes are gone when it returns. */
 int sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err);

@@ -174,6 +174,15 @@ void sbx_spawner_volume_delete(const struct sbx_spawner_msg *m);
 /* The image of volume id (malloc'd). */
 char *sbx_spawner_volume_image(const char *id);
 
+/* sweep.c: destroyed sandboxes' dirs are removed by a helper process, off our loop */
+/* Makes <state>/trash and starts the sweeper, which first removes what an earlier one left. */
+int sbx_spawner_sweep_start(struct sbx_error **err);
+/* Moves the dir of sandbox id into trash (its name is free when this returns) and wakes the
+ * sweeper. A dir already gone is not an error. */
+int sbx_spawner_sweep(const char *dir, const char *id, struct sbx_error **err);
+/* Reaps the sweeper if it has died (SIGCHLD); the next sweep starts another. */
+void sbx_spawner_sweep_reap(void);
+
 /* pause.c */
 void sbx_spawner_freeze(const struct sbx_spawner_msg *m);
 void sbx_spawner_thaw(const struct sbx_spawner_msg *m);

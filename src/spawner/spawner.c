@@ -623,7 +623,16 @@ kill_finish(struct sb *s)
         s->pid = 0;
         sb_release(s); /* its pidfd */
     } else {
-        rc = sbx_sandbox_destroy(&ref, &err);
+        /* Its processes and cgroups go now; its dir, the disk image above all, goes in the
+         * sweeper (sweep.c), or here if it cannot be moved there. */
+        rc = sbx_sandbox_stop(&ref, &err);
+        _cleanup_error_ struct sbx_error *moved = NULL;
+        if (sbx_spawner_sweep(s->dir, s->id, &moved) < 0) {
+            sbx_log_warn("destroy", "sandbox=%s error=\"%s\"", s->id, moved->msg);
+            sbx_error_free(err);
+            err = NULL;
+            rc = sbx_sandbox_destroy(&ref, &err);
+        }
         sbx_spawner_sb_drop(s);
     }
     if (rc < 0)
@@ -825,6 +834,7 @@ channel_update(void)
 static void
 on_sigchld(uv_signal_t *h, int signum)
 {
+    sbx_spawner_sweep_reap();
     struct sb *next;
     for (struct sb *s = sp.sbs; s; s = next) {
         next = s->next; /* a finished step may leave the table */
@@ -975,6 +985,11 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     else
         sbx_log_info("spawner_start", "lxcfs=%s", sp.lxcfs_dir);
     scan();
+    /* Forked before the loop's signal handlers exist, while we hold little memory. */
+    if (sbx_spawner_sweep_start(&err) < 0) {
+        sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
+        return 1;
+    }
     if (cfg->net && sbx_spawner_net_start(cfg->net, slot_running, NULL, &err) < 0) {
         sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
         return 1;

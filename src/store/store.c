@@ -334,10 +334,10 @@ sbx_store_open(const char *path, struct sbx_error **err)
     sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
 
     /* WAL: readers never block the writer. synchronous=FULL fsyncs the WAL on every
-     * commit. Every write here is a lifecycle event (create, kill, pause, timeout, agent
-     * pid); losing one to a power cut would resurrect a killed sandbox or forget a live one
-     * whose processes and uid range then leak. Writes are per lifecycle event, never per
-     * request, so the fsync is affordable. */
+     * commit. Every write here is a lifecycle event (create, kill, pause, timeout); losing
+     * one to a power cut would resurrect a killed sandbox or forget a live one whose
+     * processes and uid range then leak. Writes are per lifecycle event, never per request,
+     * so the fsync is affordable. The exceptions are in relaxed_durability. */
     if (enable_wal(s, err) < 0)
         goto fail;
     if (exec_sql(s, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", err) < 0)
@@ -853,6 +853,21 @@ sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t end
     return sbx_store_step_done(s, st, true, id, err);
 }
 
+/* Commits that only a power cut could lose and that nothing needs after one skip the WAL's
+ * fsync (synchronous=NORMAL), which on the front end's one thread holds up every request for a
+ * millisecond or more each (several when the disk is busy). The next FULL commit syncs them
+ * too, the WAL being one sequential file; a crash of the daemon alone loses nothing (the WAL
+ * is written, only not flushed). Sandbox logs are diagnostics; an agent's pid names a process
+ * of this boot, which a power cut kills too, and recovery checks pid and start time against
+ * the live process anyway: after one it finds no agent, with or without the record. */
+static void
+relaxed_durability(struct sbx_store *s, bool relaxed)
+{
+    struct sbx_error *err = NULL;
+    if (exec_sql(s, relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", &err) < 0)
+        sbx_error_free(err); /* the setting stays as it was: safe either way */
+}
+
 int
 sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid, uint64_t pid_start_time,
                              struct sbx_error **err)
@@ -864,7 +879,10 @@ sbx_store_sandbox_update_pid(struct sbx_store *s, const char *id, int pid, uint6
     sqlite3_bind_int(st, 1, pid);
     sqlite3_bind_int64(st, 2, (int64_t)pid_start_time);
     sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
-    return sbx_store_step_done(s, st, true, id, err);
+    relaxed_durability(s, true);
+    int rc = sbx_store_step_done(s, st, true, id, err);
+    relaxed_durability(s, false);
+    return rc;
 }
 
 int
@@ -1150,18 +1168,6 @@ sbx_store_sandbox_query(struct sbx_store *s, const struct sbx_store_query *q,
 
 /* ---- sandbox logs ---- */
 
-/* Sandbox logs are diagnostics: their commits skip the WAL's fsync (synchronous=NORMAL), which
- * on the front end's one thread held up every request for a millisecond or more each, five
- * times a sandbox. The next lifecycle commit (FULL) syncs them too, the WAL being one
- * sequential file: a power cut in between loses log lines, never a lifecycle event. */
-static void
-logs_durability(struct sbx_store *s, bool relaxed)
-{
-    struct sbx_error *err = NULL;
-    if (exec_sql(s, relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", &err) < 0)
-        sbx_error_free(err); /* the setting stays as it was: safe either way */
-}
-
 static int
 log_open_tx(struct sbx_store *s, const char *id, const char *template_id, int64_t started_at_ms,
             struct sbx_error **err)
@@ -1248,9 +1254,9 @@ int
 sbx_store_log_open(struct sbx_store *s, const char *id, const char *template_id,
                    int64_t started_at_ms, struct sbx_error **err)
 {
-    logs_durability(s, true);
+    relaxed_durability(s, true);
     int rc = log_open_tx(s, id, template_id, started_at_ms, err);
-    logs_durability(s, false);
+    relaxed_durability(s, false);
     return rc;
 }
 
@@ -1258,9 +1264,9 @@ int
 sbx_store_log_append(struct sbx_store *s, const char *id, const char *source,
                      const struct sbx_log_line *lines, size_t n, struct sbx_error **err)
 {
-    logs_durability(s, true);
+    relaxed_durability(s, true);
     int rc = log_append_tx(s, id, source, lines, n, err);
-    logs_durability(s, false);
+    relaxed_durability(s, false);
     return rc;
 }
 
@@ -1268,9 +1274,9 @@ int
 sbx_store_log_close(struct sbx_store *s, const char *id, int64_t ended_at_ms,
                     struct sbx_error **err)
 {
-    logs_durability(s, true);
+    relaxed_durability(s, true);
     int rc = log_close_tx(s, id, ended_at_ms, err);
-    logs_durability(s, false);
+    relaxed_durability(s, false);
     return rc;
 }
 

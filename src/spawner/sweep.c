@@ -1,0 +1,144 @@
+/* Removing destroyed sandboxes' dirs off the spawner's loop. Unlinking a sandbox's disk image
+ * waits for the device when the host filesystem is mounted with `discard` (ext4 discards the
+ * freed blocks synchronously): measured ~4.5 ms of blocked I/O per destroy on the development
+ * VM, a fifth of the spawner's time under sustained create+kill. A destroy instead renames
+ * the dir into <state>/trash (one metadata operation on the same filesystem: the name is
+ * free at once, nothing of the sandbox is reachable under sandboxes/ any more), and the
+ * sweeper, a child process forked once, empties trash whenever it is poked.
+ *
+ * The sweeper is host root like us and removes only what it finds in the trash dir it was
+ * given as an fd, never following a symlink (sbx_fs_clear_dir). It takes no request but a
+ * wake-up byte: nothing it reads names a path. What it has not removed when it or we die
+ * stays in trash, and the next sweeper removes it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/cleanup.h"
+#include "base/log.h"
+#include "spawner/internal.h"
+
+#define TRASH_DIR "trash"
+
+static struct {
+    char *dir;  /* <state>/trash */
+    int poke;   /* write end of the sweeper's pipe; -1: no sweeper */
+    pid_t pid;  /* the sweeper */
+    uint64_t n; /* names made unique within this spawner */
+} sw = {.poke = -1};
+
+__attribute__((noreturn)) static void
+sweeper_main(int wake, int trash)
+{
+    prctl(PR_SET_NAME, "sbx-sweeper");
+    /* It dies with the spawner's end of the pipe (EOF below), not with the signals the
+     * supervisor sends the spawner's process group. */
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    /* Background work: creates and commands come first. */
+    (void)setpriority(PRIO_PROCESS, 0, 10);
+    for (;;) {
+        char buf[256];
+        ssize_t n = read(wake, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        sbx_sandbox_trash_empty(trash);
+        if (n <= 0)
+            _exit(0); /* the spawner is gone; what is left waits for the next sweeper */
+    }
+}
+
+/* Forks a sweeper, woken once at once for what an earlier one left. */
+static int
+sweeper_start(struct sbx_error **err)
+{
+    _cleanup_close_ int trash = open(sw.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (trash < 0)
+        return sbx_error_sys(err, errno, "open %s", sw.dir);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return sbx_error_sys(err, errno, "pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* Nothing of ours but its pipe and trash: the channel, pidfds and sockets go. Both
+         * are lifted first, so that neither dup2 can clobber the other. */
+        int w = fcntl(p[0], F_DUPFD, 100), t = fcntl(trash, F_DUPFD, 100);
+        if (w < 0 || t < 0 || dup2(w, 3) < 0 || dup2(t, 4) < 0)
+            _exit(1);
+        close_range(5, ~0U, 0);
+        sweeper_main(3, 4);
+    }
+    close(p[0]);
+    if (pid < 0) {
+        close(p[1]);
+        return sbx_error_sys(err, errno, "fork the sweeper");
+    }
+    fcntl(p[1], F_SETFL, O_NONBLOCK);
+    sw.poke = p[1];
+    sw.pid = pid;
+    (void)!write(sw.poke, "", 1); /* an empty pipe: cannot fail */
+    return 0;
+}
+
+static void
+poke(void)
+{
+    if (sw.poke >= 0 && (write(sw.poke, "", 1) == 1 || errno == EAGAIN))
+        return; /* a full pipe already holds wake-ups */
+    /* EPIPE: it died (reaped by sbx_spawner_sweep_reap), or an earlier restart failed; a new
+     * one takes over, and empties all of trash. */
+    if (sw.poke >= 0)
+        close(sw.poke);
+    sw.poke = -1;
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (sweeper_start(&err) < 0)
+        sbx_log_warn("sweeper", "error=\"%s\"", err->msg);
+}
+
+int
+sbx_spawner_sweep_start(struct sbx_error **err)
+{
+    if (asprintf(&sw.dir, "%s/" TRASH_DIR, sbx_spawner_state_dir()) < 0)
+        abort();
+    /* Root only, like the sandbox dirs it receives (their disk images are host root's). */
+    if (mkdir(sw.dir, 0700) < 0 && errno != EEXIST)
+        return sbx_error_sys(err, errno, "mkdir %s", sw.dir);
+    struct stat st;
+    if (lstat(sw.dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory",
+                             sw.dir);
+    return sweeper_start(err);
+}
+
+void
+sbx_spawner_sweep_reap(void)
+{
+    if (sw.pid > 0 && waitpid(sw.pid, NULL, WNOHANG) == sw.pid)
+        sw.pid = 0;
+}
+
+int
+sbx_spawner_sweep(const char *dir, const char *id, struct sbx_error **err)
+{
+    char to[4096];
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    /* Unique across spawners too: an id may come again while its old dir waits here. */
+    if (snprintf(to, sizeof(to), "%s/%s.%lld.%09ld.%llu", sw.dir, id, (long long)t.tv_sec,
+                 t.tv_nsec, (unsigned long long)sw.n++) >= (int)sizeof(to))
+        return sbx_error_set(err, SBX_INTERNAL, ENAMETOOLONG, "trash path");
+    if (rename(dir, to) < 0)
+        return errno == ENOENT ? 0 : sbx_error_sys(err, errno, "move %s to %s", dir, to);
+    poke();
+    return 0;
+}
