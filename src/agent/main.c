@@ -2,11 +2,15 @@
  * only the libraries the agent uses, so that a sandbox maps no TLS, SQLite, nftables or HTTP
  * client code: each agent starts faster, holds fewer private pages and carries less that an
  * attacker inside could use. sbx carries its image (meson.build) and the spawner runs it from
- * a sealed memfd. Its argv is {"sbx", "agent"}, as `ps` shows it in a sandbox. */
+ * the agent runtime (src/sandbox/runtime.c) through the runtime's own loader. Its argv is
+ * {"sbx", "agent"}; its name, which the loader's file gave it, is "sbx" again. */
+#include <sys/prctl.h>
+
 #include "agent/agent.h"
 
 int
 main(int argc, char **argv)
 {
+    prctl(PR_SET_NAME, "sbx"); /* what `ps -o comm` and `pgrep` see, not "ld.so" */
     return sbx_agent_main(argc - 1, argv + 1);
 }

@@ -67,9 +67,11 @@ run(json_t *step, struct sbx_error **err)
     char **envp = sbx_agent_env_build(&user, json_is_object(env) ? env : NULL, NULL, false);
     _cleanup_free_ char *cwd =
         sbx_agent_resolve_cwd(json_string_value(json_object_get(step, "cwd")), user.home);
-    char *argv[] = {"/bin/bash", "-l", "-c", (char *)cmd, NULL};
+    /* bash as on E2B; sh on an image that has none (alpine, busybox) rather than no step. */
+    char *shell = access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh";
+    char *argv[] = {shell, "-l", "-c", (char *)cmd, NULL};
     struct sbx_agent_spawn s = {
-        .path = "/bin/bash",
+        .path = shell,
         .argv = argv,
         .envp = envp,
         .cwd = cwd,

@@ -42,6 +42,7 @@ struct build {
     json_t *env;
     json_t *start; /* {cmd, ready, user, cwd, env} once known (a parent's, or this build's) */
     bool finalizing;
+    bool provisioning; /* the implicit base step of an image (provision()) runs */
     bool code_interpreter;
     bool forced; /* a forced step came: every later one is forced too */
     size_t step; /* the one running, 0-based */
@@ -81,6 +82,18 @@ log_entry(struct build *b, const char *level, const char *step, const char *msg)
         sbx_log_warn("build_log", "build=%s error=\"%s\"", b->rec.id, err->msg);
 }
 
+/* What the log and errors call the step running: its number, "base" or "finalize". */
+static const char *
+step_name(const struct build *b, char buf[16])
+{
+    if (b->finalizing)
+        return "finalize";
+    if (b->provisioning)
+        return "base";
+    snprintf(buf, 16, "%zu", b->step + 1);
+    return buf;
+}
+
 static void log_step(struct build *b, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void
@@ -91,8 +104,7 @@ log_step(struct build *b, const char *level, const char *fmt, ...)
     _cleanup_free_ char *msg = sbx_vformat(fmt, ap);
     va_end(ap);
     char step[16];
-    snprintf(step, sizeof(step), "%zu", b->step + 1);
-    log_entry(b, level, b->finalizing ? "finalize" : step, msg ? msg : "");
+    log_entry(b, level, step_name(b, step), msg ? msg : "");
 }
 
 static void
@@ -391,7 +403,10 @@ step_layer_done(struct build *b, bool empty)
         snprintf(b->stack[b->n_stack++], SBX_LAYER_KEY_LEN + 1, "%s", b->step_key);
     }
     snprintf(b->chain, sizeof(b->chain), "%s", b->step_key);
-    b->step++;
+    if (b->provisioning)
+        b->provisioning = false; /* the user's steps come next, from the first */
+    else
+        b->step++;
     next_step(b);
 }
 
@@ -403,8 +418,8 @@ on_step_done(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
         flush_line(b, b->line.len);
         sbx_buf_consume(&b->line, b->line.len);
     }
-    char step[16];
-    snprintf(step, sizeof(step), "%zu", b->step + 1);
+    char buf[16];
+    const char *step = step_name(b, buf);
     if (b->finalizing) {
         /* The check's layer is no template's: the next layer GC removes it. */
         if (err)
@@ -462,9 +477,8 @@ run_step(struct build *b, const char *what, const char *cmd, const char *user, c
     if (cfd < 0) {
         if (archive_fd >= 0)
             close(archive_fd);
-        char step[16];
-        snprintf(step, sizeof(step), "%zu", b->step + 1);
-        build_end(b, step, err->msg);
+        char buf[16];
+        build_end(b, step_name(b, buf), err->msg);
         return;
     }
     struct sbx_spawner_msg req = {
@@ -735,6 +749,51 @@ on_debian_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void
     next_step(b);
 }
 
+/* E2B's implicit `USER user` of v2 builds (templates.md §3), for an image: `user` with a home,
+ * bash for a shell if the image has it, and password-less sudo if it has sudo. An image
+ * without shadow's useradd (alpine's busybox, a bare image) gets the entries written here;
+ * the uid is the first free one from 1000, as useradd picks it. Runs as root, in sh. */
+static const char provision_script[] =
+    "sh=/bin/sh; [ -x /bin/bash ] && sh=/bin/bash\n"
+    "if ! id -u user >/dev/null 2>&1; then\n"
+    "  if command -v useradd >/dev/null 2>&1; then\n"
+    "    useradd --create-home --shell \"$sh\" user\n"
+    "  else\n"
+    "    uid=1000; while id -nu $uid >/dev/null 2>&1; do uid=$((uid + 1)); done\n"
+    "    echo \"user:x:$uid:$uid::/home/user:$sh\" >> /etc/passwd\n"
+    "    echo \"user:x:$uid:\" >> /etc/group\n"
+    "    [ ! -f /etc/shadow ] || echo 'user::19000:0:99999:7:::' >> /etc/shadow\n"
+    "    mkdir -p /home/user && chown $uid:$uid /home/user && chmod 0750 /home/user\n"
+    "  fi\n"
+    "fi\n"
+    "if command -v sudo >/dev/null 2>&1; then\n"
+    "  passwd -d user >/dev/null 2>&1\n"
+    "  mkdir -p /etc/sudoers.d\n"
+    "  echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/90-sbx-user\n"
+    "  chmod 0440 /etc/sudoers.d/90-sbx-user\n"
+    "fi\n";
+
+/* The image's layer is the base: the implicit user step on it (a layer of its own, cached by
+ * the image's layer), then the user's steps. */
+static void
+provision(struct build *b)
+{
+    b->provisioning = true;
+    struct sbx_buf in = {0};
+    sbx_buf_printf(&in, "sbx-provision-1\n%s\n%s", b->chain, provision_script);
+    sha_hex(&in, b->step_key);
+    sbx_buf_fini(&in);
+    bool empty;
+    _cleanup_error_ struct sbx_error *err = NULL;
+    if (!b->forced && sbx_store_layer_get(sbx_daemon->store, b->step_key, &empty, &err) == 0) {
+        log_entry(b, "info", "base", "CACHED USER user");
+        step_layer_done(b, empty);
+        return;
+    }
+    log_entry(b, "info", "base", "USER user (implicit)");
+    run_step(b, "USER user", provision_script, "root", "/", -1);
+}
+
 static void
 on_image_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
@@ -763,7 +822,7 @@ on_image_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void 
     if (asprintf(&msg, "FROM %s (%s)", b->def.from_image, reply->image_digest) < 0)
         abort();
     log_entry(b, "info", "base", msg);
-    next_step(b);
+    provision(b);
 }
 
 /* A registry's credentials for the spawner: username and password only; any other kind is

@@ -115,6 +115,10 @@ int sbx_disk_usage(const char *sandbox_dir, uint64_t *bytes, uint64_t *size);
  * shares the volume's filesystem with every other mount of it. */
 int sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err);
 
+/* ---- runtime.c (parent side, host root) ---- */
+/* A detached, read-only, nosuid, nodev clone of the agent runtime at dir, for one sandbox. */
+int sbx_agent_runtime_mount(const char *dir, struct sbx_error **err);
+
 /* ---- mounts.c (child side) ---- */
 int child_mount_private(const char **step);
 int child_attach_rootfs(const char *newroot, int root_fd, const char **step);
@@ -135,6 +139,9 @@ extern const char *const sbx_lxcfs_files[]; /* NULL-terminated */
 /* After pivot_root: attaches fds[i] (detached mounts) at plan->volumes[i].path, making the
  * missing directories, never following a symlink. */
 int child_mount_volumes(const struct sbx_sandbox_plan *plan, const int *fds, const char **step);
+/* After pivot_root and the /run tmpfs: attaches fd (sbx_agent_runtime_mount) at
+ * SBX_AGENT_RUNTIME_PATH. */
+int child_mount_runtime(int fd, const char **step);
 
 /* ---- seccomp.c / caps.c ---- */
 /* Compiles the filter of a profile once per process, before any clone. relaxed: the

@@ -332,37 +332,55 @@ open_dir_beneath(int dir, const char *name)
     return (int)syscall(SYS_openat2, dir, name, &how, sizeof(how));
 }
 
+/* Attaches the detached mount fd (what: "volume", "agent runtime") at path (absolute) of the
+ * sandbox's root, making the missing directories. From the sandbox's own root, one component
+ * at a time: a symlink the sandbox left on its disk (a reboot) cannot lead the mount anywhere
+ * else. Closes fd. */
+static int
+attach_beneath(int fd, const char *what, const char *path, const char **step)
+{
+    char copy[4096];
+    if (sbx_pathf(copy, sizeof(copy), "%s", path) < 0) {
+        close(fd);
+        return fail(step, "%s path %s", what, path);
+    }
+    int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char *save = NULL;
+    for (char *c = strtok_r(copy, "/", &save); c && dir >= 0; c = strtok_r(NULL, "/", &save)) {
+        if (mkdirat(dir, c, 0755) < 0 && errno != EEXIST) {
+            int e = errno;
+            close(dir);
+            close(fd);
+            errno = e;
+            return fail(step, "make the mount point of %s %s", what, path);
+        }
+        int next = open_dir_beneath(dir, c);
+        close(dir);
+        dir = next;
+    }
+    if (dir < 0) {
+        close(fd);
+        return fail(step, "reach the mount point of %s %s", what, path);
+    }
+    int rc = move_mount(fd, "", dir, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+    int e = errno;
+    close(dir);
+    close(fd);
+    errno = e;
+    return rc < 0 ? fail(step, "mount %s at %s", what, path) : 0;
+}
+
 int
 child_mount_volumes(const struct sbx_sandbox_plan *plan, const int *fds, const char **step)
 {
-    for (size_t i = 0; i < plan->n_volumes; i++) {
-        const char *path = plan->volumes[i].path;
-        char copy[4096];
-        if (sbx_pathf(copy, sizeof(copy), "%s", path) < 0)
-            return fail(step, "volume path %s", path);
-        /* From the sandbox's own root, one component at a time: a symlink the sandbox left
-         * on its disk (a reboot) cannot lead the mount anywhere else. */
-        int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-        char *save = NULL;
-        for (char *c = strtok_r(copy, "/", &save); c && dir >= 0; c = strtok_r(NULL, "/", &save)) {
-            if (mkdirat(dir, c, 0755) < 0 && errno != EEXIST) {
-                close(dir);
-                return fail(step, "make the mount point of volume %s", path);
-            }
-            int next = open_dir_beneath(dir, c);
-            close(dir);
-            dir = next;
-        }
-        if (dir < 0)
-            return fail(step, "reach the mount point of volume %s", path);
-        int rc = move_mount(fds[i], "", dir, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
-        int e = errno;
-        close(dir);
-        close(fds[i]);
-        if (rc < 0) {
-            errno = e;
-            return fail(step, "mount volume at %s", path);
-        }
-    }
+    for (size_t i = 0; i < plan->n_volumes; i++)
+        if (attach_beneath(fds[i], "volume", plan->volumes[i].path, step) < 0)
+            return -1;
     return 0;
+}
+
+int
+child_mount_runtime(int fd, const char **step)
+{
+    return attach_beneath(fd, "agent runtime", SBX_AGENT_RUNTIME_PATH, step);
 }

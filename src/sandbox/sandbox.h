@@ -35,6 +35,7 @@ struct sbx_volume_mount {
     const char *path;  /* where the sandbox sees it: absolute and clean ("/mnt/data") */
 };
 #define SBX_SANDBOX_MAX_VOLUMES 8
+#define SBX_SANDBOX_ARGV_MAX    8 /* PID 1's arguments: the agent takes one or two */
 #define SBX_VOLUME_PATH_MAX     255
 /* Why path cannot be where a sandbox sees a volume, or NULL if it can: it must be absolute
  * and clean (no "//", ".", ".." or trailing '/'), at most SBX_VOLUME_PATH_MAX bytes of
@@ -93,10 +94,13 @@ struct sbx_sandbox_plan {
     int agent_listen_fd;   /* listening unix socket; becomes fd 3 of the agent (-1: /dev/null) */
     int agent_stdin_fd;    /* becomes fd 0 of the agent (-1 or 0: /dev/null) */
     int agent_config_fd;   /* readable fd with the agent's JSON config; becomes fd 4 */
-    int exe_fd;            /* the program to run as PID 1, executed with fexecve; an ELF
-                            * binary (a script would need its fd across exec). From
-                            * sbx_sandbox_agent_exe() for the agent. */
-    char *const *argv;
+    /* What runs as PID 1 with argv: the agent of the runtime at host dir agent_runtime
+     * (sbx_agent_runtime_make), through the runtime's loader; or, agent_runtime NULL, the
+     * program exe_fd, executed with fexecve (an ELF binary: a script would need its fd across
+     * exec). Exactly one of the two. */
+    const char *agent_runtime;
+    int exe_fd;
+    char *const *argv; /* at most SBX_SANDBOX_ARGV_MAX */
     char *const *envp;
     const struct sbx_net_config *net; /* NULL: loopback only */
     int net_slot;                     /* the sandbox's address and interface (its uid slot) */
@@ -192,12 +196,20 @@ uid_t sbx_uid_block_base(int block);
  * block is an error. Returns the fd of the held lock (keep it open) and sets *block. */
 int sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_error **err);
 
-/* A sealed, executable memfd holding the program image (the agent's ELF bytes, which sbx
- * carries inside itself), for plan.exe_fd. The agent runs from it so that nothing in a
- * sandbox (/proc/1/exe, /proc/1/maps) names or opens a host file: no host path leaks, and no
- * host binary can be reopened for writing through /proc/1/exe (CVE-2019-5736). All sandboxes
- * share its pages. */
-int sbx_sandbox_agent_exe(const void *image, size_t len, struct sbx_error **err);
+/* ---- The agent runtime (runtime.c) --------------------------------------------------------
+ * <state_dir>/runtime/<key>/: the agent's program (sbx carries its ELF image), the host's
+ * dynamic loader and every shared library the agent needs, copied from the host, so that the
+ * agent runs on any template root, one without glibc or libuv included. key: the SHA-256 of
+ * those files, so that an upgrade of sbx or of a host library makes a new runtime. Made by
+ * host root and never changed after: all sandboxes share it, each through a read-only,
+ * nosuid, nodev mount at SBX_AGENT_RUNTIME_PATH. */
+#define SBX_AGENT_RUNTIME_PATH   "/run/sbx-agent" /* on the sandbox's own /run tmpfs */
+#define SBX_AGENT_RUNTIME_LOADER "ld.so"
+#define SBX_AGENT_RUNTIME_AGENT  "agent"
+/* Makes the runtime for the agent image (if one with the same files is not there yet) and
+ * removes every other; *dir (malloc): its host path, for plan.agent_runtime. Blocking. */
+int sbx_agent_runtime_make(const char *state_dir, const void *image, size_t len, char **dir,
+                           struct sbx_error **err);
 
 /* Raises host-wide kernel tables that sandboxes draw on so that none is smaller than what
  * the sandboxes' own limits allow (fs.file-max, kernel.pty.max). desc gets what changed, e.g.

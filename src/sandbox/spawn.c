@@ -77,26 +77,23 @@ step_reset_signals(const char **step)
     return sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-_Static_assert(1 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
-               "SYNC_PARENT_READY carries the root overlay and every volume");
+_Static_assert(2 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
+               "SYNC_PARENT_READY carries the root overlay, every volume and the agent runtime");
 
-/* Blocks until the parent has written our maps and set our limits. */
+/* Blocks until the parent has written our maps and set our limits. fds: the root overlay,
+ * the volumes, then the agent runtime if the plan has one. */
 static int
-step_wait_parent(int sock, size_t n_volumes, struct sbx_rootfs *fs, int *volume_fds,
-                 const char **step)
+step_wait_parent(int sock, size_t n_fds, int *fds, const char **step)
 {
     *step = "wait for parent";
     struct sync_msg m;
-    int fds[SBX_FDPASS_MAX];
-    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, 1 + n_volumes);
+    ssize_t n = sbx_recv_fds(sock, &m, sizeof(m), fds, n_fds);
     if (n == 0)
         _exit(127); /* the parent gave up on us */
     if (n != (ssize_t)sizeof(m) || m.point != SYNC_PARENT_READY || fds[0] < 0) {
         errno = n < 0 ? errno : EPROTO;
         return -1;
     }
-    fs->root_fd = fds[0];
-    memcpy(volume_fds, fds + 1, n_volumes * sizeof(int));
     return 0;
 }
 
@@ -255,7 +252,7 @@ step_fds(const struct sbx_sandbox_plan *plan, int oom_fd, int *sock, int *exe, c
     int llisten = lift_fd(plan->agent_listen_fd), lconf = lift_fd(plan->agent_config_fd),
         loom = lift_fd(oom_fd), lin = plan->agent_stdin_fd > 0 ? lift_fd(plan->agent_stdin_fd) : -1;
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (lsock < 0 || lexe < 0 || null < 0 || loom < 0 ||
+    if (lsock < 0 || (*exe >= 0 && lexe < 0) || null < 0 || loom < 0 ||
         (plan->agent_listen_fd >= 0 && llisten < 0) || (plan->agent_config_fd >= 0 && lconf < 0) ||
         (plan->agent_stdin_fd > 0 && lin < 0))
         return -1;
@@ -292,6 +289,26 @@ step_join_cgroups(const int *fds, int n, const char **step)
     return sbx_cgroup_join_self(fds, n);
 }
 
+#define RUNTIME_FILE(name) SBX_AGENT_RUNTIME_PATH "/" name
+
+/* Runs the runtime's agent through the runtime's loader (ld.so(8)): the loader and every
+ * library come from the runtime, none from the template's root. --library-path is an
+ * argument, not LD_LIBRARY_PATH, so what the agent starts uses the image's own libraries;
+ * --argv0 keeps the agent's argv as the plan has it. Returns only on failure. */
+static void
+exec_agent(const struct sbx_sandbox_plan *plan)
+{
+    char *argv[8 + SBX_SANDBOX_ARGV_MAX] = {RUNTIME_FILE(SBX_AGENT_RUNTIME_LOADER),
+                                            "--argv0",
+                                            plan->argv[0],
+                                            "--library-path",
+                                            SBX_AGENT_RUNTIME_PATH,
+                                            RUNTIME_FILE(SBX_AGENT_RUNTIME_AGENT)};
+    for (size_t i = 1; plan->argv[i]; i++)
+        argv[5 + i] = plan->argv[i];
+    execve(argv[0], argv, plan->envp ? plan->envp : (char *const[]){NULL});
+}
+
 /* join_fds: on v1, the sandbox's cgroup "tasks" files (on v2 the clone put us there). */
 __attribute__((noreturn)) static void
 child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds, int n_join,
@@ -302,12 +319,14 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     char newroot[4096];
     snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
     int exe = plan->exe_fd;
+    int fds[SBX_FDPASS_MAX]; /* the root overlay, the volumes, the agent runtime */
+    size_t n_fds = 1 + plan->n_volumes + (plan->agent_runtime != NULL);
     struct sbx_rootfs fs = {-1};
-    int volumes[SBX_SANDBOX_MAX_VOLUMES];
 
     STEP(step_reset_signals(&step));
     STEP(step_join_cgroups(join_fds, n_join, &step));
-    STEP(step_wait_parent(sock, plan->n_volumes, &fs, volumes, &step));
+    STEP(step_wait_parent(sock, n_fds, fds, &step));
+    fs.root_fd = fds[0];
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
     STEP(child_mount_private(&step));
@@ -322,7 +341,9 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     STEP(child_mount_boot_id(newroot, &step));
     STEP(child_mount_tmpfs(newroot, plan->limits.memory_bytes, &step));
     STEP(child_pivot_root(newroot, &step));
-    STEP(child_mount_volumes(plan, volumes, &step)); /* inside the new root: see volume.c */
+    STEP(child_mount_volumes(plan, fds + 1, &step)); /* inside the new root: see volume.c */
+    if (plan->agent_runtime)
+        STEP(child_mount_runtime(fds[n_fds - 1], &step)); /* on the fresh /run tmpfs */
     STEP(step_hostname(hostname, &step));
     STEP(step_resolver(plan, &step));
     STEP(step_loopback_up(&step));
@@ -332,8 +353,11 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     STEP(child_caps_drop_bounding(plan->relaxed, &step));
     STEP(child_seccomp_install(plan->relaxed, &step)); /* last: the steps above need denied calls */
     STEP(step_signal_exec(sock, &step));
-    fexecve(exe, plan->argv, plan->envp ? plan->envp : (char *const[]){NULL});
-    child_fail(sock, "fexecve", errno);
+    if (plan->agent_runtime)
+        exec_agent(plan);
+    else
+        fexecve(exe, plan->argv, plan->envp ? plan->envp : (char *const[]){NULL});
+    child_fail(sock, "exec", errno);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -393,8 +417,16 @@ validate(const struct sbx_sandbox_plan *p, struct sbx_error **err)
                              "disk limit must be a multiple of 4 KiB between %llu MiB and "
                              "%llu TiB",
                              SBX_DISK_MIN_BYTES >> 20, SBX_DISK_MAX_BYTES >> 40);
-    if (p->exe_fd < 0 || p->argv == NULL || p->argv[0] == NULL)
-        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "no program to run");
+    if ((p->exe_fd < 0) == (p->agent_runtime == NULL) || p->argv == NULL || p->argv[0] == NULL)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "not one program to run");
+    size_t argc = 0;
+    while (p->argv[argc] && argc <= SBX_SANDBOX_ARGV_MAX)
+        argc++;
+    if (argc > SBX_SANDBOX_ARGV_MAX)
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d arguments",
+                             SBX_SANDBOX_ARGV_MAX);
+    if (p->agent_runtime && p->agent_runtime[0] != '/')
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "agent runtime must be absolute");
     if (p->n_volumes > SBX_SANDBOX_MAX_VOLUMES)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "more than %d volumes",
                              SBX_SANDBOX_MAX_VOLUMES);
@@ -443,13 +475,14 @@ set_process_limits(pid_t pid, struct sbx_error **err)
 
 /* The child's root overlay, then its volumes. */
 static int
-send_ready(int sock, const struct sbx_rootfs *fs, const int *volumes, size_t n_volumes,
+send_ready(int sock, const struct sbx_rootfs *fs, const int *volumes, size_t n_volumes, int runtime,
            struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
     int fds[SBX_FDPASS_MAX] = {fs->root_fd};
     memcpy(fds + 1, volumes, n_volumes * sizeof(int));
-    if (sbx_send_fds(sock, &m, sizeof(m), fds, 1 + n_volumes) < 0)
+    fds[1 + n_volumes] = runtime;
+    if (sbx_send_fds(sock, &m, sizeof(m), fds, 1 + n_volumes + (runtime >= 0)) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }
@@ -581,34 +614,18 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sb
     for (; n < plan->n_volumes && rc == 0; n++)
         if ((volumes[n] = sbx_volume_mount(plan->volumes[n].image, userns, err)) < 0)
             rc = -1;
+    _cleanup_close_ int runtime = -1;
+    if (rc == 0 && plan->agent_runtime &&
+        (runtime = sbx_agent_runtime_mount(plan->agent_runtime, err)) < 0)
+        rc = -1;
     if (rc == 0)
-        rc = send_ready(sock, &fs, volumes, n, err);
+        rc = send_ready(sock, &fs, volumes, n, runtime, err);
     /* The child holds its own copies now. */
     sbx_rootfs_close(&fs);
     for (size_t i = 0; i < n; i++)
         if (volumes[i] >= 0)
             close(volumes[i]);
     return rc;
-}
-
-#ifndef MFD_EXEC
-#define MFD_EXEC 0x0010U /* Linux 6.3: ask for an executable memfd where vm.memfd_noexec is set */
-#endif
-
-int
-sbx_sandbox_agent_exe(const void *image, size_t len, struct sbx_error **err)
-{
-    _cleanup_close_ int fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
-    if (fd < 0 && errno == EINVAL) /* before 6.3 */
-        fd = memfd_create("sbx", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0)
-        return sbx_error_sys(err, errno, "memfd_create");
-    if (sbx_fs_write_all(fd, image, len) < 0)
-        return sbx_error_sys(err, errno, "write the agent binary");
-    /* Sealed: nothing, not even a process holding the fd, can change what sandboxes run. */
-    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
-        return sbx_error_sys(err, errno, "seal the agent binary");
-    return steal_fd(&fd);
 }
 
 /* Undoes a spawn that failed after its first step: the child, the cgroup, the dirs (but the

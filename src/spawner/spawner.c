@@ -44,8 +44,8 @@ static struct {
     const struct sbx_spawner_config *cfg;
     uv_loop_t *loop;
     char *disks_dir;
-    char lxcfs_dir[64]; /* "" when lxcfs is not available */
-    int exe_fd;
+    char lxcfs_dir[64];  /* "" when lxcfs is not available */
+    char *agent_runtime; /* sbx_agent_runtime_make's dir */
     int channel;
     uv_poll_t channel_poll;
     struct out *out_head, *out_tail;
@@ -536,7 +536,8 @@ sbx_spawner_plan_init(struct sbx_sandbox_plan *plan, const struct sb *s,
         .lxcfs_dir = sp.lxcfs_dir[0] ? sp.lxcfs_dir : NULL,
         .agent_listen_fd = -1,
         .agent_config_fd = -1,
-        .exe_fd = sp.exe_fd,
+        .agent_runtime = sp.agent_runtime,
+        .exe_fd = -1,
         .envp = agent_envp,
         .net = sp.cfg->net,
         .net_slot = s->slot,
@@ -975,7 +976,8 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     if (asprintf(&sp.disks_dir, "%s/disks", cfg->state_dir) < 0)
         abort();
     if (import_builtin_layers(&err) < 0 ||
-        (sp.exe_fd = sbx_sandbox_agent_exe(cfg->agent, cfg->agent_len, &err)) < 0) {
+        sbx_agent_runtime_make(cfg->state_dir, cfg->agent, cfg->agent_len, &sp.agent_runtime,
+                               &err) < 0) {
         sbx_log_error("spawner_start", "error=\"%s\"", err->msg);
         return 1;
     }

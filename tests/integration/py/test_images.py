@@ -1,8 +1,10 @@
 """Templates from container images (templates.md §3, issue 10 item 4): `sbx template import`
 of an OCI archive and of a docker archive, and `fromImage` pulls from a registry, with the
 official Template SDK. Nothing here reaches the internet: the tests make their own image
-(a few host binaries with the libraries they and the sbx agent load, and a marker file),
-with umoci and skopeo, and serve it from Debian's docker-registry on loopback."""
+(a few host binaries with their own libraries, and a marker file), with umoci and skopeo, and
+serve it from Debian's docker-registry on loopback. The image has none of the libraries of
+the sbx agent (libuv, libzmq, ...), no user `user` and no useradd, as most real images: the
+agent runs from its own runtime, and the build's implicit base step makes the user."""
 
 import hashlib
 import os
@@ -16,11 +18,14 @@ import uuid
 import pytest
 from e2b import Sandbox, Template
 from e2b.exceptions import BuildException
+from e2b.sandbox.commands.command_handle import CommandExitException
 
 from conftest import _free_port
 
 MARKER = "made by test_images.py\n"
-TOOLS = ["/bin/sh", "/bin/bash", "/bin/cat", "/usr/bin/id", "/usr/bin/env", "/bin/ls"]
+TOOLS = ["/bin/sh", "/bin/bash", "/bin/cat", "/usr/bin/id", "/usr/bin/env", "/bin/ls",
+         "/usr/bin/whoami", "/bin/mkdir", "/bin/chown", "/bin/chmod", "/usr/bin/touch"]
+AGENT_ONLY_LIBS = ["libuv.so.1", "libzmq.so.5", "libjansson.so.4", "libhttp_parser.so.2.9"]
 
 
 def _name(prefix="img"):
@@ -48,16 +53,16 @@ def image(sbx_daemon, tmp_path_factory):
             pytest.fail(f"{tool} is missing: run scripts/setup.sh test")
     d = tmp_path_factory.mktemp("image")
     root = d / "rootfs"
-    agent = os.path.join(os.path.dirname(sbx_daemon.binary), "sbx-agent")
-    for b in TOOLS + [agent]:
+    for b in TOOLS:
         _copy_with_libs(b, str(root))
-    os.remove(root / agent.lstrip("/"))  # its libraries are what the image needs
+    libs = {f.name for f in root.rglob("*.so*")}
+    assert not libs & set(AGENT_ONLY_LIBS), libs  # what the agent loads is not the image's
     (root / "etc").mkdir(exist_ok=True)
     (root / "etc/marker").write_text(MARKER)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n"
-                                     "user:x:1000:1000:user:/home/user:/bin/bash\n")
-    (root / "etc/group").write_text("root:x:0:\nuser:x:1000:\n")
-    for p, mode, owner in (("root", 0o700, 0), ("home/user", 0o755, 1000), ("tmp", 0o1777, 0)):
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    for p, mode, owner in (("root", 0o700, 0), ("home", 0o755, 0), ("tmp", 0o1777, 0),
+                           ("run", 0o755, 0)):
         (root / p).mkdir(parents=True, exist_ok=True)
         os.chmod(root / p, mode)
         os.chown(root / p, owner, owner)
@@ -218,3 +223,35 @@ def test_registry_credentials_reach_the_registry(sbx_daemon, registry):
     _build(Template().from_image(registry, username="someone", password="s3cret:x"), _name(),
            logs)
     assert any(f"FROM {registry} (sha256:" in str(l.message) for l in logs)
+
+
+def test_an_image_without_the_agents_libraries_runs_sandboxes(sbx_daemon, registry):
+    """The agent loads its libraries from its runtime (mounted read-only at /run/sbx-agent),
+    never from the image; commands run on the image's own libraries with no LD_LIBRARY_PATH;
+    the implicit base step made `user`, the default user."""
+    logs = []
+    name = _name("norun")
+    _build(Template().from_image(registry).run_cmd("echo built > /home/user/built"), name, logs)
+    assert any("USER user" in str(l.message) for l in logs), [str(l.message) for l in logs]
+    sbx = Sandbox.create(name, timeout=60)
+    try:
+        assert sbx.commands.run("echo hi").stdout == "hi\n"
+        assert sbx.commands.run("whoami").stdout == "user\n"
+        assert sbx.commands.run("cat ~/built").stdout == "built\n"
+        for lib in AGENT_ONLY_LIBS:
+            assert sbx.commands.run(f"ls /lib/*/{lib} /usr/lib/*/{lib} 2>/dev/null || true",
+                                    user="root").stdout == ""
+        sbx.files.write("/home/user/f.txt", "written\n")
+        assert sbx.files.read("/home/user/f.txt") == "written\n"
+        assert sbx.commands.run("cat /home/user/f.txt").stdout == "written\n"
+        env = sbx.commands.run("env").stdout
+        assert "LD_LIBRARY_PATH" not in env and "LD_PRELOAD" not in env, env
+        for user in ("user", "root"):
+            with pytest.raises(CommandExitException) as e:
+                sbx.commands.run("touch /run/sbx-agent/x", user=user)
+            assert "Read-only file system" in e.value.stderr, e.value.stderr
+            with pytest.raises(CommandExitException):
+                sbx.commands.run("echo x >> /run/sbx-agent/agent", user=user)
+    finally:
+        sbx.kill()
+        _cli(sbx_daemon, "template", "rm", name)
