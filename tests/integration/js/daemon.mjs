@@ -129,8 +129,12 @@ export async function startDaemon() {
       const res = await exitPromise
       clearTimeout(timer)
       fs.closeSync(log)
+      const tail = logTail(logPath)
+      // The state dir goes either way (its layers are hard links of the host's cache, but a
+      // run of every file would still leave dozens of them behind).
+      fs.rmSync(base, { recursive: true, force: true })
       if (res.code !== 0) {
-        throw new Error(`sbx serve exited with ${JSON.stringify(res)} after SIGTERM\n${logTail(logPath)}`)
+        throw new Error(`sbx serve exited with ${JSON.stringify(res)} after SIGTERM\n${tail}`)
       }
     },
   }
