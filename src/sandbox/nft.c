@@ -76,13 +76,29 @@ nft(void)
     return ctx;
 }
 
+/* nft_run_cmd_from_buffer, again while it fails with EINTR: libnftables reads the ruleset
+ * first, and a dump that another program's change interrupted (NLM_F_DUMP_INTR, seen here when
+ * several daemons change their tables at once) fails the whole command, which then changed
+ * nothing. */
+static int
+run_cmd(const char *cmd)
+{
+    for (int attempt = 0;; attempt++) {
+        if (nft_run_cmd_from_buffer(nft(), cmd) == 0)
+            return 0;
+        const char *msg = nft_ctx_get_error_buffer(nft());
+        if (attempt == 4 || msg == NULL || strstr(msg, strerror(EINTR)) == NULL)
+            return -1;
+    }
+}
+
 /* Runs the commands of b as one transaction: all of them or none. */
 static int
 run(struct sbx_buf *b, const char *what, struct sbx_error **err)
 {
     nft_ctx_output_set_flags(nft(), 0);
     sbx_buf_append(b, "", 1, SIZE_MAX); /* NUL */
-    if (nft_run_cmd_from_buffer(nft(), b->data) == 0)
+    if (run_cmd(b->data) == 0)
         return 0;
     const char *msg = nft_ctx_get_error_buffer(nft());
     /* The first line is nftables' own explanation; the rest repeats the command. */
@@ -95,7 +111,7 @@ static int
 list_json(const char *cmd, json_t **out, struct sbx_error **err)
 {
     nft_ctx_output_set_flags(nft(), NFT_CTX_OUTPUT_JSON);
-    int rc = nft_run_cmd_from_buffer(nft(), cmd);
+    int rc = run_cmd(cmd);
     nft_ctx_output_set_flags(nft(), 0);
     if (rc != 0)
         return sbx_error_set(err, SBX_INTERNAL, 0, "nftables: %s: %s", cmd,
