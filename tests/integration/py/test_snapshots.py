@@ -290,3 +290,52 @@ def test_cli_snapshot(snapshots, sandbox_factory, sbx_daemon):
     out = subprocess.run([sbx_daemon.binary, "snapshot", "nosuchsandbox"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "not found" in out.stderr
+
+
+def test_a_snapshot_the_state_disk_has_no_room_for_is_refused(sbx_daemon, tmp_path):
+    """The state dir on a small filesystem of the test's own: a snapshot that would need more
+    than it has free is refused before its copy starts, and the sandbox goes on."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    from conftest import REPO, Daemon
+    base = subprocess.run([str(REPO / "scripts" / "templates.sh"), "key", "base"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # A layer cache of base alone (the daemon copies it onto the small filesystem).
+    cache = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    os.symlink(f"/var/cache/sbx/layers/{base}", cache / base)
+    image = tmp_path / "state.ext4"
+    subprocess.run(["truncate", "-s", "2200M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mnt = tempfile.mkdtemp(dir="/var/tmp")
+    subprocess.run(["mount", "-o", "loop", str(image), mnt], check=True)
+    d = None
+    try:
+        os.chmod(mnt, 0o711)
+        d = Daemon(sbx_daemon.binary, mnt, tmp_path / "daemon.log")
+        env = {"SBX_SERVE_ARGS": f"--layer-cache {cache} --pool base=0 "
+                                 "--pool code-interpreter-v1=0 --network-cidr off"}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            d.argv = (lambda argv: lambda: argv[:argv.index("--disk-mb")] +
+                      ["--disk-mb", "900"] + argv[argv.index("--disk-mb") + 2:])(d.argv())
+            d.start()
+        sbx = Sandbox.create(timeout=120, api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
+        free = shutil.disk_usage(mnt).free
+        mib = (free >> 20) - 300  # leaves ~300 MiB: less than the copy's need plus its margin
+        sbx.commands.run(f"head -c {mib}M /dev/urandom > /home/user/big && sync", timeout=300)
+        with pytest.raises(Exception) as e:
+            sbx.create_snapshot()
+        assert "not enough free disk space for the snapshot" in str(e.value), str(e.value)
+        assert not [n for n in os.listdir(os.path.join(mnt, "layers")) if n.startswith(".new-")]
+        assert sbx.commands.run("echo alive").stdout == "alive\n"
+        st, _, body = d.request("GET", "/snapshots")
+        assert st == 200 and json.loads(body) == []
+        sbx.kill()
+    finally:
+        if d is not None:
+            d.stop()
+        subprocess.run(["umount", "-l", mnt], check=False)
+        shutil.rmtree(mnt, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
