@@ -160,8 +160,8 @@ static const char *const migrations[] = {
     "  created_at_ms INTEGER NOT NULL"
     ");",
     /* 10: snapshots are templates too, made from a sandbox's files (source 'snapshot'). */
-    "ALTER TABLE templates ADD COLUMN source TEXT NOT NULL DEFAULT 'build';"
-    "ALTER TABLE templates ADD COLUMN sandbox_id TEXT;",
+    ("ALTER TABLE templates ADD COLUMN source TEXT NOT NULL DEFAULT 'build';"
+     "ALTER TABLE templates ADD COLUMN sandbox_id TEXT;"),
 };
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 

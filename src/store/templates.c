@@ -175,8 +175,8 @@ sbx_store_builds_expire(struct sbx_store *s, int64_t before_ms, int *builds, int
     static const char *const sql[] = {
         "DELETE FROM build_logs WHERE build_id IN (" STALE_BUILDS ")",
         "DELETE FROM template_builds WHERE id IN (" STALE_BUILDS ")",
-        "DELETE FROM layers WHERE created_at_ms < ?1 AND NOT EXISTS (SELECT 1 FROM "
-        "template_builds b WHERE instr(b.layers, layers.key) > 0)",
+        ("DELETE FROM layers WHERE created_at_ms < ?1 AND NOT EXISTS (SELECT 1 FROM "
+         "template_builds b WHERE instr(b.layers, layers.key) > 0)"),
     };
 #undef STALE_BUILDS
     int changed[3] = {0};
