@@ -57,7 +57,10 @@ def main():
                 unchanged = times
             else:
                 extra = sorted(times)[len(times) // 2] - sorted(unchanged)[len(unchanged) // 2]
-                print(f"  {mib / max(extra, 1e-3) * 1000:.0f} MiB/s over the unchanged snapshot")
+                if extra > 1:
+                    print(f"  {mib / extra * 1000:.0f} MiB/s over the unchanged snapshot")
+                else:
+                    print("  within the noise of the unchanged snapshot")
             sbx.kill()
         # A snapshot is one layer over its parent's stack, as a one-step template built on
         # base is: that template is the like-for-like baseline, base itself the floor.
