@@ -277,6 +277,8 @@ def sbx_daemon(tmp_path_factory):
         daemon.problems.append(f"not running at the end (status {daemon.proc.returncode})")
     if daemon.problems:
         pytest.fail("sbx daemon: " + "; ".join(daemon.problems) + "\n" + daemon.log_tail())
+    # Kept when something went wrong (above), for a look; else gone, as own_daemon's are.
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
