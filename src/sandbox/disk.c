@@ -30,6 +30,7 @@
  * sandbox after a filesystem-only pause (plan.reboot): its image is mounted again, once its
  * first mount is gone with every process of the sandbox; in between only the kernel's ext4
  * driver wrote it, so it is still an image of that driver's making. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -335,7 +336,30 @@ sbx_loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err)
 }
 
 int
-sbx_ext4_mount(const char *dev, struct sbx_error **err)
+sbx_loop_of_image(int image_fd, const struct stat *img, char *dev, size_t cap,
+                  struct sbx_error **err)
+{
+    DIR *d = opendir("/sys/block");
+    int found = -1;
+    struct dirent *e;
+    while (d && found < 0 && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "loop", 4) != 0 || sbx_pathf(dev, cap, "/dev/%s", e->d_name) < 0)
+            continue;
+        int fd = open(dev, O_RDWR | O_CLOEXEC);
+        struct loop_info64 info;
+        if (fd >= 0 && ioctl(fd, LOOP_GET_STATUS64, &info) == 0 && info.lo_device == img->st_dev &&
+            info.lo_inode == img->st_ino)
+            found = fd;
+        else if (fd >= 0)
+            close(fd);
+    }
+    if (d)
+        closedir(d);
+    return found >= 0 ? found : sbx_loop_attach(image_fd, dev, cap, err);
+}
+
+int
+sbx_ext4_mount(const char *dev, unsigned int attrs, struct sbx_error **err)
 {
     _cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
     if (fs < 0)
@@ -356,9 +380,7 @@ sbx_ext4_mount(const char *dev, struct sbx_error **err)
         return sbx_fsopen_error(fs, errno, "ext4 errors=", err);
     if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
         return sbx_fsopen_error(fs, errno, "mount ext4", err);
-    /* Only overlayfs uses this mount (what the sandbox may do is decided by the overlays'
-     * own flags); nodev and nosuid in case anything else ever did. */
-    int m = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID);
+    int m = fsmount(fs, FSMOUNT_CLOEXEC, attrs);
     if (m < 0)
         return sbx_fsopen_error(fs, errno, "fsmount ext4", err);
     return m;
@@ -400,7 +422,9 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
     _cleanup_close_ int loop = sbx_loop_attach(img, dev, sizeof(dev), err);
     if (loop < 0)
         return sbx_error_prefix(err, "%s", path);
-    out->mount_fd = sbx_ext4_mount(dev, err);
+    /* Only overlayfs uses this mount (what the sandbox may do is decided by the overlays'
+     * own flags); nodev and nosuid in case anything else ever did. */
+    out->mount_fd = sbx_ext4_mount(dev, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, err);
     if (out->mount_fd < 0)
         return sbx_error_prefix(err, "%s on %s", path, dev);
     int m = out->mount_fd;

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "base/error.h"
@@ -96,8 +97,15 @@ int sbx_disk_image_create(const char *disks_dir, const char *path, uint64_t byte
                           struct sbx_error **err);
 /* Attaches image_fd to a free loop device (autoclear); returns an fd of it, its path in dev. */
 int sbx_loop_attach(int image_fd, char *dev, size_t cap, struct sbx_error **err);
-/* Mounts the ext4 on dev detached (nodev, nosuid); returns the mount fd. */
-int sbx_ext4_mount(const char *dev, struct sbx_error **err);
+/* The loop device that already backs the image (image_fd, img: its stat), opened, or else a new
+ * one attached to it; its path in dev. Held open, a device cannot detach (autoclear) while we
+ * mount through it, and mounting a device in use gives another view of its live superblock,
+ * never a second parse of the image. */
+int sbx_loop_of_image(int image_fd, const struct stat *img, char *dev, size_t cap,
+                      struct sbx_error **err);
+/* Mounts the ext4 on dev detached, with mount attributes attrs (MOUNT_ATTR_*); returns the
+ * mount fd. */
+int sbx_ext4_mount(const char *dev, unsigned int attrs, struct sbx_error **err);
 /* Creates <sandbox_dir>/disk.img: a sparse copy of an empty ext4 of limits.disk_bytes,
  * formatting that blank (once per size) in disks_dir if needed. For a reboot, checks
  * that the image of the earlier boot is there. */

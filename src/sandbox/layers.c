@@ -8,8 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/loop.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -335,34 +333,6 @@ install_layer(const char *dir, const char *state_dir, const char *key, uid_t uid
 
 /* ---- snapshot ---- */
 
-/* The loop device that disk.img (st) is attached to, opened: the one the sandbox's own ext4
- * mount sits on. Holding it open keeps it bound to that image (autoclear waits for the last
- * close), so the device cannot become another sandbox's meanwhile. */
-static int
-open_loop_of(const struct stat *img, char *dev, size_t cap, struct sbx_error **err)
-{
-    DIR *d = opendir("/sys/block");
-    if (d == NULL)
-        return sbx_error_sys(err, errno, "open /sys/block");
-    int fd = -1;
-    struct dirent *e;
-    while (fd < 0 && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, "loop", 4) != 0 || sbx_pathf(dev, cap, "/dev/%s", e->d_name) < 0)
-            continue;
-        int f = open(dev, O_RDONLY | O_CLOEXEC);
-        struct loop_info64 info;
-        if (f >= 0 && ioctl(f, LOOP_GET_STATUS64, &info) == 0 && info.lo_device == img->st_dev &&
-            info.lo_inode == img->st_ino)
-            fd = f;
-        else if (f >= 0)
-            close(f);
-    }
-    closedir(d);
-    if (fd < 0)
-        return sbx_error_set(err, SBX_NOT_FOUND, 0, "the sandbox's disk is not attached");
-    return fd;
-}
-
 /* A read-only mount (detached) of the sandbox's ext4. While the sandbox runs, the kernel finds
  * the superblock its overlay uses by the device and hands out another view of it: the image is
  * not parsed again, and both views share one page cache, so what the sandbox wrote before it
@@ -377,30 +347,14 @@ mount_disk(const char *sandbox_dir, struct sbx_error **err)
     struct stat st;
     if (sbx_pathf(img, sizeof(img), "%s/" SBX_DISK_IMAGE, sandbox_dir) < 0)
         return sbx_error_sys(err, errno, "disk image path");
-    if (lstat(img, &st) < 0 || !S_ISREG(st.st_mode))
-        return sbx_error_sys(err, errno ? errno : EINVAL, "stat %s", img);
-    struct sbx_error *none = NULL;
-    _cleanup_close_ int loop = open_loop_of(&st, dev, sizeof(dev), &none);
-    if (loop < 0) {
-        sbx_error_free(none);
-        _cleanup_close_ int fd = open(img, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-            return sbx_error_sys(err, errno, "open %s", img);
-        if ((loop = sbx_loop_attach(fd, dev, sizeof(dev), err)) < 0)
-            return -1;
-    }
-    _cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
-    if (fs < 0)
-        return sbx_error_sys(err, errno, "fsopen ext4");
-    if (fsconfig(fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0)
-        return sbx_fsopen_error(fs, errno, "ext4 source", err);
-    if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
-        return sbx_fsopen_error(fs, errno, "mount the sandbox's disk", err);
-    int m = fsmount(fs, FSMOUNT_CLOEXEC,
-                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
-    if (m < 0)
-        return sbx_fsopen_error(fs, errno, "fsmount the sandbox's disk", err);
-    return m;
+    _cleanup_close_ int fd = open(img, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return sbx_error_sys(err, errno ? errno : EINVAL, "open %s", img);
+    _cleanup_close_ int loop = sbx_loop_of_image(fd, &st, dev, sizeof(dev), err);
+    if (loop < 0)
+        return -1;
+    return sbx_ext4_mount(
+        dev, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, err);
 }
 
 /* Whether the store's filesystem has room for bytes more (the copy's upper bound). */

@@ -15,13 +15,10 @@
  * inside the sandbox's root after pivot_root, one component at a time without following
  * symlinks (child_mount_volumes), so a link a sandbox left on its disk cannot send a volume
  * anywhere else. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/loop.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -35,33 +32,6 @@ sbx_volume_create(const char *disks_dir, const char *image, uint64_t bytes, stru
     return sbx_disk_image_create(disks_dir, image, bytes, SBX_SANDBOX_USER_UID, err);
 }
 
-/* The loop device that already backs the image (dev, ino), opened; -1 if none does. Held
- * open, it cannot detach (autoclear) while we mount through it. */
-static int
-find_loop(const struct stat *img, char *dev, size_t cap)
-{
-    DIR *d = opendir("/sys/block");
-    if (d == NULL)
-        return -1;
-    int found = -1;
-    struct dirent *e;
-    while (found < 0 && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, "loop", 4) != 0 || sbx_pathf(dev, cap, "/dev/%s", e->d_name) < 0)
-            continue;
-        int fd = open(dev, O_RDWR | O_CLOEXEC);
-        struct loop_info64 info;
-        if (fd >= 0 && ioctl(fd, LOOP_GET_STATUS64, &info) == 0 && info.lo_device == img->st_dev &&
-            info.lo_inode == img->st_ino) {
-            found = fd;
-            continue;
-        }
-        if (fd >= 0)
-            close(fd);
-    }
-    closedir(d);
-    return found;
-}
-
 int
 sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err)
 {
@@ -73,10 +43,10 @@ sbx_volume_mount(const char *image, int userns_fd, struct sbx_error **err)
     if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
         return sbx_error_set(err, SBX_INTERNAL, 0, "%s is not a volume image of sbx", image);
     char dev[64];
-    _cleanup_close_ int loop = find_loop(&st, dev, sizeof(dev));
-    if (loop < 0 && (loop = sbx_loop_attach(img, dev, sizeof(dev), err)) < 0)
+    _cleanup_close_ int loop = sbx_loop_of_image(img, &st, dev, sizeof(dev), err);
+    if (loop < 0)
         return sbx_error_prefix(err, "volume %s", image);
-    _cleanup_close_ int m = sbx_ext4_mount(dev, err);
+    _cleanup_close_ int m = sbx_ext4_mount(dev, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, err);
     if (m < 0)
         return sbx_error_prefix(err, "volume %s on %s", image, dev);
     struct mount_attr attr = {
