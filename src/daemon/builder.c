@@ -733,18 +733,28 @@ pull_failed(struct build *b, const char *why)
     build_end(b, "base", msg);
 }
 
+/* The base layer the spawner made (a Debian root, an image's root) becomes the build's base,
+ * once the store knows it; false if the build failed at base instead. */
+static bool
+base_layer_made(struct build *b, const char *key, const struct sbx_error *err)
+{
+    _cleanup_error_ struct sbx_error *e = NULL;
+    if (err == NULL && sbx_store_layer_add(sbx_daemon->store, key, false, &e) < 0)
+        err = e;
+    if (err) {
+        pull_failed(b, err->msg);
+        return false;
+    }
+    set_base(b, key);
+    return true;
+}
+
 static void
 on_debian_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
     struct build *b = ud;
-    _cleanup_error_ struct sbx_error *e = NULL;
-    if (err == NULL && sbx_store_layer_add(sbx_daemon->store, b->step_key, false, &e) < 0)
-        err = e;
-    if (err) {
-        pull_failed(b, err->msg);
+    if (!base_layer_made(b, b->step_key, err))
         return;
-    }
-    set_base(b, b->step_key);
     log_entry(b, "info", "base", "Debian root made");
     next_step(b);
 }
@@ -798,14 +808,8 @@ static void
 on_image_layer(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
     struct build *b = ud;
-    _cleanup_error_ struct sbx_error *e = NULL;
-    if (err == NULL && sbx_store_layer_add(sbx_daemon->store, reply->layer_key, false, &e) < 0)
-        err = e;
-    if (err) {
-        pull_failed(b, err->msg);
+    if (!base_layer_made(b, reply->layer_key, err))
         return;
-    }
-    set_base(b, reply->layer_key);
     /* The image's ENV goes on into the build, as on E2B; its WORKDIR and USER do not
      * (templates.md §3): steps run as user, in its home, unless they say otherwise. */
     for (const char *line = reply->image_env; *line;) {
