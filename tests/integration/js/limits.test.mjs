@@ -1,8 +1,8 @@
 // A sandbox sees its own limits (issue 12, item 6), through the official JS SDKs: /proc's
-// memory, CPU, uptime and load files and nproc show the sandbox's cgroup (512 MiB and one CPU
-// on the default daemon), its cgroup is readable and read-only, and the code interpreter's
-// six kernels each start in one 512 MiB sandbox or say they ran out of memory. The Python
-// side is tests/integration/py/test_sandbox_limits.py.
+// memory, CPU, uptime and load files, nproc and Node's os.cpus() show the sandbox's cgroup
+// (512 MiB and one CPU on the default daemon), its cgroup is readable and read-only, and the
+// code interpreter's six kernels each start in one 512 MiB sandbox or say they ran out of
+// memory. The Python side is tests/integration/py/test_sandbox_limits.py.
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -38,10 +38,11 @@ test('/proc, nproc and /sys/fs/cgroup show the sandbox, not the host', { timeout
     const r = await run(sbx, "awk '/^MemTotal/ {print $2}' /proc/meminfo; nproc;" +
       ' grep -c ^processor /proc/cpuinfo; grep -c "^cpu[0-9]" /proc/stat;' +
       " awk '{print int($1)}' /proc/uptime; cut -d' ' -f4 /proc/loadavg;" +
-      ' cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes')
-    const [memKb, nproc, cpuinfo, stat, uptime, load, limit] = r.stdout.trim().split('\n')
-    assert.deepEqual([memKb, nproc, cpuinfo, stat, limit],
-      [String(512 * 1024), '1', '1', '1', String(512 * 1024 * 1024)], r.stdout)
+      ' cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes;' +
+      ` node -e 'console.log(require("os").cpus().length)'`)
+    const [memKb, nproc, cpuinfo, stat, uptime, load, limit, nodeCpus] = r.stdout.trim().split('\n')
+    assert.deepEqual([memKb, nproc, cpuinfo, stat, limit, nodeCpus],
+      [String(512 * 1024), '1', '1', '1', String(512 * 1024 * 1024), '1'], r.stdout)
     assert.ok(Number(uptime) < os.uptime(), `uptime ${uptime} is the host's`)
     // Runnable/total tasks: the sandbox's few, not the host's.
     const hostTasks = Number(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[3].split('/')[1])
