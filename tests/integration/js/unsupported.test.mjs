@@ -1,7 +1,8 @@
 // Honest answers (issue 12, item 7) through the official JS SDK: what sbx does not implement
-// is refused with a 400/501 whose message names it, and nothing is made on the way. Every row
-// of docs/features.md is probed by tests/integration/py/test_features.py; this file checks the
-// refusals the JS SDK itself reaches.
+// is refused with a 400/501 whose message names it, and nothing is made on the way; getInfo
+// and list show the settings a sandbox has, no more and no fewer. Every row of
+// docs/features.md is probed by tests/integration/py/test_features.py; this file checks what
+// the JS SDK itself reaches.
 import assert from 'node:assert/strict'
 import { after, before, test } from 'node:test'
 
@@ -64,4 +65,28 @@ test('APIs sbx does not implement answer 501 naming them', T, async () => {
     assert.match(JSON.parse(text).message, new RegExp(name))
   }
   assert.deepEqual(await running(), [])
+})
+
+test('getInfo and list report the settings applied, and nothing asked for is left out', T, async () => {
+  const plain = await Sandbox.create({ timeoutMs: 60_000 })
+  const set = await Sandbox.create({
+    timeoutMs: 60_000,
+    network: { allowOut: ['198.51.100.7'], denyOut: ['0.0.0.0/0'] },
+    lifecycle: { onTimeout: 'pause', autoResume: true },
+  })
+  try {
+    const a = await plain.getInfo()
+    assert.equal(a.network, undefined)
+    assert.deepEqual([a.lifecycle, a.volumeMounts], [{ onTimeout: 'kill', autoResume: false }, []])
+    const b = await set.getInfo()
+    // The SDK spells out the fields the server left out as undefined.
+    const applied = (o) => JSON.parse(JSON.stringify(o))
+    assert.deepEqual([applied(b.network), b.lifecycle],
+      [{ allowOut: ['198.51.100.7'], denyOut: ['0.0.0.0/0'] }, { onTimeout: 'pause', autoResume: true }])
+    const listed = (await Sandbox.list().nextItems()).find((s) => s.sandboxId === set.sandboxId)
+    assert.deepEqual([listed.cpuCount, listed.memoryMB, listed.volumeMounts], [b.cpuCount, b.memoryMB, []])
+  } finally {
+    await plain.kill()
+    await set.kill()
+  }
 })
