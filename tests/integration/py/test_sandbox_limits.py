@@ -239,3 +239,14 @@ def test_reported_resources_are_the_enforced_ones(sbx_daemon, tmp_path, monkeypa
         _check_reported_is_enforced(d, old, cpus, 384, 200)
         new = Sandbox.create(timeout=60, **conn)
         _check_reported_is_enforced(d, new, 1, 256, 128)
+
+
+async def test_reported_resources_through_the_async_sdk(async_sandbox):
+    """The async SDK's get_info and get_metrics report what the sandbox has (default daemon)."""
+    info = await async_sandbox.get_info()
+    metrics = (await async_sandbox.get_metrics())[-1]
+    r = await async_sandbox.commands.run(INSIDE)
+    q, p, m, nproc, mem_total, df_size, _ = map(int, r.stdout.split())
+    print(f"info {info.cpu_count}/{info.memory_mb}, metrics {metrics}, inside {r.stdout}")
+    assert (info.cpu_count, info.memory_mb << 20) == (q / p, m) == (nproc, mem_total)
+    assert (metrics.cpu_count, metrics.mem_total, metrics.disk_total) == (nproc, mem_total, df_size)
