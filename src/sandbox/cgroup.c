@@ -2,7 +2,7 @@
  *  - v2 (unified): /sys/fs/cgroup/sbx/<id> with memory.max, memory.swap.max=0, pids.max,
  *    cpu.max; the controllers are enabled in subtree_control of / and /sbx.
  *  - v1 or hybrid (this project's dev VMs): /sys/fs/cgroup/<ctrl>/sbx/<id> for memory, pids,
- *    cpu and cpuacct (which may share one hierarchy, "cpu,cpuacct").
+ *    cpu and cpuacct (which may share one hierarchy, "cpu,cpuacct"), freezer and cpuset.
  * Memory limits include swap (memsw / swap.max) so that swap cannot bypass them. */
 #include <errno.h>
 #include <fcntl.h>
@@ -90,8 +90,12 @@ sbx_cgroup_check(const char **layout, struct sbx_error **err)
 }
 
 /* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. The freezer sets
- * no limit: membership is what lets freeze.c stop the sandbox's processes. */
-static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct", "freezer"};
+ * no limit: membership is what lets freeze.c stop the sandbox's processes. Nor does the
+ * cpuset (the sandbox has all of sbx/'s CPUs), but lxcfs counts a reader's CPUs from the
+ * quota of the cpu group at the path of its cpuset group, and the JVM wants a cpuset group
+ * to find its limits: without one of its own a sandbox's /proc/cpuinfo and /proc/stat show
+ * every host CPU. */
+static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct", "freezer", "cpuset"};
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
 _Static_assert(N_V1 <= SBX_CGROUP_JOIN_MAX, "a join fd for each v1 controller");
 
@@ -152,6 +156,27 @@ mkdir_ok(const char *path, struct sbx_error **err)
     return 0;
 }
 
+/* A new v1 cpuset group has no CPUs or memory nodes, and no task can join it: sbx/ takes the
+ * root's once, and with clone_children each sandbox's group starts with sbx/'s. */
+static int
+v1_cpuset_parent(const char *parent, struct sbx_error **err)
+{
+    static const char *const files[] = {"cpuset.cpus", "cpuset.mems"};
+    char path[512], val[4096];
+    for (size_t i = 0; i < 2; i++) {
+        if (sbx_pathf(path, sizeof(path), "%s/%s", parent, files[i]) < 0)
+            return sbx_error_sys(err, errno, "%s", files[i]);
+        if (sbx_fs_read_small(path, val, sizeof(val)) > 1)
+            continue;
+        snprintf(path, sizeof(path), CG_ROOT "/cpuset/%s", files[i]);
+        if (sbx_fs_read_small(path, val, sizeof(val)) < 0)
+            return sbx_error_sys(err, errno, "read %s", path);
+        if (write_at(parent, files[i], val, err) < 0)
+            return -1;
+    }
+    return write_at(parent, "cgroup.clone_children", "1", err);
+}
+
 static int
 v1_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error **err)
 {
@@ -162,9 +187,11 @@ v1_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error
     for (size_t i = 0; i < N_V1; i++) {
         if (dirs[i][0] == '\0')
             continue;
-        if (mkdir_ok(parents[i], err) < 0 || mkdir_ok(dirs[i], err) < 0)
-            return -1;
         const char *c = v1_ctrls[i];
+        if (mkdir_ok(parents[i], err) < 0 ||
+            (strcmp(c, "cpuset") == 0 && v1_cpuset_parent(parents[i], err) < 0) ||
+            mkdir_ok(dirs[i], err) < 0)
+            return -1;
         if (strcmp(c, "memory") == 0 && lim->memory_bytes > 0) {
             snprintf(val, sizeof(val), "%" PRIu64, lim->memory_bytes);
             if (write_at(dirs[i], "memory.limit_in_bytes", val, err) < 0)
@@ -320,14 +347,6 @@ sbx_cgroup_views(const char *id, char names[][32], char dirs[][256], int max)
             continue;
         snprintf(names[n], 32, "%s", v1_ctrls[i]);
         memcpy(dirs[n++], d[i], 256);
-    }
-    /* The JVM turns its container support off unless it also finds a cpuset hierarchy.
-     * Sandboxes have no cpuset cgroup of their own (one more cgroup.procs write per spawn on
-     * v1), so they see the root one, read-only: the host's CPU and memory node lists, and
-     * the names of any cpuset groups below it. */
-    if (n < max && access(CG_ROOT "/cpuset/cpuset.cpus", F_OK) == 0) {
-        snprintf(names[n], 32, "cpuset");
-        snprintf(dirs[n++], 256, CG_ROOT "/cpuset");
     }
     return n;
 }

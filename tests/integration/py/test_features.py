@@ -570,3 +570,26 @@ def test_feature_state(feature, shared):
     state, probe = PROBES[feature]
     assert ROWS[feature] == state, f"docs/features.md says {ROWS[feature]!r}; the probe checks {state!r}"
     probe(shared)
+
+
+async def test_refusals_through_the_async_sdk(sbx_daemon):
+    """The async SDK meets the refusals the probes above check through the sync one: create
+    options sbx does not implement fail with their status and name, and make no sandbox."""
+    from e2b import AsyncSandbox
+
+    async def running():
+        return {s.sandbox_id for s in await AsyncSandbox.list().next_items()}
+
+    before = await running()
+    for kwargs, name in (
+        (dict(iam={"tokens": {"aws": {"audience": "sts.amazonaws.com",
+                                      "token_type": "JWT-SVID"}}}), "iam"),
+        (dict(network={"allow_out": ["example.com"], "rules": {
+            "example.com": [{"transform": {"headers": {"X-Probe": "1"}}}]}}), "network.rules"),
+        (dict(mcp={"exa": {"apiKey": "k"}}), "mcp-gateway"),
+    ):
+        with pytest.raises(Exception) as e:
+            await AsyncSandbox.create(timeout=30, **kwargs)
+        assert re.search(r"\b(400|501)\b", str(e.value)), str(e.value)
+        assert name in str(e.value).lower(), (name, str(e.value))
+    assert await running() <= before

@@ -2,10 +2,12 @@
 reduced capability set still runs everyday tools, and OOM kills are reported as such.
 The runtime side of these bounds is in tests/security/test_host_bounds.py."""
 
+import asyncio
 import json
 import os
 import shlex
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -58,15 +60,23 @@ def test_oom_kill_is_reported_to_the_kernel_user(sandbox_factory):
 
 
 def test_a_sandbox_sees_its_own_memory_and_cpus(sandbox):
-    """/proc/meminfo, nproc, os.cpu_count(), /sys/fs/cgroup and the JVM all report the
-    sandbox's limits (512 MiB, 1 CPU on the test daemon), not the host's."""
+    """/proc/meminfo, cpuinfo, stat, uptime and loadavg, nproc, os.cpu_count(), /sys/fs/cgroup
+    and the JVM all report the sandbox's limits (512 MiB, 1 CPU on the test daemon), not the
+    host's."""
     r = run(sandbox, "grep MemTotal /proc/meminfo; nproc; python3 -c 'import os; print(os.cpu_count())';"
-                     " free -m | awk '/^Mem:/ {print $2}'; awk '{print ($1 < 3600)}' /proc/uptime")
+                     " free -m | awk '/^Mem:/ {print $2}'; awk '{print ($1 < 3600)}' /proc/uptime;"
+                     " grep -c ^processor /proc/cpuinfo; grep -c '^cpu[0-9]' /proc/stat;"
+                     " cut -d' ' -f4 /proc/loadavg")
     lines = r.stdout.split("\n")
     print(r.stdout)
     assert lines[0].split()[1] == str(512 * 1024), lines[0]
     assert lines[1:4] == ["1", "1", "512"]
     assert lines[4] == "1", "uptime is the sandbox's, not the host's"
+    assert lines[5:7] == ["1", "1"], "/proc/cpuinfo and /proc/stat list the host's CPUs"
+    # Runnable/total tasks: the sandbox's few, not the host's.
+    tasks = int(lines[7].split("/")[1])
+    host_tasks = int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
+    assert tasks < min(50, host_tasks), (lines[7], host_tasks)
     cg = run(sandbox, "cat /sys/fs/cgroup/memory.max 2>/dev/null || "
                       "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
     assert cg.stdout.strip() == str(512 << 20), cg.stdout
@@ -84,6 +94,77 @@ def test_a_sandbox_sees_its_own_memory_and_cpus(sandbox):
     heap = int(java.stdout.strip())
     print(f"JVM max heap {heap >> 20} MiB")
     assert 0 < heap <= 512 << 20, "the JVM sized its heap from the host's memory"
+
+
+# One cell per kernel of the code interpreter, and what each shows when it works.
+SIX_KERNELS = {
+    "python": ("x = 1; x + 1", "2"),
+    "javascript": ("1 + 1", "2"),
+    "typescript": ("const n: number = 2; n", "2"),
+    "r": ("1 + 1", "[1] 2"),
+    "java": ("1 + 1", "2"),
+    "bash": ("echo 2", "2"),
+}
+
+
+def _kernel_outcome(language, ex, seconds):
+    """Each kernel in a full 512 MiB sandbox either works or says it ran out of memory; the
+    times are printed for the report (the machine is shared: no timing is asserted)."""
+    want = SIX_KERNELS[language][1]
+    got = "".join(ex.logs.stdout).strip() if language == "bash" else (
+        ex.results[0].text if ex.results else None)
+    print(f"{language}: {seconds:.1f} s, {got!r}, error {ex.error and ex.error.value}")
+    if ex.error is not None:
+        assert "out of memory" in f"{ex.error.name} {ex.error.value}", (language, ex.error)
+    else:
+        assert got == want, (language, got)
+
+
+# The sandbox's peak memory in MiB and CPU time in seconds so far, as its cgroup counts them.
+USAGE = ("if [ -e /sys/fs/cgroup/memory.peak ]; then p=$(cat /sys/fs/cgroup/memory.peak);"
+         " c=$(awk '/^usage_usec/ {print $2 * 1000}' /sys/fs/cgroup/cpu.stat); else"
+         " p=$(cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes);"
+         " c=$(cat /sys/fs/cgroup/cpuacct/cpuacct.usage); fi; echo $((p >> 20)) $((c / 1000000))")
+
+
+def _usage(result):
+    peak, cpu_ms = map(int, result.stdout.split())
+    return f"peak {peak} MiB, {cpu_ms / 1000:.1f} CPU s in all, host load {os.getloadavg()[0]:.1f}"
+
+
+@pytest.mark.code_interpreter
+@pytest.mark.timeout(400)
+def test_six_kernels_in_512_mib_one_after_another(sandbox_factory):
+    """E2B's suites start every kernel of the code interpreter in one sandbox; at 512 MiB each
+    first run either works or fails with "out of memory", none thrashes on."""
+    from e2b_code_interpreter import Sandbox as CodeSandbox
+    s = sandbox_factory(CodeSandbox, timeout=400)
+    start = time.monotonic()
+    for language, (code, _) in SIX_KERNELS.items():
+        t = time.monotonic()
+        ex = s.run_code(code, language=language, timeout=120)
+        _kernel_outcome(language, ex, time.monotonic() - t)
+    print(f"six kernels one after another: {time.monotonic() - start:.1f} s, "
+          f"{_usage(run(s, USAGE))}")
+
+
+@pytest.mark.code_interpreter
+@pytest.mark.timeout(400)
+async def test_six_kernels_in_512_mib_at_once(async_sandbox_factory):
+    """The same six first runs started together through the async SDK: one CPU and 512 MiB
+    for all of them."""
+    from e2b_code_interpreter import AsyncSandbox as CodeSandbox
+    s = await async_sandbox_factory(CodeSandbox, timeout=400)
+    start = time.monotonic()
+
+    async def first_run(language):
+        ex = await s.run_code(SIX_KERNELS[language][0], language=language, timeout=120)
+        return language, ex, time.monotonic() - start
+
+    for language, ex, seconds in await asyncio.gather(*map(first_run, SIX_KERNELS)):
+        _kernel_outcome(language, ex, seconds)
+    print(f"six kernels at once: {time.monotonic() - start:.1f} s, "
+          f"{_usage(await s.commands.run(USAGE))}")
 
 
 def _enforced_from_the_host(sid):
@@ -158,3 +239,14 @@ def test_reported_resources_are_the_enforced_ones(sbx_daemon, tmp_path, monkeypa
         _check_reported_is_enforced(d, old, cpus, 384, 200)
         new = Sandbox.create(timeout=60, **conn)
         _check_reported_is_enforced(d, new, 1, 256, 128)
+
+
+async def test_reported_resources_through_the_async_sdk(async_sandbox):
+    """The async SDK's get_info and get_metrics report what the sandbox has (default daemon)."""
+    info = await async_sandbox.get_info()
+    metrics = (await async_sandbox.get_metrics())[-1]
+    r = await async_sandbox.commands.run(INSIDE)
+    q, p, m, nproc, mem_total, df_size, _ = map(int, r.stdout.split())
+    print(f"info {info.cpu_count}/{info.memory_mb}, metrics {metrics}, inside {r.stdout}")
+    assert (info.cpu_count, info.memory_mb << 20) == (q / p, m) == (nproc, mem_total)
+    assert (metrics.cpu_count, metrics.mem_total, metrics.disk_total) == (nproc, mem_total, df_size)
