@@ -30,16 +30,13 @@ __wrap_sbx_store_sync(const struct sbx_store *s)
 }
 
 static struct sbx_daemon d;
-static char dir[64];
 
 /* A daemon's store with deferred syncing, and its loop. */
 static void
 setup(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/sbx-test-durable-XXXXXX");
-    CHECK(mkdtemp(dir) != NULL);
     char db[128];
-    snprintf(db, sizeof(db), "%s/sbx.db", dir);
+    snprintf(db, sizeof(db), "%s/sbx.db", sbx_test_dir);
     struct sbx_error *err = NULL;
     d.store = sbx_store_open(db, &err);
     CHECK(d.store != NULL);
@@ -53,9 +50,6 @@ static void
 teardown(void)
 {
     sbx_store_close(d.store);
-    char cmd[96];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    CHECK(system(cmd) == 0);
 }
 
 /* A sandbox's row, as the front end writes it at a create. */
