@@ -120,7 +120,8 @@ start(struct sbx_daemon *d, int listen_fd, int metrics_fd, int control, int chan
     if (asprintf(&db, "%s/db/sbx.db", d->cfg.state_dir) < 0)
         abort();
     d->store = sbx_store_open(db, err);
-    if (d->store == NULL)
+    /* Creates and kills are fsynced off the event loop, grouped (durable.c). */
+    if (d->store == NULL || sbx_store_defer_sync(d->store, err) < 0)
         return -1;
     /* COPY archives the Template SDK uploads (api_templates.c): ours alone, like the db. */
     if (asprintf(&d->uploads_dir, "%s/db/uploads", d->cfg.state_dir) < 0)

@@ -188,6 +188,12 @@ void sbx_lifecycle_arm_expiry(void);
 struct sbx_live *sbx_lifecycle_find(const char *id);
 void sbx_lifecycle_shutdown(void);
 
+/* Group commit (durable.c): sbx_durable_mark, taken right after a store write that starts or
+ * ends a sandbox's life, names it; sbx_durable calls cb once it is on disk: at once if it is,
+ * else after an fsync run off the event loop. */
+uint64_t sbx_durable_mark(void);
+void sbx_durable(uint64_t mark, void (*cb)(void *ud), void *ud);
+
 /* pause.c: pause and resume of a client's sandbox, memory kept (frozen in place) or to its
  * disk only (its processes stopped; it boots again on resume, same id, tokens and env vars).
  * One at a time per sandbox: what is asked during one runs after it, in order. cb gets l, or

@@ -127,6 +127,17 @@ struct destroy {
 
 static void destroy_send(struct destroy *d);
 
+static void
+destroy_answer(void *ud)
+{
+    struct destroy *d = ud;
+    if (d->cb)
+        d->cb(d->err, d->ud);
+    sbx_error_free(d->err);
+    free(d->why);
+    free(d);
+}
+
 /* The store row goes only once the spawner says nothing is left, so a crash in between leaves
  * a row that recovery cleans up rather than an orphan. The caller hears back once the sandbox
  * is forgotten here too: a client told "killed" finds nothing of it left. */
@@ -157,11 +168,7 @@ on_destroyed(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *u
     }
     live_drop(l);
     sbx_lifecycle_arm_expiry();
-    if (d->cb)
-        d->cb(d->err, d->ud);
-    sbx_error_free(d->err);
-    free(d->why);
-    free(d);
+    sbx_durable(sbx_durable_mark(), destroy_answer, d);
 }
 
 static void
@@ -544,7 +551,8 @@ struct spawning {
     sbx_lifecycle_create_cb cb;          /* a client's create */
     sbx_lifecycle_spawned_cb spawned_cb; /* a pool's */
     void *ud;
-    bool wait_ready; /* the template has a start command: answer once it is ready */
+    bool wait_ready;       /* the template has a start command: answer once it is ready */
+    uint64_t durable_mark; /* the row's latest write (sbx_durable) */
 };
 
 /* Undoes a create that failed half way: what the spawner may have made, and the row. */
@@ -560,16 +568,23 @@ abandon(struct sbx_live *l, bool spawner_may_hold_it)
     live_drop(l);
 }
 
-/* A client's sandbox is ready: into the table, and the answer. */
 static void
-hand_out(struct spawning *c)
+hand_out_now(void *ud)
 {
+    struct spawning *c = ud;
     sbx_live_insert(sbx_daemon, c->l);
     sbx_lifecycle_arm_expiry();
     uint64_t us = sbx_now_us() - c->start_us;
     sbx_metrics_created(us);
     c->cb(c->l, NULL, us, c->ud);
     free(c);
+}
+
+/* A client's sandbox is ready: into the table, and the answer, once its row is on disk. */
+static void
+hand_out(struct spawning *c)
+{
+    sbx_durable(c->durable_mark, hand_out_now, c);
 }
 
 /* The agent answered GET /sbx/ready: the template's start command is ready, or failed. */
@@ -664,8 +679,9 @@ sbx_lifecycle_spawn_req(const struct sbx_live *l, bool reboot, struct sbx_spawne
 }
 
 static void
-spawn(struct spawning *c)
+spawn_now(void *ud)
 {
+    struct spawning *c = ud;
     _cleanup_error_ struct sbx_error *err = NULL;
     _cleanup_template_ref_ struct sbx_template_ref ref = {0};
     struct sbx_spawner_msg req;
@@ -678,6 +694,15 @@ spawn(struct spawning *c)
     }
     c->wait_ready = ref.start != NULL;
     sbx_spawner_call(&req, cfd, on_spawned, c);
+}
+
+/* Its row is on disk first: a power cut then leaves a row that recovery cleans up, never a
+ * sandbox dir that nothing knows of. */
+static void
+spawn(struct spawning *c)
+{
+    c->durable_mark = sbx_durable_mark();
+    sbx_durable(c->durable_mark, spawn_now, c);
 }
 
 void
@@ -789,6 +814,7 @@ adopt(struct spawning *c, const struct sbx_create_opts *o)
         fail_create(c, err);
         return;
     }
+    c->durable_mark = sbx_durable_mark();
     open_log(l->rec);
     load_network(l);
     if (sbx_netset_is_default(l->net)) {

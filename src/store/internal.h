@@ -4,12 +4,16 @@
 
 #include <sqlite3.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "base/error.h"
 #include "store/store.h"
 
 struct sbx_store {
     sqlite3 *db;
+    char *path;
+    int wal_fd;        /* with deferred syncing: the WAL, for sbx_store_sync; else -1 */
+    uint64_t deferred; /* commits made so far without their fsync */
 };
 
 void sbx_store_finalizep(sqlite3_stmt **st);

@@ -325,6 +325,12 @@ sbx_store_open(const char *path, struct sbx_error **err)
      * its files with O_CLOEXEC, so sandboxes forked by the daemon never inherit them. */
     int flags =
         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE;
+    s->wal_fd = -1;
+    if ((s->path = strdup(path)) == NULL) {
+        sbx_store_close(s);
+        sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+        return NULL;
+    }
     int rc = sqlite3_open_v2(path, &s->db, flags, NULL);
     if (rc != SQLITE_OK) {
         sbx_store_db_error(s, rc, err, path);
@@ -357,6 +363,9 @@ sbx_store_close(struct sbx_store *s)
     if (s == NULL)
         return;
     sqlite3_close_v2(s->db);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
+    free(s->path);
     free(s);
 }
 
@@ -769,6 +778,69 @@ bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
         sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
 }
 
+/* Commits that only a power cut could lose and that nothing needs after one skip the WAL's
+ * fsync (synchronous=NORMAL), which on the front end's one thread holds up every request for a
+ * millisecond or more each (several when the disk is busy). The next FULL commit syncs them
+ * too, the WAL being one sequential file; a crash of the daemon alone loses nothing (the WAL
+ * is written, only not flushed). Sandbox logs are diagnostics; an agent's pid names a process
+ * of this boot, which a power cut kills too, and recovery checks pid and start time against
+ * the live process anyway: after one it finds no agent, with or without the record. */
+static void
+relaxed_durability(struct sbx_store *s, bool relaxed)
+{
+    struct sbx_error *err = NULL;
+    if (exec_sql(s, relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", &err) < 0)
+        sbx_error_free(err); /* the setting stays as it was: safe either way */
+}
+
+int
+sbx_store_defer_sync(struct sbx_store *s, struct sbx_error **err)
+{
+    /* Every connection in WAL mode keeps the WAL file while it is open, so this fd names the
+     * file SQLite appends to for as long as the store lives (a checkpoint truncates or
+     * rewrites it in place, never replaces it). NOFOLLOW as for the database itself. */
+    _cleanup_free_ char *wal = NULL;
+    if (asprintf(&wal, "%s-wal", s->path) < 0)
+        return sbx_error_set(err, SBX_RESOURCE_EXHAUSTED, ENOMEM, "out of memory");
+    s->wal_fd = open(wal, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (s->wal_fd < 0)
+        return sbx_error_sys(err, errno, "open %s", wal);
+    return 0;
+}
+
+uint64_t
+sbx_store_deferred(const struct sbx_store *s)
+{
+    return s->deferred;
+}
+
+int
+sbx_store_sync(const struct sbx_store *s)
+{
+    return fdatasync(s->wal_fd) < 0 ? -errno : 0;
+}
+
+/* Around a commit that starts or ends a sandbox's life. Without deferred syncing it is
+ * fsynced as every commit; with it, later by sbx_store_sync, which the caller awaits before
+ * it tells anyone of the change. */
+static bool
+defer_begin(struct sbx_store *s)
+{
+    if (s->wal_fd < 0)
+        return false;
+    relaxed_durability(s, true);
+    return true;
+}
+
+static void
+defer_end(struct sbx_store *s, bool deferred)
+{
+    if (!deferred)
+        return;
+    relaxed_durability(s, false);
+    s->deferred++;
+}
+
 int
 sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                          struct sbx_error **err)
@@ -811,7 +883,9 @@ sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
     sqlite3_bind_text(st, 24, r->volume_mounts_json ? r->volume_mounts_json : "[]", -1,
                       SQLITE_TRANSIENT);
     bind_text_or_null(st, 25, r->network_json);
+    bool deferred = defer_begin(s);
     int rc = sqlite3_step(st);
+    defer_end(s, deferred);
     if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         return sbx_error_set(err, SBX_ALREADY_EXISTS, 0, "sandbox %s already exists", r->id);
     if (rc == SQLITE_CONSTRAINT_UNIQUE)
@@ -851,21 +925,6 @@ sbx_store_sandbox_update_end_at(struct sbx_store *s, const char *id, int64_t end
     sqlite3_bind_int64(st, 1, end_at_ms);
     sqlite3_bind_text(st, 2, id, -1, SQLITE_TRANSIENT);
     return sbx_store_step_done(s, st, true, id, err);
-}
-
-/* Commits that only a power cut could lose and that nothing needs after one skip the WAL's
- * fsync (synchronous=NORMAL), which on the front end's one thread holds up every request for a
- * millisecond or more each (several when the disk is busy). The next FULL commit syncs them
- * too, the WAL being one sequential file; a crash of the daemon alone loses nothing (the WAL
- * is written, only not flushed). Sandbox logs are diagnostics; an agent's pid names a process
- * of this boot, which a power cut kills too, and recovery checks pid and start time against
- * the live process anyway: after one it finds no agent, with or without the record. */
-static void
-relaxed_durability(struct sbx_store *s, bool relaxed)
-{
-    struct sbx_error *err = NULL;
-    if (exec_sql(s, relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", &err) < 0)
-        sbx_error_free(err); /* the setting stays as it was: safe either way */
 }
 
 int
@@ -916,7 +975,10 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                       SQLITE_TRANSIENT);
     bind_text_or_null(st, 15, r->network_json);
     sqlite3_bind_text(st, 16, r->id, -1, SQLITE_TRANSIENT);
-    return sbx_store_step_done(s, st, true, r->id, err);
+    bool deferred = defer_begin(s);
+    int rc = sbx_store_step_done(s, st, true, r->id, err);
+    defer_end(s, deferred);
+    return rc;
 }
 
 int
@@ -969,7 +1031,10 @@ sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error *
     if (sbx_store_prepare(s, "DELETE FROM sandboxes WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-    return sbx_store_step_done(s, st, true, id, err);
+    bool deferred = defer_begin(s);
+    int rc = sbx_store_step_done(s, st, true, id, err);
+    defer_end(s, deferred);
+    return rc;
 }
 
 static int

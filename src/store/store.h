@@ -140,6 +140,15 @@ int sbx_store_setting_get(struct sbx_store *s, const char *key, char **value,
 int sbx_store_setting_set(struct sbx_store *s, const char *key, const char *value,
                           struct sbx_error **err);
 
+/* Group commit, for a process that must not wait for the disk on its one thread: after
+ * this, the writes that start or end a sandbox's life (insert, adopt, delete) return before
+ * they are fsynced, each adding one to sbx_store_deferred. sbx_store_sync makes every commit
+ * made before it started durable; it touches nothing but a file descriptor, so another thread
+ * may run it while this one goes on with the store. It returns 0 or -errno. */
+int sbx_store_defer_sync(struct sbx_store *s, struct sbx_error **err);
+uint64_t sbx_store_deferred(const struct sbx_store *s);
+int sbx_store_sync(const struct sbx_store *s);
+
 /* Inserts a new sandbox. An existing id or an already used uid_slot: SBX_ALREADY_EXISTS. */
 int sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *rec,
                              struct sbx_error **err);

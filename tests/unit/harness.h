@@ -36,6 +36,10 @@ struct sbx_test {
 static struct sbx_test sbx_tests[SBX_TEST_MAX];
 static int sbx_n_tests;
 
+/* A fresh directory for the running test: made before it starts and removed once it has
+ * ended, however it ended (a failed CHECK leaves by _exit, which runs no atexit handler). */
+static char sbx_test_dir[64];
+
 #define TEST(name)                                                                                 \
     static void test_##name(void);                                                                 \
     __attribute__((constructor)) static void register_##name(void)                                 \
@@ -79,6 +83,11 @@ sbx_test_main(int timeout_s)
 {
     int passed = 0, failed = 0, skipped = 0;
     for (int i = 0; i < sbx_n_tests; i++) {
+        snprintf(sbx_test_dir, sizeof(sbx_test_dir), "/tmp/sbx-test-XXXXXX");
+        if (mkdtemp(sbx_test_dir) == NULL) {
+            perror("mkdtemp");
+            return 1;
+        }
         fflush(NULL);
         pid_t pid = fork();
         if (pid == 0) {
@@ -89,6 +98,10 @@ sbx_test_main(int timeout_s)
         }
         int st = 0;
         waitpid(pid, &st, 0);
+        char rm[96];
+        snprintf(rm, sizeof(rm), "rm -rf %s", sbx_test_dir);
+        if (system(rm) != 0)
+            fprintf(stderr, "could not remove %s\n", sbx_test_dir);
         if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
             printf("ok %s\n", sbx_tests[i].name);
             passed++;

@@ -699,7 +699,8 @@ TEST(spawn_errors_are_reported)
     env_fini(&e);
 }
 
-/* Number of loop devices whose backing file path contains s. */
+/* Number of loop devices whose backing file path contains s (a path of the test's own: other
+ * daemons on the machine attach volumes too). */
 static int
 loops_backed_by(const char *s)
 {
@@ -1042,11 +1043,11 @@ TEST(volumes_are_shared_and_idmapped)
     fprintf(stderr, "%s", log);
     /* Written by uid 1000 of A (host uid BASE_A + 1000), seen as 1000 in B too. */
     expect_line(log, "a=from-a owner=1000");
-    CHECK(loops_backed_by("vol.img") == 1); /* one filesystem for both */
+    CHECK(loops_backed_by(img) == 1); /* one filesystem for both */
     box_destroy(&a);
     box_destroy(&b);
     int loops = -1;
-    for (int i = 0; i < 200 && (loops = loops_backed_by("vol.img")) != 0; i++)
+    for (int i = 0; i < 200 && (loops = loops_backed_by(img)) != 0; i++)
         usleep(5000);
     CHECK(loops == 0);
 

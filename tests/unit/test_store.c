@@ -14,34 +14,12 @@
 #include "harness.h"
 #include "store/store.h"
 
-static char tmpdir[64];
 static char dbpath[128];
-
-static void
-rm_tmpdir(void)
-{
-    DIR *d = opendir(tmpdir);
-    if (d == NULL)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        char p[512];
-        snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(tmpdir);
-}
 
 static struct sbx_store *
 open_fresh(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/sbx-test-store-XXXXXX");
-    CHECK(mkdtemp(tmpdir) != NULL);
-    atexit(rm_tmpdir);
-    snprintf(dbpath, sizeof(dbpath), "%s/state.db", tmpdir);
+    snprintf(dbpath, sizeof(dbpath), "%s/state.db", sbx_test_dir);
     struct sbx_error *err = NULL;
     struct sbx_store *s = sbx_store_open(dbpath, &err);
     if (s == NULL)
@@ -119,7 +97,7 @@ TEST(open_creates_private_wal_database)
             continue;
         char link[256] = {0}, p[64];
         snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
-        if (readlink(p, link, sizeof(link) - 1) > 0 && strstr(link, tmpdir) != NULL) {
+        if (readlink(p, link, sizeof(link) - 1) > 0 && strstr(link, sbx_test_dir) != NULL) {
             CHECK(fcntl(fd, F_GETFD) & FD_CLOEXEC);
             checked++;
         }
@@ -524,7 +502,7 @@ TEST(api_keys)
     s = reopen(s);
     sbx_store_close(s);
     char cmd[512];
-    snprintf(cmd, sizeof(cmd), "grep -rqa e2b_second %s", tmpdir);
+    snprintf(cmd, sizeof(cmd), "grep -rqa e2b_second %s", sbx_test_dir);
     CHECK(system(cmd) != 0);
 }
 
