@@ -265,6 +265,16 @@ def test_cp_both_ways(cli, cli_sandbox, tmp_path):
     r = subprocess.run([cli.binary, "cp", f"{cli_sandbox}:/tmp/piped", "-"], env=cli.env,
                        capture_output=True)
     assert r.stdout == b"from stdin"
+    # Into a sandbox directory (one that exists, or a PATH ending in '/') the file keeps its
+    # name too, as README's `sbx cp notes.txt ID:/home/user/` does.
+    for dst, path in ((f"{cli_sandbox}:/home/user/", "/home/user/in.bin"),
+                      (f"{cli_sandbox}:/tmp", "/tmp/in.bin"),
+                      (f"{cli_sandbox}:new/", "/home/user/new/in.bin")):
+        assert cli("cp", str(src), dst).returncode == 0, dst
+        assert cli("exec", cli_sandbox, "--", "cmp", path, "/home/user/in.bin").returncode == 0
+    r = subprocess.run([cli.binary, "cp", "-", f"{cli_sandbox}:/tmp"], input=b"x", env=cli.env,
+                       capture_output=True, text=False)
+    assert r.returncode == 1 and b"'/tmp' is a directory: name the file" in r.stderr
 
 
 @pytest.mark.parametrize("args,message", [
@@ -281,6 +291,36 @@ def test_cp_refuses_what_it_cannot_copy(cli, cli_sandbox, tmp_path, args, messag
     assert r.returncode in (1, 2) and message in r.stderr, r.stderr
     # Nothing half-written is left behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cp_keeps_an_existing_file_when_the_copy_fails(cli, cli_sandbox, tmp_path):
+    kept = tmp_path / "kept"
+    kept.write_text("mine")
+    r = cli("cp", f"{cli_sandbox}:/nonexistent", str(kept))
+    assert r.returncode == 1 and "path '/nonexistent' does not exist" in r.stderr
+    assert kept.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+def test_cp_paths_are_the_sandboxs_own(cli, cli_sandbox, tmp_path):
+    """Paths that lead out of the sandbox on the host (.., symlinks to host paths, /proc/N/root)
+    reach the sandbox's own files, never the host's."""
+    secret = tmp_path / "secret"
+    secret.write_text("host only")
+    up = "../" * 8 + str(tmp_path).lstrip("/")
+    assert cli("exec", cli_sandbox, "--", "ln", "-s", str(tmp_path), "hostlink").returncode == 0
+    for path in (str(secret), f"{up}/secret", "hostlink/secret"):
+        r = cli("cp", f"{cli_sandbox}:{path}", "-")
+        assert r.returncode == 1 and "does not exist" in r.stderr and r.stdout == "", path
+    r = cli("cp", f"{cli_sandbox}:/proc/1/root/etc/hostname", "-")
+    assert r.returncode == 1 and "which the agent never follows" in r.stderr, r.stderr
+    r = cli("cp", f"{cli_sandbox}:{'../' * 8}etc/hostname", "-")
+    assert r.stdout == cli("exec", cli_sandbox, "--", "cat", "/etc/hostname").stdout
+    # Written through the same paths, a file lands in the sandbox, never on the host.
+    for path in (f"{up}/planted1", "hostlink/planted2"):
+        assert cli("cp", str(secret), f"{cli_sandbox}:{path}").returncode == 0, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]
+    r = cli("exec", cli_sandbox, "--", "cat", f"{tmp_path}/planted1", f"{tmp_path}/planted2")
+    assert r.stdout == "host onlyhost only"
 
 
 def test_inspect_stats_and_json_listings(cli, cli_sandbox):
