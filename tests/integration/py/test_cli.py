@@ -426,6 +426,10 @@ def test_template_build_ls_rm(cli, tmp_path):
     assert "[builder 2/3] RUN" in r.stdout and "built\n" in r.stdout, r.stdout
     r = cli("template", "ls")
     assert r.returncode == 0 and name in r.stdout and "ready" in r.stdout, r.stdout
+    listed = json.loads(cli("template", "ls", "--format", "json").stdout)
+    assert any(name in t["names"] and t["buildStatus"] == "ready" for t in listed), listed
+    r = cli("template", "rm", name, "--format", "json")
+    assert r.returncode == 2 and "--format is an option of ls only" in r.stderr
     r = cli("create", "--template", name, "--timeout", "60")
     assert r.returncode == 0, r.stderr
     sid = r.stdout.strip()
