@@ -380,6 +380,38 @@ def test_bash_completion(cli, sbx_daemon):
     assert words == ["logs", "--follow --format"]
 
 
+def _completions(script, *words):
+    """What the completion offers for the last of words."""
+    r = subprocess.run(["bash", "-c", f'source {script}; COMP_WORDS=({" ".join(words)}); '
+                        f'COMP_CWORD={len(words) - 1}; _sbx; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+                       capture_output=True, text=True)
+    return set(r.stdout.split())
+
+
+def test_bash_completion_knows_every_verb_and_option(cli):
+    """Each verb of `sbx --help`, its subcommands, and the options of its usage are offered;
+    nothing it would refuse is."""
+    script = Path(__file__).resolve().parents[3] / "scripts" / "sbx-completion.bash"
+    top = cli("--help").stdout
+    verbs = dict(re.findall(r"^  ([a-z]+) ?((?:[a-z]+\|)+[a-z]+)?", top, re.M))
+    assert {"cp", "snapshot", "keys", "template"} <= set(verbs)
+    assert set(verbs) <= _completions(script, "sbx", "")
+    common = {"--api-url", "--api-key", "--help"}
+    for verb, subs in verbs.items():
+        if subs:
+            assert _completions(script, "sbx", verb, "") == set(subs.split("|")), verb
+        if verb == "serve":
+            continue
+        # Every option of the usage (its first line and the indented ones after it) is offered,
+        # and only options the help names (aliases such as --json are in its prose).
+        text = cli(verb, "--help").stdout
+        usage = re.match(r"usage:.*(?:\n\s.*)*", text).group(0)
+        offered = _completions(script, "sbx", verb, *(["x"] if subs else []), "-")
+        option = r"(?<![\w-])(--?[a-z][a-z-]*)"
+        named = set(re.findall(option, usage)) | common
+        assert named <= offered <= named | set(re.findall(option, text)), verb
+
+
 def test_pause_and_resume(cli, cli_sandbox):
     cli("exec", cli_sandbox, "--", "sh", "-c", "echo kept > /home/user/f")
     assert cli("pause", cli_sandbox).returncode == 0
