@@ -283,6 +283,7 @@ def test_cp_both_ways(cli, cli_sandbox, tmp_path):
     (["{id}:/nonexistent", "{tmp}/n"], "not"),
     (["{tmp}", "{id}:x"], "is a directory: sbx cp copies regular files"),
     (["/dev/null", "{id}:x"], "is not a regular file"),
+    (["{id}:/etc/hostname", "/dev/null"], "/dev/null exists and is not a regular file"),
     (["{tmp}/a", "{tmp}/b"], "exactly one of SRC and DST must be ID:PATH"),
 ])
 def test_cp_refuses_what_it_cannot_copy(cli, cli_sandbox, tmp_path, args, message):
