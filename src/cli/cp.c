@@ -16,7 +16,9 @@
 static const char usage[] =
     "usage: sbx cp [--user USER] [--api-url URL] [--api-key KEY] SRC DST\n"
     "Copies a file between the host and a sandbox; one of SRC and DST is ID:PATH (a relative\n"
-    "PATH is in the user's home). '-' is stdin or stdout. For directories use tar:\n"
+    "PATH is in the user's home). Into a directory (on the sandbox's side: one that exists\n"
+    "or a PATH ending in '/') the file keeps its name. '-' is stdin or stdout. For\n"
+    "directories use tar:\n"
     "  tar c DIR | sbx exec -i ID -- tar x -C /home/user\n";
 
 enum { OPT_USER = 1 };
