@@ -1538,6 +1538,15 @@ respond_error(struct sbx_http_req *req, int status, bool strcode, const char *fm
 }
 
 void
+sbx_http_log_error(struct sbx_http_req *pub, const char *msg)
+{
+    struct req *r = to_req(pub);
+    free(r->error);
+    if ((r->error = strdup(msg)) == NULL)
+        abort();
+}
+
+void
 sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
 {
     va_list ap;

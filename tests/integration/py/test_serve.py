@@ -275,3 +275,13 @@ def test_a_sandboxs_client_error_is_logged_with_its_reason(sbx_daemon, tmp_path)
             sbx.files.read("/nonexistent-for-the-log")
         line = next(x for x in d.log_path.read_text().splitlines() if " status=404 " in x)
         assert " route=/files " in line and "/nonexistent-for-the-log" in line, line
+
+
+def test_a_browsers_error_page_is_logged_with_its_reason(sbx_daemon):
+    sid = "nosuchsandbox" + os.urandom(4).hex()
+    status, headers, _ = sbx_daemon.request(
+        "GET", "/", auth=False, headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000",
+                                         "User-Agent": "Mozilla/5.0 Firefox/120.0"})
+    assert status == 502 and headers["Content-Type"].startswith("text/html")
+    line = next(x for x in sbx_daemon.log_path.read_text().splitlines() if f"sandbox={sid} " in x)
+    assert 'error="The sandbox was not found"' in line, line
