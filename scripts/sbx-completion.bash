@@ -6,7 +6,7 @@ _sbx_ids() {
 
 _sbx() {
     local cur=${COMP_WORDS[COMP_CWORD]} verb=${COMP_WORDS[1]}
-    local verbs="serve ls create run exec shell kill logs stats inspect cp pause resume volume template keys version"
+    local verbs="serve ls create run exec shell kill logs stats inspect cp pause resume snapshot volume template keys version"
     if ((COMP_CWORD == 1)); then
         mapfile -t COMPREPLY < <(compgen -W "$verbs --help --version" -- "$cur")
         return
@@ -16,7 +16,7 @@ _sbx() {
     serve) opts=$(sbx serve --help 2>/dev/null | grep -o -- '--[a-z-]*' | sort -u) ;;
     ls) opts="--format --state --json" ;;
     create) opts="--template --timeout --metadata --env --no-internet" ;;
-    run) opts="--rm --template --timeout --metadata --env --user --cwd" ;;
+    run) opts="--rm -i --timeout --metadata --env --no-internet --user --cwd" ;;
     exec) opts="-i --interactive --user --cwd --env" ;;
     shell) opts="--user --cwd" ;;
     kill) opts="--all -m --metadata" ;;
@@ -35,10 +35,10 @@ _sbx() {
         ;;
     template)
         if ((COMP_CWORD == 2)); then
-            mapfile -t COMPREPLY < <(compgen -W "ls rm build" -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W "ls rm build import" -- "$cur")
             return
         fi
-        opts="--name --cpu --memory-mb --api-url --api-key"
+        opts="--name --cpu --memory-mb --format"
         ;;
     keys)
         if ((COMP_CWORD == 2)); then
@@ -53,7 +53,7 @@ _sbx() {
         return
     fi
     case $verb in
-    exec | shell | kill | logs | stats | inspect | pause | resume)
+    exec | shell | kill | logs | stats | inspect | pause | resume | snapshot)
         mapfile -t COMPREPLY < <(compgen -W "$(_sbx_ids)" -- "$cur")
         ;;
     cp)

@@ -29,7 +29,7 @@ usage(FILE *f)
           "  resume ID                resume a paused sandbox\n"
           "  snapshot ID [NAME]       copy a sandbox's files into a snapshot, print its id\n"
           "  volume ls|create|rm      list, create or remove volumes\n"
-          "  template ls|rm|build     list, delete and build templates\n"
+          "  template ls|rm|build|import  list, delete, build and import templates\n"
           "  kill ID... | --all       kill sandboxes\n"
           "  keys create|ls|revoke    manage API keys (with an admin key)\n"
           "  --version                print the version\n"

@@ -27,9 +27,10 @@
 /* Log lines of client errors (4xx): at most one per client address per interval, the rest
  * counted in one summary line at its end, for at most this many addresses (others share one
  * count); the error message in a line is cut at this many bytes. */
-#define SBX_HTTP_LOG_INTERVAL_MS 10000
-#define SBX_HTTP_LOG_SOURCES_MAX 1024
-#define SBX_HTTP_LOG_ERROR_MAX   256
+#define SBX_HTTP_LOG_INTERVAL_MS   10000
+#define SBX_HTTP_LOG_SOURCES_MAX   1024
+#define SBX_HTTP_LOG_ERROR_MAX     256
+#define SBX_HTTP_LOG_BODY_SCAN_MAX 4096 /* an error body read for its message, at most */
 
 /* API keys: at most this many valid keys; an address that fails to authenticate this many
  * times within the window gets 429 until it ends (addresses beyond the table's size share one

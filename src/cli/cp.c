@@ -16,7 +16,9 @@
 static const char usage[] =
     "usage: sbx cp [--user USER] [--api-url URL] [--api-key KEY] SRC DST\n"
     "Copies a file between the host and a sandbox; one of SRC and DST is ID:PATH (a relative\n"
-    "PATH is in the user's home). '-' is stdin or stdout. For directories use tar:\n"
+    "PATH is in the user's home). Into a directory (on the sandbox's side: one that exists\n"
+    "or a PATH ending in '/') the file keeps its name. '-' is stdin or stdout. For\n"
+    "directories use tar:\n"
     "  tar c DIR | sbx exec -i ID -- tar x -C /home/user\n";
 
 enum { OPT_USER = 1 };
@@ -98,6 +100,43 @@ open_dest(const char *local, const char *remote_path, char **final, char **tmp,
     return fd;
 }
 
+/* The remote path an upload writes: into a directory (one that exists, or a PATH ending in '/')
+ * the file keeps its local name, as a download into a local directory does. */
+static int
+remote_dest(struct sbx_cli_rpc *rpc, const char *path, const char *local, char **out,
+            struct sbx_error **err)
+{
+    size_t n = strlen(path);
+    bool dir = path[n - 1] == '/';
+    if (!dir) {
+        json_t *st = NULL;
+        json_t *req = json_pack("{s:s}", "path", path);
+        int rc = sbx_cli_rpc_unary(rpc, "filesystem.Filesystem/Stat", req, &st, err);
+        json_decref(req);
+        if (rc < 0 && (*err)->code != SBX_NOT_FOUND)
+            return -1;
+        sbx_error_free(*err);
+        *err = NULL;
+        const char *type = json_string_value(json_object_get(json_object_get(st, "entry"), "type"));
+        dir = type && strcmp(type, "FILE_TYPE_DIRECTORY") == 0;
+        json_decref(st);
+    }
+    if (!dir) {
+        *out = strdup(path);
+    } else if (strcmp(local, "-") == 0) {
+        return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
+                             "path '%s' is a directory: name the file to write stdin to", path);
+    } else {
+        _cleanup_free_ char *copy = strdup(local);
+        if (copy == NULL ||
+            asprintf(out, "%s%s%s", path, path[n - 1] == '/' ? "" : "/", basename(copy)) < 0)
+            abort();
+    }
+    if (*out == NULL)
+        abort();
+    return 0;
+}
+
 int
 sbx_cli_cp(int argc, char **argv)
 {
@@ -142,7 +181,9 @@ sbx_cli_cp(int argc, char **argv)
     } else if (rc == 0) {
         long long size;
         fd = open_source(argv[first], &size, &err);
-        rc = fd < 0 ? -1 : sbx_cli_files_put(rpc, rdst, fd, size, &err);
+        rc = fd < 0 ? -1 : remote_dest(rpc, rdst, argv[first], &final, &err);
+        if (rc == 0)
+            rc = sbx_cli_files_put(rpc, final, fd, size, &err);
     }
     if (fd > STDERR_FILENO)
         close(fd);

@@ -13,7 +13,7 @@
 #define FOLLOW_INTERVAL_MS 500
 
 static const char usage[] =
-    "usage: sbx logs [-f] [--level debug|info|warn|error] [--format table|json]\n"
+    "usage: sbx logs [-f|--follow] [--level debug|info|warn|error] [--format table|json]\n"
     "                [--api-url URL] [--api-key KEY] ID\n"
     "Prints a sandbox's log: its processes (start, exit status, signal, out of memory), its\n"
     "agent's events and the daemon's (created, timed out, killed). Kept after the sandbox\n"

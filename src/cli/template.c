@@ -33,7 +33,7 @@
 #define POLL_MS        200
 #define DOCKERFILE_MAX (1 << 20)
 
-static const char usage[] = "usage: sbx template ls\n"
+static const char usage[] = "usage: sbx template ls [--format table|json]\n"
                             "       sbx template rm NAME...\n"
                             "       sbx template build FILE --name NAME [--cpu N] [--memory-mb N]\n"
                             "       sbx template import TAR [NAME] [--cpu N] [--memory-mb N]\n"
@@ -225,12 +225,9 @@ call_json(const struct sbx_cli_config *cfg, const char *method, const char *path
     return rc;
 }
 
-static int
-ls(const struct sbx_cli_config *cfg, struct sbx_error **err)
+static void
+print_table(json_t *all)
 {
-    json_t *all = NULL;
-    if (call_json(cfg, "GET", "/templates", NULL, 200, &all, err) < 0)
-        return -1;
     printf("%-22s %-32s %-7s %4s %8s\n", "TEMPLATE ID", "NAME", "STATUS", "CPU", "MEMORY");
     size_t i;
     json_t *t;
@@ -243,6 +240,18 @@ ls(const struct sbx_cli_config *cfg, struct sbx_error **err)
                (long long)json_integer_value(json_object_get(t, "cpuCount")),
                (long long)json_integer_value(json_object_get(t, "memoryMB")));
     }
+}
+
+static int
+ls(const struct sbx_cli_config *cfg, bool as_json, struct sbx_error **err)
+{
+    json_t *all = NULL;
+    if (call_json(cfg, "GET", "/templates", NULL, 200, &all, err) < 0)
+        return -1;
+    if (as_json)
+        sbx_cli_print_json(all);
+    else
+        print_table(all);
     json_decref(all);
     return 0;
 }
@@ -452,14 +461,19 @@ import(const struct sbx_cli_config *cfg, const char *tar, const char *name, int 
 struct build_args {
     const char *name;
     int cpu, mem;
+    bool json, format_given; /* --format: ls only */
 };
 
-enum { OPT_NAME = 1, OPT_CPU, OPT_MEM };
+enum { OPT_NAME = 1, OPT_CPU, OPT_MEM, OPT_FORMAT };
 
 static int
 on_opt(int opt, const char *arg, void *ud, struct sbx_error **err)
 {
     struct build_args *a = ud;
+    if (opt == OPT_FORMAT) {
+        a->format_given = true;
+        return sbx_cli_format_parse(arg, &a->json, err);
+    }
     char *end = NULL;
     long v = opt == OPT_NAME ? 0 : strtol(arg, &end, 10);
     if (opt == OPT_NAME)
@@ -479,6 +493,7 @@ sbx_cli_template(int argc, char **argv)
     static const struct option opts[] = {{"name", required_argument, NULL, OPT_NAME},
                                          {"cpu", required_argument, NULL, OPT_CPU},
                                          {"memory-mb", required_argument, NULL, OPT_MEM},
+                                         {"format", required_argument, NULL, OPT_FORMAT},
                                          {NULL, 0, NULL, 0}};
     struct sbx_cli_common common = {0};
     struct build_args a = {.cpu = 2, .mem = 1024};
@@ -495,6 +510,10 @@ sbx_cli_template(int argc, char **argv)
     bool ok = (strcmp(sub, "ls") == 0 && nargs == 0) || (strcmp(sub, "rm") == 0 && nargs > 0) ||
               (strcmp(sub, "build") == 0 && nargs == 1 && a.name) ||
               (strcmp(sub, "import") == 0 && (nargs == 1 || nargs == 2));
+    if (ok && a.format_given && strcmp(sub, "ls") != 0) {
+        sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0, "--format is an option of ls only");
+        return sbx_cli_usage_error("template", usage, err);
+    }
     if (!ok) {
         sbx_error_set(&err, SBX_INVALID_ARGUMENT, 0,
                       "expected ls, rm NAME..., build FILE --name or import TAR [NAME]");
@@ -505,7 +524,7 @@ sbx_cli_template(int argc, char **argv)
         return sbx_cli_fail("template", err);
     int status = 0;
     if (strcmp(sub, "ls") == 0) {
-        if (ls(&cfg, &err) < 0)
+        if (ls(&cfg, a.json, &err) < 0)
             status = sbx_cli_fail("template", err);
     } else if (strcmp(sub, "rm") == 0) {
         for (int i = first + 1; i < argc; i++)

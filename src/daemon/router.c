@@ -95,6 +95,7 @@ respond_proxy_error(struct sbx_http_req *req, int status, const char *message, i
                          "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>%d</title>"
                          "</head><body><h1>%d</h1><p>%s%s%s.</p></body></html>\n",
                          status, status, message, show ? ": sandbox " : "", show ? id : "");
+        sbx_http_log_error(req, message);
         sbx_http_respond(req, status, "text/html; charset=utf-8", page, (size_t)n);
         return;
     }

@@ -144,6 +144,9 @@ void sbx_http_abort(struct sbx_http_req *req);
  * peer->close is called at once. */
 void sbx_http_tunnel(struct sbx_http_req *req, int status, const struct sbx_tunnel_end *peer);
 
+/* The reason of an error answer whose body is no JSON error (an HTML page), for the request's
+ * log line; before sbx_http_respond. */
+void sbx_http_log_error(struct sbx_http_req *req, const char *msg);
 /* JSON error body {"code":status,"message":msg} with the given status. */
 void sbx_http_respond_error(struct sbx_http_req *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -1374,6 +1374,22 @@ write_head(struct req *r, int status, const char *content_type, int64_t length)
     sbx_buf_fini(&h);
 }
 
+/* The reason of an error answer made elsewhere (a proxied agent's, a JSON error built by a
+ * handler) for the log line: the "message" of its JSON body, as envd's, Connect's and the
+ * API's errors carry, read from the body's first bytes. */
+static void
+note_error_body(struct req *r, const void *data, size_t len)
+{
+    if (r->status < 400 || r->error != NULL || len == 0)
+        return;
+    json_t *j = len <= SBX_HTTP_LOG_BODY_SCAN_MAX ? json_loadb(data, len, 0, NULL) : NULL;
+    const char *msg = json_string_value(json_object_get(j, "message"));
+    /* Set also when there is none: only the body's first write is read. */
+    if ((r->error = strdup(msg ? msg : "")) == NULL)
+        abort();
+    json_decref(j);
+}
+
 void
 sbx_http_respond(struct sbx_http_req *pub, int status, const char *content_type, const void *body,
                  size_t len)
@@ -1383,6 +1399,7 @@ sbx_http_respond(struct sbx_http_req *pub, int status, const char *content_type,
         return;
     r->resp = RESP_STARTED;
     write_head(r, status, content_type, (int64_t)len);
+    note_error_body(r, body, len);
     if (!r->resp_no_body)
         conn_write(r->conn, body, len);
     r->resp = RESP_ENDED;
@@ -1409,6 +1426,7 @@ sbx_http_write(struct sbx_http_req *pub, const void *data, size_t len)
         return true;
     if (len == 0)
         return c->queued < SBX_HTTP_WRITE_HIGH_WATER;
+    note_error_body(r, data, len);
     if (r->resp_chunked) {
         char pre[24];
         int n = snprintf(pre, sizeof(pre), "%zx\r\n", len);
@@ -1517,6 +1535,15 @@ respond_error(struct sbx_http_req *req, int status, bool strcode, const char *fm
     free(body);
     json_decref(o);
     free(msg);
+}
+
+void
+sbx_http_log_error(struct sbx_http_req *pub, const char *msg)
+{
+    struct req *r = to_req(pub);
+    free(r->error);
+    if ((r->error = strdup(msg)) == NULL)
+        abort();
 }
 
 void

@@ -265,6 +265,16 @@ def test_cp_both_ways(cli, cli_sandbox, tmp_path):
     r = subprocess.run([cli.binary, "cp", f"{cli_sandbox}:/tmp/piped", "-"], env=cli.env,
                        capture_output=True)
     assert r.stdout == b"from stdin"
+    # Into a sandbox directory (one that exists, or a PATH ending in '/') the file keeps its
+    # name too, as README's `sbx cp notes.txt ID:/home/user/` does.
+    for dst, path in ((f"{cli_sandbox}:/home/user/", "/home/user/in.bin"),
+                      (f"{cli_sandbox}:/tmp", "/tmp/in.bin"),
+                      (f"{cli_sandbox}:new/", "/home/user/new/in.bin")):
+        assert cli("cp", str(src), dst).returncode == 0, dst
+        assert cli("exec", cli_sandbox, "--", "cmp", path, "/home/user/in.bin").returncode == 0
+    r = subprocess.run([cli.binary, "cp", "-", f"{cli_sandbox}:/tmp"], input=b"x", env=cli.env,
+                       capture_output=True, text=False)
+    assert r.returncode == 1 and b"'/tmp' is a directory: name the file" in r.stderr
 
 
 @pytest.mark.parametrize("args,message", [
@@ -273,6 +283,7 @@ def test_cp_both_ways(cli, cli_sandbox, tmp_path):
     (["{id}:/nonexistent", "{tmp}/n"], "not"),
     (["{tmp}", "{id}:x"], "is a directory: sbx cp copies regular files"),
     (["/dev/null", "{id}:x"], "is not a regular file"),
+    (["{id}:/etc/hostname", "/dev/null"], "/dev/null exists and is not a regular file"),
     (["{tmp}/a", "{tmp}/b"], "exactly one of SRC and DST must be ID:PATH"),
 ])
 def test_cp_refuses_what_it_cannot_copy(cli, cli_sandbox, tmp_path, args, message):
@@ -281,6 +292,36 @@ def test_cp_refuses_what_it_cannot_copy(cli, cli_sandbox, tmp_path, args, messag
     assert r.returncode in (1, 2) and message in r.stderr, r.stderr
     # Nothing half-written is left behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cp_keeps_an_existing_file_when_the_copy_fails(cli, cli_sandbox, tmp_path):
+    kept = tmp_path / "kept"
+    kept.write_text("mine")
+    r = cli("cp", f"{cli_sandbox}:/nonexistent", str(kept))
+    assert r.returncode == 1 and "path '/nonexistent' does not exist" in r.stderr
+    assert kept.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+def test_cp_paths_are_the_sandboxs_own(cli, cli_sandbox, tmp_path):
+    """Paths that lead out of the sandbox on the host (.., symlinks to host paths, /proc/N/root)
+    reach the sandbox's own files, never the host's."""
+    secret = tmp_path / "secret"
+    secret.write_text("host only")
+    up = "../" * 8 + str(tmp_path).lstrip("/")
+    assert cli("exec", cli_sandbox, "--", "ln", "-s", str(tmp_path), "hostlink").returncode == 0
+    for path in (str(secret), f"{up}/secret", "hostlink/secret"):
+        r = cli("cp", f"{cli_sandbox}:{path}", "-")
+        assert r.returncode == 1 and "does not exist" in r.stderr and r.stdout == "", path
+    r = cli("cp", f"{cli_sandbox}:/proc/1/root/etc/hostname", "-")
+    assert r.returncode == 1 and "which the agent never follows" in r.stderr, r.stderr
+    r = cli("cp", f"{cli_sandbox}:{'../' * 8}etc/hostname", "-")
+    assert r.stdout == cli("exec", cli_sandbox, "--", "cat", "/etc/hostname").stdout
+    # Written through the same paths, a file lands in the sandbox, never on the host.
+    for path in (f"{up}/planted1", "hostlink/planted2"):
+        assert cli("cp", str(secret), f"{cli_sandbox}:{path}").returncode == 0, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]
+    r = cli("exec", cli_sandbox, "--", "cat", f"{tmp_path}/planted1", f"{tmp_path}/planted2")
+    assert r.stdout == "host onlyhost only"
 
 
 def test_inspect_stats_and_json_listings(cli, cli_sandbox):
@@ -340,6 +381,38 @@ def test_bash_completion(cli, sbx_daemon):
     assert words == ["logs", "--follow --format"]
 
 
+def _completions(script, *words):
+    """What the completion offers for the last of words."""
+    r = subprocess.run(["bash", "-c", f'source {script}; COMP_WORDS=({" ".join(words)}); '
+                        f'COMP_CWORD={len(words) - 1}; _sbx; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+                       capture_output=True, text=True)
+    return set(r.stdout.split())
+
+
+def test_bash_completion_knows_every_verb_and_option(cli):
+    """Each verb of `sbx --help`, its subcommands, and the options of its usage are offered;
+    nothing it would refuse is."""
+    script = Path(__file__).resolve().parents[3] / "scripts" / "sbx-completion.bash"
+    top = cli("--help").stdout
+    verbs = dict(re.findall(r"^  ([a-z]+) ?((?:[a-z]+\|)+[a-z]+)?", top, re.M))
+    assert {"cp", "snapshot", "keys", "template"} <= set(verbs)
+    assert set(verbs) <= _completions(script, "sbx", "")
+    common = {"--api-url", "--api-key", "--help"}
+    for verb, subs in verbs.items():
+        if subs:
+            assert _completions(script, "sbx", verb, "") == set(subs.split("|")), verb
+        if verb == "serve":
+            continue
+        # Every option of the usage (its first line and the indented ones after it) is offered,
+        # and only options the help names (aliases such as --json are in its prose).
+        text = cli(verb, "--help").stdout
+        usage = re.match(r"usage:.*(?:\n\s.*)*", text).group(0)
+        offered = _completions(script, "sbx", verb, *(["x"] if subs else []), "-")
+        option = r"(?<![\w-])(--?[a-z][a-z-]*)"
+        named = set(re.findall(option, usage)) | common
+        assert named <= offered <= named | set(re.findall(option, text)), verb
+
+
 def test_pause_and_resume(cli, cli_sandbox):
     cli("exec", cli_sandbox, "--", "sh", "-c", "echo kept > /home/user/f")
     assert cli("pause", cli_sandbox).returncode == 0
@@ -386,6 +459,10 @@ def test_template_build_ls_rm(cli, tmp_path):
     assert "[builder 2/3] RUN" in r.stdout and "built\n" in r.stdout, r.stdout
     r = cli("template", "ls")
     assert r.returncode == 0 and name in r.stdout and "ready" in r.stdout, r.stdout
+    listed = json.loads(cli("template", "ls", "--format", "json").stdout)
+    assert any(name in t["names"] and t["buildStatus"] == "ready" for t in listed), listed
+    r = cli("template", "rm", name, "--format", "json")
+    assert r.returncode == 2 and "--format is an option of ls only" in r.stderr
     r = cli("create", "--template", name, "--timeout", "60")
     assert r.returncode == 0, r.stderr
     sid = r.stdout.strip()

@@ -214,3 +214,21 @@ def test_keys_cli(sbx_daemon):
     r = sbx("revoke", "from-cli")
     assert r.returncode == 1 and "no API key has the id or name 'from-cli'" in r.stderr
     assert sbx("frob").returncode == 2 and sbx("create").returncode == 2
+
+
+def test_revocation_ends_an_open_follow(sbx_daemon, sandbox):
+    """`sbx logs -f` with a key polls with it: its next request after the revocation fails,
+    and it stops with the reason."""
+    d = sbx_daemon
+    k = _create(d, "follower")
+    env = dict(os.environ, E2B_API_URL=d.url, E2B_API_KEY=k["key"])
+    p = subprocess.Popen([d.binary, "logs", "-f", sandbox.sandbox_id], env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert "sandbox_create" in p.stdout.readline()
+        assert d.request("DELETE", f"/api-keys/{k['id']}")[0] == 204
+        assert p.wait(20) == 1
+        assert "unauthorized: Invalid API key" in p.stderr.read()
+        assert sandbox.is_running()  # the sandbox goes on; only the key's requests end
+    finally:
+        p.kill()

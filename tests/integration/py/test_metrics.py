@@ -2,6 +2,7 @@
 Prometheus project's own linter of the exposition format), and access-controlled."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import subprocess
 import pytest
 
 from conftest import own_daemon
-from helpers import http_request
+from helpers import http_request, wait_for
 from test_serve import _free_port
 
 PROMTOOL = shutil.which("promtool")
@@ -102,3 +103,46 @@ def test_metrics_on_the_main_address_need_an_admin_key(sbx_daemon):
         _promtool_check(body.decode())
     finally:
         d.request("DELETE", f"/api-keys/{normal['id']}")
+
+
+def test_failed_creates_are_counted_by_code(sbx_daemon, tmp_path):
+    """A create that fails (here: the template's layers are missing from the layer cache)."""
+    empty = tmp_path / "no-layers"
+    empty.mkdir()
+    with own_daemon(sbx_daemon, tmp_path, f"--layer-cache {empty} "
+                    "--pool base=0,code-interpreter-v1=0") as d:
+        assert d.request("POST", "/sandboxes", {"templateID": "base"})[0] == 404
+        text = d.request("GET", "/metrics")[2].decode()
+        _promtool_check(text)
+        s = _samples(text)
+        assert s[("sbx_sandbox_create_errors_total", frozenset({("code", "not_found")}))] == 1
+        assert s[("sbx_sandbox_creates_total", frozenset())] == 0
+
+
+def _scrape(d):
+    status, _, body = d.request("GET", "/metrics")
+    assert status == 200
+    _promtool_check(body.decode())
+    return _samples(body.decode())
+
+
+@pytest.mark.timeout(300)
+def test_timeouts_and_builds_are_counted(sbx_daemon, sandbox_factory, tmp_path):
+    d = sbx_daemon
+    timeout = ("sbx_sandbox_ends_total", frozenset({("reason", "timeout")}))
+    failed = ("sbx_template_build_duration_seconds_count", frozenset({("status", "error")}))
+    before = _scrape(d)
+    sid = sandbox_factory(timeout=2).sandbox_id
+    assert wait_for(lambda: d.request("GET", f"/sandboxes/{sid}")[0] == 404, 30)
+    assert wait_for(lambda: _scrape(d)[timeout] > before[timeout], 10)
+    (tmp_path / "Dockerfile").write_text("FROM e2bdev/base\nRUN exit 4\n")
+    env = dict(os.environ, E2B_API_URL=d.url, E2B_API_KEY=d.api_key)
+    r = subprocess.run([d.binary, "template", "build", str(tmp_path / "Dockerfile"), "--name",
+                        "metrics-" + os.urandom(4).hex()], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1 and "exit status 4" in r.stderr, r.stderr
+    after = _scrape(d)
+    assert after[failed] == before[failed] + 1
+    assert (after[("sbx_template_build_duration_seconds_sum", frozenset({("status", "error")}))]
+            > before[("sbx_template_build_duration_seconds_sum",
+                      frozenset({("status", "error")}))])

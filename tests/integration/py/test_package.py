@@ -80,6 +80,9 @@ class Service:
         assert self.proc.wait(30) == 0
 
 
+# Two release builds of the package, a sandbox, and a state dir with the built-in layers to
+# remove: minutes on a loaded machine, not the suite's 60 seconds.
+@pytest.mark.timeout(600)
 def test_install_upgrade_remove(debs, tmp_path):
     from e2b import Sandbox
     v1, v2 = debs["0.1.0~test1"], debs["0.1.0~test2"]

@@ -262,3 +262,26 @@ def test_log_format_json(sbx_daemon, state_dir):
     assert start["level"] == "info" and start["max_connections"] > 0  # numbers stay numbers
     refused = next(x for x in lines if x["event"] == "request" and x["status"] == 401)
     assert refused["error"].startswith("Invalid API key") and refused["remote"] == "127.0.0.1"
+
+
+def test_a_sandboxs_client_error_is_logged_with_its_reason(sbx_daemon, tmp_path):
+    """A 4xx the daemon passes on from a sandbox's agent is logged with the agent's message,
+    like the daemon's own 4xx."""
+    from e2b import Sandbox
+    from conftest import own_daemon
+    with own_daemon(sbx_daemon, tmp_path) as d:
+        sbx = Sandbox.create(timeout=60, api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
+        with pytest.raises(Exception):
+            sbx.files.read("/nonexistent-for-the-log")
+        line = next(x for x in d.log_path.read_text().splitlines() if " status=404 " in x)
+        assert " route=/files " in line and "/nonexistent-for-the-log" in line, line
+
+
+def test_a_browsers_error_page_is_logged_with_its_reason(sbx_daemon):
+    sid = "nosuchsandbox" + os.urandom(4).hex()
+    status, headers, _ = sbx_daemon.request(
+        "GET", "/", auth=False, headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000",
+                                         "User-Agent": "Mozilla/5.0 Firefox/120.0"})
+    assert status == 502 and headers["Content-Type"].startswith("text/html")
+    line = next(x for x in sbx_daemon.log_path.read_text().splitlines() if f"sandbox={sid} " in x)
+    assert 'error="The sandbox was not found"' in line, line
