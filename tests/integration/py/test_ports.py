@@ -126,6 +126,26 @@ def test_closed_port_and_gone_sandbox(served, sbx_daemon):
                                 "code": 502}
 
 
+def test_port_of_a_paused_sandbox(sbx_daemon):
+    """A paused sandbox (without autoResume) is not there for its ports: 502 not found, as
+    for a killed one, and the request does not wake it; once resumed, the port answers."""
+    s = Sandbox.create(timeout=120)
+    try:
+        start_service(s, "http_echo.py", 8000)
+        host = s.get_host(8000)
+        assert wait_for(lambda: get(sbx_daemon, host)[0] == 200, 15)
+        assert s.pause() is True
+        status, headers, body = get(sbx_daemon, host, "/hello")
+        assert (status, headers["Content-Type"]) == (502, "application/json; charset=utf-8")
+        assert json.loads(body) == {"sandboxId": s.sandbox_id,
+                                    "message": "The sandbox was not found", "code": 502}
+        assert Sandbox.get_info(s.sandbox_id).state.value == "paused"
+        s.connect()
+        assert wait_for(lambda: get(sbx_daemon, host, "/hello")[:3:2] == (200, b"ok\n"), 15)
+    finally:
+        s.kill()
+
+
 def test_traffic_token_guards_user_ports(sbx_daemon):
     s = Sandbox.create(timeout=120, network={"allow_public_traffic": False})
     try:
