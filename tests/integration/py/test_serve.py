@@ -182,6 +182,22 @@ def test_a_sandbox_network_the_host_uses_is_refused(sbx_daemon, state_dir):
             ) in r.stderr, r.stderr
 
 
+def test_turning_on_ip_forwarding_is_logged(sbx_daemon, state_dir):
+    """Sandboxes reach the internet through the host, which must forward: a daemon that turns
+    net.ipv4.ip_forward on says so. It runs in a network namespace of the test's own where
+    forwarding is off; the host's own setting is not touched."""
+    p = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c",
+         'ip link set lo up && echo 0 > /proc/sys/net/ipv4/ip_forward && exec "$@"', "sh",
+         sbx_daemon.binary, "serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(_read_exports(p)) == 3
+    finally:
+        assert _stop(p) == 0
+    assert 'event=network host_setting="net.ipv4.ip_forward=0->1"' in p.stderr.read()
+
+
 def test_help(sbx_daemon):
     r = subprocess.run([sbx_daemon.binary, "serve", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--state-dir" in r.stdout and "SBX_MEMORY_MB" in r.stdout
