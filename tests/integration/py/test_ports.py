@@ -57,6 +57,12 @@ def test_domain_names_this_server(served, sbx_daemon):
     assert served.get_host(8000) == f"8000-{served.sandbox_id}.localhost:{sbx_daemon.port}"
     status, _, body = sbx_daemon.request("GET", f"/sandboxes/{served.sandbox_id}")
     assert json.loads(body)["domain"] == f"localhost:{sbx_daemon.port}"
+    # Connect answers it too: a client that only connects builds the same names.
+    status, _, body = sbx_daemon.request("POST", f"/sandboxes/{served.sandbox_id}/connect",
+                                         {"timeout": 600})
+    assert status in (200, 201) and json.loads(body)["domain"] == f"localhost:{sbx_daemon.port}"
+    same = Sandbox.connect(served.sandbox_id, timeout=600)
+    assert same.get_host(8000) == served.get_host(8000)
 
 
 @pytest.mark.parametrize("port", [8000, 8001], ids=["any-address", "loopback-only"])
