@@ -178,7 +178,13 @@ def test_no_network_leftovers_after_cycles_restart_and_kill9(sbx_daemon, tmp_pat
     """300 create/kill cycles (half of them with rules), a restart and a kill -9: afterwards
     no interface, address, route or rule element of a gone sandbox remains, and the table
     has the same rules as at start (none duplicated); once the daemon stops with no sandbox
-    left, not even the table."""
+    left, not even the table. Another table (the test's, hooked to nothing) stays as it was."""
+    foreign = ("table inet sbxt_foreign {\n set s { type ipv4_addr; elements = { 192.0.2.7 } }\n"
+               " chain c {\n  ip daddr @s counter drop\n }\n}\n")
+    subprocess.run(["nft", "delete", "table", "inet", "sbxt_foreign"], capture_output=True)
+    subprocess.run(["nft", "-f", "-"], input=foreign, text=True, check=True)
+    foreign_before = subprocess.run(["nft", "list", "table", "inet", "sbxt_foreign"],
+                                    capture_output=True, text=True, check=True).stdout
     with own_daemon(sbx_daemon, tmp_path, "--pool base=1 --pool code-interpreter-v1=0") as d:
         table = d.network()["table"]
         _, rules_at_start = rule_elements(table)
@@ -217,6 +223,9 @@ def test_no_network_leftovers_after_cycles_restart_and_kill9(sbx_daemon, tmp_pat
     assert subprocess.run(["nft", "list", "table", "inet", table],
                           capture_output=True).returncode != 0
     assert links_of(table) == []
+    assert subprocess.run(["nft", "list", "table", "inet", "sbxt_foreign"], capture_output=True,
+                          text=True, check=True).stdout == foreign_before
+    subprocess.run(["nft", "delete", "table", "inet", "sbxt_foreign"], check=True)
 
 
 # -- egress rules: IPs and CIDRs (spec §1.2) and PUT /sandboxes/{id}/network (§4) ------------
