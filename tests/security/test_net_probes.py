@@ -142,6 +142,8 @@ def test_other_sandboxes_are_unreachable(sbx, other):
     assert tcp_probe(sbx, addr, 8000) == "ECONNREFUSED"
 
 
+# A daemon of its own: its start, and removing its state dir, take a while on a busy machine.
+@pytest.mark.timeout(180)
 def test_metadata_and_private_ranges_are_blocked(sbx, sbx_daemon, tmp_path):
     """Test hosts at the cloud metadata address and in a private range, each routed to a
     namespace of the test: the host reaches them, sandboxes do not, unless the operator opens
