@@ -7,8 +7,10 @@ conftest import these as `from helpers import ...`. Fixtures live in tests/conft
 import http.client
 import json
 import os
+import random
 import subprocess
 import time
+from pathlib import Path
 
 
 def wait_for(predicate, timeout=10.0, interval=0.1):
@@ -146,3 +148,47 @@ class TestHost:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class LocalResolver:
+    """dnsmasq on a loopback address of its own, answering the names of `names` (a name ->
+    address; a name covers its subdomains) and nothing else: it asks no other resolver. conf
+    is a resolv.conf naming it, for a process in a private mount namespace (with_resolver);
+    queries() lists the names it was asked.
+
+        with LocalResolver({"sbx.test": "127.0.0.1"}, tmp_path) as r: ...
+    """
+
+    def __init__(self, names, directory):
+        octets = [random.randrange(1, 250) for _ in range(3)]
+        self.addr = f"127.{octets[0]}.{octets[1]}.{octets[2] + 2}"
+        self.names = names
+        self.conf = Path(directory) / "resolv.conf"
+        self.log = Path(directory) / "dnsmasq.log"
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", f"--listen-address={self.addr}",
+             "--bind-interfaces", "--port=53", "--no-resolv", "--no-hosts", "--log-queries",
+             f"--log-facility={self.log}"] +
+            [f"--address=/{name}/{addr}" for name, addr in self.names.items()],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(0.5)
+        assert self.proc.poll() is None, self.proc.stdout.read()
+        self.conf.write_text(f"nameserver {self.addr}\n")
+        return self
+
+    def queries(self):
+        text = self.log.read_text() if self.log.exists() else ""
+        return [line.split("]: query[A] ", 1)[1].split()[0] for line in text.splitlines()
+                if "]: query[A] " in line]
+
+    def with_resolver(self, argv):
+        """argv run in a private mount namespace whose /etc/resolv.conf names this resolver."""
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(self.conf), *argv]
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()

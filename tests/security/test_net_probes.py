@@ -142,6 +142,8 @@ def test_other_sandboxes_are_unreachable(sbx, other):
     assert tcp_probe(sbx, addr, 8000) == "ECONNREFUSED"
 
 
+# A daemon of its own: its start, and removing its state dir, take a while on a busy machine.
+@pytest.mark.timeout(180)
 def test_metadata_and_private_ranges_are_blocked(sbx, sbx_daemon, tmp_path):
     """Test hosts at the cloud metadata address and in a private range, each routed to a
     namespace of the test: the host reaches them, sandboxes do not, unless the operator opens
@@ -191,6 +193,49 @@ def test_forged_source_addresses_are_dropped(sbx, other):
             assert r.stdout.strip() == "sent", r.stderr
         assert wait_for(lambda: any("genuine" in line for line in h.seen()), 5), h.seen()
         assert not any("as-" in line for line in h.seen()), h.seen()
+
+
+ARP = r"""
+import socket, struct, sys
+claims, target = sys.argv[1:-1], socket.inet_aton(sys.argv[-1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+for ip in claims:  # "ip is at my MAC", unasked, a few times
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, mac, socket.inet_aton(ip),
+                      b"\xff" * 6, target)
+    for _ in range(3):
+        s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+print("sent")
+"""
+
+
+def neighbours(addr):
+    """The host's neighbour entries for addr: [(device, state)]."""
+    import json
+    return sorted((n["dev"], tuple(n.get("state", []))) for n in
+                  json.loads(run_host(["ip", "-j", "-4", "neigh", "show", "to", addr])))
+
+
+def test_no_address_or_neighbour_tricks(sbx, other, sbx_daemon):
+    """Sandbox root cannot take another address (no CAP_NET_ADMIN in its namespace), and ARP
+    answers claiming the neighbour's address or the gateway change nothing on the host: each
+    sandbox has a routed link of its own with permanent neighbour entries, so the neighbour
+    still reaches a test host and the host's entry for it stays on its own link."""
+    gateway = sbx_daemon.network()["gateway"]
+    victim = own_address(other)
+    r = run(sbx, f"ip addr add {victim}/32 dev eth0", user="root")
+    assert r.exit_code != 0 and "Operation not permitted" in r.stderr, r.stderr
+    before = neighbours(victim)
+    assert len(before) == 1 and "PERMANENT" in before[0][1], before
+    with TestHost("arp", "198.51.100.130", "198.51.100.129", prefix=26) as h:
+        h.serve(8080)
+        sbx.files.write("/tmp/arp.py", ARP)
+        r = run(sbx, f"python3 /tmp/arp.py {victim} {gateway} {gateway}", user="root")
+        assert r.stdout.strip() == "sent", r.stderr
+        assert neighbours(victim) == before
+        r = run(other, f"curl -sS --max-time 5 http://{h.addr}:8080/")
+        assert r.exit_code == 0 and "test host" in r.stdout, r.stderr
 
 
 def test_raw_sockets_and_ipv6_do_not_bypass_the_rules(sbx_daemon):

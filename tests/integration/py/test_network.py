@@ -7,15 +7,17 @@ access, the Python package index this machine already reaches."""
 
 import json
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from e2b import Sandbox
 from conftest import own_daemon
-from helpers import TestHost, wait_for
+from helpers import LocalResolver, TestHost, wait_for
 
 # A public-looking documentation range (RFC 5737): not among the always-blocked ones.
 HOST_A = ("netA", "198.51.100.2", "198.51.100.1", 26)
@@ -65,6 +67,41 @@ def test_resolver_is_the_gateway(sandbox, sbx_daemon):
     assert f"default via {net['gateway']} dev eth0" in r.stdout
     r = run(sandbox, "getent hosts pypi.org")
     assert r.exit_code == 0 and r.stdout.strip(), r.stderr
+
+
+def test_the_hosts_added_cas_are_trusted_inside(sandbox):
+    """The CAs this machine adds (/usr/local/share/ca-certificates; here a TLS-intercepting
+    proxy's) are in the sandbox's trust store, which OpenSSL, curl, git and pip read, and
+    Node.js is told to read it too."""
+    added = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    if not added:
+        pytest.skip("this machine adds no CA of its own")
+    bundle = "".join(sandbox.files.read("/etc/ssl/certs/ca-certificates.crt").split())
+    for crt in added:
+        assert "".join(crt.read_text().split("-----")[2].split()) in bundle, crt.name
+    r = run(sandbox, "echo $NODE_EXTRA_CA_CERTS")
+    assert r.stdout.strip() == "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_names_resolve_through_a_loopback_host_resolver(sbx_daemon, host_a, tmp_path):
+    """A host whose resolver listens on a loopback address (systemd-resolved, dnsmasq), which
+    no sandbox can reach itself: the daemon forwards to it. The daemon runs in a private mount
+    namespace whose /etc/resolv.conf names a resolver of the test's own on 127.x, which knows
+    only the test host's name and asks nobody else."""
+    with LocalResolver({"web.sbx-dns.test": host_a.addr}, tmp_path) as resolver:
+        wrapper = tmp_path / "sbx-with-resolver"
+        wrapper.write_text("#!/bin/sh\nexec " +
+                           shlex.join(resolver.with_resolver([sbx_daemon.binary])) + ' "$@"\n')
+        wrapper.chmod(0o755)
+        with own_daemon(SimpleNamespace(binary=wrapper), tmp_path,
+                        "--pool base=0 --pool code-interpreter-v1=0") as d:
+            s = Sandbox.create(timeout=120, api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
+            r = run(s, "getent ahostsv4 web.sbx-dns.test")
+            assert r.stdout.split()[:1] == [host_a.addr], r.stdout + r.stderr
+            code, out = curl(s, "http://web.sbx-dns.test:8080/")
+            assert code == 0 and "test host" in out, out
+            s.kill()
+        assert "web.sbx-dns.test" in resolver.queries()
 
 
 def test_ipv6_is_off_inside(sandbox):
@@ -141,7 +178,13 @@ def test_no_network_leftovers_after_cycles_restart_and_kill9(sbx_daemon, tmp_pat
     """300 create/kill cycles (half of them with rules), a restart and a kill -9: afterwards
     no interface, address, route or rule element of a gone sandbox remains, and the table
     has the same rules as at start (none duplicated); once the daemon stops with no sandbox
-    left, not even the table."""
+    left, not even the table. Another table (the test's, hooked to nothing) stays as it was."""
+    foreign = ("table inet sbxt_foreign {\n set s { type ipv4_addr; elements = { 192.0.2.7 } }\n"
+               " chain c {\n  ip daddr @s counter drop\n }\n}\n")
+    subprocess.run(["nft", "delete", "table", "inet", "sbxt_foreign"], capture_output=True)
+    subprocess.run(["nft", "-f", "-"], input=foreign, text=True, check=True)
+    foreign_before = subprocess.run(["nft", "list", "table", "inet", "sbxt_foreign"],
+                                    capture_output=True, text=True, check=True).stdout
     with own_daemon(sbx_daemon, tmp_path, "--pool base=1 --pool code-interpreter-v1=0") as d:
         table = d.network()["table"]
         _, rules_at_start = rule_elements(table)
@@ -180,6 +223,9 @@ def test_no_network_leftovers_after_cycles_restart_and_kill9(sbx_daemon, tmp_pat
     assert subprocess.run(["nft", "list", "table", "inet", table],
                           capture_output=True).returncode != 0
     assert links_of(table) == []
+    assert subprocess.run(["nft", "list", "table", "inet", "sbxt_foreign"], capture_output=True,
+                          text=True, check=True).stdout == foreign_before
+    subprocess.run(["nft", "delete", "table", "inet", "sbxt_foreign"], check=True)
 
 
 # -- egress rules: IPs and CIDRs (spec §1.2) and PUT /sandboxes/{id}/network (§4) ------------

@@ -57,6 +57,12 @@ def test_domain_names_this_server(served, sbx_daemon):
     assert served.get_host(8000) == f"8000-{served.sandbox_id}.localhost:{sbx_daemon.port}"
     status, _, body = sbx_daemon.request("GET", f"/sandboxes/{served.sandbox_id}")
     assert json.loads(body)["domain"] == f"localhost:{sbx_daemon.port}"
+    # Connect answers it too: a client that only connects builds the same names.
+    status, _, body = sbx_daemon.request("POST", f"/sandboxes/{served.sandbox_id}/connect",
+                                         {"timeout": 600})
+    assert status in (200, 201) and json.loads(body)["domain"] == f"localhost:{sbx_daemon.port}"
+    same = Sandbox.connect(served.sandbox_id, timeout=600)
+    assert same.get_host(8000) == served.get_host(8000)
 
 
 @pytest.mark.parametrize("port", [8000, 8001], ids=["any-address", "loopback-only"])
@@ -124,6 +130,26 @@ def test_closed_port_and_gone_sandbox(served, sbx_daemon):
     assert status == 502
     assert json.loads(body) == {"sandboxId": s.sandbox_id, "message": "The sandbox was not found",
                                 "code": 502}
+
+
+def test_port_of_a_paused_sandbox(sbx_daemon):
+    """A paused sandbox (without autoResume) is not there for its ports: 502 not found, as
+    for a killed one, and the request does not wake it; once resumed, the port answers."""
+    s = Sandbox.create(timeout=120)
+    try:
+        start_service(s, "http_echo.py", 8000)
+        host = s.get_host(8000)
+        assert wait_for(lambda: get(sbx_daemon, host)[0] == 200, 15)
+        assert s.pause() is True
+        status, headers, body = get(sbx_daemon, host, "/hello")
+        assert (status, headers["Content-Type"]) == (502, "application/json; charset=utf-8")
+        assert json.loads(body) == {"sandboxId": s.sandbox_id,
+                                    "message": "The sandbox was not found", "code": 502}
+        assert Sandbox.get_info(s.sandbox_id).state.value == "paused"
+        s.connect()
+        assert wait_for(lambda: get(sbx_daemon, host, "/hello")[:3:2] == (200, b"ok\n"), 15)
+    finally:
+        s.kill()
 
 
 def test_traffic_token_guards_user_ports(sbx_daemon):

@@ -14,6 +14,8 @@ import urllib.request
 
 import pytest
 
+from helpers import TestHost
+
 EXPORT = re.compile(r"^export (E2B_API_URL|E2B_SANDBOX_URL|E2B_API_KEY)=(\S+)$", re.M)
 
 
@@ -165,6 +167,35 @@ def test_more_cpus_than_sandboxes_can_run_on_is_refused(sbx_daemon):
                 f" here, so at most --cpus {have}") in r.stderr
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_sandbox_network_the_host_uses_is_refused(sbx_daemon, state_dir):
+    """--network-cidr over a range the host already routes elsewhere (here to a test host's
+    namespace; nothing is sent to it) is refused at start, naming the route."""
+    with TestHost("cidr", "10.199.77.2", "10.199.77.1") as h:
+        r = subprocess.run([sbx_daemon.binary, "serve", "--listen", "127.0.0.1:0",
+                            "--state-dir", state_dir, "--network-cidr", "10.199.64.0/19"],
+                           capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert ("the sandbox network 10.199.64.0/19 collides with the host's route to "
+            f"10.199.77.0/24 dev {h.dev}: choose a free private range with --network-cidr"
+            ) in r.stderr, r.stderr
+
+
+def test_turning_on_ip_forwarding_is_logged(sbx_daemon, state_dir):
+    """Sandboxes reach the internet through the host, which must forward: a daemon that turns
+    net.ipv4.ip_forward on says so. It runs in a network namespace of the test's own where
+    forwarding is off; the host's own setting is not touched."""
+    p = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c",
+         'ip link set lo up && echo 0 > /proc/sys/net/ipv4/ip_forward && exec "$@"', "sh",
+         sbx_daemon.binary, "serve", "--listen", "127.0.0.1:0", "--state-dir", state_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(_read_exports(p)) == 3
+    finally:
+        assert _stop(p) == 0
+    assert 'event=network host_setting="net.ipv4.ip_forward=0->1"' in p.stderr.read()
 
 
 def test_help(sbx_daemon):

@@ -8,14 +8,12 @@ loopback address answers *.D with 127.0.0.1, and the client runs in a private mo
 namespace whose /etc/resolv.conf names it. Nothing of the host's is changed."""
 
 import os
-import random
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO, own_daemon
+from helpers import LocalResolver
 
 SDK1 = REPO / ".venv-sdk1" / "bin" / "python"
 DOMAIN = "sbx.test"
@@ -48,20 +46,9 @@ def certs(tmp_path):
 
 @pytest.fixture
 def resolver(tmp_path):
-    """dnsmasq on a loopback address of its own, answering *.sbx.test with 127.0.0.1 and
-    nothing else; yields a resolv.conf naming it."""
-    addr = f"127.{random.randrange(1, 250)}.{random.randrange(1, 250)}.{random.randrange(2, 250)}"
-    p = subprocess.Popen(["dnsmasq", "--no-daemon", "--conf-file=/dev/null",
-                          f"--listen-address={addr}", "--bind-interfaces", "--port=53",
-                          "--no-resolv", "--no-hosts", f"--address=/{DOMAIN}/127.0.0.1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(0.5)
-    assert p.poll() is None, p.stdout.read()
-    conf = tmp_path / "resolv.conf"
-    conf.write_text(f"nameserver {addr}\n")
-    yield conf
-    p.terminate()
-    p.wait()
+    """A resolver of the test's own answering *.sbx.test with 127.0.0.1 and nothing else."""
+    with LocalResolver({DOMAIN: "127.0.0.1"}, tmp_path) as r:
+        yield r
 
 
 def test_quickstart_on_the_1x_sdk_over_tls(sbx_daemon, tmp_path, certs, resolver):
@@ -76,10 +63,8 @@ def test_quickstart_on_the_1x_sdk_over_tls(sbx_daemon, tmp_path, certs, resolver
                if not k.startswith("E2B_") and k not in ("SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")}
         env.update(E2B_DOMAIN=f"{DOMAIN}:{d.port}", E2B_API_KEY=d.api_key,
                    SSL_CERT_FILE=str(certs / "ca.pem"))
-        r = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             f"mount --bind {resolver} /etc/resolv.conf && exec {SDK1} {script}"],
-            env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(resolver.with_resolver([str(SDK1), str(script)]),
+                           env=env, capture_output=True, text=True, timeout=120)
         assert (r.returncode, r.stdout) == (0, "2\n"), r.stderr[-3000:]
         log = d.log_path.read_text()
         assert "route=/execute status=200" in log and "route=/sandboxes status=201" in log
