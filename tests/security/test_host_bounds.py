@@ -3,11 +3,13 @@ agent (PID 1), the kernel's attack surface, tmpfs and memory limits, host uid ra
 Each test runs the attack through the official SDK and asserts the specific bound or denial,
 printing the figures. Fixtures: tests/conftest.py."""
 
+import contextlib
 import ctypes
 import errno
 import json
 import os
 import pty
+import stat
 import subprocess
 import tempfile
 import textwrap
@@ -117,31 +119,82 @@ def test_agent_log_needs_the_access_token(sandbox, sbx_daemon):
     assert status == 401
 
 
+def host_mount_devices():
+    """st_dev of every filesystem mounted in the host's mount namespace."""
+    devs = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        major, minor = line.split()[2].split(":")
+        devs.add(os.makedev(int(major), int(minor)))
+    return devs
+
+
+def test_agent_holds_no_writable_host_file(sbx):
+    """The agent held its log, a host file, open for writing, and sandbox root took that fd
+    with pidfd_getfd (1.5 GiB written, 2 GiB fallocated). Seen from the host, no fd of the
+    agent is a file or directory of a host filesystem open for writing, nor a directory of one
+    (a handle for openat)."""
+    run(sbx, "ls /", user="root")  # the agent has served a request
+    agent, host = host_agent(sbx), host_mount_devices()
+    seen, bad = [], []
+    for fd in (agent / "fd").iterdir():
+        try:
+            target, st = os.readlink(fd), os.stat(fd)
+            flags = next(ln for ln in (agent / "fdinfo" / fd.name).read_text().splitlines()
+                         if ln.startswith("flags:"))
+        except (OSError, StopIteration):
+            continue  # closed meanwhile
+        writable = int(flags.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+        on_host = st.st_dev in host and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+        where = f" (host, {'rw' if writable else 'ro'})" if on_host else ""
+        seen.append(f"{fd.name}:{target}{where}")
+        if on_host and (writable or stat.S_ISDIR(st.st_mode)):
+            bad.append(target)
+    print(f"agent fds: {', '.join(sorted(seen, key=lambda x: int(x.split(':')[0])))}")
+    assert len(seen) >= 3
+    assert not bad, f"the agent holds host files or directories: {bad}"
+
+
 # -- 2. host-wide kernel tables --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def holding(sbx, code, timeout=60):
+    """Runs code (Python) as sandbox root in the background: it takes a kernel resource and
+    calls done(figures), then keeps what it took while the with-block runs. Yields figures."""
+    name = f"/tmp/hold_{os.urandom(4).hex()}"
+    prelude = textwrap.dedent(f"""
+        import json, os, time
+        def done(figures):
+            with open("{name}.tmp", "w") as f:
+                f.write(json.dumps(figures))
+            os.rename("{name}.tmp", "{name}.json")
+            time.sleep(600)
+    """)
+    sbx.files.write(f"{name}.py", prelude + textwrap.dedent(code))
+    h = sbx.commands.run(f"python3 {name}.py", user="root", background=True)
+    try:
+        assert wait_for(lambda: sbx.files.exists(f"{name}.json"), timeout=timeout)
+        yield json.loads(sbx.files.read(f"{name}.json"))
+    finally:
+        h.kill()
+        with contextlib.suppress(CommandExitException):
+            h.wait()  # gone, and what it took with it, before the next test takes its share
 
 
 def test_inotify_instances_are_per_sandbox(sbx, neighbour):
     """Sandbox root uses up every inotify instance it can get. They are charged to the
     sandbox's own host uid (the owner of its user namespace), not to host root: host root
     and another sandbox can still create instances."""
-    code = """
-        import ctypes, json, os, time
+    with holding(sbx, """
+        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         n = 0
         while n < 100000:
             if libc.inotify_init() < 0:
                 break
             n += 1
-        e = ctypes.get_errno()
-        with open("/tmp/ino.json", "w") as f:
-            f.write(json.dumps({"instances": n, "errno": e}))
-        time.sleep(60)
-    """
-    sbx.files.write("/tmp/ino.py", textwrap.dedent(code))
-    h = sbx.commands.run("python3 /tmp/ino.py", user="root", background=True)
-    try:
-        assert wait_for(lambda: sbx.files.exists("/tmp/ino.json"), timeout=30)
-        got = json.loads(sbx.files.read("/tmp/ino.json"))
+        done({"instances": n, "errno": ctypes.get_errno()})
+    """) as got:
         fd = LIBC.inotify_init()
         host_errno = ctypes.get_errno()
         if fd >= 0:
@@ -151,13 +204,94 @@ def test_inotify_instances_are_per_sandbox(sbx, neighbour):
             libc = ctypes.CDLL(None, use_errno=True)
             print(json.dumps({"fd": libc.inotify_init(), "errno": ctypes.get_errno()}))
         """, user="root")
-        print(f"sandbox took {got['instances']} inotify instances (then errno {got['errno']}); "
-              f"host root inotify_init -> {fd}; neighbour -> {other['fd']}")
-        assert got["errno"] == errno.EMFILE and got["instances"] < 100000
-        assert fd >= 0, f"host root got errno {host_errno}"
-        assert other["fd"] >= 0, f"the neighbour got errno {other['errno']}"
-    finally:
-        h.kill()
+    print(f"sandbox took {got['instances']} inotify instances (then errno {got['errno']}); "
+          f"host root inotify_init -> {fd}; neighbour -> {other['fd']}")
+    assert got["errno"] == errno.EMFILE and got["instances"] < 100000
+    assert fd >= 0, f"host root got errno {host_errno}"
+    assert other["fd"] >= 0, f"the neighbour got errno {other['errno']}"
+
+
+def test_inotify_watches_are_per_sandbox(sbx, neighbour):
+    """Sandbox root adds inotify watches until the kernel refuses (fs.inotify.max_user_watches,
+    host-wide per user). They are charged to the sandbox's own host uid: host root and another
+    sandbox can still add watches."""
+    limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    # At most 128 instances (the test above), so each watches 1/100 of the limit.
+    with holding(sbx, f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.makedirs("/tmp/w", exist_ok=True)
+        names = []
+        for i in range({limit} // 100 + 1):
+            names.append(f"/tmp/w/{{i}}".encode())
+            open(names[-1], "w").close()
+        n = e = 0
+        while not e and n < {2 * limit}:
+            fd = libc.inotify_init()
+            for name in names:
+                if fd < 0 or libc.inotify_add_watch(fd, name, 2) < 0:  # IN_MODIFY
+                    e = ctypes.get_errno()
+                    break
+                n += 1
+        done({{"watches": n, "errno": e}})
+    """) as got:
+        fd = LIBC.inotify_init()
+        wd = LIBC.inotify_add_watch(fd, b"/", 2)
+        host_errno = ctypes.get_errno()
+        os.close(fd)
+        other = run_py(neighbour, """
+            import ctypes, json
+            libc = ctypes.CDLL(None, use_errno=True)
+            wd = libc.inotify_add_watch(libc.inotify_init(), b"/tmp", 2)
+            print(json.dumps({"wd": wd, "errno": ctypes.get_errno()}))
+        """, user="root")
+    print(f"sandbox added {got['watches']} inotify watches (then errno {got['errno']}; "
+          f"max_user_watches {limit}); host root add_watch -> {wd}; neighbour -> {other['wd']}")
+    assert got["errno"] == errno.ENOSPC and got["watches"] <= limit
+    assert wd >= 0, f"host root got errno {host_errno}"
+    assert other["wd"] >= 0, f"the neighbour got errno {other['errno']}"
+
+
+GROW_PIPES = """
+    import fcntl, os
+    def grow(most):
+        pipes, err = [], 0
+        while len(pipes) < most and not err:
+            r, w = os.pipe()
+            pipes.append((r, w))
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+            except OSError as e:
+                err = e.errno
+        return {"pipes": len(pipes) - (err != 0), "errno": err}, pipes
+"""
+
+
+def test_pipe_buffers_are_per_sandbox(sbx, neighbour):
+    """Sandbox root grows pipes to 1 MiB until the kernel's per-user allowance of pipe buffers
+    (fs.pipe-user-pages-soft) refuses. The allowance is per host uid and sandbox uids are the
+    sandbox's own, so another sandbox and host users keep theirs while it holds its pipes."""
+    soft_mib = int(Path("/proc/sys/fs/pipe-user-pages-soft").read_text()) * 4096 >> 20
+    with holding(sbx, textwrap.dedent(GROW_PIPES) + textwrap.dedent("""
+        got, pipes = grow(4096)
+        done(got)
+    """)) as got:
+        other = run_py(neighbour, textwrap.dedent(GROW_PIPES) + textwrap.dedent("""
+            import json
+            print(json.dumps(grow(1)[0]))
+        """), user="root")
+        # A host user (nobody) has an allowance of its own, whatever the sandbox took.
+        host = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+             "-I", "-c",
+             "import fcntl, os; print(fcntl.fcntl(os.pipe()[1], fcntl.F_SETPIPE_SZ, 1 << 20))"],
+            capture_output=True, text=True, cwd="/")
+    print(f"sandbox grew {got['pipes']} pipes to 1 MiB, then errno {got['errno']} "
+          f"(pipe-user-pages-soft: {soft_mib} MiB per user); neighbour {other}; host user "
+          f"nobody: {host.stdout.strip() or host.stderr.strip()}")
+    assert got["errno"] == errno.EPERM and got["pipes"] <= soft_mib
+    assert other == {"pipes": 1, "errno": 0}
+    assert host.stdout.strip() == str(1 << 20), host.stderr  # F_SETPIPE_SZ's new size
 
 
 def test_ptys_are_capped_per_sandbox(sbx, neighbour):
@@ -287,27 +421,31 @@ def test_agent_out_of_reach_of_kernels(sbx_daemon):
         s.kill()
 
 
+def host_agent(sbx):
+    """/proc/<pid> on the host of sbx's agent: the PID 1 whose uid map is the sandbox's."""
+    base = uid_base_of(sbx)
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            nspid = next(ln for ln in (d / "status").read_text().splitlines()
+                         if ln.startswith("NSpid:"))
+            if nspid.split()[-1] == "1" and len(nspid.split()) > 2 and \
+                    int((d / "uid_map").read_text().split()[1]) == base:
+                return d
+        except (OSError, StopIteration):
+            pass
+    raise AssertionError(f"no agent with host uid base {base}")
+
+
 def test_agent_binary_is_no_host_path(sbx):
     """The agent runs from the agent runtime, through its loader, mounted read-only in the
     sandbox: its exe names that mount, no host file (and cannot be reopened for writing,
     CVE-2019-5736: the mount is read-only and its files belong to host root)."""
     r = run(sbx, "cat /proc/1/maps", user="root")
     assert r.exit_code != 0
-    agent = None
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-            if b"/run/sbx-agent/agent" in argv:
-                nspid = next(ln for ln in (d / "status").read_text().splitlines()
-                             if ln.startswith("NSpid:"))
-                if nspid.split()[-1] == "1":
-                    agent = d
-                    break
-        except OSError:
-            pass
-    assert agent is not None
+    agent = host_agent(sbx)
+    assert b"/run/sbx-agent/agent" in (agent / "cmdline").read_bytes().split(b"\0")
     exe = os.readlink(agent / "exe")
     print(f"agent exe on the host: {exe}")
     assert exe == "/run/sbx-agent/ld.so"
