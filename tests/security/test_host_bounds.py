@@ -6,6 +6,7 @@ printing the figures. Fixtures: tests/conftest.py."""
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import pty
@@ -22,7 +23,7 @@ import pytest
 
 from e2b import CommandExitException, Sandbox, SandboxException
 
-from conftest import Daemon, _binary
+from conftest import Daemon, _binary, own_daemon
 from helpers import wait_for
 
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -707,3 +708,57 @@ def test_two_daemons_never_share_host_uids(sbx, tmp_path):
         other.kill_all_sandboxes()
         assert other.stop() == 0
         subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def runs_in(lo, hi):
+    """Whether a host process has a real uid in [lo, hi)."""
+    for d in Path("/proc").iterdir():
+        try:
+            uid = int(next(ln for ln in (d / "status").read_text().splitlines()
+                           if ln.startswith("Uid:")).split()[1])
+        except (OSError, StopIteration, NotADirectoryError):
+            continue
+        if lo <= uid < hi:
+            return True
+    return False
+
+
+@pytest.mark.timeout(300)
+def test_a_sandbox_paused_to_its_disk_keeps_its_host_uids(sbx_daemon, tmp_path):
+    """A sandbox paused to its disk has no process, but the files on its disk belong to its
+    host uids. Its daemon, restarted while another daemon held its block, took another block:
+    the paused sandbox could never boot again (403 "write /etc/hosts: Permission denied") and
+    the other daemon's sandboxes had the uids of its files. Now the daemon refuses to start,
+    naming the uids, and starts on them once they are free."""
+    with own_daemon(sbx_daemon, tmp_path) as d:
+        kw = {"api_key": d.api_key, "api_url": d.url, "sandbox_url": d.url}
+        s = Sandbox.create(timeout=300, **kw)
+        base = uid_base_of(s)
+        assert run(s, "echo mine > ~/f").exit_code == 0
+        status, _, body = d.request("POST", f"/sandboxes/{s.sandbox_id}/pause",
+                                    body={"memory": False})
+        assert status == 204, body
+        assert d.stop() == 0
+        assert wait_for(lambda: not runs_in(base, base + 65536), timeout=30)  # no process left
+        block = (base - (1 << 30)) >> 28
+        block_base = (1 << 30) + (block << 28)
+        # Another daemon holds the block, as sbx holds one: an flock on its lock file.
+        with open(f"/run/sbx/uid-block-{block}.lock", "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            p = subprocess.Popen(d.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+            try:
+                out, _ = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                out, _ = p.communicate()
+                pytest.fail(f"the daemon started on other host uids: {out[-500:]}")
+        print(f"restart while block {block} is held: exit {p.returncode}: {out.strip()[-300:]}")
+        assert p.returncode != 0
+        assert f"host uids {block_base}-" in out and "taken by another sbx daemon" in out
+        d.start()
+        s = Sandbox.connect(s.sandbox_id, **kw)
+        r = run(s, "cat ~/f && echo more >> ~/f && stat -c %U ~/f")
+        print(f"resumed on host uid base {uid_base_of(s)}: {r.stdout!r} {r.stderr[-200:]}")
+        assert uid_base_of(s) == base and r.stdout == "mine\nuser\n"
+        Sandbox.kill(s.sandbox_id, **kw)
