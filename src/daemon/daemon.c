@@ -181,7 +181,9 @@ set_max_conns(struct sbx_daemon_config *cfg, rlim_t nofile)
 }
 
 /* Takes this daemon's host uid block (see sbx_uid_block_claim): the one recorded in the
- * state dir while its sandboxes may still run in it, else a free one, recorded. */
+ * state dir while its sandboxes use it, else a free one, recorded. A sandbox paused to its
+ * disk uses it too, with no process: its files there belong to the block's uids, and it
+ * boots again only on them. */
 static int
 claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, int *block_out,
                 struct sbx_error **err)
@@ -193,14 +195,14 @@ claim_uid_block(struct sbx_store *store, int *lock_fd, uid_t *uid_base, int *blo
     _cleanup_sandbox_list_ struct sbx_sandbox_list *all = NULL;
     if (sbx_store_sandbox_list_all(store, &all, err) < 0)
         return -1;
-    bool running = false;
+    bool in_use = false;
     for (size_t i = 0; i < all->n; i++) {
         const struct sbx_sandbox_rec *r = all->items[i];
         struct sbx_sandbox_ref ref = {.id = r->id, .pid = r->pid, .start_time = r->pid_start_time};
-        running |= sbx_sandbox_is_alive(&ref);
+        in_use |= strcmp(r->state, "paused") == 0 || sbx_sandbox_is_alive(&ref);
     }
     int block = -1;
-    *lock_fd = sbx_uid_block_claim(preferred, running, &block, err);
+    *lock_fd = sbx_uid_block_claim(preferred, in_use, &block, err);
     if (*lock_fd < 0)
         return -1;
     if (block != preferred) {

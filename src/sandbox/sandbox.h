@@ -192,8 +192,9 @@ int sbx_sandbox_preflight(char *desc, size_t n, struct sbx_error **err);
 uid_t sbx_uid_block_base(int block);
 /* Claims a block for this process until it exits: preferred (the block recorded in the state
  * dir, or -1) if no other daemon holds it, else the lowest block that no daemon holds and no
- * process uses. must_keep: the state dir has running sandboxes in preferred, so taking another
- * block is an error. Returns the fd of the held lock (keep it open) and sets *block. */
+ * process uses. must_keep: the state dir has sandboxes (running or paused) in preferred, so
+ * taking another block is an error. Returns the fd of the held lock (keep it open), sets
+ * *block. */
 int sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_error **err);
 
 /* ---- The agent runtime (runtime.c) --------------------------------------------------------

@@ -91,7 +91,7 @@ sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_error 
         if (must_keep)
             return sbx_error_set(
                 err, SBX_FAILED_PRECONDITION, 0,
-                "host uids %u-%u, which this state dir's running sandboxes use, "
+                "host uids %u-%u, which this state dir's sandboxes (running or paused) use, "
                 "are taken by another sbx daemon on this host",
                 (unsigned)sbx_uid_block_base(preferred),
                 (unsigned)(sbx_uid_block_base(preferred) + SBX_UID_BLOCK_SIZE - 1));

@@ -3,11 +3,14 @@ agent (PID 1), the kernel's attack surface, tmpfs and memory limits, host uid ra
 Each test runs the attack through the official SDK and asserts the specific bound or denial,
 printing the figures. Fixtures: tests/conftest.py."""
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import pty
+import stat
 import subprocess
 import tempfile
 import textwrap
@@ -20,7 +23,7 @@ import pytest
 
 from e2b import CommandExitException, Sandbox, SandboxException
 
-from conftest import Daemon, _binary
+from conftest import Daemon, _binary, own_daemon
 from helpers import wait_for
 
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -117,31 +120,82 @@ def test_agent_log_needs_the_access_token(sandbox, sbx_daemon):
     assert status == 401
 
 
+def host_mount_devices():
+    """st_dev of every filesystem mounted in the host's mount namespace."""
+    devs = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        major, minor = line.split()[2].split(":")
+        devs.add(os.makedev(int(major), int(minor)))
+    return devs
+
+
+def test_agent_holds_no_writable_host_file(sbx):
+    """The agent held its log, a host file, open for writing, and sandbox root took that fd
+    with pidfd_getfd (1.5 GiB written, 2 GiB fallocated). Seen from the host, no fd of the
+    agent is a file or directory of a host filesystem open for writing, nor a directory of one
+    (a handle for openat)."""
+    run(sbx, "ls /", user="root")  # the agent has served a request
+    agent, host = host_agent(sbx), host_mount_devices()
+    seen, bad = [], []
+    for fd in (agent / "fd").iterdir():
+        try:
+            target, st = os.readlink(fd), os.stat(fd)
+            flags = next(ln for ln in (agent / "fdinfo" / fd.name).read_text().splitlines()
+                         if ln.startswith("flags:"))
+        except (OSError, StopIteration):
+            continue  # closed meanwhile
+        writable = int(flags.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+        on_host = st.st_dev in host and (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+        where = f" (host, {'rw' if writable else 'ro'})" if on_host else ""
+        seen.append(f"{fd.name}:{target}{where}")
+        if on_host and (writable or stat.S_ISDIR(st.st_mode)):
+            bad.append(target)
+    print(f"agent fds: {', '.join(sorted(seen, key=lambda x: int(x.split(':')[0])))}")
+    assert len(seen) >= 3
+    assert not bad, f"the agent holds host files or directories: {bad}"
+
+
 # -- 2. host-wide kernel tables --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def holding(sbx, code, timeout=60):
+    """Runs code (Python) as sandbox root in the background: it takes a kernel resource and
+    calls done(figures), then keeps what it took while the with-block runs. Yields figures."""
+    name = f"/tmp/hold_{os.urandom(4).hex()}"
+    prelude = textwrap.dedent(f"""
+        import json, os, time
+        def done(figures):
+            with open("{name}.tmp", "w") as f:
+                f.write(json.dumps(figures))
+            os.rename("{name}.tmp", "{name}.json")
+            time.sleep(600)
+    """)
+    sbx.files.write(f"{name}.py", prelude + textwrap.dedent(code))
+    h = sbx.commands.run(f"python3 {name}.py", user="root", background=True)
+    try:
+        assert wait_for(lambda: sbx.files.exists(f"{name}.json"), timeout=timeout)
+        yield json.loads(sbx.files.read(f"{name}.json"))
+    finally:
+        h.kill()
+        with contextlib.suppress(CommandExitException):
+            h.wait()  # gone, and what it took with it, before the next test takes its share
 
 
 def test_inotify_instances_are_per_sandbox(sbx, neighbour):
     """Sandbox root uses up every inotify instance it can get. They are charged to the
     sandbox's own host uid (the owner of its user namespace), not to host root: host root
     and another sandbox can still create instances."""
-    code = """
-        import ctypes, json, os, time
+    with holding(sbx, """
+        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         n = 0
         while n < 100000:
             if libc.inotify_init() < 0:
                 break
             n += 1
-        e = ctypes.get_errno()
-        with open("/tmp/ino.json", "w") as f:
-            f.write(json.dumps({"instances": n, "errno": e}))
-        time.sleep(60)
-    """
-    sbx.files.write("/tmp/ino.py", textwrap.dedent(code))
-    h = sbx.commands.run("python3 /tmp/ino.py", user="root", background=True)
-    try:
-        assert wait_for(lambda: sbx.files.exists("/tmp/ino.json"), timeout=30)
-        got = json.loads(sbx.files.read("/tmp/ino.json"))
+        done({"instances": n, "errno": ctypes.get_errno()})
+    """) as got:
         fd = LIBC.inotify_init()
         host_errno = ctypes.get_errno()
         if fd >= 0:
@@ -151,13 +205,94 @@ def test_inotify_instances_are_per_sandbox(sbx, neighbour):
             libc = ctypes.CDLL(None, use_errno=True)
             print(json.dumps({"fd": libc.inotify_init(), "errno": ctypes.get_errno()}))
         """, user="root")
-        print(f"sandbox took {got['instances']} inotify instances (then errno {got['errno']}); "
-              f"host root inotify_init -> {fd}; neighbour -> {other['fd']}")
-        assert got["errno"] == errno.EMFILE and got["instances"] < 100000
-        assert fd >= 0, f"host root got errno {host_errno}"
-        assert other["fd"] >= 0, f"the neighbour got errno {other['errno']}"
-    finally:
-        h.kill()
+    print(f"sandbox took {got['instances']} inotify instances (then errno {got['errno']}); "
+          f"host root inotify_init -> {fd}; neighbour -> {other['fd']}")
+    assert got["errno"] == errno.EMFILE and got["instances"] < 100000
+    assert fd >= 0, f"host root got errno {host_errno}"
+    assert other["fd"] >= 0, f"the neighbour got errno {other['errno']}"
+
+
+def test_inotify_watches_are_per_sandbox(sbx, neighbour):
+    """Sandbox root adds inotify watches until the kernel refuses (fs.inotify.max_user_watches,
+    host-wide per user). They are charged to the sandbox's own host uid: host root and another
+    sandbox can still add watches."""
+    limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    # At most 128 instances (the test above), so each watches 1/100 of the limit.
+    with holding(sbx, f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.makedirs("/tmp/w", exist_ok=True)
+        names = []
+        for i in range({limit} // 100 + 1):
+            names.append(f"/tmp/w/{{i}}".encode())
+            open(names[-1], "w").close()
+        n = e = 0
+        while not e and n < {2 * limit}:
+            fd = libc.inotify_init()
+            for name in names:
+                if fd < 0 or libc.inotify_add_watch(fd, name, 2) < 0:  # IN_MODIFY
+                    e = ctypes.get_errno()
+                    break
+                n += 1
+        done({{"watches": n, "errno": e}})
+    """) as got:
+        fd = LIBC.inotify_init()
+        wd = LIBC.inotify_add_watch(fd, b"/", 2)
+        host_errno = ctypes.get_errno()
+        os.close(fd)
+        other = run_py(neighbour, """
+            import ctypes, json
+            libc = ctypes.CDLL(None, use_errno=True)
+            wd = libc.inotify_add_watch(libc.inotify_init(), b"/tmp", 2)
+            print(json.dumps({"wd": wd, "errno": ctypes.get_errno()}))
+        """, user="root")
+    print(f"sandbox added {got['watches']} inotify watches (then errno {got['errno']}; "
+          f"max_user_watches {limit}); host root add_watch -> {wd}; neighbour -> {other['wd']}")
+    assert got["errno"] == errno.ENOSPC and got["watches"] <= limit
+    assert wd >= 0, f"host root got errno {host_errno}"
+    assert other["wd"] >= 0, f"the neighbour got errno {other['errno']}"
+
+
+GROW_PIPES = """
+    import fcntl, os
+    def grow(most):
+        pipes, err = [], 0
+        while len(pipes) < most and not err:
+            r, w = os.pipe()
+            pipes.append((r, w))
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+            except OSError as e:
+                err = e.errno
+        return {"pipes": len(pipes) - (err != 0), "errno": err}, pipes
+"""
+
+
+def test_pipe_buffers_are_per_sandbox(sbx, neighbour):
+    """Sandbox root grows pipes to 1 MiB until the kernel's per-user allowance of pipe buffers
+    (fs.pipe-user-pages-soft) refuses. The allowance is per host uid and sandbox uids are the
+    sandbox's own, so another sandbox and host users keep theirs while it holds its pipes."""
+    soft_mib = int(Path("/proc/sys/fs/pipe-user-pages-soft").read_text()) * 4096 >> 20
+    with holding(sbx, textwrap.dedent(GROW_PIPES) + textwrap.dedent("""
+        got, pipes = grow(4096)
+        done(got)
+    """)) as got:
+        other = run_py(neighbour, textwrap.dedent(GROW_PIPES) + textwrap.dedent("""
+            import json
+            print(json.dumps(grow(1)[0]))
+        """), user="root")
+        # A host user (nobody) has an allowance of its own, whatever the sandbox took.
+        host = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+             "-I", "-c",
+             "import fcntl, os; print(fcntl.fcntl(os.pipe()[1], fcntl.F_SETPIPE_SZ, 1 << 20))"],
+            capture_output=True, text=True, cwd="/")
+    print(f"sandbox grew {got['pipes']} pipes to 1 MiB, then errno {got['errno']} "
+          f"(pipe-user-pages-soft: {soft_mib} MiB per user); neighbour {other}; host user "
+          f"nobody: {host.stdout.strip() or host.stderr.strip()}")
+    assert got["errno"] == errno.EPERM and got["pipes"] <= soft_mib
+    assert other == {"pipes": 1, "errno": 0}
+    assert host.stdout.strip() == str(1 << 20), host.stderr  # F_SETPIPE_SZ's new size
 
 
 def test_ptys_are_capped_per_sandbox(sbx, neighbour):
@@ -287,27 +422,31 @@ def test_agent_out_of_reach_of_kernels(sbx_daemon):
         s.kill()
 
 
+def host_agent(sbx):
+    """/proc/<pid> on the host of sbx's agent: the PID 1 whose uid map is the sandbox's."""
+    base = uid_base_of(sbx)
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            nspid = next(ln for ln in (d / "status").read_text().splitlines()
+                         if ln.startswith("NSpid:"))
+            if nspid.split()[-1] == "1" and len(nspid.split()) > 2 and \
+                    int((d / "uid_map").read_text().split()[1]) == base:
+                return d
+        except (OSError, StopIteration):
+            pass
+    raise AssertionError(f"no agent with host uid base {base}")
+
+
 def test_agent_binary_is_no_host_path(sbx):
     """The agent runs from the agent runtime, through its loader, mounted read-only in the
     sandbox: its exe names that mount, no host file (and cannot be reopened for writing,
     CVE-2019-5736: the mount is read-only and its files belong to host root)."""
     r = run(sbx, "cat /proc/1/maps", user="root")
     assert r.exit_code != 0
-    agent = None
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-            if b"/run/sbx-agent/agent" in argv:
-                nspid = next(ln for ln in (d / "status").read_text().splitlines()
-                             if ln.startswith("NSpid:"))
-                if nspid.split()[-1] == "1":
-                    agent = d
-                    break
-        except OSError:
-            pass
-    assert agent is not None
+    agent = host_agent(sbx)
+    assert b"/run/sbx-agent/agent" in (agent / "cmdline").read_bytes().split(b"\0")
     exe = os.readlink(agent / "exe")
     print(f"agent exe on the host: {exe}")
     assert exe == "/run/sbx-agent/ld.so"
@@ -569,3 +708,57 @@ def test_two_daemons_never_share_host_uids(sbx, tmp_path):
         other.kill_all_sandboxes()
         assert other.stop() == 0
         subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def runs_in(lo, hi):
+    """Whether a host process has a real uid in [lo, hi)."""
+    for d in Path("/proc").iterdir():
+        try:
+            uid = int(next(ln for ln in (d / "status").read_text().splitlines()
+                           if ln.startswith("Uid:")).split()[1])
+        except (OSError, StopIteration, NotADirectoryError):
+            continue
+        if lo <= uid < hi:
+            return True
+    return False
+
+
+@pytest.mark.timeout(300)
+def test_a_sandbox_paused_to_its_disk_keeps_its_host_uids(sbx_daemon, tmp_path):
+    """A sandbox paused to its disk has no process, but the files on its disk belong to its
+    host uids. Its daemon, restarted while another daemon held its block, took another block:
+    the paused sandbox could never boot again (403 "write /etc/hosts: Permission denied") and
+    the other daemon's sandboxes had the uids of its files. Now the daemon refuses to start,
+    naming the uids, and starts on them once they are free."""
+    with own_daemon(sbx_daemon, tmp_path) as d:
+        kw = {"api_key": d.api_key, "api_url": d.url, "sandbox_url": d.url}
+        s = Sandbox.create(timeout=300, **kw)
+        base = uid_base_of(s)
+        assert run(s, "echo mine > ~/f").exit_code == 0
+        status, _, body = d.request("POST", f"/sandboxes/{s.sandbox_id}/pause",
+                                    body={"memory": False})
+        assert status == 204, body
+        assert d.stop() == 0
+        assert wait_for(lambda: not runs_in(base, base + 65536), timeout=30)  # no process left
+        block = (base - (1 << 30)) >> 28
+        block_base = (1 << 30) + (block << 28)
+        # Another daemon holds the block, as sbx holds one: an flock on its lock file.
+        with open(f"/run/sbx/uid-block-{block}.lock", "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            p = subprocess.Popen(d.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+            try:
+                out, _ = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                out, _ = p.communicate()
+                pytest.fail(f"the daemon started on other host uids: {out[-500:]}")
+        print(f"restart while block {block} is held: exit {p.returncode}: {out.strip()[-300:]}")
+        assert p.returncode != 0
+        assert f"host uids {block_base}-" in out and "taken by another sbx daemon" in out
+        d.start()
+        s = Sandbox.connect(s.sandbox_id, **kw)
+        r = run(s, "cat ~/f && echo more >> ~/f && stat -c %U ~/f")
+        print(f"resumed on host uid base {uid_base_of(s)}: {r.stdout!r} {r.stderr[-200:]}")
+        assert uid_base_of(s) == base and r.stdout == "mine\nuser\n"
+        Sandbox.kill(s.sandbox_id, **kw)

@@ -183,6 +183,21 @@ def test_traffic_token_guards_user_ports(sbx_daemon):
         public.kill()
 
 
+def test_control_plane_credentials_never_reach_a_service(served, sbx_daemon):
+    """Issue 14 (3): code in a sandbox that served a port received every header a client
+    sent through the daemon. Now the API key and the sandbox's own tokens stay in the daemon;
+    Authorization is the service's own, and goes through."""
+    headers = {"X-API-Key": sbx_daemon.api_key, "X-Access-Token": served._envd_access_token,
+               "E2B-Traffic-Access-Token": "t", "Authorization": "Bearer service-token"}
+    status, _, body = get(sbx_daemon, served.get_host(8000), "/headers", headers)
+    seen = {k.lower(): v for k, v in json.loads(body).items()}
+    print(f"the service saw: {sorted(seen)}")
+    assert status == 200
+    assert not {"x-api-key", "x-access-token", "e2b-traffic-access-token"} & set(seen)
+    assert sbx_daemon.api_key not in body.decode()
+    assert seen["authorization"] == "Bearer service-token"
+
+
 def test_mask_request_host(sbx_daemon):
     s = Sandbox.create(timeout=120,
                        network={"mask_request_host": "custom-host.example.com:${PORT}"})
