@@ -24,8 +24,9 @@ RESULT_TAG="sbx-vm: tests exited with status"
 log() { printf 'vm: %s\n' "$*" >&2; }
 
 # The tests, as the guest runs them: the sandbox runtime's unit tests, then the security
-# probes (pids and memory limits, OOM reporting, isolation) and the lifecycle, metrics and
-# restart suites through the real SDK and daemon. The guest has the base template's layer
+# probes (pids and memory limits, OOM reporting, isolation), the lifecycle, metrics and
+# restart suites, and what a sandbox sees of its own limits (lxcfs, the cgroup view),
+# through the real SDK and daemon. The guest has the base template's layer
 # only (image_dir): its daemons keep no code-interpreter pool, and the tests marked
 # code_interpreter are left to the host's lane, as are those marked internet (the guest has no
 # network beyond its own namespaces).
@@ -36,7 +37,8 @@ guest_tests() {
     SBX_POOL=code-interpreter-v1=0 SBX_BIN="$build/sbx" \
         "$REPO/.venv/bin/python" -m pytest -p no:cacheprovider -q \
         -m "not code_interpreter and not internet" "$REPO/tests/security" "$REPO/tests/integration/py/test_lifecycle.py" \
-        "$REPO/tests/integration/py/test_restart.py"
+        "$REPO/tests/integration/py/test_restart.py" \
+        "$REPO/tests/integration/py/test_sandbox_limits.py::test_a_sandbox_sees_its_own_memory_and_cpus"
 }
 
 guest() {
