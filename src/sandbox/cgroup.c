@@ -1,12 +1,16 @@
 /* Per-sandbox cgroups, two backends chosen at run time with statfs(2):
  *  - v2 (unified): /sys/fs/cgroup/sbx/<id> with memory.max, memory.swap.max=0, pids.max,
- *    cpu.max; the controllers are enabled in subtree_control of / and /sbx.
+ *    cpu.max and, where the host offers the controller, cpuset.cpus; the controllers are
+ *    enabled in subtree_control of / and /sbx.
  *  - v1 or hybrid (this project's dev VMs): /sys/fs/cgroup/<ctrl>/sbx/<id> for memory, pids,
  *    cpu and cpuacct (which may share one hierarchy, "cpu,cpuacct"), freezer and cpuset.
- * Memory limits include swap (memsw / swap.max) so that swap cannot bypass them. */
+ * Memory limits include swap (memsw / swap.max) so that swap cannot bypass them. A sandbox
+ * whose CPU quota is less than the host's CPUs also gets a cpuset of that many CPUs (see
+ * sbx_cgroup_cpus). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +40,49 @@ sbx_cgroup_detect(void)
     if (statfs(CG_ROOT "/memory", &sf) == 0 && sf.f_type == CGROUP_SUPER_MAGIC)
         return SBX_CGROUP_V1;
     return SBX_CGROUP_NONE;
+}
+
+/* The CPUs of a sandbox whose quota is fewer CPUs than the host has: that many, starting
+ * at a CPU chosen by its uid block so that sandboxes spread out. As its cpuset and its
+ * affinity they make nproc, sched_getaffinity, lxcfs's /proc/cpuinfo and /proc/stat, and the
+ * runtimes that size pools from them (the JVM, Go, OpenMP, make -j) see the sandbox's CPUs,
+ * not the host's; the quota still limits its CPU time. False when it may use every CPU. */
+bool
+sbx_cgroup_cpus(const struct sbx_sandbox_plan *plan, cpu_set_t *set)
+{
+    cpu_set_t online;
+    if (plan->limits.cpu_millis == 0 || sched_getaffinity(0, sizeof(online), &online) < 0)
+        return false;
+    int have = CPU_COUNT(&online);
+    int want = (int)((plan->limits.cpu_millis + 999) / 1000);
+    if (want >= have)
+        return false;
+    int cpus[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &online))
+            cpus[n++] = c;
+    CPU_ZERO(set);
+    int first = (int)((plan->host_uid_base / SBX_SANDBOX_UID_COUNT) % (unsigned)n);
+    for (int i = 0; i < want; i++)
+        CPU_SET(cpus[(first + i) % n], set);
+    return true;
+}
+
+void
+sbx_cpu_list(const cpu_set_t *set, char *out, size_t size)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (int c = 0; c < CPU_SETSIZE && len + 24 < size; c++) {
+        if (!CPU_ISSET(c, set))
+            continue;
+        int e = c;
+        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, set))
+            e++;
+        len += (size_t)snprintf(out + len, size - len, e > c ? "%s%d-%d" : "%s%d", len ? "," : "",
+                                c, e);
+        c = e;
+    }
 }
 
 /* The controllers every sandbox is limited by, on either layout. */
@@ -90,11 +137,10 @@ sbx_cgroup_check(const char **layout, struct sbx_error **err)
 }
 
 /* v1 controllers we use; "cpu" and "cpuacct" may be one mounted hierarchy. The freezer sets
- * no limit: membership is what lets freeze.c stop the sandbox's processes. Nor does the
- * cpuset (the sandbox has all of sbx/'s CPUs), but lxcfs counts a reader's CPUs from the
- * quota of the cpu group at the path of its cpuset group, and the JVM wants a cpuset group
- * to find its limits: without one of its own a sandbox's /proc/cpuinfo and /proc/stat show
- * every host CPU. */
+ * no limit: membership is what lets freeze.c stop the sandbox's processes. The cpuset group
+ * holds the sandbox's CPUs when it gets fewer than the host's; lxcfs also counts a reader's
+ * CPUs from the quota of the cpu group at the path of its cpuset group, and the JVM wants a
+ * cpuset group to find its limits. */
 static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct", "freezer", "cpuset"};
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
 _Static_assert(N_V1 <= SBX_CGROUP_JOIN_MAX, "a join fd for each v1 controller");
@@ -156,6 +202,18 @@ mkdir_ok(const char *path, struct sbx_error **err)
     return 0;
 }
 
+/* cpuset.cpus of the sandbox's group, when it gets fewer CPUs than the host's. */
+static int
+write_cpus(const char *dir, const struct sbx_sandbox_plan *plan, struct sbx_error **err)
+{
+    cpu_set_t set;
+    if (!sbx_cgroup_cpus(plan, &set))
+        return 0;
+    char list[512];
+    sbx_cpu_list(&set, list, sizeof(list));
+    return write_at(dir, "cpuset.cpus", list, err);
+}
+
 /* A new v1 cpuset group has no CPUs or memory nodes, and no task can join it: sbx/ takes the
  * root's once, and with clone_children each sandbox's group starts with sbx/'s. */
 static int
@@ -178,8 +236,10 @@ v1_cpuset_parent(const char *parent, struct sbx_error **err)
 }
 
 static int
-v1_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error **err)
+v1_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
 {
+    const char *id = plan->id;
+    const struct sbx_sandbox_limits *lim = &plan->limits;
     char parents[N_V1][256], dirs[N_V1][256];
     v1_dirs(id, parents, true);
     v1_dirs(id, dirs, false);
@@ -190,7 +250,8 @@ v1_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error
         const char *c = v1_ctrls[i];
         if (mkdir_ok(parents[i], err) < 0 ||
             (strcmp(c, "cpuset") == 0 && v1_cpuset_parent(parents[i], err) < 0) ||
-            mkdir_ok(dirs[i], err) < 0)
+            mkdir_ok(dirs[i], err) < 0 ||
+            (strcmp(c, "cpuset") == 0 && write_cpus(dirs[i], plan, err) < 0))
             return -1;
         if (strcmp(c, "memory") == 0 && lim->memory_bytes > 0) {
             snprintf(val, sizeof(val), "%" PRIu64, lim->memory_bytes);
@@ -222,23 +283,27 @@ v1_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error
 }
 
 static int
-v2_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error **err)
+v2_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
 {
-    char dir[256];
+    const struct sbx_sandbox_limits *lim = &plan->limits;
+    char dir[256], have[512] = "";
     if (mkdir_ok(CG_ROOT "/" CG_PARENT, err) < 0)
         return -1;
     /* Enable controllers for our subtree: at the root (may already be on) and in sbx/.
-     * sbx/ itself never holds processes, as the no-internal-process rule requires. */
-    for (size_t i = 0; i < N_NEEDED; i++) {
+     * sbx/ itself never holds processes, as the no-internal-process rule requires. The
+     * cpuset controller is optional: without it a sandbox still has its quota and affinity. */
+    sbx_fs_read_small(CG_ROOT "/cgroup.controllers", have, sizeof(have));
+    bool cpuset = has_word(have, "cpuset");
+    for (size_t i = 0; i < N_NEEDED + cpuset; i++) {
         char enable[32];
-        snprintf(enable, sizeof(enable), "+%s", needed[i]);
+        snprintf(enable, sizeof(enable), "+%s", i < N_NEEDED ? needed[i] : "cpuset");
         if (sbx_fs_write_str(CG_ROOT "/cgroup.subtree_control", enable) < 0 && errno != EBUSY)
             return sbx_error_sys(err, errno, "enable %s in " CG_ROOT, enable);
         if (write_at(CG_ROOT "/" CG_PARENT, "cgroup.subtree_control", enable, err) < 0)
             return -1;
     }
-    snprintf(dir, sizeof(dir), CG_ROOT "/" CG_PARENT "/%s", id);
-    if (mkdir_ok(dir, err) < 0)
+    snprintf(dir, sizeof(dir), CG_ROOT "/" CG_PARENT "/%s", plan->id);
+    if (mkdir_ok(dir, err) < 0 || (cpuset && write_cpus(dir, plan, err) < 0))
         return -1;
     char val[64];
     if (lim->memory_bytes > 0) {
@@ -263,13 +328,13 @@ v2_create(const char *id, const struct sbx_sandbox_limits *lim, struct sbx_error
 }
 
 int
-sbx_cgroup_create(const char *id, const struct sbx_sandbox_limits *limits, struct sbx_error **err)
+sbx_cgroup_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
 {
     switch (sbx_cgroup_detect()) {
     case SBX_CGROUP_V1:
-        return v1_create(id, limits, err) < 0 ? sbx_error_prefix(err, "cgroup v1") : 0;
+        return v1_create(plan, err) < 0 ? sbx_error_prefix(err, "cgroup v1") : 0;
     case SBX_CGROUP_V2:
-        return v2_create(id, limits, err) < 0 ? sbx_error_prefix(err, "cgroup v2") : 0;
+        return v2_create(plan, err) < 0 ? sbx_error_prefix(err, "cgroup v2") : 0;
     default:
         return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0, "no usable cgroup hierarchy");
     }

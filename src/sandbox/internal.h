@@ -4,6 +4,7 @@
 #ifndef SBX_SANDBOX_INTERNAL_H
 #define SBX_SANDBOX_INTERNAL_H
 
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,8 +32,12 @@ enum sbx_cgroup_layout sbx_cgroup_detect(void);
 /* Whether the layout has every controller sandboxes use; *layout gets "v1" or "v2". */
 int sbx_cgroup_check(const char **layout, struct sbx_error **err);
 /* Creates the sandbox's cgroup(s) and writes the limits. */
-int sbx_cgroup_create(const char *id, const struct sbx_sandbox_limits *limits,
-                      struct sbx_error **err);
+int sbx_cgroup_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
+/* The CPUs the sandbox runs on (cpuset and affinity) when its quota is fewer CPUs than the
+ * host's; false when it may use all of them. */
+bool sbx_cgroup_cpus(const struct sbx_sandbox_plan *plan, cpu_set_t *set);
+/* set as a kernel CPU list ("0-3,6"). */
+void sbx_cpu_list(const cpu_set_t *set, char *out, size_t size);
 /* What the sandbox's PID 1 needs to be in its cgroups without anyone writing cgroup.procs,
  * which takes the kernel's global threadgroup lock for writing and then often waits for an RCU
  * grace period (10-30 ms a create). On v2: one fd of the cgroup dir, for clone3's

@@ -242,19 +242,9 @@ write_cpu_online(const char *sys)
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof(set), &set) < 0)
         return -1;
-    char list[512] = "", p[4096];
-    size_t len = 0;
-    for (int c = 0; c < CPU_SETSIZE && len < sizeof(list) - 16; c++) {
-        if (!CPU_ISSET(c, &set))
-            continue;
-        int e = c;
-        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, &set))
-            e++;
-        len += (size_t)snprintf(list + len, sizeof(list) - len, e > c ? "%s%d-%d" : "%s%d",
-                                len ? "," : "", c, e);
-        c = e;
-    }
-    snprintf(list + len, sizeof(list) - len, "\n");
+    char list[512], p[4096];
+    sbx_cpu_list(&set, list, sizeof(list) - 1);
+    strcat(list, "\n");
     static const char *const dirs[] = {"devices", "devices/system", "devices/system/cpu"};
     for (size_t i = 0; i < 3; i++) {
         join(p, sizeof(p), sys, dirs[i]);

@@ -187,30 +187,15 @@ step_loopback_up(const char **step)
     return rc;
 }
 
-/* As many CPUs as the sandbox's quota allows, so that nproc, sched_getaffinity and the
- * runtimes that size pools from them (the JVM, Go, OpenMP, make -j) see the sandbox's CPUs,
- * not the host's. Sandboxes start at different CPUs to spread out. Only a hint: the quota is
- * what the cgroup enforces. */
+/* The sandbox's CPUs as its affinity too: where the host has no cpuset controller (v2) it is
+ * what nproc and sched_getaffinity see. */
 static int
 step_affinity(const struct sbx_sandbox_plan *plan, const char **step)
 {
     *step = "cpu affinity";
-    cpu_set_t online;
-    if (plan->limits.cpu_millis == 0 || sched_getaffinity(0, sizeof(online), &online) < 0)
-        return 0;
-    int have = CPU_COUNT(&online);
-    int want = (int)((plan->limits.cpu_millis + 999) / 1000);
-    if (want >= have)
-        return 0;
-    int cpus[CPU_SETSIZE], n = 0;
-    for (int c = 0; c < CPU_SETSIZE; c++)
-        if (CPU_ISSET(c, &online))
-            cpus[n++] = c;
     cpu_set_t mine;
-    CPU_ZERO(&mine);
-    int first = (int)((plan->host_uid_base / SBX_SANDBOX_UID_COUNT) % (unsigned)n);
-    for (int i = 0; i < want; i++)
-        CPU_SET(cpus[(first + i) % n], &mine);
+    if (!sbx_cgroup_cpus(plan, &mine))
+        return 0;
     return sched_setaffinity(0, sizeof(mine), &mine);
 }
 
@@ -661,8 +646,7 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     snprintf(s->id, sizeof(s->id), "%s", plan->id);
     s->sock = -1;
     s->reboot = plan->reboot;
-    if (sbx_rootfs_prepare_dirs(plan, err) < 0 ||
-        sbx_cgroup_create(plan->id, &plan->limits, err) < 0)
+    if (sbx_rootfs_prepare_dirs(plan, err) < 0 || sbx_cgroup_create(plan, err) < 0)
         goto fail;
     oom_fd = sbx_cgroup_open_oom_events(plan->id);
     if (oom_fd < 0) {

@@ -67,22 +67,22 @@ def test_a_sandbox_sees_its_own_memory_and_cpus(sandbox):
     r = run(sandbox, "grep MemTotal /proc/meminfo; nproc; python3 -c 'import os; print(os.cpu_count())';"
                      " free -m | awk '/^Mem:/ {print $2}'; awk '{print ($1 < 3600)}' /proc/uptime;"
                      " grep -c ^processor /proc/cpuinfo; grep -c '^cpu[0-9]' /proc/stat;"
-                     " cut -d' ' -f4 /proc/loadavg")
+                     " cut -d' ' -f4 /proc/loadavg;"
+                     " python3 -c 'import os; os.sched_setaffinity(0, range(64));"
+                     " print(len(os.sched_getaffinity(0)))'")
     lines = r.stdout.split("\n")
     print(r.stdout)
     assert lines[0].split()[1] == str(512 * 1024), lines[0]
     assert lines[1:4] == ["1", "1", "512"]
     assert lines[4] == "1", "uptime is the sandbox's, not the host's"
     assert lines[5] == "1", "/proc/cpuinfo lists the host's CPUs"
-    # /proc/stat: lxcfs brings the CPU quota into it from cgroup v1's per-CPU cpuacct
-    # counters, which v2 lacks; on v2 it lists the sandbox's cpuset, every host CPU
-    # (docs/architecture.md).
-    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        assert lines[6] == "1", "/proc/stat lists the host's CPUs"
+    assert lines[6] == "1", "/proc/stat lists the host's CPUs"
     # Runnable/total tasks: the sandbox's few, not the host's.
     tasks = int(lines[7].split("/")[1])
     host_tasks = int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
     assert tasks < min(50, host_tasks), (lines[7], host_tasks)
+    # The sandbox's cpuset holds it to one CPU even when it asks for every CPU.
+    assert lines[8] == "1", "a sandbox widened its CPU affinity past its cpuset"
     cg = run(sandbox, "cat /sys/fs/cgroup/memory.max 2>/dev/null || "
                       "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
     assert cg.stdout.strip() == str(512 << 20), cg.stdout
