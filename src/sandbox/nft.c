@@ -14,17 +14,17 @@
  *                        shard: its allow set (accept), its deny set (refuse); else accept
  *   nat_postrouting      from the sandbox network to anywhere else: masquerade
  *
- * Per-sandbox rules are elements "sandbox address . destination range" of interval sets. An
- * interval set's elements can only be deleted by listing the set (libnftables fetches it for
- * every delete), so the elements are spread over SHARDS sets by the low bits of the sandbox's
- * address (its slot): a change lists and rewrites one small set, in about a millisecond with
- * a thousand sandboxes (one set for all of them took 60 ms there).
+ * Per-sandbox rules are elements "sandbox address . destination range" of interval sets,
+ * spread over SHARDS sets by the low bits of the sandbox's address (its slot): deleting an
+ * element of an interval set through libnftables fetches the whole set, and a kernel
+ * transaction on such a set copies it, so each change touches one small set.
  *
  * The kernel's table is the truth, so a restarted spawner carries on with what the previous one
  * left, and cleaning up lists what is there. What this process itself put in a slot's elements
- * it remembers (see known): changing them again is then one netlink batch that deletes exactly
- * those and adds the new ones (nfnl.c), with no listing and no libnftables cache, under a
- * millisecond with a thousand sandboxes' rules. */
+ * it remembers (see known): changing them again is one netlink batch that deletes exactly
+ * those and adds the new ones (nfnl.c), with no listing and no libnftables cache: 0.4 ms with
+ * a thousand sandboxes' rules, where the libnftables command took 3-5 ms (it reads the host's
+ * whole ruleset first). A slot it does not know is listed and rewritten through libnftables. */
 #include <errno.h>
 #include <jansson.h>
 #include <nftables/libnftables.h>
