@@ -206,6 +206,8 @@ struct sbx_nfnl_batch {
     bool failed;                      /* too large: commit refuses it */
     char what[SBX_NFNL_MAX_MSGS][48]; /* each element message, for errors ("add to allow_5") */
 };
+/* The socket batches go through, in the caller's network namespace; opened once. -1/errno. */
+int sbx_nfnl_open(void);
 void sbx_nfnl_begin(struct sbx_nfnl_batch *b);
 /* Adds (or deletes) n elements "sandbox . dest[i]" of the interval set set of table (inet);
  * dest NULL: the one element "sandbox" of a plain set. Nothing for n == 0. */

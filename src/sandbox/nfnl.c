@@ -8,7 +8,8 @@
  *
  * A batch (NFNL_MSG_BATCH_BEGIN ... NFNL_MSG_BATCH_END) is one nf_tables transaction: if any
  * of its messages fails, the kernel aborts it and none of its changes is made. One socket,
- * opened at first use and kept, in the spawner's (the host's) network namespace. */
+ * opened when the table is made (sbx_nft_init, in the host's network namespace: net.c enters a
+ * sandbox's only within one call) and kept. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/netfilter.h>
@@ -27,8 +28,8 @@
 
 static int fd = -1;
 
-static int
-nfnl_socket(void)
+int
+sbx_nfnl_open(void)
 {
     if (fd >= 0)
         return fd;
@@ -51,17 +52,13 @@ nfnl_socket(void)
     return fd = s;
 }
 
-static void *
+static void
 put_raw(struct sbx_nfnl_batch *b, const void *p, size_t n)
 {
-    size_t at = b->buf.len;
     static const char zero[NLMSG_ALIGNTO];
     if (sbx_buf_append(&b->buf, p, n, BATCH_MAX) < 0 ||
-        sbx_buf_append(&b->buf, zero, NLMSG_ALIGN(n) - n, BATCH_MAX) < 0) {
+        sbx_buf_append(&b->buf, zero, NLMSG_ALIGN(n) - n, BATCH_MAX) < 0)
         b->failed = true;
-        return NULL;
-    }
-    return b->buf.data + at;
 }
 
 /* Starts a message; its length is fixed by msg_end. Returns its offset in the buffer. */
@@ -228,8 +225,8 @@ sbx_nfnl_commit(struct sbx_nfnl_batch *b, struct sbx_error **err)
         rc = sbx_error_set(err, SBX_INTERNAL, 0, "nftables: the change is too large");
         goto out;
     }
-    if (nfnl_socket() < 0) {
-        rc = sbx_error_sys(err, errno, "nftables: netlink socket");
+    if (fd < 0) {
+        rc = sbx_error_set(err, SBX_INTERNAL, 0, "nftables: no netlink socket");
         goto out;
     }
     /* Leftovers of a batch given up on (a timeout) must not be read as this one's. */

@@ -266,6 +266,8 @@ int
 sbx_nft_init(const struct sbx_net_config *c, struct sbx_error **err)
 {
     forget_all(); /* the table may be made afresh: reconcile learns the slots again */
+    if (sbx_nfnl_open() < 0)
+        return sbx_error_sys(err, errno, "nftables: netlink socket");
     struct sbx_buf b = {0};
     put_table(&b, c);
     int rc = run(&b, "create the table", err);
