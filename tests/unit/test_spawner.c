@@ -632,6 +632,22 @@ TEST(network_rules_follow_the_spawners_own_sandboxes)
     CHECK(strstr(out, "10.142.1.5 . 198.51.100.128") != NULL);
     CHECK(strstr(out, "10.142.1.5 . 198.51.100.7,") == NULL);
     CHECK(strstr(out, "203.0.113.0") == NULL);
+    /* A new spawner does not know the running sandbox's elements: it lists them, replaces
+     * them, and from then on knows them again. */
+    restart_spawner(&s, 1500000000u);
+    for (uint32_t round = 0; round < 2; round++) {
+        q.seq = 20 + round;
+        CHECK(call(&s, &q, -1).code == SBX_OK);
+        sh(out, sizeof(out), "nft list table inet %s", net.tag);
+        CHECK(strstr(out, "10.142.1.5 . 198.51.100.128") == NULL);
+        CHECK(strstr(out, "10.142.1.5 . 198.51.100.7,") != NULL);
+        CHECK(strstr(out, "10.142.1.5 . 203.0.113.0-255.255.255.255") != NULL);
+        r.seq = 30 + round;
+        CHECK(call(&s, &r, -1).code == SBX_OK);
+        sh(out, sizeof(out), "nft list table inet %s", net.tag);
+        CHECK(strstr(out, "10.142.1.5 . 198.51.100.128") != NULL);
+        CHECK(strstr(out, "10.142.1.5 . 198.51.100.7,") == NULL);
+    }
     struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .seq = 4, .dns_port = 5353};
     CHECK(call(&s, &ports, -1).code == SBX_OK);
     sh(out, sizeof(out), "nft list chain inet %s nat_prerouting", net.tag);
