@@ -15,13 +15,15 @@
               addresses no sandbox has, as running sandboxes' would be)
 
     .venv/bin/python bench/bench_network.py [N] [--no-create] [--rules-only]
-        [--baseline-bin OTHER_SBX]       (root; needs iperf3; default N=30)
+        [--baseline-bin OTHER_SBX] [--live L]     (root; needs iperf3; default N=30)
 
 With --baseline-bin, the rules part runs first against that build's daemon, then against this
-one's, in the same run, and each line of this build's gets its ratio to the baseline's.
+one's, in the same run, and each line of this build's gets its ratio to the baseline's. With
+--live L, L base sandboxes (default network) run in the daemon during the rules part.
 """
 
 import argparse
+import concurrent.futures as cf
 
 import http.client
 import json
@@ -45,6 +47,7 @@ ap.add_argument("n", nargs="?", type=int, default=30, help="creates per daemon (
 ap.add_argument("--no-create", action="store_true", help="skip the create part")
 ap.add_argument("--rules-only", action="store_true", help="only the rules part")
 ap.add_argument("--baseline-bin", help="another sbx build measured beside this one (rules)")
+ap.add_argument("--live", type=int, default=0, help="base sandboxes running during the rules part")
 ARGS = ap.parse_args()
 N = ARGS.n
 NO_POOLS = ("--pool", "base=0", "--pool", "code-interpreter-v1=0")
@@ -202,7 +205,39 @@ print(" ".join(f"{x:.4f}" for x in out))
 """
 
 
+def api(d, method, path, body=None):
+    req = urllib.request.Request(d.url + path, method=method,
+                                 data=json.dumps(body).encode() if body else None,
+                                 headers={"X-API-KEY": d.key, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        out = r.read()
+    return json.loads(out) if out else None
+
+
+def start_live(d, n):
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(8) as ex:
+        ids = list(ex.map(lambda _: api(d, "POST", "/sandboxes",
+                                        {"templateID": "base", "timeout": 900})["sandboxID"],
+                          range(n)))
+    print(f"{n} live base sandboxes started in {time.perf_counter() - t0:.1f} s", flush=True)
+    return ids
+
+
+def stop_live(d, ids):
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(lambda sid: api(d, "DELETE", f"/sandboxes/{sid}"), ids))
+
+
 def measure_rules(d):
+    live = start_live(d, ARGS.live) if ARGS.live else []
+    try:
+        return measure_rules_among(d)
+    finally:
+        stop_live(d, live)
+
+
+def measure_rules_among(d):
     with TestHost("bench", "198.51.100.2", "198.51.100.1", prefix=26) as h:
         h.serve(5201)
         s = Sandbox.create(timeout=300, network={"deny_out": ["0.0.0.0/0"],
@@ -250,7 +285,8 @@ LINES = [(10, "PUT /network, 10 sandboxes with rules"),
 
 def bench_rules(d, base=None):
     """base: the baseline build's results, measured before in the same run."""
-    print("# rules: with the rules of 10 and of 1,000 sandboxes in the table")
+    print("# rules: with the rules of 10 and of 1,000 sandboxes in the table"
+          + (f", {ARGS.live} sandboxes live" if ARGS.live else ""))
     r = measure_rules(d)
     for key, name in LINES:
         if base:
