@@ -14,8 +14,16 @@
               the daemon's nftables table (the others' elements are added to the table for
               addresses no sandbox has, as running sandboxes' would be)
 
-    .venv/bin/python bench/bench_network.py [N]     (root; needs iperf3; default N=30)
+    .venv/bin/python bench/bench_network.py [N] [--no-create] [--rules-only]
+        [--baseline-bin OTHER_SBX] [--live L]     (root; needs iperf3; default N=30)
+
+With --baseline-bin, the rules part runs first against that build's daemon, then against this
+one's, in the same run, and each line of this build's gets its ratio to the baseline's. With
+--live L, L base sandboxes (default network) run in the daemon during the rules part.
 """
+
+import argparse
+import concurrent.futures as cf
 
 import http.client
 import json
@@ -34,7 +42,14 @@ from e2b import Sandbox
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
 from helpers import TestHost  # noqa: E402
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 30
+ap = argparse.ArgumentParser()
+ap.add_argument("n", nargs="?", type=int, default=30, help="creates per daemon (create part)")
+ap.add_argument("--no-create", action="store_true", help="skip the create part")
+ap.add_argument("--rules-only", action="store_true", help="only the rules part")
+ap.add_argument("--baseline-bin", help="another sbx build measured beside this one (rules)")
+ap.add_argument("--live", type=int, default=0, help="base sandboxes running during the rules part")
+ARGS = ap.parse_args()
+N = ARGS.n
 NO_POOLS = ("--pool", "base=0", "--pool", "code-interpreter-v1=0")
 
 
@@ -190,8 +205,39 @@ print(" ".join(f"{x:.4f}" for x in out))
 """
 
 
-def bench_rules(d):
-    print("# rules: with the rules of 10 and of 1,000 sandboxes in the table")
+def api(d, method, path, body=None):
+    req = urllib.request.Request(d.url + path, method=method,
+                                 data=json.dumps(body).encode() if body else None,
+                                 headers={"X-API-KEY": d.key, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        out = r.read()
+    return json.loads(out) if out else None
+
+
+def start_live(d, n):
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(8) as ex:
+        ids = list(ex.map(lambda _: api(d, "POST", "/sandboxes",
+                                        {"templateID": "base", "timeout": 900})["sandboxID"],
+                          range(n)))
+    print(f"{n} live base sandboxes started in {time.perf_counter() - t0:.1f} s", flush=True)
+    return ids
+
+
+def stop_live(d, ids):
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(lambda sid: api(d, "DELETE", f"/sandboxes/{sid}"), ids))
+
+
+def measure_rules(d):
+    live = start_live(d, ARGS.live) if ARGS.live else []
+    try:
+        return measure_rules_among(d)
+    finally:
+        stop_live(d, live)
+
+
+def measure_rules_among(d):
     with TestHost("bench", "198.51.100.2", "198.51.100.1", prefix=26) as h:
         h.serve(5201)
         s = Sandbox.create(timeout=300, network={"deny_out": ["0.0.0.0/0"],
@@ -226,21 +272,49 @@ def bench_rules(d):
             results[f"c{total}"] = [float(x) for x in out.stdout.split()]
         s.kill()
         subprocess.run(["nft", "-f", "-"], input="\n".join(undo), text=True, check=False)
-    report("PUT /network, 10 sandboxes with rules", results[10])
-    report("PUT /network, 1,000 sandboxes with rules", results[1000], "10", results[10])
-    report("  of which the spawner (nftables), 10", results["s10"])
-    report("  of which the spawner (nftables), 1,000", results["s1000"], "10", results["s10"])
-    report("TCP connect from a sandbox, 10", results["c10"])
-    report("TCP connect from a sandbox, 1,000", results["c1000"], "10", results["c10"])
+    return results
+
+
+LINES = [(10, "PUT /network, 10 sandboxes with rules"),
+         (1000, "PUT /network, 1,000 sandboxes with rules"),
+         ("s10", "  of which the spawner (nftables), 10"),
+         ("s1000", "  of which the spawner (nftables), 1,000"),
+         ("c10", "TCP connect from a sandbox, 10"),
+         ("c1000", "TCP connect from a sandbox, 1,000")]
+
+
+def bench_rules(d, base=None):
+    """base: the baseline build's results, measured before in the same run."""
+    print("# rules: with the rules of 10 and of 1,000 sandboxes in the table"
+          + (f", {ARGS.live} sandboxes live" if ARGS.live else ""))
+    r = measure_rules(d)
+    for key, name in LINES:
+        if base:
+            report(name, r[key], "baseline", base[key])
+        else:
+            # Without a baseline build: the 1,000 lines against the 10 ones.
+            small = {1000: 10, "s1000": "s10", "c1000": "c10"}.get(key)
+            report(name, r[key], "10" if small else None, r[small] if small else None)
+    return r
+
+
+def baseline_rules(binary):
+    with Daemon("--pool", "code-interpreter-v1=0", "--log-level", "info", binary=binary) as d:
+        print(f"# baseline build: {binary}")
+        return bench_rules(d)
 
 
 def main():
-    if "--no-create" not in sys.argv:
+    if not (ARGS.no_create or ARGS.rules_only):
         bench_create()
+    base = baseline_rules(ARGS.baseline_bin) if ARGS.baseline_bin else None
     with Daemon("--pool", "code-interpreter-v1=0", "--log-level", "info") as d:
-        bench_iperf(d)
-        bench_gethost(d)
-        bench_rules(d)
+        if not ARGS.rules_only:
+            bench_iperf(d)
+            bench_gethost(d)
+        if base:
+            print("# this build")
+        bench_rules(d, base)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "base/buf.h"
 #include "base/error.h"
 #include "base/fdpass.h"
 #include "sandbox/sandbox.h"
@@ -196,6 +197,25 @@ int sbx_rtnl_neigh_add(int fd, int ifindex, uint32_t addr, const uint8_t mac[6])
 /* The payload of attribute type of a message whose fixed header is hdrlen bytes, or NULL. */
 const void *sbx_rtnl_attr(const struct nlmsghdr *h, size_t hdrlen, unsigned short type,
                           size_t *len);
+
+/* ---- nfnl.c: changes of our sets' elements as one nf_tables batch (a transaction) ---- */
+#define SBX_NFNL_MAX_MSGS 8 /* element messages of one batch */
+struct sbx_nfnl_batch {
+    struct sbx_buf buf;
+    uint32_t seq0, n_msgs;            /* n_msgs: so far, the batch's beginning included */
+    bool failed;                      /* too large: commit refuses it */
+    char what[SBX_NFNL_MAX_MSGS][48]; /* each element message, for errors ("add to allow_5") */
+};
+/* The socket batches go through, in the caller's network namespace; opened once. -1/errno. */
+int sbx_nfnl_open(void);
+void sbx_nfnl_begin(struct sbx_nfnl_batch *b);
+/* Adds (or deletes) n elements "sandbox . dest[i]" of the interval set set of table (inet);
+ * dest NULL: the one element "sandbox" of a plain set. Nothing for n == 0. */
+void sbx_nfnl_elems(struct sbx_nfnl_batch *b, bool add, const char *table, const char *set,
+                    uint32_t sandbox, const struct sbx_ip4_range *dest, size_t n);
+/* Sends the batch and reads the kernel's answers; frees the batch. All its changes are made,
+ * or (an error) none. */
+int sbx_nfnl_commit(struct sbx_nfnl_batch *b, struct sbx_error **err);
 
 /* ---- net.c / nft.c ---- */
 /* The sandbox's interface on the host, "<tag>-<slot>". */

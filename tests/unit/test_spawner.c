@@ -547,6 +547,15 @@ sh(char *buf, size_t n, const char *fmt, ...)
     pclose(f);
 }
 
+/* Whether nft's listing of set (of table inet tag) shows want. */
+static bool
+set_shows(const char *tag, const char *set, const char *want)
+{
+    char out[8192];
+    sh(out, sizeof(out), "nft list set inet %s %s", tag, set);
+    return strstr(out, want) != NULL;
+}
+
 static bool
 link_exists(const char *name)
 {
@@ -587,6 +596,55 @@ TEST(network_rules_follow_the_spawners_own_sandboxes)
     sh(out, sizeof(out), "nft list table inet %s", net.tag);
     CHECK(strstr(out, "10.142.1.5 . 0.0.0.0/0") == NULL);
     CHECK(strstr(out, "10.142.1.5 . 198.51.100.0/24") != NULL);
+    /* Known to this spawner: changed by one netlink batch; what nft lists is what was sent. */
+    struct sbx_spawner_msg q = {.op = SBX_SPAWNER_NET_POLICY, .n_net_allow = 2, .n_net_deny = 2};
+    snprintf(q.id, sizeof(q.id), "netone");
+    q.net_allow[0] = (struct sbx_ip4_range){0xc6336407, 0xc6336407}; /* 198.51.100.7 */
+    q.net_allow[1] = (struct sbx_ip4_range){0xc6336410, 0xc6336419}; /* .16-.25 */
+    q.net_deny[0] = (struct sbx_ip4_range){0x0a000000, 0x0affffff};  /* 10.0.0.0/8 */
+    q.net_deny[1] = (struct sbx_ip4_range){0xcb007100, 0xffffffff};  /* 203.0.113.0-... */
+    q.net_flags = SBX_NET_PROXY_WEB;
+    for (uint32_t round = 0; round < 2; round++) {
+        q.seq = 10 + round;
+        CHECK(call(&s, &q, -1).code == SBX_OK);
+        CHECK(!set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.0/24"));
+        CHECK(set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.7,"));
+        CHECK(set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.16-198.51.100.25"));
+        CHECK(set_shows(net.tag, "deny_5", "10.142.1.5 . 10.0.0.0/8"));
+        CHECK(set_shows(net.tag, "deny_5", "10.142.1.5 . 203.0.113.0-255.255.255.255"));
+        CHECK(set_shows(net.tag, round ? "proxy_all" : "proxy_web", "10.142.1.5"));
+        CHECK(!set_shows(net.tag, round ? "proxy_web" : "proxy_all", "10.142.1.5"));
+        /* The second round replaces elements by the same ones, and the proxy flag moves. */
+        q.net_flags = SBX_NET_PROXY_ALL;
+    }
+    /* An element gone behind the spawner's back: the change fails whole and says why (the
+     * kernel aborts the batch, so the new rules are not half there). */
+    CHECK(system("nft delete element inet sbx42 deny_5 '{ 10.142.1.5 . 10.0.0.0/8 }'") == 0);
+    struct sbx_spawner_msg r = {.op = SBX_SPAWNER_NET_POLICY, .seq = 12, .n_net_allow = 1};
+    snprintf(r.id, sizeof(r.id), "netone");
+    r.net_allow[0] = (struct sbx_ip4_range){0xc6336480, 0xc6336480}; /* 198.51.100.128 */
+    struct sbx_spawner_msg rep = call(&s, &r, -1);
+    CHECK(rep.code != SBX_OK);
+    CHECK(strstr(rep.message, "delete from deny_5") != NULL);
+    CHECK(!set_shows(net.tag, "allow_5", "198.51.100.128"));
+    CHECK(set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.7,"));
+    /* The next change lists the sets and succeeds; so after a restart, which does not know the
+     * running sandbox's elements either; the changes after those are batches again. */
+    for (uint32_t round = 0; round < 3; round++) {
+        if (round == 1)
+            restart_spawner(&s, 1500000000u);
+        r.seq = 20 + round;
+        CHECK(call(&s, &r, -1).code == SBX_OK);
+        CHECK(set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.128"));
+        CHECK(!set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.7,"));
+        CHECK(!set_shows(net.tag, "deny_5", "10.142.1.5"));
+        CHECK(!set_shows(net.tag, "proxy_all", "10.142.1.5"));
+        q.seq = 30 + round;
+        CHECK(call(&s, &q, -1).code == SBX_OK);
+        CHECK(!set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.128"));
+        CHECK(set_shows(net.tag, "allow_5", "10.142.1.5 . 198.51.100.7,"));
+        CHECK(set_shows(net.tag, "deny_5", "10.142.1.5 . 203.0.113.0-255.255.255.255"));
+    }
     struct sbx_spawner_msg ports = {.op = SBX_SPAWNER_NET_PORTS, .seq = 4, .dns_port = 5353};
     CHECK(call(&s, &ports, -1).code == SBX_OK);
     sh(out, sizeof(out), "nft list chain inet %s nat_prerouting", net.tag);
