@@ -583,11 +583,21 @@ struct network_update {
     char *stored; /* the new settings */
 };
 
+/* The new rules are on disk: the client may be told. */
+static void
+network_answer(void *ud)
+{
+    struct network_update *u = ud;
+    struct sbx_http_req *req = sbx_http_hold_release(u->w);
+    if (req)
+        sbx_http_respond(req, 204, NULL, NULL, 0);
+    free(u);
+}
+
 static void
 on_network_applied(const struct sbx_spawner_msg *reply, struct sbx_error *err, void *ud)
 {
     struct network_update *u = ud;
-    struct sbx_http_req *req = sbx_http_hold_release(u->w);
     struct sbx_live *l = sbx_lifecycle_find(u->id);
     _cleanup_error_ struct sbx_error *store_err = NULL;
     if (err == NULL && l) {
@@ -600,14 +610,15 @@ on_network_applied(const struct sbx_spawner_msg *reply, struct sbx_error *err, v
             l->rec->allow_internet = u->allow_internet;
             sbx_netset_free(l->net);
             l->net = sbx_netset_load(l->rec->network_json);
+            sbx_durable(sbx_durable_mark(), network_answer, u);
+            return;
         }
     }
+    struct sbx_http_req *req = sbx_http_hold_release(u->w);
     if (req && l == NULL)
         sbx_http_respond_error(req, 404, "sandbox '%s' not found", u->id);
-    else if (req && err)
-        sbx_api_respond_err(req, err);
     else if (req)
-        sbx_http_respond(req, 204, NULL, NULL, 0);
+        sbx_api_respond_err(req, err);
     free(u->stored);
     free(u);
 }

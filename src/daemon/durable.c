@@ -1,8 +1,8 @@
-/* Group commit for the front end. A commit that starts or ends a sandbox's life is written
- * on the event loop but fsynced on libuv's thread pool (sbx_store_defer_sync): the loop keeps
- * serving every other client while the disk works, and one fsync covers the commits of every
- * create and kill made before it began. What a client is told waits for the fsync, so an
- * answered create or kill survives a power cut as before. */
+/* Group commit for the front end. A commit that starts or ends a sandbox's life or changes
+ * its network rules is written on the event loop but fsynced on libuv's thread pool
+ * (sbx_store_defer_sync): the loop keeps serving every other client while the disk works,
+ * and one fsync covers every such commit made before it began. What a client is told waits
+ * for the fsync, so an answered create, kill or rule change survives a power cut as before. */
 #include <stdlib.h>
 
 #include "base/log.h"

@@ -820,7 +820,7 @@ sbx_store_sync(const struct sbx_store *s)
     return fdatasync(s->wal_fd) < 0 ? -errno : 0;
 }
 
-/* Around a commit that starts or ends a sandbox's life. Without deferred syncing it is
+/* Around a commit that starts or ends a sandbox's life or sets its network rules. Without deferred syncing it is
  * fsynced as every commit; with it, later by sbx_store_sync, which the caller awaits before
  * it tells anyone of the change. */
 static bool
@@ -993,7 +993,10 @@ sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow
     sqlite3_bind_int(st, 1, allow_internet);
     bind_text_or_null(st, 2, network_json);
     sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
-    return sbx_store_step_done(s, st, true, id, err);
+    bool deferred = defer_begin(s);
+    int rc = sbx_store_step_done(s, st, true, id, err);
+    defer_end(s, deferred);
+    return rc;
 }
 
 int

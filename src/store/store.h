@@ -141,7 +141,8 @@ int sbx_store_setting_set(struct sbx_store *s, const char *key, const char *valu
                           struct sbx_error **err);
 
 /* Group commit, for a process that must not wait for the disk on its one thread: after
- * this, the writes that start or end a sandbox's life (insert, adopt, delete) return before
+ * this, the writes that start or end a sandbox's life (insert, adopt, delete) and those of
+ * its network rules (update_network, made as often as a client likes) return before
  * they are fsynced, each adding one to sbx_store_deferred. sbx_store_sync makes every commit
  * made before it started durable; it touches nothing but a file descriptor, so another thread
  * may run it while this one goes on with the store. It returns 0 or -errno. */

@@ -1,7 +1,7 @@
-/* Group commit of sandbox creates and kills (src/daemon/durable.c), on a real SQLite store
- * and a real libuv loop. This binary is linked with --wrap=sbx_store_sync: every fsync is
- * counted, and a test may hold one back (it runs on libuv's thread pool) to see what waits
- * for it. */
+/* Group commit of sandbox creates, kills and network rule changes (src/daemon/durable.c), on a real
+ * SQLite store and a real libuv loop. This binary is linked with --wrap=sbx_store_sync: every fsync
+ * is counted, and a test may hold one back (it runs on libuv's thread pool) to see what waits for
+ * it. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +121,17 @@ TEST(a_write_after_an_fsync_began_waits_for_the_next)
     CHECK(write(gate[1], "x", 1) == 1);
     uv_run(d.loop, UV_RUN_DEFAULT);
     CHECK(n_told == 3 && atomic_load(&syncs) == 3);
+
+    /* So is a change of network rules: written without a wait, answered once on disk. */
+    uint64_t before = sbx_durable_mark();
+    CHECK(sbx_store_sandbox_update_network(d.store, "sb1", false, "{\"deny_out\":[\"0.0.0.0/0\"]}",
+                                           &err) == 0);
+    CHECK(sbx_durable_mark() == before + 1);
+    sbx_durable(sbx_durable_mark(), tell, &ids[3]);
+    CHECK(n_told == 3);
+    CHECK(write(gate[1], "x", 1) == 1);
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    CHECK(n_told == 4 && atomic_load(&syncs) == 4);
     teardown();
 }
 
