@@ -284,7 +284,10 @@ def bench_rate(seconds, baseline_bin=None, rounds=1):
 
 
 def bench_density(k, live):
-    with Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0") as d:
+    # base with a pool of one: a create among the live sandboxes is then timed both as a
+    # client gets it by default (from the pool) and cold (the next create at once, while the
+    # pool's refill is under way: it also competes with that refill).
+    with Daemon("--pool", "base=1", "--pool", "code-interpreter-v1=0") as d:
         for name, cls, template in (("base", Sandbox, "base"),
                                     ("code-interpreter (Python kernel warm)", CodeSandbox,
                                      "code-interpreter-v1")):
@@ -306,14 +309,19 @@ def bench_density(k, live):
         print(f"{live} live base sandboxes started in {time.perf_counter() - t0:.1f} s",
               flush=True)
         lst = timed(lambda: d.get("/v2/sandboxes?limit=100"), 50)
-        crt = []
+        pooled, cold = [], []
         for _ in range(50):
-            ms = time.perf_counter()
-            _, sid = server_create_ms(d, "base")
-            crt.append((time.perf_counter() - ms) * 1000)
-            delete(d, sid)
+            d.wait_pools_warm()
+            pair = []
+            for out in (pooled, cold):
+                t0 = time.perf_counter()
+                pair.append(server_create_ms(d, "base")[1])
+                out.append((time.perf_counter() - t0) * 1000)
+            for sid in pair:
+                delete(d, sid)
         report(f"list (100 per page) among {live} sandboxes", lst)
-        report(f"create (HTTP round trip) among {live}", crt)
+        report(f"create from the pool (HTTP round trip) among {live}", pooled)
+        report(f"create, cold (HTTP round trip) among {live}", cold)
         with cf.ThreadPoolExecutor(8) as ex:
             list(ex.map(lambda sid: delete(d, sid), ids))
 

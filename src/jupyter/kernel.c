@@ -1,6 +1,7 @@
 /* Jupyter kernels: launch, ZeroMQ channels on libuv, handshake, execute state machine. */
 #include "jupyter/kernel.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -19,6 +20,7 @@
 #include "base/cleanup.h"
 #include "base/util.h"
 #include "jupyter/msg.h"
+#include "sandbox/sandbox.h" /* SBX_AGENT_RUNTIME_PATH */
 
 /* ---- kernelspecs ---- */
 
@@ -146,21 +148,62 @@ struct sbx_kernel {
     void *events_ud;
 };
 
+/* libzmq's functions, from the agent's first kernel on (SBX_ZMQ_SONAME in kernel.h): linked in,
+ * it and its C++, Kerberos and transport libraries cost every sandbox's agent ~2.5 ms of
+ * loading and relocation at start, and most sandboxes never start a kernel. The agent's
+ * loader finds it in the agent runtime (its --library-path), never in the template's root. */
+#define ZMQ_FUNCS(X)                                                                               \
+    X(void *, zmq_ctx_new, (void))                                                                 \
+    X(int, zmq_ctx_set, (void *, int, int))                                                        \
+    X(void *, zmq_socket, (void *, int))                                                           \
+    X(int, zmq_close, (void *))                                                                    \
+    X(int, zmq_setsockopt, (void *, int, const void *, size_t))                                    \
+    X(int, zmq_getsockopt, (void *, int, void *, size_t *))                                        \
+    X(int, zmq_connect, (void *, const char *))                                                    \
+    X(int, zmq_send, (void *, const void *, size_t, int))                                          \
+    X(int, zmq_msg_init, (zmq_msg_t *))                                                            \
+    X(int, zmq_msg_recv, (zmq_msg_t *, void *, int))                                               \
+    X(int, zmq_msg_close, (zmq_msg_t *))                                                           \
+    X(int, zmq_msg_more, (const zmq_msg_t *))                                                      \
+    X(void *, zmq_msg_data, (zmq_msg_t *))                                                         \
+    X(size_t, zmq_msg_size, (const zmq_msg_t *))
+
+#define ZMQ_FIELD(ret, name, args) ret(*name) args;
+static struct {
+    ZMQ_FUNCS(ZMQ_FIELD)
+} zmq;
+#undef ZMQ_FIELD
+
 static void *zctx;
 
-static void *
-zmq_context(void)
+/* Loads libzmq and makes the agent's one ZeroMQ context, once. */
+static int
+zmq_load(struct sbx_error **err)
 {
-    if (zctx == NULL) {
-        zctx = zmq_ctx_new();
-        if (zctx == NULL)
-            abort();
-        /* The agent is PID 1 and forks user processes; libzmq's threads must not see those
-         * children's fds: every socket it opens is close-on-exec anyway (ZMQ_BLOCKY off so
-         * that closing a socket never blocks the event loop on unsent messages). */
-        zmq_ctx_set(zctx, ZMQ_BLOCKY, 0);
-    }
-    return zctx;
+    if (zctx != NULL)
+        return 0;
+    /* In a sandbox the agent runs from the agent runtime: libzmq by its path there (absent if
+     * the host has none), never searched for in the template's root, whose files are the
+     * user's and must not run in the agent. Its libraries come from the runtime too (the
+     * loader's --library-path, searched first). Elsewhere (unit tests): by its name. */
+    static const char in_runtime[] = SBX_AGENT_RUNTIME_PATH "/" SBX_ZMQ_SONAME;
+    const char *path = access(SBX_AGENT_RUNTIME_PATH, F_OK) == 0 ? in_runtime : SBX_ZMQ_SONAME;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL)
+        return sbx_error_set(err, SBX_UNAVAILABLE, 0, "load %s: %s", path, dlerror());
+#define ZMQ_SYM(ret, name, args)                                                                   \
+    if ((*(void **)&zmq.name = dlsym(lib, #name)) == NULL)                                         \
+        return sbx_error_set(err, SBX_UNAVAILABLE, 0, "%s has no %s", SBX_ZMQ_SONAME, #name);
+    ZMQ_FUNCS(ZMQ_SYM)
+#undef ZMQ_SYM
+    zctx = zmq.zmq_ctx_new();
+    if (zctx == NULL)
+        abort();
+    /* The agent is PID 1 and forks user processes; libzmq's threads must not see those
+     * children's fds: every socket it opens is close-on-exec anyway (ZMQ_BLOCKY off so
+     * that closing a socket never blocks the event loop on unsent messages). */
+    zmq.zmq_ctx_set(zctx, ZMQ_BLOCKY, 0);
+    return 0;
 }
 
 static void
@@ -276,7 +319,7 @@ send_msg(struct sbx_kernel *k, int ch, const char *type, json_t *content, char i
     for (int i = 0; i < SBX_JUPYTER_WIRE_FRAMES && rc == 0; i++) {
         int more = i + 1 < SBX_JUPYTER_WIRE_FRAMES ? ZMQ_SNDMORE : 0;
         /* DEALER queues while the kernel is not connected yet; never blocks the loop. */
-        if (zmq_send(k->ch[ch].sock, w.frames[i], w.lens[i], more | ZMQ_DONTWAIT) < 0)
+        if (zmq.zmq_send(k->ch[ch].sock, w.frames[i], w.lens[i], more | ZMQ_DONTWAIT) < 0)
             rc = -1;
     }
     sbx_jupyter_wire_fini(&w);
@@ -506,23 +549,23 @@ recv_one(struct sbx_kernel *k, int ch)
     int rc = 1;
     while (more) {
         zmq_msg_t part;
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, k->ch[ch].sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&part);
+        zmq.zmq_msg_init(&part);
+        if (zmq.zmq_msg_recv(&part, k->ch[ch].sock, ZMQ_DONTWAIT) < 0) {
+            zmq.zmq_msg_close(&part);
             rc = errno == EAGAIN && n == 0 ? 0 : -1;
             break;
         }
-        more = zmq_msg_more(&part);
+        more = zmq.zmq_msg_more(&part);
         if (n < MAX_MSG_FRAMES)
             parts[n++] = part;
         else
-            zmq_msg_close(&part); /* an oversized message fails to decode below */
+            zmq.zmq_msg_close(&part); /* an oversized message fails to decode below */
     }
     if (rc == 1) {
         struct sbx_jupyter_frame frames[MAX_MSG_FRAMES];
         for (size_t i = 0; i < n; i++)
-            frames[i] =
-                (struct sbx_jupyter_frame){zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i])};
+            frames[i] = (struct sbx_jupyter_frame){zmq.zmq_msg_data(&parts[i]),
+                                                   zmq.zmq_msg_size(&parts[i])};
         struct sbx_jupyter_msg m;
         _cleanup_error_ struct sbx_error *err = NULL;
         /* Messages that fail the signature check are dropped silently: only the holder of
@@ -538,7 +581,7 @@ recv_one(struct sbx_kernel *k, int ch)
         }
     }
     for (size_t i = 0; i < n; i++)
-        zmq_msg_close(&parts[i]);
+        zmq.zmq_msg_close(&parts[i]);
     return rc;
 }
 
@@ -550,7 +593,8 @@ drain(struct sbx_kernel *k, int ch)
             return;
         int events = 0;
         size_t sz = sizeof(events);
-        if (zmq_getsockopt(k->ch[ch].sock, ZMQ_EVENTS, &events, &sz) < 0 || !(events & ZMQ_POLLIN))
+        if (zmq.zmq_getsockopt(k->ch[ch].sock, ZMQ_EVENTS, &events, &sz) < 0 ||
+            !(events & ZMQ_POLLIN))
             return;
         if (recv_one(k, ch) <= 0)
             return;
@@ -600,7 +644,7 @@ on_chan_closed(uv_handle_t *h)
 {
     struct chan *c = h->data;
     /* The poll no longer watches ZMQ's fd: now the socket may go. */
-    zmq_close(c->sock);
+    zmq.zmq_close(c->sock);
     c->sock = NULL;
     kernel_unref(c->k);
 }
@@ -615,7 +659,7 @@ close_io(struct sbx_kernel *k)
             uv_poll_stop(&c->poll);
             uv_close((uv_handle_t *)&c->poll, on_chan_closed);
         } else if (c->sock) {
-            zmq_close(c->sock);
+            zmq.zmq_close(c->sock);
             c->sock = NULL;
         }
     }
@@ -724,32 +768,32 @@ open_channel(struct sbx_kernel *k, int ch, int type, int port, struct sbx_error 
 {
     struct chan *c = &k->ch[ch];
     c->k = k;
-    c->sock = zmq_socket(zmq_context(), type);
+    c->sock = zmq.zmq_socket(zctx, type);
     if (c->sock == NULL)
         return sbx_error_sys(err, errno, "zmq_socket");
     int zero = 0, hwm = SBX_KERNEL_IOPUB_HWM, ivl = SBX_KERNEL_RECONNECT_MS;
     int64_t maxsz = SBX_KERNEL_MAX_FRAME;
-    zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero));
-    zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxsz, sizeof(maxsz));
+    zmq.zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq.zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxsz, sizeof(maxsz));
     /* We connect before the kernel listens: retry every few ms instead of ZeroMQ's 100 ms,
      * which would otherwise be added to the start of every kernel. */
-    zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
+    zmq.zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
     if (type == ZMQ_SUB) {
-        zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
-        zmq_setsockopt(c->sock, ZMQ_SUBSCRIBE, "", 0);
+        zmq.zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+        zmq.zmq_setsockopt(c->sock, ZMQ_SUBSCRIBE, "", 0);
     } else {
         /* The identity routes replies back to us on the kernel's ROUTER. */
         char ident[40];
         snprintf(ident, sizeof(ident), "%s-%d", k->session, ch);
-        zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, ident, strlen(ident));
+        zmq.zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, ident, strlen(ident));
     }
     char ep[64];
     snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", port);
-    if (zmq_connect(c->sock, ep) < 0)
+    if (zmq.zmq_connect(c->sock, ep) < 0)
         return sbx_error_sys(err, errno, "zmq_connect %s", ep);
     int fd;
     size_t fdlen = sizeof(fd);
-    if (zmq_getsockopt(c->sock, ZMQ_FD, &fd, &fdlen) < 0)
+    if (zmq.zmq_getsockopt(c->sock, ZMQ_FD, &fd, &fdlen) < 0)
         return sbx_error_sys(err, errno, "ZMQ_FD");
     if (uv_poll_init(k->loop, &c->poll, fd) < 0)
         return sbx_error_set(err, SBX_INTERNAL, 0, "uv_poll_init failed");
@@ -772,6 +816,8 @@ sbx_kernel_start(uv_loop_t *loop, const struct sbx_kernel_launch *l, struct sbx_
         sbx_error_set(err, SBX_UNAVAILABLE, 0, "the %s kernel is not installed", l->language);
         return NULL;
     }
+    if (zmq_load(err) < 0)
+        return NULL;
     struct sbx_kernel *k = calloc(1, sizeof(*k));
     if (k == NULL)
         abort();

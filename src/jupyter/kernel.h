@@ -23,6 +23,10 @@
 
 #include "base/error.h"
 
+/* libzmq, loaded by the agent on its first kernel (dlopen) rather than at every sandbox's start;
+ * the agent runtime bundles it and its libraries by this name (src/sandbox/runtime.c). */
+#define SBX_ZMQ_SONAME "libzmq.so.5"
+
 /* Limits (candidates for base/limits.h). */
 #define SBX_KERNEL_START_TIMEOUT_MS (60 * 1000)         /* spawn to first iopub message */
 #define SBX_KERNEL_INFO_RETRY_MS    200                 /* kernel_info_request resend period */

@@ -455,6 +455,10 @@ set_process_limits(pid_t pid, struct sbx_error **err)
     struct rlimit nofile = {SBX_AGENT_NOFILE, SBX_AGENT_NOFILE};
     if (prlimit(pid, RLIMIT_NOFILE, &nofile, NULL) < 0 && errno != EPERM)
         return sbx_error_sys(err, errno, "raise RLIMIT_NOFILE");
+    /* The spawner runs niced (spawner.c); the child inherited that. The agent and what it
+     * starts run at the host's default priority, before the child does anything. */
+    if (setpriority(PRIO_PROCESS, (id_t)pid, 0) < 0 && errno != EPERM && errno != EACCES)
+        return sbx_error_sys(err, errno, "reset the agent's priority");
     return 0;
 }
 

@@ -18,6 +18,7 @@
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
 #define SB_LAYERS        "layers" /* in a sandbox's dir: the keys of its layers, for the GC */
 #define SB_STEP          "step"   /* in a build step's dir: nothing of it survives a restart */
+#define SBX_SPAWNER_NICE 5        /* below the front end and the sandboxes: see sbx_spawner_main */
 
 /* What a sandbox of ours is doing. A request is refused unless its sandbox is in a phase
  * that allows it; in each phase but RUNNING, FROZEN and STOPPED one request is in flight. */

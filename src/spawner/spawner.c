@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -971,6 +972,11 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     signal(SIGINT, SIG_IGN);
     if (cfg->lock_fd >= 0)
         close(cfg->lock_fd); /* the supervisor holds the block for all of us */
+    /* Setting sandboxes up (creates, pool refills, kills) yields the CPU to serving the live
+     * ones: the front end and the sandboxes' processes run at the default priority, and on
+     * a small host what a create costs the spawner would otherwise delay every command of a
+     * running sandbox. Each new agent is set back to the default (spawn.c). */
+    (void)setpriority(PRIO_PROCESS, 0, SBX_SPAWNER_NICE);
     sp.loop = uv_default_loop();
     _cleanup_error_ struct sbx_error *err = NULL;
     if (asprintf(&sp.disks_dir, "%s/disks", cfg->state_dir) < 0)
