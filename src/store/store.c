@@ -820,9 +820,9 @@ sbx_store_sync(const struct sbx_store *s)
     return fdatasync(s->wal_fd) < 0 ? -errno : 0;
 }
 
-/* Around a commit that starts or ends a sandbox's life or sets its network rules. Without deferred syncing it is
- * fsynced as every commit; with it, later by sbx_store_sync, which the caller awaits before
- * it tells anyone of the change. */
+/* Around a commit that starts or ends a sandbox's life or sets its network rules. Without
+ * deferred syncing it is fsynced as every commit; with it, later by sbx_store_sync, which the
+ * caller awaits before it tells anyone of the change. */
 static bool
 defer_begin(struct sbx_store *s)
 {
