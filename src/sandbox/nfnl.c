@@ -187,9 +187,10 @@ read_acks(uint32_t seq0, uint32_t n, uint32_t *failed, int *kernel_err)
             continue;
         if (got < 0)
             return -1;
-        /* Signed: NLMSG_NEXT subtracts the aligned length, which may pass the end. */
+        /* Signed: NLMSG_NEXT subtracts the aligned length, which may pass the end; only a
+         * positive rest is compared with a message's (unsigned) length. */
         int left = (int)got;
-        for (const struct nlmsghdr *h = (const void *)buf; NLMSG_OK(h, left);
+        for (const struct nlmsghdr *h = (const void *)buf; left > 0 && NLMSG_OK(h, (size_t)left);
              h = NLMSG_NEXT(h, left)) {
             uint32_t i = h->nlmsg_seq - seq0;
             if (h->nlmsg_type != NLMSG_ERROR || i >= n)
