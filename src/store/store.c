@@ -841,6 +841,16 @@ defer_end(struct sbx_store *s, bool deferred)
     s->deferred++;
 }
 
+/* sbx_store_step_done (a row that must change) around a deferred commit. */
+static int
+deferred_step_done(struct sbx_store *s, sqlite3_stmt *st, const char *id, struct sbx_error **err)
+{
+    bool deferred = defer_begin(s);
+    int rc = sbx_store_step_done(s, st, true, id, err);
+    defer_end(s, deferred);
+    return rc;
+}
+
 int
 sbx_store_sandbox_insert(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                          struct sbx_error **err)
@@ -975,10 +985,7 @@ sbx_store_sandbox_adopt(struct sbx_store *s, const struct sbx_sandbox_rec *r,
                       SQLITE_TRANSIENT);
     bind_text_or_null(st, 15, r->network_json);
     sqlite3_bind_text(st, 16, r->id, -1, SQLITE_TRANSIENT);
-    bool deferred = defer_begin(s);
-    int rc = sbx_store_step_done(s, st, true, r->id, err);
-    defer_end(s, deferred);
-    return rc;
+    return deferred_step_done(s, st, r->id, err);
 }
 
 int
@@ -993,10 +1000,7 @@ sbx_store_sandbox_update_network(struct sbx_store *s, const char *id, bool allow
     sqlite3_bind_int(st, 1, allow_internet);
     bind_text_or_null(st, 2, network_json);
     sqlite3_bind_text(st, 3, id, -1, SQLITE_TRANSIENT);
-    bool deferred = defer_begin(s);
-    int rc = sbx_store_step_done(s, st, true, id, err);
-    defer_end(s, deferred);
-    return rc;
+    return deferred_step_done(s, st, id, err);
 }
 
 int
@@ -1034,10 +1038,7 @@ sbx_store_sandbox_delete(struct sbx_store *s, const char *id, struct sbx_error *
     if (sbx_store_prepare(s, "DELETE FROM sandboxes WHERE id = ?", &st, err) < 0)
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-    bool deferred = defer_begin(s);
-    int rc = sbx_store_step_done(s, st, true, id, err);
-    defer_end(s, deferred);
-    return rc;
+    return deferred_step_done(s, st, id, err);
 }
 
 static int
