@@ -482,6 +482,11 @@ class _FdPipe:
             self._pump()
 
     def watch(self):
+        # ipykernel >= 6.30 attributes a thread's output to the cell that was running when
+        # the thread started: for this thread, none (it starts with the kernel), and output
+        # of no cell is dropped. Unlisted, it writes under the running cell, as drain() does.
+        for name in ("_thread_to_parent_header", "_thread_to_parent"):
+            getattr(self.stream, name, {}).pop(threading.get_ident(), None)
         while True:
             try:
                 select.select([self.read_end], [], [])
@@ -507,14 +512,13 @@ def _drain_fd_output(*_args):
 
 def _redirect_fd_output():
     """Output written straight to fds 1 and 2 (C code, subprocesses) reaches the client
-    through ipykernel's pipe watcher. The one in Debian 12's ipykernel 6.17 decodes strictly
-    and dies at the first invalid UTF-8 byte, losing all later fd output of the kernel. This
-    installs a fresh pipe on each fd with a watcher that decodes with U+FFFD replacement; the
-    old watcher keeps waiting on a pipe nobody writes to any more."""
-    import ipykernel
-
-    if ipykernel.version_info >= (6, 30):
-        return  # its own watcher decodes with replacement (and attributes output to its cell)
+    through ipykernel's pipe watcher, which has two faults: nothing makes the end of a cell
+    wait for it, so what a cell wrote last can arrive after its reply (and the client drops
+    it) or with the next cell; and it decodes each read on its own, so a character split
+    between two reads becomes U+FFFD (6.17, Debian 12's, even dies at the first invalid
+    UTF-8 byte, losing all later fd output). This installs a fresh pipe on each fd with a
+    watcher that decodes incrementally with U+FFFD replacement and that the end of every cell
+    drains (_drain_fd_output); the old watcher keeps waiting on a pipe nobody writes to."""
     for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
         original = getattr(stream, "_original_stdstream_copy", None)
         if original is None or not hasattr(stream, "write"):

@@ -420,6 +420,9 @@ def test_output_flood_and_invalid_utf8(ci):
     out = "".join(bad.logs.stdout)
     # fd-level and Python-level output interleave in no fixed order.
     assert "a\ufffd\ufffdb\n" in out and out.count("\ufffd") == 3, repr(out)
+    # What a cell writes to fd 1 as its last act belongs to that cell, every time.
+    for i in range(30):
+        assert ci.run_code(f"os.write(1, b'fd{i}\\n')").logs.stdout == [f"fd{i}\n"]
     # The agent's memory did not keep the flood: the context still answers at once.
     assert ci.run_code("1 + 1").text == "2"
 
