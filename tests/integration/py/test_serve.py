@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from helpers import TestHost
+from helpers import TestHost, wait_for
 
 EXPORT = re.compile(r"^export (E2B_API_URL|E2B_SANDBOX_URL|E2B_API_KEY)=(\S+)$", re.M)
 
@@ -304,8 +304,10 @@ def test_a_sandboxs_client_error_is_logged_with_its_reason(sbx_daemon, tmp_path)
         sbx = Sandbox.create(timeout=60, api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
         with pytest.raises(Exception):
             sbx.files.read("/nonexistent-for-the-log")
-        line = next(x for x in d.log_path.read_text().splitlines() if " status=404 " in x)
-        assert " route=/files " in line and "/nonexistent-for-the-log" in line, line
+        # Logged once the proxied answer is over, which may be just after the client has it.
+        line = wait_for(lambda: next(
+            (x for x in d.log_path.read_text().splitlines() if " status=404 " in x), None))
+        assert line and " route=/files " in line and "/nonexistent-for-the-log" in line, line
 
 
 def test_a_browsers_error_page_is_logged_with_its_reason(sbx_daemon):
