@@ -5,6 +5,9 @@
  *  - v1 or hybrid (this project's dev VMs): /sys/fs/cgroup/<ctrl>/sbx/<id> for memory, pids,
  *    cpu and cpuacct (which may share one hierarchy, "cpu,cpuacct"), freezer and cpuset.
  * Memory limits include swap (memsw / swap.max) so that swap cannot bypass them. A sandbox
+ * is set up at the lowest CPU weight (cpu.shares / cpu.weight) and gets the default weight
+ * when its agent runs (sbx_cgroup_set_running): the setup of new sandboxes, each in a group
+ * of its own, would otherwise compete with every live sandbox as an equal. A sandbox
  * whose CPU quota is less than the host's CPUs also gets a cpuset of that many CPUs (see
  * sbx_cgroup_cpus). */
 #include <errno.h>
@@ -141,6 +144,12 @@ sbx_cgroup_check(const char **layout, struct sbx_error **err)
  * holds the sandbox's CPUs when it gets fewer than the host's; lxcfs also counts a reader's
  * CPUs from the quota of the cpu group at the path of its cpuset group, and the JVM wants a
  * cpuset group to find its limits. */
+/* The lowest weights, and the kernel's defaults (for v1 also a group's default). */
+#define V1_SETUP_SHARES   "2"
+#define V1_RUNNING_SHARES "1024"
+#define V2_SETUP_WEIGHT   "1"
+#define V2_RUNNING_WEIGHT "100"
+
 static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct", "freezer", "cpuset"};
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
 _Static_assert(N_V1 <= SBX_CGROUP_JOIN_MAX, "a join fd for each v1 controller");
@@ -269,6 +278,9 @@ v1_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
                 return -1;
         }
         /* The cpu knobs live wherever the cpu controller is, which may be the shared dir. */
+        if (exists_at(dirs[i], "cpu.shares") &&
+            write_at(dirs[i], "cpu.shares", V1_SETUP_SHARES, err) < 0)
+            return -1;
         if (lim->cpu_millis > 0 && exists_at(dirs[i], "cpu.cfs_quota_us")) {
             snprintf(val, sizeof(val), "%d", SBX_CPU_PERIOD_US);
             if (write_at(dirs[i], "cpu.cfs_period_us", val, err) < 0)
@@ -318,6 +330,8 @@ v2_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
         if (write_at(dir, "pids.max", val, err) < 0)
             return -1;
     }
+    if (write_at(dir, "cpu.weight", V2_SETUP_WEIGHT, err) < 0)
+        return -1;
     if (lim->cpu_millis > 0) {
         snprintf(val, sizeof(val), "%" PRIu64 " %d",
                  (uint64_t)lim->cpu_millis * SBX_CPU_PERIOD_US / 1000, SBX_CPU_PERIOD_US);
@@ -338,6 +352,22 @@ sbx_cgroup_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
     default:
         return sbx_error_set(err, SBX_FAILED_PRECONDITION, 0, "no usable cgroup hierarchy");
     }
+}
+
+int
+sbx_cgroup_set_running(const char *id, struct sbx_error **err)
+{
+    char dir[256];
+    if (sbx_cgroup_detect() == SBX_CGROUP_V2) {
+        snprintf(dir, sizeof(dir), CG_ROOT "/" CG_PARENT "/%s", id);
+        return write_at(dir, "cpu.weight", V2_RUNNING_WEIGHT, err);
+    }
+    char dirs[N_V1][256];
+    v1_dirs(id, dirs, false);
+    for (size_t i = 0; i < N_V1; i++)
+        if (dirs[i][0] && exists_at(dirs[i], "cpu.shares"))
+            return write_at(dirs[i], "cpu.shares", V1_RUNNING_SHARES, err);
+    return 0;
 }
 
 /* The sandbox's cgroup dirs, whatever the layout; returns how many. */

@@ -32,8 +32,10 @@ enum sbx_cgroup_layout { SBX_CGROUP_NONE, SBX_CGROUP_V1, SBX_CGROUP_V2 };
 enum sbx_cgroup_layout sbx_cgroup_detect(void);
 /* Whether the layout has every controller sandboxes use; *layout gets "v1" or "v2". */
 int sbx_cgroup_check(const char **layout, struct sbx_error **err);
-/* Creates the sandbox's cgroup(s) and writes the limits. */
+/* Creates the sandbox's cgroup(s) and writes the limits, with the lowest CPU weight. */
 int sbx_cgroup_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
+/* The default CPU weight, once the sandbox's setup is done. */
+int sbx_cgroup_set_running(const char *id, struct sbx_error **err);
 /* The CPUs the sandbox runs on (cpuset and affinity) when its quota is fewer CPUs than the
  * host's; false when it may use all of them. */
 bool sbx_cgroup_cpus(const struct sbx_sandbox_plan *plan, cpu_set_t *set);

@@ -719,6 +719,8 @@ sbx_sandbox_spawn_step(struct sbx_sandbox_spawning *s, pid_t *pid, uint64_t *sta
     uint64_t st = 0;
     if (rc == 0 && sbx_proc_start_time(s->pid, &st) < 0)
         rc = sbx_error_sys(err, errno, "read start time of %d", (int)s->pid);
+    if (rc == 0)
+        rc = sbx_cgroup_set_running(s->id, err);
     if (rc < 0)
         return sbx_error_prefix(err, "spawn %s", s->id);
     *pid = s->pid;

@@ -608,8 +608,31 @@ TEST(limits_reach_the_cgroup)
     /* The sandbox's PID 1 is the cgroup's member, with its whole tree. */
     read_knob(b.id, "pids", "cgroup.procs", v, sizeof(v));
     CHECK(atoi(v) == b.pid);
+    /* Running, it has the default CPU weight again (it was set up at the lowest). */
+    read_knob(b.id, "cpu", v2 ? "cpu.weight" : "cpu.shares", v, sizeof(v));
+    CHECK(strcmp(v, v2 ? "100" : "1024") == 0);
     box_destroy(&b);
     env_fini(&e);
+}
+
+/* A sandbox being set up competes for the CPU at the lowest weight: live sandboxes first. */
+TEST(setup_runs_at_the_lowest_cpu_weight)
+{
+    REQUIRE_ROOT();
+    char id[32];
+    snprintf(id, sizeof(id), "tweight%d", (int)getpid());
+    struct sbx_sandbox_plan plan = {.id = id, .limits = {.memory_bytes = 64 << 20}};
+    struct sbx_error *err = NULL;
+    CHECK(sbx_cgroup_create(&plan, &err) == 0);
+    bool v2 = sbx_cgroup_detect() == SBX_CGROUP_V2;
+    char v[32];
+    read_knob(id, "cpu", v2 ? "cpu.weight" : "cpu.shares", v, sizeof(v));
+    CHECK(strcmp(v, v2 ? "1" : "2") == 0);
+    CHECK(sbx_cgroup_set_running(id, &err) == 0);
+    read_knob(id, "cpu", v2 ? "cpu.weight" : "cpu.shares", v, sizeof(v));
+    CHECK(strcmp(v, v2 ? "100" : "1024") == 0);
+    CHECK(sbx_cgroup_remove(id, &err) == 0);
+    sbx_error_free(err);
 }
 
 TEST(destroy_leaves_nothing_and_sandboxes_are_apart)
