@@ -1,11 +1,14 @@
 #include "base/util.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 static int
 fill_random(void *p, size_t n)
@@ -143,6 +146,19 @@ sbx_secret_free(char *s)
         return;
     explicit_bzero(s, strlen(s));
     free(s);
+}
+
+void *
+sbx_dlopen_in(const char *dir, const char *soname)
+{
+    /* In a sandbox, by its path in dir (the agent runtime): never searched for in the
+     * template's root, whose files are the user's and must not run in the agent. */
+    if (access(dir, F_OK) != 0)
+        return dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/%s", dir, soname) >= (int)sizeof(path))
+        abort(); /* both are the caller's constants */
+    return dlopen(path, RTLD_NOW | RTLD_LOCAL);
 }
 
 bool

@@ -32,5 +32,8 @@ bool sbx_is_valid_id(const char *id, size_t max);
 bool sbx_secret_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* Overwrites then frees a secret string. */
 void sbx_secret_free(char *s);
+/* dlopen(3), RTLD_NOW | RTLD_LOCAL, of dir/soname when dir exists; elsewhere (unit tests,
+ * outside a sandbox) of soname, searched for by the loader. NULL on failure: see dlerror(). */
+void *sbx_dlopen_in(const char *dir, const char *soname);
 
 #endif

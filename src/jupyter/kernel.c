@@ -182,15 +182,11 @@ zmq_load(struct sbx_error **err)
 {
     if (zctx != NULL)
         return 0;
-    /* In a sandbox the agent runs from the agent runtime: libzmq by its path there (absent if
-     * the host has none), never searched for in the template's root, whose files are the
-     * user's and must not run in the agent. Its libraries come from the runtime too (the
-     * loader's --library-path, searched first). Elsewhere (unit tests): by its name. */
-    static const char in_runtime[] = SBX_AGENT_RUNTIME_PATH "/" SBX_ZMQ_SONAME;
-    const char *path = access(SBX_AGENT_RUNTIME_PATH, F_OK) == 0 ? in_runtime : SBX_ZMQ_SONAME;
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* From the agent runtime in a sandbox (absent if the host has no libzmq); its libraries
+     * come from there too (the loader's --library-path, searched first). */
+    void *lib = sbx_dlopen_in(SBX_AGENT_RUNTIME_PATH, SBX_ZMQ_SONAME);
     if (lib == NULL)
-        return sbx_error_set(err, SBX_UNAVAILABLE, 0, "load %s: %s", path, dlerror());
+        return sbx_error_set(err, SBX_UNAVAILABLE, 0, "load %s: %s", SBX_ZMQ_SONAME, dlerror());
 #define ZMQ_SYM(ret, name, args)                                                                   \
     if ((*(void **)&zmq.name = dlsym(lib, #name)) == NULL)                                         \
         return sbx_error_set(err, SBX_UNAVAILABLE, 0, "%s has no %s", SBX_ZMQ_SONAME, #name);

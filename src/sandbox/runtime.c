@@ -8,7 +8,7 @@
  *
  * --library-path is an argument of the loader, not LD_LIBRARY_PATH: what the agent starts
  * runs on the image's own libraries. Which libraries: what the host's own loader lists for
- * the agent and for libzmq, which it loads on its first kernel (`ld.so --list`, glibc's
+ * the agent and for libzmq and libssl, which it loads on first use (`ld.so --list`, glibc's
  * ldd), which resolves DT_NEEDED recursively exactly as an exec would; it maps the files but
  * runs none of their code. */
 #include <dirent.h>
@@ -57,7 +57,7 @@ elf_interp(const unsigned char *img, size_t len, char *out, size_t cap, struct s
     return sbx_error_set(err, SBX_INTERNAL, 0, "the agent has no interpreter: nothing to copy");
 }
 
-/* `interp --list --preload libzmq agent` into buf (NUL-terminated). */
+/* `interp --list --preload libzmq:libssl agent` into buf (NUL-terminated). */
 static int
 list_libraries(const char *interp, const char *agent, char *buf, size_t cap, struct sbx_error **err)
 {
@@ -69,10 +69,11 @@ list_libraries(const char *interp, const char *agent, char *buf, size_t cap, str
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_adddup2(&fa, out, 1);
     posix_spawn_file_actions_adddup2(&fa, out, 2);
-    /* --preload adds libzmq, which the agent loads only on its first kernel (dlopen), and
-     * its libraries to the list, resolved as the agent's own are. */
-    char *const argv[] = {(char *)interp, "--list",      "--preload",
-                          SBX_ZMQ_SONAME, (char *)agent, NULL};
+    /* --preload adds the libraries the agent loads only when it needs them (dlopen), and
+     * theirs, to the list, resolved as the agent's own are. */
+    char *const argv[] = {(char *)interp, "--list",
+                          "--preload",    SBX_ZMQ_SONAME ":" SBX_OPENSSL_SONAME,
+                          (char *)agent,  NULL};
     char *const envp[] = {NULL}; /* no LD_* of ours changes what it resolves */
     pid_t pid;
     int rc = posix_spawn(&pid, interp, &fa, NULL, argv, envp);

@@ -207,6 +207,9 @@ int sbx_uid_block_claim(int preferred, bool must_keep, int *block, struct sbx_er
 #define SBX_AGENT_RUNTIME_PATH   "/run/sbx-agent" /* on the sandbox's own /run tmpfs */
 #define SBX_AGENT_RUNTIME_LOADER "ld.so"
 #define SBX_AGENT_RUNTIME_AGENT  "agent"
+/* libssl (with libcrypto), which the agent loads on first use (src/agent/lazy_openssl.c) as it
+ * does libzmq (SBX_ZMQ_SONAME): the runtime bundles both although the agent starts without. */
+#define SBX_OPENSSL_SONAME "libssl.so.3"
 /* Makes the runtime for the agent image (if one with the same files is not there yet) and
  * removes every other; *dir (malloc): its host path, for plan.agent_runtime. Blocking. */
 int sbx_agent_runtime_make(const char *state_dir, const void *image, size_t len, char **dir,

@@ -315,11 +315,31 @@ srv.serve_forever()
 """
 
 
+def _agent_maps(sid):
+    """The file names the sandbox's agent (its PID 1) has mapped, read from the host."""
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/cgroup") as f:
+                if f"/sbx/{sid}" not in f.read():
+                    continue
+            with open(f"/proc/{p}/status") as f:
+                if not any(ln.startswith("NSpid:") and ln.split()[-1] == "1" for ln in f):
+                    continue
+            with open(f"/proc/{p}/maps") as f:
+                return {os.path.basename(ln.split()[-1]) for ln in f if "/" in ln}
+        except OSError:
+            pass
+    raise AssertionError(f"no agent found for {sid}")
+
+
 def test_https_ports_reach_a_service_that_serves_tls(sbx_daemon):
     """network.httpsPorts: the service serves HTTPS itself (a self-signed certificate); the
-    client still speaks plain HTTP (or TLS) to the daemon, and the agent speaks TLS to it."""
+    client still speaks plain HTTP (or TLS) to the daemon, and the agent speaks TLS to it. The
+    agent loads OpenSSL only then: every other sandbox is spared its start-up cost and memory."""
     s = Sandbox.create(timeout=120, network={"https_ports": [8443]})
     try:
+        s.commands.run("true")
+        assert not any(m.startswith(("libssl", "libcrypto")) for m in _agent_maps(s.sandbox_id))
         s.files.write("/tmp/index.html", "over tls\n")
         s.files.write("/tmp/https.py", HTTPS_SERVICE)
         s.commands.run("cd /tmp && python3 /tmp/https.py 8443 >/tmp/https.out 2>&1 &")
@@ -327,5 +347,6 @@ def test_https_ports_reach_a_service_that_serves_tls(sbx_daemon):
         assert wait_for(lambda: get(sbx_daemon, host, "/index.html")[0] == 200, 20)
         assert get(sbx_daemon, host, "/index.html")[2] == b"over tls\n"
         assert Sandbox.get_info(s.sandbox_id).network["https_ports"] == [8443]
+        assert {"libssl.so.3", "libcrypto.so.3"} <= _agent_maps(s.sandbox_id)
     finally:
         s.kill()
