@@ -36,6 +36,22 @@ def http_request(host, port, method, target, body=None, headers=None, timeout=30
         conn.close()
 
 
+def agent_host_pid(sid):
+    """The host pid of the sandbox's agent: the process in its cgroup that is PID 1 of its
+    PID namespace. None if there is none (not started, or gone)."""
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/cgroup") as f:
+                if f"/sbx/{sid}" not in f.read():
+                    continue
+            with open(f"/proc/{p}/status") as f:
+                if any(ln.startswith("NSpid:") and ln.split()[-1] == "1" for ln in f):
+                    return int(p)
+        except OSError:
+            pass
+    return None
+
+
 # -- hosts of a test's own, for network tests ------------------------------------------------
 
 # A TCP service for a test host: answers every connection with a short HTTP response naming

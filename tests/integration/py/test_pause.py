@@ -18,7 +18,7 @@ import pytest
 from e2b import Sandbox, SandboxNotFoundException, SandboxQuery, SandboxState
 from e2b_code_interpreter import Sandbox as CodeSandbox
 from conftest import own_daemon
-from helpers import wait_for
+from helpers import agent_host_pid, wait_for
 
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
@@ -295,7 +295,8 @@ def test_lost_processes_resume_from_the_disk(sandbox_factory, sbx_daemon):
     sbx.files.write("/home/user/keep", "k")
     boot = sbx.commands.run(BOOT_ID).stdout
     assert sbx.pause() is True
-    agent = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_agent_of(p, sbx.sandbox_id))
+    agent = agent_host_pid(sbx.sandbox_id)
+    assert agent is not None
     os.kill(agent, signal.SIGKILL)
     # A cgroup v1 frozen task dies only once thawed (v2 lets SIGKILL through).
     v1_freezer = f"/sys/fs/cgroup/freezer/sbx/{sbx.sandbox_id}/freezer.state"
@@ -307,17 +308,6 @@ def test_lost_processes_resume_from_the_disk(sandbox_factory, sbx_daemon):
     sbx.connect()
     assert sbx.files.read("/home/user/keep") == "k"
     assert sbx.commands.run(BOOT_ID).stdout != boot
-
-
-def _is_agent_of(pid, sid):
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            if f"/sbx/{sid}" not in f.read():
-                return False
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("NSpid:") and line.split()[-1] == "1" for line in f)
-    except OSError:
-        return False
 
 
 @pytest.mark.timeout(120)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2b import Sandbox
-from helpers import wait_for
+from helpers import agent_host_pid, wait_for
 
 SERVICES = Path(__file__).parent / "services"
 
@@ -316,20 +316,11 @@ srv.serve_forever()
 
 
 def _agent_maps(sid):
-    """The file names the sandbox's agent (its PID 1) has mapped, read from the host."""
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{p}/cgroup") as f:
-                if f"/sbx/{sid}" not in f.read():
-                    continue
-            with open(f"/proc/{p}/status") as f:
-                if not any(ln.startswith("NSpid:") and ln.split()[-1] == "1" for ln in f):
-                    continue
-            with open(f"/proc/{p}/maps") as f:
-                return {os.path.basename(ln.split()[-1]) for ln in f if "/" in ln}
-        except OSError:
-            pass
-    raise AssertionError(f"no agent found for {sid}")
+    """The file names the sandbox's agent has mapped, read from the host."""
+    pid = agent_host_pid(sid)
+    assert pid is not None, f"no agent found for {sid}"
+    with open(f"/proc/{pid}/maps") as f:
+        return {os.path.basename(ln.split()[-1]) for ln in f if "/" in ln}
 
 
 def test_https_ports_reach_a_service_that_serves_tls(sbx_daemon):
