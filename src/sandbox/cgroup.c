@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,17 +33,26 @@
 #define CG_ROOT   "/sys/fs/cgroup"
 #define CG_PARENT "sbx" /* every sandbox cgroup lives below this one */
 
+/* The layout cannot change under a running process, and every spawn and destroy asks for it
+ * a dozen times: read once. */
+static pthread_once_t layout_once = PTHREAD_ONCE_INIT;
+static enum sbx_cgroup_layout host_layout = SBX_CGROUP_NONE;
+
+static void
+read_layout(void)
+{
+    struct statfs sf;
+    if (statfs(CG_ROOT, &sf) == 0 && sf.f_type == CGROUP2_SUPER_MAGIC)
+        host_layout = SBX_CGROUP_V2;
+    else if (statfs(CG_ROOT "/memory", &sf) == 0 && sf.f_type == CGROUP_SUPER_MAGIC)
+        host_layout = SBX_CGROUP_V1;
+}
+
 enum sbx_cgroup_layout
 sbx_cgroup_detect(void)
 {
-    struct statfs sf;
-    if (statfs(CG_ROOT, &sf) < 0)
-        return SBX_CGROUP_NONE;
-    if (sf.f_type == CGROUP2_SUPER_MAGIC)
-        return SBX_CGROUP_V2;
-    if (statfs(CG_ROOT "/memory", &sf) == 0 && sf.f_type == CGROUP_SUPER_MAGIC)
-        return SBX_CGROUP_V1;
-    return SBX_CGROUP_NONE;
+    pthread_once(&layout_once, read_layout);
+    return host_layout;
 }
 
 /* The CPUs of a sandbox whose quota is fewer CPUs than the host has: that many, starting
@@ -154,16 +164,23 @@ static const char *const v1_ctrls[] = {"memory", "pids", "cpu", "cpuacct", "free
 #define N_V1 (sizeof(v1_ctrls) / sizeof(v1_ctrls[0]))
 _Static_assert(N_V1 <= SBX_CGROUP_JOIN_MAX, "a join fd for each v1 controller");
 
-/* Fills dirs[] with the distinct cgroup dirs of the sandbox (NULL where a controller shares
- * the hierarchy of an earlier one or is not mounted). Returns the count written. */
-static int
-v1_dirs(const char *id, char dirs[N_V1][256], bool parent_only)
+/* What the host's v1 hierarchies offer, read once like the layout (each spawn would otherwise
+ * stat every mount and probe every dir for its knobs). */
+static struct {
+    bool mounted[N_V1]; /* the first controller of a distinct mounted hierarchy */
+    bool shares[N_V1];  /* its hierarchy has cpu.shares */
+    bool quota[N_V1];   /* and cpu.cfs_quota_us (CONFIG_CFS_BANDWIDTH) */
+    bool memsw;         /* memory.memsw.limit_in_bytes: the kernel accounts swap */
+} v1;
+static pthread_once_t v1_once = PTHREAD_ONCE_INIT;
+
+static void
+read_v1(void)
 {
     struct stat seen[N_V1];
     int nseen = 0;
     for (size_t i = 0; i < N_V1; i++) {
-        dirs[i][0] = '\0';
-        char mnt[128];
+        char mnt[128], knob[160];
         snprintf(mnt, sizeof(mnt), CG_ROOT "/%s", v1_ctrls[i]);
         struct stat st;
         if (stat(mnt, &st) < 0)
@@ -175,12 +192,31 @@ v1_dirs(const char *id, char dirs[N_V1][256], bool parent_only)
         if (dup)
             continue;
         seen[nseen++] = st;
-        if (parent_only)
-            snprintf(dirs[i], 256, "%s/" CG_PARENT, mnt);
-        else
-            snprintf(dirs[i], 256, "%s/" CG_PARENT "/%s", mnt, id);
+        v1.mounted[i] = true;
+        /* A hierarchy's root group has the knobs its children get. */
+        snprintf(knob, sizeof(knob), "%s/cpu.shares", mnt);
+        v1.shares[i] = access(knob, F_OK) == 0;
+        snprintf(knob, sizeof(knob), "%s/cpu.cfs_quota_us", mnt);
+        v1.quota[i] = access(knob, F_OK) == 0;
     }
-    return nseen;
+    v1.memsw = access(CG_ROOT "/memory/memory.memsw.limit_in_bytes", F_OK) == 0;
+}
+
+/* Fills dirs[] with the distinct cgroup dirs of the sandbox (empty where a controller shares
+ * the hierarchy of an earlier one or is not mounted). */
+static void
+v1_dirs(const char *id, char dirs[N_V1][256], bool parent_only)
+{
+    pthread_once(&v1_once, read_v1);
+    for (size_t i = 0; i < N_V1; i++) {
+        dirs[i][0] = '\0';
+        if (!v1.mounted[i])
+            continue;
+        if (parent_only)
+            snprintf(dirs[i], 256, CG_ROOT "/%s/" CG_PARENT, v1_ctrls[i]);
+        else
+            snprintf(dirs[i], 256, CG_ROOT "/%s/" CG_PARENT "/%s", v1_ctrls[i], id);
+    }
 }
 
 static int
@@ -257,10 +293,17 @@ v1_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
         if (dirs[i][0] == '\0')
             continue;
         const char *c = v1_ctrls[i];
-        if (mkdir_ok(parents[i], err) < 0 ||
-            (strcmp(c, "cpuset") == 0 && v1_cpuset_parent(parents[i], err) < 0) ||
-            mkdir_ok(dirs[i], err) < 0 ||
-            (strcmp(c, "cpuset") == 0 && write_cpus(dirs[i], plan, err) < 0))
+        /* sbx/ is made (and a cpuset sbx/ given its CPUs) when a sandbox's group finds it
+         * missing: at the first spawn, or if something removed it while it was empty. */
+        if (mkdir(dirs[i], 0755) < 0 && errno != EEXIST) {
+            if (errno != ENOENT)
+                return sbx_error_sys(err, errno, "mkdir %s", dirs[i]);
+            if (mkdir_ok(parents[i], err) < 0 ||
+                (strcmp(c, "cpuset") == 0 && v1_cpuset_parent(parents[i], err) < 0) ||
+                mkdir_ok(dirs[i], err) < 0)
+                return -1;
+        }
+        if (strcmp(c, "cpuset") == 0 && write_cpus(dirs[i], plan, err) < 0)
             return -1;
         if (strcmp(c, "memory") == 0 && lim->memory_bytes > 0) {
             snprintf(val, sizeof(val), "%" PRIu64, lim->memory_bytes);
@@ -268,8 +311,7 @@ v1_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
                 return -1;
             /* memsw = memory + swap; equal to the memory limit means no swap at all.
              * Absent when the kernel runs without swap accounting. */
-            if (exists_at(dirs[i], "memory.memsw.limit_in_bytes") &&
-                write_at(dirs[i], "memory.memsw.limit_in_bytes", val, err) < 0)
+            if (v1.memsw && write_at(dirs[i], "memory.memsw.limit_in_bytes", val, err) < 0)
                 return -1;
         }
         if (strcmp(c, "pids") == 0 && lim->pids_max > 0) {
@@ -278,10 +320,9 @@ v1_create(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
                 return -1;
         }
         /* The cpu knobs live wherever the cpu controller is, which may be the shared dir. */
-        if (exists_at(dirs[i], "cpu.shares") &&
-            write_at(dirs[i], "cpu.shares", V1_SETUP_SHARES, err) < 0)
+        if (v1.shares[i] && write_at(dirs[i], "cpu.shares", V1_SETUP_SHARES, err) < 0)
             return -1;
-        if (lim->cpu_millis > 0 && exists_at(dirs[i], "cpu.cfs_quota_us")) {
+        if (lim->cpu_millis > 0 && v1.quota[i]) {
             snprintf(val, sizeof(val), "%d", SBX_CPU_PERIOD_US);
             if (write_at(dirs[i], "cpu.cfs_period_us", val, err) < 0)
                 return -1;
@@ -365,7 +406,7 @@ sbx_cgroup_set_running(const char *id, struct sbx_error **err)
     char dirs[N_V1][256];
     v1_dirs(id, dirs, false);
     for (size_t i = 0; i < N_V1; i++)
-        if (dirs[i][0] && exists_at(dirs[i], "cpu.shares"))
+        if (dirs[i][0] && v1.shares[i])
             return write_at(dirs[i], "cpu.shares", V1_RUNNING_SHARES, err);
     return 0;
 }
