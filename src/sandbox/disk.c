@@ -2,8 +2,9 @@
  * gets ENOSPC instead of filling the host's (design.md §2.3). This kernel has no
  * CONFIG_QUOTA, so project quotas on the state dir's ext4 are not an option; instead:
  *
- *   disks/blank-<bytes>.ext4            an empty ext4 of that size, formatted once with
- *                                       mke2fs (sparse: ~150 KiB allocated for 1 GiB)
+ *   disks/blank-<bytes>-sandbox.ext4    an ext4 of that size holding only the empty dirs
+ *                                       of disk_tree, formatted once with mke2fs (sparse:
+ *                                       ~150 KiB allocated for 1 GiB)
  *   <sandbox dir>/disk.img              per sandbox: a sparse copy of the blank (only its
  *                                       data extents are copied, ~0.2 ms)
  *
@@ -95,34 +96,64 @@ run_e2fsprogs(const char *tool, char *const argv[], struct sbx_error **err)
  * mount uses noinit_itable so they are never zeroed into the sparse image). A root dir of
  * another owner is a volume's (volume.c), whose root holds only what its users put there:
  * its lost+found goes (e2fsck would make one again if it needed it). */
+/* The dirs a sandbox's disk holds (sbx_disk_open_upper), made in the blank by mke2fs -d
+ * from a copy of this tree in tree_dir: a dir allocates a block, and allocating the first
+ * blocks of a fresh ext4 reads and builds its allocator's bitmaps, ~1 ms of every spawn when
+ * done at spawn. Host root's; upper/ and work/ 0700 like the sandbox dir they stand for. */
+static const struct {
+    const char *name;
+    mode_t mode;
+} disk_tree[] = {{"upper", 0700}, {"upper/root", 0755}, {"work", 0700}, {"work/root", 0755}};
+
 static int
-run_mke2fs(const char *path, uid_t root_owner, struct sbx_error **err)
+make_tree(const char *tree_dir, struct sbx_error **err)
+{
+    char p[4096];
+    if (mkdir(tree_dir, 0700) < 0)
+        return sbx_error_sys(err, errno, "mkdir %s", tree_dir);
+    for (size_t i = 0; i < sizeof(disk_tree) / sizeof(disk_tree[0]); i++)
+        if (sbx_pathf(p, sizeof(p), "%s/%s", tree_dir, disk_tree[i].name) < 0 ||
+            mkdir(p, 0700) < 0 || chmod(p, disk_tree[i].mode) < 0) /* exact, whatever the umask */
+            return sbx_error_sys(err, errno, "mkdir %s", p);
+    return 0;
+}
+
+static void
+remove_tree(const char *tree_dir)
+{
+    char p[4096];
+    for (size_t i = sizeof(disk_tree) / sizeof(disk_tree[0]); i-- > 0;)
+        if (sbx_pathf(p, sizeof(p), "%s/%s", tree_dir, disk_tree[i].name) == 0)
+            rmdir(p);
+    rmdir(tree_dir);
+}
+
+/* tree_dir: NULL, or the sandbox disk's tree is made there and copied into the image. */
+static int
+run_mke2fs(const char *path, uid_t root_owner, const char *tree_dir, struct sbx_error **err)
 {
     char extended[96];
     snprintf(extended, sizeof(extended), "lazy_itable_init=1,nodiscard,root_owner=%u:%u",
              (unsigned)root_owner, (unsigned)root_owner);
     char *const argv[] = {
-        "mke2fs",
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-b",
-        "4096",
-        "-i",
-        "16384",
-        "-I",
-        "256",
-        "-m",
-        "0",
+        "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-i", "16384", "-I", "256", "-m", "0",
         "-O",
         "none,ext_attr,dir_index,filetype,extent,64bit,flex_bg,sparse_super,large_file,"
         "huge_file,dir_nlink,extra_isize,metadata_csum",
-        "-E",
-        extended,
-        (char *)path,
-        NULL};
-    if (run_e2fsprogs("mke2fs", argv, err) < 0)
+        "-E", extended,
+        /* "-d tree path", or just "path": the argv ends at the first NULL */
+        tree_dir ? "-d" : (char *)path, (char *)tree_dir, (char *)path, NULL};
+    if (tree_dir) {
+        remove_tree(tree_dir); /* an earlier spawner's, left by a crash */
+        if (make_tree(tree_dir, err) < 0) {
+            remove_tree(tree_dir);
+            return sbx_error_prefix(err, "format %s", path);
+        }
+    }
+    int rc = run_e2fsprogs("mke2fs", argv, err);
+    if (tree_dir)
+        remove_tree(tree_dir);
+    if (rc < 0)
         return sbx_error_prefix(err, "format %s", path);
     char *const rmdir_argv[] = {"debugfs", "-w", "-R", "rmdir lost+found", (char *)path, NULL};
     if (root_owner != 0 && run_e2fsprogs("debugfs", rmdir_argv, err) < 0)
@@ -136,19 +167,21 @@ is_blank(const struct stat *st, uint64_t bytes)
     return S_ISREG(st->st_mode) && st->st_uid == 0 && (uint64_t)st->st_size == bytes;
 }
 
-/* Opens <disks_dir>/blank-<bytes>.ext4 (blank-<bytes>-u<owner>.ext4 for a root dir of
- * another owner), formatting it first if it does not exist yet (once per size, owner and
- * state dir; formatted under a temporary name and renamed, so a crash never leaves a
- * half-formatted blank under the real name). */
+/* Opens <disks_dir>/blank-<bytes>-sandbox.ext4, a sandbox's disk with its tree (root_owner
+ * 0), or blank-<bytes>-u<owner>.ext4, an empty root dir of that owner (a volume's),
+ * formatting it first if it does not exist yet (once per size, owner and state dir;
+ * formatted under a temporary name and renamed, so a crash never leaves a half-formatted
+ * blank under the real name). */
 static int
 open_blank(const char *dir, uint64_t bytes, uid_t root_owner, struct sbx_error **err)
 {
-    char path[4096], tmp[4096], owner[24] = "";
+    char path[4096], tmp[4096], tree[4096], kind[24] = "-sandbox";
     if (root_owner != 0)
-        snprintf(owner, sizeof(owner), "-u%u", (unsigned)root_owner);
-    if (sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 "%s.ext4", dir, bytes, owner) < 0 ||
-        sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 "%s.%d", dir, bytes, owner,
-                  (int)getpid()) < 0)
+        snprintf(kind, sizeof(kind), "-u%u", (unsigned)root_owner);
+    if (sbx_pathf(path, sizeof(path), "%s/blank-%" PRIu64 "%s.ext4", dir, bytes, kind) < 0 ||
+        sbx_pathf(tmp, sizeof(tmp), "%s/.blank-%" PRIu64 "%s.%d", dir, bytes, kind, (int)getpid()) <
+            0 ||
+        sbx_pathf(tree, sizeof(tree), "%s/.tree-%" PRIu64 ".%d", dir, bytes, (int)getpid()) < 0)
         return sbx_error_sys(err, errno, "blank image path");
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
@@ -180,7 +213,7 @@ open_blank(const char *dir, uint64_t bytes, uid_t root_owner, struct sbx_error *
             unlink(tmp);
             return sbx_error_sys(err, e, "size %s", tmp);
         }
-        if (run_mke2fs(tmp, root_owner, err) < 0) {
+        if (run_mke2fs(tmp, root_owner, root_owner == 0 ? tree : NULL, err) < 0) {
             unlink(tmp);
             return -1;
         }
@@ -386,21 +419,13 @@ sbx_ext4_mount(const char *dev, unsigned int attrs, struct sbx_error **err)
     return m;
 }
 
-/* mkdir name below dirfd with an exact mode and owner, or with exists, the dir an earlier
- * boot made; returns an O_PATH fd of it. */
+/* The dir name below dirfd, one of the blank's tree (disk_tree), as an O_PATH fd; owner
+ * given to it first unless it is (uid_t)-1. The filesystem is ours alone and was only ever
+ * written by our mke2fs and the kernel, but never follow a link all the same. */
 static int
-make_dir(int dirfd, const char *name, mode_t mode, uid_t owner, bool exists, struct sbx_error **err)
+open_dir(int dirfd, const char *name, uid_t owner, struct sbx_error **err)
 {
-    if (exists) {
-        int fd = openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        return fd >= 0 ? fd : sbx_error_sys(err, errno, "open %s", name);
-    }
-    if (mkdirat(dirfd, name, mode) < 0)
-        return sbx_error_sys(err, errno, "mkdir %s", name);
-    /* The filesystem is brand new and ours alone: nothing can have raced us to the name,
-     * but never follow a link all the same. */
-    if (fchownat(dirfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0 ||
-        fchmodat(dirfd, name, mode, 0) < 0)
+    if (owner != (uid_t)-1 && fchownat(dirfd, name, owner, owner, AT_SYMLINK_NOFOLLOW) < 0)
         return sbx_error_sys(err, errno, "set owner of %s", name);
     int fd = openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
@@ -429,20 +454,14 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
         return sbx_error_prefix(err, "%s on %s", path, dev);
     int m = out->mount_fd;
     /* upper/ and work/ themselves: host root only, like the sandbox dir they replace.
-     * Overlayfs works in them with the mounter's (host root's) credentials. The sandbox only
-     * ever sees what is inside upper/root, so on a reboot these two are still
-     * the dirs this code made. */
-    bool r = plan->reboot;
-    _cleanup_close_ int upper = make_dir(m, "upper", 0700, 0, r, err);
-    _cleanup_close_ int work = upper < 0 ? -1 : make_dir(m, "work", 0700, 0, r, err);
-    if (upper < 0 || work < 0) {
-        sbx_upper_dirs_close(out);
-        return -1;
-    }
-    /* Their subdirectories' owner and mode are what the sandbox sees for /. */
-    uid_t u = plan->host_uid_base;
-    if ((out->upper_root = make_dir(upper, "root", 0755, u, r, err)) < 0 ||
-        (out->work_root = make_dir(work, "root", 0755, u, r, err)) < 0) {
+     * Overlayfs works in them with the mounter's (host root's) credentials. The owner of
+     * their root/ subdirectories is what the sandbox sees for /: given at the first boot
+     * and kept by a reboot (the sandbox only ever sees what is inside upper/root). */
+    uid_t u = plan->reboot ? (uid_t)-1 : plan->host_uid_base;
+    _cleanup_close_ int upper = open_dir(m, "upper", (uid_t)-1, err);
+    _cleanup_close_ int work = upper < 0 ? -1 : open_dir(m, "work", (uid_t)-1, err);
+    if (upper < 0 || work < 0 || (out->upper_root = open_dir(upper, "root", u, err)) < 0 ||
+        (out->work_root = open_dir(work, "root", u, err)) < 0) {
         sbx_upper_dirs_close(out);
         return -1;
     }
