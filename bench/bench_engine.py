@@ -6,8 +6,8 @@
   busy     commands.run("true") on one sandbox while 20 sandboxes are created at once,
            against its idle round trip
   rate     base sandboxes created and killed for a while by 1, 4 and 16 concurrent clients
-           (creates/s, without pools), with commands.run("true") on another sandbox meanwhile;
-           against crun (an OCI container: read-only root with the host's /usr, its own
+           (creates/s, without pools), with commands.run("true") on another sandbox meanwhile
+           (also while the baselines run, so that all carry the same extra load); against crun (an OCI container: read-only root with the host's /usr, its own
            namespaces and cgroup), bwrap and unshare starting /bin/true at the same concurrency
   density  resident memory of idle base and idle code-interpreter sandboxes (kernel warm),
            as sandboxes per GiB; then N live base sandboxes and list/create round trips
@@ -203,9 +203,10 @@ def rate_of(fn, clients, seconds):
     return sum(done) / seconds
 
 
-def rate_point(d, probe, clients, seconds):
-    """Creates+kills per second on d at this concurrency, and commands.run's latency on
-    probe (a sandbox of d) meanwhile."""
+def rate_point(cycle, probe, clients, seconds):
+    """cycle() calls per second at this concurrency, and commands.run's latency on probe (an
+    sbx sandbox) meanwhile. The probe pokes during every engine's points, sbx's and the
+    baselines' alike, so that each rate is measured under the same extra load."""
     lat = []
     stop = threading.Event()
 
@@ -216,16 +217,19 @@ def rate_point(d, probe, clients, seconds):
             lat.append((time.perf_counter() - t0) * 1000)
             time.sleep(0.01)
 
-    def cycle():
-        _, sid = server_create_ms(d, "base")
-        delete(d, sid)
-
     t = threading.Thread(target=poke)
     t.start()
     r = rate_of(cycle, clients, seconds)
     stop.set()
     t.join()
     return r, lat
+
+
+def sbx_cycle(d):
+    def cycle():
+        _, sid = server_create_ms(d, "base")
+        delete(d, sid)
+    return cycle
 
 
 def bench_rate(seconds, baseline_bin=None, rounds=1):
@@ -250,12 +254,12 @@ def bench_rate(seconds, baseline_bin=None, rounds=1):
                     Daemon("--pool", "base=0", "--pool", "code-interpreter-v1=0",
                            *([] if net == "network" else ["--network-cidr", "off"]),
                            binary=binary))
-                ds.append((name, d, Sandbox.create(timeout=600)))  # the SDK talks to d now
+                ds.append((name, d, Sandbox.create(timeout=3600)))  # d now; outlives every point
             for clients in (1, 4, 16):
                 got = {name: ([], []) for name, _, _ in ds}
                 for _ in range(rounds):
                     for name, d, probe in ds:
-                        r, lat = rate_point(d, probe, clients, seconds)
+                        r, lat = rate_point(sbx_cycle(d), probe, clients, seconds)
                         got[name][0].append(r)
                         got[name][1].extend(lat)
                 line = f"{net:<10} clients={clients:<3}"
@@ -268,15 +272,16 @@ def bench_rate(seconds, baseline_bin=None, rounds=1):
                 print(line, flush=True)
                 for name, _, _ in ds:
                     report(f"  commands.run('true') meanwhile, {name}", got[name][1])
+            if net == "no network":
+                for clients in (1, 4, 16):
+                    line = f"clients={clients:<3}"
+                    for name, fn in baselines:
+                        b, _ = rate_point(fn, ds[0][2], clients, seconds)
+                        line += (f"  {name} {b:6.1f}/s (sbx {rates[('network', clients, 'sbx')] / b:.2f}x,"
+                                 f" no network {rates[('no network', clients, 'sbx')] / b:.2f}x)")
+                    print(line, flush=True)
             for _, _, probe in ds:
                 probe.kill()
-    for clients in (1, 4, 16):
-        line = f"clients={clients:<3}"
-        for name, fn in baselines:
-            b = rate_of(fn, clients, seconds)
-            line += (f"  {name} {b:6.1f}/s (sbx {rates[('network', clients, 'sbx')] / b:.2f}x,"
-                     f" no network {rates[('no network', clients, 'sbx')] / b:.2f}x)")
-        print(line, flush=True)
     tmp.cleanup()
     missing = [c for c in ("crun", "bwrap") if not shutil.which(c)]
     if missing:
