@@ -7,8 +7,9 @@
            against its idle round trip
   rate     base sandboxes created and killed for a while by 1, 4 and 16 concurrent clients
            (creates/s, without pools), with commands.run("true") on another sandbox meanwhile
-           (also while the baselines run, so that all carry the same extra load); against crun (an OCI container: read-only root with the host's /usr, its own
-           namespaces and cgroup), bwrap and unshare starting /bin/true at the same concurrency
+           (also while the baselines run, so that all carry the same extra load); against
+           crun (an OCI container: read-only root with the host's /usr, its own namespaces
+           and cgroup), bwrap and unshare starting /bin/true at the same concurrency
   density  resident memory of idle base and idle code-interpreter sandboxes (kernel warm),
            as sandboxes per GiB; then N live base sandboxes and list/create round trips
            among them

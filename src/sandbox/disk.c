@@ -89,13 +89,6 @@ run_e2fsprogs(const char *tool, char *const argv[], struct sbx_error **err)
     return 0;
 }
 
-/* Formats path as ext4 with explicit options, so the host's /etc/mke2fs.conf cannot change
- * what we get: no journal (the filesystem dies with the sandbox, and a journal costs writes
- * and space), no reserved blocks (sandbox root has no CAP_SYS_RESOURCE over this ext4, so
- * reserved blocks would just be lost), uninitialised inode tables (lazy_itable_init; the
- * mount uses noinit_itable so they are never zeroed into the sparse image). A root dir of
- * another owner is a volume's (volume.c), whose root holds only what its users put there:
- * its lost+found goes (e2fsck would make one again if it needed it). */
 /* The dirs a sandbox's disk holds (sbx_disk_open_upper), made in the blank by mke2fs -d
  * from a copy of this tree in tree_dir: a dir allocates a block, and allocating the first
  * blocks of a fresh ext4 reads and builds its allocator's bitmaps, ~1 ms of every spawn when
@@ -128,7 +121,14 @@ remove_tree(const char *tree_dir)
     rmdir(tree_dir);
 }
 
-/* tree_dir: NULL, or the sandbox disk's tree is made there and copied into the image. */
+/* Formats path as ext4 with explicit options, so the host's /etc/mke2fs.conf cannot change
+ * what we get: no journal (the filesystem dies with the sandbox, and a journal costs writes
+ * and space), no reserved blocks (sandbox root has no CAP_SYS_RESOURCE over this ext4, so
+ * reserved blocks would just be lost), uninitialised inode tables (lazy_itable_init; the
+ * mount uses noinit_itable so they are never zeroed into the sparse image). A root dir of
+ * another owner is a volume's (volume.c), whose root holds only what its users put there:
+ * its lost+found goes (e2fsck would make one again if it needed it).
+ * tree_dir: NULL, or the sandbox disk's tree is made there and copied into the image. */
 static int
 run_mke2fs(const char *path, uid_t root_owner, const char *tree_dir, struct sbx_error **err)
 {
