@@ -181,6 +181,9 @@ int sbx_spawner_sweep_start(struct sbx_error **err);
 /* Moves the dir of sandbox id into trash (its name is free when this returns) and wakes the
  * sweeper. A dir already gone is not an error. */
 int sbx_spawner_sweep(const char *dir, const char *id, struct sbx_error **err);
+/* Wakes the sweeper (starting another if it died): to empty trash, and to refill the stock
+ * of ready disk images after a create took one. */
+void sbx_spawner_sweep_poke(void);
 /* Reaps the sweeper if it has died (SIGCHLD); the next sweep starts another. */
 void sbx_spawner_sweep_reap(void);
 

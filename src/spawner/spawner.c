@@ -605,6 +605,8 @@ handle_spawn(const struct sbx_spawner_msg *m, int config_fd)
         sbx_spawner_spawn_refused(s, err);
         return;
     }
+    if (plan.limits.disk_bytes > 0 && !plan.reboot)
+        sbx_spawner_sweep_poke(); /* it took a ready disk image, or found none */
     sbx_spawner_watch_spawn(s);
 }
 

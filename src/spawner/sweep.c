@@ -9,7 +9,10 @@
  * The sweeper is host root like us and removes only what it finds in the trash dir it was
  * given as an fd, never following a symlink (sbx_fs_clear_dir). It takes no request but a
  * wake-up byte: nothing it reads names a path. What it has not removed when it or we die
- * stays in trash, and the next sweeper removes it. */
+ * stays in trash, and the next sweeper removes it.
+ *
+ * At each wake-up it also refills the stock of ready disk images that creates take
+ * (sbx_disk_stock_fill, disk.c), in the disks dir it was given as an fd. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -30,14 +33,15 @@
 #define TRASH_DIR "trash"
 
 static struct {
-    char *dir;  /* <state>/trash */
-    int poke;   /* write end of the sweeper's pipe; -1: no sweeper */
-    pid_t pid;  /* the sweeper */
-    uint64_t n; /* names made unique within this spawner */
+    char *dir;   /* <state>/trash */
+    char *disks; /* <state>/disks */
+    int poke;    /* write end of the sweeper's pipe; -1: no sweeper */
+    pid_t pid;   /* the sweeper */
+    uint64_t n;  /* names made unique within this spawner */
 } sw = {.poke = -1};
 
 __attribute__((noreturn)) static void
-sweeper_main(int wake, int trash)
+sweeper_main(int wake, int trash, int disks)
 {
     prctl(PR_SET_NAME, "sbx-sweeper");
     /* It dies with the spawner's end of the pipe (EOF below), not with the signals the
@@ -53,30 +57,57 @@ sweeper_main(int wake, int trash)
         if (n < 0 && errno == EINTR)
             continue;
         sbx_sandbox_trash_empty(trash);
+        _cleanup_error_ struct sbx_error *err = NULL;
+        if (n > 0 && sbx_disk_stock_fill(disks, &err) < 0)
+            sbx_log_warn("disk_stock", "error=\"%s\"", err->msg); /* creates copy the blank */
         if (n <= 0)
             _exit(0); /* the spawner is gone; what is left waits for the next sweeper */
     }
+}
+
+/* Opens dir, made if missing: root-owned and 0700, as the sandbox dirs it receives and the
+ * disk images it holds are. */
+static int
+open_root_dir(const char *dir, struct sbx_error **err)
+{
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return sbx_error_sys(err, errno, "mkdir %s", dir);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        sbx_error_sys(err, errno, "open %s", dir);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (st.st_uid != 0 || (st.st_mode & 0077)) {
+        close(fd);
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory", dir);
+    }
+    return fd;
 }
 
 /* Forks a sweeper, woken once at once for what an earlier one left. */
 static int
 sweeper_start(struct sbx_error **err)
 {
-    _cleanup_close_ int trash = open(sw.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (trash < 0)
-        return sbx_error_sys(err, errno, "open %s", sw.dir);
+    _cleanup_close_ int trash = open_root_dir(sw.dir, err);
+    _cleanup_close_ int disks = trash < 0 ? -1 : open_root_dir(sw.disks, err);
+    if (disks < 0)
+        return -1;
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return sbx_error_sys(err, errno, "pipe");
     pid_t pid = fork();
     if (pid == 0) {
-        /* Nothing of ours but its pipe and trash: the channel, pidfds and sockets go. Both
-         * are lifted first, so that neither dup2 can clobber the other. */
-        int w = fcntl(p[0], F_DUPFD, 100), t = fcntl(trash, F_DUPFD, 100);
-        if (w < 0 || t < 0 || dup2(w, 3) < 0 || dup2(t, 4) < 0)
+        /* Nothing of ours but its pipe, trash and disks: the channel, pidfds and sockets go.
+         * All are lifted first, so that no dup2 can clobber another. */
+        int w = fcntl(p[0], F_DUPFD, 100), t = fcntl(trash, F_DUPFD, 100),
+            k = fcntl(disks, F_DUPFD, 100);
+        if (w < 0 || t < 0 || k < 0 || dup2(w, 3) < 0 || dup2(t, 4) < 0 || dup2(k, 5) < 0)
             _exit(1);
-        close_range(5, ~0U, 0);
-        sweeper_main(3, 4);
+        close_range(6, ~0U, 0);
+        sweeper_main(3, 4, 5);
     }
     close(p[0]);
     if (pid < 0) {
@@ -90,8 +121,8 @@ sweeper_start(struct sbx_error **err)
     return 0;
 }
 
-static void
-poke(void)
+void
+sbx_spawner_sweep_poke(void)
 {
     if (sw.poke >= 0 && (write(sw.poke, "", 1) == 1 || errno == EAGAIN))
         return; /* a full pipe already holds wake-ups */
@@ -108,15 +139,9 @@ poke(void)
 int
 sbx_spawner_sweep_start(struct sbx_error **err)
 {
-    if (asprintf(&sw.dir, "%s/" TRASH_DIR, sbx_spawner_state_dir()) < 0)
+    if (asprintf(&sw.dir, "%s/" TRASH_DIR, sbx_spawner_state_dir()) < 0 ||
+        (sw.disks = strdup(sbx_spawner_disks_dir())) == NULL)
         abort();
-    /* Root only, like the sandbox dirs it receives (their disk images are host root's). */
-    if (mkdir(sw.dir, 0700) < 0 && errno != EEXIST)
-        return sbx_error_sys(err, errno, "mkdir %s", sw.dir);
-    struct stat st;
-    if (lstat(sw.dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
-        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory",
-                             sw.dir);
     return sweeper_start(err);
 }
 
@@ -139,6 +164,6 @@ sbx_spawner_sweep(const char *dir, const char *id, struct sbx_error **err)
         return sbx_error_set(err, SBX_INTERNAL, ENAMETOOLONG, "trash path");
     if (rename(dir, to) < 0)
         return errno == ENOENT ? 0 : sbx_error_sys(err, errno, "move %s to %s", dir, to);
-    poke();
+    sbx_spawner_sweep_poke();
     return 0;
 }

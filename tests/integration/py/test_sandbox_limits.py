@@ -257,3 +257,41 @@ async def test_reported_resources_through_the_async_sdk(async_sandbox):
     print(f"info {info.cpu_count}/{info.memory_mb}, metrics {metrics}, inside {r.stdout}")
     assert (info.cpu_count, info.memory_mb << 20) == (q / p, m) == (nproc, mem_total)
     assert (metrics.cpu_count, metrics.mem_total, metrics.disk_total) == (nproc, mem_total, df_size)
+
+
+def _wait_for(predicate, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_creates_take_ready_disks_each_once(sbx_daemon, tmp_path):
+    """The sweeper keeps copies of the blank disk ready on disk (disks/ready/) and a create
+    takes one: every sandbox still gets a disk of its own, never one another sandbox had,
+    and the stock is refilled with new copies. Copies of a blank that is gone are removed."""
+    with own_daemon(sbx_daemon, tmp_path,
+                    "--pool base=0 --pool code-interpreter-v1=0 --disk-mb 64") as d:
+        conn = dict(api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
+        ready = Path(d.state_dir, "disks", "ready")
+        first = Sandbox.create(timeout=120, **conn)  # the first create formats the blank
+        _wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == 8)
+        stock = {p.stat().st_ino for p in ready.iterdir()}
+        sbs = [Sandbox.create(timeout=120, **conn) for _ in range(3)]
+        disks = [os.stat(Path(d.state_dir, "sandboxes", s.sandbox_id, "disk.img")).st_ino
+                 for s in sbs]
+        assert len(set(disks)) == 3 and set(disks) <= stock
+        # Refilled with copies no sandbox has had.
+        _wait_for(lambda: len(list(ready.iterdir())) == 8)
+        assert not {p.stat().st_ino for p in ready.iterdir()} & set(disks)
+        # Each disk is its own: a file written in one sandbox is in no other.
+        run(sbs[0], "echo mine > ~/mine")
+        assert [run(s, "cat ~/mine 2>/dev/null || echo none").stdout for s in sbs] == [
+            "mine\n", "none\n", "none\n"]
+        # A copy of a blank made anew or removed is never taken, and goes at the next fill.
+        stale = ready / "blank-1-sandbox.ext4.1.0"
+        stale.write_bytes(b"")
+        for s in sbs + [first]:
+            s.kill()
+        _wait_for(lambda: not stale.exists())
+        assert len(list(ready.iterdir())) == 8
