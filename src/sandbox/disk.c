@@ -383,7 +383,7 @@ open_entries(int dir)
 }
 
 int
-sbx_disk_stock_fill(int disks, struct sbx_error **err)
+sbx_disk_stock_refill(int disks, struct sbx_error **err)
 {
     if (mkdirat(disks, STOCK_DIR, 0700) < 0 && errno != EEXIST)
         return sbx_error_sys(err, errno, "mkdir " STOCK_DIR);
@@ -413,11 +413,11 @@ sbx_disk_stock_fill(int disks, struct sbx_error **err)
         for (unsigned i = 0; rc == 0 && i < STOCK_COPIES; i++)
             if ((rc = stock_name(copy, sizeof(copy), name, st.st_ino, i)) == 0 &&
                 faccessat(ready, copy, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
-                rc = make_copy(blank, bytes, ready, copy, err);
+                rc = make_copy(blank, bytes, ready, copy, err) < 0 ? -1 : 1;
     }
     closedir(d);
-    /* Copies of blanks that are gone or were made anew, and a copy cut short. */
-    if ((d = open_entries(ready)) == NULL)
+    /* Full: copies of blanks that are gone or were made anew go, and a copy cut short. */
+    if (rc != 0 || (d = open_entries(ready)) == NULL)
         return rc;
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         bool kept = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;

@@ -270,9 +270,10 @@ int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **er
 /* Removes every entry of the dir trash_fd (sandbox dirs a destroy moved there whole, instead of
  * removing them, with sbx_sandbox_stop then a rename), without following symlinks. */
 void sbx_sandbox_trash_empty(int trash_fd);
-/* Keeps ready, on disk, a few copies of each sandbox blank in the disks dir disks_fd, for
- * creates to take (disk.c); removes copies no create can take any more. */
-int sbx_disk_stock_fill(int disks_fd, struct sbx_error **err);
+/* The stock of ready disk images that creates take (disk.c): makes one missing copy of a
+ * sandbox blank in the disks dir disks_fd and returns 1, or, with none missing, removes
+ * copies no create can take any more and returns 0. */
+int sbx_disk_stock_refill(int disks_fd, struct sbx_error **err);
 /* The same but the sandbox dir stays, with the writable layer: what a filesystem-only pause
  * keeps for a later boot (plan.reboot). Its memory and processes are gone when it returns. */
 int sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err);

@@ -184,6 +184,9 @@ int sbx_spawner_sweep(const char *dir, const char *id, struct sbx_error **err);
 /* Wakes the sweeper (starting another if it died): to empty trash, and to refill the stock
  * of ready disk images after a create took one. */
 void sbx_spawner_sweep_poke(void);
+/* At our exit: the sweeper ends once trash is empty, or after the copy it is making; so that
+ * nothing writes in the state dir once we are gone. */
+void sbx_spawner_sweep_stop(void);
 /* Reaps the sweeper if it has died (SIGCHLD); the next sweep starts another. */
 void sbx_spawner_sweep_reap(void);
 

@@ -1016,6 +1016,7 @@ sbx_spawner_main(const struct sbx_spawner_config *cfg, int channel)
     uv_poll_init(sp.loop, &sp.channel_poll, channel);
     channel_update();
     uv_run(sp.loop, UV_RUN_DEFAULT);
+    sbx_spawner_sweep_stop();
     /* Sandboxes outlive the daemon, and so do their rules; with none left, the table goes
      * (a next start makes it again). */
     bool running = false;

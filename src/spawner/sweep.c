@@ -15,6 +15,7 @@
  * (sbx_disk_stock_fill, disk.c), in the disks dir it was given as an fd. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,14 @@ static struct {
     uint64_t n;  /* names made unique within this spawner */
 } sw = {.poke = -1};
 
+/* The spawner has closed its end of the pipe (what it wrote before may still be there). */
+static bool
+spawner_gone(int wake)
+{
+    struct pollfd p = {.fd = wake, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
+}
+
 __attribute__((noreturn)) static void
 sweeper_main(int wake, int trash, int disks)
 {
@@ -57,11 +66,16 @@ sweeper_main(int wake, int trash, int disks)
         if (n < 0 && errno == EINTR)
             continue;
         sbx_sandbox_trash_empty(trash);
-        _cleanup_error_ struct sbx_error *err = NULL;
-        if (n > 0 && sbx_disk_stock_fill(disks, &err) < 0)
-            sbx_log_warn("disk_stock", "error=\"%s\"", err->msg); /* creates copy the blank */
         if (n <= 0)
             _exit(0); /* the spawner is gone; what is left waits for the next sweeper */
+        /* A copy at a time, until none is missing or the spawner has gone (it waits for us
+         * at its exit). A failure leaves creates to copy the blank themselves. */
+        int rc;
+        _cleanup_error_ struct sbx_error *err = NULL;
+        while ((rc = sbx_disk_stock_refill(disks, &err)) > 0 && !spawner_gone(wake))
+            ;
+        if (rc < 0)
+            sbx_log_warn("disk_stock", "error=\"%s\"", err->msg);
     }
 }
 
@@ -143,6 +157,17 @@ sbx_spawner_sweep_start(struct sbx_error **err)
         (sw.disks = strdup(sbx_spawner_disks_dir())) == NULL)
         abort();
     return sweeper_start(err);
+}
+
+void
+sbx_spawner_sweep_stop(void)
+{
+    if (sw.poke >= 0)
+        close(sw.poke);
+    sw.poke = -1;
+    if (sw.pid > 0)
+        waitpid(sw.pid, NULL, 0);
+    sw.pid = 0;
 }
 
 void
