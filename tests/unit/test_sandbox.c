@@ -19,7 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+#include <jansson.h>
 #include <linux/magic.h>
+#include <sqlite3.h>
 #include <linux/nsfs.h>
 #include <sys/ioctl.h>
 
@@ -1252,6 +1255,32 @@ TEST(layer_store_import_and_gc)
     CHECK(sbx_layer_exists(e.state, key));
     CHECK(sbx_layers_gc(e.state, NULL, 0, &err) == 1);
     CHECK(!sbx_layer_exists(e.state, key));
+    env_fini(&e);
+}
+
+TEST(forks_after_a_spawn_have_every_library)
+{
+    REQUIRE_ROOT();
+    struct env e;
+    env_init(&e);
+    struct box b;
+    struct sbx_error *err = NULL;
+    CHECK(box_spawn(&e, &b, "forks", BASE_A, NULL, default_limits, "exit 0", &err) == 0);
+    box_wait(&b);
+    /* A sandbox's clone leaves most libraries out of its child (spawn.c, advise_foreign);
+     * any later fork, as the spawner's jobs are, runs their code. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *s = json_dumps(json_pack("{s:i}", "a", 1), JSON_COMPACT);
+        _exit(s != NULL && strcmp(s, "{\"a\":1}") == 0 && sqlite3_libversion_number() > 0 &&
+                      curl_version() != NULL
+                  ? 0
+                  : 1);
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    box_destroy(&b);
     env_fini(&e);
 }
 
