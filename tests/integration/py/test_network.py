@@ -187,6 +187,11 @@ def test_no_network_leftovers_after_cycles_restart_and_kill9(sbx_daemon, tmp_pat
                                     capture_output=True, text=True, check=True).stdout
     with own_daemon(sbx_daemon, tmp_path, "--pool base=1 --pool code-interpreter-v1=0") as d:
         table = d.network()["table"]
+        # The front end points DNS at itself once connected to the spawner (before any
+        # create, but maybe after the daemon answers): count the rules with those in.
+        assert wait_for(lambda: "dport 53" in subprocess.run(
+            ["nft", "list", "chain", "inet", table, "nat_prerouting"], capture_output=True,
+            text=True, check=True).stdout, 30)
         _, rules_at_start = rule_elements(table)
         opts = dict(api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
         t0 = time.monotonic()

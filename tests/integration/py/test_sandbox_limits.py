@@ -15,6 +15,7 @@ import pytest
 from e2b import CommandExitException, Sandbox
 
 from conftest import own_daemon
+from helpers import wait_for
 
 
 def run(sbx, cmd, user=None, timeout=120):
@@ -259,13 +260,6 @@ async def test_reported_resources_through_the_async_sdk(async_sandbox):
     assert (metrics.cpu_count, metrics.mem_total, metrics.disk_total) == (nproc, mem_total, df_size)
 
 
-def _wait_for(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_creates_take_ready_disks_each_once(sbx_daemon, tmp_path):
     """The sweeper keeps copies of the blank disk ready on disk (disks/ready/) and a create
     takes one: every sandbox still gets a disk of its own, never one another sandbox had,
@@ -275,14 +269,14 @@ def test_creates_take_ready_disks_each_once(sbx_daemon, tmp_path):
         conn = dict(api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
         ready = Path(d.state_dir, "disks", "ready")
         first = Sandbox.create(timeout=120, **conn)  # the first create formats the blank
-        _wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == 8)
+        assert wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == 8, 20)
         stock = {p.stat().st_ino for p in ready.iterdir()}
         sbs = [Sandbox.create(timeout=120, **conn) for _ in range(3)]
         disks = [os.stat(Path(d.state_dir, "sandboxes", s.sandbox_id, "disk.img")).st_ino
                  for s in sbs]
         assert len(set(disks)) == 3 and set(disks) <= stock
         # Refilled with copies no sandbox has had.
-        _wait_for(lambda: len(list(ready.iterdir())) == 8)
+        assert wait_for(lambda: len(list(ready.iterdir())) == 8, 20)
         assert not {p.stat().st_ino for p in ready.iterdir()} & set(disks)
         # Each disk is its own: a file written in one sandbox is in no other.
         run(sbs[0], "echo mine > ~/mine")
@@ -293,5 +287,5 @@ def test_creates_take_ready_disks_each_once(sbx_daemon, tmp_path):
         stale.write_bytes(b"")
         for s in sbs + [first]:
             s.kill()
-        _wait_for(lambda: not stale.exists())
+        assert wait_for(lambda: not stale.exists(), 20)
         assert len(list(ready.iterdir())) == 8
