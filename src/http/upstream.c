@@ -107,8 +107,9 @@ on_headers_complete(http_parser *hp)
     u->cbs->on_head(u->ud, status);
     /* 1 tells http_parser to expect no body (RFC 9112 §6.3): a HEAD answer's Content-Length
      * describes the GET body, and waiting for it would stall, then cut, the client
-     * connection; 204 and 304 have none either. */
-    return u->head_request || status == 204 || status == 304 ? 1 : 0;
+     * connection; 101, 204 and 304 have none either. A 101 with a Content-Length or chunked
+     * coding would otherwise have its first bytes of the new protocol parsed as a body. */
+    return u->head_request || status == 101 || status == 204 || status == 304 ? 1 : 0;
 }
 
 static int

@@ -1214,6 +1214,12 @@ up_rec_end(void *ud)
     sbx_buf_printf(ud, "end");
 }
 
+static void
+up_rec_switch(void *ud, const char *rest, size_t len)
+{
+    sbx_buf_printf(ud, "switch %.*s", (int)len, rest);
+}
+
 /* Feeds raw in one piece, then EOF if the response has not ended; returns the last result and
  * what the callbacks saw. */
 static int
@@ -1262,6 +1268,21 @@ TEST(upstream_response_parser)
         sbx_buf_fini(&seen);
         CHECK(parse_upstream(bad[i], false, &seen) == -1);
         CHECK(seen.len == 0);
+    }
+    /* A switch has no body, whatever its head says: what follows the head is the new
+     * protocol's, all of it handed over. */
+    {
+        static const char sw[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                 "Connection: Upgrade\r\nContent-Length: 5\r\n\r\nhello";
+        struct sbx_http_upstream_cbs cbs = {up_rec_header, up_rec_head, up_rec_body, up_rec_end,
+                                            up_rec_switch};
+        struct sbx_http_upstream u;
+        sbx_buf_fini(&seen);
+        sbx_http_upstream_init(&u, false, &cbs, &seen);
+        u.upgrade = true;
+        CHECK(sbx_http_upstream_feed(&u, sw, strlen(sw)) == 1);
+        sbx_http_upstream_fini(&u);
+        CHECK_STR(seen.data, "Upgrade=websocket;Content-Length=5;head 101;switch hello");
     }
     /* More headers than a client may send. */
     struct sbx_buf many = {0};
