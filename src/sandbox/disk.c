@@ -170,11 +170,6 @@ is_blank(const struct stat *st, uint64_t bytes)
     return S_ISREG(st->st_mode) && st->st_uid == 0 && (uint64_t)st->st_size == bytes;
 }
 
-/* Opens <disks_dir>/blank-<bytes>-sandbox.ext4, a sandbox's disk with its tree (root_owner
- * 0), or blank-<bytes>-u<owner>.ext4, an empty root dir of that owner (a volume's),
- * formatting it first if it does not exist yet (once per size, owner and state dir;
- * formatted under a temporary name and renamed, so a crash never leaves a half-formatted
- * blank under the real name). */
 static void
 blank_name(char *out, size_t cap, uint64_t bytes, uid_t root_owner)
 {
@@ -184,6 +179,11 @@ blank_name(char *out, size_t cap, uint64_t bytes, uid_t root_owner)
     snprintf(out, cap, "blank-%" PRIu64 "%s.ext4", bytes, kind);
 }
 
+/* Opens <disks_dir>/blank-<bytes>-sandbox.ext4, a sandbox's disk with its tree (root_owner
+ * 0), or blank-<bytes>-u<owner>.ext4, an empty root dir of that owner (a volume's),
+ * formatting it first if it does not exist yet (once per size, owner and state dir;
+ * formatted under a temporary name and renamed, so a crash never leaves a half-formatted
+ * blank under the real name). */
 static int
 open_blank(const char *dir, uint64_t bytes, uid_t root_owner, struct sbx_error **err)
 {
@@ -206,12 +206,10 @@ open_blank(const char *dir, uint64_t bytes, uid_t root_owner, struct sbx_error *
     if (errno != ENOENT)
         return sbx_error_sys(err, errno, "open %s", path);
     /* 0700, host root: the blanks are ours alone (see the comment at the top). */
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return sbx_error_sys(err, errno, "mkdir %s", dir);
-    if (lstat(dir, &st) < 0)
-        return sbx_error_sys(err, errno, "stat %s", dir);
-    if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 0077))
-        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory", dir);
+    int d = sbx_fs_open_private_dir(dir, err);
+    if (d < 0)
+        return -1;
+    close(d);
     unlink(tmp);
     {
         _cleanup_close_ int t =
@@ -312,7 +310,7 @@ copy_sparse(int in, int out, uint64_t bytes, struct sbx_error **err)
  * sweeper (spawner/sweep.c) keeps STOCK_COPIES copies of each sandbox blank ready and on disk
  * in disks/ready/, and a create renames one into its sandbox dir. A copy is named after its
  * blank and the blank's inode number, so that a blank made anew never gets an older blank's
- * copies: those are removed at the next fill. Each copy is still mounted once, by one sandbox,
+ * copies: those are removed at the next refill. Each copy is still mounted once, by one sandbox,
  * and was only ever written by our mke2fs and our copy (see the comment at the top). */
 #define STOCK_DIR    "ready"
 #define STOCK_COPIES 8

@@ -206,6 +206,26 @@ out:
 }
 
 int
+sbx_fs_open_private_dir(const char *dir, struct sbx_error **err)
+{
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+        return sbx_error_sys(err, errno, "mkdir %s", dir);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        sbx_error_sys(err, errno, "open %s", dir);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (st.st_uid != 0 || (st.st_mode & 0077)) {
+        close(fd);
+        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory", dir);
+    }
+    return fd;
+}
+
+int
 sbx_fs_clear_dir(int dirfd, struct sbx_error **err)
 {
     return walk_tree(dirfd, true, NULL, err);

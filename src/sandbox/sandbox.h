@@ -274,6 +274,9 @@ void sbx_sandbox_trash_empty(int trash_fd);
  * sandbox blank in the disks dir disks_fd and returns 1, or, with none missing, removes
  * copies no create can take any more and returns 0. */
 int sbx_disk_stock_refill(int disks_fd, struct sbx_error **err);
+/* Opens dir, made if missing, as a directory for host root alone (root-owned, 0700): where
+ * disk images and sandbox dirs wait (fsutil.c). */
+int sbx_fs_open_private_dir(const char *dir, struct sbx_error **err);
 /* The same but the sandbox dir stays, with the writable layer: what a filesystem-only pause
  * keeps for a later boot (plan.reboot). Its memory and processes are gone when it returns. */
 int sbx_sandbox_stop(const struct sbx_sandbox_ref *ref, struct sbx_error **err);

@@ -11,10 +11,10 @@
  *   SYNC_CHILD_FAILED  child -> parent  {step, errno}; the child _exits right after
  *
  * The child never returns into daemon code: child_main ends in fexecve or _exit. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <dlfcn.h>
 #include <link.h>
 #include <net/if.h>
 #include <poll.h>

@@ -12,7 +12,7 @@
  * stays in trash, and the next sweeper removes it.
  *
  * At each wake-up it also refills the stock of ready disk images that creates take
- * (sbx_disk_stock_fill, disk.c), in the disks dir it was given as an fd. */
+ * (sbx_disk_stock_refill, disk.c), in the disks dir it was given as an fd. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -79,34 +79,12 @@ sweeper_main(int wake, int trash, int disks)
     }
 }
 
-/* Opens dir, made if missing: root-owned and 0700, as the sandbox dirs it receives and the
- * disk images it holds are. */
-static int
-open_root_dir(const char *dir, struct sbx_error **err)
-{
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-        return sbx_error_sys(err, errno, "mkdir %s", dir);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0) {
-        sbx_error_sys(err, errno, "open %s", dir);
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    if (st.st_uid != 0 || (st.st_mode & 0077)) {
-        close(fd);
-        return sbx_error_set(err, SBX_INTERNAL, 0, "%s must be a root-owned 0700 directory", dir);
-    }
-    return fd;
-}
-
 /* Forks a sweeper, woken once at once for what an earlier one left. */
 static int
 sweeper_start(struct sbx_error **err)
 {
-    _cleanup_close_ int trash = open_root_dir(sw.dir, err);
-    _cleanup_close_ int disks = trash < 0 ? -1 : open_root_dir(sw.disks, err);
+    _cleanup_close_ int trash = sbx_fs_open_private_dir(sw.dir, err);
+    _cleanup_close_ int disks = trash < 0 ? -1 : sbx_fs_open_private_dir(sw.disks, err);
     if (disks < 0)
         return -1;
     int p[2];
