@@ -5,9 +5,10 @@
  *   disks/blank-<bytes>-sandbox.ext4    an ext4 of that size holding only the empty dirs
  *                                       of disk_tree, formatted once with mke2fs (sparse:
  *                                       ~150 KiB allocated for 1 GiB)
- *   disks/ready/<blank>.<inode>.<n>     a few sparse copies of each sandbox blank, made and
- *                                       fsynced ahead by the sweeper (the stock, below)
- *   <sandbox dir>/disk.img              per sandbox: one of those copies, renamed; or, when
+ *   disks/ready/<blank>.<inode>.d<n>/   a few sandbox dirs ready, each with a sparse copy
+ *                                       of the blank made and fsynced ahead by the sweeper,
+ *                                       new or recycled (the stock, below)
+ *   <sandbox dir>/disk.img              per sandbox: in one of those dirs, renamed; or, when
  *                                       none is ready, a sparse copy of the blank (only its
  *                                       data extents are copied, ~0.2 ms)
  *
@@ -20,8 +21,9 @@
  * work/root in it owned by the sandbox's host uid base, and hands those directories to
  * overlayfs as fds. Only the overlay then holds the ext4 mount; it lives in the sandbox's
  * mount namespace, so when the sandbox's last process exits the ext4 is unmounted, the loop
- * device's last reference goes and autoclear detaches it. Destroy deletes disk.img with the
- * rest of the sandbox dir. A restarted daemon needs nothing but that path.
+ * device's last reference goes and autoclear detaches it. Destroy moves the sandbox dir to the
+ * sweeper, which recycles it into the stock or deletes it. A restarted daemon needs nothing but
+ * that path.
  *
  * Security: mounting a filesystem image makes the kernel parse it, and ext4's parser is not
  * hardened against crafted images. The host never mounts an image the sandbox could have
@@ -30,9 +32,10 @@
  * sandbox never gets the block device or the image file: both are host root's, 0600; the
  * image sits in the sandbox's host dir (0711, so that the child can reach its mount point
  * there before pivot_root, after which no path of the sandbox leads to it), the blanks in a
- * 0700 dir. A spawn mounts a fresh copy (O_EXCL). The one exception is the reboot of a
- * sandbox after a filesystem-only pause (plan.reboot): its image is mounted again, once its
- * first mount is gone with every process of the sandbox; in between only the kernel's ext4
+ * 0700 dir. A spawn mounts a fresh copy: made with O_EXCL, or recycled, which rewrites it to
+ * the blank's bytes once no one else holds it open (sbx_disk_stock_recycle). The one exception is
+ * the reboot of a sandbox after a filesystem-only pause (plan.reboot): its image is mounted again,
+ * once its first mount is gone with every process of the sandbox; in between only the kernel's ext4
  * driver wrote it, so it is still an image of that driver's making. */
 #include <dirent.h>
 #include <errno.h>
@@ -302,70 +305,134 @@ copy_sparse(int in, int out, uint64_t bytes, struct sbx_error **err)
     }
 }
 
-/* ---- the stock of ready copies -------------------------------------------------------- */
+/* ---- the stock of ready sandbox dirs ------------------------------------------------- */
 
 /* Copying the blank in the create itself cost the spawner's one thread about 0.2 ms, and
  * attaching the fresh copy to a loop device (LOOP_CONFIGURE) fsyncs it: another 0.5 ms, most
- * of it waiting for the host's disk (an fsync of a copy already on disk takes 0.05 ms). So the
- * sweeper (spawner/sweep.c) keeps STOCK_COPIES copies of each sandbox blank ready and on disk
- * in disks/ready/, and a create renames one into its sandbox dir. A copy is named after its
- * blank and the blank's inode number, so that a blank made anew never gets an older blank's
- * copies: those are removed at the next refill. Each copy is still mounted once, by one sandbox,
- * and was only ever written by our mke2fs and our copy (see the comment at the top). */
+ * of it waiting for the host's disk (an fsync of a copy already on disk takes 0.05 ms). Making
+ * the sandbox dir and its entries allocated inodes on the host's filesystem, and the sweeper
+ * freed as many again: on an ext4 without a journal (these VMs' root) every allocation then
+ * skips, one buffer lookup each, the inodes freed in the last minutes (ext4's
+ * recently_deleted), which cost a sustained create+kill load 6% of the machine's CPU on the
+ * spawner's thread alone, growing with the rate.
+ *
+ * So the sweeper (spawner/sweep.c) keeps STOCK_COPIES sandbox dirs per sandbox blank ready in
+ * disks/ready/: each holds rootfs/ and a copy of the blank on disk, and a create renames one
+ * to its sandbox dir. The dirs of destroyed sandboxes are recycled into the stock rather than
+ * removed, their image reset to the blank's bytes (sbx_disk_stock_recycle); the sweeper makes
+ * new ones only while fewer than STOCK_FRESH are ready, so that under a steady create+kill
+ * load the stock is the recycled dirs, and fresh ones only cover a run of creates. A stock dir is
+ * named after its blank and the blank's inode number, so that a blank made anew never gets an older
+ * blank's images: those are removed at the next refill. Each image is still mounted by one sandbox
+ * at a time, and when a sandbox mounts it, it holds the blank's bytes, written by our mke2fs and
+ * our copy (see the comment at the top). */
 #define STOCK_DIR    "ready"
-#define STOCK_COPIES 8
+#define STOCK_COPIES 8 /* per blank, recycled dirs included */
+#define STOCK_FRESH  4 /* new ones are made only while the stock has fewer */
 #define STOCK_BLANKS 4 /* sandbox blanks (disk sizes) stocked at once */
 
 static int
 stock_name(char *out, size_t cap, const char *blank, ino_t ino, unsigned i)
 {
-    return sbx_pathf(out, cap, "%s.%llu.%u", blank, (unsigned long long)ino, i);
+    return sbx_pathf(out, cap, "%s.%llu.d%u", blank, (unsigned long long)ino, i);
 }
 
-/* Renames a ready copy of blank to path: 1, or 0 if none is ready. */
+/* The stock's dir, made if missing (0700: inside, our 0600 images in 0711 dirs). */
 static int
-take_ready(const char *disks_dir, uint64_t bytes, int blank, const char *path,
-           struct sbx_error **err)
+open_stock(int disks, struct sbx_error **err)
+{
+    if (mkdirat(disks, STOCK_DIR, 0700) < 0 && errno != EEXIST)
+        return sbx_error_sys(err, errno, "mkdir " STOCK_DIR);
+    int ready = openat(disks, STOCK_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (ready < 0)
+        return sbx_error_sys(err, errno, "open " STOCK_DIR);
+    return ready;
+}
+
+/* A sandbox blank of bytes in disks, opened if it exists as ours. */
+static int
+open_sandbox_blank(int disks, uint64_t bytes, char *name, size_t cap, struct stat *st)
+{
+    blank_name(name, cap, bytes, 0);
+    int fd = openat(disks, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0 && (fstat(fd, st) < 0 || !is_blank(st, bytes))) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* The first of blank's stock names that is free, in copy, if fewer than most are taken; -1
+ * otherwise. */
+static int
+free_stock_name(int ready, const char *blank, ino_t ino, unsigned most, char *copy, size_t cap)
+{
+    char name[128];
+    unsigned n = 0;
+    bool found = false;
+    for (unsigned i = 0; i < STOCK_COPIES; i++) {
+        if (stock_name(name, sizeof(name), blank, ino, i) < 0)
+            return -1;
+        if (faccessat(ready, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+            n++;
+        else if (errno == ENOENT && !found)
+            found = snprintf(copy, cap, "%s", name) > 0;
+    }
+    return found && n < most ? 0 : -1;
+}
+
+int
+sbx_disk_stock_take(const char *disks_dir, uint64_t bytes, const char *dir, struct sbx_error **err)
 {
     static unsigned next; /* where the last take left off: the spawner is one thread */
+    _cleanup_close_ int blank = open_blank(disks_dir, bytes, 0, err);
     struct stat st;
+    if (blank < 0 || fstat(blank, &st) < 0)
+        return blank < 0 ? -1 : sbx_error_sys(err, errno, "stat the blank image");
     char name[64], copy[128], from[4096];
     blank_name(name, sizeof(name), bytes, 0);
-    if (fstat(blank, &st) < 0)
-        return 0;
     for (unsigned k = 0; k < STOCK_COPIES; k++) {
         unsigned i = (next + k) % STOCK_COPIES;
         if (stock_name(copy, sizeof(copy), name, st.st_ino, i) < 0 ||
             sbx_pathf(from, sizeof(from), "%s/" STOCK_DIR "/%s", disks_dir, copy) < 0)
             return 0;
-        /* NOREPLACE: as O_EXCL below, never onto an image that exists. */
-        if (renameat2(AT_FDCWD, from, AT_FDCWD, path, RENAME_NOREPLACE) == 0) {
+        /* NOREPLACE: the sandbox's dir must not exist yet. */
+        if (renameat2(AT_FDCWD, from, AT_FDCWD, dir, RENAME_NOREPLACE) == 0) {
             next = i + 1;
             return 1;
         }
         if (errno != ENOENT)
-            return sbx_error_sys(err, errno, "move %s to %s", from, path);
+            return sbx_error_sys(err, errno, "move %s to %s", from, dir);
     }
     return 0;
 }
 
-/* One copy of blank into ready/name, on disk before it gets its name. */
+/* One stock dir of blank named name in ready, its image on disk before it gets its name. */
 static int
-make_copy(int blank, uint64_t bytes, int ready, const char *name, struct sbx_error **err)
+make_stock_dir(int blank, uint64_t bytes, int ready, const char *name, struct sbx_error **err)
 {
     static const char tmp[] = ".new"; /* one sweeper at a time */
-    unlinkat(ready, tmp, 0);
-    _cleanup_close_ int out =
-        openat(ready, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (out < 0)
+    sbx_fs_remove_at(ready, tmp, NULL);
+    if (mkdirat(ready, tmp, 0700) < 0)
         return sbx_error_sys(err, errno, "create %s", tmp);
-    int rc = copy_sparse(blank, out, bytes, err);
-    if (rc == 0 && fsync(out) < 0)
-        rc = sbx_error_sys(err, errno, "fsync %s", tmp);
+    int rc = 0;
+    {
+        _cleanup_close_ int d = openat(ready, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        _cleanup_close_ int out =
+            d < 0 ? -1
+                  : openat(d, SBX_DISK_IMAGE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                           0600);
+        if (out < 0 || mkdirat(d, SBX_ROOTFS_DIR, 0755) < 0 || fchmod(d, 0711) < 0)
+            rc = sbx_error_sys(err, errno, "fill %s", tmp);
+        if (rc == 0)
+            rc = copy_sparse(blank, out, bytes, err);
+        if (rc == 0 && fsync(out) < 0)
+            rc = sbx_error_sys(err, errno, "fsync %s", tmp);
+    }
     if (rc == 0 && renameat2(ready, tmp, ready, name, RENAME_NOREPLACE) < 0)
         rc = sbx_error_sys(err, errno, "rename %s to %s", tmp, name);
     if (rc < 0)
-        unlinkat(ready, tmp, 0);
+        sbx_fs_remove_at(ready, tmp, NULL);
     return rc;
 }
 
@@ -380,16 +447,74 @@ open_entries(int dir)
     return d;
 }
 
+/* Whether name below dir is a dir with no entries. */
+static bool
+empty_dir_at(int dir, const char *name)
+{
+    int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (d == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)) != NULL)
+        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+    closedir(d);
+    return empty;
+}
+
+int
+sbx_disk_stock_recycle(int disks, int from_dir, const char *from, struct sbx_error **err)
+{
+    _cleanup_close_ int sub =
+        openat(from_dir, from, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0 || !empty_dir_at(sub, SBX_ROOTFS_DIR))
+        return 0;
+    /* Its image: ours (host root's, 0600) and no one else's name for the same file. */
+    _cleanup_close_ int img = openat(sub, SBX_DISK_IMAGE, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st, bst;
+    if (img < 0 || fstat(img, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 ||
+        (st.st_mode & 0077) || st.st_nlink != 1)
+        return 0;
+    char name[64], copy[128];
+    _cleanup_close_ int blank =
+        open_sandbox_blank(disks, (uint64_t)st.st_size, name, sizeof(name), &bst);
+    _cleanup_close_ int ready = blank < 0 ? -1 : open_stock(disks, err);
+    if (ready < 0)
+        return blank < 0 ? 0 : -1;
+    if (free_stock_name(ready, name, bst.st_ino, STOCK_COPIES, copy, sizeof(copy)) < 0)
+        return 0;
+    /* Security: no one but us may still have the image open, above all not the loop device of
+     * its sandbox (autoclear lets go of it only once ext4 has written everything back and
+     * unmounted) or of a snapshot's mount: anything it wrote after the reset below would land
+     * in the next sandbox's image. A write lease is granted only to the one opener of a file
+     * (and none is granted at all if leases are off: then the dir is removed instead). */
+    if (fcntl(img, F_SETLEASE, F_WRLCK) < 0)
+        return 0;
+    (void)fcntl(img, F_SETLEASE, F_UNLCK);
+    /* The blank's bytes and nothing else: what the earlier sandbox stored goes with the
+     * truncation, the blank's data extents are copied in, the rest stays holes. */
+    if (ftruncate(img, 0) < 0)
+        return sbx_error_sys(err, errno, "truncate %s", SBX_DISK_IMAGE);
+    if (copy_sparse(blank, img, (uint64_t)st.st_size, err) < 0)
+        return -1;
+    if (fsync(img) < 0)
+        return sbx_error_sys(err, errno, "fsync %s", SBX_DISK_IMAGE);
+    if (renameat2(from_dir, from, ready, copy, RENAME_NOREPLACE) < 0)
+        return sbx_error_sys(err, errno, "move %s to the stock", from);
+    return 1;
+}
+
 int
 sbx_disk_stock_refill(int disks, struct sbx_error **err)
 {
-    if (mkdirat(disks, STOCK_DIR, 0700) < 0 && errno != EEXIST)
-        return sbx_error_sys(err, errno, "mkdir " STOCK_DIR);
-    _cleanup_close_ int ready =
-        openat(disks, STOCK_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    _cleanup_close_ int ready = open_stock(disks, err);
     if (ready < 0)
-        return sbx_error_sys(err, errno, "open " STOCK_DIR);
-    char keep[STOCK_BLANKS][96]; /* "<blank>.<inode>." of each blank stocked */
+        return -1;
+    char keep[STOCK_BLANKS][96]; /* "<blank>.<inode>.d" of each blank stocked */
     size_t n_keep = 0;
     int rc = 0;
     DIR *d = open_entries(disks);
@@ -398,23 +523,19 @@ sbx_disk_stock_refill(int disks, struct sbx_error **err)
     for (struct dirent *e; rc == 0 && n_keep < STOCK_BLANKS && (e = readdir(d)) != NULL;) {
         uint64_t bytes;
         char name[64], copy[128];
+        struct stat st;
         if (sscanf(e->d_name, "blank-%" SCNu64 "-sandbox.ext4", &bytes) != 1)
             continue;
-        blank_name(name, sizeof(name), bytes, 0);
-        _cleanup_close_ int blank = strcmp(name, e->d_name) != 0
-                                        ? -1
-                                        : openat(disks, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        struct stat st;
-        if (blank < 0 || fstat(blank, &st) < 0 || !is_blank(&st, bytes))
+        _cleanup_close_ int blank = open_sandbox_blank(disks, bytes, name, sizeof(name), &st);
+        if (blank < 0 || strcmp(name, e->d_name) != 0)
             continue;
-        snprintf(keep[n_keep++], sizeof(keep[0]), "%s.%llu.", name, (unsigned long long)st.st_ino);
-        for (unsigned i = 0; rc == 0 && i < STOCK_COPIES; i++)
-            if ((rc = stock_name(copy, sizeof(copy), name, st.st_ino, i)) == 0 &&
-                faccessat(ready, copy, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
-                rc = make_copy(blank, bytes, ready, copy, err) < 0 ? -1 : 1;
+        snprintf(keep[n_keep++], sizeof(keep[0]), "%s.%llu.d", name, (unsigned long long)st.st_ino);
+        if (free_stock_name(ready, name, st.st_ino, STOCK_FRESH, copy, sizeof(copy)) == 0)
+            rc = make_stock_dir(blank, bytes, ready, copy, err) < 0 ? -1 : 1;
     }
     closedir(d);
-    /* Full: copies of blanks that are gone or were made anew go, and a copy cut short. */
+    /* Full: what no create can take any more goes (stock dirs of blanks that are gone or were
+     * made anew, one cut short). */
     if (rc != 0 || (d = open_entries(ready)) == NULL)
         return rc;
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
@@ -422,7 +543,7 @@ sbx_disk_stock_refill(int disks, struct sbx_error **err)
         for (size_t i = 0; !kept && i < n_keep; i++)
             kept = strncmp(e->d_name, keep[i], strlen(keep[i])) == 0;
         if (!kept)
-            unlinkat(ready, e->d_name, 0);
+            sbx_fs_remove_at(ready, e->d_name, NULL);
     }
     closedir(d);
     return rc;
@@ -437,9 +558,6 @@ sbx_disk_image_create(const char *disks_dir, const char *path, uint64_t bytes, u
     _cleanup_close_ int blank = open_blank(disks_dir, bytes, root_owner, err);
     if (blank < 0)
         return -1;
-    int taken = root_owner == 0 ? take_ready(disks_dir, bytes, blank, path, err) : 0;
-    if (taken != 0)
-        return taken < 0 ? -1 : 0;
     /* 0600 host root (see the comment at the top): neither the sandbox nor other host users
      * can open it; O_EXCL: always a fresh copy, never an image that existed before. */
     _cleanup_close_ int out =
@@ -459,6 +577,8 @@ sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err)
     char path[4096];
     if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
         return sbx_error_sys(err, errno, "disk image path");
+    if (plan->disk_ready)
+        return 0; /* the dir came from the stock (sbx_disk_stock_take) with its image */
     if (!plan->reboot)
         return sbx_disk_image_create(plan->disks_dir, path, plan->limits.disk_bytes, 0, err);
     struct stat st;

@@ -232,6 +232,23 @@ sbx_fs_clear_dir(int dirfd, struct sbx_error **err)
 }
 
 int
+sbx_fs_remove_at(int dir, const char *name, struct sbx_error **err)
+{
+    _cleanup_close_ int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && (errno == ENOTDIR || errno == ELOOP)) /* not a dir: a file or a link */
+        return unlinkat(dir, name, 0) < 0 && errno != ENOENT
+                   ? sbx_error_sys(err, errno, "remove %s", name)
+                   : 0;
+    if (fd < 0)
+        return errno == ENOENT ? 0 : sbx_error_sys(err, errno, "open %s", name);
+    if (sbx_fs_clear_dir(fd, err) < 0)
+        return sbx_error_prefix(err, "remove %s", name);
+    if (unlinkat(dir, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+        return sbx_error_sys(err, errno, "remove %s", name);
+    return 0;
+}
+
+int
 sbx_fs_disk_usage(int dirfd, uint64_t *bytes, struct sbx_error **err)
 {
     return walk_tree(dirfd, false, bytes, err);

@@ -88,6 +88,7 @@ bool sbx_kernel_version(int *major, int *minor);
 
 /* ---- disk.c (parent side, host root): the size-limited upper layer ---- */
 #define SBX_DISK_IMAGE     "disk.img"    /* in the sandbox dir */
+#define SBX_ROOTFS_DIR     "rootfs"      /* in the sandbox dir: the mount point of its root */
 #define SBX_DISK_MIN_BYTES (16ULL << 20) /* ext4 metadata needs a few MiB of it */
 #define SBX_DISK_MAX_BYTES (16ULL << 40)
 /* O_PATH fds of the overlay's upper and work dirs (-1 when closed). */
@@ -171,6 +172,9 @@ int child_caps_drop_bounding(bool relaxed, const char **step);
  * into other filesystems; iterative, so an attacker-made deep tree cannot exhaust the stack
  * or the fd table. */
 int sbx_fs_clear_dir(int dirfd, struct sbx_error **err);
+/* Removes dir/name, whatever it is, and everything below it by the same rules; gone already
+ * is not an error. */
+int sbx_fs_remove_at(int dir, const char *name, struct sbx_error **err);
 /* Sum of st_blocks*512 of everything below dirfd, same walking rules. */
 int sbx_fs_disk_usage(int dirfd, uint64_t *bytes, struct sbx_error **err);
 /* Writes a whole file (O_CREAT|O_TRUNC, mode), optional owner. */

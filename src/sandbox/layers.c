@@ -52,24 +52,6 @@ sbx_layer_exists(const char *state_dir, const char *key)
     return lstat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* Removes dir/name and everything below it, without following symlinks. */
-static int
-remove_entry(int dir, const char *name, struct sbx_error **err)
-{
-    _cleanup_close_ int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0 && (errno == ENOTDIR || errno == ELOOP)) /* a file of an unfinished layer */
-        return unlinkat(dir, name, 0) < 0 && errno != ENOENT
-                   ? sbx_error_sys(err, errno, "remove %s", name)
-                   : 0;
-    if (fd < 0)
-        return errno == ENOENT ? 0 : sbx_error_sys(err, errno, "open layer %s", name);
-    if (sbx_fs_clear_dir(fd, err) < 0)
-        return sbx_error_prefix(err, "remove layer %s", name);
-    if (unlinkat(dir, name, AT_REMOVEDIR) < 0)
-        return sbx_error_sys(err, errno, "remove layer %s", name);
-    return 0;
-}
-
 /* Calls fn for every entry of the store but . and ..; stops at the first failure. */
 static int
 each_entry(const char *state_dir,
@@ -95,7 +77,8 @@ static int
 drop_unfinished(int dir, const char *name, void *ud, struct sbx_error **err)
 {
     (void)ud;
-    return strncmp(name, NEW_PREFIX, strlen(NEW_PREFIX)) == 0 ? remove_entry(dir, name, err) : 0;
+    return strncmp(name, NEW_PREFIX, strlen(NEW_PREFIX)) == 0 ? sbx_fs_remove_at(dir, name, err)
+                                                              : 0;
 }
 
 int
@@ -146,7 +129,7 @@ sbx_layer_drop_unfinished(const char *state_dir, const char *key, struct sbx_err
     if (!sbx_layer_key_is_valid(key) ||
         sbx_pathf(p, sizeof(p), "%s/" SBX_LAYERS_DIR "/" NEW_PREFIX "%s", state_dir, key) < 0)
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0, "bad layer key");
-    return remove_entry(AT_FDCWD, p, err);
+    return sbx_fs_remove_at(AT_FDCWD, p, err);
 }
 
 int
@@ -181,7 +164,7 @@ sbx_layer_import(const char *state_dir, const char *cache_dir, const char *key,
     char *const argv[] = {"cp", "-a", same_fs ? "-l" : "--reflink=auto", "-T", "--", src,
                           tmp,  NULL};
     struct sbx_error *ignored = NULL;
-    if (remove_entry(AT_FDCWD, tmp, &ignored) < 0)
+    if (sbx_fs_remove_at(AT_FDCWD, tmp, &ignored) < 0)
         sbx_error_free(ignored);
     if (run_cp(argv, err) < 0)
         return sbx_error_prefix(err, "import layer %s from %s", key, cache_dir);
@@ -216,7 +199,7 @@ drop_unkept(int dir, const char *name, void *ud, struct sbx_error **err)
          (st.st_ctim.tv_sec == g->start.tv_sec && st.st_ctim.tv_nsec >= g->start.tv_nsec)))
         return 0;
     g->removed++;
-    return remove_entry(dir, name, err);
+    return sbx_fs_remove_at(dir, name, err);
 }
 
 int
@@ -413,7 +396,7 @@ copy_upper(const struct sbx_sandbox_ref *ref, const char *state_dir, const char 
         rc = install_layer(tmp, state_dir, key, uid_base, entries, err);
     if (rc < 0) {
         struct sbx_error *ignored = NULL;
-        if (remove_entry(AT_FDCWD, tmp, &ignored) < 0)
+        if (sbx_fs_remove_at(AT_FDCWD, tmp, &ignored) < 0)
             sbx_error_free(ignored);
         struct statvfs vfs;
         if (statvfs(state_dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < used)

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "base/cleanup.h"
+#include "base/log.h"
 #include "sandbox/internal.h"
 
 /* Reads start time and state letter; -1 with errno if the pid does not exist. */
@@ -94,25 +95,44 @@ sbx_sandbox_open_pidfd(const struct sbx_sandbox_ref *ref, struct sbx_error **err
     return fd;
 }
 
-static int
-remove_sandbox_dir(const char *dir, struct sbx_error **err)
+/* Whether the sandbox dir sub holds nothing but its rootfs, its disk image and the
+ * spawner's files (regular files and sockets named in files); if so, those are emptied (a
+ * socket removed) for the dir's next sandbox. */
+static bool
+recyclable(int sub, const char *const *files)
 {
-    _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return 0;
-        return sbx_error_sys(err, errno, "open %s", dir);
+    _cleanup_close_ int fd = dup(sub);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (d == NULL)
+        return false;
+    fd = -1; /* the DIR owns it */
+    bool ok = true;
+    for (struct dirent *e; ok && (e = readdir(d)) != NULL;) {
+        const char *n = e->d_name;
+        ok = strcmp(n, ".") == 0 || strcmp(n, "..") == 0 || strcmp(n, SBX_ROOTFS_DIR) == 0 ||
+             strcmp(n, SBX_DISK_IMAGE) == 0;
+        for (size_t i = 0; !ok && files[i]; i++)
+            ok = strcmp(n, files[i]) == 0;
     }
-    if (sbx_fs_clear_dir(fd, err) < 0)
-        return sbx_error_prefix(err, "remove %s", dir);
-    if (rmdir(dir) < 0 && errno != ENOENT)
-        return sbx_error_sys(err, errno, "rmdir %s", dir);
-    return 0;
+    closedir(d);
+    for (size_t i = 0; ok && files[i]; i++) {
+        struct stat st;
+        if (fstatat(sub, files[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
+            ok = errno == ENOENT;
+        else if (S_ISSOCK(st.st_mode))
+            ok = unlinkat(sub, files[i], 0) == 0;
+        else if (S_ISREG(st.st_mode)) {
+            int f = openat(sub, files[i], O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+            ok = f >= 0 && close(f) == 0;
+        } else
+            ok = false;
+    }
+    return ok;
 }
 
 /* Errors are left for the next round: an entry that cannot go now is retried then. */
 void
-sbx_sandbox_trash_empty(int trash_fd)
+sbx_sandbox_trash_empty(int trash_fd, int disks_fd, const char *const *files)
 {
     _cleanup_close_ int fd = dup(trash_fd);
     DIR *d = fd < 0 ? NULL : fdopendir(fd);
@@ -127,10 +147,13 @@ sbx_sandbox_trash_empty(int trash_fd)
         _cleanup_close_ int sub =
             openat(trash_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         struct sbx_error *err = NULL;
-        if (sub < 0)
-            unlinkat(trash_fd, e->d_name, 0); /* not a dir: only ever a file or a link */
-        else if (sbx_fs_clear_dir(sub, &err) == 0)
-            unlinkat(trash_fd, e->d_name, AT_REMOVEDIR);
+        int recycled = sub >= 0 && recyclable(sub, files)
+                           ? sbx_disk_stock_recycle(disks_fd, trash_fd, e->d_name, &err)
+                           : 0;
+        if (recycled < 0)
+            sbx_log_warn("disk_stock", "error=\"recycle %s: %s\"", e->d_name, err->msg);
+        if (recycled != 1)
+            sbx_fs_remove_at(trash_fd, e->d_name, NULL);
         sbx_error_free(err);
     }
     closedir(d);
@@ -247,7 +270,7 @@ sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err)
      * has let go and the blocks are freed; if a reference lingers, the unlinked file goes
      * when it does. */
     if (ref->sandbox_dir && ref->sandbox_dir[0] == '/' &&
-        remove_sandbox_dir(ref->sandbox_dir, err) < 0)
+        sbx_fs_remove_at(AT_FDCWD, ref->sandbox_dir, err) < 0)
         rc = -1;
     return rc < 0 ? sbx_error_prefix(err, "destroy %s", ref->id) : 0;
 }

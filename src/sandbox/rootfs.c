@@ -58,7 +58,7 @@ sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **
         return -1;
     if (plan->limits.disk_bytes > 0) {
         /* The upper and work dirs live in the disk image (disk.c). */
-        snprintf(p, sizeof(p), "%s/rootfs", d);
+        snprintf(p, sizeof(p), "%s/" SBX_ROOTFS_DIR, d);
         if (mkdir_owned(p, 0755, 0, 0, err) < 0)
             return -1;
         return sbx_disk_prepare(plan, err);
@@ -68,11 +68,11 @@ sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **
         mode_t mode;
         bool sandbox_owned;
     } const dirs[] = {
-        {"rootfs", 0755, false},    /* mount point, in the child's mount namespace only */
-        {"upper", 0700, false},     /* overlay accesses these with the mounter's (host root) */
-        {"work", 0700, false},      /* credentials, so the sandbox uid needs no access here */
-        {"upper/root", 0755, true}, /* the upper dir's own owner and mode are what the */
-        {"work/root", 0755, true},  /* sandbox sees for / */
+        {SBX_ROOTFS_DIR, 0755, false}, /* mount point, in the child's mount namespace only */
+        {"upper", 0700, false},        /* overlay accesses these with the mounter's (host root) */
+        {"work", 0700, false},         /* credentials, so the sandbox uid needs no access here */
+        {"upper/root", 0755, true},    /* the upper dir's own owner and mode are what the */
+        {"work/root", 0755, true},     /* sandbox sees for / */
     };
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         snprintf(p, sizeof(p), "%s/%s", d, dirs[i].sub);

@@ -83,10 +83,11 @@ struct sbx_sandbox_plan {
     uid_t host_uid_base;   /* sandbox uid/gid 0 maps here; SBX_SANDBOX_UID_COUNT ids */
     struct sbx_sandbox_limits limits;
     const char *hostname;
-    bool relaxed; /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
-    bool reboot;  /* boot again on the writable layer an earlier boot of this sandbox left in
-                   * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
-                   * must be the one it had; a failed start leaves it as it was */
+    bool relaxed;    /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
+    bool disk_ready; /* sandbox_dir came from the disk stock (sbx_disk_stock_take) */
+    bool reboot;     /* boot again on the writable layer an earlier boot of this sandbox left in
+                      * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
+                      * must be the one it had; a failed start leaves it as it was */
     const struct sbx_volume_mount *volumes; /* mounted read-write, owned as on the volume */
     size_t n_volumes;                       /* at most SBX_SANDBOX_MAX_VOLUMES */
     const char *lxcfs_dir; /* an lxcfs mount (sbx_sandbox_lxcfs) whose /proc files replace the
@@ -267,13 +268,24 @@ int sbx_sandbox_kill(const struct sbx_sandbox_ref *ref);
  * and the sandbox dir (its contents and the dir itself, without following symlinks). Reaps
  * the agent if it is our child. Idempotent: a sandbox already gone is not an error. */
 int sbx_sandbox_destroy(const struct sbx_sandbox_ref *ref, struct sbx_error **err);
-/* Removes every entry of the dir trash_fd (sandbox dirs a destroy moved there whole, instead of
- * removing them, with sbx_sandbox_stop then a rename), without following symlinks. */
-void sbx_sandbox_trash_empty(int trash_fd);
-/* The stock of ready disk images that creates take (disk.c): makes one missing copy of a
- * sandbox blank in the disks dir disks_fd and returns 1, or, with none missing, removes
- * copies no create can take any more and returns 0. */
+/* Empties the dir trash_fd of sandbox dirs a destroy moved there whole (with sbx_sandbox_stop
+ * then a rename), without following symlinks. A dir holding nothing but its rootfs, its disk
+ * image and files (names of the spawner's regular files and sockets, NULL-terminated) goes to
+ * the stock of ready sandbox dirs in the disks dir disks_fd while it has room, its image reset
+ * to the blank's bytes; everything else is removed. */
+void sbx_sandbox_trash_empty(int trash_fd, int disks_fd, const char *const *files);
+/* The stock of ready sandbox dirs that creates take (disk.c), in the disks dir disks_fd: makes
+ * one missing stock dir of a sandbox blank and returns 1, or, with none missing, removes those
+ * no create can take any more and returns 0. */
 int sbx_disk_stock_refill(int disks_fd, struct sbx_error **err);
+/* Moves the sandbox dir from_dir/from (found holding only its rootfs and disk image) into the
+ * stock, its image reset to the blank's bytes: 1; 0 if it cannot be (no blank of its size, the
+ * stock full, its image held open elsewhere). */
+int sbx_disk_stock_recycle(int disks_fd, int from_dir, const char *from, struct sbx_error **err);
+/* Renames a ready dir of the stock, with a fresh image of a blank of bytes (formatted first if
+ * there is none), to dir, which must not exist: 1; 0 if none is ready. */
+int sbx_disk_stock_take(const char *disks_dir, uint64_t bytes, const char *dir,
+                        struct sbx_error **err);
 /* Opens dir, made if missing, as a directory for host root alone (root-owned, 0700): where
  * disk images and sandbox dirs wait (fsutil.c). */
 int sbx_fs_open_private_dir(const char *dir, struct sbx_error **err);

@@ -16,9 +16,11 @@
 #include "spawner/spawner.h"
 
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024) /* the agent's config: token, env vars */
-#define SB_LAYERS        "layers" /* in a sandbox's dir: the keys of its layers, for the GC */
-#define SB_STEP          "step"   /* in a build step's dir: nothing of it survives a restart */
-#define SBX_SPAWNER_NICE 5        /* below the front end and the sandboxes: see sbx_spawner_main */
+#define SB_LAYERS        "layers"     /* in a sandbox's dir: the keys of its layers, for the GC */
+#define SB_SLOT          "slot"       /* in a sandbox's dir: its uid slot, for a reboot */
+#define SB_AGENT_SOCK    "agent.sock" /* in a sandbox's dir: where its agent listens */
+#define SB_STEP          "step"       /* in a build step's dir: nothing of it survives a restart */
+#define SBX_SPAWNER_NICE 5 /* below the front end and the sandboxes: see sbx_spawner_main */
 
 /* What a sandbox of ours is doing. A request is refused unless its sandbox is in a phase
  * that allows it; in each phase but RUNNING, FROZEN and STOPPED one request is in flight. */
@@ -52,6 +54,7 @@ struct sb {
     void (*on_frozen)(struct sb *s, const struct sbx_error *err);
     struct snap *snap; /* a SNAPSHOT under way (build.c) */
     bool keep_dir;     /* the kill under way is a STOP; the spawn under way is a reboot */
+    bool disk_ready;   /* its dir came from the disk stock, with its image */
     struct step *step; /* a BUILD_STEP's sandbox, else NULL; no other request reaches it */
     struct sb *next;
 };

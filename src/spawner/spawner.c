@@ -32,9 +32,6 @@
 #include "spawner/net.h"
 #include "spawner/templates.h"
 
-#define AGENT_SOCK "agent.sock"
-#define SLOT_FILE  "slot" /* in the sandbox dir: its uid slot, for a reboot */
-
 struct out {
     size_t len;
     struct out *next;
@@ -316,7 +313,7 @@ static int
 listen_agent(const struct sb *s, struct sbx_error **err)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/" AGENT_SOCK, s->dir) >=
+    if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/" SB_AGENT_SOCK, s->dir) >=
         (int)sizeof(addr.sun_path))
         return sbx_error_set(err, SBX_INVALID_ARGUMENT, 0,
                              "socket path in '%s' is too long; use a shorter --state-dir", s->dir);
@@ -388,7 +385,7 @@ static void
 record_slot(const struct sb *s)
 {
     char path[4096], v[16];
-    snprintf(path, sizeof(path), "%s/" SLOT_FILE, s->dir);
+    snprintf(path, sizeof(path), "%s/" SB_SLOT, s->dir);
     int n = snprintf(v, sizeof(v), "%d\n", s->slot);
     _cleanup_close_ int fd =
         open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -401,7 +398,7 @@ static int
 recorded_slot(const char *dir)
 {
     char path[4096], v[16] = "";
-    snprintf(path, sizeof(path), "%s/" SLOT_FILE, dir);
+    snprintf(path, sizeof(path), "%s/" SB_SLOT, dir);
     _cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     ssize_t n = fd < 0 ? -1 : read(fd, v, sizeof(v) - 1);
     char *end = NULL;
@@ -442,12 +439,16 @@ sbx_spawner_spawn_target(const struct sbx_spawner_msg *m, int config_fd, struct 
         return NULL;
     }
     _cleanup_free_ char *dir = sandbox_dir(m->id);
-    /* Its dir must not exist either: nothing of an earlier sandbox is ever reused. */
-    if (mkdir(dir, 0711) < 0) {
-        sbx_error_sys(err, errno, "create the dir of sandbox %s", m->id);
+    /* Its dir must not exist either. A dir from the disk stock was an earlier sandbox's, but
+     * holds nothing it could write: its image is the blank's bytes again (disk.c). */
+    int taken = m->disk_bytes > 0 ? sbx_disk_stock_take(sp.disks_dir, m->disk_bytes, dir, err) : 0;
+    if (taken < 0 || (taken == 0 && mkdir(dir, 0711) < 0)) {
+        if (taken == 0)
+            sbx_error_sys(err, errno, "create the dir of sandbox %s", m->id);
         return NULL;
     }
     s = sb_new(m->id);
+    s->disk_ready = taken == 1;
     s->slot = (int)m->uid_slot;
     record_slot(s);
     return s;
@@ -527,6 +528,7 @@ sbx_spawner_plan_init(struct sbx_sandbox_plan *plan, const struct sb *s,
         .layers = (const char *const *)layers,
         .n_layers = n_layers,
         .disks_dir = sp.disks_dir,
+        .disk_ready = s->disk_ready,
         .host_uid_base = sp.cfg->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT,
         .limits = {.memory_bytes = m->memory_bytes,
                    .pids_max = (uint32_t)m->pids_max,
@@ -954,7 +956,7 @@ scan(void)
         running++;
         /* Sockets made by a daemon before the privilege split belong to root. */
         char sock[4096];
-        snprintf(sock, sizeof(sock), "%s/" AGENT_SOCK, s->dir);
+        snprintf(sock, sizeof(sock), "%s/" SB_AGENT_SOCK, s->dir);
         if (lchown(sock, sp.cfg->frontend_uid, sp.cfg->frontend_gid) < 0 && errno != ENOENT)
             sbx_log_warn("spawner_start", "sandbox=%s error=\"chown socket: %s\"", s->id,
                          strerror(errno));

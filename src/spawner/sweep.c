@@ -6,13 +6,16 @@
  * free at once, nothing of the sandbox is reachable under sandboxes/ any more), and the
  * sweeper, a child process forked once, empties trash whenever it is poked.
  *
- * The sweeper is host root like us and removes only what it finds in the trash dir it was
- * given as an fd, never following a symlink (sbx_fs_clear_dir). It takes no request but a
- * wake-up byte: nothing it reads names a path. What it has not removed when it or we die
+ * The sweeper is host root like us and touches only what it finds in the trash and disks dirs
+ * it was given as fds, never following a symlink (sbx_fs_clear_dir). It takes no request but
+ * a wake-up byte: nothing it reads names a path. What it has not removed when it or we die
  * stays in trash, and the next sweeper removes it.
  *
- * At each wake-up it also refills the stock of ready disk images that creates take
- * (sbx_disk_stock_refill, disk.c), in the disks dir it was given as an fd. */
+ * A sandbox dir in trash that holds only what every sandbox dir does goes, while there is
+ * room, to the stock of ready sandbox dirs that creates take, its disk image reset to the
+ * blank's bytes (sbx_sandbox_trash_empty, disk.c): creating and deleting those inodes cost
+ * more than the copy. At each wake-up the sweeper also refills that stock with new dirs
+ * (sbx_disk_stock_refill) if it runs low. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -58,6 +61,7 @@ sweeper_main(int wake, int trash, int disks)
     signal(SIGCHLD, SIG_DFL);
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
+    signal(SIGIO, SIG_IGN); /* a lease broken (sbx_disk_stock_recycle holds one a moment) */
     /* Background work: creates and commands come first. */
     (void)setpriority(PRIO_PROCESS, 0, 10);
     for (;;) {
@@ -65,7 +69,8 @@ sweeper_main(int wake, int trash, int disks)
         ssize_t n = read(wake, buf, sizeof(buf));
         if (n < 0 && errno == EINTR)
             continue;
-        sbx_sandbox_trash_empty(trash);
+        static const char *const files[] = {SB_SLOT, SB_LAYERS, SB_AGENT_SOCK, NULL};
+        sbx_sandbox_trash_empty(trash, disks, files);
         if (n <= 0)
             _exit(0); /* the spawner is gone; what is left waits for the next sweeper */
         /* A copy at a time, until none is missing or the spawner has gone (it waits for us

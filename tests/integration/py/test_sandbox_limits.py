@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shlex
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -260,32 +261,61 @@ async def test_reported_resources_through_the_async_sdk(async_sandbox):
     assert (metrics.cpu_count, metrics.mem_total, metrics.disk_total) == (nproc, mem_total, df_size)
 
 
-def test_creates_take_ready_disks_each_once(sbx_daemon, tmp_path):
-    """The sweeper keeps copies of the blank disk ready on disk (disks/ready/) and a create
-    takes one: every sandbox still gets a disk of its own, never one another sandbox had,
-    and the stock is refilled with new copies. Copies of a blank that is gone are removed."""
+def test_sandbox_dirs_come_from_a_stock_and_are_recycled_wiped(sbx_daemon, tmp_path):
+    """The sweeper keeps sandbox dirs with a copy of the blank disk ready (disks/ready/) and
+    a create takes one; a destroyed sandbox's dir goes back to the stock with its disk reset
+    to the blank's bytes. Every sandbox still gets a disk of its own, nothing a sandbox wrote
+    reaches a later one, and a disk someone still holds open is removed, not recycled. What
+    no create can take any more (a blank that is gone) is removed."""
     with own_daemon(sbx_daemon, tmp_path,
                     "--pool base=0 --pool code-interpreter-v1=0 --disk-mb 64") as d:
         conn = dict(api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
         ready = Path(d.state_dir, "disks", "ready")
+        blank = Path(d.state_dir, "disks", "blank-67108864-sandbox.ext4").read_bytes
+        sbx_dir = lambda s: Path(d.state_dir, "sandboxes", s.sandbox_id)
+        stock = lambda: {p.stat().st_ino: p for p in ready.iterdir()}
         first = Sandbox.create(timeout=120, **conn)  # the first create formats the blank
-        assert wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == 8, 20)
-        stock = {p.stat().st_ino for p in ready.iterdir()}
+        # Four new ones; recycled dirs may fill it to eight.
+        assert wait_for(lambda: ready.is_dir() and len(stock()) == 4, 20)
+        before = stock()
+        assert all((p / "disk.img").read_bytes() == blank() for p in before.values())
         sbs = [Sandbox.create(timeout=120, **conn) for _ in range(3)]
-        disks = [os.stat(Path(d.state_dir, "sandboxes", s.sandbox_id, "disk.img")).st_ino
-                 for s in sbs]
-        assert len(set(disks)) == 3 and set(disks) <= stock
-        # Refilled with copies no sandbox has had.
-        assert wait_for(lambda: len(list(ready.iterdir())) == 8, 20)
-        assert not {p.stat().st_ino for p in ready.iterdir()} & set(disks)
+        dirs = [sbx_dir(s).stat().st_ino for s in sbs]
+        assert len(set(dirs)) == 3 and set(dirs) <= set(before)
+        assert wait_for(lambda: len(stock()) == 4, 20)  # refilled
         # Each disk is its own: a file written in one sandbox is in no other.
-        run(sbs[0], "echo mine > ~/mine")
-        assert [run(s, "cat ~/mine 2>/dev/null || echo none").stdout for s in sbs] == [
-            "mine\n", "none\n", "none\n"]
-        # A copy of a blank made anew or removed is never taken, and goes at the next fill.
-        stale = ready / "blank-1-sandbox.ext4.1.0"
-        stale.write_bytes(b"")
-        for s in sbs + [first]:
+        run(sbs[0], "head -c 4M /dev/urandom > ~/mine; sync")
+        assert [run(s, "ls ~/mine 2>/dev/null || echo none").stdout for s in sbs] == [
+            "/home/user/mine\n", "none\n", "none\n"]
+        # A disk someone still holds open (as a loop device would) is not recycled but
+        # removed with its dir, though the stock has room (recycled dirs fill it to 8).
+        used, held = dirs[0], sbx_dir(sbs[1])
+        held_fd = os.open(held / "disk.img", os.O_RDWR)
+        try:
+            sbs[1].kill()
+            assert wait_for(lambda: os.fstat(held_fd).st_nlink == 0, 20)
+            assert dirs[1] not in stock()
+        finally:
+            os.close(held_fd)
+        # Otherwise, killed, its dir comes back to the stock, its disk the blank's bytes again.
+        sbs[0].kill()
+        assert wait_for(lambda: used in stock(), 20)
+        assert (stock()[used] / "disk.img").read_bytes() == blank()
+        # The sandbox that gets the recycled dir starts on an empty disk.
+        later = []
+        while not any(sbx_dir(s).stat().st_ino == used for s in later):
+            assert len(later) < 9
+            later.append(Sandbox.create(timeout=120, **conn))
+        again = next(s for s in later if sbx_dir(s).stat().st_ino == used)
+        assert run(again, "ls ~/mine 2>/dev/null || echo none").stdout == "none\n"
+        # Stock of a blank made anew or removed (and an image of the earlier layout) is never
+        # taken, and goes at the next fill.
+        assert wait_for(lambda: len(stock()) >= 4, 20)
+        (ready / "blank-1-sandbox.ext4.1.d0").mkdir()
+        (ready / "blank-1-sandbox.ext4.1.0").write_bytes(b"")
+        n0, killed = len(stock()) - 2, later + [sbs[2], first]
+        for s in killed:
             s.kill()
-        assert wait_for(lambda: not stale.exists(), 20)
-        assert len(list(ready.iterdir())) == 8
+        assert wait_for(lambda: not any(p.name.startswith("blank-1-") for p in ready.iterdir()),
+                        20)
+        assert wait_for(lambda: len(stock()) == min(8, n0 + len(killed)), 20)
