@@ -3,6 +3,7 @@ reduced capability set still runs everyday tools, and OOM kills are reported as 
 The runtime side of these bounds is in tests/security/test_host_bounds.py."""
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -273,7 +274,15 @@ def test_sandbox_dirs_come_from_a_stock_and_are_recycled_wiped(sbx_daemon, tmp_p
         ready = Path(d.state_dir, "disks", "ready")
         blank = Path(d.state_dir, "disks", "blank-67108864-sandbox.ext4").read_bytes
         sbx_dir = lambda s: Path(d.state_dir, "sandboxes", s.sandbox_id)
-        stock = lambda: {p.stat().st_ino: p for p in ready.iterdir()}
+
+        def stock():  # the ready dirs by inode; not one the sweeper is still filling (.new)
+            out = {}
+            for p in ready.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if not p.name.startswith("."):
+                        out[p.stat().st_ino] = p
+            return out
+
         first = Sandbox.create(timeout=120, **conn)  # the first create formats the blank
         # Four new ones; recycled dirs may fill it to eight.
         assert wait_for(lambda: ready.is_dir() and len(stock()) == 4, 20)
