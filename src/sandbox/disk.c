@@ -451,13 +451,10 @@ open_entries(int dir)
 static bool
 empty_dir_at(int dir, const char *name)
 {
-    int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    DIR *d = fd < 0 ? NULL : fdopendir(fd);
-    if (d == NULL) {
-        if (fd >= 0)
-            close(fd);
+    _cleanup_close_ int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : open_entries(fd);
+    if (d == NULL)
         return false;
-    }
     struct dirent *e;
     bool empty = true;
     while (empty && (e = readdir(d)) != NULL)
@@ -467,11 +464,9 @@ empty_dir_at(int dir, const char *name)
 }
 
 int
-sbx_disk_stock_recycle(int disks, int from_dir, const char *from, struct sbx_error **err)
+sbx_disk_stock_recycle(int disks, int sub, int from_dir, const char *from, struct sbx_error **err)
 {
-    _cleanup_close_ int sub =
-        openat(from_dir, from, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (sub < 0 || !empty_dir_at(sub, SBX_ROOTFS_DIR))
+    if (!empty_dir_at(sub, SBX_ROOTFS_DIR))
         return 0;
     /* Its image: ours (host root's, 0600) and no one else's name for the same file. */
     _cleanup_close_ int img = openat(sub, SBX_DISK_IMAGE, O_RDWR | O_NOFOLLOW | O_CLOEXEC);

@@ -148,7 +148,7 @@ sbx_sandbox_trash_empty(int trash_fd, int disks_fd, const char *const *files)
             openat(trash_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         struct sbx_error *err = NULL;
         int recycled = sub >= 0 && recyclable(sub, files)
-                           ? sbx_disk_stock_recycle(disks_fd, trash_fd, e->d_name, &err)
+                           ? sbx_disk_stock_recycle(disks_fd, sub, trash_fd, e->d_name, &err)
                            : 0;
         if (recycled < 0)
             sbx_log_warn("disk_stock", "error=\"recycle %s: %s\"", e->d_name, err->msg);

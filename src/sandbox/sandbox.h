@@ -278,10 +278,11 @@ void sbx_sandbox_trash_empty(int trash_fd, int disks_fd, const char *const *file
  * one missing stock dir of a sandbox blank and returns 1, or, with none missing, removes those
  * no create can take any more and returns 0. */
 int sbx_disk_stock_refill(int disks_fd, struct sbx_error **err);
-/* Moves the sandbox dir from_dir/from (found holding only its rootfs and disk image) into the
- * stock, its image reset to the blank's bytes: 1; 0 if it cannot be (no blank of its size, the
- * stock full, its image held open elsewhere). */
-int sbx_disk_stock_recycle(int disks_fd, int from_dir, const char *from, struct sbx_error **err);
+/* Moves the sandbox dir from_dir/from, open as sub and found holding only its rootfs and disk
+ * image, into the stock, its image reset to the blank's bytes: 1; 0 if it cannot be (no blank
+ * of its size, the stock full, its image held open elsewhere). */
+int sbx_disk_stock_recycle(int disks_fd, int sub, int from_dir, const char *from,
+                           struct sbx_error **err);
 /* Renames a ready dir of the stock, with a fresh image of a blank of bytes (formatted first if
  * there is none), to dir, which must not exist: 1; 0 if none is ready. */
 int sbx_disk_stock_take(const char *disks_dir, uint64_t bytes, const char *dir,

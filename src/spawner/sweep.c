@@ -13,9 +13,9 @@
  *
  * A sandbox dir in trash that holds only what every sandbox dir does goes, while there is
  * room, to the stock of ready sandbox dirs that creates take, its disk image reset to the
- * blank's bytes (sbx_sandbox_trash_empty, disk.c): creating and deleting those inodes cost
- * more than the copy. At each wake-up the sweeper also refills that stock with new dirs
- * (sbx_disk_stock_refill) if it runs low. */
+ * blank's bytes (sbx_sandbox_trash_empty, sbx_disk_stock_recycle in disk.c): creating and deleting
+ * those inodes cost more than the copy. At each wake-up the sweeper also refills that stock with
+ * new dirs (sbx_disk_stock_refill) if it runs low. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
