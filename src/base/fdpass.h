@@ -5,8 +5,10 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* fds one datagram may carry: a sandbox's two overlays and its volumes (8) */
-#define SBX_FDPASS_MAX 10
+/* fds one datagram may carry: what a sandbox's child gets at SYNC_PARENT_READY (its root
+ * overlay, volumes and agent runtime, and the detached mounts its root was made of: up to 100
+ * layers and its disk); the kernel's own limit is 253 (SCM_MAX_FD) */
+#define SBX_FDPASS_MAX 112
 
 /* One datagram of len bytes carrying nfds (<= SBX_FDPASS_MAX) fds. */
 int sbx_send_fds(int sock, const void *msg, size_t len, const int *fds, size_t nfds);

@@ -70,7 +70,16 @@ int sbx_cgroup_stats(const char *id, struct sbx_sandbox_stats *out, struct sbx_e
 /* ---- rootfs.c (parent side, host root) ---- */
 struct sbx_rootfs {
     int root_fd; /* detached overlay for / */
+    /* The detached mounts the overlay was made from (its idmapped lower layers, then its disk's
+     * ext4 if it has one), handed to the child with the overlay: the last close of a detached
+     * mount unmounts it and waits for an RCU grace period (namespace_unlock), ~0.1 ms each
+     * under load, which the spawner's one thread would otherwise spend per layer and create.
+     * The child closes them (sbx_rootfs_close) once it has attached the overlay. */
+    int held[SBX_LAYERS_MAX + 1];
+    size_t n_held;
 };
+/* How many detached mounts the root of the plan's sandbox is made from (held above). */
+size_t sbx_rootfs_held(const struct sbx_sandbox_plan *plan);
 int sbx_rootfs_prepare_dirs(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
 /* Builds the root overlay, its lower layers idmapped through the user namespace userns_fd. */
 int sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_rootfs *out,

@@ -325,6 +325,7 @@ sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_r
                 struct sbx_error **err)
 {
     out->root_fd = -1;
+    out->n_held = 0;
     if (plan->n_layers > SBX_LAYERS_MAX) /* the plan's validation refused it already */
         return sbx_error_set(err, SBX_INTERNAL, 0, "too many layers");
     int lowers[SBX_LAYERS_MAX];
@@ -350,10 +351,25 @@ sbx_rootfs_open(const struct sbx_sandbox_plan *plan, int userns_fd, struct sbx_r
         if ((rc = out->root_fd) < 0)
             sbx_error_prefix(err, "root overlay");
     }
-    /* The overlay holds its own references to its layers from here on. */
+    /* The overlay holds its own references to its layers from here on; the detached mounts
+     * they are go to the child (struct sbx_rootfs). */
+    if (rc < 0) {
+        close_all(lowers, plan->n_layers);
+    } else {
+        memcpy(out->held, lowers, plan->n_layers * sizeof(int));
+        out->n_held = plan->n_layers;
+        if (up.mount_fd >= 0)
+            out->held[out->n_held++] = up.mount_fd;
+        up.mount_fd = -1;
+    }
     sbx_upper_dirs_close(&up);
-    close_all(lowers, plan->n_layers);
     return rc < 0 ? -1 : 0;
+}
+
+size_t
+sbx_rootfs_held(const struct sbx_sandbox_plan *plan)
+{
+    return plan->n_layers + (plan->limits.disk_bytes > 0);
 }
 
 void
@@ -362,4 +378,6 @@ sbx_rootfs_close(struct sbx_rootfs *r)
     if (r->root_fd >= 0)
         close(r->root_fd);
     r->root_fd = -1;
+    close_all(r->held, r->n_held);
+    r->n_held = 0;
 }

@@ -79,11 +79,13 @@ step_reset_signals(const char **step)
     return sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-_Static_assert(2 + SBX_SANDBOX_MAX_VOLUMES <= SBX_FDPASS_MAX,
-               "SYNC_PARENT_READY carries the root overlay, every volume and the agent runtime");
+_Static_assert(2 + SBX_SANDBOX_MAX_VOLUMES + SBX_LAYERS_MAX + 1 <= SBX_FDPASS_MAX,
+               "SYNC_PARENT_READY carries the root overlay, every volume, the agent runtime and "
+               "the mounts the root is made of");
 
 /* Blocks until the parent has written our maps and set our limits. fds: the root overlay,
- * the volumes, then the agent runtime if the plan has one. */
+ * the volumes, the agent runtime if the plan has one, then the mounts the root overlay is made
+ * of (struct sbx_rootfs). */
 static int
 step_wait_parent(int sock, size_t n_fds, int *fds, const char **step)
 {
@@ -306,14 +308,15 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     char newroot[4096];
     snprintf(newroot, sizeof(newroot), "%s/rootfs", plan->sandbox_dir);
     int exe = plan->exe_fd;
-    int fds[SBX_FDPASS_MAX]; /* the root overlay, the volumes, the agent runtime */
+    int fds[SBX_FDPASS_MAX]; /* see step_wait_parent */
     size_t n_fds = 1 + plan->n_volumes + (plan->agent_runtime != NULL);
-    struct sbx_rootfs fs = {-1};
+    struct sbx_rootfs fs = {.root_fd = -1, .n_held = sbx_rootfs_held(plan)};
 
     STEP(step_reset_signals(&step));
     STEP(step_join_cgroups(join_fds, n_join, &step));
-    STEP(step_wait_parent(sock, n_fds, fds, &step));
+    STEP(step_wait_parent(sock, n_fds + fs.n_held, fds, &step));
     fs.root_fd = fds[0];
+    memcpy(fs.held, fds + n_fds, fs.n_held * sizeof(int));
     STEP(step_become_root(&step));
     STEP(step_cgroup_namespace(&step));
     STEP(child_mount_private(&step));
@@ -330,7 +333,7 @@ child_main(const struct sbx_sandbox_plan *plan, int oom_fd, const int *join_fds,
     STEP(child_pivot_root(newroot, &step));
     STEP(child_mount_volumes(plan, fds + 1, &step)); /* inside the new root: see volume.c */
     if (plan->agent_runtime)
-        STEP(child_mount_runtime(fds[n_fds - 1], &step)); /* on the fresh /run tmpfs */
+        STEP(child_mount_runtime(fds[1 + plan->n_volumes], &step)); /* on the fresh /run tmpfs */
     STEP(step_hostname(hostname, &step));
     STEP(step_resolver(plan, &step));
     STEP(step_loopback_up(&step));
@@ -464,16 +467,22 @@ set_process_limits(pid_t pid, struct sbx_error **err)
     return 0;
 }
 
-/* The child's root overlay, then its volumes. */
+/* The child's root overlay, its volumes, its agent runtime and the mounts its root is made of,
+ * in the order step_wait_parent expects. */
 static int
 send_ready(int sock, const struct sbx_rootfs *fs, const int *volumes, size_t n_volumes, int runtime,
            struct sbx_error **err)
 {
     struct sync_msg m = {.point = SYNC_PARENT_READY};
     int fds[SBX_FDPASS_MAX] = {fs->root_fd};
-    memcpy(fds + 1, volumes, n_volumes * sizeof(int));
-    fds[1 + n_volumes] = runtime;
-    if (sbx_send_fds(sock, &m, sizeof(m), fds, 1 + n_volumes + (runtime >= 0)) < 0)
+    size_t n = 1;
+    memcpy(fds + n, volumes, n_volumes * sizeof(int));
+    n += n_volumes;
+    if (runtime >= 0)
+        fds[n++] = runtime;
+    memcpy(fds + n, fs->held, fs->n_held * sizeof(int));
+    n += fs->n_held;
+    if (sbx_send_fds(sock, &m, sizeof(m), fds, n) < 0)
         return sbx_error_sys(err, errno, "send to sandbox child");
     return 0;
 }
@@ -670,6 +679,11 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sb
     struct sbx_rootfs fs;
     if (sbx_rootfs_open(plan, userns, &fs, err) < 0)
         return -1;
+    if (fs.n_held != sbx_rootfs_held(plan)) { /* the child counts on that many */
+        sbx_rootfs_close(&fs);
+        return sbx_error_set(err, SBX_INTERNAL, 0, "root made of %zu mounts, not %zu", fs.n_held,
+                             sbx_rootfs_held(plan));
+    }
     int volumes[SBX_SANDBOX_MAX_VOLUMES], rc = 0;
     size_t n = 0;
     for (; n < plan->n_volumes && rc == 0; n++)
@@ -681,7 +695,7 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sb
         rc = -1;
     if (rc == 0)
         rc = send_ready(sock, &fs, volumes, n, runtime, err);
-    /* The child holds its own copies now. */
+    /* The child holds its own copies now, and drops the last ones. */
     sbx_rootfs_close(&fs);
     for (size_t i = 0; i < n; i++)
         if (volumes[i] >= 0)

@@ -5,6 +5,7 @@
 #ifndef SBX_TEST_HARNESS_H
 #define SBX_TEST_HARNESS_H
 
+#include <dirent.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,19 @@ static char sbx_test_dir[64];
             _exit(ci_ &&*ci_ ? 1 : SBX_TEST_SKIP_CODE);                                            \
         }                                                                                          \
     } while (0)
+
+/* How many descriptors this process has open (the test's leaks and handovers). */
+static inline int
+sbx_test_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    CHECK(d != NULL);
+    int n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n - 3; /* ".", ".." and the dir's own fd */
+}
 
 static inline int
 sbx_test_main(int timeout_s)

@@ -749,26 +749,13 @@ run_with_deadlines(void (*client)(void))
     run(client);
 }
 
-/* Open descriptors of this process: the server's side of a connection is one of them. */
-static int
-count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    CHECK(d != NULL);
-    int n = 0;
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n;
-}
-
 /* Waits (up to 10 s) until the server has closed its side of a connection. */
 static void
 wait_fds(int want)
 {
-    for (int i = 0; i < 1000 && count_fds() != want; i++)
+    for (int i = 0; i < 1000 && sbx_test_open_fds() != want; i++)
         usleep(10000);
-    CHECK(count_fds() == want);
+    CHECK(sbx_test_open_fds() == want);
 }
 
 static void
@@ -833,7 +820,7 @@ TEST(trickled_head_gets_408)
 static void
 client_idle(void)
 {
-    int before = count_fds();
+    int before = sbx_test_open_fds();
     struct tc_conn c;
     struct tc_resp r;
     /* Connected and silent: closed without a word. */
@@ -892,7 +879,7 @@ TEST(requests_being_handled_have_no_deadline)
 static void
 client_linger_bounded(void)
 {
-    int before = count_fds();
+    int before = sbx_test_open_fds();
     struct tc_conn c;
     struct tc_resp r;
     /* Answered 413 from the head; the client neither sends the body nor closes. */
@@ -901,8 +888,8 @@ client_linger_bounded(void)
     tc_read(&c, &r, 0);
     CHECK(r.complete && r.status == 413);
     tc_resp_fini(&r);
-    CHECK(count_fds() == before + 2); /* both ends open: the server lingers */
-    wait_fds(before + 1);             /* until the linger time is over */
+    CHECK(sbx_test_open_fds() == before + 2); /* both ends open: the server lingers */
+    wait_fds(before + 1);                     /* until the linger time is over */
     tc_conn_close(&c);
 }
 

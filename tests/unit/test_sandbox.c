@@ -198,16 +198,6 @@ expect_line(const char *log, const char *line)
     _exit(1);
 }
 
-static int
-count_fds(void)
-{
-    int n = 0;
-    for (int fd = 0; fd < 1024; fd++)
-        if (fcntl(fd, F_GETFD) >= 0)
-            n++;
-    return n;
-}
-
 static bool
 has_cap_sys_resource(void)
 {
@@ -644,7 +634,7 @@ TEST(destroy_leaves_nothing_and_sandboxes_are_apart)
     struct env e;
     env_init(&e);
     struct box a, b;
-    int fds_before = count_fds();
+    int fds_before = sbx_test_open_fds();
     spawn_ok(&e, &a, "a", BASE_A, NULL, default_limits,
              "echo secret > /root/marker; sleep 30 & sleep 30 & wait");
     /* Give A a moment to write its marker. */
@@ -687,7 +677,7 @@ TEST(destroy_leaves_nothing_and_sandboxes_are_apart)
     CHECK(access(a.dir, F_OK) < 0 && errno == ENOENT);
     CHECK(access(b.dir, F_OK) < 0 && errno == ENOENT);
     CHECK(kill(a.pid, 0) < 0 && errno == ESRCH);
-    CHECK(count_fds() == fds_before); /* no fd of either sandbox left in the daemon */
+    CHECK(sbx_test_open_fds() == fds_before); /* no fd of either sandbox left in the daemon */
     env_fini(&e);
 }
 
@@ -1206,6 +1196,48 @@ TEST(layers_stack_whiteouts_and_ownership)
     close(fd);
     CHECK(strcmp(buf, "from the top\n") == 0);
     box_destroy(&b);
+    env_fini(&e);
+}
+
+/* The most layers a root may have, and a disk: the child gets every detached mount its root is
+ * made of (struct sbx_rootfs) and drops them; the spawner keeps none. */
+TEST(root_of_the_most_layers_and_a_disk)
+{
+    REQUIRE_ROOT();
+    struct env e;
+    env_init(&e);
+    static char names[SBX_LAYERS_MAX][512];
+    const char *stack[SBX_LAYERS_MAX];
+    snprintf(names[0], sizeof(names[0]), "%s/top", e.state);
+    make_top_layer(names[0]);
+    for (size_t i = 1; i < SBX_LAYERS_MAX - 1; i++) {
+        snprintf(names[i], sizeof(names[i]), "%s/empty%zu", e.state, i);
+        CHECK(mkdir(names[i], 0755) == 0);
+    }
+    for (size_t i = 0; i < SBX_LAYERS_MAX - 1; i++)
+        stack[i] = names[i];
+    stack[SBX_LAYERS_MAX - 1] = e.base;
+    struct sbx_sandbox_plan plan = {.host_uid_base = BASE_A, .limits = default_limits};
+    plan.limits.disk_bytes = 64 << 20;
+    plan.layers = stack;
+    plan.n_layers = SBX_LAYERS_MAX;
+    int fds_before = sbx_test_open_fds();
+    struct box b;
+    struct sbx_error *err = NULL;
+    CHECK(box_spawn_plan(&e, &b, "most", &plan,
+                         "echo top=$(cat /etc/top-file)\n"
+                         "echo disk_kb=$(df -k / | awk 'NR==2 {print $2}')\n"
+                         "echo written > /home/user/f && echo write=$(cat /home/user/f)\n",
+                         &err) == 0);
+    CHECK(sbx_test_open_fds() == fds_before + 1); /* the box's log */
+    CHECK(WIFEXITED(box_wait(&b)));
+    char *log = box_log(&b);
+    fprintf(stderr, "%s", log);
+    expect_line(log, "top=from the top");
+    expect_line(log, "disk_kb=65536");
+    expect_line(log, "write=written");
+    box_destroy(&b);
+    CHECK(sbx_test_open_fds() == fds_before);
     env_fini(&e);
 }
 
