@@ -18,6 +18,7 @@
 #include <link.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -565,9 +566,10 @@ clone_sandbox(unsigned long flags, int cgroup_fd)
  * dozens of libraries libcurl, libsqlite3, nftables and OpenSSL bring, about 170 mappings
  * that the kernel copies at the clone and tears down again at the exec (measured: 11% of the
  * spawner's CPU in dup_mmap, a fifth of the child's in the exec). Those libraries' segments
- * are marked MADV_DONTFORK for the clone only: a fork of the spawner (its jobs, the sweeper)
- * runs their atfork handlers and their code. Libraries loaded at the first spawn stay
- * loaded (the spawner never dlcloses), so the ranges, read once, stay theirs. */
+ * are marked MADV_DONTFORK for the clones (leave_foreign_out): a fork of the spawner (its
+ * jobs, the sweeper) runs their atfork handlers and their code, and gets them back. Libraries
+ * loaded at the first spawn stay loaded (the spawner never dlcloses), so the ranges, read
+ * once, stay theirs. */
 #define FOREIGN_MAX 256 /* ranges; ~40 libraries, up to 4 segments each */
 
 static struct {
@@ -609,22 +611,47 @@ add_foreign(struct dl_phdr_info *info, size_t size, void *data)
     return 0;
 }
 
-/* MADV_DONTFORK before the clone, MADV_DOFORK after it. */
 static void
 advise_foreign(int advice)
 {
-    if (!foreign.read) {
-        /* Sanitizer runtimes (the ASan and UBSan builds of the tests) intercept libc's
-         * functions from libraries of their own: with one, the child keeps everything. */
-        if (dlsym(RTLD_DEFAULT, "__asan_init") == NULL &&
-            dlsym(RTLD_DEFAULT, "__ubsan_handle_add_overflow") == NULL)
-            dl_iterate_phdr(add_foreign, NULL);
-        foreign.read = true;
-    }
     for (size_t i = 0; i < foreign.n; i++)
         if (madvise((void *)foreign.range[i].start, foreign.range[i].len, advice) < 0 &&
             advice == MADV_DOFORK)
-            abort(); /* cannot happen; a later fork's child would crash in that library */
+            abort(); /* cannot happen; the fork's child would crash in that library */
+}
+
+static void
+fork_prepare(void)
+{
+    advise_foreign(MADV_DOFORK);
+}
+
+static void
+fork_parent(void)
+{
+    advise_foreign(MADV_DONTFORK);
+}
+
+/* Marks the libraries MADV_DONTFORK once, at the first clone, and has every fork unmark them
+ * for its own copy (atfork handlers; a fork's child keeps them). Toggling them around each
+ * clone instead cost two madvise calls per library per create, about 80. */
+static void
+leave_foreign_out(void)
+{
+    if (foreign.read)
+        return;
+    foreign.read = true;
+    /* Sanitizer runtimes (the ASan and UBSan builds of the tests) intercept libc's functions
+     * from libraries of their own: with one, the child keeps everything. */
+    if (dlsym(RTLD_DEFAULT, "__asan_init") != NULL ||
+        dlsym(RTLD_DEFAULT, "__ubsan_handle_add_overflow") != NULL)
+        return;
+    dl_iterate_phdr(add_foreign, NULL);
+    if (pthread_atfork(fork_prepare, fork_parent, NULL) != 0) {
+        foreign.n = 0; /* no fork could get them back: leave them in */
+        return;
+    }
+    advise_foreign(MADV_DONTFORK);
 }
 
 static int
@@ -651,12 +678,11 @@ clone_as_owner(unsigned long flags, int cgroup_fd, uid_t owner)
 {
     if (setresuid(-1, owner, -1) < 0)
         return -1;
-    advise_foreign(MADV_DONTFORK);
+    leave_foreign_out();
     pid_t pid = raise_effective_caps() < 0 ? -1 : clone_sandbox(flags, cgroup_fd);
     if (pid == 0)
         return 0; /* the child: its new user namespace gives it every capability there */
     int e = errno;
-    advise_foreign(MADV_DOFORK);
     if (setresuid(-1, 0, -1) < 0)
         abort(); /* cannot happen (the real uid is 0), and going on unprivileged would be worse */
     errno = e;
