@@ -52,12 +52,18 @@ BWRAP = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "us
 HYBRID = os.path.ismount("/sys/fs/cgroup/unified")
 
 
+# Looked up here, not in the child: a child forked from these threads runs hide_unified_cgroup
+# between fork and exec, where a dlopen (ctypes.CDLL) can wait forever for a loader lock that
+# another thread held at the fork (it did: one run of the rate bench hung in crun's point).
+LIBC = ctypes.CDLL(None, use_errno=True)
+UNSHARE_FN, MOUNT_FN, UMOUNT2_FN = LIBC.unshare, LIBC.mount, LIBC.umount2
+
+
 def hide_unified_cgroup():
-    libc = ctypes.CDLL(None, use_errno=True)
     CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x20000, 0x4000, 1 << 18, 2
-    if (libc.unshare(CLONE_NEWNS) != 0
-            or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0
-            or libc.umount2(b"/sys/fs/cgroup/unified", MNT_DETACH) != 0):
+    if (UNSHARE_FN(CLONE_NEWNS) != 0
+            or MOUNT_FN(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0
+            or UMOUNT2_FN(b"/sys/fs/cgroup/unified", MNT_DETACH) != 0):
         os._exit(111)
 
 
