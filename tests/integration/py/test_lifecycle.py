@@ -1,5 +1,6 @@
 """Sandbox lifecycle through the official Python SDK (sync Sandbox and AsyncSandbox)."""
 
+import contextlib
 import glob
 import json
 import os
@@ -251,10 +252,14 @@ def _pools_settled(sbx_daemon):
 
 
 def _daemon_pidfds(sbx_daemon):
-    """The front end holds one pidfd per running sandbox (client sockets come and go)."""
+    """The front end holds one pidfd per running sandbox (client sockets come and go, also
+    between the listing and the readlink)."""
     fd_dir = f"/proc/{sbx_daemon.worker_pid('sbx-frontend')}/fd"
-    return sum(1 for fd in os.listdir(fd_dir)
-               if os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:[pidfd]")
+    n = 0
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(FileNotFoundError):
+            n += os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:[pidfd]"
+    return n
 
 
 def _pids_in_cgroup_of(sid):
