@@ -223,12 +223,30 @@ overlay_by_path(const char *lower, const char *upper, const char *work, char *wh
     return -1;
 }
 
-/* The staging child. Layers are named relative to the staging dir (our cwd), "0" the top one,
- * so no path of the state dir, which may hold ':' or ',', reaches the overlay's option parser. */
+/* A layer's name in the staging dir: i in base 62, "0" the top one. The kernel copies the
+ * "lowerdir" string with a bound of 255 bytes (fsconfig's strndup_user); in decimal, 100 layers
+ * take 289 and more than 88 fail, in base 62 they take 237. */
+static void
+stage_name(size_t i, char name[static 3])
+{
+    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    size_t k = 0;
+    if (i >= 62)
+        name[k++] = digits[i / 62];
+    name[k++] = digits[i % 62];
+    name[k] = '\0';
+}
+
+_Static_assert(SBX_LAYERS_MAX <= 62 * 62, "a staged layer's name has at most two digits");
+_Static_assert(SBX_LAYERS_MAX * 3 - 1 - (SBX_LAYERS_MAX < 62 ? SBX_LAYERS_MAX : 62) <= 255,
+               "the staged lowerdir string fits the kernel's bound");
+
+/* The staging child. Layers are named relative to the staging dir (our cwd), so no path of
+ * the state dir, which may hold ':' or ',', reaches the overlay's option parser. */
 __attribute__((noreturn)) static void
 stage_main(int sock, const char *sandbox_dir, const int *lowers, size_t n, int disk_mount)
 {
-    char stage[4096], lowerdir[SBX_LAYERS_MAX * 4], name[24];
+    char stage[4096], lowerdir[SBX_LAYERS_MAX * 3], name[3];
     if (sbx_pathf(stage, sizeof(stage), "%s/rootfs", sandbox_dir) < 0)
         stage_fail(sock, "staging path");
     if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
@@ -238,19 +256,20 @@ stage_main(int sock, const char *sandbox_dir, const int *lowers, size_t n, int d
         stage_fail(sock, "staging tmpfs");
     lowerdir[0] = '\0';
     for (size_t i = 0; i < n; i++) {
-        snprintf(name, sizeof(name), "%zu", i);
+        stage_name(i, name);
         if (attach_at(lowers[i], name) < 0)
             stage_fail(sock, "attach lower layers");
         strcat(lowerdir, i ? ":" : "");
         strcat(lowerdir, name);
     }
-    /* d/ holds upper/ and work/: the disk image's ext4, or the sandbox dir (same layout). */
-    if (disk_mount >= 0 ? attach_at(disk_mount, "d") < 0
-                        : mkdir("d", 0700) < 0 || mount(sandbox_dir, "d", NULL, MS_BIND, NULL) < 0)
+    /* _/ holds upper/ and work/: the disk image's ext4, or the sandbox dir (same layout).
+     * '_' is no base-62 digit, so no layer has its name. */
+    if (disk_mount >= 0 ? attach_at(disk_mount, "_") < 0
+                        : mkdir("_", 0700) < 0 || mount(sandbox_dir, "_", NULL, MS_BIND, NULL) < 0)
         stage_fail(sock, "attach upper layer");
     int fd;
     char why[256];
-    if ((fd = overlay_by_path(lowerdir, "d/upper/root", "d/work/root", why, sizeof(why))) < 0)
+    if ((fd = overlay_by_path(lowerdir, "_/upper/root", "_/work/root", why, sizeof(why))) < 0)
         stage_fail(sock, why);
     struct stage_msg m = {0};
     _exit(sbx_send_fds(sock, &m, sizeof(m), &fd, 1) < 0 ? 1 : 0);

@@ -1206,24 +1206,21 @@ TEST(root_of_the_most_layers_and_a_disk)
     REQUIRE_ROOT();
     struct env e;
     env_init(&e);
-    /* Before Linux 6.15 the overlay is staged and names its layers in one fsconfig string,
-     * which the kernel takes up to 255 bytes: about 88 layers (rootfs.c). */
-    size_t n = sbx_rootfs_layers_by_fd() ? SBX_LAYERS_MAX : 64;
     static char names[SBX_LAYERS_MAX][512];
     const char *stack[SBX_LAYERS_MAX];
     snprintf(names[0], sizeof(names[0]), "%s/top", e.state);
     make_top_layer(names[0]);
-    stack[0] = names[0];
-    for (size_t i = 1; i < n - 1; i++) {
+    for (size_t i = 1; i < SBX_LAYERS_MAX - 1; i++) {
         snprintf(names[i], sizeof(names[i]), "%s/empty%zu", e.state, i);
         CHECK(mkdir(names[i], 0755) == 0);
-        stack[i] = names[i];
     }
-    stack[n - 1] = e.base;
+    for (size_t i = 0; i < SBX_LAYERS_MAX - 1; i++)
+        stack[i] = names[i];
+    stack[SBX_LAYERS_MAX - 1] = e.base;
     struct sbx_sandbox_plan plan = {.host_uid_base = BASE_A, .limits = default_limits};
     plan.limits.disk_bytes = 64 << 20;
     plan.layers = stack;
-    plan.n_layers = n;
+    plan.n_layers = SBX_LAYERS_MAX;
     int fds_before = sbx_test_open_fds();
     struct box b;
     struct sbx_error *err = NULL;
