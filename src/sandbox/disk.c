@@ -19,11 +19,12 @@
  * At spawn the daemon attaches disk.img to a loop device (autoclear), mounts it detached
  * (fsopen/fsmount: nothing in the host's mount table), creates upper/root and
  * work/root in it owned by the sandbox's host uid base, and hands those directories to
- * overlayfs as fds. Only the overlay then holds the ext4 mount; it lives in the sandbox's
- * mount namespace, so when the sandbox's last process exits the ext4 is unmounted, the loop
- * device's last reference goes and autoclear detaches it. Destroy moves the sandbox dir to the
- * sweeper, which recycles it into the stock or deletes it. A restarted daemon needs nothing but
- * that path.
+ * overlayfs as fds. The overlay holds the ext4 mount, in the sandbox's mount namespace, and
+ * the spawner keeps it too (below: "a mounted disk, kept for the next sandbox"); once neither
+ * does, the ext4 is unmounted, the loop device's last reference goes and autoclear detaches it.
+ * Destroy moves the sandbox dir to the sweeper, which empties its kept disk for the next sandbox,
+ * or recycles the dir into the stock or deletes it. A restarted daemon needs nothing but that
+ * path.
  *
  * Security: mounting a filesystem image makes the kernel parse it, and ext4's parser is not
  * hardened against crafted images. The host never mounts an image the sandbox could have
@@ -33,10 +34,12 @@
  * image sits in the sandbox's host dir (0711, so that the child can reach its mount point
  * there before pivot_root, after which no path of the sandbox leads to it), the blanks in a
  * 0700 dir. A spawn mounts a fresh copy: made with O_EXCL, or recycled, which rewrites it to
- * the blank's bytes once no one else holds it open (sbx_disk_stock_recycle). The one exception is
- * the reboot of a sandbox after a filesystem-only pause (plan.reboot): its image is mounted again,
- * once its first mount is gone with every process of the sandbox; in between only the kernel's ext4
- * driver wrote it, so it is still an image of that driver's making. */
+ * the blank's bytes once no one else holds it open (sbx_disk_stock_recycle); or it is given a kept
+ * mount, which no one mounted again (sbx_disk_mount_reset). The one exception is
+ * the reboot of a sandbox after a filesystem-only pause (plan.reboot) whose kept mount a spawner
+ * restart took away: its image is mounted again, once its first mount is gone with every process
+ * of the sandbox; in between only the kernel's ext4 driver wrote it, so it is still an image of
+ * that driver's making. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -48,6 +51,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -544,6 +548,77 @@ sbx_disk_stock_refill(int disks, struct sbx_error **err)
     return rc;
 }
 
+/* ---- a mounted disk, kept for the next sandbox -------------------------------------------
+ * Attaching a loop device, mounting ext4 (which reads and writes its superblock through the
+ * device and starts a kernel thread), and at the sandbox's end unmounting it and resetting its
+ * image, cost a create+kill about a fifth of the spawner's time. So the spawner keeps the
+ * detached mount of a sandbox's disk open (spawner/disks.c), and once the sandbox is gone the
+ * sweeper empties it here and the mount serves the next sandbox of the same disk size.
+ *
+ * Security: the sandbox only ever reached this filesystem through its overlay, as files below
+ * upper/root (and overlayfs's own below work/root); never the device or the image. Both dirs
+ * go whole and come back empty, with the blank's modes and owner; upper/ and work/ themselves
+ * were never the sandbox's. The filesystem must then count exactly the free blocks and inodes
+ * of the blank's superblock: a file the sandbox left held open somewhere (an fd in flight in a
+ * unix socket, say), or anything the emptying missed, keeps blocks or an inode in use, and the
+ * mount is not used again. An ext4 that met an error (errors=remount-ro) is not either. */
+
+/* The free blocks and inodes that the superblock of the blank of bytes counts: what mke2fs
+ * left, and what a mount of a fresh copy of it reports. */
+static int
+blank_free_counts(int disks, uint64_t bytes, uint64_t *blocks, uint64_t *inodes)
+{
+    char name[64];
+    struct stat st;
+    _cleanup_close_ int blank = open_sandbox_blank(disks, bytes, name, sizeof(name), &st);
+    uint8_t sb[1024];
+    if (blank < 0 || pread(blank, sb, sizeof(sb), 1024) != (ssize_t)sizeof(sb))
+        return -1;
+    /* Little-endian fields of struct ext4_super_block: s_free_blocks_count_lo (0x0c),
+     * s_free_inodes_count (0x10), s_magic (0x38), s_free_blocks_count_hi (0x158, 64bit). */
+    uint32_t lo = (uint32_t)sb[0x0c] | (uint32_t)sb[0x0d] << 8 | (uint32_t)sb[0x0e] << 16 |
+                  (uint32_t)sb[0x0f] << 24;
+    uint32_t in = (uint32_t)sb[0x10] | (uint32_t)sb[0x11] << 8 | (uint32_t)sb[0x12] << 16 |
+                  (uint32_t)sb[0x13] << 24;
+    uint32_t hi = (uint32_t)sb[0x158] | (uint32_t)sb[0x159] << 8 | (uint32_t)sb[0x15a] << 16 |
+                  (uint32_t)sb[0x15b] << 24;
+    if (sb[0x38] != 0x53 || sb[0x39] != 0xef)
+        return -1;
+    *blocks = (uint64_t)hi << 32 | lo;
+    *inodes = in;
+    return 0;
+}
+
+int
+sbx_disk_mount_reset(int disks, int sub, int mount_fd, uint64_t *bytes, struct sbx_error **err)
+{
+    struct stat st;
+    if (!empty_dir_at(sub, SBX_ROOTFS_DIR) ||
+        fstatat(sub, SBX_DISK_IMAGE, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_uid != 0 || (st.st_mode & 0077) || st.st_nlink != 1)
+        return 0;
+    *bytes = (uint64_t)st.st_size;
+    struct statvfs v;
+    if (fstatvfs(mount_fd, &v) < 0)
+        return sbx_error_sys(err, errno, "statfs the disk");
+    if (v.f_flag & ST_RDONLY)
+        return 0; /* ext4 met an error */
+    for (size_t i = 0; i < sizeof(disk_tree) / sizeof(disk_tree[0]); i++) {
+        const char *name = disk_tree[i].name;
+        if (strchr(name, '/') == NULL)
+            continue; /* upper/ and work/ stay; their root/ goes and comes back empty */
+        if (sbx_fs_remove_at(mount_fd, name, err) < 0)
+            return -1;
+        if (mkdirat(mount_fd, name, 0700) < 0 ||
+            fchmodat(mount_fd, name, disk_tree[i].mode, 0) < 0) /* exact, whatever the umask */
+            return sbx_error_sys(err, errno, "mkdir %s", name);
+    }
+    uint64_t blocks, inodes;
+    if (blank_free_counts(disks, *bytes, &blocks, &inodes) < 0 || fstatvfs(mount_fd, &v) < 0)
+        return 0;
+    return v.f_bfree == blocks && v.f_ffree == inodes;
+}
+
 /* ---- a sandbox's image ---------------------------------------------------------------- */
 
 int
@@ -692,20 +767,26 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
                     struct sbx_error **err)
 {
     *out = (struct sbx_upper_dirs){-1, -1, -1};
-    char path[4096], dev[64];
-    if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
-        return sbx_error_sys(err, errno, "disk image path");
-    _cleanup_close_ int img = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-    if (img < 0)
-        return sbx_error_sys(err, errno, "open %s", path);
-    _cleanup_close_ int loop = sbx_loop_attach(img, dev, sizeof(dev), err);
-    if (loop < 0)
-        return sbx_error_prefix(err, "%s", path);
-    /* Only overlayfs uses this mount (what the sandbox may do is decided by the overlays'
-     * own flags); nodev and nosuid in case anything else ever did. */
-    out->mount_fd = sbx_ext4_mount(dev, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, err);
-    if (out->mount_fd < 0)
-        return sbx_error_prefix(err, "%s on %s", path, dev);
+    if (plan->disk_mount != NULL) {
+        /* An earlier sandbox's, emptied (sbx_disk_mount_reset) and kept mounted for us. */
+        if ((out->mount_fd = fcntl(*plan->disk_mount, F_DUPFD_CLOEXEC, 0)) < 0)
+            return sbx_error_sys(err, errno, "the kept disk");
+    } else {
+        char path[4096], dev[64];
+        if (sbx_pathf(path, sizeof(path), "%s/" SBX_DISK_IMAGE, plan->sandbox_dir) < 0)
+            return sbx_error_sys(err, errno, "disk image path");
+        _cleanup_close_ int img = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (img < 0)
+            return sbx_error_sys(err, errno, "open %s", path);
+        _cleanup_close_ int loop = sbx_loop_attach(img, dev, sizeof(dev), err);
+        if (loop < 0)
+            return sbx_error_prefix(err, "%s", path);
+        /* Only overlayfs uses this mount (what the sandbox may do is decided by the overlays'
+         * own flags); nodev and nosuid in case anything else ever did. */
+        out->mount_fd = sbx_ext4_mount(dev, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, err);
+        if (out->mount_fd < 0)
+            return sbx_error_prefix(err, "%s on %s", path, dev);
+    }
     int m = out->mount_fd;
     /* upper/ and work/ themselves: host root only, like the sandbox dir they replace.
      * Overlayfs works in them with the mounter's (host root's) credentials. The owner of
@@ -719,8 +800,8 @@ sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *
         sbx_upper_dirs_close(out);
         return -1;
     }
-    /* Returning closes our loop device fd: from here on the mount holds the device, and
-     * once the overlay is made and these fds closed, it holds the mount. */
+    /* Returning closes our loop device fd, if we attached one: from here on the mount holds
+     * the device, and once the overlay is made and these fds closed, it holds the mount. */
     return 0;
 }
 

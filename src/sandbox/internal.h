@@ -128,8 +128,9 @@ int sbx_ext4_mount(const char *dev, unsigned int attrs, struct sbx_error **err);
  * formatting that blank (once per size) in disks_dir if needed. For a reboot, checks
  * that the image of the earlier boot is there. */
 int sbx_disk_prepare(const struct sbx_sandbox_plan *plan, struct sbx_error **err);
-/* Attaches disk.img to an autoclear loop device, mounts it detached and creates the upper
- * and work dirs in it, owned by plan->host_uid_base (for a reboot: opens those it has). */
+/* Attaches disk.img to an autoclear loop device and mounts it detached (or takes the kept
+ * mount plan->disk_mount), and gives the upper and work dirs in it to plan->host_uid_base
+ * (for a reboot: opens those it has). */
 int sbx_disk_open_upper(const struct sbx_sandbox_plan *plan, struct sbx_upper_dirs *out,
                         struct sbx_error **err);
 void sbx_upper_dirs_close(struct sbx_upper_dirs *d);

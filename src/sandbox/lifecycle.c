@@ -159,6 +159,17 @@ sbx_sandbox_trash_empty(int trash_fd, int disks_fd, const char *const *files)
     closedir(d);
 }
 
+int
+sbx_sandbox_kept_reset(int kept_fd, const char *name, int disks_fd, int mount_fd,
+                       const char *const *files, uint64_t *bytes, struct sbx_error **err)
+{
+    _cleanup_close_ int sub =
+        openat(kept_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0 || !recyclable(sub, files))
+        return 0;
+    return sbx_disk_mount_reset(disks_fd, sub, mount_fd, bytes, err);
+}
+
 /* The last number of the NSpid line of /proc/<pid>/status: its pid in its own namespace. */
 static long
 inner_pid(pid_t pid)

@@ -85,9 +85,15 @@ struct sbx_sandbox_plan {
     const char *hostname;
     bool relaxed;    /* keep NET_ADMIN and SYS_ADMIN, allow new non-user namespaces */
     bool disk_ready; /* sandbox_dir came from the disk stock (sbx_disk_stock_take) */
-    bool reboot;     /* boot again on the writable layer an earlier boot of this sandbox left in
-                      * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
-                      * must be the one it had; a failed start leaves it as it was */
+    /* NULL, or the detached mount of sandbox_dir's disk image, kept from an earlier sandbox
+     * and emptied (sbx_disk_mount_reset): the root's upper layer is made on it. */
+    const int *disk_mount;
+    /* The caller keeps the disk mounted: it has disk_mount, or takes the mount made here
+     * (sbx_sandbox_spawning_disk). */
+    bool keep_disk;
+    bool reboot; /* boot again on the writable layer an earlier boot of this sandbox left in
+                  * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base
+                  * must be the one it had; a failed start leaves it as it was */
     const struct sbx_volume_mount *volumes; /* mounted read-write, owned as on the volume */
     size_t n_volumes;                       /* at most SBX_SANDBOX_MAX_VOLUMES */
     const char *lxcfs_dir; /* an lxcfs mount (sbx_sandbox_lxcfs) whose /proc files replace the
@@ -247,6 +253,10 @@ int sbx_sandbox_spawning_fd(const struct sbx_sandbox_spawning *s);
 int sbx_sandbox_spawn_step(struct sbx_sandbox_spawning *s, pid_t *pid, uint64_t *start_time,
                            struct sbx_error **err);
 void sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s);
+/* With plan.keep_disk, once start has returned: an fd of the detached mount of the sandbox's
+ * disk (its ext4), which the caller then owns; -1 if it has none. Whoever holds it keeps the
+ * disk mounted after the sandbox is gone. */
+int sbx_sandbox_spawning_disk(struct sbx_sandbox_spawning *s);
 
 /* True if ref->pid is still that sandbox's agent (pid alive and start time matches). */
 bool sbx_sandbox_is_alive(const struct sbx_sandbox_ref *ref);
@@ -283,6 +293,16 @@ int sbx_disk_stock_refill(int disks_fd, struct sbx_error **err);
  * of its size, the stock full, its image held open elsewhere). */
 int sbx_disk_stock_recycle(int disks_fd, int sub, int from_dir, const char *from,
                            struct sbx_error **err);
+/* Empties the kept mount (mount_fd, a detached mount) of the disk of a sandbox that is gone,
+ * whose dir sub holds only its empty rootfs and its image, for the next sandbox (disk.c): 1 if
+ * it then holds what a fresh copy of the blank in the disks dir disks_fd does (bytes: the
+ * disk's size), 0 if it must not be used again, -1 on error. */
+int sbx_disk_mount_reset(int disks_fd, int sub, int mount_fd, uint64_t *bytes,
+                         struct sbx_error **err);
+/* The same for the dir kept_fd/name, which must hold nothing else but the spawner's files
+ * (as for sbx_sandbox_trash_empty; they are emptied). */
+int sbx_sandbox_kept_reset(int kept_fd, const char *name, int disks_fd, int mount_fd,
+                           const char *const *files, uint64_t *bytes, struct sbx_error **err);
 /* Renames a ready dir of the stock, with a fresh image of a blank of bytes (formatted first if
  * there is none), to dir, which must not exist: 1; 0 if none is ready. */
 int sbx_disk_stock_take(const char *disks_dir, uint64_t bytes, const char *dir,

@@ -497,6 +497,7 @@ struct sbx_sandbox_spawning {
     int sock;
     bool exec_seen;
     bool reboot; /* a failure keeps the sandbox dir: it holds the sandbox's disk */
+    int disk_fd; /* plan.keep_disk: the disk's mount, until sbx_sandbox_spawning_disk */
 };
 
 /* Reads what the child sent: 1 while setup goes on, 0 once it has exec'd (SYNC_CHILD_EXEC,
@@ -691,8 +692,11 @@ clone_as_owner(unsigned long flags, int cgroup_fd, uid_t owner)
 
 /* Everything the parent does between clone and SYNC_PARENT_READY. */
 static int
-parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sbx_error **err)
+parent_setup(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_spawning *s,
+             struct sbx_error **err)
 {
+    pid_t pid = s->pid;
+    int sock = s->sock;
     if (write_maps(pid, plan->host_uid_base, err) < 0)
         return -1;
     if (set_process_limits(pid, err) < 0)
@@ -710,6 +714,10 @@ parent_setup(const struct sbx_sandbox_plan *plan, pid_t pid, int sock, struct sb
         return sbx_error_set(err, SBX_INTERNAL, 0, "root made of %zu mounts, not %zu", fs.n_held,
                              sbx_rootfs_held(plan));
     }
+    /* The disk's ext4 is the last of them. Kept by the caller, the child's close is not the
+     * last and the disk stays mounted (out of fds, it is not kept: -1). */
+    if (plan->keep_disk && plan->disk_mount == NULL && plan->limits.disk_bytes > 0)
+        s->disk_fd = fcntl(fs.held[fs.n_held - 1], F_DUPFD_CLOEXEC, 0);
     int volumes[SBX_SANDBOX_MAX_VOLUMES], rc = 0;
     size_t n = 0;
     for (; n < plan->n_volumes && rc == 0; n++)
@@ -761,6 +769,7 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     }
     snprintf(s->id, sizeof(s->id), "%s", plan->id);
     s->sock = -1;
+    s->disk_fd = -1;
     s->reboot = plan->reboot;
     if (sbx_rootfs_prepare_dirs(plan, err) < 0 || sbx_cgroup_create(plan, err) < 0)
         goto fail;
@@ -804,7 +813,7 @@ sbx_sandbox_spawn_start(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_
     close(sv[1]);
     s->pid = pid;
     s->sock = sv[0];
-    if (parent_setup(plan, pid, s->sock, err) < 0)
+    if (parent_setup(plan, s, err) < 0)
         goto fail;
     *out = s;
     return 0;
@@ -841,6 +850,14 @@ sbx_sandbox_spawn_step(struct sbx_sandbox_spawning *s, pid_t *pid, uint64_t *sta
     return 0;
 }
 
+int
+sbx_sandbox_spawning_disk(struct sbx_sandbox_spawning *s)
+{
+    int fd = s->disk_fd;
+    s->disk_fd = -1;
+    return fd;
+}
+
 void
 sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s)
 {
@@ -848,6 +865,8 @@ sbx_sandbox_spawning_free(struct sbx_sandbox_spawning *s)
         return;
     if (s->sock >= 0)
         close(s->sock);
+    if (s->disk_fd >= 0)
+        close(s->disk_fd);
     if (s->pid != 0 || !s->exec_seen)
         cleanup_failed(s);
     free(s->sandbox_dir);

@@ -55,6 +55,7 @@ struct sb {
     struct snap *snap; /* a SNAPSHOT under way (build.c) */
     bool keep_dir;     /* the kill under way is a STOP; the spawn under way is a reboot */
     bool disk_ready;   /* its dir came from the disk stock, with its image */
+    int disk_fd;       /* the detached mount of its disk, kept for a later sandbox, or -1 */
     struct step *step; /* a BUILD_STEP's sandbox, else NULL; no other request reaches it */
     struct sb *next;
 };
@@ -184,6 +185,14 @@ int sbx_spawner_sweep_start(struct sbx_error **err);
 /* Moves the dir of sandbox id into trash (its name is free when this returns) and wakes the
  * sweeper. A dir already gone is not an error. */
 int sbx_spawner_sweep(const char *dir, const char *id, struct sbx_error **err);
+/* Like sbx_spawner_sweep, for a sandbox whose disk's mount we kept (fd, which this takes):
+ * the sweeper empties the disk for a later sandbox if reuse, else lets go of it; the dir waits
+ * in <disks>/kept. */
+int sbx_spawner_sweep_kept(const char *dir, const char *id, int fd, bool reuse,
+                           struct sbx_error **err);
+/* Renames a kept dir whose disk is of bytes to dir, which must not exist, and gives its
+ * mount's fd to *fd: 1; 0 if none is ready. */
+int sbx_spawner_kept_take(uint64_t bytes, const char *dir, int *fd);
 /* Wakes the sweeper (starting another if it died): to empty trash, and to refill the stock
  * of ready disk images after a create took one. */
 void sbx_spawner_sweep_poke(void);

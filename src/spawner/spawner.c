@@ -197,6 +197,7 @@ sb_new(const char *id)
     s->dir = sandbox_dir(id);
     s->slot = -1;
     s->pidfd = -1;
+    s->disk_fd = -1;
     uv_timer_init(sp.loop, &s->timer);
     s->timer.data = s;
     s->next = sp.sbs;
@@ -272,6 +273,9 @@ sbx_spawner_sb_drop(struct sb *s)
     if (*pp)
         *pp = s->next;
     sb_release(s);
+    if (s->disk_fd >= 0)
+        close(s->disk_fd);
+    s->disk_fd = -1;
     if (s->step)
         sbx_spawner_step_close(s);
     uv_close((uv_handle_t *)&s->timer, on_timer_closed);
@@ -439,9 +443,13 @@ sbx_spawner_spawn_target(const struct sbx_spawner_msg *m, int config_fd, struct 
         return NULL;
     }
     _cleanup_free_ char *dir = sandbox_dir(m->id);
-    /* Its dir must not exist either. A dir from the disk stock was an earlier sandbox's, but
-     * holds nothing it could write: its image is the blank's bytes again (disk.c). */
-    int taken = m->disk_bytes > 0 ? sbx_disk_stock_take(sp.disks_dir, m->disk_bytes, dir, err) : 0;
+    /* Its dir must not exist either. A kept dir or one from the disk stock was an earlier
+     * sandbox's, but holds nothing it could write: its disk was emptied, or its image is the
+     * blank's bytes again (disk.c). */
+    int kept = -1;
+    int taken = m->disk_bytes > 0 ? sbx_spawner_kept_take(m->disk_bytes, dir, &kept) : 0;
+    if (taken == 0 && m->disk_bytes > 0)
+        taken = sbx_disk_stock_take(sp.disks_dir, m->disk_bytes, dir, err);
     if (taken < 0 || (taken == 0 && mkdir(dir, 0711) < 0)) {
         if (taken == 0)
             sbx_error_sys(err, errno, "create the dir of sandbox %s", m->id);
@@ -449,6 +457,7 @@ sbx_spawner_spawn_target(const struct sbx_spawner_msg *m, int config_fd, struct 
     }
     s = sb_new(m->id);
     s->disk_ready = taken == 1;
+    s->disk_fd = kept;
     s->slot = (int)m->uid_slot;
     record_slot(s);
     return s;
@@ -471,6 +480,8 @@ sbx_spawner_spawn_refused(struct sb *s, const struct sbx_error *err)
 void
 sbx_spawner_watch_spawn(struct sb *s)
 {
+    if (s->disk_fd < 0)
+        s->disk_fd = sbx_sandbox_spawning_disk(s->spawning);
     s->spawn_poll = watch(s, sbx_sandbox_spawning_fd(s->spawning), on_spawn_readable);
     uv_timer_start(&s->timer, on_spawn_deadline, SBX_SPAWN_TIMEOUT_MS, 0);
 }
@@ -529,6 +540,8 @@ sbx_spawner_plan_init(struct sbx_sandbox_plan *plan, const struct sb *s,
         .n_layers = n_layers,
         .disks_dir = sp.disks_dir,
         .disk_ready = s->disk_ready,
+        .disk_mount = s->disk_fd >= 0 ? &s->disk_fd : NULL,
+        .keep_disk = true,
         .host_uid_base = sp.cfg->uid_base + (uid_t)m->uid_slot * SBX_SANDBOX_UID_COUNT,
         .limits = {.memory_bytes = m->memory_bytes,
                    .pids_max = (uint32_t)m->pids_max,
@@ -623,6 +636,9 @@ kill_finish(struct sb *s)
     bool keep_dir = s->keep_dir;
     int rc;
     if (keep_dir) {
+        /* Its disk stays mounted (s->disk_fd) for a reboot, which makes its root on the same
+         * mount: never a second one of the image while a copy of this fd lives on (a job
+         * forked meanwhile holds one). */
         rc = sbx_sandbox_stop(&ref, &err);
         /* Stopped even if some process lingers: a later STOP or DESTROY drains it again. */
         s->phase = SB_STOPPED;
@@ -633,7 +649,12 @@ kill_finish(struct sb *s)
          * sweeper (sweep.c), or here if it cannot be moved there. */
         rc = sbx_sandbox_stop(&ref, &err);
         _cleanup_error_ struct sbx_error *moved = NULL;
-        if (sbx_spawner_sweep(s->dir, s->id, &moved) < 0) {
+        /* Its disk serves a later sandbox only if every process of it is gone. */
+        int moved_rc = s->disk_fd >= 0
+                           ? sbx_spawner_sweep_kept(s->dir, s->id, s->disk_fd, rc == 0, &moved)
+                           : sbx_spawner_sweep(s->dir, s->id, &moved);
+        s->disk_fd = -1;
+        if (moved_rc < 0) {
             sbx_log_warn("destroy", "sandbox=%s error=\"%s\"", s->id, moved->msg);
             sbx_error_free(err);
             err = NULL;

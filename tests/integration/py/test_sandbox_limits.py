@@ -264,10 +264,11 @@ async def test_reported_resources_through_the_async_sdk(async_sandbox):
 
 def test_sandbox_dirs_come_from_a_stock_and_are_recycled_wiped(sbx_daemon, tmp_path):
     """The sweeper keeps sandbox dirs with a copy of the blank disk ready (disks/ready/) and
-    a create takes one; a destroyed sandbox's dir goes back to the stock with its disk reset
-    to the blank's bytes. Every sandbox still gets a disk of its own, nothing a sandbox wrote
-    reaches a later one, and a disk someone still holds open is removed, not recycled. What
-    no create can take any more (a blank that is gone) is removed."""
+    a create takes one. A destroyed sandbox whose disk the spawner does not keep mounted (one
+    that outlived a spawner, below) has its dir go back to the stock with its disk reset to the
+    blank's bytes. Every sandbox still gets a disk of its own, nothing a sandbox wrote reaches
+    a later one, and a disk someone still holds open is removed, not recycled. What no create
+    can take any more (a blank that is gone) is removed."""
     with own_daemon(sbx_daemon, tmp_path,
                     "--pool base=0 --pool code-interpreter-v1=0 --disk-mb 64") as d:
         conn = dict(api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
@@ -296,6 +297,11 @@ def test_sandbox_dirs_come_from_a_stock_and_are_recycled_wiped(sbx_daemon, tmp_p
         run(sbs[0], "head -c 4M /dev/urandom > ~/mine; sync")
         assert [run(s, "ls ~/mine 2>/dev/null || echo none").stdout for s in sbs] == [
             "/home/user/mine\n", "none\n", "none\n"]
+        # A new spawner holds none of their disks' mounts.
+        old = d.worker_pid("sbx-spawner")
+        os.kill(old, 9)
+        assert wait_for(lambda: (d.worker_pid("sbx-spawner") or old) != old, 20)
+        assert wait_for(lambda: run(sbs[0], "true").exit_code == 0, 20)
         # A disk someone still holds open (as a loop device would) is not recycled but
         # removed with its dir, though the stock has room (recycled dirs fill it to 8).
         used, held = dirs[0], sbx_dir(sbs[1])
@@ -317,14 +323,68 @@ def test_sandbox_dirs_come_from_a_stock_and_are_recycled_wiped(sbx_daemon, tmp_p
             later.append(Sandbox.create(timeout=120, **conn))
         again = next(s for s in later if sbx_dir(s).stat().st_ino == used)
         assert run(again, "ls ~/mine 2>/dev/null || echo none").stdout == "none\n"
+        for s in later:  # their disks are kept mounted (the next test), not stocked
+            s.kill()
         # Stock of a blank made anew or removed (and an image of the earlier layout) is never
         # taken, and goes at the next fill.
         assert wait_for(lambda: len(stock()) >= 4, 20)
         (ready / "blank-1-sandbox.ext4.1.d0").mkdir()
         (ready / "blank-1-sandbox.ext4.1.0").write_bytes(b"")
-        n0, killed = len(stock()) - 2, later + [sbs[2], first]
+        n0, killed = len(stock()) - 2, [sbs[2], first]
         for s in killed:
             s.kill()
         assert wait_for(lambda: not any(p.name.startswith("blank-1-") for p in ready.iterdir()),
                         20)
         assert wait_for(lambda: len(stock()) == min(8, n0 + len(killed)), 20)
+
+
+def _host_pids(sandbox_id):
+    """Host pids of the sandbox's processes (by their cgroup, v1 or v2)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if p.name.isdigit() and f"/sbx/{sandbox_id}\n" in (p / "cgroup").read_text():
+                out.append(int(p.name))
+    return out
+
+
+def test_a_disk_stays_mounted_and_is_emptied_for_the_next_sandbox(sbx_daemon, tmp_path):
+    """A destroyed sandbox's disk stays mounted, its dir in disks/kept/, and once the sweeper
+    has emptied it, it serves the next sandbox of its size: the same image, but nothing of
+    the earlier sandbox is left on it (its files, the mode it gave /, the space it used). A
+    disk of which something still holds a file is not used again: it goes, with its dir."""
+    with own_daemon(sbx_daemon, tmp_path,
+                    "--pool base=0 --pool code-interpreter-v1=0 --disk-mb 64") as d:
+        conn = dict(api_key=d.api_key, api_url=d.url, sandbox_url=d.url)
+        kept = Path(d.state_dir, "disks", "kept")
+        img = lambda s: Path(d.state_dir, "sandboxes", s.sandbox_id, "disk.img")
+        state = "ls /home/user/mine 2>/dev/null || echo none; stat -c %a /; " \
+                "df -k / | awk 'NR==2 {print $3}'"
+        a = Sandbox.create(timeout=120, **conn)
+        fresh = run(a, state).stdout.split()
+        assert fresh[:2] == ["none", "755"]
+        run(a, "head -c 4M /dev/urandom > /home/user/mine && chmod 700 / && sync", user="root")
+        assert run(a, state, user="root").stdout.split()[:2] == ["/home/user/mine", "700"]
+        ino = img(a).stat().st_ino
+        a.kill()
+        assert wait_for(lambda: len(list(kept.iterdir())) == 1, 20)
+        time.sleep(1)  # the sweeper empties it meanwhile
+        later = []
+        while not any(img(s).stat().st_ino == ino for s in later):
+            assert len(later) < 5
+            later.append(Sandbox.create(timeout=120, **conn))
+        b = next(s for s in later if img(s).stat().st_ino == ino)
+        assert run(b, state).stdout.split() == fresh
+        # Something holds a file of b's disk (through b's root, as an fd left in flight in a
+        # unix socket might): once b is gone, its disk is removed, not used again.
+        run(b, "echo held > /home/user/held")
+        held = os.open(f"/proc/{_host_pids(b.sandbox_id)[0]}/root/home/user/held", os.O_RDONLY)
+        image = os.open(img(b), os.O_RDONLY)
+        try:
+            b.kill()
+            assert wait_for(lambda: os.fstat(image).st_nlink == 0, 20)
+            assert os.pread(held, 4, 0) == b"held"
+        finally:
+            os.close(held)
+            os.close(image)
+        assert all(s.stat().st_ino != ino for s in kept.iterdir())
