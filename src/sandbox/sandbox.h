@@ -89,7 +89,7 @@ struct sbx_sandbox_plan {
      * and emptied (sbx_disk_mount_reset): the root's upper layer is made on it. */
     const int *disk_mount;
     /* The caller keeps the disk mounted: it has disk_mount, or takes the mount made here
-     * (sbx_sandbox_spawning_disk). */
+     * (sbx_sandbox_spawning_disk; from Linux 6.15, where overlayfs takes layers by fd). */
     bool keep_disk;
     bool reboot; /* boot again on the writable layer an earlier boot of this sandbox left in
                   * sandbox_dir (a filesystem-only resume): it must exist, and host_uid_base

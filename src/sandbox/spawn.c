@@ -715,8 +715,11 @@ parent_setup(const struct sbx_sandbox_plan *plan, struct sbx_sandbox_spawning *s
                              sbx_rootfs_held(plan));
     }
     /* The disk's ext4 is the last of them. Kept by the caller, the child's close is not the
-     * last and the disk stays mounted (out of fds, it is not kept: -1). */
-    if (plan->keep_disk && plan->disk_mount == NULL && plan->limits.disk_bytes > 0)
+     * last and the disk stays mounted (out of fds, it is not kept: -1). Not before Linux 6.15:
+     * the staged overlay attaches that very mount, which then goes with the staging child's
+     * namespace (and a detached mount cannot be cloned there). */
+    if (plan->keep_disk && plan->disk_mount == NULL && plan->limits.disk_bytes > 0 &&
+        sbx_rootfs_layers_by_fd())
         s->disk_fd = fcntl(fs.held[fs.n_held - 1], F_DUPFD_CLOEXEC, 0);
     int volumes[SBX_SANDBOX_MAX_VOLUMES], rc = 0;
     size_t n = 0;
