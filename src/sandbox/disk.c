@@ -551,9 +551,10 @@ sbx_disk_stock_refill(int disks, struct sbx_error **err)
 /* ---- a mounted disk, kept for the next sandbox -------------------------------------------
  * Attaching a loop device, mounting ext4 (which reads and writes its superblock through the
  * device and starts a kernel thread), and at the sandbox's end unmounting it and resetting its
- * image, cost a create+kill about a fifth of the spawner's time. So the spawner keeps the
- * detached mount of a sandbox's disk open (spawner/disks.c), and once the sandbox is gone the
- * sweeper empties it here and the mount serves the next sandbox of the same disk size.
+ * image, cost up to a fifth of the create+kill rate. So the spawner keeps the detached mount of
+ * a sandbox's disk open (spawner/sweep.c), and once the sandbox is gone the sweeper empties it
+ * here and the mount serves the next sandbox of the same disk size (from Linux 6.15: see
+ * sbx_sandbox_plan.keep_disk).
  *
  * Security: the sandbox only ever reached this filesystem through its overlay, as files below
  * upper/root (and overlayfs's own below work/root); never the device or the image. Both dirs
