@@ -111,6 +111,10 @@ def _in_pty(cli, *args):
     process sets pid to 0, else it is killed at the end."""
     pid, fd = pty.fork()
     if pid == 0:
+        # The CLI's own signal handling, not what this process's threads left: an exec keeps
+        # a blocked or ignored SIGINT.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(cli.binary, [cli.binary, *args], cli.env)
     p = {"pid": pid, "fd": fd}
     try:
