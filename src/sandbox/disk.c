@@ -467,16 +467,21 @@ empty_dir_at(int dir, const char *name)
     return empty;
 }
 
+/* Whether the sandbox dir sub is one of ours to use again: its rootfs/ empty, and st its
+ * image's, ours (host root's, 0600) and no one else's name for the same file. */
+static bool
+reusable_dir(int sub, const struct stat *st)
+{
+    return empty_dir_at(sub, SBX_ROOTFS_DIR) && S_ISREG(st->st_mode) && st->st_uid == 0 &&
+           !(st->st_mode & 0077) && st->st_nlink == 1;
+}
+
 int
 sbx_disk_stock_recycle(int disks, int sub, int from_dir, const char *from, struct sbx_error **err)
 {
-    if (!empty_dir_at(sub, SBX_ROOTFS_DIR))
-        return 0;
-    /* Its image: ours (host root's, 0600) and no one else's name for the same file. */
     _cleanup_close_ int img = openat(sub, SBX_DISK_IMAGE, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
     struct stat st, bst;
-    if (img < 0 || fstat(img, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 ||
-        (st.st_mode & 0077) || st.st_nlink != 1)
+    if (img < 0 || fstat(img, &st) < 0 || !reusable_dir(sub, &st))
         return 0;
     char name[64], copy[128];
     _cleanup_close_ int blank =
@@ -564,6 +569,12 @@ sbx_disk_stock_refill(int disks, struct sbx_error **err)
  * unix socket, say), or anything the emptying missed, keeps blocks or an inode in use, and the
  * mount is not used again. An ext4 that met an error (errors=remount-ro) is not either. */
 
+static uint32_t
+le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 /* The free blocks and inodes that the superblock of the blank of bytes counts: what mke2fs
  * left, and what a mount of a fresh copy of it reports. */
 static int
@@ -577,16 +588,10 @@ blank_free_counts(int disks, uint64_t bytes, uint64_t *blocks, uint64_t *inodes)
         return -1;
     /* Little-endian fields of struct ext4_super_block: s_free_blocks_count_lo (0x0c),
      * s_free_inodes_count (0x10), s_magic (0x38), s_free_blocks_count_hi (0x158, 64bit). */
-    uint32_t lo = (uint32_t)sb[0x0c] | (uint32_t)sb[0x0d] << 8 | (uint32_t)sb[0x0e] << 16 |
-                  (uint32_t)sb[0x0f] << 24;
-    uint32_t in = (uint32_t)sb[0x10] | (uint32_t)sb[0x11] << 8 | (uint32_t)sb[0x12] << 16 |
-                  (uint32_t)sb[0x13] << 24;
-    uint32_t hi = (uint32_t)sb[0x158] | (uint32_t)sb[0x159] << 8 | (uint32_t)sb[0x15a] << 16 |
-                  (uint32_t)sb[0x15b] << 24;
     if (sb[0x38] != 0x53 || sb[0x39] != 0xef)
         return -1;
-    *blocks = (uint64_t)hi << 32 | lo;
-    *inodes = in;
+    *blocks = (uint64_t)le32(sb + 0x158) << 32 | le32(sb + 0x0c);
+    *inodes = le32(sb + 0x10);
     return 0;
 }
 
@@ -594,9 +599,7 @@ int
 sbx_disk_mount_reset(int disks, int sub, int mount_fd, uint64_t *bytes, struct sbx_error **err)
 {
     struct stat st;
-    if (!empty_dir_at(sub, SBX_ROOTFS_DIR) ||
-        fstatat(sub, SBX_DISK_IMAGE, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
-        st.st_uid != 0 || (st.st_mode & 0077) || st.st_nlink != 1)
+    if (fstatat(sub, SBX_DISK_IMAGE, &st, AT_SYMLINK_NOFOLLOW) < 0 || !reusable_dir(sub, &st))
         return 0;
     *bytes = (uint64_t)st.st_size;
     struct statvfs v;

@@ -48,6 +48,10 @@
 #define KEPT_DIR  "kept" /* in the disks dir */
 #define KEPT_MAX  32     /* kept mounts, held here or with the sweeper */
 
+/* What a sandbox dir holds besides its rootfs and disk: the spawner's files, emptied for its
+ * next sandbox. */
+static const char *const sb_files[] = {SB_SLOT, SB_LAYERS, SB_AGENT_SOCK, NULL};
+
 /* A datagram between us and the sweeper; RESET, DROP and READY carry the mount's fd. */
 enum { SWEEP_WAKE, SWEEP_RESET, SWEEP_DROP, SWEEP_READY, SWEEP_GONE };
 struct sweep_msg {
@@ -96,7 +100,6 @@ kept_to_trash(int kept, int trash, const char *name)
 static void
 sweeper_kept(int sock, int trash, int disks, const struct sweep_msg *m, int fd)
 {
-    static const char *const files[] = {SB_SLOT, SB_LAYERS, SB_AGENT_SOCK, NULL};
     _cleanup_close_ int kept =
         openat(disks, KEPT_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     struct sweep_msg r = {.kind = SWEEP_GONE};
@@ -110,7 +113,7 @@ sweeper_kept(int sock, int trash, int disks, const struct sweep_msg *m, int fd)
     }
     if (kept >= 0 && m->kind == SWEEP_RESET && fd >= 0) {
         _cleanup_error_ struct sbx_error *err = NULL;
-        int rc = sbx_sandbox_kept_reset(kept, r.name, disks, fd, files, &r.bytes, &err);
+        int rc = sbx_sandbox_kept_reset(kept, r.name, disks, fd, sb_files, &r.bytes, &err);
         if (rc < 0)
             sbx_log_warn("disk_kept", "name=%s error=\"%s\"", r.name, err->msg);
         r.kind = SWEEP_READY;
@@ -135,8 +138,7 @@ static bool
 sweeper_read(int sock, int trash, int disks)
 {
     for (bool first = true;; first = false) {
-        struct pollfd p = {.fd = sock, .events = POLLIN};
-        if (!first && (poll(&p, 1, 0) != 1 || !(p.revents & POLLIN)))
+        if (!first && !spawner_calls(sock))
             return true;
         struct sweep_msg m;
         int fd;
@@ -166,8 +168,7 @@ sweeper_main(int sock, int trash, int disks)
     (void)setpriority(PRIO_PROCESS, 0, 10);
     for (;;) {
         bool alive = sweeper_read(sock, trash, disks);
-        static const char *const files[] = {SB_SLOT, SB_LAYERS, SB_AGENT_SOCK, NULL};
-        sbx_sandbox_trash_empty(trash, disks, files);
+        sbx_sandbox_trash_empty(trash, disks, sb_files);
         if (!alive)
             _exit(0); /* the spawner is gone; what is left waits for the next sweeper */
         /* A copy at a time, until none is missing or the spawner calls: a kept disk to
@@ -370,6 +371,14 @@ sbx_spawner_sweep(const char *dir, const char *id, struct sbx_error **err)
     return 0;
 }
 
+/* <disks>/kept/name into path; false if it does not fit. */
+static bool
+kept_path(char (*path)[4096], const char *name)
+{
+    return snprintf(*path, sizeof(*path), "%s/" KEPT_DIR "/%s", sw.disks, name) <
+           (int)sizeof(*path);
+}
+
 /* Gives the sweeper the mount fd of kept/name to empty (RESET) or to let go of (DROP). */
 static void
 kept_send(uint32_t kind, const char *name, int fd)
@@ -386,8 +395,7 @@ kept_send(uint32_t kind, const char *name, int fd)
     close(fd);
     char from[4096];
     _cleanup_error_ struct sbx_error *err = NULL;
-    if (snprintf(from, sizeof(from), "%s/" KEPT_DIR "/%s", sw.disks, name) >= (int)sizeof(from) ||
-        sbx_spawner_sweep(from, name, &err) < 0)
+    if (!kept_path(&from, name) || sbx_spawner_sweep(from, name, &err) < 0)
         sbx_log_warn("disk_kept", "name=%s error=\"%s\"", name, err ? err->msg : "path");
 }
 
@@ -397,8 +405,7 @@ sbx_spawner_kept_take(uint64_t bytes, const char *dir, int *fd)
     for (size_t i = sw.n_ready; i-- > 0;) {
         struct kept *k = &sw.ready[i];
         char from[4096];
-        if (k->bytes != bytes || snprintf(from, sizeof(from), "%s/" KEPT_DIR "/%s", sw.disks,
-                                          k->name) >= (int)sizeof(from))
+        if (k->bytes != bytes || !kept_path(&from, k->name))
             continue;
         /* NOREPLACE: the sandbox's dir must not exist yet. */
         int rc = renameat2(AT_FDCWD, from, AT_FDCWD, dir, RENAME_NOREPLACE);
@@ -421,8 +428,7 @@ sbx_spawner_sweep_kept(const char *dir, const char *id, int fd, bool reuse, stru
 {
     char name[32], to[4096];
     snprintf(name, sizeof(name), "k%llu", (unsigned long long)sw.n++);
-    if (snprintf(to, sizeof(to), "%s/" KEPT_DIR "/%s", sw.disks, name) >= (int)sizeof(to) ||
-        rename(dir, to) < 0) {
+    if (!kept_path(&to, name) || rename(dir, to) < 0) {
         close(fd);
         return sbx_spawner_sweep(dir, id, err);
     }
